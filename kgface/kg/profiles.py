@@ -1,0 +1,173 @@
+"""Facial profiles: what the knowledge graph says a face with a disease shows.
+
+A profile lists the disease's visible phenotypes (frequency in [0,1] or None when unknown, onset, the ontology path
+up to the visible-region root, curated visual wording), its negative (known absent) visible phenotypes, the disease's
+onset terms, and text. The *healthy* profile is a real condition with no phenotypes. JSON schema: docs/knowledge.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from .errors import NoVisiblePhenotypeError
+from .graph import KnowledgeGraph
+from .lookup import HEALTHY, resolve_disease
+from .ontology import ancestors, path_to
+from .visible import VisibleCatalog
+
+SCHEMA = "kgface.profile/1"
+
+
+@dataclass
+class Phenotype:
+    hpo_id: str
+    name: str
+    region: str
+    visual: str
+    frequency: float | None = None  # in [0,1]; None = the KG gives none
+    frequency_raw: str = ""
+    onset: str = ""
+    onset_name: str = ""
+    min_stage: int = 0
+    definition: str = ""
+    matched_via: str = ""  # the catalogue entry this term falls under (itself, or a listed ancestor)
+    path: list[str] = field(default_factory=list)
+    path_names: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+    provenance: str = ""
+
+
+@dataclass
+class NegativePhenotype:
+    hpo_id: str
+    name: str
+    region: str
+    references: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FacialProfile:
+    disease_id: str
+    name: str
+    kg: str
+    phenotypes: list[Phenotype] = field(default_factory=list)
+    negative_phenotypes: list[NegativePhenotype] = field(default_factory=list)
+    onsets: list[dict] = field(default_factory=list)
+    text: dict = field(default_factory=dict)
+    hidden_phenotypes: int = 0  # annotated phenotypes a photograph cannot show
+    query: str = ""
+    schema: str = SCHEMA
+
+    @property
+    def healthy(self) -> bool:
+        return self.disease_id == HEALTHY
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FacialProfile":
+        data = dict(data)
+        data["phenotypes"] = [Phenotype(**p) for p in data.get("phenotypes", [])]
+        data["negative_phenotypes"] = [NegativePhenotype(**p) for p in data.get("negative_phenotypes", [])]
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+
+def healthy_profile(kg_name: str = "") -> FacialProfile:
+    return FacialProfile(disease_id=HEALTHY, name="healthy", kg=kg_name, query=HEALTHY,
+                         text={"definition": "No condition: a face without disease signs."})
+
+
+def _freq(value) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+class ProfileBuilder:
+    """Builds profiles for one graph and catalogue, remembering per-term work (visibility, ontology path), so that
+    profiling every disease of a 17k-disease graph costs little more than reading its edges."""
+
+    def __init__(self, kg: KnowledgeGraph, catalog: VisibleCatalog):
+        self.kg, self.catalog = kg, catalog
+        self.region_roots = catalog.region_roots()
+        self.all_roots = set(self.region_roots.values())
+        self._match: dict[str, object] = {}
+        self._path: dict[str, list[str]] = {}
+
+    def match(self, hpo_id: str):
+        if hpo_id not in self._match:
+            self._match[hpo_id] = self.catalog.match(hpo_id, ancestors(self.kg.terms, hpo_id))
+        return self._match[hpo_id]
+
+    def path(self, hpo_id: str, region: str) -> list[str]:
+        if hpo_id not in self._path:
+            # climb to the entry's own region root where the ontology allows, else to the nearest region root
+            self._path[hpo_id] = path_to(self.kg.terms, hpo_id, {self.region_roots[region]}, self.all_roots)
+        return self._path[hpo_id]
+
+    def build(self, query: str, require_visible: bool = True) -> FacialProfile:
+        kg = self.kg
+        disease_id = resolve_disease(kg, query)
+        if disease_id == HEALTHY:
+            return healthy_profile(kg.source)
+        positives: dict[str, Phenotype] = {}
+        negatives: dict[str, NegativePhenotype] = {}
+        hidden: set[str] = set()
+        for row in kg.edge_records(disease_id):
+            hpo_id = row.hpo_id
+            entry = self.match(hpo_id)
+            if entry is None:
+                hidden.add(hpo_id)
+                continue
+            refs = [r for r in str(row.reference or "").split(";") if r]
+            if row.negated:
+                neg = negatives.setdefault(hpo_id, NegativePhenotype(hpo_id, kg.term_name(hpo_id), entry.region))
+                neg.references = sorted(set(neg.references) | set(refs))
+                continue
+            freq = _freq(row.frequency)
+            known = positives.get(hpo_id)
+            if known is not None:  # the same term annotated twice: keep the highest known frequency
+                if freq is not None and (known.frequency is None or freq > known.frequency):
+                    known.frequency, known.frequency_raw = freq, str(row.frequency_raw)
+                known.references = sorted(set(known.references) | set(refs))
+                continue
+            path = self.path(hpo_id, entry.region)
+            term = kg.terms.get(hpo_id)
+            positives[hpo_id] = Phenotype(
+                hpo_id=hpo_id, name=kg.term_name(hpo_id), region=entry.region, visual=entry.visual, frequency=freq,
+                frequency_raw=str(row.frequency_raw or ""), onset=str(row.onset or ""),
+                onset_name=kg.term_name(row.onset) if row.onset else "", min_stage=int(row.min_stage or 0),
+                definition=term.definition if term else "", matched_via=entry.hpo_id, path=list(path),
+                path_names=[kg.term_name(p) for p in path], references=refs, provenance=str(row.provenance),
+            )
+        name = kg.disease_name(disease_id)
+        if require_visible and not positives:
+            raise NoVisiblePhenotypeError(
+                f"disease {disease_id} ({name}) has no phenotype a face photograph can show in the {kg.source} "
+                f"graph ({len(hidden)} hidden ones); choose another disease or extend kg_data/visible_phenotypes.csv")
+        phenotypes = sorted(positives.values(),
+                            key=lambda p: (-(p.frequency if p.frequency is not None else -1), p.hpo_id))
+        return FacialProfile(
+            disease_id=disease_id, name=name, kg=kg.source, phenotypes=phenotypes,
+            negative_phenotypes=sorted(negatives.values(), key=lambda p: p.hpo_id),
+            onsets=[{"hpo_id": o, "name": kg.term_name(o)} for o in kg.onsets_of(disease_id)],
+            text=dict(kg.disease_text.get(disease_id, {})), hidden_phenotypes=len(hidden), query=str(query),
+        )
+
+    def build_all(self) -> list[FacialProfile]:
+        """Profiles of every disease with at least one visible phenotype."""
+        out = []
+        for did in self.kg.edges["disease_id"].unique():
+            profile = self.build(did, require_visible=False)
+            if profile.phenotypes:
+                out.append(profile)
+        return out
+
+
+def build_profile(kg: KnowledgeGraph, query: str, catalog: VisibleCatalog, require_visible: bool = True
+                  ) -> FacialProfile:
+    """The facial profile of a disease given by id, alias or name (or `healthy`)."""
+    return ProfileBuilder(kg, catalog).build(query, require_visible)

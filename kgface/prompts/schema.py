@@ -1,0 +1,137 @@
+"""What an LLM must answer (`LLMAnswer`) and what kgface keeps per disease (`StageDescriptions`, the rows of
+descriptions.json).
+
+An answer is checked twice: by pydantic (shape, one sentence, stages 0..3 once each) and against the profile (every
+phenotype id it cites must be one of the profile's visible phenotypes). The error text of a failed check goes back
+to the LLM on the next attempt, so messages say what to change.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from kgface.kg.profiles import FacialProfile
+
+from .wording import N_STAGES
+
+DESCRIPTIONS_SCHEMA = "kgface.descriptions/1"
+_HPO = re.compile(r"^HP:\d{7}$")
+# a sentence end followed by the start of another sentence
+_SECOND_SENTENCE = re.compile(r"[.!?]\s+[A-Z]")
+
+
+class StageText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: int = Field(ge=0, le=N_STAGES - 1, description="severity stage, 0..3")
+    description: str = Field(min_length=10, max_length=400,
+                             description="one sentence describing what the face looks like at this stage")
+    phenotypes: list[str] = Field(default_factory=list,
+                                  description="HPO ids (HP:nnnnnnn) of the profile's phenotypes this sentence shows")
+    negative_prompt: str = Field(max_length=300, description="short comma-separated list of what must not appear")
+
+    @field_validator("description")
+    @classmethod
+    def _one_sentence(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if _SECOND_SENTENCE.search(value.rstrip(".!? ")):
+            raise ValueError("must be exactly one sentence")
+        return value
+
+    @field_validator("phenotypes")
+    @classmethod
+    def _profile_ids(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        allowed = (info.context or {}).get("allowed_ids")
+        for hpo_id in value:
+            if not _HPO.match(hpo_id):
+                raise ValueError(f"{hpo_id!r} is not an HPO id of the form HP:0000000")
+            if allowed is not None and hpo_id not in allowed:
+                raise ValueError(f"{hpo_id} is not one of the profile's phenotypes ({', '.join(sorted(allowed))})")
+        return value
+
+
+class LLMAnswer(BaseModel):
+    """The JSON object the LLM must return."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stages: list[StageText] = Field(min_length=N_STAGES, max_length=N_STAGES)
+
+    @model_validator(mode="after")
+    def _stages_in_order(self) -> "LLMAnswer":
+        got = [s.stage for s in self.stages]
+        if got != list(range(N_STAGES)):
+            raise ValueError(f"stages must be {list(range(N_STAGES))} in this order, got {got}")
+        return self
+
+
+def answer_json_schema() -> dict:
+    return LLMAnswer.model_json_schema()
+
+
+def extract_json(text: str) -> str:
+    """The JSON object inside an LLM reply: small models wrap it in ``` fences or add a sentence around it."""
+    text = text.strip()
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, flags=re.S)
+    if fenced:
+        text = fenced.group(1).strip()
+    start, end = text.find("{"), text.rfind("}")
+    return text[start:end + 1] if 0 <= start < end else text
+
+
+def parse_answer(text: str, profile: FacialProfile) -> LLMAnswer:
+    """Validate a raw reply against the schema and the profile's ids; raises ValueError with a short message."""
+    allowed = {p.hpo_id for p in profile.phenotypes}
+    try:
+        return LLMAnswer.model_validate_json(extract_json(text), context={"allowed_ids": allowed})
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ValueError(_short_error(exc)) from None
+
+
+def _short_error(exc: Exception, limit: int = 1200) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = []
+        for e in errors(include_url=False):
+            loc = ".".join(str(x) for x in e.get("loc", ())) or "(root)"
+            parts.append(f"{loc}: {e.get('msg', '')}")
+        text = "; ".join(parts)
+    else:
+        text = str(exc)
+    return text[:limit]
+
+
+class StageDescriptions(BaseModel):
+    """One disease's 0..3 descriptions and where they came from (a row of descriptions.json)."""
+
+    disease_id: str
+    name: str
+    source: Literal["template", "llm"]
+    backend: str
+    model: str = ""
+    stages: list[StageText]
+    fallback_reason: str | None = None  # why an LLM was asked but the template was used
+    attempts: int = 0
+    errors: list[str] = Field(default_factory=list)  # one per rejected attempt
+    cache_key: str | None = None
+
+    def description(self, stage: int) -> str:
+        return next(s.description for s in self.stages if s.stage == stage)
+
+
+def dump_descriptions(descriptions: dict[str, StageDescriptions]) -> dict:
+    return {"schema": DESCRIPTIONS_SCHEMA,
+            "diseases": {k: v.model_dump(mode="json") for k, v in descriptions.items()}}
+
+
+def load_descriptions(source) -> dict[str, StageDescriptions]:
+    """descriptions.json (a path, or its parsed content) -> {disease_id: StageDescriptions}."""
+    data = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
+    if data.get("schema") != DESCRIPTIONS_SCHEMA:
+        raise ValueError(f"{source}: not a descriptions file (schema {data.get('schema')!r}, "
+                         f"expected {DESCRIPTIONS_SCHEMA}); rerun python -m kgface.describe")
+    return {k: StageDescriptions.model_validate(v) for k, v in data["diseases"].items()}
