@@ -1,0 +1,76 @@
+"""Hydra wiring shared by the entry modules (`python -m kgface.<stage>`).
+
+An entry module defines `run(cfg, out_dir)` and wires it with `main = entry("<config name>")(run)`. Then:
+- `python -m kgface.profiles diseases='[ORPHA:870]' hydra.run.dir=OUT` runs it through Hydra (overrides, run dir);
+- `main(["diseases=[ORPHA:870]", "hydra.run.dir=OUT"])` does the same from Python (tests import `main`);
+- `compose("profiles", [...])` returns the composed config without running anything.
+A user error (bad file, unknown id, missing weights) prints one line `kgface.<stage>: error: ...` and exits 2.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable
+
+import hydra
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .errors import UserError
+from .kg.errors import KGError
+from .resources import conf_dir
+
+USER_ERRORS = (UserError, KGError, FileNotFoundError)
+
+
+def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """The config an entry would run with (Hydra's compose API; no run directory, no logging set-up)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None, job_name=config_name):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=False)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """Hydra's run directory when running under Hydra, else `cfg.out_dir` (for direct calls of run())."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    out = cfg.get("out_dir") if isinstance(cfg, DictConfig) else None
+    if not out:
+        raise UserError("no output directory: run through Hydra or set out_dir")
+    return Path(out)
+
+
+def entry(config_name: str) -> Callable:
+    """Decorator turning `run(cfg, out_dir)` into a Hydra main that also accepts an override list."""
+
+    def wrap(run: Callable) -> Callable:
+        @functools.wraps(run)
+        def task(cfg: DictConfig):
+            try:
+                return run(cfg, output_dir(cfg))
+            except USER_ERRORS as exc:
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                print(f"kgface.{config_name}: error: {message}", file=sys.stderr)
+                sys.exit(2)
+
+        hydra_main = hydra.main(version_base=None, config_path=str(conf_dir()), config_name=config_name)(task)
+
+        def main(overrides: list[str] | None = None):
+            if overrides is None:
+                return hydra_main()
+            saved = sys.argv
+            sys.argv = [saved[0] if saved else config_name, *overrides]
+            try:
+                GlobalHydra.instance().clear()
+                return hydra_main()
+            finally:
+                sys.argv = saved
+
+        main.run = run
+        return main
+
+    return wrap

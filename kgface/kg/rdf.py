@@ -1,0 +1,244 @@
+"""RDF for facial profiles: Turtle export with stable IRIs, an identical round trip back to profiles, SPARQL, and
+`kg=rdf` (a user's own graph in the same vocabulary).
+
+Vocabulary (prefix `kgf:` = https://w3id.org/kgface/vocab#): a `kgf:Disease` (rdfs:label, kgf:curie, kgf:onset,
+dcterms:description text) has `kgf:PhenotypeAnnotation`s (kgf:disease, kgf:phenotype, kgf:negated, kgf:frequency,
+kgf:region, kgf:visual, kgf:path as an rdf:List, dcterms:source ...). Phenotypes are OBO HP classes with
+rdfs:subClassOf edges up to their region roots (the facial subgraph). Parsing reads local files only: the parser is
+given an open file and a fixed format, and rdflib does not follow owl:imports, so no remote IRI is ever fetched.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import pandas as pd
+from rdflib import RDF, RDFS, XSD, BNode, Graph, Literal, Namespace, URIRef
+from rdflib.collection import Collection
+from rdflib.namespace import DCTERMS
+
+from .errors import KGFormatError
+from .graph import KnowledgeGraph
+from .obo import Term
+from .profiles import FacialProfile, NegativePhenotype, Phenotype
+
+KGF = Namespace("https://w3id.org/kgface/vocab#")
+OBO = Namespace("http://purl.obolibrary.org/obo/")
+IAO_DEFINITION = OBO["IAO_0000115"]
+BASE = "https://w3id.org/kgface/"
+PREFIX_IRIS = {  # CURIE prefix -> IRI prefix (identifiers.org-style stable namespaces)
+    "HP": "http://purl.obolibrary.org/obo/HP_",
+    "MONDO": "http://purl.obolibrary.org/obo/MONDO_",
+    "ORPHA": "http://www.orpha.net/ORDO/Orphanet_",
+    "OMIM": "https://omim.org/entry/",
+    "DECIPHER": "https://www.deciphergenomics.org/syndrome/",
+    "MONDO_grouped": BASE + "mondo-group/",
+}
+FORMATS = {".ttl": "turtle", ".nt": "nt", ".n3": "n3", ".rdf": "xml", ".owl": "xml", ".xml": "xml"}
+PHENOTYPE_FIELDS = ["frequency_raw", "onset_name", "definition"]
+
+
+def iri(curie: str) -> URIRef:
+    prefix, _, local = curie.partition(":")
+    if prefix in PREFIX_IRIS:
+        return URIRef(PREFIX_IRIS[prefix] + quote(local, safe=""))
+    return URIRef(BASE + "id/" + quote(curie, safe=""))
+
+
+def curie(ref: URIRef) -> str:
+    text = str(ref)
+    for prefix, base in sorted(PREFIX_IRIS.items(), key=lambda kv: -len(kv[1])):
+        if text.startswith(base):
+            return f"{prefix}:{unquote(text[len(base):])}"
+    if text.startswith(BASE + "id/"):
+        return unquote(text[len(BASE) + 3:])
+    return text
+
+
+def _annotation_iri(disease_id: str, hpo_id: str, negated: bool) -> URIRef:
+    return URIRef(f"{BASE}annotation/{quote(disease_id, safe=':')}/{quote(hpo_id, safe=':')}{'/not' if negated else ''}")
+
+
+def new_graph() -> Graph:
+    g = Graph()
+    g.bind("kgf", KGF)
+    g.bind("obo", OBO)
+    g.bind("dcterms", DCTERMS)
+    return g
+
+
+def add_profile(g: Graph, profile: FacialProfile, terms: dict[str, Term] | None = None) -> URIRef:
+    d = iri(profile.disease_id) if not profile.healthy else URIRef(BASE + "healthy")
+    g.add((d, RDF.type, KGF.Disease))
+    g.add((d, RDFS.label, Literal(profile.name)))
+    g.add((d, KGF.curie, Literal(profile.disease_id)))
+    g.add((d, KGF.kg, Literal(profile.kg)))
+    g.add((d, KGF.query, Literal(profile.query)))
+    g.add((d, KGF.hiddenPhenotypes, Literal(profile.hidden_phenotypes)))
+    if profile.text:
+        g.add((d, DCTERMS.description, Literal(json.dumps(profile.text, sort_keys=True))))
+    for onset in profile.onsets:
+        g.add((d, KGF.onset, iri(onset["hpo_id"])))
+        g.add((iri(onset["hpo_id"]), RDFS.label, Literal(onset["name"])))
+    for p in profile.phenotypes:
+        a = _annotation_iri(profile.disease_id, p.hpo_id, False)
+        g.add((a, RDF.type, KGF.PhenotypeAnnotation))
+        g.add((a, KGF.disease, d))
+        g.add((a, KGF.phenotype, iri(p.hpo_id)))
+        g.add((a, KGF.negated, Literal(False)))
+        if p.frequency is not None:
+            g.add((a, KGF.frequency, Literal(repr(float(p.frequency)), datatype=XSD.decimal)))
+        for name in PHENOTYPE_FIELDS:
+            if getattr(p, name):
+                g.add((a, KGF[name], Literal(getattr(p, name))))
+        if p.onset:
+            g.add((a, KGF.onset, iri(p.onset)))
+        g.add((a, KGF.minStage, Literal(int(p.min_stage))))
+        g.add((a, KGF.region, Literal(p.region)))
+        g.add((a, KGF.visual, Literal(p.visual)))
+        g.add((a, KGF.matchedVia, iri(p.matched_via)))
+        g.add((a, KGF.provenance, Literal(p.provenance)))
+        for ref in p.references:
+            g.add((a, DCTERMS.source, Literal(ref)))
+        head = BNode()
+        Collection(g, head, [iri(x) for x in p.path])
+        g.add((a, KGF.path, head))
+        for child, parent, name in zip(p.path, p.path[1:] + [None], p.path_names):
+            g.add((iri(child), RDF.type, KGF.Phenotype))
+            g.add((iri(child), RDFS.label, Literal(name)))
+            if parent is not None:
+                g.add((iri(child), RDFS.subClassOf, iri(parent)))
+    for n in profile.negative_phenotypes:
+        a = _annotation_iri(profile.disease_id, n.hpo_id, True)
+        g.add((a, RDF.type, KGF.PhenotypeAnnotation))
+        g.add((a, KGF.disease, d))
+        g.add((a, KGF.phenotype, iri(n.hpo_id)))
+        g.add((a, KGF.negated, Literal(True)))
+        g.add((a, KGF.region, Literal(n.region)))
+        g.add((iri(n.hpo_id), RDFS.label, Literal(n.name)))
+        for ref in n.references:
+            g.add((a, DCTERMS.source, Literal(ref)))
+    return d
+
+
+def profiles_to_graph(profiles: list[FacialProfile]) -> Graph:
+    g = new_graph()
+    for p in profiles:
+        add_profile(g, p)
+    return g
+
+
+def read_graph(path: str | Path) -> Graph:
+    """Parse a local RDF file (format from the suffix). Never dereferences remote IRIs."""
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise KGFormatError(f"{path}: unknown RDF suffix; use one of {', '.join(FORMATS)}")
+    g = new_graph()
+    try:
+        with path.open("rb") as handle:
+            g.parse(source=handle, format=fmt, publicID=BASE)
+    except OSError as exc:
+        raise KGFormatError(f"{path}: cannot read ({exc.strerror}); check kg.path") from exc
+    except Exception as exc:  # rdflib raises many parser-specific types
+        raise KGFormatError(f"{path}: not valid {fmt} ({str(exc).splitlines()[0][:200]}); fix the file") from None
+    return g
+
+
+def _one(g: Graph, s, p, default=None):
+    return next(iter(g.objects(s, p)), default)
+
+
+def graph_to_profiles(g: Graph) -> list[FacialProfile]:
+    """Read profiles back from a graph written by `profiles_to_graph` (inverse up to list order, which is
+    restored by the same sort the builder uses)."""
+    out = []
+    for d in sorted(g.subjects(RDF.type, KGF.Disease), key=str):
+        disease_id = str(_one(g, d, KGF.curie, curie(d)))
+        desc = _one(g, d, DCTERMS.description)
+        profile = FacialProfile(
+            disease_id=disease_id, name=str(_one(g, d, RDFS.label, disease_id)), kg=str(_one(g, d, KGF.kg, "rdf")),
+            text=json.loads(str(desc)) if desc is not None else {},
+            hidden_phenotypes=int(_one(g, d, KGF.hiddenPhenotypes, 0)), query=str(_one(g, d, KGF.query, disease_id)),
+            onsets=sorted(({"hpo_id": curie(o), "name": str(_one(g, o, RDFS.label, curie(o)))}
+                           for o in g.objects(d, KGF.onset)), key=lambda o: o["hpo_id"]))
+        for a in g.subjects(KGF.disease, d):
+            hpo = _one(g, a, KGF.phenotype)
+            refs = sorted(str(r) for r in g.objects(a, DCTERMS.source))
+            name = str(_one(g, hpo, RDFS.label, curie(hpo)))
+            if bool(_one(g, a, KGF.negated, Literal(False)).toPython()):
+                profile.negative_phenotypes.append(NegativePhenotype(curie(hpo), name, str(_one(g, a, KGF.region, "")),
+                                                                     refs))
+                continue
+            head = _one(g, a, KGF.path)
+            path = [curie(x) for x in Collection(g, head)] if head is not None else [curie(hpo)]
+            freq = _one(g, a, KGF.frequency)
+            onset = _one(g, a, KGF.onset)
+            profile.phenotypes.append(Phenotype(
+                hpo_id=curie(hpo), name=name, region=str(_one(g, a, KGF.region, "")),
+                visual=str(_one(g, a, KGF.visual, "")), frequency=float(freq) if freq is not None else None,
+                onset=curie(onset) if onset is not None else "", min_stage=int(_one(g, a, KGF.minStage, 0)),
+                matched_via=curie(_one(g, a, KGF.matchedVia, hpo)), path=path,
+                path_names=[str(_one(g, iri(x), RDFS.label, x)) for x in path], references=refs,
+                provenance=str(_one(g, a, KGF.provenance, "rdf")),
+                **{f: str(_one(g, a, KGF[f], "")) for f in PHENOTYPE_FIELDS}))
+        profile.phenotypes.sort(key=lambda p: (-(p.frequency if p.frequency is not None else -1), p.hpo_id))
+        profile.negative_phenotypes.sort(key=lambda p: p.hpo_id)
+        out.append(profile)
+    return out
+
+
+def diseases_with_phenotype(g: Graph, hpo_id: str, include_descendants: bool = True) -> list[tuple[str, str]]:
+    """SPARQL: (disease curie, label) of diseases annotated (not negated) with a phenotype or, by default, any of
+    its descendants in the graph. E.g. HP:0000582 = diseases with upslanted palpebral fissures."""
+    climb = "?p rdfs:subClassOf* ?target ." if include_descendants else "FILTER(?p = ?target)"
+    query = f"""
+        PREFIX kgf: <{KGF}>
+        PREFIX rdfs: <{RDFS}>
+        SELECT DISTINCT ?curie ?label WHERE {{
+            ?a kgf:disease ?d ; kgf:phenotype ?p ; kgf:negated false .
+            {climb}
+            ?d kgf:curie ?curie ; rdfs:label ?label .
+        }} ORDER BY ?curie"""
+    return [(str(r[0]), str(r[1])) for r in g.query(query, initBindings={"target": iri(hpo_id)})]
+
+
+def load_rdf_graph(path: str | Path, hpo: KnowledgeGraph | None = None) -> KnowledgeGraph:
+    """`kg=rdf`: a user's graph in kgface's vocabulary -> KnowledgeGraph (HPO supplies the rest of the ontology)."""
+    g = read_graph(path)
+    rows, diseases = [], {}
+    for a in g.subjects(RDF.type, KGF.PhenotypeAnnotation):
+        d, hpo_ref = _one(g, a, KGF.disease), _one(g, a, KGF.phenotype)
+        if d is None or hpo_ref is None:
+            raise KGFormatError(f"{path}: annotation {a} lacks kgf:disease or kgf:phenotype; add both")
+        did = str(_one(g, d, KGF.curie, curie(d)))
+        diseases[did] = str(_one(g, d, RDFS.label, did))
+        freq, onset = _one(g, a, KGF.frequency), _one(g, a, KGF.onset)
+        rows.append({"disease_id": did, "hpo_id": curie(hpo_ref),
+                     "negated": bool(_one(g, a, KGF.negated, Literal(False)).toPython()),
+                     "frequency": float(freq) if freq is not None else float("nan"),
+                     "frequency_raw": str(_one(g, a, KGF.frequency_raw, "")),
+                     "onset": curie(onset) if onset is not None else "", "min_stage": int(_one(g, a, KGF.minStage, 0)),
+                     "evidence": "", "reference": ";".join(sorted(str(r) for r in g.objects(a, DCTERMS.source))),
+                     "provenance": str(_one(g, a, KGF.provenance, "rdf"))})
+    if not rows:
+        raise KGFormatError(f"{path}: no kgf:PhenotypeAnnotation found; export profiles with "
+                            "`python -m kgface.profiles` to see the expected vocabulary")
+    terms = dict(hpo.terms) if hpo is not None else {}
+    for s, label in g.subject_objects(RDFS.label):
+        c = curie(s)
+        if c.startswith("HP:") and c not in terms:
+            terms[c] = Term(id=c, name=str(label), parents=[curie(o) for o in g.objects(s, RDFS.subClassOf)])
+    onsets = [(did, curie(o)) for d in g.subjects(RDF.type, KGF.Disease)
+              for did in [str(_one(g, d, KGF.curie, curie(d)))] for o in g.objects(d, KGF.onset)]
+    text = {str(_one(g, d, KGF.curie, curie(d))): json.loads(str(t)) for d, t in g.subject_objects(DCTERMS.description)}
+    return KnowledgeGraph(
+        source="rdf", terms=terms,
+        diseases=pd.DataFrame({"id": list(diseases), "name": list(diseases.values()), "aliases": ""}),
+        edges=pd.DataFrame(rows), disease_onsets=pd.DataFrame(onsets, columns=["disease_id", "onset"]),
+        disease_text=text, stats={"annotations": len(rows), "diseases": len(diseases)})
+
+
+def write_turtle(g: Graph, path: str | Path) -> None:
+    Path(path).write_text(g.serialize(format="turtle"), encoding="utf-8")

@@ -1,0 +1,64 @@
+"""Objects every stage needs, built from the composed config: the cache, the knowledge graph and its profiles."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .cache import Cache
+from .kg import HEALTHY, FacialProfile, KnowledgeGraph, ProfileBuilder, UnknownDiseaseError, VisibleCatalog, load_kg
+from .resources import kg_data_dir
+
+
+def make_cache(cfg: DictConfig) -> Cache:
+    return Cache(Path(str(cfg.paths.cache_dir)).expanduser())
+
+
+def load_knowledge(cfg: DictConfig, cache: Cache | None = None, progress: bool = True
+                   ) -> tuple[KnowledgeGraph, VisibleCatalog]:
+    k = cfg.kg
+    data_dir = Path(k.kg_data_dir) if k.get("kg_data_dir") else kg_data_dir()
+    kg = load_kg(k.source, path=k.get("path"), features=k.get("features"), kg_data_dir=data_dir,
+                 obo_path=k.get("obo_path"), hpoa_path=k.get("hpoa_path"), cache=cache, progress=progress)
+    return kg, VisibleCatalog.load(data_dir)
+
+
+def panel_queries(cfg: DictConfig, kg: KnowledgeGraph | None = None) -> list[dict]:
+    """The default disease panel as [{id, name}] (kg.panel null = every disease of the graph)."""
+    panel = cfg.kg.get("panel")
+    if panel is None:
+        if kg is None:
+            return []
+        return [{"id": d, "name": kg.disease_name(d)} for d in kg.diseases["id"]]
+    return [dict(OmegaConf.to_container(p)) if not isinstance(p, str) else {"id": p, "name": p} for p in panel]
+
+
+def resolve_entry(builder: ProfileBuilder, entry: dict) -> FacialProfile:
+    """A panel entry resolves by its id, else by its name; if neither, the id's error (with suggestions) stands."""
+    try:
+        return builder.build(entry["id"])
+    except UnknownDiseaseError:
+        if entry.get("name") and entry["name"] != entry["id"]:
+            try:
+                return builder.build(entry["name"])
+            except UnknownDiseaseError:
+                pass
+        raise
+
+
+def load_profiles(cfg: DictConfig, diseases: list[str] | None = None, cache: Cache | None = None,
+                  include_healthy: bool = True, knowledge: tuple[KnowledgeGraph, VisibleCatalog] | None = None
+                  ) -> list[FacialProfile]:
+    """Profiles for the given ids/names (None = the panel), in order, without duplicates."""
+    kg, catalog = knowledge or load_knowledge(cfg, cache)
+    builder = ProfileBuilder(kg, catalog)
+    entries = ([{"id": str(d), "name": ""} for d in diseases] if diseases is not None
+               else panel_queries(cfg, kg))
+    out, seen = [], set()
+    for e in entries:
+        profile = resolve_entry(builder, e)
+        if profile.disease_id in seen or (profile.disease_id == HEALTHY and not include_healthy):
+            continue
+        seen.add(profile.disease_id)
+        out.append(profile)
+    return out
