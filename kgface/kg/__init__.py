@@ -56,15 +56,17 @@ def load_kg(source: str = "hpo", path: str | os.PathLike | None = None, features
             "hpoa": _fingerprint(hpoa_path), "supplement": _fingerprint(supplement),
             "path": _fingerprint(path), "features": _fingerprint(features)}
 
+    def hpo() -> KnowledgeGraph:  # the ontology and frequencies PrimeKG and RDF graphs lean on (cached too)
+        return load_kg("hpo", kg_data_dir=kg_data_dir, obo_path=obo_path, hpoa_path=hpoa_path, cache=cache)
+
     def build() -> KnowledgeGraph:
         if source == "hpo":
             return load_hpo(obo_path, hpoa_path, supplement)
         if source == "primekg":
             from .primekg import load_primekg
-            return load_primekg(path, features=features, hpo=load_hpo(obo_path, hpoa_path, supplement),
-                                progress=progress)
+            return load_primekg(path, features=features, hpo=hpo, progress=progress)
         from .rdf import load_rdf_graph
-        return load_rdf_graph(path, hpo=load_hpo(obo_path, hpoa_path, None))
+        return load_rdf_graph(path, hpo=hpo)
 
     if cache is None:
         return build()

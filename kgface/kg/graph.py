@@ -37,6 +37,9 @@ class KnowledgeGraph:
     stats: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if "min_stage" not in self.edges.columns:
+            self.edges["min_stage"] = 0
+        self.edges = self.edges[EDGE_COLUMNS].reset_index(drop=True)  # one column order, whatever the source
         self._alias_to_id: dict[str, str] | None = None
         self._edges_by_disease: dict[str, pd.DataFrame] | None = None
         self._term_alias: dict[str, str] | None = None

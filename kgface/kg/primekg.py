@@ -157,10 +157,13 @@ def _read_features(path: Path, index_to_id: dict[str, str]) -> dict[str, dict[st
     return text
 
 
-def load_primekg(path: str | Path, features: str | Path | None = None, hpo: KnowledgeGraph | None = None,
-                 progress: bool = False) -> KnowledgeGraph:
+def load_primekg(path: str | Path, features: str | Path | None = None, hpo=None, progress: bool = False
+                 ) -> KnowledgeGraph:
+    """`hpo`: a KnowledgeGraph, or a callable returning one (called only once kg.csv has been read and checked)."""
     path = Path(path)
     table = read_kg_csv(path, progress=progress)
+    if callable(hpo):
+        hpo = hpo()
     x_id = table.column("x_id").to_numpy(zero_copy_only=False)
     x_source = table.column("x_source").to_numpy(zero_copy_only=False)
     disease_ids, aliases = _disease_ids(x_id, x_source)

@@ -204,8 +204,9 @@ def diseases_with_phenotype(g: Graph, hpo_id: str, include_descendants: bool = T
     return [(str(r[0]), str(r[1])) for r in g.query(query, initBindings={"target": iri(hpo_id)})]
 
 
-def load_rdf_graph(path: str | Path, hpo: KnowledgeGraph | None = None) -> KnowledgeGraph:
-    """`kg=rdf`: a user's graph in kgface's vocabulary -> KnowledgeGraph (HPO supplies the rest of the ontology)."""
+def load_rdf_graph(path: str | Path, hpo=None) -> KnowledgeGraph:
+    """`kg=rdf`: a user's graph in kgface's vocabulary -> KnowledgeGraph (HPO supplies the rest of the ontology;
+    `hpo` is a KnowledgeGraph or a callable returning one)."""
     g = read_graph(path)
     rows, diseases = [], {}
     for a in g.subjects(RDF.type, KGF.PhenotypeAnnotation):
@@ -225,6 +226,8 @@ def load_rdf_graph(path: str | Path, hpo: KnowledgeGraph | None = None) -> Knowl
     if not rows:
         raise KGFormatError(f"{path}: no kgf:PhenotypeAnnotation found; export profiles with "
                             "`python -m kgface.profiles` to see the expected vocabulary")
+    if callable(hpo):
+        hpo = hpo()
     terms = dict(hpo.terms) if hpo is not None else {}
     for s, label in g.subject_objects(RDFS.label):
         c = curie(s)

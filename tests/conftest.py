@@ -1,0 +1,31 @@
+"""Shared fixtures: an isolated cache root per test session, and the real HPO graph loaded once."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def session_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("kgface-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, session_cache_dir):
+    # tests never read or write the user's ~/.cache/kgface
+    monkeypatch.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
+
+
+@pytest.fixture(scope="session")
+def hpo_kg():
+    from kgface.kg import load_kg
+    from kgface.resources import kg_data_dir
+
+    return load_kg("hpo", kg_data_dir=kg_data_dir())
+
+
+@pytest.fixture(scope="session")
+def catalog():
+    from kgface.kg import VisibleCatalog
+    from kgface.resources import kg_data_dir
+
+    return VisibleCatalog.load(kg_data_dir())

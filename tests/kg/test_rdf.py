@@ -1,0 +1,85 @@
+import http.server
+import threading
+
+import pytest
+
+from kgface.kg import KGFormatError, ProfileBuilder, load_kg
+from kgface.kg.rdf import (diseases_with_phenotype, graph_to_profiles, profiles_to_graph, read_graph, write_turtle)
+
+PANEL = ["ORPHA:870", "ORPHA:648", "ORPHA:525731", "MONDO:0011438", "healthy"]
+
+
+@pytest.fixture(scope="module")
+def profiles(hpo_kg, catalog):
+    b = ProfileBuilder(hpo_kg, catalog)
+    return [b.build(q) for q in PANEL]
+
+
+def test_turtle_roundtrip_is_identical(profiles, tmp_path):
+    path = tmp_path / "profiles.ttl"
+    write_turtle(profiles_to_graph(profiles), path)
+    g = read_graph(path)
+    nodes = {str(n) for n in g.all_nodes()}
+    assert {"http://purl.obolibrary.org/obo/HP_0000582", "http://www.orpha.net/ORDO/Orphanet_870",
+            "http://purl.obolibrary.org/obo/MONDO_0011438"} <= nodes  # stable IRIs in the standard namespaces
+    back = {p.disease_id: p for p in graph_to_profiles(g)}
+    assert set(back) == {p.disease_id for p in profiles}
+    for p in profiles:
+        assert back[p.disease_id].to_dict() == p.to_dict()
+
+
+def test_sparql_upslanted_palpebral_fissures(profiles):
+    g = profiles_to_graph(profiles)
+    assert [d for d, _ in diseases_with_phenotype(g, "HP:0000582", include_descendants=False)] == ["ORPHA:870"]
+    # Abnormal eyelid morphology: every disease annotated with any eyelid term below it
+    broad = {d for d, _ in diseases_with_phenotype(g, "HP:0000492")}
+    assert {"ORPHA:870", "ORPHA:525731"} <= broad
+
+
+def test_kg_rdf_loads_a_users_graph(profiles, tmp_path, catalog):
+    path = tmp_path / "mine.ttl"
+    write_turtle(profiles_to_graph(profiles), path)
+    kg = load_kg("rdf", path=path)
+    p = ProfileBuilder(kg, catalog).build("ORPHA:870")
+    original = profiles[0]
+    assert [x.hpo_id for x in p.phenotypes] == [x.hpo_id for x in original.phenotypes]
+    assert [x.frequency for x in p.phenotypes] == [x.frequency for x in original.phenotypes]
+
+
+def test_parsing_never_fetches_remote_iris(tmp_path):
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/turtle")
+            self.end_headers()
+            self.wfile.write(b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/onto.ttl"
+    path = tmp_path / "imports.ttl"
+    path.write_text(f"@prefix owl: <http://www.w3.org/2002/07/owl#> .\n<{url}#me> owl:imports <{url}> .\n"
+                    f"<{url}#x> <{url}#p> <{url}#y> .\n", encoding="utf-8")
+    try:
+        g = read_graph(path)
+        assert len(g) == 2
+        with pytest.raises(KGFormatError, match="no kgf:PhenotypeAnnotation"):
+            load_kg("rdf", path=path)
+    finally:
+        server.shutdown()
+    assert hits == []
+
+
+def test_malformed_turtle(tmp_path):
+    path = tmp_path / "bad.ttl"
+    path.write_text("<a> <b> .\n", encoding="utf-8")
+    with pytest.raises(KGFormatError, match=r"bad\.ttl: not valid turtle"):
+        read_graph(path)
+    with pytest.raises(KGFormatError, match="unknown RDF suffix"):
+        read_graph(tmp_path / "graph.jsonld")
