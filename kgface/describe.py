@@ -1,47 +1,46 @@
-"""Entry: per-disease, per-stage facial descriptions, written to RUN_DIR/descriptions.json.
+"""`python -m kgface.describe diseases='[ORPHA:870]' llm=openai llm.model=NAME hydra.run.dir=OUT`
 
-    python -m kgface.describe diseases=[ORPHA:870] llm=openai llm.model=NAME hydra.run.dir=OUT
+Writes OUT/descriptions.json: per disease, a one-sentence facial description for each stage 0..3, from the LLM
+(checked against the answer schema and the profile) or from the template (`llm=none`, or the fallback, with its
+reason). Training and generation prompts read it. No `diseases` = the kg's default panel. See docs/prompts.md.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from kgface.prompts import describe_profiles, save_descriptions
-from kgface.resources import conf_dir
+from .config import entry
+from .prompts import StageDescriptions, describe_profiles, save_descriptions
+from .runtime import load_profiles, make_cache
 
 
-def _run_dir(cfg: DictConfig) -> Path:
-    if cfg.get("out_dir"):  # tests and scripts calling run() outside @hydra.main
-        return Path(cfg.out_dir)
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
-def run(cfg: DictConfig) -> dict:
-    from kgface import runtime
-
-    diseases = cfg.diseases if cfg.diseases is not None else [d.id for d in cfg.kg.panel]
-    profiles = runtime.load_profiles(cfg, list(diseases))
-    cache = runtime.make_cache(cfg)
-    llm_cfg = OmegaConf.to_container(cfg.llm, resolve=True)
-    descriptions = describe_profiles(profiles, llm_cfg, cache)
-    out = _run_dir(cfg)
-    path = save_descriptions(out / "descriptions.json", descriptions)
-    cache.record(out)
+def format_descriptions(descriptions: dict[str, StageDescriptions]) -> str:
+    lines = []
     for d in descriptions.values():
-        note = f"  [template: {d.fallback_reason}]" if d.fallback_reason else ""
-        print(f"{d.disease_id} {d.name} ({d.source}, {d.backend}{'/' + d.model if d.model else ''}){note}")
-        for s in d.stages:
-            print(f"  {s.stage}: {s.description}")
+        origin = d.backend + (f"/{d.model}" if d.model else "")
+        note = f"; template because {d.fallback_reason}" if d.fallback_reason else ""
+        lines.append(f"{d.disease_id} {d.name} [{d.source}, {origin}{note}]")
+        lines += [f"  {s.stage}: {s.description}" for s in d.stages]
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, StageDescriptions]:
+    cache = make_cache(cfg)
+    diseases = OmegaConf.to_container(cfg.diseases) if cfg.get("diseases") is not None else None
+    if isinstance(diseases, str):
+        diseases = [diseases]
+    profiles = load_profiles(cfg, diseases, cache)
+    descriptions = describe_profiles(profiles, OmegaConf.to_container(cfg.llm, resolve=True), cache)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_descriptions(out_dir / "descriptions.json", descriptions)
+    cache.record(out_dir)
+    print(format_descriptions(descriptions))
     print(f"wrote {path}")
-    return {"descriptions": str(path), "diseases": list(descriptions)}
+    return descriptions
 
 
-main = hydra.main(version_base=None, config_path=str(conf_dir()), config_name="describe")(run)
+main = entry("describe")(run)
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,17 @@ _SECOND_SENTENCE = re.compile(r"[.!?]\s+[A-Z]")
 
 
 class StageText(BaseModel):
+    """One stage's description as kept in descriptions.json (template or LLM)."""
+
+    stage: int = Field(ge=0, le=N_STAGES - 1)
+    description: str
+    phenotypes: list[str] = Field(default_factory=list)
+    negative_prompt: str = ""
+
+
+class AnswerStage(StageText):
+    """One stage as the LLM must write it: stricter than what kgface keeps (templates may run longer)."""
+
     model_config = ConfigDict(extra="forbid")
 
     stage: int = Field(ge=0, le=N_STAGES - 1, description="severity stage, 0..3")
@@ -59,7 +70,7 @@ class LLMAnswer(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    stages: list[StageText] = Field(min_length=N_STAGES, max_length=N_STAGES)
+    stages: list[AnswerStage] = Field(min_length=N_STAGES, max_length=N_STAGES)
 
     @model_validator(mode="after")
     def _stages_in_order(self) -> "LLMAnswer":

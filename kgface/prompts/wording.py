@@ -64,22 +64,30 @@ def _check_stage(stage: int) -> int:
     return int(stage)
 
 
+# how many phenotypes a template description names at each stage: more signs as the disease progresses
+STAGE_LIMITS = (3, 3, 5, 7)
+
+
+def _frequency(p: Phenotype) -> float:
+    return 0.8 if p.frequency is None else p.frequency
+
+
 def appear_stage(p: Phenotype) -> int:
     """First stage at which the template shows a phenotype: frequent signs early, rare ones only at full severity.
 
     The curated `min_stage` of the KG is a floor; an unknown frequency counts as frequent (the KG lists it, so it is
     a sign of the disease, but we cannot say how rare it is).
     """
-    f = 0.8 if p.frequency is None else p.frequency
+    f = _frequency(p)
     by_frequency = 1 if f >= 0.5 else 2 if f >= 0.2 else 3
     return max(int(p.min_stage or 0), by_frequency)
 
 
 def _by_frequency(phenotypes: list[Phenotype]) -> list[Phenotype]:
-    return sorted(phenotypes, key=lambda p: (-(p.frequency if p.frequency is not None else 0.8), p.hpo_id))
+    return sorted(phenotypes, key=lambda p: (-_frequency(p), p.hpo_id))
 
 
-def stage_phenotypes(profile: FacialProfile, stage: int, limit: int = 5) -> list[Phenotype]:
+def stage_phenotypes(profile: FacialProfile, stage: int, limit: int | None = None) -> list[Phenotype]:
     """The phenotypes a template description of `stage` shows, most frequent first.
 
     A stage whose scale level has no signs shows nothing; a stage 0 with signs (acne's "at most 5 lesions") shows
@@ -91,16 +99,19 @@ def stage_phenotypes(profile: FacialProfile, stage: int, limit: int = 5) -> list
         return []
     ranked = _by_frequency(profile.phenotypes)
     if stage == 0:
-        chosen = [p for p in ranked if int(p.min_stage or 0) == 0 and (p.frequency or 0.0) >= 0.5]
+        chosen = [p for p in ranked if int(p.min_stage or 0) == 0 and _frequency(p) >= 0.5]
     else:
         chosen = [p for p in ranked if appear_stage(p) <= stage] or ranked[:1]
-    return chosen[:limit]
+    return chosen[:STAGE_LIMITS[stage] if limit is None else limit]
 
 
 def _join(items: list[str]) -> str:
+    """Join as `a, b and c`, or as `a; b; c` when an item has its own commas (curated wording often does)."""
     items = [i for i in items if i]
     if len(items) <= 1:
         return "".join(items)
+    if any("," in i or ":" in i for i in items):
+        return "; ".join(items)
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 

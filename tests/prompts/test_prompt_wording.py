@@ -1,0 +1,86 @@
+"""Template descriptions, training prompts, captions and zero-shot prompts for known profiles."""
+import pytest
+
+from kgface.prompts import (NEUTRAL_PROMPT, caption, healthy_prompts, negative_prompt, stage_levels, stage_scale,
+                            template_description, template_descriptions, training_prompt, zero_shot_prompts)
+
+
+def test_stage_scale_default_and_acne():
+    assert stage_scale("ORPHA:870") == ["earliest", "mild", "moderate", "severe"]
+    assert stage_scale("MONDO:0011438") == ["mild", "moderate", "severe", "very severe"]
+    # ACNE04 / Hayashi lesion counts, contiguous and open-ended at the top
+    assert [lvl.lesions for lvl in stage_levels("MONDO:0011438")] == [(0, 5), (6, 20), (21, 50), (51, None)]
+
+
+def test_template_down_syndrome_grows_with_stage(down):
+    assert [template_description(down, s) for s in range(4)] == [
+        "A face with Down syndrome, earliest stage (no visible signs yet).",
+        "A face with Down syndrome, mild stage (mild, subtle signs): upward-slanting eyes and a flat nasal bridge.",
+        "A face with Down syndrome, moderate stage (clearly visible signs): upward-slanting eyes, a flat nasal "
+        "bridge and skin folds at the inner eye corners.",
+        "A face with Down syndrome, severe stage (pronounced, fully developed signs): upward-slanting eyes, a flat "
+        "nasal bridge, skin folds at the inner eye corners and upturned nostrils.",
+    ]
+
+
+def test_template_acne_follows_min_stage(acne):
+    d = template_descriptions(acne)
+    assert d.source == "template" and d.backend == "none" and d.fallback_reason is None
+    assert [s.phenotypes for s in d.stages] == [
+        ["HP:0001061", "HP:0025249"],  # lesions are there from grade 0 (<= 5 lesions)
+        ["HP:0001061", "HP:0025249", "HP:0200034"],
+        ["HP:0001061", "HP:0025249", "HP:0200034", "HP:0200039"],  # pustules: min_stage 2
+        ["HP:0001061", "HP:0025249", "HP:0200034", "HP:0200039"],
+    ]
+    assert d.stages[0].description.startswith("A face with acne vulgaris, mild stage (at most 5 acne lesions): ")
+    assert "more than 50 acne lesions" in d.stages[3].description
+
+
+def test_training_prompt_kg_has_no_disease_words(down, acne, healthy):
+    for profile in (down, acne, healthy):
+        for stage in range(4):
+            prompt = training_prompt(profile, stage, conditioning="kg")
+            assert prompt == NEUTRAL_PROMPT
+            words = [profile.name.lower()] + [p.visual.split()[-1] for p in profile.phenotypes]
+            assert not any(w and w in prompt.lower() for w in words)
+
+
+def test_training_prompt_text_names_disease_and_phenotypes(down, healthy):
+    prompt = training_prompt(down, 2, conditioning="text")
+    assert "Down syndrome" in prompt and "upward-slanting eyes" in prompt and "moderate" in prompt
+    assert "healthy" in training_prompt(healthy, 0, conditioning="text")
+    with pytest.raises(ValueError, match="conditioning"):
+        training_prompt(down, 1, conditioning="image")
+    with pytest.raises(ValueError, match="stage"):
+        training_prompt(down, 4, conditioning="text")
+
+
+def test_training_prompt_prefers_llm_descriptions(down):
+    d = template_descriptions(down)
+    d.stages[1].description = "A face with almond-shaped eyes tilted upwards."
+    assert training_prompt(down, 1, "text", {down.disease_id: d}).endswith("almond-shaped eyes tilted upwards.")
+    # the same from descriptions.json's parsed form, and the template for a disease it lacks
+    as_json = {down.disease_id: d.model_dump()}
+    assert training_prompt(down, 1, "text", as_json).endswith("tilted upwards.")
+    assert training_prompt(down, 2, "text", {"ORPHA:1": d}) == training_prompt(down, 2, "text")
+
+
+def test_caption_from_image_labels(down, healthy):
+    assert caption(down, 1) == ("a photo of a face with Down syndrome, mild stage, showing upward-slanting eyes "
+                                "and a flat nasal bridge")
+    # labels of one image: only phenotypes scored >= 0.5, in profile order
+    cap = caption(down, 3, {"HP:0000463": 0.9, "HP:0000582": 0.2, "HP:0000286": 0.5})
+    assert cap == ("a photo of a face with Down syndrome, severe stage, showing skin folds at the inner eye corners "
+                   "and upturned nostrils")
+    assert caption(down, None, {}) == "a photo of a face with Down syndrome"
+    assert caption(healthy, 2) == "a photo of a healthy face with no visible signs of disease"
+
+
+def test_zero_shot_and_negative_prompts(down, healthy):
+    prompts = zero_shot_prompts(down)
+    assert len(prompts) == 4 and all("Down syndrome" in p for p in prompts[:3])
+    assert "upward-slanting eyes" in prompts[3]
+    assert zero_shot_prompts(healthy) == healthy_prompts()
+    assert not any("syndrome" in p for p in healthy_prompts())
+    assert negative_prompt(down).startswith("hypertelorism, blurry")
+    assert "rash" in negative_prompt(healthy)
