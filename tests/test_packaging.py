@@ -1,0 +1,33 @@
+"""A non-editable install (a built wheel) finds conf/, kg_data/ and prompts/ and can compose the configs."""
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_install_finds_assets(tmp_path):
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+                    str(ROOT)], check=True, timeout=300, capture_output=True)
+    wheel = next(wheels.glob("kgface-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, timeout=300, capture_output=True)
+    # -S: skip site.py, so the editable install's import hook cannot hand us the checkout instead of the wheel
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(target)!r}]
+        sys.path.append({sysconfig.get_paths()["purelib"]!r})
+        import kgface.resources as r
+        assert str(r.asset_root()).startswith({str(target)!r}), r.asset_root()
+        assert (r.kg_data_dir() / "visible_phenotypes.csv").is_file()
+        assert (r.prompts_dir()).is_dir()
+        from kgface.config import compose
+        print(compose("profiles").kg.panel[0].id)
+    """)
+    proc = subprocess.run([sys.executable, "-S", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ORPHA:870"

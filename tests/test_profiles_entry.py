@@ -1,0 +1,61 @@
+"""`python -m kgface.profiles`: through Hydra from Python (main(overrides)) and as a real subprocess."""
+import json
+import subprocess
+import sys
+
+import pytest
+from rdflib import Graph, URIRef
+
+from kgface.config import compose
+from kgface.profiles import main
+
+
+def test_profiles_cli_writes_json_and_turtle(tmp_path, capsys):
+    out = tmp_path / "out"
+    main(["diseases=[ORPHA:870,OMIM:163950]", f"hydra.run.dir={out}"])
+    data = json.loads((out / "profiles.json").read_text())
+    assert [p["disease_id"] for p in data["profiles"]] == ["ORPHA:870", "OMIM:163950"]
+    ids = {ph["hpo_id"] for p in data["profiles"] for ph in p["phenotypes"]}
+    assert ids and all(i.startswith("HP:") and len(i) == 10 for i in ids)
+    g = Graph().parse(out / "profiles.ttl", format="turtle")
+    assert len(g) > 100
+    curies = {str(o) for o in g.objects(None, URIRef("https://w3id.org/kgface/vocab#curie"))}
+    assert curies == {"ORPHA:870", "OMIM:163950"}
+    assert (out / "cache_entries.json").exists()
+    printed = capsys.readouterr().out
+    assert "ORPHA:870" in printed and "Upslanted palpebral fissure" in printed
+
+
+def test_unknown_disease_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main(["diseases=[Downs syndrom]", f"hydra.run.dir={out}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("kgface.profiles: error: unknown disease 'Downs syndrom'") and "Down syndrome" in err[-1]
+    assert not (out / "profiles.json").exists() and not (out / "profiles.ttl").exists()
+
+
+def test_config_groups_and_overrides():
+    cfg = compose("profiles", ["kg=primekg", "kg.path=/data/kg.csv", "paths.cache_dir=/tmp/c"])
+    assert cfg.kg.source == "primekg" and cfg.kg.path == "/data/kg.csv" and cfg.paths.cache_dir == "/tmp/c"
+    assert compose("profiles").kg.panel[0].id == "ORPHA:870"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["kg=nosuch"], "Could not find 'kg/nosuch'"),
+    (["kg.nosuchkey=1"], "Could not override 'kg.nosuchkey'"),
+])
+def test_wrong_keys_are_hydra_errors(overrides, message):
+    from hydra.errors import HydraException
+    from omegaconf.errors import ConfigKeyError
+
+    with pytest.raises((HydraException, ConfigKeyError), match=message):
+        compose("profiles", overrides)
+
+
+def test_primekg_without_path_is_a_clear_cli_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kgface.profiles", "kg=primekg", f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "kg.path" in proc.stderr
