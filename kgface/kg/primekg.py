@@ -66,7 +66,7 @@ def _disease_ids(x_id: np.ndarray, x_source: np.ndarray) -> tuple[list[str], lis
     return ids, aliases
 
 
-def read_kg_csv(path: str | Path, block_size: int = 1 << 24, progress: bool = False) -> pa.Table:
+def read_kg_csv(path: str | Path, block_size: int = 1 << 22, progress: bool = False) -> pa.Table:
     """Stream kg.csv and keep the disease->phenotype rows (one direction) as an Arrow table."""
     path = Path(path)
     _check_header(path)
@@ -105,6 +105,7 @@ def read_kg_csv(path: str | Path, block_size: int = 1 << 24, progress: bool = Fa
     if not kept:
         raise KGFormatError(f"{path}: no disease-phenotype rows among {rows_seen} rows; is this PrimeKG's kg.csv?")
     table = pa.concat_tables(kept)
+    pa.default_memory_pool().release_unused()  # hand the reader's buffers back: peak RSS matters on 8.1M rows
     bad = pc.invert(pc.match_substring_regex(table.column("y_id"), r"^\d+$"))
     if pc.any(bad).as_py():
         i = pc.indices_nonzero(bad)[0].as_py()
