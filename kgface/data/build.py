@@ -1,0 +1,76 @@
+"""Build (or reuse from the cache) the dataset a config names, as a folder holding manifest.csv and its images."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..cache import Cache, file_fingerprint, write_json_atomic
+from ..errors import UserError
+from ..kg import FacialProfile
+from ..resources import kg_data_dir
+from .manifest import write_manifest
+from .phantom.dataset import PhantomConfig, build_phantom, contact_sheet
+from .phantom.effects import load_phantom_effects
+
+RENDERER_VERSION = 1  # bump when drawing changes, so cached phantom datasets rebuild
+
+
+def _data_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.data, resolve=True)
+
+
+def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache, progress: bool = True) -> Path:
+    """The cached phantom dataset folder for this config and these profiles (built on first use)."""
+    data = _data_dict(cfg)
+    heldout = [str(h) for h in data.get("heldout") or []]
+    ids = {p.disease_id for p in profiles}
+    unknown = [h for h in heldout if h not in ids]
+    if unknown:
+        raise UserError(f"data.heldout names {unknown}, which are not in the disease panel "
+                        f"({', '.join(sorted(ids))}); fix data.heldout or kg.panel")
+    effects_path = kg_data_dir() / "phantom_effects.csv"
+    spec = {"data": data, "renderer": RENDERER_VERSION, "effects": file_fingerprint(effects_path),
+            "profiles": [p.to_dict() for p in profiles]}
+    entry = cache.entry("dataset-phantom", spec)
+    if entry.exists():
+        return entry.path
+    pcfg = PhantomConfig.from_dict(data)
+    table = load_phantom_effects(effects_path)
+    with entry.build() as tmp:
+        rows, stats = build_phantom(profiles, pcfg, table, tmp, heldout, progress=progress)
+        write_manifest(rows, tmp / "manifest.csv")
+        write_json_atomic(tmp / "dataset.json", {"config": data, **stats})
+        names = {p.disease_id: p.name for p in profiles}
+        contact_sheet(rows, tmp, names).save(tmp / "contact_sheet.png")
+    return entry.path
+
+
+def materialise(src: Path, out: Path) -> None:
+    """Give OUT its own copy of a cached dataset (hard links where the filesystem allows: no extra disk)."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / ".images.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src / "images", staging, copy_function=link)
+    if (out / "images").exists():
+        shutil.rmtree(out / "images")
+    os.replace(staging, out / "images")
+    for name in ("dataset.json", "contact_sheet.png", "manifest.csv"):  # manifest last: it marks completeness
+        tmp = out / f".{name}.tmp"
+        shutil.copy2(src / name, tmp)
+        os.replace(tmp, out / name)
+
+
+def dataset_stats(folder: Path) -> dict:
+    return json.loads((folder / "dataset.json").read_text(encoding="utf-8"))

@@ -1,0 +1,140 @@
+"""The manifest: one CSV row per image, the same format for phantom, real and generated sets.
+
+Columns (docs/data.md): path (relative to the manifest's folder), identity, disease (a KG id or `healthy`), stage
+(int 0..3), severity (float 0..3), lesion_count (int, empty = not counted), split (train/val/test), source,
+phenotypes (JSON: HPO id -> intensity in [0,1]; `{}` when unknown, as for real photos), age_group (optional).
+Generated manifests add the request: mode, requested_disease, requested_stage, seed, source_image.
+
+Reading validates every row: a bad label is an error (or, with on_error="skip", a counted, logged skip), never a
+silently wrong label.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..cache import atomic_path
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["path", "identity", "disease", "stage", "severity", "lesion_count", "split", "source", "phenotypes",
+           "age_group"]
+GENERATED_COLUMNS = ["mode", "requested_disease", "requested_stage", "seed", "source_image"]
+REQUIRED = ["path", "disease", "stage", "split"]
+SPLITS = ("train", "val", "test")
+N_STAGES = 4
+
+
+class ManifestError(UserError):
+    """A manifest row or file that cannot be used as it is."""
+
+
+@dataclass
+class ReadReport:
+    rows: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (CSV line, reason)
+
+
+def write_manifest(rows: pd.DataFrame | list[dict], path: str | os.PathLike) -> Path:
+    """Write atomically; missing optional columns are filled (identity '', lesion_count empty, phenotypes {})."""
+    df = pd.DataFrame(rows).copy()
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = "{}" if col == "phenotypes" else ""
+    df["phenotypes"] = [v if isinstance(v, str) else json.dumps(v, sort_keys=True) for v in df["phenotypes"]]
+    extra = [c for c in df.columns if c not in COLUMNS]
+    with atomic_path(path, suffix=".csv") as tmp:
+        df[COLUMNS + extra].to_csv(tmp, index=False)
+    return Path(path)
+
+
+def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_files: bool) -> dict:
+    """Validate and type one row; raises ValueError with the reason."""
+    out = dict(row)
+    rel = str(row["path"]).strip()
+    if not rel:
+        raise ValueError("empty path")
+    full = (root / rel).resolve()
+    if root.resolve() not in full.parents:
+        raise ValueError(f"path '{rel}' escapes the dataset root {root}")
+    if check_files and not full.is_file():
+        raise ValueError(f"image '{rel}' does not exist")
+    out["abspath"] = str(full)
+    disease = str(row["disease"]).strip()
+    if not disease:
+        raise ValueError("empty disease (use a KG id or 'healthy')")
+    if known_diseases is not None and disease not in known_diseases:
+        raise ValueError(f"disease '{disease}' is not one of the known labels")
+    out["disease"] = disease
+    try:
+        stage = int(float(row["stage"]))
+    except (TypeError, ValueError):
+        raise ValueError(f"stage '{row['stage']}' is not an integer") from None
+    if not 0 <= stage < N_STAGES or float(row["stage"]) != stage:
+        raise ValueError(f"stage {row['stage']} is outside 0..{N_STAGES - 1}")
+    out["stage"] = stage
+    sev = row.get("severity", "")
+    out["severity"] = float(stage) if sev in ("", None) or pd.isna(sev) else float(sev)
+    if not 0.0 <= out["severity"] <= N_STAGES - 1:
+        raise ValueError(f"severity {sev} is outside 0..{N_STAGES - 1}")
+    lc = row.get("lesion_count", "")
+    if lc in ("", None) or (isinstance(lc, float) and pd.isna(lc)):
+        out["lesion_count"] = -1
+    else:
+        if float(lc) < 0 or float(lc) != int(float(lc)):
+            raise ValueError(f"lesion_count {lc} is not a non-negative integer")
+        out["lesion_count"] = int(float(lc))
+    if row["split"] not in SPLITS:
+        raise ValueError(f"split '{row['split']}' is not one of {', '.join(SPLITS)}")
+    text = row.get("phenotypes", "") or "{}"
+    try:
+        ph = json.loads(text) if isinstance(text, str) else dict(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"phenotypes is not JSON: {str(text)[:60]}") from None
+    if not isinstance(ph, dict) or any(not str(k).startswith("HP:") or not 0.0 <= float(v) <= 1.0
+                                       for k, v in ph.items()):
+        raise ValueError("phenotypes must map HP ids to intensities in [0,1]")
+    out["phenotypes"] = {str(k): float(v) for k, v in ph.items()}
+    out["identity"] = str(row.get("identity", "") if not pd.isna(row.get("identity", "")) else "")
+    return out
+
+
+def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = None, on_error: str = "raise",
+                  check_files: bool = True) -> tuple[pd.DataFrame, ReadReport]:
+    """Read and validate a manifest. on_error: `raise` (default) or `skip` (count, log, and drop bad rows)."""
+    path = Path(path)
+    if on_error not in ("raise", "skip"):
+        raise ManifestError(f"on_error must be 'raise' or 'skip', got '{on_error}'")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: manifest not found; check the data.manifest / run path") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not a readable CSV manifest ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{path}: lacks columns {missing}; a manifest needs {', '.join(REQUIRED)} (docs/data.md)")
+    if df.empty:
+        raise ManifestError(f"{path}: the manifest has no rows")
+    report, rows, seen = ReadReport(rows=len(df)), [], {}
+    for i, row in enumerate(df.to_dict("records")):
+        line = i + 2
+        try:
+            if row["path"] in seen:
+                raise ValueError(f"duplicate path '{row['path']}' (first on line {seen[row['path']]})")
+            seen[row["path"]] = line
+            rows.append(_check_row(row, path.parent, known_diseases, check_files))
+        except ValueError as exc:
+            if on_error == "raise":
+                raise ManifestError(f"{path}:{line}: {exc}; fix the row or read with on_error=skip") from None
+            report.skipped.append((line, str(exc)))
+            log.warning("%s:%d skipped: %s", path, line, exc)
+    if not rows:
+        raise ManifestError(f"{path}: every row was skipped ({len(report.skipped)}); first: {report.skipped[0][1]}")
+    return pd.DataFrame(rows), report

@@ -1,0 +1,271 @@
+"""The phantom benchmark: diseases drawn as the knowledge graph says, with labels known by construction.
+
+An *individual* is an identity with a disease. Which of the disease's visible phenotypes it shows is drawn once per
+individual (probability = the KG frequency; unknown frequency = `unknown_frequency`), so the same individual shows the
+same phenotypes at every stage and only their intensity grows: stage 0 = no signs, 3 = full. Per individual and
+phenotype an intensity factor u ~ U(intensity_min, 1) varies how strongly a sign shows. A phenotype is not drawn
+below its curated `min_stage`, nor when its KG onset is later than the identity's age group. Severity is continuous:
+s = stage + U(-severity_jitter, +severity_jitter), clipped to the stage's bin, and a phenotype's intensity is
+u * s / 3. Acne (any disease whose profile carries acne terms) draws count_from_severity(s) lesions (ACNE04 /
+Hayashi bins); its stage 0 is mild acne, not healthy. Healthy is its own class: no phenotypes, stage 0.
+
+Labels hold only what was drawn: phenotypes with no renderer effect (reported per disease) are never labelled present.
+"""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ...kg import FacialProfile
+from ...prompts.wording import stage_levels
+from .acne import count_from_severity
+from .effects import TermEffect, effects_for_terms
+from .identity import AGE_GROUPS, sample_identity
+from .render import render_face
+
+ACNE = "HP:0001061"
+ACNE_LESIONS = {"HP:0025249": "comedo", "HP:0200034": "papule", "HP:0200039": "pustule", "HP:0033188": "nodule"}
+ACNE_TERMS = {ACNE, "HP:0040137", *ACNE_LESIONS}
+# HPO onset terms -> the youngest age group (index into AGE_GROUPS) that can show a phenotype with that onset.
+ONSET_AGE = {
+    **dict.fromkeys(["HP:0030674", "HP:0011460", "HP:0011461", "HP:0034199", "HP:0034198", "HP:0034197",
+                     "HP:0003577", "HP:0003623", "HP:0003593", "HP:0011463", "HP:0410280"], 0),  # antenatal..childhood
+    "HP:0003621": 1,  # juvenile
+    **dict.fromkeys(["HP:0003581", "HP:0011462", "HP:0025708", "HP:0025709", "HP:0025710", "HP:0003596"], 2),
+    "HP:0003584": 3,  # late onset
+}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    seed: int = 0
+    size: int = 64
+    supersample: int = 4
+    per_class: int = 24                 # individuals per disease (each drawn at every stage)
+    healthy_per_class: int = 96         # healthy images (one identity each)
+    identities: int = 600               # the identity pool, split by identity
+    split_fractions: tuple = (0.7, 0.1, 0.2)
+    stages: tuple = (0, 1, 2, 3)
+    unknown_frequency: float = 0.5
+    intensity_min: float = 0.7
+    severity_jitter: float = 0.4
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PhantomConfig":
+        """From a plain dict (e.g. the `data` config group); unknown keys are left to the caller."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+                      if k in cls.__dataclass_fields__})
+
+
+def slug(disease_id: str) -> str:
+    return disease_id.replace(":", "_").replace("/", "_")
+
+
+def identity_split(cfg: PhantomConfig) -> dict[int, str]:
+    """Identity id -> split (fixed fractions of a seeded permutation: no identity is in two splits)."""
+    order = np.random.default_rng([cfg.seed, 11]).permutation(cfg.identities)
+    cuts = np.cumsum([round(f * cfg.identities) for f in cfg.split_fractions[:-1]])
+    out = {}
+    for k, ids in enumerate(np.split(order, cuts)):
+        out.update({int(i): SPLITS[k] for i in ids})
+    return out
+
+
+def _key(disease_id: str) -> int:
+    return zlib.crc32(disease_id.encode("utf-8"))
+
+
+def _age_index(age_group: str) -> int:
+    return AGE_GROUPS.index(age_group)
+
+
+def _earliest_onset(profile: FacialProfile) -> int:
+    """Youngest age group in which the disease can show at all (the latest of its phenotype onsets' minimum)."""
+    ages = [ONSET_AGE.get(p.onset, 0) for p in profile.phenotypes]
+    return min(ages) if ages else 0
+
+
+def choose_identities(profile: FacialProfile, cfg: PhantomConfig, splits: dict[int, str], n: int) -> list[int]:
+    """n identities for a disease, split-stratified, old enough for the disease's onsets."""
+    rng = np.random.default_rng([cfg.seed, _key(profile.disease_id), 1])
+    min_age = _earliest_onset(profile)
+    chosen = []
+    for k, split in enumerate(SPLITS):
+        want = round(n * cfg.split_fractions[k]) if k < 2 else n - len(chosen)
+        pool = [i for i, s in splits.items() if s == split
+                and _age_index(sample_identity(cfg.seed, i).age_group) >= min_age]
+        pool = sorted(pool)
+        if len(pool) < want:
+            raise ValueError(f"only {len(pool)} {split} identities are old enough for {profile.disease_id}; "
+                             "raise data.identities")
+        chosen += [int(i) for i in rng.choice(pool, size=want, replace=False)]
+    return chosen
+
+
+def individual(profile: FacialProfile, identity_id: int, cfg: PhantomConfig) -> dict[str, float]:
+    """HPO id -> intensity factor u for the phenotypes this individual has (drawn once, shared by all stages)."""
+    rng = np.random.default_rng([cfg.seed, identity_id, _key(profile.disease_id), 2])
+    out = {}
+    for p in sorted(profile.phenotypes, key=lambda x: x.hpo_id):
+        freq = cfg.unknown_frequency if p.frequency is None else p.frequency
+        present, u = rng.random() < freq, rng.uniform(cfg.intensity_min, 1.0)
+        if present:
+            out[p.hpo_id] = float(u)
+    return out
+
+
+def severity_of(stage: int, identity_id: int, disease_id: str, cfg: PhantomConfig) -> float:
+    """Continuous severity in the stage's bin [stage - 0.5, stage + 0.5). A stage 0 without signs is exactly 0;
+    one with signs (acne grade 0) starts at 0.1, i.e. at least one lesion."""
+    if disease_id == "healthy" or (stage == 0 and not stage_levels(disease_id)[0].signs):
+        return 0.0
+    rng = np.random.default_rng([cfg.seed, identity_id, _key(disease_id), 3 + stage])
+    s = stage + rng.uniform(-cfg.severity_jitter, cfg.severity_jitter)
+    low, high = (0.1, 0.49) if stage == 0 else (stage - 0.5, min(stage + 0.49, 3.0))
+    return float(min(max(s, low), high))
+
+
+def draw_labels(profile: FacialProfile, identity_id: int, stage: int, cfg: PhantomConfig,
+                table: dict[str, TermEffect]) -> dict:
+    """Everything the image will show: severity, lesion count, {HPO id: intensity} of drawn phenotypes."""
+    identity = sample_identity(cfg.seed, identity_id)
+    severity = severity_of(stage, identity_id, profile.disease_id, cfg)
+    factors = individual(profile, identity_id, cfg)
+    by_id = {p.hpo_id: p for p in profile.phenotypes}
+    # acne-like: the disease's lesions are counted on the ACNE04 scale (rosacea's papules are not: no acne term)
+    acne = any(p.hpo_id in (ACNE, "HP:0025249", "HP:0040137") for p in profile.phenotypes)
+    # lesions show at stage 0 only where the disease's own scale says stage 0 has signs (acne grade 0 = mild acne);
+    # acromegaly's acne, say, waits for stage 1 like its other signs
+    lesion_terms = ACNE_TERMS if acne and stage_levels(profile.disease_id)[0].signs else set()
+    shown = {}
+    for hpo_id, u in factors.items():
+        p = by_id[hpo_id]
+        if hpo_id not in table or stage < int(p.min_stage or 0):
+            continue
+        if ONSET_AGE.get(p.onset, 0) > _age_index(identity.age_group):
+            continue
+        # acne's stage 0 is mild acne: its lesions show from severity 0 on; other diseases show nothing at stage 0
+        t = u * max(severity, 0.5 if hpo_id in lesion_terms else 0.0) / 3.0 if (stage > 0 or hpo_id in lesion_terms) \
+            else 0.0
+        if t > 0:
+            shown[hpo_id] = round(min(t, 1.0), 4)
+    lesions = count_from_severity(severity) if acne and (stage > 0 or lesion_terms) else (0 if acne else -1)
+    if acne and lesions == 0:
+        shown = {h: t for h, t in shown.items() if h not in ACNE_TERMS}
+    return {"identity": identity, "severity": round(severity, 4), "lesion_count": lesions, "phenotypes": shown}
+
+
+def render_labels(labels: dict, cfg: PhantomConfig, table: dict[str, TermEffect]) -> Image.Image:
+    phenotypes = dict(labels["phenotypes"])
+    if ACNE in phenotypes and set(ACNE_LESIONS) & set(phenotypes):
+        # draw only the lesion types this individual has (the generic term would add the natural mix, nodules too)
+        phenotypes.pop(ACNE)
+    effects, _ = effects_for_terms(phenotypes, table)
+    lesions = labels["lesion_count"] if labels["lesion_count"] >= 0 else None
+    return render_face(labels["identity"], effects, size=cfg.size, supersample=cfg.supersample, lesion_count=lesions)
+
+
+def renderable_share(profile: FacialProfile, table: dict[str, TermEffect], unknown: float) -> float:
+    """Share of the profile's frequency mass that the renderer can draw."""
+    f = [(unknown if p.frequency is None else p.frequency, p.hpo_id in table) for p in profile.phenotypes]
+    total = sum(w for w, _ in f)
+    return sum(w for w, ok in f if ok) / total if total else 0.0
+
+
+def heldout_coverage(profiles: list[FacialProfile], heldout: list[str], table: dict[str, TermEffect],
+                     unknown: float) -> dict[str, float]:
+    """For each held-out disease: share of its renderable frequency mass whose HPO terms occur in a training
+    disease (an unseen disease can only be composed from phenotypes the generator has seen)."""
+    seen = {p.hpo_id for prof in profiles if prof.disease_id not in heldout for p in prof.phenotypes
+            if p.hpo_id in table}
+    out = {}
+    for prof in profiles:
+        if prof.disease_id in heldout:
+            rend = [(unknown if p.frequency is None else p.frequency, p.hpo_id in seen) for p in prof.phenotypes
+                    if p.hpo_id in table]
+            total = sum(w for w, _ in rend)
+            out[prof.disease_id] = sum(w for w, ok in rend if ok) / total if total else 0.0
+    return out
+
+
+def build_phantom(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[str, TermEffect], out: Path,
+                  heldout: list[str], progress: bool = True) -> tuple[list[dict], dict]:
+    """Render every (disease, individual, stage) into out/images/ and return (manifest rows, stats)."""
+    from tqdm import tqdm
+
+    splits = identity_split(cfg)
+    jobs = []
+    for prof in profiles:
+        if prof.healthy:
+            rng = np.random.default_rng([cfg.seed, 4])
+            by_split = {s: sorted(i for i, v in splits.items() if v == s) for s in SPLITS}
+            for k, split in enumerate(SPLITS):
+                n = round(cfg.healthy_per_class * cfg.split_fractions[k]) if k < 2 else \
+                    cfg.healthy_per_class - sum(1 for j in jobs if j[0].healthy)
+                for i in rng.choice(by_split[split], size=n, replace=False):
+                    jobs.append((prof, int(i), 0))
+            continue
+        for i in choose_identities(prof, cfg, splits, cfg.per_class):
+            jobs += [(prof, i, stage) for stage in cfg.stages]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for prof, identity_id, stage in tqdm(jobs, desc="rendering phantom faces", disable=not progress, unit="img"):
+        labels = draw_labels(prof, identity_id, stage, cfg, table) if not prof.healthy else {
+            "identity": sample_identity(cfg.seed, identity_id), "severity": 0.0, "lesion_count": -1, "phenotypes": {}}
+        rel = f"images/{slug(prof.disease_id)}/{identity_id:05d}_s{stage}.png"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        render_labels(labels, cfg, table).save(out / rel, optimize=False, compress_level=1)
+        rows.append({"path": rel, "identity": f"phantom-{identity_id}", "disease": prof.disease_id, "stage": stage,
+                     "severity": labels["severity"],
+                     "lesion_count": labels["lesion_count"] if labels["lesion_count"] >= 0 else "",
+                     "split": splits[identity_id], "source": "phantom",
+                     "phenotypes": json.dumps(labels["phenotypes"], sort_keys=True),
+                     "age_group": labels["identity"].age_group, "heldout": prof.disease_id in heldout})
+    diseases = [p for p in profiles if not p.healthy]
+    stats = {
+        "images": len(rows),
+        "renderable_share": {p.disease_id: round(renderable_share(p, table, cfg.unknown_frequency), 3)
+                             for p in diseases},
+        "unrenderable_terms": {p.disease_id: [f"{x.hpo_id} {x.name}" for x in p.phenotypes if x.hpo_id not in table]
+                               for p in diseases},
+        "heldout": list(heldout),
+        "heldout_coverage": {k: round(v, 3) for k, v in heldout_coverage(profiles, heldout, table,
+                                                                        cfg.unknown_frequency).items()},
+        "onset_coverage": {p.disease_id: sum(1 for x in p.phenotypes if x.onset) for p in diseases},
+    }
+    return rows, stats
+
+
+def contact_sheet(rows: list[dict], root: Path, names: dict[str, str], per_disease: int = 2, stages=(0, 1, 2, 3),
+                  label_width: int = 190) -> Image.Image:
+    """One row per disease, stages left to right, for `per_disease` test identities (healthy: a few faces)."""
+    by_disease: dict[str, list[dict]] = {}
+    for r in rows:
+        by_disease.setdefault(r["disease"], []).append(r)
+    first = Image.open(root / rows[0]["path"])
+    size = first.size[0]
+    cols = per_disease * len(stages)
+    sheet = Image.new("RGB", (label_width + cols * (size + 2), len(by_disease) * (size + 2) + 18), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, stage in enumerate(list(stages) * per_disease):
+        draw.text((label_width + k * (size + 2) + 2, 2), f"stage {stage}", fill="black")
+    for r_i, (disease, items) in enumerate(by_disease.items()):
+        y = 18 + r_i * (size + 2)
+        label = f"{disease}\n{names.get(disease, '')[:28]}" + ("\n(held out)" if items[0].get("heldout") else "")
+        draw.text((4, y + 4), label, fill="black")
+        items = sorted(items, key=lambda r: (r["split"] != "test", r["identity"], r["stage"]))
+        if disease == "healthy":
+            picks = items[:cols]
+        else:
+            ids = list(dict.fromkeys(r["identity"] for r in items))[:per_disease]
+            picks = [r for i in ids for s in stages for r in items if r["identity"] == i and r["stage"] == s]
+        for k, r in enumerate(picks[:cols]):
+            sheet.paste(Image.open(root / r["path"]).convert("RGB"), (label_width + k * (size + 2), y))
+    return sheet

@@ -1,0 +1,147 @@
+"""The phantom benchmark builder: labels follow the KG, splits by identity, determinism, acne grades, the CLI."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kgface.data.manifest import read_manifest
+from kgface.data.phantom.acne import grade_from_count
+from kgface.data.phantom.dataset import (PhantomConfig, build_phantom, draw_labels, heldout_coverage, identity_split,
+                                         individual, render_labels)
+from kgface.data.phantom.effects import load_phantom_effects
+from kgface.kg import ProfileBuilder, healthy_profile
+from kgface.resources import kg_data_dir
+
+SMALL = PhantomConfig(per_class=4, healthy_per_class=6, identities=80, size=32, supersample=2)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return load_phantom_effects(kg_data_dir() / "phantom_effects.csv")
+
+
+@pytest.fixture(scope="module")
+def profiles(hpo_kg, catalog):
+    b = ProfileBuilder(hpo_kg, catalog)
+    return {q: b.build(q) for q in ["ORPHA:870", "ORPHA:963", "MONDO:0011438", "MONDO:0006604", "ORPHA:648"]}
+
+
+def test_presence_follows_kg_frequency(profiles):
+    """Across 400 individuals each phenotype is present at its KG frequency (binomial 4-sigma band)."""
+    cfg = PhantomConfig()
+    down = profiles["ORPHA:870"]
+    counts = {p.hpo_id: 0 for p in down.phenotypes}
+    n = 400
+    for i in range(n):
+        for h in individual(down, i, cfg):
+            counts[h] += 1
+    for p in down.phenotypes:
+        f = p.frequency
+        sigma = max(np.sqrt(f * (1 - f) / n), 1e-3)
+        assert abs(counts[p.hpo_id] / n - f) < 4 * sigma + 0.01, (p.name, counts[p.hpo_id] / n, f)
+
+
+def test_unknown_frequency_uses_the_documented_default(hpo_kg, catalog):
+    prof = ProfileBuilder(hpo_kg, catalog).build("ORPHA:870")  # a private copy: frequencies are edited below
+    for p in prof.phenotypes:
+        p.frequency = None
+    cfg = PhantomConfig(unknown_frequency=0.25)
+    share = np.mean([len(individual(prof, i, cfg)) / len(prof.phenotypes) for i in range(300)])
+    assert abs(share - 0.25) < 0.03
+
+
+def test_stage_zero_shows_nothing_and_intensity_grows(profiles, table, hpo_kg, catalog):
+    prof = ProfileBuilder(hpo_kg, catalog).build("ORPHA:963")
+    cfg = PhantomConfig()
+    for i in range(5):
+        labels = [draw_labels(prof, i, s, cfg, table) for s in range(4)]
+        assert labels[0]["phenotypes"] == {} and labels[0]["severity"] == 0.0
+        assert [round(l["severity"]) for l in labels] == [0, 1, 2, 3]
+        for h, t in labels[1]["phenotypes"].items():  # the same phenotypes, growing
+            assert labels[2]["phenotypes"][h] > t and labels[3]["phenotypes"][h] > labels[2]["phenotypes"][h]
+        assert all(h in table for l in labels for h in l["phenotypes"])  # only what is drawn is labelled
+
+
+def test_acne_grades_and_nested_lesions(hpo_kg, catalog, table):
+    acne = ProfileBuilder(hpo_kg, catalog).build("MONDO:0011438")
+    cfg = PhantomConfig()
+    for i in range(30):
+        for stage in range(4):
+            lab = draw_labels(acne, i, stage, cfg, table)
+            assert lab["lesion_count"] >= 1 and grade_from_count(lab["lesion_count"]) == stage
+    # rosacea's papules are not counted on the acne scale, and rosacea stage 0 shows nothing
+    rosacea = ProfileBuilder(hpo_kg, catalog).build("MONDO:0006604")
+    lab = draw_labels(rosacea, 1, 0, cfg, table)
+    assert lab["lesion_count"] == -1 and lab["phenotypes"] == {}
+
+
+def test_identity_persists_across_stages(hpo_kg, catalog, table):
+    prof = ProfileBuilder(hpo_kg, catalog).build("ORPHA:870")
+    cfg = PhantomConfig(size=64)
+    imgs = [np.asarray(render_labels(draw_labels(prof, 3, s, cfg, table), cfg, table), dtype=float) for s in range(4)]
+    healthy = np.asarray(render_labels({"identity": draw_labels(prof, 3, 0, cfg, table)["identity"], "severity": 0,
+                                        "lesion_count": -1, "phenotypes": {}}, cfg, table), dtype=float)
+    assert np.array_equal(imgs[0], healthy)  # stage 0 is this person without signs
+    d1, d3 = np.abs(imgs[1] - imgs[0]).mean(), np.abs(imgs[3] - imgs[0]).mean()
+    assert 0 < d1 < d3  # the same face, changing more with the stage
+    other = np.asarray(render_labels(draw_labels(prof, 4, 0, cfg, table), cfg, table), dtype=float)
+    assert np.abs(other - imgs[0]).mean() > d3 / 2  # another identity differs
+
+
+def test_build_splits_by_identity_and_is_deterministic(profiles, table, tmp_path):
+    profs = [profiles["ORPHA:870"], profiles["MONDO:0011438"], healthy_profile("hpo")]
+    rows, stats = build_phantom(profs, SMALL, table, tmp_path / "a", heldout=["MONDO:0011438"], progress=False)
+    rows2, _ = build_phantom(profs, SMALL, table, tmp_path / "b", heldout=["MONDO:0011438"], progress=False)
+    assert rows == rows2
+    for r in rows[:10]:
+        assert (tmp_path / "a" / r["path"]).read_bytes() == (tmp_path / "b" / r["path"]).read_bytes()
+    df = pd.DataFrame(rows)
+    assert df.groupby("identity")["split"].nunique().max() == 1
+    assert set(df["split"]) == {"train", "val", "test"}
+    assert len(df[df.disease == "ORPHA:870"]) == SMALL.per_class * 4 and len(df[df.disease == "healthy"]) == 6
+    assert df[df.disease == "MONDO:0011438"]["heldout"].all() and not df[df.disease == "ORPHA:870"]["heldout"].any()
+    assert set(stats["renderable_share"]) == {"ORPHA:870", "MONDO:0011438"}
+    splits = identity_split(SMALL)
+    assert len(splits) == SMALL.identities and sorted(set(splits.values())) == ["test", "train", "val"]
+
+
+def test_heldout_coverage_counts_phenotypes_seen_in_training(profiles, table, hpo_kg, catalog):
+    from kgface.config import compose
+    from kgface.runtime import load_profiles
+
+    panel = load_profiles(compose("dataset"), knowledge=(hpo_kg, catalog))
+    full = heldout_coverage(panel, ["ORPHA:648", "ORPHA:199"], table, 0.5)
+    assert full["ORPHA:648"] > 0.8 and full["ORPHA:199"] > 0.7  # the pinned default is well covered
+    few = heldout_coverage(list(profiles.values()), ["ORPHA:648"], table, 0.5)
+    assert few["ORPHA:648"] < full["ORPHA:648"]  # fewer training diseases, less coverage
+    alone = heldout_coverage([profiles["ORPHA:648"]], ["ORPHA:648"], table, 0.5)
+    assert alone["ORPHA:648"] == 0.0  # nothing seen in training when it is the only disease
+
+
+def test_dataset_cli_writes_manifest_sheet_and_reuses_cache(tmp_path, capsys):
+    from kgface.dataset import main
+
+    args = ["data.per_class=2", "data.healthy_per_class=4", "data.identities=60", "data.size=32",
+            "data.supersample=2", "data.diseases=[ORPHA:870,ORPHA:648,MONDO:0011438]", "data.heldout=[ORPHA:648]"]
+    main(args + [f"hydra.run.dir={tmp_path / 'one'}"])
+    df, report = read_manifest(tmp_path / "one" / "manifest.csv")
+    assert len(df) == 3 * 2 * 4 + 4 and report.skipped == []
+    assert set(df["disease"]) == {"ORPHA:870", "ORPHA:648", "MONDO:0011438", "healthy"}
+    assert (tmp_path / "one" / "contact_sheet.png").stat().st_size > 1000
+    stats = json.loads((tmp_path / "one" / "dataset.json").read_text())
+    assert "ORPHA:648" in stats["heldout_coverage"]
+    out = capsys.readouterr().out
+    assert "held-out diseases" in out
+    main(args + [f"hydra.run.dir={tmp_path / 'two'}"])
+    assert "rendering" not in capsys.readouterr().err  # second run reused the cached entry
+    assert (tmp_path / "two" / "manifest.csv").read_text() == (tmp_path / "one" / "manifest.csv").read_text()
+
+
+def test_unknown_heldout_is_a_clear_error(tmp_path, capsys):
+    from kgface.dataset import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["data.diseases=[ORPHA:870]", "data.heldout=[ORPHA:99]", f"hydra.run.dir={tmp_path}"])
+    assert info.value.code == 2 and "data.heldout" in capsys.readouterr().err
+    assert not (tmp_path / "manifest.csv").exists()
