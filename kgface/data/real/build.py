@@ -1,0 +1,160 @@
+"""Build a preprocessed real dataset from a `conf/data/*.yaml` node.
+
+    OUT/images/...png     every usable image, face-cropped to size x size RGB (mirrors the source's relative paths)
+    OUT/manifest.csv      the manifest (docs/data.md), written atomically last, then re-read and validated
+    OUT/skipped.csv       where, path, reason of every skipped row or file (on_error=skip; header only otherwise)
+    OUT/dataset.json      the config, counts by split / disease / stage, conversions and detector misses
+
+Options of the config node other than name, size, on_error, detector and margin are the adapter's keyword arguments.
+Every image is decoded here, before any training, so an unreadable file is an error or a counted skip now and never
+a crash mid-epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ...cache import atomic_path, write_json_atomic
+from ...errors import UserError
+from ..images import ImageError, face_box, get_detector, load_rgb
+from ..manifest import ManifestError, read_manifest, write_manifest
+from .acne04 import acne04_manifest
+from .celeba import celeba_manifest
+from .common import SKIP_COLUMNS, BadInput
+from .folders import class_folder_manifest, folder_manifest, user_manifest
+
+log = logging.getLogger(__name__)
+
+ADAPTERS = {
+    "acne04": acne04_manifest,
+    "disease_faces": class_folder_manifest,
+    "class_folders": class_folder_manifest,
+    "celeba": celeba_manifest,
+    "folder": folder_manifest,
+    "manifest": user_manifest,
+}
+BUILD_KEYS = ("name", "size", "on_error", "detector", "margin")
+
+
+@dataclass
+class BuildResult:
+    manifest: Path
+    rows: int
+    skipped: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+def _plain(cfg_data: Any) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        from omegaconf.errors import MissingMandatoryValue
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra-core
+        return dict(cfg_data)
+    if isinstance(cfg_data, DictConfig):
+        try:
+            return OmegaConf.to_container(cfg_data, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as exc:
+            raise UserError(f"data.{exc.full_key}: a value is required (e.g. data.{exc.full_key}=/path)") from None
+    return dict(cfg_data)
+
+
+def manifest_from_config(cfg_data: Any, on_error: str | None = None,
+                         skipped: list[dict] | None = None) -> pd.DataFrame:
+    """The adapter's rows (paths in the source dataset) for a data config node, without preprocessing."""
+    opts = _plain(cfg_data)
+    name = opts.get("name")
+    if name not in ADAPTERS:
+        raise UserError(f"data.name '{name}' is not a real-dataset adapter; choose one of {', '.join(ADAPTERS)}")
+    adapter = ADAPTERS[name]
+    kwargs = {k: v for k, v in opts.items() if k not in BUILD_KEYS}
+    params = inspect.signature(adapter).parameters
+    accepted = set(params) - {"on_error", "skipped"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise UserError(f"data={name}: unknown options {unknown}; accepted: {sorted(accepted)}")
+    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and kwargs.get(k) is None]
+    missing += [k for k, v in kwargs.items() if v == "???"]
+    if missing:
+        raise UserError(f"data={name}: {missing} must be set (e.g. data.{missing[0]}=/path)")
+    return adapter(**kwargs, on_error=on_error or opts.get("on_error", "raise"), skipped=skipped)
+
+
+def _output_name(rel: str, used: set[str]) -> str:
+    stem = PurePosixPath(rel).with_suffix("").as_posix()
+    name = f"images/{stem}.png"
+    if name.lower() in used:  # a.jpg and a.png in one folder, or names differing only in case
+        name = f"images/{stem}-{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:8]}.png"
+    used.add(name.lower())
+    return name
+
+
+def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = None,
+                       on_error: str | None = None, detector: str | None = None) -> BuildResult:
+    """Build OUT/{images/, manifest.csv, skipped.csv, dataset.json} from a data config node (see the module docs).
+    `size`, `on_error` and `detector` override the node's values."""
+    opts = _plain(cfg_data)
+    size = int(size if size is not None else opts.get("size", 64))
+    on_error = on_error or opts.get("on_error", "raise")
+    detector_name = detector or opts.get("detector", "none")
+    margin = float(opts.get("margin", 0.25))
+    if size < 1:
+        raise UserError(f"data.size must be a positive number of pixels, got {size}")
+    out_dir = Path(out_dir)
+    if opts.get("name") == "manifest" and Path(str(opts.get("path"))).resolve() == (out_dir / "manifest.csv").resolve():
+        raise UserError(f"data.path {opts['path']} is the manifest this build would overwrite; choose another out_dir")
+    skipped: list[dict] = []
+    bad = BadInput(on_error, skipped)
+    face_detector = get_detector(detector_name)
+    df = manifest_from_config(opts, on_error=on_error, skipped=skipped)
+    n_listed = len(df) + len(skipped)
+    rows, used, modes, no_face = [], set(), Counter(), 0
+    for row in tqdm(df.to_dict("records"), desc=f"data={opts.get('name')}", unit="img", disable=None):
+        try:
+            img = load_rgb(row["abspath"])
+        except ImageError as exc:
+            if on_error == "raise":
+                raise ImageError(f"{exc}; listed at {row['_where']}; fix or remove it, or set on_error=skip") from None
+            bad(row["_where"], row["path"], str(exc))
+            continue
+        modes[img.info.get("source_mode", "RGB")] += 1
+        (left, top, side, _), found = face_box(img, face_detector, margin)
+        no_face += face_detector is not None and not found
+        out_name = _output_name(row["path"], used)
+        target = out_dir / out_name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        crop = img.crop((left, top, left + side, top + side))
+        crop.resize((size, size), Image.Resampling.LANCZOS).save(target, format="PNG")
+        out = {k: v for k, v in row.items() if k not in ("abspath", "_where")}
+        rows.append({**out, "path": out_name, "original": row["path"]})
+    if not rows:
+        first = skipped[0]["reason"] if skipped else "no rows"
+        raise ManifestError(f"data={opts.get('name')}: every image was skipped ({len(skipped)}); first: {first}")
+    manifest = write_manifest(rows, out_dir / "manifest.csv")
+    with atomic_path(out_dir / "skipped.csv", suffix=".csv") as tmp:
+        pd.DataFrame(skipped, columns=SKIP_COLUMNS).to_csv(tmp, index=False)
+    converted = {m: n for m, n in sorted(modes.items()) if m != "RGB"}
+    if converted:
+        log.info("converted to RGB: %s", ", ".join(f"{n} {m}" for m, n in converted.items()))
+    if no_face:
+        log.warning("%s: no face found in %d of %d images; those were centre-cropped", detector_name, no_face,
+                    len(rows))
+    if skipped:
+        log.warning("data=%s: skipped %d (listed in %s)", opts.get("name"), len(skipped), out_dir / "skipped.csv")
+    final, _report = read_manifest(manifest)  # what downstream stages will read; must validate
+    summary = {
+        "config": opts, "size": size, "detector": detector_name, "listed": n_listed, "rows": len(final),
+        "skipped": len(skipped), "converted_to_rgb": converted, "faces_not_found": int(no_face),
+        "splits": dict(Counter(final["split"])), "diseases": dict(Counter(final["disease"])),
+        "stages": {str(k): int(v) for k, v in sorted(Counter(final["stage"]).items())},
+    }
+    write_json_atomic(out_dir / "dataset.json", summary)
+    return BuildResult(manifest=manifest, rows=len(final), skipped=skipped, summary=summary)

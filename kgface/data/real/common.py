@@ -1,0 +1,121 @@
+"""What every real-dataset adapter shares: bad-input routing, safe relative paths, deterministic splits.
+
+An adapter returns a DataFrame with the manifest columns (`path` relative to the dataset root, posix), an `abspath`
+column (the source file) and a private `_where` column (label file and line, or the file, for messages); the builder
+(`build.py`) turns it into a preprocessed dataset. Bad input goes through `BadInput`: with on_error="raise" a
+ManifestError naming the file and line, with on_error="skip" a record {where, path, reason} in the caller's list
+and a warning in the log.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import posixpath
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from ...errors import UserError
+from ..manifest import ManifestError, N_STAGES
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+ON_ERROR = ("raise", "skip")
+UNKNOWN_STAGE = 2          # the stage written when a photo's stage is unknown (stage_known=False); docs/data.md
+SKIP_COLUMNS = ["where", "path", "reason"]
+
+
+class BadInput:
+    """Routes one bad row or file to an error (on_error=raise) or a counted, logged skip (on_error=skip)."""
+
+    def __init__(self, on_error: str = "raise", skipped: list[dict] | None = None):
+        if on_error not in ON_ERROR:
+            raise UserError(f"on_error must be one of {', '.join(ON_ERROR)}, got '{on_error}'")
+        self.on_error = on_error
+        self.skipped = skipped if skipped is not None else []
+
+    def __call__(self, where: str, path: str, reason: str) -> None:
+        if self.on_error == "raise":
+            raise ManifestError(f"{where}: {reason}; fix it or set on_error=skip")
+        self.skipped.append({"where": where, "path": path, "reason": reason})
+        log.warning("%s skipped: %s", where, reason)
+
+
+def safe_relpath(name: str) -> str | None:
+    """`name` as a normalised posix path inside its root, or None if it is empty, absolute or climbs out with `..`.
+
+    The check is lexical (no symlink resolution), so datasets made of symlinks still load."""
+    text = str(name).strip().replace("\\", "/")
+    if not text or text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        return None
+    norm = posixpath.normpath(text)
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        return None
+    return norm
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise UserError(f"{path}: {what} not found (docs/data.md shows the expected layout)")
+    return path
+
+
+def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Image files under `folder` (recursive, sorted) and the other, non-hidden files (ignored by the adapters)."""
+    images, other = [], []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            (images if path.suffix.lower() in IMAGE_EXTS else other).append(path)
+    return images, other
+
+
+def _rank(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}:{key}".encode("utf-8")).hexdigest()
+
+
+def check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= float(f) < 1.0:
+            raise UserError(f"{name} must be in [0, 1), got {f}")
+    if float(val_fraction) + float(test_fraction) >= 1.0:
+        raise UserError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+
+
+def assign_splits(keys: Iterable[str], val_fraction: float, test_fraction: float = 0.0, seed: int = 0) -> dict:
+    """Split the distinct keys: the first round(test_fraction n) in SHA-256(seed:key) order go to test, the next
+    round(val_fraction n) to val, the rest to train. Deterministic, independent of input order. Returns key -> split."""
+    check_fractions(val_fraction, test_fraction)
+    unique = sorted(set(keys), key=lambda k: _rank(seed, k))
+    n = len(unique)
+    n_test = int(math.floor(float(test_fraction) * n + 0.5))
+    n_val = int(math.floor(float(val_fraction) * n + 0.5))
+    return {k: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, k in enumerate(unique)}
+
+
+def hashed_subset(keys: list[str], limit: int, seed: int = 0) -> set[str]:
+    """A deterministic pseudo-random subset of `limit` keys (the first in SHA-256(seed:key) order)."""
+    return set(sorted(keys, key=lambda k: _rank(seed, k))[: int(limit)])
+
+
+def check_stage(stage, what: str) -> int:
+    try:
+        value = int(stage)
+    except (TypeError, ValueError):
+        raise UserError(f"{what}: stage must be an integer 0..{N_STAGES - 1}, got {stage!r}") from None
+    if not 0 <= value < N_STAGES or value != float(stage):
+        raise UserError(f"{what}: stage must be an integer 0..{N_STAGES - 1}, got {stage!r}")
+    return value
+
+
+def frame(rows: list[dict], what: str) -> pd.DataFrame:
+    if not rows:
+        raise ManifestError(f"{what}: no usable images (see the skipped rows in the log)")
+    return pd.DataFrame(rows)

@@ -1,0 +1,136 @@
+"""Folder datasets and user manifests.
+
+- `class_folder_manifest`: one folder per class (Disease-specific faces of Jin, Cruz & Goncalves 2020: beta-thalassemia,
+  hyperthyroidism, Down syndrome, leprosy, healthy), class folder -> KG id from the config. Folder names match
+  ignoring case, spaces, '-' and '_' ("Down syndrome" = "down_syndrome" = "DownSyndrome").
+- `folder_manifest`: every image under one folder, one label.
+- `user_manifest`: an existing manifest CSV, validated by `read_manifest`.
+
+Those photos carry no grade: unless the config gives one, a disease row gets stage UNKNOWN_STAGE (2, "established,
+visibly present"), an empty severity and `stage_known=False`, so that stage-sensitive evaluations can leave it out;
+healthy rows are stage 0, severity 0, `stage_known=True`. No person ids either: identity = the path without its
+extension, so identity splits are per image; splits are drawn per class (stratified) by hashed identity.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ...errors import UserError
+from ..manifest import read_manifest
+from .common import UNKNOWN_STAGE, BadInput, assign_splits, check_stage, frame, list_images, require_dir
+
+log = logging.getLogger(__name__)
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", str(name)).lower()
+
+
+def _labels(disease: str, stage, what: str) -> dict:
+    disease = str(disease).strip()
+    if not disease:
+        raise UserError(f"{what}: empty disease id (use a KG id or 'healthy')")
+    if disease == "healthy":
+        if stage not in (None, 0):
+            raise UserError(f"{what}: healthy images are stage 0, got stage {stage}")
+        return {"disease": disease, "stage": 0, "severity": 0.0, "stage_known": True}
+    if stage is None:
+        return {"disease": disease, "stage": UNKNOWN_STAGE, "severity": "", "stage_known": False}
+    value = check_stage(stage, what)
+    return {"disease": disease, "stage": value, "severity": "", "stage_known": True}
+
+
+def _image_rows(root: Path, folder: Path, labels: dict, source: str, class_name: str) -> list[dict]:
+    images, other = list_images(folder)
+    if other:
+        log.info("%s: ignored %d files without an image extension (%s%s)", folder, len(other),
+                 ", ".join(p.name for p in other[:3]), ", ..." if len(other) > 3 else "")
+    rows = []
+    for path in images:
+        rel = path.relative_to(root).as_posix()
+        rows.append({"path": rel, "abspath": str(path), "identity": rel.rsplit(".", 1)[0], **labels,
+                     "lesion_count": "", "split": "", "source": source, "phenotypes": {},
+                     "class_name": class_name, "_where": str(path)})
+    return rows
+
+
+def _split_per_class(df: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> pd.DataFrame:
+    for _, group in df.groupby("class_name", sort=True):
+        splits = assign_splits(group["identity"], val_fraction, test_fraction, seed)
+        df.loc[group.index, "split"] = group["identity"].map(splits)
+    return df
+
+
+def class_folder_manifest(root: str | Path, classes: dict, stages: dict | None = None, val_fraction: float = 0.1,
+                          test_fraction: float = 0.2, seed: int = 0, source: str = "class_folders",
+                          on_error: str = "raise", skipped: list[dict] | None = None) -> pd.DataFrame:
+    """One folder per class under `root`; `classes` maps folder name -> KG id (or 'healthy'), `stages` optionally
+    folder name -> known stage. A folder on disk that `classes` does not name is bad input (error, or skipped whole)."""
+    bad = BadInput(on_error, skipped)
+    root = require_dir(Path(root), "class-folder dataset root")
+    classes = {str(k): str(v) for k, v in dict(classes or {}).items()}
+    stages = {_norm(k): v for k, v in dict(stages or {}).items()}
+    if not classes:
+        raise UserError("class-folder dataset: `classes` (folder name -> KG id) is empty")
+    by_norm = {}
+    for name in classes:
+        if _norm(name) in by_norm:
+            raise UserError(f"classes '{by_norm[_norm(name)]}' and '{name}' name the same folder")
+        by_norm[_norm(name)] = name
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found, rows = {}, []
+    for folder in folders:
+        key = by_norm.get(_norm(folder.name))
+        if key is None:
+            bad(str(folder), folder.name, f"folder '{folder.name}' is not a class in the config "
+                                          f"({', '.join(classes)}); add it to `classes` or remove it")
+            continue
+        if key in found:
+            raise UserError(f"{root}: folders '{found[key].name}' and '{folder.name}' both match class '{key}'")
+        found[key] = folder
+        labels = _labels(classes[key], stages.get(_norm(key)), f"class '{key}'")
+        rows += _image_rows(root, folder, labels, source, key)
+    missing = [k for k in classes if k not in found]
+    if missing:
+        raise UserError(f"{root}: no folder for classes {missing}; folders present: {[f.name for f in folders]}")
+    loose = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if loose:
+        log.info("%s: ignored %d files outside the class folders (%s)", root, len(loose), ", ".join(loose[:3]))
+    df = frame(rows, f"class folders {root}")
+    for key in classes:
+        if not (df["class_name"] == key).any():
+            log.warning("%s: class '%s' has no images", found[key], key)
+    return _split_per_class(df, val_fraction, test_fraction, seed)
+
+
+def folder_manifest(root: str | Path, disease: str, stage: int | None = None, val_fraction: float = 0.1,
+                    test_fraction: float = 0.2, seed: int = 0, source: str = "folder",
+                    on_error: str = "raise", skipped: list[dict] | None = None) -> pd.DataFrame:
+    """Every image under `root` (recursive) with one label; stage None = unknown (see the module docstring)."""
+    BadInput(on_error, skipped)  # validates on_error; a folder listing has no bad rows of its own
+    root = require_dir(Path(root), "image folder")
+    labels = _labels(disease, stage, f"folder {root}")
+    df = frame(_image_rows(root, root, labels, source, str(disease)), f"image folder {root}")
+    return _split_per_class(df, val_fraction, test_fraction, seed)
+
+
+def user_manifest(path: str | Path, known_diseases: set[str] | None = None, on_error: str = "raise",
+                  skipped: list[dict] | None = None) -> pd.DataFrame:
+    """An existing manifest (paths relative to its folder), validated row by row by `read_manifest`."""
+    bad = BadInput(on_error, skipped)
+    path = Path(path)
+    known = set(known_diseases) if known_diseases is not None else None
+    df, report = read_manifest(path, known_diseases=known, on_error=on_error, check_files=True)
+    for line, reason in report.skipped:
+        bad.skipped.append({"where": f"{path}:{line}", "path": "", "reason": reason})
+    df = df.copy()
+    df["lesion_count"] = [("" if int(v) < 0 else int(v)) for v in df["lesion_count"]]
+    df["source"] = [s if isinstance(s, str) and s else "manifest" for s in df.get("source", [""] * len(df))]
+    if "stage_known" not in df.columns:
+        df["stage_known"] = True
+    df["_where"] = [f"{path} (row of {p})" for p in df["path"]]
+    return df

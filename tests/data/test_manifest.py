@@ -1,0 +1,137 @@
+"""kgface.data.manifest: round trip, every bad-row kind with its message, skip mode, paths that escape the root."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kgface.data.manifest import COLUMNS, GENERATED_COLUMNS, ManifestError, read_manifest, write_manifest
+from kgface.errors import UserError
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / "images" / name)
+    return tmp_path
+
+
+def _row(**kw):
+    row = {"path": "images/a.png", "identity": "p1", "disease": "ORPHA:870", "stage": 1, "severity": 1.25,
+           "lesion_count": "", "split": "train", "source": "test", "phenotypes": {"HP:0000494": 0.5}}
+    row.update(kw)
+    return row
+
+
+def test_round_trip_keeps_values_and_types(root):
+    rows = [_row(), _row(path="images/b.png", identity="", disease="healthy", stage=0, severity="", split="val",
+                         phenotypes={}),
+            _row(path="images/c.png", disease="MONDO:0011438", stage=3, severity=2.9, lesion_count=64, split="test",
+                 phenotypes="{}", age_group="adult")]
+    path = write_manifest(rows, root / "manifest.csv")
+    header = path.read_text().splitlines()[0].split(",")
+    assert header == COLUMNS                                   # fixed column order, optional ones filled
+    df, report = read_manifest(path)
+    assert report.rows == 3 and report.skipped == []
+    assert df["path"].tolist() == ["images/a.png", "images/b.png", "images/c.png"]
+    assert df["stage"].tolist() == [1, 0, 3]
+    assert df["severity"].tolist() == [1.25, 0.0, 2.9]         # empty severity defaults to the stage
+    assert df["lesion_count"].tolist() == [-1, -1, 64]         # empty = not counted
+    assert df["identity"].tolist() == ["p1", "", "p1"]
+    assert df["phenotypes"].tolist() == [{"HP:0000494": 0.5}, {}, {}]
+    assert df["abspath"].tolist() == [str((root / "images" / n).resolve()) for n in ("a.png", "b.png", "c.png")]
+    assert not list(root.glob(".manifest.csv.*"))              # atomic write leaves no temporary file
+
+
+def test_generated_columns_pass_through(root):
+    extra = {"mode": "text", "requested_disease": "ORPHA:870", "requested_stage": 2, "seed": 7,
+             "source_image": "images/b.png"}
+    write_manifest([_row(**extra)], root / "gen.csv")
+    header = (root / "gen.csv").read_text().splitlines()[0].split(",")
+    assert header == COLUMNS + GENERATED_COLUMNS
+    df, _ = read_manifest(root / "gen.csv")
+    assert df.loc[0, "mode"] == "text" and df.loc[0, "seed"] == "7"
+
+
+BAD_ROWS = [
+    ({"path": ""}, "empty path"),
+    ({"path": "../outside.png"}, "escapes the dataset root"),
+    ({"path": "images/../../x.png"}, "escapes the dataset root"),
+    ({"path": "/etc/passwd"}, "escapes the dataset root"),
+    ({"path": "images/missing.png"}, "does not exist"),
+    ({"disease": ""}, "empty disease"),
+    ({"stage": "x"}, "is not an integer"),
+    ({"stage": 4}, "outside 0..3"),
+    ({"stage": -1}, "outside 0..3"),
+    ({"stage": 1.5}, "outside 0..3"),
+    ({"severity": 3.5}, "severity 3.5 is outside"),
+    ({"lesion_count": -2}, "not a non-negative integer"),
+    ({"lesion_count": 2.5}, "not a non-negative integer"),
+    ({"split": "dev"}, "split 'dev' is not one of train, val, test"),
+    ({"phenotypes": "{not json"}, "phenotypes is not JSON"),
+    ({"phenotypes": json.dumps({"ORPHA:1": 0.5})}, "must map HP ids"),
+    ({"phenotypes": json.dumps({"HP:0000494": 1.5})}, "must map HP ids"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_ROWS, ids=[m for _, m in BAD_ROWS])
+def test_each_bad_row_is_an_error_naming_file_and_line(root, change, message):
+    write_manifest([_row(path="images/b.png"), _row(**change)], root / "m.csv")
+    with pytest.raises(ManifestError, match=r"m\.csv:3: .*" + message.replace("(", r"\(").replace(".", r"\.")):
+        read_manifest(root / "m.csv")
+    assert issubclass(ManifestError, UserError)
+
+
+def test_unknown_disease_only_with_known_labels(root):
+    write_manifest([_row(disease="ORPHA:99999")], root / "m.csv")
+    assert len(read_manifest(root / "m.csv")[0]) == 1
+    with pytest.raises(ManifestError, match=r"m\.csv:2: disease 'ORPHA:99999' is not one of the known labels"):
+        read_manifest(root / "m.csv", known_diseases={"ORPHA:870", "healthy"})
+
+
+def test_duplicate_path_names_the_first_line(root):
+    write_manifest([_row(), _row(path="images/b.png"), _row(stage=2)], root / "m.csv")
+    with pytest.raises(ManifestError, match=r"m\.csv:4: duplicate path 'images/a\.png' \(first on line 2\)"):
+        read_manifest(root / "m.csv")
+
+
+def test_skip_mode_counts_and_logs_every_bad_row(root, caplog):
+    rows = [_row(), _row(path="../x.png"), _row(path="images/b.png", stage=7), _row(),
+            _row(path="images/c.png", split="dev"), _row(path="images/nope.png")]
+    write_manifest(rows, root / "m.csv")
+    df, report = read_manifest(root / "m.csv", on_error="skip")
+    assert df["path"].tolist() == ["images/a.png"]
+    assert report.rows == 6
+    assert [line for line, _ in report.skipped] == [3, 4, 5, 6, 7]
+    reasons = [r for _, r in report.skipped]
+    assert "escapes the dataset root" in reasons[0] and "stage 7 is outside" in reasons[1]
+    assert "duplicate path" in reasons[2] and "split 'dev'" in reasons[3] and "does not exist" in reasons[4]
+    assert caplog.text.count("skipped:") == 5
+
+
+def test_check_files_false_allows_missing_images(root):
+    write_manifest([_row(path="images/later.png")], root / "m.csv")
+    df, _ = read_manifest(root / "m.csv", check_files=False)
+    assert df.loc[0, "abspath"].endswith("later.png")
+
+
+def test_file_level_errors(root):
+    with pytest.raises(ManifestError, match="manifest not found"):
+        read_manifest(root / "none.csv")
+    pd.DataFrame({"path": ["images/a.png"], "disease": ["healthy"]}).to_csv(root / "cols.csv", index=False)
+    with pytest.raises(ManifestError, match=r"lacks columns \['stage', 'split'\]"):
+        read_manifest(root / "cols.csv")
+    pd.DataFrame(columns=COLUMNS).to_csv(root / "empty.csv", index=False)
+    with pytest.raises(ManifestError, match="has no rows"):
+        read_manifest(root / "empty.csv")
+    (root / "blank.csv").write_text("")
+    with pytest.raises(ManifestError, match="not a readable CSV"):
+        read_manifest(root / "blank.csv")
+    write_manifest([_row(stage=9)], root / "allbad.csv")
+    with pytest.raises(ManifestError, match=r"every row was skipped \(1\); first: stage 9"):
+        read_manifest(root / "allbad.csv", on_error="skip")
+    with pytest.raises(ManifestError, match="on_error must be"):
+        read_manifest(root / "allbad.csv", on_error="ignore")

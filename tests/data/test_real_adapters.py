@@ -1,0 +1,466 @@
+"""Real-dataset adapters on tiny fixtures in each dataset's on-disk layout, and the builder that preprocesses them."""
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from kgface.data.images import ImageError
+from kgface.data.manifest import ManifestError, read_manifest, write_manifest
+from kgface.data.phantom.acne import severity_from_count
+from kgface.data.real import (ACNE_ID, acne04_manifest, build_real_dataset, celeba_manifest, class_folder_manifest,
+                              folder_manifest, user_manifest)
+from kgface.errors import UserError
+from kgface.resources import conf_dir
+
+SIZE = 16
+
+
+def _face(seed: int, w: int = 24, h: int = 20) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+def _truncated_jpeg(path: Path) -> None:
+    buf = io.BytesIO()
+    _face(99, 48, 48).save(buf, "JPEG")
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+def _data_cfg(name: str, **overrides):
+    cfg = OmegaConf.load(conf_dir() / "data" / f"{name}.yaml")
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------- ACNE04
+
+# (file, grade, lesion count) of fold 0; levle2_7 is graded 2 but counts 4 lesions (grade 0 by count)
+TRAINVAL = [(f"levle{g}_{i}.jpg", g, n) for g, i, n in
+            [(0, 1, 0), (0, 2, 3), (0, 3, 5), (1, 4, 6), (1, 5, 12), (1, 6, 20), (2, 7, 4), (2, 8, 35), (2, 9, 50),
+             (3, 10, 51), (3, 11, 70), (3, 12, 120)]]
+TEST = [(f"levle{g}_{i}.jpg", g, n) for g, i, n in [(0, 13, 2), (1, 14, 9), (2, 15, 30), (3, 16, 60)]]
+
+
+def make_acne04(root: Path, flat: bool = False, extra_trainval: list[str] = (), extra_test: list[str] = ()) -> Path:
+    """ACNE04's layout: JPEGImages/ and ImageSets/Main/NNEW_{trainval,test}_0.txt (flat: label files in the root)."""
+    (root / "JPEGImages").mkdir(parents=True)
+    labels = root if flat else root / "ImageSets" / "Main"
+    labels.mkdir(parents=True, exist_ok=True)
+    for i, (name, _, _) in enumerate(TRAINVAL + TEST):
+        img = _face(i)
+        if i == 1:
+            img = img.convert("L")                    # a greyscale JPEG
+        if i == 2:
+            img = img.convert("CMYK")                 # a CMYK JPEG
+        img.save(root / "JPEGImages" / name, quality=90)
+    (labels / "NNEW_trainval_0.txt").write_text(
+        "".join(f"{n}  {g}  {c}\n" for n, g, c in TRAINVAL) + "".join(f"{x}\n" for x in extra_trainval))
+    (labels / "NNEW_test_0.txt").write_text(
+        "".join(f"{n} {g} {c}\n" for n, g, c in TEST) + "\n" + "".join(f"{x}\n" for x in extra_test))
+    return root
+
+
+def test_acne04_labels_are_exact(tmp_path):
+    df = acne04_manifest(make_acne04(tmp_path / "acne04"), fold=0, val_fraction=0.25, seed=0)
+    assert len(df) == 16
+    expected = {n: (g, c) for n, g, c in TRAINVAL + TEST}
+    for row in df.to_dict("records"):
+        name = Path(row["path"]).name
+        assert row["path"] == f"JPEGImages/{name}"
+        assert (row["stage"], row["lesion_count"]) == expected[name]
+        assert row["severity"] == pytest.approx(severity_from_count(expected[name][1]))
+        assert row["disease"] == ACNE_ID == "MONDO:0011438"
+        assert row["identity"] == name[:-4] and row["source"] == "acne04" and row["phenotypes"] == {}
+    assert df.loc[df["path"].str.endswith("levle0_1.jpg"), "stage"].item() == 0   # grade 0 is mild acne, not healthy
+    assert Counter(df["split"]) == {"train": 9, "val": 3, "test": 4}               # round(0.25 * 12) val from trainval
+    assert set(df.loc[df["split"] == "test", "identity"]) == {n[:-4] for n, _, _ in TEST}
+    flagged = df.loc[~df["grade_matches_count"], "identity"].tolist()
+    assert flagged == ["levle2_7"]                                                 # kept as labelled, flagged
+
+
+def test_acne04_val_split_is_deterministic_and_seeded(tmp_path):
+    root = make_acne04(tmp_path / "acne04")
+    a = acne04_manifest(root, val_fraction=0.25, seed=0)
+    b = acne04_manifest(root, val_fraction=0.25, seed=0)
+    c = acne04_manifest(root, val_fraction=0.25, seed=1)
+    assert a["split"].tolist() == b["split"].tolist()
+    assert set(a.loc[a["split"] == "val", "identity"]) != set(c.loc[c["split"] == "val", "identity"])
+    assert Counter(acne04_manifest(root, val_fraction=0.0)["split"]) == {"train": 12, "test": 4}
+
+
+def test_acne04_flat_classification_layout(tmp_path):
+    df = acne04_manifest(make_acne04(tmp_path / "Classification", flat=True), val_fraction=0.25)
+    assert len(df) == 16
+
+
+def test_acne04_settings_errors(tmp_path):
+    root = make_acne04(tmp_path / "acne04")
+    with pytest.raises(UserError, match="fold must be 0..4"):
+        acne04_manifest(root, fold=5)
+    with pytest.raises(UserError, match="NNEW_trainval_1.txt not found"):
+        acne04_manifest(root, fold=1)
+    with pytest.raises(UserError, match="image folder Images/ not found"):
+        acne04_manifest(root, images="Images")
+    with pytest.raises(UserError, match="on_error must be one of raise, skip"):
+        acne04_manifest(root, on_error="ignore")
+    with pytest.raises(UserError, match="val_fraction must be in"):
+        acne04_manifest(root, val_fraction=1.0)
+
+
+BAD_ACNE_LINES = [
+    ("levle0_1.jpg 0", "expected 'filename grade lesion_count'"),
+    ("levle0_2.jpg 4 3", "grade 4 is outside 0..3"),
+    ("levle0_2.jpg -1 3", "grade -1 is outside 0..3"),
+    ("levle0_2.jpg 0 -3", "lesion count -3 is negative"),
+    ("levle0_2.jpg mild 3", "must be integers"),
+    ("levle0_2.jpg 0 2.5", "must be integers"),
+    ("../secret.jpg 0 1", "escapes the image folder"),
+    ("/etc/hosts 0 1", "escapes the image folder"),
+    ("levle0_1.jpg 0 0", "duplicate image 'levle0_1.jpg'"),
+    ("levle1_99.jpg 1 8", "image JPEGImages/levle1_99.jpg does not exist"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD_ACNE_LINES, ids=[m for _, m in BAD_ACNE_LINES])
+def test_acne04_bad_line_raises_with_file_and_line(tmp_path, line, message):
+    root = make_acne04(tmp_path / "acne04", extra_trainval=[line])
+    with pytest.raises(ManifestError) as err:
+        acne04_manifest(root)
+    text = str(err.value)
+    assert f"NNEW_trainval_0.txt:{len(TRAINVAL) + 1}: " in text and message in text and "on_error=skip" in text
+
+
+def test_acne04_skip_mode_counts_every_bad_line(tmp_path):
+    lines = [line for line, _ in BAD_ACNE_LINES]
+    root = make_acne04(tmp_path / "acne04", extra_trainval=lines[:5], extra_test=lines[5:] + ["levle0_3.jpg 0 5"])
+    skipped = []
+    df = acne04_manifest(root, on_error="skip", skipped=skipped)
+    assert len(df) == 16                                        # the good rows, labels untouched
+    assert len(skipped) == len(BAD_ACNE_LINES) + 1              # + a trainval image listed again in test
+    reasons = [s["reason"] for s in skipped]
+    for _, message in BAD_ACNE_LINES:
+        assert any(message in r for r in reasons), message
+    assert any("duplicate image 'levle0_3.jpg' (first at" in r for r in reasons)
+    assert skipped[0]["where"].endswith(f"NNEW_trainval_0.txt:{len(TRAINVAL) + 1}")
+    assert skipped[-1]["where"].endswith(f"NNEW_test_0.txt:{len(TEST) + 2 + len(lines) - 5}")  # blank line counted
+
+
+def test_build_acne04_from_its_config(tmp_path):
+    root = make_acne04(tmp_path / "acne04")
+    _truncated_jpeg(root / "JPEGImages" / TEST[0][0])               # a truncated JPEG
+    (root / "JPEGImages" / TEST[1][0]).write_text("not a picture")  # a text file named .jpg
+    cfg = _data_cfg("acne04", root=str(root), val_fraction=0.25, on_error="skip", size=SIZE)
+    out = tmp_path / "out"
+    result = build_real_dataset(cfg, out)
+    df, report = read_manifest(out / "manifest.csv")
+    assert result.rows == len(df) == 14 and not report.skipped
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert len(skipped) == 2 and list(skipped.columns) == ["where", "path", "reason"]
+    assert skipped["path"].tolist() == [f"JPEGImages/{TEST[0][0]}", f"JPEGImages/{TEST[1][0]}"]
+    assert "truncated" in skipped["reason"][0] and "not an image file" in skipped["reason"][1]
+    assert skipped["where"][0].endswith("NNEW_test_0.txt:1")
+    for row in df.to_dict("records"):
+        with Image.open(row["abspath"]) as img:
+            assert img.size == (SIZE, SIZE) and img.mode == "RGB" and img.format == "PNG"
+        assert row["path"] == "images/" + row["original"][:-4] + ".png"
+    by_name = df.set_index("original")
+    assert by_name.loc["JPEGImages/levle3_12.jpg", "lesion_count"] == 120
+    assert by_name.loc["JPEGImages/levle3_12.jpg", "stage"] == 3
+    assert by_name.loc["JPEGImages/levle3_12.jpg", "severity"] == 3.0          # capped with the count
+    summary = json.loads((out / "dataset.json").read_text())
+    assert summary["rows"] == 14 and summary["skipped"] == 2 and summary["listed"] == 16
+    assert summary["converted_to_rgb"] == {"CMYK": 1, "L": 1}
+    assert summary["splits"] == {"train": 9, "val": 3, "test": 2}
+
+
+def test_build_raise_mode_names_the_unreadable_image(tmp_path):
+    root = make_acne04(tmp_path / "acne04")
+    _truncated_jpeg(root / "JPEGImages" / TEST[0][0])
+    with pytest.raises(ImageError, match=rf"{TEST[0][0]}: unreadable or truncated.*listed at .*NNEW_test_0.txt:1"):
+        build_real_dataset(_data_cfg("acne04", root=str(root), size=SIZE), tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.csv").exists()      # no half-built dataset is left to be trusted
+
+
+# ------------------------------------------------------------------------------------------- Disease-specific faces
+
+CLASSES = {"Beta-thalassemia": "ORPHA:231214", "Hyperthyroidism": "ORPHA:525731", "Down syndrome": "ORPHA:870",
+           "Leprosy": "ORPHA:548", "Healthy": "healthy"}
+
+
+def make_disease_faces(root: Path, per_class: int = 5) -> Path:
+    """One folder per class, images in varied files and modes, plus files the adapter must ignore."""
+    for c, folder in enumerate(CLASSES):
+        (root / folder).mkdir(parents=True)
+        for i in range(per_class):
+            img, name = _face(10 * c + i), f"{folder[:3].lower()}_{i}"
+            kind = i % 5
+            if kind == 0:
+                img.save(root / folder / f"{name}.jpg")
+            elif kind == 1:
+                img.convert("L").save(root / folder / f"{name}.png")
+            elif kind == 2:
+                img.convert("RGBA").save(root / folder / f"{name}.png")
+            elif kind == 3:
+                Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257)).save(root / folder / f"{name}.png")
+            else:
+                img.convert("P").save(root / folder / f"{name}.bmp")
+        (root / folder / "notes.txt").write_text("ignored")
+        (root / folder / ".DS_Store").write_bytes(b"\0")
+    (root / "README.md").write_text("ignored")
+    return root
+
+
+def test_disease_faces_labels_stage_convention_and_stratified_splits(tmp_path):
+    cfg = OmegaConf.to_container(_data_cfg("disease_faces"))
+    df = class_folder_manifest(make_disease_faces(tmp_path / "faces"), cfg["classes"], val_fraction=0.2,
+                               test_fraction=0.2)
+    assert len(df) == 25
+    folders = df["path"].str.split("/").str[0]
+    for folder, kg_id in CLASSES.items():
+        assert set(df.loc[folders == folder, "disease"]) == {kg_id}          # matched ignoring case and separators
+        assert Counter(df.loc[folders == folder, "split"]) == {"train": 3, "val": 1, "test": 1}
+    sick = df["disease"] != "healthy"
+    assert set(df.loc[sick, "stage"]) == {2} and not df.loc[sick, "stage_known"].any()
+    assert set(df.loc[sick, "severity"]) == {""}                             # unknown, not invented
+    assert set(df.loc[~sick, "stage"]) == {0} and df.loc[~sick, "stage_known"].all()
+    assert set(df.loc[~sick, "severity"]) == {0.0}
+    assert df["identity"].is_unique and not df["path"].str.endswith(".txt").any()
+
+
+def test_disease_faces_known_stage_from_config(tmp_path):
+    df = class_folder_manifest(make_disease_faces(tmp_path / "faces"), CLASSES, stages={"leprosy": 3})
+    lep = df[df["disease"] == "ORPHA:548"]
+    assert set(lep["stage"]) == {3} and lep["stage_known"].all()
+
+
+def test_disease_faces_unmapped_and_missing_folders(tmp_path):
+    root = make_disease_faces(tmp_path / "faces", per_class=2)
+    (root / "acne").mkdir()
+    _face(0).save(root / "acne" / "x.jpg")
+    with pytest.raises(ManifestError, match="folder 'acne' is not a class in the config"):
+        class_folder_manifest(root, CLASSES)
+    skipped = []
+    df = class_folder_manifest(root, CLASSES, on_error="skip", skipped=skipped)
+    assert len(df) == 10 and len(skipped) == 1 and skipped[0]["path"] == "acne"
+    with pytest.raises(UserError, match=r"no folder for classes \['vitiligo'\]"):
+        class_folder_manifest(root, {**CLASSES, "vitiligo": "ORPHA:3437", "acne": "MONDO:0011438"})
+    with pytest.raises(UserError, match="name the same folder"):
+        class_folder_manifest(root, {"Down syndrome": "ORPHA:870", "down_syndrome": "ORPHA:870"})
+    with pytest.raises(UserError, match="healthy images are stage 0"):
+        class_folder_manifest(root, CLASSES, stages={"healthy": 2}, on_error="skip")
+
+
+def test_build_disease_faces_converts_every_mode(tmp_path):
+    root = make_disease_faces(tmp_path / "faces")
+    out = tmp_path / "out"
+    result = build_real_dataset(_data_cfg("disease_faces", root=str(root)), out, size=SIZE)
+    df, _ = read_manifest(out / "manifest.csv", known_diseases=set(CLASSES.values()))
+    assert result.rows == 25 and result.skipped == []
+    assert result.summary["converted_to_rgb"] == {"I;16": 5, "L": 5, "P": 5, "RGBA": 5}
+    assert set(df.loc[df["disease"] == "ORPHA:870", "stage_known"]) == {"False"}
+    assert set(df.loc[df["disease"] == "healthy", "stage_known"]) == {"True"}
+    for path in df["abspath"]:
+        with Image.open(path) as img:
+            assert img.size == (SIZE, SIZE)
+    assert pd.read_csv(out / "skipped.csv").empty
+
+
+# ------------------------------------------------------------------------------------------------------------ CelebA
+
+ATTRS = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
+         "Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup "
+         "High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose "
+         "Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat "
+         "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young").split()
+N_CELEBA = 10
+PARTITION = [0, 0, 0, 0, 0, 0, 1, 1, 2, 2]
+IDENTITY = [2880, 2937, 8692, 5805, 9295, 4740, 4126, 1, 2880, 4126]
+
+
+def _attr_row(i: int) -> list[int]:
+    values = [1 if (i + j) % 3 == 0 else -1 for j in range(len(ATTRS))]
+    values[ATTRS.index("Eyeglasses")] = 1 if i in (2, 5) else -1
+    values[ATTRS.index("Wearing_Hat")] = 1 if i == 7 else -1
+    return values
+
+
+def make_celeba(root: Path, partition: bool = True, identity: bool = True, anno_dirs: bool = False,
+                extra_lines: list[str] = (), declared: int | None = None) -> Path:
+    """CelebA's files: img_align_celeba/000001.jpg..., list_attr_celeba.txt in its padded format, optional lists."""
+    images = root / ("Img/img_align_celeba" if anno_dirs else "img_align_celeba")
+    images.mkdir(parents=True)
+    names = [f"{i + 1:06d}.jpg" for i in range(N_CELEBA)]
+    for i, name in enumerate(names):
+        _face(i, 18, 22).save(images / name)
+    anno = root / "Anno" if anno_dirs else root
+    anno.mkdir(exist_ok=True)
+    body = "".join(f"{n} " + " ".join(f"{v:2d}" for v in _attr_row(i)) + "\n" for i, n in enumerate(names))
+    count = declared if declared is not None else N_CELEBA + len(extra_lines)
+    (anno / "list_attr_celeba.txt").write_text(f"{count}\n" + " ".join(ATTRS) + " \n" + body
+                                               + "".join(f"{x}\n" for x in extra_lines))
+    if partition:
+        ev = root / "Eval" if anno_dirs else root
+        ev.mkdir(exist_ok=True)
+        (ev / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, PARTITION)))
+    if identity:
+        (anno / "identity_CelebA.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, IDENTITY)))
+    return root
+
+
+def test_celeba_healthy_rows_with_official_splits_and_identities(tmp_path):
+    df = celeba_manifest(make_celeba(tmp_path / "celeba"))
+    assert len(df) == N_CELEBA
+    assert df["path"].tolist() == [f"img_align_celeba/{i + 1:06d}.jpg" for i in range(N_CELEBA)]
+    assert set(df["disease"]) == {"healthy"} and set(df["stage"]) == {0} and set(df["severity"]) == {0.0}
+    assert df["split"].tolist() == ["train"] * 6 + ["val"] * 2 + ["test"] * 2
+    assert df["identity"].tolist() == [f"celeba:{i}" for i in IDENTITY]
+
+
+def test_celeba_filters_and_limit(tmp_path):
+    root = make_celeba(tmp_path / "celeba")
+    df = celeba_manifest(root, filters={"Eyeglasses": -1, "Wearing_Hat": -1})
+    assert df["identity"].tolist() == [f"celeba:{IDENTITY[i]}" for i in range(N_CELEBA) if i not in (2, 5, 7)]
+    assert celeba_manifest(root, filters={"Eyeglasses": 1})["path"].str[-10:].tolist() == ["000003.jpg", "000006.jpg"]
+    a, b = celeba_manifest(root, limit=4, seed=3), celeba_manifest(root, limit=4, seed=3)
+    assert len(a) == 4 and a["path"].tolist() == b["path"].tolist()
+    assert a["path"].tolist() == sorted(a["path"])                      # file order kept
+    assert len(celeba_manifest(root, filters={"Eyeglasses": -1}, limit=100)) == 8
+    with pytest.raises(UserError, match="unknown attribute 'Eyeglass'.*did you mean Eyeglasses"):
+        celeba_manifest(root, filters={"Eyeglass": -1})
+    with pytest.raises(UserError, match="must be 1 .* or -1"):
+        celeba_manifest(root, filters={"Eyeglasses": 0})
+    with pytest.raises(UserError, match="limit must be a positive"):
+        celeba_manifest(root, limit=0)
+
+
+def test_celeba_without_partition_splits_by_identity(tmp_path):
+    df = celeba_manifest(make_celeba(tmp_path / "celeba", partition=False), val_fraction=0.2, test_fraction=0.2)
+    assert set(df["split"]) <= {"train", "val", "test"} and len(df) == N_CELEBA
+    assert df.groupby("identity")["split"].nunique().max() == 1          # a person never straddles two splits
+    no_ids = celeba_manifest(make_celeba(tmp_path / "c2", partition=False, identity=False))
+    assert no_ids["identity"].tolist() == [f"{i + 1:06d}" for i in range(N_CELEBA)]
+
+
+def test_celeba_official_drive_layout(tmp_path):
+    df = celeba_manifest(make_celeba(tmp_path / "celeba", anno_dirs=True))
+    assert df["path"][0] == "Img/img_align_celeba/000001.jpg" and df["split"].tolist()[-1] == "test"
+
+
+def test_celeba_bad_rows(tmp_path):
+    root = make_celeba(tmp_path / "celeba", extra_lines=["000011.jpg " + " ".join(["0"] * len(ATTRS)),
+                                                         "000012.jpg 1 -1", "000013.jpg " + " 1" * len(ATTRS)])
+    with pytest.raises(ManifestError, match=rf"list_attr_celeba.txt:{N_CELEBA + 3}: expected a file name and 40"):
+        celeba_manifest(root)
+    skipped = []
+    df = celeba_manifest(root, on_error="skip", skipped=skipped)
+    assert len(df) == N_CELEBA
+    reasons = [s["reason"] for s in skipped]
+    assert len(reasons) == 3 and "40 values" in reasons[0] and "40 values" in reasons[1]
+    assert "img_align_celeba/000013.jpg does not exist" in reasons[2]
+
+
+def test_celeba_count_mismatch_and_missing_files(tmp_path):
+    root = make_celeba(tmp_path / "celeba", declared=202599)
+    with pytest.raises(ManifestError, match="declares 202599 images but lists 10"):
+        celeba_manifest(root)
+    with pytest.raises(UserError, match="list_attr_celeba.txt not found"):
+        celeba_manifest(tmp_path)
+    root = make_celeba(tmp_path / "c2")
+    (root / "list_eval_partition.txt").write_text("000001.jpg 5\n")
+    with pytest.raises(ManifestError, match="list_eval_partition.txt:1: expected 'file partition'"):
+        celeba_manifest(root)
+    (root / "list_eval_partition.txt").write_text("000001.jpg 0\n")
+    with pytest.raises(ManifestError, match="image '000002.jpg' has no line in list_eval_partition.txt"):
+        celeba_manifest(root)
+
+
+def test_build_celeba_from_its_config(tmp_path):
+    cfg = _data_cfg("celeba", root=str(make_celeba(tmp_path / "celeba")), filters={"Wearing_Hat": -1}, size=SIZE)
+    result = build_real_dataset(cfg, tmp_path / "out")
+    assert result.rows == 9 and result.summary["splits"] == {"train": 6, "val": 1, "test": 2}
+    assert result.summary["diseases"] == {"healthy": 9}
+
+
+# ------------------------------------------------------------------------------------ generic folder, user manifest
+
+def test_folder_manifest(tmp_path):
+    root = tmp_path / "pics"
+    (root / "sub").mkdir(parents=True)
+    for i in range(4):
+        _face(i).save(root / ("sub" if i % 2 else "") / f"p{i}.png")
+    df = folder_manifest(root, "ORPHA:870")
+    assert sorted(df["path"]) == ["p0.png", "p2.png", "sub/p1.png", "sub/p3.png"]
+    assert set(df["stage"]) == {2} and not df["stage_known"].any()      # stage unknown by default
+    known = folder_manifest(root, "ORPHA:870", stage=1)
+    assert set(known["stage"]) == {1} and known["stage_known"].all()
+    with pytest.raises(UserError, match="healthy images are stage 0"):
+        folder_manifest(root, "healthy", stage=1)
+    with pytest.raises(UserError, match="stage must be an integer 0..3"):
+        folder_manifest(root, "ORPHA:870", stage=4)
+    with pytest.raises(ManifestError, match="no usable images"):
+        folder_manifest(_empty(tmp_path / "empty"), "ORPHA:870")
+    with pytest.raises(UserError, match="image folder not found"):
+        folder_manifest(tmp_path / "nowhere", "ORPHA:870")
+
+
+def _empty(path: Path) -> Path:
+    path.mkdir()
+    (path / "readme.txt").write_text("no images here")
+    return path
+
+
+def test_build_folder_from_its_config(tmp_path):
+    root = tmp_path / "pics"
+    root.mkdir()
+    for i in range(5):
+        _face(i).save(root / f"p{i}.jpg")
+    _face(9).save(root / "p0.png")                                    # same stem as p0.jpg: output name must differ
+    result = build_real_dataset(_data_cfg("folder", root=str(root), disease="healthy"), tmp_path / "out", size=SIZE)
+    df, _ = read_manifest(result.manifest)
+    assert result.rows == 6 and df["path"].is_unique and set(df["disease"]) == {"healthy"}
+    with pytest.raises(UserError, match=r"data.disease: a value is required"):
+        build_real_dataset(_data_cfg("folder", root=str(root)), tmp_path / "out2")
+
+
+def test_user_manifest_is_validated_and_rebuilt(tmp_path):
+    src = tmp_path / "mine"
+    (src / "img").mkdir(parents=True)
+    for i in range(3):
+        _face(i, 30, 40).save(src / "img" / f"{i}.png")
+    rows = [{"path": f"img/{i}.png", "disease": "ORPHA:870", "stage": i, "split": "train", "identity": f"id{i}"}
+            for i in range(3)]
+    rows.append({"path": "../escape.png", "disease": "ORPHA:870", "stage": 0, "split": "train"})
+    write_manifest(rows, src / "manifest.csv")
+    with pytest.raises(ManifestError, match=r"manifest.csv:5: path '\.\./escape\.png' escapes the dataset root"):
+        user_manifest(src / "manifest.csv")
+    skipped = []
+    df = user_manifest(src / "manifest.csv", on_error="skip", skipped=skipped)
+    assert len(df) == 3 and skipped[0]["where"].endswith("manifest.csv:5")
+    with pytest.raises(ManifestError, match="not one of the known labels"):
+        user_manifest(src / "manifest.csv", known_diseases=["healthy"])
+    result = build_real_dataset(_data_cfg("manifest", path=str(src / "manifest.csv"), on_error="skip"),
+                                tmp_path / "out", size=SIZE)
+    out, _ = read_manifest(result.manifest)
+    assert out["stage"].tolist() == [0, 1, 2] and out["identity"].tolist() == ["id0", "id1", "id2"]
+    assert out["lesion_count"].tolist() == [-1, -1, -1] and len(pd.read_csv(tmp_path / "out" / "skipped.csv")) == 1
+    with pytest.raises(UserError, match="would overwrite"):
+        build_real_dataset(_data_cfg("manifest", path=str(result.manifest)), tmp_path / "out")
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(UserError, match="data.root: a value is required"):
+        build_real_dataset(_data_cfg("acne04"), tmp_path / "out")
+    with pytest.raises(UserError, match=r"unknown options \['folds'\]"):
+        build_real_dataset(_data_cfg("acne04", root=str(tmp_path), folds=2), tmp_path / "out")
+    with pytest.raises(UserError, match=r"data=folder: \['disease'\] must be set"):
+        build_real_dataset({"name": "folder", "root": str(tmp_path)}, tmp_path / "out")
+    with pytest.raises(UserError, match="not a real-dataset adapter"):
+        build_real_dataset({"name": "phantom"}, tmp_path / "out")
