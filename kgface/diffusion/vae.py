@@ -1,0 +1,111 @@
+"""The tiny stack's autoencoder: trained once per dataset on its train split, cached, and measured.
+
+A latent-diffusion model can draw no finer detail than its VAE keeps, so `vae_ceiling` (the evaluator's scores on
+VAE round-tripped real images) bounds every generator score. The latent scaling factor is set from the data
+(1 / std of the training latents), as Stable Diffusion's 0.18215 was.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..cache import Cache
+from .models import build_tiny_stack, tiny_config
+
+VAE_DEFAULTS = {"steps": 600, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-6, "seed": 0}
+
+
+def load_split_images(manifest: Path, split: str | None = "train", limit: int | None = None) -> torch.Tensor:
+    """uint8 [N, 3, H, W] of a manifest's images (one split, or all)."""
+    import pandas as pd
+
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    if split is not None:
+        df = df[df["split"] == split]
+    paths = [manifest.parent / p for p in df["path"]][:limit]
+    arr = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def to_model(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: dict | None = None,
+              progress: bool = True):
+    """Train the tiny AutoencoderKL (MSE + L1 + a small KL) on uint8 images; returns it in eval mode."""
+    from tqdm import tqdm
+
+    t = {**VAE_DEFAULTS, **(train_cfg or {})}
+    torch.manual_seed(int(t["seed"]))
+    vae, _ = build_tiny_stack(model_cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=float(t["lr"]), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t["lr"]), total_steps=int(t["steps"]),
+                                                pct_start=0.1)
+    gen = torch.Generator().manual_seed(int(t["seed"]))
+    bar = tqdm(range(int(t["steps"])), desc="training VAE", disable=not progress)
+    vae.train()
+    for _ in bar:
+        idx = torch.randint(0, len(images), (int(t["batch_size"]),), generator=gen)
+        x = to_model(images[idx])
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=gen)).sample
+        loss = torch.nn.functional.mse_loss(rec, x) + 0.5 * (rec - x).abs().mean() \
+            + float(t["kl_weight"]) * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():
+        z = torch.cat([vae.encode(to_model(images[i:i + 64])).latent_dist.mean for i in range(0, len(images), 64)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std().clamp_min(1e-6)))
+    return vae
+
+
+@torch.no_grad()
+def roundtrip(vae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """uint8 images -> encode (posterior mean) -> decode -> uint8: what the generator can at best reproduce."""
+    out = []
+    for i in range(0, len(images), batch):
+        z = vae.encode(to_model(images[i:i + batch])).latent_dist.mean
+        out.append(to_uint8(vae.decode(z).sample))
+    return torch.cat(out)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a.float() - b.float()) ** 2).mean().item()
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def manifest_digest(manifest: Path) -> str:
+    return hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
+
+
+def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, cache: Cache, progress: bool = True):
+    """The dataset's VAE from the cache, trained on its train split on first use (diffusers folder layout)."""
+    from diffusers import AutoencoderKL
+
+    spec = {"manifest": manifest_digest(manifest), "model": tiny_config(model_cfg),
+            "train": {**VAE_DEFAULTS, **(train_cfg or {})}}
+    entry = cache.entry("vae", spec)
+    if not entry.exists():
+        train = load_split_images(Path(manifest), "train")
+        vae = train_vae(train, model_cfg, train_cfg, progress=progress)
+        test = load_split_images(Path(manifest), "test", limit=256)
+        with entry.build() as tmp:
+            vae.save_pretrained(tmp / "vae", safe_serialization=True)
+            (tmp / "vae_metrics.json").write_text(json.dumps({"test_psnr_db": psnr(roundtrip(vae, test), test),
+                                                              "train_images": len(train)}), encoding="utf-8")
+    vae = AutoencoderKL.from_pretrained(entry.path / "vae", use_safetensors=True, local_files_only=True)
+    return vae.eval(), json.loads((entry.path / "vae_metrics.json").read_text(encoding="utf-8")), entry.path
