@@ -1,0 +1,163 @@
+"""KGEncoder with real PyG layers: shapes and gradients per conv, stage/age/intensity sensitivity, healthy vs null,
+unseen diseases, permutation invariance, save/load, configs, and a tiny overfit."""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from kgface.encoders import CONVS, KGEncoder
+from kgface.errors import UserError
+from kgface.resources import conf_dir
+
+D, K = 32, 8
+
+
+def tiny(conv="rgcn", **kw):
+    torch.manual_seed(0)
+    return KGEncoder(conv=conv, out_dim=D, hidden=32, layers=2, num_tokens=K, heads=4, **kw).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(graph_builder, profiles):
+    return graph_builder.batch(profiles)  # Down, Williams, Noonan, healthy
+
+
+def permuted(batch, seed=0):
+    """The same graphs with every node (and edge) listed in a random order across the whole batch."""
+    g = batch.clone()
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(g.num_nodes, generator=gen)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+    for key in ("x", "node_type", "weight", "weight_kind", "min_stage", "batch"):
+        g[key] = batch[key][perm]
+    eperm = torch.randperm(batch.edge_index.shape[1], generator=gen)
+    g.edge_index = inv[batch.edge_index[:, eperm]]
+    g.edge_type, g.edge_weight = batch.edge_type[eperm], batch.edge_weight[eperm]
+    return g
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_shapes_finite_and_gradients(conv, batch):
+    enc = tiny(conv).train()
+    stage = torch.tensor([1.0, 2.0, 0.5, 0.0])
+    out = enc(batch, stage)
+    assert out.shape == (4, K, D) and torch.isfinite(out).all()
+    (out - torch.randn_like(out)).pow(2).mean().backward()
+    for name, p in enc.named_parameters():
+        if name == "null_tokens" or ".p_rel." in name:  # null: only CFG dropout trains it; HGT: absent edge types
+            continue
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    for i, conv_layer in enumerate(enc.convs):
+        assert sum(p.grad.abs().sum() for p in conv_layer.parameters() if p.grad is not None) > 0, f"conv {i}"
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_permutation_invariance(conv, batch):
+    enc = tiny(conv)
+    stage = torch.tensor([1.0, 2.0, 0.5, 0.0])
+    with torch.no_grad():
+        a, b = enc(batch, stage), enc(permuted(batch), stage)
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_stage_age_and_intensities_change_the_tokens(graph_builder, profiles):
+    enc = tiny(age_groups=4)
+    down = profiles[0]
+    g = graph_builder.batch([down, down])
+    with torch.no_grad():
+        low, high = enc(g, torch.tensor([0.5, 2.5]))
+        assert not torch.allclose(low, high, atol=1e-4)
+        child, adult = enc(g, torch.tensor([1.0, 1.0]), torch.tensor([0, 2]))
+        assert not torch.allclose(child, adult, atol=1e-4)
+        unknown = enc(g, torch.tensor([1.0, 1.0]))
+        assert torch.allclose(unknown[0], unknown[1]) and not torch.allclose(unknown[0], child)
+        shown = {"HP:0000286": 0.9, "HP:0000470": 0.4}
+        weak = {"HP:0000286": 0.1, "HP:0000470": 0.4}
+        a, b = enc(graph_builder.batch([down, down], intensities=[shown, weak]), torch.tensor([1.0, 1.0]))
+        assert not torch.allclose(a, b, atol=1e-4)
+        freq = enc(graph_builder.batch([down]), torch.tensor([1.0]))[0]
+        assert not torch.allclose(freq, a, atol=1e-4)  # a per-image subset is not the whole profile
+    with pytest.raises(UserError, match="age_groups"):
+        tiny()(g, torch.tensor([1.0, 1.0]), torch.tensor([0, 1]))
+
+
+def test_null_is_not_healthy(graph_builder, profiles):
+    enc = tiny()
+    healthy = graph_builder.batch([profiles[-1]])
+    with torch.no_grad():
+        tokens = enc(healthy, torch.tensor([0.0]))
+        null = enc.null(3)
+    assert null.shape == (3, K, D) and torch.equal(null[0], null[2])
+    assert not torch.allclose(tokens[0], null[0], atol=1e-3)
+    sick = enc(graph_builder.batch([profiles[0]]), torch.tensor([0.0]))
+    assert not torch.allclose(tokens, sick, atol=1e-4)
+    mixed = enc.with_null(torch.cat([tokens, sick]), torch.tensor([True, False]))
+    assert torch.equal(mixed[0], enc.null_tokens) and torch.equal(mixed[1], sick[0])
+
+
+def test_unseen_disease_encodes(graph_builder, profile_builder):
+    kabuki = profile_builder.build("ORPHA:2322")  # never in the warmed set: its new texts are embedded on demand
+    known = len(graph_builder.features.rows)
+    tokens = tiny("gatv2")(graph_builder.batch([kabuki]), torch.tensor([2.0]))
+    assert tokens.shape == (1, K, D) and torch.isfinite(tokens).all()
+    assert len(graph_builder.features.rows) > known
+
+
+def test_save_load_round_trip(tmp_path, batch):
+    enc = tiny("hgt", age_groups=3)
+    with torch.no_grad():
+        enc.null_tokens.add_(1.0)  # not the initial values
+    stage, age = torch.tensor([0.0, 1.5, 3.0, 0.2]), torch.tensor([0, 2, -1, 1])
+    enc.save_pretrained(tmp_path / "enc")
+    again = KGEncoder.from_pretrained(tmp_path / "enc").eval()
+    assert again.config == enc.config
+    with torch.no_grad():
+        assert torch.equal(enc(batch, stage, age), again(batch, stage, age))
+        assert torch.equal(enc.null(2), again.null(2))
+    with pytest.raises(UserError, match="not a saved encoder"):
+        KGEncoder.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_config_files_build(conv, batch):
+    cfg = OmegaConf.load(conf_dir() / "encoder" / f"{conv}.yaml")
+    assert cfg.conv == conv and cfg.num_tokens == 8
+    with pytest.raises(UserError, match="out_dim"):
+        KGEncoder.from_config(cfg)
+    enc = KGEncoder.from_config(cfg, out_dim=16)
+    assert enc(batch, torch.ones(4)).shape == (4, 8, 16)
+
+
+def test_overfits_three_profiles(graph_builder, profiles):
+    enc = tiny().train()
+    g = graph_builder.batch(profiles[:3])
+    stage = torch.tensor([1.0, 2.0, 1.5])
+    target = torch.randn(3, K, D, generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(50):
+        loss = (enc(g, stage) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses[::10]
+    checkpoints = losses[::10] + losses[-1:]
+    assert all(b < a for a, b in zip(checkpoints, checkpoints[1:])), checkpoints  # decreasing
+    with torch.no_grad():
+        out = enc.eval()(g, stage)
+    dist = torch.cdist(out.flatten(1), target.flatten(1))
+    assert (dist.argmin(dim=1) == torch.arange(3)).all()  # each profile lands nearest its own target
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_edgeless_batch_and_single_graph(conv, graph_builder, profiles):
+    enc = tiny(conv)
+    with torch.no_grad():
+        healthy = enc(graph_builder.batch([profiles[-1], profiles[-1]]), torch.tensor([0.0, 1.0]))
+        single = enc(graph_builder.graph(profiles[0]), torch.tensor([1.0]))
+        batched = enc(graph_builder.batch([profiles[0]]), torch.tensor([1.0]))
+    assert healthy.shape == (2, K, D) and torch.isfinite(healthy).all()
+    assert torch.allclose(single, batched, atol=1e-6)

@@ -1,0 +1,100 @@
+"""Profile graphs: nodes, relations and weights of a real profile, the healthy graph, intensities, custom sets."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from kgface.encoders import HEALTHY_TEXT, NODE_TYPES, RELATIONS, WEIGHT_KINDS, parse_phenotype_spec, phenotype_profile
+from kgface.errors import UserError
+from kgface.kg import FacialProfile, Phenotype
+
+T = {name: i for i, name in enumerate(NODE_TYPES)}
+R = {name: i for i, name in enumerate(RELATIONS)}
+W = {name: i for i, name in enumerate(WEIGHT_KINDS)}
+
+
+def edges_of(g, relation):
+    mask = g.edge_type == R[relation]
+    ids = g.node_id
+    return {(ids[s], ids[d]): w for s, d, w in zip(g.edge_index[0, mask].tolist(), g.edge_index[1, mask].tolist(),
+                                                     g.edge_weight[mask].tolist())}
+
+
+def test_down_syndrome_graph(graph_builder, profiles):
+    down = profiles[0]
+    g = graph_builder.graph(down)
+    ids, types = g.node_id, g.node_type.tolist()
+    assert len(set(ids)) == len(ids) == g.num_nodes == g.x.shape[0] and g.x.shape[1] == 384
+    assert ids[0] == "ORPHA:870" and types[0] == T["disease"] and types.count(T["disease"]) == 1
+    pheno = {ids[i] for i, t in enumerate(types) if t == T["phenotype"]}
+    assert pheno == {p.hpo_id for p in down.phenotypes} and len(pheno) == 19
+    has = edges_of(g, "has_phenotype")
+    for p in down.phenotypes:  # edge weights are the KG frequencies, both directions
+        assert has[("ORPHA:870", p.hpo_id)] == pytest.approx(p.frequency)
+        assert edges_of(g, "phenotype_of")[(p.hpo_id, "ORPHA:870")] == pytest.approx(p.frequency)
+        assert g.weight[ids.index(p.hpo_id)] == pytest.approx(p.frequency)
+        assert g.weight_kind[ids.index(p.hpo_id)] == W["frequency"]
+        is_a, sub = edges_of(g, "is_a"), edges_of(g, "has_subclass")
+        for child, parent in zip(p.path, p.path[1:]):  # ancestors up to the region root, with reverse edges
+            assert is_a[(child, parent)] == 1.0 and sub[(parent, child)] == 1.0
+        assert types[ids.index(p.path[-1])] == T["region_root"]
+    assert {p.path[-1] for p in down.phenotypes} >= {"HP:0000271", "HP:0000153", "HP:0000366", "HP:0000464"}
+    ancestors = {ids[i] for i, t in enumerate(types) if t == T["ancestor"]}
+    assert "HP:0000492" in ancestors  # Abnormal eyelid morphology, on Epicanthus' path
+    assert g.node_text[ids.index("HP:0000286")].startswith("Epicanthus: A fold of skin")
+    assert g.node_text[ids.index("HP:0000492")] == "Abnormal eyelid morphology"
+
+
+def test_healthy_graph_is_a_lone_disease_node(graph_builder, profiles):
+    g = graph_builder.graph(profiles[-1])
+    assert g.num_nodes == 1 and g.node_type.tolist() == [T["disease"]] and g.edge_index.shape == (2, 0)
+    assert g.node_text == [HEALTHY_TEXT] and g.weight_kind.tolist() == [W["none"]]
+    sick = graph_builder.graph(profiles[0])
+    assert not torch.allclose(g.x[0], sick.x[0])  # "healthy" is not the generic disease text
+
+
+def test_intensities_replace_frequencies_and_keep_only_listed_phenotypes(graph_builder, profiles):
+    down = profiles[0]
+    shown = {"HP:0000286": 0.8, "HP:0000470": 0.1}
+    g = graph_builder.graph(down, intensities=shown)
+    pheno = {g.node_id[i]: i for i, t in enumerate(g.node_type.tolist()) if t == T["phenotype"]}
+    assert set(pheno) == set(shown)
+    for hpo_id, value in shown.items():
+        assert g.weight[pheno[hpo_id]] == pytest.approx(value) and g.weight_kind[pheno[hpo_id]] == W["intensity"]
+        assert edges_of(g, "has_phenotype")[("ORPHA:870", hpo_id)] == pytest.approx(value)
+    with pytest.raises(UserError, match="HP:0001250.*phenotype_profile"):
+        graph_builder.graph(down, intensities={"HP:0001250": 0.5})
+
+
+def test_unknown_frequency_is_flagged(graph_builder):
+    p = FacialProfile("X:1", "made up", "hpo", phenotypes=[
+        Phenotype("HP:0000470", "Short neck", "neck", "", None, path=["HP:0000470", "HP:0025668", "HP:0000464"],
+                  path_names=["Short neck", "Abnormal neck morphology", "Abnormality of the neck"])])
+    g = graph_builder.graph(p)
+    assert g.weight[1] == pytest.approx(0.5) and g.weight_kind[1] == W["frequency_unknown"]
+    assert g.node_type.tolist() == [T["disease"], T["phenotype"], T["ancestor"], T["region_root"]]
+
+
+def test_custom_phenotype_set(profile_builder, graph_builder):
+    spec = parse_phenotype_spec(["HP:0000316=0.8", "HP:0000508=0.3"])
+    assert spec == {"HP:0000316": 0.8, "HP:0000508": 0.3}
+    custom = phenotype_profile(profile_builder, spec)
+    g = graph_builder.graph(custom, intensities=spec)
+    assert [g.node_id[i] for i in (1, 2)] == ["HP:0000316", "HP:0000508"]
+    assert g.weight[1:3].tolist() == pytest.approx([0.8, 0.3])
+    with pytest.raises(UserError, match="outside"):
+        parse_phenotype_spec(["HP:0000316=1.5"])
+    with pytest.raises(UserError, match="not visible"):
+        phenotype_profile(profile_builder, {"HP:0001250": 1.0})  # seizure
+
+
+def test_batch_of_16_builds_in_milliseconds(graph_builder, profiles):
+    batch_profiles = (profiles * 4)[:16]
+    graph_builder.batch(batch_profiles)  # texts are embedded already (the fixture warmed them)
+    start = time.perf_counter()
+    batch = graph_builder.batch(batch_profiles)
+    elapsed = time.perf_counter() - start
+    assert batch.num_graphs == 16 and batch.x.shape[0] == sum(graph_builder.graph(p).num_nodes for p in batch_profiles)
+    assert elapsed < 0.25, f"building a batch of 16 took {elapsed * 1000:.0f} ms"

