@@ -1,0 +1,167 @@
+"""What the training loop needs from a model, for every scale: `model=tiny` (built from scratch, MiniLM text
+states) and `model=sd15|sdxl` (a local diffusers folder, LoRA on the UNet, frozen CLIP text encoders).
+
+A Backbone holds the VAE, the UNet (with the KG adapter attached), the noise scheduler and a frozen text encoder, and
+answers `text_states(prompts) -> (encoder_hidden_states, added_cond_kwargs)`; the loop never asks which it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .adapter import attach_kg_adapter
+from .models import add_unet_lora, build_tiny_stack, load_pretrained_stack
+
+TEXT_LENGTH = 77  # text tokens per prompt, as CLIP's context length
+
+
+@dataclass
+class Backbone:
+    kind: str
+    vae: nn.Module
+    unet: nn.Module
+    scheduler: object  # the DDPM noise schedule used in training and (as alphas_cumprod) by the samplers
+    text_encoder: nn.Module
+    tokenizer: object
+    text_encoder_2: nn.Module | None = None
+    tokenizer_2: object = None
+    image_size: int = 64
+    trainable: list = field(default_factory=list)
+    _text_cache: dict = field(default_factory=dict)
+
+    @property
+    def cross_attention_dim(self) -> int:
+        dim = self.unet.config.cross_attention_dim
+        return int(dim if isinstance(dim, int) else dim[0])
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (self.unet.config.in_channels, self.image_size // factor, self.image_size // factor)
+
+    @torch.no_grad()
+    def text_states(self, prompts: list[str]) -> tuple[torch.Tensor, dict]:
+        """Frozen text-encoder states [B, L, D] (and SDXL's pooled text_embeds / time_ids); cached per prompt."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            for p, value in zip(missing, self._encode(missing)):
+                self._text_cache[p] = value
+        states = torch.stack([self._text_cache[p][0] for p in prompts])
+        added = {}
+        if self.kind == "sdxl":
+            added["text_embeds"] = torch.stack([self._text_cache[p][1] for p in prompts])
+            s = self.image_size
+            added["time_ids"] = torch.tensor([[s, s, 0, 0, s, s]], dtype=states.dtype).repeat(len(prompts), 1)
+        return states, added
+
+    def _encode(self, prompts: list[str]) -> list[tuple]:
+        if self.kind == "tiny":  # MiniLM token states: the sentence-transformers model's transformer
+            tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=TEXT_LENGTH,
+                                 return_tensors="pt")
+            out = self.text_encoder(**tok).last_hidden_state
+            return [(o.float(),) for o in out]
+        tok = self.tokenizer(prompts, padding="max_length", truncation=True,
+                             max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        if self.kind == "sd15":
+            out = self.text_encoder(tok.input_ids).last_hidden_state
+            return [(o,) for o in out]
+        # SDXL: penultimate states of both encoders, concatenated; pooled output of the second
+        h1 = self.text_encoder(tok.input_ids, output_hidden_states=True).hidden_states[-2]
+        tok2 = self.tokenizer_2(prompts, padding="max_length", truncation=True,
+                                max_length=self.tokenizer_2.model_max_length, return_tensors="pt")
+        out2 = self.text_encoder_2(tok2.input_ids, output_hidden_states=True)
+        states = torch.cat([h1, out2.hidden_states[-2]], dim=-1)
+        return [(s, p) for s, p in zip(states, out2.text_embeds)]
+
+
+def _ddpm(num_train_timesteps: int = 1000):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                         prediction_type="epsilon", clip_sample=False)
+
+
+def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter: bool = True) -> Backbone:
+    """The backbone a `model` config names. `vae`: the cached, trained tiny VAE (model=tiny)."""
+    name = model_cfg.get("name", "tiny")
+    if name == "tiny":
+        from ..encoders.text import load_text_model
+
+        fresh_vae, unet = build_tiny_stack(model_cfg.get("tiny") or {})
+        st = load_text_model(model_cfg.get("text_model"))
+        text_encoder = st[0].auto_model.eval().requires_grad_(False)
+        backbone = Backbone("tiny", vae if vae is not None else fresh_vae, unet, _ddpm(), text_encoder,
+                            st.tokenizer, image_size=int(unet.config.sample_size) *
+                            2 ** (len((vae or fresh_vae).config.block_out_channels) - 1))
+        backbone.vae.requires_grad_(False)
+        trainable = list(unet.parameters())  # from scratch: the whole UNet learns
+    elif name in ("sd15", "sdxl"):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[model_cfg.get("dtype",
+                                                                                                     "fp32")]
+        stack = load_pretrained_stack(model_cfg.get("pretrained"), name, dtype=dtype)
+        scheduler = _ddpm_from(stack.scheduler)
+        backbone = Backbone(name, stack.vae, stack.unet, scheduler, stack.text_encoder, stack.tokenizer,
+                            stack.text_encoder_2, stack.tokenizer_2,
+                            image_size=int(model_cfg.get("resolution") or stack.unet.config.sample_size *
+                                           2 ** (len(stack.vae.config.block_out_channels) - 1)))
+        backbone.unet.requires_grad_(False)
+        trainable = []
+        if int(model_cfg.get("lora_rank", 0)) > 0:
+            add_unet_lora(backbone.unet, rank=int(model_cfg["lora_rank"]),
+                          alpha=int(model_cfg.get("lora_alpha", model_cfg["lora_rank"])))
+            trainable = [p for n, p in backbone.unet.named_parameters() if "lora" in n]
+    else:
+        raise UserError(f"model.name '{name}' is unknown; use model=tiny, model=sd15 or model=sdxl")
+    if with_adapter:
+        attach_kg_adapter(backbone.unet, num_tokens=num_tokens, scale=float(model_cfg.get("adapter_scale", 1.0)))
+        from .adapter import adapter_parameters
+
+        trainable += list(adapter_parameters(backbone.unet).values())
+    seen, unique = set(), []
+    for p in trainable:
+        if id(p) not in seen:
+            seen.add(id(p))
+            p.requires_grad_(True)
+            unique.append(p)
+    backbone.trainable = unique
+    if model_cfg.get("gradient_checkpointing"):
+        backbone.unet.enable_gradient_checkpointing()
+    return backbone
+
+
+def _ddpm_from(scheduler):
+    """A DDPM training schedule with the pretrained scheduler's betas (SD uses scaled_linear)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler.config, prediction_type="epsilon")
+
+
+def save_model_folder(backbone: Backbone, folder: Path) -> None:
+    """model/ in diffusers layout for what the run trained: the tiny UNet and VAE (the adapter is saved apart)."""
+    from .adapter import detach_kg_adapter, has_kg_adapter, load_kg_adapter, save_kg_adapter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if backbone.kind == "tiny":
+        had = has_kg_adapter(backbone.unet)
+        if had:  # the UNet is saved without the adapter's processors, then the adapter goes back on
+            save_kg_adapter(backbone.unet, folder / ".adapter")
+            detach_kg_adapter(backbone.unet)
+        backbone.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        backbone.vae.save_pretrained(folder / "vae", safe_serialization=True)
+        backbone.scheduler.save_pretrained(folder / "scheduler")
+        if had:
+            load_kg_adapter(backbone.unet, folder / ".adapter")
+            import shutil
+
+            shutil.rmtree(folder / ".adapter")
+    else:  # pretrained: only the LoRA weights are new
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(backbone.unet).items()}
+        if state:
+            save_file(state, str(folder / "unet_lora.safetensors"))

@@ -1,0 +1,97 @@
+"""How a (disease, severity, age) request becomes what the UNet reads, for the three conditioning modes.
+
+- `kg` (default): a neutral text prompt (no disease words) + K tokens from the KG encoder over the disease's
+  profile graph. An unseen disease works: its tokens come from its phenotypes.
+- `text`: the prompt names the disease and its visible phenotypes at the stage (kgface.prompts); no KG tokens.
+- `class`: the neutral prompt + a learned token set per training disease (+ a stage embedding): the seeds'
+  class-conditional baseline, which by construction cannot draw a disease it never saw.
+The *null* condition (classifier-free guidance) is the encoder's learned null tokens and the empty prompt; it is not
+the healthy profile, which is a real condition with its own tokens.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..kg import FacialProfile
+from ..prompts import training_prompt
+from ..prompts.wording import NEUTRAL_PROMPT
+
+MODES = ("kg", "text", "class")
+
+
+class ClassTokens(nn.Module):
+    """A learned [K, D] token set per class plus a stage embedding (the class-conditional baseline)."""
+
+    def __init__(self, num_classes: int, num_tokens: int, dim: int):
+        super().__init__()
+        self.tokens = nn.Parameter(torch.randn(num_classes, num_tokens, dim) * 0.02)
+        self.stage = nn.Sequential(nn.Linear(8, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.null_tokens = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)
+
+    def forward(self, idx: torch.Tensor, severity: torch.Tensor) -> torch.Tensor:
+        freqs = torch.arange(4, dtype=torch.float32) + 1
+        ang = severity.float()[:, None] / 3.0 * math.pi * freqs
+        return self.tokens[idx] + self.stage(torch.cat([ang.sin(), ang.cos()], -1))[:, None, :]
+
+    def null(self, batch_size: int) -> torch.Tensor:
+        return self.null_tokens.unsqueeze(0).expand(batch_size, -1, -1)
+
+
+class Conditioner(nn.Module):
+    """Turns indices into `profiles` + severities (+ ages) into (text states, added kwargs, tokens or None)."""
+
+    def __init__(self, mode: str, profiles: list[FacialProfile], backbone, encoder: nn.Module | None = None,
+                 graph_builder=None, num_tokens: int = 8):
+        super().__init__()
+        if mode not in MODES:
+            raise UserError(f"conditioning={mode} is unknown; use one of {', '.join(MODES)}")
+        self.mode, self.profiles, self.backbone = mode, list(profiles), backbone
+        self.encoder = encoder
+        self.graph_builder = graph_builder
+        self.class_tokens = ClassTokens(len(profiles), num_tokens, backbone.cross_attention_dim) \
+            if mode == "class" else None
+        self._graphs = None
+        if mode == "kg":
+            if encoder is None or graph_builder is None:
+                raise UserError("conditioning=kg needs the KG encoder")
+            self._graphs = [graph_builder.graph(p) for p in self.profiles]
+
+    @property
+    def uses_tokens(self) -> bool:
+        return self.mode != "text"
+
+    def prompts(self, idx: torch.Tensor, stages: torch.Tensor) -> list[str]:
+        if self.mode != "text":
+            return [NEUTRAL_PROMPT] * len(idx)
+        return [training_prompt(self.profiles[int(i)], int(s), conditioning="text") for i, s in zip(idx, stages)]
+
+    def tokens(self, idx: torch.Tensor, severity: torch.Tensor, age: torch.Tensor | None = None,
+               graphs=None) -> torch.Tensor | None:
+        """KG / class tokens [B, K, D]; `graphs` overrides the per-profile graphs (custom or unseen profiles)."""
+        if self.mode == "text":
+            return None
+        if self.mode == "class":
+            return self.class_tokens(idx, severity)
+        from torch_geometric.data import Batch
+
+        batch = graphs if graphs is not None else Batch.from_data_list([self._graphs[int(i)] for i in idx])
+        return self.encoder(batch, severity.float(), age)
+
+    def null(self, batch_size: int) -> torch.Tensor | None:
+        if self.mode == "text":
+            return None
+        return (self.class_tokens if self.mode == "class" else self.encoder).null(batch_size)
+
+    def null_states(self, batch_size: int) -> tuple[torch.Tensor, dict]:
+        return self.backbone.text_states([""] * batch_size)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        if self.mode == "kg":
+            return list(self.encoder.parameters())
+        if self.mode == "class":
+            return list(self.class_tokens.parameters())
+        return []

@@ -1,0 +1,243 @@
+"""The training loop: one loop for every model scale and conditioning mode (read top to bottom).
+
+Noise prediction on VAE latents (DDPM schedule, epsilon target), optional Min-SNR weighting, classifier-free
+guidance dropout of the KG/class tokens and/or the text, AdamW with warm-up + cosine decay, gradient accumulation
+and mixed precision through accelerate, an EMA of the trainable weights, checkpoints every N steps and exact resume.
+
+Exact resume: every random draw of step n (batch indices, noise, timesteps, CFG dropout) comes from a generator
+seeded by (seed, n), so a run killed after checkpoint k and resumed replays steps k+1.. exactly; a checkpoint holds
+the trainable weights, the EMA and the optimizer/scheduler state (safetensors + `torch.load(weights_only=True)`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+
+TRAINER_DEFAULTS = {
+    "steps": 1500, "batch_size": 16, "lr": 3e-4, "encoder_lr": 3e-4, "weight_decay": 1e-2, "warmup_steps": 100,
+    "grad_accum": 1, "mixed_precision": "no", "max_grad_norm": 1.0, "ema_decay": 0.999, "ema": True,
+    "min_snr_gamma": 5.0, "cfg_drop_tokens": 0.1, "cfg_drop_text": 0.0, "cfg_drop_both": 0.05,
+    "checkpoint_every": 500, "keep_checkpoints": 2, "resume": None, "log_every": 25, "val_every": 0,
+    "seed": 0, "num_threads": 0,
+}
+
+
+class TrainingError(UserError):
+    pass
+
+
+@dataclass
+class LatentSet:
+    """The training set as tensors: latents [N, C, h, w] (scaled), class index, stage, severity, age (-1 unknown)."""
+    latents: torch.Tensor
+    index: torch.Tensor
+    stage: torch.Tensor
+    severity: torch.Tensor
+    age: torch.Tensor
+
+    def __len__(self):
+        return len(self.latents)
+
+
+class EMA:
+    """Exponential moving average of a list of parameters (warm-up as in diffusers' EMAModel)."""
+
+    def __init__(self, params, decay: float):
+        self.params, self.decay, self.steps = list(params), decay, 0
+        self.shadow = [p.detach().clone().float() for p in self.params]
+
+    @torch.no_grad()
+    def step(self):
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for s, p in zip(self.shadow, self.params):
+            s.mul_(d).add_(p.detach().float(), alpha=1 - d)
+
+    @torch.no_grad()
+    def copy_to(self):
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s.to(p.dtype))
+
+
+def _named(params) -> dict[str, torch.Tensor]:
+    return {f"p{i:05d}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
+
+
+def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer, scheduler, losses) -> Path:
+    tmp = folder.parent / f".{folder.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(_named(params), str(tmp / "trainable.safetensors"))
+    if ema is not None:
+        save_file(_named(ema.shadow), str(tmp / "ema.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "ema_steps": ema.steps if ema else 0,
+                                                "losses": losses}), encoding="utf-8")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = sorted(p for p in ckpt_dir.glob("step-*") if (p / "state.json").is_file())
+    return found[-1] if found else None
+
+
+def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler) -> tuple[int, list]:
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    weights = load_file(str(folder / "trainable.safetensors"))
+    if len(weights) != len(params):
+        raise TrainingError(f"{folder}: holds {len(weights)} trainable tensors, this run has {len(params)}; "
+                            "was it made with another config? Set trainer.resume=null to start afresh")
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(weights[f"p{i:05d}"])
+        if ema is not None and (folder / "ema.safetensors").is_file():
+            shadow = load_file(str(folder / "ema.safetensors"))
+            for i, s in enumerate(ema.shadow):
+                s.copy_(shadow[f"p{i:05d}"])
+            ema.steps = state["ema_steps"]
+    opt = torch.load(folder / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    return int(state["step"]), list(state.get("losses", []))
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): min(SNR, gamma) / SNR."""
+    a = alphas_cumprod[timesteps]
+    snr = a / (1 - a)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, progress: bool = True,
+          on_validate=None, stop_after: int | None = None) -> dict:
+    """Train `backbone.trainable` + the conditioner's parameters; returns {"losses": [...], "steps": n, ...}.
+
+    stop_after: stop (as if killed) after this many steps of this call, for resume tests."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    t = {**TRAINER_DEFAULTS, **cfg}
+    if t["num_threads"]:
+        torch.set_num_threads(int(t["num_threads"]))
+    if len(data) < 1:
+        raise TrainingError("no training images: check data.heldout and the dataset's train split")
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    acc = Accelerator(gradient_accumulation_steps=int(t["grad_accum"]), mixed_precision=t["mixed_precision"],
+                      log_with="tensorboard", project_dir=str(run_dir / "logs"))
+    acc.init_trackers("train")
+    unet, device = backbone.unet, acc.device
+    params = list(backbone.trainable) + conditioner.trainable_parameters()
+    groups = [{"params": list(backbone.trainable), "lr": float(t["lr"])}]
+    if conditioner.trainable_parameters():
+        groups.append({"params": conditioner.trainable_parameters(), "lr": float(t["encoder_lr"])})
+    optimizer = torch.optim.AdamW(groups, weight_decay=float(t["weight_decay"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(t["warmup_steps"]), int(t["steps"])))
+    unet, conditioner, optimizer = acc.prepare(unet, conditioner, optimizer)
+    backbone.vae.to(device)
+    ema = EMA(params, float(t["ema_decay"])) if t["ema"] else None
+    start, losses = 0, []
+    if t["resume"]:
+        folder = latest_checkpoint(ckpt_dir) if t["resume"] == "latest" else Path(t["resume"])
+        if folder is None and t["resume"] == "latest":
+            pass  # nothing to resume: start at step 0
+        elif folder is None or not (folder / "state.json").is_file():
+            raise TrainingError(f"trainer.resume={t['resume']}: no checkpoint there; use latest or a step-* folder")
+        else:
+            start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler)
+    alphas = backbone.scheduler.alphas_cumprod.to(device)
+    n_train = backbone.scheduler.config.num_train_timesteps
+    null_states, null_added = conditioner.null_states(1)
+    bar = tqdm(range(start, int(t["steps"])), desc=f"training ({conditioner.mode})", disable=not progress,
+               initial=start, total=int(t["steps"]))
+    unet.train()
+    tic, done = time.perf_counter(), 0
+    for step in bar:
+        g = torch.Generator().manual_seed(int(t["seed"]) * 1_000_003 + step)
+        micro = []
+        for _ in range(int(t["grad_accum"])):
+            with acc.accumulate(unet):
+                idx = torch.randint(0, len(data), (int(t["batch_size"]),), generator=g)
+                x0 = data.latents[idx].to(device)
+                noise = torch.randn(x0.shape, generator=g).to(device)
+                ts = torch.randint(0, n_train, (len(idx),), generator=g).to(device)
+                drop = torch.rand(len(idx), generator=g)
+                drop_both = drop < float(t["cfg_drop_both"])
+                drop_tok = drop_both | ((drop >= float(t["cfg_drop_both"]))
+                                        & (drop < float(t["cfg_drop_both"]) + float(t["cfg_drop_tokens"])))
+                drop_txt = drop_both | ((drop >= 1 - float(t["cfg_drop_text"])))
+                cls = data.index[idx]
+                states, added = backbone.text_states(conditioner.prompts(cls, data.stage[idx]))
+                if drop_txt.any():
+                    states = torch.where(drop_txt.view(-1, 1, 1), null_states.expand_as(states), states)
+                    added = {k: torch.where(drop_txt.view(-1, *[1] * (v.ndim - 1)), null_added[k].expand_as(v), v)
+                             for k, v in added.items()}
+                kw = dict(added)
+                if conditioner.uses_tokens:
+                    tokens = conditioner.tokens(cls, data.severity[idx].to(device), data.age[idx].to(device)
+                                                if conditioner.mode == "kg" and
+                                                getattr(conditioner.encoder, "age_groups", 0) else None)
+                    tokens = torch.where(drop_tok.view(-1, 1, 1).to(device), conditioner.null(len(idx)), tokens)
+                    kw["image_embeds"] = [tokens]
+                with acc.autocast():
+                    pred = unet(backbone.scheduler.add_noise(x0, noise, ts), ts, encoder_hidden_states=states.to(device),
+                                added_cond_kwargs=kw or None).sample
+                per = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+                if t["min_snr_gamma"]:
+                    per = per * min_snr_weights(alphas, ts, float(t["min_snr_gamma"]))
+                loss = per.mean()
+                if not torch.isfinite(loss):
+                    last = latest_checkpoint(ckpt_dir)
+                    raise TrainingError(f"the loss became {loss.item()} at step {step}; training stopped. Last good "
+                                        f"checkpoint: {last or 'none'} (lower trainer.lr, or check the data)")
+                acc.backward(loss)
+                if acc.sync_gradients and t["max_grad_norm"]:
+                    acc.clip_grad_norm_(params, float(t["max_grad_norm"]))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                micro.append(loss.item())
+        scheduler.step()
+        if ema is not None:
+            ema.step()
+        losses.append(sum(micro) / len(micro))
+        done += 1
+        if step % int(t["log_every"]) == 0 or step + 1 == int(t["steps"]):
+            recent = losses[-int(t["log_every"]):]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}",
+                            it_s=f"{done / (time.perf_counter() - tic):.2f}")
+            acc.log({"loss": losses[-1], "lr": scheduler.get_last_lr()[0]}, step=step)
+        if t["checkpoint_every"] and (step + 1) % int(t["checkpoint_every"]) == 0:
+            save_checkpoint(ckpt_dir / f"step-{step + 1:07d}", step + 1, params, ema, optimizer, scheduler, losses)
+            for old in sorted(ckpt_dir.glob("step-*"))[:-int(t["keep_checkpoints"])]:
+                shutil.rmtree(old)
+        if on_validate is not None and t["val_every"] and (step + 1) % int(t["val_every"]) == 0:
+            on_validate(step + 1)
+        if stop_after is not None and done >= stop_after:
+            break
+    acc.end_training()
+    unet.eval()
+    return {"losses": losses, "steps": start + done, "ema": ema,
+            "seconds": time.perf_counter() - tic, "steps_this_call": done}
