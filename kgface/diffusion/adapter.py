@@ -1,0 +1,297 @@
+"""KG adapter: decoupled cross-attention (IP-Adapter style) that lets KG tokens [B, K, D] steer a diffusers UNet.
+
+Every cross-attention module (`attn2`) of the UNet gets diffusers' own `IPAdapterAttnProcessor2_0`: the text
+attention runs unchanged, a second attention with the same query runs over the KG tokens through new bias-free
+`to_k_ip` / `to_v_ip` projections, and `scale * result` is added. Sizes are read from each attention module, so one
+code path serves a tiny UNet, SD 1.5 (768) and SDXL (2048). `to_v_ip` starts at zero, so the adapted UNet equals the
+base UNet at step 0; scale 0 skips the branch. Since the projections have no bias, all-zero tokens also add exactly
+nothing: zeros are the "no KG condition" input (classifier-free guidance's negative).
+
+The tokens reach the processors through the UNet's stock IP-Adapter route: `unet.encoder_hid_proj` is a
+`MultiIPAdapterImageProjection` holding one `TokenPassThrough`, and `unet.config.encoder_hid_dim_type` is
+"ip_image_proj". So `unet(..., added_cond_kwargs={"image_embeds": [tokens]})` works, and so do the stock pipelines'
+`ip_adapter_image_embeds=[torch.cat([null_tokens, tokens])]` (no image encoder needed).
+
+Files: `adapter.safetensors` (keys "<attention module path>.to_k_ip.weight" / ".to_v_ip.weight") and `adapter.json`
+(the `KGAdapterConfig` plus each layer's shapes). Loading reads safetensors only, never pickle.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
+from diffusers.models.embeddings import MultiIPAdapterImageProjection
+from torch import nn
+
+from ..errors import UserError
+
+WEIGHTS_NAME = "adapter.safetensors"
+CONFIG_NAME = "adapter.json"
+FORMAT = "kgface-kg-adapter"
+FORMAT_VERSION = 1
+
+
+class AdapterError(UserError, ValueError):
+    """An adapter file or KG-token input that does not fit the UNet; the message names the file, key or shape."""
+
+
+@dataclass
+class KGAdapterConfig:
+    num_tokens: int = 8          # K, the number of KG tokens per sample (the weights do not depend on it)
+    token_dim: int = 768         # D, the width of each KG token (default: the UNet's cross-attention width)
+    scale: float = 1.0           # weight of the KG branch; 0 = base model
+    layers: dict[str, dict[str, int]] = field(default_factory=dict)  # attention path -> {hidden_size, token_dim}
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = CONFIG_NAME) -> "KGAdapterConfig":
+        if d.get("format") != FORMAT:
+            raise AdapterError(f"{source}: not a kgface KG adapter config (format={d.get('format')!r}, "
+                               f"expected {FORMAT!r})")
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise AdapterError(f"{source}: format_version {d['format_version']} is newer than this kgface "
+                               f"understands ({FORMAT_VERSION}); upgrade kgface")
+        known = {k: d[k] for k in ("num_tokens", "token_dim", "scale", "layers", "format", "format_version") if k in d}
+        return cls(**known)
+
+
+class TokenPassThrough(nn.Module):
+    """The 'image projection' of the KG route: KG tokens are already in the UNet's token space, so it only checks
+    their width and casts them to the UNet's dtype (the empty buffer follows `.to(dtype/device)`)."""
+
+    def __init__(self, token_dim: int):
+        super().__init__()
+        self.token_dim = int(token_dim)
+        self.register_buffer("_probe", torch.empty(0), persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[-1] != self.token_dim:
+            raise AdapterError(f"KG tokens have width {tokens.shape[-1]} but the adapter expects token_dim="
+                               f"{self.token_dim} (shape [B, K, {self.token_dim}])")
+        return tokens.to(device=self._probe.device, dtype=self._probe.dtype)
+
+
+def _cross_attention_modules(unet: nn.Module) -> dict[str, nn.Module]:
+    """Attention path -> module for every cross-attention (`attn2`) layer, in `unet.attn_processors` order."""
+    out = {}
+    for name in unet.attn_processors:
+        path = name[: -len(".processor")]
+        if not path.endswith("attn2") or "motion_modules" in path:
+            continue
+        attn = unet.get_submodule(path)
+        if not getattr(attn, "is_cross_attention", True):
+            continue
+        out[path] = attn
+    return out
+
+
+def _linear(module: nn.Module) -> nn.Module:
+    return getattr(module, "base_layer", module)  # see through a peft LoRA wrapper
+
+
+def _kg_processors(unet: nn.Module) -> dict[str, IPAdapterAttnProcessor2_0]:
+    return {n[: -len(".processor")]: p for n, p in unet.attn_processors.items()
+            if isinstance(p, IPAdapterAttnProcessor2_0)}
+
+
+def has_kg_adapter(unet: nn.Module) -> bool:
+    return bool(_kg_processors(unet))
+
+
+def attach_kg_adapter(unet: nn.Module, num_tokens: int = 8, scale: float = 1.0, token_dim: int | None = None,
+                      init_keys_from_text: bool = True) -> KGAdapterConfig:
+    """Give every cross-attention layer of `unet` a zero-initialised KG branch; return the adapter's config.
+
+    token_dim: width of the KG tokens (default: each layer's own cross-attention width, i.e. the text width).
+    init_keys_from_text: start `to_k_ip` as a copy of the layer's text `to_k` where the shapes allow (IP-Adapter's
+    initialisation), so KG tokens are keyed like text from the first step; `to_v_ip` always starts at zero.
+    The new weights are trainable (requires_grad=True); nothing else of the UNet is touched.
+    """
+    if has_kg_adapter(unet):
+        raise AdapterError("this UNet already has a KG adapter (or an IP-Adapter); call detach_kg_adapter first")
+    modules = _cross_attention_modules(unet)
+    if not modules:
+        raise AdapterError(f"{type(unet).__name__} has no cross-attention (attn2) layers to attach a KG adapter to")
+    widths = {_linear(a.to_k).in_features for a in modules.values()}
+    if token_dim is None:
+        if len(widths) != 1:
+            raise AdapterError(f"the UNet's cross-attention layers have different widths {sorted(widths)}; "
+                               "pass token_dim explicitly")
+        token_dim = widths.pop()
+    ref = next(unet.parameters())
+    procs, layers = {}, {}
+    for name, proc in unet.attn_processors.items():
+        path = name[: -len(".processor")]
+        if path not in modules:
+            procs[name] = proc  # self-attention keeps its processor
+            continue
+        attn = modules[path]
+        to_k = _linear(attn.to_k)
+        hidden = to_k.out_features  # heads * head_dim, what the processor's view(..., heads, head_dim) needs
+        p = IPAdapterAttnProcessor2_0(hidden_size=hidden, cross_attention_dim=token_dim, num_tokens=(num_tokens,),
+                                      scale=float(scale))
+        with torch.no_grad():
+            if init_keys_from_text and to_k.in_features == token_dim:
+                p.to_k_ip[0].weight.copy_(to_k.weight.detach().float())
+            p.to_v_ip[0].weight.zero_()
+        p.to(device=ref.device, dtype=ref.dtype)
+        p.requires_grad_(True)
+        procs[name] = p
+        layers[path] = {"hidden_size": hidden, "token_dim": token_dim}
+    unet.set_attn_processor(procs)
+    proj = MultiIPAdapterImageProjection([TokenPassThrough(token_dim)]).to(device=ref.device, dtype=ref.dtype)
+    unet.encoder_hid_proj = proj
+    unet.config.encoder_hid_dim_type = "ip_image_proj"  # runtime only: does not serialise (diffusers does the same)
+    return KGAdapterConfig(num_tokens=num_tokens, token_dim=token_dim, scale=float(scale), layers=layers)
+
+
+def detach_kg_adapter(unet: nn.Module) -> None:
+    """Remove the KG branch: cross-attention gets the stock processor back and the token route is unset."""
+    procs = {}
+    for name, proc in unet.attn_processors.items():
+        procs[name] = AttnProcessor2_0() if isinstance(proc, IPAdapterAttnProcessor2_0) else proc
+    unet.set_attn_processor(procs)
+    unet.encoder_hid_proj = None
+    unet.config.encoder_hid_dim_type = None
+
+
+def set_adapter_scale(unet: nn.Module, scale: float) -> None:
+    """Weight of the KG branch in every layer (0 = base model exactly: the branch is skipped)."""
+    procs = _kg_processors(unet)
+    if not procs:
+        raise AdapterError("this UNet has no KG adapter; call attach_kg_adapter or load_kg_adapter first")
+    for p in procs.values():
+        p.scale = [float(scale)]
+
+
+def get_adapter_scale(unet: nn.Module) -> float:
+    procs = _kg_processors(unet)
+    if not procs:
+        raise AdapterError("this UNet has no KG adapter")
+    return float(next(iter(procs.values())).scale[0])
+
+
+def adapter_parameters(unet: nn.Module) -> dict[str, nn.Parameter]:
+    """The adapter's own parameters, keyed as in adapter.safetensors."""
+    out = {}
+    for path, p in _kg_processors(unet).items():
+        out[f"{path}.to_k_ip.weight"] = p.to_k_ip[0].weight
+        out[f"{path}.to_v_ip.weight"] = p.to_v_ip[0].weight
+    return out
+
+
+def adapter_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in adapter_parameters(unet).items()}
+
+
+def kg_added_cond_kwargs(tokens: torch.Tensor, added_cond_kwargs: dict | None = None) -> dict:
+    """`added_cond_kwargs` for a direct UNet call (training): the KG tokens [B, K, D] plus any others (SDXL's
+    text_embeds / time_ids)."""
+    if tokens.ndim != 3:
+        raise AdapterError(f"KG tokens must have shape [B, K, D], got {tuple(tokens.shape)}")
+    return {**(added_cond_kwargs or {}), "image_embeds": [tokens]}
+
+
+def pipeline_token_embeds(tokens: torch.Tensor, do_classifier_free_guidance: bool = True,
+                          null_tokens: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """`ip_adapter_image_embeds` for a stock diffusers pipeline call.
+
+    The pipelines repeat this tensor for every prompt and image (`torch.cat([embeds] * batch)`), so one call carries
+    one KG condition: `tokens` is [1, K, D] (or [K, D]). Under CFG the pipeline splits the tensor with `.chunk(2)`
+    into (negative, positive); the negative defaults to zeros, which add nothing (no KG condition).
+    """
+    if tokens.ndim == 2:
+        tokens = tokens[None]
+    if tokens.ndim != 3 or tokens.shape[0] != 1:
+        raise AdapterError(f"a pipeline call takes one KG condition: tokens of shape [1, K, D], got "
+                           f"{tuple(tokens.shape)}; call the pipeline once per condition")
+    if not do_classifier_free_guidance:
+        return [tokens]
+    null = torch.zeros_like(tokens) if null_tokens is None else null_tokens.reshape(tokens.shape).to(tokens)
+    return [torch.cat([null, tokens], dim=0)]
+
+
+def save_kg_adapter(unet: nn.Module, folder: str | Path, config: KGAdapterConfig | None = None) -> Path:
+    """Write `adapter.safetensors` + `adapter.json` into `folder` (created if needed); return the folder."""
+    from safetensors.torch import save_file
+
+    state = adapter_state_dict(unet)
+    if not state:
+        raise AdapterError("this UNet has no KG adapter to save")
+    procs = _kg_processors(unet)
+    first = next(iter(procs.values()))
+    cfg = config or KGAdapterConfig(num_tokens=int(first.num_tokens[0]), token_dim=int(first.cross_attention_dim))
+    cfg.scale = get_adapter_scale(unet)
+    cfg.layers = {path: {"hidden_size": int(p.hidden_size), "token_dim": int(p.cross_attention_dim)}
+                  for path, p in procs.items()}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    (folder / CONFIG_NAME).write_text(cfg.to_json() + "\n", encoding="utf-8")
+    return folder
+
+
+def read_kg_adapter(folder: str | Path) -> tuple[KGAdapterConfig, dict[str, torch.Tensor]]:
+    """Config and weights of a saved adapter (safetensors only; no pickle is ever read)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AdapterError(f"KG adapter folder {folder} does not exist (expected {WEIGHTS_NAME} + {CONFIG_NAME})")
+    cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise AdapterError(f"{p} is missing: a KG adapter folder holds {WEIGHTS_NAME} + {CONFIG_NAME}")
+    try:
+        cfg = KGAdapterConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")), source=str(cfg_path))
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{cfg_path}: not valid JSON ({e})") from e
+    try:
+        state = load_file(str(w_path))
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"{w_path}: not a readable safetensors file ({e})") from e
+    return cfg, state
+
+
+def load_kg_adapter(unet: nn.Module, folder: str | Path, scale: float | None = None) -> KGAdapterConfig:
+    """Attach a saved adapter to a freshly loaded base UNet (one without an adapter); return its config.
+
+    Every layer's key and shape is checked against the UNet before anything changes; a mismatch is an
+    AdapterError naming the file and the key (typically: the adapter was trained on another base model).
+    """
+    cfg, state = read_kg_adapter(folder)
+    w_path = Path(folder) / WEIGHTS_NAME
+    modules = _cross_attention_modules(unet)
+    expected = {}
+    for path, attn in modules.items():
+        hidden, width = _linear(attn.to_k).out_features, cfg.token_dim
+        expected[f"{path}.to_k_ip.weight"] = (hidden, width)
+        expected[f"{path}.to_v_ip.weight"] = (hidden, width)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        key = (missing or unexpected)[0]
+        what = "lacks" if missing else "has a key the UNet has no layer for:"
+        raise AdapterError(f"{w_path} {what} {key!r} ({len(missing)} missing, {len(unexpected)} unexpected keys): "
+                           "the adapter was saved from a UNet with other attention layers")
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != shape:
+            raise AdapterError(f"{w_path}: {k!r} has shape {tuple(state[k].shape)} but this UNet needs {shape}: "
+                               "the adapter was saved from another base model")
+    attach_kg_adapter(unet, num_tokens=cfg.num_tokens, scale=cfg.scale if scale is None else scale,
+                      token_dim=cfg.token_dim, init_keys_from_text=False)
+    params = adapter_parameters(unet)
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v.to(device=params[k].device, dtype=params[k].dtype))
+    if scale is not None:
+        cfg.scale = float(scale)
+    return cfg
