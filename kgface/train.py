@@ -26,20 +26,21 @@ def _container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
-def build_conditioning(cfg: DictConfig, backbone, profiles, cache):
-    """The conditioner for cfg.conditioning over the training profiles (KG encoder built from cfg.encoder)."""
+def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | None = None):
+    """The conditioner for `mode` (default cfg.conditioning) over the training profiles (encoder from cfg.encoder)."""
     from .diffusion.conditioning import Conditioner
 
+    mode = mode or cfg.conditioning
     num_tokens = int(cfg.model.get("num_tokens", 8))
     encoder = builder = None
-    if cfg.conditioning == "kg":
+    if mode == "kg":
         from .encoders import KGEncoder
 
         enc_cfg = {**_container(cfg.encoder), "num_tokens": num_tokens}
         torch.manual_seed(int(cfg.seed))
         encoder = KGEncoder.from_config(enc_cfg, out_dim=backbone.cross_attention_dim)
         builder = encoder.graph_builder(cache=cache)
-    cond = Conditioner(cfg.conditioning, profiles, backbone, encoder, builder, num_tokens=num_tokens)
+    cond = Conditioner(mode, profiles, backbone, encoder, builder, num_tokens=num_tokens)
     if builder is not None:
         builder.warm(profiles)
     return cond
@@ -54,7 +55,11 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str]):
 
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     index = {p.disease_id: i for i, p in enumerate(profiles)}
-    df = df[(df["split"] == "train") & df["disease"].isin(index) & ~df["disease"].isin(heldout)]
+    unknown = sorted(set(df["disease"]) - set(index) - heldout)
+    if unknown:
+        raise UserError(f"{manifest}: labels {unknown} are not in the disease panel; add them to kg.panel "
+                        "or map the dataset's classes to panel ids")
+    df = df[(df["split"] == "train") & ~df["disease"].isin(heldout)]
     if df.empty:
         raise UserError(f"{manifest}: no training images for the generator's diseases")
     from PIL import Image
@@ -79,10 +84,11 @@ def sample_grid(generator, profiles, stages, per_cell: int, seed: int):
     reqs, rows = [], []
     for p in profiles:
         for k in range(per_cell):
-            for s in stages:
-                sev = 0.0 if p.healthy else float(s)
-                reqs.append(Request(p, sev, seed + k))
-                rows.append({"disease": p.disease_id, "stage": 0 if p.healthy else int(s), "seed": seed + k})
+            for j, s in enumerate(stages):
+                # healthy has no stages: its cells are other faces (other seeds) instead of repeats
+                sd = seed + 1000 + k * len(stages) + j if p.healthy else seed + k
+                reqs.append(Request(p, 0.0 if p.healthy else float(s), sd))
+                rows.append({"disease": p.disease_id, "stage": 0 if p.healthy else int(s), "seed": sd})
     return generator.sample(reqs), rows
 
 
@@ -111,13 +117,11 @@ def save_grid(images: torch.Tensor, rows: list[dict], names: dict, path: Path, s
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .data.build import phantom_dataset
     from .dataset import panel_profiles
-    from .diffusion.adapter import save_kg_adapter
-    from .diffusion.backbones import build_backbone, save_model_folder
-    from .diffusion.generator import Generator
-    from .diffusion.trainer import train
     from .prompts import describe_profiles, save_descriptions
 
     t0 = time.perf_counter()
+    if int(cfg.get("num_threads") or 0) > 0:
+        torch.set_num_threads(int(cfg.num_threads))
     torch.manual_seed(int(cfg.seed))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
@@ -130,78 +134,99 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                                                   "profiles": [p.to_dict() for p in profiles]})
     descriptions = describe_profiles(profiles, _container(cfg.llm), cache)
     save_descriptions(out_dir / "descriptions.json", descriptions)
-    names = {p.disease_id: p.name for p in profiles}
     timings["profiles_s"] = time.perf_counter() - t0
 
     # 2. data
-    if cfg.data.name != "phantom":
-        raise UserError("kgface.train builds on the phantom set for now; real datasets go through "
-                        "python -m kgface.dataset data=... (training on them lands with the GPU recipes)")
-    data_dir = phantom_dataset(cfg, profiles, cache, progress=cfg.progress)
-    manifest = data_dir / "manifest.csv"
+    if cfg.data.name == "phantom":
+        manifest = phantom_dataset(cfg, profiles, cache, progress=cfg.progress) / "manifest.csv"
+    else:  # real photos: preprocessed into the run directory (their labels must use the panel's KG ids)
+        from .data.real import build_real_dataset
+
+        manifest = build_real_dataset(cfg.data, out_dir / "data").manifest
     heldout = {str(h) for h in cfg.data.get("heldout") or []}
-    (out_dir / "data.json").write_text(json.dumps({"manifest": str(manifest), "heldout": sorted(heldout)}),
-                                       encoding="utf-8")
+    write_json_atomic(out_dir / "data.json", {"manifest": str(manifest), "heldout": sorted(heldout)})
     timings["data_s"] = time.perf_counter() - t0 - sum(timings.values())
 
-    # 3. VAE (tiny: trained once per dataset, cached) and the backbone
+    # 3. VAE (tiny: trained once per dataset, cached)
     vae = None
     if cfg.model.name == "tiny":
         from .diffusion.vae import cached_vae
 
-        vae, vae_metrics, _ = cached_vae(manifest, _container(cfg.model.tiny), _container(cfg.model.vae_train),
-                                         cache, progress=cfg.progress)
-        metrics["vae"] = vae_metrics
-    backbone = build_backbone(_container(cfg.model), vae=vae, num_tokens=int(cfg.model.get("num_tokens", 8)),
-                              with_adapter=cfg.conditioning != "text")
+        vae, metrics["vae"], _ = cached_vae(manifest, _container(cfg.model.tiny), _container(cfg.model.vae_train),
+                                            cache, progress=cfg.progress)
     timings["vae_s"] = time.perf_counter() - t0 - sum(timings.values())
 
-    # 4. generator training on the seen diseases
+    # 4-6. the generator, once per conditioning
+    modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
+    for mode in modes:
+        sub = out_dir if len(modes) == 1 else out_dir / mode
+        t1 = time.perf_counter()
+        result = train_generator(cfg, mode, profiles, manifest, heldout, vae, cache, sub)
+        if len(modes) == 1:
+            metrics.update(result)
+        else:
+            metrics.setdefault("baselines", {})[mode] = result
+        timings[f"generator_{mode}_s"] = time.perf_counter() - t1
+
+    # 7. report
+    metrics["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    metrics["conditioning"] = modes[0] if len(modes) == 1 else modes
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    grids = [Path(m) / "samples" / "grid.png" for m in ([] if len(modes) == 1 else modes)] or \
+        [Path("samples") / "grid.png"]
+    _report(out_dir, metrics, grids)
+    cache.record(out_dir)
+    print(f"done in {time.perf_counter() - t0:.0f} s: {out_dir / 'report.md'}")
+    return metrics
+
+
+def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldout: set[str], vae, cache,
+                    out_dir: Path) -> dict:
+    """Train one generator (conditioning `mode`), save it, and draw its sample grid into out_dir."""
+    from .diffusion.adapter import save_kg_adapter
+    from .diffusion.backbones import build_backbone, save_model_folder
+    from .diffusion.generator import Generator
+    from .diffusion.trainer import train
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(int(cfg.seed))
+    backbone = build_backbone(_container(cfg.model), vae=vae, num_tokens=int(cfg.model.get("num_tokens", 8)),
+                              with_adapter=mode != "text")
     train_profiles = [p for p in profiles if p.disease_id not in heldout]
-    conditioner = build_conditioning(cfg, backbone, train_profiles, cache)
+    conditioner = build_conditioning(cfg, backbone, train_profiles, cache, mode)
     data = latent_set(manifest, train_profiles, backbone, heldout)
     result = train(backbone, conditioner, data, {**_container(cfg.trainer), "seed": int(cfg.seed)}, out_dir,
                    progress=cfg.progress)
     if result["ema"] is not None:
         result["ema"].copy_to()  # the final weights are the EMA weights (checkpoints keep the raw ones)
-    metrics["train"] = {"steps": result["steps"], "final_loss": sum(result["losses"][-50:]) /
-                        max(1, len(result["losses"][-50:])), "seconds": round(result["seconds"], 1),
-                        "train_images": len(data)}
-    timings["train_s"] = time.perf_counter() - t0 - sum(timings.values())
+    recent = result["losses"][-50:]
+    metrics = {"train": {"steps": result["steps"], "final_loss": sum(recent) / max(1, len(recent)),
+                         "seconds": round(result["seconds"], 1), "train_images": len(data)}}
 
-    # 5. save: model/, adapter, encoder/
-    model_dir = out_dir / "model"
-    save_model_folder(backbone, model_dir)
-    if conditioner.mode != "text":
+    # save: model/, adapter, encoder/ (or the class tokens)
+    save_model_folder(backbone, out_dir / "model")
+    if mode != "text":
         save_kg_adapter(backbone.unet, out_dir)
-    if conditioner.mode == "kg":
+    if mode == "kg":
         conditioner.encoder.save_pretrained(out_dir / "encoder")
-    elif conditioner.mode == "class":
+    elif mode == "class":
         from safetensors.torch import save_file
 
         save_file({k: v.detach().contiguous() for k, v in conditioner.class_tokens.state_dict().items()},
                   str(out_dir / "class_tokens.safetensors"))
     write_json_atomic(out_dir / "losses.json", result["losses"])
+    _plot_loss(result["losses"], out_dir / "loss.png")
 
-    # 6. samples: every disease (held-out ones too, except under class conditioning) x stage
+    # samples: every disease (held-out ones too, except under class conditioning) x stage
     gen = Generator(backbone, conditioner, guidance=float(cfg.model.sample.guidance),
                     steps=int(cfg.model.sample.steps))
-    drawable = profiles if conditioner.mode != "class" else train_profiles
+    drawable = profiles if mode != "class" else train_profiles
     stages = list(cfg.samples.stages)
     images, rows = sample_grid(gen, drawable, stages, int(cfg.samples.per_cell), int(cfg.seed) + 1000)
-    grid = save_grid(images, rows, {**names, **{h: names.get(h, "") + " (held out)" for h in heldout}},
-                     out_dir / "samples" / "grid.png", stages, int(cfg.samples.per_cell))
+    names = {p.disease_id: p.name + (" (held out)" if p.disease_id in heldout else "") for p in profiles}
+    save_grid(images, rows, names, out_dir / "samples" / "grid.png", stages, int(cfg.samples.per_cell))
     _write_samples(images, rows, out_dir / "samples", heldout)
-    timings["samples_s"] = time.perf_counter() - t0 - sum(timings.values())
-
-    # 7. report
-    metrics["timings"] = {k: round(v, 1) for k, v in timings.items()}
-    metrics["conditioning"] = cfg.conditioning
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    _plot_loss(result["losses"], out_dir / "loss.png")
-    _report(out_dir, metrics, grid)
-    cache.record(out_dir)
-    print(f"done in {time.perf_counter() - t0:.0f} s: {out_dir / 'report.md'}")
+    metrics["samples"] = {"images": len(rows), "manifest": "samples/manifest.csv"}
     return metrics
 
 
@@ -241,11 +266,12 @@ def _plot_loss(losses: list[float], path: Path) -> None:
     plt.close(fig)
 
 
-def _report(out_dir: Path, metrics: dict, grid: Path) -> None:
+def _report(out_dir: Path, metrics: dict, grids: list[Path]) -> None:
     lines = ["# kgface training run", "", f"Conditioning: `{metrics['conditioning']}`", "",
-             "## Samples (diseases x stages; held-out diseases were never trained on)", "",
-             f"![samples]({grid.relative_to(out_dir)})", "", "## Training loss", "", "![loss](loss.png)", "",
-             "## Numbers", "", "```json", json.dumps(metrics, indent=2), "```", ""]
+             "## Samples (diseases x stages; held-out diseases were never trained on)", ""]
+    for grid in grids:
+        lines += [f"![samples]({grid})", "", f"![loss]({grid.parent.parent / 'loss.png'})", ""]
+    lines += ["## Numbers", "", "```json", json.dumps(metrics, indent=2), "```", ""]
     (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
