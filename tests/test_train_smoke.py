@@ -7,7 +7,7 @@ from kgface.config import compose
 
 MICRO = ["model.tiny.image_size=32", "model.tiny.vae_block_out_channels=[16,32]",
          "model.tiny.unet_block_out_channels=[32,64]", "model.tiny.unet_heads=[2,2]",
-         "+model.tiny.unet_attention_levels=[true,false]", "+model.tiny.norm_num_groups=16",
+         "model.tiny.unet_attention_levels=[true,false]", "model.tiny.norm_num_groups=16",
          "model.vae_train.steps=3", "model.vae_train.batch_size=8", "model.num_tokens=4", "model.sample.steps=2",
          "encoder.hidden=32", "encoder.layers=1", "encoder.heads=2",
          "data.size=32", "data.supersample=2", "data.per_class=2", "data.healthy_per_class=4", "data.identities=60",

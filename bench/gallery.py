@@ -1,0 +1,62 @@
+"""The gallery of docs/generation.md: one kgface.generate call per mode on a run, copied into docs/img/.
+
+    python bench/gallery.py --run RUN_DIR [--out outputs/gallery] [--img docs/img]
+    python bench/gallery.py --micro                  # no trained run: train the test suite's micro run first (~20 s)
+
+Each mode writes a full output folder under --out (images, manifest.csv, grid.png); the grids and the progression
+strip are copied to --img as generation_<mode>.png. The micro run is trained for 4 steps on 32 px phantom faces:
+its pictures show the layout of each output, not what a trained model draws.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, help="a kgface.train output directory")
+    ap.add_argument("--micro", action="store_true", help="train the micro test run into OUT/run and use it")
+    ap.add_argument("--out", type=Path, default=Path("outputs/gallery"))
+    ap.add_argument("--img", type=Path, default=Path("docs/img"))
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from kgface.generate import main as generate
+
+    run = args.run
+    if args.micro:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from kgface.train import main as train
+        from tests.test_train_smoke import MICRO
+
+        run = args.out / "run"
+        if not (run / "adapter.safetensors").is_file():
+            train(list(MICRO)
+                  + [f"hydra.run.dir={run}"])
+    if run is None:
+        ap.error("give --run RUN_DIR or --micro")
+    common = [f"run={run}", "progress=false"]
+    sources = run / "samples" / "images"
+    calls = {
+        "sample": ["mode=sample", "stages=[0,1,2,3]", "seeds=[0,1]"],
+        "transform": ["mode=transform", f"input={sources}", "target=healthy", "strength=0.6", "keep=[eyes,hair]"],
+        "progression": ["mode=progression", "disease=ORPHA:870", "frames=6", "seeds=[0]"],
+        "compose": ["mode=compose", "disease=ORPHA:904", "stages=[1,3]", "seeds=[0,1]",
+                    'phenotypes=["HP:0000316=0.8","HP:0000508=0.3"]'],
+    }
+    args.img.mkdir(parents=True, exist_ok=True)
+    for mode, overrides in calls.items():
+        out = args.out / mode
+        generate(common + overrides + [f"hydra.run.dir={out}"])
+        picture = out / "strips" / "seed0.png" if mode == "progression" else out / "grid.png"
+        shutil.copyfile(picture, args.img / f"generation_{mode}.png")
+        print(f"{mode}: {out} -> {args.img / f'generation_{mode}.png'}")
+
+
+if __name__ == "__main__":
+    main()

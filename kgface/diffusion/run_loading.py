@@ -1,0 +1,157 @@
+"""Rebuild a trained generator from a `kgface.train` output directory (docs/training.md, "The run directory").
+
+`load_run(run_dir) -> (backbone, conditioner, profiles, cfg)` reads exactly what `train_generator` saved:
+
+- `config.yaml` (the resolved training config): model kind, conditioning, K tokens, adapter scale;
+- model=tiny: `model/unet`, `model/vae`, `model/scheduler` (diffusers folders);
+  model=sd15|sdxl: the base folder named by `model.pretrained` + `model/unet_lora.safetensors`;
+- `adapter.safetensors` + `adapter.json` (conditioning kg / class) through `load_kg_adapter`;
+- `encoder/` (conditioning kg) through `KGEncoder.from_pretrained`; `class_tokens.safetensors` (conditioning class);
+- `profiles.json` (every profile the run knows, held-out ones included) and `data.json` (which were held out).
+
+A baselines run (`experiment=baselines`) keeps one generator per conditioning in `OUT/kg`, `OUT/text`, `OUT/class`
+under one `config.yaml`: pass the subfolder (`run=OUT/kg`). Everything is put in eval mode; nothing is trained.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import UserError
+from ..kg import FacialProfile
+
+
+class RunError(UserError):
+    """A run directory that is not (or not completely) a kgface.train output."""
+
+
+def _locate(run_dir: Path) -> tuple[DictConfig, str]:
+    """The run's config and the conditioning of the generator stored in run_dir."""
+    if not run_dir.is_dir():
+        raise RunError(f"run={run_dir} does not exist; pass a kgface.train output directory")
+    if (run_dir / "config.yaml").is_file():
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        if cfg.get("baselines") and not (run_dir / "model").is_dir():
+            subs = [m for m in cfg.baselines if (run_dir / str(m) / "model").is_dir()]
+            raise RunError(f"run={run_dir} is a baselines run; pass one of its generators: "
+                           + ", ".join(f"run={run_dir / s}" for s in subs))
+        return cfg, str(cfg.get("conditioning", "kg"))
+    parent = run_dir.parent
+    if (parent / "config.yaml").is_file():
+        cfg = OmegaConf.load(parent / "config.yaml")
+        if run_dir.name in [str(m) for m in (cfg.get("baselines") or [])]:
+            return cfg, run_dir.name
+    raise RunError(f"run={run_dir} has no config.yaml; is it a kgface.train output?")
+
+
+def _check_files(run_dir: Path, cfg: DictConfig, mode: str) -> None:
+    model = run_dir / "model"
+    tiny = cfg.model.name == "tiny"
+    needed = ["model/unet/config.json", "model/vae/config.json"] if tiny else []
+    if mode != "text":
+        needed += ["adapter.safetensors", "adapter.json"]
+    if mode == "kg":
+        needed += ["encoder/model.safetensors"]
+    if mode == "class":
+        needed += ["class_tokens.safetensors"]
+    missing = [n for n in needed if not (run_dir / n).is_file()]
+    if not model.is_dir() or missing:
+        ckpt = sorted((run_dir / "checkpoints").glob("step-*")) if (run_dir / "checkpoints").is_dir() else []
+        hint = (f" (it has checkpoints up to {ckpt[-1].name} but no final model: the training did not finish; "
+                "resume it with trainer.resume=latest)") if ckpt else ""
+        raise RunError(f"run={run_dir} has no model/ or adapter.safetensors "
+                       f"(missing: {', '.join(missing) or 'model/'}); is it a kgface.train output?{hint}")
+
+
+def _container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def load_profiles_json(run_dir: Path) -> list[FacialProfile]:
+    for folder in (run_dir, run_dir.parent):
+        if (folder / "profiles.json").is_file():
+            data = json.loads((folder / "profiles.json").read_text(encoding="utf-8"))
+            return [FacialProfile.from_dict(p) for p in data["profiles"]]
+    raise RunError(f"run={run_dir} has no profiles.json; is it a kgface.train output?")
+
+
+def heldout_of(run_dir: Path) -> set[str]:
+    for folder in (run_dir, run_dir.parent):
+        if (folder / "data.json").is_file():
+            return set(json.loads((folder / "data.json").read_text(encoding="utf-8")).get("heldout") or [])
+    return set()
+
+
+def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None):
+    """(backbone, conditioner, profiles, cfg) of a trained run; `profiles` includes held-out diseases."""
+    from .adapter import load_kg_adapter
+    from .backbones import build_backbone
+    from .conditioning import Conditioner
+
+    run_dir = Path(run_dir)
+    cfg, mode = _locate(run_dir)
+    _check_files(run_dir, cfg, mode)
+    model_cfg = _container(cfg.model)
+    num_tokens = int(model_cfg.get("num_tokens", 8))
+    profiles = load_profiles_json(run_dir)
+    heldout = heldout_of(run_dir)
+
+    if cfg.model.name == "tiny":
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+        backbone = build_backbone(model_cfg, num_tokens=num_tokens, with_adapter=False)
+        try:
+            backbone.unet = UNet2DConditionModel.from_pretrained(run_dir / "model" / "unet")
+            backbone.vae = AutoencoderKL.from_pretrained(run_dir / "model" / "vae")
+            if (run_dir / "model" / "scheduler").is_dir():
+                backbone.scheduler = DDPMScheduler.from_pretrained(run_dir / "model" / "scheduler")
+        except (OSError, ValueError, EnvironmentError) as exc:
+            raise RunError(f"run={run_dir}: model/ cannot be loaded ({str(exc).splitlines()[0]})") from None
+    else:
+        backbone = build_backbone(model_cfg, num_tokens=num_tokens, with_adapter=False)  # base folder (+ LoRA)
+        lora = run_dir / "model" / "unet_lora.safetensors"
+        if int(model_cfg.get("lora_rank", 0)) > 0:
+            if not lora.is_file():
+                raise RunError(f"run={run_dir} has no model/unet_lora.safetensors although it trained LoRA "
+                               f"(rank {model_cfg['lora_rank']}); is it a finished kgface.train output?")
+            from peft.utils import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            result = set_peft_model_state_dict(backbone.unet, load_file(str(lora)))
+            unexpected = getattr(result, "unexpected_keys", None) or []
+            if unexpected:
+                raise RunError(f"{lora}: {len(unexpected)} LoRA weights do not fit {cfg.model.pretrained} "
+                               f"(first: {unexpected[0]}); was the run trained on another base model?")
+    backbone.unet.eval().requires_grad_(False)
+    backbone.vae.eval().requires_grad_(False)
+    backbone.trainable = []
+
+    scale = float(model_cfg.get("adapter_scale", 1.0)) if adapter_scale is None else float(adapter_scale)
+    if mode != "text":
+        load_kg_adapter(backbone.unet, run_dir, scale=scale)
+    backbone.unet.requires_grad_(False)
+
+    train_profiles = [p for p in profiles if p.disease_id not in heldout]
+    if mode == "kg":
+        from ..encoders import KGEncoder
+
+        encoder = KGEncoder.from_pretrained(run_dir / "encoder").eval().requires_grad_(False)
+        conditioner = Conditioner("kg", train_profiles, backbone, encoder, encoder.graph_builder(cache=cache),
+                                  num_tokens=num_tokens)
+    elif mode == "class":
+        from safetensors.torch import load_file
+
+        conditioner = Conditioner("class", train_profiles, backbone, num_tokens=num_tokens)
+        state = load_file(str(run_dir / "class_tokens.safetensors"))
+        try:
+            conditioner.class_tokens.load_state_dict(state)
+        except RuntimeError as exc:
+            raise RunError(f"{run_dir / 'class_tokens.safetensors'}: does not fit the run's profiles "
+                           f"({str(exc).splitlines()[0]})") from None
+        conditioner.class_tokens.eval().requires_grad_(False)
+    else:
+        conditioner = Conditioner("text", train_profiles, backbone, num_tokens=num_tokens)
+    return backbone, conditioner, profiles, cfg
