@@ -146,6 +146,10 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         raise TrainingError("no training images: check data.heldout and the dataset's train split")
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
+    # One process may train several models (baselines, tests) with different precisions; accelerate keeps a
+    # process-wide singleton that refuses a second mixed_precision, so each run starts from a fresh state.
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
     acc = Accelerator(gradient_accumulation_steps=int(t["grad_accum"]), mixed_precision=t["mixed_precision"],
                       log_with="tensorboard", project_dir=str(run_dir / "logs"))
     acc.init_trackers("train")

@@ -1,0 +1,21 @@
+"""The evaluator: one instrument for real and generated faces (disease, stage, phenotypes, set-level metrics).
+
+It never imports the generator it measures (kgface.diffusion, kgface.encoders). See docs/evaluation.md.
+- `clip_model`: the tiny from-scratch open_clip model (or a pretrained one from a local file) and its training loop.
+- `probes`: calibrated disease probe, CORAL stage head, per-phenotype heads.
+- `evaluator`: `fit_evaluator`, `Evaluator` (score / save / load), `load_evaluator`.
+- `metrics`: pure metric functions; `sets`: validity of the instrument and `evaluate_sets`.
+- `learned_profiles`: phenotype frequencies learned from samples; `report`: metrics.json + report.md/html.
+"""
+from .clip_model import ImageEncoder, build_clip, train_clip
+from .evaluator import (Evaluator, EvaluatorInputError, ScoredSet, fit_evaluator, load_evaluator, load_images,
+                        train_evaluator)
+from .learned_profiles import learn_profiles, perturb_profiles, perturbation_check, write_learned
+from .report import write_report
+from .sets import evaluate_sets, instrument_validity, oracle_top1
+
+__all__ = [
+    "ImageEncoder", "build_clip", "train_clip", "Evaluator", "EvaluatorInputError", "ScoredSet", "fit_evaluator",
+    "load_evaluator", "load_images", "train_evaluator", "learn_profiles", "perturb_profiles", "perturbation_check",
+    "write_learned", "write_report", "evaluate_sets", "instrument_validity", "oracle_top1",
+]

@@ -1,0 +1,234 @@
+"""The evaluator's CLIP: a tiny open_clip model trained from scratch on real images and their captions, or a
+pretrained open_clip model loaded from a local file (never downloaded).
+
+- `build_clip(cfg)` returns (model, tokenizer, image_size). `cfg.name == "tiny_clip"` registers a custom open_clip
+  model config (`kgface-tiny-clip-<hash>`, built from `cfg.vision` / `cfg.text` / `cfg.embed_dim`) at run time;
+  `cfg.name == "openclip"` builds `cfg.model` and loads `cfg.pretrained`, a local file path.
+- `train_clip(model, tokenizer, images, captions, cfg)` trains contrastively. Images whose captions are identical are
+  all positives of each other (soft targets), so the many healthy or stage-0 images of a batch are not pushed apart.
+- `ImageEncoder(model, image_size)` is the frozen image feature extractor: uint8 (or float in [0,1]) NCHW images in,
+  L2-normalised features out; `num_features` is set, so torchmetrics' FID/KID take it as their `feature=` module.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from ..cache import stable_hash
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class EvaluatorConfigError(UserError):
+    """An evaluator setting that cannot work (unknown model, missing weights file)."""
+
+
+def _plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def tiny_model_config(cfg) -> dict:
+    """The open_clip model config of `evaluator=tiny_clip`."""
+    c = _plain(cfg)
+    v, t = c["vision"], c["text"]
+    return {
+        "embed_dim": int(c["embed_dim"]),
+        # vision.layers: an int = a ViT of that depth; a list of 4 ints = open_clip's ModifiedResNet (a CNN)
+        "vision_cfg": {"image_size": int(c["image_size"]),
+                       "layers": [int(n) for n in v["layers"]] if isinstance(v["layers"], (list, tuple))
+                       else int(v["layers"]), "width": int(v["width"]),
+                       "patch_size": int(v.get("patch_size", 16)), "head_width": int(v.get("head_width", 64))},
+        "text_cfg": {"context_length": int(t["context_length"]), "vocab_size": 49408, "width": int(t["width"]),
+                     "heads": int(t["heads"]), "layers": int(t["layers"])},
+    }
+
+
+def register_tiny(cfg) -> str:
+    """Register the tiny config with open_clip under a name derived from its content; return the name."""
+    from open_clip import factory
+
+    mc = tiny_model_config(cfg)
+    name = f"kgface-tiny-clip-{stable_hash(mc, 8)}"
+    factory._MODEL_CONFIGS[name] = copy.deepcopy(mc)  # open_clip 2.x-3.x: the registry add_model_config fills
+    return name
+
+
+def build_clip(cfg, load_pretrained: bool = True):
+    """(model, tokenizer, image_size) for an evaluator config; the model is in eval mode on CPU."""
+    import open_clip
+
+    c = _plain(cfg)
+    if c["name"] == "tiny_clip":
+        name = register_tiny(c)
+        model = open_clip.create_model(name, pretrained=None)
+        image_size = int(c["image_size"])
+    elif c["name"] == "openclip":
+        name = str(c.get("model") or "")
+        if name not in open_clip.list_models():
+            raise EvaluatorConfigError(f"evaluator.model={name!r} is not an open_clip model "
+                                       f"(e.g. ViT-B-16, ViT-B-32; open_clip.list_models())")
+        path = c.get("pretrained")
+        if load_pretrained:
+            if not path:
+                raise EvaluatorConfigError("evaluator=openclip needs evaluator.pretrained=PATH, a local weights file "
+                                           "(nothing is downloaded)")
+            if not Path(str(path)).expanduser().is_file():
+                raise EvaluatorConfigError(f"evaluator.pretrained={path}: file not found (a local open_clip weights "
+                                           "file; nothing is downloaded)")
+        model = open_clip.create_model(name, pretrained=str(Path(str(path)).expanduser()) if load_pretrained else None)
+        image_size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list))
+                         else model.visual.image_size)
+    else:
+        raise EvaluatorConfigError(f"evaluator.name={c['name']!r}: expected tiny_clip or openclip")
+    tokenizer = open_clip.get_tokenizer(name) if c["name"] == "openclip" else open_clip.get_tokenizer("ViT-B-32")
+    model.eval()
+    return model, tokenizer, image_size
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def to_model_input(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 NCHW (or float in [0,1]) -> float, resized to the model's size, CLIP-normalised."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=False, antialias=True)
+        x = x.clamp(0, 1)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class ImageEncoder(torch.nn.Module):
+    """Frozen CLIP image features (L2-normalised); the feature extractor of every score and of FID/KID."""
+
+    def __init__(self, model: torch.nn.Module, image_size: int, batch_size: int = 128):
+        super().__init__()
+        self.model = model
+        self.image_size = int(image_size)
+        self.batch_size = batch_size
+        self.num_features = int(model.text_projection.shape[1] if getattr(model, "text_projection", None) is not None
+                                else model.visual.output_dim)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = to_model_input(images[i:i + self.batch_size], self.image_size)
+            out.append(F.normalize(self.model.encode_image(x).float(), dim=-1))
+        return torch.cat(out) if out else torch.zeros(0, self.num_features)
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    model.eval()
+    return F.normalize(model.encode_text(tokenizer(texts)).float(), dim=-1)
+
+
+def _augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a translation of up to `shift` px (reflect-padded); x is float NCHW."""
+    n = x.shape[0]
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
+    if shift > 0:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (shift, shift, shift, shift), mode="replicate")
+        dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+        dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return x
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, groups: torch.Tensor,
+                     classes: torch.Tensor | None = None, class_weight: float = 0.0) -> torch.Tensor:
+    """Symmetric CLIP loss with soft targets: items of the same group (same caption) are all positives; with
+    `classes`, pairs of the same class (disease) but different captions are partial positives (`class_weight`)."""
+    logits = logit_scale.exp().clamp(max=100) * img @ txt.t()
+    same = (groups.view(-1, 1) == groups.view(1, -1)).float()
+    if classes is not None and class_weight > 0:
+        same = torch.maximum(same, class_weight * (classes.view(-1, 1) == classes.view(1, -1)).float())
+    target = same / same.sum(1, keepdim=True)
+    return 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+                  + torch.sum(-target * F.log_softmax(logits.t(), 1), 1).mean())
+
+
+def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg, progress: bool = True,
+               labels: list[str] | None = None) -> dict:
+    """Train `model` contrastively on uint8 NCHW images and their captions (and optional class labels: the disease,
+    whose pairs are partial positives with weight `train.class_weight`); returns a small training log."""
+    from tqdm import tqdm
+
+    c = _plain(cfg)
+    t = c["train"]
+    image_size = int(c["image_size"])
+    seed = int(c.get("seed", 0))
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(images)
+    if n < 2:
+        raise UserError("the evaluator needs at least 2 training images")
+    batch = min(int(t["batch_size"]), n)
+    steps = int(t["steps"])
+    uniq = {cap: k for k, cap in enumerate(dict.fromkeys(captions))}
+    groups = torch.tensor([uniq[cap] for cap in captions])
+    tokens = tokenizer(list(uniq))  # each distinct caption once
+    cls_index = {c: k for k, c in enumerate(dict.fromkeys(labels))} if labels is not None else None
+    classes = torch.tensor([cls_index[c] for c in labels]) if labels is not None else None
+    class_weight = float(t.get("class_weight", 0.0))
+    x_all = images.float() / 255.0
+    if x_all.shape[-1] != image_size:
+        x_all = F.interpolate(x_all, size=(image_size, image_size), mode="bicubic", antialias=True).clamp(0, 1)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    decay = [p for n_, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n_]
+    no_decay = [p for n_, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n_)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(t["weight_decay"])},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=float(t["lr"]), betas=(0.9, 0.98))
+    warmup = max(1, int(float(t.get("warmup", 0.1)) * steps))
+
+    def lr_at(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    order, pos, losses, start = torch.randperm(n, generator=gen), 0, [], time.time()
+    bar = tqdm(range(steps), desc="training evaluator CLIP", disable=not progress, unit="step")
+    for _ in bar:
+        if pos + batch > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + batch]
+        pos += batch
+        x = (_augment(x_all[idx], int(t.get("shift", 0)), gen) - mean) / std
+        g = groups[idx]
+        ug, inv = torch.unique(g, return_inverse=True)
+        img = F.normalize(model.encode_image(x), dim=-1)
+        txt = F.normalize(model.encode_text(tokens[ug]), dim=-1)[inv]
+        loss = contrastive_loss(img, txt, model.logit_scale, g, None if classes is None else classes[idx],
+                                class_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    model.eval()
+    return {"steps": steps, "batch_size": batch, "seconds": round(time.time() - start, 1),
+            "final_loss": float(np.mean(losses[-20:])), "first_loss": float(np.mean(losses[:5])),
+            "parameters": count_parameters(model), "distinct_captions": len(uniq)}

@@ -1,0 +1,331 @@
+"""The evaluator: frozen CLIP image features and the heads that read them.
+
+`fit_evaluator(cfg, manifest_path, profiles, cache)` trains (or loads from the cache) an evaluator on the `train`
+split of a real manifest (phantom or user photos, every disease including the generator's held-out ones; never
+generated images) and calibrates it on `val`. `Evaluator.score(images | DataFrame | manifest path)` returns one row per
+image: the calibrated disease probabilities and top-3, the zero-shot disease and presence, the continuous severity and
+stage (CORAL), and the per-phenotype presence scores with the detected set.
+
+Saved as `evaluator.json` (config, classes, phenotype ids, training log) + `probes.safetensors` (+ `clip.safetensors`
+for the tiny CLIP; a pretrained open_clip model is re-read from `evaluator.pretrained`). No pickle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from ..cache import Cache, stable_hash, write_json_atomic
+from ..data.manifest import read_manifest
+from ..errors import UserError
+from ..kg import FacialProfile
+from ..prompts import caption, healthy_prompts, zero_shot_prompts
+from .clip_model import ImageEncoder, build_clip, encode_texts, train_clip
+from .probes import CoralHead, LinearProbe, PhenotypeHeads, Standardizer
+
+log = logging.getLogger(__name__)
+
+FORMAT = "kgface.evaluator/1"
+HEALTHY = "healthy"
+
+
+class EvaluatorInputError(UserError):
+    """Images or labels the evaluator cannot use: missing files, mixed sizes, empty sets, unknown labels."""
+
+
+def _plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def manifest_hash(path: str | os.PathLike) -> str:
+    """SHA-256 of the manifest file's content (the evaluator's cache key for its data)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise EvaluatorInputError(f"{path}: manifest not found") from None
+
+
+def as_frame(source) -> pd.DataFrame:
+    """A manifest path or an already-read manifest DataFrame, as a DataFrame."""
+    if isinstance(source, pd.DataFrame):
+        return source
+    return read_manifest(source)[0]
+
+
+def load_images(paths: Sequence[str], size: int | None = None) -> torch.Tensor:
+    """uint8 NCHW RGB images; every image must exist and share one size (the first one's, or `size`)."""
+    if len(paths) == 0:
+        raise EvaluatorInputError("no images to score (empty set)")
+    out, first = [], None
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                img = im.convert("RGB")
+        except FileNotFoundError:
+            raise EvaluatorInputError(f"{p}: image file does not exist") from None
+        except OSError as exc:
+            raise EvaluatorInputError(f"{p}: unreadable image ({exc})") from None
+        want = (size, size) if size else first
+        if want is not None and img.size != tuple(want):
+            raise EvaluatorInputError(f"{p}: image is {img.size[0]}x{img.size[1]}, expected {want[0]}x{want[1]} "
+                                      "(all images of a set must share one size)")
+        first = first or img.size
+        out.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def presence_matrix(phenotypes: Sequence[dict], vocab: Sequence[str]) -> np.ndarray:
+    """Rows of 0/1: phenotype drawn (intensity > 0) in the image."""
+    index = {h: i for i, h in enumerate(vocab)}
+    y = np.zeros((len(phenotypes), len(vocab)), dtype=np.float32)
+    for r, ph in enumerate(phenotypes):
+        for h, v in (ph or {}).items():
+            if h in index and float(v) > 0:
+                y[r, index[h]] = 1.0
+    return y
+
+
+def image_caption(profile: FacialProfile, stage: int, phenotypes: dict) -> str:
+    """Training caption of a real image: disease, stage and the phenotypes it shows (all drawn ones; a photo with
+    unknown phenotypes gets the template's phenotypes of that stage)."""
+    if phenotypes:
+        return caption(profile, int(stage), {h: 1.0 for h, v in phenotypes.items() if float(v) > 0})
+    return caption(profile, int(stage))
+
+
+@dataclass
+class ScoredSet:
+    """A scored image set: per-image predictions, the CLIP features, the images (uint8 NCHW)."""
+
+    table: pd.DataFrame
+    features: np.ndarray
+    images: torch.Tensor | None = None
+
+
+@dataclass
+class Evaluator:
+    cfg: dict
+    model: torch.nn.Module
+    tokenizer: Callable
+    image_size: int
+    classes: list[str]
+    phenotypes: list[str]
+    names: dict[str, str]
+    scale: Standardizer
+    probe: LinearProbe
+    coral: CoralHead
+    heads: PhenotypeHeads
+    zs_text: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    @property
+    def encoder(self) -> ImageEncoder:
+        return ImageEncoder(self.model, self.image_size)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.cfg.get("phenotype_threshold", 0.5))
+
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        return self.encoder(images).numpy()
+
+    def check_labels(self, diseases: Sequence[str], what: str = "set") -> None:
+        unknown = sorted(set(map(str, diseases)) - set(self.classes))
+        if unknown:
+            raise EvaluatorInputError(f"the {what} has labels unknown to the evaluator: {', '.join(unknown[:5])} "
+                                      f"(it knows {', '.join(self.classes)}); retrain it on data with these diseases")
+
+    def score_set(self, source, keep_images: bool = False) -> ScoredSet:
+        """Score images (uint8 NCHW tensor), a manifest DataFrame or a manifest path."""
+        if isinstance(source, torch.Tensor):
+            images, table = source, pd.DataFrame(index=range(len(source)))
+            if len(images) == 0:
+                raise EvaluatorInputError("no images to score (empty set)")
+        else:
+            df = as_frame(source)
+            if len(df) == 0:
+                raise EvaluatorInputError("no images to score (empty manifest)")
+            images, table = load_images(list(df["abspath"])), df.reset_index(drop=True).copy()
+        feats = self.features(images)
+        return ScoredSet(self.predict(feats, table), feats, images if keep_images else None)
+
+    def score(self, source) -> pd.DataFrame:
+        """One row per image (the manifest's columns, if any, then the scores): pred_disease, pred_prob, top3,
+        p_<class>, zs_disease, zs_presence, severity_pred (continuous, 0..3), stage_pred, ph_<HPO id>, detected (list of HPO ids)."""
+        return self.score_set(source).table
+
+    def predict(self, feats: np.ndarray, table: pd.DataFrame | None = None) -> pd.DataFrame:
+        base = table.reset_index(drop=True) if table is not None else pd.DataFrame(index=range(len(feats)))
+        x = self.scale(feats)
+        probs = self.probe.proba(x)
+        order = np.argsort(-probs, 1)
+        cls = np.asarray(self.classes)
+        cols: dict = {"pred_disease": cls[order[:, 0]], "pred_prob": probs[np.arange(len(probs)), order[:, 0]],
+                      "top3": [list(cls[o[:3]]) for o in order]}
+        cols.update({f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)})
+        zs = torch.softmax(100.0 * torch.as_tensor(feats, dtype=torch.float32) @ self.zs_text.t(), -1).numpy()
+        cols["zs_disease"] = cls[zs.argmax(1)]
+        cols["zs_presence"] = (1.0 - zs[:, self.classes.index(HEALTHY)] if HEALTHY in self.classes
+                               else np.full(len(feats), np.nan))
+        cols["severity_pred"] = self.coral.severity(x)
+        cols["stage_pred"] = self.coral.stage(x)
+        ph = self.heads.proba(x)
+        cols.update({f"ph_{h}": ph[:, k] for k, h in enumerate(self.phenotypes)})
+        voc = np.asarray(self.phenotypes)
+        cols["detected"] = [list(voc[row >= self.threshold]) for row in ph]
+        scores = pd.DataFrame(cols)
+        return pd.concat([base.drop(columns=[c for c in scores.columns if c in base.columns]), scores], axis=1)
+
+    # --- persistence -------------------------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {**self.scale.state("scale"), **self.probe.state("probe"), **self.coral.state("coral"),
+                 **self.heads.state("heads"), "zs_text": self.zs_text}
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "probes.safetensors"))
+        if self.cfg["name"] == "tiny_clip":
+            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()},
+                      str(folder / "clip.safetensors"))
+        write_json_atomic(folder / "evaluator.json", {
+            "format": FORMAT, "config": self.cfg, "image_size": self.image_size, "classes": self.classes,
+            "phenotypes": self.phenotypes, "names": self.names, "info": self.info})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Evaluator":
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta_path = folder / "evaluator.json"
+        if not meta_path.is_file():
+            raise EvaluatorInputError(f"{folder}: no evaluator.json (not a saved evaluator)")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise EvaluatorInputError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT}")
+        cfg = meta["config"]
+        model, tokenizer, image_size = build_clip(cfg, load_pretrained=cfg["name"] != "tiny_clip")
+        if cfg["name"] == "tiny_clip":
+            model.load_state_dict(load_file(str(folder / "clip.safetensors")))
+        model.eval()
+        st = load_file(str(folder / "probes.safetensors"))
+        return cls(cfg=cfg, model=model, tokenizer=tokenizer, image_size=int(meta["image_size"]),
+                   classes=list(meta["classes"]), phenotypes=list(meta["phenotypes"]), names=dict(meta["names"]),
+                   scale=Standardizer.from_state(st, "scale"), probe=LinearProbe.from_state(st, "probe"),
+                   coral=CoralHead.from_state(st, "coral"), heads=PhenotypeHeads.from_state(st, "heads"),
+                   zs_text=st["zs_text"], info=meta.get("info", {}))
+
+
+def _profile_map(profiles, diseases: Sequence[str]) -> dict[str, FacialProfile]:
+    by_id = {p.disease_id: p for p in (profiles.values() if isinstance(profiles, dict) else profiles)}
+    missing = sorted(set(diseases) - set(by_id))
+    if missing:
+        raise EvaluatorInputError(f"no KG profile for {', '.join(missing[:5])}: add them to the panel "
+                                  "(kg.panel / data.diseases) or drop their rows")
+    return by_id
+
+
+def zero_shot_text(model, tokenizer, profiles: dict[str, FacialProfile], classes: list[str]) -> torch.Tensor:
+    """[C, D] normalised mean text embedding of each class's zero-shot prompt ensemble."""
+    rows = []
+    for c in classes:
+        prompts = healthy_prompts() if c == HEALTHY else zero_shot_prompts(profiles[c])
+        rows.append(torch.nn.functional.normalize(encode_texts(model, tokenizer, prompts).mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True) -> Evaluator:
+    """Train an evaluator on df's `train` split (calibrated on `val`); no caching (see fit_evaluator)."""
+    import time
+
+    c = _plain(cfg)
+    train = df[df["split"] == "train"].reset_index(drop=True)
+    val = df[df["split"] == "val"].reset_index(drop=True)
+    if len(train) == 0:
+        raise EvaluatorInputError("the manifest has no 'train' rows to fit the evaluator on")
+    classes = sorted(train["disease"].unique(), key=lambda d: (d == HEALTHY, d))
+    if len(classes) < 2:
+        raise EvaluatorInputError(f"the evaluator needs at least 2 classes in the train split, got {classes}")
+    if len(val):
+        val = val[val["disease"].isin(classes)].reset_index(drop=True)
+    by_id = _profile_map(profiles, classes)
+    start = time.time()
+    torch.manual_seed(int(c.get("seed", 0)))
+    model, tokenizer, image_size = build_clip(c)
+    images = load_images(list(train["abspath"]))
+    info = {"train_images": len(train), "val_images": len(val), "manifest_rows": len(df)}
+    if c["name"] == "tiny_clip":
+        captions = [image_caption(by_id[r.disease], r.stage, r.phenotypes) for r in train.itertuples()]
+        info["clip"] = train_clip(model, tokenizer, images, captions, c, progress=progress,
+                                  labels=list(train["disease"]))
+    encoder = ImageEncoder(model, image_size)
+    f_train = encoder(images).numpy()
+    scale = Standardizer.fit(f_train)
+    x = scale(f_train)
+    index = {d: i for i, d in enumerate(classes)}
+    p = c.get("probe", {})
+    probe = LinearProbe.fit(x, [index[d] for d in train["disease"]], len(classes), l2=float(p.get("l2", 1e-2)))
+    coral = CoralHead.fit(x, train["stage"].to_numpy(), l2=float(p.get("l2", 1e-2)))
+    vocab = sorted({h for ph in train["phenotypes"] for h, v in ph.items() if float(v) > 0})
+    y = presence_matrix(list(train["phenotypes"]), vocab)
+    heads = PhenotypeHeads.fit(x, y, l2=float(p.get("l2", 1e-2))) if vocab else PhenotypeHeads(
+        torch.zeros(0, x.shape[1]), torch.zeros(0))
+    if len(val):
+        f_val = encoder(load_images(list(val["abspath"]), size=images.shape[-1])).numpy()
+        info["temperature"] = probe.calibrate(scale(f_val), [index[d] for d in val["disease"]])
+    info["fit_seconds"] = round(time.time() - start, 1)
+    zs = zero_shot_text(model, tokenizer, by_id, classes)
+    return Evaluator(cfg=c, model=model, tokenizer=tokenizer, image_size=image_size, classes=classes,
+                     phenotypes=vocab, names={d: by_id[d].name for d in classes}, scale=scale, probe=probe,
+                     coral=coral, heads=heads, zs_text=zs, info=info)
+
+
+EVALUATOR_VERSION = 1  # bump when training or scoring changes, so cached evaluators rebuild
+
+
+def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cache: Cache | None = None,
+                  progress: bool = True) -> Evaluator:
+    """The evaluator for this config and this manifest: loaded from the cache, else trained and cached.
+
+    The cache key covers the evaluator config, the manifest file's content hash and the profiles (captions and
+    zero-shot prompts come from them).
+    """
+    c = _plain(cfg_evaluator)
+    df = read_manifest(manifest_path)[0]
+    if cache is None:
+        return train_evaluator(c, df, profiles, progress=progress)
+    plist = list(profiles.values()) if isinstance(profiles, dict) else list(profiles)
+    used = sorted(set(df["disease"]))
+    spec = {"version": EVALUATOR_VERSION, "evaluator": c, "manifest_sha256": manifest_hash(manifest_path),
+            "profiles": stable_hash([p.to_dict() for p in plist if p.disease_id in used])}
+    entry = cache.entry("evaluator", spec)
+    if entry.exists():
+        log.info("evaluator from the cache: %s", entry.path)
+        return Evaluator.load(entry.path)
+    ev = train_evaluator(c, df, profiles, progress=progress)
+    with entry.build() as tmp:
+        ev.save(tmp)
+    ev.info["cache_entry"] = str(entry.path)
+    return ev
+
+
+def load_evaluator(path: str | os.PathLike) -> Evaluator:
+    """A saved evaluator: its folder, or a train run folder holding it under `evaluator/`."""
+    p = Path(path)
+    if not p.exists():
+        raise EvaluatorInputError(f"run={path}: folder not found")
+    for cand in (p, p / "evaluator"):
+        if (cand / "evaluator.json").is_file():
+            return Evaluator.load(cand)
+    raise EvaluatorInputError(f"run={path}: no evaluator.json there or in its evaluator/ folder")

@@ -1,0 +1,143 @@
+"""Profiles learned from samples: each visible phenotype's empirical frequency in a disease, from real images of the
+disease (positives) against healthy ones (negatives), read off by the evaluator's per-phenotype heads.
+
+For a disease d and phenotype h, with r_d = detection rate of h among d's images at full stage (stage 3, one image per
+individual), r_0 = its rate among healthy images (false positives) and tpr = the head's hit rate on labelled images
+that show h at full stage, the estimate is f = clip((r_d - r_0) / (tpr - r_0), 0, 1) (the Rogan-Gladen correction).
+Without phenotype labels (photos) tpr is taken from the labelled images the evaluator was checked on, else 1.
+
+`perturbation_check` shows it is not circular: a panel rendered with changed frequencies should be learned back as
+changed, not as the KG's.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cache import write_json_atomic
+from ..kg import FacialProfile
+from .evaluator import HEALTHY, Evaluator, presence_matrix
+
+
+def detector_rates(evaluator: Evaluator, table: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
+    """(tpr, fpr) per phenotype head on a scored, labelled table (stage-3 rows with the phenotype / healthy rows)."""
+    full = table[table["stage"] == 3]
+    healthy = table[table["disease"] == HEALTHY]
+    y = presence_matrix(list(full["phenotypes"]), evaluator.phenotypes)
+    tpr, fpr = {}, {}
+    for k, h in enumerate(evaluator.phenotypes):
+        hit = np.array([h in d for d in full["detected"]])
+        if y[:, k].sum() > 0:
+            tpr[h] = float(hit[y[:, k] > 0].mean())
+        if len(healthy):
+            fpr[h] = float(np.mean([h in d for d in healthy["detected"]]))
+    return tpr, fpr
+
+
+def learn_profiles(evaluator: Evaluator, table: pd.DataFrame, profiles,
+                   rates: tuple[dict[str, float], dict[str, float]] | None = None, stage: int = 3) -> dict:
+    """{disease: {name, n_images, phenotypes: [{hpo_id, name, kg_frequency, learned_frequency, detection_rate,
+    healthy_rate, tpr}]}} for every non-healthy disease of a scored real table (see module doc).
+
+    rates: (tpr, fpr) per phenotype measured elsewhere (e.g. detector_rates on the labelled test set); by default
+    they are measured on `table` itself (its labels give tpr, its healthy rows fpr)."""
+    profiles = {p.disease_id: p for p in (profiles.values() if isinstance(profiles, dict) else profiles)}
+    tpr, fpr = rates if rates is not None else detector_rates(evaluator, table)
+    voc = set(evaluator.phenotypes)
+    out = {}
+    for d in sorted(set(table["disease"]) - {HEALTHY}):
+        rows = table[(table["disease"] == d) & (table["stage"] == stage)]
+        if not len(rows) or d not in profiles:
+            continue
+        entries = []
+        for p in profiles[d].phenotypes:
+            if p.hpo_id not in voc:
+                continue
+            r_d = float(np.mean([p.hpo_id in x for x in rows["detected"]]))
+            r_0 = fpr.get(p.hpo_id, 0.0)
+            t = tpr.get(p.hpo_id, 1.0)
+            f = (r_d - r_0) / (t - r_0) if t - r_0 > 0.05 else r_d
+            entries.append({"hpo_id": p.hpo_id, "name": p.name, "kg_frequency": p.frequency,
+                            "learned_frequency": round(float(np.clip(f, 0, 1)), 4), "detection_rate": round(r_d, 4),
+                            "healthy_rate": round(r_0, 4), "tpr": round(t, 4)})
+        out[d] = {"name": profiles[d].name, "n_images": int(len(rows)), "phenotypes": entries}
+    return out
+
+
+def compare(learned: dict, truth: dict[str, dict[str, float]]) -> dict:
+    """MAE and correlation between learned frequencies and reference ones ({disease: {hpo: frequency}})."""
+    a, b = [], []
+    for d, entry in learned.items():
+        for e in entry["phenotypes"]:
+            f = truth.get(d, {}).get(e["hpo_id"])
+            if f is not None:
+                a.append(e["learned_frequency"])
+                b.append(f)
+    if not a:
+        return {"n": 0}
+    a, b = np.array(a), np.array(b)
+    corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+    return {"n": int(len(a)), "mae": float(np.mean(np.abs(a - b))), "pearson": corr}
+
+
+def perturb_profiles(profiles: list[FacialProfile], seed: int = 0, low: float = 0.1, high: float = 0.9
+                     ) -> list[FacialProfile]:
+    """Copies with each phenotype's frequency replaced by `low` or `high` (at random, roughly opposite to the KG:
+    frequent ones tend to become rare), so a learned profile that only echoed the KG would fail."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for prof in profiles:
+        p2 = copy.deepcopy(prof)
+        for ph in p2.phenotypes:
+            kg = 0.5 if ph.frequency is None else ph.frequency
+            ph.frequency = low if (kg >= 0.5) ^ (rng.random() < 0.2) else high
+        out.append(p2)
+    return out
+
+
+def perturbation_check(evaluator: Evaluator, table: pd.DataFrame, perturbed: list[FacialProfile],
+                       original: list[FacialProfile], rates: tuple[dict, dict]) -> dict:
+    """Learn profiles from a scored table of images rendered with `perturbed` frequencies, using detector rates
+    measured on the original panel (`rates`, so no label of the perturbed images is used); compare them with the
+    perturbed truth and with the original KG frequencies (recovery means: closer to the former)."""
+    learned = learn_profiles(evaluator, table, perturbed, rates=rates)
+    truth = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes} for p in perturbed}
+    kg = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes if x.frequency is not None} for p in original}
+    return {"vs_perturbed": compare(learned, truth), "vs_kg": compare(learned, kg), "learned": learned}
+
+
+def plot_learned(learned: dict, path: str | Path) -> Path:
+    """Scatter of KG frequency (x) vs learned frequency (y), one colour per disease."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for d, entry in learned.items():
+        pts = [(e["kg_frequency"], e["learned_frequency"]) for e in entry["phenotypes"] if e["kg_frequency"] is not None]
+        if pts:
+            x, y = zip(*pts)
+            ax.scatter(x, y, s=18, label=entry["name"][:24])
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("KG frequency")
+    ax.set_ylabel("learned frequency (per-phenotype heads, stage 3)")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(fontsize=6, loc="upper left", ncol=1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_learned(learned: dict, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / "learned_profiles.json", {"schema": "kgface.learned_profiles/1",
+                                                          "method": __doc__.split("\n\n")[1].strip(),
+                                                          "diseases": learned})
+    plot_learned(learned, out_dir / "learned_profiles.png")
+    return out_dir / "learned_profiles.json"

@@ -1,0 +1,209 @@
+"""Metrics as pure functions of labels, predictions and features (numpy in, floats/dicts out).
+
+Nothing here trains the evaluator or reads files; FID/KID take the feature extractor as a parameter
+(`feature=` of torchmetrics), the CLIP image encoder by default (Inception weights cannot be downloaded here).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.metrics import f1_score, roc_auc_score
+
+
+def topk_accuracy(probs: np.ndarray, labels: Sequence[int], k: int = 1) -> float:
+    """Share of rows whose true label is among the k highest scores."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return float(np.mean([labels[i] in top[i] for i in range(len(labels))]))
+
+
+def macro_f1(y_true: Sequence, y_pred: Sequence) -> float:
+    """Macro-averaged F1 over the classes present in y_true."""
+    if len(y_true) == 0:
+        return float("nan")
+    return float(f1_score(y_true, y_pred, labels=sorted(set(y_true)), average="macro", zero_division=0))
+
+
+def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean(y_true == y_pred)) if len(y_true) else float("nan")
+
+
+def per_stage_accuracy(y_true: Sequence, y_pred: Sequence, stages: Sequence[int]) -> dict[int, float]:
+    """Accuracy of y_pred within each stage."""
+    y_true, y_pred, stages = np.asarray(y_true), np.asarray(y_pred), np.asarray(stages)
+    return {int(s): accuracy(y_true[stages == s], y_pred[stages == s]) for s in sorted(set(stages.tolist()))}
+
+
+def stage_mae(true: Sequence[float], pred: Sequence[float]) -> float:
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    return float(np.mean(np.abs(true - pred))) if len(true) else float("nan")
+
+
+def spearman(true: Sequence[float], pred: Sequence[float]) -> float:
+    """Spearman rank correlation (nan when either side is constant or empty)."""
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    if len(true) < 2 or np.all(true == true[0]) or np.all(pred == pred[0]):
+        return float("nan")
+    return float(spearmanr(true, pred).statistic)
+
+
+def set_f1(detected: Iterable[str], expected: Iterable[str]) -> float:
+    """F1 between two sets; both empty = 1 (nothing expected, nothing found)."""
+    d, e = set(detected), set(expected)
+    if not d and not e:
+        return 1.0
+    tp = len(d & e)
+    return 2 * tp / (len(d) + len(e))
+
+
+def profile_match_f1(detected: Sequence[Iterable[str]], expected: Sequence[Iterable[str]]) -> float:
+    """Mean per-image F1 between detected and expected phenotype sets."""
+    if len(detected) != len(expected):
+        raise ValueError("detected and expected must have the same length")
+    return float(np.mean([set_f1(d, e) for d, e in zip(detected, expected)])) if len(detected) else float("nan")
+
+
+def phenotype_frequencies(detected: Sequence[Iterable[str]], diseases: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per disease: the share of its images in which each phenotype was detected."""
+    out: dict[str, dict[str, float]] = {}
+    diseases = list(diseases)
+    for d in dict.fromkeys(diseases):
+        rows = [set(x) for x, dd in zip(detected, diseases) if dd == d]
+        terms = set().union(*rows) if rows else set()
+        out[d] = {h: sum(h in r for r in rows) / len(rows) for h in sorted(terms)}
+    return out
+
+
+def frequency_mae(observed: dict[str, dict[str, float]], expected: dict[str, dict[str, float]]
+                  ) -> tuple[float, dict[str, float]]:
+    """Per disease, the MAE between observed and expected phenotype frequencies over the expected phenotypes
+    (an expected phenotype never observed counts as frequency 0); returns (mean over diseases, per disease).
+
+    Drawing every phenotype every time scores badly: a phenotype of KG frequency 0.3 shown in all images is 0.7 off.
+    """
+    per = {}
+    for d, exp in expected.items():
+        if d not in observed or not exp:
+            continue
+        obs = observed[d]
+        per[d] = float(np.mean([abs(obs.get(h, 0.0) - f) for h, f in exp.items()]))
+    return (float(np.mean(list(per.values()))) if per else float("nan")), per
+
+
+def tstr_top1(train_features: np.ndarray, train_labels: Sequence, test_features: np.ndarray,
+              test_labels: Sequence, l2: float = 1e-2) -> float:
+    """Train-on-synthetic-test-on-real: a linear probe fitted on one set (generated features) scored on another
+    (real test features). Test labels the probe never saw count as errors."""
+    from .probes import LinearProbe, Standardizer
+
+    classes = sorted(set(map(str, train_labels)))
+    if not len(train_labels) or not len(test_labels):
+        return float("nan")
+    index = {c: i for i, c in enumerate(classes)}
+    if len(classes) == 1:
+        return accuracy([str(t) for t in test_labels], [classes[0]] * len(test_labels))
+    scale = Standardizer.fit(train_features)
+    probe = LinearProbe.fit(scale(train_features), [index[str(c)] for c in train_labels], len(classes), l2=l2)
+    pred = np.asarray(classes)[probe.proba(scale(test_features)).argmax(1)]
+    return accuracy([str(t) for t in test_labels], pred)
+
+
+def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """ROC AUC; nan when only one class is present."""
+    labels = np.asarray(labels)
+    if len(set(labels.tolist())) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def identity_similarity(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Mean cosine between paired rows (e.g. a source image and its transformation)."""
+    a = np.asarray(features_a, float)
+    b = np.asarray(features_b, float)
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
+    return float(np.mean(np.sum(a * b, 1))) if len(a) else float("nan")
+
+
+def identity_auroc(features: np.ndarray, identities: Sequence[str], max_pairs: int = 20000, seed: int = 0) -> float:
+    """AUROC of feature cosine separating same-identity from different-identity pairs (all same pairs, a random
+    sample of different ones)."""
+    f = np.asarray(features, float)
+    f = f / np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12)
+    ids = np.asarray([str(i) for i in identities])
+    iu, ju = np.triu_indices(len(ids), 1)
+    same = ids[iu] == ids[ju]
+    if same.sum() == 0 or (~same).sum() == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    diff = np.flatnonzero(~same)
+    if len(diff) > max_pairs:
+        diff = rng.choice(diff, max_pairs, replace=False)
+    pick = np.concatenate([np.flatnonzero(same), diff])
+    cos = np.sum(f[iu[pick]] * f[ju[pick]], 1)
+    return auroc(same[pick].astype(int), cos)
+
+
+def nearest_cosine(query: np.ndarray, reference: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row: (highest cosine to a reference row, its index)."""
+    q = np.asarray(query, float)
+    r = np.asarray(reference, float)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True).clip(1e-12)
+    r = r / np.linalg.norm(r, axis=1, keepdims=True).clip(1e-12)
+    sim = q @ r.T
+    if exclude_self:
+        np.fill_diagonal(sim, -np.inf)
+    idx = sim.argmax(1)
+    return sim[np.arange(len(q)), idx], idx
+
+
+def memorisation_audit(generated: np.ndarray, train: np.ndarray, real_holdout: np.ndarray,
+                       quantile: float = 0.99) -> dict:
+    """Nearest training image of each generated image by feature cosine.
+
+    The near-duplicate threshold is the `quantile` of real held-out images' nearest-train cosine: a fresh real image
+    is that close to a training image only 1% of the time (quantile 0.99). memorisation_rate = share of generated
+    images closer than that; about 1 - quantile for a generator that does not copy.
+    """
+    if len(generated) == 0 or len(train) == 0 or len(real_holdout) == 0:
+        raise ValueError("memorisation audit needs generated, training and held-out real features")
+    real_nn, _ = nearest_cosine(real_holdout, train)
+    threshold = float(np.quantile(real_nn, quantile))
+    gen_nn, idx = nearest_cosine(generated, train)
+    return {"memorisation_rate": float(np.mean(gen_nn > threshold)), "threshold": threshold,
+            "quantile": quantile, "nearest_cosine": gen_nn, "nearest_index": idx}
+
+
+def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None = None,
+                 subsets: int = 50) -> dict:
+    """FID and KID (torchmetrics) with `feature` (a module: uint8 NCHW images -> features, with `num_features`) as
+    the feature extractor. Returns fid, kid (mean), kid_std and n_real / n_generated.
+
+    KID's subset size is min(n_real, n_generated, subset_size or 1000). FID on d-dimensional features is biased and
+    unstable unless n is several times d; lead with KID for small sets.
+    """
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    real = torch.as_tensor(real_images)
+    gen = torch.as_tensor(generated_images)
+    n_r, n_g = len(real), len(gen)
+    if n_r < 2 or n_g < 2:
+        raise ValueError("FID/KID need at least 2 real and 2 generated images")
+    size = min(n_r, n_g, subset_size or 1000)
+    fid = FrechetInceptionDistance(feature=feature, reset_real_features=True)
+    kid = KernelInceptionDistance(feature=feature, subsets=subsets, subset_size=size, reset_real_features=True)
+    for metric in (fid, kid):
+        metric.update(real, real=True)
+        metric.update(gen, real=False)
+    fid_value = float(fid.compute())
+    kid_mean, kid_std = kid.compute()
+    return {"fid": max(fid_value, 0.0) if math.isfinite(fid_value) else fid_value, "kid": float(kid_mean),
+            "kid_std": float(kid_std), "n_real": n_r, "n_generated": n_g, "kid_subset_size": size}

@@ -1,0 +1,191 @@
+"""The evaluation report: OUT/metrics.json, OUT/report.md and OUT/report.html with matplotlib PNGs
+(confusion matrix, stage scatter, per-phenotype AUROC bars, grids of best and worst cases)."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cache import write_json_atomic, write_text_atomic
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(table: pd.DataFrame, classes: list[str], names: dict, path: Path, label: str = "disease",
+                   title: str = "") -> Path:
+    plt = _plt()
+    ci = {c: i for i, c in enumerate(classes)}
+    m = np.zeros((len(classes), len(classes)))
+    for t, p in zip(table[label], table["pred_disease"]):
+        if t in ci:
+            m[ci[t], ci[p]] += 1
+    m = m / m.sum(1, keepdims=True).clip(1)
+    fig, ax = plt.subplots(figsize=(0.45 * len(classes) + 3, 0.45 * len(classes) + 2.5))
+    ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    ticks = [names.get(c, c)[:22] for c in classes]
+    ax.set_xticks(range(len(classes)), ticks, rotation=70, fontsize=7, ha="right")
+    ax.set_yticks(range(len(classes)), ticks, fontsize=7)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if m[i, j] >= 0.05:
+                ax.text(j, i, f"{m[i, j]:.2f}"[1:] if m[i, j] < 1 else "1", ha="center", va="center", fontsize=6,
+                        color="white" if m[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true" if label == "disease" else "requested")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_stage_scatter(table: pd.DataFrame, path: Path, stage: str = "stage", title: str = "") -> Path:
+    plt = _plt()
+    rng = np.random.default_rng(0)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    x = table[stage].to_numpy(float)
+    ax.scatter(x + rng.uniform(-0.15, 0.15, len(x)), table["severity_pred"], s=8, alpha=0.5)
+    ax.plot([0, 3], [0, 3], "k--", lw=0.8)
+    ax.set_xlabel("true stage" if stage == "stage" else "requested stage")
+    ax.set_ylabel("measured severity (CORAL head)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_phenotype_bars(aurocs: dict[str, float], names: dict[str, str], path: Path,
+                        ceiling: dict[str, float] | None = None) -> Path:
+    plt = _plt()
+    items = sorted(aurocs.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(6, 0.16 * len(items) + 1.2))
+    y = np.arange(len(items))
+    ax.barh(y, [v for _, v in items], height=0.7, label="real test (stage 3)")
+    if ceiling:
+        ax.scatter([ceiling.get(h, np.nan) for h, _ in items], y, color="red", s=8, label="after VAE round trip")
+    ax.axvline(0.9, color="k", ls="--", lw=0.8)
+    ax.set_yticks(y, [f"{h} {names.get(h, '')[:28]}" for h, _ in items], fontsize=5)
+    ax.set_xlim(0.4, 1.0)
+    ax.set_xlabel("AUROC of the phenotype head at full intensity")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def image_grid(images, captions: list[str], path: Path, cols: int = 8) -> Path:
+    plt = _plt()
+    n = len(images)
+    rows = max(1, int(np.ceil(n / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55))
+    for k, ax in enumerate(np.atleast_1d(axes).ravel()):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(np.asarray(images[k]).transpose(1, 2, 0))
+            ax.set_title(captions[k], fontsize=5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def best_worst(scored, label: str, classes: list[str], names: dict, out_dir: Path, prefix: str, k: int = 8
+               ) -> list[Path]:
+    """Two grids: the k images with the highest and the lowest probability of their true / requested class."""
+    t = scored.table
+    if scored.images is None or not len(t):
+        return []
+    p = np.array([t.loc[i, f"p_{c}"] if f"p_{c}" in t else np.nan for i, c in enumerate(t[label])], dtype=float)
+    order = np.argsort(p)
+    paths = []
+    for name, idx in (("best", order[::-1][:k]), ("worst", order[:k])):
+        caps = [f"{names.get(t[label].iloc[i], t[label].iloc[i])[:14]} s{int(t['stage'].iloc[i]) if label == 'disease' else int(t['requested_stage'].iloc[i])}\n"
+                f"-> {names.get(t['pred_disease'].iloc[i], t['pred_disease'].iloc[i])[:14]} {p[i]:.2f}" for i in idx]
+        paths.append(image_grid(scored.images[list(idx)], caps, out_dir / f"{prefix}_{name}.png"))
+    return paths
+
+
+def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k not in ("phenotype_auroc", "vae_ceiling_phenotype_auroc",
+                                             "frequency_mae_per_disease"):
+            out += _flat(v, key + ".")
+        elif not isinstance(v, (dict, list)):
+            out.append((key, v))
+    return out
+
+
+def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=None, profiles=None,
+                 notes: list[str] | None = None, title: str = "kgface evaluation") -> dict[str, Path]:
+    """Write OUT/metrics.json, the figures and OUT/report.md + OUT/report.html.
+
+    scored: evaluate_sets(..., return_scored=True)'s second value ({"real": ScoredSet, "generated": ScoredSet}).
+    evaluator / profiles give class and phenotype names. Returns the written paths by name.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scored = scored or {}
+    names = dict(evaluator.names) if evaluator is not None else {}
+    ph_names = {}
+    for p in (profiles.values() if isinstance(profiles, dict) else profiles or []):
+        names.setdefault(p.disease_id, p.name)
+        ph_names.update({x.hpo_id: x.name for x in p.phenotypes})
+    paths = {"metrics": write_json_atomic(out / "metrics.json", metrics)}
+    figs: list[tuple[str, Path]] = []
+    if evaluator is not None and "real" in scored:
+        t = scored["real"].table
+        figs.append(("Real test images: disease confusion (all stages)",
+                     plot_confusion(t, evaluator.classes, names, out / "confusion_real.png")))
+        figs.append(("Real test images: true stage vs measured severity",
+                     plot_stage_scatter(t, out / "stage_real.png")))
+        auc = metrics.get("evaluator", {}).get("phenotype_auroc") or {}
+        if auc:
+            figs.append(("Per-phenotype AUROC at full intensity (dashed: the 0.9 target)",
+                         plot_phenotype_bars(auc, ph_names, out / "phenotypes_real.png",
+                                             metrics["evaluator"].get("vae_ceiling_phenotype_auroc"))))
+        for p in best_worst(scored["real"], "disease", evaluator.classes, names, out, "real"):
+            figs.append((f"Real test images, {p.stem.split('_')[-1]} cases (probability of the true class)", p))
+    if evaluator is not None and "generated" in scored:
+        t = scored["generated"].table
+        figs.append(("Generated images: requested vs measured disease",
+                     plot_confusion(t, evaluator.classes, names, out / "confusion_generated.png",
+                                    label="requested_disease")))
+        dis = t[t["requested_disease"] != "healthy"]
+        if len(dis):
+            figs.append(("Generated images: requested stage vs measured severity",
+                         plot_stage_scatter(dis, out / "stage_generated.png", stage="requested_stage")))
+        for p in best_worst(scored["generated"], "requested_disease", evaluator.classes, names, out, "generated"):
+            figs.append((f"Generated images, {p.stem.split('_')[-1]} cases (probability of the requested class)", p))
+    rows = _flat(metrics)
+    md = [f"# {title}", ""]
+    for n in notes or []:
+        md.append(f"- {n}")
+    md += ["", "| metric | value |", "|---|---|"] + [f"| `{k}` | {v} |" for k, v in rows] + [""]
+    for cap, p in figs:
+        md += [f"## {cap}", "", f"![{cap}]({p.name})", ""]
+    paths["report_md"] = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
+    body = [f"<h1>{html.escape(title)}</h1>", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes or [])
+            + "</ul>", "<table border=1 cellspacing=0 cellpadding=3><tr><th>metric</th><th>value</th></tr>"]
+    body += [f"<tr><td><code>{html.escape(k)}</code></td><td>{html.escape(str(v))}</td></tr>" for k, v in rows]
+    body.append("</table>")
+    for cap, p in figs:
+        body += [f"<h2>{html.escape(cap)}</h2>", f'<img src="{html.escape(p.name)}" style="max-width:100%">']
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title></head><body>"
+            + "\n".join(body) + "</body></html>\n")
+    paths["report_html"] = write_text_atomic(out / "report.html", page)
+    paths.update({p.stem: p for _, p in figs})
+    return paths

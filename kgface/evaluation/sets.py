@@ -1,0 +1,300 @@
+"""Scoring whole sets: the instrument's validity on real images, and real vs generated metrics.
+
+- `instrument_validity(evaluator, real_df, roundtrip=None)`: disease top-1 (per stage; headline on stages 2-3),
+  stage MAE, per-phenotype AUROC at full intensity (stage 3 test images), identity AUROC, the oracle ceiling, and
+  with `roundtrip(images) -> images` (a VAE round trip, built by the caller) the same scores on round-tripped
+  images: the *VAE ceiling*, which no generator decoding through that VAE can beat.
+- `evaluate_sets(evaluator, real_df, generated_df, profiles)`: the nested metrics dict of metrics.json.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..kg import FacialProfile
+from ..prompts import stage_phenotypes
+from . import metrics as M
+from .evaluator import HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, load_images, presence_matrix
+from .probes import LinearProbe, Standardizer
+
+HEADLINE_STAGES = (2, 3)  # stage 0 is healthy-looking by construction; targets apply to stages 2-3
+
+
+def _test_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The test split when the manifest has one, else every row."""
+    test = df[df["split"] == "test"] if "split" in df.columns else df
+    return (test if len(test) else df).reset_index(drop=True)
+
+
+def _rounded(obj):
+    if isinstance(obj, dict):
+        return {str(k): _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if not np.isfinite(obj) else round(float(obj), 4)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def oracle_top1(train_df: pd.DataFrame, test_df: pd.DataFrame, stages=HEADLINE_STAGES, l2: float = 1e-2) -> float:
+    """The disease probe trained on the renderer's true phenotype vectors (intensities) instead of image features:
+    how separable the panel is at all. nan when the manifest carries no phenotypes."""
+    vocab = sorted({h for ph in train_df["phenotypes"] for h in ph})
+    if not vocab:
+        return float("nan")
+    index = {h: i for i, h in enumerate(vocab)}
+
+    def vectors(df):
+        x = np.zeros((len(df), len(vocab)), dtype=np.float32)
+        for r, ph in enumerate(df["phenotypes"]):
+            for h, v in ph.items():
+                if h in index:
+                    x[r, index[h]] = float(v)
+        return x
+
+    classes = sorted(set(train_df["disease"]))
+    ci = {c: i for i, c in enumerate(classes)}
+    x_train = vectors(train_df)
+    scale = Standardizer.fit(x_train)
+    probe = LinearProbe.fit(scale(x_train), [ci[d] for d in train_df["disease"]], len(classes), l2=l2)
+    test = test_df[test_df["stage"].isin(stages)] if stages else test_df
+    if len(test) == 0:
+        return float("nan")
+    pred = np.asarray(classes)[probe.proba(scale(vectors(test))).argmax(1)]
+    return M.accuracy(list(test["disease"]), pred)
+
+
+def phenotype_auroc(evaluator: Evaluator, scored: pd.DataFrame, min_positives: int = 2) -> dict[str, float]:
+    """Per phenotype of the evaluator: AUROC of its head at full intensity (stage-3 rows plus healthy rows),
+    positives = rows where the phenotype is drawn. Phenotypes with fewer than `min_positives` positives: skipped."""
+    rows = scored[(scored["stage"] == 3) | (scored["disease"] == HEALTHY)].reset_index(drop=True)
+    y = presence_matrix(list(rows["phenotypes"]), evaluator.phenotypes)
+    out = {}
+    for k, h in enumerate(evaluator.phenotypes):
+        if y[:, k].sum() >= min_positives and (1 - y[:, k]).sum() >= 1:
+            out[h] = M.auroc(y[:, k].astype(int), rows[f"ph_{h}"].to_numpy())
+    return out
+
+
+def _summary(aurocs: dict[str, float], target: float = 0.9) -> dict:
+    v = np.array([a for a in aurocs.values() if np.isfinite(a)])
+    if not len(v):
+        return {"n": 0}
+    return {"n": int(len(v)), "median": float(np.median(v)), "mean": float(v.mean()), "min": float(v.min()),
+            f"share_ge_{target}": float(np.mean(v >= target))}
+
+
+def disease_scores(table: pd.DataFrame, classes: list[str], label: str = "disease", stage: str = "stage") -> dict:
+    """top-1 (stages 2-3 and all), top-3, macro-F1 and per-stage accuracy of a scored table."""
+    y = list(table[label])
+    probs = table[[f"p_{c}" for c in classes]].to_numpy()
+    ci = {c: i for i, c in enumerate(classes)}
+    lab = np.array([ci[d] for d in y])
+    head = table[stage].isin(HEADLINE_STAGES) | (table[label] == HEALTHY)
+    return {
+        "top1": M.accuracy(np.asarray(y)[head.to_numpy()], table["pred_disease"][head].to_numpy()),
+        "top1_all": M.topk_accuracy(probs, lab, 1), "top3_all": M.topk_accuracy(probs, lab, 3),
+        "top3": M.topk_accuracy(probs[head.to_numpy()], lab[head.to_numpy()], 3),
+        "macro_f1": M.macro_f1(y, list(table["pred_disease"])),
+        "per_stage_top1": M.per_stage_accuracy(y, list(table["pred_disease"]), list(table[stage])),
+        "n": len(y), "n_headline": int(head.sum()),
+    }
+
+
+def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                        scored: ScoredSet | None = None, train_df: pd.DataFrame | None = None) -> dict:
+    """Validity of the instrument on real test images (see module doc). Keys: real_top1 (stages 2-3 + healthy),
+    real_top1_all, real_top3, real_macro_f1, per_stage_top1, real_stage_mae, real_severity_mae, real_stage_spearman,
+    phenotype_auroc (per HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1, and with `roundtrip`:
+    vae_ceiling_top1, vae_ceiling_phenotype_auroc_summary."""
+    df = as_frame(real_df)
+    test = _test_rows(df)
+    evaluator.check_labels(test["disease"], "real set")
+    s = scored or evaluator.score_set(test, keep_images=roundtrip is not None)
+    t = s.table
+    head = t["stage"].isin(HEADLINE_STAGES) | (t["disease"] == HEALTHY)
+    d = disease_scores(t, evaluator.classes)
+    auc = phenotype_auroc(evaluator, t)
+    out = {"real_top1": d["top1"], "real_top1_all": d["top1_all"], "real_top3": d["top3"],
+           "real_macro_f1": d["macro_f1"], "per_stage_top1": d["per_stage_top1"], "n_test": d["n"],
+           "real_stage_mae": M.stage_mae(t["stage"], t["stage_pred"]),
+           "real_severity_mae": M.stage_mae(t["severity"], t["severity_pred"]),
+           "real_stage_spearman": M.spearman(t["stage"], t["severity_pred"]),
+           "zero_shot_top1": M.accuracy(t["disease"][head], t["zs_disease"][head]),
+           "phenotype_auroc": auc, "phenotype_auroc_summary": _summary(auc)}
+    if "identity" in t and t["identity"].astype(str).str.len().gt(0).all():
+        out["identity_auroc"] = M.identity_auroc(s.features, list(t["identity"]))
+    train = train_df if train_df is not None else df[df["split"] == "train"]
+    if len(train):
+        out["oracle_top1"] = oracle_top1(train.reset_index(drop=True), test)
+    if roundtrip is not None:
+        images = s.images if s.images is not None else load_images(list(test["abspath"]))
+        with torch.no_grad():
+            rt = roundtrip(images)
+        rt = rt if rt.dtype == torch.uint8 else (rt.clamp(0, 1) * 255).round().to(torch.uint8)
+        feats = evaluator.features(rt)
+        rt_table = evaluator.predict(feats, test)
+        out["vae_ceiling_top1"] = disease_scores(rt_table, evaluator.classes)["top1"]
+        rt_auc = phenotype_auroc(evaluator, rt_table)
+        out["vae_ceiling_phenotype_auroc"] = rt_auc
+        out["vae_ceiling_phenotype_auroc_summary"] = _summary(rt_auc)
+    return out
+
+
+def _requested(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    d = table["requested_disease"] if "requested_disease" in table and table["requested_disease"].astype(str).str.len().gt(0).all() else table["disease"]
+    s = table["requested_stage"] if "requested_stage" in table and table["requested_stage"].astype(str).str.len().gt(0).all() else table["stage"]
+    return d.astype(str), s.astype(float).astype(int)
+
+
+def _expected_sets(table: pd.DataFrame, diseases, stages, profiles: dict[str, FacialProfile], vocab) -> list[set]:
+    """What each generated image should show: its manifest phenotypes when given, else the template's phenotypes
+    of the requested stage; restricted to the phenotypes the evaluator can detect."""
+    voc = set(vocab)
+    out = []
+    for ph, d, s in zip(table["phenotypes"], diseases, stages):
+        if ph:
+            out.append({h for h, v in ph.items() if float(v) > 0} & voc)
+        elif d == HEALTHY or d not in profiles:
+            out.append(set())
+        else:
+            out.append({p.hpo_id for p in stage_phenotypes(profiles[d], int(s))} & voc)
+    return out
+
+
+def kg_frequencies(profiles: dict[str, FacialProfile], vocab, diseases) -> dict[str, dict[str, float]]:
+    """Per disease: the KG frequency of each phenotype the evaluator can detect (unknown frequencies left out)."""
+    voc = set(vocab)
+    return {d: {p.hpo_id: float(p.frequency) for p in profiles[d].phenotypes
+                if p.hpo_id in voc and p.frequency is not None}
+            for d in diseases if d in profiles and d != HEALTHY}
+
+
+def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profiles=None, roundtrip=None,
+                  return_scored: bool = False, heldout: set[str] | None = None):
+    """metrics.json's content for a real set and/or a generated set (only what the inputs allow).
+
+    real_df / generated_df: manifest paths or DataFrames. Generated rows are judged against their request
+    (`requested_disease` / `requested_stage` columns when present, else `disease` / `stage`). Rows with mode
+    `transform` and a `source_image` also give identity preservation. Returns the metrics dict, or
+    (metrics, {"real": ScoredSet, "generated": ScoredSet, "real_train": ScoredSet}) with return_scored.
+    """
+    if real_df is None and generated_df is None:
+        raise EvaluatorInputError("nothing to evaluate: give real= and/or generated=")
+    profiles = {p.disease_id: p for p in (profiles.values() if isinstance(profiles, dict) else profiles or [])}
+    metrics: dict = {"evaluator": {"name": evaluator.cfg["name"], "classes": len(evaluator.classes),
+                                   "phenotype_heads": len(evaluator.phenotypes)}}
+    scored: dict[str, ScoredSet] = {}
+    heldout = set(heldout or ())
+    real = test = None
+    if real_df is not None:
+        real = as_frame(real_df)
+        if "heldout" in real:
+            heldout |= set(real.loc[real["heldout"].astype(str).str.lower() == "true", "disease"])
+        test = _test_rows(real)
+        evaluator.check_labels(test["disease"], "real set")
+        s_real = evaluator.score_set(test, keep_images=True)
+        scored["real"] = s_real
+        v = instrument_validity(evaluator, real, roundtrip=roundtrip, scored=s_real)
+        metrics["evaluator"].update(v)
+        if "vae_ceiling_top1" in v:
+            metrics["vae_ceiling_top1"] = v["vae_ceiling_top1"]
+        exp = kg_frequencies(profiles, evaluator.phenotypes, set(test["disease"]))
+        full = s_real.table[s_real.table["stage"] == 3]
+        if len(full) and exp:
+            obs = M.phenotype_frequencies(list(full["detected"]), list(full["disease"]))
+            metrics["evaluator"]["real_frequency_mae"] = M.frequency_mae(obs, exp)[0]
+    if generated_df is not None:
+        gen = as_frame(generated_df)
+        if "heldout" in gen:
+            heldout |= set(gen.loc[gen["heldout"].astype(str).str.lower() == "true", "disease"])
+        s_gen = evaluator.score_set(gen, keep_images=True)
+        t = s_gen.table
+        scored["generated"] = s_gen
+        req_d, req_s = _requested(t)
+        evaluator.check_labels(req_d, "generated set")
+        t["requested_disease"], t["requested_stage"] = req_d.values, req_s.values
+        mode = t["mode"].astype(str) if "mode" in t else pd.Series([""] * len(t))
+        transform = (mode == "transform").to_numpy()
+        g = {}
+        head = (req_s.isin(HEADLINE_STAGES) | (req_d == HEALTHY)).to_numpy()
+        hd = req_d.isin(heldout).to_numpy()
+        for name, mask in (("seen", head & ~hd & ~transform), ("heldout", head & hd & ~transform)):
+            if mask.any():
+                g[f"{name}_top1"] = M.accuracy(req_d[mask], t["pred_disease"][mask])
+                g[f"{name}_n"] = int(mask.sum())
+        sel = ~transform
+        if sel.any():
+            ci = {c: i for i, c in enumerate(evaluator.classes)}
+            probs = t.loc[sel, [f"p_{c}" for c in evaluator.classes]].to_numpy()
+            lab = np.array([ci[d] for d in req_d[sel]])
+            g["top1_all"] = M.topk_accuracy(probs, lab, 1)
+            g["top3_all"] = M.topk_accuracy(probs, lab, 3)
+            g["macro_f1"] = M.macro_f1(list(req_d[sel]), list(t["pred_disease"][sel]))
+            g["per_stage_top1"] = M.per_stage_accuracy(list(req_d[sel]), list(t["pred_disease"][sel]),
+                                                       list(req_s[sel]))
+            dis = sel & (req_d != HEALTHY).to_numpy()
+            g["stage_spearman"] = M.spearman(req_s[dis], t["severity_pred"][dis])
+            g["stage_mae"] = M.stage_mae(req_s[dis], t["stage_pred"][dis])
+            expected = _expected_sets(t[sel], list(req_d[sel]), list(req_s[sel]), profiles, evaluator.phenotypes)
+            g["profile_match_f1"] = M.profile_match_f1(list(t["detected"][sel]), expected)
+            full = sel & (req_s == 3).to_numpy() if (sel & (req_s == 3).to_numpy()).any() else sel & head
+            exp = kg_frequencies(profiles, evaluator.phenotypes, set(req_d[full]))
+            if exp and full.any():
+                obs = M.phenotype_frequencies(list(t["detected"][full]), list(req_d[full]))
+                g["frequency_mae"], g["frequency_mae_per_disease"] = M.frequency_mae(obs, exp)
+            g["zero_shot_presence"] = float(np.mean(t["zs_presence"][dis])) if dis.any() else float("nan")
+        metrics["generation"] = g
+        if transform.any():
+            metrics["transform"] = _transform_metrics(evaluator, t, s_gen.features, transform, req_d)
+        if real is not None:
+            s_real = scored["real"]
+            rt = s_real.table
+            classes = set(req_d[sel])
+            keep = (rt["disease"].isin(classes) & (rt["stage"].isin(HEADLINE_STAGES) | (rt["disease"] == HEALTHY))).to_numpy()
+            if sel.sum() >= 2 and keep.any() and len(classes) >= 2:
+                metrics["tstr_top1"] = M.tstr_top1(s_gen.features[sel], list(req_d[sel]), s_real.features[keep],
+                                                   list(rt["disease"][keep]))
+                metrics["tstr_n_real"] = int(keep.sum())
+            if s_real.images.shape[-2:] != s_gen.images.shape[-2:]:
+                raise EvaluatorInputError(f"real images are {tuple(s_real.images.shape[-2:])} px and generated "
+                                          f"{tuple(s_gen.images.shape[-2:])} px: resize one set to the other's size")
+            fk = M.clip_fid_kid(s_real.images, s_gen.images, evaluator.encoder)
+            metrics["fid_clip"], metrics["kid_clip"] = fk["fid"], fk["kid"]
+            metrics["kid_clip_std"] = fk["kid_std"]
+            metrics["fid_kid_n"] = {"real": fk["n_real"], "generated": fk["n_generated"],
+                                    "kid_subset_size": fk["kid_subset_size"],
+                                    "features": f"evaluator CLIP image features ({evaluator.encoder.num_features}-d); "
+                                                "not InceptionV3 (its weights cannot be downloaded here)"}
+            train = real[real["split"] == "train"].reset_index(drop=True)
+            if len(train):
+                s_train = evaluator.score_set(train)
+                scored["real_train"] = s_train
+                audit = M.memorisation_audit(s_gen.features, s_train.features, s_real.features)
+                metrics["memorisation_rate"] = audit["memorisation_rate"]
+                metrics["memorisation_threshold"] = audit["threshold"]
+                t["nearest_train_cosine"] = audit["nearest_cosine"]
+                t["nearest_train_path"] = list(train["abspath"].iloc[audit["nearest_index"]])
+    metrics = _rounded(metrics)
+    return (metrics, scored) if return_scored else metrics
+
+
+def _transform_metrics(evaluator, t, feats, transform, req_d) -> dict:
+    out = {"n": int(transform.sum()),
+           "target_top1": M.accuracy(req_d[transform], t["pred_disease"][transform])}
+    if "source_image" in t:
+        src = [str(p) for p in t.loc[transform, "source_image"]]
+        if all(src):
+            # relative source paths are relative to the generated manifest's folder (abspath minus path)
+            roots = [Path(a).parents[len(Path(p).parts) - 1]
+                     for a, p in zip(t.loc[transform, "abspath"], t.loc[transform, "path"])]
+            paths = [str(Path(p) if Path(p).is_absolute() else root / p) for p, root in zip(src, roots)]
+            src_feats = evaluator.features(load_images(paths))
+            out["identity_similarity"] = M.identity_similarity(src_feats, feats[transform])
+    return out

@@ -1,0 +1,166 @@
+"""The evaluator on a tiny real phantom panel: training, caching, save/load, scoring, validity, bad inputs."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kgface.data.manifest import read_manifest, write_manifest
+from kgface.evaluation import (Evaluator, EvaluatorInputError, build_clip, evaluate_sets, fit_evaluator,
+                               instrument_validity, load_images, oracle_top1)
+from kgface.evaluation.evaluator import image_caption
+from kgface.errors import UserError
+
+
+def test_scores_have_every_head(tiny_evaluator, tiny_data):
+    ev = tiny_evaluator
+    assert ev.classes[-1] == "healthy" and len(ev.classes) == 4
+    assert ev.phenotypes and all(h.startswith("HP:") for h in ev.phenotypes)
+    s = ev.score(tiny_data / "manifest.csv")
+    for col in ["pred_disease", "pred_prob", "top3", "zs_disease", "zs_presence", "severity_pred", "stage_pred",
+                "detected", *[f"p_{c}" for c in ev.classes], *[f"ph_{h}" for h in ev.phenotypes]]:
+        assert col in s.columns, col
+    probs = s[[f"p_{c}" for c in ev.classes]].to_numpy()
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert s["severity_pred"].between(0, 3).all() and s["stage_pred"].isin(range(4)).all()
+    assert (s["stage"] == read_manifest(tiny_data / "manifest.csv")[0]["stage"]).all()  # labels kept
+    assert ev.info["temperature"] > 0 and ev.info["clip"]["steps"] == 12
+
+
+def test_cached_by_data_and_config_and_round_trip(tiny_evaluator, tiny_cfg, tiny_data, tiny_profiles,
+                                                  session_cache_dir, tmp_path):
+    from kgface.cache import Cache
+
+    cache = Cache(session_cache_dir)
+    again = fit_evaluator(tiny_cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert "clip" in again.info and "cache_entry" not in again.info  # loaded, not retrained
+    entry = cache.used[-1]["path"]
+    assert sorted(p.name for p in __import__("pathlib").Path(entry).iterdir()) == [
+        "clip.safetensors", "entry.json", "evaluator.json", "probes.safetensors"]
+    images = load_images(list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:10]))
+    assert np.allclose(again.features(images), tiny_evaluator.features(images), atol=1e-5)
+    folder = tiny_evaluator.save(tmp_path / "ev")
+    loaded = Evaluator.load(folder)
+    a, b = tiny_evaluator.score(images), loaded.score(images)
+    assert np.allclose(a["pred_prob"], b["pred_prob"], atol=1e-5) and list(a["detected"]) == list(b["detected"])
+    # a changed manifest (content hash) is a different entry
+    df = pd.read_csv(tiny_data / "manifest.csv")
+    other = tiny_data / "manifest_copy.csv"
+    df.iloc[::-1].to_csv(other, index=False)
+    key_a = cache.entry("evaluator", {"x": 1}).key
+    from kgface.evaluation.evaluator import manifest_hash
+    assert manifest_hash(other) != manifest_hash(tiny_data / "manifest.csv") and key_a
+
+
+def test_captions_name_disease_stage_and_phenotypes(tiny_profiles):
+    acne = next(p for p in tiny_profiles if p.disease_id == "MONDO:0011438")
+    ph = acne.phenotypes[0]
+    text = image_caption(acne, 2, {ph.hpo_id: 0.3})
+    assert acne.name in text and "stage" in text and (ph.visual or ph.name).strip().rstrip(".")[:20] in text
+
+
+def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny_data):
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    v = instrument_validity(tiny_evaluator, df, roundtrip=lambda x: x)
+    assert v["vae_ceiling_top1"] == pytest.approx(v["real_top1"])  # a perfect round trip changes nothing
+    assert 0 <= v["real_top1"] <= 1 and set(v["per_stage_top1"]) == {0, 1, 2, 3}
+    assert 0.5 <= v["identity_auroc"] <= 1.0 or np.isnan(v["identity_auroc"])
+    assert v["oracle_top1"] > 0.8  # the phenotype vectors separate the panel at stages 2-3
+    assert all(0 <= a <= 1 for a in v["phenotype_auroc"].values())
+    blurred = instrument_validity(tiny_evaluator, df, roundtrip=lambda x: torch.zeros_like(x))
+    assert blurred["vae_ceiling_top1"] <= v["real_top1"] + 1e-9 or blurred["vae_ceiling_top1"] < 0.5
+
+
+def test_oracle_is_nan_without_phenotypes(tiny_data):
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    df["phenotypes"] = [{} for _ in range(len(df))]
+    assert np.isnan(oracle_top1(df[df.split == "train"], df[df.split == "test"]))
+
+
+def _generated_manifest(tiny_data, tmp_path, n=None):
+    """A 'generated' set: real test images relabelled as requests (mode sample) plus two transforms."""
+    df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    test = df[df["split"] == "test"].copy()
+    test["path"] = [str(tiny_data / p) for p in test["path"]]
+    gdir = tmp_path / "gen"
+    gdir.mkdir(exist_ok=True)
+    import shutil
+    rows = []
+    for i, r in enumerate(test.to_dict("records")[:n]):
+        dst = gdir / f"g{i:03d}.png"
+        shutil.copy(r["path"], dst)
+        rows.append({**r, "path": dst.name, "split": "test", "source": "generated", "mode": "sample",
+                     "requested_disease": r["disease"], "requested_stage": r["stage"], "seed": i,
+                     "source_image": ""})
+    rows[0]["mode"], rows[0]["source_image"] = "transform", test.iloc[0]["path"]
+    return write_manifest(rows, gdir / "manifest.csv")
+
+
+def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles, tmp_path, tiny_cfg):
+    gen = _generated_manifest(tiny_data, tmp_path)
+    m, scored = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, return_scored=True)
+    for key in ["seen_top1", "heldout_top1", "stage_spearman", "profile_match_f1", "frequency_mae"]:
+        assert key in m["generation"], key
+    for key in ["tstr_top1", "fid_clip", "kid_clip", "memorisation_rate"]:
+        assert key in m, key
+    assert m["fid_clip"] < 1e-3  # the generated set is the real test set
+    assert m["transform"]["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
+    json.dumps(m)
+
+    from kgface.evaluate import main
+
+    out = tmp_path / "out"
+    over = [o for o in __import__("tests.evaluation.conftest", fromlist=["x"]).TINY_EVALUATOR]
+    main([*over, f"real={tiny_data / 'manifest.csv'}", f"generated={gen}", f"hydra.run.dir={out}", "progress=false"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"real_top1", "real_stage_mae", "oracle_top1"} <= set(metrics["evaluator"])
+    assert {"seen_top1", "heldout_top1"} <= set(metrics["generation"])
+    for name in ["report.md", "report.html", "confusion_real.png", "stage_real.png", "real_best.png",
+                 "confusion_generated.png", "learned_profiles.json", "learned_profiles.png"]:
+        assert (out / name).is_file(), name
+    assert "confusion_real.png" in (out / "report.html").read_text()
+
+
+def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tmp_path, capsys):
+    df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    paths = list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:3])
+    with pytest.raises(EvaluatorInputError, match="empty"):
+        load_images([])
+    with pytest.raises(EvaluatorInputError, match="does not exist"):
+        load_images([str(tmp_path / "nope.png")])
+    from PIL import Image
+    Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
+    with pytest.raises(EvaluatorInputError, match="expected 32x32"):
+        load_images([*paths, str(tmp_path / "big.png")])
+    with pytest.raises(EvaluatorInputError, match="unknown to the evaluator"):
+        tiny_evaluator.check_labels(["ORPHA:870"])
+    with pytest.raises(UserError, match="evaluator.pretrained"):
+        build_clip({"name": "openclip", "model": "ViT-B-16", "pretrained": str(tmp_path / "missing.bin")})
+    # the entry: a manifest row with a missing image -> one line, exit 2
+    bad = df.copy()
+    bad.loc[0, "path"] = "images/missing.png"
+    bad_path = tiny_data / "bad_manifest.csv"
+    bad.to_csv(bad_path, index=False)
+    from kgface.evaluate import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([f"real={bad_path}", f"hydra.run.dir={tmp_path / 'o'}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+    with pytest.raises(SystemExit) as exc:
+        main([f"hydra.run.dir={tmp_path / 'o2'}"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main([f"real={tiny_data / 'manifest.csv'}", "evaluator=openclip", f"hydra.run.dir={tmp_path / 'o3'}"])
+    assert exc.value.code == 2 and "evaluator.pretrained" in capsys.readouterr().err
+
+
+def test_evaluator_never_imports_the_generator():
+    code = ("import sys, kgface.evaluation, kgface.evaluate; "
+            "bad = [m for m in sys.modules if m.startswith(('kgface.diffusion', 'kgface.encoders'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

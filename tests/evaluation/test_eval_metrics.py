@@ -1,0 +1,112 @@
+"""Metrics on constructed cases with known answers (synthetic features; no evaluator training)."""
+import numpy as np
+import pytest
+import torch
+
+from kgface.evaluation import metrics as M
+from kgface.evaluation.probes import CoralHead, LinearProbe, PhenotypeHeads, Standardizer
+
+
+class LinearFeatures(torch.nn.Module):
+    """A fixed random projection of the pixels: a stand-in CLIP image encoder for FID/KID."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.num_features = d
+        self.proj = torch.randn(3 * 8 * 8, d, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x):
+        return torch.nn.functional.normalize((x.float().flatten(1) / 255.0 - 0.5) @ self.proj, dim=-1)
+
+
+def test_perfect_classifier_top1_is_one_and_topk_counts():
+    labels = np.array([0, 1, 2, 1, 0])
+    probs = np.eye(3)[labels] * 0.9 + 0.05
+    assert M.topk_accuracy(probs, labels, 1) == 1.0
+    wrong = np.roll(np.eye(3)[labels], 1, axis=1)
+    assert M.topk_accuracy(wrong, labels, 1) == 0.0
+    assert M.topk_accuracy(wrong + 0.5 * np.eye(3)[labels], labels, 2) == 1.0
+    assert M.macro_f1(["a", "b", "a"], ["a", "b", "a"]) == 1.0
+    assert M.macro_f1(["a", "b"], ["b", "a"]) == 0.0
+
+
+def test_per_stage_accuracy_and_stage_scores():
+    acc = M.per_stage_accuracy(["a", "a", "b", "b"], ["a", "b", "b", "b"], [0, 0, 2, 2])
+    assert acc == {0: 0.5, 2: 1.0}
+    assert M.stage_mae([0, 1, 2, 3], [0, 1, 2, 3]) == 0.0
+    assert M.stage_mae([0, 1, 2, 3], [1, 2, 3, 4]) == 1.0
+    assert M.spearman([0, 1, 2, 3], [0.1, 0.5, 2.2, 2.9]) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    stages = np.repeat(np.arange(4), 500)
+    assert abs(M.spearman(stages, rng.permutation(stages))) < 0.1  # shuffled stages: ~0
+    assert np.isnan(M.spearman([1, 1, 1], [0, 1, 2]))
+
+
+def test_profile_match_and_frequency_mae():
+    assert M.set_f1({"a", "b"}, {"a", "b"}) == 1.0
+    assert M.set_f1(set(), set()) == 1.0
+    assert M.set_f1({"a"}, {"b"}) == 0.0
+    assert M.set_f1({"a", "b"}, {"a"}) == pytest.approx(2 / 3)
+    assert M.profile_match_f1([{"a"}, {"b"}], [{"a"}, {"c"}]) == 0.5
+    # phenotype a in 3 of 10 images (KG 0.3), b in all (KG 1.0): exact
+    detected = [{"a", "b"}] * 3 + [{"b"}] * 7
+    obs = M.phenotype_frequencies(detected, ["d"] * 10)
+    assert obs["d"] == {"a": 0.3, "b": 1.0}
+    mae, per = M.frequency_mae(obs, {"d": {"a": 0.3, "b": 1.0}})
+    assert mae == pytest.approx(0.0)
+    # drawing every phenotype every time is wrong: a (KG 0.3) is 0.7 off
+    obs_all = M.phenotype_frequencies([{"a", "b"}] * 10, ["d"] * 10)
+    assert M.frequency_mae(obs_all, {"d": {"a": 0.3, "b": 1.0}})[0] == pytest.approx(0.35)
+
+
+def test_tstr_and_identity_and_memorisation():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 8)) * 4
+    y = np.repeat(np.arange(3), 30)
+    gen = centers[y] + rng.normal(size=(90, 8))
+    real = centers[y] + rng.normal(size=(90, 8))
+    assert M.tstr_top1(gen, y, real, y) > 0.95
+    assert M.tstr_top1(gen, y, real, rng.permutation(y)) < 0.6
+    a = rng.normal(size=(20, 8))
+    assert M.identity_similarity(a, a) == pytest.approx(1.0)
+    ids = np.repeat(np.arange(10), 3)
+    feats = rng.normal(size=(10, 8))[ids] + 0.1 * rng.normal(size=(30, 8))
+    assert M.identity_auroc(feats, ids) > 0.99
+    train = rng.normal(size=(200, 8))
+    holdout = rng.normal(size=(200, 8))
+    copies = train[:50] + 1e-4 * rng.normal(size=(50, 8))
+    assert M.memorisation_audit(copies, train, holdout)["memorisation_rate"] == 1.0
+    fresh = M.memorisation_audit(rng.normal(size=(400, 8)), train, holdout)["memorisation_rate"]
+    assert fresh < 0.05
+
+
+def test_fid_kid_identical_sets_near_zero_and_shift_positive():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
+    same = M.clip_fid_kid(real, real.clone(), LinearFeatures(), subsets=10)
+    # KID pairs each image with itself across the two sets: O(1/n) off zero, not exactly zero
+    assert abs(same["fid"]) < 1e-3 and abs(same["kid"]) < 0.02
+    assert same["n_real"] == 64 and same["kid_subset_size"] == 64
+    shifted = (real.int() // 2 + 120).clamp(0, 255).to(torch.uint8)
+    diff = M.clip_fid_kid(real, shifted, LinearFeatures(), subsets=10)
+    assert diff["fid"] > 0.1 and diff["kid"] > 5 * abs(same["kid"])
+
+
+def test_probes_on_separable_features():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 40)
+    x = np.eye(4)[y] * 3 + 0.3 * rng.normal(size=(160, 4))
+    scale = Standardizer.fit(x)
+    probe = LinearProbe.fit(scale(x), y, 4)
+    assert (probe.proba(scale(x)).argmax(1) == y).mean() == 1.0
+    t = probe.calibrate(scale(x), y)
+    assert 0.05 <= t <= 20 and (probe.proba(scale(x)).argmax(1) == y).mean() == 1.0  # T keeps the ranking
+    sev = y + rng.uniform(-0.3, 0.3, 160)
+    coral = CoralHead.fit(np.c_[sev, rng.normal(size=160)], y)
+    assert (coral.stage(np.c_[sev, rng.normal(size=160)]) == y).mean() > 0.9
+    assert M.spearman(y, coral.severity(np.c_[sev, np.zeros(160)])) > 0.9
+    heads = PhenotypeHeads.fit(x, (x > 1.5).astype(np.float32))
+    assert ((heads.proba(x) > 0.5) == (x > 1.5)).mean() > 0.98
+    state = {**probe.state("p"), **coral.state("c")}
+    again = LinearProbe.from_state(state, "p")
+    assert np.allclose(again.proba(scale(x)), probe.proba(scale(x)))
