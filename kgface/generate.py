@@ -5,11 +5,15 @@ Modes:
 - `transform`: input image(s) (IMAGE | DIR | MANIFEST.csv) -> the same face with `target` (a disease or `healthy`) at
   `stage`: SDEdit (the input's latent pushed `strength` up the noise ladder, then denoised with the KG condition).
   `mask=` / `keep=` restrict the change: the output is composited in pixel space, mask*generated + (1-mask)*input, so
-  pixels outside the mask are the input's exactly. Every output gets pixel-space SSIM / PSNR to its input
-  (`identity_ssim`, `identity_psnr`); `kgface.evaluate` adds the evaluator's identity similarity from `source_image`.
+  pixels outside the mask are the input's exactly. `inversion=true` starts from the input's deterministic DDIM
+  inversion (under `source_disease` / `source_stage`) instead of random noise. Every output gets pixel-space SSIM /
+  PSNR to its input (`identity_ssim`, `identity_psnr`) and, when the run has an evaluator, the cosine of the
+  evaluator's image features (`identity_similarity`); generation.json holds the means, or says why there is none.
 - `progression`: one identity through stages 0..3 (or `frames=N` severities) with shared noise, so only the disease
   changes; `input=` starts from a photo. A strip PNG and an animated GIF per identity.
 - `compose`: diseases the run never trained on (by KG id) or a custom phenotype set with intensities.
+Any mode: `identity_adapter=CKPT identity_image=FACE|input|EMBEDS` stacks a user's IP-Adapter with the KG adapter
+(kgface.diffusion.adapter.stack_ip_adapter), so outputs keep the reference's identity; `identity_scale` weighs it.
 Outputs: OUT/images/*.png, OUT/manifest.csv (dataset format + request columns), OUT/grid.png, OUT/generation.json.
 Everything is validated before anything is generated, written to a staging folder and moved in at the end.
 """
@@ -183,6 +187,51 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> float:
     return float(s.mean())
 
 
+def find_evaluator(cfg: DictConfig, run_dir: Path) -> tuple[object | None, str]:
+    """(evaluator or None, where it came from / why there is none): `evaluator=PATH`, else RUN_DIR/evaluator (a
+    baselines generator RUN_DIR/<mode>: the run's shared OUT/evaluator); `evaluator=false` skips it."""
+    from .evaluation import load_evaluator
+
+    if cfg.evaluator is False:
+        return None, "evaluator=false: identity_similarity not computed"
+    if cfg.evaluator not in (None, "", True):
+        path = Path(str(cfg.evaluator)).expanduser()
+        if not path.exists():
+            raise UserError(f"evaluator={path} does not exist; give a saved evaluator folder (RUN_DIR/evaluator)")
+        return load_evaluator(path), str(path)
+    folders = [run_dir / "evaluator"]
+    if not (run_dir / "config.yaml").is_file():  # a baselines sub-run: the evaluator is the parent run's
+        folders.append(run_dir.parent / "evaluator")
+    for folder in folders:
+        if (folder / "evaluator.json").is_file():
+            return load_evaluator(folder), str(folder)
+    return None, (f"run={run_dir} has no evaluator/ (train it with evaluate=true, or pass evaluator=PATH): "
+                  "identity_similarity not computed")
+
+
+def identity_scores(items: list[Item], images: torch.Tensor, evaluator=None) -> dict:
+    """Per output with a source: identity_ssim / identity_psnr (pixels) and, with an evaluator, identity_similarity
+    (cosine of its L2-normalised CLIP image features, source vs output), into each item's row; returns the means."""
+    from .evaluation.metrics import identity_similarity
+
+    idx = [i for i, it in enumerate(items) if it.source is not None]
+    if not idx:
+        return {}
+    for i in idx:
+        items[i].row["identity_ssim"] = round(ssim(items[i].source, images[i]), 4)
+        items[i].row["identity_psnr"] = round(psnr(items[i].source, images[i]), 2)
+    means = {"images": len(idx),
+             "identity_ssim": round(sum(items[i].row["identity_ssim"] for i in idx) / len(idx), 4),
+             "identity_psnr": round(sum(items[i].row["identity_psnr"] for i in idx) / len(idx), 2)}
+    if evaluator is not None:
+        src = evaluator.features(torch.stack([items[i].source for i in idx]))
+        out = evaluator.features(images[idx])
+        for k, i in enumerate(idx):
+            items[i].row["identity_similarity"] = round(identity_similarity(src[k:k + 1], out[k:k + 1]), 4)
+        means["identity_similarity"] = round(identity_similarity(src, out), 4)
+    return means
+
+
 # ----------------------------------------------------------------------------------------------------- profiles
 class Profiles:
     """Resolves a disease id/name: the run's own profile when it has one, else the knowledge graph's (lazily)."""
@@ -303,10 +352,69 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
 
 
 # ----------------------------------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def ddim_invert(model_fn, latents: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
+                cond=None) -> torch.Tensor:
+    """Deterministic DDIM inversion: clean latents up the sampler's descending `timesteps` (walked backwards) to the
+    noisy latent at timesteps[0] that `ddim_sample` with the same model and condition maps back to (nearly) them.
+    Each step reuses the noise predicted at the target timestep from the current latent (the usual approximation
+    eps(x_t) ~ eps(x_{t-1}); exact in the limit of small steps)."""
+    a = alphas_cumprod.to(latents.device, torch.float32)
+    x, a_prev = latents, torch.tensor(1.0, device=latents.device)
+    for t in timesteps.flip(0):
+        eps = model_fn(x, t, cond).to(torch.float32)
+        x0 = (x.float() - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+        x = (a[t].sqrt() * x0 + (1 - a[t]).sqrt() * eps).to(latents.dtype)
+        a_prev = a[t]
+    return x
+
+
+def condition(gen, reqs: list) -> tuple:
+    """The sampler's `cond` tuple for requests (text states, KG tokens and their null counterparts), as
+    Generator.latents builds it."""
+    b = gen.backbone
+    states, added = b.text_states(gen._prompts(reqs))
+    null_states, null_added = b.text_states([""] * len(reqs))
+    tokens = gen._tokens(reqs)
+    null_tokens = gen.conditioner.null(len(reqs)) if tokens is not None else None
+    return states, tokens, null_states, null_tokens, added, null_added
+
+
+def invert(gen, latents: torch.Tensor, source_reqs: list, strength: float) -> torch.Tensor:
+    """The input latents inverted under the source condition (no guidance: guidance-1 inversion is the stable one)
+    up the `strength` share of the DDIM ladder: the start `Generator.latents(noise=...)` takes instead of noise."""
+    from .diffusion.sampling import cfg_model, ddim_timesteps
+
+    b = gen.backbone
+    steps = ddim_timesteps(b.scheduler.config.num_train_timesteps, gen.steps, strength)
+    return ddim_invert(cfg_model(b.unet, 1.0), latents, steps, b.scheduler.alphas_cumprod, condition(gen, source_reqs))
+
+
+@dataclass
+class Identity:
+    """A stacked identity adapter and its reference: fixed (set once) or, with identity_image=input, each output's
+    own input image (set per batch)."""
+    adapter: object
+    reference: str
+    encoder: object = None
+    processor: object = None
+
+    def feed(self, sources: torch.Tensor | None) -> None:
+        from .diffusion.adapter import identity_image_embeds, set_identity_embeds
+
+        if self.reference == "input":
+            set_identity_embeds(self.adapter, identity_image_embeds(self.encoder, self.processor, sources,
+                                                                    self.adapter.wants_hidden_states))
+
+
 def generate(gen, items: list[Item], batch_size: int, strength: float, mask: torch.Tensor | None,
-             progress: bool = True) -> torch.Tensor:
-    """uint8 [N, 3, S, S]: batched; items with a source are SDEdit'ed from it and composited through the mask."""
+             progress: bool = True, identity: Identity | None = None, inversion: tuple | None = None
+             ) -> torch.Tensor:
+    """uint8 [N, 3, S, S]: batched; items with a source are SDEdit'ed from it (noised, or DDIM-inverted under
+    `inversion` = (source profile, stage)) and composited through the mask."""
     from tqdm.auto import tqdm
+
+    from .diffusion.generator import Request
 
     out = []
     bar = tqdm(total=len(items), desc="generate", unit="img", disable=not progress)
@@ -315,7 +423,15 @@ def generate(gen, items: list[Item], batch_size: int, strength: float, mask: tor
         reqs = [it.request for it in chunk]
         if chunk[0].source is not None:
             src = torch.stack([it.source for it in chunk])
-            imgs = gen.decode(gen.latents(reqs, init_latents=gen.encode(src), strength=strength))
+            if identity is not None:
+                identity.feed(src)
+            init = gen.encode(src)
+            if inversion is not None:
+                source_reqs = [Request(inversion[0], inversion[1], r.seed, r.age) for r in reqs]
+                latents = gen.latents(reqs, noise=invert(gen, init, source_reqs, strength), strength=strength)
+            else:
+                latents = gen.latents(reqs, init_latents=init, strength=strength)
+            imgs = gen.decode(latents)
             if mask is not None:
                 imgs = (mask * imgs.float() + (1 - mask) * src.float()).round().clamp(0, 255).to(torch.uint8)
         else:
@@ -393,8 +509,6 @@ def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: tor
                     (staging / "sources").mkdir(exist_ok=True)
                     _pil(it.source).save(staging / sources[key])
                 row["source_image"] = sources[key]
-                row["identity_ssim"] = round(ssim(it.source, img), 4)
-                row["identity_psnr"] = round(psnr(it.source, img), 2)
             rows.append(row)
         if cfg.mode == "progression":
             (staging / "strips").mkdir()
@@ -419,6 +533,74 @@ def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: tor
         shutil.rmtree(staging, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------------------------------- identity
+def _existing(cfg: DictConfig, key: str, what: str) -> Path:
+    path = Path(str(cfg[key])).expanduser()
+    if not path.exists():
+        raise UserError(f"{key}={path} does not exist ({what})")
+    return path
+
+
+def check_identity(cfg: DictConfig):
+    """Validate the identity_* keys before anything loads; returns (checkpoint, encoder folder or None, reference:
+    a PIL image, precomputed embeddings, 'input', or None when no identity adapter is asked for)."""
+    if cfg.identity_adapter in (None, ""):
+        if cfg.identity_image not in (None, ""):
+            raise UserError("identity_image= needs identity_adapter=CHECKPOINT.safetensors (the IP-Adapter it feeds)")
+        return None
+    ckpt = _existing(cfg, "identity_adapter", "an IP-Adapter checkpoint, .safetensors")
+    if cfg.identity_image in (None, ""):
+        raise UserError("identity_adapter= needs identity_image=FACE (an image), identity_image=input (each input is "
+                        "its own reference) or identity_image=EMBEDS.safetensors (precomputed image_embeds)")
+    try:
+        float(cfg.identity_scale)
+    except (TypeError, ValueError):
+        raise UserError(f"identity_scale={cfg.identity_scale} is not a number") from None
+    ref = str(cfg.identity_image)
+    if ref == "input":
+        if not (cfg.mode in ("transform", "progression") and cfg.input):
+            raise UserError("identity_image=input needs input images (mode=transform, or mode=progression with "
+                            "input=)")
+        reference = "input"
+    else:
+        path = _existing(cfg, "identity_image", "the reference face: an image or image_embeds .safetensors")
+        if path.suffix == ".safetensors":
+            from .diffusion.adapter import read_identity_embeds
+
+            return ckpt, None, read_identity_embeds(path)  # no image encoder needed
+        from .data.images import load_rgb
+
+        reference = load_rgb(path)  # unreadable: ImageError (one line)
+    if cfg.identity_encoder not in (None, ""):
+        encoder = _existing(cfg, "identity_encoder", "the IP-Adapter's CLIP vision model folder")
+    else:
+        encoder = ckpt.parent / "image_encoder"
+        if not encoder.is_dir():
+            raise UserError(f"identity_encoder= is not set and {encoder} does not exist; give the CLIP vision model "
+                            "folder of the IP-Adapter (h94/IP-Adapter: models/image_encoder)")
+    return ckpt, encoder, reference
+
+
+def stack_identity(checked, unet, scale: float) -> Identity:
+    """Stack the checked identity adapter on the run's UNet and set a fixed reference now."""
+    from .diffusion.adapter import (identity_image_embeds, load_identity_encoder, set_identity_embeds,
+                                    stack_ip_adapter)
+
+    ckpt, encoder_dir, reference = checked
+    adapter = stack_ip_adapter(unet, ckpt, scale=scale)
+    encoder = processor = None
+    if encoder_dir is not None:
+        encoder, processor = load_identity_encoder(encoder_dir)
+    if isinstance(reference, torch.Tensor):
+        set_identity_embeds(adapter, reference)
+        return Identity(adapter, "embeddings")
+    if reference != "input":
+        set_identity_embeds(adapter, identity_image_embeds(encoder, processor, [reference],
+                                                           adapter.wants_hidden_states))
+        return Identity(adapter, "image", encoder, processor)
+    return Identity(adapter, "input", encoder, processor)
+
+
 # ----------------------------------------------------------------------------------------------------- entry
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.generator import Generator
@@ -436,6 +618,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise UserError("mask= / keep= need an input image (mode=transform, or mode=progression with input=)")
     if not 0.0 < float(cfg.strength) <= 1.0:
         raise UserError(f"strength={cfg.strength} must lie in (0, 1]")
+    if cfg.inversion and not (cfg.mode in ("transform", "progression") and cfg.input):
+        raise UserError("inversion=true needs input images (mode=transform, or mode=progression with input=)")
+    checked_identity = check_identity(cfg)
     cache = make_cache(cfg)
     backbone, conditioner, run_profiles, run_cfg = load_run(Path(str(cfg.run)).expanduser(), cache=cache,
                                                            adapter_scale=cfg.adapter_scale)
@@ -453,29 +638,61 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     profiles = Profiles(cfg, run_profiles, cache)
     items, intensities = plan(cfg, profiles, run_profiles, backbone.image_size, age)
     trained = {p.disease_id for p in conditioner.profiles}
+    heldout = heldout_of(Path(str(cfg.run)))
+    inversion = None
+    if cfg.inversion:
+        s = float(cfg.source_stage)
+        if not 0.0 <= s <= 3.0:
+            raise UserError(f"source_stage={cfg.source_stage}: the input's stage must lie in [0, 3]")
+        inversion = (profiles.get(cfg.source_disease), s)
     if conditioner.mode == "class":
-        unseen = sorted({it.row["disease"] for it in items} - trained)
+        asked = {it.row["disease"]: it.row["name"] for it in items}
+        if inversion:
+            asked[inversion[0].disease_id] = inversion[0].name
+        unseen = sorted(set(asked) - trained)
         if unseen:
+            named = [f"{d} ({asked[d]}{', held out in training' if d in heldout else ''})" for d in unseen]
             raise UserError(f"run={cfg.run} uses conditioning=class, which cannot draw diseases it never saw: "
-                            f"{', '.join(unseen)}")
+                            f"{', '.join(named)}; use a conditioning=kg or text run for them")
     if intensities and conditioner.mode == "kg":
         conditioner.graph_builder = _IntensityBuilder(conditioner.graph_builder, intensities)
-    heldout = heldout_of(Path(str(cfg.run)))
     for it in items:
         it.row["trained"] = it.row["disease"] in trained
         it.row["heldout"] = it.row["disease"] in heldout
     mask = edit_mask(cfg.mask, cfg.keep, backbone.image_size)
+    evaluator, evaluator_note = (find_evaluator(cfg, Path(str(cfg.run)).expanduser())
+                                 if any(it.source is not None for it in items) else (None, ""))
+    identity = None
+    if checked_identity is not None:
+        identity = stack_identity(checked_identity, backbone.unet, float(cfg.identity_scale))
+        ref = "input" if identity.reference == "input" else str(cfg.identity_image)
+        for it in items:
+            it.row["identity_reference"] = it.extra.get("input", "") if ref == "input" else ref
 
     guidance = float(cfg.guidance if cfg.guidance is not None else run_cfg.model.sample.guidance)
     steps = int(cfg.steps if cfg.steps is not None else run_cfg.model.sample.steps)
     gen = Generator(backbone, conditioner, guidance=guidance, steps=steps)
     log.info("%s: %d images from %s (guidance %g, %d steps)", cfg.mode, len(items), cfg.run, guidance, steps)
-    images = generate(gen, items, int(cfg.batch_size), float(cfg.strength), mask, progress=bool(cfg.progress))
+    images = generate(gen, items, int(cfg.batch_size), float(cfg.strength), mask, progress=bool(cfg.progress),
+                      identity=identity, inversion=inversion)
+    scores = identity_scores(items, images, evaluator)
+    if scores:
+        scores["evaluator"] = evaluator_note if evaluator is not None else None
+        if evaluator is None:
+            scores["identity_similarity"] = None
+            scores["note"] = evaluator_note
     summary = {"run": str(cfg.run), "mode": cfg.mode, "conditioning": conditioner.mode, "images": len(items),
                "guidance": guidance, "steps": steps, "strength": float(cfg.strength),
                "mask": OmegaConf.to_container(cfg.mask) if isinstance(cfg.mask, ListConfig) else cfg.mask,
                "keep": OmegaConf.to_container(cfg.keep) if isinstance(cfg.keep, ListConfig) else cfg.keep,
-               "identity_score": "pixel-space SSIM/PSNR to the input (identity_ssim, identity_psnr)",
+               "inversion": ({"source_disease": inversion[0].disease_id, "source_stage": inversion[1]}
+                             if inversion else False),
+               "identity_adapter": ({"checkpoint": str(checked_identity[0]), "reference": identity.reference,
+                                     "image": str(cfg.identity_image), "scale": float(cfg.identity_scale),
+                                     "encoder": str(checked_identity[1]) if checked_identity[1] else None}
+                                    if identity else None),
+               "identity": scores or "no input images: nothing to compare (identity scores are for transform and "
+                                     "progression with input=)",
                "seconds": round(time.perf_counter() - t0, 1)}
     manifest = write_outputs(out_dir, cfg, items, images, summary)
     print(f"{len(items)} images in {time.perf_counter() - t0:.0f} s: {manifest}")

@@ -62,3 +62,38 @@ def load_profiles(cfg: DictConfig, diseases: list[str] | None = None, cache: Cac
         seen.add(profile.disease_id)
         out.append(profile)
     return out
+
+
+def profile_source(cfg: DictConfig, profiles: list) -> list:
+    """`profile.source=kg|learned|blend`: the profiles whose frequencies condition the generator (the KG's, or those
+    learned from images: `profile.learned=OUT/learned_profiles.json` of `python -m kgface.evaluate`)."""
+    from .errors import UserError
+    from .kg.profiles import PROFILE_SOURCES, with_frequencies
+
+    p = cfg.get("profile") or {}
+    source = str(p.get("source", "kg"))
+    if source not in PROFILE_SOURCES:
+        raise UserError(f"profile.source={source}: use one of {', '.join(PROFILE_SOURCES)}")
+    if source == "kg":
+        return list(profiles)
+    path = p.get("learned")
+    if not path:
+        raise UserError(f"profile.source={source} needs profile.learned=PATH, a learned_profiles.json written by "
+                        "python -m kgface.evaluate real=MANIFEST")
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(str(path)).expanduser().read_text(encoding="utf-8"))
+        table = {d: {e["hpo_id"]: float(e["learned_frequency"]) for e in entry["phenotypes"]}
+                 for d, entry in data["diseases"].items()}
+    except FileNotFoundError:
+        raise UserError(f"profile.learned={path}: file not found (run python -m kgface.evaluate real=MANIFEST "
+                        "to write learned_profiles.json)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"profile.learned={path}: not a kgface learned_profiles.json ({exc!r})") from None
+    known = {q.disease_id for q in profiles}
+    if not set(table) & known:
+        raise UserError(f"profile.learned={path}: none of its diseases ({', '.join(sorted(table)[:5])}) is in the "
+                        "panel; was it learned on another dataset?")
+    return with_frequencies(profiles, table, source, float(p.get("blend", 0.5)))

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from .cache import write_json_atomic
 from .config import entry
 from .errors import UserError
-from .runtime import load_knowledge, load_profiles, make_cache
+from .runtime import load_knowledge, load_profiles, make_cache, profile_source
 
 AGE_INDEX = {"child": 0, "adolescent": 1, "adult": 2, "older_adult": 3}
 
@@ -77,41 +77,19 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str]):
                      age=torch.tensor([AGE_INDEX.get(a, -1) for a in df.get("age_group", [""] * len(df))]))
 
 
-def sample_grid(generator, profiles, stages, per_cell: int, seed: int):
-    """Images for every (profile, stage) with shared seeds per column (the same faces across diseases/stages)."""
-    from .diffusion.generator import Request
+def preflight(cfg: DictConfig) -> None:
+    """Check what needs no heavy work: conditioning names and the pretrained folder's layout."""
+    from .diffusion.conditioning import MODES
 
-    reqs, rows = [], []
-    for p in profiles:
-        for k in range(per_cell):
-            for j, s in enumerate(stages):
-                # healthy has no stages: its cells are other faces (other seeds) instead of repeats
-                sd = seed + 1000 + k * len(stages) + j if p.healthy else seed + k
-                reqs.append(Request(p, 0.0 if p.healthy else float(s), sd))
-                rows.append({"disease": p.disease_id, "stage": 0 if p.healthy else int(s), "seed": sd})
-    return generator.sample(reqs), rows
+    modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
+    bad = [str(m) for m in modes if m not in (*MODES, CONTROL)]
+    if bad:
+        key = "baselines" if cfg.get("baselines") else "conditioning"
+        raise UserError(f"{key}={bad[0]} is unknown; use one of {', '.join((*MODES, CONTROL))}")
+    if cfg.model.name != "tiny":
+        from .diffusion.models import check_pretrained_folder
 
-
-def save_grid(images: torch.Tensor, rows: list[dict], names: dict, path: Path, stages, per_cell: int) -> Path:
-    from PIL import Image, ImageDraw
-
-    size = images.shape[-1]
-    diseases = list(dict.fromkeys(r["disease"] for r in rows))
-    cols = per_cell * len(stages)
-    label_w = 170
-    sheet = Image.new("RGB", (label_w + cols * (size + 2), 16 + len(diseases) * (size + 2)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for k in range(cols):
-        draw.text((label_w + k * (size + 2) + 2, 2), f"stage {list(stages)[k % len(stages)]}", fill="black")
-    for r_i, d in enumerate(diseases):
-        draw.text((4, 18 + r_i * (size + 2)), f"{d}\n{names.get(d, '')[:26]}", fill="black")
-        cells = [i for i, r in enumerate(rows) if r["disease"] == d]
-        for c, i in enumerate(cells[:cols]):
-            img = Image.fromarray(images[i].permute(1, 2, 0).numpy())
-            sheet.paste(img, (label_w + c * (size + 2), 16 + r_i * (size + 2)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+        check_pretrained_folder(cfg.model.get("pretrained"), cfg.model.name)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -119,6 +97,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .dataset import panel_profiles
     from .prompts import describe_profiles, save_descriptions
 
+    preflight(cfg)  # settings that cannot work fail now, not after the data, VAE and evaluator are built
     t0 = time.perf_counter()
     if int(cfg.get("num_threads") or 0) > 0:
         torch.set_num_threads(int(cfg.num_threads))
@@ -128,13 +107,19 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     cache = make_cache(cfg)
     timings, metrics = {}, {}
 
+    def lap(name):
+        timings[name] = time.perf_counter() - t0 - sum(timings.values())
+
     # 1. knowledge -> profiles (the panel + healthy), descriptions
     profiles = panel_profiles(cfg, cache)
     write_json_atomic(out_dir / "profiles.json", {"schema": "kgface.profiles/1", "kg": cfg.kg.source,
                                                   "profiles": [p.to_dict() for p in profiles]})
+    conditioned = profile_source(cfg, profiles)  # profile.source=learned|blend: frequencies learned from images
+    if conditioned is not profiles and any(a.to_dict() != b.to_dict() for a, b in zip(conditioned, profiles)):
+        write_json_atomic(out_dir / "conditioning_profiles.json", [p.to_dict() for p in conditioned])
     descriptions = describe_profiles(profiles, _container(cfg.llm), cache)
     save_descriptions(out_dir / "descriptions.json", descriptions)
-    timings["profiles_s"] = time.perf_counter() - t0
+    lap("profiles_s")
 
     # 2. data
     if cfg.data.name == "phantom":
@@ -145,7 +130,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         manifest = build_real_dataset(cfg.data, out_dir / "data").manifest
     heldout = {str(h) for h in cfg.data.get("heldout") or []}
     write_json_atomic(out_dir / "data.json", {"manifest": str(manifest), "heldout": sorted(heldout)})
-    timings["data_s"] = time.perf_counter() - t0 - sum(timings.values())
+    lap("data_s")
 
     # 3. VAE (tiny: trained once per dataset, cached)
     vae = None
@@ -154,35 +139,49 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
         vae, metrics["vae"], _ = cached_vae(manifest, _container(cfg.model.tiny), _container(cfg.model.vae_train),
                                             cache, progress=cfg.progress)
-    timings["vae_s"] = time.perf_counter() - t0 - sum(timings.values())
+    lap("vae_s")
 
-    # 4-6. the generator, once per conditioning
+    # 4. the evaluator: trained on real images of every disease (held-out ones too), never on generated ones,
+    #    before the generator; cached by data and config
+    evaluator = None
+    if cfg.evaluate:
+        from .evaluation import fit_evaluator
+
+        evaluator = fit_evaluator(cfg.evaluator, manifest, profiles, cache, progress=cfg.progress)
+        evaluator.save(out_dir / "evaluator")
+    lap("evaluator_s")
+
+    # 5-7. the generator, once per conditioning: train, draw, evaluate
     modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
-    for mode in modes:
+    for k, mode in enumerate(modes):
         sub = out_dir if len(modes) == 1 else out_dir / mode
         t1 = time.perf_counter()
-        result = train_generator(cfg, mode, profiles, manifest, heldout, vae, cache, sub)
+        result = train_generator(cfg, mode, conditioned, manifest, heldout, vae, cache, sub, evaluator,
+                                 measure_real=k == 0, truth=profiles)
         if len(modes) == 1:
             metrics.update(result)
         else:
+            for key in ("evaluator", "vae_ceiling_top1"):  # the instrument's own numbers, measured once
+                if key in result:
+                    metrics[key] = result.pop(key)
             metrics.setdefault("baselines", {})[mode] = result
         timings[f"generator_{mode}_s"] = time.perf_counter() - t1
 
-    # 7. report
+    # 8. report
     metrics["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    metrics["timings"]["total_s"] = round(time.perf_counter() - t0, 1)
     metrics["conditioning"] = modes[0] if len(modes) == 1 else modes
     write_json_atomic(out_dir / "metrics.json", metrics)
-    grids = [Path(m) / "samples" / "grid.png" for m in ([] if len(modes) == 1 else modes)] or \
-        [Path("samples") / "grid.png"]
-    _report(out_dir, metrics, grids)
+    _report(out_dir, metrics, modes)
     cache.record(out_dir)
     print(f"done in {time.perf_counter() - t0:.0f} s: {out_dir / 'report.md'}")
     return metrics
 
 
 def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldout: set[str], vae, cache,
-                    out_dir: Path) -> dict:
-    """Train one generator (conditioning `mode`), save it, and draw its sample grid into out_dir."""
+                    out_dir: Path, evaluator=None, measure_real: bool = True, truth=None) -> dict:
+    """Train one generator (conditioning `mode`) on `profiles`, save it, draw its samples and transformations into
+    out_dir, and (with an evaluator) measure them against `truth` (the KG profiles; default `profiles`)."""
     from .diffusion.adapter import save_kg_adapter
     from .diffusion.backbones import build_backbone, save_model_folder
     from .diffusion.generator import Generator
@@ -190,13 +189,22 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg.seed))
+    truth = truth or profiles
+    if mode == CONTROL:  # the KG encoder sees every disease with another disease's phenotypes
+        profiles, mode = shuffled_edges(profiles, int(cfg.seed)), "kg"
+        write_json_atomic(out_dir / "shuffled_profiles.json", [p.to_dict() for p in profiles])
     backbone = build_backbone(_container(cfg.model), vae=vae, num_tokens=int(cfg.model.get("num_tokens", 8)),
                               with_adapter=mode != "text")
     train_profiles = [p for p in profiles if p.disease_id not in heldout]
     conditioner = build_conditioning(cfg, backbone, train_profiles, cache, mode)
     data = latent_set(manifest, train_profiles, backbone, heldout)
+    gen = Generator(backbone, conditioner, guidance=float(cfg.model.sample.guidance),
+                    steps=int(cfg.model.sample.steps))
+    names = {p.disease_id: p.name + (" (held out)" if p.disease_id in heldout else "") for p in profiles}
+    drawable = profiles if mode != "class" else train_profiles  # class tokens cannot draw an unseen disease
+    on_validate = _validation_grids(cfg, gen, drawable, names, out_dir)
     result = train(backbone, conditioner, data, {**_container(cfg.trainer), "seed": int(cfg.seed)}, out_dir,
-                   progress=cfg.progress)
+                   progress=cfg.progress, on_validate=on_validate)
     if result["ema"] is not None:
         result["ema"].copy_to()  # the final weights are the EMA weights (checkpoints keep the raw ones)
     recent = result["losses"][-50:]
@@ -217,35 +225,126 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     write_json_atomic(out_dir / "losses.json", result["losses"])
     _plot_loss(result["losses"], out_dir / "loss.png")
 
-    # samples: every disease (held-out ones too, except under class conditioning) x stage
-    gen = Generator(backbone, conditioner, guidance=float(cfg.model.sample.guidance),
-                    steps=int(cfg.model.sample.steps))
-    drawable = profiles if mode != "class" else train_profiles
-    stages = list(cfg.samples.stages)
-    images, rows = sample_grid(gen, drawable, stages, int(cfg.samples.per_cell), int(cfg.seed) + 1000)
-    names = {p.disease_id: p.name + (" (held out)" if p.disease_id in heldout else "") for p in profiles}
-    save_grid(images, rows, names, out_dir / "samples" / "grid.png", stages, int(cfg.samples.per_cell))
-    _write_samples(images, rows, out_dir / "samples", heldout)
-    metrics["samples"] = {"images": len(rows), "manifest": "samples/manifest.csv"}
+    # samples: every disease (held-out ones too, except under class conditioning) x stage; transformations
+    metrics.update(draw_and_measure(cfg, gen, truth, drawable, manifest, heldout, names, out_dir, evaluator,
+                                    measure_real, mode))
     return metrics
 
 
-def _write_samples(images, rows, folder: Path, heldout: set[str]) -> Path:
-    """samples/*.png + samples/manifest.csv (the dataset format plus the request), for kgface.evaluate."""
-    from PIL import Image
+CONTROL = "kg_shuffled"  # a baselines entry: KG conditioning trained and drawn on shuffled disease-phenotype edges
 
-    from .data.manifest import write_manifest
 
-    out = []
-    for i, (img, r) in enumerate(zip(images, rows)):
-        rel = f"images/{r['disease'].replace(':', '_')}_s{r['stage']}_seed{r['seed']}.png"
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / rel)
-        out.append({"path": rel, "identity": f"seed-{r['seed']}", "disease": r["disease"], "stage": r["stage"],
-                    "severity": float(r["stage"]), "split": "test", "source": "generated", "phenotypes": "{}",
-                    "mode": "sample", "requested_disease": r["disease"], "requested_stage": r["stage"],
-                    "seed": r["seed"], "source_image": "", "heldout": r["disease"] in heldout})
-    return write_manifest(out, folder / "manifest.csv")
+def shuffled_edges(profiles, seed: int):
+    """Control: every disease keeps its id and name but gets another disease's visible phenotypes (a seeded
+    derangement over the diseases, held-out ones included). Seen diseases stay learnable (their tokens are still
+    distinct); what should collapse is drawing a held-out disease from its phenotypes."""
+    import dataclasses
+    import random
+
+    sick = [p for p in profiles if not p.healthy]
+    order = list(range(len(sick)))
+    rng = random.Random(seed)
+    while len(order) > 1 and any(i == j for i, j in enumerate(order)):
+        rng.shuffle(order)
+    moved = {p.disease_id: dataclasses.replace(p, phenotypes=list(sick[j].phenotypes)) for p, j in zip(sick, order)}
+    return [moved.get(p.disease_id, p) for p in profiles]
+
+
+def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[str], names: dict, out_dir: Path,
+                     evaluator, measure_real: bool, mode: str) -> dict:
+    """samples/ (grid + transformations + manifest.csv) and, with an evaluator, evaluation/ (metrics, figures)."""
+    from .data.manifest import read_manifest
+    from .diffusion.samples import sample_grid, save_grid, save_pairs, transform_set, write_set
+
+    stages = list(cfg.samples.stages)
+    per_cell = int(cfg.samples.per_cell)
+    seed = int(cfg.seed) + 1000
+    images, rows = sample_grid(gen, drawable, stages, per_cell, seed)
+    save_grid(images, rows, names, out_dir / "samples" / "grid.png", [f"stage {s}" for s in stages] * per_cell)
+    real_df = read_manifest(manifest)[0]
+    n_ids = int(cfg.samples.get("transform_identities", 0))
+    if n_ids > 0:
+        test = real_df[real_df["split"] == "test"]
+        t_images, t_rows = transform_set(gen, drawable, test, n_ids, float(cfg.samples.transform_strength),
+                                         seed + 5000)
+        if t_rows:
+            save_pairs([r["source_image"] for r in t_rows], t_images, t_rows, names,
+                       out_dir / "samples" / "transforms.png")
+            images, rows = torch.cat([images, t_images]), rows + t_rows
+    gen_manifest = write_set(images, rows, out_dir / "samples", heldout)
+    out = {"samples": {"images": len(rows), "manifest": "samples/manifest.csv"}}
+    if evaluator is None:
+        return out
+
+    from .diffusion.vae import roundtrip
+    from .evaluation import evaluate_sets, write_report
+
+    vae = gen.backbone.vae
+    metrics, scored = evaluate_sets(evaluator, real_df, gen_manifest,
+                                    profiles, roundtrip=(lambda x: roundtrip(vae, x)) if measure_real else None,
+                                    return_scored=True, heldout=heldout)
+    controls = _controls(cfg, gen, drawable, evaluator, heldout, mode)
+    if controls:
+        metrics["controls"] = controls
+    if not measure_real:  # the instrument's numbers belong to the first generator's evaluation only
+        metrics.pop("evaluator", None)
+        metrics.pop("vae_ceiling_top1", None)
+    notes = [f"conditioning={mode}; evaluator {evaluator.cfg['name']} trained on the real train split "
+             "(held-out diseases included, never generated images)",
+             "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
+             "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here)"]
+    write_report(out_dir / "evaluation", metrics, scored, evaluator, profiles, notes=notes,
+                 title=f"kgface evaluation ({mode})")
+    out.update(metrics)
+    return out
+
+
+@torch.no_grad()
+def _controls(cfg, gen, drawable, evaluator, heldout: set[str], mode: str) -> dict:
+    """Does the image follow the condition? The same seeds drawn (a) with another disease's tokens and (b) with the
+    adapter at scale 0; the share of images whose measured disease changes (KG and class conditioning only)."""
+    if mode == "text":
+        return {}
+    from .diffusion.adapter import set_adapter_scale
+    from .diffusion.generator import Request
+
+    sick = [p for p in drawable if not p.healthy]
+    if len(sick) < 2:
+        return {}
+    seed = int(cfg.seed) + 9000
+    reqs = [Request(p, 3.0, seed + i) for i, p in enumerate(sick)]
+    swapped = [Request(sick[(i + 1) % len(sick)], 3.0, seed + i) for i in range(len(sick))]
+    base = evaluator.score(gen.sample(reqs))["pred_disease"].to_numpy()
+    swap = evaluator.score(gen.sample(swapped))["pred_disease"].to_numpy()
+    set_adapter_scale(gen.backbone.unet, 0.0)
+    try:
+        off = evaluator.score(gen.sample(reqs))["pred_disease"].to_numpy()
+    finally:
+        set_adapter_scale(gen.backbone.unet, float(cfg.model.get("adapter_scale", 1.0)))
+    target = [p.disease_id for p in sick]
+    return {"n": len(sick), "token_swap_changed": float((swap != base).mean()),
+            "token_swap_follows_tokens": float((swap == [r.profile.disease_id for r in swapped]).mean()),
+            "scale0_changed": float((off != base).mean()),
+            "top1": float((base == target).mean()), "scale0_top1": float((off == target).mean())}
+
+
+def _validation_grids(cfg, gen, drawable, names, out_dir: Path):
+    """trainer.val_every > 0: a small diseases x stages grid (one face per cell) every N steps, samples/val/."""
+    if not int(cfg.trainer.get("val_every") or 0):
+        return None
+    from .diffusion.samples import sample_grid, save_grid
+
+    stages = list(cfg.samples.stages)
+
+    def on_validate(step: int) -> None:
+        was = gen.backbone.unet.training
+        gen.backbone.unet.eval()
+        images, rows = sample_grid(gen, drawable, stages, 1, int(cfg.seed) + 1000)
+        save_grid(images, rows, names, out_dir / "samples" / "val" / f"step-{step:07d}.png",
+                  [f"stage {s}" for s in stages])
+        gen.backbone.unet.train(was)
+
+    return on_validate
 
 
 def _plot_loss(losses: list[float], path: Path) -> None:
@@ -266,13 +365,72 @@ def _plot_loss(losses: list[float], path: Path) -> None:
     plt.close(fig)
 
 
-def _report(out_dir: Path, metrics: dict, grids: list[Path]) -> None:
-    lines = ["# kgface training run", "", f"Conditioning: `{metrics['conditioning']}`", "",
-             "## Samples (diseases x stages; held-out diseases were never trained on)", ""]
-    for grid in grids:
-        lines += [f"![samples]({grid})", "", f"![loss]({grid.parent.parent / 'loss.png'})", ""]
-    lines += ["## Numbers", "", "```json", json.dumps(metrics, indent=2), "```", ""]
-    (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
+HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchmark)
+    ("evaluator.real_top1", "evaluator top-1 on real test images (stages 2-3 + healthy)", ">= 0.95"),
+    ("evaluator.oracle_top1", "the same probe on the renderer's true phenotype vectors (separability ceiling)", ""),
+    ("vae_ceiling_top1", "evaluator top-1 after a VAE round trip (no generator can beat it)", ""),
+    ("evaluator.real_stage_mae", "evaluator stage MAE on real test images", ""),
+    ("generation.seen_top1", "generated, diseases the generator trained on", ">= 0.90"),
+    ("generation.heldout_top1", "generated, held-out diseases (composed from their phenotypes)", ">= 0.60"),
+    ("generation.stage_spearman", "requested stage vs measured severity", ">= 0.9"),
+    ("generation.profile_match_f1", "detected vs expected phenotypes", ""),
+    ("generation.frequency_mae", "generated phenotype frequencies vs the KG's", ""),
+    ("transform.target_top1", "healthy->disease / disease->healthy transformations reach the target", ""),
+    ("transform.identity_similarity", "evaluator feature cosine, source vs transformed", ""),
+    ("tstr_top1", "probe trained on generated images, tested on real ones", ""),
+    ("kid_clip", "KID on evaluator CLIP features (lead with KID at small n)", ""),
+    ("fid_clip", "FID on evaluator CLIP features", ""),
+    ("memorisation_rate", "generated images closer to a training image than real near-duplicates", ""),
+    ("controls.token_swap_changed", "measured disease changes when another disease's tokens are swapped in", ""),
+    ("controls.scale0_changed", "measured disease changes with the adapter at scale 0", ""),
+]
+
+
+def _get(metrics: dict, dotted: str):
+    node = metrics
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _report(out_dir: Path, metrics: dict, modes: list[str]) -> None:
+    """report.md: headline numbers (per conditioning after baselines), pictures, then every number."""
+    subs = {m: ("" if len(modes) == 1 else f"{m}/") for m in modes}
+    per_mode = {m: (metrics if len(modes) == 1 else {**metrics, **metrics["baselines"][m]}) for m in modes}
+    lines = ["# kgface training run", "",
+             f"Conditioning: {', '.join(f'`{m}`' for m in modes)}. Layout and keys: docs/training.md.", "",
+             "## Headline numbers", "", "| metric | " + " | ".join(modes) + " | target | what it measures |",
+             "|---|" + "---|" * len(modes) + "---|---|"]
+    for key, what, target in HEADLINE:
+        vals = [_get(per_mode[m], key) for m in modes]
+        if all(v is None for v in vals):
+            continue
+        lines.append(f"| `{key}` | " + " | ".join(_fmt(v) for v in vals) + f" | {target} | {what} |")
+    lines += ["", f"Wall time: {_fmt(_get(metrics, 'timings.total_s'))} s "
+              f"({', '.join(f'{k} {v}' for k, v in metrics.get('timings', {}).items() if k != 'total_s')}).", ""]
+    for m in modes:
+        p = subs[m]
+        lines += [f"## Samples ({m}): diseases x stages; held-out diseases were never trained on", "",
+                  f"![samples {m}]({p}samples/grid.png)", ""]
+        if (out_dir / p / "samples" / "transforms.png").exists():
+            lines += [f"Transformations of test identities (top: real input; bottom: output):", "",
+                      f"![transforms {m}]({p}samples/transforms.png)", ""]
+        lines += [f"![loss {m}]({p}loss.png)", ""]
+        ev = out_dir / p / "evaluation"
+        if ev.is_dir():
+            lines += [f"Evaluation figures and every number: [{p}evaluation/report.md]({p}evaluation/report.md)", ""]
+            for png in sorted(ev.glob("*.png")):
+                lines += [f"![{png.stem}]({p}evaluation/{png.name})", ""]
+    lines += ["## All numbers", "", "```json", json.dumps(metrics, indent=2), "```", ""]
+    from .cache import write_text_atomic
+
+    write_text_atomic(out_dir / "report.md", "\n".join(lines))
 
 
 main = entry("train")(run)

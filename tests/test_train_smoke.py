@@ -13,26 +13,56 @@ MICRO = ["model.tiny.image_size=32", "model.tiny.vae_block_out_channels=[16,32]"
          "data.size=32", "data.supersample=2", "data.per_class=2", "data.healthy_per_class=4", "data.identities=60",
          "data.diseases=[ORPHA:870,ORPHA:648,MONDO:0011438]", "data.heldout=[ORPHA:648]",
          "trainer.steps=4", "trainer.batch_size=4", "trainer.checkpoint_every=2", "trainer.log_every=1",
-         "samples.per_cell=1", "samples.stages=[0,3]", "progress=false", "evaluate=false"]
+         "samples.per_cell=1", "samples.stages=[0,3]", "samples.transform_identities=1", "progress=false",
+         "evaluate=false"]
+# a micro evaluator (seconds to train): the job's evaluation path, not its quality
+MICRO_EVALUATOR = ["evaluate=true", "evaluator.image_size=32", "evaluator.embed_dim=32", "evaluator.vision.width=32",
+                   "evaluator.vision.layers=1", "evaluator.vision.patch_size=8", "evaluator.vision.head_width=16",
+                   "evaluator.text.width=32", "evaluator.text.layers=1", "evaluator.text.heads=2",
+                   "evaluator.train.steps=3", "evaluator.train.batch_size=16"]
+REQUIRED_KEYS = ["evaluator.real_top1", "evaluator.real_stage_mae", "evaluator.oracle_top1", "generation.seen_top1",
+                 "generation.heldout_top1", "generation.stage_spearman", "generation.profile_match_f1",
+                 "transform.identity_similarity", "transform.target_top1", "generation.frequency_mae", "tstr_top1",
+                 "vae_ceiling_top1", "fid_clip", "kid_clip", "memorisation_rate", "controls.token_swap_changed",
+                 "controls.scale0_changed"]
+
+
+def _has(metrics: dict, dotted: str) -> bool:
+    node = metrics
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def test_train_job_writes_the_documented_layout(tmp_path):
     from kgface.train import main
 
     out = tmp_path / "run"
-    main(MICRO + [f"hydra.run.dir={out}"])
+    main(MICRO + MICRO_EVALUATOR + ["trainer.val_every=2", f"hydra.run.dir={out}"])
     for rel in ["config.yaml", "profiles.json", "descriptions.json", "metrics.json", "report.md", "loss.png",
                 "adapter.safetensors", "adapter.json", "encoder/model.safetensors", "model/unet/config.json",
-                "model/vae/config.json", "samples/grid.png", "samples/manifest.csv", "cache_entries.json",
-                "checkpoints/step-0000004/trainable.safetensors"]:
+                "model/vae/config.json", "samples/grid.png", "samples/transforms.png", "samples/manifest.csv",
+                "cache_entries.json", "checkpoints/step-0000004/trainable.safetensors", "evaluator/evaluator.json",
+                "evaluation/report.md", "evaluation/report.html", "evaluation/confusion_generated.png",
+                "samples/val/step-0000002.png", "samples/val/step-0000004.png"]:
         assert (out / rel).exists(), rel
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 4 and metrics["conditioning"] == "kg"
+    missing = [k for k in REQUIRED_KEYS if not _has(metrics, k)]
+    assert not missing, missing
     from kgface.data.manifest import read_manifest
 
     samples, _ = read_manifest(out / "samples" / "manifest.csv")
-    assert set(samples["disease"]) == {"ORPHA:870", "ORPHA:648", "MONDO:0011438", "healthy"}  # held-out drawn too
-    assert samples["heldout"].astype(str).eq("True").sum() == 2
+    drawn = samples[samples["mode"] == "sample"]
+    assert set(drawn["disease"]) == {"ORPHA:870", "ORPHA:648", "MONDO:0011438", "healthy"}  # held-out drawn too
+    assert drawn["heldout"].astype(str).eq("True").sum() == 2
+    moved = samples[samples["mode"] == "transform"]
+    assert set(moved["disease"]) == {"ORPHA:870", "ORPHA:648", "MONDO:0011438", "healthy"}
+    assert all((out / "samples" / p).exists() for p in moved["path"]) and moved["source_image"].str.len().gt(0).all()
+    report = (out / "report.md").read_text()
+    assert "generation.heldout_top1" in report and "samples/transforms.png" in report
 
 
 def test_bad_overrides_are_clear_errors(tmp_path, capsys):
@@ -55,9 +85,19 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
     from kgface.train import main
 
     out = tmp_path / "run"
-    main(MICRO + ["experiment=baselines", "trainer.steps=2", "trainer.checkpoint_every=0", f"hydra.run.dir={out}"])
+    main(MICRO + MICRO_EVALUATOR + ["experiment=baselines", "trainer.steps=2", "trainer.checkpoint_every=0",
+                                    f"hydra.run.dir={out}"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["baselines"]) == {"kg", "text", "class"}
+    assert set(metrics["baselines"]) == {"kg", "text", "class", "kg_shuffled"}
+    assert "real_top1" in metrics["evaluator"]  # the instrument is measured once, beside the baselines
+    for mode in ("kg", "text"):  # the same generation keys per conditioning, held-out diseases included
+        assert _has(metrics["baselines"][mode], "generation.heldout_top1"), mode
+    assert not _has(metrics["baselines"]["class"], "generation.heldout_top1")  # cannot draw unseen diseases
+    shuffled = json.loads((out / "kg_shuffled" / "shuffled_profiles.json").read_text())
+    truth = {p["disease_id"]: p for p in json.loads((out / "profiles.json").read_text())["profiles"]}
+    for p in shuffled:  # the control's KG: same diseases, every one with another disease's phenotypes
+        if p["disease_id"] != "healthy":
+            assert p["phenotypes"] != truth[p["disease_id"]]["phenotypes"], p["disease_id"]
     assert (out / "kg" / "encoder" / "model.safetensors").exists()
     assert (out / "class" / "class_tokens.safetensors").exists()
     assert not (out / "text" / "adapter.safetensors").exists()  # text conditioning has no KG branch
@@ -65,3 +105,21 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
 
     cls, _ = read_manifest(out / "class" / "samples" / "manifest.csv")
     assert "ORPHA:648" not in set(cls["disease"])  # class conditioning cannot draw the held-out disease
+
+
+def test_shuffled_edges_is_a_seeded_derangement_of_the_phenotype_sets():
+    from kgface.kg.profiles import FacialProfile, Phenotype, healthy_profile
+    from kgface.train import shuffled_edges
+
+    def prof(i):
+        return FacialProfile(f"D:{i}", f"disease {i}", "hpo",
+                             [Phenotype(hpo_id=f"HP:{i:07d}", name=f"p{i}", region="eyes", visual="x", frequency=0.5)])
+
+    profiles = [prof(i) for i in range(5)] + [healthy_profile("hpo")]
+    a, b = shuffled_edges(profiles, 0), shuffled_edges(profiles, 0)
+    assert [p.to_dict() for p in a] == [p.to_dict() for p in b]  # seeded
+    assert [p.disease_id for p in a] == [p.disease_id for p in profiles]
+    moved = [p.phenotypes[0].hpo_id for p in a[:5]]
+    assert sorted(moved) == sorted(p.phenotypes[0].hpo_id for p in profiles[:5])  # a permutation...
+    assert all(m != p.phenotypes[0].hpo_id for m, p in zip(moved, profiles[:5]))  # ...with no fixed point
+    assert a[5].healthy and a[5].phenotypes == []

@@ -14,6 +14,13 @@ The tokens reach the processors through the UNet's stock IP-Adapter route: `unet
 
 Files: `adapter.safetensors` (keys "<attention module path>.to_k_ip.weight" / ".to_v_ip.weight") and `adapter.json`
 (the `KGAdapterConfig` plus each layer's shapes). Loading reads safetensors only, never pickle.
+
+Identity stacking (`stack_ip_adapter`): a user's IP-Adapter checkpoint (e.g. a face adapter) joins the KG adapter on
+the same processors as a second entry of their `to_k_ip` / `to_v_ip` / `scale` lists and of the projection's
+`image_projection_layers`, so one attention call serves both (diffusers' multi-IP-Adapter layout). The stock
+`load_ip_adapter` would replace the KG processors, hence this. The reference face's image embeddings are fed by a UNet
+forward pre-hook (`added_cond_kwargs["image_embeds"] += [identity]`), so every caller of the UNet (kgface's sampler,
+the stock pipelines) gets them without a new argument.
 """
 from __future__ import annotations
 
@@ -168,7 +175,7 @@ def set_adapter_scale(unet: nn.Module, scale: float) -> None:
     if not procs:
         raise AdapterError("this UNet has no KG adapter; call attach_kg_adapter or load_kg_adapter first")
     for p in procs.values():
-        p.scale = [float(scale)]
+        p.scale = [float(scale)] + list(p.scale[1:])  # a stacked identity adapter keeps its own scale
 
 
 def get_adapter_scale(unet: nn.Module) -> float:
@@ -295,3 +302,247 @@ def load_kg_adapter(unet: nn.Module, folder: str | Path, scale: float | None = N
     if scale is not None:
         cfg.scale = float(scale)
     return cfg
+
+
+# ----------------------------------------------------------------------------------------------- identity stacking
+IP_ADAPTER_FORMAT = ("one safetensors file with keys 'image_proj.<name>' (the image projection, as h94/IP-Adapter "
+                     "writes it) and 'ip_adapter.<n>.to_k_ip.weight' / '.to_v_ip.weight' (n = 1, 3, 5, ...: the "
+                     "cross-attention layers in the UNet's order), the format diffusers' load_ip_adapter reads")
+
+
+@dataclass
+class IdentityAdapter:
+    """An IP-Adapter stacked beside the KG adapter: its position in every processor's lists, its checkpoint, its image
+    projection and the reference embeddings the UNet hook feeds it ([1 or B, 1, D], or [.., 1, S, D] for projections
+    that take the encoder's hidden states)."""
+    index: int
+    path: str
+    projection: nn.Module
+    num_tokens: int
+    embeds: torch.Tensor | None = None
+    handle: object = field(default=None, repr=False)
+
+    @property
+    def wants_hidden_states(self) -> bool:
+        """Which CLIP output the projection takes (diffusers' rule): `image_embeds` for the plain `ImageProjection`,
+        the penultimate hidden states for the others (Plus, Full face)."""
+        from diffusers.models.embeddings import ImageProjection
+
+        return not isinstance(self.projection, ImageProjection)
+
+
+def read_ip_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(image_proj, ip_adapter) state dicts of an IP-Adapter checkpoint (IP_ADAPTER_FORMAT); safetensors only."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterError(f"identity_adapter={path} does not exist (expected {IP_ADAPTER_FORMAT})")
+    if path.suffix != ".safetensors":
+        raise AdapterError(f"identity_adapter={path}: only .safetensors checkpoints are read (never pickle); "
+                           "convert it with safetensors' save_file")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"identity_adapter={path}: not a readable safetensors file ({e})") from None
+    proj = {k[len("image_proj."):]: v for k, v in state.items() if k.startswith("image_proj.")}
+    ip = {k[len("ip_adapter."):]: v for k, v in state.items() if k.startswith("ip_adapter.")}
+    if not proj or not ip:
+        raise AdapterError(f"identity_adapter={path} has no {'image_proj.*' if not proj else 'ip_adapter.*'} keys; "
+                           f"expected {IP_ADAPTER_FORMAT}")
+    return proj, ip
+
+
+def _projection_tokens(projection: nn.Module) -> int:
+    for name in ("num_image_text_embeds", "num_tokens"):
+        if isinstance(getattr(projection, name, None), int):
+            return int(getattr(projection, name))
+    latents = getattr(projection, "latents", None)
+    return int(latents.shape[1]) if isinstance(latents, torch.Tensor) else 4
+
+
+def stack_ip_adapter(unet: nn.Module, path: str | Path, scale: float = 1.0) -> IdentityAdapter:
+    """Stack an IP-Adapter checkpoint onto `unet` beside its KG adapter (or alone, on a UNet without one).
+
+    Every cross-attention processor gets the checkpoint's `to_k_ip` / `to_v_ip` as one more entry of its lists, and
+    the UNet's `MultiIPAdapterImageProjection` one more projection; all keys and shapes are checked first, and a
+    mismatch names the file and the key. Feed the reference with `set_identity_embeds`; `set_identity_scale(.., 0)`
+    skips the branch (the output is then exactly the KG-only one). Returns the stacked adapter.
+    """
+    image_proj, ip = read_ip_adapter(path)
+    modules = _cross_attention_modules(unet)
+    expected = {}
+    for i, (attn_path, attn) in enumerate(modules.items()):
+        to_k = _linear(attn.to_k)
+        for kind in ("to_k_ip", "to_v_ip"):
+            expected[f"{2 * i + 1}.{kind}.weight"] = (attn_path, (to_k.out_features, to_k.in_features))
+    missing = [k for k in expected if k not in ip]
+    unexpected = [k for k in ip if k not in expected]
+    if missing or unexpected:
+        key = (missing or unexpected)[0]
+        raise AdapterError(f"identity_adapter={path} {'lacks' if missing else 'has an unexpected key'} "
+                           f"'ip_adapter.{key}' ({len(missing)} missing, {len(unexpected)} unexpected of "
+                           f"{len(expected)}): it was trained for a UNet with other cross-attention layers")
+    for key, (attn_path, shape) in expected.items():
+        if tuple(ip[key].shape) != shape:
+            raise AdapterError(f"identity_adapter={path}: 'ip_adapter.{key}' has shape {tuple(ip[key].shape)} but "
+                               f"{attn_path} needs {shape}: it was trained for another base model")
+    try:
+        projection = unet._convert_ip_adapter_image_proj_to_diffusers(image_proj, low_cpu_mem_usage=False)
+    except (KeyError, RuntimeError, ValueError, IndexError, AttributeError) as e:
+        why = str(e).splitlines()[0] if str(e) else ""
+        raise AdapterError(f"identity_adapter={path}: its image_proj.* weights are not an image projection "
+                           f"diffusers knows ({type(e).__name__}: {why})") from None
+    hid = getattr(unet, "encoder_hid_proj", None)
+    if hid is not None and not isinstance(hid, MultiIPAdapterImageProjection):
+        raise AdapterError(f"this UNet's encoder_hid_proj is a {type(hid).__name__}; an identity adapter cannot be "
+                           "stacked on it")
+    index = len(hid.image_projection_layers) if hid is not None else 0
+    ref = next(unet.parameters())
+    n_tok = _projection_tokens(projection)
+    procs = {}
+    for name, proc in unet.attn_processors.items():
+        attn_path = name[: -len(".processor")]
+        if attn_path not in modules:
+            procs[name] = proc
+            continue
+        i = list(modules).index(attn_path)
+        k_w, v_w = ip[f"{2 * i + 1}.to_k_ip.weight"], ip[f"{2 * i + 1}.to_v_ip.weight"]
+        if not isinstance(proc, IPAdapterAttnProcessor2_0):  # no KG adapter (conditioning=text): a fresh one
+            proc = IPAdapterAttnProcessor2_0(hidden_size=k_w.shape[0], cross_attention_dim=k_w.shape[1],
+                                             num_tokens=(), scale=[])
+        if len(proc.to_k_ip) != index:
+            raise AdapterError(f"{attn_path} holds {len(proc.to_k_ip)} adapters but the UNet's projection "
+                               f"{index}; the UNet's adapters are inconsistent")
+        for layers, w in ((proc.to_k_ip, k_w), (proc.to_v_ip, v_w)):
+            lin = nn.Linear(w.shape[1], w.shape[0], bias=False).to(device=ref.device, dtype=ref.dtype)
+            with torch.no_grad():
+                lin.weight.copy_(w)
+            layers.append(lin.requires_grad_(False))
+        proc.num_tokens = list(proc.num_tokens) + [n_tok]
+        proc.scale = list(proc.scale) + [float(scale)]
+        procs[name] = proc
+    unet.set_attn_processor(procs)
+    projection = projection.to(device=ref.device, dtype=ref.dtype).requires_grad_(False).eval()
+    if hid is None:
+        unet.encoder_hid_proj = MultiIPAdapterImageProjection([projection])
+        unet.config.encoder_hid_dim_type = "ip_image_proj"  # runtime only, as attach_kg_adapter
+    else:
+        hid.image_projection_layers.append(projection)
+    adapter = IdentityAdapter(index=index, path=str(path), projection=projection, num_tokens=n_tok)
+    adapter.handle = unet.register_forward_pre_hook(_identity_hook(adapter), with_kwargs=True)
+    return adapter
+
+
+def _identity_hook(adapter: IdentityAdapter):
+    """Appends the reference embeddings to `added_cond_kwargs["image_embeds"]` of every UNet call, tiled to the batch
+    (a classifier-free-guidance batch [negative; positive] gets the reference in both halves)."""
+
+    def hook(module, args, kwargs):
+        e = adapter.embeds
+        if e is None:
+            raise AdapterError(f"identity adapter {adapter.path} is stacked but has no reference: call "
+                               "set_identity_embeds first")
+        sample = args[0] if args else kwargs["sample"]
+        n = sample.shape[0]
+        if e.shape[0] == 1:
+            e = e.expand(n, *e.shape[1:])
+        elif n % e.shape[0] == 0:
+            e = e.repeat(n // e.shape[0], *[1] * (e.ndim - 1))
+        else:
+            raise AdapterError(f"identity embeddings for {e.shape[0]} images do not tile a UNet batch of {n}")
+        added = dict(kwargs.get("added_cond_kwargs") or {})
+        embeds = list(added.get("image_embeds") or [])
+        if len(embeds) != adapter.index:
+            raise AdapterError(f"the UNet call passes {len(embeds)} image_embeds but the identity adapter expects "
+                               f"{adapter.index} before its own")
+        added["image_embeds"] = embeds + [e]
+        kwargs["added_cond_kwargs"] = added
+        return args, kwargs
+
+    return hook
+
+
+def set_identity_embeds(adapter: IdentityAdapter, embeds: torch.Tensor) -> None:
+    """The reference(s): CLIP image embeddings [D] / [B, D] / [B, 1, D], or hidden states [S, D] / [B, S, D] /
+    [B, 1, S, D] when the projection takes them; B = 1 (one face for every output) or the sampled batch. The
+    embeddings are run through the projection here, once, so a wrong width fails now, not inside an attention call."""
+    if adapter.wants_hidden_states:
+        embeds = embeds[None] if embeds.ndim == 2 else embeds  # one reference's [S, D]
+        embeds = embeds[:, None] if embeds.ndim == 3 else embeds
+        want = 4
+    else:
+        embeds = embeds[None] if embeds.ndim == 1 else embeds  # one reference's [D]
+        embeds = embeds[:, None] if embeds.ndim == 2 else embeds
+        want = 3
+    if embeds.ndim != want:
+        raise AdapterError(f"identity embeddings of shape {tuple(embeds.shape)} do not fit {adapter.path}'s "
+                           f"{type(adapter.projection).__name__} (it takes "
+                           f"{'hidden states [B, S, D]' if want == 4 else 'image embeddings [B, D]'})")
+    ref = next(adapter.projection.parameters())
+    embeds = embeds.to(device=ref.device, dtype=ref.dtype)
+    try:
+        with torch.no_grad():
+            adapter.projection(embeds[:1].reshape((-1,) + tuple(embeds.shape[2:])))
+    except RuntimeError as e:
+        raise AdapterError(f"identity embeddings of shape {tuple(embeds.shape)} do not fit {adapter.path}'s image "
+                           f"projection ({str(e).splitlines()[0]}); was it trained with another image encoder?"
+                           ) from None
+    adapter.embeds = embeds
+
+
+def set_identity_scale(unet: nn.Module, adapter: IdentityAdapter, scale: float) -> None:
+    """Weight of the identity branch in every layer (0 = skipped: the output is the KG-only one exactly)."""
+    for p in _kg_processors(unet).values():
+        p.scale[adapter.index] = float(scale)
+
+
+def load_identity_encoder(folder: str | Path):
+    """(CLIPVisionModelWithProjection, CLIPImageProcessor) from a local folder written by `save_pretrained` (e.g.
+    h94/IP-Adapter's `models/image_encoder`); the processor comes from the folder's preprocessor_config.json when it
+    has one, else CLIP's normalisation at the model's image size."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise AdapterError(f"identity_encoder={folder} is not a CLIP vision model folder (no config.json); give the "
+                           "folder saved with save_pretrained (h94/IP-Adapter: models/image_encoder)")
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(folder, use_safetensors=True).eval()
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"identity_encoder={folder}: cannot load ({str(e).splitlines()[0]})") from None
+    model.requires_grad_(False)
+    if (folder / "preprocessor_config.json").is_file():
+        processor = CLIPImageProcessor.from_pretrained(folder)
+    else:
+        s = int(model.config.image_size)
+        processor = CLIPImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
+    return model, processor
+
+
+@torch.no_grad()
+def identity_image_embeds(encoder, processor, images, hidden_states: bool) -> torch.Tensor:
+    """CLIP embeddings of reference faces (PIL images or uint8 [B, 3, H, W]): `image_embeds` [B, D], or the
+    penultimate hidden states [B, S, D] (`hidden_states=True`, for Plus / Full-face projections)."""
+    if isinstance(images, torch.Tensor):
+        images = [im.permute(1, 2, 0).cpu().numpy() for im in images]
+    pixels = processor(images=images, return_tensors="pt").pixel_values.to(encoder.dtype)
+    if hidden_states:
+        return encoder(pixels, output_hidden_states=True).hidden_states[-2]
+    return encoder(pixels).image_embeds
+
+
+def read_identity_embeds(path: str | Path) -> torch.Tensor:
+    """Precomputed reference embeddings: a safetensors file holding `image_embeds` ([D] or [1, D]; [S, D] or
+    [1, S, D] for projections that take hidden states), computed once with the adapter's own image encoder."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise AdapterError(f"identity_image={path}: not a readable safetensors file ({e})") from None
+    if "image_embeds" not in state:
+        raise AdapterError(f"identity_image={path} has no 'image_embeds' tensor (keys: {', '.join(sorted(state))})")
+    return state["image_embeds"].float()  # set_identity_embeds adds the batch / image axes

@@ -166,10 +166,35 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Te
                   + torch.sum(-target * F.log_softmax(logits.t(), 1), 1).mean())
 
 
+class AuxiliaryHeads(torch.nn.Module):
+    """Linear heads on the image embedding used only while training the CLIP (then discarded): disease (softmax),
+    phenotype presence (sigmoid) and stage (regression). From scratch on ~1k images, the contrastive loss alone
+    learns *who* a face is rather than its small phenotype effects; these labels point the features at them."""
+
+    def __init__(self, dim: int, num_classes: int, num_phenotypes: int):
+        super().__init__()
+        self.disease = torch.nn.Linear(dim, num_classes)
+        self.phenotypes = torch.nn.Linear(dim, max(1, num_phenotypes))
+        self.stage = torch.nn.Linear(dim, 1)
+
+    def loss(self, emb: torch.Tensor, classes: torch.Tensor, presence: torch.Tensor | None,
+             stages: torch.Tensor | None, disease_weight: float = 1.0) -> torch.Tensor:
+        out = disease_weight * F.cross_entropy(self.disease(emb), classes)
+        if presence is not None and presence.shape[1] > 0:
+            out = out + F.binary_cross_entropy_with_logits(self.phenotypes(emb), presence)
+        if stages is not None:
+            out = out + F.mse_loss(self.stage(emb).squeeze(-1), stages)
+        return out
+
+
 def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg, progress: bool = True,
-               labels: list[str] | None = None) -> dict:
-    """Train `model` contrastively on uint8 NCHW images and their captions (and optional class labels: the disease,
-    whose pairs are partial positives with weight `train.class_weight`); returns a small training log."""
+               labels: list[str] | None = None, presence: np.ndarray | None = None,
+               stages: np.ndarray | None = None) -> dict:
+    """Train `model` contrastively on uint8 NCHW images and their captions; returns a small training log.
+
+    labels: the disease per image; same-disease pairs are partial positives with weight `train.class_weight`, and
+    with `train.supervised_weight` > 0 an auxiliary head classifies it (plus `presence` [N, P] phenotype labels and
+    `stages` [N], when given)."""
     from tqdm import tqdm
 
     c = _plain(cfg)
@@ -189,13 +214,23 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
     cls_index = {c: k for k, c in enumerate(dict.fromkeys(labels))} if labels is not None else None
     classes = torch.tensor([cls_index[c] for c in labels]) if labels is not None else None
     class_weight = float(t.get("class_weight", 0.0))
+    sup_weight = float(t.get("supervised_weight", 0.0)) if classes is not None else 0.0
+    disease_weight = float(t.get("disease_weight", 1.0))
+    aux = None
+    if sup_weight > 0:
+        emb_dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None \
+            else int(model.visual.output_dim)
+        aux = AuxiliaryHeads(emb_dim, len(cls_index), 0 if presence is None else presence.shape[1])
+        pres_t = None if presence is None else torch.as_tensor(presence, dtype=torch.float32)
+        stage_t = None if stages is None else torch.as_tensor(np.asarray(stages, dtype=np.float32))
     x_all = images.float() / 255.0
     if x_all.shape[-1] != image_size:
         x_all = F.interpolate(x_all, size=(image_size, image_size), mode="bicubic", antialias=True).clamp(0, 1)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    decay = [p for n_, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n_]
-    no_decay = [p for n_, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n_)]
+    named = list(model.named_parameters()) + ([] if aux is None else list(aux.named_parameters("aux")))
+    decay = [p for n_, p in named if p.ndim >= 2 and "embedding" not in n_]
+    no_decay = [p for n_, p in named if not (p.ndim >= 2 and "embedding" not in n_)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(t["weight_decay"])},
                              {"params": no_decay, "weight_decay": 0.0}], lr=float(t["lr"]), betas=(0.9, 0.98))
     warmup = max(1, int(float(t.get("warmup", 0.1)) * steps))
@@ -217,18 +252,22 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
         x = (_augment(x_all[idx], int(t.get("shift", 0)), gen) - mean) / std
         g = groups[idx]
         ug, inv = torch.unique(g, return_inverse=True)
-        img = F.normalize(model.encode_image(x), dim=-1)
+        emb = model.encode_image(x)
+        img = F.normalize(emb, dim=-1)
         txt = F.normalize(model.encode_text(tokens[ug]), dim=-1)[inv]
         loss = contrastive_loss(img, txt, model.logit_scale, g, None if classes is None else classes[idx],
                                 class_weight)
+        if aux is not None:
+            loss = loss + sup_weight * aux.loss(emb, classes[idx], None if pres_t is None else pres_t[idx],
+                                                None if stage_t is None else stage_t[idx], disease_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     model.eval()
-    return {"steps": steps, "batch_size": batch, "seconds": round(time.time() - start, 1),
+    return {"steps": steps, "batch_size": batch, "supervised_weight": sup_weight, "seconds": round(time.time() - start, 1),
             "final_loss": float(np.mean(losses[-20:])), "first_loss": float(np.mean(losses[:5])),
             "parameters": count_parameters(model), "distinct_captions": len(uniq)}

@@ -267,8 +267,11 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True) -> E
     info = {"train_images": len(train), "val_images": len(val), "manifest_rows": len(df)}
     if c["name"] == "tiny_clip":
         captions = [image_caption(by_id[r.disease], r.stage, r.phenotypes) for r in train.itertuples()]
+        vocab_all = sorted({h for ph in train["phenotypes"] for h, v in ph.items() if float(v) > 0})
         info["clip"] = train_clip(model, tokenizer, images, captions, c, progress=progress,
-                                  labels=list(train["disease"]))
+                                  labels=list(train["disease"]),
+                                  presence=presence_matrix(list(train["phenotypes"]), vocab_all),
+                                  stages=train["stage"].to_numpy(dtype=float))
     encoder = ImageEncoder(model, image_size)
     f_train = encoder(images).numpy()
     scale = Standardizer.fit(f_train)
@@ -291,7 +294,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True) -> E
                      coral=coral, heads=heads, zs_text=zs, info=info)
 
 
-EVALUATOR_VERSION = 1  # bump when training or scoring changes, so cached evaluators rebuild
+EVALUATOR_VERSION = 2  # bump when training or scoring changes, so cached evaluators rebuild
 
 
 def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cache: Cache | None = None,

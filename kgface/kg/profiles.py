@@ -171,3 +171,34 @@ def build_profile(kg: KnowledgeGraph, query: str, catalog: VisibleCatalog, requi
                   ) -> FacialProfile:
     """The facial profile of a disease given by id, alias or name (or `healthy`)."""
     return ProfileBuilder(kg, catalog).build(query, require_visible)
+
+
+PROFILE_SOURCES = ("kg", "learned", "blend")
+
+
+def with_frequencies(profiles: list[FacialProfile], learned: dict[str, dict[str, float]], source: str = "kg",
+                     weight: float = 0.5) -> list[FacialProfile]:
+    """Copies of `profiles` whose phenotype frequencies come from `learned` ({disease: {hpo_id: frequency}}, e.g.
+    estimated from images by the evaluator): `learned` replaces the KG's value where it has one, `blend` mixes
+    weight * learned + (1 - weight) * KG (an unknown KG value takes the learned one). Phenotypes and diseases the
+    learned table lacks keep the KG value; `frequency_raw` records where each number came from."""
+    import copy
+
+    if source not in PROFILE_SOURCES:
+        raise ValueError(f"profile.source={source!r}: use one of {', '.join(PROFILE_SOURCES)}")
+    if source == "kg":
+        return list(profiles)
+    out = []
+    for prof in profiles:
+        table = learned.get(prof.disease_id, {})
+        p2 = copy.deepcopy(prof)
+        for ph in p2.phenotypes:
+            f = table.get(ph.hpo_id)
+            if f is None:
+                continue
+            kg = ph.frequency
+            new = float(f) if source == "learned" or kg is None else weight * float(f) + (1 - weight) * kg
+            ph.frequency_raw = f"{source} {new:.3f} (kg {ph.frequency_raw or kg})"
+            ph.frequency = min(1.0, max(0.0, new))
+        out.append(p2)
+    return out

@@ -1,0 +1,135 @@
+"""The pictures a training run draws of itself, written in the dataset manifest format for the evaluator.
+
+- `sample_grid`: every disease (held-out ones too) x stage, with shared seeds per column, so a column is one
+  face across diseases and stages.
+- `transform_set`: test identities' real images turned into each disease at the top stage (healthy -> diseased) and
+  diseased images back to healthy, by SDEdit (the input's latent noised to `strength`, then denoised with the target
+  condition); the rows carry `source_image` so the evaluator measures identity preservation.
+- `write_set` / `save_grid`: PNGs + manifest.csv (dataset columns plus the request), and a labelled contact sheet.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .generator import Request
+
+
+def sample_grid(generator, profiles, stages, per_cell: int, seed: int):
+    """Images for every (profile, stage) with shared seeds per column (the same faces across diseases/stages)."""
+    reqs, rows = [], []
+    for p in profiles:
+        for k in range(per_cell):
+            for j, s in enumerate(stages):
+                # healthy has no stages: its cells are other faces (other seeds) instead of repeats
+                sd = seed + 1000 + k * len(stages) + j if p.healthy else seed + k
+                reqs.append(Request(p, 0.0 if p.healthy else float(s), sd))
+                rows.append({"disease": p.disease_id, "stage": 0 if p.healthy else int(s), "seed": sd,
+                             "mode": "sample"})
+    return generator.sample(reqs), rows
+
+
+def transform_set(generator, profiles, test_df, identities: int, strength: float, seed: int):
+    """SDEdit transformations of `identities` test identities: healthy image -> every disease at stage 3, and a
+    stage-3 image of each disease -> healthy. Returns (images, rows); rows carry `source_image` (absolute)."""
+    from PIL import Image
+
+    by_id = {p.disease_id: p for p in profiles}
+    healthy = next((p for p in profiles if p.healthy), None)
+    if healthy is None or not len(test_df):
+        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), []
+    test = test_df[test_df["disease"].isin(by_id)]
+    ids = sorted(test.loc[test["disease"] == "healthy", "identity"].unique())[:identities]
+    jobs = []  # (source abspath, target profile, stage)
+    for ident in ids:
+        src = test[(test["identity"] == ident) & (test["disease"] == "healthy")].iloc[0]
+        jobs += [(src["abspath"], p, 3) for p in profiles if not p.healthy]
+    sick = test[(test["stage"].astype(int) == 3) & (test["disease"] != "healthy")]
+    for d, group in sick.groupby("disease"):
+        jobs.append((group.sort_values("identity").iloc[0]["abspath"], healthy, 0))
+    if not jobs:
+        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), []
+    size = generator.backbone.image_size
+    sources = torch.stack([_load(Image, path, size) for path, _, _ in jobs])
+    reqs = [Request(p, float(s), seed + i) for i, (_, p, s) in enumerate(jobs)]
+    images = []
+    for i in range(0, len(reqs), 32):
+        init = generator.encode(sources[i:i + 32])
+        images.append(generator.decode(generator.latents(reqs[i:i + 32], init_latents=init, strength=strength)))
+    rows = [{"disease": p.disease_id, "stage": s, "seed": seed + i, "mode": "transform", "source_image": str(path)}
+            for i, (path, p, s) in enumerate(jobs)]
+    return torch.cat(images), rows
+
+
+def _load(Image, path, size: int) -> torch.Tensor:
+    img = Image.open(path).convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(__import__("numpy").asarray(img).copy()).permute(2, 0, 1)
+
+
+def write_set(images: torch.Tensor, rows: list[dict], folder: Path, heldout: set[str], name: str = "manifest.csv"
+              ) -> Path:
+    """folder/images/*.png + folder/<name> (the dataset format plus the request), for the evaluator."""
+    from PIL import Image
+
+    from ..data.manifest import write_manifest
+
+    out = []
+    for i, (img, r) in enumerate(zip(images, rows)):
+        mode = r.get("mode", "sample")
+        rel = f"images/{mode}_{r['disease'].replace(':', '_')}_s{r['stage']}_seed{r['seed']}.png"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / rel)
+        out.append({"path": rel, "identity": f"seed-{r['seed']}", "disease": r["disease"], "stage": r["stage"],
+                    "severity": float(r["stage"]), "split": "test", "source": "generated", "phenotypes": "{}",
+                    "mode": mode, "requested_disease": r["disease"], "requested_stage": r["stage"],
+                    "seed": r["seed"], "source_image": r.get("source_image", ""), "heldout": r["disease"] in heldout})
+    return write_manifest(out, folder / name)
+
+
+def save_grid(images: torch.Tensor, rows: list[dict], names: dict, path: Path, columns: list[str]) -> Path:
+    """A contact sheet: one row per disease (in first-seen order), cells in `rows` order, column titles given."""
+    from PIL import Image, ImageDraw
+
+    size = images.shape[-1]
+    diseases = list(dict.fromkeys(r["disease"] for r in rows))
+    cols = len(columns)
+    label_w = 170
+    sheet = Image.new("RGB", (label_w + cols * (size + 2), 16 + len(diseases) * (size + 2)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, title in enumerate(columns):
+        draw.text((label_w + k * (size + 2) + 2, 2), title, fill="black")
+    for r_i, d in enumerate(diseases):
+        draw.text((4, 18 + r_i * (size + 2)), f"{d}\n{names.get(d, '')[:26]}", fill="black")
+        cells = [i for i, r in enumerate(rows) if r["disease"] == d]
+        for c, i in enumerate(cells[:cols]):
+            img = Image.fromarray(images[i].permute(1, 2, 0).numpy())
+            sheet.paste(img, (label_w + c * (size + 2), 16 + r_i * (size + 2)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def save_pairs(sources: list[str], images: torch.Tensor, rows: list[dict], names: dict, path: Path,
+               per_row: int = 6) -> Path:
+    """Before/after pairs of a transform set: source image above, its transformation below, titled by target."""
+    from PIL import Image, ImageDraw
+
+    size = images.shape[-1]
+    n = len(rows)
+    ncol = min(per_row, n)
+    nrow = (n + ncol - 1) // ncol
+    cell_h = 2 * size + 14
+    sheet = Image.new("RGB", (ncol * (size + 4), nrow * (cell_h + 4)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (src, img, r) in enumerate(zip(sources, images, rows)):
+        x, y = (i % ncol) * (size + 4), (i // ncol) * (cell_h + 4)
+        before = Image.open(src).convert("RGB").resize((size, size))
+        sheet.paste(before, (x, y))
+        sheet.paste(Image.fromarray(img.permute(1, 2, 0).numpy()), (x, y + size))
+        draw.text((x + 1, y + 2 * size), ("-> " + names.get(r["disease"], r["disease"]))[:size // 6], fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path

@@ -1,0 +1,48 @@
+"""profile.source=learned|blend: frequencies learned from images replace or blend with the KG's."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kgface.kg.profiles import FacialProfile, Phenotype, with_frequencies
+
+
+def _profile():
+    return FacialProfile("D:1", "disease 1", "hpo", [
+        Phenotype(hpo_id="HP:0000001", name="a", region="eyes", visual="a", frequency=0.8, frequency_raw="4/5"),
+        Phenotype(hpo_id="HP:0000002", name="b", region="eyes", visual="b", frequency=None),
+        Phenotype(hpo_id="HP:0000003", name="c", region="eyes", visual="c", frequency=0.3)])
+
+
+def test_learned_replaces_and_blend_mixes_and_missing_values_keep_the_kg():
+    learned = {"D:1": {"HP:0000001": 0.2, "HP:0000002": 0.6}}
+    p = _profile()
+    got = with_frequencies([p], learned, "learned")[0]
+    assert [x.frequency for x in got.phenotypes] == [0.2, 0.6, 0.3]
+    assert got.phenotypes[0].frequency_raw.startswith("learned 0.200 (kg 4/5)")
+    mixed = with_frequencies([p], learned, "blend", weight=0.25)[0]
+    assert mixed.phenotypes[0].frequency == pytest.approx(0.25 * 0.2 + 0.75 * 0.8)
+    assert mixed.phenotypes[1].frequency == pytest.approx(0.6)  # unknown in the KG: the learned value
+    assert p.phenotypes[0].frequency == 0.8  # the input is not modified
+    assert with_frequencies([p], learned, "kg")[0] is p
+
+
+def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path):
+    from kgface.config import compose
+    from kgface.errors import UserError
+    from kgface.runtime import profile_source
+
+    path = tmp_path / "learned_profiles.json"
+    path.write_text(json.dumps({"schema": "kgface.learned_profiles/1", "diseases": {"D:1": {"name": "d", "phenotypes": [
+        {"hpo_id": "HP:0000003", "learned_frequency": 0.9}]}}}))
+    cfg = compose("train", ["profile.source=learned", f"profile.learned={path}"])
+    assert profile_source(cfg, [_profile()])[0].phenotypes[2].frequency == 0.9
+    for overrides, words in ((["profile.source=learned"], "profile.learned=PATH"),
+                             (["profile.source=learned", f"profile.learned={tmp_path / 'nope.json'}"], "not found"),
+                             (["profile.source=sometimes"], "profile.source=sometimes")):
+        with pytest.raises(UserError, match=words):
+            profile_source(compose("train", overrides), [_profile()])
+    path.write_text(json.dumps({"diseases": {"OTHER:9": {"phenotypes": []}}}))
+    with pytest.raises(UserError, match="none of its diseases"):
+        profile_source(cfg, [_profile()])
