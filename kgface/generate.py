@@ -282,12 +282,42 @@ def _stages(values) -> list[float]:
     return out
 
 
+def _severities(cfg: DictConfig, profile) -> list[float]:
+    """`stages=` as given, or `lesions=` (acne: lesion counts on the ACNE04 / Hayashi scale) mapped to the
+    continuous severity the phantom renderer and the generator use (kgface.data.phantom.acne)."""
+    if cfg.get("lesions") is None:
+        return _stages(cfg.stages)
+    from .prompts.wording import STAGE_SCALES
+
+    if profile.disease_id not in STAGE_SCALES:
+        raise UserError(f"lesions= is a lesion-count scale; {profile.disease_id} ({profile.name}) has none "
+                        f"(scales exist for {', '.join(STAGE_SCALES)}): use stages=")
+    from .data.phantom.acne import LESION_CAP, severity_from_count
+
+    counts = [float(n) for n in _as_list(cfg.lesions, "lesions")]
+    bad = [n for n in counts if not 0 <= n <= LESION_CAP]
+    if bad or not counts:
+        raise UserError(f"lesions={bad or '[]'}: lesion counts must lie in [0, {LESION_CAP}]")
+    return [severity_from_count(int(round(n))) for n in counts]
+
+
 def _row(profile, severity: float, seed: int, mode: str, identity: str, phenotypes=None) -> dict:
     s = 0.0 if profile.healthy else float(severity)
     return {"identity": identity, "disease": profile.disease_id, "stage": int(round(s)), "severity": round(s, 4),
             "split": "test", "source": "generated", "phenotypes": json.dumps(phenotypes or {}, sort_keys=True),
             "mode": mode, "requested_disease": profile.disease_id, "requested_stage": round(s, 4), "seed": int(seed),
-            "source_image": "", "name": profile.name}
+            "source_image": "", "name": profile.name, "lesion_count": _lesion_count(profile, s)}
+
+
+def _lesion_count(profile, severity: float):
+    """The lesion count a severity stands for on diseases with a lesion-count scale (acne), else empty."""
+    from .prompts.wording import STAGE_SCALES
+
+    if profile.disease_id not in STAGE_SCALES:
+        return ""
+    from .data.phantom.acne import count_from_severity
+
+    return count_from_severity(severity)
 
 
 def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int) -> tuple[list[Item], dict]:
@@ -313,7 +343,7 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
             raise UserError("mode=compose needs disease=KG_ID (or diseases=[...]) and/or "
                             "'phenotypes=[\"HP:0000316=0.8\"]'")
         for p in targets:
-            stages = [0.0] if p.healthy else _stages(cfg.stages)
+            stages = [0.0] if p.healthy else _severities(cfg, p)
             for seed in seeds:
                 for s in stages:
                     items.append(Item(Request(p, s, seed, age), _row(p, s, seed, mode, f"seed-{seed}",
@@ -336,7 +366,7 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
         if p.healthy:
             raise UserError("mode=progression needs a disease, not healthy")
         ramp = ([3.0 * i / (int(cfg.frames) - 1) for i in range(int(cfg.frames))] if cfg.frames and int(cfg.frames) > 1
-                else _stages(cfg.stages))
+                else _severities(cfg, p))
         sources = [(path, ident, prepare_image(path, size)) for path, ident in input_files(cfg.input)] \
             if cfg.input else [(None, None, None)]
         for path, ident, img in sources:
