@@ -188,16 +188,16 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> float:
 
 
 def find_evaluator(cfg: DictConfig, run_dir: Path) -> tuple[object | None, str]:
-    """(evaluator or None, where it came from / why there is none): `evaluator=PATH`, else RUN_DIR/evaluator (a
-    baselines generator RUN_DIR/<mode>: the run's shared OUT/evaluator); `evaluator=false` skips it."""
+    """(evaluator or None, where it came from / why there is none): `evaluator_dir=PATH`, else RUN_DIR/evaluator (a
+    baselines generator RUN_DIR/<mode>: the run's shared OUT/evaluator); `evaluator_dir=false` skips it."""
     from .evaluation import load_evaluator
 
-    if cfg.evaluator is False:
-        return None, "evaluator=false: identity_similarity not computed"
-    if cfg.evaluator not in (None, "", True):
-        path = Path(str(cfg.evaluator)).expanduser()
+    if cfg.evaluator_dir is False:
+        return None, "evaluator_dir=false: identity_similarity not computed"
+    if cfg.evaluator_dir not in (None, "", True):
+        path = Path(str(cfg.evaluator_dir)).expanduser()
         if not path.exists():
-            raise UserError(f"evaluator={path} does not exist; give a saved evaluator folder (RUN_DIR/evaluator)")
+            raise UserError(f"evaluator_dir={path} does not exist; give a saved evaluator folder (RUN_DIR/evaluator)")
         return load_evaluator(path), str(path)
     folders = [run_dir / "evaluator"]
     if not (run_dir / "config.yaml").is_file():  # a baselines sub-run: the evaluator is the parent run's
@@ -205,7 +205,7 @@ def find_evaluator(cfg: DictConfig, run_dir: Path) -> tuple[object | None, str]:
     for folder in folders:
         if (folder / "evaluator.json").is_file():
             return load_evaluator(folder), str(folder)
-    return None, (f"run={run_dir} has no evaluator/ (train it with evaluate=true, or pass evaluator=PATH): "
+    return None, (f"run={run_dir} has no evaluator/ (train it with evaluate=true, or pass evaluator_dir=PATH): "
                   "identity_similarity not computed")
 
 

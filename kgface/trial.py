@@ -1,0 +1,198 @@
+"""`python -m kgface.trial run=RUN_DIR hydra.run.dir=OUT` — a simulated N-of-1 trial whose daily outcome is an image
+(docs/trials.md).
+
+The design (`trial=` group, conf/trial/) is validated, each patient's schedule and daily severities are simulated
+(kgface.trials.severity), every patient-day becomes an image of the patient's own baseline face at that day's
+severity (kgface.trials.images), the evaluator reads each image, and each treatment's effect is estimated from the
+true and from the measured severities (kgface.trials.analysis), with a coverage study of the design.
+Outputs: OUT/trial.csv, OUT/trial.parquet, OUT/images/<patient>/, OUT/report.md with its figures, OUT/trial.json.
+Everything is checked before anything is generated, written to a staging folder and moved in, trial.csv last.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .config import entry
+from .errors import UserError
+
+log = logging.getLogger("kgface.trial")
+
+CALIBRATION_MODES = ("auto", "real", "none")
+DECIMALS = 4  # severities are recorded (and analysed) to 4 decimals
+
+
+def _data_info(run_dir: Path) -> dict:
+    for folder in (run_dir, run_dir.parent):
+        if (folder / "data.json").is_file():
+            return json.loads((folder / "data.json").read_text(encoding="utf-8"))
+    return {}
+
+
+def _image_seed(seed: int, patient: int) -> int:
+    return int(np.random.SeedSequence([int(seed), 3, patient]).generate_state(1)[0])
+
+
+def _columns(table: pd.DataFrame, acne: bool) -> pd.DataFrame:
+    first = ["patient_id", "date", "block", "day", "treatment"] + (["AcneSeverity"] if acne else [])
+    rest = ["day_in_block", "analysed", "true_severity", "measured_severity", "measured_severity_raw",
+            "expected_severity", "condition_severity"] + (["lesion_count"] if acne else [])
+    return table[first + rest + ["image", "identity", "disease", "image_seed"]]
+
+
+def _side_by_side(true_est: pd.DataFrame, measured_est: pd.DataFrame) -> pd.DataFrame:
+    keys, cols = ["patient_id", "effect"], ["estimate", "low", "high"]
+    t = true_est[keys + ["truth"] + cols].rename(columns={c: f"true_{c}" for c in cols})
+    return t.merge(measured_est[keys + cols].rename(columns={c: f"measured_{c}" for c in cols}), on=keys)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    from .diffusion.generator import Generator
+    from .diffusion.run_loading import load_run
+    from .generate import Profiles, edit_mask
+    from .prompts.wording import STAGE_SCALES
+    from .runtime import make_cache
+    from .trials import analysis, report
+    from .trials.design import check_size, design_from_config, from_condition, simulate, to_condition, true_effects
+    from .trials.images import baseline_faces, daily_images, instrument
+    from .trials.measurement import fit_measurement_model
+
+    t0 = time.perf_counter()
+    if int(cfg.get("num_threads") or 0) > 0:
+        torch.set_num_threads(int(cfg.num_threads))
+    # 1. everything that can be checked without the model, then the run, the disease and the faces
+    design = design_from_config(cfg.trial)
+    n_images = check_size(design, int(cfg.max_images or 0))
+    if not 0.0 < float(cfg.strength) <= 1.0:
+        raise UserError(f"strength={cfg.strength} must lie in (0, 1]")
+    if cfg.calibration not in CALIBRATION_MODES:
+        raise UserError(f"calibration={cfg.calibration} is unknown; use {' | '.join(CALIBRATION_MODES)}")
+    seed, run_dir = int(cfg.seed), Path(str(cfg.run)).expanduser()
+    cache = make_cache(cfg)
+    backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale)
+    if run_cfg.kg.source != cfg.kg.source:
+        raise UserError(f"kg={cfg.kg.source} but run={cfg.run} was trained with kg={run_cfg.kg.source}; "
+                        f"set kg={run_cfg.kg.source}")
+    profile = Profiles(cfg, run_profiles, cache).get(design.disease)
+    if profile.healthy:
+        raise UserError("trial.disease=healthy: a trial needs a disease whose severity it follows")
+    if conditioner.mode == "class" and profile.disease_id not in {p.disease_id for p in conditioner.profiles}:
+        raise UserError(f"run={cfg.run} uses conditioning=class, which cannot draw {profile.disease_id} "
+                        f"({profile.name}), a disease it never saw; use a conditioning=kg or text run")
+    acne = profile.disease_id in STAGE_SCALES  # the acne lesion-count scale
+    if design.scale == "lesions" and not acne:
+        raise UserError(f"trial.scale=lesions is the acne lesion-count scale; {profile.disease_id} ({profile.name}) "
+                        "has none: use trial.scale=severity")
+    size = backbone.image_size
+    mask_spec = cfg.trial.get("mask")
+    mask_spec = OmegaConf.to_container(mask_spec) if isinstance(mask_spec, ListConfig) else mask_spec
+    mask = edit_mask(mask_spec, None, size)
+    info = _data_info(run_dir)
+    manifest = Path(info["manifest"]) if info.get("manifest") else None
+    data_cfg = OmegaConf.to_container(run_cfg.data, resolve=True) if run_cfg.get("data") is not None else None
+    faces = baseline_faces(design.patients, size, seed, cfg.input, manifest, data_cfg)
+    meter = instrument(cfg, run_dir, run_cfg, manifest, run_profiles, cache, profile.disease_id,
+                       progress=bool(cfg.progress))
+
+    # 2. the simulated trial and its images
+    table, patients = simulate(design, seed)
+    pids = list(patients)
+    seeds = {pid: _image_seed(seed, p) for p, pid in enumerate(pids)}
+    table["condition_severity"] = np.round(to_condition(table["true_severity"], design.scale), DECIMALS)
+    guidance = float(cfg.guidance if cfg.guidance is not None else run_cfg.model.sample.guidance)
+    steps = int(cfg.steps if cfg.steps is not None else run_cfg.model.sample.steps)
+    gen = Generator(backbone, conditioner, guidance=guidance, steps=steps)
+    log.info("trial: %d patients x %d days = %d images of %s", design.patients, design.schedule.days, n_images,
+             profile.name)
+    conditions = [table.loc[table["patient_id"] == pid, "condition_severity"].to_numpy() for pid in pids]
+    per_patient = daily_images(gen, profile, faces, conditions, [seeds[pid] for pid in pids], float(cfg.strength),
+                               mask, int(cfg.batch_size), progress=bool(cfg.progress))
+    width = len(str(design.schedule.days))
+    table["image"] = [f"images/{pid}/day{int(d):0{width}d}.png" for pid, d in zip(table["patient_id"], table["day"])]
+    table["identity"] = table["patient_id"].map({pid: f.identity for pid, f in zip(pids, faces)})
+    table["disease"] = profile.disease_id
+    table["image_seed"] = table["patient_id"].map(seeds)
+    if acne:
+        from .data.phantom.acne import count_from_severity
+
+        table["AcneSeverity"] = table["true_severity"]
+        table["lesion_count"] = [count_from_severity(s) for s in table["condition_severity"]]
+
+    # 3. measurement and analysis
+    raw, cal = meter.read(torch.cat(per_patient)), meter.calibration
+    table["measured_severity_raw"] = np.round(raw, DECIMALS)
+    table["measured_severity"] = np.round(from_condition(cal.to_true(raw), design.scale), DECIMALS)
+    truth = true_effects(design, patients)
+    estimates = pd.concat([analysis.estimate_effects(table, "true_severity", design, truth),
+                           analysis.estimate_effects(table, "measured_severity", design, truth, rel_se=cal.rel_se)],
+                          ignore_index=True)
+    per_patient_effects = _side_by_side(
+        analysis.patient_effects(table, "true_severity", design, truths={k: p.effects for k, p in patients.items()}),
+        analysis.patient_effects(table, "measured_severity", design, rel_se=cal.rel_se))
+    study, study_note = None, "Not run (trial.analysis.study_trials=0)."
+    if design.analysis.study_trials and meter.calset is not None and not meter.problem:
+        calset = meter.calset
+        model = fit_measurement_model(calset["true"], calset["raw"], calset["identity"])
+        _, study = analysis.coverage_study(design, design.analysis.study_trials, seed, model,
+                                           progress=bool(cfg.progress))
+    elif design.analysis.study_trials:
+        study_note = (f"Not run: {meter.problem or 'calibration=none: no calibration set'} (the study's "
+                      "measurement model is the calibration line).")
+
+    # 4. outputs
+    table = _columns(table, acne)
+    err = table["measured_severity"] - table["true_severity"]
+    resolves = table["measured_severity"].std() > 0 and table["true_severity"].std() > 0
+    baselines = {pid: f.image for pid, f in zip(pids, faces)}
+    summary = {
+        "run": str(cfg.run), "seed": seed, "trial": str(cfg.trial.get("name", "")),
+        "disease": {"id": profile.disease_id, "name": profile.name}, "design": report.design_dict(design),
+        "days_per_patient": design.schedule.days, "images": n_images,
+        "images_settings": {"strength": float(cfg.strength), "guidance": guidance, "steps": steps, "mask": mask_spec,
+                            "input": cfg.input, "image_size": size},
+        "patients": {pid: {"identity": f.identity, "baseline_face": f.source, "image_seed": seeds[pid],
+                           "baseline_severity": patients[pid].baseline, "trend": patients[pid].trend,
+                           "effects": patients[pid].effects} for pid, f in zip(pids, faces)},
+        "truth": truth, "effects": estimates.to_dict("records"),
+        "measurement": {**meter.notes(),
+                        "trial_correlation": float(np.corrcoef(table["true_severity"],
+                                                               table["measured_severity"])[0, 1]) if resolves else None,
+                        "trial_mae": float(err.abs().mean())},
+        "study": ({"trials": design.analysis.study_trials, "seed": seed, "summary": study.to_dict("records")}
+                  if study is not None else None),
+        "study_note": study_note, "columns": list(table.columns), "seconds": round(time.perf_counter() - t0, 1)}
+    figures = {"series": "series.png", "effects": "effects.png",
+               "gifs": {pid: f"gifs/{pid}.gif" for pid in pids} if cfg.gifs else {}}
+    if meter.line is not None:
+        figures["calibration"] = "calibration.png"
+
+    def draw(folder: Path) -> None:
+        report.plot_series(table, dict(zip(pids, per_patient)), baselines, design.treatments, design.reference,
+                           folder / figures["series"])
+        report.plot_effects(estimates, folder / figures["effects"])
+        if meter.line is not None:
+            report.plot_calibration(meter.calset, meter.line, folder / figures["calibration"])
+        report.write_report(folder / "report.md", summary, estimates, per_patient_effects, study, figures)
+
+    patients_table = pd.DataFrame([{"patient_id": pid, **{k: v for k, v in p.items() if k != "effects"},
+                                    **{f"effect_{k}": v for k, v in p["effects"].items()}}
+                                   for pid, p in summary["patients"].items()])
+    tables = {"patients": patients_table, "effects": estimates, "patient_effects": per_patient_effects,
+              "study": study}
+    path = report.write_outputs(out_dir, table, dict(zip(pids, per_patient)), baselines, tables, summary, draw,
+                                bool(cfg.gifs))
+    print(f"{n_images} images, {design.patients} patients in {time.perf_counter() - t0:.0f} s: {path}")
+    return {**summary, "table": str(path)}
+
+
+main = entry("trial")(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Treatment effects of a trial, from the true and from the image-measured severities, and a coverage study.
+
+The model (statsmodels OLS). The analysed days are each block minus its first `skip_days` (the run-in: the
+previous treatment's carry-over and the new one's onset); washout days are left out. With `unit: block` (default)
+each analysed block is summarised by its mean outcome and mean study day (the classic summary-measures analysis of
+N-of-1 series: a block mean averages over day-to-day noise whatever its autocorrelation); with `unit: day` the daily
+rows enter as they are. Either way
+
+    y = sum_k beta_k [treatment = k] + alpha_patient + gamma * day + e
+
+with the reference level (Baseline) as the dummies' base, a fixed intercept per patient (the patients' baselines;
+in a balanced design the same beta as a random-intercept mixed model, without its convergence issues) and, with
+`trend`, one linear study-day term. beta_k is treatment k's steady-state difference from the reference, averaged
+over the trial's patients (the estimand: those patients' mean effect; design.true_effects). Standard errors
+(`cov`): `nonrobust` (default; independent block means), `hac` (Newey-West within each patient's series,
+statsmodels `hac-panel`, `hac_lags` lags: for unit=day with autocorrelated noise), `cluster` (by patient, t with
+patients - 1 df; robust to effects that differ by patient, poor with few patients).
+
+Measured severities are calibrated readings (measurement.py); the calibration slope's relative standard error r
+widens a measured effect's standard error by the delta method: se^2 = se_model^2 + beta^2 r^2.
+Contrasts between treatments (A - B) come from the same fit. Per-patient effects (each patient's own N-of-1 result,
+descriptive) fit the model to that patient's daily rows (a patient has too few blocks for block means) with the
+same `cov` (nonrobust for cluster).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .design import Design, from_condition, simulate, to_condition, true_effects
+from .schedule import WASHOUT
+
+
+def _design_matrix(rows: pd.DataFrame, design: Design, per_patient: bool) -> pd.DataFrame:
+    x = pd.DataFrame({"const": 1.0}, index=rows.index)
+    for k in design.treatments:
+        x[k] = (rows["treatment"] == k).astype(float)
+    if not per_patient:
+        for pid in sorted(rows["patient_id"].unique())[1:]:
+            x[f"patient[{pid}]"] = (rows["patient_id"] == pid).astype(float)
+    if design.analysis.trend:
+        x["day"] = rows["day"].astype(float)
+    return x
+
+
+def _fit(y: np.ndarray, x: pd.DataFrame, groups: np.ndarray, cov: str, lags: int):
+    import statsmodels.api as sm
+
+    model = sm.OLS(y, x)
+    if cov == "cluster":
+        return model.fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+    if cov == "hac" and lags > 0:
+        return model.fit(cov_type="hac-panel", cov_kwds={"groups": groups, "maxlags": lags, "df_correction": False},
+                         use_t=True)
+    return model.fit()
+
+
+def analysed_rows(table: pd.DataFrame, outcome: str, unit: str) -> pd.DataFrame:
+    """The rows the model sees: analysed days, or (unit=block) one row per analysed block (mean outcome and day)."""
+    rows = table[table["analysed"] & (table["treatment"] != WASHOUT)].sort_values(["patient_id", "day"])
+    if unit == "day":
+        return rows
+    return (rows.groupby(["patient_id", "block"], sort=True)
+            .agg(treatment=("treatment", "first"), day=("day", "mean"), days=("day", "size"),
+                 **{outcome: (outcome, "mean")})
+            .reset_index())
+
+
+def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: dict[str, float] | None = None,
+                     rel_se: float = 0.0, per_patient: bool = False) -> pd.DataFrame:
+    """One row per treatment and per pairwise contrast: estimate, se, low, high (1 - alpha interval), df, days
+    (analysed days of the compared treatments), truth, bias, covered. `table` needs patient_id, day, block,
+    treatment, analysed and the outcome column."""
+    a = design.analysis
+    unit, cov = ("day", "nonrobust" if a.cov == "cluster" else a.cov) if per_patient else (a.unit, a.cov)
+    rows = analysed_rows(table, outcome, unit)
+    x = _design_matrix(rows, design, per_patient)
+    groups = pd.factorize(rows["patient_id"])[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # statsmodels' small-sample notes; the df are reported
+        res = _fit(rows[outcome].to_numpy(dtype=float), x, groups, cov, a.hac_lags)
+    vcov, params, names = np.asarray(res.cov_params()), np.asarray(res.params), list(x.columns)
+    df = float(res.df_resid)
+    q = stats.t.ppf(1 - a.alpha / 2, df) if res.use_t else stats.norm.ppf(1 - a.alpha / 2)
+    days = rows["days"] if "days" in rows else pd.Series(1, index=rows.index)
+    ks = design.treatments
+    contrasts = [(k, {k: 1.0}) for k in ks]
+    contrasts += [(f"{ks[i]} - {ks[j]}", {ks[i]: 1.0, ks[j]: -1.0})
+                  for i in range(len(ks)) for j in range(i + 1, len(ks))]
+    out = []
+    for label, weights in contrasts:
+        w = np.zeros(len(names))
+        for k, v in weights.items():
+            w[names.index(k)] = v
+        est = float(w @ params)
+        se = float(np.sqrt(max(w @ vcov @ w, 0.0) + (est * rel_se) ** 2))
+        t = None if truth is None else float(sum(v * truth[k] for k, v in weights.items()))
+        low, high = est - q * se, est + q * se
+        out.append({"effect": label, "outcome": outcome, "estimate": est, "se": se, "low": low, "high": high,
+                    "df": df, "days": int(days[rows["treatment"].isin(list(weights))].sum()),
+                    "truth": t, "bias": None if t is None else est - t,
+                    "covered": None if t is None else bool(low <= t <= high)})
+    return pd.DataFrame(out)
+
+
+def patient_effects(table: pd.DataFrame, outcome: str, design: Design, rel_se: float = 0.0,
+                    truths: dict[str, dict[str, float]] | None = None) -> pd.DataFrame:
+    """estimate_effects per patient (its own N-of-1 result); `truths` = {patient_id: {treatment: effect}}."""
+    frames = []
+    for pid, rows in table.groupby("patient_id", sort=True):
+        est = estimate_effects(rows, outcome, design, None if truths is None else truths[pid], rel_se,
+                               per_patient=True)
+        frames.append(est.assign(patient_id=pid))
+    return pd.concat(frames, ignore_index=True)
+
+
+def measured_column(true_values, groups, design: Design, model, rng: np.random.Generator):
+    """Simulated calibrated readings of images at these true severities (trial scale) and the calibration used:
+    raw readings from the measurement model, then a calibration refitted on a redrawn calibration set."""
+    raw = model.measure(to_condition(true_values, design.scale), groups, rng)
+    cal = model.recalibrated(rng)
+    return from_condition(cal.to_true(raw), design.scale), cal
+
+
+def coverage_study(design: Design, n_trials: int, seed: int, measurement=None, progress: bool = False
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate `n_trials` trials of `design` (no images), estimate every effect from the true severities and,
+    with a measurement model (measurement.MeasurementModel), from simulated calibrated readings.
+
+    Returns (one row per trial x outcome x effect, a summary per outcome x effect: mean truth and estimate, bias with
+    its Monte-Carlo se, rmse, coverage of the 1 - alpha interval with its Monte-Carlo se, mean interval width)."""
+    from tqdm.auto import tqdm
+
+    frames = []
+    for r in tqdm(range(n_trials), desc="coverage study", unit="trial", disable=not progress):
+        trial_seed = 1_000_003 * (int(seed) + 1) + r
+        table, patients = simulate(design, trial_seed)
+        truth = true_effects(design, patients)
+        est = [estimate_effects(table, "true_severity", design, truth)]
+        if measurement is not None:
+            rng = np.random.default_rng([int(seed), 4, r])
+            table["measured_severity"], cal = measured_column(table["true_severity"], table["patient_id"], design,
+                                                              measurement, rng)
+            est.append(estimate_effects(table, "measured_severity", design, truth, rel_se=cal.rel_se))
+        frames.append(pd.concat(est, ignore_index=True).assign(trial=r))
+    runs = pd.concat(frames, ignore_index=True)
+    return runs, summarise(runs)
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (outcome, effect), g in runs.groupby(["outcome", "effect"], sort=False):
+        n = len(g)
+        bias = g["estimate"] - g["truth"]
+        cov = g["covered"].astype(float).mean()
+        rows.append({"outcome": outcome, "effect": effect, "trials": n, "truth": g["truth"].mean(),
+                     "estimate": g["estimate"].mean(), "bias": bias.mean(),
+                     "bias_mc_se": bias.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
+                     "rmse": float(np.sqrt((bias ** 2).mean())), "coverage": cov,
+                     "coverage_mc_se": float(np.sqrt(cov * (1 - cov) / n)),
+                     "ci_width": (g["high"] - g["low"]).mean()})
+    return pd.DataFrame(rows)

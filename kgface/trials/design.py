@@ -1,0 +1,159 @@
+"""A trial as data: the validated design of a `trial=` config and its simulated daily table (no images yet).
+
+`design_from_config(cfg.trial)` checks everything (schedule, severity model, scale, analysis) and returns a Design;
+`simulate(design, seed)` draws every patient's schedule (randomised orders), parameters and daily severities from
+per-patient streams of one seed, so a patient's course does not depend on how many patients the trial has.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+from .schedule import WASHOUT, Schedule, ScheduleError, days_of, schedule_from_config
+from .severity import Patient, SeverityModel, model_from_config, simulate_patient
+
+SCALES = ("severity", "lesions")
+COVARIANCES = ("nonrobust", "hac", "cluster")
+UNITS = ("block", "day")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    skip_days: int = 0          # first days of every block left out (run-in to the steady state)
+    unit: str = "block"         # block: one mean per analysed block | day: the daily rows
+    trend: bool = True          # a linear study-day term
+    cov: str = "nonrobust"      # nonrobust | hac (Newey-West within patient) | cluster (by patient)
+    hac_lags: int = 3
+    alpha: float = 0.05         # 1 - confidence level
+    study_trials: int = 0       # trials of the coverage study in the report (no images; 0 = none)
+
+
+@dataclass(frozen=True)
+class Design:
+    disease: str
+    scale: str                  # severity (0-3, the generator's stage) | lesions (acne lesion count)
+    patients: int
+    start_date: dt.date
+    schedule: Schedule
+    model: SeverityModel
+    analysis: Analysis
+
+    @property
+    def treatments(self) -> tuple[str, ...]:
+        return self.schedule.treatments
+
+    @property
+    def reference(self) -> str:
+        return self.schedule.reference
+
+
+def scale_bounds(scale: str) -> tuple[float, float]:
+    from ..data.phantom.acne import LESION_CAP, MAX_SEVERITY
+
+    return (0.0, float(LESION_CAP)) if scale == "lesions" else (0.0, MAX_SEVERITY)
+
+
+def to_condition(values, scale: str) -> np.ndarray:
+    """Trial-scale values -> the generator's continuous severity in [0, 3] (lesions: the phantom's count curve)."""
+    from ..data.phantom.acne import _ANCHOR_N, _ANCHOR_S
+
+    v = np.asarray(values, dtype=float)
+    if scale == "lesions":
+        return np.interp(v, _ANCHOR_N, _ANCHOR_S)
+    return np.clip(v, 0.0, 3.0)
+
+
+def from_condition(values, scale: str) -> np.ndarray:
+    """The inverse of to_condition (continuous, not rounded; values outside [0, 3] are extrapolated linearly on the
+    severity scale and clipped to the curve's ends on the lesion scale)."""
+    from ..data.phantom.acne import _ANCHOR_N, _ANCHOR_S
+
+    v = np.asarray(values, dtype=float)
+    return np.interp(v, _ANCHOR_S, _ANCHOR_N) if scale == "lesions" else v
+
+
+def design_from_config(c) -> Design:
+    """The validated design of a `trial` config node (a DictConfig or dict)."""
+    scale = str(c.get("scale", "severity"))
+    if scale not in SCALES:
+        raise UserError(f"trial.scale={scale} is unknown; use {' | '.join(SCALES)}")
+    try:
+        patients = int(c.get("patients"))
+    except (TypeError, ValueError):
+        raise UserError(f"trial.patients={c.get('patients')!r} is not a whole number") from None
+    if patients < 1:
+        raise UserError(f"trial.patients={patients}: a trial needs at least one patient")
+    try:
+        start = dt.date.fromisoformat(str(c.get("start_date", "2024-01-01")))
+    except ValueError:
+        raise UserError(f"trial.start_date={c.get('start_date')!r} is not a date (YYYY-MM-DD)") from None
+    a = c.get("analysis") or {}
+    unit = str(a.get("unit", "block"))
+    if unit not in UNITS:
+        raise UserError(f"trial.analysis.unit={unit} is unknown; use {' | '.join(UNITS)}")
+    cov = str(a.get("cov", "nonrobust"))
+    if cov not in COVARIANCES:
+        raise UserError(f"trial.analysis.cov={cov} is unknown; use {' | '.join(COVARIANCES)}")
+    alpha = float(a.get("alpha", 0.05))
+    if not 0.0 < alpha < 1.0:
+        raise UserError(f"trial.analysis.alpha={alpha} must lie in (0, 1)")
+    lags, study = int(a.get("hac_lags", 3)), int(a.get("study_trials", 0))
+    if lags < 0 or study < 0:
+        raise UserError("trial.analysis.hac_lags and study_trials cannot be negative")
+    schedule = schedule_from_config(c.get("schedule") or {}, a.get("skip_days", 0))
+    analysis = Analysis(skip_days=int(a.get("skip_days", 0)), unit=unit, trend=bool(a.get("trend", True)), cov=cov,
+                        hac_lags=lags, alpha=alpha, study_trials=study)
+    if cov == "cluster" and patients < 2:
+        raise UserError("trial.analysis.cov=cluster needs at least 2 patients (clusters); use hac or nonrobust")
+    model = model_from_config(c.get("severity") or {}, schedule.treatments, *scale_bounds(scale))
+    return Design(disease=str(c.get("disease")), scale=scale, patients=patients, start_date=start,
+                  schedule=schedule, model=model, analysis=analysis)
+
+
+def patient_ids(n: int) -> list[str]:
+    width = max(2, len(str(n)))
+    return [f"P{i + 1:0{width}d}" for i in range(n)]
+
+
+def simulate(design: Design, seed: int) -> tuple[pd.DataFrame, dict[str, Patient]]:
+    """(daily table, patients): one row per patient-day with patient_id, date, block, day, day_in_block, treatment,
+    analysed (kept by the analysis), expected_severity (noise-free) and true_severity (what the image shows)."""
+    frames, patients = [], {}
+    for p, pid in enumerate(patient_ids(design.patients)):
+        blocks = design.schedule.blocks(np.random.default_rng([int(seed), 1, p]))
+        days = days_of(blocks)
+        patient, expected, observed = simulate_patient(days["treatment"], design.model,
+                                                       np.random.default_rng([int(seed), 2, p]))
+        # recorded to 4 decimals (what the table holds is what the analysis sees); a lesion count is whole
+        observed = np.round(observed) if design.scale == "lesions" else np.round(observed, 4)
+        patients[pid] = patient
+        frames.append(pd.DataFrame({
+            "patient_id": pid,
+            "date": pd.to_datetime([design.start_date + dt.timedelta(days=int(d) - 1) for d in days["day"]]),
+            "block": days["block"], "day": days["day"], "day_in_block": days["day_in_block"],
+            "treatment": days["treatment"].astype(str),
+            "analysed": (days["day_in_block"] > design.analysis.skip_days) & (days["treatment"] != WASHOUT),
+            "expected_severity": np.round(expected, 4), "true_severity": observed}))
+    return pd.concat(frames, ignore_index=True), patients
+
+
+def true_effects(design: Design, patients: dict[str, Patient]) -> dict[str, float]:
+    """The effects the analysis estimates: each treatment's steady-state difference from the reference, averaged
+    over the trial's patients (their own effects; equal to the configured effect when its sd is 0)."""
+    return {k: float(np.mean([p.effects[k] for p in patients.values()])) for k in design.treatments}
+
+
+def check_size(design: Design, max_images: int) -> int:
+    """The number of patient-days (= images); an error above max_images (a schedule too long to render)."""
+    n = design.patients * design.schedule.days
+    if max_images and n > max_images:
+        raise ScheduleError(f"{design.patients} patients x {design.schedule.days} days = {n} images, more than "
+                            f"max_images={max_images}; shorten the schedule or raise max_images")
+    if not math.isfinite(n) or n < 1:
+        raise ScheduleError("the schedule has no days")
+    return n

@@ -1,0 +1,346 @@
+"""The trial's figures and report.md: daily series with image thumbnails along them, the effect estimates from true
+and from image-measured severities, the calibration of the instrument, the coverage study, a GIF per patient."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+TREATMENT_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+REFERENCE_COLOUR = "#E5E5E5"
+WASHOUT_COLOUR = "#F7F7F7"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colours(treatments, reference: str) -> dict[str, str]:
+    out = {t: TREATMENT_COLOURS[i % len(TREATMENT_COLOURS)] for i, t in enumerate(treatments)}
+    return {reference: REFERENCE_COLOUR, "Washout": WASHOUT_COLOUR, **out}
+
+
+def _hwc(img: torch.Tensor) -> np.ndarray:
+    return img.permute(1, 2, 0).numpy()
+
+
+def thumbnail_days(rows: pd.DataFrame, most: int = 12) -> list[int]:
+    """Row positions (within one patient's rows) to show as thumbnails: the last day of every block, thinned to at
+    most `most`, always with the first day."""
+    last = rows.reset_index(drop=True).groupby("block").tail(1).index.tolist()
+    picks = [0] + last
+    if len(picks) > most:
+        picks = [picks[int(round(i))] for i in np.linspace(0, len(picks) - 1, most)]
+    return sorted(set(picks))
+
+
+def plot_series(table: pd.DataFrame, images: dict[str, torch.Tensor], baselines: dict[str, torch.Tensor],
+                treatments, reference: str, path: Path, measured: str = "measured_severity") -> Path:
+    """One panel per patient: the blocks shaded by treatment, the true daily severity (line), the noise-free course
+    (dashed), the image-measured severity (dots) and, above it, thumbnails of that day's image."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _plt()
+    colours = _colours(treatments, reference)
+    patients = list(dict.fromkeys(table["patient_id"]))
+    fig, axes = plt.subplots(len(patients), 1, figsize=(12, 3.4 * len(patients) + 0.6), squeeze=False)
+    for ax, pid in zip(axes[:, 0], patients):
+        rows = table[table["patient_id"] == pid].reset_index(drop=True)
+        for _, b in rows.groupby("block"):
+            ax.axvspan(b["day"].min() - 0.5, b["day"].max() + 0.5, color=colours.get(b["treatment"].iloc[0], "white"),
+                       alpha=0.35, lw=0)
+            ax.text((b["day"].min() + b["day"].max()) / 2, 0.97, b["treatment"].iloc[0], ha="center",
+                    va="top", fontsize=8, transform=ax.get_xaxis_transform())
+        ax.plot(rows["day"], rows["expected_severity"], "k--", lw=1, label="model (no noise)")
+        ax.plot(rows["day"], rows["true_severity"], "k-", lw=1.5, label="true severity")
+        if measured in rows:
+            kept = rows["analysed"].to_numpy()
+            ax.plot(rows["day"][kept], rows[measured][kept], "o", color="#C44E52", ms=3.5, zorder=3,
+                    label="measured from the image")
+            ax.plot(rows["day"][~kept], rows[measured][~kept], "o", mfc="none", color="#C44E52", ms=3.5, zorder=3,
+                    label="measured (run-in, not analysed)")
+        ax.set_xlim(rows["day"].min() - 0.5, rows["day"].max() + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("severity")
+        ax.text(0.005, 0.03, f"{pid} ({rows['identity'].iloc[0]})", transform=ax.transAxes, fontsize=8,
+                va="bottom", zorder=1, bbox={"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 1})
+        side = images[pid].shape[-1]
+        zoom = 44.0 / side
+        for k in thumbnail_days(rows):
+            box = OffsetImage(_hwc(images[pid][k]), zoom=zoom)
+            ax.add_artist(AnnotationBbox(box, (rows["day"][k], 1.0), xycoords=("data", "axes fraction"),
+                                         box_alignment=(0.5, -0.05), frameon=True, pad=0.1, annotation_clip=False))
+        if pid in baselines:
+            ax.add_artist(AnnotationBbox(OffsetImage(_hwc(baselines[pid]), zoom=zoom), (-0.06, 1.0),
+                                         xycoords="axes fraction", box_alignment=(0.5, -0.05), frameon=True,
+                                         pad=0.1, annotation_clip=False))
+            ax.text(-0.06, 1.0, "baseline\nphoto", transform=ax.transAxes, ha="center", va="top", fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    axes[-1, 0].set_xlabel("study day")
+    fig.tight_layout(h_pad=5.0, rect=(0.05, 0.05, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_effects(estimates: pd.DataFrame, path: Path) -> Path:
+    """Each effect's estimate and interval from true and from measured severities, with the simulated truth."""
+    plt = _plt()
+    effects = list(dict.fromkeys(estimates["effect"]))
+    outcomes = list(dict.fromkeys(estimates["outcome"]))
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.7 * len(effects) * len(outcomes)))
+    y, ticks, labels = 0, [], []
+    for effect in effects:
+        for j, outcome in enumerate(outcomes):
+            r = estimates[(estimates["effect"] == effect) & (estimates["outcome"] == outcome)].iloc[0]
+            colour = "k" if outcome == "true_severity" else "#C44E52"
+            ax.errorbar(r["estimate"], y, xerr=[[r["estimate"] - r["low"]], [r["high"] - r["estimate"]]], fmt="o",
+                        color=colour, capsize=3)
+            if r["truth"] is not None and not pd.isna(r["truth"]):
+                ax.plot([r["truth"]], [y], "|", color="#55A868", ms=16, mew=2)
+            ticks.append(y)
+            labels.append(f"{effect}  ({outcome.replace('_severity', '')})")
+            y -= 1
+        y -= 0.5
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel("effect (difference from the reference; green bar = simulated truth)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_calibration(calset: pd.DataFrame, cal, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for disease, g in calset.groupby("disease"):
+        ax.plot(g["true"], g["raw"], "o", ms=4, alpha=0.7, label=disease)
+    xs = np.linspace(0, 3, 20)
+    ax.plot(xs, cal.intercept + cal.slope * xs, "k-", lw=1,
+            label=f"raw = {cal.intercept:.2f} + {cal.slope:.2f} true (R^2 {cal.r2:.2f})")
+    ax.plot(xs, xs, ":", color="grey", lw=1, label="identity")
+    ax.set_xlabel("true severity (calibration image)")
+    ax.set_ylabel("evaluator severity (raw)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def patient_gif(images: torch.Tensor, labels: list[str], path: Path, duration_ms: int = 250) -> Path:
+    """The patient's days as an animated GIF, each frame labelled (day, treatment, severity)."""
+    from PIL import Image, ImageDraw
+
+    side = max(images.shape[-1], 96)
+    frames = []
+    for img, label in zip(images, labels):
+        frame = Image.new("RGB", (side, side + 14), "white")
+        frame.paste(Image.fromarray(_hwc(img)).resize((side, side)), (0, 0))
+        ImageDraw.Draw(frame).text((2, side + 1), label, fill="black")
+        frames.append(frame)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+    return path
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    return f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) else str(v)
+
+
+def _table(df: pd.DataFrame, columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for _, r in df.iterrows()]
+    return "\n".join(lines)
+
+
+def effects_table(estimates: pd.DataFrame, alpha: float) -> str:
+    """One line per effect: truth, then the estimate [interval] and bias from true and from measured severities."""
+    level = f"{100 * (1 - alpha):g}%"
+    outcomes = list(dict.fromkeys(estimates["outcome"]))
+    head = ["effect", "simulated truth"]
+    for o in outcomes:
+        head += [f"{o}: estimate [{level} CI]", f"{o}: bias"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for effect in dict.fromkeys(estimates["effect"]):
+        rows = estimates[estimates["effect"] == effect]
+        cells = [effect, _fmt(rows["truth"].iloc[0])]
+        for o in outcomes:
+            r = rows[rows["outcome"] == o].iloc[0]
+            cells += [f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]", _fmt(r["bias"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def recovery(estimates: pd.DataFrame) -> str:
+    """One line per outcome: for each effect, whether the interval holds the truth and whether it excludes 0."""
+    lines = []
+    for outcome, g in estimates.groupby("outcome", sort=False):
+        parts = [f"{r.effect}: truth {'inside' if r.covered else 'outside'} the interval, "
+                 f"{'distinguished from' if r.low > 0 or r.high < 0 else 'not distinguished from'} no effect"
+                 for r in g.itertuples()]
+        lines.append(f"- From `{outcome}`: " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient: pd.DataFrame,
+                 study: pd.DataFrame | None, figures: dict[str, str]) -> Path:
+    """report.md: the set-up, the effects from true and measured severities, per-patient results, the instrument's
+    calibration, the coverage study and the figures; `summary` is trial.json's content."""
+    d, a = summary["design"], summary["design"]["analysis"]
+    m = summary["measurement"]
+    lines = [f"# N-of-1 trial: {summary['disease']['name']} ({summary['disease']['id']})", "",
+             f"Run `{summary['run']}`; {d['patients']} patients x {summary['days_per_patient']} days = "
+             f"{summary['images']} images; seed {summary['seed']}; scale `{d['scale']}`.", "",
+             "## Design", "",
+             f"- Schedule: {d['schedule']['reference']} {d['schedule']['baseline_days']} days, then "
+             f"{d['schedule']['cycles']} cycle(s) of {', '.join(d['schedule']['treatments'])} "
+             f"(order `{d['schedule']['order']}`), {d['schedule']['block_days']} days per block, "
+             f"{d['schedule']['washout_days']} washout days between treatment blocks.",
+             f"- Severity model (kgface/trials/severity.py): baseline ~ N({d['severity']['baseline_mean']}, "
+             f"{d['severity']['baseline_sd']}), drift ~ N({d['severity']['trend_mean']}, {d['severity']['trend_sd']})"
+             f" per day, noise sd {d['severity']['noise_sd']} (AR {d['severity']['noise_ar']}).",
+             "- Treatments: " + "; ".join(f"{k}: effect {t['effect']} (sd {t['sd']}), tau {t['tau']} d, "
+                                          f"tau_off {t['tau_off']} d" for k, t in d['severity']['treatments'].items()),
+             f"- Images: SDEdit of each patient's baseline face, strength {summary['images_settings']['strength']}, "
+             f"one noise per patient, mask {summary['images_settings']['mask']}, "
+             f"{summary['images_settings']['steps']} steps, guidance {summary['images_settings']['guidance']}.",
+             f"- Analysis (kgface/trials/analysis.py): OLS, unit `{a['unit']}`, patient intercepts, "
+             f"{'a linear study-day term, ' if a['trend'] else ''}SE `{a['cov']}`, the first {a['skip_days']} "
+             f"days of every block left out; {100 * (1 - a['alpha']):g}% intervals.", "",
+             "## Effects", "",
+             "Steady-state differences from the reference; the truth is the mean of the simulated patients' own "
+             "effects. `true_severity`: the simulated daily severities (a sanity check of the analysis); "
+             "`measured_severity`: the evaluator's reading of each day's image, calibrated to the true scale.", "",
+             effects_table(estimates, a["alpha"]), "", recovery(estimates), ""]
+    if m.get("problem"):
+        lines += [f"**The measured estimates are not on the true scale**: {m['problem']}; the analysis used the raw "
+                  "readings (calibration none), so their bias is not meaningful.", ""]
+    lines += [f"![effects]({figures['effects']})", "", "## Daily series", "",
+              "Lines: true severity (solid) and the model's noise-free course (dashed); dots: severity measured "
+              "from that day's image (open: run-in days, not analysed). Thumbnails: the image on the first day and "
+              "on the last day of every block; left, the baseline photo.", "", f"![series]({figures['series']})", "",
+              "One GIF per patient: " + ", ".join(f"[{p}]({g})" for p, g in figures["gifs"].items()), "",
+              "## Per patient", "",
+              "Each patient's own estimates (daily rows, descriptive): estimate [interval] from true / measured.", "",
+              _table(per_patient, ["patient_id", "effect", "truth", "true_estimate", "true_low", "true_high",
+                                   "measured_estimate", "measured_low", "measured_high"]), "",
+              "## Measurement", "",
+              f"- Evaluator: {m['evaluator']}.",
+              f"- Calibration ({m['calibration_mode']}): {m['calibration_set']}: "
+              + (", ".join(f"{k} {v}" for k, v in m["calibration"].items()) if m.get("calibration") else "none") + ".",
+              f"- On this trial's images: correlation of measured and true severity {_fmt(m['trial_correlation'])}, "
+              f"mean absolute error {_fmt(m['trial_mae'])} (scale units).", ""]
+    if "calibration" in figures:
+        lines += [f"![calibration]({figures['calibration']})", ""]
+    lines += ["## Coverage study", ""]
+    if study is None or study.empty:
+        lines += [summary.get("study_note", "Not run (trial.analysis.study_trials=0)."), ""]
+    else:
+        s = summary["study"]
+        lines += [f"{s['trials']} trials of this design simulated without images (seed {s['seed']}); the measured "
+                  "severities come from the measurement model fitted on the calibration set (raw = a + b true + "
+                  "patient offset + resampled residual, the calibration refitted per trial: "
+                  "kgface/trials/measurement.py). It checks the analysis under the instrument's measured noise; it "
+                  "does not contain the generator's own errors, which the trial above shows.", "",
+                  _table(study, ["outcome", "effect", "trials", "truth", "estimate", "bias", "bias_mc_se", "rmse",
+                                 "coverage", "coverage_mc_se", "ci_width"]), ""]
+    lines += ["## Files", "", "- `trial.csv`, `trial.parquet`: one row per patient-day (columns in docs/trials.md).",
+              "- `patients.csv`: each patient's baseline face, drawn parameters and image seed.",
+              "- `effects.csv`, `patient_effects.csv`, `study.csv`: the tables above; `trial.json`: everything as "
+              "data.", "- `images/<patient>/`: the daily images; `baselines/`: the baseline faces.", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------- writing
+def plain(obj):
+    """JSON-ready: numpy scalars and arrays, tuples and NaN (-> None) made plain."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if not np.isfinite(obj) else float(obj)
+    return obj
+
+
+def design_dict(design) -> dict:
+    d = dataclasses.asdict(design)
+    d["severity"] = d.pop("model")
+    d["start_date"] = design.start_date.isoformat()
+    return plain(d)
+
+
+def _pil(img: torch.Tensor):
+    from PIL import Image
+
+    return Image.fromarray(img.permute(1, 2, 0).numpy())
+
+
+def write_outputs(out_dir: Path, table: pd.DataFrame, images: dict, baselines: dict, tables: dict,
+                  summary: dict, draw, gifs: bool) -> Path:
+    """Write into a staging folder, then move it in: trial.csv last, so it only names files that exist.
+    `images` / `baselines`: per patient; `tables`: name -> DataFrame (None: skipped); `draw(folder)` writes the
+    figures and report.md."""
+    from ..cache import atomic_path, write_json_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".trial-", dir=out_dir))
+    try:
+        for pid, imgs in images.items():
+            (staging / "images" / pid).mkdir(parents=True)
+            rows = table[table["patient_id"] == pid]
+            for rel, img in zip(rows["image"], imgs):
+                _pil(img).save(staging / rel)
+            (staging / "baselines").mkdir(exist_ok=True)
+            _pil(baselines[pid]).save(staging / "baselines" / f"{pid}.png")
+            if gifs:
+                (staging / "gifs").mkdir(exist_ok=True)
+                labels = [f"{pid} d{d} {t} {s:.2f}" for d, t, s in
+                          zip(rows["day"], rows["treatment"], rows["true_severity"])]
+                patient_gif(imgs, labels, staging / "gifs" / f"{pid}.gif")
+        for name, df in tables.items():
+            if df is not None:
+                df.to_csv(staging / f"{name}.csv", index=False)
+        table.to_parquet(staging / "trial.parquet", index=False)
+        draw(staging)
+        write_json_atomic(staging / "trial.json", plain(summary))
+        for entry_ in sorted(staging.iterdir()):
+            dest = out_dir / entry_.name
+            if entry_.is_dir():
+                for f in sorted(entry_.rglob("*")):
+                    target = dest / f.relative_to(entry_)
+                    if f.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                    else:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(f, target)
+            else:
+                os.replace(entry_, dest)
+        with atomic_path(out_dir / "trial.csv", suffix=".csv") as tmp:
+            table.to_csv(tmp, index=False, date_format="%Y-%m-%d")
+        return out_dir / "trial.csv"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

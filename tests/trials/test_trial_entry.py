@@ -1,0 +1,165 @@
+"""`python -m kgface.trial` end to end on the micro run: the table's columns and counts, images, report and figures;
+same seed = identical table and image bytes; consecutive days share noise; bad input = one-line errors, nothing
+written. The micro generator and evaluator are untrained: structure is asserted, not image quality."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+SMALL = ["trial.patients=2", "trial.schedule.baseline_days=4", "trial.schedule.block_days=4",
+         "trial.schedule.cycles=1", "trial.analysis.skip_days=1", "trial.analysis.study_trials=20", "progress=false"]
+SEED_COLUMNS = ["patient_id", "date", "block", "day", "treatment", "AcneSeverity"]
+
+
+def trial(run, out, *overrides):
+    from kgface.trial import main
+
+    return main([f"run={run}", f"hydra.run.dir={out}", *SMALL, *overrides])
+
+
+@pytest.fixture(scope="module")
+def trial_out(trial_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trial") / "a"
+    trial(trial_run, out)
+    return out
+
+
+def test_trial_writes_the_table_images_and_report(trial_out):
+    table = pd.read_csv(trial_out / "trial.csv")
+    assert list(table.columns[:6]) == SEED_COLUMNS
+    for col in ["image", "true_severity", "measured_severity", "measured_severity_raw", "expected_severity",
+                "condition_severity", "lesion_count", "analysed", "day_in_block", "identity", "disease"]:
+        assert col in table.columns, col
+    assert len(table) == 2 * 12 and table.groupby("patient_id").size().tolist() == [12, 12]
+    assert table["AcneSeverity"].equals(table["true_severity"]) and set(table["disease"]) == {"MONDO:0011438"}
+    assert table.groupby("patient_id")["treatment"].apply(lambda t: sorted(set(t))).tolist() == \
+        [["A", "B", "Baseline"]] * 2
+    assert table["date"].iloc[0] == "2024-01-01" and table["date"].iloc[11] == "2024-01-12"
+    assert table["true_severity"].between(0, 3).all() and table["measured_severity"].notna().all()
+    assert table["identity"].nunique() == 2  # two distinct baseline faces
+    parquet = pd.read_parquet(trial_out / "trial.parquet")
+    assert list(parquet.columns) == list(table.columns)
+    parquet["date"] = parquet["date"].dt.strftime("%Y-%m-%d")
+    pd.testing.assert_frame_equal(parquet, table, check_dtype=False)
+    for rel in table["image"]:
+        img = Image.open(trial_out / rel)
+        assert img.size == (32, 32) and img.mode == "RGB"
+    for rel in ["report.md", "series.png", "effects.png", "calibration.png", "trial.json", "patients.csv",
+                "effects.csv", "patient_effects.csv", "study.csv", "gifs/P01.gif", "baselines/P02.png"]:
+        assert (trial_out / rel).is_file(), rel
+    assert Image.open(trial_out / "gifs" / "P01.gif").n_frames == 12
+    assert not list(trial_out.glob(".trial-*"))  # the staging folder is gone
+
+
+def test_report_gives_both_estimates_with_intervals_and_bias(trial_out):
+    effects = pd.read_csv(trial_out / "effects.csv")
+    assert set(effects["outcome"]) == {"true_severity", "measured_severity"}
+    assert set(effects["effect"]) == {"A", "B", "A - B"}
+    assert (effects["low"] <= effects["estimate"]).all() and (effects["estimate"] <= effects["high"]).all()
+    assert np.allclose(effects["bias"], effects["estimate"] - effects["truth"])
+    summary = json.loads((trial_out / "trial.json").read_text())
+    assert summary["truth"] == {"A": -0.8, "B": -0.3}
+    assert summary["design"]["schedule"]["block_days"] == 4 and summary["images"] == 24
+    assert summary["measurement"]["calibration"]["images"] >= 8
+    assert len(summary["study"]["summary"]) == 6  # 2 outcomes x (A, B, A - B)
+    report = (trial_out / "report.md").read_text()
+    for text in ["## Effects", "measured_severity: estimate [95% CI]", "![series](series.png)", "## Coverage study",
+                 "gifs/P01.gif", "| A - B |"]:
+        assert text in report, text
+
+
+def test_same_seed_same_bytes_other_seed_other_trial(trial_run, trial_out, tmp_path):
+    trial(trial_run, tmp_path / "b")
+    assert (trial_out / "trial.csv").read_bytes() == (tmp_path / "b" / "trial.csv").read_bytes()
+    table = pd.read_csv(trial_out / "trial.csv")
+    for rel in table["image"]:
+        assert (trial_out / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+
+def test_photo_input_other_seed_and_a_run_without_evaluator(trial_run, trial_out, tmp_path):
+    """input= photos become the baseline faces; another seed, another trial; a run without evaluator/ gets one
+    fitted on its dataset with its evaluator config (here from the cache the training run filled)."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(trial_run, bare, ignore=shutil.ignore_patterns("evaluator", "checkpoints", "evaluation"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k, src in enumerate(sorted((trial_run / "samples" / "images").glob("*.png"))[:2]):
+        Image.open(src).save(photos / f"face{k}.png")
+    trial(bare, tmp_path / "c", "seed=1", f"input={photos}")
+    other = pd.read_csv(tmp_path / "c" / "trial.csv")
+    table = pd.read_csv(trial_out / "trial.csv")
+    assert not np.allclose(other["true_severity"], table["true_severity"])
+    assert other.groupby("patient_id")["identity"].first().tolist() == ["face0", "face1"]
+    for k, pid in enumerate(["P01", "P02"]):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "c" / "baselines" / f"{pid}.png")),
+                              np.asarray(Image.open(photos / f"face{k}.png").convert("RGB")))
+    measurement = json.loads((tmp_path / "c" / "trial.json").read_text())["measurement"]
+    assert "fitted on the run's dataset" in measurement["evaluator"]
+
+
+def test_consecutive_days_share_the_patients_noise(trial_run):
+    """Equal severities give the same image whatever the batch; another patient (seed) gives another image; pixels
+    outside the mask are the baseline's."""
+    from kgface.diffusion.generator import Generator
+    from kgface.diffusion.run_loading import load_run
+    from kgface.generate import edit_mask
+    from kgface.trials.images import Baseline, daily_images
+
+    backbone, conditioner, profiles, cfg = load_run(trial_run)
+    gen = Generator(backbone, conditioner, guidance=3.0, steps=2)
+    acne = next(p for p in profiles if p.disease_id == "MONDO:0011438")
+    face = torch.from_numpy(np.asarray(Image.open(sorted((trial_run / "samples" / "images").glob("*.png"))[0])
+                                       .convert("RGB")).copy()).permute(2, 0, 1)
+    mask = edit_mask(["cheeks", "forehead"], None, 32)
+    faces = [Baseline("x", face, "test"), Baseline("x", face, "test")]
+    days = np.array([1.0, 2.5, 1.0])
+    a, b = daily_images(gen, acne, faces, [days, days], [11, 12], 0.8, mask, batch_size=2, progress=False)
+    assert torch.equal(a[0], a[2])  # day 1 and day 3: same severity, other batches
+    assert not torch.equal(a[0], a[1])  # the severity condition changes the image
+    assert not torch.equal(a[0], b[0])  # another patient seed, another draw
+    kept = mask[0] == 0
+    assert torch.equal(a[:, :, kept], face[:, kept].expand(3, -1, -1))
+
+
+def fails(capsys, run, out, *overrides) -> str:
+    with pytest.raises(SystemExit) as info:
+        trial(run, out, *overrides)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kgface.trial: error:"), err
+    assert not (out / "trial.csv").exists() and not (out / "images").exists()  # nothing half-written
+    return err[0]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trial.schedule.block_days=-4"], "durations cannot be negative"),
+    (["trial.schedule.washout_days=-1"], "durations cannot be negative"),
+    (["trial.schedule.order=[A,C]"], "unknown treatment(s) C"),
+    (["trial.schedule.order=[A,placebo]"], "unknown treatment(s) placebo"),
+    (["trial.analysis.skip_days=6", "trial.schedule.baseline_days=10"], "no treatment day would be analysed"),
+    (["trial.schedule.baseline_days=0"], "nothing is left to compare"),
+    (["trial.schedule.cycles=0"], "must be at least 1"),
+    (["max_images=10"], "more than max_images=10"),
+    (["strength=0"], "strength=0 must lie in (0, 1]"),
+    (["calibration=maybe"], "calibration=maybe is unknown"),
+])
+def test_bad_designs_fail_before_anything_loads(tmp_path, capsys, overrides, message):
+    err = fails(capsys, tmp_path / "no-run", tmp_path / "o", *overrides)
+    assert message in err
+
+
+def test_bad_inputs_against_a_run(trial_run, tmp_path, capsys):
+    assert "healthy" in fails(capsys, trial_run, tmp_path / "a", "trial.disease=healthy")
+    assert "lesion-count scale" in fails(capsys, trial_run, tmp_path / "b", "trial.disease=ORPHA:870",
+                                         "trial.scale=lesions")
+    one = tmp_path / "one.png"
+    Image.open(sorted((trial_run / "samples" / "images").glob("*.png"))[0]).save(one)
+    assert "one photo per patient" in fails(capsys, trial_run, tmp_path / "c", f"input={one}")
+    assert "does not exist" in fails(capsys, tmp_path / "missing", tmp_path / "d")
+    assert "evaluator_dir=" in fails(capsys, trial_run, tmp_path / "e", f"evaluator_dir={tmp_path / 'none'}")
