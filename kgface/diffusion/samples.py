@@ -33,8 +33,6 @@ def sample_grid(generator, profiles, stages, per_cell: int, seed: int):
 def transform_set(generator, profiles, test_df, identities: int, strength: float, seed: int):
     """SDEdit transformations of `identities` test identities: healthy image -> every disease at stage 3, and a
     stage-3 image of each disease -> healthy. Returns (images, rows); rows carry `source_image` (absolute)."""
-    from PIL import Image
-
     by_id = {p.disease_id: p for p in profiles}
     healthy = next((p for p in profiles if p.healthy), None)
     if healthy is None or not len(test_df):
@@ -51,7 +49,7 @@ def transform_set(generator, profiles, test_df, identities: int, strength: float
     if not jobs:
         return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), []
     size = generator.backbone.image_size
-    sources = torch.stack([_load(Image, path, size) for path, _, _ in jobs])
+    sources = torch.stack([_load(path, size) for path, _, _ in jobs])
     reqs = [Request(p, float(s), seed + i) for i, (_, p, s) in enumerate(jobs)]
     images = []
     for i in range(0, len(reqs), 32):
@@ -62,11 +60,16 @@ def transform_set(generator, profiles, test_df, identities: int, strength: float
     return torch.cat(images), rows
 
 
-def _load(Image, path, size: int) -> torch.Tensor:
-    img = Image.open(path).convert("RGB")
+def _load(path, size: int) -> torch.Tensor:
+    """uint8 [3, size, size] of a dataset image (centre-cropped/resized if the model's size differs)."""
+    import numpy as np
+
+    from ..data.images import face_crop, load_rgb
+
+    img = load_rgb(path)
     if img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(__import__("numpy").asarray(img).copy()).permute(2, 0, 1)
+        img = face_crop(img, size)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
 def write_set(images: torch.Tensor, rows: list[dict], folder: Path, heldout: set[str], name: str = "manifest.csv"
