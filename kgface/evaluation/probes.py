@@ -101,7 +101,7 @@ class CoralHead:
     @classmethod
     def fit(cls, x, stages, n_stages: int = 4, l2: float = 1e-2) -> "CoralHead":
         x = _t(x)
-        s = torch.as_tensor(np.asarray(stages, dtype=np.int64))
+        s = torch.as_tensor(np.array(stages, dtype=np.int64))  # a copy: pandas may hand a read-only view
         levels = (s.view(-1, 1) > torch.arange(n_stages - 1).view(1, -1)).float()
         w = torch.zeros(x.shape[1], requires_grad=True)
         b = torch.zeros(n_stages - 1, requires_grad=True)

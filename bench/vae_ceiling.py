@@ -1,0 +1,53 @@
+"""The VAE ceiling of a tiny-VAE config: how much disease signal survives encode -> decode, read by the evaluator.
+
+    python bench/vae_ceiling.py                                     # the default VAE (trained once, cached)
+    python bench/vae_ceiling.py model.tiny.latent_channels=8        # a variant (trained once, cached like the default)
+    python bench/vae_ceiling.py 'model.tiny.vae_block_out_channels=[32,64,128]' model.tiny.norm_num_groups=32
+
+Round-trips the real test images of stages 2-3 + healthy through the VAE and prints PSNR and the default evaluator's
+top-1 on the originals and on the round trips. No generator decoding through that VAE can score above the second
+number. Any `python -m kgface.train` override applies (model.tiny.*, model.vae_train.*, data.*, evaluator.*).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+
+    from omegaconf import OmegaConf
+
+    from kgface.config import compose
+    from kgface.data.build import phantom_dataset
+    from kgface.data.manifest import read_manifest
+    from kgface.dataset import panel_profiles
+    from kgface.diffusion.vae import cached_vae, psnr, roundtrip
+    from kgface.evaluation import fit_evaluator
+    from kgface.evaluation.evaluator import load_images
+    from kgface.evaluation.metrics import accuracy
+    from kgface.runtime import make_cache
+
+    cfg = compose("train", ["progress=false", *args.overrides])
+    cache = make_cache(cfg)
+    profiles = panel_profiles(cfg, cache)
+    manifest = phantom_dataset(cfg, profiles, cache, progress=False) / "manifest.csv"
+    ev = fit_evaluator(cfg.evaluator, manifest, profiles, cache, progress=True)
+    t = time.time()
+    vae, info, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True),
+                              OmegaConf.to_container(cfg.model.vae_train, resolve=True), cache, progress=True)
+    print(f"VAE ready in {time.time() - t:.0f} s ({info})")
+    df = read_manifest(manifest)[0]
+    test = df[(df["split"] == "test") & ((df["stage"] >= 2) | (df["disease"] == "healthy"))].reset_index(drop=True)
+    images = load_images(list(test["abspath"]))
+    rt = roundtrip(vae, images)
+    real = accuracy(test["disease"], ev.score(images)["pred_disease"])
+    ceiling = accuracy(test["disease"], ev.score(rt)["pred_disease"])
+    print(f"n {len(test)}  PSNR {psnr(rt, images):.2f} dB  evaluator top-1: real {real:.3f}, after the VAE {ceiling:.3f}")
+
+
+if __name__ == "__main__":
+    main()
