@@ -382,44 +382,6 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
 
 
 # ----------------------------------------------------------------------------------------------------- sampling
-@torch.no_grad()
-def ddim_invert(model_fn, latents: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
-                cond=None) -> torch.Tensor:
-    """Deterministic DDIM inversion: clean latents up the sampler's descending `timesteps` (walked backwards) to the
-    noisy latent at timesteps[0] that `ddim_sample` with the same model and condition maps back to (nearly) them.
-    Each step reuses the noise predicted at the target timestep from the current latent (the usual approximation
-    eps(x_t) ~ eps(x_{t-1}); exact in the limit of small steps)."""
-    a = alphas_cumprod.to(latents.device, torch.float32)
-    x, a_prev = latents, torch.tensor(1.0, device=latents.device)
-    for t in timesteps.flip(0):
-        eps = model_fn(x, t, cond).to(torch.float32)
-        x0 = (x.float() - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
-        x = (a[t].sqrt() * x0 + (1 - a[t]).sqrt() * eps).to(latents.dtype)
-        a_prev = a[t]
-    return x
-
-
-def condition(gen, reqs: list) -> tuple:
-    """The sampler's `cond` tuple for requests (text states, KG tokens and their null counterparts), as
-    Generator.latents builds it."""
-    b = gen.backbone
-    states, added = b.text_states(gen._prompts(reqs))
-    null_states, null_added = b.text_states([""] * len(reqs))
-    tokens = gen._tokens(reqs)
-    null_tokens = gen.conditioner.null(len(reqs)) if tokens is not None else None
-    return states, tokens, null_states, null_tokens, added, null_added
-
-
-def invert(gen, latents: torch.Tensor, source_reqs: list, strength: float) -> torch.Tensor:
-    """The input latents inverted under the source condition (no guidance: guidance-1 inversion is the stable one)
-    up the `strength` share of the DDIM ladder: the start `Generator.latents(noise=...)` takes instead of noise."""
-    from .diffusion.sampling import cfg_model, ddim_timesteps
-
-    b = gen.backbone
-    steps = ddim_timesteps(b.scheduler.config.num_train_timesteps, gen.steps, strength)
-    return ddim_invert(cfg_model(b.unet, 1.0), latents, steps, b.scheduler.alphas_cumprod, condition(gen, source_reqs))
-
-
 @dataclass
 class Identity:
     """A stacked identity adapter and its reference: fixed (set once) or, with identity_image=input, each output's
@@ -458,7 +420,7 @@ def generate(gen, items: list[Item], batch_size: int, strength: float, mask: tor
             init = gen.encode(src)
             if inversion is not None:
                 source_reqs = [Request(inversion[0], inversion[1], r.seed, r.age) for r in reqs]
-                latents = gen.latents(reqs, noise=invert(gen, init, source_reqs, strength), strength=strength)
+                latents = gen.latents(reqs, noise=gen.invert(init, source_reqs, strength), strength=strength)
             else:
                 latents = gen.latents(reqs, init_latents=init, strength=strength)
             imgs = gen.decode(latents)

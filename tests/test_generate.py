@@ -258,8 +258,8 @@ def test_ddim_inversion_reconstructs_the_input_latent(micro_run, tmp_path):
 
     from kgface.diffusion.generator import Generator, Request
     from kgface.diffusion.run_loading import load_run
-    from kgface.diffusion.sampling import cfg_model, ddim_sample, ddim_timesteps
-    from kgface.generate import condition, ddim_invert, prepare_image
+    from kgface.diffusion.sampling import cfg_model, ddim_invert, ddim_sample, ddim_timesteps
+    from kgface.generate import prepare_image
 
     backbone, conditioner, profiles, _ = load_run(micro_run)
     gen = Generator(backbone, conditioner, guidance=1.0, steps=50)
@@ -268,8 +268,9 @@ def test_ddim_inversion_reconstructs_the_input_latent(micro_run, tmp_path):
     x0 = gen.encode(prepare_image(src, backbone.image_size)[None])
     reqs = [Request(healthy, 0.0, 0)]
     steps = ddim_timesteps(backbone.scheduler.config.num_train_timesteps, gen.steps, 0.5)
-    model, cond, alphas = cfg_model(backbone.unet, 1.0), condition(gen, reqs), backbone.scheduler.alphas_cumprod
+    model, cond, alphas = cfg_model(backbone.unet, 1.0), gen.condition(reqs), backbone.scheduler.alphas_cumprod
     xt = ddim_invert(model, x0, steps, alphas, cond)
+    assert torch.equal(xt, gen.invert(x0, reqs, 0.5))  # the Generator method is the same computation
     back = ddim_sample(model, xt, steps, alphas, cond)
     sdedit = gen.latents(reqs, init_latents=x0, strength=0.5)
     err, err_sdedit = (back - x0).norm() / x0.norm(), (sdedit - x0).norm() / x0.norm()

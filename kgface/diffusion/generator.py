@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..kg import FacialProfile
-from .sampling import cfg_model, ddim_sample, ddim_timesteps, noise_to
+from .sampling import cfg_model, ddim_invert, ddim_sample, ddim_timesteps, noise_to
 
 
 @dataclass
@@ -57,15 +57,28 @@ class Generator:
         if noise is None:
             noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(r.seed)))
                                  for r in reqs])
+        steps = ddim_timesteps(b.scheduler.config.num_train_timesteps, self.steps, strength)
+        alphas = b.scheduler.alphas_cumprod
+        x = noise if init_latents is None else noise_to(init_latents, noise, steps[0], alphas)
+        return ddim_sample(cfg_model(b.unet, self.guidance), x, steps, alphas, self.condition(reqs))
+
+    def condition(self, reqs: list[Request]) -> tuple:
+        """The sampler's `cond` tuple: text states, KG tokens and their null (CFG) counterparts, SDXL's added kwargs."""
+        b = self.backbone
         states, added = b.text_states(self._prompts(reqs))
         null_states, null_added = b.text_states([""] * len(reqs))
         tokens = self._tokens(reqs)
         null_tokens = self.conditioner.null(len(reqs)) if tokens is not None else None
+        return states, tokens, null_states, null_tokens, added, null_added
+
+    @torch.no_grad()
+    def invert(self, latents: torch.Tensor, source_reqs: list[Request], strength: float) -> torch.Tensor:
+        """Latents DDIM-inverted under the source condition (no guidance: guidance-1 inversion is the stable one) up
+        the `strength` share of the ladder: the start `latents(noise=...)` takes instead of fresh noise."""
+        b = self.backbone
         steps = ddim_timesteps(b.scheduler.config.num_train_timesteps, self.steps, strength)
-        alphas = b.scheduler.alphas_cumprod
-        x = noise if init_latents is None else noise_to(init_latents, noise, steps[0], alphas)
-        cond = (states, tokens, null_states, null_tokens, added, null_added)
-        return ddim_sample(cfg_model(b.unet, self.guidance), x, steps, alphas, cond)
+        return ddim_invert(cfg_model(b.unet, 1.0), latents, steps, b.scheduler.alphas_cumprod,
+                           self.condition(source_reqs))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 `model_fn(x, t, cond) -> eps` wraps the UNet (and classifier-free guidance); the schedule is the noise scheduler's
 `alphas_cumprod`. DDIM (eta = 0) is deterministic given the start noise, so sharing the noise across conditions
 makes a progression strip change only where the condition does, and starting from a noised real latent is
-SDEdit / img2img (`strength` = how far up the noise ladder the image is pushed before denoising).
+SDEdit / img2img (`strength` = how far up the noise ladder the image is pushed before denoising); `ddim_invert` runs
+the same ladder upwards from a clean latent (the identity-keeping start of `transform ... inversion=true`).
 """
 from __future__ import annotations
 
@@ -66,3 +67,20 @@ def cfg_model(unet, guidance: float) -> Callable:
         return uncond + guidance * (condi - uncond)
 
     return fn
+
+
+@torch.no_grad()
+def ddim_invert(model_fn, latents: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
+                cond=None) -> torch.Tensor:
+    """Deterministic DDIM inversion: clean latents up the sampler's descending `timesteps` (walked backwards) to the
+    noisy latent at timesteps[0] that `ddim_sample` with the same model and condition maps back to (nearly) them.
+    Each step reuses the noise predicted at the target timestep from the current latent (the usual approximation
+    eps(x_t) ~ eps(x_{t-1}); exact in the limit of small steps)."""
+    a = alphas_cumprod.to(latents.device, torch.float32)
+    x, a_prev = latents, torch.tensor(1.0, device=latents.device)
+    for t in timesteps.flip(0):
+        eps = model_fn(x, t, cond).to(torch.float32)
+        x0 = (x.float() - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+        x = (a[t].sqrt() * x0 + (1 - a[t]).sqrt() * eps).to(latents.dtype)
+        a_prev = a[t]
+    return x
