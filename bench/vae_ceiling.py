@@ -3,6 +3,7 @@
     python bench/vae_ceiling.py                                     # the default VAE (trained once, cached)
     python bench/vae_ceiling.py model.tiny.latent_channels=8        # a variant (trained once, cached like the default)
     python bench/vae_ceiling.py 'model.tiny.vae_block_out_channels=[32,64,128]' model.tiny.norm_num_groups=32
+    python bench/vae_ceiling.py --every 800 model.vae_train.steps=2400   # the curve of one fresh, longer VAE run
 
 Round-trips the real test images of stages 2-3 + healthy through the VAE and prints PSNR and the default evaluator's
 top-1 on the originals and on the round trips. No generator decoding through that VAE can score above the second
@@ -17,6 +18,8 @@ import time
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--every", type=int, default=0,
+                    help="train a fresh VAE (not cached) and print PSNR and ceiling every N steps of it")
     args = ap.parse_args(argv)
 
     from omegaconf import OmegaConf
@@ -36,15 +39,28 @@ def main(argv=None):
     profiles = panel_profiles(cfg, cache)
     manifest = phantom_dataset(cfg, profiles, cache, progress=False) / "manifest.csv"
     ev = fit_evaluator(cfg.evaluator, manifest, profiles, cache, progress=True)
-    t = time.time()
-    vae, info, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True),
-                              OmegaConf.to_container(cfg.model.vae_train, resolve=True), cache, progress=True)
-    print(f"VAE ready in {time.time() - t:.0f} s ({info})")
     df = read_manifest(manifest)[0]
     test = df[(df["split"] == "test") & ((df["stage"] >= 2) | (df["disease"] == "healthy"))].reset_index(drop=True)
     images = load_images(list(test["abspath"]))
-    rt = roundtrip(vae, images)
     real = accuracy(test["disease"], ev.score(images)["pred_disease"])
+    t = time.time()
+    if args.every:
+        from kgface.diffusion.vae import load_split_images, train_vae
+
+        def report(step, vae):
+            rt = roundtrip(vae, images)
+            top1 = accuracy(test["disease"], ev.score(rt)["pred_disease"])
+            print(f"step {step} ({time.time() - t:.0f} s)  n {len(test)}  PSNR {psnr(rt, images):.2f} dB  "
+                  f"evaluator top-1: real {real:.3f}, after the VAE {top1:.3f}", flush=True)
+
+        train_vae(load_split_images(manifest, "train"), OmegaConf.to_container(cfg.model.tiny, resolve=True),
+                  OmegaConf.to_container(cfg.model.vae_train, resolve=True), progress=False, every=args.every,
+                  on_checkpoint=report)
+        return
+    vae, info, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True),
+                              OmegaConf.to_container(cfg.model.vae_train, resolve=True), cache, progress=True)
+    print(f"VAE ready in {time.time() - t:.0f} s ({info})")
+    rt = roundtrip(vae, images)
     ceiling = accuracy(test["disease"], ev.score(rt)["pred_disease"])
     print(f"n {len(test)}  PSNR {psnr(rt, images):.2f} dB  evaluator top-1: real {real:.3f}, after the VAE {ceiling:.3f}")
 

@@ -339,10 +339,12 @@ def _validation_grids(cfg, gen, drawable, names, out_dir: Path):
     def on_validate(step: int) -> None:
         was = gen.backbone.unet.training
         gen.backbone.unet.eval()
+        gen.conditioner.eval()  # the encoder's running statistics, not the grid's batch
         images, rows = sample_grid(gen, drawable, stages, 1, int(cfg.seed) + 1000)
         save_grid(images, rows, names, out_dir / "samples" / "val" / f"step-{step:07d}.png",
                   [f"stage {s}" for s in stages])
         gen.backbone.unet.train(was)
+        gen.conditioner.train(was)
 
     return on_validate
 

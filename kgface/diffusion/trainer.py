@@ -73,12 +73,15 @@ def _named(params) -> dict[str, torch.Tensor]:
     return {f"p{i:05d}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
 
 
-def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer, scheduler, losses) -> Path:
+def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer, scheduler, losses,
+                    buffers: dict[str, torch.Tensor] | None = None) -> Path:
     tmp = folder.parent / f".{folder.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_file(_named(params), str(tmp / "trainable.safetensors"))
+    if buffers:  # running statistics (the KG encoder's token centering): not parameters, but state all the same
+        save_file({k: v.detach().cpu().contiguous() for k, v in buffers.items()}, str(tmp / "buffers.safetensors"))
     if ema is not None:
         save_file(_named(ema.shadow), str(tmp / "ema.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
@@ -95,7 +98,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler) -> tuple[int, list]:
+def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
+                    buffers: dict[str, torch.Tensor] | None = None) -> tuple[int, list]:
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     weights = load_file(str(folder / "trainable.safetensors"))
     if len(weights) != len(params):
@@ -104,6 +108,11 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler)
     with torch.no_grad():
         for i, p in enumerate(params):
             p.copy_(weights[f"p{i:05d}"])
+        if buffers and (folder / "buffers.safetensors").is_file():
+            saved = load_file(str(folder / "buffers.safetensors"))
+            for name, b in buffers.items():
+                if name in saved:
+                    b.copy_(saved[name])
         if ema is not None and (folder / "ema.safetensors").is_file():
             shadow = load_file(str(folder / "ema.safetensors"))
             for i, s in enumerate(ema.shadow):
@@ -163,6 +172,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     unet, conditioner, optimizer = acc.prepare(unet, conditioner, optimizer)
     backbone.vae.to(device)
     ema = EMA(params, float(t["ema_decay"])) if t["ema"] else None
+    buffers = dict(conditioner.named_buffers())
     start, losses = 0, []
     if t["resume"]:
         folder = latest_checkpoint(ckpt_dir) if t["resume"] == "latest" else Path(t["resume"])
@@ -171,13 +181,14 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         elif folder is None or not (folder / "state.json").is_file():
             raise TrainingError(f"trainer.resume={t['resume']}: no checkpoint there; use latest or a step-* folder")
         else:
-            start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler)
+            start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers)
     alphas = backbone.scheduler.alphas_cumprod.to(device)
     n_train = backbone.scheduler.config.num_train_timesteps
     null_states, null_added = conditioner.null_states(1)
     bar = tqdm(range(start, int(t["steps"])), desc=f"training ({conditioner.mode})", disable=not progress,
                initial=start, total=int(t["steps"]))
     unet.train()
+    conditioner.train()
     tic, done = time.perf_counter(), 0
     for step in bar:
         g = torch.Generator().manual_seed(int(t["seed"]) * 1_000_003 + step)
@@ -234,7 +245,8 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                             it_s=f"{done / (time.perf_counter() - tic):.2f}")
             acc.log({"loss": losses[-1], "lr": scheduler.get_last_lr()[0]}, step=step)
         if t["checkpoint_every"] and (step + 1) % int(t["checkpoint_every"]) == 0:
-            save_checkpoint(ckpt_dir / f"step-{step + 1:07d}", step + 1, params, ema, optimizer, scheduler, losses)
+            save_checkpoint(ckpt_dir / f"step-{step + 1:07d}", step + 1, params, ema, optimizer, scheduler, losses,
+                            buffers)
             for old in sorted(ckpt_dir.glob("step-*"))[:-int(t["keep_checkpoints"])]:
                 shutil.rmtree(old)
         if on_validate is not None and t["val_every"] and (step + 1) % int(t["val_every"]) == 0:
@@ -243,5 +255,6 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
             break
     acc.end_training()
     unet.eval()
+    conditioner.eval()
     return {"losses": losses, "steps": start + done, "ema": ema,
             "seconds": time.perf_counter() - tic, "steps_this_call": done}

@@ -41,8 +41,9 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: dict | None = None,
-              progress: bool = True):
-    """Train the tiny AutoencoderKL (MSE + L1 + a small KL) on uint8 images; returns it in eval mode."""
+              progress: bool = True, every: int = 0, on_checkpoint=None):
+    """Train the tiny AutoencoderKL (MSE + L1 + a small KL) on uint8 images; returns it in eval mode.
+    on_checkpoint(step, vae) is called (vae in eval mode) every `every` steps (bench/vae_ceiling.py --every)."""
     from tqdm import tqdm
 
     t = {**VAE_DEFAULTS, **(train_cfg or {})}
@@ -54,7 +55,7 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
     gen = torch.Generator().manual_seed(int(t["seed"]))
     bar = tqdm(range(int(t["steps"])), desc="training VAE", disable=not progress)
     vae.train()
-    for _ in bar:
+    for step in bar:
         idx = torch.randint(0, len(images), (int(t["batch_size"]),), generator=gen)
         x = to_model(images[idx])
         post = vae.encode(x).latent_dist
@@ -66,6 +67,10 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if on_checkpoint is not None and every > 0 and (step + 1) % every == 0:
+            vae.eval()
+            on_checkpoint(step + 1, vae)
+            vae.train()
     vae.eval()
     with torch.no_grad():
         z = torch.cat([vae.encode(to_model(images[i:i + 64])).latent_dist.mean for i in range(0, len(images), 64)])

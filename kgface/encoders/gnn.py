@@ -4,7 +4,8 @@
                     + min-stage embedding] + stage embedding (per graph), LayerNorm
     L x  h = LayerNorm(h + Dropout(GELU(conv(h))))        conv = RGCNConv | GATv2Conv | HGTConv
     tokens = K learned queries attending over the graph's node states (key padding mask per graph)
-             + stage embedding + age embedding, then a feed-forward block and Linear(hidden -> out_dim)
+             + stage embedding + age embedding, then a feed-forward block, LayerNorm, [centering per token
+             position with running statistics, `center_tokens`], Linear(hidden -> out_dim)
 
 Frequencies and intensities enter every conv as a node attribute of the phenotype node (each phenotype appears
 once per profile graph, so the (disease, phenotype) edge property is a node property there); GATv2 also reads them
@@ -67,7 +68,8 @@ class KGEncoder(nn.Module):
     def __init__(self, conv: str = "rgcn", out_dim: int = 768, hidden: int = 256, layers: int = 2,
                  num_tokens: int = 8, heads: int = 4, in_dim: int = 384, dropout: float = 0.0,
                  num_bases: int | None = None, age_groups: int = 0, stage_max: float = 3.0, fourier: int = 6,
-                 text_model: str | None = None, disease_text: str = "generic", unknown_frequency: float = 0.5):
+                 text_model: str | None = None, disease_text: str = "generic", unknown_frequency: float = 0.5,
+                 center_tokens: bool = False):
         super().__init__()
         if conv not in CONVS:
             raise UserError(f"encoder.conv must be one of {', '.join(CONVS)}, not '{conv}'")
@@ -78,7 +80,7 @@ class KGEncoder(nn.Module):
         self.config = dict(conv=conv, out_dim=int(out_dim), hidden=hidden, layers=layers, num_tokens=num_tokens,
                            heads=heads, in_dim=in_dim, dropout=dropout, num_bases=num_bases, age_groups=age_groups,
                            stage_max=stage_max, fourier=fourier, text_model=text_model, disease_text=disease_text,
-                           unknown_frequency=unknown_frequency)
+                           unknown_frequency=unknown_frequency, center_tokens=bool(center_tokens))
         self.conv_type, self.num_tokens, self.out_dim = conv, num_tokens, int(out_dim)
         self.stage_max, self.fourier, self.age_groups = float(stage_max), fourier, age_groups
         ff = 1 + 2 * fourier
@@ -115,6 +117,11 @@ class KGEncoder(nn.Module):
         self.token_ff = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden), nn.GELU(),
                                       nn.Linear(2 * hidden, hidden))
         self.out_norm = nn.LayerNorm(hidden)
+        # Profiles share most of their graph (ontology ancestors, region roots, similar MiniLM phrases), so raw tokens
+        # of different diseases start at cosine ~0.9 and the UNet learns to ignore their small differences (the
+        # trained default reached 0.97-0.99 and drew one face for every disease). Centering and scaling each token
+        # position by running statistics over the training profiles keeps what tells diseases apart.
+        self.token_center = nn.BatchNorm1d(num_tokens * hidden) if center_tokens else None
         self.out_proj = nn.Linear(hidden, self.out_dim)
         self.null_tokens = nn.Parameter(torch.randn(num_tokens, self.out_dim) * 0.02)
 
@@ -260,4 +267,14 @@ class KGEncoder(nn.Module):
         if age_h is not None:
             tokens = tokens + age_h.unsqueeze(1)
         tokens = tokens + self.token_ff(tokens)
-        return self.out_proj(self.out_norm(tokens))
+        tokens = self.out_norm(tokens)
+        if self.token_center is not None:
+            b = tokens.shape[0]
+            flat = tokens.reshape(b, -1)
+            bn = self.token_center
+            # one graph cannot give batch statistics: use the running ones (as in eval mode)
+            use_batch = self.training and b > 1
+            flat = F.batch_norm(flat, bn.running_mean, bn.running_var, bn.weight, bn.bias, use_batch, bn.momentum,
+                                bn.eps)
+            tokens = flat.reshape(b, self.num_tokens, -1)
+        return self.out_proj(tokens)

@@ -106,7 +106,22 @@ def perturbation_check(evaluator: Evaluator, table: pd.DataFrame, perturbed: lis
     learned = learn_profiles(evaluator, table, perturbed, rates=rates)
     truth = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes} for p in perturbed}
     kg = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes if x.frequency is not None} for p in original}
-    return {"vs_perturbed": compare(learned, truth), "vs_kg": compare(learned, kg), "learned": learned}
+    return {"vs_perturbed": compare(learned, truth), "vs_kg": compare(learned, kg),
+            "detection": specificity(learned, truth), "learned": learned}
+
+
+def specificity(learned: dict, truth: dict[str, dict[str, float]]) -> dict:
+    """Mean raw detection rate of a disease's phenotype where the perturbed panel draws it in every individual
+    (frequency >= 0.5) and where it draws it in none: a head that reads the phenotype fires far more often in the
+    first case; one that reads a generally abnormal face fires about equally often in both."""
+    drawn, absent = [], []
+    for d, entry in learned.items():
+        for e in entry["phenotypes"]:
+            f = truth.get(d, {}).get(e["hpo_id"])
+            if f is not None:
+                (drawn if f >= 0.5 else absent).append(e["detection_rate"])
+    return {"rate_where_drawn": float(np.mean(drawn)) if drawn else None, "n_drawn": len(drawn),
+            "rate_where_absent": float(np.mean(absent)) if absent else None, "n_absent": len(absent)}
 
 
 def plot_learned(learned: dict, path: str | Path) -> Path:

@@ -30,7 +30,8 @@ def make(profiles, mode="kg", seed=0):
     if mode == "kg":
         from kgface.encoders import KGEncoder
 
-        encoder = KGEncoder(out_dim=backbone.cross_attention_dim, hidden=32, layers=1, num_tokens=4, heads=2)
+        encoder = KGEncoder(out_dim=backbone.cross_attention_dim, hidden=32, layers=1, num_tokens=4, heads=2,
+                            center_tokens=True)
         builder = encoder.graph_builder()
     return backbone, Conditioner(mode, profiles, backbone, encoder, builder, num_tokens=4)
 
@@ -42,7 +43,9 @@ def fixed_data(n=16, seed=0):
 
 
 def state(backbone, cond):
-    return [p.detach().clone() for p in list(backbone.trainable) + cond.trainable_parameters()]
+    """Trainable weights and the conditioner's running statistics (the token centering's buffers)."""
+    return [p.detach().clone() for p in list(backbone.trainable) + cond.trainable_parameters()] + \
+        [b.clone() for b in cond.buffers()]
 
 
 @pytest.mark.parametrize("mode", ["kg", "text", "class"])
@@ -77,6 +80,7 @@ def test_resume_gives_the_same_weights(profiles, tmp_path):
     b3, c3 = make(profiles, seed=123)  # a fresh process: other initial weights, restored from the checkpoint
     out = train(b3, c3, fixed_data(), {**cfg, "resume": "latest"}, tmp_path / "resumed", progress=False)
     assert out["steps"] == 6 and out["steps_this_call"] == 3
+    assert len(list(c3.buffers())) > 0 and not c3.training  # trained, then left in eval mode for sampling
     for a, b in zip(state(b1, c1), state(b3, c3)):
         assert torch.equal(a, b)
     ema_a = json.loads((tmp_path / "straight/checkpoints/step-0000006/state.json").read_text())

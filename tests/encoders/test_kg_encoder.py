@@ -161,3 +161,30 @@ def test_edgeless_batch_and_single_graph(conv, graph_builder, profiles):
         batched = enc(graph_builder.batch([profiles[0]]), torch.tensor([1.0]))
     assert healthy.shape == (2, K, D) and torch.isfinite(healthy).all()
     assert torch.allclose(single, batched, atol=1e-6)
+
+
+def test_centered_tokens_tell_diseases_apart_and_do_not_depend_on_the_batch_at_inference(graph_builder, profiles):
+    """center_tokens: raw tokens of different profiles are nearly parallel (they share most of their graph);
+    centering per token position spreads them, and at inference each graph's tokens ignore its batch-mates."""
+    sick = [p for p in profiles if not p.healthy]
+    stage = torch.full((len(sick),), 3.0)
+
+    def mean_cos(out):
+        f = torch.nn.functional.normalize(out.flatten(1), dim=-1)
+        sim = f @ f.t()
+        return sim[~torch.eye(len(f), dtype=torch.bool)].mean().item()
+
+    torch.manual_seed(0)
+    plain = tiny()
+    torch.manual_seed(0)
+    centered = tiny(center_tokens=True)
+    with torch.no_grad():
+        raw = mean_cos(plain.train()(graph_builder.batch(sick), stage))
+        for _ in range(30):  # training-mode forwards accumulate the running statistics
+            spread = mean_cos(centered.train()(graph_builder.batch(sick), stage))
+        centered.eval()
+        together = centered(graph_builder.batch(sick), stage)
+        alone = centered(graph_builder.batch(sick[:1]), stage[:1])
+    assert raw > 0.5 and spread < raw - 0.3, (raw, spread)
+    assert torch.allclose(together[:1], alone, atol=1e-5)
+    assert mean_cos(together) < raw - 0.3

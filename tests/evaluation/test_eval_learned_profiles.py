@@ -28,6 +28,8 @@ def test_perturbed_panel_is_learned_back(tiny_evaluator, tiny_data, tiny_profile
     assert check["vs_perturbed"]["n"] > 5
     # recovered: the learned frequencies follow the rendered (perturbed) ones, not the KG's
     assert check["vs_perturbed"]["mae"] < check["vs_kg"]["mae"]
+    det = check["detection"]
+    assert det["n_drawn"] + det["n_absent"] == check["vs_perturbed"]["n"] and det["n_drawn"] > 0 and det["n_absent"] > 0
     # (with the 12-step test CLIP the phenotype heads are weak: only the MAE ordering is asserted here; the
     # default evaluator's numbers are in docs/evaluation.md)
     write_learned(check["learned"], tmp_path)
@@ -49,3 +51,20 @@ def test_rogan_gladen_correction_on_constructed_rates():
     learned = learn_profiles(Ev(), table, [prof], rates=({"HP:1": 0.8}, {"HP:1": 0.1}))
     assert abs(learned["D"]["phenotypes"][0]["learned_frequency"] - 0.4 / 0.7) < 1e-3
     assert compare(learned, {"D": {"HP:1": 0.4 / 0.7}})["mae"] < 1e-3
+
+
+def test_specificity_separates_a_phenotype_reader_from_an_abnormality_reader():
+    from kgface.evaluation.learned_profiles import specificity
+
+    truth = {"D": {"HP:1": 1.0, "HP:2": 0.0}, "E": {"HP:1": 0.0, "HP:2": 1.0}}
+
+    def learned(rates):
+        return {d: {"phenotypes": [{"hpo_id": h, "detection_rate": rates[d][h]} for h in truth[d]]} for d in truth}
+
+    reads_phenotype = specificity(learned({"D": {"HP:1": 0.9, "HP:2": 0.1}, "E": {"HP:1": 0.2, "HP:2": 0.8}}), truth)
+    assert reads_phenotype["n_drawn"] == reads_phenotype["n_absent"] == 2
+    assert abs(reads_phenotype["rate_where_drawn"] - 0.85) < 1e-9
+    assert abs(reads_phenotype["rate_where_absent"] - 0.15) < 1e-9
+    reads_abnormality = specificity(learned({"D": {"HP:1": 0.6, "HP:2": 0.6}, "E": {"HP:1": 0.6, "HP:2": 0.6}}), truth)
+    assert abs(reads_abnormality["rate_where_drawn"] - 0.6) < 1e-9
+    assert abs(reads_abnormality["rate_where_absent"] - 0.6) < 1e-9
