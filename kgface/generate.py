@@ -33,6 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .config import entry
 from .errors import UserError
+from .sheets import to_pil
 
 log = logging.getLogger("kgface.generate")
 
@@ -435,33 +436,15 @@ def generate(gen, items: list[Item], batch_size: int, strength: float, mask: tor
 
 
 # ----------------------------------------------------------------------------------------------------- writing
-def _pil(img: torch.Tensor):
-    from PIL import Image
-
-    return Image.fromarray(img.permute(1, 2, 0).numpy())
-
-
 def save_grid(images: torch.Tensor, items: list[Item], path: Path, title: str = "") -> None:
-    """One row per group (disease, input or identity), its images left to right, labelled."""
-    from PIL import Image, ImageDraw
+    """One row per group (disease, input or identity), its images left to right, labelled by severity and seed."""
+    from .sheets import labelled_sheet
 
     groups = list(dict.fromkeys(it.group for it in items))
-    rows = [[i for i, it in enumerate(items) if it.group == g] for g in groups]
-    size, label_w, head = images.shape[-1], 180, 16
-    cell = max(size, 48) + 4
-    cols = max(len(r) for r in rows)
-    sheet = Image.new("RGB", (label_w + cols * cell, head + len(rows) * (cell + 12)), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((4, 2), title, fill="black")
-    for r, (g, idx) in enumerate(zip(groups, rows)):
-        y = head + r * (cell + 12)
-        draw.text((4, y + 2), f"{g}\n{items[idx[0]].row.get('name', '')[:28]}", fill="black")
-        for c, i in enumerate(idx):
-            it = items[i]
-            sheet.paste(_pil(images[i]).resize((cell - 4, cell - 4)), (label_w + c * cell, y))
-            draw.text((label_w + c * cell, y + cell - 4), f"s{it.row['severity']:g} seed{it.row['seed']}",
-                      fill="black")
-    sheet.save(path)
+    idx = [[i for i, it in enumerate(items) if it.group == g] for g in groups]
+    rows = [(f"{g}\n{items[ix[0]].row.get('name', '')[:28]}", [images[i] for i in ix]) for g, ix in zip(groups, idx)]
+    captions = [[f"s{items[i].row['severity']:g} seed{items[i].row['seed']}" for i in ix] for ix in idx]
+    labelled_sheet(rows, title=title, captions=captions, cell=max(images.shape[-1], 48), label_width=180).save(path)
 
 
 def save_strip(images: list[torch.Tensor], labels: list[str], png: Path, gif: Path) -> None:
@@ -469,7 +452,7 @@ def save_strip(images: list[torch.Tensor], labels: list[str], png: Path, gif: Pa
 
     size = images[0].shape[-1]
     cell = max(size, 64)
-    frames = [_pil(im).resize((cell, cell)) for im in images]
+    frames = [to_pil(im).resize((cell, cell)) for im in images]
     strip = Image.new("RGB", (cell * len(frames), cell + 14), "white")
     draw = ImageDraw.Draw(strip)
     for k, (f, lab) in enumerate(zip(frames, labels)):
@@ -492,14 +475,14 @@ def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: tor
             tag = it.row["disease"].replace(":", "_")
             src = f"_{it.source_name}" if it.source_name else ""
             rel = f"images/{i:04d}_{tag}_s{it.row['severity']:g}_seed{it.row['seed']}{src}.png"
-            _pil(img).save(staging / rel)
+            to_pil(img).save(staging / rel)
             row = dict(it.row, path=rel, **it.extra)
             if it.source is not None:
                 key = it.extra.get("input", it.source_name)
                 if key not in sources:
                     sources[key] = f"sources/{len(sources):04d}_{it.source_name}.png"
                     (staging / "sources").mkdir(exist_ok=True)
-                    _pil(it.source).save(staging / sources[key])
+                    to_pil(it.source).save(staging / sources[key])
                 row["source_image"] = sources[key]
             rows.append(row)
         if cfg.mode == "progression":

@@ -301,10 +301,15 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
 
 @torch.no_grad()
 def _controls(cfg, gen, drawable, evaluator, heldout: set[str], mode: str) -> dict:
-    """Does the image follow the condition? The same seeds drawn (a) with another disease's tokens and (b) with the
-    adapter at scale 0; the share of images whose measured disease changes (KG and class conditioning only)."""
+    """Does the image follow the condition? Every sick profile at stage 3 with `samples.control_seeds` seeds, drawn
+    again (a) with the next disease's tokens and (b) with the adapter at scale 0; the share of images whose measured
+    disease changes (KG and class conditioning only). `*_chance` is the share that would change if the two
+    predictions were independent draws from their own label distributions: a control near it means the condition
+    moves the image as much as a fresh face would, well below it means the image hardly depends on the condition."""
     if mode == "text":
         return {}
+    import numpy as np
+
     from .diffusion.adapter import set_adapter_scale
     from .diffusion.generator import Request
 
@@ -312,8 +317,10 @@ def _controls(cfg, gen, drawable, evaluator, heldout: set[str], mode: str) -> di
     if len(sick) < 2:
         return {}
     seed = int(cfg.seed) + 9000
-    reqs = [Request(p, 3.0, seed + i) for i, p in enumerate(sick)]
-    swapped = [Request(sick[(i + 1) % len(sick)], 3.0, seed + i) for i in range(len(sick))]
+    k = max(1, int(cfg.samples.get("control_seeds", 1)))
+    idx = [(i, j) for j in range(k) for i in range(len(sick))]
+    reqs = [Request(sick[i], 3.0, seed + j * len(sick) + i) for i, j in idx]
+    swapped = [Request(sick[(i + 1) % len(sick)], 3.0, seed + j * len(sick) + i) for i, j in idx]
     base = evaluator.score(gen.sample(reqs))["pred_disease"].to_numpy()
     swap = evaluator.score(gen.sample(swapped))["pred_disease"].to_numpy()
     set_adapter_scale(gen.backbone.unet, 0.0)
@@ -321,11 +328,20 @@ def _controls(cfg, gen, drawable, evaluator, heldout: set[str], mode: str) -> di
         off = evaluator.score(gen.sample(reqs))["pred_disease"].to_numpy()
     finally:
         set_adapter_scale(gen.backbone.unet, float(cfg.model.get("adapter_scale", 1.0)))
-    target = [p.disease_id for p in sick]
-    return {"n": len(sick), "token_swap_changed": float((swap != base).mean()),
+    target = np.array([r.profile.disease_id for r in reqs])
+    return {"n": len(reqs), "seeds_per_disease": k,
+            "token_swap_changed": float((swap != base).mean()), "token_swap_chance": _chance_changed(base, swap),
             "token_swap_follows_tokens": float((swap == [r.profile.disease_id for r in swapped]).mean()),
-            "scale0_changed": float((off != base).mean()),
+            "scale0_changed": float((off != base).mean()), "scale0_chance": _chance_changed(base, off),
             "top1": float((base == target).mean()), "scale0_top1": float((off == target).mean())}
+
+
+def _chance_changed(a, b) -> float:
+    """1 - sum_k P_a(k) P_b(k): how often two independent draws from a's and b's label frequencies differ."""
+    import pandas as pd
+
+    la, lb = pd.Series(a).value_counts(normalize=True), pd.Series(b).value_counts(normalize=True)
+    return float(1.0 - (la * lb.reindex(la.index, fill_value=0.0)).sum())
 
 
 def _validation_grids(cfg, gen, drawable, names, out_dir: Path):
@@ -384,7 +400,9 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
     ("fid_clip", "FID on evaluator CLIP features", ""),
     ("memorisation_rate", "generated images closer to a training image than real near-duplicates", ""),
     ("controls.token_swap_changed", "measured disease changes when another disease's tokens are swapped in", ""),
+    ("controls.token_swap_chance", "... would change if the two images were independent draws", ""),
     ("controls.scale0_changed", "measured disease changes with the adapter at scale 0", ""),
+    ("controls.scale0_chance", "... would change if the two images were independent draws", ""),
 ]
 
 

@@ -52,6 +52,9 @@ def test_train_job_writes_the_documented_layout(tmp_path):
     assert metrics["train"]["steps"] == 4 and metrics["conditioning"] == "kg"
     missing = [k for k in REQUIRED_KEYS if not _has(metrics, k)]
     assert not missing, missing
+    controls = metrics["controls"]  # 3 sick diseases (the held-out one too) x samples.control_seeds (default 4)
+    assert controls["n"] == 12 and controls["seeds_per_disease"] == 4
+    assert 0.0 <= controls["token_swap_chance"] <= 1.0 and 0.0 <= controls["scale0_chance"] <= 1.0
     from kgface.data.manifest import read_manifest
 
     samples, _ = read_manifest(out / "samples" / "manifest.csv")
@@ -123,3 +126,12 @@ def test_shuffled_edges_is_a_seeded_derangement_of_the_phenotype_sets():
     assert sorted(moved) == sorted(p.phenotypes[0].hpo_id for p in profiles[:5])  # a permutation...
     assert all(m != p.phenotypes[0].hpo_id for m, p in zip(moved, profiles[:5]))  # ...with no fixed point
     assert a[5].healthy and a[5].phenotypes == []
+
+
+def test_chance_rate_of_change_of_two_label_sets():
+    from kgface.train import _chance_changed
+
+    assert _chance_changed(["a"] * 4, ["a"] * 4) == 0.0  # both always "a": independent draws never differ
+    assert _chance_changed(["a"] * 4, ["b"] * 4) == 1.0
+    assert abs(_chance_changed(["a", "b"] * 2, ["a", "b", "b", "a"]) - 0.5) < 1e-9
+    assert abs(_chance_changed(["a", "a", "a", "b"], ["a", "b", "c", "d"]) - (1 - 0.75 * 0.25 - 0.25 * 0.25)) < 1e-9

@@ -94,24 +94,13 @@ def write_set(images: torch.Tensor, rows: list[dict], folder: Path, heldout: set
 
 def save_grid(images: torch.Tensor, rows: list[dict], names: dict, path: Path, columns: list[str]) -> Path:
     """A contact sheet: one row per disease (in first-seen order), cells in `rows` order, column titles given."""
-    from PIL import Image, ImageDraw
+    from ..sheets import labelled_sheet
 
-    size = images.shape[-1]
     diseases = list(dict.fromkeys(r["disease"] for r in rows))
-    cols = len(columns)
-    label_w = 170
-    sheet = Image.new("RGB", (label_w + cols * (size + 2), 16 + len(diseases) * (size + 2)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for k, title in enumerate(columns):
-        draw.text((label_w + k * (size + 2) + 2, 2), title, fill="black")
-    for r_i, d in enumerate(diseases):
-        draw.text((4, 18 + r_i * (size + 2)), f"{d}\n{names.get(d, '')[:26]}", fill="black")
-        cells = [i for i, r in enumerate(rows) if r["disease"] == d]
-        for c, i in enumerate(cells[:cols]):
-            img = Image.fromarray(images[i].permute(1, 2, 0).numpy())
-            sheet.paste(img, (label_w + c * (size + 2), 16 + r_i * (size + 2)))
+    sheet_rows = [(f"{d}\n{names.get(d, '')[:26]}", [images[i] for i, r in enumerate(rows) if r["disease"] == d]
+                   [:len(columns)]) for d in diseases]
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    labelled_sheet(sheet_rows, columns=columns, label_width=170).save(path)
     return path
 
 

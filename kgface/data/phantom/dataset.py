@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ...kg import FacialProfile
 from ...prompts.wording import stage_levels
@@ -246,26 +246,21 @@ def build_phantom(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict
 def contact_sheet(rows: list[dict], root: Path, names: dict[str, str], per_disease: int = 2, stages=(0, 1, 2, 3),
                   label_width: int = 190) -> Image.Image:
     """One row per disease, stages left to right, for `per_disease` test identities (healthy: a few faces)."""
+    from ...sheets import labelled_sheet
+
     by_disease: dict[str, list[dict]] = {}
     for r in rows:
         by_disease.setdefault(r["disease"], []).append(r)
-    first = Image.open(root / rows[0]["path"])
-    size = first.size[0]
     cols = per_disease * len(stages)
-    sheet = Image.new("RGB", (label_width + cols * (size + 2), len(by_disease) * (size + 2) + 18), "white")
-    draw = ImageDraw.Draw(sheet)
-    for k, stage in enumerate(list(stages) * per_disease):
-        draw.text((label_width + k * (size + 2) + 2, 2), f"stage {stage}", fill="black")
-    for r_i, (disease, items) in enumerate(by_disease.items()):
-        y = 18 + r_i * (size + 2)
+    sheet_rows = []
+    for disease, items in by_disease.items():
         label = f"{disease}\n{names.get(disease, '')[:28]}" + ("\n(held out)" if items[0].get("heldout") else "")
-        draw.text((4, y + 4), label, fill="black")
         items = sorted(items, key=lambda r: (r["split"] != "test", r["identity"], r["stage"]))
         if disease == "healthy":
             picks = items[:cols]
         else:
             ids = list(dict.fromkeys(r["identity"] for r in items))[:per_disease]
             picks = [r for i in ids for s in stages for r in items if r["identity"] == i and r["stage"] == s]
-        for k, r in enumerate(picks[:cols]):
-            sheet.paste(Image.open(root / r["path"]).convert("RGB"), (label_width + k * (size + 2), y))
-    return sheet
+        sheet_rows.append((label, [Image.open(root / r["path"]) for r in picks[:cols]]))
+    return labelled_sheet(sheet_rows, columns=[f"stage {s}" for s in list(stages) * per_disease],
+                          label_width=label_width)
