@@ -17,7 +17,8 @@ from PIL import Image
 from ..cache import Cache
 from .models import build_tiny_stack, tiny_config
 
-VAE_DEFAULTS = {"steps": 600, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-6, "seed": 0}
+VAE_DEFAULTS = {"steps": 600, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-6, "seed": 0, "logvar_init": 0.0}
+OPTIONAL = {"logvar_init": 0.0}  # left out of the cache key at these values (older VAEs keep theirs)
 
 
 def load_split_images(manifest: Path, split: str | None = "train", limit: int | None = None) -> torch.Tensor:
@@ -49,6 +50,14 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
     t = {**VAE_DEFAULTS, **(train_cfg or {})}
     torch.manual_seed(int(t["seed"]))
     vae, _ = build_tiny_stack(model_cfg)
+    if float(t["logvar_init"]):
+        # the posterior starts near-deterministic: with logvar 0 every latent carries noise of std 1, and with a KL
+        # weight of 1e-6 nothing pushes it down but slow reconstruction gradients, so a short run ends with
+        # posterior std ~0.2 against latents of std ~1 and the decoder learns to blur (lesions, eye colour lost)
+        with torch.no_grad():
+            half = vae.quant_conv.out_channels // 2
+            vae.quant_conv.weight[half:].zero_()
+            vae.quant_conv.bias[half:].fill_(float(t["logvar_init"]))
     opt = torch.optim.AdamW(vae.parameters(), lr=float(t["lr"]), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t["lr"]), total_steps=int(t["steps"]),
                                                 pct_start=0.1)
@@ -101,8 +110,11 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
     """The dataset's VAE from the cache, trained on its train split on first use (diffusers folder layout)."""
     from diffusers import AutoencoderKL
 
-    spec = {"manifest": manifest_digest(manifest), "model": tiny_config(model_cfg),
-            "train": {**VAE_DEFAULTS, **(train_cfg or {})}}
+    train_spec = {**VAE_DEFAULTS, **(train_cfg or {})}
+    for key, off in OPTIONAL.items():
+        if float(train_spec[key]) == off:
+            train_spec.pop(key)
+    spec = {"manifest": manifest_digest(manifest), "model": tiny_config(model_cfg), "train": train_spec}
     entry = cache.entry("vae", spec)
     if not entry.exists():
         train = load_split_images(Path(manifest), "train")

@@ -20,3 +20,13 @@ def test_training_improves_round_trips_and_reports_checkpoints():
     assert seen[-1][1] > seen[0][1]
     assert roundtrip(vae, images).shape == images.shape and roundtrip(vae, images).dtype == torch.uint8
     assert vae.config.scaling_factor > 0
+
+
+def test_logvar_init_starts_a_near_deterministic_posterior():
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    seen = []
+    train_vae(images, SMALL, {"steps": 1, "batch_size": 4, "lr": 0.0, "logvar_init": -10.0}, progress=False,
+              every=1, on_checkpoint=lambda step, v: seen.append(v.encode(images.float() / 127.5 - 1).latent_dist))
+    assert torch.allclose(seen[0].std, torch.full_like(seen[0].std, float(torch.exp(torch.tensor(-5.0)))))
+    default = train_vae(images, SMALL, {"steps": 1, "batch_size": 4, "lr": 0.0}, progress=False)
+    assert default.encode(images.float() / 127.5 - 1).latent_dist.std.mean() > 0.1  # logvar ~0 at init
