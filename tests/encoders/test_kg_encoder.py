@@ -72,7 +72,9 @@ def test_stage_age_and_intensities_change_the_tokens(graph_builder, profiles):
         child, adult = enc(g, torch.tensor([1.0, 1.0]), torch.tensor([0, 2]))
         assert not torch.allclose(child, adult, atol=1e-4)
         unknown = enc(g, torch.tensor([1.0, 1.0]))
-        assert torch.allclose(unknown[0], unknown[1]) and not torch.allclose(unknown[0], child)
+        # two identical graphs in one batch: equal up to float rounding (batch position changes the summation order)
+        assert torch.allclose(unknown[0], unknown[1], atol=1e-5), (unknown[0] - unknown[1]).abs().max()
+        assert not torch.allclose(unknown[0], child, atol=1e-4)
         shown = {"HP:0000286": 0.9, "HP:0000470": 0.4}
         weak = {"HP:0000286": 0.1, "HP:0000470": 0.4}
         a, b = enc(graph_builder.batch([down, down], intensities=[shown, weak]), torch.tensor([1.0, 1.0]))
