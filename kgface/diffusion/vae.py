@@ -18,7 +18,7 @@ from ..cache import Cache
 from .models import build_tiny_stack, tiny_config
 
 VAE_DEFAULTS = {"steps": 600, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-6, "seed": 0, "logvar_init": 0.0}
-OPTIONAL = {"logvar_init": 0.0}  # left out of the cache key at these values (older VAEs keep theirs)
+OPTIONAL = ("logvar_init",)  # left out of the cache key at their default (VAEs cached before them keep their key)
 
 
 def load_split_images(manifest: Path, split: str | None = "train", limit: int | None = None) -> torch.Tensor:
@@ -111,8 +111,8 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
     from diffusers import AutoencoderKL
 
     train_spec = {**VAE_DEFAULTS, **(train_cfg or {})}
-    for key, off in OPTIONAL.items():
-        if float(train_spec[key]) == off:
+    for key in OPTIONAL:
+        if float(train_spec[key]) == VAE_DEFAULTS[key]:
             train_spec.pop(key)
     spec = {"manifest": manifest_digest(manifest), "model": tiny_config(model_cfg), "train": train_spec}
     entry = cache.entry("vae", spec)

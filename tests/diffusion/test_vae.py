@@ -1,7 +1,7 @@
 """The tiny stack's VAE: training lowers the reconstruction error, checkpoints are reported, round trips keep shape."""
 import torch
 
-from kgface.diffusion.vae import psnr, roundtrip, train_vae
+from kgface.diffusion.vae import psnr, roundtrip, to_model, train_vae
 
 SMALL = {"image_size": 16, "vae_block_out_channels": [8, 8], "norm_num_groups": 4, "latent_channels": 4,
          "unet_block_out_channels": [16, 16], "unet_heads": [1, 1], "unet_attention_levels": [False, True]}
@@ -26,7 +26,7 @@ def test_logvar_init_starts_a_near_deterministic_posterior():
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
     seen = []
     train_vae(images, SMALL, {"steps": 1, "batch_size": 4, "lr": 0.0, "logvar_init": -10.0}, progress=False,
-              every=1, on_checkpoint=lambda step, v: seen.append(v.encode(images.float() / 127.5 - 1).latent_dist))
+              every=1, on_checkpoint=lambda step, v: seen.append(v.encode(to_model(images)).latent_dist))
     assert torch.allclose(seen[0].std, torch.full_like(seen[0].std, float(torch.exp(torch.tensor(-5.0)))))
     default = train_vae(images, SMALL, {"steps": 1, "batch_size": 4, "lr": 0.0}, progress=False)
-    assert default.encode(images.float() / 127.5 - 1).latent_dist.std.mean() > 0.1  # logvar ~0 at init
+    assert default.encode(to_model(images)).latent_dist.std.mean() > 0.1  # logvar ~0 at init
