@@ -6,7 +6,7 @@
 
 Any `python -m kgface.train` override selects the data and the evaluator (data.per_class=..., evaluator.*=...). Prints
 the instrument's keys of metrics.json (top-1 on stages 2-3 + healthy, per stage, stage MAE, per-phenotype AUROC,
-identity AUROC, the oracle ceiling) and, with --perturbation, whether profiles learned from a panel rendered with
+identity AUROC, the oracle ceiling, each head against its phenotype drawn alone on healthy test faces) and, with --perturbation, whether profiles learned from a panel rendered with
 flipped frequencies follow the rendered truth (MAE vs perturbed < MAE vs KG) or echo the KG. Figures in
 docs/evaluation.md came from this script.
 """
@@ -44,6 +44,9 @@ def main(argv=None):
     e = evaluate_sets(ev, df, None, profiles)["evaluator"]
     keys = ["real_top1", "real_top1_all", "per_stage_top1", "real_stage_mae", "real_stage_spearman", "oracle_top1",
             "identity_auroc", "zero_shot_top1", "phenotype_auroc_summary", "real_frequency_mae"]
+    from kgface.train import isolated_effects_check
+    e.update(isolated_effects_check(cfg, ev, df))
+    keys.append("phenotype_auroc_isolated_summary")
     print(json.dumps({k: e.get(k) for k in keys}, indent=1))
     if not args.perturbation:
         return

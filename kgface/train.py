@@ -283,6 +283,8 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     metrics, scored = evaluate_sets(evaluator, real_df, gen_manifest,
                                     profiles, roundtrip=(lambda x: roundtrip(vae, x)) if measure_real else None,
                                     return_scored=True, heldout=heldout)
+    if measure_real and cfg.data.name == "phantom":
+        metrics.setdefault("evaluator", {}).update(isolated_effects_check(cfg, evaluator, real_df))
     controls = _controls(cfg, gen, drawable, evaluator, heldout, mode)
     if controls:
         metrics["controls"] = controls
@@ -297,6 +299,21 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
                  title=f"kgface evaluation ({mode})")
     out.update(metrics)
     return out
+
+
+def isolated_effects_check(cfg, evaluator, real_df, per_term: int = 12, faces: int = 40) -> dict:
+    """data=phantom: each phenotype head against its phenotype drawn alone at full intensity on healthy test
+    identities (`phenotype_auroc_isolated`); the test split's AUROC can be high for a head that reads the disease."""
+    from .data.build import isolated_effect_images
+    from .evaluation.sets import isolated_auroc, summary
+
+    test = real_df[(real_df["split"] == "test") & (real_df["disease"] == "healthy")]
+    ids = [int(str(x).rsplit("-", 1)[-1]) for x in test["identity"]][:faces]
+    if not ids:
+        return {}
+    images, labels = isolated_effect_images(cfg, evaluator.phenotypes, ids, per_term)
+    auc = isolated_auroc(evaluator, images, labels)
+    return {"phenotype_auroc_isolated": auc, "phenotype_auroc_isolated_summary": summary(auc)}
 
 
 @torch.no_grad()
@@ -386,6 +403,9 @@ def _plot_loss(losses: list[float], path: Path) -> None:
 HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchmark)
     ("evaluator.real_top1", "evaluator top-1 on real test images (stages 2-3 + healthy)", ">= 0.95"),
     ("evaluator.oracle_top1", "the same probe on the renderer's true phenotype vectors (separability ceiling)", ""),
+    ("evaluator.phenotype_auroc_summary.median", "phenotype heads, median AUROC on the test split", ""),
+    ("evaluator.phenotype_auroc_isolated_summary.median",
+     "phenotype heads, median AUROC with each phenotype drawn alone on a healthy face", ">= 0.9 each"),
     ("vae_ceiling_top1", "evaluator top-1 after a VAE round trip (no generator can beat it)", ""),
     ("evaluator.real_stage_mae", "evaluator stage MAE on real test images", ""),
     ("generation.seen_top1", "generated, diseases the generator trained on", ">= 0.90"),

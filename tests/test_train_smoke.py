@@ -54,6 +54,9 @@ def test_train_job_writes_the_documented_layout(tmp_path):
     assert not missing, missing
     controls = metrics["controls"]  # 3 sick diseases (the held-out one too) x samples.control_seeds (default 4)
     assert controls["n"] == 12 and controls["seeds_per_disease"] == 4
+    isolated = metrics["evaluator"]["phenotype_auroc_isolated"]  # each head against its phenotype drawn alone
+    assert isolated and all(0.0 <= a <= 1.0 for a in isolated.values())
+    assert metrics["evaluator"]["phenotype_auroc_isolated_summary"]["n"] == len(isolated)
     assert 0.0 <= controls["token_swap_chance"] <= 1.0 and 0.0 <= controls["scale0_chance"] <= 1.0
     from kgface.data.manifest import read_manifest
 

@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..kg import FacialProfile
 from ..resources import kg_data_dir
 from .manifest import write_manifest
-from .phantom.dataset import PhantomConfig, build_phantom, contact_sheet
+from .phantom.dataset import PhantomConfig, build_phantom, contact_sheet, isolated_effects
 from .phantom.effects import load_phantom_effects
 
 RENDERER_VERSION = 1  # bump when drawing changes, so cached phantom datasets rebuild
@@ -47,6 +47,19 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
         names = {p.disease_id: p.name for p in profiles}
         contact_sheet(rows, tmp, names).save(tmp / "contact_sheet.png")
     return entry.path
+
+
+def isolated_effect_images(cfg: DictConfig, hpo_ids, identity_ids, per_term: int = 12):
+    """uint8 [N, 3, H, W] images and their labels (an HPO id, or None for the bare face): each phenotype alone at
+    full intensity on `data=phantom` identities (`isolated_effects`)."""
+    import numpy as np
+    import torch
+
+    pcfg = PhantomConfig.from_dict(_data_dict(cfg))
+    images, labels = isolated_effects(pcfg, load_phantom_effects(kg_data_dir() / "phantom_effects.csv"), hpo_ids,
+                                      identity_ids, per_term)
+    arr = np.stack([np.asarray(im.convert("RGB")) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), labels
 
 
 def materialise(src: Path, out: Path) -> None:

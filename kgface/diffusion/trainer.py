@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file
 from ..errors import UserError
 
 TRAINER_DEFAULTS = {
-    "steps": 1500, "batch_size": 16, "lr": 3e-4, "encoder_lr": 3e-4, "weight_decay": 1e-2, "warmup_steps": 100,
-    "grad_accum": 1, "mixed_precision": "no", "max_grad_norm": 1.0, "ema_decay": 0.999, "ema": True,
-    "min_snr_gamma": 5.0, "cfg_drop_tokens": 0.1, "cfg_drop_text": 0.0, "cfg_drop_both": 0.05,
+    "steps": 1500, "batch_size": 16, "lr": 3e-4, "adapter_lr": None, "encoder_lr": 3e-4, "weight_decay": 1e-2,
+    "warmup_steps": 100, "grad_accum": 1, "mixed_precision": "no", "max_grad_norm": 1.0, "ema_decay": 0.999,
+    "ema": True, "min_snr_gamma": 5.0, "cfg_drop_tokens": 0.1, "cfg_drop_text": 0.0, "cfg_drop_both": 0.05,
     "checkpoint_every": 500, "keep_checkpoints": 2, "resume": None, "log_every": 25, "val_every": 0,
     "seed": 0, "num_threads": 0,
 }
@@ -164,7 +164,14 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     acc.init_trackers("train")
     unet, device = backbone.unet, acc.device
     params = list(backbone.trainable) + conditioner.trainable_parameters()
-    groups = [{"params": list(backbone.trainable), "lr": float(t["lr"])}]
+    # the adapter's value projections start at zero and grow only as fast as the optimizer moves them: a separate
+    # learning rate lets the condition take hold early without speeding up (and destabilising) the whole UNet
+    from .adapter import adapter_parameters
+    adapter_ids = {id(p) for p in adapter_parameters(backbone.unet).values()}
+    base = [p for p in backbone.trainable if id(p) not in adapter_ids]
+    own = [p for p in backbone.trainable if id(p) in adapter_ids]
+    adapter_lr = float(t["lr"] if t.get("adapter_lr") is None else t["adapter_lr"])
+    groups = [g for g in ({"params": base, "lr": float(t["lr"])}, {"params": own, "lr": adapter_lr}) if g["params"]]
     if conditioner.trainable_parameters():
         groups.append({"params": conditioner.trainable_parameters(), "lr": float(t["encoder_lr"])})
     optimizer = torch.optim.AdamW(groups, weight_decay=float(t["weight_decay"]))

@@ -18,6 +18,7 @@ from ..cache import Cache
 from .models import build_tiny_stack, tiny_config
 
 VAE_DEFAULTS = {"steps": 600, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-6, "seed": 0, "logvar_init": 0.0}
+VAE_KEYS = ("image_size", "latent_channels", "vae_block_out_channels", "vae_layers_per_block", "norm_num_groups")
 OPTIONAL = ("logvar_init",)  # left out of the cache key at their default (VAEs cached before them keep their key)
 
 
@@ -114,7 +115,9 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
     for key in OPTIONAL:
         if float(train_spec[key]) == VAE_DEFAULTS[key]:
             train_spec.pop(key)
-    spec = {"manifest": manifest_digest(manifest), "model": tiny_config(model_cfg), "train": train_spec}
+    # only what shapes the VAE: a UNet override must not retrain (and re-key) the cached VAE
+    model = {k: v for k, v in tiny_config(model_cfg).items() if k in VAE_KEYS}
+    spec = {"manifest": manifest_digest(manifest), "model": model, "train": train_spec}
     entry = cache.entry("vae", spec)
     if not entry.exists():
         train = load_split_images(Path(manifest), "train")

@@ -66,7 +66,7 @@ def plot_stage_scatter(table: pd.DataFrame, path: Path, stage: str = "stage", ti
 
 
 def plot_phenotype_bars(aurocs: dict[str, float], names: dict[str, str], path: Path,
-                        ceiling: dict[str, float] | None = None) -> Path:
+                        ceiling: dict[str, float] | None = None, isolated: dict[str, float] | None = None) -> Path:
     plt = _plt()
     items = sorted(aurocs.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(6, 0.16 * len(items) + 1.2))
@@ -74,9 +74,12 @@ def plot_phenotype_bars(aurocs: dict[str, float], names: dict[str, str], path: P
     ax.barh(y, [v for _, v in items], height=0.7, label="real test (stage 3)")
     if ceiling:
         ax.scatter([ceiling.get(h, np.nan) for h, _ in items], y, color="red", s=8, label="after VAE round trip")
+    if isolated:
+        ax.scatter([isolated.get(h, np.nan) for h, _ in items], y, color="orange", marker="x", s=10,
+                   label="drawn alone on a healthy face")
     ax.axvline(0.9, color="k", ls="--", lw=0.8)
     ax.set_yticks(y, [f"{h} {names.get(h, '')[:28]}" for h, _ in items], fontsize=5)
-    ax.set_xlim(0.4, 1.0)
+    ax.set_xlim(0.0 if isolated else 0.4, 1.0)
     ax.set_xlabel("AUROC of the phenotype head at full intensity")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -122,7 +125,7 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and k not in ("phenotype_auroc", "vae_ceiling_phenotype_auroc",
-                                             "frequency_mae_per_disease"):
+                                             "phenotype_auroc_isolated", "frequency_mae_per_disease"):
             out += _flat(v, key + ".")
         elif not isinstance(v, (dict, list)):
             out.append((key, v))
@@ -156,7 +159,8 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
         if auc:
             figs.append(("Per-phenotype AUROC at full intensity (dashed: the 0.9 target)",
                          plot_phenotype_bars(auc, ph_names, out / "phenotypes_real.png",
-                                             metrics["evaluator"].get("vae_ceiling_phenotype_auroc"))))
+                                             metrics["evaluator"].get("vae_ceiling_phenotype_auroc"),
+                                             metrics["evaluator"].get("phenotype_auroc_isolated"))))
         for p in best_worst(scored["real"], "disease", evaluator.classes, names, out, "real"):
             figs.append((f"Real test images, {p.stem.split('_')[-1]} cases (probability of the true class)", p))
     if evaluator is not None and "generated" in scored:

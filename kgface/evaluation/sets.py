@@ -82,7 +82,22 @@ def phenotype_auroc(evaluator: Evaluator, scored: pd.DataFrame, min_positives: i
     return out
 
 
-def _summary(aurocs: dict[str, float], target: float = 0.9) -> dict:
+def isolated_auroc(evaluator: Evaluator, images: torch.Tensor, labels) -> dict[str, float]:
+    """Per phenotype head: AUROC between faces showing that phenotype alone at full intensity and the bare faces
+    (label None) of the same identities (images and labels from kgface.data.build.isolated_effect_images)."""
+    table = evaluator.score(images)
+    labels = np.array(["" if x is None else x for x in labels])
+    bare = labels == ""
+    out = {}
+    for h in evaluator.phenotypes:
+        pos = labels == h
+        if pos.any() and bare.any():
+            col = table[f"ph_{h}"].to_numpy()
+            out[h] = M.auroc(np.r_[np.ones(pos.sum(), int), np.zeros(bare.sum(), int)], np.r_[col[pos], col[bare]])
+    return out
+
+
+def summary(aurocs: dict[str, float], target: float = 0.9) -> dict:
     v = np.array([a for a in aurocs.values() if np.isfinite(a)])
     if not len(v):
         return {"n": 0}
@@ -127,7 +142,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
            "real_severity_mae": M.stage_mae(t["severity"], t["severity_pred"]),
            "real_stage_spearman": M.spearman(t["stage"], t["severity_pred"]),
            "zero_shot_top1": M.accuracy(t["disease"][head], t["zs_disease"][head]),
-           "phenotype_auroc": auc, "phenotype_auroc_summary": _summary(auc)}
+           "phenotype_auroc": auc, "phenotype_auroc_summary": summary(auc)}
     if "identity" in t and t["identity"].astype(str).str.len().gt(0).all():
         out["identity_auroc"] = M.identity_auroc(s.features, list(t["identity"]))
     train = train_df if train_df is not None else df[df["split"] == "train"]
@@ -143,7 +158,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         out["vae_ceiling_top1"] = disease_scores(rt_table, evaluator.classes)["top1"]
         rt_auc = phenotype_auroc(evaluator, rt_table)
         out["vae_ceiling_phenotype_auroc"] = rt_auc
-        out["vae_ceiling_phenotype_auroc_summary"] = _summary(rt_auc)
+        out["vae_ceiling_phenotype_auroc_summary"] = summary(rt_auc)
     return out
 
 

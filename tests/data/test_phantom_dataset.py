@@ -8,7 +8,7 @@ import pytest
 from kgface.data.manifest import read_manifest
 from kgface.data.phantom.acne import grade_from_count
 from kgface.data.phantom.dataset import (PhantomConfig, build_phantom, draw_labels, heldout_coverage, identity_split,
-                                         individual, render_labels)
+                                         individual, isolated_effects, render_labels)
 from kgface.data.phantom.effects import load_phantom_effects
 from kgface.kg import ProfileBuilder, healthy_profile
 from kgface.resources import kg_data_dir
@@ -145,3 +145,14 @@ def test_unknown_heldout_is_a_clear_error(tmp_path, capsys):
         main(["data.diseases=[ORPHA:870]", "data.heldout=[ORPHA:99]", f"hydra.run.dir={tmp_path}"])
     assert info.value.code == 2 and "data.heldout" in capsys.readouterr().err
     assert not (tmp_path / "manifest.csv").exists()
+
+
+def test_isolated_effects_draw_one_phenotype_on_the_bare_faces(profiles, table):
+    terms = [p.hpo_id for p in profiles["MONDO:0006604"].phenotypes if p.hpo_id in table][:3] + ["HP:9999999"]
+    images, labels = isolated_effects(SMALL, table, terms, [3, 5, 7], per_term=2)
+    assert labels == [None] * 3 + [h for h in terms[:3] for _ in range(2)]  # a term the renderer lacks: skipped
+    bare = [np.asarray(im, dtype=int) for im in images[:3]]
+    for k, h in enumerate(labels[3:]):
+        face = np.asarray(images[3 + k], dtype=int)
+        assert np.abs(face - bare[k % 2]).sum() > 0, h  # the phenotype changes the same identity's face
+

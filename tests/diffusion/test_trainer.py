@@ -70,6 +70,17 @@ def test_only_trainable_weights_move(profiles, tmp_path):
     assert sum(not torch.equal(a, b) for a, b in zip(before, after)) > 0.9 * len(before)
 
 
+def test_the_adapter_has_its_own_learning_rate(profiles, tmp_path):
+    from kgface.diffusion.adapter import adapter_parameters
+
+    backbone, cond = make(profiles)
+    adapter = {n: p.detach().clone() for n, p in adapter_parameters(backbone.unet).items()}
+    conv = backbone.unet.conv_in.weight.detach().clone()
+    train(backbone, cond, fixed_data(), {**FAST, "steps": 3, "adapter_lr": 0.0}, tmp_path, progress=False)
+    assert all(torch.equal(adapter[n], p) for n, p in adapter_parameters(backbone.unet).items())
+    assert not torch.equal(conv, backbone.unet.conv_in.weight)  # the rest of the UNet trains at trainer.lr
+
+
 def test_resume_gives_the_same_weights(profiles, tmp_path):
     cfg = {**FAST, "steps": 6, "checkpoint_every": 3, "keep_checkpoints": 5}
     b1, c1 = make(profiles)

@@ -30,3 +30,24 @@ def test_logvar_init_starts_a_near_deterministic_posterior():
     assert torch.allclose(seen[0].std, torch.full_like(seen[0].std, float(torch.exp(torch.tensor(-5.0)))))
     default = train_vae(images, SMALL, {"steps": 1, "batch_size": 4, "lr": 0.0}, progress=False)
     assert default.encode(to_model(images)).latent_dist.std.mean() > 0.1  # logvar ~0 at init
+
+
+def test_the_cached_vae_is_keyed_by_the_vae_alone(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from kgface.cache import Cache
+    from kgface.diffusion.vae import cached_vae
+
+    rows = ["path,split"]
+    for i in range(4):
+        Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'train' if i < 3 else 'test'}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    cache, train = Cache(tmp_path / "cache"), {"steps": 1, "batch_size": 2}
+    _, _, first = cached_vae(manifest, SMALL, train, cache, progress=False)
+    # a UNet-only override finds the same VAE; a VAE override trains a new one
+    _, _, same = cached_vae(manifest, {**SMALL, "unet_attention_levels": [True, True]}, train, cache, progress=False)
+    _, _, other = cached_vae(manifest, {**SMALL, "vae_block_out_channels": [8, 16]}, train, cache, progress=False)
+    assert same == first and other != first

@@ -74,6 +74,22 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     assert blurred["vae_ceiling_top1"] <= v["real_top1"] + 1e-9 or blurred["vae_ceiling_top1"] < 0.5
 
 
+def test_isolated_auroc_is_half_when_the_effect_draws_nothing(tiny_evaluator, tiny_data):
+    from kgface.evaluation.sets import isolated_auroc
+
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    faces = load_images(list(df[df.disease == "healthy"]["abspath"][:4]))
+    h = tiny_evaluator.phenotypes[0]
+    # the "phenotype" images are the bare faces themselves: every score ties, AUROC 0.5
+    same = isolated_auroc(tiny_evaluator, torch.cat([faces, faces]), [None] * 4 + [h] * 4)
+    assert same == {h: pytest.approx(0.5)}
+    # against the rows that do show it, the head's own AUROC is reported in [0, 1]
+    shown = df[[h in p for p in df["phenotypes"]]]
+    auc = isolated_auroc(tiny_evaluator, torch.cat([faces, load_images(list(shown["abspath"][:4]))]),
+                         [None] * 4 + [h] * min(4, len(shown)))
+    assert 0.0 <= auc[h] <= 1.0
+
+
 def test_oracle_is_nan_without_phenotypes(tiny_data):
     df = read_manifest(tiny_data / "manifest.csv")[0]
     df["phenotypes"] = [{} for _ in range(len(df))]

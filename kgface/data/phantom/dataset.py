@@ -172,6 +172,28 @@ def render_labels(labels: dict, cfg: PhantomConfig, table: dict[str, TermEffect]
     return render_face(labels["identity"], effects, size=cfg.size, supersample=cfg.supersample, lesion_count=lesions)
 
 
+def isolated_effects(cfg: PhantomConfig, table: dict[str, TermEffect], hpo_ids, identity_ids,
+                     per_term: int = 12) -> tuple[list[Image.Image], list[str | None]]:
+    """Each phenotype drawn alone at full intensity on the first `per_term` identities, plus every identity with
+    nothing drawn (label None). A disease image shows its phenotypes together, so a head can score well on disease
+    images by recognising the disease; alone on a healthy face only the phenotype itself can be read."""
+    faces = {i: sample_identity(cfg.seed, int(i)) for i in identity_ids}
+    images, labels = [], []
+    for i in identity_ids:
+        images.append(render_labels({"identity": faces[i], "lesion_count": -1, "phenotypes": {}}, cfg, table))
+        labels.append(None)
+    full_lesions = count_from_severity(3.0)
+    for h in hpo_ids:
+        if h not in table:
+            continue
+        for i in list(identity_ids)[:per_term]:
+            labels_i = {"identity": faces[i], "lesion_count": full_lesions if h in ACNE_TERMS else -1,
+                        "phenotypes": {h: 1.0}}
+            images.append(render_labels(labels_i, cfg, table))
+            labels.append(h)
+    return images, labels
+
+
 def renderable_share(profile: FacialProfile, table: dict[str, TermEffect], unknown: float) -> float:
     """Share of the profile's frequency mass that the renderer can draw."""
     f = [(unknown if p.frequency is None else p.frequency, p.hpo_id in table) for p in profile.phenotypes]
