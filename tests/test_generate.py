@@ -25,14 +25,15 @@ def micro_run(tmp_path_factory, session_cache_dir):
 
 @pytest.fixture(scope="session")
 def baselines_run(tmp_path_factory, session_cache_dir):
-    """A micro baselines run with an evaluator (~10 s): OUT/text, OUT/class and OUT/evaluator."""
+    """A micro baselines run with an evaluator (~15 s): OUT/text, OUT/class, OUT/kg_shuffled and OUT/evaluator."""
     from kgface.train import main
     from tests.test_train_smoke import MICRO, MICRO_EVALUATOR
 
     out = tmp_path_factory.mktemp("gen-baselines") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
-        main(list(MICRO) + MICRO_EVALUATOR + ["experiment=baselines", "baselines=[text,class]", "trainer.steps=2",
+        main(list(MICRO) + MICRO_EVALUATOR + ["experiment=baselines", "baselines=[text,class,kg_shuffled]",
+                                              "trainer.steps=2",
                                               "trainer.checkpoint_every=0", f"hydra.run.dir={out}"])
     return out
 
@@ -215,6 +216,27 @@ def test_text_and_class_baselines_generate(baselines_run, tmp_path, capsys):
     assert "conditioning=class" in err and "ORPHA:648 (Noonan syndrome, held out in training)" in err
     err = fails(capsys, baselines_run / "class", tmp_path / "y", "mode=compose", "disease=ORPHA:904")
     assert "ORPHA:904 (Williams syndrome)" in err  # never in the run at all
+
+
+def test_load_run_knows_the_shuffled_control_and_a_one_entry_baselines_run(baselines_run, tmp_path,
+                                                                          session_cache_dir):
+    from kgface.diffusion.run_loading import SHUFFLED, load_run
+    from kgface.train import CONTROL, main
+    from tests.test_train_smoke import MICRO
+
+    assert SHUFFLED == CONTROL
+    _, conditioner, profiles, _ = load_run(baselines_run / "kg_shuffled")
+    shuffled = json.loads((baselines_run / "kg_shuffled" / "shuffled_profiles.json").read_text())
+    assert conditioner.mode == "kg"  # drawn with the shuffled phenotypes it was trained on
+    assert [[x.hpo_id for x in p.phenotypes] for p in profiles] == [[x["hpo_id"] for x in p["phenotypes"]]
+                                                                    for p in shuffled]
+    # baselines=[text] alone trains in the run folder itself: it loads as text, not as the config's kg
+    out = tmp_path / "one"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
+        main(list(MICRO) + ["experiment=baselines", "baselines=[text]", "trainer.steps=2", "evaluate=false",
+                            "trainer.checkpoint_every=0", f"hydra.run.dir={out}"])
+    assert load_run(out)[1].mode == "text"
 
 
 def test_identity_adapter_stacks_with_the_kg_adapter(micro_run, identity_files, tmp_path):

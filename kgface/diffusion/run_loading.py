@@ -24,6 +24,9 @@ from ..errors import UserError
 from ..kg import FacialProfile
 
 
+SHUFFLED = "kg_shuffled"  # kgface.train's control: KG conditioning on shuffled disease-phenotype edges
+
+
 class RunError(UserError):
     """A run directory that is not (or not completely) a kgface.train output."""
 
@@ -34,11 +37,13 @@ def _locate(run_dir: Path) -> tuple[DictConfig, str]:
         raise RunError(f"run={run_dir} does not exist; pass a kgface.train output directory")
     if (run_dir / "config.yaml").is_file():
         cfg = OmegaConf.load(run_dir / "config.yaml")
-        if cfg.get("baselines") and not (run_dir / "model").is_dir():
-            subs = [m for m in cfg.baselines if (run_dir / str(m) / "model").is_dir()]
+        modes = [str(m) for m in cfg.get("baselines") or []]
+        if modes and not (run_dir / "model").is_dir():
+            subs = [m for m in modes if (run_dir / m / "model").is_dir()]
             raise RunError(f"run={run_dir} is a baselines run; pass one of its generators: "
                            + ", ".join(f"run={run_dir / s}" for s in subs))
-        return cfg, str(cfg.get("conditioning", "kg"))
+        # a baselines list of one conditioning trains it in the run folder itself (no subfolder)
+        return cfg, modes[0] if len(modes) == 1 else str(cfg.get("conditioning", "kg"))
     parent = run_dir.parent
     if (parent / "config.yaml").is_file():
         cfg = OmegaConf.load(parent / "config.yaml")
@@ -93,10 +98,17 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
 
     run_dir = Path(run_dir)
     cfg, mode = _locate(run_dir)
+    shuffled = mode == SHUFFLED
+    mode = "kg" if shuffled else mode
     _check_files(run_dir, cfg, mode)
     model_cfg = _container(cfg.model)
     num_tokens = int(model_cfg.get("num_tokens", 8))
     profiles = load_profiles_json(run_dir)
+    if shuffled:  # the control was trained (and draws) with every disease given another disease's phenotypes
+        path = run_dir / "shuffled_profiles.json"
+        if not path.is_file():
+            raise RunError(f"run={run_dir} is a {SHUFFLED} generator without shuffled_profiles.json")
+        profiles = [FacialProfile.from_dict(p) for p in json.loads(path.read_text(encoding="utf-8"))]
     heldout = heldout_of(run_dir)
 
     if cfg.model.name == "tiny":
