@@ -6,9 +6,9 @@
 
 Any `python -m kgface.train` override selects the data and the evaluator (data.per_class=..., evaluator.*=...). Prints
 the instrument's keys of metrics.json (top-1 on stages 2-3 + healthy, per stage, stage MAE, per-phenotype AUROC,
-identity AUROC, the oracle ceiling, each head against its phenotype drawn alone on healthy test faces) and, with --perturbation, whether profiles learned from a panel rendered with
-flipped frequencies follow the rendered truth (MAE vs perturbed < MAE vs KG) or echo the KG. Figures in
-docs/evaluation.md came from this script.
+identity AUROC, the oracle ceiling, each head against its phenotype drawn alone on healthy test faces) and, with
+--perturbation, whether profiles learned from a panel rendered with flipped frequencies follow the rendered truth
+(MAE vs perturbed < MAE vs KG) or echo the KG. Figures in docs/evaluation.md came from this script.
 """
 from __future__ import annotations
 

@@ -42,7 +42,8 @@ def main(argv=None):
     from kgface.diffusion.run_loading import heldout_of, load_run
     from kgface.evaluation import load_evaluator
 
-    evaluator = load_evaluator(args.evaluator or args.runs[0])
+    first = Path(args.runs[0])  # a baselines generator (OUT/<mode>) keeps its evaluator in OUT/evaluator
+    evaluator = load_evaluator(args.evaluator or (first if (first / "evaluator").is_dir() else first.parent))
     results = {}
     for run in args.runs:
         backbone, cond, profiles, cfg = load_run(run)
@@ -55,7 +56,8 @@ def main(argv=None):
                               ("seen", [p for p in profiles if p.disease_id not in heldout and not p.healthy])):
             if cond.mode == "class":
                 chosen = [p for p in chosen if p.disease_id in known]
-            reqs = [Request(p, s, args.seed_offset + k) for p in chosen for s in args.stages for k in range(args.seeds)]
+            reqs = [Request(p, s, args.seed_offset + k)
+                    for p in chosen for s in args.stages for k in range(args.seeds)]
             if not reqs:
                 continue
             preds = []

@@ -38,7 +38,7 @@ def _locate(run_dir: Path) -> tuple[DictConfig, str]:
     if (run_dir / "config.yaml").is_file():
         cfg = OmegaConf.load(run_dir / "config.yaml")
         modes = [str(m) for m in cfg.get("baselines") or []]
-        if modes and not (run_dir / "model").is_dir():
+        if len(modes) > 1 and not (run_dir / "model").is_dir():
             subs = [m for m in modes if (run_dir / m / "model").is_dir()]
             raise RunError(f"run={run_dir} is a baselines run; pass one of its generators: "
                            + ", ".join(f"run={run_dir / s}" for s in subs))

@@ -119,7 +119,11 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
                 s.copy_(shadow[f"p{i:05d}"])
             ema.steps = state["ema_steps"]
     opt = torch.load(folder / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(opt["optimizer"])
+    try:  # learning rates come back from the checkpoint with the rest of the optimizer state
+        optimizer.load_state_dict(opt["optimizer"])
+    except ValueError as exc:  # e.g. a checkpoint from before the adapter had its own parameter group
+        raise TrainingError(f"{folder}: its optimizer state does not fit this run ({exc}); "
+                            "set trainer.resume=null to start afresh") from None
     scheduler.load_state_dict(opt["scheduler"])
     return int(state["step"]), list(state.get("losses", []))
 

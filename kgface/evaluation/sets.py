@@ -97,7 +97,7 @@ def isolated_auroc(evaluator: Evaluator, images: torch.Tensor, labels) -> dict[s
     return out
 
 
-def summary(aurocs: dict[str, float], target: float = 0.9) -> dict:
+def auroc_summary(aurocs: dict[str, float], target: float = 0.9) -> dict:
     v = np.array([a for a in aurocs.values() if np.isfinite(a)])
     if not len(v):
         return {"n": 0}
@@ -142,7 +142,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
            "real_severity_mae": M.stage_mae(t["severity"], t["severity_pred"]),
            "real_stage_spearman": M.spearman(t["stage"], t["severity_pred"]),
            "zero_shot_top1": M.accuracy(t["disease"][head], t["zs_disease"][head]),
-           "phenotype_auroc": auc, "phenotype_auroc_summary": summary(auc)}
+           "phenotype_auroc": auc, "phenotype_auroc_summary": auroc_summary(auc)}
     if "identity" in t and t["identity"].astype(str).str.len().gt(0).all():
         out["identity_auroc"] = M.identity_auroc(s.features, list(t["identity"]))
     train = train_df if train_df is not None else df[df["split"] == "train"]
@@ -158,7 +158,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         out["vae_ceiling_top1"] = disease_scores(rt_table, evaluator.classes)["top1"]
         rt_auc = phenotype_auroc(evaluator, rt_table)
         out["vae_ceiling_phenotype_auroc"] = rt_auc
-        out["vae_ceiling_phenotype_auroc_summary"] = summary(rt_auc)
+        out["vae_ceiling_phenotype_auroc_summary"] = auroc_summary(rt_auc)
     return out
 
 

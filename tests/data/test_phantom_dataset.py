@@ -155,4 +155,3 @@ def test_isolated_effects_draw_one_phenotype_on_the_bare_faces(profiles, table):
     for k, h in enumerate(labels[3:]):
         face = np.asarray(images[3 + k], dtype=int)
         assert np.abs(face - bare[k % 2]).sum() > 0, h  # the phenotype changes the same identity's face
-

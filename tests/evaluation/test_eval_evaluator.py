@@ -83,11 +83,15 @@ def test_isolated_auroc_is_half_when_the_effect_draws_nothing(tiny_evaluator, ti
     # the "phenotype" images are the bare faces themselves: every score ties, AUROC 0.5
     same = isolated_auroc(tiny_evaluator, torch.cat([faces, faces]), [None] * 4 + [h] * 4)
     assert same == {h: pytest.approx(0.5)}
-    # against the rows that do show it, the head's own AUROC is reported in [0, 1]
-    shown = df[[h in p for p in df["phenotypes"]]]
-    auc = isolated_auroc(tiny_evaluator, torch.cat([faces, load_images(list(shown["abspath"][:4]))]),
-                         [None] * 4 + [h] * min(4, len(shown)))
-    assert 0.0 <= auc[h] <= 1.0
+    # against faces that do show it: the head's scores, positives = the labelled faces, negatives = the bare ones
+    from kgface.evaluation import metrics as M
+
+    shown = load_images(list(df[[h in p for p in df["phenotypes"]]]["abspath"][:4]))
+    images = torch.cat([faces, shown])
+    scores = tiny_evaluator.score(images)[f"ph_{h}"].to_numpy()
+    auc = isolated_auroc(tiny_evaluator, images, [None] * 4 + [h] * len(shown))
+    y = np.r_[np.zeros(4, int), np.ones(len(shown), int)]
+    assert auc[h] == pytest.approx(M.auroc(y, scores)) and auc[h] != pytest.approx(M.auroc(1 - y, scores))
 
 
 def test_oracle_is_nan_without_phenotypes(tiny_data):
