@@ -19,7 +19,7 @@ from .models import build_tiny_stack, tiny_config
 
 VAE_DEFAULTS = {"steps": 600, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-6, "seed": 0, "logvar_init": 0.0}
 VAE_KEYS = ("image_size", "latent_channels", "vae_block_out_channels", "vae_layers_per_block", "norm_num_groups")
-OPTIONAL = ("logvar_init",)  # left out of the cache key at their default (VAEs cached before them keep their key)
+OPTIONAL = ("logvar_init",)  # left out of the cache key at their default value
 
 
 def load_split_images(manifest: Path, split: str | None = "train", limit: int | None = None) -> torch.Tensor:

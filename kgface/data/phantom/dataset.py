@@ -182,11 +182,11 @@ def isolated_effects(cfg: PhantomConfig, table: dict[str, TermEffect], hpo_ids, 
     for i in identity_ids:
         images.append(render_labels({"identity": faces[i], "lesion_count": -1, "phenotypes": {}}, cfg, table))
         labels.append(None)
-    full_lesions = count_from_severity(3.0)
+    full_lesions, shown_on = count_from_severity(3.0), list(identity_ids)[:per_term]
     for h in hpo_ids:
         if h not in table:
             continue
-        for i in list(identity_ids)[:per_term]:
+        for i in shown_on:
             labels_i = {"identity": faces[i], "lesion_count": full_lesions if h in ACNE_TERMS else -1,
                         "phenotypes": {h: 1.0}}
             images.append(render_labels(labels_i, cfg, table))
