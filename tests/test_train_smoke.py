@@ -13,7 +13,8 @@ MICRO = ["model.tiny.image_size=32", "model.tiny.vae_block_out_channels=[16,32]"
          "data.size=32", "data.supersample=2", "data.per_class=2", "data.healthy_per_class=4", "data.identities=60",
          "data.diseases=[ORPHA:870,ORPHA:648,MONDO:0011438]", "data.heldout=[ORPHA:648]",
          "trainer.steps=4", "trainer.batch_size=4", "trainer.checkpoint_every=2", "trainer.log_every=1",
-         "samples.per_cell=1", "samples.stages=[0,3]", "samples.transform_identities=1", "progress=false",
+         "samples.per_cell=1", "samples.stages=[0,3]", "samples.transform_identities=1", "samples.control_seeds=4",
+         "progress=false",
          "evaluate=false"]
 # a micro evaluator (seconds to train): the job's evaluation path, not its quality
 MICRO_EVALUATOR = ["evaluate=true", "evaluator.image_size=32", "evaluator.embed_dim=32", "evaluator.vision.width=32",
@@ -52,7 +53,7 @@ def test_train_job_writes_the_documented_layout(tmp_path):
     assert metrics["train"]["steps"] == 4 and metrics["conditioning"] == "kg"
     missing = [k for k in REQUIRED_KEYS if not _has(metrics, k)]
     assert not missing, missing
-    controls = metrics["controls"]  # 3 sick diseases (the held-out one too) x samples.control_seeds (default 4)
+    controls = metrics["controls"]  # 3 sick diseases (the held-out one too) x samples.control_seeds=4
     assert controls["n"] == 12 and controls["seeds_per_disease"] == 4
     isolated = metrics["evaluator"]["phenotype_auroc_isolated"]  # each head against its phenotype drawn alone
     assert isolated and all(0.0 <= a <= 1.0 for a in isolated.values())
@@ -85,6 +86,14 @@ def test_bad_overrides_are_clear_errors(tmp_path, capsys):
 def test_experiment_and_model_groups_compose():
     cfg = compose("train", ["model=sdxl", "model.pretrained=/x", "conditioning=class"])
     assert cfg.model.name == "sdxl" and cfg.model.resolution == 1024 and cfg.conditioning == "class"
+
+
+def test_the_learning_rate_follows_the_model_unless_set():
+    # tiny trains a UNet from scratch (2e-3), a pretrained base trains LoRA (1e-4); the benchmark keeps its measured 3e-4
+    assert compose("train", []).trainer.lr == 2e-3
+    assert compose("train", ["model=sd15", "model.pretrained=/x"]).trainer.lr == 1e-4
+    assert compose("train", ["experiment=benchmark"]).trainer.lr == 3e-4
+    assert compose("train", ["model=sd15", "model.pretrained=/x", "trainer.lr=5e-4"]).trainer.lr == 5e-4
 
 
 def test_baselines_experiment_trains_each_conditioning(tmp_path):
