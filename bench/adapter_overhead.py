@@ -1,9 +1,11 @@
 """Cost of the KG adapter on the tiny UNet: a training step and a sampling step, with and without the adapter.
 
     python bench/adapter_overhead.py [--repeats 30] [--batch 16] [--tokens 8] [--threads 2] [--clock wall|cpu]
+                                     [--model-config conf/model/tiny.yaml | --library-defaults]
 
-Both UNets hold the same base weights (model=tiny defaults: ~9.2M parameters, 8x8x4 latents, cross-attention 384 for
-MiniLM states, 77 text tokens). Training step = forward + backward (all parameters trainable, as for model=tiny);
+Both UNets hold the same base weights: the UNet of the default run (conf/model/tiny.yaml's `tiny` block: 16x16x4
+latents, cross-attention 384 for MiniLM states, 77 text tokens), or with --library-defaults the smaller one of
+kgface.diffusion.models.TINY_DEFAULTS (8x8x4 latents). Training step = forward + backward (all parameters trainable, as for model=tiny);
 sampling step = forward under no_grad. The two variants alternate in every round so that load from other processes
 hits both alike; the report gives medians, minima and their ratios (targets: sampling <= 1.05x, training <= 1.10x).
 On a machine shared with other jobs, `--clock cpu --threads 1` (this process's CPU time) is far less disturbed by
@@ -16,6 +18,7 @@ import copy
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -30,6 +33,9 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=8, help="K, KG tokens per sample")
     ap.add_argument("--text-tokens", type=int, default=77)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--model-config", default=str(Path(__file__).resolve().parents[1] / "conf/model/tiny.yaml"),
+                    help="a model=tiny config file whose `tiny` block sizes the UNet (default: the default run's)")
+    ap.add_argument("--library-defaults", action="store_true", help="TINY_DEFAULTS instead of --model-config")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: time.perf_counter; cpu: time.process_time (CPU time of this process, all threads)")
     args = ap.parse_args(argv)
@@ -37,7 +43,12 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    _, base = build_tiny_stack()
+    tiny = None
+    if not args.library_defaults:
+        from omegaconf import OmegaConf
+
+        tiny = OmegaConf.to_container(OmegaConf.load(args.model_config).tiny)
+    _, base = build_tiny_stack(tiny)
     adapted = copy.deepcopy(base)
     attach_kg_adapter(adapted, num_tokens=args.tokens)
     c = base.config
