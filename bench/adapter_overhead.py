@@ -5,11 +5,12 @@
 
 Both UNets hold the same base weights: the UNet of the default run (conf/model/tiny.yaml's `tiny` block: 16x16x4
 latents, cross-attention 384 for MiniLM states, 77 text tokens), or with --library-defaults the smaller one of
-kgface.diffusion.models.TINY_DEFAULTS (8x8x4 latents). Training step = forward + backward (all parameters trainable, as for model=tiny);
-sampling step = forward under no_grad. The two variants alternate in every round so that load from other processes
-hits both alike; the report gives medians, minima and their ratios (targets: sampling <= 1.05x, training <= 1.10x).
-On a machine shared with other jobs, `--clock cpu --threads 1` (this process's CPU time) is far less disturbed by
-the other jobs than wall time; the minimum is the least disturbed wall-clock estimate.
+kgface.diffusion.models.TINY_DEFAULTS (8x8x4 latents). Training step = forward + backward (all parameters
+trainable, as for model=tiny); sampling step = forward under no_grad. The two variants alternate in every round so
+that load from other processes hits both alike; the report gives medians, minima and their ratios (targets:
+sampling <= 1.05x, training <= 1.10x). On a machine shared with other jobs, `--clock cpu --threads 1` (this
+process's CPU time) is far less disturbed by the other jobs than wall time; the minimum is the least disturbed
+wall-clock estimate.
 """
 from __future__ import annotations
 
