@@ -11,7 +11,7 @@ MICRO = ["model.tiny.image_size=32", "model.tiny.vae_block_out_channels=[16,32]"
          "model.vae_train.steps=3", "model.vae_train.batch_size=8", "model.num_tokens=4", "model.sample.steps=2",
          "encoder.hidden=32", "encoder.layers=1", "encoder.heads=2",
          "data.size=32", "data.supersample=2", "data.per_class=2", "data.healthy_per_class=4", "data.identities=60",
-         "data.diseases=[ORPHA:870,ORPHA:648,MONDO:0011438]", "data.heldout=[ORPHA:648]",
+         "data.diseases=[ORPHA:870,ORPHA:648,MONDO:0011438]", "data.heldout=[ORPHA:648]", "data.atlas.faces=8",
          "trainer.steps=4", "trainer.batch_size=4", "trainer.checkpoint_every=2", "trainer.log_every=1",
          "samples.per_cell=1", "samples.stages=[0,3]", "samples.transform_identities=1", "samples.control_seeds=4",
          "progress=false",

@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..kg import FacialProfile
 from ..resources import kg_data_dir
 from .manifest import write_manifest
-from .phantom.dataset import PhantomConfig, build_phantom, contact_sheet, isolated_effects
+from .phantom.dataset import PhantomConfig, build_atlas, build_phantom, contact_sheet, isolated_effects
 from .phantom.effects import load_phantom_effects
 
 RENDERER_VERSION = 1  # bump when drawing changes, so cached phantom datasets rebuild
@@ -43,6 +43,13 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
     with entry.build() as tmp:
         rows, stats = build_phantom(profiles, pcfg, table, tmp, heldout, progress=progress)
         write_manifest(rows, tmp / "manifest.csv")
+        atlas = data.get("atlas") or {}
+        atlas_rows = build_atlas(profiles, pcfg, table, tmp, int(atlas.get("faces", 0)),
+                                 tuple(atlas.get("per_face", (4, 8))), tuple(atlas.get("intensity", (0.5, 1.0))),
+                                 progress=progress)
+        if atlas_rows:  # read by the evaluator only (kgface.evaluation.evaluator.ATLAS_FILE)
+            write_manifest(atlas_rows, tmp / "phenotype_atlas.csv")
+            stats["atlas_images"] = len(atlas_rows)
         write_json_atomic(tmp / "dataset.json", {"config": data, **stats})
         names = {p.disease_id: p.name for p in profiles}
         contact_sheet(rows, tmp, names).save(tmp / "contact_sheet.png")
@@ -79,7 +86,10 @@ def materialise(src: Path, out: Path) -> None:
     if (out / "images").exists():
         shutil.rmtree(out / "images")
     os.replace(staging, out / "images")
-    for name in ("dataset.json", "contact_sheet.png", "manifest.csv"):  # manifest last: it marks completeness
+    names = ["dataset.json", "contact_sheet.png", "phenotype_atlas.csv", "manifest.csv"]
+    if not (src / "phenotype_atlas.csv").is_file():
+        (out / "phenotype_atlas.csv").unlink(missing_ok=True)  # a stale atlas of an earlier build would be read
+    for name in [n for n in names if (src / n).is_file()]:  # manifest last: it marks completeness
         tmp = out / f".{name}.tmp"
         shutil.copy2(src / name, tmp)
         os.replace(tmp, out / name)

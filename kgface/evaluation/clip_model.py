@@ -159,8 +159,9 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Te
     `classes`, pairs of the same class (disease) but different captions are partial positives (`class_weight`)."""
     logits = logit_scale.exp().clamp(max=100) * img @ txt.t()
     same = (groups.view(-1, 1) == groups.view(1, -1)).float()
-    if classes is not None and class_weight > 0:
-        same = torch.maximum(same, class_weight * (classes.view(-1, 1) == classes.view(1, -1)).float())
+    if classes is not None and class_weight > 0:  # class -1: no disease (atlas faces), never a partial positive
+        both = (classes.view(-1, 1) == classes.view(1, -1)) & (classes.view(-1, 1) >= 0)
+        same = torch.maximum(same, class_weight * both.float())
     target = same / same.sum(1, keepdim=True)
     return 0.5 * (torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
                   + torch.sum(-target * F.log_softmax(logits.t(), 1), 1).mean())
@@ -179,11 +180,16 @@ class AuxiliaryHeads(torch.nn.Module):
 
     def loss(self, emb: torch.Tensor, classes: torch.Tensor, presence: torch.Tensor | None,
              stages: torch.Tensor | None, disease_weight: float = 1.0) -> torch.Tensor:
-        out = disease_weight * F.cross_entropy(self.disease(emb), classes)
+        """classes -1 and stages NaN (phenotype-atlas faces) are left out of the disease and stage terms."""
+        out = emb.new_zeros(())
+        known = classes >= 0
+        if known.any():
+            out = out + disease_weight * F.cross_entropy(self.disease(emb[known]), classes[known])
         if presence is not None and presence.shape[1] > 0:
             out = out + F.binary_cross_entropy_with_logits(self.phenotypes(emb), presence)
-        if stages is not None:
-            out = out + F.mse_loss(self.stage(emb).squeeze(-1), stages)
+        if stages is not None and torch.isfinite(stages).any():
+            ok = torch.isfinite(stages)
+            out = out + F.mse_loss(self.stage(emb[ok]).squeeze(-1), stages[ok])
         return out
 
 
@@ -194,7 +200,7 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
 
     labels: the disease per image; same-disease pairs are partial positives with weight `train.class_weight`, and
     with `train.supervised_weight` > 0 an auxiliary head classifies it (plus `presence` [N, P] phenotype labels and
-    `stages` [N], when given)."""
+    `stages` [N], when given). A label None (stage NaN) marks a face without a disease (the phenotype atlas)."""
     from tqdm import tqdm
 
     c = _plain(cfg)
@@ -211,8 +217,9 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
     uniq = {cap: k for k, cap in enumerate(dict.fromkeys(captions))}
     groups = torch.tensor([uniq[cap] for cap in captions])
     tokens = tokenizer(list(uniq))  # each distinct caption once
-    cls_index = {c: k for k, c in enumerate(dict.fromkeys(labels))} if labels is not None else None
-    classes = torch.tensor([cls_index[c] for c in labels]) if labels is not None else None
+    cls_index = {c: k for k, c in enumerate(dict.fromkeys(x for x in labels if x is not None))} \
+        if labels is not None else None
+    classes = torch.tensor([-1 if c is None else cls_index[c] for c in labels]) if labels is not None else None
     class_weight = float(t.get("class_weight", 0.0))
     sup_weight = float(t.get("supervised_weight", 0.0)) if classes is not None else 0.0
     disease_weight = float(t.get("disease_weight", 1.0))

@@ -8,6 +8,10 @@ stage (CORAL), and the per-phenotype presence scores with the detected set.
 
 Saved as `evaluator.json` (config, classes, phenotype ids, training log) + `probes.safetensors` (+ `clip.safetensors`
 for the tiny CLIP; a pretrained open_clip model is re-read from `evaluator.pretrained`). No pickle.
+
+A dataset folder may also hold `phenotype_atlas.csv` (same columns; written by `data=phantom` with `data.atlas.faces`
+> 0): faces labelled with phenotypes only, no disease. When present, the tiny CLIP and the phenotype heads also train
+on them (never the disease probe or the stage head), so a phenotype head sees its phenotype without its disease.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from ..cache import Cache, stable_hash, write_json_atomic
 from ..data.manifest import read_manifest
 from ..errors import UserError
 from ..kg import FacialProfile
-from ..prompts import caption, healthy_prompts, zero_shot_prompts
+from ..prompts import caption, healthy_prompts, phenotype_caption, zero_shot_prompts
 from .clip_model import ImageEncoder, build_clip, encode_texts, train_clip
 from .probes import CoralHead, LinearProbe, PhenotypeHeads, Standardizer
 
@@ -236,6 +240,15 @@ def _profile_map(profiles, diseases: Sequence[str]) -> dict[str, FacialProfile]:
     return by_id
 
 
+def _phenotype_map(profiles) -> dict:
+    """HPO id -> the profiles' Phenotype (its visual wording names the phenotype in atlas captions)."""
+    out = {}
+    for prof in (profiles.values() if isinstance(profiles, dict) else profiles):
+        for ph in prof.phenotypes:
+            out.setdefault(ph.hpo_id, ph)
+    return out
+
+
 def zero_shot_text(model, tokenizer, profiles: dict[str, FacialProfile], classes: list[str]) -> torch.Tensor:
     """[C, D] normalised mean text embedding of each class's zero-shot prompt ensemble."""
     rows = []
@@ -245,8 +258,10 @@ def zero_shot_text(model, tokenizer, profiles: dict[str, FacialProfile], classes
     return torch.stack(rows)
 
 
-def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True) -> Evaluator:
-    """Train an evaluator on df's `train` split (calibrated on `val`); no caching (see fit_evaluator)."""
+def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
+                    atlas: pd.DataFrame | None = None) -> Evaluator:
+    """Train an evaluator on df's `train` split (calibrated on `val`); no caching (see fit_evaluator). `atlas`:
+    phenotype-only faces for the CLIP and the phenotype heads (see the module docstring)."""
     import time
 
     c = _plain(cfg)
@@ -254,6 +269,9 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True) -> E
     val = df[df["split"] == "val"].reset_index(drop=True)
     if len(train) == 0:
         raise EvaluatorInputError("the manifest has no 'train' rows to fit the evaluator on")
+    heads_on = str(c.get("phenotype_heads", "all"))
+    if heads_on not in ("all", "atlas"):
+        raise EvaluatorInputError(f"evaluator.phenotype_heads={heads_on!r}: use 'all' or 'atlas'")
     classes = sorted(train["disease"].unique(), key=lambda d: (d == HEALTHY, d))
     if len(classes) < 2:
         raise EvaluatorInputError(f"the evaluator needs at least 2 classes in the train split, got {classes}")
@@ -264,14 +282,26 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True) -> E
     torch.manual_seed(int(c.get("seed", 0)))
     model, tokenizer, image_size = build_clip(c)
     images = load_images(list(train["abspath"]))
-    info = {"train_images": len(train), "val_images": len(val), "manifest_rows": len(df)}
+    atlas = atlas.reset_index(drop=True) if atlas is not None and len(atlas) else None
+    atlas_images = load_images(list(atlas["abspath"]), size=images.shape[-1]) if atlas is not None else None
+    info = {"train_images": len(train), "val_images": len(val), "manifest_rows": len(df),
+            "atlas_images": 0 if atlas is None else len(atlas)}
+    # phenotypes: those drawn in the train split or the atlas (the atlas draws only the panel's phenotypes)
+    pheno_rows = list(train["phenotypes"]) + ([] if atlas is None else list(atlas["phenotypes"]))
+    vocab = sorted({h for ph in pheno_rows for h, v in ph.items() if float(v) > 0})
     if c["name"] == "tiny_clip":
         captions = [image_caption(by_id[r.disease], r.stage, r.phenotypes) for r in train.itertuples()]
-        vocab_all = sorted({h for ph in train["phenotypes"] for h, v in ph.items() if float(v) > 0})
-        info["clip"] = train_clip(model, tokenizer, images, captions, c, progress=progress,
-                                  labels=list(train["disease"]),
-                                  presence=presence_matrix(list(train["phenotypes"]), vocab_all),
-                                  stages=train["stage"].to_numpy(dtype=float))
+        labels, stages = list(train["disease"]), train["stage"].to_numpy(dtype=float)
+        clip_images = images
+        if atlas is not None:
+            named = _phenotype_map(profiles)
+            captions += [phenotype_caption([named[h] for h, v in sorted(ph.items()) if float(v) > 0 and h in named])
+                         for ph in atlas["phenotypes"]]
+            labels += [None] * len(atlas)      # no disease: left out of the disease and stage heads
+            stages = np.concatenate([stages, np.full(len(atlas), np.nan)])
+            clip_images = torch.cat([images, atlas_images])
+        info["clip"] = train_clip(model, tokenizer, clip_images, captions, c, progress=progress, labels=labels,
+                                  presence=presence_matrix(pheno_rows, vocab), stages=stages)
     encoder = ImageEncoder(model, image_size)
     f_train = encoder(images).numpy()
     scale = Standardizer.fit(f_train)
@@ -280,8 +310,14 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True) -> E
     p = c.get("probe", {})
     probe = LinearProbe.fit(x, [index[d] for d in train["disease"]], len(classes), l2=float(p.get("l2", 1e-2)))
     coral = CoralHead.fit(x, train["stage"].to_numpy(), l2=float(p.get("l2", 1e-2)))
-    vocab = sorted({h for ph in train["phenotypes"] for h, v in ph.items() if float(v) > 0})
-    y = presence_matrix(list(train["phenotypes"]), vocab)
+    if atlas is not None:
+        x_atlas = scale(encoder(atlas_images).numpy())
+        if heads_on == "atlas":  # the heads never see a disease image: they cannot read a disease for a phenotype
+            vocab = sorted({h for ph in atlas["phenotypes"] for h, v in ph.items() if float(v) > 0})
+            x, pheno_rows = x_atlas, list(atlas["phenotypes"])
+        else:
+            x = torch.cat([x, x_atlas])
+    y = presence_matrix(pheno_rows, vocab)
     heads = PhenotypeHeads.fit(x, y, l2=float(p.get("l2", 1e-2))) if vocab else PhenotypeHeads(
         torch.zeros(0, x.shape[1]), torch.zeros(0))
     if len(val):
@@ -294,6 +330,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True) -> E
                      coral=coral, heads=heads, zs_text=zs, info=info)
 
 
+ATLAS_FILE = "phenotype_atlas.csv"  # beside manifest.csv: phenotype-only training faces (module docstring)
 EVALUATOR_VERSION = 2  # bump when training or scoring changes, so cached evaluators rebuild
 
 
@@ -306,17 +343,21 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     """
     c = _plain(cfg_evaluator)
     df = read_manifest(manifest_path)[0]
+    atlas_path = Path(manifest_path).parent / ATLAS_FILE
+    atlas = read_manifest(atlas_path)[0] if atlas_path.is_file() else None
     if cache is None:
-        return train_evaluator(c, df, profiles, progress=progress)
+        return train_evaluator(c, df, profiles, progress=progress, atlas=atlas)
     plist = list(profiles.values()) if isinstance(profiles, dict) else list(profiles)
     used = sorted(set(df["disease"]))
     spec = {"version": EVALUATOR_VERSION, "evaluator": c, "manifest_sha256": manifest_hash(manifest_path),
             "profiles": stable_hash([p.to_dict() for p in plist if p.disease_id in used])}
+    if atlas is not None:
+        spec["atlas_sha256"] = manifest_hash(atlas_path)
     entry = cache.entry("evaluator", spec)
     if entry.exists():
         log.info("evaluator from the cache: %s", entry.path)
         return Evaluator.load(entry.path)
-    ev = train_evaluator(c, df, profiles, progress=progress)
+    ev = train_evaluator(c, df, profiles, progress=progress, atlas=atlas)
     with entry.build() as tmp:
         ev.save(tmp)
     ev.info["cache_entry"] = str(entry.path)

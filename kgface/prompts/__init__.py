@@ -9,13 +9,14 @@ from .builder import build_messages, kg_literal, profile_hash, template_hash
 from .descriptions import describe_profile, describe_profiles, save_descriptions, template_descriptions
 from .schema import AnswerStage, LLMAnswer, StageDescriptions, StageText, load_descriptions, parse_answer
 from .wording import (N_STAGES, NEUTRAL_PROMPT, STAGE_SCALES, StageLevel, caption, healthy_prompts, negative_prompt,
-                      stage_levels, stage_phenotypes, stage_scale, template_description, training_prompt,
-                      zero_shot_prompts)
+                      phenotype_caption, stage_levels, stage_phenotypes, stage_scale, template_description,
+                      training_prompt, zero_shot_prompts)
 
 __all__ = [
     "HFBackend", "LLMError", "OpenAIBackend", "make_backend", "build_messages", "kg_literal", "profile_hash",
     "template_hash", "describe_profile", "describe_profiles", "save_descriptions", "template_descriptions",
     "AnswerStage", "LLMAnswer", "StageDescriptions", "StageText", "load_descriptions", "parse_answer", "N_STAGES",
-    "NEUTRAL_PROMPT", "STAGE_SCALES", "StageLevel", "caption", "healthy_prompts", "negative_prompt", "stage_levels",
-    "stage_phenotypes", "stage_scale", "template_description", "training_prompt", "zero_shot_prompts",
+    "NEUTRAL_PROMPT", "STAGE_SCALES", "StageLevel", "caption", "healthy_prompts", "negative_prompt",
+    "phenotype_caption", "stage_levels", "stage_phenotypes", "stage_scale", "template_description",
+    "training_prompt", "zero_shot_prompts",
 ]

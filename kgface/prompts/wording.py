@@ -191,6 +191,12 @@ def caption(profile: FacialProfile, stage: int | None = None,
     return f"{head}, showing {_join([_visual(p) for p in shown])}" if shown else head
 
 
+def phenotype_caption(phenotypes: list[Phenotype]) -> str:
+    """Evaluator caption of a face labelled with phenotypes only (the phantom's phenotype atlas: no disease)."""
+    return f"a photo of a face showing {_join([_visual(p) for p in phenotypes])}" if phenotypes else \
+        f"a photo of {HEALTHY_TEXT}"
+
+
 def zero_shot_prompts(profile: FacialProfile) -> list[str]:
     """Prompts a CLIP-style zero-shot classifier averages for this class (a prompt ensemble)."""
     if profile.healthy:

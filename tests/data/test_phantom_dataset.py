@@ -7,8 +7,9 @@ import pytest
 
 from kgface.data.manifest import read_manifest
 from kgface.data.phantom.acne import grade_from_count
-from kgface.data.phantom.dataset import (PhantomConfig, build_phantom, draw_labels, heldout_coverage, identity_split,
-                                         individual, isolated_effects, render_labels)
+from kgface.data.phantom.dataset import (ATLAS, PhantomConfig, build_atlas, build_phantom, draw_labels,
+                                         heldout_coverage, identity_split, individual, isolated_effects,
+                                         render_labels)
 from kgface.data.phantom.effects import load_phantom_effects
 from kgface.kg import ProfileBuilder, healthy_profile
 from kgface.resources import kg_data_dir
@@ -123,7 +124,8 @@ def test_dataset_cli_writes_manifest_sheet_and_reuses_cache(tmp_path, capsys):
     from kgface.dataset import main
 
     args = ["data.per_class=2", "data.healthy_per_class=4", "data.identities=60", "data.size=32",
-            "data.supersample=2", "data.diseases=[ORPHA:870,ORPHA:648,MONDO:0011438]", "data.heldout=[ORPHA:648]"]
+            "data.supersample=2", "data.diseases=[ORPHA:870,ORPHA:648,MONDO:0011438]", "data.heldout=[ORPHA:648]",
+            "data.atlas.faces=0"]
     main(args + [f"hydra.run.dir={tmp_path / 'one'}"])
     df, report = read_manifest(tmp_path / "one" / "manifest.csv")
     assert len(df) == 3 * 2 * 4 + 4 and report.skipped == []
@@ -136,6 +138,20 @@ def test_dataset_cli_writes_manifest_sheet_and_reuses_cache(tmp_path, capsys):
     main(args + [f"hydra.run.dir={tmp_path / 'two'}"])
     assert "rendering" not in capsys.readouterr().err  # second run reused the cached entry
     assert (tmp_path / "two" / "manifest.csv").read_text() == (tmp_path / "one" / "manifest.csv").read_text()
+
+
+def test_dataset_cli_writes_the_atlas_beside_the_manifest(tmp_path):
+    from kgface.dataset import main
+
+    args = ["data.per_class=2", "data.healthy_per_class=4", "data.identities=60", "data.size=32",
+            "data.supersample=2", "data.diseases=[ORPHA:870,MONDO:0011438]", "data.heldout=[]",
+            f"hydra.run.dir={tmp_path}"]
+    main(args + ["data.atlas.faces=5"])
+    atlas, _ = read_manifest(tmp_path / "phenotype_atlas.csv")  # every atlas image is there
+    assert len(atlas) == 5 and set(atlas["disease"]) == {ATLAS}
+    assert ATLAS not in set(read_manifest(tmp_path / "manifest.csv")[0]["disease"])
+    main(args + ["data.atlas.faces=0"])  # the same folder without an atlas: the old one must not linger
+    assert not (tmp_path / "phenotype_atlas.csv").exists()
 
 
 def test_unknown_heldout_is_a_clear_error(tmp_path, capsys):
@@ -155,3 +171,27 @@ def test_isolated_effects_draw_one_phenotype_on_the_bare_faces(profiles, table):
     for k, h in enumerate(labels[3:]):
         face = np.asarray(images[3 + k], dtype=int)
         assert np.abs(face - bare[k % 2]).sum() > 0, h  # the phenotype changes the same identity's face
+
+
+def test_atlas_draws_panel_phenotypes_without_their_diseases(profiles, table, tmp_path):
+    profs = [profiles["ORPHA:870"], profiles["MONDO:0006604"], healthy_profile("hpo")]
+    vocab = {p.hpo_id for prof in profs for p in prof.phenotypes if p.hpo_id in table}
+    rows = build_atlas(profs, SMALL, table, tmp_path / "a", faces=30, per_face=(2, 4), progress=False)
+    assert rows == build_atlas(profs, SMALL, table, tmp_path / "b", faces=30, per_face=(2, 4), progress=False)
+    assert (tmp_path / "a" / rows[0]["path"]).read_bytes() == (tmp_path / "b" / rows[0]["path"]).read_bytes()
+    splits = identity_split(SMALL)
+    seen = set()
+    for r in rows:
+        ph = json.loads(r["phenotypes"])
+        assert 2 <= len(ph) <= 4 and set(ph) <= vocab and all(0.5 <= v <= 1.0 for v in ph.values())
+        effects = [table[h].key.split("[")[0] for h in ph]
+        assert len(effects) == len(set(effects))  # one term per effect: no face both up- and downslanted
+        assert r["disease"] == ATLAS and r["split"] == "train"
+        assert splits[int(r["identity"].rsplit("-", 1)[-1])] == "train"  # test faces stay unseen
+        seen |= set(ph)
+    assert len(seen) > len(vocab) // 2  # the phenotypes are spread, not a fixed subset
+    # phenotypes come apart from their diseases: two of one disease's phenotypes are not always drawn together
+    down = [p.hpo_id for p in profiles["ORPHA:870"].phenotypes if p.hpo_id in table]
+    together = [sum(h in json.loads(r["phenotypes"]) for h in down) for r in rows]
+    assert max(together) < len(down)
+    assert build_atlas(profs, SMALL, table, tmp_path / "c", faces=0, progress=False) == []

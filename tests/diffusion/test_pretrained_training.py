@@ -5,7 +5,7 @@ import json
 import pytest
 
 RUN = ["data.size=32", "data.supersample=2", "data.per_class=2", "data.healthy_per_class=4", "data.identities=60",
-       "data.diseases=[ORPHA:870,MONDO:0011438]", "data.heldout=[]", "model.resolution=32", "model.lora_rank=4",
+       "data.atlas.faces=0", "data.diseases=[ORPHA:870,MONDO:0011438]", "data.heldout=[]", "model.resolution=32", "model.lora_rank=4",
        "model.num_tokens=4", "model.sample.steps=2", "encoder.hidden=32", "encoder.layers=1", "encoder.heads=2",
        "trainer.steps=3", "trainer.batch_size=2", "trainer.checkpoint_every=0", "trainer.mixed_precision=bf16",
        "samples.per_cell=1", "samples.stages=[3]", "progress=false", "evaluate=false",

@@ -16,7 +16,7 @@ TINY_EVALUATOR = [
 ]
 DISEASES = "[MONDO:0011438,ORPHA:96253,ORPHA:963]"
 DATA = [f"data.diseases={DISEASES}", "data.heldout=[ORPHA:963]", "data.size=32", "data.supersample=2",
-        "data.per_class=8", "data.healthy_per_class=16", "data.identities=120"]
+        "data.per_class=8", "data.healthy_per_class=16", "data.identities=120", "data.atlas.faces=0"]
 
 
 @pytest.fixture(scope="session")

@@ -184,3 +184,67 @@ def test_evaluator_never_imports_the_generator():
             "bad = [m for m in sys.modules if m.startswith(('kgface.diffusion', 'kgface.encoders'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_auxiliary_loss_leaves_out_faces_without_a_disease():
+    from kgface.evaluation.clip_model import AuxiliaryHeads, contrastive_loss
+
+    torch.manual_seed(0)
+    aux, emb = AuxiliaryHeads(8, 3, 5), torch.randn(6, 8)
+    classes = torch.tensor([0, 1, -1, 2, -1, 0])
+    presence = (torch.rand(6, 5) > 0.5).float()
+    stages = torch.tensor([1.0, 2.0, float("nan"), 3.0, float("nan"), 0.0])
+    known = classes >= 0
+    full = aux.loss(emb, classes, presence, stages)
+    # disease and stage terms from the 4 labelled faces only; phenotype term from all 6
+    part = (torch.nn.functional.cross_entropy(aux.disease(emb[known]), classes[known])
+            + torch.nn.functional.binary_cross_entropy_with_logits(aux.phenotypes(emb), presence)
+            + torch.nn.functional.mse_loss(aux.stage(emb[known]).squeeze(-1), stages[known]))
+    assert torch.isfinite(full) and torch.allclose(full, part)
+    only_atlas = aux.loss(emb[~known], classes[~known], presence[~known], stages[~known])
+    assert torch.isfinite(only_atlas)  # a batch of atlas faces alone: the phenotype term only
+    # two disease-less faces are not partial positives of each other
+    img = txt = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    groups = torch.arange(6)
+    a = contrastive_loss(img, txt, torch.tensor(1.0), groups, classes, class_weight=0.5)
+    b = contrastive_loss(img, txt, torch.tensor(1.0), groups, torch.tensor([0, 1, 3, 2, 4, 0]), class_weight=0.5)
+    assert torch.allclose(a, b)
+
+
+def test_a_phenotype_atlas_beside_the_manifest_trains_the_clip_and_heads(tiny_cfg, tiny_data, tiny_profiles,
+                                                                        session_cache_dir, tmp_path):
+    """phenotype_atlas.csv beside manifest.csv: its faces join the CLIP and phenotype heads, never the classes;
+    the cache key covers it."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from kgface.cache import Cache
+    from kgface.data.phantom.dataset import ATLAS, PhantomConfig, build_atlas
+    from kgface.data.phantom.effects import load_phantom_effects
+    from kgface.resources import kg_data_dir
+
+    folder = tmp_path / "with-atlas"
+    shutil.copytree(tiny_data, folder)
+    pcfg = PhantomConfig(size=32, supersample=2, identities=120)
+    rows = build_atlas(tiny_profiles, pcfg, load_phantom_effects(kg_data_dir() / "phantom_effects.csv"), folder,
+                       faces=24, per_face=(2, 3), progress=False)
+    write_manifest(rows, folder / "phenotype_atlas.csv")
+    cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
+    cfg["train"].update(supervised_weight=1.0, class_weight=0.5)  # the auxiliary heads and partial positives too
+    cache = Cache(session_cache_dir)
+    ev = fit_evaluator(cfg, folder / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert ev.info["atlas_images"] == 24 and ATLAS not in ev.classes and len(ev.classes) == 4
+    drawn = {h for r in rows for h in json.loads(r["phenotypes"])}
+    assert drawn <= set(ev.phenotypes)
+    assert np.isfinite(ev.info["clip"]["final_loss"])
+    with_atlas = cache.used[-1]["path"]
+    only = fit_evaluator({**cfg, "phenotype_heads": "atlas"}, folder / "manifest.csv", tiny_profiles, None,
+                         progress=False)
+    assert only.phenotypes == sorted(drawn)  # heads for the atlas's phenotypes, fitted on its faces alone
+    with pytest.raises(EvaluatorInputError, match="phenotype_heads"):
+        fit_evaluator({**cfg, "phenotype_heads": "both"}, folder / "manifest.csv", tiny_profiles, None,
+                      progress=False)
+    (folder / "phenotype_atlas.csv").unlink()
+    fit_evaluator(cfg, folder / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert cache.used[-1]["path"] != with_atlas  # without the atlas: another entry

@@ -194,6 +194,48 @@ def isolated_effects(cfg: PhantomConfig, table: dict[str, TermEffect], hpo_ids, 
     return images, labels
 
 
+ATLAS = "atlas"  # the disease label of phenotype-atlas rows (never a class: only the evaluator's phenotype reading)
+
+
+def build_atlas(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[str, TermEffect], out: Path,
+                faces: int, per_face=(4, 8), intensity=(0.5, 1.0), progress: bool = True) -> list[dict]:
+    """The phenotype atlas: `faces` train-split identities, each with 4-8 (`per_face`) of the panel's renderable
+    phenotypes drawn at random, independently of any disease, at intensities U(`intensity`). In disease images a
+    phenotype always comes with its disease's others, so a head trained on them alone learns to read the disease;
+    the atlas shows each phenotype in varied company (docs/evaluation.md, "Each phenotype alone"). At most one
+    term per effect is drawn on a face. Rows go to the evaluator only (`phenotype_atlas.csv`)."""
+    from tqdm import tqdm
+
+    vocab = sorted({p.hpo_id for prof in profiles for p in prof.phenotypes if p.hpo_id in table})
+    if not vocab or faces <= 0:
+        return []
+    train = sorted(i for i, s in identity_split(cfg).items() if s == "train")
+    rng = np.random.default_rng([cfg.seed, 5])
+    lo, hi = int(per_face[0]), int(per_face[1])
+    (out / "images" / ATLAS).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in tqdm(range(int(faces)), desc="rendering the phenotype atlas", disable=not progress, unit="img"):
+        identity_id, count = int(rng.choice(train)), int(rng.integers(lo, hi + 1))
+        chosen, used = {}, set()
+        for j in rng.permutation(len(vocab)):
+            effect_name = table[vocab[j]].key.split("[")[0]
+            if effect_name not in used:
+                chosen[vocab[j]] = round(float(rng.uniform(*intensity)), 4)
+                used.add(effect_name)
+            if len(chosen) >= count:
+                break
+        acne = [t for h, t in chosen.items() if h in ACNE_TERMS]
+        labels = {"identity": sample_identity(cfg.seed, identity_id), "phenotypes": chosen,
+                  "lesion_count": count_from_severity(3.0 * max(acne)) if acne else -1}
+        rel = f"images/{ATLAS}/{k:05d}.png"
+        render_labels(labels, cfg, table).save(out / rel, optimize=False, compress_level=1)
+        rows.append({"path": rel, "identity": f"phantom-{identity_id}", "disease": ATLAS, "stage": 0,
+                     "severity": 0.0, "lesion_count": labels["lesion_count"] if acne else "", "split": "train",
+                     "source": "phantom-atlas", "phenotypes": json.dumps(chosen, sort_keys=True),
+                     "age_group": labels["identity"].age_group, "heldout": False})
+    return rows
+
+
 def renderable_share(profile: FacialProfile, table: dict[str, TermEffect], unknown: float) -> float:
     """Share of the profile's frequency mass that the renderer can draw."""
     f = [(unknown if p.frequency is None else p.frequency, p.hpo_id in table) for p in profile.phenotypes]
