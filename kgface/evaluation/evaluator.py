@@ -295,6 +295,10 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
         clip_images = images
         if atlas is not None:
             named = _phenotype_map(profiles)
+            unknown = sorted({h for ph in atlas["phenotypes"] for h in ph if h not in named})
+            if unknown:  # its caption would drop them (a face with none left would read as healthy)
+                raise EvaluatorInputError(f"{ATLAS_FILE}: {', '.join(unknown[:5])} in no profile of the panel; "
+                                          "add their diseases to kg.panel or drop the rows")
             captions += [phenotype_caption([named[h] for h, v in sorted(ph.items()) if float(v) > 0 and h in named])
                          for ph in atlas["phenotypes"]]
             labels += [None] * len(atlas)      # no disease: left out of the disease and stage heads
@@ -345,6 +349,9 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     df = read_manifest(manifest_path)[0]
     atlas_path = Path(manifest_path).parent / ATLAS_FILE
     atlas = read_manifest(atlas_path)[0] if atlas_path.is_file() else None
+    if atlas is not None and (atlas["split"] != "train").any():  # atlas faces only ever train the instrument
+        raise EvaluatorInputError(f"{atlas_path}: every row must have split 'train' (the atlas only trains the "
+                                  "evaluator); move val/test faces to manifest.csv or drop them")
     if cache is None:
         return train_evaluator(c, df, profiles, progress=progress, atlas=atlas)
     plist = list(profiles.values()) if isinstance(profiles, dict) else list(profiles)

@@ -248,3 +248,18 @@ def test_a_phenotype_atlas_beside_the_manifest_trains_the_clip_and_heads(tiny_cf
     (folder / "phenotype_atlas.csv").unlink()
     fit_evaluator(cfg, folder / "manifest.csv", tiny_profiles, cache, progress=False)
     assert cache.used[-1]["path"] != with_atlas  # without the atlas: another entry
+
+
+def test_an_atlas_with_val_rows_or_unknown_phenotypes_is_a_clear_error(tiny_cfg, tiny_data, tiny_profiles, tmp_path):
+    import shutil
+
+    folder = tmp_path / "bad-atlas"
+    shutil.copytree(tiny_data, folder)
+    rows = read_manifest(folder / "manifest.csv")[0].head(3).drop(columns=["abspath"])
+    rows["disease"], rows["phenotypes"] = "atlas", [{"HP:0000508": 1.0}] * 3
+    write_manifest(rows.assign(split=["train", "val", "train"]), folder / "phenotype_atlas.csv")
+    with pytest.raises(EvaluatorInputError, match="phenotype_atlas.csv.*split 'train'"):
+        fit_evaluator(tiny_cfg.evaluator, folder / "manifest.csv", tiny_profiles, None, progress=False)
+    write_manifest(rows.assign(split="train", phenotypes=[{"HP:9999999": 1.0}] * 3), folder / "phenotype_atlas.csv")
+    with pytest.raises(EvaluatorInputError, match="HP:9999999 in no profile"):
+        fit_evaluator(tiny_cfg.evaluator, folder / "manifest.csv", tiny_profiles, None, progress=False)

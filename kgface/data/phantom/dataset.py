@@ -210,6 +210,8 @@ def build_atlas(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[s
     if not vocab or faces <= 0:
         return []
     train = sorted(i for i, s in identity_split(cfg).items() if s == "train")
+    if not train:
+        raise ValueError("the phenotype atlas needs train identities: raise data.identities")
     rng = np.random.default_rng([cfg.seed, 5])
     lo, hi = int(per_face[0]), int(per_face[1])
     (out / "images" / ATLAS).mkdir(parents=True, exist_ok=True)
