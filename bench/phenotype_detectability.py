@@ -79,9 +79,8 @@ def main(argv=None):
     from kgface.config import compose
     from kgface.data.build import _data_dict, isolated_effect_images
     from kgface.data.manifest import read_manifest
-    from kgface.data.phantom.dataset import PhantomConfig, build_atlas, identity_split, render_labels
+    from kgface.data.phantom.dataset import PhantomConfig, build_atlas, identity_split
     from kgface.data.phantom.effects import load_phantom_effects
-    from kgface.data.phantom.identity import sample_identity
     from kgface.dataset import panel_profiles
     from kgface.evaluation import load_images
     from kgface.resources import kg_data_dir
@@ -94,23 +93,24 @@ def main(argv=None):
     train_ids = [i for i, s in sorted(split.items()) if s == "train"]
     test_ids = [i for i, s in sorted(split.items()) if s == "test"]
 
-    def faces(ids, terms: dict) -> torch.Tensor:
-        ims = [np.asarray(render_labels({"identity": sample_identity(pcfg.seed, i), "lesion_count": -1,
-                                         "phenotypes": terms}, pcfg, table).convert("RGB")) for i in ids]
-        return torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2).float() / 255
+    def alone_and_bare(h, ids):
+        """([len(ids)] faces showing h alone, [len(ids)] the same identities bare), floats in [0, 1]."""
+        images, labels = isolated_effect_images(cfg, [h], ids, per_term=len(ids))
+        x, shown = images.float() / 255, np.array([lab == h for lab in labels])
+        return x[shown], x[~shown]
 
     start, out = time.time(), {}
     if args.mode == "single":
         rng = np.random.default_rng(0)
         for h in [t for t in args.terms.split(",") if t]:
             ids = [int(i) for i in rng.choice(train_ids, size=800, replace=False)]
-            x = torch.cat([faces(ids[:400], {h: 1.0}), faces(ids[400:], {})])
+            x = torch.cat([alone_and_bare(h, ids[:400])[0], alone_and_bare(h, ids[400:])[1]])
             y = torch.cat([torch.ones(400), torch.zeros(400)])
             torch.manual_seed(0)
             model = fit(cnn(1), x, y, args.steps or 800,
                         lambda o, t: F.binary_cross_entropy_with_logits(o.squeeze(-1), t), flip=True)
-            shown, bare, same = faces(test_ids[:100], {h: 1.0}), faces(test_ids[100:200], {}), \
-                faces(test_ids[100:200], {h: 1.0})
+            shown, _ = alone_and_bare(h, test_ids[:100])
+            same, bare = alone_and_bare(h, test_ids[100:200])
             with torch.no_grad():
                 s_shown, s_bare, s_same = (model(v).squeeze(-1).numpy() for v in (shown, bare, same))
             labels = np.r_[np.ones(100), np.zeros(100)]
