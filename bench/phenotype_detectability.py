@@ -78,11 +78,12 @@ def main(argv=None):
 
     from kgface.config import compose
     from kgface.data.build import _data_dict, isolated_effect_images
-    from kgface.data.manifest import read_manifest
+    from kgface.data.manifest import read_manifest, write_manifest
     from kgface.data.phantom.dataset import PhantomConfig, build_atlas, identity_split
     from kgface.data.phantom.effects import load_phantom_effects
     from kgface.dataset import panel_profiles
     from kgface.evaluation import load_images
+    from kgface.evaluation.evaluator import drawn_phenotypes, presence_matrix
     from kgface.resources import kg_data_dir
     from kgface.runtime import make_cache
 
@@ -121,14 +122,12 @@ def main(argv=None):
         profiles = panel_profiles(cfg, make_cache(cfg))
         lo, hi = (int(v) for v in args.per_face.split(","))
         with tempfile.TemporaryDirectory() as tmp:
-            from kgface.data.manifest import write_manifest
-
             rows = build_atlas(profiles, pcfg, table, Path(tmp), args.faces, (lo, hi), progress=False)
             write_manifest(rows, Path(tmp) / "atlas.csv")
             df = read_manifest(Path(tmp) / "atlas.csv")[0]
             x = load_images(list(df["abspath"])).float() / 255
-        vocab = sorted({h for ph in df["phenotypes"] for h in ph})
-        y = torch.tensor([[float(h in ph) for h in vocab] for ph in df["phenotypes"]])
+        vocab = drawn_phenotypes(df["phenotypes"])
+        y = torch.from_numpy(presence_matrix(list(df["phenotypes"]), vocab))
         torch.manual_seed(0)
         model = fit(tower(args.arch, len(vocab), pcfg.size), x, y, args.steps or 4000,
                     F.binary_cross_entropy_with_logits)

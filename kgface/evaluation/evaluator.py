@@ -88,6 +88,11 @@ def load_images(paths: Sequence[str], size: int | None = None) -> torch.Tensor:
     return torch.stack(out)
 
 
+def drawn_phenotypes(phenotypes: Sequence[dict]) -> list[str]:
+    """The sorted HPO ids drawn (intensity > 0) in any of these images: the vocabulary of `presence_matrix`."""
+    return sorted({h for ph in phenotypes for h, v in (ph or {}).items() if float(v) > 0})
+
+
 def presence_matrix(phenotypes: Sequence[dict], vocab: Sequence[str]) -> np.ndarray:
     """Rows of 0/1: phenotype drawn (intensity > 0) in the image."""
     index = {h: i for i, h in enumerate(vocab)}
@@ -288,7 +293,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
             "atlas_images": 0 if atlas is None else len(atlas)}
     # phenotypes: those drawn in the train split or the atlas (the atlas draws only the panel's phenotypes)
     pheno_rows = list(train["phenotypes"]) + ([] if atlas is None else list(atlas["phenotypes"]))
-    vocab = sorted({h for ph in pheno_rows for h, v in ph.items() if float(v) > 0})
+    vocab = drawn_phenotypes(pheno_rows)
     if c["name"] == "tiny_clip":
         captions = [image_caption(by_id[r.disease], r.stage, r.phenotypes) for r in train.itertuples()]
         labels, stages = list(train["disease"]), train["stage"].to_numpy(dtype=float)
@@ -299,7 +304,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
             if unknown:  # its caption would drop them (a face with none left would read as healthy)
                 raise EvaluatorInputError(f"{ATLAS_FILE}: {', '.join(unknown[:5])} in no profile of the panel; "
                                           "add their diseases to kg.panel or drop the rows")
-            captions += [phenotype_caption([named[h] for h, v in sorted(ph.items()) if float(v) > 0 and h in named])
+            captions += [phenotype_caption([named[h] for h, v in sorted(ph.items()) if float(v) > 0])
                          for ph in atlas["phenotypes"]]
             labels += [None] * len(atlas)      # no disease: left out of the disease and stage heads
             stages = np.concatenate([stages, np.full(len(atlas), np.nan)])
@@ -317,8 +322,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     if atlas is not None:
         x_atlas = scale(encoder(atlas_images).numpy())
         if heads_on == "atlas":  # the heads never see a disease image: they cannot read a disease for a phenotype
-            vocab = sorted({h for ph in atlas["phenotypes"] for h, v in ph.items() if float(v) > 0})
             x, pheno_rows = x_atlas, list(atlas["phenotypes"])
+            vocab = drawn_phenotypes(pheno_rows)
         else:
             x = torch.cat([x, x_atlas])
     y = presence_matrix(pheno_rows, vocab)
