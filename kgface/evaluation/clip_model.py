@@ -97,6 +97,15 @@ def build_clip(cfg, load_pretrained: bool = True):
     return model, tokenizer, image_size
 
 
+def captions_cut(tokenizer, captions: list[str]) -> float:
+    """Share of `captions` longer than the tokenizer's context (start and end tokens included), 0 when unknown."""
+    encode, context = getattr(tokenizer, "encode", None), getattr(tokenizer, "context_length", None)
+    if encode is None or not context or not captions:
+        return 0.0
+    length = {cap: len(encode(cap)) + 2 for cap in set(captions)}
+    return sum(length[cap] > int(context) for cap in captions) / len(captions)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -217,6 +226,11 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
     uniq = {cap: k for k, cap in enumerate(dict.fromkeys(captions))}
     groups = torch.tensor([uniq[cap] for cap in captions])
     tokens = tokenizer(list(uniq))  # each distinct caption once
+    cut = captions_cut(tokenizer, captions)
+    if cut > 0:  # the text tower reads the first context_length tokens: later phenotype names are lost to the
+        # contrastive term (the auxiliary heads still get every label; docs/evaluation.md, "Captions")
+        log.info("%.1f%% of the evaluator's training captions are longer than the text tower's %d tokens and are cut",
+                 100 * cut, getattr(tokenizer, "context_length", 77))
     cls_index = {c: k for k, c in enumerate(dict.fromkeys(x for x in labels if x is not None))} \
         if labels is not None else None
     classes = torch.tensor([-1 if c is None else cls_index[c] for c in labels]) if labels is not None else None
@@ -277,4 +291,5 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
     model.eval()
     return {"steps": steps, "batch_size": batch, "supervised_weight": sup_weight, "seconds": round(time.time() - start, 1),
             "final_loss": float(np.mean(losses[-20:])), "first_loss": float(np.mean(losses[:5])),
-            "parameters": count_parameters(model), "distinct_captions": len(uniq)}
+            "parameters": count_parameters(model), "distinct_captions": len(uniq),
+            "captions_cut": round(cut, 4)}

@@ -263,10 +263,16 @@ def zero_shot_text(model, tokenizer, profiles: dict[str, FacialProfile], classes
     return torch.stack(rows)
 
 
+def probe_rows(df: pd.DataFrame, probe_cfg: dict) -> pd.Series:
+    """Rows the disease probe learns from: healthy ones and those at stage >= probe.min_stage."""
+    return (df["disease"] == HEALTHY) | (df["stage"] >= int(probe_cfg.get("min_stage", 0)))
+
+
 def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
-                    atlas: pd.DataFrame | None = None) -> Evaluator:
+                    atlas: pd.DataFrame | None = None, clip: tuple[dict, dict] | None = None) -> Evaluator:
     """Train an evaluator on df's `train` split (calibrated on `val`); no caching (see fit_evaluator). `atlas`:
-    phenotype-only faces for the CLIP and the phenotype heads (see the module docstring)."""
+    phenotype-only faces for the CLIP and the phenotype heads (see the module docstring). `clip`: (state dict,
+    training log) of a tiny CLIP already trained on this data with this config: only the heads are fitted."""
     import time
 
     c = _plain(cfg)
@@ -280,6 +286,11 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     classes = sorted(train["disease"].unique(), key=lambda d: (d == HEALTHY, d))
     if len(classes) < 2:
         raise EvaluatorInputError(f"the evaluator needs at least 2 classes in the train split, got {classes}")
+    p_cfg = c.get("probe", {})
+    unseen = sorted(set(classes) - set(train["disease"][probe_rows(train, p_cfg)]))
+    if unseen:
+        raise EvaluatorInputError(f"no train image of {', '.join(unseen[:5])} at stage >= evaluator.probe.min_stage="
+                                  f"{int(p_cfg.get('min_stage', 0))}: lower it or add images of later stages")
     if len(val):
         val = val[val["disease"].isin(classes)].reset_index(drop=True)
     by_id = _profile_map(profiles, classes)
@@ -309,15 +320,25 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
             labels += [None] * len(atlas)      # no disease: left out of the disease and stage heads
             stages = np.concatenate([stages, np.full(len(atlas), np.nan)])
             clip_images = torch.cat([images, atlas_images])
-        info["clip"] = train_clip(model, tokenizer, clip_images, captions, c, progress=progress, labels=labels,
-                                  presence=presence_matrix(pheno_rows, vocab), stages=stages)
+        if clip is not None:
+            model.load_state_dict(clip[0])
+            model.eval()
+            info["clip"] = dict(clip[1])
+        else:
+            info["clip"] = train_clip(model, tokenizer, clip_images, captions, c, progress=progress, labels=labels,
+                                      presence=presence_matrix(pheno_rows, vocab), stages=stages)
     encoder = ImageEncoder(model, image_size)
     f_train = encoder(images).numpy()
     scale = Standardizer.fit(f_train)
     x = scale(f_train)
     index = {d: i for i, d in enumerate(classes)}
     p = c.get("probe", {})
-    probe = LinearProbe.fit(x, [index[d] for d in train["disease"]], len(classes), l2=float(p.get("l2", 1e-2)))
+    # the disease probe learns from faces that can show their disease: below probe.min_stage a label contradicts the
+    # look (stage 0 is healthy-looking by construction), and such faces teach the probe to call healthy faces sick
+    shows = probe_rows(train, p).to_numpy()
+    probe = LinearProbe.fit(x[torch.as_tensor(shows)], [index[d] for d in train["disease"][shows]], len(classes),
+                            l2=float(p.get("l2", 1e-2)))
+    info["probe_images"] = int(shows.sum())
     coral = CoralHead.fit(x, train["stage"].to_numpy(), l2=float(p.get("l2", 1e-2)))
     if atlas is not None:
         x_atlas = scale(encoder(atlas_images).numpy())
@@ -329,7 +350,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     y = presence_matrix(pheno_rows, vocab)
     heads = PhenotypeHeads.fit(x, y, l2=float(p.get("l2", 1e-2))) if vocab else PhenotypeHeads(
         torch.zeros(0, x.shape[1]), torch.zeros(0))
-    if len(val):
+    val = val[probe_rows(val, p).to_numpy()].reset_index(drop=True) if len(val) else val
+    if len(val):  # calibrated on the faces it learned from
         f_val = encoder(load_images(list(val["abspath"]), size=images.shape[-1])).numpy()
         info["temperature"] = probe.calibrate(scale(f_val), [index[d] for d in val["disease"]])
     info["fit_seconds"] = round(time.time() - start, 1)
@@ -341,6 +363,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
 
 ATLAS_FILE = "phenotype_atlas.csv"  # beside manifest.csv: phenotype-only training faces (module docstring)
 EVALUATOR_VERSION = 2  # bump when training or scoring changes, so cached evaluators rebuild
+CLIP_VERSION = 1  # bump when the tiny CLIP's training changes (its own cache entry, "evaluator-clip")
+CLIP_KEYS = ("name", "image_size", "embed_dim", "vision", "text", "train", "seed")  # the config that shapes the CLIP
 
 
 def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cache: Cache | None = None,
@@ -369,7 +393,25 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     if entry.exists():
         log.info("evaluator from the cache: %s", entry.path)
         return Evaluator.load(entry.path)
-    ev = train_evaluator(c, df, profiles, progress=progress, atlas=atlas)
+    # the tiny CLIP (minutes to an hour) has its own entry, keyed by what shapes it, so changing a head setting
+    # (probe, phenotype_heads, threshold) refits the heads in seconds on the cached CLIP
+    clip_entry, clip = None, None
+    if c["name"] == "tiny_clip":
+        clip_entry = cache.entry("evaluator-clip", {**spec, "version": CLIP_VERSION,
+                                                    "evaluator": {k: c.get(k) for k in CLIP_KEYS}})
+        if clip_entry.exists():
+            from safetensors.torch import load_file
+
+            log.info("evaluator CLIP from the cache: %s", clip_entry.path)
+            clip = (load_file(str(clip_entry.path / "clip.safetensors")),
+                    json.loads((clip_entry.path / "clip.json").read_text(encoding="utf-8")))
+    ev = train_evaluator(c, df, profiles, progress=progress, atlas=atlas, clip=clip)
+    if clip_entry is not None and clip is None:
+        from safetensors.torch import save_file
+
+        with clip_entry.build() as tmp:
+            save_file({k: v.contiguous() for k, v in ev.model.state_dict().items()}, str(tmp / "clip.safetensors"))
+            write_json_atomic(tmp / "clip.json", ev.info["clip"])
     with entry.build() as tmp:
         ev.save(tmp)
     ev.info["cache_entry"] = str(entry.path)

@@ -42,9 +42,11 @@ def _rounded(obj):
     return obj
 
 
-def oracle_top1(train_df: pd.DataFrame, test_df: pd.DataFrame, stages=HEADLINE_STAGES, l2: float = 1e-2) -> float:
+def oracle_top1(train_df: pd.DataFrame, test_df: pd.DataFrame, stages=HEADLINE_STAGES, l2: float = 1e-2,
+                min_stage: int = 0) -> float:
     """The disease probe trained on the renderer's true phenotype vectors (intensities) instead of image features:
-    how separable the panel is at all. nan when the manifest carries no phenotypes."""
+    how separable the panel is at all. Like the probe, it learns from healthy rows and stages >= min_stage, and is
+    read where real_top1 is (test rows at `stages` + healthy). nan when the manifest carries no phenotypes."""
     vocab = sorted({h for ph in train_df["phenotypes"] for h in ph})
     if not vocab:
         return float("nan")
@@ -60,10 +62,11 @@ def oracle_top1(train_df: pd.DataFrame, test_df: pd.DataFrame, stages=HEADLINE_S
 
     classes = sorted(set(train_df["disease"]))
     ci = {c: i for i, c in enumerate(classes)}
+    train_df = train_df[(train_df["disease"] == HEALTHY) | (train_df["stage"] >= min_stage)]
     x_train = vectors(train_df)
     scale = Standardizer.fit(x_train)
     probe = LinearProbe.fit(scale(x_train), [ci[d] for d in train_df["disease"]], len(classes), l2=l2)
-    test = test_df[test_df["stage"].isin(stages)] if stages else test_df
+    test = test_df[test_df["stage"].isin(stages) | (test_df["disease"] == HEALTHY)] if stages else test_df
     if len(test) == 0:
         return float("nan")
     pred = np.asarray(classes)[probe.proba(scale(vectors(test))).argmax(1)]
@@ -147,7 +150,8 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         out["identity_auroc"] = M.identity_auroc(s.features, list(t["identity"]))
     train = train_df if train_df is not None else df[df["split"] == "train"]
     if len(train):
-        out["oracle_top1"] = oracle_top1(train.reset_index(drop=True), test)
+        out["oracle_top1"] = oracle_top1(train.reset_index(drop=True), test,
+                                         min_stage=int(evaluator.cfg.get("probe", {}).get("min_stage", 0)))
     if roundtrip is not None:
         images = s.images if s.images is not None else load_images(list(test["abspath"]))
         with torch.no_grad():

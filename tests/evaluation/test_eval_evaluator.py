@@ -28,6 +28,7 @@ def test_scores_have_every_head(tiny_evaluator, tiny_data):
     assert s["severity_pred"].between(0, 3).all() and s["stage_pred"].isin(range(4)).all()
     assert (s["stage"] == read_manifest(tiny_data / "manifest.csv")[0]["stage"]).all()  # labels kept
     assert ev.info["temperature"] > 0 and ev.info["clip"]["steps"] == 12
+    assert 0 < ev.info["clip"]["captions_cut"] < 0.5  # recorded: the longest captions (stage 3) exceed 77 tokens
 
 
 def test_cached_by_data_and_config_and_round_trip(tiny_evaluator, tiny_cfg, tiny_data, tiny_profiles,
@@ -60,6 +61,17 @@ def test_captions_name_disease_stage_and_phenotypes(tiny_profiles):
     ph = acne.phenotypes[0]
     text = image_caption(acne, 2, {ph.hpo_id: 0.3})
     assert acne.name in text and "stage" in text and (ph.visual or ph.name).strip().rstrip(".")[:20] in text
+
+
+def test_captions_cut_counts_captions_longer_than_the_text_tower():
+    from kgface.evaluation.clip_model import captions_cut
+
+    _, tokenizer, _ = build_clip({"name": "tiny_clip", "image_size": 32, "embed_dim": 16,
+                                  "vision": {"width": 8, "layers": [1, 1, 1, 1]},
+                                  "text": {"width": 16, "heads": 2, "layers": 1, "context_length": 77}})
+    short, long = "a photo of a face", "a photo of a face showing " + ", ".join(["ptosis"] * 80)
+    assert captions_cut(tokenizer, [short, short, short, long]) == 0.25
+    assert captions_cut(tokenizer, [short]) == 0.0 and captions_cut(lambda texts: None, [long]) == 0.0
 
 
 def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny_data):
@@ -238,7 +250,7 @@ def test_a_phenotype_atlas_beside_the_manifest_trains_the_clip_and_heads(tiny_cf
     drawn = {h for r in rows for h in json.loads(r["phenotypes"])}
     assert drawn <= set(ev.phenotypes)
     assert np.isfinite(ev.info["clip"]["final_loss"])
-    with_atlas = cache.used[-1]["path"]
+    with_atlas = [u for u in cache.used if u["kind"] == "evaluator"][-1]["path"]
     only = fit_evaluator({**cfg, "phenotype_heads": "atlas"}, folder / "manifest.csv", tiny_profiles, None,
                          progress=False)
     assert only.phenotypes == sorted(drawn)  # heads for the atlas's phenotypes, fitted on its faces alone
@@ -247,7 +259,7 @@ def test_a_phenotype_atlas_beside_the_manifest_trains_the_clip_and_heads(tiny_cf
                       progress=False)
     (folder / "phenotype_atlas.csv").unlink()
     fit_evaluator(cfg, folder / "manifest.csv", tiny_profiles, cache, progress=False)
-    assert cache.used[-1]["path"] != with_atlas  # without the atlas: another entry
+    assert [u for u in cache.used if u["kind"] == "evaluator"][-1]["path"] != with_atlas  # without: another entry
 
 
 def test_an_atlas_with_val_rows_or_unknown_phenotypes_is_a_clear_error(tiny_cfg, tiny_data, tiny_profiles, tmp_path):
@@ -263,3 +275,52 @@ def test_an_atlas_with_val_rows_or_unknown_phenotypes_is_a_clear_error(tiny_cfg,
     write_manifest(rows.assign(split="train", phenotypes=[{"HP:9999999": 1.0}] * 3), folder / "phenotype_atlas.csv")
     with pytest.raises(EvaluatorInputError, match="HP:9999999 in no profile"):
         fit_evaluator(tiny_cfg.evaluator, folder / "manifest.csv", tiny_profiles, None, progress=False)
+
+
+def test_the_disease_probe_learns_from_stages_at_or_above_min_stage(tiny_cfg, tiny_data, tiny_profiles):
+    """Stage-0 faces look healthy by construction: with probe.min_stage=2 the probe (and its calibration) sees
+    healthy faces and stages 2-3 only; a class left without such faces is a clear error."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    train = df[df["split"] == "train"]
+    for min_stage in (0, 2):
+        ev = fit_evaluator({**cfg, "probe": {**cfg["probe"], "min_stage": min_stage}}, tiny_data / "manifest.csv",
+                           tiny_profiles, None, progress=False)
+        want = ((train["disease"] == "healthy") | (train["stage"] >= min_stage)).sum()
+        assert ev.info["probe_images"] == want and len(ev.classes) == 4
+    assert ev.info["probe_images"] < len(train)  # stages 0-1 of the diseases left out
+    with pytest.raises(EvaluatorInputError, match="evaluator.probe.min_stage=4"):
+        fit_evaluator({**cfg, "probe": {**cfg["probe"], "min_stage": 4}}, tiny_data / "manifest.csv", tiny_profiles,
+                      None, progress=False)
+
+
+def test_a_head_setting_refits_the_heads_on_the_cached_clip(tiny_cfg, tiny_data, tiny_profiles, tmp_path,
+                                                            monkeypatch):
+    """The tiny CLIP has its own cache entry keyed by what shapes it: a probe or phenotype-head setting reuses it
+    (no CLIP training), a CLIP setting trains a new one."""
+    from omegaconf import OmegaConf
+
+    from kgface.cache import Cache
+    from kgface.evaluation import evaluator as evaluator_module
+
+    cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
+    cache = Cache(tmp_path / "cache")
+    first = fit_evaluator(cfg, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert sorted(p.name for p in (tmp_path / "cache" / "evaluator-clip").iterdir())[0]  # the CLIP's own entry
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the CLIP was trained again")
+
+    monkeypatch.setattr(evaluator_module, "train_clip", no_training)
+    refit = fit_evaluator({**cfg, "probe": {**cfg["probe"], "l2": 0.1}, "phenotype_threshold": 0.6},
+                          tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert refit.info["clip"] == first.info["clip"] and refit.cfg["probe"]["l2"] == 0.1
+    a, b = first.model.state_dict(), refit.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(first.probe.weight, refit.probe.weight)  # the heads were refitted with the new L2
+    assert len({u["path"] for u in cache.used if u["kind"] == "evaluator"}) == 2
+    with pytest.raises(AssertionError, match="trained again"):
+        fit_evaluator({**cfg, "train": {**cfg["train"], "steps": 13}}, tiny_data / "manifest.csv", tiny_profiles,
+                      cache, progress=False)
