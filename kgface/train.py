@@ -86,6 +86,10 @@ def preflight(cfg: DictConfig) -> None:
     if bad:
         key = "baselines" if cfg.get("baselines") else "conditioning"
         raise UserError(f"{key}={bad[0]} is unknown; use one of {', '.join((*MODES, CONTROL))}")
+    if (cfg.get("evaluate", True) and cfg.data.name == "phantom" and str(cfg.evaluator.get("phenotype_heads")) == "atlas"
+            and not int((cfg.data.get("atlas") or {}).get("faces", 0) or 0)):
+        raise UserError("evaluator.phenotype_heads=atlas needs a phenotype atlas: set data.atlas.faces > 0 "
+                        "(experiment=benchmark: 8000) or evaluator.phenotype_heads=all")
     if cfg.model.name != "tiny":
         from .diffusion.models import check_pretrained_folder
 

@@ -81,6 +81,10 @@ def test_bad_overrides_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["model=sd15", f"hydra.run.dir={tmp_path / 'b'}", "progress=false"])
     assert info.value.code == 2 and "model.pretrained" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # atlas heads without an atlas: before any data is built
+        main(["experiment=benchmark", "data.atlas.faces=0", f"hydra.run.dir={tmp_path / 'c'}", "progress=false"])
+    assert info.value.code == 2 and "data.atlas.faces" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "profiles.json").exists()
 
 
 def test_experiment_and_model_groups_compose():

@@ -283,6 +283,9 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     heads_on = str(c.get("phenotype_heads", "all"))
     if heads_on not in ("all", "atlas"):
         raise EvaluatorInputError(f"evaluator.phenotype_heads={heads_on!r}: use 'all' or 'atlas'")
+    if heads_on == "atlas" and (atlas is None or not len(atlas)):
+        raise EvaluatorInputError(f"evaluator.phenotype_heads=atlas needs {ATLAS_FILE} beside the manifest "
+                                  "(data.atlas.faces > 0 on data=phantom); or set evaluator.phenotype_heads=all")
     classes = sorted(train["disease"].unique(), key=lambda d: (d == HEALTHY, d))
     if len(classes) < 2:
         raise EvaluatorInputError(f"the evaluator needs at least 2 classes in the train split, got {classes}")

@@ -258,6 +258,9 @@ def test_a_phenotype_atlas_beside_the_manifest_trains_the_clip_and_heads(tiny_cf
         fit_evaluator({**cfg, "phenotype_heads": "both"}, folder / "manifest.csv", tiny_profiles, None,
                       progress=False)
     (folder / "phenotype_atlas.csv").unlink()
+    with pytest.raises(EvaluatorInputError, match="phenotype_heads=atlas needs phenotype_atlas.csv"):
+        fit_evaluator({**cfg, "phenotype_heads": "atlas"}, folder / "manifest.csv", tiny_profiles, None,
+                      progress=False)
     fit_evaluator(cfg, folder / "manifest.csv", tiny_profiles, cache, progress=False)
     assert [u for u in cache.used if u["kind"] == "evaluator"][-1]["path"] != with_atlas  # without: another entry
 
