@@ -86,10 +86,13 @@ def preflight(cfg: DictConfig) -> None:
     if bad:
         key = "baselines" if cfg.get("baselines") else "conditioning"
         raise UserError(f"{key}={bad[0]} is unknown; use one of {', '.join((*MODES, CONTROL))}")
-    if (cfg.get("evaluate", True) and cfg.data.name == "phantom" and str(cfg.evaluator.get("phenotype_heads")) == "atlas"
-            and not int((cfg.data.get("atlas") or {}).get("faces", 0) or 0)):
-        raise UserError("evaluator.phenotype_heads=atlas needs a phenotype atlas: set data.atlas.faces > 0 "
-                        "(experiment=benchmark: 8000) or evaluator.phenotype_heads=all")
+    if cfg.get("evaluate", True) and str(cfg.evaluator.get("phenotype_heads")) == "atlas":
+        if cfg.data.name != "phantom":  # a train run rebuilds real data into the run folder, without an atlas
+            raise UserError(f"evaluator.phenotype_heads=atlas needs the phantom's phenotype atlas; with "
+                            f"data={cfg.data.name} set evaluator.phenotype_heads=all")
+        if not int((cfg.data.get("atlas") or {}).get("faces", 0) or 0):
+            raise UserError("evaluator.phenotype_heads=atlas needs a phenotype atlas: set data.atlas.faces > 0 "
+                            "(experiment=benchmark: 8000) or evaluator.phenotype_heads=all")
     if cfg.model.name != "tiny":
         from .diffusion.models import check_pretrained_folder
 

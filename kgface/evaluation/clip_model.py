@@ -229,7 +229,7 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
     cut = captions_cut(tokenizer, captions)
     if cut > 0:  # the text tower reads the first context_length tokens: later phenotype names are lost to the
         # contrastive term (the auxiliary heads still get every label; docs/evaluation.md, "Captions")
-        log.info("%.1f%% of the evaluator's training captions are longer than the text tower's %d tokens and are cut",
+        log.info("%.1f%% of the evaluator's training captions are longer than the tokenizer's %d tokens and are cut",
                  100 * cut, getattr(tokenizer, "context_length", 77))
     cls_index = {c: k for k, c in enumerate(dict.fromkeys(x for x in labels if x is not None))} \
         if labels is not None else None

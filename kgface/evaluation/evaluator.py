@@ -265,7 +265,7 @@ def zero_shot_text(model, tokenizer, profiles: dict[str, FacialProfile], classes
 
 def probe_rows(df: pd.DataFrame, probe_cfg: dict) -> pd.Series:
     """Rows the disease probe learns from: healthy ones and those at stage >= probe.min_stage."""
-    return (df["disease"] == HEALTHY) | (df["stage"] >= int(probe_cfg.get("min_stage", 0)))
+    return (df["disease"] == HEALTHY) | (df["stage"] >= int((probe_cfg or {}).get("min_stage") or 0))
 
 
 def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
@@ -289,11 +289,11 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     classes = sorted(train["disease"].unique(), key=lambda d: (d == HEALTHY, d))
     if len(classes) < 2:
         raise EvaluatorInputError(f"the evaluator needs at least 2 classes in the train split, got {classes}")
-    p_cfg = c.get("probe", {})
+    p_cfg = c.get("probe") or {}
     unseen = sorted(set(classes) - set(train["disease"][probe_rows(train, p_cfg)]))
     if unseen:
         raise EvaluatorInputError(f"no train image of {', '.join(unseen[:5])} at stage >= evaluator.probe.min_stage="
-                                  f"{int(p_cfg.get('min_stage', 0))}: lower it or add images of later stages")
+                                  f"{int(p_cfg.get('min_stage') or 0)}: lower it or add images of later stages")
     if len(val):
         val = val[val["disease"].isin(classes)].reset_index(drop=True)
     by_id = _profile_map(profiles, classes)
@@ -335,12 +335,12 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     scale = Standardizer.fit(f_train)
     x = scale(f_train)
     index = {d: i for i, d in enumerate(classes)}
-    p = c.get("probe", {})
+    p = c.get("probe") or {}
     # the disease probe learns from faces that can show their disease: below probe.min_stage a label contradicts the
     # look (stage 0 is healthy-looking by construction), and such faces teach the probe to call healthy faces sick
     shows = probe_rows(train, p).to_numpy()
-    probe = LinearProbe.fit(x[torch.as_tensor(shows)], [index[d] for d in train["disease"][shows]], len(classes),
-                            l2=float(p.get("l2", 1e-2)))
+    probe = LinearProbe.fit(x[torch.from_numpy(shows.copy())], [index[d] for d in train["disease"][shows]],
+                            len(classes), l2=float(p.get("l2", 1e-2)))
     info["probe_images"] = int(shows.sum())
     coral = CoralHead.fit(x, train["stage"].to_numpy(), l2=float(p.get("l2", 1e-2)))
     if atlas is not None:
@@ -365,8 +365,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
 
 
 ATLAS_FILE = "phenotype_atlas.csv"  # beside manifest.csv: phenotype-only training faces (module docstring)
-EVALUATOR_VERSION = 2  # bump when training or scoring changes, so cached evaluators rebuild
-CLIP_VERSION = 1  # bump when the tiny CLIP's training changes (its own cache entry, "evaluator-clip")
+EVALUATOR_VERSION = 2  # bump when the heads or the scoring change, so cached evaluators rebuild
+CLIP_VERSION = 1  # bump when the tiny CLIP's training or its captions change: both cache entries rebuild
 CLIP_KEYS = ("name", "image_size", "embed_dim", "vision", "text", "train", "seed")  # the config that shapes the CLIP
 
 
@@ -388,11 +388,13 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
         return train_evaluator(c, df, profiles, progress=progress, atlas=atlas)
     plist = list(profiles.values()) if isinstance(profiles, dict) else list(profiles)
     used = sorted(set(df["disease"]))
+    if atlas is not None:  # atlas captions may name a phenotype through any profile of the panel
+        used = sorted({p.disease_id for p in plist})
     spec = {"version": EVALUATOR_VERSION, "evaluator": c, "manifest_sha256": manifest_hash(manifest_path),
             "profiles": stable_hash([p.to_dict() for p in plist if p.disease_id in used])}
     if atlas is not None:
         spec["atlas_sha256"] = manifest_hash(atlas_path)
-    entry = cache.entry("evaluator", spec)
+    entry = cache.entry("evaluator", {**spec, "version": [EVALUATOR_VERSION, CLIP_VERSION]})
     if entry.exists():
         log.info("evaluator from the cache: %s", entry.path)
         return Evaluator.load(entry.path)

@@ -151,7 +151,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     train = train_df if train_df is not None else df[df["split"] == "train"]
     if len(train):
         out["oracle_top1"] = oracle_top1(train.reset_index(drop=True), test,
-                                         min_stage=int(evaluator.cfg.get("probe", {}).get("min_stage", 0)))
+                                         min_stage=int((evaluator.cfg.get("probe") or {}).get("min_stage") or 0))
     if roundtrip is not None:
         images = s.images if s.images is not None else load_images(list(test["abspath"]))
         with torch.no_grad():

@@ -112,6 +112,45 @@ def test_oracle_is_nan_without_phenotypes(tiny_data):
     assert np.isnan(oracle_top1(df[df.split == "train"], df[df.split == "test"]))
 
 
+def test_oracle_learns_from_the_probes_rows_and_reads_healthy_test_rows():
+    """Stage-0 faces that look healthy (no phenotype drawn) but carry their disease's label pull a bare face to that
+    disease only when the oracle learns from them (min_stage 0); healthy test rows are read."""
+    def rows(disease, stage, phenotypes, n):
+        return [{"disease": disease, "stage": stage, "phenotypes": dict(phenotypes)} for _ in range(n)]
+
+    train = pd.DataFrame(rows("A", 3, {"HP:1": 1.0}, 5) + rows("B", 3, {"HP:2": 1.0}, 5)
+                         + rows("A", 0, {}, 50)  # healthy-looking, labelled A
+                         + rows("healthy", 0, {}, 5) + rows("healthy", 0, {"HP:3": 1.0}, 5))
+    test = pd.DataFrame(rows("A", 3, {"HP:1": 1.0}, 1) + rows("B", 2, {"HP:2": 1.0}, 1)
+                        + rows("healthy", 0, {}, 2) + rows("A", 1, {"HP:1": 1.0}, 1))
+    assert oracle_top1(train, test, min_stage=2) == 1.0  # 4 rows read (stage 1 is not), all right
+    assert oracle_top1(train, test, min_stage=0) == 0.5  # the bare healthy faces are read as A
+
+
+def test_the_probe_ignores_rows_below_min_stage(tiny_cfg, tiny_data, tiny_profiles, tiny_evaluator):
+    """With the same CLIP, relabelling the train and val faces below probe.min_stage leaves the probe and its
+    temperature unchanged; with min_stage 0 they move."""
+    from omegaconf import OmegaConf
+
+    from kgface.evaluation.evaluator import train_evaluator
+
+    cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    sick = sorted(set(df["disease"]) - {"healthy"})
+    low = (df["disease"] != "healthy") & (df["stage"] < 2)
+    swapped = df.copy()
+    swapped.loc[low, "disease"] = [sick[(sick.index(d) + 1) % len(sick)] for d in df["disease"][low]]
+    clip = ({k: v.clone() for k, v in tiny_evaluator.model.state_dict().items()}, tiny_evaluator.info["clip"])
+    fits = {}
+    for min_stage in (2, 0):
+        c = {**cfg, "probe": {**cfg["probe"], "min_stage": min_stage}}
+        fits[min_stage] = [train_evaluator(c, d, tiny_profiles, progress=False, clip=clip) for d in (df, swapped)]
+    a, b = fits[2]
+    assert torch.equal(a.probe.weight, b.probe.weight) and a.info["temperature"] == b.info["temperature"]
+    a, b = fits[0]
+    assert not torch.equal(a.probe.weight, b.probe.weight)
+
+
 def _generated_manifest(tiny_data, tmp_path, n=None):
     """A 'generated' set: real test images relabelled as requests (mode sample) plus two transforms."""
     df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
@@ -311,7 +350,8 @@ def test_a_head_setting_refits_the_heads_on_the_cached_clip(tiny_cfg, tiny_data,
     cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
     cache = Cache(tmp_path / "cache")
     first = fit_evaluator(cfg, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
-    assert sorted(p.name for p in (tmp_path / "cache" / "evaluator-clip").iterdir())[0]  # the CLIP's own entry
+    clip_dir = next((tmp_path / "cache" / "evaluator-clip").iterdir())  # the CLIP's own entry
+    assert {"clip.safetensors", "clip.json"} <= {p.name for p in clip_dir.iterdir()}
 
     def no_training(*args, **kwargs):
         raise AssertionError("the CLIP was trained again")
