@@ -7,7 +7,9 @@ image: the calibrated disease probabilities and top-3, the zero-shot disease and
 stage (CORAL), and the per-phenotype presence scores with the detected set.
 
 Saved as `evaluator.json` (config, classes, phenotype ids, training log) + `probes.safetensors` (+ `clip.safetensors`
-for the tiny CLIP; a pretrained open_clip model is re-read from `evaluator.pretrained`). No pickle.
+for the tiny CLIP; a pretrained open_clip model is re-read from `evaluator.pretrained`). No pickle. The disease probe
+learns from healthy faces and stages >= `probe.min_stage` only (stage 0 looks healthy by construction). The tiny CLIP
+is also cached on its own (`evaluator-clip`), so a head setting refits the heads without retraining it.
 
 A dataset folder may also hold `phenotype_atlas.csv` (same columns; written by `data=phantom` with `data.atlas.faces`
 > 0): faces labelled with phenotypes only, no disease. When present, the tiny CLIP and the phenotype heads also train
