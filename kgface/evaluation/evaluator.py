@@ -265,9 +265,14 @@ def zero_shot_text(model, tokenizer, profiles: dict[str, FacialProfile], classes
     return torch.stack(rows)
 
 
-def probe_rows(df: pd.DataFrame, probe_cfg: dict) -> pd.Series:
+def min_stage_of(probe_cfg: dict | None) -> int:
+    """`probe.min_stage` of an evaluator config's `probe` section (0 when unset)."""
+    return int((probe_cfg or {}).get("min_stage") or 0)
+
+
+def probe_rows(df: pd.DataFrame, probe_cfg: dict | None) -> pd.Series:
     """Rows the disease probe learns from: healthy ones and those at stage >= probe.min_stage."""
-    return (df["disease"] == HEALTHY) | (df["stage"] >= int((probe_cfg or {}).get("min_stage") or 0))
+    return (df["disease"] == HEALTHY) | (df["stage"] >= min_stage_of(probe_cfg))
 
 
 def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
@@ -291,11 +296,11 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     classes = sorted(train["disease"].unique(), key=lambda d: (d == HEALTHY, d))
     if len(classes) < 2:
         raise EvaluatorInputError(f"the evaluator needs at least 2 classes in the train split, got {classes}")
-    p_cfg = c.get("probe") or {}
-    unseen = sorted(set(classes) - set(train["disease"][probe_rows(train, p_cfg)]))
+    p = c.get("probe") or {}
+    unseen = sorted(set(classes) - set(train["disease"][probe_rows(train, p)]))
     if unseen:
         raise EvaluatorInputError(f"no train image of {', '.join(unseen[:5])} at stage >= evaluator.probe.min_stage="
-                                  f"{int(p_cfg.get('min_stage') or 0)}: lower it or add images of later stages")
+                                  f"{min_stage_of(p)}: lower it or add images of later stages")
     if len(val):
         val = val[val["disease"].isin(classes)].reset_index(drop=True)
     by_id = _profile_map(profiles, classes)
@@ -337,7 +342,6 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     scale = Standardizer.fit(f_train)
     x = scale(f_train)
     index = {d: i for i, d in enumerate(classes)}
-    p = c.get("probe") or {}
     # the disease probe learns from faces that can show their disease: below probe.min_stage a label contradicts the
     # look (stage 0 is healthy-looking by construction), and such faces teach the probe to call healthy faces sick
     shows = probe_rows(train, p).to_numpy()

@@ -18,7 +18,8 @@ import torch
 from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from . import metrics as M
-from .evaluator import HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, load_images, presence_matrix
+from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, load_images, min_stage_of,
+                        presence_matrix, probe_rows)
 from .probes import LinearProbe, Standardizer
 
 HEADLINE_STAGES = (2, 3)  # stage 0 is healthy-looking by construction; targets apply to stages 2-3
@@ -62,7 +63,7 @@ def oracle_top1(train_df: pd.DataFrame, test_df: pd.DataFrame, stages=HEADLINE_S
 
     classes = sorted(set(train_df["disease"]))
     ci = {c: i for i, c in enumerate(classes)}
-    train_df = train_df[(train_df["disease"] == HEALTHY) | (train_df["stage"] >= min_stage)]
+    train_df = train_df[probe_rows(train_df, {"min_stage": min_stage})]
     x_train = vectors(train_df)
     scale = Standardizer.fit(x_train)
     probe = LinearProbe.fit(scale(x_train), [ci[d] for d in train_df["disease"]], len(classes), l2=l2)
@@ -151,7 +152,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     train = train_df if train_df is not None else df[df["split"] == "train"]
     if len(train):
         out["oracle_top1"] = oracle_top1(train.reset_index(drop=True), test,
-                                         min_stage=int((evaluator.cfg.get("probe") or {}).get("min_stage") or 0))
+                                         min_stage=min_stage_of(evaluator.cfg.get("probe")))
     if roundtrip is not None:
         images = s.images if s.images is not None else load_images(list(test["abspath"]))
         with torch.no_grad():
