@@ -46,12 +46,14 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
     return cond
 
 
-def latent_set(manifest: Path, profiles, backbone, heldout: set[str]):
-    """Encode the train split of the generator's diseases (held-out ones excluded) into a LatentSet."""
+def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None, atlas_share: float = 0.0):
+    """Encode the train split of the generator's diseases (held-out ones excluded) into a LatentSet.
+
+    atlas: (rows, profiles) from `atlas_training_rows`, whose profiles follow `profiles` in the conditioner's list;
+    its faces make up `atlas_share` of the draws (each part uniform within itself)."""
     import pandas as pd
 
     from .diffusion.trainer import LatentSet
-    from .diffusion.vae import to_model
 
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     index = {p.disease_id: i for i, p in enumerate(profiles)}
@@ -62,19 +64,81 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str]):
     df = df[(df["split"] == "train") & ~df["disease"].isin(heldout)]
     if df.empty:
         raise UserError(f"{manifest}: no training images for the generator's diseases")
-    from PIL import Image
-    import numpy as np
+    parts = {"latents": _encode(manifest.parent, list(df["path"]), backbone.vae),
+             "index": torch.tensor([index[d] for d in df["disease"]]),
+             "stage": torch.tensor(df["stage"].astype(int).to_numpy()),
+             "severity": torch.tensor(df["severity"].astype(float).to_numpy(), dtype=torch.float32),
+             "age": torch.tensor([AGE_INDEX.get(a, -1) for a in df.get("age_group", [""] * len(df))])}
+    if not atlas or not atlas[0]:
+        return LatentSet(**parts)
+    rows, _ = atlas
+    n, m = len(df), len(rows)
+    extra = {"latents": _encode(manifest.parent, [r["path"] for r in rows], backbone.vae),
+             "index": torch.arange(len(profiles), len(profiles) + m),
+             "stage": torch.tensor([r["stage"] for r in rows]),
+             "severity": torch.tensor([r["severity"] for r in rows], dtype=torch.float32),
+             "age": torch.tensor([AGE_INDEX.get(r["age_group"], -1) for r in rows])}
+    weights = torch.cat([torch.full((n,), (1.0 - atlas_share) / n), torch.full((m,), atlas_share / m)])
+    return LatentSet(**{k: torch.cat([parts[k], extra[k]]) for k in parts}, weights=weights.double())
 
-    imgs = torch.from_numpy(np.stack([np.asarray(Image.open(manifest.parent / p).convert("RGB"))
-                                      for p in df["path"]])).permute(0, 3, 1, 2)
-    vae = backbone.vae
+
+def _encode(root: Path, paths: list[str], vae) -> torch.Tensor:
+    """Images (paths under root) -> scaled VAE latents (posterior means)."""
+    import numpy as np
+    from PIL import Image
+
+    from .diffusion.vae import to_model
+
+    imgs = torch.from_numpy(np.stack([np.asarray(Image.open(root / p).convert("RGB"))
+                                      for p in paths])).permute(0, 3, 1, 2)
     with torch.no_grad():
         lat = torch.cat([vae.encode(to_model(imgs[i:i + 64])).latent_dist.mean for i in range(0, len(imgs), 64)])
-    return LatentSet(latents=lat * vae.config.scaling_factor,
-                     index=torch.tensor([index[d] for d in df["disease"]]),
-                     stage=torch.tensor(df["stage"].astype(int).to_numpy()),
-                     severity=torch.tensor(df["severity"].astype(float).to_numpy(), dtype=torch.float32),
-                     age=torch.tensor([AGE_INDEX.get(a, -1) for a in df.get("age_group", [""] * len(df))]))
+    return lat * vae.config.scaling_factor
+
+
+ATLAS_NAME = "a combination of facial signs"  # the name of an atlas face's profile (read by the text baseline)
+
+
+def atlas_training_rows(manifest: Path, profiles, data_cfg) -> tuple[list[dict], list]:
+    """The phenotype atlas (phenotype_atlas.csv beside the manifest) as generator training rows: each face becomes a
+    profile of exactly the phenotypes it shows at frequency 1 (every such face shows them), with a severity on the
+    disease faces' scale. A phantom disease face shows a phenotype at intensity u * s / 3 (u ~ U(intensity_min, 1)),
+    so an atlas face at intensities t reads as severity s = 3 * mean(t) / E[u], at most 3. The phenotypes' terms
+    (names, definitions, ontology paths) come from the panel's profiles, held-out diseases' included: the generator
+    then learns what each phenotype looks like in varied company, and draws an unseen disease from its parts."""
+    import dataclasses
+
+    import pandas as pd
+
+    from .kg import FacialProfile
+
+    path = manifest.parent / "phenotype_atlas.csv"
+    if not path.is_file():
+        raise UserError(f"trainer.atlas_share > 0 needs the phenotype atlas ({path} is missing): set "
+                        "data.atlas.faces > 0 (data=phantom) or trainer.atlas_share=0")
+    terms = {}
+    for prof in profiles:
+        for p in prof.phenotypes:
+            terms.setdefault(p.hpo_id, p)
+    mean_u = (float(data_cfg.get("intensity_min", 0.7)) + 1.0) / 2.0
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    rows, atlas_profiles = [], []
+    for k, r in enumerate(df.itertuples(index=False)):
+        shown = json.loads(r.phenotypes or "{}")
+        missing = sorted(set(shown) - set(terms))
+        if not shown:
+            raise UserError(f"{path}, row {k + 2}: an atlas face without phenotypes; rebuild the dataset")
+        if missing:
+            raise UserError(f"{path}, row {k + 2}: phenotypes {missing} are in no panel profile; rebuild the "
+                            "dataset (python -m kgface.dataset) for this panel")
+        severity = min(3.0, 3.0 * sum(shown.values()) / len(shown) / mean_u)
+        atlas_profiles.append(FacialProfile(
+            disease_id=f"atlas-{k:05d}", name=ATLAS_NAME, kg=profiles[0].kg, query="phenotype atlas",
+            phenotypes=[dataclasses.replace(terms[h], frequency=1.0, frequency_raw="", min_stage=0,
+                                            provenance="phenotype atlas") for h in sorted(shown)]))
+        rows.append({"path": r.path, "stage": int(min(3, max(1, round(severity)))), "severity": severity,
+                     "age_group": getattr(r, "age_group", "")})
+    return rows, atlas_profiles
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -93,6 +157,12 @@ def preflight(cfg: DictConfig) -> None:
         if not int((cfg.data.get("atlas") or {}).get("faces", 0) or 0):
             raise UserError("evaluator.phenotype_heads=atlas needs a phenotype atlas: set data.atlas.faces > 0 "
                             "(experiment=benchmark: 8000) or evaluator.phenotype_heads=all")
+    share = float(cfg.trainer.get("atlas_share", 0.0) or 0.0)
+    if not 0.0 <= share < 1.0:
+        raise UserError(f"trainer.atlas_share={share}: use a share of the batches in [0, 1)")
+    if share > 0 and (cfg.data.name != "phantom" or not int((cfg.data.get("atlas") or {}).get("faces", 0) or 0)):
+        raise UserError(f"trainer.atlas_share={share} needs the phantom's phenotype atlas: set data.atlas.faces > 0 "
+                        "with data=phantom, or trainer.atlas_share=0")
     if cfg.model.name != "tiny":
         from .diffusion.models import check_pretrained_folder
 
@@ -203,8 +273,11 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     backbone = build_backbone(_container(cfg.model), vae=vae, num_tokens=int(cfg.model.get("num_tokens", 8)),
                               with_adapter=mode != "text")
     train_profiles = [p for p in profiles if p.disease_id not in heldout]
-    conditioner = build_conditioning(cfg, backbone, train_profiles, cache, mode)
-    data = latent_set(manifest, train_profiles, backbone, heldout)
+    share = float(cfg.trainer.get("atlas_share", 0.0) or 0.0)  # checked in preflight
+    # class tokens cannot learn from phenotype-only faces (no class): that baseline trains without the atlas
+    atlas = atlas_training_rows(manifest, profiles, cfg.data) if share > 0 and mode != "class" else None
+    conditioner = build_conditioning(cfg, backbone, train_profiles + (atlas[1] if atlas else []), cache, mode)
+    data = latent_set(manifest, train_profiles, backbone, heldout, atlas, share)
     gen = Generator(backbone, conditioner, guidance=float(cfg.model.sample.guidance),
                     steps=int(cfg.model.sample.steps))
     names = {p.disease_id: p.name + (" (held out)" if p.disease_id in heldout else "") for p in profiles}
@@ -216,7 +289,8 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
         result["ema"].copy_to()  # the final weights are the EMA weights (checkpoints keep the raw ones)
     recent = result["losses"][-50:]
     metrics = {"train": {"steps": result["steps"], "final_loss": sum(recent) / max(1, len(recent)),
-                         "seconds": round(result["seconds"], 1), "train_images": len(data)}}
+                         "seconds": round(result["seconds"], 1), "train_images": len(data),
+                         "atlas_images": len(atlas[0]) if atlas else 0, "atlas_share": share if atlas else 0.0}}
 
     # save: model/, adapter, encoder/ (or the class tokens)
     save_model_folder(backbone, out_dir / "model")
@@ -312,11 +386,12 @@ def isolated_effects_check(cfg, evaluator, real_df, per_term: int = 12, faces: i
     """data=phantom: each phenotype head against its phenotype drawn alone at full intensity on healthy test
     identities (`phenotype_auroc_isolated`); the test split's AUROC can be high for a head that reads the disease."""
     from .data.build import isolated_effect_images
+    from .data.phantom.dataset import identity_number
     from .evaluation.evaluator import HEALTHY
     from .evaluation.sets import auroc_summary, isolated_auroc
 
     test = real_df[(real_df["split"] == "test") & (real_df["disease"] == HEALTHY)]
-    ids = [int(str(x).rsplit("-", 1)[-1]) for x in test["identity"]][:faces]
+    ids = [identity_number(x) for x in test["identity"]][:faces]
     if not ids:
         return {}
     images, labels = isolated_effect_images(cfg, evaluator.phenotypes, ids, per_term)

@@ -1,5 +1,6 @@
 """A CPU smoke test of `python -m kgface.train` (lightning-hydra-template style): the whole job at micro size."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -105,9 +106,11 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
 
     out = tmp_path / "run"
     main(MICRO + MICRO_EVALUATOR + ["experiment=baselines", "trainer.steps=2", "trainer.checkpoint_every=0",
-                                    f"hydra.run.dir={out}"])
+                                    "trainer.atlas_share=0.5", f"hydra.run.dir={out}"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["baselines"]) == {"kg", "text", "class", "kg_shuffled"}
+    for mode, n in {"kg": 8, "text": 8, "kg_shuffled": 8, "class": 0}.items():  # class tokens cannot use the atlas
+        assert metrics["baselines"][mode]["train"]["atlas_images"] == n, mode
     assert "real_top1" in metrics["evaluator"]  # the instrument is measured once, beside the baselines
     for mode in ("kg", "text"):  # the same generation keys per conditioning, held-out diseases included
         assert _has(metrics["baselines"][mode], "generation.heldout_top1"), mode
@@ -124,6 +127,49 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
 
     cls, _ = read_manifest(out / "class" / "samples" / "manifest.csv")
     assert "ORPHA:648" not in set(cls["disease"])  # class conditioning cannot draw the held-out disease
+
+
+def test_atlas_faces_become_profiles_of_exactly_their_phenotypes(tmp_path):
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from kgface.kg.profiles import FacialProfile
+    from kgface.train import ATLAS_NAME, atlas_training_rows, main
+
+    out = tmp_path / "run"
+    main(MICRO + ["trainer.steps=1", "trainer.checkpoint_every=0", "samples.stages=[3]", f"hydra.run.dir={out}"])
+    manifest = Path(json.loads((out / "data.json").read_text())["manifest"])
+    profiles = [FacialProfile.from_dict(p) for p in json.loads((out / "profiles.json").read_text())["profiles"]]
+    data_cfg = OmegaConf.create({"intensity_min": 0.7})
+    rows, atlas = atlas_training_rows(manifest, profiles, data_cfg)
+    table = pd.read_csv(manifest.parent / "phenotype_atlas.csv", dtype=str)
+    assert len(rows) == len(atlas) == len(table) == 8
+    panel = {p.hpo_id for prof in profiles for p in prof.phenotypes}
+    for row, prof, (_, truth) in zip(rows, atlas, table.iterrows()):
+        shown = json.loads(truth["phenotypes"])
+        assert {p.hpo_id for p in prof.phenotypes} == set(shown) <= panel  # the held-out diseases' terms included
+        assert all(p.frequency == 1.0 for p in prof.phenotypes) and prof.name == ATLAS_NAME
+        assert row["path"] == truth["path"]
+        assert abs(row["severity"] - min(3.0, 3 * sum(shown.values()) / len(shown) / 0.85)) < 1e-9
+        assert row["stage"] == min(3, max(1, round(row["severity"])))
+    assert len({p.disease_id for p in atlas}) == 8
+    (manifest.parent / "phenotype_atlas.csv").rename(tmp_path / "moved.csv")
+    try:
+        with pytest.raises(Exception, match="data.atlas.faces"):
+            atlas_training_rows(manifest, profiles, data_cfg)
+    finally:
+        (tmp_path / "moved.csv").rename(manifest.parent / "phenotype_atlas.csv")
+
+
+def test_atlas_share_needs_an_atlas_and_a_share_below_one(tmp_path, capsys):
+    from kgface.train import main
+
+    for bad, word in (["data.atlas.faces=0", "trainer.atlas_share=0.5"], "data.atlas.faces"), \
+            (["trainer.atlas_share=1.0"], "[0, 1)"):
+        with pytest.raises(SystemExit) as info:
+            main(MICRO + bad + [f"hydra.run.dir={tmp_path / 'x'}"])
+        assert info.value.code == 2 and word in capsys.readouterr().err
+        assert not (tmp_path / "x" / "profiles.json").exists()
 
 
 def test_shuffled_edges_is_a_seeded_derangement_of_the_phenotype_sets():

@@ -28,7 +28,7 @@ TRAINER_DEFAULTS = {
     "warmup_steps": 100, "grad_accum": 1, "mixed_precision": "no", "max_grad_norm": 1.0, "ema_decay": 0.999,
     "ema": True, "min_snr_gamma": 5.0, "cfg_drop_tokens": 0.1, "cfg_drop_text": 0.0, "cfg_drop_both": 0.05,
     "checkpoint_every": 500, "keep_checkpoints": 2, "resume": None, "log_every": 25, "val_every": 0,
-    "seed": 0, "num_threads": 0,
+    "seed": 0, "num_threads": 0, "atlas_share": 0.0,
 }
 
 
@@ -38,12 +38,15 @@ class TrainingError(UserError):
 
 @dataclass
 class LatentSet:
-    """The training set as tensors: latents [N, C, h, w] (scaled), class index, stage, severity, age (-1 unknown)."""
+    """The training set as tensors: latents [N, C, h, w] (scaled), class index, stage, severity, age (-1 unknown);
+    `weights` (optional, [N]): rows are drawn with these probabilities instead of uniformly (e.g. a fixed share of
+    phenotype-atlas faces in every batch)."""
     latents: torch.Tensor
     index: torch.Tensor
     stage: torch.Tensor
     severity: torch.Tensor
     age: torch.Tensor
+    weights: torch.Tensor | None = None
 
     def __len__(self):
         return len(self.latents)
@@ -206,7 +209,10 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         micro = []
         for _ in range(int(t["grad_accum"])):
             with acc.accumulate(unet):
-                idx = torch.randint(0, len(data), (int(t["batch_size"]),), generator=g)
+                if data.weights is None:
+                    idx = torch.randint(0, len(data), (int(t["batch_size"]),), generator=g)
+                else:
+                    idx = torch.multinomial(data.weights, int(t["batch_size"]), replacement=True, generator=g)
                 x0 = data.latents[idx].to(device)
                 noise = torch.randn(x0.shape, generator=g).to(device)
                 ts = torch.randint(0, n_train, (len(idx),), generator=g).to(device)

@@ -45,15 +45,15 @@ def _manifest_faces(manifest: Path, seed: int) -> list[tuple[str, Path]]:
 def _rendered_faces(data_cfg: dict, exclude: set[str], n: int, size: int, seed: int) -> list[Baseline]:
     """Healthy phantom faces of test-split identities not in `exclude` (the dataset's own split)."""
     from ..data.phantom import render_face, sample_identity
-    from ..data.phantom.dataset import PhantomConfig, identity_split
+    from ..data.phantom.dataset import PhantomConfig, identity_label, identity_split
 
     pcfg = PhantomConfig.from_dict(data_cfg)
-    test = sorted(i for i, s in identity_split(pcfg).items() if s == "test" and f"phantom-{i}" not in exclude)
+    test = sorted(i for i, s in identity_split(pcfg).items() if s == "test" and identity_label(i) not in exclude)
     test = [test[k] for k in np.random.default_rng([int(seed), 6]).permutation(len(test))][:n]
     out = []
     for i in test:
         img = render_face(sample_identity(pcfg.seed, i), None, size=size, supersample=pcfg.supersample)
-        out.append(Baseline(f"phantom-{i}", torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1),
+        out.append(Baseline(identity_label(i), torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1),
                             f"phantom identity {i} (rendered)"))
     return out
 

@@ -195,3 +195,12 @@ def test_atlas_draws_panel_phenotypes_without_their_diseases(profiles, table, tm
     together = [sum(h in json.loads(r["phenotypes"]) for h in down) for r in rows]
     assert max(together) < len(down)
     assert build_atlas(profs, SMALL, table, tmp_path / "c", faces=0, progress=False) == []
+
+
+def test_identity_labels_round_trip_and_foreign_labels_are_errors():
+    from kgface.data.phantom.dataset import identity_label, identity_number
+
+    assert identity_label(42) == "phantom-42" and identity_number(identity_label(42)) == 42
+    for bad in ("user-42", "phantom-", "phantom-4a", "42"):
+        with pytest.raises(ValueError, match="phantom identity label"):
+            identity_number(bad)

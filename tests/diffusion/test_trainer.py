@@ -109,6 +109,18 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(profiles, tmp_path):
     assert (tmp_path / "checkpoints/step-0000002/state.json").is_file()
 
 
+def test_rows_are_drawn_by_their_weights(profiles, tmp_path):
+    backbone, cond = make(profiles)
+    data = fixed_data()
+    data.latents[8:] = float("nan")  # a drawn NaN row stops the run (the test below shows it would be drawn)
+    data.weights = torch.cat([torch.ones(8), torch.zeros(8)]).double()
+    out = train(backbone, cond, data, {**FAST, "steps": 6}, tmp_path / "a", progress=False)
+    assert out["steps"] == 6 and all(torch.isfinite(torch.tensor(out["losses"])))
+    data.weights = None
+    with pytest.raises(TrainingError, match="loss became nan"):
+        train(backbone, cond, data, {**FAST, "steps": 6}, tmp_path / "b", progress=False)
+
+
 def test_bad_resume_path(profiles, tmp_path):
     backbone, cond = make(profiles)
     with pytest.raises(TrainingError, match="trainer.resume"):

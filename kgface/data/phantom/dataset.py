@@ -68,6 +68,22 @@ def slug(disease_id: str) -> str:
     return disease_id.replace(":", "_").replace("/", "_")
 
 
+IDENTITY_PREFIX = "phantom-"  # manifest identity labels of phantom faces: "phantom-<identity number>"
+
+
+def identity_label(identity_id: int) -> str:
+    return f"{IDENTITY_PREFIX}{int(identity_id)}"
+
+
+def identity_number(label: str) -> int:
+    """The phantom identity number of a manifest `identity` label (the inverse of identity_label)."""
+    text = str(label)
+    number = text[len(IDENTITY_PREFIX):]
+    if not text.startswith(IDENTITY_PREFIX) or not number.isdigit():
+        raise ValueError(f"identity {text!r} is not a phantom identity label ({IDENTITY_PREFIX}<number>)")
+    return int(number)
+
+
 def identity_split(cfg: PhantomConfig) -> dict[int, str]:
     """Identity id -> split (fixed fractions of a seeded permutation: no identity is in two splits)."""
     order = np.random.default_rng([cfg.seed, 11]).permutation(cfg.identities)
@@ -231,7 +247,7 @@ def build_atlas(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[s
                   "lesion_count": count_from_severity(3.0 * max(acne)) if acne else -1}
         rel = f"images/{ATLAS}/{k:05d}.png"
         render_labels(labels, cfg, table).save(out / rel, optimize=False, compress_level=1)
-        rows.append({"path": rel, "identity": f"phantom-{identity_id}", "disease": ATLAS, "stage": 0,
+        rows.append({"path": rel, "identity": identity_label(identity_id), "disease": ATLAS, "stage": 0,
                      "severity": 0.0, "lesion_count": labels["lesion_count"] if acne else "", "split": "train",
                      "source": "phantom-atlas", "phenotypes": json.dumps(chosen, sort_keys=True),
                      "age_group": labels["identity"].age_group, "heldout": False})
@@ -288,7 +304,7 @@ def build_phantom(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict
         rel = f"images/{slug(prof.disease_id)}/{identity_id:05d}_s{stage}.png"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         render_labels(labels, cfg, table).save(out / rel, optimize=False, compress_level=1)
-        rows.append({"path": rel, "identity": f"phantom-{identity_id}", "disease": prof.disease_id, "stage": stage,
+        rows.append({"path": rel, "identity": identity_label(identity_id), "disease": prof.disease_id, "stage": stage,
                      "severity": labels["severity"],
                      "lesion_count": labels["lesion_count"] if labels["lesion_count"] >= 0 else "",
                      "split": splits[identity_id], "source": "phantom",
