@@ -47,7 +47,7 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
         atlas_rows = build_atlas(profiles, pcfg, table, tmp, int(atlas.get("faces", 0)),
                                  tuple(atlas.get("per_face", (4, 8))), tuple(atlas.get("intensity", (0.5, 1.0))),
                                  progress=progress)
-        if atlas_rows:  # read by the evaluator only (kgface.evaluation.evaluator.ATLAS_FILE)
+        if atlas_rows:  # read by the evaluator (ATLAS_FILE) and, with trainer.atlas_share > 0, the generator
             write_manifest(atlas_rows, tmp / "phenotype_atlas.csv")
             stats["atlas_images"] = len(atlas_rows)
         write_json_atomic(tmp / "dataset.json", {"config": data, **stats})

@@ -210,7 +210,7 @@ def isolated_effects(cfg: PhantomConfig, table: dict[str, TermEffect], hpo_ids, 
     return images, labels
 
 
-ATLAS = "atlas"  # the disease label of phenotype-atlas rows (never a class: only the evaluator's phenotype reading)
+ATLAS = "atlas"  # the disease label of phenotype-atlas rows (never a class: phenotype reading and composition)
 
 
 def build_atlas(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[str, TermEffect], out: Path,
@@ -219,7 +219,8 @@ def build_atlas(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[s
     phenotypes drawn at random, independently of any disease, at intensities U(`intensity`). In disease images a
     phenotype always comes with its disease's others, so a head trained on them alone learns to read the disease;
     the atlas shows each phenotype in varied company (docs/evaluation.md, "Each phenotype alone"). At most one
-    term per effect is drawn on a face. Rows go to the evaluator only (`phenotype_atlas.csv`)."""
+    term per effect is drawn on a face. Rows go to `phenotype_atlas.csv`: the evaluator's phenotype heads read
+    them, and the generator trains on them when trainer.atlas_share > 0 (kgface.train.atlas_training_rows)."""
     from tqdm import tqdm
 
     vocab = sorted({p.hpo_id for prof in profiles for p in prof.phenotypes if p.hpo_id in table})
