@@ -26,8 +26,9 @@ def _container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
-def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | None = None):
-    """The conditioner for `mode` (default cfg.conditioning) over the training profiles (encoder from cfg.encoder)."""
+def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | None = None, full_prompts=()):
+    """The conditioner for `mode` (default cfg.conditioning) over the training profiles (encoder from cfg.encoder);
+    full_prompts: indices of phenotype-atlas profiles (their text prompts name every phenotype)."""
     from .diffusion.conditioning import Conditioner
 
     mode = mode or cfg.conditioning
@@ -40,7 +41,7 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
         torch.manual_seed(int(cfg.seed))
         encoder = KGEncoder.from_config(enc_cfg, out_dim=backbone.cross_attention_dim)
         builder = encoder.graph_builder(cache=cache)
-    cond = Conditioner(mode, profiles, backbone, encoder, builder, num_tokens=num_tokens)
+    cond = Conditioner(mode, profiles, backbone, encoder, builder, num_tokens=num_tokens, full_prompts=full_prompts)
     if builder is not None:
         builder.warm(profiles)
     return cond
@@ -110,9 +111,10 @@ def atlas_training_rows(manifest: Path, profiles, data_cfg) -> tuple[list[dict],
 
     import pandas as pd
 
+    from .data.manifest import ATLAS_FILE
     from .kg import FacialProfile
 
-    path = manifest.parent / "phenotype_atlas.csv"
+    path = manifest.parent / ATLAS_FILE
     if not path.is_file():
         raise UserError(f"trainer.atlas_share > 0 needs the phenotype atlas ({path} is missing): set "
                         "data.atlas.faces > 0 (data=phantom) or trainer.atlas_share=0")
@@ -276,7 +278,9 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     share = float(cfg.trainer.get("atlas_share", 0.0) or 0.0)  # checked in preflight
     # class tokens cannot learn from phenotype-only faces (no class): that baseline trains without the atlas
     atlas = atlas_training_rows(manifest, profiles, cfg.data) if share > 0 and mode != "class" else None
-    conditioner = build_conditioning(cfg, backbone, train_profiles + (atlas[1] if atlas else []), cache, mode)
+    atlas_profiles = atlas[1] if atlas else []
+    conditioner = build_conditioning(cfg, backbone, train_profiles + atlas_profiles, cache, mode,
+                                     full_prompts=range(len(train_profiles), len(train_profiles) + len(atlas_profiles)))
     data = latent_set(manifest, train_profiles, backbone, heldout, atlas, share)
     gen = Generator(backbone, conditioner, guidance=float(cfg.model.sample.guidance),
                     steps=int(cfg.model.sample.steps))
@@ -289,7 +293,8 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
         result["ema"].copy_to()  # the final weights are the EMA weights (checkpoints keep the raw ones)
     recent = result["losses"][-50:]
     metrics = {"train": {"steps": result["steps"], "final_loss": sum(recent) / max(1, len(recent)),
-                         "seconds": round(result["seconds"], 1), "train_images": len(data),
+                         "seconds": round(result["seconds"], 1),
+                         "train_images": len(data) - (len(atlas[0]) if atlas else 0),
                          "atlas_images": len(atlas[0]) if atlas else 0, "atlas_share": share if atlas else 0.0}}
 
     # save: model/, adapter, encoder/ (or the class tokens)
@@ -308,7 +313,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
 
     # samples: every disease (held-out ones too, except under class conditioning) x stage; transformations
     metrics.update(draw_and_measure(cfg, gen, truth, drawable, manifest, heldout, names, out_dir, evaluator,
-                                    measure_real, mode))
+                                    measure_real, mode, trained_on_atlas=bool(atlas)))
     return metrics
 
 
@@ -332,8 +337,9 @@ def shuffled_edges(profiles, seed: int):
 
 
 def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[str], names: dict, out_dir: Path,
-                     evaluator, measure_real: bool, mode: str) -> dict:
-    """samples/ (grid + transformations + manifest.csv) and, with an evaluator, evaluation/ (metrics, figures)."""
+                     evaluator, measure_real: bool, mode: str, trained_on_atlas: bool = False) -> dict:
+    """samples/ (grid + transformations + manifest.csv) and, with an evaluator, evaluation/ (metrics, figures).
+    trained_on_atlas: the memorisation audit also looks for copies of the phenotype atlas's faces."""
     from .data.manifest import read_manifest
     from .diffusion.samples import sample_grid, save_grid, save_pairs, transform_set, write_set
 
@@ -357,13 +363,15 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     if evaluator is None:
         return out
 
+    from .data.manifest import ATLAS_FILE
     from .diffusion.vae import roundtrip
     from .evaluation import evaluate_sets, write_report
 
     vae = gen.backbone.vae
     metrics, scored = evaluate_sets(evaluator, real_df, gen_manifest,
                                     profiles, roundtrip=(lambda x: roundtrip(vae, x)) if measure_real else None,
-                                    return_scored=True, heldout=heldout)
+                                    return_scored=True, heldout=heldout,
+                                    audit_extra=manifest.parent / ATLAS_FILE if trained_on_atlas else None)
     if measure_real and cfg.data.name == "phantom":
         metrics.setdefault("evaluator", {}).update(isolated_effects_check(cfg, evaluator, real_df))
     controls = _controls(cfg, gen, drawable, evaluator, heldout, mode)

@@ -153,6 +153,23 @@ def test_atlas_faces_become_profiles_of_exactly_their_phenotypes(tmp_path):
         assert abs(row["severity"] - min(3.0, 3 * sum(shown.values()) / len(shown) / 0.85)) < 1e-9
         assert row["stage"] == min(3, max(1, round(row["severity"])))
     assert len({p.disease_id for p in atlas}) == 8
+    # the LatentSet: disease rows, then atlas rows indexed after the training profiles, drawn at the given share
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    from kgface.train import latent_set
+
+    train_profiles = [p for p in profiles if p.disease_id != "ORPHA:648"]
+    vae = AutoencoderKL.from_pretrained(out / "model" / "vae")
+    data = latent_set(manifest, train_profiles, SimpleNamespace(vae=vae), {"ORPHA:648"}, (rows, atlas), 0.25)
+    n = len(data) - 8
+    assert data.index[n:].tolist() == list(range(len(train_profiles), len(train_profiles) + 8))
+    assert int(data.index[:n].max()) < len(train_profiles)
+    assert data.severity[n:].tolist() == pytest.approx([r["severity"] for r in rows])
+    assert data.stage[n:].tolist() == [r["stage"] for r in rows]
+    assert float(data.weights[n:].sum()) == pytest.approx(0.25) and float(data.weights.sum()) == pytest.approx(1.0)
+    assert latent_set(manifest, train_profiles, SimpleNamespace(vae=vae), {"ORPHA:648"}).weights is None
     (manifest.parent / "phenotype_atlas.csv").rename(tmp_path / "moved.csv")
     try:
         with pytest.raises(Exception, match="data.atlas.faces"):

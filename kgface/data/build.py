@@ -12,7 +12,7 @@ from ..cache import Cache, file_fingerprint, write_json_atomic
 from ..errors import UserError
 from ..kg import FacialProfile
 from ..resources import kg_data_dir
-from .manifest import write_manifest
+from .manifest import ATLAS_FILE, write_manifest
 from .phantom.dataset import PhantomConfig, build_atlas, build_phantom, contact_sheet, isolated_effects
 from .phantom.effects import load_phantom_effects
 
@@ -48,7 +48,7 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
                                  tuple(atlas.get("per_face", (4, 8))), tuple(atlas.get("intensity", (0.5, 1.0))),
                                  progress=progress)
         if atlas_rows:  # read by the evaluator (ATLAS_FILE) and, with trainer.atlas_share > 0, the generator
-            write_manifest(atlas_rows, tmp / "phenotype_atlas.csv")
+            write_manifest(atlas_rows, tmp / ATLAS_FILE)
             stats["atlas_images"] = len(atlas_rows)
         write_json_atomic(tmp / "dataset.json", {"config": data, **stats})
         names = {p.disease_id: p.name for p in profiles}
@@ -86,9 +86,9 @@ def materialise(src: Path, out: Path) -> None:
     if (out / "images").exists():
         shutil.rmtree(out / "images")
     os.replace(staging, out / "images")
-    names = ["dataset.json", "contact_sheet.png", "phenotype_atlas.csv", "manifest.csv"]
-    if not (src / "phenotype_atlas.csv").is_file():
-        (out / "phenotype_atlas.csv").unlink(missing_ok=True)  # a stale atlas of an earlier build would be read
+    names = ["dataset.json", "contact_sheet.png", ATLAS_FILE, "manifest.csv"]
+    if not (src / ATLAS_FILE).is_file():
+        (out / ATLAS_FILE).unlink(missing_ok=True)  # a stale atlas of an earlier build would be read
     for name in [n for n in names if (src / n).is_file()]:  # manifest last: it marks completeness
         tmp = out / f".{name}.tmp"
         shutil.copy2(src / name, tmp)

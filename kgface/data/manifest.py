@@ -29,6 +29,7 @@ GENERATED_COLUMNS = ["mode", "requested_disease", "requested_stage", "seed", "so
 REQUIRED = ["path", "disease", "stage", "split"]
 SPLITS = ("train", "val", "test")
 N_STAGES = 4
+ATLAS_FILE = "phenotype_atlas.csv"  # beside manifest.csv: the phantom's phenotype atlas (same columns, no disease)
 
 
 class ManifestError(UserError):

@@ -45,8 +45,10 @@ class Conditioner(nn.Module):
     """Turns indices into `profiles` + severities (+ ages) into (text states, added kwargs, tokens or None)."""
 
     def __init__(self, mode: str, profiles: list[FacialProfile], backbone, encoder: nn.Module | None = None,
-                 graph_builder=None, num_tokens: int = 8):
+                 graph_builder=None, num_tokens: int = 8, full_prompts=()):
+        """full_prompts: indices of profiles whose text prompts name every phenotype (phenotype-atlas faces)."""
         super().__init__()
+        self.full_prompts = {int(i) for i in full_prompts}
         if mode not in MODES:
             raise UserError(f"conditioning={mode} is unknown; use one of {', '.join(MODES)}")
         self.mode, self.profiles, self.backbone = mode, list(profiles), backbone
@@ -67,7 +69,8 @@ class Conditioner(nn.Module):
     def prompts(self, idx: torch.Tensor, stages: torch.Tensor) -> list[str]:
         if self.mode != "text":
             return [NEUTRAL_PROMPT] * len(idx)
-        return [training_prompt(self.profiles[int(i)], int(s), conditioning="text") for i, s in zip(idx, stages)]
+        return [training_prompt(self.profiles[int(i)], int(s), conditioning="text",
+                                every_phenotype=int(i) in self.full_prompts) for i, s in zip(idx, stages)]
 
     def tokens(self, idx: torch.Tensor, severity: torch.Tensor, age: torch.Tensor | None = None,
                graphs=None) -> torch.Tensor | None:

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from ..cache import Cache, stable_hash, write_json_atomic
-from ..data.manifest import read_manifest
+from ..data.manifest import ATLAS_FILE, read_manifest
 from ..errors import UserError
 from ..kg import FacialProfile
 from ..prompts import caption, healthy_prompts, phenotype_caption, zero_shot_prompts
@@ -370,7 +370,6 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
                      coral=coral, heads=heads, zs_text=zs, info=info)
 
 
-ATLAS_FILE = "phenotype_atlas.csv"  # beside manifest.csv: phenotype-only training faces (module docstring)
 EVALUATOR_VERSION = 2  # bump when the heads or the scoring change, so cached evaluators rebuild
 CLIP_VERSION = 1  # bump when the tiny CLIP's training or its captions change: both cache entries rebuild
 CLIP_KEYS = ("name", "image_size", "embed_dim", "vision", "text", "train", "seed")  # the config that shapes the CLIP

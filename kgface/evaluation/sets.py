@@ -197,13 +197,15 @@ def kg_frequencies(profiles: dict[str, FacialProfile], vocab, diseases) -> dict[
 
 
 def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profiles=None, roundtrip=None,
-                  return_scored: bool = False, heldout: set[str] | None = None):
+                  return_scored: bool = False, heldout: set[str] | None = None, audit_extra=None):
     """metrics.json's content for a real set and/or a generated set (only what the inputs allow).
 
     real_df / generated_df: manifest paths or DataFrames. Generated rows are judged against their request
     (`requested_disease` / `requested_stage` columns when present, else `disease` / `stage`). Rows with mode
     `transform` and a `source_image` also give identity preservation. Returns the metrics dict, or
     (metrics, {"real": ScoredSet, "generated": ScoredSet, "real_train": ScoredSet}) with return_scored.
+    audit_extra: a manifest (path or DataFrame) of further images the generator trained on (the phenotype atlas
+    under trainer.atlas_share), added to the memorisation audit's training set.
     """
     if real_df is None and generated_df is None:
         raise EvaluatorInputError("nothing to evaluate: give real= and/or generated=")
@@ -292,7 +294,11 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                                     "kid_subset_size": fk["kid_subset_size"],
                                     "features": f"evaluator CLIP image features ({evaluator.encoder.num_features}-d); "
                                                 "not InceptionV3 (its weights cannot be downloaded here)"}
-            train = real[real["split"] == "train"].reset_index(drop=True)
+            train = real[real["split"] == "train"]
+            if audit_extra is not None:  # a copy of any image the generator saw counts as memorised
+                train = pd.concat([train, as_frame(audit_extra)], ignore_index=True)
+            train = train.reset_index(drop=True)
+            metrics["memorisation_train_n"] = int(len(train))
             if len(train):
                 s_train = evaluator.score_set(train)
                 scored["real_train"] = s_train

@@ -119,12 +119,13 @@ def _visual(p: Phenotype) -> str:
     return (p.visual or p.name).strip().rstrip(".")
 
 
-def template_description(profile: FacialProfile, stage: int) -> str:
-    """One sentence describing a face with the disease at `stage`, from the KG's curated visual wording."""
+def template_description(profile: FacialProfile, stage: int, every_phenotype: bool = False) -> str:
+    """One sentence describing a face with the disease at `stage`, from the KG's curated visual wording
+    (every_phenotype: all of the profile's phenotypes, not those the stage shows)."""
     if profile.healthy:
         return f"A photograph of {HEALTHY_TEXT}."
     level = stage_levels(profile.disease_id)[_check_stage(stage)]
-    shown = stage_phenotypes(profile, stage)
+    shown = _by_frequency(profile.phenotypes) if every_phenotype else stage_phenotypes(profile, stage)
     head = f"A face with {profile.name}, {level.name} stage ({level.clause})"
     if not shown:
         return head + "."
@@ -139,7 +140,7 @@ def negative_prompt(profile: FacialProfile) -> str:
     return ", ".join(absent + [QUALITY_NEGATIVE])
 
 
-def _stage_text(profile: FacialProfile, stage: int, descriptions) -> str:
+def _stage_text(profile: FacialProfile, stage: int, descriptions, every_phenotype: bool = False) -> str:
     """The LLM description of `stage` when `descriptions` (describe_profiles' result or descriptions.json) holds
     one for this disease, else the template's."""
     if descriptions:
@@ -149,14 +150,17 @@ def _stage_text(profile: FacialProfile, stage: int, descriptions) -> str:
             for s in stages:
                 if int(s["stage"]) == stage:
                     return s["description"]
-    return template_description(profile, stage)
+    return template_description(profile, stage, every_phenotype)
 
 
-def training_prompt(profile: FacialProfile, stage: int, conditioning: str = "kg", descriptions=None) -> str:
+def training_prompt(profile: FacialProfile, stage: int, conditioning: str = "kg", descriptions=None,
+                    every_phenotype: bool = False) -> str:
     """The text prompt the generator trains and samples with.
 
     conditioning="kg": a neutral prompt without disease words (the KG encoder carries the disease).
-    conditioning="text": the disease, its stage and its visible phenotypes in words (the text-only baseline).
+    conditioning="text": the disease, its stage and its visible phenotypes in words (the text-only baseline);
+    every_phenotype: name all of the profile's phenotypes, not the stage's most frequent few (a face known to show
+    exactly these, e.g. a phenotype-atlas face).
     """
     if conditioning == "kg":
         return NEUTRAL_PROMPT
@@ -165,7 +169,7 @@ def training_prompt(profile: FacialProfile, stage: int, conditioning: str = "kg"
     if profile.healthy:
         return f"{NEUTRAL_PROMPT}, {HEALTHY_TEXT}"
     stage = _check_stage(stage)
-    return f"{NEUTRAL_PROMPT}. {_stage_text(profile, stage, descriptions)}"
+    return f"{NEUTRAL_PROMPT}. {_stage_text(profile, stage, descriptions, every_phenotype)}"
 
 
 def caption(profile: FacialProfile, stage: int | None = None,

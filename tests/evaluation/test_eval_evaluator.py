@@ -195,6 +195,27 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert "confusion_real.png" in (out / "report.html").read_text()
 
 
+def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluator, tiny_data, tmp_path):
+    # generated = copies of val faces (no train image); as extra training images (the phenotype atlas under
+    # trainer.atlas_share) the same faces make every generated image a copy
+    import shutil
+
+    df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    val = df[df["split"] == "val"].head(12).copy()
+    for k, p in enumerate(list(val["path"])):
+        shutil.copy(tiny_data / p, tmp_path / f"v{k:02d}.png")
+    val["path"] = [f"v{k:02d}.png" for k in range(len(val))]
+    gen_rows = [{**r, "source": "generated", "mode": "sample", "requested_disease": r["disease"],
+                 "requested_stage": r["stage"], "seed": i, "source_image": ""}
+                for i, r in enumerate(val.to_dict("records"))]
+    gen = write_manifest(gen_rows, tmp_path / "gen.csv")
+    extra = write_manifest(val.to_dict("records"), tmp_path / "extra.csv")
+    plain = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None)
+    audited = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_extra=extra)
+    assert audited["memorisation_train_n"] == plain["memorisation_train_n"] + 12
+    assert audited["memorisation_rate"] == 1.0 and plain["memorisation_rate"] < 0.5
+
+
 def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tmp_path, capsys):
     df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
     paths = list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:3])

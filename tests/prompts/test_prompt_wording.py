@@ -84,3 +84,13 @@ def test_zero_shot_and_negative_prompts(down, healthy):
     assert not any("syndrome" in p for p in healthy_prompts())
     assert negative_prompt(down).startswith("hypertelorism, blurry")
     assert "rash" in negative_prompt(healthy)
+
+
+def test_every_phenotype_names_the_whole_profile(down):
+    # a face known to show exactly these phenotypes (a phenotype-atlas face) is described by all of them, not the
+    # stage's most frequent few
+    short = training_prompt(down, 1, conditioning="text")
+    full = training_prompt(down, 1, conditioning="text", every_phenotype=True)
+    assert len(down.phenotypes) > 3
+    missing = [p.visual for p in down.phenotypes if p.visual not in short]
+    assert missing and all(p.visual in full for p in down.phenotypes)
