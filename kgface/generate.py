@@ -39,7 +39,6 @@ log = logging.getLogger("kgface.generate")
 
 MODES = ("sample", "transform", "progression", "compose")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-AGE_INDEX = {"child": 0, "adolescent": 1, "adult": 2, "older_adult": 3}
 # Regions of a centred, square face crop as boxes (top, bottom, left, right) in fractions of the side: a heuristic
 # for aligned crops (face_crop / the phantom layout), not a face parser.
 REGIONS = {
@@ -604,6 +603,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                         f"set kg={run_cfg.kg.source}")
     age = -1
     if cfg.age is not None:
+        from .diffusion.training_data import AGE_INDEX
+
         if not getattr(conditioner.encoder, "age_groups", 0):
             raise UserError(f"age={cfg.age}: run={cfg.run} was not trained with ages")
         if str(cfg.age) not in AGE_INDEX:

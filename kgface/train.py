@@ -19,9 +19,6 @@ from .config import entry
 from .errors import UserError
 from .runtime import load_knowledge, load_profiles, make_cache, profile_source
 
-AGE_INDEX = {"child": 0, "adolescent": 1, "adult": 2, "older_adult": 3}
-
-
 def _container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
@@ -45,102 +42,6 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
     if builder is not None:
         builder.warm(profiles)
     return cond
-
-
-def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None, atlas_share: float = 0.0):
-    """Encode the train split of the generator's diseases (held-out ones excluded) into a LatentSet.
-
-    atlas: (rows, profiles) from `atlas_training_rows`, whose profiles follow `profiles` in the conditioner's list;
-    its faces make up `atlas_share` of the draws (each part uniform within itself)."""
-    import pandas as pd
-
-    from .diffusion.trainer import LatentSet
-
-    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    index = {p.disease_id: i for i, p in enumerate(profiles)}
-    unknown = sorted(set(df["disease"]) - set(index) - heldout)
-    if unknown:
-        raise UserError(f"{manifest}: labels {unknown} are not in the disease panel; add them to kg.panel "
-                        "or map the dataset's classes to panel ids")
-    df = df[(df["split"] == "train") & ~df["disease"].isin(heldout)]
-    if df.empty:
-        raise UserError(f"{manifest}: no training images for the generator's diseases")
-    parts = {"latents": _encode(manifest.parent, list(df["path"]), backbone.vae),
-             "index": torch.tensor([index[d] for d in df["disease"]]),
-             "stage": torch.tensor(df["stage"].astype(int).to_numpy()),
-             "severity": torch.tensor(df["severity"].astype(float).to_numpy(), dtype=torch.float32),
-             "age": torch.tensor([AGE_INDEX.get(a, -1) for a in df.get("age_group", [""] * len(df))])}
-    if not atlas or not atlas[0]:
-        return LatentSet(**parts)
-    rows, _ = atlas
-    n, m = len(df), len(rows)
-    extra = {"latents": _encode(manifest.parent, [r["path"] for r in rows], backbone.vae),
-             "index": torch.arange(len(profiles), len(profiles) + m),
-             "stage": torch.tensor([r["stage"] for r in rows]),
-             "severity": torch.tensor([r["severity"] for r in rows], dtype=torch.float32),
-             "age": torch.tensor([AGE_INDEX.get(r["age_group"], -1) for r in rows])}
-    weights = torch.cat([torch.full((n,), (1.0 - atlas_share) / n), torch.full((m,), atlas_share / m)])
-    return LatentSet(**{k: torch.cat([parts[k], extra[k]]) for k in parts}, weights=weights.double())
-
-
-def _encode(root: Path, paths: list[str], vae) -> torch.Tensor:
-    """Images (paths under root) -> scaled VAE latents (posterior means)."""
-    import numpy as np
-    from PIL import Image
-
-    from .diffusion.vae import to_model
-
-    imgs = torch.from_numpy(np.stack([np.asarray(Image.open(root / p).convert("RGB"))
-                                      for p in paths])).permute(0, 3, 1, 2)
-    with torch.no_grad():
-        lat = torch.cat([vae.encode(to_model(imgs[i:i + 64])).latent_dist.mean for i in range(0, len(imgs), 64)])
-    return lat * vae.config.scaling_factor
-
-
-ATLAS_NAME = "a combination of facial signs"  # the name of an atlas face's profile (read by the text baseline)
-
-
-def atlas_training_rows(manifest: Path, profiles, data_cfg) -> tuple[list[dict], list]:
-    """The phenotype atlas (phenotype_atlas.csv beside the manifest) as generator training rows: each face becomes a
-    profile of exactly the phenotypes it shows at frequency 1 (every such face shows them), with a severity on the
-    disease faces' scale. A phantom disease face shows a phenotype at intensity u * s / 3 (u ~ U(intensity_min, 1)),
-    so an atlas face at intensities t reads as severity s = 3 * mean(t) / E[u], at most 3. The phenotypes' terms
-    (names, definitions, ontology paths) come from the panel's profiles, held-out diseases' included: the generator
-    then learns what each phenotype looks like in varied company, and draws an unseen disease from its parts."""
-    import dataclasses
-
-    import pandas as pd
-
-    from .data.manifest import ATLAS_FILE
-    from .kg import FacialProfile
-
-    path = manifest.parent / ATLAS_FILE
-    if not path.is_file():
-        raise UserError(f"trainer.atlas_share > 0 needs the phenotype atlas ({path} is missing): set "
-                        "data.atlas.faces > 0 (data=phantom) or trainer.atlas_share=0")
-    terms = {}
-    for prof in profiles:
-        for p in prof.phenotypes:
-            terms.setdefault(p.hpo_id, p)
-    mean_u = (float(data_cfg.get("intensity_min", 0.7)) + 1.0) / 2.0
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    rows, atlas_profiles = [], []
-    for k, r in enumerate(df.itertuples(index=False)):
-        shown = json.loads(r.phenotypes or "{}")
-        missing = sorted(set(shown) - set(terms))
-        if not shown:
-            raise UserError(f"{path}, row {k + 2}: an atlas face without phenotypes; rebuild the dataset")
-        if missing:
-            raise UserError(f"{path}, row {k + 2}: phenotypes {missing} are in no panel profile; rebuild the "
-                            "dataset (python -m kgface.dataset) for this panel")
-        severity = min(3.0, 3.0 * sum(shown.values()) / len(shown) / mean_u)
-        atlas_profiles.append(FacialProfile(
-            disease_id=f"atlas-{k:05d}", name=ATLAS_NAME, kg=profiles[0].kg, query="phenotype atlas",
-            phenotypes=[dataclasses.replace(terms[h], frequency=1.0, frequency_raw="", min_stage=0,
-                                            provenance="phenotype atlas") for h in sorted(shown)]))
-        rows.append({"path": r.path, "stage": int(min(3, max(1, round(severity)))), "severity": severity,
-                     "age_group": getattr(r, "age_group", "")})
-    return rows, atlas_profiles
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -265,6 +166,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     from .diffusion.backbones import build_backbone, save_model_folder
     from .diffusion.generator import Generator
     from .diffusion.trainer import train
+    from .diffusion.training_data import atlas_training_rows, latent_set
 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg.seed))

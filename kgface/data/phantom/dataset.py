@@ -220,7 +220,7 @@ def build_atlas(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[s
     phenotype always comes with its disease's others, so a head trained on them alone learns to read the disease;
     the atlas shows each phenotype in varied company (docs/evaluation.md, "Each phenotype alone"). At most one
     term per effect is drawn on a face. Rows go to `phenotype_atlas.csv`: the evaluator's phenotype heads read
-    them, and the generator trains on them when trainer.atlas_share > 0 (kgface.train.atlas_training_rows)."""
+    them, and the generator trains on them when trainer.atlas_share > 0 (kgface.diffusion.training_data)."""
     from tqdm import tqdm
 
     vocab = sorted({p.hpo_id for prof in profiles for p in prof.phenotypes if p.hpo_id in table})
