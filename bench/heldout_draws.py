@@ -1,13 +1,14 @@
 """Held-out and seen diseases drawn by trained generators with many seeds, all scored by one evaluator.
 
-    python bench/heldout_draws.py RUN_A RUN_B [--seeds 30] [--stages 2 3] [--evaluator EVAL_DIR]
+    python bench/heldout_draws.py RUN_A RUN_B [--seeds 30] [--stages 2 3] [--evaluator EVAL_DIR] [--guidance G]
 
 A train run draws each (disease, stage) cell only `samples.per_cell` times (6 on the benchmark: 24 held-out images),
 too few to compare conditionings on held-out diseases. This draws every held-out disease (and, for reference,
 every seen one) at the given stages with `--seeds` seeds, the same noise for every run, and prints top-1 with a
 Wilson 95% interval per run. RUN_*: kgface.train output folders (a baselines run's `OUT/<mode>`); the evaluator is
 the first run's unless --evaluator names one. A class-conditioned run cannot draw held-out diseases and is skipped
-for them. Figures in docs/training.md came from this script.
+for them. --guidance replaces the runs' own `model.sample.guidance` (a sampling-time sweep needs no retraining).
+Figures in docs/training.md came from this script.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def main(argv=None):
@@ -33,6 +34,7 @@ def main(argv=None):
     ap.add_argument("--stages", type=float, nargs="+", default=[2.0, 3.0])
     ap.add_argument("--evaluator", default=None)
     ap.add_argument("--seed-offset", type=int, default=20000)
+    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: each run's)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -49,7 +51,8 @@ def main(argv=None):
         backbone, cond, profiles, cfg = load_run(run)
         heldout = heldout_of(Path(run))
         sample = cfg.model.get("sample", {})
-        gen = Generator(backbone, cond, guidance=float(sample.get("guidance", 3.0)), steps=int(sample.get("steps", 20)))
+        guidance = args.guidance if args.guidance is not None else float(sample.get("guidance", 3.0))
+        gen = Generator(backbone, cond, guidance=guidance, steps=int(sample.get("steps", 20)))
         known = {p.disease_id for p in cond.profiles}
         out = {}
         for group, chosen in (("heldout", [p for p in profiles if p.disease_id in heldout]),
@@ -68,14 +71,14 @@ def main(argv=None):
             lo, hi = wilson(int(hit.sum()), len(hit))
             out[group] = {"top1": float(hit.mean()), "n": len(hit), "ci95": [round(lo, 3), round(hi, 3)],
                           "per_disease": per}
-        results[run] = {"conditioning": cond.mode, **out}
+        results[run] = {"conditioning": cond.mode, "guidance": guidance, **out}
         print(json.dumps({run: results[run]}, indent=1))
-    print("| run | conditioning | held-out top-1 (n, 95% CI) | seen top-1 (n, 95% CI) |")
-    print("|---|---|---|---|")
+    print("| run | conditioning | guidance | held-out top-1 (n, 95% CI) | seen top-1 (n, 95% CI) |")
+    print("|---|---|---|---|---|")
     for run, r in results.items():
         cells = [f"{r[g]['top1']:.3f} ({r[g]['n']}, {r[g]['ci95'][0]:.2f}-{r[g]['ci95'][1]:.2f})" if g in r else "-"
                  for g in ("heldout", "seen")]
-        print(f"| {run} | {r['conditioning']} | {cells[0]} | {cells[1]} |")
+        print(f"| {run} | {r['conditioning']} | {r['guidance']:g} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":
