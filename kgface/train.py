@@ -44,6 +44,11 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
     return cond
 
 
+def atlas_share_of(cfg: DictConfig) -> float:
+    """trainer.atlas_share as a number (null = 0)."""
+    return float(cfg.trainer.get("atlas_share", 0.0) or 0.0)
+
+
 def preflight(cfg: DictConfig) -> None:
     """Check what needs no heavy work: conditioning names and the pretrained folder's layout."""
     from .diffusion.conditioning import MODES
@@ -53,17 +58,18 @@ def preflight(cfg: DictConfig) -> None:
     if bad:
         key = "baselines" if cfg.get("baselines") else "conditioning"
         raise UserError(f"{key}={bad[0]} is unknown; use one of {', '.join((*MODES, CONTROL))}")
+    atlas_faces = int((cfg.data.get("atlas") or {}).get("faces", 0) or 0)
     if cfg.get("evaluate", True) and str(cfg.evaluator.get("phenotype_heads")) == "atlas":
         if cfg.data.name != "phantom":  # a train run rebuilds real data into the run folder, without an atlas
             raise UserError(f"evaluator.phenotype_heads=atlas needs the phantom's phenotype atlas; with "
                             f"data={cfg.data.name} set evaluator.phenotype_heads=all")
-        if not int((cfg.data.get("atlas") or {}).get("faces", 0) or 0):
+        if not atlas_faces:
             raise UserError("evaluator.phenotype_heads=atlas needs a phenotype atlas: set data.atlas.faces > 0 "
                             "(experiment=benchmark: 8000) or evaluator.phenotype_heads=all")
-    share = float(cfg.trainer.get("atlas_share", 0.0) or 0.0)
+    share = atlas_share_of(cfg)
     if not 0.0 <= share < 1.0:
         raise UserError(f"trainer.atlas_share={share}: use a share of the batches in [0, 1)")
-    if share > 0 and (cfg.data.name != "phantom" or not int((cfg.data.get("atlas") or {}).get("faces", 0) or 0)):
+    if share > 0 and (cfg.data.name != "phantom" or not atlas_faces):
         raise UserError(f"trainer.atlas_share={share} needs the phantom's phenotype atlas: set data.atlas.faces > 0 "
                         "with data=phantom, or trainer.atlas_share=0")
     if cfg.model.name != "tiny":
@@ -177,7 +183,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     backbone = build_backbone(_container(cfg.model), vae=vae, num_tokens=int(cfg.model.get("num_tokens", 8)),
                               with_adapter=mode != "text")
     train_profiles = [p for p in profiles if p.disease_id not in heldout]
-    share = float(cfg.trainer.get("atlas_share", 0.0) or 0.0)  # checked in preflight
+    share = atlas_share_of(cfg)  # checked in preflight
     # class tokens cannot learn from phenotype-only faces (no class): that baseline trains without the atlas
     atlas = atlas_training_rows(manifest, profiles, cfg.data) if share > 0 and mode != "class" else None
     atlas_profiles = atlas[1] if atlas else []

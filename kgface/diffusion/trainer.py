@@ -28,7 +28,7 @@ TRAINER_DEFAULTS = {
     "warmup_steps": 100, "grad_accum": 1, "mixed_precision": "no", "max_grad_norm": 1.0, "ema_decay": 0.999,
     "ema": True, "min_snr_gamma": 5.0, "cfg_drop_tokens": 0.1, "cfg_drop_text": 0.0, "cfg_drop_both": 0.05,
     "checkpoint_every": 500, "keep_checkpoints": 2, "resume": None, "log_every": 25, "val_every": 0,
-    "seed": 0, "num_threads": 0, "atlas_share": 0.0,
+    "seed": 0, "num_threads": 0,
 }
 
 
