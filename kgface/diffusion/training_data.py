@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
+from ..data.phantom.identity import AGE_GROUPS
 from ..errors import UserError
 from .trainer import LatentSet
 
-AGE_INDEX = {"child": 0, "adolescent": 1, "adult": 2, "older_adult": 3}  # the phantom's age groups, in order
+AGE_INDEX = {group: i for i, group in enumerate(AGE_GROUPS)}  # age group -> the encoder's age index
 
 
 def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None, atlas_share: float = 0.0):
