@@ -25,7 +25,7 @@ def _container(node) -> dict:
 
 def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | None = None, full_prompts=()):
     """The conditioner for `mode` (default cfg.conditioning) over the training profiles (encoder from cfg.encoder);
-    full_prompts: indices of phenotype-atlas profiles (their text prompts name every phenotype)."""
+    full_prompts: indices of observed-set and phenotype-atlas profiles (their text prompts name every phenotype)."""
     from .diffusion.conditioning import Conditioner
 
     mode = mode or cfg.conditioning
@@ -38,10 +38,16 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
         torch.manual_seed(int(cfg.seed))
         encoder = KGEncoder.from_config(enc_cfg, out_dim=backbone.cross_attention_dim)
         builder = encoder.graph_builder(cache=cache)
-    cond = Conditioner(mode, profiles, backbone, encoder, builder, num_tokens=num_tokens, full_prompts=full_prompts)
+    cond = Conditioner(mode, profiles, backbone, encoder, builder, num_tokens=num_tokens, full_prompts=full_prompts,
+                       phenotype_draws=observed_phenotypes_of(cfg))
     if builder is not None:
         builder.warm(profiles)
     return cond
+
+
+def observed_phenotypes_of(cfg: DictConfig) -> bool:
+    """trainer.observed_phenotypes (missing in runs made before it = false)."""
+    return bool(cfg.trainer.get("observed_phenotypes", False))
 
 
 def atlas_share_of(cfg: DictConfig) -> float:
@@ -172,7 +178,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     from .diffusion.backbones import build_backbone, save_model_folder
     from .diffusion.generator import Generator
     from .diffusion.trainer import train
-    from .diffusion.training_data import atlas_training_rows, latent_set
+    from .diffusion.training_data import atlas_training_rows, latent_set, observed_training_sets
 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg.seed))
@@ -187,9 +193,14 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     # class tokens cannot learn from phenotype-only faces (no class): that baseline trains without the atlas
     atlas = atlas_training_rows(manifest, profiles, cfg.data) if share > 0 and mode != "class" else None
     atlas_profiles = atlas[1] if atlas else []
-    conditioner = build_conditioning(cfg, backbone, train_profiles + atlas_profiles, cache, mode,
-                                     full_prompts=range(len(train_profiles), len(train_profiles) + len(atlas_profiles)))
-    data = latent_set(manifest, train_profiles, backbone, heldout, atlas, share)
+    # each face conditioned on the phenotypes it shows (class tokens index diseases: that baseline ignores it); the
+    # sets come from the images' labels, so the kg_shuffled control trains on true sets and draws from shuffled ones
+    observed = observed_training_sets(manifest, [p for p in truth if p.disease_id not in heldout], heldout) \
+        if observed_phenotypes_of(cfg) and mode != "class" else None
+    extra = (observed[1] if observed else []) + atlas_profiles
+    conditioner = build_conditioning(cfg, backbone, train_profiles + extra, cache, mode,
+                                     full_prompts=range(len(train_profiles), len(train_profiles) + len(extra)))
+    data = latent_set(manifest, train_profiles, backbone, heldout, atlas, share, observed)
     gen = Generator(backbone, conditioner, guidance=float(cfg.model.sample.guidance),
                     steps=int(cfg.model.sample.steps))
     names = {p.disease_id: p.name + (" (held out)" if p.disease_id in heldout else "") for p in profiles}
@@ -203,7 +214,8 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     metrics = {"train": {"steps": result["steps"], "final_loss": sum(recent) / max(1, len(recent)),
                          "seconds": round(result["seconds"], 1),
                          "train_images": len(data) - (len(atlas[0]) if atlas else 0),
-                         "atlas_images": len(atlas[0]) if atlas else 0, "atlas_share": share if atlas else 0.0}}
+                         "atlas_images": len(atlas[0]) if atlas else 0, "atlas_share": share if atlas else 0.0,
+                         "observed_phenotype_sets": len(observed[1]) if observed else 0}}
 
     # save: model/, adapter, encoder/ (or the class tokens)
     save_model_folder(backbone, out_dir / "model")

@@ -45,10 +45,13 @@ class Conditioner(nn.Module):
     """Turns indices into `profiles` + severities (+ ages) into (text states, added kwargs, tokens or None)."""
 
     def __init__(self, mode: str, profiles: list[FacialProfile], backbone, encoder: nn.Module | None = None,
-                 graph_builder=None, num_tokens: int = 8, full_prompts=()):
-        """full_prompts: indices of profiles whose text prompts name every phenotype (phenotype-atlas faces)."""
+                 graph_builder=None, num_tokens: int = 8, full_prompts=(), phenotype_draws: bool = False):
+        """full_prompts: indices of profiles whose text prompts name every phenotype (phenotype-atlas faces and
+        observed phenotype sets). phenotype_draws: the generator trained on observed phenotype sets, so a request
+        draws its phenotypes from the profile (kgface.diffusion.phenotype_sets; kg and text only)."""
         super().__init__()
         self.full_prompts = {int(i) for i in full_prompts}
+        self.phenotype_draws = bool(phenotype_draws) and mode != "class"
         if mode not in MODES:
             raise UserError(f"conditioning={mode} is unknown; use one of {', '.join(MODES)}")
         self.mode, self.profiles, self.backbone = mode, list(profiles), backbone

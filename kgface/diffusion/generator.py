@@ -28,6 +28,15 @@ class Generator:
         self.guidance, self.steps = float(guidance), int(steps)
         self._index = {p.disease_id: i for i, p in enumerate(conditioner.profiles)}
 
+    def _profiles(self, reqs: list[Request]) -> list:
+        """The profiles the condition is built from: as requested, or (a generator trained on observed phenotype
+        sets) each request's own draw of phenotypes from its profile."""
+        if not getattr(self.conditioner, "phenotype_draws", False):
+            return [r.profile for r in reqs]
+        from .phenotype_sets import drawn_profile
+
+        return [drawn_profile(r.profile, r.seed, r.severity) for r in reqs]
+
     def _tokens(self, reqs: list[Request]) -> torch.Tensor | None:
         c = self.conditioner
         sev = torch.tensor([r.severity for r in reqs], dtype=torch.float32)
@@ -39,7 +48,7 @@ class Generator:
             return c.tokens(torch.tensor([self._index[r.profile.disease_id] for r in reqs]), sev)
         if c.mode == "text":
             return None
-        graphs = c.graph_builder.batch([r.profile for r in reqs])
+        graphs = c.graph_builder.batch(self._profiles(reqs))
         return c.tokens(None, sev, age, graphs=graphs)
 
     def _prompts(self, reqs: list[Request]) -> list[str]:
@@ -47,7 +56,9 @@ class Generator:
 
         if self.conditioner.mode != "text":
             return self.conditioner.prompts(torch.zeros(len(reqs), dtype=torch.long), torch.zeros(len(reqs)))
-        return [training_prompt(r.profile, int(round(r.severity)), conditioning="text") for r in reqs]
+        draws = getattr(self.conditioner, "phenotype_draws", False)
+        return [training_prompt(p, int(round(r.severity)), conditioning="text", every_phenotype=draws)
+                for p, r in zip(self._profiles(reqs), reqs)]
 
     @torch.no_grad()
     def latents(self, reqs: list[Request], init_latents: torch.Tensor | None = None, strength: float = 1.0,

@@ -147,12 +147,13 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     backbone.unet.requires_grad_(False)
 
     train_profiles = [p for p in profiles if p.disease_id not in heldout]
+    draws = bool(cfg.trainer.get("observed_phenotypes", False))  # its requests draw their phenotype sets
     if mode == "kg":
         from ..encoders import KGEncoder
 
         encoder = KGEncoder.from_pretrained(run_dir / "encoder").eval().requires_grad_(False)
         conditioner = Conditioner("kg", train_profiles, backbone, encoder, encoder.graph_builder(cache=cache),
-                                  num_tokens=num_tokens)
+                                  num_tokens=num_tokens, phenotype_draws=draws)
     elif mode == "class":
         from safetensors.torch import load_file
 
@@ -165,5 +166,5 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
                            f"({str(exc).splitlines()[0]})") from None
         conditioner.class_tokens.eval().requires_grad_(False)
     else:
-        conditioner = Conditioner("text", train_profiles, backbone, num_tokens=num_tokens)
+        conditioner = Conditioner("text", train_profiles, backbone, num_tokens=num_tokens, phenotype_draws=draws)
     return backbone, conditioner, profiles, cfg

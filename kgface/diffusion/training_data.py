@@ -1,9 +1,10 @@
 """What the generator trains on: images of the manifest's train split (and the phenotype atlas) as VAE latents with
 their condition (profile index, stage, severity, age group), in a LatentSet the loop draws from.
 
-Disease faces are conditioned on their disease's profile. With `trainer.atlas_share > 0` every phenotype-atlas face
-(phantom data: 4-8 random phenotypes, no disease) becomes a profile of exactly the phenotypes it shows, appended after
-the training profiles, and that share of the draws comes from these faces (docs/training.md).
+Disease faces are conditioned on their disease's profile, or with `trainer.observed_phenotypes` on that profile cut
+down to the phenotypes the face shows (kgface.diffusion.phenotype_sets). With `trainer.atlas_share > 0` every
+phenotype-atlas face (phantom data: 4-8 random phenotypes, no disease) becomes a profile of exactly the phenotypes it
+shows, appended after the training profiles, and that share of the draws comes from these faces (docs/training.md).
 """
 from __future__ import annotations
 
@@ -19,33 +20,55 @@ from .trainer import LatentSet
 AGE_INDEX = {group: i for i, group in enumerate(AGE_GROUPS)}  # age group -> the encoder's age index
 
 
-def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None, atlas_share: float = 0.0):
-    """Encode the train split of the generator's diseases (held-out ones excluded) into a LatentSet.
-
-    atlas: (rows, profiles) from `atlas_training_rows`, whose profiles follow `profiles` in the conditioner's list;
-    its faces make up `atlas_share` of the draws (each part uniform within itself)."""
+def train_rows(manifest: Path, profiles, heldout: set[str]):
+    """The manifest's train split of the generator's diseases (held-out ones excluded), labels checked."""
     import pandas as pd
 
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    index = {p.disease_id: i for i, p in enumerate(profiles)}
-    unknown = sorted(set(df["disease"]) - set(index) - heldout)
+    known = {p.disease_id for p in profiles}
+    unknown = sorted(set(df["disease"]) - known - heldout)
     if unknown:
         raise UserError(f"{manifest}: labels {unknown} are not in the disease panel; add them to kg.panel "
                         "or map the dataset's classes to panel ids")
     df = df[(df["split"] == "train") & ~df["disease"].isin(heldout)]
     if df.empty:
         raise UserError(f"{manifest}: no training images for the generator's diseases")
+    return df
+
+
+def observed_training_sets(manifest: Path, profiles, heldout: set[str]) -> tuple[list[int], list]:
+    """trainer.observed_phenotypes: (per train row, the index of its observed-set profile; those profiles)."""
+    from .phenotype_sets import observed_profiles
+
+    df = train_rows(manifest, profiles, heldout)
+    return observed_profiles(manifest, df.to_dict("records"), profiles)
+
+
+def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None, atlas_share: float = 0.0,
+               observed=None):
+    """Encode the train split of the generator's diseases (held-out ones excluded) into a LatentSet.
+
+    observed: `observed_training_sets`' result: each face is conditioned on its observed-set profile, which follow
+    `profiles` in the conditioner's list. atlas: (rows, profiles) from `atlas_training_rows`, whose profiles come
+    after those; its faces make up `atlas_share` of the draws (each part uniform within itself)."""
+    df = train_rows(manifest, profiles, heldout)
+    index = {p.disease_id: i for i, p in enumerate(profiles)}
+    if observed is not None:
+        rows_index, observed_list = observed
+        cls = torch.tensor(rows_index) + len(profiles)
+    else:
+        observed_list, cls = [], torch.tensor([index[d] for d in df["disease"]])
     parts = {"latents": encode_images(manifest.parent, list(df["path"]), backbone.vae),
-             "index": torch.tensor([index[d] for d in df["disease"]]),
+             "index": cls,
              "stage": torch.tensor(df["stage"].astype(int).to_numpy()),
              "severity": torch.tensor(df["severity"].astype(float).to_numpy(), dtype=torch.float32),
              "age": torch.tensor([AGE_INDEX.get(a, -1) for a in df.get("age_group", [""] * len(df))])}
     if not atlas or not atlas[0]:
         return LatentSet(**parts)
     rows, _ = atlas
-    n, m = len(df), len(rows)
+    n, m, first = len(df), len(rows), len(profiles) + len(observed_list)
     extra = {"latents": encode_images(manifest.parent, [r["path"] for r in rows], backbone.vae),
-             "index": torch.arange(len(profiles), len(profiles) + m),
+             "index": torch.arange(first, first + m),
              "stage": torch.tensor([r["stage"] for r in rows]),
              "severity": torch.tensor([r["severity"] for r in rows], dtype=torch.float32),
              "age": torch.tensor([AGE_INDEX.get(r["age_group"], -1) for r in rows])}
