@@ -648,6 +648,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     guidance = float(cfg.guidance if cfg.guidance is not None else run_cfg.model.sample.guidance)
     steps = int(cfg.steps if cfg.steps is not None else run_cfg.model.sample.steps)
     gen = Generator(backbone, conditioner, guidance=guidance, steps=steps)
+    drawn = gen.requested_phenotypes([it.request for it in items])
+    for it, ids in zip(items, drawn or []):  # a run trained on observed phenotype sets draws one per image
+        it.row["requested_phenotypes"] = json.dumps(ids)
     log.info("%s: %d images from %s (guidance %g, %d steps)", cfg.mode, len(items), cfg.run, guidance, steps)
     images = generate(gen, items, int(cfg.batch_size), float(cfg.strength), mask, progress=bool(cfg.progress),
                       identity=identity, inversion=inversion)

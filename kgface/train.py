@@ -419,6 +419,8 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
      "phenotype heads, median AUROC with each phenotype drawn alone on a healthy face (target: each >= 0.9)", ""),
     ("vae_ceiling_top1", "evaluator top-1 after a VAE round trip (no generator can beat it)", ""),
     ("evaluator.real_stage_mae", "evaluator stage MAE on real test images", ""),
+    ("evaluator.real_stage_spearman_disease", "stage vs measured severity, real diseased test images", ""),
+    ("evaluator.vae_ceiling_stage_spearman", "... after a VAE round trip (generation.stage_spearman's ceiling)", ""),
     ("generation.seen_top1", "generated, diseases the generator trained on", ">= 0.90"),
     ("generation.heldout_top1", "generated, held-out diseases (composed from their phenotypes)", ">= 0.60"),
     ("generation.stage_spearman", "requested stage vs measured severity", ">= 0.9"),

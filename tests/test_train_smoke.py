@@ -105,11 +105,14 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
 
     out = tmp_path / "run"
     main(MICRO + MICRO_EVALUATOR + ["experiment=baselines", "trainer.steps=2", "trainer.checkpoint_every=0",
-                                    "trainer.atlas_share=0.5", f"hydra.run.dir={out}"])
+                                    "trainer.atlas_share=0.5", "trainer.observed_phenotypes=true",
+                                    f"hydra.run.dir={out}"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["baselines"]) == {"kg", "text", "class", "kg_shuffled"}
     for mode, n in {"kg": 8, "text": 8, "kg_shuffled": 8, "class": 0}.items():  # class tokens cannot use the atlas
         assert metrics["baselines"][mode]["train"]["atlas_images"] == n, mode
+        # nor observed phenotype sets; the control trains on the images' true sets and draws from shuffled profiles
+        assert (metrics["baselines"][mode]["train"]["observed_phenotype_sets"] > 1) == (mode != "class"), mode
     assert "real_top1" in metrics["evaluator"]  # the instrument is measured once, beside the baselines
     for mode in ("kg", "text"):  # the same generation keys per conditioning, held-out diseases included
         assert _has(metrics["baselines"][mode], "generation.heldout_top1"), mode

@@ -28,10 +28,21 @@ class Generator:
         self.guidance, self.steps = float(guidance), int(steps)
         self._index = {p.disease_id: i for i, p in enumerate(conditioner.profiles)}
 
-    def _profiles(self, reqs: list[Request]) -> list:
+    @property
+    def draws_phenotypes(self) -> bool:
+        return bool(getattr(self.conditioner, "phenotype_draws", False))
+
+    def requested_phenotypes(self, reqs: list[Request]) -> list[list[str]] | None:
+        """The HPO ids each request asks for when the generator draws phenotype sets (None when it does not): the
+        samples manifest's `requested_phenotypes`, which the evaluator's profile match compares with."""
+        if not self.draws_phenotypes:
+            return None
+        return [[p.hpo_id for p in prof.phenotypes] for prof in self.request_profiles(reqs)]
+
+    def request_profiles(self, reqs: list[Request]) -> list:
         """The profiles the condition is built from: as requested, or (a generator trained on observed phenotype
         sets) each request's own draw of phenotypes from its profile."""
-        if not getattr(self.conditioner, "phenotype_draws", False):
+        if not self.draws_phenotypes:
             return [r.profile for r in reqs]
         from .phenotype_sets import drawn_profile
 
@@ -48,7 +59,7 @@ class Generator:
             return c.tokens(torch.tensor([self._index[r.profile.disease_id] for r in reqs]), sev)
         if c.mode == "text":
             return None
-        graphs = c.graph_builder.batch(self._profiles(reqs))
+        graphs = c.graph_builder.batch(self.request_profiles(reqs))
         return c.tokens(None, sev, age, graphs=graphs)
 
     def _prompts(self, reqs: list[Request]) -> list[str]:
@@ -56,9 +67,8 @@ class Generator:
 
         if self.conditioner.mode != "text":
             return self.conditioner.prompts(torch.zeros(len(reqs), dtype=torch.long), torch.zeros(len(reqs)))
-        draws = getattr(self.conditioner, "phenotype_draws", False)
-        return [training_prompt(p, int(round(r.severity)), conditioning="text", every_phenotype=draws)
-                for p, r in zip(self._profiles(reqs), reqs)]
+        return [training_prompt(p, int(round(r.severity)), conditioning="text", every_phenotype=self.draws_phenotypes)
+                for p, r in zip(self.request_profiles(reqs), reqs)]
 
     @torch.no_grad()
     def latents(self, reqs: list[Request], init_latents: torch.Tensor | None = None, strength: float = 1.0,

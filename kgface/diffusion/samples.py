@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -27,7 +28,15 @@ def sample_grid(generator, profiles, stages, per_cell: int, seed: int):
                 reqs.append(Request(p, 0.0 if p.healthy else float(s), sd))
                 rows.append({"disease": p.disease_id, "stage": 0 if p.healthy else int(s), "seed": sd,
                              "mode": "sample"})
+    _note_requested(generator, reqs, rows)
     return generator.sample(reqs), rows
+
+
+def _note_requested(generator, reqs, rows) -> None:
+    """A generator that draws phenotype sets records each image's set in its row."""
+    drawn = generator.requested_phenotypes(reqs)
+    for row, ids in zip(rows, drawn or []):
+        row["requested_phenotypes"] = ids
 
 
 def transform_set(generator, profiles, test_df, identities: int, strength: float, seed: int):
@@ -57,6 +66,7 @@ def transform_set(generator, profiles, test_df, identities: int, strength: float
         images.append(generator.decode(generator.latents(reqs[i:i + 32], init_latents=init, strength=strength)))
     rows = [{"disease": p.disease_id, "stage": s, "seed": seed + i, "mode": "transform", "source_image": str(path)}
             for i, (path, p, s) in enumerate(jobs)]
+    _note_requested(generator, reqs, rows)
     return torch.cat(images), rows
 
 
@@ -88,7 +98,10 @@ def write_set(images: torch.Tensor, rows: list[dict], folder: Path, heldout: set
         out.append({"path": rel, "identity": f"seed-{r['seed']}", "disease": r["disease"], "stage": r["stage"],
                     "severity": float(r["stage"]), "split": "test", "source": "generated", "phenotypes": "{}",
                     "mode": mode, "requested_disease": r["disease"], "requested_stage": r["stage"],
-                    "seed": r["seed"], "source_image": r.get("source_image", ""), "heldout": r["disease"] in heldout})
+                    "seed": r["seed"], "source_image": r.get("source_image", ""), "heldout": r["disease"] in heldout,
+                    # the phenotype set the generator drew for this image ('' when it conditions on whole profiles)
+                    "requested_phenotypes": json.dumps(r["requested_phenotypes"]) if "requested_phenotypes" in r
+                    else ""})
     return write_manifest(out, folder / name)
 
 

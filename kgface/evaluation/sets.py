@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -130,14 +131,16 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
                         scored: ScoredSet | None = None, train_df: pd.DataFrame | None = None) -> dict:
     """Validity of the instrument on real test images (see module doc). Keys: real_top1 (stages 2-3 + healthy),
     real_top1_all, real_top3, real_macro_f1, per_stage_top1, real_stage_mae, real_severity_mae, real_stage_spearman,
-    phenotype_auroc (per HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1, and with `roundtrip`:
-    vae_ceiling_top1, vae_ceiling_phenotype_auroc_summary."""
+    real_stage_spearman_disease, phenotype_auroc (per HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1,
+    and with `roundtrip`: vae_ceiling_top1, vae_ceiling_stage_spearman (diseased faces, as generation.stage_spearman),
+    vae_ceiling_phenotype_auroc_summary."""
     df = as_frame(real_df)
     test = _test_rows(df)
     evaluator.check_labels(test["disease"], "real set")
     s = scored or evaluator.score_set(test, keep_images=roundtrip is not None)
     t = s.table
     head = t["stage"].isin(HEADLINE_STAGES) | (t["disease"] == HEALTHY)
+    sick = (t["disease"] != HEALTHY).to_numpy()
     d = disease_scores(t, evaluator.classes)
     auc = phenotype_auroc(evaluator, t)
     out = {"real_top1": d["top1"], "real_top1_all": d["top1_all"], "real_top3": d["top3"],
@@ -145,6 +148,8 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
            "real_stage_mae": M.stage_mae(t["stage"], t["stage_pred"]),
            "real_severity_mae": M.stage_mae(t["severity"], t["severity_pred"]),
            "real_stage_spearman": M.spearman(t["stage"], t["severity_pred"]),
+           # the generated sets' stage_spearman is over diseased requests only: the same rows of real faces
+           "real_stage_spearman_disease": M.spearman(t["stage"][sick], t["severity_pred"][sick]),
            "zero_shot_top1": M.accuracy(t["disease"][head], t["zs_disease"][head]),
            "phenotype_auroc": auc, "phenotype_auroc_summary": auroc_summary(auc)}
     if "identity" in t and t["identity"].astype(str).str.len().gt(0).all():
@@ -161,6 +166,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         feats = evaluator.features(rt)
         rt_table = evaluator.predict(feats, test)
         out["vae_ceiling_top1"] = disease_scores(rt_table, evaluator.classes)["top1"]
+        out["vae_ceiling_stage_spearman"] = M.spearman(rt_table["stage"][sick], rt_table["severity_pred"][sick])
         rt_auc = phenotype_auroc(evaluator, rt_table)
         out["vae_ceiling_phenotype_auroc"] = rt_auc
         out["vae_ceiling_phenotype_auroc_summary"] = auroc_summary(rt_auc)
@@ -174,12 +180,19 @@ def _requested(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 
 def _expected_sets(table: pd.DataFrame, diseases, stages, profiles: dict[str, FacialProfile], vocab) -> list[set]:
-    """What each generated image should show: its manifest phenotypes when given, else the template's phenotypes
-    of the requested stage; restricted to the phenotypes the evaluator can detect."""
+    """What each generated image should show: the phenotype set the generator drew for it (`requested_phenotypes`,
+    a JSON list) or its manifest phenotypes when given, else the template's phenotypes of the requested stage;
+    restricted to the phenotypes the evaluator can detect."""
     voc = set(vocab)
     out = []
-    for ph, d, s in zip(table["phenotypes"], diseases, stages):
-        if ph:
+    asked = table["requested_phenotypes"] if "requested_phenotypes" in table else [""] * len(table)
+    for ph, req, d, s in zip(table["phenotypes"], asked, diseases, stages):
+        if isinstance(req, str) and req.strip():
+            try:
+                out.append(set(json.loads(req)) & voc)
+            except (json.JSONDecodeError, TypeError):
+                raise EvaluatorInputError(f"requested_phenotypes {req[:60]!r} is not a JSON list of HPO ids") from None
+        elif ph:
             out.append({h for h, v in ph.items() if float(v) > 0} & voc)
         elif d == HEALTHY or d not in profiles:
             out.append(set())

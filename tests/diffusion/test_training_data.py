@@ -7,16 +7,25 @@ import pytest
 from tests.test_train_smoke import MICRO
 
 
-def test_atlas_faces_become_profiles_of_exactly_their_phenotypes(tmp_path):
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    """A one-step micro run trained on observed phenotype sets."""
+    from kgface.train import main
+
+    out = tmp_path_factory.mktemp("training-data") / "run"
+    main(MICRO + ["trainer.steps=1", "trainer.checkpoint_every=0", "samples.stages=[3]",
+                  "trainer.observed_phenotypes=true", f"hydra.run.dir={out}"])
+    return out
+
+
+def test_atlas_faces_become_profiles_of_exactly_their_phenotypes(micro_run, tmp_path):
     import pandas as pd
     from omegaconf import OmegaConf
 
     from kgface.diffusion.training_data import ATLAS_NAME, atlas_training_rows
     from kgface.kg.profiles import FacialProfile
-    from kgface.train import main
 
-    out = tmp_path / "run"
-    main(MICRO + ["trainer.steps=1", "trainer.checkpoint_every=0", "samples.stages=[3]", f"hydra.run.dir={out}"])
+    out = micro_run
     manifest = Path(json.loads((out / "data.json").read_text())["manifest"])
     profiles = [FacialProfile.from_dict(p) for p in json.loads((out / "profiles.json").read_text())["profiles"]]
     data_cfg = OmegaConf.create({"intensity_min": 0.7})
@@ -55,3 +64,64 @@ def test_atlas_faces_become_profiles_of_exactly_their_phenotypes(tmp_path):
             atlas_training_rows(manifest, profiles, data_cfg)
     finally:
         (tmp_path / "moved.csv").rename(manifest.parent / "phenotype_atlas.csv")
+
+
+def test_observed_sets_condition_each_face_on_what_it_shows_and_the_run_draws_sets(micro_run):
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from diffusers import AutoencoderKL
+    from omegaconf import OmegaConf
+
+    from kgface.diffusion.generator import Generator, Request
+    from kgface.diffusion.run_loading import load_run
+    from kgface.diffusion.training_data import ATLAS_NAME, atlas_training_rows, latent_set, observed_training_sets
+    from kgface.kg.profiles import FacialProfile
+
+    out = micro_run
+    assert json.loads((out / "metrics.json").read_text())["train"]["observed_phenotype_sets"] > 1
+    manifest = Path(json.loads((out / "data.json").read_text())["manifest"])
+    profiles = [FacialProfile.from_dict(p) for p in json.loads((out / "profiles.json").read_text())["profiles"]]
+    train_profiles = [p for p in profiles if p.disease_id != "ORPHA:648"]
+    observed = observed_training_sets(manifest, train_profiles, {"ORPHA:648"})
+    atlas = atlas_training_rows(manifest, profiles, OmegaConf.create({"intensity_min": 0.7}))
+    vae = AutoencoderKL.from_pretrained(out / "model" / "vae")
+    data = latent_set(manifest, train_profiles, SimpleNamespace(vae=vae), {"ORPHA:648"}, atlas, 0.5, observed)
+    listed = train_profiles + observed[1] + atlas[1]  # the conditioner's list, in this order
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    df = df[(df["split"] == "train") & (df["disease"] != "ORPHA:648")]
+    assert len(data) == len(df) + 8
+    for (_, row), i in zip(df.iterrows(), data.index[:len(df)].tolist()):
+        prof = listed[i]
+        assert i >= len(train_profiles) and prof.disease_id == row["disease"]
+        assert {p.hpo_id for p in prof.phenotypes} == set(json.loads(row["phenotypes"] or "{}"))
+        assert all(p.frequency == 1.0 for p in prof.phenotypes)
+    assert all(listed[i].name == ATLAS_NAME for i in data.index[len(df):].tolist())  # atlas after observed sets
+
+    backbone, conditioner, run_profiles, _ = load_run(out)
+    assert conditioner.phenotype_draws
+    gen = Generator(backbone, conditioner)
+    down = next(p for p in run_profiles if p.disease_id == "ORPHA:870")
+    drawn = gen.request_profiles([Request(down, 3.0, seed) for seed in range(20)])
+    assert len({tuple(p.hpo_id for p in d.phenotypes) for d in drawn}) > 1  # each request its own individual
+    sets = [{p.hpo_id for p in d.phenotypes} for d in drawn]
+    assert all(s <= {p.hpo_id for p in down.phenotypes} for s in sets)
+    assert gen.request_profiles([Request(down, 0.0, 1)])[0].phenotypes == []
+    # the run's samples record the set each image was drawn with (what profile match compares the image with)
+    samples = pd.read_csv(out / "samples" / "manifest.csv", dtype=str, keep_default_na=False)
+    by_id = {p.disease_id: {q.hpo_id for q in p.phenotypes} for p in run_profiles}
+    asked = [set(json.loads(r["requested_phenotypes"])) for _, r in samples.iterrows()]
+    assert all(a <= by_id[d] for a, d in zip(asked, samples["disease"])) and any(asked)
+
+
+def test_generate_from_an_observed_sets_run_records_each_images_set(micro_run, tmp_path):
+    import pandas as pd
+
+    from kgface.generate import main
+
+    main([f"run={micro_run}", f"hydra.run.dir={tmp_path / 'g'}", "progress=false", "diseases=[ORPHA:870]",
+          "stages=[0,3]", "seeds=[0,1,2,3]"])
+    df = pd.read_csv(tmp_path / "g" / "manifest.csv", dtype=str, keep_default_na=False)
+    asked = {(r["seed"], r["stage"]): json.loads(r["requested_phenotypes"]) for _, r in df.iterrows()}
+    assert all(asked[(s, "0")] == [] for s in "0123")  # stage 0 shows no signs
+    assert len({tuple(asked[(s, "3")]) for s in "0123"}) > 1  # each seed is another individual

@@ -78,12 +78,17 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     df = read_manifest(tiny_data / "manifest.csv")[0]
     v = instrument_validity(tiny_evaluator, df, roundtrip=lambda x: x)
     assert v["vae_ceiling_top1"] == pytest.approx(v["real_top1"])  # a perfect round trip changes nothing
+    assert v["vae_ceiling_stage_spearman"] == pytest.approx(v["real_stage_spearman_disease"])
+    sick = df[(df["split"] == "test") & (df["disease"] != "healthy")]
+    assert sick["stage"].nunique() > 1 and -1 <= v["real_stage_spearman_disease"] <= 1
     assert 0 <= v["real_top1"] <= 1 and set(v["per_stage_top1"]) == {0, 1, 2, 3}
     assert 0.5 <= v["identity_auroc"] <= 1.0 or np.isnan(v["identity_auroc"])
     assert v["oracle_top1"] > 0.8  # the phenotype vectors separate the panel at stages 2-3
     assert all(0 <= a <= 1 for a in v["phenotype_auroc"].values())
     blurred = instrument_validity(tiny_evaluator, df, roundtrip=lambda x: torch.zeros_like(x))
     assert blurred["vae_ceiling_top1"] <= v["real_top1"] + 1e-9 or blurred["vae_ceiling_top1"] < 0.5
+    # a black image carries no stage: its severity is one constant, the rank correlation is undefined (nan)
+    assert np.isnan(blurred["vae_ceiling_stage_spearman"])
 
 
 def test_isolated_auroc_is_half_when_the_effect_draws_nothing(tiny_evaluator, tiny_data):
@@ -388,3 +393,22 @@ def test_a_head_setting_refits_the_heads_on_the_cached_clip(tiny_cfg, tiny_data,
     with pytest.raises(AssertionError, match="trained again"):
         fit_evaluator({**cfg, "train": {**cfg["train"], "steps": 13}}, tiny_data / "manifest.csv", tiny_profiles,
                       cache, progress=False)
+
+
+def test_expected_sets_follow_the_drawn_phenotypes_then_the_labels_then_the_template(tiny_profiles):
+    from kgface.evaluation.sets import _expected_sets
+    from kgface.prompts import stage_phenotypes
+
+    prof = next(p for p in tiny_profiles if not p.healthy)
+    ids = [p.hpo_id for p in prof.phenotypes]
+    vocab = ids[:-1]  # the evaluator cannot detect the last one
+    table = pd.DataFrame({"phenotypes": [{}, {ids[0]: 0.4, ids[1]: 0.0}, {}, {}],
+                          "requested_phenotypes": [json.dumps([ids[0], ids[-1]]), "", "[]", float("nan")]})
+    got = _expected_sets(table, [prof.disease_id] * 4, [3, 3, 3, 2], {prof.disease_id: prof}, vocab)
+    assert got[0] == {ids[0]}  # the drawn set, restricted to what the evaluator detects
+    assert got[1] == {ids[0]}  # the image's own labels (intensity > 0)
+    assert got[2] == set()  # a drawn empty set expects nothing
+    assert got[3] == {p.hpo_id for p in stage_phenotypes(prof, 2)} & set(vocab)  # no draw, no labels: the template
+    with pytest.raises(EvaluatorInputError, match="requested_phenotypes"):
+        _expected_sets(pd.DataFrame({"phenotypes": [{}], "requested_phenotypes": ["HP:1"]}), [prof.disease_id], [3],
+                       {prof.disease_id: prof}, vocab)
