@@ -54,12 +54,12 @@ def observed_profiles(manifest, rows, profiles) -> tuple[list[int], list[FacialP
     index: dict[tuple, int] = {}
     out: list[FacialProfile] = []
     rows_index = []
-    for k, r in enumerate(rows):
+    for r in rows:
         prof = by_id[r["disease"]]
         try:
             shown = sorted(json.loads(r.get("phenotypes") or "{}"))
         except (json.JSONDecodeError, TypeError):
-            raise UserError(f"{manifest}: row of {r.get('path')}: its phenotypes column is not a JSON object; "
+            raise UserError(f"{manifest}: {r.get('path')}: its phenotypes column is not a JSON object; "
                             "trainer.observed_phenotypes=true needs per-image phenotype labels") from None
         unknown = sorted(set(shown) - {p.hpo_id for p in prof.phenotypes})
         if unknown:
