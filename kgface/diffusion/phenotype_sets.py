@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..kg import FacialProfile
+from ..prompts.wording import stage_levels
 
 
 def with_phenotypes(profile: FacialProfile, hpo_ids) -> FacialProfile:
@@ -33,15 +34,17 @@ def with_phenotypes(profile: FacialProfile, hpo_ids) -> FacialProfile:
 def drawn_profile(profile: FacialProfile, seed: int, severity: float, unknown_frequency: float = 0.5) -> FacialProfile:
     """One individual's phenotypes, drawn from the profile: each present with its KG frequency (unknown =
     `unknown_frequency`) from a generator seeded by (seed, disease), so the set does not depend on the stage; at the
-    stage round(severity) only those whose `min_stage` is reached show, and severity 0 shows none."""
+    stage round(severity) only those whose `min_stage` is reached show, and severity 0 shows none unless the
+    disease's stage ladder has signs at stage 0 (acne grade 0 is mild acne)."""
     if profile.healthy:
         return profile
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(profile.disease_id.encode())])
     stage = int(round(float(severity)))
+    shows = severity > 0 or stage_levels(profile.disease_id)[0].signs
     present = []
     for p in sorted(profile.phenotypes, key=lambda x: x.hpo_id):
         freq = unknown_frequency if p.frequency is None else float(p.frequency)
-        if rng.random() < freq and severity > 0 and stage >= int(p.min_stage or 0):
+        if rng.random() < freq and shows and stage >= int(p.min_stage or 0):
             present.append(p.hpo_id)
     return with_phenotypes(profile, present)
 

@@ -41,6 +41,8 @@ def test_draws_follow_the_kg_frequencies_and_one_seed_is_one_individual():
         assert drawn_profile(prof, seed, 3.0) == drawn_profile(prof, seed, 3.0)
     sets = {tuple(p.hpo_id for p in drawn_profile(prof, s, 3.0).phenotypes) for s in range(50)}
     assert len(sets) > 5  # seeds are different individuals
+    acne = _profile([1.0, 1.0], min_stages=[0, 1], disease_id="MONDO:0011438")  # acne vulgaris: grade 0 is mild acne
+    assert [p.hpo_id for p in drawn_profile(acne, 0, 0.0).phenotypes] == ["HP:0000000"]
     healthy = healthy_profile("test")
     assert drawn_profile(healthy, 3, 2.0) is healthy
 
