@@ -78,6 +78,10 @@ def preflight(cfg: DictConfig) -> None:
     if share > 0 and (cfg.data.name != "phantom" or not atlas_faces):
         raise UserError(f"trainer.atlas_share={share} needs the phantom's phenotype atlas: set data.atlas.faces > 0 "
                         "with data=phantom, or trainer.atlas_share=0")
+    if observed_phenotypes_of(cfg) and cfg.data.name != "phantom":
+        # a real photo's `{}` means "not labelled", not "shows nothing": conditioning on it would be a wrong label
+        raise UserError(f"trainer.observed_phenotypes=true needs per-image phenotype labels that are complete, as "
+                        f"the phantom's are (data=phantom); with data={cfg.data.name} set it to false")
     if cfg.model.name != "tiny":
         from .diffusion.models import check_pretrained_folder
 
@@ -243,7 +247,10 @@ CONTROL = "kg_shuffled"  # a baselines entry: KG conditioning trained and drawn 
 def shuffled_edges(profiles, seed: int):
     """Control: every disease keeps its id and name but gets another disease's visible phenotypes (a seeded
     derangement over the diseases, held-out ones included). Seen diseases stay learnable (their tokens are still
-    distinct); what should collapse is drawing a held-out disease from its phenotypes."""
+    distinct); what should collapse is drawing a held-out disease from its phenotypes. With
+    trainer.observed_phenotypes the control trains on the images' true phenotype sets, as kg does, and draws each
+    request's set from the shuffled profile: then the seen diseases should collapse too, and its profile match
+    compares each image with the (shuffled) set it was asked for."""
     import dataclasses
     import random
 

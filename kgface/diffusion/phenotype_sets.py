@@ -34,13 +34,14 @@ def with_phenotypes(profile: FacialProfile, hpo_ids) -> FacialProfile:
 def drawn_profile(profile: FacialProfile, seed: int, severity: float, unknown_frequency: float = 0.5) -> FacialProfile:
     """One individual's phenotypes, drawn from the profile: each present with its KG frequency (unknown =
     `unknown_frequency`) from a generator seeded by (seed, disease), so the set does not depend on the stage; at the
-    stage round(severity) only those whose `min_stage` is reached show, and severity 0 shows none unless the
-    disease's stage ladder has signs at stage 0 (acne grade 0 is mild acne)."""
-    if profile.healthy:
+    stage round(severity) only those whose `min_stage` is reached show, and stage 0 shows none unless the
+    disease's stage ladder has signs at stage 0 (acne grade 0 is mild acne). A custom phenotype set (kgface.generate
+    mode=compose: every phenotype given by the user, with an intensity) is drawn as given."""
+    if profile.healthy or (profile.phenotypes and all(p.provenance == "custom" for p in profile.phenotypes)):
         return profile
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(profile.disease_id.encode())])
     stage = int(round(float(severity)))
-    shows = severity > 0 or stage_levels(profile.disease_id)[0].signs
+    shows = stage > 0 or stage_levels(profile.disease_id)[0].signs
     present = []
     for p in sorted(profile.phenotypes, key=lambda x: x.hpo_id):
         freq = unknown_frequency if p.frequency is None else float(p.frequency)
@@ -60,8 +61,9 @@ def observed_profiles(manifest, rows, profiles) -> tuple[list[int], list[FacialP
     for r in rows:
         prof = by_id[r["disease"]]
         try:
-            shown = sorted(json.loads(r.get("phenotypes") or "{}"))
-        except (json.JSONDecodeError, TypeError):
+            labels = json.loads(r.get("phenotypes") or "{}")
+            shown = sorted(h for h, v in labels.items() if float(v) > 0)  # intensity 0 = not shown (as the evaluator)
+        except (json.JSONDecodeError, TypeError, AttributeError, ValueError):
             raise UserError(f"{manifest}: {r.get('path')}: its phenotypes column is not a JSON object; "
                             "trainer.observed_phenotypes=true needs per-image phenotype labels") from None
         unknown = sorted(set(shown) - {p.hpo_id for p in prof.phenotypes})

@@ -166,7 +166,8 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         feats = evaluator.features(rt)
         rt_table = evaluator.predict(feats, test)
         out["vae_ceiling_top1"] = disease_scores(rt_table, evaluator.classes)["top1"]
-        out["vae_ceiling_stage_spearman"] = M.spearman(rt_table["stage"][sick], rt_table["severity_pred"][sick])
+        rt_sick = (rt_table["disease"] != HEALTHY).to_numpy()
+        out["vae_ceiling_stage_spearman"] = M.spearman(rt_table["stage"][rt_sick], rt_table["severity_pred"][rt_sick])
         rt_auc = phenotype_auroc(evaluator, rt_table)
         out["vae_ceiling_phenotype_auroc"] = rt_auc
         out["vae_ceiling_phenotype_auroc_summary"] = auroc_summary(rt_auc)
@@ -186,12 +187,17 @@ def _expected_sets(table: pd.DataFrame, diseases, stages, profiles: dict[str, Fa
     voc = set(vocab)
     out = []
     asked = table["requested_phenotypes"] if "requested_phenotypes" in table else [""] * len(table)
-    for ph, req, d, s in zip(table["phenotypes"], asked, diseases, stages):
+    paths = table["path"] if "path" in table else [""] * len(table)
+    for ph, req, path, d, s in zip(table["phenotypes"], asked, paths, diseases, stages):
         if isinstance(req, str) and req.strip():
             try:
-                out.append(set(json.loads(req)) & voc)
-            except (json.JSONDecodeError, TypeError):
-                raise EvaluatorInputError(f"requested_phenotypes {req[:60]!r} is not a JSON list of HPO ids") from None
+                ids = json.loads(req)
+            except json.JSONDecodeError:
+                ids = None
+            if not isinstance(ids, list):
+                raise EvaluatorInputError(f"generated set, {path}: requested_phenotypes {req[:60]!r} is not a JSON "
+                                          "list of HPO ids; fix the column or leave it empty") from None
+            out.append(set(ids) & voc)
         elif ph:
             out.append({h for h, v in ph.items() if float(v) > 0} & voc)
         elif d == HEALTHY or d not in profiles:

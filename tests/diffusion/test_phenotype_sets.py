@@ -1,4 +1,5 @@
 """Observed phenotype sets: training faces conditioned on what they show, requests drawing their sets from the KG."""
+import dataclasses
 import json
 
 import pytest
@@ -43,6 +44,10 @@ def test_draws_follow_the_kg_frequencies_and_one_seed_is_one_individual():
     assert len(sets) > 5  # seeds are different individuals
     acne = _profile([1.0, 1.0], min_stages=[0, 1], disease_id="MONDO:0011438")  # acne vulgaris: grade 0 is mild acne
     assert [p.hpo_id for p in drawn_profile(acne, 0, 0.0).phenotypes] == ["HP:0000000"]
+    assert drawn_profile(_profile([1.0]), 0, 0.4).phenotypes == []  # stage 0 of a disease without stage-0 signs
+    custom = _profile([0.3, 0.0])  # a user's phenotype set: the numbers are intensities, not frequencies
+    custom.phenotypes = [dataclasses.replace(p, provenance="custom") for p in custom.phenotypes]
+    assert drawn_profile(custom, 0, 0.0) is custom
     healthy = healthy_profile("test")
     assert drawn_profile(healthy, 3, 2.0) is healthy
 
@@ -64,5 +69,9 @@ def test_observed_profiles_are_one_per_distinct_set_and_errors_name_the_image():
         observed_profiles("m.csv", _rows("ORPHA:1", [["HP:0000009"]]), [prof])
     with pytest.raises(UserError, match="images/x.png: its phenotypes column is not a JSON object"):
         observed_profiles("m.csv", [{"path": "images/x.png", "disease": "ORPHA:1", "phenotypes": "HP:1"}], [prof])
+    index, sets = observed_profiles("m.csv", [{"path": "a.png", "disease": "ORPHA:1",
+                                                "phenotypes": json.dumps({"HP:0000000": 0.5, "HP:0000001": 0.0})}],
+                                    [prof])
+    assert [p.hpo_id for p in sets[0].phenotypes] == ["HP:0000000"]  # intensity 0 is not shown
     with pytest.raises(UserError, match="no training image has phenotype labels"):  # never a silently empty set
         observed_profiles("m.csv", _rows("ORPHA:1", [[], []]), [prof])

@@ -125,3 +125,15 @@ def test_generate_from_an_observed_sets_run_records_each_images_set(micro_run, t
     asked = {(r["seed"], r["stage"]): json.loads(r["requested_phenotypes"]) for _, r in df.iterrows()}
     assert all(asked[(s, "0")] == [] for s in "0123")  # stage 0 shows no signs
     assert len({tuple(asked[(s, "3")]) for s in "0123"}) > 1  # each seed is another individual
+
+
+def test_compose_on_an_observed_sets_run_draws_a_custom_set_as_given(micro_run, tmp_path):
+    import pandas as pd
+
+    from kgface.generate import main
+
+    main([f"run={micro_run}", f"hydra.run.dir={tmp_path / 'c'}", "progress=false", "mode=compose", "stages=[0,3]",
+          'phenotypes=["HP:0000316=0.3","HP:0000508=0.8"]'])
+    df = pd.read_csv(tmp_path / "c" / "manifest.csv", dtype=str, keep_default_na=False)
+    # the user's phenotypes are not a frequency draw: every one is asked for, whatever the intensity or stage
+    assert [sorted(json.loads(v)) for v in df["requested_phenotypes"]] == [["HP:0000316", "HP:0000508"]] * 2

@@ -409,6 +409,7 @@ def test_expected_sets_follow_the_drawn_phenotypes_then_the_labels_then_the_temp
     assert got[1] == {ids[0]}  # the image's own labels (intensity > 0)
     assert got[2] == set()  # a drawn empty set expects nothing
     assert got[3] == {p.hpo_id for p in stage_phenotypes(prof, 2)} & set(vocab)  # no draw, no labels: the template
-    with pytest.raises(EvaluatorInputError, match="requested_phenotypes"):
-        _expected_sets(pd.DataFrame({"phenotypes": [{}], "requested_phenotypes": ["HP:1"]}), [prof.disease_id], [3],
-                       {prof.disease_id: prof}, vocab)
+    for bad in ("HP:1", '"HP:1"', '{"HP:1": 1}'):  # not JSON; JSON but not a list
+        with pytest.raises(EvaluatorInputError, match="g7.png: requested_phenotypes"):
+            _expected_sets(pd.DataFrame({"phenotypes": [{}], "requested_phenotypes": [bad], "path": ["g7.png"]}),
+                           [prof.disease_id], [3], {prof.disease_id: prof}, vocab)
