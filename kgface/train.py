@@ -424,7 +424,8 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
     ("evaluator.phenotype_auroc_summary.median", "phenotype heads, median AUROC on the test split", ""),
     ("evaluator.phenotype_auroc_isolated_summary.median",
      "phenotype heads, median AUROC with each phenotype drawn alone on a healthy face (target: each >= 0.9)", ""),
-    ("vae_ceiling_top1", "evaluator top-1 after a VAE round trip (no generator can beat it)", ""),
+    ("vae_ceiling_top1", "evaluator top-1 of real faces after a VAE round trip (the VAE's limit for faces as "
+     "varied as real ones; more typical generated faces can read higher)", ""),
     ("evaluator.real_stage_mae", "evaluator stage MAE on real test images", ""),
     ("evaluator.real_stage_spearman_disease", "stage vs measured severity, real diseased test images", ""),
     ("evaluator.vae_ceiling_stage_spearman", "... after a VAE round trip (generation.stage_spearman's ceiling)", ""),
