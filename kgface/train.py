@@ -428,7 +428,7 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
      "varied as real ones; more typical generated faces can read higher)", ""),
     ("evaluator.real_stage_mae", "evaluator stage MAE on real test images", ""),
     ("evaluator.real_stage_spearman_disease", "stage vs measured severity, real diseased test images", ""),
-    ("evaluator.vae_ceiling_stage_spearman", "... after a VAE round trip (generation.stage_spearman's ceiling)", ""),
+    ("evaluator.vae_ceiling_stage_spearman", "... after a VAE round trip (generation.stage_spearman's limit for faces as varied as real ones)", ""),
     ("generation.seen_top1", "generated, diseases the generator trained on", ">= 0.90"),
     ("generation.heldout_top1", "generated, held-out diseases (composed from their phenotypes)", ">= 0.60"),
     ("generation.stage_spearman", "requested stage vs measured severity", ">= 0.9"),
