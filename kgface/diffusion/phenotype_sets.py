@@ -69,7 +69,8 @@ def observed_profiles(manifest, rows, profiles) -> tuple[list[int], list[FacialP
         unknown = sorted(set(shown) - {p.hpo_id for p in prof.phenotypes})
         if unknown:
             raise UserError(f"{manifest}: {r.get('path')} shows {unknown}, which are not in the profile of "
-                            f"{r['disease']}; rebuild the dataset for this panel or set trainer.observed_phenotypes=false")
+                            f"{r['disease']}; rebuild the dataset for this panel or set "
+                            "trainer.observed_phenotypes=false")
         key = (r["disease"], tuple(shown)) if not prof.healthy else ("healthy", ())
         if key not in index:
             index[key] = len(out)
