@@ -27,6 +27,7 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
     """The conditioner for `mode` (default cfg.conditioning) over the training profiles (encoder from cfg.encoder);
     full_prompts: indices of observed-set and phenotype-atlas profiles (their text prompts name every phenotype)."""
     from .diffusion.conditioning import Conditioner
+    from .diffusion.phenotype_sets import observed_phenotypes_of
 
     mode = mode or cfg.conditioning
     num_tokens = int(cfg.model.get("num_tokens", 8))
@@ -45,11 +46,6 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
     return cond
 
 
-def observed_phenotypes_of(cfg: DictConfig) -> bool:
-    """trainer.observed_phenotypes (missing in runs made before it = false)."""
-    return bool(cfg.trainer.get("observed_phenotypes", False))
-
-
 def atlas_share_of(cfg: DictConfig) -> float:
     """trainer.atlas_share as a number (null = 0)."""
     return float(cfg.trainer.get("atlas_share", 0.0) or 0.0)
@@ -58,6 +54,7 @@ def atlas_share_of(cfg: DictConfig) -> float:
 def preflight(cfg: DictConfig) -> None:
     """Check what needs no heavy work: conditioning names and the pretrained folder's layout."""
     from .diffusion.conditioning import MODES
+    from .diffusion.phenotype_sets import observed_phenotypes_of
 
     modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
     bad = [str(m) for m in modes if m not in (*MODES, CONTROL)]
@@ -182,6 +179,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     from .diffusion.backbones import build_backbone, save_model_folder
     from .diffusion.generator import Generator
     from .diffusion.trainer import train
+    from .diffusion.phenotype_sets import observed_phenotypes_of
     from .diffusion.training_data import atlas_training_rows, latent_set, observed_training_sets
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ class Generator:
 
     @property
     def draws_phenotypes(self) -> bool:
-        return bool(getattr(self.conditioner, "phenotype_draws", False))
+        return self.conditioner.phenotype_draws
 
     def requested_phenotypes(self, reqs: list[Request]) -> list[list[str]] | None:
         """The HPO ids each request asks for when the generator draws phenotype sets (None when it does not): the

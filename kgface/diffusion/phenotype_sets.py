@@ -23,6 +23,12 @@ from ..kg import FacialProfile
 from ..prompts.wording import stage_levels
 
 
+def observed_phenotypes_of(cfg) -> bool:
+    """A run config's trainer.observed_phenotypes (missing in runs made before it = false): training reads it, and
+    so does every loaded run, whose requests then draw their phenotype sets."""
+    return bool(cfg.trainer.get("observed_phenotypes", False))
+
+
 def with_phenotypes(profile: FacialProfile, hpo_ids) -> FacialProfile:
     """The profile cut down to `hpo_ids` (in its own order), each at frequency 1: "this face shows these". It keeps
     the disease's id (its stage ladder and name are the disease's), so several such profiles share one id."""

@@ -95,6 +95,7 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     from .adapter import load_kg_adapter
     from .backbones import build_backbone
     from .conditioning import Conditioner
+    from .phenotype_sets import observed_phenotypes_of
 
     run_dir = Path(run_dir)
     cfg, mode = _locate(run_dir)
@@ -147,7 +148,7 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     backbone.unet.requires_grad_(False)
 
     train_profiles = [p for p in profiles if p.disease_id not in heldout]
-    draws = bool(cfg.trainer.get("observed_phenotypes", False))  # its requests draw their phenotype sets
+    draws = observed_phenotypes_of(cfg)  # its requests draw their phenotype sets
     if mode == "kg":
         from ..encoders import KGEncoder
 
