@@ -10,6 +10,7 @@ the healthy profile, which is a real condition with its own tokens.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -21,6 +22,7 @@ from ..prompts import training_prompt
 from ..prompts.wording import NEUTRAL_PROMPT
 
 MODES = ("kg", "text", "class")
+log = logging.getLogger(__name__)
 
 
 class ClassTokens(nn.Module):
@@ -64,6 +66,12 @@ class Conditioner(nn.Module):
             if encoder is None or graph_builder is None:
                 raise UserError("conditioning=kg needs the KG encoder")
             self._graphs = [graph_builder.graph(p) for p in self.profiles]
+            overflow = getattr(encoder, "phenotype_overflow", None)
+            lost = sum(overflow(g) for g in self._graphs) if overflow else 0
+            if lost:  # the lowest-weight phenotypes get no slot: say so rather than drop them silently
+                log.warning("encoder.tokens=phenotypes: %d phenotypes of %d profiles get no token slot (model."
+                            "num_tokens=%d); raise model.num_tokens to keep them", lost, len(self._graphs),
+                            encoder.num_tokens)
 
     @property
     def uses_tokens(self) -> bool:

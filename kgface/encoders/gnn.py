@@ -6,6 +6,13 @@
     tokens = K learned queries attending over the graph's node states (key padding mask per graph)
              + stage embedding + age embedding, then a feed-forward block, LayerNorm, [centering per token
              position with running statistics, `center_tokens`], Linear(hidden -> out_dim)
+      or, with tokens="phenotypes": one stage token + one token per phenotype node (its state after message
+             passing + stage + age), highest weight first, K-1 slots, empty slots filled by one learned constant;
+             then the same feed-forward block, LayerNorm and Linear (no centering: a slot has no fixed meaning)
+
+Pooled tokens summarise the whole graph, so a generator trained on a few diseases learns one face per summary and
+draws an unseen combination as the nearest seen one. Phenotype tokens make a profile's conditioning the set of its
+phenotypes: cross-attention reads them as a set, so an unseen disease is a new set of known tokens.
 
 Frequencies and intensities enter every conv as a node attribute of the phenotype node (each phenotype appears
 once per profile graph, so the (disease, phenotype) edge property is a node property there); GATv2 also reads them
@@ -33,6 +40,7 @@ from ..errors import UserError
 from .graph import MAX_MIN_STAGE, NODE_TYPES, RELATIONS, WEIGHT_KINDS, ProfileGraphBuilder
 
 CONVS = ("rgcn", "gatv2", "hgt")
+TOKEN_MODES = ("pooled", "phenotypes")
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 FORMAT = "kgface.encoder/1"
 # HGT's node types: ancestors and region roots share one ("term"; their difference stays in the type embedding),
@@ -62,17 +70,24 @@ class KGEncoder(nn.Module):
     conv: rgcn | gatv2 | hgt. out_dim: the UNet's cross-attention width. stage: continuous severity in
     [0, stage_max]. age_groups: number of age groups (0 = no age input); age -1 = unknown. text_model,
     disease_text, unknown_frequency: the graph settings (kept in the config so a saved encoder rebuilds its
-    inputs: `graph_builder()`).
+    inputs: `graph_builder()`). tokens: pooled (K attention-pooled tokens) | phenotypes (a stage token and K-1
+    phenotype slots; a profile with more phenotypes keeps its K-1 highest-weight ones).
     """
 
     def __init__(self, conv: str = "rgcn", out_dim: int = 768, hidden: int = 256, layers: int = 2,
                  num_tokens: int = 8, heads: int = 4, in_dim: int = 384, dropout: float = 0.0,
                  num_bases: int | None = None, age_groups: int = 0, stage_max: float = 3.0, fourier: int = 6,
                  text_model: str | None = None, disease_text: str = "generic", unknown_frequency: float = 0.5,
-                 center_tokens: bool = False):
+                 center_tokens: bool = False, tokens: str = "pooled"):
         super().__init__()
         if conv not in CONVS:
             raise UserError(f"encoder.conv must be one of {', '.join(CONVS)}, not '{conv}'")
+        if tokens not in TOKEN_MODES:
+            raise UserError(f"encoder.tokens must be one of {', '.join(TOKEN_MODES)}, not '{tokens}'")
+        if tokens == "phenotypes" and num_tokens < 2:
+            raise UserError(f"encoder.tokens=phenotypes needs model.num_tokens >= 2 (a stage token and phenotype "
+                            f"slots), not {num_tokens}")
+        center_tokens = bool(center_tokens) and tokens == "pooled"  # phenotype slots have no fixed meaning
         if hidden % heads:
             raise UserError(f"encoder.hidden ({hidden}) must be divisible by encoder.heads ({heads})")
         if out_dim is None or int(out_dim) <= 0:
@@ -80,8 +95,8 @@ class KGEncoder(nn.Module):
         self.config = dict(conv=conv, out_dim=int(out_dim), hidden=hidden, layers=layers, num_tokens=num_tokens,
                            heads=heads, in_dim=in_dim, dropout=dropout, num_bases=num_bases, age_groups=age_groups,
                            stage_max=stage_max, fourier=fourier, text_model=text_model, disease_text=disease_text,
-                           unknown_frequency=unknown_frequency, center_tokens=bool(center_tokens))
-        self.conv_type, self.num_tokens, self.out_dim = conv, num_tokens, int(out_dim)
+                           unknown_frequency=unknown_frequency, center_tokens=center_tokens, tokens=tokens)
+        self.conv_type, self.num_tokens, self.out_dim, self.token_mode = conv, num_tokens, int(out_dim), tokens
         self.stage_max, self.fourier, self.age_groups = float(stage_max), fourier, age_groups
         ff = 1 + 2 * fourier
 
@@ -110,10 +125,13 @@ class KGEncoder(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
 
-        # attention pooling -> K tokens
-        self.queries = nn.Parameter(torch.randn(num_tokens, hidden) * 0.02)
-        self.pool = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
-        self.pool_norm = nn.LayerNorm(hidden)
+        if tokens == "pooled":  # attention pooling -> K tokens
+            self.queries = nn.Parameter(torch.randn(num_tokens, hidden) * 0.02)
+            self.pool = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+            self.pool_norm = nn.LayerNorm(hidden)
+        else:  # a stage token and K-1 phenotype slots; an empty slot is one learned constant
+            self.stage_slot = nn.Parameter(torch.randn(hidden) * 0.02)
+            self.empty_slot = nn.Parameter(torch.randn(hidden) * 0.02)
         self.token_ff = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden), nn.GELU(),
                                       nn.Linear(2 * hidden, hidden))
         self.out_norm = nn.LayerNorm(hidden)
@@ -258,14 +276,18 @@ class KGEncoder(nn.Module):
         stage_h = self._stage_embedding(stage, batch_size, graph.x.device)
         h = self.encode_nodes(graph, stage_h, batch)
 
-        order = torch.argsort(batch, stable=True)  # to_dense_batch needs graphs contiguous
-        dense, mask = to_dense_batch(h[order], batch[order], batch_size=batch_size)
-        queries = self.queries.unsqueeze(0).expand(batch_size, -1, -1)
-        pooled, _ = self.pool(queries, dense, dense, key_padding_mask=~mask, need_weights=False)
-        tokens = self.pool_norm(queries + pooled) + self.stage_to_token(stage_h).unsqueeze(1)
+        context = self.stage_to_token(stage_h).unsqueeze(1)
         age_h = self._age_embedding(age, batch_size, graph.x.device)
         if age_h is not None:
-            tokens = tokens + age_h.unsqueeze(1)
+            context = context + age_h.unsqueeze(1)
+        if self.token_mode == "pooled":
+            order = torch.argsort(batch, stable=True)  # to_dense_batch needs graphs contiguous
+            dense, mask = to_dense_batch(h[order], batch[order], batch_size=batch_size)
+            queries = self.queries.unsqueeze(0).expand(batch_size, -1, -1)
+            pooled, _ = self.pool(queries, dense, dense, key_padding_mask=~mask, need_weights=False)
+            tokens = self.pool_norm(queries + pooled) + context
+        else:
+            tokens = self._phenotype_tokens(graph, h, batch, batch_size, context)
         tokens = tokens + self.token_ff(tokens)
         tokens = self.out_norm(tokens)
         if self.token_center is not None:
@@ -278,3 +300,31 @@ class KGEncoder(nn.Module):
                                 bn.eps)
             tokens = flat.reshape(b, self.num_tokens, -1)
         return self.out_proj(tokens)
+
+    def _phenotype_tokens(self, graph, h: Tensor, batch: Tensor, batch_size: int, context: Tensor) -> Tensor:
+        """[B, K, hidden]: the stage token, then each graph's phenotype node states (highest weight first, ties in
+        node order), then empty slots. Stage and age enter every filled slot, never an empty one."""
+        slots = self.num_tokens - 1
+        is_pheno = graph.weight_kind > 0
+        idx = is_pheno.nonzero().view(-1)
+        idx = idx[torch.argsort(-graph.weight[idx], stable=True)]
+        idx = idx[torch.argsort(batch[idx], stable=True)]  # graphs contiguous, weight order kept inside each
+        dense, mask = to_dense_batch(h[idx], batch[idx], batch_size=batch_size, max_num_nodes=slots)
+        if dense.shape[1] < slots:  # to_dense_batch stops at the largest graph
+            pad = slots - dense.shape[1]
+            dense = F.pad(dense, (0, 0, 0, pad))
+            mask = F.pad(mask, (0, pad), value=False)
+        filled = dense + context
+        phen = torch.where(mask.unsqueeze(-1), filled, self.empty_slot.to(h.dtype).expand_as(filled))
+        stage_tok = self.stage_slot.to(h.dtype).view(1, 1, -1) + context
+        return torch.cat([stage_tok, phen], dim=1)
+
+    def phenotype_overflow(self, graph) -> int:
+        """How many phenotype nodes of the batch get no slot (tokens=phenotypes; 0 for pooled tokens)."""
+        if self.token_mode != "phenotypes":
+            return 0
+        batch = getattr(graph, "batch", None)
+        if batch is None:
+            batch = torch.zeros(graph.num_nodes, dtype=torch.long)
+        counts = torch.bincount(batch[graph.weight_kind > 0], minlength=1)
+        return int((counts - (self.num_tokens - 1)).clamp(min=0).sum())

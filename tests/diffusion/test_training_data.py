@@ -9,12 +9,13 @@ from tests.test_train_smoke import MICRO
 
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
-    """A one-step micro run trained on observed phenotype sets."""
+    """A one-step micro run trained on observed phenotype sets, with one KG token per phenotype."""
     from kgface.train import main
 
     out = tmp_path_factory.mktemp("training-data") / "run"
     main(MICRO + ["trainer.steps=1", "trainer.checkpoint_every=0", "samples.stages=[3]",
-                  "trainer.observed_phenotypes=true", f"hydra.run.dir={out}"])
+                  "trainer.observed_phenotypes=true", "encoder.tokens=phenotypes", "model.num_tokens=24",
+                  f"hydra.run.dir={out}"])
     return out
 
 

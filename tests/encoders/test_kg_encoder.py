@@ -2,6 +2,8 @@
 unseen diseases, permutation invariance, save/load, configs, and a tiny overfit."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -15,7 +17,7 @@ D, K = 32, 8
 
 def tiny(conv="rgcn", **kw):
     torch.manual_seed(0)
-    return KGEncoder(conv=conv, out_dim=D, hidden=32, layers=2, num_tokens=K, heads=4, **kw).eval()
+    return KGEncoder(conv=conv, **{"out_dim": D, "hidden": 32, "layers": 2, "num_tokens": K, "heads": 4, **kw}).eval()
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +192,81 @@ def test_centered_tokens_tell_diseases_apart_and_do_not_depend_on_the_batch_at_i
     assert raw > 0.5 and spread < raw - 0.3, (raw, spread)
     assert torch.allclose(together[:1], alone, atol=1e-5)
     assert mean_cos(together) < raw - 0.3
+
+
+# ---- tokens=phenotypes: a stage token + one token per phenotype node ------------------------------------------------
+def phenotype_counts(batch):
+    return torch.bincount(batch.batch[batch.weight_kind > 0], minlength=batch.num_graphs).tolist()
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_phenotype_tokens_one_per_phenotype_and_gradients(conv, batch):
+    slots = max(phenotype_counts(batch)) + 2
+    enc = tiny(conv, tokens="phenotypes", num_tokens=slots + 1).train()
+    out = enc(batch, torch.tensor([1.0, 2.0, 0.5, 0.0]))
+    assert out.shape == (4, slots + 1, D) and torch.isfinite(out).all()
+    assert enc.phenotype_overflow(batch) == 0 and enc.token_center is None
+    enc.eval()
+    with torch.no_grad():
+        out = enc(batch, torch.tensor([1.0, 2.0, 0.5, 0.0]))
+    for g, n in enumerate(phenotype_counts(batch)):  # filled slots differ, empty slots are one constant
+        filled, empty = out[g, 1:1 + n], out[g, 1 + n:]
+        assert torch.allclose(empty, empty[:1].expand_as(empty))
+        if n:
+            assert torch.cdist(filled, filled).add(torch.eye(n) * 1e3).min() > 1e-4
+            assert not torch.allclose(filled[:1], empty[:1])
+    assert phenotype_counts(batch)[3] == 0  # healthy: the stage token and empty slots only
+    enc.train()
+    out = enc(batch, torch.tensor([1.0, 2.0, 0.5, 0.0]))
+    (out - torch.randn_like(out)).pow(2).mean().backward()
+    for name, p in enc.named_parameters():
+        if name == "null_tokens" or ".p_rel." in name:
+            continue
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_phenotype_tokens_are_a_set_whatever_the_node_order(batch):
+    """Tied weights may take their slots in another order when the nodes are listed differently; the set of tokens
+    (what cross-attention reads) is the same."""
+    enc = tiny("gatv2", tokens="phenotypes", num_tokens=max(phenotype_counts(batch)) + 1)
+    stage = torch.tensor([1.0, 2.0, 0.5, 0.0])
+    with torch.no_grad():
+        a, b = enc(batch, stage), enc(permuted(batch, seed=3), stage)
+    canon = lambda t: t[torch.argsort(t[:, 0])]  # noqa: E731
+    for g in range(4):
+        assert torch.allclose(canon(a[g]), canon(b[g]), atol=1e-5)
+
+
+def test_phenotype_tokens_keep_the_highest_weights_when_slots_run_out(graph_builder, profiles):
+    enc = tiny("rgcn", tokens="phenotypes", num_tokens=4)
+    g = graph_builder.batch(profiles[:1])  # Down syndrome: more than 3 phenotypes
+    n = phenotype_counts(g)[0]
+    assert n > 3 and enc.phenotype_overflow(g) == n - 3
+    assert enc(g, torch.tensor([2.0])).shape == (1, 4, D)
+    # the kept phenotypes are the three highest-weight ones: raising a dropped one's weight changes the tokens
+    w = g.weight.clone()
+    lowest = int(torch.nonzero(g.weight_kind > 0).view(-1)[torch.argmin(w[g.weight_kind > 0])])
+    with torch.no_grad():
+        before = enc(g, torch.tensor([2.0]))
+        g2 = g.clone()
+        g2.weight = w.clone()
+        g2.weight[lowest] = 1.0
+        after = enc(g2, torch.tensor([2.0]))
+    assert not torch.allclose(before, after)
+
+
+def test_phenotype_tokens_round_trip_and_errors(tmp_path, batch):
+    enc = tiny("rgcn", tokens="phenotypes", num_tokens=6, center_tokens=True)
+    assert enc.config["tokens"] == "phenotypes" and enc.config["center_tokens"] is False
+    enc.save_pretrained(tmp_path / "enc")
+    again = KGEncoder.from_pretrained(tmp_path / "enc").eval()
+    stage = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    with torch.no_grad():
+        assert torch.equal(enc(batch, stage), again(batch, stage))
+    with pytest.raises(UserError, match="encoder.tokens must be one of"):
+        tiny("rgcn", tokens="nodes")
+    with pytest.raises(UserError, match="num_tokens >= 2"):
+        tiny("rgcn", tokens="phenotypes", num_tokens=1)
+    # an encoder saved before the option existed reads as pooled tokens
+    config = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert KGEncoder(**{k: v for k, v in config.items() if k not in ("format", "tokens")}).token_mode == "pooled"
