@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.test_train_smoke import MICRO
 
@@ -108,6 +109,16 @@ def test_observed_sets_condition_each_face_on_what_it_shows_and_the_run_draws_se
     sets = [{p.hpo_id for p in d.phenotypes} for d in drawn]
     assert all(s <= {p.hpo_id for p in down.phenotypes} for s in sets)
     assert gen.request_profiles([Request(down, 0.0, 1)])[0].phenotypes == []
+    # one KG token per drawn phenotype (encoder.tokens=phenotypes): the slots after them hold one constant
+    assert conditioner.encoder.token_mode == "phenotypes" and conditioner.encoder.num_tokens == 24
+    reqs = [Request(down, 3.0, seed) for seed in range(3)]
+    with torch.no_grad():
+        tokens = gen._tokens(reqs)
+    for row, prof in zip(tokens, gen.request_profiles(reqs)):
+        n = len(prof.phenotypes)
+        empty = row[1 + n:]
+        assert 0 < n < 23 and torch.allclose(empty, empty[:1].expand_as(empty))
+        assert not torch.allclose(row[n], empty[0])
     # the run's samples record the set each image was drawn with (what profile match compares the image with)
     samples = pd.read_csv(out / "samples" / "manifest.csv", dtype=str, keep_default_na=False)
     by_id = {p.disease_id: {q.hpo_id for q in p.phenotypes} for p in run_profiles}
