@@ -1,0 +1,69 @@
+"""How far the held-out target could go: the limits that are not the generator, for each disease a run held out.
+
+    python bench/heldout_ceiling.py RUN [--evaluator EVAL_DIR]
+
+Prints, for the real test faces of stages 2-3 (the target's rows):
+- the oracle probe (trained on the renderer's true phenotype vectors of every disease's training faces, as
+  `evaluator.oracle_top1`) on the held-out diseases' faces, with all their phenotypes and with only those some
+  training face of a seen disease shows (what a generator that learned only from seen diseases could draw);
+- the evaluator's top-1 per disease on the faces untouched and after the run's VAE round trip (the VAE ceiling of
+  each disease), and what the held-out ones are read as.
+RUN: a kgface.train output folder (its data.json names the manifest and the held-out diseases). Uses one thread.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("--evaluator", default=None, help="an evaluator folder (default: RUN/evaluator)")
+    args = ap.parse_args(argv)
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    from kgface.data.manifest import read_manifest
+    from kgface.diffusion.vae import roundtrip
+    from kgface.evaluation import load_evaluator
+    from kgface.evaluation.evaluator import load_images
+    from kgface.evaluation.sets import oracle_top1
+
+    torch.set_num_threads(1)
+    run = Path(args.run)
+    data = json.loads((run / "data.json").read_text(encoding="utf-8"))
+    heldout = list(data["heldout"])
+    df = read_manifest(data["manifest"])[0]
+    train, test = df[df["split"] == "train"], df[df["split"] == "test"]
+    shown = {h for ph in train[~train["disease"].isin(heldout)]["phenotypes"] for h, v in ph.items() if v > 0}
+    held = test[test["disease"].isin(heldout)].copy()
+    unseen = sorted({h for ph in held["phenotypes"] for h, v in ph.items() if v > 0 and h not in shown})
+    print(f"held-out {heldout}; phenotypes of their faces no seen training face shows: {unseen}")
+    print(f"oracle top-1, held-out test faces (stages 2-3), all phenotypes: {oracle_top1(train, held):.3f}")
+    held["phenotypes"] = [{h: v for h, v in ph.items() if h in shown} for ph in held["phenotypes"]]
+    print(f"... only the phenotypes seen faces show: {oracle_top1(train, held):.3f}")
+
+    evaluator = load_evaluator(args.evaluator or run / "evaluator")
+    vae = AutoencoderKL.from_pretrained(run / "model" / "vae").eval()
+    rows = test[(test["stage"] >= 2) & (test["disease"] != "healthy")].reset_index(drop=True)
+    images = load_images(list(rows["abspath"]))
+    with torch.no_grad():
+        trips = roundtrip(vae, images)
+    for name, x in (("untouched", images), ("after the VAE", trips)):
+        pred = list(evaluator.score(x)["pred_disease"])
+        hits = collections.defaultdict(list)
+        for d, p in zip(rows["disease"], pred):
+            hits[d].append(p == d)
+        print(f"evaluator top-1 per disease, {name}: "
+              + ", ".join(f"{d} {sum(v) / len(v):.2f} (n {len(v)})" for d, v in hits.items()))
+        for d in heldout:
+            read = collections.Counter(p for dd, p in zip(rows["disease"], pred) if dd == d).most_common(4)
+            print(f"  {d} read as {read}")
+
+
+if __name__ == "__main__":
+    main()
