@@ -137,3 +137,18 @@ def test_generator_is_deterministic_and_draws_unseen_profiles(profiles, hpo_kg, 
     assert a.shape == (2, 3, 32, 32) and a.dtype == torch.uint8 and torch.equal(a, b)
     alone = gen.sample(reqs[:1])
     assert torch.equal(alone[0], a[0])  # a request's image does not depend on its batch mates
+
+
+def test_phenotype_tokens_that_find_no_slot_are_reported(profiles, caplog):
+    """Down syndrome has more phenotypes than 3 slots: the conditioner says how many get no token, not silence."""
+    import logging
+
+    from kgface.encoders import KGEncoder
+
+    backbone = build_backbone(MICRO, num_tokens=4, with_adapter=True)
+    encoder = KGEncoder(out_dim=backbone.cross_attention_dim, hidden=32, layers=1, num_tokens=4, heads=2,
+                        tokens="phenotypes")
+    with caplog.at_level(logging.WARNING, logger="kgface.diffusion.conditioning"):
+        Conditioner("kg", profiles, backbone, encoder, encoder.graph_builder(), num_tokens=4)
+    lost = len(profiles[0].phenotypes) - 3 + max(0, len(profiles[1].phenotypes) - 3)
+    assert f"{lost} phenotypes of 3 profiles get no token slot" in caplog.text
