@@ -30,7 +30,7 @@ def main(argv=None):
     from kgface.data.manifest import read_manifest
     from kgface.diffusion.vae import roundtrip
     from kgface.evaluation import load_evaluator
-    from kgface.evaluation.evaluator import load_images
+    from kgface.evaluation.evaluator import HEALTHY, load_images
     from kgface.evaluation.sets import oracle_top1
 
     torch.set_num_threads(1)
@@ -49,7 +49,7 @@ def main(argv=None):
 
     evaluator = load_evaluator(args.evaluator or run / "evaluator")
     vae = AutoencoderKL.from_pretrained(run / "model" / "vae").eval()
-    rows = test[(test["stage"] >= 2) & (test["disease"] != "healthy")].reset_index(drop=True)
+    rows = test[(test["stage"] >= 2) & (test["disease"] != HEALTHY)].reset_index(drop=True)
     images = load_images(list(rows["abspath"]))
     with torch.no_grad():
         trips = roundtrip(vae, images)

@@ -66,8 +66,7 @@ class Conditioner(nn.Module):
             if encoder is None or graph_builder is None:
                 raise UserError("conditioning=kg needs the KG encoder")
             self._graphs = [graph_builder.graph(p) for p in self.profiles]
-            overflow = getattr(encoder, "phenotype_overflow", None)
-            lost = sum(overflow(g) for g in self._graphs) if overflow else 0
+            lost = sum(encoder.phenotype_overflow(g) for g in self._graphs)
             if lost:  # the lowest-weight phenotypes get no slot: say so rather than drop them silently
                 log.warning("encoder.tokens=phenotypes: %d phenotypes of %d profiles get no token slot (model."
                             "num_tokens=%d); raise model.num_tokens to keep them", lost, len(self._graphs),
