@@ -65,10 +65,10 @@ def main(argv=None):
 
     @torch.no_grad()
     def draw(batch, size):
-        b = backbone
-        drawn = gen.request_profiles(batch)
         if size == 0:
             return gen.sample(batch, batch_size=len(batch))
+        b = backbone
+        drawn = gen.request_profiles(batch)
         per = [groups([p.hpo_id for p in d.phenotypes], size) for d in drawn]
         n_parts = len(max(per, key=len))
         # a request with fewer groups repeats its last one; `mask` keeps only its own groups in the sum
