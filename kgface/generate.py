@@ -629,8 +629,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if unseen:
             named = [f"{d} ({asked[d]}{', held out in training' if d in heldout else ''})" for d in unseen]
             raise UserError(f"run={cfg.run} uses conditioning=class, which cannot draw diseases it never saw: "
-                            f"{', '.join(named)}; use a conditioning=kg or text run for them")
-    if intensities and conditioner.mode == "kg":
+                            f"{', '.join(named)}; use a conditioning=kg, text or kg_text run for them")
+    if intensities and conditioner.uses_kg:
         conditioner.graph_builder = _IntensityBuilder(conditioner.graph_builder, intensities)
     for it in items:
         it.row["trained"] = it.row["disease"] in trained

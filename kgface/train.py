@@ -26,13 +26,13 @@ def _container(node) -> dict:
 def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | None = None, full_prompts=()):
     """The conditioner for `mode` (default cfg.conditioning) over the training profiles (encoder from cfg.encoder);
     full_prompts: indices of observed-set and phenotype-atlas profiles (their text prompts name every phenotype)."""
-    from .diffusion.conditioning import Conditioner
+    from .diffusion.conditioning import KG_MODES, Conditioner
     from .diffusion.phenotype_sets import observed_phenotypes_of
 
     mode = mode or cfg.conditioning
     num_tokens = int(cfg.model.get("num_tokens", 8))
     encoder = builder = None
-    if mode == "kg":
+    if mode in KG_MODES:
         from .encoders import KGEncoder
 
         enc_cfg = {**_container(cfg.encoder), "num_tokens": num_tokens}
@@ -223,7 +223,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     save_model_folder(backbone, out_dir / "model")
     if mode != "text":
         save_kg_adapter(backbone.unet, out_dir)
-    if mode == "kg":
+    if conditioner.uses_kg:
         conditioner.encoder.save_pretrained(out_dir / "encoder")
     elif mode == "class":
         from safetensors.torch import save_file

@@ -85,7 +85,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise UserError("trial.disease=healthy: a trial needs a disease whose severity it follows")
     if conditioner.mode == "class" and profile.disease_id not in {p.disease_id for p in conditioner.profiles}:
         raise UserError(f"run={cfg.run} uses conditioning=class, which cannot draw {profile.disease_id} "
-                        f"({profile.name}), a disease it never saw; use a conditioning=kg or text run")
+                        f"({profile.name}), a disease it never saw; use a conditioning=kg, text or kg_text run")
     acne = profile.disease_id in STAGE_SCALES  # the acne lesion-count scale
     if design.scale == "lesions" and not acne:
         raise UserError(f"trial.scale=lesions is the acne lesion-count scale; {profile.disease_id} ({profile.name}) "

@@ -25,14 +25,15 @@ def micro_run(tmp_path_factory, session_cache_dir):
 
 @pytest.fixture(scope="session")
 def baselines_run(tmp_path_factory, session_cache_dir):
-    """A micro baselines run with an evaluator (~15 s): OUT/text, OUT/class, OUT/kg_shuffled and OUT/evaluator."""
+    """A micro baselines run with an evaluator (~20 s): OUT/text, OUT/class, OUT/kg_text, OUT/kg_shuffled and
+    OUT/evaluator."""
     from kgface.train import main
     from tests.test_train_smoke import MICRO, MICRO_EVALUATOR
 
     out = tmp_path_factory.mktemp("gen-baselines") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
-        main(list(MICRO) + MICRO_EVALUATOR + ["experiment=baselines", "baselines=[text,class,kg_shuffled]",
+        main(list(MICRO) + MICRO_EVALUATOR + ["experiment=baselines", "baselines=[text,class,kg_text,kg_shuffled]",
                                               "trainer.steps=2",
                                               "trainer.checkpoint_every=0", f"hydra.run.dir={out}"])
     return out
@@ -203,9 +204,15 @@ def test_transform_scores_identity_with_the_runs_evaluator(baselines_run, tmp_pa
 def test_text_and_class_baselines_generate(baselines_run, tmp_path, capsys):
     from kgface.diffusion.run_loading import load_run
 
-    for mode in ("text", "class"):
+    for mode in ("text", "class", "kg_text"):
         _, conditioner, profiles, _ = load_run(baselines_run / mode)
         assert conditioner.mode == mode and "ORPHA:648" in {p.disease_id for p in profiles}
+    backbone, conditioner, _, _ = load_run(baselines_run / "kg_text")  # the prompt and the trained KG branch
+    assert conditioner.uses_text and conditioner.encoder is not None
+    assert backbone.unet.attn_processors and any(type(p).__name__.startswith("IPAdapter")
+                                                 for p in backbone.unet.attn_processors.values())
+    generate(baselines_run / "kg_text", tmp_path / "kt", "diseases=[ORPHA:648]", "stages=[3]")
+    assert read_manifest(tmp_path / "kt" / "manifest.csv")[0]["heldout"].tolist() == ["True"]
     # text names the disease in the prompt: a held-out one can be drawn; class cannot, and says which
     generate(baselines_run / "text", tmp_path / "t", "diseases=[ORPHA:648,ORPHA:870]", "stages=[3]")
     df, _ = read_manifest(tmp_path / "t" / "manifest.csv")

@@ -108,13 +108,14 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
                                     "trainer.atlas_share=0.5", "trainer.observed_phenotypes=true",
                                     f"hydra.run.dir={out}"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["baselines"]) == {"kg", "text", "class", "kg_shuffled"}
-    for mode, n in {"kg": 8, "text": 8, "kg_shuffled": 8, "class": 0}.items():  # class tokens cannot use the atlas
+    assert set(metrics["baselines"]) == {"kg", "text", "class", "kg_text", "kg_shuffled"}
+    # class tokens cannot use the atlas
+    for mode, n in {"kg": 8, "text": 8, "kg_text": 8, "kg_shuffled": 8, "class": 0}.items():
         assert metrics["baselines"][mode]["train"]["atlas_images"] == n, mode
         # nor observed phenotype sets; the control trains on the images' true sets and draws from shuffled profiles
         assert (metrics["baselines"][mode]["train"]["observed_phenotype_sets"] > 1) == (mode != "class"), mode
     assert "real_top1" in metrics["evaluator"]  # the instrument is measured once, beside the baselines
-    for mode in ("kg", "text"):  # the same generation keys per conditioning, held-out diseases included
+    for mode in ("kg", "text", "kg_text"):  # the same generation keys per conditioning, held-out diseases included
         assert _has(metrics["baselines"][mode], "generation.heldout_top1"), mode
     assert not _has(metrics["baselines"]["class"], "generation.heldout_top1")  # cannot draw unseen diseases
     shuffled = json.loads((out / "kg_shuffled" / "shuffled_profiles.json").read_text())
@@ -123,6 +124,8 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
         if p["disease_id"] != "healthy":
             assert p["phenotypes"] != truth[p["disease_id"]]["phenotypes"], p["disease_id"]
     assert (out / "kg" / "encoder" / "model.safetensors").exists()
+    assert (out / "kg_text" / "encoder" / "model.safetensors").exists()
+    assert (out / "kg_text" / "adapter.safetensors").exists()  # the prompt + the KG branch
     assert (out / "class" / "class_tokens.safetensors").exists()
     assert not (out / "text" / "adapter.safetensors").exists()  # text conditioning has no KG branch
     from kgface.data.manifest import read_manifest

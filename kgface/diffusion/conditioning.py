@@ -3,6 +3,9 @@
 - `kg` (default): a neutral text prompt (no disease words) + K tokens from the KG encoder over the disease's
   profile graph. An unseen disease works: its tokens come from its phenotypes.
 - `text`: the prompt names the disease and its visible phenotypes at the stage (kgface.prompts); no KG tokens.
+- `kg_text`: both, as IP-Adapter pairs a prompt with its extra tokens: the `text` prompt through the UNet's own
+  cross-attention and the KG tokens through the decoupled adapter (does the KG add anything to a prompt that already
+  names the phenotypes?).
 - `class`: the neutral prompt + a learned token set per training disease (+ a stage embedding): the seeds'
   class-conditional baseline, which by construction cannot draw a disease it never saw.
 The *null* condition (classifier-free guidance) is the encoder's learned null tokens and the empty prompt; it is not
@@ -21,7 +24,9 @@ from ..kg import FacialProfile
 from ..prompts import training_prompt
 from ..prompts.wording import NEUTRAL_PROMPT
 
-MODES = ("kg", "text", "class")
+MODES = ("kg", "text", "class", "kg_text")
+KG_MODES = ("kg", "kg_text")      # the KG encoder makes the tokens
+TEXT_MODES = ("text", "kg_text")  # the prompt names the disease and its phenotypes
 log = logging.getLogger(__name__)
 
 
@@ -62,9 +67,9 @@ class Conditioner(nn.Module):
         self.class_tokens = ClassTokens(len(profiles), num_tokens, backbone.cross_attention_dim) \
             if mode == "class" else None
         self._graphs = None
-        if mode == "kg":
+        if mode in KG_MODES:
             if encoder is None or graph_builder is None:
-                raise UserError("conditioning=kg needs the KG encoder")
+                raise UserError(f"conditioning={mode} needs the KG encoder")
             self._graphs = [graph_builder.graph(p) for p in self.profiles]
             lost = sum(encoder.phenotype_overflow(g) for g in self._graphs)
             if lost:  # the lowest-weight phenotypes get no slot: say so rather than drop them silently
@@ -76,8 +81,16 @@ class Conditioner(nn.Module):
     def uses_tokens(self) -> bool:
         return self.mode != "text"
 
+    @property
+    def uses_kg(self) -> bool:
+        return self.mode in KG_MODES
+
+    @property
+    def uses_text(self) -> bool:
+        return self.mode in TEXT_MODES
+
     def prompts(self, idx: torch.Tensor, stages: torch.Tensor) -> list[str]:
-        if self.mode != "text":
+        if not self.uses_text:
             return [NEUTRAL_PROMPT] * len(idx)
         return [training_prompt(self.profiles[int(i)], int(s), conditioning="text",
                                 every_phenotype=int(i) in self.full_prompts) for i, s in zip(idx, stages)]
@@ -103,7 +116,7 @@ class Conditioner(nn.Module):
         return self.backbone.text_states([""] * batch_size)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        if self.mode == "kg":
+        if self.mode in KG_MODES:
             return list(self.encoder.parameters())
         if self.mode == "class":
             return list(self.class_tokens.parameters())

@@ -51,7 +51,7 @@ class Generator:
     def _tokens(self, reqs: list[Request]) -> torch.Tensor | None:
         c = self.conditioner
         sev = torch.tensor([r.severity for r in reqs], dtype=torch.float32)
-        age = torch.tensor([r.age for r in reqs]) if c.mode == "kg" and getattr(c.encoder, "age_groups", 0) else None
+        age = torch.tensor([r.age for r in reqs]) if c.uses_kg and getattr(c.encoder, "age_groups", 0) else None
         if c.mode == "class":
             unknown = [r.profile.disease_id for r in reqs if r.profile.disease_id not in self._index]
             if unknown:
@@ -65,7 +65,7 @@ class Generator:
     def _prompts(self, reqs: list[Request]) -> list[str]:
         from ..prompts import training_prompt
 
-        if self.conditioner.mode != "text":
+        if not self.conditioner.uses_text:
             return self.conditioner.prompts(torch.zeros(len(reqs), dtype=torch.long), torch.zeros(len(reqs)))
         return [training_prompt(p, int(round(r.severity)), conditioning="text", every_phenotype=self.draws_phenotypes)
                 for p, r in zip(self.request_profiles(reqs), reqs)]

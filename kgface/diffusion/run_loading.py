@@ -53,12 +53,14 @@ def _locate(run_dir: Path) -> tuple[DictConfig, str]:
 
 
 def _check_files(run_dir: Path, cfg: DictConfig, mode: str) -> None:
+    from .conditioning import KG_MODES
+
     model = run_dir / "model"
     tiny = cfg.model.name == "tiny"
     needed = ["model/unet/config.json", "model/vae/config.json"] if tiny else []
     if mode != "text":
         needed += ["adapter.safetensors", "adapter.json"]
-    if mode == "kg":
+    if mode in KG_MODES:
         needed += ["encoder/model.safetensors"]
     if mode == "class":
         needed += ["class_tokens.safetensors"]
@@ -94,7 +96,7 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     """(backbone, conditioner, profiles, cfg) of a trained run; `profiles` includes held-out diseases."""
     from .adapter import load_kg_adapter
     from .backbones import build_backbone
-    from .conditioning import Conditioner
+    from .conditioning import KG_MODES, Conditioner
     from .phenotype_sets import observed_phenotypes_of
 
     run_dir = Path(run_dir)
@@ -149,11 +151,11 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
 
     train_profiles = [p for p in profiles if p.disease_id not in heldout]
     draws = observed_phenotypes_of(cfg)  # its requests draw their phenotype sets
-    if mode == "kg":
+    if mode in KG_MODES:
         from ..encoders import KGEncoder
 
         encoder = KGEncoder.from_pretrained(run_dir / "encoder").eval().requires_grad_(False)
-        conditioner = Conditioner("kg", train_profiles, backbone, encoder, encoder.graph_builder(cache=cache),
+        conditioner = Conditioner(mode, train_profiles, backbone, encoder, encoder.graph_builder(cache=cache),
                                   num_tokens=num_tokens, phenotype_draws=draws)
     elif mode == "class":
         from safetensors.torch import load_file

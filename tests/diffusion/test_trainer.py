@@ -27,7 +27,7 @@ def make(profiles, mode="kg", seed=0):
     torch.manual_seed(seed)
     backbone = build_backbone(MICRO, num_tokens=4, with_adapter=mode != "text")
     encoder = builder = None
-    if mode == "kg":
+    if mode in ("kg", "kg_text"):
         from kgface.encoders import KGEncoder
 
         encoder = KGEncoder(out_dim=backbone.cross_attention_dim, hidden=32, layers=1, num_tokens=4, heads=2,
@@ -48,7 +48,7 @@ def state(backbone, cond):
         [b.clone() for b in cond.buffers()]
 
 
-@pytest.mark.parametrize("mode", ["kg", "text", "class"])
+@pytest.mark.parametrize("mode", ["kg", "text", "class", "kg_text"])
 def test_a_few_steps_reduce_the_loss(profiles, tmp_path, mode):
     backbone, cond = make(profiles, mode)
     data = fixed_data(8)
@@ -152,3 +152,21 @@ def test_phenotype_tokens_that_find_no_slot_are_reported(profiles, caplog):
         Conditioner("kg", profiles, backbone, encoder, encoder.graph_builder(), num_tokens=4)
     lost = len(profiles[0].phenotypes) - 3 + max(0, len(profiles[1].phenotypes) - 3)
     assert f"{lost} phenotypes of 3 profiles get no token slot" in caplog.text
+
+
+def test_kg_text_reads_the_text_prompt_and_the_kg_tokens(profiles, hpo_kg, catalog):
+    backbone, cond = make(profiles, "kg_text")
+    _, text = make(profiles, "text")
+    idx, stages = torch.tensor([0, 1]), torch.tensor([2, 3])
+    prompts = cond.prompts(idx, stages)
+    assert prompts == text.prompts(idx, stages) and profiles[0].name in prompts[0]
+    tokens = cond.tokens(idx, stages.float())
+    assert tokens.shape == (2, 4, backbone.cross_attention_dim) and not torch.allclose(tokens[0], tokens[1])
+    assert cond.uses_kg and cond.uses_text and cond.uses_tokens
+    assert {id(p) for p in cond.trainable_parameters()} == {id(p) for p in cond.encoder.parameters()}
+    # an unseen disease: its prompt names it, its tokens come from its phenotypes
+    unseen = ProfileBuilder(hpo_kg, catalog).build("ORPHA:648")
+    gen = Generator(backbone, cond, steps=2)
+    reqs = [Request(unseen, 3.0, seed=1)]
+    assert unseen.name in gen._prompts(reqs)[0]
+    assert gen._tokens(reqs).shape == (1, 4, backbone.cross_attention_dim)
