@@ -6,8 +6,8 @@
     python bench/vae_ceiling.py --every 800 model.vae_train.steps=2400   # the curve of one fresh, longer VAE run
 
 Round-trips the real test images of stages 2-3 + healthy through the VAE and prints PSNR and the default evaluator's
-top-1 on the originals and on the round trips. No generator decoding through that VAE can score above the second
-number. Any `python -m kgface.train` override applies (model.tiny.*, model.vae_train.*, data.*, evaluator.*).
+top-1 on the originals and on the round trips. The second number is what survives of real faces; a generator that
+draws more typical faces than real ones can read a little above it (docs/training.md), one that copies real faces cannot. Any `python -m kgface.train` override applies (model.tiny.*, model.vae_train.*, data.*, evaluator.*).
 """
 from __future__ import annotations
 

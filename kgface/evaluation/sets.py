@@ -3,7 +3,9 @@
 - `instrument_validity(evaluator, real_df, roundtrip=None)`: disease top-1 (per stage; headline on stages 2-3),
   stage MAE, per-phenotype AUROC at full intensity (stage 3 test images), identity AUROC, the oracle ceiling, and
   with `roundtrip(images) -> images` (a VAE round trip, built by the caller) the same scores on round-tripped
-  images: the *VAE ceiling*, which no generator decoding through that VAE can beat.
+  images: the *VAE ceiling*, what of the real faces survives the VAE every generated face is decoded by. It bounds
+  a generator that reproduces real faces; one that draws faces more typical than real ones can read a little above
+  it (measured: docs/training.md).
 - `evaluate_sets(evaluator, real_df, generated_df, profiles)`: the nested metrics dict of metrics.json.
 """
 from __future__ import annotations
