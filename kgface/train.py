@@ -336,7 +336,8 @@ def isolated_effects_check(cfg, evaluator, real_df, per_term: int = 12, faces: i
 def _controls(cfg, gen, drawable, evaluator, heldout: set[str], mode: str) -> dict:
     """Does the image follow the condition? Every sick profile at stage 3 with `samples.control_seeds` seeds, drawn
     again (a) with the next disease's tokens and (b) with the adapter at scale 0; the share of images whose measured
-    disease changes (KG and class conditioning only). `*_chance` is the share that would change if the two
+    disease changes (token conditionings only; with kg_text the swap changes the prompt too, and scale 0 takes away
+    the KG tokens alone, leaving the prompt). `*_chance` is the share that would change if the two
     predictions were independent draws from their own label distributions: a control near it means the condition
     moves the image as much as a fresh face would, well below it means the image hardly depends on the condition."""
     if mode == "text":
