@@ -7,7 +7,7 @@
 
 Round-trips the real test images of stages 2-3 + healthy through the VAE and prints PSNR and the default evaluator's
 top-1 on the originals and on the round trips. The second number is what survives of real faces; a generator that
-draws more typical faces than real ones can read a little above it (docs/training.md), one that copies real faces cannot. Any `python -m kgface.train` override applies (model.tiny.*, model.vae_train.*, data.*, evaluator.*).
+draws more typical faces than real ones can read above it (docs/training.md), one that copies real faces cannot. Any `python -m kgface.train` override applies (model.tiny.*, model.vae_train.*, data.*, evaluator.*).
 """
 from __future__ import annotations
 

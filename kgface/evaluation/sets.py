@@ -4,7 +4,7 @@
   stage MAE, per-phenotype AUROC at full intensity (stage 3 test images), identity AUROC, the oracle ceiling, and
   with `roundtrip(images) -> images` (a VAE round trip, built by the caller) the same scores on round-tripped
   images: the *VAE ceiling*, what of the real faces survives the VAE every generated face is decoded by. It bounds
-  a generator that reproduces real faces; one that draws faces more typical than real ones can read a little above
+  a generator that reproduces real faces; one that draws faces more typical than real ones can read above
   it (measured: docs/training.md).
 - `evaluate_sets(evaluator, real_df, generated_df, profiles)`: the nested metrics dict of metrics.json.
 """
