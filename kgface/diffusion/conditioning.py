@@ -1,4 +1,4 @@
-"""How a (disease, severity, age) request becomes what the UNet reads, for the three conditioning modes.
+"""How a (disease, severity, age) request becomes what the UNet reads, for the conditioning modes.
 
 - `kg` (default): a neutral text prompt (no disease words) + K tokens from the KG encoder over the disease's
   profile graph. An unseen disease works: its tokens come from its phenotypes.
@@ -55,7 +55,7 @@ class Conditioner(nn.Module):
                  graph_builder=None, num_tokens: int = 8, full_prompts=(), phenotype_draws: bool = False):
         """full_prompts: indices of profiles whose text prompts name every phenotype (phenotype-atlas faces and
         observed phenotype sets). phenotype_draws: the generator trained on observed phenotype sets, so a request
-        draws its phenotypes from the profile (kgface.diffusion.phenotype_sets; kg and text only)."""
+        draws its phenotypes from the profile (kgface.diffusion.phenotype_sets; every mode but class)."""
         super().__init__()
         self.full_prompts = {int(i) for i in full_prompts}
         self.phenotype_draws = bool(phenotype_draws) and mode != "class"

@@ -230,7 +230,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                 kw = dict(added)
                 if conditioner.uses_tokens:
                     tokens = conditioner.tokens(cls, data.severity[idx].to(device), data.age[idx].to(device)
-                                                if conditioner.mode == "kg" and
+                                                if conditioner.uses_kg and
                                                 getattr(conditioner.encoder, "age_groups", 0) else None)
                     tokens = torch.where(drop_tok.view(-1, 1, 1).to(device), conditioner.null(len(idx)), tokens)
                     kw["image_embeds"] = [tokens]

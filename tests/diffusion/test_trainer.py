@@ -36,6 +36,25 @@ def make(profiles, mode="kg", seed=0):
     return backbone, Conditioner(mode, profiles, backbone, encoder, builder, num_tokens=4)
 
 
+@pytest.mark.parametrize("mode", ["kg", "kg_text"])
+def test_training_feeds_ages_to_the_kg_encoder(profiles, tmp_path, mode):
+    """Every KG mode trains the age rows it will be asked for at generation (kg_text once trained them never)."""
+    from kgface.encoders import KGEncoder
+
+    torch.manual_seed(0)
+    backbone = build_backbone(MICRO, num_tokens=4, with_adapter=True)
+    encoder = KGEncoder(out_dim=backbone.cross_attention_dim, hidden=32, layers=1, num_tokens=4, heads=2,
+                        age_groups=2)
+    cond = Conditioner(mode, profiles, backbone, encoder, encoder.graph_builder(), num_tokens=4)
+    data = fixed_data(8)
+    data.age = torch.arange(8) % 2  # groups 0 and 1 -> rows 1 and 2; row 0 is "unknown"
+    before = encoder.age_emb.weight.detach().clone()
+    # no weight decay: a row without gradient then stays bit-identical under AdamW
+    train(backbone, cond, data, {**FAST, "steps": 3, "weight_decay": 0.0}, tmp_path, progress=False)
+    moved = (encoder.age_emb.weight.detach() != before).any(dim=1).tolist()
+    assert moved == [False, True, True], moved
+
+
 def fixed_data(n=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return LatentSet(latents=torch.randn(n, 4, 16, 16, generator=g), index=torch.arange(n) % 3,
@@ -170,3 +189,30 @@ def test_kg_text_reads_the_text_prompt_and_the_kg_tokens(profiles, hpo_kg, catal
     reqs = [Request(unseen, 3.0, seed=1)]
     assert unseen.name in gen._prompts(reqs)[0]
     assert gen._tokens(reqs).shape == (1, 4, backbone.cross_attention_dim)
+    # what the sampler reads: the naming prompt (not the empty one) and the tokens, each with its null
+    states, tokens, null_states, null_tokens, _, _ = gen.condition(reqs)
+    assert not torch.allclose(states, null_states)
+    assert torch.equal(tokens, gen._tokens(reqs)) and null_tokens.shape == tokens.shape
+    assert not torch.allclose(tokens, null_tokens)
+
+
+def test_kg_text_training_gives_the_unet_the_prompt_and_the_tokens(profiles, tmp_path):
+    """A spy on the UNet's forward: each kg_text training batch carries the naming prompts and the KG tokens."""
+    backbone, cond = make(profiles, "kg_text")
+    seen = []
+
+    def spy(module, args, kwargs):
+        seen.append((kwargs["encoder_hidden_states"].detach(), (kwargs.get("added_cond_kwargs") or {}).get("image_embeds")))
+
+    handle = backbone.unet.register_forward_pre_hook(spy, with_kwargs=True)
+    data = fixed_data(8)
+    before = [p.detach().clone() for p in cond.encoder.parameters()]
+    train(backbone, cond, data, {**FAST, "steps": 2, "cfg_drop_tokens": 0.0, "cfg_drop_both": 0.0},
+          tmp_path, progress=False)
+    handle.remove()
+    assert len(seen) == 2
+    empty, _ = backbone.text_states([""])
+    for states, image_embeds in seen:
+        assert image_embeds is not None and image_embeds[0].shape[1:] == (4, backbone.cross_attention_dim)
+        assert not torch.allclose(states, empty.expand_as(states))  # the prompt, not the empty one
+    assert any(not torch.equal(a, b) for a, b in zip(before, cond.encoder.parameters()))  # tokens got gradient
