@@ -6,11 +6,13 @@
 - model=tiny: `model/unet`, `model/vae`, `model/scheduler` (diffusers folders);
   model=sd15|sdxl: the base folder named by `model.pretrained` + `model/unet_lora.safetensors`;
 - `adapter.safetensors` + `adapter.json` (conditioning kg / kg_text / class) through `load_kg_adapter`;
-- `encoder/` (conditioning kg / kg_text) through `KGEncoder.from_pretrained`; `class_tokens.safetensors` (conditioning class);
+- `encoder/` (conditioning kg / kg_text) through `KGEncoder.from_pretrained`; `class_tokens.safetensors`
+  (conditioning class);
 - `profiles.json` (every profile the run knows, held-out ones included) and `data.json` (which were held out).
 
-A baselines run (`experiment=baselines`) keeps one generator per conditioning in `OUT/kg`, `OUT/text`, `OUT/class`, `OUT/kg_text`
-(and `OUT/kg_shuffled`) under one `config.yaml`: pass the subfolder (`run=OUT/kg`). Everything is put in eval mode; nothing is trained.
+A baselines run (`experiment=baselines`) keeps one generator per conditioning in `OUT/kg`, `OUT/text`, `OUT/class`,
+`OUT/kg_text` (and `OUT/kg_shuffled`) under one `config.yaml`: pass the subfolder (`run=OUT/kg`). Everything is put in
+eval mode; nothing is trained.
 """
 from __future__ import annotations
 

@@ -202,7 +202,8 @@ def test_kg_text_training_gives_the_unet_the_prompt_and_the_tokens(profiles, tmp
     seen = []
 
     def spy(module, args, kwargs):
-        seen.append((kwargs["encoder_hidden_states"].detach(), (kwargs.get("added_cond_kwargs") or {}).get("image_embeds")))
+        added = kwargs.get("added_cond_kwargs") or {}
+        seen.append((kwargs["encoder_hidden_states"].detach(), added.get("image_embeds")))
 
     handle = backbone.unet.register_forward_pre_hook(spy, with_kwargs=True)
     data = fixed_data(8)
