@@ -222,7 +222,11 @@ class Evaluator:
         meta_path = folder / "evaluator.json"
         if not meta_path.is_file():
             raise EvaluatorInputError(f"{folder}: no evaluator.json (not a saved evaluator)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise EvaluatorInputError(f"{meta_path}: not valid JSON ({exc.msg}, line {exc.lineno}); the evaluator "
+                                      "folder is damaged: train it again or point to another") from None
         if meta.get("format") != FORMAT:
             raise EvaluatorInputError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT}")
         cfg = meta["config"]

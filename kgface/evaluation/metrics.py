@@ -12,6 +12,8 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import f1_score, roc_auc_score
 
+from ..errors import UserError
+
 
 def topk_accuracy(probs: np.ndarray, labels: Sequence[int], k: int = 1) -> float:
     """Share of rows whose true label is among the k highest scores."""
@@ -185,8 +187,9 @@ def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None
     """FID and KID (torchmetrics) with `feature` (a module: uint8 NCHW images -> features, with `num_features`) as
     the feature extractor. Returns fid, kid (mean), kid_std and n_real / n_generated.
 
-    KID's subset size is min(n_real, n_generated, subset_size or 1000). FID on d-dimensional features is biased and
-    unstable unless n is several times d; lead with KID for small sets.
+    KID's subset size is `subset_size` (at most the smaller set), else half the smaller set (at most 1,000): subsets
+    as large as a whole set would be that set every time, and kid_std would then say nothing about sampling. FID on
+    d-dimensional features is biased and unstable unless n is several times d; lead with KID for small sets.
     """
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -196,8 +199,9 @@ def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None
     gen = torch.as_tensor(generated_images)
     n_r, n_g = len(real), len(gen)
     if n_r < 2 or n_g < 2:
-        raise ValueError("FID/KID need at least 2 real and 2 generated images")
-    size = min(n_r, n_g, subset_size or 1000)
+        raise UserError(f"FID/KID need at least 2 real and 2 generated images (got {n_r} real, {n_g} "
+                                  "generated); score a larger set")
+    size = min(n_r, n_g, subset_size) if subset_size else max(2, min(n_r, n_g, 2000) // 2)
     fid = FrechetInceptionDistance(feature=feature, reset_real_features=True)
     kid = KernelInceptionDistance(feature=feature, subsets=subsets, subset_size=size, reset_real_features=True)
     for metric in (fid, kid):

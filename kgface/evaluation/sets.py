@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.manifest import N_STAGES
 from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from . import metrics as M
@@ -29,9 +30,17 @@ HEADLINE_STAGES = (2, 3)  # stage 0 is healthy-looking by construction; targets 
 
 
 def _test_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The test split when the manifest has one, else every row."""
-    test = df[df["split"] == "test"] if "split" in df.columns else df
-    return (test if len(test) else df).reset_index(drop=True)
+    """The real set's test split. A manifest without test rows is an error, not a fallback to every row: its train
+    rows may be what the evaluator learned from, which would inflate every real-set score and hide copies from the
+    memorisation audit."""
+    if "split" not in df.columns:  # a frame built in code; manifests on disk always have the column
+        return df.reset_index(drop=True)
+    test = df[df["split"] == "test"]
+    if not len(test):
+        counts = ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()) or "no rows"
+        raise EvaluatorInputError(f"real set: no rows with split=test ({counts}); the evaluator is read on test "
+                                  "images only, so mark the images it never trained on as split=test")
+    return test.reset_index(drop=True)
 
 
 def _rounded(obj):
@@ -176,10 +185,29 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     return out
 
 
-def _requested(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    d = table["requested_disease"] if "requested_disease" in table and table["requested_disease"].astype(str).str.len().gt(0).all() else table["disease"]
-    s = table["requested_stage"] if "requested_stage" in table and table["requested_stage"].astype(str).str.len().gt(0).all() else table["stage"]
-    return d.astype(str), s.astype(float).astype(int)
+def _filled(table: pd.DataFrame, column: str, fallback: str) -> pd.Series:
+    """`column` where a row fills it, else that row's `fallback` (row by row: one empty cell must not re-label the rest)."""
+    base = table[fallback].astype(str)
+    if column not in table:
+        return base
+    asked = table[column].fillna("").astype(str).str.strip()
+    return asked.where(asked != "", base)
+
+
+def _requested(table: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Each generated row's request: disease, severity (float: `kgface.generate` asks for e.g. 2.6) and stage (the
+    nearest integer, as the generator's own `stage` column rounds it) from requested_* where filled, else the row's
+    disease / stage."""
+    diseases = _filled(table, "requested_disease", "disease")
+    asked = _filled(table, "requested_stage", "stage")
+    severity = pd.to_numeric(asked, errors="coerce")
+    bad = (severity.isna() | (severity < 0) | (severity > N_STAGES - 1)).to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        where = table["path"].iloc[i] if "path" in table else f"row {i}"
+        raise EvaluatorInputError(f"generated set, {where}: requested stage {asked.iloc[i]!r} is not a number in "
+                                  f"[0, {N_STAGES - 1}]; fix its requested_stage (or stage) column")
+    return diseases, severity.astype(float), severity.round().astype(int)
 
 
 def _expected_sets(table: pd.DataFrame, diseases, stages, profiles: dict[str, FacialProfile], vocab) -> list[set]:
@@ -196,7 +224,7 @@ def _expected_sets(table: pd.DataFrame, diseases, stages, profiles: dict[str, Fa
                 ids = json.loads(req)
             except json.JSONDecodeError:
                 ids = None
-            if not isinstance(ids, list):
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                 raise EvaluatorInputError(f"generated set, {path}: requested_phenotypes {req[:60]!r} is not a JSON "
                                           "list of HPO ids; fix the column or leave it empty") from None
             out.append(set(ids) & voc)
@@ -260,7 +288,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         s_gen = evaluator.score_set(gen, keep_images=True)
         t = s_gen.table
         scored["generated"] = s_gen
-        req_d, req_s = _requested(t)
+        req_d, req_sev, req_s = _requested(t)
         evaluator.check_labels(req_d, "generated set")
         t["requested_disease"], t["requested_stage"] = req_d.values, req_s.values
         mode = t["mode"].astype(str) if "mode" in t else pd.Series([""] * len(t))
@@ -283,7 +311,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             g["per_stage_top1"] = M.per_stage_accuracy(list(req_d[sel]), list(t["pred_disease"][sel]),
                                                        list(req_s[sel]))
             dis = sel & (req_d != HEALTHY).to_numpy()
-            g["stage_spearman"] = M.spearman(req_s[dis], t["severity_pred"][dis])
+            g["stage_spearman"] = M.spearman(req_sev[dis], t["severity_pred"][dis])
             g["stage_mae"] = M.stage_mae(req_s[dis], t["stage_pred"][dis])
             expected = _expected_sets(t[sel], list(req_d[sel]), list(req_s[sel]), profiles, evaluator.phenotypes)
             g["profile_match_f1"] = M.profile_match_f1(list(t["detected"][sel]), expected)

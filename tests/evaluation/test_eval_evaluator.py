@@ -47,13 +47,15 @@ def test_cached_by_data_and_config_and_round_trip(tiny_evaluator, tiny_cfg, tiny
     loaded = Evaluator.load(folder)
     a, b = tiny_evaluator.score(images), loaded.score(images)
     assert np.allclose(a["pred_prob"], b["pred_prob"], atol=1e-5) and list(a["detected"]) == list(b["detected"])
-    # a changed manifest (content hash) is a different entry
-    df = pd.read_csv(tiny_data / "manifest.csv")
-    other = tiny_data / "manifest_copy.csv"
+    # a changed manifest (the same rows reversed; beside the images, whose paths are relative) is a different entry
+    df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    other = tiny_data / "manifest_reversed.csv"
     df.iloc[::-1].to_csv(other, index=False)
-    key_a = cache.entry("evaluator", {"x": 1}).key
-    from kgface.evaluation.evaluator import manifest_hash
-    assert manifest_hash(other) != manifest_hash(tiny_data / "manifest.csv") and key_a
+    try:
+        changed = fit_evaluator(tiny_cfg.evaluator, other, tiny_profiles, cache, progress=False)
+    finally:
+        other.unlink()
+    assert "cache_entry" in changed.info and changed.info["cache_entry"] != str(entry)
 
 
 def test_captions_name_disease_stage_and_phenotypes(tiny_profiles):
@@ -239,6 +241,7 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tmp_path, capsys
     # the entry: a manifest row with a missing image -> one line, exit 2
     bad = df.copy()
     bad.loc[0, "path"] = "images/missing.png"
+    bad.loc[0, "path"] = "images/missing.png"
     bad_path = tiny_data / "bad_manifest.csv"
     bad.to_csv(bad_path, index=False)
     from kgface.evaluate import main
@@ -409,7 +412,46 @@ def test_expected_sets_follow_the_drawn_phenotypes_then_the_labels_then_the_temp
     assert got[1] == {ids[0]}  # the image's own labels (intensity > 0)
     assert got[2] == set()  # a drawn empty set expects nothing
     assert got[3] == {p.hpo_id for p in stage_phenotypes(prof, 2)} & set(vocab)  # no draw, no labels: the template
-    for bad in ("HP:1", '"HP:1"', '{"HP:1": 1}'):  # not JSON; JSON but not a list
+    for bad in ("HP:1", '"HP:1"', '{"HP:1": 1}', '[["HP:1"]]'):  # not JSON; JSON but not a list of ids
         with pytest.raises(EvaluatorInputError, match="g7.png: requested_phenotypes"):
             _expected_sets(pd.DataFrame({"phenotypes": [{}], "requested_phenotypes": [bad], "path": ["g7.png"]}),
                            [prof.disease_id], [3], {prof.disease_id: prof}, vocab)
+
+
+def test_requests_are_read_row_by_row_and_continuous_stages_round():
+    from kgface.evaluation.sets import _requested
+
+    table = pd.DataFrame({"path": ["a.png", "b.png", "c.png", "d.png"], "disease": ["A", "B", "C", "D"],
+                          "stage": [3, 2, 1, 0], "requested_disease": ["X", "", "Z", float("nan")],
+                          "requested_stage": ["2.6", "", "0.4", "1.5"]})
+    diseases, severity, stages = _requested(table)
+    assert list(diseases) == ["X", "B", "Z", "D"]  # an empty cell falls back for its own row only
+    assert list(severity) == [2.6, 2.0, 0.4, 1.5]  # Spearman reads the requested severity
+    assert list(stages) == [3, 2, 0, 2]  # as the generator's own stage column rounds it (half to even)
+    for bad in ("two", "3.5", "-1"):
+        with pytest.raises(EvaluatorInputError, match=f"b.png: requested stage '{bad}' is not a number in"):
+            _requested(table.assign(requested_stage=["1", bad, "1", "1"]))
+
+
+def test_a_real_set_without_test_rows_and_a_one_image_set_are_clear_errors(tiny_evaluator, tiny_data, tmp_path):
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    with pytest.raises(EvaluatorInputError, match="no rows with split=test .*train"):
+        instrument_validity(tiny_evaluator, df[df["split"] != "test"])
+    one = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    one = one[one["split"] == "test"].head(1)
+    import shutil
+
+    shutil.copy(tiny_data / one["path"].iloc[0], tmp_path / "g0.png")
+    one["path"] = ["g0.png"]
+    gen = write_manifest([{**r, "source": "generated", "mode": "sample", "requested_disease": r["disease"],
+                           "requested_stage": r["stage"], "seed": 0, "source_image": ""}
+                          for r in one.to_dict("records")], tmp_path / "one.csv")
+    with pytest.raises(UserError, match="at least 2 real and 2 generated images .*1 generated"):
+        evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None)
+
+
+def test_a_damaged_evaluator_json_is_a_clear_error(tiny_evaluator, tmp_path):
+    folder = tiny_evaluator.save(tmp_path / "ev")
+    (folder / "evaluator.json").write_text('{"format": ', encoding="utf-8")
+    with pytest.raises(EvaluatorInputError, match="evaluator.json: not valid JSON"):
+        Evaluator.load(folder)

@@ -84,9 +84,11 @@ def test_fid_kid_identical_sets_near_zero_and_shift_positive():
     g = torch.Generator().manual_seed(0)
     real = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
     same = M.clip_fid_kid(real, real.clone(), LinearFeatures(), subsets=10)
-    # KID pairs each image with itself across the two sets: O(1/n) off zero, not exactly zero
+    # KID draws its subsets from each set apart: an unbiased estimate of 0, not exactly zero
     assert abs(same["fid"]) < 1e-3 and abs(same["kid"]) < 0.02
-    assert same["n_real"] == 64 and same["kid_subset_size"] == 64
+    assert same["n_real"] == 64 and same["kid_subset_size"] == 32  # half the smaller set: subsets that vary
+    assert same["kid_std"] > 0  # whole-set subsets made this 0 whatever the sets
+    assert M.clip_fid_kid(real, real.clone(), LinearFeatures(), subset_size=500, subsets=2)["kid_subset_size"] == 64
     shifted = (real.int() // 2 + 120).clamp(0, 255).to(torch.uint8)
     diff = M.clip_fid_kid(real, shifted, LinearFeatures(), subsets=10)
     assert diff["fid"] > 0.1 and diff["kid"] > 5 * abs(same["kid"])
