@@ -54,6 +54,14 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """A matplotlib figure written under a temporary name and renamed (the format from `path`'s extension)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    return path
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .cache import write_json_atomic
+from .cache import save_figure_atomic, write_json_atomic
 from .config import entry
 from .errors import UserError
 from .runtime import load_knowledge, load_profiles, make_cache, profile_source
@@ -413,7 +413,7 @@ def _plot_loss(losses: list[float], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss (smoothed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
 
 

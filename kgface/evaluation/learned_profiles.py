@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cache import write_json_atomic
+from ..cache import save_figure_atomic, write_json_atomic
 from ..kg import FacialProfile
 from .evaluator import HEALTHY, Evaluator, presence_matrix
 
@@ -144,7 +144,7 @@ def plot_learned(learned: dict, path: str | Path) -> Path:
     ax.set_ylim(-0.03, 1.03)
     ax.legend(fontsize=6, loc="upper left", ncol=1)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)
 

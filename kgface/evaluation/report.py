@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cache import write_json_atomic, write_text_atomic
+from ..cache import save_figure_atomic, write_json_atomic, write_text_atomic
 
 
 def _plt():
@@ -44,7 +44,7 @@ def plot_confusion(table: pd.DataFrame, classes: list[str], names: dict, path: P
     ax.set_ylabel("true" if label == "disease" else "requested")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -60,7 +60,7 @@ def plot_stage_scatter(table: pd.DataFrame, path: Path, stage: str = "stage", ti
     ax.set_ylabel("measured severity (CORAL head)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -83,7 +83,7 @@ def plot_phenotype_bars(aurocs: dict[str, float], names: dict[str, str], path: P
     ax.set_xlabel("AUROC of the phenotype head at full intensity")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -99,7 +99,7 @@ def image_grid(images, captions: list[str], path: Path, cols: int = 8) -> Path:
             ax.imshow(np.asarray(images[k]).transpose(1, 2, 0))
             ax.set_title(captions[k], fontsize=5)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -147,7 +147,7 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
     for p in (profiles.values() if isinstance(profiles, dict) else profiles or []):
         names.setdefault(p.disease_id, p.name)
         ph_names.update({x.hpo_id: x.name for x in p.phenotypes})
-    paths = {"metrics": write_json_atomic(out / "metrics.json", metrics)}
+    paths: dict[str, Path] = {}
     figs: list[tuple[str, Path]] = []
     if evaluator is not None and "real" in scored:
         t = scored["real"].table
@@ -192,4 +192,5 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
             + "\n".join(body) + "</body></html>\n")
     paths["report_html"] = write_text_atomic(out / "report.html", page)
     paths.update({p.stem: p for _, p in figs})
+    paths["metrics"] = write_json_atomic(out / "metrics.json", metrics)  # last: its presence means the report is whole
     return paths

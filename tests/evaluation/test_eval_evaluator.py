@@ -455,3 +455,25 @@ def test_a_damaged_evaluator_json_is_a_clear_error(tiny_evaluator, tmp_path):
     (folder / "evaluator.json").write_text('{"format": ', encoding="utf-8")
     with pytest.raises(EvaluatorInputError, match="evaluator.json: not valid JSON"):
         Evaluator.load(folder)
+
+
+def test_a_report_that_fails_midway_leaves_no_metrics_json(tiny_evaluator, tiny_data, tiny_profiles, tmp_path,
+                                                           monkeypatch):
+    """metrics.json is written last, every figure under a temporary name: a failed report is visibly unfinished."""
+    from kgface.evaluation import report
+
+    gen = _generated_manifest(tiny_data, tmp_path, n=12)
+    m, scored = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, return_scored=True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(report, "plot_stage_scatter", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="plot failed"):
+        report.write_report(out, m, scored, tiny_evaluator, tiny_profiles)
+    assert (out / "confusion_real.png").is_file()  # the figure before the failure is whole
+    assert not (out / "metrics.json").exists() and not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    paths = report.write_report(out, m, scored, tiny_evaluator, tiny_profiles)
+    assert json.loads(paths["metrics"].read_text())["generation"] == json.loads(json.dumps(m["generation"]))
