@@ -88,7 +88,10 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     assert v["oracle_top1"] > 0.8  # the phenotype vectors separate the panel at stages 2-3
     assert all(0 <= a <= 1 for a in v["phenotype_auroc"].values())
     blurred = instrument_validity(tiny_evaluator, df, roundtrip=lambda x: torch.zeros_like(x))
-    assert blurred["vae_ceiling_top1"] <= v["real_top1"] + 1e-9 or blurred["vae_ceiling_top1"] < 0.5
+    # every black image gets one prediction: top-1 can be at most the largest class's share of the headline rows
+    test = df[df["split"] == "test"]
+    head = test[test["stage"].isin([2, 3]) | (test["disease"] == "healthy")]
+    assert blurred["vae_ceiling_top1"] <= head["disease"].value_counts(normalize=True).max() + 1e-9
     # a black image carries no stage: its severity is one constant, the rank correlation is undefined (nan)
     assert np.isnan(blurred["vae_ceiling_stage_spearman"])
 
