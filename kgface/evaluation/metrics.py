@@ -199,8 +199,8 @@ def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None
     gen = torch.as_tensor(generated_images)
     n_r, n_g = len(real), len(gen)
     if n_r < 2 or n_g < 2:
-        raise UserError(f"FID/KID need at least 2 real and 2 generated images (got {n_r} real, {n_g} "
-                                  "generated); score a larger set")
+        raise UserError(f"FID/KID need at least 2 real and 2 generated images (got {n_r} real, {n_g} generated); "
+                        "score a larger set")
     size = min(n_r, n_g, subset_size) if subset_size else max(2, min(n_r, n_g, 2000) // 2)
     fid = FrechetInceptionDistance(feature=feature, reset_real_features=True)
     kid = KernelInceptionDistance(feature=feature, subsets=subsets, subset_size=size, reset_real_features=True)

@@ -186,7 +186,8 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
 
 
 def _filled(table: pd.DataFrame, column: str, fallback: str) -> pd.Series:
-    """`column` where a row fills it, else that row's `fallback` (row by row: one empty cell must not re-label the rest)."""
+    """`column` where a row fills it, else that row's `fallback`, row by row (one empty cell must not re-label the
+    rest)."""
     base = table[fallback].astype(str)
     if column not in table:
         return base
