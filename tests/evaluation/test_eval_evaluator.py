@@ -254,6 +254,7 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tmp_path, capsys
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
+    assert not (tmp_path / "o" / "metrics.json").exists()  # nothing that looks finished
     with pytest.raises(SystemExit) as exc:
         main([f"hydra.run.dir={tmp_path / 'o2'}"])
     assert exc.value.code == 2
