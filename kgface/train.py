@@ -164,8 +164,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     metrics["timings"] = {k: round(v, 1) for k, v in timings.items()}
     metrics["timings"]["total_s"] = round(time.perf_counter() - t0, 1)
     metrics["conditioning"] = modes[0] if len(modes) == 1 else modes
-    write_json_atomic(out_dir / "metrics.json", metrics)
     _report(out_dir, metrics, modes)
+    write_json_atomic(out_dir / "metrics.json", metrics)  # last, as in the evaluation report: a whole run has it
     cache.record(out_dir)
     print(f"done in {time.perf_counter() - t0:.0f} s: {out_dir / 'report.md'}")
     return metrics
