@@ -26,6 +26,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from kgface.cache import atomic_path
     from kgface.generate import main as generate
 
     run = args.run
@@ -54,7 +55,8 @@ def main(argv=None):
         out = args.out / mode
         generate(common + overrides + [f"hydra.run.dir={out}"])
         picture = out / "strips" / "seed0.png" if mode == "progression" else out / "grid.png"
-        shutil.copyfile(picture, args.img / f"generation_{mode}.png")
+        with atomic_path(args.img / f"generation_{mode}.png") as tmp:
+            shutil.copyfile(picture, tmp)
         print(f"{mode}: {out} -> {args.img / f'generation_{mode}.png'}")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from kgface.cache import atomic_path
 from kgface.data.phantom import all_effect_keys, render_face, sample_identity
 
 INTENSITIES = (0.0, 0.5, 1.0)
@@ -40,8 +41,9 @@ def main():
     args = ap.parse_args()
     keys = args.keys or all_effect_keys()
     identities = [sample_identity(0, i) for i in args.identities]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    contact_sheet(keys, identities, args.size).save(args.out, optimize=True)
+    sheet = contact_sheet(keys, identities, args.size)
+    with atomic_path(args.out) as tmp:  # a temporary name, renamed: no half-written picture in docs/img
+        sheet.save(tmp, format=Path(args.out).suffix.lstrip(".").upper() or "PNG", optimize=True)
     print(f"wrote {args.out}: {len(keys)} effect keys x {len(identities)} identities x {len(INTENSITIES)} intensities")
 
 

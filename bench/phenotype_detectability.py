@@ -76,6 +76,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     from sklearn.metrics import roc_auc_score
 
+    from kgface.cache import write_text_atomic
     from kgface.config import compose
     from kgface.data.build import _data_dict, isolated_effect_images
     from kgface.data.manifest import read_manifest, write_manifest
@@ -146,7 +147,7 @@ def main(argv=None):
                           "min": round(float(a.min()), 3), "share_ge_0.9": round(float((a >= 0.9).mean()), 3),
                           "seconds": round(time.time() - start)}))
     if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=1))
+        write_text_atomic(args.out, json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ def main(argv=None):
     import torch
     import torchvision
 
+    from kgface.cache import atomic_path, write_text_atomic
     from kgface.diffusion.generator import Generator, Request
     from kgface.diffusion.run_loading import heldout_of, load_run
     from kgface.diffusion.training_data import atlas_training_rows
@@ -147,9 +148,10 @@ def main(argv=None):
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             strip = torch.cat([real[:12], vae[:12], fake[:12]]).float() / 255
-            torchvision.utils.save_image(strip, out / f"phenotype_rendering_{run.name}.png", nrow=12, padding=1)
+            with atomic_path(out / f"phenotype_rendering_{run.name}.png") as tmp:
+                torchvision.utils.save_image(strip, tmp, format="png", nrow=12, padding=1)
     if args.out:
-        Path(args.out, "phenotype_rendering.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        write_text_atomic(Path(args.out, "phenotype_rendering.json"), json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
