@@ -301,6 +301,34 @@ def _severities(cfg: DictConfig, profile) -> list[float]:
     return [severity_from_count(int(round(n))) for n in counts]
 
 
+def _file_safe(text: str) -> str:
+    """An identity usable as a file name (strips and grid rows are named by it)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "input"
+
+
+def _number(value, key: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{key}={value}: not a number") from None
+
+
+def _torch_device(name) -> torch.device:
+    """`device=`: cpu (default), cuda, cuda:N, or auto (the first GPU when there is one)."""
+    name = "cpu" if name in (None, "") else str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name} is not a torch device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name}: this torch sees no CUDA GPU; use device=cpu")
+    return device
+
+
 def _row(profile, severity: float, seed: int, mode: str, identity: str, phenotypes=None) -> dict:
     s = 0.0 if profile.healthy else float(severity)
     return {"identity": identity, "disease": profile.disease_id, "stage": int(round(s)), "severity": round(s, 4),
@@ -350,9 +378,13 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
                                                                      intensities.get(p.disease_id)), p.disease_id))
     elif mode == "transform":
         target = profiles.get(cfg.target)
-        s = float(cfg.stage)
+        s = _number(cfg.stage, "stage")
         if not 0.0 <= s <= 3.0:
             raise UserError(f"stage={cfg.stage}: the target stage must lie in [0, 3]")
+        if target.healthy:  # healthy was only ever trained at severity 0, and its rows say 0
+            if s != 0.0:
+                log.info("target=healthy: stage=%g ignored (healthy is drawn at severity 0)", s)
+            s = 0.0
         for path, ident in input_files(cfg.input):
             img = prepare_image(path, size)
             for seed in seeds:
@@ -369,9 +401,12 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
                 else _severities(cfg, p))
         sources = [(path, ident, prepare_image(path, size)) for path, ident in input_files(cfg.input)] \
             if cfg.input else [(None, None, None)]
-        for path, ident, img in sources:
+        repeated = len({ident for _, ident, _ in sources}) < len(sources)
+        for k, (path, ident, img) in enumerate(sources):
+            # one strip per input image: inputs sharing an identity (a person at several stages) keep their own strip
+            name = _file_safe(f"{k:03d}_{ident}" if repeated else ident) if path else ""
             for seed in seeds:
-                group = f"{ident}_seed{seed}" if path else f"seed{seed}"
+                group = f"{name}_seed{seed}" if path else f"seed{seed}"
                 for s in ramp:  # the same seed = the same noise for every frame: only the condition changes
                     row = _row(p, s, seed, mode, ident or f"seed-{seed}")
                     items.append(Item(Request(p, s, seed, age), row, group, img, path.stem if path else "",
@@ -493,7 +528,9 @@ def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: tor
         if cfg.grid:
             save_grid(images, items, staging / "grid.png", f"{cfg.mode}: {summary['run']}")
         (staging / "generation.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-        # move in: folders file by file, then the manifest last (atomically), so it only names files that exist
+        # move in: folders file by file, then the manifest last (atomically), so it only names files that exist;
+        # an older manifest in a reused OUT goes first, so it never describes the images that replace its own
+        (out_dir / "manifest.csv").unlink(missing_ok=True)
         for entry_ in sorted(staging.iterdir()):
             dest = out_dir / entry_.name
             if entry_.is_dir():
@@ -590,14 +627,27 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         parse_phenotypes(cfg.phenotypes)  # fail on a mis-parsed override before loading anything
     if (cfg.mask is not None or cfg.keep is not None) and not (cfg.mode in ("transform", "progression") and cfg.input):
         raise UserError("mask= / keep= need an input image (mode=transform, or mode=progression with input=)")
-    if not 0.0 < float(cfg.strength) <= 1.0:
+    if OmegaConf.is_missing(cfg, "run") or cfg.run in (None, ""):
+        raise UserError("run= is required: a kgface.train output directory (python -m kgface.generate run=RUN_DIR)")
+    if not 0.0 < _number(cfg.strength, "strength") <= 1.0:
         raise UserError(f"strength={cfg.strength} must lie in (0, 1]")
+    if not _number(cfg.batch_size, "batch_size") >= 1:
+        raise UserError(f"batch_size={cfg.batch_size} must be >= 1")
+    seeds = [_number(s, "seeds") for s in _as_list(cfg.seeds, "seeds")]
+    if any(s != int(s) or s < 0 for s in seeds):
+        raise UserError(f"seeds={cfg.seeds}: seeds are integers >= 0")
+    if cfg.frames is not None and (_number(cfg.frames, "frames") != int(cfg.frames) or int(cfg.frames) < 2):
+        raise UserError(f"frames={cfg.frames}: a progression ramp needs an integer number of frames >= 2")
     if cfg.inversion and not (cfg.mode in ("transform", "progression") and cfg.input):
         raise UserError("inversion=true needs input images (mode=transform, or mode=progression with input=)")
     checked_identity = check_identity(cfg)
     cache = make_cache(cfg)
-    backbone, conditioner, run_profiles, run_cfg = load_run(Path(str(cfg.run)).expanduser(), cache=cache,
-                                                           adapter_scale=cfg.adapter_scale)
+    device = _torch_device(cfg.get("device"))
+    run_dir = Path(str(cfg.run)).expanduser()
+    backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale)
+    backbone.unet.to(device)  # the text encoder stays on the CPU: its states are cached per prompt and moved
+    backbone.vae.to(device)
+    conditioner.to(device)
     if run_cfg.kg.source != cfg.kg.source:
         raise UserError(f"kg={cfg.kg.source} but run={cfg.run} was trained with kg={run_cfg.kg.source}; "
                         f"set kg={run_cfg.kg.source}")
@@ -612,12 +662,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         age = AGE_INDEX[str(cfg.age)]
 
     profiles = Profiles(cfg, run_profiles, cache)
-    items, intensities = plan(cfg, profiles, run_profiles, backbone.image_size, age)
     trained = {p.disease_id for p in conditioner.profiles}
-    heldout = heldout_of(Path(str(cfg.run)))
+    # `diseases=null` means every profile the run can draw: a class run cannot draw the diseases it held out
+    drawable = [p for p in run_profiles if p.disease_id in trained] if conditioner.mode == "class" else run_profiles
+    items, intensities = plan(cfg, profiles, drawable, backbone.image_size, age)
+    heldout = heldout_of(run_dir)
     inversion = None
     if cfg.inversion:
-        s = float(cfg.source_stage)
+        s = _number(cfg.source_stage, "source_stage")
         if not 0.0 <= s <= 3.0:
             raise UserError(f"source_stage={cfg.source_stage}: the input's stage must lie in [0, 3]")
         inversion = (profiles.get(cfg.source_disease), s)
@@ -636,7 +688,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         it.row["trained"] = it.row["disease"] in trained
         it.row["heldout"] = it.row["disease"] in heldout
     mask = edit_mask(cfg.mask, cfg.keep, backbone.image_size)
-    evaluator, evaluator_note = (find_evaluator(cfg, Path(str(cfg.run)).expanduser())
+    evaluator, evaluator_note = (find_evaluator(cfg, run_dir)
                                  if any(it.source is not None for it in items) else (None, ""))
     identity = None
     if checked_identity is not None:
@@ -645,8 +697,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         for it in items:
             it.row["identity_reference"] = it.extra.get("input", "") if ref == "input" else ref
 
-    guidance = float(cfg.guidance if cfg.guidance is not None else run_cfg.model.sample.guidance)
-    steps = int(cfg.steps if cfg.steps is not None else run_cfg.model.sample.steps)
+    guidance = _number(cfg.guidance if cfg.guidance is not None else run_cfg.model.sample.guidance, "guidance")
+    steps = _number(cfg.steps if cfg.steps is not None else run_cfg.model.sample.steps, "steps")
+    n_train = int(backbone.scheduler.config.num_train_timesteps)
+    if steps != int(steps) or not 1 <= steps <= n_train:
+        raise UserError(f"steps={steps:g}: DDIM steps are an integer in [1, {n_train}] (the model's noise ladder)")
+    steps = int(steps)
     gen = Generator(backbone, conditioner, guidance=guidance, steps=steps)
     drawn = gen.requested_phenotypes([it.request for it in items])
     for it, ids in zip(items, drawn or []):  # a run trained on observed phenotype sets draws one per image

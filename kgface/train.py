@@ -69,6 +69,11 @@ def preflight(cfg: DictConfig) -> None:
         if not atlas_faces:
             raise UserError("evaluator.phenotype_heads=atlas needs a phenotype atlas: set data.atlas.faces > 0 "
                             "(experiment=benchmark: 8000) or evaluator.phenotype_heads=all")
+    stages = list(cfg.samples.stages or [])
+    if not stages or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= 3 for s in stages):
+        # the samples' rows label each image by its stage: a 1.5 would be drawn at 1.5 and labelled 1
+        raise UserError(f"samples.stages={stages}: whole stages in 0-3, e.g. [0,1,2,3] (continuous severities: "
+                        f"python -m kgface.generate stages=...)")
     share = atlas_share_of(cfg)
     if not 0.0 <= share < 1.0:
         raise UserError(f"trainer.atlas_share={share}: use a share of the batches in [0, 1)")

@@ -159,6 +159,58 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     assert "has no model/ or adapter.safetensors" in fails(capsys, empty, tmp_path / "c")
     assert "stage" in fails(capsys, micro_run, tmp_path / "d", "stages=[4]")
     assert "mask" in fails(capsys, micro_run, tmp_path / "e", "keep=[eyes]")
+    # numbers that used to end in a traceback (batch_size=0: IndexError; steps=0: ZeroDivisionError) or in silent
+    # garbage (steps above the 1,000-step ladder repeated timestep 0)
+    for k, (arg, key) in enumerate([("batch_size=0", "batch_size"), ("steps=0", "steps"), ("steps=5000", "steps"),
+                                    ("strength=half", "strength"), ("seeds=[-1]", "seeds"), ("frames=1", "frames"),
+                                    ("device=banana", "device")]):
+        assert fails(capsys, micro_run, tmp_path / f"n{k}", arg).startswith(f"kgface.generate: error: {key}=")
+    with pytest.raises(SystemExit) as info:
+        from kgface.generate import main
+
+        main([f"hydra.run.dir={tmp_path / 'no_run'}"])  # run= was Hydra's MissingMandatoryValue traceback
+    assert info.value.code == 2 and "run= is required" in capsys.readouterr().err
+
+
+def test_transform_to_healthy_is_drawn_at_severity_zero(micro_run, tmp_path, monkeypatch, session_cache_dir):
+    """The default stage=3 applies to diseases: healthy was only trained at severity 0, which its rows state."""
+    from kgface.config import compose
+    from kgface.diffusion.run_loading import load_run
+    from kgface.generate import Profiles, plan
+    from kgface.runtime import make_cache
+
+    monkeypatch.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
+    face = sorted((micro_run / "samples" / "images").glob("*.png"))[0]
+    cfg = compose("generate", [f"run={micro_run}", "mode=transform", f"input={face}", "target=healthy"])
+    assert cfg.stage == 3  # the default this test is about
+    cache = make_cache(cfg)
+    _, _, run_profiles, _ = load_run(micro_run, cache=cache)
+    items, _ = plan(cfg, Profiles(cfg, run_profiles, cache), run_profiles, 32, -1)
+    assert [it.request.severity for it in items] == [0.0] and items[0].row["requested_stage"] == 0.0
+    items, _ = plan(compose("generate", [f"run={micro_run}", "mode=transform", f"input={face}",
+                                         "target=ORPHA:870", "stage=2.5"]), Profiles(cfg, run_profiles, cache),
+                    run_profiles, 32, -1)
+    assert [it.request.severity for it in items] == [2.5] and items[0].row["requested_stage"] == 2.5
+
+
+def test_progression_keeps_one_strip_per_input_when_inputs_share_an_identity(micro_run, tmp_path):
+    """A manifest with one person at two stages: two strips (each its own photo), not one strip cutting between
+    them."""
+    import pandas as pd
+
+    rows = read_manifest(micro_run / "samples" / "manifest.csv")[0].iloc[:2].copy()
+    rows["identity"] = "patient/1"  # the same person, and a character a file name cannot hold
+    for k, rel in enumerate(rows["path"]):
+        Image.open(micro_run / "samples" / rel).save(tmp_path / f"visit{k}.png")
+    rows["path"] = ["visit0.png", "visit1.png"]
+    manifest = tmp_path / "two.csv"
+    pd.DataFrame(rows[["path", "identity", "disease", "stage", "split"]]).to_csv(manifest, index=False)
+    generate(micro_run, tmp_path / "o", "mode=progression", "disease=ORPHA:870", f"input={manifest}",
+             "stages=[0,3]", "seeds=[1]")
+    strips = sorted(p.name for p in (tmp_path / "o" / "strips").glob("*.png"))
+    assert strips == ["000_patient_1_seed1.png", "001_patient_1_seed1.png"]
+    df, _ = read_manifest(tmp_path / "o" / "manifest.csv")
+    assert df["source_image"].nunique() == 2 and len(df) == 4
 
 
 def test_transform_from_a_manifest_with_a_png_mask(micro_run, tmp_path):
@@ -219,6 +271,11 @@ def test_text_and_class_baselines_generate(baselines_run, tmp_path, capsys):
     assert df["heldout"].tolist() == ["True", "False"]
     generate(baselines_run / "class", tmp_path / "c", "diseases=[ORPHA:870,healthy]", "stages=[2]")
     assert len(read_manifest(tmp_path / "c" / "manifest.csv")[0]) == 2
+    # diseases=null is every disease the run can draw: for a class run, the trained ones (not its held-out Noonan)
+    generate(baselines_run / "class", tmp_path / "all", "stages=[3]")
+    df, _ = read_manifest(tmp_path / "all" / "manifest.csv")
+    assert "ORPHA:648" not in set(df["disease"]) and "ORPHA:870" in set(df["disease"]) and not df["heldout"].eq(
+        "True").any()
     err = fails(capsys, baselines_run / "class", tmp_path / "x", "diseases=[ORPHA:870,ORPHA:648]")
     assert "conditioning=class" in err and "ORPHA:648 (Noonan syndrome, held out in training)" in err
     err = fails(capsys, baselines_run / "class", tmp_path / "y", "mode=compose", "disease=ORPHA:904")

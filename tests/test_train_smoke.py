@@ -85,6 +85,10 @@ def test_bad_overrides_are_clear_errors(tmp_path, capsys):
         main(["experiment=benchmark", "data.atlas.faces=0", f"hydra.run.dir={tmp_path / 'c'}", "progress=false"])
     assert info.value.code == 2 and "data.atlas.faces" in capsys.readouterr().err
     assert not (tmp_path / "c" / "profiles.json").exists()
+    with pytest.raises(SystemExit) as info:  # a 1.5 was drawn at 1.5 and labelled stage 1 in the samples
+        main(MICRO + ["samples.stages=[0,1.5]", f"hydra.run.dir={tmp_path / 'd'}"])
+    assert info.value.code == 2 and "samples.stages=[0, 1.5]" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "profiles.json").exists()
 
 
 def test_experiment_and_model_groups_compose():

@@ -40,7 +40,7 @@ class ClassTokens(nn.Module):
         self.null_tokens = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)
 
     def forward(self, idx: torch.Tensor, severity: torch.Tensor) -> torch.Tensor:
-        freqs = torch.arange(4, dtype=torch.float32) + 1
+        freqs = torch.arange(4, dtype=torch.float32, device=severity.device) + 1
         ang = severity.float()[:, None] / 3.0 * math.pi * freqs
         return self.tokens[idx] + self.stage(torch.cat([ang.sin(), ang.cos()], -1))[:, None, :]
 
@@ -100,12 +100,16 @@ class Conditioner(nn.Module):
         """KG / class tokens [B, K, D]; `graphs` overrides the per-profile graphs (custom or unseen profiles)."""
         if self.mode == "text":
             return None
+        # inputs follow the weights (accelerate moves the conditioner to the GPU; graphs and indices are built on
+        # the CPU)
+        device = next(self.parameters()).device
+        severity = severity.to(device)
         if self.mode == "class":
-            return self.class_tokens(idx, severity)
+            return self.class_tokens(idx.to(device), severity)
         from torch_geometric.data import Batch
 
         batch = graphs if graphs is not None else Batch.from_data_list([self._graphs[int(i)] for i in idx])
-        return self.encoder(batch, severity.float(), age)
+        return self.encoder(batch.to(device), severity.float(), None if age is None else age.to(device))
 
     def null(self, batch_size: int) -> torch.Tensor | None:
         if self.mode == "text":

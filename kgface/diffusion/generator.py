@@ -29,6 +29,12 @@ class Generator:
         self._index = {p.disease_id: i for i, p in enumerate(conditioner.profiles)}
 
     @property
+    def device(self) -> torch.device:
+        """Where the UNet is (a GPU after accelerate's prepare): every input is moved there; noise is still drawn on
+        the CPU from each request's seed, so a seed gives the same start on any device."""
+        return next(self.backbone.unet.parameters()).device
+
+    @property
     def draws_phenotypes(self) -> bool:
         return self.conditioner.phenotype_draws
 
@@ -78,19 +84,21 @@ class Generator:
         if noise is None:
             noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(r.seed)))
                                  for r in reqs])
+        noise = noise.to(self.device)
         steps = ddim_timesteps(b.scheduler.config.num_train_timesteps, self.steps, strength)
         alphas = b.scheduler.alphas_cumprod
-        x = noise if init_latents is None else noise_to(init_latents, noise, steps[0], alphas)
+        x = noise if init_latents is None else noise_to(init_latents.to(self.device), noise, steps[0], alphas)
         return ddim_sample(cfg_model(b.unet, self.guidance), x, steps, alphas, self.condition(reqs))
 
     def condition(self, reqs: list[Request]) -> tuple:
         """The sampler's `cond` tuple: text states, KG tokens and their null (CFG) counterparts, SDXL's added kwargs."""
-        b = self.backbone
+        b, dev = self.backbone, self.device
         states, added = b.text_states(self._prompts(reqs))
         null_states, null_added = b.text_states([""] * len(reqs))
         tokens = self._tokens(reqs)
         null_tokens = self.conditioner.null(len(reqs)) if tokens is not None else None
-        return states, tokens, null_states, null_tokens, added, null_added
+        return (states.to(dev), tokens, null_states.to(dev), null_tokens, {k: v.to(dev) for k, v in added.items()},
+                {k: v.to(dev) for k, v in null_added.items()})
 
     @torch.no_grad()
     def invert(self, latents: torch.Tensor, source_reqs: list[Request], strength: float) -> torch.Tensor:
@@ -98,7 +106,7 @@ class Generator:
         the `strength` share of the ladder: the start `latents(noise=...)` takes instead of fresh noise."""
         b = self.backbone
         steps = ddim_timesteps(b.scheduler.config.num_train_timesteps, self.steps, strength)
-        return ddim_invert(cfg_model(b.unet, 1.0), latents, steps, b.scheduler.alphas_cumprod,
+        return ddim_invert(cfg_model(b.unet, 1.0), latents.to(self.device), steps, b.scheduler.alphas_cumprod,
                            self.condition(source_reqs))
 
     @torch.no_grad()
@@ -107,13 +115,15 @@ class Generator:
         from .vae import to_uint8
 
         vae = self.backbone.vae
-        return to_uint8(vae.decode(latents / vae.config.scaling_factor).sample)
+        latents = latents.to(next(vae.parameters()).device)
+        return to_uint8(vae.decode(latents / vae.config.scaling_factor).sample).cpu()  # images live on the CPU
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         from .vae import to_model
 
         vae = self.backbone.vae
+        images = images.to(next(vae.parameters()).device)
         return vae.encode(to_model(images)).latent_dist.mean * vae.config.scaling_factor
 
     def sample(self, reqs: list[Request], batch_size: int = 32, **kw) -> torch.Tensor:

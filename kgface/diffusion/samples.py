@@ -14,7 +14,15 @@ from pathlib import Path
 
 import torch
 
+from ..cache import atomic_path
 from .generator import Request
+
+
+def save_png(image, path: Path) -> Path:
+    """A PIL image written under a temporary name and renamed: a killed run leaves no truncated PNG."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
 
 
 def sample_grid(generator, profiles, stages, per_cell: int, seed: int):
@@ -28,6 +36,9 @@ def sample_grid(generator, profiles, stages, per_cell: int, seed: int):
                 reqs.append(Request(p, 0.0 if p.healthy else float(s), sd))
                 rows.append({"disease": p.disease_id, "stage": 0 if p.healthy else int(s), "seed": sd,
                              "mode": "sample"})
+                if not p.healthy and float(s) != int(s):  # a label must say what was drawn
+                    raise ValueError(f"samples.stages={list(stages)}: the run's samples are drawn at whole stages "
+                                     f"0-3 (continuous severities: python -m kgface.generate stages=...)")
     _note_requested(generator, reqs, rows)
     return generator.sample(reqs), rows
 
@@ -93,8 +104,7 @@ def write_set(images: torch.Tensor, rows: list[dict], folder: Path, heldout: set
     for i, (img, r) in enumerate(zip(images, rows)):
         mode = r.get("mode", "sample")
         rel = f"images/{mode}_{r['disease'].replace(':', '_')}_s{r['stage']}_seed{r['seed']}.png"
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / rel)
+        save_png(Image.fromarray(img.permute(1, 2, 0).numpy()), folder / rel)
         out.append({"path": rel, "identity": f"seed-{r['seed']}", "disease": r["disease"], "stage": r["stage"],
                     "severity": float(r["stage"]), "split": "test", "source": "generated", "phenotypes": "{}",
                     "mode": mode, "requested_disease": r["disease"], "requested_stage": r["stage"],
@@ -112,9 +122,7 @@ def save_grid(images: torch.Tensor, rows: list[dict], names: dict, path: Path, c
     diseases = list(dict.fromkeys(r["disease"] for r in rows))
     sheet_rows = [(f"{d}\n{names.get(d, '')[:26]}", [images[i] for i, r in enumerate(rows) if r["disease"] == d]
                    [:len(columns)]) for d in diseases]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labelled_sheet(sheet_rows, columns=columns, label_width=170).save(path)
-    return path
+    return save_png(labelled_sheet(sheet_rows, columns=columns, label_width=170), path)
 
 
 def save_pairs(sources: list[str], images: torch.Tensor, rows: list[dict], names: dict, path: Path,
@@ -135,6 +143,4 @@ def save_pairs(sources: list[str], images: torch.Tensor, rows: list[dict], names
         sheet.paste(before, (x, y))
         sheet.paste(Image.fromarray(img.permute(1, 2, 0).numpy()), (x, y + size))
         draw.text((x + 1, y + 2 * size), ("-> " + names.get(r["disease"], r["disease"]))[:size // 6], fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    return save_png(sheet, path)

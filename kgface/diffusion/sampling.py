@@ -17,6 +17,8 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, strength: float = 1.0) 
     """Descending timesteps of a `steps`-step DDIM schedule, truncated to the last `strength` share."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if not 1 <= steps <= num_train_timesteps:  # more steps than the ladder has would repeat timestep 0
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
     ratio = num_train_timesteps // steps
     ts = (torch.arange(steps) * ratio).flip(0)  # e.g. 980, 960, ..., 0
     keep = max(1, int(round(steps * strength)))

@@ -1,0 +1,65 @@
+"""The samplers as pure functions (kgface/diffusion/sampling.py) on constructed models with known answers."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from kgface.diffusion.sampling import cfg_model, ddim_invert, ddim_sample, ddim_timesteps, noise_to
+
+ALPHAS = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+
+
+class StateUNet:
+    """eps = the mean of the text states, broadcast: the conditional and unconditional branches differ by known
+    constants. Records the batch sizes it was called with."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, x, t, encoder_hidden_states, added_cond_kwargs=None):
+        self.batches.append(x.shape[0])
+        return SimpleNamespace(sample=encoder_hidden_states.mean(dim=(1, 2)).view(-1, 1, 1, 1).expand_as(x))
+
+
+def test_guidance_combines_the_branches_as_uncond_plus_g_times_the_difference():
+    unet, x = StateUNet(), torch.zeros(2, 4, 3, 3)
+    cond = (torch.full((2, 5, 8), 2.0), None, torch.full((2, 5, 8), 0.5), None, {}, {})
+    out = cfg_model(unet, 3.0)(x, torch.tensor(10), cond)
+    assert torch.allclose(out, torch.full_like(x, 0.5 + 3.0 * (2.0 - 0.5)))  # 5.0; a sign slip gives -4.0 or 2.0
+    assert unet.batches == [4]  # both branches in one call
+    out = cfg_model(unet, 1.0)(x, torch.tensor(10), cond)
+    assert torch.allclose(out, torch.full_like(x, 2.0)) and unet.batches[-1] == 2  # guidance 1: the condition alone
+
+
+def test_ddim_timesteps_truncate_by_strength_and_refuse_impossible_step_counts():
+    assert ddim_timesteps(1000, 10).tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    assert ddim_timesteps(1000, 10, strength=0.3).tolist() == [200, 100, 0]
+    assert ddim_timesteps(1000, 10, strength=0.01).tolist() == [0]  # at least one step
+    with pytest.raises(ValueError, match="steps"):
+        ddim_timesteps(1000, 5000)  # would repeat timestep 0 five thousand times
+    with pytest.raises(ValueError, match="steps"):
+        ddim_timesteps(1000, 0)
+    with pytest.raises(ValueError, match="strength"):
+        ddim_timesteps(1000, 10, strength=0.0)
+
+
+def oracle(x0):
+    """The exact noise prediction for a known clean latent: x_t = sqrt(a) x0 + sqrt(1 - a) eps."""
+    def fn(x, t, cond):
+        a = ALPHAS[t]
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+    return fn
+
+
+def test_ddim_with_an_exact_model_lands_on_the_clean_latent_and_inversion_is_its_inverse():
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    steps = ddim_timesteps(1000, 20, strength=0.6)
+    start = noise_to(x0, noise, steps[0], ALPHAS)
+    assert torch.allclose(ddim_sample(oracle(x0), start, steps, ALPHAS), x0, atol=1e-4)
+    up = ddim_invert(oracle(x0), x0, steps, ALPHAS)
+    assert torch.allclose(ddim_sample(oracle(x0), up, steps, ALPHAS), x0, atol=1e-4)
+    # a model that always predicts zero noise keeps the scaled start: DDIM's x0 estimate is x / sqrt(a)
+    flat = ddim_sample(lambda x, t, c: torch.zeros_like(x), start, steps, ALPHAS)
+    assert torch.allclose(flat, start / ALPHAS[steps[0]].sqrt(), atol=1e-4)
