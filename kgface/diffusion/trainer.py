@@ -227,7 +227,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                     states = torch.where(drop_txt.view(-1, 1, 1), null_states.expand_as(states), states)
                     added = {k: torch.where(drop_txt.view(-1, *[1] * (v.ndim - 1)), null_added[k].expand_as(v), v)
                              for k, v in added.items()}
-                kw = dict(added)
+                kw = {k: v.to(device) for k, v in added.items()}  # SDXL's text_embeds / time_ids, built on the CPU
                 if conditioner.uses_tokens:
                     tokens = conditioner.tokens(cls, data.severity[idx].to(device), data.age[idx].to(device)
                                                 if conditioner.uses_kg and
