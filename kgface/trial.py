@@ -6,7 +6,9 @@ The design (`trial=` group, conf/trial/) is validated, each patient's schedule a
 severity (kgface.trials.images), the evaluator reads each image, and each treatment's effect is estimated from the
 true and from the measured severities (kgface.trials.analysis), with a coverage study of the design.
 Outputs: OUT/trial.csv, OUT/trial.parquet, OUT/images/<patient>/, OUT/report.md with its figures, OUT/trial.json.
-Everything is checked before anything is generated, written to a staging folder and moved in, trial.csv last.
+Everything is checked before anything is generated (the trial's table is simulated first: a design the analysis
+cannot identify fails before any model loads), written to a staging folder and moved in, trial.csv last, replacing a
+previous trial's outputs in OUT as a whole (kgface.trials.report.write_outputs).
 """
 from __future__ import annotations
 
@@ -36,6 +38,13 @@ def _data_info(run_dir: Path) -> dict:
     return {}
 
 
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")  # fails the range check that follows, with its one-line error
+
+
 def _image_seed(seed: int, patient: int) -> int:
     return int(np.random.SeedSequence([int(seed), 3, patient]).generate_state(1)[0])
 
@@ -60,21 +69,28 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .prompts.wording import STAGE_SCALES
     from .runtime import make_cache
     from .trials import analysis, report
-    from .trials.design import check_size, design_from_config, from_condition, simulate, to_condition, true_effects
+    from .trials.design import (check_size, design_from_config, from_condition, simulate, to_condition, true_effects,
+                                whole)
     from .trials.images import baseline_faces, daily_images, instrument
     from .trials.measurement import fit_measurement_model
 
     t0 = time.perf_counter()
-    if int(cfg.get("num_threads") or 0) > 0:
-        torch.set_num_threads(int(cfg.num_threads))
     # 1. everything that can be checked without the model, then the run, the disease and the faces
+    seed = whole(cfg.get("seed"), "seed", 0, "numpy seeds cannot be negative; give a whole number >= 0")
+    threads = whole(cfg.get("num_threads") or 0, "num_threads", 0, "cannot be negative (0 = torch's default)")
+    if threads > 0:
+        torch.set_num_threads(threads)
     design = design_from_config(cfg.trial)
-    n_images = check_size(design, int(cfg.max_images or 0))
-    if not 0.0 < float(cfg.strength) <= 1.0:
+    n_images = check_size(design, whole(cfg.max_images or 0, "max_images", 0, "cannot be negative (0 = no limit)"))
+    if not 0.0 < _number(cfg.strength) <= 1.0:
         raise UserError(f"strength={cfg.strength} must lie in (0, 1]")
     if cfg.calibration not in CALIBRATION_MODES:
         raise UserError(f"calibration={cfg.calibration} is unknown; use {' | '.join(CALIBRATION_MODES)}")
-    seed, run_dir = int(cfg.seed), Path(str(cfg.run)).expanduser()
+    # the trial is a function of the design and the seed alone: simulated now, so a design the analysis cannot
+    # separate (e.g. every patient's blocks in one order, with the trend term) fails before any model loads
+    table, patients = simulate(design, seed)
+    analysis.check_identifiable(table, design)
+    run_dir = Path(str(cfg.run)).expanduser()
     cache = make_cache(cfg)
     backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale)
     if run_cfg.kg.source != cfg.kg.source:
@@ -101,8 +117,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     meter = instrument(cfg, run_dir, run_cfg, manifest, run_profiles, cache, profile.disease_id,
                        progress=bool(cfg.progress))
 
-    # 2. the simulated trial and its images
-    table, patients = simulate(design, seed)
+    # 2. the simulated trial's images
     pids = list(patients)
     seeds = {pid: _image_seed(seed, p) for p, pid in enumerate(pids)}
     table["condition_severity"] = np.round(to_condition(table["true_severity"], design.scale), DECIMALS)
@@ -142,6 +157,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         model = fit_measurement_model(calset["true"], calset["raw"], calset["identity"])
         _, study = analysis.coverage_study(design, design.analysis.study_trials, seed, model,
                                            progress=bool(cfg.progress))
+        if study.empty:  # every simulated draw had, e.g., all patients in one order (this trial's draw did not)
+            study, study_note = None, "Not run: none of the simulated trials of this design could be analysed."
     elif design.analysis.study_trials:
         study_note = (f"Not run: {meter.problem or 'calibration=none: no calibration set'} (the study's "
                       "measurement model is the calibration line).")

@@ -14,7 +14,10 @@ in a balanced design the same beta as a random-intercept mixed model, without it
 over the trial's patients (the estimand: those patients' mean effect; design.true_effects). Standard errors
 (`cov`): `nonrobust` (default; independent block means), `hac` (Newey-West within each patient's series,
 statsmodels `hac-panel`, `hac_lags` lags: for unit=day with autocorrelated noise), `cluster` (by patient, t with
-patients - 1 df; robust to effects that differ by patient, poor with few patients).
+patients - 1 df, statsmodels' df_resid_inference; robust to effects that differ by patient, poor with few patients).
+A design matrix without full column rank (with `trend`: every patient's blocks in one order, so the study day is a
+combination of intercepts and dummies) is refused with a one-line NotIdentifiable; the treatment dummies are named
+`trt[k]` so that no treatment name (`day`, `const`) can clash with another column.
 
 Measured severities are calibrated readings (measurement.py); the calibration slope's relative standard error r
 widens a measured effect's standard error by the delta method: se^2 = se_model^2 + beta^2 r^2.
@@ -30,14 +33,21 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..errors import UserError
 from .design import Design, from_condition, simulate, to_condition, true_effects
 from .schedule import WASHOUT
+
+
+def _column(treatment: str) -> str:
+    """A treatment's dummy column: namespaced, so a treatment called `day`, `const` or `patient[P02]` cannot take
+    (or be taken for) another column of the design."""
+    return f"trt[{treatment}]"
 
 
 def _design_matrix(rows: pd.DataFrame, design: Design, per_patient: bool) -> pd.DataFrame:
     x = pd.DataFrame({"const": 1.0}, index=rows.index)
     for k in design.treatments:
-        x[k] = (rows["treatment"] == k).astype(float)
+        x[_column(k)] = (rows["treatment"] == k).astype(float)
     if not per_patient:
         for pid in sorted(rows["patient_id"].unique())[1:]:
             x[f"patient[{pid}]"] = (rows["patient_id"] == pid).astype(float)
@@ -69,6 +79,39 @@ def analysed_rows(table: pd.DataFrame, outcome: str, unit: str) -> pd.DataFrame:
             .reset_index())
 
 
+class NotIdentifiable(UserError):
+    """A design whose effects the model cannot separate (its design matrix is rank-deficient)."""
+
+
+def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "") -> None:
+    # statsmodels would return one of infinitely many solutions with ~0 standard errors: a silently wrong answer
+    if np.linalg.matrix_rank(x.to_numpy(dtype=float)) >= x.shape[1]:
+        return
+    s, a = design.schedule, design.analysis
+    order = s.order if isinstance(s.order, str) else "[" + ", ".join(s.order) + "]"
+    if not a.trend:  # not reachable with a validated schedule; kept so no fit is ever silently arbitrary
+        raise NotIdentifiable(f"the design cannot separate the treatments (trial.schedule.order={order}); give "
+                              "every treatment and the reference analysed days")
+    if per_patient:
+        raise NotIdentifiable(
+            f"{who}'s own fit cannot separate the treatments from the study-day trend (one analysed day per "
+            f"treatment); lengthen trial.schedule.block_days / baseline_days beyond trial.analysis.skip_days + 1, "
+            f"set trial.schedule.cycles >= 2, or trial.analysis.trend=false")
+    raise NotIdentifiable(
+        f"the design cannot separate the treatments from the study-day trend (every patient's blocks come in the same "
+        f"order: trial.schedule.order={order}, trial.schedule.cycles={s.cycles}); set trial.schedule.cycles >= 2, "
+        f"or order: randomised with more patients or another seed, or trial.analysis.trend=false")
+
+
+def check_identifiable(table: pd.DataFrame, design: Design) -> None:
+    """A one-line NotIdentifiable (UserError) when the pooled or a per-patient fit of this simulated table could not
+    separate the effects; run on the simulated table before any image is drawn."""
+    a = design.analysis
+    _check_rank(_design_matrix(analysed_rows(table, "true_severity", a.unit), design, False), design, False)
+    for pid, rows in table.groupby("patient_id", sort=True):
+        _check_rank(_design_matrix(analysed_rows(rows, "true_severity", "day"), design, True), design, True, pid)
+
+
 def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: dict[str, float] | None = None,
                      rel_se: float = 0.0, per_patient: bool = False) -> pd.DataFrame:
     """One row per treatment and per pairwise contrast: estimate, se, low, high (1 - alpha interval), df, days
@@ -78,12 +121,14 @@ def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: d
     unit, cov = ("day", "nonrobust" if a.cov == "cluster" else a.cov) if per_patient else (a.unit, a.cov)
     rows = analysed_rows(table, outcome, unit)
     x = _design_matrix(rows, design, per_patient)
+    _check_rank(x, design, per_patient, str(rows["patient_id"].iloc[0]) if per_patient and len(rows) else "")
     groups = pd.factorize(rows["patient_id"])[0]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # statsmodels' small-sample notes; the df are reported
+        warnings.simplefilter("ignore")  # statsmodels' small-sample notes (a rank-deficient design is refused above)
         res = _fit(rows[outcome].to_numpy(dtype=float), x, groups, cov, a.hac_lags)
     vcov, params, names = np.asarray(res.cov_params()), np.asarray(res.params), list(x.columns)
-    df = float(res.df_resid)
+    # cluster: t with patients - 1 df (statsmodels' df_resid_inference, what its conf_int uses), not n - k
+    df = float(getattr(res, "df_resid_inference", None) or res.df_resid)
     q = stats.t.ppf(1 - a.alpha / 2, df) if res.use_t else stats.norm.ppf(1 - a.alpha / 2)
     days = rows["days"] if "days" in rows else pd.Series(1, index=rows.index)
     ks = design.treatments
@@ -94,7 +139,7 @@ def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: d
     for label, weights in contrasts:
         w = np.zeros(len(names))
         for k, v in weights.items():
-            w[names.index(k)] = v
+            w[names.index(_column(k))] = v
         est = float(w @ params)
         se = float(np.sqrt(max(w @ vcov @ w, 0.0) + (est * rel_se) ** 2))
         t = None if truth is None else float(sum(v * truth[k] for k, v in weights.items()))
@@ -131,26 +176,33 @@ def coverage_study(design: Design, n_trials: int, seed: int, measurement=None, p
     with a measurement model (measurement.MeasurementModel), from simulated calibrated readings.
 
     Returns (one row per trial x outcome x effect, a summary per outcome x effect: mean truth and estimate, bias with
-    its Monte-Carlo se, rmse, coverage of the 1 - alpha interval with its Monte-Carlo se, mean interval width)."""
+    its Monte-Carlo se, rmse, coverage of the 1 - alpha interval with its Monte-Carlo se, mean interval width, and
+    `skipped`: simulated trials left out because their draw could not be analysed, e.g. a randomised single cycle
+    in which every patient drew the same order; such a trial would be refused, so the study is conditional on it
+    being analysable)."""
     from tqdm.auto import tqdm
 
-    frames = []
+    frames, skipped = [], 0
     for r in tqdm(range(n_trials), desc="coverage study", unit="trial", disable=not progress):
         trial_seed = 1_000_003 * (int(seed) + 1) + r
         table, patients = simulate(design, trial_seed)
         truth = true_effects(design, patients)
-        est = [estimate_effects(table, "true_severity", design, truth)]
+        try:
+            est = [estimate_effects(table, "true_severity", design, truth)]
+        except NotIdentifiable:
+            skipped += 1
+            continue
         if measurement is not None:
             rng = np.random.default_rng([int(seed), 4, r])
             table["measured_severity"], cal = measured_column(table["true_severity"], table["patient_id"], design,
                                                               measurement, rng)
             est.append(estimate_effects(table, "measured_severity", design, truth, rel_se=cal.rel_se))
         frames.append(pd.concat(est, ignore_index=True).assign(trial=r))
-    runs = pd.concat(frames, ignore_index=True)
-    return runs, summarise(runs)
+    runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["outcome", "effect", "trial"])
+    return runs, summarise(runs, skipped)
 
 
-def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+def summarise(runs: pd.DataFrame, skipped: int = 0) -> pd.DataFrame:
     rows = []
     for (outcome, effect), g in runs.groupby(["outcome", "effect"], sort=False):
         n = len(g)
@@ -161,5 +213,5 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
                      "bias_mc_se": bias.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
                      "rmse": float(np.sqrt((bias ** 2).mean())), "coverage": cov,
                      "coverage_mc_se": float(np.sqrt(cov * (1 - cov) / n)),
-                     "ci_width": (g["high"] - g["low"]).mean()})
+                     "ci_width": (g["high"] - g["low"]).mean(), "skipped": skipped})
     return pd.DataFrame(rows)

@@ -77,17 +77,43 @@ def from_condition(values, scale: str) -> np.ndarray:
     return np.interp(v, _ANCHOR_S, _ANCHOR_N) if scale == "lesions" else v
 
 
+def whole(value, key: str, minimum: int, what: str = "") -> int:
+    """`value` as an int >= minimum, else a one-line UserError naming `key` (2.9 is refused, not truncated)."""
+    try:
+        f = float(value)
+        ok = not isinstance(value, bool) and f == int(f)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise UserError(f"{key}={value!r} is not a whole number; give one >= {minimum}")
+    if f < minimum:
+        raise UserError(f"{key}={int(f)}: {what or f'must be at least {minimum}'}")
+    return int(f)
+
+
+def _fraction(value, key: str) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if isinstance(value, bool) or not 0.0 < f < 1.0:  # NaN fails the comparison too
+        raise UserError(f"{key}={value!r} must be a number in (0, 1), e.g. 0.05")
+    return f
+
+
+def _flag(value, key: str) -> bool:
+    # bool("false") is True: only a YAML / command-line boolean is accepted
+    if not isinstance(value, bool):
+        raise UserError(f"{key}={value!r} must be true or false (unquoted)")
+    return value
+
+
 def design_from_config(c) -> Design:
     """The validated design of a `trial` config node (a DictConfig or dict)."""
     scale = str(c.get("scale", "severity"))
     if scale not in SCALES:
         raise UserError(f"trial.scale={scale} is unknown; use {' | '.join(SCALES)}")
-    try:
-        patients = int(c.get("patients"))
-    except (TypeError, ValueError):
-        raise UserError(f"trial.patients={c.get('patients')!r} is not a whole number") from None
-    if patients < 1:
-        raise UserError(f"trial.patients={patients}: a trial needs at least one patient")
+    patients = whole(c.get("patients"), "trial.patients", 1, "a trial needs at least one patient")
     try:
         start = dt.date.fromisoformat(str(c.get("start_date", "2024-01-01")))
     except ValueError:
@@ -99,14 +125,12 @@ def design_from_config(c) -> Design:
     cov = str(a.get("cov", "nonrobust"))
     if cov not in COVARIANCES:
         raise UserError(f"trial.analysis.cov={cov} is unknown; use {' | '.join(COVARIANCES)}")
-    alpha = float(a.get("alpha", 0.05))
-    if not 0.0 < alpha < 1.0:
-        raise UserError(f"trial.analysis.alpha={alpha} must lie in (0, 1)")
-    lags, study = int(a.get("hac_lags", 3)), int(a.get("study_trials", 0))
-    if lags < 0 or study < 0:
-        raise UserError("trial.analysis.hac_lags and study_trials cannot be negative")
+    alpha = _fraction(a.get("alpha", 0.05), "trial.analysis.alpha")
+    lags = whole(a.get("hac_lags", 3), "trial.analysis.hac_lags", 0, "cannot be negative")
+    study = whole(a.get("study_trials", 0), "trial.analysis.study_trials", 0, "cannot be negative")
+    trend = _flag(a.get("trend", True), "trial.analysis.trend")
     schedule = schedule_from_config(c.get("schedule") or {}, a.get("skip_days", 0))
-    analysis = Analysis(skip_days=int(a.get("skip_days", 0)), unit=unit, trend=bool(a.get("trend", True)), cov=cov,
+    analysis = Analysis(skip_days=int(a.get("skip_days", 0)), unit=unit, trend=trend, cov=cov,
                         hac_lags=lags, alpha=alpha, study_trials=study)
     if cov == "cluster" and patients < 2:
         raise UserError("trial.analysis.cov=cluster needs at least 2 patients (clusters); use hac or nonrobust")

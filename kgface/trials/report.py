@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .schedule import WASHOUT
+
 TREATMENT_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 REFERENCE_COLOUR = "#E5E5E5"
 WASHOUT_COLOUR = "#F7F7F7"
@@ -28,7 +30,7 @@ def _plt():
 
 def _colours(treatments, reference: str) -> dict[str, str]:
     out = {t: TREATMENT_COLOURS[i % len(TREATMENT_COLOURS)] for i, t in enumerate(treatments)}
-    return {reference: REFERENCE_COLOUR, "Washout": WASHOUT_COLOUR, **out}
+    return {reference: REFERENCE_COLOUR, WASHOUT: WASHOUT_COLOUR, **out}
 
 
 def _hwc(img: torch.Tensor) -> np.ndarray:
@@ -43,6 +45,18 @@ def thumbnail_days(rows: pd.DataFrame, most: int = 12) -> list[int]:
     if len(picks) > most:
         picks = [picks[int(round(i))] for i in np.linspace(0, len(picks) - 1, most)]
     return sorted(set(picks))
+
+
+MEASURED = "measured from the image"
+
+
+def measured_groups(rows: pd.DataFrame) -> list[tuple[str, np.ndarray, str]]:
+    """(legend label, row mask, marker) of the measured dots: analysed days, the run-in days each block's start
+    drops, washout days (untreated gaps, never analysed): a washout day is not labelled run-in."""
+    washout = (rows["treatment"] == WASHOUT).to_numpy()
+    kept = rows["analysed"].to_numpy(dtype=bool)
+    return [(MEASURED, kept, "o"), ("measured (run-in, not analysed)", ~kept & ~washout, "o"),
+            ("measured (washout, not analysed)", washout & ~kept, "s")]
 
 
 def plot_series(table: pd.DataFrame, images: dict[str, torch.Tensor], baselines: dict[str, torch.Tensor],
@@ -66,11 +80,10 @@ def plot_series(table: pd.DataFrame, images: dict[str, torch.Tensor], baselines:
         ax.plot(rows["day"], rows["expected_severity"], "k--", lw=1, label="model (no noise)")
         ax.plot(rows["day"], rows["true_severity"], "k-", lw=1.5, label="true severity")
         if measured in rows:
-            kept = rows["analysed"].to_numpy()
-            ax.plot(rows["day"][kept], rows[measured][kept], "o", color="#C44E52", ms=3.5, zorder=3,
-                    label="measured from the image")
-            ax.plot(rows["day"][~kept], rows[measured][~kept], "o", mfc="none", color="#C44E52", ms=3.5, zorder=3,
-                    label="measured (run-in, not analysed)")
+            for label, keep, style in measured_groups(rows):
+                if keep.any():
+                    ax.plot(rows["day"][keep], rows[measured][keep], style, color="#C44E52", ms=3.5, zorder=3,
+                            label=label, **({} if label == MEASURED else {"mfc": "none"}))
         ax.set_xlim(rows["day"].min() - 0.5, rows["day"].max() + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("severity")
@@ -235,8 +248,9 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
                   "readings (calibration none), so their bias is not meaningful.", ""]
     lines += [f"![effects]({figures['effects']})", "", "## Daily series", "",
               "Lines: true severity (solid) and the model's noise-free course (dashed); dots: severity measured "
-              "from that day's image (open: run-in days, not analysed). Thumbnails: the image on the first day and "
-              "on the last day of every block; left, the baseline photo.", "", f"![series]({figures['series']})", "",
+              "from that day's image (open circles: run-in days, open squares: washout days, neither analysed). "
+              "Thumbnails: the image on the first day and on the last day of every block; left, the baseline "
+              "photo.", "", f"![series]({figures['series']})", "",
               "One GIF per patient: " + ", ".join(f"[{p}]({g})" for p, g in figures["gifs"].items()), "",
               "## Per patient", "",
               "Each patient's own estimates (daily rows, descriptive): estimate [interval] from true / measured.", "",
@@ -262,6 +276,10 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
                   "does not contain the generator's own errors, which the trial above shows.", "",
                   _table(study, ["outcome", "effect", "trials", "truth", "estimate", "bias", "bias_mc_se", "rmse",
                                  "coverage", "coverage_mc_se", "ci_width"]), ""]
+        skipped = int(study["skipped"].iloc[0]) if "skipped" in study else 0
+        if skipped:
+            lines += [f"{skipped} simulated trials could not be analysed (every patient's blocks in one order, "
+                      "with the trend term) and are left out, as such a trial would be refused.", ""]
     lines += ["## Files", "", "- `trial.csv`, `trial.parquet`: one row per patient-day (columns in docs/trials.md).",
               "- `patients.csv`: each patient's baseline face, drawn parameters and image seed.",
               "- `effects.csv`, `patient_effects.csv`, `study.csv`: the tables above; `trial.json`: everything as "
@@ -299,11 +317,25 @@ def _pil(img: torch.Tensor):
     return Image.fromarray(img.permute(1, 2, 0).numpy())
 
 
+# What a trial writes into OUT: replaced as a whole on every run (anything else in OUT, e.g. Hydra's .hydra/, stays)
+MANAGED = ("trial.csv", "trial.parquet", "trial.json", "report.md", "series.png", "effects.png", "calibration.png",
+           "patients.csv", "effects.csv", "patient_effects.csv", "study.csv", "images", "baselines", "gifs")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def write_outputs(out_dir: Path, table: pd.DataFrame, images: dict, baselines: dict, tables: dict,
                   summary: dict, draw, gifs: bool) -> Path:
     """Write into a staging folder, then move it in: trial.csv last, so it only names files that exist.
-    `images` / `baselines`: per patient; `tables`: name -> DataFrame (None: skipped); `draw(folder)` writes the
-    figures and report.md."""
+    A previous trial's outputs in OUT (MANAGED) are removed first, its trial.csv before anything else: a rerun never
+    leaves the old table naming new images, nor old patients' images, GIFs, study.csv or calibration.png that this
+    run does not write. `images` / `baselines`: per patient; `tables`: name -> DataFrame (None: skipped);
+    `draw(folder)` writes the figures and report.md."""
     from ..cache import atomic_path, write_json_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -327,18 +359,10 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, images: dict, baselines: d
         table.to_parquet(staging / "trial.parquet", index=False)
         draw(staging)
         write_json_atomic(staging / "trial.json", plain(summary))
+        for name in MANAGED:  # trial.csv first: from here until the new one lands, OUT has no table
+            _remove(out_dir / name)
         for entry_ in sorted(staging.iterdir()):
-            dest = out_dir / entry_.name
-            if entry_.is_dir():
-                for f in sorted(entry_.rglob("*")):
-                    target = dest / f.relative_to(entry_)
-                    if f.is_dir():
-                        target.mkdir(parents=True, exist_ok=True)
-                    else:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(f, target)
-            else:
-                os.replace(entry_, dest)
+            os.replace(entry_, out_dir / entry_.name)
         with atomic_path(out_dir / "trial.csv", suffix=".csv") as tmp:
             table.to_csv(tmp, index=False, date_format="%Y-%m-%d")
         return out_dir / "trial.csv"

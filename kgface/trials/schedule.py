@@ -1,7 +1,8 @@
 """The treatment schedule of an N-of-1 trial: blocks of days, each under one treatment (docs/trials.md).
 
-A patient's schedule is an optional reference block (`Baseline`, no treatment) followed by `cycles` cycles of the
-treatment blocks, with `washout_days` untreated days (`Washout`) between consecutive treatment blocks:
+A patient's schedule is a reference block (`Baseline`, no treatment; required: `baseline_days` must exceed the
+analysis's `skip_days`, the effects are differences from it) followed by `cycles` cycles of the treatment blocks,
+with `washout_days` untreated days (`Washout`) between consecutive treatment blocks:
 
     order: alternating   every cycle in the listed order           Baseline A B A B
     order: randomised    every cycle a random permutation (per     Baseline A B B A   (the usual N-of-1 design:
@@ -14,6 +15,7 @@ every treatment the order names must be declared, every declared treatment must 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +92,8 @@ def days_of(blocks: list[Block]) -> dict[str, np.ndarray]:
 def _days(value, key: str, minimum: int) -> int:
     try:
         f = float(value)
+        if isinstance(value, bool):  # float(True) = 1: a flag is not a duration
+            raise TypeError
     except (TypeError, ValueError):
         raise ScheduleError(f"{key}={value!r} is not a number of days") from None
     if f != int(f):
@@ -100,11 +104,19 @@ def _days(value, key: str, minimum: int) -> int:
     return int(f)
 
 
+def _names(value, key: str, alternatives: str = "") -> tuple[str, ...]:
+    """A list of treatment names; a string would otherwise be split into its characters, a number fail obscurely."""
+    ok = isinstance(value, Sequence) and not isinstance(value, str)
+    if not ok or not all(isinstance(t, (str, int)) and not isinstance(t, bool) for t in value):
+        raise ScheduleError(f"{key}={value!r} must be {alternatives}a list of treatment names, e.g. [A, B]")
+    return tuple(str(t) for t in value)
+
+
 def schedule_from_config(c, skip_days: int = 0) -> Schedule:
     """The validated schedule of a `trial.schedule` config (a dict or DictConfig); `skip_days` is the analysis's
     run-in, checked here so that a schedule leaving a compared level without analysable days fails before running."""
     reference = str(c.get("reference", "Baseline"))
-    treatments = tuple(str(t) for t in (c.get("treatments") or []))
+    treatments = _names(c.get("treatments") or [], "trial.schedule.treatments")
     if not treatments:
         raise ScheduleError("trial.schedule.treatments is empty; name at least one treatment, e.g. [A, B]")
     reserved = {reference, WASHOUT} & set(treatments)
@@ -120,7 +132,7 @@ def schedule_from_config(c, skip_days: int = 0) -> Schedule:
                                 f"treatments, e.g. [A, B, B, A]")
         order: str | tuple[str, ...] = raw
     else:
-        order = tuple(str(t) for t in raw)
+        order = _names(raw, "trial.schedule.order", f"{' | '.join(ORDERS)} or ")
         if not order:
             raise ScheduleError("trial.schedule.order is an empty list; give the treatment sequence, e.g. [A, B, B, A]")
         unknown = sorted(set(order) - set(treatments))

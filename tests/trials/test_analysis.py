@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from kgface.errors import UserError
 from kgface.resources import conf_dir
-from kgface.trials.analysis import coverage_study, estimate_effects, patient_effects
+from kgface.trials.analysis import (NotIdentifiable, check_identifiable, coverage_study, estimate_effects,
+                                    patient_effects)
 from kgface.trials.design import design_from_config, simulate, true_effects
 from kgface.trials.measurement import calibration_problem, fit_calibration, fit_measurement_model
 
@@ -76,11 +78,102 @@ def test_calibration_and_measurement_model_on_a_known_instrument():
 
 def test_true_severity_recovery_over_many_trials_sanity():
     d = design_from_config(trial_cfg())
-    runs, summary = coverage_study(d, 60, seed=1)
-    assert set(runs["trial"]) == set(range(60)) and set(summary["outcome"]) == {"true_severity"}
+    runs, summary = coverage_study(d, 200, seed=1)
+    assert set(runs["trial"]) == set(range(200)) and set(summary["outcome"]) == {"true_severity"}
+    assert (summary["skipped"] == 0).all()  # two cycles: every draw can be analysed
     for r in summary.itertuples():
         assert abs(r.bias) < 0.02, r
-        assert 0.88 <= r.coverage <= 1.0, r
+        # 95% intervals: Monte-Carlo se ~0.015 over 200 trials; measured 0.935 / 0.935 / 0.975 (A - B is a little
+        # conservative). 0.99 fails intervals that are far too wide (e.g. t at a wrong, tiny df)
+        assert 0.90 <= r.coverage <= 0.99, r
+
+
+NOT_IDENTIFIABLE = [  # the trend term and one order for everyone: day is a combination of intercept and dummies
+    ({"schedule.order": "alternating", "schedule.cycles": 1}, 0),
+    ({"schedule.order": ["A", "B"], "schedule.cycles": 1}, 0),
+    ({"schedule.order": "randomised", "schedule.cycles": 1, "patients": 2}, 2),  # seed 2: both draw A, B
+]
+
+
+@pytest.mark.parametrize("override, seed", NOT_IDENTIFIABLE)
+def test_a_design_that_cannot_separate_trend_and_treatments_is_refused(override, seed):
+    d = design_from_config(trial_cfg(**NOISE_FREE, **override))
+    table, patients = simulate(d, seed)
+    for check in (lambda: check_identifiable(table, d), lambda: estimate_effects(table, "true_severity", d)):
+        with pytest.raises(NotIdentifiable) as info:
+            check()
+        msg = str(info.value)
+        assert isinstance(info.value, UserError) and "\n" not in msg
+        assert "trial.schedule.cycles" in msg and "trial.analysis.trend=false" in msg, msg
+    # the advice works: without the trend term the same trial gives the true effects
+    flat = design_from_config(trial_cfg(**NOISE_FREE, **override, **{"analysis.trend": False}))
+    check_identifiable(table, flat)
+    est = estimate_effects(table, "true_severity", flat).set_index("effect")["estimate"]
+    assert est["A"] == pytest.approx(-0.8, abs=1e-3) and est["B"] == pytest.approx(-0.3, abs=1e-3)
+
+
+def test_default_and_crossed_designs_are_identifiable():
+    default = design_from_config(trial_cfg())
+    check_identifiable(simulate(default, 0)[0], default)
+    # one randomised cycle is fine as soon as the patients' orders differ (seed 0: A, B and B, A)
+    d = design_from_config(trial_cfg(**NOISE_FREE, **{"schedule.cycles": 1, "patients": 2}))
+    table, patients = simulate(d, 0)
+    check_identifiable(table, d)
+    est = estimate_effects(table, "true_severity", d, true_effects(d, patients)).set_index("effect")
+    assert est.loc["A", "estimate"] == pytest.approx(-0.8, abs=1e-3)
+
+
+def test_a_patient_fit_with_one_analysed_day_per_level_is_refused():
+    # pooled: the two patients' orders differ (identifiable); each patient alone: 3 days for 4 coefficients
+    d = design_from_config(trial_cfg(**{**NOISE_FREE, "schedule.cycles": 1, "patients": 2,
+                                        "schedule.block_days": 9, "schedule.baseline_days": 9}))
+    table, _ = simulate(d, 0)
+    estimate_effects(table, "true_severity", d)
+    with pytest.raises(NotIdentifiable, match="P01's own fit"):
+        check_identifiable(table, d)
+
+
+def test_studies_skip_draws_that_cannot_be_analysed():
+    d = design_from_config(trial_cfg(**{"schedule.cycles": 1, "patients": 2}))
+    runs, summary = coverage_study(d, 40, seed=0)
+    skipped = int(summary["skipped"].iloc[0])
+    assert 5 < skipped < 35  # about half the draws give both patients one order
+    assert (summary["trials"] == 40 - skipped).all() and runs["trial"].nunique() == 40 - skipped
+
+
+def test_cluster_intervals_use_patients_minus_one_df():
+    """cov=cluster: t with patients - 1 df, what statsmodels' own conf_int gives (not n - k df)."""
+    import statsmodels.formula.api as smf
+    from scipy import stats
+
+    d = design_from_config(trial_cfg(**{"analysis.unit": "day", "analysis.cov": "cluster"}))
+    table, _ = simulate(d, 0)
+    est = estimate_effects(table, "true_severity", d).set_index("effect")
+    rows = table[table["analysed"]]
+    ref = smf.ols("true_severity ~ C(treatment, Treatment('Baseline')) + C(patient_id) + day", data=rows).fit(
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(rows["patient_id"])[0]}, use_t=True)
+    ci = ref.conf_int()
+    for k in ("A", "B"):
+        name = f"C(treatment, Treatment('Baseline'))[T.{k}]"
+        assert est.loc[k, "estimate"] == pytest.approx(ref.params[name], abs=1e-9)
+        assert [est.loc[k, "low"], est.loc[k, "high"]] == pytest.approx(list(ci.loc[name]), abs=1e-9)
+    assert (est["df"] == d.patients - 1).all()
+    half = est.loc["A - B", "high"] - est.loc["A - B", "estimate"]
+    assert half == pytest.approx(stats.t.ppf(0.975, d.patients - 1) * est.loc["A - B", "se"])
+
+
+@pytest.mark.parametrize("name", ["day", "const", "patient[P02]"])
+def test_treatment_names_like_design_columns_keep_their_effects(name):
+    params = {"effect": -0.8, "sd": 0.0, "tau": 1.0, "tau_off": 1.0}
+    d = design_from_config(trial_cfg(**NOISE_FREE, **{"schedule.treatments": [name, "B"],
+                                                      "severity.treatments": {name: params,
+                                                                              "B": {**params, "effect": -0.3}}}))
+    table, patients = simulate(d, 0)
+    est = estimate_effects(table, "true_severity", d, true_effects(d, patients)).set_index("effect")
+    assert list(est.index) == [name, "B", f"{name} - B"]
+    assert est.loc[name, "estimate"] == pytest.approx(-0.8, abs=1e-3)
+    assert est.loc["B", "estimate"] == pytest.approx(-0.3, abs=1e-3)
+    assert est.loc[f"{name} - B", "estimate"] == pytest.approx(-0.5, abs=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +201,9 @@ def test_measured_effects_over_simulated_trials_bias_and_coverage(real_measureme
         m, t = s.loc[("measured_severity", effect)], s.loc[("true_severity", effect)]
         assert m["trials"] == 100
         assert abs(m["bias"]) <= 3 * m["bias_mc_se"] + 0.02, (effect, m.to_dict())
-        assert 0.88 <= m["coverage"] <= 1.0, (effect, m.to_dict())
+        # 95% intervals over 100 trials (Monte-Carlo se ~0.022): measured 0.97 / 0.92 / 0.95; all 100 covered
+        # (intervals far too wide) fails
+        assert 0.88 <= m["coverage"] <= 0.99, (effect, m.to_dict())
         assert m["ci_width"] > t["ci_width"]  # the instrument adds noise: wider than from true severities
     measured = runs[runs["outcome"] == "measured_severity"]
     assert measured["estimate"].notna().all() and (measured["high"] > measured["low"]).all()

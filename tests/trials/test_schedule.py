@@ -106,7 +106,33 @@ def trial_cfg(**kw):
 def test_bad_trial_configs_are_clear_errors(override, message):
     with pytest.raises(UserError) as info:
         design_from_config(trial_cfg(**override))
-    assert message in str(info.value)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"analysis.alpha": "five"}, "trial.analysis.alpha='five' must be a number in (0, 1)"),
+    ({"analysis.alpha": 0}, "trial.analysis.alpha=0 must be a number in (0, 1)"),
+    ({"analysis.hac_lags": "x"}, "trial.analysis.hac_lags='x' is not a whole number"),
+    ({"analysis.hac_lags": -1}, "trial.analysis.hac_lags=-1: cannot be negative"),
+    ({"analysis.study_trials": 2.7}, "trial.analysis.study_trials=2.7 is not a whole number"),
+    ({"analysis.trend": "false"}, "trial.analysis.trend='false' must be true or false"),
+    ({"patients": 2.9}, "trial.patients=2.9 is not a whole number"),
+    ({"patients": "many"}, "trial.patients='many' is not a whole number"),
+    ({"schedule.order": 5}, "trial.schedule.order=5 must be alternating | randomised or a list of treatment names"),
+    ({"schedule.treatments": "drugX"}, "trial.schedule.treatments='drugX' must be a list of treatment names"),
+    ({"schedule.cycles": True}, "trial.schedule.cycles=True is not a number of days"),
+])
+def test_bad_values_name_their_key_in_one_line(override, message):
+    """What used to be a traceback (float('five'), int('x'), order 5) or a silent change (2.9 patients -> 2,
+    'drugX' -> treatments d, r, u, g, X, trend 'false' -> True) is a one-line UserError naming the key."""
+    with pytest.raises(UserError) as info:
+        design_from_config(trial_cfg(**override))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_whole_numbers_given_as_floats_or_strings_still_work():
+    d = design_from_config(trial_cfg(**{"patients": 3.0, "analysis.study_trials": "5", "analysis.trend": False}))
+    assert (d.patients, d.analysis.study_trials, d.analysis.trend) == (3, 5, False)
 
 
 def test_default_design_and_image_budget():

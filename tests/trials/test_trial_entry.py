@@ -65,19 +65,21 @@ def test_report_gives_both_estimates_with_intervals_and_bias(trial_out):
     assert summary["design"]["schedule"]["block_days"] == 4 and summary["images"] == 24
     assert summary["measurement"]["calibration"]["images"] >= 8
     assert len(summary["study"]["summary"]) == 6  # 2 outcomes x (A, B, A - B)
+    # one randomised cycle, 2 patients: the study's draws where both patients got one order cannot be analysed
+    assert 0 < summary["study"]["summary"][0]["skipped"] < 20
     report = (trial_out / "report.md").read_text()
     for text in ["## Effects", "measured_severity: estimate [95% CI]", "![series](series.png)", "## Coverage study",
                  "gifs/P01.gif", "| A - B |"]:
         assert text in report, text
 
 
-def test_same_seed_same_bytes_other_seed_other_trial(trial_run, trial_out, tmp_path):
+def test_same_seed_same_table_and_image_bytes(trial_run, trial_out, tmp_path):
+    """(Another seed, another trial: test_photo_input_other_seed_and_a_run_without_evaluator.)"""
     trial(trial_run, tmp_path / "b")
     assert (trial_out / "trial.csv").read_bytes() == (tmp_path / "b" / "trial.csv").read_bytes()
     table = pd.read_csv(trial_out / "trial.csv")
     for rel in table["image"]:
         assert (trial_out / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
-
 
 
 def test_photo_input_other_seed_and_a_run_without_evaluator(trial_run, trial_out, tmp_path):
@@ -154,6 +156,13 @@ def fails(capsys, run, out, *overrides) -> str:
     (["max_images=10"], "more than max_images=10"),
     (["strength=0"], "strength=0 must lie in (0, 1]"),
     (["calibration=maybe"], "calibration=maybe is unknown"),
+    (["seed=-1"], "seed=-1: numpy seeds cannot be negative"),
+    (["seed=abc"], "seed='abc' is not a whole number"),
+    (["trial.analysis.alpha=five"], "trial.analysis.alpha='five' must be a number in (0, 1)"),
+    (["trial.analysis.trend='false'"], "trial.analysis.trend='false' must be true or false"),
+    (["trial.schedule.treatments=drugX"], "trial.schedule.treatments='drugX' must be a list"),
+    (["trial.schedule.order=alternating", "trial.schedule.cycles=1"], "cannot separate the treatments from the "
+                                                                        "study-day trend"),
 ])
 def test_bad_designs_fail_before_anything_loads(tmp_path, capsys, overrides, message):
     err = fails(capsys, tmp_path / "no-run", tmp_path / "o", *overrides)

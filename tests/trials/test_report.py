@@ -1,0 +1,63 @@
+"""The trial's outputs folder: a rerun replaces the previous trial's outputs as a whole (no stale patients, GIFs,
+study or calibration files, never an old trial.csv beside new images) and leaves other files alone; the series
+legend tells washout days from run-in days. No trained run needed."""
+import pandas as pd
+import pytest
+import torch
+
+from kgface.trials.report import MEASURED, measured_groups, write_outputs
+
+
+def outputs(pids, days=3):
+    table = pd.DataFrame([{"patient_id": p, "day": d, "treatment": "A", "true_severity": 1.0,
+                           "image": f"images/{p}/day{d}.png"} for p in pids for d in range(1, days + 1)])
+    images = {p: torch.full((days, 3, 8, 8), 10 * k, dtype=torch.uint8) for k, p in enumerate(pids)}
+    baselines = {p: torch.zeros(3, 8, 8, dtype=torch.uint8) for p in pids}
+    return table, images, baselines
+
+
+def drawer(calibration: bool, fail: bool = False):
+    def draw(folder):
+        if fail:
+            raise RuntimeError("figure failed")
+        (folder / "report.md").write_text("report")
+        if calibration:
+            (folder / "calibration.png").write_bytes(b"png")
+    return draw
+
+
+def test_a_rerun_replaces_the_previous_trials_outputs(tmp_path):
+    out = tmp_path / "out"
+    table, images, baselines = outputs(["P01", "P02"])
+    write_outputs(out, table, images, baselines, {"study": pd.DataFrame({"x": [1]})}, {"run": "a"},
+                  drawer(calibration=True), gifs=True)
+    for rel in ["images/P02/day3.png", "baselines/P02.png", "gifs/P02.gif", "study.csv", "calibration.png"]:
+        assert (out / rel).is_file(), rel
+    (out / ".hydra").mkdir()
+    (out / ".hydra" / "config.yaml").write_text("kept")
+    (out / "notes.txt").write_text("kept")
+
+    table, images, baselines = outputs(["P01"])
+    write_outputs(out, table, images, baselines, {"study": None}, {"run": "b"}, drawer(calibration=False), gifs=False)
+    for rel in ["images/P02", "baselines/P02.png", "gifs", "study.csv", "calibration.png"]:
+        assert not (out / rel).exists(), rel  # what this run does not write is gone, not left from the last one
+    new = pd.read_csv(out / "trial.csv")
+    assert new["patient_id"].unique().tolist() == ["P01"] and all((out / r).is_file() for r in new["image"])
+    assert (out / ".hydra" / "config.yaml").read_text() == "kept" and (out / "notes.txt").read_text() == "kept"
+    assert not list(out.glob(".trial-*"))
+
+    # a run that fails before moving in leaves the previous trial whole
+    table2, images2, baselines2 = outputs(["P01", "P02", "P03"])
+    with pytest.raises(RuntimeError):
+        write_outputs(out, table2, images2, baselines2, {}, {"run": "c"}, drawer(False, fail=True), gifs=False)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "trial.csv"), new)
+    assert not (out / "images" / "P03").exists() and not list(out.glob(".trial-*"))
+
+
+def test_washout_days_are_not_labelled_run_in():
+    rows = pd.DataFrame({"treatment": ["Baseline", "Baseline", "A", "A", "Washout", "B", "B"],
+                         "analysed": [False, True, False, True, False, False, True]})
+    groups = {label: mask.tolist() for label, mask, _ in measured_groups(rows)}
+    assert groups[MEASURED] == [False, True, False, True, False, False, True]
+    assert groups["measured (run-in, not analysed)"] == [True, False, True, False, False, True, False]
+    assert groups["measured (washout, not analysed)"] == [False, False, False, False, True, False, False]
