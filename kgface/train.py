@@ -23,9 +23,11 @@ def _container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
-def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | None = None, full_prompts=()):
+def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | None = None, full_prompts=(),
+                       descriptions=None):
     """The conditioner for `mode` (default cfg.conditioning) over the training profiles (encoder from cfg.encoder);
-    full_prompts: indices of observed-set and phenotype-atlas profiles (their text prompts name every phenotype)."""
+    full_prompts: indices of observed-set and phenotype-atlas profiles (their text prompts name every phenotype);
+    descriptions: the stage sentences of the language layer (kgface.prompts) the other text prompts read."""
     from .diffusion.conditioning import KG_MODES, Conditioner
     from .diffusion.phenotype_sets import observed_phenotypes_of
 
@@ -40,7 +42,7 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
         encoder = KGEncoder.from_config(enc_cfg, out_dim=backbone.cross_attention_dim)
         builder = encoder.graph_builder(cache=cache)
     cond = Conditioner(mode, profiles, backbone, encoder, builder, num_tokens=num_tokens, full_prompts=full_prompts,
-                       phenotype_draws=observed_phenotypes_of(cfg))
+                       phenotype_draws=observed_phenotypes_of(cfg), descriptions=descriptions)
     if builder is not None:
         builder.warm(profiles)
     return cond
@@ -115,7 +117,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     conditioned = profile_source(cfg, profiles)  # profile.source=learned|blend: frequencies learned from images
     if conditioned is not profiles and any(a.to_dict() != b.to_dict() for a, b in zip(conditioned, profiles)):
         write_json_atomic(out_dir / "conditioning_profiles.json", [p.to_dict() for p in conditioned])
-    descriptions = describe_profiles(profiles, _container(cfg.llm), cache)
+    # the profiles the generator is conditioned on are the ones described: the text prompts read these sentences
+    descriptions = describe_profiles(conditioned, _container(cfg.llm), cache)
     save_descriptions(out_dir / "descriptions.json", descriptions)
     lap("profiles_s")
 
@@ -155,7 +158,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         sub = out_dir if len(modes) == 1 else out_dir / mode
         t1 = time.perf_counter()
         result = train_generator(cfg, mode, conditioned, manifest, heldout, vae, cache, sub, evaluator,
-                                 measure_real=k == 0, truth=profiles)
+                                 measure_real=k == 0, truth=profiles, descriptions=descriptions)
         if len(modes) == 1:
             metrics.update(result)
         else:
@@ -177,9 +180,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldout: set[str], vae, cache,
-                    out_dir: Path, evaluator=None, measure_real: bool = True, truth=None) -> dict:
+                    out_dir: Path, evaluator=None, measure_real: bool = True, truth=None, descriptions=None) -> dict:
     """Train one generator (conditioning `mode`) on `profiles`, save it, draw its samples and transformations into
-    out_dir, and (with an evaluator) measure them against `truth` (the KG profiles; default `profiles`)."""
+    out_dir, and (with an evaluator) measure them against `truth` (the KG profiles; default `profiles`).
+    `descriptions` ({disease_id: StageDescriptions}, the run's descriptions.json): the stage sentences the text
+    prompts of conditioning=text|kg_text read (None: the template's)."""
     from .diffusion.adapter import save_kg_adapter
     from .diffusion.backbones import build_backbone, save_model_folder
     from .diffusion.generator import Generator
@@ -206,7 +211,8 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
         if observed_phenotypes_of(cfg) and mode != "class" else None
     extra = (observed[1] if observed else []) + atlas_profiles
     conditioner = build_conditioning(cfg, backbone, train_profiles + extra, cache, mode,
-                                     full_prompts=range(len(train_profiles), len(train_profiles) + len(extra)))
+                                     full_prompts=range(len(train_profiles), len(train_profiles) + len(extra)),
+                                     descriptions=descriptions)
     data = latent_set(manifest, train_profiles, backbone, heldout, atlas, share, observed)
     gen = Generator(backbone, conditioner, guidance=float(cfg.model.sample.guidance),
                     steps=int(cfg.model.sample.steps))

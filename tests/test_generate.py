@@ -256,9 +256,14 @@ def test_transform_scores_identity_with_the_runs_evaluator(baselines_run, tmp_pa
 def test_text_and_class_baselines_generate(baselines_run, tmp_path, capsys):
     from kgface.diffusion.run_loading import load_run
 
+    from kgface.prompts import load_descriptions
+
+    written = load_descriptions(baselines_run / "descriptions.json")  # the train job's language layer
     for mode in ("text", "class", "kg_text"):
         _, conditioner, profiles, _ = load_run(baselines_run / mode)
         assert conditioner.mode == mode and "ORPHA:648" in {p.disease_id for p in profiles}
+        # the text modes prompt with the run's stage sentences (held-out diseases' too); class has no prompt
+        assert (conditioner.descriptions == written) if mode != "class" else conditioner.descriptions is None
     backbone, conditioner, _, _ = load_run(baselines_run / "kg_text")  # the prompt and the trained KG branch
     assert conditioner.uses_text and conditioner.encoder is not None
     assert backbone.unet.attn_processors and any(type(p).__name__.startswith("IPAdapter")

@@ -52,11 +52,15 @@ class Conditioner(nn.Module):
     """Turns indices into `profiles` + severities (+ ages) into (text states, added kwargs, tokens or None)."""
 
     def __init__(self, mode: str, profiles: list[FacialProfile], backbone, encoder: nn.Module | None = None,
-                 graph_builder=None, num_tokens: int = 8, full_prompts=(), phenotype_draws: bool = False):
+                 graph_builder=None, num_tokens: int = 8, full_prompts=(), phenotype_draws: bool = False,
+                 descriptions=None):
         """full_prompts: indices of profiles whose text prompts name every phenotype (phenotype-atlas faces and
         observed phenotype sets). phenotype_draws: the generator trained on observed phenotype sets, so a request
-        draws its phenotypes from the profile (kgface.diffusion.phenotype_sets; every mode but class)."""
+        draws its phenotypes from the profile (kgface.diffusion.phenotype_sets; every mode but class).
+        descriptions: {disease_id: StageDescriptions} (the run's descriptions.json, from the LLM or llm=none's
+        templates): the stage sentences text prompts use; a disease without one gets the template's sentence."""
         super().__init__()
+        self.descriptions = descriptions or None
         self.full_prompts = {int(i) for i in full_prompts}
         self.phenotype_draws = bool(phenotype_draws) and mode != "class"
         if mode not in MODES:
@@ -92,7 +96,9 @@ class Conditioner(nn.Module):
     def prompts(self, idx: torch.Tensor, stages: torch.Tensor) -> list[str]:
         if not self.uses_text:
             return [NEUTRAL_PROMPT] * len(idx)
+        # a face known to show exactly its phenotypes is named by all of them, never by a stage sentence
         return [training_prompt(self.profiles[int(i)], int(s), conditioning="text",
+                                descriptions=None if int(i) in self.full_prompts else self.descriptions,
                                 every_phenotype=int(i) in self.full_prompts) for i, s in zip(idx, stages)]
 
     def tokens(self, idx: torch.Tensor, severity: torch.Tensor, age: torch.Tensor | None = None,

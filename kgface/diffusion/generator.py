@@ -73,7 +73,9 @@ class Generator:
 
         if not self.conditioner.uses_text:
             return self.conditioner.prompts(torch.zeros(len(reqs), dtype=torch.long), torch.zeros(len(reqs)))
-        return [training_prompt(p, int(round(r.severity)), conditioning="text", every_phenotype=self.draws_phenotypes)
+        descriptions = None if self.draws_phenotypes else self.conditioner.descriptions  # a drawn set: named whole
+        return [training_prompt(p, int(round(r.severity)), conditioning="text", descriptions=descriptions,
+                                every_phenotype=self.draws_phenotypes)
                 for p, r in zip(self.request_profiles(reqs), reqs)]
 
     @torch.no_grad()

@@ -87,6 +87,20 @@ def load_profiles_json(run_dir: Path) -> list[FacialProfile]:
     raise RunError(f"run={run_dir} has no profiles.json; is it a kgface.train output?")
 
 
+def descriptions_of(run_dir: Path):
+    """The run's descriptions.json (the stage sentences its text prompts were trained with), or None for a run
+    written before the prompts read it (they used the template's sentences, which None gives again)."""
+    from ..prompts import load_descriptions
+
+    for folder in (run_dir, run_dir.parent):
+        if (folder / "descriptions.json").is_file():
+            try:
+                return load_descriptions(folder / "descriptions.json")
+            except ValueError as exc:
+                raise RunError(f"{folder / 'descriptions.json'}: {str(exc).splitlines()[0]}") from None
+    return None
+
+
 def heldout_of(run_dir: Path) -> set[str]:
     for folder in (run_dir, run_dir.parent):
         if (folder / "data.json").is_file():
@@ -98,7 +112,7 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     """(backbone, conditioner, profiles, cfg) of a trained run; `profiles` includes held-out diseases."""
     from .adapter import load_kg_adapter
     from .backbones import build_backbone
-    from .conditioning import KG_MODES, Conditioner
+    from .conditioning import KG_MODES, TEXT_MODES, Conditioner
     from .phenotype_sets import observed_phenotypes_of
 
     run_dir = Path(run_dir)
@@ -153,12 +167,13 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
 
     train_profiles = [p for p in profiles if p.disease_id not in heldout]
     draws = observed_phenotypes_of(cfg)  # its requests draw their phenotype sets
+    descriptions = descriptions_of(run_dir) if mode in TEXT_MODES else None
     if mode in KG_MODES:
         from ..encoders import KGEncoder
 
         encoder = KGEncoder.from_pretrained(run_dir / "encoder").eval().requires_grad_(False)
         conditioner = Conditioner(mode, train_profiles, backbone, encoder, encoder.graph_builder(cache=cache),
-                                  num_tokens=num_tokens, phenotype_draws=draws)
+                                  num_tokens=num_tokens, phenotype_draws=draws, descriptions=descriptions)
     elif mode == "class":
         from safetensors.torch import load_file
 
@@ -171,5 +186,6 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
                            f"({str(exc).splitlines()[0]})") from None
         conditioner.class_tokens.eval().requires_grad_(False)
     else:
-        conditioner = Conditioner("text", train_profiles, backbone, num_tokens=num_tokens, phenotype_draws=draws)
+        conditioner = Conditioner("text", train_profiles, backbone, num_tokens=num_tokens, phenotype_draws=draws,
+                                  descriptions=descriptions)
     return backbone, conditioner, profiles, cfg

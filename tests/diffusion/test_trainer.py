@@ -217,3 +217,27 @@ def test_kg_text_training_gives_the_unet_the_prompt_and_the_tokens(profiles, tmp
         assert image_embeds is not None and image_embeds[0].shape[1:] == (4, backbone.cross_attention_dim)
         assert not torch.allclose(states, empty.expand_as(states))  # the prompt, not the empty one
     assert any(not torch.equal(a, b) for a, b in zip(before, cond.encoder.parameters()))  # tokens got gradient
+
+
+def test_text_prompts_read_the_language_layers_descriptions(profiles):
+    """The stage sentences of descriptions.json (an LLM's, or llm=none's templates) are what conditioning=text trains
+    and draws with; llm=none's give the template prompts exactly; atlas / observed-set faces keep naming every
+    phenotype; a disease without a description falls back to the template."""
+    from kgface.prompts import template_descriptions, training_prompt
+
+    backbone = build_backbone(MICRO, num_tokens=4, with_adapter=False)
+    none = {p.disease_id: template_descriptions(p) for p in profiles}
+    llm = {d: v.model_copy(deep=True) for d, v in none.items()}
+    llm["ORPHA:870"].stages[2].description = "A face whose cheeks look flushed and whose eyes slant upwards."
+    idx, stages = torch.tensor([0, 0, 1]), torch.tensor([2, 3, 2])
+    plain = Conditioner("text", profiles, backbone, num_tokens=4).prompts(idx, stages)
+    assert Conditioner("text", profiles, backbone, num_tokens=4, descriptions=none).prompts(idx, stages) == plain
+    read = Conditioner("text", profiles, backbone, num_tokens=4, descriptions=llm, full_prompts=[1])
+    got = read.prompts(idx, stages)
+    assert got[0].endswith("A face whose cheeks look flushed and whose eyes slant upwards.")
+    assert got[1] == plain[1]  # another stage: the (unchanged) description of stage 3
+    assert got[2] == training_prompt(profiles[1], 2, conditioning="text", every_phenotype=True)  # the full set
+    gen = Generator(backbone, Conditioner("text", profiles, backbone, num_tokens=4, descriptions=llm))
+    assert gen._prompts([Request(profiles[0], 2.0, 0)]) == [got[0]]
+    gen = Generator(backbone, Conditioner("text", profiles, backbone, num_tokens=4, descriptions={}))
+    assert gen._prompts([Request(profiles[0], 2.0, 0)]) == [plain[0]]
