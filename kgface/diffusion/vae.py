@@ -117,7 +117,11 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
             train_spec.pop(key)
     # only what shapes the VAE: a UNet override must not retrain (and re-key) the cached VAE
     model = {k: v for k, v in tiny_config(model_cfg).items() if k in VAE_KEYS}
-    spec = {"manifest": manifest_digest(manifest), "model": model, "train": train_spec}
+    from ..data.fingerprint import images_digest
+
+    # the manifest names the images; their bytes say what they are (a re-render keeps the manifest identical)
+    spec = {"manifest": manifest_digest(manifest), "images": images_digest(manifest), "model": model,
+            "train": train_spec}
     entry = cache.entry("vae", spec)
     if not entry.exists():
         train = load_split_images(Path(manifest), "train")

@@ -399,10 +399,15 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     used = sorted(set(df["disease"]))
     if atlas is not None:  # atlas captions may name a phenotype through any profile of the panel
         used = sorted({p.disease_id for p in plist})
+    from ..data.fingerprint import images_digest
+
+    # the manifest's bytes name the images; their own bytes say what they are (a re-render keeps the manifest)
     spec = {"version": EVALUATOR_VERSION, "evaluator": c, "manifest_sha256": manifest_hash(manifest_path),
+            "images": images_digest(manifest_path, df["abspath"]),
             "profiles": stable_hash([p.to_dict() for p in plist if p.disease_id in used])}
     if atlas is not None:
         spec["atlas_sha256"] = manifest_hash(atlas_path)
+        spec["atlas_images"] = images_digest(atlas_path, atlas["abspath"])
     entry = cache.entry("evaluator", {**spec, "version": [EVALUATOR_VERSION, CLIP_VERSION]})
     if entry.exists():
         log.info("evaluator from the cache: %s", entry.path)

@@ -51,3 +51,7 @@ def test_the_cached_vae_is_keyed_by_the_vae_alone(tmp_path):
     _, _, same = cached_vae(manifest, {**SMALL, "unet_attention_levels": [True, True]}, train, cache, progress=False)
     _, _, other = cached_vae(manifest, {**SMALL, "vae_block_out_channels": [8, 16]}, train, cache, progress=False)
     assert same == first and other != first
+    # new pixels under the same manifest (a re-render, another crop size): a new VAE, not the stale one
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(tmp_path / "1.png")
+    _, _, redrawn = cached_vae(manifest, SMALL, train, cache, progress=False)
+    assert redrawn != first and manifest.read_text().count("\n") == 5

@@ -58,6 +58,27 @@ def test_cached_by_data_and_config_and_round_trip(tiny_evaluator, tiny_cfg, tiny
     assert "cache_entry" in changed.info and changed.info["cache_entry"] != str(entry)
 
 
+def test_new_pixels_under_an_unchanged_manifest_are_a_new_entry(tiny_cfg, tiny_data, tiny_profiles, session_cache_dir,
+                                                                tmp_path):
+    """A re-render or re-crop keeps manifest.csv byte-identical: the evaluator must not come from the cache."""
+    import shutil
+
+    from PIL import Image
+
+    from kgface.cache import Cache
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    cache = Cache(session_cache_dir)
+    first = fit_evaluator(tiny_cfg.evaluator, copy / "manifest.csv", tiny_profiles, cache, progress=False)
+    key = cache.used[-1]["path"]
+    rel = read_manifest(copy / "manifest.csv")[0]["path"].iloc[0]
+    img = Image.open(copy / rel).convert("RGB")
+    Image.new("RGB", img.size, (255, 0, 0)).save(copy / rel)  # the same name, other pixels
+    again = fit_evaluator(tiny_cfg.evaluator, copy / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert first is not None and "cache_entry" in again.info and again.info["cache_entry"] != str(key)
+
+
 def test_captions_name_disease_stage_and_phenotypes(tiny_profiles):
     acne = next(p for p in tiny_profiles if p.disease_id == "MONDO:0011438")
     ph = acne.phenotypes[0]
