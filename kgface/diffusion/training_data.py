@@ -9,6 +9,7 @@ shows, appended after the training profiles, and that share of the draws comes f
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -16,6 +17,8 @@ import torch
 from ..data.phantom.identity import AGE_GROUPS
 from ..errors import UserError
 from .trainer import LatentSet
+
+log = logging.getLogger(__name__)
 
 AGE_INDEX = {group: i for i, group in enumerate(AGE_GROUPS)}  # age group -> the encoder's age index
 
@@ -52,6 +55,13 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
     `profiles` in the conditioner's list. atlas: (rows, profiles) from `atlas_training_rows`, whose profiles come
     after those; its faces make up `atlas_share` of the draws (each part uniform within itself)."""
     df = train_rows(manifest, profiles, heldout)
+    unknown = int(df["stage_known"].astype(str).str.strip().str.lower().eq("false").sum()) if "stage_known" in df \
+        else 0
+    if unknown:  # said, not silent: the stage input has no "unknown" value, so these train at the placeholder
+        log.warning("%d of %d train images have no known stage (stage_known=False): the generator is conditioned on "
+                    "their placeholder stage (%s); grade them (data.stages=...) for a stage-faithful generator",
+                    unknown, len(df), ", ".join(sorted(set(df.loc[df["stage_known"].astype(str).str.lower()
+                                                                 .eq("false"), "stage"].astype(str)))))
     index = {p.disease_id: i for i, p in enumerate(profiles)}
     if observed is not None:
         rows_index, observed_list = observed

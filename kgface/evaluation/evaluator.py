@@ -106,12 +106,22 @@ def presence_matrix(phenotypes: Sequence[dict], vocab: Sequence[str]) -> np.ndar
     return y
 
 
-def image_caption(profile: FacialProfile, stage: int, phenotypes: dict) -> str:
+def image_caption(profile: FacialProfile, stage: int | None, phenotypes: dict) -> str:
     """Training caption of a real image: disease, stage and the phenotypes it shows (all drawn ones; a photo with
-    unknown phenotypes gets the template's phenotypes of that stage)."""
+    unknown phenotypes gets the template's phenotypes of that stage). stage None: a photo whose stage is not known
+    (the manifest's stage_known=False) is captioned without one."""
+    stage = None if stage is None else int(stage)
     if phenotypes:
-        return caption(profile, int(stage), {h: 1.0 for h, v in phenotypes.items() if float(v) > 0})
-    return caption(profile, int(stage))
+        return caption(profile, stage, {h: 1.0 for h, v in phenotypes.items() if float(v) > 0})
+    return caption(profile, stage)
+
+
+def stage_known(df: pd.DataFrame) -> np.ndarray:
+    """Rows whose stage was observed. Real photos without a grade carry stage_known=False and a placeholder stage
+    (kgface.data.real: 2); a stage head, caption or stage metric must not read that placeholder as a label."""
+    if "stage_known" not in df.columns:
+        return np.ones(len(df), dtype=bool)
+    return df["stage_known"].astype(str).str.strip().str.lower().ne("false").to_numpy()
 
 
 @dataclass
@@ -320,8 +330,11 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     pheno_rows = list(train["phenotypes"]) + ([] if atlas is None else list(atlas["phenotypes"]))
     vocab = drawn_phenotypes(pheno_rows)
     if c["name"] == "tiny_clip":
-        captions = [image_caption(by_id[r.disease], r.stage, r.phenotypes) for r in train.itertuples()]
-        labels, stages = list(train["disease"]), train["stage"].to_numpy(dtype=float)
+        known = stage_known(train)
+        captions = [image_caption(by_id[r.disease], r.stage if k else None, r.phenotypes)
+                    for r, k in zip(train.itertuples(), known)]
+        labels = list(train["disease"])
+        stages = np.where(known, train["stage"].to_numpy(dtype=float), np.nan)  # NaN: no stage target
         clip_images = images
         if atlas is not None:
             named = _phenotype_map(profiles)
@@ -352,7 +365,13 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     probe = LinearProbe.fit(x[torch.from_numpy(shows.copy())], [index[d] for d in train["disease"][shows]],
                             len(classes), l2=float(p.get("l2", 1e-2)))
     info["probe_images"] = int(shows.sum())
-    coral = CoralHead.fit(x, train["stage"].to_numpy(), l2=float(p.get("l2", 1e-2)))
+    known = stage_known(train)  # the stage head learns only observed stages
+    if not known.any():
+        raise EvaluatorInputError("no train image has a known stage (stage_known=False on every row): the stage "
+                                  "head has nothing to learn; grade some photos (data.stages=...) or use a graded set")
+    coral = CoralHead.fit(x[torch.from_numpy(known.copy())], train["stage"].to_numpy()[known],
+                          l2=float(p.get("l2", 1e-2)))
+    info["stage_images"] = int(known.sum())
     if atlas is not None:
         x_atlas = scale(encoder(atlas_images).numpy())
         if heads_on == "atlas":  # the heads never see a disease image: they cannot read a disease for a phenotype

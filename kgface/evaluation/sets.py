@@ -23,7 +23,7 @@ from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from . import metrics as M
 from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, load_images, min_stage_of,
-                        presence_matrix, probe_rows)
+                        presence_matrix, probe_rows, stage_known)
 from .probes import LinearProbe, Standardizer
 
 HEADLINE_STAGES = (2, 3)  # stage 0 is healthy-looking by construction; targets apply to stages 2-3
@@ -151,14 +151,17 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     s = scored or evaluator.score_set(test, keep_images=roundtrip is not None)
     t = s.table
     head = t["stage"].isin(HEADLINE_STAGES) | (t["disease"] == HEALTHY)
-    sick = (t["disease"] != HEALTHY).to_numpy()
+    known = stage_known(test)  # photos of unknown stage carry a placeholder stage: no stage metric reads it
+    sick = (t["disease"] != HEALTHY).to_numpy() & known
+    ts = t[known]
     d = disease_scores(t, evaluator.classes)
     auc = phenotype_auroc(evaluator, t)
     out = {"real_top1": d["top1"], "real_top1_all": d["top1_all"], "real_top3": d["top3"],
            "real_macro_f1": d["macro_f1"], "per_stage_top1": d["per_stage_top1"], "n_test": d["n"],
-           "real_stage_mae": M.stage_mae(t["stage"], t["stage_pred"]),
-           "real_severity_mae": M.stage_mae(t["severity"], t["severity_pred"]),
-           "real_stage_spearman": M.spearman(t["stage"], t["severity_pred"]),
+           "real_stage_mae": M.stage_mae(ts["stage"], ts["stage_pred"]),
+           "real_severity_mae": M.stage_mae(ts["severity"], ts["severity_pred"]),
+           "real_stage_spearman": M.spearman(ts["stage"], ts["severity_pred"]),
+           "n_stage_known": int(known.sum()),
            # the generated sets' stage_spearman is over diseased requests only: the same rows of real faces
            "real_stage_spearman_disease": M.spearman(t["stage"][sick], t["severity_pred"][sick]),
            "zero_shot_top1": M.accuracy(t["disease"][head], t["zs_disease"][head]),
@@ -177,7 +180,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         feats = evaluator.features(rt)
         rt_table = evaluator.predict(feats, test)
         out["vae_ceiling_top1"] = disease_scores(rt_table, evaluator.classes)["top1"]
-        rt_sick = (rt_table["disease"] != HEALTHY).to_numpy()
+        rt_sick = (rt_table["disease"] != HEALTHY).to_numpy() & known
         out["vae_ceiling_stage_spearman"] = M.spearman(rt_table["stage"][rt_sick], rt_table["severity_pred"][rt_sick])
         rt_auc = phenotype_auroc(evaluator, rt_table)
         out["vae_ceiling_phenotype_auroc"] = rt_auc

@@ -502,3 +502,28 @@ def test_a_report_that_fails_midway_leaves_no_metrics_json(tiny_evaluator, tiny_
     monkeypatch.undo()
     paths = report.write_report(out, m, scored, tiny_evaluator, tiny_profiles)
     assert json.loads(paths["metrics"].read_text())["generation"] == json.loads(json.dumps(m["generation"]))
+
+
+def test_photos_of_unknown_stage_teach_no_stage_and_enter_no_stage_metric(tiny_cfg, tiny_data, tiny_profiles,
+                                                                        tiny_evaluator, tmp_path):
+    """stage_known=False rows (real photos without a grade, placeholder stage 2) are left out of the stage head, the
+    captions' stage words and the real-set stage metrics; the disease heads still use them."""
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    df = pd.read_csv(copy / "manifest.csv", dtype=str, keep_default_na=False)
+    sick = df["disease"] != "healthy"
+    unknown = sick & (df.index % 3 == 0)
+    df["stage_known"] = np.where(unknown, "False", "True")
+    df.loc[unknown, "stage"] = "2"  # the placeholder the real-data readers write
+    df.to_csv(copy / "manifest.csv", index=False)
+    ev = fit_evaluator(tiny_cfg.evaluator, copy / "manifest.csv", tiny_profiles, None, progress=False)
+    train = df["split"] == "train"
+    assert ev.info["stage_images"] == int((train & ~unknown).sum()) < int(train.sum())
+    acne = next(p for p in tiny_profiles if p.disease_id == "MONDO:0011438")
+    assert "stage" not in image_caption(acne, None, {}) and "stage" in image_caption(acne, 2, {})
+    real = read_manifest(copy / "manifest.csv")[0]
+    v = instrument_validity(ev, real)
+    test = real["split"] == "test"
+    assert v["n_stage_known"] == int((test & ~unknown.to_numpy()).sum()) < int(test.sum())
