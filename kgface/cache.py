@@ -119,10 +119,11 @@ class Cache:
         return entry
 
     def record(self, run_dir: str | os.PathLike) -> Path:
-        """Write RUN_DIR/cache_entries.json listing the entries this run used (deduplicated, in order)."""
+        """Write RUN_DIR/cache_entries.json listing the entries this run used (deduplicated, in order): those that
+        exist, read or built; an entry only looked up (e.g. an LLM answer that fell back) was never written."""
         seen, rows = set(), []
         for row in self.used:
-            if row["path"] not in seen:
+            if row["path"] not in seen and (Path(row["path"]) / META_FILE).is_file():
                 seen.add(row["path"])
                 rows.append(row)
         return write_json_atomic(Path(run_dir) / "cache_entries.json", rows)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .config import entry
-from .prompts import StageDescriptions, describe_profiles, save_descriptions
+from .errors import UserError
+from .prompts import StageDescriptions, describe_profiles, make_backend, save_descriptions
 from .runtime import load_profiles, make_cache
 
 
@@ -25,13 +26,27 @@ def format_descriptions(descriptions: dict[str, StageDescriptions]) -> str:
     return "\n".join(lines)
 
 
+def disease_list(value) -> list[str] | None:
+    """`diseases` as a list: null = the panel, one id (`diseases=ORPHA:870`) = a list of one."""
+    if value is None:
+        return None
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, ListConfig):
+        items = OmegaConf.to_container(value, resolve=True)
+        if items and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in items):
+            return [str(i) for i in items]
+    raise UserError(f"diseases={value}: give disease ids or names, e.g. diseases='[ORPHA:870,MONDO:0011438]', "
+                    "or diseases=null for the kg's default panel")
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, StageDescriptions]:
     cache = make_cache(cfg)
-    diseases = OmegaConf.to_container(cfg.diseases) if cfg.get("diseases") is not None else None
-    if isinstance(diseases, str):
-        diseases = [diseases]
+    diseases = disease_list(cfg.get("diseases"))
+    llm = OmegaConf.to_container(cfg.llm, resolve=True)
+    make_backend(llm)  # a missing or malformed llm.* setting fails now, before the KG loads
     profiles = load_profiles(cfg, diseases, cache)
-    descriptions = describe_profiles(profiles, OmegaConf.to_container(cfg.llm, resolve=True), cache)
+    descriptions = describe_profiles(profiles, llm, cache)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_descriptions(out_dir / "descriptions.json", descriptions)
     cache.record(out_dir)

@@ -30,11 +30,18 @@ def test_entry_is_built_atomically(tmp_path):
 
 def test_run_records_entries_used(tmp_path):
     cache = Cache(tmp_path / "c")
-    cache.entry("a", {"i": 1})
-    cache.entry("a", {"i": 1})
-    cache.entry("b", {"i": 2})
+    for kind, spec in (("a", {"i": 1}), ("a", {"i": 1}), ("b", {"i": 2})):
+        entry = cache.entry(kind, spec)
+        if not entry.exists():
+            with entry.build() as tmp:
+                (tmp / "x").write_text("built")
+    cache.entry("c", {"i": 3})  # looked up, never built (e.g. an LLM answer that fell back): not used
     rows = json.loads(cache.record(tmp_path / "run").read_text())
     assert [r["kind"] for r in rows] == ["a", "b"]
+    assert all((tmp_path / "c" / r["kind"] / r["key"] / "entry.json").is_file() for r in rows)
+    later = Cache(tmp_path / "c")  # a later run: a hit is listed, a miss it did not build is not
+    assert later.entry("b", {"i": 2}).exists() and not later.entry("c", {"i": 3}).exists()
+    assert [r["kind"] for r in json.loads(later.record(tmp_path / "run2").read_text())] == ["b"]
 
 
 def test_atomic_file_write_leaves_old_content_on_failure(tmp_path):

@@ -1,34 +1,59 @@
 """LLM backends: `complete(messages) -> str` for a chat.
 
 - `openai`: any OpenAI-compatible chat-completions server (vLLM, llama.cpp server, Ollama, the OpenAI API). The
-  key comes from the environment variable named by `api_key_env` and is never logged, cached or put in an error.
+  key comes from the environment variable named by `api_key_env` (none by default) and is never logged, cached or
+  put in an error. Redirects are not followed: they would carry the key to another address.
 - `hf`: a local transformers causal LM, from a folder or a single .gguf file (dequantised by transformers).
 - `none` has no backend object: describe_profiles uses the template descriptions directly.
 
-Transport problems (timeouts, HTTP 429/5xx, refused connections) are retried here with exponential backoff,
-honouring Retry-After; what is left raises `LLMError`. Bad *content* is the caller's business (schema retries).
+Transport problems (timeouts, dropped connections, HTTP 429/5xx) are retried here with exponential backoff,
+honouring Retry-After; what is left raises `LLMError`, and the backend remembers it: later calls in the same run
+fail at once with the same message instead of repeating the retry cycle for every disease. Settings the server
+rejects (HTTP 400/401/403/404/405, a redirect) raise `UserError`: every disease would fail the same way. Bad
+*content* is the caller's business (schema retries).
 """
 from __future__ import annotations
 
 import email.utils
+import http.client
+import importlib.util
+import inspect
+import ipaddress
 import json
 import logging
+import math
 import os
 import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from kgface.cache import file_fingerprint
+from kgface.errors import UserError
 
 log = logging.getLogger(__name__)
 
 DESCRIBE_KEYS = ("max_attempts",)  # llm.* keys read by describe_profiles, not by a backend
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# the request itself is wrong (key, model, URL, response_format): every disease would fail alike, so stop the run
+CONFIG_STATUS = {400, 401, 403, 404, 405}
+BODY_CHARS = 200  # how much of a server's error body an error shows
+MISSING = "???"  # OmegaConf's mandatory value, which to_container(resolve=True) passes through as a string
+# files of a transformers folder that shape its answers (config, tokenizer and chat template, weights)
+HF_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                  "special_tokens_map.json", "chat_template.json", "chat_template.jinja", "tokenizer.model")
+HF_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 class LLMError(RuntimeError):
     """The backend gave no answer (after its own retries)."""
+
+
+class AnswerCutOff(LLMError):
+    """The server stopped at max_tokens: the answer is incomplete, and asking again with the same limit is too."""
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -45,38 +70,116 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+def _setting(key: str, value, kind: type, minimum: float | None = None, above: bool = False):
+    """A numeric llm.* setting as `kind`, or a one-line UserError naming llm.<key>."""
+    try:
+        if isinstance(value, bool) or value is None or (kind is int and float(value) != int(float(value))):
+            raise ValueError
+        number = int(float(value)) if kind is int else float(value)
+        if not math.isfinite(number):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"llm.{key}={value!r} is not a{'n integer' if kind is int else ' number'}; "
+                        f"set llm.{key} to one") from None
+    if minimum is not None and (number <= minimum if above else number < minimum):
+        raise UserError(f"llm.{key}={value!r} must be {'>' if above else '>='} {minimum:g}")
+    return number
+
+
+def _required(key: str, value, what: str) -> str:
+    if value is None or not str(value).strip() or str(value).strip() == MISSING:
+        raise UserError(f"llm.{key} is not set: give {what} (llm.{key}=...)")
+    return str(value).strip()
+
+
+def _loopback(host: str | None) -> bool:
+    if not host or host == "localhost":
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Report a redirect as the HTTPError it is: following it would copy the Authorization header to its target."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _body(exc: urllib.error.HTTPError, secret: str | None) -> str:
+    """The first BODY_CHARS characters of an error response, on one line, without the API key."""
+    try:
+        text = exc.read(4 * BODY_CHARS).decode("utf-8", "replace")
+    except (AttributeError, OSError, http.client.HTTPException, ValueError):
+        return ""
+    text = " ".join(text.split())
+    if secret:
+        text = text.replace(secret, "***")
+    return text[:BODY_CHARS] + ("..." if len(text) > BODY_CHARS else "")
+
+
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = None,
                  timeout_s: float = 60.0, max_retries: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 min_interval_s: float = 0.0, temperature: float = 0.2, max_tokens: int = 1024,
-                 json_mode: bool = True):
-        if not base_url or not model:
-            raise ValueError("llm=openai needs llm.base_url (e.g. http://127.0.0.1:8000/v1) and llm.model")
+                 max_retry_after_s: float = 300.0, min_interval_s: float = 0.0, temperature: float = 0.2,
+                 max_tokens: int = 1024, json_mode: bool = True):
+        base_url = _required("base_url", base_url, "the server's OpenAI-compatible URL, e.g. http://127.0.0.1:8000/v1")
+        self.model = _required("model", model, "the server's model name, e.g. Qwen/Qwen2.5-7B-Instruct")
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise UserError(f"llm.base_url={base_url} is not an http(s) URL; e.g. http://127.0.0.1:8000/v1")
+        self.base_url = base_url
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = str(model)
-        self.api_key_env = api_key_env
-        self.timeout_s, self.max_retries = float(timeout_s), int(max_retries)
-        self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
-        self.min_interval_s = float(min_interval_s)
-        self.temperature, self.max_tokens, self.json_mode = float(temperature), int(max_tokens), bool(json_mode)
+        self.api_key_env = None if api_key_env in (None, "", MISSING) else str(api_key_env)
+        self.timeout_s = _setting("timeout_s", timeout_s, float, 0, above=True)
+        self.max_retries = _setting("max_retries", max_retries, int, 0)
+        self.backoff_s = _setting("backoff_s", backoff_s, float, 0)
+        self.max_backoff_s = _setting("max_backoff_s", max_backoff_s, float, 0)
+        self.max_retry_after_s = _setting("max_retry_after_s", max_retry_after_s, float, 0)
+        self.min_interval_s = _setting("min_interval_s", min_interval_s, float, 0)
+        self.temperature = _setting("temperature", temperature, float, 0)
+        self.max_tokens = _setting("max_tokens", max_tokens, int, 1)
+        if not isinstance(json_mode, bool):
+            raise UserError(f"llm.json_mode={json_mode!r}: use true or false")
+        self.json_mode = json_mode
         self._last_request = -float("inf")
         self._lock = threading.Lock()
+        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._warned: set[str] = set()
+        self.failed: str | None = None  # a transport failure that outlived the retries: the rest of the run skips
 
     def params(self) -> dict:
         """What shapes the answer (and so keys the cache); not the key, timeouts or retry policy."""
         return {"url": self.url, "temperature": self.temperature, "max_tokens": self.max_tokens,
                 "json_mode": self.json_mode}
 
-    def _headers(self) -> dict:
+    def _warn_once(self, what: str, *args):
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning(what, *args)
+
+    def _key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:  # local servers often need no key; say which variable, never a value
+            self._warn_once("llm.api_key_env=%s but that environment variable is not set; sending no API key",
+                            self.api_key_env)
+            return None
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            self._warn_once("sending the API key from %s over plain http to %s; use https",
+                            self.api_key_env, parts.hostname)
+        return key
+
+    def _headers(self, key: str | None) -> dict:
         headers = {"Content-Type": "application/json"}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
-            else:  # local servers often need no key; say which variable, never a value
-                log.debug("environment variable %s is not set; sending no API key", self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         return headers
 
     def _wait_turn(self):
@@ -87,12 +190,37 @@ class OpenAIBackend:
                 time.sleep(delay)
             self._last_request = time.monotonic()
 
-    def _post(self, body: bytes) -> dict:
-        request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+    def _post(self, body: bytes, key: str | None) -> dict:
+        request = urllib.request.Request(self.url, data=body, headers=self._headers(key), method="POST")
+        with self._opener.open(request, timeout=self.timeout_s) as response:
             return json.loads(response.read().decode("utf-8"))
 
+    def _config_error(self, exc: urllib.error.HTTPError, body: str, key: str | None) -> UserError:
+        """A one-line error for a request the server refuses: which setting to check, and what the server said."""
+        said = f"; the server said: {body}" if body else ""
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location", "another address") if exc.headers else "another address"
+            return UserError(f"llm.base_url={self.base_url} answers HTTP {exc.code}, a redirect to {where}; "
+                             "kgface does not follow redirects (they would carry the API key elsewhere): set "
+                             "llm.base_url to the final URL")
+        if exc.code in (401, 403):
+            if not self.api_key_env:
+                hint = "no key was sent (llm.api_key_env is null): set llm.api_key_env=NAME of the variable holding it"
+            elif key is None:
+                hint = f"no key was sent: the environment variable {self.api_key_env} (llm.api_key_env) is not set"
+            else:
+                hint = f"check the key in {self.api_key_env} (llm.api_key_env) and llm.base_url"
+            return UserError(f"HTTP {exc.code} from {self.url}: {hint}{said}")
+        if exc.code in (404, 405):
+            return UserError(f"HTTP {exc.code} from {self.url}: check llm.base_url={self.base_url} (usually ends "
+                             f"in /v1) and llm.model={self.model}{said}")
+        return UserError(f"HTTP {exc.code} from {self.url}: the server rejects the request; check "
+                         f"llm.model={self.model}, llm.base_url and llm.json_mode (false for servers without "
+                         f"response_format){said}")
+
     def complete(self, messages: list[dict]) -> str:
+        if self.failed:  # the server already failed past its retries in this run: do not wait it out again
+            raise LLMError(self.failed)
         payload = {"model": self.model, "messages": messages, "temperature": self.temperature,
                    "max_tokens": self.max_tokens}
         if self.json_mode:
@@ -102,14 +230,24 @@ class OpenAIBackend:
         for attempt in range(self.max_retries + 1):
             self._wait_turn()
             wait = None
+            key = self._key()
             try:
-                data = self._post(body)
-                return str(data["choices"][0]["message"]["content"] or "")
+                data = self._post(body, key)
+                choice = data["choices"][0]
+                content = str(choice["message"]["content"] or "")
             except urllib.error.HTTPError as exc:
-                problem = f"HTTP {exc.code} from {self.url}"
+                text = _body(exc, key)
                 if exc.code not in RETRY_STATUS:
-                    raise LLMError(f"{problem}: {exc.reason}; check llm.base_url and llm.model") from None
+                    if exc.code in CONFIG_STATUS or 300 <= exc.code < 400:
+                        raise self._config_error(exc, text, key) from None
+                    raise LLMError(f"HTTP {exc.code} from {self.url}: {text or exc.reason}") from None
+                problem = f"HTTP {exc.code} from {self.url}" + (f" ({text})" if text else "")
                 wait = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+                if wait is not None and wait > self.max_retry_after_s:
+                    self.failed = (f"{problem}: the server asks to wait {wait:.0f} s (Retry-After), more than "
+                                   f"llm.max_retry_after_s={self.max_retry_after_s:g}; try later or raise it")
+                    log.warning("%s; the remaining diseases of this run use the template", self.failed)
+                    raise LLMError(self.failed) from None
             except (TimeoutError, socket.timeout) as exc:
                 problem = f"no answer from {self.url} within {self.timeout_s:g} s ({exc.__class__.__name__})"
             except urllib.error.URLError as exc:
@@ -117,17 +255,38 @@ class OpenAIBackend:
                     problem = f"no answer from {self.url} within {self.timeout_s:g} s"
                 else:
                     problem = f"cannot reach {self.url}: {exc.reason}"
+            except (ConnectionError, http.client.HTTPException) as exc:
+                # raised while reading the response (urllib wraps only errors of sending): a dropped connection
+                # (RemoteDisconnected, ConnectionResetError), a cut body (IncompleteRead), a garbled status line
+                problem = f"connection to {self.url} failed while reading the answer ({exc.__class__.__name__})"
             except (KeyError, IndexError, TypeError, ValueError) as exc:
                 raise LLMError(f"{self.url} answered without choices[0].message.content ({exc!r}); "
                                "is it an OpenAI-compatible chat-completions server?") from None
+            else:
+                if isinstance(choice, dict) and choice.get("finish_reason") == "length":
+                    raise AnswerCutOff(f"the answer was cut off at llm.max_tokens={self.max_tokens} tokens "
+                                       "(finish_reason=length); raise llm.max_tokens")
+                return content
             if attempt == self.max_retries:
                 break
-            if wait is None:
+            if wait is None:  # our own backoff is capped; a server's Retry-After is honoured up to its own cap
                 wait = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
-            wait = min(wait, self.max_backoff_s)
             log.warning("%s; retry %d/%d in %.2f s", problem, attempt + 1, self.max_retries, wait)
             time.sleep(wait)
-        raise LLMError(f"{problem} (gave up after {self.max_retries + 1} tries)")
+        self.failed = f"{problem} (gave up after {self.max_retries + 1} tries)"
+        log.warning("%s; the remaining diseases of this run use the template without asking again", self.failed)
+        raise LLMError(self.failed)
+
+
+def _hf_fingerprint(path: Path) -> dict:
+    """What identifies the model's answers beyond its name: the .gguf file, or the folder's config, tokenizer and
+    weight files (path, size, mtime), so replaced weights do not reuse cached answers."""
+    if path.is_file():
+        return {path.name: file_fingerprint(path)}
+    files = sorted(p for p in path.iterdir() if p.is_file() and (p.name in HF_MODEL_FILES
+                                                                 or p.name.endswith(HF_WEIGHT_SUFFIXES)
+                                                                 or p.name.endswith(".index.json")))
+    return {p.name: file_fingerprint(p) for p in files}
 
 
 class HFBackend:
@@ -137,28 +296,38 @@ class HFBackend:
 
     def __init__(self, model: str, max_new_tokens: int = 512, temperature: float = 0.0, device: str = "cpu",
                  seed: int = 0):
-        if not model:
-            raise ValueError("llm=hf needs llm.model: a transformers model folder or a .gguf file")
-        self.model = str(model)
-        self.max_new_tokens, self.temperature = int(max_new_tokens), float(temperature)
-        self.device, self.seed = device, int(seed)
+        self.model = _required("model", model, "a transformers model folder or a .gguf file")
+        path = Path(self.model).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            if importlib.util.find_spec("gguf") is None:
+                raise UserError(f"llm.model={self.model} is a .gguf file, which needs the gguf package: "
+                                "pip install gguf")
+        elif not (path / "config.json").is_file():
+            what = "does not exist" if not path.exists() else "is neither a .gguf file nor a folder with config.json"
+            raise UserError(f"llm.model={self.model} {what}; give a transformers model folder or a .gguf file")
+        self.path = path
+        self.max_new_tokens = _setting("max_new_tokens", max_new_tokens, int, 1)
+        self.temperature = _setting("temperature", temperature, float, 0)
+        self.device, self.seed = str(device), _setting("seed", seed, int)
         self._lm = self._tokenizer = None
 
     def params(self) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed}
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed,
+                "files": _hf_fingerprint(self.path)}
 
     def _load(self):
         if self._lm is not None:
             return
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = Path(self.model).expanduser()
-        if not path.exists():
-            raise LLMError(f"llm.model {path} does not exist; give a transformers model folder or a .gguf file")
-        kwargs = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
-        folder = str(path.parent if kwargs else path)
-        self._tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-        self._lm = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(self.device).eval()
+        kwargs = {"gguf_file": self.path.name} if self.path.suffix == ".gguf" else {}
+        folder = str(self.path.parent if kwargs else self.path)
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+            self._lm = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(self.device).eval()
+        except (OSError, ValueError) as exc:  # a broken folder fails every disease alike: stop with one line
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"llm.model={self.model}: transformers cannot load it ({first})") from None
 
     def _input_ids(self, messages: list[dict]):
         tok = self._tokenizer
@@ -187,14 +356,22 @@ class HFBackend:
         return self._tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+BACKENDS = {"openai": OpenAIBackend, "hf": HFBackend}
+
+
 def make_backend(llm_cfg) -> OpenAIBackend | HFBackend | None:
-    """The backend named by `llm.name` (None for `none`); an unknown key fails here, not silently."""
+    """The backend named by `llm.name` (None for `none`); a missing, unknown or malformed setting is a one-line
+    UserError naming its llm.* key, here, before any disease is described."""
     cfg = {k: v for k, v in dict(llm_cfg or {}).items() if k not in DESCRIBE_KEYS}
     name = cfg.pop("name", "none")
     if name in (None, "none"):
         return None
-    if name == "openai":
-        return OpenAIBackend(**cfg)
-    if name == "hf":
-        return HFBackend(**cfg)
-    raise ValueError(f"llm.name must be none, openai or hf, got {name!r}")
+    cls = BACKENDS.get(name)
+    if cls is None:
+        raise UserError(f"llm.name={name!r} is unknown; use llm=none, llm=openai or llm=hf")
+    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(cfg) - set(known))
+    if unknown:
+        raise UserError(f"llm.{unknown[0]} is not a setting of llm={name}; known: "
+                        f"{', '.join(known + list(DESCRIBE_KEYS))}")
+    return cls(**cfg)

@@ -13,7 +13,7 @@ import logging
 from kgface.cache import Cache, write_json_atomic
 from kgface.kg.profiles import FacialProfile
 
-from .backends import LLMError, make_backend
+from .backends import LLMError, _setting, make_backend
 from .builder import build_messages, profile_hash, retry_message, template_hash
 from .schema import StageDescriptions, StageText, dump_descriptions, parse_answer
 from .wording import N_STAGES, negative_prompt, stage_phenotypes, template_description
@@ -83,7 +83,7 @@ def describe_profile(profile: FacialProfile, backend, cache: Cache | None, max_a
 def describe_profiles(profiles: list[FacialProfile], llm_cfg, cache: Cache | None) -> dict[str, StageDescriptions]:
     """{disease_id: StageDescriptions} for each profile, in order, with the backend `llm_cfg` names."""
     backend = make_backend(llm_cfg)
-    max_attempts = int(dict(llm_cfg or {}).get("max_attempts", 3))
+    max_attempts = _setting("max_attempts", dict(llm_cfg or {}).get("max_attempts", 3), int, 1)
     return {p.disease_id: describe_profile(p, backend, cache, max_attempts) for p in profiles}
 
 

@@ -1,9 +1,11 @@
 """What an LLM must answer (`LLMAnswer`) and what kgface keeps per disease (`StageDescriptions`, the rows of
 descriptions.json).
 
-An answer is checked twice: by pydantic (shape, one sentence, stages 0..3 once each) and against the profile (every
-phenotype id it cites must be one of the profile's visible phenotypes). The error text of a failed check goes back
-to the LLM on the next attempt, so messages say what to change.
+An answer is checked as JSON (no key twice), by pydantic (shape, one sentence, stages 0..3 once each, whole-number
+stages) and against the profile: every phenotype id it cites must be one of the profile's visible phenotypes, and
+the stages must follow the stage scale (no phenotype at a stage without visible signs, none before its curated
+earliest stage `min_stage`, at least one at each stage from 1 on). The error text of a failed check goes back to
+the LLM on the next attempt, so messages say what to change.
 """
 from __future__ import annotations
 
@@ -12,16 +14,24 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
 from kgface.kg.profiles import FacialProfile
 
-from .wording import N_STAGES
+from .wording import N_STAGES, stage_levels
 
 DESCRIPTIONS_SCHEMA = "kgface.descriptions/1"
 _HPO = re.compile(r"^HP:\d{7}$")
-# a sentence end followed by the start of another sentence
-_SECOND_SENTENCE = re.compile(r"[.!?]\s+[A-Z]")
+# abbreviations whose period ends no sentence
+_ABBREVIATION = re.compile(r"\b(?:e\.g|i\.e|etc|approx|ca|cf|vs|incl|esp|resp|Dr|Mr|Mrs|Ms|St)\.", flags=re.I)
+# a sentence end followed by the start of another sentence: after a space any word ("Red cheeks. swollen nose"),
+# without one a capital ("Red cheeks.Swollen nose"); "2.5 cm" is no sentence end
+_SECOND_SENTENCE = re.compile(r"[.!?][\"')\]]*(?:\s+[\"'(\[]?[A-Za-z0-9]|[A-Z])|[!?][\"')\]]*[a-z]")
+
+
+def _collapse(value):
+    """Whitespace runs as one space, before the length limits apply ("ab" plus spaces is not 10 characters)."""
+    return " ".join(value.split()) if isinstance(value, str) else value
 
 
 class StageText(BaseModel):
@@ -38,18 +48,25 @@ class AnswerStage(StageText):
 
     model_config = ConfigDict(extra="forbid")
 
-    stage: int = Field(ge=0, le=N_STAGES - 1, description="severity stage, 0..3")
+    # strict: "1" or 1.0 is not a stage (a model that writes them is not following the schema)
+    stage: StrictInt = Field(ge=0, le=N_STAGES - 1, description="severity stage, 0..3")
     description: str = Field(min_length=10, max_length=400,
                              description="one sentence describing what the face looks like at this stage")
     phenotypes: list[str] = Field(default_factory=list,
-                                  description="HPO ids (HP:nnnnnnn) of the profile's phenotypes this sentence shows")
+                                  description="HPO ids (HP:nnnnnnn) of the profile's phenotypes this sentence shows: "
+                                              "none at a stage without visible signs, none before the phenotype's "
+                                              "earliest stage, at least one from stage 1 on")
     negative_prompt: str = Field(max_length=300, description="short comma-separated list of what must not appear")
+
+    @field_validator("description", "negative_prompt", mode="before")
+    @classmethod
+    def _collapse_whitespace(cls, value):
+        return _collapse(value)
 
     @field_validator("description")
     @classmethod
     def _one_sentence(cls, value: str) -> str:
-        value = " ".join(value.split())
-        if _SECOND_SENTENCE.search(value.rstrip(".!? ")):
+        if _SECOND_SENTENCE.search(_ABBREVIATION.sub("abbr", value).rstrip(".!?\"') ")):
             raise ValueError("must be exactly one sentence")
         return value
 
@@ -94,13 +111,64 @@ def extract_json(text: str) -> str:
     return text[start:end + 1] if 0 <= start < end else text
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    """json object_pairs_hook: a key given twice is an error (json keeps the last one silently)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(f"the key {key!r} appears twice in one JSON object; give each key once")
+        seen.add(key)
+    return dict(pairs)
+
+
+def stage_rule_errors(profile: FacialProfile, stages: list[tuple[int, list[str]]]) -> list[str]:
+    """What breaks the stage scale in [(stage, cited HPO ids)]: a phenotype at a stage whose level has no visible
+    signs, a phenotype before its curated `min_stage`, or a stage from 1 on citing none although the profile has
+    a phenotype visible by then."""
+    levels = stage_levels(profile.disease_id)
+    by_id = {p.hpo_id: p for p in profile.phenotypes}
+    errors = []
+    for stage, ids in stages:
+        level = levels[stage]
+        if not level.signs and ids:
+            errors.append(f"stages.{stage}.phenotypes: stage {stage} ({level.name}: {level.clause}) shows no "
+                          f"phenotype; cite none, got {', '.join(ids)}")
+            continue
+        early = [i for i in ids if i in by_id and int(by_id[i].min_stage or 0) > stage]
+        if early:
+            errors.append(f"stages.{stage}.phenotypes: " + "; ".join(
+                f"{i} first shows at stage {int(by_id[i].min_stage)} (its earliest stage), not at stage {stage}"
+                for i in early))
+        possible = sorted(p.hpo_id for p in profile.phenotypes if int(p.min_stage or 0) <= stage)
+        if stage >= 1 and level.signs and not ids and possible:
+            errors.append(f"stages.{stage}.phenotypes: stage {stage} ({level.name}) shows signs; cite at least one "
+                          f"of {', '.join(possible)}")
+    return errors
+
+
 def parse_answer(text: str, profile: FacialProfile) -> LLMAnswer:
-    """Validate a raw reply against the schema and the profile's ids; raises ValueError with a short message."""
+    """Validate a raw reply against the schema, the profile's ids and its stage scale; raises ValueError with a
+    short message (it goes back to the LLM)."""
     allowed = {p.hpo_id for p in profile.phenotypes}
+    payload = extract_json(text)
     try:
-        return LLMAnswer.model_validate_json(extract_json(text), context={"allowed_ids": allowed})
+        json.loads(payload, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise ValueError(str(exc)) from None
+    except ValueError:
+        pass  # not JSON: pydantic says where, in the words the tests and the retry prompt expect
+    try:
+        answer = LLMAnswer.model_validate_json(payload, context={"allowed_ids": allowed})
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise ValueError(_short_error(exc)) from None
+    errors = stage_rule_errors(profile, [(s.stage, s.phenotypes) for s in answer.stages])
+    if errors:
+        raise ValueError("; ".join(errors)[:1200])
+    return answer
 
 
 def _short_error(exc: Exception, limit: int = 1200) -> str:

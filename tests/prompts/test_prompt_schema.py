@@ -4,11 +4,16 @@ import json
 import pytest
 
 from kgface.prompts import load_descriptions, parse_answer, save_descriptions, template_descriptions
+from kgface.prompts.schema import stage_rule_errors
 
 
-def answer(ids=("HP:0000582",), n=4, description="A face with upward-slanting eyes."):
-    return {"stages": [{"stage": s, "description": description, "phenotypes": list(ids) if s else [],
-                        "negative_prompt": "blurry"} for s in range(n)]}
+def answer(ids=("HP:0000582",), n=4, description="A face with upward-slanting eyes.", **stages):
+    """A valid answer for `down`; s1={...} etc. override one stage's fields."""
+    out = {"stages": [{"stage": s, "description": description, "phenotypes": list(ids) if s else [],
+                       "negative_prompt": "blurry"} for s in range(n)]}
+    for name, fields in stages.items():
+        out["stages"][int(name[1:])].update(fields)
+    return out
 
 
 def test_valid_answer_and_fenced_reply(down):
@@ -29,6 +34,90 @@ def test_valid_answer_and_fenced_reply(down):
 def test_rejected_answers_say_why(down, reply, message):
     with pytest.raises(ValueError, match=message):
         parse_answer(reply, down)
+
+
+@pytest.mark.parametrize("reply, message", [
+    # the length limit applies after whitespace is collapsed
+    (json.dumps(answer(s1={"description": "ab          "})), "at least 10 characters"),
+    # a second sentence starting lower-case, or with no space after the period
+    (json.dumps(answer(s1={"description": "Red cheeks. swollen nose."})), "exactly one sentence"),
+    (json.dumps(answer(s1={"description": "Red cheeks.Swollen nose."})), "exactly one sentence"),
+    (json.dumps(answer(s1={"description": "Red cheeks! swollen nose"})), "exactly one sentence"),
+    # stages are whole JSON numbers
+    (json.dumps(answer(s0={"stage": "0"})), "stages.0.stage: Input should be a valid integer"),
+    (json.dumps(answer(s1={"stage": 1.0})), "stages.1.stage: Input should be a valid integer"),
+    (json.dumps(answer(s1={"stage": True})), "stages.1.stage: Input should be a valid integer"),
+])
+def test_loose_answers_are_rejected(down, reply, message):
+    with pytest.raises(ValueError, match=message):
+        parse_answer(reply, down)
+
+
+def test_duplicate_keys_are_rejected(down):
+    # json keeps the last of two equal keys: a model's first (valid-looking) stages would vanish silently
+    stages = json.dumps(answer()["stages"])
+    with pytest.raises(ValueError, match="the key 'stages' appears twice"):
+        parse_answer('{"stages": ' + stages + ', "stages": ' + stages + '}', down)
+    one = json.dumps(answer()).replace('"stage": 2,', '"stage": 2, "stage": 2,')
+    with pytest.raises(ValueError, match="the key 'stage' appears twice"):
+        parse_answer(one, down)
+
+
+@pytest.mark.parametrize("description", [
+    "A face with upward-slanting eyes, e.g. tilted outward, and a 2.5 cm wide nasal bridge.",
+    "A face with upward-slanting eyes (i.e. tilted upward) at the mild stage.",
+    "  A face   with\nupward-slanting eyes.  ",
+])
+def test_one_sentence_with_abbreviations_or_decimals_is_accepted(down, description):
+    parsed = parse_answer(json.dumps(answer(s1={"description": description})), down)
+    assert parsed.stages[1].description == " ".join(description.split())
+
+
+def test_answers_follow_the_stage_scale(down, acne):
+    # stage 0 of the default scale has no visible signs: it cites nothing
+    with pytest.raises(ValueError, match=r"stages.0.phenotypes: stage 0 \(earliest: no visible signs yet\) shows no "
+                                         r"phenotype; cite none, got HP:0000582"):
+        parse_answer(json.dumps(answer(s0={"phenotypes": ["HP:0000582"]})), down)
+    # stages 1..3 show signs: each cites at least one phenotype
+    with pytest.raises(ValueError, match=r"stages.2.phenotypes: stage 2 \(moderate\) shows signs; cite at least one"):
+        parse_answer(json.dumps(answer(s2={"phenotypes": []})), down)
+    # a phenotype not before its curated earliest stage (acne pustules: min_stage 2)
+    acne_answer = {"stages": [{"stage": s, "description": "A face with acne papules and comedones.",
+                               "phenotypes": ["HP:0001061"], "negative_prompt": "blurry"} for s in range(4)]}
+    assert parse_answer(json.dumps(acne_answer), acne)  # acne's stage 0 has signs (at most 5 lesions)
+    acne_answer["stages"][1]["phenotypes"] = ["HP:0001061", "HP:0200039"]
+    with pytest.raises(ValueError, match=r"stages.1.phenotypes: HP:0200039 first shows at stage 2 \(its earliest "
+                                         r"stage\), not at stage 1"):
+        parse_answer(json.dumps(acne_answer), acne)
+    acne_answer["stages"][1]["phenotypes"] = ["HP:0001061"]
+    acne_answer["stages"][2]["phenotypes"] = ["HP:0200039"]
+    assert parse_answer(json.dumps(acne_answer), acne)
+
+
+def test_a_stage_without_any_possible_phenotype_may_cite_none(down):
+    # when no phenotype can show yet (all curated later), an empty stage 1 is right, not an error
+    for p in down.phenotypes:
+        p.min_stage = 2
+    reply = answer(s1={"phenotypes": []})
+    assert parse_answer(json.dumps(reply), down).stages[1].phenotypes == []
+
+
+def test_template_descriptions_follow_the_stage_rules(down, acne):
+    # llm=none's answers keep the rules the LLM is held to
+    for profile in (down, acne):
+        d = template_descriptions(profile)
+        assert stage_rule_errors(profile, [(s.stage, s.phenotypes) for s in d.stages]) == []
+
+
+def test_template_descriptions_of_the_default_panel_follow_the_stage_rules():
+    from kgface.config import compose
+    from kgface.runtime import load_profiles
+
+    profiles = [p for p in load_profiles(compose("describe")) if not p.healthy]
+    assert len(profiles) >= 10
+    for profile in profiles:
+        d = template_descriptions(profile)
+        assert stage_rule_errors(profile, [(s.stage, s.phenotypes) for s in d.stages]) == [], profile.disease_id
 
 
 def test_descriptions_json_round_trip(tmp_path, down, acne):

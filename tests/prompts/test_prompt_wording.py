@@ -94,3 +94,14 @@ def test_every_phenotype_names_the_whole_profile(down):
     assert len(down.phenotypes) > 3
     missing = [p.visual for p in down.phenotypes if p.visual not in short]
     assert missing and all(p.visual in full for p in down.phenotypes)
+
+
+def test_every_phenotype_ignores_llm_descriptions(down):
+    # a stage description names a few phenotypes; a face known to show exactly these must name each of them
+    d = template_descriptions(down)
+    d.stages[1].description = "A face with almond-shaped eyes tilted upwards."
+    for descs in ({down.disease_id: d}, {down.disease_id: d.model_dump()}):
+        full = training_prompt(down, 1, "text", descs, every_phenotype=True)
+        assert full == training_prompt(down, 1, "text", every_phenotype=True)
+        assert "almond" not in full and all(p.visual in full for p in down.phenotypes)
+        assert training_prompt(down, 1, "text", descs).endswith("tilted upwards.")  # without it: the description
