@@ -32,13 +32,13 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
     if unknown:
         raise UserError(f"data.heldout names {unknown}, which are not in the disease panel "
                         f"({', '.join(sorted(ids))}); fix data.heldout or kg.panel")
+    pcfg = PhantomConfig.from_dict(data)  # validates: a setting it cannot honour fails even when a cached entry exists
     effects_path = kg_data_dir() / "phantom_effects.csv"
     spec = {"data": data, "renderer": RENDERER_VERSION, "effects": file_fingerprint(effects_path),
             "profiles": [p.to_dict() for p in profiles]}
     entry = cache.entry("dataset-phantom", spec)
     if entry.exists():
         return entry.path
-    pcfg = PhantomConfig.from_dict(data)
     table = load_phantom_effects(effects_path)
     with entry.build() as tmp:
         rows, stats = build_phantom(profiles, pcfg, table, tmp, heldout, progress=progress)
@@ -72,6 +72,10 @@ def isolated_effect_images(cfg: DictConfig, hpo_ids, identity_ids, per_term: int
 def materialise(src: Path, out: Path) -> None:
     """Give OUT its own copy of a cached dataset (hard links where the filesystem allows: no extra disk)."""
     out.mkdir(parents=True, exist_ok=True)
+    # the old manifest goes before its images do: until the new one is in, OUT holds no manifest to trust; a real
+    # build's skipped.csv would describe a dataset that is no longer there
+    for name in ("manifest.csv", "skipped.csv"):
+        (out / name).unlink(missing_ok=True)
     staging = out / ".images.tmp"
     if staging.exists():
         shutil.rmtree(staging)

@@ -6,12 +6,14 @@ phenotypes (JSON: HPO id -> intensity in [0,1]; `{}` when unknown, as for real p
 Generated manifests add the request: mode, requested_disease, requested_stage, seed, source_image.
 
 Reading validates every row: a bad label is an error (or, with on_error="skip", a counted, logged skip), never a
-silently wrong label.
+silently wrong label. Across rows: a path (compared resolved) is listed once, healthy is stage 0, age_group is empty
+or one of AGE_GROUPS, and a non-empty identity stays in one split (a person in train and test leaks).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ import pandas as pd
 
 from ..cache import atomic_path
 from ..errors import UserError
+from .phantom.identity import AGE_GROUPS
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,33 @@ def write_manifest(rows: pd.DataFrame | list[dict], path: str | os.PathLike) -> 
     return Path(path)
 
 
+def _number(value, column: str) -> float:
+    """A finite float from a cell; ValueError naming the column otherwise (inf would overflow int(), nan compare
+    false everywhere)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{column} '{value}' is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{column} '{value}' is not a finite number")
+    return number
+
+
+def _phenotypes(text) -> dict[str, float]:
+    try:
+        ph = json.loads(text) if isinstance(text, str) else dict(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"phenotypes is not JSON: {str(text)[:60]}") from None
+    except (TypeError, ValueError):
+        raise ValueError(f"phenotypes is not a JSON object: {str(text)[:60]}") from None
+    # null, nested objects, lists, strings and booleans are not intensities (float() would raise or accept true)
+    if not isinstance(ph, dict) or any(not str(k).startswith("HP:") or isinstance(v, bool)
+                                       or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0
+                                       for k, v in ph.items()):
+        raise ValueError("phenotypes must map HP ids to intensities in [0,1]")
+    return {str(k): float(v) for k, v in ph.items()}
+
+
 def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_files: bool) -> dict:
     """Validate and type one row; raises ValueError with the reason."""
     out = dict(row)
@@ -74,35 +104,38 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
         raise ValueError(f"disease '{disease}' is not one of the known labels")
     out["disease"] = disease
     try:
-        stage = int(float(row["stage"]))
-    except (TypeError, ValueError):
+        stage_value = _number(row["stage"], "stage")
+    except ValueError:
         raise ValueError(f"stage '{row['stage']}' is not an integer") from None
-    if not 0 <= stage < N_STAGES or float(row["stage"]) != stage:
+    if not 0 <= stage_value < N_STAGES or stage_value != int(stage_value):
         raise ValueError(f"stage {row['stage']} is outside 0..{N_STAGES - 1}")
+    stage = int(stage_value)
+    if disease == "healthy" and stage != 0:
+        raise ValueError(f"disease 'healthy' has stage {stage}; healthy is stage 0")
     out["stage"] = stage
     sev = row.get("severity", "")
-    out["severity"] = float(stage) if sev in ("", None) or pd.isna(sev) else float(sev)
+    out["severity"] = float(stage) if sev in ("", None) or pd.isna(sev) else _number(sev, "severity")
     if not 0.0 <= out["severity"] <= N_STAGES - 1:
         raise ValueError(f"severity {sev} is outside 0..{N_STAGES - 1}")
     lc = row.get("lesion_count", "")
     if lc in ("", None) or (isinstance(lc, float) and pd.isna(lc)):
         out["lesion_count"] = -1
     else:
-        if float(lc) < 0 or float(lc) != int(float(lc)):
+        try:
+            count = _number(lc, "lesion_count")
+        except ValueError:
+            count = -1.0
+        if count < 0 or count != int(count):
             raise ValueError(f"lesion_count {lc} is not a non-negative integer")
-        out["lesion_count"] = int(float(lc))
+        out["lesion_count"] = int(count)
     if row["split"] not in SPLITS:
         raise ValueError(f"split '{row['split']}' is not one of {', '.join(SPLITS)}")
-    text = row.get("phenotypes", "") or "{}"
-    try:
-        ph = json.loads(text) if isinstance(text, str) else dict(text)
-    except json.JSONDecodeError:
-        raise ValueError(f"phenotypes is not JSON: {str(text)[:60]}") from None
-    if not isinstance(ph, dict) or any(not str(k).startswith("HP:") or not 0.0 <= float(v) <= 1.0
-                                       for k, v in ph.items()):
-        raise ValueError("phenotypes must map HP ids to intensities in [0,1]")
-    out["phenotypes"] = {str(k): float(v) for k, v in ph.items()}
+    out["phenotypes"] = _phenotypes(row.get("phenotypes", "") or "{}")
     out["identity"] = str(row.get("identity", "") if not pd.isna(row.get("identity", "")) else "")
+    age = row.get("age_group", "")
+    age = "" if age is None or (isinstance(age, float) and pd.isna(age)) else str(age)
+    if age not in ("", *AGE_GROUPS):  # consumers map an unknown group to 'unknown' silently
+        raise ValueError(f"age_group '{age}' is not one of {', '.join(AGE_GROUPS)} (or empty)")
     return out
 
 
@@ -123,14 +156,23 @@ def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = Non
         raise ManifestError(f"{path}: lacks columns {missing}; a manifest needs {', '.join(REQUIRED)} (docs/data.md)")
     if df.empty:
         raise ManifestError(f"{path}: the manifest has no rows")
-    report, rows, seen = ReadReport(rows=len(df)), [], {}
+    report, rows, seen, splits = ReadReport(rows=len(df)), [], {}, {}
     for i, row in enumerate(df.to_dict("records")):
         line = i + 2
         try:
-            if row["path"] in seen:
-                raise ValueError(f"duplicate path '{row['path']}' (first on line {seen[row['path']]})")
-            seen[row["path"]] = line
-            rows.append(_check_row(row, path.parent, known_diseases, check_files))
+            checked = _check_row(row, path.parent, known_diseases, check_files)
+            # one image under two spellings (./img/a.png, img//a.png) is still one image
+            if checked["abspath"] in seen:
+                raise ValueError(f"duplicate path '{row['path']}' (first on line {seen[checked['abspath']]})")
+            ident, split = checked["identity"], checked["split"]
+            if ident and splits.get(ident, (split,))[0] != split:  # empty identity = unknown person: no check
+                first_split, first_line = splits[ident]
+                raise ValueError(f"identity '{ident}' is in {split} here and in {first_split} on line {first_line}; "
+                                 "one person in two splits leaks faces from training into evaluation, so put all "
+                                 "its rows in one split")
+            seen[checked["abspath"]] = line
+            splits.setdefault(ident, (split, line))
+            rows.append(checked)
         except ValueError as exc:
             if on_error == "raise":
                 raise ManifestError(f"{path}:{line}: {exc}; fix the row or read with on_error=skip") from None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -29,8 +30,8 @@ def _row(**kw):
 def test_round_trip_keeps_values_and_types(root):
     rows = [_row(), _row(path="images/b.png", identity="", disease="healthy", stage=0, severity="", split="val",
                          phenotypes={}),
-            _row(path="images/c.png", disease="MONDO:0011438", stage=3, severity=2.9, lesion_count=64, split="test",
-                 phenotypes="{}", age_group="adult")]
+            _row(path="images/c.png", identity="p3", disease="MONDO:0011438", stage=3, severity=2.9, lesion_count=64,
+                 split="test", phenotypes="{}", age_group="adult")]
     path = write_manifest(rows, root / "manifest.csv")
     header = path.read_text().splitlines()[0].split(",")
     assert header == COLUMNS                                   # fixed column order, optional ones filled
@@ -40,7 +41,7 @@ def test_round_trip_keeps_values_and_types(root):
     assert df["stage"].tolist() == [1, 0, 3]
     assert df["severity"].tolist() == [1.25, 0.0, 2.9]         # empty severity defaults to the stage
     assert df["lesion_count"].tolist() == [-1, -1, 64]         # empty = not counted
-    assert df["identity"].tolist() == ["p1", "", "p1"]
+    assert df["identity"].tolist() == ["p1", "", "p3"]
     assert df["phenotypes"].tolist() == [{"HP:0000494": 0.5}, {}, {}]
     assert df["abspath"].tolist() == [str((root / "images" / n).resolve()) for n in ("a.png", "b.png", "c.png")]
     assert not list(root.glob(".manifest.csv.*"))              # atomic write leaves no temporary file
@@ -74,6 +75,21 @@ BAD_ROWS = [
     ({"phenotypes": "{not json"}, "phenotypes is not JSON"),
     ({"phenotypes": json.dumps({"ORPHA:1": 0.5})}, "must map HP ids"),
     ({"phenotypes": json.dumps({"HP:0000494": 1.5})}, "must map HP ids"),
+    # numbers that overflow int() or are not numbers at all: one-line errors, not OverflowError / TypeError
+    ({"stage": "inf"}, "stage 'inf' is not an integer"),
+    ({"stage": "-inf"}, "stage '-inf' is not an integer"),
+    ({"lesion_count": "inf"}, "lesion_count inf is not a non-negative integer"),
+    ({"lesion_count": "nan"}, "lesion_count nan is not a non-negative integer"),
+    ({"lesion_count": "many"}, "lesion_count many is not a non-negative integer"),
+    ({"severity": "high"}, "severity 'high' is not a number"),
+    ({"phenotypes": '{"HP:0000494": null}'}, "must map HP ids"),
+    ({"phenotypes": '{"HP:0000494": {"x": 1}}'}, "must map HP ids"),
+    ({"phenotypes": '{"HP:0000494": [0.5]}'}, "must map HP ids"),
+    ({"phenotypes": '{"HP:0000494": true}'}, "must map HP ids"),
+    ({"phenotypes": '{"HP:0000494": "0.5"}'}, "must map HP ids"),
+    ({"disease": "healthy", "stage": 2, "phenotypes": "{}"}, "disease 'healthy' has stage 2; healthy is stage 0"),
+    ({"age_group": "older adult"}, "age_group 'older adult' is not one of child, adolescent, adult, older_adult"),
+    ({"age_group": "Adult"}, "age_group 'Adult' is not one of"),
 ]
 
 
@@ -96,6 +112,34 @@ def test_duplicate_path_names_the_first_line(root):
     write_manifest([_row(), _row(path="images/b.png"), _row(stage=2)], root / "m.csv")
     with pytest.raises(ManifestError, match=r"m\.csv:4: duplicate path 'images/a\.png' \(first on line 2\)"):
         read_manifest(root / "m.csv")
+
+
+@pytest.mark.parametrize("spelling", ["./images/a.png", "images//a.png", "images/./a.png"])
+def test_duplicate_path_is_found_under_another_spelling(root, spelling):
+    write_manifest([_row(), _row(path="images/b.png"), _row(path=spelling)], root / "m.csv")
+    with pytest.raises(ManifestError, match=rf"m\.csv:4: duplicate path '{re.escape(spelling)}' \(first on line 2\)"):
+        read_manifest(root / "m.csv")
+
+
+def test_one_identity_in_two_splits_is_an_error_naming_both_lines(root):
+    rows = [_row(identity="p1"), _row(path="images/b.png", identity="p2", split="val"),
+            _row(path="images/c.png", identity="p1", split="test")]
+    write_manifest(rows, root / "m.csv")
+    with pytest.raises(ManifestError, match=r"m\.csv:4: identity 'p1' is in test here and in train on line 2"):
+        read_manifest(root / "m.csv")
+    df, report = read_manifest(root / "m.csv", on_error="skip")       # skip keeps the first split's rows
+    assert df["path"].tolist() == ["images/a.png", "images/b.png"] and [ln for ln, _ in report.skipped] == [4]
+
+
+def test_unknown_identities_and_one_split_per_identity_pass(root):
+    rows = [_row(identity=""), _row(path="images/b.png", identity="", split="test"),
+            _row(path="images/c.png", identity="p1", stage=3)]
+    write_manifest(rows, root / "m.csv")
+    df, report = read_manifest(root / "m.csv")
+    assert len(df) == 3 and not report.skipped
+    write_manifest([_row(age_group=g, path=f"images/{n}.png") for g, n in (("", "a"), ("older_adult", "b"))],
+                   root / "ages.csv")
+    assert read_manifest(root / "ages.csv")[0]["age_group"].tolist() == ["", "older_adult"]
 
 
 def test_skip_mode_counts_and_logs_every_bad_row(root, caplog):

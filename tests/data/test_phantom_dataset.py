@@ -11,6 +11,7 @@ from kgface.data.phantom.dataset import (ATLAS, PhantomConfig, build_atlas, buil
                                          heldout_coverage, identity_split, individual, isolated_effects,
                                          render_labels)
 from kgface.data.phantom.effects import load_phantom_effects
+from kgface.errors import UserError
 from kgface.kg import ProfileBuilder, healthy_profile
 from kgface.resources import kg_data_dir
 
@@ -152,6 +153,58 @@ def test_dataset_cli_writes_the_atlas_beside_the_manifest(tmp_path):
     assert ATLAS not in set(read_manifest(tmp_path / "manifest.csv")[0]["disease"])
     main(args + ["data.atlas.faces=0"])  # the same folder without an atlas: the old one must not linger
     assert not (tmp_path / "phenotype_atlas.csv").exists()
+
+
+IMPOSSIBLE = [
+    ({"per_class": 61, "identities": 60}, r"data.per_class=61 needs 43 train identities.*gives 42; raise "
+                                          r"data.identities or lower data.per_class"),
+    ({"healthy_per_class": 100, "identities": 60}, r"data.healthy_per_class=100 needs 70 train identities"),
+    ({"per_class": 0}, r"data.per_class must be an integer >= 1, got 0"),
+    ({"identities": 2.5}, r"data.identities must be an integer >= 1, got 2.5"),
+    ({"stages": (0, 4)}, r"data.stages must be distinct whole stages 0..3"),
+    ({"stages": (1, 1)}, r"data.stages must be distinct whole stages 0..3"),
+    ({"stages": ()}, r"data.stages must be distinct whole stages 0..3"),
+    ({"split_fractions": (0.5, 0.1, 0.1)}, r"data.split_fractions must sum to 1, got \[0.5, 0.1, 0.1\] \(sum 0.7\)"),
+    ({"split_fractions": (0.9, 0.1)}, r"data.split_fractions must be three fractions"),
+    ({"split_fractions": (1.2, -0.2, 0.0)}, r"data.split_fractions must be three fractions"),
+    ({"per_class": 3, "split_fractions": (0.5, 0.5, 0.0)}, r"data.per_class=3 is too small to split"),
+    ({"unknown_frequency": 1.5}, r"data.unknown_frequency must be a number in \[0, 1\]"),
+]
+
+
+@pytest.mark.parametrize("values,message", IMPOSSIBLE, ids=[str(v) for v, _ in IMPOSSIBLE])
+def test_settings_the_builder_cannot_honour_are_one_line_errors(values, message):
+    with pytest.raises(UserError, match=message):
+        PhantomConfig(**{"per_class": 4, "healthy_per_class": 6, "identities": 60, **values})
+    # the boundary: exactly as many identities as a split holds is fine
+    PhantomConfig(per_class=60, healthy_per_class=60, identities=60)
+
+
+def test_default_and_benchmark_configs_are_valid():
+    from omegaconf import OmegaConf
+
+    from kgface.config import compose
+
+    for overrides in ([], ["experiment=benchmark"]):
+        data = OmegaConf.to_container(compose("train", overrides).data, resolve=True)
+        assert PhantomConfig.from_dict(data).per_class in (150, 300)
+
+
+def test_identities_too_young_for_a_disease_are_a_one_line_error(profiles, table, tmp_path):
+    cfg = PhantomConfig(per_class=20, healthy_per_class=0, identities=20, split_fractions=(0.0, 0.0, 1.0))
+    with pytest.raises(UserError, match=r"data.per_class=20 needs 20 test identities old enough for MONDO:0006604"):
+        build_phantom([profiles["MONDO:0006604"]], cfg, table, tmp_path, heldout=[], progress=False)
+
+
+def test_dataset_cli_refuses_a_pool_too_small(tmp_path, capsys):
+    from kgface.dataset import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["data.per_class=70", "data.identities=60", "data.diseases=[ORPHA:870]", "data.heldout=[]",
+              f"hydra.run.dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "data.per_class=70 needs 49 train identities" in err
+    assert "Traceback" not in err and not (tmp_path / "manifest.csv").exists()
 
 
 def test_unknown_heldout_is_a_clear_error(tmp_path, capsys):

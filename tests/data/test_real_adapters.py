@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -181,6 +182,58 @@ def test_build_acne04_from_its_config(tmp_path):
     assert summary["splits"] == {"train": 9, "val": 3, "test": 2}
 
 
+def test_acne04_one_stem_in_trainval_and_test_is_an_identity_leak(tmp_path):
+    root = make_acne04(tmp_path / "acne04", extra_test=["levle0_1.png 0 2"])
+    _face(50).save(root / "JPEGImages" / "levle0_1.png")        # same stem (identity) as a trainval image
+    with pytest.raises(ManifestError, match=r"NNEW_test_0.txt:6: identity 'levle0_1' is in test here and in train "
+                                            r"at .*NNEW_trainval_0.txt:1"):
+        acne04_manifest(root)
+    skipped = []
+    df = acne04_manifest(root, on_error="skip", skipped=skipped)
+    assert len(df) == 16 and [s["path"] for s in skipped] == ["JPEGImages/levle0_1.png"]
+
+
+def test_rebuild_that_fails_leaves_no_manifest_of_the_old_build(tmp_path):
+    root, out = make_acne04(tmp_path / "acne04"), tmp_path / "out"
+    build_real_dataset(_data_cfg("acne04", root=str(root), size=24), out)
+    assert {p.name for p in out.iterdir()} >= {"manifest.csv", "dataset.json", "skipped.csv"}
+    _truncated_jpeg(root / "JPEGImages" / TEST[0][0])              # listed after every trainval image
+    with pytest.raises(ImageError, match="unreadable or truncated"):
+        build_real_dataset(_data_cfg("acne04", root=str(root), size=SIZE), out)
+    # the old manifest (still valid) would now describe 16-px trainval images and 24-px test images
+    assert not {"manifest.csv", "dataset.json", "skipped.csv"} & {p.name for p in out.iterdir()}
+
+
+def test_rebuild_replaces_hard_linked_images_instead_of_writing_through(tmp_path):
+    root, out = make_acne04(tmp_path / "acne04"), tmp_path / "out"
+    build_real_dataset(_data_cfg("acne04", root=str(root), size=24), out)
+    image = out / "images" / "JPEGImages" / f"{TRAINVAL[0][0][:-4]}.png"
+    cached = tmp_path / "cache-copy.png"                           # what materialise links into OUT from the cache
+    image.replace(cached)
+    os.link(cached, image)
+    before = cached.read_bytes()
+    build_real_dataset(_data_cfg("acne04", root=str(root), size=SIZE), out)
+    assert cached.read_bytes() == before                          # the cache's file is untouched
+    with Image.open(image) as img:
+        assert img.size == (SIZE, SIZE)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_materialise_removes_the_old_manifest_before_touching_images(tmp_path):
+    from kgface.data.build import materialise
+
+    out = tmp_path / "out"
+    write_manifest([{"path": "images/a.png", "disease": "healthy", "stage": 0, "split": "train"}],
+                   out / "manifest.csv")
+    (out / "images").mkdir()
+    _face(0).save(out / "images" / "a.png")
+    src = tmp_path / "entry"
+    src.mkdir()                                                   # an entry without images/: the copy fails
+    with pytest.raises(FileNotFoundError):
+        materialise(src, out)
+    assert not (out / "manifest.csv").exists()
+
+
 def test_build_raise_mode_names_the_unreadable_image(tmp_path):
     root = make_acne04(tmp_path / "acne04")
     _truncated_jpeg(root / "JPEGImages" / TEST[0][0])
@@ -241,6 +294,25 @@ def test_disease_faces_known_stage_from_config(tmp_path):
     assert set(lep["stage"]) == {3} and lep["stage_known"].all()
 
 
+def test_disease_faces_stages_are_checked_before_any_folder(tmp_path):
+    root = make_disease_faces(tmp_path / "faces", per_class=1)
+    with pytest.raises(UserError, match=r"data.stages names \['leprocy'\], which are not classes; use one of "
+                                        r"Beta-thalassemia, .*Leprosy, Healthy"):
+        class_folder_manifest(root, CLASSES, stages={"leprocy": 3})   # a typo left leprosy at the unknown stage
+    with pytest.raises(UserError, match=r"data.stages.Leprosy: stage must be an integer 0..3, got 7"):
+        class_folder_manifest(tmp_path / "faces", CLASSES, stages={"leprosy": 7})
+    with pytest.raises(UserError, match=r"data.stages.Leprosy: stage must be an integer 0..3, got 1.5"):
+        class_folder_manifest(root, CLASSES, stages={"Leprosy": 1.5})
+    with pytest.raises(UserError, match="names one class twice"):
+        class_folder_manifest(root, CLASSES, stages={"Leprosy": 1, "leprosy": 2})
+    (root / "stray").mkdir()                                      # checked before the folders are read
+    with pytest.raises(UserError, match="data.stages.Healthy: healthy images are stage 0"):
+        class_folder_manifest(root, CLASSES, stages={"healthy": 2})
+    df = class_folder_manifest(root, CLASSES, stages={"leprosy": None, "Down_Syndrome": 1}, on_error="skip")
+    assert set(df.loc[df["disease"] == "ORPHA:870", "stage"]) == {1}
+    assert not df.loc[df["disease"] == "ORPHA:548", "stage_known"].any()
+
+
 def test_disease_faces_unmapped_and_missing_folders(tmp_path):
     root = make_disease_faces(tmp_path / "faces", per_class=2)
     (root / "acne").mkdir()
@@ -282,7 +354,8 @@ ATTRS = ("5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs
          "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young").split()
 N_CELEBA = 10
 PARTITION = [0, 0, 0, 0, 0, 0, 1, 1, 2, 2]
-IDENTITY = [2880, 2937, 8692, 5805, 9295, 4740, 4126, 1, 2880, 4126]
+# identities repeat only within a split: the official partition is by identity (a person in two splits is an error)
+IDENTITY = [2880, 2937, 8692, 5805, 9295, 2880, 4126, 4126, 1, 1]
 
 
 def _attr_row(i: int) -> list[int]:
@@ -365,6 +438,36 @@ def test_celeba_bad_rows(tmp_path):
     reasons = [s["reason"] for s in skipped]
     assert len(reasons) == 3 and "40 values" in reasons[0] and "40 values" in reasons[1]
     assert "img_align_celeba/000013.jpg does not exist" in reasons[2]
+
+
+def test_celeba_person_in_two_partitions_is_an_identity_leak(tmp_path):
+    root = make_celeba(tmp_path / "celeba")
+    (root / "identity_CelebA.txt").write_text("".join(f"{i + 1:06d}.jpg {7 if i in (0, 9) else 100 + i}\n"
+                                                      for i in range(N_CELEBA)))
+    with pytest.raises(ManifestError, match=rf"list_attr_celeba.txt:{N_CELEBA + 2}: identity 'celeba:7' is in test "
+                                            r"here and in train at .*list_attr_celeba.txt:3"):
+        celeba_manifest(root)
+    skipped = []
+    df = celeba_manifest(root, on_error="skip", skipped=skipped)
+    assert len(df) == N_CELEBA - 1 and [s["path"] for s in skipped] == ["img_align_celeba/000010.jpg"]
+    assert df.groupby("identity")["split"].nunique().max() == 1
+
+
+@pytest.mark.parametrize("where", ["absolute", "relative"])
+def test_celeba_images_outside_the_root(tmp_path, where):
+    root = make_celeba(tmp_path / "celeba")
+    elsewhere = tmp_path / "disk2" / "faces"
+    elsewhere.parent.mkdir()
+    (root / "img_align_celeba").rename(elsewhere)
+    images = str(elsewhere) if where == "absolute" else "../disk2/faces"
+    df = celeba_manifest(root, images=images)
+    assert df["path"].tolist() == [f"{Path(images).as_posix()}/{i + 1:06d}.jpg" for i in range(N_CELEBA)]
+    assert [Path(p).resolve() for p in df["abspath"]] == [elsewhere / f"{i + 1:06d}.jpg" for i in range(N_CELEBA)]
+    out = tmp_path / "out"
+    result = build_real_dataset(_data_cfg("celeba", root=str(root), images=images, size=SIZE), out)
+    final, _ = read_manifest(result.manifest)
+    assert len(final) == N_CELEBA and final["original"].tolist() == df["path"].tolist()
+    assert all(Path(p).is_relative_to((out / "images").resolve()) for p in final["abspath"])  # inside OUT
 
 
 def test_celeba_count_mismatch_and_missing_files(tmp_path):

@@ -365,7 +365,8 @@ def test_an_atlas_with_val_rows_or_unknown_phenotypes_is_a_clear_error(tiny_cfg,
     shutil.copytree(tiny_data, folder)
     rows = read_manifest(folder / "manifest.csv")[0].head(3).drop(columns=["abspath"])
     rows["disease"], rows["phenotypes"] = "atlas", [{"HP:0000508": 1.0}] * 3
-    write_manifest(rows.assign(split=["train", "val", "train"]), folder / "phenotype_atlas.csv")
+    write_manifest(rows.assign(split=["train", "val", "train"], identity=["a", "b", "c"]),  # one person per split
+                   folder / "phenotype_atlas.csv")
     with pytest.raises(EvaluatorInputError, match="phenotype_atlas.csv.*split 'train'"):
         fit_evaluator(tiny_cfg.evaluator, folder / "manifest.csv", tiny_profiles, None, progress=False)
     write_manifest(rows.assign(split="train", phenotypes=[{"HP:9999999": 1.0}] * 3), folder / "phenotype_atlas.csv")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ...errors import UserError
 from ...kg import FacialProfile
 from ...prompts.wording import stage_levels
 from .acne import count_from_severity
@@ -57,11 +58,66 @@ class PhantomConfig:
     intensity_min: float = 0.7
     severity_jitter: float = 0.4
 
+    def __post_init__(self):
+        _validate(self)
+
     @classmethod
     def from_dict(cls, values: dict) -> "PhantomConfig":
         """From a plain dict (e.g. the `data` config group); unknown keys are left to the caller."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
                       if k in cls.__dataclass_fields__})
+
+
+def _whole(value, key: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise UserError(f"data.{key} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _pool_sizes(n: int, fractions) -> list[int]:
+    """Identities per split, cut as identity_split cuts them (round() of the first two fractions, np.split)."""
+    cuts = np.cumsum([round(f * n) for f in fractions[:-1]])
+    return [len(part) for part in np.split(np.arange(n), cuts)]
+
+
+def _wanted(n: int, fractions) -> list[int]:
+    """Images per split that choose_identities / build_phantom draw for n: round() of the first two, the rest test."""
+    first = [round(n * f) for f in fractions[:-1]]
+    return first + [n - sum(first)]
+
+
+def _validate(cfg: "PhantomConfig") -> None:
+    """Settings the builder cannot honour are one-line errors naming the data.* key, before anything is drawn
+    (they used to surface as numpy tracebacks, or split_fractions that do not sum to 1 were silently rebalanced)."""
+    per_class = _whole(cfg.per_class, "per_class", 1)
+    healthy = _whole(cfg.healthy_per_class, "healthy_per_class", 0)
+    identities = _whole(cfg.identities, "identities", 1)
+    fractions = tuple(cfg.split_fractions) if isinstance(cfg.split_fractions, (list, tuple)) else None
+    if fractions is None or len(fractions) != len(SPLITS) or any(
+            isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0 for f in fractions):
+        raise UserError(f"data.split_fractions must be three fractions in [0, 1] (train, val, test), "
+                        f"got {cfg.split_fractions!r}")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise UserError(f"data.split_fractions must sum to 1, got {list(fractions)} (sum {sum(fractions):g})")
+    stages = tuple(cfg.stages) if isinstance(cfg.stages, (list, tuple)) else ()
+    whole = [not isinstance(x, bool) and isinstance(x, (int, np.integer)) and 0 <= x <= 3 for x in stages]
+    if not stages or not all(whole) or len(set(stages)) != len(stages):
+        raise UserError(f"data.stages must be distinct whole stages 0..3, e.g. [0, 1, 2, 3]; got {cfg.stages!r}")
+    for key in ("unknown_frequency", "intensity_min"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise UserError(f"data.{key} must be a number in [0, 1], got {value!r}")
+    pool = _pool_sizes(identities, fractions)
+    for key, n in (("per_class", per_class), ("healthy_per_class", healthy)):
+        wanted = _wanted(n, fractions)
+        if wanted[-1] < 0:  # train and val both rounded up past n
+            raise UserError(f"data.{key}={n} is too small to split by data.split_fractions {list(fractions)} "
+                            f"({wanted[0]} train + {wanted[1]} val); raise data.{key}")
+        for split, want, have in zip(SPLITS, wanted, pool):
+            if want > have:  # each identity is drawn at most once per class
+                raise UserError(f"data.{key}={n} needs {want} {split} identities, but data.identities={identities} "
+                                f"with split_fractions {list(fractions)} gives {have}; raise data.identities or "
+                                f"lower data.{key}")
 
 
 def slug(disease_id: str) -> str:
@@ -119,8 +175,9 @@ def choose_identities(profile: FacialProfile, cfg: PhantomConfig, splits: dict[i
                 and _age_index(sample_identity(cfg.seed, i).age_group) >= min_age]
         pool = sorted(pool)
         if len(pool) < want:
-            raise ValueError(f"only {len(pool)} {split} identities are old enough for {profile.disease_id}; "
-                             "raise data.identities")
+            raise UserError(f"data.per_class={n} needs {want} {split} identities old enough for "
+                            f"{profile.disease_id}, but data.identities={cfg.identities} has {len(pool)}; raise "
+                            "data.identities or lower data.per_class")
         chosen += [int(i) for i in rng.choice(pool, size=want, replace=False)]
     return chosen
 

@@ -23,7 +23,7 @@ import pandas as pd
 from ...errors import UserError
 from ..manifest import N_STAGES
 from ..phantom.acne import grade_from_count, severity_from_count
-from .common import BadInput, assign_splits, frame, require_dir, safe_relpath
+from .common import BadInput, assign_splits, check_identity_splits, frame, require_dir, safe_relpath
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def acne04_manifest(root: str | Path, fold: int = 0, val_fraction: float = 0.1, 
                          "severity": severity_from_count(count), "lesion_count": count, "split": split,
                          "source": "acne04", "phenotypes": {}, "stage_known": True,
                          "grade_matches_count": matches, "_where": where})
-    df = frame(rows, f"ACNE04 {root} fold {fold}")
+    # identity is the file stem: x.jpg in trainval and x.png in test would be one face in two splits
+    df = check_identity_splits(frame(rows, f"ACNE04 {root} fold {fold}"), bad)
     trainval = df["split"] == "train"
     splits = assign_splits(df.loc[trainval, "identity"], val_fraction, 0.0, seed)
     df.loc[trainval, "split"] = df.loc[trainval, "identity"].map(splits)

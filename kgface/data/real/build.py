@@ -1,7 +1,7 @@
 """Build a preprocessed real dataset from a `conf/data/*.yaml` node.
 
     OUT/images/...png     every usable image, face-cropped to size x size RGB (mirrors the source's relative paths)
-    OUT/manifest.csv      the manifest (docs/data.md), written atomically last, then re-read and validated
+    OUT/manifest.csv      the manifest (docs/data.md), validated as it will be read, then renamed in last
     OUT/skipped.csv       where, path, reason of every skipped row or file (on_error=skip; header only otherwise)
     OUT/dataset.json      the config, counts by split / disease / stage, conversions and detector misses
 
@@ -29,7 +29,7 @@ from ..images import ImageError, face_box, get_detector, load_rgb
 from ..manifest import ManifestError, read_manifest, write_manifest
 from .acne04 import acne04_manifest
 from .celeba import celeba_manifest
-from .common import SKIP_COLUMNS, BadInput
+from .common import SKIP_COLUMNS, BadInput, check_identity_splits, safe_relpath
 from .folders import class_folder_manifest, folder_manifest, user_manifest
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,11 @@ def manifest_from_config(cfg_data: Any, on_error: str | None = None,
 
 
 def _output_name(rel: str, used: set[str]) -> str:
-    stem = PurePosixPath(rel).with_suffix("").as_posix()
+    safe = safe_relpath(rel)
+    if safe is None:  # an image folder given absolute or outside the root: mirror it inside OUT/images all the same
+        safe = "/".join(p.replace(":", "") for p in PurePosixPath(rel.replace("\\", "/")).parts
+                        if p not in ("/", ".", "..")) or "image"
+    stem = PurePosixPath(safe).with_suffix("").as_posix()
     name = f"images/{stem}.png"
     if name.lower() in used:  # a.jpg and a.png in one folder, or names differing only in case
         name = f"images/{stem}-{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:8]}.png"
@@ -116,6 +120,11 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
     face_detector = get_detector(detector_name)
     df = manifest_from_config(opts, on_error=on_error, skipped=skipped)
     n_listed = len(df) + len(skipped)
+    df = check_identity_splits(df, bad)  # every adapter; those with given splits check their own already
+    # a rebuild into a used OUT: the old manifest would stay valid while the images under it are replaced, and a
+    # build that stops midway would leave it describing a mix of old and new images
+    for name in ("manifest.csv", "dataset.json", "skipped.csv"):
+        (out_dir / name).unlink(missing_ok=True)
     rows, used, modes, no_face = [], set(), Counter(), 0
     for row in tqdm(df.to_dict("records"), desc=f"data={opts.get('name')}", unit="img", disable=None):
         try:
@@ -130,15 +139,15 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
         no_face += face_detector is not None and not found
         out_name = _output_name(row["path"], used)
         target = out_dir / out_name
-        target.parent.mkdir(parents=True, exist_ok=True)
         crop = img.crop((left, top, left + side, top + side))
-        crop.resize((size, size), Image.Resampling.LANCZOS).save(target, format="PNG")
+        # renamed into place: a hard link left by `materialise` (into the cache) is replaced, not written through
+        with atomic_path(target) as tmp:
+            crop.resize((size, size), Image.Resampling.LANCZOS).save(tmp, format="PNG")
         out = {k: v for k, v in row.items() if k not in ("abspath", "_where")}
         rows.append({**out, "path": out_name, "original": row["path"]})
     if not rows:
         first = skipped[0]["reason"] if skipped else "no rows"
         raise ManifestError(f"data={opts.get('name')}: every image was skipped ({len(skipped)}); first: {first}")
-    manifest = write_manifest(rows, out_dir / "manifest.csv")
     with atomic_path(out_dir / "skipped.csv", suffix=".csv") as tmp:
         pd.DataFrame(skipped, columns=SKIP_COLUMNS).to_csv(tmp, index=False)
     converted = {m: n for m, n in sorted(modes.items()) if m != "RGB"}
@@ -149,12 +158,17 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
                     len(rows))
     if skipped:
         log.warning("data=%s: skipped %d (listed in %s)", opts.get("name"), len(skipped), out_dir / "skipped.csv")
-    final, _report = read_manifest(manifest)  # what downstream stages will read; must validate
-    summary = {
-        "config": opts, "size": size, "detector": detector_name, "listed": n_listed, "rows": len(final),
-        "skipped": len(skipped), "converted_to_rgb": converted, "faces_not_found": int(no_face),
-        "splits": dict(Counter(final["split"])), "diseases": dict(Counter(final["disease"])),
-        "stages": {str(k): int(v) for k, v in sorted(Counter(final["stage"]).items())},
-    }
-    write_json_atomic(out_dir / "dataset.json", summary)
+    # the manifest goes in last, and only once it validates as downstream stages will read it (a temporary name
+    # in OUT, so its paths resolve the same)
+    with atomic_path(out_dir / "manifest.csv", suffix=".csv") as tmp:
+        write_manifest(rows, tmp)
+        final, _report = read_manifest(tmp)
+        summary = {
+            "config": opts, "size": size, "detector": detector_name, "listed": n_listed, "rows": len(final),
+            "skipped": len(skipped), "converted_to_rgb": converted, "faces_not_found": int(no_face),
+            "splits": dict(Counter(final["split"])), "diseases": dict(Counter(final["disease"])),
+            "stages": {str(k): int(v) for k, v in sorted(Counter(final["stage"]).items())},
+        }
+        write_json_atomic(out_dir / "dataset.json", summary)
+    manifest = out_dir / "manifest.csv"
     return BuildResult(manifest=manifest, rows=len(final), skipped=skipped, summary=summary)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import UserError
-from .common import BadInput, assign_splits, frame, hashed_subset, safe_relpath
+from .common import BadInput, assign_splits, check_identity_splits, frame, hashed_subset, safe_relpath
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ def celeba_manifest(root: str | Path, filters: dict | None = None, limit: int | 
     id_file = _find(root, "identity_CelebA.txt", ("Anno",))
     partition = _two_column(part_file, bad, PARTITIONS) if part_file else None
     identity = _two_column(id_file, bad) if id_file else {}
+    # as given, like acne04: `images` may be absolute or outside the root, where relative_to(root) would fail
+    prefix = Path(images).as_posix() if images else image_dir.relative_to(root).as_posix()
     rows, seen = [], {}
     for name, where in records:
         rel = safe_relpath(name)
@@ -133,13 +135,13 @@ def celeba_manifest(root: str | Path, filters: dict | None = None, limit: int | 
             continue
         path = image_dir / rel
         if not path.is_file():
-            bad(where, name, f"image {path.relative_to(root).as_posix()} does not exist")
+            bad(where, name, f"image {prefix}/{rel} does not exist")
             continue
         if partition is not None and name not in partition:
             bad(where, name, f"image '{name}' has no line in {part_file.name}")
             continue
         seen[rel] = where
-        rows.append({"path": path.relative_to(root).as_posix(), "abspath": str(path),
+        rows.append({"path": f"{prefix}/{rel}", "abspath": str(path),
                      "identity": f"celeba:{identity[name]}" if name in identity else Path(rel).stem,
                      "disease": "healthy", "stage": 0, "severity": 0.0, "lesion_count": "",
                      "split": PARTITIONS[partition[name]] if partition is not None else "",
@@ -148,5 +150,7 @@ def celeba_manifest(root: str | Path, filters: dict | None = None, limit: int | 
     if partition is None:
         splits = assign_splits(df["identity"], val_fraction, test_fraction, seed)
         df["split"] = df["identity"].map(splits)
+    else:  # the official partition is by identity; a person in two of its splits would leak
+        df = check_identity_splits(df, bad)
     log.info("CelebA: %d of %d listed images kept (filters %s, limit %s)", len(df), listed, wanted or "none", limit)
     return df

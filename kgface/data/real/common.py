@@ -119,3 +119,19 @@ def frame(rows: list[dict], what: str) -> pd.DataFrame:
     if not rows:
         raise ManifestError(f"{what}: no usable images (see the skipped rows in the log)")
     return pd.DataFrame(rows)
+
+
+def check_identity_splits(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
+    """A non-empty identity in two splits is bad input (a person seen in training and tested on leaks): an error
+    naming both places, or the later rows skipped. Empty identities are unknown people and pass."""
+    first, keep = {}, []
+    for i, (ident, split, where, path) in enumerate(zip(df["identity"], df["split"], df["_where"], df["path"])):
+        ident = "" if ident is None else str(ident)
+        if ident and first.get(ident, (split,))[0] != split:
+            bad(where, path, f"identity '{ident}' is in {split} here and in {first[ident][0]} at {first[ident][1]}; "
+                             "put all of a person's images in one split")
+            continue
+        if ident:
+            first.setdefault(ident, (split, where))
+        keep.append(i)
+    return df if len(keep) == len(df) else df.iloc[keep].reset_index(drop=True)  # the first place always stays

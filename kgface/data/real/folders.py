@@ -73,7 +73,6 @@ def class_folder_manifest(root: str | Path, classes: dict, stages: dict | None =
     bad = BadInput(on_error, skipped)
     root = require_dir(Path(root), "class-folder dataset root")
     classes = {str(k): str(v) for k, v in dict(classes or {}).items()}
-    stages = {_norm(k): v for k, v in dict(stages or {}).items()}
     if not classes:
         raise UserError("class-folder dataset: `classes` (folder name -> KG id) is empty")
     by_norm = {}
@@ -81,6 +80,18 @@ def class_folder_manifest(root: str | Path, classes: dict, stages: dict | None =
         if _norm(name) in by_norm:
             raise UserError(f"classes '{by_norm[_norm(name)]}' and '{name}' name the same folder")
         by_norm[_norm(name)] = name
+    if stages is not None and not isinstance(stages, dict):
+        raise UserError(f"data.stages must map class folders to stages 0..3 (e.g. {{leprosy: 2}}), got {stages!r}")
+    # checked before any folder is read: a misspelt key (`leprocy`) would otherwise leave its class at the unknown
+    # stage without a word, and a bad value would only surface once its folder is reached
+    unknown = [k for k in dict(stages or {}) if _norm(k) not in by_norm]
+    if unknown:
+        raise UserError(f"data.stages names {unknown}, which are not classes; use one of {', '.join(classes)}")
+    if len({_norm(k) for k in dict(stages or {})}) < len(dict(stages or {})):
+        raise UserError(f"data.stages names one class twice ({list(dict(stages))}); keep one key per class")
+    stages = {_norm(k): v for k, v in dict(stages or {}).items()}
+    for norm, stage in stages.items():
+        _labels(classes[by_norm[norm]], stage, f"data.stages.{by_norm[norm]}")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     found, rows = {}, []
     for folder in folders:
