@@ -43,7 +43,8 @@ def main():
     identities = [sample_identity(0, i) for i in args.identities]
     sheet = contact_sheet(keys, identities, args.size)
     with atomic_path(args.out) as tmp:  # a temporary name, renamed: no half-written picture in docs/img
-        sheet.save(tmp, format=Path(args.out).suffix.lstrip(".").upper() or "PNG", optimize=True)
+        fmt = Path(args.out).suffix.lstrip(".").upper() or "PNG"
+        sheet.save(tmp, format={"JPG": "JPEG", "TIF": "TIFF"}.get(fmt, fmt), optimize=True)
     print(f"wrote {args.out}: {len(keys)} effect keys x {len(identities)} identities x {len(INTENSITIES)} intensities")
 
 

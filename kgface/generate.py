@@ -401,7 +401,7 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
                 else _severities(cfg, p))
         sources = [(path, ident, prepare_image(path, size)) for path, ident in input_files(cfg.input)] \
             if cfg.input else [(None, None, None)]
-        repeated = len({ident for _, ident, _ in sources}) < len(sources)
+        repeated = len({_file_safe(str(ident)) for _, ident, _ in sources}) < len(sources)  # as the files are named
         for k, (path, ident, img) in enumerate(sources):
             # one strip per input image: inputs sharing an identity (a person at several stages) keep their own strip
             name = _file_safe(f"{k:03d}_{ident}" if repeated else ident) if path else ""

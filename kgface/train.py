@@ -130,7 +130,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
         manifest = build_real_dataset(cfg.data, out_dir / "data").manifest
     heldout = {str(h) for h in cfg.data.get("heldout") or []}
-    write_json_atomic(out_dir / "data.json", {"manifest": str(manifest), "heldout": sorted(heldout)})
+    # prompts_read_descriptions: this run's text prompts were trained on descriptions.json (runs before 2026-12-01
+    # wrote the file but trained on the template's sentences; generation must then use the template too)
+    write_json_atomic(out_dir / "data.json", {"manifest": str(manifest), "heldout": sorted(heldout),
+                                              "prompts_read_descriptions": True})
     lap("data_s")
 
     # 3. VAE (tiny: trained once per dataset, cached)

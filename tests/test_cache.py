@@ -52,3 +52,19 @@ def test_atomic_file_write_leaves_old_content_on_failure(tmp_path):
             raise ValueError("boom")
     assert json.loads(target.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    """mkstemp creates 0600 files; what a run writes for people (images, reports) must be readable like a plain
+    write's."""
+    import os
+
+    from kgface.cache import write_text_atomic
+
+    mask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+        (tmp_path / "b.txt").write_text("x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644

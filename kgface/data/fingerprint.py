@@ -23,8 +23,9 @@ def images_digest(manifest: str | os.PathLike, abspaths=None) -> str:
         with open(manifest, newline="", encoding="utf-8") as f:
             abspaths = [manifest.parent / row["path"] for row in csv.DictReader(f)]
     h = hashlib.sha256()
+    base = manifest.resolve().parent  # resolved like the paths: a symlinked folder must not change the digest
     for path in abspaths:
-        path = Path(path)
-        h.update(os.path.relpath(path, manifest.parent).encode("utf-8") + b"\0")
+        path = Path(path).resolve()
+        h.update(os.path.relpath(path, base).encode("utf-8") + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()[:16]

@@ -89,9 +89,13 @@ def load_profiles_json(run_dir: Path) -> list[FacialProfile]:
 
 def descriptions_of(run_dir: Path):
     """The run's descriptions.json (the stage sentences its text prompts were trained with), or None for a run
-    written before the prompts read it (they used the template's sentences, which None gives again)."""
+    whose prompts did not read it: those written before 2026-12-01 (their data.json lacks prompts_read_descriptions)
+    trained on the template's sentences even beside an LLM's file, which None gives again."""
     from ..prompts import load_descriptions
 
+    meta = next((f / "data.json" for f in (run_dir, run_dir.parent) if (f / "data.json").is_file()), None)
+    if meta is None or not json.loads(meta.read_text(encoding="utf-8")).get("prompts_read_descriptions"):
+        return None
     for folder in (run_dir, run_dir.parent):
         if (folder / "descriptions.json").is_file():
             try:

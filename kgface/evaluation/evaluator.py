@@ -372,6 +372,11 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     coral = CoralHead.fit(x[torch.from_numpy(known.copy())], train["stage"].to_numpy()[known],
                           l2=float(p.get("l2", 1e-2)))
     info["stage_images"] = int(known.sum())
+    known_stages = sorted({int(s) for s in train["stage"].to_numpy()[known]})
+    if len(known_stages) < 2:  # e.g. data=disease_faces without data.stages: only healthy rows have a known stage
+        info["stage_head"] = (f"fitted on one known stage ({known_stages[0]}): it cannot read severity; every stage "
+                              "number of this evaluator is meaningless (grade some photos with data.stages)")
+        log.warning("evaluator: %s", info["stage_head"])
     if atlas is not None:
         x_atlas = scale(encoder(atlas_images).numpy())
         if heads_on == "atlas":  # the heads never see a disease image: they cannot read a disease for a phenotype

@@ -82,3 +82,21 @@ def test_generate_samples_transforms_and_stacks_an_identity(pretrained_run, tmp_
     for rel in df["path"]:
         assert np.array_equal(pixels(tmp_path / "s" / rel), pixels(tmp_path / "zero" / rel))
         assert not np.array_equal(pixels(tmp_path / "s" / rel), pixels(tmp_path / "id" / rel)), kind
+
+
+def test_descriptions_are_read_only_from_runs_whose_prompts_read_them(tmp_path):
+    """A run from before 2026-12-01 wrote descriptions.json but trained its text prompts on the template's
+    sentences: generation must use the template (None) for it, and the file for a run that trained on it."""
+    import json
+
+    from kgface.diffusion.run_loading import descriptions_of
+    from kgface.kg import healthy_profile
+    from kgface.prompts import save_descriptions, template_descriptions
+
+    save_descriptions(tmp_path / "descriptions.json", {"healthy": template_descriptions(healthy_profile("hpo"))})
+    (tmp_path / "data.json").write_text(json.dumps({"manifest": "m.csv", "heldout": []}))
+    assert descriptions_of(tmp_path) is None
+    (tmp_path / "data.json").write_text(json.dumps({"manifest": "m.csv", "heldout": [],
+                                                    "prompts_read_descriptions": True}))
+    (tmp_path / "text").mkdir()  # a baselines generator reads its parent's files
+    assert set(descriptions_of(tmp_path / "text")) == {"healthy"}
