@@ -139,6 +139,17 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     return out
 
 
+def stage_known(df) -> "np.ndarray":
+    """Rows whose stage was observed (a bool array). Real photos without a grade carry stage_known=False and a
+    placeholder stage (kgface.data.real: 2); a stage head, caption, stage metric or training log must not read that
+    placeholder as a label. read_manifest keeps the column as text, so "False" is parsed, never bool()'ed."""
+    import numpy as np
+
+    if "stage_known" not in df.columns:
+        return np.ones(len(df), dtype=bool)
+    return df["stage_known"].astype(str).str.strip().str.lower().ne("false").to_numpy()
+
+
 def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = None, on_error: str = "raise",
                   check_files: bool = True) -> tuple[pd.DataFrame, ReadReport]:
     """Read and validate a manifest. on_error: `raise` (default) or `skip` (count, log, and drop bad rows)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.manifest import stage_known
 from ..data.phantom.identity import AGE_GROUPS
 from ..errors import UserError
 from .trainer import LatentSet
@@ -55,13 +56,11 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
     `profiles` in the conditioner's list. atlas: (rows, profiles) from `atlas_training_rows`, whose profiles come
     after those; its faces make up `atlas_share` of the draws (each part uniform within itself)."""
     df = train_rows(manifest, profiles, heldout)
-    unknown = int(df["stage_known"].astype(str).str.strip().str.lower().eq("false").sum()) if "stage_known" in df \
-        else 0
-    if unknown:  # said, not silent: the stage input has no "unknown" value, so these train at the placeholder
+    unknown = ~stage_known(df)
+    if unknown.any():  # said, not silent: the stage input has no "unknown" value, so these train at the placeholder
         log.warning("%d of %d train images have no known stage (stage_known=False): the generator is conditioned on "
                     "their placeholder stage (%s); grade them (data.stages=...) for a stage-faithful generator",
-                    unknown, len(df), ", ".join(sorted(set(df.loc[df["stage_known"].astype(str).str.lower()
-                                                                 .eq("false"), "stage"].astype(str)))))
+                    int(unknown.sum()), len(df), ", ".join(sorted(set(df.loc[unknown, "stage"].astype(str)))))
     index = {p.disease_id: i for i, p in enumerate(profiles)}
     if observed is not None:
         rows_index, observed_list = observed

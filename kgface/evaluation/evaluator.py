@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from ..cache import Cache, stable_hash, write_json_atomic
-from ..data.manifest import ATLAS_FILE, read_manifest
+from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
 from ..errors import UserError
 from ..kg import FacialProfile
 from ..prompts import caption, healthy_prompts, phenotype_caption, zero_shot_prompts
@@ -114,14 +114,6 @@ def image_caption(profile: FacialProfile, stage: int | None, phenotypes: dict) -
     if phenotypes:
         return caption(profile, stage, {h: 1.0 for h, v in phenotypes.items() if float(v) > 0})
     return caption(profile, stage)
-
-
-def stage_known(df: pd.DataFrame) -> np.ndarray:
-    """Rows whose stage was observed. Real photos without a grade carry stage_known=False and a placeholder stage
-    (kgface.data.real: 2); a stage head, caption or stage metric must not read that placeholder as a label."""
-    if "stage_known" not in df.columns:
-        return np.ones(len(df), dtype=bool)
-    return df["stage_known"].astype(str).str.strip().str.lower().ne("false").to_numpy()
 
 
 @dataclass

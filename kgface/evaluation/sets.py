@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.manifest import N_STAGES
+from ..data.manifest import N_STAGES, stage_known
 from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from . import metrics as M
 from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, load_images, min_stage_of,
-                        presence_matrix, probe_rows, stage_known)
+                        presence_matrix, probe_rows)
 from .probes import LinearProbe, Standardizer
 
 HEADLINE_STAGES = (2, 3)  # stage 0 is healthy-looking by construction; targets apply to stages 2-3
