@@ -53,7 +53,8 @@ class LLMError(RuntimeError):
 
 
 class AnswerCutOff(LLMError):
-    """The server stopped at max_tokens: the answer is incomplete, and asking again with the same limit is too."""
+    """The model stopped at its token limit (the server's max_tokens, hf's max_new_tokens): the answer is
+    incomplete, and asking again with the same limit is too."""
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -340,6 +341,15 @@ class HFBackend:
         return tok(text, return_tensors="pt")["input_ids"]
 
     def complete(self, messages: list[dict]) -> str:
+        new = self.generate_ids(messages)
+        if len(new) >= self.max_new_tokens and new[-1] not in self._stop_ids():
+            # the twin of the server's finish_reason=length: a cut JSON answer, and the same limit cuts it again
+            raise AnswerCutOff(f"the answer was cut off at llm.max_new_tokens={self.max_new_tokens} tokens "
+                               "(no end-of-sequence token); raise llm.max_new_tokens")
+        return self._tokenizer.decode(new, skip_special_tokens=True)
+
+    def generate_ids(self, messages: list[dict]) -> list[int]:
+        """The answer's token ids (seeded; greedy at temperature 0)."""
         import torch
 
         self._load()
@@ -353,7 +363,14 @@ class HFBackend:
         torch.manual_seed(self.seed)
         with torch.no_grad():
             out = self._lm.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-        return self._tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return out[0, ids.shape[1]:].tolist()
+
+    def _stop_ids(self) -> set[int]:
+        """Token ids that end an answer: the generation config's eos (an id or a list) and the tokenizer's."""
+        ids = set()
+        for value in (getattr(self._lm.generation_config, "eos_token_id", None), self._tokenizer.eos_token_id):
+            ids.update(v for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None)
+        return ids
 
 
 BACKENDS = {"openai": OpenAIBackend, "hf": HFBackend}

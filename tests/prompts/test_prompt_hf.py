@@ -5,17 +5,20 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from kgface.cache import Cache
 from kgface.errors import UserError
 from kgface.prompts import HFBackend, describe_profiles, make_backend
-from kgface.prompts.backends import _hf_fingerprint
+from kgface.prompts.backends import AnswerCutOff, _hf_fingerprint
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-def tiny_lm(folder: Path, chat_template: bool) -> Path:
+def tiny_lm(folder: Path, chat_template: bool, ends_at_once: bool = False) -> Path:
+    """A random 1-layer Llama and a 400-token BPE. `ends_at_once`: its output layer is zeroed, so greedy decoding
+    picks token 0 (<eos>) first and every answer is empty (an invalid answer that was not cut off)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -32,13 +35,18 @@ def tiny_lm(folder: Path, chat_template: bool) -> Path:
     config = LlamaConfig(vocab_size=fast.vocab_size + 2, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8192,
                          eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    lm = LlamaForCausalLM(config)
+    if ends_at_once:
+        assert fast.eos_token_id == 0
+        with torch.no_grad():
+            lm.lm_head.weight.zero_()
+    lm.save_pretrained(folder)
     return folder
 
 
 @pytest.mark.parametrize("chat_template", [True, False])
-def test_tiny_random_lm_falls_back_with_reasons(tmp_path, down, chat_template):
-    model = tiny_lm(tmp_path / "lm", chat_template)
+def test_invalid_answers_are_retried_then_fall_back_with_reasons(tmp_path, down, chat_template):
+    model = tiny_lm(tmp_path / "lm", chat_template, ends_at_once=True)
     llm = {"name": "hf", "model": str(model), "max_new_tokens": 24, "temperature": 0.0, "max_attempts": 2}
     d = describe_profiles([down], llm, Cache(tmp_path / "cache"))[down.disease_id]
     assert d.source == "template" and d.backend == "hf" and d.model == str(model)
@@ -47,12 +55,28 @@ def test_tiny_random_lm_falls_back_with_reasons(tmp_path, down, chat_template):
     assert not (tmp_path / "cache" / "llm").exists()  # nothing valid, nothing cached
 
 
+def test_an_answer_cut_off_at_max_new_tokens_says_so_and_is_not_retried(tmp_path, down):
+    # a random LM never ends: every answer runs into max_new_tokens. It used to be parsed as a broken JSON and
+    # retried with the same limit; now it is the twin of the server's finish_reason=length
+    model = tiny_lm(tmp_path / "lm", True)
+    backend = HFBackend(str(model), max_new_tokens=12)
+    with pytest.raises(AnswerCutOff, match=r"cut off at llm.max_new_tokens=12 tokens .*raise llm.max_new_tokens"):
+        backend.complete([{"role": "user", "content": "describe a face"}])
+    llm = {"name": "hf", "model": str(model), "max_new_tokens": 12, "max_attempts": 3}
+    d = describe_profiles([down], llm, Cache(tmp_path / "cache"))[down.disease_id]
+    assert d.source == "template" and d.attempts == 1 and not d.errors
+    assert d.fallback_reason.startswith("backend error: the answer was cut off at llm.max_new_tokens=12")
+
+
 def test_sampling_is_seeded(tmp_path):
     model = tiny_lm(tmp_path / "lm", True)
     messages = [{"role": "user", "content": "describe a face"}]
-    a = HFBackend(str(model), max_new_tokens=8, temperature=1.0, seed=3).complete(messages)
-    b = HFBackend(str(model), max_new_tokens=8, temperature=1.0, seed=3).complete(messages)
-    assert a == b
+    # token ids, not text: a random LM's answers are cut off, and complete() raises on those
+    a = HFBackend(str(model), max_new_tokens=8, temperature=1.0, seed=3).generate_ids(messages)
+    b = HFBackend(str(model), max_new_tokens=8, temperature=1.0, seed=3).generate_ids(messages)
+    c = HFBackend(str(model), max_new_tokens=8, temperature=1.0, seed=4).generate_ids(messages)
+    assert a == b and len(a) == 8
+    assert a != c  # the seed is read
 
 
 def test_bad_model_path_stops_the_run_in_one_line(tmp_path, down):
