@@ -63,7 +63,11 @@ def preflight(cfg: DictConfig) -> None:
     if bad:
         key = "baselines" if cfg.get("baselines") else "conditioning"
         raise UserError(f"{key}={bad[0]} is unknown; use one of {', '.join((*MODES, CONTROL))}")
-    atlas_faces = int((cfg.data.get("atlas") or {}).get("faces", 0) or 0)
+    atlas_faces = 0
+    if cfg.data.name == "phantom":
+        from .data.phantom.dataset import atlas_settings
+
+        atlas_faces = atlas_settings(OmegaConf.to_container(cfg.data.get("atlas") or {}, resolve=True))[0]
     if cfg.get("evaluate", True) and str(cfg.evaluator.get("phenotype_heads")) == "atlas":
         if cfg.data.name != "phantom":  # a train run rebuilds real data into the run folder, without an atlas
             raise UserError(f"evaluator.phenotype_heads=atlas needs the phantom's phenotype atlas; with "

@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..kg import FacialProfile
 from ..resources import kg_data_dir
 from .manifest import ATLAS_FILE, write_manifest
-from .phantom.dataset import PhantomConfig, build_atlas, build_phantom, contact_sheet, isolated_effects
+from .phantom.dataset import PhantomConfig, atlas_settings, build_atlas, build_phantom, contact_sheet, isolated_effects
 from .phantom.effects import load_phantom_effects
 
 RENDERER_VERSION = 1  # bump when drawing changes, so cached phantom datasets rebuild
@@ -33,6 +33,7 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
         raise UserError(f"data.heldout names {unknown}, which are not in the disease panel "
                         f"({', '.join(sorted(ids))}); fix data.heldout or kg.panel")
     pcfg = PhantomConfig.from_dict(data)  # validates: a setting it cannot honour fails even when a cached entry exists
+    faces, per_face, intensity = atlas_settings(data.get("atlas"))
     effects_path = kg_data_dir() / "phantom_effects.csv"
     spec = {"data": data, "renderer": RENDERER_VERSION, "effects": file_fingerprint(effects_path),
             "profiles": [p.to_dict() for p in profiles]}
@@ -43,10 +44,7 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
     with entry.build() as tmp:
         rows, stats = build_phantom(profiles, pcfg, table, tmp, heldout, progress=progress)
         write_manifest(rows, tmp / "manifest.csv")
-        atlas = data.get("atlas") or {}
-        atlas_rows = build_atlas(profiles, pcfg, table, tmp, int(atlas.get("faces", 0)),
-                                 tuple(atlas.get("per_face", (4, 8))), tuple(atlas.get("intensity", (0.5, 1.0))),
-                                 progress=progress)
+        atlas_rows = build_atlas(profiles, pcfg, table, tmp, faces, per_face, intensity, progress=progress)
         if atlas_rows:  # read by the evaluator (ATLAS_FILE) and, with trainer.atlas_share > 0, the generator
             write_manifest(atlas_rows, tmp / ATLAS_FILE)
             stats["atlas_images"] = len(atlas_rows)

@@ -7,7 +7,7 @@ import pytest
 
 from kgface.data.manifest import read_manifest
 from kgface.data.phantom.acne import grade_from_count
-from kgface.data.phantom.dataset import (ATLAS, PhantomConfig, build_atlas, build_phantom, draw_labels,
+from kgface.data.phantom.dataset import (ATLAS, PhantomConfig, atlas_settings, build_atlas, build_phantom, draw_labels,
                                          heldout_coverage, identity_split, individual, isolated_effects,
                                          render_labels)
 from kgface.data.phantom.effects import load_phantom_effects
@@ -180,6 +180,41 @@ def test_settings_the_builder_cannot_honour_are_one_line_errors(values, message)
     PhantomConfig(per_class=60, healthy_per_class=60, identities=60)
 
 
+BAD_ATLAS = [
+    ({"faces": -1}, r"data.atlas.faces must be an integer >= 0, got -1"),
+    ({"faces": "many"}, r"data.atlas.faces must be an integer >= 0, got 'many'"),
+    ({"per_face": [8, 4]}, r"data.atlas.per_face must be \[low, high\] whole numbers with 1 <= low <= high"),
+    ({"per_face": [0, 3]}, r"data.atlas.per_face must be"),
+    ({"per_face": 4}, r"data.atlas.per_face must be"),
+    ({"intensity": [1.0, 0.5]}, r"data.atlas.intensity must be \[low, high\] with 0 < low <= high <= 1"),
+    ({"intensity": [0.5, 1.5]}, r"data.atlas.intensity must be"),
+    ({"intensity": [0.0, 1.0]}, r"data.atlas.intensity must be"),  # an intensity 0 draws nothing, yet labels it
+    ({"face": 10}, r"data.atlas.face is not a setting of the phenotype atlas; known: faces, per_face, intensity"),
+]
+
+
+@pytest.mark.parametrize("atlas,message", BAD_ATLAS, ids=[str(a) for a, _ in BAD_ATLAS])
+def test_atlas_settings_the_builder_cannot_honour_are_one_line_errors(atlas, message):
+    with pytest.raises(UserError, match=message):
+        atlas_settings(atlas)
+
+
+def test_atlas_settings_defaults_and_bounds():
+    assert atlas_settings(None) == (0, (4, 8), (0.5, 1.0))
+    assert atlas_settings({"faces": 3, "per_face": [2, 2], "intensity": [1, 1]}) == (3, (2, 2), (1.0, 1.0))
+
+
+def test_a_bad_atlas_setting_stops_the_dataset_cli_before_rendering(tmp_path, capsys):
+    from kgface.dataset import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["data.diseases=[ORPHA:870]", "data.heldout=[]", "data.atlas.faces=5", "data.atlas.per_face=[6,2]",
+              f"hydra.run.dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "data.atlas.per_face must be" in err and "Traceback" not in err
+    assert not (tmp_path / "manifest.csv").exists()
+
+
 def test_default_and_benchmark_configs_are_valid():
     from omegaconf import OmegaConf
 
@@ -188,6 +223,7 @@ def test_default_and_benchmark_configs_are_valid():
     for overrides in ([], ["experiment=benchmark"]):
         data = OmegaConf.to_container(compose("train", overrides).data, resolve=True)
         assert PhantomConfig.from_dict(data).per_class in (150, 300)
+        assert atlas_settings(data.get("atlas"))[0] in (0, 8000)
 
 
 def test_identities_too_young_for_a_disease_are_a_one_line_error(profiles, table, tmp_path):

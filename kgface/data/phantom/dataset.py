@@ -270,6 +270,32 @@ def isolated_effects(cfg: PhantomConfig, table: dict[str, TermEffect], hpo_ids, 
 ATLAS = "atlas"  # the disease label of phenotype-atlas rows (never a class: phenotype reading and composition)
 
 
+ATLAS_KEYS = ("faces", "per_face", "intensity")
+
+
+def atlas_settings(atlas) -> tuple[int, tuple[int, int], tuple[float, float]]:
+    """`data.atlas` as (faces, per_face, intensity), checked: a setting the builder cannot honour is one line naming
+    its data.atlas.* key (a reversed range drew from numpy's reversed interval, a string count was a traceback)."""
+    atlas = dict(atlas or {})
+    unknown = sorted(set(atlas) - set(ATLAS_KEYS))
+    if unknown:
+        raise UserError(f"data.atlas.{unknown[0]} is not a setting of the phenotype atlas; known: "
+                        f"{', '.join(ATLAS_KEYS)}")
+    faces = _whole(atlas.get("faces", 0), "atlas.faces", 0)
+    per_face = atlas.get("per_face", (4, 8))
+    if (not isinstance(per_face, (list, tuple)) or len(per_face) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in per_face)
+            or not 1 <= per_face[0] <= per_face[1]):
+        raise UserError(f"data.atlas.per_face must be [low, high] whole numbers with 1 <= low <= high (phenotypes "
+                        f"per atlas face), got {per_face!r}")
+    intensity = atlas.get("intensity", (0.5, 1.0))
+    if (not isinstance(intensity, (list, tuple)) or len(intensity) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in intensity)
+            or not 0.0 < intensity[0] <= intensity[1] <= 1.0):
+        raise UserError(f"data.atlas.intensity must be [low, high] with 0 < low <= high <= 1, got {intensity!r}")
+    return faces, (int(per_face[0]), int(per_face[1])), (float(intensity[0]), float(intensity[1]))
+
+
 def build_atlas(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[str, TermEffect], out: Path,
                 faces: int, per_face=(4, 8), intensity=(0.5, 1.0), progress: bool = True) -> list[dict]:
     """The phenotype atlas: `faces` train-split identities, each with 4-8 (`per_face`) of the panel's renderable
@@ -285,7 +311,7 @@ def build_atlas(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[s
         return []
     train = sorted(i for i, s in identity_split(cfg).items() if s == "train")
     if not train:
-        raise ValueError("the phenotype atlas needs train identities: raise data.identities")
+        raise UserError("the phenotype atlas needs train identities: raise data.identities")
     rng = np.random.default_rng([cfg.seed, 5])
     lo, hi = int(per_face[0]), int(per_face[1])
     (out / "images" / ATLAS).mkdir(parents=True, exist_ok=True)
