@@ -38,11 +38,22 @@ class ClassTokens(nn.Module):
         self.tokens = nn.Parameter(torch.randn(num_classes, num_tokens, dim) * 0.02)
         self.stage = nn.Sequential(nn.Linear(8, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.null_tokens = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)
+        self.unknown_stage = nn.Parameter(torch.zeros(dim))  # NaN severity: an ungraded photo (as the KG encoder)
 
     def forward(self, idx: torch.Tensor, severity: torch.Tensor) -> torch.Tensor:
         freqs = torch.arange(4, dtype=torch.float32, device=severity.device) + 1
-        ang = severity.float()[:, None] / 3.0 * math.pi * freqs
-        return self.tokens[idx] + self.stage(torch.cat([ang.sin(), ang.cos()], -1))[:, None, :]
+        unknown = torch.isnan(severity.float())
+        ang = torch.nan_to_num(severity.float(), nan=0.0)[:, None] / 3.0 * math.pi * freqs
+        stage = self.stage(torch.cat([ang.sin(), ang.cos()], -1))
+        if bool(unknown.any()):
+            stage = torch.where(unknown.unsqueeze(-1), self.unknown_stage.expand_as(stage), stage)
+        return self.tokens[idx] + stage[:, None, :]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "unknown_stage"
+        if key not in state_dict:  # saved before the unknown stage existed: it starts as it would have, at zero
+            state_dict[key] = torch.zeros_like(self.unknown_stage)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def null(self, batch_size: int) -> torch.Tensor:
         return self.null_tokens.unsqueeze(0).expand(batch_size, -1, -1)
@@ -96,8 +107,9 @@ class Conditioner(nn.Module):
     def prompts(self, idx: torch.Tensor, stages: torch.Tensor) -> list[str]:
         if not self.uses_text:
             return [NEUTRAL_PROMPT] * len(idx)
-        # a face known to show exactly its phenotypes is named by all of them, never by a stage sentence
-        return [training_prompt(self.profiles[int(i)], int(s), conditioning="text",
+        # a face known to show exactly its phenotypes is named by all of them, never by a stage sentence; a stage
+        # below 0 is unknown (an ungraded photo): the prompt names the disease without a stage
+        return [training_prompt(self.profiles[int(i)], int(s) if int(s) >= 0 else None, conditioning="text",
                                 descriptions=None if int(i) in self.full_prompts else self.descriptions,
                                 every_phenotype=int(i) in self.full_prompts) for i, s in zip(idx, stages)]
 

@@ -38,7 +38,8 @@ class TrainingError(UserError):
 
 @dataclass
 class LatentSet:
-    """The training set as tensors: latents [N, C, h, w] (scaled), class index, stage, severity, age (-1 unknown);
+    """The training set as tensors: latents [N, C, h, w] (scaled), class index, stage (-1 unknown), severity (NaN
+    unknown), age (-1 unknown);
     `weights` (optional, [N]): rows are drawn with these probabilities instead of uniformly (e.g. a fixed share of
     phenotype-atlas faces in every batch)."""
     latents: torch.Tensor

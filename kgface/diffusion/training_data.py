@@ -56,11 +56,11 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
     `profiles` in the conditioner's list. atlas: (rows, profiles) from `atlas_training_rows`, whose profiles come
     after those; its faces make up `atlas_share` of the draws (each part uniform within itself)."""
     df = train_rows(manifest, profiles, heldout)
-    unknown = ~stage_known(df)
-    if unknown.any():  # said, not silent: the stage input has no "unknown" value, so these train at the placeholder
-        log.warning("%d of %d train images have no known stage (stage_known=False): the generator is conditioned on "
-                    "their placeholder stage (%s); grade them (data.stages=...) for a stage-faithful generator",
-                    int(unknown.sum()), len(df), ", ".join(sorted(set(df.loc[unknown, "stage"].astype(str)))))
+    unknown = torch.from_numpy(~stage_known(df))
+    if unknown.any():  # not their placeholder stage, which would teach that stage every stage's look
+        log.info("%d of %d train images have no known stage (stage_known=False): the generator trains them with "
+                 "an unknown stage (a learned embedding; text prompts name the disease alone)",
+                 int(unknown.sum()), len(df))
     index = {p.disease_id: i for i, p in enumerate(profiles)}
     if observed is not None:
         rows_index, observed_list = observed
@@ -69,8 +69,10 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
         observed_list, cls = [], torch.tensor([index[d] for d in df["disease"]])
     parts = {"latents": encode_images(manifest.parent, list(df["path"]), backbone.vae),
              "index": cls,
-             "stage": torch.tensor(df["stage"].astype(int).to_numpy()),
-             "severity": torch.tensor(df["severity"].astype(float).to_numpy(), dtype=torch.float32),
+             # stage -1 / severity NaN: unknown (Conditioner.prompts and the stage embeddings read them so)
+             "stage": torch.tensor(df["stage"].astype(int).to_numpy()).masked_fill(unknown, -1),
+             "severity": torch.tensor(df["severity"].astype(float).to_numpy(),
+                                      dtype=torch.float32).masked_fill(unknown, float("nan")),
              "age": torch.tensor([AGE_INDEX.get(a, -1) for a in df.get("age_group", [""] * len(df))])}
     if not atlas or not atlas[0]:
         return LatentSet(**parts)

@@ -107,6 +107,9 @@ class KGEncoder(nn.Module):
         self.weight_mlp = _mlp(ff, hidden, hidden)
         self.min_stage_emb = nn.Embedding(MAX_MIN_STAGE + 1, hidden)
         self.stage_mlp = _mlp(ff, hidden, hidden)
+        # a NaN stage (a real photo without a grade) reads this instead of a made-up stage; zeros: no random draw,
+        # so adding it changed no initialisation, and it stays zero unless such photos are trained on
+        self.unknown_stage = nn.Parameter(torch.zeros(hidden))
         self.stage_to_node = nn.Linear(hidden, hidden)
         self.stage_to_token = nn.Linear(hidden, hidden)
         self.age_emb = nn.Embedding(age_groups + 1, hidden) if age_groups > 0 else None  # row 0 = unknown
@@ -203,7 +206,17 @@ class KGEncoder(nn.Module):
             stage = stage.expand(batch_size)
         if stage.numel() != batch_size:
             raise ValueError(f"stage has {stage.numel()} values for {batch_size} graphs")
-        return self.stage_mlp(fourier_features(stage / self.stage_max, self.fourier))
+        unknown = torch.isnan(stage)
+        h = self.stage_mlp(fourier_features(torch.nan_to_num(stage, nan=0.0) / self.stage_max, self.fourier))
+        if bool(unknown.any()):
+            h = torch.where(unknown.unsqueeze(-1), self.unknown_stage.to(h.dtype).expand_as(h), h)
+        return h
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "unknown_stage"
+        if key not in state_dict:  # saved before the unknown stage existed: it starts as it would have, at zero
+            state_dict[key] = torch.zeros_like(self.unknown_stage)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _age_embedding(self, age: Tensor | None, batch_size: int, device) -> Tensor | None:
         if self.age_emb is None:
@@ -268,7 +281,7 @@ class KGEncoder(nn.Module):
 
     def forward(self, graph, stage: Tensor | float | None = None, age: Tensor | None = None) -> Tensor:
         """graph: a torch_geometric Batch from ProfileGraphBuilder.batch (or one Data); stage: [B] floats in
-        [0, stage_max] (None = 0); age: [B] age-group indices, -1 = unknown (None = all unknown)."""
+        [0, stage_max], NaN = unknown (None = 0); age: [B] age-group indices, -1 = unknown (None = all unknown)."""
         batch = getattr(graph, "batch", None)
         if batch is None:  # one Data
             batch = torch.zeros(graph.num_nodes, dtype=torch.long, device=graph.x.device)

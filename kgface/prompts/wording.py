@@ -154,14 +154,16 @@ def _stage_text(profile: FacialProfile, stage: int, descriptions, every_phenotyp
     return template_description(profile, stage, every_phenotype)
 
 
-def training_prompt(profile: FacialProfile, stage: int, conditioning: str = "kg", descriptions=None,
+def training_prompt(profile: FacialProfile, stage: int | None, conditioning: str = "kg", descriptions=None,
                     every_phenotype: bool = False) -> str:
     """The text prompt the generator trains and samples with.
 
     conditioning="kg": a neutral prompt without disease words (the KG encoder carries the disease).
     conditioning="text": the disease, its stage and its visible phenotypes in words (the text-only baseline);
     every_phenotype: name all of the profile's phenotypes, not the stage's most frequent few (a face known to show
-    exactly these, e.g. a phenotype-atlas face); `descriptions` are then ignored.
+    exactly these, e.g. a phenotype-atlas face); `descriptions` are then ignored. stage None: unknown (a real photo
+    without a grade; never a phantom or atlas face): the disease alone, since which phenotypes show depends on the
+    stage.
     """
     if conditioning == "kg":
         return NEUTRAL_PROMPT
@@ -169,6 +171,8 @@ def training_prompt(profile: FacialProfile, stage: int, conditioning: str = "kg"
         raise ValueError(f"conditioning must be 'kg' or 'text', got {conditioning!r}")
     if profile.healthy:
         return f"{NEUTRAL_PROMPT}, {HEALTHY_TEXT}"
+    if stage is None:
+        return f"{NEUTRAL_PROMPT}. A face with {profile.name}."
     stage = _check_stage(stage)
     return f"{NEUTRAL_PROMPT}. {_stage_text(profile, stage, descriptions, every_phenotype)}"
 

@@ -1,5 +1,6 @@
 """The training loop on a tiny model: loss goes down, exact resume, NaN handling, only trainable weights move."""
 import json
+import math
 
 import pytest
 import torch
@@ -53,6 +54,30 @@ def test_training_feeds_ages_to_the_kg_encoder(profiles, tmp_path, mode):
     train(backbone, cond, data, {**FAST, "steps": 3, "weight_decay": 0.0}, tmp_path, progress=False)
     moved = (encoder.age_emb.weight.detach() != before).any(dim=1).tolist()
     assert moved == [False, True, True], moved
+
+
+@pytest.mark.parametrize("mode", ["kg", "class"])
+def test_ungraded_rows_train_the_unknown_stage_not_a_placeholder(profiles, tmp_path, mode):
+    """Rows with stage -1 / severity NaN (real photos without a grade) train `unknown_stage`; a set without them
+    leaves it at zero (so it changed nothing for graded data)."""
+    for with_unknown in (False, True):
+        backbone, cond = make(profiles, mode)
+        module = cond.encoder if mode == "kg" else cond.class_tokens
+        data = fixed_data(8)
+        if with_unknown:
+            data.stage[::2], data.severity[::2] = -1, float("nan")
+        out = train(backbone, cond, data, {**FAST, "steps": 3}, tmp_path / f"{mode}-{with_unknown}",
+                    progress=False)
+        assert all(math.isfinite(v) for v in out["losses"])
+        moved = bool(module.unknown_stage.detach().abs().sum() > 0)
+        assert moved == with_unknown, (mode, with_unknown)
+
+
+def test_text_prompts_of_ungraded_rows_name_the_disease_without_a_stage(profiles):
+    backbone, cond = make(profiles, "text")
+    down, graded = cond.prompts(torch.tensor([0, 0]), torch.tensor([-1, 2]))
+    assert down.endswith(f"A face with {profiles[0].name}.") and "stage" not in down
+    assert "stage" in graded
 
 
 def fixed_data(n=16, seed=0):

@@ -149,3 +149,38 @@ def test_compose_on_an_observed_sets_run_draws_a_custom_set_as_given(micro_run, 
     df = pd.read_csv(tmp_path / "c" / "manifest.csv", dtype=str, keep_default_na=False)
     # the user's phenotypes are not a frequency draw: every one is asked for, whatever the intensity or stage
     assert [sorted(json.loads(v)) for v in df["requested_phenotypes"]] == [["HP:0000316", "HP:0000508"]] * 2
+
+
+def test_ungraded_faces_train_with_an_unknown_stage_not_their_placeholder(micro_run, tmp_path, caplog):
+    """stage_known=False rows (real photos without a grade carry placeholder stage 2) enter the generator's set
+    as stage -1 / severity NaN, which the stage embeddings and text prompts read as unknown."""
+    import logging
+    import math
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from diffusers import AutoencoderKL
+
+    from kgface.diffusion.training_data import latent_set
+    from kgface.kg.profiles import FacialProfile
+
+    out = micro_run
+    manifest = Path(json.loads((out / "data.json").read_text())["manifest"])
+    profiles = [FacialProfile.from_dict(p) for p in json.loads((out / "profiles.json").read_text())["profiles"]]
+    train_profiles = [p for p in profiles if p.disease_id != "ORPHA:648"]
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    sick = (df["split"] == "train") & (df["disease"] == "ORPHA:870")
+    assert sick.sum() >= 2
+    df["stage_known"] = "True"
+    df.loc[sick, ["stage", "stage_known"]] = ["2", "False"]
+    (tmp_path / "images").symlink_to(manifest.parent / "images")
+    df.to_csv(tmp_path / "manifest.csv", index=False)
+    vae = AutoencoderKL.from_pretrained(out / "model" / "vae")
+    with caplog.at_level(logging.INFO, logger="kgface.diffusion.training_data"):
+        data = latent_set(tmp_path / "manifest.csv", train_profiles, SimpleNamespace(vae=vae), {"ORPHA:648"})
+    assert f"{int(sick.sum())} of {len(data)} train images have no known stage" in caplog.text
+    train = df[(df["split"] == "train") & (df["disease"] != "ORPHA:648")]
+    unknown = (train["stage_known"] == "False").to_numpy()
+    assert data.stage[unknown].eq(-1).all() and data.severity[unknown].isnan().all()
+    assert data.stage[~unknown].tolist() == train.loc[~unknown, "stage"].astype(int).tolist()
+    assert all(math.isfinite(v) for v in data.severity[~unknown].tolist())

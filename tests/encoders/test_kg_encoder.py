@@ -48,7 +48,8 @@ def test_shapes_finite_and_gradients(conv, batch):
     assert out.shape == (4, K, D) and torch.isfinite(out).all()
     (out - torch.randn_like(out)).pow(2).mean().backward()
     for name, p in enc.named_parameters():
-        if name == "null_tokens" or ".p_rel." in name:  # null: only CFG dropout trains it; HGT: absent edge types
+        # null: only CFG dropout trains it; unknown_stage: only ungraded photos (NaN stages); HGT: absent edge types
+        if name in ("null_tokens", "unknown_stage") or ".p_rel." in name:
             continue
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     for i, conv_layer in enumerate(enc.convs):
@@ -85,6 +86,33 @@ def test_stage_age_and_intensities_change_the_tokens(graph_builder, profiles):
         assert not torch.allclose(freq, a, atol=1e-4)  # a per-image subset is not the whole profile
     with pytest.raises(UserError, match="age_groups"):
         tiny()(g, torch.tensor([1.0, 1.0]), torch.tensor([0, 1]))
+
+
+def test_an_unknown_stage_reads_its_own_embedding_not_a_made_up_stage(graph_builder, profiles, tmp_path):
+    """NaN = a photo without a grade: it reads `unknown_stage` (learned, zero at first), whatever the stage scale;
+    known stages in the same batch are unaffected, and a saved encoder without the weight still loads."""
+    enc = tiny().eval()
+    down = profiles[0]
+    g = graph_builder.batch([down, down, down])
+    with torch.no_grad():
+        enc.unknown_stage.normal_()
+        nan = float("nan")
+        mixed = enc(g, torch.tensor([nan, 2.0, nan]))
+        known = enc(graph_builder.batch([down]), torch.tensor([2.0]))[0]
+        assert torch.isfinite(mixed).all()
+        assert torch.allclose(mixed[1], known, atol=1e-5)
+        assert torch.allclose(mixed[0], mixed[2], atol=1e-5)
+        for stage in (0.0, 1.0, 2.0, 3.0):  # the placeholder stage the readers write is not what it reads
+            assert not torch.allclose(mixed[0], enc(graph_builder.batch([down]), torch.tensor([stage]))[0], atol=1e-4)
+    tokens = enc.train()(g, torch.tensor([nan, 1.0, 1.0]))
+    tokens.square().sum().backward()
+    assert enc.unknown_stage.grad is not None and enc.unknown_stage.grad.abs().sum() > 0
+    state = {k: v for k, v in enc.state_dict().items() if k != "unknown_stage"}  # an encoder saved before it
+    again = tiny()
+    again.load_state_dict(state)  # strict: every other key is still required
+    assert torch.equal(again.unknown_stage, torch.zeros_like(again.unknown_stage))
+    with pytest.raises(RuntimeError, match="null_tokens"):
+        tiny().load_state_dict({k: v for k, v in state.items() if k != "null_tokens"})
 
 
 def test_null_is_not_healthy(graph_builder, profiles):
@@ -220,7 +248,7 @@ def test_phenotype_tokens_one_per_phenotype_and_gradients(conv, batch):
     out = enc(batch, torch.tensor([1.0, 2.0, 0.5, 0.0]))
     (out - torch.randn_like(out)).pow(2).mean().backward()
     for name, p in enc.named_parameters():
-        if name == "null_tokens" or ".p_rel." in name:
+        if name in ("null_tokens", "unknown_stage") or ".p_rel." in name:
             continue
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
