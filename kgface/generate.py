@@ -315,20 +315,6 @@ def _number(value, key: str) -> float:
         raise UserError(f"{key}={value}: not a number") from None
 
 
-def _torch_device(name) -> torch.device:
-    """`device=`: cpu (default), cuda, cuda:N, or auto (the first GPU when there is one)."""
-    name = "cpu" if name in (None, "") else str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device={name} is not a torch device; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name}: this torch sees no CUDA GPU; use device=cpu")
-    return device
-
-
 def _row(profile, severity: float, seed: int, mode: str, identity: str, phenotypes=None) -> dict:
     s = 0.0 if profile.healthy else float(severity)
     return {"identity": identity, "disease": profile.disease_id, "stage": int(round(s)), "severity": round(s, 4),
@@ -616,7 +602,7 @@ def stack_identity(checked, unet, scale: float) -> Identity:
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.generator import Generator
     from .diffusion.run_loading import heldout_of, load_run
-    from .runtime import make_cache
+    from .runtime import make_cache, torch_device
 
     t0 = time.perf_counter()
     if int(cfg.get("num_threads") or 0) > 0:
@@ -642,7 +628,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise UserError("inversion=true needs input images (mode=transform, or mode=progression with input=)")
     checked_identity = check_identity(cfg)
     cache = make_cache(cfg)
-    device = _torch_device(cfg.get("device"))
+    device = torch_device(cfg.get("device"))
     run_dir = Path(str(cfg.run)).expanduser()
     backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale)
     backbone.unet.to(device)  # the text encoder stays on the CPU: its states are cached per prompt and moved

@@ -97,3 +97,23 @@ def profile_source(cfg: DictConfig, profiles: list) -> list:
         raise UserError(f"profile.learned={path}: none of its diseases ({', '.join(sorted(table)[:5])}) is in the "
                         "panel; was it learned on another dataset?")
     return with_frequencies(profiles, table, source, float(p.get("blend", 0.5)))
+
+
+def torch_device(name):
+    """`device=` of kgface.generate and kgface.trial: cpu (default), cuda, cuda:N, or auto (the first GPU when there
+    is one); a name torch does not know, or cuda without a GPU, is a one-line error."""
+    import torch
+
+    from .errors import UserError
+
+    name = "cpu" if name in (None, "") else str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name} is not a torch device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name}: this torch sees no CUDA GPU; use device=cpu")
+    return device
+

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .cache import save_figure_atomic, write_json_atomic
 from .config import entry
@@ -93,7 +93,23 @@ def preflight(cfg: DictConfig) -> None:
     if cfg.model.name != "tiny":
         from .diffusion.models import check_pretrained_folder
 
-        check_pretrained_folder(cfg.model.get("pretrained"), cfg.model.name)
+        folder = check_pretrained_folder(cfg.model.get("pretrained"), cfg.model.name)
+        # config.yaml records it absolute: kgface.generate / evaluate / trial load the run from any directory
+        with open_dict(cfg):
+            cfg.model.pretrained = str(folder.resolve())
+        if str(cfg.model.get("dtype", "fp32")) != "fp32":
+            # frozen bf16/fp16 weights would also make the LoRA and adapter weights half precision (AdamW's small
+            # updates round away) and meet fp32 inputs: not supported; autocast gives the speed
+            raise UserError(f"model.dtype={cfg.model.dtype}: training loads the weights in fp32; for bf16 speed "
+                            "on a GPU set model.dtype=fp32 and trainer.mixed_precision=bf16")
+    key = "model.tiny.image_size" if cfg.model.name == "tiny" else "model.resolution"
+    resolution = (cfg.model.get("tiny") or {}).get("image_size") if cfg.model.name == "tiny" \
+        else cfg.model.get("resolution")
+    size = cfg.data.get("size")
+    if resolution and size and int(resolution) != int(size):
+        # training would see data.size latents while sampling draws the model's (SDXL's time ids too)
+        raise UserError(f"data.size={size} but {key}={resolution}: the model trains on data.size images and samples "
+                        f"at {key}; set both to the same side (e.g. data.size={resolution})")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:

@@ -67,7 +67,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.run_loading import load_run
     from .generate import Profiles, edit_mask
     from .prompts.wording import STAGE_SCALES
-    from .runtime import make_cache
+    from .runtime import make_cache, torch_device
     from .trials import analysis, report
     from .trials.design import (check_size, design_from_config, from_condition, simulate, to_condition, true_effects,
                                 whole)
@@ -92,7 +92,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     analysis.check_identifiable(table, design)
     run_dir = Path(str(cfg.run)).expanduser()
     cache = make_cache(cfg)
+    device = torch_device(cfg.get("device"))
     backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale)
+    backbone.unet.to(device)  # as kgface.generate: the text encoder stays on the CPU (states cached per prompt)
+    backbone.vae.to(device)
+    conditioner.to(device)
     if run_cfg.kg.source != cfg.kg.source:
         raise UserError(f"kg={cfg.kg.source} but run={cfg.run} was trained with kg={run_cfg.kg.source}; "
                         f"set kg={run_cfg.kg.source}")

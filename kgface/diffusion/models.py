@@ -169,12 +169,42 @@ def check_pretrained_folder(path: str | Path, kind: str = "sd15") -> Path:
             raise UserError(f"model.pretrained={path}: {name}/{_CONFIG_FILES[name]} is missing")
         if name != "scheduler":
             _weights_variant(sub, str(path))
+    _check_kind_and_objective(root, str(path), kind)
     return root
 
 
+def _read_json(path: Path, name: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.pretrained={name}: {path.parent.name}/{path.name} is not readable JSON "
+                        f"({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"model.pretrained={name}: {path.parent.name}/{path.name} is not a JSON object")
+    return data
+
+
+def _check_kind_and_objective(root: Path, name: str, kind: str) -> None:
+    """From the configs alone (before data, VAE and evaluator are built): the folder is the kind model= names, and
+    its scheduler predicts noise, the one objective the trainer and samplers implement."""
+    unet = _read_json(root / "unet" / "config.json", name)
+    is_sdxl = unet.get("addition_embed_type") == "text_time"
+    if kind == "sdxl" and not is_sdxl:
+        raise UserError(f"model.pretrained={name}: unet/ is not an SDXL UNet (addition_embed_type="
+                        f"{unet.get('addition_embed_type')!r}); use model=sd15 for this folder")
+    if kind == "sd15" and is_sdxl:
+        raise UserError(f"model.pretrained={name}: unet/ is an SDXL UNet (addition_embed_type='text_time'); "
+                        "use model=sdxl for this folder")
+    prediction = _read_json(root / "scheduler" / "scheduler_config.json", name).get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        # retrained as epsilon it would silently unlearn the base model (e.g. SD 2.x-768 predicts v)
+        raise UserError(f"model.pretrained={name}: scheduler/ says prediction_type={prediction!r}; kgface trains "
+                        "and samples epsilon prediction only (SD 1.x, SD 2.x-base, SDXL base); use such a folder")
+
+
 def _tf_dtype_kwargs(dtype: torch.dtype | None) -> dict:
-    if dtype is None:
-        return {}
+    if dtype is None:  # transformers 5 would load in the config's dtype ("auto"), diffusers in fp32: keep them alike
+        dtype = torch.float32
     import transformers
 
     major = int(transformers.__version__.split(".")[0])

@@ -160,6 +160,12 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
             if unexpected:
                 raise RunError(f"{lora}: {len(unexpected)} LoRA weights do not fit {cfg.model.pretrained} "
                                f"(first: {unexpected[0]}); was the run trained on another base model?")
+            # the base weights are "missing" by design (strict=False); a missing LoRA weight would stay at its
+            # initial value (lora_B zero: that layer silently untrained)
+            missing = [k for k in getattr(result, "missing_keys", None) or [] if "lora_" in k]
+            if missing:
+                raise RunError(f"{lora}: {len(missing)} of the UNet's LoRA weights are not in the file (first: "
+                               f"{missing[0]}); was it saved with other LoRA targets or another kgface version?")
     backbone.unet.eval().requires_grad_(False)
     backbone.vae.eval().requires_grad_(False)
     backbone.trainable = []

@@ -169,6 +169,11 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     AcceleratorState._reset_state(reset_partial_state=True)
     acc = Accelerator(gradient_accumulation_steps=int(t["grad_accum"]), mixed_precision=t["mixed_precision"],
                       log_with="tensorboard", project_dir=str(run_dir / "logs"))
+    if acc.num_processes > 1:
+        # the loop draws the same batches on every rank, calls the conditioner's own methods (a DDP wrapper has
+        # none) and writes checkpoints from every rank: say so rather than train wrong
+        raise TrainingError(f"{acc.num_processes} processes: kgface trains on one device per run for now; launch "
+                            "one process (python -m kgface.train or accelerate launch --num_processes 1)")
     acc.init_trackers("train")
     unet, device = backbone.unet, acc.device
     params = list(backbone.trainable) + conditioner.trainable_parameters()
@@ -272,6 +277,10 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         if stop_after is not None and done >= stop_after:
             break
     acc.end_training()
+    # mixed precision wrapped their forward in autocast: unwrap, so the run's own samples are drawn in full
+    # precision, as kgface.generate draws them from the saved run (a no-op without mixed precision)
+    for module in (unet, conditioner):
+        acc.unwrap_model(module, keep_fp32_wrapper=False)
     unet.eval()
     conditioner.eval()
     return {"losses": losses, "steps": start + done, "ema": ema,

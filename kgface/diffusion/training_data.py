@@ -87,18 +87,37 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
     return LatentSet(**{k: torch.cat([parts[k], extra[k]]) for k in parts}, weights=weights.double())
 
 
-def encode_images(root: Path, paths: list[str], vae) -> torch.Tensor:
-    """Images (paths under root) -> scaled VAE latents (posterior means)."""
+ENCODE_PIXELS = 64 * 64 * 64  # pixels per encoding batch: 64 images of 64 px, one of 512 px (the VAE's activations
+#                               grow with the side squared: 64 SD images at 512 px would need ~9 GB for one layer)
+
+
+def encode_device() -> torch.device:
+    """Where the training set is encoded: the device the trainer's Accelerator will use (a GPU when there is one)."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def encode_images(root: Path, paths: list[str], vae, device=None) -> torch.Tensor:
+    """Images (paths under root) -> scaled VAE latents (posterior means), on the CPU; encoded on `device` (default:
+    encode_device()) in batches of ENCODE_PIXELS pixels, read from disk one batch at a time."""
     import numpy as np
     from PIL import Image
 
     from .vae import to_model
 
-    imgs = torch.from_numpy(np.stack([np.asarray(Image.open(root / p).convert("RGB"))
-                                      for p in paths])).permute(0, 3, 1, 2)
+    device = torch.device(device) if device is not None else encode_device()
+    vae.to(device)
+    out = []
     with torch.no_grad():
-        lat = torch.cat([vae.encode(to_model(imgs[i:i + 64])).latent_dist.mean for i in range(0, len(imgs), 64)])
-    return lat * vae.config.scaling_factor
+        for i in range(0, len(paths), 64):
+            imgs = torch.from_numpy(np.stack([np.asarray(Image.open(root / p).convert("RGB"))
+                                              for p in paths[i:i + 64]])).permute(0, 3, 1, 2)
+            step = max(1, ENCODE_PIXELS // (imgs.shape[2] * imgs.shape[3]))
+            for j in range(0, len(imgs), step):
+                x = to_model(imgs[j:j + step]).to(device, next(vae.parameters()).dtype)
+                out.append(vae.encode(x).latent_dist.mean.float().cpu())
+    return torch.cat(out) * vae.config.scaling_factor
 
 
 ATLAS_NAME = "a combination of facial signs"  # the name of an atlas face's profile (read by the text baseline)

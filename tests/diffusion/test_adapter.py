@@ -375,3 +375,22 @@ def test_incomplete_folders_name_the_subfolder(tmp_path, sd15_folder):
     # an SD 1.5 folder read as SDXL lacks the second text encoder
     with pytest.raises(UserError, match=r"subfolder text_encoder_2/ is missing"):
         load_pretrained_stack(sd15_folder, "sdxl")
+
+
+def test_kind_and_objective_are_checked_from_the_configs(tmp_path, sd15_folder, sdxl_folder):
+    """Before anything loads (train's preflight): the folder's kind against model=, and epsilon prediction."""
+    from kgface.diffusion.models import check_pretrained_folder
+
+    with pytest.raises(UserError, match=r"unet/ is an SDXL UNet \(addition_embed_type='text_time'\); use model=sdxl"):
+        check_pretrained_folder(sdxl_folder, "sd15")
+    v_pred = tmp_path / "v-pred"
+    shutil.copytree(sd15_folder, v_pred)
+    path = v_pred / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction"}))
+    with pytest.raises(UserError, match=r"prediction_type='v_prediction'; kgface trains and samples epsilon"):
+        check_pretrained_folder(v_pred, "sd15")
+    path.write_text("{not json")
+    with pytest.raises(UserError, match=r"scheduler/scheduler_config.json is not readable JSON"):
+        check_pretrained_folder(v_pred, "sd15")
+    assert check_pretrained_folder(sd15_folder, "sd15") == sd15_folder
+

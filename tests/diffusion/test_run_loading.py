@@ -55,6 +55,24 @@ def test_load_run_restores_the_trained_lora_and_adapter(pretrained_run):
     assert set(adapter) == set(loaded) and all(torch.equal(adapter[k], loaded[k]) for k in adapter)
 
 
+def test_a_lora_file_missing_weights_is_an_error_not_an_untrained_layer(pretrained_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from kgface.diffusion.run_loading import RunError, load_run
+
+    _, _, out = pretrained_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    path = copy / "model" / "unet_lora.safetensors"
+    weights = load_file(str(path))
+    dropped = sorted(weights)[0]
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(path))
+    with pytest.raises(RunError, match=r"1 of the UNet's LoRA weights are not in the file \(first: .*lora_"):
+        load_run(copy)
+
+
 def test_generate_samples_transforms_and_stacks_an_identity(pretrained_run, tmp_path):
     from diffusers import UNet2DConditionModel
 

@@ -73,6 +73,21 @@ def test_ungraded_rows_train_the_unknown_stage_not_a_placeholder(profiles, tmp_p
         assert moved == with_unknown, (mode, with_unknown)
 
 
+def test_mixed_precision_training_leaves_a_full_precision_unet(profiles, tmp_path):
+    """accelerate wraps forward in bf16 autocast for training; after it the UNet draws as a reloaded run does."""
+    backbone, cond = make(profiles)
+    train(backbone, cond, fixed_data(8), {**FAST, "steps": 1, "mixed_precision": "bf16"}, tmp_path, progress=False)
+    unet = backbone.unet
+    assert not hasattr(unet, "_original_forward")
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 500])
+    states = torch.randn(2, 3, backbone.cross_attention_dim)
+    kw = {"image_embeds": [torch.randn(2, 4, backbone.cross_attention_dim)]}
+    with torch.no_grad():
+        out = unet(x, t, encoder_hidden_states=states, added_cond_kwargs=kw).sample
+        plain = type(unet).forward(unet, x, t, encoder_hidden_states=states, added_cond_kwargs=kw).sample
+    assert torch.equal(out, plain)
+
+
 def test_text_prompts_of_ungraded_rows_name_the_disease_without_a_stage(profiles):
     backbone, cond = make(profiles, "text")
     down, graded = cond.prompts(torch.tensor([0, 0]), torch.tensor([-1, 2]))

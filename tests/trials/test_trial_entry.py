@@ -155,6 +155,7 @@ def fails(capsys, run, out, *overrides) -> str:
     (["trial.schedule.cycles=0"], "must be at least 1"),
     (["max_images=10"], "more than max_images=10"),
     (["strength=0"], "strength=0 must lie in (0, 1]"),
+    (["device=banana"], "device=banana is not a torch device; use cpu, cuda, cuda:N or auto"),
     (["calibration=maybe"], "calibration=maybe is unknown"),
     (["seed=-1"], "seed=-1: numpy seeds cannot be negative"),
     (["seed=abc"], "seed='abc' is not a whole number"),
