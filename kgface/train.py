@@ -67,7 +67,8 @@ def preflight(cfg: DictConfig) -> None:
     if cfg.data.name == "phantom":
         from .data.phantom.dataset import atlas_settings
 
-        atlas_faces = atlas_settings(OmegaConf.to_container(cfg.data.get("atlas") or {}, resolve=True))[0]
+        atlas = cfg.data.get("atlas")
+        atlas_faces = atlas_settings(OmegaConf.to_container(atlas, resolve=True) if atlas is not None else None)[0]
     if cfg.get("evaluate", True) and str(cfg.evaluator.get("phenotype_heads")) == "atlas":
         if cfg.data.name != "phantom":  # a train run rebuilds real data into the run folder, without an atlas
             raise UserError(f"evaluator.phenotype_heads=atlas needs the phantom's phenotype atlas; with "

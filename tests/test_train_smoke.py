@@ -150,6 +150,18 @@ def test_atlas_share_and_observed_sets_need_the_phantom_and_a_share_below_one(tm
         assert not (tmp_path / "x" / "profiles.json").exists()
 
 
+def test_preflight_reads_the_atlas_settings():
+    from kgface.config import compose
+    from kgface.errors import UserError
+    from kgface.train import preflight
+
+    preflight(compose("train", MICRO + ["data.atlas=null"]))  # no atlas at all: fine
+    with pytest.raises(UserError, match=r"data.atlas.per_face must be"):
+        preflight(compose("train", MICRO + ["data.atlas.per_face=[5,1]"]))
+    with pytest.raises(UserError, match=r"data.size=64 but model.tiny.image_size=32"):
+        preflight(compose("train", MICRO + ["data.size=64"]))
+
+
 def test_shuffled_edges_is_a_seeded_derangement_of_the_phenotype_sets():
     from kgface.kg.profiles import FacialProfile, Phenotype, healthy_profile
     from kgface.train import shuffled_edges
