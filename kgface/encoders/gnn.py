@@ -165,14 +165,38 @@ class KGEncoder(nn.Module):
                                    unknown_frequency=c["unknown_frequency"])
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write config.json + model.safetensors into `folder`. Both are written into a temporary sibling folder
+        that then takes the folder's place, so a crash never leaves new weights beside an old config (or half a
+        file); an existing folder is replaced."""
+        import shutil
+        import tempfile
+
         from safetensors.torch import save_file
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (folder / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, **self.config}, indent=2) + "\n",
-                                          encoding="utf-8")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        old = None
+        try:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+            (tmp / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, **self.config}, indent=2) + "\n",
+                                           encoding="utf-8")
+            mask = os.umask(0)  # mkdtemp makes 0700; give the folder the mode a plain mkdir would
+            os.umask(mask)
+            os.chmod(tmp, 0o777 & ~mask)
+            if folder.exists():  # a folder cannot be renamed onto a non-empty one: move the old one aside first
+                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+                os.replace(folder, old / folder.name)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and not folder.exists() and (old / folder.name).exists():
+                os.replace(old / folder.name, folder)  # put the previous save back
+                shutil.rmtree(old, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         return folder
 
     @classmethod
@@ -338,6 +362,6 @@ class KGEncoder(nn.Module):
             return 0
         batch = getattr(graph, "batch", None)
         if batch is None:
-            batch = torch.zeros(graph.num_nodes, dtype=torch.long)
+            batch = torch.zeros(graph.num_nodes, dtype=torch.long, device=graph.weight_kind.device)
         counts = torch.bincount(batch[graph.weight_kind > 0], minlength=1)
         return int((counts - (self.num_tokens - 1)).clamp(min=0).sum())

@@ -13,8 +13,9 @@ Per edge: `edge_type` and `edge_weight` (the phenotype's weight on disease<->phe
 
 Node texts: phenotype = "name: first sentence of its HPO definition"; ancestor and region root = name; disease =
 GENERIC_DISEASE_TEXT (default `disease_text="generic"`, so the tokens of any disease come from its phenotypes and an
-unseen disease or a custom phenotype set is in distribution) or "name: definition" (`disease_text="name"`); the
-healthy profile = one disease node reading HEALTHY_TEXT and nothing else.
+unseen disease or a custom phenotype set is in distribution) or "name: definition" (`disease_text="name"`; the
+definition is the first of DISEASE_TEXT_KEYS the profile's text holds); the healthy profile = one disease node
+reading HEALTHY_TEXT and nothing else.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ MAX_MIN_STAGE = 3
 HEALTHY_TEXT = "healthy: a face without any disease sign"
 GENERIC_DISEASE_TEXT = "a face of a person with a medical condition"
 DISEASE_TEXTS = ("generic", "name")
+# disease_text="name": the first of these profile.text keys that holds text (HPO profiles have none, so their node
+# reads the name alone; PrimeKG/RDF profiles carry disease_features.csv's columns): definitions before descriptions
+DISEASE_TEXT_KEYS = ("definition", "mondo_definition", "orphanet_definition", "umls_description",
+                     "orphanet_clinical_description", "mayo_symptoms")
 
 
 def short_definition(text: str, max_chars: int = 160) -> str:
@@ -114,7 +119,9 @@ class ProfileGraphBuilder:
             return HEALTHY_TEXT
         if self.disease_text == "generic":
             return GENERIC_DISEASE_TEXT
-        return node_text(profile.name, (profile.text or {}).get("definition", ""), self.definition_chars)
+        text = profile.text or {}
+        definition = next((str(text[k]) for k in DISEASE_TEXT_KEYS if str(text.get(k) or "").strip()), "")
+        return node_text(profile.name, definition, self.definition_chars)
 
     def _term_text(self, kind: int, name: str, definition: str = "") -> str:
         return node_text(name, definition, self.definition_chars) if kind == PHENOTYPE else name
@@ -243,10 +250,20 @@ def parse_phenotype_spec(items: Iterable[str] | Mapping[str, float]) -> dict[str
 def phenotype_profile(builder: ProfileBuilder, intensities: Mapping[str, float], name: str = "custom phenotype set",
                       disease_id: str = "custom") -> FacialProfile:
     """A profile for a custom set of visible phenotypes (frequency = the given intensity), for composing a face the
-    KG names no disease for. Encode it with `intensities=` the same dict, so that the weights read as intensities."""
+    KG names no disease for. Encode it with `intensities=` the same dict, so that the weights read as intensities.
+
+    Alt and obsolete ids resolve to the live term (HP:0000312 -> Malar flattening HP:0000272); when `intensities`
+    is a dict, its keys are rewritten to those ids too, so that the same dict still encodes the profile."""
     kg = builder.kg
+    resolved: dict[str, float] = {}
+    for given, intensity in intensities.items():
+        hpo_id = kg.canonical_term(given)
+        if hpo_id in resolved and resolved[hpo_id] != float(intensity):
+            raise UserError(f"phenotypes {given} and another id name the same term {hpo_id} with different "
+                            "intensities; give it once")
+        resolved[hpo_id] = float(intensity)
     phenotypes = []
-    for hpo_id, intensity in intensities.items():
+    for hpo_id, intensity in resolved.items():
         term = kg.terms.get(hpo_id)
         if term is None:
             raise UserError(f"phenotype {hpo_id} is not a term of the {kg.source} graph")
@@ -257,6 +274,9 @@ def phenotype_profile(builder: ProfileBuilder, intensities: Mapping[str, float],
         path = builder.path(hpo_id, entry.region)
         phenotypes.append(Phenotype(
             hpo_id=hpo_id, name=kg.term_name(hpo_id), region=entry.region, visual=entry.visual,
-            frequency=float(intensity), definition=term.definition, matched_via=entry.hpo_id, path=list(path),
+            frequency=intensity, definition=term.definition, matched_via=entry.hpo_id, path=list(path),
             path_names=[kg.term_name(p) for p in path], provenance="custom"))
+    if isinstance(intensities, dict) and list(resolved) != list(intensities):
+        intensities.clear()  # callers pass this dict again as the graph's intensities (kgface.generate does)
+        intensities.update(resolved)
     return FacialProfile(disease_id=disease_id, name=name, kg=kg.source, phenotypes=phenotypes, query=disease_id)

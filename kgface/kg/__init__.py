@@ -14,7 +14,7 @@ from .lookup import HEALTHY, resolve_disease, suggestions
 from .profiles import FacialProfile, NegativePhenotype, Phenotype, ProfileBuilder, build_profile, healthy_profile
 from .visible import VisibleCatalog
 
-PARSER_VERSION = 1  # bump when parsing changes, so cached graphs rebuild
+PARSER_VERSION = 2  # bump when parsing changes, so cached graphs rebuild
 SOURCES = ("hpo", "primekg", "rdf")
 
 __all__ = ["KGError", "KGFormatError", "NoVisiblePhenotypeError", "UnknownDiseaseError", "KnowledgeGraph", "HEALTHY",

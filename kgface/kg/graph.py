@@ -2,11 +2,13 @@
 
 Three tables and an ontology:
 - `diseases`: id (ORPHA:870, OMIM:190685, MONDO:0008608, ...), name, aliases (other ids that resolve to it, `|`-joined);
-- `edges`: disease->phenotype annotations: disease_id, hpo_id, negated (a `NOT` row: known to be absent), frequency
+- `edges`: disease->phenotype annotations: disease_id, hpo_id (alt and obsolete ids resolved to the live term),
+  negated (a `NOT` row or a frequency of 0: known to be absent), frequency
   (float in [0,1], NaN = unknown), frequency_raw, onset (HPO onset term or ''), min_stage (the disease stage from
   which the sign shows, 0 unless a curated edge says otherwise), evidence, reference, provenance
   (`hpoa`, `primekg`, `kg_data`, `rdf`);
-- `disease_onsets`: disease_id, onset (HPO onset terms from the disease's clinical-course rows, aspect C);
+- `disease_onsets`: disease_id, onset (the disease's clinical-course rows, aspect C, that are Onset HP:0003674 or
+  below it; Progressive, Death in infancy and other course terms are not onsets);
 - `terms`: HPO terms keyed by id (names, definitions, synonyms and is_a parents).
 """
 from __future__ import annotations
@@ -19,11 +21,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .obo import Term
+from .obo import Term, term_aliases
 
 EDGE_COLUMNS = ["disease_id", "hpo_id", "negated", "frequency", "frequency_raw", "onset", "min_stage", "evidence", "reference",
                 "provenance"]
 DISEASE_COLUMNS = ["id", "name", "aliases"]
+MAX_STAGE = 3  # disease stages run 0-3 (acne grades 0-3; the encoder's MAX_MIN_STAGE, the prompts' stage ladder)
 
 
 @dataclass
@@ -90,13 +93,7 @@ class KnowledgeGraph:
     def canonical_term(self, hpo_id: str) -> str:
         """Map alt ids and obsolete ids (with replaced_by) to the live term id; unknown ids are returned as given."""
         if self._term_alias is None:
-            alias = {}
-            for t in self.terms.values():
-                for a in t.alt_ids:
-                    alias[a] = t.id
-                if t.obsolete and t.replaced_by:
-                    alias[t.id] = t.replaced_by
-            self._term_alias = alias
+            self._term_alias = term_aliases(self.terms)
         return self._term_alias.get(hpo_id, hpo_id)
 
     def term_name(self, hpo_id: str) -> str:

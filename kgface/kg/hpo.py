@@ -11,8 +11,9 @@ import pandas as pd
 
 from .errors import KGFormatError
 from .frequency import parse_frequency
-from .graph import EDGE_COLUMNS, KnowledgeGraph
-from .obo import parse_obo
+from .graph import EDGE_COLUMNS, MAX_STAGE, KnowledgeGraph
+from .obo import HPO_ID, Term, parse_obo, term_aliases
+from .ontology import onset_terms
 
 HPOA_COLUMNS = ["database_id", "disease_name", "qualifier", "hpo_id", "reference", "evidence", "onset", "frequency",
                 "sex", "modifier", "aspect", "biocuration"]
@@ -44,7 +45,10 @@ def _frequencies(values: pd.Series, path: Path, first_row: int) -> list[float]:
 
 
 def read_hpoa(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Read phenotype.hpoa -> (diseases, edges, disease_onsets) tables (see graph.py for their columns)."""
+    """Read phenotype.hpoa -> (diseases, edges, clinical_course) tables (see graph.py for their columns).
+
+    clinical_course: every aspect-C row as (disease_id, onset); `load_hpo` keeps those under Onset (it needs the
+    ontology to tell an onset from Progressive or Death in infancy)."""
     path = Path(path)
     try:
         with path.open("r", encoding="utf-8") as handle:
@@ -79,10 +83,13 @@ def read_hpoa(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
                 .rename(columns={"database_id": "id", "disease_name": "name"}).assign(aliases=""))
     frequency = pd.Series(_frequencies(df["frequency"], path, first_data_line), index=df.index)
     pheno = df[df["aspect"] == "P"]
+    # a frequency of 0 ("0/3", "0%", HP:0040285 Excluded) says the sign is absent: the same as a NOT row, never a
+    # present phenotype at frequency 0 (the value stays in `frequency`, the text in `frequency_raw`)
+    absent = (pheno["qualifier"] == "NOT").to_numpy() | (frequency[pheno.index] == 0).to_numpy()
     edges = pd.DataFrame({
         "disease_id": pheno["database_id"].to_numpy(),
         "hpo_id": pheno["hpo_id"].to_numpy(),
-        "negated": (pheno["qualifier"] == "NOT").to_numpy(),
+        "negated": absent,
         "frequency": frequency[pheno.index].to_numpy(),
         "frequency_raw": pheno["frequency"].to_numpy(),
         "onset": pheno["onset"].to_numpy(),
@@ -95,8 +102,42 @@ def read_hpoa(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
     return diseases.reset_index(drop=True), edges, onsets
 
 
-def read_supplement(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """kgface's curated, cited disease->phenotype edges for conditions HPO lacks -> (diseases, edges)."""
+def _supplement_term(path: Path, row: int, column: str, value: str, terms: dict[str, Term] | None,
+                     alias: dict[str, str], allowed: set[str] | None = None) -> str:
+    """A supplement cell naming an HPO term -> the live term id, or a one-line error naming file, row and column."""
+    if not HPO_ID.match(value):
+        raise KGFormatError(f"{path}:{row}: {column} '{value}' is not of the form HP:0000000 (seven digits); "
+                            "fix the row")
+    if terms is None:  # no ontology given: the format check is all we can do
+        return value
+    live = alias.get(value, value)
+    term = terms.get(live)
+    if term is None or term.obsolete:
+        why = "is obsolete without a replacement" if term is not None else "is not a term of the HPO release in use"
+        raise KGFormatError(f"{path}:{row}: {column} {value} {why}; fix the id (look it up on hpo.jax.org)")
+    if allowed is not None and live not in allowed:
+        raise KGFormatError(f"{path}:{row}: {column} {value} ({term.name}) is not an onset term (Onset HP:0003674 "
+                            "or below it); use one or leave the cell empty")
+    return live
+
+
+def _supplement_stage(path: Path, row: int, raw: str) -> int:
+    text = raw.strip() or "0"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value.is_integer() and 0 <= value <= MAX_STAGE):  # 1.7 must not quietly become 1
+        raise KGFormatError(f"{path}:{row}: min_stage '{raw}' must be a whole number from 0 to {MAX_STAGE} "
+                            "(empty = 0); fix the row")
+    return int(value)
+
+
+def read_supplement(path: str | Path, terms: dict[str, Term] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """kgface's curated, cited disease->phenotype edges for conditions HPO lacks -> (diseases, edges).
+
+    `terms` (the ontology): hpo_id and onset must be live terms of it after alt/obsolete resolution (an id that is
+    not would be counted as a hidden phenotype and vanish silently), onsets must lie under Onset."""
     path = Path(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, comment=None)
@@ -105,20 +146,27 @@ def read_supplement(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     missing = [c for c in SUPPLEMENT_COLUMNS if c not in df.columns]
     if missing:
         raise KGFormatError(f"{path}: lacks columns {missing}; expected {', '.join(SUPPLEMENT_COLUMNS)}")
-    for i, ref in enumerate(df["reference"]):
-        if not ref.strip():
-            raise KGFormatError(f"{path}:{i + 2}: every supplement edge needs a reference (its provenance)")
+    alias = term_aliases(terms) if terms is not None else {}
+    onsets = onset_terms(terms) if terms is not None else None
+    hpo_ids, onset_ids, stages = [], [], []
+    for i, r in enumerate(df.itertuples(index=False), start=2):  # row 1 is the header
+        if not r.disease_id.strip():
+            raise KGFormatError(f"{path}:{i}: disease_id is empty; give the disease's id (e.g. MONDO:0011438)")
+        if not r.reference.strip():
+            raise KGFormatError(f"{path}:{i}: every supplement edge needs a reference (its provenance)")
+        hpo_ids.append(_supplement_term(path, i, "hpo_id", r.hpo_id, terms, alias))
+        onset_ids.append(_supplement_term(path, i, "onset", r.onset, terms, alias, onsets) if r.onset else "")
+        stages.append(_supplement_stage(path, i, r.min_stage))
     diseases = (df.drop_duplicates("disease_id")[["disease_id", "disease_name"]]
                 .rename(columns={"disease_id": "id", "disease_name": "name"}).assign(aliases=""))
+    frequency = _frequencies(df["frequency"], path, 2)
     edges = pd.DataFrame({
-        "disease_id": df["disease_id"], "hpo_id": df["hpo_id"], "negated": False,
-        "frequency": _frequencies(df["frequency"], path, 2), "frequency_raw": df["frequency"],
-        "onset": df["onset"], "evidence": df["evidence"], "reference": df["reference"], "provenance": "kg_data",
+        "disease_id": df["disease_id"], "hpo_id": hpo_ids,
+        "negated": [f == 0 for f in frequency],  # a curated frequency of 0 means absent, as in phenotype.hpoa
+        "frequency": frequency, "frequency_raw": df["frequency"],
+        "onset": onset_ids, "evidence": df["evidence"], "reference": df["reference"], "provenance": "kg_data",
+        "min_stage": stages,
     })
-    stages = pd.to_numeric(df["min_stage"].replace("", "0"), errors="coerce")
-    if stages.isna().any():
-        raise KGFormatError(f"{path}:{int(stages.isna().to_numpy().nonzero()[0][0]) + 2}: min_stage must be an integer")
-    edges["min_stage"] = stages.astype(int).to_numpy()
     return diseases.reset_index(drop=True), edges
 
 
@@ -129,28 +177,29 @@ def load_hpo(obo_path: str | Path | None = None, hpoa_path: str | Path | None = 
     obo_path = Path(obo_path or data / "hp.obo")
     hpoa_path = Path(hpoa_path or data / "phenotype.hpoa")
     terms = parse_obo(obo_path)
-    diseases, edges, onsets = read_hpoa(hpoa_path)
+    alias = term_aliases(terms)
+    diseases, edges, course = read_hpoa(hpoa_path)
+    edges["hpo_id"] = [alias.get(h, h) for h in edges["hpo_id"]]
+    edges["onset"] = [alias.get(o, o) for o in edges["onset"]]
+    # clinical-course rows hold onsets and other course terms (Progressive, Death in infancy, Stillbirth): keep onsets
+    course["onset"] = [alias.get(o, o) for o in course["onset"]]
+    is_onset = course["onset"].isin(onset_terms(terms))
+    onsets = course[is_onset].drop_duplicates().reset_index(drop=True)
     stats = {"hpoa_rows": int(len(edges)), "negated_edges": int(edges["negated"].sum()),
              "edges_with_frequency": int((~edges["frequency"].isna()).sum()),
+             "edges_absent_by_frequency_0": int((edges["frequency"] == 0).sum()),
              "edges_with_onset": int((edges["onset"] != "").sum()),
-             "diseases_with_onset_rows": int(onsets["disease_id"].nunique())}
+             "diseases_with_onset_rows": int(onsets["disease_id"].nunique()),
+             "clinical_course_rows_not_onsets": int((~is_onset).sum())}
     if supplement_path is not None:
-        sup_d, sup_e = read_supplement(supplement_path)
+        sup_d, sup_e = read_supplement(supplement_path, terms)
         diseases = pd.concat([diseases, sup_d[~sup_d["id"].isin(diseases["id"])]], ignore_index=True)
         edges = pd.concat([edges, sup_e], ignore_index=True)
         stats["supplement_edges"] = int(len(sup_e))
-    edges["hpo_id"] = [_canonical(terms, h) for h in edges["hpo_id"]]
     stats["terms"] = sum(not t.obsolete for t in terms.values())
     stats["obo_version"] = _obo_version(obo_path)
     return KnowledgeGraph(source="hpo", terms=terms, diseases=diseases, edges=edges, disease_onsets=onsets,
                           stats=stats)
-
-
-def _canonical(terms, hpo_id: str) -> str:
-    t = terms.get(hpo_id)
-    if t is not None and t.obsolete and t.replaced_by:
-        return t.replaced_by
-    return hpo_id
 
 
 def _obo_version(path: Path) -> str:

@@ -23,6 +23,32 @@ class Term:
     replaced_by: str = ""
 
 
+HPO_ID = re.compile(r"^HP:\d{7}$")
+
+
+def term_aliases(terms: dict[str, Term]) -> dict[str, str]:
+    """Old id -> live id: alt ids (listed on the live term) and obsolete ids with a `replaced_by`.
+
+    The one resolver every reader uses, so that an id means the same term whichever file it came from. An explicit
+    `replaced_by` beats an alt-id listing (2 obsolete HPO stanzas are listed as alt ids of another term); chains are
+    followed to their end."""
+    alias: dict[str, str] = {}
+    for t in terms.values():
+        if not t.obsolete:
+            for a in t.alt_ids:
+                alias.setdefault(a, t.id)
+    for t in terms.values():
+        if t.obsolete and t.replaced_by:
+            alias[t.id] = t.replaced_by
+    for start in list(alias):
+        seen, target = {start}, alias[start]
+        while target in alias and target not in seen:
+            seen.add(target)
+            target = alias[target]
+        alias[start] = target
+    return alias
+
+
 def _unescape(text: str) -> str:
     return text.replace('\\"', '"').replace("\\\\", "\\")
 

@@ -6,6 +6,7 @@ from collections import deque
 from .obo import Term
 
 PHENOTYPIC_ABNORMALITY = "HP:0000118"
+ONSET = "HP:0003674"  # Onset: clinical-course terms (aspect C) also include Progressive, Death in infancy, Stillbirth
 
 
 def ancestors(terms: dict[str, Term], hpo_id: str) -> list[str]:
@@ -57,3 +58,8 @@ def descendants(terms: dict[str, Term], hpo_id: str) -> set[str]:
                 out.add(c)
                 stack.append(c)
     return out
+
+
+def onset_terms(terms: dict[str, Term]) -> set[str]:
+    """Onset (HP:0003674) and its descendants: the clinical-course terms that say when a disease starts."""
+    return {ONSET} | descendants(terms, ONSET)

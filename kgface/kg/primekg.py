@@ -18,7 +18,7 @@ import pyarrow.csv as pacsv
 
 from .errors import KGFormatError
 from .graph import EDGE_COLUMNS, KnowledgeGraph
-from .obo import Term
+from .obo import Term, term_aliases
 
 KG_COLUMNS = ["relation", "display_relation", "x_index", "x_id", "x_type", "x_name", "x_source", "y_index", "y_id",
               "y_type", "y_name", "y_source"]
@@ -120,24 +120,52 @@ def _norm(name: str) -> str:
 
 
 def _attach_hpo(edges: pd.DataFrame, diseases: pd.DataFrame, hpo: KnowledgeGraph) -> dict:
-    """Frequencies and onsets from HPO, matched by normalised disease name (PrimeKG has no OMIM/ORPHA xrefs)."""
+    """Frequencies and onsets from HPO, matched by normalised disease name (PrimeKG has no OMIM/ORPHA xrefs).
+
+    Several HPO diseases can match one name (an OMIM and an ORPHA entry): the highest frequency among them is kept
+    (ties: the first matched), since at least one curated source reports the sign that often. `frequency_raw` keeps
+    HPO's own text ("440/524", "HP:0040281") and `reference` gains the HPO disease it came from. A present edge
+    whose matched diseases only say absent (a NOT row or a frequency of 0, e.g. '0/1') becomes absent: PrimeKG
+    turned such rows into present edges."""
     by_name: dict[str, list[str]] = {}
     for did, name in zip(hpo.diseases["id"], hpo.diseases["name"]):
         by_name.setdefault(_norm(name), []).append(did)
     matched = {d: by_name[_norm(n)] for d, n in zip(diseases["id"], diseases["name"]) if _norm(n) in by_name}
-    hpo_pos = hpo.edges[~hpo.edges["negated"] & hpo.edges["frequency"].notna()]
-    freq = hpo_pos.groupby(["disease_id", "hpo_id"])["frequency"].max().to_dict()
+    best: dict[tuple[str, str], tuple[float, str]] = {}  # (HPO disease, term) -> highest known frequency, its text
+    present: set[tuple[str, str]] = set()
+    absent: dict[tuple[str, str], tuple[float, str]] = {}
+    h = hpo.edges
+    for did, hid, neg, f, raw in zip(h["disease_id"], h["hpo_id"], h["negated"], h["frequency"], h["frequency_raw"]):
+        key = (did, hid)
+        if neg:
+            absent.setdefault(key, (f, str(raw)))
+            continue
+        present.add(key)
+        if not np.isnan(f) and (key not in best or f > best[key][0]):
+            best[key] = (f, str(raw))
     values, raws = edges["frequency"].to_numpy(copy=True), edges["frequency_raw"].to_numpy(copy=True)
-    attached = 0
+    refs, negated = edges["reference"].to_numpy(copy=True), edges["negated"].to_numpy(copy=True)
+    attached = made_absent = 0
     for i, (did, hid) in enumerate(zip(edges["disease_id"], edges["hpo_id"])):
-        for src in matched.get(did, ()):
-            f = freq.get((src, hid))
-            if f is not None and not (values[i] >= f):
-                values[i], raws[i] = f, f"{src}"
-        attached += not np.isnan(values[i])
-    edges["frequency"], edges["frequency_raw"] = values, raws
+        srcs = matched.get(did, ())
+        if negated[i] or not srcs:
+            continue
+        chosen = None
+        for src in srcs:
+            hit = best.get((src, hid))
+            if hit is not None and (chosen is None or hit[0] > chosen[1]):
+                chosen = (src, *hit)
+        if chosen is not None:
+            values[i], raws[i], refs[i] = chosen[1], chosen[2], f"{refs[i]};{chosen[0]}"
+            attached += 1
+        elif not any((src, hid) in present for src in srcs):
+            said = next(((src, *absent[(src, hid)]) for src in srcs if (src, hid) in absent), None)
+            if said is not None:
+                negated[i], values[i], raws[i], refs[i] = True, said[1], said[2], f"{refs[i]};{said[0]}"
+                made_absent += 1
+    edges["frequency"], edges["frequency_raw"], edges["reference"], edges["negated"] = values, raws, refs, negated
     return {"diseases_matched_to_hpo_by_name": len(matched), "edges_with_hpo_frequency": int(attached),
-            "matched": matched}
+            "edges_absent_in_hpo": int(made_absent), "matched": matched}
 
 
 def _read_features(path: Path, index_to_id: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -168,7 +196,11 @@ def load_primekg(path: str | Path, features: str | Path | None = None, hpo=None,
     x_id = table.column("x_id").to_numpy(zero_copy_only=False)
     x_source = table.column("x_source").to_numpy(zero_copy_only=False)
     disease_ids, aliases = _disease_ids(x_id, x_source)
-    hpo_ids = ["HP:%07d" % int(v) for v in table.column("y_id").to_pylist()]
+    terms: dict[str, Term] = dict(hpo.terms) if hpo is not None else {}
+    # 2021 ids the 2025 release renamed (alt ids) or retired (obsolete, replaced_by) -> the live term, before any
+    # placeholder is made for an id the release lacks
+    alias = term_aliases(terms)
+    hpo_ids = [alias.get(h, h) for h in ("HP:%07d" % int(v) for v in table.column("y_id").to_pylist())]
     relation = table.column("relation").to_numpy(zero_copy_only=False)
     edges = pd.DataFrame({"disease_id": disease_ids, "hpo_id": hpo_ids, "negated": relation == NEGATIVE,
                           "frequency": np.nan, "frequency_raw": "", "onset": "", "min_stage": 0, "evidence": "",
@@ -176,7 +208,6 @@ def load_primekg(path: str | Path, features: str | Path | None = None, hpo=None,
     diseases = (pd.DataFrame({"id": disease_ids, "name": table.column("x_name").to_pylist(), "aliases": aliases,
                               "x_index": table.column("x_index").to_pylist()})
                 .drop_duplicates("id").reset_index(drop=True))
-    terms: dict[str, Term] = dict(hpo.terms) if hpo is not None else {}
     stats = {"kg_csv_disease_phenotype_rows": int(len(edges))}
     names = dict(zip(hpo_ids, table.column("y_name").to_pylist()))
     missing = [h for h in names if h not in terms]
@@ -185,8 +216,6 @@ def load_primekg(path: str | Path, features: str | Path | None = None, hpo=None,
     stats["phenotypes_missing_from_hpo_release"] = len(missing)
     onsets = pd.DataFrame(columns=["disease_id", "onset"])
     if hpo is not None:
-        alias = {a: t.id for t in hpo.terms.values() for a in t.alt_ids}
-        edges["hpo_id"] = [alias.get(h, h) for h in edges["hpo_id"]]
         info = _attach_hpo(edges, diseases, hpo)
         matched = info.pop("matched")
         stats.update(info)
@@ -200,8 +229,11 @@ def load_primekg(path: str | Path, features: str | Path | None = None, hpo=None,
     text = _read_features(Path(features), dict(zip(diseases["x_index"], diseases["id"]))) if features else {}
     stats["diseases"] = int(len(diseases))
     stats["diseases_with_text"] = len(text)
-    # one edge per (disease, phenotype, sign): a curated row with a frequency wins over PrimeKG's bare copy
-    edges = (edges.sort_values("frequency", na_position="last", kind="stable")
-             .drop_duplicates(["disease_id", "hpo_id", "negated"]).sort_index().reset_index(drop=True))
+    # one edge per (disease, phenotype, sign): a curated row (kg_data: cited, with min_stage) wins over PrimeKG's
+    # copy, then the highest known frequency; the kept rows stay in file order
+    rank = pd.DataFrame({"pk": edges["provenance"] != "kg_data", "f": -edges["frequency"].astype(float)})
+    order = rank.sort_values(["pk", "f"], na_position="last", kind="stable").index
+    edges = (edges.loc[order].drop_duplicates(["disease_id", "hpo_id", "negated"]).sort_index()
+             .reset_index(drop=True))
     return KnowledgeGraph(source="primekg", terms=terms, diseases=diseases[["id", "name", "aliases"]], edges=edges,
                           disease_onsets=onsets, disease_text=text, stats=stats)

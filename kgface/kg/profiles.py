@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from .errors import NoVisiblePhenotypeError
+from .errors import KGError, NoVisiblePhenotypeError
 from .graph import KnowledgeGraph
 from .lookup import HEALTHY, resolve_disease
 from .ontology import ancestors, path_to
@@ -86,6 +86,11 @@ def _freq(value) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
+def _by_frequency(p: Phenotype) -> tuple:
+    """The order of a profile's phenotypes: most frequent first, unknown frequencies last, then by id."""
+    return -(p.frequency if p.frequency is not None else -1), p.hpo_id
+
+
 class ProfileBuilder:
     """Builds profiles for one graph and catalogue, remembering per-term work (visibility, ontology path), so that
     profiling every disease of a 17k-disease graph costs little more than reading its edges."""
@@ -143,13 +148,14 @@ class ProfileBuilder:
                 definition=term.definition if term else "", matched_via=entry.hpo_id, path=list(path),
                 path_names=[kg.term_name(p) for p in path], references=refs, provenance=str(row.provenance),
             )
+        for hpo_id in positives:  # a sign one source reports present (3/10) is not known to be absent (0/5 elsewhere)
+            negatives.pop(hpo_id, None)
         name = kg.disease_name(disease_id)
         if require_visible and not positives:
             raise NoVisiblePhenotypeError(
                 f"disease {disease_id} ({name}) has no phenotype a face photograph can show in the {kg.source} "
                 f"graph ({len(hidden)} hidden ones); choose another disease or extend kg_data/visible_phenotypes.csv")
-        phenotypes = sorted(positives.values(),
-                            key=lambda p: (-(p.frequency if p.frequency is not None else -1), p.hpo_id))
+        phenotypes = sorted(positives.values(), key=_by_frequency)
         return FacialProfile(
             disease_id=disease_id, name=name, kg=kg.source, phenotypes=phenotypes,
             negative_phenotypes=sorted(negatives.values(), key=lambda p: p.hpo_id),
@@ -181,7 +187,9 @@ def with_frequencies(profiles: list[FacialProfile], learned: dict[str, dict[str,
     """Copies of `profiles` whose phenotype frequencies come from `learned` ({disease: {hpo_id: frequency}}, e.g.
     estimated from images by the evaluator): `learned` replaces the KG's value where it has one, `blend` mixes
     weight * learned + (1 - weight) * KG (an unknown KG value takes the learned one). Phenotypes and diseases the
-    learned table lacks keep the KG value; `frequency_raw` records where each number came from."""
+    learned table lacks keep the KG value; `frequency_raw` records where each number came from. The phenotypes are
+    re-sorted by the new frequencies (a profile lists the most frequent first; the phenotype tokens' ties and the
+    tables rely on it). A NaN learned value is a KGError naming the disease and phenotype."""
     import copy
 
     if source not in PROFILE_SOURCES:
@@ -196,9 +204,13 @@ def with_frequencies(profiles: list[FacialProfile], learned: dict[str, dict[str,
             f = table.get(ph.hpo_id)
             if f is None:
                 continue
+            if math.isnan(float(f)):  # min/max below would turn it into 0 without a word
+                raise KGError(f"learned frequency of {ph.hpo_id} ({ph.name}) for {prof.disease_id} is NaN; "
+                              "re-run the estimate or drop that entry from profile.learned")
             kg = ph.frequency
             new = float(f) if source == "learned" or kg is None else weight * float(f) + (1 - weight) * kg
             ph.frequency_raw = f"{source} {new:.3f} (kg {ph.frequency_raw or kg})"
             ph.frequency = min(1.0, max(0.0, new))
+        p2.phenotypes.sort(key=_by_frequency)
         out.append(p2)
     return out

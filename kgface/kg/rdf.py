@@ -19,8 +19,9 @@ from rdflib.collection import Collection
 from rdflib.namespace import DCTERMS
 
 from .errors import KGFormatError
-from .graph import KnowledgeGraph
-from .obo import Term
+from .graph import MAX_STAGE, KnowledgeGraph
+from .obo import Term, term_aliases
+from .ontology import ONSET, onset_terms
 from .profiles import FacialProfile, NegativePhenotype, Phenotype
 
 KGF = Namespace("https://w3id.org/kgface/vocab#")
@@ -150,35 +151,78 @@ def _one(g: Graph, s, p, default=None):
     return next(iter(g.objects(s, p)), default)
 
 
-def graph_to_profiles(g: Graph) -> list[FacialProfile]:
+# Literals are read by their lexical form: bool(Literal("false")) is True and float("often") is a bare traceback.
+_TRUE, _FALSE = ("true", "1"), ("false", "0")
+
+
+def _boolean(node, where: str, prop: str = "kgf:negated") -> bool:
+    """An xsd:boolean or plain literal true/false/1/0 (absent = false)."""
+    if node is None:
+        return False
+    text = str(node).strip().lower() if isinstance(node, Literal) else None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise KGFormatError(f"{where}: {prop} '{node}' is not a boolean; write true or false")
+
+
+def _number(node, where: str, prop: str, low: float, high: float, whole: bool = False) -> float:
+    """A numeric literal in [low, high] (a whole number when `whole`), else a one-line KGFormatError."""
+    text = str(node).strip() if isinstance(node, Literal) else None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (low <= value <= high) or (whole and not value.is_integer()):  # NaN fails the range test
+        kind = "a whole number" if whole else "a number"
+        span = f"from {low:g} to {high:g}" if high != float("inf") else f"of at least {low:g}"
+        raise KGFormatError(f"{where}: {prop} '{node}' is not {kind} {span}; fix the literal")
+    return value
+
+
+def _frequency(g: Graph, a, where: str) -> float | None:
+    freq = _one(g, a, KGF.frequency)
+    return None if freq is None else _number(freq, where, "kgf:frequency", 0.0, 1.0)
+
+
+def _min_stage(g: Graph, a, where: str) -> int:
+    stage = _one(g, a, KGF.minStage)
+    return 0 if stage is None else int(_number(stage, where, "kgf:minStage", 0, MAX_STAGE, whole=True))
+
+
+def graph_to_profiles(g: Graph, source: str | Path = "the graph") -> list[FacialProfile]:
     """Read profiles back from a graph written by `profiles_to_graph` (inverse up to list order, which is
-    restored by the same sort the builder uses)."""
+    restored by the same sort the builder uses). `source` names the file in error messages."""
     out = []
     for d in sorted(g.subjects(RDF.type, KGF.Disease), key=str):
         disease_id = str(_one(g, d, KGF.curie, curie(d)))
         desc = _one(g, d, DCTERMS.description)
+        hidden = _one(g, d, KGF.hiddenPhenotypes)
         profile = FacialProfile(
             disease_id=disease_id, name=str(_one(g, d, RDFS.label, disease_id)), kg=str(_one(g, d, KGF.kg, "rdf")),
             text=json.loads(str(desc)) if desc is not None else {},
-            hidden_phenotypes=int(_one(g, d, KGF.hiddenPhenotypes, 0)), query=str(_one(g, d, KGF.query, disease_id)),
+            hidden_phenotypes=0 if hidden is None else int(_number(hidden, f"{source}: disease {d}",
+                                                                   "kgf:hiddenPhenotypes", 0, float("inf"), True)),
+            query=str(_one(g, d, KGF.query, disease_id)),
             onsets=sorted(({"hpo_id": curie(o), "name": str(_one(g, o, RDFS.label, curie(o)))}
                            for o in g.objects(d, KGF.onset)), key=lambda o: o["hpo_id"]))
         for a in g.subjects(KGF.disease, d):
             hpo = _one(g, a, KGF.phenotype)
             refs = sorted(str(r) for r in g.objects(a, DCTERMS.source))
             name = str(_one(g, hpo, RDFS.label, curie(hpo)))
-            if bool(_one(g, a, KGF.negated, Literal(False)).toPython()):
+            where = f"{source}: annotation {a}"
+            if _boolean(_one(g, a, KGF.negated), where):
                 profile.negative_phenotypes.append(NegativePhenotype(curie(hpo), name, str(_one(g, a, KGF.region, "")),
                                                                      refs))
                 continue
             head = _one(g, a, KGF.path)
             path = [curie(x) for x in Collection(g, head)] if head is not None else [curie(hpo)]
-            freq = _one(g, a, KGF.frequency)
             onset = _one(g, a, KGF.onset)
             profile.phenotypes.append(Phenotype(
                 hpo_id=curie(hpo), name=name, region=str(_one(g, a, KGF.region, "")),
-                visual=str(_one(g, a, KGF.visual, "")), frequency=float(freq) if freq is not None else None,
-                onset=curie(onset) if onset is not None else "", min_stage=int(_one(g, a, KGF.minStage, 0)),
+                visual=str(_one(g, a, KGF.visual, "")), frequency=_frequency(g, a, where),
+                onset=curie(onset) if onset is not None else "", min_stage=_min_stage(g, a, where),
                 matched_via=curie(_one(g, a, KGF.matchedVia, hpo)), path=path,
                 path_names=[str(_one(g, iri(x), RDFS.label, x)) for x in path], references=refs,
                 provenance=str(_one(g, a, KGF.provenance, "rdf")),
@@ -213,14 +257,16 @@ def load_rdf_graph(path: str | Path, hpo=None) -> KnowledgeGraph:
         d, hpo_ref = _one(g, a, KGF.disease), _one(g, a, KGF.phenotype)
         if d is None or hpo_ref is None:
             raise KGFormatError(f"{path}: annotation {a} lacks kgf:disease or kgf:phenotype; add both")
+        where = f"{path}: annotation {a}"
         did = str(_one(g, d, KGF.curie, curie(d)))
         diseases[did] = str(_one(g, d, RDFS.label, did))
-        freq, onset = _one(g, a, KGF.frequency), _one(g, a, KGF.onset)
+        freq, onset = _frequency(g, a, where), _one(g, a, KGF.onset)
         rows.append({"disease_id": did, "hpo_id": curie(hpo_ref),
-                     "negated": bool(_one(g, a, KGF.negated, Literal(False)).toPython()),
-                     "frequency": float(freq) if freq is not None else float("nan"),
+                     # a frequency of 0 means absent, as a NOT row does in phenotype.hpoa
+                     "negated": _boolean(_one(g, a, KGF.negated), where) or freq == 0,
+                     "frequency": freq if freq is not None else float("nan"),
                      "frequency_raw": str(_one(g, a, KGF.frequency_raw, "")),
-                     "onset": curie(onset) if onset is not None else "", "min_stage": int(_one(g, a, KGF.minStage, 0)),
+                     "onset": curie(onset) if onset is not None else "", "min_stage": _min_stage(g, a, where),
                      "evidence": "", "reference": ";".join(sorted(str(r) for r in g.objects(a, DCTERMS.source))),
                      "provenance": str(_one(g, a, KGF.provenance, "rdf"))})
     if not rows:
@@ -229,12 +275,19 @@ def load_rdf_graph(path: str | Path, hpo=None) -> KnowledgeGraph:
     if callable(hpo):
         hpo = hpo()
     terms = dict(hpo.terms) if hpo is not None else {}
+    alias = term_aliases(terms)  # alt and obsolete ids -> the live term, before any placeholder term is made
+    for r in rows:
+        r["hpo_id"], r["onset"] = alias.get(r["hpo_id"], r["hpo_id"]), alias.get(r["onset"], r["onset"])
     for s, label in g.subject_objects(RDFS.label):
         c = curie(s)
-        if c.startswith("HP:") and c not in terms:
-            terms[c] = Term(id=c, name=str(label), parents=[curie(o) for o in g.objects(s, RDFS.subClassOf)])
-    onsets = [(did, curie(o)) for d in g.subjects(RDF.type, KGF.Disease)
+        if c.startswith("HP:") and c not in terms and c not in alias:
+            terms[c] = Term(id=c, name=str(label),
+                            parents=[alias.get(curie(o), curie(o)) for o in g.objects(s, RDFS.subClassOf)])
+    onsets = [(did, alias.get(curie(o), curie(o))) for d in g.subjects(RDF.type, KGF.Disease)
               for did in [str(_one(g, d, KGF.curie, curie(d)))] for o in g.objects(d, KGF.onset)]
+    if hpo is not None and ONSET in hpo.terms:  # with an ontology to tell: only onsets, not Progressive etc.
+        keep = onset_terms(terms)
+        onsets = [(did, o) for did, o in onsets if o in keep]
     text = {str(_one(g, d, KGF.curie, curie(d))): json.loads(str(t)) for d, t in g.subject_objects(DCTERMS.description)}
     return KnowledgeGraph(
         source="rdf", terms=terms,

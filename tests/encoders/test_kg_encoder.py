@@ -152,6 +152,26 @@ def test_save_load_round_trip(tmp_path, batch):
         KGEncoder.from_pretrained(tmp_path)
 
 
+def test_save_over_an_existing_folder_swaps_the_pair_and_leaves_no_temp_folder(tmp_path, batch):
+    first, second = tiny("rgcn"), tiny("rgcn", age_groups=2)
+    with torch.no_grad():
+        second.null_tokens.add_(1.0)
+    first.save_pretrained(tmp_path / "enc")
+    second.save_pretrained(tmp_path / "enc")  # replaces the saved folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc"]
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == ["config.json", "model.safetensors"]
+    again = KGEncoder.from_pretrained(tmp_path / "enc")
+    assert again.config == second.config and torch.equal(again.null_tokens, second.null_tokens)
+    # a save that fails half way (the config cannot be written) leaves the previous pair as it was
+    third = tiny("rgcn", age_groups=2)
+    third.config["broken"] = object()
+    with pytest.raises(TypeError):
+        third.save_pretrained(tmp_path / "enc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc"]
+    again = KGEncoder.from_pretrained(tmp_path / "enc")
+    assert torch.equal(again.null_tokens, second.null_tokens)  # not third's weights beside second's config
+
+
 @pytest.mark.parametrize("conv", CONVS)
 def test_config_files_build(conv, batch):
     cfg = OmegaConf.load(conf_dir() / "encoder" / f"{conv}.yaml")

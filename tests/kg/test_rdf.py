@@ -83,3 +83,56 @@ def test_malformed_turtle(tmp_path):
         read_graph(path)
     with pytest.raises(KGFormatError, match="unknown RDF suffix"):
         read_graph(tmp_path / "graph.jsonld")
+
+
+TTL = """@prefix kgf: <https://w3id.org/kgface/vocab#> .
+@prefix obo: <http://purl.obolibrary.org/obo/> .
+@prefix rdfs: <http://www.w3.org/2000/01/rdf-schema#> .
+@prefix xsd: <http://www.w3.org/2001/XMLSchema#> .
+<http://www.orpha.net/ORDO/Orphanet_1> a kgf:Disease ; rdfs:label "Test disease" ; kgf:curie "ORPHA:1" ;
+    kgf:onset obo:HP_0003593, obo:HP_0003676 .
+<https://w3id.org/kgface/annotation/ORPHA:1/a> a kgf:PhenotypeAnnotation ;
+    kgf:disease <http://www.orpha.net/ORDO/Orphanet_1> ; kgf:phenotype obo:HP_0000312 ; {extra} .
+"""
+
+
+def _ttl(tmp_path, extra):
+    path = tmp_path / "mine.ttl"
+    path.write_text(TTL.replace("{extra}", extra), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("literal, negated", [('"false"', False), ('"true"', True), ('"0"', False),
+                                               ('"1"^^xsd:boolean', True), ("false", False), ("true", True)])
+def test_negated_literals_are_parsed_not_truth_tested(tmp_path, literal, negated):
+    kg = load_kg("rdf", path=_ttl(tmp_path, f"kgf:negated {literal}"))
+    assert kg.edges["negated"].tolist() == [negated]  # bool(Literal("false")) is True: it was read as negated
+
+
+def test_rdf_alt_ids_and_onsets_resolve(tmp_path, catalog):
+    kg = load_kg("rdf", path=_ttl(tmp_path, 'kgf:negated false ; kgf:frequency 0.5 ; kgf:minStage 2'))
+    assert kg.edges["hpo_id"].tolist() == ["HP:0000272"] and "HP:0000312" not in kg.terms  # alt id of Malar flattening
+    p = ProfileBuilder(kg, catalog).build("ORPHA:1")
+    assert [(x.hpo_id, x.frequency, x.min_stage) for x in p.phenotypes] == [("HP:0000272", 0.5, 2)]
+    assert [o["hpo_id"] for o in p.onsets] == ["HP:0003593"]  # Progressive (HP:0003676) is no onset
+
+
+def test_rdf_frequency_0_is_absent(tmp_path):
+    kg = load_kg("rdf", path=_ttl(tmp_path, 'kgf:frequency "0"^^xsd:decimal'))
+    assert kg.edges["negated"].tolist() == [True]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('kgf:minStage "two"', r"kgf:minStage 'two' is not a whole number from 0 to 3"),
+    ('kgf:minStage "1.5"^^xsd:decimal', r"kgf:minStage '1\.5' is not a whole number"),
+    ("kgf:minStage 4", r"kgf:minStage '4' is not a whole number from 0 to 3"),
+    ('kgf:frequency "often"', r"kgf:frequency 'often' is not a number from 0 to 1"),
+    ('kgf:frequency "1.5"^^xsd:decimal', r"kgf:frequency '1\.5' is not a number from 0 to 1"),
+    ('kgf:frequency "NaN"^^xsd:double', r"kgf:frequency '(NaN|nan)' is not a number"),
+    ('kgf:negated "no"', r"kgf:negated 'no' is not a boolean"),
+])
+def test_bad_rdf_literals_name_file_and_annotation(tmp_path, extra, message):
+    with pytest.raises(KGFormatError, match=r"mine\.ttl: annotation https://w3id\.org/kgface/annotation/ORPHA:1/a: "
+                                            + message) as info:
+        load_kg("rdf", path=_ttl(tmp_path, extra))
+    assert "\n" not in str(info.value)

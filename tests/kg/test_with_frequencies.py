@@ -19,11 +19,13 @@ def test_learned_replaces_and_blend_mixes_and_missing_values_keep_the_kg():
     learned = {"D:1": {"HP:0000001": 0.2, "HP:0000002": 0.6}}
     p = _profile()
     got = with_frequencies([p], learned, "learned")[0]
-    assert [x.frequency for x in got.phenotypes] == [0.2, 0.6, 0.3]
-    assert got.phenotypes[0].frequency_raw.startswith("learned 0.200 (kg 4/5)")
-    mixed = with_frequencies([p], learned, "blend", weight=0.25)[0]
-    assert mixed.phenotypes[0].frequency == pytest.approx(0.25 * 0.2 + 0.75 * 0.8)
-    assert mixed.phenotypes[1].frequency == pytest.approx(0.6)  # unknown in the KG: the learned value
+    # re-sorted by the new frequencies: a profile lists its most frequent phenotype first
+    assert [(x.hpo_id, x.frequency) for x in got.phenotypes] == [("HP:0000002", 0.6), ("HP:0000003", 0.3),
+                                                                 ("HP:0000001", 0.2)]
+    assert got.phenotypes[2].frequency_raw.startswith("learned 0.200 (kg 4/5)")
+    mixed = {x.hpo_id: x for x in with_frequencies([p], learned, "blend", weight=0.25)[0].phenotypes}
+    assert mixed["HP:0000001"].frequency == pytest.approx(0.25 * 0.2 + 0.75 * 0.8)
+    assert mixed["HP:0000002"].frequency == pytest.approx(0.6)  # unknown in the KG: the learned value
     assert p.phenotypes[0].frequency == 0.8  # the input is not modified
     assert with_frequencies([p], learned, "kg")[0] is p
 
@@ -37,7 +39,8 @@ def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path
     path.write_text(json.dumps({"schema": "kgface.learned_profiles/1", "diseases": {"D:1": {"name": "d", "phenotypes": [
         {"hpo_id": "HP:0000003", "learned_frequency": 0.9}]}}}))
     cfg = compose("train", ["profile.source=learned", f"profile.learned={path}"])
-    assert profile_source(cfg, [_profile()])[0].phenotypes[2].frequency == 0.9
+    assert profile_source(cfg, [_profile()])[0].phenotypes[0].hpo_id == "HP:0000003"  # 0.9: now the most frequent
+    assert profile_source(cfg, [_profile()])[0].phenotypes[0].frequency == 0.9
     for overrides, words in ((["profile.source=learned"], "profile.learned=PATH"),
                              (["profile.source=learned", f"profile.learned={tmp_path / 'nope.json'}"], "not found"),
                              (["profile.source=sometimes"], "profile.source=sometimes")):
@@ -46,3 +49,12 @@ def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path
     path.write_text(json.dumps({"diseases": {"OTHER:9": {"phenotypes": []}}}))
     with pytest.raises(UserError, match="none of its diseases"):
         profile_source(cfg, [_profile()])
+
+
+def test_nan_learned_frequency_is_an_error_naming_disease_and_phenotype():
+    from kgface.kg import KGError
+
+    for source in ("learned", "blend"):
+        with pytest.raises(KGError, match=r"learned frequency of HP:0000003 \(c\) for D:1 is NaN") as info:
+            with_frequencies([_profile()], {"D:1": {"HP:0000003": float("nan")}}, source)
+        assert "\n" not in str(info.value)
