@@ -347,11 +347,13 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
         targets = [profiles.get(d) for d in names] if names else ([] if mode == "compose" else list(run_profiles))
         if mode == "compose" and cfg.phenotypes is not None:
             from .encoders import phenotype_profile
+            from .encoders.graph import profile_intensities
 
             spec = parse_phenotypes(cfg.phenotypes)
-            label = ", ".join(f"{k}={v:g}" for k, v in spec.items())
-            custom = phenotype_profile(profiles.builder, spec, name=f"custom: {label}", disease_id="custom")
-            intensities["custom"] = spec
+            resolved = profile_intensities(phenotype_profile(profiles.builder, spec))  # alt ids -> live ids
+            label = ", ".join(f"{k}={v:g}" for k, v in resolved.items())
+            custom = phenotype_profile(profiles.builder, resolved, name=f"custom: {label}", disease_id="custom")
+            intensities["custom"] = resolved
             targets.append(custom)
         if not targets:
             raise UserError("mode=compose needs disease=KG_ID (or diseases=[...]) and/or "

@@ -68,7 +68,8 @@ def preflight(cfg: DictConfig) -> None:
         from .data.phantom.dataset import atlas_settings
 
         atlas = cfg.data.get("atlas")
-        atlas_faces = atlas_settings(OmegaConf.to_container(atlas, resolve=True) if atlas is not None else None)[0]
+        atlas_faces = atlas_settings(OmegaConf.to_container(atlas, resolve=True) if OmegaConf.is_config(atlas)
+                                     else atlas)[0]
     if cfg.get("evaluate", True) and str(cfg.evaluator.get("phenotype_heads")) == "atlas":
         if cfg.data.name != "phantom":  # a train run rebuilds real data into the run folder, without an atlas
             raise UserError(f"evaluator.phenotype_heads=atlas needs the phantom's phenotype atlas; with "
@@ -91,13 +92,19 @@ def preflight(cfg: DictConfig) -> None:
         # a real photo's `{}` means "not labelled", not "shows nothing": conditioning on it would be a wrong label
         raise UserError(f"trainer.observed_phenotypes=true needs per-image phenotype labels that are complete, as "
                         f"the phantom's are (data=phantom); with data={cfg.data.name} set it to false")
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:  # refused again in the trainer; here before any data is built
+        raise UserError(f"WORLD_SIZE={world}: kgface trains on one device per run for now; launch one process "
+                        "(python -m kgface.train or accelerate launch --num_processes 1)")
     if cfg.model.name != "tiny":
         from .diffusion.models import check_pretrained_folder
 
         folder = check_pretrained_folder(cfg.model.get("pretrained"), cfg.model.name)
         # config.yaml records it absolute: kgface.generate / evaluate / trial load the run from any directory
         with open_dict(cfg):
-            cfg.model.pretrained = str(folder.resolve())
+            cfg.model.pretrained = os.path.abspath(folder)  # not resolve(): a symlinked folder keeps its path
         if str(cfg.model.get("dtype", "fp32")) != "fp32":
             # frozen bf16/fp16 weights would also make the LoRA and adapter weights half precision (AdamW's small
             # updates round away) and meet fp32 inputs: not supported; autocast gives the speed

@@ -132,6 +132,10 @@ def test_compose_parses_the_quoted_phenotype_override(micro_run, tmp_path):
     assert df["disease"].tolist() == ["ORPHA:904", "custom"]  # Williams syndrome: not in training
     assert df["phenotypes"].iloc[1] == {"HP:0000316": 0.8, "HP:0000508": 0.3}
     assert df["trained"].tolist() == ["False", "False"]
+    # an alt id (HP:0000312, Malar flattening's) is recorded, labelled and encoded as the live term HP:0000272
+    generate(micro_run, tmp_path / "alt", "mode=compose", "stages=[2]", 'phenotypes=["HP:0000312=0.7"]')
+    df, _ = read_manifest(tmp_path / "alt" / "manifest.csv")
+    assert df["phenotypes"].tolist() == [{"HP:0000272": 0.7}]
 
 
 def test_phenotype_override_forms(micro_run, tmp_path, capsys):

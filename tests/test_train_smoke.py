@@ -150,7 +150,7 @@ def test_atlas_share_and_observed_sets_need_the_phantom_and_a_share_below_one(tm
         assert not (tmp_path / "x" / "profiles.json").exists()
 
 
-def test_preflight_reads_the_atlas_settings():
+def test_preflight_reads_the_atlas_settings(monkeypatch):
     from kgface.config import compose
     from kgface.errors import UserError
     from kgface.train import preflight
@@ -160,6 +160,11 @@ def test_preflight_reads_the_atlas_settings():
         preflight(compose("train", MICRO + ["data.atlas.per_face=[5,1]"]))
     with pytest.raises(UserError, match=r"data.size=64 but model.tiny.image_size=32"):
         preflight(compose("train", MICRO + ["data.size=64"]))
+    with pytest.raises(UserError, match=r"data.atlas must be a mapping"):
+        preflight(compose("train", MICRO + ["data.atlas=5"]))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what a multi-process launch sets: refused before any data is built
+    with pytest.raises(UserError, match=r"WORLD_SIZE=2: kgface trains on one device per run"):
+        preflight(compose("train", MICRO))
 
 
 def test_shuffled_edges_is_a_seeded_derangement_of_the_phenotype_sets():

@@ -108,7 +108,8 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
     weights = load_file(str(folder / "trainable.safetensors"))
     if len(weights) != len(params):
         raise TrainingError(f"{folder}: holds {len(weights)} trainable tensors, this run has {len(params)}; "
-                            "was it made with another config? Set trainer.resume=null to start afresh")
+                            "was it made with another config, or by an older kgface (e.g. before the encoder's "
+                            "unknown_stage)? Set trainer.resume=null to start afresh")
     with torch.no_grad():
         for i, p in enumerate(params):
             p.copy_(weights[f"p{i:05d}"])
@@ -280,7 +281,9 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     # mixed precision wrapped their forward in autocast: unwrap, so the run's own samples are drawn in full
     # precision, as kgface.generate draws them from the saved run (a no-op without mixed precision)
     for module in (unet, conditioner):
-        acc.unwrap_model(module, keep_fp32_wrapper=False)
+        if "_original_forward" in module.__dict__:  # only accelerate's layer (unwrap_model would peel diffusers' too)
+            module.__dict__.pop("forward", None)
+            module.__dict__.pop("_original_forward", None)
     unet.eval()
     conditioner.eval()
     return {"losses": losses, "steps": start + done, "ema": ema,

@@ -173,7 +173,7 @@ class KGEncoder(nn.Module):
 
         from safetensors.torch import save_file
 
-        folder = Path(folder)
+        folder = Path(folder).resolve()  # a symlinked folder: write where it points, keep the link
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         old = None
@@ -191,8 +191,9 @@ class KGEncoder(nn.Module):
             os.replace(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            if old is not None and not folder.exists() and (old / folder.name).exists():
-                os.replace(old / folder.name, folder)  # put the previous save back
+            if old is not None:
+                if not folder.exists() and (old / folder.name).exists():
+                    os.replace(old / folder.name, folder)  # put the previous save back
                 shutil.rmtree(old, ignore_errors=True)
             raise
         if old is not None:

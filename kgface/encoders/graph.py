@@ -247,13 +247,17 @@ def parse_phenotype_spec(items: Iterable[str] | Mapping[str, float]) -> dict[str
     return out
 
 
+def profile_intensities(profile: FacialProfile) -> dict[str, float]:
+    """{live HPO id: intensity} of a phenotype_profile: what its graph is encoded with."""
+    return {p.hpo_id: float(p.frequency) for p in profile.phenotypes}
+
+
 def phenotype_profile(builder: ProfileBuilder, intensities: Mapping[str, float], name: str = "custom phenotype set",
                       disease_id: str = "custom") -> FacialProfile:
     """A profile for a custom set of visible phenotypes (frequency = the given intensity), for composing a face the
-    KG names no disease for. Encode it with `intensities=` the same dict, so that the weights read as intensities.
-
-    Alt and obsolete ids resolve to the live term (HP:0000312 -> Malar flattening HP:0000272); when `intensities`
-    is a dict, its keys are rewritten to those ids too, so that the same dict still encodes the profile."""
+    KG names no disease for. Encode it with `intensities=profile_intensities(profile)`, so that the weights read as
+    intensities. Alt and obsolete ids resolve to the live term (HP:0000312 -> Malar flattening HP:0000272); the
+    caller's mapping is left as given."""
     kg = builder.kg
     resolved: dict[str, float] = {}
     for given, intensity in intensities.items():
@@ -276,7 +280,4 @@ def phenotype_profile(builder: ProfileBuilder, intensities: Mapping[str, float],
             hpo_id=hpo_id, name=kg.term_name(hpo_id), region=entry.region, visual=entry.visual,
             frequency=intensity, definition=term.definition, matched_via=entry.hpo_id, path=list(path),
             path_names=[kg.term_name(p) for p in path], provenance="custom"))
-    if isinstance(intensities, dict) and list(resolved) != list(intensities):
-        intensities.clear()  # callers pass this dict again as the graph's intensities (kgface.generate does)
-        intensities.update(resolved)
     return FacialProfile(disease_id=disease_id, name=name, kg=kg.source, phenotypes=phenotypes, query=disease_id)

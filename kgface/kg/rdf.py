@@ -212,7 +212,8 @@ def graph_to_profiles(g: Graph, source: str | Path = "the graph") -> list[Facial
             refs = sorted(str(r) for r in g.objects(a, DCTERMS.source))
             name = str(_one(g, hpo, RDFS.label, curie(hpo)))
             where = f"{source}: annotation {a}"
-            if _boolean(_one(g, a, KGF.negated), where):
+            frequency = _frequency(g, a, where)
+            if _boolean(_one(g, a, KGF.negated), where) or frequency == 0:  # 0 = absent, as load_rdf_graph reads it
                 profile.negative_phenotypes.append(NegativePhenotype(curie(hpo), name, str(_one(g, a, KGF.region, "")),
                                                                      refs))
                 continue
@@ -221,7 +222,7 @@ def graph_to_profiles(g: Graph, source: str | Path = "the graph") -> list[Facial
             onset = _one(g, a, KGF.onset)
             profile.phenotypes.append(Phenotype(
                 hpo_id=curie(hpo), name=name, region=str(_one(g, a, KGF.region, "")),
-                visual=str(_one(g, a, KGF.visual, "")), frequency=_frequency(g, a, where),
+                visual=str(_one(g, a, KGF.visual, "")), frequency=frequency,
                 onset=curie(onset) if onset is not None else "", min_stage=_min_stage(g, a, where),
                 matched_via=curie(_one(g, a, KGF.matchedVia, hpo)), path=path,
                 path_names=[str(_one(g, iri(x), RDFS.label, x)) for x in path], references=refs,

@@ -162,8 +162,8 @@ def training_prompt(profile: FacialProfile, stage: int | None, conditioning: str
     conditioning="text": the disease, its stage and its visible phenotypes in words (the text-only baseline);
     every_phenotype: name all of the profile's phenotypes, not the stage's most frequent few (a face known to show
     exactly these, e.g. a phenotype-atlas face); `descriptions` are then ignored. stage None: unknown (a real photo
-    without a grade; never a phantom or atlas face): the disease alone, since which phenotypes show depends on the
-    stage.
+    without a grade): the disease without a stage, and without phenotypes unless every_phenotype (which ones show
+    depends on the stage).
     """
     if conditioning == "kg":
         return NEUTRAL_PROMPT
@@ -171,8 +171,10 @@ def training_prompt(profile: FacialProfile, stage: int | None, conditioning: str
         raise ValueError(f"conditioning must be 'kg' or 'text', got {conditioning!r}")
     if profile.healthy:
         return f"{NEUTRAL_PROMPT}, {HEALTHY_TEXT}"
-    if stage is None:
-        return f"{NEUTRAL_PROMPT}. A face with {profile.name}."
+    if stage is None:  # a face known to show exactly its phenotypes still names them, without a stage clause
+        shown = _by_frequency(profile.phenotypes) if every_phenotype else []
+        return f"{NEUTRAL_PROMPT}. A face with {profile.name}" + (f": {_join([_visual(p) for p in shown])}."
+                                                                    if shown else ".")
     stage = _check_stage(stage)
     return f"{NEUTRAL_PROMPT}. {_stage_text(profile, stage, descriptions, every_phenotype)}"
 

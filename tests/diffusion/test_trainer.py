@@ -89,10 +89,16 @@ def test_mixed_precision_training_leaves_a_full_precision_unet(profiles, tmp_pat
 
 
 def test_text_prompts_of_ungraded_rows_name_the_disease_without_a_stage(profiles):
+    from kgface.prompts import training_prompt
+
     backbone, cond = make(profiles, "text")
     down, graded = cond.prompts(torch.tensor([0, 0]), torch.tensor([-1, 2]))
     assert down.endswith(f"A face with {profiles[0].name}.") and "stage" not in down
     assert "stage" in graded
+    # a face known to show exactly its phenotypes keeps naming them all, only the stage clause goes
+    full = training_prompt(profiles[0], None, conditioning="text", every_phenotype=True)
+    staged = training_prompt(profiles[0], 2, conditioning="text", every_phenotype=True)
+    assert "stage" not in full and full.split(": ", 1)[1] == staged.split(": ", 1)[1]
 
 
 def fixed_data(n=16, seed=0):

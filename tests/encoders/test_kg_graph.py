@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from kgface.encoders import HEALTHY_TEXT, NODE_TYPES, RELATIONS, WEIGHT_KINDS, parse_phenotype_spec, phenotype_profile
+from kgface.encoders.graph import profile_intensities
 from kgface.errors import UserError
 from kgface.kg import FacialProfile, Phenotype
 
@@ -121,8 +122,9 @@ def test_custom_phenotype_set_resolves_alt_ids(profile_builder, graph_builder):
     custom = phenotype_profile(profile_builder, spec)
     assert [p.hpo_id for p in custom.phenotypes] == ["HP:0000272", "HP:0000316"]
     assert custom.phenotypes[0].name == "Malar flattening"
-    assert spec == {"HP:0000272": 0.7, "HP:0000316": 0.2}  # the same dict still encodes the profile
-    g = graph_builder.graph(custom, intensities=spec)
+    assert spec == {"HP:0000312": 0.7, "HP:0000316": 0.2}  # the caller's mapping is left as given
+    assert profile_intensities(custom) == {"HP:0000272": 0.7, "HP:0000316": 0.2}
+    g = graph_builder.graph(custom, intensities=profile_intensities(custom))
     assert g.node_id[1] == "HP:0000272" and g.weight[1].item() == pytest.approx(0.7)
     with pytest.raises(UserError, match="same term HP:0000272"):
         phenotype_profile(profile_builder, {"HP:0000312": 0.7, "HP:0000272": 0.3})

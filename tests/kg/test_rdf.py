@@ -118,8 +118,12 @@ def test_rdf_alt_ids_and_onsets_resolve(tmp_path, catalog):
 
 
 def test_rdf_frequency_0_is_absent(tmp_path):
-    kg = load_kg("rdf", path=_ttl(tmp_path, 'kgf:frequency "0"^^xsd:decimal'))
+    path = _ttl(tmp_path, 'kgf:frequency "0"^^xsd:decimal')
+    kg = load_kg("rdf", path=path)
     assert kg.edges["negated"].tolist() == [True]
+    # profiles read straight from the graph agree: absent, not a present sign at frequency 0
+    (profile,) = [p for p in graph_to_profiles(read_graph(path)) if p.disease_id == "ORPHA:1"]
+    assert profile.phenotypes == [] and len(profile.negative_phenotypes) == 1
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -276,6 +276,9 @@ ATLAS_KEYS = ("faces", "per_face", "intensity")
 def atlas_settings(atlas) -> tuple[int, tuple[int, int], tuple[float, float]]:
     """`data.atlas` as (faces, per_face, intensity), checked: a setting the builder cannot honour is one line naming
     its data.atlas.* key (a reversed range drew from numpy's reversed interval, a string count was a traceback)."""
+    if atlas is not None and not isinstance(atlas, dict):
+        raise UserError(f"data.atlas must be a mapping ({{faces: N, per_face: [4, 8], intensity: [0.5, 1.0]}}) or "
+                        f"null, got {atlas!r}")
     atlas = dict(atlas or {})
     unknown = sorted(set(atlas) - set(ATLAS_KEYS))
     if unknown:
