@@ -61,6 +61,33 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `final`; on success it takes `final`'s place (an existing folder is
+    moved aside first, since a folder cannot be renamed onto a non-empty one, and removed after), so readers see the
+    old contents or the new, never a mix; on error the temporary folder goes and the old one stays."""
+    final = Path(final).resolve()  # a symlinked folder: write where it points, keep the link
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    old = None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the mode a plain mkdir would
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / final.name)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if not final.exists() and (old / final.name).exists():
+                os.replace(old / final.name, final)  # put the previous contents back
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """A matplotlib figure written under a temporary name and renamed (the format from `path`'s extension)."""
     path = Path(path)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from kgface.cache import Cache, atomic_path, stable_hash, write_json_atomic
+from kgface.cache import Cache, atomic_folder, atomic_path, stable_hash, write_json_atomic
 
 
 def test_entry_key_follows_spec(tmp_path):
@@ -68,3 +68,24 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_atomic_folder_replaces_whole_or_keeps_the_old_one(tmp_path):
+    final = tmp_path / "enc"
+    with atomic_folder(final) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (final / "a.txt").read_text() == "one"
+    with pytest.raises(RuntimeError):
+        with atomic_folder(final) as tmp:
+            (tmp / "a.txt").write_text("two")
+            raise RuntimeError("crash mid-save")
+    assert (final / "a.txt").read_text() == "one"  # the old contents, untouched
+    with atomic_folder(final) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]  # replaced whole: no leftover a.txt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc"]  # no temporary or old folder left
+    link = tmp_path / "link"
+    link.symlink_to(final)
+    with atomic_folder(link) as tmp:
+        (tmp / "c.txt").write_text("via link")
+    assert link.is_symlink() and (final / "c.txt").read_text() == "via link"

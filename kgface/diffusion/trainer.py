@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from ..cache import atomic_folder
 from ..errors import UserError
 
 TRAINER_DEFAULTS = {
@@ -79,21 +80,16 @@ def _named(params) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer, scheduler, losses,
                     buffers: dict[str, torch.Tensor] | None = None) -> Path:
-    tmp = folder.parent / f".{folder.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(_named(params), str(tmp / "trainable.safetensors"))
-    if buffers:  # running statistics (the KG encoder's token centering): not parameters, but state all the same
-        save_file({k: v.detach().cpu().contiguous() for k, v in buffers.items()}, str(tmp / "buffers.safetensors"))
-    if ema is not None:
-        save_file(_named(ema.shadow), str(tmp / "ema.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "ema_steps": ema.steps if ema else 0,
-                                                "losses": losses}), encoding="utf-8")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    with atomic_folder(folder) as tmp:  # a run killed mid-save keeps its last complete checkpoint
+        save_file(_named(params), str(tmp / "trainable.safetensors"))
+        if buffers:  # running statistics (the KG encoder's token centering): not parameters, but state all the same
+            save_file({k: v.detach().cpu().contiguous() for k, v in buffers.items()},
+                      str(tmp / "buffers.safetensors"))
+        if ema is not None:
+            save_file(_named(ema.shadow), str(tmp / "ema.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "ema_steps": ema.steps if ema else 0,
+                                                    "losses": losses}), encoding="utf-8")
     return folder
 
 

@@ -165,40 +165,18 @@ class KGEncoder(nn.Module):
                                    unknown_frequency=c["unknown_frequency"])
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write config.json + model.safetensors into `folder`. Both are written into a temporary sibling folder
-        that then takes the folder's place, so a crash never leaves new weights beside an old config (or half a
-        file); an existing folder is replaced."""
-        import shutil
-        import tempfile
-
+        """Write config.json + model.safetensors into `folder`, both at once (kgface.cache.atomic_folder): a crash
+        never leaves new weights beside an old config (or half a file); an existing folder is replaced."""
         from safetensors.torch import save_file
 
-        folder = Path(folder).resolve()  # a symlinked folder: write where it points, keep the link
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        old = None
-        try:
+        from ..cache import atomic_folder
+
+        with atomic_folder(folder) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
             (tmp / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, **self.config}, indent=2) + "\n",
                                            encoding="utf-8")
-            mask = os.umask(0)  # mkdtemp makes 0700; give the folder the mode a plain mkdir would
-            os.umask(mask)
-            os.chmod(tmp, 0o777 & ~mask)
-            if folder.exists():  # a folder cannot be renamed onto a non-empty one: move the old one aside first
-                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-                os.replace(folder, old / folder.name)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if old is not None:
-                if not folder.exists() and (old / folder.name).exists():
-                    os.replace(old / folder.name, folder)  # put the previous save back
-                shutil.rmtree(old, ignore_errors=True)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return folder
+        return Path(folder)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> "KGEncoder":
