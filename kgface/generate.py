@@ -350,9 +350,9 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
             from .encoders.graph import profile_intensities
 
             spec = parse_phenotypes(cfg.phenotypes)
-            resolved = profile_intensities(phenotype_profile(profiles.builder, spec))  # alt ids -> live ids
-            label = ", ".join(f"{k}={v:g}" for k, v in resolved.items())
-            custom = phenotype_profile(profiles.builder, resolved, name=f"custom: {label}", disease_id="custom")
+            custom = phenotype_profile(profiles.builder, spec, disease_id="custom")
+            resolved = profile_intensities(custom)  # alt ids -> live ids: what is encoded, recorded and shown
+            custom.name = "custom: " + ", ".join(f"{k}={v:g}" for k, v in resolved.items())
             intensities["custom"] = resolved
             targets.append(custom)
         if not targets:

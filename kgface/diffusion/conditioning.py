@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from ..encoders.gnn import default_unknown_stage, with_unknown_stage
 from ..errors import UserError
 from ..kg import FacialProfile
 from ..prompts import training_prompt
@@ -42,17 +43,12 @@ class ClassTokens(nn.Module):
 
     def forward(self, idx: torch.Tensor, severity: torch.Tensor) -> torch.Tensor:
         freqs = torch.arange(4, dtype=torch.float32, device=severity.device) + 1
-        unknown = torch.isnan(severity.float())
         ang = torch.nan_to_num(severity.float(), nan=0.0)[:, None] / 3.0 * math.pi * freqs
         stage = self.stage(torch.cat([ang.sin(), ang.cos()], -1))
-        if bool(unknown.any()):
-            stage = torch.where(unknown.unsqueeze(-1), self.unknown_stage.expand_as(stage), stage)
-        return self.tokens[idx] + stage[:, None, :]
+        return self.tokens[idx] + with_unknown_stage(stage, severity.float(), self.unknown_stage)[:, None, :]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "unknown_stage"
-        if key not in state_dict:  # saved before the unknown stage existed: it starts as it would have, at zero
-            state_dict[key] = torch.zeros_like(self.unknown_stage)
+        default_unknown_stage(state_dict, prefix, self.unknown_stage)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def null(self, batch_size: int) -> torch.Tensor:

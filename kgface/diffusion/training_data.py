@@ -108,6 +108,7 @@ def encode_images(root: Path, paths: list[str], vae, device=None) -> torch.Tenso
 
     device = torch.device(device) if device is not None else encode_device()
     vae.to(device)
+    dtype = next(vae.parameters()).dtype
     out = []
     with torch.no_grad():
         for i in range(0, len(paths), 64):
@@ -115,7 +116,7 @@ def encode_images(root: Path, paths: list[str], vae, device=None) -> torch.Tenso
                                               for p in paths[i:i + 64]])).permute(0, 3, 1, 2)
             step = max(1, ENCODE_PIXELS // (imgs.shape[2] * imgs.shape[3]))
             for j in range(0, len(imgs), step):
-                x = to_model(imgs[j:j + step]).to(device, next(vae.parameters()).dtype)
+                x = to_model(imgs[j:j + step]).to(device, dtype)
                 out.append(vae.encode(x).latent_dist.mean.float().cpu())
     return torch.cat(out) * vae.config.scaling_factor
 

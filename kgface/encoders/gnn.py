@@ -64,6 +64,20 @@ def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inp, hidden), nn.SiLU(), nn.Linear(hidden, out))
 
 
+def with_unknown_stage(h: Tensor, stage: Tensor, unknown_stage: Tensor) -> Tensor:
+    """Rows of the stage embedding `h` whose stage is NaN (a photo without a grade) replaced by `unknown_stage`
+    (the KG encoder and the class tokens alike)."""
+    unknown = torch.isnan(stage)
+    if not bool(unknown.any()):
+        return h
+    return torch.where(unknown.unsqueeze(-1), unknown_stage.to(h.dtype).expand_as(h), h)
+
+
+def default_unknown_stage(state_dict: dict, prefix: str, unknown_stage: Tensor) -> None:
+    """A state dict saved before `unknown_stage` existed loads with it at zero, as it would have started."""
+    state_dict.setdefault(prefix + "unknown_stage", torch.zeros_like(unknown_stage))
+
+
 class KGEncoder(nn.Module):
     """Configurable graph encoder. forward(graph Batch, stage [B], age [B] | None) -> tokens [B, K, out_dim].
 
@@ -209,16 +223,11 @@ class KGEncoder(nn.Module):
             stage = stage.expand(batch_size)
         if stage.numel() != batch_size:
             raise ValueError(f"stage has {stage.numel()} values for {batch_size} graphs")
-        unknown = torch.isnan(stage)
         h = self.stage_mlp(fourier_features(torch.nan_to_num(stage, nan=0.0) / self.stage_max, self.fourier))
-        if bool(unknown.any()):
-            h = torch.where(unknown.unsqueeze(-1), self.unknown_stage.to(h.dtype).expand_as(h), h)
-        return h
+        return with_unknown_stage(h, stage, self.unknown_stage)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "unknown_stage"
-        if key not in state_dict:  # saved before the unknown stage existed: it starts as it would have, at zero
-            state_dict[key] = torch.zeros_like(self.unknown_stage)
+        default_unknown_stage(state_dict, prefix, self.unknown_stage)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _age_embedding(self, age: Tensor | None, batch_size: int, device) -> Tensor | None:
