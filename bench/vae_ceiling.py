@@ -4,6 +4,7 @@
     python bench/vae_ceiling.py model.tiny.latent_channels=8        # a variant (trained once, cached like the default)
     python bench/vae_ceiling.py 'model.tiny.vae_block_out_channels=[32,64,128]' model.tiny.norm_num_groups=32
     python bench/vae_ceiling.py --every 800 model.vae_train.steps=2400   # the curve of one fresh, longer VAE run
+    python bench/vae_ceiling.py --every 2000 num_threads=1 model.tiny.latent_channels=8   # two such runs side by side
 
 Round-trips the real test images of stages 2-3 + healthy through the VAE and prints PSNR and the default evaluator's
 top-1 on the originals and on the round trips. The second number is what survives of real faces; a generator that
@@ -35,6 +36,10 @@ def main(argv=None):
     from kgface.runtime import make_cache
 
     cfg = compose("train", ["progress=false", *args.overrides])
+    if int(cfg.get("num_threads") or 0) > 0:   # as train.py: one thread per job when two share the cores
+        import torch
+
+        torch.set_num_threads(int(cfg.num_threads))
     cache = make_cache(cfg)
     profiles = panel_profiles(cfg, cache)
     manifest = phantom_dataset(cfg, profiles, cache, progress=False) / "manifest.csv"

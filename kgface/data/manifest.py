@@ -191,4 +191,6 @@ def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = Non
             log.warning("%s:%d skipped: %s", path, line, exc)
     if not rows:
         raise ManifestError(f"{path}: every row was skipped ({len(report.skipped)}); first: {report.skipped[0][1]}")
-    return pd.DataFrame(rows), report
+    df = pd.DataFrame(rows)
+    df.attrs["root"] = str(path.parent.resolve())  # the folder relative columns (path, source_image) are read from
+    return df, report

@@ -245,7 +245,7 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
         pres_t = None if presence is None else torch.as_tensor(presence, dtype=torch.float32)
         stage_t = None if stages is None else torch.as_tensor(np.asarray(stages, dtype=np.float32))
     x_all = images.float() / 255.0
-    if x_all.shape[-1] != image_size:
+    if tuple(x_all.shape[-2:]) != (image_size, image_size):  # as to_model_input: a non-square photo too
         x_all = F.interpolate(x_all, size=(image_size, image_size), mode="bicubic", antialias=True).clamp(0, 1)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)

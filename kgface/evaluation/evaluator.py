@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from ..cache import Cache, stable_hash, write_json_atomic
+from ..cache import Cache, atomic_folder, stable_hash, write_json_atomic
 from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
 from ..errors import UserError
 from ..kg import FacialProfile
@@ -61,6 +61,17 @@ def manifest_hash(path: str | os.PathLike) -> str:
         raise EvaluatorInputError(f"{path}: manifest not found") from None
 
 
+TRAINED_ON_FILE = "trained_on.txt"
+
+
+def image_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (16 hex) of an image file's bytes: the same picture under another name or folder is the same image."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except FileNotFoundError:
+        raise EvaluatorInputError(f"{path}: image file does not exist") from None
+
+
 def as_frame(source) -> pd.DataFrame:
     """A manifest path or an already-read manifest DataFrame, as a DataFrame."""
     if isinstance(source, pd.DataFrame):
@@ -68,8 +79,9 @@ def as_frame(source) -> pd.DataFrame:
     return read_manifest(source)[0]
 
 
-def load_images(paths: Sequence[str], size: int | None = None) -> torch.Tensor:
-    """uint8 NCHW RGB images; every image must exist and share one size (the first one's, or `size`)."""
+def load_images(paths: Sequence[str], size: int | Sequence[int] | None = None) -> torch.Tensor:
+    """uint8 NCHW RGB images; every image must exist and share one size (the first one's, or `size`: an int for a
+    square, or (height, width) as a tensor's shape[-2:])."""
     if len(paths) == 0:
         raise EvaluatorInputError("no images to score (empty set)")
     out, first = [], None
@@ -81,7 +93,7 @@ def load_images(paths: Sequence[str], size: int | None = None) -> torch.Tensor:
             raise EvaluatorInputError(f"{p}: image file does not exist") from None
         except OSError as exc:
             raise EvaluatorInputError(f"{p}: unreadable image ({exc})") from None
-        want = (size, size) if size else first
+        want = first if not size else (size, size) if isinstance(size, int) else (int(size[1]), int(size[0]))
         if want is not None and img.size != tuple(want):
             raise EvaluatorInputError(f"{p}: image is {img.size[0]}x{img.size[1]}, expected {want[0]}x{want[1]} "
                                       "(all images of a set must share one size)")
@@ -140,6 +152,9 @@ class Evaluator:
     heads: PhenotypeHeads
     zs_text: torch.Tensor
     info: dict = field(default_factory=dict)
+    # content digests of every image that trained or calibrated it (train, val, atlas): a real set scored later
+    # must not contain them (check_unseen); None for an evaluator saved before the list was kept
+    trained_on: list[str] | None = None
 
     @property
     def encoder(self) -> ImageEncoder:
@@ -157,6 +172,18 @@ class Evaluator:
         if unknown:
             raise EvaluatorInputError(f"the {what} has labels unknown to the evaluator: {', '.join(unknown[:5])} "
                                       f"(it knows {', '.join(self.classes)}); retrain it on data with these diseases")
+
+    def check_unseen(self, df: pd.DataFrame, what: str = "real set") -> None:
+        """Refuse a real set whose rows include images this evaluator learned from (their scores would be inflated
+        and copies of them would pass the memorisation audit). No-op for an evaluator saved without its list."""
+        if self.trained_on is None or not len(df):
+            return
+        seen = set(self.trained_on)
+        hits = [p for p in df["abspath"] if image_digest(p) in seen]
+        if hits:
+            raise EvaluatorInputError(f"{what}: {len(hits)} of its {len(df)} test images trained this evaluator "
+                                      f"(e.g. {hits[0]}); score the test split of the data it was trained on, or "
+                                      "evaluate without run= to train an evaluator on this set's own train split")
 
     def score_set(self, source, keep_images: bool = False) -> ScoredSet:
         """Score images (uint8 NCHW tensor), a manifest DataFrame or a manifest path."""
@@ -203,18 +230,19 @@ class Evaluator:
     def save(self, folder: str | os.PathLike) -> Path:
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         state = {**self.scale.state("scale"), **self.probe.state("probe"), **self.coral.state("coral"),
                  **self.heads.state("heads"), "zs_text": self.zs_text}
-        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "probes.safetensors"))
-        if self.cfg["name"] == "tiny_clip":
-            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()},
-                      str(folder / "clip.safetensors"))
-        write_json_atomic(folder / "evaluator.json", {
-            "format": FORMAT, "config": self.cfg, "image_size": self.image_size, "classes": self.classes,
-            "phenotypes": self.phenotypes, "names": self.names, "info": self.info})
-        return folder
+        with atomic_folder(folder) as tmp:  # the files of one evaluator or of the previous, never a mix
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "probes.safetensors"))
+            if self.cfg["name"] == "tiny_clip":
+                save_file({k: v.contiguous() for k, v in self.model.state_dict().items()},
+                          str(tmp / "clip.safetensors"))
+            if self.trained_on is not None:
+                (tmp / TRAINED_ON_FILE).write_text("".join(d + "\n" for d in self.trained_on), encoding="utf-8")
+            write_json_atomic(tmp / "evaluator.json", {
+                "format": FORMAT, "config": self.cfg, "image_size": self.image_size, "classes": self.classes,
+                "phenotypes": self.phenotypes, "names": self.names, "info": self.info})
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Evaluator":
@@ -232,16 +260,23 @@ class Evaluator:
         if meta.get("format") != FORMAT:
             raise EvaluatorInputError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT}")
         cfg = meta["config"]
+        fitted_on = meta.get("info", {}).get("pretrained_sha256")
+        if cfg["name"] != "tiny_clip" and fitted_on and _file_sha256(Path(str(cfg["pretrained"])).expanduser()) \
+                != fitted_on:  # the heads were fitted on another model's features
+            raise EvaluatorInputError(f"{meta_path}: evaluator.pretrained={cfg['pretrained']} is not the weights "
+                                      "file its heads were fitted on (its bytes changed); fit the evaluator again")
         model, tokenizer, image_size = build_clip(cfg, load_pretrained=cfg["name"] != "tiny_clip")
         if cfg["name"] == "tiny_clip":
             model.load_state_dict(load_file(str(folder / "clip.safetensors")))
         model.eval()
         st = load_file(str(folder / "probes.safetensors"))
+        listed = folder / TRAINED_ON_FILE  # absent in evaluators saved before it
+        trained_on = listed.read_text(encoding="utf-8").split() if listed.is_file() else None
         return cls(cfg=cfg, model=model, tokenizer=tokenizer, image_size=int(meta["image_size"]),
                    classes=list(meta["classes"]), phenotypes=list(meta["phenotypes"]), names=dict(meta["names"]),
                    scale=Standardizer.from_state(st, "scale"), probe=LinearProbe.from_state(st, "probe"),
                    coral=CoralHead.from_state(st, "coral"), heads=PhenotypeHeads.from_state(st, "heads"),
-                   zs_text=st["zs_text"], info=meta.get("info", {}))
+                   zs_text=st["zs_text"], info=meta.get("info", {}), trained_on=trained_on)
 
 
 def _profile_map(profiles, diseases: Sequence[str]) -> dict[str, FacialProfile]:
@@ -315,9 +350,11 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     model, tokenizer, image_size = build_clip(c)
     images = load_images(list(train["abspath"]))
     atlas = atlas.reset_index(drop=True) if atlas is not None and len(atlas) else None
-    atlas_images = load_images(list(atlas["abspath"]), size=images.shape[-1]) if atlas is not None else None
+    atlas_images = load_images(list(atlas["abspath"]), size=images.shape[-2:]) if atlas is not None else None
     info = {"train_images": len(train), "val_images": len(val), "manifest_rows": len(df),
             "atlas_images": 0 if atlas is None else len(atlas)}
+    if c["name"] != "tiny_clip":  # the model is re-read from this file on load: it must be the same file
+        info["pretrained_sha256"] = _file_sha256(Path(str(c["pretrained"])).expanduser())
     # phenotypes: those drawn in the train split or the atlas (the atlas draws only the panel's phenotypes)
     pheno_rows = list(train["phenotypes"]) + ([] if atlas is None else list(atlas["phenotypes"]))
     vocab = drawn_phenotypes(pheno_rows)
@@ -381,13 +418,15 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
         torch.zeros(0, x.shape[1]), torch.zeros(0))
     val = val[probe_rows(val, p).to_numpy()].reset_index(drop=True) if len(val) else val
     if len(val):  # calibrated on the faces it learned from
-        f_val = encoder(load_images(list(val["abspath"]), size=images.shape[-1])).numpy()
+        f_val = encoder(load_images(list(val["abspath"]), size=images.shape[-2:])).numpy()
         info["temperature"] = probe.calibrate(scale(f_val), [index[d] for d in val["disease"]])
     info["fit_seconds"] = round(time.time() - start, 1)
     zs = zero_shot_text(model, tokenizer, by_id, classes)
+    learned_from = [*df["abspath"][df["split"].isin(["train", "val"])], *([] if atlas is None else atlas["abspath"])]
     return Evaluator(cfg=c, model=model, tokenizer=tokenizer, image_size=image_size, classes=classes,
                      phenotypes=vocab, names={d: by_id[d].name for d in classes}, scale=scale, probe=probe,
-                     coral=coral, heads=heads, zs_text=zs, info=info)
+                     coral=coral, heads=heads, zs_text=zs, info=info,
+                     trained_on=sorted({image_digest(p) for p in learned_from}))
 
 
 EVALUATOR_VERSION = 2  # bump when the heads or the scoring change, so cached evaluators rebuild
@@ -421,6 +460,8 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     spec = {"version": EVALUATOR_VERSION, "evaluator": c, "manifest_sha256": manifest_hash(manifest_path),
             "images": images_digest(manifest_path, df["abspath"]),
             "profiles": stable_hash([p.to_dict() for p in plist if p.disease_id in used])}
+    if c["name"] != "tiny_clip" and c.get("pretrained"):  # new weights under the same path must refit the heads
+        spec["pretrained_sha256"] = _file_sha256(Path(str(c["pretrained"])).expanduser())
     if atlas is not None:
         spec["atlas_sha256"] = manifest_hash(atlas_path)
         spec["atlas_images"] = images_digest(atlas_path, atlas["abspath"])
@@ -451,6 +492,18 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
         ev.save(tmp)
     ev.info["cache_entry"] = str(entry.path)
     return ev
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise EvaluatorInputError(f"evaluator.pretrained={path}: file not found (a local open_clip weights file)") \
+            from None
+    return h.hexdigest()
 
 
 def load_evaluator(path: str | os.PathLike) -> Evaluator:

@@ -36,10 +36,12 @@ def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
     return float(np.mean(y_true == y_pred)) if len(y_true) else float("nan")
 
 
-def per_stage_accuracy(y_true: Sequence, y_pred: Sequence, stages: Sequence[int]) -> dict[int, float]:
-    """Accuracy of y_pred within each stage."""
-    y_true, y_pred, stages = np.asarray(y_true), np.asarray(y_pred), np.asarray(stages)
-    return {int(s): accuracy(y_true[stages == s], y_pred[stages == s]) for s in sorted(set(stages.tolist()))}
+def per_stage_accuracy(y_true: Sequence, y_pred: Sequence, stages: Sequence) -> dict:
+    """Accuracy of y_pred within each stage; a stage may also be a label such as "unknown" (after the numbers)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    cells = [s if isinstance(s, str) else int(s) for s in stages]
+    keys = sorted(set(cells), key=lambda s: (isinstance(s, str), str(s) if isinstance(s, str) else s))
+    return {k: accuracy(y_true[[c == k for c in cells]], y_pred[[c == k for c in cells]]) for k in keys}
 
 
 def stage_mae(true: Sequence[float], pred: Sequence[float]) -> float:
@@ -183,13 +185,15 @@ def memorisation_audit(generated: np.ndarray, train: np.ndarray, real_holdout: n
 
 
 def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None = None,
-                 subsets: int = 50) -> dict:
+                 subsets: int = 50, seed: int = 0) -> dict:
     """FID and KID (torchmetrics) with `feature` (a module: uint8 NCHW images -> features, with `num_features`) as
     the feature extractor. Returns fid, kid (mean), kid_std and n_real / n_generated.
 
     KID's subset size is `subset_size` (at most the smaller set), else half the smaller set (at most 1,000): subsets
     as large as a whole set would be that set every time, and kid_std would then say nothing about sampling. FID on
     d-dimensional features is biased and unstable unless n is several times d; lead with KID for small sets.
+    KID's subsets are drawn with `seed` (torch's global generator, saved and restored): the same sets give the same
+    number in every process.
     """
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -208,6 +212,8 @@ def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None
         metric.update(real, real=True)
         metric.update(gen, real=False)
     fid_value = float(fid.compute())
-    kid_mean, kid_std = kid.compute()
+    with torch.random.fork_rng(devices=[]):  # torchmetrics draws the subsets with torch.randperm
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
     return {"fid": max(fid_value, 0.0) if math.isfinite(fid_value) else fid_value, "kid": float(kid_mean),
             "kid_std": float(kid_std), "n_real": n_r, "n_generated": n_g, "kid_subset_size": size}

@@ -29,12 +29,28 @@ from .probes import LinearProbe, Standardizer
 HEADLINE_STAGES = (2, 3)  # stage 0 is healthy-looking by construction; targets apply to stages 2-3
 
 
+def headline_rows(table: pd.DataFrame, label: str = "disease", stage: str = "stage",
+                  stages=HEADLINE_STAGES) -> np.ndarray:
+    """Rows the top-1 targets apply to: healthy faces, graded faces of stages 2-3, and diseased photos without a
+    grade (stage_known=False: their placeholder stage says nothing, and such a set has no other diseased rows to
+    read; per_stage_top1 shows them apart as "unknown")."""
+    known = stage_known(table)
+    return ((table[label] == HEALTHY).to_numpy() | ~known
+            | (known & table[stage].isin(stages).to_numpy()))
+
+
+def stage_cells(table: pd.DataFrame, stage: str = "stage") -> list:
+    """Each row's per_stage_top1 cell: its stage, or "unknown" for a photo without a grade (never its placeholder)."""
+    return [int(s) if k else "unknown" for s, k in zip(table[stage], stage_known(table))]
+
+
 def _test_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The real set's test split. A manifest without test rows is an error, not a fallback to every row: its train
     rows may be what the evaluator learned from, which would inflate every real-set score and hide copies from the
     memorisation audit."""
     if "split" not in df.columns:  # a frame built in code; manifests on disk always have the column
-        return df.reset_index(drop=True)
+        raise EvaluatorInputError("real set: no split column; mark the images the evaluator never trained on as "
+                                  "split=test (and its training images as split=train)")
     test = df[df["split"] == "test"]
     if not len(test):
         counts = ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()) or "no rows"
@@ -49,7 +65,10 @@ def _rounded(obj):
     if isinstance(obj, (list, tuple)):
         return [_rounded(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
-        return None if not np.isfinite(obj) else round(float(obj), 4)
+        if not np.isfinite(obj):
+            return None
+        # 4 decimals, but 4 significant digits below 0.01 (a KID of 4e-5 must not read 0.0)
+        return float(f"{float(obj):.4g}") if abs(obj) < 0.01 else round(float(obj), 4)
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
@@ -59,7 +78,8 @@ def oracle_top1(train_df: pd.DataFrame, test_df: pd.DataFrame, stages=HEADLINE_S
                 min_stage: int = 0) -> float:
     """The disease probe trained on the renderer's true phenotype vectors (intensities) instead of image features:
     how separable the panel is at all. Like the probe, it learns from healthy rows and stages >= min_stage, and is
-    read where real_top1 is (test rows at `stages` + healthy). nan when the manifest carries no phenotypes."""
+    read where real_top1 is (headline_rows at `stages`; every test row when stages is empty). nan when the manifest
+    carries no phenotypes."""
     vocab = sorted({h for ph in train_df["phenotypes"] for h in ph})
     if not vocab:
         return float("nan")
@@ -79,7 +99,7 @@ def oracle_top1(train_df: pd.DataFrame, test_df: pd.DataFrame, stages=HEADLINE_S
     x_train = vectors(train_df)
     scale = Standardizer.fit(x_train)
     probe = LinearProbe.fit(scale(x_train), [ci[d] for d in train_df["disease"]], len(classes), l2=l2)
-    test = test_df[test_df["stage"].isin(stages) | (test_df["disease"] == HEALTHY)] if stages else test_df
+    test = test_df[headline_rows(test_df, stages=stages)] if stages else test_df
     if len(test) == 0:
         return float("nan")
     pred = np.asarray(classes)[probe.proba(scale(vectors(test))).argmax(1)]
@@ -127,13 +147,13 @@ def disease_scores(table: pd.DataFrame, classes: list[str], label: str = "diseas
     probs = table[[f"p_{c}" for c in classes]].to_numpy()
     ci = {c: i for i, c in enumerate(classes)}
     lab = np.array([ci[d] for d in y])
-    head = table[stage].isin(HEADLINE_STAGES) | (table[label] == HEALTHY)
+    head = headline_rows(table, label, stage)
     return {
-        "top1": M.accuracy(np.asarray(y)[head.to_numpy()], table["pred_disease"][head].to_numpy()),
+        "top1": M.accuracy(np.asarray(y)[head], table["pred_disease"].to_numpy()[head]),
         "top1_all": M.topk_accuracy(probs, lab, 1), "top3_all": M.topk_accuracy(probs, lab, 3),
-        "top3": M.topk_accuracy(probs[head.to_numpy()], lab[head.to_numpy()], 3),
+        "top3": M.topk_accuracy(probs[head], lab[head], 3),
         "macro_f1": M.macro_f1(y, list(table["pred_disease"])),
-        "per_stage_top1": M.per_stage_accuracy(y, list(table["pred_disease"]), list(table[stage])),
+        "per_stage_top1": M.per_stage_accuracy(y, list(table["pred_disease"]), stage_cells(table, stage)),
         "n": len(y), "n_headline": int(head.sum()),
     }
 
@@ -150,7 +170,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     evaluator.check_labels(test["disease"], "real set")
     s = scored or evaluator.score_set(test, keep_images=roundtrip is not None)
     t = s.table
-    head = t["stage"].isin(HEADLINE_STAGES) | (t["disease"] == HEALTHY)
+    head = headline_rows(t)
     known = stage_known(test)  # photos of unknown stage carry a placeholder stage: no stage metric reads it
     sick = (t["disease"] != HEALTHY).to_numpy() & known
     ts = t[known]
@@ -168,7 +188,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
            "phenotype_auroc": auc, "phenotype_auroc_summary": auroc_summary(auc)}
     if "identity" in t and t["identity"].astype(str).str.len().gt(0).all():
         out["identity_auroc"] = M.identity_auroc(s.features, list(t["identity"]))
-    train = train_df if train_df is not None else df[df["split"] == "train"]
+    train = train_df if train_df is not None else df[df["split"] == "train"]  # _test_rows checked the column
     if len(train):
         out["oracle_top1"] = oracle_top1(train.reset_index(drop=True), test,
                                          min_stage=min_stage_of(evaluator.cfg.get("probe")))
@@ -287,6 +307,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             metrics["evaluator"]["real_frequency_mae"] = M.frequency_mae(obs, exp)[0]
     if generated_df is not None:
         gen = as_frame(generated_df)
+        gen_root = gen.attrs.get("root")  # the manifest's folder: relative source_image paths are read from it
         if "heldout" in gen:
             heldout |= set(gen.loc[gen["heldout"].astype(str).str.lower() == "true", "disease"])
         s_gen = evaluator.score_set(gen, keep_images=True)
@@ -294,6 +315,10 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         scored["generated"] = s_gen
         req_d, req_sev, req_s = _requested(t)
         evaluator.check_labels(req_d, "generated set")
+        no_profile = sorted({d for d in req_d if d != HEALTHY} - set(profiles)) if profiles else []
+        if no_profile:  # its expected phenotypes and KG frequencies would silently be empty
+            raise EvaluatorInputError(f"generated set: no KG profile for {', '.join(no_profile[:5])}; load the "
+                                      "profiles of every requested disease (the panel of the run that drew them)")
         t["requested_disease"], t["requested_stage"] = req_d.values, req_s.values
         mode = t["mode"].astype(str) if "mode" in t else pd.Series([""] * len(t))
         transform = (mode == "transform").to_numpy()
@@ -317,36 +342,52 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             dis = sel & (req_d != HEALTHY).to_numpy()
             g["stage_spearman"] = M.spearman(req_sev[dis], t["severity_pred"][dis])
             g["stage_mae"] = M.stage_mae(req_s[dis], t["stage_pred"][dis])
-            expected = _expected_sets(t[sel], list(req_d[sel]), list(req_s[sel]), profiles, evaluator.phenotypes)
-            g["profile_match_f1"] = M.profile_match_f1(list(t["detected"][sel]), expected)
-            full = sel & (req_s == 3).to_numpy() if (sel & (req_s == 3).to_numpy()).any() else sel & head
+            # on diseased requests of stages 2-3: a healthy or stage-0 request expects nothing, and a blank face
+            # would score F1 = 1 on it
+            pm = dis & head
+            if pm.any():
+                expected = _expected_sets(t[pm], list(req_d[pm]), list(req_s[pm]), profiles, evaluator.phenotypes)
+                g["profile_match_f1"] = M.profile_match_f1(list(t["detected"][pm]), expected)
+                g["profile_match_n"] = int(pm.sum())
+            at3 = sel & (req_s == 3).to_numpy()
+            full = at3 if at3.any() else sel & head
             exp = kg_frequencies(profiles, evaluator.phenotypes, set(req_d[full]))
             if exp and full.any():
                 obs = M.phenotype_frequencies(list(t["detected"][full]), list(req_d[full]))
                 g["frequency_mae"], g["frequency_mae_per_disease"] = M.frequency_mae(obs, exp)
+                g["frequency_mae_stages"] = [3] if at3.any() else list(HEADLINE_STAGES)
             g["zero_shot_presence"] = float(np.mean(t["zs_presence"][dis])) if dis.any() else float("nan")
         metrics["generation"] = g
         if transform.any():
-            metrics["transform"] = _transform_metrics(evaluator, t, s_gen.features, transform, req_d)
+            metrics["transform"] = _transform_metrics(evaluator, t, s_gen.features, transform, req_d, gen_root)
         if real is not None:
             s_real = scored["real"]
             rt = s_real.table
-            classes = set(req_d[sel])
-            keep = (rt["disease"].isin(classes) & (rt["stage"].isin(HEADLINE_STAGES) | (rt["disease"] == HEALTHY))).to_numpy()
-            if sel.sum() >= 2 and keep.any() and len(classes) >= 2:
-                metrics["tstr_top1"] = M.tstr_top1(s_gen.features[sel], list(req_d[sel]), s_real.features[keep],
+            # the synthetic probe learns from the requests the evaluator's own probe would learn from (healthy and
+            # stages >= probe.min_stage: an earlier stage's label contradicts its look) and is read where real_top1 is
+            learn = sel & ((req_d == HEALTHY) | (req_s >= min_stage_of(evaluator.cfg.get("probe")))).to_numpy()
+            classes = set(req_d[learn])
+            keep = rt["disease"].isin(classes).to_numpy() & headline_rows(rt)
+            if learn.sum() >= 2 and keep.any() and len(classes) >= 2:
+                metrics["tstr_top1"] = M.tstr_top1(s_gen.features[learn], list(req_d[learn]), s_real.features[keep],
                                                    list(rt["disease"][keep]))
                 metrics["tstr_n_real"] = int(keep.sum())
+                metrics["tstr_n_generated"] = int(learn.sum())
             if s_real.images.shape[-2:] != s_gen.images.shape[-2:]:
                 raise EvaluatorInputError(f"real images are {tuple(s_real.images.shape[-2:])} px and generated "
                                           f"{tuple(s_gen.images.shape[-2:])} px: resize one set to the other's size")
-            fk = M.clip_fid_kid(s_real.images, s_gen.images, evaluator.encoder)
-            metrics["fid_clip"], metrics["kid_clip"] = fk["fid"], fk["kid"]
-            metrics["kid_clip_std"] = fk["kid_std"]
-            metrics["fid_kid_n"] = {"real": fk["n_real"], "generated": fk["n_generated"],
-                                    "kid_subset_size": fk["kid_subset_size"],
-                                    "features": f"evaluator CLIP image features ({evaluator.encoder.num_features}-d); "
-                                                "not InceptionV3 (its weights cannot be downloaded here)"}
+            # transformations are edits of the real test faces FID/KID compare with: they would pull both down
+            if not sel.any():
+                metrics["fid_kid_n"] = {"generated": 0, "transformations": "left out: the set holds nothing else"}
+            else:
+                fk = M.clip_fid_kid(s_real.images, s_gen.images[torch.from_numpy(sel)], evaluator.encoder)
+                metrics["fid_clip"], metrics["kid_clip"] = fk["fid"], fk["kid"]
+                metrics["kid_clip_std"] = fk["kid_std"]
+                metrics["fid_kid_n"] = {"real": fk["n_real"], "generated": fk["n_generated"],
+                                        "kid_subset_size": fk["kid_subset_size"], "transformations": "left out",
+                                        "features": f"evaluator CLIP image features "
+                                                    f"({evaluator.encoder.num_features}-d); not InceptionV3 (its "
+                                                    "weights cannot be downloaded here)"}
             train = real[real["split"] == "train"]
             if audit_extra is not None:  # a copy of any image the generator saw counts as memorised
                 train = pd.concat([train, as_frame(audit_extra)], ignore_index=True)
@@ -364,16 +405,17 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
     return (metrics, scored) if return_scored else metrics
 
 
-def _transform_metrics(evaluator, t, feats, transform, req_d) -> dict:
+def _transform_metrics(evaluator, t, feats, transform, req_d, root: str | None) -> dict:
     out = {"n": int(transform.sum()),
            "target_top1": M.accuracy(req_d[transform], t["pred_disease"][transform])}
     if "source_image" in t:
         src = [str(p) for p in t.loc[transform, "source_image"]]
         if all(src):
-            # relative source paths are relative to the generated manifest's folder (abspath minus path)
-            roots = [Path(a).parents[len(Path(p).parts) - 1]
-                     for a, p in zip(t.loc[transform, "abspath"], t.loc[transform, "path"])]
-            paths = [str(Path(p) if Path(p).is_absolute() else root / p) for p, root in zip(src, roots)]
+            relative = [p for p in src if not Path(p).is_absolute()]
+            if relative and root is None:
+                raise EvaluatorInputError(f"generated set: source_image {relative[0]!r} is relative and the set "
+                                          "was given as a DataFrame: give absolute paths or the manifest's path")
+            paths = [str(Path(p) if Path(p).is_absolute() else Path(root) / p) for p in src]
             src_feats = evaluator.features(load_images(paths))
             out["identity_similarity"] = M.identity_similarity(src_feats, feats[transform])
     return out

@@ -40,7 +40,7 @@ def test_cached_by_data_and_config_and_round_trip(tiny_evaluator, tiny_cfg, tiny
     assert "clip" in again.info and "cache_entry" not in again.info  # loaded, not retrained
     entry = cache.used[-1]["path"]
     assert sorted(p.name for p in __import__("pathlib").Path(entry).iterdir()) == [
-        "clip.safetensors", "entry.json", "evaluator.json", "probes.safetensors"]
+        "clip.safetensors", "entry.json", "evaluator.json", "probes.safetensors", "trained_on.txt"]
     images = load_images(list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:10]))
     assert np.allclose(again.features(images), tiny_evaluator.features(images), atol=1e-5)
     folder = tiny_evaluator.save(tmp_path / "ev")
@@ -183,7 +183,8 @@ def test_the_probe_ignores_rows_below_min_stage(tiny_cfg, tiny_data, tiny_profil
 
 
 def _generated_manifest(tiny_data, tmp_path, n=None):
-    """A 'generated' set: real test images relabelled as requests (mode sample) plus two transforms."""
+    """A 'generated' set: real test images relabelled as requests (mode sample) plus one transformation of the
+    first (a copy of it)."""
     df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
     test = df[df["split"] == "test"].copy()
     test["path"] = [str(tiny_data / p) for p in test["path"]]
@@ -197,7 +198,8 @@ def _generated_manifest(tiny_data, tmp_path, n=None):
         rows.append({**r, "path": dst.name, "split": "test", "source": "generated", "mode": "sample",
                      "requested_disease": r["disease"], "requested_stage": r["stage"], "seed": i,
                      "source_image": ""})
-    rows[0]["mode"], rows[0]["source_image"] = "transform", test.iloc[0]["path"]
+    shutil.copy(rows[0]["abspath"] if "abspath" in rows[0] else gdir / rows[0]["path"], gdir / "t000.png")
+    rows.append({**rows[0], "path": "t000.png", "mode": "transform", "source_image": test.iloc[0]["path"]})
     return write_manifest(rows, gdir / "manifest.csv")
 
 
@@ -211,6 +213,16 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert m["fid_clip"] < 1e-3  # the generated set is the real test set
     assert m["transform"]["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
     json.dumps(m)
+    # FID/KID leave the transformation (an edit of a real test face) out; tstr learns from the rows the evaluator's
+    # probe learns from (healthy, stages >= probe.min_stage); profile match reads diseased requests of stages 2-3
+    t = scored["generated"].table
+    sample = (t["mode"] != "transform").to_numpy()
+    stage = t["requested_stage"].astype(int).to_numpy()
+    healthy = (t["requested_disease"] == "healthy").to_numpy()
+    assert m["fid_kid_n"]["generated"] == int(sample.sum()) == len(t) - 1
+    assert m["tstr_n_generated"] == int((sample & (healthy | (stage >= 2))).sum()) < int(sample.sum())
+    pm = sample & ~healthy & (stage >= 2)
+    assert m["generation"]["profile_match_n"] == int(pm.sum()) > 0
 
     from kgface.evaluate import main
 
@@ -264,7 +276,6 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tmp_path, capsys
         build_clip({"name": "openclip", "model": "ViT-B-16", "pretrained": str(tmp_path / "missing.bin")})
     # the entry: a manifest row with a missing image -> one line, exit 2
     bad = df.copy()
-    bad.loc[0, "path"] = "images/missing.png"
     bad.loc[0, "path"] = "images/missing.png"
     bad_path = tiny_data / "bad_manifest.csv"
     bad.to_csv(bad_path, index=False)
@@ -528,3 +539,158 @@ def test_photos_of_unknown_stage_teach_no_stage_and_enter_no_stage_metric(tiny_c
     v = instrument_validity(ev, real)
     test = real["split"] == "test"
     assert v["n_stage_known"] == int((test & ~unknown.to_numpy()).sum()) < int(test.sum())
+    # the placeholder stage 2 fills no stage-2 cell: ungraded photos have their own, and count in the headline
+    scored = ev.score(real[test.to_numpy()])
+    graded = ~unknown.to_numpy()[test.to_numpy()]
+    right = (scored["pred_disease"] == scored["disease"]).to_numpy()
+    at2 = graded & (scored["stage"] == 2).to_numpy()
+    assert v["per_stage_top1"][2] == pytest.approx(right[at2].mean())
+    assert v["per_stage_top1"]["unknown"] == pytest.approx(right[~graded].mean())
+    head = (scored["disease"] == "healthy").to_numpy() | ~graded | (graded & scored["stage"].isin([2, 3]).to_numpy())
+    assert v["real_top1"] == pytest.approx(right[head].mean())
+
+
+def test_non_square_images_train_calibrate_and_score(tiny_cfg, tiny_data, tiny_profiles, tmp_path):
+    """Atlas and val images were loaded at the train width squared: a set of 32x24 photos failed on its val rows."""
+    import shutil
+
+    from PIL import Image
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    df = read_manifest(copy / "manifest.csv")[0]
+    for p in df["abspath"]:
+        with Image.open(p) as im:
+            im.convert("RGB").crop((0, 4, 32, 28)).save(p)  # 32 wide, 24 high
+    assert (df["split"] == "val").any()
+    ev = fit_evaluator(tiny_cfg.evaluator, copy / "manifest.csv", tiny_profiles, None, progress=False)
+    assert ev.info["temperature"] > 0 and ev.info["val_images"] > 0
+    assert load_images(list(df["abspath"][:2]), size=(24, 32)).shape[-2:] == (24, 32)
+    with pytest.raises(EvaluatorInputError, match="expected 24x32"):
+        load_images(list(df["abspath"][:2]), size=(32, 24))
+
+
+def test_a_real_frame_without_split_is_a_clear_error(tiny_evaluator, tiny_data):
+    df = read_manifest(tiny_data / "manifest.csv")[0].drop(columns=["split"])
+    with pytest.raises(EvaluatorInputError, match="no split column"):
+        instrument_validity(tiny_evaluator, df)
+
+
+def test_relative_transform_sources_are_read_from_the_manifest_folder(tiny_evaluator, tiny_data, tmp_path):
+    """An absolute `path` inside the folder (read_manifest accepts it) with a relative source_image: the source is
+    found beside the manifest (it was an IndexError); a DataFrame with no folder is a one-line error."""
+    import shutil
+
+    test = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    test = test[test["split"] == "test"].head(6)
+    gdir = tmp_path / "gen"
+    (gdir / "src").mkdir(parents=True)
+    rows = []
+    for i, r in enumerate(test.to_dict("records")):
+        shutil.copy(tiny_data / r["path"], gdir / f"g{i}.png")
+        shutil.copy(tiny_data / r["path"], gdir / "src" / f"s{i}.png")
+        rows.append(r | {
+            "path": str(gdir / f"g{i}.png"), "source": "generated", "mode": "transform" if i < 2 else "sample",
+            "requested_disease": r["disease"], "requested_stage": r["stage"], "seed": i,
+            "source_image": f"src/s{i}.png" if i < 2 else ""})
+    gen = write_manifest(rows, gdir / "manifest.csv")
+    m = evaluate_sets(tiny_evaluator, None, gen, None)
+    assert m["transform"]["n"] == 2 and m["transform"]["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
+    frame = read_manifest(gen)[0]
+    frame.attrs.clear()
+    with pytest.raises(EvaluatorInputError, match="source_image 'src/s0.png' is relative"):
+        evaluate_sets(tiny_evaluator, None, frame, None)
+
+
+def test_a_requested_disease_without_a_profile_is_a_clear_error(tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
+    gen = _generated_manifest(tiny_data, tmp_path, n=8)
+    some = [p for p in tiny_profiles if p.disease_id != "ORPHA:96253"]
+    assert "ORPHA:96253" in set(read_manifest(gen)[0]["requested_disease"])
+    with pytest.raises(EvaluatorInputError, match="no KG profile for ORPHA:96253"):
+        evaluate_sets(tiny_evaluator, None, gen, some)
+
+
+def test_evaluate_with_run_refuses_a_real_set_holding_the_evaluators_training_images(tiny_evaluator, tiny_data,
+                                                                                   tmp_path, session_cache_dir):
+    import os
+
+    from kgface.evaluation.evaluator import image_digest
+
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    learned = df[df["split"].isin(["train", "val"])]
+    assert tiny_evaluator.trained_on == sorted({image_digest(p) for p in learned["abspath"]})
+    run = tmp_path / "run"
+    tiny_evaluator.save(run / "evaluator")
+    assert Evaluator.load(run / "evaluator").trained_on == tiny_evaluator.trained_on
+    resplit = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    resplit.loc[resplit["split"] == "train", "split"] = "test"  # another split of the same images
+    other = tiny_data / "manifest_resplit.csv"
+    resplit.to_csv(other, index=False)
+    try:  # as a user runs it (in this process, loggers of earlier tests' Hydra runs write to closed streams)
+        done = subprocess.run([sys.executable, "-m", "kgface.evaluate", f"run={run}", f"real={other}",
+                               f"hydra.run.dir={tmp_path / 'o'}", "progress=false"], capture_output=True, text=True,
+                              env={**os.environ, "KGFACE_CACHE_DIR": str(session_cache_dir), "OMP_NUM_THREADS": "1"})
+    finally:
+        other.unlink()
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and "trained this evaluator" in err[0], done.stderr[-2000:]
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_saving_over_an_evaluator_is_all_or_nothing(tiny_evaluator, tiny_data, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    folder = tiny_evaluator.save(tmp_path / "ev")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    calls = []
+
+    def failing(tensors, filename, *a, **k):
+        calls.append(filename)
+        if len(calls) == 2:  # the probes are written, the CLIP is not
+            raise OSError("disk full")
+        return real_save(tensors, filename, *a, **k)
+
+    real_save = safetensors.torch.save_file
+    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        tiny_evaluator.save(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ev"]  # no temporary folder left
+
+
+def test_the_openclip_path_keys_and_checks_its_weights_file(tiny_cfg, tiny_data, tiny_profiles, session_cache_dir,
+                                                           tmp_path):
+    """evaluator=openclip with a real open_clip model read from a local safetensors file (a tiny registered config,
+    random weights): new bytes under the same path are a new cache entry, and a saved evaluator whose file changed
+    refuses to load (its heads read another model's features)."""
+    import open_clip
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from kgface.cache import Cache
+    from kgface.evaluation.clip_model import register_tiny
+
+    name = register_tiny(OmegaConf.to_container(tiny_cfg.evaluator, resolve=True))
+    weights = tmp_path / "clip.safetensors"
+
+    def write(seed):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(name, pretrained=None)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    from kgface.config import compose
+
+    cfg = compose("evaluate", ["evaluator=openclip", f"evaluator.model={name}", f"evaluator.pretrained={weights}"])
+    cache = Cache(session_cache_dir)
+    write(0)
+    first = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert len(first.info["pretrained_sha256"]) == 64
+    saved = first.save(tmp_path / "ev")
+    assert Evaluator.load(saved).classes == first.classes
+    again = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert "cache_entry" not in again.info  # same bytes: from the cache
+    write(1)
+    changed = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert changed.info["cache_entry"] != first.info["cache_entry"]
+    with pytest.raises(EvaluatorInputError, match="not the weights file its heads were fitted on"):
+        Evaluator.load(saved)

@@ -112,3 +112,58 @@ def test_probes_on_separable_features():
     state = {**probe.state("p"), **coral.state("c")}
     again = LinearProbe.from_state(state, "p")
     assert np.allclose(again.proba(scale(x)), probe.proba(scale(x)))
+
+
+def test_kid_is_the_same_in_every_process_and_leaves_the_global_generator_alone():
+    """torchmetrics draws KID's subsets with torch.randperm: unseeded, two runs of `kgface.evaluate` on the same
+    sets gave different numbers."""
+    g = torch.Generator().manual_seed(0)
+    real = (torch.rand(40, 3, 16, 16, generator=g) * 255).to(torch.uint8)
+    gen = (torch.rand(40, 3, 16, 16, generator=g) * 200).to(torch.uint8)
+
+    class Flat(torch.nn.Module):
+        num_features = 48
+
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x.float(), 4).flatten(1)
+
+    out = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        out.append(M.clip_fid_kid(real, gen, Flat(), subset_size=10))
+    assert out[0]["kid"] == out[1]["kid"] and out[0]["kid_std"] == out[1]["kid_std"]
+    torch.manual_seed(5)
+    expect = torch.rand(3)
+    torch.manual_seed(5)
+    M.clip_fid_kid(real, gen, Flat(), subset_size=10)
+    assert torch.equal(torch.rand(3), expect)  # the caller's random stream is where it was
+    other = M.clip_fid_kid(real, gen, Flat(), subset_size=10, seed=1)
+    assert other["kid_std"] != out[0]["kid_std"]  # the seed does draw the subsets
+
+
+def test_small_metrics_keep_their_significant_digits():
+    from kgface.evaluation.sets import _rounded
+
+    assert _rounded({"kid": 4.2e-5, "top1": 0.123456, "fid": 12.345678, "bad": float("nan")}) == {
+        "kid": 4.2e-5, "top1": 0.1235, "fid": 12.3457, "bad": None}
+
+
+def test_temperature_scaling_lowers_the_validation_nll():
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(3), 60)
+    x = np.eye(3)[y] + 0.9 * rng.normal(size=(180, 3))  # overlapping classes
+    y_val = np.repeat(np.arange(3), 60)
+    x_val = np.eye(3)[y_val] + 0.9 * rng.normal(size=(180, 3))
+    probe = LinearProbe.fit(x, y, 3, l2=1e-6)
+    probe.weight.mul_(4)  # an over-confident probe: its NLL is far from the best temperature's
+    probe.bias.mul_(4)
+
+    def nll(t):
+        probe.temperature = t
+        return float(-np.log(probe.proba(x_val)[np.arange(len(y_val)), y_val]).mean())
+
+    before = nll(1.0)
+    t = probe.calibrate(x_val, y_val)
+    assert t > 1.5 and nll(t) < before - 0.05
+    grid = min(nll(g) for g in np.linspace(0.5, 20, 200))
+    assert nll(t) <= grid + 1e-3  # the minimum, not just lower
