@@ -499,6 +499,8 @@ def _get(metrics: dict, dotted: str):
 
 
 def _fmt(v) -> str:
+    if isinstance(v, float) and v != 0 and abs(v) < 0.01:  # a KID of 4e-5 must not read 0.000
+        return f"{v:.3g}"
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 

@@ -72,6 +72,12 @@ def image_digest(path: str | os.PathLike) -> str:
         raise EvaluatorInputError(f"{path}: image file does not exist") from None
 
 
+def learned_digests(df: pd.DataFrame, atlas: pd.DataFrame | None = None) -> list[str]:
+    """Sorted content digests of the images an evaluator fitted on `df` learns from: train and val rows, the atlas."""
+    paths = [*df["abspath"][df["split"].isin(["train", "val"])], *([] if atlas is None else atlas["abspath"])]
+    return sorted({image_digest(p) for p in paths})
+
+
 def as_frame(source) -> pd.DataFrame:
     """A manifest path or an already-read manifest DataFrame, as a DataFrame."""
     if isinstance(source, pd.DataFrame):
@@ -93,7 +99,7 @@ def load_images(paths: Sequence[str], size: int | Sequence[int] | None = None) -
             raise EvaluatorInputError(f"{p}: image file does not exist") from None
         except OSError as exc:
             raise EvaluatorInputError(f"{p}: unreadable image ({exc})") from None
-        want = first if not size else (size, size) if isinstance(size, int) else (int(size[1]), int(size[0]))
+        want = first if size is None else (int(size), int(size)) if np.ndim(size) == 0 else (int(size[1]), int(size[0]))
         if want is not None and img.size != tuple(want):
             raise EvaluatorInputError(f"{p}: image is {img.size[0]}x{img.size[1]}, expected {want[0]}x{want[1]} "
                                       "(all images of a set must share one size)")
@@ -174,14 +180,17 @@ class Evaluator:
                                       f"(it knows {', '.join(self.classes)}); retrain it on data with these diseases")
 
     def check_unseen(self, df: pd.DataFrame, what: str = "real set") -> None:
-        """Refuse a real set whose rows include images this evaluator learned from (their scores would be inflated
-        and copies of them would pass the memorisation audit). No-op for an evaluator saved without its list."""
-        if self.trained_on is None or not len(df):
+        """Refuse a real set whose test rows are images this evaluator learned from (their scores would be inflated
+        and copies of them would pass the memorisation audit), e.g. another split of its data. A test image with a
+        byte-identical copy among the set's own train/val rows is the data's duplicate, not a re-split, and is let
+        through (a train run's own evaluation reads it too). No-op for an evaluator saved without its list."""
+        if self.trained_on is None or "split" not in df or not len(df):
             return
-        seen = set(self.trained_on)
-        hits = [p for p in df["abspath"] if image_digest(p) in seen]
+        seen = set(self.trained_on) - {image_digest(p) for p in df["abspath"][df["split"].isin(["train", "val"])]}
+        hits = [p for p in df["abspath"][df["split"] == "test"] if image_digest(p) in seen]
         if hits:
-            raise EvaluatorInputError(f"{what}: {len(hits)} of its {len(df)} test images trained this evaluator "
+            raise EvaluatorInputError(f"{what}: {len(hits)} of its {int((df['split'] == 'test').sum())} test images "
+                                      "trained this evaluator "
                                       f"(e.g. {hits[0]}); score the test split of the data it was trained on, or "
                                       "evaluate without run= to train an evaluator on this set's own train split")
 
@@ -245,7 +254,9 @@ class Evaluator:
         return Path(folder)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "Evaluator":
+    def load(cls, folder: str | os.PathLike, pretrained_sha256: str | None = None) -> "Evaluator":
+        """`pretrained_sha256`: the weights file's digest when the caller has just computed it (fit_evaluator's
+        cache key), so a large file is not read twice."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -261,8 +272,9 @@ class Evaluator:
             raise EvaluatorInputError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT}")
         cfg = meta["config"]
         fitted_on = meta.get("info", {}).get("pretrained_sha256")
-        if cfg["name"] != "tiny_clip" and fitted_on and _file_sha256(Path(str(cfg["pretrained"])).expanduser()) \
-                != fitted_on:  # the heads were fitted on another model's features
+        if cfg["name"] != "tiny_clip" and fitted_on and (
+                pretrained_sha256 or _file_sha256(Path(str(cfg["pretrained"])).expanduser())) != fitted_on:
+            # the heads were fitted on another model's features
             raise EvaluatorInputError(f"{meta_path}: evaluator.pretrained={cfg['pretrained']} is not the weights "
                                       "file its heads were fitted on (its bytes changed); fit the evaluator again")
         model, tokenizer, image_size = build_clip(cfg, load_pretrained=cfg["name"] != "tiny_clip")
@@ -422,11 +434,10 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
         info["temperature"] = probe.calibrate(scale(f_val), [index[d] for d in val["disease"]])
     info["fit_seconds"] = round(time.time() - start, 1)
     zs = zero_shot_text(model, tokenizer, by_id, classes)
-    learned_from = [*df["abspath"][df["split"].isin(["train", "val"])], *([] if atlas is None else atlas["abspath"])]
     return Evaluator(cfg=c, model=model, tokenizer=tokenizer, image_size=image_size, classes=classes,
                      phenotypes=vocab, names={d: by_id[d].name for d in classes}, scale=scale, probe=probe,
                      coral=coral, heads=heads, zs_text=zs, info=info,
-                     trained_on=sorted({image_digest(p) for p in learned_from}))
+                     trained_on=learned_digests(df, atlas))
 
 
 EVALUATOR_VERSION = 2  # bump when the heads or the scoring change, so cached evaluators rebuild
@@ -468,7 +479,10 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     entry = cache.entry("evaluator", {**spec, "version": [EVALUATOR_VERSION, CLIP_VERSION]})
     if entry.exists():
         log.info("evaluator from the cache: %s", entry.path)
-        return Evaluator.load(entry.path)
+        ev = Evaluator.load(entry.path, pretrained_sha256=spec.get("pretrained_sha256"))
+        if ev.trained_on is None:  # an entry cached before the list was kept: the key says it is this data
+            ev.trained_on = learned_digests(df, atlas)
+        return ev
     # the tiny CLIP (minutes to an hour) has its own entry, keyed by what shapes it, so changing a head setting
     # (probe, phenotype_heads, threshold) refits the heads in seconds on the cached CLIP
     clip_entry, clip = None, None
@@ -500,9 +514,9 @@ def _file_sha256(path: Path) -> str:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 24), b""):
                 h.update(block)
-    except FileNotFoundError:
-        raise EvaluatorInputError(f"evaluator.pretrained={path}: file not found (a local open_clip weights file)") \
-            from None
+    except OSError as exc:  # missing, a folder, unreadable
+        raise EvaluatorInputError(f"evaluator.pretrained={path}: not a readable weights file ({exc.strerror}); "
+                                  "give a local open_clip weights file") from None
     return h.hexdigest()
 
 

@@ -39,7 +39,7 @@ def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
 def per_stage_accuracy(y_true: Sequence, y_pred: Sequence, stages: Sequence) -> dict:
     """Accuracy of y_pred within each stage; a stage may also be a label such as "unknown" (after the numbers)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    cells = [s if isinstance(s, str) else int(s) for s in stages]
+    cells = [int(s) if not isinstance(s, str) or s.strip().isdigit() else s for s in stages]  # "2" is stage 2
     keys = sorted(set(cells), key=lambda s: (isinstance(s, str), str(s) if isinstance(s, str) else s))
     return {k: accuracy(y_true[[c == k for c in cells]], y_pred[[c == k for c in cells]]) for k in keys}
 

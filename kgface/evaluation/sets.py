@@ -376,15 +376,20 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             if s_real.images.shape[-2:] != s_gen.images.shape[-2:]:
                 raise EvaluatorInputError(f"real images are {tuple(s_real.images.shape[-2:])} px and generated "
                                           f"{tuple(s_gen.images.shape[-2:])} px: resize one set to the other's size")
-            # transformations are edits of the real test faces FID/KID compare with: they would pull both down
-            if not sel.any():
-                metrics["fid_kid_n"] = {"generated": 0, "transformations": "left out: the set holds nothing else"}
+            # edits of real faces (transformations, progressions of an input photo: rows with a source_image) would
+            # pull FID/KID down when their sources are the test faces the set is compared with: left out
+            src = t["source_image"].fillna("").astype(str).str.strip() if "source_image" in t else None
+            drawn = ~transform & (np.ones(len(t), bool) if src is None else (src == "").to_numpy())
+            if transform.any() and drawn.sum() < 2:
+                metrics["fid_kid_n"] = {"generated": int(drawn.sum()),
+                                        "edits_of_real_faces": "left out: fewer than 2 other images, no FID/KID"}
             else:
-                fk = M.clip_fid_kid(s_real.images, s_gen.images[torch.from_numpy(sel)], evaluator.encoder)
+                fk = M.clip_fid_kid(s_real.images, s_gen.images[torch.from_numpy(drawn)], evaluator.encoder)
                 metrics["fid_clip"], metrics["kid_clip"] = fk["fid"], fk["kid"]
                 metrics["kid_clip_std"] = fk["kid_std"]
                 metrics["fid_kid_n"] = {"real": fk["n_real"], "generated": fk["n_generated"],
-                                        "kid_subset_size": fk["kid_subset_size"], "transformations": "left out",
+                                        "kid_subset_size": fk["kid_subset_size"],
+                                        "edits_of_real_faces": f"{int((~drawn).sum())} left out",
                                         "features": f"evaluator CLIP image features "
                                                     f"({evaluator.encoder.num_features}-d); not InceptionV3 (its "
                                                     "weights cannot be downloaded here)"}

@@ -485,6 +485,9 @@ def test_a_real_set_without_test_rows_and_a_one_image_set_are_clear_errors(tiny_
                           for r in one.to_dict("records")], tmp_path / "one.csv")
     with pytest.raises(UserError, match="at least 2 real and 2 generated images .*1 generated"):
         evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None)
+    # one drawn image beside a transformation: no FID/KID (edits of real faces are left out), said, not an error
+    m = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", _generated_manifest(tiny_data, tmp_path, n=1), None)
+    assert "fid_clip" not in m and m["fid_kid_n"]["generated"] == 1 and "left out" in m["fid_kid_n"]["edits_of_real_faces"]
 
 
 def test_a_damaged_evaluator_json_is_a_clear_error(tiny_evaluator, tmp_path):
@@ -556,15 +559,24 @@ def test_non_square_images_train_calibrate_and_score(tiny_cfg, tiny_data, tiny_p
 
     from PIL import Image
 
+    from kgface.data.phantom.dataset import PhantomConfig, build_atlas
+    from kgface.data.phantom.effects import load_phantom_effects
+    from kgface.resources import kg_data_dir
+
     copy = tmp_path / "data"
     shutil.copytree(tiny_data, copy)
+    rows = build_atlas(tiny_profiles, PhantomConfig(size=32, supersample=2, identities=120),
+                       load_phantom_effects(kg_data_dir() / "phantom_effects.csv"), copy, faces=8, per_face=(2, 3),
+                       progress=False)
+    write_manifest(rows, copy / "phenotype_atlas.csv")
     df = read_manifest(copy / "manifest.csv")[0]
-    for p in df["abspath"]:
+    atlas = read_manifest(copy / "phenotype_atlas.csv")[0]
+    for p in [*df["abspath"], *atlas["abspath"]]:
         with Image.open(p) as im:
             im.convert("RGB").crop((0, 4, 32, 28)).save(p)  # 32 wide, 24 high
     assert (df["split"] == "val").any()
     ev = fit_evaluator(tiny_cfg.evaluator, copy / "manifest.csv", tiny_profiles, None, progress=False)
-    assert ev.info["temperature"] > 0 and ev.info["val_images"] > 0
+    assert ev.info["temperature"] > 0 and ev.info["val_images"] > 0 and ev.info["atlas_images"] == 8
     assert load_images(list(df["abspath"][:2]), size=(24, 32)).shape[-2:] == (24, 32)
     with pytest.raises(EvaluatorInputError, match="expected 24x32"):
         load_images(list(df["abspath"][:2]), size=(32, 24))
@@ -622,16 +634,22 @@ def test_evaluate_with_run_refuses_a_real_set_holding_the_evaluators_training_im
     run = tmp_path / "run"
     tiny_evaluator.save(run / "evaluator")
     assert Evaluator.load(run / "evaluator").trained_on == tiny_evaluator.trained_on
-    resplit = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    import shutil
+
+    copy = tmp_path / "data"  # the same images under another folder: digests are of the bytes
+    shutil.copytree(tiny_data, copy)
+    # the data's own duplicate (a test image byte-identical to one of its train images) is not a re-split
+    own = pd.read_csv(copy / "manifest.csv", dtype=str, keep_default_na=False)
+    first = {s: own.index[own["split"] == s][0] for s in ("train", "test")}
+    shutil.copy(copy / own.loc[first["train"], "path"], copy / own.loc[first["test"], "path"])
+    tiny_evaluator.check_unseen(read_manifest(copy / "manifest.csv")[0])
+    resplit = own.copy()
     resplit.loc[resplit["split"] == "train", "split"] = "test"  # another split of the same images
-    other = tiny_data / "manifest_resplit.csv"
-    resplit.to_csv(other, index=False)
-    try:  # as a user runs it (in this process, loggers of earlier tests' Hydra runs write to closed streams)
-        done = subprocess.run([sys.executable, "-m", "kgface.evaluate", f"run={run}", f"real={other}",
-                               f"hydra.run.dir={tmp_path / 'o'}", "progress=false"], capture_output=True, text=True,
-                              env={**os.environ, "KGFACE_CACHE_DIR": str(session_cache_dir), "OMP_NUM_THREADS": "1"})
-    finally:
-        other.unlink()
+    resplit.to_csv(copy / "manifest.csv", index=False)
+    # as a user runs it (in this process, loggers of earlier tests' Hydra runs write to closed streams)
+    done = subprocess.run([sys.executable, "-m", "kgface.evaluate", f"run={run}", f"real={copy / 'manifest.csv'}",
+                           f"hydra.run.dir={tmp_path / 'o'}", "progress=false"], capture_output=True, text=True,
+                          env={**os.environ, "KGFACE_CACHE_DIR": str(session_cache_dir), "OMP_NUM_THREADS": "1"})
     err = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(err) == 1 and "trained this evaluator" in err[0], done.stderr[-2000:]
     assert not (tmp_path / "o" / "metrics.json").exists()
@@ -694,3 +712,23 @@ def test_the_openclip_path_keys_and_checks_its_weights_file(tiny_cfg, tiny_data,
     assert changed.info["cache_entry"] != first.info["cache_entry"]
     with pytest.raises(EvaluatorInputError, match="not the weights file its heads were fitted on"):
         Evaluator.load(saved)
+    with pytest.raises(EvaluatorInputError, match="evaluator.pretrained=.*not a readable weights file"):
+        fit_evaluator(compose("evaluate", ["evaluator=openclip", f"evaluator.model={name}",
+                                           f"evaluator.pretrained={tmp_path}"]).evaluator,
+                      tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+
+
+def test_a_cache_entry_from_before_the_list_gets_it_from_the_data_its_key_names(tiny_cfg, tiny_data, tiny_profiles,
+                                                                                tmp_path):
+    from kgface.cache import Cache
+    from kgface.evaluation.evaluator import TRAINED_ON_FILE, learned_digests
+
+    cache = Cache(tmp_path / "cache")
+    ev = fit_evaluator(tiny_cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    entry = __import__("pathlib").Path(ev.info["cache_entry"])
+    (entry / TRAINED_ON_FILE).unlink()  # as an entry written before 2026-12-01
+    assert Evaluator.load(entry).trained_on is None
+    again = fit_evaluator(tiny_cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert again.trained_on == ev.trained_on == learned_digests(read_manifest(tiny_data / "manifest.csv")[0])
+    again.save(tmp_path / "run" / "evaluator")  # what a train run keeps: checkable later
+    assert Evaluator.load(tmp_path / "run" / "evaluator").trained_on == ev.trained_on

@@ -146,6 +146,14 @@ def test_small_metrics_keep_their_significant_digits():
 
     assert _rounded({"kid": 4.2e-5, "top1": 0.123456, "fid": 12.345678, "bad": float("nan")}) == {
         "kid": 4.2e-5, "top1": 0.1235, "fid": 12.3457, "bad": None}
+    from kgface.train import _fmt
+
+    assert _fmt(4.2e-5) == "4.2e-05" and _fmt(0.12345) == "0.123" and _fmt(0.0) == "0.000" and _fmt(None) == "-"
+
+
+def test_per_stage_cells_take_labels_and_read_numeric_text_as_the_stage():
+    acc = M.per_stage_accuracy(["a", "a", "b", "b"], ["a", "b", "b", "b"], [2, "2", "unknown", 0])
+    assert acc == {0: 1.0, 2: 0.5, "unknown": 1.0} and list(acc) == [0, 2, "unknown"]
 
 
 def test_temperature_scaling_lowers_the_validation_nll():
