@@ -329,10 +329,12 @@ def probe_rows(df: pd.DataFrame, probe_cfg: dict | None) -> pd.Series:
 
 
 def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
-                    atlas: pd.DataFrame | None = None, clip: tuple[dict, dict] | None = None) -> Evaluator:
+                    atlas: pd.DataFrame | None = None, clip: tuple[dict, dict] | None = None,
+                    pretrained_sha256: str | None = None) -> Evaluator:
     """Train an evaluator on df's `train` split (calibrated on `val`); no caching (see fit_evaluator). `atlas`:
     phenotype-only faces for the CLIP and the phenotype heads (see the module docstring). `clip`: (state dict,
-    training log) of a tiny CLIP already trained on this data with this config: only the heads are fitted."""
+    training log) of a tiny CLIP already trained on this data with this config: only the heads are fitted.
+    `pretrained_sha256`: the evaluator.pretrained file's digest when the caller has it (fit_evaluator's cache key)."""
     import time
 
     c = _plain(cfg)
@@ -366,7 +368,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     info = {"train_images": len(train), "val_images": len(val), "manifest_rows": len(df),
             "atlas_images": 0 if atlas is None else len(atlas)}
     if c["name"] != "tiny_clip":  # the model is re-read from this file on load: it must be the same file
-        info["pretrained_sha256"] = _file_sha256(Path(str(c["pretrained"])).expanduser())
+        info["pretrained_sha256"] = pretrained_sha256 or _file_sha256(Path(str(c["pretrained"])).expanduser())
     # phenotypes: those drawn in the train split or the atlas (the atlas draws only the panel's phenotypes)
     pheno_rows = list(train["phenotypes"]) + ([] if atlas is None else list(atlas["phenotypes"]))
     vocab = drawn_phenotypes(pheno_rows)
@@ -495,7 +497,8 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
             log.info("evaluator CLIP from the cache: %s", clip_entry.path)
             clip = (load_file(str(clip_entry.path / "clip.safetensors")),
                     json.loads((clip_entry.path / "clip.json").read_text(encoding="utf-8")))
-    ev = train_evaluator(c, df, profiles, progress=progress, atlas=atlas, clip=clip)
+    ev = train_evaluator(c, df, profiles, progress=progress, atlas=atlas, clip=clip,
+                         pretrained_sha256=spec.get("pretrained_sha256"))  # the key's digest: one read of the file
     if clip_entry is not None and clip is None:
         from safetensors.torch import save_file
 
