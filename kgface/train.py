@@ -244,7 +244,8 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     conditioner = build_conditioning(cfg, backbone, train_profiles + extra, cache, mode,
                                      full_prompts=range(len(train_profiles), len(train_profiles) + len(extra)),
                                      descriptions=descriptions)
-    data = latent_set(manifest, train_profiles, backbone, heldout, atlas, share, observed)
+    data = latent_set(manifest, train_profiles, backbone, heldout, atlas, share, observed,
+                      marks=float(cfg.trainer.get("mark_weight", 0.0)) > 0)
     gen = Generator(backbone, conditioner, guidance=float(cfg.model.sample.guidance),
                     steps=int(cfg.model.sample.steps))
     names = {p.disease_id: p.name + (" (held out)" if p.disease_id in heldout else "") for p in profiles}
@@ -259,7 +260,10 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
                          "seconds": round(result["seconds"], 1),
                          "train_images": len(data) - (len(atlas[0]) if atlas else 0),
                          "atlas_images": len(atlas[0]) if atlas else 0, "atlas_share": share if atlas else 0.0,
-                         "observed_phenotype_sets": len(observed[1]) if observed else 0}}
+                         "observed_phenotype_sets": len(observed[1]) if observed else 0,
+                         "mark_weight": float(cfg.trainer.get("mark_weight", 0.0)),
+                         "marked_faces": int((data.marks.flatten(1).amax(1) > 0).sum()) if data.marks is not None
+                         else 0}}
 
     # save: model/, adapter, encoder/ (or the class tokens)
     save_model_folder(backbone, out_dir / "model")

@@ -29,7 +29,7 @@ TRAINER_DEFAULTS = {
     "warmup_steps": 100, "grad_accum": 1, "mixed_precision": "no", "max_grad_norm": 1.0, "ema_decay": 0.999,
     "ema": True, "min_snr_gamma": 5.0, "cfg_drop_tokens": 0.1, "cfg_drop_text": 0.0, "cfg_drop_both": 0.05,
     "checkpoint_every": 500, "keep_checkpoints": 2, "resume": None, "log_every": 25, "val_every": 0,
-    "seed": 0, "num_threads": 0,
+    "seed": 0, "num_threads": 0, "mark_weight": 0.0,
 }
 
 
@@ -42,13 +42,15 @@ class LatentSet:
     """The training set as tensors: latents [N, C, h, w] (scaled), class index, stage (-1 unknown), severity (NaN
     unknown), age (-1 unknown);
     `weights` (optional, [N]): rows are drawn with these probabilities instead of uniformly (e.g. a fixed share of
-    phenotype-atlas faces in every batch)."""
+    phenotype-atlas faces in every batch); `marks` (optional, [N, 1, h, w] in [0, 1]): where each face's disease
+    marks are on the latent grid (trainer.mark_weight)."""
     latents: torch.Tensor
     index: torch.Tensor
     stage: torch.Tensor
     severity: torch.Tensor
     age: torch.Tensor
     weights: torch.Tensor | None = None
+    marks: torch.Tensor | None = None
 
     def __len__(self):
         return len(self.latents)
@@ -158,6 +160,9 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         torch.set_num_threads(int(t["num_threads"]))
     if len(data) < 1:
         raise TrainingError("no training images: check data.heldout and the dataset's train split")
+    mark_weight = float(t["mark_weight"])
+    if mark_weight and data.marks is None:
+        raise TrainingError("trainer.mark_weight > 0 but the training set has no mark maps (latent_set(marks=True))")
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     # One process may train several models (baselines, tests) with different precisions; accelerate keeps a
@@ -240,7 +245,12 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                 with acc.autocast():
                     pred = unet(backbone.scheduler.add_noise(x0, noise, ts), ts, encoder_hidden_states=states.to(device),
                                 added_cond_kwargs=kw or None).sample
-                per = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+                err = F.mse_loss(pred.float(), noise.float(), reduction="none")
+                if mark_weight:  # the same total weight per face, moved onto its marks (latent cells they cover)
+                    w = 1.0 + mark_weight * data.marks[idx].to(device)
+                    per = (err * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3))
+                else:
+                    per = err.mean(dim=(1, 2, 3))
                 if t["min_snr_gamma"]:
                     per = per * min_snr_weights(alphas, ts, float(t["min_snr_gamma"]))
                 loss = per.mean()

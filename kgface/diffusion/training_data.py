@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..data.manifest import stage_known
 from ..data.phantom.identity import AGE_GROUPS
@@ -49,12 +50,13 @@ def observed_training_sets(manifest: Path, profiles, heldout: set[str]) -> tuple
 
 
 def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None, atlas_share: float = 0.0,
-               observed=None):
+               observed=None, marks: bool = False):
     """Encode the train split of the generator's diseases (held-out ones excluded) into a LatentSet.
 
     observed: `observed_training_sets`' result: each face is conditioned on its observed-set profile, which follow
     `profiles` in the conditioner's list. atlas: (rows, profiles) from `atlas_training_rows`, whose profiles come
-    after those; its faces make up `atlas_share` of the draws (each part uniform within itself)."""
+    after those; its faces make up `atlas_share` of the draws (each part uniform within itself). marks: add each
+    face's mark map (`mark_maps`; atlas faces get none) for trainer.mark_weight."""
     df = train_rows(manifest, profiles, heldout)
     unknown = torch.from_numpy(~stage_known(df))
     if unknown.any():  # not their placeholder stage, which would teach that stage every stage's look
@@ -74,6 +76,8 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
              "severity": torch.tensor(df["severity"].astype(float).to_numpy(),
                                       dtype=torch.float32).masked_fill(unknown, float("nan")),
              "age": torch.tensor([AGE_INDEX.get(a, -1) for a in df.get("age_group", [""] * len(df))])}
+    if marks:
+        parts["marks"] = mark_maps(manifest, df, tuple(parts["latents"].shape[-2:]))
     if not atlas or not atlas[0]:
         return LatentSet(**parts)
     rows, _ = atlas
@@ -83,8 +87,47 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
              "stage": torch.tensor([r["stage"] for r in rows]),
              "severity": torch.tensor([r["severity"] for r in rows], dtype=torch.float32),
              "age": torch.tensor([AGE_INDEX.get(r["age_group"], -1) for r in rows])}
+    if marks:  # an atlas face has no unmarked twin to tell its marks by
+        extra["marks"] = torch.zeros(m, *parts["marks"].shape[1:])
     weights = torch.cat([torch.full((n,), (1.0 - atlas_share) / n), torch.full((m,), atlas_share / m)])
     return LatentSet(**{k: torch.cat([parts[k], extra[k]]) for k in parts}, weights=weights.double())
+
+
+def mark_maps(manifest: Path, df, size: tuple[int, int]) -> torch.Tensor:
+    """Where each train row's disease marks are, for trainer.mark_weight: [N, 1, h, w] in [0, 1] on the latent grid.
+
+    A rendered face differs from the same identity's stage-0 render (same disease, no marks: phantom data renders
+    every identity at stages 0-3 with one pose and lighting) only by its disease's marks, so |face - stage 0|
+    (mean over colours), average-pooled to the latent grid and scaled to its maximum, says where they are. On the
+    benchmark's stage-3 faces they cover ~5% of the pixels, which is all the weight a plain loss gives them.
+    Healthy faces, stage 0 and rows without an aligned twin (real photos: source != phantom) get zeros."""
+    import numpy as np
+    from PIL import Image
+
+    root = manifest.parent
+    twins = {(r["identity"], r["disease"]): r["path"] for r in df.to_dict("records")
+             if r.get("source") == "phantom" and r["stage"] == "0"}
+    out = torch.zeros(len(df), 1, *size)
+    read = lambda p: torch.from_numpy(np.asarray(Image.open(root / p).convert("RGB"), dtype=np.float32))
+    found = 0
+    for i, r in enumerate(df.to_dict("records")):
+        twin = twins.get((r["identity"], r["disease"])) if r.get("source") == "phantom" else None
+        if twin is None or twin == r["path"]:
+            continue
+        face, plain = read(r["path"]), read(twin)
+        if face.shape != plain.shape:
+            raise UserError(f"{manifest}: {r['path']} and its stage-0 twin {twin} differ in size; rebuild the dataset")
+        diff = (face - plain).abs().mean(dim=-1)[None, None] / 255.0
+        pooled = F.adaptive_avg_pool2d(diff, size)[0]
+        if float(pooled.max()) > 0:
+            out[i] = pooled / pooled.max()
+            found += 1
+    if not found:
+        raise UserError(f"trainer.mark_weight > 0 needs rendered faces with a stage-0 twin of the same identity "
+                        f"(data=phantom); {manifest} has none in its train split: set trainer.mark_weight=0")
+    log.info("mark maps: %d of %d train faces differ from their stage-0 twin (mean map %.3f)", found, len(df),
+             float(out.mean()))
+    return out
 
 
 ENCODE_PIXELS = 64 * 64 * 64  # pixels per encoding batch: 64 images of 64 px, one of 512 px (the VAE's activations

@@ -186,6 +186,23 @@ def test_rows_are_drawn_by_their_weights(profiles, tmp_path):
         train(backbone, cond, data, {**FAST, "steps": 6}, tmp_path / "b", progress=False)
 
 
+def test_mark_weight_moves_each_faces_loss_onto_its_marks_at_the_same_scale(profiles, tmp_path):
+    """Unmarked faces (all-zero maps) train exactly as with the plain loss: the weights are normalised per face."""
+    plain = train(*make(profiles), fixed_data(), {**FAST, "steps": 3}, tmp_path / "a", progress=False)["losses"]
+    data = fixed_data()
+    data.marks = torch.zeros(16, 1, 16, 16)
+    flat = train(*make(profiles), data, {**FAST, "steps": 3, "mark_weight": 10.0}, tmp_path / "b",
+                 progress=False)["losses"]
+    assert flat == pytest.approx(plain, rel=1e-5)
+    data.marks[:, :, :4] = 1.0  # the top quarter of every face marked
+    marked = train(*make(profiles), data, {**FAST, "steps": 3, "mark_weight": 10.0}, tmp_path / "c",
+                   progress=False)["losses"]
+    assert marked[0] != pytest.approx(plain[0], rel=1e-3)
+    with pytest.raises(TrainingError, match="mark_weight"):
+        train(*make(profiles), fixed_data(), {**FAST, "steps": 1, "mark_weight": 1.0}, tmp_path / "d",
+              progress=False)
+
+
 def test_bad_resume_path(profiles, tmp_path):
     backbone, cond = make(profiles)
     with pytest.raises(TrainingError, match="trainer.resume"):

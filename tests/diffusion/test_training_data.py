@@ -10,12 +10,14 @@ from tests.test_train_smoke import MICRO
 
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
-    """A one-step micro run trained on observed phenotype sets, with one KG token per phenotype."""
+    """A one-step micro run trained on observed phenotype sets, with one KG token per phenotype and the loss
+    weighted towards the disease marks."""
     from kgface.train import main
 
     out = tmp_path_factory.mktemp("training-data") / "run"
     main(MICRO + ["trainer.steps=1", "trainer.checkpoint_every=0", "samples.stages=[3]",
                   "trainer.observed_phenotypes=true", "encoder.tokens=phenotypes", "model.num_tokens=24",
+                  "trainer.mark_weight=10",
                   f"hydra.run.dir={out}"])
     return out
 
@@ -184,3 +186,60 @@ def test_ungraded_faces_train_with_an_unknown_stage_not_their_placeholder(micro_
     assert data.stage[unknown].eq(-1).all() and data.severity[unknown].isnan().all()
     assert data.stage[~unknown].tolist() == train.loc[~unknown, "stage"].astype(int).tolist()
     assert all(math.isfinite(v) for v in data.severity[~unknown].tolist())
+
+
+def test_mark_maps_find_each_faces_marks_against_its_stage0_twin(tmp_path):
+    """trainer.mark_weight: a face's map is where it differs from the same identity's stage-0 render, on the latent
+    grid, scaled to 1; healthy faces, stage 0 and photos without an aligned twin get none."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from kgface.diffusion.training_data import mark_maps
+    from kgface.errors import UserError
+
+    plain = np.full((32, 32, 3), 120, np.uint8)
+    marked = plain.copy()
+    marked[0:8, 24:32] = [200, 40, 40]  # a red mark in the top-right 8x8 block
+    faint = plain.copy()
+    faint[0:8, 24:32] = [140, 110, 110]  # the same mark, fainter (stage 1): scaled to 1 as well
+    for name, img in {"s0": plain, "s3": marked, "s1": faint, "h": plain, "photo": marked}.items():
+        Image.fromarray(img).save(tmp_path / f"{name}.png")
+    rows = [("s0.png", "p1", "ORPHA:870", "0", "phantom"), ("s3.png", "p1", "ORPHA:870", "3", "phantom"),
+            ("s1.png", "p1", "ORPHA:870", "1", "phantom"), ("h.png", "p2", "healthy", "0", "phantom"),
+            ("photo.png", "p1", "ORPHA:870", "2", "upload")]
+    df = pd.DataFrame(rows, columns=["path", "identity", "disease", "stage", "source"])
+    maps = mark_maps(tmp_path / "manifest.csv", df, (8, 8))
+    assert maps.shape == (5, 1, 8, 8)
+    expected = torch.zeros(8, 8)
+    expected[0:2, 6:8] = 1.0
+    assert torch.equal(maps[1, 0], expected) and torch.equal(maps[2, 0], expected)
+    assert maps[[0, 3, 4]].abs().sum() == 0  # stage 0 itself, a healthy face, a photo (not pixel-aligned)
+    with pytest.raises(UserError, match="trainer.mark_weight"):
+        mark_maps(tmp_path / "manifest.csv", df.iloc[[0, 3, 4]], (8, 8))
+
+
+def test_the_marked_run_weighs_its_disease_faces_by_their_marks(micro_run):
+    """The wiring: trainer.mark_weight reaches the training set (the micro run above trains with it)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from diffusers import AutoencoderKL
+
+    from kgface.diffusion.training_data import latent_set
+    from kgface.kg.profiles import FacialProfile
+
+    out = micro_run
+    train = json.loads((out / "metrics.json").read_text())["train"]
+    manifest = Path(json.loads((out / "data.json").read_text())["manifest"])
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    df = df[(df["split"] == "train") & (df["disease"] != "ORPHA:648")]
+    diseased = int(((df["stage"] != "0") & (df["disease"] != "healthy")).sum())
+    assert train["mark_weight"] == 10.0 and 0 < train["marked_faces"] <= diseased
+    profiles = [FacialProfile.from_dict(p) for p in json.loads((out / "profiles.json").read_text())["profiles"]]
+    vae = AutoencoderKL.from_pretrained(out / "model" / "vae")
+    data = latent_set(manifest, [p for p in profiles if p.disease_id != "ORPHA:648"], SimpleNamespace(vae=vae),
+                      {"ORPHA:648"}, marks=True)
+    assert data.marks.shape == (len(data), 1, *data.latents.shape[-2:])
+    assert data.marks[torch.from_numpy((df["stage"] == "0").to_numpy().copy())].abs().sum() == 0
+    assert float(data.marks.amax()) == 1.0
