@@ -31,11 +31,18 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
+HASH_LIMIT = 64 * 2**20  # files up to this size are identified by their bytes, larger ones by path and mtime
+
+
 def file_fingerprint(path: str | os.PathLike) -> dict:
-    """What identifies a source file cheaply: its resolved path, size and modification time."""
+    """What identifies a source file: a small file (curated CSVs, prompt templates) by its name and SHA-256, so a
+    second checkout or a worktree of the same files reuses the cache; a large one (model weights, a PrimeKG dump)
+    cheaply by its resolved path, size and modification time."""
     p = Path(path).resolve()
     st = p.stat()
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if st.st_size > HASH_LIMIT:
+        return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"name": p.name, "size": st.st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
 
 
 def _umask() -> int:

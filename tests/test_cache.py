@@ -89,3 +89,22 @@ def test_atomic_folder_replaces_whole_or_keeps_the_old_one(tmp_path):
     with atomic_folder(link) as tmp:
         (tmp / "c.txt").write_text("via link")
     assert link.is_symlink() and (final / "c.txt").read_text() == "via link"
+
+
+def test_small_files_are_known_by_their_bytes_large_ones_by_path_and_time(tmp_path, monkeypatch):
+    """A second checkout (or worktree) of the same curated files hits the cache; an edit misses it."""
+    import os
+
+    from kgface import cache
+
+    a, b = tmp_path / "a" / "effects.csv", tmp_path / "b" / "effects.csv"
+    for f in (a, b):
+        f.parent.mkdir()
+        f.write_text("term,effect\nHP:1,red\n")
+    os.utime(b, ns=(1, 1))
+    assert cache.file_fingerprint(a) == cache.file_fingerprint(b)
+    b.write_text("term,effect\nHP:1,blue\n")
+    assert cache.file_fingerprint(a) != cache.file_fingerprint(b)
+    monkeypatch.setattr(cache, "HASH_LIMIT", 4)  # a "large" file: path, size and mtime, not read
+    big = cache.file_fingerprint(a)
+    assert big["path"] == str(a.resolve()) and "sha256" not in big and big != cache.file_fingerprint(b)

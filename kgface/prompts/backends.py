@@ -281,7 +281,7 @@ class OpenAIBackend:
 
 def _hf_fingerprint(path: Path) -> dict:
     """What identifies the model's answers beyond its name: the .gguf file, or the folder's config, tokenizer and
-    weight files (path, size, mtime), so replaced weights do not reuse cached answers."""
+    weight files (kgface.cache.file_fingerprint), so replaced weights do not reuse cached answers."""
     if path.is_file():
         return {path.name: file_fingerprint(path)}
     files = sorted(p for p in path.iterdir() if p.is_file() and (p.name in HF_MODEL_FILES

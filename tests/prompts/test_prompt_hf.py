@@ -110,7 +110,11 @@ def test_cache_key_follows_the_model_files(tmp_path, down):
     weights = model / "model.safetensors"
     assert weights.is_file()
     stat = weights.stat()
-    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # new weights, same size and name
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched, not changed: small files are
+    assert stable_hash(answer_spec(down, HFBackend(str(model)))) == key   # known by their bytes (kgface.cache)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))  # new weights, same size and name
     assert stable_hash(answer_spec(down, HFBackend(str(model)))) != key
     key = stable_hash(answer_spec(down, HFBackend(str(model))))
     (model / "tokenizer_config.json").write_text((model / "tokenizer_config.json").read_text() + " ")
