@@ -42,7 +42,11 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
     st = p.stat()
     if st.st_size > HASH_LIMIT:
         return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return {"name": p.name, "size": st.st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    digest = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return {"name": p.name, "size": st.st_size, "sha256": digest.hexdigest()}
 
 
 def _umask() -> int:

@@ -8,6 +8,7 @@ Everything lands under the Hydra run directory (layout in docs/training.md); lat
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -53,6 +54,11 @@ def atlas_share_of(cfg: DictConfig) -> float:
     return float(cfg.trainer.get("atlas_share", 0.0) or 0.0)
 
 
+def mark_weight_of(cfg: DictConfig) -> float:
+    """trainer.mark_weight as a number (null = 0)."""
+    return float(cfg.trainer.get("mark_weight", 0.0) or 0.0)
+
+
 def preflight(cfg: DictConfig) -> None:
     """Check what needs no heavy work: conditioning names and the pretrained folder's layout."""
     from .diffusion.conditioning import MODES
@@ -88,6 +94,13 @@ def preflight(cfg: DictConfig) -> None:
     if share > 0 and (cfg.data.name != "phantom" or not atlas_faces):
         raise UserError(f"trainer.atlas_share={share} needs the phantom's phenotype atlas: set data.atlas.faces > 0 "
                         "with data=phantom, or trainer.atlas_share=0")
+    marks = mark_weight_of(cfg)
+    if not (math.isfinite(marks) and marks >= 0):
+        raise UserError(f"trainer.mark_weight={marks}: use a weight >= 0 (0 = the plain loss; 10 weighs a face's "
+                        "marks about as much as the rest of it)")
+    if marks > 0 and cfg.data.name != "phantom":  # photos have no aligned unmarked twin to find their marks by
+        raise UserError(f"trainer.mark_weight={marks} needs rendered faces with a stage-0 twin (data=phantom); with "
+                        f"data={cfg.data.name} set trainer.mark_weight=0")
     if observed_phenotypes_of(cfg) and cfg.data.name != "phantom":
         # a real photo's `{}` means "not labelled", not "shows nothing": conditioning on it would be a wrong label
         raise UserError(f"trainer.observed_phenotypes=true needs per-image phenotype labels that are complete, as "
@@ -245,7 +258,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
                                      full_prompts=range(len(train_profiles), len(train_profiles) + len(extra)),
                                      descriptions=descriptions)
     data = latent_set(manifest, train_profiles, backbone, heldout, atlas, share, observed,
-                      marks=float(cfg.trainer.get("mark_weight", 0.0)) > 0)
+                      marks=mark_weight_of(cfg) > 0)
     gen = Generator(backbone, conditioner, guidance=float(cfg.model.sample.guidance),
                     steps=int(cfg.model.sample.steps))
     names = {p.disease_id: p.name + (" (held out)" if p.disease_id in heldout else "") for p in profiles}
@@ -261,7 +274,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
                          "train_images": len(data) - (len(atlas[0]) if atlas else 0),
                          "atlas_images": len(atlas[0]) if atlas else 0, "atlas_share": share if atlas else 0.0,
                          "observed_phenotype_sets": len(observed[1]) if observed else 0,
-                         "mark_weight": float(cfg.trainer.get("mark_weight", 0.0)),
+                         "mark_weight": mark_weight_of(cfg),
                          "marked_faces": int((data.marks.flatten(1).amax(1) > 0).sum()) if data.marks is not None
                          else 0}}
 

@@ -138,12 +138,14 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
     assert "ORPHA:648" not in set(cls["disease"])  # class conditioning cannot draw the held-out disease
 
 
-def test_atlas_share_and_observed_sets_need_the_phantom_and_a_share_below_one(tmp_path, capsys):
+def test_atlas_share_observed_sets_and_marks_need_the_phantom_and_sane_values(tmp_path, capsys):
     from kgface.train import main
 
     for bad, word in (["data.atlas.faces=0", "trainer.atlas_share=0.5"], "data.atlas.faces"), \
             (["trainer.atlas_share=1.0"], "[0, 1)"), \
-            (["data.name=folder", "trainer.observed_phenotypes=true"], "trainer.observed_phenotypes"):
+            (["data.name=folder", "trainer.observed_phenotypes=true"], "trainer.observed_phenotypes"), \
+            (["data.name=folder", "trainer.mark_weight=10"], "stage-0 twin"), \
+            (["trainer.mark_weight=-2"], "trainer.mark_weight=-2.0: use a weight >= 0"):
         with pytest.raises(SystemExit) as info:
             main(MICRO + bad + [f"hydra.run.dir={tmp_path / 'x'}"])
         assert info.value.code == 2 and word in capsys.readouterr().err

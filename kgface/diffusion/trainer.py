@@ -160,7 +160,9 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         torch.set_num_threads(int(t["num_threads"]))
     if len(data) < 1:
         raise TrainingError("no training images: check data.heldout and the dataset's train split")
-    mark_weight = float(t["mark_weight"])
+    mark_weight = float(t["mark_weight"] or 0.0)
+    if not (math.isfinite(mark_weight) and mark_weight >= 0):
+        raise TrainingError(f"trainer.mark_weight={mark_weight}: use a weight >= 0 (0 = the plain loss)")
     if mark_weight and data.marks is None:
         raise TrainingError("trainer.mark_weight > 0 but the training set has no mark maps (latent_set(marks=True))")
     run_dir = Path(run_dir)

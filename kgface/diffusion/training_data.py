@@ -69,6 +69,13 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
         cls = torch.tensor(rows_index) + len(profiles)
     else:
         observed_list, cls = [], torch.tensor([index[d] for d in df["disease"]])
+    maps = None
+    if marks:  # before the encoding, so a set without twins fails fast; on the grid the VAE will encode to
+        from PIL import Image
+
+        width, height = Image.open(manifest.parent / df["path"].iloc[0]).size
+        down = 2 ** (len(backbone.vae.config.block_out_channels) - 1)
+        maps = mark_maps(manifest, df, (height // down, width // down))
     parts = {"latents": encode_images(manifest.parent, list(df["path"]), backbone.vae),
              "index": cls,
              # stage -1 / severity NaN: unknown (Conditioner.prompts and the stage embeddings read them so)
@@ -76,8 +83,11 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
              "severity": torch.tensor(df["severity"].astype(float).to_numpy(),
                                       dtype=torch.float32).masked_fill(unknown, float("nan")),
              "age": torch.tensor([AGE_INDEX.get(a, -1) for a in df.get("age_group", [""] * len(df))])}
-    if marks:
-        parts["marks"] = mark_maps(manifest, df, tuple(parts["latents"].shape[-2:]))
+    if maps is not None:
+        if maps.shape[-2:] != parts["latents"].shape[-2:]:
+            raise UserError(f"{manifest}: mark maps {tuple(maps.shape[-2:])} do not match the latents "
+                            f"{tuple(parts['latents'].shape[-2:])}; images of one size are needed for trainer.mark_weight")
+        parts["marks"] = maps
     if not atlas or not atlas[0]:
         return LatentSet(**parts)
     rows, _ = atlas
@@ -87,7 +97,7 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
              "stage": torch.tensor([r["stage"] for r in rows]),
              "severity": torch.tensor([r["severity"] for r in rows], dtype=torch.float32),
              "age": torch.tensor([AGE_INDEX.get(r["age_group"], -1) for r in rows])}
-    if marks:  # an atlas face has no unmarked twin to tell its marks by
+    if maps is not None:  # an atlas face has no unmarked twin to tell its marks by
         extra["marks"] = torch.zeros(m, *parts["marks"].shape[1:])
     weights = torch.cat([torch.full((n,), (1.0 - atlas_share) / n), torch.full((m,), atlas_share / m)])
     return LatentSet(**{k: torch.cat([parts[k], extra[k]]) for k in parts}, weights=weights.double())
@@ -96,37 +106,55 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
 def mark_maps(manifest: Path, df, size: tuple[int, int]) -> torch.Tensor:
     """Where each train row's disease marks are, for trainer.mark_weight: [N, 1, h, w] in [0, 1] on the latent grid.
 
-    A rendered face differs from the same identity's stage-0 render (same disease, no marks: phantom data renders
-    every identity at stages 0-3 with one pose and lighting) only by its disease's marks, so |face - stage 0|
-    (mean over colours), average-pooled to the latent grid and scaled to its maximum, says where they are. On the
+    A rendered face differs from the same identity's unmarked stage-0 render (same disease; phantom data renders
+    every identity at stages 0-3 with one pose and lighting) only by its disease's marks, so |face - stage 0| (mean
+    over colours), average-pooled to the latent grid and scaled to its maximum, says where they are. On the
     benchmark's stage-3 faces they cover ~5% of the pixels, which is all the weight a plain loss gives them.
-    Healthy faces, stage 0 and rows without an aligned twin (real photos: source != phantom) get zeros."""
+    No map (zeros): healthy faces, stage 0, photos (source != phantom: no aligned twin), faces whose stage-0 twin
+    shows marks itself (acne: stage 0 is mild acne) and differences below one grey level per latent cell."""
+    import json as _json
+
     import numpy as np
     from PIL import Image
 
     root = manifest.parent
-    twins = {(r["identity"], r["disease"]): r["path"] for r in df.to_dict("records")
-             if r.get("source") == "phantom" and r["stage"] == "0"}
-    out = torch.zeros(len(df), 1, *size)
+    records = df.to_dict("records")
+    twins, marked_base = {}, set()
+    for r in records:
+        if r.get("source") != "phantom" or int(r["stage"]) != 0:
+            continue
+        key = (r["identity"], r["disease"])
+        if key in twins or key in marked_base:
+            raise UserError(f"{manifest}: identity {key[0]} of {key[1]} has two stage-0 train faces; trainer."
+                            "mark_weight pairs each face with one (rebuild the dataset, or set trainer.mark_weight=0)")
+        plain = not _json.loads(r.get("phenotypes") or "{}") and str(r.get("lesion_count", "")).strip() in ("", "0")
+        if plain:
+            twins[key] = r["path"]
+        else:
+            marked_base.add(key)
+    out = torch.zeros(len(records), 1, *size)
     read = lambda p: torch.from_numpy(np.asarray(Image.open(root / p).convert("RGB"), dtype=np.float32))
-    found = 0
-    for i, r in enumerate(df.to_dict("records")):
-        twin = twins.get((r["identity"], r["disease"])) if r.get("source") == "phantom" else None
-        if twin is None or twin == r["path"]:
+    found = skipped = 0
+    for i, r in enumerate(records):
+        if r.get("source") != "phantom" or int(r["stage"]) == 0:
+            continue
+        twin = twins.get((r["identity"], r["disease"]))
+        if twin is None:
+            skipped += (r["identity"], r["disease"]) in marked_base
             continue
         face, plain = read(r["path"]), read(twin)
         if face.shape != plain.shape:
             raise UserError(f"{manifest}: {r['path']} and its stage-0 twin {twin} differ in size; rebuild the dataset")
         diff = (face - plain).abs().mean(dim=-1)[None, None] / 255.0
         pooled = F.adaptive_avg_pool2d(diff, size)[0]
-        if float(pooled.max()) > 0:
+        if float(pooled.max()) >= 1.0 / 255.0:  # fainter than a grey level: nothing to weigh
             out[i] = pooled / pooled.max()
             found += 1
     if not found:
-        raise UserError(f"trainer.mark_weight > 0 needs rendered faces with a stage-0 twin of the same identity "
-                        f"(data=phantom); {manifest} has none in its train split: set trainer.mark_weight=0")
-    log.info("mark maps: %d of %d train faces differ from their stage-0 twin (mean map %.3f)", found, len(df),
-             float(out.mean()))
+        raise UserError(f"trainer.mark_weight > 0 needs rendered faces with an unmarked stage-0 twin of the same "
+                        f"identity (data=phantom); {manifest} has none in its train split: set trainer.mark_weight=0")
+    log.info("mark maps: %d of %d train faces differ from their stage-0 twin (mean map %.3f); %d faces of diseases "
+             "whose stage 0 is marked (acne) get none", found, len(records), float(out.mean()), skipped)
     return out
 
 

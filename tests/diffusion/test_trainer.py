@@ -194,6 +194,11 @@ def test_mark_weight_moves_each_faces_loss_onto_its_marks_at_the_same_scale(prof
     flat = train(*make(profiles), data, {**FAST, "steps": 3, "mark_weight": 10.0}, tmp_path / "b",
                  progress=False)["losses"]
     assert flat == pytest.approx(plain, rel=1e-5)
+    data.marks[:] = 1.0  # marked all over: every cell weighs 11, and the normalisation gives the plain loss back
+    even = train(*make(profiles), data, {**FAST, "steps": 3, "mark_weight": 10.0}, tmp_path / "e",
+                 progress=False)["losses"]
+    assert even == pytest.approx(plain, rel=1e-5)
+    data.marks[:] = 0.0
     data.marks[:, :, :4] = 1.0  # the top quarter of every face marked
     marked = train(*make(profiles), data, {**FAST, "steps": 3, "mark_weight": 10.0}, tmp_path / "c",
                    progress=False)["losses"]
@@ -201,6 +206,8 @@ def test_mark_weight_moves_each_faces_loss_onto_its_marks_at_the_same_scale(prof
     with pytest.raises(TrainingError, match="mark_weight"):
         train(*make(profiles), fixed_data(), {**FAST, "steps": 1, "mark_weight": 1.0}, tmp_path / "d",
               progress=False)
+    with pytest.raises(TrainingError, match="mark_weight=-2.0"):
+        train(*make(profiles), data, {**FAST, "steps": 1, "mark_weight": -2.0}, tmp_path / "f", progress=False)
 
 
 def test_bad_resume_path(profiles, tmp_path):

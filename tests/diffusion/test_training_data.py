@@ -61,6 +61,10 @@ def test_atlas_faces_become_profiles_of_exactly_their_phenotypes(micro_run, tmp_
     assert data.severity[n:].tolist() == pytest.approx([r["severity"] for r in rows])
     assert data.stage[n:].tolist() == [r["stage"] for r in rows]
     assert float(data.weights[n:].sum()) == pytest.approx(0.25) and float(data.weights.sum()) == pytest.approx(1.0)
+    marked = latent_set(manifest, train_profiles, SimpleNamespace(vae=vae), {"ORPHA:648"}, (rows, atlas), 0.25,
+                        marks=True)
+    assert marked.marks.shape == (len(data), 1, *data.latents.shape[-2:])
+    assert marked.marks[n:].abs().sum() == 0 and float(marked.marks[:n].amax()) == 1.0  # atlas faces: no twin
     assert latent_set(manifest, train_profiles, SimpleNamespace(vae=vae), {"ORPHA:648"}).weights is None
     (manifest.parent / "phenotype_atlas.csv").rename(tmp_path / "moved.csv")
     try:
@@ -203,20 +207,32 @@ def test_mark_maps_find_each_faces_marks_against_its_stage0_twin(tmp_path):
     marked[0:8, 24:32] = [200, 40, 40]  # a red mark in the top-right 8x8 block
     faint = plain.copy()
     faint[0:8, 24:32] = [140, 110, 110]  # the same mark, fainter (stage 1): scaled to 1 as well
-    for name, img in {"s0": plain, "s3": marked, "s1": faint, "h": plain, "photo": marked}.items():
+    speck = plain.copy()
+    speck[0, 0] = 130  # a few grey levels on one pixel: below a grey level per latent cell, no map
+    for name, img in {"s0": plain, "s3": marked, "s1": faint, "h": plain, "photo": marked, "speck": speck}.items():
         Image.fromarray(img).save(tmp_path / f"{name}.png")
-    rows = [("s0.png", "p1", "ORPHA:870", "0", "phantom"), ("s3.png", "p1", "ORPHA:870", "3", "phantom"),
-            ("s1.png", "p1", "ORPHA:870", "1", "phantom"), ("h.png", "p2", "healthy", "0", "phantom"),
-            ("photo.png", "p1", "ORPHA:870", "2", "upload")]
-    df = pd.DataFrame(rows, columns=["path", "identity", "disease", "stage", "source"])
+    rows = [("s0.png", "p1", "ORPHA:870", "0", "phantom", "{}", ""),
+            ("s3.png", "p1", "ORPHA:870", "3", "phantom", '{"HP:0000160": 0.9}', ""),
+            ("s1.png", "p1", "ORPHA:870", "1", "phantom", '{"HP:0000160": 0.3}', ""),
+            ("h.png", "p2", "healthy", "0", "phantom", "{}", ""),
+            ("photo.png", "p1", "ORPHA:870", "2", "upload", "{}", ""),
+            ("speck.png", "p1", "ORPHA:870", "2", "phantom", '{"HP:0000160": 0.01}', ""),
+            # acne: stage 0 is mild acne, so its stage-0 face is no unmarked twin
+            ("s0.png", "p3", "MONDO:0011438", "0", "phantom", '{"HP:0001061": 0.2}', "2"),
+            ("s3.png", "p3", "MONDO:0011438", "3", "phantom", '{"HP:0001061": 0.9}', "20")]
+    df = pd.DataFrame(rows, columns=["path", "identity", "disease", "stage", "source", "phenotypes", "lesion_count"])
     maps = mark_maps(tmp_path / "manifest.csv", df, (8, 8))
-    assert maps.shape == (5, 1, 8, 8)
+    assert maps.shape == (8, 1, 8, 8)
     expected = torch.zeros(8, 8)
     expected[0:2, 6:8] = 1.0
     assert torch.equal(maps[1, 0], expected) and torch.equal(maps[2, 0], expected)
-    assert maps[[0, 3, 4]].abs().sum() == 0  # stage 0 itself, a healthy face, a photo (not pixel-aligned)
+    # stage 0 itself, a healthy face, a photo (not pixel-aligned), a speck, acne against its marked stage 0
+    assert maps[[0, 3, 4, 5, 6, 7]].abs().sum() == 0
     with pytest.raises(UserError, match="trainer.mark_weight"):
         mark_maps(tmp_path / "manifest.csv", df.iloc[[0, 3, 4]], (8, 8))
+    twice = pd.concat([df.iloc[[0]], df.iloc[[0]].assign(path="h.png"), df.iloc[[1]]])
+    with pytest.raises(UserError, match="identity p1 of ORPHA:870 has two stage-0 train faces"):
+        mark_maps(tmp_path / "manifest.csv", twice, (8, 8))
 
 
 def test_the_marked_run_weighs_its_disease_faces_by_their_marks(micro_run):
