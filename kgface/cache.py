@@ -42,11 +42,16 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
     st = p.stat()
     if st.st_size > HASH_LIMIT:
         return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"name": p.name, "size": st.st_size, "sha256": file_sha256(p)}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in blocks (weights files can be large)."""
     digest = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
-    return {"name": p.name, "size": st.st_size, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
 
 
 def _umask() -> int:

@@ -112,8 +112,6 @@ def mark_maps(manifest: Path, df, size: tuple[int, int]) -> torch.Tensor:
     benchmark's stage-3 faces they cover ~5% of the pixels, which is all the weight a plain loss gives them.
     No map (zeros): healthy faces, stage 0, photos (source != phantom: no aligned twin), faces whose stage-0 twin
     shows marks itself (acne: stage 0 is mild acne) and differences below one grey level per latent cell."""
-    import json as _json
-
     import numpy as np
     from PIL import Image
 
@@ -127,14 +125,15 @@ def mark_maps(manifest: Path, df, size: tuple[int, int]) -> torch.Tensor:
         if key in twins or key in marked_base:
             raise UserError(f"{manifest}: identity {key[0]} of {key[1]} has two stage-0 train faces; trainer."
                             "mark_weight pairs each face with one (rebuild the dataset, or set trainer.mark_weight=0)")
-        plain = not _json.loads(r.get("phenotypes") or "{}") and str(r.get("lesion_count", "")).strip() in ("", "0")
-        if plain:
+        unmarked = not json.loads(r.get("phenotypes") or "{}") and str(r.get("lesion_count", "")).strip() in ("", "0")
+        if unmarked:
             twins[key] = r["path"]
         else:
             marked_base.add(key)
     out = torch.zeros(len(records), 1, *size)
     read = lambda p: torch.from_numpy(np.asarray(Image.open(root / p).convert("RGB"), dtype=np.float32))
     found = skipped = 0
+    last = (None, None)  # (path, pixels) of the last twin read: an identity's stages follow each other in a manifest
     for i, r in enumerate(records):
         if r.get("source") != "phantom" or int(r["stage"]) == 0:
             continue
@@ -142,7 +141,9 @@ def mark_maps(manifest: Path, df, size: tuple[int, int]) -> torch.Tensor:
         if twin is None:
             skipped += (r["identity"], r["disease"]) in marked_base
             continue
-        face, plain = read(r["path"]), read(twin)
+        if last[0] != twin:
+            last = (twin, read(twin))
+        face, plain = read(r["path"]), last[1]
         if face.shape != plain.shape:
             raise UserError(f"{manifest}: {r['path']} and its stage-0 twin {twin} differ in size; rebuild the dataset")
         diff = (face - plain).abs().mean(dim=-1)[None, None] / 255.0

@@ -31,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from ..cache import Cache, atomic_folder, stable_hash, write_json_atomic
+from ..cache import Cache, atomic_folder, file_sha256, stable_hash, write_json_atomic
 from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
 from ..errors import UserError
 from ..kg import FacialProfile
@@ -512,15 +512,11 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
+        return file_sha256(path)
     except OSError as exc:  # missing, a folder, unreadable
         raise EvaluatorInputError(f"evaluator.pretrained={path}: not a readable weights file ({exc.strerror}); "
                                   "give a local open_clip weights file") from None
-    return h.hexdigest()
 
 
 def load_evaluator(path: str | os.PathLike) -> Evaluator:
