@@ -105,6 +105,10 @@ def preflight(cfg: DictConfig) -> None:
         # a real photo's `{}` means "not labelled", not "shows nothing": conditioning on it would be a wrong label
         raise UserError(f"trainer.observed_phenotypes=true needs per-image phenotype labels that are complete, as "
                         f"the phantom's are (data=phantom); with data={cfg.data.name} set it to false")
+    if cfg.model.name == "tiny":  # its VAE is trained here; a bad setting must not wait for the data
+        from .diffusion.vae import VAE_DEFAULTS, check_vae_train
+
+        check_vae_train({**VAE_DEFAULTS, **OmegaConf.to_container(cfg.model.vae_train, resolve=True)})
     import os
 
     world = os.environ.get("WORLD_SIZE", "1")

@@ -15,11 +15,46 @@ import torch
 from PIL import Image
 
 from ..cache import Cache
+from ..errors import UserError
 from .models import build_tiny_stack, tiny_config
 
-VAE_DEFAULTS = {"steps": 600, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-6, "seed": 0, "logvar_init": 0.0}
+VAE_DEFAULTS = {"steps": 600, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-6, "seed": 0, "logvar_init": 0.0,
+                "adv_weight": 0.0, "adv_start": 0, "disc_channels": 32}
 VAE_KEYS = ("image_size", "latent_channels", "vae_block_out_channels", "vae_layers_per_block", "norm_num_groups")
-OPTIONAL = ("logvar_init",)  # left out of the cache key at their default value
+# left out of the cache key at their default value (VAEs cached before they existed keep their keys)
+OPTIONAL = ("logvar_init", "adv_weight", "adv_start", "disc_channels")
+
+
+class PatchDiscriminator(torch.nn.Module):
+    """A small PatchGAN (hinge loss): one real/fake logit per ~34-px patch. It judges texture and colour locally,
+    which the pixel losses average away (the small lesions a round trip loses). Trained with the VAE, never saved."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        c = int(channels)
+        act = torch.nn.LeakyReLU(0.2)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, c, 4, 2, 1), act,
+            torch.nn.Conv2d(c, 2 * c, 4, 2, 1), torch.nn.GroupNorm(8, 2 * c), act,
+            torch.nn.Conv2d(2 * c, 4 * c, 4, 1, 1), torch.nn.GroupNorm(8, 4 * c), act,
+            torch.nn.Conv2d(4 * c, 1, 4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def check_vae_train(t: dict) -> None:
+    """One line naming the model.vae_train key, before anything trains."""
+    unknown = sorted(set(t) - set(VAE_DEFAULTS))
+    if unknown:
+        raise UserError(f"model.vae_train: unknown key(s) {unknown}; known: {sorted(VAE_DEFAULTS)}")
+    for key in ("adv_weight", "lr", "kl_weight"):
+        value = float(t[key])
+        if not np.isfinite(value) or value < 0:
+            raise UserError(f"model.vae_train.{key}={t[key]}: must be a finite number >= 0")
+    if int(t["adv_start"]) < 0 or int(t["disc_channels"]) < 8 or int(t["disc_channels"]) % 4:
+        raise UserError(f"model.vae_train: adv_start={t['adv_start']} must be >= 0 and "
+                         f"disc_channels={t['disc_channels']} a multiple of 4, >= 8")
 
 
 def load_split_images(manifest: Path, split: str | None = "train", limit: int | None = None) -> torch.Tensor:
@@ -44,11 +79,13 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: dict | None = None,
               progress: bool = True, every: int = 0, on_checkpoint=None):
-    """Train the tiny AutoencoderKL (MSE + L1 + a small KL) on uint8 images; returns it in eval mode.
+    """Train the tiny AutoencoderKL (MSE + L1 + a small KL, and with adv_weight > 0 a PatchGAN hinge loss from step
+    adv_start) on uint8 images; returns it in eval mode.
     on_checkpoint(step, vae) is called (vae in eval mode) every `every` steps (bench/vae_ceiling.py --every)."""
     from tqdm import tqdm
 
     t = {**VAE_DEFAULTS, **(train_cfg or {})}
+    check_vae_train(t)
     torch.manual_seed(int(t["seed"]))
     vae, _ = build_tiny_stack(model_cfg)
     if float(t["logvar_init"]):
@@ -62,6 +99,11 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
     opt = torch.optim.AdamW(vae.parameters(), lr=float(t["lr"]), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(t["lr"]), total_steps=int(t["steps"]),
                                                 pct_start=0.1)
+    adv_weight, adv_start = float(t["adv_weight"]), int(t["adv_start"])
+    disc = d_opt = None
+    if adv_weight > 0:  # built after the VAE, so the VAE's initial weights do not depend on the option
+        disc = PatchDiscriminator(int(t["disc_channels"])).train()
+        d_opt = torch.optim.Adam(disc.parameters(), lr=float(t["lr"]), betas=(0.5, 0.9))
     gen = torch.Generator().manual_seed(int(t["seed"]))
     bar = tqdm(range(int(t["steps"])), desc="training VAE", disable=not progress)
     vae.train()
@@ -70,13 +112,32 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
         x = to_model(images[idx])
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=gen)).sample
-        loss = torch.nn.functional.mse_loss(rec, x) + 0.5 * (rec - x).abs().mean() \
-            + float(t["kl_weight"]) * post.kl().mean()
+        rec_loss = torch.nn.functional.mse_loss(rec, x) + 0.5 * (rec - x).abs().mean()
+        loss = rec_loss + float(t["kl_weight"]) * post.kl().mean()
+        adversarial = disc is not None and step >= adv_start
+        if adversarial:
+            disc.requires_grad_(False)
+            g_loss = -disc(rec).mean()
+            # the adaptive weight of taming-transformers: the adversarial gradient at the decoder's last layer is
+            # scaled to the reconstruction gradient's size, so adv_weight means the same at any loss scale
+            last = vae.decoder.conv_out.weight
+            g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+            g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+            scale = (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(max=1e4).detach()
+            loss = loss + adv_weight * scale * g_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if adversarial:
+            disc.requires_grad_(True)
+            d_loss = torch.relu(1 - disc(x)).mean() + torch.relu(1 + disc(rec.detach())).mean()
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}", d_loss=f"{d_loss.item():.3f}")
+        else:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         if on_checkpoint is not None and every > 0 and (step + 1) % every == 0:
             vae.eval()
             on_checkpoint(step + 1, vae)
@@ -112,6 +173,7 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
     from diffusers import AutoencoderKL
 
     train_spec = {**VAE_DEFAULTS, **(train_cfg or {})}
+    check_vae_train(train_spec)
     for key in OPTIONAL:
         if float(train_spec[key]) == VAE_DEFAULTS[key]:
             train_spec.pop(key)

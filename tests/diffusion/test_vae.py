@@ -1,4 +1,5 @@
 """The tiny stack's VAE: training lowers the reconstruction error, checkpoints are reported, round trips keep shape."""
+import pytest
 import torch
 
 from kgface.diffusion.vae import psnr, roundtrip, to_model, train_vae
@@ -32,6 +33,42 @@ def test_logvar_init_starts_a_near_deterministic_posterior():
     assert default.encode(to_model(images)).latent_dist.std.mean() > 0.1  # logvar ~0 at init
 
 
+def _blocky(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, 4, 4, generator=g) * 255).repeat_interleave(4, -1).repeat_interleave(4, -2).to(torch.uint8)
+
+
+def test_the_adversarial_loss_acts_from_adv_start_only():
+    images = _blocky()
+    base = {"steps": 6, "batch_size": 4, "lr": 3e-3}
+    plain = train_vae(images, SMALL, base, progress=False)
+    # a discriminator that never starts leaves the VAE bit-identical (it is built after the VAE's weights)
+    idle = train_vae(images, SMALL, {**base, "adv_weight": 0.5, "adv_start": 6, "disc_channels": 8}, progress=False)
+    active = train_vae(images, SMALL, {**base, "adv_weight": 0.5, "adv_start": 2, "disc_channels": 8},
+                       progress=False)
+    for (name, a), b, c in zip(plain.state_dict().items(), idle.state_dict().values(), active.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(plain.decoder.conv_out.weight, active.decoder.conv_out.weight)
+    assert torch.isfinite(roundtrip(active, images).float()).all()
+
+
+def test_the_patch_discriminator_scores_patches():
+    from kgface.diffusion.vae import PatchDiscriminator
+
+    out = PatchDiscriminator(32)(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 1, 14, 14)  # one logit per overlapping ~34-px patch
+
+
+@pytest.mark.parametrize("bad, key", [({"adv_weight": -1}, "adv_weight"), ({"adv_weight": float("nan")}, "adv_weight"),
+                                      ({"adv_start": -5}, "adv_start"), ({"disc_channels": 6}, "disc_channels"),
+                                      ({"adv_wieght": 1}, "adv_wieght")])
+def test_bad_vae_settings_name_their_key(bad, key):
+    from kgface.errors import UserError
+
+    with pytest.raises(UserError, match=key):
+        train_vae(_blocky(4), SMALL, {"steps": 1, "batch_size": 2, **bad}, progress=False)
+
+
 def test_the_cached_vae_is_keyed_by_the_vae_alone(tmp_path):
     import numpy as np
     from PIL import Image
@@ -51,6 +88,11 @@ def test_the_cached_vae_is_keyed_by_the_vae_alone(tmp_path):
     _, _, same = cached_vae(manifest, {**SMALL, "unet_attention_levels": [True, True]}, train, cache, progress=False)
     _, _, other = cached_vae(manifest, {**SMALL, "vae_block_out_channels": [8, 16]}, train, cache, progress=False)
     assert same == first and other != first
+    # the adversarial options at their defaults keep the key (VAEs cached before them stay valid); set, a new VAE
+    defaults = {**train, "adv_weight": 0.0, "adv_start": 0, "disc_channels": 32, "logvar_init": 0.0}
+    _, _, spelled = cached_vae(manifest, SMALL, defaults, cache, progress=False)
+    _, _, gan = cached_vae(manifest, SMALL, {**train, "adv_weight": 0.5, "disc_channels": 8}, cache, progress=False)
+    assert spelled == first and gan != first
     # new pixels under the same manifest (a re-render, another crop size): a new VAE, not the stale one
     Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(tmp_path / "1.png")
     _, _, redrawn = cached_vae(manifest, SMALL, train, cache, progress=False)
