@@ -108,7 +108,7 @@ def preflight(cfg: DictConfig) -> None:
     if cfg.model.name == "tiny":  # its VAE is trained here; a bad setting must not wait for the data
         from .diffusion.vae import VAE_DEFAULTS, check_vae_train
 
-        check_vae_train({**VAE_DEFAULTS, **OmegaConf.to_container(cfg.model.vae_train, resolve=True)})
+        check_vae_train({**VAE_DEFAULTS, **_container(cfg.model.vae_train)})
     import os
 
     world = os.environ.get("WORLD_SIZE", "1")

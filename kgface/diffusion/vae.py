@@ -43,18 +43,37 @@ class PatchDiscriminator(torch.nn.Module):
         return self.net(x)
 
 
-def check_vae_train(t: dict) -> None:
-    """One line naming the model.vae_train key, before anything trains."""
+def check_vae_train(t: dict) -> dict:
+    """model.vae_train with every value checked (one line naming the key) and read as a number, before anything
+    trains; returns the numbers (ints for counts)."""
     unknown = sorted(set(t) - set(VAE_DEFAULTS))
     if unknown:
         raise UserError(f"model.vae_train: unknown key(s) {unknown}; known: {sorted(VAE_DEFAULTS)}")
-    for key in ("adv_weight", "lr", "kl_weight"):
-        value = float(t[key])
-        if not np.isfinite(value) or value < 0:
-            raise UserError(f"model.vae_train.{key}={t[key]}: must be a finite number >= 0")
-    if int(t["adv_start"]) < 0 or int(t["disc_channels"]) < 8 or int(t["disc_channels"]) % 4:
-        raise UserError(f"model.vae_train: adv_start={t['adv_start']} must be >= 0 and "
-                         f"disc_channels={t['disc_channels']} a multiple of 4, >= 8")
+    out = {}
+    for key, default in VAE_DEFAULTS.items():
+        value = t[key]
+        try:
+            if isinstance(value, bool) or value is None:
+                raise TypeError
+            number = float(value)
+            if isinstance(default, int) and number != int(number):
+                raise ValueError
+        except (TypeError, ValueError):
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise UserError(f"model.vae_train.{key}={value!r}: must be {kind}") from None
+        least = {"steps": 1, "batch_size": 1, "disc_channels": 8}.get(key, None if key == "logvar_init" else 0)
+        if not np.isfinite(number) or (least is not None and number < least):
+            raise UserError(f"model.vae_train.{key}={value!r}: must be a finite number"
+                            + (f" >= {least}" if least is not None else ""))
+        out[key] = int(number) if isinstance(default, int) else number
+    if out["disc_channels"] % 4:  # the discriminator's GroupNorm(8, 2c)
+        raise UserError(f"model.vae_train.disc_channels={t['disc_channels']}: must be a multiple of 4")
+    return out
+
+
+def adversarial_active(t: dict) -> bool:
+    """Whether the discriminator ever acts (adv_start >= steps trains exactly as the plain loss)."""
+    return t["adv_weight"] > 0 and t["adv_start"] < t["steps"]
 
 
 def load_split_images(manifest: Path, split: str | None = "train", limit: int | None = None) -> torch.Tensor:
@@ -84,8 +103,7 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
     on_checkpoint(step, vae) is called (vae in eval mode) every `every` steps (bench/vae_ceiling.py --every)."""
     from tqdm import tqdm
 
-    t = {**VAE_DEFAULTS, **(train_cfg or {})}
-    check_vae_train(t)
+    t = check_vae_train({**VAE_DEFAULTS, **(train_cfg or {})})
     torch.manual_seed(int(t["seed"]))
     vae, _ = build_tiny_stack(model_cfg)
     if float(t["logvar_init"]):
@@ -101,7 +119,10 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
                                                 pct_start=0.1)
     adv_weight, adv_start = float(t["adv_weight"]), int(t["adv_start"])
     disc = d_opt = None
-    if adv_weight > 0:  # built after the VAE, so the VAE's initial weights do not depend on the option
+    if adversarial_active(t):  # built after the VAE, so the VAE's initial weights do not depend on the option
+        if min(images.shape[-2:]) < 12:
+            raise UserError(f"model.vae_train.adv_weight={adv_weight}: the patch discriminator needs images of at "
+                            f"least 12 px (these are {tuple(images.shape[-2:])}); set model.vae_train.adv_weight=0")
         disc = PatchDiscriminator(int(t["disc_channels"])).train()
         d_opt = torch.optim.Adam(disc.parameters(), lr=float(t["lr"]), betas=(0.5, 0.9))
     gen = torch.Generator().manual_seed(int(t["seed"]))
@@ -173,7 +194,11 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
     from diffusers import AutoencoderKL
 
     train_spec = {**VAE_DEFAULTS, **(train_cfg or {})}
-    check_vae_train(train_spec)
+    numbers = check_vae_train(train_spec)
+    if adversarial_active(numbers):  # as numbers: 2000 and 2000.0 train the same VAE
+        train_spec.update({k: numbers[k] for k in ("adv_weight", "adv_start", "disc_channels")})
+    else:  # options that cannot change the VAE must not retrain it
+        train_spec.update({k: VAE_DEFAULTS[k] for k in ("adv_weight", "adv_start", "disc_channels")})
     for key in OPTIONAL:
         if float(train_spec[key]) == VAE_DEFAULTS[key]:
             train_spec.pop(key)

@@ -38,18 +38,51 @@ def _blocky(n=16, seed=0):
     return (torch.rand(n, 3, 4, 4, generator=g) * 255).repeat_interleave(4, -1).repeat_interleave(4, -2).to(torch.uint8)
 
 
-def test_the_adversarial_loss_acts_from_adv_start_only():
+def test_the_adversarial_loss_acts_from_adv_start_only(monkeypatch):
+    import kgface.diffusion.vae as vae_module
+
+    built = []
+
+    class Recorded(vae_module.PatchDiscriminator):
+        def __init__(self, channels):
+            super().__init__(channels)
+            built.append((self, [p.detach().clone() for p in self.parameters()]))
+
+    monkeypatch.setattr(vae_module, "PatchDiscriminator", Recorded)
     images = _blocky()
     base = {"steps": 6, "batch_size": 4, "lr": 3e-3}
     plain = train_vae(images, SMALL, base, progress=False)
-    # a discriminator that never starts leaves the VAE bit-identical (it is built after the VAE's weights)
+    # a discriminator that never starts is never built, and the VAE is bit-identical to the plain loss's
     idle = train_vae(images, SMALL, {**base, "adv_weight": 0.5, "adv_start": 6, "disc_channels": 8}, progress=False)
+    assert built == []
     active = train_vae(images, SMALL, {**base, "adv_weight": 0.5, "adv_start": 2, "disc_channels": 8},
                        progress=False)
-    for (name, a), b, c in zip(plain.state_dict().items(), idle.state_dict().values(), active.state_dict().values()):
+    for (name, a), b in zip(plain.state_dict().items(), idle.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(plain.decoder.conv_out.weight, active.decoder.conv_out.weight)
     assert torch.isfinite(roundtrip(active, images).float()).all()
+    (disc, initial), = built
+    # the discriminator learned (its own steps) and is left trainable, with no VAE-step gradient pending use
+    assert any(not torch.equal(p, q) for p, q in zip(disc.parameters(), initial))
+    assert all(p.requires_grad for p in disc.parameters())
+
+
+def test_the_discriminator_is_stepped_on_real_and_detached_fakes(monkeypatch):
+    import kgface.diffusion.vae as vae_module
+
+    seen = []
+
+    class Recorded(vae_module.PatchDiscriminator):
+        def forward(self, x):
+            seen.append((x.requires_grad, any(p.requires_grad for p in self.parameters())))
+            return super().forward(x)
+
+    monkeypatch.setattr(vae_module, "PatchDiscriminator", Recorded)
+    train_vae(_blocky(), SMALL, {"steps": 3, "batch_size": 4, "adv_weight": 0.5, "adv_start": 1,
+                                 "disc_channels": 8}, progress=False)
+    # per adversarial step: the VAE's pass (fakes carry the VAE's graph, discriminator frozen), then the
+    # discriminator's own pass on real images and on fakes cut from the VAE's graph
+    assert seen == [(True, False), (False, True), (False, True)] * 2
 
 
 def test_the_patch_discriminator_scores_patches():
@@ -59,14 +92,32 @@ def test_the_patch_discriminator_scores_patches():
     assert out.shape == (2, 1, 14, 14)  # one logit per overlapping ~34-px patch
 
 
-@pytest.mark.parametrize("bad, key", [({"adv_weight": -1}, "adv_weight"), ({"adv_weight": float("nan")}, "adv_weight"),
-                                      ({"adv_start": -5}, "adv_start"), ({"disc_channels": 6}, "disc_channels"),
-                                      ({"adv_wieght": 1}, "adv_wieght")])
-def test_bad_vae_settings_name_their_key(bad, key):
+@pytest.mark.parametrize("bad, message", [
+    ({"adv_weight": -1}, "model.vae_train.adv_weight=-1: must be a finite number >= 0"),
+    ({"adv_weight": float("nan")}, "model.vae_train.adv_weight=nan"),
+    ({"adv_weight": None}, "model.vae_train.adv_weight=None: must be a number"),
+    ({"adv_weight": True}, "model.vae_train.adv_weight=True"),
+    ({"lr": "fast"}, "model.vae_train.lr='fast': must be a number"),
+    ({"adv_start": -5}, "model.vae_train.adv_start=-5: must be a finite number >= 0"),
+    ({"adv_start": 2.7}, "model.vae_train.adv_start=2.7: must be a whole number"),
+    ({"disc_channels": 6}, "model.vae_train.disc_channels=6: must be a finite number >= 8"),
+    ({"disc_channels": 10}, "model.vae_train.disc_channels=10: must be a multiple of 4"),
+    ({"steps": 0}, "model.vae_train.steps=0: must be a finite number >= 1"),
+    ({"adv_wieght": 1}, "unknown key(s) ['adv_wieght']")])
+def test_bad_vae_settings_name_their_key(bad, message):
     from kgface.errors import UserError
 
-    with pytest.raises(UserError, match=key):
+    with pytest.raises(UserError) as info:
         train_vae(_blocky(4), SMALL, {"steps": 1, "batch_size": 2, **bad}, progress=False)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_discriminator_refuses_images_too_small_for_its_patches():
+    from kgface.errors import UserError
+
+    tiny = {**SMALL, "image_size": 8}
+    with pytest.raises(UserError, match=r"at least 12 px .*model.vae_train.adv_weight=0"):
+        train_vae(_blocky(4)[:, :, :8, :8], tiny, {"steps": 2, "batch_size": 2, "adv_weight": 0.5}, progress=False)
 
 
 def test_the_cached_vae_is_keyed_by_the_vae_alone(tmp_path):
@@ -91,8 +142,13 @@ def test_the_cached_vae_is_keyed_by_the_vae_alone(tmp_path):
     # the adversarial options at their defaults keep the key (VAEs cached before them stay valid); set, a new VAE
     defaults = {**train, "adv_weight": 0.0, "adv_start": 0, "disc_channels": 32, "logvar_init": 0.0}
     _, _, spelled = cached_vae(manifest, SMALL, defaults, cache, progress=False)
+    # settings that cannot act (no weight; a start after the last step) keep it too
+    _, _, inert = cached_vae(manifest, SMALL, {**train, "disc_channels": 8, "adv_start": 7}, cache, progress=False)
+    _, _, late = cached_vae(manifest, SMALL, {**train, "adv_weight": 0.5, "adv_start": 1}, cache, progress=False)
     _, _, gan = cached_vae(manifest, SMALL, {**train, "adv_weight": 0.5, "disc_channels": 8}, cache, progress=False)
-    assert spelled == first and gan != first
+    _, _, gan_float = cached_vae(manifest, SMALL, {**train, "adv_weight": 0.5, "disc_channels": 8.0}, cache,
+                                 progress=False)
+    assert spelled == first == inert == late and gan != first and gan_float == gan
     # new pixels under the same manifest (a re-render, another crop size): a new VAE, not the stale one
     Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(tmp_path / "1.png")
     _, _, redrawn = cached_vae(manifest, SMALL, train, cache, progress=False)
