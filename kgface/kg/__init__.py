@@ -5,6 +5,7 @@ It imports nothing else of kgface. Caching is injected: `load_kg(..., cache=...)
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from .profiles import FacialProfile, NegativePhenotype, Phenotype, ProfileBuilde
 from .visible import VisibleCatalog
 
 PARSER_VERSION = 2  # bump when parsing changes, so cached graphs rebuild
+HASH_LIMIT = 64 << 20  # files up to this size are known by their bytes (as kgface.cache.file_fingerprint's)
 SOURCES = ("hpo", "primekg", "rdf")
 
 __all__ = ["KGError", "KGFormatError", "NoVisiblePhenotypeError", "UnknownDiseaseError", "KnowledgeGraph", "HEALTHY",
@@ -30,7 +32,10 @@ def _fingerprint(path) -> dict | None:
         st = p.stat()
     except OSError as exc:
         raise KGFormatError(f"{p}: cannot read ({exc.strerror}); check the kg path settings") from exc
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if st.st_size > HASH_LIMIT:  # a PrimeKG dump (~1 GB): path, size and mtime, not a read of every byte
+        return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    # hp.obo, the hpoa and the curated edges by content: a second checkout or worktree reuses the cached graph
+    return {"name": p.name, "size": st.st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
 
 
 def load_kg(source: str = "hpo", path: str | os.PathLike | None = None, features: str | os.PathLike | None = None,

@@ -48,18 +48,38 @@ def test_profiles_and_features_text(primekg, catalog):
     assert {"HP:0025249", "HP:0001061"} <= {x.hpo_id for x in acne.phenotypes}  # curated edges join PrimeKG's
 
 
-def test_cache_keyed_by_size_and_mtime(tmp_path):
+def _live(cache_dir):
+    return sorted(p.name for p in (cache_dir / "kg-primekg").iterdir() if not p.name.startswith("."))
+
+
+def test_cache_keyed_by_content_or_for_large_files_by_path_size_and_mtime(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    import kgface.kg as kg
+
     path = write_kg_csv(tmp_path / "kg.csv")
     cache = Cache(tmp_path / "cache")
     a = load_kg("primekg", path=path, cache=cache)
     b = load_kg("primekg", path=path, cache=cache)
     assert b.edges.equals(a.edges)
+    # the same bytes at another path with another mtime (a second checkout): the same entry
+    (tmp_path / "other").mkdir()
+    copy = shutil.copy(path, tmp_path / "other" / "kg.csv")
+    os.utime(copy, ns=(1, 1))
+    load_kg("primekg", path=copy, cache=cache)
+    assert len(_live(tmp_path / "cache")) == 1
+    # over the size limit only path, size and mtime: the copy is another file
+    monkeypatch.setattr(kg, "HASH_LIMIT", 0)
+    load_kg("primekg", path=path, cache=cache)
+    load_kg("primekg", path=copy, cache=cache)
+    assert len(_live(tmp_path / "cache")) == 3
+    monkeypatch.setattr(kg, "HASH_LIMIT", 64 << 20)
     rows = kg_rows()[:-4]  # drop the phenotype_phenotype and gene edges -> a different file
     write_kg_csv(path, rows)
     c = load_kg("primekg", path=path, cache=cache)
     assert len(c.edges) == len(a.edges)
-    live = [p for p in (tmp_path / "cache" / "kg-primekg").iterdir() if not p.name.startswith(".")]
-    assert len(live) == 2
+    assert len(_live(tmp_path / "cache")) == 4  # new bytes: a new entry
 
 
 def _truncated(path):
