@@ -41,6 +41,7 @@ def main(argv=None):
 
         torch.set_num_threads(int(cfg.num_threads))
     cache = make_cache(cfg)
+    vae_train = OmegaConf.to_container(cfg.model.vae_train, resolve=True) if cfg.model.vae_train is not None else None
     profiles = panel_profiles(cfg, cache)
     manifest = phantom_dataset(cfg, profiles, cache, progress=False) / "manifest.csv"
     ev = fit_evaluator(cfg.evaluator, manifest, profiles, cache, progress=True)
@@ -59,11 +60,11 @@ def main(argv=None):
                   f"evaluator top-1: real {real:.3f}, after the VAE {top1:.3f}", flush=True)
 
         train_vae(load_split_images(manifest, "train"), OmegaConf.to_container(cfg.model.tiny, resolve=True),
-                  OmegaConf.to_container(cfg.model.vae_train, resolve=True), progress=False, every=args.every,
+                  vae_train, progress=False, every=args.every,
                   on_checkpoint=report)
         return
     vae, info, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True),
-                              OmegaConf.to_container(cfg.model.vae_train, resolve=True), cache, progress=True)
+                              vae_train, cache, progress=True)
     print(f"VAE ready in {time.time() - t:.0f} s ({info})")
     rt = roundtrip(vae, images)
     ceiling = accuracy(test["disease"], ev.score(rt)["pred_disease"])

@@ -106,9 +106,12 @@ def preflight(cfg: DictConfig) -> None:
         raise UserError(f"trainer.observed_phenotypes=true needs per-image phenotype labels that are complete, as "
                         f"the phantom's are (data=phantom); with data={cfg.data.name} set it to false")
     if cfg.model.name == "tiny":  # its VAE is trained here; a bad setting must not wait for the data
-        from .diffusion.vae import VAE_DEFAULTS, check_vae_train
+        from .diffusion.vae import VAE_DEFAULTS, adversarial_active, check_discriminator_size, check_vae_train
 
-        check_vae_train({**VAE_DEFAULTS, **_container(cfg.model.vae_train)})
+        vae_train = check_vae_train({**VAE_DEFAULTS, **_container(cfg.model.vae_train)})
+        if adversarial_active(vae_train):
+            size = int(cfg.model.tiny.get("image_size") or cfg.data.size)
+            check_discriminator_size((size, size), vae_train["adv_weight"])
     import os
 
     world = os.environ.get("WORLD_SIZE", "1")

@@ -161,6 +161,10 @@ def test_preflight_reads_the_atlas_settings(monkeypatch):
     preflight(compose("train", MICRO + ["data.atlas=null"]))  # no atlas at all: fine
     with pytest.raises(UserError, match=r"data.atlas.per_face must be"):
         preflight(compose("train", MICRO + ["data.atlas.per_face=[5,1]"]))
+    preflight(compose("train", MICRO + ["model.vae_train=null"]))  # null: the defaults
+    with pytest.raises(UserError, match=r"needs images of at least 12 px .*model.vae_train.adv_weight=0"):
+        preflight(compose("train", MICRO + ["model.vae_train.adv_weight=0.5", "data.size=8",
+                                            "model.tiny.image_size=8"]))
     with pytest.raises(UserError, match=r"data.size=64 but model.tiny.image_size=32"):
         preflight(compose("train", MICRO + ["data.size=64"]))
     with pytest.raises(UserError, match=r"data.atlas must be a mapping"):

@@ -55,20 +55,26 @@ def check_vae_train(t: dict) -> dict:
         try:
             if isinstance(value, bool) or value is None:
                 raise TypeError
-            number = float(value)
-            if isinstance(default, int) and number != int(number):
-                raise ValueError
+            number = value if isinstance(value, int) else float(value)  # an int stays exact (a large seed)
         except (TypeError, ValueError):
-            kind = "a whole number" if isinstance(default, int) else "a number"
-            raise UserError(f"model.vae_train.{key}={value!r}: must be {kind}") from None
-        least = {"steps": 1, "batch_size": 1, "disc_channels": 8}.get(key, None if key == "logvar_init" else 0)
-        if not np.isfinite(number) or (least is not None and number < least):
-            raise UserError(f"model.vae_train.{key}={value!r}: must be a finite number"
-                            + (f" >= {least}" if least is not None else ""))
-        out[key] = int(number) if isinstance(default, int) else number
+            number = None
+        kind = "whole number" if isinstance(default, int) else "number"
+        if number is None or not np.isfinite(number) or (isinstance(default, int) and number != int(number)):
+            raise UserError(f"model.vae_train.{key}={value!r}: must be a finite {kind}")
+        least = {"steps": 1, "batch_size": 1, "disc_channels": 8}.get(key, None if key in ("logvar_init", "seed")
+                                                                       else 0)
+        if least is not None and number < least:
+            raise UserError(f"model.vae_train.{key}={value!r}: must be a {kind} >= {least}")
+        out[key] = int(number) if isinstance(default, int) else float(number)
     if out["disc_channels"] % 4:  # the discriminator's GroupNorm(8, 2c)
         raise UserError(f"model.vae_train.disc_channels={t['disc_channels']}: must be a multiple of 4")
     return out
+
+
+def check_discriminator_size(size: tuple, adv_weight: float) -> None:
+    if min(size) < 12:  # four 4x4 convolutions, two of stride 2, leave nothing to score below 12 px
+        raise UserError(f"model.vae_train.adv_weight={adv_weight}: the patch discriminator needs images of at least "
+                        f"12 px (these are {size}); set model.vae_train.adv_weight=0")
 
 
 def adversarial_active(t: dict) -> bool:
@@ -120,9 +126,7 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
     adv_weight, adv_start = float(t["adv_weight"]), int(t["adv_start"])
     disc = d_opt = None
     if adversarial_active(t):  # built after the VAE, so the VAE's initial weights do not depend on the option
-        if min(images.shape[-2:]) < 12:
-            raise UserError(f"model.vae_train.adv_weight={adv_weight}: the patch discriminator needs images of at "
-                            f"least 12 px (these are {tuple(images.shape[-2:])}); set model.vae_train.adv_weight=0")
+        check_discriminator_size(tuple(images.shape[-2:]), adv_weight)
         disc = PatchDiscriminator(int(t["disc_channels"])).train()
         d_opt = torch.optim.Adam(disc.parameters(), lr=float(t["lr"]), betas=(0.5, 0.9))
     gen = torch.Generator().manual_seed(int(t["seed"]))

@@ -32,10 +32,13 @@ def _fingerprint(path) -> dict | None:
         st = p.stat()
     except OSError as exc:
         raise KGFormatError(f"{p}: cannot read ({exc.strerror}); check the kg path settings") from exc
-    if st.st_size > HASH_LIMIT:  # a PrimeKG dump (~1 GB): path, size and mtime, not a read of every byte
-        return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    # hp.obo, the hpoa and the curated edges by content: a second checkout or worktree reuses the cached graph
-    return {"name": p.name, "size": st.st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    by_path = {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if st.st_size > HASH_LIMIT or not p.is_file():  # a PrimeKG dump (~1 GB) is not read per run; a folder is
+        return by_path                               # left to its loader's error, which names the setting
+    try:  # hp.obo, the hpoa and the curated edges by content: a second checkout or worktree reuses the graph
+        return {"name": p.name, "size": st.st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    except OSError:  # unreadable: the loader says so, naming its setting
+        return by_path
 
 
 def load_kg(source: str = "hpo", path: str | os.PathLike | None = None, features: str | os.PathLike | None = None,

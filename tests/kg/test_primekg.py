@@ -82,6 +82,13 @@ def test_cache_keyed_by_content_or_for_large_files_by_path_size_and_mtime(tmp_pa
     assert len(_live(tmp_path / "cache")) == 4  # new bytes: a new entry
 
 
+def test_a_folder_for_kg_path_is_the_loaders_one_line_error(tmp_path):
+    from kgface.kg import KGFormatError
+
+    with pytest.raises(KGFormatError, match="kg.path"):
+        load_kg("primekg", path=tmp_path, cache=Cache(tmp_path / "cache"))
+
+
 def _truncated(path):
     text = write_kg_csv(path).read_text(encoding="utf-8")
     path.write_text(text[: len(text) - 40], encoding="utf-8")
