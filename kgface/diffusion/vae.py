@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +60,15 @@ def check_vae_train(t: dict) -> dict:
         except (TypeError, ValueError):
             number = None
         kind = "whole number" if isinstance(default, int) else "number"
-        if number is None or not np.isfinite(number) or (isinstance(default, int) and number != int(number)):
+        if number is None or not math.isfinite(number) or (isinstance(default, int) and number != int(number)):
             raise UserError(f"model.vae_train.{key}={value!r}: must be a finite {kind}")
         least = {"steps": 1, "batch_size": 1, "disc_channels": 8}.get(key, None if key in ("logvar_init", "seed")
                                                                        else 0)
         if least is not None and number < least:
             raise UserError(f"model.vae_train.{key}={value!r}: must be a {kind} >= {least}")
         out[key] = int(number) if isinstance(default, int) else float(number)
+    if not -2 ** 63 <= out["seed"] < 2 ** 63:  # torch's generators take 64-bit seeds
+        raise UserError(f"model.vae_train.seed={t['seed']}: must fit in 64 bits (|seed| < 2**63)")
     if out["disc_channels"] % 4:  # the discriminator's GroupNorm(8, 2c)
         raise UserError(f"model.vae_train.disc_channels={t['disc_channels']}: must be a multiple of 4")
     return out

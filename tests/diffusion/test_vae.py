@@ -109,6 +109,7 @@ def test_the_patch_discriminator_scores_patches():
     ({"disc_channels": 6}, "model.vae_train.disc_channels=6: must be a whole number >= 8"),
     ({"disc_channels": 10}, "model.vae_train.disc_channels=10: must be a multiple of 4"),
     ({"steps": 0}, "model.vae_train.steps=0: must be a whole number >= 1"),
+    ({"seed": 2 ** 70}, "model.vae_train.seed=1180591620717411303424: must fit in 64 bits"),
     ({"steps": float("inf")}, "model.vae_train.steps=inf: must be a finite whole number"),
     ({"adv_wieght": 1}, "unknown key(s) ['adv_wieght']")])
 def test_bad_vae_settings_name_their_key(bad, message):
