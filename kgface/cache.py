@@ -32,6 +32,7 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 
 HASH_LIMIT = 64 * 2**20  # files up to this size are identified by their bytes, larger ones by path and mtime
+# (kgface/kg/__init__.py keeps the same rule for the knowledge layer, which may not import this module)
 
 
 def file_fingerprint(path: str | os.PathLike) -> dict:
