@@ -22,6 +22,8 @@ from .models import build_tiny_stack, tiny_config
 VAE_DEFAULTS = {"steps": 600, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-6, "seed": 0, "logvar_init": 0.0,
                 "adv_weight": 0.0, "adv_start": 0, "disc_channels": 32}
 VAE_KEYS = ("image_size", "latent_channels", "vae_block_out_channels", "vae_layers_per_block", "norm_num_groups")
+# the least value of each key (logvar_init and seed may be negative)
+VAE_MINIMA = {"steps": 1, "batch_size": 1, "lr": 0, "kl_weight": 0, "adv_weight": 0, "adv_start": 0, "disc_channels": 8}
 # left out of the cache key at their default value (VAEs cached before they existed keep their keys)
 OPTIONAL = ("logvar_init", "adv_weight", "adv_start", "disc_channels")
 
@@ -62,8 +64,7 @@ def check_vae_train(t: dict) -> dict:
         kind = "whole number" if isinstance(default, int) else "number"
         if number is None or not math.isfinite(number) or (isinstance(default, int) and number != int(number)):
             raise UserError(f"model.vae_train.{key}={value!r}: must be a finite {kind}")
-        least = {"steps": 1, "batch_size": 1, "disc_channels": 8}.get(key, None if key in ("logvar_init", "seed")
-                                                                       else 0)
+        least = VAE_MINIMA.get(key)
         if least is not None and number < least:
             raise UserError(f"model.vae_train.{key}={value!r}: must be a {kind} >= {least}")
         out[key] = int(number) if isinstance(default, int) else float(number)
