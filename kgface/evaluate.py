@@ -14,6 +14,7 @@ from .config import entry
 from .data.manifest import read_manifest
 from .errors import UserError
 from .evaluation import evaluate_sets, fit_evaluator, learn_profiles, load_evaluator, write_learned, write_report
+from .evaluation.face_identity import load_face_identity
 from .runtime import load_profiles, make_cache
 
 
@@ -22,6 +23,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise UserError("nothing to evaluate: give real=MANIFEST and/or generated=MANIFEST")
     if not cfg.get("real") and not cfg.get("run"):
         raise UserError("without run=RUN_DIR the evaluator is trained on real=MANIFEST's train split: give real=")
+    face_identity = load_face_identity(cfg.get("face_identity", "auto"))  # a bad value fails before any work
     cache = make_cache(cfg)
     real = read_manifest(cfg.real)[0] if cfg.get("real") else None
     gen = read_manifest(cfg.generated)[0] if cfg.get("generated") else None
@@ -38,7 +40,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             evaluator.check_unseen(real, f"real={cfg.real}")
     else:
         evaluator = fit_evaluator(cfg.evaluator, cfg.real, profiles, cache, progress=bool(cfg.get("progress", True)))
-    metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True)
+    metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True, face_identity=face_identity)
     notes = [f"evaluator: {evaluator.cfg['name']} ({'from ' + str(cfg.run) if cfg.get('run') else 'trained on ' + str(cfg.real) + ' (train split)'})",
              "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
              "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here); "

@@ -25,7 +25,8 @@ REQUIRED_KEYS = ["evaluator.real_top1", "evaluator.real_stage_mae", "evaluator.o
                  "generation.heldout_top1", "generation.stage_spearman", "generation.profile_match_f1",
                  "transform.identity_similarity", "transform.target_top1", "generation.frequency_mae", "tstr_top1",
                  "vae_ceiling_top1", "fid_clip", "kid_clip", "memorisation_rate", "controls.token_swap_changed",
-                 "controls.scale0_changed"]
+                 "controls.scale0_changed",
+                 "transform.identity_distance_dlib", "evaluator.identity_dlib.n"]  # dlib: the [dlib] extra, in [dev]
 
 
 def _has(metrics: dict, dotted: str) -> bool:
@@ -169,6 +170,8 @@ def test_preflight_reads_the_atlas_settings(monkeypatch):
         preflight(compose("train", MICRO + ["data.size=64"]))
     with pytest.raises(UserError, match=r"data.atlas must be a mapping"):
         preflight(compose("train", MICRO + ["data.atlas=5"]))
+    with pytest.raises(UserError, match=r"face_identity='maybe': use one of auto, dlib, none"):
+        preflight(compose("train", MICRO + ["evaluate=true", "face_identity=maybe"]))
     monkeypatch.setenv("WORLD_SIZE", "2")  # what a multi-process launch sets: refused before any data is built
     with pytest.raises(UserError, match=r"WORLD_SIZE=2: kgface trains on one device per run"):
         preflight(compose("train", MICRO))

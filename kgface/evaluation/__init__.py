@@ -6,6 +6,7 @@ It never imports the generator it measures (kgface.diffusion, kgface.encoders). 
 - `evaluator`: `fit_evaluator`, `Evaluator` (score / save / load), `load_evaluator`.
 - `metrics`: pure metric functions; `sets`: validity of the instrument and `evaluate_sets`.
 - `learned_profiles`: phenotype frequencies learned from samples; `report`: metrics.json + report.md/html.
+- `face_identity`: dlib face embeddings, a second identity instrument (optional extra; `face_identity=`).
 """
 from .clip_model import ImageEncoder, build_clip, train_clip
 from .evaluator import (Evaluator, EvaluatorInputError, ScoredSet, fit_evaluator, load_evaluator, load_images,

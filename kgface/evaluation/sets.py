@@ -24,6 +24,7 @@ from ..prompts import stage_phenotypes
 from . import metrics as M
 from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, load_images, min_stage_of,
                         presence_matrix, probe_rows)
+from .face_identity import identity_validity, pair_distances
 from .probes import LinearProbe, Standardizer
 
 HEADLINE_STAGES = (2, 3)  # stage 0 is healthy-looking by construction; targets apply to stages 2-3
@@ -159,16 +160,17 @@ def disease_scores(table: pd.DataFrame, classes: list[str], label: str = "diseas
 
 
 def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                        scored: ScoredSet | None = None, train_df: pd.DataFrame | None = None) -> dict:
+                        scored: ScoredSet | None = None, train_df: pd.DataFrame | None = None,
+                        face_identity=None) -> dict:
     """Validity of the instrument on real test images (see module doc). Keys: real_top1 (stages 2-3 + healthy),
     real_top1_all, real_top3, real_macro_f1, per_stage_top1, real_stage_mae, real_severity_mae, real_stage_spearman,
     real_stage_spearman_disease, phenotype_auroc (per HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1,
     and with `roundtrip`: vae_ceiling_top1, vae_ceiling_stage_spearman (diseased faces, as generation.stage_spearman),
-    vae_ceiling_phenotype_auroc_summary."""
+    vae_ceiling_phenotype_auroc_summary; with `face_identity` (kgface.evaluation.face_identity): identity_dlib."""
     df = as_frame(real_df)
     test = _test_rows(df)
     evaluator.check_labels(test["disease"], "real set")
-    s = scored or evaluator.score_set(test, keep_images=roundtrip is not None)
+    s = scored or evaluator.score_set(test, keep_images=roundtrip is not None or face_identity is not None)
     t = s.table
     head = headline_rows(t)
     known = stage_known(test)  # photos of unknown stage carry a placeholder stage: no stage metric reads it
@@ -188,6 +190,9 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
            "phenotype_auroc": auc, "phenotype_auroc_summary": auroc_summary(auc)}
     if "identity" in t and t["identity"].astype(str).str.len().gt(0).all():
         out["identity_auroc"] = M.identity_auroc(s.features, list(t["identity"]))
+        if face_identity is not None:
+            images = s.images if s.images is not None else load_images(list(test["abspath"]))
+            out["identity_dlib"] = identity_validity(face_identity, images, list(t["identity"]))
     train = train_df if train_df is not None else df[df["split"] == "train"]  # _test_rows checked the column
     if len(train):
         out["oracle_top1"] = oracle_top1(train.reset_index(drop=True), test,
@@ -270,7 +275,8 @@ def kg_frequencies(profiles: dict[str, FacialProfile], vocab, diseases) -> dict[
 
 
 def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profiles=None, roundtrip=None,
-                  return_scored: bool = False, heldout: set[str] | None = None, audit_extra=None):
+                  return_scored: bool = False, heldout: set[str] | None = None, audit_extra=None,
+                  face_identity=None):
     """metrics.json's content for a real set and/or a generated set (only what the inputs allow).
 
     real_df / generated_df: manifest paths or DataFrames. Generated rows are judged against their request
@@ -279,6 +285,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
     (metrics, {"real": ScoredSet, "generated": ScoredSet, "real_train": ScoredSet}) with return_scored.
     audit_extra: a manifest (path or DataFrame) of further images the generator trained on (the phenotype atlas
     under trainer.atlas_share), added to the memorisation audit's training set.
+    face_identity: a second identity instrument (`load_face_identity`, dlib) for real pairs and transformations.
     """
     if real_df is None and generated_df is None:
         raise EvaluatorInputError("nothing to evaluate: give real= and/or generated=")
@@ -296,7 +303,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         evaluator.check_labels(test["disease"], "real set")
         s_real = evaluator.score_set(test, keep_images=True)
         scored["real"] = s_real
-        v = instrument_validity(evaluator, real, roundtrip=roundtrip, scored=s_real)
+        v = instrument_validity(evaluator, real, roundtrip=roundtrip, scored=s_real, face_identity=face_identity)
         metrics["evaluator"].update(v)
         if "vae_ceiling_top1" in v:
             metrics["vae_ceiling_top1"] = v["vae_ceiling_top1"]
@@ -359,7 +366,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             g["zero_shot_presence"] = float(np.mean(t["zs_presence"][dis])) if dis.any() else float("nan")
         metrics["generation"] = g
         if transform.any():
-            metrics["transform"] = _transform_metrics(evaluator, t, s_gen.features, transform, req_d, gen_root)
+            metrics["transform"] = _transform_metrics(evaluator, t, s_gen, transform, req_d, gen_root, face_identity)
         if real is not None:
             s_real = scored["real"]
             rt = s_real.table
@@ -410,7 +417,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
     return (metrics, scored) if return_scored else metrics
 
 
-def _transform_metrics(evaluator, t, feats, transform, req_d, root: str | None) -> dict:
+def _transform_metrics(evaluator, t, s_gen: ScoredSet, transform, req_d, root: str | None, face_identity) -> dict:
     out = {"n": int(transform.sum()),
            "target_top1": M.accuracy(req_d[transform], t["pred_disease"][transform])}
     if "source_image" in t:
@@ -421,6 +428,10 @@ def _transform_metrics(evaluator, t, feats, transform, req_d, root: str | None) 
                 raise EvaluatorInputError(f"generated set: source_image {relative[0]!r} is relative and the set "
                                           "was given as a DataFrame: give absolute paths or the manifest's path")
             paths = [str(Path(p) if Path(p).is_absolute() else Path(root) / p) for p in src]
-            src_feats = evaluator.features(load_images(paths))
-            out["identity_similarity"] = M.identity_similarity(src_feats, feats[transform])
+            src_images = load_images(paths)
+            out["identity_similarity"] = M.identity_similarity(evaluator.features(src_images),
+                                                               s_gen.features[transform])
+            if face_identity is not None:
+                out.update(pair_distances(face_identity, src_images,
+                                          s_gen.images[torch.from_numpy(np.flatnonzero(transform))]))
     return out

@@ -1,0 +1,135 @@
+"""A second identity instrument: dlib's face-recognition ResNet (128-d embeddings), beside the evaluator's CLIP cosine.
+
+Optional (`pip install -e ".[dlib]"`: `dlib-bin` + `face-recognition-models`, part of `.[dev]`). The top-level key
+`face_identity` chooses it: `auto` (default) uses it when both packages are installed, `dlib` requires them (a one-line
+error naming the extra otherwise), `none` turns it off.
+
+The CLIP features are trained on disease labels, so their cosine mixes "same person" with "same disease"; dlib's
+embedding was trained by its authors to tell people apart (0.6 Euclidean distance is their same-person threshold on
+photos). Each image is upscaled to at least 160 px (dlib's HOG detector finds faces of ~80 px and up), the largest
+detected face is aligned by the 5-point landmark model, and where no face is found the whole frame is taken as the
+face (kgface's images are face crops); `face_found` says how often detection succeeded.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+
+MODES = ("auto", "dlib", "none")
+EXTRA = 'pip install -e ".[dlib]" (dlib-bin + face-recognition-models)'
+SAME_PERSON_DISTANCE = 0.6  # dlib's threshold for photos of real people (its authors' LFW evaluation)
+MIN_SIZE = 160              # px: images are upscaled to at least this before detection
+
+
+def _model_dir() -> Path | None:
+    """face_recognition_models' model folder, found without importing it: its __init__ needs pkg_resources, which
+    recent setuptools no longer ships."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(list(spec.submodule_search_locations)[0]) / "models"
+    return d if d.is_dir() else None
+
+
+def available() -> bool:
+    return importlib.util.find_spec("dlib") is not None and _model_dir() is not None
+
+
+class DlibFaceIdentity:
+    """`embed(images)` -> (N x 128 float array, N bools: a face was detected) for uint8 NCHW RGB images."""
+
+    name = "dlib"
+
+    def __init__(self):
+        import dlib
+
+        d = _model_dir()
+        if d is None:
+            raise UserError(f"face_identity=dlib: the face-recognition-models package is not installed; {EXTRA}")
+        self._dlib = dlib
+        self.detector = dlib.get_frontal_face_detector()
+        self.landmarks = dlib.shape_predictor(str(d / "shape_predictor_5_face_landmarks.dat"))
+        self.net = dlib.face_recognition_model_v1(str(d / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def embed(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        feats, found = [], []
+        for img in images:
+            a = img.permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+            h, w = a.shape[:2]
+            f = max(1.0, MIN_SIZE / min(h, w))
+            if f > 1:
+                a = np.asarray(Image.fromarray(a).resize((round(w * f), round(h * f)), Image.BICUBIC))
+            a = np.ascontiguousarray(a)
+            faces = self.detector(a, 0)
+            found.append(len(faces) > 0)
+            box = max(faces, key=lambda r: r.area()) if len(faces) else \
+                self._dlib.rectangle(0, 0, a.shape[1] - 1, a.shape[0] - 1)
+            feats.append(np.asarray(self.net.compute_face_descriptor(a, self.landmarks(a, box)), dtype=np.float64))
+        return np.stack(feats) if feats else np.zeros((0, 128)), np.asarray(found, bool)
+
+
+def resolve(mode) -> str:
+    """The config value `face_identity` (auto | dlib | none) as what will run: "dlib" or "none"; a one-line error for
+    an unknown value, or for dlib when its extra is missing (checked without loading the models)."""
+    m = "none" if mode is None or mode is False else str(mode).strip().lower()
+    if m not in MODES:
+        raise UserError(f"face_identity={mode!r}: use one of {', '.join(MODES)}")
+    if m == "auto":
+        return "dlib" if available() else "none"
+    if m == "dlib" and not available():
+        raise UserError(f"face_identity=dlib: dlib or face-recognition-models is not installed; {EXTRA} "
+                        "(or face_identity=auto|none)")
+    return m
+
+
+def load_face_identity(mode) -> DlibFaceIdentity | None:
+    """The instrument for the config value `face_identity`, or None."""
+    return DlibFaceIdentity() if resolve(mode) == "dlib" else None
+
+
+def identity_validity(embedder, images: torch.Tensor, identities, max_images: int = 300, seed: int = 0) -> dict:
+    """The instrument on real faces: AUROC of -distance for same vs different identity pairs, the mean distance of
+    each kind, and the share of faces detected; on at most `max_images` faces (whole identities, drawn with `seed`:
+    ~0.1 s per face on 2 CPU cores)."""
+    from .metrics import auroc
+
+    ids = np.asarray([str(i) for i in identities])
+    keep = np.arange(len(ids))
+    if len(ids) > max_images:
+        rng = np.random.default_rng(seed)
+        chosen, n = [], 0
+        for u in rng.permutation(np.unique(ids)):
+            rows = np.flatnonzero(ids == u)
+            if n + len(rows) > max_images and n:
+                continue
+            chosen.append(rows)
+            n += len(rows)
+        keep = np.sort(np.concatenate(chosen))
+    feats, found = embedder.embed(images[torch.from_numpy(keep)])
+    ids = ids[keep]
+    iu, ju = np.triu_indices(len(ids), 1)
+    same = ids[iu] == ids[ju]
+    dist = np.linalg.norm(feats[iu] - feats[ju], axis=1)
+    out = {"n": int(len(ids)), "face_found": float(found.mean()) if len(found) else float("nan")}
+    if same.any() and (~same).any():
+        out.update({"auroc": auroc(same.astype(int), -dist),
+                    "same_mean_distance": float(dist[same].mean()),
+                    "different_mean_distance": float(dist[~same].mean()),
+                    "different_below_threshold": float((dist[~same] < SAME_PERSON_DISTANCE).mean())})
+    return out
+
+
+def pair_distances(embedder, images_a: torch.Tensor, images_b: torch.Tensor) -> dict:
+    """Source vs edited face: mean Euclidean distance, the share under dlib's same-person threshold, faces found."""
+    fa, ok_a = embedder.embed(images_a)
+    fb, ok_b = embedder.embed(images_b)
+    d = np.linalg.norm(fa - fb, axis=1)
+    return {"identity_distance_dlib": float(d.mean()) if len(d) else float("nan"),
+            "identity_same_person_dlib": float((d < SAME_PERSON_DISTANCE).mean()) if len(d) else float("nan"),
+            "identity_face_found_dlib": float(np.concatenate([ok_a, ok_b]).mean()) if len(d) else float("nan")}

@@ -1,0 +1,79 @@
+"""dlib's identity instrument (the [dlib] extra, part of [dev]) on real phantom faces and through evaluate_sets."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kgface.errors import UserError
+from kgface.evaluation import face_identity as F
+from kgface.evaluation.evaluator import load_images
+
+
+def test_modes_resolve_and_a_bad_value_names_the_key(monkeypatch):
+    assert F.available(), "the [dlib] extra is part of [dev]: pip install -e '.[dev]'"
+    assert F.resolve("auto") == "dlib" and F.resolve("DLIB") == "dlib"
+    assert F.resolve("none") == "none" and F.resolve(None) == "none" and F.resolve(False) == "none"
+    with pytest.raises(UserError, match=r"face_identity='sometimes': use one of auto, dlib, none"):
+        F.resolve("sometimes")
+    monkeypatch.setattr(F, "available", lambda: False)  # a machine without the extra
+    assert F.resolve("auto") == "none" and F.load_face_identity("auto") is None
+    with pytest.raises(UserError, match=r'face_identity=dlib: .*pip install -e "\.\[dlib\]"'):
+        F.resolve("dlib")
+
+
+@pytest.fixture(scope="module")
+def dlib_identity():
+    return F.load_face_identity("dlib")
+
+
+@pytest.fixture(scope="module")
+def test_faces(tiny_data):
+    df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    test = df[df["split"] == "test"].reset_index(drop=True)
+    return load_images([str(tiny_data / p) for p in test["path"]]), list(test["identity"])
+
+
+def test_embeddings_tell_the_same_phantom_from_another(dlib_identity, test_faces):
+    images, ids = test_faces
+    feats, found = dlib_identity.embed(images[:3])
+    assert feats.shape == (3, 128) and found.dtype == bool
+    v = F.identity_validity(dlib_identity, images, ids)
+    assert v["n"] == len(ids) and 0 <= v["face_found"] <= 1
+    # one person at four stages vs two people: measured 0.85-0.89 on the 64-px default panel
+    assert v["same_mean_distance"] < v["different_mean_distance"] and v["auroc"] > 0.6
+    # the cap keeps whole identities: every kept face has its other stages beside it
+    capped = F.identity_validity(dlib_identity, images, ids, max_images=10)
+    assert 0 < capped["n"] <= 10
+
+
+def test_pair_distances_are_zero_for_copies_and_not_for_other_people(dlib_identity, test_faces):
+    images, ids = test_faces
+    same = F.pair_distances(dlib_identity, images[:4], images[:4].clone())
+    assert same["identity_distance_dlib"] == pytest.approx(0.0, abs=1e-6) and same["identity_same_person_dlib"] == 1
+    other = [i for i, x in enumerate(ids) if x != ids[0]][:4]
+    diff = F.pair_distances(dlib_identity, images[:1].expand(len(other), -1, -1, -1), images[other])
+    assert diff["identity_distance_dlib"] > 0.05
+
+
+def test_evaluate_sets_reports_dlib_identity_beside_the_clip_cosine(tiny_evaluator, tiny_data, tiny_profiles,
+                                                                    tmp_path, dlib_identity):
+    from kgface.evaluation import evaluate_sets
+    from tests.evaluation.test_eval_evaluator import _generated_manifest
+
+    gen = _generated_manifest(tiny_data, tmp_path, n=6)  # its one transformation is a copy of its source
+    m = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, face_identity=dlib_identity)
+    assert m["transform"]["identity_distance_dlib"] == pytest.approx(0.0, abs=1e-4)
+    assert m["transform"]["identity_same_person_dlib"] == 1.0
+    assert m["evaluator"]["identity_dlib"]["auroc"] > 0.6
+    without = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles)
+    assert "identity_distance_dlib" not in without["transform"] and "identity_dlib" not in without["evaluator"]
+    assert without["transform"]["identity_similarity"] == m["transform"]["identity_similarity"]
+
+
+def test_embed_reads_non_square_and_tiny_images(dlib_identity):
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 255, (2, 3, 24, 40), dtype=np.uint8))
+    feats, found = dlib_identity.embed(images)
+    assert feats.shape == (2, 128) and np.isfinite(feats).all() and not found.any()  # noise holds no face
