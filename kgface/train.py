@@ -105,10 +105,10 @@ def preflight(cfg: DictConfig) -> None:
         # a real photo's `{}` means "not labelled", not "shows nothing": conditioning on it would be a wrong label
         raise UserError(f"trainer.observed_phenotypes=true needs per-image phenotype labels that are complete, as "
                         f"the phantom's are (data=phantom); with data={cfg.data.name} set it to false")
-    if cfg.get("evaluate", True):
-        from .evaluation.face_identity import resolve
+    if cfg.get("evaluate", True):  # dlib's models load here once (a second) and are reused by the evaluation
+        from .evaluation.face_identity import load_face_identity
 
-        resolve(cfg.get("face_identity", "auto"))
+        load_face_identity(cfg.get("face_identity", "auto"))
     if cfg.model.name == "tiny":  # its VAE is trained here; a bad setting must not wait for the data
         from .diffusion.vae import VAE_DEFAULTS, adversarial_active, check_discriminator_size, check_vae_train
 
@@ -368,7 +368,8 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
                                     profiles, roundtrip=(lambda x: roundtrip(vae, x)) if measure_real else None,
                                     return_scored=True, heldout=heldout,
                                     audit_extra=manifest.parent / ATLAS_FILE if trained_on_atlas else None,
-                                    face_identity=load_face_identity(cfg.get("face_identity", "auto")))
+                                    face_identity=load_face_identity(cfg.get("face_identity", "auto")),
+                                    identity_pairs=measure_real)
     if measure_real and cfg.data.name == "phantom":
         metrics.setdefault("evaluator", {}).update(isolated_effects_check(cfg, evaluator, real_df))
     controls = _controls(cfg, gen, drawable, evaluator, heldout, mode)
@@ -509,10 +510,10 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
     ("transform.target_top1", "healthy->disease / disease->healthy transformations reach the target", ""),
     ("transform.identity_similarity", "evaluator feature cosine, source vs transformed", ""),
     ("transform.identity_distance_dlib", "dlib face-embedding distance, source vs transformed (face_identity)", ""),
-    ("evaluator.identity_dlib.same_mean_distance", "... between two real faces of one identity", ""),
-    ("evaluator.identity_dlib.different_mean_distance", "... between real faces of two identities", ""),
-    ("evaluator.identity_auroc", "evaluator feature cosine separates same / different identity (real pairs)", ""),
-    ("evaluator.identity_dlib.auroc", "dlib distance separates same / different identity (real pairs)", ""),
+    ("evaluator.identity_dlib.same_mean_distance", "dlib distance between two real faces of one identity", ""),
+    ("evaluator.identity_dlib.different_mean_distance", "dlib distance between real faces of two identities", ""),
+    ("evaluator.identity_dlib.clip_auroc", "evaluator feature cosine separates same / different identity", ""),
+    ("evaluator.identity_dlib.auroc", "dlib distance separates same / different identity (the same real pairs)", ""),
     ("tstr_top1", "probe trained on generated images, tested on real ones", ""),
     ("kid_clip", "KID on evaluator CLIP features (lead with KID at small n)", ""),
     ("fid_clip", "FID on evaluator CLIP features", ""),

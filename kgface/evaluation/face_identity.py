@@ -13,6 +13,7 @@ face (kgface's images are face crops); `face_found` says how often detection suc
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +21,35 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from .evaluator import EvaluatorInputError
+
+log = logging.getLogger(__name__)
 
 MODES = ("auto", "dlib", "none")
 EXTRA = 'pip install -e ".[dlib]" (dlib-bin + face-recognition-models)'
 SAME_PERSON_DISTANCE = 0.6  # dlib's threshold for photos of real people (its authors' LFW evaluation)
 MIN_SIZE = 160              # px: images are upscaled to at least this before detection
+MODEL_FILES = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")
+_loaded: dict[str, "DlibFaceIdentity"] = {}  # one instance per process: preflight builds it, evaluation reuses it
 
 
-def _model_dir() -> Path | None:
+def _package_models() -> Path | None:
     """face_recognition_models' model folder, found without importing it: its __init__ needs pkg_resources, which
     recent setuptools no longer ships."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         return None
-    d = Path(list(spec.submodule_search_locations)[0]) / "models"
-    return d if d.is_dir() else None
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def _model_dir() -> Path | None:
+    """That folder when it holds both model files."""
+    d = _package_models()
+    return d if d is not None and all((d / f).is_file() for f in MODEL_FILES) else None
 
 
 def available() -> bool:
+    """Both packages are installed (the model files present; whether they load is `load_face_identity`'s test)."""
     return importlib.util.find_spec("dlib") is not None and _model_dir() is not None
 
 
@@ -54,13 +66,24 @@ class DlibFaceIdentity:
             raise UserError(f"face_identity=dlib: the face-recognition-models package is not installed; {EXTRA}")
         self._dlib = dlib
         self.detector = dlib.get_frontal_face_detector()
-        self.landmarks = dlib.shape_predictor(str(d / "shape_predictor_5_face_landmarks.dat"))
-        self.net = dlib.face_recognition_model_v1(str(d / "dlib_face_recognition_resnet_model_v1.dat"))
+        self.landmarks = dlib.shape_predictor(str(d / MODEL_FILES[0]))
+        self.net = dlib.face_recognition_model_v1(str(d / MODEL_FILES[1]))
 
     def embed(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """images: N x C x H x W, uint8 (0-255) or float (0-1, as a VAE round trip gives); C = 1 (grey), 3 or 4
+        (alpha dropped)."""
+        if images.ndim != 4 or images.shape[1] not in (1, 3, 4):
+            raise EvaluatorInputError(f"face identity: images must be N x C x H x W with C = 1, 3 or 4, got "
+                                      f"{tuple(images.shape)}")
+        if images.dtype != torch.uint8:
+            if not images.is_floating_point():
+                raise EvaluatorInputError(f"face identity: images must be uint8 or float in [0, 1], got {images.dtype}")
+            images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+        images = images[:, :3] if images.shape[1] == 4 else images.expand(-1, 3, -1, -1) if images.shape[1] == 1 \
+            else images
         feats, found = [], []
         for img in images:
-            a = img.permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+            a = img.permute(1, 2, 0).cpu().numpy()
             h, w = a.shape[:2]
             f = max(1.0, MIN_SIZE / min(h, w))
             if f > 1:
@@ -89,30 +112,52 @@ def resolve(mode) -> str:
 
 
 def load_face_identity(mode) -> DlibFaceIdentity | None:
-    """The instrument for the config value `face_identity`, or None."""
-    return DlibFaceIdentity() if resolve(mode) == "dlib" else None
+    """The instrument for the config value `face_identity`, or None; loaded once per process. An install whose
+    models do not load is an error under `dlib` and, with a warning, no instrument under `auto`."""
+    if resolve(mode) != "dlib":
+        return None
+    if "dlib" not in _loaded:
+        try:
+            _loaded["dlib"] = DlibFaceIdentity()
+        except (ImportError, OSError, RuntimeError) as exc:  # a broken wheel, damaged model files
+            msg = f"face_identity: dlib's models did not load ({str(exc).splitlines()[0][:200]})"
+            if str(mode).strip().lower() == "auto":
+                log.warning("%s; going on without dlib identity (face_identity=none silences this)", msg)
+                return None
+            raise UserError(f"{msg}; reinstall the extra, {EXTRA}, or set face_identity=auto|none") from None
+    return _loaded["dlib"]
 
 
-def identity_validity(embedder, images: torch.Tensor, identities, max_images: int = 300, seed: int = 0) -> dict:
-    """The instrument on real faces: AUROC of -distance for same vs different identity pairs, the mean distance of
-    each kind, and the share of faces detected; on at most `max_images` faces (whole identities, drawn with `seed`:
-    ~0.1 s per face on 2 CPU cores)."""
-    from .metrics import auroc
-
+def cap_by_identity(identities, max_images: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of at most `max_images` rows made of whole identities (drawn with `seed`), so every kept
+    face keeps its same-identity partners; identities larger than the room left are skipped, and if none fits, a
+    random `max_images` rows."""
     ids = np.asarray([str(i) for i in identities])
-    keep = np.arange(len(ids))
-    if len(ids) > max_images:
-        rng = np.random.default_rng(seed)
-        chosen, n = [], 0
-        for u in rng.permutation(np.unique(ids)):
-            rows = np.flatnonzero(ids == u)
-            if n + len(rows) > max_images and n:
-                continue
+    if len(ids) <= max_images:
+        return np.arange(len(ids))
+    rng = np.random.default_rng(seed)
+    chosen, n = [], 0
+    for u in rng.permutation(np.unique(ids)):
+        rows = np.flatnonzero(ids == u)
+        if n + len(rows) <= max_images:
             chosen.append(rows)
             n += len(rows)
-        keep = np.sort(np.concatenate(chosen))
+    if not chosen:
+        return np.sort(rng.choice(len(ids), max_images, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def identity_validity(embedder, images: torch.Tensor, identities, max_images: int = 300, seed: int = 0,
+                      clip_features: np.ndarray | None = None) -> dict:
+    """The instrument on real faces: AUROC of -distance for same vs different identity pairs, the mean distance of
+    each kind, and the share of faces detected; on at most `max_images` faces (`cap_by_identity`: ~0.1 s per face on
+    2 CPU cores). With `clip_features` (the evaluator's, row for row), `clip_auroc`: the CLIP cosine's AUROC on the same
+    faces, so the two instruments are compared on one set of pairs."""
+    from .metrics import auroc, identity_auroc
+
+    keep = cap_by_identity(identities, max_images, seed)
+    ids = np.asarray([str(i) for i in identities])[keep]
     feats, found = embedder.embed(images[torch.from_numpy(keep)])
-    ids = ids[keep]
     iu, ju = np.triu_indices(len(ids), 1)
     same = ids[iu] == ids[ju]
     dist = np.linalg.norm(feats[iu] - feats[ju], axis=1)
@@ -122,6 +167,8 @@ def identity_validity(embedder, images: torch.Tensor, identities, max_images: in
                     "same_mean_distance": float(dist[same].mean()),
                     "different_mean_distance": float(dist[~same].mean()),
                     "different_below_threshold": float((dist[~same] < SAME_PERSON_DISTANCE).mean())})
+        if clip_features is not None:
+            out["clip_auroc"] = identity_auroc(np.asarray(clip_features)[keep], list(ids))
     return out
 
 
@@ -130,6 +177,9 @@ def pair_distances(embedder, images_a: torch.Tensor, images_b: torch.Tensor) -> 
     fa, ok_a = embedder.embed(images_a)
     fb, ok_b = embedder.embed(images_b)
     d = np.linalg.norm(fa - fb, axis=1)
-    return {"identity_distance_dlib": float(d.mean()) if len(d) else float("nan"),
-            "identity_same_person_dlib": float((d < SAME_PERSON_DISTANCE).mean()) if len(d) else float("nan"),
-            "identity_face_found_dlib": float(np.concatenate([ok_a, ok_b]).mean()) if len(d) else float("nan")}
+    both = ok_a & ok_b  # pairs aligned by detected landmarks on both sides (others read a whole frame)
+    nan = float("nan")
+    return {"identity_distance_dlib": float(d.mean()) if len(d) else nan,
+            "identity_same_person_dlib": float((d < SAME_PERSON_DISTANCE).mean()) if len(d) else nan,
+            "identity_face_found_dlib": float(np.concatenate([ok_a, ok_b]).mean()) if len(d) else nan,
+            "identity_distance_dlib_both_found": float(d[both].mean()) if both.any() else nan}

@@ -192,7 +192,8 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         out["identity_auroc"] = M.identity_auroc(s.features, list(t["identity"]))
         if face_identity is not None:
             images = s.images if s.images is not None else load_images(list(test["abspath"]))
-            out["identity_dlib"] = identity_validity(face_identity, images, list(t["identity"]))
+            out["identity_dlib"] = identity_validity(face_identity, images, list(t["identity"]),
+                                                     clip_features=s.features)
     train = train_df if train_df is not None else df[df["split"] == "train"]  # _test_rows checked the column
     if len(train):
         out["oracle_top1"] = oracle_top1(train.reset_index(drop=True), test,
@@ -276,7 +277,7 @@ def kg_frequencies(profiles: dict[str, FacialProfile], vocab, diseases) -> dict[
 
 def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profiles=None, roundtrip=None,
                   return_scored: bool = False, heldout: set[str] | None = None, audit_extra=None,
-                  face_identity=None):
+                  face_identity=None, identity_pairs: bool = True):
     """metrics.json's content for a real set and/or a generated set (only what the inputs allow).
 
     real_df / generated_df: manifest paths or DataFrames. Generated rows are judged against their request
@@ -285,7 +286,8 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
     (metrics, {"real": ScoredSet, "generated": ScoredSet, "real_train": ScoredSet}) with return_scored.
     audit_extra: a manifest (path or DataFrame) of further images the generator trained on (the phenotype atlas
     under trainer.atlas_share), added to the memorisation audit's training set.
-    face_identity: a second identity instrument (`load_face_identity`, dlib) for real pairs and transformations.
+    face_identity: a second identity instrument (`load_face_identity`, dlib) for real pairs and transformations;
+    identity_pairs=False: for transformations only (the train job's later conditionings drop the real set's numbers).
     """
     if real_df is None and generated_df is None:
         raise EvaluatorInputError("nothing to evaluate: give real= and/or generated=")
@@ -303,7 +305,8 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         evaluator.check_labels(test["disease"], "real set")
         s_real = evaluator.score_set(test, keep_images=True)
         scored["real"] = s_real
-        v = instrument_validity(evaluator, real, roundtrip=roundtrip, scored=s_real, face_identity=face_identity)
+        v = instrument_validity(evaluator, real, roundtrip=roundtrip, scored=s_real,
+                                face_identity=face_identity if identity_pairs else None)
         metrics["evaluator"].update(v)
         if "vae_ceiling_top1" in v:
             metrics["vae_ceiling_top1"] = v["vae_ceiling_top1"]

@@ -8,7 +8,7 @@ import torch
 
 from kgface.errors import UserError
 from kgface.evaluation import face_identity as F
-from kgface.evaluation.evaluator import load_images
+from kgface.evaluation.evaluator import EvaluatorInputError, load_images
 
 
 def test_modes_resolve_and_a_bad_value_names_the_key(monkeypatch):
@@ -35,17 +35,47 @@ def test_faces(tiny_data):
     return load_images([str(tiny_data / p) for p in test["path"]]), list(test["identity"])
 
 
-def test_embeddings_tell_the_same_phantom_from_another(dlib_identity, test_faces):
+def test_embeddings_tell_the_same_phantom_from_another(dlib_identity, test_faces, tiny_evaluator):
+    from kgface.evaluation.metrics import identity_auroc
+
     images, ids = test_faces
     feats, found = dlib_identity.embed(images[:3])
     assert feats.shape == (3, 128) and found.dtype == bool
-    v = F.identity_validity(dlib_identity, images, ids)
+    clip = tiny_evaluator.features(images)
+    v = F.identity_validity(dlib_identity, images, ids, clip_features=clip)
     assert v["n"] == len(ids) and 0 <= v["face_found"] <= 1
     # one person at four stages vs two people: measured 0.85-0.89 on the 64-px default panel
     assert v["same_mean_distance"] < v["different_mean_distance"] and v["auroc"] > 0.6
-    # the cap keeps whole identities: every kept face has its other stages beside it
+    assert v["clip_auroc"] == identity_auroc(clip, ids)  # uncapped: the evaluator's cosine on the same pairs
     capped = F.identity_validity(dlib_identity, images, ids, max_images=10)
-    assert 0 < capped["n"] <= 10
+    assert 0 < capped["n"] <= 10 and "clip_auroc" not in capped
+
+
+def test_the_cap_keeps_whole_identities_and_never_exceeds_its_size():
+    ids = ["a"] * 5 + ["b"] * 3 + ["c"] * 2 + ["d"] * 4
+    for cap in range(2, 14):
+        keep = F.cap_by_identity(ids, cap, seed=cap)
+        kept = [ids[i] for i in keep]
+        assert 0 < len(keep) <= cap and list(keep) == sorted(set(keep.tolist()))
+        assert all(kept.count(u) == ids.count(u) for u in set(kept)), (cap, kept)  # no identity cut in two
+    assert len(F.cap_by_identity(ids, 20)) == len(ids)
+    keep = F.cap_by_identity(["a"] * 5 + ["b"] * 5, 3)  # no identity fits: a random 3 faces, not all 5 of one
+    assert len(keep) == 3
+
+
+def test_a_damaged_install_is_an_error_under_dlib_and_a_warning_under_auto(monkeypatch, tmp_path, caplog):
+    for name in F.MODEL_FILES:
+        (tmp_path / name).write_bytes(b"not a dlib model")
+    monkeypatch.setattr(F, "_package_models", lambda: tmp_path)
+    monkeypatch.setattr(F, "_loaded", {})
+    assert F.available()  # the files are there; whether they load is only known by loading them
+    with pytest.raises(UserError, match=r"face_identity: dlib's models did not load .*face_identity=auto\|none"):
+        F.load_face_identity("dlib")
+    with caplog.at_level("WARNING"):
+        assert F.load_face_identity("auto") is None
+    assert "did not load" in caplog.text
+    (tmp_path / F.MODEL_FILES[0]).unlink()
+    assert not F.available() and F.resolve("auto") == "none"
 
 
 def test_pair_distances_are_zero_for_copies_and_not_for_other_people(dlib_identity, test_faces):
@@ -72,8 +102,18 @@ def test_evaluate_sets_reports_dlib_identity_beside_the_clip_cosine(tiny_evaluat
     assert without["transform"]["identity_similarity"] == m["transform"]["identity_similarity"]
 
 
-def test_embed_reads_non_square_and_tiny_images(dlib_identity):
+def test_embed_reads_non_square_tiny_float_grey_and_rgba_images(dlib_identity, test_faces):
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 255, (2, 3, 24, 40), dtype=np.uint8))
     feats, found = dlib_identity.embed(images)
     assert feats.shape == (2, 128) and np.isfinite(feats).all() and not found.any()  # noise holds no face
+    faces = test_faces[0][:2]
+    u8 = dlib_identity.embed(faces)[0]
+    # float in [0, 1] (a VAE round trip) reads as the same faces, not as black frames
+    assert np.allclose(dlib_identity.embed(faces.float() / 255)[0], u8, atol=1e-6)
+    assert np.allclose(dlib_identity.embed(torch.cat([faces, torch.full_like(faces[:, :1], 255)], 1))[0], u8)
+    grey = dlib_identity.embed(faces[:, :1])[0]
+    assert grey.shape == (2, 128) and np.isfinite(grey).all()
+    for bad in (faces[0], faces[:, :2], faces.to(torch.int32)):
+        with pytest.raises(EvaluatorInputError, match="face identity: images must be"):
+            dlib_identity.embed(bad)
