@@ -30,7 +30,7 @@ EXTRA = 'pip install -e ".[dlib]" (dlib-bin + face-recognition-models)'
 SAME_PERSON_DISTANCE = 0.6  # dlib's threshold for photos of real people (its authors' LFW evaluation)
 MIN_SIZE = 160              # px: images are upscaled to at least this before detection
 MODEL_FILES = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")
-_loaded: dict[str, "DlibFaceIdentity"] = {}  # one instance per process: preflight builds it, evaluation reuses it
+_loaded: dict[str, object] = {}  # one load per process (preflight's; the evaluation reuses it): the instance or the error
 
 
 def _package_models() -> Path | None:
@@ -120,18 +120,21 @@ def load_face_identity(mode) -> DlibFaceIdentity | None:
         try:
             _loaded["dlib"] = DlibFaceIdentity()
         except (ImportError, OSError, RuntimeError) as exc:  # a broken wheel, damaged model files
-            msg = f"face_identity: dlib's models did not load ({str(exc).splitlines()[0][:200]})"
+            _loaded["dlib"] = f"face_identity: dlib's models did not load ({str(exc).splitlines()[0][:200]})"
             if str(mode).strip().lower() == "auto":
-                log.warning("%s; going on without dlib identity (face_identity=none silences this)", msg)
-                return None
-            raise UserError(f"{msg}; reinstall the extra, {EXTRA}, or set face_identity=auto|none") from None
-    return _loaded["dlib"]
+                log.warning("%s; going on without dlib identity (face_identity=none silences this)", _loaded["dlib"])
+    got = _loaded["dlib"]
+    if isinstance(got, str):
+        if str(mode).strip().lower() == "auto":
+            return None
+        raise UserError(f"{got}; reinstall the extra, {EXTRA}, or set face_identity=auto|none")
+    return got
 
 
 def cap_by_identity(identities, max_images: int, seed: int = 0) -> np.ndarray:
     """Sorted row indices of at most `max_images` rows made of whole identities (drawn with `seed`), so every kept
     face keeps its same-identity partners; identities larger than the room left are skipped, and if none fits, a
-    random `max_images` rows."""
+    random `max_images` rows (partners then may be cut)."""
     ids = np.asarray([str(i) for i in identities])
     if len(ids) <= max_images:
         return np.arange(len(ids))
@@ -153,7 +156,7 @@ def identity_validity(embedder, images: torch.Tensor, identities, max_images: in
     each kind, and the share of faces detected; on at most `max_images` faces (`cap_by_identity`: ~0.1 s per face on
     2 CPU cores). With `clip_features` (the evaluator's, row for row), `clip_auroc`: the CLIP cosine's AUROC on the same
     faces, so the two instruments are compared on one set of pairs."""
-    from .metrics import auroc, identity_auroc
+    from .metrics import auroc
 
     keep = cap_by_identity(identities, max_images, seed)
     ids = np.asarray([str(i) for i in identities])[keep]
@@ -167,8 +170,10 @@ def identity_validity(embedder, images: torch.Tensor, identities, max_images: in
                     "same_mean_distance": float(dist[same].mean()),
                     "different_mean_distance": float(dist[~same].mean()),
                     "different_below_threshold": float((dist[~same] < SAME_PERSON_DISTANCE).mean())})
-        if clip_features is not None:
-            out["clip_auroc"] = identity_auroc(np.asarray(clip_features)[keep], list(ids))
+        if clip_features is not None:  # on exactly these pairs (metrics.identity_auroc samples different ones)
+            c = np.asarray(clip_features, float)[keep]
+            c = c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12)
+            out["clip_auroc"] = auroc(same.astype(int), np.sum(c[iu] * c[ju], 1))
     return out
 
 
@@ -182,4 +187,5 @@ def pair_distances(embedder, images_a: torch.Tensor, images_b: torch.Tensor) -> 
     return {"identity_distance_dlib": float(d.mean()) if len(d) else nan,
             "identity_same_person_dlib": float((d < SAME_PERSON_DISTANCE).mean()) if len(d) else nan,
             "identity_face_found_dlib": float(np.concatenate([ok_a, ok_b]).mean()) if len(d) else nan,
-            "identity_distance_dlib_both_found": float(d[both].mean()) if both.any() else nan}
+            "identity_distance_dlib_both_found": float(d[both].mean()) if both.any() else nan,
+            "identity_dlib_both_found_n": int(both.sum())}

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from kgface.config import compose
 from kgface.errors import UserError
 from kgface.evaluation import face_identity as F
 from kgface.evaluation.evaluator import EvaluatorInputError, load_images
@@ -47,8 +48,13 @@ def test_embeddings_tell_the_same_phantom_from_another(dlib_identity, test_faces
     # one person at four stages vs two people: measured 0.85-0.89 on the 64-px default panel
     assert v["same_mean_distance"] < v["different_mean_distance"] and v["auroc"] > 0.6
     assert v["clip_auroc"] == identity_auroc(clip, ids)  # uncapped: the evaluator's cosine on the same pairs
-    capped = F.identity_validity(dlib_identity, images, ids, max_images=10)
-    assert 0 < capped["n"] <= 10 and "clip_auroc" not in capped
+    assert "clip_auroc" not in F.identity_validity(dlib_identity, images[:8], ids[:8])
+    # capped: the CLIP cosine is read on the kept faces' pairs, the same ones dlib reads
+    keep = F.cap_by_identity(ids, 12)
+    kept = [ids[i] for i in keep]
+    capped = F.identity_validity(dlib_identity, images, ids, max_images=12, clip_features=clip)
+    assert capped["n"] == len(keep) <= 12 and len(set(kept)) >= 2
+    assert capped["clip_auroc"] == pytest.approx(identity_auroc(clip[keep], kept), abs=1e-12)
 
 
 def test_the_cap_keeps_whole_identities_and_never_exceeds_its_size():
@@ -69,11 +75,21 @@ def test_a_damaged_install_is_an_error_under_dlib_and_a_warning_under_auto(monke
     monkeypatch.setattr(F, "_package_models", lambda: tmp_path)
     monkeypatch.setattr(F, "_loaded", {})
     assert F.available()  # the files are there; whether they load is only known by loading them
+    from kgface.train import preflight
+    from tests.test_train_smoke import MICRO
+
     with pytest.raises(UserError, match=r"face_identity: dlib's models did not load .*face_identity=auto\|none"):
-        F.load_face_identity("dlib")
+        preflight(compose("train", MICRO + ["evaluate=true", "face_identity=dlib"]))  # before any data is built
     with caplog.at_level("WARNING"):
         assert F.load_face_identity("auto") is None
-    assert "did not load" in caplog.text
+        assert F.load_face_identity("auto") is None
+    assert caplog.text.count("did not load") == 0  # the failed load is remembered: preflight said it once
+    monkeypatch.setattr(F, "_loaded", {})
+    with caplog.at_level("WARNING"):
+        assert F.load_face_identity("auto") is None and F.load_face_identity("auto") is None
+    assert caplog.text.count("did not load") == 1
+    with pytest.raises(UserError, match=r"did not load"):
+        F.load_face_identity("dlib")
     (tmp_path / F.MODEL_FILES[0]).unlink()
     assert not F.available() and F.resolve("auto") == "none"
 
@@ -82,6 +98,13 @@ def test_pair_distances_are_zero_for_copies_and_not_for_other_people(dlib_identi
     images, ids = test_faces
     same = F.pair_distances(dlib_identity, images[:4], images[:4].clone())
     assert same["identity_distance_dlib"] == pytest.approx(0.0, abs=1e-6) and same["identity_same_person_dlib"] == 1
+    found = dlib_identity.embed(images[:4])[1]
+    assert same["identity_dlib_both_found_n"] == int(found.sum())
+    if found.any():
+        assert same["identity_distance_dlib_both_found"] == pytest.approx(0.0, abs=1e-6)
+    noise = torch.from_numpy(np.random.default_rng(1).integers(0, 255, images[:2].shape, dtype=np.uint8))
+    mixed = F.pair_distances(dlib_identity, noise, noise.clone())  # no face on either side: no aligned pair
+    assert mixed["identity_dlib_both_found_n"] == 0 and np.isnan(mixed["identity_distance_dlib_both_found"])
     other = [i for i, x in enumerate(ids) if x != ids[0]][:4]
     diff = F.pair_distances(dlib_identity, images[:1].expand(len(other), -1, -1, -1), images[other])
     assert diff["identity_distance_dlib"] > 0.05
@@ -97,6 +120,10 @@ def test_evaluate_sets_reports_dlib_identity_beside_the_clip_cosine(tiny_evaluat
     assert m["transform"]["identity_distance_dlib"] == pytest.approx(0.0, abs=1e-4)
     assert m["transform"]["identity_same_person_dlib"] == 1.0
     assert m["evaluator"]["identity_dlib"]["auroc"] > 0.6
+    # the train job's later conditionings: transformations only, the real pairs are not read again
+    later = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, face_identity=dlib_identity,
+                          identity_pairs=False)
+    assert "identity_dlib" not in later["evaluator"] and later["transform"]["identity_distance_dlib"] == 0
     without = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles)
     assert "identity_distance_dlib" not in without["transform"] and "identity_dlib" not in without["evaluator"]
     assert without["transform"]["identity_similarity"] == m["transform"]["identity_similarity"]
