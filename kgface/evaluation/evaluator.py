@@ -108,6 +108,11 @@ def load_images(paths: Sequence[str], size: int | Sequence[int] | None = None) -
     return torch.stack(out)
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images as uint8 0-255: uint8 passes through, float is read as 0-1 (what a VAE round trip gives)."""
+    return images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def drawn_phenotypes(phenotypes: Sequence[dict]) -> list[str]:
     """The sorted HPO ids drawn (intensity > 0) in any of these images: the vocabulary of `presence_matrix`."""
     return sorted({h for ph in phenotypes for h, v in (ph or {}).items() if float(v) > 0})

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from .evaluator import EvaluatorInputError
+from .evaluator import EvaluatorInputError, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class DlibFaceIdentity:
         if images.dtype != torch.uint8:
             if not images.is_floating_point():
                 raise EvaluatorInputError(f"face identity: images must be uint8 or float in [0, 1], got {images.dtype}")
-            images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+            images = to_uint8(images)
         images = images[:, :3] if images.shape[1] == 4 else images.expand(-1, 3, -1, -1) if images.shape[1] == 1 \
             else images
         feats, found = [], []
@@ -97,10 +97,15 @@ class DlibFaceIdentity:
         return np.stack(feats) if feats else np.zeros((0, 128)), np.asarray(found, bool)
 
 
+def _mode(mode) -> str:
+    """The config value as written, normalised (None/false read as none)."""
+    return "none" if mode is None or mode is False else str(mode).strip().lower()
+
+
 def resolve(mode) -> str:
     """The config value `face_identity` (auto | dlib | none) as what will run: "dlib" or "none"; a one-line error for
     an unknown value, or for dlib when its extra is missing (checked without loading the models)."""
-    m = "none" if mode is None or mode is False else str(mode).strip().lower()
+    m = _mode(mode)
     if m not in MODES:
         raise UserError(f"face_identity={mode!r}: use one of {', '.join(MODES)}")
     if m == "auto":
@@ -116,16 +121,17 @@ def load_face_identity(mode) -> DlibFaceIdentity | None:
     models do not load is an error under `dlib` and, with a warning, no instrument under `auto`."""
     if resolve(mode) != "dlib":
         return None
+    auto = _mode(mode) == "auto"
     if "dlib" not in _loaded:
         try:
             _loaded["dlib"] = DlibFaceIdentity()
         except (ImportError, OSError, RuntimeError) as exc:  # a broken wheel, damaged model files
             _loaded["dlib"] = f"face_identity: dlib's models did not load ({str(exc).splitlines()[0][:200]})"
-            if str(mode).strip().lower() == "auto":
+            if auto:
                 log.warning("%s; going on without dlib identity (face_identity=none silences this)", _loaded["dlib"])
     got = _loaded["dlib"]
     if isinstance(got, str):
-        if str(mode).strip().lower() == "auto":
+        if auto:
             return None
         raise UserError(f"{got}; reinstall the extra, {EXTRA}, or set face_identity=auto|none")
     return got
@@ -156,7 +162,7 @@ def identity_validity(embedder, images: torch.Tensor, identities, max_images: in
     each kind, and the share of faces detected; on at most `max_images` faces (`cap_by_identity`: ~0.1 s per face on
     2 CPU cores). With `clip_features` (the evaluator's, row for row), `clip_auroc`: the CLIP cosine's AUROC on the same
     faces, so the two instruments are compared on one set of pairs."""
-    from .metrics import auroc
+    from .metrics import auroc, unit_rows
 
     keep = cap_by_identity(identities, max_images, seed)
     ids = np.asarray([str(i) for i in identities])[keep]
@@ -171,8 +177,7 @@ def identity_validity(embedder, images: torch.Tensor, identities, max_images: in
                     "different_mean_distance": float(dist[~same].mean()),
                     "different_below_threshold": float((dist[~same] < SAME_PERSON_DISTANCE).mean())})
         if clip_features is not None:  # on exactly these pairs (metrics.identity_auroc samples different ones)
-            c = np.asarray(clip_features, float)[keep]
-            c = c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12)
+            c = unit_rows(np.asarray(clip_features, float)[keep])
             out["clip_auroc"] = auroc(same.astype(int), np.sum(c[iu] * c[ju], 1))
     return out
 

@@ -126,12 +126,18 @@ def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero), so a dot product of rows is their cosine."""
+    x = np.asarray(x, float)
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
 def identity_similarity(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Mean cosine between paired rows (e.g. a source image and its transformation)."""
     a = np.asarray(features_a, float)
     b = np.asarray(features_b, float)
-    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
+    a = unit_rows(a)
+    b = unit_rows(b)
     return float(np.mean(np.sum(a * b, 1))) if len(a) else float("nan")
 
 
@@ -139,7 +145,7 @@ def identity_auroc(features: np.ndarray, identities: Sequence[str], max_pairs: i
     """AUROC of feature cosine separating same-identity from different-identity pairs (all same pairs, a random
     sample of different ones)."""
     f = np.asarray(features, float)
-    f = f / np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12)
+    f = unit_rows(f)
     ids = np.asarray([str(i) for i in identities])
     iu, ju = np.triu_indices(len(ids), 1)
     same = ids[iu] == ids[ju]
@@ -158,8 +164,8 @@ def nearest_cosine(query: np.ndarray, reference: np.ndarray, exclude_self: bool 
     """For each query row: (highest cosine to a reference row, its index)."""
     q = np.asarray(query, float)
     r = np.asarray(reference, float)
-    q = q / np.linalg.norm(q, axis=1, keepdims=True).clip(1e-12)
-    r = r / np.linalg.norm(r, axis=1, keepdims=True).clip(1e-12)
+    q = unit_rows(q)
+    r = unit_rows(r)
     sim = q @ r.T
     if exclude_self:
         np.fill_diagonal(sim, -np.inf)

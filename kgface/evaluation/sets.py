@@ -23,7 +23,7 @@ from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from . import metrics as M
 from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, load_images, min_stage_of,
-                        presence_matrix, probe_rows)
+                        presence_matrix, probe_rows, to_uint8)
 from .face_identity import identity_validity, pair_distances
 from .probes import LinearProbe, Standardizer
 
@@ -202,7 +202,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         images = s.images if s.images is not None else load_images(list(test["abspath"]))
         with torch.no_grad():
             rt = roundtrip(images)
-        rt = rt if rt.dtype == torch.uint8 else (rt.clamp(0, 1) * 255).round().to(torch.uint8)
+        rt = to_uint8(rt)
         feats = evaluator.features(rt)
         rt_table = evaluator.predict(feats, test)
         out["vae_ceiling_top1"] = disease_scores(rt_table, evaluator.classes)["top1"]

@@ -175,3 +175,20 @@ def test_temperature_scaling_lowers_the_validation_nll():
     assert t > 1.5 and nll(t) < before - 0.05
     grid = min(nll(g) for g in np.linspace(0.5, 20, 200))
     assert nll(t) <= grid + 1e-3  # the minimum, not just lower
+
+
+def test_unit_rows_gives_cosines_and_keeps_a_zero_row_zero():
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]])
+    u = M.unit_rows(x)
+    assert np.allclose(u, [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]])
+    assert u[0] @ u[2] == pytest.approx(-0.6)  # the cosine of rows 0 and 2
+    assert M.identity_similarity(x[[0]], 10 * x[[0]]) == pytest.approx(1.0)  # scale does not count
+
+
+def test_to_uint8_passes_uint8_and_reads_float_as_zero_to_one():
+    from kgface.evaluation.evaluator import to_uint8
+    u = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
+    assert to_uint8(u) is u
+    f = torch.tensor([[-0.5, 0.0, 0.5, 1.0, 2.0]])
+    got = to_uint8(f)
+    assert got.dtype == torch.uint8 and got.tolist() == [[0, 0, 128, 255, 255]]
