@@ -389,3 +389,31 @@ def test_acne_lesion_counts_as_the_continuous_stage(micro_run, tmp_path, capsys)
     err = fails(capsys, micro_run, tmp_path / "b", "diseases=[ORPHA:870]", "lesions=[10]")
     assert "lesions=" in err and "ORPHA:870" in err
     assert "lesion counts" in fails(capsys, micro_run, tmp_path / "c", "diseases=[MONDO:0011438]", "lesions=[500]")
+
+
+def test_a_learned_profile_run_generates_from_the_frequencies_it_was_trained_on(micro_run, tmp_path):
+    """profile.source=learned|blend: kgface.train writes the generator's frequencies to conditioning_profiles.json
+    beside the KG's profiles.json; load_run (and so kgface.generate) must condition on those, not the KG's."""
+    import shutil
+
+    import torch
+
+    from kgface.diffusion.run_loading import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(micro_run, run)
+    kg = json.loads((run / "profiles.json").read_text())["profiles"]
+    learned = json.loads(json.dumps(kg))
+    target = next(p for p in learned if p["disease_id"] == "ORPHA:870")
+    for i, ph in enumerate(target["phenotypes"]):  # far from the KG's numbers
+        ph["frequency"] = 0.02 if i % 2 else 0.98
+    (run / "conditioning_profiles.json").write_text(json.dumps(learned))
+    _, kg_cond, _, _ = load_run(micro_run)
+    _, cond, profiles, _ = load_run(run)
+    got = next(p for p in profiles if p.disease_id == "ORPHA:870")
+    assert [x.frequency for x in got.phenotypes] == [x["frequency"] for x in target["phenotypes"]]
+    i = next(k for k, p in enumerate(cond.profiles) if p.disease_id == "ORPHA:870")
+    assert [x.frequency for x in cond.profiles[i].phenotypes] == [x["frequency"] for x in target["phenotypes"]]
+    idx, sev = torch.tensor([i]), torch.tensor([3.0])
+    with torch.no_grad():  # the encoder reads the learned edge weights: other tokens than under the KG's
+        assert not torch.allclose(cond.tokens(idx, sev), kg_cond.tokens(idx, sev))

@@ -8,7 +8,8 @@
 - `adapter.safetensors` + `adapter.json` (conditioning kg / kg_text / class) through `load_kg_adapter`;
 - `encoder/` (conditioning kg / kg_text) through `KGEncoder.from_pretrained`; `class_tokens.safetensors`
   (conditioning class);
-- `profiles.json` (every profile the run knows, held-out ones included) and `data.json` (which were held out).
+- `profiles.json` (every profile the run knows, held-out ones included; `conditioning_profiles.json` instead where
+  profile.source=learned|blend gave the generator learned frequencies) and `data.json` (which were held out).
 
 A baselines run (`experiment=baselines`) keeps one generator per conditioning in `OUT/kg`, `OUT/text`, `OUT/class`,
 `OUT/kg_text` (and `OUT/kg_shuffled`) under one `config.yaml`: pass the subfolder (`run=OUT/kg`). Everything is put in
@@ -79,9 +80,15 @@ def _container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
-def load_profiles_json(run_dir: Path) -> list[FacialProfile]:
+def load_profiles_json(run_dir: Path, conditioning: bool = False) -> list[FacialProfile]:
+    """The run's KG profiles (profiles.json); with `conditioning`, those its generator was conditioned on: under
+    profile.source=learned|blend, kgface.train wrote their learned frequencies to conditioning_profiles.json beside
+    profiles.json, and generation must draw from what the generator learned, not from the KG's numbers."""
     for folder in (run_dir, run_dir.parent):
         if (folder / "profiles.json").is_file():
+            learned = folder / "conditioning_profiles.json"
+            if conditioning and learned.is_file():
+                return [FacialProfile.from_dict(p) for p in json.loads(learned.read_text(encoding="utf-8"))]
             data = json.loads((folder / "profiles.json").read_text(encoding="utf-8"))
             return [FacialProfile.from_dict(p) for p in data["profiles"]]
     raise RunError(f"run={run_dir} has no profiles.json; is it a kgface.train output?")
@@ -126,7 +133,7 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     _check_files(run_dir, cfg, mode)
     model_cfg = _container(cfg.model)
     num_tokens = int(model_cfg.get("num_tokens", 8))
-    profiles = load_profiles_json(run_dir)
+    profiles = load_profiles_json(run_dir, conditioning=True)
     if shuffled:  # the control was trained (and draws) with every disease given another disease's phenotypes
         path = run_dir / "shuffled_profiles.json"
         if not path.is_file():
