@@ -24,6 +24,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if not cfg.get("real") and not cfg.get("run"):
         raise UserError("without run=RUN_DIR the evaluator is trained on real=MANIFEST's train split: give real=")
     face_identity = load_face_identity(cfg.get("face_identity", "auto"))  # a bad value fails before any work
+    grid_cases = (cfg.get("report") or {}).get("grid_cases", 8)
+    if isinstance(grid_cases, bool) or not isinstance(grid_cases, int) or grid_cases < 1:
+        raise UserError(f"report.grid_cases={grid_cases!r}: a whole number of images per grid, at least 1")
     cache = make_cache(cfg)
     real = read_manifest(cfg.real)[0] if cfg.get("real") else None
     gen = read_manifest(cfg.generated)[0] if cfg.get("generated") else None
@@ -50,7 +53,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         learned = learn_profiles(evaluator, scored["real"].table, profiles)
         write_learned(learned, out_dir)
         notes.append("learned_profiles.json: phenotype frequencies learned from the real test images")
-    write_report(out_dir, metrics, scored, evaluator, profiles, notes=notes)
+    write_report(out_dir, metrics, scored, evaluator, profiles, notes=notes, grid_cases=grid_cases)
     cache.record(out_dir)
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.html'}")
     return metrics

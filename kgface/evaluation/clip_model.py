@@ -79,6 +79,12 @@ def build_clip(cfg, load_pretrained: bool = True):
         if name not in open_clip.list_models():
             raise EvaluatorConfigError(f"evaluator.model={name!r} is not an open_clip model "
                                        f"(e.g. ViT-B-16, ViT-B-32; open_clip.list_models())")
+        text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg") or {}
+        hub = text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name")
+        if hub:  # open_clip would fetch this tokenizer / text model from the Hugging Face hub: never at run time
+            raise EvaluatorConfigError(f"evaluator.model={name}: its text tower or tokenizer is the Hugging Face "
+                                       f"model {hub}, which open_clip downloads; kgface downloads nothing, so use a "
+                                       "model with open_clip's own text tower (e.g. ViT-B-16, ViT-B-32)")
         path = c.get("pretrained")
         if load_pretrained:
             if not path:

@@ -85,6 +85,18 @@ def as_frame(source) -> pd.DataFrame:
     return read_manifest(source)[0]
 
 
+def check_real(df: pd.DataFrame, what: str) -> None:
+    """Generated images never train the evaluator, nor stand in as its real faces: a one-line error naming them."""
+    if "source" not in df:
+        return
+    made = (df["source"].astype(str).str.strip().str.lower() == "generated").to_numpy()
+    if made.any():
+        first = df["path"].iloc[int(np.flatnonzero(made)[0])] if "path" in df else "?"
+        raise EvaluatorInputError(f"{what}: {int(made.sum())} rows have source 'generated' (first: {first}); the "
+                                  "evaluator learns from and compares with real images only: pass generated images "
+                                  "as generated=")
+
+
 def load_images(paths: Sequence[str], size: int | Sequence[int] | None = None) -> torch.Tensor:
     """uint8 NCHW RGB images; every image must exist and share one size (the first one's, or `size`: an int for a
     square, or (height, width) as a tensor's shape[-2:])."""
@@ -461,6 +473,7 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     """
     c = _plain(cfg_evaluator)
     df = read_manifest(manifest_path)[0]
+    check_real(df, str(manifest_path))
     atlas_path = Path(manifest_path).parent / ATLAS_FILE
     atlas = read_manifest(atlas_path)[0] if atlas_path.is_file() else None
     if atlas is not None and (atlas["split"] != "train").any():  # atlas faces only ever train the instrument

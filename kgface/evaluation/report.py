@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from ..cache import save_figure_atomic, write_json_atomic, write_text_atomic
+from ..data.manifest import stage_known
+from .evaluator import load_images
 
 
 def _plt():
@@ -120,6 +122,24 @@ def best_worst(scored, label: str, classes: list[str], names: dict, out_dir: Pat
     return paths
 
 
+def nearest_pairs(scored, names: dict, path: Path, threshold: float | None, k: int = 8) -> Path | None:
+    """The memorisation audit's evidence: the k generated images closest to a training image, each beside that
+    training image, with their cosine (a copy sits at ~1; `threshold` is the real-to-real near-duplicate cosine)."""
+    t = scored.table
+    if scored.images is None or "nearest_train_path" not in t or not len(t):
+        return None
+    idx = np.argsort(-t["nearest_train_cosine"].to_numpy(float))[:k]
+    train = load_images([str(t["nearest_train_path"].iloc[i]) for i in idx], size=tuple(scored.images.shape[-2:]))
+    images, caps = [], []
+    for j, i in enumerate(idx):
+        cos = float(t["nearest_train_cosine"].iloc[i])
+        flag = " copy?" if threshold is not None and cos > threshold else ""
+        images += [scored.images[i], train[j]]
+        caps += [f"generated\n{names.get(t['requested_disease'].iloc[i], t['requested_disease'].iloc[i])[:14]}",
+                 f"nearest train\ncos {cos:.3f}{flag}"]
+    return image_grid(images, caps, path, cols=8)
+
+
 def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     out = []
     for k, v in d.items():
@@ -133,12 +153,17 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=None, profiles=None,
-                 notes: list[str] | None = None, title: str = "kgface evaluation") -> dict[str, Path]:
+                 notes: list[str] | None = None, title: str = "kgface evaluation", grid_cases: int = 8
+                 ) -> dict[str, Path]:
     """Write OUT/metrics.json, the figures and OUT/report.md + OUT/report.html.
 
     scored: evaluate_sets(..., return_scored=True)'s second value ({"real": ScoredSet, "generated": ScoredSet}).
-    evaluator / profiles give class and phenotype names. Returns the written paths by name.
+    evaluator / profiles give class and phenotype names; grid_cases: images per best / worst grid (and pairs in
+    the memorisation grid). Returns the written paths by name.
     """
+    grid_cases = int(grid_cases)
+    if grid_cases < 1:
+        raise ValueError(f"report.grid_cases={grid_cases}: must be at least 1")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scored = scored or {}
@@ -153,15 +178,17 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
         t = scored["real"].table
         figs.append(("Real test images: disease confusion (all stages)",
                      plot_confusion(t, evaluator.classes, names, out / "confusion_real.png")))
-        figs.append(("Real test images: true stage vs measured severity",
-                     plot_stage_scatter(t, out / "stage_real.png")))
+        graded = t[stage_known(t)]  # an ungraded photo's stage is a placeholder, left out as the metrics do
+        if len(graded):
+            figs.append(("Real test images: true stage vs measured severity",
+                         plot_stage_scatter(graded, out / "stage_real.png")))
         auc = metrics.get("evaluator", {}).get("phenotype_auroc") or {}
         if auc:
             figs.append(("Per-phenotype AUROC at full intensity (dashed: the 0.9 target)",
                          plot_phenotype_bars(auc, ph_names, out / "phenotypes_real.png",
                                              metrics["evaluator"].get("vae_ceiling_phenotype_auroc"),
                                              metrics["evaluator"].get("phenotype_auroc_isolated"))))
-        for p in best_worst(scored["real"], "disease", evaluator.classes, names, out, "real"):
+        for p in best_worst(scored["real"], "disease", evaluator.classes, names, out, "real", k=grid_cases):
             figs.append((f"Real test images, {p.stem.split('_')[-1]} cases (probability of the true class)", p))
     if evaluator is not None and "generated" in scored:
         t = scored["generated"].table
@@ -172,8 +199,14 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
         if len(dis):
             figs.append(("Generated images: requested stage vs measured severity",
                          plot_stage_scatter(dis, out / "stage_generated.png", stage="requested_stage")))
-        for p in best_worst(scored["generated"], "requested_disease", evaluator.classes, names, out, "generated"):
+        for p in best_worst(scored["generated"], "requested_disease", evaluator.classes, names, out, "generated",
+                            k=grid_cases):
             figs.append((f"Generated images, {p.stem.split('_')[-1]} cases (probability of the requested class)", p))
+        threshold = metrics.get("memorisation_threshold")
+        p = nearest_pairs(scored["generated"], names, out / "memorisation_nearest.png", threshold, k=grid_cases)
+        if p is not None:
+            figs.append(("Memorisation audit: the generated images closest to a training image, each beside it "
+                         f"(cosine; 'copy?' above the real near-duplicate cosine {threshold})", p))
     rows = _flat(metrics)
     md = [f"# {title}", ""]
     for n in notes or []:

@@ -22,8 +22,8 @@ from ..data.manifest import N_STAGES, stage_known
 from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from . import metrics as M
-from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, load_images, min_stage_of,
-                        presence_matrix, probe_rows, to_uint8)
+from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, check_real, load_images,
+                        min_stage_of, presence_matrix, probe_rows, to_uint8)
 from .face_identity import identity_validity, pair_distances
 from .probes import LinearProbe, Standardizer
 
@@ -299,6 +299,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
     real = test = None
     if real_df is not None:
         real = as_frame(real_df)
+        check_real(real, "real set")
         if "heldout" in real:
             heldout |= set(real.loc[real["heldout"].astype(str).str.lower() == "true", "disease"])
         test = _test_rows(real)
@@ -395,8 +396,8 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                                         "edits_of_real_faces": "left out: fewer than 2 other images, no FID/KID"}
             else:
                 fk = M.clip_fid_kid(s_real.images, s_gen.images[torch.from_numpy(drawn)], evaluator.encoder)
-                metrics["fid_clip"], metrics["kid_clip"] = fk["fid"], fk["kid"]
-                metrics["kid_clip_std"] = fk["kid_std"]
+                metrics["kid_clip"], metrics["kid_clip_std"] = fk["kid"], fk["kid_std"]  # KID first: FID on
+                metrics["fid_clip"] = fk["fid"]  # 512-d features needs thousands of images
                 metrics["fid_kid_n"] = {"real": fk["n_real"], "generated": fk["n_generated"],
                                         "kid_subset_size": fk["kid_subset_size"],
                                         "edits_of_real_faces": f"{int((~drawn).sum())} left out",

@@ -232,10 +232,26 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"real_top1", "real_stage_mae", "oracle_top1"} <= set(metrics["evaluator"])
     assert {"seen_top1", "heldout_top1"} <= set(metrics["generation"])
-    for name in ["report.md", "report.html", "confusion_real.png", "stage_real.png", "real_best.png",
-                 "confusion_generated.png", "learned_profiles.json", "learned_profiles.png"]:
+    assert metrics["evaluator"]["phenotype_auroc"]  # so its bars are drawn
+    for name in ["report.md", "report.html", "confusion_real.png", "stage_real.png", "phenotypes_real.png",
+                 "real_best.png", "real_worst.png", "confusion_generated.png", "stage_generated.png",
+                 "generated_best.png", "generated_worst.png", "memorisation_nearest.png", "learned_profiles.json",
+                 "learned_profiles.png"]:
         assert (out / name).is_file(), name
-    assert "confusion_real.png" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert all(f'src="{n}"' in page for n in ("confusion_real.png", "phenotypes_real.png", "memorisation_nearest.png"))
+    md = (out / "report.md").read_text()
+    assert md.index("`kid_clip`") < md.index("`fid_clip`")  # lead with KID
+    # report.grid_cases sizes the case grids: 12 cases take two rows of 8, 4 take one
+    from PIL import Image
+
+    from kgface.evaluation import write_report
+
+    heights = {}
+    for k in (4, 12):
+        write_report(tmp_path / f"grid{k}", m, scored, tiny_evaluator, tiny_profiles, grid_cases=k)
+        heights[k] = Image.open(tmp_path / f"grid{k}" / "real_best.png").size[1]
+    assert heights[12] > 1.5 * heights[4]
 
 
 def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluator, tiny_data, tmp_path):
@@ -259,7 +275,7 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
     assert audited["memorisation_rate"] == 1.0 and plain["memorisation_rate"] < 0.5
 
 
-def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tmp_path, capsys):
+def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_profiles, tmp_path, capsys):
     df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
     paths = list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:3])
     with pytest.raises(EvaluatorInputError, match="empty"):
@@ -274,6 +290,33 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tmp_path, capsys
         tiny_evaluator.check_labels(["ORPHA:870"])
     with pytest.raises(UserError, match="evaluator.pretrained"):
         build_clip({"name": "openclip", "model": "ViT-B-16", "pretrained": str(tmp_path / "missing.bin")})
+    # generated images never pass as real ones: not as the real set, not as the evaluator's training data
+    made = read_manifest(tiny_data / "manifest.csv")[0]
+    made.loc[3, "source"] = "generated"
+    with pytest.raises(EvaluatorInputError, match=r"real set: 1 rows have source 'generated' .*generated="):
+        evaluate_sets(tiny_evaluator, made, None, None)
+    made = df.copy()
+    made.loc[3, "source"] = "generated"
+    made_path = tiny_data / "made_manifest.csv"
+    made.to_csv(made_path, index=False)
+    with pytest.raises(EvaluatorInputError, match="made_manifest.csv: 1 rows have source 'generated'"):
+        fit_evaluator(tiny_cfg.evaluator, made_path, tiny_profiles, None, progress=False)
+    # real and generated sets of other sizes: FID/KID and the audit cannot compare them
+    small = tmp_path / "small"
+    small.mkdir()
+    gen_rows = []
+    for i, r in enumerate(df[df["split"] == "test"].head(4).to_dict("records")):
+        Image.new("RGB", (16, 16), (i * 40, 90, 90)).save(small / f"g{i}.png")
+        gen_rows.append({**r, "path": f"g{i}.png", "source": "generated", "mode": "sample",
+                         "requested_disease": r["disease"], "requested_stage": r["stage"], "seed": i,
+                         "source_image": ""})
+    with pytest.raises(EvaluatorInputError, match=r"real images are \(32, 32\) px and generated \(16, 16\) px"):
+        evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", write_manifest(gen_rows, small / "manifest.csv"),
+                      None)
+    for hub_model in ("ViT-B-16-SigLIP", "roberta-ViT-B-32"):  # a hub tokenizer / text model would download
+        with pytest.raises(UserError, match=f"evaluator.model={hub_model}: .*Hugging Face"):
+            build_clip({"name": "openclip", "model": hub_model, "pretrained": str(tmp_path / "w.bin")},
+                       load_pretrained=False)
     # the entry: a manifest row with a missing image -> one line, exit 2
     bad = df.copy()
     bad.loc[0, "path"] = "images/missing.png"
@@ -293,6 +336,9 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tmp_path, capsys
     with pytest.raises(SystemExit) as exc:
         main([f"real={tiny_data / 'manifest.csv'}", "evaluator=openclip", f"hydra.run.dir={tmp_path / 'o3'}"])
     assert exc.value.code == 2 and "evaluator.pretrained" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([f"real={tiny_data / 'manifest.csv'}", "report.grid_cases=0", f"hydra.run.dir={tmp_path / 'o4'}"])
+    assert exc.value.code == 2 and "report.grid_cases=0" in capsys.readouterr().err
 
 
 def test_evaluator_never_imports_the_generator():
@@ -732,3 +778,24 @@ def test_a_cache_entry_from_before_the_list_gets_it_from_the_data_its_key_names(
     assert again.trained_on == ev.trained_on == learned_digests(read_manifest(tiny_data / "manifest.csv")[0])
     again.save(tmp_path / "run" / "evaluator")  # what a train run keeps: checkable later
     assert Evaluator.load(tmp_path / "run" / "evaluator").trained_on == ev.trained_on
+
+
+def test_the_real_stage_scatter_leaves_out_ungraded_photos(tiny_evaluator, tiny_data, tmp_path, monkeypatch):
+    """A photo without a grade carries a placeholder stage: the stage metrics leave it out, so must the plot."""
+    from kgface.evaluation import report, write_report
+
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    test = np.flatnonzero((df["split"] == "test").to_numpy())
+    df["stage_known"] = "True"
+    df.loc[test[::2], "stage_known"] = "False"
+    m, scored = evaluate_sets(tiny_evaluator, df, None, None, return_scored=True)
+    plotted = {}
+
+    def spy(table, path, **kw):
+        plotted[path.name] = table
+        return path
+
+    monkeypatch.setattr(report, "plot_stage_scatter", spy)
+    write_report(tmp_path, m, scored, tiny_evaluator)
+    t = plotted["stage_real.png"]
+    assert len(t) == len(test) - len(test[::2]) and set(t["stage_known"]) == {"True"}
