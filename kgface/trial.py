@@ -64,7 +64,7 @@ def _side_by_side(true_est: pd.DataFrame, measured_est: pd.DataFrame) -> pd.Data
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.generator import Generator
-    from .diffusion.run_loading import load_run
+    from .diffusion.run_loading import load_profiles_json, load_run
     from .generate import Profiles, edit_mask
     from .prompts.wording import STAGE_SCALES
     from .runtime import make_cache, torch_device
@@ -118,7 +118,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     manifest = Path(info["manifest"]) if info.get("manifest") else None
     data_cfg = OmegaConf.to_container(run_cfg.data, resolve=True) if run_cfg.get("data") is not None else None
     faces = baseline_faces(design.patients, size, seed, cfg.input, manifest, data_cfg)
-    meter = instrument(cfg, run_dir, run_cfg, manifest, run_profiles, cache, profile.disease_id,
+    # the instrument is the one kgface.train fits: on the KG's profiles, not on learned frequencies the generator
+    # may be conditioned on (profile.source=learned|blend), so the cached evaluator is found
+    meter = instrument(cfg, run_dir, run_cfg, manifest, load_profiles_json(run_dir), cache, profile.disease_id,
                        progress=bool(cfg.progress))
 
     # 2. the simulated trial's images

@@ -82,13 +82,20 @@ def test_same_seed_same_table_and_image_bytes(trial_run, trial_out, tmp_path):
         assert (trial_out / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
 
-def test_photo_input_other_seed_and_a_run_without_evaluator(trial_run, trial_out, tmp_path):
+def test_photo_input_other_seed_and_a_run_without_evaluator(trial_run, trial_out, tmp_path, session_cache_dir):
     """input= photos become the baseline faces; another seed, another trial; a run without evaluator/ gets one
-    fitted on its dataset with its evaluator config (here from the cache the training run filled)."""
+    fitted on its dataset with its evaluator config (here from the cache the training run filled), on the KG's
+    profiles even where the generator was conditioned on learned frequencies (conditioning_profiles.json)."""
     import shutil
 
     bare = tmp_path / "bare"
     shutil.copytree(trial_run, bare, ignore=shutil.ignore_patterns("evaluator", "checkpoints", "evaluation"))
+    learned = json.loads((bare / "profiles.json").read_text())["profiles"]
+    for p in learned:
+        for ph in p["phenotypes"]:
+            ph["frequency"] = 0.5
+    (bare / "conditioning_profiles.json").write_text(json.dumps(learned))
+    evaluators = sorted((session_cache_dir / "evaluator").iterdir())
     photos = tmp_path / "photos"
     photos.mkdir()
     for k, src in enumerate(sorted((trial_run / "samples" / "images").glob("*.png"))[:2]):
@@ -103,6 +110,7 @@ def test_photo_input_other_seed_and_a_run_without_evaluator(trial_run, trial_out
                               np.asarray(Image.open(photos / f"face{k}.png").convert("RGB")))
     measurement = json.loads((tmp_path / "c" / "trial.json").read_text())["measurement"]
     assert "fitted on the run's dataset" in measurement["evaluator"]
+    assert sorted((session_cache_dir / "evaluator").iterdir()) == evaluators  # the training run's, not a new one
 
 
 def test_consecutive_days_share_the_patients_noise(trial_run):
