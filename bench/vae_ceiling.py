@@ -3,8 +3,11 @@
     python bench/vae_ceiling.py                                     # the default VAE (trained once, cached)
     python bench/vae_ceiling.py model.tiny.latent_channels=8        # a variant (trained once, cached like the default)
     python bench/vae_ceiling.py 'model.tiny.vae_block_out_channels=[32,64,128]' model.tiny.norm_num_groups=32
-    python bench/vae_ceiling.py --every 800 model.vae_train.steps=2400   # the curve of one fresh, longer VAE run
+    python bench/vae_ceiling.py --every 800 model.vae_train.steps=2400   # the curve of a longer VAE while it trains
     python bench/vae_ceiling.py --every 2000 num_threads=1 model.tiny.latent_channels=8   # two such runs side by side
+
+The VAE is cached under the key the train job uses, so `python -m kgface.train` with the same overrides finds it (with
+--every too: the readings leave the weights as they are; a VAE already cached gives its final reading alone).
 
 Round-trips the real test images of stages 2-3 + healthy through the VAE and prints PSNR and the default evaluator's
 top-1 on the originals and on the round trips. The second number is what survives of real faces; a generator that
@@ -20,7 +23,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--every", type=int, default=0,
-                    help="train a fresh VAE (not cached) and print PSNR and ceiling every N steps of it")
+                    help="print PSNR and ceiling every N steps while the VAE trains (then cached as usual)")
     args = ap.parse_args(argv)
 
     from omegaconf import OmegaConf
@@ -50,21 +53,15 @@ def main(argv=None):
     images = load_images(list(test["abspath"]))
     real = accuracy(test["disease"], ev.score(images)["pred_disease"])
     t = time.time()
-    if args.every:
-        from kgface.diffusion.vae import load_split_images, train_vae
 
-        def report(step, vae):
-            rt = roundtrip(vae, images)
-            top1 = accuracy(test["disease"], ev.score(rt)["pred_disease"])
-            print(f"step {step} ({time.time() - t:.0f} s)  n {len(test)}  PSNR {psnr(rt, images):.2f} dB  "
-                  f"evaluator top-1: real {real:.3f}, after the VAE {top1:.3f}", flush=True)
+    def report(step, vae):
+        rt = roundtrip(vae, images)
+        top1 = accuracy(test["disease"], ev.score(rt)["pred_disease"])
+        print(f"step {step} ({time.time() - t:.0f} s)  n {len(test)}  PSNR {psnr(rt, images):.2f} dB  "
+              f"evaluator top-1: real {real:.3f}, after the VAE {top1:.3f}", flush=True)
 
-        train_vae(load_split_images(manifest, "train"), OmegaConf.to_container(cfg.model.tiny, resolve=True),
-                  vae_train, progress=False, every=args.every,
-                  on_checkpoint=report)
-        return
-    vae, info, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True),
-                              vae_train, cache, progress=True)
+    vae, info, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True), vae_train, cache,
+                              progress=not args.every, every=args.every, on_checkpoint=report if args.every else None)
     print(f"VAE ready in {time.time() - t:.0f} s ({info})")
     rt = roundtrip(vae, images)
     ceiling = accuracy(test["disease"], ev.score(rt)["pred_disease"])

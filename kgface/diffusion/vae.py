@@ -197,8 +197,11 @@ def manifest_digest(manifest: Path) -> str:
     return hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
 
 
-def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, cache: Cache, progress: bool = True):
-    """The dataset's VAE from the cache, trained on its train split on first use (diffusers folder layout)."""
+def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, cache: Cache, progress: bool = True,
+               every: int = 0, on_checkpoint=None):
+    """The dataset's VAE from the cache, trained on its train split on first use (diffusers folder layout).
+    every / on_checkpoint: passed to train_vae when it trains (bench/vae_ceiling.py --every reads the curve of the
+    VAE it caches; the readings do not change the weights, tested)."""
     from diffusers import AutoencoderKL
 
     train_spec = {**VAE_DEFAULTS, **(train_cfg or {})}
@@ -220,7 +223,7 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
     entry = cache.entry("vae", spec)
     if not entry.exists():
         train = load_split_images(Path(manifest), "train")
-        vae = train_vae(train, model_cfg, train_cfg, progress=progress)
+        vae = train_vae(train, model_cfg, train_cfg, progress=progress, every=every, on_checkpoint=on_checkpoint)
         test = load_split_images(Path(manifest), "test", limit=256)
         with entry.build() as tmp:
             vae.save_pretrained(tmp / "vae", safe_serialization=True)

@@ -170,3 +170,17 @@ def test_the_cached_vae_is_keyed_by_the_vae_alone(tmp_path):
     Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(tmp_path / "1.png")
     _, _, redrawn = cached_vae(manifest, SMALL, train, cache, progress=False)
     assert redrawn != first and manifest.read_text().count("\n") == 5
+
+
+def test_checkpoint_readings_leave_the_trained_weights_as_they_are():
+    """bench/vae_ceiling.py --every caches the VAE it reads during training under the train job's key: the readings
+    (eval-mode round trips) must not change what is trained."""
+    g = torch.Generator().manual_seed(1)
+    images = (torch.rand(16, 3, 4, 4, generator=g) * 255).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    images = images.to(torch.uint8)
+    train = {"steps": 6, "batch_size": 4, "lr": 3e-3}
+    plain = train_vae(images, SMALL, train, progress=False)
+    read = train_vae(images, SMALL, train, progress=False, every=2,
+                     on_checkpoint=lambda step, v: roundtrip(v, images[:5]))
+    a, b = plain.state_dict(), read.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
