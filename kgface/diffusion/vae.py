@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..cache import Cache
+from ..cache import Cache, atomic_folder, stable_hash
 from ..errors import UserError
 from .models import build_tiny_stack, tiny_config
 
@@ -26,6 +27,9 @@ VAE_KEYS = ("image_size", "latent_channels", "vae_block_out_channels", "vae_laye
 VAE_MINIMA = {"steps": 1, "batch_size": 1, "lr": 0, "kl_weight": 0, "adv_weight": 0, "adv_start": 0, "disc_channels": 8}
 # left out of the cache key at their default value (VAEs cached before they existed keep their keys)
 OPTIONAL = ("logvar_init", "adv_weight", "adv_start", "disc_channels")
+# cached_vae keeps a resumable state this often while it trains (a run killed mid-VAE loses at most this many steps);
+# not a model.vae_train key, so it does not enter (and re-key) the cache
+VAE_CHECKPOINT_EVERY = 500
 
 
 class PatchDiscriminator(torch.nn.Module):
@@ -106,11 +110,50 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def _save_state(folder: Path, step: int, fingerprint: str, vae, opt, sched, gen, disc, d_opt) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_folder(folder) as tmp:  # killed mid-save: the previous state stays whole
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(tmp / "vae.safetensors"))
+        save_file({"generator": gen.get_state()}, str(tmp / "rng.safetensors"))
+        if disc is not None:
+            save_file({k: v.contiguous() for k, v in disc.state_dict().items()}, str(tmp / "disc.safetensors"))
+        torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "d_opt": d_opt.state_dict() if d_opt is not None else None}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}), encoding="utf-8")
+
+
+def _load_state(folder: Path, fingerprint: str, vae, opt, sched, gen, disc, d_opt) -> int:
+    """The step a saved state resumes from, its weights, optimizer and random state loaded; 0 when there is none,
+    or when it was saved by another VAE config (then it is ignored, not mixed in)."""
+    from safetensors.torch import load_file
+
+    state = folder / "state.json"
+    if not state.is_file():
+        return 0
+    meta = json.loads(state.read_text(encoding="utf-8"))
+    if meta.get("fingerprint") != fingerprint:
+        return 0
+    vae.load_state_dict(load_file(str(folder / "vae.safetensors")))
+    gen.set_state(load_file(str(folder / "rng.safetensors"))["generator"])
+    saved = torch.load(folder / "optimizer.pt", weights_only=True)
+    opt.load_state_dict(saved["opt"])
+    sched.load_state_dict(saved["sched"])
+    if disc is not None:
+        disc.load_state_dict(load_file(str(folder / "disc.safetensors")))
+        d_opt.load_state_dict(saved["d_opt"])
+    return int(meta["step"])
+
+
 def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: dict | None = None,
-              progress: bool = True, every: int = 0, on_checkpoint=None):
+              progress: bool = True, every: int = 0, on_checkpoint=None, state_dir: Path | None = None,
+              state_every: int = 0):
     """Train the tiny AutoencoderKL (MSE + L1 + a small KL, and with adv_weight > 0 a PatchGAN hinge loss from step
     adv_start) on uint8 images; returns it in eval mode.
-    on_checkpoint(step, vae) is called (vae in eval mode) every `every` steps (bench/vae_ceiling.py --every)."""
+    on_checkpoint(step, vae) is called (vae in eval mode) every `every` steps (bench/vae_ceiling.py --every).
+    state_dir / state_every: the training state (weights, optimizer, schedule, random generator) is saved there
+    every `state_every` steps, and a run started with a state saved by the same config and images resumes from it
+    and ends with exactly the weights of an uninterrupted run (tested)."""
     from tqdm import tqdm
 
     t = check_vae_train({**VAE_DEFAULTS, **(train_cfg or {})})
@@ -134,7 +177,13 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
         disc = PatchDiscriminator(int(t["disc_channels"])).train()
         d_opt = torch.optim.Adam(disc.parameters(), lr=float(t["lr"]), betas=(0.5, 0.9))
     gen = torch.Generator().manual_seed(int(t["seed"]))
-    bar = tqdm(range(int(t["steps"])), desc="training VAE", disable=not progress)
+    start, fingerprint = 0, ""
+    if state_dir is not None:
+        fingerprint = stable_hash({"model": tiny_config(model_cfg), "train": t, "images": list(images.shape),
+                                   "pixels": hashlib.sha256(images.numpy().tobytes()).hexdigest()})
+        start = _load_state(Path(state_dir), fingerprint, vae, opt, sched, gen, disc, d_opt)
+    bar = tqdm(range(start, int(t["steps"])), desc="training VAE", disable=not progress, initial=start,
+               total=int(t["steps"]))
     vae.train()
     for step in bar:
         idx = torch.randint(0, len(images), (int(t["batch_size"]),), generator=gen)
@@ -167,6 +216,8 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
             bar.set_postfix(loss=f"{loss.item():.4f}", d_loss=f"{d_loss.item():.3f}")
         else:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        if state_dir is not None and state_every > 0 and (step + 1) % state_every == 0 and step + 1 < int(t["steps"]):
+            _save_state(Path(state_dir), step + 1, fingerprint, vae, opt, sched, gen, disc, d_opt)
         if on_checkpoint is not None and every > 0 and (step + 1) % every == 0:
             vae.eval()
             on_checkpoint(step + 1, vae)
@@ -223,11 +274,14 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
     entry = cache.entry("vae", spec)
     if not entry.exists():
         train = load_split_images(Path(manifest), "train")
-        vae = train_vae(train, model_cfg, train_cfg, progress=progress, every=every, on_checkpoint=on_checkpoint)
+        partial = entry.path.with_name(f".{entry.key}.partial")  # a killed run's training state, resumed next time
+        vae = train_vae(train, model_cfg, train_cfg, progress=progress, every=every, on_checkpoint=on_checkpoint,
+                        state_dir=partial, state_every=VAE_CHECKPOINT_EVERY)
         test = load_split_images(Path(manifest), "test", limit=256)
         with entry.build() as tmp:
             vae.save_pretrained(tmp / "vae", safe_serialization=True)
             (tmp / "vae_metrics.json").write_text(json.dumps({"test_psnr_db": psnr(roundtrip(vae, test), test),
                                                               "train_images": len(train)}), encoding="utf-8")
+        shutil.rmtree(partial, ignore_errors=True)
     vae = AutoencoderKL.from_pretrained(entry.path / "vae", use_safetensors=True, local_files_only=True)
     return vae.eval(), json.loads((entry.path / "vae_metrics.json").read_text(encoding="utf-8")), entry.path

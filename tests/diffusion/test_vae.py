@@ -1,4 +1,6 @@
 """The tiny stack's VAE: training lowers the reconstruction error, checkpoints are reported, round trips keep shape."""
+import json
+
 import pytest
 import torch
 
@@ -184,3 +186,64 @@ def test_checkpoint_readings_leave_the_trained_weights_as_they_are():
                      on_checkpoint=lambda step, v: roundtrip(v, images[:5]))
     a, b = plain.state_dict(), read.state_dict()
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(n):
+    def f(step, vae):
+        if step == n:
+            raise _Killed
+    return f
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_a_killed_vae_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, adversarial):
+    images = _blocky(8)
+    train = {"steps": 7, "batch_size": 4, "lr": 3e-3, "logvar_init": -10.0}
+    if adversarial:
+        train.update({"adv_weight": 0.5, "adv_start": 2, "disc_channels": 8})
+    whole = train_vae(images, SMALL, train, progress=False)
+    state = tmp_path / "state"
+    with pytest.raises(_Killed):  # killed during step 5: the state saved after step 4 survives
+        train_vae(images, SMALL, train, progress=False, every=5, on_checkpoint=_kill_at(5), state_dir=state,
+                  state_every=2)
+    assert json.loads((state / "state.json").read_text())["step"] == 4
+    steps = []
+    resumed = train_vae(images, SMALL, train, progress=False, every=1, on_checkpoint=lambda s, v: steps.append(s),
+                        state_dir=state, state_every=2)
+    assert steps == [5, 6, 7]  # steps 1-4 were not trained again
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and whole.config.scaling_factor == resumed.config.scaling_factor
+    # a state saved by another config is not mixed in: that run starts at step 1
+    steps.clear()
+    train_vae(images, SMALL, {**train, "lr": 1e-3}, progress=False, every=1, on_checkpoint=lambda s, v: steps.append(s),
+              state_dir=state, state_every=0)
+    assert steps[0] == 1
+
+
+def test_cached_vae_resumes_a_killed_training_and_clears_its_state(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from kgface.cache import Cache
+    from kgface.diffusion import vae as V
+
+    rows = ["path,split"]
+    for i in range(6):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'train' if i < 5 else 'test'}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(V, "VAE_CHECKPOINT_EVERY", 2)
+    cache, train = Cache(tmp_path / "cache"), {"steps": 5, "batch_size": 2}
+    with pytest.raises(_Killed):
+        V.cached_vae(manifest, SMALL, train, cache, progress=False, every=3, on_checkpoint=_kill_at(3))
+    partial = list((tmp_path / "cache" / "vae").glob(".*.partial"))
+    assert len(partial) == 1 and json.loads((partial[0] / "state.json").read_text())["step"] == 2
+    steps = []
+    _, _, entry = V.cached_vae(manifest, SMALL, train, cache, progress=False, every=1,
+                               on_checkpoint=lambda s, v: steps.append(s))
+    assert steps == [3, 4, 5] and (entry / "vae" / "config.json").is_file() and not partial[0].exists()
