@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -19,6 +20,8 @@ from PIL import Image
 from ..cache import Cache, atomic_folder, stable_hash
 from ..errors import UserError
 from .models import build_tiny_stack, tiny_config
+
+log = logging.getLogger(__name__)
 
 VAE_DEFAULTS = {"steps": 600, "batch_size": 32, "lr": 2e-3, "kl_weight": 1e-6, "seed": 0, "logvar_init": 0.0,
                 "adv_weight": 0.0, "adv_start": 0, "disc_channels": 32}
@@ -110,6 +113,10 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+class _Restart(Exception):
+    """A saved state failed to load part-way: the model and optimizer must be built afresh."""
+
+
 def _save_state(folder: Path, step: int, fingerprint: str, vae, opt, sched, gen, disc, d_opt) -> None:
     from safetensors.torch import save_file
 
@@ -118,42 +125,52 @@ def _save_state(folder: Path, step: int, fingerprint: str, vae, opt, sched, gen,
         save_file({"generator": gen.get_state()}, str(tmp / "rng.safetensors"))
         if disc is not None:
             save_file({k: v.contiguous() for k, v in disc.state_dict().items()}, str(tmp / "disc.safetensors"))
-        torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(),
+        schedule = sched.state_dict()
+        schedule.pop("anneal_func", None)  # a bound method in torch < 2.4, which weights_only loading refuses
+        torch.save({"opt": opt.state_dict(), "sched": schedule,
                     "d_opt": d_opt.state_dict() if d_opt is not None else None}, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}), encoding="utf-8")
 
 
 def _load_state(folder: Path, fingerprint: str, vae, opt, sched, gen, disc, d_opt) -> int:
     """The step a saved state resumes from, its weights, optimizer and random state loaded; 0 when there is none,
-    or when it was saved by another VAE config (then it is ignored, not mixed in)."""
+    when it was saved by another VAE config (then it is ignored, not mixed in), or when it does not load (a damaged
+    folder, another library version: then it is removed with a warning and training starts afresh)."""
     from safetensors.torch import load_file
 
     state = folder / "state.json"
     if not state.is_file():
         return 0
-    meta = json.loads(state.read_text(encoding="utf-8"))
-    if meta.get("fingerprint") != fingerprint:
-        return 0
-    vae.load_state_dict(load_file(str(folder / "vae.safetensors")))
-    gen.set_state(load_file(str(folder / "rng.safetensors"))["generator"])
-    saved = torch.load(folder / "optimizer.pt", weights_only=True)
-    opt.load_state_dict(saved["opt"])
-    sched.load_state_dict(saved["sched"])
-    if disc is not None:
-        disc.load_state_dict(load_file(str(folder / "disc.safetensors")))
-        d_opt.load_state_dict(saved["d_opt"])
-    return int(meta["step"])
+    try:
+        meta = json.loads(state.read_text(encoding="utf-8"))
+        if meta.get("fingerprint") != fingerprint:
+            return 0
+        vae.load_state_dict(load_file(str(folder / "vae.safetensors")))
+        gen.set_state(load_file(str(folder / "rng.safetensors"))["generator"])
+        saved = torch.load(folder / "optimizer.pt", weights_only=True)
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        if disc is not None:
+            disc.load_state_dict(load_file(str(folder / "disc.safetensors")))
+            d_opt.load_state_dict(saved["d_opt"])
+        return int(meta["step"])
+    except Exception as exc:  # noqa: BLE001 - any failure means: this state cannot be resumed
+        log.warning("%s: the VAE's saved training state does not load (%s); removed, training from step 0", folder,
+                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise _Restart from None
 
 
 def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: dict | None = None,
               progress: bool = True, every: int = 0, on_checkpoint=None, state_dir: Path | None = None,
-              state_every: int = 0):
+              state_every: int = 0, fingerprint: str | None = None):
     """Train the tiny AutoencoderKL (MSE + L1 + a small KL, and with adv_weight > 0 a PatchGAN hinge loss from step
     adv_start) on uint8 images; returns it in eval mode.
     on_checkpoint(step, vae) is called (vae in eval mode) every `every` steps (bench/vae_ceiling.py --every).
     state_dir / state_every: the training state (weights, optimizer, schedule, random generator) is saved there
     every `state_every` steps, and a run started with a state saved by the same config and images resumes from it
-    and ends with exactly the weights of an uninterrupted run (tested)."""
+    and ends with exactly the weights of an uninterrupted run (tested). `fingerprint` names what the state must
+    match (cached_vae: the cache key); by default a hash of the configs and the images."""
     from tqdm import tqdm
 
     t = check_vae_train({**VAE_DEFAULTS, **(train_cfg or {})})
@@ -177,11 +194,16 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
         disc = PatchDiscriminator(int(t["disc_channels"])).train()
         d_opt = torch.optim.Adam(disc.parameters(), lr=float(t["lr"]), betas=(0.5, 0.9))
     gen = torch.Generator().manual_seed(int(t["seed"]))
-    start, fingerprint = 0, ""
+    start = 0
     if state_dir is not None:
-        fingerprint = stable_hash({"model": tiny_config(model_cfg), "train": t, "images": list(images.shape),
-                                   "pixels": hashlib.sha256(images.numpy().tobytes()).hexdigest()})
-        start = _load_state(Path(state_dir), fingerprint, vae, opt, sched, gen, disc, d_opt)
+        fingerprint = fingerprint or stable_hash({
+            "model": tiny_config(model_cfg), "train": t, "images": list(images.shape),
+            "pixels": hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()})
+        try:
+            start = _load_state(Path(state_dir), fingerprint, vae, opt, sched, gen, disc, d_opt)
+        except _Restart:  # the damaged state is gone: build everything afresh, from step 0
+            return train_vae(images, model_cfg, train_cfg, progress, every, on_checkpoint, state_dir, state_every,
+                             fingerprint)
     bar = tqdm(range(start, int(t["steps"])), desc="training VAE", disable=not progress, initial=start,
                total=int(t["steps"]))
     vae.train()
@@ -217,7 +239,10 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
         else:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if state_dir is not None and state_every > 0 and (step + 1) % state_every == 0 and step + 1 < int(t["steps"]):
-            _save_state(Path(state_dir), step + 1, fingerprint, vae, opt, sched, gen, disc, d_opt)
+            try:
+                _save_state(Path(state_dir), step + 1, fingerprint, vae, opt, sched, gen, disc, d_opt)
+            except OSError as exc:  # a full disk, or another run saving the same state this instant: train on
+                log.warning("%s: the VAE's training state was not saved at step %d (%s)", state_dir, step + 1, exc)
         if on_checkpoint is not None and every > 0 and (step + 1) % every == 0:
             vae.eval()
             on_checkpoint(step + 1, vae)
@@ -276,12 +301,12 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
         train = load_split_images(Path(manifest), "train")
         partial = entry.path.with_name(f".{entry.key}.partial")  # a killed run's training state, resumed next time
         vae = train_vae(train, model_cfg, train_cfg, progress=progress, every=every, on_checkpoint=on_checkpoint,
-                        state_dir=partial, state_every=VAE_CHECKPOINT_EVERY)
+                        state_dir=partial, state_every=VAE_CHECKPOINT_EVERY, fingerprint=entry.key)
         test = load_split_images(Path(manifest), "test", limit=256)
         with entry.build() as tmp:
             vae.save_pretrained(tmp / "vae", safe_serialization=True)
             (tmp / "vae_metrics.json").write_text(json.dumps({"test_psnr_db": psnr(roundtrip(vae, test), test),
                                                               "train_images": len(train)}), encoding="utf-8")
-        shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(entry.path.with_name(f".{entry.key}.partial"), ignore_errors=True)  # also one a rival run left
     vae = AutoencoderKL.from_pretrained(entry.path / "vae", use_safetensors=True, local_files_only=True)
     return vae.eval(), json.loads((entry.path / "vae_metrics.json").read_text(encoding="utf-8")), entry.path

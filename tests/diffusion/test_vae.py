@@ -222,6 +222,14 @@ def test_a_killed_vae_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_pat
     train_vae(images, SMALL, {**train, "lr": 1e-3}, progress=False, every=1, on_checkpoint=lambda s, v: steps.append(s),
               state_dir=state, state_every=0)
     assert steps[0] == 1
+    # a damaged state (half its weights lost) is removed with a warning; the run starts afresh and is not mixed up
+    (state / "rng.safetensors").write_bytes(b"damaged")
+    steps.clear()
+    fresh = train_vae(images, SMALL, train, progress=False, every=1, on_checkpoint=lambda s, v: steps.append(s),
+                      state_dir=state, state_every=0)
+    assert steps[0] == 1 and not state.exists()
+    c = fresh.state_dict()
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_cached_vae_resumes_a_killed_training_and_clears_its_state(tmp_path, monkeypatch):
@@ -247,3 +255,7 @@ def test_cached_vae_resumes_a_killed_training_and_clears_its_state(tmp_path, mon
     _, _, entry = V.cached_vae(manifest, SMALL, train, cache, progress=False, every=1,
                                on_checkpoint=lambda s, v: steps.append(s))
     assert steps == [3, 4, 5] and (entry / "vae" / "config.json").is_file() and not partial[0].exists()
+    # a state left beside an entry that exists (a rival run cached it first) goes on the next lookup
+    partial[0].mkdir()
+    V.cached_vae(manifest, SMALL, train, cache, progress=False)
+    assert not partial[0].exists()
