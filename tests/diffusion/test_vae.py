@@ -35,6 +35,20 @@ def test_logvar_init_starts_a_near_deterministic_posterior():
     assert default.encode(to_model(images)).latent_dist.std.mean() > 0.1  # logvar ~0 at init
 
 
+def _flat_manifest(folder, n, step):
+    """n flat 16-px images (grey level step * i), the last one test, the rest train; returns the manifest path."""
+    import numpy as np
+    from PIL import Image
+
+    rows = ["path,split"]
+    for i in range(n):
+        Image.fromarray(np.full((16, 16, 3), step * i, np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{'train' if i < n - 1 else 'test'}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
 def _blocky(n=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(n, 3, 4, 4, generator=g) * 255).repeat_interleave(4, -1).repeat_interleave(4, -2).to(torch.uint8)
@@ -146,12 +160,7 @@ def test_the_cached_vae_is_keyed_by_the_vae_alone(tmp_path):
     from kgface.cache import Cache
     from kgface.diffusion.vae import cached_vae
 
-    rows = ["path,split"]
-    for i in range(4):
-        Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,{'train' if i < 3 else 'test'}")
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("\n".join(rows) + "\n")
+    manifest = _flat_manifest(tmp_path, 4, 60)
     cache, train = Cache(tmp_path / "cache"), {"steps": 1, "batch_size": 2}
     _, _, first = cached_vae(manifest, SMALL, train, cache, progress=False)
     # a UNet-only override finds the same VAE; a VAE override trains a new one
@@ -233,18 +242,10 @@ def test_a_killed_vae_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_pat
 
 
 def test_cached_vae_resumes_a_killed_training_and_clears_its_state(tmp_path, monkeypatch):
-    import numpy as np
-    from PIL import Image
-
     from kgface.cache import Cache
     from kgface.diffusion import vae as V
 
-    rows = ["path,split"]
-    for i in range(6):
-        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,{'train' if i < 5 else 'test'}")
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text("\n".join(rows) + "\n")
+    manifest = _flat_manifest(tmp_path, 6, 40)
     monkeypatch.setattr(V, "VAE_CHECKPOINT_EVERY", 2)
     cache, train = Cache(tmp_path / "cache"), {"steps": 5, "batch_size": 2}
     with pytest.raises(_Killed):
