@@ -396,8 +396,9 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                                         "edits_of_real_faces": "left out: fewer than 2 other images, no FID/KID"}
             else:
                 fk = M.clip_fid_kid(s_real.images, s_gen.images[torch.from_numpy(drawn)], evaluator.encoder)
-                metrics["kid_clip"], metrics["kid_clip_std"] = fk["kid"], fk["kid_std"]  # KID first: FID on
-                metrics["fid_clip"] = fk["fid"]  # 512-d features needs thousands of images
+                # KID first: FID on CLIP features is biased at small n (it needs thousands of images)
+                metrics["kid_clip"], metrics["kid_clip_std"] = fk["kid"], fk["kid_std"]
+                metrics["fid_clip"] = fk["fid"]
                 metrics["fid_kid_n"] = {"real": fk["n_real"], "generated": fk["n_generated"],
                                         "kid_subset_size": fk["kid_subset_size"],
                                         "edits_of_real_faces": f"{int((~drawn).sum())} left out",
