@@ -65,6 +65,50 @@ def register_tiny(cfg) -> str:
     return name
 
 
+HF_KEYS = ("hf_model_name", "hf_tokenizer_name")
+
+
+def is_config_file(model: str) -> bool:
+    """evaluator.model names an open_clip config JSON (e.g. BiomedCLIP's open_clip_config.json), not a built-in."""
+    return str(model).lower().endswith(".json")
+
+
+def register_config_file(model: str) -> str:
+    """Register the open_clip model config in this JSON file (a bare config, or open_clip_config.json's
+    `model_cfg`) under a name keyed by its content, its Hugging Face text model and tokenizer read from local
+    folders (relative paths from the file's folder); returns the name. Names that are not local folders would be
+    fetched from the hub: a one-line error says how to put them on disk."""
+    import json
+
+    from open_clip import factory
+
+    path = Path(model).expanduser()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvaluatorConfigError(f"evaluator.model={model}: file not found (an open_clip model config JSON)") from None
+    except (OSError, ValueError) as exc:
+        raise EvaluatorConfigError(f"evaluator.model={model}: not a readable JSON file ({exc})") from None
+    mc = data.get("model_cfg", data) if isinstance(data, dict) else None
+    if not isinstance(mc, dict) or not all(k in mc for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise EvaluatorConfigError(f"evaluator.model={model}: needs embed_dim, vision_cfg and text_cfg (an open_clip "
+                                   "model config, or open_clip_config.json with them under model_cfg)")
+    mc = copy.deepcopy(mc)
+    for key in HF_KEYS:
+        value = mc["text_cfg"].get(key)
+        if value:
+            folder = (path.parent / str(value)).expanduser()
+            if not folder.is_dir():
+                raise EvaluatorConfigError(
+                    f"{path}: text_cfg.{key}={value} is not a local folder, and open_clip would download it from "
+                    "the Hugging Face hub; kgface downloads nothing: save that model's config.json and tokenizer "
+                    f"files in a folder and write its path as text_cfg.{key}")
+            mc["text_cfg"][key] = str(folder.resolve())
+    name = f"kgface-openclip-{stable_hash(mc, 8)}"
+    factory._MODEL_CONFIGS[name] = mc  # open_clip 2.x-3.x: the registry add_model_config fills
+    return name
+
+
 def build_clip(cfg, load_pretrained: bool = True):
     """(model, tokenizer, image_size) for an evaluator config; the model is in eval mode on CPU."""
     import open_clip
@@ -76,15 +120,19 @@ def build_clip(cfg, load_pretrained: bool = True):
         image_size = int(c["image_size"])
     elif c["name"] == "openclip":
         name = str(c.get("model") or "")
-        if name not in open_clip.list_models():
+        if is_config_file(name):
+            name = register_config_file(name)
+        elif name not in open_clip.list_models():
             raise EvaluatorConfigError(f"evaluator.model={name!r} is not an open_clip model "
-                                       f"(e.g. ViT-B-16, ViT-B-32; open_clip.list_models())")
-        text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg") or {}
-        hub = text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name")
-        if hub:  # open_clip would fetch this tokenizer / text model from the Hugging Face hub: never at run time
-            raise EvaluatorConfigError(f"evaluator.model={name}: its text tower or tokenizer is the Hugging Face "
-                                       f"model {hub}, which open_clip downloads; kgface downloads nothing, so use a "
-                                       "model with open_clip's own text tower (e.g. ViT-B-16, ViT-B-32)")
+                                       f"(e.g. ViT-B-16, ViT-B-32; open_clip.list_models()) nor a config .json")
+        else:
+            text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg") or {}
+            hub = next((text_cfg[k] for k in HF_KEYS if text_cfg.get(k)), None)
+            if hub:  # open_clip would fetch this tokenizer / text model from the Hugging Face hub: never at run time
+                raise EvaluatorConfigError(
+                    f"evaluator.model={name}: its text tower or tokenizer is the Hugging Face model {hub}, which "
+                    "open_clip downloads; kgface downloads nothing: use a model with open_clip's own text tower "
+                    "(e.g. ViT-B-16), or a config .json naming local folders (docs/evaluation.md, BiomedCLIP)")
         path = c.get("pretrained")
         if load_pretrained:
             if not path:
@@ -135,8 +183,15 @@ class ImageEncoder(torch.nn.Module):
         self.model = model
         self.image_size = int(image_size)
         self.batch_size = batch_size
-        self.num_features = int(model.text_projection.shape[1] if getattr(model, "text_projection", None) is not None
-                                else model.visual.output_dim)
+        if getattr(model, "text_projection", None) is not None:
+            self.num_features = int(model.text_projection.shape[1])
+        elif getattr(model.visual, "output_dim", None) is not None:
+            self.num_features = int(model.visual.output_dim)
+        else:  # e.g. a timm image tower beside a Hugging Face text tower: read the width off one eval forward
+            model.eval()
+            with torch.no_grad():
+                dummy = torch.zeros(1, 3, self.image_size, self.image_size)
+                self.num_features = int(model.encode_image(dummy).shape[-1])
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

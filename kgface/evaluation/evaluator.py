@@ -36,7 +36,8 @@ from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
 from ..errors import UserError
 from ..kg import FacialProfile
 from ..prompts import caption, healthy_prompts, phenotype_caption, zero_shot_prompts
-from .clip_model import ImageEncoder, build_clip, encode_texts, train_clip
+from .clip_model import (ImageEncoder, build_clip, encode_texts, is_config_file, register_config_file,
+                         train_clip)
 from .probes import CoralHead, LinearProbe, PhenotypeHeads, Standardizer
 
 log = logging.getLogger(__name__)
@@ -493,6 +494,8 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
             "profiles": stable_hash([p.to_dict() for p in plist if p.disease_id in used])}
     if c["name"] != "tiny_clip" and c.get("pretrained"):  # new weights under the same path must refit the heads
         spec["pretrained_sha256"] = _file_sha256(Path(str(c["pretrained"])).expanduser())
+    if c["name"] == "openclip" and is_config_file(c.get("model") or ""):  # an edited config file is another model
+        spec["model_config"] = register_config_file(c["model"])
     if atlas is not None:
         spec["atlas_sha256"] = manifest_hash(atlas_path)
         spec["atlas_images"] = images_digest(atlas_path, atlas["abspath"])

@@ -799,3 +799,56 @@ def test_the_real_stage_scatter_leaves_out_ungraded_photos(tiny_evaluator, tiny_
     write_report(tmp_path, m, scored, tiny_evaluator)
     t = plotted["stage_real.png"]
     assert len(t) == len(test) - len(test[::2]) and set(t["stage_known"]) == {"True"}
+
+
+def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data, tiny_profiles, session_cache_dir,
+                                                                      tmp_path):
+    """BiomedCLIP's layout at a tiny size: an open_clip config JSON whose text tower and tokenizer are a Hugging Face
+    BERT saved in a local folder (named relative to the JSON), weights in a local file; nothing is downloaded. A hub
+    id instead of a folder is a one-line error; an edited config file is another cache entry."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertTokenizer
+
+    from kgface.cache import Cache
+    from kgface.config import compose
+    from kgface.evaluation.clip_model import register_config_file
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    words = ["a", "acne", "face", "healthy", "of", "person", "photo", "stage", "with"]  # the rest read as [UNK]
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizer(str(bert / "vocab.txt")).save_pretrained(str(bert))
+    BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64, max_position_embeddings=64).save_pretrained(str(bert))
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    model_cfg = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                                 "head_width": 16},
+                 "text_cfg": {"hf_model_name": "../bert", "hf_tokenizer_name": "../bert", "hf_proj_type": "linear",
+                              "hf_pooler_type": "cls_pooler", "context_length": 16}}
+    config = folder / "open_clip_config.json"
+    config.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    model = open_clip.create_model(register_config_file(str(config)), pretrained=None, pretrained_text=False)
+    weights = folder / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    cfg = compose("evaluate", ["evaluator=openclip", f"evaluator.model={config}", f"evaluator.pretrained={weights}"])
+    cache = Cache(session_cache_dir)
+    ev = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert ev.encoder.num_features == 24
+    loaded = Evaluator.load(ev.save(tmp_path / "ev"))
+    images = load_images(list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:4]))
+    assert np.allclose(loaded.features(images), ev.features(images))
+    # another config under the same path (an unrelated key added) is another model as far as the heads know
+    config.write_text(json.dumps({"model_cfg": {**model_cfg, "quick_gelu": False}}))
+    other = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert other.info["cache_entry"] != ev.info.get("cache_entry", "")
+    # a hub id would be downloaded by open_clip: refused, naming the key to rewrite
+    hub = tmp_path / "hub.json"
+    hub.write_text(json.dumps({**model_cfg, "text_cfg": {**model_cfg["text_cfg"],
+                                                         "hf_model_name": "microsoft/BiomedNLP-BiomedBERT"}}))
+    with pytest.raises(UserError, match=r"text_cfg.hf_model_name=microsoft/BiomedNLP-BiomedBERT is not a local folder"):
+        build_clip({"name": "openclip", "model": str(hub), "pretrained": str(weights)})
