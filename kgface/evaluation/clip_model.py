@@ -12,6 +12,7 @@ pretrained open_clip model loaded from a local file (never downloaded).
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import time
@@ -94,17 +95,30 @@ def register_config_file(model: str) -> str:
         raise EvaluatorConfigError(f"evaluator.model={model}: needs embed_dim, vision_cfg and text_cfg (an open_clip "
                                    "model config, or open_clip_config.json with them under model_cfg)")
     mc = copy.deepcopy(mc)
+    timm_name = str((mc.get("vision_cfg") or {}).get("timm_model_name") or "")
+    if timm_name.startswith(("hf-hub:", "hf_hub:")):  # timm fetches such a config even without weights
+        raise EvaluatorConfigError(f"{path}: vision_cfg.timm_model_name={timm_name} is fetched from the Hugging "
+                                   "Face hub by timm; kgface downloads nothing: name a timm architecture instead")
+    pre = data.get("preprocess_cfg") or {} if isinstance(data, dict) else {}
+    for key, ours in (("mean", CLIP_MEAN), ("std", CLIP_STD)):  # kgface normalises every image with CLIP's
+        if key in pre and not np.allclose(np.asarray(pre[key], float), ours, atol=1e-6):
+            raise EvaluatorConfigError(f"{path}: preprocess_cfg.{key}={pre[key]} is not CLIP's {list(ours)}, the "
+                                       "normalisation kgface gives every image; such a model is not supported yet")
+    text_files = {}
     for key in HF_KEYS:
         value = mc["text_cfg"].get(key)
         if value:
-            folder = (path.parent / str(value)).expanduser()
+            folder = path.parent / Path(str(value)).expanduser()
             if not folder.is_dir():
                 raise EvaluatorConfigError(
                     f"{path}: text_cfg.{key}={value} is not a local folder, and open_clip would download it from "
                     "the Hugging Face hub; kgface downloads nothing: save that model's config.json and tokenizer "
                     f"files in a folder and write its path as text_cfg.{key}")
             mc["text_cfg"][key] = str(folder.resolve())
-    name = f"kgface-openclip-{stable_hash(mc, 8)}"
+            # the text model's config and tokenizer files shape the text features: they key the name too
+            text_files[key] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())
+                               if f.suffix in (".json", ".txt", ".model") and f.stat().st_size < (64 << 20)}
+    name = f"kgface-openclip-{stable_hash({'config': mc, 'text_files': text_files}, 8)}"
     factory._MODEL_CONFIGS[name] = mc  # open_clip 2.x-3.x: the registry add_model_config fills
     return name
 
@@ -147,6 +161,8 @@ def build_clip(cfg, load_pretrained: bool = True):
     else:
         raise EvaluatorConfigError(f"evaluator.name={c['name']!r}: expected tiny_clip or openclip")
     tokenizer = open_clip.get_tokenizer(name) if c["name"] == "openclip" else open_clip.get_tokenizer("ViT-B-32")
+    # the feature width, which a timm image tower beside a Hugging Face text tower does not expose
+    model.kgface_embed_dim = int(open_clip.get_model_config(name)["embed_dim"])
     model.eval()
     return model, tokenizer, image_size
 
@@ -183,15 +199,12 @@ class ImageEncoder(torch.nn.Module):
         self.model = model
         self.image_size = int(image_size)
         self.batch_size = batch_size
-        if getattr(model, "text_projection", None) is not None:
+        if getattr(model, "kgface_embed_dim", None):  # build_clip's models: their config's embed_dim
+            self.num_features = int(model.kgface_embed_dim)
+        elif getattr(model, "text_projection", None) is not None:
             self.num_features = int(model.text_projection.shape[1])
-        elif getattr(model.visual, "output_dim", None) is not None:
+        else:
             self.num_features = int(model.visual.output_dim)
-        else:  # e.g. a timm image tower beside a Hugging Face text tower: read the width off one eval forward
-            model.eval()
-            with torch.no_grad():
-                dummy = torch.zeros(1, 3, self.image_size, self.image_size)
-                self.num_features = int(model.encode_image(dummy).shape[-1])
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -295,6 +295,10 @@ class Evaluator:
             # the heads were fitted on another model's features
             raise EvaluatorInputError(f"{meta_path}: evaluator.pretrained={cfg['pretrained']} is not the weights "
                                       "file its heads were fitted on (its bytes changed); fit the evaluator again")
+        if meta.get("info", {}).get("model_config") and \
+                register_config_file(cfg["model"]) != meta["info"]["model_config"]:
+            raise EvaluatorInputError(f"{meta_path}: evaluator.model={cfg['model']} (or its text model's files) is not "
+                                      "the config its heads were fitted on (it changed); fit the evaluator again")
         model, tokenizer, image_size = build_clip(cfg, load_pretrained=cfg["name"] != "tiny_clip")
         if cfg["name"] == "tiny_clip":
             model.load_state_dict(load_file(str(folder / "clip.safetensors")))
@@ -387,6 +391,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
             "atlas_images": 0 if atlas is None else len(atlas)}
     if c["name"] != "tiny_clip":  # the model is re-read from this file on load: it must be the same file
         info["pretrained_sha256"] = pretrained_sha256 or _file_sha256(Path(str(c["pretrained"])).expanduser())
+        if is_config_file(c.get("model") or ""):  # ... and built from this config file: it must say the same
+            info["model_config"] = register_config_file(c["model"])
     # phenotypes: those drawn in the train split or the atlas (the atlas draws only the panel's phenotypes)
     pheno_rows = list(train["phenotypes"]) + ([] if atlas is None else list(atlas["phenotypes"]))
     vocab = drawn_phenotypes(pheno_rows)

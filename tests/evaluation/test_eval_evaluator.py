@@ -839,13 +839,29 @@ def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data,
     cache = Cache(session_cache_dir)
     ev = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
     assert ev.encoder.num_features == 24
-    loaded = Evaluator.load(ev.save(tmp_path / "ev"))
+    saved = ev.save(tmp_path / "ev")
+    loaded = Evaluator.load(saved)
     images = load_images(list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:4]))
     assert np.allclose(loaded.features(images), ev.features(images))
-    # another config under the same path (an unrelated key added) is another model as far as the heads know
+    # another config under the same path (an unrelated key added), or another vocabulary, is another model as far
+    # as the heads know: a new cache entry, and the saved evaluator refuses to load
     config.write_text(json.dumps({"model_cfg": {**model_cfg, "quick_gelu": False}}))
     other = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
     assert other.info["cache_entry"] != ev.info.get("cache_entry", "")
+    with pytest.raises(EvaluatorInputError, match="not the config its heads were fitted on"):
+        Evaluator.load(saved)
+    config.write_text(json.dumps({"model_cfg": model_cfg}))
+    Evaluator.load(saved)  # the same config again
+    (bert / "vocab.txt").write_text((bert / "vocab.txt").read_text().replace("\nface\n", "\nfaces\n"))
+    with pytest.raises(EvaluatorInputError, match="not the config its heads were fitted on"):
+        Evaluator.load(saved)
+    # what kgface cannot honour is refused: another normalisation, a timm tower fetched from the hub
+    config.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    with pytest.raises(UserError, match=r"preprocess_cfg.mean=\[0.5, 0.5, 0.5\] is not CLIP's"):
+        register_config_file(str(config))
+    config.write_text(json.dumps({**model_cfg, "vision_cfg": {"timm_model_name": "hf-hub:timm/x", "image_size": 32}}))
+    with pytest.raises(UserError, match="timm_model_name=hf-hub:timm/x is fetched"):
+        register_config_file(str(config))
     # a hub id would be downloaded by open_clip: refused, naming the key to rewrite
     hub = tmp_path / "hub.json"
     hub.write_text(json.dumps({**model_cfg, "text_cfg": {**model_cfg["text_cfg"],
