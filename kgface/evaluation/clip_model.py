@@ -155,7 +155,10 @@ def build_clip(cfg, load_pretrained: bool = True):
             if not Path(str(path)).expanduser().is_file():
                 raise EvaluatorConfigError(f"evaluator.pretrained={path}: file not found (a local open_clip weights "
                                            "file; nothing is downloaded)")
-        model = open_clip.create_model(name, pretrained=str(Path(str(path)).expanduser()) if load_pretrained else None)
+        if load_pretrained:
+            model = open_clip.create_model(name, pretrained=str(Path(str(path)).expanduser()))
+        else:  # a Hugging Face text tower would otherwise load base weights from its (local) folder
+            model = open_clip.create_model(name, pretrained=None, pretrained_hf=False)  # the 2.x name, 3.x keeps it
         image_size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list))
                          else model.visual.image_size)
     else:

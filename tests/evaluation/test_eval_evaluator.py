@@ -801,6 +801,19 @@ def test_the_real_stage_scatter_leaves_out_ungraded_photos(tiny_evaluator, tiny_
     assert len(t) == len(test) - len(test[::2]) and set(t["stage_known"]) == {"True"}
 
 
+def _tiny_bert(bert):
+    """A Hugging Face BERT's config and tokenizer files (no weights) in a local folder, as BiomedCLIP's text tower."""
+    from transformers import BertConfig, BertTokenizer
+
+    bert.mkdir()
+    words = ["a", "acne", "face", "healthy", "of", "person", "photo", "stage", "with"]  # the rest read as [UNK]
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizer(str(bert / "vocab.txt")).save_pretrained(str(bert))
+    BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64, max_position_embeddings=64).save_pretrained(str(bert))
+    return bert
+
+
 def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data, tiny_profiles, session_cache_dir,
                                                                       tmp_path):
     """BiomedCLIP's layout at a tiny size: an open_clip config JSON whose text tower and tokenizer are a Hugging Face
@@ -810,19 +823,12 @@ def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data,
 
     import open_clip
     from safetensors.torch import save_file
-    from transformers import BertConfig, BertTokenizer
 
     from kgface.cache import Cache
     from kgface.config import compose
     from kgface.evaluation.clip_model import register_config_file
 
-    bert = tmp_path / "bert"
-    bert.mkdir()
-    words = ["a", "acne", "face", "healthy", "of", "person", "photo", "stage", "with"]  # the rest read as [UNK]
-    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizer(str(bert / "vocab.txt")).save_pretrained(str(bert))
-    BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=64, max_position_embeddings=64).save_pretrained(str(bert))
+    bert = _tiny_bert(tmp_path / "bert")
     folder = tmp_path / "clip"
     folder.mkdir()
     model_cfg = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
@@ -868,3 +874,37 @@ def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data,
                                                          "hf_model_name": "microsoft/BiomedNLP-BiomedBERT"}}))
     with pytest.raises(UserError, match=r"text_cfg.hf_model_name=microsoft/BiomedNLP-BiomedBERT is not a local folder"):
         build_clip({"name": "openclip", "model": str(hub), "pretrained": str(weights)})
+
+
+def test_an_openclip_config_file_with_a_timm_image_tower(tiny_data, tiny_profiles, session_cache_dir, tmp_path):
+    """BiomedCLIP's image tower is timm's (vit_base_patch16_224, timm's own token pooling, a linear projection): the
+    same config with timm's 0.3M-parameter test_vit beside the local BERT. Built without CLIP weights, neither tower
+    looks for base weights (the BERT folder holds none); with them, it fits, saves and reloads."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from kgface.cache import Cache
+    from kgface.config import compose
+
+    _tiny_bert(tmp_path / "bert")
+    config = tmp_path / "open_clip_config.json"
+    config.write_text(json.dumps({"model_cfg": {
+        "embed_dim": 24,
+        "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "",
+                       "timm_proj": "linear", "image_size": 160},
+        "text_cfg": {"hf_model_name": "bert", "hf_tokenizer_name": "bert", "hf_proj_type": "mlp",
+                     "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 16}}}))
+    model, tokenizer, image_size = build_clip({"name": "openclip", "model": str(config)}, load_pretrained=False)
+    assert image_size == 160 and model.kgface_embed_dim == 24
+    assert type(model.visual).__name__ == "TimmModel" and type(model.text).__name__ == "HFTextEncoder"
+    weights = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    cfg = compose("evaluate", ["evaluator=openclip", f"evaluator.model={config}", f"evaluator.pretrained={weights}"])
+    ev = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, Cache(session_cache_dir),
+                       progress=False)
+    images = load_images(list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:4]))
+    features = ev.features(images)
+    assert features.shape == (4, 24) and np.isfinite(features).all() and features.std(0).max() > 0
+    assert np.allclose(Evaluator.load(ev.save(tmp_path / "ev")).features(images), features)
