@@ -99,6 +99,8 @@ def register_config_file(model: str) -> str:
     if timm_name.startswith(("hf-hub:", "hf_hub:")):  # timm fetches such a config even without weights
         raise EvaluatorConfigError(f"{path}: vision_cfg.timm_model_name={timm_name} is fetched from the Hugging "
                                    "Face hub by timm; kgface downloads nothing: name a timm architecture instead")
+    if timm_name:  # open_clip 2.x would download timm's ImageNet weights first; the CLIP weights replace them anyway
+        mc["vision_cfg"]["timm_model_pretrained"] = False
     pre = data.get("preprocess_cfg") or {} if isinstance(data, dict) else {}
     for key, ours in (("mean", CLIP_MEAN), ("std", CLIP_STD)):  # kgface normalises every image with CLIP's
         if key in pre and not np.allclose(np.asarray(pre[key], float), ours, atol=1e-6):
