@@ -84,6 +84,10 @@ def test_captions_name_disease_stage_and_phenotypes(tiny_profiles):
     ph = acne.phenotypes[0]
     text = image_caption(acne, 2, {ph.hpo_id: 0.3})
     assert acne.name in text and "stage" in text and (ph.visual or ph.name).strip().rstrip(".")[:20] in text
+    # the stage is named, not a fixed word: another stage, or none known, is another caption
+    others = {image_caption(acne, s, {ph.hpo_id: 0.3}) for s in (1, 3, None)}
+    assert len(others) == 3 and text not in others
+    assert "stage" not in image_caption(acne, None, {ph.hpo_id: 0.3})
 
 
 def test_captions_cut_counts_captions_longer_than_the_text_tower():
@@ -98,20 +102,27 @@ def test_captions_cut_counts_captions_longer_than_the_text_tower():
 
 
 def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny_data):
+    from kgface.evaluation import metrics as M
+
     df = read_manifest(tiny_data / "manifest.csv")[0]
     v = instrument_validity(tiny_evaluator, df, roundtrip=lambda x: x)
     assert v["vae_ceiling_top1"] == pytest.approx(v["real_top1"])  # a perfect round trip changes nothing
     assert v["vae_ceiling_stage_spearman"] == pytest.approx(v["real_stage_spearman_disease"])
     sick = df[(df["split"] == "test") & (df["disease"] != "healthy")]
-    assert sick["stage"].nunique() > 1 and -1 <= v["real_stage_spearman_disease"] <= 1
-    assert 0 <= v["real_top1"] <= 1 and set(v["per_stage_top1"]) == {0, 1, 2, 3}
-    assert 0.5 <= v["identity_auroc"] <= 1.0 or np.isnan(v["identity_auroc"])
+    assert sick["stage"].nunique() > 1 and set(v["per_stage_top1"]) == {0, 1, 2, 3}
+    # the headline rows (stages 2-3 and healthy), scored here: real_top1 is their accuracy
+    test = df[df["split"] == "test"]
+    head = test[test["stage"].isin([2, 3]) | (test["disease"] == "healthy")]
+    scored = tiny_evaluator.score(load_images(list(head["abspath"])))
+    assert v["real_top1"] == pytest.approx((scored["pred_disease"].to_numpy() == head["disease"].to_numpy()).mean())
+    # one person at four stages: same-identity pairs exist, so the identity AUROC is a number, the features' own
+    assert v["identity_auroc"] == pytest.approx(M.identity_auroc(tiny_evaluator.features(
+        load_images(list(test["abspath"]))), list(test["identity"])))
     assert v["oracle_top1"] > 0.8  # the phenotype vectors separate the panel at stages 2-3
+    assert v["phenotype_auroc"] and set(v["phenotype_auroc"]) <= set(tiny_evaluator.phenotypes)
     assert all(0 <= a <= 1 for a in v["phenotype_auroc"].values())
     blurred = instrument_validity(tiny_evaluator, df, roundtrip=lambda x: torch.zeros_like(x))
     # every black image gets one prediction: top-1 can be at most the largest class's share of the headline rows
-    test = df[df["split"] == "test"]
-    head = test[test["stage"].isin([2, 3]) | (test["disease"] == "healthy")]
     assert blurred["vae_ceiling_top1"] <= head["disease"].value_counts(normalize=True).max() + 1e-9
     # a black image carries no stage: its severity is one constant, the rank correlation is undefined (nan)
     assert np.isnan(blurred["vae_ceiling_stage_spearman"])
@@ -212,6 +223,18 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
         assert key in m, key
     assert m["fid_clip"] < 1e-3  # the generated set is the real test set
     assert m["transform"]["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
+    # the same pixels, requested as what they are: every generation number is the real set's (to metrics.json's
+    # 4 decimals)
+    rt = scored["real"].table
+    right = (rt["pred_disease"] == rt["disease"]).to_numpy()
+    head = (rt["stage"].astype(int).isin([2, 3]) | (rt["disease"] == "healthy")).to_numpy()
+    held = (rt["disease"] == "ORPHA:963").to_numpy()
+    assert held.any() and (head & ~held).any()
+    assert m["generation"]["seen_top1"] == pytest.approx(right[head & ~held].mean(), abs=1e-4)
+    assert m["generation"]["heldout_top1"] == pytest.approx(right[head & held].mean(), abs=1e-4)
+    assert m["generation"]["top1_all"] == pytest.approx(m["evaluator"]["real_top1_all"], abs=1e-4)
+    assert m["generation"]["stage_spearman"] == pytest.approx(m["evaluator"]["real_stage_spearman_disease"],
+                                                              abs=1e-4)
     json.dumps(m)
     # FID/KID leave the transformation (an edit of a real test face) out; tstr learns from the rows the evaluator's
     # probe learns from (healthy, stages >= probe.min_stage); profile match reads diseased requests of stages 2-3
@@ -231,7 +254,10 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     main([*over, f"real={tiny_data / 'manifest.csv'}", f"generated={gen}", f"hydra.run.dir={out}", "progress=false"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"real_top1", "real_stage_mae", "oracle_top1"} <= set(metrics["evaluator"])
-    assert {"seen_top1", "heldout_top1"} <= set(metrics["generation"])
+    # the entry trains the same evaluator (same config and data: the cache) and reads the same numbers
+    for key in ("seen_top1", "heldout_top1", "stage_spearman"):
+        assert metrics["generation"][key] == pytest.approx(m["generation"][key]), key
+    assert metrics["fid_clip"] < 1e-3
     assert metrics["evaluator"]["phenotype_auroc"]  # so its bars are drawn
     for name in ["report.md", "report.html", "confusion_real.png", "stage_real.png", "phenotypes_real.png",
                  "real_best.png", "real_worst.png", "confusion_generated.png", "stage_generated.png",
@@ -364,7 +390,9 @@ def test_auxiliary_loss_leaves_out_faces_without_a_disease():
             + torch.nn.functional.mse_loss(aux.stage(emb[known]).squeeze(-1), stages[known]))
     assert torch.isfinite(full) and torch.allclose(full, part)
     only_atlas = aux.loss(emb[~known], classes[~known], presence[~known], stages[~known])
-    assert torch.isfinite(only_atlas)  # a batch of atlas faces alone: the phenotype term only
+    # a batch of atlas faces alone: the phenotype term only (not a zero left where every term was dropped)
+    assert torch.allclose(only_atlas, torch.nn.functional.binary_cross_entropy_with_logits(
+        aux.phenotypes(emb[~known]), presence[~known])) and only_atlas > 0
     # two disease-less faces are not partial positives of each other
     img = txt = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
     groups = torch.arange(6)

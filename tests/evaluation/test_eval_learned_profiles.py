@@ -1,4 +1,6 @@
 """Profiles learned from samples recover perturbed frequencies (not the KG's): the non-circularity check."""
+import json
+
 import numpy as np
 
 from kgface.data.manifest import read_manifest, write_manifest
@@ -33,7 +35,14 @@ def test_perturbed_panel_is_learned_back(tiny_evaluator, tiny_data, tiny_profile
     # (with the 12-step test CLIP the phenotype heads are weak: only the MAE ordering is asserted here; the
     # default evaluator's numbers are in docs/evaluation.md)
     write_learned(check["learned"], tmp_path)
-    assert (tmp_path / "learned_profiles.json").is_file() and (tmp_path / "learned_profiles.png").is_file()
+    assert (tmp_path / "learned_profiles.png").is_file()
+    saved = json.loads((tmp_path / "learned_profiles.json").read_text())
+    assert saved["schema"] == "kgface.learned_profiles/1" and set(saved["diseases"]) == set(check["learned"])
+    for d, entry in check["learned"].items():
+        rows = saved["diseases"][d]["phenotypes"]
+        assert [r["hpo_id"] for r in rows] == [e["hpo_id"] for e in entry["phenotypes"]]
+        assert np.allclose([r["learned_frequency"] for r in rows],
+                           [e["learned_frequency"] for e in entry["phenotypes"]], equal_nan=True)
 
 
 def test_rogan_gladen_correction_on_constructed_rates():

@@ -51,6 +51,21 @@ def test_trial_writes_the_table_images_and_report(trial_out):
                 "effects.csv", "patient_effects.csv", "study.csv", "gifs/P01.gif", "baselines/P02.png"]:
         assert (trial_out / rel).is_file(), rel
     assert Image.open(trial_out / "gifs" / "P01.gif").n_frames == 12
+    # the side tables: each patient's face and drawn effects, and their own N-of-1 estimates against those
+    patients = pd.read_csv(trial_out / "patients.csv", dtype={"identity": str}).set_index("patient_id")
+    assert list(patients.index) == ["P01", "P02"]
+    assert patients["identity"].to_dict() == \
+        pd.read_csv(trial_out / "trial.csv", dtype=str).groupby("patient_id")["identity"].first().to_dict()
+    pe = pd.read_csv(trial_out / "patient_effects.csv")
+    assert set(pe["patient_id"]) == {"P01", "P02"} and {"A", "B"} <= set(pe["effect"])
+    arms = pe[pe["effect"].isin(["A", "B"])]
+    assert len(arms) == 4 and np.allclose(
+        arms["truth"], [patients.loc[r.patient_id, f"effect_{r.effect}"] for r in arms.itertuples()])
+    for side in ("true", "measured"):
+        low, estimate, high = (pe[f"{side}_{c}"] for c in ("low", "estimate", "high"))
+        assert (low <= estimate).all() and (estimate <= high).all()
+    study = pd.read_csv(trial_out / "study.csv")
+    assert len(study) == len(json.loads((trial_out / "trial.json").read_text())["study"]["summary"]) == 6
     assert not list(trial_out.glob(".trial-*"))  # the staging folder is gone
 
 
