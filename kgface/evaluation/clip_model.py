@@ -101,7 +101,7 @@ def register_config_file(model: str) -> str:
                                    "Face hub by timm; kgface downloads nothing: name a timm architecture instead")
     if timm_name:  # open_clip 2.x would download timm's ImageNet weights first; the CLIP weights replace them anyway
         mc["vision_cfg"]["timm_model_pretrained"] = False
-    pre = data.get("preprocess_cfg") or {} if isinstance(data, dict) else {}
+    pre = data.get("preprocess_cfg") or {}
     for key, ours in (("mean", CLIP_MEAN), ("std", CLIP_STD)):  # kgface normalises every image with CLIP's
         if key in pre and not np.allclose(np.asarray(pre[key], float), ours, atol=1e-6):
             raise EvaluatorConfigError(f"{path}: preprocess_cfg.{key}={pre[key]} is not CLIP's {list(ours)}, the "
@@ -125,8 +125,9 @@ def register_config_file(model: str) -> str:
     return name
 
 
-def build_clip(cfg, load_pretrained: bool = True):
-    """(model, tokenizer, image_size) for an evaluator config; the model is in eval mode on CPU."""
+def build_clip(cfg, load_pretrained: bool = True, registered: str | None = None):
+    """(model, tokenizer, image_size) for an evaluator config; the model is in eval mode on CPU. `registered`: the
+    name register_config_file just returned for cfg.model in this process (its files are not read again)."""
     import open_clip
 
     c = _plain(cfg)
@@ -137,7 +138,7 @@ def build_clip(cfg, load_pretrained: bool = True):
     elif c["name"] == "openclip":
         name = str(c.get("model") or "")
         if is_config_file(name):
-            name = register_config_file(name)
+            name = registered or register_config_file(name)
         elif name not in open_clip.list_models():
             raise EvaluatorConfigError(f"evaluator.model={name!r} is not an open_clip model "
                                        f"(e.g. ViT-B-16, ViT-B-32; open_clip.list_models()) nor a config .json")

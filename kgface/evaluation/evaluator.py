@@ -272,9 +272,10 @@ class Evaluator:
         return Path(folder)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, pretrained_sha256: str | None = None) -> "Evaluator":
-        """`pretrained_sha256`: the weights file's digest when the caller has just computed it (fit_evaluator's
-        cache key), so a large file is not read twice."""
+    def load(cls, folder: str | os.PathLike, pretrained_sha256: str | None = None,
+             model_config: str | None = None) -> "Evaluator":
+        """`pretrained_sha256`, `model_config`: the weights file's digest and the name register_config_file gave
+        evaluator.model when the caller has just computed them (fit_evaluator's cache key): no file is read twice."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -295,11 +296,14 @@ class Evaluator:
             # the heads were fitted on another model's features
             raise EvaluatorInputError(f"{meta_path}: evaluator.pretrained={cfg['pretrained']} is not the weights "
                                       "file its heads were fitted on (its bytes changed); fit the evaluator again")
-        if meta.get("info", {}).get("model_config") and \
-                register_config_file(cfg["model"]) != meta["info"]["model_config"]:
+        registered = None
+        if cfg["name"] == "openclip" and is_config_file(cfg.get("model") or ""):
+            registered = model_config or register_config_file(cfg["model"])
+        if meta.get("info", {}).get("model_config") and registered != meta["info"]["model_config"]:
             raise EvaluatorInputError(f"{meta_path}: evaluator.model={cfg['model']} (or its text model's files) is not "
                                       "the config its heads were fitted on (it changed); fit the evaluator again")
-        model, tokenizer, image_size = build_clip(cfg, load_pretrained=cfg["name"] != "tiny_clip")
+        model, tokenizer, image_size = build_clip(cfg, load_pretrained=cfg["name"] != "tiny_clip",
+                                                  registered=registered)
         if cfg["name"] == "tiny_clip":
             model.load_state_dict(load_file(str(folder / "clip.safetensors")))
         model.eval()
@@ -352,11 +356,12 @@ def probe_rows(df: pd.DataFrame, probe_cfg: dict | None) -> pd.Series:
 
 def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
                     atlas: pd.DataFrame | None = None, clip: tuple[dict, dict] | None = None,
-                    pretrained_sha256: str | None = None) -> Evaluator:
+                    pretrained_sha256: str | None = None, model_config: str | None = None) -> Evaluator:
     """Train an evaluator on df's `train` split (calibrated on `val`); no caching (see fit_evaluator). `atlas`:
     phenotype-only faces for the CLIP and the phenotype heads (see the module docstring). `clip`: (state dict,
     training log) of a tiny CLIP already trained on this data with this config: only the heads are fitted.
-    `pretrained_sha256`: the evaluator.pretrained file's digest when the caller has it (fit_evaluator's cache key)."""
+    `pretrained_sha256`, `model_config`: the evaluator.pretrained file's digest and the name register_config_file
+    gave evaluator.model, when the caller has them (fit_evaluator's cache key): their files are read once."""
     import time
 
     c = _plain(cfg)
@@ -383,7 +388,11 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     by_id = _profile_map(profiles, classes)
     start = time.time()
     torch.manual_seed(int(c.get("seed", 0)))
-    model, tokenizer, image_size = build_clip(c)
+    if c["name"] == "openclip" and is_config_file(c.get("model") or ""):
+        model_config = model_config or register_config_file(c["model"])
+    else:
+        model_config = None
+    model, tokenizer, image_size = build_clip(c, registered=model_config)
     images = load_images(list(train["abspath"]))
     atlas = atlas.reset_index(drop=True) if atlas is not None and len(atlas) else None
     atlas_images = load_images(list(atlas["abspath"]), size=images.shape[-2:]) if atlas is not None else None
@@ -391,8 +400,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
             "atlas_images": 0 if atlas is None else len(atlas)}
     if c["name"] != "tiny_clip":  # the model is re-read from this file on load: it must be the same file
         info["pretrained_sha256"] = pretrained_sha256 or _file_sha256(Path(str(c["pretrained"])).expanduser())
-        if is_config_file(c.get("model") or ""):  # ... and built from this config file: it must say the same
-            info["model_config"] = register_config_file(c["model"])
+        if model_config:  # ... and built from this config file: it must say the same
+            info["model_config"] = model_config
     # phenotypes: those drawn in the train split or the atlas (the atlas draws only the panel's phenotypes)
     pheno_rows = list(train["phenotypes"]) + ([] if atlas is None else list(atlas["phenotypes"]))
     vocab = drawn_phenotypes(pheno_rows)
@@ -508,7 +517,8 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     entry = cache.entry("evaluator", {**spec, "version": [EVALUATOR_VERSION, CLIP_VERSION]})
     if entry.exists():
         log.info("evaluator from the cache: %s", entry.path)
-        ev = Evaluator.load(entry.path, pretrained_sha256=spec.get("pretrained_sha256"))
+        ev = Evaluator.load(entry.path, pretrained_sha256=spec.get("pretrained_sha256"),
+                            model_config=spec.get("model_config"))
         if ev.trained_on is None:  # an entry cached before the list was kept: the key says it is this data
             ev.trained_on = learned_digests(df, atlas)
         return ev
@@ -525,7 +535,8 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
             clip = (load_file(str(clip_entry.path / "clip.safetensors")),
                     json.loads((clip_entry.path / "clip.json").read_text(encoding="utf-8")))
     ev = train_evaluator(c, df, profiles, progress=progress, atlas=atlas, clip=clip,
-                         pretrained_sha256=spec.get("pretrained_sha256"))  # the key's digest: one read of the file
+                         pretrained_sha256=spec.get("pretrained_sha256"),  # the key's digests: one read of the files
+                         model_config=spec.get("model_config"))
     if clip_entry is not None and clip is None:
         from safetensors.torch import save_file
 

@@ -843,7 +843,7 @@ def _tiny_bert(bert):
 
 
 def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data, tiny_profiles, session_cache_dir,
-                                                                      tmp_path):
+                                                                      tmp_path, monkeypatch):
     """BiomedCLIP's layout at a tiny size: an open_clip config JSON whose text tower and tokenizer are a Hugging Face
     BERT saved in a local folder (named relative to the JSON), weights in a local file; nothing is downloaded. A hub
     id instead of a folder is a one-line error; an edited config file is another cache entry."""
@@ -870,8 +870,22 @@ def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data,
 
     cfg = compose("evaluate", ["evaluator=openclip", f"evaluator.model={config}", f"evaluator.pretrained={weights}"])
     cache = Cache(session_cache_dir)
+    # the config file and its text model's files are read (and hashed) once per fit or load, not once per use
+    from kgface.evaluation import clip_model, evaluator
+
+    reads = []
+
+    def counted(model):
+        reads.append(model)
+        return register_config_file(model)
+
+    monkeypatch.setattr(clip_model, "register_config_file", counted)
+    monkeypatch.setattr(evaluator, "register_config_file", counted)
     ev = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
-    assert ev.encoder.num_features == 24
+    assert ev.encoder.num_features == 24 and reads == [str(config)]
+    cached = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert "cache_entry" not in cached.info and reads == [str(config)] * 2  # the second one: from the cache
+    monkeypatch.undo()
     saved = ev.save(tmp_path / "ev")
     loaded = Evaluator.load(saved)
     images = load_images(list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:4]))
