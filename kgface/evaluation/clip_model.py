@@ -129,6 +129,7 @@ def build_clip(cfg, load_pretrained: bool = True, registered: str | None = None)
     """(model, tokenizer, image_size) for an evaluator config; the model is in eval mode on CPU. `registered`: the
     name register_config_file just returned for cfg.model in this process (its files are not read again)."""
     import open_clip
+    from open_clip import factory
 
     c = _plain(cfg)
     if c["name"] == "tiny_clip":
@@ -138,7 +139,8 @@ def build_clip(cfg, load_pretrained: bool = True, registered: str | None = None)
     elif c["name"] == "openclip":
         name = str(c.get("model") or "")
         if is_config_file(name):
-            name = registered or register_config_file(name)
+            # a name this process registered is reused as is; any other would fail deep in open_clip
+            name = registered if registered in factory._MODEL_CONFIGS else register_config_file(name)
         elif name not in open_clip.list_models():
             raise EvaluatorConfigError(f"evaluator.model={name!r} is not an open_clip model "
                                        f"(e.g. ViT-B-16, ViT-B-32; open_clip.list_models()) nor a config .json")

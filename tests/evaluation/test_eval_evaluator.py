@@ -879,13 +879,16 @@ def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data,
         reads.append(model)
         return register_config_file(model)
 
-    monkeypatch.setattr(clip_model, "register_config_file", counted)
-    monkeypatch.setattr(evaluator, "register_config_file", counted)
-    ev = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
-    assert ev.encoder.num_features == 24 and reads == [str(config)]
-    cached = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
-    assert "cache_entry" not in cached.info and reads == [str(config)] * 2  # the second one: from the cache
-    monkeypatch.undo()
+    with monkeypatch.context() as mp:  # (not undo(): the autouse cache-folder patch shares this monkeypatch)
+        mp.setattr(clip_model, "register_config_file", counted)
+        mp.setattr(evaluator, "register_config_file", counted)
+        ev = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+        assert ev.encoder.num_features == 24 and reads == [str(config)]
+        cached = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+        assert "cache_entry" not in cached.info and reads == [str(config)] * 2  # the second one: from the cache
+    # a name this process never registered is not trusted: the file is read
+    assert build_clip({"name": "openclip", "model": str(config)}, load_pretrained=False,
+                      registered="kgface-openclip-never")[0].kgface_embed_dim == 24
     saved = ev.save(tmp_path / "ev")
     loaded = Evaluator.load(saved)
     images = load_images(list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:4]))
