@@ -106,11 +106,18 @@ def test_transform_with_keep_mask_leaves_unmasked_pixels(micro_run, tmp_path, ca
     df, _ = read_manifest(tmp_path / "o" / "manifest.csv")
     row = df.iloc[0]
     assert row["mode"] == "transform" and row["disease"] == "healthy" and row["source_image"].startswith("sources/")
-    assert 0 <= float(row["identity_ssim"]) <= 1 and float(row["identity_psnr"]) > 0
     ident = json.loads((tmp_path / "o" / "generation.json").read_text())["identity"]
     assert ident["identity_ssim"] == float(row["identity_ssim"]) and ident["identity_similarity"] is None
     assert "no evaluator/" in ident["note"] and "identity_similarity" not in df.columns  # said, not silently left out
     out, inp = pixels(tmp_path / "o" / row["path"]), pixels(tmp_path / "o" / row["source_image"])
+    # the scores are those of the two saved (lossless) images, source against output, not of one against itself
+    import torch
+
+    from kgface.generate import psnr, ssim
+
+    chw = [torch.from_numpy(a.astype(np.uint8)).permute(2, 0, 1) for a in (inp, out)]
+    assert float(row["identity_ssim"]) == pytest.approx(ssim(*chw), abs=1.5e-4) and float(row["identity_ssim"]) < 1
+    assert float(row["identity_psnr"]) == pytest.approx(psnr(*chw), abs=0.011) and np.isfinite(float(row["identity_psnr"]))
     kept = edit_mask(None, ["eyes", "hair"], out.shape[0])[0].numpy() == 0
     assert kept.sum() > 0 and np.abs(out[kept] - inp[kept]).max() <= 1
     assert np.abs(out[~kept] - inp[~kept]).max() > 0  # the rest did change
@@ -122,7 +129,14 @@ def test_progression_writes_a_strip_and_a_gif_with_shared_noise(micro_run, tmp_p
     assert df["severity"].tolist() == [0.0, 1.5, 3.0] and set(df["identity"]) == {"seed-5"}
     assert (tmp_path / "o" / "strips" / "seed5.png").is_file()
     gif = Image.open(tmp_path / "o" / "strips" / "seed5.gif")
-    assert gif.n_frames >= 3
+    assert gif.n_frames == 4  # 0, 1.5, 3 and back through 1.5 (a loop)
+    # shared noise: each frame is the face sample mode draws for that seed and severity
+    generate(micro_run, tmp_path / "s", "diseases=[ORPHA:870]", "stages=[0,1.5,3]", "seeds=[5]")
+    samples, _ = read_manifest(tmp_path / "s" / "manifest.csv")
+    for _, frame in df.iterrows():
+        same = samples[samples["severity"].astype(float) == float(frame["severity"])]["path"].tolist()
+        assert len(same) == 1
+        assert np.abs(pixels(tmp_path / "o" / frame["path"]) - pixels(tmp_path / "s" / same[0])).max() <= 1
 
 
 def test_compose_parses_the_quoted_phenotype_override(micro_run, tmp_path):

@@ -144,7 +144,13 @@ def test_token_width_and_pipeline_batch_are_checked():
     with pytest.raises(AdapterError, match="one KG condition"):
         pipeline_token_embeds(torch.randn(2, 8, 384))
     neg, pos = pipeline_token_embeds(torch.ones(8, 384))[0].chunk(2)
-    assert neg.abs().sum() == 0 and pos.shape == (1, 8, 384)
+    assert neg.abs().sum() == 0 and torch.equal(pos, torch.ones(1, 8, 384))
+    # a learned null condition (the encoder's CFG tokens) is the negative half; without CFG only the condition
+    null = torch.full((1, 8, 384), 0.5)
+    neg, pos = pipeline_token_embeds(torch.ones(8, 384), null_tokens=null)[0].chunk(2)
+    assert torch.equal(neg, null) and torch.equal(pos, torch.ones(1, 8, 384))
+    (only,) = pipeline_token_embeds(torch.ones(8, 384), do_classifier_free_guidance=False)
+    assert torch.equal(only, torch.ones(1, 8, 384))
 
 
 # ---------------------------------------------------------------------------------------------- files

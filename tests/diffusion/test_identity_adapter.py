@@ -84,10 +84,14 @@ def test_stacked_identity_changes_the_output_and_scale_zero_is_kg_only(kg_unet, 
     assert procs and all(p.scale == [0.5, 1.0] and len(p.to_k_ip) == 2 for p in procs)
     # one reference per sample: a batch of 2 references tiles a CFG batch of 4 ([negative; positive])
     set_identity_embeds(adapter, torch.randn(2, CLIP_DIM))
-    sample, t, text, added = unet_inputs(kg_unet, batch=4)
-    out = kg_unet(sample, t, encoder_hidden_states=text, added_cond_kwargs=kg_added_cond_kwargs(
-        torch.cat([tokens, tokens]), added)).sample
-    assert out.shape[0] == 4 and torch.isfinite(out).all()
+    pair = run(kg_unet, inputs, tokens)  # references r0, r1 for samples 0, 1
+    sample, t, text, added = inputs
+    with torch.no_grad():  # the same two samples twice: each half must see r0, r1 in that order (not r0, r0, r1, r1)
+        out = kg_unet(torch.cat([sample, sample]), torch.cat([t, t]), encoder_hidden_states=torch.cat([text, text]),
+                      added_cond_kwargs=kg_added_cond_kwargs(torch.cat([tokens, tokens]),
+                                                             {k: torch.cat([v, v]) for k, v in added.items()})).sample
+    assert out.shape[0] == 4
+    assert torch.allclose(out[:2], pair, atol=1e-5) and torch.allclose(out[2:], pair, atol=1e-5)
 
 
 def test_identity_alone_matches_diffusers_own_loader(tmp_path):

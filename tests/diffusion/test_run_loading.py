@@ -53,6 +53,8 @@ def test_load_run_restores_the_trained_lora_and_adapter(pretrained_run):
     adapter = load_file(str(out / "adapter.safetensors"))
     loaded = adapter_state_dict(backbone.unet)
     assert set(adapter) == set(loaded) and all(torch.equal(adapter[k], loaded[k]) for k in adapter)
+    # the adapter trained on the pretrained path too: its zero-initialised value projections moved
+    assert any(v.abs().max() > 0 for k, v in adapter.items() if k.endswith("to_v_ip.weight"))
 
 
 def test_a_lora_file_missing_weights_is_an_error_not_an_untrained_layer(pretrained_run, tmp_path):

@@ -22,7 +22,9 @@ def test_training_improves_round_trips_and_reports_checkpoints():
     assert not any(training for _, _, training in seen) and not vae.training
     assert seen[-1][1] > seen[0][1]
     assert roundtrip(vae, images).shape == images.shape and roundtrip(vae, images).dtype == torch.uint8
-    assert vae.config.scaling_factor > 0
+    with torch.no_grad():  # latents scaled to unit variance: the reciprocal of the latent means' std
+        z = vae.encode(to_model(images)).latent_dist.mean
+    assert vae.config.scaling_factor == pytest.approx(1 / float(z.std()), rel=1e-4)
 
 
 def test_logvar_init_starts_a_near_deterministic_posterior():

@@ -129,12 +129,21 @@ def test_null_is_not_healthy(graph_builder, profiles):
     assert torch.equal(mixed[0], enc.null_tokens) and torch.equal(mixed[1], sick[0])
 
 
-def test_unseen_disease_encodes(graph_builder, profile_builder):
+def test_unseen_disease_encodes(graph_builder, profile_builder, profiles, text_model):
+    from kgface.encoders.text import embed_texts
+
     kabuki = profile_builder.build("ORPHA:2322")  # never in the warmed set: its new texts are embedded on demand
     known = len(graph_builder.features.rows)
-    tokens = tiny("gatv2")(graph_builder.batch([kabuki]), torch.tensor([2.0]))
+    enc = tiny("gatv2")
+    with torch.no_grad():
+        tokens = enc(graph_builder.batch([kabuki]), torch.tensor([2.0]))
+        down = enc(graph_builder.batch([profiles[0]]), torch.tensor([2.0]))
     assert tokens.shape == (1, K, D) and torch.isfinite(tokens).all()
     assert len(graph_builder.features.rows) > known
+    # the rows appended for the new texts are those texts' own embeddings (not zeros, not another text's row)
+    g = graph_builder.graph(kabuki)
+    assert torch.allclose(g.x, embed_texts(g.node_text, text_model), atol=1e-5)
+    assert not torch.allclose(tokens, down, atol=1e-4)
 
 
 def test_save_load_round_trip(tmp_path, batch):
@@ -212,6 +221,10 @@ def test_edgeless_batch_and_single_graph(conv, graph_builder, profiles):
         single = enc(graph_builder.graph(profiles[0]), torch.tensor([1.0]))
         batched = enc(graph_builder.batch([profiles[0]]), torch.tensor([1.0]))
     assert healthy.shape == (2, K, D) and torch.isfinite(healthy).all()
+    assert not torch.allclose(healthy[0], healthy[1], atol=1e-4)  # the stage still acts without edges
+    with torch.no_grad():  # and an edgeless graph's tokens do not depend on its batch-mate
+        alone = enc(graph_builder.batch([profiles[-1]]), torch.tensor([0.0]))
+    assert torch.allclose(healthy[:1], alone, atol=1e-5)
     assert torch.allclose(single, batched, atol=1e-6)
 
 
