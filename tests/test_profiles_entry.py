@@ -17,6 +17,8 @@ def test_profiles_cli_writes_json_and_turtle(tmp_path, capsys):
     assert [p["disease_id"] for p in data["profiles"]] == ["ORPHA:870", "OMIM:163950"]
     ids = {ph["hpo_id"] for p in data["profiles"] for ph in p["phenotypes"]}
     assert ids and all(i.startswith("HP:") and len(i) == 10 for i in ids)
+    down = {ph["hpo_id"]: ph for ph in data["profiles"][0]["phenotypes"]}
+    assert down["HP:0000582"]["frequency"] == 0.895  # upslanted fissures, "Very frequent" in ORPHA:870
     g = Graph().parse(out / "profiles.ttl", format="turtle")
     assert len(g) > 100
     curies = {str(o) for o in g.objects(None, URIRef("https://w3id.org/kgface/vocab#curie"))}
@@ -57,5 +59,7 @@ def test_wrong_keys_are_hydra_errors(overrides, message):
 def test_primekg_without_path_is_a_clear_cli_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kgface.profiles", "kg=primekg", f"hydra.run.dir={tmp_path}"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "kg.path" in proc.stderr
+    # one clean line (not OmegaConf's "Missing mandatory value: kg.path" traceback), exit code 2
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "kgface.profiles: error: kg=primekg needs a file: set kg.path=/path/to/kg.csv"

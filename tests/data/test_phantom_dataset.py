@@ -60,6 +60,8 @@ def test_stage_zero_shows_nothing_and_intensity_grows(profiles, table, hpo_kg, c
         labels = [draw_labels(prof, i, s, cfg, table) for s in range(4)]
         assert labels[0]["phenotypes"] == {} and labels[0]["severity"] == 0.0
         assert [round(l["severity"]) for l in labels] == [0, 1, 2, 3]
+        assert labels[1]["phenotypes"]  # (acromegaly has 8 very frequent visible terms: never none drawn)
+        assert set(labels[1]["phenotypes"]) == set(labels[2]["phenotypes"]) == set(labels[3]["phenotypes"])
         for h, t in labels[1]["phenotypes"].items():  # the same phenotypes, growing
             assert labels[2]["phenotypes"][h] > t and labels[3]["phenotypes"][h] > labels[2]["phenotypes"][h]
         assert all(h in table for l in labels for h in l["phenotypes"])  # only what is drawn is labelled

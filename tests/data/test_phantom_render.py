@@ -242,3 +242,5 @@ def test_bald_and_curly_hair_render():
         ident = dataclasses.replace(IDENTITIES[0], hair_style=style)
         img = render_face(ident, {"sparse_hair": 0.5})
         assert img.size == (64, 64)
+        hair = (render_labels(ident, {"sparse_hair": 0.5}) == LABELS["hair"]).any()
+        assert hair == (style != "none"), style  # bald draws no hair; thinned hair (0.5) still shows

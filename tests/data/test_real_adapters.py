@@ -418,6 +418,8 @@ def test_celeba_without_partition_splits_by_identity(tmp_path):
     df = celeba_manifest(make_celeba(tmp_path / "celeba", partition=False), val_fraction=0.2, test_fraction=0.2)
     assert set(df["split"]) <= {"train", "val", "test"} and len(df) == N_CELEBA
     assert df.groupby("identity")["split"].nunique().max() == 1          # a person never straddles two splits
+    # the fractions act on people: 7 identities -> round(0.2 * 7) = 1 test, 1 val, 5 train
+    assert df.drop_duplicates("identity")["split"].value_counts().to_dict() == {"train": 5, "val": 1, "test": 1}
     no_ids = celeba_manifest(make_celeba(tmp_path / "c2", partition=False, identity=False))
     assert no_ids["identity"].tolist() == [f"{i + 1:06d}" for i in range(N_CELEBA)]
 
