@@ -128,6 +128,15 @@ def test_the_clip_vision_folder_encodes_a_reference(tmp_path):
     e = identity_image_embeds(encoder, processor, faces, hidden_states=False)
     h = identity_image_embeds(encoder, processor, [Image.new("RGB", (50, 50), "tan")], hidden_states=True)
     assert e.shape == (2, CLIP_DIM) and h.shape == (1, (32 // 8) ** 2 + 1, 32)
+    # a uint8 tensor is read as the same picture as its PIL image (channels last, not scrambled); faces differ
+    pil = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in faces]
+    assert torch.allclose(identity_image_embeds(encoder, processor, pil, hidden_states=False), e, atol=1e-5)
+    assert not torch.allclose(e[0], e[1], atol=1e-3)
+    # hidden states are the penultimate layer's (IP-Adapter Plus), not the last
+    px = processor(images=[Image.new("RGB", (50, 50), "tan")], return_tensors="pt").pixel_values
+    with torch.no_grad():
+        out = encoder(px, output_hidden_states=True)
+    assert torch.allclose(h, out.hidden_states[-2]) and not torch.allclose(h, out.last_hidden_state, atol=1e-4)
 
 
 def test_mismatched_checkpoints_name_the_file_and_key(kg_unet, tmp_path):
