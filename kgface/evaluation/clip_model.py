@@ -125,6 +125,14 @@ def register_config_file(model: str) -> str:
     return name
 
 
+def registered_config_name(cfg: dict, given: str | None = None) -> str | None:
+    """The name register_config_file gives an evaluator=openclip config's evaluator.model .json (`given`: the name
+    the caller already has, so nothing is read again); None for a built-in model or the tiny CLIP."""
+    if cfg.get("name") != "openclip" or not is_config_file(cfg.get("model") or ""):
+        return None
+    return given or register_config_file(cfg["model"])
+
+
 def build_clip(cfg, load_pretrained: bool = True, registered: str | None = None):
     """(model, tokenizer, image_size) for an evaluator config; the model is in eval mode on CPU. `registered`: the
     name register_config_file just returned for cfg.model in this process (its files are not read again)."""

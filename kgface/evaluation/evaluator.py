@@ -36,8 +36,7 @@ from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
 from ..errors import UserError
 from ..kg import FacialProfile
 from ..prompts import caption, healthy_prompts, phenotype_caption, zero_shot_prompts
-from .clip_model import (ImageEncoder, build_clip, encode_texts, is_config_file, register_config_file,
-                         train_clip)
+from .clip_model import ImageEncoder, build_clip, encode_texts, registered_config_name, train_clip
 from .probes import CoralHead, LinearProbe, PhenotypeHeads, Standardizer
 
 log = logging.getLogger(__name__)
@@ -296,9 +295,7 @@ class Evaluator:
             # the heads were fitted on another model's features
             raise EvaluatorInputError(f"{meta_path}: evaluator.pretrained={cfg['pretrained']} is not the weights "
                                       "file its heads were fitted on (its bytes changed); fit the evaluator again")
-        registered = None
-        if cfg["name"] == "openclip" and is_config_file(cfg.get("model") or ""):
-            registered = model_config or register_config_file(cfg["model"])
+        registered = registered_config_name(cfg, model_config)
         if meta.get("info", {}).get("model_config") and registered != meta["info"]["model_config"]:
             raise EvaluatorInputError(f"{meta_path}: evaluator.model={cfg['model']} (or its text model's files) is not "
                                       "the config its heads were fitted on (it changed); fit the evaluator again")
@@ -388,10 +385,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     by_id = _profile_map(profiles, classes)
     start = time.time()
     torch.manual_seed(int(c.get("seed", 0)))
-    if c["name"] == "openclip" and is_config_file(c.get("model") or ""):
-        model_config = model_config or register_config_file(c["model"])
-    else:
-        model_config = None
+    model_config = registered_config_name(c, model_config)
     model, tokenizer, image_size = build_clip(c, registered=model_config)
     images = load_images(list(train["abspath"]))
     atlas = atlas.reset_index(drop=True) if atlas is not None and len(atlas) else None
@@ -509,8 +503,9 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
             "profiles": stable_hash([p.to_dict() for p in plist if p.disease_id in used])}
     if c["name"] != "tiny_clip" and c.get("pretrained"):  # new weights under the same path must refit the heads
         spec["pretrained_sha256"] = _file_sha256(Path(str(c["pretrained"])).expanduser())
-    if c["name"] == "openclip" and is_config_file(c.get("model") or ""):  # an edited config file is another model
-        spec["model_config"] = register_config_file(c["model"])
+    model_config = registered_config_name(c)
+    if model_config:  # an edited config file is another model
+        spec["model_config"] = model_config
     if atlas is not None:
         spec["atlas_sha256"] = manifest_hash(atlas_path)
         spec["atlas_images"] = images_digest(atlas_path, atlas["abspath"])

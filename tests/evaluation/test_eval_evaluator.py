@@ -871,7 +871,7 @@ def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data,
     cfg = compose("evaluate", ["evaluator=openclip", f"evaluator.model={config}", f"evaluator.pretrained={weights}"])
     cache = Cache(session_cache_dir)
     # the config file and its text model's files are read (and hashed) once per fit or load, not once per use
-    from kgface.evaluation import clip_model, evaluator
+    from kgface.evaluation import clip_model
 
     reads = []
 
@@ -880,8 +880,7 @@ def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data,
         return register_config_file(model)
 
     with monkeypatch.context() as mp:  # (not undo(): the autouse cache-folder patch shares this monkeypatch)
-        mp.setattr(clip_model, "register_config_file", counted)
-        mp.setattr(evaluator, "register_config_file", counted)
+        mp.setattr(clip_model, "register_config_file", counted)  # every caller reaches it through clip_model
         ev = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
         assert ev.encoder.num_features == 24 and reads == [str(config)]
         cached = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
