@@ -107,4 +107,9 @@ def test_small_files_are_known_by_their_bytes_large_ones_by_path_and_time(tmp_pa
     assert cache.file_fingerprint(a) != cache.file_fingerprint(b)
     monkeypatch.setattr(cache, "HASH_LIMIT", 4)  # a "large" file: path, size and mtime, not read
     big = cache.file_fingerprint(a)
-    assert big["path"] == str(a.resolve()) and "sha256" not in big and big != cache.file_fingerprint(b)
+    assert big == {"path": str(a.resolve()), "size": a.stat().st_size, "mtime_ns": a.stat().st_mtime_ns}
+    assert cache.file_fingerprint(a) == big and big != cache.file_fingerprint(b)
+    # the same path rewritten with the same size (new weights of one architecture): its time tells them apart
+    a.write_text("term,effect\nHP:1,tan\n")
+    os.utime(a, ns=(5, 5))
+    assert a.stat().st_size == big["size"] and cache.file_fingerprint(a) != big

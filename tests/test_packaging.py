@@ -26,8 +26,12 @@ def test_wheel_install_finds_assets(tmp_path):
         assert (r.prompts_dir()).is_dir()
         from kgface.config import compose
         print(compose("profiles").kg.panel[0].id)
+        from kgface.prompts import template_hash
+        print(template_hash())  # the wheel's templates and schema are the checkout's
     """)
     proc = subprocess.run([sys.executable, "-S", "-c", script], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ORPHA:870"
+    from kgface.prompts import template_hash
+
+    assert proc.stdout.split() == ["ORPHA:870", template_hash()]

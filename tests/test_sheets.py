@@ -24,4 +24,9 @@ def test_cell_size_resizes_and_captions_add_a_line():
     pil = Image.new("RGB", (4, 4), (1, 2, 3))
     sheet = labelled_sheet([("r", [pil, _img(7, 6)])], captions=[["c1", "c2"]], cell=12, label_width=10, title="t")
     assert sheet.size == (10 + 2 * 14, 16 + 14 + CAPTION_H)
-    assert tuple(np.asarray(sheet)[16 + 5, 10 + 5]) == (1, 2, 3)
+    arr = np.asarray(sheet)
+    assert tuple(arr[16 + 5, 10 + 5]) == (1, 2, 3)
+    assert (arr[16:16 + 12, 10 + 14:10 + 14 + 12] == 7).all()  # the 6-px tensor filled its 12-px cell
+    # each caption is drawn in the band under its row's cells, the title's band above stays clear there
+    band = arr[16 + 12:16 + 12 + CAPTION_H]
+    assert (band[:, 10:10 + 12] < 128).any() and (band[:, 10 + 14:10 + 14 + 12] < 128).any()

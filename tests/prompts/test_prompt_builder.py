@@ -55,6 +55,26 @@ def test_profile_hash_tracks_what_the_request_shows(down):
     assert profile_hash(down) != before
 
 
+def test_profile_hash_tracks_the_stage_scale(down, monkeypatch):
+    """The request shows the disease's stage scale (STAGE_SCALES, not the profile): an edited scale is another
+    request, so cached answers written for the old one are not served."""
+    import dataclasses
+
+    from kgface.prompts import STAGE_SCALES, stage_levels
+
+    before = profile_hash(down)
+    edited = tuple(dataclasses.replace(level, clause=level.clause + "!") for level in stage_levels(down.disease_id))
+    monkeypatch.setitem(STAGE_SCALES, down.disease_id, edited)
+    assert [level.clause for level in stage_levels(down.disease_id)] == [level.clause for level in edited]
+    assert profile_hash(down) != before
+
+
+def test_template_hash_changes_with_the_answer_schema(monkeypatch):
+    before = template_hash()
+    monkeypatch.setattr("kgface.prompts.builder.answer_json_schema", lambda: {"x": 1})
+    assert template_hash() != before
+
+
 def test_template_hash_changes_with_template_text(tmp_path):
     for name in TEMPLATES:
         shutil.copy(prompts_dir() / name, tmp_path / name)

@@ -8,7 +8,7 @@ import pytest
 from kgface.cache import Cache
 from kgface.config import compose
 from kgface.errors import UserError
-from kgface.prompts import LLMError, OpenAIBackend, describe_profiles, make_backend
+from kgface.prompts import LLMError, OpenAIBackend, build_messages, describe_profiles, make_backend
 from kgface.prompts.backends import _retry_after
 
 SECRET = "sk-test-0123456789-do-not-log"
@@ -29,10 +29,15 @@ def test_valid_answer_is_used_and_cached(server, llm, down, tmp_path):
     req = server.requests[0]
     assert req["path"] == "/v1/chat/completions" and req["body"]["model"] == "fake-7b"
     assert req["body"]["response_format"] == {"type": "json_object"}
-    assert [m["role"] for m in req["body"]["messages"]] == ["system", "user"]
+    # the generation settings the cache key names are the ones sent (not the server's defaults)
+    assert req["body"]["temperature"] == 0.0 and req["body"]["max_tokens"] == 256
+    assert req["body"]["messages"] == build_messages(down)
     # a second run reads the cache: no request
     again = describe_profiles([down], llm, Cache(tmp_path / "cache"))[down.disease_id]
     assert again == d and len(server.requests) == 1
+    # llm.json_mode=false (servers without response_format, as the 400 error advises): the field is not sent
+    describe_profiles([down], {**llm, "json_mode": False}, Cache(tmp_path / "cache"))
+    assert len(server.requests) == 2 and "response_format" not in server.requests[1]["body"]
 
 
 def test_cache_invalidation(server, llm, down, tmp_path):

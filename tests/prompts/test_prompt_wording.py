@@ -1,6 +1,8 @@
 """Template descriptions, training prompts, captions and zero-shot prompts for known profiles."""
 import pytest
 
+from kgface.kg.profiles import NegativePhenotype, Phenotype
+from kgface.prompts.wording import HEALTHY_TEXT, QUALITY_NEGATIVE
 from kgface.prompts import (NEUTRAL_PROMPT, caption, healthy_prompts, negative_prompt, stage_levels, stage_scale,
                             template_description, template_descriptions, training_prompt, zero_shot_prompts)
 
@@ -21,6 +23,25 @@ def test_template_down_syndrome_grows_with_stage(down):
         "A face with Down syndrome, severe stage (pronounced, fully developed signs): upward-slanting eyes, a flat "
         "nasal bridge, skin folds at the inner eye corners and upturned nostrils.",
     ]
+
+
+def test_templates_rank_by_frequency_whatever_the_profile_order(down):
+    """The KG lists phenotypes in its own order (kg/profiles.py puts unknown frequencies last; the template ranks
+    them as 0.8): the template ranks by frequency, ties by HPO id, and names at most STAGE_LIMITS of them."""
+    import dataclasses
+
+    from kgface.prompts.wording import STAGE_LIMITS, stage_phenotypes
+
+    reversed_down = dataclasses.replace(down, phenotypes=down.phenotypes[::-1])
+    assert [template_description(reversed_down, s) for s in range(4)] == [
+        template_description(down, s) for s in range(4)]
+    assert [p.hpo_id for p in stage_phenotypes(reversed_down, 3)] == [
+        "HP:0000582", "HP:0005280", "HP:0000286", "HP:0000463"]  # 0.84, None (0.8), 0.3, 0.1
+    many = dataclasses.replace(down, phenotypes=[
+        Phenotype(f"HP:00000{i:02d}", f"Sign {i}", "skin", f"sign {i}", 1.0) for i in range(18, 10, -1)])
+    assert [p.hpo_id for p in stage_phenotypes(many, 1)] == ["HP:0000011", "HP:0000012", "HP:0000013"]
+    assert [len(stage_phenotypes(many, s)) for s in range(1, 4)] == list(STAGE_LIMITS[1:])
+    assert [p.hpo_id for p in stage_phenotypes(many, 3)] == [f"HP:00000{i}" for i in range(11, 18)]
 
 
 def test_template_acne_follows_min_stage(acne):
@@ -48,7 +69,9 @@ def test_training_prompt_kg_has_no_disease_words(down, acne, healthy):
 def test_training_prompt_text_names_disease_and_phenotypes(down, healthy):
     prompt = training_prompt(down, 2, conditioning="text")
     assert "Down syndrome" in prompt and "upward-slanting eyes" in prompt and "moderate" in prompt
-    assert "healthy" in training_prompt(healthy, 0, conditioning="text")
+    # the text baseline's prompt is the kg prompt plus the disease's words, nothing else (a fair baseline)
+    assert prompt == f"{NEUTRAL_PROMPT}. {template_description(down, 2)}"
+    assert training_prompt(healthy, 0, conditioning="text") == f"{NEUTRAL_PROMPT}, {HEALTHY_TEXT}"
     with pytest.raises(ValueError, match="conditioning"):
         training_prompt(down, 1, conditioning="image")
     with pytest.raises(ValueError, match="stage"):
@@ -79,11 +102,19 @@ def test_caption_from_image_labels(down, healthy):
 def test_zero_shot_and_negative_prompts(down, healthy):
     prompts = zero_shot_prompts(down)
     assert len(prompts) == 4 and all("Down syndrome" in p for p in prompts[:3])
-    assert "upward-slanting eyes" in prompts[3]
+    # the three most frequent phenotypes (the 0.1 "upturned nostrils" is not a class prompt)
+    assert prompts[3] == ("a photo of a face with upward-slanting eyes, a flat nasal bridge and skin folds at the "
+                          "inner eye corners")
     assert zero_shot_prompts(healthy) == healthy_prompts()
     assert not any("syndrome" in p for p in healthy_prompts())
-    assert negative_prompt(down).startswith("hypertelorism, blurry")
+    assert negative_prompt(down) == f"hypertelorism, {QUALITY_NEGATIVE}"
     assert "rash" in negative_prompt(healthy)
+    # at most four absent phenotypes: the quality terms come last and must survive CLIP's 77-token truncation
+    import dataclasses
+
+    absent = [NegativePhenotype(f"HP:000000{i}", f"Absent {i}", "skin") for i in range(1, 7)]
+    assert negative_prompt(dataclasses.replace(down, negative_phenotypes=absent)) == (
+        f"absent 1, absent 2, absent 3, absent 4, {QUALITY_NEGATIVE}")
 
 
 def test_every_phenotype_names_the_whole_profile(down):
