@@ -58,7 +58,8 @@ def _columns(table: pd.DataFrame, acne: bool) -> pd.DataFrame:
 
 def _side_by_side(true_est: pd.DataFrame, measured_est: pd.DataFrame) -> pd.DataFrame:
     keys, cols = ["patient_id", "effect"], ["estimate", "low", "high"]
-    t = true_est[keys + ["truth"] + cols].rename(columns={c: f"true_{c}" for c in cols})
+    # unit and df follow the patient's blocks, not the outcome: the true and the measured fit share them
+    t = true_est[keys + ["unit", "df", "truth"] + cols].rename(columns={c: f"true_{c}" for c in cols})
     return t.merge(measured_est[keys + cols].rename(columns={c: f"measured_{c}" for c in cols}), on=keys)
 
 
@@ -90,6 +91,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # separate (e.g. every patient's blocks in one order, with the trend term) fails before any model loads
     table, patients = simulate(design, seed)
     analysis.check_identifiable(table, design)
+    runin_bias, design_warnings = analysis.design_checks(table, design, true_effects(design, patients))
+    for note in design_warnings:  # the trial still runs: a user may want exactly this design; the report says it too
+        log.warning("%s", note)
     run_dir = Path(str(cfg.run)).expanduser()
     cache = make_cache(cfg)
     device = torch_device(cfg.get("device"))
@@ -184,6 +188,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                            "baseline_severity": patients[pid].baseline, "trend": patients[pid].trend,
                            "effects": patients[pid].effects} for pid, f in zip(pids, faces)},
         "truth": truth, "effects": estimates.to_dict("records"),
+        "runin_bias": runin_bias.to_dict("records"), "design_warnings": design_warnings,
         "measurement": {**meter.notes(),
                         "trial_correlation": float(np.corrcoef(table["true_severity"],
                                                                table["measured_severity"])[0, 1]) if resolves else None,

@@ -1,6 +1,6 @@
 """Treatment effects of a trial, from the true and from the image-measured severities, and a coverage study.
 
-The model (statsmodels OLS). The analysed days are each block minus its first `skip_days` (the run-in: the
+The model (statsmodels OLS; block means weighted by their analysed days). The analysed days are each block minus its first `skip_days` (the run-in: the
 previous treatment's carry-over and the new one's onset); washout days are left out. With `unit: block` (default)
 each analysed block is summarised by its mean outcome and mean study day (the classic summary-measures analysis of
 N-of-1 series: a block mean averages over day-to-day noise whatever its autocorrelation); with `unit: day` the daily
@@ -21,9 +21,14 @@ combination of intercepts and dummies) is refused with a one-line NotIdentifiabl
 
 Measured severities are calibrated readings (measurement.py); the calibration slope's relative standard error r
 widens a measured effect's standard error by the delta method: se^2 = se_model^2 + beta^2 r^2.
-Contrasts between treatments (A - B) come from the same fit. Per-patient effects (each patient's own N-of-1 result,
-descriptive) fit the model to that patient's daily rows (a patient has too few blocks for block means) with the
-same `cov` (nonrobust for cluster).
+Contrasts between treatments (A - B) come from the same fit. Per-patient effects (each patient's own N-of-1 result)
+fit the model to that patient's block means (nonrobust; few blocks give few df and wide intervals, which is what one
+patient's blocks support), or to its daily rows with the same `cov` (nonrobust for cluster) where the patient has
+too few blocks or `unit: day`; the `unit` column says which.
+
+The estimand is each treatment's steady state, but the analysis averages the analysed days: a run-in shorter than
+a few time constants leaves onset and carry-over in every estimate. `design_checks` measures that bias exactly (the
+model fitted to the noise-free course) and warns about it, and about days the scale's bounds clip.
 """
 from __future__ import annotations
 
@@ -56,10 +61,12 @@ def _design_matrix(rows: pd.DataFrame, design: Design, per_patient: bool) -> pd.
     return x
 
 
-def _fit(y: np.ndarray, x: pd.DataFrame, groups: np.ndarray, cov: str, lags: int):
+def _fit(y: np.ndarray, x: pd.DataFrame, groups: np.ndarray, cov: str, lags: int, weights: np.ndarray):
     import statsmodels.api as sm
 
-    model = sm.OLS(y, x)
+    # a block mean of m days has variance ~ sigma^2 / m: blocks of unequal analysed length (a 7-day baseline beside
+    # 14-day treatment blocks) weigh by their days; daily rows (weights 1) and equal blocks are plain OLS
+    model = sm.WLS(y, x, weights=weights)
     if cov == "cluster":
         return model.fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
     if cov == "hac" and lags > 0:
@@ -112,25 +119,43 @@ def check_identifiable(table: pd.DataFrame, design: Design) -> None:
         _check_rank(_design_matrix(analysed_rows(rows, "true_severity", "day"), design, True), design, True, pid)
 
 
+def _patient_unit(table: pd.DataFrame, outcome: str, design: Design) -> str:
+    """The unit of one patient's own fit: the analysis' unit, unless it is `block` and the patient has too few
+    blocks for the model (fewer than its parameters + 1, e.g. one cycle with the trend term): then daily rows,
+    whose intervals assume independent days (the report names the unit)."""
+    if design.analysis.unit == "day":
+        return "day"
+    x = _design_matrix(analysed_rows(table, outcome, "block"), design, True)
+    full_rank = np.linalg.matrix_rank(x.to_numpy(dtype=float)) >= x.shape[1]
+    return "block" if full_rank and len(x) > x.shape[1] else "day"
+
+
 def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: dict[str, float] | None = None,
                      rel_se: float = 0.0, per_patient: bool = False) -> pd.DataFrame:
     """One row per treatment and per pairwise contrast: estimate, se, low, high (1 - alpha interval), df, days
-    (analysed days of the compared treatments), truth, bias, covered. `table` needs patient_id, day, block,
-    treatment, analysed and the outcome column."""
+    (analysed days of the compared treatments), unit (block | day), truth, bias, covered. `table` needs
+    patient_id, day, block, treatment, analysed and the outcome column. per_patient: one patient's own fit, on
+    block means like the pooled one where the patient has enough blocks (daily rows of an autocorrelated series
+    would give intervals that are too narrow: 0.74-0.77 coverage of 95% at AR 0.5, docs/trials.md), with
+    nonrobust standard errors for `cluster` (one patient is one cluster) and for block means."""
     a = design.analysis
-    unit, cov = ("day", "nonrobust" if a.cov == "cluster" else a.cov) if per_patient else (a.unit, a.cov)
+    if per_patient:
+        unit = _patient_unit(table, outcome, design)
+        cov = "nonrobust" if a.cov == "cluster" or unit == "block" else a.cov
+    else:
+        unit, cov = a.unit, a.cov
     rows = analysed_rows(table, outcome, unit)
     x = _design_matrix(rows, design, per_patient)
     _check_rank(x, design, per_patient, str(rows["patient_id"].iloc[0]) if per_patient and len(rows) else "")
     groups = pd.factorize(rows["patient_id"])[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # statsmodels' small-sample notes (a rank-deficient design is refused above)
-        res = _fit(rows[outcome].to_numpy(dtype=float), x, groups, cov, a.hac_lags)
+        days = rows["days"] if "days" in rows else pd.Series(1, index=rows.index)
+        res = _fit(rows[outcome].to_numpy(dtype=float), x, groups, cov, a.hac_lags, days.to_numpy(dtype=float))
     vcov, params, names = np.asarray(res.cov_params()), np.asarray(res.params), list(x.columns)
     # cluster: t with patients - 1 df (statsmodels' df_resid_inference, what its conf_int uses), not n - k
     df = float(getattr(res, "df_resid_inference", None) or res.df_resid)
     q = stats.t.ppf(1 - a.alpha / 2, df) if res.use_t else stats.norm.ppf(1 - a.alpha / 2)
-    days = rows["days"] if "days" in rows else pd.Series(1, index=rows.index)
     ks = design.treatments
     contrasts = [(k, {k: 1.0}) for k in ks]
     contrasts += [(f"{ks[i]} - {ks[j]}", {ks[i]: 1.0, ks[j]: -1.0})
@@ -145,10 +170,45 @@ def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: d
         t = None if truth is None else float(sum(v * truth[k] for k, v in weights.items()))
         low, high = est - q * se, est + q * se
         out.append({"effect": label, "outcome": outcome, "estimate": est, "se": se, "low": low, "high": high,
-                    "df": df, "days": int(days[rows["treatment"].isin(list(weights))].sum()),
+                    "df": df, "days": int(days[rows["treatment"].isin(list(weights))].sum()), "unit": unit,
                     "truth": t, "bias": None if t is None else est - t,
                     "covered": None if t is None else bool(low <= t <= high)})
     return pd.DataFrame(out)
+
+
+# a run-in bias above this share of the largest true effect is warned about
+RUNIN_BIAS_SHARE = 0.05
+# simulated days at the scale's bounds above this share are warned about (clipping pulls effects towards 0)
+CLIPPED_SHARE = 0.05
+
+
+def design_checks(table: pd.DataFrame, design: Design, truth: dict[str, float]) -> tuple[pd.DataFrame, list[str]]:
+    """(run-in bias per effect, warnings) of a simulated trial, before any image is drawn. The run-in bias is the
+    analysis applied to the noise-free, unclipped course (`expected_severity`) minus the truth: the onset and
+    carry-over left after `skip_days`, for this draw of orders (the design's own bias; noise adds none on average).
+    Warnings: a bias above RUNIN_BIAS_SHARE of the largest effect, and more than CLIPPED_SHARE of the days at the scale's
+    bounds (an effect that would go past them is cut, and the estimate pulled towards 0)."""
+    est = estimate_effects(table, "expected_severity", design, truth)
+    bias = est[["effect", "truth", "bias"]].reset_index(drop=True)
+    notes = []
+    largest = max(abs(t) for t in bias["truth"]) if len(bias) else 0.0
+    big = [r for r in bias.itertuples() if abs(r.bias) > RUNIN_BIAS_SHARE * largest]
+    if big:
+        s, a = design.model, design.analysis
+        slowest = max(max(t.tau, t.tau_off) for t in s.treatments.values())
+        notes.append(
+            f"trial.analysis.skip_days={a.skip_days} leaves the estimates short of the steady state (run-in bias, "
+            "noise-free: " + ", ".join(f"{r.effect} {r.bias:+.3f} of {r.truth:+.3f}" for r in big)
+            + f"); the slowest time constant is {slowest:g} days: set skip_days (and block_days) to about "
+            f"{4 * slowest:g}+ days, or read the estimates as the analysed days' mean, not the steady state")
+    true = table.loc[table["treatment"] != WASHOUT, "true_severity"]
+    low, high = design.model.low, design.model.high
+    at_bounds = float(((true <= low) | (true >= high)).mean()) if len(true) else 0.0
+    if at_bounds > CLIPPED_SHARE:
+        notes.append(f"{100 * at_bounds:.0f}% of the simulated days sit at the scale's bounds "
+                     f"[{low:g}, {high:g}]: clipping pulls the estimates towards 0 "
+                     "(trial.severity.baseline.mean and the effects leave too little room)")
+    return bias, notes
 
 
 def patient_effects(table: pd.DataFrame, outcome: str, design: Design, rel_se: float = 0.0,

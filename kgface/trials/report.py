@@ -237,8 +237,13 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
              f"{summary['images_settings']['steps']} steps, guidance {summary['images_settings']['guidance']}.",
              f"- Analysis (kgface/trials/analysis.py): OLS, unit `{a['unit']}`, patient intercepts, "
              f"{'a linear study-day term, ' if a['trend'] else ''}SE `{a['cov']}`, the first {a['skip_days']} "
-             f"days of every block left out; {100 * (1 - a['alpha']):g}% intervals.", "",
-             "## Effects", "",
+             f"days of every block left out; {100 * (1 - a['alpha']):g}% intervals.",
+             "- Run-in bias (the analysis of the noise-free course minus the truth: onset and carry-over left "
+             "after the skipped days): "
+             + ", ".join(f"{r['effect']} {r['bias']:+.3f}" for r in summary.get("runin_bias") or []) + ".", ""]
+    for note in summary.get("design_warnings") or []:
+        lines += [f"**Design warning**: {note}.", ""]
+    lines += ["## Effects", "",
              "Steady-state differences from the reference; the truth is the mean of the simulated patients' own "
              "effects. `true_severity`: the simulated daily severities (a sanity check of the analysis); "
              "`measured_severity`: the evaluator's reading of each day's image, calibrated to the true scale.", "",
@@ -253,9 +258,12 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
               "photo.", "", f"![series]({figures['series']})", "",
               "One GIF per patient: " + ", ".join(f"[{p}]({g})" for p, g in figures["gifs"].items()), "",
               "## Per patient", "",
-              "Each patient's own estimates (daily rows, descriptive): estimate [interval] from true / measured.", "",
-              _table(per_patient, ["patient_id", "effect", "truth", "true_estimate", "true_low", "true_high",
-                                   "measured_estimate", "measured_low", "measured_high"]), "",
+              "Each patient's own estimates: estimate [interval] from true / measured, fitted to the patient's "
+              "block means (`unit` block; df = blocks - parameters, few: wide intervals are what one patient's "
+              "blocks support) or, with too few blocks or `unit: day`, to its daily rows (`unit` day; those "
+              "intervals assume independent days and are too narrow for autocorrelated ones).", "",
+              _table(per_patient, ["patient_id", "effect", "unit", "df", "truth", "true_estimate", "true_low",
+                                   "true_high", "measured_estimate", "measured_low", "measured_high"]), "",
               "## Measurement", "",
               f"- Evaluator: {m['evaluator']}.",
               f"- Calibration ({m['calibration_mode']}): {m['calibration_set']}: "

@@ -58,6 +58,8 @@ def test_trial_writes_the_table_images_and_report(trial_out):
         pd.read_csv(trial_out / "trial.csv", dtype=str).groupby("patient_id")["identity"].first().to_dict()
     pe = pd.read_csv(trial_out / "patient_effects.csv")
     assert set(pe["patient_id"]) == {"P01", "P02"} and {"A", "B"} <= set(pe["effect"])
+    # one cycle: 3 block means cannot hold 4 parameters, so each patient's fit is on its 9 analysed days (3 per block)
+    assert set(pe["unit"]) == {"day"} and (pe["df"] == 9 - 4).all()
     arms = pe[pe["effect"].isin(["A", "B"])]
     assert len(arms) == 4 and np.allclose(
         arms["truth"], [patients.loc[r.patient_id, f"effect_{r.effect}"] for r in arms.itertuples()])
@@ -86,6 +88,18 @@ def test_report_gives_both_estimates_with_intervals_and_bias(trial_out):
     for text in ["## Effects", "measured_severity: estimate [95% CI]", "![series](series.png)", "## Coverage study",
                  "gifs/P01.gif", "| A - B |"]:
         assert text in report, text
+    # a 1-day run-in with tau 1.5 d: the estimates are short of the steady state, measured on the noise-free course
+    # of this very table and named in the report
+    from kgface.config import compose
+    from kgface.trials.analysis import design_checks
+    from kgface.trials.design import design_from_config
+
+    design = design_from_config(compose("trial", [o for o in SMALL if o.startswith("trial.")]).trial)
+    bias, notes = design_checks(pd.read_csv(trial_out / "trial.csv"), design, summary["truth"])
+    assert [r["bias"] for r in summary["runin_bias"]] == pytest.approx(list(bias["bias"]), abs=1e-9)
+    assert summary["design_warnings"] == notes and len(notes) == 1 and bias["bias"].abs().max() > 0.1
+    assert f"**Design warning**: {notes[0]}." in report and "trial.analysis.skip_days=1 leaves" in notes[0]
+    assert "- Run-in bias (" in report
 
 
 def test_same_seed_same_table_and_image_bytes(trial_run, trial_out, tmp_path):
