@@ -19,6 +19,8 @@ POOLED = [
     ("default", {}),
     ("AR(1) 0.5", {"severity.noise.ar": 0.5}),
     ("baseline 7 d, blocks 14 d", {"schedule.baseline_days": 7, "schedule.block_days": 14}),
+    ("baseline 7 d, blocks 14 d, AR 0.5", {"schedule.baseline_days": 7, "schedule.block_days": 14,
+                                           "severity.noise.ar": 0.5}),
     ("baseline 20 d, blocks 10 d", {"schedule.baseline_days": 20}),
     ("tau = tau_off = 3 d", TAU3),
     ("tau = tau_off = 5 d", TAU5),
@@ -55,10 +57,10 @@ def main(argv=None):
     def row(values, fmt):
         return " / ".join(fmt.format(v) for v in values)
 
-    print(f"{'setting':30s} {'coverage A / B / A - B':24s} {'bias':24s} width")
+    print(f"{'setting':36s} {'coverage A / B / A - B':24s} {'bias':24s} width")
     for name, overrides in POOLED:
         _, s = coverage_study(design_from_config(trial_cfg(overrides)), args.trials, args.seed)
-        print(f"{name:30s} {row(s['coverage'], '{:.3f}'):24s} {row(s['bias'], '{:+.3f}'):24s} "
+        print(f"{name:36s} {row(s['coverage'], '{:.3f}'):24s} {row(s['bias'], '{:+.3f}'):24s} "
               f"{row(s['ci_width'], '{:.3f}')}")
     for name, overrides in PER_PATIENT:
         design, covered = design_from_config(trial_cfg(overrides)), {}
@@ -72,7 +74,7 @@ def main(argv=None):
             for effect, g in pp.groupby("effect", sort=False):
                 covered.setdefault(effect, []).extend(g["covered"].astype(float))
         n = len(next(iter(covered.values()), []))
-        print(f"{'per patient, ' + name:30s} {row([np.mean(v) for v in covered.values()], '{:.3f}'):24s} "
+        print(f"{'per patient, ' + name:36s} {row([np.mean(v) for v in covered.values()], '{:.3f}'):24s} "
               f"(n = {n} intervals each)")
 
 

@@ -176,39 +176,76 @@ def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: d
     return pd.DataFrame(out)
 
 
-# a run-in bias above this share of the largest true effect is warned about
+# a run-in bias is warned about above this share of the largest true effect, or above this many of the effect's
+# standard errors (coverage depends on bias / se: 0.25 se costs ~1 point of a 95% interval's coverage) ...
 RUNIN_BIAS_SHARE = 0.05
-# simulated days at the scale's bounds above this share are warned about (clipping pulls effects towards 0)
+RUNIN_BIAS_SE = 0.25
+# ... and never below this share of the scale's range (the table's 4 decimals leave residues of ~1e-5)
+RUNIN_BIAS_FLOOR = 1e-3
+# analysed days at the scale's bounds above this share are warned about (clipping pulls effects towards 0)
 CLIPPED_SHARE = 0.05
 
 
-def design_checks(table: pd.DataFrame, design: Design, truth: dict[str, float]) -> tuple[pd.DataFrame, list[str]]:
-    """(run-in bias per effect, warnings) of a simulated trial, before any image is drawn. The run-in bias is the
-    analysis applied to the noise-free, unclipped course (`expected_severity`) minus the truth: the onset and
-    carry-over left after `skip_days`, for this draw of orders (the design's own bias; noise adds none on average).
-    Warnings: a bias above RUNIN_BIAS_SHARE of the largest effect, and more than CLIPPED_SHARE of the days at the scale's
-    bounds (an effect that would go past them is cut, and the estimate pulled towards 0)."""
-    est = estimate_effects(table, "expected_severity", design, truth)
-    bias = est[["effect", "truth", "bias"]].reset_index(drop=True)
-    notes = []
-    largest = max(abs(t) for t in bias["truth"]) if len(bias) else 0.0
-    big = [r for r in bias.itertuples() if abs(r.bias) > RUNIN_BIAS_SHARE * largest]
-    if big:
-        s, a = design.model, design.analysis
+def steady_course(table: pd.DataFrame, patients: dict) -> np.ndarray:
+    """Each day's b_i + g_i t + d_ik (k the day's treatment): the course with no onset and no carry-over, on the
+    table's 4 decimals (t is the 0-based study day, `day` - 1)."""
+    p = [patients[pid] for pid in table["patient_id"]]
+    values = [q.baseline + q.trend * (day - 1) + q.effects.get(k, 0.0)
+              for q, day, k in zip(p, table["day"], table["treatment"])]
+    return np.round(np.asarray(values, dtype=float), 4)
+
+
+def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[pd.DataFrame, list[str]]:
+    """(one row per effect, warnings) of a simulated trial, before any image is drawn.
+
+    `runin_bias`: the analysis of the noise-free, unclipped course (`expected_severity`) minus the same analysis of
+    the steady-state course (`steady_course`): exactly the onset and carry-over left after `skip_days`, for this
+    draw of orders (the analysis is linear in the outcome, so drifts and baselines cancel). `se`: the effect's
+    standard error on this draw's true severities, and `runin_bias_se` the ratio. `model_gap`: the steady-state
+    course's estimate minus the truth (the patients' mean effect): per-patient drifts that one slope cannot
+    follow, or effects that differ between patients weighed unequally by the trend term; part of the sampling
+    error the intervals face, not a run-in matter, so not warned about.
+
+    Warnings: a run-in bias above RUNIN_BIAS_SHARE of the largest effect or RUNIN_BIAS_SE standard errors (never
+    below RUNIN_BIAS_FLOOR of the scale); patients whose own fit falls back to daily rows (unit: block, too few
+    blocks); more than CLIPPED_SHARE of the analysed days at the scale's bounds."""
+    truth = true_effects(design, patients)
+    rows = table.assign(steady_severity=steady_course(table, patients))
+    with_runin = estimate_effects(rows, "expected_severity", design, truth)
+    steady = estimate_effects(rows, "steady_severity", design, truth)
+    observed = estimate_effects(rows, "true_severity", design, truth)
+    out = pd.DataFrame({"effect": with_runin["effect"], "truth": with_runin["truth"],
+                        "runin_bias": with_runin["estimate"] - steady["estimate"],
+                        "model_gap": steady["estimate"] - steady["truth"], "se": observed["se"]})
+    out["runin_bias_se"] = out["runin_bias"] / out["se"].where(out["se"] > 0)
+    s, a, notes = design.model, design.analysis, []
+    largest = float(out["truth"].abs().max()) if len(out) else 0.0
+    floor = RUNIN_BIAS_FLOOR * (s.high - s.low)
+    big = out[(out["runin_bias"].abs() > floor)
+              & ((out["runin_bias"].abs() > RUNIN_BIAS_SHARE * largest)
+                 | (out["runin_bias"].abs() > RUNIN_BIAS_SE * out["se"]))]
+    if len(big):
         slowest = max(max(t.tau, t.tau_off) for t in s.treatments.values())
         notes.append(
             f"trial.analysis.skip_days={a.skip_days} leaves the estimates short of the steady state (run-in bias, "
-            "noise-free: " + ", ".join(f"{r.effect} {r.bias:+.3f} of {r.truth:+.3f}" for r in big)
+            "noise-free: " + ", ".join(f"{r.effect} {r.runin_bias:+.3f} of {r.truth:+.3f}, {r.runin_bias_se:.2f} se"
+                                       for r in big.itertuples())
             + f"); the slowest time constant is {slowest:g} days: set skip_days (and block_days) to about "
             f"{4 * slowest:g}+ days, or read the estimates as the analysed days' mean, not the steady state")
-    true = table.loc[table["treatment"] != WASHOUT, "true_severity"]
-    low, high = design.model.low, design.model.high
-    at_bounds = float(((true <= low) | (true >= high)).mean()) if len(true) else 0.0
+    if a.unit == "block":
+        fallback = [pid for pid, r in table.groupby("patient_id", sort=True)
+                    if _patient_unit(r, "true_severity", design) == "day"]
+        if fallback:
+            notes.append(f"{', '.join(fallback)} have too few blocks for the model on block means: their own "
+                         "intervals use daily rows and assume independent days (too narrow if days are "
+                         "autocorrelated); set trial.schedule.cycles >= 2 for per-patient intervals from block means")
+    kept = table.loc[table["analysed"] & (table["treatment"] != WASHOUT), "true_severity"]
+    at_bounds = float(((kept <= s.low) | (kept >= s.high)).mean()) if len(kept) else 0.0
     if at_bounds > CLIPPED_SHARE:
-        notes.append(f"{100 * at_bounds:.0f}% of the simulated days sit at the scale's bounds "
-                     f"[{low:g}, {high:g}]: clipping pulls the estimates towards 0 "
-                     "(trial.severity.baseline.mean and the effects leave too little room)")
-    return bias, notes
+        notes.append(f"{100 * at_bounds:.0f}% of the analysed days sit at the scale's bounds [{s.low:g}, {s.high:g}]: "
+                     "clipping pulls the estimates towards 0 (trial.severity.baseline.mean and the effects leave "
+                     "too little room)")
+    return out, notes
 
 
 def patient_effects(table: pd.DataFrame, outcome: str, design: Design, rel_se: float = 0.0,

@@ -235,12 +235,14 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
              f"- Images: SDEdit of each patient's baseline face, strength {summary['images_settings']['strength']}, "
              f"one noise per patient, mask {summary['images_settings']['mask']}, "
              f"{summary['images_settings']['steps']} steps, guidance {summary['images_settings']['guidance']}.",
-             f"- Analysis (kgface/trials/analysis.py): OLS, unit `{a['unit']}`, patient intercepts, "
+             f"- Analysis (kgface/trials/analysis.py): least squares (block means weighted by their days), unit "
+             f"`{a['unit']}`, patient intercepts, "
              f"{'a linear study-day term, ' if a['trend'] else ''}SE `{a['cov']}`, the first {a['skip_days']} "
              f"days of every block left out; {100 * (1 - a['alpha']):g}% intervals.",
-             "- Run-in bias (the analysis of the noise-free course minus the truth: onset and carry-over left "
-             "after the skipped days): "
-             + ", ".join(f"{r['effect']} {r['bias']:+.3f}" for r in summary.get("runin_bias") or []) + ".", ""]
+             "- Run-in bias (the onset and carry-over left after the skipped days, noise-free, in the effects' "
+             "standard errors): " + (", ".join(f"{r['effect']} {r['runin_bias']:+.3f} ({_fmt(r['runin_bias_se'], 2)} se)"
+                                               for r in summary["runin_bias"])
+                                     if summary.get("runin_bias") else "not computed") + ".", ""]
     for note in summary.get("design_warnings") or []:
         lines += [f"**Design warning**: {note}.", ""]
     lines += ["## Effects", "",

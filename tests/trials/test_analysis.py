@@ -73,7 +73,8 @@ def test_per_patient_intervals_hold_under_autocorrelated_noise():
     # a patient with too few blocks for the model (one cycle, the trend term) falls back to its daily rows
     one = design_from_config(trial_cfg(**{"schedule.cycles": 1, "patients": 2}))
     table, _ = simulate(one, 0)
-    assert set(patient_effects(table, "true_severity", one)["unit"]) == {"day"}
+    fallback = patient_effects(table, "true_severity", one)
+    assert set(fallback["unit"]) == {"day"} and (fallback["df"] == 15 - 4).all()  # 3 blocks x 5 analysed days
 
 
 def test_block_means_weigh_by_their_analysed_days():
@@ -105,26 +106,54 @@ def test_design_checks_measure_the_run_in_bias_and_warn():
     noise-free course finds effect x mean(1 - exp(-n / tau)) over the analysed days n = skip + 1 .. block_days."""
     from kgface.trials.analysis import design_checks
 
-    fast_off = {f"severity.treatments.{t}.tau_off": 0.01 for t in "AB"}
-    d = design_from_config(trial_cfg(**{**fast_off, "severity.treatments.A.tau": 3.0,
-                                        "severity.treatments.B.tau": 3.0, "analysis.trend": False,
-                                        "schedule.order": "alternating"}))
+    slow_on = {**{f"severity.treatments.{t}.tau_off": 0.01 for t in "AB"}, "severity.treatments.A.tau": 3.0,
+               "severity.treatments.B.tau": 3.0, "analysis.trend": False, "schedule.order": "alternating"}
+    d = design_from_config(trial_cfg(**slow_on))
     table, patients = simulate(d, 0)
-    bias, notes = design_checks(table, d, true_effects(d, patients))
-    bias = bias.set_index("effect")["bias"]
+    checks, notes = design_checks(table, d, patients)
+    bias = checks.set_index("effect")["runin_bias"]
     shortfall = np.mean([np.exp(-n / 3.0) for n in range(6, 11)])  # skip 5 of 10-day blocks
     assert bias["A"] == pytest.approx(0.8 * shortfall, abs=1e-4)  # the table keeps 4 decimals
     assert bias["B"] == pytest.approx(0.3 * shortfall, abs=1e-4)
+    assert (checks["model_gap"].abs() < 1e-4).all()  # every patient shares the effects, no drift
+    assert (checks["runin_bias_se"] == checks["runin_bias"] / checks["se"]).all() and (checks["se"] > 0).all()
     assert len(notes) == 1 and "trial.analysis.skip_days=5" in notes[0] and "12+ days" in notes[0], notes
-    # the default design: a bias under 1% of the effect, no warning; a baseline near 0: clipped days are named
-    default = design_from_config(trial_cfg())
-    table, patients = simulate(default, 0)
-    bias, notes = design_checks(table, default, true_effects(default, patients))
-    assert notes == [] and (bias["bias"].abs() < 0.008).all()
-    low = design_from_config(trial_cfg(**{"severity.baseline.mean": 0.5}))
-    table, patients = simulate(low, 0)
-    notes = design_checks(table, low, true_effects(low, patients))[1]
-    assert len(notes) == 1 and "of the simulated days sit at the scale's bounds [0, 3]" in notes[0]
+    # per-patient drifts and effects that differ are not run-in: the bias stays the onset's (the analysis is linear
+    # in the outcome), and what one slope cannot follow goes to model_gap
+    drifting = design_from_config(trial_cfg(**{**slow_on, "severity.trend.sd": 0.05, "analysis.trend": True,
+                                               "schedule.cycles": 3, "schedule.order": "randomised"}))
+    table, patients = simulate(drifting, 0)
+    checks = design_checks(table, drifting, patients)[0].set_index("effect")
+    assert checks["model_gap"].abs().max() > 0.01  # four different drifts, one slope
+    assert np.ptp([p.trend for p in patients.values()]) > 0.05
+    flat = design_from_config(trial_cfg(**{**slow_on, "analysis.trend": True, "schedule.cycles": 3,
+                                           "schedule.order": "randomised"}))
+    same_orders, flat_patients = simulate(flat, 0)
+    assert same_orders["treatment"].equals(table["treatment"])  # drifts change no order
+    flat_bias = design_checks(same_orders, flat, flat_patients)[0].set_index("effect")["runin_bias"]
+    assert checks["runin_bias"].to_numpy() == pytest.approx(flat_bias.to_numpy(), abs=2e-4)
+
+
+def test_design_checks_stay_quiet_for_sound_designs_and_name_the_others():
+    from kgface.trials.analysis import design_checks
+
+    def checks(**kw):
+        d = design_from_config(trial_cfg(**kw))
+        table, patients = simulate(d, 0)
+        return design_checks(table, d, patients)
+
+    # the default: a run-in bias of 0.13 / 0.04 / 0.17 standard errors (A / B / A - B), nothing to say
+    default, notes = checks()
+    assert notes == [] and (default["runin_bias_se"].abs() < 0.2).all() and (default["runin_bias"] > 0).all()
+    # no true effect at all (a placebo against placebo): the 4-decimal residue is no warning
+    null, notes = checks(**{"severity.treatments.A.effect": 0.0, "severity.treatments.B.effect": 0.0})
+    assert notes == [] and (null["runin_bias"].abs() < 1e-3).all()
+    # a baseline near 0: the analysed days clipped at the bound are named
+    notes = checks(**{"severity.baseline.mean": 0.5})[1]
+    assert len(notes) == 1 and "of the analysed days sit at the scale's bounds [0, 3]" in notes[0]
+    # one cycle: each patient's own intervals fall back to daily rows, and the report says so
+    notes = checks(**{"schedule.cycles": 1, "patients": 6})[1]
+    assert len(notes) == 1 and notes[0].startswith("P01, P02, P03, P04, P05, P06 have too few blocks"), notes
 
 
 def test_calibration_and_measurement_model_on_a_known_instrument():

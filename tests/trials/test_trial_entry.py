@@ -94,12 +94,16 @@ def test_report_gives_both_estimates_with_intervals_and_bias(trial_out):
     from kgface.trials.analysis import design_checks
     from kgface.trials.design import design_from_config
 
+    from kgface.trials.design import simulate
+
     design = design_from_config(compose("trial", [o for o in SMALL if o.startswith("trial.")]).trial)
-    bias, notes = design_checks(pd.read_csv(trial_out / "trial.csv"), design, summary["truth"])
-    assert [r["bias"] for r in summary["runin_bias"]] == pytest.approx(list(bias["bias"]), abs=1e-9)
-    assert summary["design_warnings"] == notes and len(notes) == 1 and bias["bias"].abs().max() > 0.1
-    assert f"**Design warning**: {notes[0]}." in report and "trial.analysis.skip_days=1 leaves" in notes[0]
-    assert "- Run-in bias (" in report
+    table, patients = simulate(design, summary["seed"])  # the trial is a function of its design and seed
+    checks, notes = design_checks(table, design, patients)
+    assert [r["runin_bias"] for r in summary["runin_bias"]] == pytest.approx(list(checks["runin_bias"]), abs=1e-9)
+    assert summary["design_warnings"] == notes and checks["runin_bias"].abs().max() > 0.1
+    # the 1-day run-in, and one cycle: each patient's own intervals come from daily rows
+    assert len(notes) == 2 and "trial.analysis.skip_days=1 leaves" in notes[0] and "too few blocks" in notes[1]
+    assert all(f"**Design warning**: {n}." in report for n in notes) and "- Run-in bias (" in report
 
 
 def test_same_seed_same_table_and_image_bytes(trial_run, trial_out, tmp_path):
