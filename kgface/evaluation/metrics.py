@@ -16,9 +16,10 @@ from ..errors import UserError
 
 
 def topk_accuracy(probs: np.ndarray, labels: Sequence[int], k: int = 1) -> float:
-    """Share of rows whose true label is among the k highest scores."""
+    """Share of rows whose true label is among the k highest scores; NaN when there are no rows, or k > 1 and no
+    more classes than k (every row would count, a number that measures nothing)."""
     probs, labels = np.asarray(probs), np.asarray(labels)
-    if len(labels) == 0:
+    if len(labels) == 0 or (k > 1 and probs.ndim == 2 and probs.shape[1] <= k):
         return float("nan")
     top = np.argsort(-probs, axis=1)[:, :k]
     return float(np.mean([labels[i] in top[i] for i in range(len(labels))]))
@@ -173,21 +174,35 @@ def nearest_cosine(query: np.ndarray, reference: np.ndarray, exclude_self: bool 
     return sim[np.arange(len(q)), idx], idx
 
 
+# a held-out real image this close to a training image (feature cosine) is a copy of it, not a fresh image
+DUPLICATE_GAP = 1e-6
+
+
 def memorisation_audit(generated: np.ndarray, train: np.ndarray, real_holdout: np.ndarray,
                        quantile: float = 0.99) -> dict:
     """Nearest training image of each generated image by feature cosine.
 
     The near-duplicate threshold is the `quantile` of real held-out images' nearest-train cosine: a fresh real image
     is that close to a training image only 1% of the time (quantile 0.99). memorisation_rate = share of generated
-    images closer than that; about 1 - quantile for a generator that does not copy.
+    images closer than that; about 1 - quantile for a generator that does not copy. Held-out images that are copies
+    of a training image (cosine >= 1 - DUPLICATE_GAP: photo datasets hold such duplicates) are left out of the
+    threshold's sample and counted (`holdout_duplicates`): 2% of them would put a 0.99 quantile at 1.0, and no copy
+    could then exceed it.
     """
     if len(generated) == 0 or len(train) == 0 or len(real_holdout) == 0:
         raise ValueError("memorisation audit needs generated, training and held-out real features")
     real_nn, _ = nearest_cosine(real_holdout, train)
-    threshold = float(np.quantile(real_nn, quantile))
+    fresh = real_nn < 1.0 - DUPLICATE_GAP
+    if not fresh.any():
+        raise ValueError("memorisation audit: every held-out real image is a copy of a training image")
+    threshold = float(np.quantile(real_nn[fresh], quantile))
     gen_nn, idx = nearest_cosine(generated, train)
     return {"memorisation_rate": float(np.mean(gen_nn > threshold)), "threshold": threshold,
-            "quantile": quantile, "nearest_cosine": gen_nn, "nearest_index": idx}
+            "quantile": quantile, "holdout_duplicates": int((~fresh).sum()), "nearest_cosine": gen_nn,
+            "nearest_index": idx}
+
+
+KID_GAMMA = 1.0  # the polynomial kernel's scale for unit-length features (see clip_fid_kid)
 
 
 def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None = None,
@@ -199,7 +214,9 @@ def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None
     as large as a whole set would be that set every time, and kid_std would then say nothing about sampling. FID on
     d-dimensional features is biased and unstable unless n is several times d; lead with KID for small sets.
     KID's subsets are drawn with `seed` (torch's global generator, saved and restored): the same sets give the same
-    number in every process.
+    number in every process. KID's kernel is (x.y + 1)^3 (gamma 1, not torchmetrics' default 1/d): the features are
+    unit vectors, so x.y is a cosine, and with 1/d the kernel would be nearly linear in it, reading almost only the
+    difference of the means (half the modes dropped at an unchanged mean would barely register).
     """
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -213,7 +230,8 @@ def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None
                         "score a larger set")
     size = min(n_r, n_g, subset_size) if subset_size else max(2, min(n_r, n_g, 2000) // 2)
     fid = FrechetInceptionDistance(feature=feature, reset_real_features=True)
-    kid = KernelInceptionDistance(feature=feature, subsets=subsets, subset_size=size, reset_real_features=True)
+    kid = KernelInceptionDistance(feature=feature, subsets=subsets, subset_size=size, reset_real_features=True,
+                                  gamma=KID_GAMMA)
     for metric in (fid, kid):
         metric.update(real, real=True)
         metric.update(gen, real=False)

@@ -378,12 +378,21 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             # stages >= probe.min_stage: an earlier stage's label contradicts its look) and is read where real_top1 is
             learn = sel & ((req_d == HEALTHY) | (req_s >= min_stage_of(evaluator.cfg.get("probe")))).to_numpy()
             classes = set(req_d[learn])
-            keep = rt["disease"].isin(classes).to_numpy() & headline_rows(rt)
+            # every generated set is read on the same real rows (all headline rows): a disease the generator never
+            # drew (class tokens draw no held-out one) counts as an error, so conditionings compare; the _seen
+            # number reads the diseases not held out (before 2026-12-02 the rows were those of the drawn diseases)
+            keep = headline_rows(rt)
+            seen_rows = keep & ~rt["disease"].isin(heldout).to_numpy()
             if learn.sum() >= 2 and keep.any() and len(classes) >= 2:
                 metrics["tstr_top1"] = M.tstr_top1(s_gen.features[learn], list(req_d[learn]), s_real.features[keep],
                                                    list(rt["disease"][keep]))
                 metrics["tstr_n_real"] = int(keep.sum())
                 metrics["tstr_n_generated"] = int(learn.sum())
+                if seen_rows.any():
+                    metrics["tstr_top1_seen"] = M.tstr_top1(s_gen.features[learn], list(req_d[learn]),
+                                                            s_real.features[seen_rows],
+                                                            list(rt["disease"][seen_rows]))
+                    metrics["tstr_n_real_seen"] = int(seen_rows.sum())
             if s_real.images.shape[-2:] != s_gen.images.shape[-2:]:
                 raise EvaluatorInputError(f"real images are {tuple(s_real.images.shape[-2:])} px and generated "
                                           f"{tuple(s_gen.images.shape[-2:])} px: resize one set to the other's size")
@@ -416,6 +425,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 audit = M.memorisation_audit(s_gen.features, s_train.features, s_real.features)
                 metrics["memorisation_rate"] = audit["memorisation_rate"]
                 metrics["memorisation_threshold"] = audit["threshold"]
+                metrics["memorisation_holdout_duplicates"] = audit["holdout_duplicates"]
                 t["nearest_train_cosine"] = audit["nearest_cosine"]
                 t["nearest_train_path"] = list(train["abspath"].iloc[audit["nearest_index"]])
     metrics = _rounded(metrics)

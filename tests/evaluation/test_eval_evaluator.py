@@ -246,6 +246,18 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert m["tstr_n_generated"] == int((sample & (healthy | (stage >= 2))).sum()) < int(sample.sum())
     pm = sample & ~healthy & (stage >= 2)
     assert m["generation"]["profile_match_n"] == int(pm.sum()) > 0
+    # tstr reads every generated set on the same real rows (all headline rows) and the _seen number on those of the
+    # diseases not held out; a set that never drew the held-out disease (class tokens) gets its rows wrong, it is
+    # not read on fewer rows
+    assert m["tstr_n_real"] == int(head.sum()) and m["tstr_n_real_seen"] == int((head & ~held).sum())
+    rows = pd.read_csv(gen, dtype=str, keep_default_na=False)
+    no_held = rows[rows["requested_disease"] != "ORPHA:963"]
+    write_manifest(no_held.to_dict("records"), tmp_path / "gen" / "no_heldout.csv")
+    m2 = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", tmp_path / "gen" / "no_heldout.csv", tiny_profiles,
+                       heldout={"ORPHA:963"})
+    assert m2["tstr_n_real"] == m["tstr_n_real"] and m2["tstr_n_real_seen"] == m["tstr_n_real_seen"]
+    assert m2["tstr_top1"] * m2["tstr_n_real"] == pytest.approx(m2["tstr_top1_seen"] * m2["tstr_n_real_seen"],
+                                                                abs=1e-3)
 
     from kgface.evaluate import main
 

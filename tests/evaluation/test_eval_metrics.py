@@ -19,6 +19,33 @@ class LinearFeatures(torch.nn.Module):
         return torch.nn.functional.normalize((x.float().flatten(1) / 255.0 - 0.5) @ self.proj, dim=-1)
 
 
+class ModeFeatures(torch.nn.Module):
+    """Unit vectors by pixel code: an image whose first pixel is c has the feature MODES[c] (+-e1, +-e2 in 8-d)."""
+
+    MODES = torch.tensor([[1.0] + [0] * 7, [-1.0] + [0] * 7, [0, 1.0] + [0] * 6, [0, -1.0] + [0] * 6])
+
+    def __init__(self):
+        super().__init__()
+        self.num_features = 8
+
+    def forward(self, x):
+        return self.MODES[x[:, 0, 0, 0].long()]
+
+
+def _coded(codes, per_code):
+    return torch.tensor(np.repeat(codes, per_code), dtype=torch.uint8)[:, None, None, None].expand(-1, 3, 2, 2)
+
+
+def test_kid_reads_modes_not_only_means_on_unit_features():
+    """Unit-length features: with the kernel (x.y + 1)^3 the population MMD^2 of half the modes dropped at an
+    unchanged mean (real on +-e1, +-e2; generated on +-e1) is 2.5 + 4 - 2 x 2.5 = 1.5, of disjoint supports
+    (+-e1 vs +-e2) 4 + 4 - 2 x 1 = 6. torchmetrics' default scale 1/d made both ~1e-4 (a near-linear kernel)."""
+    real = _coded([0, 1, 2, 3], 40)
+    dropped = M.clip_fid_kid(real, _coded([0, 1], 80), ModeFeatures(), subsets=40)["kid"]
+    disjoint = M.clip_fid_kid(_coded([0, 1], 80), _coded([2, 3], 80), ModeFeatures(), subsets=40)["kid"]
+    assert dropped == pytest.approx(1.5, abs=0.15) and disjoint == pytest.approx(6.0, abs=0.3)
+
+
 def test_perfect_classifier_top1_is_one_and_topk_counts():
     labels = np.array([0, 1, 2, 1, 0])
     probs = np.eye(3)[labels] * 0.9 + 0.05
@@ -26,6 +53,8 @@ def test_perfect_classifier_top1_is_one_and_topk_counts():
     wrong = np.roll(np.eye(3)[labels], 1, axis=1)
     assert M.topk_accuracy(wrong, labels, 1) == 0.0
     assert M.topk_accuracy(wrong + 0.5 * np.eye(3)[labels], labels, 2) == 1.0
+    # top-3 of 3 classes (or of 2: acne vs healthy) would be 1 whatever the scores: not a measurement
+    assert np.isnan(M.topk_accuracy(wrong, labels, 3)) and np.isnan(M.topk_accuracy(wrong[:, :2], labels % 2, 3))
     assert M.macro_f1(["a", "b", "a"], ["a", "b", "a"]) == 1.0
     assert M.macro_f1(["a", "b"], ["b", "a"]) == 0.0
 
@@ -78,20 +107,30 @@ def test_tstr_and_identity_and_memorisation():
     assert M.memorisation_audit(copies, train, holdout)["memorisation_rate"] == 1.0
     fresh = M.memorisation_audit(rng.normal(size=(400, 8)), train, holdout)["memorisation_rate"]
     assert fresh < 0.05
+    # 3% of the held-out set are exact copies of training images (photo datasets hold such duplicates): they
+    # would put the 0.99 quantile at 1.0, where no copy can pass it; they are left out of the threshold, and counted
+    dup_holdout = np.concatenate([holdout, train[100:106]])
+    audit = M.memorisation_audit(copies, train, dup_holdout)
+    assert audit["memorisation_rate"] == 1.0 and audit["holdout_duplicates"] == 6 and audit["threshold"] < 0.999
 
 
 def test_fid_kid_identical_sets_near_zero_and_shift_positive():
     g = torch.Generator().manual_seed(0)
     real = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
     same = M.clip_fid_kid(real, real.clone(), LinearFeatures(), subsets=10)
-    # KID draws its subsets from each set apart: an unbiased estimate of 0, not exactly zero
-    assert abs(same["fid"]) < 1e-3 and abs(same["kid"]) < 0.02
     assert same["n_real"] == 64 and same["kid_subset_size"] == 32  # half the smaller set: subsets that vary
     assert same["kid_std"] > 0  # whole-set subsets made this 0 whatever the sets
     assert M.clip_fid_kid(real, real.clone(), LinearFeatures(), subset_size=500, subsets=2)["kid_subset_size"] == 64
     shifted = (real.int() // 2 + 120).clamp(0, 255).to(torch.uint8)
     diff = M.clip_fid_kid(real, shifted, LinearFeatures(), subsets=10)
-    assert diff["fid"] > 0.1 and diff["kid"] > 5 * abs(same["kid"])
+    # identical sets: FID 0; KID near 0 (its subsets of one set hold the same images, and the cross term then
+    # counts an image with itself, which the within-set terms leave out: slightly negative, -0.21 against 3.98)
+    assert abs(same["fid"]) < 1e-3 and abs(same["kid"]) < 0.1 * diff["kid"]
+    # two independent draws of one distribution: KID's unbiased estimate of 0, inside its own spread
+    other = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
+    twin = M.clip_fid_kid(real, other, LinearFeatures(), subsets=10)
+    assert abs(twin["kid"]) < twin["kid_std"] and abs(twin["kid"]) < 0.01 * diff["kid"]
+    assert diff["fid"] > 0.1 and diff["kid"] > 2.0
 
 
 def test_probes_on_separable_features():
