@@ -279,13 +279,18 @@ class AuxiliaryHeads(torch.nn.Module):
 
     def loss(self, emb: torch.Tensor, classes: torch.Tensor, presence: torch.Tensor | None,
              stages: torch.Tensor | None, disease_weight: float = 1.0) -> torch.Tensor:
-        """classes -1 and stages NaN (phenotype-atlas faces) are left out of the disease and stage terms."""
+        """classes -1 and stages NaN (phenotype-atlas faces) are left out of the disease and stage terms, presence
+        rows of NaN (photos whose phenotypes are not labelled) out of the phenotype term."""
         out = emb.new_zeros(())
         known = classes >= 0
         if known.any():
             out = out + disease_weight * F.cross_entropy(self.disease(emb[known]), classes[known])
         if presence is not None and presence.shape[1] > 0:
-            out = out + F.binary_cross_entropy_with_logits(self.phenotypes(emb), presence)
+            labelled = ~torch.isnan(presence).any(1)
+            if labelled.all():
+                out = out + F.binary_cross_entropy_with_logits(self.phenotypes(emb), presence)
+            elif labelled.any():
+                out = out + F.binary_cross_entropy_with_logits(self.phenotypes(emb[labelled]), presence[labelled])
         if stages is not None and torch.isfinite(stages).any():
             ok = torch.isfinite(stages)
             out = out + F.mse_loss(self.stage(emb[ok]).squeeze(-1), stages[ok])

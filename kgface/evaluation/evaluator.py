@@ -130,6 +130,16 @@ def drawn_phenotypes(phenotypes: Sequence[dict]) -> list[str]:
     return sorted({h for ph in phenotypes for h, v in (ph or {}).items() if float(v) > 0})
 
 
+def labelled_phenotypes(df: pd.DataFrame) -> np.ndarray:
+    """Rows whose `phenotypes` say what the face shows: phantom renders (complete by construction, `{}` = none
+    drawn), healthy faces, and rows with a non-empty labelling. A diseased photo's `{}` means "not labelled"
+    (docs/data.md), not "shows none": training a head on it as a negative would teach it that the disease's look
+    means the phenotype is absent."""
+    source = df["source"].astype(str) if "source" in df else pd.Series("", index=df.index)
+    return (source.str.startswith("phantom") | (df["disease"] == HEALTHY)
+            | df["phenotypes"].map(bool)).to_numpy()
+
+
 def presence_matrix(phenotypes: Sequence[dict], vocab: Sequence[str]) -> np.ndarray:
     """Rows of 0/1: phenotype drawn (intensity > 0) in the image."""
     index = {h: i for i, h in enumerate(vocab)}
@@ -398,6 +408,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
             info["model_config"] = model_config
     # phenotypes: those drawn in the train split or the atlas (the atlas draws only the panel's phenotypes)
     pheno_rows = list(train["phenotypes"]) + ([] if atlas is None else list(atlas["phenotypes"]))
+    labelled_rows = np.concatenate([labelled_phenotypes(train), np.ones(0 if atlas is None else len(atlas), bool)])
+    info["unlabelled_phenotype_rows"] = int((~labelled_rows).sum())
     vocab = drawn_phenotypes(pheno_rows)
     if c["name"] == "tiny_clip":
         known = stage_known(train)
@@ -422,8 +434,10 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
             model.eval()
             info["clip"] = dict(clip[1])
         else:
+            presence = presence_matrix(pheno_rows, vocab)
+            presence[~labelled_rows] = np.nan  # not labelled: out of the presence loss
             info["clip"] = train_clip(model, tokenizer, clip_images, captions, c, progress=progress, labels=labels,
-                                      presence=presence_matrix(pheno_rows, vocab), stages=stages)
+                                      presence=presence, stages=stages)
     encoder = ImageEncoder(model, image_size)
     f_train = encoder(images).numpy()
     scale = Standardizer.fit(f_train)
@@ -451,9 +465,12 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
         x_atlas = scale(encoder(atlas_images).numpy())
         if heads_on == "atlas":  # the heads never see a disease image: they cannot read a disease for a phenotype
             x, pheno_rows = x_atlas, list(atlas["phenotypes"])
+            labelled_rows = np.ones(len(atlas), bool)
             vocab = drawn_phenotypes(pheno_rows)
         else:
             x = torch.cat([x, x_atlas])
+    keep = torch.from_numpy(labelled_rows.copy())  # photos without phenotype labels teach the heads nothing
+    x, pheno_rows = x[keep], [ph for ph, k in zip(pheno_rows, labelled_rows) if k]
     y = presence_matrix(pheno_rows, vocab)
     heads = PhenotypeHeads.fit(x, y, l2=float(p.get("l2", 1e-2))) if vocab else PhenotypeHeads(
         torch.zeros(0, x.shape[1]), torch.zeros(0))
@@ -506,6 +523,9 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     model_config = registered_config_name(c)
     if model_config:  # an edited config file is another model
         spec["model_config"] = model_config
+    unlabelled = int((~labelled_phenotypes(df[df["split"] == "train"])).sum())
+    if unlabelled:  # left out of the phenotype terms since 2026-12-02 (earlier entries trained on them as negatives)
+        spec["unlabelled_phenotype_rows"] = unlabelled
     if atlas is not None:
         spec["atlas_sha256"] = manifest_hash(atlas_path)
         spec["atlas_images"] = images_digest(atlas_path, atlas["abspath"])

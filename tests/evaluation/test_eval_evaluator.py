@@ -169,6 +169,55 @@ def test_oracle_learns_from_the_probes_rows_and_reads_healthy_test_rows():
     assert oracle_top1(train, test, min_stage=0) == 0.5  # the bare healthy faces are read as A
 
 
+def test_photos_without_phenotype_labels_teach_the_heads_nothing(tiny_cfg, tiny_data, tiny_profiles, tiny_evaluator):
+    """A diseased photo's `{}` means "not labelled" (docs/data.md): with the same CLIP, the phenotype heads fitted on
+    a manifest where half the diseased train faces are such photos equal heads fitted on the labelled rows alone
+    (they were trained as negatives of every phenotype before); phantom renders, healthy faces and labelled photos
+    count as labelled."""
+    from omegaconf import OmegaConf
+
+    from kgface.evaluation.evaluator import labelled_phenotypes, presence_matrix, train_evaluator
+    from kgface.evaluation.probes import PhenotypeHeads, Standardizer
+
+    cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    sick_train = df.index[(df["split"] == "train") & (df["disease"] != "healthy")]
+    photos = sick_train[::2]
+    df.loc[photos, "source"] = "acne04"
+    df.loc[photos, "phenotypes"] = [{} for _ in photos]
+    labelled = labelled_phenotypes(df)
+    assert not labelled[photos].any() and labelled[df.index.difference(photos)].all()
+    labelled_photo = df.loc[[photos[0]]].assign(phenotypes=[{"HP:0001061": 1.0}])
+    assert labelled_phenotypes(labelled_photo).all()  # a photo with labels is labelled
+    clip = ({k: v.clone() for k, v in tiny_evaluator.model.state_dict().items()}, tiny_evaluator.info["clip"])
+    ev = train_evaluator(cfg, df, tiny_profiles, progress=False, clip=clip)
+    assert ev.info["unlabelled_phenotype_rows"] == len(photos)
+    train = df[df["split"] == "train"].reset_index(drop=True)
+    keep = labelled_phenotypes(train)
+    f = ev.encoder(load_images(list(train["abspath"]))).numpy()
+    x = Standardizer.fit(f)(f)[torch.from_numpy(keep.copy())]
+    expected = PhenotypeHeads.fit(x, presence_matrix(list(train["phenotypes"][keep]), ev.phenotypes),
+                                  l2=float(cfg["probe"].get("l2", 1e-2)))
+    assert torch.allclose(ev.heads.weight, expected.weight, atol=1e-5)
+
+
+def test_the_clip_presence_loss_leaves_unlabelled_rows_out():
+    """The tiny CLIP's auxiliary phenotype term: a NaN presence row (a photo without labels) adds nothing; the loss
+    equals the one on the labelled rows alone."""
+    from kgface.evaluation.clip_model import AuxiliaryHeads
+
+    torch.manual_seed(0)
+    heads = AuxiliaryHeads(8, 3, 4)
+    emb, classes = torch.randn(5, 8), torch.tensor([0, 1, 2, 0, 1])
+    presence = torch.randint(0, 2, (5, 4)).float()
+    with_photo = presence.clone()
+    with_photo[2] = float("nan")
+    keep = torch.tensor([True, True, False, True, True])
+    term = heads.loss(emb, classes, with_photo, None) - heads.loss(emb, classes, None, None)
+    alone = torch.nn.functional.binary_cross_entropy_with_logits(heads.phenotypes(emb[keep]), presence[keep])
+    assert torch.isfinite(term) and torch.allclose(term, alone)
+
+
 def test_the_probe_ignores_rows_below_min_stage(tiny_cfg, tiny_data, tiny_profiles, tiny_evaluator):
     """With the same CLIP, relabelling the train and val faces below probe.min_stage leaves the probe and its
     temperature unchanged; with min_stage 0 they move."""
