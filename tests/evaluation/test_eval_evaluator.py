@@ -1024,3 +1024,25 @@ def test_an_openclip_config_file_with_a_timm_image_tower(tiny_data, tiny_profile
     features = ev.features(images)
     assert features.shape == (4, 24) and np.isfinite(features).all() and features.std(0).max() > 0
     assert np.allclose(Evaluator.load(ev.save(tmp_path / "ev")).features(images), features)
+
+
+def test_evaluate_with_run_audits_the_atlas_its_generator_learned_from(tmp_path):
+    """`kgface.evaluate run=RUN`: a generator that trained on the phenotype atlas (metrics.json train.atlas_images
+    > 0) has its atlas searched for copies, as the train job's own audit does; without it, or without the file,
+    nothing is added."""
+    from kgface.data.manifest import ATLAS_FILE
+    from kgface.evaluate import trained_atlas
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ATLAS_FILE).write_text("path\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data.json").write_text(json.dumps({"manifest": str(data / "manifest.csv")}))
+    (run / "metrics.json").write_text(json.dumps({"train": {"atlas_images": 8000, "atlas_share": 0.3}}))
+    assert trained_atlas(run) == data / ATLAS_FILE
+    (run / "metrics.json").write_text(json.dumps({"train": {"atlas_images": 0, "atlas_share": 0.0}}))
+    assert trained_atlas(run) is None
+    (run / "metrics.json").write_text(json.dumps({"train": {"atlas_images": 8000}}))
+    (data / ATLAS_FILE).unlink()
+    assert trained_atlas(run) is None and trained_atlas(tmp_path / "no-run") is None
