@@ -19,20 +19,23 @@ from .runtime import load_profiles, make_cache
 
 
 def trained_atlas(run_dir) -> Path | None:
-    """The phenotype atlas a train run's generator learned from (its metrics.json's train.atlas_images > 0; the
-    file beside its manifest), else None: copies of its faces are memorised images too."""
+    """The phenotype atlas a train run's generator learned from (its metrics.json's train.atlas_images > 0, or any
+    conditioning's of a baselines run; the file beside its manifest), else None: copies of its faces are memorised
+    images too."""
     import json
 
     from .data.manifest import ATLAS_FILE
 
     run_dir = Path(str(run_dir)).expanduser()
     try:
-        trained = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("train") or {}
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         manifest = json.loads((run_dir / "data.json").read_text(encoding="utf-8"))["manifest"]
     except (OSError, ValueError, KeyError):
         return None
+    sections = [metrics.get("train") or {}] + [(b or {}).get("train") or {}
+                                               for b in (metrics.get("baselines") or {}).values()]
     atlas = Path(manifest).parent / ATLAS_FILE
-    return atlas if int(trained.get("atlas_images") or 0) > 0 and atlas.is_file() else None
+    return atlas if any(int(t.get("atlas_images") or 0) > 0 for t in sections) and atlas.is_file() else None
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -60,8 +63,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             evaluator.check_unseen(real, f"real={cfg.real}")
     else:
         evaluator = fit_evaluator(cfg.evaluator, cfg.real, profiles, cache, progress=bool(cfg.get("progress", True)))
+    heldout = None
+    if cfg.get("run"):  # photo manifests carry no heldout column: the run's data.json says which were held out
+        from .diffusion.run_loading import heldout_of
+
+        heldout = heldout_of(Path(str(cfg.run)).expanduser())
     metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True, face_identity=face_identity,
-                                    audit_extra=trained_atlas(cfg.run) if cfg.get("run") else None)
+                                    heldout=heldout, audit_extra=trained_atlas(cfg.run) if cfg.get("run") else None)
     notes = [f"evaluator: {evaluator.cfg['name']} ({'from ' + str(cfg.run) if cfg.get('run') else 'trained on ' + str(cfg.real) + ' (train split)'})",
              "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
              "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here); "

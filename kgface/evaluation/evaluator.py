@@ -523,8 +523,11 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     model_config = registered_config_name(c)
     if model_config:  # an edited config file is another model
         spec["model_config"] = model_config
-    unlabelled = int((~labelled_phenotypes(df[df["split"] == "train"])).sum())
-    if unlabelled:  # left out of the phenotype terms since 2026-12-02 (earlier entries trained on them as negatives)
+    train_rows = df[df["split"] == "train"]
+    unlabelled = int((~labelled_phenotypes(train_rows)).sum())
+    if unlabelled and (atlas is not None or any(map(bool, train_rows["phenotypes"]))):
+        # left out of the phenotype terms since 2026-12-02 (earlier entries trained on them as negatives); without
+        # any phenotype label there are no heads and no presence term, and nothing changed
         spec["unlabelled_phenotype_rows"] = unlabelled
     if atlas is not None:
         spec["atlas_sha256"] = manifest_hash(atlas_path)

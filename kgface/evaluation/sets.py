@@ -23,7 +23,7 @@ from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from . import metrics as M
 from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, check_real, load_images,
-                        min_stage_of, presence_matrix, probe_rows, to_uint8)
+                        labelled_phenotypes, min_stage_of, presence_matrix, probe_rows, to_uint8)
 from .face_identity import identity_validity, pair_distances
 from .probes import LinearProbe, Standardizer
 
@@ -111,6 +111,7 @@ def phenotype_auroc(evaluator: Evaluator, scored: pd.DataFrame, min_positives: i
     """Per phenotype of the evaluator: AUROC of its head at full intensity (stage-3 rows plus healthy rows),
     positives = rows where the phenotype is drawn. Phenotypes with fewer than `min_positives` positives: skipped."""
     rows = scored[(scored["stage"] == 3) | (scored["disease"] == HEALTHY)].reset_index(drop=True)
+    rows = rows[labelled_phenotypes(rows)].reset_index(drop=True)  # a photo's {} is "not labelled", not negative
     y = presence_matrix(list(rows["phenotypes"]), evaluator.phenotypes)
     out = {}
     for k, h in enumerate(evaluator.phenotypes):

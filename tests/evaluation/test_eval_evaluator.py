@@ -1046,3 +1046,54 @@ def test_evaluate_with_run_audits_the_atlas_its_generator_learned_from(tmp_path)
     (run / "metrics.json").write_text(json.dumps({"train": {"atlas_images": 8000}}))
     (data / ATLAS_FILE).unlink()
     assert trained_atlas(run) is None and trained_atlas(tmp_path / "no-run") is None
+
+
+def test_evaluate_with_run_reads_the_runs_heldout_diseases(tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
+    """Photo manifests carry no `heldout` column: `kgface.evaluate run=RUN` takes the held-out diseases from the
+    run's data.json, so tstr_top1_seen reads the seen diseases only (without it, it silently equalled tstr_top1)."""
+    from kgface.config import compose
+    from kgface.evaluate import run as evaluate_run
+    from kgface.evaluate import trained_atlas
+
+    run_dir = tmp_path / "run"
+    tiny_evaluator.save(run_dir / "evaluator")
+    (run_dir / "data.json").write_text(json.dumps({"manifest": str(tiny_data / "manifest.csv"),
+                                                   "heldout": ["ORPHA:963"]}))
+    real = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False).drop(columns=["heldout"])
+    real_path = tiny_data / "manifest_without_heldout.csv"  # beside the images (paths stay inside their root)
+    write_manifest(real.to_dict("records"), real_path)
+    gen_path = _generated_manifest(tiny_data, tmp_path)
+    gen = pd.read_csv(gen_path, dtype=str, keep_default_na=False).drop(columns=["heldout"])
+    write_manifest(gen.to_dict("records"), gen_path)
+    cfg = compose("evaluate", [f"run={run_dir}", f"real={real_path}", f"generated={gen_path}",
+                               "progress=false", "face_identity=none"])
+    m = evaluate_run(cfg, tmp_path / "out")
+    held = int(((real["split"] == "test") & (real["disease"] == "ORPHA:963")
+                & real["stage"].astype(int).isin([2, 3])).sum())
+    assert held > 0 and m["tstr_n_real_seen"] == m["tstr_n_real"] - held
+    assert m["generation"]["heldout_top1"] is not None
+    # a baselines run keeps each conditioning's train section under baselines.<mode>
+    from kgface.data.manifest import ATLAS_FILE
+
+    (run_dir / "metrics.json").write_text(json.dumps({"baselines": {"kg": {"train": {"atlas_images": 0}},
+                                                                   "text": {"train": {"atlas_images": 8}}}}))
+    atlas_dir = tmp_path / "atlas-data"
+    atlas_dir.mkdir()
+    (atlas_dir / ATLAS_FILE).write_text("path\n")
+    (run_dir / "data.json").write_text(json.dumps({"manifest": str(atlas_dir / "manifest.csv")}))
+    assert trained_atlas(run_dir) == atlas_dir / ATLAS_FILE
+
+
+def test_phenotype_auroc_leaves_unlabelled_photos_out():
+    """A stage-3 photo whose phenotypes are {} is not a negative of every phenotype: the head that reads it
+    (high score) is not marked down for it."""
+    from types import SimpleNamespace
+
+    from kgface.evaluation.sets import phenotype_auroc
+
+    rows = pd.DataFrame({
+        "stage": [3, 3, 0, 0, 3, 3], "disease": ["D", "D", "healthy", "healthy", "D", "D"],
+        "source": ["phantom", "phantom", "phantom", "phantom", "acne04", "acne04"],
+        "phenotypes": [{"HP:1": 1.0}, {"HP:1": 1.0}, {}, {}, {}, {}],
+        "ph_HP:1": [0.9, 0.8, 0.1, 0.2, 0.95, 0.85]})
+    assert phenotype_auroc(SimpleNamespace(phenotypes=["HP:1"]), rows) == {"HP:1": 1.0}
