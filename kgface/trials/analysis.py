@@ -1,7 +1,8 @@
 """Treatment effects of a trial, from the true and from the image-measured severities, and a coverage study.
 
-The model (statsmodels OLS; block means weighted by their analysed days). The analysed days are each block minus its first `skip_days` (the run-in: the
-previous treatment's carry-over and the new one's onset); washout days are left out. With `unit: block` (default)
+The model (statsmodels least squares; block means weighted by their analysed days). The analysed days are each
+block minus its first `skip_days` (the run-in: the previous treatment's carry-over and the new one's onset); washout
+days are left out. With `unit: block` (default)
 each analysed block is summarised by its mean outcome and mean study day (the classic summary-measures analysis of
 N-of-1 series: a block mean averages over day-to-day noise whatever its autocorrelation); with `unit: day` the daily
 rows enter as they are. Either way
@@ -28,7 +29,8 @@ too few blocks or `unit: day`; the `unit` column says which.
 
 The estimand is each treatment's steady state, but the analysis averages the analysed days: a run-in shorter than
 a few time constants leaves onset and carry-over in every estimate. `design_checks` measures that bias exactly (the
-model fitted to the noise-free course) and warns about it, and about days the scale's bounds clip.
+model fitted to the noise-free course minus the model fitted to the steady-state course) and warns about it, and
+about days the scale's bounds clip.
 """
 from __future__ import annotations
 
