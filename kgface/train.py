@@ -452,7 +452,8 @@ def _chance_changed(a, b) -> float:
 
 
 def _validation_grids(cfg, gen, drawable, names, out_dir: Path):
-    """trainer.val_every > 0: a small diseases x stages grid (one face per cell) every N steps, samples/val/."""
+    """trainer.val_every > 0: a small diseases x stages grid every N steps, samples/val/, on one noise for every
+    disease: rows that stay one face whatever the disease say the generator does not read its tokens yet."""
     if not int(cfg.trainer.get("val_every") or 0):
         return None
     from .diffusion.samples import sample_grid, save_grid
@@ -463,7 +464,7 @@ def _validation_grids(cfg, gen, drawable, names, out_dir: Path):
         was = gen.backbone.unet.training
         gen.backbone.unet.eval()
         gen.conditioner.eval()  # the encoder's running statistics, not the grid's batch
-        images, rows = sample_grid(gen, drawable, stages, 1, int(cfg.seed) + 1000)
+        images, rows = sample_grid(gen, drawable, stages, 1, int(cfg.seed) + 1000, shared_noise=True)
         save_grid(images, rows, names, out_dir / "samples" / "val" / f"step-{step:07d}.png",
                   [f"stage {s}" for s in stages])
         gen.backbone.unet.train(was)
@@ -506,6 +507,9 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
     ("generation.heldout_top1", "generated, held-out diseases (composed from their phenotypes)", ">= 0.60"),
     ("generation.stage_spearman", "requested stage vs measured severity", ">= 0.9"),
     ("generation.profile_match_f1", "detected vs expected phenotypes", ""),
+    ("evaluator.real_profile_match_f1_template",
+     "... real stage 2-3 faces vs the template's phenotypes (the reference for a template-conditioned generator)", ""),
+    ("evaluator.real_profile_match_f1", "... real stage 2-3 faces vs their own phenotypes (not an upper bound)", ""),
     ("generation.frequency_mae", "generated phenotype frequencies vs the KG's", ""),
     ("transform.target_top1", "healthy->disease / disease->healthy transformations reach the target", ""),
     ("transform.identity_similarity", "evaluator feature cosine, source vs transformed", ""),

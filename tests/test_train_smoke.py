@@ -25,7 +25,8 @@ REQUIRED_KEYS = ["evaluator.real_top1", "evaluator.real_stage_mae", "evaluator.o
                  "generation.heldout_top1", "generation.stage_spearman", "generation.profile_match_f1",
                  "transform.identity_similarity", "transform.target_top1", "generation.frequency_mae", "tstr_top1",
                  "vae_ceiling_top1", "fid_clip", "kid_clip", "memorisation_rate", "controls.token_swap_changed",
-                 "controls.scale0_changed",
+                 "controls.scale0_changed", "evaluator.real_profile_match_f1",
+                 "evaluator.real_profile_match_f1_template",
                  "transform.identity_distance_dlib", "evaluator.identity_dlib.n"]  # dlib: the [dlib] extra, in [dev]
 
 
@@ -66,6 +67,8 @@ def test_train_job_writes_the_documented_layout(tmp_path):
     drawn = samples[samples["mode"] == "sample"]
     assert set(drawn["disease"]) == {"ORPHA:870", "ORPHA:648", "MONDO:0011438", "healthy"}  # held-out drawn too
     assert drawn["heldout"].astype(str).eq("True").sum() == 2
+    sick = drawn[drawn["disease"] != "healthy"]  # one face per disease, kept across its stages
+    assert sick.groupby("disease")["seed"].nunique().eq(1).all() and sick["seed"].nunique() == 3
     moved = samples[samples["mode"] == "transform"]
     assert set(moved["disease"]) == {"ORPHA:870", "ORPHA:648", "MONDO:0011438", "healthy"}
     assert all((out / "samples" / p).exists() for p in moved["path"]) and moved["source_image"].str.len().gt(0).all()

@@ -1,7 +1,11 @@
 """The pictures a training run draws of itself, written in the dataset manifest format for the evaluator.
 
-- `sample_grid`: every disease (held-out ones too) x stage, with shared seeds per column, so a column is one
-  face across diseases and stages.
+- `sample_grid`: every disease (held-out ones too) x stage. Copy k of a disease keeps one noise across its stages
+  (a row of the sheet holds `per_cell` progressions of one face each, and stage is compared on one face), and every
+  disease and copy has a noise of its own, so the set metrics (KID, FID, tstr, top-1) see as many independent faces
+  as diseases x copies (until 2026-12-02 copy k of every disease shared one noise: the default run's 104 diseased
+  images came from 2 noises). `shared_noise=True` keeps that old layout for the validation grids, where one face
+  across diseases shows whether the generator reads its tokens at all.
 - `transform_set`: test identities' real images turned into each disease at the top stage (healthy -> diseased) and
   diseased images back to healthy, by SDEdit (the input's latent noised to `strength`, then denoised with the target
   condition); the rows carry `source_image` so the evaluator measures identity preservation.
@@ -25,20 +29,30 @@ def save_png(image, path: Path) -> Path:
     return Path(path)
 
 
-def sample_grid(generator, profiles, stages, per_cell: int, seed: int):
-    """Images for every (profile, stage) with shared seeds per column (the same faces across diseases/stages)."""
+def grid_requests(profiles, stages, per_cell: int, seed: int, shared_noise: bool = False):
+    """The grid's requests and manifest rows, every seed distinct but across one disease's stages: profile i's copy k
+    starts from seed + i * per_cell + k at every stage; healthy, which has no stages, gets a face per cell from the
+    seeds after all profiles' (seed + len(profiles) * per_cell + ...), so no two diseases share a face.
+    shared_noise: copy k of every disease starts from seed + k instead (one face down a column of the sheet)."""
     reqs, rows = [], []
-    for p in profiles:
+    healthy_base = seed + len(profiles) * per_cell
+    for i, p in enumerate(profiles):
         for k in range(per_cell):
             for j, s in enumerate(stages):
-                # healthy has no stages: its cells are other faces (other seeds) instead of repeats
-                sd = seed + 1000 + k * len(stages) + j if p.healthy else seed + k
-                reqs.append(Request(p, 0.0 if p.healthy else float(s), sd))
-                rows.append({"disease": p.disease_id, "stage": 0 if p.healthy else int(s), "seed": sd,
-                             "mode": "sample"})
                 if not p.healthy and float(s) != int(s):  # a label must say what was drawn
                     raise ValueError(f"samples.stages={list(stages)}: the run's samples are drawn at whole stages "
                                      f"0-3 (continuous severities: python -m kgface.generate stages=...)")
+                sd = (healthy_base + k * len(stages) + j if p.healthy
+                      else seed + k if shared_noise else seed + i * per_cell + k)
+                reqs.append(Request(p, 0.0 if p.healthy else float(s), sd))
+                rows.append({"disease": p.disease_id, "stage": 0 if p.healthy else int(s), "seed": sd,
+                             "mode": "sample"})
+    return reqs, rows
+
+
+def sample_grid(generator, profiles, stages, per_cell: int, seed: int, shared_noise: bool = False):
+    """Images for every (profile, stage), laid out by `grid_requests`; returns (images, manifest rows)."""
+    reqs, rows = grid_requests(profiles, stages, per_cell, seed, shared_noise)
     _note_requested(generator, reqs, rows)
     return generator.sample(reqs), rows
 

@@ -268,6 +268,32 @@ def _expected_sets(table: pd.DataFrame, diseases, stages, profiles: dict[str, Fa
     return out
 
 
+def real_profile_match(table: pd.DataFrame, test: pd.DataFrame, profiles, vocab) -> dict:
+    """The reference for generation.profile_match_f1, read on the same rows of real test faces (diseased, graded
+    stages 2-3, phenotypes labelled): `real_profile_match_f1` against each face's own phenotypes (what a generator
+    that renders its requested set as faithfully as a real face would read: the detector's own limit) and, with
+    profiles, `real_profile_match_f1_template` against the template's phenotypes of the face's disease and stage
+    (what real faces read by the rule a generator without `requested_phenotypes` is judged by: real faces show a
+    frequency draw, not the template's set), on the rows whose disease has a profile (`real_profile_match_template_n`).
+    Not upper bounds: a generator that draws phenotypes more strongly than real faces can read above them."""
+    rows = ((table["disease"] != HEALTHY).to_numpy() & stage_known(test)
+            & table["stage"].isin(HEADLINE_STAGES).to_numpy() & labelled_phenotypes(test))
+    if not rows.any():
+        return {}
+    t = table[rows]
+    voc = set(vocab)
+    detected = list(t["detected"])
+    own = [{h for h, v in (ph or {}).items() if float(v) > 0} & voc for ph in t["phenotypes"]]
+    out = {"real_profile_match_f1": M.profile_match_f1(detected, own), "real_profile_match_n": int(rows.sum())}
+    has = t["disease"].isin(set(profiles or {})).to_numpy()
+    if has.any():
+        template = [{p.hpo_id for p in stage_phenotypes(profiles[d], int(s))} & voc
+                    for d, s in zip(t["disease"][has], t["stage"][has])]
+        out["real_profile_match_f1_template"] = M.profile_match_f1(list(t["detected"][has]), template)
+        out["real_profile_match_template_n"] = int(has.sum())
+    return out
+
+
 def kg_frequencies(profiles: dict[str, FacialProfile], vocab, diseases) -> dict[str, dict[str, float]]:
     """Per disease: the KG frequency of each phenotype the evaluator can detect (unknown frequencies left out)."""
     voc = set(vocab)
@@ -312,6 +338,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         metrics["evaluator"].update(v)
         if "vae_ceiling_top1" in v:
             metrics["vae_ceiling_top1"] = v["vae_ceiling_top1"]
+        metrics["evaluator"].update(real_profile_match(s_real.table, test, profiles, evaluator.phenotypes))
         exp = kg_frequencies(profiles, evaluator.phenotypes, set(test["disease"]))
         full = s_real.table[s_real.table["stage"] == 3]
         if len(full) and exp:
