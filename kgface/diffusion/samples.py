@@ -3,9 +3,9 @@
 - `sample_grid`: every disease (held-out ones too) x stage. Copy k of a disease keeps one noise across its stages
   (a row of the sheet holds `per_cell` progressions of one face each, and stage is compared on one face), and every
   disease and copy has a noise of its own, so the set metrics (KID, FID, tstr, top-1) see as many independent faces
-  as diseases x copies (until 2026-12-02 copy k of every disease shared one noise: the default run's 104 diseased
-  images came from 2 noises). `shared_noise=True` keeps that old layout for the validation grids, where one face
-  across diseases shows whether the generator reads its tokens at all.
+  as diseases x copies (before 909957c, 2026-12-02, copy k of every disease shared one noise: the default run's 104
+  diseased images came from 2 noises). `shared_noise=True` keeps that old layout for the validation grids, where one
+  face across diseases shows whether the generator reads its tokens at all.
 - `transform_set`: test identities' real images turned into each disease at the top stage (healthy -> diseased) and
   diseased images back to healthy, by SDEdit (the input's latent noised to `strength`, then denoised with the target
   condition); the rows carry `source_image` so the evaluator measures identity preservation.
