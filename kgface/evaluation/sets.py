@@ -271,7 +271,7 @@ def _expected_sets(table: pd.DataFrame, diseases, stages, profiles: dict[str, Fa
 def real_profile_match(table: pd.DataFrame, test: pd.DataFrame, profiles, vocab) -> dict:
     """The reference for generation.profile_match_f1, read on the same rows of real test faces (diseased, graded
     stages 2-3, phenotypes labelled): `real_profile_match_f1` against each face's own phenotypes (what a generator
-    that renders its requested set as faithfully as a real face would read: the detector's own limit) and, with
+    that renders its requested set as faithfully as a real face would read) and, with
     profiles, `real_profile_match_f1_template` against the template's phenotypes of the face's disease and stage
     (what real faces read by the rule a generator without `requested_phenotypes` is judged by: real faces show a
     frequency draw, not the template's set), on the rows whose disease has a profile (`real_profile_match_template_n`).
