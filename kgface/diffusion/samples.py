@@ -34,14 +34,15 @@ def grid_requests(profiles, stages, per_cell: int, seed: int, shared_noise: bool
     starts from seed + i * per_cell + k at every stage; healthy, which has no stages, gets a face per cell from the
     seeds after all profiles' (seed + len(profiles) * per_cell + ...), so no two diseases share a face.
     shared_noise: copy k of every disease starts from seed + k instead (one face down a column of the sheet)."""
+    if any(not p.healthy for p in profiles) and any(float(s) != int(s) for s in stages):
+        # a manifest label must say what was drawn
+        raise ValueError(f"samples.stages={list(stages)}: the run's samples are drawn at whole stages "
+                         f"0-3 (continuous severities: python -m kgface.generate stages=...)")
     reqs, rows = [], []
     healthy_base = seed + len(profiles) * per_cell
     for i, p in enumerate(profiles):
         for k in range(per_cell):
             for j, s in enumerate(stages):
-                if not p.healthy and float(s) != int(s):  # a label must say what was drawn
-                    raise ValueError(f"samples.stages={list(stages)}: the run's samples are drawn at whole stages "
-                                     f"0-3 (continuous severities: python -m kgface.generate stages=...)")
                 sd = (healthy_base + k * len(stages) + j if p.healthy
                       else seed + k if shared_noise else seed + i * per_cell + k)
                 reqs.append(Request(p, 0.0 if p.healthy else float(s), sd))

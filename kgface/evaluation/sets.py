@@ -260,12 +260,22 @@ def _expected_sets(table: pd.DataFrame, diseases, stages, profiles: dict[str, Fa
                                           "list of HPO ids; fix the column or leave it empty") from None
             out.append(set(ids) & voc)
         elif ph:
-            out.append({h for h, v in ph.items() if float(v) > 0} & voc)
+            out.append(_shown(ph, voc))
         elif d == HEALTHY or d not in profiles:
             out.append(set())
         else:
-            out.append({p.hpo_id for p in stage_phenotypes(profiles[d], int(s))} & voc)
+            out.append(_template_set(profiles[d], s, voc))
     return out
+
+
+def _shown(phenotypes: dict | None, voc: set) -> set:
+    """A face's phenotypes present (value > 0), among those the evaluator can detect."""
+    return {h for h, v in (phenotypes or {}).items() if float(v) > 0} & voc
+
+
+def _template_set(profile: FacialProfile, stage, voc: set) -> set:
+    """The template's phenotypes of a disease at a stage, among those the evaluator can detect."""
+    return {p.hpo_id for p in stage_phenotypes(profile, int(stage))} & voc
 
 
 def real_profile_match(table: pd.DataFrame, test: pd.DataFrame, profiles, vocab) -> dict:
@@ -283,12 +293,11 @@ def real_profile_match(table: pd.DataFrame, test: pd.DataFrame, profiles, vocab)
     t = table[rows]
     voc = set(vocab)
     detected = list(t["detected"])
-    own = [{h for h, v in (ph or {}).items() if float(v) > 0} & voc for ph in t["phenotypes"]]
+    own = [_shown(ph, voc) for ph in t["phenotypes"]]
     out = {"real_profile_match_f1": M.profile_match_f1(detected, own), "real_profile_match_n": int(rows.sum())}
     has = t["disease"].isin(set(profiles or {})).to_numpy()
     if has.any():
-        template = [{p.hpo_id for p in stage_phenotypes(profiles[d], int(s))} & voc
-                    for d, s in zip(t["disease"][has], t["stage"][has])]
+        template = [_template_set(profiles[d], s, voc) for d, s in zip(t["disease"][has], t["stage"][has])]
         out["real_profile_match_f1_template"] = M.profile_match_f1(list(t["detected"][has]), template)
         out["real_profile_match_template_n"] = int(has.sum())
     return out
