@@ -15,7 +15,20 @@ from .data.manifest import read_manifest
 from .errors import UserError
 from .evaluation import evaluate_sets, fit_evaluator, learn_profiles, load_evaluator, write_learned, write_report
 from .evaluation.face_identity import load_face_identity
+from .run_files import heldout_of, load_profiles_json, run_file
 from .runtime import load_profiles, make_cache
+
+
+def judged_profiles(cfg: DictConfig, diseases: list[str], cache) -> list:
+    """The profiles the sets are judged against: with run=, the run's own profiles.json (what kgface.train judged its
+    samples against, whatever kg= it was trained with), and the config's kg= only for diseases the run lacks or for
+    run= a bare evaluator folder; without run=, the config's."""
+    own = {}
+    if cfg.get("run") and run_file(Path(str(cfg.run)).expanduser(), "profiles.json") is not None:
+        own = {p.disease_id: p for p in load_profiles_json(Path(str(cfg.run)).expanduser())}
+    missing = [d for d in diseases if d not in own]
+    rest = [p for p in load_profiles(cfg, missing, cache) if p.disease_id not in own] if missing else []
+    return [own[d] for d in diseases if d in own] + rest
 
 
 def trained_atlas(run_dir) -> Path | None:
@@ -26,10 +39,12 @@ def trained_atlas(run_dir) -> Path | None:
 
     from .data.manifest import ATLAS_FILE
 
-    run_dir = Path(str(run_dir)).expanduser()
+    data = run_file(Path(str(run_dir)).expanduser(), "data.json")  # a baselines subfolder: its parent's files
+    if data is None:
+        return None
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-        manifest = json.loads((run_dir / "data.json").read_text(encoding="utf-8"))["manifest"]
+        metrics = json.loads((data.parent / "metrics.json").read_text(encoding="utf-8"))
+        manifest = json.loads(data.read_text(encoding="utf-8"))["manifest"]
     except (OSError, ValueError, KeyError):
         return None
     sections = [metrics.get("train") or {}] + [(b or {}).get("train") or {}
@@ -56,29 +71,31 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             diseases |= set(df["disease"])
             if "requested_disease" in df:
                 diseases |= {d for d in df["requested_disease"].astype(str) if d}
-    profiles = load_profiles(cfg, sorted(diseases), cache)
+    profiles = judged_profiles(cfg, sorted(diseases), cache)
     if cfg.get("run"):
         evaluator = load_evaluator(cfg.run)
         if real is not None:  # another manifest's test rows may be this evaluator's train rows
             evaluator.check_unseen(real, f"real={cfg.real}")
     else:
         evaluator = fit_evaluator(cfg.evaluator, cfg.real, profiles, cache, progress=bool(cfg.get("progress", True)))
-    heldout = None
-    if cfg.get("run"):  # photo manifests carry no heldout column: the run's data.json says which were held out
-        from .diffusion.run_loading import heldout_of
-
-        heldout = heldout_of(Path(str(cfg.run)).expanduser())
+    # photo manifests carry no heldout column: the run's data.json says which were held out
+    heldout = heldout_of(Path(str(cfg.run)).expanduser()) if cfg.get("run") else None
     metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True, face_identity=face_identity,
                                     heldout=heldout, audit_extra=trained_atlas(cfg.run) if cfg.get("run") else None)
     notes = [f"evaluator: {evaluator.cfg['name']} ({'from ' + str(cfg.run) if cfg.get('run') else 'trained on ' + str(cfg.real) + ' (train split)'})",
              "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
              "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here); "
              "lead with KID for small sets"]
-    if real is not None and cfg.get("learned_profiles", True) and "real" in scored \
-            and any(len(p) for p in real["phenotypes"]):
+    # with phenotype heads (fitted on labelled faces or on an atlas beside a photo set), whether or not this set's
+    # rows carry phenotype labels: unlabelled photos are exactly where a learned profile is a finding
+    if real is not None and cfg.get("learned_profiles", True) and "real" in scored and evaluator.phenotypes:
         learned = learn_profiles(evaluator, scored["real"].table, profiles)
-        write_learned(learned, out_dir)
-        notes.append("learned_profiles.json: phenotype frequencies learned from the real test images")
+        if learned:
+            write_learned(learned, out_dir)
+            notes.append("learned_profiles.json: phenotype frequencies learned from the real test images")
+        else:
+            notes.append("no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
+                         "(or ungraded)")
     write_report(out_dir, metrics, scored, evaluator, profiles, notes=notes, grid_cases=grid_cases)
     cache.record(out_dir)
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.html'}")

@@ -495,6 +495,8 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
     ("evaluator.real_top1", "evaluator top-1 on real test images (stages 2-3 + healthy)", ">= 0.95"),
     ("evaluator.oracle_top1", "the same probe on the renderer's true phenotype vectors (separability ceiling)", ""),
     ("evaluator.phenotype_auroc_summary.median", "phenotype heads, median AUROC on the test split", ""),
+    ("evaluator.vae_ceiling_phenotype_auroc_summary.median",
+     "... after a VAE round trip (what a generator's faces can show at most)", ""),
     ("evaluator.phenotype_auroc_isolated_summary.median",
      "phenotype heads, median AUROC with each phenotype drawn alone on a healthy face (target: each >= 0.9)", ""),
     ("vae_ceiling_top1", "evaluator top-1 of real faces after a VAE round trip (the VAE's limit for faces as "

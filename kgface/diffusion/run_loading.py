@@ -23,15 +23,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import UserError
+from ..errors import RunError  # callers import it from here too
 from ..kg import FacialProfile
+from ..run_files import heldout_of, load_profiles_json, run_file  # noqa: F401  (generate, trial import the first two)
 
 
 SHUFFLED = "kg_shuffled"  # kgface.train's control: KG conditioning on shuffled disease-phenotype edges
-
-
-class RunError(UserError):
-    """A run directory that is not (or not completely) a kgface.train output."""
 
 
 def _locate(run_dir: Path) -> tuple[DictConfig, str]:
@@ -80,43 +77,22 @@ def _container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
-def load_profiles_json(run_dir: Path, conditioning: bool = False) -> list[FacialProfile]:
-    """The run's KG profiles (profiles.json); with `conditioning`, those its generator was conditioned on: under
-    profile.source=learned|blend, kgface.train wrote their learned frequencies to conditioning_profiles.json beside
-    profiles.json, and generation must draw from what the generator learned, not from the KG's numbers."""
-    for folder in (run_dir, run_dir.parent):
-        if (folder / "profiles.json").is_file():
-            learned = folder / "conditioning_profiles.json"
-            if conditioning and learned.is_file():
-                return [FacialProfile.from_dict(p) for p in json.loads(learned.read_text(encoding="utf-8"))]
-            data = json.loads((folder / "profiles.json").read_text(encoding="utf-8"))
-            return [FacialProfile.from_dict(p) for p in data["profiles"]]
-    raise RunError(f"run={run_dir} has no profiles.json; is it a kgface.train output?")
-
-
 def descriptions_of(run_dir: Path):
     """The run's descriptions.json (the stage sentences its text prompts were trained with), or None for a run
     whose prompts did not read it: those written before 2026-12-01 (their data.json lacks prompts_read_descriptions)
     trained on the template's sentences even beside an LLM's file, which None gives again."""
     from ..prompts import load_descriptions
 
-    meta = next((f / "data.json" for f in (run_dir, run_dir.parent) if (f / "data.json").is_file()), None)
+    meta = run_file(run_dir, "data.json")
     if meta is None or not json.loads(meta.read_text(encoding="utf-8")).get("prompts_read_descriptions"):
         return None
-    for folder in (run_dir, run_dir.parent):
-        if (folder / "descriptions.json").is_file():
-            try:
-                return load_descriptions(folder / "descriptions.json")
-            except ValueError as exc:
-                raise RunError(f"{folder / 'descriptions.json'}: {str(exc).splitlines()[0]}") from None
-    return None
-
-
-def heldout_of(run_dir: Path) -> set[str]:
-    for folder in (run_dir, run_dir.parent):
-        if (folder / "data.json").is_file():
-            return set(json.loads((folder / "data.json").read_text(encoding="utf-8")).get("heldout") or [])
-    return set()
+    path = run_file(run_dir, "descriptions.json")
+    if path is None:
+        return None
+    try:
+        return load_descriptions(path)
+    except ValueError as exc:
+        raise RunError(f"{path}: {str(exc).splitlines()[0]}") from None
 
 
 def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None):

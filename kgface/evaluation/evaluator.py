@@ -576,11 +576,13 @@ def _file_sha256(path: Path) -> str:
 
 
 def load_evaluator(path: str | os.PathLike) -> Evaluator:
-    """A saved evaluator: its folder, or a train run folder holding it under `evaluator/`."""
+    """A saved evaluator: its folder, or a train run folder holding it under `evaluator/`, or a baselines run's
+    generator subfolder (`run=OUT/kg`: the evaluator of OUT, which judged every conditioning)."""
     p = Path(path)
     if not p.exists():
         raise EvaluatorInputError(f"run={path}: folder not found")
-    for cand in (p, p / "evaluator"):
+    parent = [p.parent / "evaluator"] if (p.parent / "data.json").is_file() else []
+    for cand in (p, p / "evaluator", *parent):
         if (cand / "evaluator.json").is_file():
             return Evaluator.load(cand)
     raise EvaluatorInputError(f"run={path}: no evaluator.json there or in its evaluator/ folder")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..cache import save_figure_atomic, write_json_atomic
+from ..data.manifest import stage_known
 from ..kg import FacialProfile
 from .evaluator import HEALTHY, Evaluator, presence_matrix
 
@@ -47,9 +48,13 @@ def learn_profiles(evaluator: Evaluator, table: pd.DataFrame, profiles,
     profiles = {p.disease_id: p for p in (profiles.values() if isinstance(profiles, dict) else profiles)}
     tpr, fpr = rates if rates is not None else detector_rates(evaluator, table)
     voc = set(evaluator.phenotypes)
+    # photos without a grade (stage_known=False) carry a placeholder stage: they count whatever it says, so a
+    # disease's ungraded photos give its frequency at the set's own mix of severities
+    known = stage_known(table)
+    full = (known & (table["stage"] == stage).to_numpy()) | ~known
     out = {}
     for d in sorted(set(table["disease"]) - {HEALTHY}):
-        rows = table[(table["disease"] == d) & (table["stage"] == stage)]
+        rows = table[(table["disease"] == d).to_numpy() & full]
         if not len(rows) or d not in profiles:
             continue
         entries = []

@@ -74,6 +74,24 @@ def profile_match_f1(detected: Sequence[Iterable[str]], expected: Sequence[Itera
     return float(np.mean([set_f1(d, e) for d, e in zip(detected, expected)])) if len(detected) else float("nan")
 
 
+def per_phenotype_match(detected: Sequence[Iterable[str]], expected: Sequence[Iterable[str]]) -> dict[str, dict]:
+    """Per phenotype over a set of images, the profile match read phenotype by phenotype: `recall`, the share of the
+    images expecting it in which it was detected; `precision`, the share of the images it was detected in that
+    expected it (NaN where the denominator is 0), with both counts."""
+    if len(detected) != len(expected):
+        raise ValueError("detected and expected must have the same length")
+    pairs = [(set(d), set(e)) for d, e in zip(detected, expected)]
+    out = {}
+    for h in sorted(set().union(*[d | e for d, e in pairs]) if pairs else []):
+        n_exp = sum(h in e for _, e in pairs)
+        n_det = sum(h in d for d, _ in pairs)
+        both = sum(h in d and h in e for d, e in pairs)
+        out[h] = {"expected_n": n_exp, "detected_n": n_det,
+                  "recall": both / n_exp if n_exp else float("nan"),
+                  "precision": both / n_det if n_det else float("nan")}
+    return out
+
+
 def phenotype_frequencies(detected: Sequence[Iterable[str]], diseases: Sequence[str]) -> dict[str, dict[str, float]]:
     """Per disease: the share of its images in which each phenotype was detected."""
     out: dict[str, dict[str, float]] = {}

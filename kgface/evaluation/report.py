@@ -90,6 +90,29 @@ def plot_phenotype_bars(aurocs: dict[str, float], names: dict[str, str], path: P
     return path
 
 
+def plot_phenotype_match(match: dict[str, dict], names: dict[str, str], path: Path,
+                         real: dict[str, dict] | None = None) -> Path:
+    """Per phenotype expected in the generated images: the share in which it was detected (bars, n beside), and
+    the same share on real faces against their own phenotypes (dots): the profile match read phenotype by
+    phenotype."""
+    plt = _plt()
+    items = sorted(((h, m) for h, m in match.items() if m["expected_n"]), key=lambda kv: kv[1]["recall"])
+    fig, ax = plt.subplots(figsize=(6, 0.16 * len(items) + 1.2))
+    y = np.arange(len(items))
+    ax.barh(y, [m["recall"] for _, m in items], height=0.7, label="generated: detected where expected")
+    if real:
+        ax.scatter([(real.get(h) or {}).get("recall", np.nan) for h, _ in items], y, color="red", s=8,
+                   label="real faces, their own phenotypes")
+    ax.set_yticks(y, [f"{h} {names.get(h, '')[:24]} (n {m['expected_n']})" for h, m in items], fontsize=5)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("share of the images expecting the phenotype in which it was detected")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    save_figure_atomic(fig, path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def image_grid(images, captions: list[str], path: Path, cols: int = 8) -> Path:
     plt = _plt()
     n = len(images)
@@ -145,7 +168,8 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and k not in ("phenotype_auroc", "vae_ceiling_phenotype_auroc",
-                                             "phenotype_auroc_isolated", "frequency_mae_per_disease"):
+                                             "phenotype_auroc_isolated", "frequency_mae_per_disease",
+                                             "phenotype_match", "real_phenotype_match"):  # per phenotype: plotted
             out += _flat(v, key + ".")
         elif not isinstance(v, (dict, list)):
             out.append((key, v))
@@ -199,6 +223,12 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
         if len(dis):
             figs.append(("Generated images: requested stage vs measured severity",
                          plot_stage_scatter(dis, out / "stage_generated.png", stage="requested_stage")))
+        match = (metrics.get("generation") or {}).get("phenotype_match") or {}
+        if any(m["expected_n"] for m in match.values()):
+            figs.append(("Generated images, diseased stages 2-3: each expected phenotype, detected in what share "
+                         "(dots: real test faces against their own phenotypes)",
+                         plot_phenotype_match(match, ph_names, out / "phenotype_match_generated.png",
+                                              (metrics.get("evaluator") or {}).get("real_phenotype_match"))))
         for p in best_worst(scored["generated"], "requested_disease", evaluator.classes, names, out, "generated",
                             k=grid_cases):
             figs.append((f"Generated images, {p.stem.split('_')[-1]} cases (probability of the requested class)", p))

@@ -284,7 +284,8 @@ def real_profile_match(table: pd.DataFrame, test: pd.DataFrame, profiles, vocab)
     that renders its requested set as faithfully as a real face would read) and, with
     profiles, `real_profile_match_f1_template` against the template's phenotypes of the face's disease and stage
     (what real faces read by the rule a generator without `requested_phenotypes` is judged by: real faces show a
-    frequency draw, not the template's set), on the rows whose disease has a profile (`real_profile_match_template_n`).
+    frequency draw, not the template's set), on the rows whose disease has a profile (`real_profile_match_template_n`);
+    `real_phenotype_match`, the own-set match phenotype by phenotype (metrics.per_phenotype_match)
     Not upper bounds: a generator that draws phenotypes more strongly than real faces can read above them."""
     rows = ((table["disease"] != HEALTHY).to_numpy() & stage_known(test)
             & table["stage"].isin(HEADLINE_STAGES).to_numpy() & labelled_phenotypes(test))
@@ -294,7 +295,8 @@ def real_profile_match(table: pd.DataFrame, test: pd.DataFrame, profiles, vocab)
     voc = set(vocab)
     detected = list(t["detected"])
     own = [_shown(ph, voc) for ph in t["phenotypes"]]
-    out = {"real_profile_match_f1": M.profile_match_f1(detected, own), "real_profile_match_n": int(rows.sum())}
+    out = {"real_profile_match_f1": M.profile_match_f1(detected, own), "real_profile_match_n": int(rows.sum()),
+           "real_phenotype_match": M.per_phenotype_match(detected, own)}
     has = t["disease"].isin(set(profiles or {})).to_numpy()
     if has.any():
         template = [_template_set(profiles[d], s, voc) for d, s in zip(t["disease"][has], t["stage"][has])]
@@ -397,6 +399,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 expected = _expected_sets(t[pm], list(req_d[pm]), list(req_s[pm]), profiles, evaluator.phenotypes)
                 g["profile_match_f1"] = M.profile_match_f1(list(t["detected"][pm]), expected)
                 g["profile_match_n"] = int(pm.sum())
+                g["phenotype_match"] = M.per_phenotype_match(list(t["detected"][pm]), expected)
             at3 = sel & (req_s == 3).to_numpy()
             full = at3 if at3.any() else sel & head
             exp = kg_frequencies(profiles, evaluator.phenotypes, set(req_d[full]))
@@ -408,6 +411,13 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         metrics["generation"] = g
         if transform.any():
             metrics["transform"] = _transform_metrics(evaluator, t, s_gen, transform, req_d, gen_root, face_identity)
+        # progressions of an input photo (kgface.generate mode=progression input=...): edits of a real face too,
+        # judged above as drawn at their stage; here how much of the input face they keep
+        src = t["source_image"].fillna("").astype(str).str.strip() if "source_image" in t else None
+        edited = ~transform & (np.zeros(len(t), bool) if src is None else (src != "").to_numpy())
+        if edited.any():
+            metrics["progression_edits"] = {"n": int(edited.sum()),
+                                            **_identity_metrics(evaluator, t, s_gen, edited, gen_root, face_identity)}
         if real is not None:
             s_real = scored["real"]
             rt = s_real.table
@@ -435,9 +445,8 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                                           f"{tuple(s_gen.images.shape[-2:])} px: resize one set to the other's size")
             # edits of real faces (transformations, progressions of an input photo: rows with a source_image) would
             # pull FID/KID down when their sources are the test faces the set is compared with: left out
-            src = t["source_image"].fillna("").astype(str).str.strip() if "source_image" in t else None
-            drawn = ~transform & (np.ones(len(t), bool) if src is None else (src == "").to_numpy())
-            if transform.any() and drawn.sum() < 2:
+            drawn = ~transform & ~edited
+            if (~drawn).any() and drawn.sum() < 2:
                 metrics["fid_kid_n"] = {"generated": int(drawn.sum()),
                                         "edits_of_real_faces": "left out: fewer than 2 other images, no FID/KID"}
             else:
@@ -472,18 +481,25 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
 def _transform_metrics(evaluator, t, s_gen: ScoredSet, transform, req_d, root: str | None, face_identity) -> dict:
     out = {"n": int(transform.sum()),
            "target_top1": M.accuracy(req_d[transform], t["pred_disease"][transform])}
-    if "source_image" in t:
-        src = [str(p) for p in t.loc[transform, "source_image"]]
-        if all(src):
-            relative = [p for p in src if not Path(p).is_absolute()]
-            if relative and root is None:
-                raise EvaluatorInputError(f"generated set: source_image {relative[0]!r} is relative and the set "
-                                          "was given as a DataFrame: give absolute paths or the manifest's path")
-            paths = [str(Path(p) if Path(p).is_absolute() else Path(root) / p) for p in src]
-            src_images = load_images(paths)
-            out["identity_similarity"] = M.identity_similarity(evaluator.features(src_images),
-                                                               s_gen.features[transform])
-            if face_identity is not None:
-                out.update(pair_distances(face_identity, src_images,
-                                          s_gen.images[torch.from_numpy(np.flatnonzero(transform))]))
+    out.update(_identity_metrics(evaluator, t, s_gen, transform, root, face_identity))
+    return out
+
+
+def _identity_metrics(evaluator, t, s_gen: ScoredSet, mask, root: str | None, face_identity) -> dict:
+    """How much of its source face each edit in `mask` keeps: the cosine of evaluator image features (and dlib
+    distances with face_identity); {} when any of them lacks a source_image."""
+    if "source_image" not in t:
+        return {}
+    src = [str(p) for p in t.loc[mask, "source_image"].fillna("")]
+    if not all(src):
+        return {}
+    relative = [p for p in src if not Path(p).is_absolute()]
+    if relative and root is None:
+        raise EvaluatorInputError(f"generated set: source_image {relative[0]!r} is relative and the set "
+                                  "was given as a DataFrame: give absolute paths or the manifest's path")
+    paths = [str(Path(p) if Path(p).is_absolute() else Path(root) / p) for p in src]
+    src_images = load_images(paths)
+    out = {"identity_similarity": M.identity_similarity(evaluator.features(src_images), s_gen.features[mask])}
+    if face_identity is not None:
+        out.update(pair_distances(face_identity, src_images, s_gen.images[torch.from_numpy(np.flatnonzero(mask))]))
     return out

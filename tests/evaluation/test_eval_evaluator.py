@@ -295,6 +295,12 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert m["tstr_n_generated"] == int((sample & (healthy | (stage >= 2))).sum()) < int(sample.sum())
     pm = sample & ~healthy & (stage >= 2)
     assert m["generation"]["profile_match_n"] == int(pm.sum()) > 0
+    # phenotype by phenotype: the generated rows are the real test faces with their own phenotypes as the expected
+    # sets, so each phenotype's detected share is the real faces' (the dots of the report's plot)
+    gm, rm = m["generation"]["phenotype_match"], m["evaluator"]["real_phenotype_match"]
+    assert gm and set(gm) == set(rm)
+    for h in gm:
+        assert gm[h]["expected_n"] == rm[h]["expected_n"] and gm[h]["detected_n"] == rm[h]["detected_n"], h
     # tstr reads every generated set on the same real rows (all headline rows) and the _seen number on those of the
     # diseases not held out; a set that never drew the held-out disease (class tokens) gets its rows wrong, it is
     # not read on fewer rows
@@ -323,6 +329,7 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     for name in ["report.md", "report.html", "confusion_real.png", "stage_real.png", "phenotypes_real.png",
                  "real_best.png", "real_worst.png", "confusion_generated.png", "stage_generated.png",
                  "generated_best.png", "generated_worst.png", "memorisation_nearest.png", "learned_profiles.json",
+                 "phenotype_match_generated.png",
                  "learned_profiles.png"]:
         assert (out / name).is_file(), name
     page = (out / "report.html").read_text()
@@ -433,6 +440,28 @@ def test_evaluator_never_imports_the_generator():
             "bad = [m for m in sys.modules if m.startswith(('kgface.diffusion', 'kgface.encoders'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+    # nor at run time: imports inside functions (kgface.evaluate run=RUN read the held-out list through
+    # kgface.diffusion.run_loading, which loads the whole generator package)
+    import ast
+    from pathlib import Path
+
+    import kgface
+
+    root = Path(kgface.__file__).parent
+    files = [root / "evaluate.py", root / "run_files.py", *sorted((root / "evaluation").glob("*.py"))]
+    bad = []
+    for f in files:
+        package = ["kgface"] + list(f.relative_to(root).parts[:-1])
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                names = [".".join(base + ([node.module] if node.module else []))]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            bad += [f"{f.name}: {n}" for n in names if n.startswith(("kgface.diffusion", "kgface.encoders"))]
+    assert not bad, bad
 
 
 def test_auxiliary_loss_leaves_out_faces_without_a_disease():
@@ -1097,3 +1126,59 @@ def test_phenotype_auroc_leaves_unlabelled_photos_out():
         "phenotypes": [{"HP:1": 1.0}, {"HP:1": 1.0}, {}, {}, {}, {}],
         "ph_HP:1": [0.9, 0.8, 0.1, 0.2, 0.95, 0.85]})
     assert phenotype_auroc(SimpleNamespace(phenotypes=["HP:1"]), rows) == {"HP:1": 1.0}
+
+
+def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baselines_subfolder(
+        tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
+    """`kgface.evaluate run=RUN` judges the generated set against the run's own profiles.json (what its train job
+    judged its samples against, whatever kg= it used), not the evaluate config's kg=; `run=OUT/kg`, a baselines
+    generator folder, finds the evaluator, profiles and held-out list of OUT (it was "no evaluator.json there")."""
+    import copy
+
+    from kgface.config import compose
+    from kgface.evaluate import run as evaluate_run
+
+    run_dir = tmp_path / "run"
+    tiny_evaluator.save(run_dir / "evaluator")
+    (run_dir / "data.json").write_text(json.dumps({"manifest": str(tiny_data / "manifest.csv"), "heldout": []}))
+    changed = copy.deepcopy(list(tiny_profiles))
+    for p in changed:  # every frequency 1: the KG frequencies generation.frequency_mae compares with all move
+        for ph in p.phenotypes:
+            ph.frequency = 1.0
+    (run_dir / "profiles.json").write_text(json.dumps({"schema": "kgface.profiles/1", "kg": "hpo",
+                                                       "profiles": [p.to_dict() for p in changed]}))
+    (run_dir / "kg").mkdir()
+    gen_path = _generated_manifest(tiny_data, tmp_path)
+    cfg = compose("evaluate", [f"run={run_dir / 'kg'}", f"generated={gen_path}", "progress=false",
+                               "face_identity=none"])
+    m = evaluate_run(cfg, tmp_path / "out")
+    want = evaluate_sets(tiny_evaluator, None, gen_path, changed)["generation"]["frequency_mae"]
+    before = evaluate_sets(tiny_evaluator, None, gen_path, tiny_profiles)["generation"]["frequency_mae"]
+    assert m["generation"]["frequency_mae"] == pytest.approx(want) and abs(want - before) > 1e-3
+
+
+def test_progressions_of_an_input_photo_are_scored_without_fid_and_keep_their_identity(tiny_evaluator, tiny_data,
+                                                                                        tmp_path):
+    """A set of progressions of input photos (kgface.generate mode=progression input=..., rows with a source_image)
+    is judged at its stages, left out of FID/KID (it stopped the evaluation: "0 generated"), and its edits' identity
+    is read against their sources (here copies: cosine 1)."""
+    import shutil
+
+    test = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    test = test[(test["split"] == "test") & (test["disease"] != "healthy")].head(6)
+    gdir = tmp_path / "prog"
+    (gdir / "sources").mkdir(parents=True)
+    rows = []
+    for i, r in enumerate(test.to_dict("records")):
+        shutil.copy(tiny_data / r["path"], gdir / f"p{i}.png")
+        shutil.copy(tiny_data / r["path"], gdir / "sources" / f"s{i}.png")
+        rows.append(r | {"path": f"p{i}.png", "source": "generated", "mode": "progression",
+                         "requested_disease": r["disease"], "requested_stage": r["stage"], "seed": i,
+                         "source_image": f"sources/s{i}.png"})
+    gen = write_manifest(rows, gdir / "manifest.csv")
+    m = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None)
+    assert m["fid_kid_n"]["generated"] == 0 and "left out" in m["fid_kid_n"]["edits_of_real_faces"]
+    assert "kid_clip" not in m and "transform" not in m
+    assert m["progression_edits"]["n"] == 6
+    assert m["progression_edits"]["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert m["generation"]["top1_all"] is not None

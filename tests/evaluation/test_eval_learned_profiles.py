@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from kgface.data.manifest import read_manifest, write_manifest
 from kgface.data.phantom.dataset import PhantomConfig, build_phantom
@@ -77,3 +78,24 @@ def test_specificity_separates_a_phenotype_reader_from_an_abnormality_reader():
     reads_abnormality = specificity(learned({"D": {"HP:1": 0.6, "HP:2": 0.6}, "E": {"HP:1": 0.6, "HP:2": 0.6}}), truth)
     assert abs(reads_abnormality["rate_where_drawn"] - 0.6) < 1e-9
     assert abs(reads_abnormality["rate_where_absent"] - 0.6) < 1e-9
+
+
+def test_ungraded_photos_are_learned_from_whatever_their_placeholder_stage():
+    """Photos without a grade (stage_known False, placeholder stage 2) count; graded stage-2 rows do not (the
+    estimate reads full-stage faces). Before, only stage == 3 was read, so an ungraded photo set learned nothing."""
+    import pandas as pd
+
+    from kgface.kg.profiles import FacialProfile, Phenotype
+
+    class Ev:
+        phenotypes = ["HP:1"]
+
+    prof = FacialProfile("D", "d", "hpo", phenotypes=[Phenotype("HP:1", "one", "face", "", frequency=0.4)])
+    table = pd.DataFrame({"disease": ["D"] * 8, "stage": [2] * 8,
+                          "stage_known": ["False"] * 4 + ["True"] * 4,
+                          "detected": [["HP:1"]] * 3 + [[]] + [["HP:1"]] * 4})
+    learned = learn_profiles(Ev(), table, [prof], rates=({"HP:1": 1.0}, {"HP:1": 0.0}))
+    assert learned["D"]["n_images"] == 4
+    assert learned["D"]["phenotypes"][0]["learned_frequency"] == pytest.approx(0.75)
+    graded = table.assign(stage_known="True")
+    assert learn_profiles(Ev(), graded, [prof], rates=({"HP:1": 1.0}, {"HP:1": 0.0})) == {}

@@ -72,6 +72,21 @@ def test_per_stage_accuracy_and_stage_scores():
     assert np.isnan(M.spearman([1, 1, 1], [0, 1, 2]))
 
 
+def test_per_phenotype_match_counts_hits_where_expected_and_where_detected():
+    detected = [{"a", "b"}, {"a"}, {"c"}, set()]
+    expected = [{"a"}, {"a", "b"}, {"b"}, {"a"}]
+    m = M.per_phenotype_match(detected, expected)
+    # a: expected in 3 images, detected in 2 of them; detected twice, both expected
+    assert m["a"] == {"expected_n": 3, "detected_n": 2, "recall": pytest.approx(2 / 3), "precision": 1.0}
+    # b: expected twice, detected once where not expected
+    assert m["b"]["recall"] == 0.0 and m["b"]["precision"] == 0.0
+    # c: never expected: no recall, precision 0
+    assert np.isnan(m["c"]["recall"]) and m["c"]["precision"] == 0.0 and m["c"]["expected_n"] == 0
+    assert M.per_phenotype_match([], []) == {}
+    with pytest.raises(ValueError):
+        M.per_phenotype_match([{"a"}], [])
+
+
 def test_profile_match_and_frequency_mae():
     assert M.set_f1({"a", "b"}, {"a", "b"}) == 1.0
     assert M.set_f1(set(), set()) == 1.0

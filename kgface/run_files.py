@@ -1,0 +1,40 @@
+"""The plain files of a `kgface.train` output directory that more than the generator reads: `profiles.json` (every
+profile the run knows, held-out ones included) and `data.json` (which diseases were held out, the manifest).
+
+Kept apart from `kgface.diffusion.run_loading` (which rebuilds the generator) so that `kgface.evaluate` can read what
+a run was judged against without importing the generator it measures. A baselines run keeps these files in its top
+folder and one generator per subfolder (`run=OUT/kg`): every reader looks in the folder, then in its parent.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import RunError
+from .kg import FacialProfile
+
+
+def run_file(run_dir: Path, name: str) -> Path | None:
+    """`name` in the run folder, else in its parent (a baselines subfolder), else None."""
+    run_dir = Path(run_dir)
+    return next((f / name for f in (run_dir, run_dir.parent) if (f / name).is_file()), None)
+
+
+def load_profiles_json(run_dir: Path, conditioning: bool = False) -> list[FacialProfile]:
+    """The run's KG profiles (profiles.json); with `conditioning`, those its generator was conditioned on: under
+    profile.source=learned|blend, kgface.train wrote their learned frequencies to conditioning_profiles.json beside
+    profiles.json, and generation must draw from what the generator learned, not from the KG's numbers."""
+    path = run_file(run_dir, "profiles.json")
+    if path is None:
+        raise RunError(f"run={run_dir} has no profiles.json; is it a kgface.train output?")
+    learned = path.parent / "conditioning_profiles.json"
+    if conditioning and learned.is_file():
+        return [FacialProfile.from_dict(p) for p in json.loads(learned.read_text(encoding="utf-8"))]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return [FacialProfile.from_dict(p) for p in data["profiles"]]
+
+
+def heldout_of(run_dir: Path) -> set[str]:
+    """The diseases the run held out from its generator (data.json's `heldout`; empty without the file)."""
+    path = run_file(run_dir, "data.json")
+    return set(json.loads(path.read_text(encoding="utf-8")).get("heldout") or []) if path else set()
