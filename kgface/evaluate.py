@@ -2,7 +2,8 @@
 
 Scores real and/or generated images with the evaluator (a train run's, with `run=`; else one trained, or loaded from
 the cache, on `real`'s train split) and writes OUT/metrics.json, OUT/report.md, OUT/report.html with their PNGs and,
-for a labelled real set, OUT/learned_profiles.json + .png. See docs/evaluation.md.
+for a real set when the evaluator has phenotype heads, OUT/learned_profiles.json + .png. With `run=`, the sets are
+judged against the run's own profiles.json. See docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ from .data.manifest import read_manifest
 from .errors import UserError
 from .evaluation import evaluate_sets, fit_evaluator, learn_profiles, load_evaluator, write_learned, write_report
 from .evaluation.face_identity import load_face_identity
-from .run_files import heldout_of, load_profiles_json, run_file
+from .run_files import heldout_of, is_baselines_generator, load_profiles_json, run_file
 from .runtime import load_profiles, make_cache
 
 
 def judged_profiles(cfg: DictConfig, diseases: list[str], cache) -> list:
     """The profiles the sets are judged against: with run=, the run's own profiles.json (what kgface.train judged its
-    samples against, whatever kg= it was trained with), and the config's kg= only for diseases the run lacks or for
-    run= a bare evaluator folder; without run=, the config's."""
+    samples against, whatever kg= it was trained with; for a folder inside a run, a baselines generator or the run's
+    evaluator/, the enclosing run's), and the config's kg= only for diseases the run lacks or for run= an evaluator
+    folder outside any run; without run=, the config's."""
     own = {}
     if cfg.get("run") and run_file(Path(str(cfg.run)).expanduser(), "profiles.json") is not None:
         own = {p.disease_id: p for p in load_profiles_json(Path(str(cfg.run)).expanduser())}
@@ -32,14 +34,15 @@ def judged_profiles(cfg: DictConfig, diseases: list[str], cache) -> list:
 
 
 def trained_atlas(run_dir) -> Path | None:
-    """The phenotype atlas a train run's generator learned from (its metrics.json's train.atlas_images > 0, or any
-    conditioning's of a baselines run; the file beside its manifest), else None: copies of its faces are memorised
-    images too."""
+    """The phenotype atlas a train run's generator learned from (its metrics.json's train.atlas_images > 0; for a
+    baselines generator folder `OUT/<mode>`, that conditioning's; for a baselines run folder, any conditioning's;
+    the file beside its manifest), else None: copies of its faces are memorised images too."""
     import json
 
     from .data.manifest import ATLAS_FILE
 
-    data = run_file(Path(str(run_dir)).expanduser(), "data.json")  # a baselines subfolder: its parent's files
+    run_dir = Path(str(run_dir)).expanduser()
+    data = run_file(run_dir, "data.json")  # a baselines generator folder: its parent's files
     if data is None:
         return None
     try:
@@ -47,8 +50,11 @@ def trained_atlas(run_dir) -> Path | None:
         manifest = json.loads(data.read_text(encoding="utf-8"))["manifest"]
     except (OSError, ValueError, KeyError):
         return None
-    sections = [metrics.get("train") or {}] + [(b or {}).get("train") or {}
-                                               for b in (metrics.get("baselines") or {}).values()]
+    baselines = metrics.get("baselines") or {}
+    if is_baselines_generator(run_dir) and run_dir.name in baselines:  # what this one generator trained on
+        sections = [(baselines[run_dir.name] or {}).get("train") or {}]
+    else:
+        sections = [metrics.get("train") or {}] + [(b or {}).get("train") or {} for b in baselines.values()]
     atlas = Path(manifest).parent / ATLAS_FILE
     return atlas if any(int(t.get("atlas_images") or 0) > 0 for t in sections) and atlas.is_file() else None
 
@@ -93,6 +99,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if learned:
             write_learned(learned, out_dir)
             notes.append("learned_profiles.json: phenotype frequencies learned from the real test images")
+            if not any(len(p) for p in real["phenotypes"]):  # learn_profiles has no hit rate to correct by
+                notes.append("the real set has no phenotype labels: each head's hit rate (tpr) is taken as 1, so "
+                             "learned frequencies are detection rates corrected for healthy faces' false positives "
+                             "only (lower bounds where a head misses)")
         else:
             notes.append("no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
                          "(or ungraded)")

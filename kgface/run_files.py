@@ -20,6 +20,21 @@ def run_file(run_dir: Path, name: str) -> Path | None:
     return next((f / name for f in (run_dir, run_dir.parent) if (f / name).is_file()), None)
 
 
+def is_baselines_generator(folder: Path) -> bool:
+    """A generator subfolder of a baselines run (`OUT/<mode>`): its name is one of OUT/config.yaml's baselines."""
+    folder = Path(folder)
+    config = folder.parent / "config.yaml"
+    if not config.is_file():
+        return False
+    from omegaconf import OmegaConf
+
+    try:
+        modes = OmegaConf.load(config).get("baselines") or []
+    except Exception:  # noqa: BLE001 -- an unreadable config is not a baselines run
+        return False
+    return folder.name in [str(m) for m in modes]
+
+
 def load_profiles_json(run_dir: Path, conditioning: bool = False) -> list[FacialProfile]:
     """The run's KG profiles (profiles.json); with `conditioning`, those its generator was conditioned on: under
     profile.source=learned|blend, kgface.train wrote their learned frequencies to conditioning_profiles.json beside

@@ -581,8 +581,11 @@ def load_evaluator(path: str | os.PathLike) -> Evaluator:
     p = Path(path)
     if not p.exists():
         raise EvaluatorInputError(f"run={path}: folder not found")
-    parent = [p.parent / "evaluator"] if (p.parent / "data.json").is_file() else []
+    from ..run_files import is_baselines_generator
+
+    parent = [p.parent / "evaluator"] if is_baselines_generator(p) else []
     for cand in (p, p / "evaluator", *parent):
         if (cand / "evaluator.json").is_file():
             return Evaluator.load(cand)
-    raise EvaluatorInputError(f"run={path}: no evaluator.json there or in its evaluator/ folder")
+    raise EvaluatorInputError(f"run={path}: no evaluator.json there, in its evaluator/ folder or (for a baselines "
+                              "generator folder) in ../evaluator; pass the train run (trained with evaluate=true)")

@@ -101,11 +101,12 @@ def plot_phenotype_match(match: dict[str, dict], names: dict[str, str], path: Pa
     y = np.arange(len(items))
     ax.barh(y, [m["recall"] for _, m in items], height=0.7, label="generated: detected where expected")
     if real:
-        ax.scatter([(real.get(h) or {}).get("recall", np.nan) for h, _ in items], y, color="red", s=8,
+        dots = [(real.get(h) or {}).get("recall") for h, _ in items]  # metrics.json writes NaN as null
+        ax.scatter([np.nan if v is None else v for v in dots], y, color="red", s=8,
                    label="real faces, their own phenotypes")
     ax.set_yticks(y, [f"{h} {names.get(h, '')[:24]} (n {m['expected_n']})" for h, m in items], fontsize=5)
     ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("share of the images expecting the phenotype in which it was detected")
+    ax.set_xlabel("detected where expected (share of the images expecting it)")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=110)
@@ -225,10 +226,10 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
                          plot_stage_scatter(dis, out / "stage_generated.png", stage="requested_stage")))
         match = (metrics.get("generation") or {}).get("phenotype_match") or {}
         if any(m["expected_n"] for m in match.values()):
-            figs.append(("Generated images, diseased stages 2-3: each expected phenotype, detected in what share "
-                         "(dots: real test faces against their own phenotypes)",
-                         plot_phenotype_match(match, ph_names, out / "phenotype_match_generated.png",
-                                              (metrics.get("evaluator") or {}).get("real_phenotype_match"))))
+            real_match = (metrics.get("evaluator") or {}).get("real_phenotype_match")
+            figs.append(("Generated images, diseased stages 2-3: each expected phenotype, detected in what share"
+                         + (" (dots: real test faces against their own phenotypes)" if real_match else ""),
+                         plot_phenotype_match(match, ph_names, out / "phenotype_match_generated.png", real_match)))
         for p in best_worst(scored["generated"], "requested_disease", evaluator.classes, names, out, "generated",
                             k=grid_cases):
             figs.append((f"Generated images, {p.stem.split('_')[-1]} cases (probability of the requested class)", p))

@@ -320,7 +320,9 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
 
     real_df / generated_df: manifest paths or DataFrames. Generated rows are judged against their request
     (`requested_disease` / `requested_stage` columns when present, else `disease` / `stage`). Rows with mode
-    `transform` and a `source_image` also give identity preservation. Returns the metrics dict, or
+    `transform` and a `source_image` also give identity preservation (`transform`), as do other rows with a
+    `source_image`, progressions of an input photo (`progression_edits`); edits of real faces are left out of FID/KID
+    and of the tstr probe's training rows. Returns the metrics dict, or
     (metrics, {"real": ScoredSet, "generated": ScoredSet, "real_train": ScoredSet}) with return_scored.
     audit_extra: a manifest (path or DataFrame) of further images the generator trained on (the phenotype atlas
     under trainer.atlas_share), added to the memorisation audit's training set.
@@ -423,7 +425,9 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             rt = s_real.table
             # the synthetic probe learns from the requests the evaluator's own probe would learn from (healthy and
             # stages >= probe.min_stage: an earlier stage's label contradicts its look) and is read where real_top1 is
-            learn = sel & ((req_d == HEALTHY) | (req_s >= min_stage_of(evaluator.cfg.get("probe")))).to_numpy()
+            # edits of real faces are left out: their sources may be the test faces the probe is read on
+            learn = sel & ~edited & ((req_d == HEALTHY)
+                                     | (req_s >= min_stage_of(evaluator.cfg.get("probe")))).to_numpy()
             classes = set(req_d[learn])
             # every generated set is read on the same real rows (all headline rows): a disease the generator never
             # drew (class tokens draw no held-out one) counts as an error, so conditionings compare; the _seen

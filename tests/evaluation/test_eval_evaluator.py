@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kgface.data.manifest import read_manifest, write_manifest
-from kgface.evaluation import (Evaluator, EvaluatorInputError, build_clip, evaluate_sets, fit_evaluator,
+from kgface.evaluation import (Evaluator, EvaluatorInputError, build_clip, evaluate_sets, fit_evaluator, load_evaluator,
                                instrument_validity, load_images, oracle_top1)
 from kgface.evaluation.evaluator import image_caption
 from kgface.errors import UserError
@@ -300,7 +300,8 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     gm, rm = m["generation"]["phenotype_match"], m["evaluator"]["real_phenotype_match"]
     assert gm and set(gm) == set(rm)
     for h in gm:
-        assert gm[h]["expected_n"] == rm[h]["expected_n"] and gm[h]["detected_n"] == rm[h]["detected_n"], h
+        for k in ("expected_n", "detected_n", "recall", "precision"):
+            assert gm[h][k] == pytest.approx(rm[h][k], nan_ok=True), (h, k)
     # tstr reads every generated set on the same real rows (all headline rows) and the _seen number on those of the
     # diseases not held out; a set that never drew the held-out disease (class tokens) gets its rows wrong, it is
     # not read on fewer rows
@@ -453,9 +454,10 @@ def test_evaluator_never_imports_the_generator():
     for f in files:
         package = ["kgface"] + list(f.relative_to(root).parts[:-1])
         for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom):
+            if isinstance(node, ast.ImportFrom):  # `from .x import y` and `from .. import diffusion` alike
                 base = package[:len(package) - node.level + 1] if node.level else []
-                names = [".".join(base + ([node.module] if node.module else []))]
+                module = base + ([node.module] if node.module else [])
+                names = [".".join(module)] + [".".join(module + [a.name]) for a in node.names]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             else:
@@ -1111,6 +1113,11 @@ def test_evaluate_with_run_reads_the_runs_heldout_diseases(tiny_evaluator, tiny_
     (atlas_dir / ATLAS_FILE).write_text("path\n")
     (run_dir / "data.json").write_text(json.dumps({"manifest": str(atlas_dir / "manifest.csv")}))
     assert trained_atlas(run_dir) == atlas_dir / ATLAS_FILE
+    # one generator of it (run=OUT/<mode>): only what that conditioning trained on
+    (run_dir / "config.yaml").write_text("baselines: [kg, text]\n")
+    (run_dir / "kg").mkdir()
+    (run_dir / "text").mkdir()
+    assert trained_atlas(run_dir / "kg") is None and trained_atlas(run_dir / "text") == atlas_dir / ATLAS_FILE
 
 
 def test_phenotype_auroc_leaves_unlabelled_photos_out():
@@ -1132,7 +1139,8 @@ def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baseline
         tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
     """`kgface.evaluate run=RUN` judges the generated set against the run's own profiles.json (what its train job
     judged its samples against, whatever kg= it used), not the evaluate config's kg=; `run=OUT/kg`, a baselines
-    generator folder, finds the evaluator, profiles and held-out list of OUT (it was "no evaluator.json there")."""
+    generator folder, finds the evaluator, profiles and held-out list of OUT (it was "no evaluator.json there"); a
+    real set without phenotype labels still gets learned profiles, with the report saying tpr is taken as 1."""
     import copy
 
     from kgface.config import compose
@@ -1140,7 +1148,9 @@ def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baseline
 
     run_dir = tmp_path / "run"
     tiny_evaluator.save(run_dir / "evaluator")
-    (run_dir / "data.json").write_text(json.dumps({"manifest": str(tiny_data / "manifest.csv"), "heldout": []}))
+    (run_dir / "data.json").write_text(json.dumps({"manifest": str(tiny_data / "manifest.csv"),
+                                                   "heldout": ["ORPHA:963"]}))
+    (run_dir / "config.yaml").write_text("baselines: [kg, text]\n")
     changed = copy.deepcopy(list(tiny_profiles))
     for p in changed:  # every frequency 1: the KG frequencies generation.frequency_mae compares with all move
         for ph in p.phenotypes:
@@ -1149,23 +1159,40 @@ def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baseline
                                                        "profiles": [p.to_dict() for p in changed]}))
     (run_dir / "kg").mkdir()
     gen_path = _generated_manifest(tiny_data, tmp_path)
-    cfg = compose("evaluate", [f"run={run_dir / 'kg'}", f"generated={gen_path}", "progress=false",
-                               "face_identity=none"])
+    gen = pd.read_csv(gen_path, dtype=str, keep_default_na=False).drop(columns=["heldout"])
+    write_manifest(gen.to_dict("records"), gen_path)
+    real = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    real["phenotypes"] = "{}"  # photos: no phenotype labels
+    real_path = tiny_data / "manifest_unlabelled.csv"
+    write_manifest(real.to_dict("records"), real_path)
+    cfg = compose("evaluate", [f"run={run_dir / 'kg'}", f"generated={gen_path}", f"real={real_path}",
+                               "progress=false", "face_identity=none"])
     m = evaluate_run(cfg, tmp_path / "out")
-    want = evaluate_sets(tiny_evaluator, None, gen_path, changed)["generation"]["frequency_mae"]
+    want = evaluate_sets(tiny_evaluator, None, gen_path, changed, heldout={"ORPHA:963"})["generation"]
     before = evaluate_sets(tiny_evaluator, None, gen_path, tiny_profiles)["generation"]["frequency_mae"]
-    assert m["generation"]["frequency_mae"] == pytest.approx(want) and abs(want - before) > 1e-3
+    assert m["generation"]["frequency_mae"] == pytest.approx(want["frequency_mae"])
+    assert abs(want["frequency_mae"] - before) > 1e-3
+    assert m["generation"]["heldout_n"] == want["heldout_n"] > 0  # OUT's held-out list
+    assert (tmp_path / "out" / "learned_profiles.json").is_file()
+    assert "tpr) is taken as 1" in (tmp_path / "out" / "report.md").read_text()
+    # a folder that is not one of OUT's baselines does not borrow OUT's evaluator
+    (run_dir / "samples").mkdir()
+    with pytest.raises(EvaluatorInputError, match="no evaluator.json there"):
+        load_evaluator(run_dir / "samples")
 
 
 def test_progressions_of_an_input_photo_are_scored_without_fid_and_keep_their_identity(tiny_evaluator, tiny_data,
                                                                                         tmp_path):
     """A set of progressions of input photos (kgface.generate mode=progression input=..., rows with a source_image)
-    is judged at its stages, left out of FID/KID (it stopped the evaluation: "0 generated"), and its edits' identity
-    is read against their sources (here copies: cosine 1)."""
+    is judged at its stages, left out of FID/KID (it stopped the evaluation: "0 generated") and of tstr's training
+    rows (their sources may be the real test faces), and its edits' identity is read against their sources (here
+    copies: cosine 1)."""
     import shutil
 
     test = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
-    test = test[(test["split"] == "test") & (test["disease"] != "healthy")].head(6)
+    test = test[(test["split"] == "test") & (test["disease"] != "healthy") & (test["stage"].astype(int) >= 2)]
+    test = test.groupby("disease").head(2).head(6)
+    assert test["disease"].nunique() >= 2  # enough classes that tstr would train on them if edits were let in
     gdir = tmp_path / "prog"
     (gdir / "sources").mkdir(parents=True)
     rows = []
@@ -1182,3 +1209,4 @@ def test_progressions_of_an_input_photo_are_scored_without_fid_and_keep_their_id
     assert m["progression_edits"]["n"] == 6
     assert m["progression_edits"]["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
     assert m["generation"]["top1_all"] is not None
+    assert "tstr_n_generated" not in m  # edits of real faces do not train the synthetic probe
