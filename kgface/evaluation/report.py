@@ -67,27 +67,38 @@ def plot_stage_scatter(table: pd.DataFrame, path: Path, stage: str = "stage", ti
     return path
 
 
-def plot_phenotype_bars(aurocs: dict[str, float], names: dict[str, str], path: Path,
-                        ceiling: dict[str, float] | None = None, isolated: dict[str, float] | None = None) -> Path:
+def _bars_with_marks(items: list[tuple[str, float]], labels: list[str], bar_label: str, marks, xlabel: str,
+                     xmin: float, path: Path, target: float | None = None) -> Path:
+    """One horizontal bar per (key, value) in `items`, with `marks`: [(values by key, label, scatter style)] drawn
+    over them (a missing or null value is not drawn)."""
     plt = _plt()
-    items = sorted(aurocs.items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(6, 0.16 * len(items) + 1.2))
     y = np.arange(len(items))
-    ax.barh(y, [v for _, v in items], height=0.7, label="real test (stage 3)")
-    if ceiling:
-        ax.scatter([ceiling.get(h, np.nan) for h, _ in items], y, color="red", s=8, label="after VAE round trip")
-    if isolated:
-        ax.scatter([isolated.get(h, np.nan) for h, _ in items], y, color="orange", marker="x", s=10,
-                   label="drawn alone on a healthy face")
-    ax.axvline(0.9, color="k", ls="--", lw=0.8)
-    ax.set_yticks(y, [f"{h} {names.get(h, '')[:28]}" for h, _ in items], fontsize=5)
-    ax.set_xlim(0.0 if isolated else 0.4, 1.0)
-    ax.set_xlabel("AUROC of the phenotype head at full intensity")
+    ax.barh(y, [v for _, v in items], height=0.7, label=bar_label)
+    for values, label, style in marks:
+        if values:
+            dots = [values.get(k) for k, _ in items]  # metrics.json writes NaN as null
+            ax.scatter([np.nan if v is None else v for v in dots], y, label=label, **style)
+    if target is not None:
+        ax.axvline(target, color="k", ls="--", lw=0.8)
+    ax.set_yticks(y, labels, fontsize=5)
+    ax.set_xlim(xmin, 1.0)
+    ax.set_xlabel(xlabel)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_phenotype_bars(aurocs: dict[str, float], names: dict[str, str], path: Path,
+                        ceiling: dict[str, float] | None = None, isolated: dict[str, float] | None = None) -> Path:
+    items = sorted(aurocs.items(), key=lambda kv: kv[1])
+    return _bars_with_marks(items, [f"{h} {names.get(h, '')[:28]}" for h, _ in items], "real test (stage 3)",
+                            [(ceiling, "after VAE round trip", {"color": "red", "s": 8}),
+                             (isolated, "drawn alone on a healthy face", {"color": "orange", "marker": "x", "s": 10})],
+                            "AUROC of the phenotype head at full intensity", 0.0 if isolated else 0.4, path,
+                            target=0.9)
 
 
 def plot_phenotype_match(match: dict[str, dict], names: dict[str, str], path: Path,
@@ -95,23 +106,13 @@ def plot_phenotype_match(match: dict[str, dict], names: dict[str, str], path: Pa
     """Per phenotype expected in the generated images: the share in which it was detected (bars, n beside), and
     the same share on real faces against their own phenotypes (dots): the profile match read phenotype by
     phenotype."""
-    plt = _plt()
-    items = sorted(((h, m) for h, m in match.items() if m["expected_n"]), key=lambda kv: kv[1]["recall"])
-    fig, ax = plt.subplots(figsize=(6, 0.16 * len(items) + 1.2))
-    y = np.arange(len(items))
-    ax.barh(y, [m["recall"] for _, m in items], height=0.7, label="generated: detected where expected")
-    if real:
-        dots = [(real.get(h) or {}).get("recall") for h, _ in items]  # metrics.json writes NaN as null
-        ax.scatter([np.nan if v is None else v for v in dots], y, color="red", s=8,
-                   label="real faces, their own phenotypes")
-    ax.set_yticks(y, [f"{h} {names.get(h, '')[:24]} (n {m['expected_n']})" for h, m in items], fontsize=5)
-    ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("detected where expected (share of the images expecting it)")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=110)
-    plt.close(fig)
-    return path
+    expected = sorted(((h, m) for h, m in match.items() if m["expected_n"]), key=lambda kv: kv[1]["recall"])
+    real_recall = {h: (m or {}).get("recall") for h, m in (real or {}).items()}
+    return _bars_with_marks([(h, m["recall"]) for h, m in expected],
+                            [f"{h} {names.get(h, '')[:24]} (n {m['expected_n']})" for h, m in expected],
+                            "generated: detected where expected",
+                            [(real_recall, "real faces, their own phenotypes", {"color": "red", "s": 8})],
+                            "detected where expected (share of the images expecting it)", 0.0, path)
 
 
 def image_grid(images, captions: list[str], path: Path, cols: int = 8) -> Path:

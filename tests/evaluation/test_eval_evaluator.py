@@ -754,24 +754,31 @@ def test_a_real_frame_without_split_is_a_clear_error(tiny_evaluator, tiny_data):
         instrument_validity(tiny_evaluator, df)
 
 
+def _edits_of(tiny_data, test: pd.DataFrame, gdir, modes: list[str], absolute: bool = False):
+    """A generated manifest of copies of real test images, one row per mode; an edit (any mode but sample) gets a
+    copy of its own image as its source_image, src/s<i>.png relative to the manifest. absolute: rows' `path`
+    absolute (inside the folder), else relative."""
+    import shutil
+
+    (gdir / "src").mkdir(parents=True)
+    rows = []
+    for i, (r, mode) in enumerate(zip(test.to_dict("records"), modes)):
+        shutil.copy(tiny_data / r["path"], gdir / f"g{i}.png")
+        edit = mode != "sample"
+        if edit:
+            shutil.copy(tiny_data / r["path"], gdir / "src" / f"s{i}.png")
+        rows.append(r | {"path": str(gdir / f"g{i}.png") if absolute else f"g{i}.png", "source": "generated",
+                         "mode": mode, "requested_disease": r["disease"], "requested_stage": r["stage"], "seed": i,
+                         "source_image": f"src/s{i}.png" if edit else ""})
+    return write_manifest(rows, gdir / "manifest.csv")
+
+
 def test_relative_transform_sources_are_read_from_the_manifest_folder(tiny_evaluator, tiny_data, tmp_path):
     """An absolute `path` inside the folder (read_manifest accepts it) with a relative source_image: the source is
     found beside the manifest (it was an IndexError); a DataFrame with no folder is a one-line error."""
-    import shutil
-
     test = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
     test = test[test["split"] == "test"].head(6)
-    gdir = tmp_path / "gen"
-    (gdir / "src").mkdir(parents=True)
-    rows = []
-    for i, r in enumerate(test.to_dict("records")):
-        shutil.copy(tiny_data / r["path"], gdir / f"g{i}.png")
-        shutil.copy(tiny_data / r["path"], gdir / "src" / f"s{i}.png")
-        rows.append(r | {
-            "path": str(gdir / f"g{i}.png"), "source": "generated", "mode": "transform" if i < 2 else "sample",
-            "requested_disease": r["disease"], "requested_stage": r["stage"], "seed": i,
-            "source_image": f"src/s{i}.png" if i < 2 else ""})
-    gen = write_manifest(rows, gdir / "manifest.csv")
+    gen = _edits_of(tiny_data, test, tmp_path / "gen", ["transform"] * 2 + ["sample"] * 4, absolute=True)
     m = evaluate_sets(tiny_evaluator, None, gen, None)
     assert m["transform"]["n"] == 2 and m["transform"]["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
     frame = read_manifest(gen)[0]
@@ -1187,22 +1194,11 @@ def test_progressions_of_an_input_photo_are_scored_without_fid_and_keep_their_id
     is judged at its stages, left out of FID/KID (it stopped the evaluation: "0 generated") and of tstr's training
     rows (their sources may be the real test faces), and its edits' identity is read against their sources (here
     copies: cosine 1)."""
-    import shutil
-
     test = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
     test = test[(test["split"] == "test") & (test["disease"] != "healthy") & (test["stage"].astype(int) >= 2)]
     test = test.groupby("disease").head(2).head(6)
     assert test["disease"].nunique() >= 2  # enough classes that tstr would train on them if edits were let in
-    gdir = tmp_path / "prog"
-    (gdir / "sources").mkdir(parents=True)
-    rows = []
-    for i, r in enumerate(test.to_dict("records")):
-        shutil.copy(tiny_data / r["path"], gdir / f"p{i}.png")
-        shutil.copy(tiny_data / r["path"], gdir / "sources" / f"s{i}.png")
-        rows.append(r | {"path": f"p{i}.png", "source": "generated", "mode": "progression",
-                         "requested_disease": r["disease"], "requested_stage": r["stage"], "seed": i,
-                         "source_image": f"sources/s{i}.png"})
-    gen = write_manifest(rows, gdir / "manifest.csv")
+    gen = _edits_of(tiny_data, test, tmp_path / "prog", ["progression"] * len(test))
     m = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None)
     assert m["fid_kid_n"]["generated"] == 0 and "left out" in m["fid_kid_n"]["edits_of_real_faces"]
     assert "kid_clip" not in m and "transform" not in m
