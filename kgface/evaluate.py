@@ -13,21 +13,24 @@ from omegaconf import DictConfig
 
 from .config import entry
 from .data.manifest import read_manifest
-from .errors import UserError
+from .errors import RunError, UserError
 from .evaluation import evaluate_sets, fit_evaluator, learn_profiles, load_evaluator, write_learned, write_report
 from .evaluation.face_identity import load_face_identity
 from .run_files import heldout_of, is_baselines_generator, load_profiles_json, run_file
 from .runtime import load_profiles, make_cache
 
 
-def judged_profiles(cfg: DictConfig, diseases: list[str], cache) -> list:
+def judged_profiles(cfg: DictConfig, run_dir: Path | None, diseases: list[str], cache) -> list:
     """The profiles the sets are judged against: with run=, the run's own profiles.json (what kgface.train judged its
     samples against, whatever kg= it was trained with; for a folder inside a run, a baselines generator or the run's
     evaluator/, the enclosing run's), and the config's kg= only for diseases the run lacks or for run= an evaluator
     folder outside any run; without run=, the config's."""
     own = {}
-    if cfg.get("run") and run_file(Path(str(cfg.run)).expanduser(), "profiles.json") is not None:
-        own = {p.disease_id: p for p in load_profiles_json(Path(str(cfg.run)).expanduser())}
+    if run_dir is not None:
+        try:
+            own = {p.disease_id: p for p in load_profiles_json(run_dir)}
+        except RunError:  # an evaluator folder outside any run: the config's kg= judges
+            pass
     missing = [d for d in diseases if d not in own]
     rest = [p for p in load_profiles(cfg, missing, cache) if p.disease_id not in own] if missing else []
     return [own[d] for d in diseases if d in own] + rest
@@ -77,17 +80,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             diseases |= set(df["disease"])
             if "requested_disease" in df:
                 diseases |= {d for d in df["requested_disease"].astype(str) if d}
-    profiles = judged_profiles(cfg, sorted(diseases), cache)
-    if cfg.get("run"):
-        evaluator = load_evaluator(cfg.run)
+    run_dir = Path(str(cfg.run)).expanduser() if cfg.get("run") else None
+    profiles = judged_profiles(cfg, run_dir, sorted(diseases), cache)
+    if run_dir is not None:
+        evaluator = load_evaluator(run_dir)
         if real is not None:  # another manifest's test rows may be this evaluator's train rows
             evaluator.check_unseen(real, f"real={cfg.real}")
     else:
         evaluator = fit_evaluator(cfg.evaluator, cfg.real, profiles, cache, progress=bool(cfg.get("progress", True)))
     # photo manifests carry no heldout column: the run's data.json says which were held out
-    heldout = heldout_of(Path(str(cfg.run)).expanduser()) if cfg.get("run") else None
+    heldout, atlas = (heldout_of(run_dir), trained_atlas(run_dir)) if run_dir is not None else (None, None)
     metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True, face_identity=face_identity,
-                                    heldout=heldout, audit_extra=trained_atlas(cfg.run) if cfg.get("run") else None)
+                                    heldout=heldout, audit_extra=atlas)
     notes = [f"evaluator: {evaluator.cfg['name']} ({'from ' + str(cfg.run) if cfg.get('run') else 'trained on ' + str(cfg.real) + ' (train split)'})",
              "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
              "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here); "
@@ -99,10 +103,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if learned:
             write_learned(learned, out_dir)
             notes.append("learned_profiles.json: phenotype frequencies learned from the real test images")
-            if not any(len(p) for p in real["phenotypes"]):  # learn_profiles has no hit rate to correct by
-                notes.append("the real set has no phenotype labels: each head's hit rate (tpr) is taken as 1, so "
-                             "learned frequencies are detection rates corrected for healthy faces' false positives "
-                             "only (lower bounds where a head misses)")
+            t = scored["real"].table  # learn_profiles reads each head's hit rate on labelled stage-3 test rows
+            if not any(len(p or {}) for p in t.loc[t["stage"] == 3, "phenotypes"]):
+                notes.append("the real set's stage-3 test faces have no phenotype labels: each head's hit rate "
+                             "(tpr) is taken as 1, so learned frequencies are detection rates corrected for healthy "
+                             "faces' false positives only (lower bounds where a head misses)")
         else:
             notes.append("no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
                          "(or ungraded)")

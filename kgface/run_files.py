@@ -29,10 +29,9 @@ def is_baselines_generator(folder: Path) -> bool:
     from omegaconf import OmegaConf
 
     try:
-        modes = OmegaConf.load(config).get("baselines") or []
+        return folder.name in [str(m) for m in (OmegaConf.load(config).get("baselines") or [])]
     except Exception:  # noqa: BLE001 -- an unreadable config is not a baselines run
         return False
-    return folder.name in [str(m) for m in modes]
 
 
 def load_profiles_json(run_dir: Path, conditioning: bool = False) -> list[FacialProfile]:

@@ -337,6 +337,7 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert all(f'src="{n}"' in page for n in ("confusion_real.png", "phenotypes_real.png", "memorisation_nearest.png"))
     md = (out / "report.md").read_text()
     assert md.index("`kid_clip`") < md.index("`fid_clip`")  # lead with KID
+    assert "tpr) is taken as 1" not in md  # labelled stage-3 faces give each head its hit rate
     # report.grid_cases sizes the case grids: 12 cases take two rows of 8, 4 take one
     from PIL import Image
 
@@ -1147,7 +1148,8 @@ def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baseline
     """`kgface.evaluate run=RUN` judges the generated set against the run's own profiles.json (what its train job
     judged its samples against, whatever kg= it used), not the evaluate config's kg=; `run=OUT/kg`, a baselines
     generator folder, finds the evaluator, profiles and held-out list of OUT (it was "no evaluator.json there"); a
-    real set without phenotype labels still gets learned profiles, with the report saying tpr is taken as 1."""
+    real set without phenotype labels on its stage-3 faces still gets learned profiles, with the report saying tpr is
+    taken as 1."""
     import copy
 
     from kgface.config import compose
@@ -1169,7 +1171,10 @@ def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baseline
     gen = pd.read_csv(gen_path, dtype=str, keep_default_na=False).drop(columns=["heldout"])
     write_manifest(gen.to_dict("records"), gen_path)
     real = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
-    real["phenotypes"] = "{}"  # photos: no phenotype labels
+    # no phenotype labels on the stage-3 faces, where learn_profiles reads each head's hit rate (labels on the other
+    # stages give it none)
+    real.loc[real["stage"] == "3", "phenotypes"] = "{}"
+    assert (real["phenotypes"] != "{}").any()
     real_path = tiny_data / "manifest_unlabelled.csv"
     write_manifest(real.to_dict("records"), real_path)
     cfg = compose("evaluate", [f"run={run_dir / 'kg'}", f"generated={gen_path}", f"real={real_path}",
