@@ -13,8 +13,9 @@ from omegaconf import DictConfig
 
 from .config import entry
 from .data.manifest import read_manifest
-from .errors import RunError, UserError
+from .errors import UserError
 from .evaluation import evaluate_sets, fit_evaluator, learn_profiles, load_evaluator, write_learned, write_report
+from .evaluation.learned_profiles import detector_rates
 from .evaluation.face_identity import load_face_identity
 from .run_files import heldout_of, is_baselines_generator, load_profiles_json, run_file
 from .runtime import load_profiles, make_cache
@@ -26,11 +27,10 @@ def judged_profiles(cfg: DictConfig, run_dir: Path | None, diseases: list[str], 
     evaluator/, the enclosing run's), and the config's kg= only for diseases the run lacks or for run= an evaluator
     folder outside any run; without run=, the config's."""
     own = {}
-    if run_dir is not None:
-        try:
-            own = {p.disease_id: p for p in load_profiles_json(run_dir)}
-        except RunError:  # an evaluator folder outside any run: the config's kg= judges
-            pass
+    # an evaluator folder outside any run has no profiles.json: the config's kg= judges (tested by name, so that an
+    # unreadable profiles.json stops the evaluation instead of falling back to kg=)
+    if run_dir is not None and run_file(run_dir, "profiles.json") is not None:
+        own = {p.disease_id: p for p in load_profiles_json(run_dir)}
     missing = [d for d in diseases if d not in own]
     rest = [p for p in load_profiles(cfg, missing, cache) if p.disease_id not in own] if missing else []
     return [own[d] for d in diseases if d in own] + rest
@@ -99,15 +99,19 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # with phenotype heads (fitted on labelled faces or on an atlas beside a photo set), whether or not this set's
     # rows carry phenotype labels: unlabelled photos are exactly where a learned profile is a finding
     if real is not None and cfg.get("learned_profiles", True) and "real" in scored and evaluator.phenotypes:
-        learned = learn_profiles(evaluator, scored["real"].table, profiles)
+        table = scored["real"].table
+        rates = detector_rates(evaluator, table)  # hit rates from labelled stage-3 faces, false positives from healthy
+        learned = learn_profiles(evaluator, table, profiles, rates=rates)
         if learned:
             write_learned(learned, out_dir)
             notes.append("learned_profiles.json: phenotype frequencies learned from the real test images")
-            t = scored["real"].table  # learn_profiles reads each head's hit rate on labelled stage-3 test rows
-            if not any(len(p or {}) for p in t.loc[t["stage"] == 3, "phenotypes"]):
-                notes.append("the real set's stage-3 test faces have no phenotype labels: each head's hit rate "
-                             "(tpr) is taken as 1, so learned frequencies are detection rates corrected for healthy "
-                             "faces' false positives only (lower bounds where a head misses)")
+            used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}
+            untested = used - set(rates[0])
+            if untested:  # no labelled stage-3 face shows the phenotype: learn_profiles takes the head's tpr as 1
+                which = f"all {len(used)}" if untested == used else f"{len(untested)} of {len(used)}"
+                notes.append(f"{which} learned phenotypes have no labelled stage-3 test face showing them: their "
+                             "heads' hit rate (tpr) is taken as 1, so their learned frequencies are detection rates "
+                             "corrected for healthy faces' false positives only (lower bounds where a head misses)")
         else:
             notes.append("no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
                          "(or ungraded)")

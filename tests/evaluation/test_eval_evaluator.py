@@ -337,7 +337,16 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert all(f'src="{n}"' in page for n in ("confusion_real.png", "phenotypes_real.png", "memorisation_nearest.png"))
     md = (out / "report.md").read_text()
     assert md.index("`kid_clip`") < md.index("`fid_clip`")  # lead with KID
-    assert "tpr) is taken as 1" not in md  # labelled stage-3 faces give each head its hit rate
+    # the heads whose phenotype no labelled stage-3 test face shows have their hit rate taken as 1, and the report
+    # counts them (every head of a learned phenotype has one here: no note)
+    from kgface.evaluation.learned_profiles import detector_rates
+
+    learned = json.loads((out / "learned_profiles.json").read_text())["diseases"]
+    used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}
+    untested = used - set(detector_rates(tiny_evaluator, rt)[0])
+    assert used and all(e["tpr"] == 1 for v in learned.values() for e in v["phenotypes"] if e["hpo_id"] in untested)
+    assert ("tpr) is taken as 1" in md) == bool(untested)
+    assert not untested or f"{len(untested)} of {len(used)} learned phenotypes" in md
     # report.grid_cases sizes the case grids: 12 cases take two rows of 8, 4 take one
     from PIL import Image
 
@@ -1144,7 +1153,7 @@ def test_phenotype_auroc_leaves_unlabelled_photos_out():
 
 
 def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baselines_subfolder(
-        tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
+        tiny_evaluator, tiny_data, tiny_profiles, tmp_path, monkeypatch):
     """`kgface.evaluate run=RUN` judges the generated set against the run's own profiles.json (what its train job
     judged its samples against, whatever kg= it used), not the evaluate config's kg=; `run=OUT/kg`, a baselines
     generator folder, finds the evaluator, profiles and held-out list of OUT (it was "no evaluator.json there"); a
@@ -1177,7 +1186,8 @@ def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baseline
     assert (real["phenotypes"] != "{}").any()
     real_path = tiny_data / "manifest_unlabelled.csv"
     write_manifest(real.to_dict("records"), real_path)
-    cfg = compose("evaluate", [f"run={run_dir / 'kg'}", f"generated={gen_path}", f"real={real_path}",
+    monkeypatch.setenv("HOME", str(tmp_path))  # run=~/run/kg: the home folder is expanded (it was "folder not found")
+    cfg = compose("evaluate", ["run='~/run/kg'", f"generated={gen_path}", f"real={real_path}",
                                "progress=false", "face_identity=none"])
     m = evaluate_run(cfg, tmp_path / "out")
     want = evaluate_sets(tiny_evaluator, None, gen_path, changed, heldout={"ORPHA:963"})["generation"]
@@ -1186,7 +1196,11 @@ def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baseline
     assert abs(want["frequency_mae"] - before) > 1e-3
     assert m["generation"]["heldout_n"] == want["heldout_n"] > 0  # OUT's held-out list
     assert (tmp_path / "out" / "learned_profiles.json").is_file()
-    assert "tpr) is taken as 1" in (tmp_path / "out" / "report.md").read_text()
+    learned = json.loads((tmp_path / "out" / "learned_profiles.json").read_text())["diseases"]
+    used = {e["hpo_id"] for v in learned.values() for e in v["phenotypes"]}
+    assert f"all {len(used)} learned phenotypes have no labelled stage-3 test face showing them: their heads' hit " \
+           "rate (tpr) is taken as 1" in (tmp_path / "out" / "report.md").read_text()
+    assert all(e["tpr"] == 1 for v in learned.values() for e in v["phenotypes"])
     # a folder that is not one of OUT's baselines does not borrow OUT's evaluator
     (run_dir / "samples").mkdir()
     with pytest.raises(EvaluatorInputError, match="no evaluator.json there"):
