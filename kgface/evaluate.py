@@ -111,7 +111,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 which = f"all {len(used)}" if untested == used else f"{len(untested)} of {len(used)}"
                 notes.append(f"{which} learned phenotypes have no labelled stage-3 test face showing them: their "
                              "heads' hit rate (tpr) is taken as 1, so their learned frequencies are detection rates "
-                             "corrected for healthy faces' false positives only (lower bounds where a head misses)")
+                             "corrected for healthy faces' false positives only (none where the set has no healthy "
+                             "faces; lower bounds where a head misses)")
         else:
             notes.append("no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
                          "(or ungraded)")

@@ -42,10 +42,13 @@ def load_profiles_json(run_dir: Path, conditioning: bool = False) -> list[Facial
     if path is None:
         raise RunError(f"run={run_dir} has no profiles.json; is it a kgface.train output?")
     learned = path.parent / "conditioning_profiles.json"
-    if conditioning and learned.is_file():
-        return [FacialProfile.from_dict(p) for p in json.loads(learned.read_text(encoding="utf-8"))]
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return [FacialProfile.from_dict(p) for p in data["profiles"]]
+    source = learned if conditioning and learned.is_file() else path
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+        return [FacialProfile.from_dict(p) for p in (data if source == learned else data["profiles"])]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a truncated or hand-edited file
+        raise RunError(f"{source}: not a kgface profiles file ({type(exc).__name__}: {exc}); restore it or rerun "
+                       "kgface.train") from exc
 
 
 def heldout_of(run_dir: Path) -> set[str]:

@@ -4,9 +4,10 @@ disease (positives) against healthy ones (negatives), read off by the evaluator'
 For a disease d and phenotype h, with r_d = detection rate of h among d's images at full stage (stage 3, one image per
 individual), r_0 = its rate among healthy images (false positives) and tpr = the head's hit rate on labelled images
 that show h at full stage, the estimate is f = clip((r_d - r_0) / (tpr - r_0), 0, 1) (the Rogan-Gladen correction).
-A head with no labelled stage-3 image showing its phenotype (photos) gets the tpr passed in `rates` (e.g. measured on
-the labelled panel the evaluator was checked on, bench/evaluator_accuracy.py), else 1; kgface.evaluate's report says
-which heads took 1.
+tpr and r_0 are measured on the scored table itself (its labelled stage-3 images, its healthy images), or taken for
+every head from `rates` when given (e.g. measured on the labelled panel the evaluator was checked on); a head with no
+labelled image showing its phenotype gets tpr 1 (photos; kgface.evaluate's report counts them), with no healthy
+images r_0 is 0, and where tpr - r_0 <= 0.05 the estimate is the uncorrected r_d.
 
 `perturbation_check` shows it is not circular: a panel rendered with changed frequencies should be learned back as
 changed, not as the KG's.
