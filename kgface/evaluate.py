@@ -15,8 +15,8 @@ from .config import entry
 from .data.manifest import read_manifest
 from .errors import UserError
 from .evaluation import evaluate_sets, fit_evaluator, learn_profiles, load_evaluator, write_learned, write_report
-from .evaluation.learned_profiles import detector_rates
 from .evaluation.face_identity import load_face_identity
+from .evaluation.learned_profiles import detector_rates
 from .run_files import heldout_of, is_baselines_generator, load_profiles_json, run_file
 from .runtime import load_profiles, make_cache
 
