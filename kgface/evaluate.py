@@ -113,6 +113,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                              "heads' hit rate (tpr) is taken as 1, so their learned frequencies are detection rates "
                              "corrected for healthy faces' false positives only (none where the set has no healthy "
                              "faces; lower bounds where a head misses)")
+            flat = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"] if not e["corrected"]}
+            if flat:  # hit rate within 0.05 of the healthy rate: dividing by it would blow the estimate up
+                notes.append(f"{len(flat)} of {len(used)} learned phenotypes' heads fire on healthy faces nearly as "
+                             "often as on faces showing the phenotype (hit rate - healthy rate <= 0.05): their learned "
+                             "frequencies are uncorrected detection rates (\"corrected\": false)")
         else:
             notes.append("no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
                          "(or ungraded)")

@@ -7,7 +7,8 @@ that show h at full stage, the estimate is f = clip((r_d - r_0) / (tpr - r_0), 0
 tpr and r_0 are measured on the scored table itself (its labelled stage-3 images, its healthy images), or taken for
 every head from `rates` when given (e.g. measured on the labelled panel the evaluator was checked on); a head with no
 labelled image showing its phenotype gets tpr 1 (photos; kgface.evaluate's report counts them), with no healthy
-images r_0 is 0, and where tpr - r_0 <= 0.05 the estimate is the uncorrected r_d.
+images r_0 is 0, and where tpr - r_0 <= 0.05 (the head barely tells the phenotype from healthy faces) the estimate is
+the uncorrected r_d and the entry says `"corrected": false` (kgface.evaluate's report counts those heads too).
 
 `perturbation_check` shows it is not circular: a panel rendered with changed frequencies should be learned back as
 changed, not as the KG's.
@@ -44,7 +45,7 @@ def detector_rates(evaluator: Evaluator, table: pd.DataFrame) -> tuple[dict[str,
 def learn_profiles(evaluator: Evaluator, table: pd.DataFrame, profiles,
                    rates: tuple[dict[str, float], dict[str, float]] | None = None, stage: int = 3) -> dict:
     """{disease: {name, n_images, phenotypes: [{hpo_id, name, kg_frequency, learned_frequency, detection_rate,
-    healthy_rate, tpr}]}} for every non-healthy disease of a scored real table (see module doc).
+    healthy_rate, tpr, corrected}]}} for every non-healthy disease of a scored real table (see module doc).
 
     rates: (tpr, fpr) per phenotype measured elsewhere (e.g. detector_rates on the labelled test set); by default
     they are measured on `table` itself (its labels give tpr, its healthy rows fpr)."""
@@ -67,10 +68,12 @@ def learn_profiles(evaluator: Evaluator, table: pd.DataFrame, profiles,
             r_d = float(np.mean([p.hpo_id in x for x in rows["detected"]]))
             r_0 = fpr.get(p.hpo_id, 0.0)
             t = tpr.get(p.hpo_id, 1.0)
-            f = (r_d - r_0) / (t - r_0) if t - r_0 > 0.05 else r_d
+            corrected = t - r_0 > 0.05
+            f = (r_d - r_0) / (t - r_0) if corrected else r_d
             entries.append({"hpo_id": p.hpo_id, "name": p.name, "kg_frequency": p.frequency,
                             "learned_frequency": round(float(np.clip(f, 0, 1)), 4), "detection_rate": round(r_d, 4),
-                            "healthy_rate": round(r_0, 4), "tpr": round(t, 4)})
+                            "healthy_rate": round(r_0, 4), "tpr": round(t, 4),
+                            "corrected": bool(corrected)})
         out[d] = {"name": profiles[d].name, "n_images": int(len(rows)), "phenotypes": entries}
     return out
 

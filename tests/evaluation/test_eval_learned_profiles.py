@@ -61,6 +61,11 @@ def test_rogan_gladen_correction_on_constructed_rates():
     learned = learn_profiles(Ev(), table, [prof], rates=({"HP:1": 0.8}, {"HP:1": 0.1}))
     assert abs(learned["D"]["phenotypes"][0]["learned_frequency"] - 0.4 / 0.7) < 1e-3
     assert compare(learned, {"D": {"HP:1": 0.4 / 0.7}})["mae"] < 1e-3
+    assert learned["D"]["phenotypes"][0]["corrected"] is True
+    # a head that fires on healthy faces nearly as often as on the phenotype (0.12 vs 0.1) is not divided by
+    # 0.02 (that would give 20): the estimate is the detection rate itself, flagged uncorrected
+    flat = learn_profiles(Ev(), table, [prof], rates=({"HP:1": 0.12}, {"HP:1": 0.1}))["D"]["phenotypes"][0]
+    assert flat["learned_frequency"] == 0.5 and flat["corrected"] is False
 
 
 def test_specificity_separates_a_phenotype_reader_from_an_abnormality_reader():
