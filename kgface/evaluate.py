@@ -115,9 +115,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                              "faces; lower bounds where a head misses)")
             flat = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"] if not e["corrected"]}
             if flat:  # hit rate within 0.05 of the healthy rate: dividing by it would blow the estimate up
-                notes.append(f"{len(flat)} of {len(used)} learned phenotypes' heads fire on healthy faces nearly as "
-                             "often as on faces showing the phenotype (hit rate - healthy rate <= 0.05): their learned "
-                             "frequencies are uncorrected detection rates (\"corrected\": false)")
+                notes.append(f"{len(flat)} of {len(used)} learned phenotypes' heads hit faces showing the phenotype "
+                             "at most 0.05 more often than healthy faces (they rarely fire on it, or fire as often on "
+                             "healthy faces): their learned frequencies are uncorrected detection rates "
+                             "(\"corrected\": false)")
         else:
             notes.append("no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
                          "(or ungraded)")

@@ -7,8 +7,8 @@ that show h at full stage, the estimate is f = clip((r_d - r_0) / (tpr - r_0), 0
 tpr and r_0 are measured on the scored table itself (its labelled stage-3 images, its healthy images), or taken for
 every head from `rates` when given (e.g. measured on the labelled panel the evaluator was checked on); a head with no
 labelled image showing its phenotype gets tpr 1 (photos; kgface.evaluate's report counts them), with no healthy
-images r_0 is 0, and where tpr - r_0 <= 0.05 (the head barely tells the phenotype from healthy faces) the estimate is
-the uncorrected r_d and the entry says `"corrected": false` (kgface.evaluate's report counts those heads too).
+images r_0 is 0, and where tpr - r_0 <= 0.05 (the head rarely fires on the phenotype, or as often on healthy faces)
+the estimate is the uncorrected r_d and the entry says `"corrected": false` (kgface.evaluate's report counts those heads too).
 
 `perturbation_check` shows it is not circular: a panel rendered with changed frequencies should be learned back as
 changed, not as the KG's.
@@ -68,7 +68,7 @@ def learn_profiles(evaluator: Evaluator, table: pd.DataFrame, profiles,
             r_d = float(np.mean([p.hpo_id in x for x in rows["detected"]]))
             r_0 = fpr.get(p.hpo_id, 0.0)
             t = tpr.get(p.hpo_id, 1.0)
-            corrected = t - r_0 > 0.05
+            corrected = round(t - r_0, 9) > 0.05  # rounded: a gap of exactly 0.05 is flat whatever the float error
             f = (r_d - r_0) / (t - r_0) if corrected else r_d
             entries.append({"hpo_id": p.hpo_id, "name": p.name, "kg_frequency": p.frequency,
                             "learned_frequency": round(float(np.clip(f, 0, 1)), 4), "detection_rate": round(r_d, 4),

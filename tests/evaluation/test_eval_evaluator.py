@@ -348,11 +348,13 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert 0 < len(untested) < len(used)
     assert f"{len(untested)} of {len(used)} learned phenotypes have no labelled stage-3 test face" in md
     # heads whose hit rate is within 0.05 of their healthy rate are left uncorrected, and counted too
-    flat = {e["hpo_id"] for v in learned.values() for e in v["phenotypes"] if not e["corrected"]}
-    assert all(e["tpr"] - e["healthy_rate"] <= 0.0501 for v in learned.values() for e in v["phenotypes"]
-               if e["hpo_id"] in flat)
-    assert 0 < len(flat) < len(used)  # the tiny evaluator's weak heads: 13 of 25
-    assert f"{len(flat)} of {len(used)} learned phenotypes' heads fire on healthy faces" in md
+    entries = [e for v in learned.values() for e in v["phenotypes"]]
+    flat = {e["hpo_id"] for e in entries if not e["corrected"]}
+    for e in entries:  # rates are rounded to 4 places in the file, hence the 1e-4 margins
+        gap = e["tpr"] - e["healthy_rate"]
+        assert (gap <= 0.0501 and e["learned_frequency"] == e["detection_rate"]) if e["hpo_id"] in flat else gap > 0.0499
+    assert 0 < len(flat) < len(used)  # the tiny evaluator's weak heads
+    assert f"{len(flat)} of {len(used)} learned phenotypes' heads hit faces showing the phenotype at most 0.05" in md
     # report.grid_cases sizes the case grids: 12 cases take two rows of 8, 4 take one
     from PIL import Image
 
