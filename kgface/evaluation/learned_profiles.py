@@ -8,7 +8,7 @@ tpr and r_0 are measured on the scored table itself (its labelled stage-3 images
 every head from `rates` when given (e.g. measured on the labelled panel the evaluator was checked on); a head with no
 labelled image showing its phenotype gets tpr 1 (photos; kgface.evaluate's report counts them), with no healthy
 images r_0 is 0, and where tpr - r_0 <= 0.05 (the head rarely fires on the phenotype, or as often on healthy faces)
-the estimate is the uncorrected r_d and the entry says `"corrected": false` (kgface.evaluate's report counts those heads too).
+the estimate is the uncorrected r_d and the entry says `"corrected": false` (the report counts those heads too).
 
 `perturbation_check` shows it is not circular: a panel rendered with changed frequencies should be learned back as
 changed, not as the KG's.
