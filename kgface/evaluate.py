@@ -16,7 +16,7 @@ from .data.manifest import read_manifest
 from .errors import UserError
 from .evaluation import evaluate_sets, fit_evaluator, learn_profiles, load_evaluator, write_learned, write_report
 from .evaluation.face_identity import load_face_identity
-from .evaluation.learned_profiles import detector_rates
+from .evaluation.learned_profiles import MIN_TPR_GAP, detector_rates
 from .run_files import heldout_of, is_baselines_generator, load_profiles_json, run_file
 from .runtime import load_profiles, make_cache
 
@@ -114,10 +114,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                              "corrected for healthy faces' false positives only (none where the set has no healthy "
                              "faces; lower bounds where a head misses)")
             flat = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"] if not e["corrected"]}
-            if flat:  # hit rate within 0.05 of the healthy rate: dividing by it would blow the estimate up
+            if flat:  # hit rate within MIN_TPR_GAP of the healthy rate: dividing by it would blow the estimate up
                 notes.append(f"{len(flat)} of {len(used)} learned phenotypes' heads hit faces showing the phenotype "
-                             "at most 0.05 more often than healthy faces (they rarely fire on it, or fire as often on "
-                             "healthy faces): their learned frequencies are uncorrected detection rates "
+                             f"at most {MIN_TPR_GAP:g} more often than healthy faces (they rarely fire on it, or fire "
+                             "as often on healthy faces): their learned frequencies are uncorrected detection rates "
                              "(\"corrected\": false)")
         else:
             notes.append("no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "

@@ -26,6 +26,8 @@ from ..data.manifest import stage_known
 from ..kg import FacialProfile
 from .evaluator import HEALTHY, Evaluator, presence_matrix
 
+MIN_TPR_GAP = 0.05  # tpr - r_0 at or below this: the correction would divide by ~0, so r_d is kept uncorrected
+
 
 def detector_rates(evaluator: Evaluator, table: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
     """(tpr, fpr) per phenotype head on a scored, labelled table (stage-3 rows with the phenotype / healthy rows)."""
@@ -68,7 +70,7 @@ def learn_profiles(evaluator: Evaluator, table: pd.DataFrame, profiles,
             r_d = float(np.mean([p.hpo_id in x for x in rows["detected"]]))
             r_0 = fpr.get(p.hpo_id, 0.0)
             t = tpr.get(p.hpo_id, 1.0)
-            corrected = round(t - r_0, 9) > 0.05  # rounded: a gap of exactly 0.05 is flat whatever the float error
+            corrected = round(t - r_0, 9) > MIN_TPR_GAP  # rounded: a gap exactly at the bound is flat
             f = (r_d - r_0) / (t - r_0) if corrected else r_d
             entries.append({"hpo_id": p.hpo_id, "name": p.name, "kg_frequency": p.frequency,
                             "learned_frequency": round(float(np.clip(f, 0, 1)), 4), "detection_rate": round(r_d, 4),
