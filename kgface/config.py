@@ -1,4 +1,5 @@
-"""Hydra wiring shared by the entry modules (`python -m kgface.<stage>`).
+"""Hydra wiring shared by the entry modules (`python -m kgface.<stage>`), and the parsers of override values
+(`as_list`, `as_number`) that they and the code they call share.
 
 An entry module defines `run(cfg, out_dir)` and wires it with `main = entry("<config name>")(run)`. Then:
 - `python -m kgface.profiles diseases='[ORPHA:870]' hydra.run.dir=OUT` runs it through Hydra (overrides, run dir);
@@ -18,13 +19,34 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import UserError
 from .kg.errors import KGError
 from .resources import conf_dir
 
 USER_ERRORS = (UserError, KGError, FileNotFoundError)
+
+
+def as_list(value, key: str) -> list:
+    """A list-valued override (`seeds=[0,1]`, `stages=3`, `keep=[eyes]`) as a list; an unquoted `{HP:...: 0.8}`, which
+    Hydra parses as a dict, is an error naming `key`."""
+    if value is None:
+        return []
+    if isinstance(value, DictConfig):
+        raise UserError(f"{key}= parsed as a dict ({OmegaConf.to_container(value)}); write a quoted list, e.g. "
+                        f"'{key}=[\"HP:0000316=0.8\",\"HP:0000508=0.3\"]'")
+    if isinstance(value, (ListConfig, list, tuple)):
+        return list(value)
+    return [value]
+
+
+def as_number(value, key: str) -> float:
+    """A numeric override as a float, or a one-line error naming `key`."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{key}={value}: not a number") from None
 
 
 def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:

@@ -1,5 +1,6 @@
 """The plain files of a `kgface.train` output directory that more than the generator reads: `profiles.json` (every
-profile the run knows, held-out ones included) and `data.json` (which diseases were held out, the manifest).
+profile the run knows, held-out ones included), `data.json` (which diseases were held out, the manifest) and
+`evaluator/` (the instrument kgface.generate and kgface.trial score their images with).
 
 Kept apart from `kgface.diffusion.run_loading` (which rebuilds the generator) so that `kgface.evaluate` can read what
 a run was judged against without importing the generator it measures. A baselines run keeps these files in its top
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import RunError
+from .errors import RunError, UserError
 from .kg import FacialProfile
 
 
@@ -55,3 +56,25 @@ def heldout_of(run_dir: Path) -> set[str]:
     """The diseases the run held out from its generator (data.json's `heldout`; empty without the file)."""
     path = run_file(run_dir, "data.json")
     return set(json.loads(path.read_text(encoding="utf-8")).get("heldout") or []) if path else set()
+
+
+def find_evaluator(cfg, run_dir: Path) -> tuple[object | None, str]:
+    """(evaluator or None, where it came from / why there is none): `evaluator_dir=PATH`, else RUN_DIR/evaluator (a
+    baselines generator RUN_DIR/<mode>: the run's shared OUT/evaluator); `evaluator_dir=false` skips it."""
+    from .evaluation import load_evaluator
+
+    if cfg.evaluator_dir is False:
+        return None, "evaluator_dir=false: identity_similarity not computed"
+    if cfg.evaluator_dir not in (None, "", True):
+        path = Path(str(cfg.evaluator_dir)).expanduser()
+        if not path.exists():
+            raise UserError(f"evaluator_dir={path} does not exist; give a saved evaluator folder (RUN_DIR/evaluator)")
+        return load_evaluator(path), str(path)
+    folders = [run_dir / "evaluator"]
+    if not (run_dir / "config.yaml").is_file():  # a baselines sub-run: the evaluator is the parent run's
+        folders.append(run_dir.parent / "evaluator")
+    for folder in folders:
+        if (folder / "evaluator.json").is_file():
+            return load_evaluator(folder), str(folder)
+    return None, (f"run={run_dir} has no evaluator/ (train it with evaluate=true, or pass evaluator_dir=PATH): "
+                  "identity_similarity not computed")

@@ -64,9 +64,10 @@ def _side_by_side(true_est: pd.DataFrame, measured_est: pd.DataFrame) -> pd.Data
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
+    from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
+    from .diffusion.requests import Profiles
     from .diffusion.run_loading import load_profiles_json, load_run
-    from .generate import Profiles, edit_mask
     from .prompts.wording import STAGE_SCALES
     from .runtime import make_cache, torch_device
     from .trials import analysis, report

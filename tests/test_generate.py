@@ -93,7 +93,7 @@ def test_sample_is_deterministic_and_writes_a_dataset_manifest(micro_run, tmp_pa
 
 
 def test_transform_with_keep_mask_leaves_unmasked_pixels(micro_run, tmp_path, capsys):
-    from kgface.generate import edit_mask
+    from kgface.diffusion.editing import edit_mask
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -113,7 +113,7 @@ def test_transform_with_keep_mask_leaves_unmasked_pixels(micro_run, tmp_path, ca
     # the scores are those of the two saved (lossless) images, source against output, not of one against itself
     import torch
 
-    from kgface.generate import psnr, ssim
+    from kgface.diffusion.editing import psnr, ssim
 
     chw = [torch.from_numpy(a.astype(np.uint8)).permute(2, 0, 1) for a in (inp, out)]
     assert float(row["identity_ssim"]) == pytest.approx(ssim(*chw), abs=1.5e-4) and float(row["identity_ssim"]) < 1
@@ -154,7 +154,7 @@ def test_compose_parses_the_quoted_phenotype_override(micro_run, tmp_path):
 
 def test_phenotype_override_forms(micro_run, tmp_path, capsys):
     from kgface.config import compose
-    from kgface.generate import parse_phenotypes
+    from kgface.diffusion.requests import parse_phenotypes
 
     cfg = compose("generate", ["run=x", 'phenotypes=["HP:0000316=0.8","HP:0000508=0.3"]'])
     assert parse_phenotypes(cfg.phenotypes) == {"HP:0000316": 0.8, "HP:0000508": 0.3}
@@ -194,7 +194,7 @@ def test_transform_to_healthy_is_drawn_at_severity_zero(micro_run, tmp_path, mon
     """The default stage=3 applies to diseases: healthy was only trained at severity 0, which its rows state."""
     from kgface.config import compose
     from kgface.diffusion.run_loading import load_run
-    from kgface.generate import Profiles, plan
+    from kgface.diffusion.requests import Profiles, plan
     from kgface.runtime import make_cache
 
     monkeypatch.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
@@ -368,7 +368,7 @@ def test_ddim_inversion_reconstructs_the_input_latent(micro_run, tmp_path):
     from kgface.diffusion.generator import Generator, Request
     from kgface.diffusion.run_loading import load_run
     from kgface.diffusion.sampling import cfg_model, ddim_invert, ddim_sample, ddim_timesteps
-    from kgface.generate import prepare_image
+    from kgface.diffusion.editing import prepare_image
 
     backbone, conditioner, profiles, _ = load_run(micro_run)
     gen = Generator(backbone, conditioner, guidance=1.0, steps=50)

@@ -6,7 +6,7 @@
 - Daily images: SDEdit from the patient's baseline latent with one fixed noise per patient (the request seed), so
   from day to day only the severity condition changes: consecutive days are edits of one face, equal severities give
   the same image, and what a severity draws (lesion sites, say) stays where it was as it rises and falls. A `mask`
-  confines the edits (pixels outside it are the baseline's exactly). `kgface.generate.generate` does the sampling.
+  confines the edits (pixels outside it are the baseline's exactly). `kgface.diffusion.requests.generate` samples.
 - Measurement: the evaluator's continuous severity (CORAL) per image, calibrated (measurement.py) on real images of
   known severity: the run's non-training images of the trial's disease and healthy faces.
 """
@@ -61,7 +61,7 @@ def _rendered_faces(data_cfg: dict, exclude: set[str], n: int, size: int, seed: 
 def baseline_faces(n: int, size: int, seed: int, input_spec=None, manifest: Path | None = None,
                    data_cfg: dict | None = None) -> list[Baseline]:
     """n baseline faces, one per patient (see the module docstring for where they come from)."""
-    from ..generate import input_files, prepare_image
+    from ..diffusion.editing import input_files, prepare_image
 
     if input_spec not in (None, ""):
         files = input_files(input_spec)
@@ -87,7 +87,7 @@ def daily_images(gen, profile, baselines: list[Baseline], conditions: list[np.nd
     """Per patient, uint8 [days, 3, S, S]: the baseline face at each day's severity (conditions, 0-3), shared noise
     from the patient's seed."""
     from ..diffusion.generator import Request
-    from ..generate import Item, generate
+    from ..diffusion.requests import Item, generate
 
     items = [Item(Request(profile, float(s), int(seed), age), {}, b.identity, b.image)
              for b, cond, seed in zip(baselines, conditions, seeds) for s in cond]
@@ -161,7 +161,7 @@ def instrument(cfg, run_dir: Path, run_cfg, manifest: Path | None, profiles, cac
     skips it. (The key is not `evaluator=`: Hydra reads that as the conf/evaluator/ group.)"""
     from omegaconf import OmegaConf
 
-    from ..generate import find_evaluator
+    from ..run_files import find_evaluator
     from .measurement import IDENTITY, calibration_problem, fit_calibration
 
     if cfg.evaluator_dir is False:

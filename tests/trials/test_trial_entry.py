@@ -151,7 +151,7 @@ def test_consecutive_days_share_the_patients_noise(trial_run):
     outside the mask are the baseline's."""
     from kgface.diffusion.generator import Generator
     from kgface.diffusion.run_loading import load_run
-    from kgface.generate import edit_mask
+    from kgface.diffusion.editing import edit_mask
     from kgface.trials.images import Baseline, daily_images
 
     backbone, conditioner, profiles, cfg = load_run(trial_run)
