@@ -12,10 +12,12 @@ rows enter as they are. Either way
 with the reference level (Baseline) as the dummies' base, a fixed intercept per patient (the patients' baselines;
 in a balanced design the same beta as a random-intercept mixed model, without its convergence issues) and, with
 `trend`, one linear study-day term. beta_k is treatment k's steady-state difference from the reference, averaged
-over the trial's patients (the estimand: those patients' mean effect; design.true_effects). Standard errors
-(`cov`): `nonrobust` (default; independent block means), `hac` (Newey-West within each patient's series,
-statsmodels `hac-panel`, `hac_lags` lags: for unit=day with autocorrelated noise), `cluster` (by patient, t with
-patients - 1 df, statsmodels' df_resid_inference; robust to effects that differ by patient, poor with few patients).
+over the trial's patients (the estimand: those patients' mean effect; design.true_effects). With `effects:
+by_patient` the model adds treatment-by-patient terms and the estimate is the mean of the patients' own fitted
+effects (effect_weights), exactly that estimand, with intervals built for it when effects differ between patients.
+Standard errors (`cov`): `nonrobust` (default; independent block means), `hac` (Newey-West within each patient's
+series, statsmodels `hac-panel`, `hac_lags` lags: for unit=day with autocorrelated noise), `cluster` (by patient, t
+with patients - 1 df, statsmodels' df_resid_inference; targets the population's mean effect, poor with few patients).
 A design matrix without full column rank (with `trend`: every patient's blocks in one order, so the study day is a
 combination of intercepts and dummies) is refused with a one-line NotIdentifiable; the treatment dummies are named
 `trt[k]` so that no treatment name (`day`, `const`) can clash with another column.
@@ -51,13 +53,29 @@ def _column(treatment: str) -> str:
     return f"trt[{treatment}]"
 
 
+def _interaction(treatment: str, patient: str) -> str:
+    return f"{_column(treatment)}:patient[{patient}]"
+
+
+def _by_patient(design: Design, per_patient: bool) -> bool:
+    """Whether the pooled fit has treatment-by-patient terms (a patient's own fit has one patient: never)."""
+    return design.analysis.effects == "by_patient" and not per_patient
+
+
 def _design_matrix(rows: pd.DataFrame, design: Design, per_patient: bool) -> pd.DataFrame:
     x = pd.DataFrame({"const": 1.0}, index=rows.index)
     for k in design.treatments:
         x[_column(k)] = (rows["treatment"] == k).astype(float)
     if not per_patient:
-        for pid in sorted(rows["patient_id"].unique())[1:]:
+        others = sorted(rows["patient_id"].unique())[1:]
+        for pid in others:
             x[f"patient[{pid}]"] = (rows["patient_id"] == pid).astype(float)
+        if _by_patient(design, per_patient):
+            # each patient's effect as the first patient's plus its own deviation: the fit then holds every
+            # patient's own effect, and their mean (effect_weights) is the estimand, the patients' mean effect
+            for k in design.treatments:
+                for pid in others:
+                    x[_interaction(k, pid)] = x[_column(k)] * (rows["patient_id"] == pid).astype(float)
     if design.analysis.trend:
         x["day"] = rows["day"].astype(float)
     return x
@@ -101,6 +119,11 @@ def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "
     if not a.trend:  # not reachable with a validated schedule; kept so no fit is ever silently arbitrary
         raise NotIdentifiable(f"the design cannot separate the treatments (trial.schedule.order={order}); give "
                               "every treatment and the reference analysed days")
+    if _by_patient(design, per_patient):
+        raise NotIdentifiable(
+            f"trial.analysis.effects=by_patient cannot separate each patient's own effects from the study-day trend "
+            f"(no patient sees a treatment in more than one block: trial.schedule.cycles={s.cycles}); set "
+            f"trial.schedule.cycles >= 2, trial.analysis.effects=common or trial.analysis.trend=false")
     if per_patient:
         raise NotIdentifiable(
             f"{who}'s own fit cannot separate the treatments from the study-day trend (one analysed day per "
@@ -164,9 +187,7 @@ def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: d
                   for i in range(len(ks)) for j in range(i + 1, len(ks))]
     out = []
     for label, weights in contrasts:
-        w = np.zeros(len(names))
-        for k, v in weights.items():
-            w[names.index(_column(k))] = v
+        w = effect_weights(names, weights, sorted(rows["patient_id"].unique()), _by_patient(design, per_patient))
         est = float(w @ params)
         se = float(np.sqrt(max(w @ vcov @ w, 0.0) + (est * rel_se) ** 2))
         t = None if truth is None else float(sum(v * truth[k] for k, v in weights.items()))
@@ -176,6 +197,19 @@ def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: d
                     "truth": t, "bias": None if t is None else est - t,
                     "covered": None if t is None else bool(low <= t <= high)})
     return pd.DataFrame(out)
+
+
+def effect_weights(names: list[str], weights: dict[str, float], patients: list[str], by_patient: bool) -> np.ndarray:
+    """The linear combination of the fit's parameters that estimates sum_k weights[k] * effect_k. With
+    treatment-by-patient terms, effect_k is the mean over the patients of each one's own effect: the first
+    patient's (the dummy) plus 1/P of every other patient's deviation."""
+    w = np.zeros(len(names))
+    for k, v in weights.items():
+        w[names.index(_column(k))] = v
+        if by_patient:
+            for pid in patients[1:]:
+                w[names.index(_interaction(k, pid))] = v / len(patients)
+    return w
 
 
 # a run-in bias is warned about above this share of the largest true effect, or above this many of the effect's

@@ -20,6 +20,7 @@ from .severity import Patient, SeverityModel, model_from_config, simulate_patien
 SCALES = ("severity", "lesions")
 COVARIANCES = ("nonrobust", "hac", "cluster")
 UNITS = ("block", "day")
+EFFECTS = ("common", "by_patient")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Analysis:
     hac_lags: int = 3
     alpha: float = 0.05         # 1 - confidence level
     study_trials: int = 0       # trials of the coverage study in the report (no images; 0 = none)
+    effects: str = "common"     # common: one effect per treatment | by_patient: + treatment-by-patient terms
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,15 @@ def design_from_config(c) -> Design:
     lags = whole(a.get("hac_lags", 3), "trial.analysis.hac_lags", 0, "cannot be negative")
     study = whole(a.get("study_trials", 0), "trial.analysis.study_trials", 0, "cannot be negative")
     trend = _flag(a.get("trend", True), "trial.analysis.trend")
+    effects = str(a.get("effects", "common"))
+    if effects not in EFFECTS:
+        raise UserError(f"trial.analysis.effects={effects} is unknown; use {' | '.join(EFFECTS)}")
+    if effects == "by_patient" and cov == "cluster":
+        raise UserError("trial.analysis.effects=by_patient estimates these patients' mean effect, cov=cluster the "
+                        "population's: use cov=nonrobust (or hac) with by_patient, or effects=common with cluster")
     schedule = schedule_from_config(c.get("schedule") or {}, a.get("skip_days", 0))
     analysis = Analysis(skip_days=int(a.get("skip_days", 0)), unit=unit, trend=trend, cov=cov,
-                        hac_lags=lags, alpha=alpha, study_trials=study)
+                        hac_lags=lags, alpha=alpha, study_trials=study, effects=effects)
     if cov == "cluster" and patients < 2:
         raise UserError("trial.analysis.cov=cluster needs at least 2 patients (clusters); use hac or nonrobust")
     model = model_from_config(c.get("severity") or {}, schedule.treatments, *scale_bounds(scale))

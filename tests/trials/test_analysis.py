@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from kgface.errors import UserError
 from kgface.resources import conf_dir
-from kgface.trials.analysis import (NotIdentifiable, check_identifiable, coverage_study, estimate_effects,
-                                    patient_effects)
+from kgface.trials.analysis import (NotIdentifiable, analysed_rows, check_identifiable, coverage_study,
+                                    estimate_effects, patient_effects)
 from kgface.trials.design import design_from_config, simulate, true_effects
 from kgface.trials.measurement import calibration_problem, fit_calibration, fit_measurement_model
 
@@ -257,6 +257,65 @@ def test_cluster_intervals_use_patients_minus_one_df():
     assert (est["df"] == d.patients - 1).all()
     half = est.loc["A - B", "high"] - est.loc["A - B", "estimate"]
     assert half == pytest.approx(stats.t.ppf(0.975, d.patients - 1) * est.loc["A - B", "se"])
+
+
+def test_by_patient_effects_estimate_the_patients_mean_effect():
+    """effects=by_patient: treatment-by-patient terms make the pooled estimate the mean of the patients' own effects,
+    with the trend term too (effects=common gives a design-weighted mean there), and its intervals are built for
+    that mean: nominal where effects differ between patients, where common's are far too wide."""
+    hetero = {"severity.treatments.A.sd": 0.3}
+    d = design_from_config(trial_cfg(**NOISE_FREE, **hetero, **{"analysis.effects": "by_patient"}))
+    table, patients = simulate(d, 4)
+    truth = true_effects(d, patients)
+    est = estimate_effects(table, "true_severity", d, truth).set_index("effect")
+    for k in ("A", "B", "A - B"):  # carry-over after 8 of 1-day time constants: exp(-9) of the effect
+        assert est.loc[k, "estimate"] == pytest.approx(est.loc[k, "truth"], abs=1e-3)
+    common = design_from_config(trial_cfg(**NOISE_FREE, **hetero))
+    gap = estimate_effects(table, "true_severity", common, truth).set_index("effect")
+    assert abs(gap.loc["A", "estimate"] - gap.loc["A", "truth"]) > 0.01  # the design-weighted mean
+
+    # the same fit and linear combination as statsmodels' formula interface, on a noisy trial
+    import statsmodels.formula.api as smf
+
+    d = design_from_config(trial_cfg(**hetero, **{"analysis.effects": "by_patient"}))
+    table, patients = simulate(d, 0)
+    est = estimate_effects(table, "true_severity", d).set_index("effect")
+    rows = analysed_rows(table, "true_severity", "block")
+    ref = smf.wls("true_severity ~ C(treatment, Treatment('Baseline')) * C(patient_id) + day", data=rows,
+                  weights=rows["days"]).fit()
+    others = sorted(rows["patient_id"].unique())[1:]
+    for k in ("A", "B"):
+        main = f"C(treatment, Treatment('Baseline'))[T.{k}]"
+        w = pd.Series(0.0, index=ref.params.index)
+        w[main] = 1.0
+        for pid in others:
+            w[f"{main}:C(patient_id)[T.{pid}]"] = 1 / d.patients
+        test = ref.t_test(w.to_numpy()[None])
+        assert est.loc[k, "estimate"] == pytest.approx(float(test.effect[0]), abs=1e-9)
+        assert est.loc[k, "se"] == pytest.approx(float(test.sd[0, 0]), abs=1e-9)
+    assert (est["df"] == ref.df_resid).all() and ref.df_resid == len(rows) - (len(d.treatments) + 1) * d.patients - 1
+
+    # over simulated trials with effects that differ between patients: near-nominal and half as wide as common's
+    _, by_patient = coverage_study(d, 100, seed=1)
+    _, pooled = coverage_study(design_from_config(trial_cfg(**hetero)), 100, seed=1)
+    by_patient, pooled = by_patient.set_index("effect"), pooled.set_index("effect")
+    assert by_patient["coverage"].between(0.88, 0.99).all(), by_patient["coverage"]
+    assert (pooled["coverage"] >= 0.97).all() and (by_patient["ci_width"] < 0.6 * pooled["ci_width"]).all()
+
+
+def test_by_patient_effects_are_checked():
+    with pytest.raises(UserError, match="trial.analysis.effects=each is unknown"):
+        design_from_config(trial_cfg(**{"analysis.effects": "each"}))
+    with pytest.raises(UserError, match="trial.analysis.effects=by_patient .* cov=cluster"):
+        design_from_config(trial_cfg(**{"analysis.effects": "by_patient", "analysis.cov": "cluster"}))
+    # one cycle: no patient sees a treatment twice, so each one's effects and the trend cannot be told apart
+    d = design_from_config(trial_cfg(**NOISE_FREE, **{"analysis.effects": "by_patient", "schedule.cycles": 1,
+                                                      "patients": 2}))
+    table, _ = simulate(d, 0)  # seed 0: the two patients' orders differ, which is enough for effects=common
+    check_identifiable(table, design_from_config(trial_cfg(**NOISE_FREE, **{"schedule.cycles": 1, "patients": 2})))
+    with pytest.raises(NotIdentifiable, match="effects=by_patient cannot separate") as info:
+        check_identifiable(table, d)
+    assert "trial.schedule.cycles >= 2" in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["day", "const", "patient[P02]"])

@@ -118,7 +118,8 @@ def test_same_seed_same_table_and_image_bytes(trial_run, trial_out, tmp_path):
 def test_photo_input_other_seed_and_a_run_without_evaluator(trial_run, trial_out, tmp_path, session_cache_dir):
     """input= photos become the baseline faces; another seed, another trial; a run without evaluator/ gets one
     fitted on its dataset with its evaluator config (here from the cache the training run filled), on the KG's
-    profiles even where the generator was conditioned on learned frequencies (conditioning_profiles.json)."""
+    profiles even where the generator was conditioned on learned frequencies (conditioning_profiles.json); the
+    analysis with treatment-by-patient terms (two cycles: each patient repeats its treatments)."""
     import shutil
 
     bare = tmp_path / "bare"
@@ -133,10 +134,12 @@ def test_photo_input_other_seed_and_a_run_without_evaluator(trial_run, trial_out
     photos.mkdir()
     for k, src in enumerate(sorted((trial_run / "samples" / "images").glob("*.png"))[:2]):
         Image.open(src).save(photos / f"face{k}.png")
-    trial(bare, tmp_path / "c", "seed=1", f"input={photos}")
+    trial(bare, tmp_path / "c", "seed=1", f"input={photos}", "trial.schedule.cycles=2",
+          "trial.analysis.effects=by_patient")
     other = pd.read_csv(tmp_path / "c" / "trial.csv")
     table = pd.read_csv(trial_out / "trial.csv")
-    assert not np.allclose(other["true_severity"], table["true_severity"])
+    baseline = [t.loc[t["treatment"] == "Baseline", "true_severity"].to_numpy() for t in (other, table)]
+    assert len(baseline[0]) == len(baseline[1]) == 8 and not np.allclose(*baseline)  # another seed, another trial
     assert other.groupby("patient_id")["identity"].first().tolist() == ["face0", "face1"]
     for k, pid in enumerate(["P01", "P02"]):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "c" / "baselines" / f"{pid}.png")),
@@ -144,6 +147,11 @@ def test_photo_input_other_seed_and_a_run_without_evaluator(trial_run, trial_out
     measurement = json.loads((tmp_path / "c" / "trial.json").read_text())["measurement"]
     assert "fitted on the run's dataset" in measurement["evaluator"]
     assert sorted((session_cache_dir / "evaluator").iterdir()) == evaluators  # the training run's, not a new one
+    assert json.loads((tmp_path / "c" / "trial.json").read_text())["design"]["analysis"]["effects"] == "by_patient"
+    assert "treatment-by-patient terms" in (tmp_path / "c" / "report.md").read_text()
+    effects = pd.read_csv(tmp_path / "c" / "effects.csv")
+    # 2 patients x 5 block means, 2 x (2 treatments + intercept) + the trend's 1 parameters: 3 df
+    assert (effects["df"] == 3).all() and "treatment-by-patient terms" not in (trial_out / "report.md").read_text()
 
 
 def test_consecutive_days_share_the_patients_noise(trial_run):
@@ -202,6 +210,8 @@ def fails(capsys, run, out, *overrides) -> str:
     (["seed=abc"], "seed='abc' is not a whole number"),
     (["trial.analysis.alpha=five"], "trial.analysis.alpha='five' must be a number in (0, 1)"),
     (["trial.analysis.trend='false'"], "trial.analysis.trend='false' must be true or false"),
+    (["trial.analysis.effects=by_patient", "trial.analysis.cov=cluster"], "trial.analysis.effects=by_patient "
+                                                                          "estimates these patients' mean effect"),
     (["trial.schedule.treatments=drugX"], "trial.schedule.treatments='drugX' must be a list"),
     (["trial.schedule.order=alternating", "trial.schedule.cycles=1"], "cannot separate the treatments from the "
                                                                         "study-day trend"),
