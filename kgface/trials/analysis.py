@@ -119,10 +119,12 @@ def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "
     if not a.trend:  # not reachable with a validated schedule; kept so no fit is ever silently arbitrary
         raise NotIdentifiable(f"the design cannot separate the treatments (trial.schedule.order={order}); give "
                               "every treatment and the reference analysed days")
-    if _by_patient(design, per_patient):
+    common = x.drop(columns=[c for c in x.columns if ":patient[" in c])
+    if _by_patient(design, per_patient) and np.linalg.matrix_rank(common.to_numpy(dtype=float)) >= common.shape[1]:
+        # the common-effects fit would be identifiable: what is missing is a repeated treatment within a patient
         raise NotIdentifiable(
             f"trial.analysis.effects=by_patient cannot separate each patient's own effects from the study-day trend "
-            f"(no patient sees a treatment in more than one block: trial.schedule.cycles={s.cycles}); set "
+            f"(no patient's blocks repeat a treatment: trial.schedule.order={order}, cycles={s.cycles}); set "
             f"trial.schedule.cycles >= 2, trial.analysis.effects=common or trial.analysis.trend=false")
     if per_patient:
         raise NotIdentifiable(
@@ -239,8 +241,8 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
     draw of orders (the analysis is linear in the outcome, so drifts and baselines cancel). `se`: the effect's
     standard error on this draw's true severities, and `runin_bias_se` the ratio. `model_gap`: the steady-state
     course's estimate minus the truth (the patients' mean effect): per-patient drifts that one slope cannot
-    follow, or effects that differ between patients weighed unequally by the trend term; part of the sampling
-    error the intervals face, not a run-in matter, so not warned about.
+    follow, or (effects=common) effects that differ between patients weighed unequally by the trend term; part of
+    the sampling error the intervals face, not a run-in matter, so not warned about.
 
     Warnings: a run-in bias above RUNIN_BIAS_SHARE of the largest effect or RUNIN_BIAS_SE standard errors (never
     below RUNIN_BIAS_FLOOR of the scale); patients whose own fit falls back to daily rows (unit: block, too few

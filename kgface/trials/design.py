@@ -134,9 +134,12 @@ def design_from_config(c) -> Design:
     effects = str(a.get("effects", "common"))
     if effects not in EFFECTS:
         raise UserError(f"trial.analysis.effects={effects} is unknown; use {' | '.join(EFFECTS)}")
-    if effects == "by_patient" and cov == "cluster":
-        raise UserError("trial.analysis.effects=by_patient estimates these patients' mean effect, cov=cluster the "
-                        "population's: use cov=nonrobust (or hac) with by_patient, or effects=common with cluster")
+    if effects == "by_patient" and cov != "nonrobust":
+        # each patient's residuals are orthogonal to its own intercept and effects, so a sandwich that sums them by
+        # patient (cluster, and hac-panel, which nears it with few rows per patient) has ~0 to say about the effects
+        raise UserError(f"trial.analysis.effects=by_patient needs cov=nonrobust (got cov={cov}: with each patient's "
+                        "own effects in the fit, a by-patient sandwich cannot estimate their error); keep unit=block "
+                        "for autocorrelated days, or use effects=common")
     schedule = schedule_from_config(c.get("schedule") or {}, a.get("skip_days", 0))
     analysis = Analysis(skip_days=int(a.get("skip_days", 0)), unit=unit, trend=trend, cov=cov,
                         hac_lags=lags, alpha=alpha, study_trials=study, effects=effects)

@@ -306,8 +306,9 @@ def test_by_patient_effects_estimate_the_patients_mean_effect():
 def test_by_patient_effects_are_checked():
     with pytest.raises(UserError, match="trial.analysis.effects=each is unknown"):
         design_from_config(trial_cfg(**{"analysis.effects": "each"}))
-    with pytest.raises(UserError, match="trial.analysis.effects=by_patient .* cov=cluster"):
-        design_from_config(trial_cfg(**{"analysis.effects": "by_patient", "analysis.cov": "cluster"}))
+    for cov in ("cluster", "hac"):  # a by-patient sandwich has ~0 to say once each patient has its own effects
+        with pytest.raises(UserError, match=f"effects=by_patient needs cov=nonrobust \\(got cov={cov}"):
+            design_from_config(trial_cfg(**{"analysis.effects": "by_patient", "analysis.cov": cov}))
     # one cycle: no patient sees a treatment twice, so each one's effects and the trend cannot be told apart
     d = design_from_config(trial_cfg(**NOISE_FREE, **{"analysis.effects": "by_patient", "schedule.cycles": 1,
                                                       "patients": 2}))
@@ -316,6 +317,11 @@ def test_by_patient_effects_are_checked():
     with pytest.raises(NotIdentifiable, match="effects=by_patient cannot separate") as info:
         check_identifiable(table, d)
     assert "trial.schedule.cycles >= 2" in str(info.value) and "\n" not in str(info.value)
+    # where common effects cannot be told apart either (one order for every patient), the message says that instead
+    same = design_from_config(trial_cfg(**NOISE_FREE, **{"analysis.effects": "by_patient", "schedule.cycles": 1,
+                                                         "schedule.order": ["A", "B"]}))
+    with pytest.raises(NotIdentifiable, match="every patient's blocks come in the same order"):
+        check_identifiable(simulate(same, 0)[0], same)
 
 
 @pytest.mark.parametrize("name", ["day", "const", "patient[P02]"])

@@ -211,7 +211,7 @@ def fails(capsys, run, out, *overrides) -> str:
     (["trial.analysis.alpha=five"], "trial.analysis.alpha='five' must be a number in (0, 1)"),
     (["trial.analysis.trend='false'"], "trial.analysis.trend='false' must be true or false"),
     (["trial.analysis.effects=by_patient", "trial.analysis.cov=cluster"], "trial.analysis.effects=by_patient "
-                                                                          "estimates these patients' mean effect"),
+                                                                          "needs cov=nonrobust (got cov=cluster"),
     (["trial.schedule.treatments=drugX"], "trial.schedule.treatments='drugX' must be a list"),
     (["trial.schedule.order=alternating", "trial.schedule.cycles=1"], "cannot separate the treatments from the "
                                                                         "study-day trend"),
