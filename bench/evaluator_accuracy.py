@@ -44,7 +44,7 @@ def main(argv=None):
     e = evaluate_sets(ev, df, None, profiles)["evaluator"]
     keys = ["real_top1", "real_top1_all", "per_stage_top1", "real_stage_mae", "real_stage_spearman", "oracle_top1",
             "identity_auroc", "zero_shot_top1", "phenotype_auroc_summary", "real_frequency_mae"]
-    from kgface.train import isolated_effects_check
+    from kgface.run_measure import isolated_effects_check
     e.update(isolated_effects_check(cfg, ev, df))
     keys.append("phenotype_auroc_isolated_summary")
     print(json.dumps({k: e.get(k) for k in keys}, indent=1))

@@ -37,16 +37,17 @@ def main(argv=None):
 
     from kgface.config import compose
     from kgface.dataset import panel_profiles
+    from kgface.config import container
     from kgface.diffusion.backbones import build_backbone
     from kgface.diffusion.trainer import LatentSet, train
     from kgface.runtime import make_cache
-    from kgface.train import _container, build_conditioning
+    from kgface.train import build_conditioning
 
     cfg = compose("train", ["progress=false"])
     cache = make_cache(cfg)
     profiles = panel_profiles(cfg, cache)
     torch.manual_seed(0)
-    backbone = build_backbone(_container(cfg.model), num_tokens=int(cfg.model.num_tokens), with_adapter=True)
+    backbone = build_backbone(container(cfg.model), num_tokens=int(cfg.model.num_tokens), with_adapter=True)
     conditioner = build_conditioning(cfg, backbone, profiles, cache, "kg")
     n = 256
     g = torch.Generator().manual_seed(0)
@@ -54,7 +55,7 @@ def main(argv=None):
                      index=torch.randint(0, len(profiles), (n,), generator=g),
                      stage=torch.randint(0, 4, (n,), generator=g), severity=torch.rand(n, generator=g) * 3,
                      age=torch.full((n,), -1))
-    tcfg = {**_container(cfg.trainer), "steps": args.steps, "batch_size": args.batch, "checkpoint_every": 0,
+    tcfg = {**container(cfg.trainer), "steps": args.steps, "batch_size": args.batch, "checkpoint_every": 0,
             "val_every": 0, "num_threads": args.threads, "seed": 0}
 
     # the bare loop's inputs: fixed text states and KG tokens, computed once

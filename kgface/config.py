@@ -1,5 +1,5 @@
 """Hydra wiring shared by the entry modules (`python -m kgface.<stage>`), and the parsers of override values
-(`as_list`, `as_number`) that they and the code they call share.
+(`as_list`, `as_number`) and `container` (a config node as plain Python) that they and the code they call share.
 
 An entry module defines `run(cfg, out_dir)` and wires it with `main = entry("<config name>")(run)`. Then:
 - `python -m kgface.profiles diseases='[ORPHA:870]' hydra.run.dir=OUT` runs it through Hydra (overrides, run dir);
@@ -39,6 +39,11 @@ def as_list(value, key: str) -> list:
     if isinstance(value, (ListConfig, list, tuple)):
         return list(value)
     return [value]
+
+
+def container(node) -> dict:
+    """A config node as plain Python (interpolations resolved); None as {}."""
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
 def as_number(value, key: str) -> float:

@@ -307,13 +307,13 @@ def test_text_and_class_baselines_generate(baselines_run, tmp_path, capsys):
 
 def test_load_run_knows_the_shuffled_control_and_a_one_entry_baselines_run(baselines_run, tmp_path,
                                                                           session_cache_dir):
-    from kgface.diffusion.run_loading import SHUFFLED, load_run
-    from kgface.train import CONTROL, main
+    from kgface.diffusion.conditioning import CONTROL
+    from kgface.diffusion.run_loading import load_run
+    from kgface.train import main
     from tests.test_train_smoke import MICRO
 
-    assert SHUFFLED == CONTROL
-    _, conditioner, profiles, _ = load_run(baselines_run / "kg_shuffled")
-    shuffled = json.loads((baselines_run / "kg_shuffled" / "shuffled_profiles.json").read_text())
+    _, conditioner, profiles, _ = load_run(baselines_run / CONTROL)
+    shuffled = json.loads((baselines_run / CONTROL / "shuffled_profiles.json").read_text())
     assert conditioner.mode == "kg"  # drawn with the shuffled phenotypes it was trained on
     assert [[x.hpo_id for x in p.phenotypes] for p in profiles] == [[x["hpo_id"] for x in p["phenotypes"]]
                                                                     for p in shuffled]

@@ -162,7 +162,7 @@ def test_atlas_share_observed_sets_and_marks_need_the_phantom_and_sane_values(tm
 def test_preflight_reads_the_atlas_settings(monkeypatch):
     from kgface.config import compose
     from kgface.errors import UserError
-    from kgface.train import preflight
+    from kgface.run_checks import preflight
 
     preflight(compose("train", MICRO + ["data.atlas=null"]))  # no atlas at all: fine
     with pytest.raises(UserError, match=r"data.atlas.per_face must be"):
@@ -184,7 +184,7 @@ def test_preflight_reads_the_atlas_settings(monkeypatch):
 
 def test_shuffled_edges_is_a_seeded_derangement_of_the_phenotype_sets():
     from kgface.kg.profiles import FacialProfile, Phenotype, healthy_profile
-    from kgface.train import shuffled_edges
+    from kgface.diffusion.conditioning import shuffled_edges
 
     def prof(i):
         return FacialProfile(f"D:{i}", f"disease {i}", "hpo",
@@ -201,9 +201,9 @@ def test_shuffled_edges_is_a_seeded_derangement_of_the_phenotype_sets():
 
 
 def test_chance_rate_of_change_of_two_label_sets():
-    from kgface.train import _chance_changed
+    from kgface.run_measure import chance_changed
 
-    assert _chance_changed(["a"] * 4, ["a"] * 4) == 0.0  # both always "a": independent draws never differ
-    assert _chance_changed(["a"] * 4, ["b"] * 4) == 1.0
-    assert abs(_chance_changed(["a", "b"] * 2, ["a", "b", "b", "a"]) - 0.5) < 1e-9
-    assert abs(_chance_changed(["a", "a", "a", "b"], ["a", "b", "c", "d"]) - (1 - 0.75 * 0.25 - 0.25 * 0.25)) < 1e-9
+    assert chance_changed(["a"] * 4, ["a"] * 4) == 0.0  # both always "a": independent draws never differ
+    assert chance_changed(["a"] * 4, ["b"] * 4) == 1.0
+    assert abs(chance_changed(["a", "b"] * 2, ["a", "b", "b", "a"]) - 0.5) < 1e-9
+    assert abs(chance_changed(["a", "a", "a", "b"], ["a", "b", "c", "d"]) - (1 - 0.75 * 0.25 - 0.25 * 0.25)) < 1e-9

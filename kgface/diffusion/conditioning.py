@@ -8,13 +8,17 @@
   names the phenotypes?).
 - `class`: the neutral prompt + a learned token set per training disease (+ a stage embedding): the seeds'
   class-conditional baseline, which by construction cannot draw a disease it never saw.
+- `kg_shuffled` (`CONTROL`, a `baselines` entry, not a mode): `kg` trained and drawn on profiles whose
+  disease-phenotype edges are shuffled between diseases (`shuffled_edges`).
 The *null* condition (classifier-free guidance) is the encoder's learned null tokens and the empty prompt; it is not
 the healthy profile, which is a real condition with its own tokens.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import random
 
 import torch
 from torch import nn
@@ -28,6 +32,8 @@ from ..prompts.wording import NEUTRAL_PROMPT
 MODES = ("kg", "text", "class", "kg_text")
 KG_MODES = ("kg", "kg_text")      # the KG encoder makes the tokens
 TEXT_MODES = ("text", "kg_text")  # the prompt names the disease and its phenotypes
+CONTROL = "kg_shuffled"  # a baselines entry: KG conditioning trained and drawn on shuffled disease-phenotype edges
+
 log = logging.getLogger(__name__)
 
 
@@ -139,3 +145,19 @@ class Conditioner(nn.Module):
         if self.mode == "class":
             return list(self.class_tokens.parameters())
         return []
+
+
+def shuffled_edges(profiles, seed: int):
+    """Control: every disease keeps its id and name but gets another disease's visible phenotypes (a seeded
+    derangement over the diseases, held-out ones included). Seen diseases stay learnable (their tokens are still
+    distinct); what should collapse is drawing a held-out disease from its phenotypes. With
+    trainer.observed_phenotypes the control trains on the images' true phenotype sets, as kg does, and draws each
+    request's set from the shuffled profile: then the seen diseases should collapse too, and its profile match
+    compares each image with the (shuffled) set it was asked for."""
+    sick = [p for p in profiles if not p.healthy]
+    order = list(range(len(sick)))
+    rng = random.Random(seed)
+    while len(order) > 1 and any(i == j for i, j in enumerate(order)):
+        rng.shuffle(order)
+    moved = {p.disease_id: dataclasses.replace(p, phenotypes=list(sick[j].phenotypes)) for p, j in zip(sick, order)}
+    return [moved.get(p.disease_id, p) for p in profiles]

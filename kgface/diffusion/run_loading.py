@@ -23,12 +23,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import container
 from ..errors import RunError  # callers import it from here too
 from ..kg import FacialProfile
 from ..run_files import heldout_of, load_profiles_json, run_file  # noqa: F401  (generate, trial import the first two)
-
-
-SHUFFLED = "kg_shuffled"  # kgface.train's control: KG conditioning on shuffled disease-phenotype edges
 
 
 def _locate(run_dir: Path) -> tuple[DictConfig, str]:
@@ -73,10 +71,6 @@ def _check_files(run_dir: Path, cfg: DictConfig, mode: str) -> None:
                        f"(missing: {', '.join(missing) or 'model/'}); is it a kgface.train output?{hint}")
 
 
-def _container(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
-
-
 def descriptions_of(run_dir: Path):
     """The run's descriptions.json (the stage sentences its text prompts were trained with), or None for a run
     whose prompts did not read it: those written before 2026-12-01 (their data.json lacks prompts_read_descriptions)
@@ -99,21 +93,21 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     """(backbone, conditioner, profiles, cfg) of a trained run; `profiles` includes held-out diseases."""
     from .adapter import load_kg_adapter
     from .backbones import build_backbone
-    from .conditioning import KG_MODES, TEXT_MODES, Conditioner
+    from .conditioning import CONTROL, KG_MODES, TEXT_MODES, Conditioner
     from .phenotype_sets import observed_phenotypes_of
 
     run_dir = Path(run_dir)
     cfg, mode = _locate(run_dir)
-    shuffled = mode == SHUFFLED
+    shuffled = mode == CONTROL
     mode = "kg" if shuffled else mode
     _check_files(run_dir, cfg, mode)
-    model_cfg = _container(cfg.model)
+    model_cfg = container(cfg.model)
     num_tokens = int(model_cfg.get("num_tokens", 8))
     profiles = load_profiles_json(run_dir, conditioning=True)
     if shuffled:  # the control was trained (and draws) with every disease given another disease's phenotypes
         path = run_dir / "shuffled_profiles.json"
         if not path.is_file():
-            raise RunError(f"run={run_dir} is a {SHUFFLED} generator without shuffled_profiles.json")
+            raise RunError(f"run={run_dir} is a {CONTROL} generator without shuffled_profiles.json")
         profiles = [FacialProfile.from_dict(p) for p in json.loads(path.read_text(encoding="utf-8"))]
     heldout = heldout_of(run_dir)
 

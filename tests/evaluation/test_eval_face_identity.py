@@ -76,7 +76,7 @@ def test_a_damaged_install_is_an_error_under_dlib_and_a_warning_under_auto(monke
     monkeypatch.setattr(F, "_package_models", lambda: tmp_path)
     monkeypatch.setattr(F, "_loaded", {})
     assert F.available()  # the files are there; whether they load is only known by loading them
-    from kgface.train import preflight
+    from kgface.run_checks import preflight
     from tests.test_train_smoke import MICRO
 
     with pytest.raises(UserError, match=r"face_identity: dlib's models did not load .*face_identity=auto\|none"):

@@ -201,9 +201,9 @@ def test_small_metrics_keep_their_significant_digits():
 
     assert _rounded({"kid": 4.2e-5, "top1": 0.123456, "fid": 12.345678, "bad": float("nan")}) == {
         "kid": 4.2e-5, "top1": 0.1235, "fid": 12.3457, "bad": None}
-    from kgface.train import _fmt
+    from kgface.run_report import fmt
 
-    assert _fmt(4.2e-5) == "4.2e-05" and _fmt(0.12345) == "0.123" and _fmt(0.0) == "0.000" and _fmt(None) == "-"
+    assert fmt(4.2e-5) == "4.2e-05" and fmt(0.12345) == "0.123" and fmt(0.0) == "0.000" and fmt(None) == "-"
 
 
 def test_per_stage_cells_take_labels_and_read_numeric_text_as_the_stage():

@@ -1,0 +1,109 @@
+"""Settings of a `kgface.train` run that cannot work, refused before any data, VAE or evaluator is built
+(`preflight`), and the trainer options that `preflight` and `kgface.train.train_generator` both read as numbers."""
+from __future__ import annotations
+
+import math
+import os
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .config import container
+from .errors import UserError
+
+
+def atlas_share_of(cfg: DictConfig) -> float:
+    """trainer.atlas_share as a number (null = 0)."""
+    return float(cfg.trainer.get("atlas_share", 0.0) or 0.0)
+
+
+def mark_weight_of(cfg: DictConfig) -> float:
+    """trainer.mark_weight as a number (null = 0)."""
+    return float(cfg.trainer.get("mark_weight", 0.0) or 0.0)
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Refuse, with one line naming the key, every setting that cannot work and needs no heavy work to find out:
+    conditioning names, atlas / mark-weight / observed-phenotype settings against the data, sample stages, VAE
+    training options, a multi-process launch, the pretrained folder's layout and dtype, data.size against the model's
+    side. Two side effects the run relies on: dlib's models load here once when evaluating (`face_identity`), and
+    `cfg.model.pretrained` becomes an absolute path (config.yaml records it so)."""
+    from .diffusion.conditioning import CONTROL, MODES
+    from .diffusion.phenotype_sets import observed_phenotypes_of
+
+    modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
+    bad = [str(m) for m in modes if m not in (*MODES, CONTROL)]
+    if bad:
+        key = "baselines" if cfg.get("baselines") else "conditioning"
+        raise UserError(f"{key}={bad[0]} is unknown; use one of {', '.join((*MODES, CONTROL))}")
+    atlas_faces = 0
+    if cfg.data.name == "phantom":
+        from .data.phantom.dataset import atlas_settings
+
+        atlas = cfg.data.get("atlas")
+        atlas_faces = atlas_settings(OmegaConf.to_container(atlas, resolve=True) if OmegaConf.is_config(atlas)
+                                     else atlas)[0]
+    if cfg.get("evaluate", True) and str(cfg.evaluator.get("phenotype_heads")) == "atlas":
+        if cfg.data.name != "phantom":  # a train run rebuilds real data into the run folder, without an atlas
+            raise UserError(f"evaluator.phenotype_heads=atlas needs the phantom's phenotype atlas; with "
+                            f"data={cfg.data.name} set evaluator.phenotype_heads=all")
+        if not atlas_faces:
+            raise UserError("evaluator.phenotype_heads=atlas needs a phenotype atlas: set data.atlas.faces > 0 "
+                            "(experiment=benchmark: 8000) or evaluator.phenotype_heads=all")
+    stages = list(cfg.samples.stages or [])
+    if not stages or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= 3 for s in stages):
+        # the samples' rows label each image by its stage: a 1.5 would be drawn at 1.5 and labelled 1
+        raise UserError(f"samples.stages={stages}: whole stages in 0-3, e.g. [0,1,2,3] (continuous severities: "
+                        f"python -m kgface.generate stages=...)")
+    share = atlas_share_of(cfg)
+    if not 0.0 <= share < 1.0:
+        raise UserError(f"trainer.atlas_share={share}: use a share of the batches in [0, 1)")
+    if share > 0 and (cfg.data.name != "phantom" or not atlas_faces):
+        raise UserError(f"trainer.atlas_share={share} needs the phantom's phenotype atlas: set data.atlas.faces > 0 "
+                        "with data=phantom, or trainer.atlas_share=0")
+    marks = mark_weight_of(cfg)
+    if not (math.isfinite(marks) and marks >= 0):
+        raise UserError(f"trainer.mark_weight={marks}: use a weight >= 0 (0 = the plain loss; 10 weighs a face's "
+                        "marks about as much as the rest of it)")
+    if marks > 0 and cfg.data.name != "phantom":  # photos have no aligned unmarked twin to find their marks by
+        raise UserError(f"trainer.mark_weight={marks} needs rendered faces with a stage-0 twin (data=phantom); with "
+                        f"data={cfg.data.name} set trainer.mark_weight=0")
+    if observed_phenotypes_of(cfg) and cfg.data.name != "phantom":
+        # a real photo's `{}` means "not labelled", not "shows nothing": conditioning on it would be a wrong label
+        raise UserError(f"trainer.observed_phenotypes=true needs per-image phenotype labels that are complete, as "
+                        f"the phantom's are (data=phantom); with data={cfg.data.name} set it to false")
+    if cfg.get("evaluate", True):  # dlib's models load here once (a second) and are reused by the evaluation
+        from .evaluation.face_identity import load_face_identity
+
+        load_face_identity(cfg.get("face_identity", "auto"))
+    if cfg.model.name == "tiny":  # its VAE is trained here; a bad setting must not wait for the data
+        from .diffusion.vae import VAE_DEFAULTS, adversarial_active, check_discriminator_size, check_vae_train
+
+        vae_train = check_vae_train({**VAE_DEFAULTS, **container(cfg.model.vae_train)})
+        if adversarial_active(vae_train):
+            size = int(cfg.model.tiny.get("image_size") or cfg.data.size)
+            check_discriminator_size((size, size), vae_train["adv_weight"])
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:  # refused again in the trainer; here before any data is built
+        raise UserError(f"WORLD_SIZE={world}: kgface trains on one device per run for now; launch one process "
+                        "(python -m kgface.train or accelerate launch --num_processes 1)")
+    if cfg.model.name != "tiny":
+        from .diffusion.models import check_pretrained_folder
+
+        folder = check_pretrained_folder(cfg.model.get("pretrained"), cfg.model.name)
+        # config.yaml records it absolute: kgface.generate / evaluate / trial load the run from any directory
+        with open_dict(cfg):
+            cfg.model.pretrained = os.path.abspath(folder)  # not resolve(): a symlinked folder keeps its path
+        if str(cfg.model.get("dtype", "fp32")) != "fp32":
+            # frozen bf16/fp16 weights would also make the LoRA and adapter weights half precision (AdamW's small
+            # updates round away) and meet fp32 inputs: not supported; autocast gives the speed
+            raise UserError(f"model.dtype={cfg.model.dtype}: training loads the weights in fp32; for bf16 speed "
+                            "on a GPU set model.dtype=fp32 and trainer.mixed_precision=bf16")
+    key = "model.tiny.image_size" if cfg.model.name == "tiny" else "model.resolution"
+    resolution = (cfg.model.get("tiny") or {}).get("image_size") if cfg.model.name == "tiny" \
+        else cfg.model.get("resolution")
+    size = cfg.data.get("size")
+    if resolution and size and int(resolution) != int(size):
+        # training would see data.size latents while sampling draws the model's (SDXL's time ids too)
+        raise UserError(f"data.size={size} but {key}={resolution}: the model trains on data.size images and samples "
+                        f"at {key}; set both to the same side (e.g. data.size={resolution})")
+

@@ -1,0 +1,119 @@
+"""The report of a `kgface.train` run: `report.md` (headline numbers against the benchmark's targets, per
+conditioning when `baselines=` lists several, the sample grids, the loss curves, the evaluation's figures, then every
+number) and the loss plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .cache import save_figure_atomic, write_text_atomic
+
+
+def plot_loss(losses: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    k = max(1, len(losses) // 50)
+    smooth = np.convolve(losses, np.ones(k) / k, mode="valid") if len(losses) >= k else losses
+    ax.plot(smooth)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (smoothed)")
+    fig.tight_layout()
+    save_figure_atomic(fig, path, dpi=100)
+    plt.close(fig)
+
+
+HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchmark)
+    ("evaluator.real_top1", "evaluator top-1 on real test images (stages 2-3 + healthy)", ">= 0.95"),
+    ("evaluator.oracle_top1", "the same probe on the renderer's true phenotype vectors (separability ceiling)", ""),
+    ("evaluator.phenotype_auroc_summary.median", "phenotype heads, median AUROC on the test split", ""),
+    ("evaluator.vae_ceiling_phenotype_auroc_summary.median",
+     "... after a VAE round trip (what a generator's faces can show at most)", ""),
+    ("evaluator.phenotype_auroc_isolated_summary.median",
+     "phenotype heads, median AUROC with each phenotype drawn alone on a healthy face (target: each >= 0.9)", ""),
+    ("vae_ceiling_top1", "evaluator top-1 of real faces after a VAE round trip (the VAE's limit for faces as "
+     "varied as real ones; more typical generated faces can read higher)", ""),
+    ("evaluator.real_stage_mae", "evaluator stage MAE on real test images", ""),
+    ("evaluator.real_stage_spearman_disease", "stage vs measured severity, real diseased test images", ""),
+    ("evaluator.vae_ceiling_stage_spearman",
+     "... after a VAE round trip (generation.stage_spearman's limit for faces as varied as real ones)", ""),
+    ("generation.seen_top1", "generated, diseases the generator trained on", ">= 0.90"),
+    ("generation.heldout_top1", "generated, held-out diseases (composed from their phenotypes)", ">= 0.60"),
+    ("generation.stage_spearman", "requested stage vs measured severity", ">= 0.9"),
+    ("generation.profile_match_f1", "detected vs expected phenotypes", ""),
+    ("evaluator.real_profile_match_f1_template",
+     "... real stage 2-3 faces vs the template's phenotypes (the reference for a template-conditioned generator)", ""),
+    ("evaluator.real_profile_match_f1", "... real stage 2-3 faces vs their own phenotypes (not an upper bound)", ""),
+    ("generation.frequency_mae", "generated phenotype frequencies vs the KG's", ""),
+    ("transform.target_top1", "healthy->disease / disease->healthy transformations reach the target", ""),
+    ("transform.identity_similarity", "evaluator feature cosine, source vs transformed", ""),
+    ("transform.identity_distance_dlib", "dlib face-embedding distance, source vs transformed (face_identity)", ""),
+    ("evaluator.identity_dlib.same_mean_distance", "dlib distance between two real faces of one identity", ""),
+    ("evaluator.identity_dlib.different_mean_distance", "dlib distance between real faces of two identities", ""),
+    ("evaluator.identity_auroc", "evaluator feature cosine separates same / different identity (all real test faces)",
+     ""),
+    ("evaluator.identity_dlib.clip_auroc", "... on dlib's real pairs", ""),
+    ("evaluator.identity_dlib.auroc", "dlib distance separates same / different identity (the same real pairs)", ""),
+    ("tstr_top1", "probe trained on generated images, tested on real ones (every disease's real rows)", ""),
+    ("tstr_top1_seen", "... on the real rows of the diseases not held out", ""),
+    ("kid_clip", "KID on evaluator CLIP features (lead with KID at small n)", ""),
+    ("fid_clip", "FID on evaluator CLIP features", ""),
+    ("memorisation_rate", "generated images closer to a training image than real near-duplicates", ""),
+    ("controls.token_swap_changed", "measured disease changes when another disease's tokens are swapped in", ""),
+    ("controls.token_swap_chance", "... would change if the two images were independent draws", ""),
+    ("controls.scale0_changed", "measured disease changes with the adapter at scale 0", ""),
+    ("controls.scale0_chance", "... would change if the two images were independent draws", ""),
+]
+
+
+def metric_at(metrics: dict, dotted: str):
+    """metrics["a"]["b"] for "a.b"; None where any part is missing."""
+    node = metrics
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def fmt(v) -> str:
+    """A number as the report prints it: 3 decimals, 3 significant digits below 0.01, "-" for None."""
+    if isinstance(v, float) and v != 0 and abs(v) < 0.01:  # a KID of 4e-5 must not read 0.000
+        return f"{v:.3g}"
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write_run_report(out_dir: Path, metrics: dict, modes: list[str]) -> None:
+    """report.md: headline numbers (per conditioning after baselines), pictures, then every number."""
+    subs = {m: ("" if len(modes) == 1 else f"{m}/") for m in modes}
+    per_mode = {m: (metrics if len(modes) == 1 else {**metrics, **metrics["baselines"][m]}) for m in modes}
+    lines = ["# kgface training run", "",
+             f"Conditioning: {', '.join(f'`{m}`' for m in modes)}. Layout and keys: docs/training.md.", "",
+             "## Headline numbers", "", "| metric | " + " | ".join(modes) + " | target | what it measures |",
+             "|---|" + "---|" * len(modes) + "---|---|"]
+    for key, what, target in HEADLINE:
+        vals = [metric_at(per_mode[m], key) for m in modes]
+        if all(v is None for v in vals):
+            continue
+        lines.append(f"| `{key}` | " + " | ".join(fmt(v) for v in vals) + f" | {target} | {what} |")
+    lines += ["", f"Wall time: {fmt(metric_at(metrics, 'timings.total_s'))} s "
+              f"({', '.join(f'{k} {v}' for k, v in metrics.get('timings', {}).items() if k != 'total_s')}).", ""]
+    for m in modes:
+        p = subs[m]
+        lines += [f"## Samples ({m}): diseases x stages; held-out diseases were never trained on", "",
+                  f"![samples {m}]({p}samples/grid.png)", ""]
+        if (out_dir / p / "samples" / "transforms.png").exists():
+            lines += ["Transformations of test identities (top: real input; bottom: output):", "",
+                      f"![transforms {m}]({p}samples/transforms.png)", ""]
+        lines += [f"![loss {m}]({p}loss.png)", ""]
+        ev = out_dir / p / "evaluation"
+        if ev.is_dir():
+            lines += [f"Evaluation figures and every number: [{p}evaluation/report.md]({p}evaluation/report.md)", ""]
+            for png in sorted(ev.glob("*.png")):
+                lines += [f"![{png.stem}]({p}evaluation/{png.name})", ""]
+    lines += ["## All numbers", "", "```json", json.dumps(metrics, indent=2), "```", ""]
+    write_text_atomic(out_dir / "report.md", "\n".join(lines))
