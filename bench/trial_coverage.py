@@ -26,6 +26,8 @@ POOLED = [
     ("tau = tau_off = 5 d", TAU5),
     ("A.sd 0.3", {"severity.treatments.A.sd": 0.3}),
     ("A.sd 0.3, cluster", {"severity.treatments.A.sd": 0.3, "analysis.cov": "cluster"}),
+    ("effects by_patient", {"analysis.effects": "by_patient"}),
+    ("A.sd 0.3, effects by_patient", {"severity.treatments.A.sd": 0.3, "analysis.effects": "by_patient"}),
 ]
 PER_PATIENT = [("default", {}), ("AR(1) 0.5", {"severity.noise.ar": 0.5})]
 

@@ -107,13 +107,20 @@ def analysed_rows(table: pd.DataFrame, outcome: str, unit: str) -> pd.DataFrame:
 
 
 class NotIdentifiable(UserError):
-    """A design whose effects the model cannot separate (its design matrix is rank-deficient)."""
+    """A design whose effects the model cannot separate (its design matrix is rank-deficient), or whose fit leaves no
+    residual degrees of freedom to build intervals from."""
 
 
 def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "") -> None:
     # statsmodels would return one of infinitely many solutions with ~0 standard errors: a silently wrong answer
     if np.linalg.matrix_rank(x.to_numpy(dtype=float)) >= x.shape[1]:
-        return
+        if len(x) > x.shape[1]:
+            return
+        # full rank, but nothing left to estimate the noise from: the intervals would be NaN
+        fit = f"{who}'s own fit" if who else "the fit"
+        raise NotIdentifiable(f"{fit} has no residual degrees of freedom ({len(x)} rows for {x.shape[1]} "
+                              "parameters); set trial.schedule.cycles >= 2 or lengthen trial.schedule.block_days / "
+                              "baseline_days")
     s, a = design.schedule, design.analysis
     order = s.order if isinstance(s.order, str) else "[" + ", ".join(s.order) + "]"
     if not a.trend:  # not reachable with a validated schedule; kept so no fit is ever silently arbitrary
@@ -125,7 +132,7 @@ def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "
         raise NotIdentifiable(
             f"trial.analysis.effects=by_patient cannot separate each patient's own effects from the study-day trend "
             f"(no patient's blocks repeat a treatment: trial.schedule.order={order}, cycles={s.cycles}); set "
-            f"trial.schedule.cycles >= 2, trial.analysis.effects=common or trial.analysis.trend=false")
+            f"trial.schedule.cycles >= 2 or trial.analysis.effects=common")
     if per_patient:
         raise NotIdentifiable(
             f"{who}'s own fit cannot separate the treatments from the study-day trend (one analysed day per "

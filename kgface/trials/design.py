@@ -110,6 +110,19 @@ def _flag(value, key: str) -> bool:
     return value
 
 
+def _check_repeats(schedule: Schedule) -> None:
+    """effects=by_patient measures each patient's own effects: with one block per treatment a patient's effect is
+    that block's difference alone (its block-level noise and the trend are in it), and on block means without the
+    trend the fit has as many parameters as rows (no residual df, NaN intervals). Refused whatever trend and unit."""
+    per_cycle = len(schedule.order) if isinstance(schedule.order, tuple) else len(schedule.treatments)
+    if per_cycle * schedule.cycles <= len(schedule.treatments):
+        order = schedule.order if isinstance(schedule.order, str) else "[" + ", ".join(schedule.order) + "]"
+        raise UserError(f"trial.analysis.effects=by_patient needs every patient to repeat a treatment (got "
+                        f"trial.schedule.order={order}, cycles={schedule.cycles}: one block per treatment, so a "
+                        "patient's own effect is one block's difference); set trial.schedule.cycles >= 2 or "
+                        "trial.analysis.effects=common")
+
+
 def design_from_config(c) -> Design:
     """The validated design of a `trial` config node (a DictConfig or dict)."""
     scale = str(c.get("scale", "severity"))
@@ -141,6 +154,8 @@ def design_from_config(c) -> Design:
                         "own effects in the fit, a by-patient sandwich cannot estimate their error); keep unit=block "
                         "for autocorrelated days, or use effects=common")
     schedule = schedule_from_config(c.get("schedule") or {}, a.get("skip_days", 0))
+    if effects == "by_patient":
+        _check_repeats(schedule)
     analysis = Analysis(skip_days=int(a.get("skip_days", 0)), unit=unit, trend=trend, cov=cov,
                         hac_lags=lags, alpha=alpha, study_trials=study, effects=effects)
     if cov == "cluster" and patients < 2:

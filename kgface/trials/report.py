@@ -237,8 +237,9 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
              f"{summary['images_settings']['steps']} steps, guidance {summary['images_settings']['guidance']}.",
              f"- Analysis (kgface/trials/analysis.py): least squares (block means weighted by their days), unit "
              f"`{a['unit']}`, patient intercepts, "
-             + ("treatment-by-patient terms (the estimates are the patients' mean effects), "
-                if a.get("effects") == "by_patient" else "") +
+             + ("treatment-by-patient terms (`effects: by_patient`: the estimates are the patients' mean effects), "
+                if a.get("effects") == "by_patient" else "one effect per treatment for every patient (`effects: "
+                "common`), ") +
              f"{'a linear study-day term, ' if a['trend'] else ''}SE `{a['cov']}`, the first {a['skip_days']} "
              f"days of every block left out; {100 * (1 - a['alpha']):g}% intervals.",
              "- Run-in bias (the onset and carry-over left after the skipped days, noise-free, in the effects' "

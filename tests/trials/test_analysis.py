@@ -1,6 +1,8 @@
 """Effect estimation: exact recovery on noise-free constructed trials, the calibration and measurement model, and the
 analysis judged over many simulated trials — bias and interval coverage of the effect estimated from image-measured
 severities (measurement model fitted from the evaluator on real phantom images) against the simulated effect."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -309,19 +311,36 @@ def test_by_patient_effects_are_checked():
     for cov in ("cluster", "hac"):  # a by-patient sandwich has ~0 to say once each patient has its own effects
         with pytest.raises(UserError, match=f"effects=by_patient needs cov=nonrobust \\(got cov={cov}"):
             design_from_config(trial_cfg(**{"analysis.effects": "by_patient", "analysis.cov": cov}))
-    # one cycle: no patient sees a treatment twice, so each one's effects and the trend cannot be told apart
-    d = design_from_config(trial_cfg(**NOISE_FREE, **{"analysis.effects": "by_patient", "schedule.cycles": 1,
-                                                      "patients": 2}))
+    # one block per treatment: a patient's own effect would be one block's difference (and, on block means without
+    # the trend, a fit with as many parameters as rows): refused in the config, whatever trend and unit
+    for extra in ({}, {"analysis.trend": False}, {"analysis.unit": "day"}, {"schedule.order": ["B", "A"]}):
+        with pytest.raises(UserError, match=r"effects=by_patient needs every patient to repeat a treatment \(got "
+                                            r"trial.schedule.order=.*cycles=1") as info:
+            design_from_config(trial_cfg(**{"analysis.effects": "by_patient", "schedule.cycles": 1, **extra}))
+        assert "trial.schedule.cycles >= 2" in str(info.value) and "\n" not in str(info.value)
+    design_from_config(trial_cfg(**{"analysis.effects": "by_patient", "schedule.cycles": 1,
+                                    "schedule.order": ["A", "B", "A"]}))  # A repeats within the cycle: accepted
+
+    # a Design built in code skips that check; the analysis still refuses the fit rather than answer arbitrarily
+    def by_patient(**over):
+        d = design_from_config(trial_cfg(**NOISE_FREE, **over))
+        return dataclasses.replace(d, analysis=dataclasses.replace(d.analysis, effects="by_patient"))
+
+    d = by_patient(**{"schedule.cycles": 1, "patients": 2})
     table, _ = simulate(d, 0)  # seed 0: the two patients' orders differ, which is enough for effects=common
     check_identifiable(table, design_from_config(trial_cfg(**NOISE_FREE, **{"schedule.cycles": 1, "patients": 2})))
     with pytest.raises(NotIdentifiable, match="effects=by_patient cannot separate") as info:
         check_identifiable(table, d)
-    assert "trial.schedule.cycles >= 2" in str(info.value) and "\n" not in str(info.value)
+    assert "trial.schedule.cycles >= 2 or trial.analysis.effects=common" in str(info.value)
     # where common effects cannot be told apart either (one order for every patient), the message says that instead
-    same = design_from_config(trial_cfg(**NOISE_FREE, **{"analysis.effects": "by_patient", "schedule.cycles": 1,
-                                                         "schedule.order": ["A", "B"]}))
+    same = by_patient(**{"schedule.cycles": 1, "schedule.order": ["A", "B"]})
     with pytest.raises(NotIdentifiable, match="every patient's blocks come in the same order"):
         check_identifiable(simulate(same, 0)[0], same)
+    # without the trend the fit is full rank with no residual df: refused, not NaN intervals
+    flat = by_patient(**{"schedule.cycles": 1, "analysis.trend": False})
+    table, _ = simulate(flat, 0)
+    with pytest.raises(NotIdentifiable, match=r"the fit has no residual degrees of freedom \(12 rows for 12 "):
+        estimate_effects(table, "true_severity", flat)
 
 
 @pytest.mark.parametrize("name", ["day", "const", "patient[P02]"])

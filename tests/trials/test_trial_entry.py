@@ -151,7 +151,9 @@ def test_photo_input_other_seed_and_a_run_without_evaluator(trial_run, trial_out
     assert "treatment-by-patient terms" in (tmp_path / "c" / "report.md").read_text()
     effects = pd.read_csv(tmp_path / "c" / "effects.csv")
     # 2 patients x 5 block means, 2 x (2 treatments + intercept) + the trend's 1 parameters: 3 df
-    assert (effects["df"] == 3).all() and "treatment-by-patient terms" not in (trial_out / "report.md").read_text()
+    common = (trial_out / "report.md").read_text()
+    assert (effects["df"] == 3).all() and "treatment-by-patient terms" not in common
+    assert "one effect per treatment for every patient (`effects: common`)" in common
 
 
 def test_consecutive_days_share_the_patients_noise(trial_run):
@@ -212,6 +214,8 @@ def fails(capsys, run, out, *overrides) -> str:
     (["trial.analysis.trend='false'"], "trial.analysis.trend='false' must be true or false"),
     (["trial.analysis.effects=by_patient", "trial.analysis.cov=cluster"], "trial.analysis.effects=by_patient "
                                                                           "needs cov=nonrobust (got cov=cluster"),
+    (["trial.analysis.effects=by_patient", "trial.schedule.cycles=1"], "trial.analysis.effects=by_patient needs "
+                                                                         "every patient to repeat a treatment"),
     (["trial.schedule.treatments=drugX"], "trial.schedule.treatments='drugX' must be a list"),
     (["trial.schedule.order=alternating", "trial.schedule.cycles=1"], "cannot separate the treatments from the "
                                                                         "study-day trend"),
