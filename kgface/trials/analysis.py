@@ -19,7 +19,8 @@ Standard errors (`cov`): `nonrobust` (default; independent block means), `hac` (
 series, statsmodels `hac-panel`, `hac_lags` lags: for unit=day with autocorrelated noise), `cluster` (by patient, t
 with patients - 1 df, statsmodels' df_resid_inference; targets the population's mean effect, poor with few patients).
 A design matrix without full column rank (with `trend`: every patient's blocks in one order, so the study day is a
-combination of intercepts and dummies) is refused with a one-line NotIdentifiable; the treatment dummies are named
+combination of intercepts and dummies), or one with no more rows than columns (no residual df: NaN intervals), is
+refused with a one-line NotIdentifiable; the treatment dummies are named
 `trt[k]` so that no treatment name (`day`, `const`) can clash with another column.
 
 Measured severities are calibrated readings (measurement.py); the calibration slope's relative standard error r
@@ -117,10 +118,15 @@ def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "
         if len(x) > x.shape[1]:
             return
         # full rank, but nothing left to estimate the noise from: the intervals would be NaN
+        s, a = design.schedule, design.analysis
         fit = f"{who}'s own fit" if who else "the fit"
+        more = f"set trial.schedule.cycles > {s.cycles}"
+        if per_patient or a.unit == "day":  # per-patient fits are checked on the daily rows they fall back to
+            more = "lengthen trial.schedule.block_days / baseline_days beyond trial.analysis.skip_days + 1 or " + more
+        else:
+            more += " or trial.analysis.unit=day"
         raise NotIdentifiable(f"{fit} has no residual degrees of freedom ({len(x)} rows for {x.shape[1]} "
-                              "parameters); set trial.schedule.cycles >= 2 or lengthen trial.schedule.block_days / "
-                              "baseline_days")
+                              f"parameters); {more}")
     s, a = design.schedule, design.analysis
     order = s.order if isinstance(s.order, str) else "[" + ", ".join(s.order) + "]"
     if not a.trend:  # not reachable with a validated schedule; kept so no fit is ever silently arbitrary
@@ -129,6 +135,7 @@ def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "
     common = x.drop(columns=[c for c in x.columns if ":patient[" in c])
     if _by_patient(design, per_patient) and np.linalg.matrix_rank(common.to_numpy(dtype=float)) >= common.shape[1]:
         # the common-effects fit would be identifiable: what is missing is a repeated treatment within a patient
+        # (refused in the config by design._check_repeats; reached only by a Design built in code)
         raise NotIdentifiable(
             f"trial.analysis.effects=by_patient cannot separate each patient's own effects from the study-day trend "
             f"(no patient's blocks repeat a treatment: trial.schedule.order={order}, cycles={s.cycles}); set "
@@ -146,7 +153,7 @@ def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "
 
 def check_identifiable(table: pd.DataFrame, design: Design) -> None:
     """A one-line NotIdentifiable (UserError) when the pooled or a per-patient fit of this simulated table could not
-    separate the effects; run on the simulated table before any image is drawn."""
+    separate the effects or would have no residual df; run on the simulated table before any image is drawn."""
     a = design.analysis
     _check_rank(_design_matrix(analysed_rows(table, "true_severity", a.unit), design, False), design, False)
     for pid, rows in table.groupby("patient_id", sort=True):

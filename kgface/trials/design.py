@@ -111,16 +111,18 @@ def _flag(value, key: str) -> bool:
 
 
 def _check_repeats(schedule: Schedule) -> None:
-    """effects=by_patient measures each patient's own effects: with one block per treatment a patient's effect is
-    that block's difference alone (its block-level noise and the trend are in it), and on block means without the
-    trend the fit has as many parameters as rows (no residual df, NaN intervals). Refused whatever trend and unit."""
+    """effects=by_patient fits each patient's own effects, so the noise its intervals need must come from a block
+    that repeats a treatment within a patient. Without one, on block means the fit has no residual df (NaN
+    intervals, or with the trend a slope it cannot separate), and on daily rows its residuals are day-to-day noise
+    within blocks only (blind to block-level noise; the slope is then read from onsets and carry-over inside the
+    blocks). Refused whatever trend and unit."""
     per_cycle = len(schedule.order) if isinstance(schedule.order, tuple) else len(schedule.treatments)
     if per_cycle * schedule.cycles <= len(schedule.treatments):
         order = schedule.order if isinstance(schedule.order, str) else "[" + ", ".join(schedule.order) + "]"
         raise UserError(f"trial.analysis.effects=by_patient needs every patient to repeat a treatment (got "
-                        f"trial.schedule.order={order}, cycles={schedule.cycles}: one block per treatment, so a "
-                        "patient's own effect is one block's difference); set trial.schedule.cycles >= 2 or "
-                        "trial.analysis.effects=common")
+                        f"trial.schedule.order={order}, cycles={schedule.cycles}: no block-to-block noise to build "
+                        "its intervals from); set trial.schedule.cycles >= 2, an order that repeats one (e.g. "
+                        "[A, B, A]) or trial.analysis.effects=common")
 
 
 def design_from_config(c) -> Design:

@@ -230,6 +230,15 @@ def test_a_patient_fit_with_one_analysed_day_per_level_is_refused():
     estimate_effects(table, "true_severity", d)
     with pytest.raises(NotIdentifiable, match="P01's own fit"):
         check_identifiable(table, d)
+    # without the trend each patient's own fit is full rank, on 3 days for 3 coefficients: no residual df, refused
+    # before any image (it used to write NaN per-patient intervals) while the pooled fit stands
+    flat = design_from_config(trial_cfg(**{**NOISE_FREE, "schedule.cycles": 1, "patients": 2, "analysis.trend": False,
+                                           "schedule.block_days": 9, "schedule.baseline_days": 9}))
+    table, _ = simulate(flat, 0)
+    assert estimate_effects(table, "true_severity", flat)["se"].notna().all()
+    with pytest.raises(NotIdentifiable, match=r"^P01's own fit has no residual degrees of freedom \(3 rows for 3 "
+                                              r"parameters\); lengthen trial.schedule.block_days"):
+        check_identifiable(table, flat)
 
 
 def test_studies_skip_draws_that_cannot_be_analysed():
@@ -332,6 +341,7 @@ def test_by_patient_effects_are_checked():
     with pytest.raises(NotIdentifiable, match="effects=by_patient cannot separate") as info:
         check_identifiable(table, d)
     assert "trial.schedule.cycles >= 2 or trial.analysis.effects=common" in str(info.value)
+    assert "\n" not in str(info.value)
     # where common effects cannot be told apart either (one order for every patient), the message says that instead
     same = by_patient(**{"schedule.cycles": 1, "schedule.order": ["A", "B"]})
     with pytest.raises(NotIdentifiable, match="every patient's blocks come in the same order"):
@@ -339,8 +349,11 @@ def test_by_patient_effects_are_checked():
     # without the trend the fit is full rank with no residual df: refused, not NaN intervals
     flat = by_patient(**{"schedule.cycles": 1, "analysis.trend": False})
     table, _ = simulate(flat, 0)
-    with pytest.raises(NotIdentifiable, match=r"the fit has no residual degrees of freedom \(12 rows for 12 "):
-        estimate_effects(table, "true_severity", flat)
+    for check in (check_identifiable, lambda t, d: estimate_effects(t, "true_severity", d)):  # before any image, too
+        with pytest.raises(NotIdentifiable, match=r"the fit has no residual degrees of freedom \(12 rows for 12 "
+                                                  r"parameters\); set trial.schedule.cycles > 1 or "
+                                                  r"trial.analysis.unit=day"):
+            check(table, flat)
 
 
 @pytest.mark.parametrize("name", ["day", "const", "patient[P02]"])
