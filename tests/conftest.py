@@ -14,9 +14,18 @@ def session_cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("kgface-cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session_cache(session_cache_dir):
+    # tests never read or write the user's ~/.cache/kgface: set before any module- or session-scoped fixture builds a
+    # run (those are set up before the function-scoped fixture below, and used to train into the user's cache)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(monkeypatch, session_cache_dir):
-    # tests never read or write the user's ~/.cache/kgface
+    # again per test: a test that points KGFACE_CACHE_DIR elsewhere leaves the next one the session's cache
     monkeypatch.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
 
 

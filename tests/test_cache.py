@@ -113,3 +113,17 @@ def test_small_files_are_known_by_their_bytes_large_ones_by_path_and_time(tmp_pa
     a.write_text("term,effect\nHP:1,tan\n")
     os.utime(a, ns=(5, 5))
     assert a.stat().st_size == big["size"] and cache.file_fingerprint(a) != big
+
+
+@pytest.fixture(scope="module")
+def cache_dir_seen_by_a_module_fixture():
+    import os
+
+    return os.environ.get("KGFACE_CACHE_DIR")
+
+
+def test_module_fixtures_build_into_the_session_cache_not_the_users(cache_dir_seen_by_a_module_fixture,
+                                                                     session_cache_dir):
+    # module- and session-scoped fixtures (micro training runs) are set up before function-scoped ones: the cache
+    # must already point away from ~/.cache/kgface then
+    assert cache_dir_seen_by_a_module_fixture == str(session_cache_dir)

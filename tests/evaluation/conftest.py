@@ -22,9 +22,6 @@ DATA = [f"data.diseases={DISEASES}", "data.heldout=[ORPHA:963]", "data.size=32",
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory, session_cache_dir):
     """OUT folder of `python -m kgface.dataset` on the tiny panel (its manifest.csv and images)."""
-    import os
-
-    os.environ["KGFACE_CACHE_DIR"] = str(session_cache_dir)
     from kgface.dataset import main
 
     out = tmp_path_factory.mktemp("tiny-phantom")
@@ -34,9 +31,6 @@ def tiny_data(tmp_path_factory, session_cache_dir):
 
 @pytest.fixture(scope="session")
 def tiny_cfg(session_cache_dir):
-    import os
-
-    os.environ["KGFACE_CACHE_DIR"] = str(session_cache_dir)
     from kgface.config import compose
 
     return compose("evaluate", TINY_EVALUATOR)
