@@ -114,11 +114,11 @@ class NotIdentifiable(UserError):
 
 def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "") -> None:
     # statsmodels would return one of infinitely many solutions with ~0 standard errors: a silently wrong answer
+    s, a = design.schedule, design.analysis
     if np.linalg.matrix_rank(x.to_numpy(dtype=float)) >= x.shape[1]:
         if len(x) > x.shape[1]:
             return
         # full rank, but nothing left to estimate the noise from: the intervals would be NaN
-        s, a = design.schedule, design.analysis
         fit = f"{who}'s own fit" if who else "the fit"
         more = f"set trial.schedule.cycles > {s.cycles}"
         if per_patient or a.unit == "day":  # per-patient fits are checked on the daily rows they fall back to
@@ -127,8 +127,7 @@ def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "
             more += " or trial.analysis.unit=day"
         raise NotIdentifiable(f"{fit} has no residual degrees of freedom ({len(x)} rows for {x.shape[1]} "
                               f"parameters); {more}")
-    s, a = design.schedule, design.analysis
-    order = s.order if isinstance(s.order, str) else "[" + ", ".join(s.order) + "]"
+    order = s.order_text
     if not a.trend:  # not reachable with a validated schedule; kept so no fit is ever silently arbitrary
         raise NotIdentifiable(f"the design cannot separate the treatments (trial.schedule.order={order}); give "
                               "every treatment and the reference analysed days")

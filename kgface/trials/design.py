@@ -116,11 +116,9 @@ def _check_repeats(schedule: Schedule) -> None:
     intervals, or with the trend a slope it cannot separate), and on daily rows its residuals are day-to-day noise
     within blocks only (blind to block-level noise; the slope is then read from onsets and carry-over inside the
     blocks). Refused whatever trend and unit."""
-    per_cycle = len(schedule.order) if isinstance(schedule.order, tuple) else len(schedule.treatments)
-    if per_cycle * schedule.cycles <= len(schedule.treatments):
-        order = schedule.order if isinstance(schedule.order, str) else "[" + ", ".join(schedule.order) + "]"
+    if schedule.treatment_blocks <= len(schedule.treatments):
         raise UserError(f"trial.analysis.effects=by_patient needs every patient to repeat a treatment (got "
-                        f"trial.schedule.order={order}, cycles={schedule.cycles}: no block-to-block noise to build "
+                        f"trial.schedule.order={schedule.order_text}, cycles={schedule.cycles}: no block-to-block noise to build "
                         "its intervals from); set trial.schedule.cycles >= 2, an order that repeats one (e.g. "
                         "[A, B, A]) or trial.analysis.effects=common")
 

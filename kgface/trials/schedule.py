@@ -49,9 +49,19 @@ class Schedule:
     reference: str = "Baseline"
 
     @property
+    def treatment_blocks(self) -> int:
+        """Treatment blocks per patient (the reference block not counted)."""
+        return (len(self.order) if isinstance(self.order, tuple) else len(self.treatments)) * self.cycles
+
+    @property
+    def order_text(self) -> str:
+        """`order` as the config writes it, for messages: `alternating`, `randomised` or `[A, B, A]`."""
+        return self.order if isinstance(self.order, str) else "[" + ", ".join(self.order) + "]"
+
+    @property
     def days(self) -> int:
         """Days per patient."""
-        n = len(self.order) * self.cycles if isinstance(self.order, tuple) else len(self.treatments) * self.cycles
+        n = self.treatment_blocks
         return self.baseline_days + n * self.block_days + (n - 1) * self.washout_days
 
     def blocks(self, rng: np.random.Generator) -> list[Block]:
