@@ -114,9 +114,9 @@ def test_pair_distances_are_zero_for_copies_and_not_for_other_people(dlib_identi
 def test_evaluate_sets_reports_dlib_identity_beside_the_clip_cosine(tiny_evaluator, tiny_data, tiny_profiles,
                                                                     tmp_path, dlib_identity):
     from kgface.evaluation import evaluate_sets
-    from tests.evaluation.test_eval_evaluator import _generated_manifest
+    from tests.evaluation.conftest import generated_manifest
 
-    gen = _generated_manifest(tiny_data, tmp_path, n=6)  # its one transformation is a copy of its source
+    gen = generated_manifest(tiny_data, tmp_path, n=6)  # its one transformation is a copy of its source
     m = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, face_identity=dlib_identity)
     assert m["transform"]["identity_distance_dlib"] == pytest.approx(0.0, abs=1e-4)
     assert m["transform"]["identity_same_person_dlib"] == 1.0

@@ -1,9 +1,18 @@
-"""kgface.evaluation.sets, parts with known answers on constructed tables (no images)."""
+"""kgface.evaluation.sets: the instrument's validity and oracle, evaluate_sets on the tiny panel (memorisation,
+requests, edits, bad sets), and parts with known answers on constructed tables."""
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from kgface.data.manifest import read_manifest, write_manifest
+from kgface.evaluation import EvaluatorInputError, evaluate_sets, instrument_validity, load_images, oracle_top1
 from kgface.evaluation.sets import real_profile_match
+from kgface.errors import UserError
 from kgface.kg.profiles import FacialProfile, Phenotype
+from tests.evaluation.conftest import edits_of, generated_manifest
 
 
 def _profile():
@@ -33,3 +42,210 @@ def test_real_profile_match_reads_labelled_graded_stage_2_3_faces_against_own_an
     # without profiles only the own-set reference; without a readable row nothing
     assert "real_profile_match_f1_template" not in real_profile_match(table, test, {}, ["A", "B", "C"])
     assert real_profile_match(table.iloc[2:4], test.iloc[2:4], {"D:1": _profile()}, ["A", "B", "C"]) == {}
+
+
+def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny_data):
+    from kgface.evaluation import metrics as M
+
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    v = instrument_validity(tiny_evaluator, df, roundtrip=lambda x: x)
+    assert v["vae_ceiling_top1"] == pytest.approx(v["real_top1"])  # a perfect round trip changes nothing
+    assert v["vae_ceiling_stage_spearman"] == pytest.approx(v["real_stage_spearman_disease"])
+    sick = df[(df["split"] == "test") & (df["disease"] != "healthy")]
+    assert sick["stage"].nunique() > 1 and set(v["per_stage_top1"]) == {0, 1, 2, 3}
+    # the headline rows (stages 2-3 and healthy), scored here: real_top1 is their accuracy
+    test = df[df["split"] == "test"]
+    head = test[test["stage"].isin([2, 3]) | (test["disease"] == "healthy")]
+    scored = tiny_evaluator.score(load_images(list(head["abspath"])))
+    assert v["real_top1"] == pytest.approx((scored["pred_disease"].to_numpy() == head["disease"].to_numpy()).mean())
+    # one person at four stages: same-identity pairs exist, so the identity AUROC is a number, the features' own
+    assert v["identity_auroc"] == pytest.approx(M.identity_auroc(tiny_evaluator.features(
+        load_images(list(test["abspath"]))), list(test["identity"])))
+    assert v["oracle_top1"] > 0.8  # the phenotype vectors separate the panel at stages 2-3
+    assert v["phenotype_auroc"] and set(v["phenotype_auroc"]) <= set(tiny_evaluator.phenotypes)
+    assert all(0 <= a <= 1 for a in v["phenotype_auroc"].values())
+    blurred = instrument_validity(tiny_evaluator, df, roundtrip=lambda x: torch.zeros_like(x))
+    # every black image gets one prediction: top-1 can be at most the largest class's share of the headline rows
+    assert blurred["vae_ceiling_top1"] <= head["disease"].value_counts(normalize=True).max() + 1e-9
+    # a black image carries no stage: its severity is one constant, the rank correlation is undefined (nan)
+    assert np.isnan(blurred["vae_ceiling_stage_spearman"])
+
+
+def test_isolated_auroc_is_half_when_the_effect_draws_nothing(tiny_evaluator, tiny_data):
+    from kgface.evaluation.sets import isolated_auroc
+
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    faces = load_images(list(df[df.disease == "healthy"]["abspath"][:4]))
+    h = tiny_evaluator.phenotypes[0]
+    # the "phenotype" images are the bare faces themselves: every score ties, AUROC 0.5
+    same = isolated_auroc(tiny_evaluator, torch.cat([faces, faces]), [None] * 4 + [h] * 4)
+    assert same == {h: pytest.approx(0.5)}
+    # against faces that do show it: the head's scores, positives = the labelled faces, negatives = the bare ones
+    from kgface.evaluation import metrics as M
+
+    shown = load_images(list(df[[h in p for p in df["phenotypes"]]]["abspath"][:4]))
+    images = torch.cat([faces, shown])
+    scores = tiny_evaluator.score(images)[f"ph_{h}"].to_numpy()
+    auc = isolated_auroc(tiny_evaluator, images, [None] * 4 + [h] * len(shown))
+    y = np.r_[np.zeros(4, int), np.ones(len(shown), int)]
+    assert auc[h] == pytest.approx(M.auroc(y, scores)) and auc[h] != pytest.approx(M.auroc(1 - y, scores))
+
+
+def test_oracle_is_nan_without_phenotypes(tiny_data):
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    df["phenotypes"] = [{} for _ in range(len(df))]
+    assert np.isnan(oracle_top1(df[df.split == "train"], df[df.split == "test"]))
+
+
+def test_oracle_learns_from_the_probes_rows_and_reads_healthy_test_rows():
+    """Stage-0 faces that look healthy (no phenotype drawn) but carry their disease's label pull a bare face to that
+    disease only when the oracle learns from them (min_stage 0); healthy test rows are read."""
+    def rows(disease, stage, phenotypes, n):
+        return [{"disease": disease, "stage": stage, "phenotypes": dict(phenotypes)} for _ in range(n)]
+
+    train = pd.DataFrame(rows("A", 3, {"HP:1": 1.0}, 5) + rows("B", 3, {"HP:2": 1.0}, 5)
+                         + rows("A", 0, {}, 50)  # healthy-looking, labelled A
+                         + rows("healthy", 0, {}, 5) + rows("healthy", 0, {"HP:3": 1.0}, 5))
+    test = pd.DataFrame(rows("A", 3, {"HP:1": 1.0}, 1) + rows("B", 2, {"HP:2": 1.0}, 1)
+                        + rows("healthy", 0, {}, 2) + rows("A", 1, {"HP:1": 1.0}, 1))
+    assert oracle_top1(train, test, min_stage=2) == 1.0  # 4 rows read (stage 1 is not), all right
+    assert oracle_top1(train, test, min_stage=0) == 0.5  # the bare healthy faces are read as A
+
+
+def test_phenotype_auroc_leaves_unlabelled_photos_out():
+    """A stage-3 photo whose phenotypes are {} is not a negative of every phenotype: the head that reads it
+    (high score) is not marked down for it."""
+    from types import SimpleNamespace
+
+    from kgface.evaluation.sets import phenotype_auroc
+
+    rows = pd.DataFrame({
+        "stage": [3, 3, 0, 0, 3, 3], "disease": ["D", "D", "healthy", "healthy", "D", "D"],
+        "source": ["phantom", "phantom", "phantom", "phantom", "acne04", "acne04"],
+        "phenotypes": [{"HP:1": 1.0}, {"HP:1": 1.0}, {}, {}, {}, {}],
+        "ph_HP:1": [0.9, 0.8, 0.1, 0.2, 0.95, 0.85]})
+    assert phenotype_auroc(SimpleNamespace(phenotypes=["HP:1"]), rows) == {"HP:1": 1.0}
+
+
+def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluator, tiny_data, tmp_path):
+    # generated = copies of val faces (no train image); as extra training images (the phenotype atlas under
+    # trainer.atlas_share) the same faces make every generated image a copy
+    import shutil
+
+    df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    val = df[df["split"] == "val"].head(12).copy()
+    for k, p in enumerate(list(val["path"])):
+        shutil.copy(tiny_data / p, tmp_path / f"v{k:02d}.png")
+    val["path"] = [f"v{k:02d}.png" for k in range(len(val))]
+    gen_rows = [{**r, "source": "generated", "mode": "sample", "requested_disease": r["disease"],
+                 "requested_stage": r["stage"], "seed": i, "source_image": ""}
+                for i, r in enumerate(val.to_dict("records"))]
+    gen = write_manifest(gen_rows, tmp_path / "gen.csv")
+    extra = write_manifest(val.to_dict("records"), tmp_path / "extra.csv")
+    plain = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None)
+    audited = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_extra=extra)
+    assert audited["memorisation_train_n"] == plain["memorisation_train_n"] + 12
+    assert audited["memorisation_rate"] == 1.0 and plain["memorisation_rate"] < 0.5
+
+
+def test_expected_sets_follow_the_drawn_phenotypes_then_the_labels_then_the_template(tiny_profiles):
+    from kgface.evaluation.sets import _expected_sets
+    from kgface.prompts import stage_phenotypes
+
+    prof = next(p for p in tiny_profiles if not p.healthy)
+    ids = [p.hpo_id for p in prof.phenotypes]
+    vocab = ids[:-1]  # the evaluator cannot detect the last one
+    table = pd.DataFrame({"phenotypes": [{}, {ids[0]: 0.4, ids[1]: 0.0}, {}, {}],
+                          "requested_phenotypes": [json.dumps([ids[0], ids[-1]]), "", "[]", float("nan")]})
+    got = _expected_sets(table, [prof.disease_id] * 4, [3, 3, 3, 2], {prof.disease_id: prof}, vocab)
+    assert got[0] == {ids[0]}  # the drawn set, restricted to what the evaluator detects
+    assert got[1] == {ids[0]}  # the image's own labels (intensity > 0)
+    assert got[2] == set()  # a drawn empty set expects nothing
+    assert got[3] == {p.hpo_id for p in stage_phenotypes(prof, 2)} & set(vocab)  # no draw, no labels: the template
+    for bad in ("HP:1", '"HP:1"', '{"HP:1": 1}', '[["HP:1"]]'):  # not JSON; JSON but not a list of ids
+        with pytest.raises(EvaluatorInputError, match="g7.png: requested_phenotypes"):
+            _expected_sets(pd.DataFrame({"phenotypes": [{}], "requested_phenotypes": [bad], "path": ["g7.png"]}),
+                           [prof.disease_id], [3], {prof.disease_id: prof}, vocab)
+
+
+def test_requests_are_read_row_by_row_and_continuous_stages_round():
+    from kgface.evaluation.sets import _requested
+
+    table = pd.DataFrame({"path": ["a.png", "b.png", "c.png", "d.png"], "disease": ["A", "B", "C", "D"],
+                          "stage": [3, 2, 1, 0], "requested_disease": ["X", "", "Z", float("nan")],
+                          "requested_stage": ["2.6", "", "0.4", "1.5"]})
+    diseases, severity, stages = _requested(table)
+    assert list(diseases) == ["X", "B", "Z", "D"]  # an empty cell falls back for its own row only
+    assert list(severity) == [2.6, 2.0, 0.4, 1.5]  # Spearman reads the requested severity
+    assert list(stages) == [3, 2, 0, 2]  # as the generator's own stage column rounds it (half to even)
+    for bad in ("two", "3.5", "-1"):
+        with pytest.raises(EvaluatorInputError, match=f"b.png: requested stage '{bad}' is not a number in"):
+            _requested(table.assign(requested_stage=["1", bad, "1", "1"]))
+
+
+def test_a_real_set_without_test_rows_and_a_one_image_set_are_clear_errors(tiny_evaluator, tiny_data, tmp_path):
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    with pytest.raises(EvaluatorInputError, match="no rows with split=test .*train"):
+        instrument_validity(tiny_evaluator, df[df["split"] != "test"])
+    one = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    one = one[one["split"] == "test"].head(1)
+    import shutil
+
+    shutil.copy(tiny_data / one["path"].iloc[0], tmp_path / "g0.png")
+    one["path"] = ["g0.png"]
+    gen = write_manifest([{**r, "source": "generated", "mode": "sample", "requested_disease": r["disease"],
+                           "requested_stage": r["stage"], "seed": 0, "source_image": ""}
+                          for r in one.to_dict("records")], tmp_path / "one.csv")
+    with pytest.raises(UserError, match="at least 2 real and 2 generated images .*1 generated"):
+        evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None)
+    # one drawn image beside a transformation: no FID/KID (edits of real faces are left out), said, not an error
+    m = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", generated_manifest(tiny_data, tmp_path, n=1), None)
+    assert "fid_clip" not in m and m["fid_kid_n"]["generated"] == 1 and "left out" in m["fid_kid_n"]["edits_of_real_faces"]
+
+
+def test_a_real_frame_without_split_is_a_clear_error(tiny_evaluator, tiny_data):
+    df = read_manifest(tiny_data / "manifest.csv")[0].drop(columns=["split"])
+    with pytest.raises(EvaluatorInputError, match="no split column"):
+        instrument_validity(tiny_evaluator, df)
+
+
+def test_relative_transform_sources_are_read_from_the_manifest_folder(tiny_evaluator, tiny_data, tmp_path):
+    """An absolute `path` inside the folder (read_manifest accepts it) with a relative source_image: the source is
+    found beside the manifest (it was an IndexError); a DataFrame with no folder is a one-line error."""
+    test = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    test = test[test["split"] == "test"].head(6)
+    gen = edits_of(tiny_data, test, tmp_path / "gen", ["transform"] * 2 + ["sample"] * 4, absolute=True)
+    m = evaluate_sets(tiny_evaluator, None, gen, None)
+    assert m["transform"]["n"] == 2 and m["transform"]["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
+    frame = read_manifest(gen)[0]
+    frame.attrs.clear()
+    with pytest.raises(EvaluatorInputError, match="source_image 'src/s0.png' is relative"):
+        evaluate_sets(tiny_evaluator, None, frame, None)
+
+
+def test_a_requested_disease_without_a_profile_is_a_clear_error(tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
+    gen = generated_manifest(tiny_data, tmp_path, n=8)
+    some = [p for p in tiny_profiles if p.disease_id != "ORPHA:96253"]
+    assert "ORPHA:96253" in set(read_manifest(gen)[0]["requested_disease"])
+    with pytest.raises(EvaluatorInputError, match="no KG profile for ORPHA:96253"):
+        evaluate_sets(tiny_evaluator, None, gen, some)
+
+
+def test_progressions_of_an_input_photo_are_scored_without_fid_and_keep_their_identity(tiny_evaluator, tiny_data,
+                                                                                        tmp_path):
+    """A set of progressions of input photos (kgface.generate mode=progression input=..., rows with a source_image)
+    is judged at its stages, left out of FID/KID (it stopped the evaluation: "0 generated") and of tstr's training
+    rows (their sources may be the real test faces), and its edits' identity is read against their sources (here
+    copies: cosine 1)."""
+    test = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    test = test[(test["split"] == "test") & (test["disease"] != "healthy") & (test["stage"].astype(int) >= 2)]
+    test = test.groupby("disease").head(2).head(6)
+    assert test["disease"].nunique() >= 2  # enough classes that tstr would train on them if edits were let in
+    gen = edits_of(tiny_data, test, tmp_path / "prog", ["progression"] * len(test))
+    m = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None)
+    assert m["fid_kid_n"]["generated"] == 0 and "left out" in m["fid_kid_n"]["edits_of_real_faces"]
+    assert "kid_clip" not in m and "transform" not in m
+    assert m["progression_edits"]["n"] == 6
+    assert m["progression_edits"]["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert m["generation"]["top1_all"] is not None
+    assert "tstr_n_generated" not in m  # edits of real faces do not train the synthetic probe

@@ -1,0 +1,242 @@
+"""kgface.evaluation.clip_model: caption cuts, the tiny CLIP's auxiliary losses, and evaluator=openclip read from
+local files (a registered config, a BiomedCLIP-like config file with a Hugging Face text tower, a timm image tower)."""
+import numpy as np
+import pytest
+import torch
+
+from kgface.data.manifest import read_manifest
+from kgface.evaluation import Evaluator, EvaluatorInputError, build_clip, fit_evaluator, load_images
+from kgface.errors import UserError
+
+
+def test_captions_cut_counts_captions_longer_than_the_text_tower():
+    from kgface.evaluation.clip_model import captions_cut
+
+    _, tokenizer, _ = build_clip({"name": "tiny_clip", "image_size": 32, "embed_dim": 16,
+                                  "vision": {"width": 8, "layers": [1, 1, 1, 1]},
+                                  "text": {"width": 16, "heads": 2, "layers": 1, "context_length": 77}})
+    short, long = "a photo of a face", "a photo of a face showing " + ", ".join(["ptosis"] * 80)
+    assert captions_cut(tokenizer, [short, short, short, long]) == 0.25
+    assert captions_cut(tokenizer, [short]) == 0.0 and captions_cut(lambda texts: None, [long]) == 0.0
+
+
+def test_the_clip_presence_loss_leaves_unlabelled_rows_out():
+    """The tiny CLIP's auxiliary phenotype term: a NaN presence row (a photo without labels) adds nothing; the loss
+    equals the one on the labelled rows alone."""
+    from kgface.evaluation.clip_model import AuxiliaryHeads
+
+    torch.manual_seed(0)
+    heads = AuxiliaryHeads(8, 3, 4)
+    emb, classes = torch.randn(5, 8), torch.tensor([0, 1, 2, 0, 1])
+    presence = torch.randint(0, 2, (5, 4)).float()
+    with_photo = presence.clone()
+    with_photo[2] = float("nan")
+    keep = torch.tensor([True, True, False, True, True])
+    term = heads.loss(emb, classes, with_photo, None) - heads.loss(emb, classes, None, None)
+    alone = torch.nn.functional.binary_cross_entropy_with_logits(heads.phenotypes(emb[keep]), presence[keep])
+    assert torch.isfinite(term) and torch.allclose(term, alone)
+
+
+def test_auxiliary_loss_leaves_out_faces_without_a_disease():
+    from kgface.evaluation.clip_model import AuxiliaryHeads, contrastive_loss
+
+    torch.manual_seed(0)
+    aux, emb = AuxiliaryHeads(8, 3, 5), torch.randn(6, 8)
+    classes = torch.tensor([0, 1, -1, 2, -1, 0])
+    presence = (torch.rand(6, 5) > 0.5).float()
+    stages = torch.tensor([1.0, 2.0, float("nan"), 3.0, float("nan"), 0.0])
+    known = classes >= 0
+    full = aux.loss(emb, classes, presence, stages)
+    # disease and stage terms from the 4 labelled faces only; phenotype term from all 6
+    part = (torch.nn.functional.cross_entropy(aux.disease(emb[known]), classes[known])
+            + torch.nn.functional.binary_cross_entropy_with_logits(aux.phenotypes(emb), presence)
+            + torch.nn.functional.mse_loss(aux.stage(emb[known]).squeeze(-1), stages[known]))
+    assert torch.isfinite(full) and torch.allclose(full, part)
+    only_atlas = aux.loss(emb[~known], classes[~known], presence[~known], stages[~known])
+    # a batch of atlas faces alone: the phenotype term only (not a zero left where every term was dropped)
+    assert torch.allclose(only_atlas, torch.nn.functional.binary_cross_entropy_with_logits(
+        aux.phenotypes(emb[~known]), presence[~known])) and only_atlas > 0
+    # two disease-less faces are not partial positives of each other
+    img = txt = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    groups = torch.arange(6)
+    a = contrastive_loss(img, txt, torch.tensor(1.0), groups, classes, class_weight=0.5)
+    b = contrastive_loss(img, txt, torch.tensor(1.0), groups, torch.tensor([0, 1, 3, 2, 4, 0]), class_weight=0.5)
+    assert torch.allclose(a, b)
+
+
+def test_the_openclip_path_keys_and_checks_its_weights_file(tiny_cfg, tiny_data, tiny_profiles, session_cache_dir,
+                                                           tmp_path):
+    """evaluator=openclip with a real open_clip model read from a local safetensors file (a tiny registered config,
+    random weights): new bytes under the same path are a new cache entry, and a saved evaluator whose file changed
+    refuses to load (its heads read another model's features)."""
+    import open_clip
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from kgface.cache import Cache
+    from kgface.evaluation.clip_model import register_tiny
+
+    name = register_tiny(OmegaConf.to_container(tiny_cfg.evaluator, resolve=True))
+    weights = tmp_path / "clip.safetensors"
+
+    def write(seed):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(name, pretrained=None)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    from kgface.config import compose
+
+    cfg = compose("evaluate", ["evaluator=openclip", f"evaluator.model={name}", f"evaluator.pretrained={weights}"])
+    cache = Cache(session_cache_dir)
+    write(0)
+    first = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert len(first.info["pretrained_sha256"]) == 64
+    saved = first.save(tmp_path / "ev")
+    assert Evaluator.load(saved).classes == first.classes
+    again = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert "cache_entry" not in again.info  # same bytes: from the cache
+    write(1)
+    changed = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert changed.info["cache_entry"] != first.info["cache_entry"]
+    with pytest.raises(EvaluatorInputError, match="not the weights file its heads were fitted on"):
+        Evaluator.load(saved)
+    with pytest.raises(EvaluatorInputError, match="evaluator.pretrained=.*not a readable weights file"):
+        fit_evaluator(compose("evaluate", ["evaluator=openclip", f"evaluator.model={name}",
+                                           f"evaluator.pretrained={tmp_path}"]).evaluator,
+                      tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+
+
+def _tiny_bert(bert):
+    """A Hugging Face BERT's config and tokenizer files (no weights) in a local folder, as BiomedCLIP's text tower."""
+    from transformers import BertConfig, BertTokenizer
+
+    bert.mkdir()
+    words = ["a", "acne", "face", "healthy", "of", "person", "photo", "stage", "with"]  # the rest read as [UNK]
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizer(str(bert / "vocab.txt")).save_pretrained(str(bert))
+    BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64, max_position_embeddings=64).save_pretrained(str(bert))
+    return bert
+
+
+def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data, tiny_profiles, session_cache_dir,
+                                                                      tmp_path, monkeypatch):
+    """BiomedCLIP's layout at a tiny size: an open_clip config JSON whose text tower and tokenizer are a Hugging Face
+    BERT saved in a local folder (named relative to the JSON), weights in a local file; nothing is downloaded. A hub
+    id instead of a folder is a one-line error; an edited config file is another cache entry."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from kgface.cache import Cache
+    from kgface.config import compose
+    from kgface.evaluation.clip_model import register_config_file
+
+    bert = _tiny_bert(tmp_path / "bert")
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    model_cfg = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                                 "head_width": 16},
+                 "text_cfg": {"hf_model_name": "../bert", "hf_tokenizer_name": "../bert", "hf_proj_type": "linear",
+                              "hf_pooler_type": "cls_pooler", "context_length": 16}}
+    config = folder / "open_clip_config.json"
+    config.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
+    model = build_clip({"name": "openclip", "model": str(config)}, load_pretrained=False)[0]
+    weights = folder / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    cfg = compose("evaluate", ["evaluator=openclip", f"evaluator.model={config}", f"evaluator.pretrained={weights}"])
+    cache = Cache(session_cache_dir)
+    # the config file and its text model's files are read (and hashed) once per fit or load, not once per use
+    from kgface.evaluation import clip_model
+
+    reads = []
+
+    def counted(model):
+        reads.append(model)
+        return register_config_file(model)
+
+    with monkeypatch.context() as mp:  # (not undo(): the autouse cache-folder patch shares this monkeypatch)
+        mp.setattr(clip_model, "register_config_file", counted)  # every caller reaches it through clip_model
+        ev = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+        assert ev.encoder.num_features == 24 and reads == [str(config)]
+        cached = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+        assert "cache_entry" not in cached.info and reads == [str(config)] * 2  # the second one: from the cache
+    # a name this process never registered is not trusted: the file is read
+    assert build_clip({"name": "openclip", "model": str(config)}, load_pretrained=False,
+                      registered="kgface-openclip-never")[0].kgface_embed_dim == 24
+    saved = ev.save(tmp_path / "ev")
+    loaded = Evaluator.load(saved)
+    images = load_images(list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:4]))
+    assert np.allclose(loaded.features(images), ev.features(images))
+    # another config under the same path (an unrelated key added), or another vocabulary, is another model as far
+    # as the heads know: a new cache entry, and the saved evaluator refuses to load
+    config.write_text(json.dumps({"model_cfg": {**model_cfg, "quick_gelu": False}}))
+    other = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert other.info["cache_entry"] != ev.info.get("cache_entry", "")
+    with pytest.raises(EvaluatorInputError, match="not the config its heads were fitted on"):
+        Evaluator.load(saved)
+    config.write_text(json.dumps({"model_cfg": model_cfg}))
+    Evaluator.load(saved)  # the same config again
+    (bert / "vocab.txt").write_text((bert / "vocab.txt").read_text().replace("\nface\n", "\nfaces\n"))
+    with pytest.raises(EvaluatorInputError, match="not the config its heads were fitted on"):
+        Evaluator.load(saved)
+    # what kgface cannot honour is refused: another normalisation, a timm tower fetched from the hub
+    config.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    with pytest.raises(UserError, match=r"preprocess_cfg.mean=\[0.5, 0.5, 0.5\] is not CLIP's"):
+        register_config_file(str(config))
+    config.write_text(json.dumps({**model_cfg, "vision_cfg": {"timm_model_name": "hf-hub:timm/x", "image_size": 32}}))
+    with pytest.raises(UserError, match="timm_model_name=hf-hub:timm/x is fetched"):
+        register_config_file(str(config))
+    # a hub id would be downloaded by open_clip: refused, naming the key to rewrite
+    hub = tmp_path / "hub.json"
+    hub.write_text(json.dumps({**model_cfg, "text_cfg": {**model_cfg["text_cfg"],
+                                                         "hf_model_name": "microsoft/BiomedNLP-BiomedBERT"}}))
+    with pytest.raises(UserError, match=r"text_cfg.hf_model_name=microsoft/BiomedNLP-BiomedBERT is not a local folder"):
+        build_clip({"name": "openclip", "model": str(hub), "pretrained": str(weights)})
+
+
+def test_an_openclip_config_file_with_a_timm_image_tower(tiny_data, tiny_profiles, session_cache_dir, tmp_path):
+    """BiomedCLIP's image tower is timm's (vit_base_patch16_224, timm's own token pooling, a linear projection): the
+    same config with timm's 0.3M-parameter test_vit beside the local BERT. Built without CLIP weights, neither tower
+    looks for base weights (the BERT folder holds none; the config asks for timm's ImageNet weights, which open_clip
+    2.x would download); with them, it fits, saves and reloads. test_vit takes any image size (timm builds it with
+    dynamic_img_size), so the size itself is not checked here."""
+    import json
+
+    import open_clip
+    import timm
+
+    from kgface.evaluation.clip_model import register_config_file
+
+    if "test_vit" not in timm.list_models("test_vit"):
+        pytest.skip("timm too old for its test_vit (timm >= 1.0)")
+
+    from safetensors.torch import save_file
+
+    from kgface.cache import Cache
+    from kgface.config import compose
+
+    _tiny_bert(tmp_path / "bert")
+    config = tmp_path / "open_clip_config.json"
+    config.write_text(json.dumps({"model_cfg": {
+        "embed_dim": 24,
+        "vision_cfg": {"timm_model_name": "test_vit", "timm_model_pretrained": True, "timm_pool": "",
+                       "timm_proj": "linear", "image_size": 160},
+        "text_cfg": {"hf_model_name": "bert", "hf_tokenizer_name": "bert", "hf_proj_type": "mlp",
+                     "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": 16}}}))
+    registered = open_clip.get_model_config(register_config_file(str(config)))
+    assert registered["vision_cfg"]["timm_model_pretrained"] is False
+    model, tokenizer, image_size = build_clip({"name": "openclip", "model": str(config)}, load_pretrained=False)
+    assert image_size == 160 and model.kgface_embed_dim == 24
+    assert type(model.visual).__name__ == "TimmModel" and type(model.text).__name__ == "HFTextEncoder"
+    weights = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    cfg = compose("evaluate", ["evaluator=openclip", f"evaluator.model={config}", f"evaluator.pretrained={weights}"])
+    ev = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, Cache(session_cache_dir),
+                       progress=False)
+    images = load_images(list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:4]))
+    features = ev.features(images)
+    assert features.shape == (4, 24) and np.isfinite(features).all() and features.std(0).max() > 0
+    assert np.allclose(Evaluator.load(ev.save(tmp_path / "ev")).features(images), features)

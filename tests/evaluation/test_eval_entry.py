@@ -1,0 +1,376 @@
+"""`python -m kgface.evaluate` (kgface/evaluate.py) on the tiny panel: the report end to end, bad input as one-line
+errors, run= folders (their evaluator, profiles, held-out list and atlas), and that the evaluator never imports the
+generator it measures."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from kgface.data.manifest import read_manifest, write_manifest
+from kgface.evaluation import (Evaluator, EvaluatorInputError, build_clip, evaluate_sets, fit_evaluator, load_evaluator,
+                               load_images)
+from kgface.errors import UserError
+from tests.evaluation.conftest import TINY_EVALUATOR, generated_manifest
+
+
+def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles, tmp_path, tiny_cfg):
+    gen = generated_manifest(tiny_data, tmp_path)
+    m, scored = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, return_scored=True)
+    for key in ["seen_top1", "heldout_top1", "stage_spearman", "profile_match_f1", "frequency_mae"]:
+        assert key in m["generation"], key
+    for key in ["tstr_top1", "fid_clip", "kid_clip", "memorisation_rate"]:
+        assert key in m, key
+    assert m["fid_clip"] < 1e-3  # the generated set is the real test set
+    assert m["transform"]["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
+    # the same pixels, requested as what they are: every generation number is the real set's (to metrics.json's
+    # 4 decimals)
+    rt = scored["real"].table
+    right = (rt["pred_disease"] == rt["disease"]).to_numpy()
+    head = (rt["stage"].astype(int).isin([2, 3]) | (rt["disease"] == "healthy")).to_numpy()
+    held = (rt["disease"] == "ORPHA:963").to_numpy()
+    assert held.any() and (head & ~held).any()
+    assert m["generation"]["seen_top1"] == pytest.approx(right[head & ~held].mean(), abs=1e-4)
+    assert m["generation"]["heldout_top1"] == pytest.approx(right[head & held].mean(), abs=1e-4)
+    assert m["generation"]["top1_all"] == pytest.approx(m["evaluator"]["real_top1_all"], abs=1e-4)
+    assert m["generation"]["stage_spearman"] == pytest.approx(m["evaluator"]["real_stage_spearman_disease"],
+                                                              abs=1e-4)
+    json.dumps(m)
+    # FID/KID leave the transformation (an edit of a real test face) out; tstr learns from the rows the evaluator's
+    # probe learns from (healthy, stages >= probe.min_stage); profile match reads diseased requests of stages 2-3
+    t = scored["generated"].table
+    sample = (t["mode"] != "transform").to_numpy()
+    stage = t["requested_stage"].astype(int).to_numpy()
+    healthy = (t["requested_disease"] == "healthy").to_numpy()
+    assert m["fid_kid_n"]["generated"] == int(sample.sum()) == len(t) - 1
+    assert m["tstr_n_generated"] == int((sample & (healthy | (stage >= 2))).sum()) < int(sample.sum())
+    pm = sample & ~healthy & (stage >= 2)
+    assert m["generation"]["profile_match_n"] == int(pm.sum()) > 0
+    # phenotype by phenotype: the generated rows are the real test faces with their own phenotypes as the expected
+    # sets, so each phenotype's detected share is the real faces' (the dots of the report's plot)
+    gm, rm = m["generation"]["phenotype_match"], m["evaluator"]["real_phenotype_match"]
+    assert gm and set(gm) == set(rm)
+    for h in gm:
+        for k in ("expected_n", "detected_n", "recall", "precision"):
+            assert gm[h][k] == pytest.approx(rm[h][k], nan_ok=True), (h, k)
+    # tstr reads every generated set on the same real rows (all headline rows) and the _seen number on those of the
+    # diseases not held out; a set that never drew the held-out disease (class tokens) gets its rows wrong, it is
+    # not read on fewer rows
+    assert m["tstr_n_real"] == int(head.sum()) and m["tstr_n_real_seen"] == int((head & ~held).sum())
+    rows = pd.read_csv(gen, dtype=str, keep_default_na=False)
+    no_held = rows[rows["requested_disease"] != "ORPHA:963"]
+    write_manifest(no_held.to_dict("records"), tmp_path / "gen" / "no_heldout.csv")
+    m2 = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", tmp_path / "gen" / "no_heldout.csv", tiny_profiles,
+                       heldout={"ORPHA:963"})
+    assert m2["tstr_n_real"] == m["tstr_n_real"] and m2["tstr_n_real_seen"] == m["tstr_n_real_seen"]
+    assert m2["tstr_top1"] * m2["tstr_n_real"] == pytest.approx(m2["tstr_top1_seen"] * m2["tstr_n_real_seen"],
+                                                                abs=1e-3)
+
+    from kgface.evaluate import main
+
+    out = tmp_path / "out"
+    over = list(TINY_EVALUATOR)
+    main([*over, f"real={tiny_data / 'manifest.csv'}", f"generated={gen}", f"hydra.run.dir={out}", "progress=false"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"real_top1", "real_stage_mae", "oracle_top1"} <= set(metrics["evaluator"])
+    # the entry trains the same evaluator (same config and data: the cache) and reads the same numbers
+    for key in ("seen_top1", "heldout_top1", "stage_spearman"):
+        assert metrics["generation"][key] == pytest.approx(m["generation"][key]), key
+    assert metrics["fid_clip"] < 1e-3
+    assert metrics["evaluator"]["phenotype_auroc"]  # so its bars are drawn
+    for name in ["report.md", "report.html", "confusion_real.png", "stage_real.png", "phenotypes_real.png",
+                 "real_best.png", "real_worst.png", "confusion_generated.png", "stage_generated.png",
+                 "generated_best.png", "generated_worst.png", "memorisation_nearest.png", "learned_profiles.json",
+                 "phenotype_match_generated.png",
+                 "learned_profiles.png"]:
+        assert (out / name).is_file(), name
+    page = (out / "report.html").read_text()
+    assert all(f'src="{n}"' in page for n in ("confusion_real.png", "phenotypes_real.png", "memorisation_nearest.png"))
+    md = (out / "report.md").read_text()
+    assert md.index("`kid_clip`") < md.index("`fid_clip`")  # lead with KID
+    # the heads whose phenotype no labelled stage-3 test face shows (rare phenotypes in a few test faces) have their
+    # hit rate taken as 1, and the report counts them
+    from kgface.evaluation.learned_profiles import detector_rates
+
+    learned = json.loads((out / "learned_profiles.json").read_text())["diseases"]
+    used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}
+    untested = used - set(detector_rates(tiny_evaluator, rt)[0])
+    assert used and all(e["tpr"] == 1 for v in learned.values() for e in v["phenotypes"] if e["hpo_id"] in untested)
+    assert 0 < len(untested) < len(used)
+    assert f"{len(untested)} of {len(used)} learned phenotypes have no labelled stage-3 test face" in md
+    # heads whose hit rate is within 0.05 of their healthy rate are left uncorrected, and counted too
+    entries = [e for v in learned.values() for e in v["phenotypes"]]
+    flat = {e["hpo_id"] for e in entries if not e["corrected"]}
+    for e in entries:  # rates are rounded to 4 places in the file, hence the 1e-4 margins
+        gap = e["tpr"] - e["healthy_rate"]
+        if e["hpo_id"] in flat:
+            assert gap <= 0.0501 and e["learned_frequency"] == e["detection_rate"]
+        else:
+            assert gap > 0.0499
+    assert 0 < len(flat) < len(used)  # the tiny evaluator's weak heads
+    assert f"{len(flat)} of {len(used)} learned phenotypes' heads hit faces showing the phenotype at most 0.05" in md
+    # report.grid_cases sizes the case grids: 12 cases take two rows of 8, 4 take one
+    from PIL import Image
+
+    from kgface.evaluation import write_report
+
+    heights = {}
+    for k in (4, 12):
+        write_report(tmp_path / f"grid{k}", m, scored, tiny_evaluator, tiny_profiles, grid_cases=k)
+        heights[k] = Image.open(tmp_path / f"grid{k}" / "real_best.png").size[1]
+    assert heights[12] > 1.5 * heights[4]
+
+
+def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_profiles, tmp_path, capsys):
+    df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    paths = list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:3])
+    with pytest.raises(EvaluatorInputError, match="empty"):
+        load_images([])
+    with pytest.raises(EvaluatorInputError, match="does not exist"):
+        load_images([str(tmp_path / "nope.png")])
+    from PIL import Image
+    Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
+    with pytest.raises(EvaluatorInputError, match="expected 32x32"):
+        load_images([*paths, str(tmp_path / "big.png")])
+    with pytest.raises(EvaluatorInputError, match="unknown to the evaluator"):
+        tiny_evaluator.check_labels(["ORPHA:870"])
+    with pytest.raises(UserError, match="evaluator.pretrained"):
+        build_clip({"name": "openclip", "model": "ViT-B-16", "pretrained": str(tmp_path / "missing.bin")})
+    # generated images never pass as real ones: not as the real set, not as the evaluator's training data
+    made = read_manifest(tiny_data / "manifest.csv")[0]
+    made.loc[3, "source"] = "generated"
+    with pytest.raises(EvaluatorInputError, match=r"real set: 1 rows have source 'generated' .*generated="):
+        evaluate_sets(tiny_evaluator, made, None, None)
+    made = df.copy()
+    made.loc[3, "source"] = "generated"
+    made_path = tiny_data / "made_manifest.csv"
+    made.to_csv(made_path, index=False)
+    with pytest.raises(EvaluatorInputError, match="made_manifest.csv: 1 rows have source 'generated'"):
+        fit_evaluator(tiny_cfg.evaluator, made_path, tiny_profiles, None, progress=False)
+    # real and generated sets of other sizes: FID/KID and the audit cannot compare them
+    small = tmp_path / "small"
+    small.mkdir()
+    gen_rows = []
+    for i, r in enumerate(df[df["split"] == "test"].head(4).to_dict("records")):
+        Image.new("RGB", (16, 16), (i * 40, 90, 90)).save(small / f"g{i}.png")
+        gen_rows.append({**r, "path": f"g{i}.png", "source": "generated", "mode": "sample",
+                         "requested_disease": r["disease"], "requested_stage": r["stage"], "seed": i,
+                         "source_image": ""})
+    with pytest.raises(EvaluatorInputError, match=r"real images are \(32, 32\) px and generated \(16, 16\) px"):
+        evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", write_manifest(gen_rows, small / "manifest.csv"),
+                      None)
+    for hub_model in ("ViT-B-16-SigLIP", "roberta-ViT-B-32"):  # a hub tokenizer / text model would download
+        with pytest.raises(UserError, match=f"evaluator.model={hub_model}: .*Hugging Face"):
+            build_clip({"name": "openclip", "model": hub_model, "pretrained": str(tmp_path / "w.bin")},
+                       load_pretrained=False)
+    # the entry: a manifest row with a missing image -> one line, exit 2
+    bad = df.copy()
+    bad.loc[0, "path"] = "images/missing.png"
+    bad_path = tiny_data / "bad_manifest.csv"
+    bad.to_csv(bad_path, index=False)
+    from kgface.evaluate import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([f"real={bad_path}", f"hydra.run.dir={tmp_path / 'o'}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+    assert not (tmp_path / "o" / "metrics.json").exists()  # nothing that looks finished
+    with pytest.raises(SystemExit) as exc:
+        main([f"hydra.run.dir={tmp_path / 'o2'}"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main([f"real={tiny_data / 'manifest.csv'}", "evaluator=openclip", f"hydra.run.dir={tmp_path / 'o3'}"])
+    assert exc.value.code == 2 and "evaluator.pretrained" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([f"real={tiny_data / 'manifest.csv'}", "report.grid_cases=0", f"hydra.run.dir={tmp_path / 'o4'}"])
+    assert exc.value.code == 2 and "report.grid_cases=0" in capsys.readouterr().err
+    # run= a folder whose profiles.json is truncated: one line naming the file (it was a JSON traceback)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "profiles.json").write_text('{"profiles": [')
+    with pytest.raises(SystemExit) as exc:
+        main([f"real={tiny_data / 'manifest.csv'}", f"run={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'o5'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "profiles.json: not a kgface profiles file" in err[0]
+
+
+def test_evaluator_never_imports_the_generator():
+    code = ("import sys, kgface.evaluation, kgface.evaluate; "
+            "bad = [m for m in sys.modules if m.startswith(('kgface.diffusion', 'kgface.encoders'))]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # nor at run time: imports inside functions (kgface.evaluate run=RUN read the held-out list through
+    # kgface.diffusion.run_loading, which loads the whole generator package)
+    import ast
+    from pathlib import Path
+
+    import kgface
+
+    root = Path(kgface.__file__).parent
+    files = [root / "evaluate.py", root / "run_files.py", *sorted((root / "evaluation").glob("*.py"))]
+    bad = []
+    for f in files:
+        package = ["kgface"] + list(f.relative_to(root).parts[:-1])
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):  # `from .x import y` and `from .. import diffusion` alike
+                base = package[:len(package) - node.level + 1] if node.level else []
+                module = base + ([node.module] if node.module else [])
+                names = [".".join(module)] + [".".join(module + [a.name]) for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            bad += [f"{f.name}: {n}" for n in names if n.startswith(("kgface.diffusion", "kgface.encoders"))]
+    assert not bad, bad
+
+
+def test_evaluate_with_run_refuses_a_real_set_holding_the_evaluators_training_images(tiny_evaluator, tiny_data,
+                                                                                   tmp_path, session_cache_dir):
+    import os
+
+    from kgface.evaluation.evaluator import image_digest
+
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    learned = df[df["split"].isin(["train", "val"])]
+    assert tiny_evaluator.trained_on == sorted({image_digest(p) for p in learned["abspath"]})
+    run = tmp_path / "run"
+    tiny_evaluator.save(run / "evaluator")
+    assert Evaluator.load(run / "evaluator").trained_on == tiny_evaluator.trained_on
+    import shutil
+
+    copy = tmp_path / "data"  # the same images under another folder: digests are of the bytes
+    shutil.copytree(tiny_data, copy)
+    # the data's own duplicate (a test image byte-identical to one of its train images) is not a re-split
+    own = pd.read_csv(copy / "manifest.csv", dtype=str, keep_default_na=False)
+    first = {s: own.index[own["split"] == s][0] for s in ("train", "test")}
+    shutil.copy(copy / own.loc[first["train"], "path"], copy / own.loc[first["test"], "path"])
+    tiny_evaluator.check_unseen(read_manifest(copy / "manifest.csv")[0])
+    resplit = own.copy()
+    resplit.loc[resplit["split"] == "train", "split"] = "test"  # another split of the same images
+    resplit.to_csv(copy / "manifest.csv", index=False)
+    # as a user runs it (in this process, loggers of earlier tests' Hydra runs write to closed streams)
+    done = subprocess.run([sys.executable, "-m", "kgface.evaluate", f"run={run}", f"real={copy / 'manifest.csv'}",
+                           f"hydra.run.dir={tmp_path / 'o'}", "progress=false"], capture_output=True, text=True,
+                          env={**os.environ, "KGFACE_CACHE_DIR": str(session_cache_dir), "OMP_NUM_THREADS": "1"})
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and "trained this evaluator" in err[0], done.stderr[-2000:]
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_evaluate_with_run_audits_the_atlas_its_generator_learned_from(tmp_path):
+    """`kgface.evaluate run=RUN`: a generator that trained on the phenotype atlas (metrics.json train.atlas_images
+    > 0) has its atlas searched for copies, as the train job's own audit does; without it, or without the file,
+    nothing is added."""
+    from kgface.data.manifest import ATLAS_FILE
+    from kgface.evaluate import trained_atlas
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / ATLAS_FILE).write_text("path\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data.json").write_text(json.dumps({"manifest": str(data / "manifest.csv")}))
+    (run / "metrics.json").write_text(json.dumps({"train": {"atlas_images": 8000, "atlas_share": 0.3}}))
+    assert trained_atlas(run) == data / ATLAS_FILE
+    (run / "metrics.json").write_text(json.dumps({"train": {"atlas_images": 0, "atlas_share": 0.0}}))
+    assert trained_atlas(run) is None
+    (run / "metrics.json").write_text(json.dumps({"train": {"atlas_images": 8000}}))
+    (data / ATLAS_FILE).unlink()
+    assert trained_atlas(run) is None and trained_atlas(tmp_path / "no-run") is None
+
+
+def test_evaluate_with_run_reads_the_runs_heldout_diseases(tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
+    """Photo manifests carry no `heldout` column: `kgface.evaluate run=RUN` takes the held-out diseases from the
+    run's data.json, so tstr_top1_seen reads the seen diseases only (without it, it silently equalled tstr_top1)."""
+    from kgface.config import compose
+    from kgface.evaluate import run as evaluate_run
+    from kgface.evaluate import trained_atlas
+
+    run_dir = tmp_path / "run"
+    tiny_evaluator.save(run_dir / "evaluator")
+    (run_dir / "data.json").write_text(json.dumps({"manifest": str(tiny_data / "manifest.csv"),
+                                                   "heldout": ["ORPHA:963"]}))
+    real = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False).drop(columns=["heldout"])
+    real_path = tiny_data / "manifest_without_heldout.csv"  # beside the images (paths stay inside their root)
+    write_manifest(real.to_dict("records"), real_path)
+    gen_path = generated_manifest(tiny_data, tmp_path)
+    gen = pd.read_csv(gen_path, dtype=str, keep_default_na=False).drop(columns=["heldout"])
+    write_manifest(gen.to_dict("records"), gen_path)
+    cfg = compose("evaluate", [f"run={run_dir}", f"real={real_path}", f"generated={gen_path}",
+                               "progress=false", "face_identity=none"])
+    m = evaluate_run(cfg, tmp_path / "out")
+    held = int(((real["split"] == "test") & (real["disease"] == "ORPHA:963")
+                & real["stage"].astype(int).isin([2, 3])).sum())
+    assert held > 0 and m["tstr_n_real_seen"] == m["tstr_n_real"] - held
+    assert m["generation"]["heldout_top1"] is not None
+    # a baselines run keeps each conditioning's train section under baselines.<mode>
+    from kgface.data.manifest import ATLAS_FILE
+
+    (run_dir / "metrics.json").write_text(json.dumps({"baselines": {"kg": {"train": {"atlas_images": 0}},
+                                                                   "text": {"train": {"atlas_images": 8}}}}))
+    atlas_dir = tmp_path / "atlas-data"
+    atlas_dir.mkdir()
+    (atlas_dir / ATLAS_FILE).write_text("path\n")
+    (run_dir / "data.json").write_text(json.dumps({"manifest": str(atlas_dir / "manifest.csv")}))
+    assert trained_atlas(run_dir) == atlas_dir / ATLAS_FILE
+    # one generator of it (run=OUT/<mode>): only what that conditioning trained on
+    (run_dir / "config.yaml").write_text("baselines: [kg, text]\n")
+    (run_dir / "kg").mkdir()
+    (run_dir / "text").mkdir()
+    assert trained_atlas(run_dir / "kg") is None and trained_atlas(run_dir / "text") == atlas_dir / ATLAS_FILE
+
+
+def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baselines_subfolder(
+        tiny_evaluator, tiny_data, tiny_profiles, tmp_path, monkeypatch):
+    """`kgface.evaluate run=RUN` judges the generated set against the run's own profiles.json (what its train job
+    judged its samples against, whatever kg= it used), not the evaluate config's kg=; `run=OUT/kg`, a baselines
+    generator folder, finds the evaluator, profiles and held-out list of OUT (it was "no evaluator.json there"); a
+    real set without phenotype labels on its stage-3 faces still gets learned profiles, with the report saying tpr is
+    taken as 1."""
+    import copy
+
+    from kgface.config import compose
+    from kgface.evaluate import run as evaluate_run
+
+    run_dir = tmp_path / "run"
+    tiny_evaluator.save(run_dir / "evaluator")
+    (run_dir / "data.json").write_text(json.dumps({"manifest": str(tiny_data / "manifest.csv"),
+                                                   "heldout": ["ORPHA:963"]}))
+    (run_dir / "config.yaml").write_text("baselines: [kg, text]\n")
+    changed = copy.deepcopy(list(tiny_profiles))
+    for p in changed:  # every frequency 1: the KG frequencies generation.frequency_mae compares with all move
+        for ph in p.phenotypes:
+            ph.frequency = 1.0
+    (run_dir / "profiles.json").write_text(json.dumps({"schema": "kgface.profiles/1", "kg": "hpo",
+                                                       "profiles": [p.to_dict() for p in changed]}))
+    (run_dir / "kg").mkdir()
+    gen_path = generated_manifest(tiny_data, tmp_path)
+    gen = pd.read_csv(gen_path, dtype=str, keep_default_na=False).drop(columns=["heldout"])
+    write_manifest(gen.to_dict("records"), gen_path)
+    real = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    # no phenotype labels on the stage-3 faces, where learn_profiles reads each head's hit rate (labels on the other
+    # stages give it none)
+    real.loc[real["stage"] == "3", "phenotypes"] = "{}"
+    assert (real["phenotypes"] != "{}").any()
+    real_path = tiny_data / "manifest_unlabelled.csv"
+    write_manifest(real.to_dict("records"), real_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # run=~/run/kg: the home folder is expanded (it was "folder not found")
+    cfg = compose("evaluate", ["run='~/run/kg'", f"generated={gen_path}", f"real={real_path}",
+                               "progress=false", "face_identity=none"])
+    m = evaluate_run(cfg, tmp_path / "out")
+    want = evaluate_sets(tiny_evaluator, None, gen_path, changed, heldout={"ORPHA:963"})["generation"]
+    before = evaluate_sets(tiny_evaluator, None, gen_path, tiny_profiles)["generation"]["frequency_mae"]
+    assert m["generation"]["frequency_mae"] == pytest.approx(want["frequency_mae"])
+    assert abs(want["frequency_mae"] - before) > 1e-3
+    assert m["generation"]["heldout_n"] == want["heldout_n"] > 0  # OUT's held-out list
+    assert (tmp_path / "out" / "learned_profiles.json").is_file()
+    learned = json.loads((tmp_path / "out" / "learned_profiles.json").read_text())["diseases"]
+    used = {e["hpo_id"] for v in learned.values() for e in v["phenotypes"]}
+    assert f"all {len(used)} learned phenotypes have no labelled stage-3 test face showing them: their heads' hit " \
+           "rate (tpr) is taken as 1" in (tmp_path / "out" / "report.md").read_text()
+    assert all(e["tpr"] == 1 for v in learned.values() for e in v["phenotypes"])
+    # a folder that is not one of OUT's baselines does not borrow OUT's evaluator
+    (run_dir / "samples").mkdir()
+    with pytest.raises(EvaluatorInputError, match="no evaluator.json there"):
+        load_evaluator(run_dir / "samples")

@@ -1,0 +1,52 @@
+"""kgface.evaluation.report: figures written whole, metrics.json last, the plots' rows."""
+import json
+
+import numpy as np
+import pytest
+
+from kgface.data.manifest import read_manifest
+from kgface.evaluation import evaluate_sets
+from tests.evaluation.conftest import generated_manifest
+
+
+def test_a_report_that_fails_midway_leaves_no_metrics_json(tiny_evaluator, tiny_data, tiny_profiles, tmp_path,
+                                                           monkeypatch):
+    """metrics.json is written last, every figure under a temporary name: a failed report is visibly unfinished."""
+    from kgface.evaluation import report
+
+    gen = generated_manifest(tiny_data, tmp_path, n=12)
+    m, scored = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, return_scored=True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(report, "plot_stage_scatter", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="plot failed"):
+        report.write_report(out, m, scored, tiny_evaluator, tiny_profiles)
+    assert (out / "confusion_real.png").is_file()  # the figure before the failure is whole
+    assert not (out / "metrics.json").exists() and not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    paths = report.write_report(out, m, scored, tiny_evaluator, tiny_profiles)
+    assert json.loads(paths["metrics"].read_text())["generation"] == json.loads(json.dumps(m["generation"]))
+
+
+def test_the_real_stage_scatter_leaves_out_ungraded_photos(tiny_evaluator, tiny_data, tmp_path, monkeypatch):
+    """A photo without a grade carries a placeholder stage: the stage metrics leave it out, so must the plot."""
+    from kgface.evaluation import report, write_report
+
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    test = np.flatnonzero((df["split"] == "test").to_numpy())
+    df["stage_known"] = "True"
+    df.loc[test[::2], "stage_known"] = "False"
+    m, scored = evaluate_sets(tiny_evaluator, df, None, None, return_scored=True)
+    plotted = {}
+
+    def spy(table, path, **kw):
+        plotted[path.name] = table
+        return path
+
+    monkeypatch.setattr(report, "plot_stage_scatter", spy)
+    write_report(tmp_path, m, scored, tiny_evaluator)
+    t = plotted["stage_real.png"]
+    assert len(t) == len(test) - len(test[::2]) and set(t["stage_known"]) == {"True"}
