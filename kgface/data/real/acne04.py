@@ -23,7 +23,8 @@ import pandas as pd
 from ...errors import UserError
 from ..manifest import N_STAGES
 from ..phantom.acne import grade_from_count, severity_from_count
-from .common import BadInput, assign_splits, check_identity_splits, frame, require_dir, safe_relpath
+from .common import (BadInput, assign_splits, check_identity_splits, frame, listed_image, require_dir,
+                     safe_relpath)
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,8 @@ def acne04_manifest(root: str | Path, fold: int = 0, val_fraction: float = 0.1, 
             if count < 0:
                 bad(where, name, f"lesion count {count} is negative")
                 continue
-            if rel in seen:
-                bad(where, name, f"duplicate image '{name}' (first at {seen[rel]})")
-                continue
-            path = image_dir / rel
-            if not path.is_file():
-                bad(where, name, f"image {images}/{rel} does not exist")
+            path = listed_image(image_dir, images, rel, name, where, seen, bad)
+            if path is None:
                 continue
             seen[rel] = where
             matches = grade_from_count(count) == grade

@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import UserError
-from .common import BadInput, assign_splits, check_identity_splits, frame, hashed_subset, safe_relpath
+from .common import (BadInput, assign_splits, check_identity_splits, frame, hashed_subset, listed_image,
+                     safe_relpath)
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,8 @@ def celeba_manifest(root: str | Path, filters: dict | None = None, limit: int | 
         if rel is None:
             bad(where, name, f"file name '{name}' escapes the image folder")
             continue
-        if rel in seen:
-            bad(where, name, f"duplicate image '{name}' (first at {seen[rel]})")
-            continue
-        path = image_dir / rel
-        if not path.is_file():
-            bad(where, name, f"image {prefix}/{rel} does not exist")
+        path = listed_image(image_dir, prefix, rel, name, where, seen, bad)
+        if path is None:
             continue
         if partition is not None and name not in partition:
             bad(where, name, f"image '{name}' has no line in {part_file.name}")

@@ -58,6 +58,21 @@ def safe_relpath(name: str) -> str | None:
     return norm
 
 
+def listed_image(image_dir: Path, prefix: str, rel: str, name: str, where: str, seen: dict, bad: BadInput
+                 ) -> Path | None:
+    """The image file a label line names (`rel`, from safe_relpath), or None once `bad` has been told it repeats an
+    earlier line's image (`seen`: rel -> where, kept by the caller) or does not exist (`prefix`: the folder as the
+    user gave it, for the message)."""
+    if rel in seen:
+        bad(where, name, f"duplicate image '{name}' (first at {seen[rel]})")
+        return None
+    path = image_dir / rel
+    if not path.is_file():
+        bad(where, name, f"image {prefix}/{rel} does not exist")
+        return None
+    return path
+
+
 def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise UserError(f"{path}: {what} not found (docs/data.md shows the expected layout)")
