@@ -61,6 +61,17 @@ def _annotation_iri(disease_id: str, hpo_id: str, negated: bool) -> URIRef:
     return URIRef(f"{BASE}annotation/{quote(disease_id, safe=':')}/{quote(hpo_id, safe=':')}{'/not' if negated else ''}")
 
 
+def _add_annotation(g: Graph, disease: URIRef, disease_id: str, hpo_id: str, negated: bool) -> URIRef:
+    """The annotation node linking a disease to a phenotype (or, negated, to its absence), with the triples both
+    kinds carry."""
+    a = _annotation_iri(disease_id, hpo_id, negated)
+    g.add((a, RDF.type, KGF.PhenotypeAnnotation))
+    g.add((a, KGF.disease, disease))
+    g.add((a, KGF.phenotype, iri(hpo_id)))
+    g.add((a, KGF.negated, Literal(negated)))
+    return a
+
+
 def new_graph() -> Graph:
     g = Graph()
     g.bind("kgf", KGF)
@@ -83,11 +94,7 @@ def add_profile(g: Graph, profile: FacialProfile, terms: dict[str, Term] | None 
         g.add((d, KGF.onset, iri(onset["hpo_id"])))
         g.add((iri(onset["hpo_id"]), RDFS.label, Literal(onset["name"])))
     for p in profile.phenotypes:
-        a = _annotation_iri(profile.disease_id, p.hpo_id, False)
-        g.add((a, RDF.type, KGF.PhenotypeAnnotation))
-        g.add((a, KGF.disease, d))
-        g.add((a, KGF.phenotype, iri(p.hpo_id)))
-        g.add((a, KGF.negated, Literal(False)))
+        a = _add_annotation(g, d, profile.disease_id, p.hpo_id, False)
         if p.frequency is not None:
             g.add((a, KGF.frequency, Literal(repr(float(p.frequency)), datatype=XSD.decimal)))
         for name in PHENOTYPE_FIELDS:
@@ -111,11 +118,7 @@ def add_profile(g: Graph, profile: FacialProfile, terms: dict[str, Term] | None 
             if parent is not None:
                 g.add((iri(child), RDFS.subClassOf, iri(parent)))
     for n in profile.negative_phenotypes:
-        a = _annotation_iri(profile.disease_id, n.hpo_id, True)
-        g.add((a, RDF.type, KGF.PhenotypeAnnotation))
-        g.add((a, KGF.disease, d))
-        g.add((a, KGF.phenotype, iri(n.hpo_id)))
-        g.add((a, KGF.negated, Literal(True)))
+        a = _add_annotation(g, d, profile.disease_id, n.hpo_id, True)
         g.add((a, KGF.region, Literal(n.region)))
         g.add((iri(n.hpo_id), RDFS.label, Literal(n.name)))
         for ref in n.references:
