@@ -1,6 +1,6 @@
-"""`python -m kgface.evaluate` (kgface/evaluate.py) on the tiny panel: the report end to end, bad input as one-line
-errors, run= folders (their evaluator, profiles, held-out list and atlas), and that the evaluator never imports the
-generator it measures."""
+"""`python -m kgface.evaluate` (kgface/evaluate.py) on the tiny panel: evaluate_sets and the report end to end, bad
+input (the library's errors, then the entry's one-line exits), run= folders (their evaluator, profiles, held-out list
+and atlas), and that the evaluator never imports the generator it measures."""
 import json
 import subprocess
 import sys

@@ -355,3 +355,45 @@ def test_a_cache_entry_from_before_the_list_gets_it_from_the_data_its_key_names(
     assert again.trained_on == ev.trained_on == learned_digests(read_manifest(tiny_data / "manifest.csv")[0])
     again.save(tmp_path / "run" / "evaluator")  # what a train run keeps: checkable later
     assert Evaluator.load(tmp_path / "run" / "evaluator").trained_on == ev.trained_on
+
+
+def test_the_openclip_path_keys_and_checks_its_weights_file(tiny_cfg, tiny_data, tiny_profiles, session_cache_dir,
+                                                           tmp_path):
+    """evaluator=openclip with a real open_clip model read from a local safetensors file (a tiny registered config,
+    random weights): new bytes under the same path are a new cache entry, and a saved evaluator whose file changed
+    refuses to load (its heads read another model's features)."""
+    import open_clip
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from kgface.cache import Cache
+    from kgface.evaluation.clip_model import register_tiny
+
+    name = register_tiny(OmegaConf.to_container(tiny_cfg.evaluator, resolve=True))
+    weights = tmp_path / "clip.safetensors"
+
+    def write(seed):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(name, pretrained=None)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    from kgface.config import compose
+
+    cfg = compose("evaluate", ["evaluator=openclip", f"evaluator.model={name}", f"evaluator.pretrained={weights}"])
+    cache = Cache(session_cache_dir)
+    write(0)
+    first = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert len(first.info["pretrained_sha256"]) == 64
+    saved = first.save(tmp_path / "ev")
+    assert Evaluator.load(saved).classes == first.classes
+    again = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert "cache_entry" not in again.info  # same bytes: from the cache
+    write(1)
+    changed = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert changed.info["cache_entry"] != first.info["cache_entry"]
+    with pytest.raises(EvaluatorInputError, match="not the weights file its heads were fitted on"):
+        Evaluator.load(saved)
+    with pytest.raises(EvaluatorInputError, match="evaluator.pretrained=.*not a readable weights file"):
+        fit_evaluator(compose("evaluate", ["evaluator=openclip", f"evaluator.model={name}",
+                                           f"evaluator.pretrained={tmp_path}"]).evaluator,
+                      tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)

@@ -60,9 +60,9 @@ def safe_relpath(name: str) -> str | None:
 
 def listed_image(image_dir: Path, prefix: str, rel: str, name: str, where: str, seen: dict, bad: BadInput
                  ) -> Path | None:
-    """The image file a label line names (`rel`, from safe_relpath), or None once `bad` has been told it repeats an
-    earlier line's image (`seen`: rel -> where, kept by the caller) or does not exist (`prefix`: the folder as the
-    user gave it, for the message)."""
+    """The image file a label line names (`rel`, from safe_relpath). If it repeats an earlier line's image (`seen`:
+    rel -> where, kept by the caller) or does not exist, `bad` is told (it raises, or records a skip and this returns
+    None). `prefix` names the image folder in the message, as the reader shows it to the user."""
     if rel in seen:
         bad(where, name, f"duplicate image '{name}' (first at {seen[rel]})")
         return None
