@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import container

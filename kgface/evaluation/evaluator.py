@@ -244,7 +244,7 @@ class Evaluator:
         base = table.reset_index(drop=True) if table is not None else pd.DataFrame(index=range(len(feats)))
         x = self.scale(feats)
         probs = self.probe.proba(x)
-        order = np.argsort(-probs, 1)
+        order = np.argsort(-probs, 1, kind="stable")  # a tie goes to the first class, the same in every run
         cls = np.asarray(self.classes)
         cols: dict = {"pred_disease": cls[order[:, 0]], "pred_prob": probs[np.arange(len(probs)), order[:, 0]],
                       "top3": [list(cls[o[:3]]) for o in order]}

@@ -21,7 +21,7 @@ def topk_accuracy(probs: np.ndarray, labels: Sequence[int], k: int = 1) -> float
     probs, labels = np.asarray(probs), np.asarray(labels)
     if len(labels) == 0 or (k > 1 and probs.ndim == 2 and probs.shape[1] <= k):
         return float("nan")
-    top = np.argsort(-probs, axis=1)[:, :k]
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties go to the first class, as in the evaluator
     return float(np.mean([labels[i] in top[i] for i in range(len(labels))]))
 
 
@@ -206,6 +206,8 @@ def memorisation_audit(generated: np.ndarray, train: np.ndarray, real_holdout: n
     of a training image (cosine >= 1 - DUPLICATE_GAP: photo datasets hold such duplicates) are left out of the
     threshold's sample and counted (`holdout_duplicates`): 2% of them would put a 0.99 quantile at 1.0, and no copy
     could then exceed it. Only exact copies are caught; re-encoded near-duplicates (cosine ~0.999) still count.
+    With few held-out images (`holdout_n`) the quantile sits near their largest cosine, and a generator that does not
+    copy reads up to about 1 / holdout_n (below 100 of them) rather than 1 - quantile.
     """
     if len(generated) == 0 or len(train) == 0 or len(real_holdout) == 0:
         raise ValueError("memorisation audit needs generated, training and held-out real features")
@@ -217,7 +219,8 @@ def memorisation_audit(generated: np.ndarray, train: np.ndarray, real_holdout: n
     threshold = float(np.quantile(real_nn[fresh], quantile))
     gen_nn, idx = nearest_cosine(generated, train)
     return {"memorisation_rate": float(np.mean(gen_nn > threshold)), "threshold": threshold,
-            "quantile": quantile, "holdout_duplicates": int((~fresh).sum()), "nearest_cosine": gen_nn,
+            "quantile": quantile, "holdout_duplicates": int((~fresh).sum()), "holdout_n": int(fresh.sum()),
+            "nearest_cosine": gen_nn,
             "nearest_index": idx}
 
 
@@ -247,6 +250,9 @@ def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None
     if n_r < 2 or n_g < 2:
         raise UserError(f"FID/KID need at least 2 real and 2 generated images (got {n_r} real, {n_g} generated); "
                         "score a larger set")
+    if subset_size is not None and subset_size < 2:
+        raise ValueError(f"KID subset_size must be >= 2 (got {subset_size}): its unbiased estimate divides by m(m-1)")
+    # with fewer than 4 images in a set a subset is the whole set, and kid_std is 0 by construction
     size = min(n_r, n_g, subset_size) if subset_size else max(2, min(n_r, n_g, 2000) // 2)
     fid = FrechetInceptionDistance(feature=feature, reset_real_features=True)
     kid = KernelInceptionDistance(feature=feature, subsets=subsets, subset_size=size, reset_real_features=True,

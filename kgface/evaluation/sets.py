@@ -144,7 +144,8 @@ def auroc_summary(aurocs: dict[str, float], target: float = 0.9) -> dict:
 
 
 def disease_scores(table: pd.DataFrame, classes: list[str], label: str = "disease", stage: str = "stage") -> dict:
-    """top-1 (stages 2-3 and all), top-3, macro-F1 and per-stage accuracy of a scored table."""
+    """top-1, top-3 and macro-F1 on the headline rows (healthy, stages 2-3, ungraded photos) and on all rows
+    (`_all`), and per-stage accuracy of a scored table."""
     y = list(table[label])
     probs = table[[f"p_{c}" for c in classes]].to_numpy()
     ci = {c: i for i, c in enumerate(classes)}
@@ -154,7 +155,8 @@ def disease_scores(table: pd.DataFrame, classes: list[str], label: str = "diseas
         "top1": M.accuracy(np.asarray(y)[head], table["pred_disease"].to_numpy()[head]),
         "top1_all": M.topk_accuracy(probs, lab, 1), "top3_all": M.topk_accuracy(probs, lab, 3),
         "top3": M.topk_accuracy(probs[head], lab[head], 3),
-        "macro_f1": M.macro_f1(y, list(table["pred_disease"])),
+        "macro_f1": M.macro_f1(list(np.asarray(y)[head]), list(table["pred_disease"].to_numpy()[head])),
+        "macro_f1_all": M.macro_f1(y, list(table["pred_disease"])),
         "per_stage_top1": M.per_stage_accuracy(y, list(table["pred_disease"]), stage_cells(table, stage)),
         "n": len(y), "n_headline": int(head.sum()),
     }
@@ -164,8 +166,9 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
                         scored: ScoredSet | None = None, train_df: pd.DataFrame | None = None,
                         face_identity=None) -> dict:
     """Validity of the instrument on real test images (see module doc). Keys: real_top1 (stages 2-3 + healthy),
-    real_top1_all, real_top3, real_macro_f1, per_stage_top1, real_stage_mae, real_severity_mae, real_stage_spearman,
-    real_stage_spearman_disease, phenotype_auroc (per HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1,
+    real_top1_all, real_top3, real_macro_f1 (+ _all), per_stage_top1, real_stage_mae, real_severity_mae,
+    real_stage_spearman, real_stage_spearman_disease and real_stage_mae_disease (diseased faces only, the rows of the
+    generated sets' stage metrics), phenotype_auroc (per HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1,
     and with `roundtrip`: vae_ceiling_top1, vae_ceiling_stage_spearman (diseased faces, as generation.stage_spearman),
     vae_ceiling_phenotype_auroc_summary; with `face_identity` (kgface.evaluation.face_identity): identity_dlib."""
     df = as_frame(real_df)
@@ -180,13 +183,14 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     d = disease_scores(t, evaluator.classes)
     auc = phenotype_auroc(evaluator, t)
     out = {"real_top1": d["top1"], "real_top1_all": d["top1_all"], "real_top3": d["top3"],
-           "real_macro_f1": d["macro_f1"], "per_stage_top1": d["per_stage_top1"], "n_test": d["n"],
+           "real_macro_f1": d["macro_f1"], "real_macro_f1_all": d["macro_f1_all"], "per_stage_top1": d["per_stage_top1"], "n_test": d["n"],
            "real_stage_mae": M.stage_mae(ts["stage"], ts["stage_pred"]),
            "real_severity_mae": M.stage_mae(ts["severity"], ts["severity_pred"]),
            "real_stage_spearman": M.spearman(ts["stage"], ts["severity_pred"]),
            "n_stage_known": int(known.sum()),
            # the generated sets' stage_spearman is over diseased requests only: the same rows of real faces
            "real_stage_spearman_disease": M.spearman(t["stage"][sick], t["severity_pred"][sick]),
+           "real_stage_mae_disease": M.stage_mae(t["stage"][sick], t["stage_pred"][sick]),
            "zero_shot_top1": M.accuracy(t["disease"][head], t["zs_disease"][head]),
            "phenotype_auroc": auc, "phenotype_auroc_summary": auroc_summary(auc)}
     if "identity" in t and t["identity"].astype(str).str.len().gt(0).all():
@@ -285,23 +289,34 @@ def real_profile_match(table: pd.DataFrame, test: pd.DataFrame, profiles, vocab)
     profiles, `real_profile_match_f1_template` against the template's phenotypes of the face's disease and stage
     (what real faces read by the rule a generator without `requested_phenotypes` is judged by: real faces show a
     frequency draw, not the template's set), on the rows whose disease has a profile (`real_profile_match_template_n`);
-    `real_phenotype_match`, the own-set match phenotype by phenotype (metrics.per_phenotype_match)
+    `real_phenotype_match`, the own-set match phenotype by phenotype (metrics.per_phenotype_match). Faces that show
+    no phenotype the evaluator can detect (and, for the template number, rows whose template has none) are counted in
+    `real_profile_match_unscored_n`, not scored: a blank read would score F1 = 1 on them.
     Not upper bounds: a generator that draws phenotypes more strongly than real faces can read above them."""
     rows = ((table["disease"] != HEALTHY).to_numpy() & stage_known(test)
             & table["stage"].isin(HEADLINE_STAGES).to_numpy() & labelled_phenotypes(test))
     if not rows.any():
         return {}
-    t = table[rows]
     voc = set(vocab)
+    # as for generated faces, a face that shows no phenotype the evaluator can detect is counted, not scored
+    own_all = [_shown(ph, voc) for ph in table["phenotypes"][rows]]
+    shows = np.zeros(len(table), bool)
+    shows[np.flatnonzero(rows)] = [bool(o) for o in own_all]
+    out = {"real_profile_match_unscored_n": int(rows.sum() - shows.sum())}
+    if not shows.any():
+        return out
+    t = table[shows]
     detected = list(t["detected"])
-    own = [_shown(ph, voc) for ph in t["phenotypes"]]
-    out = {"real_profile_match_f1": M.profile_match_f1(detected, own), "real_profile_match_n": int(rows.sum()),
-           "real_phenotype_match": M.per_phenotype_match(detected, own)}
+    own = [o for o in own_all if o]
+    out.update({"real_profile_match_f1": M.profile_match_f1(detected, own), "real_profile_match_n": int(shows.sum()),
+                "real_phenotype_match": M.per_phenotype_match(detected, own)})
     has = t["disease"].isin(set(profiles or {})).to_numpy()
-    if has.any():
-        template = [_template_set(profiles[d], s, voc) for d, s in zip(t["disease"][has], t["stage"][has])]
-        out["real_profile_match_f1_template"] = M.profile_match_f1(list(t["detected"][has]), template)
-        out["real_profile_match_template_n"] = int(has.sum())
+    template = [_template_set(profiles[d], s, voc) for d, s in zip(t["disease"][has], t["stage"][has])]
+    keep = [bool(x) for x in template]
+    if any(keep):
+        out["real_profile_match_f1_template"] = M.profile_match_f1(
+            [d for d, k in zip(t["detected"][has], keep) if k], [x for x in template if x])
+        out["real_profile_match_template_n"] = int(sum(keep))
     return out
 
 
@@ -353,7 +368,8 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             metrics["vae_ceiling_top1"] = v["vae_ceiling_top1"]
         metrics["evaluator"].update(real_profile_match(s_real.table, test, profiles, evaluator.phenotypes))
         exp = kg_frequencies(profiles, evaluator.phenotypes, set(test["disease"]))
-        full = s_real.table[s_real.table["stage"] == 3]
+        # real faces of graded stage 3 (the stage whose template carries every phenotype) against the KG
+        full = s_real.table[(s_real.table["stage"] == 3).to_numpy() & stage_known(test)]
         if len(full) and exp:
             obs = M.phenotype_frequencies(list(full["detected"]), list(full["disease"]))
             metrics["evaluator"]["real_frequency_mae"] = M.frequency_mae(obs, exp)[0]
@@ -388,20 +404,27 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             lab = np.array([ci[d] for d in req_d[sel]])
             g["top1_all"] = M.topk_accuracy(probs, lab, 1)
             g["top3_all"] = M.topk_accuracy(probs, lab, 3)
-            g["macro_f1"] = M.macro_f1(list(req_d[sel]), list(t["pred_disease"][sel]))
+            g["macro_f1"] = M.macro_f1(list(req_d[sel & head]), list(t["pred_disease"][sel & head]))
+            g["macro_f1_all"] = M.macro_f1(list(req_d[sel]), list(t["pred_disease"][sel]))
             g["per_stage_top1"] = M.per_stage_accuracy(list(req_d[sel]), list(t["pred_disease"][sel]),
                                                        list(req_s[sel]))
             dis = sel & (req_d != HEALTHY).to_numpy()
             g["stage_spearman"] = M.spearman(req_sev[dis], t["severity_pred"][dis])
             g["stage_mae"] = M.stage_mae(req_s[dis], t["stage_pred"][dis])
-            # on diseased requests of stages 2-3: a healthy or stage-0 request expects nothing, and a blank face
-            # would score F1 = 1 on it
+            # on diseased requests of stages 2-3 that expect a phenotype the evaluator can detect: a request that
+            # expects nothing (healthy, stage 0, an empty frequency draw, phenotypes without a head) would read
+            # F1 = 1 on a blank face; such rows are counted, not scored
             pm = dis & head
             if pm.any():
                 expected = _expected_sets(t[pm], list(req_d[pm]), list(req_s[pm]), profiles, evaluator.phenotypes)
-                g["profile_match_f1"] = M.profile_match_f1(list(t["detected"][pm]), expected)
-                g["profile_match_n"] = int(pm.sum())
-                g["phenotype_match"] = M.per_phenotype_match(list(t["detected"][pm]), expected)
+                scored_rows = np.array([bool(e) for e in expected])
+                g["profile_match_unscored_n"] = int((~scored_rows).sum())
+                if scored_rows.any():
+                    expected = [e for e, k in zip(expected, scored_rows) if k]
+                    detected = list(t["detected"][pm][scored_rows])
+                    g["profile_match_f1"] = M.profile_match_f1(detected, expected)
+                    g["profile_match_n"] = int(scored_rows.sum())
+                    g["phenotype_match"] = M.per_phenotype_match(detected, expected)
             at3 = sel & (req_s == 3).to_numpy()
             full = at3 if at3.any() else sel & head
             exp = kg_frequencies(profiles, evaluator.phenotypes, set(req_d[full]))
@@ -476,6 +499,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 metrics["memorisation_rate"] = audit["memorisation_rate"]
                 metrics["memorisation_threshold"] = audit["threshold"]
                 metrics["memorisation_holdout_duplicates"] = audit["holdout_duplicates"]
+                metrics["memorisation_holdout_n"] = audit["holdout_n"]
                 t["nearest_train_cosine"] = audit["nearest_cosine"]
                 t["nearest_train_path"] = list(train["abspath"].iloc[audit["nearest_index"]])
     metrics = _rounded(metrics)
@@ -491,19 +515,22 @@ def _transform_metrics(evaluator, t, s_gen: ScoredSet, transform, req_d, root: s
 
 def _identity_metrics(evaluator, t, s_gen: ScoredSet, mask, root: str | None, face_identity) -> dict:
     """How much of its source face each edit in `mask` keeps: the cosine of evaluator image features (and dlib
-    distances with face_identity); {} when any of them lacks a source_image."""
+    distances with face_identity), over the rows that name a source_image (`identity_n`); {} when none does."""
     if "source_image" not in t:
         return {}
-    src = [str(p) for p in t.loc[mask, "source_image"].fillna("")]
-    if not all(src):
+    named = t["source_image"].fillna("").astype(str).str.strip().ne("").to_numpy()
+    mask = np.asarray(mask) & named
+    if not mask.any():
         return {}
+    src = [str(p).strip() for p in t.loc[mask, "source_image"]]
     relative = [p for p in src if not Path(p).is_absolute()]
     if relative and root is None:
         raise EvaluatorInputError(f"generated set: source_image {relative[0]!r} is relative and the set "
                                   "was given as a DataFrame: give absolute paths or the manifest's path")
     paths = [str(Path(p) if Path(p).is_absolute() else Path(root) / p) for p in src]
     src_images = load_images(paths)
-    out = {"identity_similarity": M.identity_similarity(evaluator.features(src_images), s_gen.features[mask])}
+    out = {"identity_similarity": M.identity_similarity(evaluator.features(src_images), s_gen.features[mask]),
+           "identity_n": int(mask.sum())}
     if face_identity is not None:
         out.update(pair_distances(face_identity, src_images, s_gen.images[torch.from_numpy(np.flatnonzero(mask))]))
     return out

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .errors import KGFormatError
 from .frequency import parse_frequency
-from .graph import EDGE_COLUMNS, MAX_STAGE, KnowledgeGraph
+from .graph import MAX_STAGE, KnowledgeGraph
 from .obo import HPO_ID, Term, parse_obo, term_aliases
 from .ontology import onset_terms
 

@@ -128,6 +128,10 @@ def test_tstr_and_identity_and_memorisation():
     dup_holdout = np.concatenate([holdout, train[100:106]])
     audit = M.memorisation_audit(copies, train, dup_holdout)
     assert audit["memorisation_rate"] == 1.0 and audit["holdout_duplicates"] == 6 and audit["threshold"] < 0.999
+    assert audit["holdout_n"] == 200  # the fresh images the threshold is read on
+    # the rule is strict: the held-out set itself, as the generated set, has its closest image exactly at the
+    # quantile-1 threshold, and that is not a copy (with >= it would read 1/200)
+    assert M.memorisation_audit(holdout, train, holdout, quantile=1.0)["memorisation_rate"] == 0.0
 
 
 def test_fid_kid_identical_sets_near_zero_and_shift_positive():
@@ -137,6 +141,8 @@ def test_fid_kid_identical_sets_near_zero_and_shift_positive():
     assert same["n_real"] == 64 and same["kid_subset_size"] == 32  # half the smaller set: subsets that vary
     assert same["kid_std"] > 0  # whole-set subsets made this 0 whatever the sets
     assert M.clip_fid_kid(real, real.clone(), LinearFeatures(), subset_size=500, subsets=2)["kid_subset_size"] == 64
+    with pytest.raises(ValueError, match="subset_size must be >= 2"):  # m(m-1) = 0: no estimate
+        M.clip_fid_kid(real, real.clone(), LinearFeatures(), subset_size=1)
     shifted = (real.int() // 2 + 120).clamp(0, 255).to(torch.uint8)
     diff = M.clip_fid_kid(real, shifted, LinearFeatures(), subsets=10)
     # identical sets: FID 0; KID near 0 (its subsets of one set hold the same images, and the cross term then

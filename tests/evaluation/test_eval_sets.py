@@ -31,11 +31,12 @@ def test_real_profile_match_reads_labelled_graded_stage_2_3_faces_against_own_an
         ("D:1", 3, "photo", "True", {}, {"A"}),  # a diseased photo's {} is "not labelled"
         ("D:1", 2, "photo", "False", {"A": 1.0}, set()),  # ungraded: its stage is a placeholder
         ("D:2", 3, "phantom", "True", {"A": 1.0}, {"A"}),  # no profile: own set only
+        ("D:1", 3, "phantom", "True", {"Z": 1.0}, {"A"}),  # shows nothing with a head: counted, not scored (F1 1)
     ]
     test = pd.DataFrame(rows, columns=["disease", "stage", "source", "stage_known", "phenotypes", "detected"])
     table = test[["disease", "stage", "phenotypes", "detected"]].copy()
     out = real_profile_match(table, test, {"D:1": _profile()}, ["A", "B", "C"])
-    assert out["real_profile_match_n"] == 3
+    assert out["real_profile_match_n"] == 3 and out["real_profile_match_unscored_n"] == 1
     assert out["real_profile_match_f1"] == pytest.approx((2 / 3 + 1.0 + 1.0) / 3)
     # the rows with a profile: row 1 against {A,B,C}: 2 x 1 / (1 + 3); row 2 against {A,B}: 0
     assert out["real_profile_match_f1_template"] == pytest.approx(0.25) and out["real_profile_match_template_n"] == 2
@@ -58,6 +59,12 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     head = test[test["stage"].isin([2, 3]) | (test["disease"] == "healthy")]
     scored = tiny_evaluator.score(load_images(list(head["abspath"])))
     assert v["real_top1"] == pytest.approx((scored["pred_disease"].to_numpy() == head["disease"].to_numpy()).mean())
+    # macro-F1 on the same rows; the stage MAE of diseased faces on the rows of generation.stage_mae
+    assert v["real_macro_f1"] == pytest.approx(M.macro_f1(list(head["disease"]), list(scored["pred_disease"])))
+    sick_scored = tiny_evaluator.score(load_images(list(sick["abspath"])))
+    assert v["real_stage_mae_disease"] == pytest.approx(M.stage_mae(sick["stage"], sick_scored["stage_pred"]))
+    every = tiny_evaluator.score(load_images(list(test["abspath"])))
+    assert v["real_macro_f1_all"] == pytest.approx(M.macro_f1(list(test["disease"]), list(every["pred_disease"])))
     # one person at four stages: same-identity pairs exist, so the identity AUROC is a number, the features' own
     assert v["identity_auroc"] == pytest.approx(M.identity_auroc(tiny_evaluator.features(
         load_images(list(test["abspath"]))), list(test["identity"])))
@@ -166,6 +173,40 @@ def test_expected_sets_follow_the_drawn_phenotypes_then_the_labels_then_the_temp
         with pytest.raises(EvaluatorInputError, match="g7.png: requested_phenotypes"):
             _expected_sets(pd.DataFrame({"phenotypes": [{}], "requested_phenotypes": [bad], "path": ["g7.png"]}),
                            [prof.disease_id], [3], {prof.disease_id: prof}, vocab)
+
+
+def test_profile_match_scores_only_requests_that_expect_a_detectable_phenotype(tiny_evaluator, tiny_data,
+                                                                               tiny_profiles, tmp_path):
+    """A blank face reads F1 = 1 on a request that expects nothing: an empty frequency draw ("[]"), or, without
+    profiles, a request with neither a draw nor labels (its template is unknown) is counted, not scored."""
+    gen = generated_manifest(tiny_data, tmp_path, n=16)
+    df = pd.read_csv(gen, dtype=str, keep_default_na=False)
+    pm = ((df["mode"] == "sample") & (df["requested_disease"] != "healthy")
+          & (df["requested_stage"].astype(int) >= 2)).to_numpy()
+    assert pm.sum() >= 2
+    df["requested_phenotypes"] = ""
+    df.loc[np.flatnonzero(pm)[0], "requested_phenotypes"] = "[]"
+    df.to_csv(gen, index=False)
+    g = evaluate_sets(tiny_evaluator, None, gen, tiny_profiles)["generation"]
+    # the other requests expect their own labelled phenotypes (each diseased stage 2-3 phantom shows some)
+    assert g["profile_match_unscored_n"] == 1 and g["profile_match_n"] == pm.sum() - 1
+    df["requested_phenotypes"], df["phenotypes"] = "", "{}"
+    df.to_csv(gen, index=False)
+    g = evaluate_sets(tiny_evaluator, None, gen, None)["generation"]
+    assert g["profile_match_unscored_n"] == pm.sum() and "profile_match_f1" not in g
+    g = evaluate_sets(tiny_evaluator, None, gen, tiny_profiles)["generation"]  # the template, from the profiles
+    assert g["profile_match_n"] + g["profile_match_unscored_n"] == pm.sum() and g["profile_match_n"] > 0
+
+
+def test_identity_is_read_on_the_edits_that_name_their_source(tiny_evaluator, tiny_data, tmp_path):
+    test = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    test = test[test["split"] == "test"].head(5)
+    gen = edits_of(tiny_data, test, tmp_path / "gen", ["transform"] * 3 + ["sample"] * 2)
+    df = pd.read_csv(gen, dtype=str, keep_default_na=False)
+    df.loc[1, "source_image"] = ""  # one transformation without its source: the other two are still read
+    df.to_csv(gen, index=False)
+    t = evaluate_sets(tiny_evaluator, None, gen, None)["transform"]
+    assert t["n"] == 3 and t["identity_n"] == 2 and t["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_requests_are_read_row_by_row_and_continuous_stages_round():

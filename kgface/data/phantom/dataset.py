@@ -14,7 +14,6 @@ Labels hold only what was drawn: phenotypes with no renderer effect (reported pe
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
