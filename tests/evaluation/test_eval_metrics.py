@@ -102,6 +102,10 @@ def test_profile_match_and_frequency_mae():
     # drawing every phenotype every time is wrong: a (KG 0.3) is 0.7 off
     obs_all = M.phenotype_frequencies([{"a", "b"}] * 10, ["d"] * 10)
     assert M.frequency_mae(obs_all, {"d": {"a": 0.3, "b": 1.0}})[0] == pytest.approx(0.35)
+    # a disease without observations or without expected phenotypes is skipped, not read as 0 or 1
+    mae, per = M.frequency_mae(obs, {"d": {"a": 0.3, "b": 1.0}, "e": {"a": 0.5}, "f": {}})
+    assert set(per) == {"d"} and mae == pytest.approx(0.0)
+    assert np.isnan(M.frequency_mae(obs, {"e": {"a": 0.5}})[0])
 
 
 def test_tstr_and_identity_and_memorisation():

@@ -198,6 +198,19 @@ def test_profile_match_scores_only_requests_that_expect_a_detectable_phenotype(t
     assert g["profile_match_n"] + g["profile_match_unscored_n"] == pm.sum() and g["profile_match_n"] > 0
 
 
+def test_frequency_mae_falls_back_to_stages_2_3_without_a_stage_3_request(tiny_evaluator, tiny_data, tiny_profiles,
+                                                                          tmp_path):
+    gen = generated_manifest(tiny_data, tmp_path, n=40)
+    df = pd.read_csv(gen, dtype=str, keep_default_na=False)
+    g3 = evaluate_sets(tiny_evaluator, None, gen, tiny_profiles)["generation"]
+    assert g3["frequency_mae_stages"] == [3] and 0 <= g3["frequency_mae"] <= 1
+    df[df["requested_stage"] != "3"].to_csv(gen, index=False)
+    g2 = evaluate_sets(tiny_evaluator, None, gen, tiny_profiles)["generation"]
+    assert g2["frequency_mae_stages"] == [2, 3] and 0 <= g2["frequency_mae"] <= 1
+    # only requested diseases with a KG frequency the evaluator can read are compared (healthy never)
+    assert set(g2["frequency_mae_per_disease"]) <= set(df["requested_disease"]) - {"healthy"}
+
+
 def test_identity_is_read_on_the_edits_that_name_their_source(tiny_evaluator, tiny_data, tmp_path):
     test = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
     test = test[test["split"] == "test"].head(5)
