@@ -1,14 +1,17 @@
 """Held-out and seen diseases drawn by trained generators with many seeds, all scored by one evaluator.
 
     python bench/heldout_draws.py RUN_A RUN_B [--seeds 30] [--stages 2 3] [--evaluator EVAL_DIR] [--guidance G]
-                                   [--groups heldout seen]
+                                   [--groups heldout seen] [--null-text empty|prompt]
 
 A train run draws each (disease, stage) cell only `samples.per_cell` times (6 on the benchmark: 24 held-out images),
 too few to compare conditionings on held-out diseases. This draws every held-out disease (and, for reference,
 every seen one) at the given stages with `--seeds` seeds, the same noise for every run, and prints top-1 with a
 Wilson 95% interval per run. RUN_*: kgface.train output folders (a baselines run's `OUT/<mode>`); the evaluator is
 the first run's unless --evaluator names one. A class-conditioned run cannot draw held-out diseases and is skipped
-for them. --guidance replaces the runs' own `model.sample.guidance` (a sampling-time sweep needs no retraining).
+for them. --guidance replaces the runs' own `model.sample.guidance` (a sampling-time sweep needs no retraining);
+--null-text prompt guides against each request's own prompt with null tokens instead of the empty prompt. Top-1
+reads the requests of stages >= 2; each group's stage Spearman (requested vs measured severity) reads every stage
+asked for: `--stages 0 1 2 3` for a number comparable with generation.stage_spearman.
 Figures in docs/training.md came from this script.
 """
 from __future__ import annotations
@@ -37,6 +40,9 @@ def main(argv=None):
     ap.add_argument("--evaluator", default=None)
     ap.add_argument("--seed-offset", type=int, default=20000)
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: each run's)")
+    ap.add_argument("--null-text", choices=["empty", "prompt"], default="empty",
+                    help="guidance's unconditional prompt: empty (the runs' own) or each request's prompt, so "
+                         "guidance pushes along the KG tokens alone")
     ap.add_argument("--groups", nargs="+", choices=["heldout", "seen"], default=["heldout", "seen"],
                     help="which diseases to draw (seen diseases take ~5x as long as the two held-out ones)")
     args = ap.parse_args(argv)
@@ -47,6 +53,7 @@ def main(argv=None):
     from kgface.diffusion.generator import Generator, Request
     from kgface.diffusion.run_loading import heldout_of, load_run
     from kgface.evaluation import load_evaluator
+    from kgface.evaluation.metrics import spearman
 
     first = Path(args.runs[0])  # a baselines generator (OUT/<mode>) keeps its evaluator in OUT/evaluator
     evaluator = load_evaluator(args.evaluator or (first if (first / "evaluator").is_dir() else first.parent))
@@ -56,7 +63,7 @@ def main(argv=None):
         heldout = heldout_of(Path(run))
         sample = cfg.model.get("sample", {})
         guidance = args.guidance if args.guidance is not None else float(sample.get("guidance", 3.0))
-        gen = Generator(backbone, cond, guidance=guidance, steps=int(sample.get("steps", 20)))
+        gen = Generator(backbone, cond, guidance=guidance, steps=int(sample.get("steps", 20)), null_text=args.null_text)
         known = {p.disease_id for p in cond.profiles}
         out = {}
         for group, chosen in (("heldout", [p for p in profiles if p.disease_id in heldout]),
@@ -69,26 +76,38 @@ def main(argv=None):
                     for p in chosen for s in args.stages for k in range(args.seeds)]
             if not reqs:
                 continue
-            preds = []
+            preds, severity = [], []
             for i in tqdm(range(0, len(reqs), 32), desc=f"{Path(run).name}: {group}", unit="batch"):
-                preds += list(evaluator.score(gen.sample(reqs[i:i + 32]))["pred_disease"])
-            hit = np.array([pr == r.profile.disease_id for pr, r in zip(preds, reqs)])
-            per = {p.disease_id: float(hit[[r.profile.disease_id == p.disease_id for r in reqs]].mean()) for p in chosen}
+                scored = evaluator.score(gen.sample(reqs[i:i + 32]))
+                preds += list(scored["pred_disease"])
+                severity += list(scored["severity_pred"])
+            # top-1 on the headline stages (2-3: stage 0 looks healthy by construction); Spearman on every stage
+            head = [r.severity >= 2 for r in reqs]
+            preds_h = [pr for pr, k in zip(preds, head) if k]
+            reqs_h = [r for r, k in zip(reqs, head) if k]
+            hit = np.array([pr == r.profile.disease_id for pr, r in zip(preds_h, reqs_h)])
+            per = {p.disease_id: float(hit[[r.profile.disease_id == p.disease_id for r in reqs_h]].mean())
+                   for p in chosen}
             lo, hi = wilson(int(hit.sum()), len(hit))
             # where each disease's draws are read: the nearest seen disease, healthy, or itself
-            read_as = {p.disease_id: dict(Counter(pr for pr, r in zip(preds, reqs)
+            read_as = {p.disease_id: dict(Counter(pr for pr, r in zip(preds_h, reqs_h)
                                                   if r.profile.disease_id == p.disease_id).most_common(3))
                        for p in chosen}
             out[group] = {"top1": float(hit.mean()), "n": len(hit), "ci95": [round(lo, 3), round(hi, 3)],
+                          # requested vs measured severity, as generation.stage_spearman (nan with one stage)
+                          "stage_spearman": spearman([r.severity for r in reqs], severity),
                           "per_disease": per, "read_as": read_as}
-        results[run] = {"conditioning": cond.mode, "guidance": guidance, **out}
+        results[run] = {"conditioning": cond.mode, "guidance": guidance, "null_text": args.null_text, **out}
         print(json.dumps({run: results[run]}, indent=1))
-    print("| run | conditioning | guidance | held-out top-1 (n, 95% CI) | seen top-1 (n, 95% CI) |")
-    print("|---|---|---|---|---|")
+    print("| run | conditioning | guidance | null text | held-out top-1 (n, 95% CI) | seen top-1 (n, 95% CI) "
+          "| seen stage Spearman |")
+    print("|---|---|---|---|---|---|---|")
     for run, r in results.items():
         cells = [f"{r[g]['top1']:.3f} ({r[g]['n']}, {r[g]['ci95'][0]:.2f}-{r[g]['ci95'][1]:.2f})" if g in r else "-"
                  for g in ("heldout", "seen")]
-        print(f"| {run} | {r['conditioning']} | {r['guidance']:g} | {cells[0]} | {cells[1]} |")
+        rho = f"{r['seen']['stage_spearman']:.3f}" if "seen" in r else "-"
+        print(f"| {run} | {r['conditioning']} | {r['guidance']:g} | {r['null_text']} | {cells[0]} | {cells[1]} "
+              f"| {rho} |")
 
 
 if __name__ == "__main__":

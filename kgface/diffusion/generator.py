@@ -23,9 +23,17 @@ class Request:
 
 
 class Generator:
-    def __init__(self, backbone, conditioner, guidance: float = 3.0, steps: int = 30):
+    def __init__(self, backbone, conditioner, guidance: float = 3.0, steps: int = 30, null_text: str = "empty"):
+        """null_text: the prompt of guidance's unconditional branch. "empty" (diffusers' rule): the empty prompt with
+        null tokens, trained in `cfg_drop_both` of the steps. "prompt": the request's own prompt with null tokens
+        (trained in `cfg_drop_tokens`), so guidance pushes along the KG tokens alone; needs tokens (text mode would
+        have no direction left)."""
+        if null_text not in ("empty", "prompt"):
+            raise ValueError(f"null_text must be 'empty' or 'prompt', not {null_text!r}")
+        if null_text == "prompt" and not conditioner.uses_tokens:
+            raise ValueError("null_text='prompt' guides along the tokens alone: this run's conditioning has none")
         self.backbone, self.conditioner = backbone, conditioner
-        self.guidance, self.steps = float(guidance), int(steps)
+        self.guidance, self.steps, self.null_text = float(guidance), int(steps), null_text
         self._index = {p.disease_id: i for i, p in enumerate(conditioner.profiles)}
 
     @property
@@ -95,8 +103,9 @@ class Generator:
     def condition(self, reqs: list[Request]) -> tuple:
         """The sampler's `cond` tuple: text states, KG tokens and their null (CFG) counterparts, SDXL's added kwargs."""
         b, dev = self.backbone, self.device
-        states, added = b.text_states(self._prompts(reqs))
-        null_states, null_added = b.text_states([""] * len(reqs))
+        prompts = self._prompts(reqs)
+        states, added = b.text_states(prompts)
+        null_states, null_added = (states, added) if self.null_text == "prompt" else b.text_states([""] * len(reqs))
         tokens = self._tokens(reqs)
         null_tokens = self.conditioner.null(len(reqs)) if tokens is not None else None
         return (states.to(dev), tokens, null_states.to(dev), null_tokens, {k: v.to(dev) for k, v in added.items()},

@@ -264,6 +264,16 @@ def test_kg_text_reads_the_text_prompt_and_the_kg_tokens(profiles, hpo_kg, catal
     assert not torch.allclose(states, null_states)
     assert torch.equal(tokens, gen._tokens(reqs)) and null_tokens.shape == tokens.shape
     assert not torch.allclose(tokens, null_tokens)
+    # null_text="prompt": the unconditional branch keeps the request's prompt, so guidance pushes along the tokens
+    states_p, tokens_p, null_states_p, null_tokens_p, _, _ = Generator(backbone, cond, steps=2,
+                                                                       null_text="prompt").condition(reqs)
+    assert torch.equal(null_states_p, states_p) and torch.equal(states_p, states)
+    assert torch.equal(null_tokens_p, null_tokens) and torch.equal(tokens_p, tokens)
+    text_backbone, text = make(profiles, "text")
+    with pytest.raises(ValueError, match="has none"):  # text alone would leave guidance no direction
+        Generator(text_backbone, text, null_text="prompt")
+    with pytest.raises(ValueError, match="'empty' or 'prompt'"):
+        Generator(backbone, cond, null_text="neutral")
 
 
 def test_kg_text_training_gives_the_unet_the_prompt_and_the_tokens(profiles, tmp_path):
