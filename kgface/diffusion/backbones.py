@@ -6,6 +6,7 @@ answers `text_states(prompts) -> (encoder_hidden_states, added_cond_kwargs)`; th
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from torch import nn
 from ..errors import UserError
 from .adapter import attach_kg_adapter
 from .models import add_unet_lora, build_tiny_stack, load_pretrained_stack
+
+log = logging.getLogger(__name__)
 
 TEXT_LENGTH = 77  # text tokens per prompt, as CLIP's context length
 
@@ -43,6 +46,17 @@ class Backbone:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return (self.unet.config.in_channels, self.image_size // factor, self.image_size // factor)
 
+    def _warn_truncated(self, prompts: list[str]) -> None:
+        """A prompt longer than the text encoder's context loses its end (as in diffusers, which warns too): a prompt
+        naming every phenotype of a face can lose the last ones. Said once per backbone, with a count."""
+        limit = TEXT_LENGTH if self.kind == "tiny" else self.tokenizer.model_max_length
+        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
+        long = [p for p, n in zip(prompts, lengths) if n > limit]
+        if long and not getattr(self, "_warned_truncation", False):
+            self._warned_truncation = True
+            log.warning("%d of %d prompts exceed the text encoder's %d tokens and lose their end (e.g. %r ...)",
+                        len(long), len(prompts), limit, long[0][:80])
+
     @torch.no_grad()
     def text_states(self, prompts: list[str]) -> tuple[torch.Tensor, dict]:
         """Frozen text-encoder states [B, L, D] (and SDXL's pooled text_embeds / time_ids); cached per prompt."""
@@ -59,6 +73,7 @@ class Backbone:
         return states, added
 
     def _encode(self, prompts: list[str]) -> list[tuple]:
+        self._warn_truncated(prompts)
         if self.kind == "tiny":  # MiniLM token states: the sentence-transformers model's transformer
             tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=TEXT_LENGTH,
                                  return_tensors="pt")

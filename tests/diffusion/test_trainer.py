@@ -321,3 +321,19 @@ def test_text_prompts_read_the_language_layers_descriptions(profiles):
     assert gen._prompts([Request(profiles[0], 2.0, 0)]) == [got[0]]
     gen = Generator(backbone, Conditioner("text", profiles, backbone, num_tokens=4, descriptions={}))
     assert gen._prompts([Request(profiles[0], 2.0, 0)]) == [plain[0]]
+
+
+def test_a_prompt_longer_than_the_text_context_is_said_once(caplog):
+    """The text encoder keeps 77 tokens; a prompt naming every phenotype can be longer and lose its end: a warning
+    (once per backbone), and the kept states are those of the prompt's first 77 tokens."""
+    import logging
+
+    backbone = build_backbone(MICRO, num_tokens=4, with_adapter=False)
+    long = "a face with " + ", ".join(f"mark number {i}" for i in range(60))
+    with caplog.at_level(logging.WARNING, logger="kgface.diffusion.backbones"):
+        backbone.text_states(["a face"])
+        assert "exceed" not in caplog.text
+        states, _ = backbone.text_states([long, long + " and one more"])
+        backbone.text_states([long + " twice"])
+    assert caplog.text.count("exceed the text encoder's 77 tokens") == 1 and "2 of 2 prompts" in caplog.text
+    assert torch.equal(states[0], states[1])  # the endings differ only past the 77th token
