@@ -63,6 +63,9 @@ def main(argv=None):
         heldout = heldout_of(Path(run))
         sample = cfg.model.get("sample", {})
         guidance = args.guidance if args.guidance is not None else float(sample.get("guidance", 3.0))
+        if args.null_text == "prompt" and not cond.uses_tokens:
+            print(f"{run}: skipped, --null-text prompt guides along KG tokens and {cond.mode} conditioning has none")
+            continue
         gen = Generator(backbone, cond, guidance=guidance, steps=int(sample.get("steps", 20)), null_text=args.null_text)
         known = {p.disease_id for p in cond.profiles}
         out = {}
@@ -82,18 +85,18 @@ def main(argv=None):
                 preds += list(scored["pred_disease"])
                 severity += list(scored["severity_pred"])
             # top-1 on the headline stages (2-3: stage 0 looks healthy by construction); Spearman on every stage
-            head = [r.severity >= 2 for r in reqs]
+            head = [round(r.severity) >= 2 for r in reqs]  # rounded, as evaluate_sets reads a requested stage
             preds_h = [pr for pr, k in zip(preds, head) if k]
             reqs_h = [r for r, k in zip(reqs, head) if k]
-            hit = np.array([pr == r.profile.disease_id for pr, r in zip(preds_h, reqs_h)])
+            hit = np.array([pr == r.profile.disease_id for pr, r in zip(preds_h, reqs_h)], dtype=bool)
             per = {p.disease_id: float(hit[[r.profile.disease_id == p.disease_id for r in reqs_h]].mean())
-                   for p in chosen}
+                   if len(hit) else None for p in chosen}
             lo, hi = wilson(int(hit.sum()), len(hit))
             # where each disease's draws are read: the nearest seen disease, healthy, or itself
             read_as = {p.disease_id: dict(Counter(pr for pr, r in zip(preds_h, reqs_h)
                                                   if r.profile.disease_id == p.disease_id).most_common(3))
                        for p in chosen}
-            out[group] = {"top1": float(hit.mean()), "n": len(hit), "ci95": [round(lo, 3), round(hi, 3)],
+            out[group] = {"top1": float(hit.mean()) if len(hit) else None, "n": len(hit), "ci95": [round(lo, 3), round(hi, 3)],
                           # requested vs measured severity, as generation.stage_spearman (nan with one stage)
                           "stage_spearman": spearman([r.severity for r in reqs], severity),
                           "per_disease": per, "read_as": read_as}
@@ -103,8 +106,8 @@ def main(argv=None):
           "| seen stage Spearman |")
     print("|---|---|---|---|---|---|---|")
     for run, r in results.items():
-        cells = [f"{r[g]['top1']:.3f} ({r[g]['n']}, {r[g]['ci95'][0]:.2f}-{r[g]['ci95'][1]:.2f})" if g in r else "-"
-                 for g in ("heldout", "seen")]
+        cells = [f"{r[g]['top1']:.3f} ({r[g]['n']}, {r[g]['ci95'][0]:.2f}-{r[g]['ci95'][1]:.2f})"
+                 if g in r and r[g]["n"] else "-" for g in ("heldout", "seen")]
         rho = f"{r['seen']['stage_spearman']:.3f}" if "seen" in r else "-"
         print(f"| {run} | {r['conditioning']} | {r['guidance']:g} | {r['null_text']} | {cells[0]} | {cells[1]} "
               f"| {rho} |")

@@ -212,7 +212,8 @@ def pipeline_token_embeds(tokens: torch.Tensor, do_classifier_free_guidance: boo
 
     The pipelines repeat this tensor for every prompt and image (`torch.cat([embeds] * batch)`), so one call carries
     one KG condition: `tokens` is [1, K, D] (or [K, D]). Under CFG the pipeline splits the tensor with `.chunk(2)`
-    into (negative, positive); the negative defaults to zeros, which add nothing (no KG condition).
+    into (negative, positive). The negative defaults to zeros (no KG condition); a kgface-trained generator learned
+    its own null tokens (`Conditioner.null(1)`): pass them as `null_tokens`, since zeros are a branch it never saw.
     """
     if tokens.ndim == 2:
         tokens = tokens[None]

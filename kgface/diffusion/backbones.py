@@ -49,10 +49,12 @@ class Backbone:
     def _warn_truncated(self, prompts: list[str]) -> None:
         """A prompt longer than the text encoder's context loses its end (as in diffusers, which warns too): a prompt
         naming every phenotype of a face can lose the last ones. Said once per backbone, with a count."""
+        if getattr(self, "_warned_truncation", False):
+            return
         limit = TEXT_LENGTH if self.kind == "tiny" else self.tokenizer.model_max_length
         lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
         long = [p for p, n in zip(prompts, lengths) if n > limit]
-        if long and not getattr(self, "_warned_truncation", False):
+        if long:
             self._warned_truncation = True
             log.warning("%d of %d prompts exceed the text encoder's %d tokens and lose their end (e.g. %r ...)",
                         len(long), len(prompts), limit, long[0][:80])

@@ -183,7 +183,8 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     d = disease_scores(t, evaluator.classes)
     auc = phenotype_auroc(evaluator, t)
     out = {"real_top1": d["top1"], "real_top1_all": d["top1_all"], "real_top3": d["top3"],
-           "real_macro_f1": d["macro_f1"], "real_macro_f1_all": d["macro_f1_all"], "per_stage_top1": d["per_stage_top1"], "n_test": d["n"],
+           "real_macro_f1": d["macro_f1"], "real_macro_f1_all": d["macro_f1_all"],
+           "per_stage_top1": d["per_stage_top1"], "n_test": d["n"],
            "real_stage_mae": M.stage_mae(ts["stage"], ts["stage_pred"]),
            "real_severity_mae": M.stage_mae(ts["severity"], ts["severity_pred"]),
            "real_stage_spearman": M.spearman(ts["stage"], ts["severity_pred"]),
@@ -290,33 +291,36 @@ def real_profile_match(table: pd.DataFrame, test: pd.DataFrame, profiles, vocab)
     (what real faces read by the rule a generator without `requested_phenotypes` is judged by: real faces show a
     frequency draw, not the template's set), on the rows whose disease has a profile (`real_profile_match_template_n`);
     `real_phenotype_match`, the own-set match phenotype by phenotype (metrics.per_phenotype_match). Faces that show
-    no phenotype the evaluator can detect (and, for the template number, rows whose template has none) are counted in
-    `real_profile_match_unscored_n`, not scored: a blank read would score F1 = 1 on them.
+    no phenotype the evaluator can detect are counted in `real_profile_match_unscored_n`, rows whose template has
+    none in `real_profile_match_template_unscored_n`, not scored (a blank read would score F1 = 1, any detection 0).
     Not upper bounds: a generator that draws phenotypes more strongly than real faces can read above them."""
     rows = ((table["disease"] != HEALTHY).to_numpy() & stage_known(test)
             & table["stage"].isin(HEADLINE_STAGES).to_numpy() & labelled_phenotypes(test))
     if not rows.any():
         return {}
     voc = set(vocab)
-    # as for generated faces, a face that shows no phenotype the evaluator can detect is counted, not scored
+    # as for generated faces, a row that expects nothing the evaluator can detect is counted, not scored: its F1
+    # would be 1 for a blank read and 0 for any detection, whatever the face shows
     own_all = [_shown(ph, voc) for ph in table["phenotypes"][rows]]
     shows = np.zeros(len(table), bool)
     shows[np.flatnonzero(rows)] = [bool(o) for o in own_all]
-    out = {"real_profile_match_unscored_n": int(rows.sum() - shows.sum())}
-    if not shows.any():
-        return out
     t = table[shows]
     detected = list(t["detected"])
     own = [o for o in own_all if o]
-    out.update({"real_profile_match_f1": M.profile_match_f1(detected, own), "real_profile_match_n": int(shows.sum()),
-                "real_phenotype_match": M.per_phenotype_match(detected, own)})
-    has = t["disease"].isin(set(profiles or {})).to_numpy()
-    template = [_template_set(profiles[d], s, voc) for d, s in zip(t["disease"][has], t["stage"][has])]
-    keep = [bool(x) for x in template]
-    if any(keep):
+    out = {"real_profile_match_f1": M.profile_match_f1(detected, own),  # NaN (null) when no row is scored
+           "real_profile_match_n": int(shows.sum()), "real_profile_match_unscored_n": int(rows.sum() - shows.sum()),
+           "real_phenotype_match": M.per_phenotype_match(detected, own)}
+    # the template reference reads every row whose disease has a profile, whatever the face shows (a generated
+    # request is judged by its template the same way)
+    has = rows & table["disease"].isin(set(profiles or {})).to_numpy()
+    if has.any():
+        t = table[has]
+        template = [_template_set(profiles[d], s, voc) for d, s in zip(t["disease"], t["stage"])]
+        keep = [bool(x) for x in template]
         out["real_profile_match_f1_template"] = M.profile_match_f1(
-            [d for d, k in zip(t["detected"][has], keep) if k], [x for x in template if x])
+            [d for d, k in zip(t["detected"], keep) if k], [x for x in template if x])
         out["real_profile_match_template_n"] = int(sum(keep))
+        out["real_profile_match_template_unscored_n"] = int(len(keep) - sum(keep))
     return out
 
 
@@ -418,13 +422,12 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             if pm.any():
                 expected = _expected_sets(t[pm], list(req_d[pm]), list(req_s[pm]), profiles, evaluator.phenotypes)
                 scored_rows = np.array([bool(e) for e in expected])
+                expected = [e for e, k in zip(expected, scored_rows) if k]
+                detected = list(t["detected"][pm][scored_rows])
+                g["profile_match_f1"] = M.profile_match_f1(detected, expected)  # NaN (null) when no row is scored
+                g["profile_match_n"] = int(scored_rows.sum())
                 g["profile_match_unscored_n"] = int((~scored_rows).sum())
-                if scored_rows.any():
-                    expected = [e for e, k in zip(expected, scored_rows) if k]
-                    detected = list(t["detected"][pm][scored_rows])
-                    g["profile_match_f1"] = M.profile_match_f1(detected, expected)
-                    g["profile_match_n"] = int(scored_rows.sum())
-                    g["phenotype_match"] = M.per_phenotype_match(detected, expected)
+                g["phenotype_match"] = M.per_phenotype_match(detected, expected)
             at3 = sel & (req_s == 3).to_numpy()
             full = at3 if at3.any() else sel & head
             exp = kg_frequencies(profiles, evaluator.phenotypes, set(req_d[full]))

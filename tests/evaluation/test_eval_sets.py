@@ -31,15 +31,19 @@ def test_real_profile_match_reads_labelled_graded_stage_2_3_faces_against_own_an
         ("D:1", 3, "photo", "True", {}, {"A"}),  # a diseased photo's {} is "not labelled"
         ("D:1", 2, "photo", "False", {"A": 1.0}, set()),  # ungraded: its stage is a placeholder
         ("D:2", 3, "phantom", "True", {"A": 1.0}, {"A"}),  # no profile: own set only
-        ("D:1", 3, "phantom", "True", {"Z": 1.0}, {"A"}),  # shows nothing with a head: counted, not scored (F1 1)
+        ("D:1", 3, "phantom", "True", {"Z": 1.0}, {"A"}),  # shows nothing with a head: own set unscored; template 0.5
     ]
     test = pd.DataFrame(rows, columns=["disease", "stage", "source", "stage_known", "phenotypes", "detected"])
     table = test[["disease", "stage", "phenotypes", "detected"]].copy()
     out = real_profile_match(table, test, {"D:1": _profile()}, ["A", "B", "C"])
     assert out["real_profile_match_n"] == 3 and out["real_profile_match_unscored_n"] == 1
     assert out["real_profile_match_f1"] == pytest.approx((2 / 3 + 1.0 + 1.0) / 3)
-    # the rows with a profile: row 1 against {A,B,C}: 2 x 1 / (1 + 3); row 2 against {A,B}: 0
-    assert out["real_profile_match_f1_template"] == pytest.approx(0.25) and out["real_profile_match_template_n"] == 2
+    # the rows with a profile: row 1 and the last row against {A,B,C}: 2 x 1 / (1 + 3) each; row 2 against {A,B}: 0
+    assert out["real_profile_match_f1_template"] == pytest.approx(1 / 3) and out["real_profile_match_template_n"] == 3
+    assert out["real_profile_match_template_unscored_n"] == 0
+    # a template without a phenotype the evaluator can detect is counted, not scored
+    only_c = real_profile_match(table, test, {"D:1": _profile()}, ["C", "Z"])
+    assert only_c["real_profile_match_template_unscored_n"] == 1 and only_c["real_profile_match_template_n"] == 2
     # without profiles only the own-set reference; without a readable row nothing
     assert "real_profile_match_f1_template" not in real_profile_match(table, test, {}, ["A", "B", "C"])
     assert real_profile_match(table.iloc[2:4], test.iloc[2:4], {"D:1": _profile()}, ["A", "B", "C"]) == {}
@@ -193,7 +197,8 @@ def test_profile_match_scores_only_requests_that_expect_a_detectable_phenotype(t
     df["requested_phenotypes"], df["phenotypes"] = "", "{}"
     df.to_csv(gen, index=False)
     g = evaluate_sets(tiny_evaluator, None, gen, None)["generation"]
-    assert g["profile_match_unscored_n"] == pm.sum() and "profile_match_f1" not in g
+    assert g["profile_match_unscored_n"] == pm.sum() and g["profile_match_n"] == 0
+    assert g["profile_match_f1"] is None  # no row to read: null, not a number and not left out
     g = evaluate_sets(tiny_evaluator, None, gen, tiny_profiles)["generation"]  # the template, from the profiles
     assert g["profile_match_n"] + g["profile_match_unscored_n"] == pm.sum() and g["profile_match_n"] > 0
 
