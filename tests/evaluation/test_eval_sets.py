@@ -1,6 +1,7 @@
 """kgface.evaluation.sets: the instrument's validity and oracle, evaluate_sets on the tiny panel (memorisation,
 requests, edits, bad sets), and parts with known answers on constructed tables."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -214,6 +215,21 @@ def test_frequency_mae_falls_back_to_stages_2_3_without_a_stage_3_request(tiny_e
     assert g2["frequency_mae_stages"] == [2, 3] and 0 <= g2["frequency_mae"] <= 1
     # only requested diseases with a KG frequency the evaluator can read are compared (healthy never)
     assert set(g2["frequency_mae_per_disease"]) <= set(df["requested_disease"]) - {"healthy"}
+
+
+def test_real_frequency_mae_reads_graded_stage_3_faces_only(tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
+    """An ungraded photo's stage is a placeholder: marked ungraded, the stage-3 test faces leave real_frequency_mae
+    without rows (left out), where they gave it a number."""
+    import shutil
+
+    df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    for folder in {str(Path(p).parent) for p in df["path"]}:
+        shutil.copytree(tiny_data / folder, tmp_path / folder, dirs_exist_ok=True)
+    graded = write_manifest(df.to_dict("records"), tmp_path / "graded.csv")
+    assert "real_frequency_mae" in evaluate_sets(tiny_evaluator, graded, None, tiny_profiles)["evaluator"]
+    df["stage_known"] = np.where((df["split"] == "test") & (df["stage"] == "3"), "False", "True")
+    ungraded = write_manifest(df.to_dict("records"), tmp_path / "ungraded.csv")
+    assert "real_frequency_mae" not in evaluate_sets(tiny_evaluator, ungraded, None, tiny_profiles)["evaluator"]
 
 
 def test_identity_is_read_on_the_edits_that_name_their_source(tiny_evaluator, tiny_data, tmp_path):
