@@ -96,7 +96,8 @@ def main(argv=None):
             read_as = {p.disease_id: dict(Counter(pr for pr, r in zip(preds_h, reqs_h)
                                                   if r.profile.disease_id == p.disease_id).most_common(3))
                        for p in chosen}
-            out[group] = {"top1": float(hit.mean()) if len(hit) else None, "n": len(hit), "ci95": [round(lo, 3), round(hi, 3)],
+            out[group] = {"top1": float(hit.mean()) if len(hit) else None, "n": len(hit),
+                          "ci95": [round(lo, 3), round(hi, 3)],
                           # requested vs measured severity, as generation.stage_spearman (nan with one stage)
                           "stage_spearman": spearman([r.severity for r in reqs], severity),
                           "per_disease": per, "read_as": read_as}

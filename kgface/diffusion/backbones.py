@@ -35,6 +35,7 @@ class Backbone:
     image_size: int = 64
     trainable: list = field(default_factory=list)
     _text_cache: dict = field(default_factory=dict)
+    _warned_truncation: bool = field(default=False, repr=False)
 
     @property
     def cross_attention_dim(self) -> int:
@@ -49,7 +50,7 @@ class Backbone:
     def _warn_truncated(self, prompts: list[str]) -> None:
         """A prompt longer than the text encoder's context loses its end (as in diffusers, which warns too): a prompt
         naming every phenotype of a face can lose the last ones. Said once per backbone, with a count."""
-        if getattr(self, "_warned_truncation", False):
+        if self._warned_truncation:
             return
         limit = TEXT_LENGTH if self.kind == "tiny" else self.tokenizer.model_max_length
         lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]

@@ -283,6 +283,14 @@ def _template_set(profile: FacialProfile, stage, voc: set) -> set:
     return {p.hpo_id for p in stage_phenotypes(profile, int(stage))} & voc
 
 
+def _expecting_rows(detected: list, expected: list[set]) -> tuple[list, list[set], int]:
+    """The detected and expected sets of the rows that expect a phenotype the evaluator can detect, and how many rows
+    expect none: those are counted, not scored (their F1 would be 1 for a blank read and 0 for any detection,
+    whatever the face shows)."""
+    keep = [bool(e) for e in expected]
+    return [d for d, k in zip(detected, keep) if k], [e for e in expected if e], keep.count(False)
+
+
 def real_profile_match(table: pd.DataFrame, test: pd.DataFrame, profiles, vocab) -> dict:
     """The reference for generation.profile_match_f1, read on the same rows of real test faces (diseased, graded
     stages 2-3, phenotypes labelled): `real_profile_match_f1` against each face's own phenotypes (what a generator
@@ -299,28 +307,21 @@ def real_profile_match(table: pd.DataFrame, test: pd.DataFrame, profiles, vocab)
     if not rows.any():
         return {}
     voc = set(vocab)
-    # as for generated faces, a row that expects nothing the evaluator can detect is counted, not scored: its F1
-    # would be 1 for a blank read and 0 for any detection, whatever the face shows
-    own_all = [_shown(ph, voc) for ph in table["phenotypes"][rows]]
-    shows = np.zeros(len(table), bool)
-    shows[np.flatnonzero(rows)] = [bool(o) for o in own_all]
-    t = table[shows]
-    detected = list(t["detected"])
-    own = [o for o in own_all if o]
+    t = table[rows]
+    detected, own, unscored = _expecting_rows(list(t["detected"]), [_shown(ph, voc) for ph in t["phenotypes"]])
     out = {"real_profile_match_f1": M.profile_match_f1(detected, own),  # NaN (null) when no row is scored
-           "real_profile_match_n": int(shows.sum()), "real_profile_match_unscored_n": int(rows.sum() - shows.sum()),
+           "real_profile_match_n": len(own), "real_profile_match_unscored_n": unscored,
            "real_phenotype_match": M.per_phenotype_match(detected, own)}
     # the template reference reads every row whose disease has a profile, whatever the face shows (a generated
     # request is judged by its template the same way)
     has = rows & table["disease"].isin(set(profiles or {})).to_numpy()
     if has.any():
         t = table[has]
-        template = [_template_set(profiles[d], s, voc) for d, s in zip(t["disease"], t["stage"])]
-        keep = [bool(x) for x in template]
-        out["real_profile_match_f1_template"] = M.profile_match_f1(
-            [d for d, k in zip(t["detected"], keep) if k], [x for x in template if x])
-        out["real_profile_match_template_n"] = int(sum(keep))
-        out["real_profile_match_template_unscored_n"] = int(len(keep) - sum(keep))
+        detected, template, unscored = _expecting_rows(
+            list(t["detected"]), [_template_set(profiles[d], s, voc) for d, s in zip(t["disease"], t["stage"])])
+        out["real_profile_match_f1_template"] = M.profile_match_f1(detected, template)
+        out["real_profile_match_template_n"] = len(template)
+        out["real_profile_match_template_unscored_n"] = unscored
     return out
 
 
@@ -421,12 +422,10 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             pm = dis & head
             if pm.any():
                 expected = _expected_sets(t[pm], list(req_d[pm]), list(req_s[pm]), profiles, evaluator.phenotypes)
-                scored_rows = np.array([bool(e) for e in expected])
-                expected = [e for e, k in zip(expected, scored_rows) if k]
-                detected = list(t["detected"][pm][scored_rows])
+                detected, expected, unscored = _expecting_rows(list(t["detected"][pm]), expected)
                 g["profile_match_f1"] = M.profile_match_f1(detected, expected)  # NaN (null) when no row is scored
-                g["profile_match_n"] = int(scored_rows.sum())
-                g["profile_match_unscored_n"] = int((~scored_rows).sum())
+                g["profile_match_n"] = len(expected)
+                g["profile_match_unscored_n"] = unscored
                 g["phenotype_match"] = M.per_phenotype_match(detected, expected)
             at3 = sel & (req_s == 3).to_numpy()
             full = at3 if at3.any() else sel & head
@@ -441,8 +440,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             metrics["transform"] = _transform_metrics(evaluator, t, s_gen, transform, req_d, gen_root, face_identity)
         # progressions of an input photo (kgface.generate mode=progression input=...): edits of a real face too,
         # judged above as drawn at their stage; here how much of the input face they keep
-        src = t["source_image"].fillna("").astype(str).str.strip() if "source_image" in t else None
-        edited = ~transform & (np.zeros(len(t), bool) if src is None else (src != "").to_numpy())
+        edited = ~transform & _names_source(t)
         if edited.any():
             metrics["progression_edits"] = {"n": int(edited.sum()),
                                             **_identity_metrics(evaluator, t, s_gen, edited, gen_root, face_identity)}
@@ -516,13 +514,17 @@ def _transform_metrics(evaluator, t, s_gen: ScoredSet, transform, req_d, root: s
     return out
 
 
+def _names_source(t: pd.DataFrame) -> np.ndarray:
+    """Rows that name the real face they edit (a non-blank `source_image`)."""
+    if "source_image" not in t:
+        return np.zeros(len(t), bool)
+    return t["source_image"].fillna("").astype(str).str.strip().ne("").to_numpy()
+
+
 def _identity_metrics(evaluator, t, s_gen: ScoredSet, mask, root: str | None, face_identity) -> dict:
     """How much of its source face each edit in `mask` keeps: the cosine of evaluator image features (and dlib
     distances with face_identity), over the rows that name a source_image (`identity_n`); {} when none does."""
-    if "source_image" not in t:
-        return {}
-    named = t["source_image"].fillna("").astype(str).str.strip().ne("").to_numpy()
-    mask = np.asarray(mask) & named
+    mask = np.asarray(mask) & _names_source(t)
     if not mask.any():
         return {}
     src = [str(p).strip() for p in t.loc[mask, "source_image"]]
