@@ -93,11 +93,15 @@ def preflight(cfg: DictConfig) -> None:
         # config.yaml records it absolute: kgface.generate / evaluate / trial load the run from any directory
         with open_dict(cfg):
             cfg.model.pretrained = os.path.abspath(folder)  # not resolve(): a symlinked folder keeps its path
-        if str(cfg.model.get("dtype", "fp32")) != "fp32":
-            # frozen bf16/fp16 weights would also make the LoRA and adapter weights half precision (AdamW's small
-            # updates round away) and meet fp32 inputs: not supported; autocast gives the speed
-            raise UserError(f"model.dtype={cfg.model.dtype}: training loads the weights in fp32; for bf16 speed "
-                            "on a GPU set model.dtype=fp32 and trainer.mixed_precision=bf16")
+        dtype, precision = str(cfg.model.get("dtype", "fp32")), str(cfg.trainer.get("mixed_precision", "no"))
+        if dtype not in ("fp32", "bf16", "fp16"):
+            raise UserError(f"model.dtype={dtype} is unknown; use fp32, bf16 or fp16")
+        if dtype != "fp32" and precision != dtype:
+            # frozen half-precision weights meet fp32 latents, tokens and LoRA weights: only autocast in the same
+            # precision joins them (the trainable weights stay fp32)
+            raise UserError(f"model.dtype={dtype} needs trainer.mixed_precision={dtype} (it is {precision}): the "
+                            "frozen weights are half precision and only autocast runs them beside the fp32 LoRA and "
+                            "adapter weights; set both, or model.dtype=fp32")
     key = "model.tiny.image_size" if cfg.model.name == "tiny" else "model.resolution"
     resolution = (cfg.model.get("tiny") or {}).get("image_size") if cfg.model.name == "tiny" \
         else cfg.model.get("resolution")

@@ -113,13 +113,14 @@ def has_kg_adapter(unet: nn.Module) -> bool:
 
 
 def attach_kg_adapter(unet: nn.Module, num_tokens: int = 8, scale: float = 1.0, token_dim: int | None = None,
-                      init_keys_from_text: bool = True) -> KGAdapterConfig:
+                      init_keys_from_text: bool = True, dtype: torch.dtype | None = None) -> KGAdapterConfig:
     """Give every cross-attention layer of `unet` a zero-initialised KG branch; return the adapter's config.
 
     token_dim: width of the KG tokens (default: each layer's own cross-attention width, i.e. the text width).
     init_keys_from_text: start `to_k_ip` as a copy of the layer's text `to_k` where the shapes allow (IP-Adapter's
     initialisation), so KG tokens are keyed like text from the first step; `to_v_ip` always starts at zero.
-    The new weights are trainable (requires_grad=True); nothing else of the UNet is touched.
+    The new weights are trainable (requires_grad=True); nothing else of the UNet is touched. dtype: theirs (None:
+    the UNet's, as diffusers' IP-Adapter; kgface keeps them fp32 over a half-precision base and runs it in autocast).
     """
     if has_kg_adapter(unet):
         raise AdapterError("this UNet already has a KG adapter (or an IP-Adapter); call detach_kg_adapter first")
@@ -148,7 +149,7 @@ def attach_kg_adapter(unet: nn.Module, num_tokens: int = 8, scale: float = 1.0, 
             if init_keys_from_text and to_k.in_features == token_dim:
                 p.to_k_ip[0].weight.copy_(to_k.weight.detach().float())
             p.to_v_ip[0].weight.zero_()
-        p.to(device=ref.device, dtype=ref.dtype)
+        p.to(device=ref.device, dtype=dtype or ref.dtype)
         p.requires_grad_(True)
         procs[name] = p
         layers[path] = {"hidden_size": hidden, "token_dim": token_dim}
@@ -269,8 +270,10 @@ def read_kg_adapter(folder: str | Path) -> tuple[KGAdapterConfig, dict[str, torc
     return cfg, state
 
 
-def load_kg_adapter(unet: nn.Module, folder: str | Path, scale: float | None = None) -> KGAdapterConfig:
-    """Attach a saved adapter to a freshly loaded base UNet (one without an adapter); return its config.
+def load_kg_adapter(unet: nn.Module, folder: str | Path, scale: float | None = None,
+                    dtype: torch.dtype | None = None) -> KGAdapterConfig:
+    """Attach a saved adapter to a freshly loaded base UNet (one without an adapter); return its config. dtype: the
+    adapter weights' (None: the UNet's; see attach_kg_adapter).
 
     Every layer's key and shape is checked against the UNet before anything changes; a mismatch is an
     AdapterError naming the file and the key (typically: the adapter was trained on another base model).
@@ -295,7 +298,7 @@ def load_kg_adapter(unet: nn.Module, folder: str | Path, scale: float | None = N
             raise AdapterError(f"{w_path}: {k!r} has shape {tuple(state[k].shape)} but this UNet needs {shape}: "
                                "the adapter was saved from another base model")
     attach_kg_adapter(unet, num_tokens=cfg.num_tokens, scale=cfg.scale if scale is None else scale,
-                      token_dim=cfg.token_dim, init_keys_from_text=False)
+                      token_dim=cfg.token_dim, init_keys_from_text=False, dtype=dtype)
     params = adapter_parameters(unet)
     with torch.no_grad():
         for k, v in state.items():

@@ -120,7 +120,8 @@ def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter:
     elif name in ("sd15", "sdxl"):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[model_cfg.get("dtype",
                                                                                                      "fp32")]
-        stack = load_pretrained_stack(model_cfg.get("pretrained"), name, dtype=dtype)
+        # the VAE stays fp32 under a half-precision UNet: SDXL's VAE overflows in fp16 (NaN images); it is small
+        stack = load_pretrained_stack(model_cfg.get("pretrained"), name, dtype=dtype, vae_dtype=torch.float32)
         scheduler = _ddpm_from(stack.scheduler)
         backbone = Backbone(name, stack.vae, stack.unet, scheduler, stack.text_encoder, stack.tokenizer,
                             stack.text_encoder_2, stack.tokenizer_2,
@@ -135,7 +136,8 @@ def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter:
     else:
         raise UserError(f"model.name '{name}' is unknown; use model=tiny, model=sd15 or model=sdxl")
     if with_adapter:
-        attach_kg_adapter(backbone.unet, num_tokens=num_tokens, scale=float(model_cfg.get("adapter_scale", 1.0)))
+        attach_kg_adapter(backbone.unet, num_tokens=num_tokens, scale=float(model_cfg.get("adapter_scale", 1.0)),
+                          dtype=torch.float32)
         from .adapter import adapter_parameters
 
         trainable += list(adapter_parameters(backbone.unet).values())
@@ -144,6 +146,9 @@ def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter:
         if id(p) not in seen:
             seen.add(id(p))
             p.requires_grad_(True)
+            # what trains stays fp32 over frozen half-precision weights (model.dtype=bf16|fp16): AdamW's small
+            # updates would round away in bf16, and fp16 gradients cannot be unscaled; autocast joins the two
+            p.data = p.data.float()
             unique.append(p)
     backbone.trainable = unique
     if model_cfg.get("gradient_checkpointing"):

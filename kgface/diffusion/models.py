@@ -211,8 +211,11 @@ def _tf_dtype_kwargs(dtype: torch.dtype | None) -> dict:
     return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
 
 
-def load_pretrained_stack(path: str | Path, kind: str = "sd15", dtype: torch.dtype | None = None) -> PretrainedStack:
-    """Load a local diffusers SD 1.5 / SDXL folder: safetensors only, local files only, text encoders frozen."""
+def load_pretrained_stack(path: str | Path, kind: str = "sd15", dtype: torch.dtype | None = None,
+                          vae_dtype: torch.dtype | None = None) -> PretrainedStack:
+    """Load a local diffusers SD 1.5 / SDXL folder: safetensors only, local files only, text encoders frozen.
+    `dtype`: the weights' (fp32 when None); `vae_dtype`: the VAE's, when it differs (kgface trains with an fp32 VAE
+    over a half-precision UNet: SDXL's VAE overflows in fp16, and it is small)."""
     import diffusers
     import transformers
 
@@ -234,7 +237,8 @@ def load_pretrained_stack(path: str | Path, kind: str = "sd15", dtype: torch.dty
     diff_kw = {"use_safetensors": True, **({"torch_dtype": dtype} if dtype is not None else {})}
     tf_kw = {"use_safetensors": True, **_tf_dtype_kwargs(dtype)}
     unet = load("unet", diffusers.UNet2DConditionModel.from_pretrained, **diff_kw)
-    vae = load("vae", diffusers.AutoencoderKL.from_pretrained, **diff_kw)
+    vae = load("vae", diffusers.AutoencoderKL.from_pretrained,
+               **({**diff_kw, "torch_dtype": vae_dtype} if vae_dtype is not None else diff_kw))
     sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
     sched_cls = getattr(diffusers, str(sched_cfg.get("_class_name", "")), None) or diffusers.DDPMScheduler
     scheduler = load("scheduler", sched_cls.from_pretrained)

@@ -90,6 +90,8 @@ def descriptions_of(run_dir: Path):
 
 def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None):
     """(backbone, conditioner, profiles, cfg) of a trained run; `profiles` includes held-out diseases."""
+    import torch
+
     from .adapter import load_kg_adapter
     from .backbones import build_backbone
     from .conditioning import CONTROL, KG_MODES, TEXT_MODES, Conditioner
@@ -148,7 +150,7 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
 
     scale = float(model_cfg.get("adapter_scale", 1.0)) if adapter_scale is None else float(adapter_scale)
     if mode != "text":
-        load_kg_adapter(backbone.unet, run_dir, scale=scale)
+        load_kg_adapter(backbone.unet, run_dir, scale=scale, dtype=torch.float32)  # as it trained (fp32)
     backbone.unet.requires_grad_(False)
 
     train_profiles = [p for p in profiles if p.disease_id not in heldout]

@@ -48,24 +48,42 @@ def noise_to(latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas
     return (a.sqrt() * latents.float() + (1 - a).sqrt() * noise.float()).to(latents.dtype)
 
 
+def half_weights_dtype(module) -> torch.dtype | None:
+    """bf16 / fp16 when the module holds half-precision weights (a frozen base loaded with model.dtype=bf16|fp16,
+    its LoRA and adapter weights fp32), None when all are fp32 (or it is a plain function of x, t, states)."""
+    params = getattr(module, "parameters", None)
+    dtypes = {p.dtype for p in params()} if callable(params) else set()
+    return next((d for d in (torch.bfloat16, torch.float16) if d in dtypes), None)
+
+
 def cfg_model(unet, guidance: float) -> Callable:
     """A model function with classifier-free guidance over the UNet + KG adapter.
 
     cond = (states, tokens, null_states, null_tokens, added, null_added): text states, KG tokens and extra UNet
     inputs (SDXL's text_embeds / time_ids) of the condition and of the unconditional branch (`tokens` None = no KG
-    branch). guidance 1 = no guidance (one UNet call)."""
+    branch). guidance 1 = no guidance (one UNet call). A UNet with half-precision weights runs under autocast, as
+    it trained (fp32 latents, tokens and LoRA weights meet its bf16 / fp16 layers); the returned eps is fp32."""
+    import contextlib
+
     from .adapter import kg_added_cond_kwargs
+
+    half = half_weights_dtype(unet)
+
+    def call(x, t, states, kw):
+        ctx = torch.autocast(x.device.type, dtype=half) if half is not None else contextlib.nullcontext()
+        with ctx:
+            return unet(x, t, encoder_hidden_states=states, added_cond_kwargs=kw).sample.float()
 
     def fn(x, t, cond):
         states, tokens, null_states, null_tokens, added, null_added = cond
         if guidance == 1.0:
             kw = kg_added_cond_kwargs(tokens, added) if tokens is not None else (added or None)
-            return unet(x, t, encoder_hidden_states=states, added_cond_kwargs=kw).sample
+            return call(x, t, states, kw)
         xx = torch.cat([x, x])
         ss = torch.cat([null_states, states])
         extra = {k: torch.cat([null_added[k], v]) for k, v in (added or {}).items()}
         kw = kg_added_cond_kwargs(torch.cat([null_tokens, tokens]), extra) if tokens is not None else (extra or None)
-        uncond, condi = unet(xx, t, encoder_hidden_states=ss, added_cond_kwargs=kw).sample.chunk(2)
+        uncond, condi = call(xx, t, ss, kw).chunk(2)
         return uncond + guidance * (condi - uncond)
 
     return fn

@@ -33,9 +33,36 @@ def test_pretrained_folder_trains_and_samples(kind, request, tmp_path):
     assert (out / "samples" / "grid.png").is_file()
 
 
+def test_a_half_precision_base_trains_fp32_lora_and_adapter_weights_and_reloads_so(sd15_folder, tmp_path):
+    """model.dtype=bf16 with trainer.mixed_precision=bf16 (diffusers' LoRA recipe): half the frozen weights' memory;
+    what trains, is saved and is reloaded stays fp32; the run draws its samples and kgface.generate's loader gets
+    the same mix back."""
+    import torch
+    from safetensors.torch import load_file
+
+    from kgface.diffusion.adapter import adapter_parameters
+    from kgface.diffusion.run_loading import load_run
+    from kgface.diffusion.sampling import half_weights_dtype
+    from kgface.train import main
+
+    out = tmp_path / "run"
+    main(RUN + ["model=sd15", f"model.pretrained={sd15_folder}", "model.dtype=bf16", f"hydra.run.dir={out}"])
+    lora = load_file(str(out / "model" / "unet_lora.safetensors"))
+    adapter = load_file(str(out / "adapter.safetensors"))
+    assert lora and {v.dtype for v in [*lora.values(), *adapter.values()]} == {torch.float32}
+    assert any(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k)  # trained, not the zero init
+    assert (out / "samples" / "grid.png").is_file()
+    backbone, _, _, cfg = load_run(out)
+    assert cfg.model.dtype == "bf16" and half_weights_dtype(backbone.unet) == torch.bfloat16
+    assert {p.dtype for p in adapter_parameters(backbone.unet).values()} == {torch.float32}
+    assert all(torch.equal(adapter[k], v) for k, v in adapter_parameters(backbone.unet).items())  # not rounded
+    assert {p.dtype for n, p in backbone.unet.named_parameters() if "lora_" in n} == {torch.float32}
+
+
 @pytest.mark.parametrize("override,message", [
-    ("model.dtype=bf16", "model.dtype=bf16: training loads the weights in fp32; for bf16 speed on a GPU set "
-                         "model.dtype=fp32 and trainer.mixed_precision=bf16"),
+    ("model.dtype=fp16", "model.dtype=fp16 needs trainer.mixed_precision=fp16 (it is bf16): the frozen weights are "
+                         "half precision and only autocast runs them beside the fp32 LoRA and adapter weights"),
+    ("model.dtype=fp8", "model.dtype=fp8 is unknown; use fp32, bf16 or fp16"),
     ("data.size=64", "data.size=64 but model.resolution=32: the model trains on data.size images and samples at "
                      "model.resolution"),
 ])
@@ -48,3 +75,19 @@ def test_settings_that_would_train_wrong_stop_in_preflight(override, message, sd
     assert info.value.code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "config.yaml").exists()  # nothing built
 
+
+
+@pytest.mark.parametrize("experiment,kind", [("sd15_acne04", "sd15"), ("sd15_disease_faces", "sd15"),
+                                             ("sdxl_acne04", "sdxl")])
+def test_the_gpu_recipes_load_frozen_weights_in_bf16_and_pass_the_preflight(experiment, kind, request):
+    from kgface.config import compose
+    from kgface.errors import UserError
+    from kgface.run_checks import preflight
+
+    folder = request.getfixturevalue(f"{kind}_folder")
+    cfg = compose("train", [f"experiment={experiment}", f"model.pretrained={folder}", "data.root=/data", "evaluate=false"])
+    assert cfg.model.name == kind and cfg.model.dtype == cfg.trainer.mixed_precision == "bf16"
+    preflight(cfg)  # raises a UserError on a recipe the trainer would refuse
+    with pytest.raises(UserError, match="model.dtype=bf16 needs trainer.mixed_precision=bf16 \\(it is no\\)"):
+        preflight(compose("train", [f"experiment={experiment}", f"model.pretrained={folder}", "data.root=/data",
+                                    "evaluate=false", "trainer.mixed_precision=no"]))

@@ -63,3 +63,34 @@ def test_ddim_with_an_exact_model_lands_on_the_clean_latent_and_inversion_is_its
     # a model that always predicts zero noise keeps the scaled start: DDIM's x0 estimate is x / sqrt(a)
     flat = ddim_sample(lambda x, t, c: torch.zeros_like(x), start, steps, ALPHAS)
     assert torch.allclose(flat, start / ALPHAS[steps[0]].sqrt(), atol=1e-4)
+
+
+def test_a_half_precision_base_runs_in_autocast_beside_fp32_adapter_weights_and_agrees_with_fp32(sd15_folder):
+    """model.dtype=bf16: the frozen UNet and text encoder load in bf16, LoRA and adapter weights stay fp32 (AdamW's
+    updates would round away in bf16), the VAE stays fp32; guidance runs the mixed UNet in autocast and its eps
+    matches the fp32 model's to bf16 precision."""
+    from kgface.diffusion.adapter import adapter_parameters
+    from kgface.diffusion.backbones import build_backbone
+    from kgface.diffusion.sampling import half_weights_dtype
+
+    eps, weights = {}, {}
+    for dtype in ("fp32", "bf16"):
+        b = build_backbone({"name": "sd15", "pretrained": str(sd15_folder), "dtype": dtype, "lora_rank": 4,
+                            "resolution": 32}, num_tokens=4)
+        with torch.no_grad():  # a trained-looking adapter, the same in both, so the tokens matter
+            for i, p in enumerate(adapter_parameters(b.unet).values()):
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 0.2)
+        weights[dtype] = {p.dtype for n, p in b.unet.named_parameters() if "lora_" not in n and "_ip" not in n}
+        assert {p.dtype for p in b.trainable} == {torch.float32} and len(b.trainable) > len(adapter_parameters(b.unet))
+        assert next(b.vae.parameters()).dtype == torch.float32
+        assert next(b.text_encoder.parameters()).dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+        assert half_weights_dtype(b.unet) == (torch.bfloat16 if dtype == "bf16" else None)
+        states, added = b.text_states(["a face with acne", "a face"])
+        tokens = torch.randn(2, 4, b.cross_attention_dim, generator=torch.Generator().manual_seed(7))
+        x = torch.randn(2, *b.latent_shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            eps[dtype] = cfg_model(b.unet, 3.0)(x, torch.tensor(500), (states, tokens, states, 0 * tokens, added, added))
+    assert weights == {"fp32": {torch.float32}, "bf16": {torch.bfloat16}}
+    assert eps["bf16"].dtype == torch.float32 and torch.isfinite(eps["bf16"]).all()
+    rel = float((eps["bf16"] - eps["fp32"]).norm() / eps["fp32"].norm())
+    assert 0 < rel < 0.05, rel  # bf16 arithmetic (~1% here), not another model
