@@ -42,7 +42,7 @@ def main(argv=None):
     from kgface.diffusion.adapter import kg_added_cond_kwargs
     from kgface.diffusion.generator import Generator, Request
     from kgface.diffusion.run_loading import heldout_of, load_run
-    from kgface.diffusion.sampling import ddim_sample, ddim_timesteps
+    from kgface.diffusion.sampling import ddim_sample, ddim_timesteps, unet_eps
     from kgface.diffusion.training_data import ATLAS_NAME
     from kgface.evaluation import load_evaluator
 
@@ -82,10 +82,9 @@ def main(argv=None):
         null_tokens = cond.null(len(batch))
 
         def model_fn(x, t, _):
-            out = b.unet(torch.cat([x] * (n_parts + 1)), t,
-                         encoder_hidden_states=torch.cat([null_states] + [states] * n_parts),
-                         added_cond_kwargs=kg_added_cond_kwargs(torch.cat([null_tokens] + tokens), None)
-                         ).sample.chunk(n_parts + 1)
+            out = unet_eps(b.unet, torch.cat([x] * (n_parts + 1)), t,  # autocast over a half-precision base
+                           torch.cat([null_states] + [states] * n_parts),
+                           kg_added_cond_kwargs(torch.cat([null_tokens] + tokens), None)).chunk(n_parts + 1)
             delta = sum(mask[j][:, None, None, None] * (out[j + 1] - out[0]) for j in range(n_parts))
             return out[0] + w[:, None, None, None] * delta
 

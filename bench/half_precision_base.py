@@ -11,7 +11,8 @@ trainable weights (the VAE stays fp32 in both), the process's peak resident memo
 little: fp32 weights may stay memory-mapped and untouched, while a cast from an fp32 file leaves heap behind), the
 median seconds per step, and the bf16 / fp32 ratios. Without --folder an SD 1.5-architecture folder (UNet 860M, CLIP ViT-L/14 text encoder 123M, VAE 84M
 weights; random init, so only sizes and speed mean anything) is written to a temporary directory first (~4.3 GB).
-On a GPU the step-time ratio is what matters; on a CPU without native bf16 the casts can make bf16 slower.
+It runs on the CPU only (autocast on "cpu", nothing moved to a GPU): its memory figures are the frozen weights' and
+the process's, and its step times say nothing about a GPU's.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def _status_bytes(key: str) -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def child(folder: str, dtype: str, resolution: int, steps: int, threads: int) -> dict:
@@ -128,6 +130,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.steps < 1:
+        ap.error("--steps must be >= 1")
     if args.child:
         print(json.dumps(child(args.folder, args.child, args.resolution, args.steps, args.threads)))
         return
@@ -137,7 +141,9 @@ def main(argv=None):
         for dtype in ("fp32", "bf16"):
             out = subprocess.run([sys.executable, __file__, "--child", dtype, "--folder", folder, "--resolution",
                                   str(args.resolution), "--steps", str(args.steps), "--threads", str(args.threads)],
-                                 check=True, capture_output=True, text=True)
+                                 capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"model.dtype={dtype} failed:\n{out.stderr[-3000:]}")
             rows[dtype] = json.loads(out.stdout.strip().splitlines()[-1])
     gib = 2 ** 30
     print(f"folder: {args.folder or 'random SD 1.5 architecture'}; resolution {args.resolution}, batch 1, "

@@ -93,9 +93,15 @@ def preflight(cfg: DictConfig) -> None:
         # config.yaml records it absolute: kgface.generate / evaluate / trial load the run from any directory
         with open_dict(cfg):
             cfg.model.pretrained = os.path.abspath(folder)  # not resolve(): a symlinked folder keeps its path
+        import torch
+
         dtype, precision = str(cfg.model.get("dtype", "fp32")), str(cfg.trainer.get("mixed_precision", "no"))
         if dtype not in ("fp32", "bf16", "fp16"):
             raise UserError(f"model.dtype={dtype} is unknown; use fp32, bf16 or fp16")
+        if dtype == "fp16" and not torch.cuda.is_available():
+            # accelerate has no fp16 autocast or loss scaling on the CPU: fp32 inputs would meet fp16 weights
+            raise UserError("model.dtype=fp16 needs a CUDA GPU (accelerate runs no fp16 autocast or loss scaling on "
+                            "the CPU); use model.dtype=bf16 trainer.mixed_precision=bf16, or model.dtype=fp32")
         if dtype != "fp32" and precision != dtype:
             # frozen half-precision weights meet fp32 latents, tokens and LoRA weights: only autocast in the same
             # precision joins them (the trainable weights stay fp32)

@@ -56,23 +56,27 @@ def half_weights_dtype(module) -> torch.dtype | None:
     return next((d for d in (torch.bfloat16, torch.float16) if d in dtypes), None)
 
 
+def unet_eps(unet, x: torch.Tensor, t, states: torch.Tensor, added_cond_kwargs=None) -> torch.Tensor:
+    """One UNet call -> fp32 eps. A UNet with half-precision weights runs under autocast, as it trained (fp32
+    latents, tokens and LoRA / adapter weights meet its bf16 / fp16 layers)."""
+    import contextlib
+
+    half = half_weights_dtype(unet)
+    ctx = torch.autocast(x.device.type, dtype=half) if half is not None else contextlib.nullcontext()
+    with ctx:
+        return unet(x, t, encoder_hidden_states=states, added_cond_kwargs=added_cond_kwargs).sample.float()
+
+
 def cfg_model(unet, guidance: float) -> Callable:
-    """A model function with classifier-free guidance over the UNet + KG adapter.
+    """A model function with classifier-free guidance over the UNet + KG adapter (each call through `unet_eps`).
 
     cond = (states, tokens, null_states, null_tokens, added, null_added): text states, KG tokens and extra UNet
     inputs (SDXL's text_embeds / time_ids) of the condition and of the unconditional branch (`tokens` None = no KG
-    branch). guidance 1 = no guidance (one UNet call). A UNet with half-precision weights runs under autocast, as
-    it trained (fp32 latents, tokens and LoRA weights meet its bf16 / fp16 layers); the returned eps is fp32."""
-    import contextlib
-
+    branch). guidance 1 = no guidance (one UNet call)."""
     from .adapter import kg_added_cond_kwargs
 
-    half = half_weights_dtype(unet)
-
     def call(x, t, states, kw):
-        ctx = torch.autocast(x.device.type, dtype=half) if half is not None else contextlib.nullcontext()
-        with ctx:
-            return unet(x, t, encoder_hidden_states=states, added_cond_kwargs=kw).sample.float()
+        return unet_eps(unet, x, t, states, kw)
 
     def fn(x, t, cond):
         states, tokens, null_states, null_tokens, added, null_added = cond
