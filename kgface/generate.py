@@ -244,7 +244,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     cache = make_cache(cfg)
     device = torch_device(cfg.get("device"))
     run_dir = Path(str(cfg.run)).expanduser()
-    backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale)
+    backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale,
+                                                           dtype=cfg.get("dtype"))
     backbone.unet.to(device)  # the text encoder stays on the CPU: its states are cached per prompt and moved
     backbone.vae.to(device)
     conditioner.to(device)

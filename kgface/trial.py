@@ -98,7 +98,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     run_dir = Path(str(cfg.run)).expanduser()
     cache = make_cache(cfg)
     device = torch_device(cfg.get("device"))
-    backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale)
+    backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale,
+                                                           dtype=cfg.get("dtype"))
     backbone.unet.to(device)  # as kgface.generate: the text encoder stays on the CPU (states cached per prompt)
     backbone.vae.to(device)
     conditioner.to(device)

@@ -181,7 +181,7 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     # garbage (steps above the 1,000-step ladder repeated timestep 0)
     for k, (arg, key) in enumerate([("batch_size=0", "batch_size"), ("steps=0", "steps"), ("steps=5000", "steps"),
                                     ("strength=half", "strength"), ("seeds=[-1]", "seeds"), ("frames=1", "frames"),
-                                    ("device=banana", "device")]):
+                                    ("device=banana", "device"), ("dtype=bf16", "dtype"), ("dtype=fp8", "dtype")]):
         assert fails(capsys, micro_run, tmp_path / f"n{k}", arg).startswith(f"kgface.generate: error: {key}=")
     with pytest.raises(SystemExit) as info:
         from kgface.generate import main

@@ -88,8 +88,10 @@ def descriptions_of(run_dir: Path):
         raise RunError(f"{path}: {str(exc).splitlines()[0]}") from None
 
 
-def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None):
-    """(backbone, conditioner, profiles, cfg) of a trained run; `profiles` includes held-out diseases."""
+def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None, dtype: str | None = None):
+    """(backbone, conditioner, profiles, cfg) of a trained run; `profiles` includes held-out diseases. dtype: the
+    frozen base's precision for a pretrained run (fp32 | bf16 | fp16; None: the run's model.dtype); what trained
+    (LoRA, adapter) loads fp32 either way, and the sampler runs a half-precision base under autocast."""
     import torch
 
     from .adapter import load_kg_adapter
@@ -103,6 +105,13 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     mode = "kg" if shuffled else mode
     _check_files(run_dir, cfg, mode)
     model_cfg = container(cfg.model)
+    if dtype is not None:
+        if str(dtype) not in ("fp32", "bf16", "fp16"):
+            raise RunError(f"dtype={dtype} is unknown; use fp32, bf16 or fp16 (null: the run's)")
+        if cfg.model.name == "tiny":  # trained whole in fp32 from scratch: no frozen base to halve
+            raise RunError(f"dtype={dtype}: run={run_dir} is a model=tiny run, trained whole in fp32; dtype applies "
+                           "to model=sd15|sdxl runs (leave it null)")
+        model_cfg["dtype"] = str(dtype)
     num_tokens = int(model_cfg.get("num_tokens", 8))
     profiles = load_profiles_json(run_dir, conditioning=True)
     if shuffled:  # the control was trained (and draws) with every disease given another disease's phenotypes
