@@ -214,7 +214,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
     from .diffusion.requests import MODES, IntensityBuilder, Profiles, generate, parse_phenotypes, plan
-    from .diffusion.run_loading import heldout_of, load_run
+    from .diffusion.run_loading import check_precision_device, heldout_of, load_run
     from .run_files import find_evaluator
     from .runtime import make_cache, torch_device
 
@@ -249,6 +249,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     backbone.unet.to(device)  # the text encoder stays on the CPU: its states are cached per prompt and moved
     backbone.vae.to(device)
     conditioner.to(device)
+    check_precision_device(backbone, device)
     if run_cfg.kg.source != cfg.kg.source:
         raise UserError(f"kg={cfg.kg.source} but run={cfg.run} was trained with kg={run_cfg.kg.source}; "
                         f"set kg={run_cfg.kg.source}")
@@ -319,6 +320,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             scores["note"] = evaluator_note
     summary = {"run": str(cfg.run), "mode": cfg.mode, "conditioning": conditioner.mode, "images": len(items),
                "guidance": guidance, "steps": steps, "strength": float(cfg.strength),
+               "dtype": str(run_cfg.model.get("dtype", "fp32")),  # the base's precision: bf16 moves pixels slightly
                "mask": OmegaConf.to_container(cfg.mask) if isinstance(cfg.mask, ListConfig) else cfg.mask,
                "keep": OmegaConf.to_container(cfg.keep) if isinstance(cfg.keep, ListConfig) else cfg.keep,
                "inversion": ({"source_disease": inversion[0].disease_id, "source_stage": inversion[1]}

@@ -67,7 +67,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
     from .diffusion.requests import Profiles
-    from .diffusion.run_loading import load_profiles_json, load_run
+    from .diffusion.run_loading import check_precision_device, load_profiles_json, load_run
     from .prompts.wording import STAGE_SCALES
     from .runtime import make_cache, torch_device
     from .trials import analysis, report
@@ -103,6 +103,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     backbone.unet.to(device)  # as kgface.generate: the text encoder stays on the CPU (states cached per prompt)
     backbone.vae.to(device)
     conditioner.to(device)
+    check_precision_device(backbone, device)
     if run_cfg.kg.source != cfg.kg.source:
         raise UserError(f"kg={cfg.kg.source} but run={cfg.run} was trained with kg={run_cfg.kg.source}; "
                         f"set kg={run_cfg.kg.source}")
@@ -185,7 +186,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "disease": {"id": profile.disease_id, "name": profile.name}, "design": report.design_dict(design),
         "days_per_patient": design.schedule.days, "images": n_images,
         "images_settings": {"strength": float(cfg.strength), "guidance": guidance, "steps": steps, "mask": mask_spec,
-                            "input": cfg.input, "image_size": size},
+                            "input": cfg.input, "image_size": size,
+                            "dtype": str(run_cfg.model.get("dtype", "fp32"))},
         "patients": {pid: {"identity": f.identity, "baseline_face": f.source, "image_seed": seeds[pid],
                            "baseline_severity": patients[pid].baseline, "trend": patients[pid].trend,
                            "effects": patients[pid].effects} for pid, f in zip(pids, faces)},

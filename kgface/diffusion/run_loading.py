@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import container
 from ..errors import RunError  # callers import it from here too
@@ -88,6 +88,20 @@ def descriptions_of(run_dir: Path):
         raise RunError(f"{path}: {str(exc).splitlines()[0]}") from None
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def check_precision_device(backbone, device) -> None:
+    """fp16 weights on the CPU are refused, as in training (untested there, and slow); the error says what to use."""
+    import torch
+
+    from .sampling import half_weights_dtype
+
+    if device.type == "cpu" and half_weights_dtype(backbone.unet) == torch.float16:
+        raise RunError("the base is fp16 (dtype=fp16, or the run's model.dtype) but device=cpu: fp16 runs on a GPU "
+                       "only; set dtype=bf16 or dtype=fp32 (or device=cuda)")
+
+
 def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None, dtype: str | None = None):
     """(backbone, conditioner, profiles, cfg) of a trained run; `profiles` includes held-out diseases. dtype: the
     frozen base's precision for a pretrained run (fp32 | bf16 | fp16; None: the run's model.dtype); what trained
@@ -105,13 +119,19 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     mode = "kg" if shuffled else mode
     _check_files(run_dir, cfg, mode)
     model_cfg = container(cfg.model)
-    if dtype is not None:
-        if str(dtype) not in ("fp32", "bf16", "fp16"):
-            raise RunError(f"dtype={dtype} is unknown; use fp32, bf16 or fp16 (null: the run's)")
-        if cfg.model.name == "tiny":  # trained whole in fp32 from scratch: no frozen base to halve
+    if dtype is not None and str(dtype) not in PRECISIONS:
+        raise RunError(f"dtype={dtype} is unknown; use fp32, bf16 or fp16 (null: the run's)")
+    if cfg.model.name == "tiny":
+        if dtype is not None and str(dtype) != "fp32":  # trained whole in fp32 from scratch: no frozen base to halve
             raise RunError(f"dtype={dtype}: run={run_dir} is a model=tiny run, trained whole in fp32; dtype applies "
                            "to model=sd15|sdxl runs (leave it null)")
-        model_cfg["dtype"] = str(dtype)
+    else:
+        used = str(dtype if dtype is not None else model_cfg.get("dtype", "fp32"))
+        if used not in PRECISIONS:
+            raise RunError(f"run={run_dir}: config.yaml says model.dtype={used}; expected fp32, bf16 or fp16")
+        model_cfg["dtype"] = used
+        with open_dict(cfg):
+            cfg.model.dtype = used  # what the caller records: the precision the base is drawn in
     num_tokens = int(model_cfg.get("num_tokens", 8))
     profiles = load_profiles_json(run_dir, conditioning=True)
     if shuffled:  # the control was trained (and draws) with every disease given another disease's phenotypes

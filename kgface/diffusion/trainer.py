@@ -286,8 +286,9 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         if stop_after is not None and done >= stop_after:
             break
     acc.end_training()
-    # mixed precision wrapped their forward in autocast: unwrap, so the run's own samples are drawn in full
-    # precision, as kgface.generate draws them from the saved run (a no-op without mixed precision)
+    # mixed precision wrapped their forward in autocast: unwrap, so the run's own samples are drawn through
+    # sampling.unet_eps exactly as kgface.generate draws them from the saved run (full precision over an fp32 base,
+    # autocast over a half one; a no-op without mixed precision)
     for module in (unet, conditioner):
         if "_original_forward" in module.__dict__:  # only accelerate's layer (unwrap_model would peel diffusers' too)
             module.__dict__.pop("forward", None)

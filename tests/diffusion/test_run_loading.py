@@ -57,7 +57,7 @@ def test_load_run_restores_the_trained_lora_and_adapter(pretrained_run):
     assert any(v.abs().max() > 0 for k, v in adapter.items() if k.endswith("to_v_ip.weight"))
 
 
-def test_generate_draws_an_fp32_run_over_a_bf16_base_to_bf16_precision(pretrained_run, tmp_path):
+def test_generate_draws_an_fp32_run_over_a_bf16_base_to_bf16_precision(pretrained_run, tmp_path, capsys):
     """dtype=bf16 at generation time: half the UNet's memory for a run trained in fp32; the same faces to within
     bf16 rounding, not other faces."""
     from kgface.diffusion.run_loading import RunError, load_run
@@ -72,11 +72,34 @@ def test_generate_draws_an_fp32_run_over_a_bf16_base_to_bf16_precision(pretraine
     b = np.stack([pixels(tmp_path / "bf16" / r) for r in df["path"]])
     other = np.abs(a[0] - a[1]).mean()  # two seeds: what "another face" differs by
     assert 0 < np.abs(a - b).mean() < 0.1 * other, (np.abs(a - b).mean(), other)  # 0.6-0.8 of 42-48 here
-    backbone, *_ = load_run(out, dtype="bf16")
+    assert json.loads((tmp_path / "bf16" / "generation.json").read_text())["dtype"] == "bf16"
     import torch
-    assert half_weights_dtype(backbone.unet) == torch.bfloat16
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from kgface.diffusion.adapter import adapter_state_dict
+
+    backbone, _, _, cfg = load_run(out, dtype="bf16")
+    assert half_weights_dtype(backbone.unet) == torch.bfloat16 and cfg.model.dtype == "bf16"
+    assert next(backbone.vae.parameters()).dtype == torch.float32
+    assert next(backbone.text_encoder.parameters()).dtype == torch.bfloat16
+    lora, adapter = load_file(str(out / "model" / "unet_lora.safetensors")), load_file(str(out / "adapter.safetensors"))
+    got_lora, got_adapter = get_peft_model_state_dict(backbone.unet), adapter_state_dict(backbone.unet)
+    assert all(torch.equal(lora[k], got_lora[k]) for k in lora)  # fp32, not rounded to the base's bf16
+    assert all(torch.equal(adapter[k], got_adapter[k]) for k in adapter)
     with pytest.raises(RunError, match="dtype=fp8 is unknown"):
         load_run(out, dtype="fp8")
+    with pytest.raises(SystemExit) as info:  # fp16 on the CPU: refused as in training, before anything is written
+        generate(out, tmp_path / "fp16", *args, "dtype=fp16", "device=cpu")
+    assert info.value.code == 2 and "fp16 runs on a GPU only" in capsys.readouterr().err
+    assert not (tmp_path / "fp16" / "manifest.csv").exists()
+    # transformations over the bf16 base: from noise and from the input's DDIM inversion
+    src = tmp_path / "fp32" / df["path"][0]
+    for extra in ([], ["inversion=true", "source_disease=ORPHA:870", "source_stage=3"]):
+        t_out = tmp_path / f"t{len(extra)}"
+        generate(out, t_out, "mode=transform", f"input={src}", "target=healthy", "dtype=bf16", *extra)
+        t, _ = read_manifest(t_out / "manifest.csv")
+        assert pixels(t_out / t["path"][0]).shape == (32, 32, 3)
 
 
 def test_a_lora_file_missing_weights_is_an_error_not_an_untrained_layer(pretrained_run, tmp_path):

@@ -80,6 +80,7 @@ def test_report_gives_both_estimates_with_intervals_and_bias(trial_out):
     summary = json.loads((trial_out / "trial.json").read_text())
     assert summary["truth"] == {"A": -0.8, "B": -0.3}
     assert summary["design"]["schedule"]["block_days"] == 4 and summary["images"] == 24
+    assert summary["images_settings"]["dtype"] == "fp32"  # a tiny run: the precision its images were drawn in
     assert summary["measurement"]["calibration"]["images"] >= 8
     assert len(summary["study"]["summary"]) == 6  # 2 outcomes x (A, B, A - B)
     # one randomised cycle, 2 patients: the study's draws where both patients got one order cannot be analysed
