@@ -95,9 +95,11 @@ def preflight(cfg: DictConfig) -> None:
             cfg.model.pretrained = os.path.abspath(folder)  # not resolve(): a symlinked folder keeps its path
         import torch
 
+        from .diffusion.backbones import PRECISION_NAMES, PRECISIONS
+
         dtype, precision = str(cfg.model.get("dtype", "fp32")), str(cfg.trainer.get("mixed_precision", "no"))
-        if dtype not in ("fp32", "bf16", "fp16"):
-            raise UserError(f"model.dtype={dtype} is unknown; use fp32, bf16 or fp16")
+        if dtype not in PRECISIONS:
+            raise UserError(f"model.dtype={dtype} is unknown; use {PRECISION_NAMES}")
         if dtype == "fp16" and not torch.cuda.is_available():
             # accelerate has no fp16 autocast or loss scaling on the CPU: fp32 inputs would meet fp16 weights
             raise UserError("model.dtype=fp16 needs a CUDA GPU (accelerate runs no fp16 autocast or loss scaling on "

@@ -20,6 +20,9 @@ from .models import add_unet_lora, build_tiny_stack, load_pretrained_stack
 log = logging.getLogger(__name__)
 
 TEXT_LENGTH = 77  # text tokens per prompt, as CLIP's context length
+# model.dtype / generate's dtype= -> the frozen base's weights (what trains stays fp32); the one list of names
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_NAMES = ", ".join(list(PRECISIONS)[:-1]) + " or " + list(PRECISIONS)[-1]  # "fp32, bf16 or fp16"
 
 
 @dataclass
@@ -118,8 +121,7 @@ def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter:
         backbone.vae.requires_grad_(False)
         trainable = list(unet.parameters())  # from scratch: the whole UNet learns
     elif name in ("sd15", "sdxl"):
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[model_cfg.get("dtype",
-                                                                                                     "fp32")]
+        dtype = PRECISIONS[model_cfg.get("dtype", "fp32")]
         # the VAE stays fp32 under a half-precision UNet: SDXL's VAE overflows in fp16 (NaN images); it is small
         stack = load_pretrained_stack(model_cfg.get("pretrained"), name, dtype=dtype, vae_dtype=torch.float32)
         scheduler = _ddpm_from(stack.scheduler)

@@ -88,9 +88,6 @@ def descriptions_of(run_dir: Path):
         raise RunError(f"{path}: {str(exc).splitlines()[0]}") from None
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
 def check_precision_device(backbone, device) -> None:
     """fp16 weights on the CPU are refused, as in training (untested there, and slow); the error says what to use."""
     import torch
@@ -109,7 +106,7 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     import torch
 
     from .adapter import load_kg_adapter
-    from .backbones import build_backbone
+    from .backbones import PRECISION_NAMES, PRECISIONS, build_backbone
     from .conditioning import CONTROL, KG_MODES, TEXT_MODES, Conditioner
     from .phenotype_sets import observed_phenotypes_of
 
@@ -118,20 +115,19 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     shuffled = mode == CONTROL
     mode = "kg" if shuffled else mode
     _check_files(run_dir, cfg, mode)
-    model_cfg = container(cfg.model)
     if dtype is not None and str(dtype) not in PRECISIONS:
-        raise RunError(f"dtype={dtype} is unknown; use fp32, bf16 or fp16 (null: the run's)")
+        raise RunError(f"dtype={dtype} is unknown; use {PRECISION_NAMES} (null: the run's)")
     if cfg.model.name == "tiny":
         if dtype is not None and str(dtype) != "fp32":  # trained whole in fp32 from scratch: no frozen base to halve
             raise RunError(f"dtype={dtype}: run={run_dir} is a model=tiny run, trained whole in fp32; dtype applies "
                            "to model=sd15|sdxl runs (leave it null)")
     else:
-        used = str(dtype if dtype is not None else model_cfg.get("dtype", "fp32"))
+        used = str(dtype if dtype is not None else cfg.model.get("dtype", "fp32"))
         if used not in PRECISIONS:
-            raise RunError(f"run={run_dir}: config.yaml says model.dtype={used}; expected fp32, bf16 or fp16")
-        model_cfg["dtype"] = used
+            raise RunError(f"run={run_dir}: config.yaml says model.dtype={used}; expected {PRECISION_NAMES}")
         with open_dict(cfg):
-            cfg.model.dtype = used  # what the caller records: the precision the base is drawn in
+            cfg.model.dtype = used  # what builds the base and what the caller records: the precision drawn in
+    model_cfg = container(cfg.model)
     num_tokens = int(model_cfg.get("num_tokens", 8))
     profiles = load_profiles_json(run_dir, conditioning=True)
     if shuffled:  # the control was trained (and draws) with every disease given another disease's phenotypes

@@ -56,12 +56,17 @@ def half_weights_dtype(module) -> torch.dtype | None:
     return next((d for d in (torch.bfloat16, torch.float16) if d in dtypes), None)
 
 
-def unet_eps(unet, x: torch.Tensor, t, states: torch.Tensor, added_cond_kwargs=None) -> torch.Tensor:
+_SCAN = object()
+
+
+def unet_eps(unet, x: torch.Tensor, t, states: torch.Tensor, added_cond_kwargs=None, half=_SCAN) -> torch.Tensor:
     """One UNet call -> fp32 eps. A UNet with half-precision weights runs under autocast, as it trained (fp32
-    latents, tokens and LoRA / adapter weights meet its bf16 / fp16 layers)."""
+    latents, tokens and LoRA / adapter weights meet its bf16 / fp16 layers). half: `half_weights_dtype(unet)` when
+    the caller computed it once (a sampler's model function); otherwise the parameters are scanned here."""
     import contextlib
 
-    half = half_weights_dtype(unet)
+    if half is _SCAN:
+        half = half_weights_dtype(unet)
     ctx = torch.autocast(x.device.type, dtype=half) if half is not None else contextlib.nullcontext()
     with ctx:
         return unet(x, t, encoder_hidden_states=states, added_cond_kwargs=added_cond_kwargs).sample.float()
@@ -75,8 +80,10 @@ def cfg_model(unet, guidance: float) -> Callable:
     branch). guidance 1 = no guidance (one UNet call)."""
     from .adapter import kg_added_cond_kwargs
 
+    half = half_weights_dtype(unet)  # once per model function, not per step
+
     def call(x, t, states, kw):
-        return unet_eps(unet, x, t, states, kw)
+        return unet_eps(unet, x, t, states, kw, half=half)
 
     def fn(x, t, cond):
         states, tokens, null_states, null_tokens, added, null_added = cond
