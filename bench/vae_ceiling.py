@@ -26,6 +26,7 @@ def main(argv=None):
                     help="print PSNR and ceiling every N steps while the VAE trains (then cached as usual)")
     args = ap.parse_args(argv)
 
+    import pandas as pd
     from omegaconf import OmegaConf
 
     from kgface.config import compose
@@ -34,8 +35,9 @@ def main(argv=None):
     from kgface.dataset import panel_profiles
     from kgface.diffusion.vae import cached_vae, psnr, roundtrip
     from kgface.evaluation import fit_evaluator
-    from kgface.evaluation.evaluator import load_images
+    from kgface.evaluation.evaluator import blur_images, load_images
     from kgface.evaluation.metrics import accuracy
+    from kgface.evaluation.sets import BLUR_CHECK_SIGMA
     from kgface.runtime import make_cache
 
     cfg = compose("train", ["progress=false", *args.overrides])
@@ -51,7 +53,10 @@ def main(argv=None):
     df = read_manifest(manifest)[0]
     test = df[(df["split"] == "test") & ((df["stage"] >= 2) | (df["disease"] == "healthy"))].reset_index(drop=True)
     images = load_images(list(test["abspath"]))
-    real = accuracy(test["disease"], ev.score(images)["pred_disease"])
+    before = ev.score(images)["pred_disease"]
+    real = accuracy(test["disease"], before)
+    soft = accuracy(test["disease"], ev.score(blur_images(images, BLUR_CHECK_SIGMA))["pred_disease"])
+    print(f"evaluator top-1 on the test faces blurred by {BLUR_CHECK_SIGMA} px: {soft:.3f} (sharp: {real:.3f})")
     t = time.time()
 
     def report(step, vae):
@@ -64,8 +69,19 @@ def main(argv=None):
                               progress=not args.every, every=args.every, on_checkpoint=report if args.every else None)
     print(f"VAE ready in {time.time() - t:.0f} s ({info})")
     rt = roundtrip(vae, images)
-    ceiling = accuracy(test["disease"], ev.score(rt)["pred_disease"])
+    after = ev.score(rt)["pred_disease"]
+    ceiling = accuracy(test["disease"], after)
     print(f"n {len(test)}  PSNR {psnr(rt, images):.2f} dB  evaluator top-1: real {real:.3f}, after the VAE {ceiling:.3f}")
+    held = test["heldout"].astype(str).str.lower().eq("true").to_numpy() if "heldout" in test else None
+    if held is not None and held.any():  # the rows of generation.seen_top1 / heldout_top1 (healthy among the seen)
+        for name, rows in (("seen", ~held), ("held-out", held)):
+            print(f"  {name}: n {int(rows.sum())}  real {accuracy(test['disease'][rows], before[rows]):.3f}, "
+                  f"after the VAE {accuracy(test['disease'][rows], after[rows]):.3f}")
+    truth = test["disease"].to_numpy()
+    per = pd.DataFrame({"disease": truth, "real": truth == before.to_numpy(),
+                        "after": truth == after.to_numpy()}).groupby("disease").mean()
+    print("per disease (real -> after the VAE):",
+          ", ".join(f"{d} {r.real:.2f}->{r.after:.2f}" for d, r in per.sort_values("after").iterrows()))
 
 
 if __name__ == "__main__":

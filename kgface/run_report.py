@@ -29,6 +29,8 @@ def plot_loss(losses: list[float], path: Path) -> None:
 
 HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchmark)
     ("evaluator.real_top1", "evaluator top-1 on real test images (stages 2-3 + healthy)", ">= 0.95"),
+    ("evaluator.real_top1_blurred", "... on the same faces blurred by evaluator.real_blur_sigma px (1: softness must "
+     "not read as a disease)", ""),
     ("evaluator.oracle_top1", "the same probe on the renderer's true phenotype vectors (separability ceiling)", ""),
     ("evaluator.phenotype_auroc_summary.median", "phenotype heads, median AUROC on the test split", ""),
     ("evaluator.vae_ceiling_phenotype_auroc_summary.median",
@@ -37,6 +39,10 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
      "phenotype heads, median AUROC with each phenotype drawn alone on a healthy face (target: each >= 0.9)", ""),
     ("vae_ceiling_top1", "evaluator top-1 of real faces after a VAE round trip (the VAE's limit for faces as "
      "varied as real ones; more typical generated faces can read higher)", ""),
+    ("evaluator.vae_ceiling_top1_seen", "... on the seen diseases' faces (healthy included: generation.seen_top1's "
+     "rows)", ""),
+    ("evaluator.vae_ceiling_top1_heldout", "... on the held-out diseases' faces (generation.heldout_top1's rows)", ""),
+    ("evaluator.real_top1_heldout", "evaluator top-1 on real faces of the held-out diseases (no round trip)", ""),
     ("evaluator.real_stage_mae", "evaluator stage MAE on real test images", ""),
     ("evaluator.real_stage_spearman_disease", "stage vs measured severity, real diseased test images", ""),
     ("evaluator.vae_ceiling_stage_spearman",

@@ -125,6 +125,20 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def blur_images(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """uint8 NCHW images through a Gaussian blur of `sigma` px (kernel 2*ceil(3 sigma)+1), back to uint8: a softer
+    copy of the same face, as a VAE round trip or a soft photo gives."""
+    import math
+
+    from torchvision.transforms.functional import gaussian_blur
+
+    if sigma <= 0:
+        raise EvaluatorInputError(f"blur sigma {sigma}: must be > 0 (evaluator.probe.blur lists sigmas in px)")
+    k = 2 * math.ceil(3 * sigma) + 1
+    out = [gaussian_blur(images[i:i + 512].float(), kernel_size=k, sigma=sigma) for i in range(0, len(images), 512)]
+    return torch.cat(out).round().clamp(0, 255).to(torch.uint8)
+
+
 def drawn_phenotypes(phenotypes: Sequence[dict]) -> list[str]:
     """The sorted HPO ids drawn (intensity > 0) in any of these images: the vocabulary of `presence_matrix`."""
     return sorted({h for ph in phenotypes for h, v in (ph or {}).items() if float(v) > 0})
@@ -441,19 +455,35 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     encoder = ImageEncoder(model, image_size)
     f_train = encoder(images).numpy()
     scale = Standardizer.fit(f_train)
-    x = scale(f_train)
+    # probe.blur (Gaussian sigmas, px): every head also learns from a blurred copy of each face it learns from, so
+    # softness is not read as a disease (heads fitted on sharp faces alone read soft healthy faces as pallor or
+    # macules: docs/evaluation.md)
+    sigmas = [float(v) for v in (p.get("blur") or [])]
+    info["blur_sigmas"] = sigmas
+
+    def features(imgs: torch.Tensor, feats: np.ndarray | None = None) -> list[torch.Tensor]:
+        """Standardised features of the faces, then of each blurred copy."""
+        return [scale(encoder(imgs).numpy() if feats is None else feats)] + \
+            [scale(encoder(blur_images(imgs, v)).numpy()) for v in sigmas]
+
+    def rows(feats: list[torch.Tensor], mask: np.ndarray) -> torch.Tensor:
+        m = torch.from_numpy(np.asarray(mask, bool).copy())
+        return torch.cat([f[m] for f in feats])
+
+    xs = features(images, f_train)
+    copies = len(xs)
     index = {d: i for i, d in enumerate(classes)}
     # the disease probe learns from faces that can show their disease: below probe.min_stage a label contradicts the
     # look (stage 0 is healthy-looking by construction), and such faces teach the probe to call healthy faces sick
     shows = probe_rows(train, p).to_numpy()
-    probe = LinearProbe.fit(x[torch.from_numpy(shows.copy())], [index[d] for d in train["disease"][shows]],
+    probe = LinearProbe.fit(rows(xs, shows), [index[d] for d in train["disease"][shows]] * copies,
                             len(classes), l2=float(p.get("l2", 1e-2)))
     info["probe_images"] = int(shows.sum())
     known = stage_known(train)  # the stage head learns only observed stages
     if not known.any():
         raise EvaluatorInputError("no train image has a known stage (stage_known=False on every row): the stage "
                                   "head has nothing to learn; grade some photos (data.stages=...) or use a graded set")
-    coral = CoralHead.fit(x[torch.from_numpy(known.copy())], train["stage"].to_numpy()[known],
+    coral = CoralHead.fit(rows(xs, known), np.tile(train["stage"].to_numpy()[known], copies),
                           l2=float(p.get("l2", 1e-2)))
     info["stage_images"] = int(known.sum())
     known_stages = sorted({int(s) for s in train["stage"].to_numpy()[known]})
@@ -462,15 +492,15 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
                               "number of this evaluator is meaningless (grade some photos with data.stages)")
         log.warning("evaluator: %s", info["stage_head"])
     if atlas is not None:
-        x_atlas = scale(encoder(atlas_images).numpy())
+        xs_atlas = features(atlas_images)
         if heads_on == "atlas":  # the heads never see a disease image: they cannot read a disease for a phenotype
-            x, pheno_rows = x_atlas, list(atlas["phenotypes"])
+            xs, pheno_rows = xs_atlas, list(atlas["phenotypes"])
             labelled_rows = np.ones(len(atlas), bool)
             vocab = drawn_phenotypes(pheno_rows)
         else:
-            x = torch.cat([x, x_atlas])
-    keep = torch.from_numpy(labelled_rows.copy())  # photos without phenotype labels teach the heads nothing
-    x, pheno_rows = x[keep], [ph for ph, k in zip(pheno_rows, labelled_rows) if k]
+            xs = [torch.cat([a, b]) for a, b in zip(xs, xs_atlas)]
+    # photos without phenotype labels teach the heads nothing
+    x, pheno_rows = rows(xs, labelled_rows), [ph for ph, k in zip(pheno_rows, labelled_rows) if k] * copies
     y = presence_matrix(pheno_rows, vocab)
     heads = PhenotypeHeads.fit(x, y, l2=float(p.get("l2", 1e-2))) if vocab else PhenotypeHeads(
         torch.zeros(0, x.shape[1]), torch.zeros(0))

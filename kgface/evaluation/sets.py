@@ -22,12 +22,13 @@ from ..data.manifest import N_STAGES, stage_known
 from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from . import metrics as M
-from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, check_real, load_images,
-                        labelled_phenotypes, min_stage_of, presence_matrix, probe_rows, to_uint8)
+from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, blur_images, check_real,
+                        load_images, labelled_phenotypes, min_stage_of, presence_matrix, probe_rows, to_uint8)
 from .face_identity import identity_validity, pair_distances
 from .probes import LinearProbe, Standardizer
 
 HEADLINE_STAGES = (2, 3)  # stage 0 is healthy-looking by construction; targets apply to stages 2-3
+BLUR_CHECK_SIGMA = 1.0  # px: real_top1_blurred reads the test faces this soft (a soft photo; a VAE decoder's output)
 
 
 def headline_rows(table: pd.DataFrame, label: str = "disease", stage: str = "stage",
@@ -164,17 +165,21 @@ def disease_scores(table: pd.DataFrame, classes: list[str], label: str = "diseas
 
 def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torch.Tensor], torch.Tensor] | None = None,
                         scored: ScoredSet | None = None, train_df: pd.DataFrame | None = None,
-                        face_identity=None) -> dict:
+                        face_identity=None, heldout: set[str] | None = None) -> dict:
     """Validity of the instrument on real test images (see module doc). Keys: real_top1 (stages 2-3 + healthy),
     real_top1_all, real_top3, real_macro_f1 (+ _all), per_stage_top1, real_stage_mae, real_severity_mae,
     real_stage_spearman, real_stage_spearman_disease and real_stage_mae_disease (diseased faces only, the rows of the
     generated sets' stage metrics), phenotype_auroc (per HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1,
+    real_top1_blurred (the headline rows blurred by real_blur_sigma px: a reading that falls is reading softness),
     and with `roundtrip`: vae_ceiling_top1, vae_ceiling_stage_spearman (diseased faces, as generation.stage_spearman),
-    vae_ceiling_phenotype_auroc_summary; with `face_identity` (kgface.evaluation.face_identity): identity_dlib."""
+    vae_ceiling_phenotype_auroc_summary; with `face_identity` (kgface.evaluation.face_identity): identity_dlib.
+    With `heldout` (diseases the generator never saw): real_top1_seen / _heldout and vae_ceiling_top1_seen / _heldout
+    (+ n_seen / n_heldout), on the rows of generation.seen_top1 / heldout_top1, so each generated number has its own
+    instrument and ceiling beside it."""
     df = as_frame(real_df)
     test = _test_rows(df)
     evaluator.check_labels(test["disease"], "real set")
-    s = scored or evaluator.score_set(test, keep_images=roundtrip is not None or face_identity is not None)
+    s = scored or evaluator.score_set(test, keep_images=True)
     t = s.table
     head = headline_rows(t)
     known = stage_known(test)  # photos of unknown stage carry a placeholder stage: no stage metric reads it
@@ -194,10 +199,17 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
            "real_stage_mae_disease": M.stage_mae(t["stage"][sick], t["stage_pred"][sick]),
            "zero_shot_top1": M.accuracy(t["disease"][head], t["zs_disease"][head]),
            "phenotype_auroc": auc, "phenotype_auroc_summary": auroc_summary(auc)}
+    # robustness: the same faces a little softer (a VAE round trip blurs as much) should read the same
+    images = s.images if s.images is not None else load_images(list(test["abspath"]))
+    soft = evaluator.predict(evaluator.features(blur_images(images, BLUR_CHECK_SIGMA)), test)
+    out["real_top1_blurred"], out["real_blur_sigma"] = disease_scores(soft, evaluator.classes)["top1"], BLUR_CHECK_SIGMA
+    groups = _heldout_groups(t, heldout)
+    for name, mask in groups.items():
+        out[f"real_top1_{name}"] = M.accuracy(t["disease"][mask], t["pred_disease"][mask])
+        out[f"n_{name}"] = int(mask.sum())
     if "identity" in t and t["identity"].astype(str).str.len().gt(0).all():
         out["identity_auroc"] = M.identity_auroc(s.features, list(t["identity"]))
         if face_identity is not None:
-            images = s.images if s.images is not None else load_images(list(test["abspath"]))
             out["identity_dlib"] = identity_validity(face_identity, images, list(t["identity"]),
                                                      clip_features=s.features)
     train = train_df if train_df is not None else df[df["split"] == "train"]  # _test_rows checked the column
@@ -205,19 +217,30 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         out["oracle_top1"] = oracle_top1(train.reset_index(drop=True), test,
                                          min_stage=min_stage_of(evaluator.cfg.get("probe")))
     if roundtrip is not None:
-        images = s.images if s.images is not None else load_images(list(test["abspath"]))
         with torch.no_grad():
             rt = roundtrip(images)
         rt = to_uint8(rt)
         feats = evaluator.features(rt)
         rt_table = evaluator.predict(feats, test)
         out["vae_ceiling_top1"] = disease_scores(rt_table, evaluator.classes)["top1"]
+        for name, mask in groups.items():
+            out[f"vae_ceiling_top1_{name}"] = M.accuracy(rt_table["disease"][mask], rt_table["pred_disease"][mask])
         rt_sick = (rt_table["disease"] != HEALTHY).to_numpy() & known
         out["vae_ceiling_stage_spearman"] = M.spearman(rt_table["stage"][rt_sick], rt_table["severity_pred"][rt_sick])
         rt_auc = phenotype_auroc(evaluator, rt_table)
         out["vae_ceiling_phenotype_auroc"] = rt_auc
         out["vae_ceiling_phenotype_auroc_summary"] = auroc_summary(rt_auc)
     return out
+
+
+def _heldout_groups(table: pd.DataFrame, heldout: set[str] | None) -> dict[str, np.ndarray]:
+    """Headline rows (healthy, stages 2-3, ungraded) of seen diseases (healthy among them) and of held-out ones: the
+    split of generation.seen_top1 / heldout_top1. Empty without held-out diseases among the rows."""
+    head = headline_rows(table)
+    hd = table["disease"].isin(set(heldout or ())).to_numpy()
+    if not (head & hd).any():
+        return {}
+    return {"seen": head & ~hd, "heldout": head & hd}
 
 
 def _filled(table: pd.DataFrame, column: str, fallback: str) -> pd.Series:
@@ -367,7 +390,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         s_real = evaluator.score_set(test, keep_images=True)
         scored["real"] = s_real
         v = instrument_validity(evaluator, real, roundtrip=roundtrip, scored=s_real,
-                                face_identity=face_identity if identity_pairs else None)
+                                face_identity=face_identity if identity_pairs else None, heldout=heldout)
         metrics["evaluator"].update(v)
         if "vae_ceiling_top1" in v:
             metrics["vae_ceiling_top1"] = v["vae_ceiling_top1"]

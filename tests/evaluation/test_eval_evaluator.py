@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kgface.data.manifest import read_manifest, write_manifest
+from kgface.data.manifest import read_manifest, stage_known, write_manifest
 from kgface.evaluation import Evaluator, EvaluatorInputError, fit_evaluator, instrument_validity, load_images
 from kgface.evaluation.evaluator import image_caption
 
@@ -140,6 +140,51 @@ def test_the_probe_ignores_rows_below_min_stage(tiny_cfg, tiny_data, tiny_profil
     assert torch.equal(a.probe.weight, b.probe.weight) and a.info["temperature"] == b.info["temperature"]
     a, b = fits[0]
     assert not torch.equal(a.probe.weight, b.probe.weight)
+
+
+def test_blur_images_spreads_a_point_and_keeps_the_image():
+    from kgface.evaluation.evaluator import blur_images
+
+    point = torch.zeros(2, 3, 15, 15, dtype=torch.uint8)
+    point[:, :, 7, 7] = 255
+    soft = blur_images(point, 1.0)
+    assert soft.dtype == torch.uint8 and soft.shape == point.shape
+    assert 0 < soft[0, 0, 7, 7] < 255 and soft[0, 0, 7, 8] == soft[0, 0, 8, 7] == soft[0, 0, 6, 7] > 0  # symmetric
+    assert abs(int(soft[0, 0].sum()) - 255) <= 30  # the light is spread, not lost (up to uint8 rounding)
+    assert torch.equal(soft[0], soft[1])
+    with pytest.raises(EvaluatorInputError, match="evaluator.probe.blur"):
+        blur_images(point, 0.0)
+
+
+def test_probe_blur_adds_blurred_copies_of_each_face_to_every_head(tiny_cfg, tiny_data, tiny_profiles,
+                                                                   tiny_evaluator):
+    """evaluator.probe.blur=[s]: the disease probe and the stage head are exactly the heads fitted on the train
+    faces' features followed by those of the same faces blurred by s (labels repeated)."""
+    from omegaconf import OmegaConf
+
+    from kgface.evaluation.evaluator import blur_images, probe_rows, train_evaluator
+    from kgface.evaluation.probes import CoralHead, LinearProbe
+
+    cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    clip = ({k: v.clone() for k, v in tiny_evaluator.model.state_dict().items()}, tiny_evaluator.info["clip"])
+    plain = train_evaluator(cfg, df, tiny_profiles, progress=False, clip=clip)
+    soft = train_evaluator({**cfg, "probe": {**cfg["probe"], "blur": [1.0]}}, df, tiny_profiles, progress=False,
+                           clip=clip)
+    assert soft.info["blur_sigmas"] == [1.0] and plain.info["blur_sigmas"] == []
+    train = df[df["split"] == "train"].reset_index(drop=True)
+    images = load_images(list(train["abspath"]))
+    x, xb = (soft.scale(soft.features(im)) for im in (images, blur_images(images, 1.0)))
+    rows = torch.from_numpy(probe_rows(train, cfg["probe"]).to_numpy().copy())
+    labels = [soft.classes.index(d) for d in train["disease"][rows.numpy()]] * 2
+    probe = LinearProbe.fit(torch.cat([x[rows], xb[rows]]), labels, len(soft.classes), l2=cfg["probe"]["l2"])
+    assert torch.allclose(probe.weight, soft.probe.weight, atol=1e-5)
+    assert not torch.allclose(plain.probe.weight, soft.probe.weight, atol=1e-3)  # the copies changed the fit
+    known = torch.from_numpy(stage_known(train).copy())
+    coral = CoralHead.fit(torch.cat([x[known], xb[known]]), np.tile(train["stage"].to_numpy()[known.numpy()], 2),
+                          l2=cfg["probe"]["l2"])
+    assert torch.allclose(coral.weight, soft.coral.weight, atol=1e-5)
+    assert soft.heads.weight.shape == plain.heads.weight.shape  # the phenotype heads: the same vocabulary
 
 
 def test_a_phenotype_atlas_beside_the_manifest_trains_the_clip_and_heads(tiny_cfg, tiny_data, tiny_profiles,

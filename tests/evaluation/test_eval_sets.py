@@ -81,6 +81,40 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     assert blurred["vae_ceiling_top1"] <= head["disease"].value_counts(normalize=True).max() + 1e-9
     # a black image carries no stage: its severity is one constant, the rank correlation is undefined (nan)
     assert np.isnan(blurred["vae_ceiling_stage_spearman"])
+    assert not any(k.endswith(("_seen", "_heldout")) for k in v)  # no held-out diseases named: no split
+    # robustness: the headline faces blurred by real_blur_sigma px, read by the same heads
+    from kgface.evaluation.evaluator import blur_images
+
+    soft = tiny_evaluator.score(blur_images(load_images(list(head["abspath"])), v["real_blur_sigma"]))
+    assert v["real_blur_sigma"] == 1.0
+    truth = head["disease"].to_numpy()
+    assert v["real_top1_blurred"] == pytest.approx((soft["pred_disease"].to_numpy() == truth).mean())
+
+
+def test_validity_splits_seen_and_heldout_rows_as_the_generated_numbers_do(tiny_evaluator, tiny_data):
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    test = df[df["split"] == "test"]
+    head = test[test["stage"].isin([2, 3]) | (test["disease"] == "healthy")]
+    out = sorted(set(test["disease"]) - {"healthy"})[0]
+    held = (head["disease"] == out).to_numpy()
+    pred = tiny_evaluator.score(load_images(list(head["abspath"])))["pred_disease"].to_numpy()
+    truth = head["disease"].to_numpy()
+    # the round trip keeps the held-out faces and blacks out the rest: the ceilings part where the images do
+    keep = torch.tensor([d == out for d in test["disease"]])
+
+    def roundtrip(x):
+        assert len(x) == len(keep)  # the whole test split, in its order
+        return x * keep.view(-1, 1, 1, 1).to(x.dtype)
+
+    v = instrument_validity(tiny_evaluator, df, heldout={out, "D:not-in-this-set"}, roundtrip=roundtrip)
+    assert v["n_heldout"] == held.sum() > 0 and v["n_seen"] == (~held).sum() > 0
+    assert v["real_top1_heldout"] == pytest.approx((pred[held] == truth[held]).mean())
+    assert v["real_top1_seen"] == pytest.approx((pred[~held] == truth[~held]).mean())
+    assert v["vae_ceiling_top1_heldout"] == pytest.approx(v["real_top1_heldout"])  # those faces went through whole
+    black = tiny_evaluator.score(torch.zeros_like(load_images(list(head["abspath"][:1]))))["pred_disease"]
+    assert v["vae_ceiling_top1_seen"] == pytest.approx((truth[~held] == black[0]).mean())  # one guess for them all
+    # a held-out name with no rows in the set: no split
+    assert "real_top1_heldout" not in instrument_validity(tiny_evaluator, df, heldout={"D:not-in-this-set"})
 
 
 def test_isolated_auroc_is_half_when_the_effect_draws_nothing(tiny_evaluator, tiny_data):
