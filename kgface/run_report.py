@@ -42,6 +42,7 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
     ("evaluator.vae_ceiling_top1_seen", "... on the seen diseases' faces (healthy included: generation.seen_top1's "
      "rows)", ""),
     ("evaluator.vae_ceiling_top1_heldout", "... on the held-out diseases' faces (generation.heldout_top1's rows)", ""),
+    ("evaluator.real_top1_seen", "evaluator top-1 on real faces of the seen diseases + healthy (no round trip)", ""),
     ("evaluator.real_top1_heldout", "evaluator top-1 on real faces of the held-out diseases (no round trip)", ""),
     ("evaluator.real_stage_mae", "evaluator stage MAE on real test images", ""),
     ("evaluator.real_stage_spearman_disease", "stage vs measured severity, real diseased test images", ""),

@@ -125,9 +125,31 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images if images.dtype == torch.uint8 else (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def blur_sigmas(probe_cfg: dict | None, image_shape=None) -> list[float]:
+    """evaluator.probe.blur as a list of sigmas (px), checked before anything trains: numbers > 0 whose kernel
+    (2*ceil(3 sigma)+1, reflect-padded) fits inside images of `image_shape` (H, W) when given."""
+    import math
+
+    raw = (probe_cfg or {}).get("blur") or []
+    if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple)):
+        raise EvaluatorInputError(f"evaluator.probe.blur={raw!r}: give a list of Gaussian sigmas in px, e.g. "
+                                  "[0.5,1.0] (or [] for none)")
+    try:
+        sigmas = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        raise EvaluatorInputError(f"evaluator.probe.blur={raw!r}: every sigma must be a number (px)") from None
+    for v in sigmas:
+        if not v > 0:
+            raise EvaluatorInputError(f"evaluator.probe.blur: sigma {v} must be > 0 (px)")
+        if image_shape is not None and math.ceil(3 * v) >= min(image_shape):
+            raise EvaluatorInputError(f"evaluator.probe.blur: sigma {v} px is too wide for {tuple(image_shape)} "
+                                      "images (3 sigma must stay inside the image); use a smaller sigma")
+    return sigmas
+
+
 def blur_images(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """uint8 NCHW images through a Gaussian blur of `sigma` px (kernel 2*ceil(3 sigma)+1), back to uint8: a softer
-    copy of the same face, as a VAE round trip or a soft photo gives."""
+    """NCHW images (uint8, or float 0-1) through a Gaussian blur of `sigma` px (kernel 2*ceil(3 sigma)+1), as uint8:
+    a softer copy of the same face, as a VAE round trip or a soft photo gives. Blurred 64 at a time."""
     import math
 
     from torchvision.transforms.functional import gaussian_blur
@@ -135,8 +157,9 @@ def blur_images(images: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma <= 0:
         raise EvaluatorInputError(f"blur sigma {sigma}: must be > 0 (evaluator.probe.blur lists sigmas in px)")
     k = 2 * math.ceil(3 * sigma) + 1
-    out = [gaussian_blur(images[i:i + 512].float(), kernel_size=k, sigma=sigma) for i in range(0, len(images), 512)]
-    return torch.cat(out).round().clamp(0, 255).to(torch.uint8)
+    images = to_uint8(images)
+    return torch.cat([gaussian_blur(images[i:i + 64].float(), kernel_size=k, sigma=sigma).round().clamp(0, 255)
+                      .to(torch.uint8) for i in range(0, len(images), 64)])
 
 
 def drawn_phenotypes(phenotypes: Sequence[dict]) -> list[str]:
@@ -400,6 +423,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     if len(classes) < 2:
         raise EvaluatorInputError(f"the evaluator needs at least 2 classes in the train split, got {classes}")
     p = c.get("probe") or {}
+    sigmas = blur_sigmas(p)  # a bad setting fails here, before the CLIP trains
     unseen = sorted(set(classes) - set(train["disease"][probe_rows(train, p)]))
     if unseen:
         raise EvaluatorInputError(f"no train image of {', '.join(unseen[:5])} at stage >= evaluator.probe.min_stage="
@@ -412,6 +436,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     model_config = registered_config_name(c, model_config)
     model, tokenizer, image_size = build_clip(c, registered=model_config)
     images = load_images(list(train["abspath"]))
+    blur_sigmas(p, images.shape[-2:])  # ... and one too wide for these images
     atlas = atlas.reset_index(drop=True) if atlas is not None and len(atlas) else None
     atlas_images = load_images(list(atlas["abspath"]), size=images.shape[-2:]) if atlas is not None else None
     info = {"train_images": len(train), "val_images": len(val), "manifest_rows": len(df),
@@ -458,7 +483,6 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     # probe.blur (Gaussian sigmas, px): every head also learns from a blurred copy of each face it learns from, so
     # softness is not read as a disease (heads fitted on sharp faces alone read soft healthy faces as pallor or
     # macules: docs/evaluation.md)
-    sigmas = [float(v) for v in (p.get("blur") or [])]
     info["blur_sigmas"] = sigmas
 
     def features(imgs: torch.Tensor, feats: np.ndarray | None = None) -> list[torch.Tensor]:
@@ -544,8 +568,11 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
         used = sorted({p.disease_id for p in plist})
     from ..data.fingerprint import images_digest
 
+    keyed = c
+    if not (c.get("probe") or {}).get("blur", True):  # probe.blur=[] fits what evaluators fitted before it existed
+        keyed = {**c, "probe": {k: v for k, v in c["probe"].items() if k != "blur"}}
     # the manifest's bytes name the images; their own bytes say what they are (a re-render keeps the manifest)
-    spec = {"version": EVALUATOR_VERSION, "evaluator": c, "manifest_sha256": manifest_hash(manifest_path),
+    spec = {"version": EVALUATOR_VERSION, "evaluator": keyed, "manifest_sha256": manifest_hash(manifest_path),
             "images": images_digest(manifest_path, df["abspath"]),
             "profiles": stable_hash([p.to_dict() for p in plist if p.disease_id in used])}
     if c["name"] != "tiny_clip" and c.get("pretrained"):  # new weights under the same path must refit the heads

@@ -379,12 +379,15 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                                    "phenotype_heads": len(evaluator.phenotypes)}}
     scored: dict[str, ScoredSet] = {}
     heldout = set(heldout or ())
-    real = test = None
-    if real_df is not None:
-        real = as_frame(real_df)
+    # both manifests' heldout columns are read first: the instrument's seen / held-out split uses them too
+    gen = as_frame(generated_df) if generated_df is not None else None
+    real = as_frame(real_df) if real_df is not None else None
+    for frame in (real, gen):
+        if frame is not None and "heldout" in frame:
+            heldout |= set(frame.loc[frame["heldout"].astype(str).str.lower() == "true", "disease"])
+    test = None
+    if real is not None:
         check_real(real, "real set")
-        if "heldout" in real:
-            heldout |= set(real.loc[real["heldout"].astype(str).str.lower() == "true", "disease"])
         test = _test_rows(real)
         evaluator.check_labels(test["disease"], "real set")
         s_real = evaluator.score_set(test, keep_images=True)
@@ -401,11 +404,8 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         if len(full) and exp:
             obs = M.phenotype_frequencies(list(full["detected"]), list(full["disease"]))
             metrics["evaluator"]["real_frequency_mae"] = M.frequency_mae(obs, exp)[0]
-    if generated_df is not None:
-        gen = as_frame(generated_df)
+    if gen is not None:
         gen_root = gen.attrs.get("root")  # the manifest's folder: relative source_image paths are read from it
-        if "heldout" in gen:
-            heldout |= set(gen.loc[gen["heldout"].astype(str).str.lower() == "true", "disease"])
         s_gen = evaluator.score_set(gen, keep_images=True)
         t = s_gen.table
         scored["generated"] = s_gen

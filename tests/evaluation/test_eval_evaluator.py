@@ -184,7 +184,36 @@ def test_probe_blur_adds_blurred_copies_of_each_face_to_every_head(tiny_cfg, tin
     coral = CoralHead.fit(torch.cat([x[known], xb[known]]), np.tile(train["stage"].to_numpy()[known.numpy()], 2),
                           l2=cfg["probe"]["l2"])
     assert torch.allclose(coral.weight, soft.coral.weight, atol=1e-5)
-    assert soft.heads.weight.shape == plain.heads.weight.shape  # the phenotype heads: the same vocabulary
+    # the phenotype heads (every labelled train face here, no atlas): the same presence labels twice
+    from kgface.evaluation.evaluator import labelled_phenotypes, presence_matrix
+    from kgface.evaluation.probes import PhenotypeHeads
+
+    lab = torch.from_numpy(labelled_phenotypes(train).copy())
+    ph = [p for p, k in zip(train["phenotypes"], lab.tolist()) if k] * 2
+    heads = PhenotypeHeads.fit(torch.cat([x[lab], xb[lab]]), presence_matrix(ph, soft.phenotypes),
+                               l2=cfg["probe"]["l2"])
+    assert soft.phenotypes == plain.phenotypes and torch.allclose(heads.weight, soft.heads.weight, atol=1e-5)
+
+
+def test_a_bad_probe_blur_fails_before_the_clip_trains(tiny_cfg, tiny_data, tiny_profiles, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from kgface.evaluation import evaluator as evaluator_module
+    from kgface.evaluation.evaluator import blur_sigmas
+
+    assert blur_sigmas({"blur": [0.5, 1]}) == [0.5, 1.0] and blur_sigmas({}) == [] and blur_sigmas(None) == []
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the CLIP trained before the setting was checked")
+
+    monkeypatch.setattr(evaluator_module, "train_clip", no_training)
+    cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    for bad, says in ((1.0, "a list of Gaussian sigmas"), ([0.0], "must be > 0"), (["soft"], "must be a number"),
+                      ([40.0], "too wide")):
+        with pytest.raises(EvaluatorInputError, match=says):
+            evaluator_module.train_evaluator({**cfg, "probe": {**cfg["probe"], "blur": bad}}, df, tiny_profiles,
+                                             progress=False)
 
 
 def test_a_phenotype_atlas_beside_the_manifest_trains_the_clip_and_heads(tiny_cfg, tiny_data, tiny_profiles,
@@ -283,6 +312,11 @@ def test_a_head_setting_refits_the_heads_on_the_cached_clip(tiny_cfg, tiny_data,
         raise AssertionError("the CLIP was trained again")
 
     monkeypatch.setattr(evaluator_module, "train_clip", no_training)
+    # probe.blur=[] is the evaluator fitted before the key existed: the same entry
+    assert cfg["probe"]["blur"] == []
+    fit_evaluator({**cfg, "probe": {k: v for k, v in cfg["probe"].items() if k != "blur"}},
+                  tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert len({u["path"] for u in cache.used if u["kind"] == "evaluator"}) == 1
     refit = fit_evaluator({**cfg, "probe": {**cfg["probe"], "l2": 0.1}, "phenotype_threshold": 0.6},
                           tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
     assert refit.info["clip"] == first.info["clip"] and refit.cfg["probe"]["l2"] == 0.1

@@ -117,6 +117,21 @@ def test_validity_splits_seen_and_heldout_rows_as_the_generated_numbers_do(tiny_
     assert "real_top1_heldout" not in instrument_validity(tiny_evaluator, df, heldout={"D:not-in-this-set"})
 
 
+def test_a_heldout_column_in_the_generated_manifest_alone_splits_the_real_readings(tiny_evaluator, tiny_data,
+                                                                                    tmp_path):
+    """A photo manifest has no heldout column; the generated manifest's marks the held-out diseases for both."""
+    real = read_manifest(tiny_data / "manifest.csv")[0].drop(columns=["heldout"], errors="ignore")
+    gen = pd.read_csv(generated_manifest(tiny_data, tmp_path), dtype=str, keep_default_na=False)
+    out = sorted(set(gen["disease"]) - {"healthy"})[0]
+    gen["heldout"] = np.where(gen["requested_disease"] == out, "True", "False")
+    path = write_manifest(gen.to_dict("records"), tmp_path / "gen" / "marked.csv")
+    m = evaluate_sets(tiny_evaluator, real, path)
+    test = real[real["split"] == "test"]
+    head = test[test["stage"].isin([2, 3]) | (test["disease"] == "healthy")]
+    assert m["evaluator"]["n_heldout"] == (head["disease"] == out).sum() > 0
+    assert "real_top1_heldout" in m["evaluator"] and "heldout_top1" in m["generation"]
+
+
 def test_isolated_auroc_is_half_when_the_effect_draws_nothing(tiny_evaluator, tiny_data):
     from kgface.evaluation.sets import isolated_auroc
 
