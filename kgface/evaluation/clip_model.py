@@ -252,6 +252,42 @@ def _augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
+def train_blur(train_cfg: dict | None, image_size: int | None = None) -> tuple[float, float]:
+    """evaluator.train.blur_share and blur_sigma, checked before the CLIP trains: the share of training faces blurred
+    in each batch (0 = off) and the largest Gaussian sigma (px at the CLIP's input size) drawn for them."""
+    t = train_cfg or {}
+    try:
+        share, sigma = float(t.get("blur_share") or 0.0), float(t.get("blur_sigma") or 1.0)
+    except (TypeError, ValueError):
+        raise EvaluatorConfigError(f"evaluator.train.blur_share={t.get('blur_share')!r} / blur_sigma={t.get('blur_sigma')!r}: "
+                        "give numbers, e.g. blur_share=0.5 blur_sigma=1.0") from None
+    if not 0.0 <= share <= 1.0:
+        raise EvaluatorConfigError(f"evaluator.train.blur_share={share}: must be a share of the batch in [0, 1] (0 = off)")
+    if share > 0 and not sigma > 0:
+        raise EvaluatorConfigError(f"evaluator.train.blur_sigma={sigma}: must be > 0 (px) when blur_share > 0")
+    if share > 0 and image_size is not None and 2 * math.ceil(3 * sigma) + 1 > image_size:
+        raise EvaluatorConfigError(f"evaluator.train.blur_sigma={sigma} px is too wide for the CLIP's {image_size} px input "
+                        f"(kernel {2 * math.ceil(3 * sigma) + 1} px): lower it")
+    return share, sigma
+
+
+def _blur_some(x: torch.Tensor, share: float, max_sigma: float, gen: torch.Generator) -> torch.Tensor:
+    """Each face of float NCHW `x` is blurred with probability `share`, by a Gaussian of sigma uniform in
+    (0, max_sigma] px: the features learn that softness (a VAE round trip, a soft photo) is not a disease."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    n = x.shape[0]
+    pick = torch.rand(n, generator=gen) < share
+    sigma = max_sigma * (1.0 - torch.rand(n, generator=gen))  # (0, max_sigma]
+    if not pick.any():
+        return x
+    x = x.clone()
+    for i in torch.nonzero(pick).flatten().tolist():
+        s = float(sigma[i])
+        x[i:i + 1] = gaussian_blur(x[i:i + 1], kernel_size=2 * math.ceil(3 * s) + 1, sigma=s)
+    return x
+
+
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, groups: torch.Tensor,
                      classes: torch.Tensor | None = None, class_weight: float = 0.0) -> torch.Tensor:
     """Symmetric CLIP loss with soft targets: items of the same group (same caption) are all positives; with
@@ -339,6 +375,7 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
         aux = AuxiliaryHeads(emb_dim, len(cls_index), 0 if presence is None else presence.shape[1])
         pres_t = None if presence is None else torch.as_tensor(presence, dtype=torch.float32)
         stage_t = None if stages is None else torch.as_tensor(np.asarray(stages, dtype=np.float32))
+    blur_share, blur_sigma = train_blur(t, image_size)
     x_all = images.float() / 255.0
     if tuple(x_all.shape[-2:]) != (image_size, image_size):  # as to_model_input: a non-square photo too
         x_all = F.interpolate(x_all, size=(image_size, image_size), mode="bicubic", antialias=True).clamp(0, 1)
@@ -365,7 +402,10 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + batch]
         pos += batch
-        x = (_augment(x_all[idx], int(t.get("shift", 0)), gen) - mean) / std
+        x = _augment(x_all[idx], int(t.get("shift", 0)), gen)
+        if blur_share > 0:  # draws from `gen` only when on: runs without it keep their random stream
+            x = _blur_some(x, blur_share, blur_sigma, gen)
+        x = (x - mean) / std
         g = groups[idx]
         ug, inv = torch.unique(g, return_inverse=True)
         emb = model.encode_image(x)
@@ -387,4 +427,4 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
     return {"steps": steps, "batch_size": batch, "supervised_weight": sup_weight, "seconds": round(time.time() - start, 1),
             "final_loss": float(np.mean(losses[-20:])), "first_loss": float(np.mean(losses[:5])),
             "parameters": count_parameters(model), "distinct_captions": len(uniq),
-            "captions_cut": round(cut, 4)}
+            "captions_cut": round(cut, 4), **({"blur_share": blur_share, "blur_sigma": blur_sigma} if blur_share else {})}

@@ -36,7 +36,7 @@ from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
 from ..errors import UserError
 from ..kg import FacialProfile
 from ..prompts import caption, healthy_prompts, phenotype_caption, zero_shot_prompts
-from .clip_model import ImageEncoder, build_clip, encode_texts, registered_config_name, train_clip
+from .clip_model import ImageEncoder, build_clip, encode_texts, registered_config_name, train_blur, train_clip
 from .probes import CoralHead, LinearProbe, PhenotypeHeads, Standardizer
 
 log = logging.getLogger(__name__)
@@ -424,6 +424,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
         raise EvaluatorInputError(f"the evaluator needs at least 2 classes in the train split, got {classes}")
     p = c.get("probe") or {}
     sigmas = blur_sigmas(p)  # a bad setting fails here, before the CLIP trains
+    if c["name"] == "tiny_clip" and clip is None:
+        train_blur(c.get("train"), int(c["image_size"]))
     unseen = sorted(set(classes) - set(train["disease"][probe_rows(train, p)]))
     if unseen:
         raise EvaluatorInputError(f"no train image of {', '.join(unseen[:5])} at stage >= evaluator.probe.min_stage="
@@ -571,6 +573,8 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     keyed = c
     if not (c.get("probe") or {}).get("blur", True):  # probe.blur=[] fits what evaluators fitted before it existed
         keyed = {**c, "probe": {k: v for k, v in c["probe"].items() if k != "blur"}}
+    if isinstance(c.get("train"), dict) and not c["train"].get("blur_share", True):  # ... as train.blur_share=0
+        keyed = {**keyed, "train": {k: v for k, v in c["train"].items() if k not in ("blur_share", "blur_sigma")}}
     # the manifest's bytes name the images; their own bytes say what they are (a re-render keeps the manifest)
     spec = {"version": EVALUATOR_VERSION, "evaluator": keyed, "manifest_sha256": manifest_hash(manifest_path),
             "images": images_digest(manifest_path, df["abspath"]),
@@ -602,7 +606,7 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     clip_entry, clip = None, None
     if c["name"] == "tiny_clip":
         clip_entry = cache.entry("evaluator-clip", {**spec, "version": CLIP_VERSION,
-                                                    "evaluator": {k: c.get(k) for k in CLIP_KEYS}})
+                                                    "evaluator": {k: keyed.get(k) for k in CLIP_KEYS}})
         if clip_entry.exists():
             from safetensors.torch import load_file
 

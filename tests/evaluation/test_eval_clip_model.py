@@ -198,3 +198,53 @@ def test_an_openclip_config_file_with_a_timm_image_tower(tiny_data, tiny_profile
     features = ev.features(images)
     assert features.shape == (4, 24) and np.isfinite(features).all() and features.std(0).max() > 0
     assert np.allclose(Evaluator.load(ev.save(tmp_path / "ev")).features(images), features)
+
+
+def test_train_blur_blurs_the_chosen_share_and_draws_nothing_when_off():
+    """evaluator.train.blur_share: share 1 blurs every face of the batch (a point spreads and keeps its mass), share 0
+    returns the batch untouched without a draw from the generator, so runs without it keep their random stream."""
+    from kgface.evaluation.clip_model import _blur_some, train_blur
+
+    point = torch.zeros(3, 3, 17, 17)
+    point[:, :, 8, 8] = 1.0
+    gen = torch.Generator().manual_seed(0)
+    soft = _blur_some(point, 1.0, 1.5, gen)
+    assert (soft[:, :, 8, 8] < 1.0).all() and (soft[:, :, 8, 9] > 0).all()
+    assert torch.allclose(soft.sum((2, 3)), torch.ones(3, 3), atol=1e-4)
+    assert point[:, :, 8, 8].eq(1.0).all()  # the input is not modified in place
+    state = gen.get_state()
+    assert torch.equal(_blur_some(point, 0.0, 1.5, gen), point)  # nothing picked: the same faces
+    assert train_blur({}) == (0.0, 1.0) and train_blur({"blur_share": 0.5, "blur_sigma": 2}, 64) == (0.5, 2.0)
+    gen.set_state(state)
+    for bad, says in (({"blur_share": 1.5}, r"blur_share=1.5: must be a share"),
+                      ({"blur_share": "half"}, "give numbers"),
+                      ({"blur_share": 0.5, "blur_sigma": -1}, "blur_sigma=-1.0: must be > 0"),
+                      ({"blur_share": 0.5, "blur_sigma": 6}, "too wide for the CLIP's 32 px")):
+        with pytest.raises(UserError, match=says):
+            train_blur(bad, 32)
+
+
+def test_training_with_blur_moves_the_clip_and_says_so(tiny_cfg, tiny_data):
+    """The same seed and steps with blur_share > 0 train other weights (the blurred faces reach the loss), and the
+    training log records the setting; without it the log is as before."""
+    from omegaconf import OmegaConf
+
+    from kgface.evaluation.clip_model import train_clip
+
+    cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
+    cfg["train"]["steps"] = 2
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    rows = df[df["split"] == "train"].head(32)
+    images, captions = load_images(list(rows["abspath"])), [f"a face of {d}" for d in rows["disease"]]
+    weights, logs = [], []
+    for share in (0.0, 0.0, 1.0):
+        torch.manual_seed(0)  # the same initial weights
+        model, tokenizer, _ = build_clip(cfg)
+        logs.append(train_clip(model, tokenizer, images, captions,
+                               {**cfg, "train": {**cfg["train"], "blur_share": share, "blur_sigma": 1.0}},
+                               progress=False))
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    same, blurred = (weights[0] - weights[1]).abs().max(), (weights[0] - weights[2]).abs().max()
+    print(f"max weight change: same settings {same:.2e}, blurred {blurred:.2e}")
+    assert same < 1e-6 < 1e-4 < blurred  # (threads may reorder sums: equal up to rounding)
+    assert "blur_share" not in logs[0] and logs[2]["blur_share"] == 1.0 and logs[2]["blur_sigma"] == 1.0

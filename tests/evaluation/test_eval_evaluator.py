@@ -9,6 +9,7 @@ import torch
 from kgface.data.manifest import read_manifest, stage_known, write_manifest
 from kgface.evaluation import Evaluator, EvaluatorInputError, fit_evaluator, instrument_validity, load_images
 from kgface.evaluation.evaluator import image_caption
+from kgface.errors import UserError
 
 
 def test_scores_have_every_head(tiny_evaluator, tiny_data):
@@ -214,6 +215,11 @@ def test_a_bad_probe_blur_fails_before_the_clip_trains(tiny_cfg, tiny_data, tiny
         with pytest.raises(EvaluatorInputError, match=says):
             evaluator_module.train_evaluator({**cfg, "probe": {**cfg["probe"], "blur": bad}}, df, tiny_profiles,
                                              progress=False)
+    # evaluator.train.blur_share / blur_sigma (the CLIP's own augmentation) too
+    for bad, says in (({"blur_share": 2}, "must be a share"), ({"blur_share": 0.5, "blur_sigma": 9}, "too wide")):
+        with pytest.raises(UserError, match=says):
+            evaluator_module.train_evaluator({**cfg, "train": {**cfg["train"], **bad}}, df, tiny_profiles,
+                                             progress=False)
 
 
 def test_a_phenotype_atlas_beside_the_manifest_trains_the_clip_and_heads(tiny_cfg, tiny_data, tiny_profiles,
@@ -327,6 +333,14 @@ def test_a_head_setting_refits_the_heads_on_the_cached_clip(tiny_cfg, tiny_data,
     with pytest.raises(AssertionError, match="trained again"):
         fit_evaluator({**cfg, "train": {**cfg["train"], "steps": 13}}, tiny_data / "manifest.csv", tiny_profiles,
                       cache, progress=False)
+    # train.blur_share=0 is the CLIP trained before the key existed (both entries reused); > 0 is another CLIP
+    assert cfg["train"]["blur_share"] == 0.0
+    fit_evaluator({**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in ("blur_share", "blur_sigma")}},
+                  tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert [u["path"] for u in cache.used if u["kind"] == "evaluator"][-1] == first.info["cache_entry"]
+    with pytest.raises(AssertionError, match="trained again"):
+        fit_evaluator({**cfg, "train": {**cfg["train"], "blur_share": 0.5}}, tiny_data / "manifest.csv",
+                      tiny_profiles, cache, progress=False)
 
 
 def test_a_damaged_evaluator_json_is_a_clear_error(tiny_evaluator, tmp_path):
