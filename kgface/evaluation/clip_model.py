@@ -254,33 +254,43 @@ def _augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
 
 def train_blur(train_cfg: dict | None, image_size: int | None = None) -> tuple[float, float]:
     """evaluator.train.blur_share and blur_sigma, checked before the CLIP trains: the share of training faces blurred
-    in each batch (0 = off) and the largest Gaussian sigma (px at the CLIP's input size) drawn for them."""
+    in each batch (0 = off; blur_sigma is then not read) and the largest Gaussian sigma (px at the CLIP's input size)
+    drawn for them."""
     t = train_cfg or {}
-    try:
-        share, sigma = float(t.get("blur_share") or 0.0), float(t.get("blur_sigma") or 1.0)
-    except (TypeError, ValueError):
-        raise EvaluatorConfigError(f"evaluator.train.blur_share={t.get('blur_share')!r} / blur_sigma={t.get('blur_sigma')!r}: "
-                        "give numbers, e.g. blur_share=0.5 blur_sigma=1.0") from None
+
+    def number(key, default):
+        v = t.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise EvaluatorConfigError(f"evaluator.train.{key}={v!r}: give a finite number, e.g. "
+                                       "evaluator.train.blur_share=0.5 evaluator.train.blur_sigma=1.0")
+        return float(v)
+
+    share = number("blur_share", 0.0)
     if not 0.0 <= share <= 1.0:
-        raise EvaluatorConfigError(f"evaluator.train.blur_share={share}: must be a share of the batch in [0, 1] (0 = off)")
-    if share > 0 and not sigma > 0:
+        raise EvaluatorConfigError(f"evaluator.train.blur_share={share}: must be a share of the batch in [0, 1] "
+                                   "(0 = off)")
+    if share == 0:
+        return 0.0, 1.0
+    sigma = number("blur_sigma", 1.0)
+    if not sigma > 0:
         raise EvaluatorConfigError(f"evaluator.train.blur_sigma={sigma}: must be > 0 (px) when blur_share > 0")
-    if share > 0 and image_size is not None and 2 * math.ceil(3 * sigma) + 1 > image_size:
-        raise EvaluatorConfigError(f"evaluator.train.blur_sigma={sigma} px is too wide for the CLIP's {image_size} px input "
-                        f"(kernel {2 * math.ceil(3 * sigma) + 1} px): lower it")
+    if image_size is not None and 2 * math.ceil(3 * sigma) + 1 > image_size:
+        raise EvaluatorConfigError(f"evaluator.train.blur_sigma={sigma} px is too wide for the CLIP's {image_size} px "
+                                   f"input (kernel {2 * math.ceil(3 * sigma) + 1} px): lower it")
     return share, sigma
 
 
 def _blur_some(x: torch.Tensor, share: float, max_sigma: float, gen: torch.Generator) -> torch.Tensor:
     """Each face of float NCHW `x` is blurred with probability `share`, by a Gaussian of sigma uniform in
-    (0, max_sigma] px: the features learn that softness (a VAE round trip, a soft photo) is not a disease."""
+    (0, max_sigma] px: the features learn that softness (a VAE round trip, a soft photo) is not a disease. Share 0
+    draws nothing from `gen`, so runs without it keep their random stream."""
     from torchvision.transforms.functional import gaussian_blur
 
+    if share <= 0:
+        return x
     n = x.shape[0]
     pick = torch.rand(n, generator=gen) < share
     sigma = max_sigma * (1.0 - torch.rand(n, generator=gen))  # (0, max_sigma]
-    if not pick.any():
-        return x
     x = x.clone()
     for i in torch.nonzero(pick).flatten().tolist():
         s = float(sigma[i])
@@ -403,8 +413,7 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
         idx = order[pos:pos + batch]
         pos += batch
         x = _augment(x_all[idx], int(t.get("shift", 0)), gen)
-        if blur_share > 0:  # draws from `gen` only when on: runs without it keep their random stream
-            x = _blur_some(x, blur_share, blur_sigma, gen)
+        x = _blur_some(x, blur_share, blur_sigma, gen)  # share 0: no draw, the random stream of runs without it
         x = (x - mean) / std
         g = groups[idx]
         ug, inv = torch.unique(g, return_inverse=True)

@@ -213,11 +213,16 @@ def test_train_blur_blurs_the_chosen_share_and_draws_nothing_when_off():
     assert torch.allclose(soft.sum((2, 3)), torch.ones(3, 3), atol=1e-4)
     assert point[:, :, 8, 8].eq(1.0).all()  # the input is not modified in place
     state = gen.get_state()
-    assert torch.equal(_blur_some(point, 0.0, 1.5, gen), point)  # nothing picked: the same faces
+    assert torch.equal(_blur_some(point, 0.0, 1.5, gen), point)  # off: the same faces ...
+    assert torch.equal(gen.get_state(), state)  # ... and no draw
     assert train_blur({}) == (0.0, 1.0) and train_blur({"blur_share": 0.5, "blur_sigma": 2}, 64) == (0.5, 2.0)
-    gen.set_state(state)
+    assert train_blur({"blur_share": 0, "blur_sigma": "unused"}) == (0.0, 1.0)  # off: the sigma is not read
     for bad, says in (({"blur_share": 1.5}, r"blur_share=1.5: must be a share"),
-                      ({"blur_share": "half"}, "give numbers"),
+                      ({"blur_share": "half"}, "blur_share='half': give a finite number"),
+                      ({"blur_share": True}, "blur_share=True: give a finite number"),
+                      ({"blur_share": 0.5, "blur_sigma": None}, "blur_sigma=None: give a finite number"),
+                      ({"blur_share": 0.5, "blur_sigma": float("inf")}, "blur_sigma=inf: give a finite number"),
+                      ({"blur_share": 0.5, "blur_sigma": 0}, "blur_sigma=0.0: must be > 0"),
                       ({"blur_share": 0.5, "blur_sigma": -1}, "blur_sigma=-1.0: must be > 0"),
                       ({"blur_share": 0.5, "blur_sigma": 6}, "too wide for the CLIP's 32 px")):
         with pytest.raises(UserError, match=says):

@@ -338,6 +338,9 @@ def test_a_head_setting_refits_the_heads_on_the_cached_clip(tiny_cfg, tiny_data,
     fit_evaluator({**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in ("blur_share", "blur_sigma")}},
                   tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
     assert [u["path"] for u in cache.used if u["kind"] == "evaluator"][-1] == first.info["cache_entry"]
+    fit_evaluator({**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in ("blur_share", "blur_sigma")},
+                   "probe": {**cfg["probe"], "l2": 0.2}},  # a new evaluator entry: the heads refit on the same CLIP
+                  tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
     with pytest.raises(AssertionError, match="trained again"):
         fit_evaluator({**cfg, "train": {**cfg["train"], "blur_share": 0.5}}, tiny_data / "manifest.csv",
                       tiny_profiles, cache, progress=False)
