@@ -252,6 +252,18 @@ def _augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
+def gaussian_kernel_size(sigma: float) -> int:
+    """The odd kernel width (covering +-3 sigma) of every Gaussian blur of the evaluator."""
+    return 2 * math.ceil(3 * sigma) + 1
+
+
+def gaussian_blur_float(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Float NCHW images through a Gaussian blur of `sigma` px (gaussian_kernel_size, reflect-padded)."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    return gaussian_blur(x, kernel_size=gaussian_kernel_size(sigma), sigma=sigma)
+
+
 def train_blur(train_cfg: dict | None, image_size: int | None = None) -> tuple[float, float]:
     """evaluator.train.blur_share and blur_sigma, checked before the CLIP trains: the share of training faces blurred
     in each batch (0 = off; blur_sigma is then not read) and the largest Gaussian sigma (px at the CLIP's input size)
@@ -274,9 +286,9 @@ def train_blur(train_cfg: dict | None, image_size: int | None = None) -> tuple[f
     sigma = number("blur_sigma", 1.0)
     if not sigma > 0:
         raise EvaluatorConfigError(f"evaluator.train.blur_sigma={sigma}: must be > 0 (px) when blur_share > 0")
-    if image_size is not None and 2 * math.ceil(3 * sigma) + 1 > image_size:
+    if image_size is not None and gaussian_kernel_size(sigma) > image_size:
         raise EvaluatorConfigError(f"evaluator.train.blur_sigma={sigma} px is too wide for the CLIP's {image_size} px "
-                                   f"input (kernel {2 * math.ceil(3 * sigma) + 1} px): lower it")
+                                   f"input (kernel {gaussian_kernel_size(sigma)} px): lower it")
     return share, sigma
 
 
@@ -284,8 +296,6 @@ def _blur_some(x: torch.Tensor, share: float, max_sigma: float, gen: torch.Gener
     """Each face of float NCHW `x` is blurred with probability `share`, by a Gaussian of sigma uniform in
     (0, max_sigma] px: the features learn that softness (a VAE round trip, a soft photo) is not a disease. Share 0
     draws nothing from `gen`, so runs without it keep their random stream."""
-    from torchvision.transforms.functional import gaussian_blur
-
     if share <= 0:
         return x
     n = x.shape[0]
@@ -293,8 +303,7 @@ def _blur_some(x: torch.Tensor, share: float, max_sigma: float, gen: torch.Gener
     sigma = max_sigma * (1.0 - torch.rand(n, generator=gen))  # (0, max_sigma]
     x = x.clone()
     for i in torch.nonzero(pick).flatten().tolist():
-        s = float(sigma[i])
-        x[i:i + 1] = gaussian_blur(x[i:i + 1], kernel_size=2 * math.ceil(3 * s) + 1, sigma=s)
+        x[i:i + 1] = gaussian_blur_float(x[i:i + 1], float(sigma[i]))
     return x
 
 

@@ -36,7 +36,8 @@ from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
 from ..errors import UserError
 from ..kg import FacialProfile
 from ..prompts import caption, healthy_prompts, phenotype_caption, zero_shot_prompts
-from .clip_model import ImageEncoder, build_clip, encode_texts, registered_config_name, train_blur, train_clip
+from .clip_model import (ImageEncoder, build_clip, encode_texts, gaussian_blur_float, registered_config_name,
+                         train_blur, train_clip)
 from .probes import CoralHead, LinearProbe, PhenotypeHeads, Standardizer
 
 log = logging.getLogger(__name__)
@@ -150,16 +151,11 @@ def blur_sigmas(probe_cfg: dict | None, image_shape=None) -> list[float]:
 def blur_images(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """NCHW images (uint8, or float 0-1) through a Gaussian blur of `sigma` px (kernel 2*ceil(3 sigma)+1), as uint8:
     a softer copy of the same face, as a VAE round trip or a soft photo gives. Blurred 64 at a time."""
-    import math
-
-    from torchvision.transforms.functional import gaussian_blur
-
     if sigma <= 0:
         raise EvaluatorInputError(f"blur sigma {sigma}: must be > 0 (evaluator.probe.blur lists sigmas in px)")
-    k = 2 * math.ceil(3 * sigma) + 1
     images = to_uint8(images)
-    return torch.cat([gaussian_blur(images[i:i + 64].float(), kernel_size=k, sigma=sigma).round().clamp(0, 255)
-                      .to(torch.uint8) for i in range(0, len(images), 64)])
+    return torch.cat([gaussian_blur_float(images[i:i + 64].float(), sigma).round().clamp(0, 255).to(torch.uint8)
+                      for i in range(0, len(images), 64)])
 
 
 def drawn_phenotypes(phenotypes: Sequence[dict]) -> list[str]:
