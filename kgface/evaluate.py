@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 from .config import entry
 from .data.manifest import read_manifest
 from .errors import UserError
-from .evaluation import evaluate_sets, fit_evaluator, learn_profiles, load_evaluator, write_learned, write_report
+from .evaluation import evaluate_sets, fit_evaluator, load_evaluator, write_report
 from .evaluation.face_identity import load_face_identity
-from .evaluation.learned_profiles import MIN_TPR_GAP, detector_rates
+from .evaluation.learned_profiles import learn_and_write
 from .run_files import heldout_of, is_baselines_generator, load_profiles_json, run_file
 from .runtime import load_profiles, make_cache
 
@@ -98,31 +98,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
              "lead with KID for small sets"]
     # with phenotype heads (fitted on labelled faces or on an atlas beside a photo set), whether or not this set's
     # rows carry phenotype labels: unlabelled photos are exactly where a learned profile is a finding
+    extra = []
     if real is not None and cfg.get("learned_profiles", True) and "real" in scored and evaluator.phenotypes:
-        table = scored["real"].table
-        rates = detector_rates(evaluator, table)  # hit rates from labelled stage-3 faces, false positives from healthy
-        learned = learn_profiles(evaluator, table, profiles, rates=rates)
-        if learned:
-            write_learned(learned, out_dir)
-            notes.append("learned_profiles.json: phenotype frequencies learned from the real test images")
-            used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}
-            untested = used - set(rates[0])
-            if untested:  # no labelled stage-3 face shows the phenotype: learn_profiles takes the head's tpr as 1
-                which = f"all {len(used)}" if untested == used else f"{len(untested)} of {len(used)}"
-                notes.append(f"{which} learned phenotypes have no labelled stage-3 test face showing them: their "
-                             "heads' hit rate (tpr) is taken as 1, so their learned frequencies are detection rates "
-                             "corrected for healthy faces' false positives only (none where the set has no healthy "
-                             "faces; lower bounds where a head misses)")
-            flat = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"] if not e["corrected"]}
-            if flat:  # hit rate within MIN_TPR_GAP of the healthy rate: dividing by it would blow the estimate up
-                notes.append(f"{len(flat)} of {len(used)} learned phenotypes' heads hit faces showing the phenotype "
-                             f"at most {MIN_TPR_GAP:g} more often than healthy faces (they rarely fire on it, or fire "
-                             "as often on healthy faces): their learned frequencies are uncorrected detection rates "
-                             "(\"corrected\": false)")
-        else:
-            notes.append("no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
-                         "(or ungraded)")
-    write_report(out_dir, metrics, scored, evaluator, profiles, notes=notes, grid_cases=grid_cases)
+        learned_notes, plot = learn_and_write(evaluator, scored["real"].table, profiles, out_dir)
+        notes += learned_notes
+        if plot is not None:
+            extra.append(("Profiles learned from the real test images beside the KG's frequencies", plot))
+    write_report(out_dir, metrics, scored, evaluator, profiles, notes=notes, grid_cases=grid_cases,
+                 extra_figures=extra)
     cache.record(out_dir)
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.html'}")
     return metrics

@@ -63,8 +63,16 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
              "(held-out diseases included, never generated images)",
              "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
              "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here)"]
+    extra = []
+    if measure_real and evaluator.phenotypes and "real" in scored:  # profile.learned= can name this file
+        from .evaluation.learned_profiles import learn_and_write
+
+        learned_notes, plot = learn_and_write(evaluator, scored["real"].table, profiles, out_dir / "evaluation")
+        notes += learned_notes
+        if plot is not None:
+            extra.append(("Profiles learned from the real test images beside the KG's frequencies", plot))
     write_report(out_dir / "evaluation", metrics, scored, evaluator, profiles, notes=notes,
-                 title=f"kgface evaluation ({mode})")
+                 title=f"kgface evaluation ({mode})", extra_figures=extra)
     out.update(metrics)
     return out
 

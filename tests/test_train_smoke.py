@@ -74,6 +74,10 @@ def test_train_job_writes_the_documented_layout(tmp_path):
     assert all((out / "samples" / p).exists() for p in moved["path"]) and moved["source_image"].str.len().gt(0).all()
     report = (out / "report.md").read_text()
     assert "generation.heldout_top1" in report and "samples/transforms.png" in report
+    # the profiles learned from the real test faces, beside the KG's, in the run's own evaluation (profile.learned=)
+    learned = json.loads((out / "evaluation" / "learned_profiles.json").read_text())["diseases"]
+    assert learned and set(learned) <= {"ORPHA:870", "ORPHA:648", "MONDO:0011438"}
+    assert "](learned_profiles.png)" in (out / "evaluation" / "report.md").read_text()
 
 
 def test_bad_overrides_are_clear_errors(tmp_path, capsys):

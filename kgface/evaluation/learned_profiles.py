@@ -169,3 +169,33 @@ def write_learned(learned: dict, out_dir: str | Path) -> Path:
                                                           "diseases": learned})
     plot_learned(learned, out_dir / "learned_profiles.png")
     return out_dir / "learned_profiles.json"
+
+
+def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir: str | Path
+                    ) -> tuple[list[str], Path | None]:
+    """Profiles learned from a scored real test table, written to out_dir (learned_profiles.json + .png) with the
+    head rates measured on the same table (hit rates from labelled stage-3 faces, false positives from healthy ones).
+    Returns the report's notes on how far the estimates can be trusted, and the plot (None when nothing was learned:
+    no diseased stage-3 image of a profiled disease)."""
+    rates = detector_rates(evaluator, table)
+    learned = learn_profiles(evaluator, table, profiles, rates=rates)
+    if not learned:
+        return ["no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
+                "(or ungraded)"], None
+    write_learned(learned, out_dir)
+    notes = ["learned_profiles.json: phenotype frequencies learned from the real test images"]
+    used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}
+    untested = used - set(rates[0])
+    if untested:  # no labelled stage-3 face shows the phenotype: learn_profiles takes the head's tpr as 1
+        which = f"all {len(used)}" if untested == used else f"{len(untested)} of {len(used)}"
+        notes.append(f"{which} learned phenotypes have no labelled stage-3 test face showing them: their "
+                     "heads' hit rate (tpr) is taken as 1, so their learned frequencies are detection rates "
+                     "corrected for healthy faces' false positives only (none where the set has no healthy "
+                     "faces; lower bounds where a head misses)")
+    flat = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"] if not e["corrected"]}
+    if flat:  # hit rate within MIN_TPR_GAP of the healthy rate: dividing by it would blow the estimate up
+        notes.append(f"{len(flat)} of {len(used)} learned phenotypes' heads hit faces showing the phenotype "
+                     f"at most {MIN_TPR_GAP:g} more often than healthy faces (they rarely fire on it, or fire "
+                     "as often on healthy faces): their learned frequencies are uncorrected detection rates "
+                     "(\"corrected\": false)")
+    return notes, Path(out_dir) / "learned_profiles.png"

@@ -178,13 +178,14 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=None, profiles=None,
-                 notes: list[str] | None = None, title: str = "kgface evaluation", grid_cases: int = 8
-                 ) -> dict[str, Path]:
+                 notes: list[str] | None = None, title: str = "kgface evaluation", grid_cases: int = 8,
+                 extra_figures: list[tuple[str, Path]] | None = None) -> dict[str, Path]:
     """Write OUT/metrics.json, the figures and OUT/report.md + OUT/report.html.
 
     scored: evaluate_sets(..., return_scored=True)'s second value ({"real": ScoredSet, "generated": ScoredSet}).
     evaluator / profiles give class and phenotype names; grid_cases: images per best / worst grid (and pairs in
-    the memorisation grid). Returns the written paths by name.
+    the memorisation grid); extra_figures: (caption, PNG in out_dir) pairs shown after the report's own figures (the
+    learned profiles' plot). Returns the written paths by name.
     """
     grid_cases = int(grid_cases)
     if grid_cases < 1:
@@ -238,6 +239,10 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
         if p is not None:
             figs.append(("Memorisation audit: the generated images closest to a training image, each beside it "
                          f"(cosine; 'copy?' above the real near-duplicate cosine {threshold})", p))
+    for cap, p in extra_figures or []:
+        if Path(p).parent.resolve() != out.resolve():  # the pages link figures by file name
+            raise ValueError(f"extra figure {p}: not in the report's folder {out}")
+        figs.append((cap, Path(p)))
     rows = _flat(metrics)
     md = [f"# {title}", ""]
     for n in notes or []:

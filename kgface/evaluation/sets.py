@@ -169,7 +169,8 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     """Validity of the instrument on real test images (see module doc). Keys: real_top1 (stages 2-3 + healthy),
     real_top1_all, real_top3, real_macro_f1 (+ _all), per_stage_top1, real_stage_mae, real_severity_mae,
     real_stage_spearman, real_stage_spearman_disease and real_stage_mae_disease (diseased faces only, the rows of the
-    generated sets' stage metrics), phenotype_auroc (per HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1,
+    generated sets' stage metrics), zero_shot_presence_auroc and presence_auroc (diseased vs healthy headline rows,
+    scored by the zero-shot prompts' 1 - P(healthy) and the probe's; with a healthy class), phenotype_auroc (per HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1,
     real_top1_blurred (the headline rows blurred by real_blur_sigma px: a reading that falls is reading softness),
     and with `roundtrip`: vae_ceiling_top1, vae_ceiling_stage_spearman (diseased faces, as generation.stage_spearman),
     vae_ceiling_phenotype_auroc_summary; with `face_identity` (kgface.evaluation.face_identity): identity_dlib.
@@ -199,6 +200,10 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
            "real_stage_mae_disease": M.stage_mae(t["stage"][sick], t["stage_pred"][sick]),
            "zero_shot_top1": M.accuracy(t["disease"][head], t["zs_disease"][head]),
            "phenotype_auroc": auc, "phenotype_auroc_summary": auroc_summary(auc)}
+    if HEALTHY in evaluator.classes:  # presence (is any disease there?) on the headline rows: sick vs healthy faces
+        ill = (t["disease"][head] != HEALTHY).astype(int)
+        out["zero_shot_presence_auroc"] = M.auroc(ill, t["zs_presence"][head])
+        out["presence_auroc"] = M.auroc(ill, 1.0 - t[f"p_{HEALTHY}"][head])
     # robustness: the same faces a little softer (a VAE round trip blurs as much) should read the same
     images = s.images if s.images is not None else load_images(list(test["abspath"]))
     soft = evaluator.predict(evaluator.features(blur_images(images, BLUR_CHECK_SIGMA)), test)

@@ -86,7 +86,8 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
                  "learned_profiles.png"]:
         assert (out / name).is_file(), name
     page = (out / "report.html").read_text()
-    assert all(f'src="{n}"' in page for n in ("confusion_real.png", "phenotypes_real.png", "memorisation_nearest.png"))
+    assert all(f'src="{n}"' in page for n in ("confusion_real.png", "phenotypes_real.png", "memorisation_nearest.png",
+                                              "learned_profiles.png"))
     md = (out / "report.md").read_text()
     assert md.index("`kid_clip`") < md.index("`fid_clip`")  # lead with KID
     # the heads whose phenotype no labelled stage-3 test face shows (rare phenotypes in a few test faces) have their
@@ -193,6 +194,21 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
         main([f"real={tiny_data / 'manifest.csv'}", f"run={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'o5'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "profiles.json: not a kgface profiles file" in err[0]
+    # a generated set that is only a header, and one requesting a disease the evaluator was not trained on: one
+    # line each, exit 2, no metrics.json
+    header_only = tmp_path / "header_only.csv"
+    header_only.write_text(",".join(df.columns) + "\n")
+    gen = pd.read_csv(generated_manifest(tiny_data, tmp_path), dtype=str, keep_default_na=False)
+    gen.loc[0, "requested_disease"] = "ORPHA:870"  # in the KG, not among the evaluator's classes
+    unknown = tmp_path / "gen" / "unknown.csv"
+    gen.to_csv(unknown, index=False)
+    for name, manifest, says in (("o6", header_only, "header_only.csv"), ("o7", unknown, "unknown to the evaluator")):
+        with pytest.raises(SystemExit) as exc:
+            main([*TINY_EVALUATOR, f"real={tiny_data / 'manifest.csv'}", f"generated={manifest}", "progress=false",
+                  f"hydra.run.dir={tmp_path / name}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and says in err[0], err
+        assert not (tmp_path / name / "metrics.json").exists()
 
 
 def test_evaluator_never_imports_the_generator():
@@ -201,17 +217,31 @@ def test_evaluator_never_imports_the_generator():
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
     # nor at run time: imports inside functions (kgface.evaluate run=RUN read the held-out list through
-    # kgface.diffusion.run_loading, which loads the whole generator package)
+    # kgface.diffusion.run_loading, which loads the whole generator package), followed through every kgface module
+    # the evaluator's files reach, at any depth
     import ast
     from pathlib import Path
 
     import kgface
 
     root = Path(kgface.__file__).parent
-    files = [root / "evaluate.py", root / "run_files.py", *sorted((root / "evaluation").glob("*.py"))]
-    bad = []
-    for f in files:
-        package = ["kgface"] + list(f.relative_to(root).parts[:-1])
+
+    def file_of(module: str) -> Path | None:
+        rel = Path(*module.split(".")[1:])
+        for f in (root / rel.with_suffix(".py"), root / rel / "__init__.py"):
+            if module != "kgface" and f.is_file():
+                return f
+        return None
+
+    todo = [root / "evaluate.py", *sorted((root / "evaluation").glob("*.py"))]
+    reached, bad = set(), []
+    while todo:
+        f = todo.pop()
+        if f in reached:
+            continue
+        reached.add(f)
+        parts = list(f.relative_to(root).parts)
+        package = ["kgface"] + parts[:-1]  # an __init__.py's package is its folder, as for any module in it
         for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):  # `from .x import y` and `from .. import diffusion` alike
                 base = package[:len(package) - node.level + 1] if node.level else []
@@ -221,7 +251,10 @@ def test_evaluator_never_imports_the_generator():
                 names = [a.name for a in node.names]
             else:
                 continue
-            bad += [f"{f.name}: {n}" for n in names if n.startswith(("kgface.diffusion", "kgface.encoders"))]
+            names = [n for n in names if n.startswith("kgface")]
+            bad += [f"{f.relative_to(root)}: {n}" for n in names if n.startswith(("kgface.diffusion", "kgface.encoders"))]
+            todo += [g for g in map(file_of, names) if g is not None]
+    assert root / "run_files.py" in reached and root / "runtime.py" in reached  # the walk goes past evaluation/
     assert not bad, bad
 
 

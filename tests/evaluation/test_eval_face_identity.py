@@ -30,16 +30,16 @@ def dlib_identity():
 
 
 @pytest.fixture(scope="module")
-def test_faces(tiny_data):
+def split_faces(tiny_data):
     df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
     test = df[df["split"] == "test"].reset_index(drop=True)
     return load_images([str(tiny_data / p) for p in test["path"]]), list(test["identity"])
 
 
-def test_embeddings_tell_the_same_phantom_from_another(dlib_identity, test_faces, tiny_evaluator):
+def test_embeddings_tell_the_same_phantom_from_another(dlib_identity, split_faces, tiny_evaluator):
     from kgface.evaluation.metrics import identity_auroc
 
-    images, ids = test_faces
+    images, ids = split_faces
     feats, found = dlib_identity.embed(images[:3])
     assert feats.shape == (3, 128) and found.dtype == bool
     clip = tiny_evaluator.features(images)
@@ -95,8 +95,8 @@ def test_a_damaged_install_is_an_error_under_dlib_and_a_warning_under_auto(monke
     assert not F.available() and F.resolve("auto") == "none"
 
 
-def test_pair_distances_are_zero_for_copies_and_not_for_other_people(dlib_identity, test_faces):
-    images, ids = test_faces
+def test_pair_distances_are_zero_for_copies_and_not_for_other_people(dlib_identity, split_faces):
+    images, ids = split_faces
     same = F.pair_distances(dlib_identity, images[:4], images[:4].clone())
     assert same["identity_distance_dlib"] == pytest.approx(0.0, abs=1e-6) and same["identity_same_person_dlib"] == 1
     found = dlib_identity.embed(images[:4])[1]
@@ -130,12 +130,12 @@ def test_evaluate_sets_reports_dlib_identity_beside_the_clip_cosine(tiny_evaluat
     assert without["transform"]["identity_similarity"] == m["transform"]["identity_similarity"]
 
 
-def test_embed_reads_non_square_tiny_float_grey_and_rgba_images(dlib_identity, test_faces):
+def test_embed_reads_non_square_tiny_float_grey_and_rgba_images(dlib_identity, split_faces):
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 255, (2, 3, 24, 40), dtype=np.uint8))
     feats, found = dlib_identity.embed(images)
     assert feats.shape == (2, 128) and np.isfinite(feats).all() and not found.any()  # noise holds no face
-    faces = test_faces[0][:2]
+    faces = split_faces[0][:2]
     u8 = dlib_identity.embed(faces)[0]
     # float in [0, 1] (a VAE round trip) reads as the same faces, not as black frames
     assert np.allclose(dlib_identity.embed(faces.float() / 255)[0], u8, atol=1e-6)

@@ -50,3 +50,23 @@ def test_the_real_stage_scatter_leaves_out_ungraded_photos(tiny_evaluator, tiny_
     write_report(tmp_path, m, scored, tiny_evaluator)
     t = plotted["stage_real.png"]
     assert len(t) == len(test) - len(test[::2]) and set(t["stage_known"]) == {"True"}
+
+
+def test_extra_figures_follow_the_reports_own_and_must_lie_beside_it(tmp_path):
+    from PIL import Image
+
+    from kgface.evaluation import write_report
+
+    m = {"evaluator": {"real_top1": 0.5}}
+    Image.new("RGB", (4, 4)).save(tmp_path / "learned_profiles.png")
+    write_report(tmp_path, m, extra_figures=[("Learned profiles", tmp_path / "learned_profiles.png")])
+    md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    assert "## Learned profiles\n\n![Learned profiles](learned_profiles.png)" in md
+    assert '<img src="learned_profiles.png"' in page and page.index("real_top1") < page.index("learned_profiles.png")
+    elsewhere = tmp_path / "sub"
+    elsewhere.mkdir()
+    Image.new("RGB", (4, 4)).save(elsewhere / "x.png")
+    (tmp_path / "metrics.json").unlink()
+    with pytest.raises(ValueError, match="not in the report's folder"):
+        write_report(tmp_path, m, extra_figures=[("x", elsewhere / "x.png")])
+    assert not (tmp_path / "metrics.json").exists()

@@ -66,6 +66,13 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     assert v["real_top1"] == pytest.approx((scored["pred_disease"].to_numpy() == head["disease"].to_numpy()).mean())
     # macro-F1 on the same rows; the stage MAE of diseased faces on the rows of generation.stage_mae
     assert v["real_macro_f1"] == pytest.approx(M.macro_f1(list(head["disease"]), list(scored["pred_disease"])))
+    # presence on the same rows: diseased vs healthy faces, by the zero-shot prompts and by the probe
+    from sklearn.metrics import roc_auc_score
+
+    ill = (head["disease"] != "healthy").to_numpy()
+    assert 0 < ill.sum() < len(ill)
+    assert v["zero_shot_presence_auroc"] == pytest.approx(roc_auc_score(ill, scored["zs_presence"]))
+    assert v["presence_auroc"] == pytest.approx(roc_auc_score(ill, 1 - scored["p_healthy"]))
     sick_scored = tiny_evaluator.score(load_images(list(sick["abspath"])))
     assert v["real_stage_mae_disease"] == pytest.approx(M.stage_mae(sick["stage"], sick_scored["stage_pred"]))
     every = tiny_evaluator.score(load_images(list(test["abspath"])))
