@@ -64,13 +64,13 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
              "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
              "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here)"]
     extra = []
-    if measure_real and evaluator.phenotypes and "real" in scored:  # profile.learned= can name this file
+    # once per run (the instrument's section: the first generator's evaluation); profile.learned= can name the file
+    if measure_real and evaluator.phenotypes and "real" in scored and cfg.get("learned_profiles", True):
         from .evaluation.learned_profiles import learn_and_write
 
-        learned_notes, plot = learn_and_write(evaluator, scored["real"].table, profiles, out_dir / "evaluation")
+        learned_notes, figure = learn_and_write(evaluator, scored["real"].table, profiles, out_dir / "evaluation")
         notes += learned_notes
-        if plot is not None:
-            extra.append(("Profiles learned from the real test images beside the KG's frequencies", plot))
+        extra += [figure] if figure else []
     write_report(out_dir / "evaluation", metrics, scored, evaluator, profiles, notes=notes,
                  title=f"kgface evaluation ({mode})", extra_figures=extra)
     out.update(metrics)

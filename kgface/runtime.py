@@ -66,7 +66,8 @@ def load_profiles(cfg: DictConfig, diseases: list[str] | None = None, cache: Cac
 
 def profile_source(cfg: DictConfig, profiles: list) -> list:
     """`profile.source=kg|learned|blend`: the profiles whose frequencies condition the generator (the KG's, or those
-    learned from images: `profile.learned=OUT/learned_profiles.json` of `python -m kgface.evaluate`)."""
+    learned from images: `profile.learned=OUT/learned_profiles.json` of `python -m kgface.evaluate`, or a train
+    run's `evaluation/learned_profiles.json`)."""
     from .errors import UserError
     from .kg.profiles import PROFILE_SOURCES, with_frequencies
 
@@ -79,7 +80,7 @@ def profile_source(cfg: DictConfig, profiles: list) -> list:
     path = p.get("learned")
     if not path:
         raise UserError(f"profile.source={source} needs profile.learned=PATH, a learned_profiles.json written by "
-                        "python -m kgface.evaluate real=MANIFEST")
+                        "python -m kgface.evaluate real=MANIFEST (or a train run's evaluation/learned_profiles.json)")
     import json
     from pathlib import Path
 

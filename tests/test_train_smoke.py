@@ -78,6 +78,7 @@ def test_train_job_writes_the_documented_layout(tmp_path):
     learned = json.loads((out / "evaluation" / "learned_profiles.json").read_text())["diseases"]
     assert learned and set(learned) <= {"ORPHA:870", "ORPHA:648", "MONDO:0011438"}
     assert "](learned_profiles.png)" in (out / "evaluation" / "report.md").read_text()
+    assert "](evaluation/learned_profiles.png)" in report  # the run's report shows every evaluation figure
 
 
 def test_bad_overrides_are_clear_errors(tmp_path, capsys):
@@ -127,6 +128,9 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
         # nor observed phenotype sets; the control trains on the images' true sets and draws from shuffled profiles
         assert (metrics["baselines"][mode]["train"]["observed_phenotype_sets"] > 1) == (mode != "class"), mode
     assert "real_top1" in metrics["evaluator"]  # the instrument is measured once, beside the baselines
+    learned = [m for m in ("kg", "text", "class", "kg_text", "kg_shuffled")
+               if (out / m / "evaluation" / "learned_profiles.json").exists()]
+    assert learned == ["kg"]  # and so are the profiles learned from the real test faces (its first conditioning)
     generation = [k for k in REQUIRED_KEYS if not k.startswith(("evaluator.", "transform.", "controls.", "vae_"))]
     assert len(generation) == 9
     for mode in ("kg", "text", "kg_text", "kg_shuffled", "class"):  # the same generation keys per conditioning

@@ -172,11 +172,11 @@ def write_learned(learned: dict, out_dir: str | Path) -> Path:
 
 
 def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir: str | Path
-                    ) -> tuple[list[str], Path | None]:
+                    ) -> tuple[list[str], tuple[str, Path] | None]:
     """Profiles learned from a scored real test table, written to out_dir (learned_profiles.json + .png) with the
     head rates measured on the same table (hit rates from labelled stage-3 faces, false positives from healthy ones).
-    Returns the report's notes on how far the estimates can be trusted, and the plot (None when nothing was learned:
-    no diseased stage-3 image of a profiled disease)."""
+    Returns the report's notes on how far the estimates can be trusted, and the plot as (caption, path) for
+    write_report's extra_figures (None when nothing was learned: no diseased stage-3 image of a profiled disease)."""
     rates = detector_rates(evaluator, table)
     learned = learn_profiles(evaluator, table, profiles, rates=rates)
     if not learned:
@@ -198,4 +198,5 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
                      f"at most {MIN_TPR_GAP:g} more often than healthy faces (they rarely fire on it, or fire "
                      "as often on healthy faces): their learned frequencies are uncorrected detection rates "
                      "(\"corrected\": false)")
-    return notes, Path(out_dir) / "learned_profiles.png"
+    return notes, ("Profiles learned from the real test images beside the KG's frequencies",
+                   Path(out_dir) / "learned_profiles.png")

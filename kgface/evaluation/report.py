@@ -191,6 +191,12 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
     if grid_cases < 1:
         raise ValueError(f"report.grid_cases={grid_cases}: must be at least 1")
     out = Path(out_dir)
+    extra = [(cap, Path(p)) for cap, p in extra_figures or []]
+    for _, p in extra:  # checked before any figure is drawn
+        if p.parent.resolve() != out.resolve():  # the pages link figures by file name
+            raise ValueError(f"extra figure {p}: not in the report's folder {out}")
+        if not p.is_file():
+            raise ValueError(f"extra figure {p}: no such file")
     out.mkdir(parents=True, exist_ok=True)
     scored = scored or {}
     names = dict(evaluator.names) if evaluator is not None else {}
@@ -239,10 +245,7 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
         if p is not None:
             figs.append(("Memorisation audit: the generated images closest to a training image, each beside it "
                          f"(cosine; 'copy?' above the real near-duplicate cosine {threshold})", p))
-    for cap, p in extra_figures or []:
-        if Path(p).parent.resolve() != out.resolve():  # the pages link figures by file name
-            raise ValueError(f"extra figure {p}: not in the report's folder {out}")
-        figs.append((cap, Path(p)))
+    figs += extra
     rows = _flat(metrics)
     md = [f"# {title}", ""]
     for n in notes or []:

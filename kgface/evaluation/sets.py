@@ -170,7 +170,8 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     real_top1_all, real_top3, real_macro_f1 (+ _all), per_stage_top1, real_stage_mae, real_severity_mae,
     real_stage_spearman, real_stage_spearman_disease and real_stage_mae_disease (diseased faces only, the rows of the
     generated sets' stage metrics), zero_shot_presence_auroc and presence_auroc (diseased vs healthy headline rows,
-    scored by the zero-shot prompts' 1 - P(healthy) and the probe's; with a healthy class), phenotype_auroc (per HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1,
+    scored by the zero-shot prompts' 1 - P(healthy) and the probe's; with a healthy class), phenotype_auroc (per
+    HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1,
     real_top1_blurred (the headline rows blurred by real_blur_sigma px: a reading that falls is reading softness),
     and with `roundtrip`: vae_ceiling_top1, vae_ceiling_stage_spearman (diseased faces, as generation.stage_spearman),
     vae_ceiling_phenotype_auroc_summary; with `face_identity` (kgface.evaluation.face_identity): identity_dlib.

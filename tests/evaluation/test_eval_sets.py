@@ -73,6 +73,10 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     assert 0 < ill.sum() < len(ill)
     assert v["zero_shot_presence_auroc"] == pytest.approx(roc_auc_score(ill, scored["zs_presence"]))
     assert v["presence_auroc"] == pytest.approx(roc_auc_score(ill, 1 - scored["p_healthy"]))
+    # a test split without healthy faces cannot define presence: null, not a number from one class
+    no_healthy = df[(df["split"] != "test") | (df["disease"] != "healthy")]
+    w = instrument_validity(tiny_evaluator, no_healthy)
+    assert np.isnan(w["zero_shot_presence_auroc"]) and np.isnan(w["presence_auroc"])
     sick_scored = tiny_evaluator.score(load_images(list(sick["abspath"])))
     assert v["real_stage_mae_disease"] == pytest.approx(M.stage_mae(sick["stage"], sick_scored["stage_pred"]))
     every = tiny_evaluator.score(load_images(list(test["abspath"])))
