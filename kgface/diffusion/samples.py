@@ -130,12 +130,23 @@ def write_set(images: torch.Tensor, rows: list[dict], folder: Path, heldout: set
     return write_manifest(out, folder / name)
 
 
+def fit_label(text: str, width: int) -> str:
+    """`text` cut to `width` characters, a cut marked '..', keeping a trailing ' (...)' remark whole where it fits:
+    a long name must not lose what marks it (train runs label held-out diseases 'Name (held out)')."""
+    if len(text) <= width:
+        return text
+    head, sep, remark = text.rpartition(" (")
+    if sep and remark.endswith(")") and len(sep + remark) + 3 <= width:
+        return head[:width - len(sep + remark) - 2] + ".." + sep + remark
+    return text[:max(width - 2, 0)] + ".."
+
+
 def save_grid(images: torch.Tensor, rows: list[dict], names: dict, path: Path, columns: list[str]) -> Path:
     """A contact sheet: one row per disease (in first-seen order), cells in `rows` order, column titles given."""
     from ..sheets import labelled_sheet
 
     diseases = list(dict.fromkeys(r["disease"] for r in rows))
-    sheet_rows = [(f"{d}\n{names.get(d, '')[:26]}", [images[i] for i, r in enumerate(rows) if r["disease"] == d]
+    sheet_rows = [(f"{d}\n{fit_label(names.get(d, ''), 26)}", [images[i] for i, r in enumerate(rows) if r["disease"] == d]
                    [:len(columns)]) for d in diseases]
     return save_png(labelled_sheet(sheet_rows, columns=columns, label_width=170), path)
 

@@ -40,3 +40,29 @@ def test_shared_noise_draws_copy_k_of_every_disease_from_one_face():
 def test_a_fractional_stage_is_refused_before_anything_is_drawn():
     with pytest.raises(ValueError, match=r"samples.stages=\[0, 1.5\]"):
         grid_requests(_profiles(), [0, 1.5], 1, 0)
+
+
+def test_grid_labels_keep_the_held_out_mark_of_a_long_name(tmp_path, monkeypatch):
+    import torch
+
+    from kgface import sheets
+    from kgface.diffusion.samples import fit_label, save_grid
+
+    # 'Cornelia de Lange syndrome (held out)' was cut to its first 26 characters: the mark was lost
+    assert fit_label("Cornelia de Lange syndrome (held out)", 26) == "Cornelia de L.. (held out)"
+    assert fit_label("Down syndrome (held out)", 26) == "Down syndrome (held out)"  # fits: unchanged
+    assert fit_label("Pediatric-onset Graves disease", 26) == "Pediatric-onset Graves d.."
+    assert all(len(fit_label("x" * 40 + " (held out)", w)) <= w for w in (2, 5, 13, 14, 26))
+    seen = {}
+    real_sheet = sheets.labelled_sheet
+
+    def spy(rows, **kw):
+        seen["labels"] = [label for label, _ in rows]
+        return real_sheet(rows, **kw)
+
+    monkeypatch.setattr(sheets, "labelled_sheet", spy)
+    rows = [{"disease": "ORPHA:199"}, {"disease": "ORPHA:870"}]
+    names = {"ORPHA:199": "Cornelia de Lange syndrome (held out)", "ORPHA:870": "Down syndrome"}
+    save_grid(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), rows, names, tmp_path / "g.png", ["stage 3"])
+    assert seen["labels"] == ["ORPHA:199\nCornelia de L.. (held out)", "ORPHA:870\nDown syndrome"]
+    assert (tmp_path / "g.png").is_file()
