@@ -100,9 +100,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # rows carry phenotype labels: unlabelled photos are exactly where a learned profile is a finding
     extra = []
     if real is not None and cfg.get("learned_profiles", True) and "real" in scored and evaluator.phenotypes:
-        learned_notes, figure = learn_and_write(evaluator, scored["real"].table, profiles, out_dir)
+        learned_notes, extra = learn_and_write(evaluator, scored["real"].table, profiles, out_dir)
         notes += learned_notes
-        extra += [figure] if figure else []
     write_report(out_dir, metrics, scored, evaluator, profiles, notes=notes, grid_cases=grid_cases,
                  extra_figures=extra)
     cache.record(out_dir)

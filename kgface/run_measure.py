@@ -68,9 +68,8 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     if measure_real and evaluator.phenotypes and "real" in scored and cfg.get("learned_profiles", True):
         from .evaluation.learned_profiles import learn_and_write
 
-        learned_notes, figure = learn_and_write(evaluator, scored["real"].table, profiles, out_dir / "evaluation")
+        learned_notes, extra = learn_and_write(evaluator, scored["real"].table, profiles, out_dir / "evaluation")
         notes += learned_notes
-        extra += [figure] if figure else []
     write_report(out_dir / "evaluation", metrics, scored, evaluator, profiles, notes=notes,
                  title=f"kgface evaluation ({mode})", extra_figures=extra)
     out.update(metrics)

@@ -172,17 +172,17 @@ def write_learned(learned: dict, out_dir: str | Path) -> Path:
 
 
 def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir: str | Path
-                    ) -> tuple[list[str], tuple[str, Path] | None]:
+                    ) -> tuple[list[str], list[tuple[str, Path]]]:
     """Profiles learned from a scored real test table, written to out_dir (learned_profiles.json + .png) with the
     head rates measured on the same table (hit rates from labelled stage-3 faces, false positives from healthy ones).
-    Returns the report's notes on how far the estimates can be trusted, and the plot as (caption, path) for
-    write_report's extra_figures (None when nothing was learned: no diseased stage-3 image of a profiled disease)."""
+    Returns the report's notes on how far the estimates can be trusted, and write_report's extra_figures: the plot as
+    [(caption, path)], or [] when nothing was learned (no diseased stage-3 image of a profiled disease)."""
     rates = detector_rates(evaluator, table)
     learned = learn_profiles(evaluator, table, profiles, rates=rates)
     if not learned:
         return ["no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
-                "(or ungraded)"], None
-    write_learned(learned, out_dir)
+                "(or ungraded)"], []
+    written = write_learned(learned, out_dir)
     notes = ["learned_profiles.json: phenotype frequencies learned from the real test images"]
     used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}
     untested = used - set(rates[0])
@@ -198,5 +198,5 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
                      f"at most {MIN_TPR_GAP:g} more often than healthy faces (they rarely fire on it, or fire "
                      "as often on healthy faces): their learned frequencies are uncorrected detection rates "
                      "(\"corrected\": false)")
-    return notes, ("Profiles learned from the real test images beside the KG's frequencies",
-                   Path(out_dir) / "learned_profiles.png")
+    return notes, [("Profiles learned from the real test images beside the KG's frequencies",
+                    written.with_suffix(".png"))]
