@@ -168,5 +168,6 @@ def save_pairs(sources: list[str], images: torch.Tensor, rows: list[dict], names
         before = Image.open(src).convert("RGB").resize((size, size))
         sheet.paste(before, (x, y))
         sheet.paste(Image.fromarray(img.permute(1, 2, 0).numpy()), (x, y + size))
-        draw.text((x + 1, y + 2 * size), ("-> " + names.get(r["disease"], r["disease"]))[:size // 6], fill="black")
+        draw.text((x + 1, y + 2 * size), fit_label("-> " + names.get(r["disease"], r["disease"]), size // 6),
+                  fill="black")
     return save_png(sheet, path)

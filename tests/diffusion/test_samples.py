@@ -66,3 +66,27 @@ def test_grid_labels_keep_the_held_out_mark_of_a_long_name(tmp_path, monkeypatch
     save_grid(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), rows, names, tmp_path / "g.png", ["stage 3"])
     assert seen["labels"] == ["ORPHA:199\nCornelia de L.. (held out)", "ORPHA:870\nDown syndrome"]
     assert (tmp_path / "g.png").is_file()
+
+
+def test_transform_pair_titles_mark_a_cut_name(tmp_path, monkeypatch):
+    import torch
+    from PIL import Image, ImageDraw
+
+    from kgface.diffusion.samples import save_pairs
+
+    titles = []
+    real_text = ImageDraw.ImageDraw.text
+
+    def spy(self, xy, text, *args, **kw):
+        titles.append(text)
+        return real_text(self, xy, text, *args, **kw)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", spy)
+    src = tmp_path / "src.png"
+    Image.new("RGB", (64, 64), "grey").save(src)
+    rows = [{"disease": "ORPHA:199"}, {"disease": "ORPHA:870"}]
+    names = {"ORPHA:199": "Cornelia de Lange syndrome", "ORPHA:870": "Down"}
+    out = save_pairs([str(src)] * 2, torch.zeros(2, 3, 64, 64, dtype=torch.uint8), rows, names, tmp_path / "t.png")
+    # a 64-px cell holds 10 characters: a cut title ends '..' (it used to stop mid-word unmarked)
+    assert titles == ["-> Corne..", "-> Down"]
+    assert Image.open(out).size == (2 * 68, 2 * 64 + 14 + 4)
