@@ -225,7 +225,7 @@ def test_default_and_benchmark_configs_are_valid():
     for overrides in ([], ["experiment=benchmark"]):
         data = OmegaConf.to_container(compose("train", overrides).data, resolve=True)
         assert PhantomConfig.from_dict(data).per_class in (150, 300)
-        assert atlas_settings(data.get("atlas"))[0] in (0, 8000)
+        assert atlas_settings(data.get("atlas"))[0] in (0, 16000)
 
 
 def test_identities_too_young_for_a_disease_are_a_one_line_error(profiles, table, tmp_path):
