@@ -3,12 +3,14 @@
     python bench/evaluator_accuracy.py                                  # the default evaluator on the default panel
     python bench/evaluator_accuracy.py evaluator.train.steps=1200 'evaluator.vision.layers=4'   # a variant
     python bench/evaluator_accuracy.py --perturbation                   # + the learned-profile perturbation check
+    python bench/evaluator_accuracy.py experiment=benchmark --footprints fp.png   # + which phenotypes alone fail, by size
 
 Any `python -m kgface.train` override selects the data and the evaluator (data.per_class=..., evaluator.*=...). Prints
 the instrument's keys of metrics.json (top-1 on stages 2-3 + healthy, per stage, stage MAE, per-phenotype AUROC,
 identity AUROC, the oracle ceiling, each head against its phenotype drawn alone on healthy test faces) and, with
 --perturbation, whether profiles learned from a panel rendered with flipped frequencies follow the rendered truth
-(MAE vs perturbed < MAE vs KG) or echo the KG. Figures in docs/evaluation.md came from this script.
+(MAE vs perturbed < MAE vs KG) or echo the KG; with --footprints, how many pixels each phenotype drawn alone changes
+beside its head's drawn-alone AUROC (a scatter plot, and the heads below 0.9 by name). Figures in docs/evaluation.md came from this script.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ def main(argv=None):
     ap.add_argument("overrides", nargs="*", help="kgface.train overrides (data.*, evaluator.*)")
     ap.add_argument("--perturbation", action="store_true")
     ap.add_argument("--per-class", type=int, default=40, help="individuals per disease in the perturbed panel")
+    ap.add_argument("--footprints", metavar="PNG", help="plot each head's drawn-alone AUROC against its footprint")
     args = ap.parse_args(argv)
 
     from kgface.config import compose
@@ -48,6 +51,9 @@ def main(argv=None):
     e.update(isolated_effects_check(cfg, ev, df))
     keys.append("phenotype_auroc_isolated_summary")
     print(json.dumps({k: e.get(k) for k in keys}, indent=1))
+    if args.footprints:
+        names = {q.hpo_id: q.name for p in profiles for q in p.phenotypes}
+        footprint_report(cfg, e["phenotype_auroc_isolated"], names, Path(args.footprints))
     if not args.perturbation:
         return
     from kgface.data.phantom.dataset import PhantomConfig, build_phantom
@@ -78,6 +84,48 @@ def main(argv=None):
     if r_p is not None and r_kg is not None:
         print(f"by correlation: learned vs rendered r = {r_p:.2f}, vs KG r = {r_kg:.2f} ("
               + ("follows the rendered frequencies" if r_p > max(r_kg, 0.0) else "does not follow them") + ")")
+
+
+def footprint_report(cfg, iso: dict[str, float], names: dict[str, str], png: Path, at: float = 0.9) -> None:
+    """Pixels each phenotype changes drawn alone (kgface.data.build.effect_footprints) against its head's AUROC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from kgface.data.build import effect_footprints
+
+    fp = effect_footprints(cfg, sorted(iso))
+    heads = sorted(iso, key=lambda h: fp[h]["pixels"])
+    px = np.array([fp[h]["pixels"] for h in heads])
+    auc = np.array([iso[h] for h in heads])
+    low = auc < at
+    print(f"{low.sum()} of {len(heads)} heads read their phenotype alone below {at}; pixels changed by >= 16 levels "
+          f"(of {int(cfg.data.size) ** 2}): those heads median {np.median(px[low]) if low.any() else float('nan'):.0f}, "
+          f"max {px[low].max() if low.any() else float('nan'):.0f}; the others median {np.median(px[~low]):.0f}")
+    for t in (10, 20, 40, 80):
+        print(f"  heads changing < {t} px: {(px < t).sum()}, of them below {at}: {(low & (px < t)).sum()};"
+              f" >= {t} px: {(px >= t).sum()}, below {at}: {(low & (px >= t)).sum()}")
+    for h in [h for h in heads if iso[h] < at]:
+        print(f"  {h} {names.get(h, '')[:36]:36s} {fp[h]['pixels']:6.1f} px  mean |diff| {fp[h]['mean_abs']:.3f}"
+              f"  AUROC {iso[h]:.2f}")
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    ax.scatter(px[~low] + 0.5, auc[~low], s=14, c="tab:blue", label=f"AUROC >= {at}")
+    ax.scatter(px[low] + 0.5, auc[low], s=14, c="tab:red", label=f"AUROC < {at}")
+    ax.axhline(at, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"pixels the phenotype changes by >= 16 levels, drawn alone (+0.5; of {int(cfg.data.size) ** 2})")
+    ax.set_ylabel("its head's AUROC, drawn alone")
+    ax.set_title(f"{len(heads)} phenotype heads: what a {int(cfg.data.size)}-px face shows of each")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(png.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(png)
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":

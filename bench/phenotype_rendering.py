@@ -49,16 +49,11 @@ def summary(per: dict[str, dict[str, float]], heads: list[str]) -> dict:
     return out
 
 
-def footprints(cfg, heads: list[str], identities=range(100, 112)) -> dict[str, float]:
+def footprints(cfg, heads: list[str]) -> dict[str, float]:
     """Mean |pixel difference| (0-255) of each phenotype drawn alone at full intensity against the bare face."""
-    import numpy as np
+    from kgface.data.build import effect_footprints
 
-    from kgface.data.build import isolated_effect_images
-
-    images, labels = isolated_effect_images(cfg, heads, list(identities), per_term=len(identities))
-    x, lab = images.float().numpy(), np.array([h or "" for h in labels])
-    bare = x[lab == ""]  # one bare face per identity, in the same identity order as each phenotype's faces
-    return {h: float(np.abs(x[lab == h] - bare).mean()) for h in heads}
+    return {h: v["mean_abs"] for h, v in effect_footprints(cfg, heads).items()}
 
 
 def paired(gen, evaluator, rows, atlas_profiles, hpo: str, n: int = 40) -> dict:

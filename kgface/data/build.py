@@ -67,6 +67,24 @@ def isolated_effect_images(cfg: DictConfig, hpo_ids, identity_ids, per_term: int
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), labels
 
 
+def effect_footprints(cfg: DictConfig, hpo_ids, identity_ids=range(100, 112), level: int = 16) -> dict:
+    """How much of the face each phenotype changes, drawn alone at full intensity on `identity_ids`:
+    {hpo: {"mean_abs": mean |pixel difference| (0-255) against the bare face over all pixels and channels,
+    "pixels": pixels (of H x W) where some channel differs by >= `level`, mean over the identities}}. A phenotype
+    that moves a handful of pixels is one a 64-px instrument has to learn from many faces (docs/evaluation.md)."""
+    import numpy as np
+
+    identity_ids = list(identity_ids)
+    images, labels = isolated_effect_images(cfg, list(hpo_ids), identity_ids, per_term=len(identity_ids))
+    x, lab = images.numpy().astype(np.int16), np.array([h or "" for h in labels])
+    bare = x[lab == ""]  # one bare face per identity, in the order each phenotype's faces come in
+    out = {}
+    for h in hpo_ids:
+        diff = np.abs(x[lab == h] - bare)
+        out[h] = {"mean_abs": float(diff.mean()), "pixels": float((diff.max(axis=1) >= level).sum(axis=(1, 2)).mean())}
+    return out
+
+
 def materialise(src: Path, out: Path) -> None:
     """Give OUT its own copy of a cached dataset (hard links where the filesystem allows: no extra disk)."""
     out.mkdir(parents=True, exist_ok=True)

@@ -228,6 +228,17 @@ def test_default_and_benchmark_configs_are_valid():
         assert atlas_settings(data.get("atlas"))[0] in (0, 16000)
 
 
+def test_effect_footprints_measure_how_much_of_the_face_a_phenotype_changes():
+    from kgface.config import compose
+    from kgface.data.build import effect_footprints
+
+    fp = effect_footprints(compose("train", []), ["HP:0001041", "HP:0011457"], identity_ids=[100, 101, 102])
+    redness, lashes = fp["HP:0001041"], fp["HP:0011457"]  # facial erythema; loss of eyelashes
+    assert redness["mean_abs"] > 5 * lashes["mean_abs"] > 0
+    # the lashes are a handful of the 64 x 64 pixels; the redness covers the cheeks
+    assert 1 <= lashes["pixels"] < 40 < redness["pixels"] < 64 * 64
+
+
 def test_identities_too_young_for_a_disease_are_a_one_line_error(profiles, table, tmp_path):
     cfg = PhantomConfig(per_class=20, healthy_per_class=0, identities=20, split_fractions=(0.0, 0.0, 1.0))
     with pytest.raises(UserError, match=r"data.per_class=20 needs 20 test identities old enough for MONDO:0006604"):
