@@ -3,14 +3,18 @@
     python bench/evaluator_accuracy.py                                  # the default evaluator on the default panel
     python bench/evaluator_accuracy.py evaluator.train.steps=1200 'evaluator.vision.layers=4'   # a variant
     python bench/evaluator_accuracy.py --perturbation                   # + the learned-profile perturbation check
-    python bench/evaluator_accuracy.py experiment=benchmark --footprints fp.png   # + which phenotypes alone fail, by size
+    python bench/evaluator_accuracy.py experiment=benchmark --footprints fp.png  # + the heads failing alone, by size
+    python bench/evaluator_accuracy.py experiment=benchmark --feature-probe 100  # + do the CLIP's features carry them?
 
 Any `python -m kgface.train` override selects the data and the evaluator (data.per_class=..., evaluator.*=...). Prints
 the instrument's keys of metrics.json (top-1 on stages 2-3 + healthy, per stage, stage MAE, per-phenotype AUROC,
 identity AUROC, the oracle ceiling, each head against its phenotype drawn alone on healthy test faces) and, with
 --perturbation, whether profiles learned from a panel rendered with flipped frequencies follow the rendered truth
 (MAE vs perturbed < MAE vs KG) or echo the KG; with --footprints, how many pixels each phenotype drawn alone changes
-beside its head's drawn-alone AUROC (a scatter plot, and the heads below 0.9 by name). Figures in docs/evaluation.md came from this script.
+beside its head's drawn-alone AUROC (a scatter plot, and the heads below 0.9 by name); with --feature-probe N, whether
+a probe fitted on each phenotype drawn alone on N train identities reads it on N test identities where the head
+does not (from the CLIP's image features, and from raw pixels for the failing heads). Figures in docs/evaluation.md
+came from this script.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--perturbation", action="store_true")
     ap.add_argument("--per-class", type=int, default=40, help="individuals per disease in the perturbed panel")
     ap.add_argument("--footprints", metavar="PNG", help="plot each head's drawn-alone AUROC against its footprint")
+    ap.add_argument("--feature-probe", type=int, metavar="N", help="probe each phenotype drawn alone on N identities")
     args = ap.parse_args(argv)
 
     from kgface.config import compose
@@ -54,6 +59,9 @@ def main(argv=None):
     if args.footprints:
         names = {q.hpo_id: q.name for p in profiles for q in p.phenotypes}
         footprint_report(cfg, e["phenotype_auroc_isolated"], names, Path(args.footprints))
+    if args.feature_probe:
+        names = {q.hpo_id: q.name for p in profiles for q in p.phenotypes}
+        feature_probe_report(cfg, ev, df, names, args.feature_probe)
     if not args.perturbation:
         return
     from kgface.data.phantom.dataset import PhantomConfig, build_phantom
@@ -102,7 +110,8 @@ def footprint_report(cfg, iso: dict[str, float], names: dict[str, str], png: Pat
     auc = np.array([iso[h] for h in heads])
     low = auc < at
     print(f"{low.sum()} of {len(heads)} heads read their phenotype alone below {at}; pixels changed by >= 16 levels "
-          f"(of {int(cfg.data.size) ** 2}): those heads median {np.median(px[low]) if low.any() else float('nan'):.0f}, "
+          f"(of {int(cfg.data.size) ** 2}): those heads median "
+          f"{np.median(px[low]) if low.any() else float('nan'):.0f}, "
           f"max {px[low].max() if low.any() else float('nan'):.0f}; the others median {np.median(px[~low]):.0f}")
     for t in (10, 20, 40, 80):
         print(f"  heads changing < {t} px: {(px < t).sum()}, of them below {at}: {(low & (px < t)).sum()};"
@@ -126,6 +135,56 @@ def footprint_report(cfg, iso: dict[str, float], names: dict[str, str], png: Pat
     plt.close(fig)
     tmp.replace(png)
     print(f"wrote {png}")
+
+
+def feature_probe_report(cfg, ev, df, names: dict[str, str], n: int, at: float = 0.9) -> None:
+    """Is a head that misses its phenotype drawn alone limited by its training faces or by the CLIP's features? Per
+    phenotype, a logistic regression fitted on the phenotype drawn alone vs the bare faces of n healthy train
+    identities, read on n healthy test identities beside the head itself; for the failing heads also one on raw
+    pixels (a linear reference: the faces differ in geometry, so a mark does not sit on the same pixels)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from kgface.data.build import isolated_effect_images
+    from kgface.data.phantom.dataset import identity_number
+    from kgface.evaluation import metrics as M
+    from kgface.evaluation.evaluator import HEALTHY
+    from kgface.evaluation.sets import isolated_auroc
+
+    sets = {}
+    for split in ("train", "test"):
+        rows = df[(df["split"] == split) & (df["disease"] == HEALTHY)]
+        ids = list(dict.fromkeys(identity_number(x) for x in rows["identity"]))[:n]
+        images, labels = isolated_effect_images(cfg, ev.phenotypes, ids, per_term=len(ids))
+        lab = np.array(["" if x is None else x for x in labels])
+        sets[split] = (ev.features(images), images.float().flatten(1).numpy() / 255.0, lab)
+        if split == "test":
+            head = isolated_auroc(ev, images, labels)
+
+    def probe(h: str, k: int, scale: bool) -> float:
+        xs = {}
+        for split, (*feats, lab) in sets.items():
+            x = feats[k]
+            pos, bare = lab == h, lab == ""
+            xs[split] = (np.r_[x[pos], x[bare]], np.r_[np.ones(pos.sum()), np.zeros(bare.sum())])
+        (xtr, ytr), (xte, yte) = xs["train"], xs["test"]
+        if scale:
+            sc = StandardScaler().fit(xtr)
+            xtr, xte = sc.transform(xtr), sc.transform(xte)
+        clf = LogisticRegression(C=1.0, max_iter=2000 if scale else 300).fit(xtr, ytr)
+        return M.auroc(yte.astype(int), clf.decision_function(xte))
+
+    feat = {h: probe(h, 0, True) for h in ev.phenotypes}
+    fail = sorted((h for h in ev.phenotypes if head.get(h, 1.0) < at), key=lambda h: head[h])
+    pix = {h: probe(h, 1, False) for h in fail}
+    print(f"feature probe ({n} train / {n} test identities): {sum(v >= at for v in feat.values())} of {len(feat)} "
+          f">= {at} (median {np.median(list(feat.values())):.3f}); heads below {at}: {len(fail)}, of them the probe "
+          f"on CLIP features reaches {at}: {sum(feat[h] >= at for h in fail)}, on raw pixels: "
+          f"{sum(pix[h] >= at for h in fail)}")
+    for h in fail:
+        print(f"  {h} {names.get(h, '')[:36]:36s} head {head[h]:.3f}  CLIP-feature probe {feat[h]:.3f}"
+              f"  pixel probe {pix[h]:.3f}")
 
 
 if __name__ == "__main__":
