@@ -56,11 +56,10 @@ def main(argv=None):
     e.update(isolated_effects_check(cfg, ev, df))
     keys.append("phenotype_auroc_isolated_summary")
     print(json.dumps({k: e.get(k) for k in keys}, indent=1))
+    names = {q.hpo_id: q.name for p in profiles for q in p.phenotypes}
     if args.footprints:
-        names = {q.hpo_id: q.name for p in profiles for q in p.phenotypes}
         footprint_report(cfg, e["phenotype_auroc_isolated"], names, Path(args.footprints))
     if args.feature_probe:
-        names = {q.hpo_id: q.name for p in profiles for q in p.phenotypes}
         feature_probe_report(cfg, ev, df, names, args.feature_probe)
     if not args.perturbation:
         return
@@ -158,15 +157,14 @@ def feature_probe_report(cfg, ev, df, names: dict[str, str], n: int, at: float =
         ids = list(dict.fromkeys(identity_number(x) for x in rows["identity"]))[:n]
         images, labels = isolated_effect_images(cfg, ev.phenotypes, ids, per_term=len(ids))
         lab = np.array(["" if x is None else x for x in labels])
-        sets[split] = (ev.features(images), images.float().flatten(1).numpy() / 255.0, lab)
+        sets[split] = {"clip": ev.features(images), "pixels": images.float().flatten(1).numpy() / 255.0, "lab": lab}
         if split == "test":
             head = isolated_auroc(ev, images, labels)
 
-    def probe(h: str, k: int, scale: bool) -> float:
+    def probe(h: str, kind: str, scale: bool) -> float:
         xs = {}
-        for split, (*feats, lab) in sets.items():
-            x = feats[k]
-            pos, bare = lab == h, lab == ""
+        for split, d in sets.items():
+            x, pos, bare = d[kind], d["lab"] == h, d["lab"] == ""
             xs[split] = (np.r_[x[pos], x[bare]], np.r_[np.ones(pos.sum()), np.zeros(bare.sum())])
         (xtr, ytr), (xte, yte) = xs["train"], xs["test"]
         if scale:
@@ -175,9 +173,9 @@ def feature_probe_report(cfg, ev, df, names: dict[str, str], n: int, at: float =
         clf = LogisticRegression(C=1.0, max_iter=2000 if scale else 300).fit(xtr, ytr)
         return M.auroc(yte.astype(int), clf.decision_function(xte))
 
-    feat = {h: probe(h, 0, True) for h in ev.phenotypes}
+    feat = {h: probe(h, "clip", True) for h in ev.phenotypes}
     fail = sorted((h for h in ev.phenotypes if head.get(h, 1.0) < at), key=lambda h: head[h])
-    pix = {h: probe(h, 1, False) for h in fail}
+    pix = {h: probe(h, "pixels", False) for h in fail}
     print(f"feature probe ({n} train / {n} test identities): {sum(v >= at for v in feat.values())} of {len(feat)} "
           f">= {at} (median {np.median(list(feat.values())):.3f}); heads below {at}: {len(fail)}, of them the probe "
           f"on CLIP features reaches {at}: {sum(feat[h] >= at for h in fail)}, on raw pixels: "
