@@ -73,8 +73,9 @@ def main(argv=None):
     ceiling = accuracy(test["disease"], after)
     print(f"n {len(test)}  PSNR {psnr(rt, images):.2f} dB  evaluator top-1: real {real:.3f}, after the VAE {ceiling:.3f}")
     held = test["heldout"].astype(str).str.lower().eq("true").to_numpy() if "heldout" in test else None
-    if held is not None and held.any():  # the rows of generation.seen_top1 / heldout_top1 (healthy among the seen)
-        for name, rows in (("seen", ~held), ("held-out", held)):
+    if held is not None and held.any():  # the rows of generation.seen_top1 / heldout_top1 / seen_disease_top1
+        sick = (test["disease"] != "healthy").to_numpy()
+        for name, rows in (("seen", ~held), ("held-out", held), ("seen diseases (no healthy)", ~held & sick)):
             print(f"  {name}: n {int(rows.sum())}  real {accuracy(test['disease'][rows], before[rows]):.3f}, "
                   f"after the VAE {accuracy(test['disease'][rows], after[rows]):.3f}")
     truth = test["disease"].to_numpy()

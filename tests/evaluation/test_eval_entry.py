@@ -33,6 +33,13 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert held.any() and (head & ~held).any()
     assert m["generation"]["seen_top1"] == pytest.approx(right[head & ~held].mean(), abs=1e-4)
     assert m["generation"]["heldout_top1"] == pytest.approx(right[head & held].mean(), abs=1e-4)
+    # the seen rows split into diseased requests (the target's wording) and healthy ones, with their counts
+    healthy_rows = (rt["disease"] == "healthy").to_numpy()
+    assert 0 < healthy_rows.sum() < (head & ~held).sum()
+    assert m["generation"]["seen_disease_top1"] == pytest.approx(right[head & ~held & ~healthy_rows].mean(), abs=1e-4)
+    assert m["generation"]["seen_disease_n"] == int((head & ~held & ~healthy_rows).sum())
+    assert m["generation"]["healthy_top1"] == pytest.approx(right[healthy_rows].mean(), abs=1e-4)
+    assert m["generation"]["healthy_n"] + m["generation"]["seen_disease_n"] == m["generation"]["seen_n"]
     assert m["generation"]["top1_all"] == pytest.approx(m["evaluator"]["real_top1_all"], abs=1e-4)
     assert m["generation"]["stage_spearman"] == pytest.approx(m["evaluator"]["real_stage_spearman_disease"],
                                                               abs=1e-4)

@@ -92,7 +92,7 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     assert blurred["vae_ceiling_top1"] <= head["disease"].value_counts(normalize=True).max() + 1e-9
     # a black image carries no stage: its severity is one constant, the rank correlation is undefined (nan)
     assert np.isnan(blurred["vae_ceiling_stage_spearman"])
-    assert not any(k.endswith(("_seen", "_heldout")) for k in v)  # no held-out diseases named: no split
+    assert not any(k.endswith(("_seen", "_heldout", "_seen_disease")) for k in v)  # no held-out diseases named: no split
     # robustness: the headline faces blurred by real_blur_sigma px, read by the same heads
     from kgface.evaluation.evaluator import blur_images
 
@@ -124,6 +124,11 @@ def test_validity_splits_seen_and_heldout_rows_as_the_generated_numbers_do(tiny_
     assert v["vae_ceiling_top1_heldout"] == pytest.approx(v["real_top1_heldout"])  # those faces went through whole
     black = tiny_evaluator.score(torch.zeros_like(load_images(list(head["abspath"][:1]))))["pred_disease"]
     assert v["vae_ceiling_top1_seen"] == pytest.approx((truth[~held] == black[0]).mean())  # one guess for them all
+    # the seen rows without the healthy faces: generation.seen_disease_top1's rows
+    sick = ~held & (truth != "healthy")
+    assert v["n_seen_disease"] == sick.sum() > 0 and sick.sum() < (~held).sum()
+    assert v["real_top1_seen_disease"] == pytest.approx((pred[sick] == truth[sick]).mean())
+    assert v["vae_ceiling_top1_seen_disease"] == pytest.approx((truth[sick] == black[0]).mean())
     # a held-out name with no rows in the set: no split
     assert "real_top1_heldout" not in instrument_validity(tiny_evaluator, df, heldout={"D:not-in-this-set"})
 
