@@ -22,7 +22,7 @@ MICRO_EVALUATOR = ["evaluate=true", "evaluator.image_size=32", "evaluator.embed_
                    "evaluator.text.width=32", "evaluator.text.layers=1", "evaluator.text.heads=2",
                    "evaluator.train.steps=3", "evaluator.train.batch_size=16"]
 REQUIRED_KEYS = ["evaluator.real_top1", "evaluator.real_stage_mae", "evaluator.oracle_top1", "generation.seen_top1",
-                 "generation.heldout_top1", "generation.stage_spearman", "generation.profile_match_f1",
+                 "generation.seen_disease_top1", "generation.heldout_top1", "generation.stage_spearman", "generation.profile_match_f1",
                  "transform.identity_similarity", "transform.target_top1", "generation.frequency_mae", "tstr_top1",
                  "vae_ceiling_top1", "fid_clip", "kid_clip", "memorisation_rate", "controls.token_swap_changed",
                  "controls.scale0_changed", "evaluator.real_profile_match_f1",
@@ -132,7 +132,7 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
                if (out / m / "evaluation" / "learned_profiles.json").exists()]
     assert learned == ["kg"]  # and so are the profiles learned from the real test faces (its first conditioning)
     generation = [k for k in REQUIRED_KEYS if not k.startswith(("evaluator.", "transform.", "controls.", "vae_"))]
-    assert len(generation) == 9
+    assert len(generation) == 10
     for mode in ("kg", "text", "kg_text", "kg_shuffled", "class"):  # the same generation keys per conditioning
         lost = [k for k in generation if not _has(metrics["baselines"][mode], k)]
         assert lost == (["generation.heldout_top1"] if mode == "class" else []), mode  # class: no unseen disease
