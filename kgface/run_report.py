@@ -46,6 +46,8 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
      "(generation.seen_disease_top1's rows)", ""),
     ("evaluator.real_top1_seen", "evaluator top-1 on real faces of the seen diseases + healthy (no round trip)", ""),
     ("evaluator.real_top1_heldout", "evaluator top-1 on real faces of the held-out diseases (no round trip)", ""),
+    ("evaluator.real_top1_seen_disease", "evaluator top-1 on real faces of the seen diseases, no healthy ones (no "
+     "round trip)", ""),
     ("evaluator.real_stage_mae", "evaluator stage MAE on real test images", ""),
     ("evaluator.real_stage_spearman_disease", "stage vs measured severity, real diseased test images", ""),
     ("evaluator.vae_ceiling_stage_spearman",

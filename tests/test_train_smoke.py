@@ -21,8 +21,9 @@ MICRO_EVALUATOR = ["evaluate=true", "evaluator.image_size=32", "evaluator.embed_
                    "evaluator.vision.layers=1", "evaluator.vision.patch_size=8", "evaluator.vision.head_width=16",
                    "evaluator.text.width=32", "evaluator.text.layers=1", "evaluator.text.heads=2",
                    "evaluator.train.steps=3", "evaluator.train.batch_size=16"]
-REQUIRED_KEYS = ["evaluator.real_top1", "evaluator.real_stage_mae", "evaluator.oracle_top1", "generation.seen_top1",
-                 "generation.seen_disease_top1", "generation.heldout_top1", "generation.stage_spearman", "generation.profile_match_f1",
+REQUIRED_KEYS = ["evaluator.real_top1", "evaluator.real_stage_mae", "evaluator.oracle_top1",
+                 "generation.seen_top1", "generation.seen_disease_top1", "generation.heldout_top1",
+                 "generation.stage_spearman", "generation.profile_match_f1",
                  "transform.identity_similarity", "transform.target_top1", "generation.frequency_mae", "tstr_top1",
                  "vae_ceiling_top1", "fid_clip", "kid_clip", "memorisation_rate", "controls.token_swap_changed",
                  "controls.scale0_changed", "evaluator.real_profile_match_f1",

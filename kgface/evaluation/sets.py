@@ -428,14 +428,14 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         mode = t["mode"].astype(str) if "mode" in t else pd.Series([""] * len(t))
         transform = (mode == "transform").to_numpy()
         g = {}
-        head = (req_s.isin(HEADLINE_STAGES) | (req_d == HEALTHY)).to_numpy()
-        hd = req_d.isin(heldout).to_numpy()
         asked_healthy = (req_d == HEALTHY).to_numpy()
+        head = req_s.isin(HEADLINE_STAGES).to_numpy() | asked_healthy
+        hd = req_d.isin(heldout).to_numpy()
         # seen_top1 counts requests for healthy faces among the seen rows (as evaluator.*_seen do); the target's
         # wording, disease accuracy at stages 2-3, is seen_disease_top1, and healthy_top1 is the other half
         for name, mask in (("seen", head & ~hd & ~transform), ("heldout", head & hd & ~transform),
                            ("seen_disease", head & ~hd & ~transform & ~asked_healthy),
-                           ("healthy", asked_healthy & ~transform)):
+                           ("healthy", asked_healthy & ~hd & ~transform)):
             if mask.any():
                 g[f"{name}_top1"] = M.accuracy(req_d[mask], t["pred_disease"][mask])
                 g[f"{name}_n"] = int(mask.sum())

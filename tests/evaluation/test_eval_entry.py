@@ -36,10 +36,11 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     # the seen rows split into diseased requests (the target's wording) and healthy ones, with their counts
     healthy_rows = (rt["disease"] == "healthy").to_numpy()
     assert 0 < healthy_rows.sum() < (head & ~held).sum()
-    assert m["generation"]["seen_disease_top1"] == pytest.approx(right[head & ~held & ~healthy_rows].mean(), abs=1e-4)
-    assert m["generation"]["seen_disease_n"] == int((head & ~held & ~healthy_rows).sum())
-    assert m["generation"]["healthy_top1"] == pytest.approx(right[healthy_rows].mean(), abs=1e-4)
-    assert m["generation"]["healthy_n"] + m["generation"]["seen_disease_n"] == m["generation"]["seen_n"]
+    g = m["generation"]
+    assert g["seen_disease_top1"] == pytest.approx(right[head & ~held & ~healthy_rows].mean(), abs=1e-4)
+    assert g["seen_disease_n"] == int((head & ~held & ~healthy_rows).sum())
+    assert g["healthy_top1"] == pytest.approx(right[healthy_rows].mean(), abs=1e-4)
+    assert g["healthy_n"] == int(healthy_rows.sum()) and g["healthy_n"] + g["seen_disease_n"] == g["seen_n"]
     assert m["generation"]["top1_all"] == pytest.approx(m["evaluator"]["real_top1_all"], abs=1e-4)
     assert m["generation"]["stage_spearman"] == pytest.approx(m["evaluator"]["real_stage_spearman_disease"],
                                                               abs=1e-4)
@@ -129,6 +130,29 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
         write_report(tmp_path / f"grid{k}", m, scored, tiny_evaluator, tiny_profiles, grid_cases=k)
         heights[k] = Image.open(tmp_path / f"grid{k}" / "real_best.png").size[1]
     assert heights[12] > 1.5 * heights[4]
+
+
+def test_transformations_count_in_neither_seen_split(tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
+    """seen_disease_top1 / healthy_top1 read samples only: transformations requesting a stage-3 disease and a healthy
+    face (headline requests both) leave their counts as the samples alone give them."""
+    gen = generated_manifest(tiny_data, tmp_path)
+    df = pd.read_csv(gen, dtype=str, keep_default_na=False)
+    sample = df[df["mode"] == "sample"]
+    stage3 = sample[(sample["requested_stage"] == "3") & (sample["requested_disease"] != "healthy")]
+    assert len(stage3) and (sample["requested_disease"] == "healthy").any()
+    edit = df[df["mode"] == "transform"].iloc[0].to_dict()
+    extra = [{**edit, "requested_disease": stage3.iloc[0]["requested_disease"], "requested_stage": "3"},
+             {**edit, "path": "t001.png", "requested_disease": "healthy", "requested_stage": "0"}]
+    (tmp_path / "gen" / "t001.png").write_bytes((tmp_path / "gen" / edit["path"]).read_bytes())
+    rows = sample.to_dict("records") + extra
+    m = evaluate_sets(tiny_evaluator, None, write_manifest(rows, tmp_path / "gen" / "manifest.csv"), tiny_profiles)
+    g = m["generation"]
+    stage = sample["requested_stage"].astype(int)
+    healthy = sample["requested_disease"] == "healthy"
+    held = sample["requested_disease"] == "ORPHA:963"  # the tiny panel's held-out disease (its heldout column)
+    assert g["healthy_n"] == int(healthy.sum())
+    assert g["seen_disease_n"] == int((~healthy & ~held & stage.isin([2, 3])).sum()) > 0
+    assert m["transform"]["n"] == 2
 
 
 def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_profiles, tmp_path, capsys):

@@ -92,7 +92,8 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     assert blurred["vae_ceiling_top1"] <= head["disease"].value_counts(normalize=True).max() + 1e-9
     # a black image carries no stage: its severity is one constant, the rank correlation is undefined (nan)
     assert np.isnan(blurred["vae_ceiling_stage_spearman"])
-    assert not any(k.endswith(("_seen", "_heldout", "_seen_disease")) for k in v)  # no held-out diseases named: no split
+    # no held-out diseases named: no split
+    assert not any(k.endswith(("_seen", "_heldout", "_seen_disease")) for k in v)
     # robustness: the headline faces blurred by real_blur_sigma px, read by the same heads
     from kgface.evaluation.evaluator import blur_images
 
