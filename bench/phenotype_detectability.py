@@ -7,10 +7,11 @@
 "drawn alone vs nothing drawn" from 400 + 400 faces of train identities and is scored on 100 + 100 faces of test
 identities (AUROC; `auc_same_ids` pairs each bare test face with the same identity showing the phenotype).
 `atlas`: one tower, open_clip's ModifiedResNet as in `evaluator=tiny_clip` (`--arch rn16`, width 16) or the CNN above
-(`--arch cnn`), learns all the panel's phenotypes at once from atlas faces (`--per-face` random phenotypes each,
-`kgface.data.phantom.dataset.build_atlas`) and is scored like `phenotype_auroc_isolated` (each phenotype alone on 12
-test identities against 40 bare ones). The evaluator's heads are read the same way by `bench/evaluator_accuracy.py`;
-docs/evaluation.md ("Each phenotype alone") has the numbers. One thread (torch.set_num_threads(1)).
+(`--arch cnn`, width 32, or `cnnN`, width N), learns all the panel's phenotypes at once from atlas faces (`--per-face`
+random phenotypes each, `kgface.data.phantom.dataset.build_atlas`) and is scored like `phenotype_auroc_isolated` (each
+phenotype alone on 12 test identities against 40 bare ones). The evaluator's heads are read the same way by
+`bench/evaluator_accuracy.py`; docs/evaluation.md ("Each phenotype alone") has the numbers. One thread
+(torch.set_num_threads(1)).
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ def cnn(outputs: int, width: int = 24) -> nn.Module:
 
 
 def tower(arch: str, outputs: int, image_size: int) -> nn.Module:
-    if arch == "cnn":
-        return cnn(outputs, 32)
+    if arch.startswith("cnn"):  # cnn: width 32; cnnN: width N
+        return cnn(outputs, int(arch[3:] or 32))
     from open_clip.modified_resnet import ModifiedResNet
 
     width = int(arch[2:])  # rn16: the default evaluator's ModifiedResNet([1, 1, 1, 1], width 16)
@@ -70,7 +71,8 @@ def main(argv=None):
     ap.add_argument("--faces", type=int, default=8000, help="atlas faces")
     ap.add_argument("--per-face", default="4,8", help="atlas: phenotypes per face, min,max")
     ap.add_argument("--steps", type=int, default=None, help="training steps (single 800, atlas 4000)")
-    ap.add_argument("--arch", default="rn16", help="atlas: rn16 (open_clip ModifiedResNet, width 16) | cnn")
+    ap.add_argument("--arch", default="rn16",
+                    help="atlas: rn16 (open_clip ModifiedResNet, width 16) | cnn (width 32) | cnnN (width N)")
     ap.add_argument("--out", default=None, help="write the per-phenotype AUROCs here (JSON)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
