@@ -159,7 +159,7 @@ def feature_probe_report(cfg, ev, df, names: dict[str, str], n: int, at: float =
         lab = np.array(["" if x is None else x for x in labels])
         sets[split] = {"clip": ev.features(images), "pixels": images.float().flatten(1).numpy() / 255.0, "lab": lab}
         if split == "test":
-            head = isolated_auroc(ev, images, labels)
+            head = isolated_auroc(ev, images, labels, features=sets[split]["clip"])
 
     def probe(h: str, kind: str, scale: bool) -> float:
         xs = {}

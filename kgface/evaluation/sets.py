@@ -121,10 +121,12 @@ def phenotype_auroc(evaluator: Evaluator, scored: pd.DataFrame, min_positives: i
     return out
 
 
-def isolated_auroc(evaluator: Evaluator, images: torch.Tensor, labels) -> dict[str, float]:
+def isolated_auroc(evaluator: Evaluator, images: torch.Tensor, labels,
+                   features: np.ndarray | None = None) -> dict[str, float]:
     """Per phenotype head: AUROC between faces showing that phenotype alone at full intensity and the bare faces
-    (label None) of the same identities (images and labels from kgface.data.build.isolated_effect_images)."""
-    table = evaluator.score(images)
+    (label None) of the same identities (images and labels from kgface.data.build.isolated_effect_images).
+    features: evaluator.features(images) when the caller already has them (the images are not encoded again)."""
+    table = evaluator.score(images) if features is None else evaluator.predict(features)
     labels = np.array(["" if x is None else x for x in labels])
     bare = labels == ""
     out = {}

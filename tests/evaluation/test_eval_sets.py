@@ -165,6 +165,13 @@ def test_isolated_auroc_is_half_when_the_effect_draws_nothing(tiny_evaluator, ti
     images = torch.cat([faces, shown])
     scores = tiny_evaluator.score(images)[f"ph_{h}"].to_numpy()
     auc = isolated_auroc(tiny_evaluator, images, [None] * 4 + [h] * len(shown))
+    # the caller's features of the same faces give the same readings without a second forward pass, and they are
+    # what is read: the bare faces' and the shown faces' features swapped, the AUROC turns over
+    feats = tiny_evaluator.features(images)
+    assert isolated_auroc(tiny_evaluator, images, [None] * 4 + [h] * len(shown), features=feats) == auc
+    assert len(shown) == 4
+    swapped = isolated_auroc(tiny_evaluator, images, [None] * 4 + [h] * 4, features=np.r_[feats[4:], feats[:4]])
+    assert swapped[h] == pytest.approx(1 - auc[h])
     y = np.r_[np.zeros(4, int), np.ones(len(shown), int)]
     assert auc[h] == pytest.approx(M.auroc(y, scores)) and auc[h] != pytest.approx(M.auroc(1 - y, scores))
 
