@@ -28,12 +28,10 @@ import torch.nn.functional as F
 
 
 def cnn(outputs: int, width: int = 24) -> nn.Module:
-    def block(i, o):
-        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
-    c = width
-    return nn.Sequential(*block(3, c), *block(c, c), nn.MaxPool2d(2), *block(c, 2 * c), nn.MaxPool2d(2),
-                         *block(2 * c, 2 * c), nn.MaxPool2d(2), *block(2 * c, 4 * c), nn.AdaptiveMaxPool2d(1),
-                         nn.Flatten(), nn.Linear(4 * c, outputs))
+    # the tower of `evaluator.vision.tower=cnn`, here with its own outputs instead of CLIP features
+    from kgface.evaluation.towers import FullResolutionCNN
+
+    return FullResolutionCNN(outputs, width)
 
 
 def tower(arch: str, outputs: int, image_size: int) -> nn.Module:

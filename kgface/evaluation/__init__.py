@@ -2,6 +2,7 @@
 
 It never imports the generator it measures (kgface.diffusion, kgface.encoders). See docs/evaluation.md.
 - `clip_model`: the tiny from-scratch open_clip model (or a pretrained one from a local file) and its training loop.
+- `towers`: image towers beside open_clip's own (`evaluator.vision.tower=cnn`, a full-resolution CNN).
 - `probes`: calibrated disease probe, CORAL stage head, per-phenotype heads.
 - `evaluator`: `fit_evaluator`, `Evaluator` (score / save / load), `load_evaluator`.
 - `metrics`: pure metric functions; `sets`: validity of the instrument and `evaluate_sets`.

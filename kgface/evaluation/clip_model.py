@@ -3,6 +3,7 @@ pretrained open_clip model loaded from a local file (never downloaded).
 
 - `build_clip(cfg)` returns (model, tokenizer, image_size). `cfg.name == "tiny_clip"` registers a custom open_clip
   model config (`kgface-tiny-clip-<hash>`, built from `cfg.vision` / `cfg.text` / `cfg.embed_dim`) at run time;
+  `cfg.vision.tower=cnn` swaps its image tower for a full-resolution CNN (towers.py);
   `cfg.name == "openclip"` builds `cfg.model` and loads `cfg.pretrained`, a local file path.
 - `train_clip(model, tokenizer, images, captions, cfg)` trains contrastively. Images whose captions are identical are
   all positives of each other (soft targets), so the many healthy or stage-0 images of a batch are not pushed apart.
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..cache import stable_hash
 from ..errors import UserError
+from .towers import TOWERS, FullResolutionCNN, vision_tower
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +46,16 @@ def tiny_model_config(cfg) -> dict:
     """The open_clip model config of `evaluator=tiny_clip`."""
     c = _plain(cfg)
     v, t = c["vision"], c["text"]
+    # vision.layers: an int = a ViT of that depth; a list of 4 ints = open_clip's ModifiedResNet (a CNN)
+    vision_cfg = {"image_size": int(c["image_size"]),
+                  "layers": [int(n) for n in v["layers"]] if isinstance(v["layers"], (list, tuple))
+                  else int(v["layers"]), "width": int(v["width"]),
+                  "patch_size": int(v.get("patch_size", 16)), "head_width": int(v.get("head_width", 64))}
+    if vision_tower(c) == "cnn":  # a small placeholder open_clip builds and build_clip replaces (vision.width is the
+        vision_cfg = {"image_size": int(c["image_size"]), "layers": [1, 1, 1, 1], "width": 8}  # CNN's, not its)
     return {
         "embed_dim": int(c["embed_dim"]),
-        # vision.layers: an int = a ViT of that depth; a list of 4 ints = open_clip's ModifiedResNet (a CNN)
-        "vision_cfg": {"image_size": int(c["image_size"]),
-                       "layers": [int(n) for n in v["layers"]] if isinstance(v["layers"], (list, tuple))
-                       else int(v["layers"]), "width": int(v["width"]),
-                       "patch_size": int(v.get("patch_size", 16)), "head_width": int(v.get("head_width", 64))},
+        "vision_cfg": vision_cfg,
         "text_cfg": {"context_length": int(t["context_length"]), "vocab_size": 49408, "width": int(t["width"]),
                      "heads": int(t["heads"]), "layers": int(t["layers"])},
     }
@@ -141,9 +146,14 @@ def build_clip(cfg, load_pretrained: bool = True, registered: str | None = None)
 
     c = _plain(cfg)
     if c["name"] == "tiny_clip":
+        tower = vision_tower(c)
+        if tower not in TOWERS:
+            raise EvaluatorConfigError(f"evaluator.vision.tower={tower!r}: expected one of {', '.join(TOWERS)}")
         name = register_tiny(c)
         model = open_clip.create_model(name, pretrained=None)
         image_size = int(c["image_size"])
+        if tower == "cnn":  # open_clip's text tower and projection kept; the image tower replaced (towers.py)
+            model.visual = FullResolutionCNN(int(c["embed_dim"]), int(c["vision"]["width"]), image_size)
     elif c["name"] == "openclip":
         name = str(c.get("model") or "")
         if is_config_file(name):
