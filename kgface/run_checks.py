@@ -49,6 +49,12 @@ def preflight(cfg: DictConfig) -> None:
         if not atlas_faces:
             raise UserError("evaluator.phenotype_heads=atlas needs a phenotype atlas: set data.atlas.faces > 0 "
                             "(experiment=benchmark: 8000) or evaluator.phenotype_heads=all")
+    if cfg.get("evaluate", True) and cfg.evaluator.get("name") == "tiny_clip":
+        from .evaluation.towers import TOWERS, vision_tower
+
+        if vision_tower(container(cfg.evaluator)) not in TOWERS:
+            raise UserError(f"evaluator.vision.tower={vision_tower(container(cfg.evaluator))!r}: expected one of "
+                            f"{', '.join(TOWERS)}")
     stages = list(cfg.samples.stages or [])
     if not stages or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= 3 for s in stages):
         # the samples' rows label each image by its stage: a 1.5 would be drawn at 1.5 and labelled 1

@@ -186,6 +186,9 @@ def test_preflight_reads_the_atlas_settings(monkeypatch):
         preflight(compose("train", MICRO + ["data.atlas=5"]))
     with pytest.raises(UserError, match=r"face_identity='maybe': use one of auto, dlib, none"):
         preflight(compose("train", MICRO + ["evaluate=true", "face_identity=maybe"]))
+    with pytest.raises(UserError, match=r"^evaluator.vision.tower='vit': expected one of open_clip, cnn$"):
+        preflight(compose("train", MICRO + ["evaluate=true", "evaluator.vision.tower=vit"]))
+    preflight(compose("train", MICRO + ["evaluate=true", "evaluator.vision.tower=cnn"]))
     monkeypatch.setenv("WORLD_SIZE", "2")  # what a multi-process launch sets: refused before any data is built
     with pytest.raises(UserError, match=r"WORLD_SIZE=2: kgface trains on one device per run"):
         preflight(compose("train", MICRO))

@@ -39,6 +39,7 @@ from ..prompts import caption, healthy_prompts, phenotype_caption, zero_shot_pro
 from .clip_model import (ImageEncoder, build_clip, encode_texts, gaussian_blur_float, registered_config_name,
                          train_blur, train_clip)
 from .probes import CoralHead, LinearProbe, PhenotypeHeads, Standardizer
+from .towers import vision_tower
 
 log = logging.getLogger(__name__)
 
@@ -571,8 +572,9 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
         keyed = {**c, "probe": {k: v for k, v in c["probe"].items() if k != "blur"}}
     if isinstance(c.get("train"), dict) and not c["train"].get("blur_share", True):  # ... as train.blur_share=0
         keyed = {**keyed, "train": {k: v for k, v in c["train"].items() if k not in ("blur_share", "blur_sigma")}}
-    if isinstance(c.get("vision"), dict) and c["vision"].get("tower", "open_clip") == "open_clip":  # ... as no tower
-        keyed = {**keyed, "vision": {k: v for k, v in c["vision"].items() if k != "tower"}}
+    if isinstance(c.get("vision"), dict):  # tower open_clip keys as before the key; the CNN reads width alone
+        unused = ("tower",) if vision_tower(c) == "open_clip" else ("layers", "patch_size", "head_width")
+        keyed = {**keyed, "vision": {k: v for k, v in c["vision"].items() if k not in unused}}
     # the manifest's bytes name the images; their own bytes say what they are (a re-render keeps the manifest)
     spec = {"version": EVALUATOR_VERSION, "evaluator": keyed, "manifest_sha256": manifest_hash(manifest_path),
             "images": images_digest(manifest_path, df["abspath"]),
