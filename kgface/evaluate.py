@@ -72,8 +72,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if isinstance(grid_cases, bool) or not isinstance(grid_cases, int) or grid_cases < 1:
         raise UserError(f"report.grid_cases={grid_cases!r}: a whole number of images per grid, at least 1")
     cache = make_cache(cfg)
-    real = read_manifest(cfg.real)[0] if cfg.get("real") else None
-    gen = read_manifest(cfg.generated)[0] if cfg.get("generated") else None
+    real = read_manifest(cfg.real, source="real")[0] if cfg.get("real") else None
+    gen = read_manifest(cfg.generated, source="generated")[0] if cfg.get("generated") else None
     diseases = set()
     for df in (real, gen):
         if df is not None:

@@ -97,6 +97,11 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     if check_files and not full.is_file():
         raise ValueError(f"image '{rel}' does not exist")
     out["abspath"] = str(full)
+    src = row.get("source_image", "")
+    src = "" if src is None or (isinstance(src, float) and pd.isna(src)) else str(src).strip()
+    if check_files and src and not (Path(src) if Path(src).is_absolute() else root / src).is_file():
+        # the real face an edit was made from: identity metrics read it, after the whole set was scored
+        raise ValueError(f"source_image '{src}' does not exist (the real face this row edits)")
     disease = str(row["disease"]).strip()
     if not disease:
         raise ValueError("empty disease (use a KG id or 'healthy')")
@@ -151,15 +156,18 @@ def stage_known(df) -> "np.ndarray":
 
 
 def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = None, on_error: str = "raise",
-                  check_files: bool = True) -> tuple[pd.DataFrame, ReadReport]:
-    """Read and validate a manifest. on_error: `raise` (default) or `skip` (count, log, and drop bad rows)."""
+                  check_files: bool = True, source: str | None = None) -> tuple[pd.DataFrame, ReadReport]:
+    """Read and validate a manifest. on_error: `raise` (default) or `skip` (count, log, and drop bad rows).
+    source: the override that named the file (e.g. `real`), so an error says what to change; by default the
+    data config's keys."""
     path = Path(path)
     if on_error not in ("raise", "skip"):
         raise ManifestError(f"on_error must be 'raise' or 'skip', got '{on_error}'")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
-        raise ManifestError(f"{path}: manifest not found; check the data.manifest / run path") from None
+        where = f"{source}=" if source else "the data.manifest / run path"
+        raise ManifestError(f"{path}: manifest not found; check {where}") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not a readable CSV manifest ({str(exc).splitlines()[0]})") from None
     missing = [c for c in REQUIRED if c not in df.columns]
@@ -186,7 +194,9 @@ def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = Non
             rows.append(checked)
         except ValueError as exc:
             if on_error == "raise":
-                raise ManifestError(f"{path}:{line}: {exc}; fix the row or read with on_error=skip") from None
+                fix = f"fix the row or give {source}= another manifest" if source else \
+                    "fix the row or read with on_error=skip"
+                raise ManifestError(f"{path}:{line}: {exc}; {fix}") from None
             report.skipped.append((line, str(exc)))
             log.warning("%s:%d skipped: %s", path, line, exc)
     if not rows:

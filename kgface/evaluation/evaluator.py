@@ -234,11 +234,19 @@ class Evaluator:
     def features(self, images: torch.Tensor) -> np.ndarray:
         return self.encoder(images).numpy()
 
-    def check_labels(self, diseases: Sequence[str], what: str = "set") -> None:
-        unknown = sorted(set(map(str, diseases)) - set(self.classes))
+    def check_labels(self, diseases: Sequence[str], what: str = "set", paths: Sequence[str] | None = None,
+                     column: str = "disease") -> None:
+        """Refuse labels outside the evaluator's classes; with `paths` (one per label) the first such row is named."""
+        labels = [str(d) for d in diseases]
+        unknown = sorted(set(labels) - set(self.classes))
         if unknown:
-            raise EvaluatorInputError(f"the {what} has labels unknown to the evaluator: {', '.join(unknown[:5])} "
-                                      f"(it knows {', '.join(self.classes)}); retrain it on data with these diseases")
+            first = ""
+            if paths is not None:
+                i = next(k for k, d in enumerate(labels) if d not in self.classes)
+                first = f" (first: {list(paths)[i]}, column {column})"
+            raise EvaluatorInputError(f"the {what} has labels unknown to the evaluator: {', '.join(unknown[:5])}"
+                                      f"{first}; it knows {', '.join(self.classes)}: retrain it on data with these "
+                                      "diseases")
 
     def check_unseen(self, df: pd.DataFrame, what: str = "real set") -> None:
         """Refuse a real set whose test rows are images this evaluator learned from (their scores would be inflated
@@ -374,6 +382,18 @@ def _phenotype_map(profiles) -> dict:
         for ph in prof.phenotypes:
             out.setdefault(ph.hpo_id, ph)
     return out
+
+
+def pair_presence(feats: np.ndarray, zs_text: torch.Tensor, classes: Sequence[str]) -> np.ndarray:
+    """[N, C] zero-shot presence of each class's disease against health alone: a softmax over two prompt
+    embeddings, the disease's and the healthy one's (the sigmoid of their logit gap at CLIP's scale 100). Unlike
+    zs_presence (1 - P(healthy) over every class), a face that looks like some other disease does not count as
+    showing this one. The healthy column is 0.5; without a healthy class every entry is NaN."""
+    feats = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
+    if HEALTHY not in classes:
+        return np.full((len(feats), len(classes)), np.nan)
+    logits = 100.0 * feats @ zs_text.float().t()
+    return torch.sigmoid(logits - logits[:, list(classes).index(HEALTHY)].unsqueeze(1)).numpy()
 
 
 def zero_shot_text(model, tokenizer, profiles: dict[str, FacialProfile], classes: list[str]) -> torch.Tensor:

@@ -27,6 +27,7 @@ from ..kg import FacialProfile
 from .evaluator import HEALTHY, Evaluator, presence_matrix
 
 MIN_TPR_GAP = 0.05  # tpr - r_0 at or below this: the correction would divide by ~0, so r_d is kept uncorrected
+DISAGREEMENT = 0.3  # |learned - KG| above this is listed in the report as a finding
 
 
 def detector_rates(evaluator: Evaluator, table: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
@@ -162,6 +163,22 @@ def plot_learned(learned: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+def disagreements(learned: dict, threshold: float = DISAGREEMENT, show: int = 5) -> str:
+    """The report's line on where the faces and the KG disagree: how many corrected estimates lie more than
+    `threshold` from the KG's frequency, and the largest gaps (disease, phenotype, KG -> learned)."""
+    gaps = sorted(((abs(e["learned_frequency"] - e["kg_frequency"]), entry["name"], e)
+                   for entry in learned.values() for e in entry["phenotypes"] if e["corrected"]),
+                  key=lambda g: -g[0])
+    far = [g for g in gaps if g[0] > threshold]
+    if not far:
+        return (f"learned vs KG frequencies: none of the {len(gaps)} corrected estimates lies more than {threshold:g} "
+                "from the KG's")
+    listed = "; ".join(f"{name}, {e['name']}: KG {e['kg_frequency']:.2f} -> learned {e['learned_frequency']:.2f}"
+                       for _, name, e in far[:show])
+    return (f"learned vs KG frequencies: {len(far)} of {len(gaps)} corrected estimates lie more than {threshold:g} "
+            f"from the KG's (findings to check: the faces, the KG or the head); largest: {listed}")
+
+
 def write_learned(learned: dict, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / "learned_profiles.json", {"schema": "kgface.learned_profiles/1",
@@ -198,5 +215,6 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
                      f"at most {MIN_TPR_GAP:g} more often than healthy faces (they rarely fire on it, or fire "
                      "as often on healthy faces): their learned frequencies are uncorrected detection rates "
                      "(\"corrected\": false)")
+    notes.append(disagreements(learned))
     return notes, [("Profiles learned from the real test images beside the KG's frequencies",
                     written.with_suffix(".png"))]

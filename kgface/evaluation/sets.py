@@ -23,7 +23,8 @@ from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from . import metrics as M
 from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, blur_images, check_real,
-                        load_images, labelled_phenotypes, min_stage_of, presence_matrix, probe_rows, to_uint8)
+                        load_images, labelled_phenotypes, min_stage_of, pair_presence, presence_matrix, probe_rows,
+                        to_uint8)
 from .face_identity import identity_validity, pair_distances
 from .probes import LinearProbe, Standardizer
 
@@ -208,6 +209,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         ill = (t["disease"][head] != HEALTHY).astype(int)
         out["zero_shot_presence_auroc"] = M.auroc(ill, t["zs_presence"][head])
         out["presence_auroc"] = M.auroc(ill, 1.0 - t[f"p_{HEALTHY}"][head])
+        out.update(zero_shot_pair_auroc(evaluator, t["disease"].to_numpy()[head], s.features[head]))
     # robustness: the same faces a little softer (a VAE round trip blurs as much) should read the same
     images = s.images if s.images is not None else load_images(list(test["abspath"]))
     soft = evaluator.predict(evaluator.features(blur_images(images, BLUR_CHECK_SIGMA)), test)
@@ -240,6 +242,21 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         out["vae_ceiling_phenotype_auroc"] = rt_auc
         out["vae_ceiling_phenotype_auroc_summary"] = auroc_summary(rt_auc)
     return out
+
+
+def zero_shot_pair_auroc(evaluator: Evaluator, diseases: np.ndarray, feats: np.ndarray) -> dict:
+    """Zero-shot presence disease by disease: each disease's faces against the healthy faces, scored by the two-way
+    softmax of that disease's prompts against the healthy prompts (evaluator.pair_presence); the mean over the
+    diseases with both kinds of face (`zero_shot_pair_auroc`) and each (`zero_shot_pair_auroc_per_disease`)."""
+    pair = pair_presence(feats, evaluator.zs_text, evaluator.classes)
+    healthy = diseases == HEALTHY
+    per = {}
+    for d in sorted(set(diseases.tolist()) - {HEALTHY}):
+        rows = (diseases == d) | healthy
+        per[d] = M.auroc((diseases[rows] == d).astype(int), pair[rows, evaluator.classes.index(d)])
+    scored = [a for a in per.values() if np.isfinite(a)]
+    return {"zero_shot_pair_auroc": float(np.mean(scored)) if scored else float("nan"),
+            "zero_shot_pair_auroc_per_disease": per}
 
 
 def _heldout_groups(table: pd.DataFrame, heldout: set[str] | None) -> dict[str, np.ndarray]:
@@ -417,11 +434,14 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             metrics["evaluator"]["real_frequency_mae"] = M.frequency_mae(obs, exp)[0]
     if gen is not None:
         gen_root = gen.attrs.get("root")  # the manifest's folder: relative source_image paths are read from it
+        if len(gen):  # requests checked before any image is read and encoded (score_set refuses an empty set)
+            column = "requested_disease" if "requested_disease" in gen else "disease"
+            evaluator.check_labels(_requested(gen)[0], "generated set",
+                                   paths=list(gen["path"]) if "path" in gen else None, column=column)
         s_gen = evaluator.score_set(gen, keep_images=True)
         t = s_gen.table
         scored["generated"] = s_gen
         req_d, req_sev, req_s = _requested(t)
-        evaluator.check_labels(req_d, "generated set")
         no_profile = sorted({d for d in req_d if d != HEALTHY} - set(profiles)) if profiles else []
         if no_profile:  # its expected phenotypes and KG frequencies would silently be empty
             raise EvaluatorInputError(f"generated set: no KG profile for {', '.join(no_profile[:5])}; load the "
@@ -474,6 +494,10 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 g["frequency_mae"], g["frequency_mae_per_disease"] = M.frequency_mae(obs, exp)
                 g["frequency_mae_stages"] = [3] if at3.any() else list(HEADLINE_STAGES)
             g["zero_shot_presence"] = float(np.mean(t["zs_presence"][dis])) if dis.any() else float("nan")
+            # the same against the requested disease alone: its prompts vs the healthy ones (not "any disease")
+            pair = pair_presence(s_gen.features[dis], evaluator.zs_text, evaluator.classes)
+            own = [ci[d] for d in req_d[dis]]
+            g["zero_shot_pair_presence"] = float(np.mean(pair[np.arange(len(own)), own])) if own else float("nan")
         metrics["generation"] = g
         if transform.any():
             metrics["transform"] = _transform_metrics(evaluator, t, s_gen, transform, req_d, gen_root, face_identity)

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -44,6 +45,20 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert m["generation"]["top1_all"] == pytest.approx(m["evaluator"]["real_top1_all"], abs=1e-4)
     assert m["generation"]["stage_spearman"] == pytest.approx(m["evaluator"]["real_stage_spearman_disease"],
                                                               abs=1e-4)
+    ev = m["evaluator"]
+    assert g["macro_f1"] == pytest.approx(ev["real_macro_f1"], abs=1e-4)
+    assert g["macro_f1_all"] == pytest.approx(ev["real_macro_f1_all"], abs=1e-4)
+    assert g["stage_mae"] == pytest.approx(ev["real_stage_mae_disease"], abs=1e-4)
+    assert g["per_stage_top1"] == pytest.approx(ev["per_stage_top1"], abs=1e-4)
+    in_top3 = [d in t3 for d, t3 in zip(rt["disease"], rt["top3"])]
+    assert g["top3_all"] == pytest.approx(np.mean(in_top3), abs=1e-4) and g["top3_all"] >= g["top1_all"]
+    # zero-shot presence of the requested disease against health alone, over the diseased requests
+    from kgface.evaluation.evaluator import pair_presence
+
+    sick = (rt["disease"] != "healthy").to_numpy()
+    pair = pair_presence(scored["real"].features[sick], tiny_evaluator.zs_text, tiny_evaluator.classes)
+    own = [tiny_evaluator.classes.index(d) for d in rt["disease"][sick]]
+    assert g["zero_shot_pair_presence"] == pytest.approx(pair[np.arange(len(own)), own].mean(), abs=1e-4)
     json.dumps(m)
     # FID/KID leave the transformation (an edit of a real test face) out; tstr learns from the rows the evaluator's
     # probe learns from (healthy, stages >= probe.min_stage); profile match reads diseased requests of stages 2-3
@@ -99,6 +114,7 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert page.index('src="memorisation_nearest.png"') < page.index('src="learned_profiles.png"')  # last figure
     md = (out / "report.md").read_text()
     assert md.index("`kid_clip`") < md.index("`fid_clip`")  # lead with KID
+    assert "- learned vs KG frequencies: " in md  # where the faces and the KG disagree, as a finding
     # the heads whose phenotype no labelled stage-3 test face shows (rare phenotypes in a few test faces) have their
     # hit rate taken as 1, and the report counts them
     from kgface.evaluation.learned_profiles import detector_rates
@@ -208,7 +224,8 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
         main([f"real={bad_path}", f"hydra.run.dir={tmp_path / 'o'}"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "does not exist" in err[0]
+    assert len(err) == 1 and "bad_manifest.csv:2: image 'images/missing.png' does not exist" in err[0]
+    assert "give real= another manifest" in err[0]  # the override this entry takes, not the data config's key
     assert not (tmp_path / "o" / "metrics.json").exists()  # nothing that looks finished
     with pytest.raises(SystemExit) as exc:
         main([f"hydra.run.dir={tmp_path / 'o2'}"])
@@ -234,7 +251,9 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
     gen.loc[0, "requested_disease"] = "ORPHA:870"  # in the KG, not among the evaluator's classes
     unknown = tmp_path / "gen" / "unknown.csv"
     gen.to_csv(unknown, index=False)
-    for name, manifest, says in (("o6", header_only, "header_only.csv"), ("o7", unknown, "unknown to the evaluator")):
+    for name, manifest, says in (("o6", header_only, "header_only.csv"),
+                                 ("o7", unknown, "unknown to the evaluator: ORPHA:870 (first: g000.png, column "
+                                                 "requested_disease)")):
         with pytest.raises(SystemExit) as exc:
             main([*TINY_EVALUATOR, f"real={tiny_data / 'manifest.csv'}", f"generated={manifest}", "progress=false",
                   f"hydra.run.dir={tmp_path / name}"])

@@ -143,6 +143,25 @@ def test_the_probe_ignores_rows_below_min_stage(tiny_cfg, tiny_data, tiny_profil
     assert not torch.equal(a.probe.weight, b.probe.weight)
 
 
+def test_pair_presence_reads_one_disease_against_health_alone():
+    from kgface.evaluation.evaluator import pair_presence
+
+    classes = ["healthy", "D:1", "D:2"]
+    zs = torch.eye(3)  # the three prompt embeddings, orthogonal
+    feats = np.array([[0.0, 1.0, 0.0],   # at D:1's prompts
+                      [1.0, 0.0, 0.0],   # at the healthy prompts
+                      [0.0, 0.6, 0.8]])  # between the two diseases
+    p = pair_presence(feats, zs, classes)
+    assert p.shape == (3, 3) and np.allclose(p[:, 0], 0.5)  # health against itself
+    assert p[0, 1] == pytest.approx(1.0) and p[1, 1] < 1e-6 and p[1, 2] < 1e-6
+    # a face at D:1's prompts is no nearer D:2's than the healthy ones: even odds for D:2, where one softmax over
+    # every class (zs_presence = 1 - P(healthy)) reads it as ~1 present
+    assert p[0, 2] == pytest.approx(0.5)
+    assert p[2, 1] == pytest.approx(1.0) and p[2, 2] == pytest.approx(1.0)
+    assert p[2, 1] == pytest.approx(torch.sigmoid(torch.tensor(100 * 0.6)).item())
+    assert np.isnan(pair_presence(feats, zs[1:], classes[1:])).all()  # no healthy class: undefined
+
+
 def test_blur_images_spreads_a_point_and_keeps_the_image():
     from kgface.evaluation.evaluator import blur_images
 

@@ -104,3 +104,21 @@ def test_ungraded_photos_are_learned_from_whatever_their_placeholder_stage():
     assert learned["D"]["phenotypes"][0]["learned_frequency"] == pytest.approx(0.75)
     graded = table.assign(stage_known="True")
     assert learn_profiles(Ev(), graded, [prof], rates=({"HP:1": 1.0}, {"HP:1": 0.0})) == {}
+
+
+def test_disagreements_list_the_largest_corrected_gaps_from_the_kg():
+    from kgface.evaluation.learned_profiles import disagreements
+
+    def entry(name, kg, learned, corrected=True):
+        return {"hpo_id": f"HP:{name}", "name": name, "kg_frequency": kg, "learned_frequency": learned,
+                "corrected": corrected}
+
+    learned = {"D:1": {"name": "first", "phenotypes": [entry("a", 0.9, 0.1), entry("b", 0.5, 0.45),
+                                                        entry("c", 0.1, 0.95, corrected=False)]},
+               "D:2": {"name": "second", "phenotypes": [entry("d", 0.2, 0.6)]}}
+    line = disagreements(learned)
+    # the uncorrected estimate (a head that barely fires on its phenotype) is no finding; the gaps largest first
+    assert line.startswith("learned vs KG frequencies: 2 of 3 corrected estimates lie more than 0.3")
+    assert line.index("first, a: KG 0.90 -> learned 0.10") < line.index("second, d: KG 0.20 -> learned 0.60")
+    assert "c:" not in line and "b:" not in line
+    assert "none of the 3" in disagreements(learned, threshold=0.9)

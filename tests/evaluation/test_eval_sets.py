@@ -57,6 +57,7 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     v = instrument_validity(tiny_evaluator, df, roundtrip=lambda x: x)
     assert v["vae_ceiling_top1"] == pytest.approx(v["real_top1"])  # a perfect round trip changes nothing
     assert v["vae_ceiling_stage_spearman"] == pytest.approx(v["real_stage_spearman_disease"])
+    assert v["vae_ceiling_phenotype_auroc"] == pytest.approx(v["phenotype_auroc"], nan_ok=True)
     sick = df[(df["split"] == "test") & (df["disease"] != "healthy")]
     assert sick["stage"].nunique() > 1 and set(v["per_stage_top1"]) == {0, 1, 2, 3}
     # the headline rows (stages 2-3 and healthy), scored here: real_top1 is their accuracy
@@ -73,6 +74,20 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     assert 0 < ill.sum() < len(ill)
     assert v["zero_shot_presence_auroc"] == pytest.approx(roc_auc_score(ill, scored["zs_presence"]))
     assert v["presence_auroc"] == pytest.approx(roc_auc_score(ill, 1 - scored["p_healthy"]))
+    # zero-shot presence disease by disease: its faces against the healthy ones, by its prompts against health alone
+    from kgface.evaluation.evaluator import pair_presence
+
+    pair = pair_presence(tiny_evaluator.features(load_images(list(head["abspath"]))), tiny_evaluator.zs_text,
+                         tiny_evaluator.classes)
+    lab = head["disease"].to_numpy()
+    per = {d: roc_auc_score(lab[(lab == d) | ~ill] == d, pair[(lab == d) | ~ill, tiny_evaluator.classes.index(d)])
+           for d in set(lab[ill])}
+    assert len(per) > 1 and v["zero_shot_pair_auroc_per_disease"] == pytest.approx(per)
+    assert v["zero_shot_pair_auroc"] == pytest.approx(np.mean(list(per.values())))
+    # top-3 and the zero-shot prompts' top-1 on the same rows
+    assert v["real_top3"] == pytest.approx(np.mean([d in t3 for d, t3 in zip(lab, scored["top3"])]))
+    assert v["real_top3"] >= v["real_top1"]
+    assert v["zero_shot_top1"] == pytest.approx((scored["zs_disease"].to_numpy() == lab).mean())
     # a test split without healthy faces cannot define presence: null, not a number from one class
     no_healthy = df[(df["split"] != "test") | (df["disease"] != "healthy")]
     w = instrument_validity(tiny_evaluator, no_healthy)
@@ -368,6 +383,21 @@ def test_relative_transform_sources_are_read_from_the_manifest_folder(tiny_evalu
     frame = read_manifest(gen)[0]
     frame.attrs.clear()
     with pytest.raises(EvaluatorInputError, match="source_image 'src/s0.png' is relative"):
+        evaluate_sets(tiny_evaluator, None, frame, None)
+
+
+def test_unknown_requests_are_refused_before_any_image_is_read(tiny_evaluator, tiny_data, tmp_path):
+    """The requests are checked first, naming the first bad row: the images behind them are not even read (a
+    missing one would be the other error), so a mislabelled set fails in seconds, not after it was encoded."""
+    frame = read_manifest(generated_manifest(tiny_data, tmp_path, n=4))[0]
+    frame.loc[2, "requested_disease"] = "ORPHA:870"
+    frame["abspath"] = [str(tmp_path / f"gone{i}.png") for i in range(len(frame))]
+    with pytest.raises(EvaluatorInputError, match=r"unknown to the evaluator: ORPHA:870 \(first: g002\.png, column "
+                                                  r"requested_disease\)"):
+        evaluate_sets(tiny_evaluator, None, frame, None)
+    del frame["requested_disease"]  # the row's own disease is the request then, and named as such
+    frame.loc[1, "disease"] = "ORPHA:870"
+    with pytest.raises(EvaluatorInputError, match=r"first: g001\.png, column disease"):
         evaluate_sets(tiny_evaluator, None, frame, None)
 
 
