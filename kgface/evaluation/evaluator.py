@@ -116,7 +116,7 @@ def load_images(paths: Sequence[str], size: int | Sequence[int] | None = None) -
         want = first if size is None else (int(size), int(size)) if np.ndim(size) == 0 else (int(size[1]), int(size[0]))
         if want is not None and img.size != tuple(want):
             raise EvaluatorInputError(f"{p}: image is {img.size[0]}x{img.size[1]}, expected {want[0]}x{want[1]} "
-                                      "(all images of a set must share one size)")
+                                      "(all images of a set must share one size: resize this one or leave it out)")
         first = first or img.size
         out.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
     return torch.stack(out)

@@ -410,7 +410,9 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
     # both manifests' heldout columns are read first: the instrument's seen / held-out split uses them too
     gen = as_frame(generated_df) if generated_df is not None else None
     real = as_frame(real_df) if real_df is not None else None
-    for frame in (real, gen):
+    for frame, what in ((real, "real set"), (gen, "generated set")):
+        if frame is not None and not len(frame):  # a manifest file without rows is read_manifest's error already
+            raise EvaluatorInputError(f"the {what} is empty: give it rows (images) to score")
         if frame is not None and "heldout" in frame:
             heldout |= set(frame.loc[frame["heldout"].astype(str).str.lower() == "true", "disease"])
     test = None
@@ -434,10 +436,10 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             metrics["evaluator"]["real_frequency_mae"] = M.frequency_mae(obs, exp)[0]
     if gen is not None:
         gen_root = gen.attrs.get("root")  # the manifest's folder: relative source_image paths are read from it
-        if len(gen):  # requests checked before any image is read and encoded (score_set refuses an empty set)
-            column = "requested_disease" if "requested_disease" in gen else "disease"
-            evaluator.check_labels(_requested(gen)[0], "generated set",
-                                   paths=list(gen["path"]) if "path" in gen else None, column=column)
+        # the requests are checked before any image is read and encoded
+        column = "requested_disease" if "requested_disease" in gen else "disease"
+        evaluator.check_labels(_requested(gen)[0], "generated set", paths=list(gen["path"]) if "path" in gen else None,
+                               column=column)
         s_gen = evaluator.score_set(gen, keep_images=True)
         t = s_gen.table
         scored["generated"] = s_gen

@@ -180,8 +180,11 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
         load_images([str(tmp_path / "nope.png")])
     from PIL import Image
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
-    with pytest.raises(EvaluatorInputError, match="expected 32x32"):
+    with pytest.raises(EvaluatorInputError, match=r"big\.png: image is 40x40, expected 32x32 .*resize this one"):
         load_images([*paths, str(tmp_path / "big.png")])
+    for empty, what in ((df.iloc[:0], "real set"), (None, "generated set")):  # frames given to the library
+        with pytest.raises(EvaluatorInputError, match=f"the {what} is empty"):
+            evaluate_sets(tiny_evaluator, empty, df.iloc[:0] if empty is None else None, None)
     with pytest.raises(EvaluatorInputError, match="unknown to the evaluator"):
         tiny_evaluator.check_labels(["ORPHA:870"])
     with pytest.raises(UserError, match="evaluator.pretrained"):
