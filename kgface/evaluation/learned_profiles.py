@@ -167,16 +167,17 @@ def disagreements(learned: dict, threshold: float = DISAGREEMENT, show: int = 5)
     """The report's line on where the faces and the KG disagree: how many corrected estimates lie more than
     `threshold` from the KG's frequency, and the largest gaps (disease, phenotype, KG -> learned)."""
     gaps = sorted(((abs(e["learned_frequency"] - e["kg_frequency"]), entry["name"], e)
-                   for entry in learned.values() for e in entry["phenotypes"] if e["corrected"]),
+                   for entry in learned.values() for e in entry["phenotypes"]
+                   if e["corrected"] and e["kg_frequency"] is not None),  # None: the KG gives no frequency
                   key=lambda g: -g[0])
     far = [g for g in gaps if g[0] > threshold]
     if not far:
-        return (f"learned vs KG frequencies: none of the {len(gaps)} corrected estimates lies more than {threshold:g} "
-                "from the KG's")
+        return (f"learned vs KG frequencies: none of the {len(gaps)} corrected estimates with a KG frequency lies "
+                f"more than {threshold:g} from it")
     listed = "; ".join(f"{name}, {e['name']}: KG {e['kg_frequency']:.2f} -> learned {e['learned_frequency']:.2f}"
                        for _, name, e in far[:show])
-    return (f"learned vs KG frequencies: {len(far)} of {len(gaps)} corrected estimates lie more than {threshold:g} "
-            f"from the KG's (findings to check: the faces, the KG or the head); largest: {listed}")
+    return (f"learned vs KG frequencies: {len(far)} of {len(gaps)} corrected estimates with a KG frequency lie more "
+            f"than {threshold:g} from it (findings to check: the faces, the KG or the head); largest: {listed}")
 
 
 def write_learned(learned: dict, out_dir: str | Path) -> Path:

@@ -415,6 +415,8 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             raise EvaluatorInputError(f"the {what} is empty: give it rows (images) to score")
         if frame is not None and "heldout" in frame:
             heldout |= set(frame.loc[frame["heldout"].astype(str).str.lower() == "true", "disease"])
+    if gen is not None:  # before any image, real or generated, is read and encoded
+        _check_generated(evaluator, gen, profiles)
     test = None
     if real is not None:
         check_real(real, "real set")
@@ -436,18 +438,10 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             metrics["evaluator"]["real_frequency_mae"] = M.frequency_mae(obs, exp)[0]
     if gen is not None:
         gen_root = gen.attrs.get("root")  # the manifest's folder: relative source_image paths are read from it
-        # the requests are checked before any image is read and encoded
-        column = "requested_disease" if "requested_disease" in gen else "disease"
-        evaluator.check_labels(_requested(gen)[0], "generated set", paths=list(gen["path"]) if "path" in gen else None,
-                               column=column)
         s_gen = evaluator.score_set(gen, keep_images=True)
         t = s_gen.table
         scored["generated"] = s_gen
         req_d, req_sev, req_s = _requested(t)
-        no_profile = sorted({d for d in req_d if d != HEALTHY} - set(profiles)) if profiles else []
-        if no_profile:  # its expected phenotypes and KG frequencies would silently be empty
-            raise EvaluatorInputError(f"generated set: no KG profile for {', '.join(no_profile[:5])}; load the "
-                                      "profiles of every requested disease (the panel of the run that drew them)")
         t["requested_disease"], t["requested_stage"] = req_d.values, req_s.values
         mode = t["mode"].astype(str) if "mode" in t else pd.Series([""] * len(t))
         transform = (mode == "transform").to_numpy()
@@ -577,6 +571,35 @@ def _transform_metrics(evaluator, t, s_gen: ScoredSet, transform, req_d, root: s
            "target_top1": M.accuracy(req_d[transform], t["pred_disease"][transform])}
     out.update(_identity_metrics(evaluator, t, s_gen, transform, root, face_identity))
     return out
+
+
+def _check_generated(evaluator: Evaluator, gen: pd.DataFrame, profiles: dict) -> None:
+    """What a generated set asks for, checked before any image is read: requests the evaluator knows (naming the
+    first bad row and the column its label came from), a KG profile for each requested disease, and the real faces
+    that edits name as their `source_image` (read only after the whole set was scored otherwise)."""
+    req_d = _requested(gen)[0]
+    paths = list(gen["path"]) if "path" in gen else None
+    bad = np.flatnonzero(~req_d.isin(evaluator.classes).to_numpy())
+    if len(bad):
+        cell = str(gen["requested_disease"].iloc[bad[0]] or "").strip() if "requested_disease" in gen else ""
+        asked = cell not in ("", "nan")  # a blank cell falls back to the row's disease (_filled)
+        evaluator.check_labels(req_d, "generated set", paths=paths,
+                               column="requested_disease" if asked else "disease")
+    no_profile = sorted({d for d in req_d if d != HEALTHY} - set(profiles)) if profiles else []
+    if no_profile:  # its expected phenotypes and KG frequencies would silently be empty
+        raise EvaluatorInputError(f"generated set: no KG profile for {', '.join(no_profile[:5])}; load the "
+                                  "profiles of every requested disease (the panel of the run that drew them)")
+    root = gen.attrs.get("root")
+    for i in np.flatnonzero(_names_source(gen)):
+        src = Path(str(gen["source_image"].iloc[i]).strip())
+        if not src.is_absolute():
+            if root is None:  # _identity_metrics says so, naming the row
+                continue
+            src = Path(root) / src
+        if not src.is_file():
+            where = paths[i] if paths is not None else f"row {i}"
+            raise EvaluatorInputError(f"generated set, {where}: source_image {str(src)!r} does not exist (the real "
+                                      "face this edit was made from); restore it or clear the row's source_image")
 
 
 def _names_source(t: pd.DataFrame) -> np.ndarray:

@@ -115,10 +115,12 @@ def test_disagreements_list_the_largest_corrected_gaps_from_the_kg():
 
     learned = {"D:1": {"name": "first", "phenotypes": [entry("a", 0.9, 0.1), entry("b", 0.5, 0.45),
                                                         entry("c", 0.1, 0.95, corrected=False)]},
-               "D:2": {"name": "second", "phenotypes": [entry("d", 0.2, 0.6)]}}
+               "D:2": {"name": "second", "phenotypes": [entry("d", 0.2, 0.6), entry("e", None, 0.9)]}}
     line = disagreements(learned)
     # the uncorrected estimate (a head that barely fires on its phenotype) is no finding; the gaps largest first
-    assert line.startswith("learned vs KG frequencies: 2 of 3 corrected estimates lie more than 0.3")
+    # a phenotype the KG gives no frequency (None) has nothing to disagree with
+    assert line.startswith("learned vs KG frequencies: 2 of 3 corrected estimates with a KG frequency lie more "
+                           "than 0.3")
     assert line.index("first, a: KG 0.90 -> learned 0.10") < line.index("second, d: KG 0.20 -> learned 0.60")
-    assert "c:" not in line and "b:" not in line
+    assert "c:" not in line and "b:" not in line and "e:" not in line
     assert "none of the 3" in disagreements(learned, threshold=0.9)

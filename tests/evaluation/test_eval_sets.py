@@ -390,15 +390,27 @@ def test_unknown_requests_are_refused_before_any_image_is_read(tiny_evaluator, t
     """The requests are checked first, naming the first bad row: the images behind them are not even read (a
     missing one would be the other error), so a mislabelled set fails in seconds, not after it was encoded."""
     frame = read_manifest(generated_manifest(tiny_data, tmp_path, n=4))[0]
+    clean = frame.copy()
     frame.loc[2, "requested_disease"] = "ORPHA:870"
     frame["abspath"] = [str(tmp_path / f"gone{i}.png") for i in range(len(frame))]
+    real = read_manifest(tiny_data / "manifest.csv")[0]
+    real["abspath"] = [str(tmp_path / f"gone_real{i}.png") for i in range(len(real))]  # nor the real images
     with pytest.raises(EvaluatorInputError, match=r"unknown to the evaluator: ORPHA:870 \(first: g002\.png, column "
                                                   r"requested_disease\)"):
+        evaluate_sets(tiny_evaluator, real, frame, None)
+    frame.loc[2, "requested_disease"] = ""  # a blank request falls back to the row's disease: that column is named
+    frame.loc[2, "disease"] = "ORPHA:870"
+    with pytest.raises(EvaluatorInputError, match=r"first: g002\.png, column disease\)"):
         evaluate_sets(tiny_evaluator, None, frame, None)
-    del frame["requested_disease"]  # the row's own disease is the request then, and named as such
-    frame.loc[1, "disease"] = "ORPHA:870"
-    with pytest.raises(EvaluatorInputError, match=r"first: g001\.png, column disease"):
+    del frame["requested_disease"]
+    with pytest.raises(EvaluatorInputError, match=r"first: g002\.png, column disease\)"):
         evaluate_sets(tiny_evaluator, None, frame, None)
+    # an edit whose source face is gone: named before the set is scored (it was found only afterwards)
+    clean.loc[len(clean) - 1, "source_image"] = str(tmp_path / "gone_source.png")
+    clean["abspath"] = frame["abspath"]
+    with pytest.raises(EvaluatorInputError, match=r"generated set, t000\.png: source_image '.*gone_source\.png' does "
+                                                  r"not exist"):
+        evaluate_sets(tiny_evaluator, real, clean, None)
 
 
 def test_a_requested_disease_without_a_profile_is_a_clear_error(tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
