@@ -149,7 +149,7 @@ def feature_probe_report(cfg, ev, df, names: dict[str, str], n: int, at: float =
     from kgface.data.phantom.dataset import identity_number
     from kgface.evaluation import metrics as M
     from kgface.evaluation.evaluator import HEALTHY
-    from kgface.evaluation.sets import isolated_auroc
+    from kgface.evaluation.validity import isolated_auroc
 
     sets = {}
     for split in ("train", "test"):

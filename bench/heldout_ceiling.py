@@ -31,7 +31,7 @@ def main(argv=None):
     from kgface.diffusion.vae import roundtrip
     from kgface.evaluation import load_evaluator
     from kgface.evaluation.evaluator import HEALTHY, load_images
-    from kgface.evaluation.sets import oracle_top1
+    from kgface.evaluation.validity import oracle_top1
 
     torch.set_num_threads(1)
     run = Path(args.run)

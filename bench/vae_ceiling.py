@@ -37,7 +37,7 @@ def main(argv=None):
     from kgface.evaluation import fit_evaluator
     from kgface.evaluation.evaluator import blur_images, load_images
     from kgface.evaluation.metrics import accuracy
-    from kgface.evaluation.sets import BLUR_CHECK_SIGMA
+    from kgface.evaluation.validity import BLUR_CHECK_SIGMA
     from kgface.runtime import make_cache
 
     cfg = compose("train", ["progress=false", *args.overrides])

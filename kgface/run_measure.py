@@ -82,7 +82,7 @@ def isolated_effects_check(cfg, evaluator, real_df, per_term: int = 12, faces: i
     from .data.build import isolated_effect_images
     from .data.phantom.dataset import identity_number
     from .evaluation.evaluator import HEALTHY
-    from .evaluation.sets import auroc_summary, isolated_auroc
+    from .evaluation.validity import auroc_summary, isolated_auroc
 
     test = real_df[(real_df["split"] == "test") & (real_df["disease"] == HEALTHY)]
     ids = [identity_number(x) for x in test["identity"]][:faces]

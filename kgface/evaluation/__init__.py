@@ -5,7 +5,7 @@ It never imports the generator it measures (kgface.diffusion, kgface.encoders). 
 - `towers`: image towers beside open_clip's own (`evaluator.vision.tower=cnn`, a full-resolution CNN).
 - `probes`: calibrated disease probe, CORAL stage head, per-phenotype heads.
 - `evaluator`: `fit_evaluator`, `Evaluator` (score / save / load), `load_evaluator`.
-- `metrics`: pure metric functions; `sets`: validity of the instrument and `evaluate_sets`.
+- `metrics`: pure metric functions; `validity`: the instrument's validity on real images; `sets`: `evaluate_sets`.
 - `learned_profiles`: phenotype frequencies learned from samples; `report`: metrics.json + report.md/html.
 - `face_identity`: dlib face embeddings, a second identity instrument (optional extra; `face_identity=`).
 """
@@ -14,7 +14,8 @@ from .evaluator import (Evaluator, EvaluatorInputError, ScoredSet, fit_evaluator
                         train_evaluator)
 from .learned_profiles import learn_profiles, perturb_profiles, perturbation_check, write_learned
 from .report import write_report
-from .sets import evaluate_sets, instrument_validity, oracle_top1
+from .sets import evaluate_sets
+from .validity import instrument_validity, oracle_top1
 
 __all__ = [
     "ImageEncoder", "build_clip", "train_clip", "Evaluator", "EvaluatorInputError", "ScoredSet", "fit_evaluator",
