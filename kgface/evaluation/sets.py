@@ -44,8 +44,14 @@ def _filled(table: pd.DataFrame, column: str, fallback: str) -> pd.Series:
     base = table[fallback].astype(str)
     if column not in table:
         return base
-    asked = table[column].fillna("").astype(str).str.strip()
-    return asked.where(asked != "", base)
+    return table[column].fillna("").astype(str).str.strip().where(_fills(table, column), base)
+
+
+def _fills(table: pd.DataFrame, column: str) -> np.ndarray:
+    """Rows whose `column` holds a value (not blank): where _filled reads it instead of the fallback."""
+    if column not in table:
+        return np.zeros(len(table), dtype=bool)
+    return table[column].fillna("").astype(str).str.strip().ne("").to_numpy()
 
 
 def _requested(table: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
@@ -347,33 +353,34 @@ def _check_generated(evaluator: Evaluator, gen: pd.DataFrame, profiles: dict) ->
     req_d = _requested(gen)[0]
     paths = list(gen["path"]) if "path" in gen else None
     bad = np.flatnonzero(~req_d.isin(evaluator.classes).to_numpy())
-    if len(bad):
-        cell = str(gen["requested_disease"].iloc[bad[0]] or "").strip() if "requested_disease" in gen else ""
-        asked = cell not in ("", "nan")  # a blank cell falls back to the row's disease (_filled)
+    if len(bad):  # the column the bad label came from: a blank request falls back to the row's disease
         evaluator.check_labels(req_d, "generated set", paths=paths,
-                               column="requested_disease" if asked else "disease")
+                               column="requested_disease" if _fills(gen, "requested_disease")[bad[0]] else "disease")
     no_profile = sorted({d for d in req_d if d != HEALTHY} - set(profiles)) if profiles else []
     if no_profile:  # its expected phenotypes and KG frequencies would silently be empty
         raise EvaluatorInputError(f"generated set: no KG profile for {', '.join(no_profile[:5])}; load the "
                                   "profiles of every requested disease (the panel of the run that drew them)")
     root = gen.attrs.get("root")
     for i in np.flatnonzero(_names_source(gen)):
-        src = Path(str(gen["source_image"].iloc[i]).strip())
-        if not src.is_absolute():
-            if root is None:  # _identity_metrics says so, naming the row
-                continue
-            src = Path(root) / src
-        if not src.is_file():
+        src = _source_path(gen["source_image"].iloc[i], root)
+        if src is not None and not src.is_file():  # None: relative without a folder, _identity_metrics says so
             where = paths[i] if paths is not None else f"row {i}"
             raise EvaluatorInputError(f"generated set, {where}: source_image {str(src)!r} does not exist (the real "
                                       "face this edit was made from); restore it or clear the row's source_image")
 
 
+def _source_path(value, root: str | None) -> Path | None:
+    """An edit's `source_image`: absolute, or relative to the manifest's folder `root`; None when relative and the
+    set came without a folder (a DataFrame)."""
+    p = Path(str(value).strip())
+    if p.is_absolute():
+        return p
+    return None if root is None else Path(root) / p
+
+
 def _names_source(t: pd.DataFrame) -> np.ndarray:
     """Rows that name the real face they edit (a non-blank `source_image`)."""
-    if "source_image" not in t:
-        return np.zeros(len(t), bool)
-    return t["source_image"].fillna("").astype(str).str.strip().ne("").to_numpy()
+    return _fills(t, "source_image")
 
 
 def _identity_metrics(evaluator, t, s_gen: ScoredSet, mask, root: str | None, face_identity) -> dict:
@@ -383,12 +390,11 @@ def _identity_metrics(evaluator, t, s_gen: ScoredSet, mask, root: str | None, fa
     if not mask.any():
         return {}
     src = [str(p).strip() for p in t.loc[mask, "source_image"]]
-    relative = [p for p in src if not Path(p).is_absolute()]
-    if relative and root is None:
-        raise EvaluatorInputError(f"generated set: source_image {relative[0]!r} is relative and the set "
+    paths = [_source_path(p, root) for p in src]
+    if None in paths:
+        raise EvaluatorInputError(f"generated set: source_image {src[paths.index(None)]!r} is relative and the set "
                                   "was given as a DataFrame: give absolute paths or the manifest's path")
-    paths = [str(Path(p) if Path(p).is_absolute() else Path(root) / p) for p in src]
-    src_images = load_images(paths)
+    src_images = load_images([str(p) for p in paths])
     out = {"identity_similarity": M.identity_similarity(evaluator.features(src_images), s_gen.features[mask]),
            "identity_n": int(mask.sum())}
     if face_identity is not None:
