@@ -148,7 +148,7 @@ def feature_probe_report(cfg, ev, df, names: dict[str, str], n: int, at: float =
     from kgface.data.build import isolated_effect_images
     from kgface.data.phantom.dataset import identity_number
     from kgface.evaluation import metrics as M
-    from kgface.evaluation.evaluator import HEALTHY
+    from kgface.evaluation.inputs import HEALTHY
     from kgface.evaluation.validity import isolated_auroc
 
     sets = {}

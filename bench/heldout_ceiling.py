@@ -30,7 +30,7 @@ def main(argv=None):
     from kgface.data.manifest import read_manifest
     from kgface.diffusion.vae import roundtrip
     from kgface.evaluation import load_evaluator
-    from kgface.evaluation.evaluator import HEALTHY, load_images
+    from kgface.evaluation.inputs import HEALTHY, load_images
     from kgface.evaluation.validity import oracle_top1
 
     torch.set_num_threads(1)

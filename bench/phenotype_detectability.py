@@ -84,7 +84,7 @@ def main(argv=None):
     from kgface.data.phantom.effects import load_phantom_effects
     from kgface.dataset import panel_profiles
     from kgface.evaluation import load_images
-    from kgface.evaluation.evaluator import drawn_phenotypes, presence_matrix
+    from kgface.evaluation.inputs import drawn_phenotypes, presence_matrix
     from kgface.resources import kg_data_dir
     from kgface.runtime import make_cache
 

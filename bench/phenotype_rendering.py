@@ -91,7 +91,7 @@ def main(argv=None):
     from kgface.diffusion.run_loading import heldout_of, load_run
     from kgface.diffusion.training_data import atlas_training_rows
     from kgface.evaluation import load_evaluator
-    from kgface.evaluation.evaluator import load_images
+    from kgface.evaluation.inputs import load_images
 
     torch.set_num_threads(2)
     evaluator = load_evaluator(args.evaluator or args.runs[0])

@@ -35,7 +35,7 @@ def main(argv=None):
     from kgface.dataset import panel_profiles
     from kgface.diffusion.vae import cached_vae, psnr, roundtrip
     from kgface.evaluation import fit_evaluator
-    from kgface.evaluation.evaluator import blur_images, load_images
+    from kgface.evaluation.inputs import blur_images, load_images
     from kgface.evaluation.metrics import accuracy
     from kgface.evaluation.validity import BLUR_CHECK_SIGMA
     from kgface.runtime import make_cache

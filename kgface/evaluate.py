@@ -36,6 +36,18 @@ def judged_profiles(cfg: DictConfig, run_dir: Path | None, diseases: list[str], 
     return [own[d] for d in diseases if d in own] + rest
 
 
+def trained_manifest(run_dir) -> Path | None:
+    """The manifest a train run's generator learned from (data.json's `manifest`; the file may be gone since):
+    the memorisation audit's training set when real= is another manifest."""
+    import json
+
+    data = run_file(Path(str(run_dir)).expanduser(), "data.json")
+    try:
+        return Path(json.loads(data.read_text(encoding="utf-8"))["manifest"]) if data else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def trained_atlas(run_dir) -> Path | None:
     """The phenotype atlas a train run's generator learned from (its metrics.json's train.atlas_images > 0; for a
     baselines generator folder `OUT/<mode>`, that conditioning's; for a baselines run folder, any conditioning's;
@@ -90,12 +102,21 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         evaluator = fit_evaluator(cfg.evaluator, cfg.real, profiles, cache, progress=bool(cfg.get("progress", True)))
     # photo manifests carry no heldout column: the run's data.json says which were held out
     heldout, atlas = (heldout_of(run_dir), trained_atlas(run_dir)) if run_dir is not None else (None, None)
+    # the memorisation audit looks for copies of what the generator saw: the run's own manifest when real= is another
+    trained = trained_manifest(run_dir) if run_dir is not None and real is not None else None
+    if trained is not None and trained.resolve() == Path(str(cfg.real)).expanduser().resolve():
+        trained = None  # real= is the run's own manifest: its train split is the generator's
+    audit_notes = []
+    if trained is not None and not trained.is_file():
+        audit_notes.append(f"memorisation audit: the run's training manifest {trained} is gone; real='s train split "
+                           "stands in for the images the generator saw (copies of others go unnoticed)")
+        trained = None
     metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True, face_identity=face_identity,
-                                    heldout=heldout, audit_extra=atlas)
+                                    heldout=heldout, audit_extra=atlas, audit_train=trained)
     notes = [f"evaluator: {evaluator.cfg['name']} ({'from ' + str(cfg.run) if cfg.get('run') else 'trained on ' + str(cfg.real) + ' (train split)'})",
              "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
              "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here); "
-             "lead with KID for small sets"]
+             "lead with KID for small sets"] + audit_notes
     # with phenotype heads (fitted on labelled faces or on an atlas beside a photo set), whether or not this set's
     # rows carry phenotype labels: unlabelled photos are exactly where a learned profile is a finding
     extra = []

@@ -81,7 +81,7 @@ def isolated_effects_check(cfg, evaluator, real_df, per_term: int = 12, faces: i
     identities (`phenotype_auroc_isolated`); the test split's AUROC can be high for a head that reads the disease."""
     from .data.build import isolated_effect_images
     from .data.phantom.dataset import identity_number
-    from .evaluation.evaluator import HEALTHY
+    from .evaluation.inputs import HEALTHY
     from .evaluation.validity import auroc_summary, isolated_auroc
 
     test = real_df[(real_df["split"] == "test") & (real_df["disease"] == HEALTHY)]

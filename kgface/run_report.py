@@ -49,6 +49,9 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
     ("evaluator.real_top1_seen_disease", "evaluator top-1 on real faces of the seen diseases, no healthy ones (no "
      "round trip)", ""),
     ("evaluator.real_stage_mae", "evaluator stage MAE on real test images", ""),
+    ("evaluator.real_stage_mae_disease", "... on the diseased ones (the rows of generation.stage_mae)", ""),
+    ("evaluator.real_ece", "expected calibration error of the disease probe, real stage 2-3 + healthy test faces "
+     "(0: confidence = accuracy)", ""),
     ("evaluator.real_stage_spearman_disease", "stage vs measured severity, real diseased test images", ""),
     ("evaluator.vae_ceiling_stage_spearman",
      "... after a VAE round trip (generation.stage_spearman's limit for faces as varied as real ones)", ""),
@@ -64,8 +67,12 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
      "... real stage 2-3 faces vs the template's phenotypes (the reference for a template-conditioned generator)", ""),
     ("evaluator.real_profile_match_f1", "... real stage 2-3 faces vs their own phenotypes (not an upper bound)", ""),
     ("generation.frequency_mae", "generated phenotype frequencies vs the KG's", ""),
+    ("evaluator.real_frequency_mae", "... real stage-3 faces' (what faces drawn at the KG's frequencies read with "
+     "these heads)", ""),
     ("transform.target_top1", "healthy->disease / disease->healthy transformations reach the target", ""),
     ("transform.identity_similarity", "evaluator feature cosine, source vs transformed", ""),
+    ("evaluator.identity_same_cosine", "... between two real test faces of one identity (other stages)", ""),
+    ("evaluator.identity_different_cosine", "... between real test faces of two identities", ""),
     ("transform.identity_distance_dlib", "dlib face-embedding distance, source vs transformed (face_identity)", ""),
     ("evaluator.identity_dlib.same_mean_distance", "dlib distance between two real faces of one identity", ""),
     ("evaluator.identity_dlib.different_mean_distance", "dlib distance between real faces of two identities", ""),
@@ -76,8 +83,13 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
     ("tstr_top1", "probe trained on generated images, tested on real ones (every disease's real rows)", ""),
     ("tstr_top1_seen", "... on the real rows of the diseases not held out", ""),
     ("kid_clip", "KID on evaluator CLIP features (lead with KID at small n)", ""),
+    ("kid_clip_std", "... its standard deviation over subsets", ""),
+    ("fid_kid_n.generated", "... generated images it compares (edits of real faces left out)", ""),
+    ("fid_kid_n.real", "... real images it compares", ""),
     ("fid_clip", "FID on evaluator CLIP features", ""),
     ("memorisation_rate", "generated images closer to a training image than real near-duplicates", ""),
+    ("memorisation_quantile", "... whose threshold is this quantile of real test faces' nearest-training cosine (a "
+     "generator that does not copy reads about 1 minus it)", ""),
     ("controls.token_swap_changed", "measured disease changes when another disease's tokens are swapped in", ""),
     ("controls.token_swap_chance", "... would change if the two images were independent draws", ""),
     ("controls.scale0_changed", "measured disease changes with the adapter at scale 0", ""),

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from .evaluator import EvaluatorInputError, to_uint8
+from .inputs import EvaluatorInputError, to_uint8
 
 log = logging.getLogger(__name__)
 

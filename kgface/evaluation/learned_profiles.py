@@ -24,7 +24,8 @@ import pandas as pd
 from ..cache import save_figure_atomic, write_json_atomic
 from ..data.manifest import stage_known
 from ..kg import FacialProfile
-from .evaluator import HEALTHY, Evaluator, presence_matrix
+from .evaluator import Evaluator
+from .inputs import HEALTHY, presence_matrix
 
 MIN_TPR_GAP = 0.05  # tpr - r_0 at or below this: the correction would divide by ~0, so r_d is kept uncorrected
 DISAGREEMENT = 0.3  # |learned - KG| above this is listed in the report as a finding
@@ -180,10 +181,12 @@ def disagreements(learned: dict, threshold: float = DISAGREEMENT, show: int = 5)
             f"than {threshold:g} from it (findings to check: the faces, the KG or the head); largest: {listed}")
 
 
-def write_learned(learned: dict, out_dir: str | Path) -> Path:
+def write_learned(learned: dict, out_dir: str | Path, phenotype_heads: str | None = None) -> Path:
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / "learned_profiles.json", {"schema": "kgface.learned_profiles/1",
                                                           "method": __doc__.split("\n\n")[1].strip(),
+                                                          # 'all': heads that also saw diseased faces (can echo the KG)
+                                                          "phenotype_heads": phenotype_heads,
                                                           "diseases": learned})
     plot_learned(learned, out_dir / "learned_profiles.png")
     return out_dir / "learned_profiles.json"
@@ -200,7 +203,7 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
     if not learned:
         return ["no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
                 "(or ungraded)"], []
-    written = write_learned(learned, out_dir)
+    written = write_learned(learned, out_dir, str(evaluator.cfg.get("phenotype_heads", "all")))
     notes = ["learned_profiles.json: phenotype frequencies learned from the real test images"]
     used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}
     untested = used - set(rates[0])
@@ -217,5 +220,10 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
                      "as often on healthy faces): their learned frequencies are uncorrected detection rates "
                      "(\"corrected\": false)")
     notes.append(disagreements(learned))
+    if str(evaluator.cfg.get("phenotype_heads", "all")) != "atlas":
+        notes.append("the phenotype heads also learned from diseased faces (evaluator.phenotype_heads=all): a head "
+                     "can fire on its disease's look rather than on its phenotype, so these frequencies can echo "
+                     "the KG (such heads fail the perturbation check, docs/evaluation.md); heads fitted on a "
+                     "phenotype atlas (data.atlas.faces > 0, evaluator.phenotype_heads=atlas) follow the faces")
     return notes, [("Profiles learned from the real test images beside the KG's frequencies",
                     written.with_suffix(".png"))]

@@ -160,23 +160,53 @@ def identity_similarity(features_a: np.ndarray, features_b: np.ndarray) -> float
     return float(np.mean(np.sum(a * b, 1))) if len(a) else float("nan")
 
 
-def identity_auroc(features: np.ndarray, identities: Sequence[str], max_pairs: int = 20000, seed: int = 0) -> float:
-    """AUROC of feature cosine separating same-identity from different-identity pairs (all same pairs, a random
-    sample of different ones)."""
-    f = np.asarray(features, float)
-    f = unit_rows(f)
+def identity_pairs(features: np.ndarray, identities: Sequence[str], max_pairs: int = 20000, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(feature cosine, same identity?) of every same-identity pair and a random sample of `max_pairs`
+    different-identity ones (`seed`); empty arrays when either kind is missing."""
+    f = unit_rows(np.asarray(features, float))
     ids = np.asarray([str(i) for i in identities])
     iu, ju = np.triu_indices(len(ids), 1)
     same = ids[iu] == ids[ju]
     if same.sum() == 0 or (~same).sum() == 0:
-        return float("nan")
+        return np.zeros(0), np.zeros(0, bool)
     rng = np.random.default_rng(seed)
     diff = np.flatnonzero(~same)
     if len(diff) > max_pairs:
         diff = rng.choice(diff, max_pairs, replace=False)
     pick = np.concatenate([np.flatnonzero(same), diff])
-    cos = np.sum(f[iu[pick]] * f[ju[pick]], 1)
-    return auroc(same[pick].astype(int), cos)
+    return np.sum(f[iu[pick]] * f[ju[pick]], 1), same[pick]
+
+
+def identity_auroc(features: np.ndarray, identities: Sequence[str], max_pairs: int = 20000, seed: int = 0) -> float:
+    """AUROC of feature cosine separating same-identity from different-identity pairs (all same pairs, a random
+    sample of different ones)."""
+    cos, same = identity_pairs(features, identities, max_pairs, seed)
+    return auroc(same.astype(int), cos) if len(cos) else float("nan")
+
+
+def identity_cosines(features: np.ndarray, identities: Sequence[str], max_pairs: int = 20000, seed: int = 0
+                     ) -> dict[str, float]:
+    """Mean feature cosine of same-identity and of different-identity pairs (the pairs of identity_auroc): the two
+    ends a transformation's identity_similarity is read between (a source and its edit share an identity)."""
+    cos, same = identity_pairs(features, identities, max_pairs, seed)
+    if not len(cos):
+        return {"same": float("nan"), "different": float("nan")}
+    return {"same": float(cos[same].mean()), "different": float(cos[~same].mean())}
+
+
+def expected_calibration_error(probs: np.ndarray, labels: Sequence[int], bins: int = 15) -> float:
+    """Expected calibration error of the top-1 prediction (Guo et al. 2017): the |accuracy - confidence| gap of
+    equal-width confidence bins, weighted by their share of the images. 0 for a calibrated probe."""
+    p = np.asarray(probs, float)
+    y = np.asarray(labels, int)
+    if p.ndim != 2 or len(p) != len(y) or not len(y):
+        raise ValueError("expected_calibration_error: probs [N, C] and N labels, N > 0")
+    conf, hit = p.max(1), (p.argmax(1) == y).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)  # bin k holds (edge_k, edge_k+1]
+    return float(sum(abs(hit[which == k].mean() - conf[which == k].mean()) * (which == k).mean()
+                     for k in range(bins) if (which == k).any()))
 
 
 def nearest_cosine(query: np.ndarray, reference: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,24 @@ import pandas as pd
 
 from ..cache import save_figure_atomic, write_json_atomic, write_text_atomic
 from ..data.manifest import stage_known
-from .evaluator import load_images
+from .evaluator import ScoredSet
+from .inputs import HEALTHY, load_images
+from .validity import HEADLINE_STAGES, headline_rows
+
+
+def _subset(scored: ScoredSet, mask: np.ndarray) -> ScoredSet:
+    """The rows of a scored set under `mask` (table, features and images alike)."""
+    m = np.asarray(mask, bool)
+    images = None if scored.images is None else scored.images[np.flatnonzero(m)]
+    return ScoredSet(scored.table[m].reset_index(drop=True), scored.features[m], images)
+
+
+def generated_headline(table: pd.DataFrame) -> np.ndarray:
+    """Generated rows of the top-1 keys (generation.seen_top1 / heldout_top1): requests for healthy faces or for
+    stages 2-3, transformations left out."""
+    drawn = ~(table["mode"].astype(str) == "transform").to_numpy() if "mode" in table else np.ones(len(table), bool)
+    return drawn & ((table["requested_disease"] == HEALTHY).to_numpy()
+                    | table["requested_stage"].isin(HEADLINE_STAGES).to_numpy())
 
 
 def _plt():
@@ -96,7 +113,7 @@ def plot_phenotype_bars(aurocs: dict[str, float], names: dict[str, str], path: P
     return _bars_with_marks(items, [f"{h} {names.get(h, '')[:28]}" for h, _ in items], "real test (stage 3)",
                             [(ceiling, "after VAE round trip", {"color": "red", "s": 8}),
                              (isolated, "drawn alone on a healthy face", {"color": "orange", "marker": "x", "s": 10})],
-                            "AUROC of the phenotype head at full intensity", 0.0 if isolated else 0.4, path,
+                            "AUROC of the phenotype head at full intensity", 0.0, path,
                             target=0.9)
 
 
@@ -169,7 +186,7 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and k not in ("phenotype_auroc", "vae_ceiling_phenotype_auroc",
-                                             "phenotype_auroc_isolated", "frequency_mae_per_disease",
+                                             "phenotype_auroc_isolated", "frequency_mae_per_disease", "frequency_mae_n",
                                              "phenotype_match", "real_phenotype_match"):  # per phenotype: plotted
             out += _flat(v, key + ".")
         elif not isinstance(v, (dict, list)):
@@ -208,8 +225,10 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
     figs: list[tuple[str, Path]] = []
     if evaluator is not None and "real" in scored:
         t = scored["real"].table
-        figs.append(("Real test images: disease confusion (all stages)",
-                     plot_confusion(t, evaluator.classes, names, out / "confusion_real.png")))
+        head = headline_rows(t)  # the rows of real_top1: stage 0 looks healthy by construction
+        if head.any():
+            figs.append(("Real test images, stages 2-3 and healthy (the rows of real_top1): disease confusion",
+                         plot_confusion(t[head], evaluator.classes, names, out / "confusion_real.png")))
         graded = t[stage_known(t)]  # an ungraded photo's stage is a placeholder, left out as the metrics do
         if len(graded):
             figs.append(("Real test images: true stage vs measured severity",
@@ -220,16 +239,23 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
                          plot_phenotype_bars(auc, ph_names, out / "phenotypes_real.png",
                                              metrics["evaluator"].get("vae_ceiling_phenotype_auroc"),
                                              metrics["evaluator"].get("phenotype_auroc_isolated"))))
-        for p in best_worst(scored["real"], "disease", evaluator.classes, names, out, "real", k=grid_cases):
-            figs.append((f"Real test images, {p.stem.split('_')[-1]} cases (probability of the true class)", p))
+        for p in best_worst(_subset(scored["real"], head), "disease", evaluator.classes, names, out, "real",
+                            k=grid_cases):
+            figs.append((f"Real test images, stages 2-3 and healthy, {p.stem.split('_')[-1]} cases (probability "
+                         "of the true class)", p))
     if evaluator is not None and "generated" in scored:
         t = scored["generated"].table
-        figs.append(("Generated images: requested vs measured disease",
-                     plot_confusion(t, evaluator.classes, names, out / "confusion_generated.png",
-                                    label="requested_disease")))
-        dis = t[t["requested_disease"] != "healthy"]
+        head = generated_headline(t)
+        if head.any():
+            figs.append(("Generated images, requests for stages 2-3 and healthy faces, no transformations (the rows "
+                         "of generation.seen_top1 and heldout_top1): requested vs measured disease",
+                         plot_confusion(t[head], evaluator.classes, names, out / "confusion_generated.png",
+                                        label="requested_disease")))
+        drawn = ~(t["mode"].astype(str) == "transform").to_numpy() if "mode" in t else np.ones(len(t), bool)
+        dis = t[drawn & (t["requested_disease"] != HEALTHY).to_numpy()]  # generation.stage_spearman's rows
         if len(dis):
-            figs.append(("Generated images: requested stage vs measured severity",
+            figs.append(("Generated images, diseased requests, no transformations: requested stage vs measured "
+                         "severity",
                          plot_stage_scatter(dis, out / "stage_generated.png", stage="requested_stage")))
         match = (metrics.get("generation") or {}).get("phenotype_match") or {}
         if any(m["expected_n"] for m in match.values()):
@@ -237,9 +263,10 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
             figs.append(("Generated images, diseased stages 2-3: each expected phenotype, detected in what share"
                          + (" (dots: real test faces against their own phenotypes)" if real_match else ""),
                          plot_phenotype_match(match, ph_names, out / "phenotype_match_generated.png", real_match)))
-        for p in best_worst(scored["generated"], "requested_disease", evaluator.classes, names, out, "generated",
-                            k=grid_cases):
-            figs.append((f"Generated images, {p.stem.split('_')[-1]} cases (probability of the requested class)", p))
+        for p in best_worst(_subset(scored["generated"], head), "requested_disease", evaluator.classes, names, out,
+                            "generated", k=grid_cases):
+            figs.append((f"Generated images, stages 2-3 and healthy, {p.stem.split('_')[-1]} cases (probability of "
+                         "the requested class)", p))
         threshold = metrics.get("memorisation_threshold")
         p = nearest_pairs(scored["generated"], names, out / "memorisation_nearest.png", threshold, k=grid_cases)
         if p is not None:

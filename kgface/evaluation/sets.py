@@ -18,8 +18,9 @@ from ..data.manifest import N_STAGES, stage_known
 from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from . import metrics as M
-from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, check_real, load_images,
-                        labelled_phenotypes, min_stage_of, pair_presence)
+from .evaluator import Evaluator, ScoredSet, pair_presence
+from .inputs import (HEALTHY, EvaluatorInputError, as_frame, check_real, labelled_phenotypes, load_images,
+                     min_stage_of)
 from .face_identity import pair_distances
 from .validity import HEADLINE_STAGES, _test_rows, headline_rows, instrument_validity
 
@@ -159,7 +160,7 @@ def kg_frequencies(profiles: dict[str, FacialProfile], vocab, diseases) -> dict[
 
 def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profiles=None, roundtrip=None,
                   return_scored: bool = False, heldout: set[str] | None = None, audit_extra=None,
-                  face_identity=None, identity_pairs: bool = True):
+                  face_identity=None, identity_pairs: bool = True, audit_train=None):
     """metrics.json's content for a real set and/or a generated set (only what the inputs allow).
 
     real_df / generated_df: manifest paths or DataFrames. Generated rows are judged against their request
@@ -169,7 +170,9 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
     and of the tstr probe's training rows. Returns the metrics dict, or
     (metrics, {"real": ScoredSet, "generated": ScoredSet, "real_train": ScoredSet}) with return_scored.
     audit_extra: a manifest (path or DataFrame) of further images the generator trained on (the phenotype atlas
-    under trainer.atlas_share), added to the memorisation audit's training set.
+    under trainer.atlas_share), added to the memorisation audit's training set. audit_train: the manifest the
+    generator trained on (path or DataFrame; its train rows are the audit's training set), when it is not real_df
+    (kgface.evaluate run=RUN real=ANOTHER); default real_df's train split.
     face_identity: a second identity instrument (`load_face_identity`, dlib) for real pairs and transformations;
     identity_pairs=False: for transformations only (the train job's later conditionings drop the real set's numbers).
     """
@@ -262,6 +265,8 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 obs = M.phenotype_frequencies(list(t["detected"][full]), list(req_d[full]))
                 g["frequency_mae"], g["frequency_mae_per_disease"] = M.frequency_mae(obs, exp)
                 g["frequency_mae_stages"] = [3] if at3.any() else list(HEADLINE_STAGES)
+                # images behind each disease's frequencies: with 2, each can only be 0, 0.5 or 1
+                g["frequency_mae_n"] = {d: int((req_d[full] == d).sum()) for d in g["frequency_mae_per_disease"]}
             g["zero_shot_presence"] = float(np.mean(t["zs_presence"][dis])) if dis.any() else float("nan")
             # the same against the requested disease alone: its prompts vs the healthy ones (not "any disease")
             pair = pair_presence(s_gen.features[dis], evaluator.zs_text, evaluator.classes)
@@ -320,7 +325,11 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                                         "features": f"evaluator CLIP image features "
                                                     f"({evaluator.encoder.num_features}-d); not InceptionV3 (its "
                                                     "weights cannot be downloaded here)"}
-            train = real[real["split"] == "train"]
+            source = real if audit_train is None else as_frame(audit_train)
+            train = source[source["split"] == "train"]
+            metrics["memorisation_reference"] = ("the real set's train split" if audit_train is None else
+                                                 f"the train split of {_manifest_name(audit_train)}") + \
+                ("" if audit_extra is None else f" + {_manifest_name(audit_extra)}")
             if audit_extra is not None:  # a copy of any image the generator saw counts as memorised
                 train = pd.concat([train, as_frame(audit_extra)], ignore_index=True)
             train = train.reset_index(drop=True)
@@ -331,12 +340,20 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 audit = M.memorisation_audit(s_gen.features, s_train.features, s_real.features)
                 metrics["memorisation_rate"] = audit["memorisation_rate"]
                 metrics["memorisation_threshold"] = audit["threshold"]
+                metrics["memorisation_quantile"] = audit["quantile"]
                 metrics["memorisation_holdout_duplicates"] = audit["holdout_duplicates"]
                 metrics["memorisation_holdout_n"] = audit["holdout_n"]
                 t["nearest_train_cosine"] = audit["nearest_cosine"]
                 t["nearest_train_path"] = list(train["abspath"].iloc[audit["nearest_index"]])
     metrics = _rounded(metrics)
     return (metrics, scored) if return_scored else metrics
+
+
+def _manifest_name(source) -> str:
+    """A manifest as the report names it: its path, or the folder a DataFrame was read from."""
+    if isinstance(source, pd.DataFrame):
+        return str(source.attrs.get("root") or "the given manifest")
+    return str(source)
 
 
 def _transform_metrics(evaluator, t, s_gen: ScoredSet, transform, req_d, root: str | None, face_identity) -> dict:

@@ -19,8 +19,9 @@ import torch
 
 from ..data.manifest import stage_known
 from . import metrics as M
-from .evaluator import (HEALTHY, Evaluator, EvaluatorInputError, ScoredSet, as_frame, blur_images, load_images,
-                        labelled_phenotypes, min_stage_of, pair_presence, presence_matrix, probe_rows, to_uint8)
+from .evaluator import Evaluator, ScoredSet, pair_presence
+from .inputs import (HEALTHY, EvaluatorInputError, as_frame, blur_images, labelled_phenotypes, load_images,
+                     min_stage_of, presence_matrix, probe_rows, to_uint8)
 from .face_identity import identity_validity
 from .probes import LinearProbe, Standardizer
 
@@ -155,7 +156,9 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     real_stage_spearman, real_stage_spearman_disease and real_stage_mae_disease (diseased faces only, the rows of the
     generated sets' stage metrics), zero_shot_presence_auroc and presence_auroc (diseased vs healthy headline rows,
     scored by the zero-shot prompts' 1 - P(healthy) and the probe's; with a healthy class), phenotype_auroc (per
-    HPO id) + phenotype_auroc_summary, identity_auroc, oracle_top1,
+    HPO id) + phenotype_auroc_summary, identity_auroc and identity_same_cosine / identity_different_cosine (the
+    two ends transform.identity_similarity lies between), real_ece (expected calibration error of the disease
+    probe on the headline rows) and calibration_temperature (None: no val rows calibrated it), oracle_top1,
     real_top1_blurred (the headline rows blurred by real_blur_sigma px: a reading that falls is reading softness),
     and with `roundtrip`: vae_ceiling_top1, vae_ceiling_stage_spearman (diseased faces, as generation.stage_spearman),
     vae_ceiling_phenotype_auroc_summary; with `face_identity` (kgface.evaluation.face_identity): identity_dlib.
@@ -185,6 +188,11 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
            "real_stage_spearman_disease": M.spearman(t["stage"][sick], t["severity_pred"][sick]),
            "real_stage_mae_disease": M.stage_mae(t["stage"][sick], t["stage_pred"][sick]),
            "zero_shot_top1": M.accuracy(t["disease"][head], t["zs_disease"][head]),
+           # is the calibrated probe's confidence its accuracy? (temperature fitted on val; None: not calibrated)
+           "real_ece": M.expected_calibration_error(
+               t.loc[head, [f"p_{c}" for c in evaluator.classes]].to_numpy(),
+               [evaluator.classes.index(d) for d in t["disease"][head]]) if head.any() else float("nan"),
+           "calibration_temperature": evaluator.info.get("temperature"),
            "phenotype_auroc": auc, "phenotype_auroc_summary": auroc_summary(auc)}
     if HEALTHY in evaluator.classes:  # presence (is any disease there?) on the headline rows: sick vs healthy faces
         ill = (t["disease"][head] != HEALTHY).astype(int)
@@ -201,6 +209,9 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         out[f"n_{name}"] = int(mask.sum())
     if "identity" in t and t["identity"].astype(str).str.len().gt(0).all():
         out["identity_auroc"] = M.identity_auroc(s.features, list(t["identity"]))
+        # the scale transform.identity_similarity is read on: a phantom identity's test faces differ in stage
+        ends = M.identity_cosines(s.features, list(t["identity"]))
+        out["identity_same_cosine"], out["identity_different_cosine"] = ends["same"], ends["different"]
         if face_identity is not None:
             out["identity_dlib"] = identity_validity(face_identity, images, list(t["identity"]),
                                                      clip_features=s.features)

@@ -115,6 +115,11 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     md = (out / "report.md").read_text()
     assert md.index("`kid_clip`") < md.index("`fid_clip`")  # lead with KID
     assert "- learned vs KG frequencies: " in md  # where the faces and the KG disagree, as a finding
+    # heads fitted on diseased faces too (phenotype_heads=all) can echo the KG: the report and the file say so
+    assert "evaluator.phenotype_heads=all" in md
+    assert json.loads((out / "learned_profiles.json").read_text())["phenotype_heads"] == "all"
+    # the figures read the headline numbers' rows: stages 2-3 and healthy faces, no transformations
+    assert "Real test images, stages 2-3 and healthy (the rows of real_top1): disease confusion" in md
     # the heads whose phenotype no labelled stage-3 test face shows (rare phenotypes in a few test faces) have their
     # hit rate taken as 1, and the report counts them
     from kgface.evaluation.learned_profiles import detector_rates
@@ -319,7 +324,7 @@ def test_evaluate_with_run_refuses_a_real_set_holding_the_evaluators_training_im
                                                                                    tmp_path, session_cache_dir):
     import os
 
-    from kgface.evaluation.evaluator import image_digest
+    from kgface.evaluation.inputs import image_digest
 
     df = read_manifest(tiny_data / "manifest.csv")[0]
     learned = df[df["split"].isin(["train", "val"])]

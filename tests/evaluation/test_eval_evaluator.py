@@ -1,4 +1,4 @@
-"""kgface.evaluation.evaluator on a tiny real phantom panel: training, caching, save/load, scoring, the heads' rows."""
+"""kgface.evaluation.evaluator, .fitting, .inputs on a tiny phantom panel: training, caching, save/load, scoring."""
 import json
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 
 from kgface.data.manifest import read_manifest, stage_known, write_manifest
 from kgface.evaluation import Evaluator, EvaluatorInputError, fit_evaluator, instrument_validity, load_images
-from kgface.evaluation.evaluator import image_caption
+from kgface.evaluation.inputs import image_caption
 from kgface.errors import UserError
 
 
@@ -94,7 +94,8 @@ def test_photos_without_phenotype_labels_teach_the_heads_nothing(tiny_cfg, tiny_
     count as labelled."""
     from omegaconf import OmegaConf
 
-    from kgface.evaluation.evaluator import labelled_phenotypes, presence_matrix, train_evaluator
+    from kgface.evaluation.fitting import train_evaluator
+    from kgface.evaluation.inputs import labelled_phenotypes, presence_matrix
     from kgface.evaluation.probes import PhenotypeHeads, Standardizer
 
     cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
@@ -124,7 +125,7 @@ def test_the_probe_ignores_rows_below_min_stage(tiny_cfg, tiny_data, tiny_profil
     temperature unchanged; with min_stage 0 they move."""
     from omegaconf import OmegaConf
 
-    from kgface.evaluation.evaluator import train_evaluator
+    from kgface.evaluation.fitting import train_evaluator
 
     cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
     df = read_manifest(tiny_data / "manifest.csv")[0]
@@ -163,7 +164,7 @@ def test_pair_presence_reads_one_disease_against_health_alone():
 
 
 def test_blur_images_spreads_a_point_and_keeps_the_image():
-    from kgface.evaluation.evaluator import blur_images
+    from kgface.evaluation.inputs import blur_images
 
     point = torch.zeros(2, 3, 15, 15, dtype=torch.uint8)
     point[:, :, 7, 7] = 255
@@ -182,7 +183,8 @@ def test_probe_blur_adds_blurred_copies_of_each_face_to_every_head(tiny_cfg, tin
     faces' features followed by those of the same faces blurred by s (labels repeated)."""
     from omegaconf import OmegaConf
 
-    from kgface.evaluation.evaluator import blur_images, probe_rows, train_evaluator
+    from kgface.evaluation.fitting import train_evaluator
+    from kgface.evaluation.inputs import blur_images, probe_rows
     from kgface.evaluation.probes import CoralHead, LinearProbe
 
     cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
@@ -205,7 +207,7 @@ def test_probe_blur_adds_blurred_copies_of_each_face_to_every_head(tiny_cfg, tin
                           l2=cfg["probe"]["l2"])
     assert torch.allclose(coral.weight, soft.coral.weight, atol=1e-5)
     # the phenotype heads (every labelled train face here, no atlas): the same presence labels twice
-    from kgface.evaluation.evaluator import labelled_phenotypes, presence_matrix
+    from kgface.evaluation.inputs import labelled_phenotypes, presence_matrix
     from kgface.evaluation.probes import PhenotypeHeads
 
     lab = torch.from_numpy(labelled_phenotypes(train).copy())
@@ -218,27 +220,27 @@ def test_probe_blur_adds_blurred_copies_of_each_face_to_every_head(tiny_cfg, tin
 def test_a_bad_probe_blur_fails_before_the_clip_trains(tiny_cfg, tiny_data, tiny_profiles, monkeypatch):
     from omegaconf import OmegaConf
 
-    from kgface.evaluation import evaluator as evaluator_module
-    from kgface.evaluation.evaluator import blur_sigmas
+    from kgface.evaluation import fitting as fitting_module
+    from kgface.evaluation.inputs import blur_sigmas
 
     assert blur_sigmas({"blur": [0.5, 1]}) == [0.5, 1.0] and blur_sigmas({}) == [] and blur_sigmas(None) == []
 
     def no_training(*args, **kwargs):
         raise AssertionError("the CLIP trained before the setting was checked")
 
-    monkeypatch.setattr(evaluator_module, "train_clip", no_training)
+    monkeypatch.setattr(fitting_module, "train_clip", no_training)
     cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
     df = read_manifest(tiny_data / "manifest.csv")[0]
     for bad, says in ((1.0, "a list of Gaussian sigmas"), ([0.0], "must be > 0"), (["soft"], "must be a number"),
                       ([40.0], "too wide")):
         with pytest.raises(EvaluatorInputError, match=says):
-            evaluator_module.train_evaluator({**cfg, "probe": {**cfg["probe"], "blur": bad}}, df, tiny_profiles,
-                                             progress=False)
+            fitting_module.train_evaluator({**cfg, "probe": {**cfg["probe"], "blur": bad}}, df, tiny_profiles,
+                                           progress=False)
     # evaluator.train.blur_share / blur_sigma (the CLIP's own augmentation) too
     for bad, says in (({"blur_share": 2}, "must be a share"), ({"blur_share": 0.5, "blur_sigma": 9}, "too wide")):
         with pytest.raises(UserError, match=says):
-            evaluator_module.train_evaluator({**cfg, "train": {**cfg["train"], **bad}}, df, tiny_profiles,
-                                             progress=False)
+            fitting_module.train_evaluator({**cfg, "train": {**cfg["train"], **bad}}, df, tiny_profiles,
+                                           progress=False)
 
 
 def test_a_phenotype_atlas_beside_the_manifest_trains_the_clip_and_heads(tiny_cfg, tiny_data, tiny_profiles,
@@ -325,7 +327,7 @@ def test_a_head_setting_refits_the_heads_on_the_cached_clip(tiny_cfg, tiny_data,
     from omegaconf import OmegaConf
 
     from kgface.cache import Cache
-    from kgface.evaluation import evaluator as evaluator_module
+    from kgface.evaluation import fitting as fitting_module
 
     cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
     cache = Cache(tmp_path / "cache")
@@ -336,7 +338,7 @@ def test_a_head_setting_refits_the_heads_on_the_cached_clip(tiny_cfg, tiny_data,
     def no_training(*args, **kwargs):
         raise AssertionError("the CLIP was trained again")
 
-    monkeypatch.setattr(evaluator_module, "train_clip", no_training)
+    monkeypatch.setattr(fitting_module, "train_clip", no_training)
     # probe.blur=[] is the evaluator fitted before the key existed: the same entry
     assert cfg["probe"]["blur"] == []
     fit_evaluator({**cfg, "probe": {k: v for k, v in cfg["probe"].items() if k != "blur"}},
@@ -459,7 +461,8 @@ def test_saving_over_an_evaluator_is_all_or_nothing(tiny_evaluator, tiny_data, t
 def test_a_cache_entry_from_before_the_list_gets_it_from_the_data_its_key_names(tiny_cfg, tiny_data, tiny_profiles,
                                                                                 tmp_path):
     from kgface.cache import Cache
-    from kgface.evaluation.evaluator import TRAINED_ON_FILE, learned_digests
+    from kgface.evaluation.evaluator import TRAINED_ON_FILE
+    from kgface.evaluation.inputs import learned_digests
 
     cache = Cache(tmp_path / "cache")
     ev = fit_evaluator(tiny_cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)

@@ -9,7 +9,7 @@ import torch
 from kgface.config import compose
 from kgface.errors import UserError
 from kgface.evaluation import face_identity as F
-from kgface.evaluation.evaluator import EvaluatorInputError, load_images
+from kgface.evaluation.inputs import EvaluatorInputError, load_images
 
 
 def test_modes_resolve_and_a_bad_value_names_the_key(monkeypatch):

@@ -251,9 +251,36 @@ def test_unit_rows_gives_cosines_and_keeps_a_zero_row_zero():
 
 
 def test_to_uint8_passes_uint8_and_reads_float_as_zero_to_one():
-    from kgface.evaluation.evaluator import to_uint8
+    from kgface.evaluation.inputs import to_uint8
     u = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
     assert to_uint8(u) is u
     f = torch.tensor([[-0.5, 0.0, 0.5, 1.0, 2.0]])
     got = to_uint8(f)
     assert got.dtype == torch.uint8 and got.tolist() == [[0, 0, 128, 255, 255]]
+
+
+def test_identity_cosines_are_the_two_ends_of_a_constructed_set():
+    # two identities, each face its identity's unit vector (cosine 1 within), the identities orthogonal (0 between)
+    e = np.eye(4)
+    feats = np.stack([e[0], 2 * e[0], e[1], 3 * e[1]])  # length does not matter: cosines
+    ends = M.identity_cosines(feats, ["a", "a", "b", "b"])
+    assert ends["same"] == pytest.approx(1.0) and ends["different"] == pytest.approx(0.0)
+    assert M.identity_auroc(feats, ["a", "a", "b", "b"]) == 1.0
+    assert np.isnan(M.identity_cosines(feats, ["a", "b", "c", "d"])["same"])  # no pair of one identity
+
+
+def test_expected_calibration_error_known_answers():
+    # confident and right: 0; confident and wrong: 1
+    right = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert M.expected_calibration_error(right, [0, 1]) == 0.0
+    assert M.expected_calibration_error(right, [1, 0]) == pytest.approx(1.0)
+    # 10 faces at confidence 0.8, 8 of them right: calibrated (0); at 0.9 with 8 right: 0.1 off
+    p = np.tile([0.8, 0.2], (10, 1))
+    labels = [0] * 8 + [1] * 2
+    assert M.expected_calibration_error(p, labels) == pytest.approx(0.0, abs=1e-12)
+    assert M.expected_calibration_error(np.tile([0.9, 0.1], (10, 1)), labels) == pytest.approx(0.1)
+    # two bins, weighted by their share: 5 faces at 0.6 all right (0.4 off), 5 at 0.95 all right (0.05 off)
+    mixed = np.array([[0.6, 0.4]] * 5 + [[0.95, 0.05]] * 5)
+    assert M.expected_calibration_error(mixed, [0] * 10) == pytest.approx(0.5 * 0.4 + 0.5 * 0.05)
+    with pytest.raises(ValueError):
+        M.expected_calibration_error(np.zeros((0, 2)), [])

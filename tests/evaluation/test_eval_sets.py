@@ -84,6 +84,14 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
     audited = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_extra=extra)
     assert audited["memorisation_train_n"] == plain["memorisation_train_n"] + 12
     assert audited["memorisation_rate"] == 1.0 and plain["memorisation_rate"] < 0.5
+    assert plain["memorisation_reference"] == "the real set's train split"
+    assert audited["memorisation_reference"].endswith("+ " + str(extra))
+    # audit_train: the generator's own manifest (kgface.evaluate run=RUN real=ANOTHER) replaces real's train split:
+    # here one whose train rows are these very faces, so every generated image is a copy of a training image
+    trained = write_manifest([{**r, "split": "train"} for r in val.to_dict("records")], tmp_path / "trained.csv")
+    own = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_train=trained)
+    assert own["memorisation_train_n"] == 12 and own["memorisation_rate"] == 1.0
+    assert own["memorisation_reference"] == f"the train split of {trained}" and own["memorisation_quantile"] == 0.99
 
 
 def test_expected_sets_follow_the_drawn_phenotypes_then_the_labels_then_the_template(tiny_profiles):

@@ -57,8 +57,16 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     every = tiny_evaluator.score(load_images(list(test["abspath"])))
     assert v["real_macro_f1_all"] == pytest.approx(M.macro_f1(list(test["disease"]), list(every["pred_disease"])))
     # one person at four stages: same-identity pairs exist, so the identity AUROC is a number, the features' own
-    assert v["identity_auroc"] == pytest.approx(M.identity_auroc(tiny_evaluator.features(
-        load_images(list(test["abspath"]))), list(test["identity"])))
+    test_feats = tiny_evaluator.features(load_images(list(test["abspath"])))
+    assert v["identity_auroc"] == pytest.approx(M.identity_auroc(test_feats, list(test["identity"])))
+    ends = M.identity_cosines(test_feats, list(test["identity"]))  # the scale transform.identity_similarity lies on
+    assert (v["identity_same_cosine"], v["identity_different_cosine"]) == pytest.approx((ends["same"],
+                                                                                          ends["different"]))
+    # calibration: the ECE of the probe's probabilities on the headline rows, and the temperature val fitted
+    probs = scored[[f"p_{c}" for c in tiny_evaluator.classes]].to_numpy()
+    assert v["real_ece"] == pytest.approx(M.expected_calibration_error(
+        probs, [tiny_evaluator.classes.index(d) for d in lab]))
+    assert v["calibration_temperature"] == tiny_evaluator.info["temperature"] > 0
     assert v["oracle_top1"] > 0.8  # the phenotype vectors separate the panel at stages 2-3
     assert v["phenotype_auroc"] and set(v["phenotype_auroc"]) <= set(tiny_evaluator.phenotypes)
     assert all(0 <= a <= 1 for a in v["phenotype_auroc"].values())
@@ -70,7 +78,7 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     # no held-out diseases named: no split
     assert not any(k.endswith(("_seen", "_heldout", "_seen_disease")) for k in v)
     # robustness: the headline faces blurred by real_blur_sigma px, read by the same heads
-    from kgface.evaluation.evaluator import blur_images
+    from kgface.evaluation.inputs import blur_images
 
     soft = tiny_evaluator.score(blur_images(load_images(list(head["abspath"])), v["real_blur_sigma"]))
     assert v["real_blur_sigma"] == 1.0

@@ -30,7 +30,7 @@ def test_learned_replaces_and_blend_mixes_and_missing_values_keep_the_kg():
     assert with_frequencies([p], learned, "kg")[0] is p
 
 
-def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path):
+def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path, caplog):
     from kgface.config import compose
     from kgface.errors import UserError
     from kgface.runtime import profile_source
@@ -41,6 +41,12 @@ def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path
     cfg = compose("train", ["profile.source=learned", f"profile.learned={path}"])
     assert profile_source(cfg, [_profile()])[0].phenotypes[0].hpo_id == "HP:0000003"  # 0.9: now the most frequent
     assert profile_source(cfg, [_profile()])[0].phenotypes[0].frequency == 0.9
+    assert "phenotype_heads" not in caplog.text
+    # learned by heads that also saw diseased faces: used, with a warning that it can echo the KG
+    path.write_text(json.dumps({"phenotype_heads": "all", "diseases": {"D:1": {"name": "d", "phenotypes": [
+        {"hpo_id": "HP:0000003", "learned_frequency": 0.9}]}}}))
+    assert profile_source(cfg, [_profile()])[0].phenotypes[0].frequency == 0.9
+    assert "evaluator.phenotype_heads=all" in caplog.text
     for overrides, words in ((["profile.source=learned"], "profile.learned=PATH"),
                              (["profile.source=learned", f"profile.learned={tmp_path / 'nope.json'}"], "not found"),
                              (["profile.source=sometimes"], "profile.source=sometimes")):

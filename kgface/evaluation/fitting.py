@@ -1,0 +1,304 @@
+"""Fitting the evaluator: the tiny CLIP (or a pretrained one's features) and the heads, trained and cached.
+
+`fit_evaluator(cfg, manifest_path, profiles, cache)` trains (or loads from the cache) an evaluator on the `train`
+split of a real manifest (phantom or user photos, every disease including the generator's held-out ones; never
+generated images) and calibrates it on `val`. The disease probe learns from healthy faces and stages >=
+`probe.min_stage` only (stage 0 looks healthy by construction). The tiny CLIP is also cached on its own
+(`evaluator-clip`), so a head setting refits the heads without retraining it.
+
+A dataset folder may also hold `phenotype_atlas.csv` (same columns; written by `data=phantom` with `data.atlas.faces`
+> 0): faces labelled with phenotypes only, no disease. When present, the tiny CLIP and the phenotype heads also train
+on them (never the disease probe or the stage head), so a phenotype head sees its phenotype without its disease.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..cache import Cache, stable_hash, write_json_atomic
+from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
+from ..kg import FacialProfile
+from ..prompts import healthy_prompts, phenotype_caption, zero_shot_prompts
+from .clip_model import ImageEncoder, build_clip, encode_texts, registered_config_name, train_blur, train_clip
+from .evaluator import Evaluator, weights_sha256
+from .inputs import (HEALTHY, EvaluatorInputError, blur_images, blur_sigmas, check_real, drawn_phenotypes,
+                     image_caption, labelled_phenotypes, learned_digests, load_images, manifest_hash, min_stage_of,
+                     presence_matrix, probe_rows)
+from .probes import CoralHead, LinearProbe, PhenotypeHeads, Standardizer
+from .towers import vision_tower
+
+log = logging.getLogger(__name__)
+
+
+def _plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def _profile_map(profiles, diseases: Sequence[str]) -> dict[str, FacialProfile]:
+    by_id = {p.disease_id: p for p in (profiles.values() if isinstance(profiles, dict) else profiles)}
+    missing = sorted(set(diseases) - set(by_id))
+    if missing:
+        raise EvaluatorInputError(f"no KG profile for {', '.join(missing[:5])}: add them to the panel "
+                                  "(kg.panel / data.diseases) or drop their rows")
+    return by_id
+
+
+def _phenotype_map(profiles) -> dict:
+    """HPO id -> the profiles' Phenotype (its visual wording names the phenotype in atlas captions)."""
+    out = {}
+    for prof in (profiles.values() if isinstance(profiles, dict) else profiles):
+        for ph in prof.phenotypes:
+            out.setdefault(ph.hpo_id, ph)
+    return out
+
+
+def zero_shot_text(model, tokenizer, profiles: dict[str, FacialProfile], classes: list[str]) -> torch.Tensor:
+    """[C, D] normalised mean text embedding of each class's zero-shot prompt ensemble."""
+    rows = []
+    for c in classes:
+        prompts = healthy_prompts() if c == HEALTHY else zero_shot_prompts(profiles[c])
+        rows.append(torch.nn.functional.normalize(encode_texts(model, tokenizer, prompts).mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
+                    atlas: pd.DataFrame | None = None, clip: tuple[dict, dict] | None = None,
+                    pretrained_sha256: str | None = None, model_config: str | None = None) -> Evaluator:
+    """Train an evaluator on df's `train` split (calibrated on `val`); no caching (see fit_evaluator). `atlas`:
+    phenotype-only faces for the CLIP and the phenotype heads (see the module docstring). `clip`: (state dict,
+    training log) of a tiny CLIP already trained on this data with this config: only the heads are fitted.
+    `pretrained_sha256`, `model_config`: the evaluator.pretrained file's digest and the name register_config_file
+    gave evaluator.model, when the caller has them (fit_evaluator's cache key): their files are read once."""
+    c = _plain(cfg)
+    train = df[df["split"] == "train"].reset_index(drop=True)
+    val = df[df["split"] == "val"].reset_index(drop=True)
+    if len(train) == 0:
+        raise EvaluatorInputError("the manifest has no 'train' rows to fit the evaluator on")
+    heads_on = str(c.get("phenotype_heads", "all"))
+    if heads_on not in ("all", "atlas"):
+        raise EvaluatorInputError(f"evaluator.phenotype_heads={heads_on!r}: use 'all' or 'atlas'")
+    if heads_on == "atlas" and (atlas is None or not len(atlas)):
+        raise EvaluatorInputError(f"evaluator.phenotype_heads=atlas needs {ATLAS_FILE} beside the manifest "
+                                  "(data.atlas.faces > 0 on data=phantom); or set evaluator.phenotype_heads=all")
+    classes = sorted(train["disease"].unique(), key=lambda d: (d == HEALTHY, d))
+    if len(classes) < 2:
+        raise EvaluatorInputError(f"the evaluator needs at least 2 classes in the train split, got {classes}")
+    p = c.get("probe") or {}
+    sigmas = blur_sigmas(p)  # a bad setting fails here, before the CLIP trains
+    if c["name"] == "tiny_clip" and clip is None:
+        train_blur(c.get("train"), int(c["image_size"]))
+    unseen = sorted(set(classes) - set(train["disease"][probe_rows(train, p)]))
+    if unseen:
+        raise EvaluatorInputError(f"no train image of {', '.join(unseen[:5])} at stage >= evaluator.probe.min_stage="
+                                  f"{min_stage_of(p)}: lower it or add images of later stages")
+    if len(val):
+        val = val[val["disease"].isin(classes)].reset_index(drop=True)
+    by_id = _profile_map(profiles, classes)
+    start = time.time()
+    torch.manual_seed(int(c.get("seed", 0)))
+    model_config = registered_config_name(c, model_config)
+    model, tokenizer, image_size = build_clip(c, registered=model_config)
+    images = load_images(list(train["abspath"]))
+    blur_sigmas(p, images.shape[-2:])  # ... and one too wide for these images
+    atlas = atlas.reset_index(drop=True) if atlas is not None and len(atlas) else None
+    atlas_images = load_images(list(atlas["abspath"]), size=images.shape[-2:]) if atlas is not None else None
+    info = {"train_images": len(train), "val_images": len(val), "manifest_rows": len(df),
+            "atlas_images": 0 if atlas is None else len(atlas)}
+    if c["name"] != "tiny_clip":  # the model is re-read from this file on load: it must be the same file
+        info["pretrained_sha256"] = pretrained_sha256 or weights_sha256(Path(str(c["pretrained"])).expanduser())
+        if model_config:  # ... and built from this config file: it must say the same
+            info["model_config"] = model_config
+    # phenotypes: those drawn in the train split or the atlas (the atlas draws only the panel's phenotypes)
+    pheno_rows = list(train["phenotypes"]) + ([] if atlas is None else list(atlas["phenotypes"]))
+    labelled_rows = np.concatenate([labelled_phenotypes(train), np.ones(0 if atlas is None else len(atlas), bool)])
+    info["unlabelled_phenotype_rows"] = int((~labelled_rows).sum())
+    vocab = drawn_phenotypes(pheno_rows)
+    if c["name"] == "tiny_clip":
+        known = stage_known(train)
+        captions = [image_caption(by_id[r.disease], r.stage if k else None, r.phenotypes)
+                    for r, k in zip(train.itertuples(), known)]
+        labels = list(train["disease"])
+        stages = np.where(known, train["stage"].to_numpy(dtype=float), np.nan)  # NaN: no stage target
+        clip_images = images
+        if atlas is not None:
+            named = _phenotype_map(profiles)
+            unknown = sorted({h for ph in atlas["phenotypes"] for h in ph if h not in named})
+            if unknown:  # its caption would drop them (a face with none left would read as healthy)
+                raise EvaluatorInputError(f"{ATLAS_FILE}: {', '.join(unknown[:5])} in no profile of the panel; "
+                                          "add their diseases to kg.panel or drop the rows")
+            captions += [phenotype_caption([named[h] for h, v in sorted(ph.items()) if float(v) > 0])
+                         for ph in atlas["phenotypes"]]
+            labels += [None] * len(atlas)      # no disease: left out of the disease and stage heads
+            stages = np.concatenate([stages, np.full(len(atlas), np.nan)])
+            clip_images = torch.cat([images, atlas_images])
+        if clip is not None:
+            model.load_state_dict(clip[0])
+            model.eval()
+            info["clip"] = dict(clip[1])
+        else:
+            presence = presence_matrix(pheno_rows, vocab)
+            presence[~labelled_rows] = np.nan  # not labelled: out of the presence loss
+            info["clip"] = train_clip(model, tokenizer, clip_images, captions, c, progress=progress, labels=labels,
+                                      presence=presence, stages=stages)
+    encoder = ImageEncoder(model, image_size)
+    f_train = encoder(images).numpy()
+    scale = Standardizer.fit(f_train)
+    # probe.blur (Gaussian sigmas, px): every head also learns from a blurred copy of each face it learns from, so
+    # softness is not read as a disease (heads fitted on sharp faces alone read soft healthy faces as pallor or
+    # macules: docs/evaluation.md)
+    info["blur_sigmas"] = sigmas
+
+    def features(imgs: torch.Tensor, feats: np.ndarray | None = None) -> list[torch.Tensor]:
+        """Standardised features of the faces, then of each blurred copy."""
+        return [scale(encoder(imgs).numpy() if feats is None else feats)] + \
+            [scale(encoder(blur_images(imgs, v)).numpy()) for v in sigmas]
+
+    def rows(feats: list[torch.Tensor], mask: np.ndarray) -> torch.Tensor:
+        m = torch.from_numpy(np.asarray(mask, bool).copy())
+        return torch.cat([f[m] for f in feats])
+
+    xs = features(images, f_train)
+    copies = len(xs)
+    index = {d: i for i, d in enumerate(classes)}
+    # the disease probe learns from faces that can show their disease: below probe.min_stage a label contradicts the
+    # look (stage 0 is healthy-looking by construction), and such faces teach the probe to call healthy faces sick
+    shows = probe_rows(train, p).to_numpy()
+    probe = LinearProbe.fit(rows(xs, shows), [index[d] for d in train["disease"][shows]] * copies,
+                            len(classes), l2=float(p.get("l2", 1e-2)))
+    info["probe_images"] = int(shows.sum())
+    known = stage_known(train)  # the stage head learns only observed stages
+    if not known.any():
+        raise EvaluatorInputError("no train image has a known stage (stage_known=False on every row): the stage "
+                                  "head has nothing to learn; grade some photos (data.stages=...) or use a graded set")
+    coral = CoralHead.fit(rows(xs, known), np.tile(train["stage"].to_numpy()[known], copies),
+                          l2=float(p.get("l2", 1e-2)))
+    info["stage_images"] = int(known.sum())
+    known_stages = sorted({int(s) for s in train["stage"].to_numpy()[known]})
+    if len(known_stages) < 2:  # e.g. data=disease_faces without data.stages: only healthy rows have a known stage
+        info["stage_head"] = (f"fitted on one known stage ({known_stages[0]}): it cannot read severity; every stage "
+                              "number of this evaluator is meaningless (grade some photos with data.stages)")
+        log.warning("evaluator: %s", info["stage_head"])
+    if atlas is not None:
+        xs_atlas = features(atlas_images)
+        if heads_on == "atlas":  # the heads never see a disease image: they cannot read a disease for a phenotype
+            xs, pheno_rows = xs_atlas, list(atlas["phenotypes"])
+            labelled_rows = np.ones(len(atlas), bool)
+            vocab = drawn_phenotypes(pheno_rows)
+        else:
+            xs = [torch.cat([a, b]) for a, b in zip(xs, xs_atlas)]
+    # photos without phenotype labels teach the heads nothing
+    x, pheno_rows = rows(xs, labelled_rows), [ph for ph, k in zip(pheno_rows, labelled_rows) if k] * copies
+    y = presence_matrix(pheno_rows, vocab)
+    heads = PhenotypeHeads.fit(x, y, l2=float(p.get("l2", 1e-2))) if vocab else PhenotypeHeads(
+        torch.zeros(0, x.shape[1]), torch.zeros(0))
+    val = val[probe_rows(val, p).to_numpy()].reset_index(drop=True) if len(val) else val
+    if len(val):  # calibrated on val faces of the kind it learned from
+        f_val = encoder(load_images(list(val["abspath"]), size=images.shape[-2:])).numpy()
+        info["temperature"] = probe.calibrate(scale(f_val), [index[d] for d in val["disease"]])
+    else:  # its probabilities are the raw softmax: say so rather than pass them off as calibrated
+        log.warning("evaluator: no 'val' rows of its classes (healthy or stage >= probe.min_stage): the disease "
+                    "probe is not calibrated (give the manifest a val split)")
+    info["fit_seconds"] = round(time.time() - start, 1)
+    zs = zero_shot_text(model, tokenizer, by_id, classes)
+    return Evaluator(cfg=c, model=model, tokenizer=tokenizer, image_size=image_size, classes=classes,
+                     phenotypes=vocab, names={d: by_id[d].name for d in classes}, scale=scale, probe=probe,
+                     coral=coral, heads=heads, zs_text=zs, info=info,
+                     trained_on=learned_digests(df, atlas))
+
+
+EVALUATOR_VERSION = 2  # bump when the heads or the scoring change, so cached evaluators rebuild
+CLIP_VERSION = 1  # bump when the tiny CLIP's training or its captions change: both cache entries rebuild
+CLIP_KEYS = ("name", "image_size", "embed_dim", "vision", "text", "train", "seed")  # the config that shapes the CLIP
+
+
+def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cache: Cache | None = None,
+                  progress: bool = True) -> Evaluator:
+    """The evaluator for this config and this manifest: loaded from the cache, else trained and cached.
+
+    The cache key covers the evaluator config, the manifest file's content hash and the profiles (captions and
+    zero-shot prompts come from them).
+    """
+    c = _plain(cfg_evaluator)
+    df = read_manifest(manifest_path)[0]
+    check_real(df, str(manifest_path))
+    atlas_path = Path(manifest_path).parent / ATLAS_FILE
+    atlas = read_manifest(atlas_path)[0] if atlas_path.is_file() else None
+    if atlas is not None and (atlas["split"] != "train").any():  # atlas faces only ever train the instrument
+        raise EvaluatorInputError(f"{atlas_path}: every row must have split 'train' (the atlas only trains the "
+                                  "evaluator); move val/test faces to manifest.csv or drop them")
+    if cache is None:
+        return train_evaluator(c, df, profiles, progress=progress, atlas=atlas)
+    plist = list(profiles.values()) if isinstance(profiles, dict) else list(profiles)
+    used = sorted(set(df["disease"]))
+    if atlas is not None:  # atlas captions may name a phenotype through any profile of the panel
+        used = sorted({p.disease_id for p in plist})
+    from ..data.fingerprint import images_digest
+
+    keyed = c
+    if not (c.get("probe") or {}).get("blur", True):  # probe.blur=[] fits what evaluators fitted before it existed
+        keyed = {**c, "probe": {k: v for k, v in c["probe"].items() if k != "blur"}}
+    if isinstance(c.get("train"), dict) and not c["train"].get("blur_share", True):  # ... as train.blur_share=0
+        keyed = {**keyed, "train": {k: v for k, v in c["train"].items() if k not in ("blur_share", "blur_sigma")}}
+    if isinstance(c.get("vision"), dict):  # tower open_clip keys as before the key; the CNN reads width alone
+        unused = ("tower",) if vision_tower(c) == "open_clip" else ("layers", "patch_size", "head_width")
+        keyed = {**keyed, "vision": {k: v for k, v in c["vision"].items() if k not in unused}}
+    # the manifest's bytes name the images; their own bytes say what they are (a re-render keeps the manifest)
+    spec = {"version": EVALUATOR_VERSION, "evaluator": keyed, "manifest_sha256": manifest_hash(manifest_path),
+            "images": images_digest(manifest_path, df["abspath"]),
+            "profiles": stable_hash([p.to_dict() for p in plist if p.disease_id in used])}
+    if c["name"] != "tiny_clip" and c.get("pretrained"):  # new weights under the same path must refit the heads
+        spec["pretrained_sha256"] = weights_sha256(Path(str(c["pretrained"])).expanduser())
+    model_config = registered_config_name(c)
+    if model_config:  # an edited config file is another model
+        spec["model_config"] = model_config
+    train_rows = df[df["split"] == "train"]
+    unlabelled = int((~labelled_phenotypes(train_rows)).sum())
+    if unlabelled and (atlas is not None or any(map(bool, train_rows["phenotypes"]))):
+        # left out of the phenotype terms since 2026-12-02 (earlier entries trained on them as negatives); without
+        # any phenotype label there are no heads and no presence term, and nothing changed
+        spec["unlabelled_phenotype_rows"] = unlabelled
+    if atlas is not None:
+        spec["atlas_sha256"] = manifest_hash(atlas_path)
+        spec["atlas_images"] = images_digest(atlas_path, atlas["abspath"])
+    entry = cache.entry("evaluator", {**spec, "version": [EVALUATOR_VERSION, CLIP_VERSION]})
+    if entry.exists():
+        log.info("evaluator from the cache: %s", entry.path)
+        ev = Evaluator.load(entry.path, pretrained_sha256=spec.get("pretrained_sha256"),
+                            model_config=spec.get("model_config"))
+        if ev.trained_on is None:  # an entry cached before the list was kept: the key says it is this data
+            ev.trained_on = learned_digests(df, atlas)
+        return ev
+    # the tiny CLIP (minutes to an hour) has its own entry, keyed by what shapes it, so changing a head setting
+    # (probe, phenotype_heads, threshold) refits the heads in seconds on the cached CLIP
+    clip_entry, clip = None, None
+    if c["name"] == "tiny_clip":
+        clip_entry = cache.entry("evaluator-clip", {**spec, "version": CLIP_VERSION,
+                                                    "evaluator": {k: keyed.get(k) for k in CLIP_KEYS}})
+        if clip_entry.exists():
+            from safetensors.torch import load_file
+
+            log.info("evaluator CLIP from the cache: %s", clip_entry.path)
+            clip = (load_file(str(clip_entry.path / "clip.safetensors")),
+                    json.loads((clip_entry.path / "clip.json").read_text(encoding="utf-8")))
+    ev = train_evaluator(c, df, profiles, progress=progress, atlas=atlas, clip=clip,
+                         pretrained_sha256=spec.get("pretrained_sha256"),  # the key's digests: one read of the files
+                         model_config=spec.get("model_config"))
+    if clip_entry is not None and clip is None:
+        from safetensors.torch import save_file
+
+        with clip_entry.build() as tmp:
+            save_file({k: v.contiguous() for k, v in ev.model.state_dict().items()}, str(tmp / "clip.safetensors"))
+            write_json_atomic(tmp / "clip.json", ev.info["clip"])
+    with entry.build() as tmp:
+        ev.save(tmp)
+    ev.info["cache_entry"] = str(entry.path)
+    return ev
