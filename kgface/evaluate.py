@@ -43,9 +43,11 @@ def trained_manifest(run_dir) -> Path | None:
 
     data = run_file(Path(str(run_dir)).expanduser(), "data.json")
     try:
-        return Path(json.loads(data.read_text(encoding="utf-8"))["manifest"]) if data else None
+        path = Path(json.loads(data.read_text(encoding="utf-8"))["manifest"]) if data else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    # written relative to where the train job ran (before 2026-12-05): read from the run's folder if not from here
+    return data.parent / path if path is not None and not path.is_absolute() and not path.is_file() else path
 
 
 def trained_atlas(run_dir) -> Path | None:

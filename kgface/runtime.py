@@ -93,13 +93,16 @@ def profile_source(cfg: DictConfig, profiles: list) -> list:
                         "to write learned_profiles.json)") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"profile.learned={path}: not a kgface learned_profiles.json ({exc!r})") from None
-    if data.get("phenotype_heads") == "all":  # see learn_and_write's note
+    heads = data.get("phenotype_heads")
+    if heads != "atlas":  # see learn_and_write's note
         import logging
 
+        which = ("phenotype heads that also saw diseased faces (evaluator.phenotype_heads=all)" if heads == "all" else
+                 "phenotype heads it does not name (a file written before 2026-12-05; the default heads also saw "
+                 "diseased faces)")
         logging.getLogger(__name__).warning(
-            "profile.learned=%s was learned by phenotype heads that also saw diseased faces "
-            "(evaluator.phenotype_heads=all): its frequencies can echo the KG's; heads fitted on a phenotype atlas "
-            "(evaluator.phenotype_heads=atlas) follow the faces", path)
+            "profile.learned=%s was learned by %s: its frequencies can echo the KG's; heads fitted on a phenotype "
+            "atlas (evaluator.phenotype_heads=atlas) follow the faces", path, which)
     known = {q.disease_id for q in profiles}
     if not set(table) & known:
         raise UserError(f"profile.learned={path}: none of its diseases ({', '.join(sorted(table)[:5])}) is in the "

@@ -86,7 +86,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     heldout = {str(h) for h in cfg.data.get("heldout") or []}
     # prompts_read_descriptions: this run's text prompts were trained on descriptions.json (runs before 2026-12-01
     # wrote the file but trained on the template's sentences; generation must then use the template too)
-    write_json_atomic(out_dir / "data.json", {"manifest": str(manifest), "heldout": sorted(heldout),
+    write_json_atomic(out_dir / "data.json", {"manifest": str(Path(manifest).resolve()), "heldout": sorted(heldout),
                                               "prompts_read_descriptions": True})
     lap("data_s")
 

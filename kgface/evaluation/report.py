@@ -186,7 +186,7 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and k not in ("phenotype_auroc", "vae_ceiling_phenotype_auroc",
-                                             "phenotype_auroc_isolated", "frequency_mae_per_disease", "frequency_mae_n",
+                                             "phenotype_auroc_isolated", "frequency_mae_per_disease",
                                              "phenotype_match", "real_phenotype_match"):  # per phenotype: plotted
             out += _flat(v, key + ".")
         elif not isinstance(v, (dict, list)):

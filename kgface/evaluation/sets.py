@@ -171,8 +171,9 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
     (metrics, {"real": ScoredSet, "generated": ScoredSet, "real_train": ScoredSet}) with return_scored.
     audit_extra: a manifest (path or DataFrame) of further images the generator trained on (the phenotype atlas
     under trainer.atlas_share), added to the memorisation audit's training set. audit_train: the manifest the
-    generator trained on (path or DataFrame; its train rows are the audit's training set), when it is not real_df
-    (kgface.evaluate run=RUN real=ANOTHER); default real_df's train split.
+    generator trained on (path or DataFrame; its train rows are the audit's training set and its test rows, if any,
+    set the near-duplicate threshold), when it is not real_df (kgface.evaluate run=RUN real=ANOTHER); default
+    real_df's train and test splits.
     face_identity: a second identity instrument (`load_face_identity`, dlib) for real pairs and transformations;
     identity_pairs=False: for transformations only (the train job's later conditionings drop the real set's numbers).
     """
@@ -326,10 +327,20 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                                                     f"({evaluator.encoder.num_features}-d); not InceptionV3 (its "
                                                     "weights cannot be downloaded here)"}
             source = real if audit_train is None else as_frame(audit_train)
+            if "split" not in source:
+                raise EvaluatorInputError(f"{_manifest_name(audit_train)}: no 'split' column; the memorisation "
+                                          "audit searches the generator's train split: give a manifest with one")
             train = source[source["split"] == "train"]
+            # fresh faces of the data the generator learned from set the near-duplicate cosine: with real= another
+            # kind of data, its test faces would sit far from that training set and call everything a copy
+            holdout, holdout_from = s_real.features, "the real set's test split"
+            if audit_train is not None and (source["split"] == "test").any():
+                holdout = evaluator.score_set(source[source["split"] == "test"]).features
+                holdout_from = f"the test split of {_manifest_name(audit_train)}"
             metrics["memorisation_reference"] = ("the real set's train split" if audit_train is None else
                                                  f"the train split of {_manifest_name(audit_train)}") + \
-                ("" if audit_extra is None else f" + {_manifest_name(audit_extra)}")
+                ("" if audit_extra is None else f" + {_manifest_name(audit_extra)}") + \
+                f"; threshold from {holdout_from}"
             if audit_extra is not None:  # a copy of any image the generator saw counts as memorised
                 train = pd.concat([train, as_frame(audit_extra)], ignore_index=True)
             train = train.reset_index(drop=True)
@@ -337,7 +348,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             if len(train):
                 s_train = evaluator.score_set(train)
                 scored["real_train"] = s_train
-                audit = M.memorisation_audit(s_gen.features, s_train.features, s_real.features)
+                audit = M.memorisation_audit(s_gen.features, s_train.features, holdout)
                 metrics["memorisation_rate"] = audit["memorisation_rate"]
                 metrics["memorisation_threshold"] = audit["threshold"]
                 metrics["memorisation_quantile"] = audit["quantile"]

@@ -399,6 +399,17 @@ def test_evaluate_with_run_reads_the_runs_heldout_diseases(tiny_evaluator, tiny_
                 & real["stage"].astype(int).isin([2, 3])).sum())
     assert held > 0 and m["tstr_n_real_seen"] == m["tstr_n_real"] - held
     assert m["generation"]["heldout_top1"] is not None
+    # real= is another manifest than the run's: the memorisation audit searches what the generator learned from
+    assert m["memorisation_reference"] == (f"the train split of {tiny_data / 'manifest.csv'}; threshold from the "
+                                           f"test split of {tiny_data / 'manifest.csv'}")
+    assert m["memorisation_train_n"] == int((real["split"] == "train").sum())
+    # ... and, that manifest gone, says the real set's train split stands in
+    (run_dir / "data.json").write_text(json.dumps({"manifest": str(tmp_path / "gone" / "manifest.csv"),
+                                                   "heldout": ["ORPHA:963"]}))
+    m = evaluate_run(cfg, tmp_path / "out2")
+    assert m["memorisation_reference"] == "the real set's train split; threshold from the real set's test split"
+    assert "training manifest " + str(tmp_path / "gone" / "manifest.csv") + " is gone" in \
+        (tmp_path / "out2" / "report.md").read_text()
     # a baselines run keeps each conditioning's train section under baselines.<mode>
     from kgface.data.manifest import ATLAS_FILE
 

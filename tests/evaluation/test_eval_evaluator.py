@@ -144,6 +144,24 @@ def test_the_probe_ignores_rows_below_min_stage(tiny_cfg, tiny_data, tiny_profil
     assert not torch.equal(a.probe.weight, b.probe.weight)
 
 
+def test_without_val_rows_the_probe_is_left_uncalibrated_and_says_so(tiny_cfg, tiny_data, tiny_profiles,
+                                                                     tiny_evaluator, caplog):
+    """No val rows the probe could learn from: no temperature (the raw softmax), a warning, and the validity keys
+    read calibration_temperature None while real_ece is still measured."""
+    from omegaconf import OmegaConf
+
+    from kgface.evaluation.fitting import train_evaluator
+
+    cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    clip = ({k: v.clone() for k, v in tiny_evaluator.model.state_dict().items()}, tiny_evaluator.info["clip"])
+    ev = train_evaluator(cfg, df[df["split"] != "val"], tiny_profiles, progress=False, clip=clip)
+    assert "temperature" not in ev.info and ev.probe.temperature == 1.0
+    assert "not calibrated" in caplog.text
+    v = instrument_validity(ev, df)
+    assert v["calibration_temperature"] is None and 0 <= v["real_ece"] <= 1
+
+
 def test_pair_presence_reads_one_disease_against_health_alone():
     from kgface.evaluation.evaluator import pair_presence
 

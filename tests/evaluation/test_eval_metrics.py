@@ -282,5 +282,8 @@ def test_expected_calibration_error_known_answers():
     # two bins, weighted by their share: 5 faces at 0.6 all right (0.4 off), 5 at 0.95 all right (0.05 off)
     mixed = np.array([[0.6, 0.4]] * 5 + [[0.95, 0.05]] * 5)
     assert M.expected_calibration_error(mixed, [0] * 10) == pytest.approx(0.5 * 0.4 + 0.5 * 0.05)
+    # bins are (lower, upper]: with 5 bins a confidence of exactly 0.6 falls in (0.4, 0.6], apart from 0.61
+    edge = np.array([[0.6, 0.4], [0.61, 0.39]])
+    assert M.expected_calibration_error(edge, [0, 1], bins=5) == pytest.approx(0.5 * 0.4 + 0.5 * 0.61)
     with pytest.raises(ValueError):
         M.expected_calibration_error(np.zeros((0, 2)), [])

@@ -52,6 +52,51 @@ def test_the_real_stage_scatter_leaves_out_ungraded_photos(tiny_evaluator, tiny_
     assert len(t) == len(test) - len(test[::2]) and set(t["stage_known"]) == {"True"}
 
 
+def test_confusions_and_grids_read_the_headline_rows(tiny_evaluator, tiny_data, tiny_profiles, tmp_path,
+                                                    monkeypatch):
+    """The confusion matrices and best/worst grids read the rows of the top-1 keys (real: stages 2-3 and healthy;
+    generated: such requests, no transformation), the generated stage scatter those of stage_spearman (diseased
+    requests, no transformation); a subset keeps each row's features and image with it."""
+    from kgface.evaluation import report
+
+    gen = generated_manifest(tiny_data, tmp_path)  # test faces as requests + one transformation
+    m, scored = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, return_scored=True)
+    plotted, ranked = {}, {}
+
+    def confusion(table, classes, names, path, **kw):
+        plotted[path.name] = table
+        return path
+
+    def scatter(table, path, **kw):
+        plotted[path.name] = table
+        return path
+
+    def grids(scored_set, label, classes, names, out_dir, prefix, k=8):
+        ranked[prefix] = scored_set
+        return []
+
+    monkeypatch.setattr(report, "plot_confusion", confusion)
+    monkeypatch.setattr(report, "plot_stage_scatter", scatter)
+    monkeypatch.setattr(report, "best_worst", grids)
+    report.write_report(tmp_path / "out", m, scored, tiny_evaluator, tiny_profiles)
+    real = plotted["confusion_real.png"]
+    assert len(real) == m["evaluator"]["n_seen"] + m["evaluator"]["n_heldout"]  # real_top1's rows
+    assert set(real["stage"][real["disease"] != "healthy"]) == {2, 3}
+    g = scored["generated"].table
+    shown = plotted["confusion_generated.png"]
+    assert len(shown) == m["generation"]["seen_n"] + m["generation"]["heldout_n"]
+    assert "transform" in set(g["mode"]) and "transform" not in set(shown["mode"])
+    assert set(plotted["stage_generated.png"]["mode"]) == {"sample"}
+    assert (plotted["stage_generated.png"]["requested_disease"] != "healthy").all()
+    # the grids' subset: table, features and images of the same rows, in order
+    sub = ranked["generated"]
+    keep = report.generated_headline(g)
+    assert list(sub.table["path"]) == list(g["path"][keep])
+    assert np.array_equal(sub.features, scored["generated"].features[keep])
+    assert np.array_equal(sub.images.numpy(), scored["generated"].images.numpy()[keep])
+    assert len(ranked["real"].table) == len(real)
+
+
 def test_extra_figures_follow_the_reports_own_and_must_lie_beside_it(tmp_path):
     from PIL import Image
 

@@ -84,14 +84,26 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
     audited = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_extra=extra)
     assert audited["memorisation_train_n"] == plain["memorisation_train_n"] + 12
     assert audited["memorisation_rate"] == 1.0 and plain["memorisation_rate"] < 0.5
-    assert plain["memorisation_reference"] == "the real set's train split"
-    assert audited["memorisation_reference"].endswith("+ " + str(extra))
+    assert plain["memorisation_reference"] == "the real set's train split; threshold from the real set's test split"
+    assert audited["memorisation_reference"].startswith(f"the real set's train split + {extra};")
     # audit_train: the generator's own manifest (kgface.evaluate run=RUN real=ANOTHER) replaces real's train split:
     # here one whose train rows are these very faces, so every generated image is a copy of a training image
     trained = write_manifest([{**r, "split": "train"} for r in val.to_dict("records")], tmp_path / "trained.csv")
     own = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_train=trained)
     assert own["memorisation_train_n"] == 12 and own["memorisation_rate"] == 1.0
-    assert own["memorisation_reference"] == f"the train split of {trained}" and own["memorisation_quantile"] == 0.99
+    # ... that manifest has no test rows: the real set's fresh faces set the threshold
+    assert own["memorisation_reference"] == f"the train split of {trained}; threshold from the real set's test split"
+    assert own["memorisation_quantile"] == 0.99 and own["memorisation_holdout_n"] == plain["memorisation_holdout_n"]
+    # with test rows, those set it (here the val faces of half the identities; the other half its train rows)
+    people = sorted(set(val["identity"]))
+    learned = set(people[: len(people) // 2])
+    split = write_manifest([{**r, "split": "train" if r["identity"] in learned else "test"}
+                            for r in val.to_dict("records")], tmp_path / "trained_split.csv")
+    mixed = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_train=split)
+    assert mixed["memorisation_reference"].endswith(f"threshold from the test split of {split}")
+    n_train = int(val["identity"].isin(learned).sum())
+    assert 0 < n_train < 12 and mixed["memorisation_train_n"] == n_train
+    assert mixed["memorisation_holdout_n"] + mixed["memorisation_holdout_duplicates"] == 12 - n_train
 
 
 def test_expected_sets_follow_the_drawn_phenotypes_then_the_labels_then_the_template(tiny_profiles):

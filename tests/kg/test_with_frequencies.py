@@ -36,17 +36,21 @@ def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path
     from kgface.runtime import profile_source
 
     path = tmp_path / "learned_profiles.json"
-    path.write_text(json.dumps({"schema": "kgface.learned_profiles/1", "diseases": {"D:1": {"name": "d", "phenotypes": [
-        {"hpo_id": "HP:0000003", "learned_frequency": 0.9}]}}}))
+    def learned(heads):
+        path.write_text(json.dumps({"schema": "kgface.learned_profiles/1", "phenotype_heads": heads, "diseases": {
+            "D:1": {"name": "d", "phenotypes": [{"hpo_id": "HP:0000003", "learned_frequency": 0.9}]}}}))
+
+    learned("atlas")  # heads fitted on a phenotype atlas: no warning
     cfg = compose("train", ["profile.source=learned", f"profile.learned={path}"])
     assert profile_source(cfg, [_profile()])[0].phenotypes[0].hpo_id == "HP:0000003"  # 0.9: now the most frequent
     assert profile_source(cfg, [_profile()])[0].phenotypes[0].frequency == 0.9
-    assert "phenotype_heads" not in caplog.text
-    # learned by heads that also saw diseased faces: used, with a warning that it can echo the KG
-    path.write_text(json.dumps({"phenotype_heads": "all", "diseases": {"D:1": {"name": "d", "phenotypes": [
-        {"hpo_id": "HP:0000003", "learned_frequency": 0.9}]}}}))
-    assert profile_source(cfg, [_profile()])[0].phenotypes[0].frequency == 0.9
-    assert "evaluator.phenotype_heads=all" in caplog.text
+    assert "can echo the KG" not in caplog.text
+    # learned by heads that also saw diseased faces, or by heads a file does not name: used, with a warning
+    for heads, words in (("all", "evaluator.phenotype_heads=all"), (None, "written before 2026-12-05")):
+        caplog.clear()
+        learned(heads)
+        assert profile_source(cfg, [_profile()])[0].phenotypes[0].frequency == 0.9
+        assert words in caplog.text and "can echo the KG" in caplog.text
     for overrides, words in ((["profile.source=learned"], "profile.learned=PATH"),
                              (["profile.source=learned", f"profile.learned={tmp_path / 'nope.json'}"], "not found"),
                              (["profile.source=sometimes"], "profile.source=sometimes")):
