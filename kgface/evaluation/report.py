@@ -181,6 +181,11 @@ def nearest_pairs(scored, names: dict, path: Path, threshold: float | None, k: i
     return image_grid(images, caps, path, cols=8)
 
 
+OWN_FILES = ("metrics.json", "confusion_real.png", "stage_real.png", "phenotypes_real.png", "real_best.png",
+             "real_worst.png", "confusion_generated.png", "stage_generated.png", "phenotype_match_generated.png",
+             "generated_best.png", "generated_worst.png", "memorisation_nearest.png")  # what write_report draws
+
+
 def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     out = []
     for k, v in d.items():
@@ -215,6 +220,11 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
         if not p.is_file():
             raise ValueError(f"extra figure {p}: no such file")
     out.mkdir(parents=True, exist_ok=True)
+    # a report written again into the same folder: an earlier report's figure this one does not draw (no headline
+    # rows, no generated set) would be shown as if it were this one's, and its metrics.json would vouch for a report
+    # that fails midway
+    for name in OWN_FILES:
+        (out / name).unlink(missing_ok=True)
     scored = scored or {}
     names = dict(evaluator.names) if evaluator is not None else {}
     ph_names = {}

@@ -29,6 +29,18 @@ def test_a_report_that_fails_midway_leaves_no_metrics_json(tiny_evaluator, tiny_
     monkeypatch.undo()
     paths = report.write_report(out, m, scored, tiny_evaluator, tiny_profiles)
     assert json.loads(paths["metrics"].read_text())["generation"] == json.loads(json.dumps(m["generation"]))
+    # written again into the same folder without a generated set: the earlier report's generated figures and its
+    # metrics.json do not stay to pass for this one's (the report of the real set alone, failing midway)
+    m_real, scored_real = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", None, tiny_profiles,
+                                        return_scored=True)
+    monkeypatch.setattr(report, "plot_stage_scatter", broken)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        report.write_report(out, m_real, scored_real, tiny_evaluator, tiny_profiles)
+    assert not (out / "metrics.json").exists() and not (out / "confusion_generated.png").exists()
+    monkeypatch.undo()
+    report.write_report(out, m_real, scored_real, tiny_evaluator, tiny_profiles)
+    assert (out / "confusion_real.png").is_file() and not (out / "generated_best.png").exists()
+    assert "generation" not in json.loads((out / "metrics.json").read_text())
 
 
 def test_the_real_stage_scatter_leaves_out_ungraded_photos(tiny_evaluator, tiny_data, tmp_path, monkeypatch):
