@@ -200,9 +200,7 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
     [(caption, path)], or [] when nothing was learned (no diseased stage-3 image of a profiled disease)."""
     rates = detector_rates(evaluator, table)
     learned = learn_profiles(evaluator, table, profiles, rates=rates)
-    if not learned:  # an earlier report's file in this folder would pass for this one's
-        for name in ("learned_profiles.json", "learned_profiles.png"):
-            (Path(out_dir) / name).unlink(missing_ok=True)
+    if not learned:
         return ["no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
                 "(or ungraded)"], []
     written = write_learned(learned, out_dir, str(evaluator.cfg.get("phenotype_heads", "all")))

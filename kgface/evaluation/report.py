@@ -181,7 +181,7 @@ def nearest_pairs(scored, names: dict, path: Path, threshold: float | None, k: i
     return image_grid(images, caps, path, cols=8)
 
 
-OWN_FILES = ("metrics.json", "confusion_real.png", "stage_real.png", "phenotypes_real.png", "real_best.png",
+OWN_FILES = ("metrics.json", "report.md", "report.html", "confusion_real.png", "stage_real.png", "phenotypes_real.png", "real_best.png",
              "real_worst.png", "confusion_generated.png", "stage_generated.png", "phenotype_match_generated.png",
              "generated_best.png", "generated_worst.png", "memorisation_nearest.png")  # what write_report draws
 

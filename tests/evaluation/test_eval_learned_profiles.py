@@ -124,18 +124,3 @@ def test_disagreements_list_the_largest_corrected_gaps_from_the_kg():
     assert line.index("first, a: KG 0.90 -> learned 0.10") < line.index("second, d: KG 0.20 -> learned 0.60")
     assert "c:" not in line and "b:" not in line and "e:" not in line
     assert "none of the 3" in disagreements(learned, threshold=0.9)
-
-
-def test_nothing_learned_leaves_no_earlier_file_behind(tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
-    """A set without a diseased stage-3 face learns nothing: the note says so, and an earlier report's
-    learned_profiles.json / .png in the folder are removed rather than left to pass for this one's."""
-    from kgface.evaluation.learned_profiles import learn_and_write
-
-    real = read_manifest(tiny_data / "manifest.csv")[0]
-    test = real[real["split"] == "test"]
-    notes, extra = learn_and_write(tiny_evaluator, tiny_evaluator.score(test), tiny_profiles, tmp_path)
-    assert extra and (tmp_path / "learned_profiles.json").is_file() and (tmp_path / "learned_profiles.png").is_file()
-    early = test[test["stage"] < 3]
-    notes, extra = learn_and_write(tiny_evaluator, tiny_evaluator.score(early), tiny_profiles, tmp_path)
-    assert extra == [] and notes[0].startswith("no learned_profiles.json")
-    assert not (tmp_path / "learned_profiles.json").exists() and not (tmp_path / "learned_profiles.png").exists()
