@@ -38,16 +38,14 @@ def judged_profiles(cfg: DictConfig, run_dir: Path | None, diseases: list[str], 
 
 def trained_manifest(run_dir) -> Path | None:
     """The manifest a train run's generator learned from (data.json's `manifest`; the file may be gone since):
-    the memorisation audit's training set when real= is another manifest."""
+    the memorisation audit's training set when real= is another manifest, and where trained_atlas looks."""
     import json
 
     data = run_file(Path(str(run_dir)).expanduser(), "data.json")
     try:
-        path = Path(json.loads(data.read_text(encoding="utf-8"))["manifest"]) if data else None
+        return Path(json.loads(data.read_text(encoding="utf-8"))["manifest"]) if data else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    # written relative to where the train job ran (before 2026-12-05): read from the run's folder if not from here
-    return data.parent / path if path is not None and not path.is_absolute() and not path.is_file() else path
 
 
 def trained_atlas(run_dir) -> Path | None:
@@ -60,19 +58,19 @@ def trained_atlas(run_dir) -> Path | None:
 
     run_dir = Path(str(run_dir)).expanduser()
     data = run_file(run_dir, "data.json")  # a baselines generator folder: its parent's files
-    if data is None:
+    manifest = trained_manifest(run_dir)
+    if data is None or manifest is None:
         return None
     try:
         metrics = json.loads((data.parent / "metrics.json").read_text(encoding="utf-8"))
-        manifest = json.loads(data.read_text(encoding="utf-8"))["manifest"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError):
         return None
     baselines = metrics.get("baselines") or {}
     if is_baselines_generator(run_dir) and run_dir.name in baselines:  # what this one generator trained on
         sections = [(baselines[run_dir.name] or {}).get("train") or {}]
     else:
         sections = [metrics.get("train") or {}] + [(b or {}).get("train") or {} for b in baselines.values()]
-    atlas = Path(manifest).parent / ATLAS_FILE
+    atlas = manifest.parent / ATLAS_FILE
     return atlas if any(int(t.get("atlas_images") or 0) > 0 for t in sections) and atlas.is_file() else None
 
 

@@ -12,7 +12,7 @@ from ..cache import save_figure_atomic, write_json_atomic, write_text_atomic
 from ..data.manifest import stage_known
 from .evaluator import ScoredSet
 from .inputs import HEALTHY, load_images
-from .validity import HEADLINE_STAGES, headline_rows
+from .validity import generated_headline_rows, headline_rows, transform_rows
 
 
 def _subset(scored: ScoredSet, mask: np.ndarray) -> ScoredSet:
@@ -20,14 +20,6 @@ def _subset(scored: ScoredSet, mask: np.ndarray) -> ScoredSet:
     m = np.asarray(mask, bool)
     images = None if scored.images is None else scored.images[np.flatnonzero(m)]
     return ScoredSet(scored.table[m].reset_index(drop=True), scored.features[m], images)
-
-
-def generated_headline(table: pd.DataFrame) -> np.ndarray:
-    """Generated rows of the top-1 keys (generation.seen_top1 / heldout_top1): requests for healthy faces or for
-    stages 2-3, transformations left out."""
-    drawn = ~(table["mode"].astype(str) == "transform").to_numpy() if "mode" in table else np.ones(len(table), bool)
-    return drawn & ((table["requested_disease"] == HEALTHY).to_numpy()
-                    | table["requested_stage"].isin(HEADLINE_STAGES).to_numpy())
 
 
 def _plt():
@@ -255,14 +247,13 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
                          "of the true class)", p))
     if evaluator is not None and "generated" in scored:
         t = scored["generated"].table
-        head = generated_headline(t)
+        head = generated_headline_rows(t)
         if head.any():
             figs.append(("Generated images, requests for stages 2-3 and healthy faces, no transformations (the rows "
                          "of generation.seen_top1 and heldout_top1): requested vs measured disease",
                          plot_confusion(t[head], evaluator.classes, names, out / "confusion_generated.png",
                                         label="requested_disease")))
-        drawn = ~(t["mode"].astype(str) == "transform").to_numpy() if "mode" in t else np.ones(len(t), bool)
-        dis = t[drawn & (t["requested_disease"] != HEALTHY).to_numpy()]  # generation.stage_spearman's rows
+        dis = t[~transform_rows(t) & (t["requested_disease"] != HEALTHY).to_numpy()]  # stage_spearman's rows
         if len(dis):
             figs.append(("Generated images, diseased requests, no transformations: requested stage vs measured "
                          "severity",

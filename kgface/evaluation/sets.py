@@ -22,7 +22,8 @@ from .evaluator import Evaluator, ScoredSet, pair_presence
 from .inputs import (HEALTHY, EvaluatorInputError, as_frame, check_real, labelled_phenotypes, load_images,
                      min_stage_of)
 from .face_identity import pair_distances
-from .validity import HEADLINE_STAGES, _test_rows, headline_rows, instrument_validity
+from .validity import (HEADLINE_STAGES, _test_rows, generated_headline_rows, headline_rows, instrument_validity,
+                       transform_rows)
 
 def _rounded(obj):
     if isinstance(obj, dict):
@@ -220,16 +221,15 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         scored["generated"] = s_gen
         req_d, req_sev, req_s = _requested(t)
         t["requested_disease"], t["requested_stage"] = req_d.values, req_s.values
-        mode = t["mode"].astype(str) if "mode" in t else pd.Series([""] * len(t))
-        transform = (mode == "transform").to_numpy()
+        transform = transform_rows(t)
+        shown = generated_headline_rows(t)  # requests for healthy faces and stages 2-3, no transformations
         g = {}
         asked_healthy = (req_d == HEALTHY).to_numpy()
-        head = req_s.isin(HEADLINE_STAGES).to_numpy() | asked_healthy
         hd = req_d.isin(heldout).to_numpy()
         # seen_top1 counts requests for healthy faces among the seen rows (as evaluator.*_seen do); the target's
         # wording, disease accuracy at stages 2-3, is seen_disease_top1, and healthy_top1 is the other half
-        for name, mask in (("seen", head & ~hd & ~transform), ("heldout", head & hd & ~transform),
-                           ("seen_disease", head & ~hd & ~transform & ~asked_healthy),
+        for name, mask in (("seen", shown & ~hd), ("heldout", shown & hd),
+                           ("seen_disease", shown & ~hd & ~asked_healthy),
                            ("healthy", asked_healthy & ~hd & ~transform)):
             if mask.any():
                 g[f"{name}_top1"] = M.accuracy(req_d[mask], t["pred_disease"][mask])
@@ -241,7 +241,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             lab = np.array([ci[d] for d in req_d[sel]])
             g["top1_all"] = M.topk_accuracy(probs, lab, 1)
             g["top3_all"] = M.topk_accuracy(probs, lab, 3)
-            g["macro_f1"] = M.macro_f1(list(req_d[sel & head]), list(t["pred_disease"][sel & head]))
+            g["macro_f1"] = M.macro_f1(list(req_d[shown]), list(t["pred_disease"][shown]))
             g["macro_f1_all"] = M.macro_f1(list(req_d[sel]), list(t["pred_disease"][sel]))
             g["per_stage_top1"] = M.per_stage_accuracy(list(req_d[sel]), list(t["pred_disease"][sel]),
                                                        list(req_s[sel]))
@@ -251,7 +251,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             # on diseased requests of stages 2-3 that expect a phenotype the evaluator can detect: a request that
             # expects nothing (healthy, stage 0, an empty frequency draw, phenotypes without a head) would read
             # F1 = 1 on a blank face; such rows are counted, not scored
-            pm = dis & head
+            pm = dis & shown
             if pm.any():
                 expected = _expected_sets(t[pm], list(req_d[pm]), list(req_s[pm]), profiles, evaluator.phenotypes)
                 detected, expected, unscored = _expecting_rows(list(t["detected"][pm]), expected)
@@ -260,7 +260,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 g["profile_match_unscored_n"] = unscored
                 g["phenotype_match"] = M.per_phenotype_match(detected, expected)
             at3 = sel & (req_s == 3).to_numpy()
-            full = at3 if at3.any() else sel & head
+            full = at3 if at3.any() else shown
             exp = kg_frequencies(profiles, evaluator.phenotypes, set(req_d[full]))
             if exp and full.any():
                 obs = M.phenotype_frequencies(list(t["detected"][full]), list(req_d[full]))

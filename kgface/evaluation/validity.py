@@ -39,6 +39,20 @@ def headline_rows(table: pd.DataFrame, label: str = "disease", stage: str = "sta
             | (known & table[stage].isin(stages).to_numpy()))
 
 
+def transform_rows(table: pd.DataFrame) -> np.ndarray:
+    """Generated rows that transform a real face (mode `transform`): judged apart from the drawn ones."""
+    if "mode" not in table:
+        return np.zeros(len(table), bool)
+    return (table["mode"].astype(str) == "transform").to_numpy()
+
+
+def generated_headline_rows(table: pd.DataFrame) -> np.ndarray:
+    """Generated rows of generation.seen_top1 / heldout_top1: requests (`requested_disease` / `requested_stage`)
+    for healthy faces or for stages 2-3, transformations left out."""
+    return ~transform_rows(table) & ((table["requested_disease"] == HEALTHY).to_numpy()
+                                     | table["requested_stage"].isin(HEADLINE_STAGES).to_numpy())
+
+
 def stage_cells(table: pd.DataFrame, stage: str = "stage") -> list:
     """Each row's per_stage_top1 cell: its stage, or "unknown" for a photo without a grade (never its placeholder)."""
     return [int(s) if k else "unknown" for s, k in zip(table[stage], stage_known(table))]

@@ -70,6 +70,7 @@ def test_confusions_and_grids_read_the_headline_rows(tiny_evaluator, tiny_data, 
     generated: such requests, no transformation), the generated stage scatter those of stage_spearman (diseased
     requests, no transformation); a subset keeps each row's features and image with it."""
     from kgface.evaluation import report
+    from kgface.evaluation.validity import generated_headline_rows
 
     gen = generated_manifest(tiny_data, tmp_path)  # test faces as requests + one transformation
     m, scored = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, return_scored=True)
@@ -102,7 +103,7 @@ def test_confusions_and_grids_read_the_headline_rows(tiny_evaluator, tiny_data, 
     assert (plotted["stage_generated.png"]["requested_disease"] != "healthy").all()
     # the grids' subset: table, features and images of the same rows, in order
     sub = ranked["generated"]
-    keep = report.generated_headline(g)
+    keep = generated_headline_rows(g)
     assert list(sub.table["path"]) == list(g["path"][keep])
     assert np.array_equal(sub.features, scored["generated"].features[keep])
     assert np.array_equal(sub.images.numpy(), scored["generated"].images.numpy()[keep])
