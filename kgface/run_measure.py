@@ -59,6 +59,7 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     if not measure_real:  # the instrument's numbers belong to the first generator's evaluation only
         metrics.pop("evaluator", None)
         metrics.pop("vae_ceiling_top1", None)
+        metrics.pop("vae_ceiling_top1_ci95", None)
     notes = [f"conditioning={mode}; evaluator {evaluator.cfg['name']} trained on the real train split "
              "(held-out diseases included, never generated images)",
              "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",

@@ -114,6 +114,31 @@ def fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def with_interval(value, interval) -> str:
+    """A headline number with its 95% interval (the `<key>_ci95` beside it in metrics.json) when it has one."""
+    if (isinstance(interval, list) and len(interval) == 2 and all(isinstance(x, float) for x in interval)
+            and value is not None):
+        return f"{fmt(value)} [{interval[0]:.2f}, {interval[1]:.2f}]"
+    return fmt(value)
+
+
+def comparison_lines(comparison: dict | None) -> list[str]:
+    """The baselines' comparison (metrics.json `baselines_comparison`) as a table: the reference conditioning's rate
+    against each other one's, their difference and the one-sided p that the reference's is higher."""
+    rows = [(mode, key, c) for mode, keys in ((comparison or {}).get("modes") or {}).items() for key, c in keys.items()]
+    if not rows:
+        return []
+    ref = comparison["reference"]
+    lines = [f"## `{ref}` against the other conditionings", "",
+             f"{comparison['test']}; counts as correct / requests.", "",
+             f"| conditioning | key | `{ref}` | other | difference | p (`{ref}` higher) |", "|---|---|---|---|---|---|"]
+    for mode, key, c in rows:
+        k_r, n_r, k_o, n_o = c["counts"]
+        lines.append(f"| `{mode}` | `generation.{key}` | {k_r} / {n_r} | {k_o} / {n_o} | {fmt(c['difference'])} | "
+                     f"{fmt(c['p_greater'])} |")
+    return lines + [""]
+
+
 def write_run_report(out_dir: Path, metrics: dict, modes: list[str]) -> None:
     """report.md: headline numbers (per conditioning after baselines), pictures, then every number."""
     subs = {m: ("" if len(modes) == 1 else f"{m}/") for m in modes}
@@ -126,8 +151,11 @@ def write_run_report(out_dir: Path, metrics: dict, modes: list[str]) -> None:
         vals = [metric_at(per_mode[m], key) for m in modes]
         if all(v is None for v in vals):
             continue
-        lines.append(f"| `{key}` | " + " | ".join(fmt(v) for v in vals) + f" | {target} | {what} |")
-    lines += ["", f"Wall time: {fmt(metric_at(metrics, 'timings.total_s'))} s "
+        shown = [with_interval(v, metric_at(per_mode[m], key + "_ci95")) for v, m in zip(vals, modes)]
+        lines.append(f"| `{key}` | " + " | ".join(shown) + f" | {target} | {what} |")
+    lines += ["", "In brackets: 95% intervals (Wilson for shares of images, a bootstrap over images for Spearman).", ""]
+    lines += comparison_lines(metrics.get("baselines_comparison"))
+    lines += [f"Wall time: {fmt(metric_at(metrics, 'timings.total_s'))} s "
               f"({', '.join(f'{k} {v}' for k, v in metrics.get('timings', {}).items() if k != 'total_s')}).", ""]
     for m in modes:
         p = subs[m]

@@ -119,11 +119,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if len(modes) == 1:
             metrics.update(result)
         else:
-            for key in ("evaluator", "vae_ceiling_top1"):  # the instrument's own numbers, measured once
+            for key in ("evaluator", "vae_ceiling_top1", "vae_ceiling_top1_ci95"):  # the instrument's, measured once
                 if key in result:
                     metrics[key] = result.pop(key)
             metrics.setdefault("baselines", {})[mode] = result
         timings[f"generator_{mode}_s"] = time.perf_counter() - t1
+    if evaluator is not None and len(modes) > 1 and "kg" in modes:  # is KG conditioning above each other one?
+        from .evaluation.intervals import compare_conditionings
+
+        metrics["baselines_comparison"] = compare_conditionings(metrics["baselines"])
 
     # 8. report
     metrics["timings"] = {k: round(v, 1) for k, v in timings.items()}

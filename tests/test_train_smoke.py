@@ -75,6 +75,12 @@ def test_train_job_writes_the_documented_layout(tmp_path):
     assert all((out / "samples" / p).exists() for p in moved["path"]) and moved["source_image"].str.len().gt(0).all()
     report = (out / "report.md").read_text()
     assert "generation.heldout_top1" in report and "samples/transforms.png" in report
+    # each share in the headline table carries its 95% interval from metrics.json
+    from kgface.run_report import with_interval
+
+    seen, seen_ci = metrics["generation"]["seen_top1"], metrics["generation"]["seen_top1_ci95"]
+    assert seen_ci[0] <= seen <= seen_ci[1] and f"| {with_interval(seen, seen_ci)} |" in report
+    assert "[" in with_interval(seen, seen_ci)
     # the profiles learned from the real test faces, beside the KG's, in the run's own evaluation (profile.learned=)
     learned = json.loads((out / "evaluation" / "learned_profiles.json").read_text())["diseases"]
     assert learned and set(learned) <= {"ORPHA:870", "ORPHA:648", "MONDO:0011438"}
@@ -150,6 +156,17 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
     from kgface.data.manifest import read_manifest
 
     cls, _ = read_manifest(out / "class" / "samples" / "manifest.csv")
+    # KG tokens against each other conditioning, from each run's counts (class tokens: no held-out draw)
+    comparison = metrics["baselines_comparison"]
+    assert comparison["reference"] == "kg" and set(comparison["modes"]) == {"text", "class", "kg_text", "kg_shuffled"}
+    assert set(comparison["modes"]["text"]) == {"heldout_top1", "seen_disease_top1"}
+    assert set(comparison["modes"]["class"]) == {"seen_disease_top1"}
+    held = comparison["modes"]["text"]["heldout_top1"]
+    kg, text = metrics["baselines"]["kg"]["generation"], metrics["baselines"]["text"]["generation"]
+    assert held["counts"] == [round(kg["heldout_top1"] * kg["heldout_n"]), kg["heldout_n"],
+                              round(text["heldout_top1"] * text["heldout_n"]), text["heldout_n"]]
+    assert 0.0 <= held["p_greater"] <= 1.0
+    assert "## `kg` against the other conditionings" in (out / "report.md").read_text()
     assert "ORPHA:648" not in set(cls["disease"])  # class conditioning cannot draw the held-out disease
 
 

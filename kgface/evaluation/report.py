@@ -186,6 +186,8 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
                                              "phenotype_auroc_isolated", "frequency_mae_per_disease",
                                              "phenotype_match", "real_phenotype_match"):  # per phenotype: plotted
             out += _flat(v, key + ".")
+        elif isinstance(v, list) and k.endswith("_ci95"):  # a 95% interval beside its number
+            out.append((key, "[" + ", ".join("-" if x is None else f"{x:.3f}" for x in v) + "]"))
         elif not isinstance(v, (dict, list)):
             out.append((key, v))
     return out

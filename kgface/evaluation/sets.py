@@ -17,6 +17,7 @@ import torch
 from ..data.manifest import N_STAGES, stage_known
 from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
+from . import intervals as CI
 from . import metrics as M
 from .evaluator import Evaluator, ScoredSet, pair_presence
 from .inputs import (HEALTHY, EvaluatorInputError, as_frame, check_real, labelled_phenotypes, load_images,
@@ -207,6 +208,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         metrics["evaluator"].update(v)
         if "vae_ceiling_top1" in v:
             metrics["vae_ceiling_top1"] = v["vae_ceiling_top1"]
+            metrics["vae_ceiling_top1_ci95"] = v["vae_ceiling_top1_ci95"]
         metrics["evaluator"].update(real_profile_match(s_real.table, test, profiles, evaluator.phenotypes))
         exp = kg_frequencies(profiles, evaluator.phenotypes, set(test["disease"]))
         # real faces of graded stage 3 (the stage whose template carries every phenotype) against the KG
@@ -233,6 +235,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                            ("healthy", asked_healthy & ~hd & ~transform)):
             if mask.any():
                 g[f"{name}_top1"] = M.accuracy(req_d[mask], t["pred_disease"][mask])
+                g[f"{name}_top1_ci95"] = CI.accuracy_interval(req_d[mask], t["pred_disease"][mask])  # Wilson
                 g[f"{name}_n"] = int(mask.sum())
         sel = ~transform
         if sel.any():
@@ -247,6 +250,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                                                        list(req_s[sel]))
             dis = sel & (req_d != HEALTHY).to_numpy()
             g["stage_spearman"] = M.spearman(req_sev[dis], t["severity_pred"][dis])
+            g["stage_spearman_ci95"] = CI.spearman_interval(req_sev[dis], t["severity_pred"][dis])  # bootstrap
             g["stage_mae"] = M.stage_mae(req_s[dis], t["stage_pred"][dis])
             # on diseased requests of stages 2-3 that expect a phenotype the evaluator can detect: a request that
             # expects nothing (healthy, stage 0, an empty frequency draw, phenotypes without a head) would read
@@ -300,12 +304,15 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 metrics["tstr_top1"] = M.tstr_top1(s_gen.features[learn], list(req_d[learn]), s_real.features[keep],
                                                    list(rt["disease"][keep]))
                 metrics["tstr_n_real"] = int(keep.sum())
+                metrics["tstr_top1_ci95"] = CI.proportion_interval(metrics["tstr_top1"], metrics["tstr_n_real"])
                 metrics["tstr_n_generated"] = int(learn.sum())
                 if seen_rows.any():
                     metrics["tstr_top1_seen"] = M.tstr_top1(s_gen.features[learn], list(req_d[learn]),
                                                             s_real.features[seen_rows],
                                                             list(rt["disease"][seen_rows]))
                     metrics["tstr_n_real_seen"] = int(seen_rows.sum())
+                    metrics["tstr_top1_seen_ci95"] = CI.proportion_interval(metrics["tstr_top1_seen"],
+                                                                            metrics["tstr_n_real_seen"])
             if s_real.images.shape[-2:] != s_gen.images.shape[-2:]:
                 raise EvaluatorInputError(f"real images are {tuple(s_real.images.shape[-2:])} px and generated "
                                           f"{tuple(s_gen.images.shape[-2:])} px: resize one set to the other's size")
@@ -369,7 +376,8 @@ def _manifest_name(source) -> str:
 
 def _transform_metrics(evaluator, t, s_gen: ScoredSet, transform, req_d, root: str | None, face_identity) -> dict:
     out = {"n": int(transform.sum()),
-           "target_top1": M.accuracy(req_d[transform], t["pred_disease"][transform])}
+           "target_top1": M.accuracy(req_d[transform], t["pred_disease"][transform]),
+           "target_top1_ci95": CI.accuracy_interval(req_d[transform], t["pred_disease"][transform])}
     out.update(_identity_metrics(evaluator, t, s_gen, transform, root, face_identity))
     return out
 

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from ..data.manifest import stage_known
+from . import intervals as CI
 from . import metrics as M
 from .evaluator import Evaluator, ScoredSet, pair_presence
 from .inputs import (HEALTHY, EvaluatorInputError, as_frame, blur_images, labelled_phenotypes, load_images,
@@ -153,6 +154,7 @@ def disease_scores(table: pd.DataFrame, classes: list[str], label: str = "diseas
     head = headline_rows(table, label, stage)
     return {
         "top1": M.accuracy(np.asarray(y)[head], table["pred_disease"].to_numpy()[head]),
+        "top1_ci95": CI.accuracy_interval(np.asarray(y)[head], table["pred_disease"].to_numpy()[head]),
         "top1_all": M.topk_accuracy(probs, lab, 1), "top3_all": M.topk_accuracy(probs, lab, 3),
         "top3": M.topk_accuracy(probs[head], lab[head], 3),
         "macro_f1": M.macro_f1(list(np.asarray(y)[head]), list(table["pred_disease"].to_numpy()[head])),
@@ -191,7 +193,8 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     ts = t[known]
     d = disease_scores(t, evaluator.classes)
     auc = phenotype_auroc(evaluator, t)
-    out = {"real_top1": d["top1"], "real_top1_all": d["top1_all"], "real_top3": d["top3"],
+    out = {"real_top1": d["top1"], "real_top1_ci95": d["top1_ci95"],
+           "real_top1_all": d["top1_all"], "real_top3": d["top3"],
            "real_macro_f1": d["macro_f1"], "real_macro_f1_all": d["macro_f1_all"],
            "per_stage_top1": d["per_stage_top1"], "n_test": d["n"],
            "real_stage_mae": M.stage_mae(ts["stage"], ts["stage_pred"]),
@@ -220,6 +223,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     groups = _heldout_groups(t, heldout)
     for name, mask in groups.items():
         out[f"real_top1_{name}"] = M.accuracy(t["disease"][mask], t["pred_disease"][mask])
+        out[f"real_top1_{name}_ci95"] = CI.accuracy_interval(t["disease"][mask], t["pred_disease"][mask])
         out[f"n_{name}"] = int(mask.sum())
     if "identity" in t and t["identity"].astype(str).str.len().gt(0).all():
         out["identity_auroc"] = M.identity_auroc(s.features, list(t["identity"]))
@@ -239,11 +243,16 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         rt = to_uint8(rt)
         feats = evaluator.features(rt)
         rt_table = evaluator.predict(feats, test)
-        out["vae_ceiling_top1"] = disease_scores(rt_table, evaluator.classes)["top1"]
+        rt_scores = disease_scores(rt_table, evaluator.classes)
+        out["vae_ceiling_top1"], out["vae_ceiling_top1_ci95"] = rt_scores["top1"], rt_scores["top1_ci95"]
         for name, mask in groups.items():
             out[f"vae_ceiling_top1_{name}"] = M.accuracy(rt_table["disease"][mask], rt_table["pred_disease"][mask])
+            out[f"vae_ceiling_top1_{name}_ci95"] = CI.accuracy_interval(rt_table["disease"][mask],
+                                                                        rt_table["pred_disease"][mask])
         rt_sick = (rt_table["disease"] != HEALTHY).to_numpy() & known
         out["vae_ceiling_stage_spearman"] = M.spearman(rt_table["stage"][rt_sick], rt_table["severity_pred"][rt_sick])
+        out["vae_ceiling_stage_spearman_ci95"] = CI.spearman_interval(rt_table["stage"][rt_sick],
+                                                                      rt_table["severity_pred"][rt_sick])
         rt_auc = phenotype_auroc(evaluator, rt_table)
         out["vae_ceiling_phenotype_auroc"] = rt_auc
         out["vae_ceiling_phenotype_auroc_summary"] = auroc_summary(rt_auc)

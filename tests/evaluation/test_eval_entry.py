@@ -42,6 +42,23 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert g["seen_disease_n"] == int((head & ~held & ~healthy_rows).sum())
     assert g["healthy_top1"] == pytest.approx(right[healthy_rows].mean(), abs=1e-4)
     assert g["healthy_n"] == int(healthy_rows.sum()) and g["healthy_n"] + g["seen_disease_n"] == g["seen_n"]
+    # each share with its Wilson interval over its own rows; the real faces' headline rows give the instrument's
+    from kgface.evaluation.intervals import spearman_interval, wilson_interval
+
+    assert g["seen_top1_ci95"] == pytest.approx(wilson_interval(right[head & ~held].sum(), (head & ~held).sum()),
+                                                abs=1e-4)
+    assert g["heldout_top1_ci95"] == pytest.approx(wilson_interval(right[head & held].sum(), (head & held).sum()),
+                                                   abs=1e-4)
+    assert m["evaluator"]["real_top1_ci95"] == pytest.approx(wilson_interval(right[head].sum(), head.sum()), abs=1e-4)
+    for key in ("seen", "heldout", "seen_disease", "healthy"):
+        lo, hi = g[f"{key}_top1_ci95"]
+        assert lo <= g[f"{key}_top1"] <= hi, key
+    sick_rows = (rt["disease"] != "healthy").to_numpy()
+    assert g["stage_spearman_ci95"] == pytest.approx(
+        spearman_interval(rt["stage"][sick_rows].astype(float), rt["severity_pred"][sick_rows]), abs=1e-4)
+    assert m["tstr_top1_ci95"][0] <= m["tstr_top1"] <= m["tstr_top1_ci95"][1]
+    assert m["transform"]["target_top1_ci95"] == pytest.approx(
+        wilson_interval(round(m["transform"]["target_top1"] * m["transform"]["n"]), m["transform"]["n"]), abs=1e-4)
     assert m["generation"]["top1_all"] == pytest.approx(m["evaluator"]["real_top1_all"], abs=1e-4)
     assert m["generation"]["stage_spearman"] == pytest.approx(m["evaluator"]["real_stage_spearman_disease"],
                                                               abs=1e-4)
@@ -102,6 +119,8 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
         assert metrics["generation"][key] == pytest.approx(m["generation"][key]), key
     assert metrics["fid_clip"] < 1e-3
     assert metrics["evaluator"]["phenotype_auroc"]  # so its bars are drawn
+    lo, hi = metrics["generation"]["seen_top1_ci95"]  # the report's table prints intervals, not "-" for lists
+    assert f"| `generation.seen_top1_ci95` | [{lo:.3f}, {hi:.3f}] |" in (out / "report.md").read_text()
     for name in ["report.md", "report.html", "confusion_real.png", "stage_real.png", "phenotypes_real.png",
                  "real_best.png", "real_worst.png", "confusion_generated.png", "stage_generated.png",
                  "generated_best.png", "generated_worst.png", "memorisation_nearest.png", "learned_profiles.json",

@@ -1,0 +1,108 @@
+"""How sure a number is: 95% intervals for the headline proportions and rank correlations, and the one-sided test
+behind "KG conditioning above the text-only baseline".
+
+The benchmark's numbers rest on a few dozen to a few hundred images (held-out diseases: 24 requests), so a point
+estimate alone cannot say whether a target is met or whether one conditioning beats another. Pure functions of counts
+and arrays; metrics.json carries their results as `<key>_ci95` beside each key and `baselines_comparison`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import fisher_exact, rankdata
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+NAN_INTERVAL = [float("nan"), float("nan")]
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> list[float]:
+    """The Wilson score interval of a proportion (95% by default): unlike p +- z*se it stays inside [0, 1] and does not
+    collapse to a point at 0 or n successes (0 of 24 reads [0, 0.138]). [nan, nan] without rows."""
+    n, successes = int(n), int(successes)
+    if n <= 0:
+        return list(NAN_INTERVAL)
+    if not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval: {successes} successes of {n}")
+    p, z2 = successes / n, z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    # exact ends at 0 and n of n (centre - half is 0 there only up to rounding: 1e-17 would print as a number)
+    return [0.0 if successes == 0 else max(0.0, centre - half), 1.0 if successes == n else min(1.0, centre + half)]
+
+
+def proportion_interval(p: float, n: int) -> list[float]:
+    """wilson_interval of a proportion already computed over n rows (its count is p * n, rounded)."""
+    if n is None or int(n) <= 0 or p is None or not np.isfinite(p):
+        return list(NAN_INTERVAL)
+    return wilson_interval(int(round(float(p) * int(n))), int(n))
+
+
+def accuracy_interval(y_true: Sequence, y_pred: Sequence) -> list[float]:
+    """wilson_interval of the share of rows whose prediction is the label."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return wilson_interval(int(np.sum(y_true == y_pred)), len(y_true))
+
+
+def spearman_interval(true: Sequence[float], pred: Sequence[float], resamples: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of the Spearman correlation (rows resampled with replacement; a resample in
+    which either side is constant has no correlation and is left out). Seeded: the same rows give the same interval.
+    [nan, nan] with fewer than 3 rows or a constant side."""
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    n = len(true)
+    if n < 3 or np.all(true == true[0]) or np.all(pred == pred[0]):
+        return list(NAN_INTERVAL)
+    idx = np.random.default_rng(seed).integers(0, n, size=(int(resamples), n))
+    # Spearman = Pearson on ranks (ties share their mean rank, as scipy.stats.spearmanr does)
+    a, b = rankdata(true[idx], axis=1), rankdata(pred[idx], axis=1)
+    a -= a.mean(1, keepdims=True)
+    b -= b.mean(1, keepdims=True)
+    norm = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    ok = norm > 0
+    if not ok.any():
+        return list(NAN_INTERVAL)
+    rho = (a * b).sum(1)[ok] / norm[ok]
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(rho, [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
+def compare_proportions(k_a: int, n_a: int, k_b: int, n_b: int) -> dict:
+    """Is a's rate above b's? The difference of the two proportions and Fisher's exact test, one-sided (alternative:
+    a's rate is greater), exact at the small counts of held-out requests. p is None when either side has no rows."""
+    k_a, n_a, k_b, n_b = int(k_a), int(n_a), int(k_b), int(n_b)
+    if n_a <= 0 or n_b <= 0:
+        return {"difference": None, "p_greater": None, "counts": [k_a, n_a, k_b, n_b]}
+    p = fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]], alternative="greater").pvalue
+    return {"difference": k_a / n_a - k_b / n_b, "p_greater": float(p), "counts": [k_a, n_a, k_b, n_b]}
+
+
+COMPARED = ("heldout_top1", "seen_disease_top1")  # generation.<key> with its generation.<name>_n
+
+
+def compare_conditionings(per_mode: dict[str, dict], reference: str = "kg", keys: Sequence[str] = COMPARED) -> dict:
+    """The reference conditioning against each other one, on generation.<key> (counts from the key and its _n):
+    {other: {key: {reference, other, difference, p_greater (the reference's rate above the other's, Fisher one-sided),
+    counts [k_ref, n_ref, k_other, n_other]}}}. per_mode: metrics.json's `baselines` ({mode: that run's metrics}).
+    A key either side lacks (class tokens draw no held-out disease) is left out."""
+    ref = (per_mode.get(reference) or {}).get("generation") or {}
+    out: dict[str, dict] = {}
+    for mode, result in per_mode.items():
+        if mode == reference:
+            continue
+        gen = (result or {}).get("generation") or {}
+        row = {}
+        for key in keys:
+            n_key = key.replace("_top1", "_n")
+            if ref.get(key) is None or gen.get(key) is None or not ref.get(n_key) or not gen.get(n_key):
+                continue
+            n_r, n_o = int(ref[n_key]), int(gen[n_key])
+            k_r, k_o = int(round(ref[key] * n_r)), int(round(gen[key] * n_o))
+            row[key] = {"reference": ref[key], "other": gen[key], **compare_proportions(k_r, n_r, k_o, n_o)}
+        if row:
+            out[mode] = row
+    return {"reference": reference, "test": "Fisher's exact, one-sided: the reference's rate above the other's",
+            "modes": out}

@@ -1,0 +1,78 @@
+"""kgface.evaluation.intervals on known answers: Wilson intervals (closed forms at 0 and n successes, a textbook
+value), the bootstrap Spearman interval (a perfect ranking, independent columns, its seed), Fisher's one-sided test
+(the tea-tasting table) and the baselines' comparison built from metrics.json's counts."""
+import math
+
+import numpy as np
+import pytest
+
+from kgface.evaluation.intervals import (accuracy_interval, compare_conditionings, compare_proportions,
+                                         proportion_interval, spearman_interval, wilson_interval)
+
+
+def test_wilson_interval_known_values():
+    z2 = 1.959963984540054 ** 2
+    # 0 of n: [0, z^2 / (n + z^2)]; n of n: [n / (n + z^2), 1] (the rule-of-three's Wilson form)
+    assert wilson_interval(0, 24) == pytest.approx([0.0, z2 / (24 + z2)]) and wilson_interval(0, 24)[0] == 0.0
+    assert wilson_interval(0, 24)[1] == pytest.approx(0.1380, abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx([10 / (10 + z2), 1.0])
+    # 91 of 132 (the benchmark's seen diseases at 6,000 steps): centre pulled towards 0.5, inside [0, 1]
+    lo, hi = wilson_interval(91, 132)
+    assert 0.60 < lo < 91 / 132 < hi < 0.77 and (lo + hi) / 2 < 91 / 132
+    assert wilson_interval(40, 100) == pytest.approx([0.3094, 0.4980], abs=1e-4)  # a textbook value
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def test_proportion_and_accuracy_intervals_agree():
+    y = np.array(["a", "b", "a", "a", "c"])
+    pred = np.array(["a", "b", "b", "a", "a"])  # 3 of 5
+    assert accuracy_interval(y, pred) == wilson_interval(3, 5) == proportion_interval(0.6, 5)
+    assert proportion_interval(0.6, 5) == proportion_interval(0.6000, 5)  # metrics.json's rounded rate
+    assert all(math.isnan(x) for x in proportion_interval(float("nan"), 5) + proportion_interval(0.5, 0))
+
+
+def test_spearman_interval_known_cases():
+    x = np.arange(40, dtype=float)
+    assert spearman_interval(x, 2 * x + 1) == pytest.approx([1.0, 1.0])  # every resample ranks perfectly
+    assert spearman_interval(x, -x) == pytest.approx([-1.0, -1.0])
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=400), rng.normal(size=400)
+    lo, hi = spearman_interval(a, b)
+    assert lo < 0 < hi and hi - lo < 0.25  # independent columns: around 0, about +-2/sqrt(n)
+    assert spearman_interval(a, b) == [lo, hi]  # seeded
+    assert spearman_interval(a, b, seed=1) != [lo, hi]
+    # a noisy monotone relation: the interval holds scipy's point estimate
+    from scipy.stats import spearmanr
+
+    y = a + 0.8 * rng.normal(size=400)
+    lo, hi = spearman_interval(a, y)
+    assert lo < spearmanr(a, y).statistic < hi
+    assert all(math.isnan(v) for v in spearman_interval([1, 2], [1, 2]) + spearman_interval(x, np.ones(40)))
+
+
+def test_compare_proportions_fisher_one_sided():
+    # the lady tasting tea: 3 of 4 against 1 of 4, one-sided p = 17/70
+    c = compare_proportions(3, 4, 1, 4)
+    assert c["p_greater"] == pytest.approx(17 / 70) and c["difference"] == pytest.approx(0.5)
+    assert compare_proportions(1, 4, 3, 4)["p_greater"] == pytest.approx(1.0 - 1 / 70)  # the other way round
+    assert compare_proportions(0, 24, 0, 24)["p_greater"] == pytest.approx(1.0)  # both at the floor: no evidence
+    assert compare_proportions(20, 24, 2, 24)["p_greater"] < 1e-6
+    assert compare_proportions(1, 0, 0, 5)["p_greater"] is None
+
+
+def test_compare_conditionings_reads_counts_from_metrics():
+    per_mode = {"kg": {"generation": {"heldout_top1": 0.125, "heldout_n": 24, "seen_disease_top1": 0.6894,
+                                      "seen_disease_n": 132}},
+                "text": {"generation": {"heldout_top1": 0.0417, "heldout_n": 24, "seen_disease_top1": 0.75,
+                                        "seen_disease_n": 132}},
+                "class": {"generation": {"seen_disease_top1": 0.5, "seen_disease_n": 132}}}  # no held-out draw
+    out = compare_conditionings(per_mode)
+    assert out["reference"] == "kg" and set(out["modes"]) == {"text", "class"}
+    held = out["modes"]["text"]["heldout_top1"]
+    assert held["counts"] == [3, 24, 1, 24] and held["reference"] == 0.125 and held["other"] == 0.0417
+    assert held["p_greater"] == pytest.approx(compare_proportions(3, 24, 1, 24)["p_greater"])
+    assert out["modes"]["text"]["seen_disease_top1"]["counts"] == [91, 132, 99, 132]
+    assert set(out["modes"]["class"]) == {"seen_disease_top1"}  # class tokens cannot draw a held-out disease
+    assert compare_conditionings({"text": per_mode["text"]})["modes"] == {}  # no reference run: nothing compared
