@@ -27,6 +27,8 @@ from ..kg import FacialProfile
 from .evaluator import Evaluator
 from .inputs import HEALTHY, presence_matrix
 
+LEARNED_FILE = "learned_profiles.json"  # beside its plot, learned_profiles.png
+
 MIN_TPR_GAP = 0.05  # tpr - r_0 at or below this: the correction would divide by ~0, so r_d is kept uncorrected
 DISAGREEMENT = 0.3  # |learned - KG| above this is listed in the report as a finding
 
@@ -183,13 +185,13 @@ def disagreements(learned: dict, threshold: float = DISAGREEMENT, show: int = 5)
 
 def write_learned(learned: dict, out_dir: str | Path, phenotype_heads: str | None = None) -> Path:
     out_dir = Path(out_dir)
-    write_json_atomic(out_dir / "learned_profiles.json", {"schema": "kgface.learned_profiles/1",
-                                                          "method": __doc__.split("\n\n")[1].strip(),
-                                                          # 'all': heads that also saw diseased faces (can echo the KG)
-                                                          "phenotype_heads": phenotype_heads,
-                                                          "diseases": learned})
-    plot_learned(learned, out_dir / "learned_profiles.png")
-    return out_dir / "learned_profiles.json"
+    write_json_atomic(out_dir / LEARNED_FILE, {"schema": "kgface.learned_profiles/1",
+                                               "method": __doc__.split("\n\n")[1].strip(),
+                                               # 'all': heads that also saw diseased faces (can echo the KG)
+                                               "phenotype_heads": phenotype_heads,
+                                               "diseases": learned})
+    plot_learned(learned, (out_dir / LEARNED_FILE).with_suffix(".png"))
+    return out_dir / LEARNED_FILE
 
 
 def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir: str | Path
@@ -201,8 +203,13 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
     rates = detector_rates(evaluator, table)
     learned = learn_profiles(evaluator, table, profiles, rates=rates)
     if not learned:
-        return ["no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
-                "(or ungraded)"], []
+        notes = ["no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
+                 "(or ungraded)"]
+        earlier = [p.name for p in (Path(out_dir) / LEARNED_FILE, (Path(out_dir) / LEARNED_FILE).with_suffix(".png"))
+                   if p.is_file()]
+        if earlier:  # left in place (a run's profile.learned may name it), but not passed off as this report's
+            notes.append(f"{' and '.join(earlier)} in this folder come from an earlier report, not from this one")
+        return notes, []
     written = write_learned(learned, out_dir, str(evaluator.cfg.get("phenotype_heads", "all")))
     notes = ["learned_profiles.json: phenotype frequencies learned from the real test images"]
     used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}

@@ -44,6 +44,15 @@ def test_perturbed_panel_is_learned_back(tiny_evaluator, tiny_data, tiny_profile
         assert [r["hpo_id"] for r in rows] == [e["hpo_id"] for e in entry["phenotypes"]]
         assert np.allclose([r["learned_frequency"] for r in rows],
                            [e["learned_frequency"] for e in entry["phenotypes"]], equal_nan=True)
+    # a later report into the same folder that learns nothing (healthy faces only) leaves the files (a run's
+    # profile.learned may name them) and says they are not its own
+    from kgface.evaluation.learned_profiles import learn_and_write
+
+    notes, figures = learn_and_write(ev, table[table["disease"] == "healthy"], diseases + healthy, tmp_path)
+    assert figures == [] and (tmp_path / "learned_profiles.json").is_file()
+    assert notes[-1] == ("learned_profiles.json and learned_profiles.png in this folder come from an earlier report, "
+                         "not from this one")
+    assert len(learn_and_write(ev, table[table["disease"] == "healthy"], diseases, tmp_path / "fresh")[0]) == 1
 
 
 def test_rogan_gladen_correction_on_constructed_rates():
