@@ -6,7 +6,8 @@
 A train run draws each (disease, stage) cell only `samples.per_cell` times (6 on the benchmark: 24 held-out images),
 too few to compare conditionings on held-out diseases. This draws every held-out disease (and, for reference,
 every seen one) at the given stages with `--seeds` seeds, the same noise for every run, and prints top-1 with a
-Wilson 95% interval per run. RUN_*: kgface.train output folders (a baselines run's `OUT/<mode>`); the evaluator is
+Wilson 95% interval per run, and each later run's held-out count against the first run's (Fisher's exact test,
+one-sided: is the first run's rate higher, e.g. KG tokens against text). RUN_*: kgface.train output folders (a baselines run's `OUT/<mode>`); the evaluator is
 the first run's unless --evaluator names one. A class-conditioned run cannot draw held-out diseases and is skipped
 for them. --guidance replaces the runs' own `model.sample.guidance` (a sampling-time sweep needs no retraining);
 --null-text prompt guides against each request's own prompt with null tokens instead of the empty prompt. Top-1
@@ -18,18 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import Counter
 from pathlib import Path
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def main(argv=None):
@@ -53,6 +44,7 @@ def main(argv=None):
     from kgface.diffusion.generator import Generator, Request
     from kgface.diffusion.run_loading import heldout_of, load_run
     from kgface.evaluation import load_evaluator
+    from kgface.evaluation.intervals import compare_proportions, wilson_interval
     from kgface.evaluation.metrics import spearman
 
     first = Path(args.runs[0])  # a baselines generator (OUT/<mode>) keeps its evaluator in OUT/evaluator
@@ -91,12 +83,12 @@ def main(argv=None):
             hit = np.array([pr == r.profile.disease_id for pr, r in zip(preds_h, reqs_h)], dtype=bool)
             per = {p.disease_id: float(hit[[r.profile.disease_id == p.disease_id for r in reqs_h]].mean())
                    if len(hit) else None for p in chosen}
-            lo, hi = wilson(int(hit.sum()), len(hit))
+            lo, hi = wilson_interval(int(hit.sum()), len(hit))
             # where each disease's draws are read: the nearest seen disease, healthy, or itself
             read_as = {p.disease_id: dict(Counter(pr for pr, r in zip(preds_h, reqs_h)
                                                   if r.profile.disease_id == p.disease_id).most_common(3))
                        for p in chosen}
-            out[group] = {"top1": float(hit.mean()) if len(hit) else None, "n": len(hit),
+            out[group] = {"top1": float(hit.mean()) if len(hit) else None, "n": len(hit), "k": int(hit.sum()),
                           "ci95": [round(lo, 3), round(hi, 3)],
                           # requested vs measured severity, as generation.stage_spearman (nan with one stage)
                           "stage_spearman": spearman([r.severity for r in reqs], severity),
@@ -112,6 +104,12 @@ def main(argv=None):
         rho = f"{r['seen']['stage_spearman']:.3f}" if "seen" in r else "-"
         print(f"| {run} | {r['conditioning']} | {r['guidance']:g} | {r['null_text']} | {cells[0]} | {cells[1]} "
               f"| {rho} |")
+    runs = [run for run, r in results.items() if r.get("heldout", {}).get("n")]
+    for run in runs[1:]:  # the first run against each later one on held-out diseases
+        a, b = results[runs[0]]["heldout"], results[run]["heldout"]
+        c = compare_proportions(a["k"], a["n"], b["k"], b["n"])
+        print(f"held-out: {runs[0]} {a['k']}/{a['n']} against {run} {b['k']}/{b['n']}: one-sided Fisher p = "
+              f"{c['p_greater']:.3g} that the first is higher")
 
 
 if __name__ == "__main__":
