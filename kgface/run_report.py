@@ -131,7 +131,8 @@ def comparison_lines(comparison: dict | None) -> list[str]:
     ref = comparison["reference"]
     lines = [f"## `{ref}` against the other conditionings", "",
              f"{comparison['test']}; counts as correct / requests.", "",
-             f"| conditioning | key | `{ref}` | other | difference | p (`{ref}` higher) |", "|---|---|---|---|---|---|"]
+             f"| conditioning | key | `{ref}` | other | difference | one-sided p (H1: `{ref}` higher) |",
+             "|---|---|---|---|---|---|"]
     for mode, key, c in rows:
         k_r, n_r, k_o, n_o = c["counts"]
         lines.append(f"| `{mode}` | `generation.{key}` | {k_r} / {n_r} | {k_o} / {n_o} | {fmt(c['difference'])} | "
@@ -147,13 +148,18 @@ def write_run_report(out_dir: Path, metrics: dict, modes: list[str]) -> None:
              f"Conditioning: {', '.join(f'`{m}`' for m in modes)}. Layout and keys: docs/training.md.", "",
              "## Headline numbers", "", "| metric | " + " | ".join(modes) + " | target | what it measures |",
              "|---|" + "---|" * len(modes) + "---|---|"]
+    bracketed = False
     for key, what, target in HEADLINE:
         vals = [metric_at(per_mode[m], key) for m in modes]
         if all(v is None for v in vals):
             continue
         shown = [with_interval(v, metric_at(per_mode[m], key + "_ci95")) for v, m in zip(vals, modes)]
+        bracketed = bracketed or any(s != fmt(v) for s, v in zip(shown, vals))
         lines.append(f"| `{key}` | " + " | ".join(shown) + f" | {target} | {what} |")
-    lines += ["", "In brackets: 95% intervals (Wilson for shares of images, a bootstrap over images for Spearman).", ""]
+    lines.append("")
+    if bracketed:
+        lines += ["In brackets: 95% intervals (Wilson for shares of images, a bootstrap over images for Spearman; "
+                  "images counted as independent draws).", ""]
     lines += comparison_lines(metrics.get("baselines_comparison"))
     lines += [f"Wall time: {fmt(metric_at(metrics, 'timings.total_s'))} s "
               f"({', '.join(f'{k} {v}' for k, v in metrics.get('timings', {}).items() if k != 'total_s')}).", ""]

@@ -11,7 +11,7 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import fisher_exact, rankdata
+from scipy.stats import binom, fisher_exact, rankdata
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 NAN_INTERVAL = [float("nan"), float("nan")]
@@ -49,8 +49,9 @@ def accuracy_interval(y_true: Sequence, y_pred: Sequence) -> list[float]:
 def spearman_interval(true: Sequence[float], pred: Sequence[float], resamples: int = 1000, seed: int = 0,
                       level: float = 0.95) -> list[float]:
     """Percentile bootstrap interval of the Spearman correlation (rows resampled with replacement; a resample in
-    which either side is constant has no correlation and is left out). Seeded: the same rows give the same interval.
-    [nan, nan] with fewer than 3 rows or a constant side."""
+    which either side is constant has no correlation and is left out: the interval is conditional on resamples that
+    vary, negligible at the sizes reported). Seeded: the same rows give the same interval. [nan, nan] with fewer than
+    3 rows (2 rows always rank +-1) or a constant side."""
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     n = len(true)
     if n < 3 or np.all(true == true[0]) or np.all(pred == pred[0]):
@@ -70,9 +71,24 @@ def spearman_interval(true: Sequence[float], pred: Sequence[float], resamples: i
     return [float(lo), float(hi)]
 
 
+def paired_comparison(hits_a: Sequence[bool], hits_b: Sequence[bool]) -> dict:
+    """Is a right more often than b on the same requests (same disease, stage and noise)? The exact McNemar (sign)
+    test on the discordant pairs, one-sided: p = P(Binomial(b + c, 1/2) >= b), b = requests only a got right, c =
+    only b. Draws that share their noise are paired, and Fisher's test on the two totals ignores that."""
+    a, b = np.asarray(hits_a, bool), np.asarray(hits_b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_comparison: {a.shape} against {b.shape} outcomes; pair the same requests")
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    p = float(binom.sf(only_a - 1, only_a + only_b, 0.5)) if only_a + only_b else 1.0
+    return {"only_a": only_a, "only_b": only_b, "n": int(len(a)), "p_greater": p}
+
+
 def compare_proportions(k_a: int, n_a: int, k_b: int, n_b: int) -> dict:
     """Is a's rate above b's? The difference of the two proportions and Fisher's exact test, one-sided (alternative:
-    a's rate is greater), exact at the small counts of held-out requests. p is None when either side has no rows."""
+    a's rate is greater; p is not the chance that it is), exact at the small counts of held-out requests. It takes
+    the images as independent draws: draws that share noise (a baselines run draws each conditioning with the same
+    seeds; one face per copy across stages) are better compared pairwise (paired_comparison). p is None when either
+    side has no rows."""
     k_a, n_a, k_b, n_b = int(k_a), int(n_a), int(k_b), int(n_b)
     if n_a <= 0 or n_b <= 0:
         return {"difference": None, "p_greater": None, "counts": [k_a, n_a, k_b, n_b]}
@@ -101,8 +117,12 @@ def compare_conditionings(per_mode: dict[str, dict], reference: str = "kg", keys
                 continue
             n_r, n_o = int(ref[n_key]), int(gen[n_key])
             k_r, k_o = int(round(ref[key] * n_r)), int(round(gen[key] * n_o))
-            row[key] = {"reference": ref[key], "other": gen[key], **compare_proportions(k_r, n_r, k_o, n_o)}
+            c = compare_proportions(k_r, n_r, k_o, n_o)  # rounded as metrics.json's other numbers
+            row[key] = {"reference": ref[key], "other": gen[key], "difference": round(c["difference"], 4),
+                        "p_greater": float(f"{c['p_greater']:.4g}"), "counts": c["counts"]}
         if row:
             out[mode] = row
-    return {"reference": reference, "test": "Fisher's exact, one-sided: the reference's rate above the other's",
+    return {"reference": reference,
+            "test": "Fisher's exact, one-sided (H1: the reference's rate is higher), counting images as independent "
+                    "draws (they share noise across conditionings and stages: bench/heldout_draws.py pairs them)",
             "modes": out}

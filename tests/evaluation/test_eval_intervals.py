@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kgface.evaluation.intervals import (accuracy_interval, compare_conditionings, compare_proportions,
-                                         proportion_interval, spearman_interval, wilson_interval)
+                                         paired_comparison, proportion_interval, spearman_interval, wilson_interval)
 
 
 def test_wilson_interval_known_values():
@@ -43,9 +43,15 @@ def test_spearman_interval_known_cases():
     assert lo < 0 < hi and hi - lo < 0.25  # independent columns: around 0, about +-2/sqrt(n)
     assert spearman_interval(a, b) == [lo, hi]  # seeded
     assert spearman_interval(a, b, seed=1) != [lo, hi]
-    # a noisy monotone relation: the interval holds scipy's point estimate
+    # ties (requested stages are few): one resample's rank correlation is scipy's on the same resampled rows
     from scipy.stats import spearmanr
 
+    stages = rng.integers(0, 4, size=60).astype(float)
+    read = stages + rng.normal(scale=1.5, size=60).round()
+    rows = np.random.default_rng(7).integers(0, 60, size=(1, 60))[0]
+    assert spearman_interval(stages, read, resamples=1, seed=7) == pytest.approx(
+        [spearmanr(stages[rows], read[rows]).statistic] * 2)
+    # a noisy monotone relation: the interval holds scipy's point estimate
     y = a + 0.8 * rng.normal(size=400)
     lo, hi = spearman_interval(a, y)
     assert lo < spearmanr(a, y).statistic < hi
@@ -62,6 +68,21 @@ def test_compare_proportions_fisher_one_sided():
     assert compare_proportions(1, 0, 0, 5)["p_greater"] is None
 
 
+def test_paired_comparison_counts_discordant_pairs():
+    a = np.array([1, 1, 1, 1, 0, 0, 1, 0], bool)
+    b = np.array([0, 0, 0, 1, 0, 1, 1, 0], bool)  # a alone right 3 times, b alone once
+    c = paired_comparison(a, b)
+    assert (c["only_a"], c["only_b"], c["n"]) == (3, 1, 8)
+    assert c["p_greater"] == pytest.approx(5 / 16)  # P(Binomial(4, 1/2) >= 3)
+    assert paired_comparison(b, a)["p_greater"] == pytest.approx(15 / 16)  # P(Binomial(4, 1/2) >= 1)
+    assert paired_comparison(a, a)["p_greater"] == 1.0  # no discordant pair: no evidence either way
+    # 6 of 24 against 0 of 24 on the same requests: 6 discordant pairs, p = 1/64 (Fisher on the totals: 0.011)
+    assert paired_comparison([True] * 6 + [False] * 18, [False] * 24)["p_greater"] == pytest.approx(1 / 64)
+    assert compare_proportions(6, 24, 0, 24)["p_greater"] == pytest.approx(0.01097, abs=1e-5)
+    with pytest.raises(ValueError, match="pair the same requests"):
+        paired_comparison(a, b[:4])
+
+
 def test_compare_conditionings_reads_counts_from_metrics():
     per_mode = {"kg": {"generation": {"heldout_top1": 0.125, "heldout_n": 24, "seen_disease_top1": 0.6894,
                                       "seen_disease_n": 132}},
@@ -72,7 +93,7 @@ def test_compare_conditionings_reads_counts_from_metrics():
     assert out["reference"] == "kg" and set(out["modes"]) == {"text", "class"}
     held = out["modes"]["text"]["heldout_top1"]
     assert held["counts"] == [3, 24, 1, 24] and held["reference"] == 0.125 and held["other"] == 0.0417
-    assert held["p_greater"] == pytest.approx(compare_proportions(3, 24, 1, 24)["p_greater"])
+    assert held["p_greater"] == pytest.approx(compare_proportions(3, 24, 1, 24)["p_greater"], rel=1e-3)
     assert out["modes"]["text"]["seen_disease_top1"]["counts"] == [91, 132, 99, 132]
     assert set(out["modes"]["class"]) == {"seen_disease_top1"}  # class tokens cannot draw a held-out disease
     assert compare_conditionings({"text": per_mode["text"]})["modes"] == {}  # no reference run: nothing compared

@@ -1,0 +1,34 @@
+"""kgface/run_report.py on constructed metrics: intervals in brackets only where metrics.json has them, the
+baselines' comparison table, and numbers without intervals (evaluate=false, older runs) printed as before."""
+from kgface.run_report import comparison_lines, fmt, with_interval, write_run_report
+
+
+def test_with_interval_prints_brackets_only_for_a_real_interval():
+    assert with_interval(0.6894, [0.6054, 0.7627]) == "0.689 [0.61, 0.76]"
+    assert with_interval(0.0, [0.0, 0.138]) == "0.000 [0.00, 0.14]"
+    for interval in (None, [None, None], [0.1], "x", [0, 1]):  # JSON nulls, malformed, ints: the number alone
+        assert with_interval(0.5, interval) == fmt(0.5) == "0.500"
+    assert with_interval(None, [0.1, 0.2]) == "-"
+
+
+def test_comparison_lines():
+    assert comparison_lines(None) == [] and comparison_lines({"reference": "kg", "modes": {}}) == []
+    lines = comparison_lines({"reference": "kg", "test": "Fisher's exact, one-sided",
+                              "modes": {"text": {"heldout_top1": {"reference": 0.2083, "other": 0.0,
+                                                                  "difference": 0.2083, "p_greater": 0.0248,
+                                                                  "counts": [5, 24, 0, 24]}}}})
+    assert lines[0] == "## `kg` against the other conditionings"
+    assert "| `text` | `generation.heldout_top1` | 5 / 24 | 0 / 24 | 0.208 | 0.025 |" in lines
+
+
+def test_run_report_brackets_and_comparison(tmp_path):
+    metrics = {"generation": {"seen_disease_top1": 0.5, "seen_disease_top1_ci95": [0.3, 0.7],
+                              "stage_spearman": 0.4},
+               "timings": {"total_s": 1.0}}
+    write_run_report(tmp_path, metrics, ["kg"])
+    text = (tmp_path / "report.md").read_text()
+    assert "| `generation.seen_disease_top1` | 0.500 [0.30, 0.70] |" in text
+    assert "| `generation.stage_spearman` | 0.400 |" in text and "In brackets: 95% intervals" in text
+    del metrics["generation"]["seen_disease_top1_ci95"]
+    write_run_report(tmp_path, metrics, ["kg"])  # an older run's metrics: no intervals, no line about them
+    assert "In brackets" not in (tmp_path / "report.md").read_text()
