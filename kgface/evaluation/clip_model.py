@@ -38,13 +38,14 @@ class EvaluatorConfigError(UserError):
     """An evaluator setting that cannot work (unknown model, missing weights file)."""
 
 
-def _plain(cfg) -> dict:
+def plain_config(cfg) -> dict:
+    """An evaluator config (DictConfig or dict) as a plain dict, interpolations resolved."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 def tiny_model_config(cfg) -> dict:
     """The open_clip model config of `evaluator=tiny_clip`."""
-    c = _plain(cfg)
+    c = plain_config(cfg)
     v, t = c["vision"], c["text"]
     # vision.layers: an int = a ViT of that depth; a list of 4 ints = open_clip's ModifiedResNet (a CNN)
     vision_cfg = {"image_size": int(c["image_size"]),
@@ -144,7 +145,7 @@ def build_clip(cfg, load_pretrained: bool = True, registered: str | None = None)
     import open_clip
     from open_clip import factory
 
-    c = _plain(cfg)
+    c = plain_config(cfg)
     if c["name"] == "tiny_clip":
         tower = vision_tower(c)
         if tower not in TOWERS:
@@ -372,7 +373,7 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
     `stages` [N], when given). A label None (stage NaN) marks a face without a disease (the phenotype atlas)."""
     from tqdm import tqdm
 
-    c = _plain(cfg)
+    c = plain_config(cfg)
     t = c["train"]
     image_size = int(c["image_size"])
     seed = int(c.get("seed", 0))

@@ -22,13 +22,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from ..cache import Cache, stable_hash, write_json_atomic
 from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
 from ..kg import FacialProfile
 from ..prompts import healthy_prompts, phenotype_caption, zero_shot_prompts
-from .clip_model import ImageEncoder, build_clip, encode_texts, registered_config_name, train_blur, train_clip
+from .clip_model import (ImageEncoder, build_clip, encode_texts, plain_config, registered_config_name, train_blur,
+                         train_clip)
 from .evaluator import Evaluator, weights_sha256
 from .inputs import (HEALTHY, EvaluatorInputError, blur_images, blur_sigmas, check_real, drawn_phenotypes,
                      image_caption, labelled_phenotypes, learned_digests, load_images, manifest_hash, min_stage_of,
@@ -37,10 +37,6 @@ from .probes import CoralHead, LinearProbe, PhenotypeHeads, Standardizer
 from .towers import vision_tower
 
 log = logging.getLogger(__name__)
-
-
-def _plain(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 def _profile_map(profiles, diseases: Sequence[str]) -> dict[str, FacialProfile]:
@@ -78,7 +74,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     training log) of a tiny CLIP already trained on this data with this config: only the heads are fitted.
     `pretrained_sha256`, `model_config`: the evaluator.pretrained file's digest and the name register_config_file
     gave evaluator.model, when the caller has them (fit_evaluator's cache key): their files are read once."""
-    c = _plain(cfg)
+    c = plain_config(cfg)
     train = df[df["split"] == "train"].reset_index(drop=True)
     val = df[df["split"] == "val"].reset_index(drop=True)
     if len(train) == 0:
@@ -227,7 +223,7 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     The cache key covers the evaluator config, the manifest file's content hash and the profiles (captions and
     zero-shot prompts come from them).
     """
-    c = _plain(cfg_evaluator)
+    c = plain_config(cfg_evaluator)
     df = read_manifest(manifest_path)[0]
     check_real(df, str(manifest_path))
     atlas_path = Path(manifest_path).parent / ATLAS_FILE
