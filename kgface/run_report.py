@@ -124,19 +124,23 @@ def with_interval(value, interval) -> str:
 
 def comparison_lines(comparison: dict | None) -> list[str]:
     """The baselines' comparison (metrics.json `baselines_comparison`) as a table: the reference conditioning's rate
-    against each other one's, their difference and the one-sided p that the reference's is higher."""
+    against each other one's, their difference and the one-sided p that the reference's is higher (Fisher on the
+    totals; paired: McNemar on the requests only one of the two got right, where both runs' scores pair)."""
     rows = [(mode, key, c) for mode, keys in ((comparison or {}).get("modes") or {}).items() for key, c in keys.items()]
     if not rows:
         return []
     ref = comparison["reference"]
     lines = [f"## `{ref}` against the other conditionings", "",
              f"{comparison['test']}; counts as correct / requests.", "",
-             f"| conditioning | key | `{ref}` | other | difference | one-sided p (H1: `{ref}` higher) |",
-             "|---|---|---|---|---|---|"]
+             f"| conditioning | key | `{ref}` | other | difference | one-sided p (H1: `{ref}` higher) "
+             f"| paired: only `{ref}` right / only other right; one-sided p |",
+             "|---|---|---|---|---|---|---|"]
     for mode, key, c in rows:
         k_r, n_r, k_o, n_o = c["counts"]
+        pr = c.get("paired")  # absent before 2026-12-05, None where the runs' scores do not pair
+        paired = f"{pr['only_a']} / {pr['only_b']}; {fmt(pr['p_greater'])}" if pr else "-"
         lines.append(f"| `{mode}` | `generation.{key}` | {k_r} / {n_r} | {k_o} / {n_o} | {fmt(c['difference'])} | "
-                     f"{fmt(c['p_greater'])} |")
+                     f"{fmt(c['p_greater'])} | {paired} |")
     return lines + [""]
 
 

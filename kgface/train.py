@@ -46,6 +46,22 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
     return cond
 
 
+def generated_scores(out_dir: Path, modes: list[str]) -> dict:
+    """{mode: OUT/<mode>/evaluation/scores_generated.csv's request columns, as strings} for the paired comparison."""
+    import pandas as pd
+
+    from .evaluation.intervals import REQUEST
+    from .evaluation.report import SCORE_FILES
+
+    found = {}
+    for mode in modes:
+        path = out_dir / mode / "evaluation" / SCORE_FILES["generated"]
+        if path.is_file():
+            found[mode] = pd.read_csv(path, usecols=lambda c: c in {"group", "pred_disease", *REQUEST}, dtype=str,
+                                      keep_default_na=False)
+    return found
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .data.build import phantom_dataset
     from .dataset import panel_profiles
@@ -127,7 +143,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if evaluator is not None and len(modes) > 1 and "kg" in modes:  # is KG conditioning above each other one?
         from .evaluation.intervals import compare_conditionings
 
-        metrics["baselines_comparison"] = compare_conditionings(metrics["baselines"])
+        metrics["baselines_comparison"] = compare_conditionings(metrics["baselines"],
+                                                                scores=generated_scores(out_dir, modes))
 
     # 8. report
     metrics["timings"] = {k: round(v, 1) for k, v in timings.items()}

@@ -18,7 +18,12 @@ def test_comparison_lines():
                                                                   "difference": 0.2083, "p_greater": 0.0248,
                                                                   "counts": [5, 24, 0, 24]}}}})
     assert lines[0] == "## `kg` against the other conditionings"
-    assert "| `text` | `generation.heldout_top1` | 5 / 24 | 0 / 24 | 0.208 | 0.025 |" in lines
+    assert "| `text` | `generation.heldout_top1` | 5 / 24 | 0 / 24 | 0.208 | 0.025 | - |" in lines  # no pairing
+    paired = {"only_a": 5, "only_b": 1, "n": 24, "p_greater": 0.1094}
+    lines = comparison_lines({"reference": "kg", "test": "Fisher's exact, one-sided",
+                              "modes": {"text": {"heldout_top1": {"difference": 0.1667, "p_greater": 0.094,
+                                                                  "counts": [5, 24, 1, 24], "paired": paired}}}})
+    assert "| `text` | `generation.heldout_top1` | 5 / 24 | 1 / 24 | 0.167 | 0.094 | 5 / 1; 0.109 |" in lines
 
 
 def test_run_report_brackets_and_comparison(tmp_path):

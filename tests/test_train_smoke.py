@@ -87,6 +87,32 @@ def test_train_job_writes_the_documented_layout(tmp_path):
     assert "](evaluation/learned_profiles.png)" in report  # the run's report shows every evaluation figure
 
 
+def test_one_seed_trains_the_same_weights_in_two_processes(tmp_path):
+    """Seeds make runs reproducible: two processes with other string-hash seeds (the order of a set of names) and
+    their own caches (VAE trained afresh) write byte-identical weights and samples."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    runs = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"run{hash_seed}"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "KGFACE_CACHE_DIR": str(tmp_path / f"cache{hash_seed}")}
+        done = subprocess.run([sys.executable, "-m", "kgface.train", *MICRO, f"hydra.run.dir={out}"], env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.append(out)
+    weights = sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*.safetensors"))
+    assert {"adapter.safetensors", "model/unet/diffusion_pytorch_model.safetensors",
+            "model/vae/diffusion_pytorch_model.safetensors"} <= {str(w) for w in weights}
+    for rel in weights:
+        a, b = load_file(runs[0] / rel), load_file(runs[1] / rel)
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), rel
+    assert (runs[0] / "samples/grid.png").read_bytes() == (runs[1] / "samples/grid.png").read_bytes()
+
+
 def test_bad_overrides_are_clear_errors(tmp_path, capsys):
     from kgface.train import main
 
@@ -168,6 +194,19 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
 
     assert held["p_greater"] == pytest.approx(compare_proportions(*held["counts"])["p_greater"], rel=1e-3)
     assert "## `kg` against the other conditionings" in (out / "report.md").read_text()
+    # the paired test, recomputed from both runs' per-image scores (same requests, same noise)
+    import pandas as pd
+
+    from kgface.evaluation.intervals import paired_comparison
+
+    hits = {}
+    for mode in ("kg", "text"):
+        g = pd.read_csv(out / mode / "evaluation" / "scores_generated.csv", dtype=str, keep_default_na=False)
+        g = g[g["group"] == "heldout"].sort_values(["requested_disease", "requested_stage", "seed"])
+        assert len(g) == metrics["baselines"][mode]["generation"]["heldout_n"]
+        hits[mode] = list(g["pred_disease"] == g["requested_disease"])
+    want = paired_comparison(hits["kg"], hits["text"])
+    assert held["paired"] == {**want, "p_greater": pytest.approx(want["p_greater"], rel=1e-3)}
     assert "ORPHA:648" not in set(cls["disease"])  # class conditioning cannot draw the held-out disease
 
 

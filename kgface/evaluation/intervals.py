@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import binom, fisher_exact, rankdata
 
+from .metrics import rounded
+
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 NAN_INTERVAL = [float("nan"), float("nan")]
 
@@ -33,11 +35,16 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> list[float]:
     return [0.0 if successes == 0 else max(0.0, centre - half), 1.0 if successes == n else min(1.0, centre + half)]
 
 
+def count_of(rate: float, n: int) -> int:
+    """The count behind a share of n rows as metrics.json keeps it (rounded to 4 decimals: exact up to n = 5,000)."""
+    return int(round(float(rate) * int(n)))
+
+
 def proportion_interval(p: float, n: int) -> list[float]:
-    """wilson_interval of a proportion already computed over n rows (its count is p * n, rounded)."""
+    """wilson_interval of a proportion already computed over n rows."""
     if n is None or int(n) <= 0 or p is None or not np.isfinite(p):
         return list(NAN_INTERVAL)
-    return wilson_interval(int(round(float(p) * int(n))), int(n))
+    return wilson_interval(count_of(p, n), int(n))
 
 
 def accuracy_interval(y_true: Sequence, y_pred: Sequence) -> list[float]:
@@ -97,13 +104,43 @@ def compare_proportions(k_a: int, n_a: int, k_b: int, n_b: int) -> dict:
 
 
 COMPARED = ("heldout_top1", "seen_disease_top1")  # generation.<key> with its generation.<name>_n
+REQUEST = ("requested_disease", "requested_stage", "seed")  # what makes two conditionings' draws the same request
 
 
-def compare_conditionings(per_mode: dict[str, dict], reference: str = "kg", keys: Sequence[str] = COMPARED) -> dict:
+def request_hits(scores, key: str) -> dict[tuple, bool] | None:
+    """{request: hit} over the rows of generation.<key> in a scores_generated.csv table (its `group` column names
+    each row's key), hit = the evaluator read the requested disease. None when the table cannot pair: no group or
+    seed column, or a request drawn twice."""
+    if scores is None or not {"group", "pred_disease", *REQUEST} <= set(scores.columns):
+        return None
+    rows = scores[scores["group"] == key.replace("_top1", "")]
+    keys = list(zip(*(rows[c].astype(str) for c in REQUEST)))
+    if len(set(keys)) != len(keys):
+        return None
+    return dict(zip(keys, (rows["pred_disease"] == rows["requested_disease"]).tolist()))
+
+
+def paired_rows(scores_a, scores_b, key: str) -> dict | None:
+    """paired_comparison of two conditionings on the requests both drew for generation.<key> (same disease, stage
+    and seed: a baselines run draws each conditioning with the same noise); None when they share none."""
+    a, b = request_hits(scores_a, key), request_hits(scores_b, key)
+    if not a or not b:
+        return None
+    both = sorted(set(a) & set(b))
+    if not both:
+        return None
+    return paired_comparison([a[r] for r in both], [b[r] for r in both])
+
+
+def compare_conditionings(per_mode: dict[str, dict], reference: str = "kg", keys: Sequence[str] = COMPARED,
+                          scores: dict | None = None) -> dict:
     """The reference conditioning against each other one, on generation.<key> (counts from the key and its _n):
     {other: {key: {reference, other, difference, p_greater (the reference's rate above the other's, Fisher one-sided),
-    counts [k_ref, n_ref, k_other, n_other]}}}. per_mode: metrics.json's `baselines` ({mode: that run's metrics}).
+    counts [k_ref, n_ref, k_other, n_other], paired}}}. per_mode: metrics.json's `baselines` ({mode: that run's
+    metrics}). scores: {mode: its scores_generated.csv as a DataFrame}; with both sides' tables, `paired` holds the
+    exact McNemar test on the requests both drew (only_a = only the reference right; p_greater one-sided), else None.
     A key either side lacks (class tokens draw no held-out disease) is left out."""
+    scores = scores or {}
     ref = (per_mode.get(reference) or {}).get("generation") or {}
     out: dict[str, dict] = {}
     for mode, result in per_mode.items():
@@ -116,13 +153,14 @@ def compare_conditionings(per_mode: dict[str, dict], reference: str = "kg", keys
             if ref.get(key) is None or gen.get(key) is None or not ref.get(n_key) or not gen.get(n_key):
                 continue
             n_r, n_o = int(ref[n_key]), int(gen[n_key])
-            k_r, k_o = int(round(ref[key] * n_r)), int(round(gen[key] * n_o))
-            c = compare_proportions(k_r, n_r, k_o, n_o)  # rounded as metrics.json's other numbers
-            row[key] = {"reference": ref[key], "other": gen[key], "difference": round(c["difference"], 4),
-                        "p_greater": float(f"{c['p_greater']:.4g}"), "counts": c["counts"]}
+            c = compare_proportions(count_of(ref[key], n_r), n_r, count_of(gen[key], n_o), n_o)
+            row[key] = rounded({"reference": ref[key], "other": gen[key], "difference": c["difference"],
+                                "p_greater": c["p_greater"], "counts": c["counts"],
+                                "paired": paired_rows(scores.get(reference), scores.get(mode), key)})
         if row:
             out[mode] = row
     return {"reference": reference,
             "test": "Fisher's exact, one-sided (H1: the reference's rate is higher), counting images as independent "
-                    "draws (they share noise across conditionings and stages: bench/heldout_draws.py pairs them)",
+                    "draws; paired: exact McNemar, one-sided, on the requests both drew with the same noise (a copy "
+                    "keeps its face across stages, so requests are not independent either)",
             "modes": out}

@@ -15,6 +15,22 @@ from sklearn.metrics import f1_score, roc_auc_score
 from ..errors import UserError
 
 
+def rounded(obj):
+    """metrics.json's numbers: floats to 4 decimals, but 4 significant digits below 0.01 (a KID of 4e-5 must not read
+    0.0); NaN and inf to None (JSON has neither); numpy scalars to Python ones; dicts, lists and tuples throughout."""
+    if isinstance(obj, dict):
+        return {str(k): rounded(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        if not np.isfinite(obj):
+            return None
+        return float(f"{float(obj):.4g}") if abs(obj) < 0.01 else round(float(obj), 4)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def topk_accuracy(probs: np.ndarray, labels: Sequence[int], k: int = 1) -> float:
     """Share of rows whose true label is among the k highest scores; NaN when there are no rows, or k > 1 and no
     more classes than k (every row would count, a number that measures nothing)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cache import save_figure_atomic, write_json_atomic, write_text_atomic
+from ..cache import atomic_path, save_figure_atomic, write_json_atomic, write_text_atomic
 from ..data.manifest import stage_known
 from .evaluator import ScoredSet
 from .inputs import HEALTHY, load_images
@@ -173,9 +173,26 @@ def nearest_pairs(scored, names: dict, path: Path, threshold: float | None, k: i
     return image_grid(images, caps, path, cols=8)
 
 
+SCORE_FILES = {"real": "scores_real.csv", "generated": "scores_generated.csv"}
 OWN_FILES = ("metrics.json", "report.md", "report.html", "confusion_real.png", "stage_real.png", "phenotypes_real.png", "real_best.png",
              "real_worst.png", "confusion_generated.png", "stage_generated.png", "phenotype_match_generated.png",
-             "generated_best.png", "generated_worst.png", "memorisation_nearest.png")  # what write_report draws
+             "generated_best.png", "generated_worst.png", "memorisation_nearest.png",
+             *SCORE_FILES.values())  # what write_report writes
+
+
+def write_scores(table: pd.DataFrame, headline: np.ndarray, path: Path) -> Path:
+    """One row per scored image: its manifest columns (paths as the manifest wrote them), `headline` (a row of the
+    top-1 keys: stages 2-3 and healthy, no transformations) and every score (pred_disease, pred_prob, p_<class>,
+    severity_pred, stage_pred, ph_<HPO id>, detected), so a number of metrics.json can be recomputed, an image looked
+    up, or two runs' draws of the same request paired. Lists are joined by ';'."""
+    t = table.drop(columns=[c for c in ("abspath",) if c in table.columns]).copy()
+    t.insert(min(len(t.columns), 1), "headline", np.asarray(headline, bool))
+    for c in ("top3", "detected"):
+        if c in t.columns:
+            t[c] = [";".join(map(str, v)) for v in t[c]]
+    with atomic_path(path) as tmp:
+        t.to_csv(tmp, index=False, float_format="%.6g")
+    return path
 
 
 def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -230,6 +247,7 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
     if evaluator is not None and "real" in scored:
         t = scored["real"].table
         head = headline_rows(t)  # the rows of real_top1: stage 0 looks healthy by construction
+        paths["scores_real"] = write_scores(t, head, out / SCORE_FILES["real"])
         if head.any():
             figs.append(("Real test images, stages 2-3 and healthy (the rows of real_top1): disease confusion",
                          plot_confusion(t[head], evaluator.classes, names, out / "confusion_real.png")))
@@ -250,6 +268,7 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
     if evaluator is not None and "generated" in scored:
         t = scored["generated"].table
         head = generated_headline_rows(t)
+        paths["scores_generated"] = write_scores(t, head, out / SCORE_FILES["generated"])
         if head.any():
             figs.append(("Generated images, requests for stages 2-3 and healthy faces, no transformations (the rows "
                          "of generation.seen_top1 and heldout_top1): requested vs measured disease",

@@ -26,21 +26,6 @@ from .face_identity import pair_distances
 from .validity import (HEADLINE_STAGES, _test_rows, generated_headline_rows, headline_rows, instrument_validity,
                        transform_rows)
 
-def _rounded(obj):
-    if isinstance(obj, dict):
-        return {str(k): _rounded(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_rounded(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        if not np.isfinite(obj):
-            return None
-        # 4 decimals, but 4 significant digits below 0.01 (a KID of 4e-5 must not read 0.0)
-        return float(f"{float(obj):.4g}") if abs(obj) < 0.01 else round(float(obj), 4)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def _filled(table: pd.DataFrame, column: str, fallback: str) -> pd.Series:
     """`column` where a row fills it, else that row's `fallback`, row by row (one empty cell must not re-label the
     rest)."""
@@ -230,9 +215,12 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         hd = req_d.isin(heldout).to_numpy()
         # seen_top1 counts requests for healthy faces among the seen rows (as evaluator.*_seen do); the target's
         # wording, disease accuracy at stages 2-3, is seen_disease_top1, and healthy_top1 is the other half
-        for name, mask in (("seen", shown & ~hd), ("heldout", shown & hd),
-                           ("seen_disease", shown & ~hd & ~asked_healthy),
-                           ("healthy", asked_healthy & ~hd & ~transform)):
+        groups = (("seen", shown & ~hd), ("heldout", shown & hd), ("seen_disease", shown & ~hd & ~asked_healthy),
+                  ("healthy", asked_healthy & ~hd & ~transform))
+        # each row's top-1 key (scores_generated.csv: the rows a baselines comparison pairs); seen = the last two
+        t["group"] = np.select([m for name, m in groups[1:]], [name for name, m in groups[1:]],
+                               np.where(transform, "transform", ""))
+        for name, mask in groups:
             if mask.any():
                 g[f"{name}_top1"] = M.accuracy(req_d[mask], t["pred_disease"][mask])
                 g[f"{name}_top1_ci95"] = CI.accuracy_interval(req_d[mask], t["pred_disease"][mask])  # Wilson
@@ -363,7 +351,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 metrics["memorisation_holdout_n"] = audit["holdout_n"]
                 t["nearest_train_cosine"] = audit["nearest_cosine"]
                 t["nearest_train_path"] = list(train["abspath"].iloc[audit["nearest_index"]])
-    metrics = _rounded(metrics)
+    metrics = M.rounded(metrics)
     return (metrics, scored) if return_scored else metrics
 
 

@@ -97,3 +97,36 @@ def test_compare_conditionings_reads_counts_from_metrics():
     assert out["modes"]["text"]["seen_disease_top1"]["counts"] == [91, 132, 99, 132]
     assert set(out["modes"]["class"]) == {"seen_disease_top1"}  # class tokens cannot draw a held-out disease
     assert compare_conditionings({"text": per_mode["text"]})["modes"] == {}  # no reference run: nothing compared
+    assert held["paired"] is None  # no scores given: nothing to pair
+
+
+def _scores(hits: dict, group="heldout"):
+    """A scores_generated.csv table as train.generated_scores reads it (strings): {(disease, stage, seed): hit}."""
+    import pandas as pd
+
+    return pd.DataFrame([{"requested_disease": d, "requested_stage": str(s), "seed": str(seed), "group": group,
+                          "pred_disease": d if hit else "healthy"} for (d, s, seed), hit in hits.items()])
+
+
+def test_conditionings_are_paired_on_the_requests_both_drew():
+    import pandas as pd
+
+    from kgface.evaluation.intervals import paired_rows, request_hits
+
+    reqs = [("ORPHA:1", s, seed) for s in (2, 3) for seed in range(12)]  # 24 held-out requests
+    kg = {r: k < 6 for k, r in enumerate(reqs)}  # the first 6 right
+    text = {r: k in (0, 23) for k, r in enumerate(reqs)}  # one shared hit, one of its own
+    a, b = _scores(kg), _scores(text)
+    assert request_hits(a, "heldout_top1")[("ORPHA:1", "2", "0")] is True and request_hits(a, "seen_disease_top1") == {}
+    out = paired_rows(a, b.iloc[::-1], "heldout_top1")  # pairs by request, not by row order
+    assert out == paired_comparison([kg[r] for r in reqs], [text[r] for r in reqs])
+    assert (out["only_a"], out["only_b"], out["n"]) == (5, 1, 24) and out["p_greater"] == pytest.approx(7 / 64)
+    assert paired_rows(a, b.iloc[:10], "heldout_top1")["n"] == 10  # only the requests both drew
+    twice = pd.concat([a, a.iloc[:1]])  # a request drawn twice cannot be paired
+    assert request_hits(twice, "heldout_top1") is None and paired_rows(twice, b, "heldout_top1") is None
+    assert request_hits(a.drop(columns=["seed"]), "heldout_top1") is None
+    assert paired_rows(a, _scores(text, group="seen_disease"), "heldout_top1") is None  # nothing shared
+    per_mode = {m: {"generation": {"heldout_top1": k / 24, "heldout_n": 24}} for m, k in (("kg", 6), ("text", 2))}
+    got = compare_conditionings(per_mode, scores={"kg": a, "text": b})["modes"]["text"]["heldout_top1"]
+    assert got["counts"] == [6, 24, 2, 24] and got["paired"] == {**out, "p_greater": round(7 / 64, 4)}
+    assert compare_conditionings(per_mode, scores={"kg": a})["modes"]["text"]["heldout_top1"]["paired"] is None

@@ -207,10 +207,9 @@ def test_kid_is_the_same_in_every_process_and_leaves_the_global_generator_alone(
 
 
 def test_small_metrics_keep_their_significant_digits():
-    from kgface.evaluation.sets import _rounded
-
-    assert _rounded({"kid": 4.2e-5, "top1": 0.123456, "fid": 12.345678, "bad": float("nan")}) == {
-        "kid": 4.2e-5, "top1": 0.1235, "fid": 12.3457, "bad": None}
+    assert M.rounded({"kid": 4.2e-5, "top1": 0.123456, "fid": 12.345678, "bad": float("nan"),
+                      "n": np.int64(3), "ci": (np.float32(0.25), 0.123456)}) == {
+        "kid": 4.2e-5, "top1": 0.1235, "fid": 12.3457, "bad": None, "n": 3, "ci": [0.25, 0.1235]}
     from kgface.run_report import fmt
 
     assert fmt(4.2e-5) == "4.2e-05" and fmt(0.12345) == "0.123" and fmt(0.0) == "0.000" and fmt(None) == "-"

@@ -43,6 +43,39 @@ def test_a_report_that_fails_midway_leaves_no_metrics_json(tiny_evaluator, tiny_
     assert "generation" not in json.loads((out / "metrics.json").read_text())
 
 
+def test_per_image_scores_give_back_the_reports_numbers(tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
+    """scores_real.csv / scores_generated.csv: one row per scored image, whose headline and group columns select
+    exactly the rows of metrics.json's top-1 keys."""
+    import pandas as pd
+
+    from kgface.evaluation import report
+
+    gen = generated_manifest(tiny_data, tmp_path, n=30)
+    m, scored = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, return_scored=True)
+    paths = report.write_report(tmp_path / "out", m, scored, tiny_evaluator, tiny_profiles)
+    real = pd.read_csv(paths["scores_real"], keep_default_na=False)
+    assert len(real) == len(scored["real"].table) and "abspath" not in real
+    head = real[real["headline"]]
+    assert (head["pred_disease"] == head["disease"]).mean() == pytest.approx(m["evaluator"]["real_top1"], abs=1e-4)
+    assert {f"p_{c}" for c in tiny_evaluator.classes} <= set(real.columns)
+    g = pd.read_csv(paths["scores_generated"], keep_default_na=False)
+    assert len(g) == len(scored["generated"].table) > 2 and list(g["path"][:2]) == ["g000.png", "g001.png"]  # paths as the manifest wrote them
+    assert list(g["group"]).count("transform") == 1
+    for key in ("seen_disease", "healthy", "heldout"):
+        rows = g[g["group"] == key]
+        if f"{key}_top1" in m["generation"]:
+            assert len(rows) == m["generation"][f"{key}_n"]
+            hit = (rows["pred_disease"] == rows["requested_disease"]).mean()
+            assert hit == pytest.approx(m["generation"][f"{key}_top1"], abs=1e-4), key
+    assert g["group"].isin(["seen_disease", "healthy"]).sum() == m["generation"]["seen_n"]
+    assert g["group"].isin(["seen_disease", "healthy", "heldout"]).sum() == g["headline"].sum()
+    assert m["generation"].get("heldout_n", 0) > 0  # every group above was read
+    assert all(set(d.split(";")) <= set(tiny_evaluator.phenotypes) for d in g["detected"] if d)
+    report.write_report(tmp_path / "out", {"evaluator": {}})  # written again without sets: no stale scores
+    assert not (tmp_path / "out" / "scores_real.csv").exists()
+    assert not (tmp_path / "out" / "scores_generated.csv").exists()
+
+
 def test_the_real_stage_scatter_leaves_out_ungraded_photos(tiny_evaluator, tiny_data, tmp_path, monkeypatch):
     """A photo without a grade carries a placeholder stage: the stage metrics leave it out, so must the plot."""
     from kgface.evaluation import report, write_report
