@@ -4,12 +4,14 @@
     python bench/gallery.py --micro                  # no trained run: train the test suite's micro run first (~20 s)
 
 Each mode writes a full output folder under --out (images, manifest.csv, grid.png); the grids and the progression
-strip are copied to --img as generation_<mode>.png. The micro run is trained for 4 steps on 32 px phantom faces:
-its pictures show the layout of each output, not what a trained model draws.
+strip are copied to --img as generation_<mode>.png. transform turns the run's stage-3 samples, one per disease (up to
+8), back to healthy; compose draws the run's first held-out disease (never trained) from its phenotypes. The micro run is trained
+for 4 steps on 32 px phantom faces: its pictures show the layout of each output, not what a trained model draws.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -42,12 +44,24 @@ def main(argv=None):
     if run is None:
         ap.error("give --run RUN_DIR or --micro")
     common = [f"run={run}", "progress=false"]
-    sources = run / "samples" / "images"
+    # transform: the run's own stage-3 samples, one per disease, up to 8 (all would make a sheet of hundreds)
+    drawn = sorted((run / "samples" / "images").glob("sample_*.png"))
+    first = {}
+    for path in [p for p in drawn if "_s3_" in p.name] or drawn:
+        first.setdefault(path.name.split("_s")[0], path)
+    sources = args.out / "transform_inputs"
+    shutil.rmtree(sources, ignore_errors=True)
+    sources.mkdir(parents=True)
+    for path in list(first.values())[:8]:
+        shutil.copyfile(path, sources / path.name)
+    # compose: the run's first held-out disease (never trained: drawn from its phenotypes), else Williams syndrome
+    heldout = json.loads((run / "data.json").read_text()).get("heldout") if (run / "data.json").is_file() else None
+    composed = (heldout or ["ORPHA:904"])[0]
     calls = {
         "sample": ["mode=sample", "stages=[0,1,2,3]", "seeds=[0,1]"],
         "transform": ["mode=transform", f"input={sources}", "target=healthy", "strength=0.6", "keep=[eyes,hair]"],
         "progression": ["mode=progression", "disease=ORPHA:870", "frames=6", "seeds=[0]"],
-        "compose": ["mode=compose", "disease=ORPHA:904", "stages=[1,3]", "seeds=[0,1]",
+        "compose": ["mode=compose", f"disease={composed}", "stages=[1,3]", "seeds=[0,1]",
                     'phenotypes=["HP:0000316=0.8","HP:0000508=0.3"]'],
     }
     args.img.mkdir(parents=True, exist_ok=True)

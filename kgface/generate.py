@@ -67,13 +67,19 @@ def identity_scores(items: list[Item], images: torch.Tensor, evaluator=None) -> 
 
 # ----------------------------------------------------------------------------------------------------- writing
 def save_grid(images: torch.Tensor, items: list[Item], path: Path, title: str = "") -> None:
-    """One row per group (disease, input or identity), its images left to right, labelled by severity and seed."""
+    """One row per group (disease, input or identity), its images left to right, labelled by severity and seed; a
+    row of edits of an input (transform, progression with input=) starts with that input, so the change shows."""
     from .sheets import labelled_sheet
 
     groups = list(dict.fromkeys(it.group for it in items))
     idx = [[i for i, it in enumerate(items) if it.group == g] for g in groups]
-    rows = [(f"{g}\n{items[ix[0]].row.get('name', '')[:28]}", [images[i] for i in ix]) for g, ix in zip(groups, idx)]
-    captions = [[f"s{items[i].row['severity']:g} seed{items[i].row['seed']}" for i in ix] for ix in idx]
+    rows, captions = [], []
+    for g, ix in zip(groups, idx):
+        source = items[ix[0]].source
+        lead = [] if source is None else [source]
+        rows.append((f"{g}\n{items[ix[0]].row.get('name', '')[:28]}", lead + [images[i] for i in ix]))
+        captions.append(["input"] * len(lead) + [f"s{items[i].row['severity']:g} seed{items[i].row['seed']}"
+                                                  for i in ix])
     labelled_sheet(rows, title=title, captions=captions, cell=max(images.shape[-1], 48), label_width=180).save(path)
 
 

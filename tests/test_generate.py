@@ -121,6 +121,8 @@ def test_transform_with_keep_mask_leaves_unmasked_pixels(micro_run, tmp_path, ca
     kept = edit_mask(None, ["eyes", "hair"], out.shape[0])[0].numpy() == 0
     assert kept.sum() > 0 and np.abs(out[kept] - inp[kept]).max() <= 1
     assert np.abs(out[~kept] - inp[~kept]).max() > 0  # the rest did change
+    # the grid's row shows the input before its edit: two cells of 48 px (+2 px gap) after the 180-px label
+    assert Image.open(tmp_path / "o" / "grid.png").width == 180 + 2 * (48 + 2)
 
 
 def test_progression_writes_a_strip_and_a_gif_with_shared_noise(micro_run, tmp_path):

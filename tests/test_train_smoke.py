@@ -199,14 +199,16 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
 
     from kgface.evaluation.intervals import paired_comparison
 
-    hits = {}
-    for mode in ("kg", "text"):
-        g = pd.read_csv(out / mode / "evaluation" / "scores_generated.csv", dtype=str, keep_default_na=False)
-        g = g[g["group"] == "heldout"].sort_values(["requested_disease", "requested_stage", "seed"])
-        assert len(g) == metrics["baselines"][mode]["generation"]["heldout_n"]
-        hits[mode] = list(g["pred_disease"] == g["requested_disease"])
-    want = paired_comparison(hits["kg"], hits["text"])
-    assert held["paired"] == {**want, "p_greater": pytest.approx(want["p_greater"], rel=1e-3)}
+    for key in ("heldout", "seen_disease"):
+        hits = {}
+        for mode in ("kg", "text"):
+            g = pd.read_csv(out / mode / "evaluation" / "scores_generated.csv", dtype=str, keep_default_na=False)
+            g = g[g["group"] == key].sort_values(["requested_disease", "requested_stage", "seed"])
+            assert len(g) == metrics["baselines"][mode]["generation"][f"{key}_n"] > 0
+            hits[mode] = list(g["pred_disease"] == g["requested_disease"])
+        want = paired_comparison(hits["kg"], hits["text"])
+        got = comparison["modes"]["text"][f"{key}_top1"]["paired"]
+        assert got == {**want, "p_greater": pytest.approx(want["p_greater"], rel=1e-3)}, key
     assert "ORPHA:648" not in set(cls["disease"])  # class conditioning cannot draw the held-out disease
 
 

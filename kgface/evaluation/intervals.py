@@ -36,8 +36,13 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> list[float]:
 
 
 def count_of(rate: float, n: int) -> int:
-    """The count behind a share of n rows as metrics.json keeps it (rounded to 4 decimals: exact up to n = 5,000)."""
+    """The count behind a share of n rows as metrics.json keeps it (rounded to 4 decimals: exact below n = 10,000)."""
     return int(round(float(rate) * int(n)))
+
+
+def significant(p: float | None) -> float | None:
+    """A p-value as metrics.json keeps it: 4 significant digits (4 decimals would read 0.04996 as 0.05)."""
+    return None if p is None else float(f"{float(p):.4g}")
 
 
 def proportion_interval(p: float, n: int) -> list[float]:
@@ -154,9 +159,12 @@ def compare_conditionings(per_mode: dict[str, dict], reference: str = "kg", keys
                 continue
             n_r, n_o = int(ref[n_key]), int(gen[n_key])
             c = compare_proportions(count_of(ref[key], n_r), n_r, count_of(gen[key], n_o), n_o)
-            row[key] = rounded({"reference": ref[key], "other": gen[key], "difference": c["difference"],
-                                "p_greater": c["p_greater"], "counts": c["counts"],
-                                "paired": paired_rows(scores.get(reference), scores.get(mode), key)})
+            row[key] = {**rounded({"reference": ref[key], "other": gen[key], "difference": c["difference"],
+                                   "counts": c["counts"]}),
+                        "p_greater": significant(c["p_greater"]),
+                        "paired": paired_rows(scores.get(reference), scores.get(mode), key)}
+            if row[key]["paired"]:
+                row[key]["paired"]["p_greater"] = significant(row[key]["paired"]["p_greater"])
         if row:
             out[mode] = row
     return {"reference": reference,

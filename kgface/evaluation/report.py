@@ -182,10 +182,10 @@ OWN_FILES = ("metrics.json", "report.md", "report.html", "confusion_real.png", "
 
 def write_scores(table: pd.DataFrame, headline: np.ndarray, path: Path) -> Path:
     """One row per scored image: its manifest columns (paths as the manifest wrote them), `headline` (a row of the
-    top-1 keys: stages 2-3 and healthy, no transformations) and every score (pred_disease, pred_prob, p_<class>,
+    top-1 keys: stages 2-3, healthy and ungraded photos, no transformations) and every score (pred_disease, pred_prob, p_<class>,
     severity_pred, stage_pred, ph_<HPO id>, detected), so a number of metrics.json can be recomputed, an image looked
     up, or two runs' draws of the same request paired. Lists are joined by ';'."""
-    t = table.drop(columns=[c for c in ("abspath",) if c in table.columns]).copy()
+    t = table.drop(columns=[c for c in ("abspath", "headline") if c in table.columns]).copy()  # ours, not a manifest's
     t.insert(min(len(t.columns), 1), "headline", np.asarray(headline, bool))
     for c in ("top3", "detected"):
         if c in t.columns:

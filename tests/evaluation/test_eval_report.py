@@ -61,15 +61,13 @@ def test_per_image_scores_give_back_the_reports_numbers(tiny_evaluator, tiny_dat
     g = pd.read_csv(paths["scores_generated"], keep_default_na=False)
     assert len(g) == len(scored["generated"].table) > 2 and list(g["path"][:2]) == ["g000.png", "g001.png"]  # paths as the manifest wrote them
     assert list(g["group"]).count("transform") == 1
-    for key in ("seen_disease", "healthy", "heldout"):
+    for key in ("seen_disease", "healthy", "heldout"):  # the constructed set has rows of every group
         rows = g[g["group"] == key]
-        if f"{key}_top1" in m["generation"]:
-            assert len(rows) == m["generation"][f"{key}_n"]
-            hit = (rows["pred_disease"] == rows["requested_disease"]).mean()
-            assert hit == pytest.approx(m["generation"][f"{key}_top1"], abs=1e-4), key
+        assert len(rows) == m["generation"][f"{key}_n"] > 0, key
+        hit = (rows["pred_disease"] == rows["requested_disease"]).mean()
+        assert hit == pytest.approx(m["generation"][f"{key}_top1"], abs=1e-4), key
     assert g["group"].isin(["seen_disease", "healthy"]).sum() == m["generation"]["seen_n"]
     assert g["group"].isin(["seen_disease", "healthy", "heldout"]).sum() == g["headline"].sum()
-    assert m["generation"].get("heldout_n", 0) > 0  # every group above was read
     assert all(set(d.split(";")) <= set(tiny_evaluator.phenotypes) for d in g["detected"] if d)
     report.write_report(tmp_path / "out", {"evaluator": {}})  # written again without sets: no stale scores
     assert not (tmp_path / "out" / "scores_real.csv").exists()
