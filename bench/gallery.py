@@ -55,7 +55,10 @@ def main(argv=None):
     for path in list(first.values())[:8]:
         shutil.copyfile(path, sources / path.name)
     # compose: the run's first held-out disease (never trained: drawn from its phenotypes), else Williams syndrome
-    heldout = json.loads((run / "data.json").read_text()).get("heldout") if (run / "data.json").is_file() else None
+    from kgface.run_files import run_file
+
+    data = run_file(run, "data.json")  # a baselines generator (OUT/<mode>) keeps it in OUT
+    heldout = json.loads(data.read_text()).get("heldout") if data is not None else None
     composed = (heldout or ["ORPHA:904"])[0]
     calls = {
         "sample": ["mode=sample", "stages=[0,1,2,3]", "seeds=[0,1]"],

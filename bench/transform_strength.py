@@ -1,7 +1,7 @@
 """How much of a face an SDEdit transformation keeps, and how often it reaches its target, against its strength.
 
     python bench/transform_strength.py RUN [--strengths 0.3 0.45 0.6 0.75 0.9] [--identities N] [--out DIR]
-                                       [--face-identity auto|dlib|none] [--img PNG] [--threads 2]
+                                       [--face-identity auto|dlib|none] [--img PNG] [--threads 1]
 
 The train job transforms `samples.transform_identities` healthy test faces into every disease at stage 3, and a
 stage-3 face of each disease back to healthy, at `samples.transform_strength` (0.6), and reports
@@ -28,7 +28,7 @@ def main(argv=None):
     ap.add_argument("--face-identity", default="auto", choices=["auto", "dlib", "none"])
     ap.add_argument("--img", type=Path, default=None, help="write the strength sheet here (PNG)")
     ap.add_argument("--columns", type=int, default=6, help="targets shown in the sheet")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
     import torch
@@ -37,10 +37,11 @@ def main(argv=None):
     from kgface.data.manifest import read_manifest
     from kgface.diffusion.generator import Generator
     from kgface.diffusion.run_loading import heldout_of, load_run
-    from kgface.diffusion.samples import transform_set, write_set
+    from kgface.diffusion.samples import fit_label, transform_set, write_set
     from kgface.evaluation import evaluate_sets, load_evaluator
     from kgface.evaluation.face_identity import load_face_identity
     from kgface.evaluation.inputs import HEALTHY
+    from kgface.run_files import run_file
     from kgface.sheets import labelled_sheet
 
     backbone, cond, profiles, cfg = load_run(args.run)
@@ -48,14 +49,21 @@ def main(argv=None):
     evaluator = load_evaluator(args.run)
     sample = cfg.model.get("sample", {})
     gen = Generator(backbone, cond, guidance=float(sample.get("guidance", 3.0)), steps=int(sample.get("steps", 20)))
-    real = read_manifest(json.loads((args.run / "data.json").read_text())["manifest"])[0]
+    data = run_file(args.run, "data.json")  # a baselines generator (OUT/<mode>) keeps it in OUT
+    if data is None:
+        raise SystemExit(f"{args.run}: no data.json (not a kgface.train output folder)")
+    real = read_manifest(json.loads(data.read_text())["manifest"])[0]
     test = real[real["split"] == "test"]
     known = {p.disease_id for p in cond.profiles}
     drawable = profiles if cond.mode != "class" else [p for p in profiles if p.disease_id in known]  # as the run
-    n_ids = int(args.identities if args.identities is not None else cfg.samples.get("transform_identities", 3))
+    n_ids = int(args.identities if args.identities is not None else cfg.samples.get("transform_identities", 0))
+    if n_ids <= 0:
+        raise SystemExit(f"{args.run}: samples.transform_identities is 0 (the run drew no transformations); give "
+                         "--identities N")
     seed = int(cfg.seed) + 1000 + 5000  # the train job's transformations (run_measure.draw_and_measure)
     face_identity = load_face_identity(args.face_identity)
-    run_metrics = json.loads((args.run / "metrics.json").read_text()) if (args.run / "metrics.json").is_file() else {}
+    metrics_file = run_file(args.run, "metrics.json")
+    run_metrics = json.loads(metrics_file.read_text()) if metrics_file is not None else {}
     ends = run_metrics.get("evaluator", {})
     results, sheet = [], []
     for strength in args.strengths:
@@ -77,9 +85,8 @@ def main(argv=None):
         print(json.dumps(results[-1]))
         first = [i for i, r in enumerate(rows) if r["disease"] != HEALTHY][:args.columns]  # one face, its first targets
         sheet.append((f"strength {strength:g}", [images[i] for i in first]))
-        if len(sheet) == 1:
-            source_image = rows[first[0]]["source_image"]
-            names = [evaluator.names.get(rows[i]["disease"], rows[i]["disease"])[:15] for i in first]
+        names = [fit_label(evaluator.names.get(rows[i]["disease"], rows[i]["disease"]), 16) for i in first]
+        source_image = rows[first[0]]["source_image"] if first else None
     print(f"\nrun {args.run}: {results[0]['n']} transformations per strength; real identity ends: same identity "
           f"{ends.get('identity_same_cosine', float('nan')):.2f}, different identities "
           f"{ends.get('identity_different_cosine', float('nan')):.2f} (evaluator feature cosine)")
@@ -90,7 +97,9 @@ def main(argv=None):
         dlib = "-" if r["same_person_dlib"] is None else f"{r['same_person_dlib']:.2f}"
         print(f"| {r['strength']:g} | {r['target_top1']:.2f} ({lo:.2f}-{hi:.2f}) | {r['to_disease_top1']:.2f} / "
               f"{r['to_healthy_top1']:.2f} | {r['identity_similarity']:.2f} | {dlib} |")
-    if args.img is not None:
+    if args.img is not None and source_image is None:
+        print("no healthy face was drawn towards a disease: no sheet")
+    elif args.img is not None:
         from PIL import Image
 
         from kgface.cache import atomic_path

@@ -75,8 +75,11 @@ def save_grid(images: torch.Tensor, items: list[Item], path: Path, title: str = 
     idx = [[i for i, it in enumerate(items) if it.group == g] for g in groups]
     rows, captions = [], []
     for g, ix in zip(groups, idx):
+        # the input leads the row only when the whole row edits that one input (a manifest's row is an identity,
+        # which may hold several photos)
+        inputs = {items[i].extra.get("input", items[i].source_name) for i in ix}
         source = items[ix[0]].source
-        lead = [] if source is None else [source]
+        lead = [source] if source is not None and len(inputs) == 1 else []
         rows.append((f"{g}\n{items[ix[0]].row.get('name', '')[:28]}", lead + [images[i] for i in ix]))
         captions.append(["input"] * len(lead) + [f"s{items[i].row['severity']:g} seed{items[i].row['seed']}"
                                                   for i in ix])

@@ -234,6 +234,10 @@ def test_progression_keeps_one_strip_per_input_when_inputs_share_an_identity(mic
     assert strips == ["000_patient_1_seed1.png", "001_patient_1_seed1.png"]
     df, _ = read_manifest(tmp_path / "o" / "manifest.csv")
     assert df["source_image"].nunique() == 2 and len(df) == 4
+    # a transform's grid row is the identity: with two photos in it, no one input may lead the row as its source
+    generate(micro_run, tmp_path / "t", "mode=transform", "target=healthy", f"input={manifest}", "seeds=[1]")
+    # one row (16-px title, 48-px cells + 2-px gap + 12-px caption) of two edits, no input cell
+    assert Image.open(tmp_path / "t" / "grid.png").size == (180 + 2 * (48 + 2), 16 + 48 + 2 + 12)
 
 
 def test_transform_from_a_manifest_with_a_png_mask(micro_run, tmp_path):
