@@ -6,8 +6,8 @@
 A train run draws each (disease, stage) cell only `samples.per_cell` times (6 on the benchmark: 24 held-out images),
 too few to compare conditionings on held-out diseases. This draws every held-out disease (and, for reference,
 every seen one) at the given stages with `--seeds` seeds, the same noise for every run, and prints top-1 with a
-Wilson 95% interval per run, and the first run against each later one on held-out diseases (e.g. KG tokens
-against text; one-sided, H1: the first is higher): Fisher's exact test on the counts and, as every run draws
+Wilson 95% interval per run, and the first run against each later one on held-out and on seen diseases (e.g. KG
+tokens against text; one-sided, H1: the first is higher): Fisher's exact test on the counts and, as every run draws
 the same requests with the same noise, McNemar's exact test on the requests only one of the two got right.
 RUN_*: kgface.train output folders (a baselines run's `OUT/<mode>`); the evaluator is the first run's unless
 --evaluator names one. A class-conditioned run cannot draw held-out diseases and is skipped for them. --guidance
@@ -51,7 +51,7 @@ def main(argv=None):
 
     first = Path(args.runs[0])  # a baselines generator (OUT/<mode>) keeps its evaluator in OUT/evaluator
     evaluator = load_evaluator(args.evaluator or (first if (first / "evaluator").is_dir() else first.parent))
-    results, paired = {}, {}  # paired: run -> (request keys, hits) of its held-out draws
+    results, paired = {}, {}  # paired: (run, group) -> (request keys, hits) of its draws
     for run in args.runs:
         backbone, cond, profiles, cfg = load_run(run)
         heldout = heldout_of(Path(run))
@@ -86,8 +86,7 @@ def main(argv=None):
             per = {p.disease_id: float(hit[[r.profile.disease_id == p.disease_id for r in reqs_h]].mean())
                    if len(hit) else None for p in chosen}
             lo, hi = wilson_interval(int(hit.sum()), len(hit))
-            if group == "heldout":
-                paired[run] = ([(r.profile.disease_id, r.severity, r.seed) for r in reqs_h], hit)
+            paired[run, group] = ([(r.profile.disease_id, r.severity, r.seed) for r in reqs_h], hit)
             # where each disease's draws are read: the nearest seen disease, healthy, or itself
             read_as = {p.disease_id: dict(Counter(pr for pr, r in zip(preds_h, reqs_h)
                                                   if r.profile.disease_id == p.disease_id).most_common(3))
@@ -108,17 +107,18 @@ def main(argv=None):
         rho = f"{r['seen']['stage_spearman']:.3f}" if "seen" in r else "-"
         print(f"| {run} | {r['conditioning']} | {r['guidance']:g} | {r['null_text']} | {cells[0]} | {cells[1]} "
               f"| {rho} |")
-    runs = [run for run, r in results.items() if r.get("heldout", {}).get("n")]
-    for run in runs[1:]:  # the first run against each later one on held-out diseases
-        a, b = results[runs[0]]["heldout"], results[run]["heldout"]
-        c = compare_proportions(a["k"], a["n"], b["k"], b["n"])
-        line = (f"held-out: {runs[0]} {a['k']}/{a['n']} against {run} {b['k']}/{b['n']}, one-sided (H1: the first "
-                f"higher): Fisher p = {c['p_greater']:.3g}")
-        if paired[runs[0]][0] == paired[run][0]:  # the same requests, the same noise
-            m = paired_comparison(paired[runs[0]][1], paired[run][1])
-            line += (f"; paired (McNemar exact, {m['only_a']} vs {m['only_b']} right in one only) "
-                     f"p = {m['p_greater']:.3g}")
-        print(line)
+    for group in ("heldout", "seen"):  # the first run against each later one, per group it drew
+        runs = [run for run, r in results.items() if r.get(group, {}).get("n")]
+        for run in runs[1:]:
+            a, b = results[runs[0]][group], results[run][group]
+            c = compare_proportions(a["k"], a["n"], b["k"], b["n"])
+            line = (f"{group}: {runs[0]} {a['k']}/{a['n']} against {run} {b['k']}/{b['n']}, one-sided (H1: the "
+                    f"first higher): Fisher p = {c['p_greater']:.3g}")
+            if paired[runs[0], group][0] == paired[run, group][0]:  # the same requests, the same noise
+                m = paired_comparison(paired[runs[0], group][1], paired[run, group][1])
+                line += (f"; paired (McNemar exact, {m['only_a']} vs {m['only_b']} right in one only) "
+                         f"p = {m['p_greater']:.3g}")
+            print(line)
 
 
 if __name__ == "__main__":
