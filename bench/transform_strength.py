@@ -42,6 +42,7 @@ def main(argv=None):
     from kgface.evaluation.face_identity import load_face_identity
     from kgface.evaluation.inputs import HEALTHY
     from kgface.run_files import run_file
+    from kgface.run_measure import transform_seed
     from kgface.sheets import labelled_sheet
 
     backbone, cond, profiles, cfg = load_run(args.run)
@@ -60,7 +61,7 @@ def main(argv=None):
     if n_ids <= 0:
         raise SystemExit(f"{args.run}: samples.transform_identities is 0 (the run drew no transformations); give "
                          "--identities N")
-    seed = int(cfg.seed) + 1000 + 5000  # the train job's transformations (run_measure.draw_and_measure)
+    seed = transform_seed(cfg)  # the train job's own transformations
     face_identity = load_face_identity(args.face_identity)
     metrics_file = run_file(args.run, "metrics.json")
     run_metrics = json.loads(metrics_file.read_text()) if metrics_file is not None else {}

@@ -12,6 +12,12 @@ from pathlib import Path
 import torch
 
 
+def transform_seed(cfg) -> int:
+    """The first seed of a run's transformations of test faces (samples: cfg.seed + 1000; these 5,000 further on),
+    so that bench/transform_strength.py can redraw exactly the run's own."""
+    return int(cfg.seed) + 1000 + 5000
+
+
 def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[str], names: dict, out_dir: Path,
                      evaluator, measure_real: bool, mode: str, trained_on_atlas: bool = False) -> dict:
     """samples/ (grid + transformations + manifest.csv) and, with an evaluator, evaluation/ (metrics, figures).
@@ -29,7 +35,7 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     if n_ids > 0:
         test = real_df[real_df["split"] == "test"]
         t_images, t_rows = transform_set(gen, drawable, test, n_ids, float(cfg.samples.transform_strength),
-                                         seed + 5000)
+                                         transform_seed(cfg))
         if t_rows:
             save_pairs([r["source_image"] for r in t_rows], t_images, t_rows, names,
                        out_dir / "samples" / "transforms.png")

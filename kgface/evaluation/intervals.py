@@ -159,12 +159,12 @@ def compare_conditionings(per_mode: dict[str, dict], reference: str = "kg", keys
                 continue
             n_r, n_o = int(ref[n_key]), int(gen[n_key])
             c = compare_proportions(count_of(ref[key], n_r), n_r, count_of(gen[key], n_o), n_o)
+            paired = paired_rows(scores.get(reference), scores.get(mode), key)
+            if paired:
+                paired["p_greater"] = significant(paired["p_greater"])
             row[key] = {**rounded({"reference": ref[key], "other": gen[key], "difference": c["difference"],
                                    "counts": c["counts"]}),
-                        "p_greater": significant(c["p_greater"]),
-                        "paired": paired_rows(scores.get(reference), scores.get(mode), key)}
-            if row[key]["paired"]:
-                row[key]["paired"]["p_greater"] = significant(row[key]["paired"]["p_greater"])
+                        "p_greater": significant(c["p_greater"]), "paired": paired}
         if row:
             out[mode] = row
     return {"reference": reference,
