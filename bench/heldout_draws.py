@@ -39,6 +39,8 @@ def main(argv=None):
     ap.add_argument("--groups", nargs="+", choices=["heldout", "seen"], default=["heldout", "seen"],
                     help="which diseases to draw (seen diseases take ~5x as long as the two held-out ones)")
     args = ap.parse_args(argv)
+    if len({str(Path(r).resolve()) for r in args.runs}) < len(args.runs):  # results are keyed by run
+        ap.error("a run is given twice; to compare a run with itself, copy its folder")
 
     import numpy as np
     from tqdm import tqdm

@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated cache root per test session, and the real HPO graph loaded once."""
+"""Shared fixtures: an isolated cache root per test session, the real HPO graph loaded once, and one evaluated micro
+training run shared by the tests that read a finished run (trials, bench scripts)."""
 from __future__ import annotations
 
 import pytest
@@ -43,3 +44,16 @@ def catalog():
     from kgface.resources import kg_data_dir
 
     return VisibleCatalog.load(kg_data_dir())
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tmp_path_factory, session_cache_dir):
+    """One micro kgface.train run with its micro evaluator and evaluation report (~25 s), trained once per session."""
+    from kgface.train import main
+    from tests.test_train_smoke import MICRO, MICRO_EVALUATOR
+
+    out = tmp_path_factory.mktemp("evaluated-run") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
+        main(list(MICRO) + list(MICRO_EVALUATOR) + [f"hydra.run.dir={out}"])
+    return out
