@@ -5,6 +5,8 @@
     python bench/evaluator_accuracy.py --perturbation                   # + the learned-profile perturbation check
     python bench/evaluator_accuracy.py experiment=benchmark --footprints fp.png  # + the heads failing alone, by size
     python bench/evaluator_accuracy.py experiment=benchmark --feature-probe 100  # + do the CLIP's features carry them?
+    python bench/evaluator_accuracy.py experiment=benchmark evaluator.vision.tower=cnn \
+        --generated RUN/samples/manifest.csv     # + a run's generated faces read by this instrument instead of its own
 
 Any `python -m kgface.train` override selects the data and the evaluator (data.per_class=..., evaluator.*=...). Prints
 the instrument's keys of metrics.json (top-1 on stages 2-3 + healthy, per stage, stage MAE, per-phenotype AUROC,
@@ -13,8 +15,9 @@ identity AUROC, the oracle ceiling, each head against its phenotype drawn alone 
 (MAE vs perturbed < MAE vs KG) or echo the KG; with --footprints, how many pixels each phenotype drawn alone changes
 beside its head's drawn-alone AUROC (a scatter plot, and the heads below 0.9 by name); with --feature-probe N, whether
 a probe fitted on each phenotype drawn alone on N train identities reads it on N test identities where the head
-does not (from the CLIP's image features, and from raw pixels for the failing heads). Figures in docs/evaluation.md
-came from this script.
+does not (from the CLIP's image features, and from raw pixels for the failing heads); with --generated MANIFEST, a
+generated set (a train run's samples/manifest.csv: samples and transformations) read by this instrument, to set beside
+the numbers the run's own evaluator gave the same faces. Figures in docs/evaluation.md came from this script.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ def main(argv=None):
     ap.add_argument("--per-class", type=int, default=40, help="individuals per disease in the perturbed panel")
     ap.add_argument("--footprints", metavar="PNG", help="plot each head's drawn-alone AUROC against its footprint")
     ap.add_argument("--feature-probe", type=int, metavar="N", help="probe each phenotype drawn alone on N identities")
+    ap.add_argument("--generated", type=Path, metavar="MANIFEST", help="also read this generated set's faces")
     args = ap.parse_args(argv)
 
     from kgface.config import compose
@@ -56,6 +60,14 @@ def main(argv=None):
     e.update(isolated_effects_check(cfg, ev, df))
     keys.append("phenotype_auroc_isolated_summary")
     print(json.dumps({k: e.get(k) for k in keys}, indent=1))
+    if args.generated:  # judged against the requests, held-out rows from the manifest's own column
+        g = evaluate_sets(ev, generated_df=args.generated, profiles=profiles)
+        print("generated set", args.generated, json.dumps(
+            {"generation": {k: g.get("generation", {}).get(k) for k in
+                            ("seen_disease_top1", "seen_disease_n", "seen_top1", "healthy_top1",
+                             "heldout_top1", "heldout_n", "per_stage_top1", "stage_spearman")},
+             "transform": {k: g.get("transform", {}).get(k) for k in ("n", "target_top1", "identity_similarity")}},
+            indent=1))
     names = {q.hpo_id: q.name for p in profiles for q in p.phenotypes}
     if args.footprints:
         footprint_report(cfg, e["phenotype_auroc_isolated"], names, Path(args.footprints))
