@@ -232,6 +232,8 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             lab = np.array([ci[d] for d in req_d[sel]])
             g["top1_all"] = M.topk_accuracy(probs, lab, 1)
             g["top3_all"] = M.topk_accuracy(probs, lab, 3)
+            head = shown[sel]  # the headline rows (healthy and stages 2-3), as evaluator.real_top3 reads real faces
+            g["top3"] = M.topk_accuracy(probs[head], lab[head], 3)  # NaN without such rows
             g["macro_f1"] = M.macro_f1(list(req_d[shown]), list(t["pred_disease"][shown]))
             g["macro_f1_all"] = M.macro_f1(list(req_d[sel]), list(t["pred_disease"][sel]))
             g["per_stage_top1"] = M.per_stage_accuracy(list(req_d[sel]), list(t["pred_disease"][sel]),

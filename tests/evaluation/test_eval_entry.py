@@ -69,6 +69,7 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert g["per_stage_top1"] == pytest.approx(ev["per_stage_top1"], abs=1e-4)
     in_top3 = [d in t3 for d, t3 in zip(rt["disease"], rt["top3"])]
     assert g["top3_all"] == pytest.approx(np.mean(in_top3), abs=1e-4) and g["top3_all"] >= g["top1_all"]
+    assert g["top3"] == pytest.approx(np.mean(np.array(in_top3)[head]), abs=1e-4) == ev["real_top3"]
     # zero-shot presence of the requested disease against health alone, over the diseased requests
     from kgface.evaluation.evaluator import pair_presence
 
