@@ -134,6 +134,32 @@ def test_bad_overrides_are_clear_errors(tmp_path, capsys):
     assert not (tmp_path / "d" / "profiles.json").exists()
 
 
+def test_learned_frequencies_condition_the_generator_a_run_trains(evaluated_run, tmp_path):
+    """profile.source=learned: a run's learned_profiles.json replaces the KG frequencies the generator is trained and
+    loaded with (conditioning_profiles.json), while profiles.json keeps the KG's for judging."""
+    from kgface.diffusion.run_loading import load_run
+    from kgface.train import main
+
+    learned_file = evaluated_run / "evaluation" / "learned_profiles.json"
+    learned = {d: {e["hpo_id"]: e["learned_frequency"] for e in entry["phenotypes"]}
+               for d, entry in json.loads(learned_file.read_text())["diseases"].items()}
+    out = tmp_path / "run"
+    main(list(MICRO) + ["profile.source=learned", f"profile.learned={learned_file}", f"hydra.run.dir={out}"])
+    kg = {p["disease_id"]: {q["hpo_id"]: q["frequency"] for q in p["phenotypes"]}
+          for p in json.loads((out / "profiles.json").read_text())["profiles"]}
+    _, cond, drawable, _ = load_run(out)  # drawable: held-out diseases too, which generation composes
+    used = {p.disease_id: {q.hpo_id: q.frequency for q in p.phenotypes} for p in drawable}
+    trained = {p.disease_id: {q.hpo_id: q.frequency for q in p.phenotypes} for p in cond.profiles}
+    assert "ORPHA:648" in used and "ORPHA:648" not in trained and all(trained[d] == used[d] for d in trained)
+    changed = 0
+    for d, table in learned.items():
+        for h, f in table.items():
+            assert used[d][h] == pytest.approx(f)
+            changed += kg[d][h] is None or abs(kg[d][h] - f) > 1e-6
+    assert changed  # the learned file differs from the KG somewhere (e.g. a phenotype the micro heads never detect)
+    assert (out / "conditioning_profiles.json").is_file()
+
+
 def test_experiment_and_model_groups_compose():
     cfg = compose("train", ["model=sdxl", "model.pretrained=/x", "conditioning=class"])
     assert cfg.model.name == "sdxl" and cfg.model.resolution == 1024 and cfg.conditioning == "class"
