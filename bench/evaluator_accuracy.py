@@ -7,6 +7,7 @@
     python bench/evaluator_accuracy.py experiment=benchmark --feature-probe 100  # + do the CLIP's features carry them?
     python bench/evaluator_accuracy.py experiment=benchmark evaluator.vision.tower=cnn \
         --generated RUN/samples/manifest.csv     # + a run's generated faces read by this instrument instead of its own
+    python bench/evaluator_accuracy.py experiment=benchmark --vae       # + the VAE ceiling keys (the config's VAE)
 
 Any `python -m kgface.train` override selects the data and the evaluator (data.per_class=..., evaluator.*=...). Prints
 the instrument's keys of metrics.json (top-1 on stages 2-3 + healthy, per stage, stage MAE, per-phenotype AUROC,
@@ -17,7 +18,9 @@ beside its head's drawn-alone AUROC (a scatter plot, and the heads below 0.9 by 
 a probe fitted on each phenotype drawn alone on N train identities reads it on N test identities where the head
 does not (from the CLIP's image features, and from raw pixels for the failing heads); with --generated MANIFEST, a
 generated set (a train run's samples/manifest.csv: samples and transformations) read by this instrument, to set beside
-the numbers the run's own evaluator gave the same faces. Figures in docs/evaluation.md came from this script.
+the numbers the run's own evaluator gave the same faces; with --vae, the train job's VAE-ceiling keys (the config's
+VAE, trained once and cached as `python -m kgface.train` does: top-1, seen / held-out rows, stage Spearman and the
+phenotype heads after the round trip). Figures in docs/evaluation.md came from this script.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ def main(argv=None):
     ap.add_argument("--footprints", metavar="PNG", help="plot each head's drawn-alone AUROC against its footprint")
     ap.add_argument("--feature-probe", type=int, metavar="N", help="probe each phenotype drawn alone on N identities")
     ap.add_argument("--generated", type=Path, metavar="MANIFEST", help="also read this generated set's faces")
+    ap.add_argument("--vae", action="store_true", help="also read the real test faces after the config's VAE")
     args = ap.parse_args(argv)
 
     from kgface.config import compose
@@ -53,9 +57,24 @@ def main(argv=None):
     ev = fit_evaluator(cfg.evaluator, manifest, profiles, cache, progress=True)
     print(f"evaluator ready in {time.time() - t:.0f} s (training log: {ev.info.get('clip')})")
     df = read_manifest(manifest)[0]
-    e = evaluate_sets(ev, df, None, profiles)["evaluator"]
+    roundtrip, keys = None, []
+    if args.vae:  # the train job's VAE (cached under its key), as in bench/vae_ceiling.py
+        from omegaconf import OmegaConf
+
+        from kgface.diffusion.vae import cached_vae
+        from kgface.diffusion.vae import roundtrip as vae_roundtrip
+
+        vae_train = OmegaConf.to_container(cfg.model.vae_train, resolve=True)
+        vae, _, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True), vae_train, cache,
+                               progress=True)
+        roundtrip = lambda x: vae_roundtrip(vae, x)  # noqa: E731
+        keys = ["vae_ceiling_top1", "vae_ceiling_top1_seen_disease", "vae_ceiling_top1_heldout",
+                "vae_ceiling_stage_spearman", "vae_ceiling_phenotype_auroc_summary"]
+    heldout = {str(h) for h in cfg.data.get("heldout") or []}
+    e = evaluate_sets(ev, df, None, profiles, roundtrip=roundtrip, heldout=heldout)["evaluator"]
     keys = ["real_top1", "real_top1_all", "per_stage_top1", "real_stage_mae", "real_stage_spearman", "oracle_top1",
-            "identity_auroc", "zero_shot_top1", "phenotype_auroc_summary", "real_frequency_mae"]
+            "identity_auroc", "zero_shot_top1", "phenotype_auroc_summary", "real_frequency_mae", "real_top1_blurred",
+            "real_ece", *keys]
     from kgface.run_measure import isolated_effects_check
     e.update(isolated_effects_check(cfg, ev, df))
     keys.append("phenotype_auroc_isolated_summary")
