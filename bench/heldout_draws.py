@@ -1,7 +1,7 @@
 """Held-out and seen diseases drawn by trained generators with many seeds, all scored by one evaluator.
 
     python bench/heldout_draws.py RUN_A RUN_B [--seeds 30] [--stages 2 3] [--evaluator EVAL_DIR] [--guidance G]
-                                   [--groups heldout seen] [--null-text empty|prompt]
+                                   [--groups heldout seen] [--null-text empty|prompt] [--negative null|stage0|healthy]
 
 A train run draws each (disease, stage) cell only `samples.per_cell` times (6 on the benchmark: 24 held-out images),
 too few to compare conditionings on held-out diseases. This draws every held-out disease (and, for reference,
@@ -12,7 +12,10 @@ the same requests with the same noise, McNemar's exact test on the requests only
 RUN_*: kgface.train output folders (a baselines run's `OUT/<mode>`); the evaluator is the first run's unless
 --evaluator names one. A class-conditioned run cannot draw held-out diseases and is skipped for them. --guidance
 replaces the runs' own `model.sample.guidance` (a sampling-time sweep needs no retraining); --null-text prompt
-guides against each request's own prompt with null tokens instead of the empty prompt. Top-1 reads the requests of
+guides against each request's own prompt with null tokens instead of the empty prompt; --negative stage0 puts the
+same request at stage 0 (its tokens and prompt, the same seed) in guidance's unconditional branch, --negative healthy
+a healthy face's, so guidance pushes away from the disease's mildest look or from health instead of from nothing (a
+sampling-time change, like a negative prompt; null: the runs' own). Top-1 reads the requests of
 stages >= 2; each group's stage Spearman (requested vs measured severity) reads every stage
 asked for: `--stages 0 1 2 3` for a number comparable with generation.stage_spearman.
 Figures in docs/training.md came from this script.
@@ -38,7 +41,12 @@ def main(argv=None):
                          "guidance pushes along the KG tokens alone")
     ap.add_argument("--groups", nargs="+", choices=["heldout", "seen"], default=["heldout", "seen"],
                     help="which diseases to draw (seen diseases take ~5x as long as the two held-out ones)")
+    ap.add_argument("--negative", choices=["null", "stage0", "healthy"], default="null",
+                    help="guidance's unconditional branch: null tokens (the runs' own), the request at stage 0, or a "
+                         "healthy face")
     args = ap.parse_args(argv)
+    if args.negative != "null" and args.null_text != "empty":
+        ap.error("--negative replaces the unconditional branch --null-text sets: give one of them")
     if len({str(Path(r).resolve()) for r in args.runs}) < len(args.runs):  # results are keyed by run
         ap.error("a run is given twice; to compare a run with itself, copy its folder")
 
@@ -63,6 +71,8 @@ def main(argv=None):
             print(f"{run}: skipped, --null-text prompt guides along KG tokens and {cond.mode} conditioning has none")
             continue
         gen = Generator(backbone, cond, guidance=guidance, steps=int(sample.get("steps", 20)), null_text=args.null_text)
+        if args.negative != "null":
+            gen = negative_guidance(gen, args.negative, next((p for p in profiles if p.healthy), None))
         known = {p.disease_id for p in cond.profiles}
         out = {}
         for group, chosen in (("heldout", [p for p in profiles if p.disease_id in heldout]),
@@ -98,7 +108,8 @@ def main(argv=None):
                           # requested vs measured severity, as generation.stage_spearman (nan with one stage)
                           "stage_spearman": spearman([r.severity for r in reqs], severity),
                           "per_disease": per, "read_as": read_as}
-        results[run] = {"conditioning": cond.mode, "guidance": guidance, "null_text": args.null_text, **out}
+        results[run] = {"conditioning": cond.mode, "guidance": guidance, "null_text": args.null_text,
+                        "negative": args.negative, **out}
         print(json.dumps({run: results[run]}, indent=1))
     print("| run | conditioning | guidance | null text | held-out top-1 (n, 95% CI) | seen top-1 (n, 95% CI) "
           "| seen stage Spearman |")
@@ -121,6 +132,25 @@ def main(argv=None):
                 line += (f"; paired (McNemar exact, {m['only_a']} vs {m['only_b']} right in one only) "
                          f"p = {m['p_greater']:.3g}")
             print(line)
+
+
+def negative_guidance(gen, negative: str, healthy):
+    """`gen` with guidance's unconditional branch conditioned on each request at stage 0 (negative="stage0") or on a
+    healthy face (negative="healthy"), same seed; the conditional branch is unchanged."""
+    from kgface.diffusion.generator import Request
+
+    if negative == "healthy" and healthy is None:
+        raise SystemExit("--negative healthy: the run has no healthy profile")
+    plain = gen.condition
+
+    def condition(reqs):
+        states, tokens, _, _, added, _ = plain(reqs)
+        neg = [Request(healthy if negative == "healthy" else r.profile, 0.0, r.seed, r.age) for r in reqs]
+        n_states, n_tokens, _, _, n_added, _ = plain(neg)
+        return states, tokens, n_states, n_tokens, added, n_added
+
+    gen.condition = condition
+    return gen
 
 
 if __name__ == "__main__":

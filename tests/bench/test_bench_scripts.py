@@ -75,6 +75,31 @@ def test_heldout_draws_reads_a_copy_of_a_run_alike(evaluated_run, tmp_path, caps
         assert f"{group}: {evaluated_run} {r['k']}/{r['n']} against {copy} {r['k']}/{r['n']}" in out
 
 
+def test_heldout_draws_negative_guidance_conditions_the_unconditional_branch(evaluated_run, capsys):
+    """--negative stage0: a stage-0 request guides against itself (no push), a stage-3 one against its stage 0;
+    --negative healthy: against a healthy face of the same seed. The conditional branch is the run's own."""
+    import torch
+
+    from kgface.diffusion.generator import Generator, Request
+    from kgface.diffusion.run_loading import load_run
+
+    draws = script("heldout_draws")
+    backbone, cond, profiles, _ = load_run(evaluated_run)
+    sick = next(p for p in cond.profiles if not p.healthy)
+    healthy = next(p for p in profiles if p.healthy)
+    reqs = [Request(sick, 0.0, 5), Request(sick, 3.0, 6)]
+    plain = Generator(backbone, cond).condition(reqs)
+    at0 = draws.negative_guidance(Generator(backbone, cond), "stage0", healthy).condition(reqs)
+    assert torch.equal(at0[1], plain[1]) and not torch.equal(at0[3], plain[3])  # conditional: the run's
+    assert torch.equal(at0[3][0], at0[1][0]) and not torch.equal(at0[3][1], at0[1][1])
+    away = draws.negative_guidance(Generator(backbone, cond), "healthy", healthy).condition(reqs)
+    own = Generator(backbone, cond).condition([Request(healthy, 0.0, 5), Request(healthy, 0.0, 6)])
+    assert torch.equal(away[3], own[1])
+    draws.main([str(evaluated_run), "--seeds", "1", "--stages", "3", "--groups", "heldout", "--negative", "healthy"])
+    (result,) = json_blocks(capsys.readouterr().out)
+    assert result[str(evaluated_run)]["negative"] == "healthy" and result[str(evaluated_run)]["heldout"]["n"] == 1
+
+
 def test_heldout_draws_refuses_a_run_given_twice(evaluated_run, capsys):
     with pytest.raises(SystemExit) as info:
         script("heldout_draws").main([str(evaluated_run), str(evaluated_run) + "/"])
