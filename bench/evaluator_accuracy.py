@@ -57,7 +57,7 @@ def main(argv=None):
     ev = fit_evaluator(cfg.evaluator, manifest, profiles, cache, progress=True)
     print(f"evaluator ready in {time.time() - t:.0f} s (training log: {ev.info.get('clip')})")
     df = read_manifest(manifest)[0]
-    roundtrip, keys = None, []
+    roundtrip, vae_keys = None, []
     if args.vae:  # the train job's VAE (cached under its key), as in bench/vae_ceiling.py
         from omegaconf import OmegaConf
 
@@ -68,13 +68,13 @@ def main(argv=None):
         vae, _, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True), vae_train, cache,
                                progress=True)
         roundtrip = lambda x: vae_roundtrip(vae, x)  # noqa: E731
-        keys = ["vae_ceiling_top1", "vae_ceiling_top1_seen_disease", "vae_ceiling_top1_heldout",
+        vae_keys = ["vae_ceiling_top1", "vae_ceiling_top1_seen_disease", "vae_ceiling_top1_heldout",
                 "vae_ceiling_stage_spearman", "vae_ceiling_phenotype_auroc_summary"]
-    heldout = {str(h) for h in cfg.data.get("heldout") or []}
-    e = evaluate_sets(ev, df, None, profiles, roundtrip=roundtrip, heldout=heldout)["evaluator"]
+    # held-out diseases: the phantom manifest's own `heldout` column, as evaluate_sets reads it
+    e = evaluate_sets(ev, df, None, profiles, roundtrip=roundtrip)["evaluator"]
     keys = ["real_top1", "real_top1_all", "per_stage_top1", "real_stage_mae", "real_stage_spearman", "oracle_top1",
             "identity_auroc", "zero_shot_top1", "phenotype_auroc_summary", "real_frequency_mae", "real_top1_blurred",
-            "real_ece", *keys]
+            "real_ece", *vae_keys]
     from kgface.run_measure import isolated_effects_check
     e.update(isolated_effects_check(cfg, ev, df))
     keys.append("phenotype_auroc_isolated_summary")
