@@ -28,7 +28,8 @@ REQUIRED_KEYS = ["evaluator.real_top1", "evaluator.real_stage_mae", "evaluator.o
                  "vae_ceiling_top1", "fid_clip", "kid_clip", "memorisation_rate", "controls.token_swap_changed",
                  "controls.scale0_changed", "evaluator.real_profile_match_f1",
                  "evaluator.real_profile_match_f1_template",
-                 "transform.identity_distance_dlib", "evaluator.identity_dlib.n"]  # dlib: the [dlib] extra, in [dev]
+                 "transform.identity_distance_dlib", "transform.identity_cosine_dlib",
+                 "evaluator.identity_dlib.n", "evaluator.identity_dlib.cosine_auroc"]  # dlib: the [dlib] extra, in [dev]
 
 
 def _has(metrics: dict, dotted: str) -> bool:

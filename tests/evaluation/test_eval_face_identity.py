@@ -99,6 +99,7 @@ def test_pair_distances_are_zero_for_copies_and_not_for_other_people(dlib_identi
     images, ids = split_faces
     same = F.pair_distances(dlib_identity, images[:4], images[:4].clone())
     assert same["identity_distance_dlib"] == pytest.approx(0.0, abs=1e-6) and same["identity_same_person_dlib"] == 1
+    assert same["identity_cosine_dlib"] == pytest.approx(1.0, abs=1e-6)
     found = dlib_identity.embed(images[:4])[1]
     # dlib's detector finds these phantoms (so the aligned path is the one read), and copies align identically
     assert found.any() and same["identity_dlib_both_found_n"] == int(found.sum())
@@ -109,6 +110,10 @@ def test_pair_distances_are_zero_for_copies_and_not_for_other_people(dlib_identi
     other = [i for i, x in enumerate(ids) if x != ids[0]][:4]
     diff = F.pair_distances(dlib_identity, images[:1].expand(len(other), -1, -1, -1), images[other])
     assert diff["identity_distance_dlib"] > 0.05
+    # the cosine is computed from the embeddings themselves, pair by pair
+    fa, fb = dlib_identity.embed(images[:1].expand(len(other), -1, -1, -1))[0], dlib_identity.embed(images[other])[0]
+    want = np.mean([a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(fa, fb)])
+    assert diff["identity_cosine_dlib"] == pytest.approx(want, abs=1e-6) and diff["identity_cosine_dlib"] < 1 - 1e-4
 
 
 def test_evaluate_sets_reports_dlib_identity_beside_the_clip_cosine(tiny_evaluator, tiny_data, tiny_profiles,
@@ -121,6 +126,9 @@ def test_evaluate_sets_reports_dlib_identity_beside_the_clip_cosine(tiny_evaluat
     assert m["transform"]["identity_distance_dlib"] == pytest.approx(0.0, abs=1e-4)
     assert m["transform"]["identity_same_person_dlib"] == 1.0
     assert m["evaluator"]["identity_dlib"]["auroc"] > 0.6
+    assert m["transform"]["identity_cosine_dlib"] == pytest.approx(1.0, abs=1e-5)
+    v = m["evaluator"]["identity_dlib"]
+    assert v["cosine_auroc"] > 0.6 and v["same_mean_cosine"] > v["different_mean_cosine"]
     # the train job's later conditionings: transformations only, the real pairs are not read again
     later = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, face_identity=dlib_identity,
                           identity_pairs=False)
