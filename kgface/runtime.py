@@ -98,6 +98,8 @@ def profile_source(cfg: DictConfig, profiles: list) -> list:
         import logging
 
         which = ("phenotype heads that also saw diseased faces (evaluator.phenotype_heads=all)" if heads == "all" else
+                 "zero-shot phenotype heads (evaluator.phenotype_heads=zero_shot), uncalibrated and untaught"
+                 if heads == "zero_shot" else
                  "phenotype heads it does not name (a file written before 2026-12-05; the default heads also saw "
                  "diseased faces)")
         logging.getLogger(__name__).warning(

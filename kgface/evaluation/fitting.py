@@ -26,7 +26,7 @@ import torch
 from ..cache import Cache, stable_hash, write_json_atomic
 from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
 from ..kg import FacialProfile
-from ..prompts import healthy_prompts, phenotype_caption, zero_shot_prompts
+from ..prompts import healthy_prompts, phenotype_caption, phenotype_prompts, zero_shot_prompts
 from .clip_model import (ImageEncoder, build_clip, encode_texts, plain_config, registered_config_name, train_blur,
                          train_clip)
 from .evaluator import Evaluator, weights_sha256
@@ -66,6 +66,25 @@ def zero_shot_text(model, tokenizer, profiles: dict[str, FacialProfile], classes
     return torch.stack(rows)
 
 
+def zero_shot_heads(model, tokenizer, phenotypes: list, scale: Standardizer) -> PhenotypeHeads:
+    """Phenotype heads from the text tower alone (evaluator.phenotype_heads=zero_shot; no phenotype label needed):
+    head p is the two-way softmax of the CLIP's logits for phenotype p's prompt ensemble against the healthy one,
+    sigmoid(s * f.(t_p - t_0)) on unit image features f (s: the model's logit scale, at most 100). Written as a linear
+    head on the standardised features the fitted heads read (f = x * std + mean), so scoring, saving and loading are
+    theirs. Uncalibrated: 0.5 means "closer to the phenotype's prompts than to a healthy face's"."""
+    if not phenotypes:
+        return PhenotypeHeads(torch.zeros(0, len(scale.mean)), torch.zeros(0))
+    unit = torch.nn.functional.normalize
+    with torch.no_grad():
+        t0 = unit(encode_texts(model, tokenizer, healthy_prompts()).mean(0), dim=-1)
+        tp = torch.stack([unit(encode_texts(model, tokenizer, phenotype_prompts(p)).mean(0), dim=-1)
+                          for p in phenotypes])
+        ls = getattr(model, "logit_scale", None)
+        s = min(float(ls.exp()), 100.0) if isinstance(ls, torch.Tensor) else 100.0
+        w = s * (tp - t0)
+        return PhenotypeHeads((w * scale.std).float(), (w @ scale.mean).float())
+
+
 def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
                     atlas: pd.DataFrame | None = None, clip: tuple[dict, dict] | None = None,
                     pretrained_sha256: str | None = None, model_config: str | None = None) -> Evaluator:
@@ -80,8 +99,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     if len(train) == 0:
         raise EvaluatorInputError("the manifest has no 'train' rows to fit the evaluator on")
     heads_on = str(c.get("phenotype_heads", "all"))
-    if heads_on not in ("all", "atlas"):
-        raise EvaluatorInputError(f"evaluator.phenotype_heads={heads_on!r}: use 'all' or 'atlas'")
+    if heads_on not in ("all", "atlas", "zero_shot"):
+        raise EvaluatorInputError(f"evaluator.phenotype_heads={heads_on!r}: use 'all', 'atlas' or 'zero_shot'")
     if heads_on == "atlas" and (atlas is None or not len(atlas)):
         raise EvaluatorInputError(f"evaluator.phenotype_heads=atlas needs {ATLAS_FILE} beside the manifest "
                                   "(data.atlas.faces > 0 on data=phantom); or set evaluator.phenotype_heads=all")
@@ -183,19 +202,27 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
         info["stage_head"] = (f"fitted on one known stage ({known_stages[0]}): it cannot read severity; every stage "
                               "number of this evaluator is meaningless (grade some photos with data.stages)")
         log.warning("evaluator: %s", info["stage_head"])
-    if atlas is not None:
-        xs_atlas = features(atlas_images)
-        if heads_on == "atlas":  # the heads never see a disease image: they cannot read a disease for a phenotype
-            xs, pheno_rows = xs_atlas, list(atlas["phenotypes"])
-            labelled_rows = np.ones(len(atlas), bool)
-            vocab = drawn_phenotypes(pheno_rows)
-        else:
-            xs = [torch.cat([a, b]) for a, b in zip(xs, xs_atlas)]
-    # photos without phenotype labels teach the heads nothing
-    x, pheno_rows = rows(xs, labelled_rows), [ph for ph, k in zip(pheno_rows, labelled_rows) if k] * copies
-    y = presence_matrix(pheno_rows, vocab)
-    heads = PhenotypeHeads.fit(x, y, l2=float(p.get("l2", 1e-2))) if vocab else PhenotypeHeads(
-        torch.zeros(0, x.shape[1]), torch.zeros(0))
+    if heads_on == "zero_shot":  # every visible phenotype of the classes' profiles, labelled or not
+        named = _phenotype_map([by_id[d] for d in classes])
+        vocab = sorted(named)
+        heads = zero_shot_heads(model, tokenizer, [named[h] for h in vocab], scale)
+    else:
+        if atlas is not None:
+            xs_atlas = features(atlas_images)
+            if heads_on == "atlas":  # the heads never see a disease image: they cannot read a disease for a phenotype
+                xs, pheno_rows = xs_atlas, list(atlas["phenotypes"])
+                labelled_rows = np.ones(len(atlas), bool)
+                vocab = drawn_phenotypes(pheno_rows)
+            else:
+                xs = [torch.cat([a, b]) for a, b in zip(xs, xs_atlas)]
+        # photos without phenotype labels teach the heads nothing
+        x, pheno_rows = rows(xs, labelled_rows), [ph for ph, k in zip(pheno_rows, labelled_rows) if k] * copies
+        y = presence_matrix(pheno_rows, vocab)
+        heads = PhenotypeHeads.fit(x, y, l2=float(p.get("l2", 1e-2))) if vocab else PhenotypeHeads(
+            torch.zeros(0, x.shape[1]), torch.zeros(0))
+        if not vocab:
+            log.info("evaluator: no phenotype labels in the train split, so no phenotype heads; "
+                     "evaluator.phenotype_heads=zero_shot scores the profiles' phenotypes from the text tower")
     val = val[probe_rows(val, p).to_numpy()].reset_index(drop=True) if len(val) else val
     if len(val):  # calibrated on val faces of the kind it learned from
         f_val = encoder(load_images(list(val["abspath"]), size=images.shape[-2:])).numpy()

@@ -227,7 +227,12 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
                      "as often on healthy faces): their learned frequencies are uncorrected detection rates "
                      "(\"corrected\": false)")
     notes.append(disagreements(learned))
-    if str(evaluator.cfg.get("phenotype_heads", "all")) != "atlas":
+    heads = str(evaluator.cfg.get("phenotype_heads", "all"))
+    if heads == "zero_shot":
+        notes.append("the phenotype heads are zero-shot (evaluator.phenotype_heads=zero_shot: each phenotype's "
+                     "prompts against a healthy face's, no label taught them): their probabilities are "
+                     "uncalibrated, and a CLIP whose captions named a disease beside its phenotypes can echo the KG")
+    elif heads != "atlas":
         notes.append("the phenotype heads also learned from diseased faces (evaluator.phenotype_heads=all): a head "
                      "can fire on its disease's look rather than on its phenotype, so these frequencies can echo "
                      "the KG (such heads fail the perturbation check, docs/evaluation.md); heads fitted on a "

@@ -9,7 +9,7 @@ from .builder import build_messages, kg_literal, profile_hash, template_hash
 from .descriptions import describe_profile, describe_profiles, save_descriptions, template_descriptions
 from .schema import AnswerStage, LLMAnswer, StageDescriptions, StageText, load_descriptions, parse_answer
 from .wording import (N_STAGES, NEUTRAL_PROMPT, STAGE_SCALES, StageLevel, caption, healthy_prompts, negative_prompt,
-                      phenotype_caption, stage_levels, stage_phenotypes, stage_scale, template_description,
+                      phenotype_caption, phenotype_prompts, stage_levels, stage_phenotypes, stage_scale, template_description,
                       training_prompt, zero_shot_prompts)
 
 __all__ = [
@@ -17,6 +17,6 @@ __all__ = [
     "template_hash", "describe_profile", "describe_profiles", "save_descriptions", "template_descriptions",
     "AnswerStage", "LLMAnswer", "StageDescriptions", "StageText", "load_descriptions", "parse_answer", "N_STAGES",
     "NEUTRAL_PROMPT", "STAGE_SCALES", "StageLevel", "caption", "healthy_prompts", "negative_prompt",
-    "phenotype_caption", "stage_levels", "stage_phenotypes", "stage_scale", "template_description",
+    "phenotype_caption", "phenotype_prompts", "stage_levels", "stage_phenotypes", "stage_scale", "template_description",
     "training_prompt", "zero_shot_prompts",
 ]

@@ -221,6 +221,13 @@ def zero_shot_prompts(profile: FacialProfile) -> list[str]:
     return prompts
 
 
+def phenotype_prompts(phenotype: Phenotype) -> list[str]:
+    """Prompts a zero-shot phenotype head averages (evaluator.phenotype_heads=zero_shot), read against
+    `healthy_prompts`; the first is the atlas caption of a face showing this phenotype alone."""
+    v = _visual(phenotype)
+    return [phenotype_caption([phenotype]), f"a close-up photograph of a person with {v}", f"a face with {v}"]
+
+
 def healthy_prompts() -> list[str]:
     return [f"a photo of {HEALTHY_TEXT}", "a close-up photograph of a healthy person's face",
             "a face with clear, healthy skin and typical features"]

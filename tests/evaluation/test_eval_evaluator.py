@@ -533,3 +533,43 @@ def test_the_openclip_path_keys_and_checks_its_weights_file(tiny_cfg, tiny_data,
         fit_evaluator(compose("evaluate", ["evaluator=openclip", f"evaluator.model={name}",
                                            f"evaluator.pretrained={tmp_path}"]).evaluator,
                       tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+
+
+def test_zero_shot_heads_score_every_profile_phenotype_without_labels(tiny_cfg, tiny_data, tiny_profiles,
+                                                                     tiny_evaluator, tmp_path):
+    """evaluator.phenotype_heads=zero_shot: on photos without a phenotype label (no fitted head possible), one head
+    per visible phenotype of the classes' profiles, each the two-way softmax of the CLIP's logits for the
+    phenotype's prompts against a healthy face's; saved and loaded like fitted heads."""
+    from omegaconf import OmegaConf
+
+    from kgface.evaluation.clip_model import encode_texts
+    from kgface.evaluation.fitting import train_evaluator
+    from kgface.prompts import healthy_prompts, phenotype_prompts
+
+    cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    sick = df.index[df["disease"] != "healthy"]
+    df.loc[sick, "source"] = "acne04"
+    df.loc[sick, "phenotypes"] = [{} for _ in sick]
+    clip = ({k: v.clone() for k, v in tiny_evaluator.model.state_dict().items()}, tiny_evaluator.info["clip"])
+    fitted = train_evaluator(cfg, df, tiny_profiles, progress=False, clip=clip)
+    assert fitted.phenotypes == []  # nothing labelled: no fitted head
+    ev = train_evaluator({**cfg, "phenotype_heads": "zero_shot"}, df, tiny_profiles, progress=False, clip=clip)
+    by_id = {p.disease_id: p for p in tiny_profiles}
+    named = {ph.hpo_id: ph for d in ev.classes for ph in by_id[d].phenotypes}
+    assert ev.phenotypes == sorted(named) and len(ev.phenotypes) > 3
+    test = df[df["split"] == "test"].reset_index(drop=True).iloc[:12]
+    f = torch.as_tensor(ev.features(load_images(list(test["abspath"]))))
+
+    def ensemble(prompts):
+        return torch.nn.functional.normalize(encode_texts(ev.model, ev.tokenizer, prompts).mean(0), dim=-1)
+
+    s = min(float(ev.model.logit_scale.detach().exp()), 100.0)
+    t0 = ensemble(healthy_prompts())
+    want = np.stack([torch.softmax(s * torch.stack([f @ ensemble(phenotype_prompts(named[h])), f @ t0], 1), 1)[:, 0]
+                     .numpy() for h in ev.phenotypes], 1)
+    got = ev.predict(f.numpy())[[f"ph_{h}" for h in ev.phenotypes]].to_numpy()
+    assert np.allclose(got, want, atol=1e-4) and want.std() > 1e-3
+    loaded = Evaluator.load(ev.save(tmp_path / "zs"))
+    assert loaded.cfg["phenotype_heads"] == "zero_shot"
+    assert np.allclose(loaded.predict(f.numpy())[[f"ph_{h}" for h in ev.phenotypes]].to_numpy(), got, atol=1e-6)

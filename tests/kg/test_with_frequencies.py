@@ -46,7 +46,8 @@ def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path
     assert profile_source(cfg, [_profile()])[0].phenotypes[0].frequency == 0.9
     assert "can echo the KG" not in caplog.text
     # learned by heads that also saw diseased faces, or by heads a file does not name: used, with a warning
-    for heads, words in (("all", "evaluator.phenotype_heads=all"), (None, "written before 2026-12-05")):
+    for heads, words in (("all", "evaluator.phenotype_heads=all"), (None, "written before 2026-12-05"),
+                         ("zero_shot", "evaluator.phenotype_heads=zero_shot")):
         caplog.clear()
         learned(heads)
         assert profile_source(cfg, [_profile()])[0].phenotypes[0].frequency == 0.9

@@ -136,3 +136,12 @@ def test_every_phenotype_ignores_llm_descriptions(down):
         assert full == training_prompt(down, 1, "text", every_phenotype=True)
         assert "almond" not in full and all(p.visual in full for p in down.phenotypes)
         assert training_prompt(down, 1, "text", descs).endswith("tilted upwards.")  # without it: the description
+
+
+def test_phenotype_prompts_open_with_the_atlas_caption(down):
+    from kgface.prompts import phenotype_caption, phenotype_prompts
+
+    for ph in down.phenotypes:
+        prompts = phenotype_prompts(ph)
+        assert prompts[0] == phenotype_caption([ph]) and len(set(prompts)) == 3
+        assert all((ph.visual or ph.name).rstrip(".") in p for p in prompts)
