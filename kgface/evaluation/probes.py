@@ -144,7 +144,7 @@ class PhenotypeHeads:
         return cls(w.detach(), b.detach())
 
     def proba(self, x) -> np.ndarray:
-        return torch.sigmoid(_t(x) @ self.weight.t() + self.bias).numpy()
+        return torch.sigmoid((_t(x) @ self.weight.t() + self.bias).double()).numpy()
 
     def state(self, prefix: str) -> dict:
         return {f"{prefix}.weight": self.weight, f"{prefix}.bias": self.bias}

@@ -286,3 +286,11 @@ def test_expected_calibration_error_known_answers():
     assert M.expected_calibration_error(edge, [0, 1], bins=5) == pytest.approx(0.5 * 0.4 + 0.5 * 0.61)
     with pytest.raises(ValueError):
         M.expected_calibration_error(np.zeros((0, 2)), [])
+
+
+def test_phenotype_heads_keep_far_logits_apart():
+    """Zero-shot heads (logit scale 100) reach logits of +-20 and beyond: in float32 their sigmoids round to exactly
+    0 or 1 and an AUROC reads ties; the heads' probabilities are float64, where they stay ordered."""
+    heads = PhenotypeHeads(torch.ones(1, 1), torch.zeros(1))
+    p = heads.proba(np.array([[20.0], [25.0], [-110.0], [-120.0]]))[:, 0]
+    assert p.dtype == np.float64 and p[0] < p[1] < 1.0 and 0.0 < p[3] < p[2]
