@@ -117,7 +117,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
              "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
              "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here); "
              "lead with KID for small sets"] + audit_notes
-    # with phenotype heads (fitted on labelled faces or on an atlas beside a photo set), whether or not this set's
+    # with phenotype heads (fitted on labelled faces or on an atlas beside a photo set, or zero-shot), whether or not this set's
     # rows carry phenotype labels: unlabelled photos are exactly where a learned profile is a finding
     extra = []
     if real is not None and cfg.get("learned_profiles", True) and "real" in scored and evaluator.phenotypes:

@@ -42,10 +42,13 @@ def preflight(cfg: DictConfig) -> None:
         atlas = cfg.data.get("atlas")
         atlas_faces = atlas_settings(OmegaConf.to_container(atlas, resolve=True) if OmegaConf.is_config(atlas)
                                      else atlas)[0]
-    if cfg.get("evaluate", True) and str(cfg.evaluator.get("phenotype_heads")) == "atlas":
+    heads = str(cfg.evaluator.get("phenotype_heads", "all"))
+    if heads not in ("all", "atlas", "zero_shot"):
+        raise UserError(f"evaluator.phenotype_heads={heads}: use all, atlas or zero_shot")
+    if cfg.get("evaluate", True) and heads == "atlas":
         if cfg.data.name != "phantom":  # a train run rebuilds real data into the run folder, without an atlas
             raise UserError(f"evaluator.phenotype_heads=atlas needs the phantom's phenotype atlas; with "
-                            f"data={cfg.data.name} set evaluator.phenotype_heads=all")
+                            f"data={cfg.data.name} set evaluator.phenotype_heads=all (or zero_shot: no labels needed)")
         if not atlas_faces:
             raise UserError("evaluator.phenotype_heads=atlas needs a phenotype atlas: set data.atlas.faces > 0 "
                             "(experiment=benchmark: 8000) or evaluator.phenotype_heads=all")

@@ -277,6 +277,11 @@ def test_preflight_reads_the_atlas_settings(monkeypatch):
     with pytest.raises(UserError, match=r"^evaluator.vision.tower='vit': expected one of open_clip, cnn$"):
         preflight(compose("train", MICRO + ["evaluate=true", "evaluator.vision.tower=vit"]))
     preflight(compose("train", MICRO + ["evaluate=true", "evaluator.vision.tower=cnn"]))
+    with pytest.raises(UserError, match=r"^evaluator.phenotype_heads=both: use all, atlas or zero_shot$"):
+        preflight(compose("train", MICRO + ["evaluator.phenotype_heads=both"]))
+    preflight(compose("train", MICRO + ["evaluate=true", "evaluator.phenotype_heads=zero_shot", "data.atlas=null"]))
+    with pytest.raises(UserError, match=r"phenotype_heads=atlas needs a phenotype atlas.*or evaluator.phenotype_heads"):
+        preflight(compose("train", MICRO + ["evaluate=true", "evaluator.phenotype_heads=atlas", "data.atlas=null"]))
     monkeypatch.setenv("WORLD_SIZE", "2")  # what a multi-process launch sets: refused before any data is built
     with pytest.raises(UserError, match=r"WORLD_SIZE=2: kgface trains on one device per run"):
         preflight(compose("train", MICRO))

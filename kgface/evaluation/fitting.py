@@ -221,7 +221,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
         heads = PhenotypeHeads.fit(x, y, l2=float(p.get("l2", 1e-2))) if vocab else PhenotypeHeads(
             torch.zeros(0, x.shape[1]), torch.zeros(0))
         if not vocab:
-            log.info("evaluator: no phenotype labels in the train split, so no phenotype heads; "
+            log.info("evaluator: no phenotype labels to fit on, so no phenotype heads; "
                      "evaluator.phenotype_heads=zero_shot scores the profiles' phenotypes from the text tower")
     val = val[probe_rows(val, p).to_numpy()].reset_index(drop=True) if len(val) else val
     if len(val):  # calibrated on val faces of the kind it learned from
@@ -289,6 +289,9 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
         # left out of the phenotype terms since 2026-12-02 (earlier entries trained on them as negatives); without
         # any phenotype label there are no heads and no presence term, and nothing changed
         spec["unlabelled_phenotype_rows"] = unlabelled
+    if str(c.get("phenotype_heads", "all")) == "zero_shot":  # the heads are these prompts' text embeddings
+        spec["zero_shot_prompts"] = stable_hash([healthy_prompts()] + [
+            phenotype_prompts(ph) for p in plist if p.disease_id in used for ph in p.phenotypes])
     if atlas is not None:
         spec["atlas_sha256"] = manifest_hash(atlas_path)
         spec["atlas_images"] = images_digest(atlas_path, atlas["abspath"])

@@ -289,8 +289,9 @@ def test_expected_calibration_error_known_answers():
 
 
 def test_phenotype_heads_keep_far_logits_apart():
-    """Zero-shot heads (logit scale 100) reach logits of +-20 and beyond: in float32 their sigmoids round to exactly
-    0 or 1 and an AUROC reads ties; the heads' probabilities are float64, where they stay ordered."""
+    """Zero-shot heads (logit scale 100) reach logits of +-20 and beyond: in float32 a sigmoid rounds to exactly 1
+    past ~17 and to 0 below ~-104, and an AUROC reads ties; the heads' probabilities are float64, where they stay
+    ordered."""
     heads = PhenotypeHeads(torch.ones(1, 1), torch.zeros(1))
     p = heads.proba(np.array([[20.0], [25.0], [-110.0], [-120.0]]))[:, 0]
     assert p.dtype == np.float64 and p[0] < p[1] < 1.0 and 0.0 < p[3] < p[2]
