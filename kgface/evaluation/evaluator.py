@@ -128,7 +128,10 @@ class Evaluator:
         cols: dict = {"pred_disease": cls[order[:, 0]], "pred_prob": probs[np.arange(len(probs)), order[:, 0]],
                       "top3": [list(cls[o[:3]]) for o in order]}
         cols.update({f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)})
-        zs = torch.softmax(100.0 * torch.as_tensor(feats, dtype=torch.float32) @ self.zs_text.t(), -1).numpy()
+        # float64: at CLIP's scale 100 a float32 softmax rounds P(healthy) to exactly 0 or 1, and presence AUROCs
+        # read ties
+        zs = torch.softmax(100.0 * torch.as_tensor(feats, dtype=torch.float64) @ self.zs_text.double().t(),
+                           -1).numpy()
         cols["zs_disease"] = cls[zs.argmax(1)]
         cols["zs_presence"] = (1.0 - zs[:, self.classes.index(HEALTHY)] if HEALTHY in self.classes
                                else np.full(len(feats), np.nan))
@@ -208,10 +211,10 @@ def pair_presence(feats: np.ndarray, zs_text: torch.Tensor, classes: Sequence[st
     embeddings, the disease's and the healthy one's (the sigmoid of their logit gap at CLIP's scale 100). Unlike
     zs_presence (1 - P(healthy) over every class), a face that looks like some other disease does not count as
     showing this one. The healthy column is 0.5; without a healthy class every entry is NaN."""
-    feats = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
+    feats = torch.as_tensor(np.asarray(feats), dtype=torch.float64)  # float64: see Evaluator.predict
     if HEALTHY not in classes:
         return np.full((len(feats), len(classes)), np.nan)
-    logits = 100.0 * feats @ zs_text.float().t()
+    logits = 100.0 * feats @ zs_text.double().t()
     return torch.sigmoid(logits - logits[:, list(classes).index(HEALTHY)].unsqueeze(1)).numpy()
 
 

@@ -179,6 +179,22 @@ def test_pair_presence_reads_one_disease_against_health_alone():
     assert p[2, 1] == pytest.approx(1.0) and p[2, 2] == pytest.approx(1.0)
     assert p[2, 1] == pytest.approx(torch.sigmoid(torch.tensor(100 * 0.6)).item())
     assert np.isnan(pair_presence(feats, zs[1:], classes[1:])).all()  # no healthy class: undefined
+    # logit gaps of 20 and 30 stay apart: in float32 both rounded to exactly 1 and tied in an AUROC (float64 holds
+    # them up to a gap of ~36)
+    near = pair_presence(np.array([[0.0, 0.2, 0.3]]), zs, classes)[0]
+    assert near.dtype == np.float64 and near[1] < near[2] < 1.0
+
+
+def test_zero_shot_presence_keeps_far_faces_apart(tiny_evaluator):
+    """zs_presence = 1 - P(healthy) over every class at CLIP's scale 100, in float64: two faces far on the diseased
+    side read two values below 1, not a tie at exactly 1."""
+    t = tiny_evaluator.zs_text.double()
+    h = tiny_evaluator.classes.index("healthy")
+    sick = [k for k in range(len(t)) if k != h][0]
+    away = torch.nn.functional.normalize(t[sick] - t[h], dim=0)  # further from health than the disease's prompts
+    feats = torch.nn.functional.normalize(torch.stack([t[sick], t[sick] + 0.5 * away]), dim=1).float().numpy()
+    zs = tiny_evaluator.predict(feats)["zs_presence"].to_numpy()
+    assert zs.dtype == np.float64 and (zs < 1.0).all() and zs[0] != zs[1]
 
 
 def test_blur_images_spreads_a_point_and_keeps_the_image():
