@@ -289,13 +289,15 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
         # left out of the phenotype terms since 2026-12-02 (earlier entries trained on them as negatives); without
         # any phenotype label there are no heads and no presence term, and nothing changed
         spec["unlabelled_phenotype_rows"] = unlabelled
-    if str(c.get("phenotype_heads", "all")) == "zero_shot":  # the heads are these prompts' text embeddings
-        spec["zero_shot_prompts"] = stable_hash([healthy_prompts()] + [
-            phenotype_prompts(ph) for p in plist if p.disease_id in used for ph in p.phenotypes])
     if atlas is not None:
         spec["atlas_sha256"] = manifest_hash(atlas_path)
         spec["atlas_images"] = images_digest(atlas_path, atlas["abspath"])
-    entry = cache.entry("evaluator", {**spec, "version": [EVALUATOR_VERSION, CLIP_VERSION]})
+    heads_key = {}
+    if str(c.get("phenotype_heads", "all")) == "zero_shot":  # the heads are these prompts' text embeddings (the
+        # evaluator's entry only: the CLIP's is keyed by what shapes the CLIP)
+        heads_key["zero_shot_prompts"] = stable_hash([healthy_prompts()] + [
+            phenotype_prompts(ph) for p in plist if p.disease_id in used for ph in p.phenotypes])
+    entry = cache.entry("evaluator", {**spec, **heads_key, "version": [EVALUATOR_VERSION, CLIP_VERSION]})
     if entry.exists():
         log.info("evaluator from the cache: %s", entry.path)
         ev = Evaluator.load(entry.path, pretrained_sha256=spec.get("pretrained_sha256"),

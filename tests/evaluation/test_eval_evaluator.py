@@ -385,6 +385,11 @@ def test_a_head_setting_refits_the_heads_on_the_cached_clip(tiny_cfg, tiny_data,
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(first.probe.weight, refit.probe.weight)  # the heads were refitted with the new L2
     assert len({u["path"] for u in cache.used if u["kind"] == "evaluator"}) == 2
+    # zero-shot heads (their prompts are in the evaluator's key, not the CLIP's): the same CLIP, a new entry
+    zs = fit_evaluator({**cfg, "phenotype_heads": "zero_shot"}, tiny_data / "manifest.csv", tiny_profiles, cache,
+                       progress=False)
+    assert zs.info["clip"] == first.info["clip"] and zs.phenotypes != first.phenotypes
+    assert len({u["path"] for u in cache.used if u["kind"] == "evaluator"}) == 3
     with pytest.raises(AssertionError, match="trained again"):
         fit_evaluator({**cfg, "train": {**cfg["train"], "steps": 13}}, tiny_data / "manifest.csv", tiny_profiles,
                       cache, progress=False)
