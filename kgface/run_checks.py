@@ -42,8 +42,10 @@ def preflight(cfg: DictConfig) -> None:
         atlas = cfg.data.get("atlas")
         atlas_faces = atlas_settings(OmegaConf.to_container(atlas, resolve=True) if OmegaConf.is_config(atlas)
                                      else atlas)[0]
+    from .evaluation.fitting import PHENOTYPE_HEADS
+
     heads = str(cfg.evaluator.get("phenotype_heads", "all"))
-    if heads not in ("all", "atlas", "zero_shot"):
+    if heads not in PHENOTYPE_HEADS:
         raise UserError(f"evaluator.phenotype_heads={heads}: use all, atlas or zero_shot")
     if cfg.get("evaluate", True) and heads == "atlas":
         if cfg.data.name != "phantom":  # a train run rebuilds real data into the run folder, without an atlas

@@ -170,7 +170,8 @@ def identity_validity(embedder, images: torch.Tensor, identities, max_images: in
     iu, ju = np.triu_indices(len(ids), 1)
     same = ids[iu] == ids[ju]
     dist = np.linalg.norm(feats[iu] - feats[ju], axis=1)
-    cos = _pair_cosines(feats[iu], feats[ju])
+    u = unit_rows(feats)  # dlib's embeddings are not unit length
+    cos = np.sum(u[iu] * u[ju], 1)
     out = {"n": int(len(ids)), "face_found": float(found.mean()) if len(found) else float("nan")}
     if same.any() and (~same).any():
         out.update({"auroc": auroc(same.astype(int), -dist),
@@ -187,25 +188,20 @@ def identity_validity(embedder, images: torch.Tensor, identities, max_images: in
     return out
 
 
-def _pair_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two embedding arrays (dlib's are not unit length; a zero row reads 0)."""
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    return np.sum(a * b, axis=1) / np.maximum(na * nb, 1e-12)
-
-
 def pair_distances(embedder, images_a: torch.Tensor, images_b: torch.Tensor) -> dict:
     """Source vs edited face: mean Euclidean distance, the share under dlib's same-person threshold, the mean cosine
     of the two embeddings (the issue's "cosine of dlib face embeddings"; the distance is dlib's own scale), faces
     found."""
+    from .metrics import identity_similarity
+
     fa, ok_a = embedder.embed(images_a)
     fb, ok_b = embedder.embed(images_b)
     d = np.linalg.norm(fa - fb, axis=1)
-    cos = _pair_cosines(fa, fb)
     both = ok_a & ok_b  # pairs aligned by detected landmarks on both sides (others read a whole frame)
     nan = float("nan")
     return {"identity_distance_dlib": float(d.mean()) if len(d) else nan,
             "identity_same_person_dlib": float((d < SAME_PERSON_DISTANCE).mean()) if len(d) else nan,
-            "identity_cosine_dlib": float(cos.mean()) if len(d) else nan,
+            "identity_cosine_dlib": identity_similarity(fa, fb),  # nan without pairs
             "identity_face_found_dlib": float(np.concatenate([ok_a, ok_b]).mean()) if len(d) else nan,
             "identity_distance_dlib_both_found": float(d[both].mean()) if both.any() else nan,
             "identity_dlib_both_found_n": int(both.sum())}

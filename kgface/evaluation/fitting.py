@@ -57,13 +57,18 @@ def _phenotype_map(profiles) -> dict:
     return out
 
 
+PHENOTYPE_HEADS = ("all", "atlas", "zero_shot")  # evaluator.phenotype_heads: where the heads come from
+
+
+def prompt_ensemble(model, tokenizer, prompts: list[str]) -> torch.Tensor:
+    """[D] normalised mean text embedding of a prompt ensemble."""
+    return torch.nn.functional.normalize(encode_texts(model, tokenizer, prompts).mean(0), dim=-1)
+
+
 def zero_shot_text(model, tokenizer, profiles: dict[str, FacialProfile], classes: list[str]) -> torch.Tensor:
     """[C, D] normalised mean text embedding of each class's zero-shot prompt ensemble."""
-    rows = []
-    for c in classes:
-        prompts = healthy_prompts() if c == HEALTHY else zero_shot_prompts(profiles[c])
-        rows.append(torch.nn.functional.normalize(encode_texts(model, tokenizer, prompts).mean(0), dim=-1))
-    return torch.stack(rows)
+    return torch.stack([prompt_ensemble(model, tokenizer, healthy_prompts() if c == HEALTHY
+                                        else zero_shot_prompts(profiles[c])) for c in classes])
 
 
 def zero_shot_heads(model, tokenizer, phenotypes: list, scale: Standardizer) -> PhenotypeHeads:
@@ -74,11 +79,9 @@ def zero_shot_heads(model, tokenizer, phenotypes: list, scale: Standardizer) -> 
     theirs. Uncalibrated: 0.5 means "closer to the phenotype's prompts than to a healthy face's"."""
     if not phenotypes:
         return PhenotypeHeads(torch.zeros(0, len(scale.mean)), torch.zeros(0))
-    unit = torch.nn.functional.normalize
     with torch.no_grad():
-        t0 = unit(encode_texts(model, tokenizer, healthy_prompts()).mean(0), dim=-1)
-        tp = torch.stack([unit(encode_texts(model, tokenizer, phenotype_prompts(p)).mean(0), dim=-1)
-                          for p in phenotypes])
+        t0 = prompt_ensemble(model, tokenizer, healthy_prompts())
+        tp = torch.stack([prompt_ensemble(model, tokenizer, phenotype_prompts(p)) for p in phenotypes])
         ls = getattr(model, "logit_scale", None)
         s = min(float(ls.exp()), 100.0) if isinstance(ls, torch.Tensor) else 100.0
         w = s * (tp - t0)
@@ -99,7 +102,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     if len(train) == 0:
         raise EvaluatorInputError("the manifest has no 'train' rows to fit the evaluator on")
     heads_on = str(c.get("phenotype_heads", "all"))
-    if heads_on not in ("all", "atlas", "zero_shot"):
+    if heads_on not in PHENOTYPE_HEADS:
         raise EvaluatorInputError(f"evaluator.phenotype_heads={heads_on!r}: use 'all', 'atlas' or 'zero_shot'")
     if heads_on == "atlas" and (atlas is None or not len(atlas)):
         raise EvaluatorInputError(f"evaluator.phenotype_heads=atlas needs {ATLAS_FILE} beside the manifest "
