@@ -120,3 +120,95 @@ def test_gallery_writes_one_picture_per_mode_and_composes_the_held_out_disease(e
     assert len({p.name.split("_s")[0] for p in inputs}) == len(inputs)
     edits = pd.read_csv(tmp_path / "out" / "transform" / "manifest.csv")
     assert len(edits) == len(inputs) and set(edits["requested_disease"]) == {"healthy"}
+
+
+def test_stage_reading_ceiling_is_a_perfect_orders_spearman_against_tied_stages():
+    """Known answer: against k groups of sizes m_k a perfect order reaches sqrt(1 - sum(m^3 - m) / (N^3 - N))."""
+    import numpy as np
+
+    reading = script("stage_reading")
+    stages = np.repeat([0, 1, 2, 3], [50, 50, 30, 70])
+    m, n = np.array([50, 50, 30, 70]), 200
+    assert reading.tied_ceiling(stages) == pytest.approx(np.sqrt(1 - ((m ** 3 - m).sum()) / (n ** 3 - n)), abs=1e-9)
+    assert reading.tied_ceiling(np.repeat([0, 1, 2, 3], 100)) == pytest.approx(0.968, abs=5e-4)  # sqrt(15/16)
+
+
+def test_stage_reading_lines_on_a_constructed_reading():
+    """A reading that orders every face by stage reaches the ceiling and separates adjacent stages completely; stage-0
+    faces read as healthy are counted."""
+    import numpy as np
+
+    reading = script("stage_reading")
+    stages = np.repeat([0, 1, 2, 3], 4)
+    severity = stages + np.tile(np.linspace(0, 0.5, 4), 4)
+    diseases = np.array(["A", "B"] * 8)
+    predicted = np.where(stages == 0, np.array(["healthy", "healthy", "A", "healthy"] * 4), diseases)
+    lines = reading.stage_lines("made", stages, severity, diseases, predicted)
+    ceiling = reading.tied_ceiling(stages)
+    assert lines[0].startswith(f"made: n 16, Spearman {ceiling:.3f} (ceiling for these stages {ceiling:.3f}")
+    assert "0v1 1.000, 1v2 1.000, 2v3 1.000" in lines[1]
+    assert "mean severity by stage 0-3: 0.25 / 1.25 / 2.25 / 3.25" in lines[1]
+    # stage-0 rows: diseases A, B, A, B read healthy, healthy, A, healthy -> 3 of 4 healthy, 1 its own disease
+    assert lines[2].strip() == "stage 0 read as healthy 0.75, as its disease 0.25 (n 4)"
+
+
+def test_stage_reading_reads_the_real_faces_as_the_run_did(evaluated_run, capsys):
+    """The script's evaluator is the train job's (same config, same cache entry): its Spearman on the real diseased
+    test faces is the run's evaluator.real_stage_spearman_disease, and the run's samples are read."""
+    from tests.test_train_smoke import MICRO, MICRO_EVALUATOR
+
+    metrics = json.loads((evaluated_run / "metrics.json").read_text())
+    script("stage_reading").main([*MICRO, *MICRO_EVALUATOR, "--runs", str(evaluated_run)])
+    out = capsys.readouterr().out
+    rho = metrics["evaluator"]["real_stage_spearman_disease"]
+    assert rho == rho  # a number, not NaN: the micro panel's test faces span stages 0-3
+    assert out.startswith("real diseased test faces: n ") and f"Spearman {rho:.3f} " in out.splitlines()[0]
+    assert f"{evaluated_run}: samples: n " in out
+
+
+def test_sampler_ladder_parses_its_variants():
+    ladder = script("sampler_ladder").ladder
+    ts, opts = ladder("leading:20", 1000)
+    assert ts.tolist()[:2] == [950, 900] and ts.tolist()[-1] == 0 and len(ts) == 20 and opts == {}
+    ts, opts = ladder("even:999:20:clip2.5:guide100-900", 1000)
+    assert ts.tolist()[0] == 999 and ts.tolist()[-1] == 0 and len(ts) == 20
+    assert opts == {"clip": 2.5, "guide": (100, 900)}
+    for bad in ("trailing:20", "leading:20:blur3"):
+        with pytest.raises(SystemExit):
+            ladder(bad, 1000)
+
+
+def test_sampler_ladder_clipped_ddim_is_ddim_when_nothing_is_clipped_and_bounds_the_result():
+    import torch
+
+    from kgface.diffusion.sampling import ddim_sample, ddim_timesteps
+
+    ladder = script("sampler_ladder")
+    alphas = torch.linspace(0.999, 0.01, 1000)
+    ts = ddim_timesteps(1000, 10)
+    x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    model_fn = lambda x, t, c: 0.5 * x + 0.01 * t  # noqa: E731  (any deterministic function of x and t)
+    plain = ddim_sample(model_fn, x, ts, alphas, None)
+    assert torch.allclose(ladder.ddim_clipped(model_fn, x, ts, alphas, None, clip=1e9), plain, atol=1e-5)
+    clipped = ladder.ddim_clipped(model_fn, x, ts, alphas, None, clip=0.1)
+    assert plain.abs().max() > 0.1 and clipped.abs().max() <= 0.1 + 1e-6  # the last step returns the clamped x0
+
+
+def test_sampler_ladder_leading_is_the_generators_own_sampler(evaluated_run, capsys):
+    """`leading:N` at the run's own steps draws exactly what the run's Generator draws for the same requests."""
+    import torch
+
+    from kgface.diffusion.generator import Generator, Request
+    from kgface.diffusion.run_loading import load_run
+
+    ladder = script("sampler_ladder")
+    backbone, cond, profiles, cfg = load_run(evaluated_run)
+    steps, guidance = int(cfg.model.sample.steps), float(cfg.model.sample.guidance)
+    gen = Generator(backbone, cond, guidance=guidance, steps=steps)
+    reqs = [Request(p, 3.0, 7 + k) for k, p in enumerate(profiles)]
+    assert torch.equal(ladder.draw(gen, reqs, f"leading:{steps}", guidance), gen.sample(reqs))
+    assert not torch.equal(ladder.draw(gen, reqs, f"leading:{steps}:guide2000-3000", guidance), gen.sample(reqs))
+    ladder.main([str(evaluated_run), f"leading:{steps}", "even:999:2:clip4", "--seeds", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| leading") or
+            line.startswith("| even")]
+    assert [r.split(" | ")[0] for r in rows] == [f"| leading:{steps}", "| even:999:2:clip4"]

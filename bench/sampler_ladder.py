@@ -1,0 +1,146 @@
+"""Does the sampler's ladder change what a trained generator draws? The same requests and noise under ladder variants.
+
+    python bench/sampler_ladder.py RUN leading:20 leading:10 leading:50 even:999:20 even:900:20 \
+        leading:20:clip4 leading:20:guide0-700
+
+Each variant is `LADDER[:OPTION...]`:
+- `leading:N`: the run's own ladder (`kgface.diffusion.sampling.ddim_timesteps`: N steps of 1000 // N, so 20 steps
+  start at t = 950, 50 at 980, 100 at 990);
+- `even:T:N`: N steps evenly from t = T down to 0 (T = 999 starts at the top of the ladder);
+- `clipC`: the predicted clean latent clamped to [-C, C] at every step (the run's latents have unit std; 99.9% of
+  real faces' latent values lie within 3.4), the noise estimate recomputed from it (diffusers' clip_sample);
+- `guideLO-HI`: classifier-free guidance only at timesteps LO..HI, the conditional prediction alone elsewhere.
+
+Requests: every seen disease at stages 0-3, 10 seeds; 20 healthy faces; the held-out diseases at stages 2-3, 10
+seeds; all read by the run's evaluator. Prints, per variant: seen top-1 at stages 2-3 (as `bench/heldout_draws.py`),
+held-out hits, Spearman of requested stage vs measured severity over the seen diseases' stages 0-3, the share of
+stage-0 requests and of healthy requests read as healthy, mean severity by stage, and the images' saturation and
+high-frequency energy (a softness reading). Figures in docs/generation.md ("The sampler's ladder") came from it.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def ladder(spec: str, n_train: int):
+    """Descending timesteps and options {clip, guide} of a variant spec."""
+    import numpy as np
+    import torch
+
+    from kgface.diffusion.sampling import ddim_timesteps
+
+    parts = spec.split(":")
+    opts = {}
+    if parts[0] == "leading":
+        ts, rest = ddim_timesteps(n_train, int(parts[1])), parts[2:]
+    elif parts[0] == "even":
+        ts = torch.from_numpy(np.round(np.linspace(int(parts[1]), 0, int(parts[2]))).astype(np.int64))
+        rest = parts[3:]
+    else:
+        raise SystemExit(f"{spec}: a variant starts with leading:N or even:T:N")
+    for o in rest:
+        if o.startswith("clip"):
+            opts["clip"] = float(o[4:])
+        elif o.startswith("guide"):
+            lo, hi = o[5:].split("-")
+            opts["guide"] = (int(lo), int(hi))
+        else:
+            raise SystemExit(f"{spec}: unknown option {o} (clipC or guideLO-HI)")
+    return ts, opts
+
+
+def ddim_clipped(model_fn, x, timesteps, alphas_cumprod, cond, clip: float):
+    """`kgface.diffusion.sampling.ddim_sample` with the clean-latent estimate clamped and the noise re-derived."""
+    import torch
+
+    a = alphas_cumprod.to(x.device, torch.float32)
+    for i, t in enumerate(timesteps):
+        a_t = a[t]
+        a_prev = a[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, device=x.device)
+        eps = model_fn(x, t, cond).float()
+        x0 = ((x.float() - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-clip, clip)
+        eps = (x.float() - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    return x
+
+
+def draw(gen, reqs, spec: str, guidance: float):
+    """uint8 images of the requests under a ladder variant (`gen`'s own noise, condition and decoder)."""
+    import torch
+
+    from kgface.diffusion.sampling import cfg_model, ddim_sample
+
+    b = gen.backbone
+    ts, opts = ladder(spec, b.scheduler.config.num_train_timesteps)
+    full, plain = cfg_model(b.unet, guidance), cfg_model(b.unet, 1.0)
+    lo, hi = opts.get("guide", (0, 10 ** 9))
+    model_fn = lambda x, t, c: (full if lo <= int(t) <= hi else plain)(x, t, c)  # noqa: E731
+    images = []
+    for i in range(0, len(reqs), 32):
+        batch = reqs[i:i + 32]
+        noise = torch.stack([torch.randn(b.latent_shape, generator=torch.Generator().manual_seed(int(r.seed)))
+                             for r in batch]).to(gen.device)
+        c = gen.condition(batch)
+        with torch.no_grad():
+            z = (ddim_clipped(model_fn, noise, ts, b.scheduler.alphas_cumprod, c, opts["clip"]) if "clip" in opts
+                 else ddim_sample(model_fn, noise, ts, b.scheduler.alphas_cumprod, c))
+        images.append(gen.decode(z))
+    return torch.cat(images)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("variants", nargs="+")
+    ap.add_argument("--seeds", type=int, default=10)
+    args = ap.parse_args(argv)
+
+    import numpy as np
+
+    from kgface.diffusion.generator import Generator, Request
+    from kgface.diffusion.run_loading import heldout_of, load_run
+    from kgface.evaluation import load_evaluator
+    from kgface.evaluation.metrics import spearman
+
+    ev = load_evaluator(args.run)
+    backbone, cond, profiles, cfg = load_run(args.run)
+    held = heldout_of(Path(args.run))
+    guidance = float(cfg.model.sample.get("guidance", 3.0))
+    seen = [p for p in profiles if p.disease_id not in held and not p.healthy]
+    healthy = next(p for p in profiles if p.healthy)
+    reqs = [Request(p, s, 20000 + k) for p in seen for s in (0, 1, 2, 3) for k in range(args.seeds)]
+    reqs += [Request(healthy, 0, 20000 + k) for k in range(2 * args.seeds)]
+    reqs += [Request(p, s, 20000 + k) for p in profiles if p.disease_id in held for s in (2, 3)
+             for k in range(args.seeds)]
+    d = np.array([r.profile.disease_id for r in reqs])
+    s = np.array([r.severity for r in reqs])
+    ho = np.isin(d, sorted(held))
+    sick = (d != healthy.disease_id) & ~ho
+    head = sick & (s >= 2)
+    gen = Generator(backbone, cond, guidance=guidance)
+    print("| variant | first timesteps | seen top-1, stages 2-3 | held-out | seen stage Spearman | stage 0 read healthy "
+          "| healthy read healthy | mean severity, stages 0-3 | saturation; high-frequency energy |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for spec in args.variants:
+        start = time.time()
+        ts = ladder(spec, backbone.scheduler.config.num_train_timesteps)[0]
+        x = draw(gen, reqs, spec, guidance)
+        t = ev.score(x)
+        pred, sev = t["pred_disease"].to_numpy(), t["severity_pred"].to_numpy()
+        f = x.float() / 255
+        sat = ((f.max(1).values - f.min(1).values) / f.max(1).values.clamp_min(1e-3)).mean()
+        lap = (4 * f[..., 1:-1, 1:-1] - f[..., :-2, 1:-1] - f[..., 2:, 1:-1] - f[..., 1:-1, :-2]
+               - f[..., 1:-1, 2:]).abs().mean()
+        means = " / ".join(f"{sev[sick & (s == k)].mean():.2f}" for k in range(4))
+        print(f"| {spec} | {', '.join(str(int(v)) for v in ts[:3])} | {np.mean(pred[head] == d[head]):.3f} "
+              f"({int(np.sum(pred[head] == d[head]))} of {int(head.sum())}) | {int(np.sum(pred[ho] == d[ho]))} of "
+              f"{int(ho.sum())} | {spearman(s[sick], sev[sick]):.3f} | {np.mean(pred[sick & (s == 0)] == 'healthy'):.2f} "
+              f"| {np.mean(pred[d == healthy.disease_id] == 'healthy'):.2f} | {means} | {sat:.3f}; {lap:.4f} |",
+              flush=True)
+        print(f"({spec}: {time.time() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
