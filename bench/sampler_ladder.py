@@ -36,7 +36,10 @@ def ladder(spec: str, n_train: int):
     if parts[0] == "leading":
         ts, rest = ddim_timesteps(n_train, int(parts[1])), parts[2:]
     elif parts[0] == "even":
-        ts = torch.from_numpy(np.round(np.linspace(int(parts[1]), 0, int(parts[2]))).astype(np.int64))
+        top, n = int(parts[1]), int(parts[2])
+        if not (0 < top < n_train and 1 <= n <= top + 1):  # past the ladder, or steps that repeat a timestep
+            raise SystemExit(f"{spec}: even:T:N needs 0 < T < {n_train} and 1 <= N <= T + 1")
+        ts = torch.from_numpy(np.round(np.linspace(top, 0, n)).astype(np.int64))
         rest = parts[3:]
     else:
         raise SystemExit(f"{spec}: a variant starts with leading:N or even:T:N")
@@ -76,7 +79,10 @@ def draw(gen, reqs, spec: str, guidance: float):
     ts, opts = ladder(spec, b.scheduler.config.num_train_timesteps)
     full, plain = cfg_model(b.unet, guidance), cfg_model(b.unet, 1.0)
     lo, hi = opts.get("guide", (0, 10 ** 9))
-    model_fn = lambda x, t, c: (full if lo <= int(t) <= hi else plain)(x, t, c)  # noqa: E731
+
+    def model_fn(x, t, c):  # guided inside the interval, the conditional prediction alone outside it
+        return (full if lo <= int(t) <= hi else plain)(x, t, c)
+
     images = []
     for i in range(0, len(reqs), 32):
         batch = reqs[i:i + 32]
@@ -112,16 +118,19 @@ def main(argv=None):
     healthy = next(p for p in profiles if p.healthy)
     reqs = [Request(p, s, 20000 + k) for p in seen for s in (0, 1, 2, 3) for k in range(args.seeds)]
     reqs += [Request(healthy, 0, 20000 + k) for k in range(2 * args.seeds)]
-    reqs += [Request(p, s, 20000 + k) for p in profiles if p.disease_id in held for s in (2, 3)
-             for k in range(args.seeds)]
+    if cond.mode != "class":  # class tokens cannot draw a disease they never saw
+        reqs += [Request(p, s, 20000 + k) for p in profiles if p.disease_id in held for s in (2, 3)
+                 for k in range(args.seeds)]
     d = np.array([r.profile.disease_id for r in reqs])
     s = np.array([r.severity for r in reqs])
     ho = np.isin(d, sorted(held))
     sick = (d != healthy.disease_id) & ~ho
     head = sick & (s >= 2)
-    gen = Generator(backbone, cond, guidance=guidance)
-    print("| variant | first timesteps | seen top-1, stages 2-3 | held-out | seen stage Spearman | stage 0 read healthy "
-          "| healthy read healthy | mean severity, stages 0-3 | saturation; high-frequency energy |")
+    # the run's steps, though draw() takes each variant's own ladder
+    gen = Generator(backbone, cond, guidance=guidance, steps=int(cfg.model.sample.get("steps", 20)))
+    print("| variant | first timesteps | seen top-1, stages 2-3 | held-out | seen stage Spearman "
+          "| stage 0 read healthy | healthy read healthy | mean severity, stages 0-3 "
+          "| saturation; high-frequency energy |")
     print("|---|---|---|---|---|---|---|---|---|")
     for spec in args.variants:
         start = time.time()
@@ -134,10 +143,12 @@ def main(argv=None):
         lap = (4 * f[..., 1:-1, 1:-1] - f[..., :-2, 1:-1] - f[..., 2:, 1:-1] - f[..., 1:-1, :-2]
                - f[..., 1:-1, 2:]).abs().mean()
         means = " / ".join(f"{sev[sick & (s == k)].mean():.2f}" for k in range(4))
-        print(f"| {spec} | {', '.join(str(int(v)) for v in ts[:3])} | {np.mean(pred[head] == d[head]):.3f} "
-              f"({int(np.sum(pred[head] == d[head]))} of {int(head.sum())}) | {int(np.sum(pred[ho] == d[ho]))} of "
-              f"{int(ho.sum())} | {spearman(s[sick], sev[sick]):.3f} | {np.mean(pred[sick & (s == 0)] == 'healthy'):.2f} "
-              f"| {np.mean(pred[d == healthy.disease_id] == 'healthy'):.2f} | {means} | {sat:.3f}; {lap:.4f} |",
+        hits = int(np.sum(pred[head] == d[head]))
+        zero_healthy = np.mean(pred[sick & (s == 0)] == "healthy")
+        print(f"| {spec} | {', '.join(str(int(v)) for v in ts[:3])} | {hits / head.sum():.3f} ({hits} of "
+              f"{int(head.sum())}) | {int(np.sum(pred[ho] == d[ho]))} of {int(ho.sum())} | "
+              f"{spearman(s[sick], sev[sick]):.3f} | {zero_healthy:.2f} | "
+              f"{np.mean(pred[d == healthy.disease_id] == 'healthy'):.2f} | {means} | {sat:.3f}; {lap:.4f} |",
               flush=True)
         print(f"({spec}: {time.time() - start:.0f} s)", flush=True)
 

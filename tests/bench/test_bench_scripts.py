@@ -149,7 +149,11 @@ def test_stage_reading_lines_on_a_constructed_reading():
     assert "0v1 1.000, 1v2 1.000, 2v3 1.000" in lines[1]
     assert "mean severity by stage 0-3: 0.25 / 1.25 / 2.25 / 3.25" in lines[1]
     # stage-0 rows: diseases A, B, A, B read healthy, healthy, A, healthy -> 3 of 4 healthy, 1 its own disease
-    assert lines[2].strip() == "stage 0 read as healthy 0.75, as its disease 0.25 (n 4)"
+    assert lines[2].strip() == ("stage 0 read as healthy 0.75, as its disease 0.25 (n 4; else most often as "
+                                "nothing else)")
+    predicted[stages == 0] = ["B", "healthy", "B", "A"]  # A, B, A, B read as B, healthy, B, A
+    assert reading.stage_lines("made", stages, severity, diseases, predicted)[2].strip() == (
+        "stage 0 read as healthy 0.25, as its disease 0.00 (n 4; else most often as B 2, A 1)")
 
 
 def test_stage_reading_reads_the_real_faces_as_the_run_did(evaluated_run, capsys):
@@ -163,7 +167,9 @@ def test_stage_reading_reads_the_real_faces_as_the_run_did(evaluated_run, capsys
     rho = metrics["evaluator"]["real_stage_spearman_disease"]
     assert rho == rho  # a number, not NaN: the micro panel's test faces span stages 0-3
     assert out.startswith("real diseased test faces: n ") and f"Spearman {rho:.3f} " in out.splitlines()[0]
-    assert f"{evaluated_run}: samples: n " in out
+    samples = next(line for line in out.splitlines() if line.startswith(f"{evaluated_run}: samples: n "))
+    rho_generated = metrics["generation"]["stage_spearman"]
+    assert rho_generated == rho_generated and f"Spearman {rho_generated:.3f} " in samples  # the run's key, its rows
 
 
 def test_sampler_ladder_parses_its_variants():
@@ -212,3 +218,8 @@ def test_sampler_ladder_leading_is_the_generators_own_sampler(evaluated_run, cap
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| leading") or
             line.startswith("| even")]
     assert [r.split(" | ")[0] for r in rows] == [f"| leading:{steps}", "| even:999:2:clip4"]
+    # MICRO: two seen diseases at stages 2-3 and one held-out disease at stages 2-3, one seed each
+    assert all(" of 4) | " in r and " of 2 | " in r for r in rows)
+    for bad in ("even:1000:20", "even:10:20"):  # past the ladder; more steps than timesteps below T
+        with pytest.raises(SystemExit):
+            ladder.ladder(bad, 1000)
