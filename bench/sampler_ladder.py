@@ -55,18 +55,20 @@ def ladder(spec: str, n_train: int):
 
 
 def ddim_clipped(model_fn, x, timesteps, alphas_cumprod, cond, clip: float):
-    """`kgface.diffusion.sampling.ddim_sample` with the clean-latent estimate clamped and the noise re-derived."""
+    """`kgface.diffusion.sampling.ddim_sample` with the clean-latent estimate clamped: the clamp is a change of the
+    model's noise estimate (the one that implies the clamped estimate), so the project's sampler runs unchanged."""
     import torch
 
+    from kgface.diffusion.sampling import ddim_sample
+
     a = alphas_cumprod.to(x.device, torch.float32)
-    for i, t in enumerate(timesteps):
-        a_t = a[t]
-        a_prev = a[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, device=x.device)
-        eps = model_fn(x, t, cond).float()
+
+    def clamped(x, t, c):
+        a_t, eps = a[t], model_fn(x, t, c).float()
         x0 = ((x.float() - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-clip, clip)
-        eps = (x.float() - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-    return x
+        return (x.float() - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+
+    return ddim_sample(clamped, x, timesteps, alphas_cumprod, cond)
 
 
 def draw(gen, reqs, spec: str, guidance: float):
