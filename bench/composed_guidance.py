@@ -42,7 +42,7 @@ def main(argv=None):
     from kgface.diffusion.adapter import kg_added_cond_kwargs
     from kgface.diffusion.generator import Generator, Request
     from kgface.diffusion.run_loading import heldout_of, load_run
-    from kgface.diffusion.sampling import ddim_sample, ddim_timesteps, unet_eps
+    from kgface.diffusion.sampling import ddim_sample, unet_eps
     from kgface.diffusion.training_data import ATLAS_NAME
     from kgface.evaluation import load_evaluator
 
@@ -88,10 +88,8 @@ def main(argv=None):
             delta = sum(mask[j][:, None, None, None] * (out[j + 1] - out[0]) for j in range(n_parts))
             return out[0] + w[:, None, None, None] * delta
 
-        noise = torch.stack([torch.randn(b.latent_shape, generator=torch.Generator().manual_seed(int(r.seed)))
-                             for r in batch])
-        steps = ddim_timesteps(b.scheduler.config.num_train_timesteps, gen.steps, 1.0)
-        return gen.decode(ddim_sample(model_fn, noise, steps, b.scheduler.alphas_cumprod))
+        return gen.decode(ddim_sample(model_fn, gen.noise(batch).to(gen.device), gen.ladder(),
+                                      b.scheduler.alphas_cumprod, prediction=gen.prediction))
 
     print("| groups of at most | weight | held-out top-1 (hits / n) | read as (top 3) |\n|---|---|---|---|")
     for size in args.chunks:

@@ -4,8 +4,9 @@
         leading:20:clip4 leading:20:guide0-700
 
 Each variant is `LADDER[:OPTION...]`:
-- `leading:N`: the run's own ladder (`kgface.diffusion.sampling.ddim_timesteps`: N steps of 1000 // N, so 20 steps
-  start at t = 950, 50 at 980, 100 at 990);
+- `leading:N`: N steps of 1000 // N (`kgface.diffusion.sampling.ddim_timesteps`), so 20 steps start at t = 950, 50
+  at 980, 100 at 990 (the ladder of runs whose model.schedule.timestep_spacing is leading, the default);
+- `trailing:N`: the same steps ending at t = 999 (999, 949, ..., 49 for 20);
 - `even:T:N`: N steps evenly from t = T down to 0 (T = 999 starts at the top of the ladder);
 - `clipC`: the predicted clean latent clamped to [-C, C] at every step (the run's latents have unit std; 99.9% of
   real faces' latent values lie within 3.4), the noise estimate recomputed from it (diffusers' clip_sample);
@@ -33,8 +34,8 @@ def ladder(spec: str, n_train: int):
 
     parts = spec.split(":")
     opts = {}
-    if parts[0] == "leading":
-        ts, rest = ddim_timesteps(n_train, int(parts[1])), parts[2:]
+    if parts[0] in ("leading", "trailing"):
+        ts, rest = ddim_timesteps(n_train, int(parts[1]), spacing=parts[0]), parts[2:]
     elif parts[0] == "even":
         top, n = int(parts[1]), int(parts[2])
         if not (0 < top < n_train and 1 <= n <= top + 1):  # past the ladder, or steps that repeat a timestep
@@ -42,7 +43,7 @@ def ladder(spec: str, n_train: int):
         ts = torch.from_numpy(np.round(np.linspace(top, 0, n)).astype(np.int64))
         rest = parts[3:]
     else:
-        raise SystemExit(f"{spec}: a variant starts with leading:N or even:T:N")
+        raise SystemExit(f"{spec}: a variant starts with leading:N, trailing:N or even:T:N")
     for o in rest:
         if o.startswith("clip"):
             opts["clip"] = float(o[4:])
@@ -54,21 +55,23 @@ def ladder(spec: str, n_train: int):
     return ts, opts
 
 
-def ddim_clipped(model_fn, x, timesteps, alphas_cumprod, cond, clip: float):
+def ddim_clipped(model_fn, x, timesteps, alphas_cumprod, cond, clip: float, prediction: str = "epsilon"):
     """`kgface.diffusion.sampling.ddim_sample` with the clean-latent estimate clamped: the clamp is a change of the
-    model's noise estimate (the one that implies the clamped estimate), so the project's sampler runs unchanged."""
+    model's output (the one that implies the clamped estimate), so the project's sampler runs unchanged."""
     import torch
 
-    from kgface.diffusion.sampling import ddim_sample
+    from kgface.diffusion.sampling import clean_and_noise, ddim_sample
 
     a = alphas_cumprod.to(x.device, torch.float32)
 
     def clamped(x, t, c):
-        a_t, eps = a[t], model_fn(x, t, c).float()
-        x0 = ((x.float() - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-clip, clip)
+        a_t = a[t]
+        x0 = clean_and_noise(model_fn(x, t, c), x, a_t, prediction)[0].clamp(-clip, clip)
+        if prediction == "v_prediction":
+            return (a_t.sqrt() * x.float() - x0) / (1 - a_t).sqrt()
         return (x.float() - a_t.sqrt() * x0) / (1 - a_t).sqrt()
 
-    return ddim_sample(clamped, x, timesteps, alphas_cumprod, cond)
+    return ddim_sample(clamped, x, timesteps, alphas_cumprod, cond, prediction=prediction)
 
 
 def draw(gen, reqs, spec: str, guidance: float):
@@ -88,12 +91,12 @@ def draw(gen, reqs, spec: str, guidance: float):
     images = []
     for i in range(0, len(reqs), 32):
         batch = reqs[i:i + 32]
-        noise = torch.stack([torch.randn(b.latent_shape, generator=torch.Generator().manual_seed(int(r.seed)))
-                             for r in batch]).to(gen.device)
+        noise = gen.noise(batch).to(gen.device)
         c = gen.condition(batch)
         with torch.no_grad():
-            z = (ddim_clipped(model_fn, noise, ts, b.scheduler.alphas_cumprod, c, opts["clip"]) if "clip" in opts
-                 else ddim_sample(model_fn, noise, ts, b.scheduler.alphas_cumprod, c))
+            z = (ddim_clipped(model_fn, noise, ts, b.scheduler.alphas_cumprod, c, opts["clip"], gen.prediction)
+                 if "clip" in opts else
+                 ddim_sample(model_fn, noise, ts, b.scheduler.alphas_cumprod, c, prediction=gen.prediction))
         images.append(gen.decode(z))
     return torch.cat(images)
 

@@ -99,11 +99,39 @@ class Backbone:
         return [(s, p) for s, p in zip(states, out2.text_embeds)]
 
 
-def _ddpm(num_train_timesteps: int = 1000):
+def schedule_settings(schedule: dict | None, base: dict | None = None) -> dict:
+    """`model.schedule` -> DDPMScheduler settings: prediction_type (epsilon | v_prediction), zero_terminal_snr
+    (rescale the betas so the last timestep is pure noise; Lin et al. 2024) and timestep_spacing (the sampler's
+    ladder: leading | trailing | linspace). A null key keeps the base's value (a pretrained folder's scheduler);
+    with no base: epsilon, no rescale, leading (what kgface trained before these keys existed)."""
+    from .sampling import PREDICTIONS, SPACINGS
+
+    base = base or {}
+    s = {k: v for k, v in (schedule or {}).items() if v is not None}
+    unknown = sorted(set(s) - {"prediction_type", "zero_terminal_snr", "timestep_spacing"})
+    if unknown:
+        raise UserError(f"model.schedule.{unknown[0]} is unknown; the keys are prediction_type, zero_terminal_snr, "
+                        "timestep_spacing")
+    out = {"prediction_type": s.get("prediction_type", base.get("prediction_type", "epsilon")),
+           "rescale_betas_zero_snr": bool(s.get("zero_terminal_snr", base.get("rescale_betas_zero_snr", False))),
+           "timestep_spacing": s.get("timestep_spacing", base.get("timestep_spacing", "leading"))}
+    if out["prediction_type"] not in PREDICTIONS:
+        raise UserError(f"model.schedule.prediction_type={out['prediction_type']!r}: kgface trains and samples "
+                        f"{' or '.join(PREDICTIONS)}")
+    if out["timestep_spacing"] not in SPACINGS:
+        raise UserError(f"model.schedule.timestep_spacing={out['timestep_spacing']!r}: use one of "
+                        f"{', '.join(SPACINGS)}")
+    if out["rescale_betas_zero_snr"] and out["prediction_type"] == "epsilon":
+        # at zero SNR the clean latent implied by a noise estimate is a division by zero
+        raise UserError("model.schedule.zero_terminal_snr=true needs model.schedule.prediction_type=v_prediction")
+    return out
+
+
+def _ddpm(schedule: dict | None = None, num_train_timesteps: int = 1000):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-                         prediction_type="epsilon", clip_sample=False)
+                         clip_sample=False, **schedule_settings(schedule))
 
 
 def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter: bool = True) -> Backbone:
@@ -115,8 +143,8 @@ def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter:
         fresh_vae, unet = build_tiny_stack(model_cfg.get("tiny") or {})
         st = load_text_model(model_cfg.get("text_model"))
         text_encoder = st[0].auto_model.eval().requires_grad_(False)
-        backbone = Backbone("tiny", vae if vae is not None else fresh_vae, unet, _ddpm(), text_encoder,
-                            st.tokenizer, image_size=int(unet.config.sample_size) *
+        backbone = Backbone("tiny", vae if vae is not None else fresh_vae, unet, _ddpm(model_cfg.get("schedule")),
+                            text_encoder, st.tokenizer, image_size=int(unet.config.sample_size) *
                             2 ** (len((vae or fresh_vae).config.block_out_channels) - 1))
         backbone.vae.requires_grad_(False)
         trainable = list(unet.parameters())  # from scratch: the whole UNet learns
@@ -124,7 +152,7 @@ def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter:
         dtype = PRECISIONS[model_cfg.get("dtype", "fp32")]
         # the VAE stays fp32 under a half-precision UNet: SDXL's VAE overflows in fp16 (NaN images); it is small
         stack = load_pretrained_stack(model_cfg.get("pretrained"), name, dtype=dtype, vae_dtype=torch.float32)
-        scheduler = _ddpm_from(stack.scheduler)
+        scheduler = _ddpm_from(stack.scheduler, model_cfg.get("schedule"))
         backbone = Backbone(name, stack.vae, stack.unet, scheduler, stack.text_encoder, stack.tokenizer,
                             stack.text_encoder_2, stack.tokenizer_2,
                             image_size=int(model_cfg.get("resolution") or stack.unet.config.sample_size *
@@ -158,11 +186,12 @@ def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter:
     return backbone
 
 
-def _ddpm_from(scheduler):
-    """A DDPM training schedule with the pretrained scheduler's betas (SD uses scaled_linear)."""
+def _ddpm_from(scheduler, schedule: dict | None = None):
+    """A DDPM training schedule with the pretrained scheduler's betas (SD uses scaled_linear) and, unless
+    model.schedule says otherwise, its prediction type (SD 2.x-768 predicts v) and spacing."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler.from_config(scheduler.config, prediction_type="epsilon")
+    return DDPMScheduler.from_config(scheduler.config, **schedule_settings(schedule, dict(scheduler.config)))
 
 
 def save_model_folder(backbone: Backbone, folder: Path) -> None:

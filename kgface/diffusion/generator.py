@@ -86,19 +86,33 @@ class Generator:
                                 every_phenotype=self.draws_phenotypes)
                 for p, r in zip(self.request_profiles(reqs), reqs)]
 
+    @property
+    def prediction(self) -> str:
+        """What the UNet outputs (the run's scheduler): epsilon or v_prediction."""
+        return self.backbone.scheduler.config.prediction_type
+
+    def ladder(self, strength: float = 1.0) -> torch.Tensor:
+        """The sampler's descending timesteps: `steps` of them, spaced as the run's scheduler says (its
+        timestep_spacing; runs from before that key were leading), truncated to the last `strength` share."""
+        config = self.backbone.scheduler.config
+        return ddim_timesteps(config.num_train_timesteps, self.steps, strength,
+                              spacing=config.get("timestep_spacing", "leading"))
+
+    def noise(self, reqs: list[Request]) -> torch.Tensor:
+        """Each request's start noise, drawn on the CPU from its own seed (the same face whatever the batch)."""
+        shape = self.backbone.latent_shape
+        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(r.seed))) for r in reqs])
+
     @torch.no_grad()
     def latents(self, reqs: list[Request], init_latents: torch.Tensor | None = None, strength: float = 1.0,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
         b = self.backbone
-        shape = b.latent_shape
-        if noise is None:
-            noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(r.seed)))
-                                 for r in reqs])
-        noise = noise.to(self.device)
-        steps = ddim_timesteps(b.scheduler.config.num_train_timesteps, self.steps, strength)
+        noise = (self.noise(reqs) if noise is None else noise).to(self.device)
+        steps = self.ladder(strength)
         alphas = b.scheduler.alphas_cumprod
         x = noise if init_latents is None else noise_to(init_latents.to(self.device), noise, steps[0], alphas)
-        return ddim_sample(cfg_model(b.unet, self.guidance), x, steps, alphas, self.condition(reqs))
+        return ddim_sample(cfg_model(b.unet, self.guidance), x, steps, alphas, self.condition(reqs),
+                           prediction=self.prediction)
 
     def condition(self, reqs: list[Request]) -> tuple:
         """The sampler's `cond` tuple: text states, KG tokens and their null (CFG) counterparts, SDXL's added kwargs."""
@@ -116,9 +130,8 @@ class Generator:
         """Latents DDIM-inverted under the source condition (no guidance: guidance-1 inversion is the stable one) up
         the `strength` share of the ladder: the start `latents(noise=...)` takes instead of fresh noise."""
         b = self.backbone
-        steps = ddim_timesteps(b.scheduler.config.num_train_timesteps, self.steps, strength)
-        return ddim_invert(cfg_model(b.unet, 1.0), latents.to(self.device), steps, b.scheduler.alphas_cumprod,
-                           self.condition(source_reqs))
+        return ddim_invert(cfg_model(b.unet, 1.0), latents.to(self.device), self.ladder(strength),
+                           b.scheduler.alphas_cumprod, self.condition(source_reqs), prediction=self.prediction)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

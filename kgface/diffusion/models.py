@@ -186,7 +186,7 @@ def _read_json(path: Path, name: str) -> dict:
 
 def _check_kind_and_objective(root: Path, name: str, kind: str) -> None:
     """From the configs alone (before data, VAE and evaluator are built): the folder is the kind model= names, and
-    its scheduler predicts noise, the one objective the trainer and samplers implement."""
+    its scheduler predicts noise or velocity, the objectives the trainer and samplers implement."""
     unet = _read_json(root / "unet" / "config.json", name)
     is_sdxl = unet.get("addition_embed_type") == "text_time"
     if kind == "sdxl" and not is_sdxl:
@@ -196,10 +196,9 @@ def _check_kind_and_objective(root: Path, name: str, kind: str) -> None:
         raise UserError(f"model.pretrained={name}: unet/ is an SDXL UNet (addition_embed_type='text_time'); "
                         "use model=sdxl for this folder")
     prediction = _read_json(root / "scheduler" / "scheduler_config.json", name).get("prediction_type", "epsilon")
-    if prediction != "epsilon":
-        # retrained as epsilon it would silently unlearn the base model (e.g. SD 2.x-768 predicts v)
+    if prediction not in ("epsilon", "v_prediction"):
         raise UserError(f"model.pretrained={name}: scheduler/ says prediction_type={prediction!r}; kgface trains "
-                        "and samples epsilon prediction only (SD 1.x, SD 2.x-base, SDXL base); use such a folder")
+                        "and samples epsilon or v_prediction (SD 1.x, SD 2.x, SDXL base); use such a folder")
 
 
 def _tf_dtype_kwargs(dtype: torch.dtype | None) -> dict:

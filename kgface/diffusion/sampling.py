@@ -1,7 +1,7 @@
 """Samplers as pure functions (k-diffusion style): a model function, a start, a schedule -> latents.
 
-`model_fn(x, t, cond) -> eps` wraps the UNet (and classifier-free guidance); the schedule is the noise scheduler's
-`alphas_cumprod`. DDIM (eta = 0) is deterministic given the start noise, so sharing the noise across conditions
+`model_fn(x, t, cond) -> output` wraps the UNet (and classifier-free guidance); the output is the noise (epsilon) or
+the velocity v = sqrt(a) eps - sqrt(1 - a) x0 (`prediction`), the schedule is the noise scheduler's `alphas_cumprod`. DDIM (eta = 0) is deterministic given the start noise, so sharing the noise across conditions
 makes a progression strip change only where the condition does, and starting from a noised real latent is
 SDEdit / img2img (`strength` = how far up the noise ladder the image is pushed before denoising); `ddim_invert` runs
 the same ladder upwards from a clean latent (the identity-keeping start of `transform ... inversion=true`).
@@ -13,28 +13,56 @@ from typing import Callable
 import torch
 
 
-def ddim_timesteps(num_train_timesteps: int, steps: int, strength: float = 1.0) -> torch.Tensor:
-    """Descending timesteps of a `steps`-step DDIM schedule, truncated to the last `strength` share."""
+PREDICTIONS = ("epsilon", "v_prediction")
+SPACINGS = ("leading", "trailing", "linspace")  # diffusers' timestep_spacing names
+
+
+def ddim_timesteps(num_train_timesteps: int, steps: int, strength: float = 1.0, spacing: str = "leading"
+                   ) -> torch.Tensor:
+    """Descending timesteps of a `steps`-step DDIM schedule, truncated to the last `strength` share.
+
+    spacing (as diffusers' `timestep_spacing`): "leading" steps of n // steps from 0 (20 of 1000: 950, 900, ..., 0:
+    the ladder never starts at the pure-noise end); "trailing" the same steps ending at n - 1 (999, 949, ..., 49:
+    starts from pure noise, which a zero-terminal-SNR v-prediction model is trained for; Lin et al. 2024);
+    "linspace" evenly from n - 1 to 0."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     if not 1 <= steps <= num_train_timesteps:  # more steps than the ladder has would repeat timestep 0
         raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
-    ratio = num_train_timesteps // steps
-    ts = (torch.arange(steps) * ratio).flip(0)  # e.g. 980, 960, ..., 0
+    if spacing == "leading":
+        ts = (torch.arange(steps) * (num_train_timesteps // steps)).flip(0)  # e.g. 980, 960, ..., 0
+    elif spacing == "trailing":
+        ts = (num_train_timesteps - torch.arange(steps, dtype=torch.float64) * num_train_timesteps / steps
+              ).round().long() - 1
+    elif spacing == "linspace":
+        ts = torch.linspace(0, num_train_timesteps - 1, steps, dtype=torch.float64).round().long().flip(0)
+    else:
+        raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
     keep = max(1, int(round(steps * strength)))
     return ts[steps - keep:]
 
 
+def clean_and_noise(output: torch.Tensor, x: torch.Tensor, a: torch.Tensor, prediction: str = "epsilon"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) implied by a model output at x, whose signal level is alphas_cumprod = a. Epsilon divides by
+    sqrt(a), so its clean estimate blows up where a -> 0 (the top of the ladder); v stays finite there (x0 = -v)."""
+    x, output = x.float(), output.float()
+    if prediction == "v_prediction":
+        return a.sqrt() * x - (1 - a).sqrt() * output, (1 - a).sqrt() * x + a.sqrt() * output
+    if prediction != "epsilon":
+        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+    return (x - (1 - a).sqrt() * output) / a.sqrt(), output
+
+
 @torch.no_grad()
 def ddim_sample(model_fn: Callable, x: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
-                cond=None, callback: Callable | None = None) -> torch.Tensor:
+                cond=None, callback: Callable | None = None, prediction: str = "epsilon") -> torch.Tensor:
     """Denoise `x` (noise at timesteps[0]) down the given descending timesteps; returns the clean latent."""
     alphas_cumprod = alphas_cumprod.to(x.device, torch.float32)
     for i, t in enumerate(timesteps):
         a_t = alphas_cumprod[t]
         a_prev = alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, device=x.device)
-        eps = model_fn(x, t, cond).to(torch.float32)
-        x0 = (x.float() - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        x0, eps = clean_and_noise(model_fn(x, t, cond), x, a_t, prediction)
         x = (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps).to(x.dtype)
         if callback is not None:
             callback(i, t, x)
@@ -60,7 +88,7 @@ _SCAN = object()
 
 
 def unet_eps(unet, x: torch.Tensor, t, states: torch.Tensor, added_cond_kwargs=None, half=_SCAN) -> torch.Tensor:
-    """One UNet call -> fp32 eps. A UNet with half-precision weights runs under autocast, as it trained (fp32
+    """One UNet call -> its fp32 output (eps, or v for a v-prediction model). A UNet with half-precision weights runs under autocast, as it trained (fp32
     latents, tokens and LoRA / adapter weights meet its bf16 / fp16 layers). half: `half_weights_dtype(unet)` when
     the caller computed it once (a sampler's model function); otherwise the parameters are scanned here."""
     import contextlib
@@ -102,16 +130,16 @@ def cfg_model(unet, guidance: float) -> Callable:
 
 @torch.no_grad()
 def ddim_invert(model_fn, latents: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
-                cond=None) -> torch.Tensor:
+                cond=None, prediction: str = "epsilon") -> torch.Tensor:
     """Deterministic DDIM inversion: clean latents up the sampler's descending `timesteps` (walked backwards) to the
     noisy latent at timesteps[0] that `ddim_sample` with the same model and condition maps back to (nearly) them.
     Each step reuses the noise predicted at the target timestep from the current latent (the usual approximation
-    eps(x_t) ~ eps(x_{t-1}); exact in the limit of small steps)."""
+    eps(x_t) ~ eps(x_{t-1}); exact in the limit of small steps). A v output is read at the current latent's own
+    level (as diffusers' DDIMInverseScheduler does)."""
     a = alphas_cumprod.to(latents.device, torch.float32)
     x, a_prev = latents, torch.tensor(1.0, device=latents.device)
     for t in timesteps.flip(0):
-        eps = model_fn(x, t, cond).to(torch.float32)
-        x0 = (x.float() - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+        x0, eps = clean_and_noise(model_fn(x, t, cond), x, a_prev, prediction)
         x = (a[t].sqrt() * x0 + (1 - a[t]).sqrt() * eps).to(latents.dtype)
         a_prev = a[t]
     return x

@@ -1,6 +1,7 @@
 """The training loop: one loop for every model scale and conditioning mode (read top to bottom).
 
-Noise prediction on VAE latents (DDPM schedule, epsilon target), optional Min-SNR weighting, classifier-free
+Noise or velocity prediction on VAE latents (DDPM schedule; the scheduler's prediction_type: epsilon, or v for a
+zero-terminal-SNR schedule), optional Min-SNR weighting, classifier-free
 guidance dropout of the KG/class tokens and/or the text, AdamW with warm-up + cosine decay, gradient accumulation
 and mixed precision through accelerate, an EMA of the trainable weights, checkpoints every N steps and exact resume.
 
@@ -140,9 +141,16 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): min(SNR, gamma) / SNR."""
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
+                    prediction: str = "epsilon") -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023). Epsilon: min(SNR, gamma) / SNR, i.e. the clean-latent error
+    weighted by min(SNR, gamma). v: min(SNR + 1, gamma) / (SNR + 1), the clean-latent error weighted by
+    min(SNR + 1, gamma): the same cap on the nearly clean steps, but weight >= 1 (not ~0) at the pure-noise end,
+    where a zero-terminal-SNR sampler starts (the paper's min(SNR, gamma) / (SNR + 1) is 0 at SNR = 0)."""
     a = alphas_cumprod[timesteps]
+    if prediction == "v_prediction":
+        snr1 = 1 / (1 - a).clamp(min=1e-12)  # SNR + 1
+        return torch.clamp(snr1, max=gamma) / snr1
     snr = a / (1 - a)
     return torch.clamp(snr, max=gamma) / snr
 
@@ -208,6 +216,10 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
             start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers)
     alphas = backbone.scheduler.alphas_cumprod.to(device)
     n_train = backbone.scheduler.config.num_train_timesteps
+    prediction = backbone.scheduler.config.prediction_type
+    if prediction not in ("epsilon", "v_prediction"):
+        raise TrainingError(f"the noise scheduler's prediction_type={prediction!r}: kgface trains epsilon or "
+                            "v_prediction")
     null_states, null_added = conditioner.null_states(1)
     bar = tqdm(range(start, int(t["steps"])), desc=f"training ({conditioner.mode})", disable=not progress,
                initial=start, total=int(t["steps"]))
@@ -247,14 +259,15 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                 with acc.autocast():
                     pred = unet(backbone.scheduler.add_noise(x0, noise, ts), ts, encoder_hidden_states=states.to(device),
                                 added_cond_kwargs=kw or None).sample
-                err = F.mse_loss(pred.float(), noise.float(), reduction="none")
+                target = noise if prediction == "epsilon" else backbone.scheduler.get_velocity(x0, noise, ts)
+                err = F.mse_loss(pred.float(), target.float(), reduction="none")
                 if mark_weight:  # the same total weight per face, moved onto its marks (latent cells they cover)
                     w = 1.0 + mark_weight * data.marks[idx].to(device)
                     per = (err * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3))
                 else:
                     per = err.mean(dim=(1, 2, 3))
                 if t["min_snr_gamma"]:
-                    per = per * min_snr_weights(alphas, ts, float(t["min_snr_gamma"]))
+                    per = per * min_snr_weights(alphas, ts, float(t["min_snr_gamma"]), prediction)
                 loss = per.mean()
                 if not torch.isfinite(loss):
                     last = latest_checkpoint(ckpt_dir)

@@ -179,12 +179,15 @@ def test_sampler_ladder_parses_its_variants():
     ts, opts = ladder("even:999:20:clip2.5:guide100-900", 1000)
     assert ts.tolist()[0] == 999 and ts.tolist()[-1] == 0 and len(ts) == 20
     assert opts == {"clip": 2.5, "guide": (100, 900)}
-    for bad in ("trailing:20", "leading:20:blur3"):
+    ts, opts = ladder("trailing:20:clip3", 1000)
+    assert ts.tolist()[:2] == [999, 949] and ts.tolist()[-1] == 49 and opts == {"clip": 3.0}
+    for bad in ("linspace:20", "leading:20:blur3"):
         with pytest.raises(SystemExit):
             ladder(bad, 1000)
 
 
-def test_sampler_ladder_clipped_ddim_is_ddim_when_nothing_is_clipped_and_bounds_the_result():
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_sampler_ladder_clipped_ddim_is_ddim_when_nothing_is_clipped_and_bounds_the_result(prediction):
     import torch
 
     from kgface.diffusion.sampling import ddim_sample, ddim_timesteps
@@ -194,9 +197,9 @@ def test_sampler_ladder_clipped_ddim_is_ddim_when_nothing_is_clipped_and_bounds_
     ts = ddim_timesteps(1000, 10)
     x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     model_fn = lambda x, t, c: 0.5 * x + 0.01 * t  # noqa: E731  (any deterministic function of x and t)
-    plain = ddim_sample(model_fn, x, ts, alphas, None)
-    assert torch.allclose(ladder.ddim_clipped(model_fn, x, ts, alphas, None, clip=1e9), plain, atol=1e-5)
-    clipped = ladder.ddim_clipped(model_fn, x, ts, alphas, None, clip=0.1)
+    plain = ddim_sample(model_fn, x, ts, alphas, None, prediction=prediction)
+    assert torch.allclose(ladder.ddim_clipped(model_fn, x, ts, alphas, None, 1e9, prediction), plain, atol=1e-5)
+    clipped = ladder.ddim_clipped(model_fn, x, ts, alphas, None, 0.1, prediction)
     assert plain.abs().max() > 0.1 and clipped.abs().max() <= 0.1 + 1e-6  # the last step returns the clamped x0
 
 

@@ -384,7 +384,9 @@ def test_incomplete_folders_name_the_subfolder(tmp_path, sd15_folder):
 
 
 def test_kind_and_objective_are_checked_from_the_configs(tmp_path, sd15_folder, sdxl_folder):
-    """Before anything loads (train's preflight): the folder's kind against model=, and epsilon prediction."""
+    """Before anything loads (train's preflight): the folder's kind against model=, and an objective kgface trains
+    (epsilon or v); a v folder (SD 2.x-768) trains and samples as v unless model.schedule says otherwise."""
+    from kgface.diffusion.backbones import build_backbone
     from kgface.diffusion.models import check_pretrained_folder
 
     with pytest.raises(UserError, match=r"unet/ is an SDXL UNet \(addition_embed_type='text_time'\); use model=sdxl"):
@@ -393,7 +395,14 @@ def test_kind_and_objective_are_checked_from_the_configs(tmp_path, sd15_folder, 
     shutil.copytree(sd15_folder, v_pred)
     path = v_pred / "scheduler" / "scheduler_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction"}))
-    with pytest.raises(UserError, match=r"prediction_type='v_prediction'; kgface trains and samples epsilon"):
+    check_pretrained_folder(v_pred, "sd15")
+    backbone = build_backbone({"name": "sd15", "pretrained": str(v_pred), "lora_rank": 0}, with_adapter=False)
+    assert backbone.scheduler.config.prediction_type == "v_prediction"
+    backbone = build_backbone({"name": "sd15", "pretrained": str(v_pred), "lora_rank": 0,
+                               "schedule": {"prediction_type": "epsilon"}}, with_adapter=False)
+    assert backbone.scheduler.config.prediction_type == "epsilon"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "sample"}))
+    with pytest.raises(UserError, match=r"prediction_type='sample'; kgface trains and samples epsilon or v_pred"):
         check_pretrained_folder(v_pred, "sd15")
     path.write_text("{not json")
     with pytest.raises(UserError, match=r"scheduler/scheduler_config.json is not readable JSON"):

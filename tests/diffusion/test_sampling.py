@@ -5,9 +5,12 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from kgface.diffusion.sampling import cfg_model, ddim_invert, ddim_sample, ddim_timesteps, noise_to
+from kgface.diffusion.sampling import clean_and_noise, cfg_model, ddim_invert, ddim_sample, ddim_timesteps, noise_to
 
 ALPHAS = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+# kgface's cosine schedule rescaled to zero terminal SNR: the last timestep is pure noise (a = 0 exactly)
+ZERO_SNR = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                         rescale_betas_zero_snr=True).alphas_cumprod
 
 
 class StateUNet:
@@ -44,6 +47,34 @@ def test_ddim_timesteps_truncate_by_strength_and_refuse_impossible_step_counts()
         ddim_timesteps(1000, 10, strength=0.0)
 
 
+def test_trailing_and_linspace_ladders_start_at_the_pure_noise_end():
+    assert ddim_timesteps(1000, 10, spacing="trailing").tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert ddim_timesteps(1000, 3, spacing="trailing").tolist() == [999, 666, 332]  # 3 steps, not 4 (float steps)
+    assert ddim_timesteps(1000, 10, strength=0.3, spacing="trailing").tolist() == [299, 199, 99]
+    assert ddim_timesteps(1000, 5, spacing="linspace").tolist() == [999, 749, 500, 250, 0]
+    for spacing in ("leading", "trailing", "linspace"):  # every step count gives that many distinct steps
+        for n in (1, 7, 333, 999, 1000):
+            ts = ddim_timesteps(1000, n, spacing=spacing)
+            assert len(ts) == n == len(set(ts.tolist())) and ts.min() >= 0 and ts.max() <= 999, (spacing, n)
+    with pytest.raises(ValueError, match="spacing must be one of leading, trailing, linspace, got 'even'"):
+        ddim_timesteps(1000, 10, spacing="even")
+
+
+def test_a_v_output_implies_the_same_clean_latent_and_noise_even_at_zero_snr():
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    for a in (torch.tensor(0.7), torch.tensor(1e-3), torch.tensor(0.0)):
+        x = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        v = a.sqrt() * eps - (1 - a).sqrt() * x0
+        got_x0, got_eps = clean_and_noise(v, x, a, "v_prediction")
+        assert torch.allclose(got_x0, x0, atol=1e-5) and torch.allclose(got_eps, eps, atol=1e-5), a
+        if a > 0:  # the noise estimate reads the same clean latent, except where it divides by sqrt(a) = 0
+            assert torch.allclose(clean_and_noise(eps, x, a)[0], x0, atol=1e-3)
+    assert not torch.isfinite(clean_and_noise(eps, eps, torch.tensor(0.0))[0]).all()
+    with pytest.raises(ValueError, match="prediction must be one of epsilon, v_prediction, got 'sample'"):
+        clean_and_noise(eps, eps, torch.tensor(0.5), "sample")
+
+
 def oracle(x0):
     """The exact noise prediction for a known clean latent: x_t = sqrt(a) x0 + sqrt(1 - a) eps."""
     def fn(x, t, cond):
@@ -63,6 +94,29 @@ def test_ddim_with_an_exact_model_lands_on_the_clean_latent_and_inversion_is_its
     # a model that always predicts zero noise keeps the scaled start: DDIM's x0 estimate is x / sqrt(a)
     flat = ddim_sample(lambda x, t, c: torch.zeros_like(x), start, steps, ALPHAS)
     assert torch.allclose(flat, start / ALPHAS[steps[0]].sqrt(), atol=1e-4)
+
+
+def v_oracle(x0, alphas):
+    """The exact velocity for a known clean latent: v = sqrt(a) eps - sqrt(1 - a) x0, eps read off x_t."""
+    def fn(x, t, cond):
+        a = alphas[t]
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return a.sqrt() * eps - (1 - a).sqrt() * x0
+    return fn
+
+
+def test_ddim_with_an_exact_v_model_lands_on_the_clean_latent_from_pure_noise():
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    steps = ddim_timesteps(1000, 20, spacing="trailing")
+    assert steps[0] == 999 and ZERO_SNR[999] == 0  # the start is the noise itself: nothing of x0 is in it
+    assert torch.allclose(noise_to(x0, noise, steps[0], ZERO_SNR), noise)
+    assert torch.allclose(ddim_sample(v_oracle(x0, ZERO_SNR), noise, steps, ZERO_SNR, prediction="v_prediction"),
+                          x0, atol=1e-4)
+    part = ddim_timesteps(1000, 20, strength=0.5, spacing="trailing")
+    up = ddim_invert(v_oracle(x0, ZERO_SNR), x0, part, ZERO_SNR, prediction="v_prediction")
+    assert torch.allclose(ddim_sample(v_oracle(x0, ZERO_SNR), up, part, ZERO_SNR, prediction="v_prediction"),
+                          x0, atol=1e-4)
 
 
 def test_a_half_precision_base_runs_in_autocast_beside_fp32_adapter_weights_and_agrees_with_fp32(sd15_folder):

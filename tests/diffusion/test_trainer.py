@@ -4,16 +4,18 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kgface.diffusion.backbones import build_backbone
 from kgface.diffusion.conditioning import Conditioner
 from kgface.diffusion.generator import Generator, Request
-from kgface.diffusion.trainer import LatentSet, TrainingError, train
+from kgface.diffusion.trainer import LatentSet, TrainingError, min_snr_weights, train
 from kgface.kg import ProfileBuilder, healthy_profile
 
 MICRO = {"name": "tiny", "num_tokens": 4, "tiny": {
     "image_size": 32, "vae_block_out_channels": [16, 32], "unet_block_out_channels": [32, 64],
     "unet_heads": [2, 2], "unet_attention_levels": [True, False], "norm_num_groups": 16}}
+V_SCHEDULE = {"prediction_type": "v_prediction", "zero_terminal_snr": True, "timestep_spacing": "trailing"}
 FAST = {"batch_size": 8, "lr": 1e-3, "encoder_lr": 1e-3, "warmup_steps": 2, "checkpoint_every": 0, "log_every": 1,
         "ema": True, "min_snr_gamma": 5.0}
 
@@ -24,9 +26,9 @@ def profiles(hpo_kg, catalog):
     return [b.build("ORPHA:870"), b.build("MONDO:0011438"), healthy_profile("hpo")]
 
 
-def make(profiles, mode="kg", seed=0):
+def make(profiles, mode="kg", seed=0, schedule=None):
     torch.manual_seed(seed)
-    backbone = build_backbone(MICRO, num_tokens=4, with_adapter=mode != "text")
+    backbone = build_backbone({**MICRO, "schedule": schedule}, num_tokens=4, with_adapter=mode != "text")
     encoder = builder = None
     if mode in ("kg", "kg_text"):
         from kgface.encoders import KGEncoder
@@ -121,6 +123,64 @@ def test_a_few_steps_reduce_the_loss(profiles, tmp_path, mode):
                 progress=False)
     first, last = sum(out["losses"][:5]) / 5, sum(out["losses"][-5:]) / 5
     assert last < 0.8 * first, (first, last)
+
+
+def test_min_snr_weights_cap_the_clean_end_and_keep_the_pure_noise_end_for_v():
+    a = torch.tensor([0.0, 0.5, 0.9, 0.999])
+    v = min_snr_weights(a, torch.arange(4), 5.0, "v_prediction")  # SNR + 1 = 1, 2, 10, 1000
+    assert torch.allclose(v, torch.tensor([1.0, 1.0, 0.5, 0.005]), rtol=1e-4)
+    eps = min_snr_weights(a, torch.arange(1, 4), 5.0)  # SNR = 1, 9, 999
+    assert torch.allclose(eps, torch.tensor([1.0, 5 / 9, 5 / 999]), rtol=1e-4)
+    # on the clean latent's error (v's loss is (SNR + 1) times it, epsilon's SNR times) both cap at gamma
+    assert torch.allclose(v[1:] / (1 - a[1:]), torch.tensor([2.0, 5.0, 5.0]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_the_loss_is_the_error_of_the_schedules_target(profiles, tmp_path, prediction):
+    """Step 0's loss, recomputed from the loop's own draws: the noise for epsilon, the velocity for v."""
+    import copy
+
+    schedule = V_SCHEDULE if prediction == "v_prediction" else None
+    backbone, cond = make(profiles, "text", schedule=schedule)
+    assert backbone.scheduler.config.prediction_type == prediction
+    data, unet = fixed_data(8), copy.deepcopy(backbone.unet)
+    cfg = {**FAST, "steps": 1, "min_snr_gamma": 0, "ema": False, "cfg_drop_tokens": 0, "cfg_drop_both": 0}
+    out = train(backbone, cond, data, cfg, tmp_path, progress=False)
+    g = torch.Generator().manual_seed(0)  # seed 0, step 0: indices, noise, timesteps in the loop's order
+    idx = torch.randint(0, 8, (8,), generator=g)
+    x0 = data.latents[idx]
+    noise = torch.randn(x0.shape, generator=g)
+    ts = torch.randint(0, 1000, (8,), generator=g)
+    s = backbone.scheduler
+    states, _ = backbone.text_states(cond.prompts(data.index[idx], data.stage[idx]))
+    with torch.no_grad():
+        pred = unet.train()(s.add_noise(x0, noise, ts), ts, encoder_hidden_states=states).sample
+    target, other = (noise, s.get_velocity(x0, noise, ts))[::1 if prediction == "epsilon" else -1]
+    assert out["losses"][0] == pytest.approx(F.mse_loss(pred, target).item(), rel=1e-4)
+    assert abs(out["losses"][0] - F.mse_loss(pred, other).item()) > 0.01
+
+
+def test_a_v_prediction_model_trains_with_min_snr_and_samples_on_its_ladder(profiles, tmp_path):
+    backbone, cond = make(profiles, schedule=V_SCHEDULE)
+    out = train(backbone, cond, fixed_data(8), {**FAST, "steps": 30}, tmp_path, progress=False)
+    assert all(math.isfinite(x) for x in out["losses"])  # the pure-noise step (a = 0) included
+    gen = Generator(backbone, cond, guidance=2.0, steps=4)
+    assert gen.prediction == "v_prediction" and gen.ladder().tolist() == [999, 749, 499, 249]
+    assert gen.ladder(0.5).tolist() == [499, 249]
+    reqs = [Request(profiles[0], 2.0, seed=5), Request(profiles[1], 3.0, seed=6)]
+    seeded = torch.randn(backbone.latent_shape, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(gen.noise(reqs)[1], seeded)
+    images = gen.sample(reqs)
+    assert images.shape == (2, 3, 32, 32) and images.float().std() > 0
+    # a run's model/ keeps the schedule: what run loading reads back
+    from diffusers import DDPMScheduler
+
+    from kgface.diffusion.backbones import save_model_folder
+
+    save_model_folder(backbone, tmp_path / "model")
+    loaded = DDPMScheduler.from_pretrained(tmp_path / "model" / "scheduler")
+    assert loaded.config.prediction_type == "v_prediction" and loaded.config.timestep_spacing == "trailing"
+    assert loaded.alphas_cumprod[-1] == 0 and torch.equal(loaded.alphas_cumprod, backbone.scheduler.alphas_cumprod)
 
 
 def test_only_trainable_weights_move(profiles, tmp_path):
