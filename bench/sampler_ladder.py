@@ -9,7 +9,8 @@ Each variant is `LADDER[:OPTION...]`:
 - `trailing:N`: the same steps ending at t = 999 (999, 949, ..., 49 for 20);
 - `even:T:N`: N steps evenly from t = T down to 0 (T = 999 starts at the top of the ladder);
 - `clipC`: the predicted clean latent clamped to [-C, C] at every step (the run's latents have unit std; 99.9% of
-  real faces' latent values lie within 3.4), the noise estimate recomputed from it (diffusers' clip_sample);
+  real faces' latent values lie within 3.4), the model's output (noise or v) recomputed from it (diffusers'
+  clip_sample);
 - `guideLO-HI`: classifier-free guidance only at timesteps LO..HI, the conditional prediction alone elsewhere.
 
 Requests: every seen disease at stages 0-3, 10 seeds; 20 healthy faces; the held-out diseases at stages 2-3, 10

@@ -97,13 +97,23 @@ def preflight(cfg: DictConfig) -> None:
     if world.isdigit() and int(world) > 1:  # refused again in the trainer; here before any data is built
         raise UserError(f"WORLD_SIZE={world}: kgface trains on one device per run for now; launch one process "
                         "(python -m kgface.train or accelerate launch --num_processes 1)")
-    if cfg.model.name != "tiny":
+    if cfg.model.name == "tiny":
+        from .diffusion.backbones import schedule_settings
+
+        schedule_settings(container(cfg.model.get("schedule")))
+    else:
         from .diffusion.models import check_pretrained_folder
 
         folder = check_pretrained_folder(cfg.model.get("pretrained"), cfg.model.name)
         # config.yaml records it absolute: kgface.generate / evaluate / trial load the run from any directory
         with open_dict(cfg):
             cfg.model.pretrained = os.path.abspath(folder)  # not resolve(): a symlinked folder keeps its path
+        import json
+
+        from .diffusion.backbones import pretrained_schedule
+
+        pretrained_schedule(json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8")),
+                            container(cfg.model.get("schedule")))
         import torch
 
         from .diffusion.backbones import PRECISION_NAMES, PRECISIONS

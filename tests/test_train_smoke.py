@@ -280,6 +280,13 @@ def test_preflight_reads_the_atlas_settings(monkeypatch):
     with pytest.raises(UserError, match=r"^evaluator.phenotype_heads=both: use all, atlas or zero_shot$"):
         preflight(compose("train", MICRO + ["evaluator.phenotype_heads=both"]))
     preflight(compose("train", MICRO + ["evaluate=true", "evaluator.phenotype_heads=zero_shot", "data.atlas=null"]))
+    with pytest.raises(UserError, match=r"zero_terminal_snr=true needs model.schedule.prediction_type=v_prediction"):
+        preflight(compose("train", MICRO + ["model.schedule.zero_terminal_snr=true"]))
+    with pytest.raises(UserError, match=r"^model.schedule.spacing is unknown"):
+        preflight(compose("train", MICRO + ["+model.schedule.spacing=trailing"]))
+    preflight(compose("train", MICRO + ["model.schedule.prediction_type=v_prediction",
+                                        "model.schedule.zero_terminal_snr=true",
+                                        "model.schedule.timestep_spacing=trailing"]))
     with pytest.raises(UserError, match=r"phenotype_heads=atlas needs a phenotype atlas.*or evaluator.phenotype_heads"):
         preflight(compose("train", MICRO + ["evaluate=true", "evaluator.phenotype_heads=atlas", "data.atlas=null"]))
     monkeypatch.setenv("WORLD_SIZE", "2")  # what a multi-process launch sets: refused before any data is built

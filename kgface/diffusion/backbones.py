@@ -186,12 +186,19 @@ def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter:
     return backbone
 
 
+def pretrained_schedule(folder_config: dict, schedule: dict | None = None) -> dict:
+    """schedule_settings over a pretrained folder's scheduler: its prediction type (SD 2.x-768 predicts v) and
+    rescaling unless model.schedule sets them; the ladder is leading unless model.schedule.timestep_spacing says
+    otherwise (what kgface sampled every pretrained run with before the key; a folder's own spacing is often
+    another sampler's, e.g. EulerDiscreteScheduler's linspace)."""
+    return schedule_settings(schedule, {**folder_config, "timestep_spacing": "leading"})
+
+
 def _ddpm_from(scheduler, schedule: dict | None = None):
-    """A DDPM training schedule with the pretrained scheduler's betas (SD uses scaled_linear) and, unless
-    model.schedule says otherwise, its prediction type (SD 2.x-768 predicts v) and spacing."""
+    """A DDPM training schedule with the pretrained scheduler's betas (SD uses scaled_linear)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler.from_config(scheduler.config, **schedule_settings(schedule, dict(scheduler.config)))
+    return DDPMScheduler.from_config(scheduler.config, **pretrained_schedule(dict(scheduler.config), schedule))
 
 
 def save_model_folder(backbone: Backbone, folder: Path) -> None:

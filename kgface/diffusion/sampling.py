@@ -1,7 +1,8 @@
 """Samplers as pure functions (k-diffusion style): a model function, a start, a schedule -> latents.
 
 `model_fn(x, t, cond) -> output` wraps the UNet (and classifier-free guidance); the output is the noise (epsilon) or
-the velocity v = sqrt(a) eps - sqrt(1 - a) x0 (`prediction`), the schedule is the noise scheduler's `alphas_cumprod`. DDIM (eta = 0) is deterministic given the start noise, so sharing the noise across conditions
+the velocity v = sqrt(a) eps - sqrt(1 - a) x0 (`prediction`), the schedule is the noise scheduler's
+`alphas_cumprod`. DDIM (eta = 0) is deterministic given the start noise, so sharing the noise across conditions
 makes a progression strip change only where the condition does, and starting from a noised real latent is
 SDEdit / img2img (`strength` = how far up the noise ladder the image is pushed before denoising); `ddim_invert` runs
 the same ladder upwards from a clean latent (the identity-keeping start of `transform ... inversion=true`).
@@ -88,9 +89,10 @@ _SCAN = object()
 
 
 def unet_eps(unet, x: torch.Tensor, t, states: torch.Tensor, added_cond_kwargs=None, half=_SCAN) -> torch.Tensor:
-    """One UNet call -> its fp32 output (eps, or v for a v-prediction model). A UNet with half-precision weights runs under autocast, as it trained (fp32
-    latents, tokens and LoRA / adapter weights meet its bf16 / fp16 layers). half: `half_weights_dtype(unet)` when
-    the caller computed it once (a sampler's model function); otherwise the parameters are scanned here."""
+    """One UNet call -> its fp32 output (eps, or v for a v-prediction model). A UNet with half-precision weights
+    runs under autocast, as it trained (fp32 latents, tokens and LoRA / adapter weights meet its bf16 / fp16 layers).
+    half: `half_weights_dtype(unet)` when the caller computed it once (a sampler's model function); otherwise the
+    parameters are scanned here."""
     import contextlib
 
     if half is _SCAN:
@@ -134,12 +136,14 @@ def ddim_invert(model_fn, latents: torch.Tensor, timesteps: torch.Tensor, alphas
     """Deterministic DDIM inversion: clean latents up the sampler's descending `timesteps` (walked backwards) to the
     noisy latent at timesteps[0] that `ddim_sample` with the same model and condition maps back to (nearly) them.
     Each step reuses the noise predicted at the target timestep from the current latent (the usual approximation
-    eps(x_t) ~ eps(x_{t-1}); exact in the limit of small steps). A v output is read at the current latent's own
-    level (as diffusers' DDIMInverseScheduler does)."""
+    eps(x_t) ~ eps(x_{t-1}); exact in the limit of small steps). A v output is turned into that noise estimate at
+    the level the model was asked about, a[t] (as if x were x_t: the same approximation), so a model inverts the same
+    whether it is written as epsilon or as v."""
     a = alphas_cumprod.to(latents.device, torch.float32)
     x, a_prev = latents, torch.tensor(1.0, device=latents.device)
     for t in timesteps.flip(0):
-        x0, eps = clean_and_noise(model_fn(x, t, cond), x, a_prev, prediction)
+        eps = clean_and_noise(model_fn(x, t, cond), x, a[t], prediction)[1]
+        x0 = (x.float() - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
         x = (a[t].sqrt() * x0 + (1 - a[t]).sqrt() * eps).to(latents.dtype)
         a_prev = a[t]
     return x

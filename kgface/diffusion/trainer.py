@@ -257,8 +257,8 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                     tokens = torch.where(drop_tok.view(-1, 1, 1).to(device), conditioner.null(len(idx)), tokens)
                     kw["image_embeds"] = [tokens]
                 with acc.autocast():
-                    pred = unet(backbone.scheduler.add_noise(x0, noise, ts), ts, encoder_hidden_states=states.to(device),
-                                added_cond_kwargs=kw or None).sample
+                    pred = unet(backbone.scheduler.add_noise(x0, noise, ts), ts,
+                                encoder_hidden_states=states.to(device), added_cond_kwargs=kw or None).sample
                 target = noise if prediction == "epsilon" else backbone.scheduler.get_velocity(x0, noise, ts)
                 err = F.mse_loss(pred.float(), target.float(), reduction="none")
                 if mark_weight:  # the same total weight per face, moved onto its marks (latent cells they cover)

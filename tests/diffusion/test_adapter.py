@@ -394,13 +394,19 @@ def test_kind_and_objective_are_checked_from_the_configs(tmp_path, sd15_folder, 
     v_pred = tmp_path / "v-pred"
     shutil.copytree(sd15_folder, v_pred)
     path = v_pred / "scheduler" / "scheduler_config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction"}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction",
+                                "timestep_spacing": "linspace"}))
     check_pretrained_folder(v_pred, "sd15")
     backbone = build_backbone({"name": "sd15", "pretrained": str(v_pred), "lora_rank": 0}, with_adapter=False)
+    # the folder's objective, but the leading ladder every pretrained run sampled on (the folder's spacing is its
+    # own sampler's) unless model.schedule.timestep_spacing says otherwise
     assert backbone.scheduler.config.prediction_type == "v_prediction"
+    assert backbone.scheduler.config.timestep_spacing == "leading"
     backbone = build_backbone({"name": "sd15", "pretrained": str(v_pred), "lora_rank": 0,
-                               "schedule": {"prediction_type": "epsilon"}}, with_adapter=False)
+                               "schedule": {"prediction_type": "epsilon", "timestep_spacing": "trailing"}},
+                              with_adapter=False)
     assert backbone.scheduler.config.prediction_type == "epsilon"
+    assert backbone.scheduler.config.timestep_spacing == "trailing"
     path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "sample"}))
     with pytest.raises(UserError, match=r"prediction_type='sample'; kgface trains and samples epsilon or v_pred"):
         check_pretrained_folder(v_pred, "sd15")

@@ -163,7 +163,11 @@ def test_the_loss_is_the_error_of_the_schedules_target(profiles, tmp_path, predi
 def test_a_v_prediction_model_trains_with_min_snr_and_samples_on_its_ladder(profiles, tmp_path):
     backbone, cond = make(profiles, schedule=V_SCHEDULE)
     out = train(backbone, cond, fixed_data(8), {**FAST, "steps": 30}, tmp_path, progress=False)
-    assert all(math.isfinite(x) for x in out["losses"])  # the pure-noise step (a = 0) included
+    assert all(math.isfinite(x) for x in out["losses"])
+    s, top = backbone.scheduler, torch.tensor([999])  # the pure-noise step: target -x0, full weight
+    x0, noise = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    assert torch.equal(s.add_noise(x0, noise, top), noise) and torch.allclose(s.get_velocity(x0, noise, top), -x0)
+    assert min_snr_weights(s.alphas_cumprod, top, 5.0, "v_prediction").item() == 1.0
     gen = Generator(backbone, cond, guidance=2.0, steps=4)
     assert gen.prediction == "v_prediction" and gen.ladder().tolist() == [999, 749, 499, 249]
     assert gen.ladder(0.5).tolist() == [499, 249]
