@@ -102,18 +102,15 @@ def preflight(cfg: DictConfig) -> None:
 
         schedule_settings(container(cfg.model.get("schedule")))
     else:
-        from .diffusion.models import check_pretrained_folder
+        from .diffusion.models import check_pretrained_folder, scheduler_config
 
         folder = check_pretrained_folder(cfg.model.get("pretrained"), cfg.model.name)
         # config.yaml records it absolute: kgface.generate / evaluate / trial load the run from any directory
         with open_dict(cfg):
             cfg.model.pretrained = os.path.abspath(folder)  # not resolve(): a symlinked folder keeps its path
-        import json
-
         from .diffusion.backbones import pretrained_schedule
 
-        pretrained_schedule(json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8")),
-                            container(cfg.model.get("schedule")))
+        pretrained_schedule(scheduler_config(folder, str(folder)), container(cfg.model.get("schedule")))
         import torch
 
         from .diffusion.backbones import PRECISION_NAMES, PRECISIONS

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .sampling import PREDICTIONS
 
 KINDS = ("sd15", "sdxl")
 
@@ -184,6 +185,11 @@ def _read_json(path: Path, name: str) -> dict:
     return data
 
 
+def scheduler_config(root: Path, name: str) -> dict:
+    """A pretrained folder's scheduler/scheduler_config.json (the noise levels and the objective it was trained for)."""
+    return _read_json(root / "scheduler" / "scheduler_config.json", name)
+
+
 def _check_kind_and_objective(root: Path, name: str, kind: str) -> None:
     """From the configs alone (before data, VAE and evaluator are built): the folder is the kind model= names, and
     its scheduler predicts noise or velocity, the objectives the trainer and samplers implement."""
@@ -195,8 +201,8 @@ def _check_kind_and_objective(root: Path, name: str, kind: str) -> None:
     if kind == "sd15" and is_sdxl:
         raise UserError(f"model.pretrained={name}: unet/ is an SDXL UNet (addition_embed_type='text_time'); "
                         "use model=sdxl for this folder")
-    prediction = _read_json(root / "scheduler" / "scheduler_config.json", name).get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "v_prediction"):
+    prediction = scheduler_config(root, name).get("prediction_type", "epsilon")
+    if prediction not in PREDICTIONS:
         raise UserError(f"model.pretrained={name}: scheduler/ says prediction_type={prediction!r}; kgface trains "
                         "and samples epsilon or v_prediction (SD 1.x, SD 2.x, SDXL base); use such a folder")
 
@@ -238,7 +244,7 @@ def load_pretrained_stack(path: str | Path, kind: str = "sd15", dtype: torch.dty
     unet = load("unet", diffusers.UNet2DConditionModel.from_pretrained, **diff_kw)
     vae = load("vae", diffusers.AutoencoderKL.from_pretrained,
                **({**diff_kw, "torch_dtype": vae_dtype} if vae_dtype is not None else diff_kw))
-    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    sched_cfg = scheduler_config(root, name)
     sched_cls = getattr(diffusers, str(sched_cfg.get("_class_name", "")), None) or diffusers.DDPMScheduler
     scheduler = load("scheduler", sched_cls.from_pretrained)
     text_encoder = load("text_encoder", transformers.CLIPTextModel.from_pretrained, **tf_kw)

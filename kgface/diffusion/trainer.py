@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..cache import atomic_folder
 from ..errors import UserError
+from .sampling import PREDICTIONS
 
 TRAINER_DEFAULTS = {
     "steps": 1500, "batch_size": 16, "lr": 3e-4, "adapter_lr": None, "encoder_lr": 3e-4, "weight_decay": 1e-2,
@@ -81,8 +82,21 @@ def _named(params) -> dict[str, torch.Tensor]:
     return {f"p{i:05d}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
 
 
+def noise_schedule_record(noise_scheduler) -> dict:
+    """What a checkpoint must share with the run resuming it: the training target and the noise levels. The sampling
+    ladder (timestep_spacing) is left out: it changes no training step, and the run saves the new one at its end."""
+    c = noise_scheduler.config
+    return {"prediction_type": str(c.prediction_type), "zero_terminal_snr": bool(c.get("rescale_betas_zero_snr", False)),
+            "num_train_timesteps": int(c.num_train_timesteps), "beta_schedule": str(c.beta_schedule)}
+
+
+# the record's keys as model.schedule names them, for the error that refuses a mismatched resume
+_SCHEDULE_KEYS = {"prediction_type": "model.schedule.prediction_type",
+                  "zero_terminal_snr": "model.schedule.zero_terminal_snr"}
+
+
 def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer, scheduler, losses,
-                    buffers: dict[str, torch.Tensor] | None = None) -> Path:
+                    buffers: dict[str, torch.Tensor] | None = None, schedule: dict | None = None) -> Path:
     with atomic_folder(folder) as tmp:  # a run killed mid-save keeps its last complete checkpoint
         save_file(_named(params), str(tmp / "trainable.safetensors"))
         if buffers:  # running statistics (the KG encoder's token centering): not parameters, but state all the same
@@ -91,8 +105,10 @@ def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer,
         if ema is not None:
             save_file(_named(ema.shadow), str(tmp / "ema.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "ema_steps": ema.steps if ema else 0,
-                                                    "losses": losses}), encoding="utf-8")
+        state = {"step": step, "ema_steps": ema.steps if ema else 0, "losses": losses}
+        if schedule is not None:
+            state["schedule"] = schedule
+        (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
     return folder
 
 
@@ -102,8 +118,9 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
-                    buffers: dict[str, torch.Tensor] | None = None) -> tuple[int, list]:
+                    buffers: dict[str, torch.Tensor] | None = None, schedule: dict | None = None) -> tuple[int, list]:
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    _check_same_schedule(folder, state.get("schedule"), schedule)
     weights = load_file(str(folder / "trainable.safetensors"))
     if len(weights) != len(params):
         raise TrainingError(f"{folder}: holds {len(weights)} trainable tensors, this run has {len(params)}; "
@@ -130,6 +147,21 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
                             "set trainer.resume=null to start afresh") from None
     scheduler.load_state_dict(opt["scheduler"])
     return int(state["step"]), list(state.get("losses", []))
+
+
+def _check_same_schedule(folder: Path, saved: dict | None, current: dict | None) -> None:
+    """A checkpoint trained for one target or noise ladder, continued under another, would mix two objectives
+    without a word. Checkpoints from before the record (kgface < 2026-12-06) all trained epsilon with nonzero
+    terminal SNR, which is what a missing record is read as."""
+    if current is None:
+        return
+    saved = saved if saved is not None else {"prediction_type": "epsilon", "zero_terminal_snr": False}
+    for key, value in current.items():
+        if key in saved and saved[key] != value:
+            fix = f"set {_SCHEDULE_KEYS[key]}={str(saved[key]).lower()}" if key in _SCHEDULE_KEYS else \
+                "resume it with the model it was trained with"
+            raise TrainingError(f"{folder}: trained with {key}={saved[key]!r}, this run has {value!r}; {fix}, "
+                                "or set trainer.resume=null to start afresh")
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -213,11 +245,12 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         elif folder is None or not (folder / "state.json").is_file():
             raise TrainingError(f"trainer.resume={t['resume']}: no checkpoint there; use latest or a step-* folder")
         else:
-            start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers)
+            start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers,
+                                            noise_schedule_record(backbone.scheduler))
     alphas = backbone.scheduler.alphas_cumprod.to(device)
     n_train = backbone.scheduler.config.num_train_timesteps
     prediction = backbone.scheduler.config.prediction_type
-    if prediction not in ("epsilon", "v_prediction"):
+    if prediction not in PREDICTIONS:
         raise TrainingError(f"the noise scheduler's prediction_type={prediction!r}: kgface trains epsilon or "
                             "v_prediction")
     null_states, null_added = conditioner.null_states(1)
@@ -291,7 +324,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
             acc.log({"loss": losses[-1], "lr": scheduler.get_last_lr()[0]}, step=step)
         if t["checkpoint_every"] and (step + 1) % int(t["checkpoint_every"]) == 0:
             save_checkpoint(ckpt_dir / f"step-{step + 1:07d}", step + 1, params, ema, optimizer, scheduler, losses,
-                            buffers)
+                            buffers, noise_schedule_record(backbone.scheduler))
             for old in sorted(ckpt_dir.glob("step-*"))[:-int(t["keep_checkpoints"])]:
                 shutil.rmtree(old)
         if on_validate is not None and t["val_every"] and (step + 1) % int(t["val_every"]) == 0:
