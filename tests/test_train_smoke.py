@@ -1,5 +1,6 @@
 """A CPU smoke test of `python -m kgface.train` (lightning-hydra-template style): the whole job at micro size."""
 import json
+import logging
 
 import pytest
 
@@ -256,7 +257,7 @@ def test_atlas_share_observed_sets_and_marks_need_the_phantom_and_sane_values(tm
         assert not (tmp_path / "x" / "profiles.json").exists()
 
 
-def test_preflight_reads_the_atlas_settings(monkeypatch):
+def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
     from kgface.config import compose
     from kgface.errors import UserError
     from kgface.run_checks import preflight
@@ -284,9 +285,16 @@ def test_preflight_reads_the_atlas_settings(monkeypatch):
         preflight(compose("train", MICRO + ["model.schedule.zero_terminal_snr=true"]))
     with pytest.raises(UserError, match=r"^model.schedule.spacing is unknown"):
         preflight(compose("train", MICRO + ["+model.schedule.spacing=trailing"]))
-    preflight(compose("train", MICRO + ["model.schedule.prediction_type=v_prediction",
-                                        "model.schedule.zero_terminal_snr=true",
-                                        "model.schedule.timestep_spacing=trailing"]))
+    v_recipe = MICRO + ["model.schedule.prediction_type=v_prediction", "model.schedule.zero_terminal_snr=true",
+                        "model.schedule.timestep_spacing=trailing"]
+    with caplog.at_level(logging.WARNING, logger="kgface.run_checks"):
+        preflight(compose("train", v_recipe + ["trainer.lr=1e-3"]))
+        assert not caplog.records
+        preflight(compose("train", v_recipe))  # the default model's rate, 2e-3: measured to diverge with v
+    assert [r.getMessage() for r in caplog.records] == [
+        "model.schedule: v_prediction with zero_terminal_snr at trainer.lr=0.002: on the default tiny model at 2e-3 "
+        "the loss jumped at step ~200 and the samples held no faces, where trainer.lr=1e-3 trained; consider "
+        "trainer.lr=1e-3 or lower"]
     with pytest.raises(UserError, match=r"phenotype_heads=atlas needs a phenotype atlas.*or evaluator.phenotype_heads"):
         preflight(compose("train", MICRO + ["evaluate=true", "evaluator.phenotype_heads=atlas", "data.atlas=null"]))
     monkeypatch.setenv("WORLD_SIZE", "2")  # what a multi-process launch sets: refused before any data is built

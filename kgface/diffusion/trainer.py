@@ -86,7 +86,8 @@ def noise_schedule_record(noise_scheduler) -> dict:
     """What a checkpoint must share with the run resuming it: the training target and the noise levels. The sampling
     ladder (timestep_spacing) is left out: it changes no training step, and the run saves the new one at its end."""
     c = noise_scheduler.config
-    return {"prediction_type": str(c.prediction_type), "zero_terminal_snr": bool(c.get("rescale_betas_zero_snr", False)),
+    return {"prediction_type": str(c.prediction_type),
+            "zero_terminal_snr": bool(c.get("rescale_betas_zero_snr", False)),
             "num_train_timesteps": int(c.num_train_timesteps), "beta_schedule": str(c.beta_schedule)}
 
 
