@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -226,3 +227,29 @@ def test_sampler_ladder_leading_is_the_generators_own_sampler(evaluated_run, cap
     for bad in ("even:1000:20", "even:10:20"):  # past the ladder; more steps than timesteps below T
         with pytest.raises(SystemExit):
             ladder.ladder(bad, 1000)
+
+
+def test_inversion_reconstruction_psnr_known_answers():
+    import torch
+
+    psnr = script("inversion_reconstruction").psnr
+    a = torch.full((3, 4, 4), 100, dtype=torch.uint8)
+    assert psnr(a, a) == float("inf")
+    assert psnr(a, a + 1) == pytest.approx(10 * math.log10(255 ** 2), abs=1e-3)  # mse 1
+
+
+def test_inversion_reconstruction_reads_a_run_on_its_own_ladder(evaluated_run, capsys):
+    """One row per strength, started where the run's ladder starts; inversion gives the face back closer than
+    SDEdit's fresh noise (what inversion is for), on the micro run too."""
+    script("inversion_reconstruction").main([str(evaluated_run), "--strengths", "0.5", "1.0", "-n", "3",
+                                             "--threads", "1"])
+    rows = json_blocks(capsys.readouterr().out)
+    assert [r["strength"] for r in rows] == [0.5, 1.0] and 1 <= rows[0]["n"] <= 3 and rows[1]["n"] == rows[0]["n"]
+    from omegaconf import OmegaConf
+
+    from kgface.diffusion.sampling import ddim_timesteps
+
+    steps = int(OmegaConf.load(evaluated_run / "config.yaml").model.sample.steps)
+    assert [r["start_t"] for r in rows] == [int(ddim_timesteps(1000, steps, s)[0]) for s in (0.5, 1.0)]
+    assert rows[0]["inversion_latent_error"] < rows[0]["sdedit_latent_error"]
+    assert rows[0]["inversion_psnr"] > rows[0]["sdedit_psnr"]
