@@ -1,6 +1,7 @@
 """How well a run's DDIM inversion gives a real face back, against its strength: the ceiling of `inversion=true`.
 
-    python bench/inversion_reconstruction.py RUN [RUN ...] [--strengths 0.5 0.7 0.9 1.0] [-n 16] [--threads 2]
+    python bench/inversion_reconstruction.py RUN [RUN ...] [--strengths 0.5 0.7 0.9 1.0] [-n 16] [--steps N]
+                                             [--threads 2]
 
 Each of the first n healthy test faces is encoded, inverted up the `strength` share of the run's own ladder under its
 own condition (healthy, stage 0; `Generator.invert`) and sampled back down under the same condition without guidance
@@ -40,10 +41,11 @@ def reconstruct(gen, faces, reqs, strength: float) -> dict:
         gen.guidance = guidance
     out = {"strength": strength, "start_t": int(gen.ladder(strength)[0]), "n": len(reqs)}
     for name, zb in back.items():
-        rel = ((zb - z).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1)).median().item()
+        rel = ((zb - z).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1)).quantile(0.5).item()
         images = gen.decode(zb)
         out[f"{name}_latent_error"] = round(rel, 4)
-        out[f"{name}_psnr"] = round(float(torch.tensor([psnr(a, b) for a, b in zip(images, vae_trip)]).median()), 2)
+        psnrs = torch.tensor([psnr(a, b) for a, b in zip(images, vae_trip)])
+        out[f"{name}_psnr"] = round(psnrs.quantile(0.5).item(), 2)
     return out
 
 
@@ -52,6 +54,7 @@ def main(argv=None):
     ap.add_argument("runs", type=Path, nargs="+")
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.7, 0.9, 1.0])
     ap.add_argument("-n", type=int, default=16, help="healthy test faces")
+    ap.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the run's model.sample.steps)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -78,7 +81,8 @@ def main(argv=None):
         if not paths:
             raise SystemExit(f"{run}: no healthy test face")
         sample = cfg.model.get("sample", {})
-        gen = Generator(backbone, cond, guidance=float(sample.get("guidance", 3.0)), steps=int(sample.get("steps", 20)))
+        steps = args.steps or int(sample.get("steps", 20))
+        gen = Generator(backbone, cond, guidance=float(sample.get("guidance", 3.0)), steps=steps)
         faces = torch.stack([_load(p, backbone.image_size) for p in paths])
         reqs = [Request(healthy, 0.0, seed=i) for i in range(len(paths))]
         print(f"\nrun {run}: {gen.prediction}, {gen.steps} steps, "

@@ -12,6 +12,7 @@ the trainable weights, the EMA and the optimizer/scheduler state (safetensors + 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -152,17 +153,23 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
 
 def _check_same_schedule(folder: Path, saved: dict | None, current: dict | None) -> None:
     """A checkpoint trained for one target or noise ladder, continued under another, would mix two objectives
-    without a word. Checkpoints from before the record (kgface < 2026-12-06) all trained epsilon with nonzero
-    terminal SNR, which is what a missing record is read as."""
+    without a word. A checkpoint from before the record (kgface before 2026-12-06) is not checked: most trained
+    epsilon, but v runs existed for a few hours before it, and guessing wrong would advise the wrong objective."""
     if current is None:
         return
-    saved = saved if saved is not None else {"prediction_type": "epsilon", "zero_terminal_snr": False}
-    for key, value in current.items():
-        if key in saved and saved[key] != value:
-            fix = f"set {_SCHEDULE_KEYS[key]}={str(saved[key]).lower()}" if key in _SCHEDULE_KEYS else \
-                "resume it with the model it was trained with"
-            raise TrainingError(f"{folder}: trained with {key}={saved[key]!r}, this run has {value!r}; {fix}, "
-                                "or set trainer.resume=null to start afresh")
+    if saved is None:
+        logging.getLogger(__name__).warning(f"{folder}: the checkpoint does not record its noise schedule (an older "
+                                            "kgface); resuming without checking it against model.schedule")
+        return
+    differ = [k for k, v in current.items() if k in saved and saved[k] != v]
+    if differ:
+        trained = ", ".join(f"{k}={saved[k]!r}" for k in differ)
+        now = ", ".join(f"{current[k]!r}" for k in differ)
+        settable = [f"{_SCHEDULE_KEYS[k]}={str(saved[k]).lower()}" for k in differ if k in _SCHEDULE_KEYS]
+        fix = f"set {' '.join(settable)}" if len(settable) == len(differ) else \
+            "resume it with the model it was trained with"
+        raise TrainingError(f"{folder}: trained with {trained}, this run has {now}; {fix}, or set "
+                            "trainer.resume=null to start afresh")
 
 
 def _lr_lambda(warmup: int, total: int):
