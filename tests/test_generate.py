@@ -92,6 +92,20 @@ def test_sample_is_deterministic_and_writes_a_dataset_manifest(micro_run, tmp_pa
     assert not np.array_equal(pixels(tmp_path / "a" / s0[0]), pixels(tmp_path / "a" / s1[0]))
 
 
+def test_spacing_overrides_the_runs_ladder_for_this_call_only(micro_run, tmp_path):
+    args = ["diseases=[ORPHA:870]", "stages=[3]", "seeds=[0]"]
+    generate(micro_run, tmp_path / "run", *args)
+    generate(micro_run, tmp_path / "trailing", *args, "spacing=trailing")
+    generate(micro_run, tmp_path / "leading", *args, "spacing=leading")
+    spacing = {n: json.loads((tmp_path / n / "generation.json").read_text())["spacing"]
+               for n in ("run", "trailing", "leading")}
+    assert spacing == {"run": "leading", "trailing": "trailing", "leading": "leading"}  # the micro run: leading
+    (a,), (b,), (c,) = (sorted((tmp_path / n / "images").glob("*.png")) for n in ("run", "trailing", "leading"))
+    assert np.array_equal(pixels(a), pixels(c)) and not np.array_equal(pixels(a), pixels(b))
+    saved = json.loads((micro_run / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert saved.get("timestep_spacing", "leading") == "leading"  # the run's folder is not rewritten
+
+
 def test_transform_with_keep_mask_leaves_unmasked_pixels(micro_run, tmp_path, capsys):
     from kgface.diffusion.editing import edit_mask
 
@@ -183,7 +197,8 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     # garbage (steps above the 1,000-step ladder repeated timestep 0)
     for k, (arg, key) in enumerate([("batch_size=0", "batch_size"), ("steps=0", "steps"), ("steps=5000", "steps"),
                                     ("strength=half", "strength"), ("seeds=[-1]", "seeds"), ("frames=1", "frames"),
-                                    ("device=banana", "device"), ("dtype=fp8", "dtype")]):
+                                    ("device=banana", "device"), ("dtype=fp8", "dtype"),
+                                    ("spacing=middle", "spacing")]):
         assert fails(capsys, micro_run, tmp_path / f"n{k}", arg).startswith(f"kgface.generate: error: {key}=")
     assert "is a model=tiny run" in fails(capsys, micro_run, tmp_path / "dt", "dtype=bf16")  # no frozen base to halve
     generate(micro_run, tmp_path / "fp32", "diseases=[healthy]", "stages=[0]", "dtype=fp32")  # a no-op there
