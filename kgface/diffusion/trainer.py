@@ -98,7 +98,7 @@ _SCHEDULE_KEYS = {"prediction_type": "model.schedule.prediction_type",
 
 
 def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer, scheduler, losses,
-                    buffers: dict[str, torch.Tensor] | None = None, schedule: dict | None = None) -> Path:
+                    buffers: dict[str, torch.Tensor] | None, schedule: dict) -> Path:
     with atomic_folder(folder) as tmp:  # a run killed mid-save keeps its last complete checkpoint
         save_file(_named(params), str(tmp / "trainable.safetensors"))
         if buffers:  # running statistics (the KG encoder's token centering): not parameters, but state all the same
@@ -107,9 +107,7 @@ def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer,
         if ema is not None:
             save_file(_named(ema.shadow), str(tmp / "ema.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        state = {"step": step, "ema_steps": ema.steps if ema else 0, "losses": losses}
-        if schedule is not None:
-            state["schedule"] = schedule
+        state = {"step": step, "ema_steps": ema.steps if ema else 0, "losses": losses, "schedule": schedule}
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
     return folder
 
