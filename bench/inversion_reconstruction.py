@@ -85,8 +85,8 @@ def main(argv=None):
         gen = Generator(backbone, cond, guidance=float(sample.get("guidance", 3.0)), steps=steps)
         faces = torch.stack([_load(p, backbone.image_size) for p in paths])
         reqs = [Request(healthy, 0.0, seed=i) for i in range(len(paths))]
-        print(f"\nrun {run}: {gen.prediction}, {gen.steps} steps, "
-              f"{backbone.scheduler.config.get('timestep_spacing', 'leading')} ladder, {len(paths)} healthy test faces")
+        print(f"\nrun {run}: {gen.prediction}, {gen.steps} steps, {gen.spacing} ladder, {len(paths)} healthy test "
+              "faces")
         rows = []
         for s in args.strengths:
             rows.append(reconstruct(gen, faces, reqs, s))

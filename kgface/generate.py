@@ -316,19 +316,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     steps = int(steps)
     from .diffusion.sampling import SPACINGS
 
-    run_spacing = str(backbone.scheduler.config.get("timestep_spacing", "leading"))
-    spacing = run_spacing if cfg.get("spacing") is None else str(cfg.spacing)
-    if spacing not in SPACINGS:
-        raise UserError(f"spacing={spacing}: use one of {', '.join(SPACINGS)} (the DDIM ladder; null = the run's, "
-                        f"{run_spacing})")
-    # in memory only: the ladder the Generator reads; the run's model/scheduler on disk is untouched
-    backbone.scheduler.register_to_config(timestep_spacing=spacing)
-    gen = Generator(backbone, conditioner, guidance=guidance, steps=steps)
+    spacing = None if cfg.get("spacing") is None else str(cfg.spacing)
+    if spacing is not None and spacing not in SPACINGS:
+        raise UserError(f"spacing={spacing}: use one of {', '.join(SPACINGS)} (the DDIM ladder; null = the run's)")
+    gen = Generator(backbone, conditioner, guidance=guidance, steps=steps, spacing=spacing)
     drawn = gen.requested_phenotypes([it.request for it in items])
     for it, ids in zip(items, drawn or []):  # a run trained on observed phenotype sets draws one per image
         it.row["requested_phenotypes"] = json.dumps(ids)
     log.info("%s: %d images from %s (guidance %g, %d %s steps)", cfg.mode, len(items), cfg.run, guidance, steps,
-             spacing)
+             gen.spacing)
     images = generate(gen, items, int(cfg.batch_size), float(cfg.strength), mask, progress=bool(cfg.progress),
                       identity=identity, inversion=inversion)
     scores = identity_scores(items, images, evaluator)
@@ -338,7 +334,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             scores["identity_similarity"] = None
             scores["note"] = evaluator_note
     summary = {"run": str(cfg.run), "mode": cfg.mode, "conditioning": conditioner.mode, "images": len(items),
-               "guidance": guidance, "steps": steps, "spacing": spacing, "strength": float(cfg.strength),
+               "guidance": guidance, "steps": steps, "spacing": gen.spacing, "strength": float(cfg.strength),
                "dtype": str(run_cfg.model.get("dtype", "fp32")),  # the base's precision: bf16 moves pixels slightly
                "mask": OmegaConf.to_container(cfg.mask) if isinstance(cfg.mask, ListConfig) else cfg.mask,
                "keep": OmegaConf.to_container(cfg.keep) if isinstance(cfg.keep, ListConfig) else cfg.keep,

@@ -23,17 +23,19 @@ class Request:
 
 
 class Generator:
-    def __init__(self, backbone, conditioner, guidance: float = 3.0, steps: int = 30, null_text: str = "empty"):
+    def __init__(self, backbone, conditioner, guidance: float = 3.0, steps: int = 30, null_text: str = "empty",
+                 spacing: str | None = None):
         """null_text: the prompt of guidance's unconditional branch. "empty" (diffusers' rule): the empty prompt with
         null tokens, trained in `cfg_drop_both` of the steps. "prompt": the request's own prompt with null tokens
         (trained in `cfg_drop_tokens`), so guidance pushes along the KG tokens alone; needs tokens (text mode would
-        have no direction left)."""
+        have no direction left). spacing: the DDIM ladder (sampling.SPACINGS); None = the run's scheduler's."""
         if null_text not in ("empty", "prompt"):
             raise ValueError(f"null_text must be 'empty' or 'prompt', not {null_text!r}")
         if null_text == "prompt" and not conditioner.uses_tokens:
             raise ValueError("null_text='prompt' guides along the tokens alone: this run's conditioning has none")
         self.backbone, self.conditioner = backbone, conditioner
         self.guidance, self.steps, self.null_text = float(guidance), int(steps), null_text
+        self._spacing = spacing
         self._index = {p.disease_id: i for i, p in enumerate(conditioner.profiles)}
 
     @property
@@ -91,12 +93,17 @@ class Generator:
         """What the UNet outputs (the run's scheduler): epsilon or v_prediction."""
         return self.backbone.scheduler.config.prediction_type
 
+    @property
+    def spacing(self) -> str:
+        """The ladder's spacing: as asked, else the run's scheduler's timestep_spacing (runs from before that key
+        were leading)."""
+        return self._spacing or str(self.backbone.scheduler.config.get("timestep_spacing", "leading"))
+
     def ladder(self, strength: float = 1.0) -> torch.Tensor:
-        """The sampler's descending timesteps: `steps` of them, spaced as the run's scheduler says (its
-        timestep_spacing; runs from before that key were leading), truncated to the last `strength` share."""
-        config = self.backbone.scheduler.config
-        return ddim_timesteps(config.num_train_timesteps, self.steps, strength,
-                              spacing=config.get("timestep_spacing", "leading"))
+        """The sampler's descending timesteps: `steps` of them, spaced as `spacing`, truncated to the last
+        `strength` share."""
+        return ddim_timesteps(self.backbone.scheduler.config.num_train_timesteps, self.steps, strength,
+                              spacing=self.spacing)
 
     def noise(self, reqs: list[Request]) -> torch.Tensor:
         """Each request's start noise, drawn on the CPU from its own seed (the same face whatever the batch)."""

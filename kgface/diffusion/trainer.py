@@ -244,6 +244,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     ema = EMA(params, float(t["ema_decay"])) if t["ema"] else None
     buffers = dict(conditioner.named_buffers())
     start, losses = 0, []
+    schedule_record = noise_schedule_record(backbone.scheduler)  # checked on resume, written with every checkpoint
     if t["resume"]:
         folder = latest_checkpoint(ckpt_dir) if t["resume"] == "latest" else Path(t["resume"])
         if folder is None and t["resume"] == "latest":
@@ -251,8 +252,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         elif folder is None or not (folder / "state.json").is_file():
             raise TrainingError(f"trainer.resume={t['resume']}: no checkpoint there; use latest or a step-* folder")
         else:
-            start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers,
-                                            noise_schedule_record(backbone.scheduler))
+            start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers, schedule_record)
     alphas = backbone.scheduler.alphas_cumprod.to(device)
     n_train = backbone.scheduler.config.num_train_timesteps
     prediction = backbone.scheduler.config.prediction_type
@@ -330,7 +330,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
             acc.log({"loss": losses[-1], "lr": scheduler.get_last_lr()[0]}, step=step)
         if t["checkpoint_every"] and (step + 1) % int(t["checkpoint_every"]) == 0:
             save_checkpoint(ckpt_dir / f"step-{step + 1:07d}", step + 1, params, ema, optimizer, scheduler, losses,
-                            buffers, noise_schedule_record(backbone.scheduler))
+                            buffers, schedule_record)
             for old in sorted(ckpt_dir.glob("step-*"))[:-int(t["keep_checkpoints"])]:
                 shutil.rmtree(old)
         if on_validate is not None and t["val_every"] and (step + 1) % int(t["val_every"]) == 0:
