@@ -64,7 +64,7 @@ def main(argv=None):
     from kgface.data.manifest import read_manifest
     from kgface.diffusion.generator import Generator, Request
     from kgface.diffusion.run_loading import load_run
-    from kgface.diffusion.samples import _load
+    from kgface.diffusion.editing import prepare_image
     from kgface.run_files import run_file
 
     for run in args.runs:
@@ -83,7 +83,7 @@ def main(argv=None):
         sample = cfg.model.get("sample", {})
         steps = args.steps or int(sample.get("steps", 20))
         gen = Generator(backbone, cond, guidance=float(sample.get("guidance", 3.0)), steps=steps)
-        faces = torch.stack([_load(p, backbone.image_size) for p in paths])
+        faces = torch.stack([prepare_image(p, backbone.image_size, notes=False) for p in paths])
         reqs = [Request(healthy, 0.0, seed=i) for i in range(len(paths))]
         print(f"\nrun {run}: {gen.prediction}, {gen.steps} steps, {gen.spacing} ladder, {len(paths)} healthy test "
               "faces")

@@ -50,17 +50,19 @@ def input_files(spec) -> list[tuple[Path, str]]:
     return [(path, path.stem)]
 
 
-def prepare_image(path: Path, size: int) -> torch.Tensor:
-    """uint8 [3, size, size]: decoded to RGB and centre-cropped/resized when needed (each with a logged note)."""
+def prepare_image(path: Path, size: int, notes: bool = True) -> torch.Tensor:
+    """uint8 [3, size, size]: decoded to RGB and centre-cropped/resized when needed (each with a logged note, unless
+    `notes=False`: a run's own dataset, whose size its config chose)."""
     import numpy as np
 
     from ..data.images import face_crop, load_rgb
 
     img = load_rgb(path)  # unreadable / truncated / not an image: ImageError (one line)
-    if img.info.get("source_mode", "RGB") != "RGB":
+    if notes and img.info.get("source_mode", "RGB") != "RGB":
         log.warning("%s: converted %s to RGB", path, img.info["source_mode"])
     if img.size != (size, size):
-        log.warning("%s: %dx%d is not the model's %dx%d; centre-cropped and resized", path, *img.size, size, size)
+        if notes:
+            log.warning("%s: %dx%d is not the model's %dx%d; centre-cropped and resized", path, *img.size, size, size)
         img = face_crop(img, size)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..cache import atomic_path
+from .editing import prepare_image
 from .generator import Request
 
 
@@ -84,7 +85,7 @@ def transform_set(generator, profiles, test_df, identities: int, strength: float
     if not jobs:
         return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), []
     size = generator.backbone.image_size
-    sources = torch.stack([_load(path, size) for path, _, _ in jobs])
+    sources = torch.stack([prepare_image(path, size, notes=False) for path, _, _ in jobs])
     reqs = [Request(p, float(s), seed + i) for i, (_, p, s) in enumerate(jobs)]
     images = []
     for i in range(0, len(reqs), 32):
@@ -94,18 +95,6 @@ def transform_set(generator, profiles, test_df, identities: int, strength: float
             for i, (path, p, s) in enumerate(jobs)]
     _note_requested(generator, reqs, rows)
     return torch.cat(images), rows
-
-
-def _load(path, size: int) -> torch.Tensor:
-    """uint8 [3, size, size] of a dataset image (centre-cropped/resized if the model's size differs)."""
-    import numpy as np
-
-    from ..data.images import face_crop, load_rgb
-
-    img = load_rgb(path)
-    if img.size != (size, size):
-        img = face_crop(img, size)
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
 def write_set(images: torch.Tensor, rows: list[dict], folder: Path, heldout: set[str], name: str = "manifest.csv"
