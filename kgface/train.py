@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .cache import write_json_atomic
+from .cache import atomic_path, write_json_atomic, write_text_atomic
 from .config import container, entry
 from .run_checks import atlas_share_of, mark_weight_of, preflight
 from .run_measure import draw_and_measure, validation_grids
@@ -73,7 +73,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         torch.set_num_threads(int(cfg.num_threads))
     torch.manual_seed(int(cfg.seed))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    # a rerun into a finished folder (trainer.resume=latest, the same hydra.run.dir): until this run writes its own
+    # metrics.json, written last, the folder must not pass for a finished run
+    (out_dir / "metrics.json").unlink(missing_ok=True)
+    write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     cache = make_cache(cfg)
     timings, metrics = {}, {}
 
@@ -222,8 +225,8 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     elif mode == "class":
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().contiguous() for k, v in conditioner.class_tokens.state_dict().items()},
-                  str(out_dir / "class_tokens.safetensors"))
+        with atomic_path(out_dir / "class_tokens.safetensors") as tmp:
+            save_file({k: v.detach().contiguous() for k, v in conditioner.class_tokens.state_dict().items()}, str(tmp))
     write_json_atomic(out_dir / "losses.json", result["losses"])
     plot_loss(result["losses"], out_dir / "loss.png")
 

@@ -134,6 +134,14 @@ def test_bad_overrides_are_clear_errors(tmp_path, capsys):
         main(MICRO + ["samples.stages=[0,1.5]", f"hydra.run.dir={tmp_path / 'd'}"])
     assert info.value.code == 2 and "samples.stages=[0, 1.5]" in capsys.readouterr().err
     assert not (tmp_path / "d" / "profiles.json").exists()
+    # a rerun into a finished folder that fails on the way: the earlier run's metrics.json (written last, the mark
+    # of a whole run) does not stay beside the new config
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "metrics.json").write_text("{}")
+    with pytest.raises(SystemExit) as info:
+        main(MICRO + ["data.diseases=[ORPHA:870,ORPHA:99999999]", f"hydra.run.dir={tmp_path / 'e'}"])
+    assert info.value.code == 2 and "unknown disease 'ORPHA:99999999'" in capsys.readouterr().err
+    assert (tmp_path / "e" / "config.yaml").is_file() and not (tmp_path / "e" / "metrics.json").exists()
 
 
 def test_learned_frequencies_condition_the_generator_a_run_trains(evaluated_run, tmp_path):

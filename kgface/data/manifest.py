@@ -198,4 +198,5 @@ def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = Non
         raise ManifestError(f"{path}: every row was skipped ({len(report.skipped)}); first: {report.skipped[0][1]}")
     df = pd.DataFrame(rows)
     df.attrs["root"] = str(path.parent.resolve())  # the folder relative columns (path, source_image) are read from
+    df.attrs["manifest"] = str(path)  # what an error about the set names
     return df, report

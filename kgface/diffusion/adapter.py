@@ -240,10 +240,13 @@ def save_kg_adapter(unet: nn.Module, folder: str | Path, config: KGAdapterConfig
     cfg.scale = get_adapter_scale(unet)
     cfg.layers = {path: {"hidden_size": int(p.hidden_size), "token_dim": int(p.cross_attention_dim)}
                   for path, p in procs.items()}
+    from ..cache import atomic_path, write_text_atomic
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-    (folder / CONFIG_NAME).write_text(cfg.to_json() + "\n", encoding="utf-8")
+    # each file whole or not at all (the folder may be a run's top folder, shared with other files)
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    write_text_atomic(folder / CONFIG_NAME, cfg.to_json() + "\n")
     return folder
 
 

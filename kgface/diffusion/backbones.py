@@ -203,22 +203,30 @@ def _ddpm_from(scheduler, schedule: dict | None = None):
 
 def save_model_folder(backbone: Backbone, folder: Path) -> None:
     """model/ in diffusers layout for what the run trained: the tiny UNet and VAE (the adapter is saved apart)."""
+    from ..cache import atomic_folder
+
+    with atomic_folder(folder) as tmp:  # a crash mid-save leaves the old folder or none, never half of one
+        _write_model_files(backbone, tmp)
+
+
+def _write_model_files(backbone: Backbone, folder: Path) -> None:
     from .adapter import detach_kg_adapter, has_kg_adapter, load_kg_adapter, save_kg_adapter
 
-    folder.mkdir(parents=True, exist_ok=True)
     if backbone.kind == "tiny":
         had = has_kg_adapter(backbone.unet)
         if had:  # the UNet is saved without the adapter's processors, then the adapter goes back on
             save_kg_adapter(backbone.unet, folder / ".adapter")
             detach_kg_adapter(backbone.unet)
-        backbone.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        try:
+            backbone.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        finally:  # a failed save leaves the model in memory as it was
+            if had:
+                load_kg_adapter(backbone.unet, folder / ".adapter")
+                import shutil
+
+                shutil.rmtree(folder / ".adapter")
         backbone.vae.save_pretrained(folder / "vae", safe_serialization=True)
         backbone.scheduler.save_pretrained(folder / "scheduler")
-        if had:
-            load_kg_adapter(backbone.unet, folder / ".adapter")
-            import shutil
-
-            shutil.rmtree(folder / ".adapter")
     else:  # pretrained: only the LoRA weights are new
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file

@@ -81,8 +81,8 @@ class Evaluator:
                 i = next(k for k, d in enumerate(labels) if d not in self.classes)
                 first = f" (first: {list(paths)[i]}, column {column})"
             raise EvaluatorInputError(f"the {what} has labels unknown to the evaluator: {', '.join(unknown[:5])}"
-                                      f"{first}; it knows {', '.join(self.classes)}: retrain it on data with these "
-                                      "diseases")
+                                      f"{first}; it knows {', '.join(self.classes)}, the diseases of its train "
+                                      "split: leave these rows out, or fit it on data with train images of them")
 
     def check_unseen(self, df: pd.DataFrame, what: str = "real set") -> None:
         """Refuse a real set whose test rows are images this evaluator learned from (their scores would be inflated

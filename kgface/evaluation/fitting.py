@@ -99,8 +99,11 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     c = plain_config(cfg)
     train = df[df["split"] == "train"].reset_index(drop=True)
     val = df[df["split"] == "val"].reset_index(drop=True)
+    where = df.attrs.get("manifest", "the manifest")  # errors name the file the frame was read from
     if len(train) == 0:
-        raise EvaluatorInputError("the manifest has no 'train' rows to fit the evaluator on")
+        counts = ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()) or "no rows"
+        raise EvaluatorInputError(f"{where}: no rows with split=train to fit the evaluator on "
+                                  f"({counts}); mark its training images split=train, or give run= an evaluator")
     heads_on = str(c.get("phenotype_heads", "all"))
     if heads_on not in PHENOTYPE_HEADS:
         raise EvaluatorInputError(f"evaluator.phenotype_heads={heads_on!r}: use 'all', 'atlas' or 'zero_shot'")
@@ -109,7 +112,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
                                   "(data.atlas.faces > 0 on data=phantom); or set evaluator.phenotype_heads=all")
     classes = sorted(train["disease"].unique(), key=lambda d: (d == HEALTHY, d))
     if len(classes) < 2:
-        raise EvaluatorInputError(f"the evaluator needs at least 2 classes in the train split, got {classes}")
+        raise EvaluatorInputError(f"{where}: its train split holds one class ({classes[0]}); "
+                                  "the evaluator needs at least 2 (e.g. healthy faces and one disease)")
     p = c.get("probe") or {}
     sigmas = blur_sigmas(p)  # a bad setting fails here, before the CLIP trains
     if c["name"] == "tiny_clip" and clip is None:
@@ -119,6 +123,10 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
         raise EvaluatorInputError(f"no train image of {', '.join(unseen[:5])} at stage >= evaluator.probe.min_stage="
                                   f"{min_stage_of(p)}: lower it or add images of later stages")
     if len(val):
+        stray = sorted(set(val["disease"]) - set(classes))
+        if stray:  # calibration reads only classes the probe learned; their test rows are refused later, by name
+            log.warning("%s: val rows of %s, a disease without train rows, are left out of calibration",
+                        where, ", ".join(stray[:5]))
         val = val[val["disease"].isin(classes)].reset_index(drop=True)
     by_id = _profile_map(profiles, classes)
     start = time.time()

@@ -49,6 +49,23 @@ def learned_digests(df: pd.DataFrame, atlas: pd.DataFrame | None = None) -> list
     return sorted({image_digest(p) for p in paths})
 
 
+def set_name(df: pd.DataFrame, what: str) -> str:
+    """A set as its errors name it: "real set (runs/x/manifest.csv)", or `what` alone for a frame built in code."""
+    manifest = df.attrs.get("manifest")
+    return f"{what} ({manifest})" if manifest else what
+
+
+def first_image_size(paths: Sequence[str]) -> tuple[int, int] | None:
+    """(width, height) of a set's first image, read from its header (load_images holds the rest of the set to it)."""
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                return im.size
+        except OSError:
+            return None  # missing or unreadable: load_images names it when the set is read
+    return None
+
+
 def as_frame(source) -> pd.DataFrame:
     """A manifest path or an already-read manifest DataFrame, as a DataFrame."""
     if isinstance(source, pd.DataFrame):

@@ -20,10 +20,10 @@ from ..prompts import stage_phenotypes
 from . import intervals as CI
 from . import metrics as M
 from .evaluator import Evaluator, ScoredSet, pair_presence
-from .inputs import (HEALTHY, EvaluatorInputError, as_frame, check_real, labelled_phenotypes, load_images,
-                     min_stage_of)
+from .inputs import (HEALTHY, EvaluatorInputError, as_frame, check_real, first_image_size, labelled_phenotypes,
+                     load_images, min_stage_of, set_name)
 from .face_identity import pair_distances
-from .validity import (HEADLINE_STAGES, _test_rows, generated_headline_rows, headline_rows, instrument_validity,
+from .validity import (HEADLINE_STAGES, _test_rows, check_test_labels, generated_headline_rows, headline_rows, instrument_validity,
                        transform_rows)
 
 def _filled(table: pd.DataFrame, column: str, fallback: str) -> pd.Series:
@@ -176,16 +176,22 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
     real = as_frame(real_df) if real_df is not None else None
     for frame, what in ((real, "real set"), (gen, "generated set")):
         if frame is not None and not len(frame):  # a manifest file without rows is read_manifest's error already
-            raise EvaluatorInputError(f"the {what} is empty: give it rows (images) to score")
+            raise EvaluatorInputError(f"the {set_name(frame, what)} is empty: give it rows (images) to score")
         if frame is not None and "heldout" in frame:
             heldout |= set(frame.loc[frame["heldout"].astype(str).str.lower() == "true", "disease"])
     if gen is not None:  # before any image, real or generated, is read and encoded
         _check_generated(evaluator, gen, profiles)
     test = None
     if real is not None:
-        check_real(real, "real set")
+        check_real(real, set_name(real, "real set"))
         test = _test_rows(real)
-        evaluator.check_labels(test["disease"], "real set")
+        check_test_labels(evaluator, real, test)
+        if gen is not None:  # FID/KID, the audit and tstr compare the two: one size, found before anything is scored
+            sizes = first_image_size(test["abspath"]), first_image_size(gen["abspath"])
+            if None not in sizes and sizes[0] != sizes[1]:
+                raise EvaluatorInputError(f"the {set_name(real, 'real set')}'s images are {sizes[0][0]}x{sizes[0][1]} "
+                                          f"px and the {set_name(gen, 'generated set')}'s {sizes[1][0]}x"
+                                          f"{sizes[1][1]}: resize one set to the other's size")
         s_real = evaluator.score_set(test, keep_images=True)
         scored["real"] = s_real
         v = instrument_validity(evaluator, real, roundtrip=roundtrip, scored=s_real,
@@ -303,9 +309,6 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                     metrics["tstr_n_real_seen"] = int(seen_rows.sum())
                     metrics["tstr_top1_seen_ci95"] = CI.proportion_interval(metrics["tstr_top1_seen"],
                                                                             metrics["tstr_n_real_seen"])
-            if s_real.images.shape[-2:] != s_gen.images.shape[-2:]:
-                raise EvaluatorInputError(f"real images are {tuple(s_real.images.shape[-2:])} px and generated "
-                                          f"{tuple(s_gen.images.shape[-2:])} px: resize one set to the other's size")
             # edits of real faces (transformations, progressions of an input photo: rows with a source_image) would
             # pull FID/KID down when their sources are the test faces the set is compared with: left out
             drawn = ~transform & ~edited
@@ -380,18 +383,18 @@ def _check_generated(evaluator: Evaluator, gen: pd.DataFrame, profiles: dict) ->
     paths = list(gen["path"]) if "path" in gen else None
     bad = np.flatnonzero(~req_d.isin(evaluator.classes).to_numpy())
     if len(bad):  # the column the bad label came from: a blank request falls back to the row's disease
-        evaluator.check_labels(req_d, "generated set", paths=paths,
+        evaluator.check_labels(req_d, set_name(gen, "generated set"), paths=paths,
                                column="requested_disease" if _fills(gen, "requested_disease")[bad[0]] else "disease")
     no_profile = sorted({d for d in req_d if d != HEALTHY} - set(profiles)) if profiles else []
     if no_profile:  # its expected phenotypes and KG frequencies would silently be empty
-        raise EvaluatorInputError(f"generated set: no KG profile for {', '.join(no_profile[:5])}; load the "
+        raise EvaluatorInputError(f"{set_name(gen, 'generated set')}: no KG profile for {', '.join(no_profile[:5])}; load the "
                                   "profiles of every requested disease (the panel of the run that drew them)")
     root = gen.attrs.get("root")
     for i in np.flatnonzero(_names_source(gen)):
         src = _source_path(gen["source_image"].iloc[i], root)
         if src is not None and not src.is_file():  # None: relative without a folder, _identity_metrics says so
             where = paths[i] if paths is not None else f"row {i}"
-            raise EvaluatorInputError(f"generated set, {where}: source_image {str(src)!r} does not exist (the real "
+            raise EvaluatorInputError(f"{set_name(gen, 'generated set')}, {where}: source_image {str(src)!r} does not exist (the real "
                                       "face this edit was made from); restore it or clear the row's source_image")
 
 

@@ -22,7 +22,7 @@ from . import intervals as CI
 from . import metrics as M
 from .evaluator import Evaluator, ScoredSet, pair_presence
 from .inputs import (HEALTHY, EvaluatorInputError, as_frame, blur_images, labelled_phenotypes, load_images,
-                     min_stage_of, presence_matrix, probe_rows, to_uint8)
+                     min_stage_of, presence_matrix, probe_rows, set_name, to_uint8)
 from .face_identity import identity_validity
 from .probes import LinearProbe, Standardizer
 
@@ -64,14 +64,20 @@ def _test_rows(df: pd.DataFrame) -> pd.DataFrame:
     rows may be what the evaluator learned from, which would inflate every real-set score and hide copies from the
     memorisation audit."""
     if "split" not in df.columns:  # a frame built in code; manifests on disk always have the column
-        raise EvaluatorInputError("real set: no split column; mark the images the evaluator never trained on as "
+        raise EvaluatorInputError(f"{set_name(df, 'real set')}: no split column; mark the images the evaluator never trained on as "
                                   "split=test (and its training images as split=train)")
     test = df[df["split"] == "test"]
     if not len(test):
         counts = ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()) or "no rows"
-        raise EvaluatorInputError(f"real set: no rows with split=test ({counts}); the evaluator is read on test "
+        raise EvaluatorInputError(f"{set_name(df, 'real set')}: no rows with split=test ({counts}); the evaluator is read on test "
                                   "images only, so mark the images it never trained on as split=test")
     return test.reset_index(drop=True)
+
+
+def check_test_labels(evaluator: Evaluator, df: pd.DataFrame, test: pd.DataFrame) -> None:
+    """The real set's test labels are the evaluator's classes; else one line naming the manifest and its first row."""
+    evaluator.check_labels(test["disease"], set_name(df, "real set"),
+                           paths=test["path"] if "path" in test else None)
 
 
 def oracle_top1(train_df: pd.DataFrame, test_df: pd.DataFrame, stages=HEADLINE_STAGES, l2: float = 1e-2,
@@ -184,7 +190,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     ceiling beside it."""
     df = as_frame(real_df)
     test = _test_rows(df)
-    evaluator.check_labels(test["disease"], "real set")
+    check_test_labels(evaluator, df, test)
     s = scored or evaluator.score_set(test, keep_images=True)
     t = s.table
     head = headline_rows(t)

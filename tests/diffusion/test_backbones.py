@@ -1,5 +1,8 @@
 """model.schedule -> the backbone's noise scheduler (kgface/diffusion/backbones.py)."""
+from pathlib import Path
+
 import pytest
+import torch
 
 from kgface.diffusion.backbones import _ddpm, schedule_settings
 from kgface.errors import UserError
@@ -35,3 +38,34 @@ def test_a_pretrained_folders_schedule_is_kept_unless_the_config_says_otherwise(
 def test_bad_schedules_name_the_key(schedule, message):
     with pytest.raises(UserError, match=message):
         schedule_settings(schedule)
+
+
+def test_a_model_folder_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A save that fails midway keeps the previous model/ (no new UNet beside an old VAE) and leaves no temporary
+    folder behind, nor a UNet stripped of its adapter; a save that succeeds replaces every file."""
+    from kgface.diffusion.adapter import has_kg_adapter
+    from kgface.diffusion.backbones import build_backbone, save_model_folder
+    from tests.diffusion.test_trainer import MICRO
+
+    backbone = build_backbone(MICRO, num_tokens=4, with_adapter=True)
+    folder = tmp_path / "model"
+    save_model_folder(backbone, folder)
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert {str(p) for p in before} >= {"unet/config.json", "vae/config.json", "scheduler/scheduler_config.json"}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(backbone.vae, "save_pretrained", broken)
+    with torch.no_grad():
+        next(backbone.unet.parameters()).add_(1.0)  # the new UNet differs from the saved one
+    with pytest.raises(OSError, match="disk full"):
+        save_model_folder(backbone, folder)
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and has_kg_adapter(backbone.unet)
+    monkeypatch.undo()
+    save_model_folder(backbone, folder)
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert set(after) == set(before) and after[Path("unet/diffusion_pytorch_model.safetensors")] != \
+        before[Path("unet/diffusion_pytorch_model.safetensors")]
+    assert has_kg_adapter(backbone.unet) and sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -217,7 +217,7 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
     # generated images never pass as real ones: not as the real set, not as the evaluator's training data
     made = read_manifest(tiny_data / "manifest.csv")[0]
     made.loc[3, "source"] = "generated"
-    with pytest.raises(EvaluatorInputError, match=r"real set: 1 rows have source 'generated' .*generated="):
+    with pytest.raises(EvaluatorInputError, match=r"real set \(.*manifest\.csv\): 1 rows have source 'generated' .*generated="):
         evaluate_sets(tiny_evaluator, made, None, None)
     made = df.copy()
     made.loc[3, "source"] = "generated"
@@ -234,9 +234,12 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
         gen_rows.append({**r, "path": f"g{i}.png", "source": "generated", "mode": "sample",
                          "requested_disease": r["disease"], "requested_stage": r["stage"], "seed": i,
                          "source_image": ""})
-    with pytest.raises(EvaluatorInputError, match=r"real images are \(32, 32\) px and generated \(16, 16\) px"):
-        evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", write_manifest(gen_rows, small / "manifest.csv"),
-                      None)
+    gone = tmp_path / "gone_real"  # found from the first images' headers, before either set is read
+    real_gone = read_manifest(tiny_data / "manifest.csv")[0]
+    real_gone.loc[real_gone.index[real_gone["split"] == "test"][1:], "abspath"] = str(gone)
+    with pytest.raises(EvaluatorInputError, match=r"the real set \(.*manifest\.csv\)'s images are 32x32 px and the "
+                                                  r"generated set \(.*small/manifest\.csv\)'s 16x16: resize"):
+        evaluate_sets(tiny_evaluator, real_gone, write_manifest(gen_rows, small / "manifest.csv"), None)
     for hub_model in ("ViT-B-16-SigLIP", "roberta-ViT-B-32"):  # a hub tokenizer / text model would download
         with pytest.raises(UserError, match=f"evaluator.model={hub_model}: .*Hugging Face"):
             build_clip({"name": "openclip", "model": hub_model, "pretrained": str(tmp_path / "w.bin")},
@@ -248,6 +251,8 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
     bad.to_csv(bad_path, index=False)
     from kgface.evaluate import main
 
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "metrics.json").write_text("{}")  # an earlier report's, in the folder this one fails in
     with pytest.raises(SystemExit) as exc:
         main([f"real={bad_path}", f"hydra.run.dir={tmp_path / 'o'}"])
     assert exc.value.code == 2
@@ -255,6 +260,9 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
     assert len(err) == 1 and "bad_manifest.csv:2: image 'images/missing.png' does not exist" in err[0]
     assert "give real= another manifest" in err[0]  # the override this entry takes, not the data config's key
     assert not (tmp_path / "o" / "metrics.json").exists()  # nothing that looks finished
+    with pytest.raises(SystemExit) as exc:  # into the run's own folder: its metrics.json would be replaced
+        main([f"real={tiny_data / 'manifest.csv'}", f"run={tmp_path / 'o'}", f"hydra.run.dir={tmp_path / 'o'}"])
+    assert exc.value.code == 2 and "is the run's own folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main([f"hydra.run.dir={tmp_path / 'o2'}"])
     assert exc.value.code == 2
@@ -500,3 +508,26 @@ def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baseline
     (run_dir / "samples").mkdir()
     with pytest.raises(EvaluatorInputError, match="no evaluator.json there"):
         load_evaluator(run_dir / "samples")
+
+
+def test_set_errors_name_the_manifest_and_its_first_bad_row(tiny_evaluator, tiny_data, tiny_cfg, tiny_profiles,
+                                                            tmp_path):
+    """A test label the evaluator never learned, a manifest with nothing to fit on: the file is named, and the row."""
+    real = read_manifest(tiny_data / "manifest.csv")[0]
+    row = real.index[real["split"] == "test"][2]
+    real.loc[row, "disease"] = "ORPHA:870"
+    with pytest.raises(EvaluatorInputError, match=r"the real set \(.*manifest\.csv\) has labels unknown to the "
+                                                  rf"evaluator: ORPHA:870 \(first: {real.loc[row, 'path']}, column "
+                                                  r"disease\); .*leave these rows out"):
+        evaluate_sets(tiny_evaluator, real, None, None)
+    df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    no_train = tiny_data / "no_train_manifest.csv"
+    df.assign(split=df["split"].replace("train", "val")).to_csv(no_train, index=False)
+    with pytest.raises(EvaluatorInputError, match=r"no_train_manifest\.csv: no rows with split=train to fit the "
+                                                  r"evaluator on \(val \d+, test \d+\)"):
+        fit_evaluator(tiny_cfg.evaluator, no_train, tiny_profiles, None, progress=False)
+    one_class = tiny_data / "one_class_manifest.csv"
+    df[(df["split"] != "train") | (df["disease"] == "healthy")].to_csv(one_class, index=False)
+    with pytest.raises(EvaluatorInputError, match=r"one_class_manifest\.csv: its train split holds one class "
+                                                  r"\(healthy\); the evaluator needs at least 2"):
+        fit_evaluator(tiny_cfg.evaluator, one_class, tiny_profiles, None, progress=False)
