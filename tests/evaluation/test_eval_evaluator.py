@@ -538,9 +538,14 @@ def test_the_openclip_path_keys_and_checks_its_weights_file(tiny_cfg, tiny_data,
 
     cfg = compose("evaluate", ["evaluator=openclip", f"evaluator.model={name}", f"evaluator.pretrained={weights}"])
     cache = Cache(session_cache_dir)
-    write(0)
+    write(123)  # not the fit's own seed (0): a model built at random instead of read would not match the file
     first = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
     assert len(first.info["pretrained_sha256"]) == 64
+    from safetensors.torch import load_file
+
+    on_disk = load_file(str(weights))  # the CLIP the heads read is the file's, tensor for tensor
+    loaded = first.model.state_dict()
+    assert set(on_disk) <= set(loaded) and all(torch.equal(loaded[k], v) for k, v in on_disk.items())
     saved = first.save(tmp_path / "ev")
     assert Evaluator.load(saved).classes == first.classes
     again = fit_evaluator(cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
