@@ -2,6 +2,7 @@
 input (the library's errors, then the entry's one-line exits), run= folders (their evaluator, profiles, held-out list
 and atlas), and that the evaluator never imports the generator it measures."""
 import json
+import logging
 import subprocess
 import sys
 
@@ -511,7 +512,7 @@ def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baseline
 
 
 def test_set_errors_name_the_manifest_and_its_first_bad_row(tiny_evaluator, tiny_data, tiny_cfg, tiny_profiles,
-                                                            tmp_path):
+                                                            tmp_path, caplog):
     """A test label the evaluator never learned, a manifest with nothing to fit on: the file is named, and the row."""
     real = read_manifest(tiny_data / "manifest.csv")[0]
     row = real.index[real["split"] == "test"][2]
@@ -531,3 +532,11 @@ def test_set_errors_name_the_manifest_and_its_first_bad_row(tiny_evaluator, tiny
     with pytest.raises(EvaluatorInputError, match=r"one_class_manifest\.csv: its train split holds one class "
                                                   r"\(healthy\); the evaluator needs at least 2"):
         fit_evaluator(tiny_cfg.evaluator, one_class, tiny_profiles, None, progress=False)
+    stray = tiny_data / "stray_val_manifest.csv"  # a val row of a disease without train rows: said, then left out
+    df.assign(disease=df["disease"].where(df.index != df.index[df["split"] == "val"][0], "ORPHA:870")).to_csv(
+        stray, index=False)
+    with caplog.at_level(logging.WARNING, logger="kgface.evaluation.fitting"):
+        fitted = fit_evaluator(tiny_cfg.evaluator, stray, tiny_profiles, None, progress=False)
+    assert "ORPHA:870" not in fitted.classes
+    assert [r.getMessage() for r in caplog.records if "calibration" in r.getMessage()] == [
+        f"{stray}: val rows of ORPHA:870, a disease without train rows, are left out of calibration"]
