@@ -84,9 +84,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if isinstance(grid_cases, bool) or not isinstance(grid_cases, int) or grid_cases < 1:
         raise UserError(f"report.grid_cases={grid_cases!r}: a whole number of images per grid, at least 1")
     cache = make_cache(cfg)
-    if cfg.get("run") and Path(str(cfg.run)).expanduser().resolve() == Path(out_dir).resolve():
-        raise UserError(f"hydra.run.dir={out_dir} is the run's own folder (run=): its metrics.json and report would be "
-                        "replaced; write the evaluation to another hydra.run.dir")
+    held = [name for name in ("data.json", "model") if (Path(out_dir) / name).exists()]
+    if held:  # a train run's folder (or one generator of a baselines run), with run= or without
+        raise UserError(f"hydra.run.dir={out_dir} holds a kgface.train run ({', '.join(held)}): its metrics.json and "
+                        "report would be replaced; write the evaluation to another hydra.run.dir")
     # OUT holding an earlier report: until this one writes its own metrics.json (last), no finished report is there
     (out_dir / "metrics.json").unlink(missing_ok=True)
     real = read_manifest(cfg.real, source="real")[0] if cfg.get("real") else None

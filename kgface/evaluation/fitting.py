@@ -103,7 +103,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     if len(train) == 0:
         counts = ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()) or "no rows"
         raise EvaluatorInputError(f"{where}: no rows with split=train to fit the evaluator on "
-                                  f"({counts}); mark its training images split=train, or give run= an evaluator")
+                                  f"({counts}); mark its training images split=train, or pass run=RUN_DIR to use "
+                                  "a trained evaluator")
     heads_on = str(c.get("phenotype_heads", "all"))
     if heads_on not in PHENOTYPE_HEADS:
         raise EvaluatorInputError(f"evaluator.phenotype_heads={heads_on!r}: use 'all', 'atlas' or 'zero_shot'")
@@ -113,7 +114,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     classes = sorted(train["disease"].unique(), key=lambda d: (d == HEALTHY, d))
     if len(classes) < 2:
         raise EvaluatorInputError(f"{where}: its train split holds one class ({classes[0]}); "
-                                  "the evaluator needs at least 2 (e.g. healthy faces and one disease)")
+                                  "the evaluator needs at least 2: add train rows of healthy faces or another disease")
     p = c.get("probe") or {}
     sigmas = blur_sigmas(p)  # a bad setting fails here, before the CLIP trains
     if c["name"] == "tiny_clip" and clip is None:

@@ -55,15 +55,19 @@ def set_name(df: pd.DataFrame, what: str) -> str:
     return f"{what} ({manifest})" if manifest else what
 
 
-def first_image_size(paths: Sequence[str]) -> tuple[int, int] | None:
-    """(width, height) of a set's first image, read from its header (load_images holds the rest of the set to it)."""
+def set_image_size(paths: Sequence[str]) -> tuple[int, int] | None:
+    """(width, height) shared by every image of a set, read from their headers; None when they differ or one cannot
+    be read (load_images then names the file when the set is read)."""
+    sizes = set()
     for p in paths:
         try:
             with Image.open(p) as im:
-                return im.size
+                sizes.add(im.size)
         except OSError:
-            return None  # missing or unreadable: load_images names it when the set is read
-    return None
+            return None
+        if len(sizes) > 1:
+            return None
+    return next(iter(sizes), None)
 
 
 def as_frame(source) -> pd.DataFrame:

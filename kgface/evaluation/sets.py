@@ -20,11 +20,11 @@ from ..prompts import stage_phenotypes
 from . import intervals as CI
 from . import metrics as M
 from .evaluator import Evaluator, ScoredSet, pair_presence
-from .inputs import (HEALTHY, EvaluatorInputError, as_frame, check_real, first_image_size, labelled_phenotypes,
-                     load_images, min_stage_of, set_name)
+from .inputs import (HEALTHY, EvaluatorInputError, as_frame, check_real, labelled_phenotypes, load_images, min_stage_of,
+                     set_image_size, set_name)
 from .face_identity import pair_distances
-from .validity import (HEADLINE_STAGES, _test_rows, check_test_labels, generated_headline_rows, headline_rows, instrument_validity,
-                       transform_rows)
+from .validity import (HEADLINE_STAGES, _test_rows, check_test_labels, generated_headline_rows, headline_rows,
+                       instrument_validity, transform_rows)
 
 def _filled(table: pd.DataFrame, column: str, fallback: str) -> pd.Series:
     """`column` where a row fills it, else that row's `fallback`, row by row (one empty cell must not re-label the
@@ -187,7 +187,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         test = _test_rows(real)
         check_test_labels(evaluator, real, test)
         if gen is not None:  # FID/KID, the audit and tstr compare the two: one size, found before anything is scored
-            sizes = first_image_size(test["abspath"]), first_image_size(gen["abspath"])
+            sizes = set_image_size(test["abspath"]), set_image_size(gen["abspath"])
             if None not in sizes and sizes[0] != sizes[1]:
                 raise EvaluatorInputError(f"the {set_name(real, 'real set')}'s images are {sizes[0][0]}x{sizes[0][1]} "
                                           f"px and the {set_name(gen, 'generated set')}'s {sizes[1][0]}x"
@@ -387,14 +387,16 @@ def _check_generated(evaluator: Evaluator, gen: pd.DataFrame, profiles: dict) ->
                                column="requested_disease" if _fills(gen, "requested_disease")[bad[0]] else "disease")
     no_profile = sorted({d for d in req_d if d != HEALTHY} - set(profiles)) if profiles else []
     if no_profile:  # its expected phenotypes and KG frequencies would silently be empty
-        raise EvaluatorInputError(f"{set_name(gen, 'generated set')}: no KG profile for {', '.join(no_profile[:5])}; load the "
+        raise EvaluatorInputError(f"{set_name(gen, 'generated set')}: no KG profile for {', '.join(no_profile[:5])}; "
+                                  "load the "
                                   "profiles of every requested disease (the panel of the run that drew them)")
     root = gen.attrs.get("root")
     for i in np.flatnonzero(_names_source(gen)):
         src = _source_path(gen["source_image"].iloc[i], root)
         if src is not None and not src.is_file():  # None: relative without a folder, _identity_metrics says so
             where = paths[i] if paths is not None else f"row {i}"
-            raise EvaluatorInputError(f"{set_name(gen, 'generated set')}, {where}: source_image {str(src)!r} does not exist (the real "
+            raise EvaluatorInputError(f"{set_name(gen, 'generated set')}, {where}: source_image {str(src)!r} does not "
+                                      "exist (the real "
                                       "face this edit was made from); restore it or clear the row's source_image")
 
 

@@ -64,12 +64,14 @@ def _test_rows(df: pd.DataFrame) -> pd.DataFrame:
     rows may be what the evaluator learned from, which would inflate every real-set score and hide copies from the
     memorisation audit."""
     if "split" not in df.columns:  # a frame built in code; manifests on disk always have the column
-        raise EvaluatorInputError(f"{set_name(df, 'real set')}: no split column; mark the images the evaluator never trained on as "
+        raise EvaluatorInputError(f"{set_name(df, 'real set')}: no split column; mark the images the evaluator "
+                                  "never trained on as "
                                   "split=test (and its training images as split=train)")
     test = df[df["split"] == "test"]
     if not len(test):
         counts = ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()) or "no rows"
-        raise EvaluatorInputError(f"{set_name(df, 'real set')}: no rows with split=test ({counts}); the evaluator is read on test "
+        raise EvaluatorInputError(f"{set_name(df, 'real set')}: no rows with split=test ({counts}); the evaluator "
+                                  "is read on test "
                                   "images only, so mark the images it never trained on as split=test")
     return test.reset_index(drop=True)
 

@@ -197,7 +197,8 @@ def test_transformations_count_in_neither_seen_split(tiny_evaluator, tiny_data, 
     assert m["transform"]["n"] == 2
 
 
-def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_profiles, tmp_path, capsys):
+def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_profiles, tmp_path, capsys,
+                                     monkeypatch):
     df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
     paths = list(read_manifest(tiny_data / "manifest.csv")[0]["abspath"][:3])
     with pytest.raises(EvaluatorInputError, match="empty"):
@@ -218,7 +219,8 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
     # generated images never pass as real ones: not as the real set, not as the evaluator's training data
     made = read_manifest(tiny_data / "manifest.csv")[0]
     made.loc[3, "source"] = "generated"
-    with pytest.raises(EvaluatorInputError, match=r"real set \(.*manifest\.csv\): 1 rows have source 'generated' .*generated="):
+    with pytest.raises(EvaluatorInputError,
+                       match=r"real set \(.*manifest\.csv\): 1 rows have source 'generated' .*generated="):
         evaluate_sets(tiny_evaluator, made, None, None)
     made = df.copy()
     made.loc[3, "source"] = "generated"
@@ -235,12 +237,19 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
         gen_rows.append({**r, "path": f"g{i}.png", "source": "generated", "mode": "sample",
                          "requested_disease": r["disease"], "requested_stage": r["stage"], "seed": i,
                          "source_image": ""})
-    gone = tmp_path / "gone_real"  # found from the first images' headers, before either set is read
-    real_gone = read_manifest(tiny_data / "manifest.csv")[0]
-    real_gone.loc[real_gone.index[real_gone["split"] == "test"][1:], "abspath"] = str(gone)
-    with pytest.raises(EvaluatorInputError, match=r"the real set \(.*manifest\.csv\)'s images are 32x32 px and the "
-                                                  r"generated set \(.*small/manifest\.csv\)'s 16x16: resize"):
-        evaluate_sets(tiny_evaluator, real_gone, write_manifest(gen_rows, small / "manifest.csv"), None)
+    small_manifest = write_manifest(gen_rows, small / "manifest.csv")
+
+    def never(*args, **kwargs):
+        raise AssertionError("a set was scored before the sizes were compared")
+
+    with monkeypatch.context() as m:  # found from the images' headers, before either set is read
+        m.setattr(tiny_evaluator, "score_set", never)
+        with pytest.raises(EvaluatorInputError, match=r"the real set \(.*manifest\.csv\)'s images are 32x32 px and "
+                                                      r"the generated set \(.*small/manifest\.csv\)'s 16x16: resize"):
+            evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", small_manifest, None)
+    Image.new("RGB", (32, 32)).save(small / "g0.png")  # one image of the real size among them: that set is mixed
+    with pytest.raises(EvaluatorInputError, match=r"g1\.png: image is 16x16, expected 32x32"):
+        evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", small_manifest, None)
     for hub_model in ("ViT-B-16-SigLIP", "roberta-ViT-B-32"):  # a hub tokenizer / text model would download
         with pytest.raises(UserError, match=f"evaluator.model={hub_model}: .*Hugging Face"):
             build_clip({"name": "openclip", "model": hub_model, "pretrained": str(tmp_path / "w.bin")},
@@ -261,9 +270,19 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
     assert len(err) == 1 and "bad_manifest.csv:2: image 'images/missing.png' does not exist" in err[0]
     assert "give real= another manifest" in err[0]  # the override this entry takes, not the data config's key
     assert not (tmp_path / "o" / "metrics.json").exists()  # nothing that looks finished
-    with pytest.raises(SystemExit) as exc:  # into the run's own folder: its metrics.json would be replaced
-        main([f"real={tiny_data / 'manifest.csv'}", f"run={tmp_path / 'o'}", f"hydra.run.dir={tmp_path / 'o'}"])
-    assert exc.value.code == 2 and "is the run's own folder" in capsys.readouterr().err
+    for held in ("data.json", "model"):  # into a train run's folder, or a baselines generator's: its numbers stay
+        run = tmp_path / f"run_{held.split('.')[0]}"
+        (run / "kg").mkdir(parents=True)
+        (run / "metrics.json").write_text("{}")
+        if held == "data.json":
+            (run / "data.json").write_text("{}")
+        else:
+            (run / "model").mkdir()
+        for args in ([f"run={run}"], [f"run={run / 'kg'}"], []):
+            with pytest.raises(SystemExit) as exc:
+                main([f"real={tiny_data / 'manifest.csv'}", *args, f"hydra.run.dir={run}"])
+            assert exc.value.code == 2 and f"holds a kgface.train run ({held})" in capsys.readouterr().err
+            assert (run / "metrics.json").read_text() == "{}"
     with pytest.raises(SystemExit) as exc:
         main([f"hydra.run.dir={tmp_path / 'o2'}"])
     assert exc.value.code == 2

@@ -273,7 +273,8 @@ def test_unknown_requests_are_refused_before_any_image_is_read(tiny_evaluator, t
     # an edit whose source face is gone: named before the set is scored (it was found only afterwards)
     clean.loc[len(clean) - 1, "source_image"] = str(tmp_path / "gone_source.png")
     clean["abspath"] = frame["abspath"]
-    with pytest.raises(EvaluatorInputError, match=r"generated set \(.*manifest\.csv\), t000\.png: source_image '.*gone_source\.png' does "
+    with pytest.raises(EvaluatorInputError, match=r"generated set \(.*manifest\.csv\), t000\.png: source_image "
+                                                  r"'.*gone_source\.png' does "
                                                   r"not exist"):
         evaluate_sets(tiny_evaluator, real, clean, None)
 
