@@ -41,6 +41,21 @@ def as_list(value, key: str) -> list:
     return [value]
 
 
+def disease_list(value, key: str = "diseases", allow_empty: bool = False) -> list[str] | None:
+    """A diseases override as a list: null = the panel (None), one id (`diseases=ORPHA:870`) = a list of one; an
+    empty list only where it means none (data.heldout=[])."""
+    if value is None:
+        return None
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, (ListConfig, list, tuple)):
+        items = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else list(value)
+        if (items or allow_empty) and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in items):
+            return [str(i) for i in items]
+    raise UserError(f"{key}={value}: give disease ids or names, e.g. {key}='[ORPHA:870,MONDO:0011438]', "
+                    f"or {key}=null for the kg's default panel")
+
+
 def container(node) -> dict:
     """A config node as plain Python (interpolations resolved); None as {}."""
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .config import entry
+from .config import disease_list, entry
 from .data.build import dataset_stats, materialise, phantom_dataset
 from .runtime import load_profiles, make_cache
 
 
 def panel_profiles(cfg: DictConfig, cache):
-    diseases = cfg.data.get("diseases")
-    diseases = OmegaConf.to_container(diseases) if diseases is not None else None
-    profiles = load_profiles(cfg, diseases, cache)
+    profiles = load_profiles(cfg, disease_list(cfg.data.get("diseases"), "data.diseases"), cache)
     if not any(p.healthy for p in profiles):
         profiles.append(load_profiles(cfg, ["healthy"], cache)[0])
     return profiles

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from .config import entry
-from .errors import UserError
+from .config import disease_list, entry
 from .prompts import StageDescriptions, describe_profiles, make_backend, save_descriptions
 from .runtime import load_profiles, make_cache
 
@@ -24,20 +23,6 @@ def format_descriptions(descriptions: dict[str, StageDescriptions]) -> str:
         lines.append(f"{d.disease_id} {d.name} [{d.source}, {origin}{note}]")
         lines += [f"  {s.stage}: {s.description}" for s in d.stages]
     return "\n".join(lines)
-
-
-def disease_list(value) -> list[str] | None:
-    """`diseases` as a list: null = the panel, one id (`diseases=ORPHA:870`) = a list of one."""
-    if value is None:
-        return None
-    if isinstance(value, (str, int)) and not isinstance(value, bool):
-        return [str(value)]
-    if isinstance(value, ListConfig):
-        items = OmegaConf.to_container(value, resolve=True)
-        if items and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in items):
-            return [str(i) for i in items]
-    raise UserError(f"diseases={value}: give disease ids or names, e.g. diseases='[ORPHA:870,MONDO:0011438]', "
-                    "or diseases=null for the kg's default panel")
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, StageDescriptions]:

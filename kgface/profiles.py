@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .cache import atomic_path, write_json_atomic
-from .config import entry
+from .config import disease_list, entry
 from .kg import FacialProfile
 from .kg.rdf import profiles_to_graph
 from .runtime import load_knowledge, load_profiles, make_cache
@@ -32,9 +32,7 @@ def run(cfg: DictConfig, out_dir: Path) -> list[FacialProfile]:
     cache = make_cache(cfg)
     knowledge = load_knowledge(cfg, cache)
     kg = knowledge[0]
-    diseases = OmegaConf.to_container(cfg.diseases) if cfg.get("diseases") is not None else None
-    if isinstance(diseases, str):
-        diseases = [diseases]
+    diseases = disease_list(cfg.get("diseases"))
     profiles = load_profiles(cfg, diseases, cache, knowledge=knowledge)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "profiles.json", {

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .cache import atomic_path, write_json_atomic, write_text_atomic
-from .config import container, entry
+from .config import container, disease_list, entry
 from .run_checks import atlas_share_of, mark_weight_of, preflight
 from .run_measure import draw_and_measure, validation_grids
 from .run_report import plot_loss, write_run_report
@@ -102,7 +102,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         from .data.real import build_real_dataset
 
         manifest = build_real_dataset(cfg.data, out_dir / "data").manifest
-    heldout = {str(h) for h in cfg.data.get("heldout") or []}
+    heldout = set(disease_list(cfg.data.get("heldout"), "data.heldout", allow_empty=True) or [])
     # prompts_read_descriptions: this run's text prompts were trained on descriptions.json (runs before 2026-12-01
     # wrote the file but trained on the template's sentences; generation must then use the template too)
     write_json_atomic(out_dir / "data.json", {"manifest": str(Path(manifest).resolve()), "heldout": sorted(heldout),

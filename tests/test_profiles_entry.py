@@ -28,6 +28,14 @@ def test_profiles_cli_writes_json_and_turtle(tmp_path, capsys):
     assert "ORPHA:870" in printed and "Upslanted palpebral fissure" in printed
 
 
+def test_one_disease_id_without_a_list(tmp_path, capsys):
+    main(["diseases=ORPHA:870", f"hydra.run.dir={tmp_path}"])  # was a ValueError traceback from OmegaConf
+    assert [p["disease_id"] for p in json.loads((tmp_path / "profiles.json").read_text())["profiles"]] == ["ORPHA:870"]
+    with pytest.raises(SystemExit) as info:
+        main(["diseases=[]", f"hydra.run.dir={tmp_path / 'none'}"])
+    assert info.value.code == 2 and "diseases=[]: give disease ids or names" in capsys.readouterr().err
+
+
 def test_unknown_disease_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:

@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..cache import Cache, file_fingerprint, write_json_atomic
+from ..config import disease_list
 from ..errors import UserError
 from ..kg import FacialProfile
 from ..resources import kg_data_dir
@@ -26,7 +27,7 @@ def _data_dict(cfg: DictConfig) -> dict:
 def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache, progress: bool = True) -> Path:
     """The cached phantom dataset folder for this config and these profiles (built on first use)."""
     data = _data_dict(cfg)
-    heldout = [str(h) for h in data.get("heldout") or []]
+    heldout = disease_list(data.get("heldout"), "data.heldout", allow_empty=True) or []
     ids = {p.disease_id for p in profiles}
     unknown = [h for h in heldout if h not in ids]
     if unknown:

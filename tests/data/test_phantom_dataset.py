@@ -141,6 +141,9 @@ def test_dataset_cli_writes_manifest_sheet_and_reuses_cache(tmp_path, capsys):
     main(args + [f"hydra.run.dir={tmp_path / 'two'}"])
     assert "rendering" not in capsys.readouterr().err  # second run reused the cached entry
     assert (tmp_path / "two" / "manifest.csv").read_text() == (tmp_path / "one" / "manifest.csv").read_text()
+    one_id = [a if a != "data.heldout=[ORPHA:648]" else "data.heldout=ORPHA:648" for a in args]  # one id, no list
+    main(one_id + [f"hydra.run.dir={tmp_path / 'three'}"])
+    assert (tmp_path / "three" / "manifest.csv").read_text() == (tmp_path / "one" / "manifest.csv").read_text()
 
 
 def test_dataset_cli_writes_the_atlas_beside_the_manifest(tmp_path):
