@@ -88,6 +88,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise UserError(f"strength={cfg.strength} must lie in (0, 1]")
     if cfg.calibration not in CALIBRATION_MODES:
         raise UserError(f"calibration={cfg.calibration} is unknown; use {' | '.join(CALIBRATION_MODES)}")
+    batch_size = whole(cfg.batch_size, "batch_size", 1)
+    steps = None if cfg.steps is None else whole(cfg.steps, "steps", 1, "give at least 1 (null = the run's)")
+    guidance = None if cfg.guidance is None else _number(cfg.guidance)
+    if guidance is not None and not np.isfinite(guidance):
+        raise UserError(f"guidance={cfg.guidance!r} is not a number; give one (e.g. 3), or null for the run's")
+    # what a trial writes replaces report.md, images/ and gifs/ in OUT: never in another job's output folder
+    held = [name for name in ("data.json", "model", "metrics.json", "manifest.csv") if (out_dir / name).exists()]
+    if held:
+        raise UserError(f"hydra.run.dir={out_dir} holds another kgface output ({', '.join(held)}), whose report.md "
+                        "or images a trial would replace; write the trial to another hydra.run.dir")
     # the trial is a function of the design and the seed alone: simulated now, so a design the analysis cannot
     # separate (e.g. every patient's blocks in one order, with the trend term) fails before any model loads
     table, patients = simulate(design, seed)
@@ -134,14 +144,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     pids = list(patients)
     seeds = {pid: _image_seed(seed, p) for p, pid in enumerate(pids)}
     table["condition_severity"] = np.round(to_condition(table["true_severity"], design.scale), DECIMALS)
-    guidance = float(cfg.guidance if cfg.guidance is not None else run_cfg.model.sample.guidance)
-    steps = int(cfg.steps if cfg.steps is not None else run_cfg.model.sample.steps)
+    guidance = float(guidance if guidance is not None else run_cfg.model.sample.guidance)
+    steps = int(steps if steps is not None else run_cfg.model.sample.steps)
     gen = Generator(backbone, conditioner, guidance=guidance, steps=steps)
     log.info("trial: %d patients x %d days = %d images of %s", design.patients, design.schedule.days, n_images,
              profile.name)
     conditions = [table.loc[table["patient_id"] == pid, "condition_severity"].to_numpy() for pid in pids]
     per_patient = daily_images(gen, profile, faces, conditions, [seeds[pid] for pid in pids], float(cfg.strength),
-                               mask, int(cfg.batch_size), progress=bool(cfg.progress))
+                               mask, batch_size, progress=bool(cfg.progress))
     width = len(str(design.schedule.days))
     table["image"] = [f"images/{pid}/day{int(d):0{width}d}.png" for pid, d in zip(table["patient_id"], table["day"])]
     table["identity"] = table["patient_id"].map({pid: f.identity for pid, f in zip(pids, faces)})

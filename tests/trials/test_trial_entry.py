@@ -220,10 +220,27 @@ def fails(capsys, run, out, *overrides) -> str:
     (["trial.schedule.treatments=drugX"], "trial.schedule.treatments='drugX' must be a list"),
     (["trial.schedule.order=alternating", "trial.schedule.cycles=1"], "cannot separate the treatments from the "
                                                                         "study-day trend"),
+    (["batch_size=0"], "batch_size=0: must be at least 1"),
+    (["steps=abc"], "steps='abc' is not a whole number"),
+    (["guidance=abc"], "guidance='abc' is not a number"),
 ])
 def test_bad_designs_fail_before_anything_loads(tmp_path, capsys, overrides, message):
     err = fails(capsys, tmp_path / "no-run", tmp_path / "o", *overrides)
     assert message in err
+
+
+@pytest.mark.parametrize("held", ["data.json", "model", "metrics.json", "manifest.csv"])
+def test_a_trial_never_writes_into_another_jobs_output(tmp_path, capsys, held):
+    """A train run, an evaluation or a generated set / dataset in OUT: its report.md and images/ would be replaced."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "report.md").write_text("theirs")
+    if held == "model":
+        (out / held).mkdir()
+    else:
+        (out / held).write_text("{}")
+    assert f"holds another kgface output ({held})" in fails(capsys, tmp_path / "no-run", out)
+    assert (out / "report.md").read_text() == "theirs"
 
 
 def test_bad_inputs_against_a_run(trial_run, tmp_path, capsys):
