@@ -113,6 +113,15 @@ def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     return path
 
 
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file, a link or a folder tree (a link to a folder: the link only); absent is fine."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .cache import remove_path
 from .config import as_list, as_number, entry
 from .errors import UserError
 from .sheets import to_pil
@@ -101,6 +102,10 @@ def save_strip(images: list[torch.Tensor], labels: list[str], png: Path, gif: Pa
     frames[0].save(gif, save_all=True, append_images=frames[1:] + frames[-2:0:-1], duration=400, loop=0)
 
 
+# What a set writes into OUT: replaced as a whole on every call (anything else in OUT, e.g. Hydra's .hydra/, stays)
+SET_FILES = ("manifest.csv", "images", "sources", "strips", "grid.png", "generation.json")
+
+
 def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: torch.Tensor, summary: dict) -> Path:
     """Write into a staging folder, then move it in: OUT never holds a half-written set."""
     from .data.manifest import write_manifest
@@ -133,17 +138,13 @@ def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: tor
         if cfg.grid:
             save_grid(images, items, staging / "grid.png", f"{cfg.mode}: {summary['run']}")
         (staging / "generation.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-        # move in: folders file by file, then the manifest last (atomically), so it only names files that exist;
-        # an older manifest in a reused OUT goes first, so it never describes the images that replace its own
-        (out_dir / "manifest.csv").unlink(missing_ok=True)
+        # move in, then the manifest last (atomically), so it only names files that exist. An earlier set in a reused
+        # OUT goes as a whole first, its manifest before anything: no old manifest describes the new images, and no
+        # old image, strip or grid this call does not draw stays beside the new set
+        for name in SET_FILES:
+            remove_path(out_dir / name)
         for entry_ in sorted(staging.iterdir()):
-            dest = out_dir / entry_.name
-            if entry_.is_dir():
-                dest.mkdir(exist_ok=True)
-                for f in entry_.iterdir():
-                    os.replace(f, dest / f.name)
-            else:
-                os.replace(entry_, dest)
+            os.replace(entry_, out_dir / entry_.name)
         return write_manifest(rows, out_dir / "manifest.csv")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -228,8 +229,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .runtime import make_cache, torch_device
 
     t0 = time.perf_counter()
-    if int(cfg.get("num_threads") or 0) > 0:
-        torch.set_num_threads(int(cfg.num_threads))
+    threads = as_number(cfg.get("num_threads") or 0, "num_threads")
+    if threads != int(threads) or threads < 0:
+        raise UserError(f"num_threads={cfg.num_threads}: a whole number >= 0 (0 = torch's default)")
+    if threads > 0:
+        torch.set_num_threads(int(threads))
     if cfg.mode not in MODES:
         raise UserError(f"mode={cfg.mode} is unknown; use one of {', '.join(MODES)}")
     if cfg.mode == "compose" and cfg.phenotypes is not None:
@@ -238,6 +242,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise UserError("mask= / keep= need an input image (mode=transform, or mode=progression with input=)")
     if OmegaConf.is_missing(cfg, "run") or cfg.run in (None, ""):
         raise UserError("run= is required: a kgface.train output directory (python -m kgface.generate run=RUN_DIR)")
+    # the set replaces images/, grid.png and manifest.csv in OUT: never inside the run, nor in another job's output
+    run_at, out = Path(str(cfg.run)).expanduser().resolve(), Path(out_dir).resolve()
+    if out == run_at or run_at in out.parents:
+        raise UserError(f"hydra.run.dir={out_dir} lies inside run={cfg.run}, whose own samples and files it would "
+                        "replace; write the set to another hydra.run.dir")
+    held = [name for name in ("data.json", "model", "metrics.json", "dataset.json", "trial.csv")
+            if (out / name).exists()]
+    if held:
+        raise UserError(f"hydra.run.dir={out_dir} holds another kgface output ({', '.join(held)}); write the set to "
+                        "another hydra.run.dir")
     if not 0.0 < as_number(cfg.strength, "strength") <= 1.0:
         raise UserError(f"strength={cfg.strength} must lie in (0, 1]")
     if not as_number(cfg.batch_size, "batch_size") >= 1:

@@ -1,6 +1,7 @@
 """`python -m kgface.generate` on micro kgface.train runs: every mode, determinism, masks, bad inputs, the identity
 score, the text / class baselines, a stacked identity adapter and DDIM inversion."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -90,6 +91,25 @@ def test_sample_is_deterministic_and_writes_a_dataset_manifest(micro_run, tmp_pa
     s0 = df[(df["disease"] == "ORPHA:870") & (df["seed"] == "0")]["path"].tolist()
     s1 = df[(df["disease"] == "ORPHA:870") & (df["seed"] == "1")]["path"].tolist()
     assert not np.array_equal(pixels(tmp_path / "a" / s0[0]), pixels(tmp_path / "a" / s1[0]))
+
+
+def test_a_set_is_replaced_whole_and_never_written_into_a_run(micro_run, tmp_path, capsys):
+    out = tmp_path / "set"
+    generate(micro_run, out, "diseases=[ORPHA:870]", "stages=[0,3]", "seeds=[0]")
+    assert len(list((out / "images").glob("*.png"))) == 2 and (out / "grid.png").is_file()
+    generate(micro_run, out, "diseases=[healthy]", "stages=[0]", "seeds=[0]", "grid=false")
+    listed = set(read_manifest(out / "manifest.csv")[0]["path"])
+    assert {f"images/{p.name}" for p in (out / "images").glob("*.png")} == listed and len(listed) == 1
+    assert not (out / "grid.png").exists()  # the earlier call's grid does not stand beside this set
+    inside = micro_run / "more_samples"  # would sit in the run, beside (or over) its own samples
+    try:
+        assert "lies inside run=" in fails(capsys, micro_run, inside)
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
+    other = tmp_path / "evaluation"
+    other.mkdir()
+    (other / "metrics.json").write_text("{}")
+    assert "holds another kgface output (metrics.json)" in fails(capsys, micro_run, other)
 
 
 def test_spacing_overrides_the_runs_ladder_for_this_call_only(micro_run, tmp_path):
@@ -198,7 +218,8 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     for k, (arg, key) in enumerate([("batch_size=0", "batch_size"), ("steps=0", "steps"), ("steps=5000", "steps"),
                                     ("strength=half", "strength"), ("seeds=[-1]", "seeds"), ("frames=1", "frames"),
                                     ("device=banana", "device"), ("dtype=fp8", "dtype"),
-                                    ("spacing=middle", "spacing")]):
+                                    ("spacing=middle", "spacing"), ("num_threads=abc", "num_threads"),
+                                    ("stages=[abc]", "stages"), ("adapter_scale=x", "adapter_scale")]):
         assert fails(capsys, micro_run, tmp_path / f"n{k}", arg).startswith(f"kgface.generate: error: {key}=")
     assert "is a model=tiny run" in fails(capsys, micro_run, tmp_path / "dt", "dtype=bf16")  # no frozen base to halve
     generate(micro_run, tmp_path / "fp32", "diseases=[healthy]", "stages=[0]", "dtype=fp32")  # a no-op there

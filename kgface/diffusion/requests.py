@@ -92,7 +92,7 @@ class IntensityBuilder:
 
 # ----------------------------------------------------------------------------------------------------- planning
 def _stages(values) -> list[float]:
-    out = [float(s) for s in as_list(values, "stages")]
+    out = [as_number(s, "stages") for s in as_list(values, "stages")]
     bad = [s for s in out if not 0.0 <= s <= 3.0]
     if bad or not out:
         raise UserError(f"stages {bad or '[]'}: a stage (or severity) must lie in [0, 3]")
@@ -111,7 +111,7 @@ def _severities(cfg: DictConfig, profile) -> list[float]:
                         f"(scales exist for {', '.join(STAGE_SCALES)}): use stages=")
     from ..data.phantom.acne import LESION_CAP, severity_from_count
 
-    counts = [float(n) for n in as_list(cfg.lesions, "lesions")]
+    counts = [as_number(n, "lesions") for n in as_list(cfg.lesions, "lesions")]
     bad = [n for n in counts if not 0 <= n <= LESION_CAP]
     if bad or not counts:
         raise UserError(f"lesions={bad or '[]'}: lesion counts must lie in [0, {LESION_CAP}]")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..config import container
+from ..config import as_number, container
 from ..errors import RunError  # callers import it from here too
 from ..kg import FacialProfile
 from ..run_files import heldout_of, load_profiles_json, run_file  # noqa: F401  (generate, trial import the first two)
@@ -173,7 +173,8 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
     backbone.vae.eval().requires_grad_(False)
     backbone.trainable = []
 
-    scale = float(model_cfg.get("adapter_scale", 1.0)) if adapter_scale is None else float(adapter_scale)
+    scale = float(model_cfg.get("adapter_scale", 1.0)) if adapter_scale is None else as_number(adapter_scale,
+                                                                                               "adapter_scale")
     if mode != "text":
         load_kg_adapter(backbone.unet, run_dir, scale=scale, dtype=torch.float32)  # as it trained (fp32)
     backbone.unet.requires_grad_(False)

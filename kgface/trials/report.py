@@ -335,13 +335,6 @@ MANAGED = ("trial.csv", "trial.parquet", "trial.json", "report.md", "series.png"
            "patients.csv", "effects.csv", "patient_effects.csv", "study.csv", "images", "baselines", "gifs")
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def write_outputs(out_dir: Path, table: pd.DataFrame, images: dict, baselines: dict, tables: dict,
                   summary: dict, draw, gifs: bool) -> Path:
     """Write into a staging folder, then move it in: trial.csv last, so it only names files that exist.
@@ -349,7 +342,7 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, images: dict, baselines: d
     leaves the old table naming new images, nor old patients' images, GIFs, study.csv or calibration.png that this
     run does not write. `images` / `baselines`: per patient; `tables`: name -> DataFrame (None: skipped);
     `draw(folder)` writes the figures and report.md."""
-    from ..cache import atomic_path, write_json_atomic
+    from ..cache import atomic_path, remove_path, write_json_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".trial-", dir=out_dir))
@@ -373,7 +366,7 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, images: dict, baselines: d
         draw(staging)
         write_json_atomic(staging / "trial.json", plain(summary))
         for name in MANAGED:  # trial.csv first: from here until the new one lands, OUT has no table
-            _remove(out_dir / name)
+            remove_path(out_dir / name)
         for entry_ in sorted(staging.iterdir()):
             os.replace(entry_, out_dir / entry_.name)
         with atomic_path(out_dir / "trial.csv", suffix=".csv") as tmp:
