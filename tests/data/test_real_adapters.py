@@ -533,6 +533,19 @@ def test_build_folder_from_its_config(tmp_path):
     assert result.rows == 6 and df["path"].is_unique and set(df["disease"]) == {"healthy"}
     with pytest.raises(UserError, match=r"data.disease: a value is required"):
         build_real_dataset(_data_cfg("folder", root=str(root)), tmp_path / "out2")
+    # into a folder that held a phantom build: its atlas (read by an evaluator fitted on the manifest) and its
+    # images the new manifest does not list go
+    out = tmp_path / "out"
+    (out / "images" / "atlas").mkdir(parents=True)
+    _face(3).save(out / "images" / "atlas" / "a0.png")
+    (out / "phenotype_atlas.csv").write_text("path,disease,stage,split\nimages/atlas/a0.png,phenotype_atlas,0,train\n")
+    result = build_real_dataset(_data_cfg("folder", root=str(root), disease="healthy"), out, size=SIZE)
+    assert not (out / "phenotype_atlas.csv").exists()
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.png")} == set(read_manifest(result.manifest)[0]["path"])
+    # inputs inside the folder the build writes: they would be read back as inputs, or written over
+    with pytest.raises(UserError, match=r"input image .*\.png lies in .*out/images, the folder this build writes"):
+        build_real_dataset(_data_cfg("folder", root=str(out), disease="healthy"), out, size=SIZE)
+    assert (out / "manifest.csv").is_file()  # refused before anything of the earlier build was removed
 
 
 def test_user_manifest_is_validated_and_rebuilt(tmp_path):

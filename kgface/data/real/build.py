@@ -23,10 +23,10 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ...cache import atomic_path, write_json_atomic
+from ...cache import atomic_path, remove_path, write_json_atomic
 from ...errors import UserError
 from ..images import ImageError, face_box, get_detector, load_rgb
-from ..manifest import ManifestError, read_manifest, write_manifest
+from ..manifest import ATLAS_FILE, ManifestError, read_manifest, write_manifest
 from .acne04 import acne04_manifest
 from .celeba import celeba_manifest
 from .common import SKIP_COLUMNS, BadInput, check_identity_splits, safe_relpath
@@ -121,10 +121,16 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
     df = manifest_from_config(opts, on_error=on_error, skipped=skipped)
     n_listed = len(df) + len(skipped)
     df = check_identity_splits(df, bad)  # every adapter; those with given splits check their own already
+    built = (out_dir / "images").resolve()
+    inside = next((p for p in df["abspath"] if Path(p).resolve().is_relative_to(built)), None)
+    if inside is not None:  # they would be read as inputs and written over, or removed below with the old images
+        raise UserError(f"input image {inside} lies in {out_dir / 'images'}, the folder this build writes; point "
+                        "data.root (or the manifest) at images outside it, or build into another folder")
     # a rebuild into a used OUT: the old manifest would stay valid while the images under it are replaced, and a
-    # build that stops midway would leave it describing a mix of old and new images
-    for name in ("manifest.csv", "dataset.json", "skipped.csv"):
-        (out_dir / name).unlink(missing_ok=True)
+    # build that stops midway would leave it describing a mix of old and new images; old images the new manifest
+    # does not list, and a phantom build's atlas (an evaluator fitted on the manifest reads it), go too
+    for name in ("manifest.csv", "dataset.json", "skipped.csv", ATLAS_FILE, "images"):
+        remove_path(out_dir / name)
     rows, used, modes, no_face = [], set(), Counter(), 0
     for row in tqdm(df.to_dict("records"), desc=f"data={opts.get('name')}", unit="img", disable=None):
         try:
@@ -160,9 +166,14 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
         log.warning("data=%s: skipped %d (listed in %s)", opts.get("name"), len(skipped), out_dir / "skipped.csv")
     # the manifest goes in last, and only once it validates as downstream stages will read it (a temporary name
     # in OUT, so its paths resolve the same)
-    with atomic_path(out_dir / "manifest.csv", suffix=".csv") as tmp:
+    manifest = out_dir / "manifest.csv"
+    with atomic_path(manifest, suffix=".csv") as tmp:
         write_manifest(rows, tmp)
-        final, _report = read_manifest(tmp)
+        try:
+            final, _report = read_manifest(tmp)
+        except ManifestError as exc:  # named as the file it would have become, not the temporary one
+            raise ManifestError(f"the built manifest does not validate: {str(exc).replace(str(tmp), str(manifest))}"
+                                ) from None
         summary = {
             "config": opts, "size": size, "detector": detector_name, "listed": n_listed, "rows": len(final),
             "skipped": len(skipped), "converted_to_rgb": converted, "faces_not_found": int(no_face),
@@ -170,5 +181,4 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
             "stages": {str(k): int(v) for k, v in sorted(Counter(final["stage"]).items())},
         }
         write_json_atomic(out_dir / "dataset.json", summary)
-    manifest = out_dir / "manifest.csv"
     return BuildResult(manifest=manifest, rows=len(final), skipped=skipped, summary=summary)
