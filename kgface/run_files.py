@@ -52,10 +52,24 @@ def load_profiles_json(run_dir: Path, conditioning: bool = False) -> list[Facial
                        "kgface.train") from exc
 
 
+def run_data(run_dir: Path) -> dict:
+    """The run's data.json (its manifest, held-out diseases, how its prompts were built); {} without the file, a
+    one-line RunError naming it when it is damaged."""
+    path = run_file(run_dir, "data.json")
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path}: not readable JSON ({type(exc).__name__}); restore it or rerun kgface.train") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path}: not a kgface data.json (a JSON object); restore it or rerun kgface.train")
+    return data
+
+
 def heldout_of(run_dir: Path) -> set[str]:
     """The diseases the run held out from its generator (data.json's `heldout`; empty without the file)."""
-    path = run_file(run_dir, "data.json")
-    return set(json.loads(path.read_text(encoding="utf-8")).get("heldout") or []) if path else set()
+    return set(run_data(run_dir).get("heldout") or [])
 
 
 def find_evaluator(cfg, run_dir: Path) -> tuple[object | None, str]:

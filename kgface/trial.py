@@ -12,7 +12,6 @@ previous trial's outputs in OUT as a whole (kgface.trials.report.write_outputs).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -29,13 +28,6 @@ log = logging.getLogger("kgface.trial")
 
 CALIBRATION_MODES = ("auto", "real", "none")
 DECIMALS = 4  # severities are recorded (and analysed) to 4 decimals
-
-
-def _data_info(run_dir: Path) -> dict:
-    for folder in (run_dir, run_dir.parent):
-        if (folder / "data.json").is_file():
-            return json.loads((folder / "data.json").read_text(encoding="utf-8"))
-    return {}
 
 
 def _number(value) -> float:
@@ -68,6 +60,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.generator import Generator
     from .diffusion.requests import Profiles
     from .diffusion.run_loading import check_precision_device, load_profiles_json, load_run
+    from .run_files import run_data
     from .prompts.wording import STAGE_SCALES
     from .runtime import make_cache, torch_device
     from .trials import analysis, report
@@ -131,7 +124,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     mask_spec = cfg.trial.get("mask")
     mask_spec = OmegaConf.to_container(mask_spec) if isinstance(mask_spec, ListConfig) else mask_spec
     mask = edit_mask(mask_spec, None, size)
-    info = _data_info(run_dir)
+    info = run_data(run_dir)
     manifest = Path(info["manifest"]) if info.get("manifest") else None
     data_cfg = OmegaConf.to_container(run_cfg.data, resolve=True) if run_cfg.get("data") is not None else None
     faces = baseline_faces(design.patients, size, seed, cfg.input, manifest, data_cfg)

@@ -211,6 +211,10 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     empty.mkdir()
     (empty / "config.yaml").write_text((micro_run / "config.yaml").read_text())
     assert "has no model/ or adapter.safetensors" in fails(capsys, empty, tmp_path / "c")
+    damaged = tmp_path / "damaged_run"  # a truncated data.json: one line naming it (it was a JSON traceback)
+    shutil.copytree(micro_run, damaged, ignore=shutil.ignore_patterns("samples", "evaluation", "checkpoints", ".*"))
+    (damaged / "data.json").write_text('{"manifest": ')
+    assert f"{damaged / 'data.json'}: not readable JSON" in fails(capsys, damaged, tmp_path / "dj")
     assert "stage" in fails(capsys, micro_run, tmp_path / "d", "stages=[4]")
     assert "mask" in fails(capsys, micro_run, tmp_path / "e", "keep=[eyes]")
     # numbers that used to end in a traceback (batch_size=0: IndexError; steps=0: ZeroDivisionError) or in silent

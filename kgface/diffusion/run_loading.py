@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..config import as_number, container
 from ..errors import RunError  # callers import it from here too
 from ..kg import FacialProfile
-from ..run_files import heldout_of, load_profiles_json, run_file  # noqa: F401  (generate, trial import the first two)
+from ..run_files import heldout_of, load_profiles_json, run_data, run_file  # noqa: F401  (generate, trial import two)
 
 
 def _locate(run_dir: Path) -> tuple[DictConfig, str]:
@@ -76,8 +76,7 @@ def descriptions_of(run_dir: Path):
     trained on the template's sentences even beside an LLM's file, which None gives again."""
     from ..prompts import load_descriptions
 
-    meta = run_file(run_dir, "data.json")
-    if meta is None or not json.loads(meta.read_text(encoding="utf-8")).get("prompts_read_descriptions"):
+    if not run_data(run_dir).get("prompts_read_descriptions"):
         return None
     path = run_file(run_dir, "descriptions.json")
     if path is None:
