@@ -10,6 +10,7 @@ A user error (bad file, unknown id, missing weights) prints one line `kgface.<st
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from pathlib import Path
 from typing import Callable
@@ -52,8 +53,8 @@ def disease_list(value, key: str = "diseases", allow_empty: bool = False) -> lis
         items = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else list(value)
         if (items or allow_empty) and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in items):
             return [str(i) for i in items]
-    raise UserError(f"{key}={value}: give disease ids or names, e.g. {key}='[ORPHA:870,MONDO:0011438]', "
-                    f"or {key}=null for the kg's default panel")
+    rest = f"{key}=[] to hold none out" if allow_empty else f"{key}=null for the kg's default panel"
+    raise UserError(f"{key}={value}: give disease ids or names, e.g. {key}='[ORPHA:870,MONDO:0011438]', or {rest}")
 
 
 def container(node) -> dict:
@@ -62,11 +63,14 @@ def container(node) -> dict:
 
 
 def as_number(value, key: str) -> float:
-    """A numeric override as a float, or a one-line error naming `key`."""
+    """A numeric override as a finite float, or a one-line error naming `key` (nan and inf pass no range check)."""
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise UserError(f"{key}={value}: not a number") from None
+    if not math.isfinite(number):
+        raise UserError(f"{key}={value}: not a finite number")
+    return number
 
 
 def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:

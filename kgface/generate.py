@@ -150,6 +150,35 @@ def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: tor
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def check_output_folder(cfg: DictConfig, out_dir: Path) -> None:
+    """The set replaces SET_FILES in OUT: never in a train run (OUT or a folder above it holds one), another job's
+    output, or where this call's own inputs lie."""
+    out = Path(out_dir).resolve()
+    run = next((f for f in (out, *out.parents) if (f / "data.json").is_file() and (f / "profiles.json").is_file()),
+               None)
+    if run is not None:
+        raise UserError(f"hydra.run.dir={out_dir} lies in the kgface.train run {run}, whose samples and files it "
+                        "would replace; write the set to another hydra.run.dir")
+    held = [name for name in ("data.json", "model", "metrics.json", "dataset.json", "trial.csv")
+            if (out / name).exists()]
+    if held:
+        raise UserError(f"hydra.run.dir={out_dir} holds another kgface output ({', '.join(held)}); write the set to "
+                        "another hydra.run.dir")
+    replaced = [out / name for name in SET_FILES]
+    inputs = [("identity_image", cfg.get("identity_image")), ("mask", cfg.get("mask"))]
+    if cfg.get("input") not in (None, ""):
+        from .diffusion.editing import input_files
+
+        inputs += [("input", cfg.input)] + [("input", p) for p, _ in input_files(cfg.input)]
+    for key, value in inputs:
+        if not isinstance(value, (str, Path)) or value == "":  # mask= may be region names
+            continue
+        path = Path(str(value)).expanduser().resolve()
+        if any(path == r or r in path.parents for r in replaced):
+            raise UserError(f"{key}={value} lies in {out_dir}'s {path.relative_to(out).parts[0]}, which this call "
+                            "replaces with its own set; move the input out or write the set to another hydra.run.dir")
+
+
 # ----------------------------------------------------------------------------------------------------- identity
 def _existing(cfg: DictConfig, key: str, what: str) -> Path:
     path = Path(str(cfg[key])).expanduser()
@@ -242,16 +271,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise UserError("mask= / keep= need an input image (mode=transform, or mode=progression with input=)")
     if OmegaConf.is_missing(cfg, "run") or cfg.run in (None, ""):
         raise UserError("run= is required: a kgface.train output directory (python -m kgface.generate run=RUN_DIR)")
-    # the set replaces images/, grid.png and manifest.csv in OUT: never inside the run, nor in another job's output
-    run_at, out = Path(str(cfg.run)).expanduser().resolve(), Path(out_dir).resolve()
-    if out == run_at or run_at in out.parents:
-        raise UserError(f"hydra.run.dir={out_dir} lies inside run={cfg.run}, whose own samples and files it would "
-                        "replace; write the set to another hydra.run.dir")
-    held = [name for name in ("data.json", "model", "metrics.json", "dataset.json", "trial.csv")
-            if (out / name).exists()]
-    if held:
-        raise UserError(f"hydra.run.dir={out_dir} holds another kgface output ({', '.join(held)}); write the set to "
-                        "another hydra.run.dir")
+    check_output_folder(cfg, out_dir)
     if not 0.0 < as_number(cfg.strength, "strength") <= 1.0:
         raise UserError(f"strength={cfg.strength} must lie in (0, 1]")
     if not as_number(cfg.batch_size, "batch_size") >= 1:

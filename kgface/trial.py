@@ -139,6 +139,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     table["condition_severity"] = np.round(to_condition(table["true_severity"], design.scale), DECIMALS)
     guidance = float(guidance if guidance is not None else run_cfg.model.sample.guidance)
     steps = int(steps if steps is not None else run_cfg.model.sample.steps)
+    n_train = int(backbone.scheduler.config.num_train_timesteps)
+    if steps > n_train:
+        raise UserError(f"steps={steps}: DDIM steps are at most {n_train} (the model's noise ladder)")
     gen = Generator(backbone, conditioner, guidance=guidance, steps=steps)
     log.info("trial: %d patients x %d days = %d images of %s", design.patients, design.schedule.days, n_images,
              profile.name)

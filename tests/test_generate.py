@@ -103,13 +103,19 @@ def test_a_set_is_replaced_whole_and_never_written_into_a_run(micro_run, tmp_pat
     assert not (out / "grid.png").exists()  # the earlier call's grid does not stand beside this set
     inside = micro_run / "more_samples"  # would sit in the run, beside (or over) its own samples
     try:
-        assert "lies inside run=" in fails(capsys, micro_run, inside)
+        assert "lies in the kgface.train run" in fails(capsys, micro_run, inside)
     finally:
         shutil.rmtree(inside, ignore_errors=True)
     other = tmp_path / "evaluation"
     other.mkdir()
     (other / "metrics.json").write_text("{}")
     assert "holds another kgface output (metrics.json)" in fails(capsys, micro_run, other)
+    # this call's own input among the files it replaces: refused before anything is read or removed
+    face = sorted((out / "images").glob("*.png"))[0]
+    with pytest.raises(SystemExit) as info:
+        generate(micro_run, out, "mode=transform", f"input={face}", "diseases=[ORPHA:870]")
+    assert info.value.code == 2 and f"input={face} lies in {out}'s images" in capsys.readouterr().err
+    assert face.is_file() and (out / "manifest.csv").is_file()
 
 
 def test_spacing_overrides_the_runs_ladder_for_this_call_only(micro_run, tmp_path):

@@ -36,6 +36,18 @@ def test_one_disease_id_without_a_list(tmp_path, capsys):
     assert info.value.code == 2 and "diseases=[]: give disease ids or names" in capsys.readouterr().err
 
 
+def test_disease_lists_and_their_hints():
+    from kgface.config import disease_list
+    from kgface.errors import UserError
+
+    assert disease_list(None) is None and disease_list(870) == ["870"] and disease_list(["a", 1]) == ["a", "1"]
+    assert disease_list([], "data.heldout", allow_empty=True) == []
+    with pytest.raises(UserError, match=r"^diseases=\[\]: .* or diseases=null for the kg's default panel$"):
+        disease_list([])
+    with pytest.raises(UserError, match=r"^data.heldout=\[\{'a': 1\}\]: .* or data.heldout=\[\] to hold none out$"):
+        disease_list([{"a": 1}], "data.heldout", allow_empty=True)
+
+
 def test_unknown_disease_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:

@@ -253,3 +253,4 @@ def test_bad_inputs_against_a_run(trial_run, tmp_path, capsys):
     assert "does not exist" in fails(capsys, tmp_path / "missing", tmp_path / "d")
     assert "evaluator_dir=" in fails(capsys, trial_run, tmp_path / "e", f"evaluator_dir={tmp_path / 'none'}")
     assert "is a model=tiny run" in fails(capsys, trial_run, tmp_path / "f", "dtype=bf16")  # no frozen base to halve
+    assert "steps=5000: DDIM steps are at most 1000" in fails(capsys, trial_run, tmp_path / "g", "steps=5000")

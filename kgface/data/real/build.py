@@ -146,7 +146,7 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
         out_name = _output_name(row["path"], used)
         target = out_dir / out_name
         crop = img.crop((left, top, left + side, top + side))
-        # renamed into place: a hard link left by `materialise` (into the cache) is replaced, not written through
+        # renamed into place (the old images/ is gone by now; a hard link `materialise` left was only unlinked)
         with atomic_path(target) as tmp:
             crop.resize((size, size), Image.Resampling.LANCZOS).save(tmp, format="PNG")
         out = {k: v for k, v in row.items() if k not in ("abspath", "_where")}
