@@ -153,9 +153,10 @@ def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: tor
 def check_output_folder(cfg: DictConfig, out_dir: Path) -> None:
     """The set replaces SET_FILES in OUT: never in a train run (OUT or a folder above it holds one), another job's
     output, or where this call's own inputs lie."""
+    from .run_files import enclosing_run
+
     out = Path(out_dir).resolve()
-    run = next((f for f in (out, *out.parents) if (f / "data.json").is_file() and (f / "profiles.json").is_file()),
-               None)
+    run = enclosing_run(out)
     if run is not None:
         raise UserError(f"hydra.run.dir={out_dir} lies in the kgface.train run {run}, whose samples and files it "
                         "would replace; write the set to another hydra.run.dir")

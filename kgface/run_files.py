@@ -21,6 +21,14 @@ def run_file(run_dir: Path, name: str) -> Path | None:
     return next((f / name for f in (run_dir, run_dir.parent) if (f / name).is_file()), None)
 
 
+def enclosing_run(folder: Path) -> Path | None:
+    """The kgface.train run that `folder` is or lies in (the first of it and its parents holding data.json and
+    profiles.json), else None: other jobs must not write their outputs there."""
+    folder = Path(folder).resolve()
+    marks = ("data.json", "profiles.json")
+    return next((f for f in (folder, *folder.parents) if all((f / m).is_file() for m in marks)), None)
+
+
 def is_baselines_generator(folder: Path) -> bool:
     """A generator subfolder of a baselines run (`OUT/<mode>`): its name is one of OUT/config.yaml's baselines."""
     folder = Path(folder)

@@ -283,6 +283,14 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
                 main([f"real={tiny_data / 'manifest.csv'}", *args, f"hydra.run.dir={run}"])
             assert exc.value.code == 2 and f"holds a kgface.train run ({held})" in capsys.readouterr().err
             assert (run / "metrics.json").read_text() == "{}"
+    (run / "data.json").write_text("{}")  # a whole run (data.json + profiles.json): its evaluation/ folder too
+    (run / "profiles.json").write_text("{}")
+    (run / "evaluation").mkdir()
+    (run / "evaluation" / "metrics.json").write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        main([f"real={tiny_data / 'manifest.csv'}", f"run={run}", f"hydra.run.dir={run / 'evaluation'}"])
+    assert exc.value.code == 2 and f"lies in the kgface.train run {run}" in capsys.readouterr().err
+    assert (run / "evaluation" / "metrics.json").read_text() == "{}"
     with pytest.raises(SystemExit) as exc:
         main([f"hydra.run.dir={tmp_path / 'o2'}"])
     assert exc.value.code == 2
