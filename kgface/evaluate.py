@@ -17,7 +17,7 @@ from .errors import UserError
 from .evaluation import evaluate_sets, fit_evaluator, load_evaluator, write_report
 from .evaluation.face_identity import load_face_identity
 from .evaluation.learned_profiles import learn_and_write
-from .run_files import enclosing_run, heldout_of, is_baselines_generator, load_profiles_json, run_file
+from .run_files import check_output_dir, heldout_of, is_baselines_generator, load_profiles_json, run_file
 from .runtime import load_profiles, make_cache
 
 
@@ -84,14 +84,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if isinstance(grid_cases, bool) or not isinstance(grid_cases, int) or grid_cases < 1:
         raise UserError(f"report.grid_cases={grid_cases!r}: a whole number of images per grid, at least 1")
     cache = make_cache(cfg)
-    held = [name for name in ("data.json", "model") if (Path(out_dir) / name).exists()]
-    if held:  # a train run's folder (or one generator of a baselines run), with run= or without
-        raise UserError(f"hydra.run.dir={out_dir} holds a kgface.train run ({', '.join(held)}): its metrics.json and "
-                        "report would be replaced; write the evaluation to another hydra.run.dir")
-    inside = enclosing_run(Path(out_dir))
-    if inside is not None:  # e.g. RUN/evaluation, the run's own report
-        raise UserError(f"hydra.run.dir={out_dir} lies in the kgface.train run {inside}, whose files it could "
-                        "replace; write the evaluation to another hydra.run.dir")
+    check_output_dir(out_dir, "the evaluation", ("trial.csv",))  # an earlier evaluation in OUT is replaced
     # OUT holding an earlier report: until this one writes its own metrics.json (last), no finished report is there
     (out_dir / "metrics.json").unlink(missing_ok=True)
     real = read_manifest(cfg.real, source="real")[0] if cfg.get("real") else None

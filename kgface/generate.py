@@ -153,18 +153,10 @@ def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: tor
 def check_output_folder(cfg: DictConfig, out_dir: Path) -> None:
     """The set replaces SET_FILES in OUT: never in a train run (OUT or a folder above it holds one), another job's
     output, or where this call's own inputs lie."""
-    from .run_files import enclosing_run
+    from .run_files import check_output_dir
 
+    check_output_dir(out_dir, "the set", ("metrics.json", "dataset.json", "trial.csv"))  # an earlier set is replaced
     out = Path(out_dir).resolve()
-    run = enclosing_run(out)
-    if run is not None:
-        raise UserError(f"hydra.run.dir={out_dir} lies in the kgface.train run {run}, whose samples and files it "
-                        "would replace; write the set to another hydra.run.dir")
-    held = [name for name in ("data.json", "model", "metrics.json", "dataset.json", "trial.csv")
-            if (out / name).exists()]
-    if held:
-        raise UserError(f"hydra.run.dir={out_dir} holds another kgface output ({', '.join(held)}); write the set to "
-                        "another hydra.run.dir")
     replaced = [out / name for name in SET_FILES]
     inputs = [("identity_image", cfg.get("identity_image")), ("mask", cfg.get("mask"))]
     if cfg.get("input") not in (None, ""):

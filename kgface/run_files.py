@@ -29,6 +29,28 @@ def enclosing_run(folder: Path) -> Path | None:
     return next((f for f in (folder, *folder.parents) if all((f / m).is_file() for m in marks)), None)
 
 
+TRAIN_MARKS = ("data.json", "model")  # a kgface.train run's folder, or one generator of a baselines run
+
+
+def check_output_dir(out_dir: Path, job: str, marks: tuple[str, ...]) -> None:
+    """`job` (e.g. "the evaluation") is about to replace its own files in OUT=hydra.run.dir: refused, before any
+    work, where OUT holds a train run, lies in one (RUN/evaluation holds the run's own report) or holds another job's
+    output (one of `marks`: metrics.json an evaluation, dataset.json a data set, trial.csv a trial, ...)."""
+    out_dir = Path(out_dir)
+    held = [name for name in TRAIN_MARKS if (out_dir / name).exists()]
+    if held:
+        raise UserError(f"hydra.run.dir={out_dir} holds a kgface.train run ({', '.join(held)}), whose files "
+                        f"{job} would replace; write it to another hydra.run.dir")
+    run = enclosing_run(out_dir)
+    if run is not None:
+        raise UserError(f"hydra.run.dir={out_dir} lies in the kgface.train run {run}, whose files {job} could "
+                        "replace; write it to another hydra.run.dir")
+    held = [name for name in marks if (out_dir / name).exists()]
+    if held:
+        raise UserError(f"hydra.run.dir={out_dir} holds another kgface output ({', '.join(held)}), whose files "
+                        f"{job} would replace; write it to another hydra.run.dir")
+
+
 def is_baselines_generator(folder: Path) -> bool:
     """A generator subfolder of a baselines run (`OUT/<mode>`): its name is one of OUT/config.yaml's baselines."""
     folder = Path(folder)

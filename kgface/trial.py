@@ -21,20 +21,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .config import entry
+from .config import as_number, entry
 from .errors import UserError
 
 log = logging.getLogger("kgface.trial")
 
 CALIBRATION_MODES = ("auto", "real", "none")
 DECIMALS = 4  # severities are recorded (and analysed) to 4 decimals
-
-
-def _number(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")  # fails the range check that follows, with its one-line error
 
 
 def _image_seed(seed: int, patient: int) -> int:
@@ -60,7 +53,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.generator import Generator
     from .diffusion.requests import Profiles
     from .diffusion.run_loading import check_precision_device, load_profiles_json, load_run
-    from .run_files import run_data
+    from .run_files import check_output_dir, run_data
     from .prompts.wording import STAGE_SCALES
     from .runtime import make_cache, torch_device
     from .trials import analysis, report
@@ -77,20 +70,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         torch.set_num_threads(threads)
     design = design_from_config(cfg.trial)
     n_images = check_size(design, whole(cfg.max_images or 0, "max_images", 0, "cannot be negative (0 = no limit)"))
-    if not 0.0 < _number(cfg.strength) <= 1.0:
+    if not 0.0 < as_number(cfg.strength, "strength") <= 1.0:
         raise UserError(f"strength={cfg.strength} must lie in (0, 1]")
     if cfg.calibration not in CALIBRATION_MODES:
         raise UserError(f"calibration={cfg.calibration} is unknown; use {' | '.join(CALIBRATION_MODES)}")
     batch_size = whole(cfg.batch_size, "batch_size", 1)
     steps = None if cfg.steps is None else whole(cfg.steps, "steps", 1, "give at least 1 (null = the run's)")
-    guidance = None if cfg.guidance is None else _number(cfg.guidance)
-    if guidance is not None and not np.isfinite(guidance):
-        raise UserError(f"guidance={cfg.guidance!r} is not a number; give one (e.g. 3), or null for the run's")
+    guidance = None if cfg.guidance is None else as_number(cfg.guidance, "guidance")
     # what a trial writes replaces report.md, images/ and gifs/ in OUT: never in another job's output folder
-    held = [name for name in ("data.json", "model", "metrics.json", "manifest.csv") if (out_dir / name).exists()]
-    if held:
-        raise UserError(f"hydra.run.dir={out_dir} holds another kgface output ({', '.join(held)}), whose report.md "
-                        "or images a trial would replace; write the trial to another hydra.run.dir")
+    check_output_dir(out_dir, "the trial", ("metrics.json", "manifest.csv"))  # an earlier trial is replaced
     # the trial is a function of the design and the seed alone: simulated now, so a design the analysis cannot
     # separate (e.g. every patient's blocks in one order, with the trend term) fails before any model loads
     table, patients = simulate(design, seed)

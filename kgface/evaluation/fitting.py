@@ -32,7 +32,7 @@ from .clip_model import (ImageEncoder, build_clip, encode_texts, plain_config, r
 from .evaluator import Evaluator, weights_sha256
 from .inputs import (HEALTHY, EvaluatorInputError, blur_images, blur_sigmas, check_real, drawn_phenotypes,
                      image_caption, labelled_phenotypes, learned_digests, load_images, manifest_hash, min_stage_of,
-                     presence_matrix, probe_rows)
+                     presence_matrix, probe_rows, split_counts)
 from .probes import CoralHead, LinearProbe, PhenotypeHeads, Standardizer
 from .towers import vision_tower
 
@@ -101,9 +101,8 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     val = df[df["split"] == "val"].reset_index(drop=True)
     where = df.attrs.get("manifest", "the manifest")  # errors name the file the frame was read from
     if len(train) == 0:
-        counts = ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()) or "no rows"
         raise EvaluatorInputError(f"{where}: no rows with split=train to fit the evaluator on "
-                                  f"({counts}); mark its training images split=train, or pass run=RUN_DIR to use "
+                                  f"({split_counts(df)}); mark its training images split=train, or pass run=RUN_DIR to use "
                                   "a trained evaluator")
     heads_on = str(c.get("phenotype_heads", "all"))
     if heads_on not in PHENOTYPE_HEADS:

@@ -55,6 +55,11 @@ def set_name(df: pd.DataFrame, what: str) -> str:
     return f"{what} ({manifest})" if manifest else what
 
 
+def split_counts(df: pd.DataFrame) -> str:
+    """Rows per split as an error shows them ("train 40, val 8"), or "no rows"."""
+    return ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()) or "no rows"
+
+
 def set_image_size(paths: Sequence[str]) -> tuple[int, int] | None:
     """(width, height) shared by every image of a set, read from their headers; None when they differ or one cannot
     be read (load_images then names the file when the set is read)."""

@@ -22,7 +22,7 @@ from . import intervals as CI
 from . import metrics as M
 from .evaluator import Evaluator, ScoredSet, pair_presence
 from .inputs import (HEALTHY, EvaluatorInputError, as_frame, blur_images, labelled_phenotypes, load_images,
-                     min_stage_of, presence_matrix, probe_rows, set_name, to_uint8)
+                     min_stage_of, presence_matrix, probe_rows, set_name, split_counts, to_uint8)
 from .face_identity import identity_validity
 from .probes import LinearProbe, Standardizer
 
@@ -65,14 +65,12 @@ def _test_rows(df: pd.DataFrame) -> pd.DataFrame:
     memorisation audit."""
     if "split" not in df.columns:  # a frame built in code; manifests on disk always have the column
         raise EvaluatorInputError(f"{set_name(df, 'real set')}: no split column; mark the images the evaluator "
-                                  "never trained on as "
-                                  "split=test (and its training images as split=train)")
+                                  "never trained on as split=test (and its training images as split=train)")
     test = df[df["split"] == "test"]
     if not len(test):
-        counts = ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()) or "no rows"
-        raise EvaluatorInputError(f"{set_name(df, 'real set')}: no rows with split=test ({counts}); the evaluator "
-                                  "is read on test "
-                                  "images only, so mark the images it never trained on as split=test")
+        raise EvaluatorInputError(f"{set_name(df, 'real set')}: no rows with split=test ({split_counts(df)}); the "
+                                  "evaluator is read on test images only, so mark the images it never trained on as "
+                                  "split=test")
     return test.reset_index(drop=True)
 
 

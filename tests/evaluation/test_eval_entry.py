@@ -291,6 +291,12 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
         main([f"real={tiny_data / 'manifest.csv'}", f"run={run}", f"hydra.run.dir={run / 'evaluation'}"])
     assert exc.value.code == 2 and f"lies in the kgface.train run {run}" in capsys.readouterr().err
     assert (run / "evaluation" / "metrics.json").read_text() == "{}"
+    trial_out = tmp_path / "trial"  # a trial's folder: its report.md would be replaced
+    trial_out.mkdir()
+    (trial_out / "trial.csv").write_text("patient_id\n")
+    with pytest.raises(SystemExit) as exc:
+        main([f"real={tiny_data / 'manifest.csv'}", f"run={run}", f"hydra.run.dir={trial_out}"])
+    assert exc.value.code == 2 and "holds another kgface output (trial.csv)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main([f"hydra.run.dir={tmp_path / 'o2'}"])
     assert exc.value.code == 2

@@ -222,7 +222,9 @@ def fails(capsys, run, out, *overrides) -> str:
                                                                         "study-day trend"),
     (["batch_size=0"], "batch_size=0: must be at least 1"),
     (["steps=abc"], "steps='abc' is not a whole number"),
-    (["guidance=abc"], "guidance='abc' is not a number"),
+    (["guidance=abc"], "guidance=abc: not a number"),
+    (["guidance=inf"], "guidance=inf: not a finite number"),
+    (["strength=nan"], "strength=nan: not a finite number"),
 ])
 def test_bad_designs_fail_before_anything_loads(tmp_path, capsys, overrides, message):
     err = fails(capsys, tmp_path / "no-run", tmp_path / "o", *overrides)
@@ -239,8 +241,18 @@ def test_a_trial_never_writes_into_another_jobs_output(tmp_path, capsys, held):
         (out / held).mkdir()
     else:
         (out / held).write_text("{}")
-    assert f"holds another kgface output ({held})" in fails(capsys, tmp_path / "no-run", out)
+    kind = "a kgface.train run" if held in ("data.json", "model") else "another kgface output"
+    assert f"holds {kind} ({held}), whose files the trial would replace" in fails(capsys, tmp_path / "no-run", out)
     assert (out / "report.md").read_text() == "theirs"
+
+
+def test_a_trial_never_writes_into_a_train_run(tmp_path, capsys):
+    run = tmp_path / "run"  # a whole run (data.json + profiles.json): RUN/trial would sit among its files
+    run.mkdir()
+    for name in ("data.json", "profiles.json"):
+        (run / name).write_text("{}")
+    assert f"lies in the kgface.train run {run.resolve()}" in fails(capsys, tmp_path / "no-run", run / "trial")
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["data.json", "profiles.json"]
 
 
 def test_bad_inputs_against_a_run(trial_run, tmp_path, capsys):
