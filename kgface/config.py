@@ -62,14 +62,16 @@ def container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
-def as_number(value, key: str) -> float:
-    """A numeric override as a finite float, or a one-line error naming `key` (nan and inf pass no range check)."""
+def as_number(value, key: str, hint: str = "") -> float:
+    """A numeric override as a finite float, or a one-line error naming `key` and, with `hint`, what to give (nan
+    and inf pass no range check)."""
+    what = f"; {hint}" if hint else ""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{key}={value}: not a number") from None
+        raise UserError(f"{key}={value}: not a number{what}") from None
     if not math.isfinite(number):
-        raise UserError(f"{key}={value}: not a finite number")
+        raise UserError(f"{key}={value}: not a finite number{what}")
     return number
 
 

@@ -40,15 +40,15 @@ def check_output_dir(out_dir: Path, job: str, marks: tuple[str, ...]) -> None:
     held = [name for name in TRAIN_MARKS if (out_dir / name).exists()]
     if held:
         raise UserError(f"hydra.run.dir={out_dir} holds a kgface.train run ({', '.join(held)}), whose files "
-                        f"{job} would replace; write it to another hydra.run.dir")
+                        f"{job} would replace; write {job} to another hydra.run.dir")
     run = enclosing_run(out_dir)
     if run is not None:
         raise UserError(f"hydra.run.dir={out_dir} lies in the kgface.train run {run}, whose files {job} could "
-                        "replace; write it to another hydra.run.dir")
+                        f"replace; write {job} to another hydra.run.dir")
     held = [name for name in marks if (out_dir / name).exists()]
     if held:
         raise UserError(f"hydra.run.dir={out_dir} holds another kgface output ({', '.join(held)}), whose files "
-                        f"{job} would replace; write it to another hydra.run.dir")
+                        f"{job} would replace; write {job} to another hydra.run.dir")
 
 
 def is_baselines_generator(folder: Path) -> bool:

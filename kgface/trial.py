@@ -70,13 +70,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         torch.set_num_threads(threads)
     design = design_from_config(cfg.trial)
     n_images = check_size(design, whole(cfg.max_images or 0, "max_images", 0, "cannot be negative (0 = no limit)"))
-    if not 0.0 < as_number(cfg.strength, "strength") <= 1.0:
+    if not 0.0 < as_number(cfg.strength, "strength", "give one in (0, 1]") <= 1.0:
         raise UserError(f"strength={cfg.strength} must lie in (0, 1]")
     if cfg.calibration not in CALIBRATION_MODES:
         raise UserError(f"calibration={cfg.calibration} is unknown; use {' | '.join(CALIBRATION_MODES)}")
     batch_size = whole(cfg.batch_size, "batch_size", 1)
     steps = None if cfg.steps is None else whole(cfg.steps, "steps", 1, "give at least 1 (null = the run's)")
-    guidance = None if cfg.guidance is None else as_number(cfg.guidance, "guidance")
+    guidance = (None if cfg.guidance is None
+                else as_number(cfg.guidance, "guidance", "give one (e.g. 3), or null for the run's"))
     # what a trial writes replaces report.md, images/ and gifs/ in OUT: never in another job's output folder
     check_output_dir(out_dir, "the trial", ("metrics.json", "manifest.csv"))  # an earlier trial is replaced
     # the trial is a function of the design and the seed alone: simulated now, so a design the analysis cannot

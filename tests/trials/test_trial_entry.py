@@ -222,9 +222,9 @@ def fails(capsys, run, out, *overrides) -> str:
                                                                         "study-day trend"),
     (["batch_size=0"], "batch_size=0: must be at least 1"),
     (["steps=abc"], "steps='abc' is not a whole number"),
-    (["guidance=abc"], "guidance=abc: not a number"),
+    (["guidance=abc"], "guidance=abc: not a number; give one (e.g. 3), or null for the run's"),
     (["guidance=inf"], "guidance=inf: not a finite number"),
-    (["strength=nan"], "strength=nan: not a finite number"),
+    (["strength=nan"], "strength=nan: not a finite number; give one in (0, 1]"),
 ])
 def test_bad_designs_fail_before_anything_loads(tmp_path, capsys, overrides, message):
     err = fails(capsys, tmp_path / "no-run", tmp_path / "o", *overrides)
