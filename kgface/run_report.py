@@ -117,6 +117,28 @@ def fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def evaluation_figures(folder: Path) -> list[tuple[str, str]]:
+    """(caption, file name) of an evaluation's figures in its report's order, read back from the image lines of its
+    report.md (`![caption](name.png)`, as kgface.evaluation writes them); without that file, every PNG by name."""
+    import re
+
+    report = folder / "report.md"
+    if report.is_file():
+        found = re.findall(r"^!\[(.*)\]\(([^()/]+\.png)\)$", report.read_text(encoding="utf-8"), flags=re.M)
+        return [(caption, name) for caption, name in found if (folder / name).is_file()]
+    return [(png.stem, png.name) for png in sorted(folder.glob("*.png"))]
+
+
+def wall_time_line(timings: dict) -> str:
+    """"Wall time: 2,557 s (42.6 min; profiles 1.9 s, ...)." from metrics.json's `timings` (seconds per stage)."""
+    total = timings.get("total_s")
+    if not isinstance(total, (int, float)):
+        return "Wall time: not recorded."
+    parts = [f"{k.removesuffix('_s')} {v:,.1f} s" for k, v in timings.items()
+             if k != "total_s" and isinstance(v, (int, float))]
+    return f"Wall time: {total:,.0f} s ({total / 60:.1f} min" + (f"; {', '.join(parts)})." if parts else ").")
+
+
 def with_interval(value, interval) -> str:
     """A headline number with its 95% interval (the `<key>_ci95` beside it in metrics.json) when it has one."""
     if (isinstance(interval, list) and len(interval) == 2 and all(isinstance(x, float) for x in interval)
@@ -168,8 +190,7 @@ def write_run_report(out_dir: Path, metrics: dict, modes: list[str]) -> None:
         lines += ["In brackets: 95% intervals (Wilson for shares of images, a bootstrap over images for Spearman; "
                   "images counted as independent draws).", ""]
     lines += comparison_lines(metrics.get("baselines_comparison"))
-    lines += [f"Wall time: {fmt(metric_at(metrics, 'timings.total_s'))} s "
-              f"({', '.join(f'{k} {v}' for k, v in metrics.get('timings', {}).items() if k != 'total_s')}).", ""]
+    lines += [wall_time_line(metrics.get("timings") or {}), ""]
     for m in modes:
         p = subs[m]
         lines += [f"## Samples ({m}): diseases x stages; held-out diseases were never trained on", "",
@@ -177,11 +198,12 @@ def write_run_report(out_dir: Path, metrics: dict, modes: list[str]) -> None:
         if (out_dir / p / "samples" / "transforms.png").exists():
             lines += ["Transformations of test identities (top: real input; bottom: output):", "",
                       f"![transforms {m}]({p}samples/transforms.png)", ""]
-        lines += [f"![loss {m}]({p}loss.png)", ""]
+        lines += [f"Training loss ({m}), smoothed over windows of a fiftieth of the run:", "",
+                  f"![loss {m}]({p}loss.png)", ""]
         ev = out_dir / p / "evaluation"
         if ev.is_dir():
             lines += [f"Evaluation figures and every number: [{p}evaluation/report.md]({p}evaluation/report.md)", ""]
-            for png in sorted(ev.glob("*.png")):
-                lines += [f"![{png.stem}]({p}evaluation/{png.name})", ""]
+            for caption, name in evaluation_figures(ev):
+                lines += [f"**{caption}**", "", f"![{caption}]({p}evaluation/{name})", ""]
     lines += ["## All numbers", "", "```json", json.dumps(metrics, indent=2), "```", ""]
     write_text_atomic(out_dir / "report.md", "\n".join(lines))
