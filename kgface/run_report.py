@@ -117,18 +117,6 @@ def fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def evaluation_figures(folder: Path) -> list[tuple[str, str]]:
-    """(caption, file name) of an evaluation's figures in its report's order, read back from the image lines of its
-    report.md (`![caption](name.png)`, as kgface.evaluation writes them); without that file, every PNG by name."""
-    import re
-
-    report = folder / "report.md"
-    if report.is_file():
-        found = re.findall(r"^!\[(.*)\]\(([^()/]+\.png)\)$", report.read_text(encoding="utf-8"), flags=re.M)
-        return [(caption, name) for caption, name in found if (folder / name).is_file()]
-    return [(png.stem, png.name) for png in sorted(folder.glob("*.png"))]
-
-
 def wall_time_line(timings: dict) -> str:
     """"Wall time: 2,557 s (42.6 min; profiles 1.9 s, ...)." from metrics.json's `timings` (seconds per stage)."""
     total = timings.get("total_s")
@@ -203,7 +191,9 @@ def write_run_report(out_dir: Path, metrics: dict, modes: list[str]) -> None:
         ev = out_dir / p / "evaluation"
         if ev.is_dir():
             lines += [f"Evaluation figures and every number: [{p}evaluation/report.md]({p}evaluation/report.md)", ""]
-            for caption, name in evaluation_figures(ev):
+            from .evaluation.report import report_figures  # the evaluation report's own captions and order
+
+            for caption, name in report_figures(ev):
                 lines += [f"**{caption}**", "", f"![{caption}]({p}evaluation/{name})", ""]
     lines += ["## All numbers", "", "```json", json.dumps(metrics, indent=2), "```", ""]
     write_text_atomic(out_dir / "report.md", "\n".join(lines))

@@ -1,6 +1,6 @@
 """kgface/run_report.py on constructed metrics: intervals in brackets only where metrics.json has them, the
 baselines' comparison table, and numbers without intervals (evaluate=false, older runs) printed as before."""
-from kgface.run_report import comparison_lines, evaluation_figures, fmt, wall_time_line, with_interval, write_run_report
+from kgface.run_report import comparison_lines, fmt, wall_time_line, with_interval, write_run_report
 
 
 def test_with_interval_prints_brackets_only_for_a_real_interval():
@@ -16,21 +16,6 @@ def test_wall_time_line_reads_in_seconds_and_minutes():
     assert line == "Wall time: 2,557 s (42.6 min; profiles 1.9 s, vae 3.4 s, generator_kg 2,549.3 s)."
     assert wall_time_line({"total_s": 90}) == "Wall time: 90 s (1.5 min)."
     assert wall_time_line({}) == "Wall time: not recorded."
-
-
-def test_evaluation_figures_keep_the_evaluation_reports_captions_and_order(tmp_path):
-    ev = tmp_path / "evaluation"
-    ev.mkdir()
-    for name in ("stage_real.png", "confusion_real.png", "stray.png"):
-        (ev / name).write_bytes(b"png")
-    (ev / "report.md").write_text("# t\n\n## Real: true stage vs measured severity\n\n"
-                                  "![Real: true stage vs measured severity](stage_real.png)\n\n"
-                                  "![Real (the rows of real_top1): disease confusion](confusion_real.png)\n\n"
-                                  "![gone](missing.png)\n")
-    assert evaluation_figures(ev) == [("Real: true stage vs measured severity", "stage_real.png"),
-                                      ("Real (the rows of real_top1): disease confusion", "confusion_real.png")]
-    (ev / "report.md").unlink()  # an evaluation folder without its report: every figure, by name
-    assert [n for _, n in evaluation_figures(ev)] == ["confusion_real.png", "stage_real.png", "stray.png"]
 
 
 def test_comparison_lines():

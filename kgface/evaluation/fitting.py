@@ -101,9 +101,9 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     val = df[df["split"] == "val"].reset_index(drop=True)
     where = df.attrs.get("manifest", "the manifest")  # errors name the file the frame was read from
     if len(train) == 0:
-        raise EvaluatorInputError(f"{where}: no rows with split=train to fit the evaluator on "
-                                  f"({split_counts(df)}); mark its training images split=train, or pass run=RUN_DIR to use "
-                                  "a trained evaluator")
+        raise EvaluatorInputError(f"{where}: no rows with split=train to fit the evaluator on ({split_counts(df)}); "
+                                  "mark its training images split=train, or pass run=RUN_DIR to use a trained "
+                                  "evaluator")
     heads_on = str(c.get("phenotype_heads", "all"))
     if heads_on not in PHENOTYPE_HEADS:
         raise EvaluatorInputError(f"evaluator.phenotype_heads={heads_on!r}: use 'all', 'atlas' or 'zero_shot'")

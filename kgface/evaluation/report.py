@@ -210,6 +210,23 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     return out
 
 
+def figure_line(caption: str, name: str) -> str:
+    """A figure as report.md shows it; report_figures reads these lines back."""
+    return f"![{caption}]({name})"
+
+
+def report_figures(folder: Path) -> list[tuple[str, str]]:
+    """(caption, file name) of the figures of the evaluation report in `folder`, in its order (its figure_line lines
+    whose file is there; a train run's report shows them so); without report.md, every PNG there by name."""
+    import re
+
+    report = Path(folder) / "report.md"
+    if not report.is_file():
+        return [(png.stem, png.name) for png in sorted(Path(folder).glob("*.png"))]
+    found = re.findall(r"^!\[(.*)\]\(([^()/]+\.png)\)$", report.read_text(encoding="utf-8"), flags=re.M)
+    return [(caption, name) for caption, name in found if (Path(folder) / name).is_file()]
+
+
 def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=None, profiles=None,
                  notes: list[str] | None = None, title: str = "kgface evaluation", grid_cases: int = 8,
                  extra_figures: list[tuple[str, Path]] | None = None) -> dict[str, Path]:
@@ -301,7 +318,7 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
         md.append(f"- {n}")
     md += ["", "| metric | value |", "|---|---|"] + [f"| `{k}` | {v} |" for k, v in rows] + [""]
     for cap, p in figs:
-        md += [f"## {cap}", "", f"![{cap}]({p.name})", ""]
+        md += [f"## {cap}", "", figure_line(cap, p.name), ""]
     paths["report_md"] = write_text_atomic(out / "report.md", "\n".join(md) + "\n")
     body = [f"<h1>{html.escape(title)}</h1>", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes or [])
             + "</ul>", "<table border=1 cellspacing=0 cellpadding=3><tr><th>metric</th><th>value</th></tr>"]

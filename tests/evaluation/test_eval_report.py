@@ -6,6 +6,7 @@ import pytest
 
 from kgface.data.manifest import read_manifest
 from kgface.evaluation import evaluate_sets
+from kgface.evaluation.report import report_figures
 from tests.evaluation.conftest import generated_manifest
 
 
@@ -141,6 +142,20 @@ def test_confusions_and_grids_read_the_headline_rows(tiny_evaluator, tiny_data, 
     assert len(ranked["real"].table) == len(real)
 
 
+def test_report_figures_keep_the_reports_captions_and_order(tmp_path):
+    from kgface.evaluation.report import figure_line
+
+    for name in ("stage_real.png", "confusion_real.png", "stray.png"):
+        (tmp_path / name).write_bytes(b"png")
+    figs = [("Real: true stage vs measured severity", "stage_real.png"),
+            ("Real (the rows of real_top1): disease confusion", "confusion_real.png")]
+    lines = [f"## {c}\n\n{figure_line(c, n)}\n" for c, n in figs] + [figure_line("gone", "missing.png")]
+    (tmp_path / "report.md").write_text("# t\n\n" + "\n".join(lines) + "\n")
+    assert report_figures(tmp_path) == figs  # the stray PNG is not in the report, the missing one not on disk
+    (tmp_path / "report.md").unlink()  # a folder without its report: every figure, by name
+    assert [n for _, n in report_figures(tmp_path)] == ["confusion_real.png", "stage_real.png", "stray.png"]
+
+
 def test_extra_figures_follow_the_reports_own_and_must_lie_beside_it(tmp_path):
     from PIL import Image
 
@@ -152,6 +167,7 @@ def test_extra_figures_follow_the_reports_own_and_must_lie_beside_it(tmp_path):
     md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
     assert "## Learned profiles\n\n![Learned profiles](learned_profiles.png)" in md
     assert '<img src="learned_profiles.png"' in page
+    assert report_figures(tmp_path) == [("Learned profiles", "learned_profiles.png")]  # what a run's report shows
     elsewhere = tmp_path / "sub"
     elsewhere.mkdir()
     Image.new("RGB", (4, 4)).save(elsewhere / "x.png")
