@@ -11,7 +11,8 @@ Each variant is `LADDER[:OPTION...]`:
 - `clipC`: the predicted clean latent clamped to [-C, C] at every step (the run's latents have unit std; 99.9% of
   real faces' latent values lie within 3.4), the model's output (noise or v) recomputed from it (diffusers'
   clip_sample);
-- `guideLO-HI`: classifier-free guidance only at timesteps LO..HI, the conditional prediction alone elsewhere.
+- `guideLO-HI`: classifier-free guidance only at timesteps LO..HI, the conditional prediction alone elsewhere;
+- `wG`: classifier-free guidance G instead of the run's `model.sample.guidance` (`w1` = the conditional alone).
 
 Requests: every seen disease at stages 0-3, 10 seeds; 20 healthy faces; the held-out diseases at stages 2-3, 10
 seeds; all read by the run's evaluator. Prints, per variant: seen top-1 at stages 2-3 (as `bench/heldout_draws.py`),
@@ -51,8 +52,10 @@ def ladder(spec: str, n_train: int):
         elif o.startswith("guide"):
             lo, hi = o[5:].split("-")
             opts["guide"] = (int(lo), int(hi))
+        elif o.startswith("w") and o[1:].replace(".", "", 1).isdigit():
+            opts["w"] = float(o[1:])
         else:
-            raise SystemExit(f"{spec}: unknown option {o} (clipC or guideLO-HI)")
+            raise SystemExit(f"{spec}: unknown option {o} (clipC, guideLO-HI or wG)")
     return ts, opts
 
 
@@ -83,7 +86,7 @@ def draw(gen, reqs, spec: str, guidance: float):
 
     b = gen.backbone
     ts, opts = ladder(spec, b.scheduler.config.num_train_timesteps)
-    full, plain = cfg_model(b.unet, guidance), cfg_model(b.unet, 1.0)
+    full, plain = cfg_model(b.unet, opts.get("w", guidance)), cfg_model(b.unet, 1.0)
     lo, hi = opts.get("guide", (0, 10 ** 9))
 
     def model_fn(x, t, c):  # guided inside the interval, the conditional prediction alone outside it

@@ -276,6 +276,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise UserError(f"frames={cfg.frames}: a progression ramp needs an integer number of frames >= 2")
     if cfg.inversion and not (cfg.mode in ("transform", "progression") and cfg.input):
         raise UserError("inversion=true needs input images (mode=transform, or mode=progression with input=)")
+    # sampler settings given on the command line are checked before the run loads (an SD run takes a while)
+    if cfg.guidance is not None:
+        as_number(cfg.guidance, "guidance")
+    steps = None if cfg.steps is None else as_number(cfg.steps, "steps")
+    if steps is not None and (steps != int(steps) or steps < 1):
+        raise UserError(f"steps={steps:g}: DDIM steps are an integer >= 1 (at most the model's noise ladder)")
+    from .diffusion.sampling import SPACINGS
+
+    spacing = None if cfg.get("spacing") is None else str(cfg.spacing)
+    if spacing is not None and spacing not in SPACINGS:
+        raise UserError(f"spacing={spacing}: use one of {', '.join(SPACINGS)} (the DDIM ladder; null = the run's)")
     checked_identity = check_identity(cfg)
     cache = make_cache(cfg)
     device = torch_device(cfg.get("device"))
@@ -336,16 +347,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             it.row["identity_reference"] = it.extra.get("input", "") if ref == "input" else ref
 
     guidance = as_number(cfg.guidance if cfg.guidance is not None else run_cfg.model.sample.guidance, "guidance")
-    steps = as_number(cfg.steps if cfg.steps is not None else run_cfg.model.sample.steps, "steps")
+    steps = as_number(steps if steps is not None else run_cfg.model.sample.steps, "steps")
     n_train = int(backbone.scheduler.config.num_train_timesteps)
     if steps != int(steps) or not 1 <= steps <= n_train:
         raise UserError(f"steps={steps:g}: DDIM steps are an integer in [1, {n_train}] (the model's noise ladder)")
     steps = int(steps)
-    from .diffusion.sampling import SPACINGS
-
-    spacing = None if cfg.get("spacing") is None else str(cfg.spacing)
-    if spacing is not None and spacing not in SPACINGS:
-        raise UserError(f"spacing={spacing}: use one of {', '.join(SPACINGS)} (the DDIM ladder; null = the run's)")
     gen = Generator(backbone, conditioner, guidance=guidance, steps=steps, spacing=spacing)
     drawn = gen.requested_phenotypes([it.request for it in items])
     for it, ids in zip(items, drawn or []):  # a run trained on observed phenotype sets draws one per image

@@ -182,7 +182,8 @@ def test_sampler_ladder_parses_its_variants():
     assert opts == {"clip": 2.5, "guide": (100, 900)}
     ts, opts = ladder("trailing:20:clip3", 1000)
     assert ts.tolist()[:2] == [999, 949] and ts.tolist()[-1] == 49 and opts == {"clip": 3.0}
-    for bad in ("linspace:20", "leading:20:blur3"):
+    assert ladder("trailing:20:w1.5", 1000)[1] == {"w": 1.5}
+    for bad in ("linspace:20", "leading:20:blur3", "leading:20:w", "leading:20:w1.2.3"):
         with pytest.raises(SystemExit):
             ladder(bad, 1000)
 
@@ -218,6 +219,10 @@ def test_sampler_ladder_leading_is_the_generators_own_sampler(evaluated_run, cap
     reqs = [Request(p, 3.0, 7 + k) for k, p in enumerate(profiles)]
     assert torch.equal(ladder.draw(gen, reqs, f"leading:{steps}", guidance), gen.sample(reqs))
     assert not torch.equal(ladder.draw(gen, reqs, f"leading:{steps}:guide2000-3000", guidance), gen.sample(reqs))
+    # a guidance weight replaces the run's: w at the run's own value draws the run's images, w1 the conditional alone
+    assert torch.equal(ladder.draw(gen, reqs, f"leading:{steps}:w{guidance:g}", 1.0), gen.sample(reqs))
+    assert torch.equal(ladder.draw(gen, reqs, f"leading:{steps}:w1", guidance),
+                       Generator(backbone, cond, guidance=1.0, steps=steps).sample(reqs))
     ladder.main([str(evaluated_run), f"leading:{steps}", "even:999:2:clip4", "--seeds", "1"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| leading") or
             line.startswith("| even")]
