@@ -12,7 +12,9 @@ Each variant is `LADDER[:OPTION...]`:
   real faces' latent values lie within 3.4), the model's output (noise or v) recomputed from it (diffusers'
   clip_sample);
 - `guideLO-HI`: classifier-free guidance only at timesteps LO..HI, the conditional prediction alone elsewhere;
-- `wG`: classifier-free guidance G instead of the run's `model.sample.guidance` (`w1` = the conditional alone).
+- `wG`: classifier-free guidance G instead of the run's `model.sample.guidance` (`w1` = the conditional alone);
+- `etaE`: DDIM with fresh noise at every step (Song et al.'s eta: 0 = the run's deterministic DDIM, 1 = ancestral,
+  DDPM-like); the fresh noise comes from a generator seeded per batch, so a variant repeats itself.
 
 Requests: every seen disease at stages 0-3, 10 seeds; 20 healthy faces; the held-out diseases at stages 2-3, 10
 seeds; all read by the run's evaluator. Prints, per variant: seen top-1 at stages 2-3 (as `bench/heldout_draws.py`),
@@ -52,10 +54,14 @@ def ladder(spec: str, n_train: int):
         elif o.startswith("guide"):
             lo, hi = o[5:].split("-")
             opts["guide"] = (int(lo), int(hi))
+        elif o.startswith("eta") and o[3:].replace(".", "", 1).isdigit():
+            opts["eta"] = float(o[3:])
         elif o.startswith("w") and o[1:].replace(".", "", 1).isdigit():
             opts["w"] = float(o[1:])
         else:
-            raise SystemExit(f"{spec}: unknown option {o} (clipC, guideLO-HI or wG)")
+            raise SystemExit(f"{spec}: unknown option {o} (clipC, guideLO-HI, wG or etaE)")
+    if "clip" in opts and "eta" in opts:
+        raise SystemExit(f"{spec}: clipC and etaE are separate samplers; use one")
     return ts, opts
 
 
@@ -78,6 +84,24 @@ def ddim_clipped(model_fn, x, timesteps, alphas_cumprod, cond, clip: float, pred
     return ddim_sample(clamped, x, timesteps, alphas_cumprod, cond, prediction=prediction)
 
 
+def ddim_eta(model_fn, x, timesteps, alphas_cumprod, cond, eta: float, generator, prediction: str = "epsilon"):
+    """DDIM with eta: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s z, where
+    s = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev); eta = 0 is `ddim_sample`'s update."""
+    import torch
+
+    from kgface.diffusion.sampling import clean_and_noise
+
+    a = alphas_cumprod.to(x.device, torch.float32)
+    for i, t in enumerate(timesteps):
+        a_t = a[t]
+        a_prev = a[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, device=x.device)
+        x0, eps = clean_and_noise(model_fn(x, t, cond), x, a_t, prediction)
+        s = eta * ((1 - a_prev) / (1 - a_t).clamp_min(1e-12)).sqrt() * (1 - a_t / a_prev).clamp_min(0).sqrt()
+        z = torch.randn(x.shape, generator=generator).to(x.device)
+        x = (a_prev.sqrt() * x0 + (1 - a_prev - s ** 2).clamp_min(0).sqrt() * eps + s * z).to(x.dtype)
+    return x
+
+
 def draw(gen, reqs, spec: str, guidance: float):
     """uint8 images of the requests under a ladder variant (`gen`'s own noise, condition and decoder)."""
     import torch
@@ -98,9 +122,13 @@ def draw(gen, reqs, spec: str, guidance: float):
         noise = gen.noise(batch).to(gen.device)
         c = gen.condition(batch)
         with torch.no_grad():
-            z = (ddim_clipped(model_fn, noise, ts, b.scheduler.alphas_cumprod, c, opts["clip"], gen.prediction)
-                 if "clip" in opts else
-                 ddim_sample(model_fn, noise, ts, b.scheduler.alphas_cumprod, c, prediction=gen.prediction))
+            if "eta" in opts:
+                rng = torch.Generator().manual_seed(i)
+                z = ddim_eta(model_fn, noise, ts, b.scheduler.alphas_cumprod, c, opts["eta"], rng, gen.prediction)
+            elif "clip" in opts:
+                z = ddim_clipped(model_fn, noise, ts, b.scheduler.alphas_cumprod, c, opts["clip"], gen.prediction)
+            else:
+                z = ddim_sample(model_fn, noise, ts, b.scheduler.alphas_cumprod, c, prediction=gen.prediction)
         images.append(gen.decode(z))
     return torch.cat(images)
 

@@ -68,7 +68,8 @@ def main(argv=None):
     ends = run_metrics.get("evaluator", {})
     results, sheet = [], []
     for strength in args.strengths:
-        images, rows = transform_set(gen, drawable, test, n_ids, strength, seed)
+        images, rows = transform_set(gen, drawable, test, n_ids, strength, seed,
+                                     seed_order=[p.disease_id for p in profiles])
         if not rows:
             raise SystemExit(f"{args.run}: no healthy test face to transform")
         manifest = write_set(images, rows, args.out / f"strength_{strength:g}", heldout)

@@ -19,23 +19,25 @@ def transform_seed(cfg) -> int:
 
 
 def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[str], names: dict, out_dir: Path,
-                     evaluator, measure_real: bool, mode: str, trained_on_atlas: bool = False) -> dict:
+                     evaluator, measure_real: bool, mode: str, trained_on_atlas: bool = False,
+                     seed_order: list[str] | None = None) -> dict:
     """samples/ (grid + transformations + manifest.csv) and, with an evaluator, evaluation/ (metrics, figures).
-    trained_on_atlas: the memorisation audit also looks for copies of the phenotype atlas's faces."""
+    trained_on_atlas: the memorisation audit also looks for copies of the phenotype atlas's faces. seed_order: the
+    disease ids that fix each disease's noise in the grid (`grid_requests`; default: drawable's order)."""
     from .data.manifest import read_manifest
     from .diffusion.samples import sample_grid, save_grid, save_pairs, transform_set, write_set
 
     stages = list(cfg.samples.stages)
     per_cell = int(cfg.samples.per_cell)
     seed = int(cfg.seed) + 1000
-    images, rows = sample_grid(gen, drawable, stages, per_cell, seed)
+    images, rows = sample_grid(gen, drawable, stages, per_cell, seed, seed_order=seed_order)
     save_grid(images, rows, names, out_dir / "samples" / "grid.png", [f"stage {s}" for s in stages] * per_cell)
     real_df = read_manifest(manifest)[0]
     n_ids = int(cfg.samples.get("transform_identities", 0))
     if n_ids > 0:
         test = real_df[real_df["split"] == "test"]
         t_images, t_rows = transform_set(gen, drawable, test, n_ids, float(cfg.samples.transform_strength),
-                                         transform_seed(cfg))
+                                         transform_seed(cfg), seed_order=seed_order)
         if t_rows:
             save_pairs([r["source_image"] for r in t_rows], t_images, t_rows, names,
                        out_dir / "samples" / "transforms.png")

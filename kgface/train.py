@@ -231,8 +231,11 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     plot_loss(result["losses"], out_dir / "loss.png")
 
     # samples: every disease (held-out ones too, except under class conditioning) x stage; transformations
+    # the grid's noise follows each disease's place among all the run's profiles: a class run, which skips the
+    # held-out diseases, draws the others from the noise every other conditioning draws them from
     metrics.update(draw_and_measure(cfg, gen, truth, drawable, manifest, heldout, names, out_dir, evaluator,
-                                    measure_real, mode, trained_on_atlas=bool(atlas)))
+                                    measure_real, mode, trained_on_atlas=bool(atlas),
+                                    seed_order=[p.disease_id for p in profiles]))
     return metrics
 
 

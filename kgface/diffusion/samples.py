@@ -30,18 +30,26 @@ def save_png(image, path: Path) -> Path:
     return Path(path)
 
 
-def grid_requests(profiles, stages, per_cell: int, seed: int, shared_noise: bool = False):
+def grid_requests(profiles, stages, per_cell: int, seed: int, shared_noise: bool = False,
+                  seed_order: list[str] | None = None):
     """The grid's requests and manifest rows, every seed distinct but across one disease's stages: profile i's copy k
     starts from seed + i * per_cell + k at every stage; healthy, which has no stages, gets a face per cell from the
     seeds after all profiles' (seed + len(profiles) * per_cell + ...), so no two diseases share a face.
-    shared_noise: copy k of every disease starts from seed + k instead (one face down a column of the sheet)."""
+    shared_noise: copy k of every disease starts from seed + k instead (one face down a column of the sheet).
+    seed_order: disease ids whose positions give i (default: the profiles' own order), so that a run which cannot
+    draw some of them (class tokens skip the held-out diseases) draws the others from the same noise as a run that
+    draws them all: a baselines run pairs its conditionings' requests by (disease, stage, seed)."""
     if any(not p.healthy for p in profiles) and any(float(s) != int(s) for s in stages):
         # a manifest label must say what was drawn
         raise ValueError(f"samples.stages={list(stages)}: the run's samples are drawn at whole stages "
                          f"0-3 (continuous severities: python -m kgface.generate stages=...)")
+    order = list(seed_order or [p.disease_id for p in profiles])
+    order += [p.disease_id for p in profiles if p.disease_id not in order]
+    slot = {d: i for i, d in enumerate(order)}
     reqs, rows = [], []
-    healthy_base = seed + len(profiles) * per_cell
-    for i, p in enumerate(profiles):
+    healthy_base = seed + len(order) * per_cell
+    for p in profiles:
+        i = slot[p.disease_id]
         for k in range(per_cell):
             for j, s in enumerate(stages):
                 sd = (healthy_base + k * len(stages) + j if p.healthy
@@ -52,9 +60,10 @@ def grid_requests(profiles, stages, per_cell: int, seed: int, shared_noise: bool
     return reqs, rows
 
 
-def sample_grid(generator, profiles, stages, per_cell: int, seed: int, shared_noise: bool = False):
+def sample_grid(generator, profiles, stages, per_cell: int, seed: int, shared_noise: bool = False,
+                seed_order: list[str] | None = None):
     """Images for every (profile, stage), laid out by `grid_requests`; returns (images, manifest rows)."""
-    reqs, rows = grid_requests(profiles, stages, per_cell, seed, shared_noise)
+    reqs, rows = grid_requests(profiles, stages, per_cell, seed, shared_noise, seed_order)
     _note_requested(generator, reqs, rows)
     return generator.sample(reqs), rows
 
@@ -66,33 +75,51 @@ def _note_requested(generator, reqs, rows) -> None:
         row["requested_phenotypes"] = ids
 
 
-def transform_set(generator, profiles, test_df, identities: int, strength: float, seed: int):
-    """SDEdit transformations of `identities` test identities: healthy image -> every disease at stage 3, and a
-    stage-3 image of each disease -> healthy. Returns (images, rows); rows carry `source_image` (absolute)."""
+def transform_jobs(profiles, test_df, identities: int, seed: int, seed_order: list[str] | None = None) -> list:
+    """`transform_set`'s jobs, (source abspath, target profile, stage, seed): the first `identities` healthy test
+    identities -> every disease at stage 3, then one stage-3 test face of each disease -> healthy. seed_order: as
+    `grid_requests`'s, the disease ids whose places fix each job's noise (default: the profiles' order)."""
     by_id = {p.disease_id: p for p in profiles}
     healthy = next((p for p in profiles if p.healthy), None)
     if healthy is None or not len(test_df):
-        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), []
+        return []
     test = test_df[test_df["disease"].isin(by_id)]
     ids = sorted(test.loc[test["disease"] == "healthy", "identity"].unique())[:identities]
-    jobs = []  # (source abspath, target profile, stage)
-    for ident in ids:
+    # job j of the full set (every disease of seed_order) starts from seed + j, whichever of them this run draws
+    order = list(seed_order or by_id)
+    order += [d for d in by_id if d not in order]
+    full_sick = [d for d in order if d != healthy.disease_id]
+    sick_all = test_df[(test_df["stage"].astype(int) == 3) & test_df["disease"].isin(full_sick)]
+    back_slot = {d: m for m, d in enumerate(sorted(sick_all["disease"].unique()))}
+    jobs = []  # (source abspath, target profile, stage, seed)
+    for n, ident in enumerate(ids):
         src = test[(test["identity"] == ident) & (test["disease"] == "healthy")].iloc[0]
-        jobs += [(src["abspath"], p, 3) for p in profiles if not p.healthy]
+        jobs += [(src["abspath"], p, 3, seed + n * len(full_sick) + full_sick.index(p.disease_id))
+                 for p in profiles if not p.healthy]
     sick = test[(test["stage"].astype(int) == 3) & (test["disease"] != "healthy")]
     for d, group in sick.groupby("disease"):
-        jobs.append((group.sort_values("identity").iloc[0]["abspath"], healthy, 0))
+        jobs.append((group.sort_values("identity").iloc[0]["abspath"], healthy, 0,
+                     seed + len(ids) * len(full_sick) + back_slot[d]))
+    return jobs
+
+
+def transform_set(generator, profiles, test_df, identities: int, strength: float, seed: int,
+                  seed_order: list[str] | None = None):
+    """SDEdit transformations of `identities` test identities (`transform_jobs`): healthy image -> every disease at
+    stage 3, and a stage-3 image of each disease -> healthy. Returns (images, rows); rows carry `source_image`
+    (absolute)."""
+    jobs = transform_jobs(profiles, test_df, identities, seed, seed_order)
     if not jobs:
         return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), []
     size = generator.backbone.image_size
-    sources = torch.stack([prepare_image(path, size, notes=False) for path, _, _ in jobs])
-    reqs = [Request(p, float(s), seed + i) for i, (_, p, s) in enumerate(jobs)]
+    sources = torch.stack([prepare_image(path, size, notes=False) for path, _, _, _ in jobs])
+    reqs = [Request(p, float(s), sd) for _, p, s, sd in jobs]
     images = []
     for i in range(0, len(reqs), 32):
         init = generator.encode(sources[i:i + 32])
         images.append(generator.decode(generator.latents(reqs[i:i + 32], init_latents=init, strength=strength)))
-    rows = [{"disease": p.disease_id, "stage": s, "seed": seed + i, "mode": "transform", "source_image": str(path)}
-            for i, (path, p, s) in enumerate(jobs)]
+    rows = [{"disease": p.disease_id, "stage": s, "seed": sd, "mode": "transform", "source_image": str(path)}
+            for path, p, s, sd in jobs]
     _note_requested(generator, reqs, rows)
     return torch.cat(images), rows
 

@@ -183,7 +183,8 @@ def test_sampler_ladder_parses_its_variants():
     ts, opts = ladder("trailing:20:clip3", 1000)
     assert ts.tolist()[:2] == [999, 949] and ts.tolist()[-1] == 49 and opts == {"clip": 3.0}
     assert ladder("trailing:20:w1.5", 1000)[1] == {"w": 1.5}
-    for bad in ("linspace:20", "leading:20:blur3", "leading:20:w", "leading:20:w1.2.3"):
+    assert ladder("leading:20:eta0.5:w5", 1000)[1] == {"eta": 0.5, "w": 5.0}
+    for bad in ("linspace:20", "leading:20:blur3", "leading:20:w", "leading:20:w1.2.3", "leading:20:eta1:clip3"):
         with pytest.raises(SystemExit):
             ladder(bad, 1000)
 
@@ -203,6 +204,12 @@ def test_sampler_ladder_clipped_ddim_is_ddim_when_nothing_is_clipped_and_bounds_
     assert torch.allclose(ladder.ddim_clipped(model_fn, x, ts, alphas, None, 1e9, prediction), plain, atol=1e-5)
     clipped = ladder.ddim_clipped(model_fn, x, ts, alphas, None, 0.1, prediction)
     assert plain.abs().max() > 0.1 and clipped.abs().max() <= 0.1 + 1e-6  # the last step returns the clamped x0
+    # eta 0 is DDIM itself; eta > 0 adds noise, the same noise for the same generator seed
+    rng = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.allclose(ladder.ddim_eta(model_fn, x, ts, alphas, None, 0.0, rng(), prediction), plain, atol=1e-5)
+    noisy = ladder.ddim_eta(model_fn, x, ts, alphas, None, 1.0, rng(), prediction)
+    assert not torch.allclose(noisy, plain, atol=1e-3)
+    assert torch.equal(noisy, ladder.ddim_eta(model_fn, x, ts, alphas, None, 1.0, rng(), prediction))
 
 
 def test_sampler_ladder_leading_is_the_generators_own_sampler(evaluated_run, capsys):

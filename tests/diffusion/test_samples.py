@@ -90,3 +90,40 @@ def test_transform_pair_titles_mark_a_cut_name(tmp_path, monkeypatch):
     # a 64-px cell holds 10 characters: a cut title ends '..' (it used to stop mid-word unmarked)
     assert titles == ["-> Corne..", "-> Down"]
     assert Image.open(out).size == (2 * 68, 2 * 64 + 14 + 4)
+
+
+def test_a_run_that_skips_diseases_draws_the_others_from_the_same_noise():
+    """A class run cannot draw the held-out diseases; with the run's full order its other requests keep the seeds a
+    KG run draws them from, so the baselines' paired test can match (disease, stage, seed)."""
+    full = _profiles()
+    subset = [p for p in full if p.disease_id != "D:0"]  # D:0 held out
+    _, all_rows = grid_requests(full, [2, 3], 2, 100)
+    _, own_rows = grid_requests(full, [2, 3], 2, 100, seed_order=[p.disease_id for p in full])
+    assert own_rows == all_rows  # the default order is the profiles' own
+    _, sub_rows = grid_requests(subset, [2, 3], 2, 100, seed_order=[p.disease_id for p in full])
+    assert sub_rows == [r for r in all_rows if r["disease"] != "D:0"]
+    _, shifted = grid_requests(subset, [2, 3], 2, 100)  # without it, every later disease moved to other noise
+    seeds_of = lambda rows: [r["seed"] for r in rows if r["disease"] == "D:1"]  # noqa: E731
+    assert seeds_of(shifted) != seeds_of(all_rows)
+
+
+def test_transformations_keep_their_noise_when_a_run_skips_a_disease():
+    import pandas as pd
+
+    from kgface.diffusion.samples import transform_jobs
+
+    full = _profiles()
+    subset = [p for p in full if p.disease_id != "D:0"]
+    test = pd.DataFrame([{"identity": f"h{k}", "disease": "healthy", "stage": 0, "abspath": f"/h{k}.png"}
+                         for k in range(2)] +
+                        [{"identity": f"s{d}", "disease": f"D:{d}", "stage": 3, "abspath": f"/s{d}.png"}
+                         for d in range(3)])
+    order = [p.disease_id for p in full]
+    every = transform_jobs(full, test, 2, 500)
+    # 2 identities x 3 diseases, then 3 diseases -> healthy; seeds 500.. in that order, each once
+    assert [(path, p.disease_id, s) for path, p, s, _ in every][:4] == [
+        ("/h0.png", "D:0", 3), ("/h0.png", "D:1", 3), ("/h0.png", "D:2", 3), ("/h1.png", "D:0", 3)]
+    assert [sd for *_, sd in every] == list(range(500, 509))
+    assert transform_jobs(full, test, 2, 500, seed_order=order) == every
+    skipped = transform_jobs(subset, test, 2, 500, seed_order=order)
+    assert skipped == [j for j in every if j[1].disease_id != "D:0" and j[0] != "/s0.png"]
