@@ -70,7 +70,8 @@ def main(argv=None):
         if args.null_text == "prompt" and not cond.uses_tokens:
             print(f"{run}: skipped, --null-text prompt guides along KG tokens and {cond.mode} conditioning has none")
             continue
-        gen = Generator(backbone, cond, guidance=guidance, steps=int(sample.get("steps", 20)), null_text=args.null_text)
+        gen = Generator(backbone, cond, guidance=guidance, steps=int(sample.get("steps", 20)), null_text=args.null_text,
+                        eta=float(sample.get("eta", 0.0)))  # the run's sampler
         if args.negative != "null":
             gen = negative_guidance(gen, args.negative, next((p for p in profiles if p.healthy), None))
         known = {p.disease_id for p in cond.profiles}

@@ -49,7 +49,8 @@ def main(argv=None):
     heldout = heldout_of(args.run)
     evaluator = load_evaluator(args.run)
     sample = cfg.model.get("sample", {})
-    gen = Generator(backbone, cond, guidance=float(sample.get("guidance", 3.0)), steps=int(sample.get("steps", 20)))
+    gen = Generator(backbone, cond, guidance=float(sample.get("guidance", 3.0)), steps=int(sample.get("steps", 20)),
+                    eta=float(sample.get("eta", 0.0)))
     data = run_file(args.run, "data.json")  # a baselines generator (OUT/<mode>) keeps it in OUT
     if data is None:
         raise SystemExit(f"{args.run}: no data.json (not a kgface.train output folder)")

@@ -279,6 +279,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # sampler settings given on the command line are checked before the run loads (an SD run takes a while)
     if cfg.guidance is not None:
         as_number(cfg.guidance, "guidance")
+    if cfg.get("eta") is not None and not as_number(cfg.eta, "eta") >= 0:
+        raise UserError(f"eta={cfg.eta}: fresh noise per DDIM step is >= 0 (0 = deterministic DDIM, 1 = ancestral)")
     steps = None if cfg.steps is None else as_number(cfg.steps, "steps")
     if steps is not None and (steps != int(steps) or steps < 1):
         raise UserError(f"steps={steps:g}: DDIM steps are an integer >= 1 (at most the model's noise ladder)")
@@ -352,7 +354,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if steps != int(steps) or not 1 <= steps <= n_train:
         raise UserError(f"steps={steps:g}: DDIM steps are an integer in [1, {n_train}] (the model's noise ladder)")
     steps = int(steps)
-    gen = Generator(backbone, conditioner, guidance=guidance, steps=steps, spacing=spacing)
+    eta = float(cfg.eta if cfg.get("eta") is not None else run_cfg.model.sample.get("eta", 0.0))
+    gen = Generator(backbone, conditioner, guidance=guidance, steps=steps, spacing=spacing, eta=eta)
     drawn = gen.requested_phenotypes([it.request for it in items])
     for it, ids in zip(items, drawn or []):  # a run trained on observed phenotype sets draws one per image
         it.row["requested_phenotypes"] = json.dumps(ids)
@@ -367,7 +370,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             scores["identity_similarity"] = None
             scores["note"] = evaluator_note
     summary = {"run": str(cfg.run), "mode": cfg.mode, "conditioning": conditioner.mode, "images": len(items),
-               "guidance": guidance, "steps": steps, "spacing": gen.spacing, "strength": float(cfg.strength),
+               "guidance": guidance, "steps": steps, "spacing": gen.spacing, "eta": eta,
+               "strength": float(cfg.strength),
                "dtype": str(run_cfg.model.get("dtype", "fp32")),  # the base's precision: bf16 moves pixels slightly
                "mask": OmegaConf.to_container(cfg.mask) if isinstance(cfg.mask, ListConfig) else cfg.mask,
                "keep": OmegaConf.to_container(cfg.keep) if isinstance(cfg.keep, ListConfig) else cfg.keep,

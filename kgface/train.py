@@ -198,7 +198,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     data = latent_set(manifest, train_profiles, backbone, heldout, atlas, share, observed,
                       marks=mark_weight_of(cfg) > 0)
     gen = Generator(backbone, conditioner, guidance=float(cfg.model.sample.guidance),
-                    steps=int(cfg.model.sample.steps))
+                    steps=int(cfg.model.sample.steps), eta=float(cfg.model.sample.get("eta", 0.0)))
     names = {p.disease_id: p.name + (" (held out)" if p.disease_id in heldout else "") for p in profiles}
     drawable = profiles if mode != "class" else train_profiles  # class tokens cannot draw an unseen disease
     on_validate = validation_grids(cfg, gen, drawable, names, out_dir)

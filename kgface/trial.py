@@ -131,7 +131,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     n_train = int(backbone.scheduler.config.num_train_timesteps)
     if steps > n_train:
         raise UserError(f"steps={steps}: DDIM steps are at most {n_train} (the model's noise ladder)")
-    gen = Generator(backbone, conditioner, guidance=guidance, steps=steps)
+    gen = Generator(backbone, conditioner, guidance=guidance, steps=steps,
+                    eta=float(run_cfg.model.sample.get("eta", 0.0)))
     log.info("trial: %d patients x %d days = %d images of %s", design.patients, design.schedule.days, n_images,
              profile.name)
     conditions = [table.loc[table["patient_id"] == pid, "condition_severity"].to_numpy() for pid in pids]

@@ -231,12 +231,16 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
                                     ("spacing=middle", "spacing"), ("num_threads=abc", "num_threads"),
                                     ("stages=[abc]", "stages"), ("adapter_scale=x", "adapter_scale")]):
         assert fails(capsys, micro_run, tmp_path / f"n{k}", arg).startswith(f"kgface.generate: error: {key}=")
-    for k, (arg, key) in enumerate([("spacing=middle", "spacing"), ("guidance=x", "guidance"), ("steps=1.5", "steps")]):
+    for k, (arg, key) in enumerate([("spacing=middle", "spacing"), ("guidance=x", "guidance"), ("steps=1.5", "steps"),
+                                    ("eta=-1", "eta")]):
         # checked before the run loads: the run without a model would fail on that instead
         assert fails(capsys, empty, tmp_path / f"e{k}", arg).startswith(f"kgface.generate: error: {key}=")
     assert "is a model=tiny run" in fails(capsys, micro_run, tmp_path / "dt", "dtype=bf16")  # no frozen base to halve
     generate(micro_run, tmp_path / "fp32", "diseases=[healthy]", "stages=[0]", "dtype=fp32")  # a no-op there
     assert json.loads((tmp_path / "fp32" / "generation.json").read_text())["dtype"] == "fp32"
+    generate(micro_run, tmp_path / "eta", "diseases=[healthy]", "stages=[0]", "eta=0.5")  # fresh noise per step
+    assert json.loads((tmp_path / "eta" / "generation.json").read_text())["eta"] == 0.5
+    assert json.loads((tmp_path / "fp32" / "generation.json").read_text())["eta"] == 0.0  # the run's
     with pytest.raises(SystemExit) as info:
         from kgface.generate import main
 

@@ -271,6 +271,9 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
     from kgface.run_checks import preflight
 
     preflight(compose("train", MICRO + ["data.atlas=null"]))  # no atlas at all: fine
+    for bad in ("-1", "abc"):  # the sampler runs after training: refused before it
+        with pytest.raises(UserError, match=r"^model.sample.eta="):
+            preflight(compose("train", MICRO + [f"model.sample.eta={bad}"]))
     with pytest.raises(UserError, match=r"data.atlas.per_face must be"):
         preflight(compose("train", MICRO + ["data.atlas.per_face=[5,1]"]))
     preflight(compose("train", MICRO + ["model.vae_train=null"]))  # null: the defaults

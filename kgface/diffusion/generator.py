@@ -14,6 +14,9 @@ from ..kg import FacialProfile
 from .sampling import cfg_model, ddim_invert, ddim_sample, ddim_timesteps, noise_to
 
 
+STEP_NOISE_OFFSET = 1 << 40  # eta's per-request stream: seed + this, apart from every start seed
+
+
 @dataclass
 class Request:
     profile: FacialProfile
@@ -24,11 +27,12 @@ class Request:
 
 class Generator:
     def __init__(self, backbone, conditioner, guidance: float = 3.0, steps: int = 30, null_text: str = "empty",
-                 spacing: str | None = None):
+                 spacing: str | None = None, eta: float = 0.0):
         """null_text: the prompt of guidance's unconditional branch. "empty" (diffusers' rule): the empty prompt with
         null tokens, trained in `cfg_drop_both` of the steps. "prompt": the request's own prompt with null tokens
         (trained in `cfg_drop_tokens`), so guidance pushes along the KG tokens alone; needs tokens (text mode would
-        have no direction left). spacing: the DDIM ladder (sampling.SPACINGS); None = the run's scheduler's."""
+        have no direction left). spacing: the DDIM ladder (sampling.SPACINGS); None = the run's scheduler's.
+        eta: fresh noise per step (0 = deterministic DDIM); each request's comes from its own seed, like its start."""
         if null_text not in ("empty", "prompt"):
             raise ValueError(f"null_text must be 'empty' or 'prompt', not {null_text!r}")
         if null_text == "prompt" and not conditioner.uses_tokens:
@@ -36,6 +40,9 @@ class Generator:
         self.backbone, self.conditioner = backbone, conditioner
         self.guidance, self.steps, self.null_text = float(guidance), int(steps), null_text
         self._spacing = spacing
+        self.eta = float(eta)
+        if not self.eta >= 0:
+            raise ValueError(f"eta={eta}: eta is a number >= 0 (0 = deterministic DDIM)")
         self._index = {p.disease_id: i for i, p in enumerate(conditioner.profiles)}
 
     @property
@@ -110,6 +117,13 @@ class Generator:
         shape = self.backbone.latent_shape
         return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(r.seed))) for r in reqs])
 
+    def step_noise(self, reqs: list[Request]):
+        """eta's fresh noise, step after step: each request's from a stream of its own (seeded apart from its start
+        noise), so a seed gives the same image whatever the batch, as with eta 0."""
+        shape = self.backbone.latent_shape
+        streams = [torch.Generator().manual_seed(int(r.seed) + STEP_NOISE_OFFSET) for r in reqs]
+        return lambda i: torch.stack([torch.randn(shape, generator=g) for g in streams])
+
     @torch.no_grad()
     def latents(self, reqs: list[Request], init_latents: torch.Tensor | None = None, strength: float = 1.0,
                 noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,7 +133,8 @@ class Generator:
         alphas = b.scheduler.alphas_cumprod
         x = noise if init_latents is None else noise_to(init_latents.to(self.device), noise, steps[0], alphas)
         return ddim_sample(cfg_model(b.unet, self.guidance), x, steps, alphas, self.condition(reqs),
-                           prediction=self.prediction)
+                           prediction=self.prediction, eta=self.eta,
+                           step_noise=self.step_noise(reqs) if self.eta > 0 else None)
 
     def condition(self, reqs: list[Request]) -> tuple:
         """The sampler's `cond` tuple: text states, KG tokens and their null (CFG) counterparts, SDXL's added kwargs."""

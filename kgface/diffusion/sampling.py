@@ -5,7 +5,9 @@ the velocity v = sqrt(a) eps - sqrt(1 - a) x0 (`prediction`), the schedule is th
 `alphas_cumprod`. DDIM (eta = 0) is deterministic given the start noise, so sharing the noise across conditions
 makes a progression strip change only where the condition does, and starting from a noised real latent is
 SDEdit / img2img (`strength` = how far up the noise ladder the image is pushed before denoising); `ddim_invert` runs
-the same ladder upwards from a clean latent (the identity-keeping start of `transform ... inversion=true`).
+the same ladder upwards from a clean latent (the identity-keeping start of `transform ... inversion=true`). With
+eta > 0 each step adds fresh noise (Song et al.'s eta; 1 = ancestral, DDPM-like), taken from `step_noise(i)` so that
+the caller decides where it comes from (the Generator: each request's own seeded stream).
 """
 from __future__ import annotations
 
@@ -57,14 +59,24 @@ def clean_and_noise(output: torch.Tensor, x: torch.Tensor, a: torch.Tensor, pred
 
 @torch.no_grad()
 def ddim_sample(model_fn: Callable, x: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
-                cond=None, callback: Callable | None = None, prediction: str = "epsilon") -> torch.Tensor:
-    """Denoise `x` (noise at timesteps[0]) down the given descending timesteps; returns the clean latent."""
+                cond=None, callback: Callable | None = None, prediction: str = "epsilon", eta: float = 0.0,
+                step_noise: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
+    """Denoise `x` (noise at timesteps[0]) down the given descending timesteps; returns the clean latent.
+    eta > 0: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s z with s = eta sqrt((1 - a_prev) / (1 - a_t))
+    sqrt(1 - a_t / a_prev) and z = step_noise(i) (shaped like x; needed then)."""
+    if eta < 0 or (eta > 0 and step_noise is None):
+        raise ValueError(f"eta={eta}: eta is >= 0, and eta > 0 needs step_noise")
     alphas_cumprod = alphas_cumprod.to(x.device, torch.float32)
     for i, t in enumerate(timesteps):
         a_t = alphas_cumprod[t]
         a_prev = alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, device=x.device)
         x0, eps = clean_and_noise(model_fn(x, t, cond), x, a_t, prediction)
-        x = (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps).to(x.dtype)
+        if eta > 0:
+            s = eta * ((1 - a_prev) / (1 - a_t).clamp_min(1e-12)).sqrt() * (1 - a_t / a_prev).clamp_min(0).sqrt()
+            z = step_noise(i).to(x.device, torch.float32)
+            x = (a_prev.sqrt() * x0 + (1 - a_prev - s ** 2).clamp_min(0).sqrt() * eps + s * z).to(x.dtype)
+        else:
+            x = (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps).to(x.dtype)
         if callback is not None:
             callback(i, t, x)
     return x

@@ -164,3 +164,28 @@ def test_a_half_precision_base_runs_in_autocast_beside_fp32_adapter_weights_and_
     assert eps["bf16"].dtype == torch.float32 and torch.isfinite(eps["bf16"]).all()
     rel = float((eps["bf16"] - eps["fp32"]).norm() / eps["fp32"].norm())
     assert 0 < rel < 0.05, rel  # bf16 arithmetic (~1% here), not another model
+
+
+def test_eta_adds_fresh_noise_from_the_callers_stream_and_eta_zero_is_ddim():
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    steps = ddim_timesteps(1000, 10)
+    start = noise_to(x0, noise, steps[0], ALPHAS)
+    model = lambda x, t, c: 0.3 * x  # noqa: E731  (an inexact model: its x0 estimate follows x)
+    plain = ddim_sample(model, start, steps, ALPHAS)
+    zeros = ddim_sample(model, start, steps, ALPHAS, eta=1.0, step_noise=lambda i: torch.zeros_like(start))
+    assert torch.equal(ddim_sample(model, start, steps, ALPHAS, eta=0.0), plain)
+    assert not torch.allclose(zeros, plain, atol=1e-3)  # eta also shrinks the deterministic share of eps
+
+    def stream(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return lambda i: torch.randn(start.shape, generator=gen)
+
+    a = ddim_sample(model, start, steps, ALPHAS, eta=1.0, step_noise=stream(1))
+    assert torch.equal(a, ddim_sample(model, start, steps, ALPHAS, eta=1.0, step_noise=stream(1)))
+    assert not torch.allclose(a, ddim_sample(model, start, steps, ALPHAS, eta=1.0, step_noise=stream(2)), atol=1e-3)
+    # an exact model still lands on its clean latent: the added noise is what the next step's estimate removes
+    assert torch.allclose(ddim_sample(oracle(x0), start, steps, ALPHAS, eta=1.0, step_noise=stream(3)), x0, atol=1e-4)
+    for bad in ({"eta": -0.5}, {"eta": 0.5}):  # negative; positive without a noise stream
+        with pytest.raises(ValueError, match="eta"):
+            ddim_sample(model, start, steps, ALPHAS, **bad)

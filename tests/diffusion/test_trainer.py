@@ -177,6 +177,15 @@ def test_a_v_prediction_model_trains_with_min_snr_and_samples_on_its_ladder(prof
     assert torch.equal(gen.noise(reqs)[1], seeded)
     images = gen.sample(reqs)
     assert images.shape == (2, 3, 32, 32) and images.float().std() > 0
+    # eta: each request's fresh noise comes from its own seed, so its image does not depend on the batch
+    stochastic = Generator(backbone, cond, guidance=2.0, steps=4, eta=1.0)
+    both = stochastic.latents(reqs)
+    assert torch.allclose(stochastic.latents(reqs[1:]), both[1:], atol=1e-4)  # batch size moves the last bits only
+    assert not torch.allclose(both, gen.latents(reqs), atol=1e-2)
+    assert not torch.allclose(both[1], Generator(backbone, cond, guidance=2.0, steps=4, eta=1.0).latents(
+        [Request(profiles[1], 3.0, seed=7)])[0], atol=1e-2)  # another seed: another stream
+    with pytest.raises(ValueError, match="eta"):
+        Generator(backbone, cond, eta=-1.0)
     # a run's model/ keeps the schedule: what run loading reads back
     from diffusers import DDPMScheduler
 
