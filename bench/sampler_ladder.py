@@ -85,21 +85,14 @@ def ddim_clipped(model_fn, x, timesteps, alphas_cumprod, cond, clip: float, pred
 
 
 def ddim_eta(model_fn, x, timesteps, alphas_cumprod, cond, eta: float, generator, prediction: str = "epsilon"):
-    """DDIM with eta: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s z, where
-    s = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev); eta = 0 is `ddim_sample`'s update."""
+    """`kgface.diffusion.sampling.ddim_sample` with eta, its step noise drawn from one generator for the whole batch
+    (the Generator's option draws each request's from a stream of its own, so the two differ in their noise)."""
     import torch
 
-    from kgface.diffusion.sampling import clean_and_noise
+    from kgface.diffusion.sampling import ddim_sample
 
-    a = alphas_cumprod.to(x.device, torch.float32)
-    for i, t in enumerate(timesteps):
-        a_t = a[t]
-        a_prev = a[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, device=x.device)
-        x0, eps = clean_and_noise(model_fn(x, t, cond), x, a_t, prediction)
-        s = eta * ((1 - a_prev) / (1 - a_t).clamp_min(1e-12)).sqrt() * (1 - a_t / a_prev).clamp_min(0).sqrt()
-        z = torch.randn(x.shape, generator=generator).to(x.device)
-        x = (a_prev.sqrt() * x0 + (1 - a_prev - s ** 2).clamp_min(0).sqrt() * eps + s * z).to(x.dtype)
-    return x
+    return ddim_sample(model_fn, x, timesteps, alphas_cumprod, cond, prediction=prediction, eta=eta,
+                       step_noise=lambda i: torch.randn(x.shape, generator=generator))
 
 
 def draw(gen, reqs, spec: str, guidance: float):

@@ -75,6 +75,15 @@ def as_number(value, key: str, hint: str = "") -> float:
     return number
 
 
+def as_eta(value, key: str) -> float:
+    """A sampler's eta (fresh noise per DDIM step) as a float >= 0, or a one-line error naming `key`: the train job's
+    `model.sample.eta` (checked before training, since the samples are drawn after it) and generate's `eta=`."""
+    eta = as_number(value, key)
+    if not eta >= 0:
+        raise UserError(f"{key}={value}: fresh noise per DDIM step is >= 0 (0 = deterministic DDIM, 1 = ancestral)")
+    return eta
+
+
 def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
     """The config an entry would run with (Hydra's compose API; no run directory, no logging set-up)."""
     GlobalHydra.instance().clear()

@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .cache import remove_path
-from .config import as_list, as_number, entry
+from .config import as_eta, as_list, as_number, entry
 from .errors import UserError
 from .sheets import to_pil
 
@@ -279,8 +279,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # sampler settings given on the command line are checked before the run loads (an SD run takes a while)
     if cfg.guidance is not None:
         as_number(cfg.guidance, "guidance")
-    if cfg.get("eta") is not None and not as_number(cfg.eta, "eta") >= 0:
-        raise UserError(f"eta={cfg.eta}: fresh noise per DDIM step is >= 0 (0 = deterministic DDIM, 1 = ancestral)")
+    eta = None if cfg.get("eta") is None else as_eta(cfg.eta, "eta")
     steps = None if cfg.steps is None else as_number(cfg.steps, "steps")
     if steps is not None and (steps != int(steps) or steps < 1):
         raise UserError(f"steps={steps:g}: DDIM steps are an integer >= 1 (at most the model's noise ladder)")
@@ -354,7 +353,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if steps != int(steps) or not 1 <= steps <= n_train:
         raise UserError(f"steps={steps:g}: DDIM steps are an integer in [1, {n_train}] (the model's noise ladder)")
     steps = int(steps)
-    eta = float(cfg.eta if cfg.get("eta") is not None else run_cfg.model.sample.get("eta", 0.0))
+    eta = eta if eta is not None else float(run_cfg.model.sample.get("eta", 0.0))
     gen = Generator(backbone, conditioner, guidance=guidance, steps=steps, spacing=spacing, eta=eta)
     drawn = gen.requested_phenotypes([it.request for it in items])
     for it, ids in zip(items, drawn or []):  # a run trained on observed phenotype sets draws one per image

@@ -8,7 +8,7 @@ import os
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import container
+from .config import as_eta, container
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,7 @@ def preflight(cfg: DictConfig) -> None:
     from .diffusion.conditioning import CONTROL, MODES
     from .diffusion.phenotype_sets import observed_phenotypes_of
 
-    from .config import as_number
-
-    # the sampler draws the run's samples after training: a bad setting would end the run there
-    if not as_number(cfg.model.sample.get("eta", 0.0), "model.sample.eta") >= 0:
-        raise UserError(f"model.sample.eta={cfg.model.sample.eta}: fresh noise per DDIM step is >= 0 "
-                        "(0 = deterministic DDIM, 1 = ancestral)")
+    as_eta(cfg.model.sample.get("eta", 0.0), "model.sample.eta")  # the samples are drawn after training
     modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
     bad = [str(m) for m in modes if m not in (*MODES, CONTROL)]
     if bad:

@@ -30,6 +30,13 @@ def save_png(image, path: Path) -> Path:
     return Path(path)
 
 
+def seed_order_of(ids: list[str], seed_order: list[str] | None) -> list[str]:
+    """The disease ids whose places fix each disease's noise: `seed_order` (all the run's profiles), then any of
+    `ids` it lacks; without it, `ids` themselves."""
+    order = list(seed_order or ids)
+    return order + [d for d in ids if d not in order]
+
+
 def grid_requests(profiles, stages, per_cell: int, seed: int, shared_noise: bool = False,
                   seed_order: list[str] | None = None):
     """The grid's requests and manifest rows, every seed distinct but across one disease's stages: profile i's copy k
@@ -43,8 +50,7 @@ def grid_requests(profiles, stages, per_cell: int, seed: int, shared_noise: bool
         # a manifest label must say what was drawn
         raise ValueError(f"samples.stages={list(stages)}: the run's samples are drawn at whole stages "
                          f"0-3 (continuous severities: python -m kgface.generate stages=...)")
-    order = list(seed_order or [p.disease_id for p in profiles])
-    order += [p.disease_id for p in profiles if p.disease_id not in order]
+    order = seed_order_of([p.disease_id for p in profiles], seed_order)
     slot = {d: i for i, d in enumerate(order)}
     reqs, rows = [], []
     healthy_base = seed + len(order) * per_cell
@@ -86,9 +92,7 @@ def transform_jobs(profiles, test_df, identities: int, seed: int, seed_order: li
     test = test_df[test_df["disease"].isin(by_id)]
     ids = sorted(test.loc[test["disease"] == "healthy", "identity"].unique())[:identities]
     # job j of the full set (every disease of seed_order) starts from seed + j, whichever of them this run draws
-    order = list(seed_order or by_id)
-    order += [d for d in by_id if d not in order]
-    full_sick = [d for d in order if d != healthy.disease_id]
+    full_sick = [d for d in seed_order_of(list(by_id), seed_order) if d != healthy.disease_id]
     sick_all = test_df[(test_df["stage"].astype(int) == 3) & test_df["disease"].isin(full_sick)]
     back_slot = {d: m for m, d in enumerate(sorted(sick_all["disease"].unique()))}
     jobs = []  # (source abspath, target profile, stage, seed)
