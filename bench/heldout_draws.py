@@ -2,6 +2,7 @@
 
     python bench/heldout_draws.py RUN_A RUN_B [--seeds 30] [--stages 2 3] [--evaluator EVAL_DIR] [--guidance G]
                                    [--groups heldout seen] [--null-text empty|prompt] [--negative null|stage0|healthy]
+                                   [--contrast LAMBDA] [--contrast-k K]
 
 A train run draws each (disease, stage) cell only `samples.per_cell` times (6 on the benchmark: 24 held-out images),
 too few to compare conditionings on held-out diseases. This draws every held-out disease (and, for reference,
@@ -15,7 +16,10 @@ replaces the runs' own `model.sample.guidance` (a sampling-time sweep needs no r
 guides against each request's own prompt with null tokens instead of the empty prompt; --negative stage0 puts the
 same request at stage 0 (its tokens and prompt, the same seed) in guidance's unconditional branch, --negative healthy
 a healthy face's, so guidance pushes away from the disease's mildest look or from health instead of from nothing (a
-sampling-time change, like a negative prompt; null: the runs' own). Top-1 reads the requests of
+sampling-time change, like a negative prompt; null: the runs' own). --contrast LAMBDA adds a push away from the K
+seen diseases the KG puts nearest each request (cosine of frequency-weighted phenotype vectors; no evaluator):
+eps = eps_null + w (eps_c - eps_null) + LAMBDA sum_j s_j (eps_c - eps_j), s_j the similarities scaled to sum 1, each
+eps_j the neighbour at the request's stage and seed (one more UNet branch per neighbour). Top-1 reads the requests of
 stages >= 2; each group's stage Spearman (requested vs measured severity) reads every stage
 asked for: `--stages 0 1 2 3` for a number comparable with generation.stage_spearman.
 Figures in docs/training.md came from this script.
@@ -44,7 +48,12 @@ def main(argv=None):
     ap.add_argument("--negative", choices=["null", "stage0", "healthy"], default="null",
                     help="guidance's unconditional branch: null tokens (the runs' own), the request at stage 0, or a "
                          "healthy face")
+    ap.add_argument("--contrast", type=float, default=0.0,
+                    help="weight of the push away from the KG-nearest seen diseases (0: none)")
+    ap.add_argument("--contrast-k", type=int, default=1, help="how many KG-nearest seen diseases --contrast uses")
     args = ap.parse_args(argv)
+    if args.contrast < 0 or args.contrast_k < 1:
+        ap.error("--contrast must be >= 0 and --contrast-k >= 1")
     if args.negative != "null" and args.null_text != "empty":
         ap.error("--negative replaces the unconditional branch --null-text sets: give one of them")
     if len({str(Path(r).resolve()) for r in args.runs}) < len(args.runs):  # results are keyed by run
@@ -75,6 +84,7 @@ def main(argv=None):
         if args.negative != "null":
             gen = negative_guidance(gen, args.negative, next((p for p in profiles if p.healthy), None))
         known = {p.disease_id for p in cond.profiles}
+        seen = [p for p in profiles if p.disease_id not in heldout and not p.healthy]
         out = {}
         for group, chosen in (("heldout", [p for p in profiles if p.disease_id in heldout]),
                               ("seen", [p for p in profiles if p.disease_id not in heldout and not p.healthy])):
@@ -86,9 +96,13 @@ def main(argv=None):
                     for p in chosen for s in args.stages for k in range(args.seeds)]
             if not reqs:
                 continue
+            near = {p.disease_id: kg_nearest(p, [q for q in seen if q.disease_id != p.disease_id], args.contrast_k)
+                    for p in chosen} if args.contrast else None
             preds, severity = [], []
             for i in tqdm(range(0, len(reqs), 32), desc=f"{Path(run).name}: {group}", unit="batch"):
-                scored = evaluator.score(gen.sample(reqs[i:i + 32]))
+                batch = reqs[i:i + 32]
+                images = contrast_sample(gen, batch, near, args.contrast) if near else gen.sample(batch)
+                scored = evaluator.score(images)
                 preds += list(scored["pred_disease"])
                 severity += list(scored["severity_pred"])
             # top-1 on the headline stages (2-3: stage 0 looks healthy by construction); Spearman on every stage
@@ -109,8 +123,10 @@ def main(argv=None):
                           # requested vs measured severity, as generation.stage_spearman (nan with one stage)
                           "stage_spearman": spearman([r.severity for r in reqs], severity),
                           "per_disease": per, "read_as": read_as}
+            if near:  # the neighbours each disease was pushed from, with their weights
+                out[group]["contrast_from"] = {d: {q.disease_id: round(s, 3) for s, q in v} for d, v in near.items()}
         results[run] = {"conditioning": cond.mode, "guidance": guidance, "null_text": args.null_text,
-                        "negative": args.negative, **out}
+                        "negative": args.negative, "contrast": args.contrast, "contrast_k": args.contrast_k, **out}
         print(json.dumps({run: results[run]}, indent=1))
     print("| run | conditioning | guidance | null text | held-out top-1 (n, 95% CI) | seen top-1 (n, 95% CI) "
           "| seen stage Spearman |")
@@ -152,6 +168,70 @@ def negative_guidance(gen, negative: str, healthy):
 
     gen.condition = condition
     return gen
+
+
+def kg_nearest(profile, candidates, k: int) -> list[tuple[float, object]]:
+    """The k candidate profiles nearest `profile` by the cosine of their frequency-weighted phenotype vectors (the
+    KG alone), nearest first, as (similarity scaled so the k sum to 1, profile); equal weights if all are 0."""
+    import numpy as np
+
+    def vec(p):
+        return {q.hpo_id: float(q.frequency) for q in p.phenotypes}
+
+    a = vec(profile)
+    sims = []
+    for q in candidates:
+        b = vec(q)
+        keys = sorted(set(a) | set(b))
+        x, y = np.array([a.get(h, 0.0) for h in keys]), np.array([b.get(h, 0.0) for h in keys])
+        norm = float(np.linalg.norm(x) * np.linalg.norm(y))
+        sims.append((float(x @ y) / norm if norm else 0.0, q))
+    top = sorted(sims, key=lambda t: -t[0])[:k]  # stable: ties keep the profiles' order
+    total = sum(s for s, _ in top)
+    return [(s / total if total else 1.0 / len(top), q) for s, q in top]
+
+
+def contrast_sample(gen, reqs, nearest: dict, lam: float):
+    """Images for `reqs` drawn with `contrast_model`: the same start noise, ladder and sampler as `gen.sample` (lam 0
+    draws its images)."""
+    from kgface.diffusion.sampling import ddim_sample
+
+    x, alphas = gen.noise(reqs).to(gen.device), gen.backbone.scheduler.alphas_cumprod
+    latents = ddim_sample(contrast_model(gen, reqs, nearest, lam), x, gen.ladder(), alphas, prediction=gen.prediction,
+                          eta=gen.eta, step_noise=gen.step_noise(reqs) if gen.eta > 0 else None)
+    return gen.decode(latents)
+
+
+def contrast_model(gen, reqs, nearest: dict, lam: float):
+    """The sampler's model function (x, t, _) for `reqs`: the run's guidance plus lam * sum_j s_j (eps_c - eps_j),
+    eps_j each request's j-th KG neighbour (`nearest[disease_id]` from `kg_nearest`) at its stage and seed."""
+    import torch
+
+    from kgface.diffusion.adapter import kg_added_cond_kwargs
+    from kgface.diffusion.generator import Request
+    from kgface.diffusion.sampling import half_weights_dtype, unet_eps
+
+    b, k = gen.backbone, len(nearest[reqs[0].profile.disease_id])
+    states, tokens, null_states, null_tokens, added, null_added = gen.condition(reqs)
+    branches = [(null_states, null_tokens, null_added), (states, tokens, added)]
+    for j in range(k):
+        s, t, _, _, a, _ = gen.condition([Request(nearest[r.profile.disease_id][j][1], r.severity, r.seed, r.age)
+                                          for r in reqs])
+        branches.append((s, t, a))
+    weight = torch.tensor([[nearest[r.profile.disease_id][j][0] for j in range(k)] for r in reqs])
+    all_states = torch.cat([s for s, _, _ in branches])
+    extra = {key: torch.cat([a[key] for _, _, a in branches]) for key in (added or {})}
+    kw = (kg_added_cond_kwargs(torch.cat([t for _, t, _ in branches]), extra) if tokens is not None
+          else (extra or None))
+    half, n = half_weights_dtype(b.unet), len(branches)
+
+    def model_fn(x, t, _):
+        out = unet_eps(b.unet, torch.cat([x] * n), t, all_states, kw, half=half).chunk(n)
+        guided = out[0] + gen.guidance * (out[1] - out[0])
+        push = sum(weight[:, j].to(x)[:, None, None, None] * (out[1] - out[2 + j]) for j in range(k))
+        return guided + lam * push
+
+    return model_fn
 
 
 if __name__ == "__main__":

@@ -101,6 +101,50 @@ def test_heldout_draws_negative_guidance_conditions_the_unconditional_branch(eva
     assert result[str(evaluated_run)]["negative"] == "healthy" and result[str(evaluated_run)]["heldout"]["n"] == 1
 
 
+def test_heldout_draws_contrast_pushes_away_from_kg_neighbours(evaluated_run, capsys):
+    """--contrast: lam 0, or a request's own profile as its neighbour, draws the run's own images; the model
+    function adds exactly lam * (eps_c - eps_j) to the run's guided output. kg_nearest ranks by the KG alone."""
+    import torch
+
+    from kgface.diffusion.adapter import kg_added_cond_kwargs
+    from kgface.diffusion.generator import Generator, Request
+    from kgface.diffusion.run_loading import load_run
+    from kgface.diffusion.sampling import unet_eps
+
+    draws = script("heldout_draws")
+    backbone, cond, profiles, _ = load_run(evaluated_run)
+    sick = [p for p in cond.profiles if not p.healthy]
+    near = draws.kg_nearest(sick[0], sick, 2)
+    assert near[0][1] is sick[0] and near[0][0] > near[1][0]  # itself first (cosine 1)
+    assert sum(s for s, _ in near) == pytest.approx(1.0)
+    reqs = [Request(sick[0], 3.0, 5), Request(sick[1], 2.0, 6)]
+    gen = Generator(backbone, cond)
+    plain = gen.sample(reqs).int()
+    others = {p.disease_id: draws.kg_nearest(p, [q for q in sick if q is not p], 1) for p in sick}
+    itself = {p.disease_id: [(1.0, p)] for p in sick}
+    assert (draws.contrast_sample(gen, reqs, others, 0.0).int() - plain).abs().max() <= 1
+    assert (draws.contrast_sample(gen, reqs, itself, 5.0).int() - plain).abs().max() <= 1
+    # the push, at one step: the fixture's barely trained tokens move its images by ~1 grey level, so read eps
+    x, t = gen.noise(reqs), gen.ladder()[3]
+    moved = draws.contrast_model(gen, reqs, others, 5.0)(x, t, None) - draws.contrast_model(gen, reqs, others, 0.0)(
+        x, t, None)
+    c = gen.condition(reqs)
+    n = gen.condition([Request(others[r.profile.disease_id][0][1], r.severity, r.seed) for r in reqs])
+    push = unet_eps(backbone.unet, x, t, c[0], kg_added_cond_kwargs(c[1], None)) - unet_eps(
+        backbone.unet, x, t, n[0], kg_added_cond_kwargs(n[1], None))
+    assert push.abs().max() > 1e-3 and torch.allclose(moved, 5.0 * push, atol=1e-5)
+    draws.main([str(evaluated_run), "--seeds", "1", "--stages", "3", "--groups", "heldout", "--contrast", "1",
+                "--contrast-k", "2"])
+    (result,) = json_blocks(capsys.readouterr().out)
+    r = result[str(evaluated_run)]
+    assert (r["contrast"], r["contrast_k"], r["heldout"]["n"]) == (1.0, 2, 1)
+    (pushed_from,) = r["heldout"]["contrast_from"].values()  # the two seen diseases, weights summing to 1
+    assert set(pushed_from) == {"ORPHA:870", "MONDO:0011438"}
+    assert sum(pushed_from.values()) == pytest.approx(1, abs=2e-3)
+    with pytest.raises(SystemExit):
+        draws.main([str(evaluated_run), "--contrast", "-1"])
+
+
 def test_heldout_draws_refuses_a_run_given_twice(evaluated_run, capsys):
     with pytest.raises(SystemExit) as info:
         script("heldout_draws").main([str(evaluated_run), str(evaluated_run) + "/"])
