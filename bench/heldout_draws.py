@@ -172,11 +172,12 @@ def negative_guidance(gen, negative: str, healthy):
 
 def kg_nearest(profile, candidates, k: int) -> list[tuple[float, object]]:
     """The k candidate profiles nearest `profile` by the cosine of their frequency-weighted phenotype vectors (the
-    KG alone), nearest first, as (similarity scaled so the k sum to 1, profile); equal weights if all are 0."""
+    KG alone), nearest first, as (similarity scaled so the k sum to 1, profile); equal weights if all are 0. A
+    phenotype the KG gives no frequency counts 0.5 (the phantom's and the phenotype sets' default)."""
     import numpy as np
 
     def vec(p):
-        return {q.hpo_id: float(q.frequency) for q in p.phenotypes}
+        return {q.hpo_id: 0.5 if q.frequency is None else float(q.frequency) for q in p.phenotypes}
 
     a = vec(profile)
     sims = []

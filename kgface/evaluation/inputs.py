@@ -178,13 +178,14 @@ def presence_matrix(phenotypes: Sequence[dict], vocab: Sequence[str]) -> np.ndar
     return y
 
 
-def image_caption(profile: FacialProfile, stage: int | None, phenotypes: dict) -> str:
-    """Training caption of a real image: disease, stage and the phenotypes it shows (all drawn ones; a photo with
-    unknown phenotypes gets the template's phenotypes of that stage). stage None: a photo whose stage is not known
-    (the manifest's stage_known=False) is captioned without one."""
+def image_caption(profile: FacialProfile, stage: int | None, phenotypes: dict, labelled: bool) -> str:
+    """Training caption of a real image: disease, stage and the phenotypes it shows. labelled (`labelled_phenotypes`
+    of its row): `phenotypes` says what the face shows, all drawn ones and none if empty (a phantom face that drew
+    none is not captioned with marks it lacks); an unlabelled photo gets the template's phenotypes of that stage.
+    stage None: a photo whose stage is not known (the manifest's stage_known=False) is captioned without one."""
     stage = None if stage is None else int(stage)
-    if phenotypes:
-        return caption(profile, stage, {h: 1.0 for h, v in phenotypes.items() if float(v) > 0})
+    if labelled:
+        return caption(profile, stage, {h: 1.0 for h, v in (phenotypes or {}).items() if float(v) > 0})
     return caption(profile, stage)
 
 

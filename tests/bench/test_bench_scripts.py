@@ -2,6 +2,7 @@
 figures in docs/ came from them, so they must still run, and their checks against the run's own numbers must hold."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -117,6 +118,9 @@ def test_heldout_draws_contrast_pushes_away_from_kg_neighbours(evaluated_run, ca
     near = draws.kg_nearest(sick[0], sick, 2)
     assert near[0][1] is sick[0] and near[0][0] > near[1][0]  # itself first (cosine 1)
     assert sum(s for s, _ in near) == pytest.approx(1.0)
+    unknown = dataclasses.replace(sick[1], phenotypes=[dataclasses.replace(q, frequency=None)
+                                                       for q in sick[1].phenotypes])
+    assert draws.kg_nearest(unknown, [sick[1]], 1)[0] == (1.0, sick[1])  # no KG frequency: 0.5, not a crash
     reqs = [Request(sick[0], 3.0, 5), Request(sick[1], 2.0, 6)]
     gen = Generator(backbone, cond)
     plain = gen.sample(reqs).int()

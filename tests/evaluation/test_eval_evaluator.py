@@ -9,6 +9,7 @@ import torch
 from kgface.data.manifest import read_manifest, stage_known, write_manifest
 from kgface.evaluation import Evaluator, EvaluatorInputError, fit_evaluator, instrument_validity, load_images
 from kgface.evaluation.inputs import image_caption
+from kgface.prompts.wording import stage_levels
 from kgface.errors import UserError
 
 
@@ -79,12 +80,17 @@ def test_new_pixels_under_an_unchanged_manifest_are_a_new_entry(tiny_cfg, tiny_d
 def test_captions_name_disease_stage_and_phenotypes(tiny_profiles):
     acne = next(p for p in tiny_profiles if p.disease_id == "MONDO:0011438")
     ph = acne.phenotypes[0]
-    text = image_caption(acne, 2, {ph.hpo_id: 0.3})
+    text = image_caption(acne, 2, {ph.hpo_id: 0.3}, True)
     assert acne.name in text and "stage" in text and (ph.visual or ph.name).strip().rstrip(".")[:20] in text
     # the stage is named, not a fixed word: another stage, or none known, is another caption
-    others = {image_caption(acne, s, {ph.hpo_id: 0.3}) for s in (1, 3, None)}
+    others = {image_caption(acne, s, {ph.hpo_id: 0.3}, True) for s in (1, 3, None)}
     assert len(others) == 3 and text not in others
-    assert "stage" not in image_caption(acne, None, {ph.hpo_id: 0.3})
+    assert "stage" not in image_caption(acne, None, {ph.hpo_id: 0.3}, True)
+    # a labelled face that drew nothing (a phantom's {}) names no phenotype; an unlabelled photo the template's
+    bare = f"a photo of a face with {acne.name}, {stage_levels(acne.disease_id)[2].name} stage"
+    assert image_caption(acne, 2, {}, True) == bare
+    assert image_caption(acne, 2, {}, False).startswith(image_caption(acne, 2, {}, True) + ", showing ")
+    assert image_caption(acne, 2, {ph.hpo_id: 0.0}, True) == image_caption(acne, 2, {}, True)
 
 
 def test_photos_without_phenotype_labels_teach_the_heads_nothing(tiny_cfg, tiny_data, tiny_profiles, tiny_evaluator):
@@ -431,7 +437,7 @@ def test_photos_of_unknown_stage_teach_no_stage_and_enter_no_stage_metric(tiny_c
     train = df["split"] == "train"
     assert ev.info["stage_images"] == int((train & ~unknown).sum()) < int(train.sum())
     acne = next(p for p in tiny_profiles if p.disease_id == "MONDO:0011438")
-    assert "stage" not in image_caption(acne, None, {}) and "stage" in image_caption(acne, 2, {})
+    assert "stage" not in image_caption(acne, None, {}, False) and "stage" in image_caption(acne, 2, {}, False)
     real = read_manifest(copy / "manifest.csv")[0]
     v = instrument_validity(ev, real)
     test = real["split"] == "test"
