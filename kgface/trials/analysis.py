@@ -90,7 +90,7 @@ def _fit(y: np.ndarray, x: pd.DataFrame, groups: np.ndarray, cov: str, lags: int
     model = sm.WLS(y, x, weights=weights)
     if cov == "cluster":
         return model.fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
-    if cov == "hac" and lags > 0:
+    if cov == "hac":  # 0 lags: White's sandwich within each patient, not the model-based errors
         return model.fit(cov_type="hac-panel", cov_kwds={"groups": groups, "maxlags": lags, "df_correction": False},
                          use_t=True)
     return model.fit()

@@ -156,7 +156,9 @@ def design_from_config(c) -> Design:
     schedule = schedule_from_config(c.get("schedule") or {}, a.get("skip_days", 0))
     if effects == "by_patient":
         _check_repeats(schedule)
-    analysis = Analysis(skip_days=int(a.get("skip_days", 0)), unit=unit, trend=trend, cov=cov,
+    # the run-in as schedule_from_config read it ("5.0" is 5 there; int("5.0") would raise)
+    skip = whole(a.get("skip_days", 0), "trial.analysis.skip_days", 0)
+    analysis = Analysis(skip_days=skip, unit=unit, trend=trend, cov=cov,
                         hac_lags=lags, alpha=alpha, study_trials=study, effects=effects)
     if cov == "cluster" and patients < 2:
         raise UserError("trial.analysis.cov=cluster needs at least 2 patients (clusters); use hac or nonrobust")

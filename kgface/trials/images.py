@@ -172,7 +172,8 @@ def instrument(cfg, run_dir: Path, run_cfg, manifest: Path | None, profiles, cac
     evaluator, source = find_evaluator(OmegaConf.create({"evaluator_dir": cfg.evaluator_dir}), run_dir)
     if evaluator is None:
         if manifest is None or not manifest.is_file():
-            raise UserError(f"run={run_dir} has no evaluator/ and names no dataset to fit one on; give evaluator=PATH")
+            raise UserError(f"run={run_dir} has no evaluator/ and names no dataset to fit one on; "
+                            "give evaluator_dir=PATH")
         from ..evaluation import fit_evaluator
 
         log.info("run=%s has no evaluator/: fitting one on %s (cached)", run_dir, manifest)

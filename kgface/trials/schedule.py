@@ -15,6 +15,7 @@ every treatment the order names must be declared, every declared treatment must 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -106,6 +107,8 @@ def _days(value, key: str, minimum: int) -> int:
             raise TypeError
     except (TypeError, ValueError):
         raise ScheduleError(f"{key}={value!r} is not a number of days") from None
+    if not math.isfinite(f):  # int(nan) / int(inf) would raise a traceback below
+        raise ScheduleError(f"{key}={value!r} is not a number of days")
     if f != int(f):
         raise ScheduleError(f"{key}={value} must be a whole number of days")
     if f < minimum:
@@ -129,6 +132,9 @@ def schedule_from_config(c, skip_days: int = 0) -> Schedule:
     treatments = _names(c.get("treatments") or [], "trial.schedule.treatments")
     if not treatments:
         raise ScheduleError("trial.schedule.treatments is empty; name at least one treatment, e.g. [A, B]")
+    if reference == WASHOUT:  # its rows would be dropped with the gaps, leaving the fit without a reference
+        raise ScheduleError(f"trial.schedule.reference={WASHOUT} is reserved for the untreated gaps; name the "
+                            "reference otherwise, e.g. Baseline")
     reserved = {reference, WASHOUT} & set(treatments)
     if reserved:
         raise ScheduleError(f"trial.schedule.treatments names {sorted(reserved)[0]!r}, which is reserved for the "

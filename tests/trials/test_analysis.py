@@ -43,6 +43,22 @@ def test_noise_free_trial_recovers_the_effects(unit, cov):
     assert (est["high"] - est["low"] < 0.01).all()
 
 
+def test_hac_with_no_lags_is_the_sandwich_within_patients_not_the_model_errors():
+    """cov=hac, hac_lags=0: White's heteroskedasticity-robust errors (statsmodels HC1: HC0 x n / (n - k)), not the
+    plain OLS ones (which they equal for a balanced two-level regressor: A is on a quarter of the days here)."""
+    import statsmodels.api as sm
+
+    from kgface.trials.analysis import _fit
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame({"const": 1.0, "A": np.tile([0.0, 0.0, 0.0, 1.0], 20)})
+    y = 0.5 * x["A"].to_numpy() + rng.normal(size=80) * (0.2 + 2.0 * x["A"].to_numpy())  # noisier under A
+    groups, w = np.repeat(np.arange(4), 20), np.ones(80)
+    hac0, plain = _fit(y, x, groups, "hac", 0, w), _fit(y, x, groups, "nonrobust", 0, w)
+    white = sm.WLS(y, x, weights=w).fit(cov_type="HC1")
+    assert np.allclose(hac0.bse, white.bse) and abs(hac0.bse["A"] / plain.bse["A"] - 1) > 0.2
+
+
 def test_per_patient_effects_find_each_patients_own_effect():
     d = design_from_config(trial_cfg(**NOISE_FREE, **{"severity.treatments.A.sd": 0.3}))
     table, patients = simulate(d, 4)

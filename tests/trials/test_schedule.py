@@ -121,6 +121,9 @@ def test_bad_trial_configs_are_clear_errors(override, message):
     ({"schedule.order": 5}, "trial.schedule.order=5 must be alternating | randomised or a list of treatment names"),
     ({"schedule.treatments": "drugX"}, "trial.schedule.treatments='drugX' must be a list of treatment names"),
     ({"schedule.cycles": True}, "trial.schedule.cycles=True is not a number of days"),
+    ({"schedule.cycles": float("inf")}, "trial.schedule.cycles=inf is not a number of days"),
+    ({"schedule.block_days": float("nan")}, "trial.schedule.block_days=nan is not a number of days"),
+    ({"schedule.reference": "Washout"}, "trial.schedule.reference=Washout is reserved for the untreated gaps"),
 ])
 def test_bad_values_name_their_key_in_one_line(override, message):
     """What used to be a traceback (float('five'), int('x'), order 5) or a silent change (2.9 patients -> 2,
@@ -131,8 +134,9 @@ def test_bad_values_name_their_key_in_one_line(override, message):
 
 
 def test_whole_numbers_given_as_floats_or_strings_still_work():
-    d = design_from_config(trial_cfg(**{"patients": 3.0, "analysis.study_trials": "5", "analysis.trend": False}))
-    assert (d.patients, d.analysis.study_trials, d.analysis.trend) == (3, 5, False)
+    d = design_from_config(trial_cfg(**{"patients": 3.0, "analysis.study_trials": "5", "analysis.trend": False,
+                                        "analysis.skip_days": "2.0"}))
+    assert (d.patients, d.analysis.study_trials, d.analysis.trend, d.analysis.skip_days) == (3, 5, False, 2)
 
 
 def test_default_design_and_image_budget():

@@ -2,6 +2,7 @@
 same seed = identical table and image bytes; consecutive days share noise; bad input = one-line errors, nothing
 written. The micro generator and evaluator are untrained: structure is asserted, not image quality."""
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -266,3 +267,8 @@ def test_bad_inputs_against_a_run(trial_run, tmp_path, capsys):
     assert "evaluator_dir=" in fails(capsys, trial_run, tmp_path / "e", f"evaluator_dir={tmp_path / 'none'}")
     assert "is a model=tiny run" in fails(capsys, trial_run, tmp_path / "f", "dtype=bf16")  # no frozen base to halve
     assert "steps=5000: DDIM steps are at most 1000" in fails(capsys, trial_run, tmp_path / "g", "steps=5000")
+    bare = tmp_path / "bare"  # no evaluator/ and no dataset to fit one on: the key the advice names is the real one
+    shutil.copytree(trial_run, bare, ignore=shutil.ignore_patterns("evaluator", "samples", "transforms", "checkpoints"))
+    data = json.loads((bare / "data.json").read_text())
+    (bare / "data.json").write_text(json.dumps({k: v for k, v in data.items() if k != "manifest"}))
+    assert "give evaluator_dir=PATH" in fails(capsys, bare, tmp_path / "h")
