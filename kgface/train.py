@@ -7,6 +7,7 @@ Everything lands under the Hydra run directory (layout in docs/training.md); lat
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -175,6 +176,14 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     from .diffusion.training_data import atlas_training_rows, latent_set, observed_training_sets
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # a rerun into this folder (trainer.resume=latest): the last run's generator files go before this one trains,
+    # so a half-saved set (a kill between model/ and the adapter) or the old weights under the new config.yaml are
+    # refused by load_run ("did not finish") rather than read as one generator
+    from .diffusion.run_loading import GENERATOR_FILES
+
+    for name in GENERATOR_FILES:
+        stale = out_dir / name
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     torch.manual_seed(int(cfg.seed))
     truth = truth or profiles
     if mode == CONTROL:  # the KG encoder sees every disease with another disease's phenotypes

@@ -170,6 +170,36 @@ def test_learned_frequencies_condition_the_generator_a_run_trains(evaluated_run,
     assert (out / "conditioning_profiles.json").is_file()
 
 
+def test_a_rerun_killed_while_saving_leaves_no_generator_to_load(evaluated_run, tmp_path, monkeypatch):
+    """A rerun into a finished folder (trainer.resume=latest) removes the last generator's files before it trains:
+    killed between model/ and the adapter, the folder is refused as unfinished instead of loading the new UNet
+    with the old adapter and encoder under the new config.yaml."""
+    import shutil
+    from pathlib import Path
+
+    from kgface.diffusion import adapter
+    from kgface.diffusion.run_loading import RunError, load_run
+    from kgface.train import main
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    load_run(run)  # a finished run loads
+
+    real = adapter.save_kg_adapter
+
+    def killed(unet, folder, *args, **kwargs):  # model/ saves the adapter apart on its way: only the run's one dies
+        if Path(folder) == run:
+            raise KeyboardInterrupt
+        return real(unet, folder, *args, **kwargs)
+
+    monkeypatch.setattr(adapter, "save_kg_adapter", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(list(MICRO) + ["trainer.resume=latest", "trainer.steps=6", f"hydra.run.dir={run}"])
+    assert (run / "model").is_dir() and not (run / "adapter.safetensors").exists()  # the new UNet, no adapter
+    with pytest.raises(RunError, match="did not finish"):
+        load_run(run)
+
+
 def test_experiment_and_model_groups_compose():
     cfg = compose("train", ["model=sdxl", "model.pretrained=/x", "conditioning=class"])
     assert cfg.model.name == "sdxl" and cfg.model.resolution == 1024 and cfg.conditioning == "class"

@@ -49,6 +49,10 @@ def _locate(run_dir: Path) -> tuple[DictConfig, str]:
     raise RunError(f"run={run_dir} has no config.yaml; is it a kgface.train output?")
 
 
+# a generator's final files, written after its training (kgface.train removes them before a rerun trains)
+GENERATOR_FILES = ("model", "adapter.safetensors", "adapter.json", "encoder", "class_tokens.safetensors")
+
+
 def _check_files(run_dir: Path, cfg: DictConfig, mode: str) -> None:
     from .conditioning import KG_MODES
 

@@ -106,7 +106,9 @@ def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer,
                       str(tmp / "buffers.safetensors"))
         if ema is not None:
             save_file(_named(ema.shadow), str(tmp / "ema.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        scaler = getattr(optimizer, "scaler", None)  # accelerate's fp16 loss scale: not in the optimizer's state
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    **({"scaler": scaler.state_dict()} if scaler is not None else {})}, tmp / "optimizer.pt")
         state = {"step": step, "ema_steps": ema.steps if ema else 0, "losses": losses, "schedule": schedule}
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
     return folder
@@ -140,12 +142,23 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
                 s.copy_(shadow[f"p{i:05d}"])
             ema.steps = state["ema_steps"]
     opt = torch.load(folder / "optimizer.pt", weights_only=True)
-    try:  # learning rates come back from the checkpoint with the rest of the optimizer state
+    configured = [float(g["initial_lr"]) for g in optimizer.param_groups]  # this run's rates (LambdaLR's bases)
+    try:  # moments and step counts come back from the checkpoint; the rates too, unless this run names others
         optimizer.load_state_dict(opt["optimizer"])
     except ValueError as exc:  # e.g. a checkpoint from before the adapter had its own parameter group
         raise TrainingError(f"{folder}: its optimizer state does not fit this run ({exc}); "
                             "set trainer.resume=null to start afresh") from None
     scheduler.load_state_dict(opt["scheduler"])
+    if getattr(optimizer, "scaler", None) is not None and "scaler" in opt:  # an fp16 run resumes at its loss scale
+        optimizer.scaler.load_state_dict(opt["scaler"])
+    saved = [float(b) for b in scheduler.base_lrs]
+    if saved != configured:  # e.g. resumed after a NaN with a lower trainer.lr: the config's rates, same schedule
+        logging.getLogger(__name__).warning(f"{folder}: trained at learning rates {saved}; continuing at this "
+                                            f"run's {configured} (trainer.lr / adapter_lr / encoder_lr)")
+        scheduler.base_lrs = configured
+        for group, base, factor in zip(optimizer.param_groups, configured, scheduler.lr_lambdas):
+            group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
     return int(state["step"]), list(state.get("losses", []))
 
 
@@ -211,6 +224,9 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         raise TrainingError(f"trainer.mark_weight={mark_weight}: use a weight >= 0 (0 = the plain loss)")
     if mark_weight and data.marks is None:
         raise TrainingError("trainer.mark_weight > 0 but the training set has no mark maps (latent_set(marks=True))")
+    if int(t["keep_checkpoints"]) < 0:
+        raise TrainingError(f"trainer.keep_checkpoints={t['keep_checkpoints']}: use the number of recent "
+                            "checkpoints to keep (0 keeps all)")
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     # One process may train several models (baselines, tests) with different precisions; accelerate keeps a
@@ -252,6 +268,11 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         elif folder is None or not (folder / "state.json").is_file():
             raise TrainingError(f"trainer.resume={t['resume']}: no checkpoint there; use latest or a step-* folder")
         else:
+            later = [p.name for p in ckpt_dir.glob("step-*") if p.name > folder.name] if t["resume"] != "latest" else []
+            if later and folder.resolve().parent == ckpt_dir.resolve():
+                # a kill before this run overwrote them would resume from an abandoned run's step under this config
+                raise TrainingError(f"trainer.resume={t['resume']}: {ckpt_dir} also holds later checkpoints "
+                                    f"{sorted(later)} of an earlier run; move or delete them first")
             start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers, schedule_record)
     alphas = backbone.scheduler.alphas_cumprod.to(device)
     n_train = backbone.scheduler.config.num_train_timesteps
@@ -331,7 +352,8 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         if t["checkpoint_every"] and (step + 1) % int(t["checkpoint_every"]) == 0:
             save_checkpoint(ckpt_dir / f"step-{step + 1:07d}", step + 1, params, ema, optimizer, scheduler, losses,
                             buffers, schedule_record)
-            for old in sorted(ckpt_dir.glob("step-*"))[:-int(t["keep_checkpoints"])]:
+            keep = int(t["keep_checkpoints"])  # 0 keeps all
+            for old in sorted(ckpt_dir.glob("step-*"))[:-keep] if keep else []:
                 shutil.rmtree(old)
         if on_validate is not None and t["val_every"] and (step + 1) % int(t["val_every"]) == 0:
             on_validate(step + 1)

@@ -315,6 +315,51 @@ def test_mark_weight_moves_each_faces_loss_onto_its_marks_at_the_same_scale(prof
         train(*make(profiles), data, {**FAST, "steps": 1, "mark_weight": -2.0}, tmp_path / "f", progress=False)
 
 
+def test_a_resume_takes_this_runs_learning_rates_and_the_checkpoints_loss_scale(tmp_path, caplog):
+    """Resuming after a NaN with a lower trainer.lr trains at it (the schedule continues where it was); the same
+    rates resume exactly; an fp16 run's loss scale (accelerate's GradScaler, outside the optimizer) comes back."""
+    from kgface.diffusion.trainer import _lr_lambda, load_checkpoint, save_checkpoint
+
+    def setup(lr):
+        params = [torch.nn.Parameter(torch.ones(3))]
+        opt = torch.optim.AdamW([{"params": params, "lr": lr}])
+        opt.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+        return params, opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(2, 10))
+
+    params, opt, sched = setup(1e-3)
+    for _ in range(4):
+        params[0].grad = torch.ones(3)
+        opt.step()
+        sched.step()
+    opt.scaler.scale(torch.ones(()))  # the scale starts lazily, at the first scaled loss
+    opt.scaler.update(1024.0)  # the scale an fp16 run backed off to
+    save_checkpoint(tmp_path / "step-4", 4, params, None, opt, sched, [], None, {})
+    factor = _lr_lambda(2, 10)
+    params, opt, sched = setup(1e-3)
+    load_checkpoint(tmp_path / "step-4", params, None, opt, sched, None, {})
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * factor(4)) and opt.scaler.get_scale() == 1024.0
+    params, opt, sched = setup(2.5e-4)
+    with caplog.at_level(logging.WARNING, logger="kgface.diffusion.trainer"):
+        load_checkpoint(tmp_path / "step-4", params, None, opt, sched, None, {})
+    assert "continuing at this run's [0.00025]" in caplog.text
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.5e-4 * factor(4))
+    assert sched.get_last_lr()[0] == opt.param_groups[0]["lr"]
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.5e-4 * factor(5))
+    assert int(opt.state_dict()["state"][0]["step"]) == 4  # the moments came back
+
+
+def test_resuming_an_earlier_checkpoint_beside_later_ones_is_refused(profiles, tmp_path):
+    """A kill before the rerun overwrote them would have resume=latest pick an abandoned run's later step."""
+    train(*make(profiles), fixed_data(), {**FAST, "steps": 4, "checkpoint_every": 2, "keep_checkpoints": 5}, tmp_path,
+          progress=False)
+    early = tmp_path / "checkpoints" / "step-0000002"
+    with pytest.raises(TrainingError, match=r"later checkpoints \['step-0000004'\] of an earlier run; move or delete"):
+        train(*make(profiles), fixed_data(), {**FAST, "steps": 4, "resume": str(early)}, tmp_path, progress=False)
+    with pytest.raises(TrainingError, match=r"trainer.keep_checkpoints=-1"):
+        train(*make(profiles), fixed_data(), {**FAST, "steps": 1, "keep_checkpoints": -1}, tmp_path, progress=False)
+
+
 def test_bad_resume_path(profiles, tmp_path):
     backbone, cond = make(profiles)
     with pytest.raises(TrainingError, match="trainer.resume"):
