@@ -204,7 +204,7 @@ def graph_to_profiles(g: Graph, source: str | Path = "the graph") -> list[Facial
         hidden = _one(g, d, KGF.hiddenPhenotypes)
         profile = FacialProfile(
             disease_id=disease_id, name=str(_one(g, d, RDFS.label, disease_id)), kg=str(_one(g, d, KGF.kg, "rdf")),
-            text=json.loads(str(desc)) if desc is not None else {},
+            text=_description(desc) if desc is not None else {},
             hidden_phenotypes=0 if hidden is None else int(_number(hidden, f"{source}: disease {d}",
                                                                    "kgf:hiddenPhenotypes", 0, float("inf"), True)),
             query=str(_one(g, d, KGF.query, disease_id)),
@@ -292,7 +292,7 @@ def load_rdf_graph(path: str | Path, hpo=None) -> KnowledgeGraph:
     if hpo is not None and ONSET in hpo.terms:  # with an ontology to tell: only onsets, not Progressive etc.
         keep = onset_terms(terms)
         onsets = [(did, o) for did, o in onsets if o in keep]
-    text = {str(_one(g, d, KGF.curie, curie(d))): json.loads(str(t)) for d, t in g.subject_objects(DCTERMS.description)}
+    text = {str(_one(g, d, KGF.curie, curie(d))): _description(t) for d, t in g.subject_objects(DCTERMS.description)}
     return KnowledgeGraph(
         source="rdf", terms=terms,
         diseases=pd.DataFrame({"id": list(diseases), "name": list(diseases.values()), "aliases": ""}),
@@ -300,5 +300,26 @@ def load_rdf_graph(path: str | Path, hpo=None) -> KnowledgeGraph:
         disease_text=text, stats={"annotations": len(rows), "diseases": len(diseases)})
 
 
+def _description(value) -> dict[str, str]:
+    """A disease's dcterms:description: kgface writes its text fields as a JSON object; any other graph's plain
+    text (the usual RDF) is its definition, not a JSON error naming no file."""
+    try:
+        parsed = json.loads(str(value))
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        return parsed
+    return {"definition": str(value)}
+
+
 def write_turtle(g: Graph, path: str | Path) -> None:
-    Path(path).write_text(g.serialize(format="turtle"), encoding="utf-8")
+    """The graph as Turtle at `path`, whole or not at all (a temporary name beside it, then a rename)."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(g.serialize(format="turtle"), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

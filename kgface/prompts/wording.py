@@ -92,7 +92,7 @@ def stage_phenotypes(profile: FacialProfile, stage: int, limit: int | None = Non
 
     A stage whose scale level has no signs shows nothing; a stage 0 with signs (acne's "at most 5 lesions") shows
     those the KG marks as present from the start (`min_stage` 0, frequency >= 0.5). From stage 1 on a disease shows
-    at least its most frequent phenotype.
+    at least its most frequent phenotype whose `min_stage` allows that stage (none if none does).
     """
     stage = _check_stage(stage)
     if not stage_levels(profile.disease_id)[stage].signs:
@@ -101,7 +101,9 @@ def stage_phenotypes(profile: FacialProfile, stage: int, limit: int | None = Non
     if stage == 0:
         chosen = [p for p in ranked if int(p.min_stage or 0) == 0 and _frequency(p) >= 0.5]
     else:
-        chosen = [p for p in ranked if appear_stage(p) <= stage] or ranked[:1]
+        # at least the most frequent phenotype the stage may show (a later min_stage is not drawn there either)
+        chosen = [p for p in ranked if appear_stage(p) <= stage] or [p for p in ranked
+                                                                      if int(p.min_stage or 0) <= stage][:1]
     return chosen[:STAGE_LIMITS[stage] if limit is None else limit]
 
 

@@ -73,11 +73,30 @@ def test_acne_grades_and_nested_lesions(hpo_kg, catalog, table):
     for i in range(30):
         for stage in range(4):
             lab = draw_labels(acne, i, stage, cfg, table)
+            if lab["identity"].age_group == "child":  # too young for acne's onset (the builder never picks one):
+                assert lab["lesion_count"] == 0 and lab["phenotypes"] == {}  # no lesions, as the labels say
+                continue
             assert lab["lesion_count"] >= 1 and grade_from_count(lab["lesion_count"]) == stage
     # rosacea's papules are not counted on the acne scale, and rosacea stage 0 shows nothing
     rosacea = ProfileBuilder(hpo_kg, catalog).build("MONDO:0006604")
     lab = draw_labels(rosacea, 1, 0, cfg, table)
     assert lab["lesion_count"] == -1 and lab["phenotypes"] == {}
+
+
+def test_lesions_are_drawn_only_on_individuals_whose_labels_show_acne(profiles, table):
+    """Acromegaly has acne in some patients (HPO: occasional): a face gets lesions exactly when its labels name an
+    acne term, so no face shows lesions its labels do not (renderer 1 drew them on every acromegaly face)."""
+    from kgface.data.phantom.dataset import ACNE_TERMS
+
+    cfg, acro = PhantomConfig(), profiles["ORPHA:963"]
+    with_acne = without = 0
+    for i in range(60):
+        for stage in (1, 2, 3):
+            lab = draw_labels(acro, i, stage, cfg, table)
+            shows = any(h in ACNE_TERMS for h in lab["phenotypes"])
+            assert (lab["lesion_count"] > 0) == shows, (i, stage, lab)
+            with_acne, without = with_acne + shows, without + (not shows)
+    assert with_acne and without > with_acne  # both kinds drawn; most acromegaly faces have no acne
 
 
 def test_identity_persists_across_stages(hpo_kg, catalog, table):

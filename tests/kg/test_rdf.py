@@ -117,6 +117,26 @@ def test_rdf_alt_ids_and_onsets_resolve(tmp_path, catalog):
     assert [o["hpo_id"] for o in p.onsets] == ["HP:0003593"]  # Progressive (HP:0003676) is no onset
 
 
+def test_a_plain_text_description_is_the_diseases_definition(tmp_path, catalog):
+    """Another graph's dcterms:description is prose, not kgface's JSON object: read as the definition."""
+    path = _ttl(tmp_path, "kgf:frequency 0.5")
+    text = path.read_text().replace('kgf:curie "ORPHA:1" ;', 'kgf:curie "ORPHA:1" ; '
+                                    '<http://purl.org/dc/terms/description> "A rare syndrome." ;')
+    path.write_text(text)
+    assert load_kg("rdf", path=path).disease_text == {"ORPHA:1": {"definition": "A rare syndrome."}}
+    (profile,) = [p for p in graph_to_profiles(read_graph(path)) if p.disease_id == "ORPHA:1"]
+    assert profile.text == {"definition": "A rare syndrome."}
+
+
+def test_write_turtle_leaves_no_partial_file(profiles, tmp_path):
+    path = tmp_path / "profiles.ttl"
+    write_turtle(profiles_to_graph(profiles), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["profiles.ttl"]  # no temporary left beside it
+    with pytest.raises(AttributeError):
+        write_turtle(None, path)  # fails while serialising: the earlier file stays whole
+    assert read_graph(path) is not None and sorted(p.name for p in tmp_path.iterdir()) == ["profiles.ttl"]
+
+
 def test_rdf_frequency_0_is_absent(tmp_path):
     path = _ttl(tmp_path, 'kgf:frequency "0"^^xsd:decimal')
     kg = load_kg("rdf", path=path)

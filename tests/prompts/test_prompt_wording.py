@@ -42,6 +42,10 @@ def test_templates_rank_by_frequency_whatever_the_profile_order(down):
     assert [p.hpo_id for p in stage_phenotypes(many, 1)] == ["HP:0000011", "HP:0000012", "HP:0000013"]
     assert [len(stage_phenotypes(many, s)) for s in range(1, 4)] == list(STAGE_LIMITS[1:])
     assert [p.hpo_id for p in stage_phenotypes(many, 3)] == [f"HP:00000{i}" for i in range(11, 18)]
+    # the fallback ("at least one sign from stage 1 on") keeps the KG's min_stage floor, as the phantom does
+    late = dataclasses.replace(down, phenotypes=[Phenotype("HP:0200039", "Pustule", "skin", "pustules", 0.1,
+                                                           min_stage=2)])
+    assert [[p.hpo_id for p in stage_phenotypes(late, s)] for s in (1, 2, 3)] == [[], ["HP:0200039"], ["HP:0200039"]]
 
 
 def test_template_acne_follows_min_stage(acne):

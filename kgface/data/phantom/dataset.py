@@ -228,7 +228,10 @@ def draw_labels(profile: FacialProfile, identity_id: int, stage: int, cfg: Phant
             else 0.0
         if t > 0:
             shown[hpo_id] = round(min(t, 1.0), 4)
-    lesions = count_from_severity(severity) if acne and (stage > 0 or lesion_terms) else (0 if acne else -1)
+    # lesions only on an individual who shows an acne term: a disease that has acne in some patients (acromegaly at
+    # 0.17, Cushing at 0.55) drew them on every face of stages 1-3 until renderer 2, unlabelled on most
+    shows_acne = any(h in ACNE_TERMS for h in shown)
+    lesions = count_from_severity(severity) if shows_acne and (stage > 0 or lesion_terms) else (0 if acne else -1)
     if acne and lesions == 0:
         shown = {h: t for h, t in shown.items() if h not in ACNE_TERMS}
     return {"identity": identity, "severity": round(severity, 4), "lesion_count": lesions, "phenotypes": shown}
