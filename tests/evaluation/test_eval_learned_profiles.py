@@ -28,13 +28,15 @@ def test_perturbed_panel_is_learned_back(tiny_evaluator, tiny_data, tiny_profile
     write_manifest(rows, tmp_path / "manifest.csv")
     table = ev.score(read_manifest(tmp_path / "manifest.csv")[0])
     check = perturbation_check(ev, table, perturbed, diseases, rates)
-    assert check["vs_perturbed"]["n"] > 5
-    # recovered: the learned frequencies follow the rendered (perturbed) ones, not the KG's
-    assert check["vs_perturbed"]["mae"] < check["vs_kg"]["mae"]
+    assert check["vs_perturbed"]["n"] == check["vs_kg"]["n"] > 5
+    assert all(0.0 <= check[k]["mae"] <= 1.0 for k in ("vs_perturbed", "vs_kg"))
     det = check["detection"]
     assert det["n_drawn"] + det["n_absent"] == check["vs_perturbed"]["n"] and det["n_drawn"] > 0 and det["n_absent"] > 0
-    # (with the 12-step test CLIP the phenotype heads are weak: only the MAE ordering is asserted for them; the
-    # default evaluator's numbers are in docs/evaluation.md). The check itself, on detectors of known behaviour over
+    # The 12-step test CLIP's heads read no phenotype (they fire 0.27-0.33 of the time where one was drawn, 0.42-0.44
+    # where none was), so which MAE is lower is a coin toss (0.419 vs 0.427 on renderer 1, 0.420 vs 0.394 on
+    # renderer 2) and is not asserted; a real instrument's check is bench/evaluator_accuracy.py --perturbation
+    # (docs/evaluation.md: it passes on the benchmark's atlas heads). The check itself, on detectors of known
+    # behaviour over
     # the same rendered panel: one that reads exactly what was drawn learns the perturbed panel back (frequencies 0
     # or 1 at stage 3: exactly), and one that fires on every phenotype of any diseased face ("a generally abnormal
     # face") fires as often where nothing was drawn (on this panel its MAE ordering fails too: 0.74 vs 0.35)
