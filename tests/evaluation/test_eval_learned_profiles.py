@@ -36,8 +36,7 @@ def test_perturbed_panel_is_learned_back(tiny_evaluator, tiny_data, tiny_profile
     # where none was), so which MAE is lower is a coin toss (0.419 vs 0.427 on renderer 1, 0.420 vs 0.394 on
     # renderer 2) and is not asserted; a real instrument's check is bench/evaluator_accuracy.py --perturbation
     # (docs/evaluation.md: it passes on the benchmark's atlas heads). The check itself, on detectors of known
-    # behaviour over
-    # the same rendered panel: one that reads exactly what was drawn learns the perturbed panel back (frequencies 0
+    # behaviour over the same rendered panel: one that reads exactly what was drawn learns the perturbed panel back (frequencies 0
     # or 1 at stage 3: exactly), and one that fires on every phenotype of any diseased face ("a generally abnormal
     # face") fires as often where nothing was drawn (on this panel its MAE ordering fails too: 0.74 vs 0.35)
     voc = set(ev.phenotypes)
