@@ -26,6 +26,10 @@ def format_descriptions(descriptions: dict[str, StageDescriptions]) -> str:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, StageDescriptions]:
+    from .run_files import check_output_dir
+
+    # a train run's descriptions.json holds the sentences its text prompts trained on: never replaced from here
+    check_output_dir(out_dir, "the descriptions", ("metrics.json", "manifest.csv", "trial.csv"))
     cache = make_cache(cfg)
     diseases = disease_list(cfg.get("diseases"))
     llm = OmegaConf.to_container(cfg.llm, resolve=True)

@@ -29,6 +29,10 @@ def format_table(profiles: list[FacialProfile]) -> str:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> list[FacialProfile]:
+    from .run_files import check_output_dir
+
+    # a train run's profiles.json is what its generation and evaluation judge against: never replaced from here
+    check_output_dir(out_dir, "the profiles", ("metrics.json", "manifest.csv", "trial.csv"))
     cache = make_cache(cfg)
     knowledge = load_knowledge(cfg, cache)
     kg = knowledge[0]

@@ -20,10 +20,11 @@ def transform_seed(cfg) -> int:
 
 def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[str], names: dict, out_dir: Path,
                      evaluator, measure_real: bool, mode: str, trained_on_atlas: bool = False,
-                     seed_order: list[str] | None = None) -> dict:
+                     seed_order: list[str] | None = None, label: str | None = None) -> dict:
     """samples/ (grid + transformations + manifest.csv) and, with an evaluator, evaluation/ (metrics, figures).
     trained_on_atlas: the memorisation audit also looks for copies of the phenotype atlas's faces. seed_order: the
-    disease ids that fix each disease's noise in the grid (`grid_requests`; default: drawable's order)."""
+    disease ids that fix each disease's noise in the grid (`grid_requests`; default: drawable's order). label: the
+    conditioning the report names (kg_shuffled draws as kg: `mode` is what the controls need)."""
     from .data.manifest import read_manifest
     from .diffusion.samples import sample_grid, save_grid, save_pairs, transform_set, write_set
 
@@ -68,7 +69,8 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
         metrics.pop("evaluator", None)
         metrics.pop("vae_ceiling_top1", None)
         metrics.pop("vae_ceiling_top1_ci95", None)
-    notes = [f"conditioning={mode}; evaluator {evaluator.cfg['name']} trained on the real train split "
+    label = label or mode
+    notes = [f"conditioning={label}; evaluator {evaluator.cfg['name']} trained on the real train split "
              "(held-out diseases included, never generated images)",
              "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
              "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here)"]
@@ -80,7 +82,7 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
         learned_notes, extra = learn_and_write(evaluator, scored["real"].table, profiles, out_dir / "evaluation")
         notes += learned_notes
     write_report(out_dir / "evaluation", metrics, scored, evaluator, profiles, notes=notes,
-                 title=f"kgface evaluation ({mode})", extra_figures=extra)
+                 title=f"kgface evaluation ({label})", extra_figures=extra)
     out.update(metrics)
     return out
 

@@ -189,7 +189,7 @@ def write_run_report(out_dir: Path, metrics: dict, modes: list[str]) -> None:
         lines += [f"Training loss ({m}), smoothed over windows of a fiftieth of the run:", "",
                   f"![loss {m}]({p}loss.png)", ""]
         ev = out_dir / p / "evaluation"
-        if ev.is_dir():
+        if (ev / "report.md").is_file():  # this run's evaluation (a rerun removes the last one's first)
             lines += [f"Evaluation figures and every number: [{p}evaluation/report.md]({p}evaluation/report.md)", ""]
             from .evaluation.report import report_figures  # the evaluation report's own captions and order
 

@@ -77,6 +77,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # a rerun into a finished folder (trainer.resume=latest, the same hydra.run.dir): until this run writes its own
     # metrics.json, written last, the folder must not pass for a finished run
     (out_dir / "metrics.json").unlink(missing_ok=True)
+    # ... nor lend it the last run's outputs this one may not write: learned conditioning profiles (profile.source
+    # may be kg now), its evaluator (evaluate may be false)
+    _remove(out_dir, ("conditioning_profiles.json", "evaluator"))
     write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     cache = make_cache(cfg)
     timings, metrics = {}, {}
@@ -161,6 +164,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
+def _remove(folder: Path, names) -> None:
+    """Delete folder/name (a file or a folder) for each name, where it exists."""
+    for name in names:
+        stale = folder / name
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldout: set[str], vae, cache,
                     out_dir: Path, evaluator=None, measure_real: bool = True, truth=None, descriptions=None) -> dict:
     """Train one generator (conditioning `mode`) on `profiles`, save it, draw its samples and transformations into
@@ -178,14 +188,18 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     out_dir.mkdir(parents=True, exist_ok=True)
     # a rerun into this folder (trainer.resume=latest): the last run's generator files go before this one trains,
     # so a half-saved set (a kill between model/ and the adapter) or the old weights under the new config.yaml are
-    # refused by load_run ("did not finish") rather than read as one generator
+    # refused by load_run ("did not finish") rather than read as one generator; its samples and evaluation too
+    # (a report would show the old figures this run does not redraw), but for learned_profiles.json / .png, which
+    # profile.learned= may name (learn_and_write keeps them for that reason)
     from .diffusion.run_loading import GENERATOR_FILES
 
-    for name in GENERATOR_FILES:
-        stale = out_dir / name
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+    _remove(out_dir, (*GENERATOR_FILES, "samples"))
+    if (out_dir / "evaluation").is_dir():
+        _remove(out_dir / "evaluation", [p.name for p in (out_dir / "evaluation").iterdir()
+                                         if not p.name.startswith("learned_profiles.")])
     torch.manual_seed(int(cfg.seed))
     truth = truth or profiles
+    label = mode  # what the report calls it: the control trains and draws as kg
     if mode == CONTROL:  # the KG encoder sees every disease with another disease's phenotypes
         profiles, mode = shuffled_edges(profiles, int(cfg.seed)), "kg"
         write_json_atomic(out_dir / "shuffled_profiles.json", [p.to_dict() for p in profiles])
@@ -244,7 +258,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     # held-out diseases, draws the others from the noise every other conditioning draws them from
     metrics.update(draw_and_measure(cfg, gen, truth, drawable, manifest, heldout, names, out_dir, evaluator,
                                     measure_real, mode, trained_on_atlas=bool(atlas),
-                                    seed_order=[p.disease_id for p in profiles]))
+                                    seed_order=[p.disease_id for p in profiles], label=label))
     return metrics
 
 

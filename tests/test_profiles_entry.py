@@ -58,6 +58,23 @@ def test_unknown_disease_exits_2_with_one_line_and_writes_nothing(tmp_path, caps
     assert not (out / "profiles.json").exists() and not (out / "profiles.ttl").exists()
 
 
+@pytest.mark.parametrize("entry", ["profiles", "describe"])
+def test_a_train_runs_profiles_and_descriptions_are_not_replaced(tmp_path, capsys, entry):
+    """kgface.profiles / describe into a train run's folder would change what its generation and evaluation read."""
+    import importlib
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "data.json").write_text("{}")
+    (run / "profiles.json").write_text("kept")
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(f"kgface.{entry}").main(["diseases=[ORPHA:870]", f"hydra.run.dir={run}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"hydra.run.dir={run} holds a kgface.train run" in err[-1]
+    assert (run / "profiles.json").read_text() == "kept" and not (run / "descriptions.json").exists()
+
+
 def test_config_groups_and_overrides():
     cfg = compose("profiles", ["kg=primekg", "kg.path=/data/kg.csv", "paths.cache_dir=/tmp/c"])
     assert cfg.kg.source == "primekg" and cfg.kg.path == "/data/kg.csv" and cfg.paths.cache_dir == "/tmp/c"

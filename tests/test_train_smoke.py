@@ -184,6 +184,8 @@ def test_a_rerun_killed_while_saving_leaves_no_generator_to_load(evaluated_run, 
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)
     load_run(run)  # a finished run loads
+    assert (run / "evaluator").is_dir() and (run / "evaluation" / "report.md").is_file()
+    (run / "conditioning_profiles.json").write_text("[]")  # as a profile.source=learned run leaves it
 
     real = adapter.save_kg_adapter
 
@@ -198,6 +200,9 @@ def test_a_rerun_killed_while_saving_leaves_no_generator_to_load(evaluated_run, 
     assert (run / "model").is_dir() and not (run / "adapter.safetensors").exists()  # the new UNet, no adapter
     with pytest.raises(RunError, match="did not finish"):
         load_run(run)
+    # nor does it keep the last run's outputs this one (evaluate=false, profile.source=kg) does not rewrite
+    assert not any((run / n).exists() for n in ("evaluator", "conditioning_profiles.json", "samples"))
+    assert sorted(p.name for p in (run / "evaluation").iterdir()) == ["learned_profiles.json", "learned_profiles.png"]
 
 
 def test_experiment_and_model_groups_compose():
@@ -237,6 +242,9 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
         lost = [k for k in generation if not _has(metrics["baselines"][mode], k)]
         assert lost == (["generation.heldout_top1"] if mode == "class" else []), mode  # class: no unseen disease
     shuffled = json.loads((out / "kg_shuffled" / "shuffled_profiles.json").read_text())
+    for mode in ("kg", "kg_shuffled"):  # the control trains and draws as kg, but its report says what it is
+        report = (out / mode / "evaluation" / "report.md").read_text()
+        assert f"kgface evaluation ({mode})" in report and f"conditioning={mode};" in report
     truth = {p["disease_id"]: p for p in json.loads((out / "profiles.json").read_text())["profiles"]}
     for p in shuffled:  # the control's KG: same diseases, every one with another disease's phenotypes
         if p["disease_id"] != "healthy":

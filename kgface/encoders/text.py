@@ -20,7 +20,6 @@ from ..cache import Cache, file_fingerprint
 from ..errors import UserError
 
 EMBED_VERSION = 1  # bump when the embedding recipe changes (normalisation, pooling), so cached entries rebuild
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class TextModelError(UserError):
@@ -70,9 +69,12 @@ def load_text_model(path: str | os.PathLike | None = None, device: str = "cpu"):
 
 
 def model_identity(folder: Path) -> dict:
-    """What names a model in cache keys: its folder and its weights file's size and time."""
-    weights = next((folder / w for w in WEIGHT_FILES if (folder / w).is_file()), None)
-    return {"path": str(folder), "weights": file_fingerprint(weights) if weights else None}
+    """What names a model in cache keys: its folder and every file in it, each by `file_fingerprint` (weights
+    wherever modules.json puts them, e.g. 0_Transformer/ in older layouts; the tokenizer; pooling and normalisation
+    configs), so a model saved over the same folder is a new key."""
+    files = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return {"path": str(folder), "files": {p.relative_to(folder).as_posix(): file_fingerprint(p) for p in files}}
 
 
 def texts_hash(texts: Sequence[str]) -> str:

@@ -58,6 +58,29 @@ def test_cache_hit_skips_the_model_and_a_changed_text_misses(counted, tmp_path):
     assert len(entries) == 2 and all((e / "embeddings.safetensors").is_file() for e in entries)
 
 
+def test_a_models_cache_identity_covers_every_file_wherever_it_lies(tmp_path):
+    """Older sentence-transformers folders keep their weights in 0_Transformer/ (modules.json): a model saved over
+    the same folder, or a new tokenizer or pooling config, must be a new cache key, not the old embeddings."""
+    from kgface.encoders.text import model_identity
+
+    folder = tmp_path / "m"
+    (folder / "0_Transformer").mkdir(parents=True)
+    (folder / "modules.json").write_text("[]")
+    (folder / "0_Transformer" / "model.safetensors").write_bytes(b"weights-1")
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (folder / ".cache").mkdir()  # hidden helper folders do not name the model
+    first = model_identity(folder)
+    assert set(first["files"]) == {"modules.json", "0_Transformer/model.safetensors", "1_Pooling/config.json"}
+    (folder / ".cache" / "x").write_text("anything")
+    assert model_identity(folder) == first
+    (folder / "0_Transformer" / "model.safetensors").write_bytes(b"weights-2")  # fine-tuned, saved over /m
+    second = model_identity(folder)
+    assert second != first
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    assert model_identity(folder) != second
+
+
 def test_missing_text_model_path_names_the_config_key(tmp_path):
     missing = tmp_path / "no-such-model"
     for call in (lambda: load_text_model(missing), lambda: embed_texts(["x"], missing),
