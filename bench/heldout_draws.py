@@ -87,7 +87,7 @@ def main(argv=None):
         seen = [p for p in profiles if p.disease_id not in heldout and not p.healthy]
         out = {}
         for group, chosen in (("heldout", [p for p in profiles if p.disease_id in heldout]),
-                              ("seen", [p for p in profiles if p.disease_id not in heldout and not p.healthy])):
+                              ("seen", seen)):
             if group not in args.groups:
                 continue
             if cond.mode == "class":

@@ -7,14 +7,13 @@ Everything lands under the Hydra run directory (layout in docs/training.md); lat
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .cache import atomic_path, write_json_atomic, write_text_atomic
+from .cache import atomic_path, remove_path, write_json_atomic, write_text_atomic
 from .config import container, disease_list, entry
 from .run_checks import atlas_share_of, mark_weight_of, preflight
 from .run_measure import draw_and_measure, validation_grids
@@ -79,7 +78,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     (out_dir / "metrics.json").unlink(missing_ok=True)
     # ... nor lend it the last run's outputs this one may not write: learned conditioning profiles (profile.source
     # may be kg now), its evaluator (evaluate may be false)
-    _remove(out_dir, ("conditioning_profiles.json", "evaluator"))
+    for name in ("conditioning_profiles.json", "evaluator"):
+        remove_path(out_dir / name)
     write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     cache = make_cache(cfg)
     timings, metrics = {}, {}
@@ -164,13 +164,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
-def _remove(folder: Path, names) -> None:
-    """Delete folder/name (a file or a folder) for each name, where it exists."""
-    for name in names:
-        stale = folder / name
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
-
-
 def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldout: set[str], vae, cache,
                     out_dir: Path, evaluator=None, measure_real: bool = True, truth=None, descriptions=None) -> dict:
     """Train one generator (conditioning `mode`) on `profiles`, save it, draw its samples and transformations into
@@ -193,10 +186,12 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     # profile.learned= may name (learn_and_write keeps them for that reason)
     from .diffusion.run_loading import GENERATOR_FILES
 
-    _remove(out_dir, (*GENERATOR_FILES, "samples"))
+    for name in (*GENERATOR_FILES, "samples"):
+        remove_path(out_dir / name)
     if (out_dir / "evaluation").is_dir():
-        _remove(out_dir / "evaluation", [p.name for p in (out_dir / "evaluation").iterdir()
-                                         if not p.name.startswith("learned_profiles.")])
+        for path in (out_dir / "evaluation").iterdir():
+            if not path.name.startswith("learned_profiles."):
+                remove_path(path)
     torch.manual_seed(int(cfg.seed))
     truth = truth or profiles
     label = mode  # what the report calls it: the control trains and draws as kg

@@ -145,13 +145,14 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
             info["model_config"] = model_config
     # phenotypes: those drawn in the train split or the atlas (the atlas draws only the panel's phenotypes)
     pheno_rows = list(train["phenotypes"]) + ([] if atlas is None else list(atlas["phenotypes"]))
-    labelled_rows = np.concatenate([labelled_phenotypes(train), np.ones(0 if atlas is None else len(atlas), bool)])
+    labelled_train = labelled_phenotypes(train)  # the heads' negatives and the CLIP's captions both read it
+    labelled_rows = np.concatenate([labelled_train, np.ones(0 if atlas is None else len(atlas), bool)])
     info["unlabelled_phenotype_rows"] = int((~labelled_rows).sum())
     vocab = drawn_phenotypes(pheno_rows)
     if c["name"] == "tiny_clip":
         known = stage_known(train)
         captions = [image_caption(by_id[r.disease], r.stage if k else None, r.phenotypes, labelled)
-                    for r, k, labelled in zip(train.itertuples(), known, labelled_phenotypes(train))]
+                    for r, k, labelled in zip(train.itertuples(), known, labelled_train)]
         labels = list(train["disease"])
         stages = np.where(known, train["stage"].to_numpy(dtype=float), np.nan)  # NaN: no stage target
         clip_images = images
