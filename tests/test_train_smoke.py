@@ -208,6 +208,11 @@ def test_a_rerun_killed_while_saving_leaves_no_generator_to_load(evaluated_run, 
 def test_experiment_and_model_groups_compose():
     cfg = compose("train", ["model=sdxl", "model.pretrained=/x", "conditioning=class"])
     assert cfg.model.name == "sdxl" and cfg.model.resolution == 1024 and cfg.conditioning == "class"
+    # one token count: model.num_tokens; an encoder.num_tokens override would have been ignored, so it is refused
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="encoder.num_tokens"):
+        compose("train", ["encoder.num_tokens=16"])
 
 
 def test_the_learning_rate_follows_the_model_unless_set():

@@ -9,7 +9,7 @@
   a square around the largest detected face (side max(w, h) * (1 + 2 margin), moved inside the image, at most
   min(W, H)); no face found falls back to the centred square. Then a LANCZOS resize to size x size.
 - `get_detector("none" | "haar")`: `haar` is OpenCV's frontal-face Haar cascade, whose XML ships inside
-  opencv-python-headless (< 5; 5.x ships no cascades), installed by `pip install 'kgface[face]'`.
+  opencv-python-headless (< 5; 5.x ships no cascades), installed by `pip install -e ".[face]"`.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 Box = tuple[int, int, int, int]                     # x, y, width, height in pixels
 Detector = Callable[[Image.Image], Sequence[Box]]   # all faces found in an RGB image
 DETECTORS = ("none", "haar")
-FACE_EXTRA = "pip install 'kgface[face]'  (opencv-python-headless<5)"
+FACE_EXTRA = 'pip install -e ".[face]" (opencv-python-headless<5)'
 
 
 class ImageError(UserError):
@@ -149,7 +149,7 @@ class HaarDetector:
 
 
 def get_detector(name: str | None) -> Detector | None:
-    """`none` (or None): no detector, centre crop. `haar`: OpenCV's Haar cascade (`pip install 'kgface[face]'`)."""
+    """`none` (or None): no detector, centre crop. `haar`: OpenCV's Haar cascade (`pip install -e ".[face]"`)."""
     key = "none" if name is None else str(name).strip().lower()
     if key == "none":
         return None

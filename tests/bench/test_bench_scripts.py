@@ -145,8 +145,9 @@ def test_heldout_draws_contrast_pushes_away_from_kg_neighbours(evaluated_run, ca
     (pushed_from,) = r["heldout"]["contrast_from"].values()  # the two seen diseases, weights summing to 1
     assert set(pushed_from) == {"ORPHA:870", "MONDO:0011438"}
     assert sum(pushed_from.values()) == pytest.approx(1, abs=2e-3)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:  # argparse's error: exit 2, the message on stderr
         draws.main([str(evaluated_run), "--contrast", "-1"])
+    assert info.value.code == 2 and "--contrast must be >= 0" in capsys.readouterr().err
 
 
 def test_heldout_draws_refuses_a_run_given_twice(evaluated_run, capsys):
@@ -232,8 +233,10 @@ def test_sampler_ladder_parses_its_variants():
     assert ts.tolist()[:2] == [999, 949] and ts.tolist()[-1] == 49 and opts == {"clip": 3.0}
     assert ladder("trailing:20:w1.5", 1000)[1] == {"w": 1.5}
     assert ladder("leading:20:eta0.5:w5", 1000)[1] == {"eta": 0.5, "w": 5.0}
-    for bad in ("linspace:20", "leading:20:blur3", "leading:20:w", "leading:20:w1.2.3", "leading:20:eta1:clip3"):
-        with pytest.raises(SystemExit):
+    for bad, why in [("linspace:20", "a variant starts with leading:N"), ("leading:20:blur3", "unknown option blur3"),
+                     ("leading:20:w", "unknown option w "), ("leading:20:w1.2.3", "unknown option w1.2.3"),
+                     ("leading:20:eta1:clip3", "clipC and etaE are separate samplers")]:
+        with pytest.raises(SystemExit, match=why):
             ladder(bad, 1000)
 
 
@@ -285,7 +288,7 @@ def test_sampler_ladder_leading_is_the_generators_own_sampler(evaluated_run, cap
     # MICRO: two seen diseases at stages 2-3 and one held-out disease at stages 2-3, one seed each
     assert all(" of 4) | " in r and " of 2 | " in r for r in rows)
     for bad in ("even:1000:20", "even:10:20"):  # past the ladder; more steps than timesteps below T
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit, match=f"{bad}: even:T:N needs 0 < T < 1000"):
             ladder.ladder(bad, 1000)
 
 

@@ -93,6 +93,19 @@ def test_the_gpu_recipes_load_frozen_weights_in_bf16_and_pass_the_preflight(expe
     cfg = compose("train", [f"experiment={experiment}", f"model.pretrained={folder}", "data.root=/data", "evaluate=false"])
     assert cfg.model.name == kind and cfg.model.dtype == cfg.trainer.mixed_precision == "bf16"
     preflight(cfg)  # raises a UserError on a recipe the trainer would refuse
+    from kgface.config import container
+    from kgface.diffusion.backbones import build_backbone
+
+    b = build_backbone(container(cfg.model), num_tokens=int(cfg.model.num_tokens))  # the trainer's backbone
+    trainable = {id(p) for p in b.trainable}
+    base = [p for n, p in b.unet.named_parameters() if "lora_" not in n and id(p) not in trainable]
+    assert base and all(not p.requires_grad and p.dtype == torch.bfloat16 for p in base)  # frozen, half precision
+    assert b.trainable and all(p.requires_grad and p.dtype == torch.float32 for p in b.trainable)
+    assert {n for n, p in b.unet.named_parameters() if id(p) in trainable and "lora_" not in n}  # the adapter's
+    assert any(id(p) in trainable for n, p in b.unet.named_parameters() if "lora_" in n)  # the recipe's LoRA
+    frozen = [*b.vae.parameters(), *b.text_encoder.parameters(),
+              *(b.text_encoder_2.parameters() if b.text_encoder_2 is not None else [])]
+    assert not any(p.requires_grad for p in frozen)
     with pytest.raises(UserError, match="model.dtype=bf16 needs trainer.mixed_precision=bf16 \\(it is no\\)"):
         preflight(compose("train", [f"experiment={experiment}", f"model.pretrained={folder}", "data.root=/data",
                                     "evaluate=false", "trainer.mixed_precision=no"]))

@@ -68,7 +68,9 @@ def test_atlas_faces_become_profiles_of_exactly_their_phenotypes(micro_run, tmp_
     assert latent_set(manifest, train_profiles, SimpleNamespace(vae=vae), {"ORPHA:648"}).weights is None
     (manifest.parent / "phenotype_atlas.csv").rename(tmp_path / "moved.csv")
     try:
-        with pytest.raises(Exception, match="data.atlas.faces"):
+        from kgface.errors import UserError
+
+        with pytest.raises(UserError, match=r"atlas_share > 0 needs the phenotype atlas .* data\.atlas\.faces > 0"):
             atlas_training_rows(manifest, profiles, data_cfg)
     finally:
         (tmp_path / "moved.csv").rename(manifest.parent / "phenotype_atlas.csv")

@@ -299,7 +299,10 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
     assert exc.value.code == 2 and "holds another kgface output (trial.csv)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main([f"hydra.run.dir={tmp_path / 'o2'}"])
-    assert exc.value.code == 2
+    assert exc.value.code == 2 and "nothing to evaluate: give real=MANIFEST" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # generated= alone: no run's evaluator and nothing to train one on
+        main([f"generated={tiny_data / 'manifest.csv'}", f"hydra.run.dir={tmp_path / 'o4'}"])
+    assert exc.value.code == 2 and "without run=RUN_DIR the evaluator is trained on" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main([f"real={tiny_data / 'manifest.csv'}", "evaluator=openclip", f"hydra.run.dir={tmp_path / 'o3'}"])
     assert exc.value.code == 2 and "evaluator.pretrained" in capsys.readouterr().err

@@ -129,13 +129,28 @@ def test_graph_cache_roundtrip_and_rebuild(tmp_path):
     assert len([p for p in (tmp_path / "cache" / "kg-hpo").iterdir() if not p.name.startswith(".")]) == 2
 
 
-def test_failed_build_leaves_no_cache_entry(tmp_path):
+def test_failed_build_leaves_no_cache_entry(tmp_path, monkeypatch):
     from kgface.cache import Cache
+    from kgface.kg.graph import KnowledgeGraph
 
     hpoa = _write_hpoa(tmp_path / "phenotype.hpoa", [_row("often")])
-    with pytest.raises(KGFormatError):
+    with pytest.raises(KGFormatError):  # a parse error: refused before the cache is touched
         load_kg("hpo", hpoa_path=hpoa, cache=Cache(tmp_path / "cache"))
     assert not (tmp_path / "cache" / "kg-hpo").exists() or not any((tmp_path / "cache" / "kg-hpo").iterdir())
+    # a save that fails halfway (one table written, then a full disk): no entry, and no half folder a later run reads
+    real_save = KnowledgeGraph.save
+
+    def half_save(self, folder):
+        real_save(self, folder)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(KnowledgeGraph, "save", half_save)
+    good = _write_hpoa(tmp_path / "good.hpoa", [_row()])
+    with pytest.raises(OSError, match="No space"):
+        load_kg("hpo", hpoa_path=good, cache=Cache(tmp_path / "cache"))
+    assert list((tmp_path / "cache" / "kg-hpo").iterdir()) == []
+    monkeypatch.undo()
+    assert len(load_kg("hpo", hpoa_path=good, cache=Cache(tmp_path / "cache")).edges) == 1  # builds afresh
 
 
 def test_zero_frequency_is_absent_not_present_at_zero(tmp_path, catalog):

@@ -1,5 +1,6 @@
 import http.server
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -128,13 +129,23 @@ def test_a_plain_text_description_is_the_diseases_definition(tmp_path, catalog):
     assert profile.text == {"definition": "A rare syndrome."}
 
 
-def test_write_turtle_leaves_no_partial_file(profiles, tmp_path):
+def test_write_turtle_leaves_no_partial_file(profiles, tmp_path, monkeypatch):
     path = tmp_path / "profiles.ttl"
     write_turtle(profiles_to_graph(profiles), path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["profiles.ttl"]  # no temporary left beside it
-    with pytest.raises(AttributeError):
-        write_turtle(None, path)  # fails while serialising: the earlier file stays whole
-    assert read_graph(path) is not None and sorted(p.name for p in tmp_path.iterdir()) == ["profiles.ttl"]
+    before = path.read_bytes()
+
+    def half_then_fail(self, text, *args, **kwargs):  # a full disk: half the text reaches the file, then an error
+        with open(self, "w", encoding="utf-8") as f:
+            f.write(text[:len(text) // 2])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        write_turtle(profiles_to_graph(profiles[:1]), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before  # the earlier file whole, not half of the new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["profiles.ttl"]
 
 
 def test_rdf_frequency_0_is_absent(tmp_path):

@@ -82,8 +82,9 @@ def test_sampling_is_seeded(tmp_path):
 
 def test_bad_model_path_stops_the_run_in_one_line(tmp_path, down):
     # was a per-disease fallback: every disease would fail alike, so it is a settings error naming llm.model
-    with pytest.raises(UserError, match=r"^llm.model=.*nope does not exist; give a transformers model folder"):
+    with pytest.raises(UserError, match=r"^llm.model=.*nope does not exist; give a transformers model folder") as info:
         describe_profiles([down], {"name": "hf", "model": str(tmp_path / "nope")}, None)
+    assert "\n" not in str(info.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"^llm.model=.*empty is neither a .gguf file nor a folder with config.json"):
         make_backend({"name": "hf", "model": str(tmp_path / "empty")})

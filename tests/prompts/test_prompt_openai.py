@@ -42,13 +42,17 @@ def test_valid_answer_is_used_and_cached(server, llm, down, tmp_path):
 
 def test_cache_invalidation(server, llm, down, tmp_path):
     cache = Cache(tmp_path / "cache")
+    asked = []  # the server's request count after each call: a new request is a cache miss
+    for settings in (llm, {**llm, "model": "fake-13b"},  # another model: miss
+                     {**llm, "temperature": 0.7},  # another generation parameter: miss
+                     {**llm, "timeout_s": 5.0},  # transport settings do not change answers: hit
+                     llm):  # the first call's settings again: hit
+        describe_profiles([down], settings, cache)
+        asked.append(len(server.requests))
+    down.phenotypes[0].visual = "eyes slanting upwards"  # the request changes: miss
     describe_profiles([down], llm, cache)
-    describe_profiles([down], {**llm, "model": "fake-13b"}, cache)  # another model
-    describe_profiles([down], {**llm, "temperature": 0.7}, cache)  # another generation parameter
-    describe_profiles([down], {**llm, "timeout_s": 5.0}, cache)  # transport settings do not change answers: hit
-    down.phenotypes[0].visual = "eyes slanting upwards"  # the request changes
-    describe_profiles([down], llm, cache)
-    assert len(server.requests) == 4
+    asked.append(len(server.requests))
+    assert asked == [1, 2, 3, 3, 3, 4]
     assert len(list((tmp_path / "cache" / "llm").iterdir())) == 4
 
 
@@ -177,7 +181,7 @@ def test_transport_failure_is_remembered_for_the_rest_of_the_run(server, llm, do
 def test_schema_failures_are_not_remembered(server, good, llm, down, acne):
     # content problems belong to one disease: the next one is still asked
     server.script = ["not json"] * 3 + [(401, {})]
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="HTTP 401"):
         describe_profiles([down, acne], llm, None)
     assert len(server.requests) == 4
 
@@ -277,8 +281,9 @@ def test_cut_off_answer_says_to_raise_max_tokens(server, good, llm, down):
     ({"max_attempts": 0}, r"^llm.max_attempts=0 must be >= 1"),
 ])
 def test_bad_settings_are_one_line_errors(llm, down, change, match):
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(UserError, match=match) as info:
         describe_profiles([down], {**llm, **change}, None)
+    assert "\n" not in str(info.value)
 
 
 def test_missing_model_from_the_config_file(server, down):

@@ -89,19 +89,19 @@ def trial_cfg(**kw):
 @pytest.mark.parametrize("override, message", [
     ({"severity.treatments": {"A": {"effect": -1}}}, "no parameters for B"),
     ({"severity.treatments.C": {"effect": -1}}, "parameters for C, which the schedule does not give"),
-    ({"severity.treatments.A.tau": 0}, "must be > 0"),
-    ({"severity.treatments.B.tau_off": -2}, "must be > 0"),
-    ({"severity.treatments.A.sd": -0.1}, "must be >= 0"),
-    ({"severity.noise.ar": 1.0}, "must lie in (-1, 1)"),
-    ({"severity.noise.sd": -1}, "must be >= 0"),
-    ({"severity.baseline.mean": 5}, "outside the scale"),
-    ({"severity.treatments.A.effect": "big"}, "not a number"),
+    ({"severity.treatments.A.tau": 0}, "trial.severity.treatments.A.tau=0 must be > 0"),
+    ({"severity.treatments.B.tau_off": -2}, "trial.severity.treatments.B.tau_off=-2 must be > 0"),
+    ({"severity.treatments.A.sd": -0.1}, "trial.severity.treatments.A.sd=-0.1 must be >= 0"),
+    ({"severity.noise.ar": 1.0}, "trial.severity.noise.ar=1.0 must lie in (-1, 1)"),
+    ({"severity.noise.sd": -1}, "trial.severity.noise.sd=-1 must be >= 0"),
+    ({"severity.baseline.mean": 5}, "trial.severity.baseline.mean=5 lies outside the scale"),
+    ({"severity.treatments.A.effect": "big"}, "trial.severity.treatments.A.effect='big' is not a number"),
     ({"patients": 0}, "at least one patient"),
     ({"start_date": "next monday"}, "not a date"),
     ({"scale": "grade"}, "trial.scale=grade is unknown"),
     ({"analysis.cov": "robust"}, "trial.analysis.cov=robust is unknown"),
     ({"analysis.unit": "week"}, "trial.analysis.unit=week is unknown"),
-    ({"analysis.skip_days": -1}, "durations cannot be negative"),
+    ({"analysis.skip_days": -1}, "trial.analysis.skip_days=-1: durations cannot be negative"),
 ])
 def test_bad_trial_configs_are_clear_errors(override, message):
     with pytest.raises(UserError) as info:
