@@ -40,7 +40,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
 
     from kgface.config import compose, container
-    from kgface.diffusion.backbones import build_backbone
+    from kgface.diffusion.backbones import TEXT_LENGTH, build_backbone
 
     cfg = compose("train", ["progress=false"])
     torch.manual_seed(0)
@@ -50,7 +50,7 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b, *backbone.latent_shape, generator=g)
     width = unet.config.cross_attention_dim
-    states = torch.randn(b, 16, width, generator=g)
+    states = torch.randn(b, TEXT_LENGTH, width, generator=g)  # every prompt is padded to 77 MiniLM states
     tokens = torch.randn(b, int(cfg.model.num_tokens), width, generator=g)
     ts = torch.randint(0, 1000, (b,), generator=g)
     opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-4)

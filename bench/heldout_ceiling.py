@@ -32,10 +32,14 @@ def main(argv=None):
     from kgface.evaluation import load_evaluator
     from kgface.evaluation.inputs import HEALTHY, load_images
     from kgface.evaluation.validity import oracle_top1
+    from kgface.run_files import run_file
 
     torch.set_num_threads(1)
     run = Path(args.run)
-    data = json.loads((run / "data.json").read_text(encoding="utf-8"))
+    data_json = run_file(run, "data.json")  # a baselines generator folder (OUT/kg) reads its parent's
+    if data_json is None:
+        raise SystemExit(f"{run}: no data.json here or in its parent; pass a kgface.train run folder")
+    data = json.loads(data_json.read_text(encoding="utf-8"))
     heldout = list(data["heldout"])
     df = read_manifest(data["manifest"])[0]
     train, test = df[df["split"] == "train"], df[df["split"] == "test"]
@@ -47,7 +51,7 @@ def main(argv=None):
     held["phenotypes"] = [{h: v for h, v in ph.items() if h in shown} for ph in held["phenotypes"]]
     print(f"... only the phenotypes seen faces show: {oracle_top1(train, held):.3f}")
 
-    evaluator = load_evaluator(args.evaluator or run / "evaluator")
+    evaluator = load_evaluator(args.evaluator or run)  # the run's evaluator/, or a baselines run's ../evaluator
     vae = AutoencoderKL.from_pretrained(run / "model" / "vae").eval()
     rows = test[(test["stage"] >= 2) & (test["disease"] != HEALTHY)].reset_index(drop=True)
     images = load_images(list(rows["abspath"]))

@@ -21,7 +21,8 @@ seen diseases the KG puts nearest each request (cosine of frequency-weighted phe
 eps = eps_null + w (eps_c - eps_null) + LAMBDA sum_j s_j (eps_c - eps_j), s_j the similarities scaled to sum 1, each
 eps_j the neighbour at the request's stage and seed (one more UNet branch per neighbour). Top-1 reads the requests of
 stages >= 2; each group's stage Spearman (requested vs measured severity) reads every stage
-asked for: `--stages 0 1 2 3` for a number comparable with generation.stage_spearman.
+asked for: `--stages 0 1 2 3` for a number like generation.stage_spearman, which reads seen and held-out diseases
+together (here each group apart).
 Figures in docs/training.md came from this script.
 """
 from __future__ import annotations

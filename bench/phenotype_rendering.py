@@ -89,7 +89,9 @@ def main(argv=None):
     from kgface.cache import atomic_path, write_text_atomic
     from kgface.diffusion.generator import Generator, Request
     from kgface.diffusion.run_loading import heldout_of, load_run
+    from kgface.data.manifest import ATLAS_FILE
     from kgface.diffusion.training_data import atlas_training_rows
+    from kgface.run_files import run_file
     from kgface.evaluation import load_evaluator
     from kgface.evaluation.inputs import load_images
 
@@ -98,8 +100,15 @@ def main(argv=None):
     results = {}
     for run in map(Path, args.runs):
         backbone, cond, profiles, cfg = load_run(run)
-        manifest = Path(json.loads((run / "data.json").read_text(encoding="utf-8"))["manifest"])
-        rows, atlas_profiles = atlas_training_rows(manifest, profiles, cfg.data)  # errors if there is no atlas
+        data_json = run_file(run, "data.json")  # a baselines generator folder (OUT/kg) reads its parent's
+        if data_json is None:
+            raise SystemExit(f"{run}: no data.json here or in its parent; pass a kgface.train run folder")
+        manifest = Path(json.loads(data_json.read_text(encoding="utf-8"))["manifest"])
+        if not (manifest.parent / ATLAS_FILE).is_file():
+            raise SystemExit(f"{run}: its data has no phenotype atlas ({manifest.parent / ATLAS_FILE}); this script "
+                             "draws the atlas's phenotype sets: use a run with data.atlas.faces > 0 "
+                             "(e.g. experiment=benchmark)")
+        rows, atlas_profiles = atlas_training_rows(manifest, profiles, cfg.data)
         pick = np.random.default_rng(0).choice(len(rows), min(args.n, len(rows)), replace=False)
         want = [{p.hpo_id for p in atlas_profiles[i].phenotypes} for i in pick]
         sample = cfg.model.get("sample", {})

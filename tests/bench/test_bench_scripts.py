@@ -311,3 +311,25 @@ def test_inversion_reconstruction_reads_a_run_on_its_own_ladder(evaluated_run, c
     assert [r["start_t"] for r in rows] == [400, 900]  # 10 leading steps: 900, 800, ..., 0; half of them from 400
     assert rows[0]["inversion_latent_error"] < rows[0]["sdedit_latent_error"]
     assert rows[0]["inversion_psnr"] > rows[0]["sdedit_psnr"]
+
+
+def test_heldout_ceiling_reads_a_run_and_refuses_a_folder_without_one(evaluated_run, tmp_path, capsys):
+    script("heldout_ceiling").main([str(evaluated_run)])
+    out = capsys.readouterr().out
+    assert "held-out ['ORPHA:648']" in out and "oracle top-1, held-out test faces (stages 2-3)" in out
+    assert "evaluator top-1 per disease, after the VAE" in out and "ORPHA:648 read as" in out
+    with pytest.raises(SystemExit, match="no data.json here or in its parent"):
+        script("heldout_ceiling").main([str(tmp_path)])
+
+
+def test_phenotype_rendering_reads_a_runs_atlas_and_refuses_a_run_without_one(evaluated_run, tmp_path, capsys):
+    script("phenotype_rendering").main([str(evaluated_run), "-n", "8"])
+    assert f"== {evaluated_run} (kg; 8 atlas sets)" in capsys.readouterr().out
+    copy = tmp_path / "copy"  # the same run over a dataset folder without phenotype_atlas.csv
+    shutil.copytree(evaluated_run, copy, ignore=shutil.ignore_patterns("samples", "evaluation", "checkpoints"))
+    data = json.loads((copy / "data.json").read_text())
+    (tmp_path / "data").mkdir()
+    shutil.copy(data["manifest"], tmp_path / "data" / "manifest.csv")
+    (copy / "data.json").write_text(json.dumps({**data, "manifest": str(tmp_path / "data" / "manifest.csv")}))
+    with pytest.raises(SystemExit, match="its data has no phenotype atlas"):
+        script("phenotype_rendering").main([str(copy)])
