@@ -221,8 +221,8 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     shutil.copytree(micro_run, damaged, ignore=shutil.ignore_patterns("samples", "evaluation", "checkpoints", ".*"))
     (damaged / "data.json").write_text('{"manifest": ')
     assert f"{damaged / 'data.json'}: not readable JSON" in fails(capsys, damaged, tmp_path / "dj")
-    assert "stages [4.0]: a stage (or severity) must lie in [0, 3]" in fails(capsys, micro_run, tmp_path / "d",
-                                                                            "stages=[4]")
+    assert "stages [4]: a stage (or severity) must lie in [0, 3]" in fails(capsys, micro_run, tmp_path / "d",
+                                                                          "stages=[4]")
     assert "mask= / keep= need an input image" in fails(capsys, micro_run, tmp_path / "e", "keep=[eyes]")
     # numbers that used to end in a traceback (batch_size=0: IndexError; steps=0: ZeroDivisionError) or in silent
     # garbage (steps above the 1,000-step ladder repeated timestep 0)

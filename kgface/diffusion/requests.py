@@ -95,7 +95,8 @@ def _stages(values) -> list[float]:
     out = [as_number(s, "stages") for s in as_list(values, "stages")]
     bad = [s for s in out if not 0.0 <= s <= 3.0]
     if bad or not out:
-        raise UserError(f"stages {bad or '[]'}: a stage (or severity) must lie in [0, 3]")
+        shown = "[" + ", ".join(f"{s:g}" for s in bad) + "]"  # as typed: stages=[4] reads "[4]", not "[4.0]"
+        raise UserError(f"stages {shown}: a stage (or severity) must lie in [0, 3]")
     return out
 
 
