@@ -95,7 +95,7 @@ def _stages(values) -> list[float]:
     out = [as_number(s, "stages") for s in as_list(values, "stages")]
     bad = [s for s in out if not 0.0 <= s <= 3.0]
     if bad or not out:
-        shown = "[" + ", ".join(f"{s:g}" for s in bad) + "]"  # as typed: stages=[4] reads "[4]", not "[4.0]"
+        shown = "[" + ", ".join(str(int(s)) if s.is_integer() else repr(s) for s in bad) + "]"  # stages=[4]: "[4]"
         raise UserError(f"stages {shown}: a stage (or severity) must lie in [0, 3]")
     return out
 

@@ -453,7 +453,7 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     model.eval()
-    return {"steps": steps, "batch_size": batch, "supervised_weight": sup_weight, "seconds": round(time.time() - start, 1),
+    return {"steps": steps, "batch_size": batch, "supervised_weight": sup_weight, "seconds": round(time.time() - start, 3),
             "final_loss": float(np.mean(losses[-20:])), "first_loss": float(np.mean(losses[:5])),
             "parameters": count_parameters(model), "distinct_captions": len(uniq),
             "captions_cut": round(cut, 4), **({"blur_share": blur_share, "blur_sigma": blur_sigma} if blur_share else {})}

@@ -144,12 +144,12 @@ def test_failed_build_leaves_no_cache_entry(tmp_path, monkeypatch):
         real_save(self, folder)
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(KnowledgeGraph, "save", half_save)
     good = _write_hpoa(tmp_path / "good.hpoa", [_row()])
-    with pytest.raises(OSError, match="No space"):
-        load_kg("hpo", hpoa_path=good, cache=Cache(tmp_path / "cache"))
+    with monkeypatch.context() as m:
+        m.setattr(KnowledgeGraph, "save", half_save)
+        with pytest.raises(OSError, match="No space"):
+            load_kg("hpo", hpoa_path=good, cache=Cache(tmp_path / "cache"))
     assert list((tmp_path / "cache" / "kg-hpo").iterdir()) == []
-    monkeypatch.undo()
     assert len(load_kg("hpo", hpoa_path=good, cache=Cache(tmp_path / "cache")).edges) == 1  # builds afresh
 
 

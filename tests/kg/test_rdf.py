@@ -140,10 +140,10 @@ def test_write_turtle_leaves_no_partial_file(profiles, tmp_path, monkeypatch):
             f.write(text[:len(text) // 2])
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", half_then_fail)
-    with pytest.raises(OSError, match="No space"):
-        write_turtle(profiles_to_graph(profiles[:1]), path)
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", half_then_fail)
+        with pytest.raises(OSError, match="No space"):
+            write_turtle(profiles_to_graph(profiles[:1]), path)
     assert path.read_bytes() == before  # the earlier file whole, not half of the new one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["profiles.ttl"]
 
