@@ -365,12 +365,16 @@ class AuxiliaryHeads(torch.nn.Module):
 
 def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg, progress: bool = True,
                labels: list[str] | None = None, presence: np.ndarray | None = None,
-               stages: np.ndarray | None = None) -> dict:
+               stages: np.ndarray | None = None, state_dir: Path | None = None, state_every: int = 0,
+               fingerprint: str = "") -> dict:
     """Train `model` contrastively on uint8 NCHW images and their captions; returns a small training log.
 
     labels: the disease per image; same-disease pairs are partial positives with weight `train.class_weight`, and
     with `train.supervised_weight` > 0 an auxiliary head classifies it (plus `presence` [N, P] phenotype labels and
-    `stages` [N], when given). A label None (stage NaN) marks a face without a disease (the phenotype atlas)."""
+    `stages` [N], when given). A label None (stage NaN) marks a face without a disease (the phenotype atlas).
+    state_dir / state_every: the training state is saved there every `state_every` steps, and a call that finds a
+    state saved under the same `fingerprint` resumes from it, ending with the weights of an uninterrupted run
+    (clip_state.py)."""
     from tqdm import tqdm
 
     c = plain_config(cfg)
@@ -425,9 +429,18 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
-    order, pos, losses, start = torch.randperm(n, generator=gen), 0, [], time.time()
-    bar = tqdm(range(steps), desc="training evaluator CLIP", disable=not progress, unit="step")
-    for _ in bar:
+    order, pos, losses, start, first, before = torch.randperm(n, generator=gen), 0, [], time.time(), 0, 0.0
+    modules = {"model": model, **({"aux": aux} if aux is not None else {})}
+    if state_dir is not None:
+        from .clip_state import load_state
+
+        resumed = load_state(Path(state_dir), fingerprint, modules, opt, sched, gen)
+        if resumed is not None:
+            first, pos, order, losses, before = (resumed[k] for k in ("step", "pos", "order", "losses", "seconds"))
+            log.info("evaluator CLIP: resuming at step %d of %d from %s", first, steps, state_dir)
+    bar = tqdm(range(first, steps), desc="training evaluator CLIP", disable=not progress, unit="step",
+               initial=first, total=steps)
+    for step in bar:
         if pos + batch > n:
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + batch]
@@ -452,8 +465,18 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if state_dir is not None and state_every > 0 and (step + 1) % state_every == 0 and step + 1 < steps:
+            from .clip_state import save_state
+
+            try:  # a failed save (a full disk) costs only the ability to resume, not the run
+                save_state(Path(state_dir), step + 1, fingerprint, modules, opt, sched, gen, order, pos, losses,
+                           before + time.time() - start)
+            except OSError as exc:
+                log.warning("%s: the evaluator CLIP's training state was not saved at step %d (%s)", state_dir,
+                            step + 1, exc)
     model.eval()
-    return {"steps": steps, "batch_size": batch, "supervised_weight": sup_weight, "seconds": round(time.time() - start, 3),
+    seconds = before + time.time() - start  # a resumed run counts the time its state had
+    return {"steps": steps, "batch_size": batch, "supervised_weight": sup_weight, "seconds": round(seconds, 3),
             "final_loss": float(np.mean(losses[-20:])), "first_loss": float(np.mean(losses[:5])),
             "parameters": count_parameters(model), "distinct_captions": len(uniq),
             "captions_cut": round(cut, 4), **({"blur_share": blur_share, "blur_sigma": blur_sigma} if blur_share else {})}

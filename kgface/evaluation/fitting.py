@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +30,7 @@ from ..kg import FacialProfile
 from ..prompts import healthy_prompts, phenotype_caption, phenotype_prompts, zero_shot_prompts
 from .clip_model import (ImageEncoder, build_clip, encode_texts, plain_config, registered_config_name, train_blur,
                          train_clip)
+from .clip_state import CLIP_CHECKPOINT_EVERY
 from .evaluator import Evaluator, weights_sha256
 from .inputs import (HEALTHY, EvaluatorInputError, blur_images, blur_sigmas, check_real, drawn_phenotypes,
                      image_caption, labelled_phenotypes, learned_digests, load_images, manifest_hash, min_stage_of,
@@ -90,12 +92,15 @@ def zero_shot_heads(model, tokenizer, phenotypes: list, scale: Standardizer) -> 
 
 def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
                     atlas: pd.DataFrame | None = None, clip: tuple[dict, dict] | None = None,
-                    pretrained_sha256: str | None = None, model_config: str | None = None) -> Evaluator:
+                    pretrained_sha256: str | None = None, model_config: str | None = None,
+                    clip_state: tuple[Path, str] | None = None) -> Evaluator:
     """Train an evaluator on df's `train` split (calibrated on `val`); no caching (see fit_evaluator). `atlas`:
     phenotype-only faces for the CLIP and the phenotype heads (see the module docstring). `clip`: (state dict,
     training log) of a tiny CLIP already trained on this data with this config: only the heads are fitted.
     `pretrained_sha256`, `model_config`: the evaluator.pretrained file's digest and the name register_config_file
-    gave evaluator.model, when the caller has them (fit_evaluator's cache key): their files are read once."""
+    gave evaluator.model, when the caller has them (fit_evaluator's cache key): their files are read once.
+    `clip_state`: (folder, fingerprint) where the tiny CLIP's training state is saved as it trains and resumed
+    from (fit_evaluator: beside the CLIP's cache entry)."""
     c = plain_config(cfg)
     train = df[df["split"] == "train"].reset_index(drop=True)
     val = df[df["split"] == "val"].reset_index(drop=True)
@@ -174,8 +179,10 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
         else:
             presence = presence_matrix(pheno_rows, vocab)
             presence[~labelled_rows] = np.nan  # not labelled: out of the presence loss
+            state = {} if clip_state is None else {"state_dir": clip_state[0], "fingerprint": clip_state[1],
+                                                   "state_every": CLIP_CHECKPOINT_EVERY}
             info["clip"] = train_clip(model, tokenizer, clip_images, captions, c, progress=progress, labels=labels,
-                                      presence=presence, stages=stages)
+                                      presence=presence, stages=stages, **state)
     encoder = ImageEncoder(model, image_size)
     f_train = encoder(images).numpy()
     scale = Standardizer.fit(f_train)
@@ -332,15 +339,19 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
             log.info("evaluator CLIP from the cache: %s", clip_entry.path)
             clip = (load_file(str(clip_entry.path / "clip.safetensors")),
                     json.loads((clip_entry.path / "clip.json").read_text(encoding="utf-8")))
+    partial = None if clip_entry is None else clip_entry.path.with_name(f".{clip_entry.key}.partial")
     ev = train_evaluator(c, df, profiles, progress=progress, atlas=atlas, clip=clip,
                          pretrained_sha256=spec.get("pretrained_sha256"),  # the key's digests: one read of the files
-                         model_config=spec.get("model_config"))
+                         model_config=spec.get("model_config"),
+                         clip_state=None if partial is None or clip is not None else (partial, clip_entry.key))
     if clip_entry is not None and clip is None:
         from safetensors.torch import save_file
 
         with clip_entry.build() as tmp:
             save_file({k: v.contiguous() for k, v in ev.model.state_dict().items()}, str(tmp / "clip.safetensors"))
             write_json_atomic(tmp / "clip.json", ev.info["clip"])
+    if partial is not None:
+        shutil.rmtree(partial, ignore_errors=True)  # the finished CLIP's state (or one a rival run left)
     with entry.build() as tmp:
         ev.save(tmp)
     ev.info["cache_entry"] = str(entry.path)

@@ -1,5 +1,7 @@
 """kgface.evaluation.clip_model: caption cuts, the tiny CLIP's losses, and evaluator=openclip models read from local
 config files (a BiomedCLIP-like config with a Hugging Face text tower, a timm image tower)."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -253,3 +255,84 @@ def test_training_with_blur_moves_the_clip_and_says_so(tiny_cfg, tiny_data):
     print(f"max weight change: same settings {same:.2e}, blurred {blurred:.2e}")
     assert same < 1e-6 < 1e-4 < blurred  # (threads may reorder sums: equal up to rounding)
     assert "blur_share" not in logs[0] and logs[2]["blur_share"] == 1.0 and logs[2]["blur_sigma"] == 1.0
+
+
+def test_a_killed_clip_fit_resumes_to_the_weights_of_an_uninterrupted_one(tiny_cfg, tiny_data, tmp_path,
+                                                                          monkeypatch, caplog):
+    """A fit killed after its step-4 state resumes there (model, auxiliary heads, optimizer, schedule, data order,
+    random streams) and ends where an uninterrupted fit ends; a state of another entry is ignored, a damaged one
+    removed."""
+    from omegaconf import OmegaConf
+
+    from kgface.evaluation import clip_state
+    from kgface.evaluation.clip_model import train_clip
+
+    cfg = OmegaConf.to_container(tiny_cfg.evaluator, resolve=True)
+    cfg["train"] = {**cfg["train"], "steps": 6, "batch_size": 8, "supervised_weight": 1.0, "blur_share": 0.5,
+                    "blur_sigma": 1.0}
+    df = read_manifest(tiny_data / "manifest.csv")[0]
+    rows = df[df["split"] == "train"].head(24)  # 24 faces, batch 8: the kill falls mid-way through the second order
+    images, captions = load_images(list(rows["abspath"])), [f"a face of {d}" for d in rows["disease"]]
+    labels = list(rows["disease"])
+    presence = (np.arange(24 * 3).reshape(24, 3) % 4 == 0).astype(np.float32)
+    stages = rows["stage"].to_numpy(dtype=float)
+
+    def fit(**state):
+        torch.manual_seed(0)  # the same initial weights
+        model, tokenizer, _ = build_clip(cfg)
+        log = train_clip(model, tokenizer, images, captions, cfg, progress=False, labels=labels, presence=presence,
+                         stages=stages, **state)
+        return torch.cat([p.detach().flatten() for p in model.parameters()]), log
+
+    whole, whole_log = fit()
+    state = tmp_path / ".key.partial"
+    real_save, saved = clip_state.save_state, []
+
+    def save_then_die(folder, step, *args, **kwargs):
+        real_save(folder, step, *args, **kwargs)
+        saved.append(step)
+        if step == 4:
+            raise KeyboardInterrupt  # killed right after the step-4 state was written
+
+    with monkeypatch.context() as m:
+        m.setattr(clip_state, "save_state", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            fit(state_dir=state, state_every=2, fingerprint="key")
+    assert saved == [2, 4] and json.loads((state / "state.json").read_text())["step"] == 4
+    resumed, resumed_log = fit(state_dir=state, state_every=2, fingerprint="key")
+    assert (resumed - whole).abs().max() < 1e-6  # as the blur test: threads may reorder sums
+    assert resumed_log["final_loss"] == pytest.approx(whole_log["final_loss"], abs=1e-5)
+    assert resumed_log["first_loss"] == pytest.approx(whole_log["first_loss"], abs=1e-5)  # the losses kept
+    other, _ = fit(state_dir=state, state_every=0, fingerprint="another entry")  # ignored: trains from step 0
+    assert (other - whole).abs().max() < 1e-6 and json.loads((state / "state.json").read_text())["step"] == 4
+    (state / "optimizer.pt").write_bytes(b"damaged")
+    with caplog.at_level("WARNING"):
+        again, _ = fit(state_dir=state, state_every=0, fingerprint="key")
+    assert (again - whole).abs().max() < 1e-6 and not state.exists()
+    assert "saved training state does not load" in caplog.text
+
+
+def test_fit_evaluator_resumes_a_killed_clip_and_clears_its_state(tiny_cfg, tiny_data, tiny_profiles, tmp_path,
+                                                                 monkeypatch, caplog):
+    from kgface.cache import Cache
+    from kgface.evaluation import clip_state, fitting
+
+    monkeypatch.setattr(fitting, "CLIP_CHECKPOINT_EVERY", 2)
+    real_save = clip_state.save_state
+
+    def save_then_die(folder, step, *args, **kwargs):
+        real_save(folder, step, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    cache = Cache(tmp_path / "cache")
+    with monkeypatch.context() as m:
+        m.setattr(clip_state, "save_state", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            fit_evaluator(tiny_cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    (partial,) = (tmp_path / "cache" / "evaluator-clip").glob(".*.partial")
+    assert json.loads((partial / "state.json").read_text())["step"] == 2
+    assert not [p for p in (tmp_path / "cache" / "evaluator-clip").iterdir() if not p.name.startswith(".")]
+    with caplog.at_level("INFO", logger="kgface.evaluation.clip_model"):
+        ev = fit_evaluator(tiny_cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert "resuming at step 2 of" in caplog.text and ev.info["clip"]["steps"] == int(tiny_cfg.evaluator.train.steps)
+    assert not partial.exists() and len(list((tmp_path / "cache" / "evaluator-clip").iterdir())) == 1
