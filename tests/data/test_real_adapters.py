@@ -582,3 +582,16 @@ def test_config_errors(tmp_path):
         build_real_dataset({"name": "folder", "root": str(tmp_path)}, tmp_path / "out")
     with pytest.raises(UserError, match="not a real-dataset adapter"):
         build_real_dataset({"name": "phantom"}, tmp_path / "out")
+    with pytest.raises(UserError, match="data.size must be a positive number of pixels, got 0"):
+        build_real_dataset({"name": "folder", "root": str(tmp_path), "disease": "healthy"}, tmp_path / "out", size=0)
+
+
+def test_a_build_whose_every_image_is_skipped_is_refused_and_writes_no_manifest(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (photos / name).write_bytes(b"not an image")
+    with pytest.raises(ManifestError, match=r"data=folder: every image was skipped \(2\); first: "):
+        build_real_dataset({"name": "folder", "root": str(photos), "disease": "healthy", "on_error": "skip"},
+                           tmp_path / "out", size=SIZE)
+    assert not (tmp_path / "out" / "manifest.csv").exists()
