@@ -241,7 +241,8 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
         if state_dir is not None and state_every > 0 and (step + 1) % state_every == 0 and step + 1 < int(t["steps"]):
             try:
                 _save_state(Path(state_dir), step + 1, fingerprint, vae, opt, sched, gen, disc, d_opt)
-            except OSError as exc:  # a full disk, or another run saving the same state this instant: train on
+            except Exception as exc:  # noqa: BLE001 - a full disk (safetensors and torch.save raise their own types),
+                # or another run saving the same state this instant: train on
                 log.warning("%s: the VAE's training state was not saved at step %d (%s)", state_dir, step + 1, exc)
         if on_checkpoint is not None and every > 0 and (step + 1) % every == 0:
             vae.eval()

@@ -434,7 +434,7 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
     if state_dir is not None:
         from .clip_state import load_state
 
-        resumed = load_state(Path(state_dir), fingerprint, modules, opt, sched, gen)
+        resumed = load_state(Path(state_dir), fingerprint, modules, opt, sched, gen, n, steps)
         if resumed is not None:
             first, pos, order, losses, before = (resumed[k] for k in ("step", "pos", "order", "losses", "seconds"))
             log.info("evaluator CLIP: resuming at step %d of %d from %s", first, steps, state_dir)
@@ -471,7 +471,7 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
             try:  # a failed save (a full disk) costs only the ability to resume, not the run
                 save_state(Path(state_dir), step + 1, fingerprint, modules, opt, sched, gen, order, pos, losses,
                            before + time.time() - start)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - safetensors and torch.save report a full disk as their own
                 log.warning("%s: the evaluator CLIP's training state was not saved at step %d (%s)", state_dir,
                             step + 1, exc)
     model.eval()

@@ -305,11 +305,24 @@ def test_a_killed_clip_fit_resumes_to_the_weights_of_an_uninterrupted_one(tiny_c
     assert resumed_log["first_loss"] == pytest.approx(whole_log["first_loss"], abs=1e-5)  # the losses kept
     other, _ = fit(state_dir=state, state_every=0, fingerprint="another entry")  # ignored: trains from step 0
     assert (other - whole).abs().max() < 1e-6 and json.loads((state / "state.json").read_text())["step"] == 4
+    import shutil
+
+    kept = tmp_path / "kept"
+    shutil.copytree(state, kept)
     (state / "optimizer.pt").write_bytes(b"damaged")
     with caplog.at_level("WARNING"):
         again, _ = fit(state_dir=state, state_every=0, fingerprint="key")
     assert (again - whole).abs().max() < 1e-6 and not state.exists()
     assert "saved training state does not load" in caplog.text
+    # a file of another save (a rival run's, swapped in mid-read): refused whole, not mixed in
+    shutil.copytree(kept, state)
+    meta = json.loads((state / "state.json").read_text())
+    (state / "state.json").write_text(json.dumps({**meta, "step": 2}))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        mixed, _ = fit(state_dir=state, state_every=0, fingerprint="key")
+    assert (mixed - whole).abs().max() < 1e-6 and not state.exists()
+    assert "progress.safetensors belongs to another saved state" in caplog.text
 
 
 def test_fit_evaluator_resumes_a_killed_clip_and_clears_its_state(tiny_cfg, tiny_data, tiny_profiles, tmp_path,
