@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 from pathlib import Path
 
 
@@ -32,14 +31,13 @@ def main(argv=None):
     from kgface.evaluation import load_evaluator
     from kgface.evaluation.inputs import HEALTHY, load_images
     from kgface.evaluation.validity import oracle_top1
-    from kgface.run_files import run_file
+    from kgface.run_files import run_data
 
     torch.set_num_threads(1)
     run = Path(args.run)
-    data_json = run_file(run, "data.json")  # a baselines generator folder (OUT/kg) reads its parent's
-    if data_json is None:
+    data = run_data(run)  # a baselines generator folder (OUT/kg) reads its parent's
+    if not data:
         raise SystemExit(f"{run}: no data.json here or in its parent; pass a kgface.train run folder")
-    data = json.loads(data_json.read_text(encoding="utf-8"))
     heldout = list(data["heldout"])
     df = read_manifest(data["manifest"])[0]
     train, test = df[df["split"] == "train"], df[df["split"] == "test"]

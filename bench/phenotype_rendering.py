@@ -91,7 +91,7 @@ def main(argv=None):
     from kgface.diffusion.run_loading import heldout_of, load_run
     from kgface.data.manifest import ATLAS_FILE
     from kgface.diffusion.training_data import atlas_training_rows
-    from kgface.run_files import run_file
+    from kgface.run_files import run_data
     from kgface.evaluation import load_evaluator
     from kgface.evaluation.inputs import load_images
 
@@ -100,10 +100,10 @@ def main(argv=None):
     results = {}
     for run in map(Path, args.runs):
         backbone, cond, profiles, cfg = load_run(run)
-        data_json = run_file(run, "data.json")  # a baselines generator folder (OUT/kg) reads its parent's
-        if data_json is None:
+        data = run_data(run)  # a baselines generator folder (OUT/kg) reads its parent's
+        if not data:
             raise SystemExit(f"{run}: no data.json here or in its parent; pass a kgface.train run folder")
-        manifest = Path(json.loads(data_json.read_text(encoding="utf-8"))["manifest"])
+        manifest = Path(data["manifest"])
         if not (manifest.parent / ATLAS_FILE).is_file():
             raise SystemExit(f"{run}: its data has no phenotype atlas ({manifest.parent / ATLAS_FILE}); this script "
                              "draws the atlas's phenotype sets: use a run with data.atlas.faces > 0 "

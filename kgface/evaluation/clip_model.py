@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..cache import stable_hash
 from ..errors import UserError
+from . import clip_state
 from .towers import TOWERS, FullResolutionCNN, vision_tower
 
 log = logging.getLogger(__name__)
@@ -432,9 +433,7 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
     order, pos, losses, start, first, before = torch.randperm(n, generator=gen), 0, [], time.time(), 0, 0.0
     modules = {"model": model, **({"aux": aux} if aux is not None else {})}
     if state_dir is not None:
-        from .clip_state import load_state
-
-        resumed = load_state(Path(state_dir), fingerprint, modules, opt, sched, gen, n, steps)
+        resumed = clip_state.load_state(Path(state_dir), fingerprint, modules, opt, sched, gen, n, steps)
         if resumed is not None:
             first, pos, order, losses, before = (resumed[k] for k in ("step", "pos", "order", "losses", "seconds"))
             log.info("evaluator CLIP: resuming at step %d of %d from %s", first, steps, state_dir)
@@ -466,11 +465,9 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if state_dir is not None and state_every > 0 and (step + 1) % state_every == 0 and step + 1 < steps:
-            from .clip_state import save_state
-
             try:  # a failed save (a full disk) costs only the ability to resume, not the run
-                save_state(Path(state_dir), step + 1, fingerprint, modules, opt, sched, gen, order, pos, losses,
-                           before + time.time() - start)
+                clip_state.save_state(Path(state_dir), step + 1, fingerprint, modules, opt, sched, gen, order, pos,
+                                      losses, before + time.time() - start)
             except Exception as exc:  # noqa: BLE001 - safetensors and torch.save report a full disk as their own
                 log.warning("%s: the evaluator CLIP's training state was not saved at step %d (%s)", state_dir,
                             step + 1, exc)
