@@ -265,6 +265,11 @@ CLIP_VERSION = 2
 CLIP_KEYS = ("name", "image_size", "embed_dim", "vision", "text", "train", "seed")  # the config that shapes the CLIP
 
 
+def clip_spec(spec: dict, keyed: dict) -> dict:
+    """The tiny CLIP's cache key: the evaluator's data keys and the settings that shape the CLIP alone."""
+    return {**spec, "version": CLIP_VERSION, "evaluator": {k: keyed.get(k) for k in CLIP_KEYS}}
+
+
 def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cache: Cache | None = None,
                   progress: bool = True) -> Evaluator:
     """The evaluator for this config and this manifest: loaded from the cache, else trained and cached.
@@ -326,13 +331,15 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
                             model_config=spec.get("model_config"))
         if ev.trained_on is None:  # an entry cached before the list was kept: the key says it is this data
             ev.trained_on = learned_digests(df, atlas)
+        if c["name"] == "tiny_clip":  # a CLIP state a killed rival run left after another run finished this CLIP
+            clip_key = stable_hash(clip_spec(spec, keyed))  # the path only: cache.entry would list it as used
+            shutil.rmtree(cache.root / "evaluator-clip" / f".{clip_key}.partial", ignore_errors=True)
         return ev
     # the tiny CLIP (minutes to an hour) has its own entry, keyed by what shapes it, so changing a head setting
     # (probe, phenotype_heads, threshold) refits the heads in seconds on the cached CLIP
     clip_entry, clip = None, None
     if c["name"] == "tiny_clip":
-        clip_entry = cache.entry("evaluator-clip", {**spec, "version": CLIP_VERSION,
-                                                    "evaluator": {k: keyed.get(k) for k in CLIP_KEYS}})
+        clip_entry = cache.entry("evaluator-clip", clip_spec(spec, keyed))
         if clip_entry.exists():
             from safetensors.torch import load_file
 

@@ -358,3 +358,8 @@ def test_fit_evaluator_resumes_a_killed_clip_and_clears_its_state(tiny_cfg, tiny
         ev = fit_evaluator(tiny_cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
     assert "resuming at step 2 of" in caplog.text and ev.info["clip"]["steps"] == int(tiny_cfg.evaluator.train.steps)
     assert not partial.exists() and len(list((tmp_path / "cache" / "evaluator-clip").iterdir())) == 1
+    # a state a killed rival run left once this CLIP was finished elsewhere: the cached evaluator's load clears it
+    partial.mkdir()
+    (partial / "state.json").write_text(json.dumps({"step": 2}))
+    cached = fit_evaluator(tiny_cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert cached.info["clip"]["steps"] == ev.info["clip"]["steps"] and not partial.exists()
