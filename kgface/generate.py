@@ -316,6 +316,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # `diseases=null` means every profile the run can draw: a class run cannot draw the diseases it held out
     drawable = [p for p in run_profiles if p.disease_id in trained] if conditioner.mode == "class" else run_profiles
     items, intensities = plan(cfg, profiles, drawable, backbone.image_size, age)
+    if age >= 0:  # the manifest's own column: a drawn set says which age it was asked for
+        for it in items:
+            it.row["age_group"] = str(cfg.age)
     heldout = heldout_of(run_dir)
     inversion = None
     if cfg.inversion:
@@ -370,7 +373,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             scores["note"] = evaluator_note
     summary = {"run": str(cfg.run), "mode": cfg.mode, "conditioning": conditioner.mode, "images": len(items),
                "guidance": guidance, "steps": steps, "spacing": gen.spacing, "eta": eta,
-               "strength": float(cfg.strength),
+               "strength": float(cfg.strength), "age": None if cfg.age is None else str(cfg.age),
                "dtype": str(run_cfg.model.get("dtype", "fp32")),  # the base's precision: bf16 moves pixels slightly
                "mask": OmegaConf.to_container(cfg.mask) if isinstance(cfg.mask, ListConfig) else cfg.mask,
                "keep": OmegaConf.to_container(cfg.keep) if isinstance(cfg.keep, ListConfig) else cfg.keep,

@@ -494,3 +494,26 @@ def test_a_learned_profile_run_generates_from_the_frequencies_it_was_trained_on(
     idx, sev = torch.tensor([i]), torch.tensor([3.0])
     with torch.no_grad():  # the encoder reads the learned edge weights: other tokens than under the KG's
         assert not torch.allclose(cond.tokens(idx, sev), kg_cond.tokens(idx, sev))
+
+
+def test_age_is_refused_without_learned_ages_and_recorded_with_them(micro_run, tmp_path, capsys, session_cache_dir):
+    """age= needs a run whose encoder learned age groups; the drawn set says which age it asked for (the manifest's
+    age_group column and generation.json), so the request can be read back from the outputs."""
+    from kgface.train import main
+    from tests.test_train_smoke import MICRO
+
+    assert f"age=adult: run={micro_run} was not trained with ages" in fails(capsys, micro_run, tmp_path / "no",
+                                                                            "age=adult")
+    run = tmp_path / "aged"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
+        main([*MICRO, "encoder.age_groups=4", "trainer.steps=2", f"hydra.run.dir={run}"])
+    assert "age=toddler is unknown; use one of child, adolescent, adult, older_adult" in fails(
+        capsys, run, tmp_path / "bad", "age=toddler")
+    generate(run, tmp_path / "adult", "diseases=[ORPHA:870,healthy]", "stages=[3]", "age=adult")
+    df = read_manifest(tmp_path / "adult" / "manifest.csv")[0]
+    assert len(df) == 2 and set(df["age_group"]) == {"adult"}
+    assert json.loads((tmp_path / "adult" / "generation.json").read_text())["age"] == "adult"
+    generate(run, tmp_path / "any", "diseases=[ORPHA:870]", "stages=[3]")
+    assert set(read_manifest(tmp_path / "any" / "manifest.csv")[0]["age_group"]) == {""}
+    assert json.loads((tmp_path / "any" / "generation.json").read_text())["age"] is None

@@ -176,7 +176,7 @@ def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: d
     (analysed days of the compared treatments), unit (block | day), truth, bias, covered. `table` needs
     patient_id, day, block, treatment, analysed and the outcome column. per_patient: one patient's own fit, on
     block means like the pooled one where the patient has enough blocks (daily rows of an autocorrelated series
-    would give intervals that are too narrow: 0.74-0.77 coverage of 95% at AR 0.5, docs/trials.md), with
+    would give intervals that are too narrow: 0.73-0.77 coverage of 95% at AR 0.5, docs/trials.md), with
     nonrobust standard errors for `cluster` (one patient is one cluster) and for block means."""
     a = design.analysis
     if per_patient:
