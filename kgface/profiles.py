@@ -1,6 +1,6 @@
 """`python -m kgface.profiles diseases='[ORPHA:870,OMIM:163950]' hydra.run.dir=OUT`
 
-Writes OUT/profiles.json (schema kgface.profile/1, see docs/knowledge.md) and OUT/profiles.ttl (the profiles and
+Writes OUT/profiles.json (schema kgface.profiles/1, see docs/knowledge.md) and OUT/profiles.ttl (the profiles and
 their facial subgraph as RDF), and prints a table. No `diseases` = the kg's default panel.
 """
 from __future__ import annotations

@@ -6,8 +6,8 @@ phenotypes (JSON: HPO id -> intensity in [0,1]; `{}` when unknown, as for real p
 Generated manifests add the request: mode, requested_disease, requested_stage, seed, source_image.
 
 Reading validates every row: a bad label is an error (or, with on_error="skip", a counted, logged skip), never a
-silently wrong label. Across rows: a path (compared resolved) is listed once, healthy is stage 0, age_group is empty
-or one of AGE_GROUPS, and a non-empty identity stays in one split (a person in train and test leaks).
+silently wrong label. Across rows: an image (compared by its resolved file) is listed once, healthy is stage 0,
+age_group is empty or one of AGE_GROUPS, and a non-empty identity stays in one split (a person in train and test leaks).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,15 +86,29 @@ def _phenotypes(text) -> dict[str, float]:
     return {str(k): float(v) for k, v in ph.items()}
 
 
+def safe_relpath(name: str) -> str | None:
+    """`name` as a normalised posix path inside its root, or None if it is empty, absolute or climbs out with `..`.
+
+    The check is lexical (no symlink resolution), so datasets made of symlinks still load."""
+    text = str(name).strip().replace("\\", "/")
+    if not text or text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        return None
+    norm = posixpath.normpath(text)
+    if norm == "." or norm == ".." or norm.startswith("../"):
+        return None
+    return norm
+
+
 def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_files: bool) -> dict:
     """Validate and type one row; raises ValueError with the reason."""
     out = dict(row)
     rel = str(row["path"]).strip()
     if not rel:
         raise ValueError("empty path")
-    full = (root / rel).resolve()
-    if root.resolve() not in full.parents:
+    safe = safe_relpath(rel)
+    if safe is None:
         raise ValueError(f"path '{rel}' escapes the dataset root {root}")
+    full = root.resolve() / safe  # lexical below the root: an image that is a symlink (a shared store) is allowed
     if check_files and not full.is_file():
         raise ValueError(f"image '{rel}' does not exist")
     out["abspath"] = str(full)
@@ -175,16 +190,17 @@ def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = Non
         line = i + 2
         try:
             checked = _check_row(row, path.parent, known_diseases, check_files)
-            # one image under two spellings (./img/a.png, img//a.png) is still one image
-            if checked["abspath"] in seen:
-                raise ValueError(f"duplicate path '{row['path']}' (first on line {seen[checked['abspath']]})")
+            # one image under two spellings (./img/a.png, img//a.png, two links to one file) is still one image
+            real = os.path.realpath(checked["abspath"])
+            if real in seen:
+                raise ValueError(f"duplicate path '{row['path']}' (first on line {seen[real]})")
             ident, split = checked["identity"], checked["split"]
             if ident and splits.get(ident, (split,))[0] != split:  # empty identity = unknown person: no check
                 first_split, first_line = splits[ident]
                 raise ValueError(f"identity '{ident}' is in {split} here and in {first_split} on line {first_line}; "
                                  "one person in two splits leaks faces from training into evaluation, so put all "
                                  "its rows in one split")
-            seen[checked["abspath"]] = line
+            seen[real] = line
             splits.setdefault(ident, (split, line))
             rows.append(checked)
         except ValueError as exc:

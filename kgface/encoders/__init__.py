@@ -10,11 +10,12 @@ tokens for classifier-free guidance). See docs/encoder.md.
 """
 from .gnn import CONVS, KGEncoder, fourier_features
 from .graph import (GENERIC_DISEASE_TEXT, HEALTHY_TEXT, NODE_TYPES, RELATIONS, WEIGHT_KINDS, ProfileGraphBuilder,
-                    TextFeatureStore, parse_phenotype_spec, phenotype_profile)
+                    TextFeatureStore, parse_phenotype_spec, phenotype_profile, profile_intensities)
 from .text import TextModelError, default_text_model_path, embed_texts, load_text_model, resolve_text_model_path
 
 __all__ = [
     "CONVS", "KGEncoder", "fourier_features", "GENERIC_DISEASE_TEXT", "HEALTHY_TEXT", "NODE_TYPES", "RELATIONS",
     "WEIGHT_KINDS", "ProfileGraphBuilder", "TextFeatureStore", "parse_phenotype_spec", "phenotype_profile",
+    "profile_intensities",
     "TextModelError", "default_text_model_path", "embed_texts", "load_text_model", "resolve_text_model_path",
 ]

@@ -121,6 +121,24 @@ def test_duplicate_path_is_found_under_another_spelling(root, spelling):
         read_manifest(root / "m.csv")
 
 
+def test_images_that_are_symlinks_out_of_the_root_load(root, tmp_path_factory):
+    """The root check is lexical: a dataset folder of links into a shared store loads, its rows pointing at the
+    links; two links to one file are one image; an absolute path is refused even inside the root."""
+    store = tmp_path_factory.mktemp("store")
+    Image.new("RGB", (4, 4), "red").save(store / "x.png")
+    (root / "images" / "link.png").symlink_to(store / "x.png")
+    write_manifest([_row(), _row(path="images/link.png", identity="p2")], root / "m.csv")
+    df = read_manifest(root / "m.csv")[0]
+    assert df["abspath"].tolist()[1] == str(root.resolve() / "images" / "link.png")
+    (root / "images" / "link2.png").symlink_to(store / "x.png")
+    write_manifest([_row(path="images/link.png"), _row(path="images/link2.png")], root / "m.csv")
+    with pytest.raises(ManifestError, match=r"m\.csv:3: duplicate path 'images/link2\.png' \(first on line 2\)"):
+        read_manifest(root / "m.csv")
+    write_manifest([_row(path=str(root.resolve() / "images" / "a.png"))], root / "m.csv")
+    with pytest.raises(ManifestError, match=r"m\.csv:2: path '/.*a\.png' escapes the dataset root"):
+        read_manifest(root / "m.csv")
+
+
 def test_one_identity_in_two_splits_is_an_error_naming_both_lines(root):
     rows = [_row(identity="p1"), _row(path="images/b.png", identity="p2", split="val"),
             _row(path="images/c.png", identity="p1", split="test")]

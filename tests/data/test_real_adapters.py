@@ -574,8 +574,11 @@ def test_user_manifest_is_validated_and_rebuilt(tmp_path):
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(UserError, match="data.root: a value is required"):
+    with pytest.raises(UserError, match=r"^data\.root: a value is required \(e\.g\. data\.root=/path\)$"):
         build_real_dataset(_data_cfg("acne04"), tmp_path / "out")
+    job = OmegaConf.create({"data": _data_cfg("acne04")})  # as the dataset job passes it: a child node of its config
+    with pytest.raises(UserError, match=r"^data\.root: a value is required \(e\.g\. data\.root=/path\)$"):
+        build_real_dataset(job.data, tmp_path / "out")
     with pytest.raises(UserError, match=r"unknown options \['folds'\]"):
         build_real_dataset(_data_cfg("acne04", root=str(tmp_path), folds=2), tmp_path / "out")
     with pytest.raises(UserError, match=r"data=folder: \['disease'\] must be set"):

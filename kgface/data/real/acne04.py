@@ -21,10 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import UserError
-from ..manifest import N_STAGES
+from ..manifest import N_STAGES, safe_relpath
 from ..phantom.acne import grade_from_count, severity_from_count
-from .common import (BadInput, assign_splits, check_identity_splits, frame, listed_image, require_dir,
-                     safe_relpath)
+from .common import BadInput, assign_splits, check_identity_splits, frame, listed_image, require_dir
 
 log = logging.getLogger(__name__)
 

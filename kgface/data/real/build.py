@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 from ...cache import atomic_path, remove_path, write_json_atomic
 from ...errors import UserError
 from ..images import ImageError, face_box, get_detector, load_rgb
-from ..manifest import ATLAS_FILE, ManifestError, read_manifest, write_manifest
+from ..manifest import ATLAS_FILE, ManifestError, read_manifest, safe_relpath, write_manifest
 from .acne04 import acne04_manifest
 from .celeba import celeba_manifest
-from .common import SKIP_COLUMNS, BadInput, check_identity_splits, safe_relpath
+from .common import SKIP_COLUMNS, BadInput, check_identity_splits
 from .folders import class_folder_manifest, folder_manifest, user_manifest
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,9 @@ def _plain(cfg_data: Any) -> dict:
     if isinstance(cfg_data, DictConfig):
         try:
             return OmegaConf.to_container(cfg_data, resolve=True, throw_on_missing=True)
-        except MissingMandatoryValue as exc:
-            raise UserError(f"data.{exc.full_key}: a value is required (e.g. data.{exc.full_key}=/path)") from None
+        except MissingMandatoryValue as exc:  # full_key is `root` for a bare node, `data.root` inside a job's config
+            key = exc.full_key if str(exc.full_key).startswith("data.") else f"data.{exc.full_key}"
+            raise UserError(f"{key}: a value is required (e.g. {key}=/path)") from None
     return dict(cfg_data)
 
 

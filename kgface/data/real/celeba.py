@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import UserError
-from .common import (BadInput, assign_splits, check_identity_splits, frame, hashed_subset, listed_image,
-                     safe_relpath)
+from ..manifest import safe_relpath
+from .common import BadInput, assign_splits, check_identity_splits, frame, hashed_subset, listed_image
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,13 @@ import hashlib
 import logging
 import math
 import os
-import posixpath
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
 from ...errors import UserError
-from ..manifest import ManifestError, N_STAGES
+from ..manifest import N_STAGES, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +42,6 @@ class BadInput:
             raise ManifestError(f"{where}: {reason}; fix it or set on_error=skip")
         self.skipped.append({"where": where, "path": path, "reason": reason})
         log.warning("%s skipped: %s", where, reason)
-
-
-def safe_relpath(name: str) -> str | None:
-    """`name` as a normalised posix path inside its root, or None if it is empty, absolute or climbs out with `..`.
-
-    The check is lexical (no symlink resolution), so datasets made of symlinks still load."""
-    text = str(name).strip().replace("\\", "/")
-    if not text or text.startswith("/") or (len(text) > 1 and text[1] == ":"):
-        return None
-    norm = posixpath.normpath(text)
-    if norm == "." or norm == ".." or norm.startswith("../"):
-        return None
-    return norm
 
 
 def listed_image(image_dir: Path, prefix: str, rel: str, name: str, where: str, seen: dict, bad: BadInput
