@@ -57,7 +57,7 @@ def preflight(cfg: DictConfig) -> None:
                             f"data={cfg.data.name} set evaluator.phenotype_heads=all (or zero_shot: no labels needed)")
         if not atlas_faces:
             raise UserError("evaluator.phenotype_heads=atlas needs a phenotype atlas: set data.atlas.faces > 0 "
-                            "(experiment=benchmark: 8000) or evaluator.phenotype_heads=all")
+                            "(experiment=benchmark: 16000) or evaluator.phenotype_heads=all")
     if cfg.get("evaluate", True) and cfg.evaluator.get("name") == "tiny_clip":
         from .evaluation.towers import TOWERS, vision_tower
 

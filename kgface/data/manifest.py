@@ -105,7 +105,14 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     rel = str(row["path"]).strip()
     if not rel:
         raise ValueError("empty path")
-    safe = safe_relpath(rel)
+    text = rel.replace("\\", "/")
+    if os.path.isabs(text):  # accepted inside the manifest's folder (as it is spelled, or resolved)
+        for base in (os.path.abspath(root), str(root.resolve())):
+            inside = os.path.relpath(os.path.normpath(text), base)
+            if inside != ".." and not inside.startswith("../"):
+                text = inside
+                break
+    safe = safe_relpath(text)
     if safe is None:
         raise ValueError(f"path '{rel}' escapes the dataset root {root}")
     full = root.resolve() / safe  # lexical below the root: an image that is a symlink (a shared store) is allowed
