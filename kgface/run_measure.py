@@ -7,9 +7,12 @@ Glue between the generator (kgface.diffusion) and the instrument (kgface.evaluat
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def transform_seed(cfg) -> int:
@@ -28,6 +31,15 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     from .data.manifest import read_manifest
     from .diffusion.samples import sample_grid, save_grid, save_pairs, transform_set, write_set
 
+    if evaluator is not None:  # real photos (data=acne04, a manifest) may show fewer diseases than the KG panel: the
+        # evaluator reads only those it saw real faces of, so the measured set draws only them
+        unread = [p for p in drawable if p.disease_id not in evaluator.classes]
+        if unread:
+            log.warning("samples: %d panel diseases have no real faces the evaluator learned (%s); drawn and measured: "
+                        "%s (kgface.generate draws the others)", len(unread),
+                        ", ".join(p.disease_id for p in unread[:6]) + (", ..." if len(unread) > 6 else ""),
+                        ", ".join(p.disease_id for p in drawable if p not in unread))
+            drawable = [p for p in drawable if p not in unread]
     stages = list(cfg.samples.stages)
     per_cell = int(cfg.samples.per_cell)
     seed = int(cfg.seed) + 1000

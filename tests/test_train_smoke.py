@@ -89,6 +89,28 @@ def test_train_job_writes_the_documented_layout(tmp_path):
     assert "](evaluation/learned_profiles.png)" in report  # the run's report shows every evaluation figure
 
 
+def test_a_real_photo_run_draws_and_measures_the_diseases_its_evaluator_knows(tmp_path):
+    """data=manifest (as data=acne04) holds fewer diseases than the KG panel: the run trains, and its measured samples
+    are the diseases with real faces (they were the whole panel, which the evaluator refused after training)."""
+    import pandas as pd
+
+    from kgface.data.manifest import read_manifest
+    from kgface.dataset import main as dataset_main
+    from kgface.train import main
+
+    dataset_main([o for o in MICRO if o.startswith("data.")] + [f"hydra.run.dir={tmp_path / 'phantom'}"])
+    df = pd.read_csv(tmp_path / "phantom" / "manifest.csv", dtype=str, keep_default_na=False)
+    df[df["disease"].isin(["MONDO:0011438", "healthy"])].to_csv(tmp_path / "phantom" / "acne.csv", index=False)
+    out = tmp_path / "run"
+    main([o for o in MICRO if not o.startswith("data.")] + MICRO_EVALUATOR
+         + ["data=manifest", f"data.path={tmp_path / 'phantom' / 'acne.csv'}", "data.size=32", "samples.stages=[3]",
+            f"hydra.run.dir={out}"])
+    samples = read_manifest(out / "samples" / "manifest.csv")[0]
+    assert set(samples["disease"]) == {"MONDO:0011438", "healthy"}
+    assert "samples: 12 panel diseases have no real faces the evaluator learned" in (out / "train.log").read_text()
+    assert json.loads((out / "metrics.json").read_text())["generation"]["seen_disease_n"] == 1
+
+
 def test_one_seed_trains_the_same_weights_in_two_processes(tmp_path):
     """Seeds make runs reproducible: two processes with other string-hash seeds (the order of a set of names) and
     their own caches (VAE trained afresh) write byte-identical weights and samples. One thread: with two, a kernel's
