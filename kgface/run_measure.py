@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -31,9 +33,13 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     from .data.manifest import read_manifest
     from .diffusion.samples import sample_grid, save_grid, save_pairs, transform_set, write_set
 
-    if evaluator is not None:  # real photos (data=acne04, a manifest) may show fewer diseases than the KG panel: the
-        # evaluator reads only those it saw real faces of, so the measured set draws only them
+    unread = []
+    if evaluator is not None:  # real photos (data=disease_faces, a manifest) may show fewer diseases than the KG
+        # panel: the evaluator reads only those it saw real faces of, so the measured set draws only them
         unread = [p for p in drawable if p.disease_id not in evaluator.classes]
+        if len(unread) == len(drawable):
+            raise UserError(f"the evaluator knows none of the diseases this run draws (it knows "
+                            f"{', '.join(evaluator.classes)}); train on real faces of the panel's diseases")
         if unread:
             log.warning("samples: %d panel diseases have no real faces the evaluator learned (%s); drawn and measured: "
                         "%s (kgface.generate draws the others)", len(unread),
@@ -57,6 +63,8 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
             images, rows = torch.cat([images, t_images]), rows + t_rows
     gen_manifest = write_set(images, rows, out_dir / "samples", heldout)
     out = {"samples": {"images": len(rows), "manifest": "samples/manifest.csv"}}
+    if unread:  # why the seen counts are small: stated beside them, not only in the log
+        out["samples"]["not_measured"] = sorted(p.disease_id for p in unread)
     if evaluator is None:
         return out
 
@@ -86,6 +94,9 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
              "(held-out diseases included, never generated images)",
              "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
              "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here)"]
+    if unread:
+        notes.append("not drawn or measured: panel diseases without real faces the evaluator learned ("
+                     + ", ".join(out["samples"]["not_measured"]) + ")")
     extra = []
     # once per run (the instrument's section: the first generator's evaluation); profile.learned= can name the file
     if measure_real and evaluator.phenotypes and "real" in scored and cfg.get("learned_profiles", True):

@@ -108,7 +108,9 @@ def test_a_real_photo_run_draws_and_measures_the_diseases_its_evaluator_knows(tm
     samples = read_manifest(out / "samples" / "manifest.csv")[0]
     assert set(samples["disease"]) == {"MONDO:0011438", "healthy"}
     assert "samples: 12 panel diseases have no real faces the evaluator learned" in (out / "train.log").read_text()
-    assert json.loads((out / "metrics.json").read_text())["generation"]["seen_disease_n"] == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["generation"]["seen_disease_n"] == 1 and len(metrics["samples"]["not_measured"]) == 12
+    assert "not drawn or measured: panel diseases without real faces" in (out / "evaluation" / "report.md").read_text()
 
 
 def test_one_seed_trains_the_same_weights_in_two_processes(tmp_path):

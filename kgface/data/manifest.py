@@ -91,7 +91,8 @@ def safe_relpath(name: str) -> str | None:
 
     The check is lexical (no symlink resolution), so datasets made of symlinks still load."""
     text = str(name).strip().replace("\\", "/")
-    if not text or text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+    drive = len(text) > 1 and text[0].isalpha() and text[1] == ":" and (len(text) == 2 or text[2] == "/")
+    if not text or text.startswith("/") or drive:
         return None
     norm = posixpath.normpath(text)
     if norm == "." or norm == ".." or norm.startswith("../"):
@@ -105,10 +106,15 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     rel = str(row["path"]).strip()
     if not rel:
         raise ValueError("empty path")
-    text = rel.replace("\\", "/")
+    if "\\" in rel:  # every reader joins the row's path to the folder as written: a backslash is no separator here
+        raise ValueError(f"path '{rel}' uses '\\'; write paths with '/' (posix)")
+    text = rel
     if os.path.isabs(text):  # accepted inside the manifest's folder (as it is spelled, or resolved)
         for base in (os.path.abspath(root), str(root.resolve())):
-            inside = os.path.relpath(os.path.normpath(text), base)
+            try:
+                inside = os.path.relpath(os.path.normpath(text), base)
+            except ValueError:  # another drive (Windows)
+                continue
             if inside != ".." and not inside.startswith("../"):
                 text = inside
                 break
@@ -116,6 +122,9 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     if safe is None:
         raise ValueError(f"path '{rel}' escapes the dataset root {root}")
     full = root.resolve() / safe  # lexical below the root: an image that is a symlink (a shared store) is allowed
+    if ".." in Path(text).parts and os.path.realpath(root / text) != os.path.realpath(full):
+        # `dir/../a.png` through a symlinked dir: the OS opens another file than the lexical reading names
+        raise ValueError(f"path '{rel}' climbs with '..' out of a linked folder; write it without '..'")
     if check_files and not full.is_file():
         raise ValueError(f"image '{rel}' does not exist")
     out["abspath"] = str(full)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..cache import Cache, stable_hash, write_json_atomic
+from ..cache import META_FILE, Cache, stable_hash, write_json_atomic
 from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
 from ..kg import FacialProfile
 from ..prompts import healthy_prompts, phenotype_caption, phenotype_prompts, zero_shot_prompts
@@ -333,7 +333,8 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
             ev.trained_on = learned_digests(df, atlas)
         if c["name"] == "tiny_clip":  # a CLIP state a killed rival run left after another run finished this CLIP
             clip_key = stable_hash(clip_spec(spec, keyed))  # the path only: cache.entry would list it as used
-            shutil.rmtree(cache.root / "evaluator-clip" / f".{clip_key}.partial", ignore_errors=True)
+            if (cache.root / "evaluator-clip" / clip_key / META_FILE).is_file():  # finished: no run resumes it
+                shutil.rmtree(cache.root / "evaluator-clip" / f".{clip_key}.partial", ignore_errors=True)
         return ev
     # the tiny CLIP (minutes to an hour) has its own entry, keyed by what shapes it, so changing a head setting
     # (probe, phenotype_heads, threshold) refits the heads in seconds on the cached CLIP

@@ -142,6 +142,27 @@ def test_images_that_are_symlinks_out_of_the_root_load(root, tmp_path_factory):
         read_manifest(root / "m.csv")
 
 
+def test_paths_through_a_linked_root_and_folder(root, tmp_path_factory):
+    """A root reached through a link takes absolute paths spelled through the link; `..` out of a linked folder
+    (the OS would open another file than the lexical reading) and backslashes are refused; 'a:b.png' is a name."""
+    link = tmp_path_factory.mktemp("links") / "root"
+    link.symlink_to(root)
+    write_manifest([_row(path=str(link / "images" / "a.png"))], link / "m.csv")
+    assert read_manifest(link / "m.csv")[0]["abspath"].tolist() == [str(root.resolve() / "images" / "a.png")]
+    store = tmp_path_factory.mktemp("store")
+    (store / "sub").mkdir()
+    Image.new("RGB", (4, 4)).save(store / "x.png")
+    (root / "linked").symlink_to(store / "sub")
+    for path, reason in [("linked/../images/a.png", r"climbs with '\.\.' out of a linked folder"),
+                         ("images\\a.png", r"uses '\\'; write paths with '/'")]:
+        write_manifest([_row(path=path)], root / "m.csv")
+        with pytest.raises(ManifestError, match=r"m\.csv:2: path '.*' " + reason):
+            read_manifest(root / "m.csv")
+    Image.new("RGB", (4, 4)).save(root / "images" / "a:b.png")
+    write_manifest([_row(path="images/../images/a:b.png")], root / "m.csv")  # `..` that stays inside: the same file
+    assert read_manifest(root / "m.csv")[0]["abspath"].tolist() == [str(root.resolve() / "images" / "a:b.png")]
+
+
 def test_one_identity_in_two_splits_is_an_error_naming_both_lines(root):
     rows = [_row(identity="p1"), _row(path="images/b.png", identity="p2", split="val"),
             _row(path="images/c.png", identity="p1", split="test")]
