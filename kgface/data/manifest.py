@@ -49,9 +49,13 @@ class ReadReport:
 def write_manifest(rows: pd.DataFrame | list[dict], path: str | os.PathLike) -> Path:
     """Write atomically; missing optional columns are filled (identity '', lesion_count empty, phenotypes {})."""
     df = pd.DataFrame(rows).copy()
+    # read_manifest's frame writes back as it was read: its own abspath column (a machine's path, derived again on
+    # reading) is dropped and its -1 for "not counted" is the empty cell again
+    df = df.drop(columns=["abspath"], errors="ignore")
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = "{}" if col == "phenotypes" else ""
+    df["lesion_count"] = ["" if str(v).strip() == "-1" else v for v in df["lesion_count"]]
     df["phenotypes"] = [v if isinstance(v, str) else json.dumps(v, sort_keys=True) for v in df["phenotypes"]]
     extra = [c for c in df.columns if c not in COLUMNS]
     with atomic_path(path, suffix=".csv") as tmp:

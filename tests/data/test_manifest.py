@@ -47,6 +47,19 @@ def test_round_trip_keeps_values_and_types(root):
     assert not list(root.glob(".manifest.csv.*"))              # atomic write leaves no temporary file
 
 
+def test_a_read_frame_filtered_and_written_back_reads_again(root):
+    """read_manifest -> filter -> write_manifest: its -1 ("not counted") is written empty again and its abspath
+    column (a machine's path) is not written."""
+    write_manifest([_row(), _row(path="images/c.png", lesion_count=12, disease="MONDO:0011438")], root / "m.csv")
+    df = read_manifest(root / "m.csv")[0]
+    write_manifest(df[df["disease"] == "ORPHA:870"], root / "sub.csv")
+    assert "abspath" not in (root / "sub.csv").read_text().splitlines()[0].split(",")
+    again = read_manifest(root / "sub.csv")[0]
+    assert again["lesion_count"].tolist() == [-1] and again["path"].tolist() == ["images/a.png"]
+    write_manifest(df, root / "all.csv")
+    assert read_manifest(root / "all.csv")[0]["lesion_count"].tolist() == [-1, 12]
+
+
 def test_generated_columns_pass_through(root):
     extra = {"mode": "text", "requested_disease": "ORPHA:870", "requested_stage": 2, "seed": 7,
              "source_image": "images/b.png"}
