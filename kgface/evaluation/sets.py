@@ -312,10 +312,11 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             # edits of real faces (transformations, progressions of an input photo: rows with a source_image) would
             # pull FID/KID down when their sources are the test faces the set is compared with: left out
             drawn = ~transform & ~edited
-            if drawn.sum() < 2:  # one face is scored, not compared as a set (with or without edits beside it)
-                metrics["fid_kid_n"] = {"generated": int(drawn.sum()),
+            if drawn.sum() < 2 or len(s_real.images) < 2:  # one face is scored, not compared as a set
+                metrics["fid_kid_n"] = {"real": len(s_real.images), "generated": int(drawn.sum()),
                                         "edits_of_real_faces": f"{int((~drawn).sum())} left out",
-                                        "no_fid_kid": "fewer than 2 generated images besides edits of real faces"}
+                                        "no_fid_kid": "fewer than 2 generated images besides edits of real faces"
+                                        if drawn.sum() < 2 else "fewer than 2 real test images"}
             else:
                 fk = M.clip_fid_kid(s_real.images, s_gen.images[torch.from_numpy(drawn)], evaluator.encoder)
                 # KID first: FID on CLIP features is biased at small n (it needs thousands of images)

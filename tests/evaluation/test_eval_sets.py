@@ -238,6 +238,13 @@ def test_a_real_set_without_test_rows_is_an_error_and_a_one_image_set_is_scored_
     # one drawn image beside a transformation: the same (edits of real faces are left out)
     m = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", generated_manifest(tiny_data, tmp_path, n=1), None)
     assert "fid_clip" not in m and m["fid_kid_n"]["generated"] == 1 and "left out" in m["fid_kid_n"]["edits_of_real_faces"]
+    # one real test face against several generated ones: scored, no FID/KID (it ended the whole evaluation)
+    real = read_manifest(tiny_data / "manifest.csv")[0]
+    real = real[(real["split"] != "test") | (real.index == real.index[real["split"] == "test"][0])]
+    (tmp_path / "many").mkdir()
+    m = evaluate_sets(tiny_evaluator, real, generated_manifest(tiny_data, tmp_path / "many", n=4), None)
+    assert "fid_clip" not in m and m["fid_kid_n"]["real"] == 1
+    assert m["fid_kid_n"]["no_fid_kid"] == "fewer than 2 real test images"
 
 
 def test_relative_transform_sources_are_read_from_the_manifest_folder(tiny_evaluator, tiny_data, tmp_path):
