@@ -130,7 +130,8 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
     # a rebuild into a used OUT: the old manifest would stay valid while the images under it are replaced, and a
     # build that stops midway would leave it describing a mix of old and new images; old images the new manifest
     # does not list, and a phantom build's atlas (an evaluator fitted on the manifest reads it), go too
-    for name in ("manifest.csv", "dataset.json", "skipped.csv", ATLAS_FILE, "images"):
+    for name in ("manifest.csv", "dataset.json", "skipped.csv", ATLAS_FILE, "images", "contact_sheet.png",
+                 "cache_entries.json"):  # the last two: a phantom build's, which this one does not write
         remove_path(out_dir / name)
     rows, used, modes, no_face = [], set(), Counter(), 0
     for row in tqdm(df.to_dict("records"), desc=f"data={opts.get('name')}", unit="img", disable=None):
