@@ -73,16 +73,7 @@ class Evaluator:
     def check_labels(self, diseases: Sequence[str], what: str = "set", paths: Sequence[str] | None = None,
                      column: str = "disease") -> None:
         """Refuse labels outside the evaluator's classes; with `paths` (one per label) the first such row is named."""
-        labels = [str(d) for d in diseases]
-        unknown = sorted(set(labels) - set(self.classes))
-        if unknown:
-            first = ""
-            if paths is not None:
-                i = next(k for k, d in enumerate(labels) if d not in self.classes)
-                first = f" (first: {list(paths)[i]}, column {column})"
-            raise EvaluatorInputError(f"the {what} has labels unknown to the evaluator: {', '.join(unknown[:5])}"
-                                      f"{first}; it knows {', '.join(self.classes)}, the diseases of its train "
-                                      "split: leave these rows out, or fit it on data with train images of them")
+        refuse_unknown_labels(self.classes, diseases, what, paths, column)
 
     def check_unseen(self, df: pd.DataFrame, what: str = "real set") -> None:
         """Refuse a real set whose test rows are images this evaluator learned from (their scores would be inflated
@@ -204,6 +195,23 @@ class Evaluator:
                    scale=Standardizer.from_state(st, "scale"), probe=LinearProbe.from_state(st, "probe"),
                    coral=CoralHead.from_state(st, "coral"), heads=PhenotypeHeads.from_state(st, "heads"),
                    zs_text=st["zs_text"], info=meta.get("info", {}), trained_on=trained_on)
+
+
+def refuse_unknown_labels(classes: Sequence[str], diseases: Sequence[str], what: str = "set",
+                          paths: Sequence[str] | None = None, column: str = "disease") -> None:
+    """Refuse labels outside `classes` (an evaluator's, or those one fitted on a train split will have); with
+    `paths` (one per label) the first such row is named."""
+    labels = [str(d) for d in diseases]
+    known = set(classes)
+    unknown = sorted(set(labels) - known)
+    if unknown:
+        first = ""
+        if paths is not None:
+            i = next(k for k, d in enumerate(labels) if d not in known)
+            first = f" (first: {list(paths)[i]}, column {column})"
+        raise EvaluatorInputError(f"the {what} has labels unknown to the evaluator: {', '.join(unknown[:5])}"
+                                  f"{first}; it knows {', '.join(classes)}, the diseases of its train "
+                                  "split: leave these rows out, or fit it on data with train images of them")
 
 
 def pair_presence(feats: np.ndarray, zs_text: torch.Tensor, classes: Sequence[str]) -> np.ndarray:

@@ -19,7 +19,7 @@ from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from . import intervals as CI
 from . import metrics as M
-from .evaluator import Evaluator, ScoredSet, pair_presence
+from .evaluator import Evaluator, ScoredSet, pair_presence, refuse_unknown_labels
 from .inputs import (HEALTHY, EvaluatorInputError, as_frame, check_real, labelled_phenotypes, load_images, min_stage_of,
                      set_image_size, set_name)
 from .face_identity import pair_distances
@@ -180,7 +180,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         if frame is not None and "heldout" in frame:
             heldout |= set(frame.loc[frame["heldout"].astype(str).str.lower() == "true", "disease"])
     if gen is not None:  # before any image, real or generated, is read and encoded
-        _check_generated(evaluator, gen, profiles)
+        check_generated(evaluator.classes, gen, profiles)
     test = None
     if real is not None:
         check_real(real, set_name(real, "real set"))
@@ -377,16 +377,19 @@ def _transform_metrics(evaluator, t, s_gen: ScoredSet, transform, req_d, root: s
     return out
 
 
-def _check_generated(evaluator: Evaluator, gen: pd.DataFrame, profiles: dict) -> None:
-    """What a generated set asks for, checked before any image is read: requests the evaluator knows (naming the
-    first bad row and the column its label came from), a KG profile for each requested disease, and the real faces
-    that edits name as their `source_image` (read only after the whole set was scored otherwise)."""
+def check_generated(classes, gen: pd.DataFrame, profiles) -> None:
+    """What a generated set asks for, checked before any image is read: requests an evaluator of these `classes`
+    knows (naming the first bad row and the column its label came from), a KG profile for each requested disease
+    (`profiles`: by id, or a list), and the real faces that edits name as their `source_image` (read only after the
+    whole set was scored otherwise). kgface.evaluate calls it before it fits an evaluator, whose classes it knows."""
+    if not isinstance(profiles, dict):
+        profiles = {p.disease_id: p for p in profiles or []}
     req_d = _requested(gen)[0]
     paths = list(gen["path"]) if "path" in gen else None
-    bad = np.flatnonzero(~req_d.isin(evaluator.classes).to_numpy())
+    bad = np.flatnonzero(~req_d.isin(list(classes)).to_numpy())
     if len(bad):  # the column the bad label came from: a blank request falls back to the row's disease
-        evaluator.check_labels(req_d, set_name(gen, "generated set"), paths=paths,
-                               column="requested_disease" if _fills(gen, "requested_disease")[bad[0]] else "disease")
+        refuse_unknown_labels(classes, req_d, set_name(gen, "generated set"), paths=paths,
+                              column="requested_disease" if _fills(gen, "requested_disease")[bad[0]] else "disease")
     no_profile = sorted({d for d in req_d if d != HEALTHY} - set(profiles)) if profiles else []
     if no_profile:  # its expected phenotypes and KG frequencies would silently be empty
         raise EvaluatorInputError(f"{set_name(gen, 'generated set')}: no KG profile for {', '.join(no_profile[:5])}; "

@@ -576,3 +576,30 @@ def test_set_errors_name_the_manifest_and_its_first_bad_row(tiny_evaluator, tiny
     assert "ORPHA:870" not in fitted.classes
     assert [r.getMessage() for r in caplog.records if "calibration" in r.getMessage()] == [
         f"{stray}: val rows of ORPHA:870, a disease without train rows, are left out of calibration"]
+
+
+def test_without_run_a_generated_request_the_evaluator_will_not_know_is_refused_before_fitting(
+        tiny_data, tmp_path, capsys, monkeypatch):
+    """Without run=, the evaluator will know the diseases of real='s train split: a generated request for another is
+    refused before the minutes of fitting (it was refused after them)."""
+    import shutil
+
+    import kgface.evaluate as entry
+
+    def never(*args, **kwargs):
+        raise AssertionError("the evaluator was fitted before the generated set was checked")
+
+    monkeypatch.setattr(entry, "fit_evaluator", never)
+    df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    (tmp_path / "gen").mkdir()
+    rows = []
+    for i, r in enumerate(df[df["split"] == "test"].head(2).to_dict("records")):
+        shutil.copy(tiny_data / r["path"], tmp_path / "gen" / f"g{i}.png")
+        rows.append({**r, "path": f"g{i}.png", "source": "generated", "mode": "sample", "seed": i,
+                     "requested_disease": "ORPHA:2322" if i else r["disease"], "requested_stage": 3})
+    gen = write_manifest(rows, tmp_path / "gen" / "manifest.csv")
+    with pytest.raises(SystemExit) as exc:
+        entry.main([f"real={tiny_data / 'manifest.csv'}", f"generated={gen}", f"hydra.run.dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "the generated set (" in err and "labels unknown to the evaluator: ORPHA:2322" in err
+    assert "(first: g1.png, column requested_disease)" in err
