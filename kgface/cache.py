@@ -142,6 +142,11 @@ class CacheEntry:
     def exists(self) -> bool:
         return (self.path / META_FILE).is_file()
 
+    @property
+    def partial(self) -> Path:
+        """Where a long build keeps its resumable training state, beside the entry it will become."""
+        return self.path.with_name(f".{self.key}.partial")
+
     @contextlib.contextmanager
     def build(self) -> Iterator[Path]:
         """Yield an empty temporary folder; fill it; on success it becomes this entry (atomically)."""
@@ -172,10 +177,12 @@ class Cache:
     def __post_init__(self):
         self.root = Path(self.root).expanduser()
 
-    def entry(self, kind: str, spec: dict) -> CacheEntry:
+    def entry(self, kind: str, spec: dict, record: bool = True) -> CacheEntry:
+        """The entry for `spec`; record=False looks it up without listing it among the entries this run used."""
         key = stable_hash(spec)
         entry = CacheEntry(kind=kind, key=key, path=self.root / kind / key, spec=spec)
-        self.used.append({"kind": kind, "key": key, "path": str(entry.path)})
+        if record:
+            self.used.append({"kind": kind, "key": key, "path": str(entry.path)})
         return entry
 
     def record(self, run_dir: str | os.PathLike) -> Path:

@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 from .config import entry
 from .data.manifest import read_manifest
 from .errors import UserError
-from .kg import HEALTHY
 from .evaluation import evaluate_sets, fit_evaluator, load_evaluator, write_report
 from .evaluation.face_identity import load_face_identity
+from .evaluation.fitting import disease_classes
 from .evaluation.sets import check_generated
 from .evaluation.learned_profiles import learn_and_write
 from .run_files import check_output_dir, heldout_of, is_baselines_generator, load_profiles_json, run_file
@@ -104,7 +104,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if real is not None:  # another manifest's test rows may be this evaluator's train rows
             evaluator.check_unseen(real, f"real={cfg.real}")
     else:
-        classes = sorted(set(real.loc[real["split"] == "train", "disease"]), key=lambda d: (d == HEALTHY, d))
+        classes = disease_classes(real[real["split"] == "train"])
         if gen is not None and len(classes) >= 2:  # what fitting cannot change, refused before minutes of it: the
             # evaluator will know the diseases of real='s train split (fit_evaluator's classes; fewer: its own error)
             check_generated(classes, gen, profiles)

@@ -36,7 +36,8 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     unread = []
     if evaluator is not None:  # real photos (data=disease_faces, a manifest) may show fewer diseases than the KG
         # panel: the evaluator reads only those it saw real faces of, so the measured set draws only them
-        unread = [p for p in drawable if p.disease_id not in evaluator.classes]
+        known = set(evaluator.classes)
+        unread = [p for p in drawable if p.disease_id not in known]
         if len(unread) == len(drawable):
             raise UserError(f"the evaluator knows none of the diseases this run draws (it knows "
                             f"{', '.join(evaluator.classes)}); train on real faces of the panel's diseases")
@@ -44,8 +45,8 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
             log.warning("samples: %d panel diseases have no real faces the evaluator learned (%s); drawn and measured: "
                         "%s (kgface.generate draws the others)", len(unread),
                         ", ".join(p.disease_id for p in unread[:6]) + (", ..." if len(unread) > 6 else ""),
-                        ", ".join(p.disease_id for p in drawable if p not in unread))
-            drawable = [p for p in drawable if p not in unread]
+                        ", ".join(p.disease_id for p in drawable if p.disease_id in known))
+            drawable = [p for p in drawable if p.disease_id in known]
     stages = list(cfg.samples.stages)
     per_cell = int(cfg.samples.per_cell)
     seed = int(cfg.seed) + 1000

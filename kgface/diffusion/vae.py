@@ -300,7 +300,7 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
     entry = cache.entry("vae", spec)
     if not entry.exists():
         train = load_split_images(Path(manifest), "train")
-        partial = entry.path.with_name(f".{entry.key}.partial")  # a killed run's training state, resumed next time
+        partial = entry.partial  # a killed run's training state, resumed next time
         vae = train_vae(train, model_cfg, train_cfg, progress=progress, every=every, on_checkpoint=on_checkpoint,
                         state_dir=partial, state_every=VAE_CHECKPOINT_EVERY, fingerprint=entry.key)
         test = load_split_images(Path(manifest), "test", limit=256)
@@ -308,6 +308,6 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
             vae.save_pretrained(tmp / "vae", safe_serialization=True)
             (tmp / "vae_metrics.json").write_text(json.dumps({"test_psnr_db": psnr(roundtrip(vae, test), test),
                                                               "train_images": len(train)}), encoding="utf-8")
-    shutil.rmtree(entry.path.with_name(f".{entry.key}.partial"), ignore_errors=True)  # also one a rival run left
+    shutil.rmtree(entry.partial, ignore_errors=True)  # also one a rival run left
     vae = AutoencoderKL.from_pretrained(entry.path / "vae", use_safetensors=True, local_files_only=True)
     return vae.eval(), json.loads((entry.path / "vae_metrics.json").read_text(encoding="utf-8")), entry.path

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..cache import META_FILE, Cache, stable_hash, write_json_atomic
+from ..cache import Cache, stable_hash, write_json_atomic
 from ..data.manifest import ATLAS_FILE, read_manifest, stage_known
 from ..kg import FacialProfile
 from ..prompts import healthy_prompts, phenotype_caption, phenotype_prompts, zero_shot_prompts
@@ -90,6 +90,11 @@ def zero_shot_heads(model, tokenizer, phenotypes: list, scale: Standardizer) -> 
         return PhenotypeHeads((w * scale.std).float(), (w @ scale.mean).float())
 
 
+def disease_classes(train: pd.DataFrame) -> list[str]:
+    """The classes an evaluator fitted on these train rows knows: their diseases, healthy last."""
+    return sorted(train["disease"].unique(), key=lambda d: (d == HEALTHY, d))
+
+
 def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
                     atlas: pd.DataFrame | None = None, clip: tuple[dict, dict] | None = None,
                     pretrained_sha256: str | None = None, model_config: str | None = None,
@@ -115,7 +120,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     if heads_on == "atlas" and (atlas is None or not len(atlas)):
         raise EvaluatorInputError(f"evaluator.phenotype_heads=atlas needs {ATLAS_FILE} beside the manifest "
                                   "(data.atlas.faces > 0 on data=phantom); or set evaluator.phenotype_heads=all")
-    classes = sorted(train["disease"].unique(), key=lambda d: (d == HEALTHY, d))
+    classes = disease_classes(train)
     if len(classes) < 2:
         raise EvaluatorInputError(f"{where}: its train split holds one class ({classes[0]}); "
                                   "the evaluator needs at least 2: add train rows of healthy faces or another disease")
@@ -332,9 +337,9 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
         if ev.trained_on is None:  # an entry cached before the list was kept: the key says it is this data
             ev.trained_on = learned_digests(df, atlas)
         if c["name"] == "tiny_clip":  # a CLIP state a killed rival run left after another run finished this CLIP
-            clip_key = stable_hash(clip_spec(spec, keyed))  # the path only: cache.entry would list it as used
-            if (cache.root / "evaluator-clip" / clip_key / META_FILE).is_file():  # finished: no run resumes it
-                shutil.rmtree(cache.root / "evaluator-clip" / f".{clip_key}.partial", ignore_errors=True)
+            finished = cache.entry("evaluator-clip", clip_spec(spec, keyed), record=False)  # not used by this run
+            if finished.exists():  # no run resumes it
+                shutil.rmtree(finished.partial, ignore_errors=True)
         return ev
     # the tiny CLIP (minutes to an hour) has its own entry, keyed by what shapes it, so changing a head setting
     # (probe, phenotype_heads, threshold) refits the heads in seconds on the cached CLIP
@@ -347,7 +352,7 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
             log.info("evaluator CLIP from the cache: %s", clip_entry.path)
             clip = (load_file(str(clip_entry.path / "clip.safetensors")),
                     json.loads((clip_entry.path / "clip.json").read_text(encoding="utf-8")))
-    partial = None if clip_entry is None else clip_entry.path.with_name(f".{clip_entry.key}.partial")
+    partial = None if clip_entry is None else clip_entry.partial
     ev = train_evaluator(c, df, profiles, progress=progress, atlas=atlas, clip=clip,
                          pretrained_sha256=spec.get("pretrained_sha256"),  # the key's digests: one read of the files
                          model_config=spec.get("model_config"),
