@@ -34,6 +34,11 @@ def preflight(cfg: DictConfig) -> None:
     from .diffusion.phenotype_sets import observed_phenotypes_of
 
     as_eta(cfg.model.sample.get("eta", 0.0), "model.sample.eta")  # the samples are drawn after training
+    from .prompts.backends import _setting, make_backend
+
+    llm = container(cfg.llm) or {}
+    make_backend(llm)  # llm=openai without llm.model, an unknown llm.* key: refused before the run folder is written
+    _setting("max_attempts", llm.get("max_attempts", 3), int, 1)
     modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
     bad = [str(m) for m in modes if m not in (*MODES, CONTROL)]
     if bad:

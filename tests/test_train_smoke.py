@@ -338,6 +338,11 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
     from kgface.run_checks import preflight
 
     preflight(compose("train", MICRO + ["data.atlas=null"]))  # no atlas at all: fine
+    # the LLM settings are checked before the run folder is written (describe did, train did not)
+    with pytest.raises(UserError, match=r"^llm.model is not set"):
+        preflight(compose("train", MICRO + ["llm=openai"]))
+    with pytest.raises(UserError, match=r"^llm.max_attempts=0 must be >= 1"):
+        preflight(compose("train", MICRO + ["llm=openai", "llm.model=m", "llm.max_attempts=0"]))
     for bad in ("-1", "abc"):  # the sampler runs after training: refused before it
         with pytest.raises(UserError, match=r"^model.sample.eta="):
             preflight(compose("train", MICRO + [f"model.sample.eta={bad}"]))

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -40,6 +41,9 @@ DESCRIBE_KEYS = ("max_attempts",)  # llm.* keys read by describe_profiles, not b
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # the request itself is wrong (key, model, URL, response_format): every disease would fail alike, so stop the run
 CONFIG_STATUS = {400, 401, 403, 404, 405}
+# ... except a 400 that says the request is too long for the model (a retry's conversation grows with each rejected
+# answer) or that comes after the server has answered this run: that request, not the settings, is the problem
+TOO_LONG = re.compile(r"context|too long|maximum .*length|max_tokens|token limit|too many tokens", flags=re.I)
 BODY_CHARS = 200  # how much of a server's error body an error shows
 MISSING = "???"  # OmegaConf's mandatory value, which to_container(resolve=True) passes through as a string
 # files of a transformers folder that shape its answers (config, tokenizer and chat template, weights)
@@ -133,9 +137,17 @@ class OpenAIBackend:
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise UserError(f"llm.base_url={base_url} is not an http(s) URL; e.g. http://127.0.0.1:8000/v1")
+        if parts.username is not None or parts.password is not None:
+            # the URL is logged, put in errors and cache metadata: credentials belong in llm.api_key_env
+            raise UserError("llm.base_url holds credentials (user:password@); give the URL without them and the "
+                            "key through llm.api_key_env")
         self.base_url = base_url
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.api_key_env = None if api_key_env in (None, "", MISSING) else str(api_key_env)
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            # never echoed: a key pasted here by mistake would land in the log
+            raise UserError("llm.api_key_env must be the NAME of an environment variable holding the key (e.g. "
+                            "OPENAI_API_KEY), not the key itself")
         self.timeout_s = _setting("timeout_s", timeout_s, float, 0, above=True)
         self.max_retries = _setting("max_retries", max_retries, int, 0)
         self.backoff_s = _setting("backoff_s", backoff_s, float, 0)
@@ -152,6 +164,7 @@ class OpenAIBackend:
         self._opener = urllib.request.build_opener(_NoRedirect)
         self._warned: set[str] = set()
         self.failed: str | None = None  # a transport failure that outlived the retries: the rest of the run skips
+        self.answered = 0  # answers received in this run: after one, a 400 is about the request, not the settings
 
     def params(self) -> dict:
         """What shapes the answer (and so keys the cache); not the key, timeouts or retry policy."""
@@ -238,6 +251,10 @@ class OpenAIBackend:
                 content = str(choice["message"]["content"] or "")
             except urllib.error.HTTPError as exc:
                 text = _body(exc, key)
+                if exc.code == 400 and (self.answered or TOO_LONG.search(text)):
+                    raise LLMError(f"HTTP 400 from {self.url}: {text or exc.reason} (this request only: if it is "
+                                   "too long for the model's context, lower llm.max_attempts or llm.max_tokens, or "
+                                   "serve a longer context)") from None
                 if exc.code not in RETRY_STATUS:
                     if exc.code in CONFIG_STATUS or 300 <= exc.code < 400:
                         raise self._config_error(exc, text, key) from None
@@ -267,6 +284,7 @@ class OpenAIBackend:
                 if isinstance(choice, dict) and choice.get("finish_reason") == "length":
                     raise AnswerCutOff(f"the answer was cut off at llm.max_tokens={self.max_tokens} tokens "
                                        "(finish_reason=length); raise llm.max_tokens")
+                self.answered += 1
                 return content
             if attempt == self.max_retries:
                 break
@@ -290,6 +308,30 @@ def _hf_fingerprint(path: Path) -> dict:
     return {p.name: file_fingerprint(p) for p in files}
 
 
+def _device(value) -> str:
+    """llm.device as a torch device string, refused in one line when torch does not know it or cannot use it."""
+    import torch
+
+    try:
+        device = torch.device(str(value))
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"llm.device={value!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"llm.device={value} but torch sees no CUDA device here; use llm.device=cpu")
+    return str(device)
+
+
+def _without_system(messages: list[dict]) -> list[dict]:
+    """The system turns folded into the first user turn, for chat templates that refuse a system role."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if system and rest and rest[0]["role"] == "user":
+        rest[0]["content"] = system + "\n\n" + rest[0]["content"]
+    elif system:
+        rest.insert(0, {"role": "user", "content": system})
+    return rest
+
+
 class HFBackend:
     """A local transformers causal LM. `model` is a folder, or a .gguf file (needs the `gguf` package)."""
 
@@ -309,7 +351,7 @@ class HFBackend:
         self.path = path
         self.max_new_tokens = _setting("max_new_tokens", max_new_tokens, int, 1)
         self.temperature = _setting("temperature", temperature, float, 0)
-        self.device, self.seed = str(device), _setting("seed", seed, int)
+        self.device, self.seed = _device(device), _setting("seed", seed, int)
         self._lm = self._tokenizer = None
 
     def params(self) -> dict:
@@ -326,15 +368,23 @@ class HFBackend:
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
             self._lm = AutoModelForCausalLM.from_pretrained(folder, **kwargs).to(self.device).eval()
-        except (OSError, ValueError) as exc:  # a broken folder fails every disease alike: stop with one line
+        except (OSError, ValueError, ImportError, RuntimeError) as exc:
+            # a broken folder, a missing tokenizer package or a device it cannot go to fails every disease alike
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"llm.model={self.model}: transformers cannot load it ({first})") from None
+            raise UserError(f"llm.model={self.model}: transformers cannot load it on llm.device={self.device} "
+                            f"({first})") from None
 
     def _input_ids(self, messages: list[dict]):
         tok = self._tokenizer
         if getattr(tok, "chat_template", None):
-            enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                          return_dict=True)
+            from jinja2.exceptions import TemplateError
+
+            try:
+                enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                              return_dict=True)
+            except TemplateError:  # templates without a system role (Gemma): the instructions open the first turn
+                enc = tok.apply_chat_template(_without_system(messages), add_generation_prompt=True,
+                                              return_tensors="pt", return_dict=True)
             return enc["input_ids"]
         # a tokenizer without a chat template: plain role-prefixed turns
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 
-from kgface.cache import Cache, write_json_atomic
+from kgface.cache import Cache, remove_path, write_json_atomic
 from kgface.kg.profiles import FacialProfile
 
 from .backends import LLMError, _setting, make_backend
@@ -40,6 +40,20 @@ def answer_spec(profile: FacialProfile, backend) -> dict:
             "model": backend.model, "params": backend.params()}
 
 
+def _cached_answer(entry, profile: FacialProfile) -> StageDescriptions | None:
+    """A cached answer, checked again by today's rules (the cache key holds the schema's shape, not its validators:
+    a rule added since must not let an old answer through); unreadable or now invalid = a miss, asked again."""
+    try:
+        data = json.loads((entry.path / ANSWER_FILE).read_text(encoding="utf-8"))
+        parse_answer(str(data["raw"]), profile)
+        return StageDescriptions.model_validate(data["result"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        log.warning("%s: the cached LLM answer %s no longer passes (%s); asking again",
+                    profile.disease_id, entry.key, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        remove_path(entry.path)  # a new valid answer replaces it (an entry that exists is never overwritten)
+        return None
+
+
 def describe_profile(profile: FacialProfile, backend, cache: Cache | None, max_attempts: int = 3
                      ) -> StageDescriptions:
     """One profile's descriptions from `backend` (None = template)."""
@@ -47,8 +61,9 @@ def describe_profile(profile: FacialProfile, backend, cache: Cache | None, max_a
         return template_descriptions(profile)
     entry = cache.entry("llm", answer_spec(profile, backend)) if cache is not None else None
     if entry is not None and entry.exists():
-        data = json.loads((entry.path / ANSWER_FILE).read_text(encoding="utf-8"))
-        return StageDescriptions.model_validate(data["result"])
+        cached = _cached_answer(entry, profile)
+        if cached is not None:
+            return cached
     messages = build_messages(profile)
     errors: list[str] = []
     reason = ""

@@ -22,11 +22,12 @@ from .wording import N_STAGES, stage_levels
 
 DESCRIPTIONS_SCHEMA = "kgface.descriptions/1"
 _HPO = re.compile(r"^HP:\d{7}$")
+_THINKING = re.compile(r"<think>.*?</think>", flags=re.S | re.I)
 # abbreviations whose period ends no sentence
 _ABBREVIATION = re.compile(r"\b(?:e\.g|i\.e|etc|approx|ca|cf|vs|incl|esp|resp|Dr|Mr|Mrs|Ms|St)\.", flags=re.I)
 # a sentence end followed by the start of another sentence: after a space any word ("Red cheeks. swollen nose"),
 # without one a capital ("Red cheeks.Swollen nose"); "2.5 cm" is no sentence end
-_SECOND_SENTENCE = re.compile(r"[.!?][\"')\]]*(?:\s+[\"'(\[]?[A-Za-z0-9]|[A-Z])|[!?][\"')\]]*[a-z]")
+_SECOND_SENTENCE = re.compile(r"[.!?][\"')\]]*(?:\s+[\"'(\[]?[^\W_]|[A-Z])|[!?][\"')\]]*[a-z]")
 
 
 def _collapse(value):
@@ -74,6 +75,9 @@ class AnswerStage(StageText):
     @classmethod
     def _profile_ids(cls, value: list[str], info: ValidationInfo) -> list[str]:
         allowed = (info.context or {}).get("allowed_ids")
+        twice = sorted({i for i in value if value.count(i) > 1})
+        if twice:
+            raise ValueError(f"cites {', '.join(twice)} more than once; cite each phenotype once")
         for hpo_id in value:
             if not _HPO.match(hpo_id):
                 raise ValueError(f"{hpo_id!r} is not an HPO id of the form HP:0000000")
@@ -94,6 +98,13 @@ class LLMAnswer(BaseModel):
         got = [s.stage for s in self.stages]
         if got != list(range(N_STAGES)):
             raise ValueError(f"stages must be {list(range(N_STAGES))} in this order, got {got}")
+        seen: dict[str, int] = {}
+        for s in self.stages:  # one sentence copied to every stage says nothing about the stages
+            said = " ".join(re.sub(r"[^\w\s]", " ", s.description.lower()).split())
+            if said in seen:
+                raise ValueError(f"stages.{s.stage}.description repeats stage {seen[said]}'s; say how the face "
+                                 f"looks at stage {s.stage}")
+            seen[said] = s.stage
         return self
 
 
@@ -102,11 +113,21 @@ def answer_json_schema() -> dict:
 
 
 def extract_json(text: str) -> str:
-    """The JSON object inside an LLM reply: small models wrap it in ``` fences or add a sentence around it."""
-    text = text.strip()
+    """The JSON object inside an LLM reply: small models wrap it in ``` fences, add a sentence around it (which
+    may hold braces of its own) or think aloud first (<think>...</think>, kept by tokenizers that do not mark those
+    tokens special). The first object with a "stages" key wins; else everything from the first { to the last }."""
+    text = _THINKING.sub("", text).strip()
     fenced = re.search(r"```(?:json)?\s*(.*?)```", text, flags=re.S)
     if fenced:
         text = fenced.group(1).strip()
+    decoder = json.JSONDecoder()
+    for brace in re.finditer(r"\{", text):
+        try:
+            obj, end = decoder.raw_decode(text, brace.start())
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "stages" in obj:
+            return text[brace.start():end]
     start, end = text.find("{"), text.rfind("}")
     return text[start:end + 1] if 0 <= start < end else text
 
@@ -210,7 +231,16 @@ def dump_descriptions(descriptions: dict[str, StageDescriptions]) -> dict:
 def load_descriptions(source) -> dict[str, StageDescriptions]:
     """descriptions.json (a path, or its parsed content) -> {disease_id: StageDescriptions}."""
     data = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
-    if data.get("schema") != DESCRIPTIONS_SCHEMA:
-        raise ValueError(f"{source}: not a descriptions file (schema {data.get('schema')!r}, "
-                         f"expected {DESCRIPTIONS_SCHEMA}); rerun python -m kgface.describe")
-    return {k: StageDescriptions.model_validate(v) for k, v in data["diseases"].items()}
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema != DESCRIPTIONS_SCHEMA or not isinstance(data.get("diseases"), dict):
+        raise ValueError(f"{source}: not a descriptions file (schema {schema!r}, expected {DESCRIPTIONS_SCHEMA}, "
+                         "with a 'diseases' object); rerun python -m kgface.describe")
+    out = {}
+    for key, row in data["diseases"].items():
+        descriptions = StageDescriptions.model_validate(row)
+        stages = sorted(s.stage for s in descriptions.stages)
+        if descriptions.disease_id != key or stages != list(range(N_STAGES)):
+            raise ValueError(f"{source}: diseases.{key} holds {descriptions.disease_id} with stages {stages}, not "
+                             f"{key} with stages 0..{N_STAGES - 1}; rerun python -m kgface.describe")
+        out[key] = descriptions
+    return out

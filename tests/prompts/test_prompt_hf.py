@@ -9,7 +9,7 @@ import torch
 
 from kgface.cache import Cache
 from kgface.errors import UserError
-from kgface.prompts import HFBackend, describe_profiles, make_backend
+from kgface.prompts import HFBackend, build_messages, describe_profiles, make_backend
 from kgface.prompts.backends import AnswerCutOff, _hf_fingerprint
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
@@ -98,6 +98,26 @@ def test_bad_model_path_stops_the_run_in_one_line(tmp_path, down):
         make_backend({"name": "hf", "model": str(tmp_path / "empty"), "base_url": "http://x"})
     with pytest.raises(UserError, match=r"^llm.model=.*empty: transformers cannot load it"):
         describe_profiles([down], {"name": "hf", "model": str(tmp_path / "empty")}, None)
+    # a device torch does not know, or cannot use here, is refused before any model loads
+    with pytest.raises(UserError, match=r"^llm.device='gpu0' is not a torch device"):
+        make_backend({"name": "hf", "model": str(tmp_path / "empty"), "device": "gpu0"})
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"^llm.device=cuda but torch sees no CUDA device"):
+            make_backend({"name": "hf", "model": str(tmp_path / "empty"), "device": "cuda"})
+
+
+def test_a_chat_template_without_a_system_role_gets_the_instructions_in_the_first_turn(tmp_path, down):
+    # Gemma-style templates raise on a system turn; the run would have crashed at the first disease
+    backend = make_backend({"name": "hf", "model": str(tiny_lm(tmp_path / "lm", chat_template=True))})
+    backend._load()
+    backend._tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    messages = build_messages(down)
+    text = backend._tokenizer.decode(backend._input_ids(messages)[0])
+    assert "<|system|>" not in text and text.startswith("<|user|>" + messages[0]["content"])
+    assert messages[1]["content"] in text and text.endswith("<|assistant|>")
 
 
 def test_cache_key_follows_the_model_files(tmp_path, down):

@@ -1,5 +1,6 @@
 """The openai backend against a real HTTP server on 127.0.0.1: answers, bad answers, HTTP errors, a hanging
 server, rate limiting, the API key, and the answer cache."""
+import json
 import logging
 import time
 
@@ -54,6 +55,27 @@ def test_cache_invalidation(server, llm, down, tmp_path):
     asked.append(len(server.requests))
     assert asked == [1, 2, 3, 3, 3, 4]
     assert len(list((tmp_path / "cache" / "llm").iterdir())) == 4
+
+
+def test_a_cached_answer_is_checked_again_by_todays_rules(server, llm, down, tmp_path, caplog):
+    # the cache key holds the schema's shape, not its validators: an answer cached before a rule was added (here:
+    # one sentence for every stage) is asked again, and the new answer replaces it
+    describe_profiles([down], llm, Cache(tmp_path / "cache"))
+    (stored,) = (tmp_path / "cache" / "llm").rglob("answer.json")
+    entry = json.loads(stored.read_text())
+    old = json.loads(entry["raw"])
+    for stage in old["stages"]:
+        stage["description"] = "A face with upward-slanting eyes."
+    stored.write_text(json.dumps({**entry, "raw": json.dumps(old)}))
+    with caplog.at_level(logging.WARNING):
+        d = describe_profiles([down], llm, Cache(tmp_path / "cache"))[down.disease_id]
+    assert d.source == "llm" and len(server.requests) == 2 and "no longer passes" in caplog.text
+    describe_profiles([down], llm, Cache(tmp_path / "cache"))
+    assert len(server.requests) == 2  # the replacement is read
+    (stored,) = (tmp_path / "cache" / "llm").rglob("answer.json")
+    stored.write_text("{")  # an unreadable entry is a miss too, not a traceback
+    assert describe_profiles([down], llm, Cache(tmp_path / "cache"))[down.disease_id].source == "llm"
+    assert len(server.requests) == 3
 
 
 def test_malformed_json_is_retried_with_the_error(server, good, llm, down, tmp_path):
@@ -203,6 +225,29 @@ def test_misconfiguration_stops_the_run_in_one_line(server, llm, down, acne, mon
     message = str(info.value)
     assert len(server.requests) == 1 and "\n" not in message and SECRET not in message
     assert message.endswith("x...") and len(message) < 600  # the body's first 200 characters only
+
+
+def test_a_400_about_one_request_falls_back_for_that_disease_only(server, good, llm, down, acne):
+    # a 400 once the server has answered this run, or one saying the prompt is too long for the model's context
+    # (each schema retry makes the conversation longer), is about that request: the run goes on
+    server.script = [good(), (400, {}, '{"error": "bad request"}')]
+    out = describe_profiles([down, acne], llm, None)
+    assert out[down.disease_id].source == "llm" and out[acne.disease_id].source == "template"
+    reason = out[acne.disease_id].fallback_reason
+    assert "HTTP 400" in reason and "this request only" in reason
+    server.requests.clear()
+    server.script = [(400, {}, "This model's maximum context length is 4096 tokens"), good()]
+    out = describe_profiles([acne, down], llm, None)
+    assert [out[d.disease_id].source for d in (acne, down)] == ["template", "llm"] and len(server.requests) == 2
+
+
+def test_key_values_and_credentials_in_settings_are_refused_unechoed(server, llm):
+    with pytest.raises(UserError, match="llm.api_key_env must be the NAME") as info:
+        make_backend({**llm, "api_key_env": SECRET})
+    assert SECRET not in str(info.value)
+    with pytest.raises(UserError, match="llm.base_url holds credentials") as info:
+        make_backend({**llm, "base_url": server.base_url.replace("http://", "http://user:" + SECRET + "@")})
+    assert SECRET not in str(info.value)
 
 
 def test_other_client_errors_fall_back_with_the_body(server, llm, down):

@@ -7,9 +7,10 @@ from kgface.prompts import load_descriptions, parse_answer, save_descriptions, t
 from kgface.prompts.schema import stage_rule_errors
 
 
-def answer(ids=("HP:0000582",), n=4, description="A face with upward-slanting eyes.", **stages):
-    """A valid answer for `down`; s1={...} etc. override one stage's fields."""
-    out = {"stages": [{"stage": s, "description": description, "phenotypes": list(ids) if s else [],
+def answer(ids=("HP:0000582",), n=4, description=None, **stages):
+    """A valid answer for `down` (each stage its own sentence); s1={...} etc. override one stage's fields."""
+    out = {"stages": [{"stage": s, "description": description or f"A face at stage {s} with upward-slanting eyes.",
+                       "phenotypes": list(ids) if s else [],
                        "negative_prompt": "blurry"} for s in range(n)]}
     for name, fields in stages.items():
         out["stages"][int(name[1:])].update(fields)
@@ -43,6 +44,12 @@ def test_rejected_answers_say_why(down, reply, message):
     (json.dumps(answer(s1={"description": "Red cheeks. swollen nose."})), "exactly one sentence"),
     (json.dumps(answer(s1={"description": "Red cheeks.Swollen nose."})), "exactly one sentence"),
     (json.dumps(answer(s1={"description": "Red cheeks! swollen nose"})), "exactly one sentence"),
+    (json.dumps(answer(s1={"description": "Red cheeks. \u00d6dema of the lids."})), "exactly one sentence"),
+    # one sentence copied to every stage (up to case and punctuation), one id cited twice
+    (json.dumps(answer(description="A face with upward-slanting eyes.")), "stages.1.description repeats stage 0's"),
+    (json.dumps(answer(s3={"description": "a face at stage 2, with upward slanting eyes"})),
+     "stages.3.description repeats stage 2's"),
+    (json.dumps(answer(s2={"phenotypes": ["HP:0000582", "HP:0000582"]})), "cites HP:0000582 more than once"),
     # stages are whole JSON numbers
     (json.dumps(answer(s0={"stage": "0"})), "stages.0.stage: Input should be a valid integer"),
     (json.dumps(answer(s1={"stage": 1.0})), "stages.1.stage: Input should be a valid integer"),
@@ -51,6 +58,32 @@ def test_rejected_answers_say_why(down, reply, message):
 def test_loose_answers_are_rejected(down, reply, message):
     with pytest.raises(ValueError, match=message):
         parse_answer(reply, down)
+
+
+def test_the_answer_is_found_past_braces_and_thinking_around_it(down):
+    body = json.dumps(answer())
+    expected = parse_answer(body, down)
+    assert parse_answer("Stages {0..3} follow: " + body + " (see {notes})", down) == expected
+    assert parse_answer('<think>maybe {"stages": []} ... no</think>\n' + body, down) == expected
+    assert parse_answer('{"note": "draft"} then ' + body, down) == expected
+
+
+def test_malformed_descriptions_files_are_refused_in_one_line(down, tmp_path):
+    good = {"schema": "kgface.descriptions/1",
+            "diseases": {down.disease_id: template_descriptions(down).model_dump(mode="json")}}
+    assert list(load_descriptions(good)) == [down.disease_id]
+    (tmp_path / "list.json").write_text("[]")
+    for bad in (tmp_path / "list.json", {"schema": "kgface.descriptions/1"},
+                {"schema": "kgface.descriptions/1", "diseases": []}):
+        with pytest.raises(ValueError, match="not a descriptions file"):
+            load_descriptions(bad)
+    missing = json.loads(json.dumps(good))
+    missing["diseases"][down.disease_id]["stages"].pop(2)
+    with pytest.raises(ValueError, match=r"with stages \[0, 1, 3\], not .* with stages 0..3"):
+        load_descriptions(missing)
+    renamed = {"schema": good["schema"], "diseases": {"OMIM:000000": good["diseases"][down.disease_id]}}
+    with pytest.raises(ValueError, match="diseases.OMIM:000000 holds"):
+        load_descriptions(renamed)
 
 
 def test_duplicate_keys_are_rejected(down):
@@ -82,7 +115,7 @@ def test_answers_follow_the_stage_scale(down, acne):
     with pytest.raises(ValueError, match=r"stages.2.phenotypes: stage 2 \(moderate\) shows signs; cite at least one"):
         parse_answer(json.dumps(answer(s2={"phenotypes": []})), down)
     # a phenotype not before its curated earliest stage (acne pustules: min_stage 2)
-    acne_answer = {"stages": [{"stage": s, "description": "A face with acne papules and comedones.",
+    acne_answer = {"stages": [{"stage": s, "description": f"A face at stage {s} with acne papules and comedones.",
                                "phenotypes": ["HP:0001061"], "negative_prompt": "blurry"} for s in range(4)]}
     assert parse_answer(json.dumps(acne_answer), acne)  # acne's stage 0 has signs (at most 5 lesions)
     acne_answer["stages"][1]["phenotypes"] = ["HP:0001061", "HP:0200039"]
