@@ -123,9 +123,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True, face_identity=face_identity,
                                     heldout=heldout, audit_extra=atlas, audit_train=trained)
     notes = [f"evaluator: {evaluator.cfg['name']} ({'from ' + str(cfg.run) if cfg.get('run') else 'trained on ' + str(cfg.real) + ' (train split)'})",
-             "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
-             "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here); "
-             "lead with KID for small sets"] + audit_notes
+             "top-1 headline = stages 2-3, healthy and ungraded faces; stage 0 is healthy-looking by construction"]
+    if "kid_clip" in metrics:
+        notes.append("FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded "
+                     "here); lead with KID for small sets")
+    elif "fid_kid_n" in metrics:
+        notes.append(f"no FID/KID: {metrics['fid_kid_n'].get('no_fid_kid', 'too few images')}")
+    notes += audit_notes
     # with phenotype heads (fitted on labelled faces or on an atlas beside a photo set, or zero-shot), whether or not this set's
     # rows carry phenotype labels: unlabelled photos are exactly where a learned profile is a finding
     extra = []

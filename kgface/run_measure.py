@@ -93,8 +93,9 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     label = label or mode
     notes = [f"conditioning={label}; evaluator {evaluator.cfg['name']} trained on the real train split "
              "(held-out diseases included, never generated images)",
-             "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction",
-             "FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here)"]
+             "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction"]
+    if "kid_clip" in metrics:
+        notes.append("FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here)")
     if unread:
         notes.append("not drawn or measured: panel diseases without real faces the evaluator learned ("
                      + ", ".join(out["samples"]["not_measured"]) + ")")

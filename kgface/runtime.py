@@ -105,6 +105,13 @@ def profile_source(cfg: DictConfig, profiles: list) -> list:
         logging.getLogger(__name__).warning(
             "profile.learned=%s was learned by %s: its frequencies can echo the KG's; heads fitted on a phenotype "
             "atlas (evaluator.phenotype_heads=atlas) follow the faces", path, which)
+    if data.get("learned_from", "the real set's test split") == "the real set's test split":
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "profile.learned=%s was learned from the test split of the real set it was scored on: if this run's "
+            "data has the same test faces, its generator is conditioned on a statistic of the faces it will be "
+            "evaluated against; learn the profiles on another set for a clean comparison", path)
     known = {q.disease_id for q in profiles}
     if not set(table) & known:
         raise UserError(f"profile.learned={path}: none of its diseases ({', '.join(sorted(table)[:5])}) is in the "

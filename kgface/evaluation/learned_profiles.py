@@ -1,8 +1,8 @@
 """Profiles learned from samples: each visible phenotype's empirical frequency in a disease, from real images of the
 disease (positives) against healthy ones (negatives), read off by the evaluator's per-phenotype heads.
 
-For a disease d and phenotype h, with r_d = detection rate of h among d's images at full stage (stage 3, one image per
-individual), r_0 = its rate among healthy images (false positives) and tpr = the head's hit rate on labelled images
+For a disease d and phenotype h, with r_d = detection rate of h among d's images at full stage (stage 3; every image
+counts once, so a person photographed twice at stage 3 counts twice), r_0 = its rate among healthy images (false positives) and tpr = the head's hit rate on labelled images
 that show h at full stage, the estimate is f = clip((r_d - r_0) / (tpr - r_0), 0, 1) (the Rogan-Gladen correction).
 tpr and r_0 are measured on the scored table itself (its labelled stage-3 images, its healthy images), or taken for
 every head from `rates` when given (e.g. measured on the labelled panel the evaluator was checked on); a head with no
@@ -128,8 +128,8 @@ def perturbation_check(evaluator: Evaluator, table: pd.DataFrame, perturbed: lis
 
 
 def specificity(learned: dict, truth: dict[str, dict[str, float]]) -> dict:
-    """Mean raw detection rate of a disease's phenotype where the perturbed panel draws it in every individual
-    (frequency >= 0.5) and where it draws it in none: a head that reads the phenotype fires far more often in the
+    """Mean raw detection rate of a disease's phenotype where the perturbed panel draws it in most individuals
+    (frequency >= 0.5) and where it draws it in few: a head that reads the phenotype fires far more often in the
     first case; one that reads a generally abnormal face fires about equally often in both."""
     drawn, absent = [], []
     for d, entry in learned.items():
@@ -183,10 +183,15 @@ def disagreements(learned: dict, threshold: float = DISAGREEMENT, show: int = 5)
             f"than {threshold:g} from it (findings to check: the faces, the KG or the head); largest: {listed}")
 
 
+LEARNED_FROM = "the real set's test split"
+
+
 def write_learned(learned: dict, out_dir: str | Path, phenotype_heads: str | None = None) -> Path:
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / LEARNED_FILE, {"schema": "kgface.learned_profiles/1",
                                                "method": __doc__.split("\n\n")[1].strip(),
+                                               # profile.source=learned warns: a test statistic in training
+                                               "learned_from": LEARNED_FROM,
                                                # 'all': heads that also saw diseased faces (can echo the KG)
                                                "phenotype_heads": phenotype_heads,
                                                "diseases": learned})

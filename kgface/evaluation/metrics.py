@@ -310,5 +310,8 @@ def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None
     with torch.random.fork_rng(devices=[]):  # torchmetrics draws the subsets with torch.randperm
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
+    # a subset that is a whole set is drawn the same every time: its spread is 0 by construction, not a measurement
+    whole = size >= min(n_r, n_g)
     return {"fid": max(fid_value, 0.0) if math.isfinite(fid_value) else fid_value, "kid": float(kid_mean),
-            "kid_std": float(kid_std), "n_real": n_r, "n_generated": n_g, "kid_subset_size": size}
+            "kid_std": float("nan") if whole else float(kid_std), "n_real": n_r, "n_generated": n_g,
+            "kid_subset_size": size}

@@ -5,6 +5,8 @@ their parameters as plain tensors (`state()` / `from_state()`), so the evaluator
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,9 @@ import torch.nn.functional as F
 
 def _t(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.float32)
+
+
+T_MIN, T_MAX = 0.05, 20.0  # the calibration temperature's range
 
 
 def _lbfgs(params: list[torch.Tensor], loss_fn, iters: int = 200) -> None:
@@ -75,8 +80,12 @@ class LinearProbe:
         logits = self.logits(x).detach()
         y = torch.as_tensor(np.asarray(y), dtype=torch.long)
         log_t = torch.zeros(1, requires_grad=True)
-        _lbfgs([log_t], lambda: F.cross_entropy(logits / log_t.exp(), y), iters=100)
-        self.temperature = float(log_t.detach().exp().clamp(0.05, 20.0))
+        # bounded inside the loss: on separable validation rows the NLL falls for ever as T -> 0, and an unbounded
+        # search runs log T off (to an overflow, NaN) before any clamp afterwards could help
+        lo, hi = math.log(T_MIN), math.log(T_MAX)
+        _lbfgs([log_t], lambda: F.cross_entropy(logits / log_t.clamp(lo, hi).exp(), y), iters=100)
+        t = float(log_t.detach().clamp(lo, hi).exp())
+        self.temperature = t if math.isfinite(t) else 1.0
         return self.temperature
 
     def state(self, prefix: str) -> dict:

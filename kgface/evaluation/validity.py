@@ -99,9 +99,14 @@ def oracle_top1(train_df: pd.DataFrame, test_df: pd.DataFrame, stages=HEADLINE_S
                     x[r, index[h]] = float(v)
         return x
 
+    # a diseased photo's {} means "not labelled", not "shows none": as a zero vector it would pass for a healthy
+    # face; the oracle learns and is read on labelled rows only (all of a phantom's)
+    train_df, test_df = train_df[labelled_phenotypes(train_df)], test_df[labelled_phenotypes(test_df)]
     classes = sorted(set(train_df["disease"]))
     ci = {c: i for i, c in enumerate(classes)}
     train_df = train_df[probe_rows(train_df, {"min_stage": min_stage})]
+    if train_df["disease"].nunique() < 2:  # no labelled diseased rows: no ceiling to read
+        return float("nan")
     x_train = vectors(train_df)
     scale = Standardizer.fit(x_train)
     probe = LinearProbe.fit(scale(x_train), [ci[d] for d in train_df["disease"]], len(classes), l2=l2)

@@ -144,7 +144,9 @@ def test_fid_kid_identical_sets_near_zero_and_shift_positive():
     same = M.clip_fid_kid(real, real.clone(), LinearFeatures(), subsets=10)
     assert same["n_real"] == 64 and same["kid_subset_size"] == 32  # half the smaller set: subsets that vary
     assert same["kid_std"] > 0  # whole-set subsets made this 0 whatever the sets
-    assert M.clip_fid_kid(real, real.clone(), LinearFeatures(), subset_size=500, subsets=2)["kid_subset_size"] == 64
+    whole = M.clip_fid_kid(real, real.clone(), LinearFeatures(), subset_size=500, subsets=2)
+    assert whole["kid_subset_size"] == 64 and np.isnan(whole["kid_std"])  # every subset the whole set: no spread
+    assert np.isnan(M.clip_fid_kid(real[:2], real[2:4], LinearFeatures())["kid_std"])  # 2 images: the whole set
     with pytest.raises(ValueError, match="subset_size must be >= 2"):  # m(m-1) = 0: no estimate
         M.clip_fid_kid(real, real.clone(), LinearFeatures(), subset_size=1)
     shifted = (real.int() // 2 + 120).clamp(0, 255).to(torch.uint8)
@@ -295,3 +297,17 @@ def test_phenotype_heads_keep_far_logits_apart():
     heads = PhenotypeHeads(torch.ones(1, 1), torch.zeros(1))
     p = heads.proba(np.array([[20.0], [25.0], [-110.0], [-120.0]]))[:, 0]
     assert p.dtype == np.float64 and p[0] < p[1] < 1.0 and 0.0 < p[3] < p[2]
+
+
+def test_temperature_on_separable_validation_rows_stays_finite_and_in_range():
+    # separable rows: the validation NLL falls for ever as T -> 0; the search is bounded to [T_MIN, T_MAX] inside
+    # the loss (a clamp afterwards cannot mend a NaN), so T lands low but finite
+    from kgface.evaluation.probes import T_MAX, T_MIN
+
+    y = np.repeat(np.arange(3), 20)
+    x = 2.0 * np.eye(3)[y]
+    probe = LinearProbe(torch.eye(3), torch.zeros(3))  # right on every row, with moderate logits
+    t = probe.calibrate(x, y)
+    assert T_MIN <= t < 0.5 < T_MAX
+    p = probe.proba(x)
+    assert np.isfinite(p).all() and np.allclose(p.sum(1), 1.0) and (p.argmax(1) == y).all()

@@ -90,8 +90,10 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
     trained = write_manifest([{**r, "split": "train"} for r in val.to_dict("records")], tmp_path / "trained.csv")
     own = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_train=trained)
     assert own["memorisation_train_n"] == 12 and own["memorisation_rate"] == 1.0
-    # ... that manifest has no test rows: the real set's fresh faces set the threshold
-    assert own["memorisation_reference"] == f"the train split of {trained}; threshold from the real set's test split"
+    # ... that manifest has no test or val rows: the real set's fresh faces set the threshold, and it says so
+    assert own["memorisation_reference"] == (f"the train split of {trained}; threshold from the real set's test "
+                                             f"split ({trained} has no test or val split; faces of other data may "
+                                             "sit farther from its training images and inflate the rate)")
     assert own["memorisation_quantile"] == 0.99 and own["memorisation_holdout_n"] == plain["memorisation_holdout_n"]
     # with test rows, those set it (here the val faces of half the identities; the other half its train rows)
     people = sorted(set(val["identity"]))
@@ -103,6 +105,12 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
     n_train = int(val["identity"].isin(learned).sum())
     assert 0 < n_train < 12 and mixed["memorisation_train_n"] == n_train
     assert mixed["memorisation_holdout_n"] + mixed["memorisation_holdout_duplicates"] == 12 - n_train
+    # its val rows, where it has no test rows
+    as_val = write_manifest([{**r, "split": "train" if r["identity"] in learned else "val"}
+                             for r in val.to_dict("records")], tmp_path / "trained_val.csv")
+    by_val = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_train=as_val)
+    assert by_val["memorisation_reference"].endswith(f"threshold from the val split of {as_val}")
+    assert by_val["memorisation_threshold"] == mixed["memorisation_threshold"]
 
 
 def test_expected_sets_follow_the_drawn_phenotypes_then_the_labels_then_the_template(tiny_profiles):
@@ -167,7 +175,14 @@ def test_frequency_mae_falls_back_to_stages_2_3_without_a_stage_3_request(tiny_e
         return m["generation"]
 
     g3 = read({"3"})
-    assert g3["frequency_mae_stages"] == [3]
+    assert g3["frequency_mae_stages"] == [3] and "frequency_mae_read_at_stages_2_3" not in g3
+    # one disease asked at stage 2 only, beside others at 3: read at its stages 2-3, not dropped from the mean
+    first = sorted(g3["frequency_mae_per_disease"])[0]
+    mixed = df[~((df["requested_disease"] == first) & (df["requested_stage"] == "3"))]
+    mixed.to_csv(gen, index=False)
+    gm = evaluate_sets(tiny_evaluator, None, gen, tiny_profiles)["generation"]
+    assert first in gm["frequency_mae_per_disease"] and gm["frequency_mae_read_at_stages_2_3"] == [first]
+    assert set(gm["frequency_mae_per_disease"]) == set(g3["frequency_mae_per_disease"])
     df[df["requested_stage"] != "3"].to_csv(gen, index=False)
     g2 = read({"2"})  # no stage-3 request left: stages 2-3 are stage 2's rows
     assert g2["frequency_mae_stages"] == [2, 3]

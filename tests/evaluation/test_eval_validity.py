@@ -157,7 +157,8 @@ def test_oracle_learns_from_the_probes_rows_and_reads_healthy_test_rows():
     """Stage-0 faces that look healthy (no phenotype drawn) but carry their disease's label pull a bare face to that
     disease only when the oracle learns from them (min_stage 0); healthy test rows are read."""
     def rows(disease, stage, phenotypes, n):
-        return [{"disease": disease, "stage": stage, "phenotypes": dict(phenotypes)} for _ in range(n)]
+        return [{"disease": disease, "stage": stage, "phenotypes": dict(phenotypes), "source": "phantom"}
+                for _ in range(n)]
 
     train = pd.DataFrame(rows("A", 3, {"HP:1": 1.0}, 5) + rows("B", 3, {"HP:2": 1.0}, 5)
                          + rows("A", 0, {}, 50)  # healthy-looking, labelled A
@@ -166,6 +167,21 @@ def test_oracle_learns_from_the_probes_rows_and_reads_healthy_test_rows():
                         + rows("healthy", 0, {}, 2) + rows("A", 1, {"HP:1": 1.0}, 1))
     assert oracle_top1(train, test, min_stage=2) == 1.0  # 4 rows read (stage 1 is not), all right
     assert oracle_top1(train, test, min_stage=0) == 0.5  # the bare healthy faces are read as A
+
+
+def test_oracle_leaves_unlabelled_photos_out():
+    """A diseased photo's {} means "not labelled": as a zero vector it would pass for a healthy face, in training
+    (A's unlabelled photos pull bare faces to A) and in the test (read as healthy)."""
+    def rows(disease, phenotypes, n, source="photo"):
+        return [{"disease": disease, "stage": 3 if disease != "healthy" else 0, "phenotypes": dict(phenotypes),
+                 "source": source} for _ in range(n)]
+
+    train = pd.DataFrame(rows("A", {"HP:1": 1.0}, 5) + rows("A", {}, 40) + rows("B", {"HP:2": 1.0}, 5)
+                         + rows("healthy", {}, 5))
+    test = pd.DataFrame(rows("A", {"HP:1": 1.0}, 2) + rows("B", {"HP:2": 1.0}, 2) + rows("healthy", {}, 2)
+                        + rows("A", {}, 6))
+    assert oracle_top1(train, test) == 1.0  # the 6 labelled rows read, all right
+    assert np.isnan(oracle_top1(pd.DataFrame(rows("A", {}, 5) + rows("healthy", {}, 5)), test))
 
 
 def test_phenotype_auroc_leaves_unlabelled_photos_out():
