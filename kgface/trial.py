@@ -43,8 +43,8 @@ def _columns(table: pd.DataFrame, acne: bool) -> pd.DataFrame:
 
 def _side_by_side(true_est: pd.DataFrame, measured_est: pd.DataFrame) -> pd.DataFrame:
     keys, cols = ["patient_id", "effect"], ["estimate", "low", "high"]
-    # unit and df follow the patient's blocks, not the outcome: the true and the measured fit share them
-    t = true_est[keys + ["unit", "df", "truth"] + cols].rename(columns={c: f"true_{c}" for c in cols})
+    # unit, cov and df follow the patient's blocks, not the outcome: the true and the measured fit share them
+    t = true_est[keys + ["unit", "cov", "df", "truth"] + cols].rename(columns={c: f"true_{c}" for c in cols})
     return t.merge(measured_est[keys + cols].rename(columns={c: f"measured_{c}" for c in cols}), on=keys)
 
 

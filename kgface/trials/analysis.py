@@ -147,7 +147,7 @@ def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "
     raise NotIdentifiable(
         f"the design cannot separate the treatments from the study-day trend (every patient's blocks come in the same "
         f"order: trial.schedule.order={order}, trial.schedule.cycles={s.cycles}); set trial.schedule.cycles >= 2, "
-        f"or order: randomised with more patients or another seed, or trial.analysis.trend=false")
+        f"or order: randomised with more patients, or trial.analysis.trend=false")
 
 
 def check_identifiable(table: pd.DataFrame, design: Design) -> None:
@@ -155,6 +155,12 @@ def check_identifiable(table: pd.DataFrame, design: Design) -> None:
     separate the effects or would have no residual df; run on the simulated table before any image is drawn."""
     a = design.analysis
     _check_rank(_design_matrix(analysed_rows(table, "true_severity", a.unit), design, False), design, False)
+    if a.unit == "day" and a.trend:
+        # daily rows are full rank whenever blocks last several days, but then the trend is told from the treatments
+        # only by the drift inside each block (noise, onset, carry-over): the blocks themselves must separate them
+        blocks = _design_matrix(analysed_rows(table, "true_severity", "block"), design, False)
+        if np.linalg.matrix_rank(blocks.to_numpy(dtype=float)) < blocks.shape[1]:
+            _check_rank(blocks, design, False)
     for pid, rows in table.groupby("patient_id", sort=True):
         _check_rank(_design_matrix(analysed_rows(rows, "true_severity", "day"), design, True), design, True, pid)
 
@@ -162,7 +168,8 @@ def check_identifiable(table: pd.DataFrame, design: Design) -> None:
 def _patient_unit(table: pd.DataFrame, outcome: str, design: Design) -> str:
     """The unit of one patient's own fit: the analysis' unit, unless it is `block` and the patient has too few
     blocks for the model (fewer than its parameters + 1, e.g. one cycle with the trend term): then daily rows,
-    whose intervals assume independent days (the report names the unit)."""
+    with the analysis' cov (nonrobust: independent days; hac: Newey-West; cluster: nonrobust, one patient being
+    one cluster); the report names the unit and cov."""
     if design.analysis.unit == "day":
         return "day"
     x = _design_matrix(analysed_rows(table, outcome, "block"), design, True)
@@ -209,6 +216,7 @@ def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: d
         low, high = est - q * se, est + q * se
         out.append({"effect": label, "outcome": outcome, "estimate": est, "se": se, "low": low, "high": high,
                     "df": df, "days": int(days[rows["treatment"].isin(list(weights))].sum()), "unit": unit,
+                    "cov": cov,
                     "truth": t, "bias": None if t is None else est - t,
                     "covered": None if t is None else bool(low <= t <= high)})
     return pd.DataFrame(out)
@@ -287,9 +295,11 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
         fallback = [pid for pid, r in table.groupby("patient_id", sort=True)
                     if _patient_unit(r, "true_severity", design) == "day"]
         if fallback:
+            how = ("with Newey-West standard errors (cov=hac)" if a.cov == "hac" else
+                   "and assume independent days (too narrow if days are autocorrelated)")
             notes.append(f"{', '.join(fallback)} have too few blocks for the model on block means: their own "
-                         "intervals use daily rows and assume independent days (too narrow if days are "
-                         "autocorrelated); set trial.schedule.cycles >= 2 for per-patient intervals from block means")
+                         f"intervals use daily rows {how}; set trial.schedule.cycles >= 2 for per-patient intervals "
+                         "from block means")
     kept = table.loc[table["analysed"] & (table["treatment"] != WASHOUT), "true_severity"]
     at_bounds = float(((kept <= s.low) | (kept >= s.high)).mean()) if len(kept) else 0.0
     if at_bounds > CLIPPED_SHARE:

@@ -133,6 +133,9 @@ def design_from_config(c) -> Design:
         start = dt.date.fromisoformat(str(c.get("start_date", "2024-01-01")))
     except ValueError:
         raise UserError(f"trial.start_date={c.get('start_date')!r} is not a date (YYYY-MM-DD)") from None
+    for key in ("analysis", "schedule", "severity"):
+        if c.get(key) is not None and not hasattr(c.get(key), "items"):
+            raise UserError(f"trial.{key} must be a mapping of its settings (docs/trials.md), not {c.get(key)!r}")
     a = c.get("analysis") or {}
     unit = str(a.get("unit", "block"))
     if unit not in UNITS:

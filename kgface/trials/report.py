@@ -59,6 +59,14 @@ def measured_groups(rows: pd.DataFrame) -> list[tuple[str, np.ndarray, str]]:
             ("measured (washout, not analysed)", washout & ~kept, "s")]
 
 
+MAX_SERIES_PANELS = 24  # series.png's patients: at 3.4 in and 110 dpi each, ~176 would pass Agg's 65,536-px limit
+
+
+def series_patients(table: pd.DataFrame) -> list[str]:
+    """The patients series.png draws: the first MAX_SERIES_PANELS (all rows stay in trial.csv and the GIFs)."""
+    return list(dict.fromkeys(table["patient_id"]))[:MAX_SERIES_PANELS]
+
+
 def plot_series(table: pd.DataFrame, images: dict[str, torch.Tensor], baselines: dict[str, torch.Tensor],
                 treatments, reference: str, path: Path, measured: str = "measured_severity") -> Path:
     """One panel per patient: the blocks shaded by treatment, the true daily severity (line), the noise-free course
@@ -68,7 +76,7 @@ def plot_series(table: pd.DataFrame, images: dict[str, torch.Tensor], baselines:
 
     plt = _plt()
     colours = _colours(treatments, reference)
-    patients = list(dict.fromkeys(table["patient_id"]))
+    patients = series_patients(table)
     fig, axes = plt.subplots(len(patients), 1, figsize=(12, 3.4 * len(patients) + 0.6), squeeze=False)
     for ax, pid in zip(axes[:, 0], patients):
         rows = table[table["patient_id"] == pid].reset_index(drop=True)
@@ -219,13 +227,19 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
     calibration, the coverage study and the figures; `summary` is trial.json's content."""
     d, a = summary["design"], summary["design"]["analysis"]
     m = summary["measurement"]
+    shown_note = ("" if int(d["patients"]) <= MAX_SERIES_PANELS else
+                  f" The first {MAX_SERIES_PANELS} of {d['patients']} patients are drawn (one figure of all would "
+                  "pass matplotlib's size limit); every patient is in trial.csv.")
+    order = d["schedule"]["order"]
+    order = "[" + ", ".join(map(str, order)) + "]" if isinstance(order, (list, tuple)) else order
+    fitted = "block means weighted by their days" if a["unit"] == "block" else "daily rows"
     lines = [f"# N-of-1 trial: {summary['disease']['name']} ({summary['disease']['id']})", "",
              f"Run `{summary['run']}`; {d['patients']} patients x {summary['days_per_patient']} days = "
              f"{summary['images']} images; seed {summary['seed']}; scale `{d['scale']}`.", "",
              "## Design", "",
              f"- Schedule: {d['schedule']['reference']} {d['schedule']['baseline_days']} days, then "
              f"{d['schedule']['cycles']} cycle(s) of {', '.join(d['schedule']['treatments'])} "
-             f"(order `{d['schedule']['order']}`), {d['schedule']['block_days']} days per block, "
+             f"(order `{order}`), {d['schedule']['block_days']} days per block, "
              f"{d['schedule']['washout_days']} washout days between treatment blocks.",
              f"- Severity model (kgface/trials/severity.py): baseline ~ N({d['severity']['baseline_mean']}, "
              f"{d['severity']['baseline_sd']}), drift ~ N({d['severity']['trend_mean']}, {d['severity']['trend_sd']})"
@@ -235,7 +249,7 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
              f"- Images: SDEdit of each patient's baseline face, strength {summary['images_settings']['strength']}, "
              f"one noise per patient, mask {summary['images_settings']['mask']}, "
              f"{summary['images_settings']['steps']} steps, guidance {summary['images_settings']['guidance']}.",
-             f"- Analysis (kgface/trials/analysis.py): least squares (block means weighted by their days), unit "
+             f"- Analysis (kgface/trials/analysis.py): least squares ({fitted}), unit "
              f"`{a['unit']}`, patient intercepts, "
              + ("treatment-by-patient terms (`effects: by_patient`: the estimates are the patients' mean effects), "
                 if a.get("effects") == "by_patient" else "one effect per treatment for every patient (`effects: "
@@ -260,14 +274,17 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
               "Lines: true severity (solid) and the model's noise-free course (dashed); dots: severity measured "
               "from that day's image (open circles: run-in days, open squares: washout days, neither analysed). "
               "Thumbnails: the image on the first day and on the last day of every block; left, the baseline "
-              "photo.", "", f"![series]({figures['series']})", "",
-              "One GIF per patient: " + ", ".join(f"[{p}]({g})" for p, g in figures["gifs"].items()), "",
+              "photo." + shown_note, "", f"![series]({figures['series']})", ""]
+    if figures["gifs"]:
+        lines += ["One GIF per patient: " + ", ".join(f"[{p}]({g})" for p, g in figures["gifs"].items()), ""]
+    lines += [
               "## Per patient", "",
               "Each patient's own estimates: estimate [interval] from true / measured, fitted to the patient's "
               "block means (`unit` block; df = blocks - parameters, few: wide intervals are what one patient's "
-              "blocks support) or, with too few blocks or `unit: day`, to its daily rows (`unit` day; those "
-              "intervals assume independent days and are too narrow for autocorrelated ones).", "",
-              _table(per_patient, ["patient_id", "effect", "unit", "df", "truth", "true_estimate", "true_low",
+              "blocks support) or, with too few blocks or `unit: day`, to its daily rows (`unit` day; with `cov` "
+              "nonrobust those intervals assume independent days and are too narrow for autocorrelated ones, "
+              "with hac they are Newey-West).", "",
+              _table(per_patient, ["patient_id", "effect", "unit", "cov", "df", "truth", "true_estimate", "true_low",
                                    "true_high", "measured_estimate", "measured_low", "measured_high"]), "",
               "## Measurement", "",
               f"- Evaluator: {m['evaluator']}.",

@@ -66,6 +66,8 @@ def _number(c, key: str, where: str, default=None, minimum: float | None = None,
     if value is None:
         raise SeverityModelError(f"{where}.{key} is missing")
     try:
+        if isinstance(value, bool):  # true is not 1.0: a YAML slip, refused as the schedule's numbers are
+            raise TypeError
         f = float(value)
     except (TypeError, ValueError):
         raise SeverityModelError(f"{where}.{key}={value!r} is not a number") from None
@@ -78,10 +80,19 @@ def _number(c, key: str, where: str, default=None, minimum: float | None = None,
     return f
 
 
+def _mapping(c, where: str, fields: str):
+    """`c` when it is a mapping; otherwise a one-line error naming the key and what it holds."""
+    if not hasattr(c, "items") or not hasattr(c, "get"):
+        raise SeverityModelError(f"{where} must be a mapping {{{fields}}}, not {c!r}")
+    return c
+
+
 def model_from_config(c, treatments: tuple[str, ...], low: float, high: float) -> SeverityModel:
     """The validated model of a `trial.severity` config; `treatments` are the schedule's (each needs parameters)."""
     where = "trial.severity"
-    given = {str(k): v for k, v in (c.get("treatments") or {}).items()}
+    _mapping(c, where, "baseline, trend, noise, treatments")
+    given = {str(k): v for k, v in _mapping(c.get("treatments") or {}, f"{where}.treatments",
+                                            "one entry per treatment").items()}
     unknown = sorted(set(given) - set(treatments))
     if unknown:
         raise SeverityModelError(f"{where}.treatments has parameters for {', '.join(unknown)}, which the schedule "
@@ -93,11 +104,13 @@ def model_from_config(c, treatments: tuple[str, ...], low: float, high: float) -
     parsed = {}
     for name in treatments:
         t, w = given[name], f"{where}.treatments.{name}"
+        _mapping(t, w, "effect, sd, tau, tau_off")
         tau = _number(t, "tau", w, 2.0, positive=True)
         parsed[name] = Treatment(effect=_number(t, "effect", w), sd=_number(t, "sd", w, 0.0, minimum=0.0), tau=tau,
                                  tau_off=_number(t, "tau_off", w, tau, positive=True)
                                  if t.get("tau_off") is not None else tau)
-    base, trend, noise = c.get("baseline") or {}, c.get("trend") or {}, c.get("noise") or {}
+    base, trend, noise = (_mapping(c.get(k) or {}, f"{where}.{k}", fields) for k, fields in
+                          (("baseline", "mean, sd"), ("trend", "mean, sd"), ("noise", "sd, ar")))
     ar = _number(noise, "ar", f"{where}.noise", 0.0)
     if not -1.0 < ar < 1.0:
         raise SeverityModelError(f"{where}.noise.ar={ar} must lie in (-1, 1) (a stationary AR(1) series)")

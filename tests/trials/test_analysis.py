@@ -362,6 +362,12 @@ def test_by_patient_effects_are_checked():
     same = by_patient(**{"schedule.cycles": 1, "schedule.order": ["A", "B"]})
     with pytest.raises(NotIdentifiable, match="every patient's blocks come in the same order"):
         check_identifiable(simulate(same, 0)[0], same)
+    # ... with effects=common on daily rows too: full rank there (blocks last days), but the trend would be told from
+    # the treatments only by the drift inside each block
+    daily = design_from_config(trial_cfg(**NOISE_FREE, **{"schedule.cycles": 1, "schedule.order": ["A", "B"],
+                                                          "analysis.unit": "day"}))
+    with pytest.raises(NotIdentifiable, match="every patient's blocks come in the same order"):
+        check_identifiable(simulate(daily, 0)[0], daily)
     # without the trend the fit is full rank with no residual df: refused, not NaN intervals
     flat = by_patient(**{"schedule.cycles": 1, "analysis.trend": False})
     table, _ = simulate(flat, 0)

@@ -61,3 +61,20 @@ def test_washout_days_are_not_labelled_run_in():
     assert groups[MEASURED] == [False, True, False, True, False, False, True]
     assert groups["measured (run-in, not analysed)"] == [True, False, True, False, False, True, False]
     assert groups["measured (washout, not analysed)"] == [False, False, False, False, True, False, False]
+
+
+def test_series_figure_draws_at_most_its_panel_limit(tmp_path):
+    # one panel per patient: from ~176 patients the figure passed matplotlib Agg's 65,536-px limit and the error
+    # threw away every generated image; the figure draws the first MAX_SERIES_PANELS
+    from PIL import Image
+
+    from kgface.trials.report import MAX_SERIES_PANELS, plot_series
+
+    def series(n):
+        pids = [f"P{k:03d}" for k in range(n)]
+        table = pd.DataFrame([{"patient_id": p, "identity": "id", "block": d // 2, "day": d, "treatment": "A",
+                               "expected_severity": 1.0, "true_severity": 1.0} for p in pids for d in range(4)])
+        images = {p: torch.zeros(4, 3, 8, 8, dtype=torch.uint8) for p in pids}
+        return Image.open(plot_series(table, images, {}, ["A"], "A", tmp_path / f"s{n}.png")).size[1]
+
+    assert series(MAX_SERIES_PANELS + 6) == series(MAX_SERIES_PANELS) > series(2)

@@ -111,3 +111,29 @@ def test_simulated_table_layout():
     assert len(washout) == d.patients * 3 * 2 and not washout["analysed"].any()
     assert not table.loc[table["day_in_block"] <= 5, "analysed"].any()
     assert table.loc[(table["day_in_block"] > 5) & (table["treatment"] != "Washout"), "analysed"].all()
+
+
+def test_bad_severity_settings_are_one_line_errors_naming_the_key():
+    from kgface.trials.severity import SeverityModelError, model_from_config
+
+    good = {"baseline": {"mean": 2.0, "sd": 0.1}, "noise": {"sd": 0.1, "ar": 0.0},
+            "treatments": {"A": {"effect": -0.8, "sd": 0.0, "tau": 2.0}}}
+    assert model_from_config(good, ("A",), 0.0, 4.0).treatments["A"].effect == -0.8
+    cases = [({"treatments": ["A"]}, r"^trial.severity.treatments must be a mapping"),
+             ({"treatments": {"A": -0.8}}, r"^trial.severity.treatments.A must be a mapping \{effect, sd, tau, "
+                                           r"tau_off\}, not -0.8"),
+             ({"baseline": 1.8}, r"^trial.severity.baseline must be a mapping \{mean, sd\}, not 1.8"),
+             ({"treatments": {"A": {"effect": True}}}, r"^trial.severity.treatments.A.effect=True is not a number"),
+             ({"noise": {"sd": True}}, r"^trial.severity.noise.sd=True is not a number")]
+    for change, match in cases:
+        with pytest.raises(SeverityModelError, match=match) as info:
+            model_from_config({**good, **change}, ("A",), 0.0, 4.0)
+        assert "\n" not in str(info.value)
+
+
+def test_design_sections_that_are_not_mappings_are_refused_in_one_line():
+    from kgface.errors import UserError
+
+    for key in ("analysis", "schedule", "severity"):
+        with pytest.raises(UserError, match=rf"^trial.{key} must be a mapping of its settings"):
+            design_from_config({"patients": 2, key: ["x"]})
