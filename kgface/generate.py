@@ -243,6 +243,7 @@ def stack_identity(checked, unet, scale: float) -> Identity:
 
 # ----------------------------------------------------------------------------------------------------- entry
 def run(cfg: DictConfig, out_dir: Path) -> dict:
+    from .diffusion.adapter import get_adapter_scale, has_kg_adapter
     from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
     from .diffusion.requests import MODES, IntensityBuilder, Profiles, generate, parse_phenotypes, plan
@@ -325,7 +326,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         s = as_number(cfg.source_stage, "source_stage")
         if not 0.0 <= s <= 3.0:
             raise UserError(f"source_stage={cfg.source_stage}: the input's stage must lie in [0, 3]")
-        inversion = (profiles.get(cfg.source_disease), s)
+        source = profiles.get(cfg.source_disease)
+        if source.healthy and s != 0:  # healthy at severity 2 is a condition no run trained on
+            raise UserError(f"source_stage={cfg.source_stage} with source_disease={cfg.source_disease}: a healthy "
+                            "input has stage 0; set source_disease to the disease it shows, or source_stage=0")
+        inversion = (source, s)
     if conditioner.mode == "class":
         asked = {it.row["disease"]: it.row["name"] for it in items}
         if inversion:
@@ -373,6 +378,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             scores["note"] = evaluator_note
     summary = {"run": str(cfg.run), "mode": cfg.mode, "conditioning": conditioner.mode, "images": len(items),
                "guidance": guidance, "steps": steps, "spacing": gen.spacing, "eta": eta,
+               # the KG branch's weight (0: the base model alone): a set drawn at another scale must say so
+               "adapter_scale": get_adapter_scale(backbone.unet) if has_kg_adapter(backbone.unet) else None,
                "strength": float(cfg.strength), "age": None if cfg.age is None else str(cfg.age),
                "dtype": str(run_cfg.model.get("dtype", "fp32")),  # the base's precision: bf16 moves pixels slightly
                "mask": OmegaConf.to_container(cfg.mask) if isinstance(cfg.mask, ListConfig) else cfg.mask,

@@ -40,7 +40,8 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
         encoder = KGEncoder.from_config(enc_cfg, out_dim=backbone.cross_attention_dim)
         builder = encoder.graph_builder(cache=cache)
     cond = Conditioner(mode, profiles, backbone, encoder, builder, num_tokens=num_tokens, full_prompts=full_prompts,
-                       phenotype_draws=observed_phenotypes_of(cfg), descriptions=descriptions)
+                       phenotype_draws=observed_phenotypes_of(cfg), descriptions=descriptions,
+                       unknown_frequency=float(cfg.data.get("unknown_frequency", 0.5)))
     if builder is not None:
         builder.warm(profiles)
     return cond

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from kgface.data.manifest import read_manifest
+from kgface.errors import UserError
 
 
 @pytest.fixture(scope="session")
@@ -200,6 +201,9 @@ def test_phenotype_override_forms(micro_run, tmp_path, capsys):
 
     cfg = compose("generate", ["run=x", 'phenotypes=["HP:0000316=0.8","HP:0000508=0.3"]'])
     assert parse_phenotypes(cfg.phenotypes) == {"HP:0000316": 0.8, "HP:0000508": 0.3}
+    # intensity 0 would be listed as requested and expected by the evaluator: refused
+    with pytest.raises(UserError, match=r"^phenotypes= gives HP:0000508 intensity 0: an intensity must be > 0"):
+        parse_phenotypes(compose("generate", ["run=x", 'phenotypes=["HP:0000316=0.8","HP:0000508=0"]']).phenotypes)
     cfg = compose("generate", ["run=x", "phenotypes={HP:0000316: 0.8}"])  # Hydra reads {'HP': '0000316: 0.8'}
     assert dict(cfg.phenotypes) == {"HP": "0000316: 0.8"}
     err = fails(capsys, micro_run, tmp_path / "a", "mode=compose", "phenotypes={HP:0000316: 0.8}")
@@ -242,6 +246,10 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     generate(micro_run, tmp_path / "eta", "diseases=[healthy]", "stages=[0]", "eta=0.5")  # fresh noise per step
     assert json.loads((tmp_path / "eta" / "generation.json").read_text())["eta"] == 0.5
     assert json.loads((tmp_path / "fp32" / "generation.json").read_text())["eta"] == 0.0  # the run's
+    # the KG branch's weight is recorded: a set drawn at scale 0 is the base model's, not the KG-conditioned one
+    generate(micro_run, tmp_path / "s0", "diseases=[healthy]", "stages=[0]", "adapter_scale=0")
+    assert json.loads((tmp_path / "s0" / "generation.json").read_text())["adapter_scale"] == 0.0
+    assert json.loads((tmp_path / "fp32" / "generation.json").read_text())["adapter_scale"] == 1.0  # the run's
     with pytest.raises(SystemExit) as info:
         from kgface.generate import main
 
@@ -371,7 +379,7 @@ def test_text_and_class_baselines_generate(baselines_run, tmp_path, capsys):
 def test_load_run_knows_the_shuffled_control_and_a_one_entry_baselines_run(baselines_run, tmp_path,
                                                                           session_cache_dir):
     from kgface.diffusion.conditioning import CONTROL
-    from kgface.diffusion.run_loading import load_run
+    from kgface.diffusion.run_loading import RunError, load_run
     from kgface.train import main
     from tests.test_train_smoke import MICRO
 
@@ -387,6 +395,9 @@ def test_load_run_knows_the_shuffled_control_and_a_one_entry_baselines_run(basel
         main(list(MICRO) + ["experiment=baselines", "baselines=[text]", "trainer.steps=2", "evaluate=false",
                             "trainer.checkpoint_every=0", f"hydra.run.dir={out}"])
     assert load_run(out)[1].mode == "text"
+    # a text run has no KG branch: adapter_scale= would be ignored in silence, so it is refused
+    with pytest.raises(RunError, match=r"^adapter_scale=0: .* is a conditioning=text run"):
+        load_run(out, adapter_scale=0)
 
 
 def test_identity_adapter_stacks_with_the_kg_adapter(micro_run, identity_files, tmp_path):
@@ -423,7 +434,7 @@ def test_identity_adapter_errors_name_the_key(micro_run, identity_files, tmp_pat
                                          "identity_image=input")
 
 
-def test_ddim_inversion_reconstructs_the_input_latent(micro_run, tmp_path):
+def test_ddim_inversion_reconstructs_the_input_latent(micro_run, tmp_path, capsys):
     """Inverting under a condition and regenerating under the same one gives the input latent back (to the
     inversion's approximation error), far closer than SDEdit's fresh noise does."""
     import torch
@@ -452,6 +463,10 @@ def test_ddim_inversion_reconstructs_the_input_latent(micro_run, tmp_path):
     generate(micro_run, tmp_path / "o", "mode=transform", f"input={src}", "target=ORPHA:870", "inversion=true")
     summary = json.loads((tmp_path / "o" / "generation.json").read_text())
     assert summary["inversion"] == {"source_disease": "healthy", "source_stage": 0.0}
+    # healthy at severity 2 is a condition no run trained on: refused, not recorded as given
+    err = fails(capsys, micro_run, tmp_path / "h2", "mode=transform", f"input={src}", "target=ORPHA:870",
+                "inversion=true", "source_stage=2")
+    assert "a healthy input has stage 0" in err
 
 
 def test_acne_lesion_counts_as_the_continuous_stage(micro_run, tmp_path, capsys):

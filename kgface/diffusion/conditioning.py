@@ -66,16 +66,18 @@ class Conditioner(nn.Module):
 
     def __init__(self, mode: str, profiles: list[FacialProfile], backbone, encoder: nn.Module | None = None,
                  graph_builder=None, num_tokens: int = 8, full_prompts=(), phenotype_draws: bool = False,
-                 descriptions=None):
+                 descriptions=None, unknown_frequency: float = 0.5):
         """full_prompts: indices of profiles whose text prompts name every phenotype (phenotype-atlas faces and
         observed phenotype sets). phenotype_draws: the generator trained on observed phenotype sets, so a request
-        draws its phenotypes from the profile (kgface.diffusion.phenotype_sets; every mode but class).
+        draws its phenotypes from the profile (kgface.diffusion.phenotype_sets; every mode but class), a phenotype
+        of unknown KG frequency with `unknown_frequency` (the phantom's data.unknown_frequency, as its faces did).
         descriptions: {disease_id: StageDescriptions} (the run's descriptions.json, from the LLM or llm=none's
         templates): the stage sentences text prompts use; a disease without one gets the template's sentence."""
         super().__init__()
         self.descriptions = descriptions or None
         self.full_prompts = {int(i) for i in full_prompts}
         self.phenotype_draws = bool(phenotype_draws) and mode != "class"
+        self.unknown_frequency = float(unknown_frequency)
         if mode not in MODES:
             raise UserError(f"conditioning={mode} is unknown; use one of {', '.join(MODES)}")
         self.mode, self.profiles, self.backbone = mode, list(profiles), backbone

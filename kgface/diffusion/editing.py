@@ -67,12 +67,13 @@ def prepare_image(path: Path, size: int, notes: bool = True) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
-def region_mask(names, size: int) -> torch.Tensor:
+def region_mask(names, size: int, key: str = "mask") -> torch.Tensor:
     """[1, S, S] float: 1 inside the union of the named regions (REGIONS), 0 elsewhere."""
     m = torch.zeros(1, size, size)
     for name in names:
         if str(name) not in REGIONS:
-            raise UserError(f"mask region '{name}' is unknown; use a PNG or regions from {', '.join(REGIONS)}")
+            png = "a PNG or " if key == "mask" else ""
+            raise UserError(f"{key} region '{name}' is unknown; use {png}regions from {', '.join(REGIONS)}")
         for top, bottom, left, right in REGIONS[str(name)]:
             m[:, round(top * size):round(bottom * size), round(left * size):round(right * size)] = 1.0
     return m
@@ -86,17 +87,22 @@ def edit_mask(mask, keep, size: int) -> torch.Tensor | None:
         m = torch.ones(1, size, size)
     elif isinstance(mask, (ListConfig, list, tuple)):
         m = region_mask(mask, size)
+    elif str(mask) in REGIONS:  # mask=cheeks: one region, unbracketed (as keep=eyes is)
+        m = region_mask([str(mask)], size)
     else:
         from PIL import Image
 
         from ..data.images import load_rgb
 
+        if not Path(str(mask)).expanduser().is_file():
+            raise UserError(f"mask={mask} is neither an image file nor a region ({', '.join(REGIONS)}); give a PNG "
+                            "or mask=[region,...]")
         img = load_rgb(Path(str(mask)).expanduser()).convert("L").resize((size, size), Image.Resampling.BILINEAR)
         import numpy as np
 
         m = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
     if keep is not None:
-        m = m * (1 - region_mask(as_list(keep, "keep"), size))
+        m = m * (1 - region_mask(as_list(keep, "keep"), size, key="keep"))
     if float(m.max()) == 0.0:
         raise UserError("the mask leaves nothing to change (mask minus keep is empty)")
     # feather the edge inside the edit region only: pixels outside stay exactly the input's

@@ -69,7 +69,7 @@ class Generator:
             return [r.profile for r in reqs]
         from .phenotype_sets import drawn_profile
 
-        return [drawn_profile(r.profile, r.seed, r.severity) for r in reqs]
+        return [drawn_profile(r.profile, r.seed, r.severity, self.conditioner.unknown_frequency) for r in reqs]
 
     def _tokens(self, reqs: list[Request]) -> torch.Tensor | None:
         c = self.conditioner

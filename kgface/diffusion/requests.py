@@ -46,6 +46,10 @@ def parse_phenotypes(value) -> dict[str, float]:
     if not spec:
         raise UserError("phenotypes= is empty; give at least one visible HPO term, e.g. "
                         "'phenotypes=[\"HP:0000316=0.8\"]'")
+    zero = [h for h, v in spec.items() if float(v) <= 0]
+    if zero:  # it would be listed as requested, and the evaluator would expect what was asked to be absent
+        raise UserError(f"phenotypes= gives {zero[0]} intensity {spec[zero[0]]:g}: an intensity must be > 0; leave "
+                        "a phenotype out to ask for its absence")
     return spec
 
 

@@ -178,19 +178,24 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
 
     scale = float(model_cfg.get("adapter_scale", 1.0)) if adapter_scale is None else as_number(adapter_scale,
                                                                                                "adapter_scale")
+    if mode == "text" and adapter_scale is not None:  # ignored in silence, a set would pass for a scaled one
+        raise RunError(f"adapter_scale={adapter_scale}: {run_dir} is a conditioning=text run, without KG tokens or "
+                       "their adapter; leave adapter_scale out")
     if mode != "text":
         load_kg_adapter(backbone.unet, run_dir, scale=scale, dtype=torch.float32)  # as it trained (fp32)
     backbone.unet.requires_grad_(False)
 
     train_profiles = [p for p in profiles if p.disease_id not in heldout]
     draws = observed_phenotypes_of(cfg)  # its requests draw their phenotype sets
+    unknown = float(cfg.data.get("unknown_frequency", 0.5))  # ... as the phantom drew its faces'
     descriptions = descriptions_of(run_dir) if mode in TEXT_MODES else None
     if mode in KG_MODES:
         from ..encoders import KGEncoder
 
         encoder = KGEncoder.from_pretrained(run_dir / "encoder").eval().requires_grad_(False)
         conditioner = Conditioner(mode, train_profiles, backbone, encoder, encoder.graph_builder(cache=cache),
-                                  num_tokens=num_tokens, phenotype_draws=draws, descriptions=descriptions)
+                                  num_tokens=num_tokens, phenotype_draws=draws, descriptions=descriptions,
+                                  unknown_frequency=unknown)
     elif mode == "class":
         from safetensors.torch import load_file
 
@@ -204,5 +209,5 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
         conditioner.class_tokens.eval().requires_grad_(False)
     else:
         conditioner = Conditioner("text", train_profiles, backbone, num_tokens=num_tokens, phenotype_draws=draws,
-                                  descriptions=descriptions)
+                                  descriptions=descriptions, unknown_frequency=unknown)
     return backbone, conditioner, profiles, cfg

@@ -47,6 +47,12 @@ def test_edit_mask_keeps_regions_exactly_and_feathers_inward():
     assert float(only[~region_mask(["mouth"], 64).bool()].max()) == 0  # nothing outside the mask changes
     with pytest.raises(UserError, match="leaves nothing to change"):
         edit_mask(["eyes"], ["eyes"], 64)
+    # one region without brackets (as keep=eyes reads), and messages that name the key
+    assert torch.equal(edit_mask("mouth", None, 64), only)
+    with pytest.raises(UserError, match=r"^mask=jaw is neither an image file nor a region \(.*mask=\[region"):
+        edit_mask("jaw", None, 64)
+    with pytest.raises(UserError, match=r"^keep region .jaw. is unknown; use regions from"):
+        edit_mask(None, ["jaw"], 64)
 
 
 def test_edit_mask_from_a_png(tmp_path):

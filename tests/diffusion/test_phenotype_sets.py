@@ -52,6 +52,23 @@ def test_draws_follow_the_kg_frequencies_and_one_seed_is_one_individual():
     assert drawn_profile(healthy, 3, 2.0) is healthy
 
 
+def test_a_generator_draws_unknown_frequencies_as_its_run_did():
+    # the phantom drew phenotypes of unknown KG frequency with data.unknown_frequency; the requests' draws read the
+    # same number (it was 0.5 whatever the run's setting)
+    from types import SimpleNamespace
+
+    from kgface.diffusion.generator import Generator, Request
+
+    prof = _profile([None, None, None])
+    reqs = [Request(prof, 3.0, seed) for seed in range(20)]
+    drawn = {}
+    for unknown in (0.0, 1.0):
+        gen = Generator.__new__(Generator)
+        gen.conditioner = SimpleNamespace(phenotype_draws=True, unknown_frequency=unknown)
+        drawn[unknown] = [len(p.phenotypes) for p in gen.request_profiles(reqs)]
+    assert drawn == {0.0: [0] * 20, 1.0: [3] * 20}
+
+
 def _rows(disease, sets):
     return [{"path": f"images/{k}.png", "disease": disease, "phenotypes": json.dumps({h: 0.5 for h in s})}
             for k, s in enumerate(sets)]
