@@ -43,7 +43,7 @@ def run(cfg: DictConfig, out_dir: Path) -> list[FacialProfile]:
         "schema": "kgface.profiles/1", "kg": cfg.kg.source, "kg_stats": kg.stats,
         "profiles": [p.to_dict() for p in profiles]})
     with atomic_path(out_dir / "profiles.ttl") as tmp:
-        profiles_to_graph(profiles).serialize(destination=str(tmp), format="turtle")
+        profiles_to_graph(profiles, kg.terms).serialize(destination=str(tmp), format="turtle")
     cache.record(out_dir)
     print(format_table(profiles))
     print(f"wrote {out_dir / 'profiles.json'} and {out_dir / 'profiles.ttl'}")

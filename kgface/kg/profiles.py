@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 from .errors import KGError, NoVisiblePhenotypeError
@@ -91,12 +92,30 @@ def _by_frequency(p: Phenotype) -> tuple:
     return -(p.frequency if p.frequency is not None else -1), p.hpo_id
 
 
+HPO_ROOT = "HP:0000001"  # All: present in every HPO release
+CURATED = "kg_data"  # the provenance of kgface's curated rows (kg_data/supplement_edges.csv)
+_COUNT = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def pooled_counts(*raws: str) -> tuple[float, str] | None:
+    """(pooled frequency, 'n1/m1;n2/m2') when every raw frequency (';'-joined ones included) is a case count
+    n/m with m > 0; None otherwise (a frequency term or a percentage cannot be pooled with counts)."""
+    parts = [p for raw in raws for p in str(raw).split(";")]
+    counts = [_COUNT.match(p) for p in parts]
+    if not parts or not all(counts) or any(int(c.group(2)) == 0 for c in counts):
+        return None
+    n, m = sum(int(c.group(1)) for c in counts), sum(int(c.group(2)) for c in counts)
+    return min(1.0, n / m), ";".join(p.strip() for p in parts)
+
+
 class ProfileBuilder:
     """Builds profiles for one graph and catalogue, remembering per-term work (visibility, ontology path), so that
     profiling every disease of a 17k-disease graph costs little more than reading its edges."""
 
     def __init__(self, kg: KnowledgeGraph, catalog: VisibleCatalog):
         self.kg, self.catalog = kg, catalog
+        if HPO_ROOT in kg.terms:  # a graph without the ontology (an RDF file read alone) has nothing to check with
+            catalog.check_terms(kg.terms, kg.term_alias, kg.source)
         self.region_roots = catalog.region_roots()
         self.all_roots = set(self.region_roots.values())
         self._match: dict[str, object] = {}
@@ -125,19 +144,31 @@ class ProfileBuilder:
             hpo_id = row.hpo_id
             entry = self.match(hpo_id)
             if entry is None:
-                hidden.add(hpo_id)
+                if not row.negated:  # hidden: annotated present, not visible; a known absence is neither
+                    hidden.add(hpo_id)
                 continue
-            refs = [r for r in str(row.reference or "").split(";") if r]
+            # sorted, as the RDF reader gives them back (one row's sources come in file order)
+            refs = sorted({r for r in str(row.reference or "").split(";") if r})
             if row.negated:
                 neg = negatives.setdefault(hpo_id, NegativePhenotype(hpo_id, kg.term_name(hpo_id), entry.region))
                 neg.references = sorted(set(neg.references) | set(refs))
                 continue
             freq = _freq(row.frequency)
             known = positives.get(hpo_id)
-            if known is not None:  # the same term annotated twice: keep the highest known frequency
-                if freq is not None and (known.frequency is None or freq > known.frequency):
-                    known.frequency, known.frequency_raw = freq, str(row.frequency_raw)
+            if known is not None:  # the same term annotated twice (several sources)
                 known.references = sorted(set(known.references) | set(refs))
+                curated, was_curated = str(row.provenance) == CURATED, known.provenance == CURATED
+                if curated and not was_curated:  # kgface's curated row (cited, with min_stage) wins, as in PrimeKG
+                    known.frequency, known.frequency_raw = freq, str(row.frequency_raw or "")
+                    known.min_stage, known.provenance = int(row.min_stage or 0), CURATED
+                    if row.onset:
+                        known.onset, known.onset_name = str(row.onset), kg.term_name(row.onset)
+                elif curated == was_curated:
+                    pooled = pooled_counts(known.frequency_raw, str(row.frequency_raw or ""))
+                    if pooled is not None:  # case counts of several reports: pooled (1/3, 1/1, 1/1 -> 3/5)
+                        known.frequency, known.frequency_raw = pooled
+                    elif freq is not None and (known.frequency is None or freq > known.frequency):
+                        known.frequency, known.frequency_raw = freq, str(row.frequency_raw)  # else the highest
                 continue
             path = self.path(hpo_id, entry.region)
             term = kg.terms.get(hpo_id)

@@ -10,6 +10,7 @@ given an open file and a fixed format, and rdflib does not follow owl:imports, s
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -21,7 +22,7 @@ from rdflib.namespace import DCTERMS
 from .errors import KGFormatError
 from .graph import MAX_STAGE, KnowledgeGraph
 from .obo import Term, term_aliases
-from .ontology import ONSET, onset_terms
+from .ontology import ONSET, ancestors, onset_terms
 from .profiles import FacialProfile, NegativePhenotype, Phenotype
 
 KGF = Namespace("https://w3id.org/kgface/vocab#")
@@ -96,7 +97,8 @@ def add_profile(g: Graph, profile: FacialProfile, terms: dict[str, Term] | None 
     for p in profile.phenotypes:
         a = _add_annotation(g, d, profile.disease_id, p.hpo_id, False)
         if p.frequency is not None:
-            g.add((a, KGF.frequency, Literal(repr(float(p.frequency)), datatype=XSD.decimal)))
+            # xsd:decimal has no exponent: 1e-05 (a learned frequency) is written 0.00001
+            g.add((a, KGF.frequency, Literal(format(Decimal(repr(float(p.frequency))), "f"), datatype=XSD.decimal)))
         for name in PHENOTYPE_FIELDS:
             if getattr(p, name):
                 g.add((a, KGF[name], Literal(getattr(p, name))))
@@ -117,6 +119,13 @@ def add_profile(g: Graph, profile: FacialProfile, terms: dict[str, Term] | None 
             g.add((iri(child), RDFS.label, Literal(name)))
             if parent is not None:
                 g.add((iri(child), RDFS.subClassOf, iri(parent)))
+        if terms:  # every is_a edge above the phenotype, not one path: a query climbing from another parent finds it
+            for child in [p.hpo_id, *ancestors(terms, p.hpo_id)]:
+                term = terms.get(child)
+                for parent in term.parents if term else ():
+                    g.add((iri(child), RDFS.subClassOf, iri(parent)))
+                    if parent in terms:
+                        g.add((iri(parent), RDFS.label, Literal(terms[parent].name)))
     for n in profile.negative_phenotypes:
         a = _add_annotation(g, d, profile.disease_id, n.hpo_id, True)
         g.add((a, KGF.region, Literal(n.region)))
@@ -126,10 +135,11 @@ def add_profile(g: Graph, profile: FacialProfile, terms: dict[str, Term] | None 
     return d
 
 
-def profiles_to_graph(profiles: list[FacialProfile]) -> Graph:
+def profiles_to_graph(profiles: list[FacialProfile], terms: dict[str, Term] | None = None) -> Graph:
+    """The profiles as RDF; with the ontology's `terms`, every is_a edge above each phenotype (else the paths')."""
     g = new_graph()
     for p in profiles:
-        add_profile(g, p)
+        add_profile(g, p, terms)
     return g
 
 
@@ -241,11 +251,16 @@ def diseases_with_phenotype(g: Graph, hpo_id: str, include_descendants: bool = T
     """SPARQL: (disease curie, label) of diseases annotated (not negated) with a phenotype or, by default, any of
     its descendants in the graph. E.g. HP:0000582 = diseases with upslanted palpebral fissures."""
     climb = "?p rdfs:subClassOf* ?target ." if include_descendants else "FILTER(?p = ?target)"
+    # absent: kgf:negated true in any spelling ("true", 1), or a frequency of 0, as load_rdf_graph reads them;
+    # kgf:negated may be left out
     query = f"""
         PREFIX kgf: <{KGF}>
         PREFIX rdfs: <{RDFS}>
+        PREFIX xsd: <{XSD}>
         SELECT DISTINCT ?curie ?label WHERE {{
-            ?a kgf:disease ?d ; kgf:phenotype ?p ; kgf:negated false .
+            ?a kgf:disease ?d ; kgf:phenotype ?p .
+            FILTER NOT EXISTS {{ ?a kgf:negated ?n . FILTER(lcase(str(?n)) IN ("true", "1")) }}
+            FILTER NOT EXISTS {{ ?a kgf:frequency ?f . FILTER(xsd:double(str(?f)) = 0) }}
             {climb}
             ?d kgf:curie ?curie ; rdfs:label ?label .
         }} ORDER BY ?curie"""

@@ -37,18 +37,38 @@ def _read_csv(path: Path, columns: list[str]) -> list[dict]:
             return list(reader)
     except OSError as exc:
         raise KGFormatError(f"{path}: cannot read ({exc.strerror}); check kg.kg_data_dir") from exc
+    except UnicodeDecodeError as exc:
+        raise KGFormatError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
 
 
 @dataclass
 class VisibleCatalog:
     entries: dict[str, VisibleEntry]
     regions: dict[str, dict]
+    folder: Path | None = None  # where it was read from (for errors); rows: hpo_id -> line of visible_phenotypes.csv
+    rows: dict[str, int] | None = None
+
+    def check_terms(self, terms: dict, aliases: dict[str, str], source: str) -> None:
+        """Every listed id and region root a live term of the graph's ontology: an alt id, an obsolete id or a typo
+        would match no annotated edge (edges carry live ids), and its phenotypes would turn hidden in silence."""
+        where = self.folder or Path("kg_data")
+        listed = [(f"{where / 'visible_phenotypes.csv'}:{(self.rows or {}).get(h, '?')}", h) for h in self.entries]
+        listed += [(f"{where / 'regions.csv'} (region {name})", r["root_hpo_id"]) for name, r in self.regions.items()]
+        for at, hpo_id in listed:
+            term = terms.get(hpo_id)
+            if hpo_id in aliases:
+                raise KGFormatError(f"{at}: {hpo_id} is an alternative or obsolete id of {aliases[hpo_id]} in the "
+                                    f"{source} graph's ontology; list {aliases[hpo_id]} instead")
+            if term is None or getattr(term, "obsolete", False):
+                raise KGFormatError(f"{at}: {hpo_id} is not a live term of the {source} graph's ontology; fix the id "
+                                    "(or use the HPO release it was listed from)")
 
     @classmethod
     def load(cls, kg_data_dir: str | Path) -> "VisibleCatalog":
         kg_data_dir = Path(kg_data_dir)
         regions = {r["region"]: r for r in _read_csv(kg_data_dir / "regions.csv", REGION_COLUMNS)}
         entries: dict[str, VisibleEntry] = {}
+        rows: dict[str, int] = {}
         path = kg_data_dir / "visible_phenotypes.csv"
         for i, row in enumerate(_read_csv(path, VISIBLE_COLUMNS), start=2):
             if row["region"] not in regions:
@@ -60,7 +80,8 @@ class VisibleCatalog:
                 raise KGFormatError(f"{path}:{i}: include_descendants must be yes or no")
             entries[row["hpo_id"]] = VisibleEntry(row["hpo_id"], row["name"], row["region"], row["visual"],
                                                   row["include_descendants"] == "yes", row["source"])
-        return cls(entries=entries, regions=regions)
+            rows[row["hpo_id"]] = i
+        return cls(entries=entries, regions=regions, folder=kg_data_dir, rows=rows)
 
     def region_roots(self) -> dict[str, str]:
         return {name: r["root_hpo_id"] for name, r in self.regions.items()}

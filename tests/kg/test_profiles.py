@@ -71,3 +71,79 @@ def test_panel_profiles_have_visible_phenotypes(hpo_kg, catalog):
     profiles = load_profiles(compose("profiles"), knowledge=(hpo_kg, catalog))
     assert profiles[-1].healthy and len(profiles) == 14
     assert all(len(p.phenotypes) >= 3 for p in profiles[:-1])
+
+
+def test_pooled_counts_only_pool_case_counts():
+    from kgface.kg.profiles import pooled_counts
+
+    assert pooled_counts("1/3", "1/1;1/1") == (pytest.approx(0.6), "1/3;1/1;1/1")
+    assert pooled_counts("1/3", "HP:0040281") is None and pooled_counts("1/3", "40%") is None
+    assert pooled_counts("1/0", "1/3") is None
+
+
+def test_repeated_annotations_pool_counts_curated_rows_win_and_absences_are_not_hidden(hpo_kg, catalog):
+    import pandas as pd
+
+    from kgface.kg import KnowledgeGraph
+
+    # OMIM:618975 reports downslanted fissures in 1/3, 1/1 and 1/1 cases: pooled 3/5, not the highest 1/1
+    p = build_profile(hpo_kg, "OMIM:618975", catalog)
+    down = {x.hpo_id: x for x in p.phenotypes}["HP:0000494"]
+    assert down.frequency == pytest.approx(0.6) and sorted(down.frequency_raw.split(";")) == ["1/1", "1/1", "1/3"]
+
+    def row(hpo_id, frequency, raw, provenance, min_stage=0, negated=False, reference="PMID:2;PMID:1"):
+        return {"disease_id": "D:1", "hpo_id": hpo_id, "negated": negated, "frequency": frequency,
+                "frequency_raw": raw, "onset": "", "min_stage": min_stage, "evidence": "", "reference": reference,
+                "provenance": provenance}
+
+    edges = pd.DataFrame([row("HP:0000494", 0.9, "HP:0040281", "hpoa"),
+                          row("HP:0000494", 0.4, "0.4", "kg_data", min_stage=2, reference="PMID:3"),
+                          row("HP:0000218", 0.0, "0/4", "hpoa", negated=True),  # high palate, known absent
+                          row("HP:0000218", 0.0, "", "hpoa", negated=True),
+                          row("HP:0001249", 0.5, "1/2", "hpoa")])  # intellectual disability: hidden
+    kg = KnowledgeGraph(source="test", terms=hpo_kg.terms, edges=edges,
+                        diseases=pd.DataFrame({"id": ["D:1"], "name": ["a disease"], "aliases": [""]}))
+    p = build_profile(kg, "D:1", catalog)
+    (ph,) = p.phenotypes
+    assert (ph.frequency, ph.min_stage, ph.provenance) == (0.4, 2, "kg_data")  # the curated row, as in PrimeKG
+    assert ph.references == ["PMID:1", "PMID:2", "PMID:3"]  # sorted, as RDF reads them back
+    assert p.hidden_phenotypes == 1  # the absent high palate is not a hidden phenotype
+
+
+def test_disease_ids_without_a_prefix_are_found_by_id():
+    # an RDF node or supplement id such as 'D1' was only looked up as a name: two diseases sharing a label merged
+    import pandas as pd
+
+    from kgface.kg import KnowledgeGraph
+    from kgface.kg.lookup import resolve_disease
+
+    kg = KnowledgeGraph(source="test", terms={}, edges=pd.DataFrame(columns=["disease_id", "hpo_id", "negated",
+                                                                              "frequency", "frequency_raw", "onset",
+                                                                              "evidence", "reference", "provenance"]),
+                        diseases=pd.DataFrame({"id": ["D1", "D2"], "name": ["same", "same"], "aliases": ["", ""]}))
+    assert resolve_disease(kg, "D2") == "D2" and resolve_disease(kg, "D1") == "D1"
+
+
+def test_catalogue_ids_that_match_no_live_term_are_refused_with_file_and_row(hpo_kg, catalog, tmp_path):
+    # edges carry live ids: an alt id, an obsolete id or a typo in the catalogue would hide its phenotypes in silence
+    import shutil
+
+    from kgface.kg import VisibleCatalog
+    from kgface.kg.errors import KGFormatError
+    from kgface.resources import kg_data_dir
+
+    ProfileBuilder(hpo_kg, catalog)  # the shipped catalogue: every id live
+    for bad, words in (("HP:0000312", r"alternative or obsolete id of HP:0000272"), ("HP:9999999", "not a live term")):
+        folder = tmp_path / bad.replace(":", "_")
+        shutil.copytree(kg_data_dir(), folder)
+        path = folder / "visible_phenotypes.csv"
+        lines = path.read_text(encoding="utf-8").splitlines()
+        lines.append(f"{bad},extra,face,a mark,no,test")
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        with pytest.raises(KGFormatError, match=rf"visible_phenotypes.csv:{len(lines)}: {bad} .*{words}"):
+            ProfileBuilder(hpo_kg, VisibleCatalog.load(folder))
+    latin1 = tmp_path / "latin1"
+    shutil.copytree(kg_data_dir(), latin1)
+    (latin1 / "regions.csv").write_bytes((latin1 / "regions.csv").read_bytes() + "caf\xe9\n".encode("latin-1"))
+    with pytest.raises(KGFormatError, match=r"regions.csv: not UTF-8 text"):
+        VisibleCatalog.load(latin1)

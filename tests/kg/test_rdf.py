@@ -171,3 +171,34 @@ def test_bad_rdf_literals_name_file_and_annotation(tmp_path, extra, message):
                                             + message) as info:
         load_kg("rdf", path=_ttl(tmp_path, extra))
     assert "\n" not in str(info.value)
+
+
+def test_sparql_climbs_every_parent_and_reads_absences_as_the_loader_does(hpo_kg, catalog):
+    from rdflib import BNode, Literal
+    from rdflib.namespace import RDF, RDFS, XSD
+
+    from kgface.kg.rdf import KGF, iri, new_graph
+
+    # Preauricular skin tag (HP:0000384) is_a both an ear term and Skin tags (HP:0010609); a profile's one path climbs
+    # through the ear, so only the ontology's every is_a edge lets a query from Skin tags find the disease
+    did = next(d for d in hpo_kg.edges.loc[hpo_kg.edges["hpo_id"] == "HP:0000384", "disease_id"]
+               if any(x.hpo_id == "HP:0000384" for x in ProfileBuilder(hpo_kg, catalog).build(d).phenotypes))
+    p = ProfileBuilder(hpo_kg, catalog).build(did)
+    assert "HP:0010609" not in {x for ph in p.phenotypes for x in ph.path}
+    assert did in {d for d, _ in diseases_with_phenotype(profiles_to_graph([p], hpo_kg.terms), "HP:0010609")}
+    # a user's graph: kgf:negated as a plain "false", left out, or "1"; a frequency of 0 (absent, as the loader reads)
+    g = new_graph()
+    for k, (negated, frequency) in enumerate([(Literal("false"), None), (None, None), (Literal("1"), None),
+                                              (Literal(False), Literal("0.0", datatype=XSD.decimal))]):
+        d = iri(f"D:{k}")
+        g.add((d, KGF.curie, Literal(f"D:{k}")))
+        g.add((d, RDFS.label, Literal(f"disease {k}")))
+        a = BNode()
+        g.add((a, RDF.type, KGF.PhenotypeAnnotation))
+        g.add((a, KGF.disease, d))
+        g.add((a, KGF.phenotype, iri("HP:0000582")))
+        if negated is not None:
+            g.add((a, KGF.negated, negated))
+        if frequency is not None:
+            g.add((a, KGF.frequency, frequency))
+    assert [d for d, _ in diseases_with_phenotype(g, "HP:0000582")] == ["D:0", "D:1"]
