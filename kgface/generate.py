@@ -159,7 +159,7 @@ def check_output_folder(cfg: DictConfig, out_dir: Path) -> None:
     out = Path(out_dir).resolve()
     replaced = [out / name for name in SET_FILES]
     inputs = [("identity_image", cfg.get("identity_image")), ("mask", cfg.get("mask"))]
-    if cfg.get("input") not in (None, ""):
+    if cfg.get("input") not in (None, "") and cfg.get("mode") in ("transform", "progression"):  # others ignore it
         from .diffusion.editing import input_files
 
         inputs += [("input", cfg.input)] + [("input", p) for p, _ in input_files(cfg.input)]

@@ -236,14 +236,17 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         out[f"real_top1_{name}"] = M.accuracy(t["disease"][mask], t["pred_disease"][mask])
         out[f"real_top1_{name}_ci95"] = CI.accuracy_interval(t["disease"][mask], t["pred_disease"][mask])
         out[f"n_{name}"] = int(mask.sum())
-    if "identity" in t and t["identity"].astype(str).str.len().gt(0).all():
-        out["identity_auroc"] = M.identity_auroc(s.features, list(t["identity"]))
+    named = t["identity"].astype(str).str.len().gt(0).to_numpy() if "identity" in t else np.zeros(len(t), bool)
+    if named.sum() >= 2:  # the rows that name a person (a photo set may leave some unnamed): counted, not all-or-none
+        ids, feats = list(t["identity"][named]), s.features[named]
+        out["identity_auroc"] = M.identity_auroc(feats, ids)
+        out["identity_n"] = int(named.sum())
         # the scale transform.identity_similarity is read on: a phantom identity's test faces differ in stage
-        ends = M.identity_cosines(s.features, list(t["identity"]))
+        ends = M.identity_cosines(feats, ids)
         out["identity_same_cosine"], out["identity_different_cosine"] = ends["same"], ends["different"]
         if face_identity is not None:
-            out["identity_dlib"] = identity_validity(face_identity, images, list(t["identity"]),
-                                                     clip_features=s.features)
+            out["identity_dlib"] = identity_validity(face_identity, images[torch.from_numpy(named)], ids,
+                                                     clip_features=feats)
     train = train_df if train_df is not None else df[df["split"] == "train"]  # _test_rows checked the column
     if len(train):
         out["oracle_top1"] = oracle_top1(train.reset_index(drop=True), test,

@@ -240,8 +240,8 @@ def with_frequencies(profiles: list[FacialProfile], learned: dict[str, dict[str,
                               "re-run the estimate or drop that entry from profile.learned")
             kg = ph.frequency
             new = float(f) if source == "learned" or kg is None else weight * float(f) + (1 - weight) * kg
-            ph.frequency_raw = f"{source} {new:.3f} (kg {ph.frequency_raw or kg})"
-            ph.frequency = min(1.0, max(0.0, new))
+            ph.frequency = min(1.0, max(0.0, new))  # the value used is the value recorded
+            ph.frequency_raw = f"{source} {ph.frequency:.3f} (kg {ph.frequency_raw or kg})"
         p2.phenotypes.sort(key=_by_frequency)
         out.append(p2)
     return out

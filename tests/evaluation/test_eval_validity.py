@@ -65,6 +65,16 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     ends = M.identity_cosines(test_feats, list(test["identity"]))  # the scale transform.identity_similarity lies on
     assert (v["identity_same_cosine"], v["identity_different_cosine"]) == pytest.approx((ends["same"],
                                                                                           ends["different"]))
+    assert v["identity_n"] == len(test)
+    # one test face without an identity (a photo set): the others are still read, and counted (was: no number)
+    unnamed = df.copy()
+    first = unnamed.index[unnamed["split"] == "test"][0]
+    unnamed.loc[first, "identity"] = ""
+    u = instrument_validity(tiny_evaluator, unnamed)
+    keep = (test["identity"].astype(str) != "").to_numpy().copy()
+    keep[0] = False
+    assert u["identity_n"] == len(test) - 1
+    assert u["identity_auroc"] == pytest.approx(M.identity_auroc(test_feats[keep], list(test["identity"][keep])))
     # calibration: the ECE of the probe's probabilities on the headline rows, and the temperature val fitted
     probs = scored[[f"p_{c}" for c in tiny_evaluator.classes]].to_numpy()
     assert v["real_ece"] == pytest.approx(M.expected_calibration_error(
