@@ -48,7 +48,8 @@ BODY_CHARS = 200  # how much of a server's error body an error shows
 MISSING = "???"  # OmegaConf's mandatory value, which to_container(resolve=True) passes through as a string
 # files of a transformers folder that shape its answers (config, tokenizer and chat template, weights)
 HF_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                  "special_tokens_map.json", "chat_template.json", "chat_template.jinja", "tokenizer.model")
+                  "special_tokens_map.json", "chat_template.json", "chat_template.jinja", "tokenizer.model",
+                  "vocab.json", "merges.txt")
 HF_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
@@ -300,8 +301,9 @@ class OpenAIBackend:
 def _hf_fingerprint(path: Path) -> dict:
     """What identifies the model's answers beyond its name: the .gguf file, or the folder's config, tokenizer and
     weight files (kgface.cache.file_fingerprint), so replaced weights do not reuse cached answers."""
-    if path.is_file():
-        return {path.name: file_fingerprint(path)}
+    if path.is_file():  # a .gguf: transformers also reads a tokenizer or chat template lying beside it
+        beside = sorted(p for p in path.parent.iterdir() if p.is_file() and p.name in HF_MODEL_FILES)
+        return {path.name: file_fingerprint(path), **{p.name: file_fingerprint(p) for p in beside}}
     files = sorted(p for p in path.iterdir() if p.is_file() and (p.name in HF_MODEL_FILES
                                                                  or p.name.endswith(HF_WEIGHT_SUFFIXES)
                                                                  or p.name.endswith(".index.json")))

@@ -145,6 +145,9 @@ def test_cache_key_follows_the_model_files(tmp_path, down):
     first = _hf_fingerprint(gguf)
     gguf.write_bytes(b"GGUF" + b"1" * 9)
     assert _hf_fingerprint(gguf) != first and list(first) == ["m.gguf"]
+    # a tokenizer or chat template beside the .gguf shapes the answers too
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    assert list(_hf_fingerprint(gguf)) == ["m.gguf", "tokenizer_config.json"]
 
 
 def _smollm2_gguf() -> Path | None:
