@@ -246,7 +246,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.adapter import get_adapter_scale, has_kg_adapter
     from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
-    from .diffusion.requests import MODES, IntensityBuilder, Profiles, generate, parse_phenotypes, plan
+    from .diffusion.requests import MODES, Profiles, generate, parse_phenotypes, plan
     from .diffusion.run_loading import check_precision_device, heldout_of, load_run
     from .run_files import find_evaluator
     from .runtime import make_cache, torch_device
@@ -340,8 +340,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             named = [f"{d} ({asked[d]}{', held out in training' if d in heldout else ''})" for d in unseen]
             raise UserError(f"run={cfg.run} uses conditioning=class, which cannot draw diseases it never saw: "
                             f"{', '.join(named)}; use a conditioning=kg, text or kg_text run for them")
-    if intensities and conditioner.uses_kg:
-        conditioner.graph_builder = IntensityBuilder(conditioner.graph_builder, intensities)
+    # a custom set is encoded as its profile (frequency = the given intensity), the route every kgface run trained:
+    # no training path builds intensity-weighted graphs, so the encoder's intensity weight-kind embedding keeps its
+    # random start and a set encoded through it would be off the trained distribution (docs/encoder.md)
     for it in items:
         it.row["trained"] = it.row["disease"] in trained
         it.row["heldout"] = it.row["disease"] in heldout

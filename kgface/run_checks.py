@@ -143,6 +143,19 @@ def preflight(cfg: DictConfig) -> None:
             raise UserError(f"model.dtype={dtype} needs trainer.mixed_precision={dtype} (it is {precision}): the "
                             "frozen weights are half precision and only autocast runs them beside the fp32 LoRA and "
                             "adapter weights; set both, or model.dtype=fp32")
+    precision = str(cfg.trainer.get("mixed_precision", "no"))
+    if precision not in ("no", "bf16", "fp16"):
+        raise UserError(f"trainer.mixed_precision={precision} is unknown; use no, bf16 or fp16")
+    if precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():  # accelerate would quietly train in fp32 under a config saying fp16
+            raise UserError("trainer.mixed_precision=fp16 needs a CUDA GPU (accelerate runs no fp16 autocast on the "
+                            "CPU); use bf16 or no")
+    for name in ("grad_accum", "batch_size", "log_every"):
+        value = cfg.trainer.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"trainer.{name}={value!r}: a whole number >= 1")
     key = "model.tiny.image_size" if cfg.model.name == "tiny" else "model.resolution"
     resolution = (cfg.model.get("tiny") or {}).get("image_size") if cfg.model.name == "tiny" \
         else cfg.model.get("resolution")

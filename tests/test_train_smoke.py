@@ -1,6 +1,7 @@
 """A CPU smoke test of `python -m kgface.train` (lightning-hydra-template style): the whole job at micro size."""
 import json
 import logging
+import re
 
 import pytest
 
@@ -341,6 +342,16 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
     # the LLM settings are checked before the run folder is written (describe did, train did not)
     with pytest.raises(UserError, match=r"^llm.model is not set"):
         preflight(compose("train", MICRO + ["llm=openai"]))
+    for bad, words in (("trainer.mixed_precision=fp8", "trainer.mixed_precision=fp8 is unknown"),
+                       ("trainer.log_every=0", "trainer.log_every=0: a whole number >= 1"),
+                       ("trainer.grad_accum=0", "trainer.grad_accum=0: a whole number >= 1")):
+        with pytest.raises(UserError, match="^" + re.escape(words)):
+            preflight(compose("train", MICRO + [bad]))
+    import torch
+
+    if not torch.cuda.is_available():  # accelerate would quietly train fp32 under a config saying fp16
+        with pytest.raises(UserError, match=r"^trainer.mixed_precision=fp16 needs a CUDA GPU"):
+            preflight(compose("train", MICRO + ["trainer.mixed_precision=fp16"]))
     with pytest.raises(UserError, match=r"^llm.max_attempts=0 must be >= 1"):
         preflight(compose("train", MICRO + ["llm=openai", "llm.model=m", "llm.max_attempts=0"]))
     for bad in ("-1", "abc"):  # the sampler runs after training: refused before it

@@ -161,7 +161,7 @@ def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter:
         trainable = []
         if int(model_cfg.get("lora_rank", 0)) > 0:
             add_unet_lora(backbone.unet, rank=int(model_cfg["lora_rank"]),
-                          alpha=int(model_cfg.get("lora_alpha", model_cfg["lora_rank"])))
+                          alpha=float(model_cfg.get("lora_alpha", model_cfg["lora_rank"])))
             trainable = [p for n, p in backbone.unet.named_parameters() if "lora" in n]
     else:
         raise UserError(f"model.name '{name}' is unknown; use model=tiny, model=sd15 or model=sdxl")

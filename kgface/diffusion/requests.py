@@ -81,19 +81,6 @@ class Profiles:
         return self.by_id.get(profile.disease_id, profile)
 
 
-class IntensityBuilder:
-    """The encoder's graph builder, encoding custom phenotype profiles with their intensities (phenotype_profile)."""
-
-    def __init__(self, inner, intensities: dict[str, dict]):
-        self.inner, self.intensities = inner, intensities
-
-    def batch(self, profiles, intensities=None):
-        return self.inner.batch(profiles, [self.intensities.get(p.disease_id) for p in profiles])
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 # ----------------------------------------------------------------------------------------------------- planning
 def _stages(values) -> list[float]:
     out = [as_number(s, "stages") for s in as_list(values, "stages")]

@@ -141,7 +141,7 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
             for i, s in enumerate(ema.shadow):
                 s.copy_(shadow[f"p{i:05d}"])
             ema.steps = state["ema_steps"]
-    opt = torch.load(folder / "optimizer.pt", weights_only=True)
+    opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")  # GPU-saved resumes on a CPU
     configured = [float(g["initial_lr"]) for g in optimizer.param_groups]  # this run's rates (LambdaLR's bases)
     try:  # moments and step counts come back from the checkpoint; the rates too, unless this run names others
         optimizer.load_state_dict(opt["optimizer"])
@@ -269,11 +269,22 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
             raise TrainingError(f"trainer.resume={t['resume']}: no checkpoint there; use latest or a step-* folder")
         else:
             later = [p.name for p in ckpt_dir.glob("step-*") if p.name > folder.name] if t["resume"] != "latest" else []
+            saved = int(json.loads((folder / "state.json").read_text())["step"])
+            if saved > int(t["steps"]):  # an empty loop would save that run's weights under this config
+                raise TrainingError(f"trainer.resume={t['resume']}: {folder.name} is past trainer.steps="
+                                    f"{int(t['steps'])}; resume with trainer.steps >= {saved}, or start afresh in "
+                                    "another hydra.run.dir")
             if later and folder.resolve().parent == ckpt_dir.resolve():
                 # a kill before this run overwrote them would resume from an abandoned run's step under this config
                 raise TrainingError(f"trainer.resume={t['resume']}: {ckpt_dir} also holds later checkpoints "
                                     f"{sorted(later)} of an earlier run; move or delete them first")
             start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers, schedule_record)
+    if start == 0 and t["checkpoint_every"] and sorted(ckpt_dir.glob("step-*")):
+        # an earlier run's checkpoints beside a fresh one: the retention below would delete this run's newest, and
+        # a later resume=latest would continue the old run under this config
+        old = sorted(p.name for p in ckpt_dir.glob("step-*"))
+        raise TrainingError(f"{ckpt_dir} holds checkpoints of an earlier run ({old[-1]}); trainer.resume=latest "
+                            "continues it, or move the folder away (or use another hydra.run.dir) to start afresh")
     alphas = backbone.scheduler.alphas_cumprod.to(device)
     n_train = backbone.scheduler.config.num_train_timesteps
     prediction = backbone.scheduler.config.prediction_type

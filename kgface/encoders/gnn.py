@@ -24,6 +24,7 @@ Saved as `config.json` + `model.safetensors` in a folder (`save_pretrained` / `f
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -202,9 +203,22 @@ class KGEncoder(nn.Module):
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         if config.pop("format", None) != FORMAT:
             raise UserError(f"{folder / CONFIG_FILE}: unknown encoder format (expected {FORMAT})")
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        stray = sorted(set(config) - known)
+        if stray:
+            raise UserError(f"{folder / CONFIG_FILE}: unknown key {stray[0]!r} (saved by another kgface version?)")
         model = cls(**config)
-        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(device)))
-        return model.to(device)
+        state = load_file(str(folder / WEIGHTS_FILE), device=str(device))
+        ours = model.state_dict()
+        missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+        if missing or unexpected:
+            first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+            raise UserError(f"{folder / WEIGHTS_FILE}: does not fit its {CONFIG_FILE} ({first}; "
+                            f"{len(missing)} missing, {len(unexpected)} unexpected)")
+        model.load_state_dict(state)
+        # eval: the token centering reads its saved running statistics (in train mode a batch's own statistics would
+        # make one graph's tokens depend on its batch-mates); call .train() to fine-tune
+        return model.to(device).eval()
 
     # ---- encoding ----------------------------------------------------------------------------------------------
     def null(self, batch_size: int) -> Tensor:

@@ -358,6 +358,14 @@ def test_resuming_an_earlier_checkpoint_beside_later_ones_is_refused(profiles, t
         train(*make(profiles), fixed_data(), {**FAST, "steps": 4, "resume": str(early)}, tmp_path, progress=False)
     with pytest.raises(TrainingError, match=r"trainer.keep_checkpoints=-1"):
         train(*make(profiles), fixed_data(), {**FAST, "steps": 1, "keep_checkpoints": -1}, tmp_path, progress=False)
+    # a fresh run beside them: its retention would delete its own newest checkpoint (sorted before step-0000004),
+    # and a later resume=latest would continue the old run under the new config
+    with pytest.raises(TrainingError, match=r"holds checkpoints of an earlier run \(step-0000004\); "
+                                            r"trainer.resume=latest continues it"):
+        train(*make(profiles), fixed_data(), {**FAST, "steps": 2, "checkpoint_every": 1}, tmp_path, progress=False)
+    # resume=latest past this run's steps: the loop would be empty and the old weights saved under this config
+    with pytest.raises(TrainingError, match=r"step-0000004 is past trainer.steps=2"):
+        train(*make(profiles), fixed_data(), {**FAST, "steps": 2, "resume": "latest"}, tmp_path, progress=False)
 
 
 def test_bad_resume_path(profiles, tmp_path):

@@ -159,6 +159,19 @@ def test_save_load_round_trip(tmp_path, batch):
         assert torch.equal(enc.null(2), again.null(2))
     with pytest.raises(UserError, match="not a saved encoder"):
         KGEncoder.from_pretrained(tmp_path)
+    # loaded for use: eval mode (token centering reads its saved statistics, not a batch's own)
+    assert not KGEncoder.from_pretrained(tmp_path / "enc").training
+    # a config or weights file that does not fit: one line naming the file and the first key, not a traceback
+    import json
+
+    cfg_path = tmp_path / "enc" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "width": 3}))
+    with pytest.raises(UserError, match=r"config.json: unknown key 'width'"):
+        KGEncoder.from_pretrained(tmp_path / "enc")
+    cfg_path.write_text(json.dumps({**cfg, "age_groups": 0}))  # the saved age embedding has no place now
+    with pytest.raises(UserError, match=r"model.safetensors: does not fit its config.json \(unexpected age_emb"):
+        KGEncoder.from_pretrained(tmp_path / "enc")
 
 
 def test_save_over_an_existing_folder_swaps_the_pair_and_leaves_no_temp_folder(tmp_path, batch):

@@ -211,7 +211,8 @@ def draw_labels(profile: FacialProfile, identity_id: int, stage: int, cfg: Phant
     severity = severity_of(stage, identity_id, profile.disease_id, cfg)
     factors = individual(profile, identity_id, cfg)
     by_id = {p.hpo_id: p for p in profile.phenotypes}
-    # acne-like: the disease's lesions are counted on the ACNE04 scale (rosacea's papules are not: no acne term)
+    # acne-like: the disease's lesions are counted on the ACNE04 scale. Rosacea has no Acne/Comedo term, but its
+    # papules and pustules are in ACNE_TERMS, so `shows_acne` below counts them too (renderer 2; docs/data.md)
     acne = any(p.hpo_id in (ACNE, "HP:0025249", "HP:0040137") for p in profile.phenotypes)
     # lesions show at stage 0 only where the disease's own scale says stage 0 has signs (acne grade 0 = mild acne);
     # acromegaly's acne, say, waits for stage 1 like its other signs
