@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..cache import Cache, file_fingerprint, write_json_atomic
+from ..cache import Cache, file_fingerprint, remove_path, write_json_atomic
 from ..config import disease_list
 from ..errors import UserError
 from ..kg import FacialProfile
@@ -84,6 +84,8 @@ def effect_footprints(cfg: DictConfig, hpo_ids, identity_ids=range(100, 112), le
     bare = x[lab == ""]  # one bare face per identity, in the order each phenotype's faces come in
     out = {}
     for h in hpo_ids:
+        if not (lab == h).any():  # no renderer effect: isolated_effect_images drew nothing for it
+            continue
         diff = np.abs(x[lab == h] - bare)
         out[h] = {"mean_abs": float(diff.mean()), "pixels": float((diff.max(axis=1) >= level).sum(axis=(1, 2)).mean())}
     return out
@@ -107,8 +109,7 @@ def materialise(src: Path, out: Path) -> None:
             shutil.copy2(a, b)
 
     shutil.copytree(src / "images", staging, copy_function=link)
-    if (out / "images").exists():
-        shutil.rmtree(out / "images")
+    remove_path(out / "images")  # a folder, or a link to one (rmtree refuses links)
     os.replace(staging, out / "images")
     names = ["dataset.json", "contact_sheet.png", ATLAS_FILE, "manifest.csv"]
     if not (src / ATLAS_FILE).is_file():

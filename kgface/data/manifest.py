@@ -163,10 +163,12 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
         if count < 0 or count != int(count):
             raise ValueError(f"lesion_count {lc} is not a non-negative integer")
         out["lesion_count"] = int(count)
-    if row["split"] not in SPLITS:
+    out["split"] = str(row["split"]).strip()
+    if out["split"] not in SPLITS:
         raise ValueError(f"split '{row['split']}' is not one of {', '.join(SPLITS)}")
     out["phenotypes"] = _phenotypes(row.get("phenotypes", "") or "{}")
-    out["identity"] = str(row.get("identity", "") if not pd.isna(row.get("identity", "")) else "")
+    # stripped: 'p1' and 'p1 ' are one person (a padded cell must not pass the identity leakage check as two)
+    out["identity"] = str(row.get("identity", "") if not pd.isna(row.get("identity", "")) else "").strip()
     age = row.get("age_group", "")
     age = "" if age is None or (isinstance(age, float) and pd.isna(age)) else str(age)
     if age not in ("", *AGE_GROUPS):  # consumers map an unknown group to 'unknown' silently

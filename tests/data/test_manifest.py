@@ -184,6 +184,12 @@ def test_one_identity_in_two_splits_is_an_error_naming_both_lines(root):
         read_manifest(root / "m.csv")
     df, report = read_manifest(root / "m.csv", on_error="skip")       # skip keeps the first split's rows
     assert df["path"].tolist() == ["images/a.png", "images/b.png"] and [ln for ln, _ in report.skipped] == [4]
+    # a padded cell is the same person (and the same split): 'p1 ' in test was two people and passed the check
+    padded = (root / "m.csv").read_text().replace("images/c.png,p1,", "images/c.png, p1 ,")
+    assert " p1 ," in padded
+    (root / "m.csv").write_text(padded)
+    with pytest.raises(ManifestError, match=r"m\.csv:4: identity 'p1' is in test here and in train on line 2"):
+        read_manifest(root / "m.csv")
 
 
 def test_unknown_identities_and_one_split_per_identity_pass(root):

@@ -193,6 +193,8 @@ IMPOSSIBLE = [
     ({"split_fractions": (1.2, -0.2, 0.0)}, r"data.split_fractions must be three fractions"),
     ({"per_class": 3, "split_fractions": (0.5, 0.5, 0.0)}, r"data.per_class=3 is too small to split"),
     ({"unknown_frequency": 1.5}, r"data.unknown_frequency must be a number in \[0, 1\]"),
+    ({"size": 8}, r"data.size must be an integer >= 16, got 8"),  # the renderer's limits, before any drawing
+    ({"supersample": 0}, r"data.supersample must be an integer >= 1, got 0"),
 ]
 
 

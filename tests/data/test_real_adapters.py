@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -339,6 +340,22 @@ def test_build_disease_faces_converts_every_mode(tmp_path):
     assert result.summary["converted_to_rgb"] == {"I;16": 5, "L": 5, "P": 5, "RGBA": 5}
     assert set(df.loc[df["disease"] == "ORPHA:870", "stage_known"]) == {"False"}
     assert set(df.loc[df["disease"] == "healthy", "stage_known"]) == {"True"}
+    # dataset.json counts graded rows only: a disease row's stage is a placeholder there, not a grade
+    healthy = int((df["disease"] == "healthy").sum())
+    assert result.summary["stages"] == {"0": healthy} and result.summary["stage_unknown"] == 25 - healthy
+    # a linked folder of images is read (once, even with a link back up the tree), and a bad margin is one line
+    linked, outside = tmp_path / "linked", tmp_path / "outside"
+    shutil.copytree(root, linked)
+    shutil.copytree(next(p for p in sorted(root.iterdir()) if p.is_dir()), outside)
+    from kgface.data.real.common import list_images
+
+    n_outside = len(list_images(outside)[0])
+    (linked / "extra").symlink_to(outside)  # a batch kept elsewhere, linked in
+    (outside / "loop").symlink_to(linked)  # ... and a link back up the tree
+    images, _ = list_images(linked)
+    assert n_outside > 0 and len(images) == len(list_images(root)[0]) + n_outside
+    with pytest.raises(UserError, match=r"^data.margin=-0.5: a number >= 0"):
+        build_real_dataset(_data_cfg("disease_faces", root=str(root), margin=-0.5), tmp_path / "m", size=SIZE)
     for path in df["abspath"]:
         with Image.open(path) as img:
             assert img.size == (SIZE, SIZE)

@@ -90,6 +90,8 @@ def _validate(cfg: "PhantomConfig") -> None:
     (they used to surface as numpy tracebacks, or split_fractions that do not sum to 1 were silently rebalanced)."""
     per_class = _whole(cfg.per_class, "per_class", 1)
     healthy = _whole(cfg.healthy_per_class, "healthy_per_class", 0)
+    _whole(cfg.size, "size", 16)  # the renderer's own limits, refused here rather than as a traceback mid-build
+    _whole(cfg.supersample, "supersample", 1)
     identities = _whole(cfg.identities, "identities", 1)
     fractions = tuple(cfg.split_fractions) if isinstance(cfg.split_fractions, (list, tuple)) else None
     if fractions is None or len(fractions) != len(SPLITS) or any(

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ...cache import atomic_path, remove_path, write_json_atomic
 from ...errors import UserError
 from ..images import ImageError, face_box, get_detector, load_rgb
-from ..manifest import ATLAS_FILE, ManifestError, read_manifest, safe_relpath, write_manifest
+from ..manifest import ATLAS_FILE, ManifestError, read_manifest, safe_relpath, stage_known, write_manifest
 from .acne04 import acne04_manifest
 from .celeba import celeba_manifest
 from .common import SKIP_COLUMNS, BadInput, check_identity_splits
@@ -110,7 +110,13 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
     size = int(size if size is not None else opts.get("size", 64))
     on_error = on_error or opts.get("on_error", "raise")
     detector_name = detector or opts.get("detector", "none")
-    margin = float(opts.get("margin", 0.25))
+    try:
+        margin = float(opts.get("margin", 0.25))
+    except (TypeError, ValueError):
+        margin = -1.0
+    if not margin >= 0:  # a crop side of 0 or less fails mid-build in Pillow, naming no key
+        raise UserError(f"data.margin={opts.get('margin')!r}: a number >= 0 (the share of the face box added "
+                        "around it)")
     if size < 1:
         raise UserError(f"data.size must be a positive number of pixels, got {size}")
     out_dir = Path(out_dir)
@@ -180,7 +186,9 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
             "config": opts, "size": size, "detector": detector_name, "listed": n_listed, "rows": len(final),
             "skipped": len(skipped), "converted_to_rgb": converted, "faces_not_found": int(no_face),
             "splits": dict(Counter(final["split"])), "diseases": dict(Counter(final["disease"])),
-            "stages": {str(k): int(v) for k, v in sorted(Counter(final["stage"]).items())},
+            # graded rows only: a disease_faces row's stage 2 is a placeholder (stage_known false), not a grade
+            "stages": {str(k): int(v) for k, v in sorted(Counter(final["stage"][stage_known(final)]).items())},
+            "stage_unknown": int((~stage_known(final)).sum()),
         }
         write_json_atomic(out_dir / "dataset.json", summary)
     return BuildResult(manifest=manifest, rows=len(final), skipped=skipped, summary=summary)

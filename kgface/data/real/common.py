@@ -67,8 +67,15 @@ def require_dir(path: Path, what: str) -> Path:
 
 def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
     """Image files under `folder` (recursive, sorted) and the other, non-hidden files (ignored by the adapters)."""
-    images, other = [], []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    images, other, seen = [], [], set()
+    # linked folders are followed (a dataset assembled from links is supported); each real folder is read once,
+    # so a link back up the tree does not loop
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
