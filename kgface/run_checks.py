@@ -40,6 +40,11 @@ def preflight(cfg: DictConfig) -> None:
     make_backend(llm)  # llm=openai without llm.model, an unknown llm.* key: refused before the run folder is written
     _setting("max_attempts", llm.get("max_attempts", 3), int, 1)
     modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
+    resume = cfg.trainer.get("resume")
+    if len(modes) > 1 and resume not in (None, "", "latest"):
+        # one path for every conditioning: the kg_shuffled control would continue kg's weights, text fail on them
+        raise UserError(f"trainer.resume={resume} with baselines of {len(modes)} conditionings: each trains in its "
+                        "own folder; use trainer.resume=latest (every one continues its own last checkpoint)")
     bad = [str(m) for m in modes if m not in (*MODES, CONTROL)]
     if bad:
         key = "baselines" if cfg.get("baselines") else "conditioning"

@@ -342,6 +342,11 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
     # the LLM settings are checked before the run folder is written (describe did, train did not)
     with pytest.raises(UserError, match=r"^llm.model is not set"):
         preflight(compose("train", MICRO + ["llm=openai"]))
+    # one explicit checkpoint for several conditionings: each would load the same weights (kg's into the control)
+    with pytest.raises(UserError, match=r"^trainer.resume=x/step-0000500 with baselines of 2 conditionings"):
+        preflight(compose("train", MICRO + ["experiment=baselines", "baselines=[kg,kg_shuffled]",
+                                            "trainer.resume=x/step-0000500"]))
+    preflight(compose("train", MICRO + ["experiment=baselines", "baselines=[kg,kg_shuffled]", "trainer.resume=latest"]))
     for bad, words in (("trainer.mixed_precision=fp8", "trainer.mixed_precision=fp8 is unknown"),
                        ("trainer.log_every=0", "trainer.log_every=0: a whole number >= 1"),
                        ("trainer.grad_accum=0", "trainer.grad_accum=0: a whole number >= 1")):
@@ -412,6 +417,10 @@ def test_shuffled_edges_is_a_seeded_derangement_of_the_phenotype_sets():
     assert sorted(moved) == sorted(p.phenotypes[0].hpo_id for p in profiles[:5])  # a permutation...
     assert all(m != p.phenotypes[0].hpo_id for m, p in zip(moved, profiles[:5]))  # ...with no fixed point
     assert a[5].healthy and a[5].phenotypes == []
+    from kgface.errors import UserError
+
+    with pytest.raises(UserError, match=r"kg_shuffled control needs at least 2 diseases"):  # it would be kg itself
+        shuffled_edges([prof(0), healthy_profile("hpo")], 0)
 
 
 def test_chance_rate_of_change_of_two_label_sets():

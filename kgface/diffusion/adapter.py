@@ -24,6 +24,7 @@ the stock pipelines) gets them without a new argument.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,6 +66,10 @@ class KGAdapterConfig:
         if int(d.get("format_version", 0)) > FORMAT_VERSION:
             raise AdapterError(f"{source}: format_version {d['format_version']} is newer than this kgface "
                                f"understands ({FORMAT_VERSION}); upgrade kgface")
+        missing = [k for k in ("num_tokens", "token_dim") if k not in d]
+        if missing:  # a default would read as "saved from another base model" at the first shape check
+            raise AdapterError(f"{source}: lacks {missing[0]}; the file is incomplete (save it again with "
+                               "save_kg_adapter)")
         known = {k: d[k] for k in ("num_tokens", "token_dim", "scale", "layers", "format", "format_version") if k in d}
         return cls(**known)
 
@@ -236,7 +241,9 @@ def save_kg_adapter(unet: nn.Module, folder: str | Path, config: KGAdapterConfig
         raise AdapterError("this UNet has no KG adapter to save")
     procs = _kg_processors(unet)
     first = next(iter(procs.values()))
-    cfg = config or KGAdapterConfig(num_tokens=int(first.num_tokens[0]), token_dim=int(first.cross_attention_dim))
+    # a copy: the caller's config keeps its own scale and layers
+    cfg = dataclasses.replace(config) if config is not None else KGAdapterConfig(
+        num_tokens=int(first.num_tokens[0]), token_dim=int(first.cross_attention_dim))
     cfg.scale = get_adapter_scale(unet)
     cfg.layers = {path: {"hidden_size": int(p.hidden_size), "token_dim": int(p.cross_attention_dim)}
                   for path, p in procs.items()}

@@ -157,6 +157,9 @@ def shuffled_edges(profiles, seed: int):
     request's set from the shuffled profile: then the seen diseases should collapse too, and its profile match
     compares each image with the (shuffled) set it was asked for."""
     sick = [p for p in profiles if not p.healthy]
+    if len(sick) < 2:  # no derangement exists: the control would be kg itself
+        raise UserError(f"the kg_shuffled control needs at least 2 diseases to swap phenotypes between (the panel "
+                        f"has {len(sick)}); drop kg_shuffled from baselines")
     order = list(range(len(sick)))
     rng = random.Random(seed)
     while len(order) > 1 and any(i == j for i, j in enumerate(order)):

@@ -6,12 +6,15 @@ face. Profiles not seen in training (held-out or composed diseases) go through t
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from ..kg import FacialProfile
 from .sampling import cfg_model, ddim_invert, ddim_sample, ddim_timesteps, noise_to
+
+log = logging.getLogger(__name__)
 
 
 STEP_NOISE_OFFSET = 1 << 40  # eta's per-request stream: seed + this, apart from every start seed
@@ -41,6 +44,7 @@ class Generator:
         self.guidance, self.steps, self.null_text = float(guidance), int(steps), null_text
         self._spacing = spacing
         self.eta = float(eta)
+        self._overflow_said = False  # the phenotype-slot warning, once per generator
         if not self.eta >= 0:
             raise ValueError(f"eta={eta}: eta is a number >= 0 (0 = deterministic DDIM)")
         self._index = {p.disease_id: i for i, p in enumerate(conditioner.profiles)}
@@ -83,6 +87,11 @@ class Generator:
         if c.mode == "text":
             return None
         graphs = c.graph_builder.batch(self.request_profiles(reqs))
+        lost = c.encoder.phenotype_overflow(graphs)
+        if lost and not self._overflow_said:  # said once: a request's lowest-weight ones drop
+            self._overflow_said = True
+            log.warning("encoder.tokens=phenotypes: %d phenotypes of these requests get no token slot (model."
+                        "num_tokens=%d): the lowest-weight ones are left out", lost, c.encoder.num_tokens)
         return c.tokens(None, sev, age, graphs=graphs)
 
     def _prompts(self, reqs: list[Request]) -> list[str]:

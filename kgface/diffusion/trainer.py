@@ -128,6 +128,11 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
         raise TrainingError(f"{folder}: holds {len(weights)} trainable tensors, this run has {len(params)}; "
                             "was it made with another config, or by an older kgface (e.g. before the encoder's "
                             "unknown_stage)? Set trainer.resume=null to start afresh")
+    bad = next((i for i, p in enumerate(params) if tuple(weights[f"p{i:05d}"].shape) != tuple(p.shape)), None)
+    if bad is not None:  # a changed width (model.lora_rank, model.num_tokens, encoder.hidden): one line, no traceback
+        raise TrainingError(f"{folder}: trainable tensor {bad} has shape {tuple(weights[f'p{bad:05d}'].shape)}, this "
+                            f"run's has {tuple(params[bad].shape)}: made with another config; set trainer.resume=null "
+                            "to start afresh")
     with torch.no_grad():
         for i, p in enumerate(params):
             p.copy_(weights[f"p{i:05d}"])
@@ -141,6 +146,11 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
             for i, s in enumerate(ema.shadow):
                 s.copy_(shadow[f"p{i:05d}"])
             ema.steps = state["ema_steps"]
+        elif ema is not None:  # a run saved without EMA: its average starts from the resumed weights, not step 0's
+            for s, p in zip(ema.shadow, params):
+                s.copy_(p)
+            logging.getLogger(__name__).warning(f"{folder}: no ema.safetensors (trainer.ema was off); the EMA "
+                                                "starts from the resumed weights")
     opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")  # GPU-saved resumes on a CPU
     configured = [float(g["initial_lr"]) for g in optimizer.param_groups]  # this run's rates (LambdaLR's bases)
     try:  # moments and step counts come back from the checkpoint; the rates too, unless this run names others

@@ -280,4 +280,6 @@ def phenotype_profile(builder: ProfileBuilder, intensities: Mapping[str, float],
             hpo_id=hpo_id, name=kg.term_name(hpo_id), region=entry.region, visual=entry.visual,
             frequency=intensity, definition=term.definition, matched_via=entry.hpo_id, path=list(path),
             path_names=[kg.term_name(p) for p in path], provenance="custom"))
+    # most intense first, ties by id: which phenotypes a full token set keeps must not depend on the typing order
+    phenotypes.sort(key=lambda p: (-float(p.frequency), p.hpo_id))
     return FacialProfile(disease_id=disease_id, name=name, kg=kg.source, phenotypes=phenotypes, query=disease_id)

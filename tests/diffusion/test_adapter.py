@@ -194,6 +194,10 @@ def test_shape_and_key_mismatch_name_file_and_key(tmp_path):
         load_kg_adapter(deeper, tmp_path / "kg")
     with pytest.raises(AdapterError, match="does not exist"):
         load_kg_adapter(small_unet(), tmp_path / "nowhere")
+    meta = json.loads((tmp_path / "kg" / "adapter.json").read_text())
+    (tmp_path / "kg" / "adapter.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "token_dim"}))
+    with pytest.raises(AdapterError, match=r"adapter\.json: lacks token_dim"):  # not 'another base model'
+        load_kg_adapter(small_unet(), tmp_path / "kg")
     (tmp_path / "kg" / "adapter.json").write_text('{"format": "something-else"}')
     with pytest.raises(AdapterError, match="not a kgface KG adapter"):
         load_kg_adapter(small_unet(), tmp_path / "kg")

@@ -396,9 +396,17 @@ def test_phenotype_tokens_that_find_no_slot_are_reported(profiles, caplog):
     encoder = KGEncoder(out_dim=backbone.cross_attention_dim, hidden=32, layers=1, num_tokens=4, heads=2,
                         tokens="phenotypes")
     with caplog.at_level(logging.WARNING, logger="kgface.diffusion.conditioning"):
-        Conditioner("kg", profiles, backbone, encoder, encoder.graph_builder(), num_tokens=4)
+        cond = Conditioner("kg", profiles, backbone, encoder, encoder.graph_builder(), num_tokens=4)
     lost = len(profiles[0].phenotypes) - 3 + max(0, len(profiles[1].phenotypes) - 3)
     assert f"{lost} phenotypes of 3 profiles get no token slot" in caplog.text
+    # ... and at drawing time, for what is asked then (an unseen disease, a composed set), once per generator
+    caplog.clear()
+    gen = Generator(backbone, cond, guidance=2.0, steps=2)
+    with caplog.at_level(logging.WARNING, logger="kgface.diffusion.generator"):
+        gen.sample([Request(profiles[0], 2.0, seed=0)])
+        gen.sample([Request(profiles[0], 2.0, seed=1)])
+    said = [r for r in caplog.records if "get no token slot" in r.getMessage()]
+    assert len(said) == 1 and f"{len(profiles[0].phenotypes) - 3} phenotypes" in said[0].getMessage()
 
 
 def test_kg_text_reads_the_text_prompt_and_the_kg_tokens(profiles, hpo_kg, catalog):
@@ -495,3 +503,33 @@ def test_a_prompt_longer_than_the_text_context_is_said_once(caplog):
         backbone.text_states([long + " twice"])
     assert caplog.text.count("exceed the text encoder's 77 tokens") == 1 and "2 of 2 prompts" in caplog.text
     assert torch.equal(states[0], states[1])  # the endings differ only past the 77th token
+
+
+def test_resuming_without_a_saved_ema_starts_it_from_the_resumed_weights(profiles, tmp_path, caplog):
+    import logging
+
+    cfg = {**FAST, "steps": 2, "checkpoint_every": 2, "ema": False}
+    train(*make(profiles), fixed_data(), cfg, tmp_path, progress=False)
+    backbone, cond = make(profiles, seed=7)
+    with caplog.at_level(logging.WARNING, logger="kgface.diffusion.trainer"):
+        out = train(backbone, cond, fixed_data(), {**cfg, "steps": 3, "ema": True, "resume": "latest"}, tmp_path,
+                    progress=False)
+    assert out["steps_this_call"] == 1 and "no ema.safetensors" in caplog.text
+    # a changed width is one line naming the tensor, not a copy_ traceback (here: 8 tokens instead of 4)
+    from kgface.diffusion.trainer import load_checkpoint
+
+    torch.manual_seed(0)
+    wide = build_backbone(MICRO, num_tokens=8, with_adapter=True)
+    from kgface.diffusion.adapter import adapter_parameters
+
+    params = list(adapter_parameters(wide.unet).values())
+    weights = {f"p{i:05d}": torch.zeros(1) for i in range(len(params))}
+    from safetensors.torch import save_file
+
+    import shutil
+
+    fake = tmp_path / "fake"
+    shutil.copytree(tmp_path / "checkpoints" / "step-0000002", fake)
+    save_file(weights, str(fake / "trainable.safetensors"))
+    with pytest.raises(TrainingError, match=r"trainable tensor 0 has shape \(1,\), this run's has"):
+        load_checkpoint(fake, params, None, None, None)

@@ -128,3 +128,8 @@ def test_custom_phenotype_set_resolves_alt_ids(profile_builder, graph_builder):
     assert g.node_id[1] == "HP:0000272" and g.weight[1].item() == pytest.approx(0.7)
     with pytest.raises(UserError, match="same term HP:0000272"):
         phenotype_profile(profile_builder, {"HP:0000312": 0.7, "HP:0000272": 0.3})
+    # most intense first, ties by id, whatever order they were typed in (a full token set keeps the first ones)
+    typed = phenotype_profile(profile_builder, {"HP:0000316": 1.0, "HP:0000272": 1.0, "HP:0000508": 0.3})
+    again = phenotype_profile(profile_builder, {"HP:0000508": 0.3, "HP:0000272": 1.0, "HP:0000316": 1.0})
+    assert [p.hpo_id for p in typed.phenotypes] == [p.hpo_id for p in again.phenotypes] == [
+        "HP:0000272", "HP:0000316", "HP:0000508"]
