@@ -134,7 +134,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # rows carry phenotype labels: unlabelled photos are exactly where a learned profile is a finding
     extra = []
     if real is not None and cfg.get("learned_profiles", True) and "real" in scored and evaluator.phenotypes:
-        learned_notes, extra = learn_and_write(evaluator, scored["real"].table, profiles, out_dir)
+        learned_notes, extra = learn_and_write(evaluator, scored["real"].table, profiles, out_dir, str(cfg.real))
         notes += learned_notes
     write_report(out_dir, metrics, scored, evaluator, profiles, notes=notes, grid_cases=grid_cases,
                  extra_figures=extra)

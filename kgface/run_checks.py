@@ -40,6 +40,13 @@ def preflight(cfg: DictConfig) -> None:
     make_backend(llm)  # llm=openai without llm.model, an unknown llm.* key: refused before the run folder is written
     _setting("max_attempts", llm.get("max_attempts", 3), int, 1)
     modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
+    if CONTROL in modes:  # the control swaps phenotypes between diseases: with one, it would be kg itself
+        listed = cfg.data.get("diseases")
+        if listed is None and cfg.kg.get("panel") is not None:
+            listed = [p if isinstance(p, str) else p.get("id") for p in cfg.kg.panel]
+        if listed is not None and sum(str(d).strip().lower() != "healthy" for d in listed) < 2:
+            raise UserError(f"baselines={CONTROL} needs at least 2 diseases to swap phenotypes between (the panel "
+                            f"lists {len(listed)}); drop {CONTROL} from baselines")
     resume = cfg.trainer.get("resume")
     if len(modes) > 1 and resume not in (None, "", "latest"):
         # one path for every conditioning: the kg_shuffled control would continue kg's weights, text fail on them
@@ -148,7 +155,7 @@ def preflight(cfg: DictConfig) -> None:
             raise UserError(f"model.dtype={dtype} needs trainer.mixed_precision={dtype} (it is {precision}): the "
                             "frozen weights are half precision and only autocast runs them beside the fp32 LoRA and "
                             "adapter weights; set both, or model.dtype=fp32")
-    precision = str(cfg.trainer.get("mixed_precision", "no"))
+    precision = str(cfg.trainer.get("mixed_precision") or "no")  # null: accelerate's default, no
     if precision not in ("no", "bf16", "fp16"):
         raise UserError(f"trainer.mixed_precision={precision} is unknown; use no, bf16 or fp16")
     if precision == "fp16":

@@ -93,7 +93,7 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     label = label or mode
     notes = [f"conditioning={label}; evaluator {evaluator.cfg['name']} trained on the real train split "
              "(held-out diseases included, never generated images)",
-             "top-1 headline = stages 2-3 plus healthy; stage 0 is healthy-looking by construction"]
+             "top-1 headline = stages 2-3, healthy and ungraded faces; stage 0 is healthy-looking by construction"]
     if "kid_clip" in metrics:
         notes.append("FID/KID on the evaluator's CLIP image features (InceptionV3 weights cannot be downloaded here)")
     if unread:
@@ -104,7 +104,8 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     if measure_real and evaluator.phenotypes and "real" in scored and cfg.get("learned_profiles", True):
         from .evaluation.learned_profiles import learn_and_write
 
-        learned_notes, extra = learn_and_write(evaluator, scored["real"].table, profiles, out_dir / "evaluation")
+        learned_notes, extra = learn_and_write(evaluator, scored["real"].table, profiles, out_dir / "evaluation",
+                                               str(manifest))
         notes += learned_notes
     write_report(out_dir / "evaluation", metrics, scored, evaluator, profiles, notes=notes,
                  title=f"kgface evaluation ({label})", extra_figures=extra)

@@ -93,10 +93,10 @@ def profile_source(cfg: DictConfig, profiles: list) -> list:
                         "to write learned_profiles.json)") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"profile.learned={path}: not a kgface learned_profiles.json ({exc!r})") from None
+    import logging
+
     heads = data.get("phenotype_heads")
     if heads != "atlas":  # see learn_and_write's note
-        import logging
-
         which = ("phenotype heads that also saw diseased faces (evaluator.phenotype_heads=all)" if heads == "all" else
                  "zero-shot phenotype heads (evaluator.phenotype_heads=zero_shot), uncalibrated and untaught"
                  if heads == "zero_shot" else
@@ -105,13 +105,10 @@ def profile_source(cfg: DictConfig, profiles: list) -> list:
         logging.getLogger(__name__).warning(
             "profile.learned=%s was learned by %s: its frequencies can echo the KG's; heads fitted on a phenotype "
             "atlas (evaluator.phenotype_heads=atlas) follow the faces", path, which)
-    if data.get("learned_from", "the real set's test split") == "the real set's test split":
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "profile.learned=%s was learned from the test split of the real set it was scored on: if this run's "
-            "data has the same test faces, its generator is conditioned on a statistic of the faces it will be "
-            "evaluated against; learn the profiles on another set for a clean comparison", path)
+    logging.getLogger(__name__).warning(
+        "profile.learned=%s was learned from %s: if this run's data has the same test faces, its generator is "
+        "conditioned on a statistic of the faces it will be evaluated against; learn the profiles on another set "
+        "for a clean comparison", path, data.get("learned_from", "a real set's test split"))
     known = {q.disease_id for q in profiles}
     if not set(table) & known:
         raise UserError(f"profile.learned={path}: none of its diseases ({', '.join(sorted(table)[:5])}) is in the "

@@ -347,6 +347,9 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
         preflight(compose("train", MICRO + ["experiment=baselines", "baselines=[kg,kg_shuffled]",
                                             "trainer.resume=x/step-0000500"]))
     preflight(compose("train", MICRO + ["experiment=baselines", "baselines=[kg,kg_shuffled]", "trainer.resume=latest"]))
+    with pytest.raises(UserError, match=r"^baselines=kg_shuffled needs at least 2 diseases"):  # before any training
+        preflight(compose("train", MICRO + ["experiment=baselines", "baselines=[kg,kg_shuffled]",
+                                            "data.diseases=[MONDO:0011438,healthy]"]))
     for bad, words in (("trainer.mixed_precision=fp8", "trainer.mixed_precision=fp8 is unknown"),
                        ("trainer.log_every=0", "trainer.log_every=0: a whole number >= 1"),
                        ("trainer.grad_accum=0", "trainer.grad_accum=0: a whole number >= 1")):

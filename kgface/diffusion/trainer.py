@@ -119,6 +119,22 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def restore_ema(folder: Path, ema: EMA, steps: int, params) -> None:
+    """The checkpoint's EMA shadow, or (a run saved with trainer.ema off) the resumed weights: the average then starts
+    there, not at the fresh weights the EMA was built from."""
+    with torch.no_grad():
+        if (folder / "ema.safetensors").is_file():
+            shadow = load_file(str(folder / "ema.safetensors"))
+            for i, s in enumerate(ema.shadow):
+                s.copy_(shadow[f"p{i:05d}"])
+            ema.steps = steps
+            return
+        for s, p in zip(ema.shadow, params):
+            s.copy_(p)
+    logging.getLogger(__name__).warning(f"{folder}: no ema.safetensors (trainer.ema was off); the EMA starts from "
+                                        "the resumed weights")
+
+
 def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
                     buffers: dict[str, torch.Tensor] | None = None, schedule: dict | None = None) -> tuple[int, list]:
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
@@ -141,16 +157,8 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
             for name, b in buffers.items():
                 if name in saved:
                     b.copy_(saved[name])
-        if ema is not None and (folder / "ema.safetensors").is_file():
-            shadow = load_file(str(folder / "ema.safetensors"))
-            for i, s in enumerate(ema.shadow):
-                s.copy_(shadow[f"p{i:05d}"])
-            ema.steps = state["ema_steps"]
-        elif ema is not None:  # a run saved without EMA: its average starts from the resumed weights, not step 0's
-            for s, p in zip(ema.shadow, params):
-                s.copy_(p)
-            logging.getLogger(__name__).warning(f"{folder}: no ema.safetensors (trainer.ema was off); the EMA "
-                                                "starts from the resumed weights")
+        if ema is not None:
+            restore_ema(folder, ema, state["ema_steps"], params)
     opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")  # GPU-saved resumes on a CPU
     configured = [float(g["initial_lr"]) for g in optimizer.param_groups]  # this run's rates (LambdaLR's bases)
     try:  # moments and step counts come back from the checkpoint; the rates too, unless this run names others

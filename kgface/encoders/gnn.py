@@ -211,6 +211,11 @@ class KGEncoder(nn.Module):
         state = load_file(str(folder / WEIGHTS_FILE), device=str(device))
         ours = model.state_dict()
         missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+        resized = sorted(k for k in set(ours) & set(state) if tuple(ours[k].shape) != tuple(state[k].shape))
+        if resized:
+            k = resized[0]
+            raise UserError(f"{folder / WEIGHTS_FILE}: {k} has shape {tuple(state[k].shape)} but its {CONFIG_FILE} "
+                            f"builds {tuple(ours[k].shape)} ({len(resized)} such tensors)")
         if missing or unexpected:
             first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
             raise UserError(f"{folder / WEIGHTS_FILE}: does not fit its {CONFIG_FILE} ({first}; "

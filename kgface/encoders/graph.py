@@ -255,8 +255,9 @@ def profile_intensities(profile: FacialProfile) -> dict[str, float]:
 def phenotype_profile(builder: ProfileBuilder, intensities: Mapping[str, float], name: str = "custom phenotype set",
                       disease_id: str = "custom") -> FacialProfile:
     """A profile for a custom set of visible phenotypes (frequency = the given intensity), for composing a face the
-    KG names no disease for. Encode it with `intensities=profile_intensities(profile)`, so that the weights read as
-    intensities. Alt and obsolete ids resolve to the live term (HP:0000312 -> Malar flattening HP:0000272); the
+    KG names no disease for. Encode it as any profile (the trained frequency route; kgface.generate does); with
+    `intensities=profile_intensities(profile)` the weights read as intensities, for an encoder trained on such graphs
+    (no kgface training path builds them). Alt and obsolete ids resolve to the live term (HP:0000312 -> Malar flattening HP:0000272); the
     caller's mapping is left as given."""
     kg = builder.kg
     resolved: dict[str, float] = {}

@@ -183,15 +183,14 @@ def disagreements(learned: dict, threshold: float = DISAGREEMENT, show: int = 5)
             f"than {threshold:g} from it (findings to check: the faces, the KG or the head); largest: {listed}")
 
 
-LEARNED_FROM = "the real set's test split"
-
-
-def write_learned(learned: dict, out_dir: str | Path, phenotype_heads: str | None = None) -> Path:
+def write_learned(learned: dict, out_dir: str | Path, phenotype_heads: str | None = None,
+                  learned_from: str | None = None) -> Path:
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / LEARNED_FILE, {"schema": "kgface.learned_profiles/1",
                                                "method": __doc__.split("\n\n")[1].strip(),
                                                # profile.source=learned warns: a test statistic in training
-                                               "learned_from": LEARNED_FROM,
+                                               "learned_from": f"the test split of {learned_from}" if learned_from
+                                               else "the real set's test split",
                                                # 'all': heads that also saw diseased faces (can echo the KG)
                                                "phenotype_heads": phenotype_heads,
                                                "diseases": learned})
@@ -199,8 +198,8 @@ def write_learned(learned: dict, out_dir: str | Path, phenotype_heads: str | Non
     return out_dir / LEARNED_FILE
 
 
-def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir: str | Path
-                    ) -> tuple[list[str], list[tuple[str, Path]]]:
+def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir: str | Path,
+                    learned_from: str | None = None) -> tuple[list[str], list[tuple[str, Path]]]:
     """Profiles learned from a scored real test table, written to out_dir (learned_profiles.json + .png) with the
     head rates measured on the same table (hit rates from labelled stage-3 faces, false positives from healthy ones).
     Returns the report's notes on how far the estimates can be trusted, and write_report's extra_figures: the plot as
@@ -215,7 +214,7 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
         if earlier:  # left in place (a run's profile.learned may name it), but not passed off as this report's
             notes.append(f"{' and '.join(earlier)} in this folder come from an earlier report, not from this one")
         return notes, []
-    written = write_learned(learned, out_dir, str(evaluator.cfg.get("phenotype_heads", "all")))
+    written = write_learned(learned, out_dir, str(evaluator.cfg.get("phenotype_heads", "all")), learned_from)
     notes = ["learned_profiles.json: phenotype frequencies learned from the real test images"]
     used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}
     untested = used - set(rates[0])

@@ -298,7 +298,7 @@ def clip_fid_kid(real_images, generated_images, feature, subset_size: int | None
                         "score a larger set")
     if subset_size is not None and subset_size < 2:
         raise ValueError(f"KID subset_size must be >= 2 (got {subset_size}): its unbiased estimate divides by m(m-1)")
-    # with fewer than 4 images in a set a subset is the whole set, and kid_std is 0 by construction
+    # with 2 images in a set a subset is the whole set, and kid_std would be 0 by construction (null below)
     size = min(n_r, n_g, subset_size) if subset_size else max(2, min(n_r, n_g, 2000) // 2)
     fid = FrechetInceptionDistance(feature=feature, reset_real_features=True)
     kid = KernelInceptionDistance(feature=feature, subsets=subsets, subset_size=size, reset_real_features=True,

@@ -41,8 +41,9 @@ DESCRIBE_KEYS = ("max_attempts",)  # llm.* keys read by describe_profiles, not b
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # the request itself is wrong (key, model, URL, response_format): every disease would fail alike, so stop the run
 CONFIG_STATUS = {400, 401, 403, 404, 405}
-# ... except a 400 that says the request is too long for the model (a retry's conversation grows with each rejected
-# answer) or that comes after the server has answered this run: that request, not the settings, is the problem
+# ... except a 400 that comes after the server has answered this run, or that says a schema retry (a conversation
+# grown by the rejected answer and the error) is too long for the model: that request, not the settings, is the
+# problem. On a first request "too long" is a setting (llm.max_tokens or the model's window) and stops the run
 TOO_LONG = re.compile(r"context|too long|maximum .*length|max_tokens|token limit|too many tokens", flags=re.I)
 BODY_CHARS = 200  # how much of a server's error body an error shows
 MISSING = "???"  # OmegaConf's mandatory value, which to_container(resolve=True) passes through as a string
@@ -252,7 +253,7 @@ class OpenAIBackend:
                 content = str(choice["message"]["content"] or "")
             except urllib.error.HTTPError as exc:
                 text = _body(exc, key)
-                if exc.code == 400 and (self.answered or TOO_LONG.search(text)):
+                if exc.code == 400 and (self.answered or (len(messages) > 2 and TOO_LONG.search(text))):
                     raise LLMError(f"HTTP 400 from {self.url}: {text or exc.reason} (this request only: if it is "
                                    "too long for the model's context, lower llm.max_attempts or llm.max_tokens, or "
                                    "serve a longer context)") from None

@@ -160,7 +160,7 @@ def schedule_from_config(c, skip_days: int = 0) -> Schedule:
         if missing:
             raise ScheduleError(f"trial.schedule.order never gives {', '.join(missing)}: its effect cannot be "
                                 "estimated; add it to the order or drop it from treatments")
-    s = Schedule(treatments=treatments, order=order, cycles=_days(c.get("cycles", 2), "trial.schedule.cycles", 1),
+    s = Schedule(treatments=treatments, order=order, cycles=_days(c.get("cycles", 1), "trial.schedule.cycles", 1),
                  block_days=_days(c.get("block_days"), "trial.schedule.block_days", 1),
                  baseline_days=_days(c.get("baseline_days", 0), "trial.schedule.baseline_days", 0),
                  washout_days=_days(c.get("washout_days", 0), "trial.schedule.washout_days", 0),

@@ -515,19 +515,26 @@ def test_resuming_without_a_saved_ema_starts_it_from_the_resumed_weights(profile
         out = train(backbone, cond, fixed_data(), {**cfg, "steps": 3, "ema": True, "resume": "latest"}, tmp_path,
                     progress=False)
     assert out["steps_this_call"] == 1 and "no ema.safetensors" in caplog.text
-    # a changed width is one line naming the tensor, not a copy_ traceback (here: 8 tokens instead of 4)
-    from kgface.diffusion.trainer import load_checkpoint
+    from kgface.diffusion.trainer import EMA, load_checkpoint, restore_ema
 
-    torch.manual_seed(0)
-    wide = build_backbone(MICRO, num_tokens=8, with_adapter=True)
-    from kgface.diffusion.adapter import adapter_parameters
-
-    params = list(adapter_parameters(wide.unet).values())
-    weights = {f"p{i:05d}": torch.zeros(1) for i in range(len(params))}
-    from safetensors.torch import save_file
-
+    # the shadow is the resumed weights, not the fresh ones it was built from
+    weights = [torch.nn.Parameter(torch.zeros(3))]
+    ema = EMA(weights, 0.99)
+    with torch.no_grad():
+        weights[0].fill_(1.0)  # as load_checkpoint has just copied the checkpoint's weights in
+    restore_ema(tmp_path / "checkpoints" / "step-0000002", ema, 0, weights)
+    assert torch.equal(ema.shadow[0], torch.ones(3))
+    # tensors of another size (a changed width: model.lora_rank, num_tokens, encoder.hidden) are one line naming
+    # the tensor, not a copy_ traceback
     import shutil
 
+    from safetensors.torch import save_file
+
+    from kgface.diffusion.adapter import adapter_parameters
+
+    torch.manual_seed(0)
+    params = list(adapter_parameters(build_backbone(MICRO, num_tokens=4, with_adapter=True).unet).values())
+    weights = {f"p{i:05d}": torch.zeros(1) for i in range(len(params))}
     fake = tmp_path / "fake"
     shutil.copytree(tmp_path / "checkpoints" / "step-0000002", fake)
     save_file(weights, str(fake / "trainable.safetensors"))

@@ -172,6 +172,10 @@ def test_save_load_round_trip(tmp_path, batch):
     cfg_path.write_text(json.dumps({**cfg, "age_groups": 0}))  # the saved age embedding has no place now
     with pytest.raises(UserError, match=r"model.safetensors: does not fit its config.json \(unexpected age_emb"):
         KGEncoder.from_pretrained(tmp_path / "enc")
+    cfg_path.write_text(json.dumps({**cfg, "age_groups": 5}))  # a size the saved weights do not have
+    with pytest.raises(UserError, match=r"model.safetensors: age_emb.weight has shape \(4, .*\) but its config.json "
+                                        r"builds \(6, "):
+        KGEncoder.from_pretrained(tmp_path / "enc")
 
 
 def test_save_over_an_existing_folder_swaps_the_pair_and_leaves_no_temp_folder(tmp_path, batch):

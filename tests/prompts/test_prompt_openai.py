@@ -236,9 +236,13 @@ def test_a_400_about_one_request_falls_back_for_that_disease_only(server, good, 
     reason = out[acne.disease_id].fallback_reason
     assert "HTTP 400" in reason and "this request only" in reason
     server.requests.clear()
-    server.script = [(400, {}, "This model's maximum context length is 4096 tokens"), good()]
-    out = describe_profiles([acne, down], llm, None)
-    assert [out[d.disease_id].source for d in (acne, down)] == ["template", "llm"] and len(server.requests) == 2
+    server.script = ["not json", (400, {}, "This model's maximum context length is 4096 tokens"), good()]
+    out = describe_profiles([acne, down], llm, None)  # acne's retry (its conversation grown) is too long
+    assert [out[d.disease_id].source for d in (acne, down)] == ["template", "llm"] and len(server.requests) == 3
+    # ... but a first request too long for the model is a setting (llm.max_tokens, the model's window): it stops
+    server.script = [(400, {}, "This model's maximum context length is 4096 tokens")]
+    with pytest.raises(UserError, match="HTTP 400"):
+        describe_profiles([down], llm, None)
 
 
 def test_key_values_and_credentials_in_settings_are_refused_unechoed(server, llm):

@@ -18,12 +18,6 @@ def layout(blocks):
     return [(b.index, b.treatment, b.start, b.days) for b in blocks]
 
 
-def test_a_schedule_without_cycles_repeats_its_order_twice():
-    # one cycle of one order for every patient cannot be told from the trend: the code's default would be refused
-    s = schedule_from_config({k: v for k, v in spec().items() if k != "cycles"}, skip_days=1)
-    assert s.cycles == 2
-
-
 def test_alternating_blocks_and_days():
     s = schedule_from_config(spec(), skip_days=1)
     blocks = s.blocks(np.random.default_rng(0))
