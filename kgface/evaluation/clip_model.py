@@ -188,7 +188,10 @@ def build_clip(cfg, load_pretrained: bool = True, registered: str | None = None)
                          else model.visual.image_size)
     else:
         raise EvaluatorConfigError(f"evaluator.name={c['name']!r}: expected tiny_clip or openclip")
-    tokenizer = open_clip.get_tokenizer(name) if c["name"] == "openclip" else open_clip.get_tokenizer("ViT-B-32")
+    # the tiny CLIP's own context: ViT-B-32's tokenizer pads to 77, where a longer text.context_length's position
+    # table would not broadcast against it
+    tokenizer = open_clip.get_tokenizer(name) if c["name"] == "openclip" else open_clip.get_tokenizer(
+        "ViT-B-32", context_length=int(((c.get("text") or {}).get("context_length")) or 77))
     # the feature width, which a timm image tower beside a Hugging Face text tower does not expose
     model.kgface_embed_dim = int(open_clip.get_model_config(name)["embed_dim"])
     model.eval()

@@ -128,6 +128,9 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
     sigmas = blur_sigmas(p)  # a bad setting fails here, before the CLIP trains
     if c["name"] == "tiny_clip" and clip is None:
         train_blur(c.get("train"), int(c["image_size"]))
+    if not stage_known(train).any():  # data alone decides it: refused before the CLIP trains, not after
+        raise EvaluatorInputError("no train image has a known stage (stage_known=False on every row): the stage "
+                                  "head has nothing to learn; grade some photos (data.stages=...) or use a graded set")
     unseen = sorted(set(classes) - set(train["disease"][probe_rows(train, p)]))
     if unseen:
         raise EvaluatorInputError(f"no train image of {', '.join(unseen[:5])} at stage >= evaluator.probe.min_stage="

@@ -139,6 +139,15 @@ def image_grid(images, captions: list[str], path: Path, cols: int = 8) -> Path:
     return path
 
 
+def _stage_cell(t, i: int, label: str) -> str:
+    """A grid caption's stage: the requested one for generated rows; a real row's grade, or ? where its stage is a
+    placeholder (an ungraded photo, stage_known false)."""
+    if label != "disease":
+        return str(int(t["requested_stage"].iloc[i]))
+    known = str(t["stage_known"].iloc[i]).lower() not in ("false", "0") if "stage_known" in t else True
+    return str(int(t["stage"].iloc[i])) if known else "?"
+
+
 def best_worst(scored, label: str, classes: list[str], names: dict, out_dir: Path, prefix: str, k: int = 8
                ) -> list[Path]:
     """Two grids: the k images with the highest and the lowest probability of their true / requested class."""
@@ -149,7 +158,7 @@ def best_worst(scored, label: str, classes: list[str], names: dict, out_dir: Pat
     order = np.argsort(p)
     paths = []
     for name, idx in (("best", order[::-1][:k]), ("worst", order[:k])):
-        caps = [f"{names.get(t[label].iloc[i], t[label].iloc[i])[:14]} s{int(t['stage'].iloc[i]) if label == 'disease' else int(t['requested_stage'].iloc[i])}\n"
+        caps = [f"{names.get(t[label].iloc[i], t[label].iloc[i])[:14]} s{_stage_cell(t, i, label)}\n"
                 f"-> {names.get(t['pred_disease'].iloc[i], t['pred_disease'].iloc[i])[:14]} {p[i]:.2f}" for i in idx]
         paths.append(image_grid(scored.images[list(idx)], caps, out_dir / f"{prefix}_{name}.png"))
     return paths

@@ -20,6 +20,13 @@ def test_captions_cut_counts_captions_longer_than_the_text_tower():
     short, long = "a photo of a face", "a photo of a face showing " + ", ".join(["ptosis"] * 80)
     assert captions_cut(tokenizer, [short, short, short, long]) == 0.25
     assert captions_cut(tokenizer, [short]) == 0.0 and captions_cut(lambda texts: None, [long]) == 0.0
+    # another text.context_length: the tokenizer pads to it (ViT-B-32's 77 did not fit a 160-row position table)
+    model, longer, _ = build_clip({"name": "tiny_clip", "image_size": 32, "embed_dim": 16,
+                                   "vision": {"width": 8, "layers": [1, 1, 1, 1]},
+                                   "text": {"width": 16, "heads": 2, "layers": 1, "context_length": 160}})
+    tokens = longer([short, long])
+    assert tokens.shape == (2, 160) and model.encode_text(tokens).shape == (2, 16)
+    assert captions_cut(longer, [short, long]) == 0.5  # measured against 160 tokens: the long one passes them too
 
 
 def test_the_clip_presence_loss_leaves_unlabelled_rows_out():

@@ -283,6 +283,10 @@ def test_a_bad_probe_blur_fails_before_the_clip_trains(tiny_cfg, tiny_data, tiny
         with pytest.raises(UserError, match=says):
             fitting_module.train_evaluator({**cfg, "train": {**cfg["train"], **bad}}, df, tiny_profiles,
                                            progress=False)
+    # no graded train image: the data alone says the stage head has nothing to learn (it said so after the CLIP)
+    ungraded = df.assign(stage_known="False")
+    with pytest.raises(EvaluatorInputError, match="no train image has a known stage"):
+        fitting_module.train_evaluator(cfg, ungraded, tiny_profiles, progress=False)
 
 
 def test_a_phenotype_atlas_beside_the_manifest_trains_the_clip_and_heads(tiny_cfg, tiny_data, tiny_profiles,
