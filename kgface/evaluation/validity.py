@@ -245,7 +245,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         ends = M.identity_cosines(feats, ids)
         out["identity_same_cosine"], out["identity_different_cosine"] = ends["same"], ends["different"]
         if face_identity is not None:
-            out["identity_dlib"] = identity_validity(face_identity, images[torch.from_numpy(named)], ids,
+            out["identity_dlib"] = identity_validity(face_identity, images[torch.tensor(named)], ids,
                                                      clip_features=feats)
     train = train_df if train_df is not None else df[df["split"] == "train"]  # _test_rows checked the column
     if len(train):
