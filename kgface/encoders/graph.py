@@ -257,8 +257,8 @@ def phenotype_profile(builder: ProfileBuilder, intensities: Mapping[str, float],
     """A profile for a custom set of visible phenotypes (frequency = the given intensity), for composing a face the
     KG names no disease for. Encode it as any profile (the trained frequency route; kgface.generate does); with
     `intensities=profile_intensities(profile)` the weights read as intensities, for an encoder trained on such graphs
-    (no kgface training path builds them). Alt and obsolete ids resolve to the live term (HP:0000312 -> Malar flattening HP:0000272); the
-    caller's mapping is left as given."""
+    (no kgface training path builds them). Alt and obsolete ids resolve to the live term (HP:0000312 -> Malar
+    flattening HP:0000272); the caller's mapping is left as given."""
     kg = builder.kg
     resolved: dict[str, float] = {}
     for given, intensity in intensities.items():

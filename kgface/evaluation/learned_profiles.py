@@ -2,8 +2,9 @@
 disease (positives) against healthy ones (negatives), read off by the evaluator's per-phenotype heads.
 
 For a disease d and phenotype h, with r_d = detection rate of h among d's images at full stage (stage 3; every image
-counts once, so a person photographed twice at stage 3 counts twice), r_0 = its rate among healthy images (false positives) and tpr = the head's hit rate on labelled images
-that show h at full stage, the estimate is f = clip((r_d - r_0) / (tpr - r_0), 0, 1) (the Rogan-Gladen correction).
+counts once, so a person photographed twice at stage 3 counts twice), r_0 = its rate among healthy images (false
+positives) and tpr = the head's hit rate on labelled images that show h at full stage, the estimate is
+f = clip((r_d - r_0) / (tpr - r_0), 0, 1) (the Rogan-Gladen correction).
 tpr and r_0 are measured on the scored table itself (its labelled stage-3 images, its healthy images), or taken for
 every head from `rates` when given (e.g. measured on the labelled panel the evaluator was checked on); a head with no
 labelled image showing its phenotype gets tpr 1 (photos; kgface.evaluate's report counts them), with no healthy

@@ -155,7 +155,8 @@ def test_frequency_raw_keeps_hpo_text_and_reference_names_the_source(primekg, ca
     assert up["reference"] == "PrimeKG;ORPHA:870"
     p = ProfileBuilder(primekg, catalog).build("MONDO:0008608")
     ph = {x.hpo_id: x for x in p.phenotypes}["HP:0000582"]
-    assert ph.frequency_raw == "HP:0040281" and ph.references == ["ORPHA:870", "PrimeKG"]  # sorted, as RDF reads them back
+    assert ph.frequency_raw == "HP:0040281"
+    assert ph.references == ["ORPHA:870", "PrimeKG"]  # sorted, as RDF reads them back
 
 
 def test_curated_row_wins_over_primekg_copy(primekg):
