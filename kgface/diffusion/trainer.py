@@ -385,7 +385,18 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
             for old in sorted(ckpt_dir.glob("step-*"))[:-keep] if keep else []:
                 shutil.rmtree(old)
         if on_validate is not None and t["val_every"] and (step + 1) % int(t["val_every"]) == 0:
-            on_validate(step + 1)
+            # drawn with the EMA weights, the ones the run saves (raw ones can look quite different early on),
+            # then the raw weights go back exactly
+            raw = [p.detach().clone() for p in params] if ema is not None else None
+            if ema is not None:
+                ema.copy_to()
+            try:
+                on_validate(step + 1)
+            finally:
+                if raw is not None:
+                    with torch.no_grad():
+                        for p, r in zip(params, raw):
+                            p.copy_(r)
         if stop_after is not None and done >= stop_after:
             break
     acc.end_training()

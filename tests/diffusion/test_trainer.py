@@ -540,3 +540,23 @@ def test_resuming_without_a_saved_ema_starts_it_from_the_resumed_weights(profile
     save_file(weights, str(fake / "trainable.safetensors"))
     with pytest.raises(TrainingError, match=r"trainable tensor 0 has shape \(1,\), this run's has"):
         load_checkpoint(fake, params, None, None, None)
+
+
+def test_validation_grids_draw_with_the_ema_and_leave_training_untouched(profiles, tmp_path):
+    # the grids are drawn with the EMA weights swapped in; the raw ones go back exactly, so a run with grids ends with
+    # the same weights as one without
+    seen = []
+
+    def on_validate(step):
+        seen.append([p.detach().clone() for p in list(b2.trainable) + c2.trainable_parameters()])
+
+    cfg = {**FAST, "steps": 3, "val_every": 1}
+    b1, c1 = make(profiles)
+    train(b1, c1, fixed_data(), cfg, tmp_path / "plain", progress=False)
+    b2, c2 = make(profiles)
+    train(b2, c2, fixed_data(), cfg, tmp_path / "grids", progress=False, on_validate=on_validate)
+    assert len(seen) == 3
+    for a, b in zip(state(b1, c1), state(b2, c2)):
+        assert torch.equal(a, b)
+    # the last grid (after the last step) was drawn with other weights than the raw ones the loop ends with: the EMA's
+    assert not all(torch.equal(s, p) for s, p in zip(seen[-1], list(b2.trainable) + c2.trainable_parameters()))
