@@ -2,8 +2,8 @@
 
 - `load_rgb(path)` opens, verifies and fully decodes an image, applies its EXIF orientation and returns it as 8-bit RGB.
   Other modes are converted (noted at debug level, and in `img.info["source_mode"]`): L/LA/P/PA/1/CMYK/YCbCr/...
-  through Pillow; transparent images (RGBA, LA, PA, P with transparency) are composited onto white; 16-bit and 32-bit
-  grey (I;16*, I) are scaled by 1/257 when their values exceed 255; float (F) images are scaled by 255 when they lie in
+  through Pillow; transparent images (RGBA, LA, PA, P with transparency) are composited onto white; 16-bit grey (I;16*)
+  is scaled by 1/257 always, 32-bit grey (I) by 1/257 when its values exceed 255; float (F) images are scaled by 255 when they lie in
   [0, 1]. A missing, unreadable, truncated or oversized file raises `ImageError` naming the file.
 - `face_crop(img, size, detector=None, margin=0.25)`: without a detector the centred square of side min(W, H); with one
   a square around the largest detected face (side max(w, h) * (1 + 2 margin), moved inside the image, at most
@@ -66,10 +66,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         top = float(arr.max()) if arr.size else 0.0
-        if mode == "F" and top <= 1.0:
+        if mode.startswith("I;16"):
+            # the format says 0..65535, so every such image gets the same scale: one read by its own maximum would
+            # brighten a dark exposure whose pixels all stay under 256 by 257 times
+            arr = arr / 257.0
+        elif mode == "F" and top <= 1.0:
             arr = arr * 255.0
         elif top > 255.0:
-            arr = arr / 257.0                        # 16-bit range 0..65535 onto 0..255
+            arr = arr / 257.0                        # 32-bit grey (I) holding a 16-bit range, 0..65535 onto 0..255
         grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
         return grey.convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)

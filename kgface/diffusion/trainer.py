@@ -11,6 +11,7 @@ the trainable weights, the EMA and the optimizer/scheduler state (safetensors + 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -77,6 +78,18 @@ class EMA:
     def copy_to(self):
         for s, p in zip(self.shadow, self.params):
             p.copy_(s.to(p.dtype))
+
+    @contextlib.contextmanager
+    def swapped(self):
+        """The averaged weights in the parameters for the block, the raw ones put back exactly after it."""
+        raw = [p.detach().clone() for p in self.params]
+        self.copy_to()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, r in zip(self.params, raw):
+                    p.copy_(r)
 
 
 def _named(params) -> dict[str, torch.Tensor]:
@@ -387,16 +400,8 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         if on_validate is not None and t["val_every"] and (step + 1) % int(t["val_every"]) == 0:
             # drawn with the EMA weights, the ones the run saves (raw ones can look quite different early on),
             # then the raw weights go back exactly
-            raw = [p.detach().clone() for p in params] if ema is not None else None
-            if ema is not None:
-                ema.copy_to()
-            try:
+            with ema.swapped() if ema is not None else contextlib.nullcontext():
                 on_validate(step + 1)
-            finally:
-                if raw is not None:
-                    with torch.no_grad():
-                        for p, r in zip(params, raw):
-                            p.copy_(r)
         if stop_after is not None and done >= stop_after:
             break
     acc.end_training()

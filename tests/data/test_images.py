@@ -56,6 +56,14 @@ def test_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
     assert out[0, :, 0].tolist() == [0, 100, 255]      # Pillow's own I;16 -> L would clip 25700 to 255
 
 
+def test_dark_16_bit_grey_png_keeps_its_16_bit_scale(tmp_path):
+    # every pixel under 256 on the 16-bit scale is near black; read by its own maximum it came out as 0..200
+    Image.fromarray(np.tile(np.array([0, 100, 200], np.uint16), (4, 1))).save(tmp_path / "dark.png")
+    with Image.open(tmp_path / "dark.png") as raw:
+        assert raw.mode == "I;16"
+    assert np.asarray(load_rgb(tmp_path / "dark.png"))[0, :, 0].tolist() == [0, 0, 1]
+
+
 def test_float_image_in_unit_range_is_scaled(tmp_path):
     Image.fromarray(np.full((4, 4), 0.5, np.float32), "F").save(tmp_path / "f.tif")
     assert np.asarray(load_rgb(tmp_path / "f.tif"))[0, 0, 0] in (127, 128)
