@@ -269,10 +269,12 @@ class OpenAIBackend:
                     log.warning("%s; the remaining diseases of this run use the template", self.failed)
                     raise LLMError(self.failed) from None
             except (TimeoutError, socket.timeout) as exc:
-                problem = f"no answer from {self.url} within {self.timeout_s:g} s ({exc.__class__.__name__})"
+                problem = (f"no answer from {self.url} within llm.timeout_s={self.timeout_s:g} s "
+                           f"({exc.__class__.__name__}; a slow model needs a larger llm.timeout_s)")
             except urllib.error.URLError as exc:
                 if isinstance(exc.reason, (TimeoutError, socket.timeout)):
-                    problem = f"no answer from {self.url} within {self.timeout_s:g} s"
+                    problem = (f"no answer from {self.url} within llm.timeout_s={self.timeout_s:g} s "
+                               "(a slow model needs a larger llm.timeout_s)")
                 else:
                     problem = f"cannot reach {self.url}: {exc.reason}"
             except (ConnectionError, http.client.HTTPException) as exc:

@@ -127,7 +127,8 @@ def test_hanging_server_hits_the_timeout(server, llm, down, tmp_path):
     server.script = ["hang"] * 3
     start = time.monotonic()
     d = describe_profiles([down], llm, Cache(tmp_path))[down.disease_id]
-    assert d.source == "template" and "within 0.3 s" in d.fallback_reason
+    assert d.source == "template" and "within llm.timeout_s=0.3 s" in d.fallback_reason
+    assert "larger llm.timeout_s" in d.fallback_reason
     assert len(server.requests) == 3 and time.monotonic() - start < 3
 
 
