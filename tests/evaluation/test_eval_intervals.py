@@ -21,15 +21,19 @@ def test_wilson_interval_known_values():
     assert 0.60 < lo < 91 / 132 < hi < 0.77 and (lo + hi) / 2 < 91 / 132
     assert wilson_interval(40, 100) == pytest.approx([0.3094, 0.4980], abs=1e-4)  # a textbook value
     assert all(math.isnan(x) for x in wilson_interval(0, 0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="5 successes of 4"):
         wilson_interval(5, 4)
+    with pytest.raises(ValueError, match="-1 successes of 4"):
+        wilson_interval(-1, 4)
 
 
 def test_proportion_and_accuracy_intervals_agree():
     y = np.array(["a", "b", "a", "a", "c"])
     pred = np.array(["a", "b", "b", "a", "a"])  # 3 of 5
     assert accuracy_interval(y, pred) == wilson_interval(3, 5) == proportion_interval(0.6, 5)
-    assert proportion_interval(0.6, 5) == proportion_interval(0.6000, 5)  # metrics.json's rounded rate
+    # metrics.json keeps rates to 4 decimals: 2 of 3 is stored as 0.6667 and must still read as 2 of 3
+    assert proportion_interval(0.6667, 3) == wilson_interval(2, 3) and proportion_interval(1 / 3, 3) == wilson_interval(1, 3)
+    assert proportion_interval(0.6234, 1000) == wilson_interval(623, 1000)  # rounds to the nearest count
     assert all(math.isnan(x) for x in proportion_interval(float("nan"), 5) + proportion_interval(0.5, 0))
 
 
