@@ -35,6 +35,10 @@ def summary(stats: dict) -> str:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> Path:
+    from .run_files import check_output_dir
+
+    # a data set replaces manifest.csv and images/ in OUT: never those of a generated set, an evaluation or a trial
+    check_output_dir(out_dir, "the data set", ("metrics.json", "generation.json", "trial.csv"))
     if cfg.data.name != "phantom":
         from .data.real import build_real_dataset  # real photos: adapters under conf/data/
 

@@ -330,3 +330,16 @@ def test_identity_labels_round_trip_and_foreign_labels_are_errors():
     for bad in ("user-42", "phantom-", "phantom-4a", "42"):
         with pytest.raises(ValueError, match="phantom identity label"):
             identity_number(bad)
+
+
+@pytest.mark.parametrize("mark", ["metrics.json", "generation.json", "trial.csv", "data.json"])
+def test_dataset_cli_refuses_to_overwrite_another_jobs_output(tmp_path, capsys, mark):
+    # a generated set's manifest.csv and images/ (or a trial's, or a train run) would be replaced by the data set's
+    from kgface.dataset import main
+
+    (tmp_path / mark).write_text("{}")
+    (tmp_path / "manifest.csv").write_text("kept\n")
+    with pytest.raises(SystemExit) as info:
+        main(["data.diseases=[ORPHA:870]", "data.heldout=[]", f"hydra.run.dir={tmp_path}"])
+    assert info.value.code == 2 and f"hydra.run.dir={tmp_path}" in capsys.readouterr().err
+    assert (tmp_path / "manifest.csv").read_text() == "kept\n"
