@@ -194,15 +194,19 @@ def test_acne04_one_stem_in_trainval_and_test_is_an_identity_leak(tmp_path):
     assert len(df) == 16 and [s["path"] for s in skipped] == ["JPEGImages/levle0_1.png"]
 
 
-def test_rebuild_that_fails_leaves_no_manifest_of_the_old_build(tmp_path):
+def test_rebuild_that_fails_leaves_the_old_build_whole(tmp_path):
     root, out = make_acne04(tmp_path / "acne04"), tmp_path / "out"
     build_real_dataset(_data_cfg("acne04", root=str(root), size=24), out)
-    assert {p.name for p in out.iterdir()} >= {"manifest.csv", "dataset.json", "skipped.csv"}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {"manifest.csv", "dataset.json", "skipped.csv"} <= {str(p) for p in before}
     _truncated_jpeg(root / "JPEGImages" / TEST[0][0])              # listed after every trainval image
     with pytest.raises(ImageError, match="unreadable or truncated"):
         build_real_dataset(_data_cfg("acne04", root=str(root), size=SIZE), out)
-    # the old manifest (still valid) would now describe 16-px trainval images and 24-px test images
-    assert not {"manifest.csv", "dataset.json", "skipped.csv"} & {p.name for p in out.iterdir()}
+    # the build stopped after writing the 16-px trainval images: none of them replaced a 24-px one, and no staging
+    # folder is left behind
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    read_manifest(out / "manifest.csv")
 
 
 def test_rebuild_replaces_hard_linked_images_instead_of_writing_through(tmp_path):

@@ -14,6 +14,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import os
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,7 +26,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ...cache import atomic_path, remove_path, write_json_atomic
+from ...cache import remove_path, write_json_atomic
 from ...errors import UserError
 from ..images import ImageError, face_box, get_detector, load_rgb
 from ..manifest import ATLAS_FILE, ManifestError, read_manifest, safe_relpath, stage_known, write_manifest
@@ -133,12 +136,26 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
     if inside is not None:  # they would be read as inputs and written over, or removed below with the old images
         raise UserError(f"input image {inside} lies in {out_dir / 'images'}, the folder this build writes; point "
                         "data.root (or the manifest) at images outside it, or build into another folder")
-    # a rebuild into a used OUT: the old manifest would stay valid while the images under it are replaced, and a
-    # build that stops midway would leave it describing a mix of old and new images; old images the new manifest
-    # does not list, and a phantom build's atlas (an evaluator fitted on the manifest reads it), go too
-    for name in ("manifest.csv", "dataset.json", "skipped.csv", ATLAS_FILE, "images", "contact_sheet.png",
-                 "cache_entries.json"):  # the last two: a phantom build's, which this one does not write
-        remove_path(out_dir / name)
+    # built whole in a staging folder inside OUT and moved in at the end: a build that stops midway (a bad image,
+    # Ctrl-C) leaves the data set already in OUT as it was
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".dataset-", dir=out_dir))
+    try:
+        return _build_into(staging, out_dir, opts, df, bad, skipped, n_listed, size, on_error, detector_name,
+                           face_detector, margin)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# a rebuild into a used OUT replaces these: an old image the new manifest does not list, or a phantom build's atlas
+# (an evaluator fitted on the manifest reads it), contact sheet or cache record must not stay beside the new set
+SET_FILES = ("manifest.csv", "dataset.json", "skipped.csv", ATLAS_FILE, "images", "contact_sheet.png",
+             "cache_entries.json")
+
+
+def _build_into(staging: Path, out_dir: Path, opts: dict, df: pd.DataFrame, bad: BadInput, skipped: list[dict],
+                n_listed: int, size: int, on_error: str, detector_name: str, face_detector, margin: float
+                ) -> BuildResult:
     rows, used, modes, no_face = [], set(), Counter(), 0
     for row in tqdm(df.to_dict("records"), desc=f"data={opts.get('name')}", unit="img", disable=None):
         try:
@@ -152,18 +169,16 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
         (left, top, side, _), found = face_box(img, face_detector, margin)
         no_face += face_detector is not None and not found
         out_name = _output_name(row["path"], used)
-        target = out_dir / out_name
+        target = staging / out_name
+        target.parent.mkdir(parents=True, exist_ok=True)
         crop = img.crop((left, top, left + side, top + side))
-        # renamed into place (the old images/ is gone by now; a hard link `materialise` left was only unlinked)
-        with atomic_path(target) as tmp:
-            crop.resize((size, size), Image.Resampling.LANCZOS).save(tmp, format="PNG")
+        crop.resize((size, size), Image.Resampling.LANCZOS).save(target, format="PNG")
         out = {k: v for k, v in row.items() if k not in ("abspath", "_where")}
         rows.append({**out, "path": out_name, "original": row["path"]})
     if not rows:
         first = skipped[0]["reason"] if skipped else "no rows"
         raise ManifestError(f"data={opts.get('name')}: every image was skipped ({len(skipped)}); first: {first}")
-    with atomic_path(out_dir / "skipped.csv", suffix=".csv") as tmp:
-        pd.DataFrame(skipped, columns=SKIP_COLUMNS).to_csv(tmp, index=False)
+    pd.DataFrame(skipped, columns=SKIP_COLUMNS).to_csv(staging / "skipped.csv", index=False)
     converted = {m: n for m, n in sorted(modes.items()) if m != "RGB"}
     if converted:
         log.info("converted to RGB: %s", ", ".join(f"{n} {m}" for m, n in converted.items()))
@@ -172,23 +187,26 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
                     len(rows))
     if skipped:
         log.warning("data=%s: skipped %d (listed in %s)", opts.get("name"), len(skipped), out_dir / "skipped.csv")
-    # the manifest goes in last, and only once it validates as downstream stages will read it (a temporary name
-    # in OUT, so its paths resolve the same)
-    manifest = out_dir / "manifest.csv"
-    with atomic_path(manifest, suffix=".csv") as tmp:
-        write_manifest(rows, tmp)
-        try:
-            final, _report = read_manifest(tmp)
-        except ManifestError as exc:  # named as the file it would have become, not the temporary one
-            raise ManifestError(f"the built manifest does not validate: {str(exc).replace(str(tmp), str(manifest))}"
-                                ) from None
-        summary = {
-            "config": opts, "size": size, "detector": detector_name, "listed": n_listed, "rows": len(final),
-            "skipped": len(skipped), "converted_to_rgb": converted, "faces_not_found": int(no_face),
-            "splits": dict(Counter(final["split"])), "diseases": dict(Counter(final["disease"])),
-            # graded rows only: a disease_faces row's stage 2 is a placeholder (stage_known false), not a grade
-            "stages": {str(k): int(v) for k, v in sorted(Counter(final["stage"][stage_known(final)]).items())},
-            "stage_unknown": int((~stage_known(final)).sum()),
-        }
-        write_json_atomic(out_dir / "dataset.json", summary)
+    # the manifest is validated as downstream stages will read it (in the staging folder, beside its images)
+    manifest, tmp = out_dir / "manifest.csv", staging / "manifest.csv"
+    write_manifest(rows, tmp)
+    try:
+        final, _report = read_manifest(tmp)
+    except ManifestError as exc:  # named as the file it would become, not the staged one
+        raise ManifestError(f"the built manifest does not validate: {str(exc).replace(str(tmp), str(manifest))}"
+                            ) from None
+    summary = {
+        "config": opts, "size": size, "detector": detector_name, "listed": n_listed, "rows": len(final),
+        "skipped": len(skipped), "converted_to_rgb": converted, "faces_not_found": int(no_face),
+        "splits": dict(Counter(final["split"])), "diseases": dict(Counter(final["disease"])),
+        # graded rows only: a disease_faces row's stage 2 is a placeholder (stage_known false), not a grade
+        "stages": {str(k): int(v) for k, v in sorted(Counter(final["stage"][stage_known(final)]).items())},
+        "stage_unknown": int((~stage_known(final)).sum()),
+    }
+    write_json_atomic(staging / "dataset.json", summary)
+    # moved in with the manifest last, so it only names files that exist; the old set's manifest goes first
+    for name in SET_FILES:
+        remove_path(out_dir / name)
+    for name in ("images", "skipped.csv", "dataset.json", "manifest.csv"):
+        os.replace(staging / name, out_dir / name)
     return BuildResult(manifest=manifest, rows=len(final), skipped=skipped, summary=summary)
