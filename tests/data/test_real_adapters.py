@@ -621,3 +621,23 @@ def test_a_build_whose_every_image_is_skipped_is_refused_and_writes_no_manifest(
         build_real_dataset({"name": "folder", "root": str(photos), "disease": "healthy", "on_error": "skip"},
                            tmp_path / "out", size=SIZE)
     assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_build_keeps_a_photo_saved_twice_once_and_refuses_one_labelled_twice(tmp_path):
+    root = make_disease_faces(tmp_path / "faces")
+    shutil.copy(root / "Leprosy" / "lep_0.jpg", root / "Leprosy" / "lep_0 (1).jpg")  # a web folder's repeat
+    out = tmp_path / "out"
+    result = build_real_dataset(_data_cfg("disease_faces", root=str(root)), out, size=SIZE)
+    df, _ = read_manifest(out / "manifest.csv", known_diseases=set(CLASSES.values()))
+    assert result.rows == 25 and len(result.skipped) == 1 and result.summary["skipped"] == 1
+    pair = {"Leprosy/lep_0.jpg", "Leprosy/lep_0 (1).jpg"}  # listed in sorted order: "lep_0 (1)" comes first
+    dropped, = pair & {result.skipped[0]["path"]}
+    assert f"the same file as {(pair - {dropped}).pop()}" in result.skipped[0]["reason"]
+    assert pd.read_csv(out / "skipped.csv")["path"].tolist() == [dropped] and dropped not in set(df["original"])
+    # the same photo in two classes: one of the two labels is wrong, and the build cannot tell which
+    shutil.copy(root / "Leprosy" / "lep_0.jpg", root / "Healthy" / "hea_9.jpg")
+    with pytest.raises(ManifestError, match=r"Leprosy/lep_0.*jpg: the same file as Healthy/hea_9.jpg \(at .*\), labelled "
+                                            r"ORPHA:548 stage 2 here and healthy stage 0 there; remove the wrongly "
+                                            r"labelled copy; fix it or set on_error=skip"):
+        build_real_dataset(_data_cfg("disease_faces", root=str(root)), out, size=SIZE)
+    assert read_manifest(out / "manifest.csv", known_diseases=set(CLASSES.values()))[0].equals(df)  # kept whole

@@ -32,7 +32,7 @@ from ..images import ImageError, face_box, get_detector, load_rgb
 from ..manifest import ATLAS_FILE, ManifestError, read_manifest, safe_relpath, stage_known, write_manifest
 from .acne04 import acne04_manifest
 from .celeba import celeba_manifest
-from .common import SKIP_COLUMNS, BadInput, check_identity_splits
+from .common import SKIP_COLUMNS, BadInput, check_duplicate_images, check_identity_splits
 from .folders import class_folder_manifest, folder_manifest, user_manifest
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
     face_detector = get_detector(detector_name)
     df = manifest_from_config(opts, on_error=on_error, skipped=skipped)
     n_listed = len(df) + len(skipped)
+    df = check_duplicate_images(df, bad)  # byte-identical files under two names: one photo, one label, one split
     df = check_identity_splits(df, bad)  # every adapter; those with given splits check their own already
     built = (out_dir / "images").resolve()
     inside = next((p for p in df["abspath"] if Path(p).resolve().is_relative_to(built)), None)

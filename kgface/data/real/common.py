@@ -143,3 +143,40 @@ def check_identity_splits(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
             first.setdefault(ident, (split, where))
         keep.append(i)
     return df if len(keep) == len(df) else df.iloc[keep].reset_index(drop=True)  # the first place always stays
+
+
+def _content_digest(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None  # unreadable: the decoding step reports it with its row
+    return h.hexdigest()
+
+
+def check_duplicate_images(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
+    """The same photo listed twice (byte-identical files under two names, e.g. `img12.jpg` and `img12 (1).jpg` of a
+    web-collected folder): with the same disease and stage the later copies are dropped and listed in skipped.csv (as
+    two identities they could land in train and test); with other labels it is bad input naming both places (one
+    photo cannot be both)."""
+    first, keep = {}, []
+    labels = list(zip(df["disease"], df["stage"]))
+    for i, (path, where, abspath) in enumerate(zip(df["path"], df["_where"], df["abspath"])):
+        digest = _content_digest(abspath)
+        if digest is None or digest not in first:
+            if digest is not None:
+                first[digest] = i
+            keep.append(i)
+            continue
+        j = first[digest]
+        if labels[i] == labels[j]:
+            bad.skipped.append({"where": where, "path": path, "reason": f"the same file as {df['path'].iloc[j]} "
+                                                                        f"(at {df['_where'].iloc[j]}); kept once"})
+            log.warning("%s skipped: the same file as %s", where, df["path"].iloc[j])
+            continue
+        bad(where, path, f"the same file as {df['path'].iloc[j]} (at {df['_where'].iloc[j]}), labelled "
+                         f"{labels[i][0]} stage {labels[i][1]} here and {labels[j][0]} stage {labels[j][1]} there; "
+                         "remove the wrongly labelled copy")
+    return df if len(keep) == len(df) else df.iloc[keep].reset_index(drop=True)
