@@ -135,6 +135,8 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     disease = str(row["disease"]).strip()
     if not disease:
         raise ValueError("empty disease (use a KG id or 'healthy')")
+    if disease.lower() == "healthy" and disease != "healthy":  # 'Healthy' would be a disease class of its own
+        raise ValueError(f"disease '{disease}': write healthy faces as 'healthy' (lower case)")
     if known_diseases is not None and disease not in known_diseases:
         raise ValueError(f"disease '{disease}' is not one of the known labels")
     out["disease"] = disease
@@ -152,6 +154,15 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     out["severity"] = float(stage) if sev in ("", None) or pd.isna(sev) else _number(sev, "severity")
     if not 0.0 <= out["severity"] <= N_STAGES - 1:
         raise ValueError(f"severity {sev} is outside 0..{N_STAGES - 1}")
+    if disease == "healthy" and out["severity"] != 0:  # the generator is asked for healthy faces at severity 0 only
+        raise ValueError(f"disease 'healthy' has severity {sev}; healthy is severity 0 (or empty)")
+    if "stage_known" in row:  # anything but "false" would count as a grade: "0" or "no" must not
+        known = row["stage_known"]
+        text = "" if known is None or (isinstance(known, float) and pd.isna(known)) else str(known).strip().lower()
+        if text not in ("", "true", "false"):
+            raise ValueError(f"stage_known '{known}' is not true or false (empty: true)")
+        if disease == "healthy" and text == "false":
+            raise ValueError("disease 'healthy' has stage_known false; healthy is stage 0, known")
     lc = row.get("lesion_count", "")
     if lc in ("", None) or (isinstance(lc, float) and pd.isna(lc)):
         out["lesion_count"] = -1

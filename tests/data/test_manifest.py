@@ -103,6 +103,14 @@ BAD_ROWS = [
     ({"disease": "healthy", "stage": 2, "phenotypes": "{}"}, "disease 'healthy' has stage 2; healthy is stage 0"),
     ({"age_group": "older adult"}, "age_group 'older adult' is not one of child, adolescent, adult, older_adult"),
     ({"age_group": "Adult"}, "age_group 'Adult' is not one of"),
+    ({"disease": "Healthy", "stage": 0, "phenotypes": "{}"}, "disease 'Healthy': write healthy faces as 'healthy'"),
+    ({"disease": "healthy", "stage": 0, "severity": 2.5, "phenotypes": "{}"},
+     "disease 'healthy' has severity 2.5; healthy is severity 0"),
+    # anything but false read as a grade: an ungraded photo written 0 or no would be trained and scored at its stage
+    ({"stage_known": "0"}, "stage_known '0' is not true or false"),
+    ({"stage_known": "no"}, "stage_known 'no' is not true or false"),
+    ({"disease": "healthy", "stage": 0, "severity": "", "stage_known": "False", "phenotypes": "{}"},
+     "disease 'healthy' has stage_known false"),
 ]
 
 
