@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -92,8 +93,10 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     try:
         img = ImageOps.exif_transpose(img)
         rgb = _to_rgb(img)
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot convert {source_mode} image to RGB ({exc})") from None
+    except (OSError, ValueError, SyntaxError, struct.error, ZeroDivisionError, IndexError, KeyError, TypeError) as exc:
+        # a broken EXIF block raises any of these from Pillow's parser: one file's problem, named, not a traceback
+        raise ImageError(f"{path}: cannot orient or convert the {source_mode} image ({exc.__class__.__name__}: "
+                         f"{exc})") from None
     if source_mode != "RGB":
         log.debug("%s: converted %s to RGB", path, source_mode)
     rgb.info["source_mode"] = source_mode

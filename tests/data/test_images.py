@@ -160,3 +160,20 @@ def test_haar_crop_finds_an_off_centre_phantom_face():
     cx, cy = left + side / 2, top + side / 2
     assert abs(cx - 290) < 30 and abs(cy - 140) < 40          # centred on the pasted face, not the canvas
     assert left >= 150                                          # the centre crop would start at x=70
+
+
+def test_a_broken_exif_block_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    # Pillow's EXIF parser raises struct.error / SyntaxError / ZeroDivisionError on some phone files; the build must
+    # name the file (and skip it with on_error=skip), not stop on a traceback
+    import struct
+
+    from PIL import ImageOps
+
+    _rgb(8, 8).save(tmp_path / "x.jpg")
+
+    def broken(img):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    with pytest.raises(ImageError, match=r"x\.jpg: cannot orient or convert the RGB image \(error: unpack requires"):
+        load_rgb(tmp_path / "x.jpg")
