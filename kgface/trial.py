@@ -68,6 +68,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     threads = whole(cfg.get("num_threads") or 0, "num_threads", 0, "cannot be negative (0 = torch's default)")
     if threads > 0:
         torch.set_num_threads(threads)
+    if OmegaConf.is_missing(cfg, "run") or cfg.run in (None, ""):
+        raise UserError("run= is required: a kgface.train output directory (python -m kgface.trial run=RUN_DIR)")
     design = design_from_config(cfg.trial)
     n_images = check_size(design, whole(cfg.max_images or 0, "max_images", 0, "cannot be negative (0 = no limit)"))
     if not 0.0 < as_number(cfg.strength, "strength", "give one in (0, 1]") <= 1.0:

@@ -272,3 +272,13 @@ def test_bad_inputs_against_a_run(trial_run, tmp_path, capsys):
     data = json.loads((bare / "data.json").read_text())
     (bare / "data.json").write_text(json.dumps({k: v for k, v in data.items() if k != "manifest"}))
     assert "give evaluator_dir=PATH" in fails(capsys, bare, tmp_path / "h")
+
+
+def test_a_trial_without_run_is_a_one_line_error(tmp_path, capsys):
+    from kgface.trial import main
+
+    with pytest.raises(SystemExit) as info:
+        main([f"hydra.run.dir={tmp_path / 'out'}", *SMALL])  # run: ??? in conf/trial.yaml
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and err == ["kgface.trial: error: run= is required: a kgface.train output directory "
+                                            "(python -m kgface.trial run=RUN_DIR)"]
