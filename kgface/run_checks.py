@@ -8,7 +8,7 @@ import os
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import as_eta, container
+from .config import as_eta, as_number, container
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,12 @@ def mark_weight_of(cfg: DictConfig) -> float:
     return float(cfg.trainer.get("mark_weight", 0.0) or 0.0)
 
 
+def _whole_at_least(value, key: str, low: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{key}={value!r}: a whole number >= {low} ({what})")
+    return value
+
+
 def preflight(cfg: DictConfig) -> None:
     """Refuse, with one line naming the key, every setting that cannot work and needs no heavy work to find out:
     conditioning names, atlas / mark-weight / observed-phenotype settings against the data, sample stages, VAE
@@ -34,6 +40,15 @@ def preflight(cfg: DictConfig) -> None:
     from .diffusion.phenotype_sets import observed_phenotypes_of
 
     as_eta(cfg.model.sample.get("eta", 0.0), "model.sample.eta")  # the samples are drawn after training
+    # ... and so are these: a bad one failed after the whole training, with a traceback
+    _whole_at_least(cfg.model.sample.get("steps"), "model.sample.steps", 1, "DDIM steps, e.g. 20")
+    as_number(cfg.model.sample.get("guidance"), "model.sample.guidance", "e.g. 3")
+    _whole_at_least(cfg.samples.get("per_cell"), "samples.per_cell", 1, "images per disease and stage")
+    for key in ("transform_identities", "control_seeds"):
+        _whole_at_least(cfg.samples.get(key, 0), f"samples.{key}", 0, "0 leaves them out")
+    strength = as_number(cfg.samples.get("transform_strength"), "samples.transform_strength", "in (0, 1]")
+    if not 0.0 < strength <= 1.0:
+        raise UserError(f"samples.transform_strength={strength}: an SDEdit strength in (0, 1] (0.6: the default)")
     from .prompts.backends import _setting, make_backend
 
     llm = container(cfg.llm) or {}

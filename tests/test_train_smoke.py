@@ -352,7 +352,13 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
                                             "data.diseases=[MONDO:0011438,healthy]"]))
     for bad, words in (("trainer.mixed_precision=fp8", "trainer.mixed_precision=fp8 is unknown"),
                        ("trainer.log_every=0", "trainer.log_every=0: a whole number >= 1"),
-                       ("trainer.grad_accum=0", "trainer.grad_accum=0: a whole number >= 1")):
+                       ("trainer.grad_accum=0", "trainer.grad_accum=0: a whole number >= 1"),
+                       # the samples are drawn after training: these failed after it, with a traceback
+                       ("model.sample.steps=0", "model.sample.steps=0: a whole number >= 1"),
+                       ("model.sample.guidance=lots", "model.sample.guidance=lots: not a number"),
+                       ("samples.per_cell=0", "samples.per_cell=0: a whole number >= 1"),
+                       ("samples.control_seeds=-1", "samples.control_seeds=-1: a whole number >= 0"),
+                       ("samples.transform_strength=1.5", "samples.transform_strength=1.5: an SDEdit strength")):
         with pytest.raises(UserError, match="^" + re.escape(words)):
             preflight(compose("train", MICRO + [bad]))
     import torch
