@@ -39,6 +39,9 @@ def preflight(cfg: DictConfig) -> None:
     from .diffusion.conditioning import CONTROL, MODES
     from .diffusion.phenotype_sets import observed_phenotypes_of
 
+    from .runtime import learned_table
+
+    learned_table(cfg)  # profile.source / learned / blend: a missing file failed after the run folder was reset
     as_eta(cfg.model.sample.get("eta", 0.0), "model.sample.eta")  # the samples are drawn after training
     # ... and so are these: a bad one failed after the whole training, with a traceback
     _whole_at_least(cfg.model.sample.get("steps"), "model.sample.steps", 1, "DDIM steps, e.g. 20")

@@ -64,19 +64,22 @@ def load_profiles(cfg: DictConfig, diseases: list[str] | None = None, cache: Cac
     return out
 
 
-def profile_source(cfg: DictConfig, profiles: list) -> list:
-    """`profile.source=kg|learned|blend`: the profiles whose frequencies condition the generator (the KG's, or those
-    learned from images: `profile.learned=OUT/learned_profiles.json` of `python -m kgface.evaluate`, or a train
-    run's `evaluation/learned_profiles.json`)."""
+def learned_table(cfg: DictConfig) -> tuple[str, dict, float, str, dict] | None:
+    """`profile.*` checked and its file read: None for profile.source=kg, else (source, disease -> HPO id -> learned
+    frequency, blend weight, path, the file's content). Cheap: kgface.train's preflight calls it."""
+    from .config import as_number
     from .errors import UserError
-    from .kg.profiles import PROFILE_SOURCES, with_frequencies
+    from .kg.profiles import PROFILE_SOURCES
 
     p = cfg.get("profile") or {}
     source = str(p.get("source", "kg"))
     if source not in PROFILE_SOURCES:
         raise UserError(f"profile.source={source}: use one of {', '.join(PROFILE_SOURCES)}")
     if source == "kg":
-        return list(profiles)
+        return None
+    blend = as_number(p.get("blend", 0.5), "profile.blend", "the learned frequencies' weight in [0, 1]")
+    if not 0.0 <= blend <= 1.0:  # 50 meant as 50% pushed every blended frequency to 0 or 1
+        raise UserError(f"profile.blend={blend:g}: the learned frequencies' weight in [0, 1] (0.5: half each)")
     path = p.get("learned")
     if not path:
         raise UserError(f"profile.source={source} needs profile.learned=PATH, a learned_profiles.json written by "
@@ -91,10 +94,24 @@ def profile_source(cfg: DictConfig, profiles: list) -> list:
     except FileNotFoundError:
         raise UserError(f"profile.learned={path}: file not found (run python -m kgface.evaluate real=MANIFEST "
                         "to write learned_profiles.json)") from None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"profile.learned={path}: not a kgface learned_profiles.json ({exc!r})") from None
+    return source, table, blend, str(path), data
+
+
+def profile_source(cfg: DictConfig, profiles: list) -> list:
+    """`profile.source=kg|learned|blend`: the profiles whose frequencies condition the generator (the KG's, or those
+    learned from images: `profile.learned=OUT/learned_profiles.json` of `python -m kgface.evaluate`, or a train
+    run's `evaluation/learned_profiles.json`)."""
     import logging
 
+    from .errors import UserError
+    from .kg.profiles import with_frequencies
+
+    learned = learned_table(cfg)
+    if learned is None:
+        return list(profiles)
+    source, table, blend, path, data = learned
     heads = data.get("phenotype_heads")
     if heads != "atlas":  # see learn_and_write's note
         which = ("phenotype heads that also saw diseased faces (evaluator.phenotype_heads=all)" if heads == "all" else
@@ -113,7 +130,7 @@ def profile_source(cfg: DictConfig, profiles: list) -> list:
     if not set(table) & known:
         raise UserError(f"profile.learned={path}: none of its diseases ({', '.join(sorted(table)[:5])}) is in the "
                         "panel; was it learned on another dataset?")
-    return with_frequencies(profiles, table, source, float(p.get("blend", 0.5)))
+    return with_frequencies(profiles, table, source, blend)
 
 
 def torch_device(name):

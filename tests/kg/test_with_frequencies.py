@@ -61,6 +61,15 @@ def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path
                              (["profile.source=sometimes"], "profile.source=sometimes")):
         with pytest.raises(UserError, match=words):
             profile_source(compose("train", overrides), [_profile()])
+    for blend in ("50", "-0.1", "half"):  # 50 meant as 50% pushed every blended frequency to 0 or 1
+        with pytest.raises(UserError, match=f"^profile.blend={blend}"):
+            profile_source(compose("train", ["profile.source=blend", f"profile.learned={path}",
+                                             f"profile.blend={blend}"]), [_profile()])
+    # kgface.train checks all of it in preflight, before the run folder is reset
+    from kgface.run_checks import preflight
+
+    with pytest.raises(UserError, match="not found"):
+        preflight(compose("train", ["profile.source=learned", f"profile.learned={tmp_path / 'nope.json'}"]))
     path.write_text(json.dumps({"diseases": {"OTHER:9": {"phenotypes": []}}}))
     with pytest.raises(UserError, match="none of its diseases"):
         profile_source(cfg, [_profile()])
