@@ -42,6 +42,12 @@ def preflight(cfg: DictConfig) -> None:
     from .runtime import learned_table
 
     learned_table(cfg)  # profile.source / learned / blend: a missing file failed after the run folder was reset
+    # keys the job sets from one place: an override of the copy was silently replaced
+    for key, source in (("trainer.seed", "seed"), ("encoder.num_tokens", "model.num_tokens")):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value != OmegaConf.select(cfg, source):
+            raise UserError(f"{key}={value} is not read: the run takes it from {source} "
+                            f"({OmegaConf.select(cfg, source)}); set {source}={value} instead")
     as_eta(cfg.model.sample.get("eta", 0.0), "model.sample.eta")  # the samples are drawn after training
     # ... and so are these: a bad one failed after the whole training, with a traceback
     _whole_at_least(cfg.model.sample.get("steps"), "model.sample.steps", 1, "DDIM steps, e.g. 20")

@@ -358,7 +358,10 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
                        ("model.sample.guidance=lots", "model.sample.guidance=lots: not a number"),
                        ("samples.per_cell=0", "samples.per_cell=0: a whole number >= 1"),
                        ("samples.control_seeds=-1", "samples.control_seeds=-1: a whole number >= 0"),
-                       ("samples.transform_strength=1.5", "samples.transform_strength=1.5: an SDEdit strength")):
+                       ("samples.transform_strength=1.5", "samples.transform_strength=1.5: an SDEdit strength"),
+                       # one seed per run and one token count for encoder and adapter: a copy's override was replaced
+                       ("+trainer.seed=3", "trainer.seed=3 is not read: the run takes it from seed (0)"),
+                       ("+encoder.num_tokens=5", "encoder.num_tokens=5 is not read: the run takes it from model.num")):
         with pytest.raises(UserError, match="^" + re.escape(words)):
             preflight(compose("train", MICRO + [bad]))
     import torch
