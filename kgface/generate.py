@@ -242,6 +242,40 @@ def stack_identity(checked, unet, scale: float) -> Identity:
 
 
 # ----------------------------------------------------------------------------------------------------- entry
+# keys a mode does not read: set away from conf/generate.yaml's value, they would have been ignored in silence
+# (mode=transform input=x.png disease=ORPHA:870 drew the default target, healthy)
+IGNORED_BY_MODE = {
+    "sample": ("input", "strength", "frames", "target", "stage", "phenotypes", "inversion", "source_disease",
+               "source_stage"),
+    "compose": ("input", "strength", "frames", "target", "stage", "inversion", "source_disease", "source_stage"),
+    "transform": ("diseases", "disease", "stages", "frames", "lesions", "phenotypes"),
+    "progression": ("target", "stage", "phenotypes"),
+}
+# pairs of which only one may be set: the first would win over the second
+EXCLUSIVE = (("lesions", "stages"), ("frames", "stages"), ("frames", "lesions"))
+
+
+def check_mode_keys(cfg: DictConfig) -> None:
+    from .resources import conf_dir
+
+    defaults = OmegaConf.load(conf_dir() / "generate.yaml")
+
+    def is_set(key: str) -> bool:
+        value, default = cfg.get(key), defaults.get(key)
+        plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
+        return plain(value) != plain(default)
+
+    ignored = [k for k in IGNORED_BY_MODE.get(cfg.mode, ()) if is_set(k)]
+    if ignored:
+        raise UserError(f"mode={cfg.mode} does not read {', '.join(f'{k}={cfg.get(k)}' for k in ignored)}; leave "
+                        f"{'it' if len(ignored) == 1 else 'them'} out, or use the mode that reads "
+                        f"{'it' if len(ignored) == 1 else 'them'} (docs/generation.md)")
+    for first, second in EXCLUSIVE:
+        if cfg.mode not in ("transform",) and cfg.get(first) is not None and is_set(first) and is_set(second):
+            raise UserError(f"{first}={cfg.get(first)} and {second}={cfg.get(second)}: give one ({first} would "
+                            f"replace {second})")
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.adapter import get_adapter_scale, has_kg_adapter
     from .diffusion.editing import edit_mask
@@ -289,6 +323,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     spacing = None if cfg.get("spacing") is None else str(cfg.spacing)
     if spacing is not None and spacing not in SPACINGS:
         raise UserError(f"spacing={spacing}: use one of {', '.join(SPACINGS)} (the DDIM ladder; null = the run's)")
+    check_mode_keys(cfg)  # after the checks of the values themselves, which say more
     checked_identity = check_identity(cfg)
     cache = make_cache(cfg)
     device = torch_device(cfg.get("device"))

@@ -114,7 +114,7 @@ def test_a_set_is_replaced_whole_and_never_written_into_a_run(micro_run, tmp_pat
     # this call's own input among the files it replaces: refused before anything is read or removed
     face = sorted((out / "images").glob("*.png"))[0]
     with pytest.raises(SystemExit) as info:
-        generate(micro_run, out, "mode=transform", f"input={face}", "diseases=[ORPHA:870]")
+        generate(micro_run, out, "mode=transform", f"input={face}", "target=ORPHA:870")
     assert info.value.code == 2 and f"input={face} lies in {out}'s images" in capsys.readouterr().err
     assert face.is_file() and (out / "manifest.csv").is_file()
 
@@ -532,3 +532,20 @@ def test_age_is_refused_without_learned_ages_and_recorded_with_them(micro_run, t
     generate(run, tmp_path / "any", "diseases=[ORPHA:870]", "stages=[3]")
     assert set(read_manifest(tmp_path / "any" / "manifest.csv")[0]["age_group"]) == {""}
     assert json.loads((tmp_path / "any" / "generation.json").read_text())["age"] is None
+
+
+def test_keys_a_mode_does_not_read_are_refused_before_the_run_loads(tmp_path, capsys):
+    # the run is never loaded: run= names no folder
+    run, x = tmp_path / "no-run", tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(x)
+    for k, (args, words) in enumerate([
+            (["mode=transform", f"input={x}", "disease=ORPHA:870"], "mode=transform does not read disease=ORPHA:870"),
+            (["mode=transform", f"input={x}", "stages=[1,2]"], "mode=transform does not read stages=[1, 2]"),
+            (["strength=0.3"], "mode=sample does not read strength=0.3"),
+            (["target=ORPHA:870", "stage=2"], "mode=sample does not read target=ORPHA:870, stage=2; leave them out"),
+            (["mode=progression", "disease=ORPHA:870", "target=ORPHA:870"], "mode=progression does not read target="),
+            (["mode=compose", "disease=ORPHA:870", f"input={x}"], "mode=compose does not read input="),
+            (["mode=progression", "disease=ORPHA:870", "frames=4", "stages=[0,3]"], "frames=4 and stages=[0, 3]: give "
+                                                                                    "one (frames would replace stages)"),
+            (["lesions=[3,12]", "stages=[1]"], "lesions=[3, 12] and stages=[1]: give one")]):
+        assert words in fails(capsys, run, tmp_path / f"o{k}", *args)
