@@ -35,12 +35,16 @@ def preflight(cfg: DictConfig) -> None:
     conditioning names, atlas / mark-weight / observed-phenotype settings against the data, sample stages, VAE
     training options, a multi-process launch, the pretrained folder's layout and dtype, data.size against the model's
     side. Two side effects the run relies on: dlib's models load here once when evaluating (`face_identity`), and
-    `cfg.model.pretrained` becomes an absolute path (config.yaml records it so)."""
+    `cfg.model.pretrained`, `encoder.text_model` and `model.text_model` become absolute paths (config.yaml records
+    them so: kgface.generate / evaluate / trial load the run from any directory)."""
     from .diffusion.conditioning import CONTROL, MODES
     from .diffusion.phenotype_sets import observed_phenotypes_of
-
     from .runtime import learned_table
 
+    for key in ("encoder.text_model", "model.text_model"):  # the encoder reloads from it wherever the run is used
+        value = OmegaConf.select(cfg, key)
+        if value not in (None, ""):
+            OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(str(value))), force_add=True)
     learned_table(cfg)  # profile.source / learned / blend: a missing file failed after the run folder was reset
     # keys the job sets from one place: an override of the copy was silently replaced
     for key, source in (("trainer.seed", "seed"), ("encoder.num_tokens", "model.num_tokens")):

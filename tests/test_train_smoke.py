@@ -2,6 +2,7 @@
 import json
 import logging
 import re
+from pathlib import Path
 
 import pytest
 
@@ -339,6 +340,11 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
     from kgface.run_checks import preflight
 
     preflight(compose("train", MICRO + ["data.atlas=null"]))  # no atlas at all: fine
+    # a relative text model is recorded absolute: kgface.generate reloads the encoder from any directory
+    cfg = compose("train", MICRO + ["encoder.text_model=models/minilm", "model.text_model='~/m'"])
+    preflight(cfg)
+    assert cfg.encoder.text_model == str(Path.cwd() / "models" / "minilm")
+    assert cfg.model.text_model == str(Path.home() / "m")
     # the LLM settings are checked before the run folder is written (describe did, train did not)
     with pytest.raises(UserError, match=r"^llm.model is not set"):
         preflight(compose("train", MICRO + ["llm=openai"]))
