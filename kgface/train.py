@@ -81,6 +81,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # may be kg now), its evaluator (evaluate may be false)
     for name in ("conditioning_profiles.json", "evaluator"):
         remove_path(out_dir / name)
+    if len(cfg.get("baselines") or []) > 1:  # generators go to OUT/<mode>: one a single run left in OUT itself would
+        from .diffusion.run_loading import GENERATOR_FILES  # be loaded by `run=OUT` under this run's config
+
+        for name in GENERATOR_FILES:
+            remove_path(out_dir / name)
     write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     cache = make_cache(cfg)
     timings, metrics = {}, {}

@@ -253,11 +253,14 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
     from kgface.train import main
 
     out = tmp_path / "run"
+    (out / "model" / "unet").mkdir(parents=True)  # a single run's generator left in the folder: run=OUT loaded it
+    (out / "adapter.json").write_text("{}")
     main(MICRO + MICRO_EVALUATOR + ["experiment=baselines", "trainer.steps=2", "trainer.checkpoint_every=0",
                                     "trainer.atlas_share=0.5", "trainer.observed_phenotypes=true",
                                     f"hydra.run.dir={out}"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["baselines"]) == {"kg", "text", "class", "kg_text", "kg_shuffled"}
+    assert not (out / "model").exists() and not (out / "adapter.json").exists()
     # class tokens cannot use the atlas
     for mode, n in {"kg": 8, "text": 8, "kg_text": 8, "kg_shuffled": 8, "class": 0}.items():
         assert metrics["baselines"][mode]["train"]["atlas_images"] == n, mode
