@@ -114,9 +114,13 @@ def entry(config_name: str) -> Callable:
                 print(f"kgface.{config_name}: error: {message}", file=sys.stderr)
                 sys.exit(2)
 
-        hydra_main = hydra.main(version_base=None, config_path=str(conf_dir()), config_name=config_name)(task)
-
         def main(overrides: list[str] | None = None):
+            try:  # found when called, not at import: a bad KGFACE_ASSETS is then this job's one-line error
+                config_path = str(conf_dir())
+            except FileNotFoundError as exc:
+                print(f"kgface.{config_name}: error: {exc}", file=sys.stderr)
+                sys.exit(2)
+            hydra_main = hydra.main(version_base=None, config_path=config_path, config_name=config_name)(task)
             if overrides is None:
                 return hydra_main()
             saved = sys.argv

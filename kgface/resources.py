@@ -15,8 +15,13 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 def asset_root() -> Path:
     """Folder holding conf/, kg_data/ and prompts/ (env KGFACE_ASSETS overrides, for tests and packagers)."""
     override = os.environ.get("KGFACE_ASSETS")
-    candidates = [Path(override)] if override else []
-    candidates += [_PACKAGE_DIR / "_assets", _PACKAGE_DIR.parent]
+    if override:  # named on purpose: a folder without all three would otherwise fall back to the bundled assets
+        missing = [name for name in ASSET_DIRS if not (Path(override) / name).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"KGFACE_ASSETS={override} has no {', '.join(f'{m}/' for m in missing)}; it "
+                                    f"must hold {', '.join(f'{d}/' for d in ASSET_DIRS)} (or unset it for kgface's own)")
+        return Path(override)
+    candidates = [_PACKAGE_DIR / "_assets", _PACKAGE_DIR.parent]
     for root in candidates:
         if all((root / name).is_dir() for name in ASSET_DIRS):
             return root

@@ -35,3 +35,24 @@ def test_wheel_install_finds_assets(tmp_path):
     from kgface.prompts import template_hash
 
     assert proc.stdout.split() == ["ORPHA:870", template_hash()]
+
+
+def test_a_kgface_assets_folder_without_the_assets_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    # set on purpose: falling back to the bundled conf/ in silence would run another config than the packager's
+    import pytest
+
+    from kgface.resources import asset_root
+
+    (tmp_path / "conf").mkdir()
+    monkeypatch.setenv("KGFACE_ASSETS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"has no kg_data/, prompts/; it must hold conf/, kg_data/, prompts/"):
+        asset_root()
+    from kgface.profiles import main
+
+    with pytest.raises(SystemExit) as info:
+        main([f"hydra.run.dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and err[0].startswith(f"kgface.profiles: error: KGFACE_ASSETS={tmp_path}")
+    for name in ("kg_data", "prompts"):
+        (tmp_path / name).mkdir()
+    assert asset_root() == tmp_path
