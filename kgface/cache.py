@@ -156,12 +156,18 @@ class CacheEntry:
             yield tmp
             (tmp / META_FILE).write_text(json.dumps({"kind": self.kind, "key": self.key, "spec": self.spec},
                                                     indent=2, default=str), encoding="utf-8")
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: another user of a shared cache could not read it
             if self.exists():  # another process finished first; keep theirs
                 shutil.rmtree(tmp, ignore_errors=True)
                 return
             if self.path.exists():  # a stale folder without metadata: not a valid entry
-                shutil.rmtree(self.path)
-            os.replace(tmp, self.path)
+                shutil.rmtree(self.path, ignore_errors=True)
+            try:
+                os.replace(tmp, self.path)
+            except OSError:  # another process renamed its entry in between: keep theirs (the same key, the same
+                if not self.exists():  # artefact), rather than fail after all this one's work
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -26,6 +26,33 @@ def test_entry_is_built_atomically(tmp_path):
     assert entry.exists() and (entry.path / "data.txt").read_text() == "done"
     meta = json.loads((entry.path / "entry.json").read_text())
     assert meta["spec"] == {"v": 1} and meta["kind"] == "thing"
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (entry.path.stat().st_mode & 0o777) == 0o777 & ~mask  # a plain mkdir's mode, not mkdtemp's 0700
+
+
+def test_an_entry_another_process_renamed_in_first_is_kept(tmp_path, monkeypatch):
+    # two runs built the same entry; the rival's rename lands between this one's check and its own rename
+    import os
+
+    cache = Cache(tmp_path)
+    entry = cache.entry("thing", {"v": 1})
+    real_replace = os.replace
+
+    def rival_first(src, dst):
+        if str(dst) == str(entry.path):
+            entry.path.mkdir(parents=True)
+            (entry.path / "data.txt").write_text("theirs")
+            (entry.path / "entry.json").write_text("{}")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", rival_first)
+    with entry.build() as tmp:
+        (tmp / "data.txt").write_text("ours")
+    assert (entry.path / "data.txt").read_text() == "theirs"  # kept, and no error after all the work
+    assert [p.name for p in (tmp_path / "thing").iterdir()] == [entry.key]  # our temporary folder is gone
 
 
 def test_run_records_entries_used(tmp_path):

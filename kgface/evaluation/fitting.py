@@ -273,6 +273,21 @@ CLIP_VERSION = 2
 CLIP_KEYS = ("name", "image_size", "embed_dim", "vision", "text", "train", "seed")  # the config that shapes the CLIP
 
 
+def wording_digest(profiles) -> str:
+    """Every form of caption and prompt the evaluator writes for these profiles, hashed: a change of wording (a
+    stage renamed, a template rephrased, a prompt added) refits the CLIP and its heads instead of reusing one trained
+    on the old sentences (CLIP_VERSION, bumped by hand, was the only guard)."""
+    from ..prompts import caption
+
+    texts = [healthy_prompts()]
+    for p in profiles:
+        every = {ph.hpo_id: 1.0 for ph in p.phenotypes}
+        stages = [] if p.healthy else [t for s in range(4) for t in (caption(p, s), caption(p, s, every))]
+        texts.append([caption(p), caption(p, None, every), *stages, *zero_shot_prompts(p),
+                      *[phenotype_caption([ph]) for ph in p.phenotypes], *[phenotype_prompts(ph) for ph in p.phenotypes]])
+    return stable_hash(texts)
+
+
 def clip_spec(spec: dict, keyed: dict) -> dict:
     """The tiny CLIP's cache key: the evaluator's data keys and the settings that shape the CLIP alone."""
     return {**spec, "version": CLIP_VERSION, "evaluator": {k: keyed.get(k) for k in CLIP_KEYS}}
@@ -282,8 +297,8 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
                   progress: bool = True) -> Evaluator:
     """The evaluator for this config and this manifest: loaded from the cache, else trained and cached.
 
-    The cache key covers the evaluator config, the manifest file's content hash and the profiles (captions and
-    zero-shot prompts come from them).
+    The cache key covers the evaluator config, the manifest file's content hash, the profiles and what the captions
+    and zero-shot prompts say of them (`wording_digest`).
     """
     c = plain_config(cfg_evaluator)
     df = read_manifest(manifest_path)[0]
@@ -312,7 +327,8 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     # the manifest's bytes name the images; their own bytes say what they are (a re-render keeps the manifest)
     spec = {"version": EVALUATOR_VERSION, "evaluator": keyed, "manifest_sha256": manifest_hash(manifest_path),
             "images": images_digest(manifest_path, df["abspath"]),
-            "profiles": stable_hash([p.to_dict() for p in plist if p.disease_id in used])}
+            "profiles": stable_hash([p.to_dict() for p in plist if p.disease_id in used]),
+            "wording": wording_digest([p for p in plist if p.disease_id in used])}
     if c["name"] != "tiny_clip" and c.get("pretrained"):  # new weights under the same path must refit the heads
         spec["pretrained_sha256"] = weights_sha256(Path(str(c["pretrained"])).expanduser())
     model_config = registered_config_name(c)

@@ -611,3 +611,22 @@ def test_zero_shot_heads_score_every_profile_phenotype_without_labels(tiny_cfg, 
     loaded = Evaluator.load(ev.save(tmp_path / "zs"))
     assert loaded.cfg["phenotype_heads"] == "zero_shot"
     assert np.allclose(loaded.predict(f.numpy())[[f"ph_{h}" for h in ev.phenotypes]].to_numpy(), got, atol=1e-6)
+
+
+def test_the_cache_key_reads_what_the_captions_and_prompts_say(tiny_profiles, monkeypatch):
+    # a template rephrased or a stage renamed must refit the CLIP: its captions were the old sentences
+    import kgface.prompts.wording as wording
+    from kgface.evaluation.fitting import wording_digest
+
+    profiles = list(tiny_profiles.values()) if isinstance(tiny_profiles, dict) else list(tiny_profiles)
+    before = wording_digest(profiles)
+    assert wording_digest(profiles) == before  # a function of the wording alone
+    monkeypatch.setattr(wording, "HEALTHY_TEXT", "a face without any visible sign of disease")
+    assert wording_digest(profiles) != before
+    monkeypatch.undo()
+    sick = next(p for p in profiles if not p.healthy)
+    original = wording.stage_levels
+    renamed = tuple(level.__class__(**{**level.__dict__, "name": level.name + "-ish"})
+                    for level in original(sick.disease_id))
+    monkeypatch.setattr(wording, "stage_levels", lambda d: renamed if d == sick.disease_id else original(d))
+    assert wording_digest(profiles) != before
