@@ -30,6 +30,10 @@ VAE_KEYS = ("image_size", "latent_channels", "vae_block_out_channels", "vae_laye
 VAE_MINIMA = {"steps": 1, "batch_size": 1, "lr": 0, "kl_weight": 0, "adv_weight": 0, "adv_start": 0, "disc_channels": 8}
 # left out of the cache key at their default value (VAEs cached before they existed keep their keys)
 OPTIONAL = ("logvar_init", "adv_weight", "adv_start", "disc_channels")
+# bump when the training recipe changes (the loss, its schedule, the initialisation, the latent scaling) or a default
+# of VAE_DEFAULTS does (an OPTIONAL key at its default is not in the key): cached VAEs then retrain. Version 1 is
+# left out of the key, so the VAEs cached before it existed keep theirs
+VAE_VERSION = 1
 # cached_vae keeps a resumable state this often while it trains (a run killed mid-VAE loses at most this many steps);
 # not a model.vae_train key, so it does not enter (and re-key) the cache
 VAE_CHECKPOINT_EVERY = 500
@@ -297,6 +301,8 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
     # the manifest names the images; their bytes say what they are (a re-render keeps the manifest identical)
     spec = {"manifest": manifest_digest(manifest), "images": images_digest(manifest), "model": model,
             "train": train_spec}
+    if VAE_VERSION != 1:
+        spec["version"] = VAE_VERSION
     entry = cache.entry("vae", spec)
     if not entry.exists():
         train = load_split_images(Path(manifest), "train")

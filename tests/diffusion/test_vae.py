@@ -183,6 +183,15 @@ def test_the_cached_vae_is_keyed_by_the_vae_alone(tmp_path):
     Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(tmp_path / "1.png")
     _, _, redrawn = cached_vae(manifest, SMALL, train, cache, progress=False)
     assert redrawn != first and manifest.read_text().count("\n") == 5
+    # a new recipe (VAE_VERSION bumped) retrains; version 1 keeps the keys of VAEs cached before the version existed
+    import kgface.diffusion.vae as vae_module
+
+    vae_module.VAE_VERSION = 2
+    try:
+        _, _, recipe = cached_vae(manifest, SMALL, train, cache, progress=False)
+    finally:
+        vae_module.VAE_VERSION = 1
+    assert recipe not in (redrawn, first) and cached_vae(manifest, SMALL, train, cache, progress=False)[2] == redrawn
 
 
 def test_checkpoint_readings_leave_the_trained_weights_as_they_are():
