@@ -191,7 +191,7 @@ def test_save_over_an_existing_folder_swaps_the_pair_and_leaves_no_temp_folder(t
     # a save that fails half way (the config cannot be written) leaves the previous pair as it was
     third = tiny("rgcn", age_groups=2)
     third.config["broken"] = object()
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="not JSON serializable"):
         third.save_pretrained(tmp_path / "enc")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc"]
     again = KGEncoder.from_pretrained(tmp_path / "enc")

@@ -48,7 +48,7 @@ def test_a_rerun_replaces_the_previous_trials_outputs(tmp_path):
 
     # a run that fails before moving in leaves the previous trial whole
     table2, images2, baselines2 = outputs(["P01", "P02", "P03"])
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="figure failed"):
         write_outputs(out, table2, images2, baselines2, {}, {"run": "c"}, drawer(False, fail=True), gifs=False)
     pd.testing.assert_frame_equal(pd.read_csv(out / "trial.csv"), new)
     assert not (out / "images" / "P03").exists() and not list(out.glob(".trial-*"))
