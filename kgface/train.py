@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cache import atomic_path, remove_path, write_json_atomic, write_text_atomic
 from .config import container, disease_list, entry
+from .errors import UserError
 from .run_checks import atlas_share_of, mark_weight_of, preflight
 from .run_measure import draw_and_measure, validation_grids
 from .run_report import plot_loss, write_run_report
@@ -113,6 +114,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
         manifest = build_real_dataset(cfg.data, out_dir / "data").manifest
     heldout = set(disease_list(cfg.data.get("heldout"), "data.heldout", allow_empty=True) or [])
+    if heldout and cfg.data.name != "phantom":  # the phantom's are checked against the panel when it is built
+        from .data.manifest import read_manifest
+
+        present = set(read_manifest(manifest)[0]["disease"]) - {"healthy"}
+        if not heldout <= present or heldout == present:
+            raise UserError(f"data.heldout={sorted(heldout)}: name diseases of the data ({', '.join(sorted(present))}),"
+                            " not healthy, and leave at least one for the generator to train on")
     # prompts_read_descriptions: this run's text prompts were trained on descriptions.json (runs before 2026-12-01
     # wrote the file but trained on the template's sentences; generation must then use the template too)
     write_json_atomic(out_dir / "data.json", {"manifest": str(Path(manifest).resolve()), "heldout": sorted(heldout),

@@ -91,7 +91,7 @@ def test_train_job_writes_the_documented_layout(tmp_path):
     assert "](evaluation/learned_profiles.png)" in report  # the run's report shows every evaluation figure
 
 
-def test_a_real_photo_run_draws_and_measures_the_diseases_its_evaluator_knows(tmp_path):
+def test_a_real_photo_run_draws_and_measures_the_diseases_its_evaluator_knows(tmp_path, capsys):
     """data=manifest (as data=acne04) holds fewer diseases than the KG panel: the run trains, and its measured samples
     are the diseases with real faces (they were the whole panel, which the evaluator refused after training)."""
     import pandas as pd
@@ -104,9 +104,15 @@ def test_a_real_photo_run_draws_and_measures_the_diseases_its_evaluator_knows(tm
     df = pd.read_csv(tmp_path / "phantom" / "manifest.csv", dtype=str, keep_default_na=False)
     df[df["disease"].isin(["MONDO:0011438", "healthy"])].to_csv(tmp_path / "phantom" / "acne.csv", index=False)
     out = tmp_path / "run"
-    main([o for o in MICRO if not o.startswith("data.")] + MICRO_EVALUATOR
-         + ["data=manifest", f"data.path={tmp_path / 'phantom' / 'acne.csv'}", "data.size=32", "samples.stages=[3]",
-            f"hydra.run.dir={out}"])
+    real = ["data=manifest", f"data.path={tmp_path / 'phantom' / 'acne.csv'}", "data.size=32", "samples.stages=[3]"]
+    # held-out diseases of real data: diseases the data has, not all of them (it was an unknown option)
+    for heldout in ("[MONDO:0011438]", "[ORPHA:870]"):
+        with pytest.raises(SystemExit) as info:
+            main([o for o in MICRO if not o.startswith("data.")] + MICRO_EVALUATOR + real
+                 + [f"data.heldout={heldout}", f"hydra.run.dir={tmp_path / 'h'}"])
+        assert info.value.code == 2 and f"data.heldout=['{heldout[1:-1]}']: name diseases of the data" in \
+            capsys.readouterr().err
+    main([o for o in MICRO if not o.startswith("data.")] + MICRO_EVALUATOR + real + [f"hydra.run.dir={out}"])
     samples = read_manifest(out / "samples" / "manifest.csv")[0]
     assert set(samples["disease"]) == {"MONDO:0011438", "healthy"}
     assert "samples: 12 panel diseases have no real faces the evaluator learned" in (out / "train.log").read_text()

@@ -45,7 +45,7 @@ ADAPTERS = {
     "folder": folder_manifest,
     "manifest": user_manifest,
 }
-BUILD_KEYS = ("name", "size", "on_error", "detector", "margin")
+BUILD_KEYS = ("name", "size", "on_error", "detector", "margin", "heldout")  # heldout: kgface.train's, not the adapter's
 
 
 @dataclass
