@@ -596,6 +596,18 @@ def test_user_manifest_is_validated_and_rebuilt(tmp_path):
         build_real_dataset(_data_cfg("manifest", path=str(result.manifest)), tmp_path / "out")
 
 
+def test_user_manifest_rows_without_identity_are_named_in_a_warning(tmp_path, caplog):
+    # the leakage check cannot keep a person's photos in one split when it does not know the person
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        _face(i, 30, 40).save(tmp_path / "img" / f"{i}.png")
+    write_manifest([{"path": f"img/{i}.png", "disease": "ORPHA:870", "stage": 1, "split": ("train", "test")[i % 2],
+                     "identity": "" if i else "p0"} for i in range(3)], tmp_path / "m.csv")
+    with caplog.at_level("WARNING"):
+        assert len(user_manifest(tmp_path / "m.csv")) == 3
+    assert "m.csv: 2 of 3 rows name no identity" in caplog.text
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(UserError, match=r"^data\.root: a value is required \(e\.g\. data\.root=/path\)$"):
         build_real_dataset(_data_cfg("acne04"), tmp_path / "out")

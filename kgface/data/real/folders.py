@@ -144,4 +144,9 @@ def user_manifest(path: str | Path, known_diseases: set[str] | None = None, on_e
     if "stage_known" not in df.columns:
         df["stage_known"] = True
     df["_where"] = [f"{path} (row of {p})" for p in df["path"]]
+    unnamed = int((df["identity"].astype(str).str.strip() == "").sum())
+    if unnamed:  # the leakage check keeps a person's photos in one split only when it knows the person
+        log.warning("%s: %d of %d rows name no identity; their splits are taken as given, so one person's photos "
+                    "may sit in train and test (fill the identity column to have that refused)", path, unnamed,
+                    len(df))
     return df
