@@ -276,6 +276,18 @@ def make_disease_faces(root: Path, per_class: int = 5) -> Path:
     return root
 
 
+def test_disease_faces_takes_jfif_and_warns_of_photos_it_cannot_read(tmp_path, caplog):
+    root = make_disease_faces(tmp_path / "faces", per_class=1)
+    _face(99).save(root / "Leprosy" / "web.jfif", format="JPEG")
+    (root / "Leprosy" / "phone.HEIC").write_bytes(b"\0" * 16)
+    with caplog.at_level("INFO"):
+        df = class_folder_manifest(root, CLASSES)
+    assert "Leprosy/web.jfif" in set(df["path"]) and len(df) == 6
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "left out 1 photos in formats kgface cannot read (phone.HEIC)" in warned[0].message
+    assert "ignored 1 files without an image extension (notes.txt)" in caplog.text  # info only
+
+
 def test_disease_faces_labels_stage_convention_and_stratified_splits(tmp_path):
     cfg = OmegaConf.to_container(_data_cfg("disease_faces"))
     df = class_folder_manifest(make_disease_faces(tmp_path / "faces"), cfg["classes"], val_fraction=0.2,

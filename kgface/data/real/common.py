@@ -22,7 +22,10 @@ from ..manifest import N_STAGES, ManifestError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".avif")
+# photos Pillow cannot open (phones' HEIC, raw camera files, vector art): left out of a listed folder with a warning,
+# not the info line of a stray notes.txt, since a class shrinks by them
+UNREAD_PHOTO_EXTS = (".heic", ".heif", ".jxl", ".dng", ".cr2", ".nef", ".arw", ".raw", ".svg", ".psd")
 ON_ERROR = ("raise", "skip")
 UNKNOWN_STAGE = 2          # the stage written when a photo's stage is unknown (stage_known=False); docs/data.md
 SKIP_COLUMNS = ["where", "path", "reason"]

@@ -21,7 +21,8 @@ import pandas as pd
 
 from ...errors import UserError
 from ..manifest import read_manifest
-from .common import UNKNOWN_STAGE, BadInput, assign_splits, check_stage, frame, list_images, require_dir
+from .common import (UNREAD_PHOTO_EXTS, UNKNOWN_STAGE, BadInput, assign_splits, check_stage, frame, list_images,
+                     require_dir)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ def _labels(disease: str, stage, what: str) -> dict:
 
 def _image_rows(root: Path, folder: Path, labels: dict, source: str, class_name: str) -> list[dict]:
     images, other = list_images(folder)
+    photos = [p for p in other if p.suffix.lower() in UNREAD_PHOTO_EXTS]
+    if photos:
+        log.warning("%s: left out %d photos in formats kgface cannot read (%s%s); convert them to JPEG or PNG",
+                    folder, len(photos), ", ".join(p.name for p in photos[:3]), ", ..." if len(photos) > 3 else "")
+    other = [p for p in other if p.suffix.lower() not in UNREAD_PHOTO_EXTS]
     if other:
         log.info("%s: ignored %d files without an image extension (%s%s)", folder, len(other),
                  ", ".join(p.name for p in other[:3]), ", ..." if len(other) > 3 else "")
