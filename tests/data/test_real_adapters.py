@@ -430,6 +430,18 @@ def test_celeba_healthy_rows_with_official_splits_and_identities(tmp_path):
     assert df["identity"].tolist() == [f"celeba:{i}" for i in IDENTITY]
 
 
+def test_celeba_an_image_listed_twice_in_the_partition_file(tmp_path):
+    root = make_celeba(tmp_path / "celeba")
+    with open(root / "list_eval_partition.txt", "a") as f:  # the same line again is harmless, another value is not
+        f.write("000001.jpg 0\n000001.jpg 2\n")
+    with pytest.raises(ManifestError, match=r"list_eval_partition.txt:12: 000001.jpg is listed again with 2 \(line 1: "
+                                            r"0\); keep one line per image"):
+        celeba_manifest(root)
+    skipped = []
+    df = celeba_manifest(root, on_error="skip", skipped=skipped)
+    assert df.loc[df["path"].str.endswith("000001.jpg"), "split"].tolist() == ["train"] and len(skipped) == 1
+
+
 def test_celeba_filters_and_limit(tmp_path):
     root = make_celeba(tmp_path / "celeba")
     df = celeba_manifest(root, filters={"Eyeglasses": -1, "Wearing_Hat": -1})

@@ -51,7 +51,7 @@ def _image_dir(root: Path, images: str | None) -> Path:
 
 def _two_column(path: Path, bad: BadInput, allowed: dict | None = None) -> dict[str, str]:
     """`name value` lines of the partition / identity files -> {name: value}."""
-    out = {}
+    out, first = {}, {}
     for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -61,7 +61,12 @@ def _two_column(path: Path, bad: BadInput, allowed: dict | None = None) -> dict[
             expected = "'file partition' with partition 0/1/2" if allowed else "'file identity'"
             bad(where, fields[0], f"expected {expected}, got {line.strip()!r}")
             continue
-        out[fields[0]] = fields[1]
+        if fields[0] in out:  # the later line won in silence: an image moved into test (or to another person)
+            if out[fields[0]] != fields[1]:
+                bad(where, fields[0], f"{fields[0]} is listed again with {fields[1]} (line {first[fields[0]]}: "
+                                      f"{out[fields[0]]}); keep one line per image")
+            continue
+        out[fields[0]], first[fields[0]] = fields[1], number
     return out
 
 
