@@ -57,7 +57,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     cache_dir = (tempfile.mkdtemp() if args.cache_dir == "tmp"
-                 else args.cache_dir or os.environ.get("KGFACE_CACHE_DIR") or default_cache_dir())
+                 else args.cache_dir or default_cache_dir())
     cache = Cache(cache_dir)
     kg = load_kg("hpo", kg_data_dir=kg_data_dir(), cache=cache)
     pb = ProfileBuilder(kg, VisibleCatalog.load(kg_data_dir()))

@@ -21,6 +21,10 @@ META_FILE = "entry.json"
 
 
 def default_cache_dir() -> Path:
+    """$KGFACE_CACHE_DIR, else $XDG_CACHE_HOME/kgface, else ~/.cache/kgface: the jobs' `paths.cache_dir` (null) and
+    `Cache()` called from code find the same root."""
+    if os.environ.get("KGFACE_CACHE_DIR"):
+        return Path(os.environ["KGFACE_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "kgface"
 

@@ -11,7 +11,10 @@ from .resources import kg_data_dir
 
 
 def make_cache(cfg: DictConfig) -> Cache:
-    return Cache(Path(str(cfg.paths.cache_dir)).expanduser())
+    from .cache import default_cache_dir
+
+    folder = cfg.paths.get("cache_dir")
+    return Cache(Path(str(folder)).expanduser() if folder else default_cache_dir())
 
 
 def load_knowledge(cfg: DictConfig, cache: Cache | None = None, progress: bool = True

@@ -154,3 +154,17 @@ def test_module_fixtures_build_into_the_session_cache_not_the_users(cache_dir_se
     # module- and session-scoped fixtures (micro training runs) are set up before function-scoped ones: the cache
     # must already point away from ~/.cache/kgface then
     assert cache_dir_seen_by_a_module_fixture == str(session_cache_dir)
+
+
+def test_jobs_and_code_find_the_same_cache_root(tmp_path, monkeypatch):
+    # paths.cache_dir (null) and Cache() both follow KGFACE_CACHE_DIR, then XDG_CACHE_HOME (the job's config read
+    # only the first, Cache() only the second: two roots, every entry built twice)
+    from kgface.config import compose
+    from kgface.runtime import make_cache
+
+    monkeypatch.delenv("KGFACE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert make_cache(compose("train", [])).root == Cache().root == tmp_path / "xdg" / "kgface"
+    monkeypatch.setenv("KGFACE_CACHE_DIR", str(tmp_path / "mine"))
+    assert make_cache(compose("train", [])).root == Cache().root == tmp_path / "mine"
+    assert make_cache(compose("train", [f"paths.cache_dir={tmp_path / 'set'}"])).root == tmp_path / "set"
