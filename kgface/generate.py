@@ -283,7 +283,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.requests import MODES, Profiles, generate, parse_phenotypes, plan
     from .diffusion.run_loading import check_precision_device, heldout_of, load_run
     from .run_files import find_evaluator
-    from .runtime import make_cache, torch_device
+    from .runtime import check_run_kg, make_cache, torch_device
 
     t0 = time.perf_counter()
     threads = as_number(cfg.get("num_threads") or 0, "num_threads")
@@ -334,9 +334,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     backbone.vae.to(device)
     conditioner.to(device)
     check_precision_device(backbone, device)
-    if run_cfg.kg.source != cfg.kg.source:
-        raise UserError(f"kg={cfg.kg.source} but run={cfg.run} was trained with kg={run_cfg.kg.source}; "
-                        f"set kg={run_cfg.kg.source}")
+    check_run_kg(cfg, run_cfg)
     age = -1
     if cfg.age is not None:
         from .diffusion.training_data import AGE_INDEX

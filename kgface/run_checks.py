@@ -9,6 +9,7 @@ import os
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import as_eta, as_number, container
+from .runtime import KG_FILE_KEYS
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def preflight(cfg: DictConfig) -> None:
     from .diffusion.phenotype_sets import observed_phenotypes_of
     from .runtime import learned_table
 
-    for key in ("encoder.text_model", "model.text_model"):  # the encoder reloads from it wherever the run is used
+    for key in ("encoder.text_model", "model.text_model", *(f"kg.{k}" for k in KG_FILE_KEYS)):
+        # the encoder reloads from the text model wherever the run is used; generate and trial compare the KG files
         value = OmegaConf.select(cfg, key)
         if value not in (None, ""):
             OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(str(value))), force_add=True)

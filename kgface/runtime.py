@@ -10,6 +10,35 @@ from .kg import HEALTHY, FacialProfile, KnowledgeGraph, ProfileBuilder, UnknownD
 from .resources import kg_data_dir
 
 
+# the kg config's files: a run's config.yaml records them absolute (kgface.train's preflight)
+KG_FILE_KEYS = ("path", "features", "obo_path", "hpoa_path", "kg_data_dir")
+
+
+def check_run_kg(cfg: DictConfig, run_cfg: DictConfig) -> None:
+    """kgface.generate / trial resolve diseases the run did not train on from their own `kg`: another source is an
+    error; other files are a warning (an unseen disease is then built from another graph than the seen ones)."""
+    import logging
+    import os
+
+    from .errors import UserError
+
+    if run_cfg.kg.source != cfg.kg.source:
+        raise UserError(f"kg={cfg.kg.source} but run={cfg.run} was trained with kg={run_cfg.kg.source}; "
+                        f"set kg={run_cfg.kg.source}")
+
+    def where(c, key):
+        value = c.kg.get(key)
+        return None if value in (None, "", "???") else os.path.abspath(os.path.expanduser(str(value)))
+
+    for key in KG_FILE_KEYS:
+        if cfg.kg.source == "hpo" and key in ("path", "features"):  # unused for hpo
+            continue
+        if where(cfg, key) != where(run_cfg, key):
+            logging.getLogger(__name__).warning(
+                "kg.%s=%s but run=%s was trained with kg.%s=%s: diseases it did not train on are built from another "
+                "graph than the ones it did", key, cfg.kg.get(key), cfg.run, key, run_cfg.kg.get(key))
+
+
 def make_cache(cfg: DictConfig) -> Cache:
     from .cache import default_cache_dir
 

@@ -55,7 +55,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.run_loading import check_precision_device, load_profiles_json, load_run
     from .run_files import check_output_dir, run_data
     from .prompts.wording import STAGE_SCALES
-    from .runtime import make_cache, torch_device
+    from .runtime import check_run_kg, make_cache, torch_device
     from .trials import analysis, report
     from .trials.design import (check_size, design_from_config, from_condition, simulate, to_condition, true_effects,
                                 whole)
@@ -98,9 +98,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     backbone.vae.to(device)
     conditioner.to(device)
     check_precision_device(backbone, device)
-    if run_cfg.kg.source != cfg.kg.source:
-        raise UserError(f"kg={cfg.kg.source} but run={cfg.run} was trained with kg={run_cfg.kg.source}; "
-                        f"set kg={run_cfg.kg.source}")
+    check_run_kg(cfg, run_cfg)
     profile = Profiles(cfg, run_profiles, cache).get(design.disease)
     if profile.healthy:
         raise UserError("trial.disease=healthy: a trial needs a disease whose severity it follows")

@@ -550,3 +550,28 @@ def test_keys_a_mode_does_not_read_are_refused_before_the_run_loads(tmp_path, ca
                                                                                     "one (frames would replace stages)"),
             (["lesions=[3,12]", "stages=[1]"], "lesions=[3, 12] and stages=[1]: give one")]):
         assert words in fails(capsys, run, tmp_path / f"o{k}", *args)
+
+
+def test_the_kg_of_a_generate_call_is_checked_against_the_runs(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from kgface.config import compose
+    from kgface.runtime import check_run_kg
+
+    run_cfg = compose("train", ["kg=primekg", f"kg.path={tmp_path / 'kg.csv'}"])
+    same = compose("generate", ["run=R", "kg=primekg", f"kg.path={tmp_path / 'kg.csv'}"])
+    with caplog.at_level("WARNING"):
+        check_run_kg(same, run_cfg)
+    assert caplog.text == ""
+    other = compose("generate", ["run=R", "kg=primekg", f"kg.path={tmp_path / 'other.csv'}"])
+    with caplog.at_level("WARNING"):
+        check_run_kg(other, run_cfg)  # an unseen disease would come from another graph than the seen ones
+    assert f"kg.path={tmp_path / 'other.csv'} but run=R was trained with kg.path={tmp_path / 'kg.csv'}" in caplog.text
+    with pytest.raises(UserError, match="kg=hpo but run=R was trained with kg=primekg; set kg=primekg"):
+        check_run_kg(compose("generate", ["run=R"]), run_cfg)
+    hpo = compose("train", [])
+    assert OmegaConf.select(hpo, "kg.path") is None
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        check_run_kg(compose("generate", ["run=R"]), hpo)
+    assert caplog.text == ""
