@@ -96,11 +96,12 @@ class Generator:
 
     def _prompts(self, reqs: list[Request]) -> list[str]:
         from ..prompts import training_prompt
+        from ..prompts.wording import stage_of
 
         if not self.conditioner.uses_text:
             return self.conditioner.prompts(torch.zeros(len(reqs), dtype=torch.long), torch.zeros(len(reqs)))
         descriptions = None if self.draws_phenotypes else self.conditioner.descriptions  # a drawn set: named whole
-        return [training_prompt(p, int(round(r.severity)), conditioning="text", descriptions=descriptions,
+        return [training_prompt(p, stage_of(r.severity), conditioning="text", descriptions=descriptions,
                                 every_phenotype=self.draws_phenotypes)
                 for p, r in zip(self.request_profiles(reqs), reqs)]
 

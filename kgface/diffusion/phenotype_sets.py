@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..kg import FacialProfile
-from ..prompts.wording import stage_levels
+from ..prompts.wording import stage_levels, stage_of
 
 
 def observed_phenotypes_of(cfg) -> bool:
@@ -40,13 +40,13 @@ def with_phenotypes(profile: FacialProfile, hpo_ids) -> FacialProfile:
 def drawn_profile(profile: FacialProfile, seed: int, severity: float, unknown_frequency: float = 0.5) -> FacialProfile:
     """One individual's phenotypes, drawn from the profile: each present with its KG frequency (unknown =
     `unknown_frequency`) from a generator seeded by (seed, disease), so the set does not depend on the stage; at the
-    stage round(severity) only those whose `min_stage` is reached show, and stage 0 shows none unless the
+    stage stage_of(severity) only those whose `min_stage` is reached show, and stage 0 shows none unless the
     disease's stage ladder has signs at stage 0 (acne grade 0 is mild acne). A custom phenotype set (kgface.generate
     mode=compose: every phenotype given by the user, with an intensity) is drawn as given."""
     if profile.healthy or (profile.phenotypes and all(p.provenance == "custom" for p in profile.phenotypes)):
         return profile
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(profile.disease_id.encode())])
-    stage = int(round(float(severity)))
+    stage = stage_of(severity)
     shows = stage > 0 or stage_levels(profile.disease_id)[0].signs
     present = []
     for p in sorted(profile.phenotypes, key=lambda x: x.hpo_id):

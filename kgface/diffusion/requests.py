@@ -119,7 +119,9 @@ def _file_safe(text: str) -> str:
 
 def _row(profile, severity: float, seed: int, mode: str, identity: str, phenotypes=None) -> dict:
     s = 0.0 if profile.healthy else float(severity)
-    return {"identity": identity, "disease": profile.disease_id, "stage": int(round(s)), "severity": round(s, 4),
+    from ..prompts.wording import stage_of
+
+    return {"identity": identity, "disease": profile.disease_id, "stage": stage_of(s), "severity": round(s, 4),
             "split": "test", "source": "generated", "phenotypes": json.dumps(phenotypes or {}, sort_keys=True),
             "mode": mode, "requested_disease": profile.disease_id, "requested_stage": round(s, 4), "seed": int(seed),
             "source_image": "", "name": profile.name, "lesion_count": _lesion_count(profile, s)}

@@ -44,8 +44,8 @@ def _fills(table: pd.DataFrame, column: str) -> np.ndarray:
 
 def _requested(table: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Each generated row's request: disease, severity (float: `kgface.generate` asks for e.g. 2.6) and stage (the
-    nearest integer, as the generator's own `stage` column rounds it) from requested_* where filled, else the row's
-    disease / stage."""
+    stage whose bin [s - 0.5, s + 0.5) holds it, as the generator's own `stage` column writes it) from requested_*
+    where filled, else the row's disease / stage."""
     diseases = _filled(table, "requested_disease", "disease")
     asked = _filled(table, "requested_stage", "stage")
     severity = pd.to_numeric(asked, errors="coerce")
@@ -55,7 +55,8 @@ def _requested(table: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
         where = table["path"].iloc[i] if "path" in table else f"row {i}"
         raise EvaluatorInputError(f"generated set, {where}: requested stage {asked.iloc[i]!r} is not a number in "
                                   f"[0, {N_STAGES - 1}]; fix its requested_stage (or stage) column")
-    return diseases, severity.astype(float), severity.round().astype(int)
+    # the stage whose bin holds the severity, as the generator's rows write it (2.5 is stage 3: not round-half-even)
+    return diseases, severity.astype(float), np.floor(severity.astype(float) + 0.5).clip(0, N_STAGES - 1).astype(int)
 
 
 def _expected_sets(table: pd.DataFrame, diseases, stages, profiles: dict[str, FacialProfile], vocab) -> list[set]:

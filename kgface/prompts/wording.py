@@ -6,11 +6,18 @@ change of wording is one diff. Functions take a `FacialProfile` and are determin
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kgface.kg.profiles import FacialProfile, Phenotype
 
 N_STAGES = 4
+
+
+def stage_of(severity: float) -> int:
+    """The stage whose severity bin [s - 0.5, s + 0.5) holds `severity`, the phantom's bins: 0.5 is stage 1 and 2.5
+    stage 3 (Python's round() sends halves to the even stage: 0.5 -> 0, 2.5 -> 2)."""
+    return int(min(N_STAGES - 1, max(0, math.floor(float(severity) + 0.5))))
 ACNE = "MONDO:0011438"
 
 # With conditioning=kg the disease reaches the UNet through the KG encoder only; the text must not leak it.

@@ -149,3 +149,11 @@ def test_phenotype_prompts_open_with_the_atlas_caption(down):
         prompts = phenotype_prompts(ph)
         assert prompts[0] == phenotype_caption([ph]) and len(set(prompts)) == 3
         assert all((ph.visual or ph.name).rstrip(".") in p for p in prompts)
+
+
+def test_stage_of_a_severity_follows_the_phantoms_bins():
+    # stage s owns severities [s - 0.5, s + 0.5): halves go up, not to the even stage as round() sends them
+    from kgface.prompts.wording import stage_of
+
+    assert [stage_of(s) for s in (0, 0.49, 0.5, 1.5, 2.5, 2.51, 3.0)] == [0, 0, 1, 2, 3, 3, 3]
+    assert stage_of(-0.2) == 0 and stage_of(3.4) == 3  # clipped to the scale
