@@ -57,6 +57,8 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
     `profiles` in the conditioner's list. atlas: (rows, profiles) from `atlas_training_rows`, whose profiles come
     after those; its faces make up `atlas_share` of the draws (each part uniform within itself). marks: add each
     face's mark map (`mark_maps`; atlas faces get none) for trainer.mark_weight."""
+    import pandas as pd
+
     df = train_rows(manifest, profiles, heldout)
     unknown = torch.from_numpy(~stage_known(df))
     if unknown.any():  # not their placeholder stage, which would teach that stage every stage's look
@@ -80,8 +82,9 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
              "index": cls,
              # stage -1 / severity NaN: unknown (Conditioner.prompts and the stage embeddings read them so)
              "stage": torch.tensor(df["stage"].astype(int).to_numpy()).masked_fill(unknown, -1),
-             "severity": torch.tensor(df["severity"].astype(float).to_numpy(),
-                                      dtype=torch.float32).masked_fill(unknown, float("nan")),
+             # an empty severity reads as the stage (docs/data.md); kgface.data.real writes it empty for its photos
+             "severity": torch.tensor(pd.to_numeric(df["severity"], errors="coerce").fillna(
+                 df["stage"].astype(float)).to_numpy(), dtype=torch.float32).masked_fill(unknown, float("nan")),
              "age": torch.tensor([AGE_INDEX.get(a, -1) for a in df.get("age_group", [""] * len(df))])}
     if maps is not None:
         if maps.shape[-2:] != parts["latents"].shape[-2:]:

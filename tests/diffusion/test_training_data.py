@@ -180,7 +180,10 @@ def test_ungraded_faces_train_with_an_unknown_stage_not_their_placeholder(micro_
     sick = (df["split"] == "train") & (df["disease"] == "ORPHA:870")
     assert sick.sum() >= 2
     df["stage_known"] = "True"
-    df.loc[sick, ["stage", "stage_known"]] = ["2", "False"]
+    # as kgface.data.real writes them: placeholder stage 2, empty severity (it crashed the cast to float)
+    df.loc[sick, ["stage", "stage_known", "severity"]] = ["2", "False", ""]
+    graded = df.index[(df["split"] == "train") & (df["disease"] == "MONDO:0011438")][0]
+    df.loc[graded, "severity"] = ""  # a known stage with an empty severity reads as the stage (docs/data.md)
     (tmp_path / "images").symlink_to(manifest.parent / "images")
     df.to_csv(tmp_path / "manifest.csv", index=False)
     vae = AutoencoderKL.from_pretrained(out / "model" / "vae")
@@ -192,6 +195,7 @@ def test_ungraded_faces_train_with_an_unknown_stage_not_their_placeholder(micro_
     assert data.stage[unknown].eq(-1).all() and data.severity[unknown].isnan().all()
     assert data.stage[~unknown].tolist() == train.loc[~unknown, "stage"].astype(int).tolist()
     assert all(math.isfinite(v) for v in data.severity[~unknown].tolist())
+    assert data.severity[list(train.index).index(graded)].item() == float(df.loc[graded, "stage"])
 
 
 def test_mark_maps_find_each_faces_marks_against_its_stage0_twin(tmp_path):
