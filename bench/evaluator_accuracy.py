@@ -40,7 +40,7 @@ def main(argv=None):
     ap.add_argument("--feature-probe", type=int, metavar="N", help="probe each phenotype drawn alone on N identities")
     ap.add_argument("--generated", type=Path, metavar="MANIFEST", help="also read this generated set's faces")
     ap.add_argument("--vae", action="store_true", help="also read the real test faces after the config's VAE")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may follow the options too (docs quote them so)
 
     from kgface.config import compose
     from kgface.data.build import phantom_dataset

@@ -65,7 +65,7 @@ def main(argv=None):
     ap.add_argument("overrides", nargs="*", help="kgface.train overrides selecting the data and the evaluator")
     ap.add_argument("--runs", nargs="*", default=[], help="train runs whose samples/manifest.csv to read")
     ap.add_argument("--vae", action="store_true", help="also read the real faces after the config's VAE")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may follow the options too (docs quote them so)
 
     from kgface.config import compose
     from kgface.data.build import phantom_dataset

@@ -24,7 +24,7 @@ def main(argv=None):
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--every", type=int, default=0,
                     help="print PSNR and ceiling every N steps while the VAE trains (then cached as usual)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may follow the options too (docs quote them so)
 
     import pandas as pd
     from omegaconf import OmegaConf
