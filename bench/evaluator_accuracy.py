@@ -61,12 +61,12 @@ def main(argv=None):
     if args.vae:  # the train job's VAE (cached under its key), as in bench/vae_ceiling.py
         from omegaconf import OmegaConf
 
-        from kgface.diffusion.vae import cached_vae
+        from kgface.diffusion.vae import cached_vae, heldout_of_config
         from kgface.diffusion.vae import roundtrip as vae_roundtrip
 
         vae_train = OmegaConf.to_container(cfg.model.vae_train, resolve=True)
         vae, _, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True), vae_train, cache,
-                               progress=True)
+                               progress=True, heldout=heldout_of_config(cfg))
         roundtrip = lambda x: vae_roundtrip(vae, x)  # noqa: E731
         vae_keys = ["vae_ceiling_top1", "vae_ceiling_top1_seen_disease", "vae_ceiling_top1_heldout",
                 "vae_ceiling_stage_spearman", "vae_ceiling_phenotype_auroc_summary"]

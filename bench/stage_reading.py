@@ -96,10 +96,11 @@ def main(argv=None):
     if args.vae:  # the train job's VAE, cached under its key (as bench/vae_ceiling.py)
         from omegaconf import OmegaConf
 
-        from kgface.diffusion.vae import cached_vae, roundtrip
+        from kgface.diffusion.vae import cached_vae, heldout_of_config, roundtrip
 
         vae, _, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True),
-                               OmegaConf.to_container(cfg.model.vae_train, resolve=True), cache, progress=True)
+                               OmegaConf.to_container(cfg.model.vae_train, resolve=True), cache, progress=True,
+                               heldout=heldout_of_config(cfg))
         r = ev.score(roundtrip(vae, images))
         lines += stage_lines("... after the VAE", test["stage"], r["severity_pred"], test["disease"],
                              r["pred_disease"])

@@ -133,7 +133,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         from .diffusion.vae import cached_vae
 
         vae, metrics["vae"], _ = cached_vae(manifest, container(cfg.model.tiny), container(cfg.model.vae_train),
-                                            cache, progress=cfg.progress)
+                                            cache, progress=cfg.progress, heldout=heldout)
     lap("vae_s")
 
     # 4. the evaluator: trained on real images of every disease (held-out ones too), never on generated ones,

@@ -97,13 +97,16 @@ def adversarial_active(t: dict) -> bool:
     return t["adv_weight"] > 0 and t["adv_start"] < t["steps"]
 
 
-def load_split_images(manifest: Path, split: str | None = "train", limit: int | None = None) -> torch.Tensor:
-    """uint8 [N, 3, H, W] of a manifest's images (one split, or all)."""
+def load_split_images(manifest: Path, split: str | None = "train", limit: int | None = None,
+                      exclude: set[str] | frozenset = frozenset()) -> torch.Tensor:
+    """uint8 [N, 3, H, W] of a manifest's images (one split, or all), without the diseases in `exclude`."""
     import pandas as pd
 
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     if split is not None:
         df = df[df["split"] == split]
+    if exclude:
+        df = df[~df["disease"].isin(set(exclude))]
     paths = [manifest.parent / p for p in df["path"]][:limit]
     arr = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
@@ -278,8 +281,16 @@ def manifest_digest(manifest: Path) -> str:
     return hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
 
 
+def heldout_of_config(cfg) -> set[str]:
+    """A job config's `data.heldout` as a set: what cached_vae leaves out (the train job's and the bench scripts'
+    VAE must be the same entry)."""
+    from ..config import disease_list
+
+    return set(disease_list(cfg.data.get("heldout"), "data.heldout", allow_empty=True) or [])
+
+
 def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, cache: Cache, progress: bool = True,
-               every: int = 0, on_checkpoint=None):
+               every: int = 0, on_checkpoint=None, heldout: set[str] | frozenset = frozenset()):
     """The dataset's VAE from the cache, trained on its train split on first use (diffusers folder layout).
     every / on_checkpoint: passed to train_vae when it trains (bench/vae_ceiling.py --every reads the curve of the
     VAE it caches; the readings do not change the weights, tested)."""
@@ -303,9 +314,11 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
             "train": train_spec}
     if VAE_VERSION != 1:
         spec["version"] = VAE_VERSION
+    if heldout:  # the VAE is the generator's decoder: it learns from the generator's diseases only
+        spec["heldout"] = sorted(heldout)
     entry = cache.entry("vae", spec)
     if not entry.exists():
-        train = load_split_images(Path(manifest), "train")
+        train = load_split_images(Path(manifest), "train", exclude=heldout)
         partial = entry.partial  # a killed run's training state, resumed next time
         vae = train_vae(train, model_cfg, train_cfg, progress=progress, every=every, on_checkpoint=on_checkpoint,
                         state_dir=partial, state_every=VAE_CHECKPOINT_EVERY, fingerprint=entry.key)

@@ -271,3 +271,28 @@ def test_cached_vae_resumes_a_killed_training_and_clears_its_state(tmp_path, mon
     partial[0].mkdir()
     V.cached_vae(manifest, SMALL, train, cache, progress=False)
     assert not partial[0].exists()
+
+
+def test_the_vae_learns_from_the_generators_diseases_only(tmp_path):
+    # the VAE is the generator's decoder: a held-out disease's faces must not teach it (they did until 2026-12-06)
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from kgface.cache import Cache
+    from kgface.diffusion.vae import cached_vae, load_split_images
+
+    rows = ["path,disease,split"]
+    for i in range(6):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'B' if i in (1, 3) else 'A'},{'test' if i == 5 else 'train'}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    kept = load_split_images(manifest, "train", exclude={"B"})
+    assert kept[:, 0, 0, 0].tolist() == [0, 80, 160]  # images 0, 2, 4: B's 1 and 3 left out
+    cache, train = Cache(tmp_path / "cache"), {"steps": 1, "batch_size": 2}
+    _, info, seen = cached_vae(manifest, SMALL, train, cache, progress=False)
+    _, held_info, held = cached_vae(manifest, SMALL, train, cache, progress=False, heldout={"B"})
+    assert held != seen and info["train_images"] == 5 and held_info["train_images"] == 3
+    assert json.loads((held / "entry.json").read_text())["spec"]["heldout"] == ["B"]
