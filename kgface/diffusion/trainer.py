@@ -33,7 +33,7 @@ TRAINER_DEFAULTS = {
     "warmup_steps": 100, "grad_accum": 1, "mixed_precision": "no", "max_grad_norm": 1.0, "ema_decay": 0.999,
     "ema": True, "min_snr_gamma": 5.0, "cfg_drop_tokens": 0.1, "cfg_drop_text": 0.0, "cfg_drop_both": 0.05,
     "checkpoint_every": 500, "keep_checkpoints": 2, "resume": None, "log_every": 25, "val_every": 0,
-    "seed": 0, "num_threads": 0, "mark_weight": 0.0,
+    "seed": 0, "num_threads": 0, "mark_weight": 0.0, "age_drop": 0.1,
 }
 
 
@@ -353,9 +353,13 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                              for k, v in added.items()}
                 kw = {k: v.to(device) for k, v in added.items()}  # SDXL's text_embeds / time_ids, built on the CPU
                 if conditioner.uses_tokens:
-                    tokens = conditioner.tokens(cls, data.severity[idx].to(device), data.age[idx].to(device)
-                                                if conditioner.uses_kg and
-                                                getattr(conditioner.encoder, "age_groups", 0) else None)
+                    age = None
+                    if conditioner.uses_kg and getattr(conditioner.encoder, "age_groups", 0):
+                        # every sample drawn without age= asks for the unknown age (-1): it must be trained too
+                        age = torch.where(torch.rand(len(idx), generator=g) < float(t["age_drop"]), -1,
+                                          data.age[idx])
+                    tokens = conditioner.tokens(cls, data.severity[idx].to(device),
+                                                None if age is None else age.to(device))
                     tokens = torch.where(drop_tok.view(-1, 1, 1).to(device), conditioner.null(len(idx)), tokens)
                     kw["image_embeds"] = [tokens]
                 with acc.autocast():

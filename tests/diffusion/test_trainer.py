@@ -54,9 +54,13 @@ def test_training_feeds_ages_to_the_kg_encoder(profiles, tmp_path, mode):
     data.age = torch.arange(8) % 2  # groups 0 and 1 -> rows 1 and 2; row 0 is "unknown"
     before = encoder.age_emb.weight.detach().clone()
     # no weight decay: a row without gradient then stays bit-identical under AdamW
-    train(backbone, cond, data, {**FAST, "steps": 3, "weight_decay": 0.0}, tmp_path, progress=False)
+    train(backbone, cond, data, {**FAST, "steps": 3, "weight_decay": 0.0, "age_drop": 0.0}, tmp_path, progress=False)
     moved = (encoder.age_emb.weight.detach() != before).any(dim=1).tolist()
     assert moved == [False, True, True], moved
+    # trainer.age_drop: some steps see the unknown age, which every request without age= asks for
+    train(backbone, cond, data, {**FAST, "steps": 3, "weight_decay": 0.0, "age_drop": 0.5}, tmp_path / "drop",
+          progress=False)
+    assert (encoder.age_emb.weight.detach()[0] != before[0]).any()
 
 
 @pytest.mark.parametrize("mode", ["kg", "class"])
