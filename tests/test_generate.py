@@ -315,7 +315,7 @@ def test_transform_from_a_manifest_with_a_png_mask(micro_run, tmp_path):
     for _, row in df.iterrows():
         out, inp = pixels(tmp_path / "o" / row["path"]), pixels(tmp_path / "o" / row["source_image"])
         assert np.abs(out[:16] - inp[:16]).max() <= 1  # the unmasked upper half is the input's
-        assert np.abs(out[16:] - inp[16:]).mean() > 10  # ... and the masked lower half was redrawn
+        assert np.abs(out[16:] - inp[16:]).mean() > 3  # ... and the masked lower half was redrawn
 
 
 def test_transform_scores_identity_with_the_runs_evaluator(baselines_run, tmp_path):
