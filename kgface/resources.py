@@ -18,8 +18,9 @@ def asset_root() -> Path:
     if override:  # named on purpose: a folder without all three would otherwise fall back to the bundled assets
         missing = [name for name in ASSET_DIRS if not (Path(override) / name).is_dir()]
         if missing:
+            folders = ", ".join(f"{d}/" for d in ASSET_DIRS)
             raise FileNotFoundError(f"KGFACE_ASSETS={override} has no {', '.join(f'{m}/' for m in missing)}; it "
-                                    f"must hold {', '.join(f'{d}/' for d in ASSET_DIRS)} (or unset it for kgface's own)")
+                                    f"must hold {folders} (or unset it for kgface's own)")
         return Path(override)
     candidates = [_PACKAGE_DIR / "_assets", _PACKAGE_DIR.parent]
     for root in candidates:

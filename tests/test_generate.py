@@ -546,8 +546,8 @@ def test_keys_a_mode_does_not_read_are_refused_before_the_run_loads(tmp_path, ca
             (["target=ORPHA:870", "stage=2"], "mode=sample does not read target=ORPHA:870, stage=2; leave them out"),
             (["mode=progression", "disease=ORPHA:870", "target=ORPHA:870"], "mode=progression does not read target="),
             (["mode=compose", "disease=ORPHA:870", f"input={x}"], "mode=compose does not read input="),
-            (["mode=progression", "disease=ORPHA:870", "frames=4", "stages=[0,3]"], "frames=4 and stages=[0, 3]: give "
-                                                                                    "one (frames would replace stages)"),
+            (["mode=progression", "disease=ORPHA:870", "frames=4", "stages=[0,3]"],
+             "frames=4 and stages=[0, 3]: give one (frames would replace stages)"),
             (["lesions=[3,12]", "stages=[1]"], "lesions=[3, 12] and stages=[1]: give one")]):
         assert words in fails(capsys, run, tmp_path / f"o{k}", *args)
 

@@ -52,7 +52,8 @@ def test_a_kgface_assets_folder_without_the_assets_is_a_one_line_error(tmp_path,
     with pytest.raises(SystemExit) as info:
         main([f"hydra.run.dir={tmp_path / 'out'}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert info.value.code == 2 and len(err) == 1 and err[0].startswith(f"kgface.profiles: error: KGFACE_ASSETS={tmp_path}")
+    assert info.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"kgface.profiles: error: KGFACE_ASSETS={tmp_path}")
     for name in ("kg_data", "prompts"):
         (tmp_path / name).mkdir()
     assert asset_root() == tmp_path

@@ -3,8 +3,8 @@
 - `load_rgb(path)` opens, verifies and fully decodes an image, applies its EXIF orientation and returns it as 8-bit RGB.
   Other modes are converted (noted at debug level, and in `img.info["source_mode"]`): L/LA/P/PA/1/CMYK/YCbCr/...
   through Pillow; transparent images (RGBA, LA, PA, P with transparency) are composited onto white; 16-bit grey (I;16*)
-  is scaled by 1/257 always, 32-bit grey (I) by 1/257 when its values exceed 255; float (F) images are scaled by 255 when they lie in
-  [0, 1]. A missing, unreadable, truncated or oversized file raises `ImageError` naming the file.
+  is scaled by 1/257 always, 32-bit grey (I) by 1/257 when its values exceed 255; float (F) images are scaled by 255
+  when they lie in [0, 1]. A missing, unreadable, truncated or oversized file raises `ImageError` naming the file.
 - `face_crop(img, size, detector=None, margin=0.25)`: without a detector the centred square of side min(W, H); with one
   a square around the largest detected face (side max(w, h) * (1 + 2 margin), moved inside the image, at most
   min(W, H)); no face found falls back to the centred square. Then a LANCZOS resize to size x size.

@@ -284,7 +284,8 @@ def wording_digest(profiles) -> str:
         every = {ph.hpo_id: 1.0 for ph in p.phenotypes}
         stages = [] if p.healthy else [t for s in range(4) for t in (caption(p, s), caption(p, s, every))]
         texts.append([caption(p), caption(p, None, every), *stages, *zero_shot_prompts(p),
-                      *[phenotype_caption([ph]) for ph in p.phenotypes], *[phenotype_prompts(ph) for ph in p.phenotypes]])
+                      *[phenotype_caption([ph]) for ph in p.phenotypes],
+                      *[phenotype_prompts(ph) for ph in p.phenotypes]])
     return stable_hash(texts)
 
 

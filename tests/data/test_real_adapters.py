@@ -672,8 +672,8 @@ def test_build_keeps_a_photo_saved_twice_once_and_refuses_one_labelled_twice(tmp
     assert pd.read_csv(out / "skipped.csv")["path"].tolist() == [dropped] and dropped not in set(df["original"])
     # the same photo in two classes: one of the two labels is wrong, and the build cannot tell which
     shutil.copy(root / "Leprosy" / "lep_0.jpg", root / "Healthy" / "hea_9.jpg")
-    with pytest.raises(ManifestError, match=r"Leprosy/lep_0.*jpg: the same file as Healthy/hea_9.jpg \(at .*\), labelled "
-                                            r"ORPHA:548 stage 2 here and healthy stage 0 there; remove the wrongly "
-                                            r"labelled copy; fix it or set on_error=skip"):
+    with pytest.raises(ManifestError, match=r"Leprosy/lep_0.*jpg: the same file as Healthy/hea_9.jpg \(at .*\), "
+                                            r"labelled ORPHA:548 stage 2 here and healthy stage 0 there; "
+                                            r"remove the wrongly labelled copy; fix it or set on_error=skip"):
         build_real_dataset(_data_cfg("disease_faces", root=str(root)), out, size=SIZE)
     assert read_manifest(out / "manifest.csv", known_diseases=set(CLASSES.values()))[0].equals(df)  # kept whole

@@ -32,7 +32,8 @@ def test_proportion_and_accuracy_intervals_agree():
     pred = np.array(["a", "b", "b", "a", "a"])  # 3 of 5
     assert accuracy_interval(y, pred) == wilson_interval(3, 5) == proportion_interval(0.6, 5)
     # metrics.json keeps rates to 4 decimals: 2 of 3 is stored as 0.6667 and must still read as 2 of 3
-    assert proportion_interval(0.6667, 3) == wilson_interval(2, 3) and proportion_interval(1 / 3, 3) == wilson_interval(1, 3)
+    assert proportion_interval(0.6667, 3) == wilson_interval(2, 3)
+    assert proportion_interval(1 / 3, 3) == wilson_interval(1, 3)
     assert proportion_interval(0.6234, 1000) == wilson_interval(623, 1000)  # rounds to the nearest count
     assert all(math.isnan(x) for x in proportion_interval(float("nan"), 5) + proportion_interval(0.5, 0))
 
