@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..data.manifest import stage_known
 from ..data.phantom.identity import AGE_GROUPS
 from ..errors import UserError
+from ..prompts.wording import stage_of
 from .trainer import LatentSet
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,6 @@ def atlas_training_rows(manifest: Path, profiles, data_cfg) -> tuple[list[dict],
             disease_id=f"atlas-{k:05d}", name=ATLAS_NAME, kg=profiles[0].kg, query="phenotype atlas",
             phenotypes=[dataclasses.replace(terms[h], frequency=1.0, frequency_raw="", min_stage=0,
                                             provenance="phenotype atlas") for h in sorted(shown)]))
-        rows.append({"path": r.path, "stage": int(min(3, max(1, round(severity)))), "severity": severity,
+        rows.append({"path": r.path, "stage": max(1, stage_of(severity)), "severity": severity,
                      "age_group": getattr(r, "age_group", "")})
     return rows, atlas_profiles

@@ -345,6 +345,8 @@ def test_disease_faces_unmapped_and_missing_folders(tmp_path):
         class_folder_manifest(root, {"Down syndrome": "ORPHA:870", "down_syndrome": "ORPHA:870"})
     with pytest.raises(UserError, match="healthy images are stage 0"):
         class_folder_manifest(root, CLASSES, stages={"healthy": 2}, on_error="skip")
+    with pytest.raises(UserError, match=r"^class 'Healthy': 'Healthy': write healthy faces as 'healthy'"):
+        class_folder_manifest(root, {**CLASSES, "Healthy": "Healthy"})  # before any image is read
 
 
 def test_build_disease_faces_converts_every_mode(tmp_path):
@@ -668,7 +670,7 @@ def test_build_keeps_a_photo_saved_twice_once_and_refuses_one_labelled_twice(tmp
     assert result.rows == 25 and len(result.skipped) == 1 and result.summary["skipped"] == 1
     pair = {"Leprosy/lep_0.jpg", "Leprosy/lep_0 (1).jpg"}  # listed in sorted order: "lep_0 (1)" comes first
     dropped, = pair & {result.skipped[0]["path"]}
-    assert f"the same file as {(pair - {dropped}).pop()}" in result.skipped[0]["reason"]
+    assert f"a copy of {(pair - {dropped}).pop()}" in result.skipped[0]["reason"]
     assert pd.read_csv(out / "skipped.csv")["path"].tolist() == [dropped] and dropped not in set(df["original"])
     # the same photo in two classes: one of the two labels is wrong, and the build cannot tell which
     shutil.copy(root / "Leprosy" / "lep_0.jpg", root / "Healthy" / "hea_9.jpg")
@@ -677,3 +679,20 @@ def test_build_keeps_a_photo_saved_twice_once_and_refuses_one_labelled_twice(tmp
                                             r"remove the wrongly labelled copy; fix it or set on_error=skip"):
         build_real_dataset(_data_cfg("disease_faces", root=str(root)), out, size=SIZE)
     assert read_manifest(out / "manifest.csv", known_diseases=set(CLASSES.values()))[0].equals(df)  # kept whole
+
+
+def test_one_photo_as_healthy_and_as_a_disease_at_stage_0_is_both(tmp_path):
+    # a stage-0 face looks healthy by definition: the phantom draws one identity's stage-0 face and healthy face
+    # alike, and a phantom manifest imported with data=manifest must keep both rows
+    from kgface.data.real.common import BadInput, check_duplicate_images
+
+    _face(1).save(tmp_path / "a.png")
+    shutil.copy(tmp_path / "a.png", tmp_path / "b.png")
+    shutil.copy(tmp_path / "a.png", tmp_path / "c.png")
+    df = pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "disease": ["healthy", "ORPHA:870", "ORPHA:870"],
+                       "stage": [0, 0, 2], "_where": ["m:2", "m:3", "m:4"],
+                       "abspath": [str(tmp_path / n) for n in ("a.png", "b.png", "c.png")]})
+    skipped = []
+    kept = check_duplicate_images(df, BadInput("skip", skipped))
+    assert kept["path"].tolist() == ["a.png", "b.png"]  # c: stage 2 cannot be the healthy face a is
+    assert [s["where"] for s in skipped] == ["m:4"]

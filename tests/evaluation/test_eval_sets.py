@@ -225,7 +225,9 @@ def test_requests_are_read_row_by_row_and_continuous_stages_round():
     diseases, severity, stages = _requested(table)
     assert list(diseases) == ["X", "B", "Z", "D"]  # an empty cell falls back for its own row only
     assert list(severity) == [2.6, 2.0, 0.4, 1.5]  # Spearman reads the requested severity
-    assert list(stages) == [3, 2, 0, 2]  # as the generator's own stage column rounds it (half to even)
+    assert list(stages) == [3, 2, 0, 2]  # the stage whose bin holds the severity, as the generator's rows write it
+    halves = _requested(table.assign(requested_stage=["0.5", "2.5", "1.49", "2.51"]))[2]
+    assert list(halves) == [1, 3, 1, 3]  # the phantom's bins [s - 0.5, s + 0.5): not round-half-even's 0 and 2
     for bad in ("two", "3.5", "-1"):
         with pytest.raises(EvaluatorInputError, match=f"b.png: requested stage '{bad}' is not a number in"):
             _requested(table.assign(requested_stage=["1", bad, "1", "1"]))

@@ -22,10 +22,17 @@ from ..manifest import N_STAGES, ManifestError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".avif")
+def _avif() -> tuple[str, ...]:
+    from PIL import features
+
+    return (".avif",) if features.check("avif") else ()  # Pillow reads AVIF only in builds that carry it
+
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", *_avif())
 # photos Pillow cannot open (phones' HEIC, raw camera files, vector art): left out of a listed folder with a warning,
 # not the info line of a stray notes.txt, since a class shrinks by them
-UNREAD_PHOTO_EXTS = (".heic", ".heif", ".jxl", ".dng", ".cr2", ".nef", ".arw", ".raw", ".svg", ".psd")
+UNREAD_PHOTO_EXTS = tuple(e for e in (".heic", ".heif", ".jxl", ".dng", ".cr2", ".nef", ".arw", ".raw", ".svg", ".psd",
+                                       ".avif") if e not in IMAGE_EXTS)
 ON_ERROR = ("raise", "skip")
 UNKNOWN_STAGE = 2          # the stage written when a photo's stage is unknown (stage_known=False); docs/data.md
 SKIP_COLUMNS = ["where", "path", "reason"]
@@ -159,11 +166,18 @@ def _content_digest(path: str) -> str | None:
     return h.hexdigest()
 
 
+def _healthy_looking(disease, stage) -> bool:
+    try:
+        return disease == "healthy" or int(stage) == 0
+    except (TypeError, ValueError):
+        return False
+
+
 def check_duplicate_images(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
     """The same photo listed twice (byte-identical files under two names, e.g. `img12.jpg` and `img12 (1).jpg` of a
     web-collected folder): with the same disease and stage the later copies are dropped and listed in skipped.csv (as
     two identities they could land in train and test); with other labels it is bad input naming both places (one
-    photo cannot be both)."""
+    photo cannot be both), unless both labels are healthy-looking (healthy, or a disease at stage 0)."""
     first, keep = {}, []
     labels = list(zip(df["disease"], df["stage"]))
     for i, (path, where, abspath) in enumerate(zip(df["path"], df["_where"], df["abspath"])):
@@ -175,9 +189,15 @@ def check_duplicate_images(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
             continue
         j = first[digest]
         if labels[i] == labels[j]:
-            bad.skipped.append({"where": where, "path": path, "reason": f"the same file as {df['path'].iloc[j]} "
-                                                                        f"(at {df['_where'].iloc[j]}); kept once"})
-            log.warning("%s skipped: the same file as %s", where, df["path"].iloc[j])
+            bad.skipped.append({"where": where, "path": path, "reason": f"a copy of {df['path'].iloc[j]} "
+                                                                        f"(at {df['_where'].iloc[j]}): only that one "
+                                                                        "is read"})
+            log.warning("%s skipped: a copy of %s", where, df["path"].iloc[j])
+            continue
+        if _healthy_looking(*labels[i]) and _healthy_looking(*labels[j]):
+            # a stage-0 face looks healthy by definition (a phantom draws a disease's stage-0 face and the healthy
+            # face of one identity alike): both labels hold
+            keep.append(i)
             continue
         bad(where, path, f"the same file as {df['path'].iloc[j]} (at {df['_where'].iloc[j]}), labelled "
                          f"{labels[i][0]} stage {labels[i][1]} here and {labels[j][0]} stage {labels[j][1]} there; "

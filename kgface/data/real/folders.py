@@ -35,6 +35,8 @@ def _labels(disease: str, stage, what: str) -> dict:
     disease = str(disease).strip()
     if not disease:
         raise UserError(f"{what}: empty disease id (use a KG id or 'healthy')")
+    if disease.lower() == "healthy" and disease != "healthy":  # refused before any image is read, not after
+        raise UserError(f"{what}: '{disease}': write healthy faces as 'healthy' (lower case)")
     if disease == "healthy":
         if stage not in (None, 0):
             raise UserError(f"{what}: healthy images are stage 0, got stage {stage}")
