@@ -333,3 +333,13 @@ def test_phenotype_rendering_reads_a_runs_atlas_and_refuses_a_run_without_one(ev
     (copy / "data.json").write_text(json.dumps({**data, "manifest": str(tmp_path / "data" / "manifest.csv")}))
     with pytest.raises(SystemExit, match="its data has no phenotype atlas"):
         script("phenotype_rendering").main([str(copy)])
+
+
+def test_vae_heldout_reads_the_runs_vae_and_one_that_saw_every_disease(evaluated_run, capsys):
+    script("vae_heldout").main([str(evaluated_run)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("VAE ")]
+    assert len(lines) == 2 and "every disease" in lines[0] and "generator's diseases (now)" in lines[1]
+    faces = [int(re.search(r"(\d+) train faces", line).group(1)) for line in lines]
+    assert faces[0] > faces[1] > 0  # the held-out disease's train faces taught only the first
+    run_vae = json.loads((evaluated_run / "metrics.json").read_text())["vae"]
+    assert faces[1] == run_vae["train_images"]  # the second is the run's own entry
