@@ -83,7 +83,7 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
                                     identity_pairs=measure_real)
     if measure_real and cfg.data.name == "phantom":
         metrics.setdefault("evaluator", {}).update(isolated_effects_check(cfg, evaluator, real_df))
-    controls = conditioning_controls(cfg, gen, drawable, evaluator, heldout, mode)
+    controls = conditioning_controls(cfg, gen, drawable, evaluator, heldout, mode, seed_order=seed_order)
     if controls:
         metrics["controls"] = controls
     if not measure_real:  # the instrument's numbers belong to the first generator's evaluation only
@@ -131,13 +131,16 @@ def isolated_effects_check(cfg, evaluator, real_df, per_term: int = 12, faces: i
 
 
 @torch.no_grad()
-def conditioning_controls(cfg, gen, drawable, evaluator, heldout: set[str], mode: str) -> dict:
+def conditioning_controls(cfg, gen, drawable, evaluator, heldout: set[str], mode: str,
+                          seed_order: list[str] | None = None) -> dict:
     """Does the image follow the condition? Every sick profile at stage 3 with `samples.control_seeds` seeds, drawn
     again (a) with the next disease's tokens and (b) with the adapter at scale 0; the share of images whose measured
     disease changes (token conditionings only; with kg_text the swap changes the prompt too, and scale 0 takes away
     the KG tokens alone, leaving the prompt). `*_chance` is the share that would change if the two
     predictions were independent draws from their own label distributions: a control near it means the condition
-    moves the image as much as a fresh face would, well below it means the image hardly depends on the condition."""
+    moves the image as much as a fresh face would, well below it means the image hardly depends on the condition.
+    seed_order: as the grid's, each disease's noise fixed by its place there, so that a baselines run's conditionings
+    draw one disease from the same noises even where one of them cannot draw some others (class tokens)."""
     if mode == "text":
         return {}
     import numpy as np
@@ -148,11 +151,15 @@ def conditioning_controls(cfg, gen, drawable, evaluator, heldout: set[str], mode
     sick = [p for p in drawable if not p.healthy]
     if len(sick) < 2:
         return {}
+    from .diffusion.samples import seed_order_of
+
     seed = int(cfg.seed) + 9000
     k = max(1, int(cfg.samples.get("control_seeds", 1)))
+    order = seed_order_of([p.disease_id for p in sick], seed_order)
+    place = [order.index(p.disease_id) for p in sick]
     idx = [(i, j) for j in range(k) for i in range(len(sick))]
-    reqs = [Request(sick[i], 3.0, seed + j * len(sick) + i) for i, j in idx]
-    swapped = [Request(sick[(i + 1) % len(sick)], 3.0, seed + j * len(sick) + i) for i, j in idx]
+    reqs = [Request(sick[i], 3.0, seed + j * len(order) + place[i]) for i, j in idx]
+    swapped = [Request(sick[(i + 1) % len(sick)], 3.0, seed + j * len(order) + place[i]) for i, j in idx]
     base = evaluator.score(gen.sample(reqs))["pred_disease"].to_numpy()
     swap = evaluator.score(gen.sample(swapped))["pred_disease"].to_numpy()
     set_adapter_scale(gen.backbone.unet, 0.0)

@@ -52,3 +52,30 @@ def test_controls_draw_with_swapped_tokens_and_with_the_adapter_off(micro_genera
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(saved[k])
+
+
+def test_control_draws_pair_a_diseases_noise_across_runs_that_draw_fewer(micro_generator):
+    # a baselines run's class generator cannot draw the held-out disease: its controls must still draw every other
+    # disease from the noises the kg generator used (they shifted with the list's positions)
+    from kgface.run_measure import conditioning_controls
+
+    gen, profiles, cfg = micro_generator
+    drawn = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(gen, name)
+
+        def sample(self, reqs, **kw):
+            drawn.append([(r.profile.disease_id, r.seed) for r in reqs])
+            return gen.sample(reqs, **kw)
+
+    order = [p.disease_id for p in profiles]
+    sick = [p for p in profiles if not p.healthy]
+    conditioning_controls(cfg, Spy(), profiles, PixelDigest(), set(), gen.conditioner.mode, seed_order=order)
+    all_draws = set(drawn[0])  # the first sample call: the requests as asked (then the swap, then scale 0)
+    drawn.clear()
+    fewer = [p for p in profiles if p.disease_id != sick[0].disease_id]
+    conditioning_controls(cfg, Spy(), fewer, PixelDigest(), set(), gen.conditioner.mode, seed_order=order)
+    assert set(drawn[0]) < all_draws  # the same (disease, seed) pairs, less the disease it cannot draw
+    assert {d for d, _ in all_draws - set(drawn[0])} == {sick[0].disease_id}
