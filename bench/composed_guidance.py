@@ -51,6 +51,8 @@ def main(argv=None):
     backbone, cond, profiles, cfg = load_run(run)
     if cond.mode != "kg" or not cond.phenotype_draws:
         raise SystemExit(f"{run}: composed guidance needs a kg run trained with trainer.observed_phenotypes=true")
+    if float(cfg.model.sample.get("eta", 0.0)):  # the summed branch below is plain DDIM: no fresh noise per step
+        raise SystemExit(f"{run}: model.sample.eta={cfg.model.sample.eta}; composed guidance compares eta=0 samplers")
     gen = Generator(backbone, cond, guidance=float(cfg.model.sample.guidance), steps=int(cfg.model.sample.steps))
     held = heldout_of(run)
     chosen = [p for p in profiles if p.disease_id in held]
@@ -76,7 +78,8 @@ def main(argv=None):
         mask = torch.tensor([[float(j < len(g)) for g in per] for j in range(n_parts)])
         w = gen.guidance / mask.sum(0) if args.weight == "split" else torch.full((len(batch),), gen.guidance)
         sev = torch.tensor([r.severity for r in batch])
-        tokens = [cond.tokens(None, sev, None, graphs=cond.graph_builder.batch(ps)) for ps in parts]
+        age = torch.tensor([r.age for r in batch]) if getattr(cond.encoder, "age_groups", 0) else None  # as the
+        tokens = [cond.tokens(None, sev, age, graphs=cond.graph_builder.batch(ps)) for ps in parts]  # generator's
         states, _ = b.text_states(gen._prompts(batch))
         null_states, _ = b.text_states([""] * len(batch))
         null_tokens = cond.null(len(batch))
