@@ -13,11 +13,14 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 META_FILE = "entry.json"
+# a build's temporary folder untouched this long is a killed run's leftover (it can hold a whole data set's images)
+STALE_BUILD_S = 24 * 3600
 
 
 def default_cache_dir() -> Path:
@@ -155,6 +158,12 @@ class CacheEntry:
     def build(self) -> Iterator[Path]:
         """Yield an empty temporary folder; fill it; on success it becomes this entry (atomically)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for old in self.path.parent.glob(".*.tmp"):  # never removed by a run that was killed (OOM, SIGKILL)
+            try:
+                if time.time() - old.stat().st_mtime > STALE_BUILD_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.key}.", suffix=".tmp", dir=self.path.parent))
         try:
             yield tmp

@@ -168,3 +168,21 @@ def test_jobs_and_code_find_the_same_cache_root(tmp_path, monkeypatch):
     monkeypatch.setenv("KGFACE_CACHE_DIR", str(tmp_path / "mine"))
     assert make_cache(compose("train", [])).root == Cache().root == tmp_path / "mine"
     assert make_cache(compose("train", [f"paths.cache_dir={tmp_path / 'set'}"])).root == tmp_path / "set"
+
+
+def test_a_killed_builds_leftover_goes_at_the_next_build_of_its_kind(tmp_path):
+    import os
+    import time
+
+    from kgface.cache import STALE_BUILD_S
+
+    cache = Cache(tmp_path)
+    kind = tmp_path / "thing"
+    stale, fresh = kind / ".abc.x1.tmp", kind / ".def.x2.tmp"  # a run killed a day ago; one building now
+    for folder in (stale, fresh):
+        (folder / "images").mkdir(parents=True)
+    old = time.time() - STALE_BUILD_S - 60
+    os.utime(stale, (old, old))
+    with cache.entry("thing", {"v": 1}).build() as tmp:
+        (tmp / "x").write_text("1")
+    assert not stale.exists() and fresh.is_dir()
