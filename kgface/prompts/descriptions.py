@@ -11,6 +11,7 @@ import json
 import logging
 
 from kgface.cache import Cache, remove_path, write_json_atomic
+from kgface.errors import UserError
 from kgface.kg.profiles import FacialProfile
 
 from .backends import LLMError, _setting, make_backend
@@ -47,6 +48,9 @@ def _cached_answer(entry, profile: FacialProfile) -> StageDescriptions | None:
         data = json.loads((entry.path / ANSWER_FILE).read_text(encoding="utf-8"))
         parse_answer(str(data["raw"]), profile)
         return StageDescriptions.model_validate(data["result"])
+    except PermissionError as exc:  # a file this user cannot read (a shared cache) is not a bad answer to delete
+        raise UserError(f"{entry.path / ANSWER_FILE}: cannot read the cached LLM answer ({exc.strerror}); fix its "
+                        "permissions or remove the folder") from None
     except (OSError, KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         log.warning("%s: the cached LLM answer %s no longer passes (%s); asking again",
                     profile.disease_id, entry.key, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)

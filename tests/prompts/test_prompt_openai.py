@@ -76,6 +76,26 @@ def test_cache_invalidation(server, llm, down, tmp_path):
     assert len(list((tmp_path / "cache" / "llm").iterdir())) == 4
 
 
+def test_an_unreadable_cached_answer_is_an_error_not_deleted(server, llm, down, tmp_path, monkeypatch):
+    # a shared cache's file this user cannot read is not a bad answer: deleting it (as an invalid one is) lost it
+    from pathlib import Path
+
+    describe_profiles([down], llm, Cache(tmp_path / "cache"))
+    (stored,) = (tmp_path / "cache" / "llm").rglob("answer.json")
+    real_read = Path.read_text
+
+    def locked(self, *a, **kw):
+        if self == stored:  # root reads a chmod-000 file, so the refusal is injected here
+            raise PermissionError(13, "Permission denied")
+        return real_read(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", locked)
+    with pytest.raises(UserError, match=r"answer.json: cannot read the cached LLM answer \(Permission denied\); fix"):
+        describe_profiles([down], llm, Cache(tmp_path / "cache"))
+    monkeypatch.undo()
+    assert stored.is_file() and len(server.requests) == 1
+
+
 def test_a_cached_answer_is_checked_again_by_todays_rules(server, llm, down, tmp_path, caplog):
     # the cache key holds the schema's shape, not its validators: an answer cached before a rule was added (here:
     # one sentence for every stage) is asked again, and the new answer replaces it
