@@ -42,7 +42,7 @@ def main(argv=None):
     ap.add_argument("--vae", action="store_true", help="also read the real test faces after the config's VAE")
     args = ap.parse_intermixed_args(argv)  # overrides may follow the options too (docs quote them so)
 
-    from kgface.config import compose
+    from kgface.config import compose, heldout_diseases
     from kgface.data.build import phantom_dataset
     from kgface.data.manifest import read_manifest, write_manifest
     from kgface.dataset import panel_profiles
@@ -61,12 +61,12 @@ def main(argv=None):
     if args.vae:  # the train job's VAE (cached under its key), as in bench/vae_ceiling.py
         from omegaconf import OmegaConf
 
-        from kgface.diffusion.vae import cached_vae, heldout_of_config
+        from kgface.diffusion.vae import cached_vae
         from kgface.diffusion.vae import roundtrip as vae_roundtrip
 
         vae_train = OmegaConf.to_container(cfg.model.vae_train, resolve=True)
         vae, _, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True), vae_train, cache,
-                               progress=True, heldout=heldout_of_config(cfg))
+                               progress=True, heldout=heldout_diseases(cfg))
         roundtrip = lambda x: vae_roundtrip(vae, x)  # noqa: E731
         vae_keys = ["vae_ceiling_top1", "vae_ceiling_top1_seen_disease", "vae_ceiling_top1_heldout",
                 "vae_ceiling_stage_spearman", "vae_ceiling_phenotype_auroc_summary"]

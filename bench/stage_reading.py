@@ -67,7 +67,7 @@ def main(argv=None):
     ap.add_argument("--vae", action="store_true", help="also read the real faces after the config's VAE")
     args = ap.parse_intermixed_args(argv)  # overrides may follow the options too (docs quote them so)
 
-    from kgface.config import compose
+    from kgface.config import compose, heldout_diseases
     from kgface.data.build import phantom_dataset
     from kgface.data.manifest import read_manifest, stage_known
     from kgface.dataset import panel_profiles
@@ -96,11 +96,11 @@ def main(argv=None):
     if args.vae:  # the train job's VAE, cached under its key (as bench/vae_ceiling.py)
         from omegaconf import OmegaConf
 
-        from kgface.diffusion.vae import cached_vae, heldout_of_config, roundtrip
+        from kgface.diffusion.vae import cached_vae, roundtrip
 
         vae, _, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True),
                                OmegaConf.to_container(cfg.model.vae_train, resolve=True), cache, progress=True,
-                               heldout=heldout_of_config(cfg))
+                               heldout=heldout_diseases(cfg))
         r = ev.score(roundtrip(vae, images))
         lines += stage_lines("... after the VAE", test["stage"], r["severity_pred"], test["disease"],
                              r["pred_disease"])

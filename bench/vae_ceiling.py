@@ -29,11 +29,11 @@ def main(argv=None):
     import pandas as pd
     from omegaconf import OmegaConf
 
-    from kgface.config import compose
+    from kgface.config import compose, heldout_diseases
     from kgface.data.build import phantom_dataset
     from kgface.data.manifest import read_manifest
     from kgface.dataset import panel_profiles
-    from kgface.diffusion.vae import cached_vae, heldout_of_config, psnr, roundtrip
+    from kgface.diffusion.vae import cached_vae, psnr, roundtrip
     from kgface.evaluation import fit_evaluator
     from kgface.evaluation.inputs import blur_images, load_images
     from kgface.evaluation.metrics import accuracy
@@ -67,7 +67,7 @@ def main(argv=None):
 
     vae, info, _ = cached_vae(manifest, OmegaConf.to_container(cfg.model.tiny, resolve=True), vae_train, cache,
                               progress=not args.every, every=args.every, on_checkpoint=report if args.every else None,
-                              heldout=heldout_of_config(cfg))
+                              heldout=heldout_diseases(cfg))
     print(f"VAE ready in {time.time() - t:.0f} s ({info})")
     rt = roundtrip(vae, images)
     after = ev.score(rt)["pred_disease"]

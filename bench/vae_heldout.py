@@ -21,9 +21,9 @@ def main(argv=None):
 
     from omegaconf import OmegaConf
 
-    from kgface.config import container
+    from kgface.config import container, heldout_diseases
     from kgface.data.manifest import read_manifest
-    from kgface.diffusion.vae import cached_vae, heldout_of_config, roundtrip
+    from kgface.diffusion.vae import cached_vae, roundtrip
     from kgface.evaluation import Evaluator
     from kgface.evaluation.inputs import load_images
     from kgface.runtime import make_cache
@@ -34,7 +34,7 @@ def main(argv=None):
     df = read_manifest(manifest)[0]
     test = df[(df["split"] == "test") & ((df["disease"] == "healthy") | (df["stage"] >= 2))].reset_index(drop=True)
     images = load_images(list(test["abspath"]))
-    held = heldout_of_config(cfg)
+    held = heldout_diseases(cfg)
     mask = test["disease"].isin(held).to_numpy()
     cache = make_cache(cfg)
     for name, leave_out in (("trained on every disease (before 2026-12-06)", frozenset()),

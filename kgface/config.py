@@ -57,6 +57,12 @@ def disease_list(value, key: str = "diseases", allow_empty: bool = False) -> lis
     raise UserError(f"{key}={value}: give disease ids or names, e.g. {key}='[ORPHA:870,MONDO:0011438]', or {rest}")
 
 
+def heldout_diseases(cfg) -> set[str]:
+    """A job config's `data.heldout` as a set: what the generator and its VAE never train on (kgface.train and the
+    bench scripts that ask for its cached VAE read it alike)."""
+    return set(disease_list(cfg.data.get("heldout"), "data.heldout", allow_empty=True) or [])
+
+
 def container(node) -> dict:
     """A config node as plain Python (interpolations resolved); None as {}."""
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}

@@ -25,9 +25,9 @@ def mark_weight_of(cfg: DictConfig) -> float:
     return float(cfg.trainer.get("mark_weight", 0.0) or 0.0)
 
 
-def _whole_at_least(value, key: str, low: int, what: str) -> int:
+def _whole_at_least(value, key: str, low: int, what: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{key}={value!r}: a whole number >= {low} ({what})")
+        raise UserError(f"{key}={value!r}: a whole number >= {low}" + (f" ({what})" if what else ""))
     return value
 
 
@@ -195,9 +195,8 @@ def preflight(cfg: DictConfig) -> None:
             raise UserError("trainer.mixed_precision=fp16 needs a CUDA GPU (accelerate runs no fp16 autocast on the "
                             "CPU); use bf16 or no")
     for name in ("grad_accum", "batch_size", "log_every"):
-        value = cfg.trainer.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UserError(f"trainer.{name}={value!r}: a whole number >= 1")
+        if cfg.trainer.get(name) is not None:
+            _whole_at_least(cfg.trainer.get(name), f"trainer.{name}", 1)
     key = "model.tiny.image_size" if cfg.model.name == "tiny" else "model.resolution"
     resolution = (cfg.model.get("tiny") or {}).get("image_size") if cfg.model.name == "tiny" \
         else cfg.model.get("resolution")

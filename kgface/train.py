@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .cache import atomic_path, remove_path, write_json_atomic, write_text_atomic
-from .config import container, disease_list, entry
+from .config import container, entry, heldout_diseases
 from .errors import UserError
 from .run_checks import atlas_share_of, mark_weight_of, preflight
 from .run_measure import draw_and_measure, validation_grids
@@ -107,18 +107,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     lap("profiles_s")
 
     # 2. data
-    if cfg.data.name == "phantom":
+    heldout = heldout_diseases(cfg)
+    if cfg.data.name == "phantom":  # its held-out diseases are checked against the panel when it is built
         manifest = phantom_dataset(cfg, profiles, cache, progress=cfg.progress) / "manifest.csv"
     else:  # real photos: preprocessed into the run directory (their labels must use the panel's KG ids)
         from .data.real import build_real_dataset
 
-        manifest = build_real_dataset(cfg.data, out_dir / "data").manifest
-    heldout = set(disease_list(cfg.data.get("heldout"), "data.heldout", allow_empty=True) or [])
-    if heldout and cfg.data.name != "phantom":  # the phantom's are checked against the panel when it is built
-        from .data.manifest import read_manifest
-
-        present = set(read_manifest(manifest)[0]["disease"]) - {"healthy"}
-        if not heldout <= present or heldout == present:
+        built = build_real_dataset(cfg.data, out_dir / "data")
+        manifest = built.manifest
+        present = set(built.summary["diseases"]) - {"healthy"}
+        if heldout and (not heldout <= present or heldout == present):
             raise UserError(f"data.heldout={sorted(heldout)}: name diseases of the data ({', '.join(sorted(present))}),"
                             " not healthy, and leave at least one for the generator to train on")
     # prompts_read_descriptions: this run's text prompts were trained on descriptions.json (runs before 2026-12-01

@@ -281,14 +281,6 @@ def manifest_digest(manifest: Path) -> str:
     return hashlib.sha256(Path(manifest).read_bytes()).hexdigest()[:16]
 
 
-def heldout_of_config(cfg) -> set[str]:
-    """A job config's `data.heldout` as a set: what cached_vae leaves out (the train job's and the bench scripts'
-    VAE must be the same entry)."""
-    from ..config import disease_list
-
-    return set(disease_list(cfg.data.get("heldout"), "data.heldout", allow_empty=True) or [])
-
-
 def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, cache: Cache, progress: bool = True,
                every: int = 0, on_checkpoint=None, heldout: set[str] | frozenset = frozenset()):
     """The dataset's VAE from the cache, trained on its train split on first use (diffusers folder layout).

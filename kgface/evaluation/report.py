@@ -139,13 +139,12 @@ def image_grid(images, captions: list[str], path: Path, cols: int = 8) -> Path:
     return path
 
 
-def _stage_cell(t, i: int, label: str) -> str:
+def _stage_cell(t, i: int, label: str, known) -> str:
     """A grid caption's stage: the requested one for generated rows; a real row's grade, or ? where its stage is a
-    placeholder (an ungraded photo, stage_known false)."""
+    placeholder (an ungraded photo: `known`, manifest.stage_known of the table, is false)."""
     if label != "disease":
         return str(int(t["requested_stage"].iloc[i]))
-    known = str(t["stage_known"].iloc[i]).lower() not in ("false", "0") if "stage_known" in t else True
-    return str(int(t["stage"].iloc[i])) if known else "?"
+    return str(int(t["stage"].iloc[i])) if known[i] else "?"
 
 
 def best_worst(scored, label: str, classes: list[str], names: dict, out_dir: Path, prefix: str, k: int = 8
@@ -156,9 +155,10 @@ def best_worst(scored, label: str, classes: list[str], names: dict, out_dir: Pat
         return []
     p = np.array([t.loc[i, f"p_{c}"] if f"p_{c}" in t else np.nan for i, c in enumerate(t[label])], dtype=float)
     order = np.argsort(p)
+    known = stage_known(t)
     paths = []
     for name, idx in (("best", order[::-1][:k]), ("worst", order[:k])):
-        caps = [f"{names.get(t[label].iloc[i], t[label].iloc[i])[:14]} s{_stage_cell(t, i, label)}\n"
+        caps = [f"{names.get(t[label].iloc[i], t[label].iloc[i])[:14]} s{_stage_cell(t, i, label, known)}\n"
                 f"-> {names.get(t['pred_disease'].iloc[i], t['pred_disease'].iloc[i])[:14]} {p[i]:.2f}" for i in idx]
         paths.append(image_grid(scored.images[list(idx)], caps, out_dir / f"{prefix}_{name}.png"))
     return paths

@@ -17,6 +17,7 @@ import torch
 from ..data.manifest import N_STAGES, stage_known
 from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
+from ..prompts.wording import stage_of
 from . import intervals as CI
 from . import metrics as M
 from .evaluator import Evaluator, ScoredSet, pair_presence, refuse_unknown_labels
@@ -56,7 +57,7 @@ def _requested(table: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
         raise EvaluatorInputError(f"generated set, {where}: requested stage {asked.iloc[i]!r} is not a number in "
                                   f"[0, {N_STAGES - 1}]; fix its requested_stage (or stage) column")
     # the stage whose bin holds the severity, as the generator's rows write it (2.5 is stage 3: not round-half-even)
-    return diseases, severity.astype(float), np.floor(severity.astype(float) + 0.5).clip(0, N_STAGES - 1).astype(int)
+    return diseases, severity.astype(float), severity.astype(float).map(stage_of).astype(int)
 
 
 def _expected_sets(table: pd.DataFrame, diseases, stages, profiles: dict[str, FacialProfile], vocab) -> list[set]:

@@ -17,6 +17,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from ...cache import file_sha256
 from ...errors import UserError
 from ..manifest import N_STAGES, ManifestError
 
@@ -156,14 +157,10 @@ def check_identity_splits(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
 
 
 def _content_digest(path: str) -> str | None:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return file_sha256(path)
     except OSError:
         return None  # unreadable: the decoding step reports it with its row
-    return h.hexdigest()
 
 
 def _healthy_looking(disease, stage) -> bool:
