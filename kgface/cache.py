@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 META_FILE = "entry.json"
 # a build's temporary folder untouched this long is a killed run's leftover (it can hold a whole data set's images)
@@ -110,6 +110,29 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_folder(out_dir: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A job's outputs written whole before any lands: a temporary folder inside `out_dir` (one file system, so
+    `move_in` renames its entries), removed on the way out whatever happened."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def move_in(staging: Path, out_dir: str | os.PathLike, replaced: Iterable[str], last: str | None = None) -> None:
+    """The previous set's files go (`replaced`, in order: its mark first, so no old index outlives it), then every
+    staged entry is renamed in, by name, `last` (the new index) after all the others."""
+    out_dir = Path(out_dir)
+    for name in replaced:
+        remove_path(out_dir / name)
+    for entry in sorted(Path(staging).iterdir(), key=lambda e: (e.name == last, e.name)):
+        os.replace(entry, out_dir / entry.name)
 
 
 def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 110) -> Path:

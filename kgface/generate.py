@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .cache import remove_path
+from .cache import move_in, staging_folder
 from .config import as_eta, as_list, as_number, entry
 from .errors import UserError
 from .sheets import to_pil
@@ -110,9 +107,7 @@ def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: tor
     """Write into a staging folder, then move it in: OUT never holds a half-written set."""
     from .data.manifest import write_manifest
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".generate-", dir=out_dir))
-    try:
+    with staging_folder(out_dir, ".generate-") as staging:
         (staging / "images").mkdir()
         rows, sources = [], {}
         for i, (it, img) in enumerate(zip(items, images)):
@@ -141,13 +136,8 @@ def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: tor
         # move in, then the manifest last (atomically), so it only names files that exist. An earlier set in a reused
         # OUT goes as a whole first, its manifest before anything: no old manifest describes the new images, and no
         # old image, strip or grid this call does not draw stays beside the new set
-        for name in SET_FILES:
-            remove_path(out_dir / name)
-        for entry_ in sorted(staging.iterdir()):
-            os.replace(entry_, out_dir / entry_.name)
+        move_in(staging, out_dir, SET_FILES)
         return write_manifest(rows, out_dir / "manifest.csv")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_output_folder(cfg: DictConfig, out_dir: Path) -> None:
@@ -270,8 +260,8 @@ def check_mode_keys(cfg: DictConfig) -> None:
         raise UserError(f"mode={cfg.mode} does not read {', '.join(f'{k}={cfg.get(k)}' for k in ignored)}; leave "
                         f"{'it' if len(ignored) == 1 else 'them'} out, or use the mode that reads "
                         f"{'it' if len(ignored) == 1 else 'them'} (docs/generation.md)")
-    for first, second in EXCLUSIVE:
-        if cfg.mode not in ("transform",) and cfg.get(first) is not None and is_set(first) and is_set(second):
+    for first, second in EXCLUSIVE:  # (a mode that reads neither of a pair refused both above)
+        if is_set(first) and is_set(second):
             raise UserError(f"{first}={cfg.get(first)} and {second}={cfg.get(second)}: give one ({first} would "
                             f"replace {second})")
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,26 @@ def test_a_killed_builds_leftover_goes_at_the_next_build_of_its_kind(tmp_path):
     with cache.entry("thing", {"v": 1}).build() as tmp:
         (tmp / "x").write_text("1")
     assert not stale.exists() and fresh.is_dir()
+
+
+def test_a_staged_set_replaces_the_old_one_with_its_index_last(tmp_path, monkeypatch):
+    import os
+
+    from kgface.cache import move_in, staging_folder
+
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "old.png").write_text("old")
+    (out / "manifest.csv").write_text("old")
+    (out / "notes.txt").write_text("kept")  # not one of the set's names
+    moved, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (moved.append(Path(b).name), real_replace(a, b)))
+    with staging_folder(out, ".stage-") as staging:
+        (staging / "images").mkdir()
+        (staging / "images" / "new.png").write_text("new")
+        for name in ("manifest.csv", "a.json", "z.csv"):
+            (staging / name).write_text("new")
+        move_in(staging, out, ("manifest.csv", "images"), last="manifest.csv")
+    assert moved == ["a.json", "images", "z.csv", "manifest.csv"]  # by name, the index after everything it names
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "images", "manifest.csv", "notes.txt", "z.csv"]
+    assert [p.name for p in (out / "images").iterdir()] == ["new.png"]  # the old image went with the old set

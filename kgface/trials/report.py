@@ -3,9 +3,6 @@ and from image-measured severities, the calibration of the instrument, the cover
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -359,11 +356,9 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, images: dict, baselines: d
     leaves the old table naming new images, nor old patients' images, GIFs, study.csv or calibration.png that this
     run does not write. `images` / `baselines`: per patient; `tables`: name -> DataFrame (None: skipped);
     `draw(folder)` writes the figures and report.md."""
-    from ..cache import atomic_path, remove_path, write_json_atomic
+    from ..cache import atomic_path, move_in, staging_folder, write_json_atomic
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".trial-", dir=out_dir))
-    try:
+    with staging_folder(out_dir, ".trial-") as staging:
         for pid, imgs in images.items():
             (staging / "images" / pid).mkdir(parents=True)
             rows = table[table["patient_id"] == pid]
@@ -382,12 +377,8 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, images: dict, baselines: d
         table.to_parquet(staging / "trial.parquet", index=False)
         draw(staging)
         write_json_atomic(staging / "trial.json", plain(summary))
-        for name in MANAGED:  # trial.csv first: from here until the new one lands, OUT has no table
-            remove_path(out_dir / name)
-        for entry_ in sorted(staging.iterdir()):
-            os.replace(entry_, out_dir / entry_.name)
+        move_in(staging, out_dir, MANAGED)  # trial.csv first: from here until the new one lands, OUT has no table
         with atomic_path(out_dir / "trial.csv", suffix=".csv") as tmp:
             table.to_csv(tmp, index=False, date_format="%Y-%m-%d")
         return out_dir / "trial.csv"
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+

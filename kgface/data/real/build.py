@@ -14,9 +14,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -26,7 +23,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ...cache import remove_path, write_json_atomic
+from ...cache import move_in, staging_folder, write_json_atomic
 from ...errors import UserError
 from ..images import ImageError, face_box, get_detector, load_rgb
 from ..manifest import ATLAS_FILE, ManifestError, read_manifest, safe_relpath, stage_known, write_manifest
@@ -139,13 +136,9 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
                         "data.root (or the manifest) at images outside it, or build into another folder")
     # built whole in a staging folder inside OUT and moved in at the end: a build that stops midway (a bad image,
     # Ctrl-C) leaves the data set already in OUT as it was
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".dataset-", dir=out_dir))
-    try:
+    with staging_folder(out_dir, ".dataset-") as staging:
         return _build_into(staging, out_dir, opts, df, bad, skipped, n_listed, size, on_error, detector_name,
                            face_detector, margin)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 # a rebuild into a used OUT replaces these: an old image the new manifest does not list, or a phantom build's atlas
@@ -206,8 +199,5 @@ def _build_into(staging: Path, out_dir: Path, opts: dict, df: pd.DataFrame, bad:
     }
     write_json_atomic(staging / "dataset.json", summary)
     # moved in with the manifest last, so it only names files that exist; the old set's manifest goes first
-    for name in SET_FILES:
-        remove_path(out_dir / name)
-    for name in ("images", "skipped.csv", "dataset.json", "manifest.csv"):
-        os.replace(staging / name, out_dir / name)
+    move_in(staging, out_dir, SET_FILES, last="manifest.csv")
     return BuildResult(manifest=manifest, rows=len(final), skipped=skipped, summary=summary)
