@@ -31,6 +31,24 @@ def _whole_at_least(value, key: str, low: int, what: str = "") -> int:
     return value
 
 
+def _check_dropout_shares(trainer) -> None:
+    """Guidance dropout carves one uniform draw per sample into both / tokens / text shares (trainer.guidance_dropout):
+    shares outside [0, 1], or summing past 1, would overlap and drop what nobody asked for."""
+    shares = {}
+    for key in ("cfg_drop_tokens", "cfg_drop_text", "cfg_drop_both", "age_drop"):
+        value = trainer.get(key, 0.0)
+        try:
+            shares[key] = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"trainer.{key}={value!r}: a share of the training samples in [0, 1]") from None
+        if not 0.0 <= shares[key] <= 1.0:
+            raise UserError(f"trainer.{key}={value}: a share of the training samples in [0, 1]")
+    total = shares["cfg_drop_tokens"] + shares["cfg_drop_text"] + shares["cfg_drop_both"]
+    if total > 1.0:
+        raise UserError(f"trainer.cfg_drop_tokens + cfg_drop_text + cfg_drop_both = {total:g}: the three shares of "
+                        "guidance dropout are disjoint, so together at most 1 (default 0.1 + 0 + 0.05)")
+
+
 def preflight(cfg: DictConfig) -> None:
     """Refuse, with one line naming the key, every setting that cannot work and needs no heavy work to find out:
     conditioning names, atlas / mark-weight / observed-phenotype settings against the data, sample stages, VAE
@@ -122,6 +140,7 @@ def preflight(cfg: DictConfig) -> None:
     if share > 0 and (cfg.data.name != "phantom" or not atlas_faces):
         raise UserError(f"trainer.atlas_share={share} needs the phantom's phenotype atlas: set data.atlas.faces > 0 "
                         "with data=phantom, or trainer.atlas_share=0")
+    _check_dropout_shares(cfg.trainer)
     marks = mark_weight_of(cfg)
     if not (math.isfinite(marks) and marks >= 0):
         raise UserError(f"trainer.mark_weight={marks}: use a weight >= 0 (0 = the plain loss; 10 weighs a face's "

@@ -376,7 +376,11 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
                        ("samples.transform_strength=1.5", "samples.transform_strength=1.5: an SDEdit strength"),
                        # one seed per run and one token count for encoder and adapter: a copy's override was replaced
                        ("+trainer.seed=3", "trainer.seed=3 is not read: the run takes it from seed (0)"),
-                       ("+encoder.num_tokens=5", "encoder.num_tokens=5 is not read: the run takes it from model.num")):
+                       ("+encoder.num_tokens=5", "encoder.num_tokens=5 is not read: the run takes it from model.num"),
+                       # guidance dropout's shares are disjoint slices of one draw: past 1 they would overlap
+                       ("trainer.cfg_drop_text=-0.1", "trainer.cfg_drop_text=-0.1: a share of the training samples"),
+                       ("trainer.age_drop=half", "trainer.age_drop='half': a share of the training samples"),
+                       ("trainer.cfg_drop_text=0.9", "trainer.cfg_drop_tokens + cfg_drop_text + cfg_drop_both = 1.05")):
         with pytest.raises(UserError, match="^" + re.escape(words)):
             preflight(compose("train", MICRO + [bad]))
     import torch

@@ -223,6 +223,21 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
+def guidance_dropout(u: torch.Tensor, drop_tokens: float, drop_text: float, drop_both: float,
+                     has_tokens: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which samples train an unconditional branch, from one uniform draw u per sample: (tokens dropped, text
+    dropped). u < both drops both, the next `drop_tokens` the tokens alone, the top `drop_text` the text alone.
+    Without tokens (conditioning=text) the tokens' share drops the text, the run's only condition: its
+    unconditional branch then trains as often as a KG run's null tokens (both + tokens), so guidance compares
+    the two conditionings on an equal footing."""
+    both = u < drop_both
+    tok = both | ((u >= drop_both) & (u < drop_both + drop_tokens))
+    txt = both | (u >= 1 - drop_text)
+    if not has_tokens:
+        txt = txt | tok
+    return tok, txt
+
+
 def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
                     prediction: str = "epsilon") -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023). Epsilon: min(SNR, gamma) / SNR, i.e. the clean-latent error
@@ -340,11 +355,9 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                 x0 = data.latents[idx].to(device)
                 noise = torch.randn(x0.shape, generator=g).to(device)
                 ts = torch.randint(0, n_train, (len(idx),), generator=g).to(device)
-                drop = torch.rand(len(idx), generator=g)
-                drop_both = drop < float(t["cfg_drop_both"])
-                drop_tok = drop_both | ((drop >= float(t["cfg_drop_both"]))
-                                        & (drop < float(t["cfg_drop_both"]) + float(t["cfg_drop_tokens"])))
-                drop_txt = drop_both | ((drop >= 1 - float(t["cfg_drop_text"])))
+                drop_tok, drop_txt = guidance_dropout(torch.rand(len(idx), generator=g), float(t["cfg_drop_tokens"]),
+                                                      float(t["cfg_drop_text"]), float(t["cfg_drop_both"]),
+                                                      has_tokens=conditioner.uses_tokens)
                 cls = data.index[idx]
                 states, added = backbone.text_states(conditioner.prompts(cls, data.stage[idx]))
                 if drop_txt.any():

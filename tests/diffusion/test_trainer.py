@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from kgface.diffusion.backbones import build_backbone
 from kgface.diffusion.conditioning import Conditioner
 from kgface.diffusion.generator import Generator, Request
-from kgface.diffusion.trainer import LatentSet, TrainingError, min_snr_weights, train
+from kgface.diffusion.trainer import LatentSet, TrainingError, guidance_dropout, min_snr_weights, train
 from kgface.kg import ProfileBuilder, healthy_profile
 
 MICRO = {"name": "tiny", "num_tokens": 4, "tiny": {
@@ -128,6 +128,17 @@ def test_a_few_steps_reduce_the_loss(profiles, tmp_path, mode):
                 progress=False)
     first, last = sum(out["losses"][:5]) / 5, sum(out["losses"][-5:]) / 5
     assert last < 0.8 * first, (first, last)
+
+
+def test_guidance_dropout_shares_and_the_text_run_drops_its_only_condition_as_often_as_kg_drops_tokens():
+    u = (torch.arange(10_000) + 0.5) / 10_000  # an even grid: each share reads exactly
+    tok, txt = guidance_dropout(u, 0.1, 0.02, 0.05)
+    assert tok.float().mean().item() == pytest.approx(0.15) and txt.float().mean().item() == pytest.approx(0.07)
+    assert (tok & txt).float().mean().item() == pytest.approx(0.05)  # "both" is the one overlap
+    tok_t, txt_t = guidance_dropout(u, 0.1, 0.02, 0.05, has_tokens=False)
+    assert torch.equal(tok_t, tok)
+    # text-only: its prompt is dropped in both + tokens (+ text) of the steps, not in both (+ text) alone
+    assert txt_t.float().mean().item() == pytest.approx(0.17) and torch.equal(txt_t, tok | txt)
 
 
 def test_min_snr_weights_cap_the_clean_end_and_keep_the_pure_noise_end_for_v():
