@@ -343,3 +343,5 @@ def test_vae_heldout_reads_the_runs_vae_and_one_that_saw_every_disease(evaluated
     assert faces[0] > faces[1] > 0  # the held-out disease's train faces taught only the first
     run_vae = json.loads((evaluated_run / "metrics.json").read_text())["vae"]
     assert faces[1] == run_vae["train_images"]  # the second is the run's own entry
+    script("vae_heldout").main([str(evaluated_run), "--current-only"])  # both cached now: reads the run's alone
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("VAE ")] == lines[1:]
