@@ -74,7 +74,7 @@ def as_number(value, key: str, hint: str = "") -> float:
     what = f"; {hint}" if hint else ""
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # float() of a huge integer overflows
         raise UserError(f"{key}={value}: not a number{what}") from None
     if not math.isfinite(number):
         raise UserError(f"{key}={value}: not a finite number{what}")

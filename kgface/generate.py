@@ -183,7 +183,7 @@ def check_identity(cfg: DictConfig):
                         "its own reference) or identity_image=EMBEDS.safetensors (precomputed image_embeds)")
     try:
         float(cfg.identity_scale)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # float() of a huge integer overflows
         raise UserError(f"identity_scale={cfg.identity_scale} is not a number") from None
     ref = str(cfg.identity_image)
     if ref == "input":

@@ -39,7 +39,7 @@ def _check_dropout_shares(trainer) -> None:
         value = trainer.get(key, 0.0)
         try:
             shares[key] = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # float() of a huge integer overflows
             raise UserError(f"trainer.{key}={value!r}: a share of the training samples in [0, 1]") from None
         if not 0.0 <= shares[key] <= 1.0:
             raise UserError(f"trainer.{key}={value}: a share of the training samples in [0, 1]")

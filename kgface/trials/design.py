@@ -96,7 +96,7 @@ def whole(value, key: str, minimum: int, what: str = "") -> int:
 def _fraction(value, key: str) -> float:
     try:
         f = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # float() of a huge integer overflows
         f = float("nan")
     if isinstance(value, bool) or not 0.0 < f < 1.0:  # NaN fails the comparison too
         raise UserError(f"{key}={value!r} must be a number in (0, 1), e.g. 0.05")
@@ -159,6 +159,9 @@ def design_from_config(c) -> Design:
     schedule = schedule_from_config(c.get("schedule") or {}, a.get("skip_days", 0))
     if effects == "by_patient":
         _check_repeats(schedule)
+    if (dt.date.max - start).days < schedule.days:  # each day's date is written to trial.csv
+        raise UserError(f"trial.start_date={start} + {schedule.days} study days passes the last date Python writes "
+                        f"({dt.date.max}); give an earlier start_date")
     # the run-in as schedule_from_config read it ("5.0" is 5 there; int("5.0") would raise)
     skip = whole(a.get("skip_days", 0), "trial.analysis.skip_days", 0)
     analysis = Analysis(skip_days=skip, unit=unit, trend=trend, cov=cov,

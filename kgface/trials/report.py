@@ -207,12 +207,23 @@ def effects_table(estimates: pd.DataFrame, alpha: float) -> str:
     return "\n".join(lines)
 
 
-def recovery(estimates: pd.DataFrame) -> str:
-    """One line per outcome: for each effect, whether the interval holds the truth and whether it excludes 0."""
+def measured_caveat(measurement: dict) -> str | None:
+    """Why the measured estimates are not on the true scale (raw readings), or None when they are calibrated."""
+    if measurement.get("problem"):
+        return f"{measurement['problem']}; the analysis used the raw readings (calibration auto fell back)"
+    if measurement.get("calibration_mode") == "none":
+        return "calibration=none; the analysis used the evaluator's raw readings"
+    return None
+
+
+def recovery(estimates: pd.DataFrame, off_scale: tuple[str, ...] = ()) -> str:
+    """One line per outcome: for each effect, whether the interval holds the truth and whether it excludes 0; for
+    an outcome in `off_scale` (raw readings, not on the truth's scale) only the latter."""
     lines = []
     for outcome, g in estimates.groupby("outcome", sort=False):
-        parts = [f"{r.effect}: truth {'inside' if r.covered else 'outside'} the interval, "
-                 f"{'distinguished from' if r.low > 0 or r.high < 0 else 'not distinguished from'} no effect"
+        parts = [(f"{r.effect}: " if outcome in off_scale else
+                  f"{r.effect}: truth {'inside' if r.covered else 'outside'} the interval, ")
+                 + f"{'distinguished from' if r.low > 0 or r.high < 0 else 'not distinguished from'} no effect"
                  for r in g.itertuples()]
         lines.append(f"- From `{outcome}`: " + "; ".join(parts) + ".")
     return "\n".join(lines)
@@ -224,6 +235,7 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
     calibration, the coverage study and the figures; `summary` is trial.json's content."""
     d, a = summary["design"], summary["design"]["analysis"]
     m = summary["measurement"]
+    caveat = measured_caveat(m)
     shown_note = ("" if int(d["patients"]) <= MAX_SERIES_PANELS else
                   f" The first {MAX_SERIES_PANELS} of {d['patients']} patients are drawn (one figure of all would "
                   "pass matplotlib's size limit); every patient is in trial.csv.")
@@ -262,11 +274,13 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
     lines += ["## Effects", "",
              "Steady-state differences from the reference; the truth is the mean of the simulated patients' own "
              "effects. `true_severity`: the simulated daily severities (a sanity check of the analysis); "
-             "`measured_severity`: the evaluator's reading of each day's image, calibrated to the true scale.", "",
-             effects_table(estimates, a["alpha"]), "", recovery(estimates), ""]
-    if m.get("problem"):
-        lines += [f"**The measured estimates are not on the true scale**: {m['problem']}; the analysis used the raw "
-                  "readings (calibration none), so their bias is not meaningful.", ""]
+             "`measured_severity`: the evaluator's reading of each day's image"
+             + (", uncalibrated." if caveat else ", calibrated to the true scale."), "",
+             effects_table(estimates, a["alpha"]), "",
+             recovery(estimates, ("measured_severity",) if caveat else ()), ""]
+    if caveat:
+        lines += [f"**The measured estimates are not on the true scale**: {caveat}, so their bias and whether "
+                  "their intervals hold the truth are not meaningful.", ""]
     lines += [f"![effects]({figures['effects']})", "", "## Daily series", "",
               "Lines: true severity (solid) and the model's noise-free course (dashed); dots: severity measured "
               "from that day's image (open circles: run-in days, open squares: washout days, neither analysed). "

@@ -105,7 +105,7 @@ def _days(value, key: str, minimum: int) -> int:
         f = float(value)
         if isinstance(value, bool):  # float(True) = 1: a flag is not a duration
             raise TypeError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # float() of a huge integer overflows
         raise ScheduleError(f"{key}={value!r} is not a number of days") from None
     if not math.isfinite(f):  # int(nan) / int(inf) would raise a traceback below
         raise ScheduleError(f"{key}={value!r} is not a number of days")

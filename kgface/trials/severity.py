@@ -69,7 +69,7 @@ def _number(c, key: str, where: str, default=None, minimum: float | None = None,
         if isinstance(value, bool):  # true is not 1.0: a YAML slip, refused as the schedule's numbers are
             raise TypeError
         f = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # float() of a huge integer overflows
         raise SeverityModelError(f"{where}.{key}={value!r} is not a number") from None
     if not math.isfinite(f):
         raise SeverityModelError(f"{where}.{key}={value} is not finite")

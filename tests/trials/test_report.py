@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kgface.trials.report import MEASURED, measured_groups, write_outputs
+from kgface.trials.report import MEASURED, measured_caveat, measured_groups, recovery, write_outputs
 
 
 def outputs(pids, days=3):
@@ -52,6 +52,18 @@ def test_a_rerun_replaces_the_previous_trials_outputs(tmp_path):
         write_outputs(out, table2, images2, baselines2, {}, {"run": "c"}, drawer(False, fail=True), gifs=False)
     pd.testing.assert_frame_equal(pd.read_csv(out / "trial.csv"), new)
     assert not (out / "images" / "P03").exists() and not list(out.glob(".trial-*"))
+
+
+def test_raw_readings_are_not_scored_against_the_truth():
+    """calibration=none (or auto's fallback): the measured estimates are raw readings, not on the truth's scale."""
+    assert measured_caveat({"calibration_mode": "auto", "problem": None}) is None
+    assert measured_caveat({"calibration_mode": "none", "problem": None}).startswith("calibration=none")
+    assert measured_caveat({"calibration_mode": "auto", "problem": "slope 0.05"}).startswith("slope 0.05")
+    est = pd.DataFrame([{"outcome": o, "effect": "A", "covered": False, "low": -1.0, "high": -0.2}
+                        for o in ("true_severity", "measured_severity")])
+    calibrated, raw = recovery(est).splitlines(), recovery(est, ("measured_severity",)).splitlines()
+    assert calibrated[1] == "- From `measured_severity`: A: truth outside the interval, distinguished from no effect."
+    assert raw[1] == "- From `measured_severity`: A: distinguished from no effect." and raw[0] == calibrated[0]
 
 
 def test_washout_days_are_not_labelled_run_in():

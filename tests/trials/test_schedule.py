@@ -98,6 +98,9 @@ def trial_cfg(**kw):
     ({"severity.treatments.A.effect": "big"}, "trial.severity.treatments.A.effect='big' is not a number"),
     ({"patients": 0}, "at least one patient"),
     ({"start_date": "next monday"}, "not a date"),
+    ({"start_date": "9999-12-20"}, "study days passes the last date Python writes (9999-12-31)"),
+    ({"severity.noise.sd": 10 ** 400}, "trial.severity.noise.sd=1000"),  # float() overflows: still one line
+    ({"analysis.alpha": 10 ** 400}, "trial.analysis.alpha=1000"),
     ({"scale": "grade"}, "trial.scale=grade is unknown"),
     ({"analysis.cov": "robust"}, "trial.analysis.cov=robust is unknown"),
     ({"analysis.unit": "week"}, "trial.analysis.unit=week is unknown"),
