@@ -14,7 +14,7 @@ Per edge: `edge_type` and `edge_weight` (the phenotype's weight on disease<->phe
 Node texts: phenotype = "name: first sentence of its HPO definition"; ancestor and region root = name; disease =
 GENERIC_DISEASE_TEXT (default `disease_text="generic"`, so the tokens of any disease come from its phenotypes and an
 unseen disease or a custom phenotype set is in distribution) or "name: definition" (`disease_text="name"`; the
-definition is the first of DISEASE_TEXT_KEYS the profile's text holds); the healthy profile = one disease node
+definition is the first of kgface.kg.DISEASE_TEXT_KEYS the profile's text holds); the healthy profile = one disease node
 reading HEALTHY_TEXT and nothing else.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch_geometric.data import Batch, Data
 
 from ..cache import Cache
 from ..errors import UserError
-from ..kg import FacialProfile, Phenotype, ProfileBuilder
+from ..kg import FacialProfile, Phenotype, ProfileBuilder, disease_definition
 from .text import embed_texts, resolve_text_model_path
 
 NODE_TYPES = ("disease", "phenotype", "ancestor", "region_root")
@@ -40,10 +40,6 @@ MAX_MIN_STAGE = 3
 HEALTHY_TEXT = "healthy: a face without any disease sign"
 GENERIC_DISEASE_TEXT = "a face of a person with a medical condition"
 DISEASE_TEXTS = ("generic", "name")
-# disease_text="name": the first of these profile.text keys that holds text (HPO profiles have none, so their node
-# reads the name alone; PrimeKG/RDF profiles carry disease_features.csv's columns): definitions before descriptions
-DISEASE_TEXT_KEYS = ("definition", "mondo_definition", "orphanet_definition", "umls_description",
-                     "orphanet_clinical_description", "mayo_symptoms")
 
 
 def short_definition(text: str, max_chars: int = 160) -> str:
@@ -119,8 +115,7 @@ class ProfileGraphBuilder:
             return HEALTHY_TEXT
         if self.disease_text == "generic":
             return GENERIC_DISEASE_TEXT
-        text = profile.text or {}
-        definition = next((str(text[k]) for k in DISEASE_TEXT_KEYS if str(text.get(k) or "").strip()), "")
+        definition = disease_definition(profile)  # disease_text="name": the node reads the name and definition
         return node_text(profile.name, definition, self.definition_chars)
 
     def _term_text(self, kind: int, name: str, definition: str = "") -> str:

@@ -12,16 +12,18 @@ from pathlib import Path
 from .errors import KGError, KGFormatError, NoVisiblePhenotypeError, UnknownDiseaseError
 from .graph import KnowledgeGraph
 from .lookup import HEALTHY, resolve_disease, suggestions
-from .profiles import FacialProfile, NegativePhenotype, Phenotype, ProfileBuilder, build_profile, healthy_profile
+from .profiles import (DISEASE_TEXT_KEYS, FacialProfile, NegativePhenotype, Phenotype, ProfileBuilder, build_profile,
+                       disease_definition, healthy_profile)
 from .visible import VisibleCatalog
 
-PARSER_VERSION = 2  # bump when parsing changes, so cached graphs rebuild
+PARSER_VERSION = 3  # bump when parsing changes, so cached graphs rebuild
 HASH_LIMIT = 64 << 20  # files up to this size are known by their bytes (as kgface.cache.file_fingerprint's)
 SOURCES = ("hpo", "primekg", "rdf")
 
 __all__ = ["KGError", "KGFormatError", "NoVisiblePhenotypeError", "UnknownDiseaseError", "KnowledgeGraph", "HEALTHY",
            "resolve_disease", "suggestions", "FacialProfile", "Phenotype", "NegativePhenotype", "build_profile",
-           "healthy_profile", "ProfileBuilder", "VisibleCatalog", "load_kg", "SOURCES"]
+           "healthy_profile", "ProfileBuilder", "VisibleCatalog", "load_kg", "SOURCES", "DISEASE_TEXT_KEYS",
+           "disease_definition"]
 
 
 def _fingerprint(path) -> dict | None:

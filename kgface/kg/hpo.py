@@ -97,7 +97,8 @@ def read_hpoa(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
         "reference": pheno["reference"].to_numpy(),
         "provenance": "hpoa", "min_stage": 0,
     })
-    onsets = df[df["aspect"] == "C"][["database_id", "hpo_id"]].rename(
+    # a clinical-course row marked NOT says the disease does not begin so: no onset of it
+    onsets = df[(df["aspect"] == "C") & (df["qualifier"] != "NOT")][["database_id", "hpo_id"]].rename(
         columns={"database_id": "disease_id", "hpo_id": "onset"}).reset_index(drop=True)
     return diseases.reset_index(drop=True), edges, onsets
 

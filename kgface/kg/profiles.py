@@ -78,6 +78,18 @@ class FacialProfile:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
 
 
+# a disease's definition: the first of these profile.text keys that holds text (HPO profiles have the curated
+# `definition` or none; PrimeKG/RDF profiles carry disease_features.csv's columns): definitions before descriptions
+DISEASE_TEXT_KEYS = ("definition", "mondo_definition", "orphanet_definition", "umls_description",
+                     "orphanet_clinical_description", "mayo_symptoms")
+
+
+def disease_definition(profile: "FacialProfile") -> str:
+    """The profile's definition text ('' when it has none): what the encoder's disease node and the LLM request read."""
+    text = profile.text or {}
+    return next((str(text[k]) for k in DISEASE_TEXT_KEYS if str(text.get(k) or "").strip()), "")
+
+
 def healthy_profile(kg_name: str = "") -> FacialProfile:
     return FacialProfile(disease_id=HEALTHY, name="healthy", kg=kg_name, query=HEALTHY,
                          text={"definition": "No condition: a face without disease signs."})
@@ -106,6 +118,26 @@ def pooled_counts(*raws: str) -> tuple[float, str] | None:
         return None
     n, m = sum(int(c.group(1)) for c in counts), sum(int(c.group(2)) for c in counts)
     return min(1.0, n / m), ";".join(p.strip() for p in parts)
+
+
+def _references(rows) -> list[str]:
+    """The rows' sources, sorted (as the RDF reader gives them back; one row's come in file order)."""
+    return sorted({r for row in rows for r in str(row.reference or "").split(";") if r})
+
+
+def _frequency_of(present: list, absent: list) -> tuple[float | None, str, list]:
+    """(frequency, frequency_raw, the absent rows counted) of one term from its rows reported present and those
+    reported absent: case counts are pooled when every present row is one, and then a source's 0/m counts too (0 of
+    19 patients is 19 cases: 0/19 and 3/3 -> 3/22, not 1); otherwise the highest known frequency, in any order."""
+    zeros = [r for r in absent if (m := _COUNT.match(str(r.frequency_raw or ""))) and int(m.group(1)) == 0]
+    pooled = pooled_counts(*(str(r.frequency_raw or "") for r in present + zeros))
+    if pooled is not None and len(present) + len(zeros) > 1:
+        return pooled[0], pooled[1], zeros
+    known = [r for r in present if _freq(r.frequency) is not None]
+    if not known:
+        return None, str(present[0].frequency_raw or ""), []
+    top = max(known, key=lambda r: _freq(r.frequency))  # the first of equal ones
+    return _freq(top.frequency), str(top.frequency_raw or ""), []
 
 
 class ProfileBuilder:
@@ -140,47 +172,36 @@ class ProfileBuilder:
         positives: dict[str, Phenotype] = {}
         negatives: dict[str, NegativePhenotype] = {}
         hidden: set[str] = set()
+        by_term: dict[str, list] = {}  # every row of a term first: what one row means depends on the others
         for row in kg.edge_records(disease_id):
-            hpo_id = row.hpo_id
+            by_term.setdefault(row.hpo_id, []).append(row)
+        for hpo_id, rows in by_term.items():
             entry = self.match(hpo_id)
+            present = [r for r in rows if not r.negated]
             if entry is None:
-                if not row.negated:  # hidden: annotated present, not visible; a known absence is neither
+                if present:  # hidden: annotated present, not visible; a known absence is neither
                     hidden.add(hpo_id)
                 continue
-            # sorted, as the RDF reader gives them back (one row's sources come in file order)
-            refs = sorted({r for r in str(row.reference or "").split(";") if r})
-            if row.negated:
-                neg = negatives.setdefault(hpo_id, NegativePhenotype(hpo_id, kg.term_name(hpo_id), entry.region))
-                neg.references = sorted(set(neg.references) | set(refs))
+            if not present:
+                negatives[hpo_id] = NegativePhenotype(hpo_id, kg.term_name(hpo_id), entry.region,
+                                                      references=_references(rows))
                 continue
-            freq = _freq(row.frequency)
-            known = positives.get(hpo_id)
-            if known is not None:  # the same term annotated twice (several sources)
-                known.references = sorted(set(known.references) | set(refs))
-                curated, was_curated = str(row.provenance) == CURATED, known.provenance == CURATED
-                if curated and not was_curated:  # kgface's curated row (cited, with min_stage) wins, as in PrimeKG
-                    known.frequency, known.frequency_raw = freq, str(row.frequency_raw or "")
-                    known.min_stage, known.provenance = int(row.min_stage or 0), CURATED
-                    if row.onset:
-                        known.onset, known.onset_name = str(row.onset), kg.term_name(row.onset)
-                elif curated == was_curated:
-                    pooled = pooled_counts(known.frequency_raw, str(row.frequency_raw or ""))
-                    if pooled is not None:  # case counts of several reports: pooled (1/3, 1/1, 1/1 -> 3/5)
-                        known.frequency, known.frequency_raw = pooled
-                    elif freq is not None and (known.frequency is None or freq > known.frequency):
-                        known.frequency, known.frequency_raw = freq, str(row.frequency_raw)  # else the highest
-                continue
+            # a sign one source reports present (3/10) is not known to be absent (0/5 elsewhere); kgface's curated
+            # rows (cited, with min_stage) win over other sources, as in PrimeKG
+            chosen = [r for r in present if str(r.provenance) == CURATED] or present
+            frequency, raw, counted = _frequency_of(chosen, [] if chosen is not present else
+                                                    [r for r in rows if r.negated])
+            base = chosen[0]
+            onset = str(base.onset or present[0].onset or "")  # a curated row's own onset, else the first row's
             path = self.path(hpo_id, entry.region)
             term = kg.terms.get(hpo_id)
             positives[hpo_id] = Phenotype(
-                hpo_id=hpo_id, name=kg.term_name(hpo_id), region=entry.region, visual=entry.visual, frequency=freq,
-                frequency_raw=str(row.frequency_raw or ""), onset=str(row.onset or ""),
-                onset_name=kg.term_name(row.onset) if row.onset else "", min_stage=int(row.min_stage or 0),
-                definition=term.definition if term else "", matched_via=entry.hpo_id, path=list(path),
-                path_names=[kg.term_name(p) for p in path], references=refs, provenance=str(row.provenance),
+                hpo_id=hpo_id, name=kg.term_name(hpo_id), region=entry.region, visual=entry.visual,
+                frequency=frequency, frequency_raw=raw, onset=onset, onset_name=kg.term_name(onset) if onset else "",
+                min_stage=int(base.min_stage or 0), definition=term.definition if term else "",
+                matched_via=entry.hpo_id, path=list(path), path_names=[kg.term_name(p) for p in path],
+                references=_references(present + counted), provenance=str(base.provenance),
             )
-        for hpo_id in positives:  # a sign one source reports present (3/10) is not known to be absent (0/5 elsewhere)
-            negatives.pop(hpo_id, None)
         name = kg.disease_name(disease_id)
         if require_visible and not positives:
             raise NoVisiblePhenotypeError(

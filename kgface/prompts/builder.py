@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 
 from kgface.cache import stable_hash
-from kgface.kg.profiles import FacialProfile
+from kgface.kg.profiles import FacialProfile, disease_definition
 from kgface.resources import prompts_dir
 
 from .schema import answer_json_schema
@@ -56,7 +56,7 @@ def _frequency(value: float | None) -> str:
 
 def profile_view(profile: FacialProfile) -> dict:
     """The part of a profile the request shows; its hash keys the answer cache (provenance edits do not)."""
-    definition = str(profile.text.get("definition", "") or "")[:MAX_DEFINITION_CHARS]
+    definition = disease_definition(profile)[:MAX_DEFINITION_CHARS]  # PrimeKG's mondo_definition, ... too
     return {
         "disease_id": profile.disease_id,
         "name": profile.name,

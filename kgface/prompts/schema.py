@@ -23,8 +23,9 @@ from .wording import N_STAGES, stage_levels
 DESCRIPTIONS_SCHEMA = "kgface.descriptions/1"
 _HPO = re.compile(r"^HP:\d{7}$")
 _THINKING = re.compile(r"<think>.*?</think>", flags=re.S | re.I)
-# abbreviations whose period ends no sentence
-_ABBREVIATION = re.compile(r"\b(?:e\.g|i\.e|etc|approx|ca|cf|vs|incl|esp|resp|Dr|Mr|Mrs|Ms|St)\.", flags=re.I)
+# abbreviations whose period ends no sentence ("etc." ends one when a capitalised word follows it)
+_ABBREVIATION = re.compile(r"\b(?:(?:e\.g|i\.e|approx|ca|cf|vs|incl|esp|resp|Dr|Mr|Mrs|Ms|St)\.|etc\.(?!\s+(?-i:[A-Z])))",
+                           flags=re.I)
 # a sentence end followed by the start of another sentence: after a space any word ("Red cheeks. swollen nose"),
 # without one a capital ("Red cheeks.Swollen nose"); "2.5 cm" is no sentence end
 _SECOND_SENTENCE = re.compile(r"[.!?][\"')\]]*(?:\s+[\"'(\[]?[^\W_]|[A-Z])|[!?][\"')\]]*[a-z]")
@@ -115,19 +116,22 @@ def answer_json_schema() -> dict:
 def extract_json(text: str) -> str:
     """The JSON object inside an LLM reply: small models wrap it in ``` fences, add a sentence around it (which
     may hold braces of its own) or think aloud first (<think>...</think>, kept by tokenizers that do not mark those
-    tokens special). The first object with a "stages" key wins; else everything from the first { to the last }."""
-    text = _THINKING.sub("", text).strip()
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, flags=re.S)
-    if fenced:
-        text = fenced.group(1).strip()
+    tokens special; a chat template that opens the block in the prompt leaves only its </think>). The first object
+    with a "stages" key wins, looked for in each ``` fence in turn and then in the whole reply; else everything
+    from the first { to the last } of the first fence (of the reply, without one)."""
+    text = _THINKING.sub("", text)
+    text = re.split(r"</think>", text, flags=re.I)[-1].strip()
+    fences = [f.strip() for f in re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.S)]
     decoder = json.JSONDecoder()
-    for brace in re.finditer(r"\{", text):
-        try:
-            obj, end = decoder.raw_decode(text, brace.start())
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and "stages" in obj:
-            return text[brace.start():end]
+    for candidate in fences + [text]:
+        for brace in re.finditer(r"\{", candidate):
+            try:
+                obj, end = decoder.raw_decode(candidate, brace.start())
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and "stages" in obj:
+                return candidate[brace.start():end]
+    text = fences[0] if fences else text
     start, end = text.find("{"), text.rfind("}")
     return text[start:end + 1] if 0 <= start < end else text
 

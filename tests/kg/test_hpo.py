@@ -163,13 +163,14 @@ def test_zero_frequency_is_absent_not_present_at_zero(tmp_path, catalog):
     negated = dict(zip(edges["frequency_raw"], edges["negated"]))
     assert negated == {"HP:0040281": False, "0/3": True, "0%": True, "HP:0040285": True, "0/5": True, "2/10": False}
     p = ProfileBuilder(load_kg("hpo", hpoa_path=hpoa), catalog).build("ORPHA:1")
-    assert {x.hpo_id: x.frequency for x in p.phenotypes} == {"HP:0000582": 0.895, "HP:0000369": 0.2}
+    # low-set ears: the two studies' cases pooled, 2 of 15 (the 0/5 study was dropped: 0.2)
+    assert {x.hpo_id: x.frequency for x in p.phenotypes} == {"HP:0000582": 0.895, "HP:0000369": pytest.approx(2 / 15)}
     # proptosis, hypertelorism, ptosis: known absent; low-set ears is reported present elsewhere, so not absent
     assert [n.hpo_id for n in p.negative_phenotypes] == ["HP:0000316", "HP:0000508", "HP:0000520"]
 
 
-def _course_row(hpo_id):
-    return ["ORPHA:1", "Test disease", "", hpo_id, "PMID:1", "TAS", "", "", "", "", "C", "x"]
+def _course_row(hpo_id, qualifier=""):
+    return ["ORPHA:1", "Test disease", qualifier, hpo_id, "PMID:1", "TAS", "", "", "", "", "C", "x"]
 
 
 def test_only_onset_terms_of_the_clinical_course_are_onsets(tmp_path, hpo_kg):
@@ -178,6 +179,9 @@ def test_only_onset_terms_of_the_clinical_course_are_onsets(tmp_path, hpo_kg):
     kg = load_kg("hpo", hpoa_path=_write_hpoa(tmp_path / "phenotype.hpoa", rows))
     assert kg.onsets_of("ORPHA:1") == ["HP:0003593"]
     assert kg.stats["clinical_course_rows_not_onsets"] == 3
+    # NOT congenital onset says the disease does not begin at birth: no onset at all
+    negated = load_kg("hpo", hpoa_path=_write_hpoa(tmp_path / "not.hpoa", [_row(), _course_row("HP:0003577", "NOT")]))
+    assert negated.onsets_of("ORPHA:1") == []
     # the shipped release: Williams syndrome's one clinical-course row is Death in early adulthood, not an onset
     assert hpo_kg.onsets_of("ORPHA:904") == []
     assert "HP:0100613" not in set(hpo_kg.disease_onsets["onset"])

@@ -81,6 +81,30 @@ def test_pooled_counts_only_pool_case_counts():
     assert pooled_counts("1/0", "1/3") is None
 
 
+def test_a_terms_rows_are_read_together_zero_counts_pool_and_order_does_not_matter(hpo_kg, catalog):
+    from types import SimpleNamespace
+
+    from kgface.kg.frequency import parse_frequency
+    from kgface.kg.profiles import _frequency_of
+
+    def rows(*raws):
+        return [SimpleNamespace(frequency=parse_frequency(r), frequency_raw=r) for r in raws]
+
+    # 0 of 19 patients are 19 cases: pooled with 3/3 (they were dropped as "absent": 1.0)
+    assert _frequency_of(rows("3/3"), rows("0/19"))[:2] == (pytest.approx(3 / 22), "3/3;0/19")
+    assert _frequency_of(rows("3/3"), rows(""))[:2] == (1.0, "3/3")  # a NOT row without a count is no case count
+    # counts beside a frequency term: the highest known, whichever row comes first (it was 0.5 one way, 1 the other)
+    for order in (("1/1", "1/3", "HP:0040283"), ("HP:0040283", "1/3", "1/1")):
+        assert _frequency_of(rows(*order), [])[:2] == (1.0, "1/1")
+    assert _frequency_of(rows("HP:0040281"), rows("0/19"))[:2] == (pytest.approx(0.895), "HP:0040281")
+    assert _frequency_of(rows(""), [])[:2] == (None, "")
+    # the shipped release: osteogenesis imperfecta XI, blue sclerae in 3/3 and in 0/19 patients of another report
+    p = build_profile(hpo_kg, "OMIM:610968", catalog)
+    sclerae = next(ph for ph in p.phenotypes if ph.hpo_id == "HP:0000592")
+    assert sclerae.frequency == pytest.approx(3 / 22) and sclerae.frequency_raw == "3/3;0/19"
+    assert "HP:0000592" not in {n.hpo_id for n in p.negative_phenotypes} and len(sclerae.references) == 2
+
+
 def test_repeated_annotations_pool_counts_curated_rows_win_and_absences_are_not_hidden(hpo_kg, catalog):
     import pandas as pd
 

@@ -41,6 +41,21 @@ def test_injection_in_definition_stays_quoted_data(down):
     assert "PWNED" not in user.replace(literal, "")
 
 
+def test_primekg_definitions_reach_the_request(down):
+    """PrimeKG profiles carry disease_features.csv's columns (mondo_definition, ...), not `definition`."""
+    import dataclasses
+
+    def definition_line(profile):
+        block = _data_block(build_messages(profile)[1]["content"])
+        return next(ln for ln in block.splitlines() if ln.startswith("definition: "))
+
+    bare = dataclasses.replace(down, text={})
+    assert definition_line(bare) == 'definition: "none given"'
+    mondo = dataclasses.replace(down, text={"mondo_definition": "A chromosomal disorder.", "mayo_symptoms": "x"})
+    assert definition_line(mondo) == 'definition: "A chromosomal disorder."'
+    assert profile_hash(mondo) != profile_hash(bare)  # its cached answer is not the bare profile's
+
+
 def test_kg_literal_escapes():
     assert kg_literal(None) == '"unknown"'
     assert kg_literal('a "b"\nc') == '"a \\"b\\" c"'

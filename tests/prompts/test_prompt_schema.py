@@ -30,6 +30,7 @@ def test_valid_answer_and_fenced_reply(down):
     (json.dumps(answer(ids=["upslanted eyes"])), "is not an HPO id"),
     (json.dumps(answer(n=3)), "at least 4 items"),
     (json.dumps(answer(description="A face. It has eyes.")), "exactly one sentence"),
+    (json.dumps(answer(description="Red cheeks, papules, etc. Swollen nose.")), "exactly one sentence"),
     (json.dumps({"stages": answer()["stages"][::-1]}), "in this order"),
 ])
 def test_rejected_answers_say_why(down, reply, message):
@@ -66,6 +67,13 @@ def test_the_answer_is_found_past_braces_and_thinking_around_it(down):
     assert parse_answer("Stages {0..3} follow: " + body + " (see {notes})", down) == expected
     assert parse_answer('<think>maybe {"stages": []} ... no</think>\n' + body, down) == expected
     assert parse_answer('{"note": "draft"} then ' + body, down) == expected
+    # the answer in a later fence than a quoted schema, or unfenced before a fenced note
+    fence = "```"
+    assert parse_answer(f'Schema: {fence}json\n{{"type": "object"}}\n{fence}\nAnswer: {fence}json\n{body}\n{fence}',
+                        down) == expected
+    assert parse_answer(f'{body}\nNote: {fence}\n{{"n": 1}}\n{fence}', down) == expected
+    # a chat template that opened the thinking block in the prompt: only its end is in the reply
+    assert parse_answer('draft {"stages": []} ... no</think>\n' + body, down) == expected
 
 
 def test_malformed_descriptions_files_are_refused_in_one_line(down, tmp_path):
@@ -99,6 +107,7 @@ def test_duplicate_keys_are_rejected(down):
 @pytest.mark.parametrize("description", [
     "A face with upward-slanting eyes, e.g. tilted outward, and a 2.5 cm wide nasal bridge.",
     "A face with upward-slanting eyes (i.e. tilted upward) at the mild stage.",
+    "A face with red cheeks, papules, etc. and a swollen nose.",
     "  A face   with\nupward-slanting eyes.  ",
 ])
 def test_one_sentence_with_abbreviations_or_decimals_is_accepted(down, description):
