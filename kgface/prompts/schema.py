@@ -24,8 +24,8 @@ DESCRIPTIONS_SCHEMA = "kgface.descriptions/1"
 _HPO = re.compile(r"^HP:\d{7}$")
 _THINKING = re.compile(r"<think>.*?</think>", flags=re.S | re.I)
 # abbreviations whose period ends no sentence ("etc." ends one when a capitalised word follows it)
-_ABBREVIATION = re.compile(r"\b(?:(?:e\.g|i\.e|approx|ca|cf|vs|incl|esp|resp|Dr|Mr|Mrs|Ms|St)\.|etc\.(?!\s+(?-i:[A-Z])))",
-                           flags=re.I)
+_ABBREVIATION = re.compile(r"\b(?:(?:e\.g|i\.e|approx|ca|cf|vs|incl|esp|resp|Dr|Mr|Mrs|Ms|St)\."
+                           r"|etc\.(?!\s+(?-i:[A-Z])))", flags=re.I)
 # a sentence end followed by the start of another sentence: after a space any word ("Red cheeks. swollen nose"),
 # without one a capital ("Red cheeks.Swollen nose"); "2.5 cm" is no sentence end
 _SECOND_SENTENCE = re.compile(r"[.!?][\"')\]]*(?:\s+[\"'(\[]?[^\W_]|[A-Z])|[!?][\"')\]]*[a-z]")
