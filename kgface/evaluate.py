@@ -12,12 +12,15 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from .config import entry
-from .data.manifest import read_manifest
+from .data.manifest import ManifestError, read_manifest
 from .errors import UserError
 from .evaluation import evaluate_sets, fit_evaluator, load_evaluator, write_report
 from .evaluation.face_identity import load_face_identity
 from .evaluation.fitting import disease_classes
+from .evaluation.evaluator import refuse_unknown_labels
+from .evaluation.inputs import set_name
 from .evaluation.sets import check_generated
+from .evaluation.validity import real_test_rows
 from .evaluation.learned_profiles import learn_and_write
 from .run_files import check_output_dir, heldout_of, is_baselines_generator, load_profiles_json, run_file
 from .runtime import load_profiles, make_cache
@@ -76,6 +79,23 @@ def trained_atlas(run_dir) -> Path | None:
     return atlas if any(int(t.get("atlas_images") or 0) > 0 for t in sections) and atlas.is_file() else None
 
 
+def audit_manifest(cfg: DictConfig, run_dir: Path | None):
+    """(the run's training manifest, checked readable, or None, notes): the memorisation audit looks for copies of what the
+    generator saw, the run's own manifest when real= is another; gone or unreadable (an image moved), real='s train
+    split stands in and the report says so."""
+    trained = trained_manifest(run_dir) if run_dir is not None and cfg.get("real") else None
+    if trained is None or trained.resolve() == Path(str(cfg.real)).expanduser().resolve():
+        return None, []  # real= is the run's own manifest: its train split is the generator's
+    stand_in = "real='s train split stands in for the images the generator saw (copies of others go unnoticed)"
+    if not trained.is_file():
+        return None, [f"memorisation audit: the run's training manifest {trained} is gone; {stand_in}"]
+    try:
+        read_manifest(trained)
+        return trained, []
+    except ManifestError as exc:
+        return None, [f"memorisation audit: the run's training manifest cannot be read ({exc}); {stand_in}"]
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     if not cfg.get("real") and not cfg.get("generated"):
         raise UserError("nothing to evaluate: give real=MANIFEST and/or generated=MANIFEST")
@@ -96,8 +116,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if df is not None:
             diseases |= set(df["disease"])
             if "requested_disease" in df:
-                diseases |= {d for d in df["requested_disease"].astype(str) if d}
+                diseases |= {d.strip() for d in df["requested_disease"].astype(str) if d.strip()}
     run_dir = Path(str(cfg.run)).expanduser() if cfg.get("run") else None
+    trained, audit_notes = audit_manifest(cfg, run_dir)  # read now: a broken one must not fail after the scoring
     profiles = judged_profiles(cfg, run_dir, sorted(diseases), cache)
     if run_dir is not None:
         evaluator = load_evaluator(run_dir)
@@ -105,21 +126,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             evaluator.check_unseen(real, f"real={cfg.real}")
     else:
         classes = disease_classes(real[real["split"] == "train"])
-        if gen is not None and len(classes) >= 2:  # what fitting cannot change, refused before minutes of it: the
-            # evaluator will know the diseases of real='s train split (fit_evaluator's classes; fewer: its own error)
-            check_generated(classes, gen, profiles)
+        if len(classes) >= 2:  # what fitting cannot change, refused before minutes of it: the evaluator will know
+            # the diseases of real='s train split (fit_evaluator's classes; fewer: its own error)
+            test = real_test_rows(real)  # real='s test split: there, and its labels among those classes
+            refuse_unknown_labels(classes, test["disease"], set_name(real, "real set"), test["path"])
+            if gen is not None:
+                check_generated(classes, gen, profiles)
         evaluator = fit_evaluator(cfg.evaluator, cfg.real, profiles, cache, progress=bool(cfg.get("progress", True)))
     # photo manifests carry no heldout column: the run's data.json says which were held out
     heldout, atlas = (heldout_of(run_dir), trained_atlas(run_dir)) if run_dir is not None else (None, None)
-    # the memorisation audit looks for copies of what the generator saw: the run's own manifest when real= is another
-    trained = trained_manifest(run_dir) if run_dir is not None and real is not None else None
-    if trained is not None and trained.resolve() == Path(str(cfg.real)).expanduser().resolve():
-        trained = None  # real= is the run's own manifest: its train split is the generator's
-    audit_notes = []
-    if trained is not None and not trained.is_file():
-        audit_notes.append(f"memorisation audit: the run's training manifest {trained} is gone; real='s train split "
-                           "stands in for the images the generator saw (copies of others go unnoticed)")
-        trained = None
     metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True, face_identity=face_identity,
                                     heldout=heldout, audit_extra=atlas, audit_train=trained)
     notes = [f"evaluator: {evaluator.cfg['name']} ({'from ' + str(cfg.run) if cfg.get('run') else 'trained on ' + str(cfg.real) + ' (train split)'})",

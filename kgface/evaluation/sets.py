@@ -24,8 +24,8 @@ from .evaluator import Evaluator, ScoredSet, pair_presence, refuse_unknown_label
 from .inputs import (HEALTHY, EvaluatorInputError, as_frame, check_real, labelled_phenotypes, load_images, min_stage_of,
                      set_image_size, set_name)
 from .face_identity import pair_distances
-from .validity import (HEADLINE_STAGES, _test_rows, check_test_labels, generated_headline_rows, headline_rows,
-                       instrument_validity, transform_rows)
+from .validity import (HEADLINE_STAGES, check_test_labels, generated_headline_rows, headline_rows, instrument_validity,
+                       real_test_rows, transform_rows)
 
 def _filled(table: pd.DataFrame, column: str, fallback: str) -> pd.Series:
     """`column` where a row fills it, else that row's `fallback`, row by row (one empty cell must not re-label the
@@ -140,11 +140,13 @@ def real_profile_match(table: pd.DataFrame, test: pd.DataFrame, profiles, vocab)
 
 
 def kg_frequencies(profiles: dict[str, FacialProfile], vocab, diseases) -> dict[str, dict[str, float]]:
-    """Per disease: the KG frequency of each phenotype the evaluator can detect (unknown frequencies left out)."""
+    """Per disease: the KG frequency of each phenotype the evaluator can detect (unknown frequencies left out); a
+    disease with none is left out, so a set with nothing to compare has no frequency_mae (not a null one)."""
     voc = set(vocab)
-    return {d: {p.hpo_id: float(p.frequency) for p in profiles[d].phenotypes
-                if p.hpo_id in voc and p.frequency is not None}
-            for d in diseases if d in profiles and d != HEALTHY}
+    out = {d: {p.hpo_id: float(p.frequency) for p in profiles[d].phenotypes
+               if p.hpo_id in voc and p.frequency is not None}
+           for d in diseases if d in profiles and d != HEALTHY}
+    return {d: freqs for d, freqs in out.items() if freqs}
 
 
 def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profiles=None, roundtrip=None,
@@ -186,7 +188,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
     test = None
     if real is not None:
         check_real(real, set_name(real, "real set"))
-        test = _test_rows(real)
+        test = real_test_rows(real)
         check_test_labels(evaluator, real, test)
         if gen is not None:  # FID/KID, the audit and tstr compare the two: one size, found before anything is scored
             sizes = set_image_size(test["abspath"]), set_image_size(gen["abspath"])

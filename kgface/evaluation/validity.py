@@ -59,7 +59,7 @@ def stage_cells(table: pd.DataFrame, stage: str = "stage") -> list:
     return [int(s) if k else "unknown" for s, k in zip(table[stage], stage_known(table))]
 
 
-def _test_rows(df: pd.DataFrame) -> pd.DataFrame:
+def real_test_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The real set's test split. A manifest without test rows is an error, not a fallback to every row: its train
     rows may be what the evaluator learned from, which would inflate every real-set score and hide copies from the
     memorisation audit."""
@@ -194,7 +194,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     generation.seen_top1 / heldout_top1 / seen_disease_top1, so each generated number has its own instrument and
     ceiling beside it."""
     df = as_frame(real_df)
-    test = _test_rows(df)
+    test = real_test_rows(df)
     check_test_labels(evaluator, df, test)
     s = scored or evaluator.score_set(test, keep_images=True)
     t = s.table
@@ -247,7 +247,7 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         if face_identity is not None:
             out["identity_dlib"] = identity_validity(face_identity, images[torch.tensor(named)], ids,
                                                      clip_features=feats)
-    train = train_df if train_df is not None else df[df["split"] == "train"]  # _test_rows checked the column
+    train = train_df if train_df is not None else df[df["split"] == "train"]  # real_test_rows checked the column
     if len(train):
         out["oracle_top1"] = oracle_top1(train.reset_index(drop=True), test,
                                          min_stage=min_stage_of(evaluator.cfg.get("probe")))

@@ -3,6 +3,7 @@ input (the library's errors, then the entry's one-line exits), run= folders (the
 and atlas), and that the evaluator never imports the generator it measures."""
 import json
 import logging
+import shutil
 import subprocess
 import sys
 
@@ -475,6 +476,14 @@ def test_evaluate_with_run_reads_the_runs_heldout_diseases(tiny_evaluator, tiny_
     assert m["memorisation_reference"] == "the real set's train split; threshold from the real set's test split"
     assert "training manifest " + str(tmp_path / "gone" / "manifest.csv") + " is gone" in \
         (tmp_path / "out2" / "report.md").read_text()
+    # ... or unreadable (an image of it moved): said in the report too, not a failure after every score was taken
+    (tmp_path / "moved").mkdir()
+    shutil.copy(tiny_data / "manifest.csv", tmp_path / "moved" / "manifest.csv")
+    (run_dir / "data.json").write_text(json.dumps({"manifest": str(tmp_path / "moved" / "manifest.csv"),
+                                                   "heldout": ["ORPHA:963"]}))
+    m = evaluate_run(cfg, tmp_path / "out3")
+    assert m["memorisation_reference"] == "the real set's train split; threshold from the real set's test split"
+    assert "training manifest cannot be read (" in (tmp_path / "out3" / "report.md").read_text()
     # a baselines run keeps each conditioning's train section under baselines.<mode>
     from kgface.data.manifest import ATLAS_FILE
 
@@ -581,9 +590,8 @@ def test_set_errors_name_the_manifest_and_its_first_bad_row(tiny_evaluator, tiny
 def test_without_run_a_generated_request_the_evaluator_will_not_know_is_refused_before_fitting(
         tiny_data, tmp_path, capsys, monkeypatch):
     """Without run=, the evaluator will know the diseases of real='s train split: a generated request for another is
-    refused before the minutes of fitting (it was refused after them)."""
-    import shutil
-
+    refused before the minutes of fitting (it was refused after them); so is a real set whose test split the
+    evaluator could not read (none, or a disease without train rows)."""
     import kgface.evaluate as entry
 
     def never(*args, **kwargs):
@@ -603,3 +611,13 @@ def test_without_run_a_generated_request_the_evaluator_will_not_know_is_refused_
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "the generated set (" in err and "labels unknown to the evaluator: ORPHA:2322" in err
     assert "(first: g1.png, column requested_disease)" in err
+    test_only = df.assign(disease=df["disease"].where(df.index != df.index[df["split"] == "test"][0], "ORPHA:870"))
+    no_test = df.assign(split=df["split"].replace("test", "val"))
+    for name, frame, words in (("test_only", test_only, "has labels unknown to the evaluator: ORPHA:870 (first: "),
+                               ("no_test", no_test, "no rows with split=test")):
+        path = tiny_data / f"{name}_manifest.csv"  # beside the images
+        frame.to_csv(path, index=False)
+        with pytest.raises(SystemExit) as exc:
+            entry.main([f"real={path}", f"hydra.run.dir={tmp_path / name}"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and words in err and f"{name}_manifest.csv" in err, err

@@ -183,6 +183,12 @@ def test_frequency_mae_falls_back_to_stages_2_3_without_a_stage_3_request(tiny_e
     gm = evaluate_sets(tiny_evaluator, None, gen, tiny_profiles)["generation"]
     assert first in gm["frequency_mae_per_disease"] and gm["frequency_mae_read_at_stages_2_3"] == [first]
     assert set(gm["frequency_mae_per_disease"]) == set(g3["frequency_mae_per_disease"])
+    # no KG frequency the evaluator can read (here: no heads named): the key is left out, not null
+    by_id = {p.disease_id: p for p in tiny_profiles}
+    assert kg_frequencies(by_id, [], set(by_id)) == {}
+    assert set(kg_frequencies(by_id, tiny_evaluator.phenotypes, set(by_id))) == {
+        d for d, p in by_id.items() if not p.healthy and any(ph.hpo_id in tiny_evaluator.phenotypes
+                                                             and ph.frequency is not None for ph in p.phenotypes)}
     df[df["requested_stage"] != "3"].to_csv(gen, index=False)
     g2 = read({"2"})  # no stage-3 request left: stages 2-3 are stage 2's rows
     assert g2["frequency_mae_stages"] == [2, 3]
