@@ -45,6 +45,7 @@ from scipy import stats
 
 from ..errors import UserError
 from .design import Design, from_condition, simulate, to_condition, true_effects
+from .measurement import calibration_problem
 from .schedule import WASHOUT
 
 
@@ -337,10 +338,12 @@ def coverage_study(design: Design, n_trials: int, seed: int, measurement=None, p
     its Monte-Carlo se, rmse, coverage of the 1 - alpha interval with its Monte-Carlo se, mean interval width, and
     `skipped`: simulated trials left out because their draw could not be analysed, e.g. a randomised single cycle
     in which every patient drew the same order; such a trial would be refused, so the study is conditional on it
-    being analysable)."""
+    being analysable; `skipped_calibration`: of those, the draws whose refitted calibration line fails the rule
+    calibration=auto falls back to raw readings by (measurement.calibration_problem): such a trial's measured
+    estimates would not be on the true scale, so the study leaves them out rather than divide by a slope near 0)."""
     from tqdm.auto import tqdm
 
-    frames, skipped = [], 0
+    frames, skipped, skipped_calibration = [], 0, 0
     for r in tqdm(range(n_trials), desc="coverage study", unit="trial", disable=not progress):
         trial_seed = 1_000_003 * (int(seed) + 1) + r
         table, patients = simulate(design, trial_seed)
@@ -355,13 +358,16 @@ def coverage_study(design: Design, n_trials: int, seed: int, measurement=None, p
             rng = np.random.default_rng([int(seed), 4, r])
             table["measured_severity"], cal = measured_column(table["true_severity"], table["patient_id"], design,
                                                               measurement, rng)
+            if calibration_problem(cal):
+                skipped, skipped_calibration = skipped + 1, skipped_calibration + 1
+                continue
             est.append(estimate_effects(table, "measured_severity", design, truth, rel_se=cal.rel_se))
         frames.append(pd.concat(est, ignore_index=True).assign(trial=r))
     runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["outcome", "effect", "trial"])
-    return runs, summarise(runs, skipped)
+    return runs, summarise(runs, skipped, skipped_calibration)
 
 
-def summarise(runs: pd.DataFrame, skipped: int = 0) -> pd.DataFrame:
+def summarise(runs: pd.DataFrame, skipped: int = 0, skipped_calibration: int = 0) -> pd.DataFrame:
     rows = []
     for (outcome, effect), g in runs.groupby(["outcome", "effect"], sort=False):
         n = len(g)
@@ -372,5 +378,6 @@ def summarise(runs: pd.DataFrame, skipped: int = 0) -> pd.DataFrame:
                      "bias_mc_se": bias.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
                      "rmse": float(np.sqrt((bias ** 2).mean())), "coverage": cov,
                      "coverage_mc_se": float(np.sqrt(cov * (1 - cov) / n)),
-                     "ci_width": (g["high"] - g["low"]).mean(), "skipped": skipped})
+                     "ci_width": (g["high"] - g["low"]).mean(), "skipped": skipped,
+                     "skipped_calibration": skipped_calibration})
     return pd.DataFrame(rows)

@@ -318,9 +318,14 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
                   _table(study, ["outcome", "effect", "trials", "truth", "estimate", "bias", "bias_mc_se", "rmse",
                                  "coverage", "coverage_mc_se", "ci_width"]), ""]
         skipped = int(study["skipped"].iloc[0]) if "skipped" in study else 0
-        if skipped:
-            lines += [f"{skipped} simulated trials could not be analysed (every patient's blocks in one order, "
-                      "with the trend term) and are left out, as such a trial would be refused.", ""]
+        by_line = int(study["skipped_calibration"].iloc[0]) if "skipped_calibration" in study else 0
+        if skipped - by_line:
+            lines += [f"{skipped - by_line} simulated trials could not be analysed (every patient's blocks in one "
+                      "order, with the trend term) and are left out, as such a trial would be refused.", ""]
+        if by_line:
+            lines += [f"{by_line} simulated trials drew a calibration line too flat to apply (the rule that makes "
+                      "calibration=auto keep raw readings) and are left out: the study is conditional on a usable "
+                      "line.", ""]
     lines += ["## Files", "", "- `trial.csv`, `trial.parquet`: one row per patient-day (columns in docs/trials.md).",
               "- `patients.csv`: each patient's baseline face, drawn parameters and image seed.",
               "- `effects.csv`, `patient_effects.csv`, `study.csv`: the tables above; `trial.json`: everything as "

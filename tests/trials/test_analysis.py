@@ -437,6 +437,20 @@ def test_measured_effects_over_simulated_trials_bias_and_coverage(real_measureme
     assert measured["estimate"].notna().all() and (measured["high"] > measured["low"]).all()
 
 
+def test_study_draws_whose_refitted_line_is_too_flat_are_left_out():
+    """A line that only just resolves severity: many refits fail calibration=auto's rule; dividing by them gave
+    estimates without bound, so such draws are counted and left out, as the trial would not calibrate them."""
+    rng = np.random.default_rng(0)
+    truths = np.repeat(np.arange(4.0), 5)
+    raw = 0.5 + 0.15 * truths + rng.normal(0, 0.5, len(truths))
+    model = fit_measurement_model(truths, raw, np.arange(len(truths)).astype(str))
+    d = design_from_config(trial_cfg(patients=2, **{"schedule.cycles": 2}))
+    runs, summary = coverage_study(d, 30, seed=0, measurement=model)
+    flat = int(summary["skipped_calibration"].iloc[0])
+    assert 0 < flat < 30 and (summary["skipped"] == flat).all()  # two cycles: nothing else is left out
+    assert (summary["trials"] == 30 - flat).all() and runs["trial"].nunique() == 30 - flat
+
+
 def test_the_study_is_reproducible(real_measurement):
     d = design_from_config(trial_cfg(patients=2))
     a = coverage_study(d, 5, seed=3, measurement=real_measurement)[0]
