@@ -298,9 +298,13 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
         if fallback:
             how = ("with Newey-West standard errors (cov=hac)" if a.cov == "hac" else
                    "and assume independent days (too narrow if days are autocorrelated)")
+            # with the trend term, one patient's single order leaves the trend told from the treatments only by
+            # the drift inside each block (onset, carry-over): the weakness the pooled fit refuses on daily rows
+            trend = (" and tell the study-day trend from the treatments only by the drift inside each block (onset "
+                     "and carry-over included), so they can be biased" if a.trend else "")
             notes.append(f"{', '.join(fallback)} have too few blocks for the model on block means: their own "
-                         f"intervals use daily rows {how}; set trial.schedule.cycles >= 2 for per-patient intervals "
-                         "from block means")
+                         f"intervals use daily rows {how}{trend}; set trial.schedule.cycles >= 2 for per-patient "
+                         "intervals from block means")
     kept = table.loc[table["analysed"] & (table["treatment"] != WASHOUT), "true_severity"]
     at_bounds = float(((kept <= s.low) | (kept >= s.high)).mean()) if len(kept) else 0.0
     if at_bounds > CLIPPED_SHARE:

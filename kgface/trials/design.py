@@ -71,12 +71,19 @@ def to_condition(values, scale: str) -> np.ndarray:
 
 
 def from_condition(values, scale: str) -> np.ndarray:
-    """The inverse of to_condition (continuous, not rounded; values outside [0, 3] are extrapolated linearly on the
-    severity scale and clipped to the curve's ends on the lesion scale)."""
+    """The inverse of to_condition (continuous, not rounded). Readings outside [0, 3] (a calibrated reading of a
+    clear or severe face can fall there) are extrapolated linearly, on the lesion scale along the curve's end
+    segments: clipping them to 0 or 80 lesions would pull the measured effects towards 0 near clear skin."""
     from ..data.phantom.acne import _ANCHOR_N, _ANCHOR_S
 
     v = np.asarray(values, dtype=float)
-    return np.interp(v, _ANCHOR_S, _ANCHOR_N) if scale == "lesions" else v
+    if scale != "lesions":
+        return v
+    s, n = np.asarray(_ANCHOR_S), np.asarray(_ANCHOR_N)
+    out = np.interp(v, s, n)
+    low, high = v < s[0], v > s[-1]
+    out = np.where(low, n[0] + (v - s[0]) * (n[1] - n[0]) / (s[1] - s[0]), out)
+    return np.where(high, n[-1] + (v - s[-1]) * (n[-1] - n[-2]) / (s[-1] - s[-2]), out)
 
 
 def whole(value, key: str, minimum: int, what: str = "") -> int:

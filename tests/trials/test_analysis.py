@@ -172,6 +172,8 @@ def test_design_checks_stay_quiet_for_sound_designs_and_name_the_others():
     # one cycle: each patient's own intervals fall back to daily rows, and the report says so
     notes = checks(**{"schedule.cycles": 1, "patients": 6})[1]
     assert len(notes) == 1 and notes[0].startswith("P01, P02, P03, P04, P05, P06 have too few blocks"), notes
+    # with the trend term (the default) a patient's one order leaves the trend to the drift inside blocks: said
+    assert "only by the drift inside each block" in notes[0]
 
 
 def test_calibration_and_measurement_model_on_a_known_instrument():

@@ -137,3 +137,14 @@ def test_design_sections_that_are_not_mappings_are_refused_in_one_line():
     for key in ("analysis", "schedule", "severity"):
         with pytest.raises(UserError, match=rf"^trial.{key} must be a mapping of its settings"):
             design_from_config({"patients": 2, key: ["x"]})
+
+
+def test_lesion_readings_beyond_the_curve_are_extrapolated_not_clipped():
+    """A calibrated reading below 0 (noise around clear skin) stays below 0 lesions: clipping it to 0 would pull
+    measured effects towards 0; inside [0, 3] the curve is the phantom's own and round-trips."""
+    from kgface.trials.design import from_condition, to_condition
+
+    inside = np.array([0.0, 5.5, 12.0, 20.5, 50.5, 80.0])
+    assert np.allclose(from_condition(to_condition(inside, "lesions"), "lesions"), inside)
+    assert np.allclose(from_condition([-0.1, 3.1], "lesions"), [-1.1, 80 + 0.1 * (80 - 50.5) / 0.5])
+    assert np.allclose(from_condition([-0.5, 3.5], "severity"), [-0.5, 3.5])  # as the severity scale always was
