@@ -388,8 +388,12 @@ class HFBackend:
                 enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                               return_dict=True)
             except TemplateError:  # templates without a system role (Gemma): the instructions open the first turn
-                enc = tok.apply_chat_template(_without_system(messages), add_generation_prompt=True,
-                                              return_tensors="pt", return_dict=True)
+                try:
+                    enc = tok.apply_chat_template(_without_system(messages), add_generation_prompt=True,
+                                                  return_tensors="pt", return_dict=True)
+                except TemplateError as exc:
+                    raise UserError(f"llm.model={self.model}: its chat template refuses kgface's request, with or "
+                                    f"without a system turn ({exc}); use an instruction-tuned model") from None
             return enc["input_ids"]
         # a tokenizer without a chat template: plain role-prefixed turns
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
@@ -416,8 +420,14 @@ class HFBackend:
         pad = self._tokenizer.pad_token_id
         kwargs["pad_token_id"] = pad if pad is not None else self._tokenizer.eos_token_id
         torch.manual_seed(self.seed)
-        with torch.no_grad():
-            out = self._lm.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        try:
+            with torch.no_grad():
+                out = self._lm.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        except (RuntimeError, IndexError, ValueError) as exc:  # out of memory, a prompt past the model's positions
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"llm.model={self.model}: generating on llm.device={self.device} failed for a "
+                            f"{ids.shape[1]}-token request ({type(exc).__name__}: {first}); a model with a longer "
+                            "context, more memory, or llm=none") from None
         return out[0, ids.shape[1]:].tolist()
 
     def _stop_ids(self) -> set[int]:

@@ -69,6 +69,18 @@ def test_an_answer_cut_off_at_max_new_tokens_says_so_and_is_not_retried(tmp_path
     assert d.fallback_reason.startswith("backend error: the answer was cut off at llm.max_new_tokens=12")
 
 
+def test_a_request_past_the_models_positions_is_one_line(tmp_path):
+    """A model whose context is shorter than kgface's request fails inside generate (a traceback before)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tiny_lm(tmp_path / "lm", True)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=402, n_positions=8, n_embd=16, n_layer=1, n_head=2)).save_pretrained(folder)
+    backend = HFBackend(str(folder), max_new_tokens=4)
+    with pytest.raises(UserError, match=r"^llm.model=.*: generating on llm.device=cpu failed for a \d+-token request"):
+        backend.generate_ids([{"role": "user", "content": "describe a face with upward-slanting eyes " * 4}])
+
+
 def test_sampling_is_seeded(tmp_path):
     model = tiny_lm(tmp_path / "lm", True)
     messages = [{"role": "user", "content": "describe a face"}]
