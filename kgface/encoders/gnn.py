@@ -209,6 +209,7 @@ class KGEncoder(nn.Module):
             raise UserError(f"{folder / CONFIG_FILE}: unknown key {stray[0]!r} (saved by another kgface version?)")
         model = cls(**config)
         state = load_file(str(folder / WEIGHTS_FILE), device=str(device))
+        default_unknown_stage(state, "", model.unknown_stage)  # saved before it existed: zero, not "missing"
         ours = model.state_dict()
         missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
         resized = sorted(k for k in set(ours) & set(state) if tuple(ours[k].shape) != tuple(state[k].shape))

@@ -181,7 +181,8 @@ def build_clip(cfg, load_pretrained: bool = True, registered: str | None = None)
                 raise EvaluatorConfigError(f"evaluator.pretrained={path}: file not found (a local open_clip weights "
                                            "file; nothing is downloaded)")
         if load_pretrained:
-            model = open_clip.create_model(name, pretrained=str(Path(str(path)).expanduser()))
+            # absolute: open_clip looks a relative name up as a pretrained tag first ("openai" would download)
+            model = open_clip.create_model(name, pretrained=str(Path(str(path)).expanduser().resolve()))
         else:  # a Hugging Face text tower would otherwise load base weights from its (local) folder
             model = open_clip.create_model(name, pretrained=None, pretrained_hf=False)  # the 2.x name, 3.x keeps it
         image_size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list))

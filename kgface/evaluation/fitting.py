@@ -306,6 +306,8 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     check_real(df, str(manifest_path))
     atlas_path = Path(manifest_path).parent / ATLAS_FILE
     atlas = read_manifest(atlas_path)[0] if atlas_path.is_file() else None
+    if atlas is not None:  # it trains the CLIP and the phenotype heads: never generated faces either
+        check_real(atlas, str(atlas_path))
     if atlas is not None and (atlas["split"] != "train").any():  # atlas faces only ever train the instrument
         raise EvaluatorInputError(f"{atlas_path}: every row must have split 'train' (the atlas only trains the "
                                   "evaluator); move val/test faces to manifest.csv or drop them")

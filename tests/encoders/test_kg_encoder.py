@@ -3,6 +3,7 @@ unseen diseases, permutation invariance, save/load, configs, and a tiny overfit.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -159,6 +160,16 @@ def test_save_load_round_trip(tmp_path, batch):
         assert torch.equal(enc.null(2), again.null(2))
     with pytest.raises(UserError, match="not a saved encoder"):
         KGEncoder.from_pretrained(tmp_path)
+    # a run's encoder saved before unknown_stage existed loads (kgface.generate reads runs this way) with it at zero
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "enc", old)
+    state = load_file(str(old / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if k != "unknown_stage"}, str(old / "model.safetensors"))
+    loaded = KGEncoder.from_pretrained(old)
+    assert torch.equal(loaded.unknown_stage, torch.zeros_like(loaded.unknown_stage))
+    assert torch.equal(loaded.null_tokens, again.null_tokens)
     # loaded for use: eval mode (token centering reads its saved statistics, not a batch's own)
     assert not KGEncoder.from_pretrained(tmp_path / "enc").training
     # a config or weights file that does not fit: one line naming the file and the first key, not a traceback

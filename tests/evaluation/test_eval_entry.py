@@ -572,6 +572,17 @@ def test_set_errors_name_the_manifest_and_its_first_bad_row(tiny_evaluator, tiny
     with pytest.raises(EvaluatorInputError, match=r"no_train_manifest\.csv: no rows with split=train to fit the "
                                                   r"evaluator on \(val \d+, test \d+\)"):
         fit_evaluator(tiny_cfg.evaluator, no_train, tiny_profiles, None, progress=False)
+    # the phenotype atlas beside a manifest trains the CLIP and the heads: generated or non-train rows are refused
+    from kgface.data.manifest import ATLAS_FILE
+
+    data = tmp_path / "with_atlas"
+    shutil.copytree(tiny_data, data)
+    atlas = df[df["split"] == "train"].head(4)
+    for rows, words in ((atlas.assign(source="generated"), "rows have source 'generated'"),
+                        (atlas.assign(split="val"), "every row must have split 'train'")):
+        rows.to_csv(data / ATLAS_FILE, index=False)
+        with pytest.raises(EvaluatorInputError, match=f"{ATLAS_FILE}: .*{words}"):
+            fit_evaluator(tiny_cfg.evaluator, data / "manifest.csv", tiny_profiles, None, progress=False)
     one_class = tiny_data / "one_class_manifest.csv"
     df[(df["split"] != "train") | (df["disease"] == "healthy")].to_csv(one_class, index=False)
     with pytest.raises(EvaluatorInputError, match=r"one_class_manifest\.csv: its train split holds one class "
