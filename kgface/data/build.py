@@ -20,7 +20,26 @@ from .phantom.effects import load_phantom_effects
 # bump when drawing changes, so cached phantom datasets rebuild. 2: acne lesions only on individuals who show an acne
 # term (renderer 1 drew them on every stage 1-3 face of a disease with acne in its profile: 1,200 of the benchmark's
 # faces, 462 Cushing and 738 acromegaly, showed lesions their labels did not name)
-RENDERER_VERSION = 2
+# 3: labels hold only what a face shows (no hair terms on bald heads, no two terms that cancel or hide each other,
+# one intensity per drawn effect, acne terms at s / 3), no natural blue irides, and every diseased individual shows
+# something by stage 3 (renderer 2 labelled 153 of the benchmark's healthy-looking faces stage 1-3)
+RENDERER_VERSION = 3
+
+
+def drawing_rules(profiles: list[FacialProfile]) -> dict:
+    """What the renderer reads beside the profiles and its effects table: each disease's stage scale (which stage
+    shows signs, lesion ranges), the onset ages and the acne lesion model. Part of the dataset's cache key, so an
+    edit to any of them rebuilds the images instead of reusing stale ones."""
+    from dataclasses import asdict
+
+    from ..prompts.wording import stage_levels
+    from .phantom import acne
+    from .phantom.dataset import ONSET_AGE
+
+    return {"stages": {p.disease_id: [asdict(level) for level in stage_levels(p.disease_id)] for p in profiles},
+            "onset_age": ONSET_AGE,
+            "acne": [acne.GRADE_UPPER, acne.LESION_CAP, acne._ANCHOR_S, acne._ANCHOR_N, acne.TYPE_MIN_GRADE,
+                     acne.TYPE_MIX, acne.AREAS, acne.AREA_WEIGHTS]}
 
 
 def _data_dict(cfg: DictConfig) -> dict:
@@ -40,7 +59,7 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
     faces, per_face, intensity = atlas_settings(data.get("atlas"))
     effects_path = kg_data_dir() / "phantom_effects.csv"
     spec = {"data": data, "renderer": RENDERER_VERSION, "effects": file_fingerprint(effects_path),
-            "profiles": [p.to_dict() for p in profiles]}
+            "profiles": [p.to_dict() for p in profiles], "drawing": drawing_rules(profiles)}
     entry = cache.entry("dataset-phantom", spec)
     if entry.exists():
         return entry.path

@@ -343,3 +343,59 @@ def test_dataset_cli_refuses_to_overwrite_another_jobs_output(tmp_path, capsys, 
         main(["data.diseases=[ORPHA:870]", "data.heldout=[]", f"hydra.run.dir={tmp_path}"])
     assert info.value.code == 2 and f"hydra.run.dir={tmp_path}" in capsys.readouterr().err
     assert (tmp_path / "manifest.csv").read_text() == "kept\n"
+
+
+def test_labels_hold_only_what_a_face_can_show(hpo_kg, catalog, table):
+    """Renderer 3: no hair term on a bald head, never two terms that cancel (wide and narrow mouth) or hide each other
+    (absent brows), one intensity per drawn effect, acne terms at s / 3, no natural blue irides, and every diseased
+    individual shows something by stage 3 (leprosy drew nothing for 39 of 300 individuals)."""
+    from kgface.data.phantom.dataset import _age_index, _earliest_onset, severity_of
+    from kgface.data.phantom.effects import HAIR_ONLY, conflict
+    from kgface.data.phantom.identity import sample_identity
+
+    cfg = PhantomConfig()
+    b = ProfileBuilder(hpo_kg, catalog)
+    bald = [i for i in range(600) if sample_identity(cfg.seed, i).hair_style == "none"]
+    assert len(bald) > 20 and all(sample_identity(cfg.seed, i).eye_colour != "blue" for i in range(600))
+    for disease in ("ORPHA:861", "ORPHA:199", "ORPHA:548", "MONDO:0011438"):
+        prof = b.build(disease)
+        for i in list(range(150)) + bald[:20]:
+            if _age_index(sample_identity(cfg.seed, i).age_group) < _earliest_onset(prof):
+                continue  # never chosen for this disease (choose_identities): acne waits for the juvenile years
+            lab = draw_labels(prof, i, 3, cfg, table)
+            keys = {h: table[h].key for h in lab["phenotypes"]}
+            assert keys or lab["lesion_count"] > 0, (disease, i)  # a stage-3 face shows its disease
+            if lab["identity"].hair_style == "none":
+                assert not HAIR_ONLY & set(keys.values()), (disease, i)
+            assert not any(conflict(a, b) for a in keys.values() for b in keys.values()), (disease, i, keys)
+            for h, key in keys.items():  # one effect, one intensity
+                assert all(lab["phenotypes"][g] == lab["phenotypes"][h] for g, k in keys.items() if k == key)
+    acne = b.build("MONDO:0011438")
+    for i in (i for i in range(60) if _age_index(sample_identity(cfg.seed, i).age_group) >= 1):
+        lab = draw_labels(acne, i, 2, cfg, table)
+        s = severity_of(2, i, acne.disease_id, cfg)
+        assert all(t == round(s / 3, 4) for t in lab["phenotypes"].values()) and lab["phenotypes"]
+    # Treacher Collins' wide and narrow mouth (0.17 each) were both labelled on some individuals; now the draw keeps
+    # one, and the other still appears on its own
+    tc = b.build("ORPHA:861")
+    mouths = [set(individual(tc, i, cfg, table)) & {"HP:0000154", "HP:0000160"} for i in range(400)]
+    assert all(len(m) < 2 for m in mouths) and {"HP:0000154"} in mouths and {"HP:0000160"} in mouths
+    assert any(len(m) == 2 for m in (set(individual(tc, i, cfg)) & {"HP:0000154", "HP:0000160"} for i in range(400)))
+
+
+def test_isolated_effects_and_the_atlas_draw_hair_terms_on_hair_only(profiles, table, tmp_path):
+    from kgface.data.phantom.effects import HAIR_ONLY, conflict
+    from kgface.data.phantom.identity import sample_identity
+
+    hair_terms = sorted(h for h, e in table.items() if e.key in HAIR_ONLY)
+    bald = [i for i in range(400) if sample_identity(SMALL.seed, i).hair_style == "none"][:2]
+    haired = [i for i in range(400) if sample_identity(SMALL.seed, i).hair_style != "none"][:2]
+    _, labels = isolated_effects(SMALL, table, hair_terms, bald + haired, per_term=2)
+    assert labels.count(hair_terms[0]) == 2  # drawn on the two haired identities, not the bald ones listed first
+    rows = build_atlas(list(profiles.values()), SMALL, table, tmp_path, faces=300, per_face=(6, 8))
+    for r in rows:
+        keys = [table[h].key for h in json.loads(r["phenotypes"])]
+        ident = sample_identity(SMALL.seed, int(r["identity"].split("-")[-1]))
+        assert not any(conflict(a, b) for a in keys for b in keys)
+        if ident.hair_style == "none":
+            assert not HAIR_ONLY & set(keys)

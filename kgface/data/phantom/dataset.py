@@ -6,10 +6,13 @@ same phenotypes at every stage and only their intensity grows: stage 0 = no sign
 phenotype an intensity factor u ~ U(intensity_min, 1) varies how strongly a sign shows. A phenotype is not drawn
 below its curated `min_stage`, nor when its KG onset is later than the identity's age group. Severity is continuous:
 s = stage + U(-severity_jitter, +severity_jitter), clipped to the stage's bin, and a phenotype's intensity is
-u * s / 3. Acne (any disease whose profile carries acne terms) draws count_from_severity(s) lesions (ACNE04 /
-Hayashi bins); its stage 0 is mild acne, not healthy. Healthy is its own class: no phenotypes, stage 0.
+u * s / 3. An individual who shows an acne term draws count_from_severity(s) lesions (ACNE04 / Hayashi bins), and its
+acne terms' intensity is s / 3; acne's own stage 0 is mild acne, not healthy. Healthy is its own class: no
+phenotypes, stage 0.
 
-Labels hold only what was drawn: phenotypes with no renderer effect (reported per disease) are never labelled present.
+Labels hold only what was drawn: phenotypes with no renderer effect (reported per disease) are never labelled present,
+nor hair terms on a bald head, nor the less frequent of two terms that cannot show together; terms drawn through one
+effect carry the intensity it was drawn at; an individual who would show nothing by stage 3 is drawn again.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from ...errors import UserError
 from ...kg import FacialProfile
 from ...prompts.wording import stage_levels
 from .acne import count_from_severity
-from .effects import TermEffect, effects_for_terms
+from .effects import TermEffect, conflict, effects_for_terms, shows_on
 from .identity import AGE_GROUPS, sample_identity
 from .render import render_face
 
@@ -183,16 +186,55 @@ def choose_identities(profile: FacialProfile, cfg: PhantomConfig, splits: dict[i
     return chosen
 
 
-def individual(profile: FacialProfile, identity_id: int, cfg: PhantomConfig) -> dict[str, float]:
-    """HPO id -> intensity factor u for the phenotypes this individual has (drawn once, shared by all stages)."""
+MAX_DRAWS = 50  # draws of one individual's phenotypes until one of them can show (below)
+
+
+def individual(profile: FacialProfile, identity_id: int, cfg: PhantomConfig,
+               table: dict[str, TermEffect] | None = None) -> dict[str, float]:
+    """HPO id -> intensity factor u for the phenotypes this individual has (drawn once, shared by all stages), each
+    present with its KG frequency. With the renderer's `table` (the dataset's draw): of two drawn terms that cannot
+    both show (effects.conflict: a wide and a narrow mouth, absent brows with synophrys) the more frequent one is
+    kept; and an individual none of whose drawn phenotypes can show on its face by stage 3 (no renderer effect,
+    a later onset than its age group, hair terms on a bald head) is drawn again from the same stream, up to
+    MAX_DRAWS times: a stage-3 face labelled with a disease must show something of it (renderer 3; before, 153 of
+    the benchmark's diseased rows, 117 of them leprosy, were the healthy face labelled stage 1-3)."""
     rng = np.random.default_rng([cfg.seed, identity_id, _key(profile.disease_id), 2])
-    out = {}
-    for p in sorted(profile.phenotypes, key=lambda x: x.hpo_id):
-        freq = cfg.unknown_frequency if p.frequency is None else p.frequency
-        present, u = rng.random() < freq, rng.uniform(cfg.intensity_min, 1.0)
-        if present:
-            out[p.hpo_id] = float(u)
+    ordered = sorted(profile.phenotypes, key=lambda x: x.hpo_id)
+    identity = sample_identity(cfg.seed, identity_id) if table is not None else None
+    for _ in range(MAX_DRAWS):
+        out = {}
+        for p in ordered:
+            freq = cfg.unknown_frequency if p.frequency is None else p.frequency
+            present, u = rng.random() < freq, rng.uniform(cfg.intensity_min, 1.0)
+            if present:
+                out[p.hpo_id] = float(u)
+        if table is None:
+            return out
+        out = _compatible(out, profile, table)
+        if any(_can_show(p, identity, table, 3) for p in ordered if p.hpo_id in out):
+            return out
     return out
+
+
+def _frequency_rank(p) -> tuple:
+    return -(p.frequency if p.frequency is not None else -1.0), p.hpo_id
+
+
+def _compatible(drawn: dict[str, float], profile: FacialProfile, table: dict[str, TermEffect]) -> dict[str, float]:
+    """`drawn` without the terms that conflict with a more frequent drawn one (effects.conflict)."""
+    kept: list[str] = []
+    for p in sorted((p for p in profile.phenotypes if p.hpo_id in drawn), key=_frequency_rank):
+        key = table[p.hpo_id].key if p.hpo_id in table else None
+        if key is None or not any(conflict(key, table[k].key) for k in kept if k in table):
+            kept.append(p.hpo_id)
+    return {h: drawn[h] for h in drawn if h in kept}
+
+
+def _can_show(p, identity, table: dict[str, TermEffect], stage: int) -> bool:
+    """Whether phenotype p is drawn on this identity at `stage`: it has an effect that changes this face, its
+    curated min_stage is reached and its onset is not later than the identity's age group."""
+    return (p.hpo_id in table and shows_on(table[p.hpo_id].key, identity) and stage >= int(p.min_stage or 0)
+            and ONSET_AGE.get(p.onset, 0) <= _age_index(identity.age_group))
 
 
 def severity_of(stage: int, identity_id: int, disease_id: str, cfg: PhantomConfig) -> float:
@@ -211,7 +253,7 @@ def draw_labels(profile: FacialProfile, identity_id: int, stage: int, cfg: Phant
     """Everything the image will show: severity, lesion count, {HPO id: intensity} of drawn phenotypes."""
     identity = sample_identity(cfg.seed, identity_id)
     severity = severity_of(stage, identity_id, profile.disease_id, cfg)
-    factors = individual(profile, identity_id, cfg)
+    factors = individual(profile, identity_id, cfg, table)
     by_id = {p.hpo_id: p for p in profile.phenotypes}
     # acne-like: the disease's lesions are counted on the ACNE04 scale. Rosacea has no Acne/Comedo term, but its
     # papules and pustules are in ACNE_TERMS, so `shows_acne` below counts them too (renderer 2; docs/data.md)
@@ -221,16 +263,19 @@ def draw_labels(profile: FacialProfile, identity_id: int, stage: int, cfg: Phant
     lesion_terms = ACNE_TERMS if acne and stage_levels(profile.disease_id)[0].signs else set()
     shown = {}
     for hpo_id, u in factors.items():
-        p = by_id[hpo_id]
-        if hpo_id not in table or stage < int(p.min_stage or 0):
+        if not _can_show(by_id[hpo_id], identity, table, stage):
             continue
-        if ONSET_AGE.get(p.onset, 0) > _age_index(identity.age_group):
-            continue
-        # acne's stage 0 is mild acne: its lesions show from severity 0 on; other diseases show nothing at stage 0
-        t = u * max(severity, 0.5 if hpo_id in lesion_terms else 0.0) / 3.0 if (stage > 0 or hpo_id in lesion_terms) \
-            else 0.0
-        if t > 0:
-            shown[hpo_id] = round(min(t, 1.0), 4)
+        # acne's stage 0 is mild acne: its lesions show from severity 0 on; other diseases show nothing at stage 0.
+        # Lesions are counted from the severity alone, so an acne term's intensity is s / 3 (no individual factor)
+        if stage > 0 or hpo_id in lesion_terms:
+            t = severity / 3.0 if hpo_id in ACNE_TERMS else u * severity / 3.0
+            if t > 0:
+                shown[hpo_id] = round(min(t, 1.0), 4)
+    # terms sharing one effect (long and curly eyelashes) are drawn once, at the larger intensity: labelled so
+    drawn_at: dict[str, float] = {}
+    for hpo_id, t in shown.items():
+        drawn_at[table[hpo_id].key] = max(drawn_at.get(table[hpo_id].key, 0.0), t)
+    shown = {hpo_id: drawn_at[table[hpo_id].key] for hpo_id in shown}
     # lesions only on an individual who shows an acne term: a disease that has acne in some patients (acromegaly at
     # 0.17, Cushing at 0.55) drew them on every face of stages 1-3 until renderer 2, unlabelled on most
     shows_acne = any(h in ACNE_TERMS for h in shown)
@@ -260,10 +305,12 @@ def isolated_effects(cfg: PhantomConfig, table: dict[str, TermEffect], hpo_ids, 
     for i in identity_ids:
         images.append(render_labels({"identity": faces[i], "lesion_count": -1, "phenotypes": {}}, cfg, table))
         labels.append(None)
-    full_lesions, shown_on = count_from_severity(3.0), list(identity_ids)[:per_term]
+    full_lesions = count_from_severity(3.0)
     for h in hpo_ids:
         if h not in table:
             continue
+        # the first `per_term` identities it can show on (a hair term changes no pixel of a bald head)
+        shown_on = [i for i in identity_ids if shows_on(table[h].key, faces[i])][:per_term]
         for i in shown_on:
             labels_i = {"identity": faces[i], "lesion_count": full_lesions if h in ACNE_TERMS else -1,
                         "phenotypes": {h: 1.0}}
@@ -326,16 +373,20 @@ def build_atlas(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[s
     rows = []
     for k in tqdm(range(int(faces)), desc="rendering the phenotype atlas", disable=not progress, unit="img"):
         identity_id, count = int(rng.choice(train)), int(rng.integers(lo, hi + 1))
-        chosen, used = {}, set()
+        identity = sample_identity(cfg.seed, identity_id)
+        chosen, used, keys = {}, set(), []
         for j in rng.permutation(len(vocab)):
-            effect_name = table[vocab[j]].key.split("[")[0]
-            if effect_name not in used:
+            key = table[vocab[j]].key
+            # one term per effect; none this face cannot show (hair on a bald head) or whose marks another hides
+            if (key.split("[")[0] not in used and shows_on(key, identity)
+                    and not any(conflict(key, other) for other in keys)):
                 chosen[vocab[j]] = round(float(rng.uniform(*intensity)), 4)
-                used.add(effect_name)
+                used.add(key.split("[")[0])
+                keys.append(key)
             if len(chosen) >= count:
                 break
         acne = [t for h, t in chosen.items() if h in ACNE_TERMS]
-        labels = {"identity": sample_identity(cfg.seed, identity_id), "phenotypes": chosen,
+        labels = {"identity": identity, "phenotypes": chosen,
                   "lesion_count": count_from_severity(3.0 * max(acne)) if acne else -1}
         rel = f"images/{ATLAS}/{k:05d}.png"
         render_labels(labels, cfg, table).save(out / rel, optimize=False, compress_level=1)

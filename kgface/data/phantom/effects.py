@@ -556,3 +556,30 @@ def effects_for_terms(intensities: dict[str, float], table: dict[str, TermEffect
             continue
         effects[entry.key] = max(effects.get(entry.key, 0.0), float(t))
     return effects, unmapped
+
+
+# ---------------------------------------------------------------- what one face can show
+# effects drawn only through scalp hair: on a bald identity they change no pixel, so they are never labelled there
+HAIR_ONLY = frozenset({"sparse_hair", "forehead_height[direction=-1]"})
+# effects whose marks another effect hides: absent brows draw no synophrys, arch or lateral sparseness
+HIDES = {"eyebrow_thickness[direction=-1]": frozenset({"synophrys", "eyebrow_arch", "sparse_lateral_eyebrow"})}
+
+
+def shows_on(key: str, identity) -> bool:
+    """Whether the effect `key` changes the face of `identity` at all."""
+    return not (key in HAIR_ONLY and identity.hair_style == "none")
+
+
+def _direction(key: str) -> int | None:
+    eff, params = parse_effect_key(key)
+    return int(params.get("direction", 1)) if any("direction" in v for v in eff.variants) else None
+
+
+def conflict(key_a: str, key_b: str) -> bool:
+    """Two effects that cannot both show on one face: the two directions of one effect (a wide and a narrow mouth
+    multiply to neither), or one that hides the other's marks (HIDES). Other variants of one effect combine (acne
+    lesion types) and one key shared by two terms is drawn once."""
+    name_a, name_b = key_a.split("[")[0], key_b.split("[")[0]
+    if name_a == name_b:
+        return _direction(key_a) is not None and _direction(key_a) != _direction(key_b)
+    return name_b in HIDES.get(key_a, ()) or name_a in HIDES.get(key_b, ())

@@ -127,7 +127,8 @@ def sample_identity(seed: int, identity_id: int, age_group: str | None = None) -
     hair = _jitter_rgb(rng, HAIR_COLOURS[hair_colour], 0.04)
 
     eyes = list(EYE_COLOURS)
-    ew = np.array([0.45, 0.3, 0.1, 0.05, 0.05, 0.05]) if skin_type >= 4 else np.array([0.1, 0.25, 0.15, 0.15, 0.25, 0.1])
+    # no natural blue irides: they would read as HP:0000635 Blue irides (iris_colour_blue) without its label
+    ew = np.array([0.45, 0.3, 0.1, 0.05, 0.0, 0.05]) if skin_type >= 4 else np.array([0.1, 0.25, 0.15, 0.15, 0.0, 0.1])
     eye_colour = eyes[rng.choice(len(eyes), p=ew / ew.sum())]
     iris = _jitter_rgb(rng, EYE_COLOURS[eye_colour], 0.04)
     lip_base = np.asarray(skin, float) * np.array([0.86, 0.62, 0.62]) + np.array([20, 0, 4])
