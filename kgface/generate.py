@@ -256,6 +256,12 @@ def check_mode_keys(cfg: DictConfig) -> None:
         return plain(value) != plain(default)
 
     ignored = [k for k in IGNORED_BY_MODE.get(cfg.mode, ()) if is_set(k)]
+    # keys a mode reads only beside another: a progression drawn from noise (no input=) samples the full ladder,
+    # and the source of a transform is read only by the inversion
+    if cfg.mode == "progression" and not cfg.get("input") and is_set("strength"):
+        ignored.append("strength")
+    if cfg.mode == "transform" and not cfg.get("inversion"):
+        ignored += [k for k in ("source_disease", "source_stage") if is_set(k)]
     if ignored:
         raise UserError(f"mode={cfg.mode} does not read {', '.join(f'{k}={cfg.get(k)}' for k in ignored)}; leave "
                         f"{'it' if len(ignored) == 1 else 'them'} out, or use the mode that reads "
@@ -404,7 +410,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                "guidance": guidance, "steps": steps, "spacing": gen.spacing, "eta": eta,
                # the KG branch's weight (0: the base model alone): a set drawn at another scale must say so
                "adapter_scale": get_adapter_scale(backbone.unet) if has_kg_adapter(backbone.unet) else None,
-               "strength": float(cfg.strength), "age": None if cfg.age is None else str(cfg.age),
+               # SDEdit's strength where an input was edited; a set drawn from noise walks the whole ladder
+               "strength": float(cfg.strength) if any(it.source is not None for it in items) else None,
+               "age": None if cfg.age is None else str(cfg.age),
                "dtype": str(run_cfg.model.get("dtype", "fp32")),  # the base's precision: bf16 moves pixels slightly
                "mask": OmegaConf.to_container(cfg.mask) if isinstance(cfg.mask, ListConfig) else cfg.mask,
                "keep": OmegaConf.to_container(cfg.keep) if isinstance(cfg.keep, ListConfig) else cfg.keep,

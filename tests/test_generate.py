@@ -147,7 +147,9 @@ def test_transform_with_keep_mask_leaves_unmasked_pixels(micro_run, tmp_path, ca
     df, _ = read_manifest(tmp_path / "o" / "manifest.csv")
     row = df.iloc[0]
     assert row["mode"] == "transform" and row["disease"] == "healthy" and row["source_image"].startswith("sources/")
-    ident = json.loads((tmp_path / "o" / "generation.json").read_text())["identity"]
+    summary = json.loads((tmp_path / "o" / "generation.json").read_text())
+    ident = summary["identity"]
+    assert summary["strength"] == 0.8  # an edit records its SDEdit strength (a set drawn from noise: null)
     assert ident["identity_ssim"] == float(row["identity_ssim"]) and ident["identity_similarity"] is None
     assert "no evaluator/" in ident["note"] and "identity_similarity" not in df.columns  # said, not silently left out
     out, inp = pixels(tmp_path / "o" / row["path"]), pixels(tmp_path / "o" / row["source_image"])
@@ -533,6 +535,7 @@ def test_age_is_refused_without_learned_ages_and_recorded_with_them(micro_run, t
     generate(run, tmp_path / "any", "diseases=[ORPHA:870]", "stages=[3]")
     assert set(read_manifest(tmp_path / "any" / "manifest.csv")[0]["age_group"]) == {""}
     assert json.loads((tmp_path / "any" / "generation.json").read_text())["age"] is None
+    assert json.loads((tmp_path / "any" / "generation.json").read_text())["strength"] is None  # the whole ladder
 
 
 def test_keys_a_mode_does_not_read_are_refused_before_the_run_loads(tmp_path, capsys):
@@ -546,6 +549,10 @@ def test_keys_a_mode_does_not_read_are_refused_before_the_run_loads(tmp_path, ca
             (["target=ORPHA:870", "stage=2"], "mode=sample does not read target=ORPHA:870, stage=2; leave them out"),
             (["mode=progression", "disease=ORPHA:870", "target=ORPHA:870"], "mode=progression does not read target="),
             (["mode=compose", "disease=ORPHA:870", f"input={x}"], "mode=compose does not read input="),
+            # read only beside another key: a progression from noise walks the whole ladder; the source of a
+            # transform is read by the inversion alone
+            (["mode=progression", "disease=ORPHA:870", "strength=0.3"], "mode=progression does not read strength="),
+            (["mode=transform", f"input={x}", "source_stage=2"], "mode=transform does not read source_stage=2"),
             (["mode=progression", "disease=ORPHA:870", "frames=4", "stages=[0,3]"],
              "frames=4 and stages=[0, 3]: give one (frames would replace stages)"),
             (["lesions=[3,12]", "stages=[1]"], "lesions=[3, 12] and stages=[1]: give one")]):

@@ -28,6 +28,27 @@ class Request:
     age: int = -1
 
 
+START_SIGNAL = 0.1  # sqrt(alpha_bar) of the ladder's top above which pure noise is far off what that step expects
+EPS_FLOOR = 1e-3    # ... below which an epsilon model's clean estimate (divided by it) is noise amplified 1,000x
+
+
+def ladder_note(scheduler, steps: int, spacing: str) -> str | None:
+    """Why this ladder samples badly (a warning), or None. Leading spacing with steps that do not divide the
+    schedule starts far below its top (400 of 1,000 start at t = 798, where a third of the latent is image, yet
+    the sampler starts from pure noise); an epsilon model asked to start at the pure-noise end divides by ~0."""
+    ts = ddim_timesteps(scheduler.config.num_train_timesteps, steps, 1.0, spacing=spacing)
+    signal = float(scheduler.alphas_cumprod[int(ts[0])].sqrt())
+    if signal > START_SIGNAL:
+        return (f"{steps} DDIM steps spaced '{spacing}' start at t={int(ts[0])}, where a latent keeps "
+                f"{signal:.2f} of its image, yet sampling starts from pure noise: use steps that divide "
+                f"{scheduler.config.num_train_timesteps} (20, 25, 50) or spacing=trailing")
+    if signal < EPS_FLOOR and scheduler.config.prediction_type == "epsilon":
+        return (f"spacing '{spacing}' starts at t={int(ts[0])}, where sqrt(alpha_bar) is {signal:.1e}: an epsilon "
+                "model's clean estimate divides by it (the measured 'even:999' failure); use spacing=leading, or a "
+                "v-prediction run")
+    return None
+
+
 class Generator:
     def __init__(self, backbone, conditioner, guidance: float = 3.0, steps: int = 30, null_text: str = "empty",
                  spacing: str | None = None, eta: float = 0.0):
@@ -48,6 +69,9 @@ class Generator:
         if not self.eta >= 0:
             raise ValueError(f"eta={eta}: eta is a number >= 0 (0 = deterministic DDIM)")
         self._index = {p.disease_id: i for i, p in enumerate(conditioner.profiles)}
+        note = ladder_note(backbone.scheduler, self.steps, self.spacing)
+        if note:
+            log.warning(note)
 
     @property
     def device(self) -> torch.device:

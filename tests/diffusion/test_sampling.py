@@ -189,3 +189,18 @@ def test_eta_adds_fresh_noise_from_the_callers_stream_and_eta_zero_is_ddim():
     for bad in ({"eta": -0.5}, {"eta": 0.5}):  # negative; positive without a noise stream
         with pytest.raises(ValueError, match="eta"):
             ddim_sample(model, start, steps, ALPHAS, **bad)
+
+
+def test_ladders_that_sample_badly_are_named():
+    """400 leading steps of 1,000 start at t = 798 (a third of the latent is image) from pure noise; an epsilon model
+    asked to start at t = 999 divides by sqrt(alpha_bar) ~ 0. The default (20 leading) and a zero-terminal-SNR v
+    model starting at the top are fine."""
+    from kgface.diffusion.generator import ladder_note
+
+    eps = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    assert ladder_note(eps, 20, "leading") is None and ladder_note(eps, 30, "leading") is None
+    assert ladder_note(eps, 400, "leading").startswith("400 DDIM steps spaced 'leading' start at t=798")
+    assert "an epsilon model's clean estimate divides by it" in ladder_note(eps, 20, "trailing")
+    v = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                      rescale_betas_zero_snr=True)
+    assert ladder_note(v, 20, "trailing") is None
