@@ -81,11 +81,13 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
                                     audit_extra=manifest.parent / ATLAS_FILE if trained_on_atlas else None,
                                     face_identity=load_face_identity(cfg.get("face_identity", "auto")),
                                     identity_pairs=measure_real)
+    from .evaluation.metrics import rounded  # as evaluate_sets rounds its own (NaN -> null too)
+
     if measure_real and cfg.data.name == "phantom":
-        metrics.setdefault("evaluator", {}).update(isolated_effects_check(cfg, evaluator, real_df))
+        metrics.setdefault("evaluator", {}).update(rounded(isolated_effects_check(cfg, evaluator, real_df)))
     controls = conditioning_controls(cfg, gen, drawable, evaluator, heldout, mode, seed_order=seed_order)
     if controls:
-        metrics["controls"] = controls
+        metrics["controls"] = rounded(controls)
     if not measure_real:  # the instrument's numbers belong to the first generator's evaluation only
         metrics.pop("evaluator", None)
         metrics.pop("vae_ceiling_top1", None)
@@ -149,12 +151,12 @@ def conditioning_controls(cfg, gen, drawable, evaluator, heldout: set[str], mode
     from .diffusion.generator import Request
 
     sick = [p for p in drawable if not p.healthy]
-    if len(sick) < 2:
+    k = int(cfg.samples.get("control_seeds", 1))
+    if len(sick) < 2 or k < 1:  # samples.control_seeds=0 leaves the controls out (preflight says so)
         return {}
     from .diffusion.samples import seed_order_of
 
     seed = int(cfg.seed) + 9000
-    k = max(1, int(cfg.samples.get("control_seeds", 1)))
     order = seed_order_of([p.disease_id for p in sick], seed_order)
     place = [order.index(p.disease_id) for p in sick]
     idx = [(i, j) for j in range(k) for i in range(len(sick))]

@@ -80,13 +80,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     (out_dir / "metrics.json").unlink(missing_ok=True)
     # ... nor lend it the last run's outputs this one may not write: learned conditioning profiles (profile.source
     # may be kg now), its evaluator (evaluate may be false)
-    for name in ("conditioning_profiles.json", "evaluator"):
+    for name in ("conditioning_profiles.json", "evaluator", "report.md", "data.json"):
         remove_path(out_dir / name)
-    if len(cfg.get("baselines") or []) > 1:  # generators go to OUT/<mode>: one a single run left in OUT itself would
-        from .diffusion.run_loading import GENERATOR_FILES  # be loaded by `run=OUT` under this run's config
-
-        for name in GENERATOR_FILES:
-            remove_path(out_dir / name)
+    # ... nor any generator of the last run, before the minutes of data, VAE and evaluator: one killed meanwhile
+    # left the old generator and its samples beside the new config.yaml, loadable by `run=OUT` (a baselines run
+    # resets each OUT/<mode> and OUT itself, where a single run's generator would be loaded under this config)
+    modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
+    for folder in [out_dir] + ([out_dir / m for m in modes] if len(modes) > 1 else []):
+        reset_generator_outputs(folder)
     write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     cache = make_cache(cfg)
     timings, metrics = {}, {}
@@ -176,6 +177,23 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
+def reset_generator_outputs(folder: Path) -> None:
+    """A rerun into this folder (trainer.resume=latest): the last run's generator files go before this one trains,
+    so a half-saved set (a kill between model/ and the adapter) or the old weights under the new config.yaml are
+    refused by load_run ("did not finish") rather than read as one generator; its samples, loss curve, shuffled
+    profiles and evaluation too (a report would show old figures this run does not redraw), but for
+    learned_profiles.json / .png, which profile.learned= may name (learn_and_write keeps them for that reason).
+    Checkpoints stay: trainer.resume=latest continues from them."""
+    from .diffusion.run_loading import GENERATOR_FILES
+
+    for name in (*GENERATOR_FILES, "samples", "losses.json", "loss.png", "shuffled_profiles.json", "report.md"):
+        remove_path(folder / name)
+    if (folder / "evaluation").is_dir():
+        for path in (folder / "evaluation").iterdir():
+            if not path.name.startswith("learned_profiles."):
+                remove_path(path)
+
+
 def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldout: set[str], vae, cache,
                     out_dir: Path, evaluator=None, measure_real: bool = True, truth=None, descriptions=None) -> dict:
     """Train one generator (conditioning `mode`) on `profiles`, save it, draw its samples and transformations into
@@ -191,19 +209,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     from .diffusion.training_data import atlas_training_rows, latent_set, observed_training_sets
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    # a rerun into this folder (trainer.resume=latest): the last run's generator files go before this one trains,
-    # so a half-saved set (a kill between model/ and the adapter) or the old weights under the new config.yaml are
-    # refused by load_run ("did not finish") rather than read as one generator; its samples and evaluation too
-    # (a report would show the old figures this run does not redraw), but for learned_profiles.json / .png, which
-    # profile.learned= may name (learn_and_write keeps them for that reason)
-    from .diffusion.run_loading import GENERATOR_FILES
-
-    for name in (*GENERATOR_FILES, "samples"):
-        remove_path(out_dir / name)
-    if (out_dir / "evaluation").is_dir():
-        for path in (out_dir / "evaluation").iterdir():
-            if not path.name.startswith("learned_profiles."):
-                remove_path(path)
+    reset_generator_outputs(out_dir)  # done at the run's start too; again here for callers of this function alone
     torch.manual_seed(int(cfg.seed))
     truth = truth or profiles
     label = mode  # what the report calls it: the control trains and draws as kg

@@ -48,6 +48,11 @@ def test_controls_draw_with_swapped_tokens_and_with_the_adapter_off(micro_genera
                 p.zero_()
         still = conditioning_controls(cfg, gen, profiles, PixelDigest(), set(), gen.conditioner.mode)
         assert still["token_swap_changed"] == 0.0 and still["scale0_changed"] == 0.0
+        # samples.control_seeds=0 ("0 leaves them out"): no controls, not one seed per disease
+        from omegaconf import OmegaConf
+
+        off = OmegaConf.merge(cfg, {"samples": {"control_seeds": 0}})
+        assert conditioning_controls(off, gen, profiles, PixelDigest(), set(), gen.conditioner.mode) == {}
     finally:
         with torch.no_grad():
             for k, p in params.items():

@@ -170,10 +170,19 @@ def test_bad_overrides_are_clear_errors(tmp_path, capsys):
     # of a whole run) does not stay beside the new config
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "metrics.json").write_text("{}")
+    # ... nor its generator, samples, report or data.json, which `run=OUT` would load under the new config (they
+    # stayed until the new generator began to train, minutes later); its checkpoints stay for trainer.resume
+    old = ["model/x", "encoder/x", "adapter.safetensors", "samples/grid.png", "report.md", "data.json", "loss.png",
+           "evaluation/report.md", "checkpoints/step-0000002/x"]
+    for rel in old:
+        (tmp_path / "e" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "e" / rel).write_text("old")
     with pytest.raises(SystemExit) as info:
-        main(MICRO + ["data.diseases=[ORPHA:870,ORPHA:99999999]", f"hydra.run.dir={tmp_path / 'e'}"])
+        main(MICRO + ["data.diseases=[ORPHA:870,ORPHA:99999999]", f"hydra.run.dir={tmp_path / 'e'}",
+                      "trainer.resume=latest"])
     assert info.value.code == 2 and "unknown disease 'ORPHA:99999999'" in capsys.readouterr().err
     assert (tmp_path / "e" / "config.yaml").is_file() and not (tmp_path / "e" / "metrics.json").exists()
+    assert [rel for rel in old if (tmp_path / "e" / rel).exists()] == ["checkpoints/step-0000002/x"]
 
 
 def test_learned_frequencies_condition_the_generator_a_run_trains(evaluated_run, tmp_path):
