@@ -80,9 +80,9 @@ def trained_atlas(run_dir) -> Path | None:
 
 
 def audit_manifest(cfg: DictConfig, run_dir: Path | None):
-    """(the run's training manifest, checked readable, or None, notes): the memorisation audit looks for copies of what the
-    generator saw, the run's own manifest when real= is another; gone or unreadable (an image moved), real='s train
-    split stands in and the report says so."""
+    """(the run's training manifest, checked readable, or None, notes): the memorisation audit looks for copies of
+    what the generator saw, the run's own manifest when real= is another; gone or unreadable (an image moved),
+    real='s train split stands in and the report says so."""
     trained = trained_manifest(run_dir) if run_dir is not None and cfg.get("real") else None
     if trained is None or trained.resolve() == Path(str(cfg.real)).expanduser().resolve():
         return None, []  # real= is the run's own manifest: its train split is the generator's
