@@ -80,7 +80,7 @@ def main(argv=None):
     from kgface.config import compose
     from kgface.data.build import _data_dict, isolated_effect_images
     from kgface.data.manifest import read_manifest, write_manifest
-    from kgface.data.phantom.dataset import PhantomConfig, build_atlas, identity_split
+    from kgface.data.phantom.dataset import PhantomConfig, build_atlas, identity_split, shown_identities
     from kgface.data.phantom.effects import load_phantom_effects
     from kgface.dataset import panel_profiles
     from kgface.evaluation import load_images
@@ -96,18 +96,20 @@ def main(argv=None):
     test_ids = [i for i, s in sorted(split.items()) if s == "test"]
 
     def alone_and_bare(h, ids):
-        """([len(ids)] faces showing h alone, [len(ids)] the same identities bare), floats in [0, 1]."""
+        """(faces showing h alone, the same identities bare), floats in [0, 1]: every identity of `ids` h can show
+        on (a hair term skips bald heads), so both may hold fewer than len(ids)."""
         images, labels = isolated_effect_images(cfg, [h], ids, per_term=len(ids))
         x, shown = images.float() / 255, np.array([lab == h for lab in labels])
-        return x[shown], x[~shown]
+        on = set(shown_identities(pcfg, table, h, ids, len(ids)))
+        return x[shown], x[~shown][[k for k, i in enumerate(ids) if i in on]]
 
     start, out = time.time(), {}
     if args.mode == "single":
         rng = np.random.default_rng(0)
         for h in [t for t in args.terms.split(",") if t]:
             ids = [int(i) for i in rng.choice(train_ids, size=800, replace=False)]
-            x = torch.cat([alone_and_bare(h, ids[:400])[0], alone_and_bare(h, ids[400:])[1]])
-            y = torch.cat([torch.ones(400), torch.zeros(400)])
+            pos, neg = alone_and_bare(h, ids[:400])[0], alone_and_bare(h, ids[400:])[1]
+            x, y = torch.cat([pos, neg]), torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
             torch.manual_seed(0)
             model = fit(cnn(1), x, y, args.steps or 800,
                         lambda o, t: F.binary_cross_entropy_with_logits(o.squeeze(-1), t), flip=True)
@@ -115,9 +117,10 @@ def main(argv=None):
             same, bare = alone_and_bare(h, test_ids[100:200])
             with torch.no_grad():
                 s_shown, s_bare, s_same = (model(v).squeeze(-1).numpy() for v in (shown, bare, same))
-            labels = np.r_[np.ones(100), np.zeros(100)]
+            labels = np.r_[np.ones(len(s_shown)), np.zeros(len(s_bare))]
             out[h] = {"auc": round(float(roc_auc_score(labels, np.r_[s_shown, s_bare])), 3),
-                      "auc_same_ids": round(float(roc_auc_score(labels, np.r_[s_same, s_bare])), 3)}
+                      "auc_same_ids": round(float(roc_auc_score(np.r_[np.ones(len(s_same)), np.zeros(len(s_bare))],
+                                                                np.r_[s_same, s_bare])), 3)}
             print(h, out[h], f"{time.time() - start:.0f} s", flush=True)
     else:
         profiles = panel_profiles(cfg, make_cache(cfg))

@@ -260,7 +260,7 @@ def check_mode_keys(cfg: DictConfig) -> None:
     # and the source of a transform is read only by the inversion
     if cfg.mode == "progression" and not cfg.get("input") and is_set("strength"):
         ignored.append("strength")
-    if cfg.mode == "transform" and not cfg.get("inversion"):
+    if cfg.mode in ("transform", "progression") and not cfg.get("inversion"):
         ignored += [k for k in ("source_disease", "source_stage") if is_set(k)]
     if ignored:
         raise UserError(f"mode={cfg.mode} does not read {', '.join(f'{k}={cfg.get(k)}' for k in ignored)}; leave "

@@ -553,6 +553,8 @@ def test_keys_a_mode_does_not_read_are_refused_before_the_run_loads(tmp_path, ca
             # transform is read by the inversion alone
             (["mode=progression", "disease=ORPHA:870", "strength=0.3"], "mode=progression does not read strength="),
             (["mode=transform", f"input={x}", "source_stage=2"], "mode=transform does not read source_stage=2"),
+            (["mode=progression", "disease=ORPHA:870", f"input={x}", "source_disease=ORPHA:870"],
+             "mode=progression does not read source_disease=ORPHA:870"),
             (["mode=progression", "disease=ORPHA:870", "frames=4", "stages=[0,3]"],
              "frames=4 and stages=[0, 3]: give one (frames would replace stages)"),
             (["lesions=[3,12]", "stages=[1]"], "lesions=[3, 12] and stages=[1]: give one")]):

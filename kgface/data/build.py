@@ -97,15 +97,20 @@ def effect_footprints(cfg: DictConfig, hpo_ids, identity_ids=range(100, 112), le
     that moves a handful of pixels is one a 64-px instrument has to learn from many faces (docs/evaluation.md)."""
     import numpy as np
 
+    from .phantom.dataset import shown_identities
+
     identity_ids = list(identity_ids)
     images, labels = isolated_effect_images(cfg, list(hpo_ids), identity_ids, per_term=len(identity_ids))
     x, lab = images.numpy().astype(np.int16), np.array([h or "" for h in labels])
-    bare = x[lab == ""]  # one bare face per identity, in the order each phenotype's faces come in
+    bare = x[lab == ""]  # one bare face per identity, in identity_ids' order
+    pcfg, table = PhantomConfig.from_dict(_data_dict(cfg)), load_phantom_effects(kg_data_dir() / "phantom_effects.csv")
     out = {}
     for h in hpo_ids:
-        if not (lab == h).any():  # no renderer effect: isolated_effect_images drew nothing for it
+        if not (lab == h).any():  # no renderer effect (or no identity it can show on): nothing drawn for it
             continue
-        diff = np.abs(x[lab == h] - bare)
+        # each face against its own identity's bare face (a hair term skips bald identities)
+        shown = set(shown_identities(pcfg, table, h, identity_ids, len(identity_ids)))
+        diff = np.abs(x[lab == h] - bare[[k for k, i in enumerate(identity_ids) if i in shown]])
         out[h] = {"mean_abs": float(diff.mean()), "pixels": float((diff.max(axis=1) >= level).sum(axis=(1, 2)).mean())}
     return out
 

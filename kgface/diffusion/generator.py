@@ -39,9 +39,11 @@ def ladder_note(scheduler, steps: int, spacing: str) -> str | None:
     ts = ddim_timesteps(scheduler.config.num_train_timesteps, steps, 1.0, spacing=spacing)
     signal = float(scheduler.alphas_cumprod[int(ts[0])].sqrt())
     if signal > START_SIGNAL:
+        n = scheduler.config.num_train_timesteps
+        divide = f"steps that divide {n} (20, 25, 50), " if n % steps else ""
         return (f"{steps} DDIM steps spaced '{spacing}' start at t={int(ts[0])}, where a latent keeps "
-                f"{signal:.2f} of its image, yet sampling starts from pure noise: use steps that divide "
-                f"{scheduler.config.num_train_timesteps} (20, 25, 50) or spacing=trailing")
+                f"{signal:.2f} of its image, yet sampling starts from pure noise: use {divide}more steps or "
+                "spacing=trailing")
     if signal < EPS_FLOOR and scheduler.config.prediction_type == "epsilon":
         return (f"spacing '{spacing}' starts at t={int(ts[0])}, where sqrt(alpha_bar) is {signal:.1e}: an epsilon "
                 "model's clean estimate divides by it (the measured 'even:999' failure); use spacing=leading, or a "

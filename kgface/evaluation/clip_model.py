@@ -181,8 +181,10 @@ def build_clip(cfg, load_pretrained: bool = True, registered: str | None = None)
                 raise EvaluatorConfigError(f"evaluator.pretrained={path}: file not found (a local open_clip weights "
                                            "file; nothing is downloaded)")
         if load_pretrained:
-            # absolute: open_clip looks a relative name up as a pretrained tag first ("openai" would download)
-            model = open_clip.create_model(name, pretrained=str(Path(str(path)).expanduser().resolve()))
+            # absolute: open_clip looks a relative name up as a pretrained tag first ("openai" would download); not
+            # resolved: open_clip picks its loader by the name's extension, and a Hugging Face cache's
+            # x.safetensors is a link to an extensionless blob
+            model = open_clip.create_model(name, pretrained=str(Path(str(path)).expanduser().absolute()))
         else:  # a Hugging Face text tower would otherwise load base weights from its (local) folder
             model = open_clip.create_model(name, pretrained=None, pretrained_hf=False)  # the 2.x name, 3.x keeps it
         image_size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, (tuple, list))

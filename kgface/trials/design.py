@@ -166,7 +166,7 @@ def design_from_config(c) -> Design:
     schedule = schedule_from_config(c.get("schedule") or {}, a.get("skip_days", 0))
     if effects == "by_patient":
         _check_repeats(schedule)
-    if (dt.date.max - start).days < schedule.days:  # each day's date is written to trial.csv
+    if (dt.date.max - start).days < schedule.days - 1:  # day d's date, start + d - 1, is written to trial.csv
         raise UserError(f"trial.start_date={start} + {schedule.days} study days passes the last date Python writes "
                         f"({dt.date.max}); give an earlier start_date")
     # the run-in as schedule_from_config read it ("5.0" is 5 there; int("5.0") would raise)

@@ -261,6 +261,14 @@ def test_effect_footprints_measure_how_much_of_the_face_a_phenotype_changes():
     assert redness["mean_abs"] > 5 * lashes["mean_abs"] > 0
     # the lashes are a handful of the 64 x 64 pixels; the redness covers the cheeks
     assert 1 <= lashes["pixels"] < 40 < redness["pixels"] < 64 * 64
+    # a hair term on identities some of which are bald: each face against its own bare face (it broadcast-failed)
+    from kgface.data.phantom.identity import sample_identity
+
+    seed = compose("train", []).data.seed
+    bald = next(i for i in range(100, 400) if sample_identity(seed, i).hair_style == "none")
+    haired = [i for i in range(100, 400) if sample_identity(seed, i).hair_style != "none"][:2]
+    hair = effect_footprints(compose("train", []), ["HP:0002209"], identity_ids=[haired[0], bald, haired[1]])
+    assert hair["HP:0002209"]["mean_abs"] > 0
 
 
 def test_identities_too_young_for_a_disease_are_a_one_line_error(profiles, table, tmp_path):

@@ -200,6 +200,8 @@ def test_ladders_that_sample_badly_are_named():
     eps = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     assert ladder_note(eps, 20, "leading") is None and ladder_note(eps, 30, "leading") is None
     assert ladder_note(eps, 400, "leading").startswith("400 DDIM steps spaced 'leading' start at t=798")
+    assert "steps that divide 1000" in ladder_note(eps, 400, "leading")
+    assert "divide" not in ladder_note(eps, 10, "leading")  # 10 divides 1000: the top is merely coarse
     assert "an epsilon model's clean estimate divides by it" in ladder_note(eps, 20, "trailing")
     v = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
                       rescale_betas_zero_snr=True)

@@ -295,6 +295,15 @@ def render_labels(labels: dict, cfg: PhantomConfig, table: dict[str, TermEffect]
     return render_face(labels["identity"], effects, size=cfg.size, supersample=cfg.supersample, lesion_count=lesions)
 
 
+def shown_identities(cfg: PhantomConfig, table: dict[str, TermEffect], hpo_id: str, identity_ids,
+                     per_term: int) -> list:
+    """The identities `isolated_effects` draws `hpo_id` on, in order: the first `per_term` of `identity_ids` it can
+    show on (a hair term changes no pixel of a bald head). Callers pair its images with these identities' bare
+    faces."""
+    key = table[hpo_id].key
+    return [i for i in identity_ids if shows_on(key, sample_identity(cfg.seed, int(i)))][:per_term]
+
+
 def isolated_effects(cfg: PhantomConfig, table: dict[str, TermEffect], hpo_ids, identity_ids,
                      per_term: int = 12) -> tuple[list[Image.Image], list[str | None]]:
     """Each phenotype drawn alone at full intensity on the first `per_term` identities, plus every identity with
@@ -309,9 +318,7 @@ def isolated_effects(cfg: PhantomConfig, table: dict[str, TermEffect], hpo_ids, 
     for h in hpo_ids:
         if h not in table:
             continue
-        # the first `per_term` identities it can show on (a hair term changes no pixel of a bald head)
-        shown_on = [i for i in identity_ids if shows_on(table[h].key, faces[i])][:per_term]
-        for i in shown_on:
+        for i in shown_identities(cfg, table, h, identity_ids, per_term):
             labels_i = {"identity": faces[i], "lesion_count": full_lesions if h in ACNE_TERMS else -1,
                         "phenotypes": {h: 1.0}}
             images.append(render_labels(labels_i, cfg, table))
