@@ -80,7 +80,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     (out_dir / "metrics.json").unlink(missing_ok=True)
     # ... nor lend it the last run's outputs this one may not write: learned conditioning profiles (profile.source
     # may be kg now), its evaluator (evaluate may be false)
-    for name in ("conditioning_profiles.json", "evaluator", "report.md", "data.json"):
+    for name in ("conditioning_profiles.json", "evaluator", "data.json"):
         remove_path(out_dir / name)
     # ... nor any generator of the last run, before the minutes of data, VAE and evaluator: one killed meanwhile
     # left the old generator and its samples beside the new config.yaml, loadable by `run=OUT` (a baselines run
@@ -208,8 +208,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     from .diffusion.phenotype_sets import observed_phenotypes_of
     from .diffusion.training_data import atlas_training_rows, latent_set, observed_training_sets
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    reset_generator_outputs(out_dir)  # done at the run's start too; again here for callers of this function alone
+    out_dir.mkdir(parents=True, exist_ok=True)  # its last generator's files went at the run's start (run)
     torch.manual_seed(int(cfg.seed))
     truth = truth or profiles
     label = mode  # what the report calls it: the control trains and draws as kg

@@ -400,4 +400,3 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, images: dict, baselines: d
         with atomic_path(out_dir / "trial.csv", suffix=".csv") as tmp:
             table.to_csv(tmp, index=False, date_format="%Y-%m-%d")
         return out_dir / "trial.csv"
-

@@ -272,9 +272,7 @@ def draw_labels(profile: FacialProfile, identity_id: int, stage: int, cfg: Phant
             if t > 0:
                 shown[hpo_id] = round(min(t, 1.0), 4)
     # terms sharing one effect (long and curly eyelashes) are drawn once, at the larger intensity: labelled so
-    drawn_at: dict[str, float] = {}
-    for hpo_id, t in shown.items():
-        drawn_at[table[hpo_id].key] = max(drawn_at.get(table[hpo_id].key, 0.0), t)
+    drawn_at, _ = effects_for_terms(shown, table)
     shown = {hpo_id: drawn_at[table[hpo_id].key] for hpo_id in shown}
     # lesions only on an individual who shows an acne term: a disease that has acne in some patients (acromegaly at
     # 0.17, Cushing at 0.55) drew them on every face of stages 1-3 until renderer 2, unlabelled on most
