@@ -40,6 +40,8 @@ def main(argv=None):
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: time.perf_counter; cpu: time.process_time (CPU time of this process, all threads)")
     args = ap.parse_args(argv)
+    if args.repeats < 1:  # a ratio of nothing: a ZeroDivisionError or an empty median
+        ap.error("--repeats must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
 

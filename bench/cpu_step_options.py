@@ -37,6 +37,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out (it compiles for ~100 s)")
     args = ap.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:  # a ratio of nothing: a ZeroDivisionError or an empty median
+        ap.error("--steps, --rounds must be >= 1")
     torch.set_num_threads(args.threads)
 
     from kgface.config import compose, container

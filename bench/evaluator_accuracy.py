@@ -50,6 +50,10 @@ def main(argv=None):
     from kgface.runtime import make_cache
 
     cfg = compose("train", ["progress=false", *args.overrides])
+    if int(cfg.get("num_threads") or 0) > 0:  # num_threads=1: the one-thread timings docs/evaluation.md quotes
+        import torch
+
+        torch.set_num_threads(int(cfg.num_threads))
     cache = make_cache(cfg)
     profiles = panel_profiles(cfg, cache)
     manifest = phantom_dataset(cfg, profiles, cache, progress=False) / "manifest.csv"

@@ -43,6 +43,8 @@ def main(argv=None):
     ap.add_argument("--towers", nargs="+", default=["open_clip:16", "cnn:32", "cnn:16"],
                     help="TOWER:WIDTH; the first is the baseline of the ratios")
     args = ap.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:  # a ratio of nothing: a ZeroDivisionError or an empty median
+        ap.error("--steps, --rounds must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     base = OmegaConf.load(CONFIG)
@@ -61,7 +63,8 @@ def main(argv=None):
     feat_s = {spec: [] for spec in args.towers}
     params = {}
     for r in range(args.rounds + 1):  # round 0 warms allocators and kernels, not counted
-        for spec in args.towers:
+        # the order alternates between rounds, so no variant always runs first (or after the same one)
+        for spec in (args.towers if r % 2 == 0 else args.towers[::-1]):
             cfg = variant(base, spec)
             model, tok, image_size = build_clip(cfg)
             params[spec] = count_parameters(model.visual)

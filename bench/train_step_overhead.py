@@ -33,6 +33,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:  # a ratio of nothing: a ZeroDivisionError or an empty median
+        ap.error("--steps, --rounds must be >= 1")
     torch.set_num_threads(args.threads)
 
     from kgface.config import compose

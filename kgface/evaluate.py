@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import entry
 from .data.manifest import ManifestError, read_manifest
@@ -21,7 +21,7 @@ from .evaluation.evaluator import refuse_unknown_labels
 from .evaluation.inputs import set_name
 from .evaluation.sets import check_generated
 from .evaluation.validity import real_test_rows
-from .evaluation.learned_profiles import learn_and_write
+from .evaluation.learned_profiles import earlier_learned_note, learn_and_write
 from .run_files import check_output_dir, heldout_of, is_baselines_generator, load_profiles_json, run_file
 from .runtime import load_profiles, make_cache
 
@@ -105,6 +105,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     grid_cases = (cfg.get("report") or {}).get("grid_cases", 8)
     if isinstance(grid_cases, bool) or not isinstance(grid_cases, int) or grid_cases < 1:
         raise UserError(f"report.grid_cases={grid_cases!r}: a whole number of images per grid, at least 1")
+    if cfg.get("run"):
+        check_evaluator_unset(cfg)  # before OUT's earlier report is touched
     cache = make_cache(cfg)
     check_output_dir(out_dir, "the evaluation", ("trial.csv",))  # an earlier evaluation in OUT is replaced
     # OUT holding an earlier report: until this one writes its own metrics.json (last), no finished report is there
@@ -151,11 +153,28 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if real is not None and cfg.get("learned_profiles", True) and "real" in scored and evaluator.phenotypes:
         learned_notes, extra = learn_and_write(evaluator, scored["real"].table, profiles, out_dir, str(cfg.real))
         notes += learned_notes
+    else:  # learned_profiles=false, no real=, no phenotype heads: an earlier report's files are not this one's
+        notes += earlier_learned_note(out_dir)
     write_report(out_dir, metrics, scored, evaluator, profiles, notes=notes, grid_cases=grid_cases,
                  extra_figures=extra)
     cache.record(out_dir)
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'report.html'}")
     return metrics
+
+
+def check_evaluator_unset(cfg: DictConfig) -> None:
+    """With run= the run's saved evaluator is loaded: an evaluator=... or evaluator.* override would be silently
+    ignored, so it is refused (the default group's values are what an unset one reads as)."""
+    from .resources import conf_dir
+
+    default = OmegaConf.to_container(OmegaConf.load(conf_dir() / "evaluator" / "tiny_clip.yaml"), resolve=True)
+    given = OmegaConf.to_container(cfg.evaluator, resolve=True)
+    changed = sorted(k for k in set(default) | set(given) if default.get(k) != given.get(k))
+    if changed:
+        what = (f"evaluator={given.get('name')}" if given.get("name") != default.get("name")
+                else f"evaluator.{changed[0]}={given.get(changed[0])}")
+        raise UserError(f"run={cfg.run} loads that run's own evaluator, so {what} is not read; leave it out, or "
+                        "evaluate without run= to fit one on real='s train split")
 
 
 main = entry("evaluate")(run)

@@ -143,23 +143,16 @@ def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: tor
 def check_output_folder(cfg: DictConfig, out_dir: Path) -> None:
     """The set replaces SET_FILES in OUT: never in a train run (OUT or a folder above it holds one), another job's
     output, or where this call's own inputs lie."""
-    from .run_files import check_output_dir
+    from .run_files import check_output_dir, check_replaced_entries
 
     check_output_dir(out_dir, "the set", ("metrics.json", "dataset.json", "trial.csv"))  # an earlier set is replaced
-    out = Path(out_dir).resolve()
-    replaced = [out / name for name in SET_FILES]
     inputs = [("identity_image", cfg.get("identity_image")), ("mask", cfg.get("mask"))]
     if cfg.get("input") not in (None, "") and cfg.get("mode") in ("transform", "progression"):  # others ignore it
         from .diffusion.editing import input_files
 
         inputs += [("input", cfg.input)] + [("input", p) for p, _ in input_files(cfg.input)]
-    for key, value in inputs:
-        if not isinstance(value, (str, Path)) or value == "":  # mask= may be region names
-            continue
-        path = Path(str(value)).expanduser().resolve()
-        if any(path == r or r in path.parents for r in replaced):
-            raise UserError(f"{key}={value} lies in {out_dir}'s {path.relative_to(out).parts[0]}, which this call "
-                            "replaces with its own set; move the input out or write the set to another hydra.run.dir")
+    # mask= may be region names, which lie nowhere
+    check_replaced_entries(out_dir, "the set", SET_FILES, ("generation.json",), tuple(inputs))
 
 
 # ----------------------------------------------------------------------------------------------------- identity

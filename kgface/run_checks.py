@@ -49,6 +49,42 @@ def _check_dropout_shares(trainer) -> None:
                         "guidance dropout are disjoint, so together at most 1 (default 0.1 + 0 + 0.05)")
 
 
+def _check_trainer_numbers(cfg: DictConfig) -> None:
+    """The loop's counts and rates: a bad one failed with a traceback, some only after the data, VAE and evaluator
+    were built, and trainer.steps=0 saved an untrained generator with a final loss of 0."""
+    t = cfg.trainer
+    _whole_at_least(t.get("steps"), "trainer.steps", 1, "optimiser steps, e.g. 1200")
+    for name, what in (("warmup_steps", "0: none"), ("checkpoint_every", "0: no checkpoints"),
+                       ("keep_checkpoints", "0 keeps all"), ("val_every", "0: no validation grids")):
+        if t.get(name) is not None:
+            _whole_at_least(t.get(name), f"trainer.{name}", 0, what)
+    _whole_at_least(cfg.get("num_threads", 0) or 0, "num_threads", 0, "0 = torch's default")
+    if t.get("num_threads") is not None:
+        _whole_at_least(t.get("num_threads"), "trainer.num_threads", 0, "0 = torch's default")
+    _whole_at_least(cfg.get("seed"), "seed", 0)
+    rates = {}
+    for name in ("lr", "encoder_lr", "adapter_lr"):
+        if name == "adapter_lr" and t.get(name) is None:
+            continue  # null: the UNet's rate
+        rates[name] = as_number(t.get(name), f"trainer.{name}", "a learning rate, e.g. 3e-4")
+        if rates[name] < 0:  # 0 freezes that group (trainer.lr=0 trainer.adapter_lr=1e-3: the adapter alone)
+            raise UserError(f"trainer.{name}={t.get(name)}: a learning rate >= 0, e.g. 3e-4 (0 freezes that group)")
+    if not any(rates.values()):
+        raise UserError("trainer.lr, encoder_lr and adapter_lr are all 0: nothing would train; give one a rate > 0")
+    for name in ("weight_decay", "max_grad_norm", "min_snr_gamma"):
+        if t.get(name) is not None and as_number(t.get(name), f"trainer.{name}", "a number >= 0") < 0:
+            raise UserError(f"trainer.{name}={t.get(name)}: a number >= 0 (0 switches it off)")
+    if t.get("ema") and not 0.0 <= as_number(t.get("ema_decay"), "trainer.ema_decay", "in [0, 1)") < 1.0:
+        raise UserError(f"trainer.ema_decay={t.get('ema_decay')}: a decay in [0, 1), e.g. 0.999")
+    baselines = cfg.get("baselines")
+    if baselines:
+        if not OmegaConf.is_list(baselines):  # baselines=kg would be read letter by letter
+            raise UserError(f"baselines={baselines}: a list of conditionings, e.g. baselines=[kg,text,class]")
+        doubled = sorted({str(m) for m in baselines if list(baselines).count(m) > 1})
+        if doubled:  # the second trained into the first's folder and overwrote its metrics
+            raise UserError(f"baselines lists {doubled[0]} twice; name each conditioning once")
+
+
 def preflight(cfg: DictConfig) -> None:
     """Refuse, with one line naming the key, every setting that cannot work and needs no heavy work to find out:
     conditioning names, atlas / mark-weight / observed-phenotype settings against the data, sample stages, VAE
@@ -66,6 +102,7 @@ def preflight(cfg: DictConfig) -> None:
         if value not in (None, ""):
             OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(str(value))), force_add=True)
     learned_table(cfg)  # profile.source / learned / blend: a missing file failed after the run folder was reset
+    _check_trainer_numbers(cfg)
     # keys the job sets from one place: an override of the copy was silently replaced
     for key, source in (("trainer.seed", "seed"), ("encoder.num_tokens", "model.num_tokens")):
         value = OmegaConf.select(cfg, key)
@@ -181,6 +218,10 @@ def preflight(cfg: DictConfig) -> None:
         from .diffusion.models import check_pretrained_folder, scheduler_config
 
         folder = check_pretrained_folder(cfg.model.get("pretrained"), cfg.model.name)
+        rank = _whole_at_least(cfg.model.get("lora_rank"), "model.lora_rank", 0, "0 trains the KG adapter only")
+        if rank and cfg.model.get("lora_alpha") is not None and not as_number(
+                cfg.model.get("lora_alpha"), "model.lora_alpha", "a LoRA scale numerator, e.g. the rank") > 0:
+            raise UserError(f"model.lora_alpha={cfg.model.get('lora_alpha')}: a number > 0 (null: the rank)")
         # config.yaml records it absolute: kgface.generate / evaluate / trial load the run from any directory
         with open_dict(cfg):
             cfg.model.pretrained = os.path.abspath(folder)  # not resolve(): a symlinked folder keeps its path

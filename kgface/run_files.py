@@ -51,6 +51,27 @@ def check_output_dir(out_dir: Path, job: str, marks: tuple[str, ...]) -> None:
                         f"{job} would replace; write {job} to another hydra.run.dir")
 
 
+def check_replaced_entries(out_dir: Path, job: str, replaced: tuple[str, ...], own_marks: tuple[str, ...],
+                           inputs: tuple = ()) -> None:
+    """`job` replaces the `replaced` entries of OUT as an earlier run of itself left them: refused where one is there
+    without any of `own_marks` (a user's own images/ or manifest.csv, not an earlier set) and where an input path
+    (`inputs`: (key, value) pairs) lies in one of them, so the job never deletes what it did not write."""
+    out = Path(out_dir).resolve()
+    present = [name for name in replaced if (out / name).exists() or (out / name).is_symlink()]
+    if present and not any((out / name).exists() or (out / name).is_symlink() for name in own_marks):
+        raise UserError(f"hydra.run.dir={out_dir} holds {', '.join(present)} that no earlier run of {job} wrote "
+                        f"(no {' or '.join(own_marks)} beside them), which {job} would replace; move them away or "
+                        "write to another hydra.run.dir")
+    for key, value in inputs:
+        if not isinstance(value, (str, Path)) or str(value) == "":
+            continue
+        path = Path(str(value)).expanduser().resolve()
+        hit = [name for name in replaced if path == out / name or (out / name) in path.parents]
+        if hit:
+            raise UserError(f"{key}={value} lies in {out_dir}'s {hit[0]}, which {job} replaces with its own; move "
+                            "the input out or write to another hydra.run.dir")
+
+
 def is_baselines_generator(folder: Path) -> bool:
     """A generator subfolder of a baselines run (`OUT/<mode>`): its name is one of OUT/config.yaml's baselines."""
     folder = Path(folder)

@@ -28,7 +28,7 @@ def plot_loss(losses: list[float], path: Path) -> None:
 
 
 HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchmark)
-    ("evaluator.real_top1", "evaluator top-1 on real test images (stages 2-3 + healthy)", ">= 0.95"),
+    ("evaluator.real_top1", "evaluator top-1 on real test images (stages 2-3, healthy, ungraded photos)", ">= 0.95"),
     ("evaluator.real_top1_blurred", "... on the same faces blurred by evaluator.real_blur_sigma px (1: softness must "
      "not read as a disease)", ""),
     ("evaluator.oracle_top1", "the same probe on the renderer's true phenotype vectors (separability ceiling)", ""),

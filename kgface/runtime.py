@@ -126,6 +126,9 @@ def learned_table(cfg: DictConfig) -> tuple[str, dict, float, str, dict] | None:
     except FileNotFoundError:
         raise UserError(f"profile.learned={path}: file not found (run python -m kgface.evaluate real=MANIFEST "
                         "to write learned_profiles.json)") from None
+    except OSError as exc:  # a folder (RUN/evaluation rather than its learned_profiles.json), no permission
+        raise UserError(f"profile.learned={path}: cannot read it ({type(exc).__name__}); give the "
+                        "learned_profiles.json file itself") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"profile.learned={path}: not a kgface learned_profiles.json ({exc!r})") from None
     return source, table, blend, str(path), data

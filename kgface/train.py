@@ -69,7 +69,17 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .dataset import panel_profiles
     from .prompts import describe_profiles, save_descriptions
 
+    from .diffusion.trainer import resume_checkpoint
+
     preflight(cfg)  # settings that cannot work fail now, not after the data, VAE and evaluator are built
+    modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
+    generator_dirs = [out_dir] if len(modes) == 1 else [out_dir / m for m in modes]
+    # ... and a rerun that cannot resume, before it removes anything of the last run. A folder continues its own
+    # training only from its own checkpoints (a trainer.resume=PATH elsewhere does not make its grids and logs ours)
+    resuming = {}
+    for folder in generator_dirs:
+        ckpt = resume_checkpoint(folder, container(cfg.trainer))
+        resuming[folder] = ckpt is not None and ckpt.resolve().parent == (folder / "checkpoints").resolve()
     t0 = time.perf_counter()
     if int(cfg.get("num_threads") or 0) > 0:
         torch.set_num_threads(int(cfg.num_threads))
@@ -85,9 +95,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # ... nor any generator of the last run, before the minutes of data, VAE and evaluator: one killed meanwhile
     # left the old generator and its samples beside the new config.yaml, loadable by `run=OUT` (a baselines run
     # resets each OUT/<mode> and OUT itself, where a single run's generator would be loaded under this config)
-    modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
-    for folder in [out_dir] + ([out_dir / m for m in modes] if len(modes) > 1 else []):
-        reset_generator_outputs(folder)
+    for folder in [out_dir] + (generator_dirs if len(modes) > 1 else []):
+        reset_generator_outputs(folder, resuming.get(folder, False))
     write_text_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     cache = make_cache(cfg)
     timings, metrics = {}, {}
@@ -177,17 +186,28 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
-def reset_generator_outputs(folder: Path) -> None:
+def reset_generator_outputs(folder: Path, resuming: bool = False) -> None:
     """A rerun into this folder (trainer.resume=latest): the last run's generator files go before this one trains,
     so a half-saved set (a kill between model/ and the adapter) or the old weights under the new config.yaml are
     refused by load_run ("did not finish") rather than read as one generator; its samples, loss curve, shuffled
     profiles and evaluation too (a report would show old figures this run does not redraw), but for
     learned_profiles.json / .png, which profile.learned= may name (learn_and_write keeps them for that reason).
-    Checkpoints stay: trainer.resume=latest continues from them."""
+    Checkpoints stay: trainer.resume=latest continues from them. `resuming` (a checkpoint is continued): the
+    validation grids drawn before it (samples/val) and the TensorBoard logs stay, the history of the same training;
+    a fresh start removes both (its curves would be drawn over the last run's)."""
     from .diffusion.run_loading import GENERATOR_FILES
 
-    for name in (*GENERATOR_FILES, "samples", "losses.json", "loss.png", "shuffled_profiles.json", "report.md"):
+    for name in (*GENERATOR_FILES, "losses.json", "loss.png", "shuffled_profiles.json", "report.md"):
         remove_path(folder / name)
+    if not resuming:
+        remove_path(folder / "samples")
+        remove_path(folder / "logs")
+    elif (folder / "samples").is_dir():
+        for path in (folder / "samples").iterdir():
+            if path.name != "val":
+                remove_path(path)
+        if not any((folder / "samples").iterdir()):
+            remove_path(folder / "samples")
     if (folder / "evaluation").is_dir():
         for path in (folder / "evaluation").iterdir():
             if not path.name.startswith("learned_profiles."):

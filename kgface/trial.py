@@ -49,11 +49,12 @@ def _side_by_side(true_est: pd.DataFrame, measured_est: pd.DataFrame) -> pd.Data
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
+    from .diffusion.adapter import get_adapter_scale, has_kg_adapter
     from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
     from .diffusion.requests import Profiles
     from .diffusion.run_loading import check_precision_device, load_profiles_json, load_run
-    from .run_files import check_output_dir, run_data
+    from .run_files import check_output_dir, check_replaced_entries, run_data
     from .prompts.wording import STAGE_SCALES
     from .runtime import check_run_kg, make_cache, torch_device
     from .trials import analysis, report
@@ -82,6 +83,19 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 else as_number(cfg.guidance, "guidance", "give one (e.g. 3), or null for the run's"))
     # what a trial writes replaces report.md, images/ and gifs/ in OUT: never in another job's output folder
     check_output_dir(out_dir, "the trial", ("metrics.json", "manifest.csv"))  # an earlier trial is replaced
+    # ... as an earlier trial left it: never a user's own images/ or report.md, nor the baseline photos it reads
+    # marks: what a trial writes and no photo folder holds; baselines/ goes after images/ and comes in first, so an
+    # interrupted rerun still leaves one (trial.csv and trial.json go first and come in last)
+    inputs = [("input", cfg.input)]
+    if cfg.input not in (None, ""):
+        from .diffusion.editing import input_files
+
+        try:  # the photos a manifest or folder lists (a bad input= is the baseline reader's error, below)
+            inputs += [("input", p) for p, _ in input_files(cfg.input)]
+        except UserError:
+            pass
+    check_replaced_entries(out_dir, "the trial", report.MANAGED,
+                           ("trial.csv", "trial.json", "trial.parquet", "baselines", "gifs"), tuple(inputs))
     # the trial is a function of the design and the seed alone: simulated now, so a design the analysis cannot
     # separate (e.g. every patient's blocks in one order, with the trend term) fails before any model loads
     table, patients = simulate(design, seed)
@@ -185,7 +199,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "days_per_patient": design.schedule.days, "images": n_images,
         "images_settings": {"strength": float(cfg.strength), "guidance": guidance, "steps": steps, "mask": mask_spec,
                             "input": cfg.input, "image_size": size,
-                            "dtype": str(run_cfg.model.get("dtype", "fp32"))},
+                            "dtype": str(run_cfg.model.get("dtype", "fp32")),
+                            "adapter_scale": (get_adapter_scale(backbone.unet) if has_kg_adapter(backbone.unet)
+                                              else None)},
         "patients": {pid: {"identity": f.identity, "baseline_face": f.source, "image_seed": seeds[pid],
                            "baseline_severity": patients[pid].baseline, "trend": patients[pid].trend,
                            "effects": patients[pid].effects} for pid, f in zip(pids, faces)},

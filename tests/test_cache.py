@@ -17,7 +17,7 @@ def test_entry_is_built_atomically(tmp_path):
     cache = Cache(tmp_path)
     entry = cache.entry("thing", {"v": 1})
     assert not entry.exists()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^crash mid-build$"):  # the test's own error, not one of the cache's
         with entry.build() as tmp:
             (tmp / "part.bin").write_bytes(b"half")
             raise RuntimeError("crash mid-build")
@@ -74,7 +74,7 @@ def test_run_records_entries_used(tmp_path):
 
 def test_atomic_file_write_leaves_old_content_on_failure(tmp_path):
     target = write_json_atomic(tmp_path / "out.json", {"ok": 1})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^boom$"):
         with atomic_path(target) as tmp:
             tmp.write_text("partial")
             raise ValueError("boom")
@@ -103,7 +103,7 @@ def test_atomic_folder_replaces_whole_or_keeps_the_old_one(tmp_path):
     with atomic_folder(final) as tmp:
         (tmp / "a.txt").write_text("one")
     assert (final / "a.txt").read_text() == "one"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="^crash mid-save$"):
         with atomic_folder(final) as tmp:
             (tmp / "a.txt").write_text("two")
             raise RuntimeError("crash mid-save")

@@ -86,7 +86,7 @@ def test_sample_is_deterministic_and_writes_a_dataset_manifest(micro_run, tmp_pa
     assert len(df) == 2 * 3 + 2  # healthy has no stages: one image per seed
     assert set(df["mode"]) == {"sample"} and (tmp_path / "a" / "grid.png").is_file()
     row = df[(df["disease"] == "ORPHA:870") & (df["severity"] == 1.5)].iloc[0]
-    assert float(row["requested_stage"]) == 1.5 and row["stage"] in (1, 2)
+    assert float(row["requested_stage"]) == 1.5 and int(row["stage"]) == 2  # the bin [1.5, 2.5)
     for rel in df["path"]:
         assert np.abs(pixels(tmp_path / "a" / rel) - pixels(tmp_path / "b" / rel)).max() <= 1
     s0 = df[(df["disease"] == "ORPHA:870") & (df["seed"] == "0")]["path"].tolist()
@@ -117,6 +117,16 @@ def test_a_set_is_replaced_whole_and_never_written_into_a_run(micro_run, tmp_pat
         generate(micro_run, out, "mode=transform", f"input={face}", "target=ORPHA:870")
     assert info.value.code == 2 and f"input={face} lies in {out}'s images" in capsys.readouterr().err
     assert face.is_file() and (out / "manifest.csv").is_file()
+    # a user's own photos and manifest (no generation.json beside them): never replaced by a set
+    photos = tmp_path / "photos"
+    (photos / "images").mkdir(parents=True)
+    (photos / "images" / "mine.png").write_bytes(b"mine")
+    (photos / "manifest.csv").write_text("path,disease_id,stage,split,identity\nimages/mine.png,healthy,0,test,a\n")
+    with pytest.raises(SystemExit) as info:
+        generate(micro_run, photos, "diseases=[healthy]", "stages=[0]", "seeds=[0]")
+    assert info.value.code == 2 and "holds manifest.csv, images that no earlier run of the set wrote" in \
+        capsys.readouterr().err
+    assert (photos / "images" / "mine.png").read_bytes() == b"mine" and (photos / "manifest.csv").is_file()
 
 
 def test_spacing_overrides_the_runs_ladder_for_this_call_only(micro_run, tmp_path):

@@ -173,16 +173,27 @@ def test_bad_overrides_are_clear_errors(tmp_path, capsys):
     # ... nor its generator, samples, report or data.json, which `run=OUT` would load under the new config (they
     # stayed until the new generator began to train, minutes later); its checkpoints stay for trainer.resume
     old = ["model/x", "encoder/x", "adapter.safetensors", "samples/grid.png", "report.md", "data.json", "loss.png",
-           "evaluation/report.md", "checkpoints/step-0000002/x"]
+           "evaluation/report.md", "checkpoints/step-0000002/x", "samples/val/step-0000002.png", "logs/events"]
     for rel in old:
         (tmp_path / "e" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "e" / rel).write_text("old")
+    (tmp_path / "e" / "checkpoints/step-0000002/state.json").write_text('{"step": 2}')
+    # a rerun that cannot train (checkpoints of an earlier run and no trainer.resume; one past trainer.steps) is
+    # refused before it removes anything: it failed in the trainer, after the last run's outputs were gone
+    for extra, words in (([], "holds checkpoints of an earlier run (step-0000002); trainer.resume=latest"),
+                         (["trainer.resume=latest", "trainer.steps=1"], "step-0000002 is past trainer.steps=1")):
+        with pytest.raises(SystemExit) as info:
+            main(MICRO + extra + [f"hydra.run.dir={tmp_path / 'e'}"])
+        assert info.value.code == 2 and words in capsys.readouterr().err
+        assert all((tmp_path / "e" / rel).exists() for rel in old + ["metrics.json"])
     with pytest.raises(SystemExit) as info:
         main(MICRO + ["data.diseases=[ORPHA:870,ORPHA:99999999]", f"hydra.run.dir={tmp_path / 'e'}",
                       "trainer.resume=latest"])
     assert info.value.code == 2 and "unknown disease 'ORPHA:99999999'" in capsys.readouterr().err
     assert (tmp_path / "e" / "config.yaml").is_file() and not (tmp_path / "e" / "metrics.json").exists()
-    assert [rel for rel in old if (tmp_path / "e" / rel).exists()] == ["checkpoints/step-0000002/x"]
+    # ... and what the resumed training continues: its validation grids and TensorBoard logs
+    assert [rel for rel in old if (tmp_path / "e" / rel).exists()] == [
+        "checkpoints/step-0000002/x", "samples/val/step-0000002.png", "logs/events"]
 
 
 def test_learned_frequencies_condition_the_generator_a_run_trains(evaluated_run, tmp_path):
@@ -389,9 +400,25 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
                        # guidance dropout's shares are disjoint slices of one draw: past 1 they would overlap
                        ("trainer.cfg_drop_text=-0.1", "trainer.cfg_drop_text=-0.1: a share of the training samples"),
                        ("trainer.age_drop=half", "trainer.age_drop='half': a share of the training samples"),
-                       ("trainer.cfg_drop_text=0.9", "trainer.cfg_drop_tokens + cfg_drop_text + cfg_drop_both = 1.05")):
+                       ("trainer.cfg_drop_text=0.9", "trainer.cfg_drop_tokens + cfg_drop_text + cfg_drop_both = 1.05"),
+                       # the loop's numbers: steps=0 saved an untrained generator; the others failed with tracebacks
+                       ("trainer.steps=0", "trainer.steps=0: a whole number >= 1"),
+                       ("trainer.steps=abc", "trainer.steps='abc': a whole number >= 1"),
+                       ("trainer.checkpoint_every=-1", "trainer.checkpoint_every=-1: a whole number >= 0"),
+                       ("trainer.lr=abc", "trainer.lr=abc: not a number"),
+                       ("trainer.encoder_lr=-1", "trainer.encoder_lr=-1: a learning rate >= 0"),
+                       ("trainer.num_threads=two", "trainer.num_threads='two': a whole number >= 0"),
+                       ("trainer.ema_decay=1", "trainer.ema_decay=1: a decay in [0, 1)"),
+                       ("num_threads=two", "num_threads='two': a whole number >= 0"),
+                       ("seed=x", "seed='x': a whole number >= 0"),
+                       # a doubled conditioning trained into the first's folder; a bare name was read letter by letter
+                       ("baselines=[kg,kg]", "baselines lists kg twice"),
+                       ("baselines=kg", "baselines=kg: a list of conditionings")):
         with pytest.raises(UserError, match="^" + re.escape(words)):
             preflight(compose("train", MICRO + [bad]))
+    with pytest.raises(UserError, match="^trainer.lr, encoder_lr and adapter_lr are all 0: nothing would train"):
+        preflight(compose("train", MICRO + ["trainer.lr=0", "trainer.encoder_lr=0"]))
+    preflight(compose("train", MICRO + ["trainer.lr=0", "trainer.adapter_lr=1e-3"]))  # the adapter alone: fine
     import torch
 
     if not torch.cuda.is_available():  # accelerate would quietly train fp32 under a config saying fp16

@@ -198,6 +198,18 @@ def stage_known(df) -> "np.ndarray":
     return df["stage_known"].astype(str).str.strip().str.lower().ne("false").to_numpy()
 
 
+def _row_lines(path: Path, n_rows: int) -> list[int]:
+    """The file line of each of the n_rows data rows pandas read (blank and whitespace-only lines skipped, as the
+    reader skips them), so an error names the line an editor shows; where that count does not match (a quoted cell
+    over several lines), row i + 2."""
+    try:
+        text = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return list(range(2, n_rows + 2))
+    filled = [k + 1 for k, line in enumerate(text) if line.strip()]
+    return filled[1:] if len(filled) == n_rows + 1 else list(range(2, n_rows + 2))
+
+
 def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = None, on_error: str = "raise",
                   check_files: bool = True, source: str | None = None) -> tuple[pd.DataFrame, ReadReport]:
     """Read and validate a manifest. on_error: `raise` (default) or `skip` (count, log, and drop bad rows).
@@ -213,14 +225,18 @@ def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = Non
         raise ManifestError(f"{path}: manifest not found; check {where}") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not a readable CSV manifest ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:  # a folder, an unreadable file
+        where = f"; give {source}= a manifest.csv file" if source else ""
+        raise ManifestError(f"{path}: cannot read it as a manifest ({type(exc).__name__}: {exc.strerror}){where}"
+                            ) from None
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise ManifestError(f"{path}: lacks columns {missing}; a manifest needs {', '.join(REQUIRED)} (docs/data.md)")
     if df.empty:
         raise ManifestError(f"{path}: the manifest has no rows")
     report, rows, seen, splits = ReadReport(rows=len(df)), [], {}, {}
-    for i, row in enumerate(df.to_dict("records")):
-        line = i + 2
+    lines = _row_lines(path, len(df))
+    for line, row in zip(lines, df.to_dict("records")):
         try:
             checked = _check_row(row, path.parent, known_diseases, check_files)
             # one image under two spellings (./img/a.png, img//a.png, two links to one file) is still one image

@@ -60,6 +60,9 @@ class KGAdapterConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = CONFIG_NAME) -> "KGAdapterConfig":
+        if not isinstance(d, dict):
+            raise AdapterError(f"{source}: not a kgface KG adapter config (a JSON {type(d).__name__}, expected an "
+                               "object)")
         if d.get("format") != FORMAT:
             raise AdapterError(f"{source}: not a kgface KG adapter config (format={d.get('format')!r}, "
                                f"expected {FORMAT!r})")
@@ -109,6 +112,12 @@ def _linear(module: nn.Module) -> nn.Module:
 
 
 def _kg_processors(unet: nn.Module) -> dict[str, IPAdapterAttnProcessor2_0]:
+    """The KG branch's processors: IP-Adapter processors whose first token route is the KG tokens' pass-through. A
+    conditioning=text UNet with a stacked identity adapter has IP-Adapter processors too, and no KG branch."""
+    hid = getattr(unet, "encoder_hid_proj", None)
+    layers = getattr(hid, "image_projection_layers", None)
+    if not layers or not isinstance(layers[0], TokenPassThrough):
+        return {}
     return {n[: -len(".processor")]: p for n, p in unet.attn_processors.items()
             if isinstance(p, IPAdapterAttnProcessor2_0)}
 
@@ -127,7 +136,7 @@ def attach_kg_adapter(unet: nn.Module, num_tokens: int = 8, scale: float = 1.0, 
     The new weights are trainable (requires_grad=True); nothing else of the UNet is touched. dtype: theirs (None:
     the UNet's, as diffusers' IP-Adapter; kgface keeps them fp32 over a half-precision base and runs it in autocast).
     """
-    if has_kg_adapter(unet):
+    if any(isinstance(p, IPAdapterAttnProcessor2_0) for p in unet.attn_processors.values()):
         raise AdapterError("this UNet already has a KG adapter (or an IP-Adapter); call detach_kg_adapter first")
     modules = _cross_attention_modules(unet)
     if not modules:
@@ -508,8 +517,9 @@ def set_identity_embeds(adapter: IdentityAdapter, embeds: torch.Tensor) -> None:
 
 def set_identity_scale(unet: nn.Module, adapter: IdentityAdapter, scale: float) -> None:
     """Weight of the identity branch in every layer (0 = skipped: the output is the KG-only one exactly)."""
-    for p in _kg_processors(unet).values():
-        p.scale[adapter.index] = float(scale)
+    for p in unet.attn_processors.values():  # a conditioning=text UNet's processors carry the identity branch only
+        if isinstance(p, IPAdapterAttnProcessor2_0):
+            p.scale[adapter.index] = float(scale)
 
 
 def load_identity_encoder(folder: str | Path):

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import UserError
 from .adapter import attach_kg_adapter
-from .models import add_unet_lora, build_tiny_stack, load_pretrained_stack
+from .models import add_unet_lora, build_tiny_stack, load_pretrained_stack, lora_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,9 @@ def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter:
         backbone.unet.requires_grad_(False)
         trainable = []
         if int(model_cfg.get("lora_rank", 0)) > 0:
+            alpha = model_cfg.get("lora_alpha")  # null: the rank (a LoRA scale of 1)
             add_unet_lora(backbone.unet, rank=int(model_cfg["lora_rank"]),
-                          alpha=float(model_cfg.get("lora_alpha", model_cfg["lora_rank"])))
+                          alpha=float(model_cfg["lora_rank"] if alpha is None else alpha))
             trainable = [p for n, p in backbone.unet.named_parameters() if "lora" in n]
     else:
         raise UserError(f"model.name '{name}' is unknown; use model=tiny, model=sd15 or model=sdxl")
@@ -228,9 +229,8 @@ def _write_model_files(backbone: Backbone, folder: Path) -> None:
         backbone.vae.save_pretrained(folder / "vae", safe_serialization=True)
         backbone.scheduler.save_pretrained(folder / "scheduler")
     else:  # pretrained: only the LoRA weights are new
-        from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(backbone.unet).items()}
+        state = lora_state_dict(backbone.unet)
         if state:
             save_file(state, str(folder / "unet_lora.safetensors"))

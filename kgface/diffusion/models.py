@@ -303,7 +303,9 @@ def trainable_parameters(unet: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
-    """The UNet's LoRA weights in diffusers' format (for `save_lora_weights` / `load_lora_weights`)."""
+    """The UNet's LoRA weights as peft names them in the UNet (what a run's model/unet_lora.safetensors holds).
+    diffusers' `pipe.load_lora_weights` reads UNet keys prefixed `unet.`: prefix them to load the file there, at
+    the run's model.lora_alpha / model.lora_rank scale (the file does not record it)."""
     from peft.utils import get_peft_model_state_dict
 
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}

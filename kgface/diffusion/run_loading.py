@@ -145,8 +145,10 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
 
         backbone = build_backbone(model_cfg, num_tokens=num_tokens, with_adapter=False)
         try:
-            backbone.unet = UNet2DConditionModel.from_pretrained(run_dir / "model" / "unet")
-            backbone.vae = AutoencoderKL.from_pretrained(run_dir / "model" / "vae")
+            # safetensors only, from this folder only (a model/unet holding a pickled .bin is refused)
+            local = {"use_safetensors": True, "local_files_only": True}
+            backbone.unet = UNet2DConditionModel.from_pretrained(run_dir / "model" / "unet", **local)
+            backbone.vae = AutoencoderKL.from_pretrained(run_dir / "model" / "vae", **local)
             if (run_dir / "model" / "scheduler").is_dir():
                 backbone.scheduler = DDPMScheduler.from_pretrained(run_dir / "model" / "scheduler")
         except (OSError, ValueError, EnvironmentError) as exc:
@@ -161,7 +163,13 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
             from peft.utils import set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            result = set_peft_model_state_dict(backbone.unet, load_file(str(lora)))
+            try:
+                result = set_peft_model_state_dict(backbone.unet, load_file(str(lora)))
+            except RuntimeError as exc:  # strict=False still refuses other shapes: another base or LoRA rank
+                raise RunError(f"{lora}: its LoRA weights do not fit {cfg.model.pretrained} at model.lora_rank="
+                               f"{model_cfg['lora_rank']} in {run_dir / 'config.yaml'} ("
+                               f"{str(exc).strip().splitlines()[-1].strip()[:160]}); was the run trained on another "
+                               "base model?") from None
             unexpected = getattr(result, "unexpected_keys", None) or []
             if unexpected:
                 raise RunError(f"{lora}: {len(unexpected)} LoRA weights do not fit {cfg.model.pretrained} "

@@ -166,7 +166,9 @@ def save_grid(images: torch.Tensor, rows: list[dict], names: dict, path: Path, c
     from ..sheets import labelled_sheet
 
     diseases = list(dict.fromkeys(r["disease"] for r in rows))
-    sheet_rows = [(f"{d}\n{fit_label(names.get(d, ''), 26)}",
+    # the healthy row holds stage-0 faces of other seeds under every column: its label says so, not the headers
+    note = {"healthy": " (all stage 0)"}
+    sheet_rows = [(f"{d}{note.get(d, '')}\n{fit_label(names.get(d, ''), 26)}",
                    [images[i] for i, r in enumerate(rows) if r["disease"] == d][:len(columns)]) for d in diseases]
     return save_png(labelled_sheet(sheet_rows, columns=columns, label_width=170), path)
 

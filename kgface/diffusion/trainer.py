@@ -132,6 +132,42 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resume_checkpoint(run_dir: Path, t) -> Path | None:
+    """The checkpoint a generator trained into run_dir resumes from under trainer settings `t` (None: it starts at
+    step 0), or a TrainingError. Pure reading: the train job calls it for every generator folder before it resets
+    anything, so a rerun that cannot train fails before it has removed the last run's outputs."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    folder = None
+    if t.get("resume"):
+        folder = latest_checkpoint(ckpt_dir) if t["resume"] == "latest" else Path(t["resume"])
+        if folder is None and t["resume"] == "latest":
+            pass  # nothing to resume: start at step 0
+        elif folder is None or not (folder / "state.json").is_file():
+            raise TrainingError(f"trainer.resume={t['resume']}: no checkpoint there; use latest or a step-* folder")
+        else:
+            later = [p.name for p in ckpt_dir.glob("step-*") if p.name > folder.name] if t["resume"] != "latest" else []
+            try:
+                saved = int(json.loads((folder / "state.json").read_text())["step"])
+            except (OSError, ValueError, KeyError, TypeError) as e:  # a checkpoint killed or edited mid-write
+                raise TrainingError(f"{folder / 'state.json'}: unreadable ({type(e).__name__}); resume from another "
+                                    "checkpoint (trainer.resume=PATH) or delete this one") from None
+            if saved > int(t["steps"]):  # an empty loop would save that run's weights under this config
+                raise TrainingError(f"trainer.resume={t['resume']}: {folder.name} is past trainer.steps="
+                                    f"{int(t['steps'])}; resume with trainer.steps >= {saved}, or start afresh in "
+                                    "another hydra.run.dir")
+            if later and folder.resolve().parent == ckpt_dir.resolve():
+                # a kill before this run overwrote them would resume from an abandoned run's step under this config
+                raise TrainingError(f"trainer.resume={t['resume']}: {ckpt_dir} also holds later checkpoints "
+                                    f"{sorted(later)} of an earlier run; move or delete them first")
+    if folder is None and t.get("checkpoint_every") and sorted(ckpt_dir.glob("step-*")):
+        # an earlier run's checkpoints beside a fresh one: the retention below would delete this run's newest, and
+        # a later resume=latest would continue the old run under this config
+        old = sorted(p.name for p in ckpt_dir.glob("step-*"))
+        raise TrainingError(f"{ckpt_dir} holds checkpoints of an earlier run ({old[-1]}); trainer.resume=latest "
+                            "continues it, or move the folder away (or use another hydra.run.dir) to start afresh")
+    return folder
+
+
 def restore_ema(folder: Path, ema: EMA, steps: int, params) -> None:
     """The checkpoint's EMA shadow, or (a run saved with trainer.ema off) the resumed weights: the average then starts
     there, not at the fresh weights the EMA was built from."""
@@ -307,30 +343,9 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     buffers = dict(conditioner.named_buffers())
     start, losses = 0, []
     schedule_record = noise_schedule_record(backbone.scheduler)  # checked on resume, written with every checkpoint
-    if t["resume"]:
-        folder = latest_checkpoint(ckpt_dir) if t["resume"] == "latest" else Path(t["resume"])
-        if folder is None and t["resume"] == "latest":
-            pass  # nothing to resume: start at step 0
-        elif folder is None or not (folder / "state.json").is_file():
-            raise TrainingError(f"trainer.resume={t['resume']}: no checkpoint there; use latest or a step-* folder")
-        else:
-            later = [p.name for p in ckpt_dir.glob("step-*") if p.name > folder.name] if t["resume"] != "latest" else []
-            saved = int(json.loads((folder / "state.json").read_text())["step"])
-            if saved > int(t["steps"]):  # an empty loop would save that run's weights under this config
-                raise TrainingError(f"trainer.resume={t['resume']}: {folder.name} is past trainer.steps="
-                                    f"{int(t['steps'])}; resume with trainer.steps >= {saved}, or start afresh in "
-                                    "another hydra.run.dir")
-            if later and folder.resolve().parent == ckpt_dir.resolve():
-                # a kill before this run overwrote them would resume from an abandoned run's step under this config
-                raise TrainingError(f"trainer.resume={t['resume']}: {ckpt_dir} also holds later checkpoints "
-                                    f"{sorted(later)} of an earlier run; move or delete them first")
-            start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers, schedule_record)
-    if start == 0 and t["checkpoint_every"] and sorted(ckpt_dir.glob("step-*")):
-        # an earlier run's checkpoints beside a fresh one: the retention below would delete this run's newest, and
-        # a later resume=latest would continue the old run under this config
-        old = sorted(p.name for p in ckpt_dir.glob("step-*"))
-        raise TrainingError(f"{ckpt_dir} holds checkpoints of an earlier run ({old[-1]}); trainer.resume=latest "
-                            "continues it, or move the folder away (or use another hydra.run.dir) to start afresh")
+    folder = resume_checkpoint(run_dir, t)
+    if folder is not None:
+        start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers, schedule_record)
     alphas = backbone.scheduler.alphas_cumprod.to(device)
     n_train = backbone.scheduler.config.num_train_timesteps
     prediction = backbone.scheduler.config.prediction_type

@@ -143,21 +143,24 @@ def specificity(learned: dict, truth: dict[str, dict[str, float]]) -> dict:
 
 
 def plot_learned(learned: dict, path: str | Path) -> Path:
-    """Scatter of KG frequency (x) vs learned frequency (y), one colour per disease."""
+    """Scatter of KG frequency (x) vs learned frequency (y), one colour and marker per disease (the default cycle's
+    10 colours repeated past the tenth disease: the 13-disease panel had two pairs that read as one)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for d, entry in learned.items():
+    colours, markers = plt.get_cmap("tab20").colors, "osD^v<>Ph*"
+    for k, (d, entry) in enumerate(learned.items()):
         pts = [(e["kg_frequency"], e["learned_frequency"]) for e in entry["phenotypes"] if e["kg_frequency"] is not None]
         if pts:
             x, y = zip(*pts)
-            ax.scatter(x, y, s=18, label=entry["name"][:24])
+            ax.scatter(x, y, s=18, label=entry["name"][:24], color=colours[k % len(colours)],
+                       marker=markers[k % len(markers)])
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("KG frequency")
-    ax.set_ylabel("learned frequency (per-phenotype heads, stage 3)")
+    ax.set_ylabel("learned frequency (per-phenotype heads, stage 3 or ungraded)")
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     ax.legend(fontsize=6, loc="upper left", ncol=1)
@@ -199,6 +202,14 @@ def write_learned(learned: dict, out_dir: str | Path, phenotype_heads: str | Non
     return out_dir / LEARNED_FILE
 
 
+def earlier_learned_note(out_dir: str | Path) -> list[str]:
+    """A report that learns no profiles in a folder holding an earlier report's: those are left in place (a run's
+    profile.learned may name them), but not passed off as this report's."""
+    path = Path(out_dir) / LEARNED_FILE
+    earlier = [p.name for p in (path, path.with_suffix(".png")) if p.is_file()]
+    return [f"{' and '.join(earlier)} in this folder come from an earlier report, not from this one"] if earlier else []
+
+
 def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir: str | Path,
                     learned_from: str | None = None) -> tuple[list[str], list[tuple[str, Path]]]:
     """Profiles learned from a scored real test table, written to out_dir (learned_profiles.json + .png) with the
@@ -208,13 +219,8 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
     rates = detector_rates(evaluator, table)
     learned = learn_profiles(evaluator, table, profiles, rates=rates)
     if not learned:
-        notes = ["no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
-                 "(or ungraded)"]
-        earlier = [p.name for p in (Path(out_dir) / LEARNED_FILE, (Path(out_dir) / LEARNED_FILE).with_suffix(".png"))
-                   if p.is_file()]
-        if earlier:  # left in place (a run's profile.learned may name it), but not passed off as this report's
-            notes.append(f"{' and '.join(earlier)} in this folder come from an earlier report, not from this one")
-        return notes, []
+        return ["no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
+                "(or ungraded)"] + earlier_learned_note(out_dir), []
     written = write_learned(learned, out_dir, str(evaluator.cfg.get("phenotype_heads", "all")), learned_from)
     notes = ["learned_profiles.json: phenotype frequencies learned from the real test images"]
     used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}

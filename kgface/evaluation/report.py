@@ -31,6 +31,13 @@ def _plt():
     return plt
 
 
+def cell_text(share: float) -> str:
+    """A confusion cell's share in two decimals without the leading zero (.87), "1" for a share that rounds to 1
+    (0.996 was cut to ".00" from "1.00")."""
+    text = f"{share:.2f}"
+    return "1" if text == "1.00" else text.lstrip("0")
+
+
 def plot_confusion(table: pd.DataFrame, classes: list[str], names: dict, path: Path, label: str = "disease",
                    title: str = "") -> Path:
     plt = _plt()
@@ -48,7 +55,7 @@ def plot_confusion(table: pd.DataFrame, classes: list[str], names: dict, path: P
     for i in range(len(classes)):
         for j in range(len(classes)):
             if m[i, j] >= 0.05:
-                ax.text(j, i, f"{m[i, j]:.2f}"[1:] if m[i, j] < 1 else "1", ha="center", va="center", fontsize=6,
+                ax.text(j, i, cell_text(m[i, j]), ha="center", va="center", fontsize=6,
                         color="white" if m[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true" if label == "disease" else "requested")
@@ -66,7 +73,8 @@ def plot_stage_scatter(table: pd.DataFrame, path: Path, stage: str = "stage", ti
     x = table[stage].to_numpy(float)
     ax.scatter(x + rng.uniform(-0.15, 0.15, len(x)), table["severity_pred"], s=8, alpha=0.5)
     ax.plot([0, 3], [0, 3], "k--", lw=0.8)
-    ax.set_xlabel("true stage" if stage == "stage" else "requested stage")
+    ax.set_xlabel({"stage": "true stage", "requested_severity": "requested severity (stage_spearman's x)"}.get(
+        stage, "requested stage"))
     ax.set_ylabel("measured severity (CORAL head)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -175,7 +183,9 @@ def nearest_pairs(scored, names: dict, path: Path, threshold: float | None, k: i
     images, caps = [], []
     for j, i in enumerate(idx):
         cos = float(t["nearest_train_cosine"].iloc[i])
-        flag = " copy?" if threshold is not None and cos > threshold else ""
+        copy = bool(t["nearest_train_copy"].iloc[i]) if "nearest_train_copy" in t \
+            else threshold is not None and cos > threshold
+        flag = " copy?" if copy else ""
         images += [scored.images[i], train[j]]
         caps += [f"generated\n{names.get(t['requested_disease'].iloc[i], t['requested_disease'].iloc[i])[:14]}",
                  f"nearest train\ncos {cos:.3f}{flag}"]
@@ -192,7 +202,8 @@ OWN_FILES = ("metrics.json", "report.md", "report.html", "confusion_real.png", "
 def write_scores(table: pd.DataFrame, headline: np.ndarray, path: Path) -> Path:
     """One row per scored image: its manifest columns (paths as the manifest wrote them), `headline` (a row of the
     top-1 keys: stages 2-3, healthy and ungraded photos, no transformations) and every score (pred_disease, pred_prob, p_<class>,
-    severity_pred, stage_pred, ph_<HPO id>, detected), so a number of metrics.json can be recomputed, an image looked
+    severity_pred, stage_pred, ph_<HPO id>, detected), so (generated rows) requested_stage holds the stage bin of the
+    requested severity and requested_severity the severity itself, so a number of metrics.json can be recomputed, an image looked
     up, or two runs' draws of the same request paired. Lists are joined by ';'."""
     t = table.drop(columns=[c for c in ("abspath", "headline") if c in table.columns]).copy()  # ours, not a manifest's
     t.insert(min(len(t.columns), 1), "headline", np.asarray(headline, bool))
@@ -275,7 +286,7 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
         head = headline_rows(t)  # the rows of real_top1: stage 0 looks healthy by construction
         paths["scores_real"] = write_scores(t, head, out / SCORE_FILES["real"])
         if head.any():
-            figs.append(("Real test images, stages 2-3 and healthy (the rows of real_top1): disease confusion",
+            figs.append(("Real test images, stages 2-3, healthy and ungraded photos (the rows of real_top1): disease confusion",
                          plot_confusion(t[head], evaluator.classes, names, out / "confusion_real.png")))
         graded = t[stage_known(t)]  # an ungraded photo's stage is a placeholder, left out as the metrics do
         if len(graded):
@@ -289,8 +300,9 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
                                              metrics["evaluator"].get("phenotype_auroc_isolated"))))
         for p in best_worst(_subset(scored["real"], head), "disease", evaluator.classes, names, out, "real",
                             k=grid_cases):
-            figs.append((f"Real test images, stages 2-3 and healthy, {p.stem.split('_')[-1]} cases (probability "
-                         "of the true class)", p))
+            figs.append((f"Real test images, stages 2-3, healthy and ungraded, {p.stem.split('_')[-1]} cases "
+                         "(each: true class and stage, -> the predicted class, then the probability of the true "
+                         "class)", p))
     if evaluator is not None and "generated" in scored:
         t = scored["generated"].table
         head = generated_headline_rows(t)
@@ -304,7 +316,9 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
         if len(dis):
             figs.append(("Generated images, diseased requests, no transformations: requested stage vs measured "
                          "severity",
-                         plot_stage_scatter(dis, out / "stage_generated.png", stage="requested_stage")))
+                         plot_stage_scatter(dis, out / "stage_generated.png",
+                                            stage="requested_severity" if "requested_severity" in dis
+                                            else "requested_stage")))
         match = (metrics.get("generation") or {}).get("phenotype_match") or {}
         if any(m["expected_n"] for m in match.values()):
             real_match = (metrics.get("evaluator") or {}).get("real_phenotype_match")
@@ -313,8 +327,8 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
                          plot_phenotype_match(match, ph_names, out / "phenotype_match_generated.png", real_match)))
         for p in best_worst(_subset(scored["generated"], head), "requested_disease", evaluator.classes, names, out,
                             "generated", k=grid_cases):
-            figs.append((f"Generated images, stages 2-3 and healthy, {p.stem.split('_')[-1]} cases (probability of "
-                         "the requested class)", p))
+            figs.append((f"Generated images, stages 2-3 and healthy, {p.stem.split('_')[-1]} cases (each: requested "
+                         "class and stage, -> the predicted class, then the probability of the requested class)", p))
         threshold = metrics.get("memorisation_threshold")
         p = nearest_pairs(scored["generated"], names, out / "memorisation_nearest.png", threshold, k=grid_cases)
         if p is not None:

@@ -217,7 +217,10 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         t = s_gen.table
         scored["generated"] = s_gen
         req_d, req_sev, req_s = _requested(t)
+        # requested_stage becomes the stage bin the top-1 keys group by; requested_severity keeps the severity asked
+        # (2.6 from kgface.generate stages=2.6), which stage_spearman reads
         t["requested_disease"], t["requested_stage"] = req_d.values, req_s.values
+        t["requested_severity"] = np.asarray(req_sev, float)
         transform = transform_rows(t)
         shown = generated_headline_rows(t)  # requests for healthy faces and stages 2-3, no transformations
         g = {}
@@ -379,6 +382,8 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 metrics["memorisation_holdout_duplicates"] = audit["holdout_duplicates"]
                 metrics["memorisation_holdout_n"] = audit["holdout_n"]
                 t["nearest_train_cosine"] = audit["nearest_cosine"]
+                # the rate's own test, at the unrounded threshold (metrics.json rounds it to 4 places)
+                t["nearest_train_copy"] = np.asarray(audit["nearest_cosine"]) > audit["threshold"]
                 t["nearest_train_path"] = list(train["abspath"].iloc[audit["nearest_index"]])
     metrics = M.rounded(metrics)
     return (metrics, scored) if return_scored else metrics

@@ -243,6 +243,16 @@ def test_file_level_errors(root):
     (root / "blank.csv").write_text("")
     with pytest.raises(ManifestError, match="not a readable CSV"):
         read_manifest(root / "blank.csv")
+    with pytest.raises(ManifestError, match=r"cannot read it as a manifest \(IsADirectoryError: .*\); give real= a "):
+        read_manifest(root, source="real")  # a folder, not its manifest.csv: no traceback
+    # a blank line between rows: the error names the file's own line of the bad row (it named the one before)
+    write_manifest([_row(), _row(path="images/b.png", stage=9)], root / "gap.csv")
+    lines = (root / "gap.csv").read_text().splitlines()
+    (root / "gap.csv").write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+    with pytest.raises(ManifestError, match=r"gap\.csv:4: stage 9"):
+        read_manifest(root / "gap.csv", check_files=False)
+    df, report = read_manifest(root / "gap.csv", check_files=False, on_error="skip")
+    assert len(df) == 1 and report.rows == 2 and report.skipped[0][0] == 4
     write_manifest([_row(stage=9)], root / "allbad.csv")
     with pytest.raises(ManifestError, match=r"every row was skipped \(1\); first: stage 9"):
         read_manifest(root / "allbad.csv", on_error="skip")

@@ -115,6 +115,14 @@ def test_acne04_settings_errors(tmp_path):
         acne04_manifest(root, on_error="ignore")
     with pytest.raises(UserError, match="val_fraction must be in"):
         acne04_manifest(root, val_fraction=1.0)
+    with pytest.raises(UserError, match="val_fraction must be a number in \\[0, 1\\), got 'x'"):
+        acne04_manifest(root, val_fraction="x")  # it failed in float(), a traceback
+    with pytest.raises(UserError, match="data.size='abc': a whole number of pixels"):
+        build_real_dataset(_data_cfg("acne04", root=str(root)), tmp_path / "out", size="abc")
+    label = root / "ImageSets" / "Main" / "NNEW_trainval_0.txt"
+    label.write_bytes(label.read_bytes() + "levle0_99.jpg 0 0 # caf\xe9\n".encode("latin-1"))  # not UTF-8
+    with pytest.raises(UserError, match=r"NNEW_trainval_0\.txt: not UTF-8 text \(byte \d+\); save the label file"):
+        acne04_manifest(root)
 
 
 BAD_ACNE_LINES = [
@@ -597,6 +605,20 @@ def test_build_folder_from_its_config(tmp_path):
     assert (out / "manifest.csv").is_file()  # refused before anything of the earlier build was removed
 
 
+def test_a_folder_build_leaves_earlier_kgface_outputs_under_its_root_out(tmp_path, caplog):
+    """`cd photos && python -m kgface.dataset data=folder data.root=.` twice: Hydra's outputs/ lies under the root,
+    and the first build's images were read back as new photos of the same class (copies that could land in test)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _face(5).save(photos / "a.png")
+    first = build_real_dataset(_data_cfg("folder", root=str(photos), disease="healthy"), photos / "outputs" / "t1",
+                               size=SIZE)
+    second = build_real_dataset(_data_cfg("folder", root=str(photos), disease="healthy"), photos / "outputs" / "t2",
+                                size=SIZE)
+    assert first.rows == second.rows == 1 and "a kgface output folder (dataset.json), not photos" in caplog.text
+    assert read_manifest(second.manifest)[0]["original"].tolist() == ["a.png"]
+
+
 def test_user_manifest_is_validated_and_rebuilt(tmp_path):
     src = tmp_path / "mine"
     (src / "img").mkdir(parents=True)
@@ -696,3 +718,11 @@ def test_one_photo_as_healthy_and_as_a_disease_at_stage_0_is_both(tmp_path):
     kept = check_duplicate_images(df, BadInput("skip", skipped))
     assert kept["path"].tolist() == ["a.png", "b.png"]  # c: stage 2 cannot be the healthy face a is
     assert [s["where"] for s in skipped] == ["m:4"]
+    # ... within one split: the same pixels in train (a) and test (d) leak, whatever identities the rows name
+    shutil.copy(tmp_path / "a.png", tmp_path / "d.png")
+    df = pd.DataFrame({"path": ["a.png", "d.png"], "disease": ["healthy", "ORPHA:870"], "stage": [0, 0],
+                       "split": ["train", "test"], "identity": ["p1", "p2"], "_where": ["m:2", "m:3"],
+                       "abspath": [str(tmp_path / n) for n in ("a.png", "d.png")]})
+    skipped = []
+    assert check_duplicate_images(df, BadInput("skip", skipped))["path"].tolist() == ["a.png"]
+    assert skipped[0]["where"] == "m:3" and "in split test here and train there" in skipped[0]["reason"]

@@ -108,6 +108,13 @@ def test_identity_alone_matches_diffusers_own_loader(tmp_path):
     ref = torch.randn(1, CLIP_DIM)
     set_identity_embeds(adapter, ref)
     assert adapter.index == 0 and torch.equal(run(unet, inputs), base)
+    from kgface.diffusion.adapter import AdapterError, has_kg_adapter, set_adapter_scale
+
+    # its processors are IP-Adapter ones, yet there is no KG branch: generation.json's adapter_scale stays null and
+    # an adapter scale cannot silence the identity branch
+    assert not has_kg_adapter(unet)
+    with pytest.raises(AdapterError, match="no KG adapter"):
+        set_adapter_scale(unet, 0.0)
     set_identity_scale(unet, adapter, 1.0)
     ours = run(unet, inputs)
     assert (ours - base).abs().max() > 1e-3

@@ -69,6 +69,23 @@ def test_a_generator_draws_unknown_frequencies_as_its_run_did():
     assert drawn == {0.0: [0] * 20, 1.0: [3] * 20}
 
 
+def test_a_loaded_run_reads_its_unknown_frequency_from_its_config(evaluated_run, tmp_path):
+    """The number above reaches a loaded run's conditioner from its config.yaml (not the conditioner's 0.5)."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from kgface.diffusion.run_loading import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert cfg.data.unknown_frequency == 0.5
+    cfg.data.unknown_frequency = 0.25
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    assert load_run(run)[1].unknown_frequency == 0.25
+
+
 def _rows(disease, sets):
     return [{"path": f"images/{k}.png", "disease": disease, "phenotypes": json.dumps({h: 0.5 for h in s})}
             for k, s in enumerate(sets)]

@@ -70,6 +70,9 @@ def test_a_half_precision_base_trains_fp32_lora_and_adapter_weights_and_reloads_
     ("model.dtype=fp8", "model.dtype=fp8 is unknown; use fp32, bf16 or fp16"),
     ("data.size=64", "data.size=64 but model.resolution=32: the model trains on data.size images and samples at "
                      "model.resolution"),
+    # LoRA settings: a null rank or alpha failed in int() / float() with a traceback
+    ("model.lora_rank=null", "model.lora_rank=None: a whole number >= 0"),
+    ("model.lora_alpha=0", "model.lora_alpha=0: a number > 0 (null: the rank)"),
 ])
 def test_settings_that_would_train_wrong_stop_in_preflight(override, message, sd15_folder, tmp_path, capsys):
     from kgface.train import main

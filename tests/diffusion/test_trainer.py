@@ -12,6 +12,7 @@ from kgface.diffusion.conditioning import Conditioner
 from kgface.diffusion.generator import Generator, Request
 from kgface.diffusion.trainer import LatentSet, TrainingError, guidance_dropout, min_snr_weights, train
 from kgface.kg import ProfileBuilder, healthy_profile
+from safetensors.torch import load_file
 
 MICRO = {"name": "tiny", "num_tokens": 4, "tiny": {
     "image_size": 32, "vae_block_out_channels": [16, 32], "unet_block_out_channels": [32, 64],
@@ -238,7 +239,7 @@ def test_the_adapter_has_its_own_learning_rate(profiles, tmp_path):
 def test_resume_gives_the_same_weights(profiles, tmp_path):
     cfg = {**FAST, "steps": 6, "checkpoint_every": 3, "keep_checkpoints": 5}
     b1, c1 = make(profiles)
-    train(b1, c1, fixed_data(), cfg, tmp_path / "straight", progress=False)
+    straight = train(b1, c1, fixed_data(), cfg, tmp_path / "straight", progress=False)
     b2, c2 = make(profiles)
     killed = train(b2, c2, fixed_data(), cfg, tmp_path / "resumed", progress=False, stop_after=4)
     assert killed["steps"] == 4 and (tmp_path / "resumed/checkpoints/step-0000003/trainable.safetensors").is_file()
@@ -251,6 +252,12 @@ def test_resume_gives_the_same_weights(profiles, tmp_path):
     ema_a = json.loads((tmp_path / "straight/checkpoints/step-0000006/state.json").read_text())
     ema_b = json.loads((tmp_path / "resumed/checkpoints/step-0000006/state.json").read_text())
     assert ema_a == ema_b
+    # the EMA's weights (the model a run ships) come back from ema.safetensors, not only its step count
+    assert len(out["ema"].shadow) == len(straight["ema"].shadow) > 0
+    assert all(torch.equal(a, b) for a, b in zip(out["ema"].shadow, straight["ema"].shadow))
+    shipped = [load_file(str(tmp_path / d / "checkpoints/step-0000006/ema.safetensors"))
+               for d in ("straight", "resumed")]
+    assert shipped[0].keys() == shipped[1].keys() and all(torch.equal(shipped[0][k], shipped[1][k]) for k in shipped[0])
 
 
 def test_a_checkpoint_resumes_only_under_the_target_and_noise_levels_it_trained_with(profiles, tmp_path, caplog):

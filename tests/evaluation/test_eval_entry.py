@@ -141,7 +141,7 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert "evaluator.phenotype_heads=all" in md
     assert json.loads((out / "learned_profiles.json").read_text())["phenotype_heads"] == "all"
     # the figures read the headline numbers' rows: stages 2-3 and healthy faces, no transformations
-    assert "Real test images, stages 2-3 and healthy (the rows of real_top1): disease confusion" in md
+    assert "Real test images, stages 2-3, healthy and ungraded photos (the rows of real_top1): disease confusion" in md
     # the heads whose phenotype no labelled stage-3 test face shows (rare phenotypes in a few test faces) have their
     # hit rate taken as 1, and the report counts them
     from kgface.evaluation.learned_profiles import detector_rates
@@ -163,6 +163,13 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
             assert gap > 0.0499
     assert 0 < len(flat) < len(used)  # the tiny evaluator's weak heads
     assert f"{len(flat)} of {len(used)} learned phenotypes' heads hit faces showing the phenotype at most 0.05" in md
+    # again into the same folder without learning: the earlier learned profiles stay (a run's profile.learned may
+    # name them), and the new report says they are not its own
+    main([*over, f"real={tiny_data / 'manifest.csv'}", f"hydra.run.dir={out}", "progress=false",
+          "learned_profiles=false"])
+    assert (out / "learned_profiles.json").is_file()
+    assert "learned_profiles.json and learned_profiles.png in this folder come from an earlier report" in \
+        (out / "report.md").read_text()
     # report.grid_cases sizes the case grids: 12 cases take two rows of 8, 4 take one
     from PIL import Image
 
@@ -310,6 +317,15 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
     with pytest.raises(SystemExit) as exc:
         main([f"real={tiny_data / 'manifest.csv'}", "report.grid_cases=0", f"hydra.run.dir={tmp_path / 'o4'}"])
     assert exc.value.code == 2 and "report.grid_cases=0" in capsys.readouterr().err
+    (tmp_path / "o6").mkdir()
+    (tmp_path / "o6" / "metrics.json").write_text("{}")  # an earlier report: untouched by a refused call
+    for override in ("evaluator.phenotype_threshold=0.3", "evaluator=openclip"):  # with run=: never read
+        with pytest.raises(SystemExit) as exc:
+            main([f"real={tiny_data / 'manifest.csv'}", f"run={tmp_path / 'any-run'}", override,
+                  f"hydra.run.dir={tmp_path / 'o6'}"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"loads that run's own evaluator, so {override} is not read" in err, err
+    assert (tmp_path / "o6" / "metrics.json").is_file()
     # run= a folder whose profiles.json is truncated: one line naming the file (it was a JSON traceback)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "profiles.json").write_text('{"profiles": [')

@@ -157,6 +157,23 @@ def test_profile_match_scores_only_requests_that_expect_a_detectable_phenotype(t
     assert g["profile_match_n"] + g["profile_match_unscored_n"] == pm.sum() and g["profile_match_n"] > 0
 
 
+def test_kg_frequencies_keep_what_the_evaluator_can_read_with_a_known_frequency():
+    """Known answer: a phenotype without a head, or without a KG frequency, is not compared (it would count as
+    observed 0 against an expectation and inflate the MAE); healthy and unrequested diseases are left out."""
+    from kgface.evaluation.sets import kg_frequencies
+    from kgface.kg import healthy_profile
+
+    def ph(hpo, freq):
+        return Phenotype(hpo_id=hpo, name=hpo, region="eyes", visual=hpo, frequency=freq)
+
+    d1 = FacialProfile("D:1", "one", "hpo", [ph("HP:1", 0.8), ph("HP:2", None), ph("HP:3", 0.3)])
+    d2 = FacialProfile("D:2", "two", "hpo", [ph("HP:3", 0.5)])
+    d3 = FacialProfile("D:3", "three", "hpo", [ph("HP:2", 0.9)])  # its only phenotype: no head
+    profiles = {"D:1": d1, "D:2": d2, "D:3": d3, "healthy": healthy_profile()}
+    got = kg_frequencies(profiles, ["HP:1", "HP:3", "HP:9"], {"D:1", "D:3", "healthy", "D:404"})
+    assert got == {"D:1": {"HP:1": 0.8, "HP:3": 0.3}}
+
+
 def test_frequency_mae_falls_back_to_stages_2_3_without_a_stage_3_request(tiny_evaluator, tiny_data, tiny_profiles,
                                                                           tmp_path):
     gen = generated_manifest(tiny_data, tmp_path, n=40)
@@ -257,7 +274,9 @@ def test_a_real_set_without_test_rows_is_an_error_and_a_one_image_set_is_scored_
     m = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None)
     assert "fid_clip" not in m and "kid_clip" not in m and m["fid_kid_n"]["generated"] == 1
     assert "fewer than 2" in m["fid_kid_n"]["no_fid_kid"]
-    assert 0 <= m["generation"]["top1_all"] <= 1  # the one face's disease reading
+    scored = tiny_evaluator.score(gen)  # the one face's disease reading, against its request
+    assert m["generation"]["top1_all"] == pytest.approx(
+        float(scored["pred_disease"].iloc[0] == scored["requested_disease"].iloc[0]))
     # one drawn image beside a transformation: the same (edits of real faces are left out)
     m = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", generated_manifest(tiny_data, tmp_path, n=1), None)
     assert "fid_clip" not in m and m["fid_kid_n"]["generated"] == 1 and "left out" in m["fid_kid_n"]["edits_of_real_faces"]
@@ -336,5 +355,7 @@ def test_progressions_of_an_input_photo_are_scored_without_fid_and_keep_their_id
     assert "kid_clip" not in m and "transform" not in m
     assert m["progression_edits"]["n"] == 6
     assert m["progression_edits"]["identity_similarity"] == pytest.approx(1.0, abs=1e-4)
-    assert m["generation"]["top1_all"] is not None
+    scored = tiny_evaluator.score(gen)  # judged against what each edit asked for
+    assert m["generation"]["top1_all"] == pytest.approx(
+        (scored["pred_disease"].astype(str) == scored["requested_disease"].astype(str)).mean(), abs=1e-4)
     assert "tstr_n_generated" not in m  # edits of real faces do not train the synthetic probe

@@ -58,6 +58,9 @@ def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path
         assert words in caplog.text and "can echo the KG" in caplog.text
     for overrides, words in ((["profile.source=learned"], "profile.learned=PATH"),
                              (["profile.source=learned", f"profile.learned={tmp_path / 'nope.json'}"], "not found"),
+                             # the run's evaluation folder rather than its learned_profiles.json: no traceback
+                             (["profile.source=learned", f"profile.learned={tmp_path}"],
+                              r"cannot read it \(IsADirectoryError\); give the learned_profiles.json file itself"),
                              (["profile.source=sometimes"], "profile.source=sometimes")):
         with pytest.raises(UserError, match=words):
             profile_source(compose("train", overrides), [_profile()])

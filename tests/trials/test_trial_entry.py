@@ -82,6 +82,7 @@ def test_report_gives_both_estimates_with_intervals_and_bias(trial_out):
     assert summary["truth"] == {"A": -0.8, "B": -0.3}
     assert summary["design"]["schedule"]["block_days"] == 4 and summary["images"] == 24
     assert summary["images_settings"]["dtype"] == "fp32"  # a tiny run: the precision its images were drawn in
+    assert summary["images_settings"]["adapter_scale"] == 1.0  # the KG branch's weight the images were drawn at
     assert summary["measurement"]["calibration"]["images"] >= 8
     assert len(summary["study"]["summary"]) == 6  # 2 outcomes x (A, B, A - B)
     # one randomised cycle, 2 patients: the study's draws where both patients got one order cannot be analysed
@@ -245,6 +246,32 @@ def test_a_trial_never_writes_into_another_jobs_output(tmp_path, capsys, held):
     kind = "a kgface.train run" if held in ("data.json", "model") else "another kgface output"
     assert f"holds {kind} ({held}), whose files the trial would replace" in fails(capsys, tmp_path / "no-run", out)
     assert (out / "report.md").read_text() == "theirs"
+
+
+def test_a_trial_never_replaces_files_it_did_not_write(tmp_path, capsys):
+    """OUT's images/ and report.md without trial.csv or trial.json are a user's own (the trial deleted them when it
+    moved its own in), and a baseline photo in an earlier trial's images/ is this call's input."""
+    out = tmp_path / "o"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "mine.png").write_bytes(b"not ours")
+    (out / "report.md").write_text("theirs")
+    with pytest.raises(SystemExit) as info:
+        trial(tmp_path / "no-run", out)
+    assert info.value.code == 2
+    assert "holds report.md, images that no earlier run of the trial wrote (no trial.csv or trial.json or " in \
+        capsys.readouterr().err
+    assert (out / "images" / "mine.png").read_bytes() == b"not ours" and (out / "report.md").read_text() == "theirs"
+    (out / "trial.json").write_text("{}")  # an earlier trial's folder: replaced, but not while it holds the input
+    with pytest.raises(SystemExit) as info:
+        trial(tmp_path / "no-run", out, f"input={out / 'images'}")
+    assert info.value.code == 2 and f"input={out / 'images'} lies in {out}'s images" in capsys.readouterr().err
+    # ... nor a photo a manifest outside it lists there
+    listing = tmp_path / "faces.csv"
+    listing.write_text(f"path,disease,stage,split,identity\n{out / 'images' / 'mine.png'},healthy,0,test,p1\n")
+    with pytest.raises(SystemExit) as info:
+        trial(tmp_path / "no-run", out, f"input={listing}")
+    assert info.value.code == 2 and f"lies in {out}'s images" in capsys.readouterr().err
+    assert (out / "images" / "mine.png").is_file()
 
 
 def test_a_trial_never_writes_into_a_train_run(tmp_path, capsys):

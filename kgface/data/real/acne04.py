@@ -23,7 +23,8 @@ import pandas as pd
 from ...errors import UserError
 from ..manifest import N_STAGES, safe_relpath
 from ..phantom.acne import grade_from_count, severity_from_count
-from .common import BadInput, assign_splits, check_identity_splits, frame, listed_image, require_dir
+from .common import (BadInput, assign_splits, check_identity_splits, frame, listed_image, read_label_text,
+                     require_dir)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def acne04_manifest(root: str | Path, fold: int = 0, val_fraction: float = 0.1, 
     rows, seen, mismatched = [], {}, 0
     for kind, split in (("trainval", "train"), ("test", "test")):
         label_file = _label_file(root, kind, int(fold))
-        for number, line in enumerate(label_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        for number, line in enumerate(read_label_text(label_file).splitlines(), start=1):
             if not line.strip():
                 continue
             where = f"{label_file}:{number}"

@@ -107,7 +107,10 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
     """Build OUT/{images/, manifest.csv, skipped.csv, dataset.json} from a data config node (see the module docs).
     `size`, `on_error` and `detector` override the node's values."""
     opts = _plain(cfg_data)
-    size = int(size if size is not None else opts.get("size", 64))
+    size = size if size is not None else opts.get("size", 64)
+    if isinstance(size, bool) or not str(size).strip().isdigit():
+        raise UserError(f"data.size={size!r}: a whole number of pixels, e.g. 64")
+    size = int(size)
     on_error = on_error or opts.get("on_error", "raise")
     detector_name = detector or opts.get("detector", "none")
     try:

@@ -23,7 +23,8 @@ import pandas as pd
 
 from ...errors import UserError
 from ..manifest import safe_relpath
-from .common import BadInput, assign_splits, check_identity_splits, frame, hashed_subset, listed_image
+from .common import (BadInput, assign_splits, check_identity_splits, frame, hashed_subset, listed_image,
+                     read_label_text)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _image_dir(root: Path, images: str | None) -> Path:
 def _two_column(path: Path, bad: BadInput, allowed: dict | None = None) -> dict[str, str]:
     """`name value` lines of the partition / identity files -> {name: value}."""
     out, first = {}, {}
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number, line in enumerate(read_label_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -93,7 +94,7 @@ def celeba_manifest(root: str | Path, filters: dict | None = None, limit: int | 
     if attr_file is None:
         raise UserError(f"{root}: list_attr_celeba.txt not found (in the root or Anno/; docs/data.md)")
     image_dir = _image_dir(root, images)
-    lines = attr_file.read_text(encoding="utf-8-sig").splitlines()
+    lines = read_label_text(attr_file).splitlines()
     if len(lines) < 2:
         raise UserError(f"{attr_file}: expected the image count on line 1 and the attribute names on line 2")
     try:
@@ -120,7 +121,7 @@ def celeba_manifest(root: str | Path, filters: dict | None = None, limit: int | 
     if listed != declared:
         bad(f"{attr_file}:1", "", f"declares {declared} images but lists {listed} (truncated download?)")
     if limit is not None:
-        if int(limit) < 1:
+        if isinstance(limit, bool) or not str(limit).strip().isdigit() or int(limit) < 1:
             raise UserError(f"CelebA limit must be a positive number of images or null, got {limit}")
         keep = hashed_subset([name for name, _ in records], int(limit), seed)
         records = [r for r in records if r[0] in keep]

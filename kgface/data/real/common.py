@@ -70,14 +70,40 @@ def listed_image(image_dir: Path, prefix: str, rel: str, name: str, where: str, 
     return path
 
 
+def read_label_text(path: Path) -> str:
+    """A dataset's label file as text (UTF-8, a BOM allowed), or a one-line error naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); save the label file as UTF-8") from None
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the label file ({type(e).__name__}: {e.strerror})") from None
+
+
 def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise UserError(f"{path}: {what} not found (docs/data.md shows the expected layout)")
     return path
 
 
+# a subfolder holding one of these is a kgface output (a built data set, a generated set, a trial; `.hydra/`: any
+# Hydra job's folder, a train run's too), e.g. Hydra's outputs/ under a photo folder built from twice: its images
+# are copies, renders or generations
+OUTPUT_MARKS = ("dataset.json", "generation.json", "trial.json", ".hydra")
+
+
+def _output_mark(dirnames: list[str], filenames: list[str]) -> str | None:
+    found = [m for m in OUTPUT_MARKS if m in filenames or m in dirnames]
+    if not found and {"data.json", "profiles.json"} <= set(filenames):  # a train run's folder (one run from code)
+        found = ["data.json"]
+    return found[0] if found else None
+
+
 def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image files under `folder` (recursive, sorted) and the other, non-hidden files (ignored by the adapters)."""
+    """Image files under `folder` (recursive, sorted) and the other, non-hidden files (ignored by the adapters).
+    Subfolders that hold a kgface output (OUTPUT_MARKS) are left out, with a warning."""
     images, other, seen = [], [], set()
     # linked folders are followed (a dataset assembled from links is supported); each real folder is read once,
     # so a link back up the tree does not loop
@@ -87,6 +113,11 @@ def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
             dirnames[:] = []
             continue
         seen.add(real)
+        mark = _output_mark(dirnames, filenames) if Path(dirpath) != Path(folder) else None
+        if mark is not None:
+            log.warning("%s: a kgface output folder (%s), not photos: left out", dirpath, mark)
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -102,6 +133,10 @@ def _rank(seed: int, key: str) -> str:
 
 def check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        try:
+            float(f)
+        except (TypeError, ValueError):
+            raise UserError(f"{name} must be a number in [0, 1), got {f!r}") from None
         if not 0.0 <= float(f) < 1.0:
             raise UserError(f"{name} must be in [0, 1), got {f}")
     if float(val_fraction) + float(test_fraction) >= 1.0:
@@ -177,6 +212,7 @@ def check_duplicate_images(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
     photo cannot be both), unless both labels are healthy-looking (healthy, or a disease at stage 0)."""
     first, keep = {}, []
     labels = list(zip(df["disease"], df["stage"]))
+    splits = list(df["split"]) if "split" in df.columns else [""] * len(df)
     for i, (path, where, abspath) in enumerate(zip(df["path"], df["_where"], df["abspath"])):
         digest = _content_digest(abspath)
         if digest is None or digest not in first:
@@ -193,7 +229,13 @@ def check_duplicate_images(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
             continue
         if _healthy_looking(*labels[i]) and _healthy_looking(*labels[j]):
             # a stage-0 face looks healthy by definition (a phantom draws a disease's stage-0 face and the healthy
-            # face of one identity alike): both labels hold
+            # face of one identity alike): both labels hold, within one split (the same pixels in train and test
+            # leak, whatever identities the rows name)
+            if splits[i] != splits[j]:
+                bad(where, path, f"the same file as {df['path'].iloc[j]} (at {df['_where'].iloc[j]}), in split "
+                                 f"{splits[i]} here and {splits[j]} there; one face in two splits leaks from "
+                                 "training into evaluation: remove one copy or put both in one split")
+                continue
             keep.append(i)
             continue
         bad(where, path, f"the same file as {df['path'].iloc[j]} (at {df['_where'].iloc[j]}), labelled "
