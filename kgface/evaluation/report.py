@@ -201,10 +201,10 @@ OWN_FILES = ("metrics.json", "report.md", "report.html", "confusion_real.png", "
 
 def write_scores(table: pd.DataFrame, headline: np.ndarray, path: Path) -> Path:
     """One row per scored image: its manifest columns (paths as the manifest wrote them), `headline` (a row of the
-    top-1 keys: stages 2-3, healthy and ungraded photos, no transformations) and every score (pred_disease, pred_prob, p_<class>,
-    severity_pred, stage_pred, ph_<HPO id>, detected), so (generated rows) requested_stage holds the stage bin of the
-    requested severity and requested_severity the severity itself, so a number of metrics.json can be recomputed, an image looked
-    up, or two runs' draws of the same request paired. Lists are joined by ';'."""
+    top-1 keys: stages 2-3, healthy and ungraded photos, no transformations) and every score (pred_disease,
+    pred_prob, p_<class>, severity_pred, stage_pred, ph_<HPO id>, detected; generated rows: requested_stage holds the
+    stage bin of the requested severity, requested_severity the severity itself), so a number of metrics.json can be
+    recomputed, an image looked up, or two runs' draws of the same request paired. Lists are joined by ';'."""
     t = table.drop(columns=[c for c in ("abspath", "headline") if c in table.columns]).copy()  # ours, not a manifest's
     t.insert(min(len(t.columns), 1), "headline", np.asarray(headline, bool))
     for c in ("top3", "detected"):
@@ -286,7 +286,8 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
         head = headline_rows(t)  # the rows of real_top1: stage 0 looks healthy by construction
         paths["scores_real"] = write_scores(t, head, out / SCORE_FILES["real"])
         if head.any():
-            figs.append(("Real test images, stages 2-3, healthy and ungraded photos (the rows of real_top1): disease confusion",
+            figs.append(("Real test images, stages 2-3, healthy and ungraded photos (the rows of real_top1): "
+                         "disease confusion",
                          plot_confusion(t[head], evaluator.classes, names, out / "confusion_real.png")))
         graded = t[stage_known(t)]  # an ungraded photo's stage is a placeholder, left out as the metrics do
         if len(graded):
