@@ -19,7 +19,7 @@ from .errors import UserError
 from .run_checks import atlas_share_of, mark_weight_of, preflight
 from .run_measure import draw_and_measure, validation_grids
 from .run_report import plot_loss, write_run_report
-from .runtime import make_cache, profile_source
+from .runtime import KG_FILE_KEYS, make_cache, profile_source
 
 
 def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | None = None, full_prompts=(),
@@ -77,8 +77,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # ... and a rerun that cannot resume, before it removes anything of the last run. A folder continues its own
     # training only from its own checkpoints (a trainer.resume=PATH elsewhere does not make its grids and logs ours)
     resuming = {}
-    for folder in generator_dirs:
-        ckpt = resume_checkpoint(folder, container(cfg.trainer))
+    for folder, mode in zip(generator_dirs, modes):
+        ckpt = resume_checkpoint(folder, trainer_settings(cfg, mode))
         resuming[folder] = ckpt is not None and ckpt.resolve().parent == (folder / "checkpoints").resolve()
     t0 = time.perf_counter()
     if int(cfg.get("num_threads") or 0) > 0:
@@ -186,6 +186,27 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
+def training_setup(cfg: DictConfig, mode: str) -> dict:
+    """What a generator trains on, a hash per config group, recorded in every checkpoint and compared on resume:
+    conditioning, seed, data, knowledge graph, encoder, profile source and the model (but for its sampling settings,
+    rate and base folder path, which may change between a kill and a resume)."""
+    from .cache import stable_hash
+
+    # paths left out: preflight makes them absolute, so the same folder named from another directory would differ
+    model = {k: v for k, v in (container(cfg.model) or {}).items()
+             if k not in ("sample", "lr", "pretrained", "text_model")}
+    encoder = {k: v for k, v in (container(cfg.get("encoder")) or {}).items() if k != "text_model"}
+    kg = {k: v for k, v in (container(cfg.kg) or {}).items() if k not in KG_FILE_KEYS}
+    return {"conditioning": str(mode), "seed": int(cfg.seed), "data": stable_hash(container(cfg.data)),
+            "kg": stable_hash(kg), "encoder": stable_hash(encoder),
+            "profile": stable_hash(container(cfg.get("profile"))), "model": stable_hash(model)}
+
+
+def trainer_settings(cfg: DictConfig, mode: str) -> dict:
+    """The trainer's options for one generator: trainer.*, the run's seed and its training setup."""
+    return {**container(cfg.trainer), "seed": int(cfg.seed), "setup": training_setup(cfg, mode)}
+
+
 def reset_generator_outputs(folder: Path, resuming: bool = False) -> None:
     """A rerun into this folder (trainer.resume=latest): the last run's generator files go before this one trains,
     so a half-saved set (a kill between model/ and the adapter) or the old weights under the new config.yaml are
@@ -257,7 +278,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     names = {p.disease_id: p.name + (" (held out)" if p.disease_id in heldout else "") for p in profiles}
     drawable = profiles if mode != "class" else train_profiles  # class tokens cannot draw an unseen disease
     on_validate = validation_grids(cfg, gen, drawable, names, out_dir)
-    result = train(backbone, conditioner, data, {**container(cfg.trainer), "seed": int(cfg.seed)}, out_dir,
+    result = train(backbone, conditioner, data, trainer_settings(cfg, mode), out_dir,
                    progress=cfg.progress, on_validate=on_validate)
     if result["ema"] is not None:
         result["ema"].copy_to()  # the final weights are the EMA weights (checkpoints keep the raw ones)

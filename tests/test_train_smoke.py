@@ -222,6 +222,26 @@ def test_learned_frequencies_condition_the_generator_a_run_trains(evaluated_run,
     assert (out / "conditioning_profiles.json").is_file()
 
 
+def test_a_checkpoint_resumes_only_the_training_it_was_part_of(evaluated_run, tmp_path, capsys):
+    """trainer.resume=latest under another conditioning, seed or data config continued the old weights under the
+    new config.yaml; now refused, before anything of the run is removed. trainer.* may change."""
+    import shutil
+
+    from kgface.train import main
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_run, run)
+    state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text())
+    assert set(state["setup"]) == {"conditioning", "seed", "data", "kg", "encoder", "profile", "model"}
+    for override, words in (("seed=1", "(seed differ"), ("conditioning=text", "(conditioning differ"),
+                            ("data.heldout=[]", "(data.* differ")):
+        with pytest.raises(SystemExit) as info:
+            main(list(MICRO) + ["trainer.resume=latest", "trainer.steps=6", override, f"hydra.run.dir={run}"])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and "was trained under other settings " + words in err, err
+        assert (run / "metrics.json").is_file() and (run / "evaluator").is_dir()  # nothing removed
+
+
 def test_a_rerun_killed_while_saving_leaves_no_generator_to_load(evaluated_run, tmp_path, monkeypatch):
     """A rerun into a finished folder (trainer.resume=latest) removes the last generator's files before it trains:
     killed between model/ and the adapter, the folder is refused as unfinished instead of loading the new UNet

@@ -111,7 +111,9 @@ _SCHEDULE_KEYS = {"prediction_type": "model.schedule.prediction_type",
 
 
 def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer, scheduler, losses,
-                    buffers: dict[str, torch.Tensor] | None, schedule: dict) -> Path:
+                    buffers: dict[str, torch.Tensor] | None, schedule: dict, setup: dict | None = None) -> Path:
+    """setup: what the run trained on (kgface.train's `training_setup`: a hash per config group), compared by a
+    later run that resumes this checkpoint."""
     with atomic_folder(folder) as tmp:  # a run killed mid-save keeps its last complete checkpoint
         save_file(_named(params), str(tmp / "trainable.safetensors"))
         if buffers:  # running statistics (the KG encoder's token centering): not parameters, but state all the same
@@ -122,7 +124,8 @@ def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer,
         scaler = getattr(optimizer, "scaler", None)  # accelerate's fp16 loss scale: not in the optimizer's state
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     **({"scaler": scaler.state_dict()} if scaler is not None else {})}, tmp / "optimizer.pt")
-        state = {"step": step, "ema_steps": ema.steps if ema else 0, "losses": losses, "schedule": schedule}
+        state = {"step": step, "ema_steps": ema.steps if ema else 0, "losses": losses, "schedule": schedule,
+                 **({"setup": setup} if setup else {})}
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
     return folder
 
@@ -130,6 +133,20 @@ def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer,
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     found = sorted(p for p in ckpt_dir.glob("step-*") if (p / "state.json").is_file())
     return found[-1] if found else None
+
+
+def _check_same_setup(folder: Path, saved: dict | None, current: dict | None) -> None:
+    """A checkpoint continues only the training it was part of: the same conditioning, seed, data, knowledge graph,
+    encoder, model and profile source (trainer.* may change: steps, rates). A checkpoint without the record (before
+    2026-12-07, or trained outside kgface.train) resumes unchecked."""
+    if not saved or not current:
+        return
+    changed = [k for k in current if k in saved and saved[k] != current[k]]
+    if changed:
+        keys = ", ".join(k if k in ("conditioning", "seed") else f"{k}.*" for k in changed)
+        raise TrainingError(f"{folder} was trained under other settings ({keys} differ from this run's); resuming "
+                            "would continue those weights under this config.yaml: resume with the settings it "
+                            "trained with, or start afresh in another hydra.run.dir")
 
 
 def resume_checkpoint(run_dir: Path, t) -> Path | None:
@@ -147,7 +164,8 @@ def resume_checkpoint(run_dir: Path, t) -> Path | None:
         else:
             later = [p.name for p in ckpt_dir.glob("step-*") if p.name > folder.name] if t["resume"] != "latest" else []
             try:
-                saved = int(json.loads((folder / "state.json").read_text())["step"])
+                state = json.loads((folder / "state.json").read_text())
+                saved = int(state["step"])
             except (OSError, ValueError, KeyError, TypeError) as e:  # a checkpoint killed or edited mid-write
                 raise TrainingError(f"{folder / 'state.json'}: unreadable ({type(e).__name__}); resume from another "
                                     "checkpoint (trainer.resume=PATH) or delete this one") from None
@@ -159,6 +177,7 @@ def resume_checkpoint(run_dir: Path, t) -> Path | None:
                 # a kill before this run overwrote them would resume from an abandoned run's step under this config
                 raise TrainingError(f"trainer.resume={t['resume']}: {ckpt_dir} also holds later checkpoints "
                                     f"{sorted(later)} of an earlier run; move or delete them first")
+            _check_same_setup(folder, state.get("setup"), t.get("setup"))
     if folder is None and t.get("checkpoint_every") and sorted(ckpt_dir.glob("step-*")):
         # an earlier run's checkpoints beside a fresh one: the retention below would delete this run's newest, and
         # a later resume=latest would continue the old run under this config
@@ -425,7 +444,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
             acc.log({"loss": losses[-1], "lr": scheduler.get_last_lr()[0]}, step=step)
         if t["checkpoint_every"] and (step + 1) % int(t["checkpoint_every"]) == 0:
             save_checkpoint(ckpt_dir / f"step-{step + 1:07d}", step + 1, params, ema, optimizer, scheduler, losses,
-                            buffers, schedule_record)
+                            buffers, schedule_record, t.get("setup"))
             keep = int(t["keep_checkpoints"])  # 0 keeps all
             for old in sorted(ckpt_dir.glob("step-*"))[:-keep] if keep else []:
                 shutil.rmtree(old)

@@ -284,10 +284,10 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
     lines += [f"![effects]({figures['effects']})", "", "## Daily series", "",
               "Lines: true severity (solid) and the model's noise-free course (dashed); dots: severity measured "
               "from that day's image (open circles: run-in days, open squares: washout days, neither analysed). "
-              "Thumbnails: the image on the first day and on the last day of every block; left, the baseline "
-              "photo." + shown_note, "", f"![series]({figures['series']})", ""]
+              "Thumbnails: the image on the first day and on the last day of every block (at most 12 a patient, "
+              "evenly thinned); left, the baseline photo." + shown_note, "", f"![series]({figures['series']})", ""]
     if figures["gifs"]:
-        lines += ["One GIF per patient: " + ", ".join(f"[{p}]({g})" for p, g in figures["gifs"].items()), ""]
+        lines += ["One GIF per patient (each frame: day, treatment and the true severity): " + ", ".join(f"[{p}]({g})" for p, g in figures["gifs"].items()), ""]
     lines += [
               "## Per patient", "",
               "Each patient's own estimates: estimate [interval] from true / measured, fitted to the patient's "
@@ -387,7 +387,7 @@ def write_outputs(out_dir: Path, table: pd.DataFrame, images: dict, baselines: d
             _pil(baselines[pid]).save(staging / "baselines" / f"{pid}.png")
             if gifs:
                 (staging / "gifs").mkdir(exist_ok=True)
-                labels = [f"{pid} d{d} {t} {s:.2f}" for d, t, s in
+                labels = [f"{pid} d{d} {t} true {s:.2f}" for d, t, s in
                           zip(rows["day"], rows["treatment"], rows["true_severity"])]
                 patient_gif(imgs, labels, staging / "gifs" / f"{pid}.gif")
         for name, df in tables.items():
