@@ -109,10 +109,10 @@ def register_config_file(model: str) -> str:
     if timm_name:  # open_clip 2.x would download timm's ImageNet weights first; the CLIP weights replace them anyway
         mc["vision_cfg"]["timm_model_pretrained"] = False
     pre = data.get("preprocess_cfg") or {}
-    for key, ours in (("mean", CLIP_MEAN), ("std", CLIP_STD)):  # kgface normalises every image with CLIP's
-        if key in pre and not np.allclose(np.asarray(pre[key], float), ours, atol=1e-6):
-            raise EvaluatorConfigError(f"{path}: preprocess_cfg.{key}={pre[key]} is not CLIP's {list(ours)}, the "
-                                       "normalisation kgface gives every image; such a model is not supported yet")
+    try:  # the normalisation its weights were trained with (CLIP's unless the file says otherwise)
+        norm = _other_norm(pre.get("mean", CLIP_MEAN), pre.get("std", CLIP_STD))
+    except (TypeError, ValueError):
+        raise EvaluatorConfigError(f"{path}: preprocess_cfg.mean / std must be three numbers each") from None
     text_files = {}
     for key in HF_KEYS:
         value = mc["text_cfg"].get(key)
@@ -127,9 +127,59 @@ def register_config_file(model: str) -> str:
             # the text model's config and tokenizer files shape the text features: they key the name too
             text_files[key] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())
                                if f.suffix in (".json", ".txt", ".model") and f.stat().st_size < (64 << 20)}
-    name = f"kgface-openclip-{stable_hash({'config': mc, 'text_files': text_files}, 8)}"
+    keyed = {'config': mc, 'text_files': text_files, **({"normalisation": norm} if norm else {})}
+    name = f"kgface-openclip-{stable_hash(keyed, 8)}"
     factory._MODEL_CONFIGS[name] = mc  # open_clip 2.x-3.x: the registry add_model_config fills
+    _REGISTERED_NORMS[name] = norm
     return name
+
+
+_REGISTERED_NORMS: dict[str, tuple | None] = {}  # register_config_file's names -> their normalisation
+
+
+def _other_norm(mean, std) -> tuple | None:
+    """(mean, std) as float tuples where they are not CLIP's, else None (CLIP's: every tiny CLIP's, most models')."""
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError("three channels")
+    if np.allclose(mean, CLIP_MEAN, atol=1e-6) and np.allclose(std, CLIP_STD, atol=1e-6):
+        return None
+    return mean, std
+
+
+def builtin_normalisation(name: str) -> tuple | None:
+    """The normalisation an open_clip built-in model's released weights were trained with, from open_clip's
+    table of its pretrained tags (nothing is downloaded): MobileCLIP's and PE-Core's are not CLIP's, and a local
+    weights file passed to open_clip gets CLIP's unless told. None: CLIP's. Tags that disagree (one of ViT-L-14's):
+    CLIP's, with a warning naming the others."""
+    import open_clip
+
+    norms = {}
+    for tag in open_clip.list_pretrained_tags_by_model(name):
+        cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+        if cfg.get("mean") is not None and cfg.get("std") is not None:
+            norms[tag] = _other_norm(cfg["mean"], cfg["std"])
+    distinct = set(norms.values())
+    if len(distinct) == 1:
+        return distinct.pop()
+    if len(distinct) > 1:
+        others = sorted(t for t, n in norms.items() if n is not None)
+        log.warning(f"evaluator.model={name}: its released weights {others} were trained with another image "
+                    "normalisation than the rest; kgface gives every image CLIP's, so weights of those tags would "
+                    "be read with features off their training")
+    return None
+
+
+def model_normalisation(c: dict, registered: str | None = None) -> tuple | None:
+    """(mean, std) an evaluator config's images are normalised with where it is not CLIP's (None: CLIP's): an
+    openclip config .json's preprocess_cfg, a built-in model's released weights'; the tiny CLIP: CLIP's."""
+    if c.get("name") != "openclip":
+        return None
+    model = str(c.get("model") or "")
+    if is_config_file(model):
+        name = registered if registered in _REGISTERED_NORMS else register_config_file(model)
+        return _REGISTERED_NORMS[name]
+    return builtin_normalisation(model)
 
 
 def registered_config_name(cfg: dict, given: str | None = None) -> str | None:
@@ -197,6 +247,7 @@ def build_clip(cfg, load_pretrained: bool = True, registered: str | None = None)
         "ViT-B-32", context_length=int(((c.get("text") or {}).get("context_length")) or 77))
     # the feature width, which a timm image tower beside a Hugging Face text tower does not expose
     model.kgface_embed_dim = int(open_clip.get_model_config(name)["embed_dim"])
+    model.kgface_norm = model_normalisation(c, name)  # every image the model reads: encoding and training
     model.eval()
     return model, tokenizer, image_size
 
@@ -214,15 +265,15 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def to_model_input(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    """uint8 NCHW (or float in [0,1]) -> float, resized to the model's size, CLIP-normalised."""
+def to_model_input(images: torch.Tensor, image_size: int, norm: tuple | None = None) -> torch.Tensor:
+    """uint8 NCHW (or float in [0,1]) -> float, resized to the model's size, normalised (norm: (mean, std) where
+    the model's weights want other than CLIP's)."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=False, antialias=True)
         x = x.clamp(0, 1)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    mean, std = norm or (CLIP_MEAN, CLIP_STD)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 class ImageEncoder(torch.nn.Module):
@@ -245,7 +296,8 @@ class ImageEncoder(torch.nn.Module):
         self.model.eval()
         out = []
         for i in range(0, len(images), self.batch_size):
-            x = to_model_input(images[i:i + self.batch_size], self.image_size)
+            x = to_model_input(images[i:i + self.batch_size], self.image_size,
+                               getattr(self.model, "kgface_norm", None))
             out.append(F.normalize(self.model.encode_image(x).float(), dim=-1))
         return torch.cat(out) if out else torch.zeros(0, self.num_features)
 
@@ -420,8 +472,8 @@ def train_clip(model, tokenizer, images: torch.Tensor, captions: list[str], cfg,
     x_all = images.float() / 255.0
     if tuple(x_all.shape[-2:]) != (image_size, image_size):  # as to_model_input: a non-square photo too
         x_all = F.interpolate(x_all, size=(image_size, image_size), mode="bicubic", antialias=True).clamp(0, 1)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    norm = getattr(model, "kgface_norm", None) or (CLIP_MEAN, CLIP_STD)  # as ImageEncoder reads these images
+    mean, std = torch.tensor(norm[0]).view(1, 3, 1, 1), torch.tensor(norm[1]).view(1, 3, 1, 1)
     named = list(model.named_parameters()) + ([] if aux is None else list(aux.named_parameters("aux")))
     decay = [p for n_, p in named if p.ndim >= 2 and "embedding" not in n_]
     no_decay = [p for n_, p in named if not (p.ndim >= 2 and "embedding" not in n_)]

@@ -337,6 +337,12 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     model_config = registered_config_name(c)
     if model_config:  # an edited config file is another model
         spec["model_config"] = model_config
+    elif c["name"] == "openclip":  # a built-in whose weights want another normalisation (keyed since 2026-12-07)
+        from .clip_model import builtin_normalisation
+
+        norm = builtin_normalisation(str(c.get("model") or ""))
+        if norm is not None:
+            spec["normalisation"] = norm
     train_rows = df[df["split"] == "train"]
     unlabelled = int((~labelled_phenotypes(train_rows)).sum())
     if unlabelled and (atlas is not None or any(map(bool, train_rows["phenotypes"]))):

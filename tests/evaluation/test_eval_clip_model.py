@@ -148,10 +148,23 @@ def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data,
     (bert / "vocab.txt").write_text((bert / "vocab.txt").read_text().replace("\nface\n", "\nfaces\n"))
     with pytest.raises(EvaluatorInputError, match="not the config its heads were fitted on"):
         Evaluator.load(saved)
-    # what kgface cannot honour is refused: another normalisation, a timm tower fetched from the hub
+    # another normalisation in the file: another model name (and cache key), and every image read with it
     config.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
-    with pytest.raises(UserError, match=r"preprocess_cfg.mean=\[0.5, 0.5, 0.5\] is not CLIP's"):
+    halves = build_clip({"name": "openclip", "model": str(config)}, load_pretrained=False)[0]
+    assert halves.kgface_norm == ((0.5,) * 3, (0.5,) * 3) and model.kgface_norm is None  # None: CLIP's
+    half_name = register_config_file(str(config))
+    config.write_text(json.dumps({"model_cfg": model_cfg}))
+    assert register_config_file(str(config)) != half_name
+    from kgface.evaluation.clip_model import ImageEncoder, to_model_input
+
+    unit = to_model_input(images, 32, ((0.0,) * 3, (1.0,) * 3))  # pixels in [0, 1], resized
+    assert torch.allclose(to_model_input(images, 32, halves.kgface_norm), unit * 2 - 1, atol=1e-6)
+    halves.load_state_dict(model.state_dict())
+    assert not np.allclose(ImageEncoder(halves, 32)(images).numpy(), ImageEncoder(model, 32)(images).numpy())
+    config.write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 2, "std": [0.5] * 3}}))
+    with pytest.raises(UserError, match="preprocess_cfg.mean / std must be three numbers each"):
         register_config_file(str(config))
+    # what kgface cannot honour is refused: a timm tower fetched from the hub
     config.write_text(json.dumps({**model_cfg, "vision_cfg": {"timm_model_name": "hf-hub:timm/x", "image_size": 32}}))
     with pytest.raises(UserError, match="timm_model_name=hf-hub:timm/x is fetched"):
         register_config_file(str(config))
@@ -378,3 +391,15 @@ def test_fit_evaluator_resumes_a_killed_clip_and_clears_its_state(tiny_cfg, tiny
     partial.mkdir()
     fit_evaluator(tiny_cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
     assert partial.is_dir()
+
+
+def test_builtin_models_are_read_with_the_normalisation_their_weights_were_trained_with(caplog):
+    """open_clip gives a local weights file CLIP's normalisation unless told; MobileCLIP and PE-Core were trained with
+    others (their pretrained tags say which, with nothing downloaded), and their features were off."""
+    from kgface.evaluation.clip_model import builtin_normalisation
+
+    assert builtin_normalisation("PE-Core-B-16") == ((0.5,) * 3, (0.5,) * 3)
+    assert builtin_normalisation("MobileCLIP-S1") == ((0.0,) * 3, (1.0,) * 3)
+    assert builtin_normalisation("ViT-B-16") is None  # CLIP's, as every tag of it
+    caplog.clear()
+    assert builtin_normalisation("ViT-L-14") is None and "['laion2b_s32b_b82k'] were trained with another" in caplog.text
