@@ -31,6 +31,12 @@ def _plt():
     return plt
 
 
+def md_text(value) -> str:
+    """Text from the data (a manifest path, a disease name, a note quoting them) made safe in a Markdown line or
+    table cell: a `|` ended the cell, and `<...>` passed through as HTML."""
+    return str(value).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def cell_text(share: float) -> str:
     """A confusion cell's share in two decimals without the leading zero (.87), "1" for a share that rounds to 1
     (0.996 was cut to ".00" from "1.00")."""
@@ -339,8 +345,8 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
     rows = _flat(metrics)
     md = [f"# {title}", ""]
     for n in notes or []:
-        md.append(f"- {n}")
-    md += ["", "| metric | value |", "|---|---|"] + [f"| `{k}` | {v} |" for k, v in rows] + [""]
+        md.append(f"- {md_text(n)}")
+    md += ["", "| metric | value |", "|---|---|"] + [f"| `{k}` | {md_text(v)} |" for k, v in rows] + [""]
     for cap, p in figs:
         md += [f"## {cap}", "", figure_line(cap, p.name), ""]
     paths["report_md"] = write_text_atomic(out / "report.md", "\n".join(md) + "\n")

@@ -176,3 +176,12 @@ def test_extra_figures_follow_the_reports_own_and_must_lie_beside_it(tmp_path):
         with pytest.raises(ValueError, match=says):
             write_report(tmp_path, m, extra_figures=[("x", bad)])
         assert not (tmp_path / "metrics.json").exists()
+
+
+def test_confusion_cells_and_markdown_text_read_as_written():
+    from kgface.evaluation.report import cell_text, md_text
+
+    # a share that rounds to 1 prints "1" (0.996 was cut to ".00"); others lose their leading zero only
+    assert [cell_text(s) for s in (0.996, 1.0, 0.87, 0.05, 0.994)] == ["1", "1", ".87", ".05", ".99"]
+    # a manifest path or name with a table bar or angle brackets stays inside its cell, as text
+    assert md_text("data|set <b>") == "data\\|set &lt;b&gt;"
