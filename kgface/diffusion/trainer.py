@@ -455,6 +455,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                 on_validate(step + 1)
         if stop_after is not None and done >= stop_after:
             break
+    seconds = time.perf_counter() - tic  # the loop's own time: the teardown below is not a training step's
     acc.end_training()
     # mixed precision wrapped their forward in autocast: unwrap, so the run's own samples are drawn through
     # sampling.unet_eps exactly as kgface.generate draws them from the saved run (full precision over an fp32 base,
@@ -466,4 +467,4 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     unet.eval()
     conditioner.eval()
     return {"losses": losses, "steps": start + done, "ema": ema,
-            "seconds": time.perf_counter() - tic, "steps_this_call": done}
+            "seconds": seconds, "steps_this_call": done}
