@@ -60,7 +60,9 @@ def _open_checked(path: Path) -> Image.Image:
     return img
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _to_rgb(img: Image.Image, source_format: str | None = None) -> Image.Image:
+    """8-bit RGB. source_format: the file's format (Pillow's img.format, lost by a transposed copy): a PNG opened
+    as 32-bit grey (I: how some Pillow versions open a 16-bit grey PNG) holds 16-bit data whatever its maximum."""
     mode = img.mode
     if mode == "RGB":
         return img
@@ -73,8 +75,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
             arr = arr / 257.0
         elif mode == "F" and top <= 1.0:
             arr = arr * 255.0
-        elif top > 255.0:
-            arr = arr / 257.0                        # 32-bit grey (I) holding a 16-bit range, 0..65535 onto 0..255
+        elif mode == "I" and (source_format == "PNG" or top > 255.0):
+            # PNG has no 32-bit grey: its I is 16-bit data, scaled as I;16 is (a dark exposure too); another
+            # format's I is read as 16-bit when its values pass 255
+            arr = arr / 257.0
         grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
         return grey.convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
@@ -89,10 +93,10 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     """The image at `path` as a fully decoded 8-bit RGB PIL image, upright per its EXIF orientation."""
     path = Path(path)
     img = _open_checked(path)
-    source_mode = img.mode
+    source_mode, source_format = img.mode, img.format
     try:
         img = ImageOps.exif_transpose(img)
-        rgb = _to_rgb(img)
+        rgb = _to_rgb(img, source_format)
     except (OSError, ValueError, SyntaxError, struct.error, ZeroDivisionError, IndexError, KeyError, TypeError) as exc:
         # a broken EXIF block raises any of these from Pillow's parser: one file's problem, named, not a traceback
         raise ImageError(f"{path}: cannot orient or convert the {source_mode} image ({exc.__class__.__name__}: "

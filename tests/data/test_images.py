@@ -64,6 +64,16 @@ def test_dark_16_bit_grey_png_keeps_its_16_bit_scale(tmp_path):
     assert np.asarray(load_rgb(tmp_path / "dark.png"))[0, :, 0].tolist() == [0, 0, 1]
 
 
+def test_a_png_opened_as_32_bit_grey_keeps_its_16_bit_scale():
+    # some Pillow versions open a 16-bit grey PNG as I, not I;16: a PNG's I is 16-bit data whatever its maximum;
+    # another format's I with values up to 255 is read as 8-bit
+    from kgface.data.images import _to_rgb
+
+    img = Image.fromarray(np.tile(np.array([0, 100, 200], np.int32), (2, 1)), "I")
+    assert np.asarray(_to_rgb(img, "PNG"))[0, :, 0].tolist() == [0, 0, 1]
+    assert np.asarray(_to_rgb(img, "TIFF"))[0, :, 0].tolist() == [0, 100, 200]
+
+
 def test_float_image_in_unit_range_is_scaled(tmp_path):
     Image.fromarray(np.full((4, 4), 0.5, np.float32), "F").save(tmp_path / "f.tif")
     assert np.asarray(load_rgb(tmp_path / "f.tif"))[0, 0, 0] in (127, 128)
