@@ -197,8 +197,16 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
              if k not in ("sample", "lr", "pretrained", "text_model")}
     encoder = {k: v for k, v in (container(cfg.get("encoder")) or {}).items() if k != "text_model"}
     kg = {k: v for k, v in (container(cfg.kg) or {}).items() if k not in KG_FILE_KEYS}
+    from .encoders.text import TextModelError, model_identity, resolve_text_model_path
+
+    try:  # the text model by its files, not its path: another model under the same folder is another encoder input
+        files = model_identity(resolve_text_model_path((container(cfg.get("encoder")) or {}).get("text_model")))
+        # (large files are fingerprinted by path, size and time: the path left out, a copy of the folder matches)
+        text = {name: {k: v for k, v in fp.items() if k != "path"} for name, fp in files["files"].items()}
+    except TextModelError:
+        text = None  # refused where it is loaded
     return {"conditioning": str(mode), "seed": int(cfg.seed), "data": stable_hash(container(cfg.data)),
-            "kg": stable_hash(kg), "encoder": stable_hash(encoder),
+            "kg": stable_hash(kg), "encoder": stable_hash({**encoder, "text_model_files": text}),
             "profile": stable_hash(container(cfg.get("profile"))), "model": stable_hash(model)}
 
 

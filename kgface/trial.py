@@ -222,7 +222,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     def draw(folder: Path) -> None:
         report.plot_series(table, dict(zip(pids, per_patient)), baselines, design.treatments, design.reference,
                            folder / figures["series"])
-        report.plot_effects(estimates, folder / figures["effects"])
+        off_scale = ("measured_severity",) if report.measured_caveat(summary["measurement"]) else ()
+        report.plot_effects(estimates, folder / figures["effects"], off_scale)
         if meter.line is not None:
             report.plot_calibration(meter.calset, meter.line, folder / figures["calibration"])
         report.write_report(folder / "report.md", summary, estimates, per_patient_effects, study, figures)

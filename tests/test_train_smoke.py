@@ -242,6 +242,24 @@ def test_a_checkpoint_resumes_only_the_training_it_was_part_of(evaluated_run, tm
         assert (run / "metrics.json").is_file() and (run / "evaluator").is_dir()  # nothing removed
 
 
+def test_the_training_setup_names_the_text_model_by_its_files_not_its_path(tmp_path):
+    import shutil
+
+    from kgface.config import compose
+    from kgface.encoders.text import default_text_model_path
+    from kgface.train import training_setup
+
+    copy = tmp_path / "minilm"
+    shutil.copytree(default_text_model_path(), copy)
+    same = training_setup(compose("train", MICRO + [f"encoder.text_model={copy}"]), "kg")
+    assert same == training_setup(compose("train", MICRO), "kg")  # the same model elsewhere: the same setup
+    small = sorted(p for p in copy.rglob("*.json") if p.stat().st_size < 1 << 20)[0]
+    small.write_text(small.read_text() + " ")  # another model under the same folder
+    other = training_setup(compose("train", MICRO + [f"encoder.text_model={copy}"]), "kg")
+    assert other["encoder"] != same["encoder"] and {k: v for k, v in other.items() if k != "encoder"} == \
+        {k: v for k, v in same.items() if k != "encoder"}
+
+
 def test_a_rerun_killed_while_saving_leaves_no_generator_to_load(evaluated_run, tmp_path, monkeypatch):
     """A rerun into a finished folder (trainer.resume=latest) removes the last generator's files before it trains:
     killed between model/ and the adapter, the folder is refused as unfinished instead of loading the new UNet

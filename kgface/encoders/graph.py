@@ -238,7 +238,7 @@ def parse_phenotype_spec(items: Iterable[str] | Mapping[str, float]) -> dict[str
             raise UserError(f"phenotype '{item}': the intensity after '=' must be a number in [0, 1]") from None
         if not 0.0 <= intensity <= 1.0:
             raise UserError(f"phenotype '{item}': intensity {intensity} is outside [0, 1]")
-        out[hpo_id.strip()] = intensity
+        out[hpo_id.strip().upper()] = intensity  # hp:0000316 is HP:0000316 (it failed as "not a term")
     return out
 
 

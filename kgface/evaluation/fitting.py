@@ -251,6 +251,7 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
             log.info("evaluator: no phenotype labels to fit on, so no phenotype heads; "
                      "evaluator.phenotype_heads=zero_shot scores the profiles' phenotypes from the text tower")
     val = val[probe_rows(val, p).to_numpy()].reset_index(drop=True) if len(val) else val
+    info["calibration_images"] = len(val)  # the val faces the temperature is fitted on (val_images: all of them)
     if len(val):  # calibrated on val faces of the kind it learned from
         f_val = encoder(load_images(list(val["abspath"]), size=images.shape[-2:])).numpy()
         info["temperature"] = probe.calibrate(scale(f_val), [index[d] for d in val["disease"]])

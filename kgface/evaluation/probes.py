@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.manifest import N_STAGES
+
 
 def _t(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.float32)
@@ -108,7 +110,7 @@ class CoralHead:
         self.weight, self.bias = weight, bias
 
     @classmethod
-    def fit(cls, x, stages, n_stages: int = 4, l2: float = 1e-2) -> "CoralHead":
+    def fit(cls, x, stages, n_stages: int = N_STAGES, l2: float = 1e-2) -> "CoralHead":
         x = _t(x)
         s = torch.as_tensor(np.array(stages, dtype=np.int64))  # a copy: pandas may hand a read-only view
         levels = (s.view(-1, 1) > torch.arange(n_stages - 1).view(1, -1)).float()

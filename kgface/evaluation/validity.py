@@ -120,7 +120,9 @@ def oracle_top1(train_df: pd.DataFrame, test_df: pd.DataFrame, stages=HEADLINE_S
 def phenotype_auroc(evaluator: Evaluator, scored: pd.DataFrame, min_positives: int = 2) -> dict[str, float]:
     """Per phenotype of the evaluator: AUROC of its head at full intensity (stage-3 rows plus healthy rows),
     positives = rows where the phenotype is drawn. Phenotypes with fewer than `min_positives` positives: skipped."""
-    rows = scored[(scored["stage"] == 3) | (scored["disease"] == HEALTHY)].reset_index(drop=True)
+    # a graded stage 3 only: an ungraded photo's stage is a placeholder, not full intensity
+    full = ((scored["stage"] == 3).to_numpy() & stage_known(scored)) | (scored["disease"] == HEALTHY).to_numpy()
+    rows = scored[full].reset_index(drop=True)
     rows = rows[labelled_phenotypes(rows)].reset_index(drop=True)  # a photo's {} is "not labelled", not negative
     y = presence_matrix(list(rows["phenotypes"]), evaluator.phenotypes)
     out = {}

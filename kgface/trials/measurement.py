@@ -2,9 +2,10 @@
 
 The evaluator's continuous severity (its CORAL head, 0-3) is an instrument reading, not the true severity. It is
 calibrated on real images of known severity (the run's non-training phantom or photo images of the disease and
-healthy faces): an OLS line raw = a + b * true. A reading is put on the true scale as (raw - a) / b. Effects are
-differences, so only the slope matters to them: its standard error enters the effect's interval by the delta method
-(analysis.py).
+healthy faces): an OLS line raw = a + b * true. A reading is put on the true scale as (raw - a) / b. Effects on the
+severity scale are differences, so only the slope matters to them: its standard error enters the effect's interval
+by the delta method (analysis.py). On the lesion scale the severity then goes through the convex lesion-count curve,
+where the intercept no longer cancels: the interval's slope term is an approximation there (docs/trials.md).
 
 The same calibration set defines the measurement model of the coverage study (no images are rendered there):
 

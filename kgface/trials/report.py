@@ -114,8 +114,9 @@ def plot_series(table: pd.DataFrame, images: dict[str, torch.Tensor], baselines:
     return path
 
 
-def plot_effects(estimates: pd.DataFrame, path: Path) -> Path:
-    """Each effect's estimate and interval from true and from measured severities, with the simulated truth."""
+def plot_effects(estimates: pd.DataFrame, path: Path, off_scale: tuple[str, ...] = ()) -> Path:
+    """Each effect's estimate and interval from true and from measured severities, with the simulated truth (not
+    beside an outcome in `off_scale`, raw readings on another scale, labelled so)."""
     plt = _plt()
     effects = list(dict.fromkeys(estimates["effect"]))
     outcomes = list(dict.fromkeys(estimates["outcome"]))
@@ -127,10 +128,11 @@ def plot_effects(estimates: pd.DataFrame, path: Path) -> Path:
             colour = "k" if outcome == "true_severity" else "#C44E52"
             ax.errorbar(r["estimate"], y, xerr=[[r["estimate"] - r["low"]], [r["high"] - r["estimate"]]], fmt="o",
                         color=colour, capsize=3)
-            if r["truth"] is not None and not pd.isna(r["truth"]):
+            if r["truth"] is not None and not pd.isna(r["truth"]) and outcome not in off_scale:
                 ax.plot([r["truth"]], [y], "|", color="#55A868", ms=16, mew=2)
             ticks.append(y)
-            labels.append(f"{effect}  ({outcome.replace('_severity', '')})")
+            raw = ", raw units" if outcome in off_scale else ""
+            labels.append(f"{effect}  ({outcome.replace('_severity', '')}{raw})")
             y -= 1
         y -= 0.5
     ax.axvline(0, color="grey", lw=0.8)
@@ -189,8 +191,9 @@ def _table(df: pd.DataFrame, columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def effects_table(estimates: pd.DataFrame, alpha: float) -> str:
-    """One line per effect: truth, then the estimate [interval] and bias from true and from measured severities."""
+def effects_table(estimates: pd.DataFrame, alpha: float, off_scale: tuple[str, ...] = ()) -> str:
+    """One line per effect: truth, then the estimate [interval] and bias from true and from measured severities;
+    an outcome in `off_scale` (raw readings, not on the truth's scale) has no bias (a dash)."""
     level = f"{100 * (1 - alpha):g}%"
     outcomes = list(dict.fromkeys(estimates["outcome"]))
     head = ["effect", "simulated truth"]
@@ -202,7 +205,8 @@ def effects_table(estimates: pd.DataFrame, alpha: float) -> str:
         cells = [effect, _fmt(rows["truth"].iloc[0])]
         for o in outcomes:
             r = rows[rows["outcome"] == o].iloc[0]
-            cells += [f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]", _fmt(r["bias"])]
+            cells += [f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]",
+                      "-" if o in off_scale else _fmt(r["bias"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -275,8 +279,11 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
              "Steady-state differences from the reference; the truth is the mean of the simulated patients' own "
              "effects. `true_severity`: the simulated daily severities (a sanity check of the analysis); "
              "`measured_severity`: the evaluator's reading of each day's image"
-             + (", uncalibrated." if caveat else ", calibrated to the true scale."), "",
-             effects_table(estimates, a["alpha"]), "",
+             + (", uncalibrated." if caveat else ", calibrated to the true scale.")
+             + (" The reference block comes first and is not randomised: effects against it are before/after "
+                "comparisons that rest on the trend term; contrasts between treatments (A - B) are the randomised "
+                "ones." if len(d["schedule"]["treatments"]) > 1 else ""), "",
+             effects_table(estimates, a["alpha"], ("measured_severity",) if caveat else ()), "",
              recovery(estimates, ("measured_severity",) if caveat else ()), ""]
     if caveat:
         lines += [f"**The measured estimates are not on the true scale**: {caveat}, so their bias and whether "
@@ -302,7 +309,9 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
               f"- Calibration ({m['calibration_mode']}): {m['calibration_set']}: "
               + (", ".join(f"{k} {v}" for k, v in m["calibration"].items()) if m.get("calibration") else "none") + ".",
               f"- On this trial's images: correlation of measured and true severity {_fmt(m['trial_correlation'])}, "
-              f"mean absolute error {_fmt(m['trial_mae'])} (scale units).", ""]
+              f"mean absolute error {_fmt(m['trial_mae'])} "
+              + ("(raw readings against the true scale: not an error of the instrument alone)." if caveat
+                 else "(scale units).") + "", ""]
     if "calibration" in figures:
         lines += [f"![calibration]({figures['calibration']})", ""]
     lines += ["## Coverage study", ""]
@@ -320,8 +329,9 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
         skipped = int(study["skipped"].iloc[0]) if "skipped" in study else 0
         by_line = int(study["skipped_calibration"].iloc[0]) if "skipped_calibration" in study else 0
         if skipped - by_line:
-            lines += [f"{skipped - by_line} simulated trials could not be analysed (every patient's blocks in one "
-                      "order, with the trend term) and are left out, as such a trial would be refused.", ""]
+            lines += [f"{skipped - by_line} simulated trials could not be analysed (not identifiable, e.g. every "
+                      "patient's blocks in one order with the trend term, or no residual degrees of freedom) and "
+                      "are left out, as such a trial would be refused.", ""]
         if by_line:
             lines += [f"{by_line} simulated trials drew a calibration line too flat to apply (the rule that makes "
                       "calibration=auto keep raw readings) and are left out: the study is conditional on a usable "

@@ -79,6 +79,7 @@ def test_unknown_frequency_is_flagged(graph_builder):
 def test_custom_phenotype_set(profile_builder, graph_builder):
     spec = parse_phenotype_spec(["HP:0000316=0.8", "HP:0000508=0.3"])
     assert spec == {"HP:0000316": 0.8, "HP:0000508": 0.3}
+    assert parse_phenotype_spec(["hp:0000316=0.8"]) == {"HP:0000316": 0.8}  # failed later as "not a term"
     custom = phenotype_profile(profile_builder, spec)
     g = graph_builder.graph(custom, intensities=spec)
     assert [g.node_id[i] for i in (1, 2)] == ["HP:0000316", "HP:0000508"]

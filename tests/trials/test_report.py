@@ -64,6 +64,13 @@ def test_raw_readings_are_not_scored_against_the_truth():
     calibrated, raw = recovery(est).splitlines(), recovery(est, ("measured_severity",)).splitlines()
     assert calibrated[1] == "- From `measured_severity`: A: truth outside the interval, distinguished from no effect."
     assert raw[1] == "- From `measured_severity`: A: distinguished from no effect." and raw[0] == calibrated[0]
+    # ... nor given a bias in the effects table (a dash), nor drawn beside the truth's mark
+    from kgface.trials.report import effects_table
+
+    est = est.assign(estimate=-0.6, truth=-0.5, bias=-0.1)
+    rows = effects_table(est, 0.05, ("measured_severity",)).splitlines()
+    assert rows[2] == "| A | -0.500 | -0.600 [-1.000, -0.200] | -0.100 | -0.600 [-1.000, -0.200] | - |", rows
+    assert effects_table(est, 0.05).splitlines()[2].endswith("| -0.100 |")
 
 
 def test_washout_days_are_not_labelled_run_in():
