@@ -294,7 +294,8 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
               "Thumbnails: the image on the first day and on the last day of every block (at most 12 a patient, "
               "evenly thinned); left, the baseline photo." + shown_note, "", f"![series]({figures['series']})", ""]
     if figures["gifs"]:
-        lines += ["One GIF per patient (each frame: day, treatment and the true severity): " + ", ".join(f"[{p}]({g})" for p, g in figures["gifs"].items()), ""]
+        lines += ["One GIF per patient (each frame: day, treatment and the true severity): "
+                  + ", ".join(f"[{p}]({g})" for p, g in figures["gifs"].items()), ""]
     lines += [
               "## Per patient", "",
               "Each patient's own estimates: estimate [interval] from true / measured, fitted to the patient's "

@@ -402,4 +402,5 @@ def test_builtin_models_are_read_with_the_normalisation_their_weights_were_train
     assert builtin_normalisation("MobileCLIP-S1") == ((0.0,) * 3, (1.0,) * 3)
     assert builtin_normalisation("ViT-B-16") is None  # CLIP's, as every tag of it
     caplog.clear()
-    assert builtin_normalisation("ViT-L-14") is None and "['laion2b_s32b_b82k'] were trained with another" in caplog.text
+    assert builtin_normalisation("ViT-L-14") is None
+    assert "['laion2b_s32b_b82k'] were trained with another" in caplog.text
