@@ -15,6 +15,8 @@ _ID = re.compile(r"^[A-Za-z_]+:\S+$")
 def _normalise_id(text: str) -> str:
     prefix, _, local = text.partition(":")
     prefix = prefix.upper().replace("ORPHANET", "ORPHA")
+    if prefix == "MONDO_GROUPED":  # PrimeKG's grouped ids keep their mixed case (MONDO_grouped:13924_12592)
+        prefix = "MONDO_grouped"
     if prefix == "MONDO" and local.isdigit():
         local = local.zfill(7)
     return f"{prefix}:{local}"

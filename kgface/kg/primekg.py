@@ -122,8 +122,9 @@ def _norm(name: str) -> str:
 def _attach_hpo(edges: pd.DataFrame, diseases: pd.DataFrame, hpo: KnowledgeGraph) -> dict:
     """Frequencies and onsets from HPO, matched by normalised disease name (PrimeKG has no OMIM/ORPHA xrefs).
 
-    Several HPO diseases can match one name (an OMIM and an ORPHA entry): the highest frequency among them is kept
-    (ties: the first matched), since at least one curated source reports the sign that often. `frequency_raw` keeps
+    Within one HPO disease a term's rows give one frequency as kg=hpo reads them (case counts pooled, a source's 0/m
+    among them); several HPO diseases can match one name (an OMIM and an ORPHA entry): the highest frequency among
+    them is kept (ties: the first matched), since at least one curated source reports the sign that often. `frequency_raw` keeps
     HPO's own text ("440/524", "HP:0040281") and `reference` gains the HPO disease it came from. A present edge
     whose matched diseases only say absent (a NOT row or a frequency of 0, e.g. '0/1') becomes absent: PrimeKG
     turned such rows into present edges."""
@@ -131,18 +132,28 @@ def _attach_hpo(edges: pd.DataFrame, diseases: pd.DataFrame, hpo: KnowledgeGraph
     for did, name in zip(hpo.diseases["id"], hpo.diseases["name"]):
         by_name.setdefault(_norm(name), []).append(did)
     matched = {d: by_name[_norm(n)] for d, n in zip(diseases["id"], diseases["name"]) if _norm(n) in by_name}
-    best: dict[tuple[str, str], tuple[float, str]] = {}  # (HPO disease, term) -> highest known frequency, its text
-    present: set[tuple[str, str]] = set()
-    absent: dict[tuple[str, str], tuple[float, str]] = {}
+    from types import SimpleNamespace
+
+    from .profiles import CURATED, _frequency_of
+
+    # (HPO disease, term) -> its rows; its frequency read as kg=hpo reads it (case counts pooled with a source's 0/m:
+    # 0/19 and 3/3 are 3/22, not the highest row's 1), so both graphs give one sign of one disease one frequency
+    rows_present: dict[tuple[str, str], list] = {}
+    rows_absent: dict[tuple[str, str], list] = {}
     h = hpo.edges
-    for did, hid, neg, f, raw in zip(h["disease_id"], h["hpo_id"], h["negated"], h["frequency"], h["frequency_raw"]):
-        key = (did, hid)
-        if neg:
-            absent.setdefault(key, (f, str(raw)))
-            continue
-        present.add(key)
-        if not np.isnan(f) and (key not in best or f > best[key][0]):
-            best[key] = (f, str(raw))
+    provenance = h["provenance"] if "provenance" in h else [""] * len(h)
+    for did, hid, neg, f, raw, prov in zip(h["disease_id"], h["hpo_id"], h["negated"], h["frequency"],
+                                           h["frequency_raw"], provenance):
+        row = SimpleNamespace(frequency=f, frequency_raw=raw, provenance=prov)
+        (rows_absent if neg else rows_present).setdefault((did, hid), []).append(row)
+    best: dict[tuple[str, str], tuple[float, str]] = {}  # (HPO disease, term) -> its frequency, its text
+    for key, rows in rows_present.items():
+        chosen = [r for r in rows if str(r.provenance) == CURATED] or rows  # as ProfileBuilder: curated rows win
+        f, raw, _ = _frequency_of(chosen, rows_absent.get(key, []) if chosen is rows else [])
+        if f is not None and not np.isnan(f):
+            best[key] = (f, raw)
+    present = set(rows_present)
+    absent = {key: (rows[0].frequency, str(rows[0].frequency_raw)) for key, rows in rows_absent.items()}
     values, raws = edges["frequency"].to_numpy(copy=True), edges["frequency_raw"].to_numpy(copy=True)
     refs, negated = edges["reference"].to_numpy(copy=True), edges["negated"].to_numpy(copy=True)
     attached = made_absent = 0

@@ -181,7 +181,11 @@ class OpenAIBackend:
     def _key(self) -> str | None:
         if not self.api_key_env:
             return None
-        key = os.environ.get(self.api_key_env)
+        key = (os.environ.get(self.api_key_env) or "").strip()  # a CRLF .env leaves a \r the header refuses
+        if key and (any(ord(c) < 32 or ord(c) == 127 for c in key) or not key.isascii()):
+            # http.client would refuse the header with the key in its message, which the retry loop then logged
+            raise UserError(f"llm.api_key_env={self.api_key_env}: that variable's value holds control or non-ASCII "
+                            "characters, not an API key's; set it again (its value is not shown)")
         if not key:  # local servers often need no key; say which variable, never a value
             self._warn_once("llm.api_key_env=%s but that environment variable is not set; sending no API key",
                             self.api_key_env)
@@ -281,8 +285,8 @@ class OpenAIBackend:
                 # raised while reading the response (urllib wraps only errors of sending): a dropped connection
                 # (RemoteDisconnected, ConnectionResetError), a cut body (IncompleteRead), a garbled status line
                 problem = f"connection to {self.url} failed while reading the answer ({exc.__class__.__name__})"
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
-                raise LLMError(f"{self.url} answered without choices[0].message.content ({exc!r}); "
+            except (KeyError, IndexError, TypeError, ValueError) as exc:  # the type only: never a header's value
+                raise LLMError(f"{self.url} answered without choices[0].message.content ({type(exc).__name__}); "
                                "is it an OpenAI-compatible chat-completions server?") from None
             else:
                 if isinstance(choice, dict) and choice.get("finish_reason") == "length":
@@ -393,7 +397,8 @@ class HFBackend:
                                                   return_tensors="pt", return_dict=True)
                 except TemplateError as exc:
                     raise UserError(f"llm.model={self.model}: its chat template refuses kgface's request, with or "
-                                    f"without a system turn ({exc}); use an instruction-tuned model") from None
+                                    f"without a system turn ({str(exc).splitlines()[0] if str(exc) else exc!r}); use "
+                                    "an instruction-tuned model") from None
             return enc["input_ids"]
         # a tokenizer without a chat template: plain role-prefixed turns
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "

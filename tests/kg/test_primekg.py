@@ -30,6 +30,7 @@ def test_mondo_grouped_ids_resolve_through_aliases(primekg):
     assert resolve_disease(primekg, grouped) == grouped
     assert resolve_disease(primekg, "MONDO:0012592") == grouped
     assert resolve_disease(primekg, "mondo:13924") == grouped
+    assert resolve_disease(primekg, "mondo_grouped:13924_12592") == grouped  # its own id in any case
 
 
 def test_frequencies_attached_from_hpo_by_name(primekg):
@@ -166,12 +167,14 @@ def test_curated_row_wins_over_primekg_copy(primekg):
 
 def test_alt_ids_resolve_before_placeholders_and_zero_frequency_is_absent(tmp_path, catalog):
     hyper = (104, "7777", "disease", "Hyperthyroidism, nonautoimmune", "MONDO")  # OMIM:609152 by name
+    oi11 = (105, "7778", "disease", "Osteogenesis imperfecta, type XI", "MONDO")  # OMIM:610968 by name
     pos = "disease_phenotype_positive"
     rows = (kg_rows()
             + _edge_rows(pos, DOWN, (206, "312", "effect/phenotype", "Malar flattening", "HPO"))
             + _edge_rows(pos, DOWN, (207, "9999999", "effect/phenotype", "Made up", "HPO"))
             + _edge_rows(pos, hyper, (208, "520", "effect/phenotype", "Proptosis", "HPO"))
-            + _edge_rows(pos, hyper, (209, "752", "effect/phenotype", "Dysmetria", "HPO")))
+            + _edge_rows(pos, hyper, (209, "752", "effect/phenotype", "Dysmetria", "HPO"))
+            + _edge_rows(pos, oi11, (210, "592", "effect/phenotype", "Blue sclerae", "HPO")))
     kg = load_kg("primekg", path=write_kg_csv(tmp_path / "kg.csv", rows), kg_data_dir=kg_data_dir())
     down = set(kg.edges_of("MONDO:0008608")["hpo_id"])
     assert "HP:0000272" in down and "HP:0000312" not in down and "HP:0000312" not in kg.terms  # HP:0000312 = alt id
@@ -181,6 +184,9 @@ def test_alt_ids_resolve_before_placeholders_and_zero_frequency_is_absent(tmp_pa
     assert e.loc["HP:0000520", "negated"] and e.loc["HP:0000520", "frequency_raw"] == "0/1"
     assert not e.loc["HP:0000752", "negated"] and e.loc["HP:0000752", "frequency"] == 1.0
     assert kg.stats["edges_absent_in_hpo"] == 1
+    # blue sclerae in OMIM:610968: 0/19 and 3/3 are 3 of 22 patients, as kg=hpo reads them (it was the 3/3 row's 1.0)
+    blue = kg.edges_of("MONDO:0007778").set_index("hpo_id").loc["HP:0000592"]
+    assert not blue["negated"] and blue["frequency"] == pytest.approx(3 / 22) and blue["frequency_raw"] == "3/3;0/19"
     p = ProfileBuilder(kg, catalog).build("MONDO:0007777", require_visible=False)
     assert "HP:0000520" in {n.hpo_id for n in p.negative_phenotypes}
     assert "HP:0000520" not in {x.hpo_id for x in p.phenotypes}

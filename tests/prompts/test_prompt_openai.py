@@ -292,6 +292,19 @@ def test_key_values_and_credentials_in_settings_are_refused_unechoed(server, llm
     assert SECRET not in str(info.value)
 
 
+def test_a_key_with_a_line_end_is_sent_stripped_and_a_broken_one_refused_unechoed(server, llm, down, monkeypatch,
+                                                                                 caplog):
+    # a CRLF .env leaves "\r" on the value: http.client refused the header with the key in its message, which was
+    # logged and stored as the fallback reason for every disease
+    monkeypatch.setenv("KGFACE_TEST_KEY", SECRET + "\r\n")
+    d = describe_profiles([down], llm, None)[down.disease_id]
+    assert d.source == "llm" and server.requests[-1]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    monkeypatch.setenv("KGFACE_TEST_KEY", SECRET[:5] + "\x7f" + SECRET[5:])
+    with pytest.raises(UserError, match="llm.api_key_env=KGFACE_TEST_KEY: that variable's value holds") as info:
+        describe_profiles([down], llm, None)
+    assert SECRET[5:] not in str(info.value) and SECRET[5:] not in caplog.text
+
+
 def test_other_client_errors_fall_back_with_the_body(server, llm, down):
     server.script = [(422, {}, '{"error": "prompt too long for this model"}')]
     d = describe_profiles([down], llm, None)[down.disease_id]
