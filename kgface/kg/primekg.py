@@ -126,8 +126,8 @@ def _attach_hpo(edges: pd.DataFrame, diseases: pd.DataFrame, hpo: KnowledgeGraph
     among them); several HPO diseases can match one name (an OMIM and an ORPHA entry): the highest frequency among
     them is kept (ties: the first matched), since at least one curated source reports the sign that often.
     `frequency_raw` keeps HPO's own text ("440/524", "HP:0040281") and `reference` gains the HPO disease it came
-    from. A present edge whose matched diseases only say absent (a NOT row or a frequency of 0, e.g. '0/1') becomes absent: PrimeKG
-    turned such rows into present edges."""
+    from. A present edge whose matched diseases only say absent (a NOT row or a frequency of 0, e.g. '0/1') becomes
+    absent: PrimeKG turned such rows into present edges."""
     by_name: dict[str, list[str]] = {}
     for did, name in zip(hpo.diseases["id"], hpo.diseases["name"]):
         by_name.setdefault(_norm(name), []).append(did)
