@@ -109,6 +109,13 @@ def preflight(cfg: DictConfig) -> None:
         if value is not None and value != OmegaConf.select(cfg, source):
             raise UserError(f"{key}={value} is not read: the run takes it from {source} "
                             f"({OmegaConf.select(cfg, source)}); set {source}={value} instead")
+    if cfg.get("encoder") is not None:  # a typo in an encoder key was dropped, minutes later, by from_config
+        from .encoders import KGEncoder
+
+        unknown = sorted(set(container(cfg.encoder)) - KGEncoder.setting_names())
+        if unknown:
+            raise UserError(f"encoder.{unknown[0]} is not a setting of the KG encoder; use one of "
+                            f"{', '.join(sorted(KGEncoder.setting_names() - {'in_dim'}))}")
     as_eta(cfg.model.sample.get("eta", 0.0), "model.sample.eta")  # the samples are drawn after training
     # ... and so are these: a bad one failed after the whole training, with a traceback
     _whole_at_least(cfg.model.sample.get("steps"), "model.sample.steps", 1, "DDIM steps, e.g. 20")

@@ -435,6 +435,8 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
                        # one seed per run and one token count for encoder and adapter: a copy's override was replaced
                        ("+trainer.seed=3", "trainer.seed=3 is not read: the run takes it from seed (0)"),
                        ("+encoder.num_tokens=5", "encoder.num_tokens=5 is not read: the run takes it from model.num"),
+                       # a typo trained with the default, silently (from_pretrained refuses unknown keys)
+                       ("+encoder.hiden=512", "encoder.hiden is not a setting of the KG encoder; use one of"),
                        # guidance dropout's shares are disjoint slices of one draw: past 1 they would overlap
                        ("trainer.cfg_drop_text=-0.1", "trainer.cfg_drop_text=-0.1: a share of the training samples"),
                        ("trainer.age_drop=half", "trainer.age_drop='half': a share of the training samples"),

@@ -163,9 +163,18 @@ class KGEncoder(nn.Module):
 
     # ---- construction ------------------------------------------------------------------------------------------
     @classmethod
+    def setting_names(cls) -> set[str]:
+        """The constructor's arguments: every key an `encoder` config group may hold."""
+        return set(cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount])
+
+    @classmethod
     def from_config(cls, cfg: Mapping, out_dim: int | None = None) -> "KGEncoder":
         """From the `encoder` config group (plain keys); out_dim (the UNet's width) overrides `cfg.out_dim`."""
-        keys = set(cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount])
+        keys = cls.setting_names()
+        unknown = sorted(k for k in cfg if k not in keys)
+        if unknown:  # a typo (+encoder.hiden=512) trained with the default, where from_pretrained refuses it
+            raise UserError(f"encoder.{unknown[0]} is not a setting of the KG encoder; use one of "
+                            f"{', '.join(sorted(keys - {'in_dim'}))}")
         kwargs = {k: cfg[k] for k in cfg if k in keys}
         if out_dim is not None:
             kwargs["out_dim"] = out_dim

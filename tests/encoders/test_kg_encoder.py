@@ -217,6 +217,8 @@ def test_config_files_build(conv, batch):
         KGEncoder.from_config(cfg)
     enc = KGEncoder.from_config(cfg, out_dim=16)
     assert enc(batch, torch.ones(4)).shape == (4, 8, 16)
+    with pytest.raises(UserError, match="^encoder.hiden is not a setting of the KG encoder"):
+        KGEncoder.from_config({**OmegaConf.to_container(cfg), "hiden": 512}, out_dim=16)  # a typo: not the default
 
 
 def test_overfits_three_profiles(graph_builder, profiles):
