@@ -92,7 +92,7 @@ def preflight(cfg: DictConfig) -> None:
     side. Two side effects the run relies on: dlib's models load here once when evaluating (`face_identity`), and
     `cfg.model.pretrained`, `encoder.text_model` and `model.text_model` become absolute paths (config.yaml records
     them so: kgface.generate / evaluate / trial load the run from any directory)."""
-    from .diffusion.conditioning import CONTROL, MODES
+    from .diffusion.conditioning import CONTROL, KG_MODES, MODES
     from .diffusion.phenotype_sets import observed_phenotypes_of
     from .runtime import learned_table
 
@@ -109,13 +109,12 @@ def preflight(cfg: DictConfig) -> None:
         if value is not None and value != OmegaConf.select(cfg, source):
             raise UserError(f"{key}={value} is not read: the run takes it from {source} "
                             f"({OmegaConf.select(cfg, source)}); set {source}={value} instead")
-    if cfg.get("encoder") is not None:  # a typo in an encoder key was dropped, minutes later, by from_config
+    modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
+    # a typo in an encoder key was dropped, minutes later, by from_config (text and class runs never read them)
+    if cfg.get("encoder") is not None and any(m in (*KG_MODES, CONTROL) for m in modes):
         from .encoders import KGEncoder
 
-        unknown = sorted(set(container(cfg.encoder)) - KGEncoder.setting_names())
-        if unknown:
-            raise UserError(f"encoder.{unknown[0]} is not a setting of the KG encoder; use one of "
-                            f"{', '.join(sorted(KGEncoder.setting_names() - {'in_dim'}))}")
+        KGEncoder.check_settings(container(cfg.encoder))
     as_eta(cfg.model.sample.get("eta", 0.0), "model.sample.eta")  # the samples are drawn after training
     # ... and so are these: a bad one failed after the whole training, with a traceback
     _whole_at_least(cfg.model.sample.get("steps"), "model.sample.steps", 1, "DDIM steps, e.g. 20")
@@ -131,7 +130,6 @@ def preflight(cfg: DictConfig) -> None:
     llm = container(cfg.llm) or {}
     make_backend(llm)  # llm=openai without llm.model, an unknown llm.* key: refused before the run folder is written
     _setting("max_attempts", llm.get("max_attempts", 3), int, 1)
-    modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
     if CONTROL in modes:  # the control swaps phenotypes between diseases: with one, it would be kg itself
         listed = cfg.data.get("diseases")
         if listed is None and cfg.kg.get("panel") is not None:

@@ -188,26 +188,69 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 def training_setup(cfg: DictConfig, mode: str) -> dict:
     """What a generator trains on, a hash per config group, recorded in every checkpoint and compared on resume:
-    conditioning, seed, data, knowledge graph, encoder, profile source and the model (but for its sampling settings,
-    rate and base folder path, which may change between a kill and a resume)."""
-    from .cache import stable_hash
+    conditioning, seed, data, knowledge graph, encoder (KG conditionings only), profile source and the model (but
+    for its sampling settings, rate, gradient checkpointing and base folder path, none of which changes what is
+    learned, and which may change between a kill and a resume). Files count by what they hold, not by the path
+    they were named by: text models by their files, a learned profile table by its bytes, a data folder by its
+    absolute path."""
+    import os
 
-    # paths left out: preflight makes them absolute, so the same folder named from another directory would differ
-    model = {k: v for k, v in (container(cfg.model) or {}).items()
-             if k not in ("sample", "lr", "pretrained", "text_model")}
-    encoder = {k: v for k, v in (container(cfg.get("encoder")) or {}).items() if k != "text_model"}
-    kg = {k: v for k, v in (container(cfg.kg) or {}).items() if k not in KG_FILE_KEYS}
-    from .encoders.text import TextModelError, model_identity, resolve_text_model_path
+    from .cache import file_fingerprint, stable_hash
+    from .diffusion.conditioning import CONTROL, KG_MODES
+    from .runtime import learned_table
 
-    try:  # the text model by its files, not its path: another model under the same folder is another encoder input
-        files = model_identity(resolve_text_model_path((container(cfg.get("encoder")) or {}).get("text_model")))
-        # (large files are fingerprinted by path, size and time: the path left out, a copy of the folder matches)
-        text = {name: {k: v for k, v in fp.items() if k != "path"} for name, fp in files["files"].items()}
+    def absolute(value):
+        return value if value in (None, "", "???") else os.path.abspath(os.path.expanduser(str(value)))
+
+    data = container(cfg.data) or {}
+    data = {**data, **{k: absolute(data[k]) for k in ("root", "path") if k in data}}
+    model_cfg = container(cfg.model) or {}
+    model = {k: v for k, v in model_cfg.items()
+             if k not in ("sample", "lr", "pretrained", "text_model", "gradient_checkpointing")}
+    if model_cfg.get("name", "tiny") == "tiny":  # its prompt encoder; a pretrained folder has its own
+        model["text_model_files"] = _text_model_files(model_cfg.get("text_model"))
+    encoder_cfg = container(cfg.get("encoder")) or {}
+    kg_cfg = container(cfg.kg) or {}
+    kg = {k: v for k, v in kg_cfg.items() if k not in KG_FILE_KEYS}
+    kg["files"] = {k: _files_of(kg_cfg[k]) for k in KG_FILE_KEYS if kg_cfg.get(k) not in (None, "", "???")}
+    learned = learned_table(cfg)  # checked in preflight
+    profile = {"source": "kg"} if learned is None else {
+        "source": learned[0], "blend": learned[2] if learned[0] == "blend" else None,
+        "learned": file_fingerprint(Path(str(learned[3])).expanduser())}
+    setup = {"conditioning": str(mode), "seed": int(cfg.seed), "data": stable_hash(data), "kg": stable_hash(kg),
+             "profile": stable_hash(profile),
+             "model": stable_hash(model)}
+    if mode in KG_MODES or mode == CONTROL:  # text and class tokens never read the encoder's settings
+        encoder = {k: v for k, v in encoder_cfg.items() if k != "text_model"}
+        encoder["text_model_files"] = _text_model_files(encoder_cfg.get("text_model"))
+        setup["encoder"] = stable_hash(encoder)
+    return setup
+
+
+def _files_of(path) -> dict | None:
+    """A file or folder by its files' names and sizes (small ones by their bytes too), not its path or times."""
+    from .cache import file_fingerprint
+
+    p = Path(str(path)).expanduser()
+    if p.is_file():
+        files = {p.name: file_fingerprint(p)}
+    elif p.is_dir():
+        files = {f.relative_to(p).as_posix(): file_fingerprint(f) for f in sorted(p.rglob("*"))
+                 if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)}
+    else:
+        return None  # refused where it is read
+    return {name: {k: v for k, v in fp.items() if k not in ("path", "mtime_ns")} for name, fp in files.items()}
+
+
+def _text_model_files(value) -> dict | None:
+    """A text model by its files (name, size; small files by their bytes too), not its path or times: the same
+    model copied or reinstalled elsewhere resumes, another model saved under the same folder does not."""
+    from .encoders.text import TextModelError, resolve_text_model_path
+
+    try:
+        return _files_of(resolve_text_model_path(value))
     except TextModelError:
-        text = None  # refused where it is loaded
-    return {"conditioning": str(mode), "seed": int(cfg.seed), "data": stable_hash(container(cfg.data)),
-            "kg": stable_hash(kg), "encoder": stable_hash({**encoder, "text_model_files": text}),
-            "profile": stable_hash(container(cfg.get("profile"))), "model": stable_hash(model)}
+        return None  # refused where it is loaded
 
 
 def trainer_settings(cfg: DictConfig, mode: str) -> dict:

@@ -260,6 +260,69 @@ def test_the_training_setup_names_the_text_model_by_its_files_not_its_path(tmp_p
         {k: v for k, v in same.items() if k != "encoder"}
 
 
+def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp_path, monkeypatch):
+    """Settings that do not change what is learned (gradient checkpointing; profile.learned/blend under
+    profile.source=kg; the encoder of a text run) do not block a resume; a folder named relatively from its parent
+    is the folder named absolutely; a text run still records the prompt encoder's files (model.text_model)."""
+    from omegaconf import OmegaConf
+
+    from kgface.config import compose
+    from kgface.train import training_setup
+
+    base = training_setup(compose("train", MICRO), "kg")
+    for override in ("model.gradient_checkpointing=true", "profile.blend=0.9", "profile.learned=nowhere.json",
+                     "model.sample.steps=3"):
+        assert training_setup(compose("train", MICRO + [override]), "kg") == base, override
+    assert training_setup(compose("train", MICRO + ["model.adapter_scale=0.5"]), "kg")["model"] != base["model"]
+    wider = compose("train", MICRO + ["encoder.hidden=48"])
+    assert training_setup(wider, "kg")["encoder"] != base["encoder"]
+    assert "encoder" not in training_setup(wider, "text") and "encoder" not in training_setup(wider, "class")
+    assert training_setup(wider, "text") == training_setup(compose("train", MICRO), "text")
+    assert training_setup(wider, "kg_shuffled")["encoder"] == training_setup(wider, "kg")["encoder"]
+    (tmp_path / "faces").mkdir()
+    monkeypatch.chdir(tmp_path)
+    named = {}
+    for how, root in (("relative", "faces"), ("absolute", str(tmp_path / "faces"))):
+        cfg = compose("train", MICRO)
+        OmegaConf.update(cfg, "data.root", root, force_add=True)
+        named[how] = training_setup(cfg, "kg")["data"]
+    assert named["relative"] == named["absolute"] != base["data"]
+    copy = tmp_path / "prompt_model"
+    import shutil
+
+    from kgface.encoders.text import default_text_model_path
+
+    shutil.copytree(default_text_model_path(), copy)
+    same = training_setup(compose("train", MICRO + [f"model.text_model={copy}"]), "text")
+    assert same == training_setup(compose("train", MICRO), "text")
+    small = sorted(p for p in copy.rglob("*.json") if p.stat().st_size < 1 << 20)[0]
+    small.write_text(small.read_text() + " ")
+    assert training_setup(compose("train", MICRO + [f"model.text_model={copy}"]), "text")["model"] != same["model"]
+
+
+def test_a_learned_profile_table_counts_by_its_bytes(evaluated_run, tmp_path):
+    import shutil
+
+    from kgface.config import compose
+    from kgface.train import training_setup
+
+    learned = evaluated_run / "evaluation" / "learned_profiles.json"
+    copy = tmp_path / "learned_profiles.json"
+    shutil.copy(learned, copy)
+    setups = [training_setup(compose("train", MICRO + ["profile.source=blend", f"profile.learned={p}"]), "kg")
+              for p in (learned, copy)]
+    assert setups[0] == setups[1] != training_setup(compose("train", MICRO), "kg")
+    data = json.loads(copy.read_text())
+    entry = next(iter(data["diseases"].values()))["phenotypes"][0]
+    entry["learned_frequency"] = 1.0 - float(entry["learned_frequency"])  # another table under the same name
+    copy.write_text(json.dumps(data))
+    changed = training_setup(compose("train", MICRO + ["profile.source=blend", f"profile.learned={copy}"]), "kg")
+    assert changed["profile"] != setups[0]["profile"]
+    blend = training_setup(compose("train", MICRO + ["profile.source=blend", "profile.blend=0.2",
+                                                     f"profile.learned={learned}"]), "kg")
+    assert blend["profile"] != setups[0]["profile"]
+
+
 def test_a_rerun_killed_while_saving_leaves_no_generator_to_load(evaluated_run, tmp_path, monkeypatch):
     """A rerun into a finished folder (trainer.resume=latest) removes the last generator's files before it trains:
     killed between model/ and the adapter, the folder is refused as unfinished instead of loading the new UNet

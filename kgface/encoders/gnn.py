@@ -168,14 +168,19 @@ class KGEncoder(nn.Module):
         return set(cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount])
 
     @classmethod
-    def from_config(cls, cfg: Mapping, out_dim: int | None = None) -> "KGEncoder":
-        """From the `encoder` config group (plain keys); out_dim (the UNet's width) overrides `cfg.out_dim`."""
+    def check_settings(cls, cfg: Mapping) -> None:
+        """Refuse an unknown key of the `encoder` config group (kgface.train's preflight calls it too)."""
         keys = cls.setting_names()
         unknown = sorted(k for k in cfg if k not in keys)
         if unknown:  # a typo (+encoder.hiden=512) trained with the default, where from_pretrained refuses it
             raise UserError(f"encoder.{unknown[0]} is not a setting of the KG encoder; use one of "
                             f"{', '.join(sorted(keys - {'in_dim'}))}")
-        kwargs = {k: cfg[k] for k in cfg if k in keys}
+
+    @classmethod
+    def from_config(cls, cfg: Mapping, out_dim: int | None = None) -> "KGEncoder":
+        """From the `encoder` config group (plain keys); out_dim (the UNet's width) overrides `cfg.out_dim`."""
+        cls.check_settings(cfg)
+        kwargs = dict(cfg)
         if out_dim is not None:
             kwargs["out_dim"] = out_dim
         if kwargs.get("out_dim") is None:
