@@ -266,7 +266,7 @@ def check_mode_keys(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from .diffusion.adapter import get_adapter_scale, has_kg_adapter
+    from .diffusion.adapter import adapter_scale_or_none
     from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
     from .diffusion.requests import MODES, Profiles, generate, parse_phenotypes, plan
@@ -402,7 +402,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     summary = {"run": str(cfg.run), "mode": cfg.mode, "conditioning": conditioner.mode, "images": len(items),
                "guidance": guidance, "steps": steps, "spacing": gen.spacing, "eta": eta,
                # the KG branch's weight (0: the base model alone): a set drawn at another scale must say so
-               "adapter_scale": get_adapter_scale(backbone.unet) if has_kg_adapter(backbone.unet) else None,
+               "adapter_scale": adapter_scale_or_none(backbone.unet),
                # SDEdit's strength where an input was edited; a set drawn from noise walks the whole ladder
                "strength": float(cfg.strength) if any(it.source is not None for it in items) else None,
                "age": None if cfg.age is None else str(cfg.age),

@@ -49,7 +49,7 @@ def _side_by_side(true_est: pd.DataFrame, measured_est: pd.DataFrame) -> pd.Data
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    from .diffusion.adapter import get_adapter_scale, has_kg_adapter
+    from .diffusion.adapter import adapter_scale_or_none
     from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
     from .diffusion.requests import Profiles
@@ -200,8 +200,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "images_settings": {"strength": float(cfg.strength), "guidance": guidance, "steps": steps, "mask": mask_spec,
                             "input": cfg.input, "image_size": size,
                             "dtype": str(run_cfg.model.get("dtype", "fp32")),
-                            "adapter_scale": (get_adapter_scale(backbone.unet) if has_kg_adapter(backbone.unet)
-                                              else None)},
+                            "adapter_scale": adapter_scale_or_none(backbone.unet)},
         "patients": {pid: {"identity": f.identity, "baseline_face": f.source, "image_seed": seeds[pid],
                            "baseline_severity": patients[pid].baseline, "trend": patients[pid].trend,
                            "effects": patients[pid].effects} for pid, f in zip(pids, faces)},

@@ -200,6 +200,11 @@ def get_adapter_scale(unet: nn.Module) -> float:
     return float(next(iter(procs.values())).scale[0])
 
 
+def adapter_scale_or_none(unet: nn.Module) -> float | None:
+    """The KG branch's weight as a run's record states it: None for a UNet without the adapter (conditioning=text)."""
+    return get_adapter_scale(unet) if has_kg_adapter(unet) else None
+
+
 def adapter_parameters(unet: nn.Module) -> dict[str, nn.Parameter]:
     """The adapter's own parameters, keyed as in adapter.safetensors."""
     out = {}
