@@ -177,16 +177,24 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         analysis.patient_effects(table, "true_severity", design, truths={k: p.effects for k, p in patients.items()}),
         analysis.patient_effects(table, "measured_severity", design, rel_se=cal.rel_se))
     study, study_note = None, "Not run (trial.analysis.study_trials=0)."
-    if design.analysis.study_trials and meter.calset is not None and not meter.problem:
-        calset = meter.calset
-        model = fit_measurement_model(calset["true"], calset["raw"], calset["identity"])
+    if design.analysis.study_trials:
+        # without a usable calibration line the study still judges the design's analysis on true severities; the
+        # measured outcome's noise model is that line, so it is left out (and the note says why)
+        usable = meter.calset is not None and not meter.problem
+        model = fit_measurement_model(meter.calset["true"], meter.calset["raw"], meter.calset["identity"]) \
+            if usable else None
         _, study = analysis.coverage_study(design, design.analysis.study_trials, seed, model,
                                            progress=bool(cfg.progress))
-        if study.empty:  # every simulated draw had, e.g., all patients in one order (this trial's draw did not)
-            study, study_note = None, "Not run: none of the simulated trials of this design could be analysed."
-    elif design.analysis.study_trials:
-        study_note = (f"Not run: {meter.problem or 'calibration=none: no calibration set'} (the study's "
-                      "measurement model is the calibration line).")
+        study_note = None if usable else (
+            f"True severities only: {meter.problem or 'calibration=none: no calibration set'}, and the measured "
+            "outcome's noise model is the calibration line.")
+        if study.empty:  # every simulated draw was left out (this trial's own draw was not)
+            flat = int(study.attrs.get("skipped_calibration", 0))
+            other = int(study.attrs.get("skipped", 0)) - flat
+            why = [f"{other} could not be analysed (e.g. every patient drew the same order)"] if other else []
+            why += [f"{flat} refitted a calibration line too flat to apply (calibration=auto's rule)"] if flat else []
+            study, study_note = None, (f"Not run: none of the {design.analysis.study_trials} simulated trials of "
+                                       f"this design could be used: {'; '.join(why) or 'none was drawn'}.")
 
     # 4. outputs
     table = _columns(table, acne)

@@ -90,14 +90,21 @@ def edit_mask(mask, keep, size: int) -> torch.Tensor | None:
     elif str(mask) in REGIONS:  # mask=cheeks: one region, unbracketed (as keep=eyes is)
         m = region_mask([str(mask)], size)
     else:
-        from PIL import Image
+        from PIL import Image, ImageChops, ImageOps
 
-        from ..data.images import load_rgb
+        from ..data.images import face_box, load_rgb
 
-        if not Path(str(mask)).expanduser().is_file():
+        path = Path(str(mask)).expanduser()
+        if not path.is_file():
             raise UserError(f"mask={mask} is neither an image file nor a region ({', '.join(REGIONS)}); give a PNG "
                             "or mask=[region,...]")
-        img = load_rgb(Path(str(mask)).expanduser()).convert("L").resize((size, size), Image.Resampling.BILINEAR)
+        img = load_rgb(path).convert("L")  # unreadable: one line naming the file
+        with Image.open(path) as raw:  # transparent pixels keep the input (load_rgb lays them on white: change)
+            if raw.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in raw.info:
+                img = ImageChops.multiply(img, ImageOps.exif_transpose(raw).convert("RGBA").getchannel("A"))
+        # the crop the input photo gets (its centred square, load_input), so a mask drawn on the photo lines up
+        left, top, side, _ = face_box(img)[0]
+        img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
         import numpy as np
 
         m = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]

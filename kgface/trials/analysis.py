@@ -384,4 +384,7 @@ def summarise(runs: pd.DataFrame, skipped: int = 0, skipped_calibration: int = 0
                      "coverage_mc_se": float(np.sqrt(cov * (1 - cov) / n)),
                      "ci_width": (g["high"] - g["low"]).mean(), "skipped": skipped,
                      "skipped_calibration": skipped_calibration})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    # an empty summary (every draw left out) still says why: the counts are not lost with the rows
+    out.attrs.update(skipped=skipped, skipped_calibration=skipped_calibration)
+    return out

@@ -106,13 +106,21 @@ def read_severity(evaluator, images: torch.Tensor, batch: int = 256) -> np.ndarr
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def calibration_set(evaluator, manifest: Path, disease: str) -> tuple[pd.DataFrame, str]:
-    """(true, raw, identity, disease, split) of real images of known severity and what they are: the run's images of
-    `disease` and healthy faces outside the training split (all splits when those hold fewer than 8 images of the
-    disease). A disease without images (one the dataset never drew) is calibrated on every disease's images: the
-    evaluator's severity head reads stage for all diseases alike."""
-    from ..data.manifest import read_manifest
+MIN_CALIBRATION_IMAGES = 8  # images of the disease a calibration line is fitted on, at least
+
+
+def calibration_set(evaluator, manifest: Path, disease: str, own: bool = True) -> tuple[pd.DataFrame, str]:
+    """(true, raw, identity, disease, split) of real images of known severity the evaluator never learned from, and
+    what they are: the run's images of `disease` and healthy faces outside the training split (the severity head
+    was fitted there: its line, slope error and residuals would be in-sample), without photos lacking a grade
+    (their stage is a placeholder). `own`: the evaluator was fitted on this manifest (the run's), whose val split
+    only sets the disease probe's temperature, so val images stay; otherwise (evaluator_dir=) every image its
+    trained_on list names is left out too, whatever split this manifest gives it. A disease without images (one the dataset never drew) is calibrated
+    on every disease's images: the evaluator's severity head reads stage for all diseases alike. Fewer than
+    MIN_CALIBRATION_IMAGES of the disease: `instrument` says so and does not calibrate."""
+    from ..data.manifest import read_manifest, stage_known
     from ..evaluation import load_images
+    from ..evaluation.evaluator import image_digest
 
     df = read_manifest(manifest)[0]
     what = disease
@@ -120,16 +128,19 @@ def calibration_set(evaluator, manifest: Path, disease: str) -> tuple[pd.DataFra
         what = "every disease (none of the images shows " + disease + ")"
     else:
         df = df[df["disease"].isin([disease, "healthy"])]
-    held = df[df["split"] != "train"]
-    if (held["disease"] != "healthy").sum() >= 8:
-        df, where = held, "val + test splits"
-    else:
-        where = "all splits (fewer than 8 non-training images; the training split is included)"
+    df = df[(df["split"] != "train") & stage_known(df)]
+    learned = set(getattr(evaluator, "trained_on", None) or ()) if not own else set()
+    dropped = 0
+    if learned:
+        fresh = np.array([image_digest(p) not in learned for p in df["abspath"]], dtype=bool)
+        dropped, df = int((~fresh).sum()), df[fresh]
     df = df.reset_index(drop=True)
-    raw = read_severity(evaluator, load_images(list(df["abspath"])))
+    raw = read_severity(evaluator, load_images(list(df["abspath"]))) if len(df) else np.zeros(0)
+    splits = " + ".join(s for s in ("val", "test") if (df["split"] == s).any()) or "no split"
+    note = (f"{len(df)} real images of {what} and healthy faces of known severity, {splits}"
+            + (f" ({dropped} left out: evaluator_dir='s evaluator learned from them)" if dropped else ""))
     return (pd.DataFrame({"true": df["severity"].astype(float), "raw": raw, "identity": df["identity"].astype(str),
-                          "disease": df["disease"], "split": df["split"]}),
-            f"{len(df)} real images of {what} and healthy faces, {where}")
+                          "disease": df["disease"], "split": df["split"]}), note)
 
 
 @dataclass
@@ -185,12 +196,21 @@ def instrument(cfg, run_dir: Path, run_cfg, manifest: Path | None, profiles, cac
     if manifest is None or not manifest.is_file():
         raise UserError(f"run={run_dir} names no dataset of real images to calibrate the evaluator on; "
                         "use calibration=none")
-    calset, note = calibration_set(evaluator, manifest, disease)
-    line = fit_calibration(calset["true"], calset["raw"])
-    problem = calibration_problem(line)
+    calset, note = calibration_set(evaluator, manifest, disease, own=cfg.evaluator_dir in (None, ""))
+    line, problem = None, None
+    shown = int((calset["disease"] != "healthy").sum())
+    if shown < MIN_CALIBRATION_IMAGES:  # a line through a handful of faces would pass for the instrument's
+        problem = (f"only {shown} images of {disease} of known severity outside the evaluator's training split "
+                   f"(calibration needs >= {MIN_CALIBRATION_IMAGES})")
+    else:
+        try:
+            line = fit_calibration(calset["true"], calset["raw"], calset["identity"])
+            problem = calibration_problem(line)
+        except UserError as exc:  # e.g. every image of one severity: auto falls back to the raw readings
+            problem = str(exc)
     if problem and mode == "real":
-        raise UserError(f"{problem}: its readings cannot be calibrated; train the evaluator longer, or use "
-                        "calibration=auto|none")
+        raise UserError(f"{problem}: its readings cannot be calibrated; train the evaluator longer or give more "
+                        "held-out images of known severity, or use calibration=auto|none")
     if problem:
         log.warning("%s: measured severities are the raw readings (calibration=auto)", problem)
     return Instrument(evaluator, source, mode, IDENTITY if problem else line, line, calset, note, problem)

@@ -50,8 +50,11 @@ class Calibration:
 IDENTITY = Calibration(0.0, 1.0, 0.0, 1.0, 0)  # calibration=none: readings taken as they are
 
 
-def fit_calibration(true, raw) -> Calibration:
-    """OLS raw = a + b * true."""
+def fit_calibration(true, raw, groups=None) -> Calibration:
+    """OLS raw = a + b * true. `groups` (one identity per image): the slope's standard error is the larger of the
+    OLS one and the one clustered by identity (CR1): images of one face share its reading offset, so where
+    severities vary within faces the OLS error is too small; with few faces the clustered one is itself noisy,
+    which the larger of the two guards against."""
     x, y = np.asarray(true, dtype=float), np.asarray(raw, dtype=float)
     if len(x) < 3 or np.ptp(x) == 0:
         raise UserError(f"calibration needs >= 3 images of different severities, got {len(x)}")
@@ -61,7 +64,16 @@ def fit_calibration(true, raw) -> Calibration:
     resid = y - intercept - slope * x
     s2 = float((resid ** 2).sum() / max(len(x) - 2, 1))
     r2 = 1.0 - float((resid ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12))
-    return Calibration(intercept, slope, float(np.sqrt(s2 / (xc * xc).sum())), r2, len(x))
+    sxx = float((xc * xc).sum())
+    se = float(np.sqrt(s2 / sxx))
+    if groups is not None:
+        _, index = np.unique(np.asarray(groups), return_inverse=True)
+        g, n = int(index.max()) + 1, len(x)
+        if 1 < g < n:  # one image per face: the OLS error already is the clustered one
+            scores = np.bincount(index, xc * resid, minlength=g)
+            cr1 = g / (g - 1) * (n - 1) / max(n - 2, 1) * float((scores ** 2).sum()) / sxx ** 2
+            se = max(se, float(np.sqrt(cr1)))
+    return Calibration(intercept, slope, se, r2, len(x))
 
 
 def calibration_problem(cal: Calibration, min_slope: float = 0.1) -> str | None:
@@ -93,7 +105,7 @@ class MeasurementModel:
 
     def recalibrated(self, rng: np.random.Generator) -> Calibration:
         """The line refitted on a calibration set redrawn from the model (same true severities, new readings)."""
-        return fit_calibration(self.truths, self.measure(self.truths, self.identities, rng))
+        return fit_calibration(self.truths, self.measure(self.truths, self.identities, rng), self.identities)
 
     def as_dict(self) -> dict:
         return {**self.calibration.as_dict(), "residual_sd": round(float(np.std(self.within)), 4),
@@ -101,7 +113,7 @@ class MeasurementModel:
 
 
 def fit_measurement_model(true, raw, identity) -> MeasurementModel:
-    cal = fit_calibration(true, raw)
+    cal = fit_calibration(true, raw, identity)
     true, raw, identity = np.asarray(true, dtype=float), np.asarray(raw, dtype=float), np.asarray(identity)
     resid = raw - cal.intercept - cal.slope * true
     labels, index = np.unique(identity, return_inverse=True)

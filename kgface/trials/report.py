@@ -191,6 +191,20 @@ def _table(df: pd.DataFrame, columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def randomisation_note(schedule: dict) -> str:
+    """What the design randomises: the reference block always comes first (a before/after comparison); only
+    order=randomised with two or more treatments makes the contrasts between treatments randomised ones."""
+    note = ("The reference block comes first and is not randomised: effects against it are before/after "
+            "comparisons that rest on the trend term")
+    if schedule["order"] == "randomised" and len(schedule["treatments"]) > 1:
+        return note + "; contrasts between treatments (A - B) are the randomised ones."
+    if len(schedule["treatments"]) > 1:
+        order = schedule["order"] if isinstance(schedule["order"], str) else "[" + ", ".join(schedule["order"]) + "]"
+        return (note + f"; so are the contrasts between treatments: every patient follows one fixed order "
+                f"(order={order}), and period effects are not balanced by randomisation.")
+    return note + "."
+
+
 def effects_table(estimates: pd.DataFrame, alpha: float, off_scale: tuple[str, ...] = ()) -> str:
     """One line per effect: truth, then the estimate [interval] and bias from true and from measured severities;
     an outcome in `off_scale` (raw readings, not on the truth's scale) has no bias (a dash)."""
@@ -280,9 +294,7 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
              "effects. `true_severity`: the simulated daily severities (a sanity check of the analysis); "
              "`measured_severity`: the evaluator's reading of each day's image"
              + (", uncalibrated." if caveat else ", calibrated to the true scale.")
-             + (" The reference block comes first and is not randomised: effects against it are before/after "
-                "comparisons that rest on the trend term; contrasts between treatments (A - B) are the randomised "
-                "ones." if len(d["schedule"]["treatments"]) > 1 else ""), "",
+             + " " + randomisation_note(d["schedule"]), "",
              effects_table(estimates, a["alpha"], ("measured_severity",) if caveat else ()), "",
              recovery(estimates, ("measured_severity",) if caveat else ()), ""]
     if caveat:
@@ -320,11 +332,12 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
         lines += [summary.get("study_note", "Not run (trial.analysis.study_trials=0)."), ""]
     else:
         s = summary["study"]
-        lines += [f"{s['trials']} trials of this design simulated without images (seed {s['seed']}); the measured "
-                  "severities come from the measurement model fitted on the calibration set (raw = a + b true + "
-                  "patient offset + resampled residual, the calibration refitted per trial: "
-                  "kgface/trials/measurement.py). It checks the analysis under the instrument's measured noise; it "
-                  "does not contain the generator's own errors, which the trial above shows.", "",
+        lines += [f"{s['trials']} trials of this design simulated without images (seed {s['seed']}); "
+                  + ("the measured severities come from the measurement model fitted on the calibration set (raw = "
+                     "a + b true + patient offset + resampled residual, the calibration refitted per trial: "
+                     "kgface/trials/measurement.py). It checks the analysis under the instrument's measured noise; "
+                     "it does not contain the generator's own errors, which the trial above shows."
+                     if not summary.get("study_note") else summary["study_note"]), "",
                   _table(study, ["outcome", "effect", "trials", "truth", "estimate", "bias", "bias_mc_se", "rmse",
                                  "coverage", "coverage_mc_se", "ci_width"]), ""]
         skipped = int(study["skipped"].iloc[0]) if "skipped" in study else 0

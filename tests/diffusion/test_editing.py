@@ -65,6 +65,26 @@ def test_edit_mask_from_a_png(tmp_path):
     assert torch.allclose(m[0, 1:-1, 16], torch.tensor(6 / 9))  # feathered at its edge, inside the white half
 
 
+def test_a_png_mask_lines_up_with_the_cropped_photo_and_keeps_its_transparent_pixels(tmp_path):
+    """A 64x48 photo keeps its centred 48x48 square; a 64x48 mask drawn on it was squeezed across all 64 columns,
+    so the edit landed elsewhere. Strokes on a transparent layer: transparent was read as white (change all)."""
+    photo = np.zeros((48, 64, 3), dtype=np.uint8)
+    photo[:, 32:] = 255  # the photo's right 32 columns are white: its cropped square's right half
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    Image.fromarray(photo[..., 0]).save(tmp_path / "mask.png")  # a mask painted over exactly that region
+    img = prepare_image(tmp_path / "photo.png", 32)
+    m = edit_mask(str(tmp_path / "mask.png"), None, 32)
+    white = img[0].float() > 127
+    assert white[:, :15].sum() == 0 and white[:, 17:].all()
+    assert float(m[0, :, :15].max()) == 0 and float(m[0, 1:-1, 18:].min()) == 1  # the same half: lined up
+    layer = np.zeros((32, 32, 4), dtype=np.uint8)
+    layer[..., :3] = 255  # white everywhere, opaque only in the top 8 rows: a stroke on a transparent layer
+    layer[:8, :, 3] = 255
+    Image.fromarray(layer, mode="RGBA").save(tmp_path / "layer.png")
+    m = edit_mask(str(tmp_path / "layer.png"), None, 32)
+    assert float(m[0, :7].min()) == 1 and float(m[0, 9:].max()) == 0
+
+
 def test_input_files_and_prepared_images(tmp_path):
     folder = tmp_path / "faces"
     folder.mkdir()

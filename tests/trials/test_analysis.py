@@ -193,6 +193,25 @@ def test_calibration_and_measurement_model_on_a_known_instrument():
     assert "barely rises" in calibration_problem(flat)
 
 
+def test_the_calibration_slope_error_counts_faces_not_images():
+    """Six images per face, one severity per face and a shared reading offset: the slope varies over repeated
+    calibration sets as 20 faces allow, not 120 images. The OLS error was a third of the spread; the error
+    clustered by identity follows it (CR1 runs a little low with 20 clusters)."""
+    rng = np.random.default_rng(0)
+    slopes, ols, clustered = [], [], []
+    identity = np.repeat(np.arange(20), 6)
+    for _ in range(200):
+        true = rng.uniform(0, 3, 20)[identity]
+        raw = 0.5 + 0.5 * true + rng.normal(0, 0.3, 20)[identity] + rng.normal(0, 0.1, 120)
+        plain, grouped = fit_calibration(true, raw), fit_calibration(true, raw, identity)
+        assert grouped.slope == plain.slope and grouped.slope_se >= plain.slope_se
+        slopes.append(plain.slope), ols.append(plain.slope_se), clustered.append(grouped.slope_se)
+    spread = np.std(slopes)
+    assert np.mean(ols) < 0.5 * spread and 0.75 * spread < np.mean(clustered) < 1.25 * spread
+    one_each = np.arange(120)  # one image per face: nothing to cluster
+    assert fit_calibration(true, raw, one_each).slope_se == fit_calibration(true, raw).slope_se
+
+
 def test_true_severity_recovery_over_many_trials_sanity():
     d = design_from_config(trial_cfg())
     runs, summary = coverage_study(d, 200, seed=1)
@@ -407,23 +426,22 @@ def test_treatment_names_like_design_columns_keep_their_effects(name):
 
 
 @pytest.fixture(scope="module")
-def real_measurement(trial_run, trial_manifest):
-    """The measurement model of the micro run's evaluator on the run's real acne and healthy phantom images."""
-    from pathlib import Path
-
-    from kgface.evaluation import load_evaluator
-    from kgface.trials.images import calibration_set
-
-    calset, note = calibration_set(load_evaluator(trial_run), Path(trial_manifest), "MONDO:0011438")
-    assert set(calset["disease"]) == {"MONDO:0011438", "healthy"} and len(calset) >= 8
-    return fit_measurement_model(calset["true"], calset["raw"], calset["identity"])
+def real_measurement():
+    """The measurement model of a known instrument: readings rise 0.5 per unit of severity, each face has its own
+    offset (sd 0.2) and each image its own error (sd 0.1), fitted on 40 faces of 4 graded images each. (The micro
+    run's evaluator cannot serve: out of sample it does not resolve severity at all, slope 0.03 +- 0.13; the line
+    the trial used to fit on its training faces made it look as if it did.)"""
+    rng = np.random.default_rng(7)
+    identity = np.repeat(np.arange(40), 4).astype(str)
+    true = np.tile([0.0, 1.0, 2.0, 3.0], 40) + rng.uniform(-0.3, 0.3, 160)
+    raw = 0.4 + 0.5 * true + rng.normal(0, 0.2, 40)[np.repeat(np.arange(40), 4)] + rng.normal(0, 0.1, 160)
+    return fit_measurement_model(true, raw, identity)
 
 
 def test_measured_effects_over_simulated_trials_bias_and_coverage(real_measurement):
-    """The image modality judged over 100 trials: effects estimated from calibrated evaluator readings, simulated
-    with the noise the evaluator shows on real phantom images, against the known simulated effects."""
-    problem = calibration_problem(real_measurement.calibration)
-    assert problem is None, f"the micro evaluator no longer resolves acne severity: {problem}"
+    """The image modality judged over 100 trials: effects estimated from calibrated readings of an instrument
+    with face offsets and image noise, the line refitted per trial, against the known simulated effects."""
+    assert calibration_problem(real_measurement.calibration) is None
     d = design_from_config(trial_cfg())
     runs, summary = coverage_study(d, 100, seed=0, measurement=real_measurement)
     s = summary.set_index(["outcome", "effect"])
@@ -453,9 +471,65 @@ def test_study_draws_whose_refitted_line_is_too_flat_are_left_out():
     assert (summary["trials"] == 30 - flat).all() and runs["trial"].nunique() == 30 - flat
 
 
+def test_a_study_with_every_draw_left_out_still_counts_them():
+    """An instrument blind to severity: every refitted line is too flat and every draw is left out; the empty
+    summary kept the counts, which the trial's note reports instead of a wrong reason."""
+    rng = np.random.default_rng(0)
+    truths = np.repeat(np.arange(4.0), 5)
+    model = fit_measurement_model(truths, rng.normal(1.0, 0.5, len(truths)), np.arange(len(truths)).astype(str))
+    runs, summary = coverage_study(design_from_config(trial_cfg(patients=2)), 6, seed=0, measurement=model)
+    assert summary.empty and runs.empty
+    assert summary.attrs == {"skipped": 6, "skipped_calibration": 6}
+
+
 def test_the_study_is_reproducible(real_measurement):
     d = design_from_config(trial_cfg(patients=2))
     a = coverage_study(d, 5, seed=3, measurement=real_measurement)[0]
     b = coverage_study(d, 5, seed=3, measurement=real_measurement)[0]
     assert len(a) > 0  # two empty frames are equal too
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_calibration_never_reads_the_evaluators_training_faces(trial_run, tmp_path):
+    """The micro run holds 4 held-out acne faces: its training faces made up the rest of a calibration line fitted
+    in-sample. Now the training split never enters: calibration=auto keeps the raw readings and says why,
+    calibration=real refuses; an evaluator_dir= evaluator leaves out every face its trained_on list names, whatever
+    split the manifest gives it, and so does a photo without a grade."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from kgface.data.manifest import read_manifest
+    from kgface.errors import UserError
+    from kgface.evaluation import load_evaluator
+    from kgface.trials.images import calibration_set, instrument
+
+    manifest = Path(json.loads((trial_run / "data.json").read_text())["manifest"])
+
+    def meter(mode):
+        cfg = OmegaConf.create({"evaluator_dir": None, "calibration": mode})
+        return instrument(cfg, trial_run, OmegaConf.load(trial_run / "config.yaml"), manifest, [], None,
+                          "MONDO:0011438", progress=False)
+
+    few = meter("auto")
+    assert few.line is None and few.calibration.slope == 1.0 and few.calibration.n == 0
+    assert few.problem.startswith("only 4 images of MONDO:0011438 of known severity outside")
+    assert set(few.calset["split"]) == {"test"} and few.calset_note.endswith("known severity, test")
+    with pytest.raises(UserError, match="only 4 images of MONDO:0011438"):
+        meter("real")
+    # the same images under a manifest that calls the training faces test faces, and one graded photo unknown
+    copy = tmp_path / "data"
+    shutil.copytree(manifest.parent, copy)
+    df = pd.read_csv(copy / manifest.name, dtype=str, keep_default_na=False)
+    df["stage_known"] = "True"
+    acne_test = df.index[(df["disease"] == "MONDO:0011438") & (df["split"] == "test")]
+    df.loc[acne_test[0], "stage_known"] = "False"
+    df.loc[df["split"] == "train", "split"] = "test"
+    df.to_csv(copy / manifest.name, index=False)
+    evaluator = load_evaluator(trial_run)
+    calset, note = calibration_set(evaluator, copy / manifest.name, "MONDO:0011438", own=False)
+    train = read_manifest(manifest)[0].query("split == 'train' and disease in ['MONDO:0011438', 'healthy']")
+    assert len(train) and "left out: evaluator_dir='s evaluator learned from them" in note
+    assert not set(calset["identity"]) & set(train["identity"]) and (calset["disease"] == "MONDO:0011438").sum() == 3

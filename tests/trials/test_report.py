@@ -97,3 +97,16 @@ def test_series_figure_draws_at_most_its_panel_limit(tmp_path):
         return Image.open(plot_series(table, images, {}, ["A"], "A", tmp_path / f"s{n}.png")).size[1]
 
     assert series(MAX_SERIES_PANELS + 6) == series(MAX_SERIES_PANELS) > series(2)
+
+
+def test_only_a_randomised_order_makes_the_contrasts_randomised():
+    """order=alternating or a fixed list gives every patient one order: A - B was called randomised all the same."""
+    from kgface.trials.report import randomisation_note
+
+    assert randomisation_note({"order": "randomised", "treatments": ["A", "B"]}).endswith(
+        "contrasts between treatments (A - B) are the randomised ones.")
+    for order, shown in (("alternating", "order=alternating"), (["A", "B", "B", "A"], "order=[A, B, B, A]")):
+        note = randomisation_note({"order": order, "treatments": ["A", "B"]})
+        assert "are the randomised ones" not in note and shown in note and "not balanced by randomisation" in note
+    single = randomisation_note({"order": "randomised", "treatments": ["A"]})
+    assert single.startswith("The reference block comes first and is not randomised") and "A - B" not in single
