@@ -167,17 +167,19 @@ def check_identity(cfg: DictConfig):
     """Validate the identity_* keys before anything loads; returns (checkpoint, encoder folder or None, reference:
     a PIL image, precomputed embeddings, 'input', or None when no identity adapter is asked for)."""
     if cfg.identity_adapter in (None, ""):
-        if cfg.identity_image not in (None, ""):
-            raise UserError("identity_image= needs identity_adapter=CHECKPOINT.safetensors (the IP-Adapter it feeds)")
+        for key in ("identity_image", "identity_encoder"):  # read only with the adapter: a set one did nothing
+            if cfg.get(key) not in (None, ""):
+                raise UserError(f"{key}= needs identity_adapter=CHECKPOINT.safetensors (the IP-Adapter it feeds)")
+        if as_number(cfg.identity_scale, "identity_scale") != 1.0:
+            raise UserError(f"identity_scale={cfg.identity_scale} needs identity_adapter=CHECKPOINT.safetensors (the "
+                            "identity branch it weighs)")
         return None
     ckpt = _existing(cfg, "identity_adapter", "an IP-Adapter checkpoint, .safetensors")
     if cfg.identity_image in (None, ""):
         raise UserError("identity_adapter= needs identity_image=FACE (an image), identity_image=input (each input is "
                         "its own reference) or identity_image=EMBEDS.safetensors (precomputed image_embeds)")
-    try:
-        float(cfg.identity_scale)
-    except (TypeError, ValueError, OverflowError):  # float() of a huge integer overflows
-        raise UserError(f"identity_scale={cfg.identity_scale} is not a number") from None
+    if not as_number(cfg.identity_scale, "identity_scale") >= 0:  # nan passed float() and drew NaN faces
+        raise UserError(f"identity_scale={cfg.identity_scale}: the identity branch's weight is >= 0 (0 = KG only)")
     ref = str(cfg.identity_image)
     if ref == "input":
         if not (cfg.mode in ("transform", "progression") and cfg.input):
@@ -189,6 +191,9 @@ def check_identity(cfg: DictConfig):
         if path.suffix == ".safetensors":
             from .diffusion.adapter import read_identity_embeds
 
+            if cfg.identity_encoder not in (None, ""):  # checked nowhere else: a typo passed
+                raise UserError("identity_encoder= is not read with precomputed identity_image=EMBEDS.safetensors; "
+                                "leave it out")
             return ckpt, None, read_identity_embeds(path)  # no image encoder needed
         from .data.images import load_rgb
 
@@ -291,11 +296,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     check_output_folder(cfg, out_dir)
     if not 0.0 < as_number(cfg.strength, "strength") <= 1.0:
         raise UserError(f"strength={cfg.strength} must lie in (0, 1]")
-    if not as_number(cfg.batch_size, "batch_size") >= 1:
-        raise UserError(f"batch_size={cfg.batch_size} must be >= 1")
+    batch = as_number(cfg.batch_size, "batch_size")
+    if not (batch >= 1 and batch == int(batch)):  # 2.9 became 2
+        raise UserError(f"batch_size={cfg.batch_size}: a whole number >= 1")
     seeds = [as_number(s, "seeds") for s in as_list(cfg.seeds, "seeds")]
-    if any(s != int(s) or s < 0 for s in seeds):
-        raise UserError(f"seeds={cfg.seeds}: seeds are integers >= 0")
+    if any(s != int(s) or s < 0 or s >= 2 ** 62 for s in seeds):  # torch's generators take 64 bits; eta adds 2^40
+        raise UserError(f"seeds={cfg.seeds}: seeds are integers in [0, 2^62)")
+    if cfg.get("evaluator_dir") not in (None, "", False) and not (cfg.mode in ("transform", "progression")
+                                                                  and cfg.input):
+        raise UserError("evaluator_dir= scores how far outputs keep their input's identity: it needs input images "
+                        "(mode=transform, or mode=progression with input=); leave it out")
     if cfg.frames is not None and (as_number(cfg.frames, "frames") != int(cfg.frames) or int(cfg.frames) < 2):
         raise UserError(f"frames={cfg.frames}: a progression ramp needs an integer number of frames >= 2")
     if cfg.inversion and not (cfg.mode in ("transform", "progression") and cfg.input):

@@ -252,6 +252,15 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
                                     ("eta=-1", "eta")]):
         # checked before the run loads: the run without a model would fail on that instead
         assert fails(capsys, empty, tmp_path / f"e{k}", arg).startswith(f"kgface.generate: error: {key}=")
+    # ... and these were read nowhere (identity keys without the adapter, evaluator_dir= without inputs), truncated
+    # (batch_size=2.9 drew in batches of 2), or failed after loading (a seed past torch's 64 bits: a traceback)
+    for k, (arg, words) in enumerate([("identity_encoder=/typo", "identity_encoder= needs identity_adapter="),
+                                      ("identity_scale=0.5", "identity_scale=0.5 needs identity_adapter="),
+                                      ("identity_scale=nan", "identity_scale=nan: not a finite number"),
+                                      (f"evaluator_dir={tmp_path}", "evaluator_dir= scores how far outputs keep"),
+                                      ("batch_size=2.9", "batch_size=2.9: a whole number >= 1"),
+                                      ("seeds=[18446744073709551616]", "seeds=[18446744073709551616]: seeds are integers in")]):
+        assert fails(capsys, empty, tmp_path / f"u{k}", arg).startswith(f"kgface.generate: error: {words}"), arg
     assert "is a model=tiny run" in fails(capsys, micro_run, tmp_path / "dt", "dtype=bf16")  # no frozen base to halve
     generate(micro_run, tmp_path / "fp32", "diseases=[healthy]", "stages=[0]", "dtype=fp32")  # a no-op there
     assert json.loads((tmp_path / "fp32" / "generation.json").read_text())["dtype"] == "fp32"

@@ -45,7 +45,8 @@ def drawn_profile(profile: FacialProfile, seed: int, severity: float, unknown_fr
     mode=compose: every phenotype given by the user, with an intensity) is drawn as given."""
     if profile.healthy or (profile.phenotypes and all(p.provenance == "custom" for p in profile.phenotypes)):
         return profile
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(profile.disease_id.encode())])
+    # all 64 bits of the seed (32 drew one set for seeds 2^32 apart, under different noise); the same below 2^32
+    rng = np.random.default_rng([int(seed) % (1 << 64), zlib.crc32(profile.disease_id.encode())])
     stage = stage_of(severity)
     shows = stage > 0 or stage_levels(profile.disease_id)[0].signs
     present = []
