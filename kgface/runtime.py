@@ -6,7 +6,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .cache import Cache
-from .kg import HEALTHY, FacialProfile, KnowledgeGraph, ProfileBuilder, UnknownDiseaseError, VisibleCatalog, load_kg
+from .kg import (HEALTHY, FacialProfile, KnowledgeGraph, NoVisiblePhenotypeError, ProfileBuilder, UnknownDiseaseError,
+                 VisibleCatalog, load_kg)
 from .resources import kg_data_dir
 
 
@@ -81,18 +82,33 @@ def resolve_entry(builder: ProfileBuilder, entry: dict) -> FacialProfile:
 def load_profiles(cfg: DictConfig, diseases: list[str] | None = None, cache: Cache | None = None,
                   include_healthy: bool = True, knowledge: tuple[KnowledgeGraph, VisibleCatalog] | None = None
                   ) -> list[FacialProfile]:
-    """Profiles for the given ids/names (None = the panel), in order, without duplicates."""
+    """Profiles for the given ids/names (None = the panel), in order, without duplicates. A panel of every disease of
+    the graph (kg.panel null, e.g. kg=rdf) leaves out, with one warning, diseases with nothing visible to draw: the
+    first such one stopped the whole run; a disease named in the panel or asked for still fails."""
     kg, catalog = knowledge or load_knowledge(cfg, cache)
     builder = ProfileBuilder(kg, catalog)
+    whole_graph = diseases is None and cfg.kg.get("panel") is None
     entries = ([{"id": str(d), "name": ""} for d in diseases] if diseases is not None
                else panel_queries(cfg, kg))
-    out, seen = [], set()
+    out, seen, invisible = [], set(), []
     for e in entries:
-        profile = resolve_entry(builder, e)
+        try:
+            profile = resolve_entry(builder, e)
+        except NoVisiblePhenotypeError:
+            if not whole_graph:
+                raise
+            invisible.append(e["id"])
+            continue
         if profile.disease_id in seen or (profile.disease_id == HEALTHY and not include_healthy):
             continue
         seen.add(profile.disease_id)
         out.append(profile)
+    if invisible:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "kg.panel=null: %d of the graph's %d diseases have no visible phenotype and are left out (e.g. %s)",
+            len(invisible), len(entries), ", ".join(invisible[:3]))
     return out
 
 
@@ -131,6 +147,11 @@ def learned_table(cfg: DictConfig) -> tuple[str, dict, float, str, dict] | None:
                         "learned_profiles.json file itself") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"profile.learned={path}: not a kgface learned_profiles.json ({exc!r})") from None
+    for d, row in table.items():  # 80 meant as 80% became 1.0, -0.2 a "present" phenotype at frequency 0
+        for h, f in row.items():
+            if not 0.0 <= f <= 1.0:
+                raise UserError(f"profile.learned={path}: {d} {h} has learned_frequency {f:g}; frequencies lie in "
+                                "[0, 1] (a share of faces, not a percentage)")
     return source, table, blend, str(path), data
 
 

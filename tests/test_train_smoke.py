@@ -321,6 +321,13 @@ def test_a_learned_profile_table_counts_by_its_bytes(evaluated_run, tmp_path):
     blend = training_setup(compose("train", MICRO + ["profile.source=blend", "profile.blend=0.2",
                                                      f"profile.learned={learned}"]), "kg")
     assert blend["profile"] != setups[0]["profile"]
+    entry["learned_frequency"] = 80  # meant as 80%: it was clipped to 1.0 in silence
+    copy.write_text(json.dumps(data))
+    from kgface.errors import UserError
+    from kgface.runtime import learned_table
+
+    with pytest.raises(UserError, match=r"has learned_frequency 80; frequencies lie in \[0, 1\]"):
+        learned_table(compose("train", MICRO + ["profile.source=learned", f"profile.learned={copy}"]))
 
 
 def test_a_rerun_killed_while_saving_leaves_no_generator_to_load(evaluated_run, tmp_path, monkeypatch):

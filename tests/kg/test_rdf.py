@@ -202,3 +202,25 @@ def test_sparql_climbs_every_parent_and_reads_absences_as_the_loader_does(hpo_kg
         if frequency is not None:
             g.add((a, KGF.frequency, frequency))
     assert [d for d, _ in diseases_with_phenotype(g, "HP:0000582")] == ["D:0", "D:1"]
+
+
+def test_a_whole_graph_panel_leaves_out_diseases_with_nothing_visible(profiles, tmp_path, catalog, caplog):
+    """kg=rdf's default panel is every disease of the graph: one disease whose only phenotype is known absent
+    stopped the run (NoVisiblePhenotypeError); it is left out with a warning, and still fails when asked for."""
+    from omegaconf import OmegaConf
+
+    from kgface.kg import NoVisiblePhenotypeError
+    from kgface.runtime import load_profiles
+
+    write_turtle(profiles_to_graph(profiles[:1]), tmp_path / "down.ttl")
+    path = _ttl(tmp_path, "kgf:negated true")
+    path.write_text(path.read_text() + "\n" + (tmp_path / "down.ttl").read_text(), encoding="utf-8")
+    kg = load_kg("rdf", path=path)
+    assert set(kg.diseases["id"]) == {"ORPHA:1", "ORPHA:870"}
+    cfg = OmegaConf.create({"kg": {"source": "rdf", "path": str(path), "panel": None}})
+    with caplog.at_level("WARNING"):
+        got = load_profiles(cfg, knowledge=(kg, catalog), include_healthy=False)
+    assert [p.disease_id for p in got] == ["ORPHA:870"]
+    assert "1 of the graph's 2 diseases have no visible phenotype and are left out (e.g. ORPHA:1)" in caplog.text
+    with pytest.raises(NoVisiblePhenotypeError):
+        load_profiles(cfg, diseases=["ORPHA:1"], knowledge=(kg, catalog))
