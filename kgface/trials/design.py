@@ -130,8 +130,45 @@ def _check_repeats(schedule: Schedule) -> None:
                         "[A, B, A]) or trial.analysis.effects=common")
 
 
+# every key a trial file may hold: Hydra refuses an unknown key only on the command line, so a typo in a study file
+# (analysis: {skip: 5}, schedule: {washout: 3}) ran with the default in silence
+KNOWN_KEYS = {
+    "trial": {"name", "disease", "scale", "patients", "start_date", "mask", "schedule", "severity", "analysis"},
+    "trial.schedule": {"reference", "baseline_days", "treatments", "order", "cycles", "block_days", "washout_days"},
+    "trial.analysis": {"skip_days", "trend", "unit", "cov", "hac_lags", "effects", "alpha", "study_trials"},
+    "trial.severity": {"baseline", "trend", "noise", "treatments"},
+    "trial.severity.baseline": {"mean", "sd"}, "trial.severity.trend": {"mean", "sd"},
+    "trial.severity.noise": {"sd", "ar"},
+}
+TREATMENT_KEYS = {"effect", "sd", "tau", "tau_off"}
+
+
+def check_keys(c) -> None:
+    """Refuse a key of the trial config that nothing reads (one line naming it and the keys there are)."""
+    def walk(node, where, known):
+        if not hasattr(node, "items"):
+            return  # not a mapping: its reader's own error
+        unknown = sorted(str(k) for k in node.keys() if str(k) not in known)
+        if unknown:
+            raise UserError(f"{where}.{unknown[0]} is not a trial setting; {where} takes "
+                            f"{', '.join(sorted(known))} (docs/trials.md)")
+
+    for where, known in KNOWN_KEYS.items():
+        node = c
+        for part in where.split(".")[1:]:
+            node = node.get(part) if hasattr(node, "get") else None
+        if node is not None:
+            walk(node, where, known)
+    severity = c.get("severity") if hasattr(c, "get") else None
+    treatments = severity.get("treatments") if hasattr(severity, "get") else None
+    if hasattr(treatments, "items"):
+        for name, t in treatments.items():
+            walk(t, f"trial.severity.treatments.{name}", TREATMENT_KEYS)
+
+
 def design_from_config(c) -> Design:
     """The validated design of a `trial` config node (a DictConfig or dict)."""
+    check_keys(c)
     scale = str(c.get("scale", "severity"))
     if scale not in SCALES:
         raise UserError(f"trial.scale={scale} is unknown; use {' | '.join(SCALES)}")
@@ -163,6 +200,11 @@ def design_from_config(c) -> Design:
         raise UserError(f"trial.analysis.effects=by_patient needs cov=nonrobust (got cov={cov}: with each patient's "
                         "own effects in the fit, a by-patient sandwich cannot estimate their error); keep unit=block "
                         "for autocorrelated days, or use effects=common")
+    if cov == "hac" and unit == "block":
+        # a patient's handful of block means with hac_lags >= their count is a sandwich summed by patient, read with
+        # n - k df where about patients - 1 apply: intervals too narrow (t(13) 2.16 where t(3) 3.18 would hold)
+        raise UserError("trial.analysis.cov=hac is for unit=day (autocorrelated daily rows); with unit=block use "
+                        "cov=nonrobust (block means are near independent) or cov=cluster (by patient)")
     schedule = schedule_from_config(c.get("schedule") or {}, a.get("skip_days", 0))
     if effects == "by_patient":
         _check_repeats(schedule)

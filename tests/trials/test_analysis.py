@@ -533,3 +533,27 @@ def test_calibration_never_reads_the_evaluators_training_faces(trial_run, tmp_pa
     train = read_manifest(manifest)[0].query("split == 'train' and disease in ['MONDO:0011438', 'healthy']")
     assert len(train) and "left out: evaluator_dir='s evaluator learned from them" in note
     assert not set(calset["identity"]) & set(train["identity"]) and (calset["disease"] == "MONDO:0011438").sum() == 3
+
+
+@pytest.mark.parametrize("key, words", [
+    ("analysis.skip", "trial.analysis.skip is not a trial setting; trial.analysis takes alpha, cov"),
+    ("schedule.washout", "trial.schedule.washout is not a trial setting"),
+    ("severity.noise.rho", "trial.severity.noise.rho is not a trial setting; trial.severity.noise takes ar, sd"),
+    ("severity.treatments.A.delay", "trial.severity.treatments.A.delay is not a trial setting"),
+    ("patient", "trial.patient is not a trial setting")])
+def test_a_typo_in_a_trial_file_is_refused(key, words):
+    """Hydra refuses unknown keys only on the command line: in a study file they ran with the default, silently."""
+    from kgface.errors import UserError
+
+    cfg = trial_cfg()
+    OmegaConf.set_struct(cfg, False)
+    OmegaConf.update(cfg, key, 5, force_add=True)
+    with pytest.raises(UserError, match="^" + words.replace("(", r"\(")):
+        design_from_config(cfg)
+
+
+def test_hac_on_block_means_is_refused():
+    """A patient's few block means under hac_lags >= their count: a by-patient sandwich read with n - k df."""
+    with pytest.raises(UserError, match=r"^trial.analysis.cov=hac is for unit=day"):
+        design_from_config(trial_cfg(**{"analysis.cov": "hac"}))
+    assert design_from_config(trial_cfg(**{"analysis.cov": "hac", "analysis.unit": "day"})).analysis.cov == "hac"
