@@ -112,6 +112,12 @@ def _float_ids(path):
     write_kg_csv(path, rows)
 
 
+def _float_disease_ids(path):
+    rows = kg_rows()
+    rows[0][3] = rows[0][3] + ".0"  # re-saved through pandas: it became a disease no MONDO id finds
+    write_kg_csv(path, rows)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p.write_text("", encoding="utf-8"), "empty file"),
     (lambda p: write_kg_csv(p, [], header=["node_index", "node_id", "node_type", "node_name", "node_source"]),
@@ -121,6 +127,7 @@ def _float_ids(path):
     (_truncated, "unreadable after data row"),
     (_non_utf8, "unreadable after data row"),
     (_float_ids, r"kg\.csv:2: phenotype id '582\.0' is not a bare HPO integer"),
+    (_float_disease_ids, r"kg\.csv:2: disease id '\d+\.0' is not a bare MONDO integer"),
     (lambda p: write_kg_csv(p, [r for r in kg_rows() if r[0] == "disease_protein"]), "no disease-phenotype rows"),
 ])
 def test_bad_kg_csv(tmp_path, make, message):
