@@ -299,8 +299,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     batch = as_number(cfg.batch_size, "batch_size")
     if not (batch >= 1 and batch == int(batch)):  # 2.9 became 2
         raise UserError(f"batch_size={cfg.batch_size}: a whole number >= 1")
-    seeds = [as_number(s, "seeds") for s in as_list(cfg.seeds, "seeds")]
-    if any(s != int(s) or s < 0 or s >= 2 ** 62 for s in seeds):  # torch's generators take 64 bits; eta adds 2^40
+    # ints as given (a float holds 53 bits: 2^62 - 1 rounded up to 2^62); torch's generators take 64, eta adds 2^40
+    seeds = [s if isinstance(s, int) and not isinstance(s, bool) else as_number(s, "seeds")
+             for s in as_list(cfg.seeds, "seeds")]
+    if any(s != int(s) or not 0 <= int(s) < 2 ** 62 for s in seeds):
         raise UserError(f"seeds={cfg.seeds}: seeds are integers in [0, 2^62)")
     if cfg.get("evaluator_dir") not in (None, "", False) and not (cfg.mode in ("transform", "progression")
                                                                   and cfg.input):

@@ -186,6 +186,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
+SETUP_VERSION = 2  # bump when training_setup hashes differently: an older record then resumes unchecked, with a warning
+
+
 def training_setup(cfg: DictConfig, mode: str) -> dict:
     """What a generator trains on, a hash per config group, recorded in every checkpoint and compared on resume:
     conditioning, seed, data, knowledge graph, encoder (KG conditionings only), profile source and the model (but
@@ -209,6 +212,8 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
              if k not in ("sample", "lr", "pretrained", "text_model", "gradient_checkpointing")}
     if model_cfg.get("name", "tiny") == "tiny":  # its prompt encoder; a pretrained folder has its own
         model["text_model_files"] = _text_model_files(model_cfg.get("text_model"))
+    elif model_cfg.get("pretrained") not in (None, "", "???"):  # the base a LoRA continues: another base is refused
+        model["pretrained_files"] = _files_of(model_cfg["pretrained"])
     encoder_cfg = container(cfg.get("encoder")) or {}
     kg_cfg = container(cfg.kg) or {}
     kg = {k: v for k, v in kg_cfg.items() if k not in KG_FILE_KEYS}
@@ -217,7 +222,7 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
     profile = {"source": "kg"} if learned is None else {
         "source": learned[0], "blend": learned[2] if learned[0] == "blend" else None,
         "learned": file_fingerprint(Path(str(learned[3])).expanduser())}
-    setup = {"conditioning": str(mode), "seed": int(cfg.seed), "data": stable_hash(data), "kg": stable_hash(kg),
+    setup = {"version": SETUP_VERSION, "conditioning": str(mode), "seed": int(cfg.seed), "data": stable_hash(data), "kg": stable_hash(kg),
              "profile": stable_hash(profile),
              "model": stable_hash(model)}
     if mode in KG_MODES or mode == CONTROL:  # text and class tokens never read the encoder's settings
@@ -228,7 +233,8 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
 
 
 def _files_of(path) -> dict | None:
-    """A file or folder by its files' names and sizes (small ones by their bytes too), not its path or times."""
+    """A file or folder by its files' names and sizes (small ones by their bytes too), not its path or times (nor
+    the name a link resolves to: a Hugging Face snapshot's files are links to blobs named by hash)."""
     from .cache import file_fingerprint
 
     p = Path(str(path)).expanduser()
@@ -239,7 +245,7 @@ def _files_of(path) -> dict | None:
                  if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)}
     else:
         return None  # refused where it is read
-    return {name: {k: v for k, v in fp.items() if k not in ("path", "mtime_ns")} for name, fp in files.items()}
+    return {name: {k: v for k, v in fp.items() if k not in ("path", "mtime_ns", "name")} for name, fp in files.items()}
 
 
 def _text_model_files(value) -> dict | None:

@@ -232,7 +232,7 @@ def test_a_checkpoint_resumes_only_the_training_it_was_part_of(evaluated_run, tm
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)
     state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text())
-    assert set(state["setup"]) == {"conditioning", "seed", "data", "kg", "encoder", "profile", "model"}
+    assert set(state["setup"]) == {"version", "conditioning", "seed", "data", "kg", "encoder", "profile", "model"}
     for override, words in (("seed=1", "(seed differ"), ("conditioning=text", "(conditioning differ"),
                             ("data.heldout=[]", "(data.* differ")):
         with pytest.raises(SystemExit) as info:

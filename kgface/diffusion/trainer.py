@@ -141,7 +141,12 @@ def _check_same_setup(folder: Path, saved: dict | None, current: dict | None) ->
     2026-12-07, or trained outside kgface.train) resumes unchecked."""
     if not saved or not current:
         return
-    changed = [k for k in current if k in saved and saved[k] != current[k]]
+    if saved.get("version") != current.get("version"):  # hashed another way: a difference would not be the user's
+        logging.getLogger(__name__).warning(
+            "%s: its checkpoint's training record is from another kgface version; resuming without comparing the "
+            "settings (resume with the ones it trained with)", folder)
+        return
+    changed = [k for k in current if k in saved and saved[k] != current[k] and k != "version"]
     if changed:
         keys = ", ".join(k if k in ("conditioning", "seed") else f"{k}.*" for k in changed)
         raise TrainingError(f"{folder} was trained under other settings ({keys} differ from this run's); resuming "
@@ -229,11 +234,21 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
             restore_ema(folder, ema, state["ema_steps"], params)
     opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")  # GPU-saved resumes on a CPU
     configured = [float(g["initial_lr"]) for g in optimizer.param_groups]  # this run's rates (LambdaLR's bases)
+    # ... and its other settings: load_state_dict brings back the checkpoint's weight decay, betas and eps too,
+    # so trainer.weight_decay=0 on resume went on at the old decay in silence
+    settings = [{k: g[k] for k in ("weight_decay", "betas", "eps") if k in g} for g in optimizer.param_groups]
     try:  # moments and step counts come back from the checkpoint; the rates too, unless this run names others
         optimizer.load_state_dict(opt["optimizer"])
     except ValueError as exc:  # e.g. a checkpoint from before the adapter had its own parameter group
         raise TrainingError(f"{folder}: its optimizer state does not fit this run ({exc}); "
                             "set trainer.resume=null to start afresh") from None
+    for group, own in zip(optimizer.param_groups, settings):
+        changed = {k: (group[k], v) for k, v in own.items() if group[k] != v}
+        if changed:
+            logging.getLogger(__name__).warning(
+                "%s: trained with %s; continuing with this run's", folder,
+                ", ".join(f"{k}={old}" for k, (old, _) in changed.items()))
+        group.update(own)
     scheduler.load_state_dict(opt["scheduler"])
     if getattr(optimizer, "scaler", None) is not None and "scaler" in opt:  # an fp16 run resumes at its loss scale
         optimizer.scaler.load_state_dict(opt["scaler"])

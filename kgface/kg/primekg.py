@@ -150,10 +150,9 @@ def _attach_hpo(edges: pd.DataFrame, diseases: pd.DataFrame, hpo: KnowledgeGraph
     rows_absent: dict[tuple[str, str], list] = {}
     h = hpo.edges
     provenance = h["provenance"] if "provenance" in h else [""] * len(h)
-    # the reference too: a paper's count repeated in phenotype.hpoa pools once here as under kg=hpo
-    for did, hid, neg, f, raw, prov, ref in zip(h["disease_id"], h["hpo_id"], h["negated"], h["frequency"],
-                                                h["frequency_raw"], provenance, h["reference"]):
-        row = SimpleNamespace(frequency=f, frequency_raw=raw, provenance=prov, reference=ref)
+    for did, hid, neg, f, raw, prov in zip(h["disease_id"], h["hpo_id"], h["negated"], h["frequency"],
+                                           h["frequency_raw"], provenance):
+        row = SimpleNamespace(frequency=f, frequency_raw=raw, provenance=prov)
         (rows_absent if neg else rows_present).setdefault((did, hid), []).append(row)
     best: dict[tuple[str, str], tuple[float, str]] = {}  # (HPO disease, term) -> its frequency, its text
     for key, rows in rows_present.items():

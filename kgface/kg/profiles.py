@@ -125,25 +125,10 @@ def _references(rows) -> list[str]:
     return sorted({r for row in rows for r in str(row.reference or "").split(";") if r})
 
 
-def _once_per_source(rows: list) -> list:
-    """`rows` without repeats of one (reference, frequency_raw) pair: phenotype.hpoa lists some papers' counts
-    twice (OMIM:611182's micrognathia: PMID:28619360's 1/1 twice), which pooling counted as more patients."""
-    seen, out = set(), []
-    for r in rows:
-        key = (str(getattr(r, "reference", "") or ""), str(r.frequency_raw or ""))
-        if key[0] and key in seen:
-            continue
-        seen.add(key)
-        out.append(r)
-    return out
-
-
 def _frequency_of(present: list, absent: list) -> tuple[float | None, str, list]:
     """(frequency, frequency_raw, the absent rows counted) of one term from its rows reported present and those
     reported absent: case counts are pooled when every present row is one, and then a source's 0/m counts too (0 of
-    19 patients is 19 cases: 0/19 and 3/3 -> 3/22, not 1); otherwise the highest known frequency, in any order.
-    A row repeating another's source and count (two biocurations of one paper's patients) is counted once."""
-    present, absent = _once_per_source(present), _once_per_source(absent)
+    19 patients is 19 cases: 0/19 and 3/3 -> 3/22, not 1); otherwise the highest known frequency, in any order."""
     zeros = [r for r in absent if (m := _COUNT.match(str(r.frequency_raw or ""))) and int(m.group(1)) == 0]
     pooled = pooled_counts(*(str(r.frequency_raw or "") for r in present + zeros))
     if pooled is not None and len(present) + len(zeros) > 1:

@@ -216,7 +216,8 @@ def design_from_config(c) -> Design:
     analysis = Analysis(skip_days=skip, unit=unit, trend=trend, cov=cov,
                         hac_lags=lags, alpha=alpha, study_trials=study, effects=effects)
     if cov == "cluster" and patients < 2:
-        raise UserError("trial.analysis.cov=cluster needs at least 2 patients (clusters); use hac or nonrobust")
+        raise UserError("trial.analysis.cov=cluster needs at least 2 patients (clusters); use nonrobust (or hac with "
+                        "unit=day)")
     model = model_from_config(c.get("severity") or {}, schedule.treatments, *scale_bounds(scale))
     return Design(disease=str(c.get("disease")), scale=scale, patients=patients, start_date=start,
                   schedule=schedule, model=model, analysis=analysis)

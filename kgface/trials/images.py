@@ -113,9 +113,10 @@ def calibration_set(evaluator, manifest: Path, disease: str, own: bool = True) -
     """(true, raw, identity, disease, split) of real images of known severity the evaluator never learned from, and
     what they are: the run's images of `disease` and healthy faces outside the training split (the severity head
     was fitted there: its line, slope error and residuals would be in-sample), without photos lacking a grade
-    (their stage is a placeholder). `own`: the evaluator was fitted on this manifest (the run's), whose val split
-    only sets the disease probe's temperature, so val images stay; otherwise (evaluator_dir=) every image its
-    trained_on list names is left out too, whatever split this manifest gives it. A disease without images (one the dataset never drew) is calibrated
+    (their stage is a placeholder), and without any image the evaluator's trained_on list names, whatever split
+    this manifest gives it (a test copy of a training image; an evaluator fitted on other splits). `own`: the
+    evaluator was fitted on this manifest (the run's), whose val split only sets the disease probe's temperature,
+    so this manifest's val images stay. A disease without images (one the dataset never drew) is calibrated
     on every disease's images: the evaluator's severity head reads stage for all diseases alike. Fewer than
     MIN_CALIBRATION_IMAGES of the disease: `instrument` says so and does not calibrate."""
     from ..data.manifest import read_manifest, stage_known
@@ -129,7 +130,9 @@ def calibration_set(evaluator, manifest: Path, disease: str, own: bool = True) -
     else:
         df = df[df["disease"].isin([disease, "healthy"])]
     df = df[(df["split"] != "train") & stage_known(df)]
-    learned = set(getattr(evaluator, "trained_on", None) or ()) if not own else set()
+    learned = set(getattr(evaluator, "trained_on", None) or ())
+    if own and learned:
+        learned -= {image_digest(p) for p in df["abspath"][df["split"] == "val"]}
     dropped = 0
     if learned:
         fresh = np.array([image_digest(p) not in learned for p in df["abspath"]], dtype=bool)
@@ -138,7 +141,7 @@ def calibration_set(evaluator, manifest: Path, disease: str, own: bool = True) -
     raw = read_severity(evaluator, load_images(list(df["abspath"]))) if len(df) else np.zeros(0)
     splits = " + ".join(s for s in ("val", "test") if (df["split"] == s).any()) or "no split"
     note = (f"{len(df)} real images of {what} and healthy faces of known severity, {splits}"
-            + (f" ({dropped} left out: evaluator_dir='s evaluator learned from them)" if dropped else ""))
+            + (f" ({dropped} left out: the evaluator learned from them)" if dropped else ""))
     return (pd.DataFrame({"true": df["severity"].astype(float), "raw": raw, "identity": df["identity"].astype(str),
                           "disease": df["disease"], "split": df["split"]}), note)
 
@@ -196,11 +199,15 @@ def instrument(cfg, run_dir: Path, run_cfg, manifest: Path | None, profiles, cac
     if manifest is None or not manifest.is_file():
         raise UserError(f"run={run_dir} names no dataset of real images to calibrate the evaluator on; "
                         "use calibration=none")
-    calset, note = calibration_set(evaluator, manifest, disease, own=cfg.evaluator_dir in (None, ""))
+    # the run's own evaluator, named or not, was fitted on this manifest: its val faces only set the probe's temperature
+    own = cfg.evaluator_dir in (None, "") or \
+        Path(str(cfg.evaluator_dir)).expanduser().resolve() == (Path(run_dir) / "evaluator").resolve()
+    calset, note = calibration_set(evaluator, manifest, disease, own=own)
     line, problem = None, None
     shown = int((calset["disease"] != "healthy").sum())
     if shown < MIN_CALIBRATION_IMAGES:  # a line through a handful of faces would pass for the instrument's
-        problem = (f"only {shown} images of {disease} of known severity outside the evaluator's training split "
+        which = disease if set(calset["disease"]) <= {disease, "healthy"} else "any disease"
+        problem = (f"only {shown} images of {which} of known severity outside the evaluator's training split "
                    f"(calibration needs >= {MIN_CALIBRATION_IMAGES})")
     else:
         try:

@@ -52,9 +52,10 @@ IDENTITY = Calibration(0.0, 1.0, 0.0, 1.0, 0)  # calibration=none: readings take
 
 def fit_calibration(true, raw, groups=None) -> Calibration:
     """OLS raw = a + b * true. `groups` (one identity per image): the slope's standard error is the larger of the
-    OLS one and the one clustered by identity (CR1): images of one face share its reading offset, so where
-    severities vary within faces the OLS error is too small; with few faces the clustered one is itself noisy,
-    which the larger of the two guards against."""
+    OLS one and the one clustered by identity (CR1): images of one face share its reading offset, so where a face's
+    images share their severity too (one graded photo set per patient) the OLS error is too small, by about
+    sqrt(1 + (m - 1) rho) for m images per face; with few faces the clustered one is itself noisy, which the larger
+    of the two guards against."""
     x, y = np.asarray(true, dtype=float), np.asarray(raw, dtype=float)
     if len(x) < 3 or np.ptp(x) == 0:
         raise UserError(f"calibration needs >= 3 images of different severities, got {len(x)}")
@@ -69,7 +70,7 @@ def fit_calibration(true, raw, groups=None) -> Calibration:
     if groups is not None:
         _, index = np.unique(np.asarray(groups), return_inverse=True)
         g, n = int(index.max()) + 1, len(x)
-        if 1 < g < n:  # one image per face: the OLS error already is the clustered one
+        if 1 < g < n:  # one image per face: nothing is shared (CR1 would be White's error; OLS is kept)
             scores = np.bincount(index, xc * resid, minlength=g)
             cr1 = g / (g - 1) * (n - 1) / max(n - 2, 1) * float((scores ** 2).sum()) / sxx ** 2
             se = max(se, float(np.sqrt(cr1)))

@@ -291,6 +291,25 @@ def test_a_checkpoint_resumes_only_under_the_target_and_noise_levels_it_trained_
     assert len(said) == 1 and "does not record its noise schedule" in said[0] and "step-0000004" in said[0]
 
 
+def test_a_resume_continues_at_this_runs_weight_decay(profiles, tmp_path, caplog):
+    """load_state_dict brought back the checkpoint's weight decay: trainer.weight_decay=0 on resume went on at the
+    old one in silence. Now it is said, and the run resumed at 0 ends elsewhere than the one resumed at 0.5."""
+    cfg = {**FAST, "steps": 4, "checkpoint_every": 2, "weight_decay": 0.5}
+    for name in ("a", "b"):
+        backbone, cond = make(profiles)
+        train(backbone, cond, fixed_data(), {**cfg, "steps": 2}, tmp_path / name, progress=False)
+    ends = {}
+    for name, decay in (("a", 0.5), ("b", 0.0)):
+        backbone, cond = make(profiles)
+        with caplog.at_level(logging.WARNING, logger="kgface.diffusion.trainer"):
+            train(backbone, cond, fixed_data(), {**cfg, "weight_decay": decay, "resume": "latest"}, tmp_path / name,
+                  progress=False)
+        ends[name] = state(backbone, cond)
+    said = [r.getMessage() for r in caplog.records if "continuing with this run's" in r.getMessage()]
+    assert len(said) >= 1 and all("weight_decay=0.5" in s and str(tmp_path / "b") in s for s in said)
+    assert any(not torch.equal(x, y) for x, y in zip(ends["a"], ends["b"]))  # the new decay acted
+
+
 def test_nan_loss_stops_with_the_last_good_checkpoint(profiles, tmp_path):
     backbone, cond = make(profiles)
     data = fixed_data()
@@ -582,3 +601,14 @@ def test_validation_grids_draw_with_the_ema_and_leave_training_untouched(profile
         assert torch.equal(a, b)
     # the last grid (after the last step) was drawn with other weights than the raw ones the loop ends with: the EMA's
     assert not all(torch.equal(s, p) for s, p in zip(seen[-1], list(b2.trainable) + c2.trainable_parameters()))
+
+
+def test_a_training_record_from_another_version_resumes_unchecked(tmp_path, caplog):
+    """training_setup hashed differently before: same settings gave other hashes, and the refusal blamed them."""
+    from kgface.diffusion.trainer import _check_same_setup
+
+    with pytest.raises(TrainingError, match=r"\(seed differ"):
+        _check_same_setup(tmp_path, {"version": 2, "seed": 0}, {"version": 2, "seed": 1})
+    with caplog.at_level(logging.WARNING, logger="kgface.diffusion.trainer"):
+        _check_same_setup(tmp_path, {"seed": 0, "model": "a"}, {"version": 2, "seed": 0, "model": "b"})
+    assert "training record is from another kgface version; resuming without comparing" in caplog.text
