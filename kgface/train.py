@@ -222,9 +222,8 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
     profile = {"source": "kg"} if learned is None else {
         "source": learned[0], "blend": learned[2] if learned[0] == "blend" else None,
         "learned": file_fingerprint(Path(str(learned[3])).expanduser())}
-    setup = {"version": SETUP_VERSION, "conditioning": str(mode), "seed": int(cfg.seed), "data": stable_hash(data), "kg": stable_hash(kg),
-             "profile": stable_hash(profile),
-             "model": stable_hash(model)}
+    setup = {"version": SETUP_VERSION, "conditioning": str(mode), "seed": int(cfg.seed), "data": stable_hash(data),
+             "kg": stable_hash(kg), "profile": stable_hash(profile), "model": stable_hash(model)}
     if mode in KG_MODES or mode == CONTROL:  # text and class tokens never read the encoder's settings
         encoder = {k: v for k, v in encoder_cfg.items() if k != "text_model"}
         encoder["text_model_files"] = _text_model_files(encoder_cfg.get("text_model"))
