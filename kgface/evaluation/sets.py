@@ -249,8 +249,9 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             g["top3"] = M.topk_accuracy(probs[head], lab[head], 3)  # NaN without such rows
             g["macro_f1"] = M.macro_f1(list(req_d[shown]), list(t["pred_disease"][shown]))
             g["macro_f1_all"] = M.macro_f1(list(req_d[sel]), list(t["pred_disease"][sel]))
-            g["per_stage_top1"] = M.per_stage_accuracy(list(req_d[sel]), list(t["pred_disease"][sel]),
-                                                       list(req_s[sel]))
+            g["per_stage_top1"] = M.per_stage_accuracy(  # healthy requests apart, as the real side reads them
+                list(req_d[sel]), list(t["pred_disease"][sel]),
+                ["healthy" if d == HEALTHY else s for d, s in zip(req_d[sel], req_s[sel])])
             dis = sel & (req_d != HEALTHY).to_numpy()
             g["stage_spearman"] = M.spearman(req_sev[dis], t["severity_pred"][dis])
             g["stage_spearman_ci95"] = CI.spearman_interval(req_sev[dis], t["severity_pred"][dis])  # bootstrap
@@ -350,7 +351,9 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             if "split" not in source:
                 raise EvaluatorInputError(f"{_manifest_name(audit_train)}: no 'split' column; the memorisation "
                                           "audit searches the generator's train split: give a manifest with one")
-            train = source[source["split"] == "train"]
+            # the generator never trained on a held-out disease: a good zero-shot face near that disease's real
+            # train faces is no copy of anything it saw
+            train = source[(source["split"] == "train") & ~source["disease"].isin(set(heldout or ()))]
             # fresh faces of the data the generator learned from set the near-duplicate cosine: with real= another
             # kind of data, its test faces would sit far from that training set and call everything a copy
             holdout, holdout_from = s_real.features, "the real set's test split"
@@ -364,6 +367,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                                      "data may sit farther from its training images and inflate the rate)")
             metrics["memorisation_reference"] = ("the real set's train split" if audit_train is None else
                                                  f"the train split of {_manifest_name(audit_train)}") + \
+                (" without the held-out diseases" if heldout else "") + \
                 ("" if audit_extra is None else f" + {_manifest_name(audit_extra)}") + \
                 f"; threshold from {holdout_from}"
             if audit_extra is not None:  # a copy of any image the generator saw counts as memorised

@@ -482,14 +482,17 @@ def test_evaluate_with_run_reads_the_runs_heldout_diseases(tiny_evaluator, tiny_
     assert held > 0 and m["tstr_n_real_seen"] == m["tstr_n_real"] - held
     assert m["generation"]["heldout_top1"] is not None
     # real= is another manifest than the run's: the memorisation audit searches what the generator learned from
-    assert m["memorisation_reference"] == (f"the train split of {tiny_data / 'manifest.csv'}; threshold from the "
-                                           f"test split of {tiny_data / 'manifest.csv'}")
-    assert m["memorisation_train_n"] == int((real["split"] == "train").sum())
+    assert m["memorisation_reference"] == (f"the train split of {tiny_data / 'manifest.csv'} without the held-out "
+                                           f"diseases; threshold from the test split of {tiny_data / 'manifest.csv'}")
+    # ... without the held-out disease's train faces, which the generator never saw
+    assert m["memorisation_train_n"] == int(((real["split"] == "train") & (real["disease"] != "ORPHA:963")).sum())
+    assert ((real["split"] == "train") & (real["disease"] == "ORPHA:963")).any()
     # ... and, that manifest gone, says the real set's train split stands in
     (run_dir / "data.json").write_text(json.dumps({"manifest": str(tmp_path / "gone" / "manifest.csv"),
                                                    "heldout": ["ORPHA:963"]}))
     m = evaluate_run(cfg, tmp_path / "out2")
-    assert m["memorisation_reference"] == "the real set's train split; threshold from the real set's test split"
+    assert m["memorisation_reference"] == ("the real set's train split without the held-out diseases; threshold from "
+                                           "the real set's test split")
     assert "training manifest " + str(tmp_path / "gone" / "manifest.csv") + " is gone" in \
         (tmp_path / "out2" / "report.md").read_text()
     # ... or unreadable (an image of it moved): said in the report too, not a failure after every score was taken
@@ -498,7 +501,8 @@ def test_evaluate_with_run_reads_the_runs_heldout_diseases(tiny_evaluator, tiny_
     (run_dir / "data.json").write_text(json.dumps({"manifest": str(tmp_path / "moved" / "manifest.csv"),
                                                    "heldout": ["ORPHA:963"]}))
     m = evaluate_run(cfg, tmp_path / "out3")
-    assert m["memorisation_reference"] == "the real set's train split; threshold from the real set's test split"
+    assert m["memorisation_reference"] == ("the real set's train split without the held-out diseases; threshold from "
+                                           "the real set's test split")
     assert "training manifest cannot be read (" in (tmp_path / "out3" / "report.md").read_text()
     # a baselines run keeps each conditioning's train section under baselines.<mode>
     from kgface.data.manifest import ATLAS_FILE

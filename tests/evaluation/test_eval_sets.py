@@ -70,7 +70,10 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
     import shutil
 
     df = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
-    val = df[df["split"] == "val"].head(12).copy()
+    # faces of diseases the generator trained on (a held-out disease's train faces are not searched)
+    val = df[(df["split"] == "val") & (df["heldout"].str.lower() != "true")].head(12).copy()
+    n = len(val)
+    assert n >= 8
     for k, p in enumerate(list(val["path"])):
         shutil.copy(tiny_data / p, tmp_path / f"v{k:02d}.png")
     val["path"] = [f"v{k:02d}.png" for k in range(len(val))]
@@ -81,17 +84,24 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
     extra = write_manifest(val.to_dict("records"), tmp_path / "extra.csv")
     plain = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None)
     audited = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_extra=extra)
-    assert audited["memorisation_train_n"] == plain["memorisation_train_n"] + 12
+    assert audited["memorisation_train_n"] == plain["memorisation_train_n"] + n
     assert audited["memorisation_rate"] == 1.0 and plain["memorisation_rate"] < 0.5
-    assert plain["memorisation_reference"] == "the real set's train split; threshold from the real set's test split"
-    assert audited["memorisation_reference"].startswith(f"the real set's train split + {extra};")
+    # (the tiny set holds a held-out disease, whose train faces the generator never saw: not searched)
+    assert plain["memorisation_reference"] == ("the real set's train split without the held-out diseases; threshold "
+                                               "from the real set's test split")
+    real = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
+    held = set(real.loc[real["heldout"].str.lower() == "true", "disease"])
+    assert held and plain["memorisation_train_n"] == int(((real["split"] == "train") & ~real["disease"].isin(held)).sum())
+    assert audited["memorisation_reference"].startswith(f"the real set's train split without the held-out diseases + "
+                                                        f"{extra};")
     # audit_train: the generator's own manifest (kgface.evaluate run=RUN real=ANOTHER) replaces real's train split:
     # here one whose train rows are these very faces, so every generated image is a copy of a training image
     trained = write_manifest([{**r, "split": "train"} for r in val.to_dict("records")], tmp_path / "trained.csv")
     own = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_train=trained)
-    assert own["memorisation_train_n"] == 12 and own["memorisation_rate"] == 1.0
+    assert own["memorisation_train_n"] == n and own["memorisation_rate"] == 1.0
     # ... that manifest has no test or val rows: the real set's fresh faces set the threshold, and it says so
-    assert own["memorisation_reference"] == (f"the train split of {trained}; threshold from the real set's test "
+    assert own["memorisation_reference"] == (f"the train split of {trained} without the held-out diseases; "
+                                             "threshold from the real set's test "
                                              f"split ({trained} has no test or val split; faces of other data may "
                                              "sit farther from its training images and inflate the rate)")
     assert own["memorisation_quantile"] == 0.99 and own["memorisation_holdout_n"] == plain["memorisation_holdout_n"]
@@ -103,8 +113,8 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
     mixed = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_train=split)
     assert mixed["memorisation_reference"].endswith(f"threshold from the test split of {split}")
     n_train = int(val["identity"].isin(learned).sum())
-    assert 0 < n_train < 12 and mixed["memorisation_train_n"] == n_train
-    assert mixed["memorisation_holdout_n"] + mixed["memorisation_holdout_duplicates"] == 12 - n_train
+    assert 0 < n_train < n and mixed["memorisation_train_n"] == n_train
+    assert mixed["memorisation_holdout_n"] + mixed["memorisation_holdout_duplicates"] == n - n_train
     # its val rows, where it has no test rows
     as_val = write_manifest([{**r, "split": "train" if r["identity"] in learned else "val"}
                              for r in val.to_dict("records")], tmp_path / "trained_val.csv")
