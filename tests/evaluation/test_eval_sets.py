@@ -91,7 +91,8 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
                                                "from the real set's test split")
     real = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
     held = set(real.loc[real["heldout"].str.lower() == "true", "disease"])
-    assert held and plain["memorisation_train_n"] == int(((real["split"] == "train") & ~real["disease"].isin(held)).sum())
+    searched = (real["split"] == "train") & ~real["disease"].isin(held)
+    assert held and plain["memorisation_train_n"] == int(searched.sum())
     assert audited["memorisation_reference"].startswith(f"the real set's train split without the held-out diseases + "
                                                         f"{extra};")
     # audit_train: the generator's own manifest (kgface.evaluate run=RUN real=ANOTHER) replaces real's train split:
