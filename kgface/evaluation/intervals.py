@@ -59,16 +59,36 @@ def accuracy_interval(y_true: Sequence, y_pred: Sequence) -> list[float]:
 
 
 def spearman_interval(true: Sequence[float], pred: Sequence[float], resamples: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> list[float]:
+                      level: float = 0.95, groups: Sequence | None = None) -> list[float]:
     """Percentile bootstrap interval of the Spearman correlation (rows resampled with replacement; a resample in
     which either side is constant has no correlation and is left out: the interval is conditional on resamples that
-    vary, negligible at the sizes reported). Seeded: the same rows give the same interval. [nan, nan] with fewer than
-    3 rows (2 rows always rank +-1) or a constant side."""
+    vary, negligible at the sizes reported). `groups` (one label per row, e.g. the face's identity): whole groups are
+    resampled, since one face drawn at every stage carries the stage-severity link within itself and rows resampled
+    alone read it as independent evidence (too narrow an interval). Seeded: the same rows give the same interval.
+    [nan, nan] with fewer than 3 rows (2 rows always rank +-1) or a constant side."""
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     n = len(true)
     if n < 3 or np.all(true == true[0]) or np.all(pred == pred[0]):
         return list(NAN_INTERVAL)
-    idx = np.random.default_rng(seed).integers(0, n, size=(int(resamples), n))
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        _, index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        members = [np.flatnonzero(index == g) for g in range(int(index.max()) + 1)]
+        if len(members) < n:  # some group holds several rows; each group's rows stay together
+            rhos = []
+            for _ in range(int(resamples)):
+                rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+                a, b = rankdata(true[rows]), rankdata(pred[rows])
+                a, b = a - a.mean(), b - b.mean()
+                norm = np.sqrt((a * a).sum() * (b * b).sum())
+                if norm > 0:
+                    rhos.append(float((a * b).sum() / norm))
+            if not rhos:
+                return list(NAN_INTERVAL)
+            tail = (1 - level) / 2 * 100
+            lo, hi = np.percentile(rhos, [tail, 100 - tail])
+            return [float(lo), float(hi)]
+    idx = rng.integers(0, n, size=(int(resamples), n))
     # Spearman = Pearson on ranks (ties share their mean rank, as scipy.stats.spearmanr does)
     a, b = rankdata(true[idx], axis=1), rankdata(pred[idx], axis=1)
     a -= a.mean(1, keepdims=True)

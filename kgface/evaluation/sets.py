@@ -254,7 +254,10 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 ["healthy" if d == HEALTHY else s for d, s in zip(req_d[sel], req_s[sel])])
             dis = sel & (req_d != HEALTHY).to_numpy()
             g["stage_spearman"] = M.spearman(req_sev[dis], t["severity_pred"][dis])
-            g["stage_spearman_ci95"] = CI.spearman_interval(req_sev[dis], t["severity_pred"][dis])  # bootstrap
+            # bootstrap by draw: copy k of a disease shares its noise across the stages (one face, every stage)
+            draw = (t["requested_disease"].astype(str) + "|" + t["seed"].astype(str)) if "seed" in t else None
+            g["stage_spearman_ci95"] = CI.spearman_interval(req_sev[dis], t["severity_pred"][dis],
+                                                            groups=None if draw is None else draw[dis])
             g["stage_mae"] = M.stage_mae(req_s[dis], t["stage_pred"][dis])
             # on diseased requests of stages 2-3 that expect a phenotype the evaluator can detect: a request that
             # expects nothing (healthy, stage 0, an empty frequency draw, phenotypes without a head) would read

@@ -271,8 +271,9 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
                                                                         rt_table["pred_disease"][mask])
         rt_sick = (rt_table["disease"] != HEALTHY).to_numpy() & known
         out["vae_ceiling_stage_spearman"] = M.spearman(rt_table["stage"][rt_sick], rt_table["severity_pred"][rt_sick])
-        out["vae_ceiling_stage_spearman_ci95"] = CI.spearman_interval(rt_table["stage"][rt_sick],
-                                                                      rt_table["severity_pred"][rt_sick])
+        out["vae_ceiling_stage_spearman_ci95"] = CI.spearman_interval(  # one face at every stage: by face
+            rt_table["stage"][rt_sick], rt_table["severity_pred"][rt_sick],
+            groups=rt_table["identity"][rt_sick] if "identity" in rt_table else None)
         rt_auc = phenotype_auroc(evaluator, rt_table)
         out["vae_ceiling_phenotype_auroc"] = rt_auc
         out["vae_ceiling_phenotype_auroc_summary"] = auroc_summary(rt_auc)

@@ -136,3 +136,29 @@ def test_conditionings_are_paired_on_the_requests_both_drew():
     assert got["counts"] == [6, 24, 2, 24] and got["paired"] == {**out, "p_greater": 0.1094}  # 4 significant digits
     assert got["p_greater"] == float(f"{compare_proportions(6, 24, 2, 24)['p_greater']:.4g}")
     assert compare_conditionings(per_mode, scores={"kg": a})["modes"]["text"]["heldout_top1"]["paired"] is None
+
+
+def test_a_spearman_interval_by_face_resamples_whole_faces():
+    """20 faces at every stage, the reading's offset shared within a face: the row bootstrap ignored the design (its
+    resamples unbalance the stages within faces) and came out nearly twice the true spread of the correlation; the
+    face bootstrap follows it. Groups of one row each give the row bootstrap back."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from kgface.evaluation.intervals import spearman_interval
+
+    rng = np.random.default_rng(0)
+    face = np.repeat(np.arange(20), 4)
+    stage = np.tile(np.arange(4.0), 20)
+
+    def draw():
+        return 0.3 * stage + rng.normal(0, 1.0, 20)[face] + rng.normal(0, 0.2, 80)
+
+    true_width = 2 * 1.96 * np.std([spearmanr(stage, draw())[0] for _ in range(400)])  # ~0.21
+    rows, faces = [], []
+    for _ in range(5):
+        pred = draw()
+        for out, iv in ((rows, spearman_interval(stage, pred)), (faces, spearman_interval(stage, pred, groups=face))):
+            out.append(iv[1] - iv[0])
+    assert np.mean(rows) > 1.5 * true_width and 0.75 * true_width < np.mean(faces) < 1.25 * true_width
+    assert spearman_interval(stage, pred, groups=np.arange(80)) == spearman_interval(stage, pred)
