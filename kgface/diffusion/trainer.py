@@ -225,8 +225,13 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
     with torch.no_grad():
         for i, p in enumerate(params):
             p.copy_(weights[f"p{i:05d}"])
-        if buffers and (folder / "buffers.safetensors").is_file():
-            saved = load_file(str(folder / "buffers.safetensors"))
+        if buffers:
+            saved = load_file(str(folder / "buffers.safetensors")) if (folder / "buffers.safetensors").is_file() else {}
+            missing = [name for name in buffers if name not in saved]
+            if missing:  # the token-centring statistics restart at mean 0 / variance 1: said, not silent
+                logging.getLogger(__name__).warning(
+                    "%s: no saved %s (a checkpoint from before they were kept); they restart from their initial "
+                    "values", folder, ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
             for name, b in buffers.items():
                 if name in saved:
                     b.copy_(saved[name])

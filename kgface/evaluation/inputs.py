@@ -195,5 +195,9 @@ def min_stage_of(probe_cfg: dict | None) -> int:
 
 
 def probe_rows(df: pd.DataFrame, probe_cfg: dict | None) -> pd.Series:
-    """Rows the disease probe learns from: healthy ones and those at stage >= probe.min_stage."""
-    return (df["disease"] == HEALTHY) | (df["stage"] >= min_stage_of(probe_cfg))
+    """Rows the disease probe learns from: healthy ones, those at stage >= probe.min_stage, and photos without a
+    grade (a diagnosed patient's photo; its placeholder stage 2 dropped them all at min_stage=3, in silence)."""
+    from ..data.manifest import stage_known
+
+    ungraded = pd.Series(~stage_known(df), index=df.index)
+    return (df["disease"] == HEALTHY) | (df["stage"] >= min_stage_of(probe_cfg)) | ungraded

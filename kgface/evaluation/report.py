@@ -231,6 +231,9 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
             out += _flat(v, key + ".")
         elif isinstance(v, list) and k.endswith("_ci95"):  # a 95% interval beside its number
             out.append((key, "[" + ", ".join("-" if x is None else f"{x:.3f}" for x in v) + "]"))
+        elif isinstance(v, list) and len(v) <= 12 and all(isinstance(x, (str, int, float)) for x in v):
+            # short lists say what a number was read on (frequency_mae_stages, ..._read_at_stages_2_3)
+            out.append((key, ", ".join(str(x) for x in v)))
         elif not isinstance(v, (dict, list)):
             out.append((key, v))
     return out

@@ -630,3 +630,15 @@ def test_the_cache_key_reads_what_the_captions_and_prompts_say(tiny_profiles, mo
                     for level in original(sick.disease_id))
     monkeypatch.setattr(wording, "stage_levels", lambda d: renamed if d == sick.disease_id else original(d))
     assert wording_digest(profiles) != before
+
+
+def test_the_probe_keeps_ungraded_photos_whatever_its_min_stage():
+    """A photo without a grade carries the placeholder stage 2: probe.min_stage=3 dropped every one, in silence."""
+    import pandas as pd
+
+    from kgface.evaluation.inputs import probe_rows
+
+    df = pd.DataFrame({"disease": ["healthy", "D", "D", "D"], "stage": [0, 2, 3, 2],
+                       "stage_known": ["True", "True", "True", "False"]})
+    assert probe_rows(df, {"min_stage": 3}).tolist() == [True, False, True, True]
+    assert probe_rows(df.drop(columns=["stage_known"]), {"min_stage": 3}).tolist() == [True, False, True, False]

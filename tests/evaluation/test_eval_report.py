@@ -185,3 +185,15 @@ def test_confusion_cells_and_markdown_text_read_as_written():
     assert [cell_text(s) for s in (0.996, 1.0, 0.87, 0.05, 0.994)] == ["1", "1", ".87", ".05", ".99"]
     # a manifest path or name with a table bar or angle brackets stays inside its cell, as text
     assert md_text("data|set <b>") == "data\\|set &lt;b&gt;"
+
+
+def test_the_report_table_keeps_short_lists_that_say_what_a_number_was_read_on():
+    """generation.frequency_mae_stages was left out: frequency_mae showed without the stages it was read at."""
+    from kgface.evaluation.report import _flat
+
+    flat = dict(_flat({"generation": {"frequency_mae": 0.2, "frequency_mae_stages": [2, 3],
+                                      "frequency_mae_read_at_stages_2_3": ["ORPHA:870"], "seen_top1_ci95": [0.1, None],
+                                      "per_image": list(range(40))}}))
+    assert flat["generation.frequency_mae_stages"] == "2, 3"
+    assert flat["generation.frequency_mae_read_at_stages_2_3"] == "ORPHA:870"
+    assert flat["generation.seen_top1_ci95"] == "[0.100, -]" and "generation.per_image" not in flat
