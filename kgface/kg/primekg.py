@@ -233,6 +233,8 @@ def load_primekg(path: str | Path, features: str | Path | None = None, hpo=None,
     for h in missing:  # a 2021 id the 2025 ontology lacks: keep PrimeKG's name, no parents
         terms[h] = Term(id=h, name=names[h])
     stats["phenotypes_missing_from_hpo_release"] = len(missing)
+    # retired without a replacement (a `consider:` hint at most): no parents, so never visible; counted, not silent
+    stats["phenotypes_obsolete_without_replacement"] = sum(1 for h in names if h in terms and terms[h].obsolete)
     onsets = pd.DataFrame(columns=["disease_id", "onset"])
     if hpo is not None:
         info = _attach_hpo(edges, diseases, hpo)

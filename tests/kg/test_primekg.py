@@ -179,6 +179,8 @@ def test_alt_ids_resolve_before_placeholders_and_zero_frequency_is_absent(tmp_pa
     rows = (kg_rows()
             + _edge_rows(pos, DOWN, (206, "312", "effect/phenotype", "Malar flattening", "HPO"))
             + _edge_rows(pos, DOWN, (207, "9999999", "effect/phenotype", "Made up", "HPO"))
+            # retired in the 2025 release with only `consider:` hints: never visible, and counted
+            + _edge_rows(pos, DOWN, (211, "7691", "effect/phenotype", "Short curly eyelashes", "HPO"))
             + _edge_rows(pos, hyper, (208, "520", "effect/phenotype", "Proptosis", "HPO"))
             + _edge_rows(pos, hyper, (209, "752", "effect/phenotype", "Dysmetria", "HPO"))
             + _edge_rows(pos, oi11, (210, "592", "effect/phenotype", "Blue sclerae", "HPO")))
@@ -186,6 +188,7 @@ def test_alt_ids_resolve_before_placeholders_and_zero_frequency_is_absent(tmp_pa
     down = set(kg.edges_of("MONDO:0008608")["hpo_id"])
     assert "HP:0000272" in down and "HP:0000312" not in down and "HP:0000312" not in kg.terms  # HP:0000312 = alt id
     assert kg.stats["phenotypes_missing_from_hpo_release"] == 1 and kg.terms["HP:9999999"].name == "Made up"
+    assert kg.stats["phenotypes_obsolete_without_replacement"] == 1
     e = kg.edges_of("MONDO:0007777").set_index("hpo_id")
     # HPO: proptosis 0/1 in OMIM:609152 -> absent, not present at frequency 0; dysmetria 1/1 stays present
     assert e.loc["HP:0000520", "negated"] and e.loc["HP:0000520", "frequency_raw"] == "0/1"
