@@ -430,9 +430,11 @@ class HFBackend:
                 out = self._lm.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
         except (RuntimeError, IndexError, ValueError) as exc:  # out of memory, a prompt past the model's positions
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"llm.model={self.model}: generating on llm.device={self.device} failed for a "
-                            f"{ids.shape[1]}-token request ({type(exc).__name__}: {first}); a model with a longer "
-                            "context, more memory, or llm=none") from None
+            # this request's failure (a retry's conversation grown past the context), as the openai backend's: the
+            # disease falls back to the template with the reason; it stopped the whole run
+            raise LLMError(f"llm.model={self.model}: generating on llm.device={self.device} failed for a "
+                           f"{ids.shape[1]}-token request ({type(exc).__name__}: {first}); a model with a longer "
+                           "context, more memory, or llm=none") from None
         return out[0, ids.shape[1]:].tolist()
 
     def _stop_ids(self) -> set[int]:
@@ -452,6 +454,9 @@ def make_backend(llm_cfg) -> OpenAIBackend | HFBackend | None:
     cfg = {k: v for k, v in dict(llm_cfg or {}).items() if k not in DESCRIBE_KEYS}
     name = cfg.pop("name", "none")
     if name in (None, "none"):
+        if cfg:  # llm=none +llm.model=gpt: read by nothing, said (as for the other backends)
+            raise UserError(f"llm.{sorted(cfg)[0]} is not a setting of llm=none (it calls no model); known: "
+                            f"{', '.join(DESCRIBE_KEYS)}")
         return None
     cls = BACKENDS.get(name)
     if cls is None:

@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from kgface.kg.profiles import FacialProfile
 
@@ -234,14 +235,24 @@ def dump_descriptions(descriptions: dict[str, StageDescriptions]) -> dict:
 
 def load_descriptions(source) -> dict[str, StageDescriptions]:
     """descriptions.json (a path, or its parsed content) -> {disease_id: StageDescriptions}."""
-    data = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
+    try:
+        data = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:  # named: called directly, the decoder's message named no file
+        raise ValueError(f"{source}: not readable JSON ({exc.msg} at line {exc.lineno}); rerun python -m "
+                         "kgface.describe") from None
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema != DESCRIPTIONS_SCHEMA or not isinstance(data.get("diseases"), dict):
         raise ValueError(f"{source}: not a descriptions file (schema {schema!r}, expected {DESCRIPTIONS_SCHEMA}, "
                          "with a 'diseases' object); rerun python -m kgface.describe")
     out = {}
     for key, row in data["diseases"].items():
-        descriptions = StageDescriptions.model_validate(row)
+        try:
+            descriptions = StageDescriptions.model_validate(row)
+        except ValidationError as exc:  # "1 validation error for StageDescriptions", naming no row or field
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            raise ValueError(f"{source}: diseases.{key}.{where}: {first.get('msg')}; rerun python -m "
+                             "kgface.describe") from None
         stages = sorted(s.stage for s in descriptions.stages)
         if descriptions.disease_id != key or stages != list(range(N_STAGES)):
             raise ValueError(f"{source}: diseases.{key} holds {descriptions.disease_id} with stages {stages}, not "

@@ -22,6 +22,16 @@ def test_template_run_writes_descriptions(tmp_path, capsys):
     assert all(d.source == "template" and len(d.stages) == 4 for d in descs.values())
     printed = capsys.readouterr().out
     assert descs["ORPHA:870"].stages[2].description in printed and "wrote" in printed
+    # a damaged row names its disease and field (pydantic named neither), and bad JSON its file
+    data = json.loads((out / "descriptions.json").read_text())
+    data["diseases"]["MONDO:0011438"]["stages"][1]["stage"] = 5
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"broken.json: diseases.MONDO:0011438.stages.1.stage: "):
+        load_descriptions(broken)
+    broken.write_text('{"schema": ')
+    with pytest.raises(ValueError, match=r"broken.json: not readable JSON"):
+        load_descriptions(broken)
 
 
 def test_llm_run_through_a_server(tmp_path, server, good, capsys):

@@ -10,7 +10,7 @@ import torch
 from kgface.cache import Cache
 from kgface.errors import UserError
 from kgface.prompts import HFBackend, build_messages, describe_profiles, make_backend
-from kgface.prompts.backends import AnswerCutOff, _hf_fingerprint
+from kgface.prompts.backends import AnswerCutOff, LLMError, _hf_fingerprint
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -69,16 +69,19 @@ def test_an_answer_cut_off_at_max_new_tokens_says_so_and_is_not_retried(tmp_path
     assert d.fallback_reason.startswith("backend error: the answer was cut off at llm.max_new_tokens=12")
 
 
-def test_a_request_past_the_models_positions_is_one_line(tmp_path):
-    """A model whose context is shorter than kgface's request fails inside generate (a traceback before)."""
+def test_a_request_past_the_models_positions_is_one_line(tmp_path, down):
+    """A model whose context is shorter than kgface's request fails inside generate (a traceback before; then a
+    UserError that stopped the whole run): one line, and the disease falls back to the template with the reason."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = tiny_lm(tmp_path / "lm", True)
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=402, n_positions=8, n_embd=16, n_layer=1, n_head=2)).save_pretrained(folder)
     backend = HFBackend(str(folder), max_new_tokens=4)
-    with pytest.raises(UserError, match=r"^llm.model=.*: generating on llm.device=cpu failed for a \d+-token request"):
+    with pytest.raises(LLMError, match=r"^llm.model=.*: generating on llm.device=cpu failed for a \d+-token request"):
         backend.generate_ids([{"role": "user", "content": "describe a face with upward-slanting eyes " * 4}])
+    d = describe_profiles([down], {"name": "hf", "model": str(folder), "max_new_tokens": 4}, None)[down.disease_id]
+    assert d.source == "template" and "generating on llm.device=cpu failed" in d.fallback_reason
 
 
 def test_sampling_is_seeded(tmp_path):
@@ -108,6 +111,10 @@ def test_bad_model_path_stops_the_run_in_one_line(tmp_path, down):
         make_backend({"name": "hf", "model": str(tmp_path / "empty"), "max_new_tokens": 0})
     with pytest.raises(UserError, match=r"^llm.base_url is not a setting of llm=hf"):
         make_backend({"name": "hf", "model": str(tmp_path / "empty"), "base_url": "http://x"})
+    # llm=none +llm.model=x: read by nothing, and said so (it returned before the check)
+    with pytest.raises(UserError, match=r"^llm.model is not a setting of llm=none"):
+        make_backend({"name": "none", "model": "gpt"})
+    assert make_backend({"name": "none", "max_attempts": 3}) is None
     with pytest.raises(UserError, match=r"^llm.model=.*empty: transformers cannot load it"):
         describe_profiles([down], {"name": "hf", "model": str(tmp_path / "empty")}, None)
     # a device torch does not know, or cannot use here, is refused before any model loads
