@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import disease_list, entry
 from .data.build import dataset_stats, materialise, phantom_dataset
@@ -35,10 +35,14 @@ def summary(stats: dict) -> str:
 
 
 def run(cfg: DictConfig, out_dir: Path) -> Path:
-    from .run_files import check_output_dir
+    from .data.real.build import SET_FILES
+    from .run_files import check_output_dir, check_replaced_entries
 
     # a data set replaces manifest.csv and images/ in OUT: never those of a generated set, an evaluation or a trial
     check_output_dir(out_dir, "the data set", ("metrics.json", "generation.json", "trial.csv"))
+    # ... nor a user's own images/ or manifest.csv (no dataset.json beside them: no earlier build wrote them)
+    inputs = tuple((f"data.{k}", OmegaConf.select(cfg, f"data.{k}", throw_on_missing=False)) for k in ("root", "path"))
+    check_replaced_entries(out_dir, "the data set", SET_FILES, ("dataset.json",), inputs)
     if cfg.data.name != "phantom":
         from .data.real import build_real_dataset  # real photos: adapters under conf/data/
 

@@ -164,6 +164,14 @@ def test_dataset_cli_writes_manifest_sheet_and_reuses_cache(tmp_path, capsys):
     one_id = [a if a != "data.heldout=[ORPHA:648]" else "data.heldout=ORPHA:648" for a in args]  # one id, no list
     main(one_id + [f"hydra.run.dir={tmp_path / 'three'}"])
     assert (tmp_path / "three" / "manifest.csv").read_text() == (tmp_path / "one" / "manifest.csv").read_text()
+    # a user's own images/ in OUT, with no dataset.json beside it (no build wrote it): refused, never removed
+    mine = tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)
+    (mine / "images" / "holiday.png").write_bytes(b"mine")
+    with pytest.raises(SystemExit) as info:
+        main(args + [f"hydra.run.dir={mine}"])
+    assert info.value.code == 2 and "holds images that no earlier run of the data set wrote" in capsys.readouterr().err
+    assert (mine / "images" / "holiday.png").read_bytes() == b"mine" and not (mine / "manifest.csv").exists()
 
 
 def test_dataset_cli_writes_the_atlas_beside_the_manifest(tmp_path):

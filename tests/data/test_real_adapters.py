@@ -355,6 +355,17 @@ def test_disease_faces_unmapped_and_missing_folders(tmp_path):
         class_folder_manifest(root, CLASSES, stages={"healthy": 2}, on_error="skip")
     with pytest.raises(UserError, match=r"^class 'Healthy': 'Healthy': write healthy faces as 'healthy'"):
         class_folder_manifest(root, {**CLASSES, "Healthy": "Healthy"})  # before any image is read
+    # `cd faces && python -m kgface.dataset data.root=.`: Hydra's outputs/ (a build, its .hydra/) is no class
+    shutil.rmtree(root / "acne")
+    built = root / "outputs" / "2026-12-07" / "10-00-00"
+    (built / "images").mkdir(parents=True)
+    (built / ".hydra").mkdir()
+    (built / "dataset.json").write_text("{}")
+    _face(1).save(built / "images" / "copy.png")
+    assert len(class_folder_manifest(root, CLASSES)) == 10
+    _face(2).save(root / "outputs" / "mine.png")  # a photo of its own: a folder to name, as before
+    with pytest.raises(ManifestError, match="folder 'outputs' is not a class in the config"):
+        class_folder_manifest(root, CLASSES)
 
 
 def test_build_disease_faces_converts_every_mode(tmp_path):

@@ -101,6 +101,13 @@ def _output_mark(dirnames: list[str], filenames: list[str]) -> str | None:
     return found[0] if found else None
 
 
+def only_outputs(folder: Path) -> bool:
+    """A folder whose every image lies in kgface outputs beneath it (e.g. Hydra's outputs/ after a build run from
+    the photo folder itself)."""
+    marked = any(_output_mark(d, f) for _, d, f in os.walk(folder, followlinks=True))
+    return marked and not list_images(folder)[0]
+
+
 def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
     """Image files under `folder` (recursive, sorted) and the other, non-hidden files (ignored by the adapters).
     Subfolders that hold a kgface output (OUTPUT_MARKS) are left out, with a warning."""

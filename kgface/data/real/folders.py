@@ -22,7 +22,7 @@ import pandas as pd
 from ...errors import UserError
 from ..manifest import read_manifest
 from .common import (UNREAD_PHOTO_EXTS, UNKNOWN_STAGE, BadInput, assign_splits, check_stage, frame, list_images,
-                     require_dir)
+                     only_outputs, require_dir)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,9 @@ def class_folder_manifest(root: str | Path, classes: dict, stages: dict | None =
     found, rows = {}, []
     for folder in folders:
         key = by_norm.get(_norm(folder.name))
+        if key is None and only_outputs(folder):  # Hydra's outputs/ under a class root built from: no class
+            log.warning("%s: left out, it holds kgface outputs and no photos of its own", folder)
+            continue
         if key is None:
             bad(str(folder), folder.name, f"folder '{folder.name}' is not a class in the config "
                                           f"({', '.join(classes)}); add it to `classes` or remove it")
