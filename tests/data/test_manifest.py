@@ -119,7 +119,6 @@ def test_each_bad_row_is_an_error_naming_file_and_line(root, change, message):
     write_manifest([_row(path="images/b.png"), _row(**change)], root / "m.csv")
     with pytest.raises(ManifestError, match=r"m\.csv:3: .*" + message.replace("(", r"\(").replace(".", r"\.")):
         read_manifest(root / "m.csv")
-    assert issubclass(ManifestError, UserError)
 
 
 def test_unknown_disease_only_with_known_labels(root):

@@ -105,8 +105,9 @@ def test_acne04_flat_classification_layout(tmp_path):
 
 def test_acne04_settings_errors(tmp_path):
     root = make_acne04(tmp_path / "acne04")
-    with pytest.raises(UserError, match="fold must be 0..4"):
-        acne04_manifest(root, fold=5)
+    for fold in (5, "a", 1.5, None):  # "a" was a ValueError traceback
+        with pytest.raises(UserError, match=r"^data.fold=.*: ACNE04 folds are 0..4"):
+            acne04_manifest(root, fold=fold)
     with pytest.raises(UserError, match="NNEW_trainval_1.txt not found"):
         acne04_manifest(root, fold=1)
     with pytest.raises(UserError, match="image folder Images/ not found"):

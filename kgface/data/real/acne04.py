@@ -16,6 +16,7 @@ id. ACNE04 has no person ids: identity = the file stem, so "by identity" splits 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -46,8 +47,13 @@ def acne04_manifest(root: str | Path, fold: int = 0, val_fraction: float = 0.1, 
     """Manifest rows of ACNE04 fold `fold` (0..4); see the module docstring for the labels and splits."""
     bad = BadInput(on_error, skipped)
     root = Path(root)
-    if int(fold) != fold or not 0 <= int(fold) < N_FOLDS:
-        raise UserError(f"ACNE04 fold must be 0..{N_FOLDS - 1}, got {fold}")
+    try:  # data.fold=a was a ValueError traceback; '1' (quoted) read as not 1
+        number = float(fold) if not isinstance(fold, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (number.is_integer() and 0 <= number < N_FOLDS):
+        raise UserError(f"data.fold={fold!r}: ACNE04 folds are 0..{N_FOLDS - 1}")
+    fold = int(number)
     image_dir = require_dir(root / images, f"ACNE04 image folder {images}/")
     rows, seen, mismatched = [], {}, 0
     for kind, split in (("trainval", "train"), ("test", "test")):
