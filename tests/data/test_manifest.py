@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from kgface.data.manifest import COLUMNS, GENERATED_COLUMNS, ManifestError, read_manifest, write_manifest
-from kgface.errors import UserError
 
 
 @pytest.fixture
