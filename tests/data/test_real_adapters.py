@@ -481,14 +481,17 @@ def test_celeba_filters_and_limit(tmp_path):
         celeba_manifest(root, limit=0)
 
 
-def test_celeba_without_partition_splits_by_identity(tmp_path):
+def test_celeba_without_partition_splits_by_identity(tmp_path, caplog):
     df = celeba_manifest(make_celeba(tmp_path / "celeba", partition=False), val_fraction=0.2, test_fraction=0.2)
+    assert "have no person in" not in caplog.text
     assert set(df["split"]) <= {"train", "val", "test"} and len(df) == N_CELEBA
     assert df.groupby("identity")["split"].nunique().max() == 1          # a person never straddles two splits
     # the fractions act on people: 7 identities -> round(0.2 * 7) = 1 test, 1 val, 5 train
     assert df.drop_duplicates("identity")["split"].value_counts().to_dict() == {"train": 5, "val": 1, "test": 1}
     no_ids = celeba_manifest(make_celeba(tmp_path / "c2", partition=False, identity=False))
     assert no_ids["identity"].tolist() == [f"{i + 1:06d}" for i in range(N_CELEBA)]
+    # split per image then: one celebrity's photos can straddle train and test, which is said
+    assert f"CelebA: {N_CELEBA} images have no person in identity_CelebA.txt (not found)" in caplog.text
 
 
 def test_celeba_official_drive_layout(tmp_path):

@@ -150,6 +150,11 @@ def celeba_manifest(root: str | Path, filters: dict | None = None, limit: int | 
                      "split": PARTITIONS[partition[name]] if partition is not None else "",
                      "source": "celeba", "phenotypes": {}, "stage_known": True, "_where": where})
     df = frame(rows, f"CelebA {root}" + (f" with filters {wanted}" if wanted else ""))
+    unnamed = int(sum(1 for name, _ in records if name not in identity)) if len(df) else 0
+    if partition is None and unnamed:  # ~20 photos per celebrity: split by image, one person lands in train and test
+        log.warning("CelebA: %d images have no person in %s; each is its own identity, so the split by identity can "
+                    "put one person in train and test (give identity_CelebA.txt, or list_eval_partition.txt)",
+                    unnamed, id_file.name if id_file else "identity_CelebA.txt (not found)")
     if partition is None:
         splits = assign_splits(df["identity"], val_fraction, test_fraction, seed)
         df["split"] = df["identity"].map(splits)
