@@ -42,7 +42,9 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     check_output_dir(out_dir, "the data set", ("metrics.json", "generation.json", "trial.csv"))
     # ... nor a user's own images/ or manifest.csv (no dataset.json beside them: no earlier build wrote them)
     inputs = tuple((f"data.{k}", OmegaConf.select(cfg, f"data.{k}", throw_on_missing=False)) for k in ("root", "path"))
-    check_replaced_entries(out_dir, "the data set", SET_FILES, ("dataset.json",), inputs)
+    # (a job's cache record is no one's photos: it does not make OUT another's)
+    check_replaced_entries(out_dir, "the data set", tuple(f for f in SET_FILES if f != "cache_entries.json"),
+                           ("dataset.json",), inputs)
     if cfg.data.name != "phantom":
         from .data.real import build_real_dataset  # real photos: adapters under conf/data/
 

@@ -58,22 +58,33 @@ def accuracy_interval(y_true: Sequence, y_pred: Sequence) -> list[float]:
     return wilson_interval(int(np.sum(y_true == y_pred)), len(y_true))
 
 
+MIN_GROUPS = 5  # groups a bootstrap over faces (or draws) needs to say anything
+
+
 def spearman_interval(true: Sequence[float], pred: Sequence[float], resamples: int = 1000, seed: int = 0,
                       level: float = 0.95, groups: Sequence | None = None) -> list[float]:
     """Percentile bootstrap interval of the Spearman correlation (rows resampled with replacement; a resample in
     which either side is constant has no correlation and is left out: the interval is conditional on resamples that
     vary, negligible at the sizes reported). `groups` (one label per row, e.g. the face's identity): whole groups are
     resampled, since one face drawn at every stage carries the stage-severity link within itself and rows resampled
-    alone read it as independent evidence (too narrow an interval). Seeded: the same rows give the same interval.
-    [nan, nan] with fewer than 3 rows (2 rows always rank +-1) or a constant side."""
+    alone ignore that. A blank label (an unknown person, a row without a seed) is a group of its own. Fewer than
+    MIN_GROUPS groups holding several rows: [nan, nan], since a handful of faces cannot give an interval over faces
+    (one face drew [rho, rho]). Seeded: the same rows give the same interval. [nan, nan] with fewer than 3 rows (2
+    rows always rank +-1) or a constant side."""
     true, pred = np.asarray(true, float), np.asarray(pred, float)
     n = len(true)
     if n < 3 or np.all(true == true[0]) or np.all(pred == pred[0]):
         return list(NAN_INTERVAL)
     rng = np.random.default_rng(seed)
     if groups is not None:
-        _, index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        labels = np.array(["" if g is None else str(g) for g in groups], dtype=object)
+        blank = np.isin(labels, ["", "nan", "None"]) | np.array([s.endswith("|") or s.endswith("|nan")
+                                                                 for s in labels], dtype=bool)
+        labels[blank] = [f"\x00row{i}" for i in np.flatnonzero(blank)]  # unknown: its own group
+        _, index = np.unique(labels.astype(str), return_inverse=True)
         members = [np.flatnonzero(index == g) for g in range(int(index.max()) + 1)]
+        if len(members) < n and len(members) < MIN_GROUPS:
+            return list(NAN_INTERVAL)
         if len(members) < n:  # some group holds several rows; each group's rows stay together
             rhos = []
             for _ in range(int(resamples)):

@@ -362,6 +362,7 @@ class HFBackend:
         self.temperature = _setting("temperature", temperature, float, 0)
         self.device, self.seed = _device(device), _setting("seed", seed, int)
         self._lm = self._tokenizer = None
+        self.answered = 0  # answers generated in this run: after one, a failing request is that request's problem
 
     def params(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed,
@@ -406,6 +407,7 @@ class HFBackend:
 
     def complete(self, messages: list[dict]) -> str:
         new = self.generate_ids(messages)
+        self.answered += 1
         if len(new) >= self.max_new_tokens and new[-1] not in self._stop_ids():
             # the twin of the server's finish_reason=length: a cut JSON answer, and the same limit cuts it again
             raise AnswerCutOff(f"the answer was cut off at llm.max_new_tokens={self.max_new_tokens} tokens "
@@ -430,11 +432,14 @@ class HFBackend:
                 out = self._lm.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
         except (RuntimeError, IndexError, ValueError) as exc:  # out of memory, a prompt past the model's positions
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            # this request's failure (a retry's conversation grown past the context), as the openai backend's: the
-            # disease falls back to the template with the reason; it stopped the whole run
-            raise LLMError(f"llm.model={self.model}: generating on llm.device={self.device} failed for a "
-                           f"{ids.shape[1]}-token request ({type(exc).__name__}: {first}); a model with a longer "
-                           "context, more memory, or llm=none") from None
+            text = (f"llm.model={self.model}: generating on llm.device={self.device} failed for a {ids.shape[1]}-token "
+                    f"request ({type(exc).__name__}: {first}); a model with a longer context, more memory, or llm=none")
+            # a first request that fails is the settings' problem (every disease would fail alike): the run stops;
+            # a retry's conversation grown past the context, or a failure after answers, is this disease's: it
+            # falls back to the template with the reason (as the openai backend reads a 400)
+            if self.answered or len(messages) > 2:
+                raise LLMError(text) from None
+            raise UserError(text) from None
         return out[0, ids.shape[1]:].tolist()
 
     def _stop_ids(self) -> set[int]:

@@ -162,3 +162,18 @@ def test_a_spearman_interval_by_face_resamples_whole_faces():
             out.append(iv[1] - iv[0])
     assert np.mean(rows) > 1.5 * true_width and 0.75 * true_width < np.mean(faces) < 1.25 * true_width
     assert spearman_interval(stage, pred, groups=np.arange(80)) == spearman_interval(stage, pred)
+
+
+def test_a_spearman_interval_over_too_few_faces_is_not_given():
+    """One face at every stage (kgface.generate's default seed) made every resample the same rows: [rho, rho], a
+    precise-looking interval over one face. Blank labels (unknown people, rows without a seed) are their own."""
+    import numpy as np
+
+    from kgface.evaluation.intervals import spearman_interval
+
+    stage = np.tile(np.arange(4.0), 3)
+    pred = stage + np.random.default_rng(0).normal(0, 0.5, 12)
+    lo, hi = spearman_interval(stage, pred, groups=np.repeat(["a", "b", "c"], 4))
+    assert np.isnan(lo) and np.isnan(hi)
+    assert spearman_interval(stage, pred, groups=[""] * 12) == spearman_interval(stage, pred)  # all unknown
+    assert spearman_interval(stage, pred, groups=["X|"] * 12) == spearman_interval(stage, pred)  # no seed

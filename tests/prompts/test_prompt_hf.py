@@ -70,18 +70,23 @@ def test_an_answer_cut_off_at_max_new_tokens_says_so_and_is_not_retried(tmp_path
 
 
 def test_a_request_past_the_models_positions_is_one_line(tmp_path, down):
-    """A model whose context is shorter than kgface's request fails inside generate (a traceback before; then a
-    UserError that stopped the whole run): one line, and the disease falls back to the template with the reason."""
+    """A model whose context is shorter than kgface's request fails inside generate (a traceback before): one line;
+    the first request stops the run (every disease would fail alike), a retry grown past the context falls back."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = tiny_lm(tmp_path / "lm", True)
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=402, n_positions=8, n_embd=16, n_layer=1, n_head=2)).save_pretrained(folder)
     backend = HFBackend(str(folder), max_new_tokens=4)
-    with pytest.raises(LLMError, match=r"^llm.model=.*: generating on llm.device=cpu failed for a \d+-token request"):
-        backend.generate_ids([{"role": "user", "content": "describe a face with upward-slanting eyes " * 4}])
-    d = describe_profiles([down], {"name": "hf", "model": str(folder), "max_new_tokens": 4}, None)[down.disease_id]
-    assert d.source == "template" and "generating on llm.device=cpu failed" in d.fallback_reason
+    ask = [{"role": "user", "content": "describe a face with upward-slanting eyes " * 4}]
+    with pytest.raises(UserError, match=r"^llm.model=.*: generating on llm.device=cpu failed for a \d+-token request"):
+        backend.generate_ids(ask)  # a first request: the settings' problem, the run stops
+    retry = [{"role": "system", "content": "x"}, *ask, {"role": "assistant", "content": "{"},
+             {"role": "user", "content": "not valid JSON; answer again"}]
+    with pytest.raises(LLMError, match=r"generating on llm.device=cpu failed"):  # this disease's: a fallback
+        backend.generate_ids(retry)
+    with pytest.raises(UserError, match=r"generating on llm.device=cpu failed"):
+        describe_profiles([down], {"name": "hf", "model": str(folder), "max_new_tokens": 4}, None)
 
 
 def test_sampling_is_seeded(tmp_path):

@@ -104,7 +104,16 @@ def _output_mark(dirnames: list[str], filenames: list[str]) -> str | None:
 def only_outputs(folder: Path) -> bool:
     """A folder whose every image lies in kgface outputs beneath it (e.g. Hydra's outputs/ after a build run from
     the photo folder itself)."""
-    marked = any(_output_mark(d, f) for _, d, f in os.walk(folder, followlinks=True))
+    marked, seen = False, set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back up the tree: read once (as list_images does), never looped
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        if _output_mark(dirnames, filenames):
+            marked = True
+            break
     return marked and not list_images(folder)[0]
 
 
