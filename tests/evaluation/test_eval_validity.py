@@ -17,8 +17,13 @@ def test_validity_oracle_and_vae_ceiling_identity_roundtrip(tiny_evaluator, tiny
     v = instrument_validity(tiny_evaluator, df, roundtrip=lambda x: x)
     assert v["vae_ceiling_top1"] == pytest.approx(v["real_top1"])  # a perfect round trip changes nothing
     assert v["vae_ceiling_top1_ci95"] == pytest.approx(v["real_top1_ci95"])  # and so its interval
-    assert v["vae_ceiling_stage_spearman_ci95"][0] <= v["vae_ceiling_stage_spearman"] \
-        <= v["vae_ceiling_stage_spearman_ci95"][1]
+    # the interval resamples faces: over fewer than 5 it is not given (one face drew [rho, rho])
+    faces = df[(df["split"] == "test") & (df["disease"] != "healthy")]["identity"].nunique()
+    low, high = v["vae_ceiling_stage_spearman_ci95"]
+    if faces < 5:
+        assert np.isnan(low) and np.isnan(high), faces
+    else:
+        assert low <= v["vae_ceiling_stage_spearman"] <= high
     assert v["vae_ceiling_stage_spearman"] == pytest.approx(v["real_stage_spearman_disease"])
     assert v["vae_ceiling_phenotype_auroc"] == pytest.approx(v["phenotype_auroc"], nan_ok=True)
     sick = df[(df["split"] == "test") & (df["disease"] != "healthy")]
