@@ -266,7 +266,9 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
                      trained_on=learned_digests(df, atlas))
 
 
-EVALUATOR_VERSION = 2  # bump when the heads or the scoring change, so cached evaluators rebuild
+# bump when the heads or the scoring change, so cached evaluators rebuild. 3: the disease probe keeps ungraded
+# photos (stage unknown) of diseases with probe.min_stage >= 3; per_stage_top1 gains its "healthy" cell
+EVALUATOR_VERSION = 3
 # bump when the tiny CLIP's training or its captions change: both cache entries rebuild. 2: a phantom face that drew
 # no phenotype is captioned with none, not with its stage's template phenotypes (version 1: 105 of the benchmark's
 # 8,400 diseased training faces of stages 1-3, 36 of the default's)

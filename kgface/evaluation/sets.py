@@ -285,10 +285,13 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                     g["frequency_mae_read_at_stages_2_3"] = read_at_2_3  # the others at stage 3
                 # images behind each disease's frequencies: with 2, each can only be 0, 0.5 or 1
                 g["frequency_mae_n"] = {d: int((req_d[full] == d).sum()) for d in g["frequency_mae_per_disease"]}
-            g["zero_shot_presence"] = float(np.mean(t["zs_presence"][dis])) if dis.any() else float("nan")
+            # on diseased requests of stages 2-3: stage 0 is healthy-looking by construction and stage 1 may show
+            # nothing, so a mean over every stage read a generator's stage mix, not whether its disease shows
+            ill = dis & shown
+            g["zero_shot_presence"] = float(np.mean(t["zs_presence"][ill])) if ill.any() else float("nan")
             # the same against the requested disease alone: its prompts vs the healthy ones (not "any disease")
-            pair = pair_presence(s_gen.features[dis], evaluator.zs_text, evaluator.classes)
-            own = [ci[d] for d in req_d[dis]]
+            pair = pair_presence(s_gen.features[ill], evaluator.zs_text, evaluator.classes)
+            own = [ci[d] for d in req_d[ill]]
             g["zero_shot_pair_presence"] = float(np.mean(pair[np.arange(len(own)), own])) if own else float("nan")
         metrics["generation"] = g
         if transform.any():

@@ -72,10 +72,12 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     in_top3 = [d in t3 for d, t3 in zip(rt["disease"], rt["top3"])]
     assert g["top3_all"] == pytest.approx(np.mean(in_top3), abs=1e-4) and g["top3_all"] >= g["top1_all"]
     assert g["top3"] == pytest.approx(np.mean(np.array(in_top3)[head]), abs=1e-4) == ev["real_top3"]
-    # zero-shot presence of the requested disease against health alone, over the diseased requests
+    # zero-shot presence of the requested disease against health alone, over the diseased requests of stages 2-3
     from kgface.evaluation.evaluator import pair_presence
 
-    sick = (rt["disease"] != "healthy").to_numpy()
+    sick = (rt["disease"] != "healthy").to_numpy() & rt["stage"].astype(int).isin([2, 3]).to_numpy()
+    assert sick.any() and not sick.all()
+    assert g["zero_shot_presence"] == pytest.approx(rt["zs_presence"][sick].mean(), abs=1e-4)
     pair = pair_presence(scored["real"].features[sick], tiny_evaluator.zs_text, tiny_evaluator.classes)
     own = [tiny_evaluator.classes.index(d) for d in rt["disease"][sick]]
     assert g["zero_shot_pair_presence"] == pytest.approx(pair[np.arange(len(own)), own].mean(), abs=1e-4)
