@@ -4,7 +4,8 @@ descriptions.json).
 An answer is checked as JSON (no key twice), by pydantic (shape, one sentence, stages 0..3 once each, whole-number
 stages) and against the profile: every phenotype id it cites must be one of the profile's visible phenotypes, and
 the stages must follow the stage scale (no phenotype at a stage without visible signs, none before its curated
-earliest stage `min_stage`, at least one at each stage from 1 on). The error text of a failed check goes back to
+earliest stage `min_stage`, at least one at each stage from 1 on, and at the last stage the profile's frequent
+phenotypes, up to three: an answer may not leave out what most patients show). The error text of a failed check goes back to
 the LLM on the next attempt, so messages say what to change.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, 
 
 from kgface.kg.profiles import FacialProfile
 
-from .wording import N_STAGES, stage_levels
+from .wording import FINAL_STAGE_FREQUENT, N_STAGES, frequent_phenotypes, stage_levels
 
 DESCRIPTIONS_SCHEMA = "kgface.descriptions/1"
 _HPO = re.compile(r"^HP:\d{7}$")
@@ -117,21 +118,29 @@ def answer_json_schema() -> dict:
 def extract_json(text: str) -> str:
     """The JSON object inside an LLM reply: small models wrap it in ``` fences, add a sentence around it (which
     may hold braces of its own) or think aloud first (<think>...</think>, kept by tokenizers that do not mark those
-    tokens special; a chat template that opens the block in the prompt leaves only its </think>). The first object
-    with a "stages" key wins, looked for in each ``` fence in turn and then in the whole reply; else everything
-    from the first { to the last } of the first fence (of the reply, without one)."""
+    tokens special; a chat template that opens the block in the prompt leaves only its </think>). The answer is
+    the object whose "stages" key holds a list (a quoted schema's {"stages": {...}} is not one), looked for in each
+    ``` fence and in the whole reply; two different such objects are refused (which one the model meant is a
+    guess: the error goes back to it). Without one, everything from the first { to the last } of the first fence
+    (of the reply, without one), for pydantic to say what is wrong."""
     text = _THINKING.sub("", text)
     text = re.split(r"</think>", text, flags=re.I)[-1].strip()
     fences = [f.strip() for f in re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.S)]
     decoder = json.JSONDecoder()
+    found: dict[str, str] = {}  # canonical JSON -> the text as written (one answer repeated is one answer)
     for candidate in fences + [text]:
         for brace in re.finditer(r"\{", candidate):
             try:
                 obj, end = decoder.raw_decode(candidate, brace.start())
             except ValueError:
                 continue
-            if isinstance(obj, dict) and "stages" in obj:
-                return candidate[brace.start():end]
+            if isinstance(obj, dict) and isinstance(obj.get("stages"), list):
+                found.setdefault(json.dumps(obj, sort_keys=True), candidate[brace.start():end])
+    if len(found) > 1:
+        raise ValueError(f"the reply holds {len(found)} different JSON objects with a \"stages\" list; answer with "
+                         "exactly one")
+    if found:
+        return next(iter(found.values()))
     text = fences[0] if fences else text
     start, end = text.find("{"), text.rfind("}")
     return text[start:end + 1] if 0 <= start < end else text
@@ -153,8 +162,9 @@ def _no_duplicate_keys(pairs: list) -> dict:
 
 def stage_rule_errors(profile: FacialProfile, stages: list[tuple[int, list[str]]]) -> list[str]:
     """What breaks the stage scale in [(stage, cited HPO ids)]: a phenotype at a stage whose level has no visible
-    signs, a phenotype before its curated `min_stage`, or a stage from 1 on citing none although the profile has
-    a phenotype visible by then."""
+    signs, a phenotype before its curated `min_stage`, a stage from 1 on citing none although the profile has a
+    phenotype visible by then, or a last stage (full severity, with signs) leaving out one of the profile's frequent
+    phenotypes (`frequent_phenotypes`: frequency >= 0.5 or not given, the three most frequent)."""
     levels = stage_levels(profile.disease_id)
     by_id = {p.hpo_id: p for p in profile.phenotypes}
     errors = []
@@ -173,6 +183,13 @@ def stage_rule_errors(profile: FacialProfile, stages: list[tuple[int, list[str]]
         if stage >= 1 and level.signs and not ids and possible:
             errors.append(f"stages.{stage}.phenotypes: stage {stage} ({level.name}) shows signs; cite at least one "
                           f"of {', '.join(possible)}")
+        if stage == len(levels) - 1 and level.signs:
+            missing = [p.hpo_id for p in frequent_phenotypes(profile)
+                       if p.hpo_id not in ids and int(p.min_stage or 0) <= stage]
+            if missing:
+                errors.append(f"stages.{stage}.phenotypes: stage {stage} ({level.name}) is the disease at full "
+                              f"severity; describe and cite its frequent phenotypes (frequency >= 50% or unknown, the "
+                              f"{FINAL_STAGE_FREQUENT} most frequent) too: {', '.join(missing)}")
     return errors
 
 

@@ -94,6 +94,16 @@ def _by_frequency(phenotypes: list[Phenotype]) -> list[Phenotype]:
     return sorted(phenotypes, key=lambda p: (-_frequency(p), p.hpo_id))
 
 
+# how many of a disease's frequent phenotypes a description of full severity must name (one sentence holds few)
+FINAL_STAGE_FREQUENT = 3
+
+
+def frequent_phenotypes(profile: FacialProfile, limit: int = FINAL_STAGE_FREQUENT) -> list[Phenotype]:
+    """The signs most patients show (frequency >= 0.5, or not given: the KG lists it, so it counts as frequent),
+    most frequent first, at most `limit`: what any description of the disease at full severity must show."""
+    return [p for p in _by_frequency(profile.phenotypes) if _frequency(p) >= 0.5][:limit]
+
+
 def stage_phenotypes(profile: FacialProfile, stage: int, limit: int | None = None) -> list[Phenotype]:
     """The phenotypes a template description of `stage` shows, most frequent first.
 

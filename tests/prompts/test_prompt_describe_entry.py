@@ -35,7 +35,15 @@ def test_template_run_writes_descriptions(tmp_path, capsys):
 
 
 def test_llm_run_through_a_server(tmp_path, server, good, capsys):
-    # the server answers with HP:0000582 (upslanted palpebral fissure), which Down syndrome's profile holds
+    # the server answers with Down syndrome's frequent phenotypes (upslanted palpebral fissures among them), which
+    # its stage 3 must cite
+    from kgface.prompts.wording import frequent_phenotypes
+    from kgface.runtime import load_profiles
+
+    profile = load_profiles(compose("describe"), ["ORPHA:870"])[0]
+    frequent = [p.hpo_id for p in frequent_phenotypes(profile)]
+    assert "HP:0000582" in frequent and len(frequent) == 3
+    server.script = [good(ids=frequent)]
     out = tmp_path / "run"
     args = ["diseases=[ORPHA:870]", "llm=openai", f"llm.base_url={server.base_url}", "llm.model=fake",
             "llm.timeout_s=2", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={out}"]
@@ -47,8 +55,6 @@ def test_llm_run_through_a_server(tmp_path, server, good, capsys):
     main(args)  # the second run is served from the cache
     assert len(server.requests) == 1
     # the training prompts read the file
-    from kgface.runtime import load_profiles
-    profile = load_profiles(compose("describe"), ["ORPHA:870"])[0]
     descs = load_descriptions(out / "descriptions.json")
     assert training_prompt(profile, 1, "text", descs).endswith(d.stages[1].description)
 

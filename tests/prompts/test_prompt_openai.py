@@ -45,7 +45,7 @@ def test_valid_answer_is_used_and_cached(server, llm, down, tmp_path):
     cache = Cache(tmp_path / "cache")
     d = describe_profiles([down], llm, cache)[down.disease_id]
     assert d.source == "llm" and d.attempts == 1 and d.fallback_reason is None
-    assert d.stages[2].description == "A face at stage 2 with upward-slanting eyes."
+    assert d.stages[2].description == "A face at stage 2 with upward-slanting eyes and a flat nasal bridge."
     req = server.requests[0]
     assert req["path"] == "/v1/chat/completions" and req["body"]["model"] == "fake-7b"
     assert req["body"]["response_format"] == {"type": "json_object"}

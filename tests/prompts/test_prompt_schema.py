@@ -7,8 +7,9 @@ from kgface.prompts import load_descriptions, parse_answer, save_descriptions, t
 from kgface.prompts.schema import stage_rule_errors
 
 
-def answer(ids=("HP:0000582",), n=4, description=None, **stages):
-    """A valid answer for `down` (each stage its own sentence); s1={...} etc. override one stage's fields."""
+def answer(ids=("HP:0000582", "HP:0005280"), n=4, description=None, **stages):
+    """A valid answer for `down` (each stage its own sentence, its two frequent phenotypes from stage 1 on);
+    s1={...} etc. override one stage's fields."""
     out = {"stages": [{"stage": s, "description": description or f"A face at stage {s} with upward-slanting eyes.",
                        "phenotypes": list(ids) if s else [],
                        "negative_prompt": "blurry"} for s in range(n)]}
@@ -126,6 +127,11 @@ def test_answers_follow_the_stage_scale(down, acne):
     # a phenotype not before its curated earliest stage (acne pustules: min_stage 2)
     acne_answer = {"stages": [{"stage": s, "description": f"A face at stage {s} with acne papules and comedones.",
                                "phenotypes": ["HP:0001061"], "negative_prompt": "blurry"} for s in range(4)]}
+    # full severity names what most patients show: acne's three most frequent of four frequent phenotypes
+    with pytest.raises(ValueError, match=r"stages.3.phenotypes: stage 3 \(.*\) is the disease at full severity; "
+                                         r"describe and cite its frequent phenotypes .* too: HP:0025249, HP:0200034$"):
+        parse_answer(json.dumps(acne_answer), acne)
+    acne_answer["stages"][3]["phenotypes"] = ["HP:0200034", "HP:0001061", "HP:0025249"]  # any order; pustules may wait
     assert parse_answer(json.dumps(acne_answer), acne)  # acne's stage 0 has signs (at most 5 lesions)
     acne_answer["stages"][1]["phenotypes"] = ["HP:0001061", "HP:0200039"]
     with pytest.raises(ValueError, match=r"stages.1.phenotypes: HP:0200039 first shows at stage 2 \(its earliest "
@@ -134,6 +140,31 @@ def test_answers_follow_the_stage_scale(down, acne):
     acne_answer["stages"][1]["phenotypes"] = ["HP:0001061"]
     acne_answer["stages"][2]["phenotypes"] = ["HP:0200039"]
     assert parse_answer(json.dumps(acne_answer), acne)
+
+
+def test_the_last_stage_cites_the_frequent_phenotypes(down):
+    # an unknown frequency counts as frequent (the KG lists it); the rarer epicanthus (0.3) may be left out
+    with pytest.raises(ValueError, match=r"stages.3.phenotypes: .* full severity; .* too: HP:0005280$"):
+        parse_answer(json.dumps(answer(s3={"phenotypes": ["HP:0000582"]})), down)
+    assert parse_answer(json.dumps(answer(s1={"phenotypes": ["HP:0000582"]}, s2={"phenotypes": ["HP:0005280"]})),
+                        down)
+    # a frequent phenotype curated to show later than stage 3 cannot be asked for there (none is: min_stage <= 3)
+    down.phenotypes[1].min_stage = 3
+    with pytest.raises(ValueError, match=r"HP:0005280 first shows at stage 3"):
+        parse_answer(json.dumps(answer()), down)
+    assert parse_answer(json.dumps(answer(s1={"phenotypes": ["HP:0000582"]}, s2={"phenotypes": ["HP:0000582"]})),
+                        down)
+
+
+def test_two_different_answers_in_one_reply_are_refused(down):
+    first, second = json.dumps(answer()), json.dumps(answer(description="Another face, stage unknown, eyes up."))
+    with pytest.raises(ValueError, match=r'the reply holds 2 different JSON objects with a "stages" list'):
+        parse_answer(f"Draft: {first}\nFinal: {second}", down)
+    # one answer written twice (fenced and again plain) is one answer; a quoted schema's "stages" is no answer
+    fence = "```"
+    assert parse_answer(f"{fence}json\n{first}\n{fence}\n{first}", down) == parse_answer(first, down)
+    schema = json.dumps({"properties": {"stages": {"type": "array"}}})
+    assert parse_answer(f"{fence}json\n{schema}\n{fence}\n{first}", down) == parse_answer(first, down)
 
 
 def test_a_stage_without_any_possible_phenotype_may_cite_none(down):
