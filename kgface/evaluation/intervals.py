@@ -27,12 +27,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> list[float]:
         return list(NAN_INTERVAL)
     if not 0 <= successes <= n:
         raise ValueError(f"wilson_interval: {successes} successes of {n}")
-    p, z2 = successes / n, z * z
-    denom = 1 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    # exact ends at 0 and n of n (centre - half is 0 there only up to rounding: 1e-17 would print as a number)
-    return [0.0 if successes == 0 else max(0.0, centre - half), 1.0 if successes == n else min(1.0, centre + half)]
+    return _wilson(successes / n, n, z)
 
 
 def count_of(rate: float, n: int) -> int:
@@ -52,13 +47,65 @@ def proportion_interval(p: float, n: int) -> list[float]:
     return wilson_interval(count_of(p, n), int(n))
 
 
-def accuracy_interval(y_true: Sequence, y_pred: Sequence) -> list[float]:
-    """wilson_interval of the share of rows whose prediction is the label."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return wilson_interval(int(np.sum(y_true == y_pred)), len(y_true))
+def _wilson(p: float, n: float, z: float = Z95) -> list[float]:
+    """The Wilson score interval of a share p over an effective count n (need not be whole)."""
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    # exact ends at a share of 0 and 1 (centre - half is 0 there only up to rounding: 1e-17 would print as a number)
+    return [0.0 if p <= 0 else max(0.0, centre - half), 1.0 if p >= 1 else min(1.0, centre + half)]
 
 
 MIN_GROUPS = 5  # groups a bootstrap over faces (or draws) needs to say anything
+
+
+def group_index(groups: Sequence) -> np.ndarray:
+    """One whole-number group per row; a blank label (an unknown person, a row without a seed: "", None, nan, or
+    a draw label ending in "|" / "|nan") is a group of its own."""
+    labels = np.array(["" if g is None else str(g) for g in groups], dtype=object)
+    blank = np.isin(labels, ["", "nan", "None"]) | np.array([s.endswith("|") or s.endswith("|nan")
+                                                             for s in labels], dtype=bool)
+    labels[blank] = [f"\x00row{i}" for i in np.flatnonzero(blank)]
+    return np.unique(labels.astype(str), return_inverse=True)[1].reshape(-1)
+
+
+def effective_count(hits: Sequence[bool], groups: Sequence | None) -> float:
+    """How many independent rows `hits` is worth when rows of one group (a face read at several stages, a draw
+    of one seed at each stage) share their outcome more than chance: n / design effect, the design effect being the
+    cluster-robust variance of the share (CR1: G/(G-1) * sum over groups of (hits_g - p n_g)^2 / n^2) over the
+    binomial p(1-p)/n. Kept within [G, n] (G groups): rows alike within their group are worth one row per group,
+    rows no more alike than chance worth themselves. At a share of 0 or 1 nothing tells how alike they are: G."""
+    hits = np.asarray(hits, bool)
+    n = len(hits)
+    if groups is None or n == 0:
+        return float(n)
+    index = group_index(groups)
+    n_groups = int(index.max()) + 1
+    if n_groups >= n:
+        return float(n)
+    p = hits.mean()
+    if p <= 0 or p >= 1:
+        return float(n_groups)
+    k_g = np.bincount(index, weights=hits.astype(float), minlength=n_groups)
+    n_g = np.bincount(index, minlength=n_groups).astype(float)
+    var_cr = n_groups / (n_groups - 1) * float(((k_g - p * n_g) ** 2).sum()) / (n * n)
+    design = var_cr / (p * (1 - p) / n)
+    return float(min(n, max(n_groups, n / design if design > 0 else n)))
+
+
+def accuracy_interval(y_true: Sequence, y_pred: Sequence, groups: Sequence | None = None) -> list[float]:
+    """wilson_interval of the share of rows whose prediction is the label; with `groups` (the face's identity,
+    a generated draw's disease|seed), over the rows' effective count (`effective_count`): images of one face are
+    not independent draws, and counting them as such made the interval too narrow."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    hits = y_true == y_pred
+    if groups is None or len(hits) == 0:
+        return wilson_interval(int(np.sum(hits)), len(hits))
+    groups = list(groups)
+    if len(groups) != len(hits):
+        raise ValueError(f"accuracy_interval: {len(groups)} group labels for {len(hits)} rows")
+    return _wilson(float(hits.mean()), effective_count(hits, groups))
 
 
 def spearman_interval(true: Sequence[float], pred: Sequence[float], resamples: int = 1000, seed: int = 0,
@@ -77,11 +124,7 @@ def spearman_interval(true: Sequence[float], pred: Sequence[float], resamples: i
         return list(NAN_INTERVAL)
     rng = np.random.default_rng(seed)
     if groups is not None:
-        labels = np.array(["" if g is None else str(g) for g in groups], dtype=object)
-        blank = np.isin(labels, ["", "nan", "None"]) | np.array([s.endswith("|") or s.endswith("|nan")
-                                                                 for s in labels], dtype=bool)
-        labels[blank] = [f"\x00row{i}" for i in np.flatnonzero(blank)]  # unknown: its own group
-        _, index = np.unique(labels.astype(str), return_inverse=True)
+        index = group_index(groups)  # unknown: its own group
         members = [np.flatnonzero(index == g) for g in range(int(index.max()) + 1)]
         if len(members) < n and len(members) < MIN_GROUPS:
             return list(NAN_INTERVAL)

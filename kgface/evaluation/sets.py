@@ -233,10 +233,13 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         # each row's top-1 key (scores_generated.csv: the rows a baselines comparison pairs); seen = the last two
         t["group"] = np.select([m for name, m in groups[1:]], [name for name, m in groups[1:]],
                                np.where(transform, "transform", ""))
+        # a draw (disease|seed) is one face at each requested stage: the intervals count draws, not images
+        draw = (t["requested_disease"].astype(str) + "|" + t["seed"].astype(str)).to_numpy() if "seed" in t else None
         for name, mask in groups:
             if mask.any():
                 g[f"{name}_top1"] = M.accuracy(req_d[mask], t["pred_disease"][mask])
-                g[f"{name}_top1_ci95"] = CI.accuracy_interval(req_d[mask], t["pred_disease"][mask])  # Wilson
+                g[f"{name}_top1_ci95"] = CI.accuracy_interval(req_d[mask], t["pred_disease"][mask],
+                                                              groups=None if draw is None else draw[mask])
                 g[f"{name}_n"] = int(mask.sum())
         sel = ~transform
         if sel.any():
@@ -255,7 +258,6 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             dis = sel & (req_d != HEALTHY).to_numpy()
             g["stage_spearman"] = M.spearman(req_sev[dis], t["severity_pred"][dis])
             # bootstrap by draw: copy k of a disease shares its noise across the stages (one face, every stage)
-            draw = (t["requested_disease"].astype(str) + "|" + t["seed"].astype(str)) if "seed" in t else None
             g["stage_spearman_ci95"] = CI.spearman_interval(req_sev[dis], t["severity_pred"][dis],
                                                             groups=None if draw is None else draw[dis])
             g["stage_mae"] = M.stage_mae(req_s[dis], t["stage_pred"][dis])

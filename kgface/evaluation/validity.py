@@ -161,6 +161,12 @@ def auroc_summary(aurocs: dict[str, float], target: float = 0.9) -> dict:
             f"share_ge_{target}": float(np.mean(v >= target))}
 
 
+def identities(table: pd.DataFrame) -> np.ndarray | None:
+    """Each row's face (its `identity`; blank = a face of its own), the group a share's interval resamples: one
+    phantom face is read at several stages, and its images are not independent draws."""
+    return table["identity"].to_numpy() if "identity" in table.columns else None
+
+
 def disease_scores(table: pd.DataFrame, classes: list[str], label: str = "disease", stage: str = "stage") -> dict:
     """top-1, top-3 and macro-F1 on the headline rows (healthy, stages 2-3, ungraded photos) and on all rows
     (`_all`), and per-stage accuracy of a scored table."""
@@ -169,9 +175,11 @@ def disease_scores(table: pd.DataFrame, classes: list[str], label: str = "diseas
     ci = {c: i for i, c in enumerate(classes)}
     lab = np.array([ci[d] for d in y])
     head = headline_rows(table, label, stage)
+    faces = identities(table)
     return {
         "top1": M.accuracy(np.asarray(y)[head], table["pred_disease"].to_numpy()[head]),
-        "top1_ci95": CI.accuracy_interval(np.asarray(y)[head], table["pred_disease"].to_numpy()[head]),
+        "top1_ci95": CI.accuracy_interval(np.asarray(y)[head], table["pred_disease"].to_numpy()[head],
+                                          groups=None if faces is None else faces[head]),
         "top1_all": M.topk_accuracy(probs, lab, 1), "top3_all": M.topk_accuracy(probs, lab, 3),
         "top3": M.topk_accuracy(probs[head], lab[head], 3),
         "macro_f1": M.macro_f1(list(np.asarray(y)[head]), list(table["pred_disease"].to_numpy()[head])),
@@ -238,9 +246,11 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
     soft = evaluator.predict(evaluator.features(blur_images(images, BLUR_CHECK_SIGMA)), test)
     out["real_top1_blurred"], out["real_blur_sigma"] = disease_scores(soft, evaluator.classes)["top1"], BLUR_CHECK_SIGMA
     groups = _heldout_groups(t, heldout)
+    faces = identities(t)
     for name, mask in groups.items():
         out[f"real_top1_{name}"] = M.accuracy(t["disease"][mask], t["pred_disease"][mask])
-        out[f"real_top1_{name}_ci95"] = CI.accuracy_interval(t["disease"][mask], t["pred_disease"][mask])
+        out[f"real_top1_{name}_ci95"] = CI.accuracy_interval(t["disease"][mask], t["pred_disease"][mask],
+                                                             groups=None if faces is None else faces[mask])
         out[f"n_{name}"] = int(mask.sum())
     named = t["identity"].astype(str).str.len().gt(0).to_numpy() if "identity" in t else np.zeros(len(t), bool)
     if named.sum() >= 2:  # the rows that name a person (a photo set may leave some unnamed): counted, not all-or-none
@@ -267,8 +277,9 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         out["vae_ceiling_top1"], out["vae_ceiling_top1_ci95"] = rt_scores["top1"], rt_scores["top1_ci95"]
         for name, mask in groups.items():
             out[f"vae_ceiling_top1_{name}"] = M.accuracy(rt_table["disease"][mask], rt_table["pred_disease"][mask])
-            out[f"vae_ceiling_top1_{name}_ci95"] = CI.accuracy_interval(rt_table["disease"][mask],
-                                                                        rt_table["pred_disease"][mask])
+            out[f"vae_ceiling_top1_{name}_ci95"] = CI.accuracy_interval(
+                rt_table["disease"][mask], rt_table["pred_disease"][mask],
+                groups=None if identities(rt_table) is None else identities(rt_table)[mask])
         rt_sick = (rt_table["disease"] != HEALTHY).to_numpy() & known
         out["vae_ceiling_stage_spearman"] = M.spearman(rt_table["stage"][rt_sick], rt_table["severity_pred"][rt_sick])
         out["vae_ceiling_stage_spearman_ci95"] = CI.spearman_interval(  # one face at every stage: by face

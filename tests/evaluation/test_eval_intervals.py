@@ -177,3 +177,42 @@ def test_a_spearman_interval_over_too_few_faces_is_not_given():
     assert np.isnan(lo) and np.isnan(hi)
     assert spearman_interval(stage, pred, groups=[""] * 12) == spearman_interval(stage, pred)  # all unknown
     assert spearman_interval(stage, pred, groups=["X|"] * 12) == spearman_interval(stage, pred)  # no seed
+
+
+def test_an_accuracy_interval_by_face_counts_faces_not_images():
+    """Known ends: faces read at m stages that are all right or all wrong are worth one row per face (Wilson over
+    the faces); a face per row, or rows whose faces are no more alike than chance, are plain Wilson; a share of 0
+    or 1 says nothing about how alike a face's images are (faces, the cautious end)."""
+    from kgface.evaluation.intervals import effective_count
+
+    face = np.repeat(np.arange(10), 4)
+    y = np.array(["a"] * 40)
+    alike = np.where(np.repeat(np.arange(10) < 6, 4), "a", "b")  # 6 faces right at every stage, 4 wrong
+    assert effective_count(alike == "a", face) == 10
+    assert accuracy_interval(y, alike, groups=face) == pytest.approx(wilson_interval(6, 10))
+    assert accuracy_interval(y, alike) == wilson_interval(24, 40)  # without groups: images as draws
+    assert accuracy_interval(y, alike, groups=np.arange(40)) == pytest.approx(wilson_interval(24, 40))
+    mixed = np.where(np.tile([True, True, False, True], 10), "a", "b")  # each face 3 of 4: no face effect
+    assert effective_count(mixed == "a", face) == 40
+    assert accuracy_interval(y, mixed, groups=face) == pytest.approx(wilson_interval(30, 40))
+    assert accuracy_interval(y, y, groups=face) == pytest.approx(wilson_interval(10, 10))
+    blank = ["", None, float("nan"), "x|"] * 10  # unknown faces are faces of their own
+    assert effective_count(alike == "a", blank) == 40
+    with pytest.raises(ValueError, match="3 group labels for 40 rows"):
+        accuracy_interval(y, alike, groups=[0, 1, 2])
+
+
+def test_an_accuracy_interval_by_face_covers_the_truth():
+    """Faces with their own accuracy (a beta spread around 0.7), read at 4 stages each: over 300 simulated test
+    sets the interval over images covered the true rate far less often than 95%; the one over faces near 95%."""
+    rng = np.random.default_rng(1)
+    face = np.repeat(np.arange(30), 4)
+    y = np.array(["a"] * 120)
+    covered = {"images": 0, "faces": 0}
+    for _ in range(300):
+        p_face = rng.beta(1.4, 0.6, 30)  # mean 0.7, faces differ a lot
+        hits = rng.random(120) < p_face[face]
+        pred = np.where(hits, "a", "b")
+        for name, iv in (("images", accuracy_interval(y, pred)), ("faces", accuracy_interval(y, pred, groups=face))):
+            covered[name] += iv[0] <= 0.7 <= iv[1]
+    assert covered["images"] / 300 < 0.85 and 0.90 <= covered["faces"] / 300 <= 0.99
