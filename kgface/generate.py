@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,9 +52,14 @@ def identity_scores(items: list[Item], images: torch.Tensor, evaluator=None) -> 
     for i in idx:
         items[i].row["identity_ssim"] = round(ssim(items[i].source, images[i]), 4)
         items[i].row["identity_psnr"] = round(psnr(items[i].source, images[i]), 2)
+    # an output identical to its input (a mask that keeps every pixel) has an infinite PSNR: it is counted apart,
+    # since one such output made the mean inf and generation.json invalid JSON ("Infinity")
+    finite = [items[i].row["identity_psnr"] for i in idx if math.isfinite(items[i].row["identity_psnr"])]
     means = {"images": len(idx),
              "identity_ssim": round(sum(items[i].row["identity_ssim"] for i in idx) / len(idx), 4),
-             "identity_psnr": round(sum(items[i].row["identity_psnr"] for i in idx) / len(idx), 2)}
+             "identity_psnr": round(sum(finite) / len(finite), 2) if finite else None}
+    if len(finite) < len(idx):
+        means["identity_unchanged"] = len(idx) - len(finite)  # pixel-identical to the input: left out of the PSNR
     if evaluator is not None:
         src = evaluator.features(torch.stack([items[i].source for i in idx]))
         out = evaluator.features(images[idx])
@@ -299,9 +305,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     batch = as_number(cfg.batch_size, "batch_size")
     if not (batch >= 1 and batch == int(batch)):  # 2.9 became 2
         raise UserError(f"batch_size={cfg.batch_size}: a whole number >= 1")
-    # ints as given (a float holds 53 bits: 2^62 - 1 rounded up to 2^62); torch's generators take 64, eta adds 2^40
+    # ints as given (a float holds 53 bits: 2^62 - 1 rounded up to 2^62); torch's generators take 64, eta adds 2^62
     seeds = [s if isinstance(s, int) and not isinstance(s, bool) else as_number(s, "seeds")
              for s in as_list(cfg.seeds, "seeds")]
+    if cfg.seeds is not None and not seeds:  # an empty list drew seed 0 and recorded it as asked
+        raise UserError("seeds=[]: give at least one seed, e.g. seeds=[0]")
     if any(s != int(s) or not 0 <= int(s) < 2 ** 62 for s in seeds):
         raise UserError(f"seeds={cfg.seeds}: seeds are integers in [0, 2^62)")
     if cfg.get("evaluator_dir") not in (None, "", False) and not (cfg.mode in ("transform", "progression")

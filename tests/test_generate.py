@@ -259,7 +259,8 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
                                       ("identity_scale=nan", "identity_scale=nan: not a finite number"),
                                       (f"evaluator_dir={tmp_path}", "evaluator_dir= scores how far outputs keep"),
                                       ("batch_size=2.9", "batch_size=2.9: a whole number >= 1"),
-                                      ("seeds=[18446744073709551616]", "seeds=[18446744073709551616]: seeds are integers in")]):
+                                      ("seeds=[18446744073709551616]", "seeds=[18446744073709551616]: seeds are integers in"),
+                                      ("seeds=[]", "seeds=[]: give at least one seed")]):
         assert fails(capsys, empty, tmp_path / f"u{k}", arg).startswith(f"kgface.generate: error: {words}"), arg
     assert "is a model=tiny run" in fails(capsys, micro_run, tmp_path / "dt", "dtype=bf16")  # no frozen base to halve
     generate(micro_run, tmp_path / "fp32", "diseases=[healthy]", "stages=[0]", "dtype=fp32")  # a no-op there
@@ -503,6 +504,28 @@ def test_acne_lesion_counts_as_the_continuous_stage(micro_run, tmp_path, capsys)
     err = fails(capsys, micro_run, tmp_path / "b", "diseases=[ORPHA:870]", "lesions=[10]")
     assert "lesions=" in err and "ORPHA:870" in err
     assert "lesion counts" in fails(capsys, micro_run, tmp_path / "c", "diseases=[MONDO:0011438]", "lesions=[500]")
+    # a fraction of a lesion was drawn rounded half to even (2.5 -> 2, 3.5 -> 4) and recorded as the whole count
+    assert "lesions=[2.5]: lesion counts are whole numbers" in fails(capsys, micro_run, tmp_path / "d",
+                                                                     "diseases=[MONDO:0011438]", "lesions=[2.5]")
+
+
+def test_an_output_identical_to_its_input_keeps_generation_json_valid():
+    # its PSNR is infinite: the mean is over the others and the unchanged output counted (one made the mean inf and
+    # generation.json "Infinity", which strict JSON readers refuse)
+    import torch
+
+    from kgface.diffusion.requests import Item
+    from kgface.generate import identity_scores
+
+    src = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    out = src.clone()
+    out[1, :, :4] = 255 - out[1, :, :4]
+    items = [Item(request=None, row={}, group="g", source=src[i]) for i in range(2)]
+    means = identity_scores(items, out)
+    assert means["identity_unchanged"] == 1 and means["identity_psnr"] == items[1].row["identity_psnr"] < 100
+    assert items[0].row["identity_psnr"] == float("inf") and means["identity_ssim"] < 1
+    json.loads(json.dumps(means, allow_nan=False))
+    assert identity_scores(items[:1], out[:1])["identity_psnr"] is None
 
 
 def test_a_learned_profile_run_generates_from_the_frequencies_it_was_trained_on(micro_run, tmp_path):

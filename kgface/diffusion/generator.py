@@ -17,7 +17,9 @@ from .sampling import cfg_model, ddim_invert, ddim_sample, ddim_timesteps, noise
 log = logging.getLogger(__name__)
 
 
-STEP_NOISE_OFFSET = 1 << 40  # eta's per-request stream: seed + this, apart from every start seed
+# eta's per-request stream: seed + this, apart from every start seed (kgface.generate takes seeds in [0, 2^62);
+# the offset was 2^40 before 2026-12-07, so seed 2^40's start noise was seed 0's step noise)
+STEP_NOISE_OFFSET = 1 << 62
 
 
 @dataclass

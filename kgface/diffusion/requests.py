@@ -104,9 +104,9 @@ def _severities(cfg: DictConfig, profile) -> list[float]:
     from ..data.phantom.acne import LESION_CAP, severity_from_count
 
     counts = [as_number(n, "lesions") for n in as_list(cfg.lesions, "lesions")]
-    bad = [n for n in counts if not 0 <= n <= LESION_CAP]
-    if bad or not counts:
-        raise UserError(f"lesions={bad or '[]'}: lesion counts must lie in [0, {LESION_CAP}]")
+    bad = [n for n in counts if not 0 <= n <= LESION_CAP or n != int(n)]
+    if bad or not counts:  # 2.5 was drawn as 2 and 3.5 as 4 (half to even), each recorded as a whole count
+        raise UserError(f"lesions={bad or '[]'}: lesion counts are whole numbers in [0, {LESION_CAP}]")
     return [severity_from_count(int(round(n))) for n in counts]
 
 

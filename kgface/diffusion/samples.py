@@ -187,7 +187,8 @@ def save_pairs(sources: list[str], images: torch.Tensor, rows: list[dict], names
     draw = ImageDraw.Draw(sheet)
     for i, (src, img, r) in enumerate(zip(sources, images, rows)):
         x, y = (i % ncol) * (size + 4), (i // ncol) * (cell_h + 4)
-        before = Image.open(src).convert("RGB").resize((size, size))
+        # the crop the transformation edited (a squashed whole photo before 2026-12-07)
+        before = Image.fromarray(prepare_image(Path(src), size, notes=False).permute(1, 2, 0).numpy())
         sheet.paste(before, (x, y))
         sheet.paste(Image.fromarray(img.permute(1, 2, 0).numpy()), (x, y + size))
         draw.text((x + 1, y + 2 * size), fit_label("-> " + names.get(r["disease"], r["disease"]), size // 6),

@@ -90,6 +90,14 @@ def test_transform_pair_titles_mark_a_cut_name(tmp_path, monkeypatch):
     # a 64-px cell holds 10 characters: a cut title ends '..' (it used to stop mid-word unmarked)
     assert titles == ["-> Corne..", "-> Down"]
     assert Image.open(out).size == (2 * 68, 2 * 64 + 14 + 4)
+    # a photo of another shape shows the centre crop the transformation edited, not the whole photo squashed
+    wide = tmp_path / "wide.png"
+    photo = Image.new("RGB", (128, 64), "blue")
+    photo.paste((255, 0, 0), (0, 0, 32, 64))  # red left quarter: outside the centre square
+    photo.save(wide)
+    out = save_pairs([str(wide)], torch.zeros(1, 3, 64, 64, dtype=torch.uint8), rows[:1], names, tmp_path / "w.png")
+    r, g, b = Image.open(out).convert("RGB").getpixel((1, 32))
+    assert b > 200 and r < 50
 
 
 def test_a_run_that_skips_diseases_draws_the_others_from_the_same_noise():
