@@ -327,7 +327,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     steps = None if cfg.steps is None else as_number(cfg.steps, "steps")
     if steps is not None and (steps != int(steps) or steps < 1):
         raise UserError(f"steps={steps:g}: DDIM steps are an integer >= 1 (at most the model's noise ladder)")
-    from .diffusion.sampling import SPACINGS
+    from .diffusion.sampling import SPACINGS, strength_steps
 
     spacing = None if cfg.get("spacing") is None else str(cfg.spacing)
     if spacing is not None and spacing not in SPACINGS:
@@ -425,6 +425,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                "adapter_scale": adapter_scale_or_none(backbone.unet),
                # SDEdit's strength where an input was edited; a set drawn from noise walks the whole ladder
                "strength": float(cfg.strength) if any(it.source is not None for it in items) else None,
+               # the steps it walked: max(1, round(steps * strength)) (diffusers floors: 0.25 of 10 walks 2 here,
+               # 0.35 of 10 walks 4, and any strength walks at least one)
+               "strength_steps": (strength_steps(steps, float(cfg.strength))
+                                  if any(it.source is not None for it in items) else None),
                "age": None if cfg.age is None else str(cfg.age),
                "dtype": str(run_cfg.model.get("dtype", "fp32")),  # the base's precision: bf16 moves pixels slightly
                "mask": OmegaConf.to_container(cfg.mask) if isinstance(cfg.mask, ListConfig) else cfg.mask,

@@ -160,6 +160,7 @@ def test_transform_with_keep_mask_leaves_unmasked_pixels(micro_run, tmp_path, ca
     summary = json.loads((tmp_path / "o" / "generation.json").read_text())
     ident = summary["identity"]
     assert summary["strength"] == 0.8  # an edit records its SDEdit strength (a set drawn from noise: null)
+    assert summary["strength_steps"] == round(0.8 * summary["steps"])  # and the steps that walked
     assert ident["identity_ssim"] == float(row["identity_ssim"]) and ident["identity_similarity"] is None
     assert "no evaluator/" in ident["note"] and "identity_similarity" not in df.columns  # said, not silently left out
     out, inp = pixels(tmp_path / "o" / row["path"]), pixels(tmp_path / "o" / row["source_image"])
@@ -577,7 +578,8 @@ def test_age_is_refused_without_learned_ages_and_recorded_with_them(micro_run, t
     generate(run, tmp_path / "any", "diseases=[ORPHA:870]", "stages=[3]")
     assert set(read_manifest(tmp_path / "any" / "manifest.csv")[0]["age_group"]) == {""}
     assert json.loads((tmp_path / "any" / "generation.json").read_text())["age"] is None
-    assert json.loads((tmp_path / "any" / "generation.json").read_text())["strength"] is None  # the whole ladder
+    drawn = json.loads((tmp_path / "any" / "generation.json").read_text())
+    assert drawn["strength"] is None and drawn["strength_steps"] is None  # the whole ladder
 
 
 def test_keys_a_mode_does_not_read_are_refused_before_the_run_loads(tmp_path, capsys):

@@ -41,8 +41,13 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, strength: float = 1.0, 
         ts = torch.linspace(0, num_train_timesteps - 1, steps, dtype=torch.float64).round().long().flip(0)
     else:
         raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
-    keep = max(1, int(round(steps * strength)))
-    return ts[steps - keep:]
+    return ts[steps - strength_steps(steps, strength):]
+
+
+def strength_steps(steps: int, strength: float) -> int:
+    """How many of a `steps`-step ladder's last steps an edit at `strength` walks: rounded, at least one
+    (diffusers' img2img floors the product, and may walk none)."""
+    return max(1, int(round(steps * strength)))
 
 
 def clean_and_noise(output: torch.Tensor, x: torch.Tensor, a: torch.Tensor, prediction: str = "epsilon"
