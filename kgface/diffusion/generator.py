@@ -38,7 +38,8 @@ def ladder_note(scheduler, steps: int, spacing: str) -> str | None:
     """Why this ladder samples badly (a warning), or None. Leading spacing with steps that do not divide the
     schedule starts far below its top (400 of 1,000 start at t = 798, where a third of the latent is image, yet
     the sampler starts from pure noise); an epsilon model asked to start at the pure-noise end divides by ~0."""
-    ts = ddim_timesteps(scheduler.config.num_train_timesteps, steps, 1.0, spacing=spacing)
+    ts = ddim_timesteps(scheduler.config.num_train_timesteps, steps, 1.0, spacing=spacing,
+                        offset=scheduler.config.get("steps_offset", 0))
     signal = float(scheduler.alphas_cumprod[int(ts[0])].sqrt())
     if signal > START_SIGNAL:
         n = scheduler.config.num_train_timesteps
@@ -147,8 +148,9 @@ class Generator:
     def ladder(self, strength: float = 1.0) -> torch.Tensor:
         """The sampler's descending timesteps: `steps` of them, spaced as `spacing`, truncated to the last
         `strength` share."""
-        return ddim_timesteps(self.backbone.scheduler.config.num_train_timesteps, self.steps, strength,
-                              spacing=self.spacing)
+        config = self.backbone.scheduler.config
+        return ddim_timesteps(config.num_train_timesteps, self.steps, strength, spacing=self.spacing,
+                              offset=config.get("steps_offset", 0))
 
     def noise(self, reqs: list[Request]) -> torch.Tensor:
         """Each request's start noise, drawn on the CPU from its own seed (the same face whatever the batch)."""

@@ -20,20 +20,23 @@ PREDICTIONS = ("epsilon", "v_prediction")
 SPACINGS = ("leading", "trailing", "linspace")  # diffusers' timestep_spacing names
 
 
-def ddim_timesteps(num_train_timesteps: int, steps: int, strength: float = 1.0, spacing: str = "leading"
-                   ) -> torch.Tensor:
+def ddim_timesteps(num_train_timesteps: int, steps: int, strength: float = 1.0, spacing: str = "leading",
+                   offset: int = 0) -> torch.Tensor:
     """Descending timesteps of a `steps`-step DDIM schedule, truncated to the last `strength` share.
 
     spacing (as diffusers' `timestep_spacing`): "leading" steps of n // steps from 0 (20 of 1000: 950, 900, ..., 0:
     the ladder never starts at the pure-noise end); "trailing" the same steps ending at n - 1 (999, 949, ..., 49:
     starts from pure noise, which a zero-terminal-SNR v-prediction model is trained for; Lin et al. 2024);
-    "linspace" evenly from n - 1 to 0."""
+    "linspace" evenly from n - 1 to 0. `offset` (the scheduler's `steps_offset`, 1 for SD 1.5 / SDXL) shifts the
+    leading ladder up, as diffusers' DDIM does (50 steps of SD 1.5: 981, ..., 1); the others ignore it, as there."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     if not 1 <= steps <= num_train_timesteps:  # more steps than the ladder has would repeat timestep 0
         raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
     if spacing == "leading":
         ts = (torch.arange(steps) * (num_train_timesteps // steps)).flip(0)  # e.g. 980, 960, ..., 0
+        if int(ts[0]) + int(offset) < num_train_timesteps:  # (1,000 steps of 1,000 have no room for it)
+            ts = ts + int(offset)
     elif spacing == "trailing":
         ts = (num_train_timesteps - torch.arange(steps, dtype=torch.float64) * num_train_timesteps / steps
               ).round().long() - 1

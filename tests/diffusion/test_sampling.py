@@ -47,6 +47,22 @@ def test_ddim_timesteps_truncate_by_strength_and_refuse_impossible_step_counts()
         ddim_timesteps(1000, 10, strength=0.0)
 
 
+def test_ladders_match_diffusers_ddim_with_the_schedulers_steps_offset():
+    # SD 1.5 / SDXL schedulers carry steps_offset=1: diffusers' DDIM walks 981..1 at 50 leading steps (this ladder
+    # walked 980..0 before 2026-12-07); trailing and linspace ignore it there as here
+    from diffusers import DDIMScheduler
+
+    for spacing in ("leading", "trailing", "linspace"):
+        for offset in (0, 1):
+            for steps in (10, 20, 50, 7):
+                stock = DDIMScheduler(steps_offset=offset, timestep_spacing=spacing)
+                stock.set_timesteps(steps)
+                ours = ddim_timesteps(1000, steps, spacing=spacing, offset=offset)
+                assert ours.tolist() == stock.timesteps.tolist(), (spacing, offset, steps)
+    assert ddim_timesteps(1000, 50, offset=1)[[0, -1]].tolist() == [981, 1]
+    assert ddim_timesteps(1000, 1000, offset=1).tolist() == list(range(999, -1, -1))  # no room: unshifted
+
+
 def test_trailing_and_linspace_ladders_start_at_the_pure_noise_end():
     assert ddim_timesteps(1000, 10, spacing="trailing").tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
     assert ddim_timesteps(1000, 3, spacing="trailing").tolist() == [999, 666, 332]  # 3 steps, not 4 (float steps)
