@@ -186,7 +186,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
-SETUP_VERSION = 2  # bump when training_setup hashes differently: an older record then resumes unchecked, with a warning
+# bump when training_setup hashes differently: an older record then resumes unchecked, with a warning. 3: the
+# model's schedule.timestep_spacing left out (the ladder only samples); the kg_shuffled control recorded as
+# itself (it trained as kg, so its rerun's resume check refused it)
+SETUP_VERSION = 3
 
 
 def training_setup(cfg: DictConfig, mode: str) -> dict:
@@ -210,6 +213,8 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
     model_cfg = container(cfg.model) or {}
     model = {k: v for k, v in model_cfg.items()
              if k not in ("sample", "lr", "pretrained", "text_model", "gradient_checkpointing")}
+    if isinstance(model.get("schedule"), dict):  # the sampler's ladder: training draws every timestep either way
+        model["schedule"] = {k: v for k, v in model["schedule"].items() if k != "timestep_spacing"}
     if model_cfg.get("name", "tiny") == "tiny":  # its prompt encoder; a pretrained folder has its own
         model["text_model_files"] = _text_model_files(model_cfg.get("text_model"))
     elif model_cfg.get("pretrained") not in (None, "", "???"):  # the base a LoRA continues: another base is refused
@@ -334,7 +339,9 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     names = {p.disease_id: p.name + (" (held out)" if p.disease_id in heldout else "") for p in profiles}
     drawable = profiles if mode != "class" else train_profiles  # class tokens cannot draw an unseen disease
     on_validate = validation_grids(cfg, gen, drawable, names, out_dir)
-    result = train(backbone, conditioner, data, trainer_settings(cfg, mode), out_dir,
+    # recorded under its own name (the control trains as kg, but its checkpoints are the control's: the up-front
+    # resume check reads them as such, and a kg run's must not resume them)
+    result = train(backbone, conditioner, data, trainer_settings(cfg, label), out_dir,
                    progress=cfg.progress, on_validate=on_validate)
     if result["ema"] is not None:
         result["ema"].copy_to()  # the final weights are the EMA weights (checkpoints keep the raw ones)

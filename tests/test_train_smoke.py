@@ -271,7 +271,7 @@ def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp
 
     base = training_setup(compose("train", MICRO), "kg")
     for override in ("model.gradient_checkpointing=true", "profile.blend=0.9", "profile.learned=nowhere.json",
-                     "model.sample.steps=3"):
+                     "model.sample.steps=3", "model.schedule.timestep_spacing=trailing"):
         assert training_setup(compose("train", MICRO + [override]), "kg") == base, override
     assert training_setup(compose("train", MICRO + ["model.adapter_scale=0.5"]), "kg")["model"] != base["model"]
     wider = compose("train", MICRO + ["encoder.hidden=48"])
@@ -389,9 +389,10 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
     out = tmp_path / "run"
     (out / "model" / "unet").mkdir(parents=True)  # a single run's generator left in the folder: run=OUT loaded it
     (out / "adapter.json").write_text("{}")
-    main(MICRO + MICRO_EVALUATOR + ["experiment=baselines", "trainer.steps=2", "trainer.checkpoint_every=0",
-                                    "trainer.atlas_share=0.5", "trainer.observed_phenotypes=true",
-                                    f"hydra.run.dir={out}"])
+    args = MICRO + MICRO_EVALUATOR + ["experiment=baselines", "trainer.steps=2", "trainer.checkpoint_every=2",
+                                      "trainer.atlas_share=0.5", "trainer.observed_phenotypes=true",
+                                      f"hydra.run.dir={out}"]
+    main(args)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["baselines"]) == {"kg", "text", "class", "kg_text", "kg_shuffled"}
     assert not (out / "model").exists() and not (out / "adapter.json").exists()
@@ -409,6 +410,16 @@ def test_baselines_experiment_trains_each_conditioning(tmp_path):
     for mode in ("kg", "text", "kg_text", "kg_shuffled", "class"):  # the same generation keys per conditioning
         lost = [k for k in generation if not _has(metrics["baselines"][mode], k)]
         assert lost == (["generation.heldout_top1"] if mode == "class" else []), mode  # class: no unseen disease
+    # each generator's checkpoint resumes under its own name (the control's was recorded as kg, so a killed
+    # baselines rerun with trainer.resume=latest was refused before anything trained)
+    from kgface.diffusion.trainer import resume_checkpoint
+    from kgface.train import trainer_settings
+
+    again = compose("train", args + ["trainer.resume=latest"])
+    for mode in ("kg", "kg_shuffled", "text"):
+        ckpt = resume_checkpoint(out / mode, trainer_settings(again, mode))
+        assert ckpt is not None and ckpt.name == "step-0000002", mode
+        assert json.loads((ckpt / "state.json").read_text())["setup"]["conditioning"] == mode
     shuffled = json.loads((out / "kg_shuffled" / "shuffled_profiles.json").read_text())
     for mode in ("kg", "kg_shuffled"):  # the control trains and draws as kg, but its report says what it is
         report = (out / mode / "evaluation" / "report.md").read_text()

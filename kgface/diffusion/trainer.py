@@ -167,7 +167,10 @@ def resume_checkpoint(run_dir: Path, t) -> Path | None:
         elif folder is None or not (folder / "state.json").is_file():
             raise TrainingError(f"trainer.resume={t['resume']}: no checkpoint there; use latest or a step-* folder")
         else:
-            later = [p.name for p in ckpt_dir.glob("step-*") if p.name > folder.name] if t["resume"] != "latest" else []
+            # this folder's later checkpoints, or, resuming from another folder, any of them: another run's, which
+            # retention would keep beside this run's and a later resume=latest would continue
+            here = folder.resolve().parent == ckpt_dir.resolve()
+            later = [p.name for p in ckpt_dir.glob("step-*") if not here or p.name > folder.name]
             try:
                 state = json.loads((folder / "state.json").read_text())
                 saved = int(state["step"])
@@ -178,9 +181,10 @@ def resume_checkpoint(run_dir: Path, t) -> Path | None:
                 raise TrainingError(f"trainer.resume={t['resume']}: {folder.name} is past trainer.steps="
                                     f"{int(t['steps'])}; resume with trainer.steps >= {saved}, or start afresh in "
                                     "another hydra.run.dir")
-            if later and folder.resolve().parent == ckpt_dir.resolve():
+            if later:
                 # a kill before this run overwrote them would resume from an abandoned run's step under this config
-                raise TrainingError(f"trainer.resume={t['resume']}: {ckpt_dir} also holds later checkpoints "
+                which = "later checkpoints" if here else "checkpoints"
+                raise TrainingError(f"trainer.resume={t['resume']}: {ckpt_dir} also holds {which} "
                                     f"{sorted(later)} of an earlier run; move or delete them first")
             _check_same_setup(folder, state.get("setup"), t.get("setup"))
     if folder is None and t.get("checkpoint_every") and sorted(ckpt_dir.glob("step-*")):
@@ -262,9 +266,11 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
         logging.getLogger(__name__).warning(f"{folder}: trained at learning rates {saved}; continuing at this "
                                             f"run's {configured} (trainer.lr / adapter_lr / encoder_lr)")
         scheduler.base_lrs = configured
-        for group, base, factor in zip(optimizer.param_groups, configured, scheduler.lr_lambdas):
-            group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
-        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    # the rate of the step it resumes at, on this run's schedule: the optimizer state brought the old schedule's
+    # (a finished 6,000-step run resumed with trainer.steps=12000 took its first step at the old end's rate 0)
+    for group, base, factor in zip(optimizer.param_groups, configured, scheduler.lr_lambdas):
+        group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
     return int(state["step"]), list(state.get("losses", []))
 
 
@@ -374,6 +380,9 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     groups = [g for g in ({"params": base, "lr": float(t["lr"])}, {"params": own, "lr": adapter_lr}) if g["params"]]
     if conditioner.trainable_parameters():
         groups.append({"params": conditioner.trainable_parameters(), "lr": float(t["encoder_lr"])})
+    # a group at rate 0 is frozen (run_checks): its gradients stay out of the clip's norm, or the moving groups'
+    # clip factor would follow the frozen UNet's gradients (trainer.lr=0 with an adapter_lr: "the adapter alone")
+    clipped = [p for g in groups if g["lr"] > 0 for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, weight_decay=float(t["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(t["warmup_steps"]), int(t["steps"])))
     unet, conditioner, optimizer = acc.prepare(unet, conditioner, optimizer)
@@ -448,7 +457,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                                         f"checkpoint: {last or 'none'} (lower trainer.lr, or check the data)")
                 acc.backward(loss)
                 if acc.sync_gradients and t["max_grad_norm"]:
-                    acc.clip_grad_norm_(params, float(t["max_grad_norm"]))
+                    acc.clip_grad_norm_(clipped, float(t["max_grad_norm"]))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 micro.append(loss.item())

@@ -2,6 +2,7 @@
 import json
 import logging
 import math
+import shutil
 
 import pytest
 import torch
@@ -236,6 +237,27 @@ def test_the_adapter_has_its_own_learning_rate(profiles, tmp_path):
     assert not torch.equal(conv, backbone.unet.conv_in.weight)  # the rest of the UNet trains at trainer.lr
 
 
+def test_a_frozen_group_stays_out_of_the_gradient_clip(profiles, tmp_path, monkeypatch):
+    # trainer.lr=0 with an adapter_lr ("the adapter alone"): the UNet's gradients made the adapter's clip factor
+    from accelerate import Accelerator
+
+    from kgface.diffusion.adapter import adapter_parameters
+
+    clipped, real = [], Accelerator.clip_grad_norm_
+
+    def spy(self, parameters, *args, **kwargs):
+        parameters = list(parameters)
+        clipped.append({id(p) for p in parameters})
+        return real(self, parameters, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", spy)
+    backbone, cond = make(profiles)
+    adapter = {id(p) for p in adapter_parameters(backbone.unet).values()}
+    train(backbone, cond, fixed_data(), {**FAST, "steps": 2, "lr": 0.0, "adapter_lr": 1e-3, "max_grad_norm": 1.0},
+          tmp_path, progress=False)
+    assert len(clipped) == 2 and all(adapter <= s and id(backbone.unet.conv_in.weight) not in s for s in clipped)
+
+
 def test_resume_gives_the_same_weights(profiles, tmp_path):
     cfg = {**FAST, "steps": 6, "checkpoint_every": 3, "keep_checkpoints": 5}
     b1, c1 = make(profiles)
@@ -361,11 +383,11 @@ def test_a_resume_takes_this_runs_learning_rates_and_the_checkpoints_loss_scale(
     rates resume exactly; an fp16 run's loss scale (accelerate's GradScaler, outside the optimizer) comes back."""
     from kgface.diffusion.trainer import _lr_lambda, load_checkpoint, save_checkpoint
 
-    def setup(lr):
+    def setup(lr, steps=10):
         params = [torch.nn.Parameter(torch.ones(3))]
         opt = torch.optim.AdamW([{"params": params, "lr": lr}])
         opt.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
-        return params, opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(2, 10))
+        return params, opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(2, steps))
 
     params, opt, sched = setup(1e-3)
     for _ in range(4):
@@ -388,6 +410,11 @@ def test_a_resume_takes_this_runs_learning_rates_and_the_checkpoints_loss_scale(
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(2.5e-4 * factor(5))
     assert int(opt.state_dict()["state"][0]["step"]) == 4  # the moments came back
+    # a longer schedule on resume (more trainer.steps): the first step takes the new schedule's rate at step 4, not
+    # the saved one (the old schedule's)
+    params, opt, sched = setup(1e-3, steps=40)
+    load_checkpoint(tmp_path / "step-4", params, None, opt, sched, None, {})
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * _lr_lambda(2, 40)(4)) != pytest.approx(1e-3 * factor(4))
 
 
 def test_resuming_an_earlier_checkpoint_beside_later_ones_is_refused(profiles, tmp_path):
@@ -397,6 +424,12 @@ def test_resuming_an_earlier_checkpoint_beside_later_ones_is_refused(profiles, t
     early = tmp_path / "checkpoints" / "step-0000002"
     with pytest.raises(TrainingError, match=r"later checkpoints \['step-0000004'\] of an earlier run; move or delete"):
         train(*make(profiles), fixed_data(), {**FAST, "steps": 4, "resume": str(early)}, tmp_path, progress=False)
+    # ... and a checkpoint of another folder while this one holds any: retention would keep them beside this run's
+    elsewhere = tmp_path / "elsewhere" / "step-0000002"
+    shutil.copytree(early, elsewhere)
+    with pytest.raises(TrainingError, match=r"also holds checkpoints \['step-0000002', 'step-0000004'\] of an "):
+        train(*make(profiles), fixed_data(), {**FAST, "steps": 4, "resume": str(elsewhere)}, tmp_path,
+              progress=False)
     with pytest.raises(TrainingError, match=r"trainer.keep_checkpoints=-1"):
         train(*make(profiles), fixed_data(), {**FAST, "steps": 1, "keep_checkpoints": -1}, tmp_path, progress=False)
     # a fresh run beside them: its retention would delete its own newest checkpoint (sorted before step-0000004),
