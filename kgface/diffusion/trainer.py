@@ -170,7 +170,8 @@ def resume_checkpoint(run_dir: Path, t) -> Path | None:
             # this folder's later checkpoints, or, resuming from another folder, any of them: another run's, which
             # retention would keep beside this run's and a later resume=latest would continue
             here = folder.resolve().parent == ckpt_dir.resolve()
-            later = [p.name for p in ckpt_dir.glob("step-*") if not here or p.name > folder.name]
+            later = [p.name for p in ckpt_dir.glob("step-*")
+                     if (p / "state.json").is_file() and (not here or p.name > folder.name)]
             try:
                 state = json.loads((folder / "state.json").read_text())
                 saved = int(state["step"])

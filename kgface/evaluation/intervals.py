@@ -74,8 +74,10 @@ def effective_count(hits: Sequence[bool], groups: Sequence | None) -> float:
     """How many independent rows `hits` is worth when rows of one group (a face read at several stages, a draw
     of one seed at each stage) share their outcome more than chance: n / design effect, the design effect being the
     cluster-robust variance of the share (CR1: G/(G-1) * sum over groups of (hits_g - p n_g)^2 / n^2) over the
-    binomial p(1-p)/n. Kept within [G, n] (G groups): rows alike within their group are worth one row per group,
-    rows no more alike than chance worth themselves. At a share of 0 or 1 nothing tells how alike they are: G."""
+    binomial p(1-p)/n. Kept within [n^2 / sum n_g^2, n]: rows wholly alike within their group are worth that (G
+    for groups of one size; one face of 20 images beside 20 faces of one is worth ~3.8, not 21), rows no more alike
+    than chance worth themselves. At a share of 0 or 1, or with one group, nothing tells how alike they are: the
+    lower end."""
     hits = np.asarray(hits, bool)
     n = len(hits)
     if groups is None or n == 0:
@@ -84,19 +86,20 @@ def effective_count(hits: Sequence[bool], groups: Sequence | None) -> float:
     n_groups = int(index.max()) + 1
     if n_groups >= n:
         return float(n)
-    p = hits.mean()
-    if p <= 0 or p >= 1:
-        return float(n_groups)
-    k_g = np.bincount(index, weights=hits.astype(float), minlength=n_groups)
     n_g = np.bincount(index, minlength=n_groups).astype(float)
+    floor = float(n * n / (n_g ** 2).sum())
+    p = hits.mean()
+    if p <= 0 or p >= 1 or n_groups < 2:
+        return floor
+    k_g = np.bincount(index, weights=hits.astype(float), minlength=n_groups)
     var_cr = n_groups / (n_groups - 1) * float(((k_g - p * n_g) ** 2).sum()) / (n * n)
     design = var_cr / (p * (1 - p) / n)
-    return float(min(n, max(n_groups, n / design if design > 0 else n)))
+    return float(min(n, max(floor, n / design if design > 0 else n)))
 
 
 def accuracy_interval(y_true: Sequence, y_pred: Sequence, groups: Sequence | None = None) -> list[float]:
     """wilson_interval of the share of rows whose prediction is the label; with `groups` (the face's identity,
-    a generated draw's disease|seed), over the rows' effective count (`effective_count`): images of one face are
+    a generated image's seed), over the rows' effective count (`effective_count`): images of one face are
     not independent draws, and counting them as such made the interval too narrow."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     hits = y_true == y_pred

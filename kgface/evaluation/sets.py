@@ -233,8 +233,10 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         # each row's top-1 key (scores_generated.csv: the rows a baselines comparison pairs); seen = the last two
         t["group"] = np.select([m for name, m in groups[1:]], [name for name, m in groups[1:]],
                                np.where(transform, "transform", ""))
-        # a draw (disease|seed) is one face at each requested stage: the intervals count draws, not images
-        draw = (t["requested_disease"].astype(str) + "|" + t["seed"].astype(str)).to_numpy() if "seed" in t else None
+        # a seed is one start noise: one face at each requested stage, and in kgface.generate the same face under
+        # every target disease (a run's grid gives each disease's copies their own seeds); the intervals count
+        # seeds, not images (a blank seed is a draw of its own)
+        draw = t["seed"].astype(str).to_numpy() if "seed" in t else None
         for name, mask in groups:
             if mask.any():
                 g[f"{name}_top1"] = M.accuracy(req_d[mask], t["pred_disease"][mask])

@@ -5,8 +5,8 @@ An answer is checked as JSON (no key twice), by pydantic (shape, one sentence, s
 stages) and against the profile: every phenotype id it cites must be one of the profile's visible phenotypes, and
 the stages must follow the stage scale (no phenotype at a stage without visible signs, none before its curated
 earliest stage `min_stage`, at least one at each stage from 1 on, and at the last stage the profile's frequent
-phenotypes, up to three: an answer may not leave out what most patients show). The error text of a failed check goes back to
-the LLM on the next attempt, so messages say what to change.
+phenotypes, up to three: an answer may not leave out what most patients show). The error text of a failed check
+goes back to the LLM on the next attempt, so messages say what to change.
 """
 from __future__ import annotations
 
@@ -184,8 +184,7 @@ def stage_rule_errors(profile: FacialProfile, stages: list[tuple[int, list[str]]
             errors.append(f"stages.{stage}.phenotypes: stage {stage} ({level.name}) shows signs; cite at least one "
                           f"of {', '.join(possible)}")
         if stage == len(levels) - 1 and level.signs:
-            missing = [p.hpo_id for p in frequent_phenotypes(profile)
-                       if p.hpo_id not in ids and int(p.min_stage or 0) <= stage]
+            missing = [p.hpo_id for p in frequent_phenotypes(profile) if p.hpo_id not in ids]
             if missing:
                 errors.append(f"stages.{stage}.phenotypes: stage {stage} ({level.name}) is the disease at full "
                               f"severity; describe and cite its frequent phenotypes (frequency >= 50% or unknown, the "

@@ -198,6 +198,16 @@ def test_an_accuracy_interval_by_face_counts_faces_not_images():
     assert accuracy_interval(y, y, groups=face) == pytest.approx(wilson_interval(10, 10))
     blank = ["", None, float("nan"), "x|"] * 10  # unknown faces are faces of their own
     assert effective_count(alike == "a", blank) == 40
+    # faces of unequal size: at a share of 1 the lower end is n^2 / sum of squared sizes (one face of 20 images
+    # beside 20 faces of one image is worth ~3.8 rows, not 21); with the singletons split, the estimate lies between
+    # the ends; one face alone is worth one row, also at a share between 0 and 1
+    sizes = np.r_[np.zeros(20, int), np.arange(1, 21)]
+    assert effective_count(np.ones(40, bool), sizes) == pytest.approx(1600 / 420)
+    lopsided = np.r_[np.ones(20, bool), np.arange(20) < 10]
+    assert 1600 / 420 < effective_count(lopsided, sizes) < 21
+    assert effective_count([True, False, True], ["s0"] * 3) == 1
+    assert accuracy_interval(["a"] * 3, ["a", "b", "a"], groups=["s0"] * 3) == pytest.approx(
+        [0.0, 1.0], abs=0.25)  # one row's worth: nearly the whole range
     with pytest.raises(ValueError, match="3 group labels for 40 rows"):
         accuracy_interval(y, alike, groups=[0, 1, 2])
 
