@@ -26,6 +26,14 @@ def test_visible_terms_outside_the_face_subtree_are_kept(hpo_kg, catalog):
     assert "HP:0000520" in graves  # proptosis
 
 
+def test_the_faces_width_the_noses_length_and_the_bridges_narrowness_are_visible(hpo_kg, catalog):
+    # Broad face, Long nose and Narrow nasal bridge (Elements of Morphology; the phantom draws all three) were
+    # missing from the catalogue, nor under an entry with descendants: the diseases annotated with them lost them
+    for disease, term in (("ORPHA:1051", "HP:0000283"), ("ORPHA:52", "HP:0003189"), ("ORPHA:2710", "HP:0000446")):
+        shown = {x.hpo_id: x for x in build_profile(hpo_kg, disease, catalog).phenotypes}
+        assert term in shown and shown[term].visual and shown[term].region in ("face", "nose"), (disease, term)
+
+
 def test_lookup_by_name_prefers_frequency_annotated_entry(hpo_kg, catalog):
     assert build_profile(hpo_kg, "down syndrome", catalog).disease_id == "ORPHA:870"
     assert build_profile(hpo_kg, "orphanet:870", catalog).disease_id == "ORPHA:870"
