@@ -249,7 +249,9 @@ def graph_to_profiles(g: Graph, source: str | Path = "the graph") -> list[Facial
 
 def diseases_with_phenotype(g: Graph, hpo_id: str, include_descendants: bool = True) -> list[tuple[str, str]]:
     """SPARQL: (disease curie, label) of diseases annotated (not negated) with a phenotype or, by default, any of
-    its descendants in the graph. E.g. HP:0000582 = diseases with upslanted palpebral fissures."""
+    its descendants in the graph. E.g. HP:0000582 = diseases with upslanted palpebral fissures. A disease without
+    kgf:curie or rdfs:label is named as load_rdf_graph names it (its IRI's curie; the curie as its label): the
+    query required both and dropped such diseases."""
     climb = "?p rdfs:subClassOf* ?target ." if include_descendants else "FILTER(?p = ?target)"
     # absent: kgf:negated true in any spelling ("true", 1), or a frequency of 0, as load_rdf_graph reads them;
     # kgf:negated may be left out
@@ -257,14 +259,17 @@ def diseases_with_phenotype(g: Graph, hpo_id: str, include_descendants: bool = T
         PREFIX kgf: <{KGF}>
         PREFIX rdfs: <{RDFS}>
         PREFIX xsd: <{XSD}>
-        SELECT DISTINCT ?curie ?label WHERE {{
+        SELECT DISTINCT ?d WHERE {{
             ?a kgf:disease ?d ; kgf:phenotype ?p .
             FILTER NOT EXISTS {{ ?a kgf:negated ?n . FILTER(lcase(str(?n)) IN ("true", "1")) }}
             FILTER NOT EXISTS {{ ?a kgf:frequency ?f . FILTER(xsd:double(str(?f)) = 0) }}
             {climb}
-            ?d kgf:curie ?curie ; rdfs:label ?label .
-        }} ORDER BY ?curie"""
-    return [(str(r[0]), str(r[1])) for r in g.query(query, initBindings={"target": iri(hpo_id)})]
+        }}"""
+    found = set()
+    for (d,) in g.query(query, initBindings={"target": iri(hpo_id)}):
+        did = str(_one(g, d, KGF.curie, curie(d)))
+        found.add((did, str(_one(g, d, RDFS.label, did))))
+    return sorted(found)
 
 
 def load_rdf_graph(path: str | Path, hpo=None) -> KnowledgeGraph:

@@ -202,6 +202,13 @@ def test_sparql_climbs_every_parent_and_reads_absences_as_the_loader_does(hpo_kg
         if frequency is not None:
             g.add((a, KGF.frequency, frequency))
     assert [d for d, _ in diseases_with_phenotype(g, "HP:0000582")] == ["D:0", "D:1"]
+    # a disease without kgf:curie or rdfs:label is named as load_rdf_graph names it (it was dropped)
+    bare = iri("D:9")
+    a = BNode()
+    g.add((a, RDF.type, KGF.PhenotypeAnnotation))
+    g.add((a, KGF.disease, bare))
+    g.add((a, KGF.phenotype, iri("HP:0000582")))
+    assert diseases_with_phenotype(g, "HP:0000582") == [("D:0", "disease 0"), ("D:1", "disease 1"), ("D:9", "D:9")]
 
 
 def test_a_whole_graph_panel_leaves_out_diseases_with_nothing_visible(profiles, tmp_path, catalog, caplog):
