@@ -109,9 +109,11 @@ class PretrainedStack:
                        scheduler=self.scheduler, safety_checker=None, feature_extractor=None, image_encoder=None,
                        requires_safety_checker=False)
         cls = diffusers.StableDiffusionXLImg2ImgPipeline if img2img else diffusers.StableDiffusionXLPipeline
+        # the unconditional branch is the empty prompt's encoding, as kgface trains and samples it (SDXL's
+        # default zeroes it when no negative prompt is given, a condition the KG adapter never trained beside)
         return cls(vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
                    tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet, scheduler=self.scheduler,
-                   image_encoder=None, feature_extractor=None)
+                   image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt=False)
 
 
 _SUBFOLDERS = {

@@ -320,6 +320,10 @@ def test_sdxl_folder_pipelines_with_adapter_and_cfg(sdxl_folder, img2img):
     assert cfg.token_dim == 64  # the two text encoders' widths together
     perturb_adapter(stack.unet)
     pipe = stack.pipeline(img2img=img2img)
+    # its unconditional branch is the empty prompt's encoding, as kgface trains it, not SDXL's zeros
+    assert pipe.config.force_zeros_for_empty_prompt is False
+    neg = pipe.encode_prompt("a face", device="cpu", do_classifier_free_guidance=True)[1]
+    assert neg.abs().max() > 0
     tokens = kg_tokens(stack.unet, batch=1)
     extra = {"image": torch.rand(1, 3, 32, 32), "strength": 0.9} if img2img else {"height": 32, "width": 32}
 
