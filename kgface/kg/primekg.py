@@ -106,20 +106,17 @@ def read_kg_csv(path: str | Path, block_size: int = 1 << 22, progress: bool = Fa
         raise KGFormatError(f"{path}: no disease-phenotype rows among {rows_seen} rows; is this PrimeKG's kg.csv?")
     table = pa.concat_tables(kept)
     pa.default_memory_pool().release_unused()  # hand the reader's buffers back: peak RSS matters on 8.1M rows
-    bad = pc.invert(pc.match_substring_regex(table.column("y_id"), r"^\d+$"))
-    if pc.any(bad).as_py():
-        i = pc.indices_nonzero(bad)[0].as_py()
-        raise KGFormatError(f"{path}:{table.column('line')[i].as_py()}: phenotype id "
-                            f"'{table.column('y_id')[i].as_py()}' is not a bare HPO integer (wrong column types or a "
-                            "truncated download); re-download kg.csv")
-    # and the diseases': a file re-saved through a spreadsheet or pandas ("8608.0") became the disease MONDO:8608.0,
-    # which no MONDO id finds
-    bad = pc.invert(pc.match_substring_regex(table.column("x_id"), r"^\d+(_\d+)*$"))
-    if pc.any(bad).as_py():
-        i = pc.indices_nonzero(bad)[0].as_py()
-        raise KGFormatError(f"{path}:{table.column('line')[i].as_py()}: disease id "
-                            f"'{table.column('x_id')[i].as_py()}' is not a bare MONDO integer (or grouped integers "
-                            "joined by '_'); re-download kg.csv")
+    # the phenotypes' ids, and the diseases': a file re-saved through a spreadsheet or pandas ("8608.0") became the
+    # disease MONDO:8608.0, which no MONDO id finds
+    for column, pattern, what in (("y_id", r"^\d+$", "phenotype id {} is not a bare HPO integer (wrong column types "
+                                                     "or a truncated download)"),
+                                  ("x_id", r"^\d+(_\d+)*$", "disease id {} is not a bare MONDO integer (or grouped "
+                                                            "integers joined by '_')")):
+        bad = pc.invert(pc.match_substring_regex(table.column(column), pattern))
+        if pc.any(bad).as_py():
+            i = pc.indices_nonzero(bad)[0].as_py()
+            raise KGFormatError(f"{path}:{table.column('line')[i].as_py()}: "
+                                + what.format(repr(table.column(column)[i].as_py())) + "; re-download kg.csv")
     return table
 
 
