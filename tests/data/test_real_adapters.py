@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 from collections import Counter
@@ -190,6 +191,17 @@ def test_build_acne04_from_its_config(tmp_path):
     assert summary["rows"] == 14 and summary["skipped"] == 2 and summary["listed"] == 16
     assert summary["converted_to_rgb"] == {"CMYK": 1, "L": 1}
     assert summary["splits"] == {"train": 9, "val": 3, "test": 2}
+    assert summary["upscaled"] == 0  # 20-px crops made 16 px
+
+
+def test_crops_smaller_than_the_set_are_counted_and_said(tmp_path, caplog):
+    # 24 x 20 photos made 32 px: every crop (20 px) is enlarged, softer than a set of larger photos (it was silent)
+    root = make_acne04(tmp_path / "acne04")
+    cfg = _data_cfg("acne04", root=str(root), val_fraction=0.25, size=32)
+    with caplog.at_level(logging.WARNING):
+        build_real_dataset(cfg, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text())["upscaled"] == 16
+    assert "16 of 16 images' crops were smaller than data.size=32 (smallest 20 px) and were enlarged" in caplog.text
 
 
 def test_acne04_one_stem_in_trainval_and_test_is_an_identity_leak(tmp_path):

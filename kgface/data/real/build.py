@@ -153,7 +153,7 @@ SET_FILES = ("manifest.csv", "dataset.json", "skipped.csv", ATLAS_FILE, "images"
 def _build_into(staging: Path, out_dir: Path, opts: dict, df: pd.DataFrame, bad: BadInput, skipped: list[dict],
                 n_listed: int, size: int, on_error: str, detector_name: str, face_detector, margin: float
                 ) -> BuildResult:
-    rows, used, modes, no_face = [], set(), Counter(), 0
+    rows, used, modes, no_face, upscaled = [], set(), Counter(), 0, []
     for row in tqdm(df.to_dict("records"), desc=f"data={opts.get('name')}", unit="img", disable=None):
         try:
             img = load_rgb(row["abspath"])
@@ -165,6 +165,8 @@ def _build_into(staging: Path, out_dir: Path, opts: dict, df: pd.DataFrame, bad:
         modes[img.info.get("source_mode", "RGB")] += 1
         (left, top, side, _), found = face_box(img, face_detector, margin)
         no_face += face_detector is not None and not found
+        if side < size:  # a crop smaller than the set's size is enlarged: softer than the rest, which can read as a cue
+            upscaled.append(side)
         out_name = _output_name(row["path"], used)
         target = staging / out_name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +184,10 @@ def _build_into(staging: Path, out_dir: Path, opts: dict, df: pd.DataFrame, bad:
     if no_face:
         log.warning("%s: no face found in %d of %d images; those were centre-cropped", detector_name, no_face,
                     len(rows))
+    if upscaled:
+        log.warning("data=%s: %d of %d images' crops were smaller than data.size=%d (smallest %d px) and were "
+                    "enlarged, so they are softer than the rest; a smaller data.size avoids it", opts.get("name"),
+                    len(upscaled), len(rows), size, min(upscaled))
     if skipped:
         log.warning("data=%s: skipped %d (listed in %s)", opts.get("name"), len(skipped), out_dir / "skipped.csv")
     # the manifest is validated as downstream stages will read it (in the staging folder, beside its images)
@@ -195,6 +201,7 @@ def _build_into(staging: Path, out_dir: Path, opts: dict, df: pd.DataFrame, bad:
     summary = {
         "config": opts, "size": size, "detector": detector_name, "listed": n_listed, "rows": len(final),
         "skipped": len(skipped), "converted_to_rgb": converted, "faces_not_found": int(no_face),
+        "upscaled": len(upscaled),
         "splits": dict(Counter(final["split"])), "diseases": dict(Counter(final["disease"])),
         # graded rows only: a disease_faces row's stage 2 is a placeholder (stage_known false), not a grade
         "stages": {str(k): int(v) for k, v in sorted(Counter(final["stage"][stage_known(final)]).items())},
