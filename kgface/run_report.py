@@ -48,7 +48,7 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
     ("evaluator.real_top1_heldout", "evaluator top-1 on real faces of the held-out diseases (no round trip)", ""),
     ("evaluator.real_top1_seen_disease", "evaluator top-1 on real faces of the seen diseases, no healthy ones (no "
      "round trip)", ""),
-    ("evaluator.real_stage_mae", "evaluator stage MAE on real test images", ""),
+    ("evaluator.real_stage_mae", "evaluator stage MAE on real test images (graded ones, healthy included)", ""),
     ("evaluator.real_stage_mae_disease", "... on the diseased ones (the rows of generation.stage_mae)", ""),
     ("evaluator.real_ece", "expected calibration error of the disease probe on real_top1's rows (0: confidence = "
      "accuracy; a few dozen faces read above 0 even so)", ""),
@@ -61,7 +61,7 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
      ""),
     ("generation.healthy_top1", "generated, requests for healthy faces read healthy", ""),
     ("generation.heldout_top1", "generated, held-out diseases (composed from their phenotypes)", ">= 0.60"),
-    ("generation.stage_spearman", "requested stage vs measured severity", ">= 0.9"),
+    ("generation.stage_spearman", "requested severity vs measured severity (diseased requests)", ">= 0.9"),
     ("generation.profile_match_f1", "detected vs expected phenotypes", ""),
     ("evaluator.real_profile_match_f1_template",
      "... real stage 2-3 faces vs the template's phenotypes (the reference for a template-conditioned generator)", ""),
@@ -79,7 +79,7 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
     ("transform.identity_cosine_dlib", "dlib face-embedding cosine, source vs transformed", ""),
     ("evaluator.identity_dlib.same_mean_cosine", "dlib cosine between two real faces of one identity", ""),
     ("evaluator.identity_dlib.different_mean_cosine", "dlib cosine between real faces of two identities", ""),
-    ("evaluator.identity_auroc", "evaluator feature cosine separates same / different identity (all real test faces)",
+    ("evaluator.identity_auroc", "evaluator feature cosine separates same / different identity (real test faces with an identity)",
      ""),
     ("evaluator.identity_dlib.clip_auroc", "... on dlib's real pairs", ""),
     ("evaluator.identity_dlib.auroc", "dlib distance separates same / different identity (the same real pairs)", ""),
@@ -175,8 +175,9 @@ def write_run_report(out_dir: Path, metrics: dict, modes: list[str]) -> None:
         lines.append(f"| `{key}` | " + " | ".join(shown) + f" | {target} | {what} |")
     lines.append("")
     if bracketed:
-        lines += ["In brackets: 95% intervals (Wilson for shares of images, a bootstrap over images for Spearman; "
-                  "images counted as independent draws).", ""]
+        lines += ["In brackets: 95% intervals: Wilson over the effective number of faces for shares (real and "
+                  "VAE-ceiling rows grouped by identity, generated ones by seed: one face is read at several "
+                  "stages), a bootstrap over faces or seeds for Spearman (docs/evaluation.md).", ""]
     lines += comparison_lines(metrics.get("baselines_comparison"))
     lines += [wall_time_line(metrics.get("timings") or {}), ""]
     for m in modes:

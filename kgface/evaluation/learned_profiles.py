@@ -36,7 +36,7 @@ DISAGREEMENT = 0.3  # |learned - KG| above this is listed in the report as a fin
 
 def detector_rates(evaluator: Evaluator, table: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
     """(tpr, fpr) per phenotype head on a scored, labelled table (stage-3 rows with the phenotype / healthy rows)."""
-    full = table[table["stage"] == 3]
+    full = table[(table["stage"] == 3).to_numpy() & stage_known(table)]  # a placeholder stage 3 is no grade
     healthy = table[table["disease"] == HEALTHY]
     y = presence_matrix(list(full["phenotypes"]), evaluator.phenotypes)
     tpr, fpr = {}, {}

@@ -135,22 +135,28 @@ def frequency_mae(observed: dict[str, dict[str, float]], expected: dict[str, dic
     return (float(np.mean(list(per.values()))) if per else float("nan")), per
 
 
-def tstr_top1(train_features: np.ndarray, train_labels: Sequence, test_features: np.ndarray,
-              test_labels: Sequence, l2: float = 1e-2) -> float:
-    """Train-on-synthetic-test-on-real: a linear probe fitted on one set (generated features) scored on another
-    (real test features). Test labels the probe never saw count as errors."""
+def tstr_predictions(train_features: np.ndarray, train_labels: Sequence, test_features: np.ndarray,
+                     l2: float = 1e-2) -> np.ndarray | None:
+    """Train-on-synthetic-test-on-real: a linear probe fitted on one set (generated features), its label for each
+    row of another (real test features); None without training or test rows."""
     from .probes import LinearProbe, Standardizer
 
     classes = sorted(set(map(str, train_labels)))
-    if not len(train_labels) or not len(test_labels):
-        return float("nan")
-    index = {c: i for i, c in enumerate(classes)}
+    if not len(train_labels) or not len(test_features):
+        return None
     if len(classes) == 1:
-        return accuracy([str(t) for t in test_labels], [classes[0]] * len(test_labels))
+        return np.asarray([classes[0]] * len(test_features))
+    index = {c: i for i, c in enumerate(classes)}
     scale = Standardizer.fit(train_features)
     probe = LinearProbe.fit(scale(train_features), [index[str(c)] for c in train_labels], len(classes), l2=l2)
-    pred = np.asarray(classes)[probe.proba(scale(test_features)).argmax(1)]
-    return accuracy([str(t) for t in test_labels], pred)
+    return np.asarray(classes)[probe.proba(scale(test_features)).argmax(1)]
+
+
+def tstr_top1(train_features: np.ndarray, train_labels: Sequence, test_features: np.ndarray,
+              test_labels: Sequence, l2: float = 1e-2) -> float:
+    """The share of `tstr_predictions` that are the test labels; labels the probe never saw count as errors."""
+    pred = tstr_predictions(train_features, train_labels, test_features, l2) if len(test_labels) else None
+    return float("nan") if pred is None else accuracy([str(t) for t in test_labels], pred)
 
 
 def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:

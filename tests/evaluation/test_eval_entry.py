@@ -62,8 +62,10 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     sick_rows = (rt["disease"] != "healthy").to_numpy()
     assert g["stage_spearman_ci95"] == pytest.approx(
         spearman_interval(rt["stage"][sick_rows].astype(float), rt["severity_pred"][sick_rows]), abs=1e-4)
-    assert m["tstr_top1_ci95"] == pytest.approx(
-        wilson_interval(round(m["tstr_top1"] * m["tstr_n_real"]), m["tstr_n_real"]), abs=1e-4)
+    # tstr's interval counts the real faces it is read on (several stages each): no narrower than over images
+    over_images = wilson_interval(round(m["tstr_top1"] * m["tstr_n_real"]), m["tstr_n_real"])
+    low, high = m["tstr_top1_ci95"]
+    assert low <= over_images[0] + 1e-4 and high >= over_images[1] - 1e-4 and low <= m["tstr_top1"] <= high
     assert m["transform"]["target_top1_ci95"] == pytest.approx(
         wilson_interval(round(m["transform"]["target_top1"] * m["transform"]["n"]), m["transform"]["n"]), abs=1e-4)
     assert m["generation"]["top1_all"] == pytest.approx(m["evaluator"]["real_top1_all"], abs=1e-4)
@@ -490,7 +492,8 @@ def test_evaluate_with_run_reads_the_runs_heldout_diseases(tiny_evaluator, tiny_
     assert m["generation"]["heldout_top1"] is not None
     # real= is another manifest than the run's: the memorisation audit searches what the generator learned from
     assert m["memorisation_reference"] == (f"the train split of {tiny_data / 'manifest.csv'} without the held-out "
-                                           f"diseases; threshold from the test split of {tiny_data / 'manifest.csv'}")
+                                           f"diseases; threshold from the test split of {tiny_data / 'manifest.csv'} "
+                                           "without the held-out diseases")
     # ... without the held-out disease's train faces, which the generator never saw
     assert m["memorisation_train_n"] == int(((real["split"] == "train") & (real["disease"] != "ORPHA:963")).sum())
     assert ((real["split"] == "train") & (real["disease"] == "ORPHA:963")).any()
@@ -499,7 +502,7 @@ def test_evaluate_with_run_reads_the_runs_heldout_diseases(tiny_evaluator, tiny_
                                                    "heldout": ["ORPHA:963"]}))
     m = evaluate_run(cfg, tmp_path / "out2")
     assert m["memorisation_reference"] == ("the real set's train split without the held-out diseases; threshold from "
-                                           "the real set's test split")
+                                           "the real set's test split without the held-out diseases")
     assert "training manifest " + str(tmp_path / "gone" / "manifest.csv") + " is gone" in \
         (tmp_path / "out2" / "report.md").read_text()
     # ... or unreadable (an image of it moved): said in the report too, not a failure after every score was taken
@@ -509,7 +512,7 @@ def test_evaluate_with_run_reads_the_runs_heldout_diseases(tiny_evaluator, tiny_
                                                    "heldout": ["ORPHA:963"]}))
     m = evaluate_run(cfg, tmp_path / "out3")
     assert m["memorisation_reference"] == ("the real set's train split without the held-out diseases; threshold from "
-                                           "the real set's test split")
+                                           "the real set's test split without the held-out diseases")
     assert "training manifest cannot be read (" in (tmp_path / "out3" / "report.md").read_text()
     # a baselines run keeps each conditioning's train section under baselines.<mode>
     from kgface.data.manifest import ATLAS_FILE

@@ -87,12 +87,15 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
     assert audited["memorisation_train_n"] == plain["memorisation_train_n"] + n
     assert audited["memorisation_rate"] == 1.0 and plain["memorisation_rate"] < 0.5
     # (the tiny set holds a held-out disease, whose train faces the generator never saw: not searched)
+    # ... nor are its test faces what sets the threshold (they sit farther from the searched faces)
     assert plain["memorisation_reference"] == ("the real set's train split without the held-out diseases; threshold "
-                                               "from the real set's test split")
+                                               "from the real set's test split without the held-out diseases")
     real = pd.read_csv(tiny_data / "manifest.csv", dtype=str, keep_default_na=False)
     held = set(real.loc[real["heldout"].str.lower() == "true", "disease"])
     searched = (real["split"] == "train") & ~real["disease"].isin(held)
     assert held and plain["memorisation_train_n"] == int(searched.sum())
+    fresh = (real["split"] == "test") & ~real["disease"].isin(held)
+    assert plain["memorisation_holdout_n"] + plain["memorisation_holdout_duplicates"] == int(fresh.sum())
     assert audited["memorisation_reference"].startswith(f"the real set's train split without the held-out diseases + "
                                                         f"{extra};")
     # audit_train: the generator's own manifest (kgface.evaluate run=RUN real=ANOTHER) replaces real's train split:
@@ -102,8 +105,8 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
     assert own["memorisation_train_n"] == n and own["memorisation_rate"] == 1.0
     # ... that manifest has no test or val rows: the real set's fresh faces set the threshold, and it says so
     assert own["memorisation_reference"] == (f"the train split of {trained} without the held-out diseases; "
-                                             "threshold from the real set's test "
-                                             f"split ({trained} has no test or val split; faces of other data may "
+                                             "threshold from the real set's test split without the held-out "
+                                             f"diseases ({trained} has no test or val split; faces of other data may "
                                              "sit farther from its training images and inflate the rate)")
     assert own["memorisation_quantile"] == 0.99 and own["memorisation_holdout_n"] == plain["memorisation_holdout_n"]
     # with test rows, those set it (here the val faces of half the identities; the other half its train rows)
