@@ -106,9 +106,6 @@ def read_severity(evaluator, images: torch.Tensor, batch: int = 256) -> np.ndarr
     return np.concatenate(out) if out else np.zeros(0)
 
 
-MIN_CALIBRATION_IMAGES = 8  # images of the disease a calibration line is fitted on, at least
-
-
 def calibration_set(evaluator, manifest: Path, disease: str, own: bool = True) -> tuple[pd.DataFrame, str]:
     """(true, raw, identity, disease, split) of real images of known severity the evaluator never learned from, and
     what they are: the run's images of `disease` and healthy faces outside the training split (the severity head
@@ -117,8 +114,8 @@ def calibration_set(evaluator, manifest: Path, disease: str, own: bool = True) -
     this manifest gives it (a test copy of a training image; an evaluator fitted on other splits). `own`: the
     evaluator was fitted on this manifest (the run's), whose val split only sets the disease probe's temperature,
     so this manifest's val images stay. A disease without images (one the dataset never drew) is calibrated
-    on every disease's images: the evaluator's severity head reads stage for all diseases alike. Fewer than
-    MIN_CALIBRATION_IMAGES of the disease: `instrument` says so and does not calibrate."""
+    on every disease's images: the evaluator's severity head reads stage for all diseases alike. Too few images
+    or faces of the disease (measurement.calibrate): `instrument` says so and does not calibrate."""
     from ..data.manifest import read_manifest, stage_known
     from ..evaluation import load_images
     from ..evaluation.evaluator import image_digest
@@ -176,7 +173,7 @@ def instrument(cfg, run_dir: Path, run_cfg, manifest: Path | None, profiles, cac
     from omegaconf import OmegaConf
 
     from ..run_files import find_evaluator
-    from .measurement import IDENTITY, calibration_problem, fit_calibration
+    from .measurement import IDENTITY, calibrate
 
     if cfg.evaluator_dir is False:
         raise UserError("evaluator_dir=false: a trial measures its images; leave it unset (the run's) or give one")
@@ -203,18 +200,7 @@ def instrument(cfg, run_dir: Path, run_cfg, manifest: Path | None, profiles, cac
     own = cfg.evaluator_dir in (None, "") or \
         Path(str(cfg.evaluator_dir)).expanduser().resolve() == (Path(run_dir) / "evaluator").resolve()
     calset, note = calibration_set(evaluator, manifest, disease, own=own)
-    line, problem = None, None
-    shown = int((calset["disease"] != "healthy").sum())
-    if shown < MIN_CALIBRATION_IMAGES:  # a line through a handful of faces would pass for the instrument's
-        which = disease if set(calset["disease"]) <= {disease, "healthy"} else "any disease"
-        problem = (f"only {shown} images of {which} of known severity outside the evaluator's training split "
-                   f"(calibration needs >= {MIN_CALIBRATION_IMAGES})")
-    else:
-        try:
-            line = fit_calibration(calset["true"], calset["raw"], calset["identity"])
-            problem = calibration_problem(line)
-        except UserError as exc:  # e.g. every image of one severity: auto falls back to the raw readings
-            problem = str(exc)
+    line, problem = calibrate(calset, disease)  # a line through a handful of faces would pass for the instrument's
     if problem and mode == "real":
         raise UserError(f"{problem}: its readings cannot be calibrated; train the evaluator longer or give more "
                         "held-out images of known severity, or use calibration=auto|none")

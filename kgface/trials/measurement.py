@@ -86,6 +86,43 @@ def calibration_problem(cal: Calibration, min_slope: float = 0.1) -> str | None:
     return None
 
 
+MIN_CALIBRATION_IMAGES = 8  # images of the disease a calibration line is fitted on, at least
+MIN_CALIBRATION_FACES = 3   # ... from this many faces: a slope error clustered by face over 2 has one df
+
+
+def calibrate(calset, disease: str) -> tuple[Calibration | None, str | None]:
+    """The line fitted on a calibration set (columns true, raw, identity, disease) and why it cannot be applied
+    (None when it can): too few images or faces of a disease, a slope that does not resolve severity, or one that
+    does only through the healthy faces: a trial lives inside the disease's range, and an evaluator that tells
+    healthy from diseased but reads every stage alike fits a steep line through the healthy faces at 0, then
+    measures every effect as about 0. The line must rise on the diseased images (true > 0) alone too."""
+    sick = (calset["disease"] != "healthy").to_numpy()
+    shown, faces = int(sick.sum()), int(calset["identity"][sick].nunique())
+    which = disease if set(calset["disease"]) <= {disease, "healthy"} else "any disease"
+    if shown < MIN_CALIBRATION_IMAGES or faces < MIN_CALIBRATION_FACES:
+        return None, (f"only {shown} images of {which} of known severity outside the evaluator's training split, "
+                      f"from {faces} faces (calibration needs >= {MIN_CALIBRATION_IMAGES} images of >= "
+                      f"{MIN_CALIBRATION_FACES} faces)")
+    try:
+        line = fit_calibration(calset["true"], calset["raw"], calset["identity"])
+    except UserError as exc:  # e.g. every image of one severity: auto falls back to the raw readings
+        return None, str(exc)
+    problem = calibration_problem(line)
+    if problem:
+        return line, problem
+    inside = (calset["true"] > 0).to_numpy() & sick
+    try:
+        within = fit_calibration(calset["true"][inside], calset["raw"][inside], calset["identity"][inside])
+    except UserError:
+        return line, (f"the diseased calibration images hold one severity ({inside.sum()} of them): the line rises "
+                      "through the healthy faces, and nothing shows it resolves severity inside the disease")
+    if calibration_problem(within):
+        return line, (f"the evaluator's severity barely rises with the true severity among the {within.n} diseased "
+                      f"calibration images (slope {within.slope:.3f} +- {within.slope_se:.3f} per unit); the line "
+                      f"through the healthy faces (slope {line.slope:.3f}) would read that flat range as resolved")
+    return line, None
+
+
 @dataclass(frozen=True)
 class MeasurementModel:
     calibration: Calibration     # the instrument's line: the truth of the study

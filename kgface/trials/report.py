@@ -320,7 +320,8 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
               "## Measurement", "",
               f"- Evaluator: {m['evaluator']}.",
               f"- Calibration ({m['calibration_mode']}): {m['calibration_set']}: "
-              + (", ".join(f"{k} {v}" for k, v in m["calibration"].items()) if m.get("calibration") else "none") + ".",
+              + (", ".join(f"{k} {v}" for k, v in m["calibration"].items()) if m.get("calibration") else "none")
+              + (f" (fitted, not applied: {m['problem']})" if m.get("calibration") and m.get("problem") else "") + ".",
               f"- On this trial's images: correlation of measured and true severity {_fmt(m['trial_correlation'])}, "
               f"mean absolute error {_fmt(m['trial_mae'])} "
               + ("(raw readings against the true scale: not an error of the instrument alone)." if caveat
@@ -338,6 +339,9 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
                      "kgface/trials/measurement.py). It checks the analysis under the instrument's measured noise; "
                      "it does not contain the generator's own errors, which the trial above shows."
                      if not summary.get("study_note") else summary["study_note"]), "",
+                  "Each simulated trial's truth is the mean effect of the patients it drew (a sample mean)"
+                  + ("; `cov: cluster` aims at the population's mean effect, so against this truth its coverage "
+                     "reads above nominal" if a["cov"] == "cluster" else "") + ".", "",
                   _table(study, ["outcome", "effect", "trials", "truth", "estimate", "bias", "bias_mc_se", "rmse",
                                  "coverage", "coverage_mc_se", "ci_width"]), ""]
         skipped = int(study["skipped"].iloc[0]) if "skipped" in study else 0

@@ -193,6 +193,37 @@ def test_calibration_and_measurement_model_on_a_known_instrument():
     assert "barely rises" in calibration_problem(flat)
 
 
+def test_calibration_needs_a_line_that_rises_inside_the_disease():
+    """An evaluator that tells healthy from diseased but reads every stage alike fitted a steep line through the
+    healthy faces at 0 (slope ~0.5, 'resolved') and then measured every effect as about 0: the line must rise on the
+    diseased images alone too; a handful of faces, or diseased images of one severity, cannot show it does."""
+    from kgface.trials.measurement import calibrate
+
+    rng = np.random.default_rng(0)
+
+    def calset(raw_of, faces=10, per_face=3, severities=(1.0, 2.0, 3.0)):
+        rows = [{"true": 0.0, "raw": rng.normal(0, 0.1), "identity": f"h{i}", "disease": "healthy"} for i in range(10)]
+        for f in range(faces):
+            for k in range(per_face):
+                s = severities[k % len(severities)]
+                rows.append({"true": s, "raw": raw_of(s) + rng.normal(0, 0.1), "identity": f"d{f}", "disease": "D"})
+        return pd.DataFrame(rows)
+
+    line, problem = calibrate(calset(lambda s: 0.5 * s), "D")
+    assert problem is None and line.slope == pytest.approx(0.5, abs=0.05)
+    flat = calset(lambda s: 1.5)
+    overall = fit_calibration(flat["true"], flat["raw"], flat["identity"])
+    assert calibration_problem(overall) is None and overall.slope > 0.4  # the line alone passed
+    line, problem = calibrate(flat, "D")
+    assert line is not None and problem.startswith("the evaluator's severity barely rises with the true severity "
+                                                   "among the 30 diseased calibration images")
+    _, problem = calibrate(calset(lambda s: 0.5 * s, severities=(3.0,)), "D")
+    assert problem.startswith("the diseased calibration images hold one severity (30 of them)")
+    _, problem = calibrate(calset(lambda s: 0.5 * s, faces=2, per_face=6), "D")  # 12 images, 2 faces
+    assert problem.startswith("only 12 images of D of known severity outside the evaluator's training split, from 2 "
+                              "faces (calibration needs >= 8 images of >= 3 faces)")
+
+
 def test_the_calibration_slope_error_counts_faces_not_images():
     """Six images per face, one severity per face and a shared reading offset: the slope varies over repeated
     calibration sets as 20 faces allow, not 120 images. The OLS error was a third of the spread; the error

@@ -98,8 +98,10 @@ def test_report_gives_both_estimates_with_intervals_and_bias(trial_out):
     for text in ["## Effects", "measured_severity: estimate [95% CI]", "![series](series.png)", "## Coverage study",
                  "gifs/P01.gif", "| A - B |", "True severities only: only 4 images",
                  "**The measured estimates are not on the true scale**",
-                 "contrasts between treatments (A - B) are the randomised ones"]:
+                 "contrasts between treatments (A - B) are the randomised ones",
+                 "Each simulated trial's truth is the mean effect of the patients it drew (a sample mean)."]:
         assert text in report, text
+    assert "cov: cluster" not in report  # the caveat belongs to clustered intervals only
     # a 1-day run-in with tau 1.5 d: the estimates are short of the steady state, measured on the noise-free course
     # of this very table and named in the report
     from kgface.config import compose
