@@ -55,8 +55,11 @@ def write_manifest(rows: pd.DataFrame | list[dict], path: str | os.PathLike) -> 
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = "{}" if col == "phenotypes" else ""
-    df["lesion_count"] = ["" if str(v).strip() == "-1" else v for v in df["lesion_count"]]
-    df["phenotypes"] = [v if isinstance(v, str) else json.dumps(v, sort_keys=True) for v in df["phenotypes"]]
+    # -1 ("not counted") and a missing count are the empty cell, also as a float column's -1.0 or NaN (ints beside
+    # None), which the reader refused; a missing phenotype set is {} (NaN was written "NaN")
+    df["lesion_count"] = ["" if _blank(v) or _minus_one(v) else v for v in df["lesion_count"]]
+    df["phenotypes"] = ["{}" if _blank(v) else v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+                        for v in df["phenotypes"]]
     extra = [c for c in df.columns if c not in COLUMNS]
     with atomic_path(path, suffix=".csv") as tmp:
         df[COLUMNS + extra].to_csv(tmp, index=False)
@@ -132,7 +135,8 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     if check_files and not full.is_file():
         raise ValueError(f"image '{rel}' does not exist")
     out["abspath"] = str(full)
-    disease = str(row["disease"]).strip()
+    # a short CSV row leaves its last cells NaN (keep_default_na=False or not): the string "nan" is no disease
+    disease = "" if _blank(row["disease"]) else str(row["disease"]).strip()
     if not disease:
         raise ValueError("empty disease (use a KG id or 'healthy')")
     if disease.lower() == "healthy" and disease != "healthy":  # 'Healthy' would be a disease class of its own
@@ -163,6 +167,9 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
             raise ValueError(f"stage_known '{known}' is not true or false (empty: true)")
         if disease == "healthy" and text == "false":
             raise ValueError("disease 'healthy' has stage_known false; healthy is stage 0, known")
+    held = row.get("heldout", "")
+    if not _blank(held) and str(held).strip().lower() not in ("", "true", "false"):  # 1 / yes read as seen
+        raise ValueError(f"heldout '{held}' is not true or false (empty: false)")
     lc = row.get("lesion_count", "")
     if lc in ("", None) or (isinstance(lc, float) and pd.isna(lc)):
         out["lesion_count"] = -1
@@ -185,6 +192,17 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     if age not in ("", *AGE_GROUPS):  # consumers map an unknown group to 'unknown' silently
         raise ValueError(f"age_group '{age}' is not one of {', '.join(AGE_GROUPS)} (or empty)")
     return out
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _minus_one(value) -> bool:
+    try:
+        return float(str(value).strip()) == -1
+    except ValueError:
+        return False
 
 
 def stage_known(df) -> "np.ndarray":

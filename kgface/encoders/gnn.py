@@ -314,8 +314,11 @@ class KGEncoder(nn.Module):
                 out = conv(h, edge_index, edge_type)
             elif self.conv_type == "gatv2":
                 out = conv(h, edge_index, edge_attr=edge_attr)
-            elif not edge_dict:  # graphs without edges (only healthy profiles): no message to pass
-                out = torch.zeros_like(h)
+            elif not edge_dict:  # graphs without edges (only healthy profiles): no message to pass, but HGTConv's own
+                # output for nodes without messages (its out_lin of GELU(0), mixed with the input by its skip), as
+                # a healthy node reads beside a disease's graph in a mixed batch: zeros made its tokens depend on
+                # whether a batch held only healthy profiles
+                out = self._hgt_without_messages(conv, h, node_idx)
             else:
                 out_dict = conv({k: h[i] for k, i in node_idx.items()}, edge_dict)
                 out = torch.zeros_like(h)
@@ -324,6 +327,21 @@ class KGEncoder(nn.Module):
                         out = out.index_copy(0, i, out_dict[k])
             h = norm(h + self.dropout(F.gelu(out)))
         return h
+
+    @staticmethod
+    def _hgt_without_messages(conv, h: Tensor, node_idx: dict) -> Tensor:
+        """What HGTConv returns for nodes that receive no message (torch_geometric's hgt_conv: out_lin(GELU(0)),
+        then alpha * that + (1 - alpha) * x for node types some edge type points to; the others get nothing)."""
+        types = [k for k in node_idx if k in conv.dst_node_types]
+        a_dict = conv.out_lin({k: F.gelu(h.new_zeros(len(node_idx[k]), conv.out_channels)) for k in types})
+        out = torch.zeros_like(h)
+        for k in types:
+            x, a = h[node_idx[k]], a_dict[k]
+            if a.size(-1) == x.size(-1):
+                alpha = conv.skip[k].sigmoid()
+                a = alpha * a + (1 - alpha) * x
+            out = out.index_copy(0, node_idx[k], a)
+        return out
 
     def forward(self, graph, stage: Tensor | float | None = None, age: Tensor | None = None) -> Tensor:
         """graph: a torch_geometric Batch from ProfileGraphBuilder.batch (or one Data); stage: [B] floats in

@@ -19,6 +19,7 @@ reading HEALTHY_TEXT and nothing else.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Iterable, Mapping, Sequence
 
@@ -135,14 +136,18 @@ class ProfileGraphBuilder:
             if extra:
                 raise UserError(f"intensities name {', '.join(extra)}, which the profile of {profile.disease_id} "
                                 "lacks; build a profile for a custom phenotype set with phenotype_profile()")
-            phenotypes = [p for p in phenotypes if p.hpo_id in intensities]
+            bad = sorted(h for h, v in intensities.items() if not math.isfinite(float(v)))
+            if bad:
+                raise UserError(f"intensities of {', '.join(bad)} are not finite numbers; give each in [0, 1]")
+            # an intensity of 0 shows nothing: no node (it became a phenotype node of weight 0, i.e. "present")
+            phenotypes = [p for p in phenotypes if p.hpo_id in intensities and float(intensities[p.hpo_id]) > 0]
         index: dict[str, int] = {}
         for p in phenotypes:
             if p.hpo_id in index:
                 continue
             if intensities is not None:
                 w, kind = min(max(float(intensities[p.hpo_id]), 0.0), 1.0), W_INTENSITY
-            elif p.frequency is None:
+            elif p.frequency is None or not math.isfinite(float(p.frequency)):  # NaN passed the clamp below
                 w, kind = self.unknown_frequency, W_UNKNOWN
             else:
                 w, kind = min(max(float(p.frequency), 0.0), 1.0), W_FREQUENCY

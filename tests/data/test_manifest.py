@@ -110,6 +110,9 @@ BAD_ROWS = [
     ({"stage_known": "no"}, "stage_known 'no' is not true or false"),
     ({"disease": "healthy", "stage": 0, "severity": "", "stage_known": "False", "phenotypes": "{}"},
      "disease 'healthy' has stage_known false"),
+    # a held-out flag other than true / false: 1 or yes read as seen
+    ({"heldout": "yes"}, "heldout 'yes' is not true or false"),
+    ({"heldout": "1"}, "heldout '1' is not true or false"),
 ]
 
 
@@ -118,6 +121,20 @@ def test_each_bad_row_is_an_error_naming_file_and_line(root, change, message):
     write_manifest([_row(path="images/b.png"), _row(**change)], root / "m.csv")
     with pytest.raises(ManifestError, match=r"m\.csv:3: .*" + message.replace("(", r"\(").replace(".", r"\.")):
         read_manifest(root / "m.csv")
+
+
+def test_a_short_row_and_a_float_columns_blanks_read_back(root):
+    # a CSV row missing its last cells: pandas fills them NaN, and str() made the disease "nan"
+    (root / "short.csv").write_text("path,stage,split,disease\nimages/a.png,1,train\n")
+    with pytest.raises(ManifestError, match=r"short\.csv:2: .*empty disease"):
+        read_manifest(root / "short.csv")
+    # a frame whose lesion_count is a float column (ints beside None: -1.0, NaN) and a NaN phenotype set writes
+    # what the reader reads (-1.0 and "NaN" were refused)
+    frame = pd.DataFrame([_row(lesion_count=12), _row(path="images/b.png", lesion_count=None),
+                          _row(path="images/c.png", lesion_count=-1, phenotypes=float("nan"))])
+    assert frame["lesion_count"].dtype == float
+    df, _ = read_manifest(write_manifest(frame.to_dict("records"), root / "floats.csv"))
+    assert df["lesion_count"].tolist() == [12, -1, -1] and df["phenotypes"].tolist()[2] == {}
 
 
 def test_unknown_disease_only_with_known_labels(root):

@@ -125,6 +125,7 @@ def test_build_splits_by_identity_and_is_deterministic(profiles, table, tmp_path
     assert len(df[df.disease == "ORPHA:870"]) == SMALL.per_class * 4 and len(df[df.disease == "healthy"]) == 6
     assert df[df.disease == "MONDO:0011438"]["heldout"].all() and not df[df.disease == "ORPHA:870"]["heldout"].any()
     assert set(stats["renderable_share"]) == {"ORPHA:870", "MONDO:0011438"}
+    assert stats["rows_showing_nothing"] == {}  # every diseased individual shows something of its disease
     splits = identity_split(SMALL)
     assert len(splits) == SMALL.identities and sorted(set(splits.values())) == ["test", "train", "val"]
 
@@ -202,6 +203,8 @@ IMPOSSIBLE = [
     ({"split_fractions": (1.2, -0.2, 0.0)}, r"data.split_fractions must be three fractions"),
     ({"per_class": 3, "split_fractions": (0.5, 0.5, 0.0)}, r"data.per_class=3 is too small to split"),
     ({"unknown_frequency": 1.5}, r"data.unknown_frequency must be a number in \[0, 1\]"),
+    ({"severity_jitter": float("nan")}, r"data.severity_jitter must be a number in \[0, 1\], got nan"),
+    ({"severity_jitter": "x"}, r"data.severity_jitter must be a number in \[0, 1\], got 'x'"),
     ({"size": 8}, r"data.size must be an integer >= 16, got 8"),  # the renderer's limits, before any drawing
     ({"supersample": 0}, r"data.supersample must be an integer >= 1, got 0"),
 ]
@@ -361,6 +364,23 @@ def test_dataset_cli_refuses_to_overwrite_another_jobs_output(tmp_path, capsys, 
         main(["data.diseases=[ORPHA:870]", "data.heldout=[]", f"hydra.run.dir={tmp_path}"])
     assert info.value.code == 2 and f"hydra.run.dir={tmp_path}" in capsys.readouterr().err
     assert (tmp_path / "manifest.csv").read_text() == "kept\n"
+
+
+def test_rows_that_show_nothing_of_their_disease_are_counted_and_said(table, tmp_path, caplog):
+    # a disease whose only renderable sign is rare: an individual's 50 draws can all miss it, and its stage 1-3 faces
+    # were the bare face under the disease's label, silently
+    import logging
+
+    from kgface.kg.profiles import FacialProfile, Phenotype
+
+    rare = FacialProfile(disease_id="D:1", name="rare signs", kg="hpo",
+                         phenotypes=[Phenotype("HP:0000316", "Hypertelorism", "eyes", "wide-set eyes", 0.01)])
+    with caplog.at_level(logging.WARNING, logger="kgface.data.phantom.dataset"):
+        rows, stats = build_phantom([rare, healthy_profile("hpo")], SMALL, table, tmp_path, heldout=[],
+                                    progress=False)
+    blank = [r for r in rows if r["disease"] == "D:1" and r["stage"] >= 1 and r["phenotypes"] == "{}"]
+    assert blank and stats["rows_showing_nothing"] == {"D:1": len(blank)}
+    assert f"phantom: {len(blank)} disease rows of stages 1-3 show none of their disease's phenotypes (D:1 " in caplog.text
 
 
 def test_labels_hold_only_what_a_face_can_show(hpo_kg, catalog, table):

@@ -85,6 +85,13 @@ def test_stage_age_and_intensities_change_the_tokens(graph_builder, profiles):
         assert not torch.allclose(a, b, atol=1e-4)
         freq = enc(graph_builder.batch([down]), torch.tensor([1.0]))[0]
         assert not torch.allclose(freq, a, atol=1e-4)  # a per-image subset is not the whole profile
+        # an intensity of 0 shows nothing: the phenotype has no node (it was a node of weight 0, as if present)
+        zero, without = enc(graph_builder.batch([down, down], intensities=[{**weak, "HP:0000286": 0.0},
+                                                                          {"HP:0000470": 0.4}]),
+                            torch.tensor([1.0, 1.0]))
+        assert torch.allclose(zero, without, atol=1e-5)
+    with pytest.raises(UserError, match=r"intensities of HP:0000286 are not finite numbers"):
+        graph_builder.batch([down], intensities=[{"HP:0000286": float("nan")}])
     with pytest.raises(UserError, match="age_groups"):
         tiny()(g, torch.tensor([1.0, 1.0]), torch.tensor([0, 1]))
 
@@ -256,6 +263,10 @@ def test_edgeless_batch_and_single_graph(conv, graph_builder, profiles):
         alone = enc(graph_builder.batch([profiles[-1]]), torch.tensor([0.0]))
     assert torch.allclose(healthy[:1], alone, atol=1e-5)
     assert torch.allclose(single, batched, atol=1e-6)
+    # ... nor on whether its batch-mate has edges (hgt: a healthy-only batch skipped the conv, a mixed one did not)
+    with torch.no_grad():
+        mixed = enc(graph_builder.batch([profiles[0], profiles[-1]]), torch.tensor([1.0, 0.0]))
+    assert torch.allclose(mixed[1:], alone, atol=1e-5)
 
 
 def test_centered_tokens_tell_diseases_apart_and_do_not_depend_on_the_batch_at_inference(graph_builder, profiles):

@@ -17,7 +17,9 @@ effect carry the intensity it was drawn at; an individual who would show nothing
 from __future__ import annotations
 
 import json
+import logging
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from .acne import count_from_severity
 from .effects import TermEffect, conflict, effects_for_terms, shows_on
 from .identity import AGE_GROUPS, sample_identity
 from .render import render_face
+
+log = logging.getLogger(__name__)
 
 ACNE = "HP:0001061"
 ACNE_LESIONS = {"HP:0025249": "comedo", "HP:0200034": "papule", "HP:0200039": "pustule", "HP:0033188": "nodule"}
@@ -107,7 +111,7 @@ def _validate(cfg: "PhantomConfig") -> None:
     whole = [not isinstance(x, bool) and isinstance(x, (int, np.integer)) and 0 <= x <= 3 for x in stages]
     if not stages or not all(whole) or len(set(stages)) != len(stages):
         raise UserError(f"data.stages must be distinct whole stages 0..3, e.g. [0, 1, 2, 3]; got {cfg.stages!r}")
-    for key in ("unknown_frequency", "intensity_min"):
+    for key in ("unknown_frequency", "intensity_min", "severity_jitter"):  # jitter nan wrote nan severities
         value = getattr(cfg, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise UserError(f"data.{key} must be a number in [0, 1], got {value!r}")
@@ -470,6 +474,17 @@ def build_phantom(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict
                                                                         cfg.unknown_frequency).items()},
         "onset_coverage": {p.disease_id: sum(1 for x in p.phenotypes if x.onset) for p in diseases},
     }
+    # a disease row of stages 1-3 whose labels name nothing: every one of an individual's MAX_DRAWS draws failed to
+    # show (e.g. only adult-onset terms on a child, a rare sole renderable term): a healthy-looking face under the
+    # disease's label. Counted and said (none in the default or benchmark panel), not silently kept
+    blank = Counter(r["disease"] for r in rows
+                    if r["disease"] != "healthy" and int(r["stage"]) >= 1 and r["phenotypes"] == "{}"
+                    and not (r["lesion_count"] not in ("", None) and int(r["lesion_count"]) > 0))
+    stats["rows_showing_nothing"] = dict(sorted(blank.items()))
+    if blank:
+        log.warning("phantom: %d disease rows of stages 1-3 show none of their disease's phenotypes (%s): no draw of "
+                    "the individual could show one; they look healthy under the disease's label", sum(blank.values()),
+                    ", ".join(f"{d} {n}" for d, n in sorted(blank.items())))
     return rows, stats
 
 
