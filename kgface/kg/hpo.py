@@ -82,8 +82,8 @@ def read_hpoa(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
     diseases = (df.drop_duplicates("database_id")[["database_id", "disease_name"]]
                 .rename(columns={"database_id": "id", "disease_name": "name"}).assign(aliases=""))
     frequency = pd.Series(_frequencies(df["frequency"], path, first_data_line), index=df.index)
-    # a row repeated but for its biocuration (two curators entering one paper's count: OMIM:305620's 9/9 MALE hearing
-    # loss twice) is one report; case-count pooling counted its patients twice. Rows that differ anywhere else (sex,
+    # a row repeated but for its biocuration (two curators entering one paper's count: OMIM:305620's 9/9 MALE
+    # prominent supraorbital ridges twice) is one report; case-count pooling counted its patients twice. Rows that differ anywhere else (sex,
     # onset, modifier) may be other patients and stay
     df = df[~df.duplicated([c for c in HPOA_COLUMNS if c != "biocuration"])]
     pheno = df[df["aspect"] == "P"]

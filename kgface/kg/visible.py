@@ -87,12 +87,15 @@ class VisibleCatalog:
         return {name: r["root_hpo_id"] for name, r in self.regions.items()}
 
     def match(self, hpo_id: str, ancestors: set[str] | list[str]) -> VisibleEntry | None:
-        """The catalogue entry an annotated term falls under (itself, else its nearest listed ancestor that
-        includes descendants), or None when a photograph cannot show it."""
+        """The catalogue entry an annotated term falls under (itself, else its nearest listed ancestor when that
+        one includes descendants), or None when a photograph cannot show it. A nearest listed ancestor marked
+        `include_descendants=no` ends the search: its children are not visible under a farther entry's wording
+        (blepharochalasis under palpebral edema (no) read as periorbital edema's "puffy swelling" before
+        2026-12-07)."""
         if hpo_id in self.entries:
             return self.entries[hpo_id]
         for anc in ancestors:  # ancestors come nearest first
             entry = self.entries.get(anc)
-            if entry is not None and entry.include_descendants:
-                return entry
+            if entry is not None:
+                return entry if entry.include_descendants else None
         return None

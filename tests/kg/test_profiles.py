@@ -34,6 +34,17 @@ def test_the_faces_width_the_noses_length_and_the_bridges_narrowness_are_visible
         assert term in shown and shown[term].visual and shown[term].region in ("face", "nose"), (disease, term)
 
 
+def test_a_child_of_an_entry_without_descendants_is_not_visible_under_a_farther_one(hpo_kg, catalog):
+    # blepharochalasis (lax eyelid skin) sits under palpebral edema (include_descendants=no), itself under periorbital
+    # edema (yes): it read as periorbital edema's "puffy swelling" because the search climbed past the nearer entry
+    from kgface.kg import ProfileBuilder
+
+    assert not catalog.entries["HP:0100540"].include_descendants and catalog.entries["HP:0100539"].include_descendants
+    builder = ProfileBuilder(hpo_kg, catalog)
+    assert builder.match("HP:0010749") is None
+    assert builder.match("HP:0100540").hpo_id == "HP:0100540"  # the entry itself stays visible
+
+
 def test_lookup_by_name_prefers_frequency_annotated_entry(hpo_kg, catalog):
     assert build_profile(hpo_kg, "down syndrome", catalog).disease_id == "ORPHA:870"
     assert build_profile(hpo_kg, "orphanet:870", catalog).disease_id == "ORPHA:870"
@@ -122,7 +133,7 @@ def test_repeated_annotations_pool_counts_curated_rows_win_and_absences_are_not_
     p = build_profile(hpo_kg, "OMIM:618975", catalog)
     down = {x.hpo_id: x for x in p.phenotypes}["HP:0000494"]
     assert down.frequency == pytest.approx(0.6) and sorted(down.frequency_raw.split(";")) == ["1/1", "1/1", "1/3"]
-    # OMIM:305620's hearing loss: PMID:16835913's 9/9 MALE row twice, but for its biocuration, is one report:
+    # OMIM:305620's prominent supraorbital ridges (HP:0000336): PMID:16835913's 9/9 MALE row twice, but for its biocuration, is one report:
     # 9/9 + 10/11 + 11/11 = 30/31, not 39/40; OMIM:611182's micrognathia keeps PMID:28619360's 1/1 twice (the rows
     # differ in onset: they may be two patients)
     hearing = {x.hpo_id: x for x in build_profile(hpo_kg, "OMIM:305620", catalog).phenotypes}.get("HP:0000336")
