@@ -83,8 +83,8 @@ def read_hpoa(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
                 .rename(columns={"database_id": "id", "disease_name": "name"}).assign(aliases=""))
     frequency = pd.Series(_frequencies(df["frequency"], path, first_data_line), index=df.index)
     # a row repeated but for its biocuration (two curators entering one paper's count: OMIM:305620's 9/9 MALE
-    # prominent supraorbital ridges twice) is one report; case-count pooling counted its patients twice. Rows that differ anywhere else (sex,
-    # onset, modifier) may be other patients and stay
+    # prominent supraorbital ridges twice) is one report; case-count pooling counted its patients twice. Rows that
+    # differ anywhere else (sex, onset, modifier) may be other patients and stay
     df = df[~df.duplicated([c for c in HPOA_COLUMNS if c != "biocuration"])]
     pheno = df[df["aspect"] == "P"]
     # a frequency of 0 ("0/3", "0%", HP:0040285 Excluded) says the sign is absent: the same as a NOT row, never a

@@ -133,8 +133,8 @@ def test_repeated_annotations_pool_counts_curated_rows_win_and_absences_are_not_
     p = build_profile(hpo_kg, "OMIM:618975", catalog)
     down = {x.hpo_id: x for x in p.phenotypes}["HP:0000494"]
     assert down.frequency == pytest.approx(0.6) and sorted(down.frequency_raw.split(";")) == ["1/1", "1/1", "1/3"]
-    # OMIM:305620's prominent supraorbital ridges (HP:0000336): PMID:16835913's 9/9 MALE row twice, but for its biocuration, is one report:
-    # 9/9 + 10/11 + 11/11 = 30/31, not 39/40; OMIM:611182's micrognathia keeps PMID:28619360's 1/1 twice (the rows
+    # OMIM:305620's prominent supraorbital ridges (HP:0000336): PMID:16835913's 9/9 MALE row twice, but for its
+    # biocuration, is one report: 9/9 + 10/11 + 11/11 = 30/31, not 39/40; OMIM:611182's micrognathia keeps PMID:28619360's 1/1 twice (the rows
     # differ in onset: they may be two patients)
     hearing = {x.hpo_id: x for x in build_profile(hpo_kg, "OMIM:305620", catalog).phenotypes}.get("HP:0000336")
     assert hearing is not None and hearing.frequency == pytest.approx(30 / 31)
