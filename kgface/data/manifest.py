@@ -162,7 +162,7 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
         raise ValueError(f"disease 'healthy' has severity {sev}; healthy is severity 0 (or empty)")
     if "stage_known" in row:  # anything but "false" would count as a grade: "0" or "no" must not
         known = row["stage_known"]
-        text = "" if known is None or (isinstance(known, float) and pd.isna(known)) else str(known).strip().lower()
+        text = "" if _blank(known) else str(known).strip().lower()
         if text not in ("", "true", "false"):
             raise ValueError(f"stage_known '{known}' is not true or false (empty: true)")
         if disease == "healthy" and text == "false":
@@ -171,7 +171,7 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     if not _blank(held) and str(held).strip().lower() not in ("", "true", "false"):  # 1 / yes read as seen
         raise ValueError(f"heldout '{held}' is not true or false (empty: false)")
     lc = row.get("lesion_count", "")
-    if lc in ("", None) or (isinstance(lc, float) and pd.isna(lc)):
+    if lc == "" or _blank(lc):
         out["lesion_count"] = -1
     else:
         try:
@@ -188,7 +188,7 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     # stripped: 'p1' and 'p1 ' are one person (a padded cell must not pass the identity leakage check as two)
     out["identity"] = str(row.get("identity", "") if not pd.isna(row.get("identity", "")) else "").strip()
     age = row.get("age_group", "")
-    age = "" if age is None or (isinstance(age, float) and pd.isna(age)) else str(age)
+    age = "" if _blank(age) else str(age)
     if age not in ("", *AGE_GROUPS):  # consumers map an unknown group to 'unknown' silently
         raise ValueError(f"age_group '{age}' is not one of {', '.join(AGE_GROUPS)} (or empty)")
     return out

@@ -275,11 +275,12 @@ def instrument_validity(evaluator: Evaluator, real_df, roundtrip: Callable[[torc
         rt_table = evaluator.predict(feats, test)
         rt_scores = disease_scores(rt_table, evaluator.classes)
         out["vae_ceiling_top1"], out["vae_ceiling_top1_ci95"] = rt_scores["top1"], rt_scores["top1_ci95"]
+        rt_faces = identities(rt_table)
         for name, mask in groups.items():
             out[f"vae_ceiling_top1_{name}"] = M.accuracy(rt_table["disease"][mask], rt_table["pred_disease"][mask])
             out[f"vae_ceiling_top1_{name}_ci95"] = CI.accuracy_interval(
                 rt_table["disease"][mask], rt_table["pred_disease"][mask],
-                groups=None if identities(rt_table) is None else identities(rt_table)[mask])
+                groups=None if rt_faces is None else rt_faces[mask])
         rt_sick = (rt_table["disease"] != HEALTHY).to_numpy() & known
         out["vae_ceiling_stage_spearman"] = M.spearman(rt_table["stage"][rt_sick], rt_table["severity_pred"][rt_sick])
         out["vae_ceiling_stage_spearman_ci95"] = CI.spearman_interval(  # one face at every stage: by face
