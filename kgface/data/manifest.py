@@ -6,8 +6,9 @@ phenotypes (JSON: HPO id -> intensity in [0,1]; `{}` when unknown, as for real p
 Generated manifests add the request: mode, requested_disease, requested_stage, seed, source_image.
 
 Reading validates every row: a bad label is an error (or, with on_error="skip", a counted, logged skip), never a
-silently wrong label. Across rows: an image (compared by its resolved file) is listed once, healthy is stage 0,
-age_group is empty or one of AGE_GROUPS, and a non-empty identity stays in one split (a person in train and test leaks).
+silently wrong label. Across rows: an image (compared by its resolved file) is listed once, healthy is stage 0
+with no phenotype shown, age_group is empty or one of AGE_GROUPS, and a non-empty identity stays in one split (a person
+in train and test leaks).
 """
 from __future__ import annotations
 
@@ -185,6 +186,10 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     if out["split"] not in SPLITS:
         raise ValueError(f"split '{row['split']}' is not one of {', '.join(SPLITS)}")
     out["phenotypes"] = _phenotypes(row.get("phenotypes", "") or "{}")
+    shown = sorted(h for h, v in out["phenotypes"].items() if v > 0)
+    if disease == "healthy" and shown:  # a sign on a healthy face would train the heads that healthy shows it
+        raise ValueError(f"disease 'healthy' lists phenotype {shown[0]} at {out['phenotypes'][shown[0]]:g}; healthy "
+                         "faces show none (phenotypes {}, or the disease's id)")
     # stripped: 'p1' and 'p1 ' are one person (a padded cell must not pass the identity leakage check as two)
     out["identity"] = str(row.get("identity", "") if not pd.isna(row.get("identity", "")) else "").strip()
     age = row.get("age_group", "")

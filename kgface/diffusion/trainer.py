@@ -462,9 +462,13 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 micro.append(loss.item())
-        scheduler.step()
-        if ema is not None:
-            ema.step()
+        # fp16: a step whose gradients overflowed was skipped by the loss scaler; the schedule and the average wait
+        # for the next real update (as accelerate's wrapped scheduler does), or the first few calibration steps
+        # would shift the warm-up and pull the EMA towards weights that did not move
+        if not acc.optimizer_step_was_skipped:
+            scheduler.step()
+            if ema is not None:
+                ema.step()
         losses.append(sum(micro) / len(micro))
         done += 1
         if step % int(t["log_every"]) == 0 or step + 1 == int(t["steps"]):

@@ -30,7 +30,8 @@ def suggestions(kg: KnowledgeGraph, query: str, limit: int = 5) -> list[str]:
 
 def resolve_disease(kg: KnowledgeGraph, query: str) -> str:
     """Return the graph's disease id for an id, alias or name. Several diseases with the same name: the one with
-    the most frequency-annotated edges wins (ORPHA entries usually carry frequencies, OMIM ones often do not)."""
+    the most frequency-annotated present edges wins (ORPHA entries usually carry frequencies, OMIM ones often do
+    not; a sign reported absent, 0/m or NOT, says nothing of what the disease shows)."""
     text = str(query).strip()
     if text.lower() == HEALTHY:
         return HEALTHY
@@ -44,7 +45,8 @@ def resolve_disease(kg: KnowledgeGraph, query: str) -> str:
     if matches:
         if len(matches) == 1:
             return matches[0]
-        counts = {m: int(kg.edges_of(m)["frequency"].notna().sum()) for m in matches}
+        counts = {m: int((e["frequency"].notna() & ~e["negated"].astype(bool)).sum())
+                  for m in matches for e in [kg.edges_of(m)]}
         return max(matches, key=lambda m: (counts[m], m.startswith("ORPHA")))
     close = "; ".join(suggestions(kg, text))
     raise UnknownDiseaseError(f"unknown disease '{text}' in the {kg.source} knowledge graph; closest: {close}")

@@ -103,6 +103,8 @@ BAD_ROWS = [
     ({"age_group": "older adult"}, "age_group 'older adult' is not one of child, adolescent, adult, older_adult"),
     ({"age_group": "Adult"}, "age_group 'Adult' is not one of"),
     ({"disease": "Healthy", "stage": 0, "phenotypes": "{}"}, "disease 'Healthy': write healthy faces as 'healthy'"),
+    ({"disease": "healthy", "stage": 0, "severity": "", "phenotypes": '{"HP:0000520": 0, "HP:0000494": 0.4}'},
+     "disease 'healthy' lists phenotype HP:0000494 at 0.4; healthy faces show none"),
     ({"disease": "healthy", "stage": 0, "severity": 2.5, "phenotypes": "{}"},
      "disease 'healthy' has severity 2.5; healthy is severity 0"),
     # anything but false read as a grade: an ungraded photo written 0 or no would be trained and scored at its stage

@@ -258,6 +258,20 @@ def test_a_frozen_group_stays_out_of_the_gradient_clip(profiles, tmp_path, monke
     assert len(clipped) == 2 and all(adapter <= s and id(backbone.unet.conv_in.weight) not in s for s in clipped)
 
 
+def test_a_step_the_loss_scaler_skipped_moves_neither_the_schedule_nor_the_ema(profiles, tmp_path, monkeypatch):
+    # fp16 on a GPU: the scaler skips the first steps whose scaled gradients overflow (the CPU has no scaler, so the
+    # flag accelerate reads off it is set here for the first two of three steps)
+    from accelerate import Accelerator
+
+    asked = []
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: asked.append(1) or
+                                                                            len(asked) <= 2))
+    backbone, cond = make(profiles)
+    out = train(backbone, cond, fixed_data(), {**FAST, "steps": 3, "checkpoint_every": 3}, tmp_path, progress=False)
+    opt = torch.load(tmp_path / "checkpoints" / "step-0000003" / "optimizer.pt", weights_only=True)
+    assert len(asked) == 3 and out["ema"].steps == 1 and opt["scheduler"]["last_epoch"] == 1
+
+
 def test_resume_gives_the_same_weights(profiles, tmp_path):
     cfg = {**FAST, "steps": 6, "checkpoint_every": 3, "keep_checkpoints": 5}
     b1, c1 = make(profiles)

@@ -98,6 +98,23 @@ def test_small_hpoa_parses_all_forms(tmp_path):
     assert edges.set_index("hpo_id").loc["HP:0000369", "negated"]
 
 
+def test_a_row_repeated_with_its_onset_or_sex_filled_is_one_report(tmp_path):
+    def with_(hpo, onset="", sex="", freq="1/1"):
+        r = _row(freq, hpo)
+        r[6], r[8] = onset, sex
+        return r
+
+    path = _write_hpoa(tmp_path / "phenotype.hpoa", [
+        with_("HP:0000347", "HP:0011463"), with_("HP:0000347"),  # the blank row repeats the one with an onset
+        with_("HP:0000316", sex="MALE"), with_("HP:0000316", sex="FEMALE"),  # two filled values: other patients
+        with_("HP:0000508", "HP:0011463"), with_("HP:0000508", freq="2/2"),  # another count: another report
+        with_("HP:0000520", "HP:0011463", "MALE"), with_("HP:0000520", sex="FEMALE")])
+    _, edges, _ = read_hpoa(path)
+    counts = edges.groupby("hpo_id").size().to_dict()
+    assert counts == {"HP:0000347": 1, "HP:0000316": 2, "HP:0000508": 2, "HP:0000520": 2}
+    assert edges.set_index("hpo_id").loc["HP:0000347", "onset"] == "HP:0011463"
+
+
 def test_obo_parser_and_errors(tmp_path):
     good = tmp_path / "t.obo"
     good.write_text('format-version: 1.2\n\n[Term]\nid: HP:1\nname: One\ndef: "A \\"quoted\\" def." [x]\n'

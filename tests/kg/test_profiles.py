@@ -134,13 +134,13 @@ def test_repeated_annotations_pool_counts_curated_rows_win_and_absences_are_not_
     down = {x.hpo_id: x for x in p.phenotypes}["HP:0000494"]
     assert down.frequency == pytest.approx(0.6) and sorted(down.frequency_raw.split(";")) == ["1/1", "1/1", "1/3"]
     # OMIM:305620's prominent supraorbital ridges (HP:0000336): PMID:16835913's 9/9 MALE row twice, but for its
-    # biocuration, is one report: 9/9 + 10/11 + 11/11 = 30/31, not 39/40; OMIM:611182's micrognathia keeps PMID:28619360's 1/1 twice (the rows
-    # differ in onset: they may be two patients)
+    # biocuration, is one report: 9/9 + 10/11 + 11/11 = 30/31, not 39/40; OMIM:611182's micrognathia counts
+    # PMID:28619360's 1/1 once: its row without an onset repeats the one with it (1/1 + 1/1 + 0/1 + 0/1 = 2/4)
     hearing = {x.hpo_id: x for x in build_profile(hpo_kg, "OMIM:305620", catalog).phenotypes}.get("HP:0000336")
     assert hearing is not None and hearing.frequency == pytest.approx(30 / 31)
     assert sorted(hearing.frequency_raw.split(";")) == ["10/11", "11/11", "9/9"]
     micro = {x.hpo_id: x for x in build_profile(hpo_kg, "OMIM:611182", catalog).phenotypes}["HP:0000347"]
-    assert micro.frequency == pytest.approx(0.6) and micro.frequency_raw.count("1/1") == 3
+    assert micro.frequency == pytest.approx(0.5) and micro.frequency_raw.count("1/1") == 2
 
     def row(hpo_id, frequency, raw, provenance, min_stage=0, negated=False, reference="PMID:2;PMID:1"):
         return {"disease_id": "D:1", "hpo_id": hpo_id, "negated": negated, "frequency": frequency,
@@ -173,6 +173,13 @@ def test_disease_ids_without_a_prefix_are_found_by_id():
                                                                               "evidence", "reference", "provenance"]),
                         diseases=pd.DataFrame({"id": ["D1", "D2"], "name": ["same", "same"], "aliases": ["", ""]}))
     assert resolve_disease(kg, "D2") == "D2" and resolve_disease(kg, "D1") == "D1"
+    # by name, the one with more frequency-annotated signs it shows wins; signs reported absent do not count
+    edges = pd.DataFrame([{"disease_id": d, "hpo_id": h, "negated": neg, "frequency": f, "frequency_raw": "",
+                           "onset": "", "evidence": "", "reference": "", "provenance": "hpoa"}
+                          for d, h, neg, f in (("D1", "HP:0000494", False, 0.5), ("D2", "HP:0000494", True, 0.0),
+                                               ("D2", "HP:0000218", True, 0.0))])
+    kg = KnowledgeGraph(source="test", terms={}, edges=edges, diseases=kg.diseases)
+    assert resolve_disease(kg, "same") == "D1"
 
 
 def test_catalogue_ids_that_match_no_live_term_are_refused_with_file_and_row(hpo_kg, catalog, tmp_path):
