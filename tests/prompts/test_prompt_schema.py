@@ -156,6 +156,20 @@ def test_the_last_stage_cites_the_frequent_phenotypes(down):
                         down)
 
 
+def test_the_frequent_phenotypes_are_ranked_as_the_request_shows_them(down):
+    # 84.4% and 83.6% both read "84%" in the request, whose rules send ties to the lower id: the third one the
+    # last stage must cite is HP:0000286, not the (unseen) higher HP:0005280
+    from kgface.prompts.builder import build_messages
+
+    for p, f in zip(down.phenotypes, (0.9, 0.844, 0.836, 0.95)):
+        p.frequency = f
+    assert build_messages(down)[-1]["content"].count('"84%"') == 2
+    cited = ["HP:0000463", "HP:0000582", "HP:0000286"]
+    assert parse_answer(json.dumps(answer(s3={"phenotypes": cited})), down)
+    with pytest.raises(ValueError, match=r"too: HP:0000286$"):
+        parse_answer(json.dumps(answer(s3={"phenotypes": ["HP:0000463", "HP:0000582", "HP:0005280"]})), down)
+
+
 def test_two_different_answers_in_one_reply_are_refused(down):
     first, second = json.dumps(answer()), json.dumps(answer(description="Another face, stage unknown, eyes up."))
     with pytest.raises(ValueError, match=r'the reply holds 2 different JSON objects with a "stages" list'):
