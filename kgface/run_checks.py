@@ -125,11 +125,10 @@ def preflight(cfg: DictConfig) -> None:
     strength = as_number(cfg.samples.get("transform_strength"), "samples.transform_strength", "in (0, 1]")
     if not 0.0 < strength <= 1.0:
         raise UserError(f"samples.transform_strength={strength}: an SDEdit strength in (0, 1] (0.6: the default)")
-    from .prompts.backends import _setting, make_backend
+    from .prompts.backends import make_backend
 
     llm = container(cfg.llm) or {}
     make_backend(llm)  # llm=openai without llm.model, an unknown llm.* key: refused before the run folder is written
-    _setting("max_attempts", llm.get("max_attempts", 3), int, 1)
     if CONTROL in modes:  # the control swaps phenotypes between diseases: with one, it would be kg itself
         listed = cfg.data.get("diseases")
         if listed is None and cfg.kg.get("panel") is not None:

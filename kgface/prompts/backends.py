@@ -41,10 +41,9 @@ DESCRIBE_KEYS = ("max_attempts",)  # llm.* keys read by describe_profiles, not b
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # the request itself is wrong (key, model, URL, response_format): every disease would fail alike, so stop the run
 CONFIG_STATUS = {400, 401, 403, 404, 405}
-# ... except a 400 that comes after the server has answered this run, or that says a schema retry (a conversation
-# grown by the rejected answer and the error) is too long for the model: that request, not the settings, is the
-# problem. On a first request "too long" is a setting (llm.max_tokens or the model's window) and stops the run
-TOO_LONG = re.compile(r"context|too long|maximum .*length|max_tokens|token limit|too many tokens", flags=re.I)
+# ... except a 400 after the server has answered these settings (this run, or a cached answer of them): that request
+# (a schema retry's conversation grown past the model's window, a content filter) is the problem, not the settings.
+# On a first request "too long" is a setting (llm.max_tokens or the model's window) and stops the run
 BODY_CHARS = 200  # how much of a server's error body an error shows
 MISSING = "???"  # OmegaConf's mandatory value, which to_container(resolve=True) passes through as a string
 # files of a transformers folder that shape its answers (config, tokenizer and chat template, weights)
@@ -166,7 +165,7 @@ class OpenAIBackend:
         self._opener = urllib.request.build_opener(_NoRedirect)
         self._warned: set[str] = set()
         self.failed: str | None = None  # a transport failure that outlived the retries: the rest of the run skips
-        self.answered = 0  # answers received in this run: after one, a 400 is about the request, not the settings
+        self.answered = 0  # answers to these settings (live or cached): after one, a 400 is about the request
 
     def params(self) -> dict:
         """What shapes the answer (and so keys the cache); not the key, timeouts or retry policy."""
@@ -257,7 +256,7 @@ class OpenAIBackend:
                 content = str(choice["message"]["content"] or "")
             except urllib.error.HTTPError as exc:
                 text = _body(exc, key)
-                if exc.code == 400 and (self.answered or (len(messages) > 2 and TOO_LONG.search(text))):
+                if exc.code == 400 and self.answered:
                     raise LLMError(f"HTTP 400 from {self.url}: {text or exc.reason} (this request only: if it is "
                                    "too long for the model's context, lower llm.max_attempts or llm.max_tokens, or "
                                    "serve a longer context)") from None
@@ -362,7 +361,7 @@ class HFBackend:
         self.temperature = _setting("temperature", temperature, float, 0)
         self.device, self.seed = _device(device), _setting("seed", seed, int)
         self._lm = self._tokenizer = None
-        self.answered = 0  # answers generated in this run: after one, a failing request is that request's problem
+        self.answered = 0  # answers to these settings (live or cached): after one, a failing request is its own
 
     def params(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed,
@@ -457,6 +456,7 @@ def make_backend(llm_cfg) -> OpenAIBackend | HFBackend | None:
     """The backend named by `llm.name` (None for `none`); a missing, unknown or malformed setting is a one-line
     UserError naming its llm.* key, here, before any disease is described."""
     cfg = {k: v for k, v in dict(llm_cfg or {}).items() if k not in DESCRIBE_KEYS}
+    _setting("max_attempts", dict(llm_cfg or {}).get("max_attempts", 3), int, 1)  # read later, checked here
     name = cfg.pop("name", "none")
     if name in (None, "none"):
         if cfg:  # llm=none +llm.model=gpt: read by nothing, said (as for the other backends)

@@ -67,6 +67,10 @@ def describe_profile(profile: FacialProfile, backend, cache: Cache | None, max_a
     if entry is not None and entry.exists():
         cached = _cached_answer(entry, profile)
         if cached is not None:
+            # an answer to these very settings (the backend's url or files, model and parameters key the entry)
+            # proves them as a live one does: a later 400 is that request's, or a rerun would stop where the
+            # first run fell back
+            backend.answered = getattr(backend, "answered", 0) + 1
             return cached
     messages = build_messages(profile)
     errors: list[str] = []
@@ -90,9 +94,13 @@ def describe_profile(profile: FacialProfile, backend, cache: Cache | None, max_a
                                    stages=[StageText(**s.model_dump()) for s in answer.stages],
                                    attempts=attempts, errors=errors, cache_key=entry.key if entry else None)
         if entry is not None:
-            with entry.build() as tmp:
-                write_json_atomic(tmp / ANSWER_FILE, {"result": result.model_dump(mode="json"), "raw": raw,
-                                                      "messages": messages})
+            try:
+                with entry.build() as tmp:
+                    write_json_atomic(tmp / ANSWER_FILE, {"result": result.model_dump(mode="json"), "raw": raw,
+                                                          "messages": messages})
+            except OSError as exc:  # a read-only or full cache: the answer in hand is still good for this run
+                log.warning("%s: cannot cache the LLM answer in %s (%s); the run goes on without it",
+                            profile.disease_id, entry.path.parent, exc.strerror or type(exc).__name__)
         return result
     log.warning("%s (%s): using the template descriptions: %s", profile.disease_id, profile.name, reason)
     return template_descriptions(profile, backend=backend.name, model=backend.model, fallback_reason=reason,

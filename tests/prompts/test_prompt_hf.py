@@ -120,6 +120,8 @@ def test_bad_model_path_stops_the_run_in_one_line(tmp_path, down):
     with pytest.raises(UserError, match=r"^llm.model is not a setting of llm=none"):
         make_backend({"name": "none", "model": "gpt"})
     assert make_backend({"name": "none", "max_attempts": 3}) is None
+    with pytest.raises(UserError, match=r"^llm.max_attempts=0 must be >= 1"):  # checked before any KG loads
+        make_backend({"name": "none", "max_attempts": 0})
     with pytest.raises(UserError, match=r"^llm.model=.*empty: transformers cannot load it"):
         describe_profiles([down], {"name": "hf", "model": str(tmp_path / "empty")}, None)
     # a device torch does not know, or cannot use here, is refused before any model loads

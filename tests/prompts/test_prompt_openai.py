@@ -60,6 +60,15 @@ def test_valid_answer_is_used_and_cached(server, llm, down, tmp_path):
     assert len(server.requests) == 2 and "response_format" not in server.requests[1]["body"]
 
 
+def test_an_answer_the_cache_cannot_keep_is_still_used(server, llm, down, tmp_path, caplog):
+    # a cache folder that cannot be written (here a file stands where the llm entries go; read-only or full alike)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "llm").write_text("not a folder", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="kgface.prompts.descriptions"):
+        d = describe_profiles([down], llm, Cache(tmp_path / "cache"))[down.disease_id]
+    assert d.source == "llm" and len(server.requests) == 1 and "cannot cache the LLM answer" in caplog.text
+
+
 def test_cache_invalidation(server, llm, down, tmp_path):
     cache = Cache(tmp_path / "cache")
     asked = []  # the server's request count after each call: a new request is a cache miss
@@ -265,9 +274,9 @@ def test_misconfiguration_stops_the_run_in_one_line(server, llm, down, acne, mon
     assert message.endswith("x...") and len(message) < 600  # the body's first 200 characters only
 
 
-def test_a_400_about_one_request_falls_back_for_that_disease_only(server, good, llm, down, acne):
-    # a 400 once the server has answered this run, or one saying the prompt is too long for the model's context
-    # (each schema retry makes the conversation longer), is about that request: the run goes on
+def test_a_400_about_one_request_falls_back_for_that_disease_only(server, good, llm, down, acne, tmp_path):
+    # a 400 once the server has answered these settings is about that request (a schema retry's conversation
+    # grown past the model's context, a content filter): the run goes on
     server.script = [good(), (400, {}, '{"error": "bad request"}')]
     out = describe_profiles([down, acne], llm, None)
     assert out[down.disease_id].source == "llm" and out[acne.disease_id].source == "template"
@@ -277,6 +286,14 @@ def test_a_400_about_one_request_falls_back_for_that_disease_only(server, good, 
     server.script = ["not json", (400, {}, "This model's maximum context length is 4096 tokens"), good()]
     out = describe_profiles([acne, down], llm, None)  # acne's retry (its conversation grown) is too long
     assert [out[d.disease_id].source for d in (acne, down)] == ["template", "llm"] and len(server.requests) == 3
+    # an answer of these settings from the cache counts too: the rerun falls back where the first run did, rather
+    # than stopping at acne, now its first live request
+    server.script = [good(), (400, {}, '{"error": "content filter"}')]
+    describe_profiles([down, acne], llm, Cache(tmp_path / "cache"))
+    server.requests.clear()
+    server.script = [(400, {}, '{"error": "content filter"}')]
+    out = describe_profiles([down, acne], llm, Cache(tmp_path / "cache"))
+    assert [out[d.disease_id].source for d in (down, acne)] == ["llm", "template"] and len(server.requests) == 1
     # ... but a first request too long for the model is a setting (llm.max_tokens, the model's window): it stops
     server.script = [(400, {}, "This model's maximum context length is 4096 tokens")]
     with pytest.raises(UserError, match="HTTP 400"):
