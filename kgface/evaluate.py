@@ -23,7 +23,7 @@ from .evaluation.sets import check_generated
 from .evaluation.validity import real_test_rows
 from .evaluation.learned_profiles import earlier_learned_note, learn_and_write
 from .run_files import check_output_dir, heldout_of, is_baselines_generator, load_profiles_json, run_file
-from .runtime import load_profiles, make_cache
+from .runtime import check_run_kg, load_profiles, make_cache
 
 
 def judged_profiles(cfg: DictConfig, run_dir: Path | None, diseases: list[str], cache) -> list:
@@ -37,6 +37,10 @@ def judged_profiles(cfg: DictConfig, run_dir: Path | None, diseases: list[str], 
     if run_dir is not None and run_file(run_dir, "profiles.json") is not None:
         own = {p.disease_id: p for p in load_profiles_json(run_dir)}
     missing = [d for d in diseases if d not in own]
+    config = run_file(run_dir, "config.yaml") if run_dir is not None and missing else None
+    run_cfg = OmegaConf.load(config) if config is not None else None
+    if run_cfg is not None and run_cfg.get("kg") is not None:  # the rest come from this config's kg=: another
+        check_run_kg(cfg, run_cfg)  # source than the run's is refused, other files said
     rest = [p for p in load_profiles(cfg, missing, cache) if p.disease_id not in own] if missing else []
     return [own[d] for d in diseases if d in own] + rest
 
@@ -109,8 +113,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         check_evaluator_unset(cfg)  # before OUT's earlier report is touched
     cache = make_cache(cfg)
     check_output_dir(out_dir, "the evaluation", ("trial.csv",))  # an earlier evaluation in OUT is replaced
-    # OUT holding an earlier report: until this one writes its own metrics.json (last), no finished report is there
-    (out_dir / "metrics.json").unlink(missing_ok=True)
     real = read_manifest(cfg.real, source="real")[0] if cfg.get("real") else None
     gen = read_manifest(cfg.generated, source="generated")[0] if cfg.get("generated") else None
     diseases = set()
@@ -134,6 +136,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             refuse_unknown_labels(classes, test["disease"], set_name(real, "real set"), test["path"])
             if gen is not None:
                 check_generated(classes, gen, profiles)
+    # the inputs passed (a refused call leaves an earlier report whole): until this one writes its own metrics.json
+    # (last), no finished report is in OUT
+    (out_dir / "metrics.json").unlink(missing_ok=True)
+    if run_dir is None:
         evaluator = fit_evaluator(cfg.evaluator, cfg.real, profiles, cache, progress=bool(cfg.get("progress", True)))
     # photo manifests carry no heldout column: the run's data.json says which were held out
     heldout, atlas = (heldout_of(run_dir), trained_atlas(run_dir)) if run_dir is not None else (None, None)

@@ -51,6 +51,28 @@ def check_output_dir(out_dir: Path, job: str, marks: tuple[str, ...]) -> None:
                         f"{job} would replace; write {job} to another hydra.run.dir")
 
 
+# what the other jobs leave in their OUT (kgface.generate, kgface.dataset, kgface.trial); an evaluation leaves
+# metrics.json and report.md without the config.yaml a train run writes first
+OTHER_JOB_MARKS = ("generation.json", "dataset.json", "trial.csv", "trial.json")
+
+
+def check_train_output_dir(out_dir: Path) -> None:
+    """kgface.train is about to reset OUT=hydra.run.dir (its last metrics, evaluator, generator and samples): only an
+    empty folder or an earlier train run's may be reset; another job's output, or a folder inside another train run
+    (RUN/evaluation, a baselines run's generator subfolder), is refused before anything is removed."""
+    out_dir = Path(out_dir)
+    held = [name for name in OTHER_JOB_MARKS if (out_dir / name).exists()]
+    if (out_dir / "metrics.json").is_file() and not (out_dir / "config.yaml").is_file():
+        held.append("metrics.json of an evaluation")
+    if held:
+        raise UserError(f"hydra.run.dir={out_dir} holds another kgface output ({', '.join(held)}), which the train "
+                        "run would partly delete; train into another hydra.run.dir")
+    run = enclosing_run(out_dir)
+    if run is not None and run != out_dir.resolve():
+        raise UserError(f"hydra.run.dir={out_dir} lies in the kgface.train run {run}, whose files the train run "
+                        "could replace; train into another hydra.run.dir")
+
+
 def check_replaced_entries(out_dir: Path, job: str, replaced: tuple[str, ...], own_marks: tuple[str, ...],
                            inputs: tuple = ()) -> None:
     """`job` replaces the `replaced` entries of OUT as an earlier run of itself left them: refused where one is there

@@ -17,6 +17,7 @@ from .cache import atomic_path, remove_path, write_json_atomic, write_text_atomi
 from .config import container, entry, heldout_diseases
 from .errors import UserError
 from .run_checks import atlas_share_of, mark_weight_of, preflight
+from .run_files import check_train_output_dir
 from .run_measure import draw_and_measure, validation_grids
 from .run_report import plot_loss, write_run_report
 from .runtime import KG_FILE_KEYS, make_cache, profile_source
@@ -72,6 +73,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.trainer import resume_checkpoint
 
     preflight(cfg)  # settings that cannot work fail now, not after the data, VAE and evaluator are built
+    check_train_output_dir(out_dir)  # another job's folder is not reset below
     modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
     generator_dirs = [out_dir] if len(modes) == 1 else [out_dir / m for m in modes]
     # ... and a rerun that cannot resume, before it removes anything of the last run. A folder continues its own

@@ -149,6 +149,26 @@ def test_one_seed_trains_the_same_weights_in_two_processes(tmp_path):
     assert (runs[0] / "samples/grid.png").read_bytes() == (runs[1] / "samples/grid.png").read_bytes()
 
 
+def test_another_jobs_folder_is_not_reset_by_a_train_run(tmp_path, capsys):
+    # a train run resets its OUT (metrics.json, evaluator, report, samples): pointed at an evaluation, a trial or a
+    # folder inside a run, it refuses before removing anything
+    from kgface.train import main
+
+    evaluation, trial, run = tmp_path / "evaluation", tmp_path / "trial", tmp_path / "run"
+    for folder, files in ((evaluation, ("metrics.json", "report.md")), (trial, ("trial.csv", "report.md")),
+                          (run, ("data.json", "profiles.json", "config.yaml"))):
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("{}", encoding="utf-8")
+    for out, words in ((evaluation, "holds another kgface output (metrics.json of an evaluation)"),
+                       (trial, "holds another kgface output (trial.csv)"),
+                       (run / "evaluation", f"lies in the kgface.train run {run.resolve()}")):
+        with pytest.raises(SystemExit) as info:
+            main(MICRO + [f"hydra.run.dir={out}"])
+        assert info.value.code == 2 and words in capsys.readouterr().err
+    assert (evaluation / "metrics.json").is_file() and (trial / "report.md").is_file()
+
+
 def test_bad_overrides_are_clear_errors(tmp_path, capsys):
     from kgface.train import main
 
@@ -170,6 +190,7 @@ def test_bad_overrides_are_clear_errors(tmp_path, capsys):
     # of a whole run) does not stay beside the new config
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "metrics.json").write_text("{}")
+    (tmp_path / "e" / "config.yaml").write_text("seed: 0\n")  # a train run's (an evaluation's folder is refused)
     # ... nor its generator, samples, report or data.json, which `run=OUT` would load under the new config (they
     # stayed until the new generator began to train, minutes later); its checkpoints stay for trainer.resume
     old = ["model/x", "encoder/x", "adapter.safetensors", "samples/grid.png", "report.md", "data.json", "loss.png",

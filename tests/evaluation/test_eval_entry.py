@@ -286,7 +286,7 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad_manifest.csv:2: image 'images/missing.png' does not exist" in err[0]
     assert "give real= another manifest" in err[0]  # the override this entry takes, not the data config's key
-    assert not (tmp_path / "o" / "metrics.json").exists()  # nothing that looks finished
+    assert (tmp_path / "o" / "metrics.json").is_file()  # a refused call leaves the earlier report as it was
     for held in ("data.json", "model"):  # into a train run's folder, or a baselines generator's: its numbers stay
         run = tmp_path / f"run_{held.split('.')[0]}"
         (run / "kg").mkdir(parents=True)
@@ -343,7 +343,7 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "profiles.json: not a kgface profiles file" in err[0]
     # a generated set that is only a header, and one requesting a disease the evaluator was not trained on: one
-    # line each, exit 2, no metrics.json
+    # line each, exit 2, no new metrics.json (o6's earlier one stays as it was)
     header_only = tmp_path / "header_only.csv"
     header_only.write_text(",".join(df.columns) + "\n")
     gen = pd.read_csv(generated_manifest(tiny_data, tmp_path), dtype=str, keep_default_na=False)
@@ -358,7 +358,7 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
                   f"hydra.run.dir={tmp_path / name}"])
         err = capsys.readouterr().err.strip().splitlines()
         assert exc.value.code == 2 and len(err) == 1 and says in err[0], err
-        assert not (tmp_path / name / "metrics.json").exists()
+        assert (tmp_path / name / "metrics.json").exists() == (name == "o6")
 
 
 def test_evaluator_never_imports_the_generator():
@@ -584,6 +584,23 @@ def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baseline
     (run_dir / "samples").mkdir()
     with pytest.raises(EvaluatorInputError, match="no evaluator.json there"):
         load_evaluator(run_dir / "samples")
+
+
+def test_diseases_a_run_lacks_are_built_only_from_the_runs_kind_of_graph(tiny_profiles, tmp_path):
+    # a primekg run's set with a disease the run never knew: the default kg=hpo would build it from another graph
+    from kgface.config import compose
+    from kgface.evaluate import judged_profiles
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("kg: {source: primekg, path: /data/kg.csv}\n")
+    (run_dir / "profiles.json").write_text(json.dumps({"schema": "kgface.profiles/1", "kg": "primekg",
+                                                       "profiles": [p.to_dict() for p in tiny_profiles[:1]]}))
+    cfg = compose("evaluate", [f"run={run_dir}", "generated=x.csv"])
+    assert [p.disease_id for p in judged_profiles(cfg, run_dir, [tiny_profiles[0].disease_id], None)] == \
+        [tiny_profiles[0].disease_id]  # all the run's own: no graph is read
+    with pytest.raises(UserError, match=r"kg=hpo but run=.* was trained with kg=primekg; set kg=primekg"):
+        judged_profiles(cfg, run_dir, [p.disease_id for p in tiny_profiles[:2]], None)
 
 
 def test_set_errors_name_the_manifest_and_its_first_bad_row(tiny_evaluator, tiny_data, tiny_cfg, tiny_profiles,
