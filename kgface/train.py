@@ -190,21 +190,24 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 # bump when training_setup hashes differently: an older record then resumes unchecked, with a warning. 3: the
 # model's schedule.timestep_spacing left out (the ladder only samples); the kg_shuffled control recorded as
-# itself (it trained as kg, so its rerun's resume check refused it)
-SETUP_VERSION = 3
+# itself (it trained as kg, so its rerun's resume check refused it). 4: what the trainer feeds (observed_phenotypes,
+# atlas_share, mark_weight) and, for text prompts, the LLM settings their sentences come from
+SETUP_VERSION = 4
+REGIME_KEYS = ("observed_phenotypes", "atlas_share", "mark_weight")  # trainer.* that change what is learned
 
 
 def training_setup(cfg: DictConfig, mode: str) -> dict:
     """What a generator trains on, a hash per config group, recorded in every checkpoint and compared on resume:
-    conditioning, seed, data, knowledge graph, encoder (KG conditionings only), profile source and the model (but
+    conditioning, seed, data, knowledge graph, encoder (KG conditionings only), profile source, the model (but
     for its sampling settings, rate, gradient checkpointing and base folder path, none of which changes what is
-    learned, and which may change between a kill and a resume). Files count by what they hold, not by the path
-    they were named by: text models by their files, a learned profile table by its bytes, a data folder by its
-    absolute path."""
+    learned, and which may change between a kill and a resume), the trainer's REGIME_KEYS (what each step is fed;
+    steps, rates and the rest may change) and, for text prompts, the LLM settings that wrote their sentences. Files
+    count by what they hold, not by the path they were named by: text models by their files, a learned profile table
+    by its bytes, a data folder by its absolute path."""
     import os
 
     from .cache import file_fingerprint, stable_hash
-    from .diffusion.conditioning import CONTROL, KG_MODES
+    from .diffusion.conditioning import CONTROL, KG_MODES, TEXT_MODES
     from .runtime import learned_table
 
     def absolute(value):
@@ -235,6 +238,14 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
         encoder = {k: v for k, v in encoder_cfg.items() if k != "text_model"}
         encoder["text_model_files"] = _text_model_files(encoder_cfg.get("text_model"))
         setup["encoder"] = stable_hash(encoder)
+    trainer = container(cfg.trainer) or {}
+    setup["trainer"] = stable_hash({k: trainer.get(k) for k in REGIME_KEYS})
+    if mode in TEXT_MODES:  # llm=none's template sentences or a model's (its name, url or files, sampling)
+        from .prompts.backends import make_backend
+
+        backend = make_backend(container(cfg.get("llm")) or {})
+        setup["llm"] = stable_hash({"name": "none"} if backend is None else
+                                   {"name": backend.name, "model": backend.model, "params": backend.params()})
     return setup
 
 

@@ -253,9 +253,12 @@ def test_a_checkpoint_resumes_only_the_training_it_was_part_of(evaluated_run, tm
     run = tmp_path / "run"
     shutil.copytree(evaluated_run, run)
     state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text())
-    assert set(state["setup"]) == {"version", "conditioning", "seed", "data", "kg", "encoder", "profile", "model"}
+    assert set(state["setup"]) == {"version", "conditioning", "seed", "data", "kg", "encoder", "profile", "model",
+                                   "trainer"}
     for override, words in (("seed=1", "(seed differ"), ("conditioning=text", "(conditioning differ"),
-                            ("data.heldout=[]", "(data.* differ")):
+                            ("data.heldout=[]", "(data.* differ"),
+                            ("trainer.mark_weight=1.0",
+                             "(trainer.observed_phenotypes / atlas_share / mark_weight differ")):
         with pytest.raises(SystemExit) as info:
             main(list(MICRO) + ["trainer.resume=latest", "trainer.steps=6", override, f"hydra.run.dir={run}"])
         err = capsys.readouterr().err
@@ -300,6 +303,16 @@ def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp
     assert "encoder" not in training_setup(wider, "text") and "encoder" not in training_setup(wider, "class")
     assert training_setup(wider, "text") == training_setup(compose("train", MICRO), "text")
     assert training_setup(wider, "kg_shuffled")["encoder"] == training_setup(wider, "kg")["encoder"]
+    # what each step is fed (trainer.observed_phenotypes, ...) counts; steps and rates do not; text prompts' LLM
+    # counts for the conditionings that read them, by what shapes its answers (not its timeouts)
+    for override in ("trainer.observed_phenotypes=true", "trainer.mark_weight=2.0"):
+        assert training_setup(compose("train", MICRO + [override]), "kg")["trainer"] != base["trainer"], override
+    assert training_setup(compose("train", MICRO + ["trainer.steps=9", "trainer.lr=1e-5"]), "kg") == base
+    openai = ["llm=openai", "llm.model=m", "llm.base_url=http://127.0.0.1:9/v1"]
+    text = training_setup(compose("train", MICRO + openai), "text")
+    assert text["llm"] != training_setup(compose("train", MICRO), "text")["llm"]
+    assert training_setup(compose("train", MICRO + openai + ["llm.timeout_s=5"]), "text") == text
+    assert "llm" not in training_setup(compose("train", MICRO + openai), "kg")
     (tmp_path / "faces").mkdir()
     monkeypatch.chdir(tmp_path)
     named = {}
