@@ -112,12 +112,13 @@ SET_FILES = ("manifest.csv", "images", "sources", "strips", "grid.png", "generat
 def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: torch.Tensor, summary: dict) -> Path:
     """Write into a staging folder, then move it in: OUT never holds a half-written set."""
     from .data.manifest import write_manifest
+    from .diffusion.requests import file_safe
 
     with staging_folder(out_dir, ".generate-") as staging:
         (staging / "images").mkdir()
         rows, sources = [], {}
         for i, (it, img) in enumerate(zip(items, images)):
-            tag = it.row["disease"].replace(":", "_")
+            tag = file_safe(it.row["disease"])  # an RDF disease's id may be a whole IRI, slashes and all
             src = f"_{it.source_name}" if it.source_name else ""
             rel = f"images/{i:04d}_{tag}_s{it.row['severity']:g}_seed{it.row['seed']}{src}.png"
             to_pil(img).save(staging / rel)

@@ -8,7 +8,7 @@ import os
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import as_eta, as_number, container
+from .config import as_eta, as_number, container, disease_list
 from .runtime import KG_FILE_KEYS
 from .errors import UserError
 
@@ -109,6 +109,10 @@ def preflight(cfg: DictConfig) -> None:
         if value is not None and value != OmegaConf.select(cfg, source):
             raise UserError(f"{key}={value} is not read: the run takes it from {source} "
                             f"({OmegaConf.select(cfg, source)}); set {source}={value} instead")
+    out_dim = OmegaConf.select(cfg, "encoder.out_dim")
+    if out_dim is not None:  # from_config replaced it by the UNet's width in silence
+        raise UserError(f"encoder.out_dim={out_dim} is not read: the KG tokens take the UNet's cross-attention width "
+                        "(the model's); leave encoder.out_dim null")
     modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
     # a typo in an encoder key was dropped, minutes later, by from_config (text and class runs never read them)
     if cfg.get("encoder") is not None and any(m in (*KG_MODES, CONTROL) for m in modes):
@@ -130,7 +134,7 @@ def preflight(cfg: DictConfig) -> None:
     llm = container(cfg.llm) or {}
     make_backend(llm)  # llm=openai without llm.model, an unknown llm.* key: refused before the run folder is written
     if CONTROL in modes:  # the control swaps phenotypes between diseases: with one, it would be kg itself
-        listed = cfg.data.get("diseases")
+        listed = disease_list(cfg.data.get("diseases"), "data.diseases")  # one id is a list of one, not its letters
         if listed is None and cfg.kg.get("panel") is not None:
             listed = [p if isinstance(p, str) else p.get("id") for p in cfg.kg.panel]
         if listed is not None and sum(str(d).strip().lower() != "healthy" for d in listed) < 2:

@@ -50,9 +50,13 @@ def make_cache(cfg: DictConfig) -> Cache:
 def load_knowledge(cfg: DictConfig, cache: Cache | None = None, progress: bool = True
                    ) -> tuple[KnowledgeGraph, VisibleCatalog]:
     k = cfg.kg
-    data_dir = Path(k.kg_data_dir) if k.get("kg_data_dir") else kg_data_dir()
-    kg = load_kg(k.source, path=k.get("path"), features=k.get("features"), kg_data_dir=data_dir,
-                 obo_path=k.get("obo_path"), hpoa_path=k.get("hpoa_path"), cache=cache, progress=progress)
+
+    def path(key):  # ~ as in every other path setting (kgface.train's preflight made these absolute, no other job)
+        return Path(str(k.get(key))).expanduser() if k.get(key) not in (None, "") else None
+
+    data_dir = path("kg_data_dir") or kg_data_dir()
+    kg = load_kg(k.source, path=path("path"), features=path("features"), kg_data_dir=data_dir,
+                 obo_path=path("obo_path"), hpoa_path=path("hpoa_path"), cache=cache, progress=progress)
     return kg, VisibleCatalog.load(data_dir)
 
 
@@ -205,5 +209,9 @@ def torch_device(name):
         raise UserError(f"device={name} is not a torch device; use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name}: this torch sees no CUDA GPU; use device=cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        # torch accepts cuda:3 on a one-GPU machine and fails at the first .to() with a traceback
+        raise UserError(f"device={name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+                        f"cuda:{torch.cuda.device_count() - 1}; use one of them")
     return device
 

@@ -628,3 +628,35 @@ def test_the_kg_of_a_generate_call_is_checked_against_the_runs(tmp_path, caplog)
     with caplog.at_level("WARNING"):
         check_run_kg(compose("generate", ["run=R"]), hpo)
     assert caplog.text == ""
+
+
+def test_a_gpu_number_the_machine_lacks_is_a_one_line_error(monkeypatch):
+    # torch.device("cuda:3") is accepted on a one-GPU machine; the first .to() failed with a traceback
+    import torch
+
+    from kgface.errors import UserError
+    from kgface.runtime import torch_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert torch_device("cuda:0") == torch.device("cuda:0") and torch_device("cuda") == torch.device("cuda")
+    with pytest.raises(UserError, match=r"^device=cuda:1: this machine has 1 GPU\(s\), cuda:0 to cuda:0; use one"):
+        torch_device("cuda:1")
+
+
+def test_an_image_of_a_disease_whose_id_holds_slashes_is_written(tmp_path):
+    # an RDF disease without kgf:curie is known by its IRI: the '/' made a folder path and the save failed after
+    # all the sampling
+    import torch
+    from omegaconf import OmegaConf
+
+    from kgface.data.manifest import read_manifest
+    from kgface.diffusion.requests import Item
+    from kgface.generate import write_outputs
+
+    row = {"identity": "seed-0", "disease": "http://ex.org/d/1", "stage": 3, "severity": 3.0, "split": "test",
+           "source": "generated", "phenotypes": "{}", "seed": 0}
+    out = write_outputs(tmp_path / "set", OmegaConf.create({"mode": "sample", "grid": False}),
+                        [Item(None, row, "g")], torch.zeros(1, 3, 8, 8, dtype=torch.uint8), {"run": "r"})
+    (path,) = read_manifest(out, source="generated")[0]["path"]
+    assert path == "images/0000_http_ex.org_d_1_s3_seed0.png" and (tmp_path / "set" / path).is_file()

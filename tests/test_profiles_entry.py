@@ -100,3 +100,18 @@ def test_primekg_without_path_is_a_clear_cli_error(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == \
         "kgface.profiles: error: kg=primekg needs a file: set kg.path=/path/to/kg.csv"
+
+
+def test_kg_paths_expand_the_home_folder_in_every_job(tmp_path, monkeypatch):
+    # kgface.train's preflight expanded ~ in kg.* paths; profiles, describe, dataset and evaluate read them as given
+    import shutil
+
+    from kgface.config import compose
+    from kgface.resources import kg_data_dir
+    from kgface.runtime import load_knowledge, make_cache
+
+    shutil.copytree(kg_data_dir(), tmp_path / "kgd")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = compose("profiles", ["kg.kg_data_dir='~/kgd'"])
+    kg, catalog = load_knowledge(cfg, make_cache(cfg), progress=False)
+    assert kg.stats["supplement_edges"] > 0 and len(catalog.entries) > 0

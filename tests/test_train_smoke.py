@@ -538,6 +538,9 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
     with pytest.raises(UserError, match=r"^baselines=kg_shuffled needs at least 2 diseases"):  # before any training
         preflight(compose("train", MICRO + ["experiment=baselines", "baselines=[kg,kg_shuffled]",
                                             "data.diseases=[MONDO:0011438,healthy]"]))
+    with pytest.raises(UserError, match=r"^baselines=kg_shuffled needs at least 2 diseases .* lists 1\)"):
+        preflight(compose("train", MICRO + ["experiment=baselines", "baselines=[kg,kg_shuffled]",
+                                            "data.diseases=MONDO:0011438"]))  # one id, not its 13 letters
     for bad, words in (("trainer.mixed_precision=fp8", "trainer.mixed_precision=fp8 is unknown"),
                        ("trainer.log_every=0", "trainer.log_every=0: a whole number >= 1"),
                        ("trainer.grad_accum=0", "trainer.grad_accum=0: a whole number >= 1"),
@@ -550,6 +553,7 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
                        # one seed per run and one token count for encoder and adapter: a copy's override was replaced
                        ("+trainer.seed=3", "trainer.seed=3 is not read: the run takes it from seed (0)"),
                        ("+encoder.num_tokens=5", "encoder.num_tokens=5 is not read: the run takes it from model.num"),
+                       ("encoder.out_dim=256", "encoder.out_dim=256 is not read: the KG tokens take the UNet's"),
                        # a typo trained with the default, silently (from_pretrained refuses unknown keys)
                        ("+encoder.hiden=512", "encoder.hiden is not a setting of the KG encoder; use one of"),
                        # guidance dropout's shares are disjoint slices of one draw: past 1 they would overlap

@@ -110,7 +110,7 @@ def _severities(cfg: DictConfig, profile) -> list[float]:
     return [severity_from_count(int(round(n))) for n in counts]
 
 
-def _file_safe(text: str) -> str:
+def file_safe(text: str) -> str:
     """An identity usable as a file name (strips and grid rows are named by it)."""
     import re
 
@@ -193,10 +193,10 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
                 else _severities(cfg, p))
         sources = [(path, ident, prepare_image(path, size)) for path, ident in input_files(cfg.input)] \
             if cfg.input else [(None, None, None)]
-        repeated = len({_file_safe(str(ident)) for _, ident, _ in sources}) < len(sources)  # as the files are named
+        repeated = len({file_safe(str(ident)) for _, ident, _ in sources}) < len(sources)  # as the files are named
         for k, (path, ident, img) in enumerate(sources):
             # one strip per input image: inputs sharing an identity (a person at several stages) keep their own strip
-            name = _file_safe(f"{k:03d}_{ident}" if repeated else ident) if path else ""
+            name = file_safe(f"{k:03d}_{ident}" if repeated else ident) if path else ""
             for seed in seeds:
                 group = f"{name}_seed{seed}" if path else f"seed{seed}"
                 for s in ramp:  # the same seed = the same noise for every frame: only the condition changes
