@@ -284,6 +284,8 @@ class OpenAIBackend:
                 # raised while reading the response (urllib wraps only errors of sending): a dropped connection
                 # (RemoteDisconnected, ConnectionResetError), a cut body (IncompleteRead), a garbled status line
                 problem = f"connection to {self.url} failed while reading the answer ({exc.__class__.__name__})"
+            except OSError as exc:  # any other transport failure (ssl.SSLError mid-read): retried, not a traceback
+                problem = f"connection to {self.url} failed ({exc.__class__.__name__})"
             except (KeyError, IndexError, TypeError, ValueError) as exc:  # the type only: never a header's value
                 raise LLMError(f"{self.url} answered without choices[0].message.content ({type(exc).__name__}); "
                                "is it an OpenAI-compatible chat-completions server?") from None

@@ -16,7 +16,7 @@ from kgface.kg.profiles import FacialProfile
 
 from .backends import LLMError, _setting, make_backend
 from .builder import build_messages, profile_hash, retry_message, template_hash
-from .schema import StageDescriptions, StageText, dump_descriptions, parse_answer
+from .schema import StageDescriptions, StageText, dump_descriptions, parse_answer, strip_thinking
 from .wording import N_STAGES, negative_prompt, stage_phenotypes, template_description
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ def describe_profile(profile: FacialProfile, backend, cache: Cache | None, max_a
             answer = parse_answer(raw, profile)
         except ValueError as exc:
             errors.append(str(exc))
-            messages = messages + [{"role": "assistant", "content": raw[:MAX_ECHO_CHARS]}, retry_message(str(exc))]
+            # the answer it gave, without the thinking (a reasoning model's 2,000 characters were all <think>)
+            echo = strip_thinking(raw)[:MAX_ECHO_CHARS]
+            messages = messages + [{"role": "assistant", "content": echo}, retry_message(str(exc))]
             reason = f"no valid answer in {attempts} attempt(s); last error: {exc}"
             continue
         result = StageDescriptions(disease_id=profile.disease_id, name=profile.name, source="llm",

@@ -115,6 +115,11 @@ def answer_json_schema() -> dict:
     return LLMAnswer.model_json_schema()
 
 
+def strip_thinking(text: str) -> str:
+    """A reply without its <think>...</think> blocks (and anything before a lone </think>)."""
+    return re.split(r"</think>", _THINKING.sub("", text), flags=re.I)[-1].strip()
+
+
 def extract_json(text: str) -> str:
     """The JSON object inside an LLM reply: small models wrap it in ``` fences, add a sentence around it (which
     may hold braces of its own) or think aloud first (<think>...</think>, kept by tokenizers that do not mark those
@@ -123,8 +128,7 @@ def extract_json(text: str) -> str:
     ``` fence and in the whole reply; two different such objects are refused (which one the model meant is a
     guess: the error goes back to it). Without one, everything from the first { to the last } of the first fence
     (of the reply, without one), for pydantic to say what is wrong."""
-    text = _THINKING.sub("", text)
-    text = re.split(r"</think>", text, flags=re.I)[-1].strip()
+    text = strip_thinking(text)
     fences = [f.strip() for f in re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.S)]
     decoder = json.JSONDecoder()
     found: dict[str, str] = {}  # canonical JSON -> the text as written (one answer repeated is one answer)
@@ -251,11 +255,18 @@ def dump_descriptions(descriptions: dict[str, StageDescriptions]) -> dict:
 
 def load_descriptions(source) -> dict[str, StageDescriptions]:
     """descriptions.json (a path, or its parsed content) -> {disease_id: StageDescriptions}."""
-    try:
-        data = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:  # named: called directly, the decoder's message named no file
-        raise ValueError(f"{source}: not readable JSON ({exc.msg} at line {exc.lineno}); rerun python -m "
-                         "kgface.describe") from None
+    if isinstance(source, dict):
+        data, source = source, "the descriptions"  # errors name the data, not print all of it
+    else:
+        try:
+            data = json.loads(Path(source).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:  # named: called directly, the decoder's message named no file
+            raise ValueError(f"{source}: not readable JSON ({exc.msg} at line {exc.lineno}); rerun python -m "
+                             "kgface.describe") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{source}: not UTF-8 text; rerun python -m kgface.describe") from None
+        except OSError as exc:
+            raise ValueError(f"{source}: cannot read ({exc.strerror or type(exc).__name__})") from None
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema != DESCRIPTIONS_SCHEMA or not isinstance(data.get("diseases"), dict):
         raise ValueError(f"{source}: not a descriptions file (schema {schema!r}, expected {DESCRIPTIONS_SCHEMA}, "

@@ -133,6 +133,10 @@ def test_malformed_json_is_retried_with_the_error(server, good, llm, down, tmp_p
     retry = server.requests[1]["body"]["messages"]
     assert [m["role"] for m in retry] == ["system", "user", "assistant", "user"]
     assert retry[2]["content"] == '{"stages": [ oops' and "rejected" in retry[3]["content"]
+    server.requests.clear()  # a reasoning model's thinking is not echoed back, its answer is
+    server.script = ["<think>" + "the eyes... " * 300 + '</think>\n{"stages": [ oops', good()]
+    describe_profiles([down], llm, None)
+    assert server.requests[1]["body"]["messages"][2]["content"] == '{"stages": [ oops'
 
 
 def test_wrong_ids_fall_back_to_template_and_are_not_cached(server, good, llm, down, tmp_path):
@@ -161,6 +165,27 @@ def test_500_retried_then_given_up(server, good, llm, down, tmp_path):
     d = describe_profiles([down], llm, None)[down.disease_id]
     assert d.source == "template" and d.fallback_reason.startswith("backend error: HTTP 500")
     assert "gave up after 3 tries" in d.fallback_reason and len(server.requests) == 6
+
+
+def test_a_transport_error_while_reading_is_retried(server, good, llm, down, monkeypatch):
+    # ssl.SSLError (an OSError, neither a ConnectionError nor an HTTPException) out of response.read() was a
+    # traceback: here the first read of the real server's answer fails so
+    import ssl
+
+    from kgface.prompts.backends import OpenAIBackend
+
+    real, calls = OpenAIBackend._post, []
+
+    def flaky(self, body, key):
+        calls.append(1)
+        out = real(self, body, key)
+        if len(calls) == 1:
+            raise ssl.SSLError("record layer failure")
+        return out
+
+    monkeypatch.setattr(OpenAIBackend, "_post", flaky)
+    server.script = [good(), good()]
+    assert describe_profiles([down], llm, None)[down.disease_id].source == "llm" and len(server.requests) == 2
 
 
 def test_client_error_is_not_retried(server, llm):

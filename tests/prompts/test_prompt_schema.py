@@ -88,8 +88,12 @@ def test_malformed_descriptions_files_are_refused_in_one_line(down, tmp_path):
             load_descriptions(bad)
     missing = json.loads(json.dumps(good))
     missing["diseases"][down.disease_id]["stages"].pop(2)
-    with pytest.raises(ValueError, match=r"with stages \[0, 1, 3\], not .* with stages 0..3"):
+    # parsed content is named, not printed whole
+    with pytest.raises(ValueError, match=r"^the descriptions: diseases\..*with stages \[0, 1, 3\], not .* stages 0..3"):
         load_descriptions(missing)
+    (tmp_path / "latin1.json").write_bytes('{"schema": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.json: not UTF-8 text"):
+        load_descriptions(tmp_path / "latin1.json")
     renamed = {"schema": good["schema"], "diseases": {"OMIM:000000": good["diseases"][down.disease_id]}}
     with pytest.raises(ValueError, match="diseases.OMIM:000000 holds"):
         load_descriptions(renamed)
