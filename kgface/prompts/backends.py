@@ -132,7 +132,7 @@ class OpenAIBackend:
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None,
                  timeout_s: float = 60.0, max_retries: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
                  max_retry_after_s: float = 300.0, min_interval_s: float = 0.0, temperature: float = 0.2,
-                 max_tokens: int = 1024, json_mode: bool = True):
+                 max_tokens: int = 1024, json_mode: bool = True, seed: int | None = None):
         base_url = _required("base_url", base_url, "the server's OpenAI-compatible URL, e.g. http://127.0.0.1:8000/v1")
         self.model = _required("model", model, "the server's model name, e.g. Qwen/Qwen2.5-7B-Instruct")
         parts = urllib.parse.urlsplit(base_url)
@@ -160,6 +160,9 @@ class OpenAIBackend:
         if not isinstance(json_mode, bool):
             raise UserError(f"llm.json_mode={json_mode!r}: use true or false")
         self.json_mode = json_mode
+        # sent as the request's seed (OpenAI, vLLM and llama.cpp sample by it; others ignore it): a fresh cache then
+        # asks for the same sentences at temperature > 0
+        self.seed = None if seed is None else _setting("seed", seed, int, 0)
         self._last_request = -float("inf")
         self._lock = threading.Lock()
         self._opener = urllib.request.build_opener(_NoRedirect)
@@ -170,7 +173,7 @@ class OpenAIBackend:
     def params(self) -> dict:
         """What shapes the answer (and so keys the cache); not the key, timeouts or retry policy."""
         return {"url": self.url, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "json_mode": self.json_mode}
+                "json_mode": self.json_mode, **({"seed": self.seed} if self.seed is not None else {})}
 
     def _warn_once(self, what: str, *args):
         if what not in self._warned:
@@ -244,6 +247,8 @@ class OpenAIBackend:
                    "max_tokens": self.max_tokens}
         if self.json_mode:
             payload["response_format"] = {"type": "json_object"}
+        if self.seed is not None:
+            payload["seed"] = self.seed
         body = json.dumps(payload).encode("utf-8")
         problem = ""
         for attempt in range(self.max_retries + 1):

@@ -19,7 +19,7 @@ SECRET = "sk-test-0123456789-do-not-log"
 def llm(server):
     return {"name": "openai", "base_url": server.base_url, "model": "fake-7b", "api_key_env": "KGFACE_TEST_KEY",
             "timeout_s": 0.3, "max_retries": 2, "backoff_s": 0.01, "max_backoff_s": 0.5, "min_interval_s": 0.0,
-            "temperature": 0.0, "max_tokens": 256, "json_mode": True, "max_attempts": 3}
+            "temperature": 0.0, "max_tokens": 256, "json_mode": True, "max_attempts": 3, "seed": 7}
 
 
 @pytest.fixture
@@ -50,14 +50,15 @@ def test_valid_answer_is_used_and_cached(server, llm, down, tmp_path):
     assert req["path"] == "/v1/chat/completions" and req["body"]["model"] == "fake-7b"
     assert req["body"]["response_format"] == {"type": "json_object"}
     # the generation settings the cache key names are the ones sent (not the server's defaults)
-    assert req["body"]["temperature"] == 0.0 and req["body"]["max_tokens"] == 256
+    assert req["body"]["temperature"] == 0.0 and req["body"]["max_tokens"] == 256 and req["body"]["seed"] == 7
     assert req["body"]["messages"] == build_messages(down)
     # a second run reads the cache: no request
     again = describe_profiles([down], llm, Cache(tmp_path / "cache"))[down.disease_id]
     assert again == d and len(server.requests) == 1
     # llm.json_mode=false (servers without response_format, as the 400 error advises): the field is not sent
-    describe_profiles([down], {**llm, "json_mode": False}, Cache(tmp_path / "cache"))
+    describe_profiles([down], {**llm, "json_mode": False, "seed": None}, Cache(tmp_path / "cache"))
     assert len(server.requests) == 2 and "response_format" not in server.requests[1]["body"]
+    assert "seed" not in server.requests[1]["body"]  # llm.seed=null: not sent
 
 
 def test_an_answer_the_cache_cannot_keep_is_still_used(server, llm, down, tmp_path, caplog):
