@@ -414,11 +414,14 @@ class HFBackend:
     def complete(self, messages: list[dict]) -> str:
         new = self.generate_ids(messages)
         self.answered += 1
-        if len(new) >= self.max_new_tokens and new[-1] not in self._stop_ids():
+        text = self._tokenizer.decode(new, skip_special_tokens=True)
+        if len(new) >= self.max_new_tokens and new[-1] not in self._stop_ids() and not _opens_whole_object(text):
             # the twin of the server's finish_reason=length: a cut JSON answer, and the same limit cuts it again
+            # (a whole object that the model talked past, its end-of-turn token unknown to the generation config,
+            # is an answer: the schema judges it)
             raise AnswerCutOff(f"the answer was cut off at llm.max_new_tokens={self.max_new_tokens} tokens "
                                "(no end-of-sequence token); raise llm.max_new_tokens")
-        return self._tokenizer.decode(new, skip_special_tokens=True)
+        return text
 
     def generate_ids(self, messages: list[dict]) -> list[int]:
         """The answer's token ids (seeded; greedy at temperature 0)."""
@@ -454,6 +457,18 @@ class HFBackend:
         for value in (getattr(self._lm.generation_config, "eos_token_id", None), self._tokenizer.eos_token_id):
             ids.update(v for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None)
         return ids
+
+
+def _opens_whole_object(text: str) -> bool:
+    """Whether the reply's first JSON object (after any thinking) is complete."""
+    from .schema import strip_thinking
+
+    text = strip_thinking(text)
+    start = text.find("{")
+    try:
+        return start >= 0 and bool(json.JSONDecoder().raw_decode(text, start))
+    except ValueError:
+        return False
 
 
 BACKENDS = {"openai": OpenAIBackend, "hf": HFBackend}

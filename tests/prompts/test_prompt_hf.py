@@ -67,6 +67,17 @@ def test_an_answer_cut_off_at_max_new_tokens_says_so_and_is_not_retried(tmp_path
     d = describe_profiles([down], llm, Cache(tmp_path / "cache"))[down.disease_id]
     assert d.source == "template" and d.attempts == 1 and not d.errors
     assert d.fallback_reason.startswith("backend error: the answer was cut off at llm.max_new_tokens=12")
+    # a whole answer the model talked past (its end-of-turn token unknown to the generation config) is no cut:
+    # the real tokenizer's ids of such a reply, as generate would return them
+    tok = backend._tokenizer
+    reply = '{"stages": [{"stage": 0}]} a face with upward-slanting eyes a face with upward-slanting eyes'
+    ids = tok(reply, add_special_tokens=False)["input_ids"][:12]
+    backend.generate_ids = lambda messages: ids
+    assert backend.complete([{"role": "user", "content": "describe a face"}]).startswith('{"stages": [{"stage": 0}]}')
+    backend.generate_ids = lambda messages: ids[:5]  # ... but a cut object still is one
+    backend.max_new_tokens = 5
+    with pytest.raises(AnswerCutOff):
+        backend.complete([{"role": "user", "content": "describe a face"}])
 
 
 def test_a_request_past_the_models_positions_is_one_line(tmp_path, down):
