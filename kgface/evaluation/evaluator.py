@@ -150,7 +150,10 @@ class Evaluator:
                 (tmp / TRAINED_ON_FILE).write_text("".join(d + "\n" for d in self.trained_on), encoding="utf-8")
             write_json_atomic(tmp / "evaluator.json", {
                 "format": FORMAT, "config": self.cfg, "image_size": self.image_size, "classes": self.classes,
-                "phenotypes": self.phenotypes, "names": self.names, "info": self.info})
+                "phenotypes": self.phenotypes, "names": self.names, "info": self.info,
+                # what its heads' features were read with (null: CLIP's): compared on load, where it is rebuilt
+                # from open_clip's table of the day
+                "normalisation": _norm_record(getattr(self.model, "kgface_norm", None))})
         return Path(folder)
 
     @classmethod
@@ -184,6 +187,13 @@ class Evaluator:
                                       "the config its heads were fitted on (it changed); fit the evaluator again")
         model, tokenizer, image_size = build_clip(cfg, load_pretrained=cfg["name"] != "tiny_clip",
                                                   registered=registered)
+        if "normalisation" in meta and meta["normalisation"] != _norm_record(getattr(model, "kgface_norm", None)):
+            # another open_clip (a tag added with its own normalisation) or a folder from before a fix: the heads
+            # would read features off the ones they were fitted on
+            raise EvaluatorInputError(f"{meta_path}: its heads were fitted on images normalised with "
+                                      f"{meta['normalisation'] or 'CLIP mean/std'}, this open_clip gives evaluator."
+                                      f"model={cfg.get('model')} {_norm_record(model.kgface_norm) or 'CLIP mean/std'}"
+                                      "; fit the evaluator again")
         if cfg["name"] == "tiny_clip":
             model.load_state_dict(load_file(str(folder / "clip.safetensors")))
         model.eval()
@@ -195,6 +205,11 @@ class Evaluator:
                    scale=Standardizer.from_state(st, "scale"), probe=LinearProbe.from_state(st, "probe"),
                    coral=CoralHead.from_state(st, "coral"), heads=PhenotypeHeads.from_state(st, "heads"),
                    zs_text=st["zs_text"], info=meta.get("info", {}), trained_on=trained_on)
+
+
+def _norm_record(norm) -> list | None:
+    """An image normalisation (mean, std) as JSON writes it back (None: CLIP's)."""
+    return None if norm is None else [[round(float(v), 6) for v in part] for part in norm]
 
 
 def refuse_unknown_labels(classes: Sequence[str], diseases: Sequence[str], what: str = "set",

@@ -145,6 +145,13 @@ def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data,
         Evaluator.load(saved)
     config.write_text(json.dumps({"model_cfg": model_cfg}))
     Evaluator.load(saved)  # the same config again
+    # the normalisation its heads read images with is saved and compared (open_clip's table may change under it)
+    meta = json.loads((saved / "evaluator.json").read_text())
+    assert meta["normalisation"] is None  # this config names none: CLIP's
+    (saved / "evaluator.json").write_text(json.dumps({**meta, "normalisation": [[0.5] * 3, [0.5] * 3]}))
+    with pytest.raises(EvaluatorInputError, match=r"normalised with \[\[0.5, 0.5, 0.5\], .*fit the evaluator again"):
+        Evaluator.load(saved)
+    (saved / "evaluator.json").write_text(json.dumps(meta))
     (bert / "vocab.txt").write_text((bert / "vocab.txt").read_text().replace("\nface\n", "\nfaces\n"))
     with pytest.raises(EvaluatorInputError, match="not the config its heads were fitted on"):
         Evaluator.load(saved)
