@@ -343,6 +343,11 @@ def test_disease_faces_stages_are_checked_before_any_folder(tmp_path):
         class_folder_manifest(root, CLASSES, stages={"Leprosy": 1.5})
     with pytest.raises(UserError, match="names one class twice"):
         class_folder_manifest(root, CLASSES, stages={"Leprosy": 1, "leprosy": 2})
+    # a class without its id was labelled disease 'None'; a list of folders was a traceback
+    with pytest.raises(UserError, match=r"^data.classes.Leprosy is empty; give the folder's KG id"):
+        class_folder_manifest(root, {**CLASSES, "Leprosy": None})
+    with pytest.raises(UserError, match=r"^data.classes must map class folders to KG ids"):
+        class_folder_manifest(root, list(CLASSES))
     (root / "stray").mkdir()                                      # checked before the folders are read
     with pytest.raises(UserError, match="data.stages.Healthy: healthy images are stage 0"):
         class_folder_manifest(root, CLASSES, stages={"healthy": 2})
@@ -489,6 +494,8 @@ def test_celeba_filters_and_limit(tmp_path):
         celeba_manifest(root, filters={"Eyeglass": -1})
     with pytest.raises(UserError, match="must be 1 .* or -1"):
         celeba_manifest(root, filters={"Eyeglasses": 0})
+    with pytest.raises(UserError, match=r"^data.filters must map CelebA attributes to 1 or -1 .*got \['Eyeglasses'\]"):
+        celeba_manifest(root, filters=["Eyeglasses"])  # a traceback from dict()
     with pytest.raises(UserError, match="limit must be a positive"):
         celeba_manifest(root, limit=0)
 
@@ -724,8 +731,8 @@ def test_build_keeps_a_photo_saved_twice_once_and_refuses_one_labelled_twice(tmp
     # the same photo in two classes: one of the two labels is wrong, and the build cannot tell which
     shutil.copy(root / "Leprosy" / "lep_0.jpg", root / "Healthy" / "hea_9.jpg")
     with pytest.raises(ManifestError, match=r"Leprosy/lep_0.*jpg: the same file as Healthy/hea_9.jpg \(at .*\), "
-                                            r"labelled ORPHA:548 stage 2 here and healthy stage 0 there; "
-                                            r"remove the wrongly labelled copy; fix it or set on_error=skip"):
+                                            r"labelled disease ORPHA:548 here and healthy there, stage 2 here and 0 "
+                                            r"there.*; remove the wrongly labelled copy; fix it or set on_error=skip"):
         build_real_dataset(_data_cfg("disease_faces", root=str(root)), out, size=SIZE)
     assert read_manifest(out / "manifest.csv", known_diseases=set(CLASSES.values()))[0].equals(df)  # kept whole
 
@@ -753,3 +760,27 @@ def test_one_photo_as_healthy_and_as_a_disease_at_stage_0_is_both(tmp_path):
     skipped = []
     assert check_duplicate_images(df, BadInput("skip", skipped))["path"].tolist() == ["a.png"]
     assert skipped[0]["where"] == "m:3" and "in split test here and train there" in skipped[0]["reason"]
+
+
+def test_one_photo_with_two_lesion_counts_or_as_healthy_and_mild_acne_is_two_labels(tmp_path):
+    # a copy was compared on disease and stage only: 8 and 19 lesions at one grade kept the first in silence; acne's
+    # stage 0 is mild acne (up to 5 lesions), not a healthy-looking face
+    from kgface.data.real.common import BadInput, check_duplicate_images
+
+    _face(1).save(tmp_path / "a.png")
+    for name in ("b.png", "c.png", "d.png"):
+        shutil.copy(tmp_path / "a.png", tmp_path / name)
+    df = pd.DataFrame({"path": ["a.png", "b.png", "c.png", "d.png"],
+                       "disease": ["MONDO:0011438", "MONDO:0011438", "MONDO:0011438", "healthy"],
+                       "stage": [1, 1, 1, 0], "lesion_count": [8, 19, 8.0, ""], "severity": [1.0, 1.0, 1.0, 0.0],
+                       "_where": ["m:2", "m:3", "m:4", "m:5"],
+                       "abspath": [str(tmp_path / n) for n in ("a.png", "b.png", "c.png", "d.png")]})
+    skipped = []
+    assert check_duplicate_images(df, BadInput("skip", skipped))["path"].tolist() == ["a.png"]
+    reasons = {s["where"]: s["reason"] for s in skipped}
+    assert "labelled lesion_count 19 here and 8 there" in reasons["m:3"] and "a copy of a.png" in reasons["m:4"]
+    assert "labelled disease healthy here and MONDO:0011438 there" in reasons["m:5"]
+    df.loc[:, "stage"], df.loc[:3, "lesion_count"] = 0, 3  # acne's stage 0 with 3 lesions: not healthy-looking
+    skipped = []
+    check_duplicate_images(df.iloc[[0, 3]].reset_index(drop=True), BadInput("skip", skipped))
+    assert len(skipped) == 1 and "labelled disease healthy here" in skipped[0]["reason"]

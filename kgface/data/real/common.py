@@ -214,20 +214,44 @@ def _content_digest(path: str) -> str | None:
         return None  # unreadable: the decoding step reports it with its row
 
 
-def _healthy_looking(disease, stage) -> bool:
+def _healthy_looking(label: dict) -> bool:
+    """Healthy, or a disease at a stage 0 whose scale shows no signs (acne's stage 0 is mild acne) and no lesion."""
+    from ...prompts.wording import stage_levels
+
+    if label["disease"] == "healthy":
+        return True
     try:
-        return disease == "healthy" or int(stage) == 0
+        return int(label["stage"]) == 0 and not stage_levels(label["disease"])[0].signs and \
+            label.get("lesion_count", "") in ("", "-1", "0")
     except (TypeError, ValueError):
         return False
 
 
+# a photo's label: one file listed twice with any of these different is one face with two labels
+LABEL_COLUMNS = ("disease", "stage", "stage_known", "severity", "lesion_count", "phenotypes")
+
+
+def _cell(value) -> str:
+    """A label cell as text, blank for missing (NaN never equals itself), a number as %g (8, 8.0 and '8' alike)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return f"{number:g}" if math.isfinite(number) else text
+
+
 def check_duplicate_images(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
     """The same photo listed twice (byte-identical files under two names, e.g. `img12.jpg` and `img12 (1).jpg` of a
-    web-collected folder): with the same disease and stage the later copies are dropped and listed in skipped.csv (as
-    two identities they could land in train and test); with other labels it is bad input naming both places (one
-    photo cannot be both), unless both labels are healthy-looking (healthy, or a disease at stage 0)."""
+    web-collected folder): with the same label (LABEL_COLUMNS: disease, stage, severity, lesion count, ...) the later
+    copies are dropped and listed in skipped.csv (as two identities they could land in train and test); with another
+    label it is bad input naming both places and what differs (one photo cannot be both), unless both labels are
+    healthy-looking (healthy, or a disease at a stage 0 without signs or lesions)."""
     first, keep = {}, []
-    labels = list(zip(df["disease"], df["stage"]))
+    columns = [c for c in LABEL_COLUMNS if c in df.columns]
+    labels = [dict(zip(columns, map(_cell, row))) for row in zip(*(df[c] for c in columns))]
     splits = list(df["split"]) if "split" in df.columns else [""] * len(df)
     for i, (path, where, abspath) in enumerate(zip(df["path"], df["_where"], df["abspath"])):
         digest = _content_digest(abspath)
@@ -243,7 +267,7 @@ def check_duplicate_images(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
                                                                         "is read"})
             log.warning("%s skipped: a copy of %s", where, df["path"].iloc[j])
             continue
-        if _healthy_looking(*labels[i]) and _healthy_looking(*labels[j]):
+        if _healthy_looking(labels[i]) and _healthy_looking(labels[j]):
             # a stage-0 face looks healthy by definition (a phantom draws a disease's stage-0 face and the healthy
             # face of one identity alike): both labels hold, within one split (the same pixels in train and test
             # leak, whatever identities the rows name)
@@ -254,7 +278,8 @@ def check_duplicate_images(df: pd.DataFrame, bad: BadInput) -> pd.DataFrame:
                 continue
             keep.append(i)
             continue
-        bad(where, path, f"the same file as {df['path'].iloc[j]} (at {df['_where'].iloc[j]}), labelled "
-                         f"{labels[i][0]} stage {labels[i][1]} here and {labels[j][0]} stage {labels[j][1]} there; "
+        differ = [c for c in columns if labels[i][c] != labels[j][c]]
+        said = ", ".join(f"{c} {labels[i][c] or '(empty)'} here and {labels[j][c] or '(empty)'} there" for c in differ)
+        bad(where, path, f"the same file as {df['path'].iloc[j]} (at {df['_where'].iloc[j]}), labelled {said}; "
                          "remove the wrongly labelled copy")
     return df if len(keep) == len(df) else df.iloc[keep].reset_index(drop=True)

@@ -80,7 +80,13 @@ def class_folder_manifest(root: str | Path, classes: dict, stages: dict | None =
     folder name -> known stage. A folder on disk that `classes` does not name is bad input (error, or skipped whole)."""
     bad = BadInput(on_error, skipped)
     root = require_dir(Path(root), "class-folder dataset root")
-    classes = {str(k): str(v) for k, v in dict(classes or {}).items()}
+    if classes is not None and not isinstance(classes, dict):  # dict() of a list was a traceback
+        raise UserError(f"data.classes must map class folders to KG ids (e.g. {{leprosy: MONDO:0005124, healthy: "
+                        f"healthy}}), got {classes!r}")
+    blank = [k for k, v in dict(classes or {}).items() if not isinstance(v, (str, int)) or not str(v).strip()]
+    if blank:  # str(None) was the disease 'None'
+        raise UserError(f"data.classes.{blank[0]} is empty; give the folder's KG id (or healthy)")
+    classes = {str(k): str(v).strip() for k, v in dict(classes or {}).items()}
     if not classes:
         raise UserError("class-folder dataset: `classes` (folder name -> KG id) is empty")
     by_norm = {}
