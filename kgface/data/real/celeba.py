@@ -73,7 +73,8 @@ def _two_column(path: Path, bad: BadInput, allowed: dict | None = None) -> dict[
 
 def _check_filters(filters: dict | None, names: list[str]) -> dict[str, int]:
     if filters is not None and not isinstance(filters, dict):  # dict() of a list was a traceback
-        raise UserError(f"data.filters must map CelebA attributes to 1 or -1 (e.g. {{Eyeglasses: -1}}), got {filters!r}")
+        raise UserError(f"data.filters must map CelebA attributes to 1 or -1 (e.g. {{Eyeglasses: -1}}), got "
+                        f"{filters!r}")
     checked = {}
     for key, value in dict(filters or {}).items():
         if key not in names:
