@@ -101,6 +101,10 @@ def preflight(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in (None, ""):
             OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(str(value))), force_add=True)
+            if key.endswith("text_model") and (key == "encoder.text_model" or cfg.model.name == "tiny"):
+                from .encoders.text import resolve_text_model_path
+
+                resolve_text_model_path(OmegaConf.select(cfg, key), key)  # a typo failed after the VAE was trained
     learned_table(cfg)  # profile.source / learned / blend: a missing file failed after the run folder was reset
     _check_trainer_numbers(cfg)
     # keys the job sets from one place: an override of the copy was silently replaced

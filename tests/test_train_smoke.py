@@ -516,17 +516,25 @@ def test_atlas_share_observed_sets_and_marks_need_the_phantom_and_sane_values(tm
         assert not (tmp_path / "x" / "profiles.json").exists()
 
 
-def test_preflight_reads_the_atlas_settings(monkeypatch, caplog):
+def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
     from kgface.config import compose
     from kgface.errors import UserError
     from kgface.run_checks import preflight
 
     preflight(compose("train", MICRO + ["data.atlas=null"]))  # no atlas at all: fine
     # a relative text model is recorded absolute: kgface.generate reloads the encoder from any directory
+    for folder in (tmp_path / "models" / "minilm", tmp_path / "m"):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
     cfg = compose("train", MICRO + ["encoder.text_model=models/minilm", "model.text_model='~/m'"])
     preflight(cfg)
     assert cfg.encoder.text_model == str(Path.cwd() / "models" / "minilm")
     assert cfg.model.text_model == str(Path.home() / "m")
+    # a text model path that does not exist: before the data and the VAE, naming its own key
+    with pytest.raises(UserError, match=r"^model.text_model: .*/no/such/minilm does not exist; set model.text_model"):
+        preflight(compose("train", MICRO + ["model.text_model=/no/such/minilm"]))
     # the LLM settings are checked before the run folder is written (describe did, train did not)
     with pytest.raises(UserError, match=r"^llm.model is not set"):
         preflight(compose("train", MICRO + ["llm=openai"]))

@@ -203,6 +203,13 @@ def _check_kind_and_objective(root: Path, name: str, kind: str) -> None:
     if kind == "sd15" and is_sdxl:
         raise UserError(f"model.pretrained={name}: unet/ is an SDXL UNet (addition_embed_type='text_time'); "
                         "use model=sdxl for this folder")
+    vae = _read_json(root / "vae" / "config.json", name)
+    latent = vae.get("latent_channels", 4)
+    channels = {k: unet.get(k, 4) for k in ("in_channels", "out_channels")}
+    if any(v != latent for v in channels.values()):  # an inpainting UNet (9 in) failed in conv_in, after encoding
+        raise UserError(f"model.pretrained={name}: unet/ takes {channels['in_channels']} and gives "
+                        f"{channels['out_channels']} channels, vae/ has {latent} latent channels; kgface fine-tunes "
+                        "text-to-image folders (not inpainting or depth ones): use such a folder")
     prediction = scheduler_config(root, name).get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise UserError(f"model.pretrained={name}: scheduler/ says prediction_type={prediction!r}; kgface trains "

@@ -23,7 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import as_number, container
-from ..errors import RunError  # callers import it from here too
+from ..errors import RunError, UserError  # callers import RunError from here too
 from ..kg import FacialProfile
 from ..run_files import heldout_of, load_profiles_json, run_data, run_file  # noqa: F401  (generate, trial import two)
 
@@ -154,7 +154,14 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
         except (OSError, ValueError, EnvironmentError) as exc:
             raise RunError(f"run={run_dir}: model/ cannot be loaded ({str(exc).splitlines()[0]})") from None
     else:
-        backbone = build_backbone(model_cfg, num_tokens=num_tokens, with_adapter=False)  # base folder (+ LoRA)
+        try:
+            backbone = build_backbone(model_cfg, num_tokens=num_tokens, with_adapter=False)  # base folder (+ LoRA)
+        except UserError as exc:
+            if not str(exc).startswith("model.pretrained"):
+                raise
+            # generate and trial take no model group: the run's own config.yaml is what names the base folder
+            raise RunError(f"run={run_dir}: its base model cannot be loaded ({str(exc).splitlines()[0]}); put the "
+                           "folder back, or set model.pretrained in the run's config.yaml to where it is now") from None
         lora = run_dir / "model" / "unet_lora.safetensors"
         if int(model_cfg.get("lora_rank", 0)) > 0:
             if not lora.is_file():

