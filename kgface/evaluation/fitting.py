@@ -314,6 +314,14 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     if atlas is not None and (atlas["split"] != "train").any():  # atlas faces only ever train the instrument
         raise EvaluatorInputError(f"{atlas_path}: every row must have split 'train' (the atlas only trains the "
                                   "evaluator); move val/test faces to manifest.csv or drop them")
+    if atlas is not None:  # an atlas built with other identities or split fractions renders test people
+        tested = set(df.loc[df["split"] != "train", "identity"]) - {""}
+        leaked = atlas.loc[atlas["identity"].isin(tested), "identity"]
+        if len(leaked):
+            raise EvaluatorInputError(
+                f"{atlas_path}: {len(leaked)} rows show identity '{leaked.iloc[0]}', a val/test person of "
+                f"{manifest_path}: the instrument would train on faces it is tested on; build the atlas with the "
+                "manifest (one data config: seed, identities, split fractions) or drop those rows")
     if cache is None:
         return train_evaluator(c, df, profiles, progress=progress, atlas=atlas)
     plist = list(profiles.values()) if isinstance(profiles, dict) else list(profiles)

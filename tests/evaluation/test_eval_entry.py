@@ -625,8 +625,10 @@ def test_set_errors_name_the_manifest_and_its_first_bad_row(tiny_evaluator, tiny
     data = tmp_path / "with_atlas"
     shutil.copytree(tiny_data, data)
     atlas = df[df["split"] == "train"].head(4)
+    tested = df.loc[df["split"] == "test", "identity"].iloc[0]
     for rows, words in ((atlas.assign(source="generated"), "rows have source 'generated'"),
-                        (atlas.assign(split="val"), "every row must have split 'train'")):
+                        (atlas.assign(split="val"), "every row must have split 'train'"),
+                        (atlas.assign(identity=tested), f"4 rows show identity '{tested}', a val/test person of ")):
         rows.to_csv(data / ATLAS_FILE, index=False)
         with pytest.raises(EvaluatorInputError, match=f"{ATLAS_FILE}: .*{words}"):
             fit_evaluator(tiny_cfg.evaluator, data / "manifest.csv", tiny_profiles, None, progress=False)
