@@ -198,6 +198,14 @@ class Evaluator:
             model.load_state_dict(load_file(str(folder / "clip.safetensors")))
         model.eval()
         st = load_file(str(folder / "probes.safetensors"))
+        # heads and names from one fit: files mixed from two folders would score every image under the wrong names
+        sizes = {"probe.bias": len(meta["classes"]), "zs_text": len(meta["classes"]),
+                 "heads.bias": len(meta["phenotypes"])}
+        wrong = [k for k, n in sizes.items() if k in st and st[k].shape[0] != n]
+        if wrong:
+            raise EvaluatorInputError(f"{folder / 'probes.safetensors'}: {wrong[0]} holds {st[wrong[0]].shape[0]} "
+                                      f"rows, evaluator.json names {sizes[wrong[0]]}; the files are not of one evaluator: "
+                                      "save or fit it again")
         listed = folder / TRAINED_ON_FILE  # absent in evaluators saved before it
         trained_on = listed.read_text(encoding="utf-8").split() if listed.is_file() else None
         return cls(cfg=cfg, model=model, tokenizer=tokenizer, image_size=int(meta["image_size"]),

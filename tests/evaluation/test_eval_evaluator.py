@@ -423,6 +423,13 @@ def test_a_damaged_evaluator_json_is_a_clear_error(tiny_evaluator, tmp_path):
     (folder / "evaluator.json").write_text('{"format": ', encoding="utf-8")
     with pytest.raises(EvaluatorInputError, match="evaluator.json: not valid JSON"):
         Evaluator.load(folder)
+    # heads of one evaluator beside the names of another (files mixed from two folders): refused, not misnamed
+    folder = tiny_evaluator.save(tmp_path / "ev2")
+    meta = json.loads((folder / "evaluator.json").read_text())
+    (folder / "evaluator.json").write_text(json.dumps({**meta, "phenotypes": meta["phenotypes"][:-1]}))
+    with pytest.raises(EvaluatorInputError, match=rf"probes.safetensors: heads.bias holds {len(meta['phenotypes'])} "
+                                                  rf"rows, evaluator.json names {len(meta['phenotypes']) - 1}"):
+        Evaluator.load(folder)
 
 
 def test_photos_of_unknown_stage_teach_no_stage_and_enter_no_stage_metric(tiny_cfg, tiny_data, tiny_profiles,
