@@ -204,8 +204,8 @@ class Evaluator:
         wrong = [k for k, n in sizes.items() if k in st and st[k].shape[0] != n]
         if wrong:
             raise EvaluatorInputError(f"{folder / 'probes.safetensors'}: {wrong[0]} holds {st[wrong[0]].shape[0]} "
-                                      f"rows, evaluator.json names {sizes[wrong[0]]}; the files are not of one evaluator: "
-                                      "save or fit it again")
+                                      f"rows, evaluator.json names {sizes[wrong[0]]}; the files are not of one "
+                                      "evaluator: save or fit it again")
         listed = folder / TRAINED_ON_FILE  # absent in evaluators saved before it
         trained_on = listed.read_text(encoding="utf-8").split() if listed.is_file() else None
         return cls(cfg=cfg, model=model, tokenizer=tokenizer, image_size=int(meta["image_size"]),
