@@ -50,7 +50,8 @@ def main(argv=None):
     print(f"... only the phenotypes seen faces show: {oracle_top1(train, held):.3f}")
 
     evaluator = load_evaluator(args.evaluator or run)  # the run's evaluator/, or a baselines run's ../evaluator
-    vae = AutoencoderKL.from_pretrained(run / "model" / "vae").eval()
+    # safetensors only, from this folder only (as load_run reads it)
+    vae = AutoencoderKL.from_pretrained(run / "model" / "vae", use_safetensors=True, local_files_only=True).eval()
     rows = test[(test["stage"] >= 2) & (test["disease"] != HEALTHY)].reset_index(drop=True)
     images = load_images(list(rows["abspath"]))
     with torch.no_grad():

@@ -112,7 +112,8 @@ def main(argv=None):
         pick = np.random.default_rng(0).choice(len(rows), min(args.n, len(rows)), replace=False)
         want = [{p.hpo_id for p in atlas_profiles[i].phenotypes} for i in pick]
         sample = cfg.model.get("sample", {})
-        gen = Generator(backbone, cond, guidance=float(sample.get("guidance", 3.0)), steps=int(sample.get("steps", 20)))
+        gen = Generator(backbone, cond, guidance=float(sample.get("guidance", 3.0)), steps=int(sample.get("steps", 20)),
+                        eta=float(sample.get("eta", 0.0)))  # the run's sampler
         real = load_images([str(manifest.parent / rows[i]["path"]) for i in pick])
         vae = torch.cat([gen.decode(gen.encode(real[i:i + 64])) for i in range(0, len(real), 64)])
         reqs = [Request(atlas_profiles[i], float(rows[i]["severity"]), 30000 + k) for k, i in enumerate(pick)]

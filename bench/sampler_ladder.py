@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 
-def ladder(spec: str, n_train: int):
-    """Descending timesteps and options {clip, guide} of a variant spec."""
+def ladder(spec: str, n_train: int, offset: int = 0):
+    """Descending timesteps and options {clip, guide} of a variant spec; `offset`: the scheduler's steps_offset
+    (1 in SD folders), which the generator's own leading ladder adds."""
     import numpy as np
     import torch
 
@@ -39,7 +40,7 @@ def ladder(spec: str, n_train: int):
     parts = spec.split(":")
     opts = {}
     if parts[0] in ("leading", "trailing"):
-        ts, rest = ddim_timesteps(n_train, int(parts[1]), spacing=parts[0]), parts[2:]
+        ts, rest = ddim_timesteps(n_train, int(parts[1]), spacing=parts[0], offset=offset), parts[2:]
     elif parts[0] == "even":
         top, n = int(parts[1]), int(parts[2])
         if not (0 < top < n_train and 1 <= n <= top + 1):  # past the ladder, or steps that repeat a timestep
@@ -102,7 +103,7 @@ def draw(gen, reqs, spec: str, guidance: float):
     from kgface.diffusion.sampling import cfg_model, ddim_sample
 
     b = gen.backbone
-    ts, opts = ladder(spec, b.scheduler.config.num_train_timesteps)
+    ts, opts = ladder(spec, b.scheduler.config.num_train_timesteps, int(b.scheduler.config.get("steps_offset", 0)))
     full, plain = cfg_model(b.unet, opts.get("w", guidance)), cfg_model(b.unet, 1.0)
     lo, hi = opts.get("guide", (0, 10 ** 9))
 
@@ -156,6 +157,9 @@ def main(argv=None):
     ho = np.isin(d, sorted(held))
     sick = (d != healthy.disease_id) & ~ho
     head = sick & (s >= 2)
+    if float(cfg.model.sample.get("eta", 0.0)):  # every variant but etaE draws plain DDIM: not this run's sampler
+        raise SystemExit(f"{args.run}: model.sample.eta={cfg.model.sample.eta}; the ladder variants compare eta=0 "
+                         "samplers (etaE gives a variant its own eta)")
     # the run's steps, though draw() takes each variant's own ladder
     gen = Generator(backbone, cond, guidance=guidance, steps=int(cfg.model.sample.get("steps", 20)))
     print("| variant | first timesteps | seen top-1, stages 2-3 | held-out | seen stage Spearman "
@@ -164,7 +168,8 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|")
     for spec in args.variants:
         start = time.time()
-        ts = ladder(spec, backbone.scheduler.config.num_train_timesteps)[0]
+        ts = ladder(spec, backbone.scheduler.config.num_train_timesteps,
+                    int(backbone.scheduler.config.get("steps_offset", 0)))[0]
         x = draw(gen, reqs, spec, guidance)
         t = ev.score(x)
         pred, sev = t["pred_disease"].to_numpy(), t["severity_pred"].to_numpy()

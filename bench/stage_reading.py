@@ -38,10 +38,14 @@ def stage_lines(name: str, stages, severity, diseases, predicted) -> list[str]:
     from sklearn.metrics import roc_auc_score
 
     from kgface.evaluation.metrics import spearman
+    from kgface.prompts.wording import stage_of
 
     s, v, d, p = (np.asarray(a) for a in (stages, severity, diseases, predicted))
-    s = s.astype(float).round().astype(int)
-    within = {k: spearman(s[d == k], v[d == k]) for k in sorted(set(d))}
+    # the Spearman over the requested severity itself (as generation.stage_spearman), the bins as stage_of cuts
+    # them (2.5 is stage 3; numpy's rounding made it 2)
+    raw = s.astype(float)
+    s = np.array([stage_of(x) for x in raw], dtype=int)
+    within = {k: spearman(raw[d == k], v[d == k]) for k in sorted(set(d))}
     worst = min((k for k in within if within[k] == within[k]), key=within.get, default=None)
     adjacent = []
     for a in range(3):
@@ -51,7 +55,7 @@ def stage_lines(name: str, stages, severity, diseases, predicted) -> list[str]:
     means = " / ".join(f"{v[s == a].mean():.2f}" if (s == a).any() else "-" for a in range(4))
     zero = s == 0
     others = Counter(q for q, k in zip(p[zero], d[zero]) if q not in ("healthy", k)).most_common(3)
-    return [f"{name}: n {len(s)}, Spearman {spearman(s, v):.3f} (ceiling for these stages {tied_ceiling(s):.3f}; "
+    return [f"{name}: n {len(s)}, Spearman {spearman(raw, v):.3f} (ceiling for these stages {tied_ceiling(raw):.3f}; "
             f"mean within a disease {np.nanmean(list(within.values())):.3f}"
             + (f", lowest {worst} {within[worst]:.3f})" if worst else ")"),
             f"  adjacent-stage AUROC: {', '.join(adjacent)}; mean severity by stage 0-3: {means}",

@@ -24,7 +24,8 @@ def main(argv=None):
     ap.add_argument("run", type=Path)
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.3, 0.45, 0.6, 0.75, 0.9])
     ap.add_argument("--identities", type=int, default=None, help="healthy test identities (default: the run's)")
-    ap.add_argument("--out", type=Path, default=Path("outputs/transform_strength"))
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where the sets go (default: outputs/transform_strength/<run folder name>, one per run)")
     ap.add_argument("--face-identity", default="auto", choices=["auto", "dlib", "none"])
     ap.add_argument("--img", type=Path, default=None, help="write the strength sheet here (PNG)")
     ap.add_argument("--columns", type=int, default=6, help="targets shown in the sheet")
@@ -73,7 +74,8 @@ def main(argv=None):
                                      seed_order=[p.disease_id for p in profiles])
         if not rows:
             raise SystemExit(f"{args.run}: no healthy test face to transform")
-        manifest = write_set(images, rows, args.out / f"strength_{strength:g}", heldout)
+        out = args.out or Path("outputs/transform_strength") / Path(args.run).resolve().name
+        manifest = write_set(images, rows, out / f"strength_{strength:g}", heldout)
         m, scored = evaluate_sets(evaluator, generated_df=manifest, profiles=profiles, heldout=heldout,
                                   face_identity=face_identity, return_scored=True)
         t, tr = scored["generated"].table, m["transform"]

@@ -103,7 +103,8 @@ def test_primekg_without_path_is_a_clear_cli_error(tmp_path):
 
 
 def test_kg_paths_expand_the_home_folder_in_every_job(tmp_path, monkeypatch):
-    # kgface.train's preflight expanded ~ in kg.* paths; profiles, describe, dataset and evaluate read them as given
+    # kgface.train's preflight expanded ~ in kg.* paths; profiles, describe, dataset and evaluate (all through
+    # runtime.load_knowledge) read them as given
     import shutil
 
     from kgface.config import compose
@@ -111,7 +112,11 @@ def test_kg_paths_expand_the_home_folder_in_every_job(tmp_path, monkeypatch):
     from kgface.runtime import load_knowledge, make_cache
 
     shutil.copytree(kg_data_dir(), tmp_path / "kgd")
+    edges = tmp_path / "kgd" / "supplement_edges.csv"
+    lines = edges.read_text(encoding="utf-8").splitlines(keepends=True)
+    edges.write_text("".join(lines[:-1]), encoding="utf-8")  # one curated edge fewer: this folder, not the bundled
     monkeypatch.setenv("HOME", str(tmp_path))
-    cfg = compose("profiles", ["kg.kg_data_dir='~/kgd'"])
-    kg, catalog = load_knowledge(cfg, make_cache(cfg), progress=False)
-    assert kg.stats["supplement_edges"] > 0 and len(catalog.entries) > 0
+    for job in ("profiles", "describe", "dataset", "evaluate"):
+        cfg = compose(job, ["kg.kg_data_dir='~/kgd'"])
+        kg, catalog = load_knowledge(cfg, make_cache(cfg), progress=False)
+        assert kg.stats["supplement_edges"] == len(lines) - 2 and len(catalog.entries) > 0, job

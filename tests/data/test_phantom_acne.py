@@ -16,7 +16,7 @@ def test_grade_from_count_follows_hayashi():
     for grade, counts in HAYASHI.items():
         assert all(grade_from_count(n) == grade for n in counts)
     assert grade_from_count(500) == 3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="lesion count must be >= 0, got -1"):
         grade_from_count(-1)
 
 

@@ -50,7 +50,10 @@ def test_intensity_zero_is_the_healthy_face(key):
 
 
 def test_every_region_has_boxes():
+    from kgface.data.phantom.effects import REGIONS
+
     boxes = region_boxes(IDENTITIES[0], size=64)
+    assert set(boxes) == set(REGIONS)  # every region, not only those returned
     for name, rects in boxes.items():
         assert rects and all(x1 > x0 and y1 > y0 for x0, y0, x1, y1 in rects), name
 
@@ -198,7 +201,7 @@ def test_age_group_changes_proportions():
     c = region_boxes(child, size=256)
     lower = lambda b: (b["lower_face"][0][3] - b["eyes"][0][1]) / (b["face"][0][2] - b["face"][0][0])  # noqa: E731
     assert lower(c) < lower(a)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="age_group 'toddler' is not one of"):
         sample_identity(0, 1, age_group="toddler")
 
 

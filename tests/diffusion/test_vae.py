@@ -202,9 +202,11 @@ def test_checkpoint_readings_leave_the_trained_weights_as_they_are():
     images = images.to(torch.uint8)
     train = {"steps": 6, "batch_size": 4, "lr": 3e-3}
     plain = train_vae(images, SMALL, train, progress=False)
+    steps = []
     read = train_vae(images, SMALL, train, progress=False, every=2,
-                     on_checkpoint=lambda step, v: roundtrip(v, images[:5]))
+                     on_checkpoint=lambda step, v: (steps.append(step), roundtrip(v, images[:5])))
     a, b = plain.state_dict(), read.state_dict()
+    assert steps == [2, 4, 6]  # the readings happened
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -75,7 +75,8 @@ def test_new_pixels_under_an_unchanged_manifest_are_a_new_entry(tiny_cfg, tiny_d
     img = Image.open(copy / rel).convert("RGB")
     Image.new("RGB", img.size, (255, 0, 0)).save(copy / rel)  # the same name, other pixels
     again = fit_evaluator(tiny_cfg.evaluator, copy / "manifest.csv", tiny_profiles, cache, progress=False)
-    assert first is not None and Path(key).is_dir()  # the first fit's entry (trained now or by an earlier test)
+    # the first fit's entry (trained now, which names it, or by an earlier test)
+    assert first.info.get("cache_entry", str(key)) == str(key) and Path(key).is_dir()
     assert "cache_entry" in again.info and again.info["cache_entry"] != str(key)
 
 
@@ -627,7 +628,9 @@ def test_the_cache_key_reads_what_the_captions_and_prompts_say(tiny_profiles, mo
 
     profiles = list(tiny_profiles.values()) if isinstance(tiny_profiles, dict) else list(tiny_profiles)
     before = wording_digest(profiles)
-    assert wording_digest(profiles) == before  # a function of the wording alone
+    import copy
+
+    assert wording_digest(copy.deepcopy(profiles)) == before  # of what the profiles say, not of these objects
     monkeypatch.setattr(wording, "HEALTHY_TEXT", "a face without any visible sign of disease")
     assert wording_digest(profiles) != before
     monkeypatch.undo()

@@ -83,7 +83,7 @@ def test_per_phenotype_match_counts_hits_where_expected_and_where_detected():
     # c: never expected: no recall, precision 0
     assert np.isnan(m["c"]["recall"]) and m["c"]["precision"] == 0.0 and m["c"]["expected_n"] == 0
     assert M.per_phenotype_match([], []) == {}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the same length"):
         M.per_phenotype_match([{"a"}], [])
 
 
@@ -286,7 +286,7 @@ def test_expected_calibration_error_known_answers():
     # bins are (lower, upper]: with 5 bins a confidence of exactly 0.6 falls in (0.4, 0.6], apart from 0.61
     edge = np.array([[0.6, 0.4], [0.61, 0.39]])
     assert M.expected_calibration_error(edge, [0, 1], bins=5) == pytest.approx(0.5 * 0.4 + 0.5 * 0.61)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="N > 0"):
         M.expected_calibration_error(np.zeros((0, 2)), [])
 
 

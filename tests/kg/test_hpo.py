@@ -151,7 +151,7 @@ def test_failed_build_leaves_no_cache_entry(tmp_path, monkeypatch):
     from kgface.kg.graph import KnowledgeGraph
 
     hpoa = _write_hpoa(tmp_path / "phenotype.hpoa", [_row("often")])
-    with pytest.raises(KGFormatError):  # a parse error: refused before the cache is touched
+    with pytest.raises(KGFormatError, match=r"phenotype\.hpoa:\d+: bad frequency"):  # refused before the cache
         load_kg("hpo", hpoa_path=hpoa, cache=Cache(tmp_path / "cache"))
     assert not (tmp_path / "cache" / "kg-hpo").exists() or not any((tmp_path / "cache" / "kg-hpo").iterdir())
     # a save that fails halfway (one table written, then a full disk): no entry, and no half folder a later run reads
