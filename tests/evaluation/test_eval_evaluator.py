@@ -434,7 +434,7 @@ def test_a_damaged_evaluator_json_is_a_clear_error(tiny_evaluator, tmp_path):
 
 
 def test_photos_of_unknown_stage_teach_no_stage_and_enter_no_stage_metric(tiny_cfg, tiny_data, tiny_profiles,
-                                                                        tiny_evaluator, tmp_path):
+                                                                        tiny_evaluator, tmp_path, monkeypatch):
     """stage_known=False rows (real photos without a grade, placeholder stage 2) are left out of the stage head, the
     captions' stage words and the real-set stage metrics; the disease heads still use them."""
     import shutil
@@ -447,11 +447,22 @@ def test_photos_of_unknown_stage_teach_no_stage_and_enter_no_stage_metric(tiny_c
     df["stage_known"] = np.where(unknown, "False", "True")
     df.loc[unknown, "stage"] = "2"  # the placeholder the real-data readers write
     df.to_csv(copy / "manifest.csv", index=False)
+    import kgface.evaluation.fitting as fitting
+
+    seen, real_train_clip = [], fitting.train_clip
+
+    def recording(model, tokenizer, images, captions, *args, **kwargs):  # the CLIP's own captions, as trained on
+        seen.extend(captions)
+        return real_train_clip(model, tokenizer, images, captions, *args, **kwargs)
+
+    monkeypatch.setattr(fitting, "train_clip", recording)
     ev = fit_evaluator(tiny_cfg.evaluator, copy / "manifest.csv", tiny_profiles, None, progress=False)
     train = df["split"] == "train"
     assert ev.info["stage_images"] == int((train & ~unknown).sum()) < int(train.sum())
-    acne = next(p for p in tiny_profiles if p.disease_id == "MONDO:0011438")
-    assert "stage" not in image_caption(acne, None, {}, False) and "stage" in image_caption(acne, 2, {}, False)
+    ungraded = (unknown & sick)[train].to_numpy()
+    assert len(seen) == int(train.sum()) and ungraded.any() and (~ungraded & sick[train].to_numpy()).any()
+    assert not any("stage" in c for c, u in zip(seen, ungraded) if u)  # no stage word for an ungraded photo
+    assert all("stage" in c for c, u, s in zip(seen, ungraded, sick[train]) if s and not u)
     real = read_manifest(copy / "manifest.csv")[0]
     v = instrument_validity(ev, real)
     test = real["split"] == "test"

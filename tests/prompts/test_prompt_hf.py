@@ -143,6 +143,21 @@ def test_bad_model_path_stops_the_run_in_one_line(tmp_path, down):
             make_backend({"name": "hf", "model": str(tmp_path / "empty"), "device": "cuda"})
 
 
+def test_a_gguf_file_is_read_through_the_gguf_package(tmp_path):
+    # the fast twin of the slow SmolLM2 test: a .gguf without the package is one line; with it, a broken file is
+    # transformers' refusal, named, not a traceback
+    import importlib.util
+
+    fake = tmp_path / "m.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 28)
+    if importlib.util.find_spec("gguf") is None:
+        with pytest.raises(UserError, match=r"m.gguf is a .gguf file, which needs the gguf package: pip install gguf"):
+            HFBackend(str(fake))
+    else:
+        with pytest.raises(UserError, match=r"m.gguf: transformers cannot load it on llm.device=cpu"):
+            HFBackend(str(fake))._load()
+
+
 def test_a_chat_template_without_a_system_role_gets_the_instructions_in_the_first_turn(tmp_path, down):
     # Gemma-style templates raise on a system turn; the run would have crashed at the first disease
     backend = make_backend({"name": "hf", "model": str(tiny_lm(tmp_path / "lm", chat_template=True))})
