@@ -31,6 +31,8 @@ _ABBREVIATION = re.compile(r"\b(?:(?:e\.g|i\.e|approx|ca|cf|vs|incl|esp|resp|Dr|
 # a sentence end followed by the start of another sentence: after a space any word ("Red cheeks. swollen nose"),
 # without one a capital ("Red cheeks.Swollen nose"); "2.5 cm" is no sentence end
 _SECOND_SENTENCE = re.compile(r"[.!?][\"')\]]*(?:\s+[\"'(\[]?[^\W_]|[A-Z])|[!?][\"')\]]*[a-z]")
+# an ellipsis before a lower-case word goes on with the sentence ("red cheeks... and swollen lids")
+_TRAILING_OFF = re.compile(r"(?:\.{3}|\u2026)(?=\s+[a-z])")
 
 
 def _collapse(value):
@@ -70,7 +72,7 @@ class AnswerStage(StageText):
     @field_validator("description")
     @classmethod
     def _one_sentence(cls, value: str) -> str:
-        if _SECOND_SENTENCE.search(_ABBREVIATION.sub("abbr", value).rstrip(".!?\"') ")):
+        if _SECOND_SENTENCE.search(_ABBREVIATION.sub("abbr", _TRAILING_OFF.sub(",", value)).rstrip(".!?\"') ")):
             raise ValueError("must be exactly one sentence")
         return value
 

@@ -47,6 +47,7 @@ def test_rejected_answers_say_why(down, reply, message):
     (json.dumps(answer(s1={"description": "Red cheeks.Swollen nose."})), "exactly one sentence"),
     (json.dumps(answer(s1={"description": "Red cheeks! swollen nose"})), "exactly one sentence"),
     (json.dumps(answer(s1={"description": "Red cheeks. \u00d6dema of the lids."})), "exactly one sentence"),
+    (json.dumps(answer(s1={"description": "Red cheeks... Swollen lids."})), "exactly one sentence"),
     # one sentence copied to every stage (up to case and punctuation), one id cited twice
     (json.dumps(answer(description="A face with upward-slanting eyes.")), "stages.1.description repeats stage 0's"),
     (json.dumps(answer(s3={"description": "a face at stage 2, with upward slanting eyes"})),
@@ -113,6 +114,8 @@ def test_duplicate_keys_are_rejected(down):
     "A face with upward-slanting eyes, e.g. tilted outward, and a 2.5 cm wide nasal bridge.",
     "A face with upward-slanting eyes (i.e. tilted upward) at the mild stage.",
     "A face with red cheeks, papules, etc. and a swollen nose.",
+    "A face with red cheeks... and swollen lids, the eyes slanting upward.",  # an ellipsis going on
+    "A face with red cheeks\u2026 and swollen lids.",
     "  A face   with\nupward-slanting eyes.  ",
 ])
 def test_one_sentence_with_abbreviations_or_decimals_is_accepted(down, description):
