@@ -136,15 +136,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             refuse_unknown_labels(classes, test["disease"], set_name(real, "real set"), test["path"])
             if gen is not None:
                 check_generated(classes, gen, profiles)
-    # the inputs passed (a refused call leaves an earlier report whole): until this one writes its own metrics.json
-    # (last), no finished report is in OUT
-    (out_dir / "metrics.json").unlink(missing_ok=True)
     if run_dir is None:
         evaluator = fit_evaluator(cfg.evaluator, cfg.real, profiles, cache, progress=bool(cfg.get("progress", True)))
     # photo manifests carry no heldout column: the run's data.json says which were held out
     heldout, atlas = (heldout_of(run_dir), trained_atlas(run_dir)) if run_dir is not None else (None, None)
     metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True, face_identity=face_identity,
                                     heldout=heldout, audit_extra=atlas, audit_train=trained)
+    # fitted and scored (a call refused on its inputs, the fit's own checks included, leaves an earlier report
+    # whole): from the first file written into OUT until this one's metrics.json (last), no finished report is there
+    (out_dir / "metrics.json").unlink(missing_ok=True)
     notes = [f"evaluator: {evaluator.cfg['name']} ({'from ' + str(cfg.run) if cfg.get('run') else 'trained on ' + str(cfg.real) + ' (train split)'})",
              "top-1 headline = stages 2-3, healthy and ungraded faces; stage 0 is healthy-looking by construction"]
     if "kid_clip" in metrics:

@@ -51,9 +51,10 @@ def check_output_dir(out_dir: Path, job: str, marks: tuple[str, ...]) -> None:
                         f"{job} would replace; write {job} to another hydra.run.dir")
 
 
-# what the other jobs leave in their OUT (kgface.generate, kgface.dataset, kgface.trial); an evaluation leaves
-# metrics.json and report.md without the config.yaml a train run writes first
-OTHER_JOB_MARKS = ("generation.json", "dataset.json", "trial.csv", "trial.json")
+# what the other jobs leave in their OUT (kgface.generate, kgface.dataset, kgface.trial, kgface.profiles); an
+# evaluation leaves metrics.json and report.md, kgface.describe descriptions.json, without the config.yaml a train run
+# writes first
+OTHER_JOB_MARKS = ("generation.json", "dataset.json", "trial.csv", "trial.json", "profiles.ttl")
 
 
 def check_train_output_dir(out_dir: Path) -> None:
@@ -62,8 +63,9 @@ def check_train_output_dir(out_dir: Path) -> None:
     (RUN/evaluation, a baselines run's generator subfolder), is refused before anything is removed."""
     out_dir = Path(out_dir)
     held = [name for name in OTHER_JOB_MARKS if (out_dir / name).exists()]
-    if (out_dir / "metrics.json").is_file() and not (out_dir / "config.yaml").is_file():
-        held.append("metrics.json of an evaluation")
+    for name, job in (("metrics.json", "an evaluation"), ("descriptions.json", "kgface.describe")):
+        if (out_dir / name).is_file() and not (out_dir / "config.yaml").is_file():
+            held.append(f"{name} of {job}")
     if held:
         raise UserError(f"hydra.run.dir={out_dir} holds another kgface output ({', '.join(held)}), which the train "
                         "run would partly delete; train into another hydra.run.dir")

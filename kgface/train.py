@@ -190,9 +190,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
 # bump when training_setup hashes differently: an older record then resumes unchecked, with a warning. 3: the
 # model's schedule.timestep_spacing left out (the ladder only samples); the kg_shuffled control recorded as
-# itself (it trained as kg, so its rerun's resume check refused it). 4: what the trainer feeds (observed_phenotypes,
-# atlas_share, mark_weight) and, for text prompts, the LLM settings their sentences come from
-SETUP_VERSION = 4
+# itself (it trained as kg, so its rerun's resume check refused it). Groups added later (trainer, descriptions) keep
+# it: only groups both records hold are compared, so older checkpoints stay checked on the rest
+SETUP_VERSION = 3
 REGIME_KEYS = ("observed_phenotypes", "atlas_share", "mark_weight")  # trainer.* that change what is learned
 
 
@@ -200,14 +200,14 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
     """What a generator trains on, a hash per config group, recorded in every checkpoint and compared on resume:
     conditioning, seed, data, knowledge graph, encoder (KG conditionings only), profile source, the model (but
     for its sampling settings, rate, gradient checkpointing and base folder path, none of which changes what is
-    learned, and which may change between a kill and a resume), the trainer's REGIME_KEYS (what each step is fed;
-    steps, rates and the rest may change) and, for text prompts, the LLM settings that wrote their sentences. Files
+    learned, and which may change between a kill and a resume) and the trainer's REGIME_KEYS (what each step is fed;
+    steps, rates and the rest may change; class tokens read only mark_weight). Files
     count by what they hold, not by the path they were named by: text models by their files, a learned profile table
     by its bytes, a data folder by its absolute path."""
     import os
 
     from .cache import file_fingerprint, stable_hash
-    from .diffusion.conditioning import CONTROL, KG_MODES, TEXT_MODES
+    from .diffusion.conditioning import CONTROL, KG_MODES
     from .runtime import learned_table
 
     def absolute(value):
@@ -239,14 +239,19 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
         encoder["text_model_files"] = _text_model_files(encoder_cfg.get("text_model"))
         setup["encoder"] = stable_hash(encoder)
     trainer = container(cfg.trainer) or {}
-    setup["trainer"] = stable_hash({k: trainer.get(k) for k in REGIME_KEYS})
-    if mode in TEXT_MODES:  # llm=none's template sentences or a model's (its name, url or files, sampling)
-        from .prompts.backends import make_backend
-
-        backend = make_backend(container(cfg.get("llm")) or {})
-        setup["llm"] = stable_hash({"name": "none"} if backend is None else
-                                   {"name": backend.name, "model": backend.model, "params": backend.params()})
+    read = REGIME_KEYS if mode != "class" else ("mark_weight",)  # class tokens train without the atlas or sets
+    setup["trainer"] = stable_hash({k: trainer.get(k) for k in read})
     return setup
+
+
+def descriptions_digest(descriptions) -> str:
+    """What text prompts read of the language layer (each stage's sentence, cited ids, negative prompt): recorded
+    with a text conditioning's checkpoints once the run has its descriptions, so a resume whose LLM wrote other
+    sentences (another model, a sampled answer not cached) is refused, and one whose model only moved is not."""
+    from .cache import stable_hash
+
+    return stable_hash({d: [[s.stage, s.description, list(s.phenotypes), s.negative_prompt] for s in v.stages]
+                        for d, v in sorted((descriptions or {}).items())})
 
 
 def _files_of(path) -> dict | None:
@@ -317,7 +322,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     prompts of conditioning=text|kg_text read (None: the template's)."""
     from .diffusion.adapter import save_kg_adapter
     from .diffusion.backbones import build_backbone, save_model_folder
-    from .diffusion.conditioning import CONTROL, shuffled_edges
+    from .diffusion.conditioning import CONTROL, TEXT_MODES, shuffled_edges
     from .diffusion.generator import Generator
     from .diffusion.trainer import train
     from .diffusion.phenotype_sets import observed_phenotypes_of
@@ -354,8 +359,10 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     on_validate = validation_grids(cfg, gen, drawable, names, out_dir)
     # recorded under its own name (the control trains as kg, but its checkpoints are the control's: the up-front
     # resume check reads them as such, and a kg run's must not resume them)
-    result = train(backbone, conditioner, data, trainer_settings(cfg, label), out_dir,
-                   progress=cfg.progress, on_validate=on_validate)
+    settings = trainer_settings(cfg, label)
+    if mode in TEXT_MODES:  # the sentences its prompts read: known only now (the up-front check cannot compare them)
+        settings["setup"]["descriptions"] = descriptions_digest(descriptions)
+    result = train(backbone, conditioner, data, settings, out_dir, progress=cfg.progress, on_validate=on_validate)
     if result["ema"] is not None:
         result["ema"].copy_to()  # the final weights are the EMA weights (checkpoints keep the raw ones)
     recent = result["losses"][-50:]

@@ -155,13 +155,17 @@ def test_another_jobs_folder_is_not_reset_by_a_train_run(tmp_path, capsys):
     from kgface.train import main
 
     evaluation, trial, run = tmp_path / "evaluation", tmp_path / "trial", tmp_path / "run"
+    described, profiled = tmp_path / "described", tmp_path / "profiled"
     for folder, files in ((evaluation, ("metrics.json", "report.md")), (trial, ("trial.csv", "report.md")),
-                          (run, ("data.json", "profiles.json", "config.yaml"))):
+                          (run, ("data.json", "profiles.json", "config.yaml")), (described, ("descriptions.json",)),
+                          (profiled, ("profiles.json", "profiles.ttl"))):
         folder.mkdir()
         for name in files:
             (folder / name).write_text("{}", encoding="utf-8")
     for out, words in ((evaluation, "holds another kgface output (metrics.json of an evaluation)"),
                        (trial, "holds another kgface output (trial.csv)"),
+                       (described, "holds another kgface output (descriptions.json of kgface.describe)"),
+                       (profiled, "holds another kgface output (profiles.ttl)"),
                        (run / "evaluation", f"lies in the kgface.train run {run.resolve()}")):
         with pytest.raises(SystemExit) as info:
             main(MICRO + [f"hydra.run.dir={out}"])
@@ -284,7 +288,7 @@ def test_the_training_setup_names_the_text_model_by_its_files_not_its_path(tmp_p
         {k: v for k, v in same.items() if k != "encoder"}
 
 
-def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp_path, monkeypatch):
+def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp_path, monkeypatch, hpo_kg, catalog):
     """Settings that do not change what is learned (gradient checkpointing; profile.learned/blend under
     profile.source=kg; the encoder of a text run) do not block a resume; a folder named relatively from its parent
     is the folder named absolutely; a text run still records the prompt encoder's files (model.text_model)."""
@@ -303,16 +307,27 @@ def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp
     assert "encoder" not in training_setup(wider, "text") and "encoder" not in training_setup(wider, "class")
     assert training_setup(wider, "text") == training_setup(compose("train", MICRO), "text")
     assert training_setup(wider, "kg_shuffled")["encoder"] == training_setup(wider, "kg")["encoder"]
-    # what each step is fed (trainer.observed_phenotypes, ...) counts; steps and rates do not; text prompts' LLM
-    # counts for the conditionings that read them, by what shapes its answers (not its timeouts)
+    # what each step is fed (trainer.observed_phenotypes, ...) counts; steps and rates do not; class tokens read
+    # neither the atlas nor the observed sets
     for override in ("trainer.observed_phenotypes=true", "trainer.mark_weight=2.0"):
         assert training_setup(compose("train", MICRO + [override]), "kg")["trainer"] != base["trainer"], override
     assert training_setup(compose("train", MICRO + ["trainer.steps=9", "trainer.lr=1e-5"]), "kg") == base
-    openai = ["llm=openai", "llm.model=m", "llm.base_url=http://127.0.0.1:9/v1"]
-    text = training_setup(compose("train", MICRO + openai), "text")
-    assert text["llm"] != training_setup(compose("train", MICRO), "text")["llm"]
-    assert training_setup(compose("train", MICRO + openai + ["llm.timeout_s=5"]), "text") == text
-    assert "llm" not in training_setup(compose("train", MICRO + openai), "kg")
+    assert training_setup(compose("train", MICRO + ["trainer.observed_phenotypes=true"]), "class") == \
+        training_setup(compose("train", MICRO), "class")
+    # text prompts' sentences count by what they say (recorded once the run has them), not by the LLM's settings
+    from kgface.prompts import template_descriptions
+    from kgface.train import descriptions_digest
+
+    from kgface.kg import ProfileBuilder
+
+    builder = ProfileBuilder(hpo_kg, catalog)
+    profiles = [builder.build("ORPHA:870"), builder.build("MONDO:0011438")]
+    said = {p.disease_id: template_descriptions(p) for p in profiles}
+    same = {p.disease_id: template_descriptions(p) for p in profiles}
+    assert descriptions_digest(said) == descriptions_digest(same)
+    first = same[profiles[0].disease_id]
+    first.stages[2].description = first.stages[2].description.replace("face", "person")
+    assert descriptions_digest(said) != descriptions_digest(same)
     (tmp_path / "faces").mkdir()
     monkeypatch.chdir(tmp_path)
     named = {}

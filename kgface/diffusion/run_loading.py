@@ -102,10 +102,27 @@ def check_precision_device(backbone, device) -> None:
                        "only; set dtype=bf16 or dtype=fp32 (or device=cuda)")
 
 
+# folders a run names in its config.yaml (or its encoder's): generate and trial take no model or encoder group, so
+# "set model.pretrained" is advice no override of theirs can follow
+_RUN_FOLDER_KEYS = ("model.pretrained", "model.text_model", "encoder.text_model")
+
+
 def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None, dtype: str | None = None):
     """(backbone, conditioner, profiles, cfg) of a trained run; `profiles` includes held-out diseases. dtype: the
     frozen base's precision for a pretrained run (fp32 | bf16 | fp16; None: the run's model.dtype); what trained
     (LoRA, adapter) loads fp32 either way, and the sampler runs a half-precision base under autocast."""
+    try:
+        return _load_run(Path(run_dir), cache, adapter_scale, dtype)
+    except UserError as exc:
+        key = next((k for k in _RUN_FOLDER_KEYS if str(exc).startswith(k)), None)
+        if key is None or isinstance(exc, RunError):
+            raise
+        raise RunError(f"run={run_dir}: a folder it was trained with cannot be loaded ({str(exc).splitlines()[0]}); "
+                       f"put it back, or set {key} in the run's config.yaml (the encoder's: encoder/config.json) to "
+                       "where it is now") from None
+
+
+def _load_run(run_dir: Path, cache, adapter_scale, dtype):
     import torch
 
     from .adapter import load_kg_adapter
@@ -154,14 +171,7 @@ def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None
         except (OSError, ValueError, EnvironmentError) as exc:
             raise RunError(f"run={run_dir}: model/ cannot be loaded ({str(exc).splitlines()[0]})") from None
     else:
-        try:
-            backbone = build_backbone(model_cfg, num_tokens=num_tokens, with_adapter=False)  # base folder (+ LoRA)
-        except UserError as exc:
-            if not str(exc).startswith("model.pretrained"):
-                raise
-            # generate and trial take no model group: the run's own config.yaml is what names the base folder
-            raise RunError(f"run={run_dir}: its base model cannot be loaded ({str(exc).splitlines()[0]}); put the "
-                           "folder back, or set model.pretrained in the run's config.yaml to where it is now") from None
+        backbone = build_backbone(model_cfg, num_tokens=num_tokens, with_adapter=False)  # base folder (+ LoRA)
         lora = run_dir / "model" / "unet_lora.safetensors"
         if int(model_cfg.get("lora_rank", 0)) > 0:
             if not lora.is_file():

@@ -137,8 +137,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def _check_same_setup(folder: Path, saved: dict | None, current: dict | None) -> None:
     """A checkpoint continues only the training it was part of: the same conditioning, seed, data, knowledge graph,
-    encoder, model, profile source, what the trainer feeds and the LLM of text prompts (the rest of trainer.* may
-    change: steps, rates). A checkpoint without the record (before
+    encoder, model, profile source, what the trainer feeds and the sentences of text prompts (the rest of trainer.*
+    may change: steps, rates). Only groups both records hold are compared (a group added since is not). A checkpoint without the record (before
     2026-12-07, or trained outside kgface.train) resumes unchecked."""
     if not saved or not current:
         return
@@ -149,7 +149,8 @@ def _check_same_setup(folder: Path, saved: dict | None, current: dict | None) ->
         return
     changed = [k for k in current if k in saved and saved[k] != current[k] and k != "version"]
     if changed:
-        names = {"trainer": "trainer.observed_phenotypes / atlas_share / mark_weight"}
+        names = {"trainer": "trainer.observed_phenotypes / atlas_share / mark_weight",
+                 "descriptions": "descriptions.json's sentences (llm.*)"}
         keys = ", ".join(names.get(k, k if k in ("conditioning", "seed") else f"{k}.*") for k in changed)
         raise TrainingError(f"{folder} was trained under other settings ({keys} differ from this run's); resuming "
                             "would continue those weights under this config.yaml: resume with the settings it "

@@ -368,7 +368,7 @@ class HFBackend:
         self.temperature = _setting("temperature", temperature, float, 0)
         self.device, self.seed = _device(device), _setting("seed", seed, int)
         self._lm = self._tokenizer = None
-        self.answered = 0  # answers to these settings (live or cached): after one, a failing request is its own
+        self.answered = 0  # answers generated in this run: after one, a failing request is that request's problem
 
     def params(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed,

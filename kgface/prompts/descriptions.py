@@ -67,10 +67,11 @@ def describe_profile(profile: FacialProfile, backend, cache: Cache | None, max_a
     if entry is not None and entry.exists():
         cached = _cached_answer(entry, profile)
         if cached is not None:
-            # an answer to these very settings (the backend's url or files, model and parameters key the entry)
-            # proves them as a live one does: a later 400 is that request's, or a rerun would stop where the
-            # first run fell back
-            backend.answered = getattr(backend, "answered", 0) + 1
+            # a server's answer to these very settings (its url, model and sampling key the entry) proves them as a
+            # live one does: a later 400 is that request's, or a rerun would stop where the first run fell back.
+            # Not llm=hf's: its key leaves out llm.device, where a first failure (out of memory) is the settings'
+            if backend.name == "openai":
+                backend.answered += 1
             return cached
     messages = build_messages(profile)
     errors: list[str] = []

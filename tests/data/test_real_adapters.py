@@ -784,3 +784,7 @@ def test_one_photo_with_two_lesion_counts_or_as_healthy_and_mild_acne_is_two_lab
     skipped = []
     check_duplicate_images(df.iloc[[0, 3]].reset_index(drop=True), BadInput("skip", skipped))
     assert len(skipped) == 1 and "labelled disease healthy here" in skipped[0]["reason"]
+    df.loc[:, "lesion_count"], df.loc[:, "severity"] = [0, 0, 0, ""], 0.0  # ... with none counted: it is
+    skipped = []
+    assert len(check_duplicate_images(df.iloc[[0, 3]].reset_index(drop=True), BadInput("skip", skipped))) == 2
+    assert not skipped

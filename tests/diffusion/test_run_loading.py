@@ -71,8 +71,8 @@ def test_a_run_whose_base_folder_moved_says_where_to_point_it(pretrained_run, tm
     cfg = OmegaConf.load(moved / "config.yaml")
     cfg.model.pretrained = str(tmp_path / "gone")
     OmegaConf.save(cfg, moved / "config.yaml")
-    with pytest.raises(RunError, match=r"its base model cannot be loaded \(model.pretrained=.*gone does not exist.*"
-                                       r"set model.pretrained in the run's config.yaml to where it is now"):
+    with pytest.raises(RunError, match=r"a folder it was trained with cannot be loaded \(model.pretrained=.*gone does "
+                                       r"not exist.*set model.pretrained in the run's config.yaml"):
         load_run(moved)
 
 

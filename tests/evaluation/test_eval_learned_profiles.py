@@ -1,6 +1,5 @@
 """Profiles learned from samples recover perturbed frequencies (not the KG's): the non-circularity check."""
 import json
-import math
 
 import numpy as np
 import pytest
@@ -30,7 +29,7 @@ def test_perturbed_panel_is_learned_back(tiny_evaluator, tiny_data, tiny_profile
     table = ev.score(read_manifest(tmp_path / "manifest.csv")[0])
     check = perturbation_check(ev, table, perturbed, diseases, rates)
     assert check["vs_perturbed"]["n"] == check["vs_kg"]["n"] > 5
-    assert all(math.isfinite(check[k]["mae"]) for k in ("vs_perturbed", "vs_kg"))  # both in [0, 1] by clipping
+    assert all(0.0 <= check[k]["mae"] <= 1.0 for k in ("vs_perturbed", "vs_kg"))  # not NaN (no comparison holds)
     det = check["detection"]
     assert det["n_drawn"] + det["n_absent"] == check["vs_perturbed"]["n"] and det["n_drawn"] > 0 and det["n_absent"] > 0
     # The 12-step test CLIP's heads read no phenotype (they fire 0.27-0.33 of the time where one was drawn, 0.42-0.44

@@ -215,16 +215,19 @@ def _content_digest(path: str) -> str | None:
 
 
 def _healthy_looking(label: dict) -> bool:
-    """Healthy, or a disease at a stage 0 whose scale shows no signs (acne's stage 0 is mild acne) and no lesion."""
+    """Healthy, or a disease at stage 0 with no lesion counted, or (uncounted) one whose stage 0 shows no signs
+    (acne's stage 0 is mild acne: up to 5 lesions)."""
     from ...prompts.wording import stage_levels
 
     if label["disease"] == "healthy":
         return True
     try:
-        return int(label["stage"]) == 0 and not stage_levels(label["disease"])[0].signs and \
-            label.get("lesion_count", "") in ("", "-1", "0")
+        if int(label["stage"]) != 0:
+            return False
     except (TypeError, ValueError):
         return False
+    count = label.get("lesion_count", "")
+    return count == "0" or (count in ("", "-1") and not stage_levels(label["disease"])[0].signs)
 
 
 # a photo's label: one file listed twice with any of these different is one face with two labels
