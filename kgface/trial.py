@@ -61,7 +61,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .trials.design import (check_size, design_from_config, from_condition, simulate, to_condition, true_effects,
                                 whole)
     from .trials.images import baseline_faces, daily_images, instrument
-    from .trials.measurement import fit_measurement_model
+    from .trials.measurement import diseased_rows, fit_measurement_model
 
     t0 = time.perf_counter()
     # 1. everything that can be checked without the model, then the run, the disease and the faces
@@ -98,6 +98,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                            ("trial.csv", "trial.json", "trial.parquet", "baselines", "gifs"), tuple(inputs))
     # the trial is a function of the design and the seed alone: simulated now, so a design the analysis cannot
     # separate (e.g. every patient's blocks in one order, with the trend term) fails before any model loads
+    mask_spec = cfg.trial.get("mask")
+    mask_spec = OmegaConf.to_container(mask_spec) if isinstance(mask_spec, ListConfig) else mask_spec
+    edit_mask(mask_spec, None, 8, "trial.mask")  # a bad one fails before the model loads (drawn at its size below)
     table, patients = simulate(design, seed)
     analysis.check_identifiable(table, design)
     runin_bias, design_warnings = analysis.design_checks(table, design, patients)
@@ -124,9 +127,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise UserError(f"trial.scale=lesions is the acne lesion-count scale; {profile.disease_id} ({profile.name}) "
                         "has none: use trial.scale=severity")
     size = backbone.image_size
-    mask_spec = cfg.trial.get("mask")
-    mask_spec = OmegaConf.to_container(mask_spec) if isinstance(mask_spec, ListConfig) else mask_spec
-    mask = edit_mask(mask_spec, None, size)
+    mask = edit_mask(mask_spec, None, size, "trial.mask")
     info = run_data(run_dir)
     manifest = Path(info["manifest"]) if info.get("manifest") else None
     data_cfg = OmegaConf.to_container(run_cfg.data, resolve=True) if run_cfg.get("data") is not None else None
@@ -181,7 +182,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         # without a usable calibration line the study still judges the design's analysis on true severities; the
         # measured outcome's noise model is that line, so it is left out (and the note says why)
         usable = meter.calset is not None and not meter.problem
-        model = fit_measurement_model(meter.calset["true"], meter.calset["raw"], meter.calset["identity"]) \
+        inside = diseased_rows(meter.calset) if usable else None  # where the applied line was fitted
+        model = fit_measurement_model(inside["true"], inside["raw"], inside["identity"]) \
             if usable else None
         _, study = analysis.coverage_study(design, design.analysis.study_trials, seed, model,
                                            progress=bool(cfg.progress))

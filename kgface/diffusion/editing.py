@@ -79,16 +79,17 @@ def region_mask(names, size: int, key: str = "mask") -> torch.Tensor:
     return m
 
 
-def edit_mask(mask, keep, size: int) -> torch.Tensor | None:
-    """Where the output may differ from the input ([1, S, S] in [0, 1], feathered inward), or None (everywhere)."""
+def edit_mask(mask, keep, size: int, key: str = "mask") -> torch.Tensor | None:
+    """Where the output may differ from the input ([1, S, S] in [0, 1], feathered inward), or None (everywhere);
+    `key`: the setting errors name (kgface.trial's is trial.mask)."""
     if mask is None and keep is None:
         return None
     if mask is None:
         m = torch.ones(1, size, size)
     elif isinstance(mask, (ListConfig, list, tuple)):
-        m = region_mask(mask, size)
+        m = region_mask(mask, size, key)
     elif str(mask) in REGIONS:  # mask=cheeks: one region, unbracketed (as keep=eyes is)
-        m = region_mask([str(mask)], size)
+        m = region_mask([str(mask)], size, key)
     else:
         from PIL import Image, ImageChops, ImageOps
 
@@ -96,8 +97,8 @@ def edit_mask(mask, keep, size: int) -> torch.Tensor | None:
 
         path = Path(str(mask)).expanduser()
         if not path.is_file():
-            raise UserError(f"mask={mask} is neither an image file nor a region ({', '.join(REGIONS)}); give a PNG "
-                            "or mask=[region,...]")
+            raise UserError(f"{key}={mask} is neither an image file nor a region ({', '.join(REGIONS)}); give a "
+                            f"PNG or {key}=[region,...]")
         img = load_rgb(path).convert("L")  # unreadable: one line naming the file
         with Image.open(path) as raw:  # transparent pixels keep the input (load_rgb lays them on white: change)
             if raw.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in raw.info:

@@ -91,11 +91,13 @@ MIN_CALIBRATION_FACES = 3   # ... from this many faces: a slope error clustered 
 
 
 def calibrate(calset, disease: str) -> tuple[Calibration | None, str | None]:
-    """The line fitted on a calibration set (columns true, raw, identity, disease) and why it cannot be applied
-    (None when it can): too few images or faces of a disease, a slope that does not resolve severity, or one that
-    does only through the healthy faces: a trial lives inside the disease's range, and an evaluator that tells
-    healthy from diseased but reads every stage alike fits a steep line through the healthy faces at 0, then
-    measures every effect as about 0. The line must rise on the diseased images (true > 0) alone too."""
+    """The line applied to readings, from a calibration set (columns true, raw, identity, disease), and why it
+    cannot be applied (None when it can): too few images or faces of a disease, a slope that does not resolve
+    severity, or one that does only through the healthy faces. A trial lives inside the disease's range, so the line
+    applied is the one fitted on the diseased images (true > 0) alone: the line through the healthy faces at 0 is
+    steeper wherever the evaluator tells healthy from diseased more sharply than one stage from the next, and
+    (raw - a) / b with its slope shrank every effect towards 0 (one that reads every stage alike: to about 0). The
+    line over all images must rise too (the first gate)."""
     sick = (calset["disease"] != "healthy").to_numpy()
     shown, faces = int(sick.sum()), int(calset["identity"][sick].nunique())
     which = disease if set(calset["disease"]) <= {disease, "healthy"} else "any disease"
@@ -120,7 +122,13 @@ def calibrate(calset, disease: str) -> tuple[Calibration | None, str | None]:
         return line, (f"the evaluator's severity barely rises with the true severity among the {within.n} diseased "
                       f"calibration images (slope {within.slope:.3f} +- {within.slope_se:.3f} per unit); the line "
                       f"through the healthy faces (slope {line.slope:.3f}) would read that flat range as resolved")
-    return line, None
+    return within, None
+
+
+def diseased_rows(calset):
+    """The calibration images inside the disease's range (true > 0, not healthy): what the applied line and the
+    coverage study's measurement model are fitted on."""
+    return calset[(calset["true"] > 0).to_numpy() & (calset["disease"] != "healthy").to_numpy()]
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,13 @@ def test_calibration_needs_a_line_that_rises_inside_the_disease():
 
     line, problem = calibrate(calset(lambda s: 0.5 * s), "D")
     assert problem is None and line.slope == pytest.approx(0.5, abs=0.05)
+    # the line applied is the diseased images' own: healthy faces read far below stage 1 (0 vs 0.7 + 0.3 s) made
+    # the line over all images ~0.5 steep, and (raw - a) / b shrank every effect inside the disease to ~0.6 of it
+    jump = calset(lambda s: 0.7 + 0.3 * s)
+    overall = fit_calibration(jump["true"], jump["raw"], jump["identity"])
+    line, problem = calibrate(jump, "D")
+    assert problem is None and overall.slope > 0.45 and line.slope == pytest.approx(0.3, abs=0.04)
+    assert line.n == 30 and line.intercept == pytest.approx(0.7, abs=0.1)
     flat = calset(lambda s: 1.5)
     overall = fit_calibration(flat["true"], flat["raw"], flat["identity"])
     assert calibration_problem(overall) is None and overall.slope > 0.4  # the line alone passed

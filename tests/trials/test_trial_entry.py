@@ -221,6 +221,7 @@ def fails(capsys, run, out, *overrides) -> str:
     (["max_images=10"], "more than max_images=10"),
     (["strength=0"], "strength=0 must lie in (0, 1]"),
     (["device=banana"], "device=banana is not a torch device; use cpu, cuda, cuda:N or auto"),
+    (["trial.mask=jaw"], "trial.mask=jaw is neither an image file nor a region"),  # the key this entry reads
     (["calibration=maybe"], "calibration=maybe is unknown"),
     (["seed=-1"], "seed=-1: numpy seeds cannot be negative"),
     (["seed=abc"], "seed='abc' is not a whole number"),
