@@ -305,6 +305,16 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
             notes.append(f"{', '.join(fallback)} have too few blocks for the model on block means: their own "
                          f"intervals use daily rows {how}{trend}; set trial.schedule.cycles >= 2 for per-patient "
                          "intervals from block means")
+    if a.unit == "day" and a.trend:
+        # each patient's own fit on daily rows is full rank with one order, the trend then told from the treatments
+        # only by the drift inside blocks: what the pooled fit refuses, said for the patients' fits
+        weak = [pid for pid, r in table.groupby("patient_id", sort=True)
+                if np.linalg.matrix_rank((m := _design_matrix(analysed_rows(r, "true_severity", "block"), design,
+                                                              True)).to_numpy(dtype=float)) < m.shape[1]]
+        if weak:
+            notes.append(f"{', '.join(weak)}: their blocks alone cannot separate the study-day trend from the "
+                         "treatments, so their own fits on daily rows tell them apart only by the drift inside each "
+                         "block (onset and carry-over included) and can be biased; set trial.schedule.cycles >= 2")
     kept = table.loc[table["analysed"] & (table["treatment"] != WASHOUT), "true_severity"]
     at_bounds = float(((kept <= s.low) | (kept >= s.high)).mean()) if len(kept) else 0.0
     if at_bounds > CLIPPED_SHARE:

@@ -174,6 +174,12 @@ def test_design_checks_stay_quiet_for_sound_designs_and_name_the_others():
     assert len(notes) == 1 and notes[0].startswith("P01, P02, P03, P04, P05, P06 have too few blocks"), notes
     # with the trend term (the default) a patient's one order leaves the trend to the drift inside blocks: said
     assert "only by the drift inside each block" in notes[0]
+    # ... and with unit=day too, where each patient's daily rows are full rank (randomised orders that differ keep
+    # the pooled fit identifiable)
+    notes = checks(**{"schedule.cycles": 1, "patients": 6, "schedule.order": "randomised", "analysis.unit": "day"})[1]
+    assert len(notes) == 1 and notes[0].startswith("P01, P02, P03, P04, P05, P06: their blocks alone cannot "
+                                                   "separate the study-day trend"), notes
+    assert checks(**{"analysis.unit": "day"})[1] == []  # two cycles: nothing to say
 
 
 def test_calibration_and_measurement_model_on_a_known_instrument():
