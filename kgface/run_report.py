@@ -84,7 +84,7 @@ HEADLINE = [  # (metrics.json key, what it measures, target on experiment=benchm
      ""),
     ("evaluator.identity_dlib.clip_auroc", "... on dlib's real pairs", ""),
     ("evaluator.identity_dlib.auroc", "dlib distance separates same / different identity (the same real pairs)", ""),
-    ("tstr_top1", "probe trained on generated images, tested on real ones (every disease's real rows)", ""),
+    ("tstr_top1", "probe trained on generated images, tested on real ones (the test rows real_top1 reads)", ""),
     ("tstr_top1_seen", "... on the real rows of the diseases not held out", ""),
     ("kid_clip", "KID on evaluator CLIP features (lead with KID at small n)", ""),
     ("kid_clip_std", "... its standard deviation over subsets", ""),

@@ -21,6 +21,7 @@ import torch
 from ..cache import atomic_path
 from .editing import prepare_image
 from .generator import Request
+from .requests import file_safe
 
 
 def save_png(image, path: Path) -> Path:
@@ -138,7 +139,7 @@ def write_set(images: torch.Tensor, rows: list[dict], folder: Path, heldout: set
     out = []
     for i, (img, r) in enumerate(zip(images, rows)):
         mode = r.get("mode", "sample")
-        rel = f"images/{mode}_{r['disease'].replace(':', '_')}_s{r['stage']}_seed{r['seed']}.png"
+        rel = f"images/{mode}_{file_safe(r['disease'])}_s{r['stage']}_seed{r['seed']}.png"  # an IRI holds slashes
         save_png(Image.fromarray(img.permute(1, 2, 0).numpy()), folder / rel)
         out.append({"path": rel, "identity": f"seed-{r['seed']}", "disease": r["disease"], "stage": r["stage"],
                     "severity": float(r["stage"]), "split": "test", "source": "generated", "phenotypes": "{}",

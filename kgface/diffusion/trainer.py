@@ -6,8 +6,9 @@ guidance dropout of the KG/class tokens and/or the text, AdamW with warm-up + co
 and mixed precision through accelerate, an EMA of the trainable weights, checkpoints every N steps and exact resume.
 
 Exact resume: every random draw of step n (batch indices, noise, timesteps, CFG dropout) comes from a generator
-seeded by (seed, n), so a run killed after checkpoint k and resumed replays steps k+1.. exactly; a checkpoint holds
-the trainable weights, the EMA and the optimizer/scheduler state (safetensors + `torch.load(weights_only=True)`).
+seeded by (seed, n), and torch's global generators (the encoder's dropout) are seeded from (seed, n) too, so a run
+killed after checkpoint k and resumed replays steps k+1.. exactly; a checkpoint holds the trainable weights, the EMA
+and the optimizer/scheduler state (safetensors + `torch.load(weights_only=True)`).
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ TRAINER_DEFAULTS = {
 
 class TrainingError(UserError):
     pass
+
+
+# trainer.resume=null beside this run's checkpoints is refused (resume_checkpoint): a fresh start goes elsewhere
+AFRESH = "start afresh in another hydra.run.dir (or move its checkpoints/ folder away)"
 
 
 @dataclass
@@ -224,12 +229,11 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
     if len(weights) != len(params):
         raise TrainingError(f"{folder}: holds {len(weights)} trainable tensors, this run has {len(params)}; "
                             "was it made with another config, or by an older kgface (e.g. before the encoder's "
-                            "unknown_stage)? Set trainer.resume=null to start afresh")
+                            f"unknown_stage)? Resume it with that config, or {AFRESH}")
     bad = next((i for i, p in enumerate(params) if tuple(weights[f"p{i:05d}"].shape) != tuple(p.shape)), None)
     if bad is not None:  # a changed width (model.lora_rank, model.num_tokens, encoder.hidden): one line, no traceback
         raise TrainingError(f"{folder}: trainable tensor {bad} has shape {tuple(weights[f'p{bad:05d}'].shape)}, this "
-                            f"run's has {tuple(params[bad].shape)}: made with another config; set trainer.resume=null "
-                            "to start afresh")
+                            f"run's has {tuple(params[bad].shape)}: made with another config; {AFRESH}")
     with torch.no_grad():
         for i, p in enumerate(params):
             p.copy_(weights[f"p{i:05d}"])
@@ -253,8 +257,7 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
     try:  # moments and step counts come back from the checkpoint; the rates too, unless this run names others
         optimizer.load_state_dict(opt["optimizer"])
     except ValueError as exc:  # e.g. a checkpoint from before the adapter had its own parameter group
-        raise TrainingError(f"{folder}: its optimizer state does not fit this run ({exc}); "
-                            "set trainer.resume=null to start afresh") from None
+        raise TrainingError(f"{folder}: its optimizer state does not fit this run ({exc}); {AFRESH}") from None
     for group, own in zip(optimizer.param_groups, settings):
         changed = {k: (group[k], v) for k, v in own.items() if group[k] != v}
         if changed:
@@ -295,8 +298,7 @@ def _check_same_schedule(folder: Path, saved: dict | None, current: dict | None)
         settable = [f"{_SCHEDULE_KEYS[k]}={str(saved[k]).lower()}" for k in differ if k in _SCHEDULE_KEYS]
         fix = f"set {' '.join(settable)}" if len(settable) == len(differ) else \
             "resume it with the model it was trained with"
-        raise TrainingError(f"{folder}: trained with {trained}, this run has {now}; {fix}, or set "
-                            "trainer.resume=null to start afresh")
+        raise TrainingError(f"{folder}: trained with {trained}, this run has {now}; {fix}, or {AFRESH}")
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -387,6 +389,9 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     # a group at rate 0 is frozen (run_checks): its gradients stay out of the clip's norm, or the moving groups'
     # clip factor would follow the frozen UNet's gradients (trainer.lr=0 with an adapter_lr: "the adapter alone")
     clipped = [p for g in groups if g["lr"] > 0 for p in g["params"]]
+    if not clipped:  # preflight refuses the configs that get here; a run built in code may not have had it
+        raise TrainingError(f"conditioning={conditioner.mode}: nothing to train (no trainable weights at a rate > 0; "
+                            "check model.lora_rank and trainer.lr / adapter_lr / encoder_lr)")
     optimizer = torch.optim.AdamW(groups, weight_decay=float(t["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(t["warmup_steps"]), int(t["steps"])))
     unet, conditioner, optimizer = acc.prepare(unet, conditioner, optimizer)
@@ -410,8 +415,12 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     unet.train()
     conditioner.train()
     tic, done = time.perf_counter(), 0
+    # dropout (encoder.dropout > 0) draws from torch's global generators, not from `g`: seeded per step as well (on
+    # another stream), so a resumed run replays it too; put back after the loop, so what follows draws as before
+    outer_rng = torch.random.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     for step in bar:
         g = torch.Generator().manual_seed(int(t["seed"]) * 1_000_003 + step)
+        torch.manual_seed((int(t["seed"]) * 1_000_003 + step) ^ 0x5DEECE66D)
         micro = []
         for _ in range(int(t["grad_accum"])):
             with acc.accumulate(unet):
@@ -493,6 +502,9 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         if stop_after is not None and done >= stop_after:
             break
     seconds = time.perf_counter() - tic  # the loop's own time: the teardown below is not a training step's
+    torch.random.set_rng_state(outer_rng[0])
+    if outer_rng[1] is not None:
+        torch.cuda.set_rng_state_all(outer_rng[1])
     acc.end_training()
     # mixed precision wrapped their forward in autocast: unwrap, so the run's own samples are drawn through
     # sampling.unet_eps exactly as kgface.generate draws them from the saved run (full precision over an fp32 base,

@@ -108,8 +108,18 @@ def load_split_images(manifest: Path, split: str | None = "train", limit: int | 
     if exclude:
         df = df[~df["disease"].isin(set(exclude))]
     paths = [manifest.parent / p for p in df["path"]][:limit]
+    if not paths:  # np.stack of nothing: "need at least one array to stack"
+        outside = " outside the held-out diseases" if exclude else ""
+        raise UserError(f"{manifest}: no {split or 'listed'} images{outside}; give the manifest {split or 'any'} "
+                        "rows (data.test_fraction / data.val_fraction)")
     arr = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def has_rows(manifest: Path, split: str) -> bool:
+    import pandas as pd
+
+    return bool((pd.read_csv(manifest, dtype=str, keep_default_na=False)["split"] == split).any())
 
 
 def to_model(x: torch.Tensor) -> torch.Tensor:
@@ -314,10 +324,12 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
         partial = entry.partial  # a killed run's training state, resumed next time
         vae = train_vae(train, model_cfg, train_cfg, progress=progress, every=every, on_checkpoint=on_checkpoint,
                         state_dir=partial, state_every=VAE_CHECKPOINT_EVERY, fingerprint=entry.key)
-        test = load_split_images(Path(manifest), "test", limit=256)
+        # a manifest without a test split (data.test_fraction=0) trains a VAE all the same, its PSNR unmeasured
+        test = load_split_images(Path(manifest), "test", limit=256) if has_rows(Path(manifest), "test") else None
         with entry.build() as tmp:
             vae.save_pretrained(tmp / "vae", safe_serialization=True)
-            (tmp / "vae_metrics.json").write_text(json.dumps({"test_psnr_db": psnr(roundtrip(vae, test), test),
+            measured = None if test is None else psnr(roundtrip(vae, test), test)
+            (tmp / "vae_metrics.json").write_text(json.dumps({"test_psnr_db": measured,
                                                               "train_images": len(train)}), encoding="utf-8")
     shutil.rmtree(entry.partial, ignore_errors=True)  # also one a rival run left
     vae = AutoencoderKL.from_pretrained(entry.path / "vae", use_safetensors=True, local_files_only=True)

@@ -324,8 +324,8 @@ def write_report(out_dir, metrics: dict, scored: dict | None = None, evaluator=N
                                         label="requested_disease")))
         dis = t[~transform_rows(t) & (t["requested_disease"] != HEALTHY).to_numpy()]  # stage_spearman's rows
         if len(dis):
-            figs.append(("Generated images, diseased requests, no transformations: requested stage vs measured "
-                         "severity",
+            figs.append(("Generated images, diseased requests, no transformations: requested severity vs "
+                         "measured severity",
                          plot_stage_scatter(dis, out / "stage_generated.png",
                                             stage="requested_severity" if "requested_severity" in dis
                                             else "requested_stage")))

@@ -73,12 +73,15 @@ def test_a_half_precision_base_trains_fp32_lora_and_adapter_weights_and_reloads_
     # LoRA settings: a null rank or alpha failed in int() / float() with a traceback
     ("model.lora_rank=null", "model.lora_rank=None: a whole number >= 0"),
     ("model.lora_alpha=0", "model.lora_alpha=0: a number > 0 (null: the rank)"),
+    # text prompts train the LoRA alone: AdamW([]) was a traceback after every latent was encoded
+    ("model.lora_rank=0 conditioning=text", "model.lora_rank=0 with conditioning text: a pretrained UNet trains only"),
+    ("trainer.lr=0 trainer.adapter_lr=1e-3 baselines=[kg,text]", "trainer.lr=0 with conditioning text: text prompts"),
 ])
 def test_settings_that_would_train_wrong_stop_in_preflight(override, message, sd15_folder, tmp_path, capsys):
     from kgface.train import main
 
     with pytest.raises(SystemExit) as info:
-        main(RUN + ["model=sd15", f"model.pretrained={sd15_folder}", override, f"hydra.run.dir={tmp_path}"])
+        main(RUN + ["model=sd15", f"model.pretrained={sd15_folder}", *override.split(), f"hydra.run.dir={tmp_path}"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "config.yaml").exists()  # nothing built

@@ -29,7 +29,7 @@ def profiles(hpo_kg, catalog):
     return [b.build("ORPHA:870"), b.build("MONDO:0011438"), healthy_profile("hpo")]
 
 
-def make(profiles, mode="kg", seed=0, schedule=None):
+def make(profiles, mode="kg", seed=0, schedule=None, dropout=0.0):
     torch.manual_seed(seed)
     backbone = build_backbone({**MICRO, "schedule": schedule}, num_tokens=4, with_adapter=mode != "text")
     encoder = builder = None
@@ -37,7 +37,7 @@ def make(profiles, mode="kg", seed=0, schedule=None):
         from kgface.encoders import KGEncoder
 
         encoder = KGEncoder(out_dim=backbone.cross_attention_dim, hidden=32, layers=1, num_tokens=4, heads=2,
-                            center_tokens=True)
+                            center_tokens=True, dropout=dropout)
         builder = encoder.graph_builder()
     return backbone, Conditioner(mode, profiles, backbone, encoder, builder, num_tokens=4)
 
@@ -272,15 +272,19 @@ def test_a_step_the_loss_scaler_skipped_moves_neither_the_schedule_nor_the_ema(p
     assert len(asked) == 3 and out["ema"].steps == 1 and opt["scheduler"]["last_epoch"] == 1
 
 
-def test_resume_gives_the_same_weights(profiles, tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_resume_gives_the_same_weights(profiles, tmp_path, dropout):
+    """dropout: the encoder's draws come from torch's global generator, which a fresh process seeds otherwise."""
     cfg = {**FAST, "steps": 6, "checkpoint_every": 3, "keep_checkpoints": 5}
-    b1, c1 = make(profiles)
+    b1, c1 = make(profiles, dropout=dropout)
     straight = train(b1, c1, fixed_data(), cfg, tmp_path / "straight", progress=False)
-    b2, c2 = make(profiles)
+    b2, c2 = make(profiles, dropout=dropout)
     killed = train(b2, c2, fixed_data(), cfg, tmp_path / "resumed", progress=False, stop_after=4)
     assert killed["steps"] == 4 and (tmp_path / "resumed/checkpoints/step-0000003/trainable.safetensors").is_file()
-    b3, c3 = make(profiles, seed=123)  # a fresh process: other initial weights, restored from the checkpoint
+    b3, c3 = make(profiles, seed=123, dropout=dropout)  # a fresh process: other initial weights, from the checkpoint
+    before = torch.random.get_rng_state()
     out = train(b3, c3, fixed_data(), {**cfg, "resume": "latest"}, tmp_path / "resumed", progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the loop's per-step seeds are not left behind
     assert out["steps"] == 6 and out["steps_this_call"] == 3
     assert len(list(c3.buffers())) > 0 and not c3.training  # trained, then left in eval mode for sampling
     for a, b in zip(state(b1, c1), state(b3, c3)):
@@ -659,3 +663,11 @@ def test_a_training_record_from_another_version_resumes_unchecked(tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="kgface.diffusion.trainer"):
         _check_same_setup(tmp_path, {"seed": 0, "model": "a"}, {"version": 2, "seed": 0, "model": "b"})
     assert "training record is from another kgface version; resuming without comparing" in caplog.text
+
+
+def test_a_run_with_nothing_to_train_is_refused_before_the_loop(profiles, tmp_path):
+    """Text prompts at trainer.lr=0 move nothing (preflight refuses the config; this is the run built in code)."""
+    backbone, cond = make(profiles, mode="text")
+    with pytest.raises(TrainingError, match=r"conditioning=text: nothing to train"):
+        train(backbone, cond, fixed_data(), {**FAST, "lr": 0.0}, tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()

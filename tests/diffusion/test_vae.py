@@ -298,3 +298,20 @@ def test_the_vae_learns_from_the_generators_diseases_only(tmp_path):
     _, held_info, held = cached_vae(manifest, SMALL, train, cache, progress=False, heldout={"B"})
     assert held != seen and info["train_images"] == 5 and held_info["train_images"] == 3
     assert json.loads((held / "entry.json").read_text())["spec"]["heldout"] == ["B"]
+
+
+def test_a_manifest_without_test_rows_trains_a_vae_and_one_without_train_rows_is_refused(tmp_path):
+    """data.test_fraction=0 (allowed): the VAE trains, its PSNR unmeasured (np.stack of no test image was a
+    traceback after training, each rerun retraining); no train rows: a line naming the manifest."""
+    from kgface.cache import Cache
+    from kgface.diffusion.vae import cached_vae
+    from kgface.errors import UserError
+
+    manifest = _flat_manifest(tmp_path, 3, 60)
+    manifest.write_text(manifest.read_text().replace(",test", ",train"))
+    cache, train = Cache(tmp_path / "cache"), {"steps": 1, "batch_size": 2}
+    _, metrics, _ = cached_vae(manifest, SMALL, train, cache, progress=False)
+    assert metrics == {"test_psnr_db": None, "train_images": 3}
+    manifest.write_text(manifest.read_text().replace(",train", ",test"))
+    with pytest.raises(UserError, match=rf"{manifest}: no train images; give the manifest train rows"):
+        cached_vae(manifest, SMALL, train, cache, progress=False)

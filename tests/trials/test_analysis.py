@@ -491,7 +491,7 @@ def test_measured_effects_over_simulated_trials_bias_and_coverage(real_measureme
         m, t = s.loc[("measured_severity", effect)], s.loc[("true_severity", effect)]
         assert m["trials"] == 100
         assert abs(m["bias"]) <= 3 * m["bias_mc_se"] + 0.02, (effect, m.to_dict())
-        # 95% intervals over 100 trials (Monte-Carlo se ~0.022): measured 0.97 / 0.92 / 0.95; all 100 covered
+        # 95% intervals over 100 trials (Monte-Carlo se ~0.025): measured 0.94 / 0.93 / 0.93; all 100 covered
         # (intervals far too wide) fails
         assert 0.88 <= m["coverage"] <= 0.99, (effect, m.to_dict())
         assert m["ci_width"] > t["ci_width"]  # the instrument adds noise: wider than from true severities
