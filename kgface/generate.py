@@ -267,10 +267,16 @@ def check_mode_keys(cfg: DictConfig) -> None:
         ignored.append("strength")
     if cfg.mode in ("transform", "progression") and not cfg.get("inversion"):
         ignored += [k for k in ("source_disease", "source_stage") if is_set(k)]
-    if cfg.mode == "transform" and str(cfg.get("target")).lower() == "healthy" and is_set("stage"):
+    to_healthy = cfg.mode == "transform" and str(cfg.get("target")).lower() == "healthy"
+    if to_healthy and is_set("stage") and as_number(cfg.get("stage"), "stage") != 0:
         # healthy is drawn at stage 0 only; the default stage (3) is let pass
         raise UserError(f"stage={cfg.get('stage')} with target=healthy: a healthy face is drawn at stage 0; leave "
                         "stage out")
+    if to_healthy and cfg.get("inversion") and not is_set("source_disease"):
+        # inverted under the default source, healthy, and redrawn as healthy: the disease stays in the output
+        raise UserError("inversion=true with target=healthy needs source_disease= (and source_stage=): the disease "
+                        "and stage the input shows; under the default, healthy, the input would be inverted and "
+                        "redrawn as healthy and keep its disease")
     if ignored:
         raise UserError(f"mode={cfg.mode} does not read {', '.join(f'{k}={cfg.get(k)}' for k in ignored)}; leave "
                         f"{'it' if len(ignored) == 1 else 'them'} out, or use the mode that reads "
@@ -378,14 +384,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             raise UserError(f"source_stage={cfg.source_stage} with source_disease={cfg.source_disease}: a healthy "
                             "input has stage 0; set source_disease to the disease it shows, or source_stage=0")
         inversion = (source, s)
-        if cfg.mode == "transform":
-            target = profiles.get(cfg.target)
-            t = 0.0 if target.healthy else as_number(cfg.stage, "stage")
-            if source.disease_id == target.disease_id and s == t:  # inverted and redrawn alike: the input comes back
-                raise UserError(f"inversion=true with source_disease={cfg.source_disease} source_stage="
-                                f"{cfg.source_stage}: the input would be inverted and redrawn under the target's own "
-                                f"condition ({target.name}, stage {t:g}) and come back unchanged; set "
-                                "source_disease (and source_stage) to what the input shows")
     if conditioner.mode == "class":
         asked = {it.row["disease"]: it.row["name"] for it in items}
         if inversion:

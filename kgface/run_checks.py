@@ -125,12 +125,14 @@ def preflight(cfg: DictConfig) -> None:
         KGEncoder.check_settings(container(cfg.encoder))
     if "text" in modes:  # text prompts train the UNet alone (no tokens, no adapter): its rate and LoRA are all
         pretrained = cfg.model.name != "tiny"
+        drop = "drop text from baselines" if cfg.get("baselines") else "use another conditioning"
         if pretrained and str(cfg.model.get("lora_rank")) == "0":
             raise UserError("model.lora_rank=0 with conditioning text: a pretrained UNet trains only its LoRA under "
-                            "text prompts, so nothing would train; set model.lora_rank > 0 or drop text")
+                            f"text prompts, so nothing would train; set model.lora_rank > 0 or {drop}")
         if as_number(cfg.trainer.get("lr"), "trainer.lr") == 0:
-            raise UserError("trainer.lr=0 with conditioning text: text prompts train only the UNet (its LoRA), so "
-                            "nothing would train; give trainer.lr a rate > 0 or drop text")
+            raise UserError(f"trainer.lr=0 with conditioning text: text prompts train only the UNet ("
+                            f"{'its LoRA' if pretrained else 'model=tiny: all of it'}), so nothing would train; give "
+                            f"trainer.lr a rate > 0 or {drop}")
     as_eta(cfg.model.sample.get("eta", 0.0), "model.sample.eta")  # the samples are drawn after training
     # ... and so are these: a bad one failed after the whole training, with a traceback
     _whole_at_least(cfg.model.sample.get("steps"), "model.sample.steps", 1, "DDIM steps, e.g. 20")

@@ -241,11 +241,6 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     assert "stages [4]: a stage (or severity) must lie in [0, 3]" in fails(capsys, micro_run, tmp_path / "d",
                                                                           "stages=[4]")
     assert "mask= / keep= need an input image" in fails(capsys, micro_run, tmp_path / "e", "keep=[eyes]")
-    # inverted under healthy (the default source) and redrawn as healthy: the input came back, labelled "removed"
-    face = sorted((micro_run / "samples" / "images").glob("*.png"))[0]
-    err = fails(capsys, micro_run, tmp_path / "inv", "mode=transform", f"input={face}", "target=healthy",
-                "inversion=true")
-    assert "inversion=true with source_disease=healthy source_stage=0: the input would be inverted and redrawn" in err
     # numbers that used to end in a traceback (batch_size=0: IndexError; steps=0: ZeroDivisionError) or in silent
     # garbage (steps above the 1,000-step ladder repeated timestep 0)
     for k, (arg, key) in enumerate([("batch_size=0", "batch_size"), ("steps=0", "steps"), ("steps=5000", "steps"),
@@ -607,8 +602,13 @@ def test_keys_a_mode_does_not_read_are_refused_before_the_run_loads(tmp_path, ca
              "frames=4 and stages=[0, 3]: give one (frames would replace stages)"),
             (["lesions=[3,12]", "stages=[1]"], "lesions=[3, 12] and stages=[1]: give one"),
             # healthy is drawn at stage 0: another stage was dropped with an info line
-            (["mode=transform", f"input={x}", "target=healthy", "stage=2"], "stage=2 with target=healthy: a healthy")]):
+            (["mode=transform", f"input={x}", "target=healthy", "stage=2"], "stage=2 with target=healthy: a healthy"),
+            # inverted under the default source (healthy) and redrawn as healthy: the input came back, labelled healthy
+            (["mode=transform", f"input={x}", "target=healthy", "inversion=true"],
+             "inversion=true with target=healthy needs source_disease=")]):
         assert words in fails(capsys, run, tmp_path / f"o{k}", *args)
+    assert "stage=0" not in fails(capsys, run, tmp_path / "h0", "mode=transform", f"input={x}", "target=healthy",
+                                  "stage=0")  # what is drawn: passes these checks (and fails on the missing run)
 
 
 def test_the_kg_of_a_generate_call_is_checked_against_the_runs(tmp_path, caplog):

@@ -416,95 +416,93 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     conditioner.train()
     tic, done = time.perf_counter(), 0
     # dropout (encoder.dropout > 0) draws from torch's global generators, not from `g`: seeded per step as well (on
-    # another stream), so a resumed run replays it too; put back after the loop, so what follows draws as before
-    outer_rng = torch.random.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    for step in bar:
-        g = torch.Generator().manual_seed(int(t["seed"]) * 1_000_003 + step)
-        torch.manual_seed((int(t["seed"]) * 1_000_003 + step) ^ 0x5DEECE66D)
-        micro = []
-        for _ in range(int(t["grad_accum"])):
-            with acc.accumulate(unet):
-                if data.weights is None:
-                    idx = torch.randint(0, len(data), (int(t["batch_size"]),), generator=g)
-                else:
-                    idx = torch.multinomial(data.weights, int(t["batch_size"]), replacement=True, generator=g)
-                x0 = data.latents[idx].to(device)
-                noise = torch.randn(x0.shape, generator=g).to(device)
-                ts = torch.randint(0, n_train, (len(idx),), generator=g).to(device)
-                drop_tok, drop_txt = guidance_dropout(torch.rand(len(idx), generator=g), float(t["cfg_drop_tokens"]),
-                                                      float(t["cfg_drop_text"]), float(t["cfg_drop_both"]),
-                                                      has_tokens=conditioner.uses_tokens)
-                cls = data.index[idx]
-                states, added = backbone.text_states(conditioner.prompts(cls, data.stage[idx]))
-                if drop_txt.any():
-                    states = torch.where(drop_txt.view(-1, 1, 1), null_states.expand_as(states), states)
-                    added = {k: torch.where(drop_txt.view(-1, *[1] * (v.ndim - 1)), null_added[k].expand_as(v), v)
-                             for k, v in added.items()}
-                kw = {k: v.to(device) for k, v in added.items()}  # SDXL's text_embeds / time_ids, built on the CPU
-                if conditioner.uses_tokens:
-                    age = None
-                    if conditioner.uses_kg and getattr(conditioner.encoder, "age_groups", 0):
-                        # every sample drawn without age= asks for the unknown age (-1): it must be trained too
-                        age = torch.where(torch.rand(len(idx), generator=g) < float(t["age_drop"]), -1,
-                                          data.age[idx])
-                    tokens = conditioner.tokens(cls, data.severity[idx].to(device),
-                                                None if age is None else age.to(device))
-                    tokens = torch.where(drop_tok.view(-1, 1, 1).to(device), conditioner.null(len(idx)), tokens)
-                    kw["image_embeds"] = [tokens]
-                with acc.autocast():
-                    pred = unet(backbone.scheduler.add_noise(x0, noise, ts), ts,
-                                encoder_hidden_states=states.to(device), added_cond_kwargs=kw or None).sample
-                target = noise if prediction == "epsilon" else backbone.scheduler.get_velocity(x0, noise, ts)
-                err = F.mse_loss(pred.float(), target.float(), reduction="none")
-                if mark_weight:  # the same total weight per face, moved onto its marks (latent cells they cover)
-                    w = 1.0 + mark_weight * data.marks[idx].to(device)
-                    per = (err * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3))
-                else:
-                    per = err.mean(dim=(1, 2, 3))
-                if t["min_snr_gamma"]:
-                    per = per * min_snr_weights(alphas, ts, float(t["min_snr_gamma"]), prediction)
-                loss = per.mean()
-                if not torch.isfinite(loss):
-                    last = latest_checkpoint(ckpt_dir)
-                    raise TrainingError(f"the loss became {loss.item()} at step {step}; training stopped. Last good "
-                                        f"checkpoint: {last or 'none'} (lower trainer.lr, or check the data)")
-                acc.backward(loss)
-                if acc.sync_gradients and t["max_grad_norm"]:
-                    acc.clip_grad_norm_(clipped, float(t["max_grad_norm"]))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                micro.append(loss.item())
-        # fp16: a step whose gradients overflowed was skipped by the loss scaler; the schedule and the average wait
-        # for the next real update (as accelerate's wrapped scheduler does), or the first few calibration steps
-        # would shift the warm-up and pull the EMA towards weights that did not move
-        if not acc.optimizer_step_was_skipped:
-            scheduler.step()
-            if ema is not None:
-                ema.step()
-        losses.append(sum(micro) / len(micro))
-        done += 1
-        if step % int(t["log_every"]) == 0 or step + 1 == int(t["steps"]):
-            recent = losses[-int(t["log_every"]):]
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}",
-                            it_s=f"{done / (time.perf_counter() - tic):.2f}")
-            acc.log({"loss": losses[-1], "lr": scheduler.get_last_lr()[0]}, step=step)
-        if t["checkpoint_every"] and (step + 1) % int(t["checkpoint_every"]) == 0:
-            save_checkpoint(ckpt_dir / f"step-{step + 1:07d}", step + 1, params, ema, optimizer, scheduler, losses,
-                            buffers, schedule_record, t.get("setup"))
-            keep = int(t["keep_checkpoints"])  # 0 keeps all
-            for old in sorted(ckpt_dir.glob("step-*"))[:-keep] if keep else []:
-                shutil.rmtree(old)
-        if on_validate is not None and t["val_every"] and (step + 1) % int(t["val_every"]) == 0:
-            # drawn with the EMA weights, the ones the run saves (raw ones can look quite different early on),
-            # then the raw weights go back exactly
-            with ema.swapped() if ema is not None else contextlib.nullcontext():
-                on_validate(step + 1)
-        if stop_after is not None and done >= stop_after:
-            break
+    # another stream), so a resumed run replays it too; forked, so what follows the loop draws as before
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        for step in bar:
+            g = torch.Generator().manual_seed(int(t["seed"]) * 1_000_003 + step)
+            torch.manual_seed((int(t["seed"]) * 1_000_003 + step) ^ 0x5DEECE66D)
+            micro = []
+            for _ in range(int(t["grad_accum"])):
+                with acc.accumulate(unet):
+                    if data.weights is None:
+                        idx = torch.randint(0, len(data), (int(t["batch_size"]),), generator=g)
+                    else:
+                        idx = torch.multinomial(data.weights, int(t["batch_size"]), replacement=True, generator=g)
+                    x0 = data.latents[idx].to(device)
+                    noise = torch.randn(x0.shape, generator=g).to(device)
+                    ts = torch.randint(0, n_train, (len(idx),), generator=g).to(device)
+                    drop_tok, drop_txt = guidance_dropout(torch.rand(len(idx), generator=g),
+                                                          float(t["cfg_drop_tokens"]), float(t["cfg_drop_text"]),
+                                                          float(t["cfg_drop_both"]), has_tokens=conditioner.uses_tokens)
+                    cls = data.index[idx]
+                    states, added = backbone.text_states(conditioner.prompts(cls, data.stage[idx]))
+                    if drop_txt.any():
+                        states = torch.where(drop_txt.view(-1, 1, 1), null_states.expand_as(states), states)
+                        added = {k: torch.where(drop_txt.view(-1, *[1] * (v.ndim - 1)), null_added[k].expand_as(v), v)
+                                 for k, v in added.items()}
+                    kw = {k: v.to(device) for k, v in added.items()}  # SDXL's text_embeds / time_ids, built on the CPU
+                    if conditioner.uses_tokens:
+                        age = None
+                        if conditioner.uses_kg and getattr(conditioner.encoder, "age_groups", 0):
+                            # every sample drawn without age= asks for the unknown age (-1): it must be trained too
+                            age = torch.where(torch.rand(len(idx), generator=g) < float(t["age_drop"]), -1,
+                                              data.age[idx])
+                        tokens = conditioner.tokens(cls, data.severity[idx].to(device),
+                                                    None if age is None else age.to(device))
+                        tokens = torch.where(drop_tok.view(-1, 1, 1).to(device), conditioner.null(len(idx)), tokens)
+                        kw["image_embeds"] = [tokens]
+                    with acc.autocast():
+                        pred = unet(backbone.scheduler.add_noise(x0, noise, ts), ts,
+                                    encoder_hidden_states=states.to(device), added_cond_kwargs=kw or None).sample
+                    target = noise if prediction == "epsilon" else backbone.scheduler.get_velocity(x0, noise, ts)
+                    err = F.mse_loss(pred.float(), target.float(), reduction="none")
+                    if mark_weight:  # the same total weight per face, moved onto its marks (latent cells they cover)
+                        w = 1.0 + mark_weight * data.marks[idx].to(device)
+                        per = (err * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3))
+                    else:
+                        per = err.mean(dim=(1, 2, 3))
+                    if t["min_snr_gamma"]:
+                        per = per * min_snr_weights(alphas, ts, float(t["min_snr_gamma"]), prediction)
+                    loss = per.mean()
+                    if not torch.isfinite(loss):
+                        last = latest_checkpoint(ckpt_dir)
+                        raise TrainingError(f"the loss became {loss.item()} at step {step}; training stopped. Last "
+                                            f"good checkpoint: {last or 'none'} (lower trainer.lr, or check the data)")
+                    acc.backward(loss)
+                    if acc.sync_gradients and t["max_grad_norm"]:
+                        acc.clip_grad_norm_(clipped, float(t["max_grad_norm"]))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    micro.append(loss.item())
+            # fp16: a step whose gradients overflowed was skipped by the loss scaler; the schedule and the average wait
+            # for the next real update (as accelerate's wrapped scheduler does), or the first few calibration steps
+            # would shift the warm-up and pull the EMA towards weights that did not move
+            if not acc.optimizer_step_was_skipped:
+                scheduler.step()
+                if ema is not None:
+                    ema.step()
+            losses.append(sum(micro) / len(micro))
+            done += 1
+            if step % int(t["log_every"]) == 0 or step + 1 == int(t["steps"]):
+                recent = losses[-int(t["log_every"]):]
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}",
+                                it_s=f"{done / (time.perf_counter() - tic):.2f}")
+                acc.log({"loss": losses[-1], "lr": scheduler.get_last_lr()[0]}, step=step)
+            if t["checkpoint_every"] and (step + 1) % int(t["checkpoint_every"]) == 0:
+                save_checkpoint(ckpt_dir / f"step-{step + 1:07d}", step + 1, params, ema, optimizer, scheduler, losses,
+                                buffers, schedule_record, t.get("setup"))
+                keep = int(t["keep_checkpoints"])  # 0 keeps all
+                for old in sorted(ckpt_dir.glob("step-*"))[:-keep] if keep else []:
+                    shutil.rmtree(old)
+            if on_validate is not None and t["val_every"] and (step + 1) % int(t["val_every"]) == 0:
+                # drawn with the EMA weights, the ones the run saves (raw ones can look quite different early on),
+                # then the raw weights go back exactly
+                with ema.swapped() if ema is not None else contextlib.nullcontext():
+                    on_validate(step + 1)
+            if stop_after is not None and done >= stop_after:
+                break
     seconds = time.perf_counter() - tic  # the loop's own time: the teardown below is not a training step's
-    torch.random.set_rng_state(outer_rng[0])
-    if outer_rng[1] is not None:
-        torch.cuda.set_rng_state_all(outer_rng[1])
     acc.end_training()
     # mixed precision wrapped their forward in autocast: unwrap, so the run's own samples are drawn through
     # sampling.unet_eps exactly as kgface.generate draws them from the saved run (full precision over an fp32 base,

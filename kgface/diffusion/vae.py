@@ -109,9 +109,9 @@ def load_split_images(manifest: Path, split: str | None = "train", limit: int | 
         df = df[~df["disease"].isin(set(exclude))]
     paths = [manifest.parent / p for p in df["path"]][:limit]
     if not paths:  # np.stack of nothing: "need at least one array to stack"
-        outside = " outside the held-out diseases" if exclude else ""
-        raise UserError(f"{manifest}: no {split or 'listed'} images{outside}; give the manifest {split or 'any'} "
-                        "rows (data.test_fraction / data.val_fraction)")
+        where = " outside the held-out diseases (data.heldout)" if exclude else ""
+        raise UserError(f"{manifest}: no {split or 'listed'} images{where}; the VAE needs {split or 'some'} rows: "
+                        "check the manifest's split column and the data settings")
     arr = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
