@@ -55,6 +55,10 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
     if unknown:
         raise UserError(f"data.heldout names {unknown}, which are not in the disease panel "
                         f"({', '.join(sorted(ids))}); fix data.heldout or kg.panel")
+    sick = ids - {"healthy"}
+    if "healthy" in heldout or (heldout and sick <= set(heldout)):  # as real data refuses it (kgface.train)
+        raise UserError(f"data.heldout={sorted(heldout)}: name diseases of the panel ({', '.join(sorted(sick))}), not "
+                        "healthy, and leave at least one for the generator to train on")
     pcfg = PhantomConfig.from_dict(data)  # validates: a setting it cannot honour fails even when a cached entry exists
     faces, per_face, intensity = atlas_settings(data.get("atlas"))
     effects_path = kg_data_dir() / "phantom_effects.csv"
@@ -73,7 +77,7 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
             stats["atlas_images"] = len(atlas_rows)
         write_json_atomic(tmp / "dataset.json", {"config": data, **stats})
         names = {p.disease_id: p.name for p in profiles}
-        contact_sheet(rows, tmp, names).save(tmp / "contact_sheet.png")
+        contact_sheet(rows, tmp, names, stages=pcfg.stages).save(tmp / "contact_sheet.png")
     return entry.path
 
 

@@ -366,6 +366,19 @@ def test_dataset_cli_refuses_to_overwrite_another_jobs_output(tmp_path, capsys, 
     assert (tmp_path / "manifest.csv").read_text() == "kept\n"
 
 
+@pytest.mark.parametrize("heldout", ["[healthy]", "[ORPHA:870]"])
+def test_the_phantom_refuses_to_hold_out_healthy_or_every_disease(tmp_path, capsys, heldout):
+    """As real data does: healthy held out left the generator and its VAE without a healthy face, and holding out
+    the only disease left it nothing sick to learn; both built a data set without a word."""
+    from kgface.dataset import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["data.diseases=[ORPHA:870]", f"data.heldout={heldout}", f"hydra.run.dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"data.heldout=['{heldout[1:-1]}']: name diseases of the panel (ORPHA:870)" in err
+    assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
 def test_rows_that_show_nothing_of_their_disease_are_counted_and_said(table, tmp_path, caplog):
     # a disease whose only renderable sign is rare: an individual's 50 draws can all miss it, and its stage 1-3 faces
     # were the bare face under the disease's label, silently

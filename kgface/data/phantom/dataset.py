@@ -375,7 +375,8 @@ def build_atlas(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[s
         return []
     train = sorted(i for i, s in identity_split(cfg).items() if s == "train")
     if not train:
-        raise UserError("the phenotype atlas needs train identities: raise data.identities")
+        raise UserError("the phenotype atlas needs train identities: raise data.split_fractions' first share (train) "
+                        "or data.identities")
     rng = np.random.default_rng([cfg.seed, 5])
     lo, hi = int(per_face[0]), int(per_face[1])
     (out / "images" / ATLAS).mkdir(parents=True, exist_ok=True)
@@ -396,7 +397,8 @@ def build_atlas(profiles: list[FacialProfile], cfg: PhantomConfig, table: dict[s
                 break
         acne = [t for h, t in chosen.items() if h in ACNE_TERMS]
         labels = {"identity": identity, "phenotypes": chosen,
-                  "lesion_count": count_from_severity(3.0 * max(acne)) if acne else -1}
+                  # at least one lesion: an acne term labelled on a face must show (count 0 below t = 1/66)
+                  "lesion_count": max(1, count_from_severity(3.0 * max(acne))) if acne else -1}
         rel = f"images/{ATLAS}/{k:05d}.png"
         render_labels(labels, cfg, table).save(out / rel, optimize=False, compress_level=1)
         rows.append({"path": rel, "identity": identity_label(identity_id), "disease": ATLAS, "stage": 0,
