@@ -127,11 +127,14 @@ def _references(rows) -> list[str]:
 
 def _frequency_of(present: list, absent: list) -> tuple[float | None, str, list]:
     """(frequency, frequency_raw, the absent rows counted) of one term from its rows reported present and those
-    reported absent: case counts are pooled when every present row is one, and then a source's 0/m counts too (0 of
-    19 patients is 19 cases: 0/19 and 3/3 -> 3/22, not 1); otherwise the highest known frequency, in any order."""
+    reported absent: case counts are pooled when every present row that gives a frequency is one, and then a
+    source's 0/m counts too (0 of 19 patients is 19 cases: 0/19 and 3/3 -> 3/22, not 1; a row without a frequency
+    adds no cases and stops no pooling: 68/117, 2/2 and a blank -> 70/119, not 1); otherwise the highest known
+    frequency, in any order."""
     zeros = [r for r in absent if (m := _COUNT.match(str(r.frequency_raw or ""))) and int(m.group(1)) == 0]
-    pooled = pooled_counts(*(str(r.frequency_raw or "") for r in present + zeros))
-    if pooled is not None and len(present) + len(zeros) > 1:
+    given = [r for r in present if str(r.frequency_raw or "").strip()]
+    pooled = pooled_counts(*(str(r.frequency_raw or "") for r in given + zeros))
+    if pooled is not None and len(given) + len(zeros) > 1:
         return pooled[0], pooled[1], zeros
     known = [r for r in present if _freq(r.frequency) is not None]
     if not known:
