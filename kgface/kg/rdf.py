@@ -10,6 +10,7 @@ given an open file and a fixed format, and rdflib does not follow owl:imports, s
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -37,6 +38,7 @@ PREFIX_IRIS = {  # CURIE prefix -> IRI prefix (identifiers.org-style stable name
     "DECIPHER": "https://www.deciphergenomics.org/syndrome/",
     "MONDO_grouped": BASE + "mondo-group/",
 }
+HPO_CURIE = re.compile(r"^HP:\d{7}$")
 FORMATS = {".ttl": "turtle", ".nt": "nt", ".n3": "n3", ".rdf": "xml", ".owl": "xml", ".xml": "xml"}
 PHENOTYPE_FIELDS = ["frequency_raw", "onset_name", "definition"]
 
@@ -50,6 +52,8 @@ def iri(curie: str) -> URIRef:
 
 def curie(ref: URIRef) -> str:
     text = str(ref)
+    if text.startswith("https://purl.obolibrary.org/obo/"):  # the OBO PURLs answer on https too: the same terms
+        text = "http" + text[len("https"):]
     for prefix, base in sorted(PREFIX_IRIS.items(), key=lambda kv: -len(kv[1])):
         if text.startswith(base):
             return f"{prefix}:{unquote(text[len(base):])}"
@@ -285,6 +289,9 @@ def load_rdf_graph(path: str | Path, hpo=None) -> KnowledgeGraph:
         did = str(_one(g, d, KGF.curie, curie(d)))
         diseases[did] = str(_one(g, d, RDFS.label, did))
         freq, onset = _frequency(g, a, where), _one(g, a, KGF.onset)
+        if not HPO_CURIE.match(curie(hpo_ref)):  # it was counted as a hidden phenotype without a word
+            raise KGFormatError(f"{where}: kgf:phenotype {hpo_ref} is not an HPO term; write it as "
+                                "http://purl.obolibrary.org/obo/HP_0000000 (obo:HP_0000000)")
         rows.append({"disease_id": did, "hpo_id": curie(hpo_ref),
                      # a frequency of 0 means absent, as a NOT row does in phenotype.hpoa
                      "negated": _boolean(_one(g, a, KGF.negated), where) or freq == 0,

@@ -231,3 +231,15 @@ def test_a_whole_graph_panel_leaves_out_diseases_with_nothing_visible(profiles, 
     assert "1 of the graph's 2 diseases have no visible phenotype and are left out (e.g. ORPHA:1)" in caplog.text
     with pytest.raises(NoVisiblePhenotypeError):
         load_profiles(cfg, diseases=["ORPHA:1"], knowledge=(kg, catalog))
+
+
+def test_phenotypes_are_hpo_terms_over_http_or_https_and_others_are_named(tmp_path):
+    """An https OBO address is the same term (it was counted hidden); any other address is refused with its
+    annotation named (it was a hidden phenotype, then an error that named neither file nor annotation)."""
+    path = _ttl(tmp_path, "kgf:frequency 0.5")
+    path.write_text(path.read_text().replace("obo:HP_0000312", "<https://purl.obolibrary.org/obo/HP_0000312>"))
+    assert load_kg("rdf", path=path).edges["hpo_id"].tolist() == ["HP:0000272"]  # its alt id resolved, as over http
+    path.write_text(path.read_text().replace("https://purl.obolibrary.org/obo/HP_", "https://identifiers.org/hp:"))
+    with pytest.raises(KGFormatError, match=r"mine.ttl: annotation .*ORPHA:1/a: kgf:phenotype "
+                                            r"https://identifiers.org/hp:0000312 is not an HPO term"):
+        load_kg("rdf", path=path)
