@@ -94,9 +94,11 @@ def check_real(df: pd.DataFrame, what: str) -> None:
                                   "as generated=")
 
 
-def load_images(paths: Sequence[str], size: int | Sequence[int] | None = None) -> torch.Tensor:
+def load_images(paths: Sequence[str], size: int | Sequence[int] | None = None, fit: bool = False) -> torch.Tensor:
     """uint8 NCHW RGB images; every image must exist and share one size (the first one's, or `size`: an int for a
-    square, or (height, width) as a tensor's shape[-2:])."""
+    square, or (height, width) as a tensor's shape[-2:]). fit: an image of another size is centre-cropped to the
+    size's aspect and resized to it instead of refused (pictures shown beside others: a source photo, a nearest
+    training image)."""
     if len(paths) == 0:
         raise EvaluatorInputError("no images to score (empty set)")
     out, first = [], None
@@ -109,12 +111,23 @@ def load_images(paths: Sequence[str], size: int | Sequence[int] | None = None) -
         except OSError as exc:
             raise EvaluatorInputError(f"{p}: unreadable image ({exc})") from None
         want = first if size is None else (int(size), int(size)) if np.ndim(size) == 0 else (int(size[1]), int(size[0]))
+        if want is not None and img.size != tuple(want) and fit:
+            img = _fitted(img, tuple(want))
         if want is not None and img.size != tuple(want):
             raise EvaluatorInputError(f"{p}: image is {img.size[0]}x{img.size[1]}, expected {want[0]}x{want[1]} "
                                       "(all images of a set must share one size: resize this one or leave it out)")
         first = first or img.size
         out.append(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
     return torch.stack(out)
+
+
+def _fitted(img: Image.Image, want: tuple[int, int]) -> Image.Image:
+    """`img` centre-cropped to the aspect of `want` (width, height) and resized to it."""
+    w, h = img.size
+    scale = min(w / want[0], h / want[1])
+    cw, ch = round(want[0] * scale), round(want[1] * scale)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return img.crop((left, top, left + cw, top + ch)).resize(want, Image.LANCZOS)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -185,7 +185,8 @@ def nearest_pairs(scored, names: dict, path: Path, threshold: float | None, k: i
     if scored.images is None or "nearest_train_path" not in t or not len(t):
         return None
     idx = np.argsort(-t["nearest_train_cosine"].to_numpy(float))[:k]
-    train = load_images([str(t["nearest_train_path"].iloc[i]) for i in idx], size=tuple(scored.images.shape[-2:]))
+    train = load_images([str(t["nearest_train_path"].iloc[i]) for i in idx], size=tuple(scored.images.shape[-2:]),
+                        fit=True)  # a run's training faces may be of another size than the set it judges
     images, caps = [], []
     for j, i in enumerate(idx):
         cos = float(t["nearest_train_cosine"].iloc[i])

@@ -477,7 +477,8 @@ def _identity_metrics(evaluator, t, s_gen: ScoredSet, mask, root: str | None, fa
     if None in paths:
         raise EvaluatorInputError(f"generated set: source_image {src[paths.index(None)]!r} is relative and the set "
                                   "was given as a DataFrame: give absolute paths or the manifest's path")
-    src_images = load_images([str(p) for p in paths])
+    # at the edits' size: a hand-made set's sources may be photos of any size (kgface.generate's are the model's)
+    src_images = load_images([str(p) for p in paths], size=tuple(s_gen.images.shape[-2:]), fit=True)
     out = {"identity_similarity": M.identity_similarity(evaluator.features(src_images), s_gen.features[mask]),
            "identity_n": int(mask.sum())}
     if face_identity is not None:

@@ -663,3 +663,18 @@ def test_the_probe_keeps_ungraded_photos_whatever_its_min_stage():
                        "stage_known": ["True", "True", "True", "False"]})
     assert probe_rows(df, {"min_stage": 3}).tolist() == [True, False, True, True]
     assert probe_rows(df.drop(columns=["stage_known"]), {"min_stage": 3}).tolist() == [True, False, True, False]
+
+
+def test_load_images_fits_other_sizes_only_when_asked(tmp_path):
+    """A picture shown beside another (a source photo, a nearest training face) is centre-cropped and resized to its
+    size; a set to be scored still refuses a foreign size (nothing is resized behind the user's back)."""
+    from PIL import Image
+
+    wide = np.zeros((20, 40, 3), np.uint8)
+    wide[:, 10:30] = 200  # the centre square, bright; the side strips, black
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    with pytest.raises(EvaluatorInputError, match=r"wide.png: image is 40x20, expected 10x10"):
+        load_images([str(tmp_path / "wide.png")], size=10)
+    fitted = load_images([str(tmp_path / "wide.png")], size=10, fit=True)
+    assert fitted.shape == (1, 3, 10, 10) and int(fitted.min()) >= 190  # the side strips were cropped away
+    assert load_images([str(tmp_path / "wide.png")], size=(10, 20), fit=True).shape[-2:] == (10, 20)  # aspect kept
