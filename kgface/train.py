@@ -116,6 +116,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # the profiles the generator is conditioned on are the ones described: the text prompts read these sentences
     descriptions = describe_profiles(conditioned, container(cfg.llm), cache)
     save_descriptions(out_dir / "descriptions.json", descriptions)
+    from .diffusion.conditioning import TEXT_MODES
+
+    for folder, mode in zip(generator_dirs, modes):
+        if mode in TEXT_MODES and cfg.trainer.get("resume"):
+            # the sentences text prompts read are known now: a resume whose LLM wrote others fails here, not after
+            # the data, VAE and evaluator (the checkpoint is compared once more when its generator trains)
+            settings = trainer_settings(cfg, mode)
+            settings["setup"]["descriptions"] = descriptions_digest(descriptions)
+            resume_checkpoint(folder, settings)
     lap("profiles_s")
 
     # 2. data

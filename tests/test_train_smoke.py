@@ -270,6 +270,22 @@ def test_a_checkpoint_resumes_only_the_training_it_was_part_of(evaluated_run, tm
         assert (run / "metrics.json").is_file() and (run / "evaluator").is_dir()  # nothing removed
 
 
+def test_a_text_checkpoint_whose_sentences_differ_is_refused_before_the_data(tmp_path, capsys):
+    """Text prompts' sentences are known once the descriptions are written: a resume whose LLM wrote others was
+    refused only when the generator trained, after the data set, VAE and evaluator."""
+    from kgface.train import main, training_setup
+
+    run = tmp_path / "run"
+    setup = {**training_setup(compose("train", MICRO + ["conditioning=text"]), "text"), "descriptions": "other"}
+    (run / "checkpoints" / "step-0000002").mkdir(parents=True)
+    (run / "checkpoints" / "step-0000002" / "state.json").write_text(json.dumps({"step": 2, "setup": setup}))
+    with pytest.raises(SystemExit) as info:
+        main(list(MICRO) + ["conditioning=text", "trainer.resume=latest", f"hydra.run.dir={run}"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "(descriptions.json's sentences (llm.*) differ" in err, err
+    assert (run / "descriptions.json").is_file() and not (run / "data.json").exists()  # before the data
+
+
 def test_the_training_setup_names_the_text_model_by_its_files_not_its_path(tmp_path):
     import shutil
 
