@@ -13,6 +13,7 @@ pretrained open_clip model loaded from a local file (never downloaded).
 from __future__ import annotations
 
 import copy
+import os
 import hashlib
 import logging
 import math
@@ -40,8 +41,15 @@ class EvaluatorConfigError(UserError):
 
 
 def plain_config(cfg) -> dict:
-    """An evaluator config (DictConfig or dict) as a plain dict, interpolations resolved."""
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    """An evaluator config (DictConfig or dict) as a plain dict, interpolations resolved; evaluator.pretrained and
+    a config .json evaluator.model as absolute paths (the saved evaluator rereads them from any directory: relative
+    ones resolved against wherever kgface.evaluate ran)."""
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    for key in ("pretrained", "model"):
+        value = c.get(key)
+        if isinstance(value, str) and value and (key == "pretrained" or is_config_file(value)):
+            c[key] = os.path.abspath(os.path.expanduser(value))  # not resolve(): a linked file keeps its path
+    return c
 
 
 def tiny_model_config(cfg) -> dict:
@@ -113,7 +121,7 @@ def register_config_file(model: str) -> str:
         norm = _other_norm(pre.get("mean", CLIP_MEAN), pre.get("std", CLIP_STD))
     except (TypeError, ValueError):
         raise EvaluatorConfigError(f"{path}: preprocess_cfg.mean / std must be three numbers each") from None
-    text_files = {}
+    text_files, written = {}, copy.deepcopy(mc)  # the name hashes the config as written, not where it was read
     for key in HF_KEYS:
         value = mc["text_cfg"].get(key)
         if value:
@@ -127,7 +135,9 @@ def register_config_file(model: str) -> str:
             # the text model's config and tokenizer files shape the text features: they key the name too
             text_files[key] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())
                                if f.suffix in (".json", ".txt", ".model") and f.stat().st_size < (64 << 20)}
-    keyed = {'config': mc, 'text_files': text_files, **({"normalisation": norm} if norm else {})}
+    # the folders' files key the name by their bytes: the same files at another absolute path (another checkout, a
+    # shared cache) give the same name, so a saved evaluator loads and a cached one is found
+    keyed = {'config': written, 'text_files': text_files, **({"normalisation": norm} if norm else {})}
     name = f"kgface-openclip-{stable_hash(keyed, 8)}"
     factory._MODEL_CONFIGS[name] = mc  # open_clip 2.x-3.x: the registry add_model_config fills
     _REGISTERED_NORMS[name] = norm

@@ -187,11 +187,12 @@ class Evaluator:
                                       "the config its heads were fitted on (it changed); fit the evaluator again")
         model, tokenizer, image_size = build_clip(cfg, load_pretrained=cfg["name"] != "tiny_clip",
                                                   registered=registered)
-        if "normalisation" in meta and meta["normalisation"] != _norm_record(getattr(model, "kgface_norm", None)):
+        if meta.get("normalisation") != _norm_record(getattr(model, "kgface_norm", None)):
             # another open_clip (a tag added with its own normalisation) or a folder from before a fix: the heads
-            # would read features off the ones they were fitted on
+            # would read features off the ones they were fitted on (a folder saved before the record fitted on
+            # CLIP's mean/std, as every model did then)
             raise EvaluatorInputError(f"{meta_path}: its heads were fitted on images normalised with "
-                                      f"{meta['normalisation'] or 'CLIP mean/std'}, this open_clip gives evaluator."
+                                      f"{meta.get('normalisation') or 'CLIP mean/std'}, this open_clip gives evaluator."
                                       f"model={cfg.get('model')} {_norm_record(model.kgface_norm) or 'CLIP mean/std'}"
                                       "; fit the evaluator again")
         if cfg["name"] == "tiny_clip":

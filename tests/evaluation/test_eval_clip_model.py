@@ -151,6 +151,13 @@ def test_an_openclip_config_file_with_a_local_hugging_face_text_tower(tiny_data,
     (saved / "evaluator.json").write_text(json.dumps({**meta, "normalisation": [[0.5] * 3, [0.5] * 3]}))
     with pytest.raises(EvaluatorInputError, match=r"normalised with \[\[0.5, 0.5, 0.5\], .*fit the evaluator again"):
         Evaluator.load(saved)
+    # a folder saved before the record: its heads read CLIP's mean/std; a model normalised otherwise is refused
+    (saved / "evaluator.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "normalisation"}))
+    Evaluator.load(saved)
+    with monkeypatch.context() as mp:
+        mp.setattr(clip_model, "model_normalisation", lambda c, registered=None: ([0.5] * 3, [0.5] * 3))
+        with pytest.raises(EvaluatorInputError, match=r"normalised with CLIP mean/std, this open_clip gives"):
+            Evaluator.load(saved)
     (saved / "evaluator.json").write_text(json.dumps(meta))
     (bert / "vocab.txt").write_text((bert / "vocab.txt").read_text().replace("\nface\n", "\nfaces\n"))
     with pytest.raises(EvaluatorInputError, match="not the config its heads were fitted on"):
@@ -411,3 +418,38 @@ def test_builtin_models_are_read_with_the_normalisation_their_weights_were_train
     caplog.clear()
     assert builtin_normalisation("ViT-L-14") is None
     assert "['laion2b_s32b_b82k'] were trained with another" in caplog.text
+
+
+def test_weights_and_config_paths_are_kept_absolute(tmp_path, monkeypatch):
+    """A saved evaluator rereads evaluator.pretrained / a config .json from wherever kgface.evaluate runs: given
+    relative, they were resolved against that directory (a run was usable only from the one it trained in)."""
+    from kgface.evaluation.clip_model import plain_config
+
+    monkeypatch.chdir(tmp_path)
+    c = plain_config({"name": "openclip", "model": "clip/open_clip_config.json", "pretrained": "clip/w.bin"})
+    assert c["model"] == str(tmp_path / "clip" / "open_clip_config.json")
+    assert c["pretrained"] == str(tmp_path / "clip" / "w.bin")
+    assert plain_config({"name": "openclip", "model": "ViT-B-16", "pretrained": None}) == \
+        {"name": "openclip", "model": "ViT-B-16", "pretrained": None}  # a built-in name and a missing file: as given
+
+
+def test_a_config_and_its_text_model_moved_together_keep_their_name(tmp_path):
+    """The registered name hashes the config as written and the text model's files by their bytes: the same files
+    under another absolute path (a second checkout, a shared cache) were another model, refitted, and a saved
+    evaluator refused to load; other tokenizer files are another name still."""
+    import shutil
+
+    from kgface.evaluation.clip_model import register_config_file
+
+    (tmp_path / "a").mkdir()
+    _tiny_bert(tmp_path / "a" / "bert")
+    model_cfg = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8},
+                 "text_cfg": {"hf_model_name": "bert", "hf_tokenizer_name": "bert", "hf_proj_type": "linear",
+                              "hf_pooler_type": "cls_pooler", "context_length": 16}}
+    (tmp_path / "a" / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    first = register_config_file(str(tmp_path / "a" / "open_clip_config.json"))
+    assert register_config_file(str(tmp_path / "b" / "open_clip_config.json")) == first
+    vocab = tmp_path / "b" / "bert" / "vocab.txt"
+    vocab.write_text(vocab.read_text().replace("\nface\n", "\nfaces\n"))
+    assert register_config_file(str(tmp_path / "b" / "open_clip_config.json")) != first
