@@ -383,6 +383,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if source.healthy and s != 0:  # healthy at severity 2 is a condition no run trained on
             raise UserError(f"source_stage={cfg.source_stage} with source_disease={cfg.source_disease}: a healthy "
                             "input has stage 0; set source_disease to the disease it shows, or source_stage=0")
+        if cfg.mode == "transform" and source.healthy and profiles.get(cfg.target).healthy:
+            # however healthy was spelled: inverted and redrawn as healthy, the input keeps its disease
+            raise UserError(f"inversion=true with source_disease={cfg.source_disease} and target={cfg.target}: set "
+                            "source_disease (and source_stage) to the disease and stage the input shows")
         inversion = (source, s)
     if conditioner.mode == "class":
         asked = {it.row["disease"]: it.row["name"] for it in items}

@@ -121,7 +121,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     for folder, mode in zip(generator_dirs, modes):
         if mode in TEXT_MODES and cfg.trainer.get("resume"):
             # the sentences text prompts read are known now: a resume whose LLM wrote others fails here, not after
-            # the data, VAE and evaluator (the checkpoint is compared once more when its generator trains)
+            # the data, VAE and evaluator (the last run's outputs are reset by now, its checkpoints kept; the
+            # checkpoint is compared once more when its generator trains)
             settings = trainer_settings(cfg, mode)
             settings["setup"]["descriptions"] = descriptions_digest(descriptions)
             resume_checkpoint(folder, settings)

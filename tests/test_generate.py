@@ -241,6 +241,11 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     assert "stages [4]: a stage (or severity) must lie in [0, 3]" in fails(capsys, micro_run, tmp_path / "d",
                                                                           "stages=[4]")
     assert "mask= / keep= need an input image" in fails(capsys, micro_run, tmp_path / "e", "keep=[eyes]")
+    # healthy however spelled, inverted and redrawn as healthy: the input kept its disease, labelled healthy
+    face = sorted((micro_run / "samples" / "images").glob("*.png"))[0]
+    assert "inversion=true with source_disease=Healthy and target=healthy: set source_disease" in fails(
+        capsys, micro_run, tmp_path / "inv", "mode=transform", f"input={face}", "target=healthy", "inversion=true",
+        "source_disease=Healthy")
     # numbers that used to end in a traceback (batch_size=0: IndexError; steps=0: ZeroDivisionError) or in silent
     # garbage (steps above the 1,000-step ladder repeated timestep 0)
     for k, (arg, key) in enumerate([("batch_size=0", "batch_size"), ("steps=0", "steps"), ("steps=5000", "steps"),

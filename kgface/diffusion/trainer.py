@@ -417,7 +417,8 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     tic, done = time.perf_counter(), 0
     # dropout (encoder.dropout > 0) draws from torch's global generators, not from `g`: seeded per step as well (on
     # another stream), so a resumed run replays it too; forked, so what follows the loop draws as before
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    rng_devices = [torch.cuda.current_device() if device.index is None else device.index] \
+        if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         for step in bar:
             g = torch.Generator().manual_seed(int(t["seed"]) * 1_000_003 + step)

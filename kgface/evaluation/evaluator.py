@@ -184,7 +184,9 @@ class Evaluator:
         registered = registered_config_name(cfg, model_config)
         if meta.get("info", {}).get("model_config") and registered != meta["info"]["model_config"]:
             raise EvaluatorInputError(f"{meta_path}: evaluator.model={cfg['model']} (or its text model's files) is not "
-                                      "the config its heads were fitted on (it changed); fit the evaluator again")
+                                      "the config its heads were fitted on (it changed, or the evaluator was saved by "
+                                      "a kgface before 2026-12-07, whose names read the text model's folder path); "
+                                      "fit the evaluator again")
         model, tokenizer, image_size = build_clip(cfg, load_pretrained=cfg["name"] != "tiny_clip",
                                                   registered=registered)
         if meta.get("normalisation") != _norm_record(getattr(model, "kgface_norm", None)):

@@ -345,9 +345,12 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
             "wording": wording_digest([p for p in plist if p.disease_id in used])}
     if c["name"] != "tiny_clip" and c.get("pretrained"):  # new weights under the same path must refit the heads
         spec["pretrained_sha256"] = weights_sha256(Path(str(c["pretrained"])).expanduser())
+        # ... and the same weights under another path need not: the file counts by its bytes alone
+        spec["evaluator"] = {k: v for k, v in spec["evaluator"].items() if k != "pretrained"}
     model_config = registered_config_name(c)
-    if model_config:  # an edited config file is another model
+    if model_config:  # an edited config file is another model; the same one elsewhere is not (its name hashes it)
         spec["model_config"] = model_config
+        spec["evaluator"] = {k: v for k, v in spec["evaluator"].items() if k != "model"}
     elif c["name"] == "openclip":  # a built-in whose weights want another normalisation (keyed since 2026-12-07)
         from .clip_model import builtin_normalisation
 

@@ -134,7 +134,7 @@ def _frequency_of(present: list, absent: list) -> tuple[float | None, str, list]
     zeros = [r for r in absent if (m := _COUNT.match(str(r.frequency_raw or ""))) and int(m.group(1)) == 0]
     given = [r for r in present if str(r.frequency_raw or "").strip()]
     pooled = pooled_counts(*(str(r.frequency_raw or "") for r in given + zeros))
-    if pooled is not None and len(given) + len(zeros) > 1:
+    if pooled is not None and given and len(given) + len(zeros) > 1:  # zeros alone never outvote a report
         return pooled[0], pooled[1], zeros
     known = [r for r in present if _freq(r.frequency) is not None]
     if not known:

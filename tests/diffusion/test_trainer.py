@@ -671,3 +671,16 @@ def test_a_run_with_nothing_to_train_is_refused_before_the_loop(profiles, tmp_pa
     with pytest.raises(TrainingError, match=r"conditioning=text: nothing to train"):
         train(backbone, cond, fixed_data(), {**FAST, "lr": 0.0}, tmp_path, progress=False)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_loop_that_stops_on_an_error_leaves_the_global_generators_as_they_were(profiles, tmp_path):
+    """The per-step seeds of torch's global generators (for dropout) are forked: a loop ended by an error (a NaN
+    loss) left them at its last step's seed, so whatever the process drew next repeated across runs."""
+    backbone, cond = make(profiles, dropout=0.3)
+    data = fixed_data()
+    data.latents[:] = float("nan")
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    with pytest.raises(TrainingError, match=r"the loss became nan at step 0"):
+        train(backbone, cond, data, FAST, tmp_path, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -121,6 +121,7 @@ def test_a_terms_rows_are_read_together_zero_counts_pool_and_order_does_not_matt
     # OMIM:115197's HP:0001639 in the shipped release)
     assert _frequency_of(rows("68/117", "2/2", ""), [])[:2] == (pytest.approx(70 / 119), "68/117;2/2")
     assert _frequency_of(rows("", "1/1", "3/13"), rows("0/5"))[:2] == (pytest.approx(4 / 19), "1/1;3/13;0/5")
+    assert _frequency_of(rows(""), rows("0/19", "0/5"))[:2] == (None, "")  # reported present, its frequency unknown
     # the shipped release: osteogenesis imperfecta XI, blue sclerae in 3/3 and in 0/19 patients of another report
     p = build_profile(hpo_kg, "OMIM:610968", catalog)
     sclerae = next(ph for ph in p.phenotypes if ph.hpo_id == "HP:0000592")
