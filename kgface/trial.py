@@ -135,7 +135,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # the instrument is the one kgface.train fits: on the KG's profiles, not on learned frequencies the generator
     # may be conditioned on (profile.source=learned|blend), so the cached evaluator is found
     meter = instrument(cfg, run_dir, run_cfg, manifest, load_profiles_json(run_dir), cache, profile.disease_id,
-                       progress=bool(cfg.progress))
+                       progress=bool(cfg.progress), patients={b.identity for b in faces})
 
     # 2. the simulated trial's images
     pids = list(patients)

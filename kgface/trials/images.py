@@ -106,7 +106,8 @@ def read_severity(evaluator, images: torch.Tensor, batch: int = 256) -> np.ndarr
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def calibration_set(evaluator, manifest: Path, disease: str, own: bool = True) -> tuple[pd.DataFrame, str]:
+def calibration_set(evaluator, manifest: Path, disease: str, own: bool = True,
+                    patients: set[str] | frozenset = frozenset()) -> tuple[pd.DataFrame, str]:
     """(true, raw, identity, disease, split) of real images of known severity the evaluator never learned from, and
     what they are: the run's images of `disease` and healthy faces outside the training split (the severity head
     was fitted there: its line, slope error and residuals would be in-sample), without photos lacking a grade
@@ -115,7 +116,9 @@ def calibration_set(evaluator, manifest: Path, disease: str, own: bool = True) -
     evaluator was fitted on this manifest (the run's), whose val split only sets the disease probe's temperature,
     so this manifest's val images stay. A disease without images (one the dataset never drew) is calibrated
     on every disease's images: the evaluator's severity head reads stage for all diseases alike. Too few images
-    or faces of the disease (measurement.calibrate): `instrument` says so and does not calibrate."""
+    or faces of the disease (measurement.calibrate): `instrument` says so and does not calibrate. `patients`: the
+    trial's baseline identities, whose faces are left out too (the line that reads their daily images would be
+    fitted on their own faces)."""
     from ..data.manifest import read_manifest, stage_known
     from ..evaluation import load_images
     from ..evaluation.evaluator import image_digest
@@ -134,11 +137,14 @@ def calibration_set(evaluator, manifest: Path, disease: str, own: bool = True) -
     if learned:
         fresh = np.array([image_digest(p) not in learned for p in df["abspath"]], dtype=bool)
         dropped, df = int((~fresh).sum()), df[fresh]
-    df = df.reset_index(drop=True)
+    own_faces = df["identity"].astype(str).isin(set(patients) - {""})
+    n_patients = df.loc[own_faces, "identity"].nunique()
+    df = df[~own_faces].reset_index(drop=True)
     raw = read_severity(evaluator, load_images(list(df["abspath"]))) if len(df) else np.zeros(0)
     splits = " + ".join(s for s in ("val", "test") if (df["split"] == s).any()) or "no split"
     note = (f"{len(df)} real images of {what} and healthy faces of known severity, {splits}"
-            + (f" ({dropped} left out: the evaluator learned from them)" if dropped else ""))
+            + (f" ({dropped} left out: the evaluator learned from them)" if dropped else "")
+            + (f" (the faces of {n_patients} of the trial's own patients left out)" if n_patients else ""))
     return (pd.DataFrame({"true": df["severity"].astype(float), "raw": raw, "identity": df["identity"].astype(str),
                           "disease": df["disease"], "split": df["split"]}), note)
 
@@ -165,7 +171,7 @@ class Instrument:
 
 
 def instrument(cfg, run_dir: Path, run_cfg, manifest: Path | None, profiles, cache, disease: str,
-               progress: bool = True) -> Instrument:
+               progress: bool = True, patients: set[str] | frozenset = frozenset()) -> Instrument:
     """The evaluator (`evaluator_dir=PATH`, else RUN_DIR/evaluator, else one fitted and cached on the run's dataset
     with the run's evaluator config, as kgface.train fits it) and its calibration (`calibration=`): `auto` applies
     the line when it resolves severity (else raw readings, with the reason), `real` applies it or fails, `none`
@@ -199,7 +205,7 @@ def instrument(cfg, run_dir: Path, run_cfg, manifest: Path | None, profiles, cac
     # the run's own evaluator, named or not, was fitted on this manifest: its val faces only set the probe's temperature
     own = cfg.evaluator_dir in (None, "") or \
         Path(str(cfg.evaluator_dir)).expanduser().resolve() == (Path(run_dir) / "evaluator").resolve()
-    calset, note = calibration_set(evaluator, manifest, disease, own=own)
+    calset, note = calibration_set(evaluator, manifest, disease, own=own, patients=patients)
     line, problem = calibrate(calset, disease)  # a line through a handful of faces would pass for the instrument's
     if problem and mode == "real":
         raise UserError(f"{problem}: its readings cannot be calibrated; train the evaluator longer or give more "

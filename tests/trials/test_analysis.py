@@ -580,6 +580,11 @@ def test_calibration_never_reads_the_evaluators_training_faces(trial_run, tmp_pa
         assert not set(calset["identity"]) & set(train["identity"])
         assert (calset["disease"] == "MONDO:0011438").sum() == 3
         assert set(calset["identity"]) & set(val["identity"]) == (set(val["identity"]) if own else set())
+    # the trial's own patients (their baseline faces) are no calibration faces: the line reads their days
+    patients = set(calset["identity"].drop_duplicates()[:2])
+    calset, note = calibration_set(evaluator, copy / manifest.name, "MONDO:0011438", patients=patients | {""})
+    assert len(patients) == 2 and not set(calset["identity"]) & patients
+    assert "(the faces of 2 of the trial's own patients left out)" in note
 
 
 @pytest.mark.parametrize("key, words", [
