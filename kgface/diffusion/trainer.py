@@ -116,9 +116,10 @@ _SCHEDULE_KEYS = {"prediction_type": "model.schedule.prediction_type",
 
 
 def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer, scheduler, losses,
-                    buffers: dict[str, torch.Tensor] | None, schedule: dict, setup: dict | None = None) -> Path:
+                    buffers: dict[str, torch.Tensor] | None, schedule: dict, setup: dict | None = None,
+                    names: list[str] | None = None) -> Path:
     """setup: what the run trained on (kgface.train's `training_setup`: a hash per config group), compared by a
-    later run that resumes this checkpoint."""
+    later run that resumes this checkpoint; names: the parameters' names, in the order the tensors are saved."""
     with atomic_folder(folder) as tmp:  # a run killed mid-save keeps its last complete checkpoint
         save_file(_named(params), str(tmp / "trainable.safetensors"))
         if buffers:  # running statistics (the KG encoder's token centering): not parameters, but state all the same
@@ -130,7 +131,7 @@ def save_checkpoint(folder: Path, step: int, params, ema: EMA | None, optimizer,
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     **({"scaler": scaler.state_dict()} if scaler is not None else {})}, tmp / "optimizer.pt")
         state = {"step": step, "ema_steps": ema.steps if ema else 0, "losses": losses, "schedule": schedule,
-                 **({"setup": setup} if setup else {})}
+                 **({"setup": setup} if setup else {}), **({"names": list(names)} if names else {})}
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
     return folder
 
@@ -222,7 +223,8 @@ def restore_ema(folder: Path, ema: EMA, steps: int, params) -> None:
 
 
 def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
-                    buffers: dict[str, torch.Tensor] | None = None, schedule: dict | None = None) -> tuple[int, list]:
+                    buffers: dict[str, torch.Tensor] | None = None, schedule: dict | None = None,
+                    names: list[str] | None = None) -> tuple[int, list]:
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     _check_same_schedule(folder, state.get("schedule"), schedule)
     weights = load_file(str(folder / "trainable.safetensors"))
@@ -230,6 +232,12 @@ def load_checkpoint(folder: Path, params, ema: EMA | None, optimizer, scheduler,
         raise TrainingError(f"{folder}: holds {len(weights)} trainable tensors, this run has {len(params)}; "
                             "was it made with another config, or by an older kgface (e.g. before the encoder's "
                             f"unknown_stage)? Resume it with that config, or {AFRESH}")
+    saved_names = state.get("names")  # absent in checkpoints written before 2026-12-07's third session
+    if names and saved_names and list(saved_names) != list(names):
+        i = next((i for i, (a, b) in enumerate(zip(saved_names, names)) if a != b), min(len(saved_names), len(names)))
+        there, here = (saved_names[i] if i < len(saved_names) else "-"), (names[i] if i < len(names) else "-")
+        raise TrainingError(f"{folder}: trainable tensor {i} is {there} there and {here} in this run: made with "
+                            f"another config or kgface version; {AFRESH}")
     bad = next((i for i, p in enumerate(params) if tuple(weights[f"p{i:05d}"].shape) != tuple(p.shape)), None)
     if bad is not None:  # a changed width (model.lora_rank, model.num_tokens, encoder.hidden): one line, no traceback
         raise TrainingError(f"{folder}: trainable tensor {bad} has shape {tuple(weights[f'p{bad:05d}'].shape)}, this "
@@ -376,6 +384,12 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     acc.init_trackers("train")
     unet, device = backbone.unet, acc.device
     params = list(backbone.trainable) + conditioner.trainable_parameters()
+    # checkpoints hold the tensors by position: their names go beside them, so a resume whose parameters come in
+    # another order (another config or kgface version, equal shapes) is refused instead of loading them crosswise
+    known = {id(p): f"unet.{n}" for n, p in unet.named_parameters()}
+    for n, p in conditioner.named_parameters():
+        known.setdefault(id(p), f"conditioner.{n}")
+    names = [known.get(id(p), f"param{i}") for i, p in enumerate(params)]
     # the adapter's value projections start at zero and grow only as fast as the optimizer moves them: a separate
     # learning rate lets the condition take hold early without speeding up (and destabilising) the whole UNet
     from .adapter import adapter_parameters
@@ -402,7 +416,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
     schedule_record = noise_schedule_record(backbone.scheduler)  # checked on resume, written with every checkpoint
     folder = resume_checkpoint(run_dir, t)
     if folder is not None:
-        start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers, schedule_record)
+        start, losses = load_checkpoint(folder, params, ema, optimizer, scheduler, buffers, schedule_record, names)
     alphas = backbone.scheduler.alphas_cumprod.to(device)
     n_train = backbone.scheduler.config.num_train_timesteps
     prediction = backbone.scheduler.config.prediction_type
@@ -492,7 +506,7 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
                 acc.log({"loss": losses[-1], "lr": scheduler.get_last_lr()[0]}, step=step)
             if t["checkpoint_every"] and (step + 1) % int(t["checkpoint_every"]) == 0:
                 save_checkpoint(ckpt_dir / f"step-{step + 1:07d}", step + 1, params, ema, optimizer, scheduler, losses,
-                                buffers, schedule_record, t.get("setup"))
+                                buffers, schedule_record, t.get("setup"), names)
                 keep = int(t["keep_checkpoints"])  # 0 keeps all
                 for old in sorted(ckpt_dir.glob("step-*"))[:-keep] if keep else []:
                     shutil.rmtree(old)

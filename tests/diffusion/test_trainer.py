@@ -2,6 +2,7 @@
 import json
 import logging
 import math
+import re
 import shutil
 
 import pytest
@@ -684,3 +685,26 @@ def test_a_loop_that_stops_on_an_error_leaves_the_global_generators_as_they_were
     with pytest.raises(TrainingError, match=r"the loss became nan at step 0"):
         train(backbone, cond, data, FAST, tmp_path, progress=False)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_a_checkpoint_names_its_tensors_and_a_resume_in_another_order_is_refused(profiles, tmp_path):
+    """Tensors are saved by position: two parameters of one shape in swapped order (another config or kgface
+    version) loaded crosswise without a word; their names now travel with them."""
+    cfg = {**FAST, "steps": 4, "checkpoint_every": 2}
+    backbone, cond = make(profiles)
+    train(backbone, cond, fixed_data(), {**cfg, "steps": 2}, tmp_path, progress=False)
+    state_file = tmp_path / "checkpoints" / "step-0000002" / "state.json"
+    state = json.loads(state_file.read_text())
+    names = state["names"]
+    assert len(names) == len(backbone.trainable) + len(cond.trainable_parameters()) == len(set(names))
+    assert any(n.startswith("unet.") for n in names) and any(n.startswith("conditioner.encoder.") for n in names)
+    i = next(i for i, n in enumerate(names) if n.startswith("conditioner."))
+    state["names"] = names[:i] + [names[i + 1], names[i]] + names[i + 2:]
+    state_file.write_text(json.dumps(state))
+    backbone, cond = make(profiles)
+    with pytest.raises(TrainingError, match=rf"trainable tensor {i} is {re.escape(names[i + 1])} there and "
+                                            rf"{re.escape(names[i])} in this run"):
+        train(backbone, cond, fixed_data(), {**cfg, "resume": "latest"}, tmp_path, progress=False)
+    del state["names"]  # a checkpoint from before the names: resumes as before
+    state_file.write_text(json.dumps(state))
+    assert train(backbone, cond, fixed_data(), {**cfg, "resume": "latest"}, tmp_path, progress=False)["steps"] == 4
