@@ -270,9 +270,13 @@ def diseases_with_phenotype(g: Graph, hpo_id: str, include_descendants: bool = T
             {climb}
         }}"""
     found = set()
-    for (d,) in g.query(query, initBindings={"target": iri(hpo_id)}):
-        did = str(_one(g, d, KGF.curie, curie(d)))
-        found.add((did, str(_one(g, d, RDFS.label, did))))
+    target = iri(hpo_id)
+    https = URIRef("https" + str(target)[len("http"):]) if str(target).startswith("http://purl.obolibrary.org/") \
+        else None  # a graph written with the https OBO addresses, which kg=rdf reads as the same terms
+    for t in (target, https) if https is not None else (target,):
+        for (d,) in g.query(query, initBindings={"target": t}):
+            did = str(_one(g, d, KGF.curie, curie(d)))
+            found.add((did, str(_one(g, d, RDFS.label, did))))
     return sorted(found)
 
 

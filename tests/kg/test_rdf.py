@@ -239,6 +239,9 @@ def test_phenotypes_are_hpo_terms_over_http_or_https_and_others_are_named(tmp_pa
     path = _ttl(tmp_path, "kgf:frequency 0.5")
     path.write_text(path.read_text().replace("obo:HP_0000312", "<https://purl.obolibrary.org/obo/HP_0000312>"))
     assert load_kg("rdf", path=path).edges["hpo_id"].tolist() == ["HP:0000272"]  # its alt id resolved, as over http
+    # ... and the SPARQL helper finds it under either address
+    assert [d for d, _ in diseases_with_phenotype(read_graph(path), "HP:0000312", include_descendants=False)] == \
+        ["ORPHA:1"]
     path.write_text(path.read_text().replace("https://purl.obolibrary.org/obo/HP_", "https://identifiers.org/hp:"))
     with pytest.raises(KGFormatError, match=r"mine.ttl: annotation .*ORPHA:1/a: kgf:phenotype "
                                             r"https://identifiers.org/hp:0000312 is not an HPO term"):
