@@ -435,8 +435,9 @@ def train(backbone, conditioner, data: LatentSet, cfg: dict, run_dir: Path, prog
         if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         for step in bar:
-            g = torch.Generator().manual_seed(int(t["seed"]) * 1_000_003 + step)
-            torch.manual_seed((int(t["seed"]) * 1_000_003 + step) ^ 0x5DEECE66D)
+            step_seed = int(t["seed"]) * 1_000_003 + step
+            g = torch.Generator().manual_seed(step_seed)
+            torch.manual_seed(step_seed ^ 0x5DEECE66D)
             micro = []
             for _ in range(int(t["grad_accum"])):
                 with acc.accumulate(unet):

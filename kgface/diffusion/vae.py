@@ -98,8 +98,9 @@ def adversarial_active(t: dict) -> bool:
 
 
 def load_split_images(manifest: Path, split: str | None = "train", limit: int | None = None,
-                      exclude: set[str] | frozenset = frozenset()) -> torch.Tensor:
-    """uint8 [N, 3, H, W] of a manifest's images (one split, or all), without the diseases in `exclude`."""
+                      exclude: set[str] | frozenset = frozenset(), required: bool = True) -> torch.Tensor | None:
+    """uint8 [N, 3, H, W] of a manifest's images (one split, or all), without the diseases in `exclude`; none: a
+    one-line error, or None where not `required`."""
     import pandas as pd
 
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
@@ -108,18 +109,14 @@ def load_split_images(manifest: Path, split: str | None = "train", limit: int | 
     if exclude:
         df = df[~df["disease"].isin(set(exclude))]
     paths = [manifest.parent / p for p in df["path"]][:limit]
+    if not paths and not required:
+        return None
     if not paths:  # np.stack of nothing: "need at least one array to stack"
         where = " outside the held-out diseases (data.heldout)" if exclude else ""
         raise UserError(f"{manifest}: no {split or 'listed'} images{where}; the VAE needs {split or 'some'} rows: "
                         "check the manifest's split column and the data settings")
     arr = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-
-
-def has_rows(manifest: Path, split: str) -> bool:
-    import pandas as pd
-
-    return bool((pd.read_csv(manifest, dtype=str, keep_default_na=False)["split"] == split).any())
 
 
 def to_model(x: torch.Tensor) -> torch.Tensor:
@@ -325,7 +322,7 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
         vae = train_vae(train, model_cfg, train_cfg, progress=progress, every=every, on_checkpoint=on_checkpoint,
                         state_dir=partial, state_every=VAE_CHECKPOINT_EVERY, fingerprint=entry.key)
         # a manifest without a test split (data.test_fraction=0) trains a VAE all the same, its PSNR unmeasured
-        test = load_split_images(Path(manifest), "test", limit=256) if has_rows(Path(manifest), "test") else None
+        test = load_split_images(Path(manifest), "test", limit=256, required=False)
         with entry.build() as tmp:
             vae.save_pretrained(tmp / "vae", safe_serialization=True)
             measured = None if test is None else psnr(roundtrip(vae, test), test)

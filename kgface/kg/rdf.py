@@ -39,6 +39,7 @@ PREFIX_IRIS = {  # CURIE prefix -> IRI prefix (identifiers.org-style stable name
     "MONDO_grouped": BASE + "mondo-group/",
 }
 HPO_CURIE = re.compile(r"^HP:\d{7}$")
+OBO, OBO_HTTPS = "http://purl.obolibrary.org/obo/", "https://purl.obolibrary.org/obo/"  # the PURLs answer on both
 FORMATS = {".ttl": "turtle", ".nt": "nt", ".n3": "n3", ".rdf": "xml", ".owl": "xml", ".xml": "xml"}
 PHENOTYPE_FIELDS = ["frequency_raw", "onset_name", "definition"]
 
@@ -52,8 +53,8 @@ def iri(curie: str) -> URIRef:
 
 def curie(ref: URIRef) -> str:
     text = str(ref)
-    if text.startswith("https://purl.obolibrary.org/obo/"):  # the OBO PURLs answer on https too: the same terms
-        text = "http" + text[len("https"):]
+    if text.startswith(OBO_HTTPS):  # the same terms as over http
+        text = OBO + text[len(OBO_HTTPS):]
     for prefix, base in sorted(PREFIX_IRIS.items(), key=lambda kv: -len(kv[1])):
         if text.startswith(base):
             return f"{prefix}:{unquote(text[len(base):])}"
@@ -270,11 +271,9 @@ def diseases_with_phenotype(g: Graph, hpo_id: str, include_descendants: bool = T
             {climb}
         }}"""
     found = set()
-    target = iri(hpo_id)
-    https = URIRef("https" + str(target)[len("http"):]) if str(target).startswith("http://purl.obolibrary.org/") \
-        else None  # a graph written with the https OBO addresses, which kg=rdf reads as the same terms
-    for t in (target, https) if https is not None else (target,):
-        for (d,) in g.query(query, initBindings={"target": t}):
+    target = str(iri(hpo_id))  # a graph may write an OBO address over https, which kg=rdf reads as the same term
+    for t in [target] + ([OBO_HTTPS + target[len(OBO):]] if target.startswith(OBO) else []):
+        for (d,) in g.query(query, initBindings={"target": URIRef(t)}):
             did = str(_one(g, d, KGF.curie, curie(d)))
             found.add((did, str(_one(g, d, RDFS.label, did))))
     return sorted(found)

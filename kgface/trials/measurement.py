@@ -112,11 +112,11 @@ def calibrate(calset, disease: str) -> tuple[Calibration | None, str | None]:
     problem = calibration_problem(line)
     if problem:
         return line, problem
-    inside = (calset["true"] > 0).to_numpy() & sick
+    inside = diseased_rows(calset)
     try:
-        within = fit_calibration(calset["true"][inside], calset["raw"][inside], calset["identity"][inside])
+        within = fit_calibration(inside["true"], inside["raw"], inside["identity"])
     except UserError:
-        return line, (f"the diseased calibration images hold one severity ({inside.sum()} of them): the line rises "
+        return line, (f"the diseased calibration images hold one severity ({len(inside)} of them): the line rises "
                       "through the healthy faces, and nothing shows it resolves severity inside the disease")
     if calibration_problem(within):
         return line, (f"the evaluator's severity barely rises with the true severity among the {within.n} diseased "
