@@ -123,9 +123,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             # the sentences text prompts read are known now: a resume whose LLM wrote others fails here, not after
             # the data, VAE and evaluator (the last run's outputs are reset by now, its checkpoints kept; the
             # checkpoint is compared once more when its generator trains)
-            settings = trainer_settings(cfg, mode)
-            settings["setup"]["descriptions"] = descriptions_digest(descriptions)
-            resume_checkpoint(folder, settings)
+            resume_checkpoint(folder, trainer_settings(cfg, mode, descriptions))
     lap("profiles_s")
 
     # 2. data
@@ -291,9 +289,15 @@ def _text_model_files(value) -> dict | None:
         return None  # refused where it is loaded
 
 
-def trainer_settings(cfg: DictConfig, mode: str) -> dict:
-    """The trainer's options for one generator: trainer.*, the run's seed and its training setup."""
-    return {**container(cfg.trainer), "seed": int(cfg.seed), "setup": training_setup(cfg, mode)}
+def trainer_settings(cfg: DictConfig, mode: str, descriptions=None) -> dict:
+    """The trainer's options for one generator: trainer.*, the run's seed and its training setup; with the run's
+    `descriptions`, a text conditioning's setup records the sentences its prompts read (descriptions_digest)."""
+    from .diffusion.conditioning import TEXT_MODES
+
+    setup = training_setup(cfg, mode)
+    if descriptions is not None and mode in TEXT_MODES:
+        setup["descriptions"] = descriptions_digest(descriptions)
+    return {**container(cfg.trainer), "seed": int(cfg.seed), "setup": setup}
 
 
 def reset_generator_outputs(folder: Path, resuming: bool = False) -> None:
@@ -332,7 +336,7 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     prompts of conditioning=text|kg_text read (None: the template's)."""
     from .diffusion.adapter import save_kg_adapter
     from .diffusion.backbones import build_backbone, save_model_folder
-    from .diffusion.conditioning import CONTROL, TEXT_MODES, shuffled_edges
+    from .diffusion.conditioning import CONTROL, shuffled_edges
     from .diffusion.generator import Generator
     from .diffusion.trainer import train
     from .diffusion.phenotype_sets import observed_phenotypes_of
@@ -369,10 +373,8 @@ def train_generator(cfg: DictConfig, mode: str, profiles, manifest: Path, heldou
     on_validate = validation_grids(cfg, gen, drawable, names, out_dir)
     # recorded under its own name (the control trains as kg, but its checkpoints are the control's: the up-front
     # resume check reads them as such, and a kg run's must not resume them)
-    settings = trainer_settings(cfg, label)
-    if mode in TEXT_MODES:  # the sentences its prompts read: known only now (the up-front check cannot compare them)
-        settings["setup"]["descriptions"] = descriptions_digest(descriptions)
-    result = train(backbone, conditioner, data, settings, out_dir, progress=cfg.progress, on_validate=on_validate)
+    result = train(backbone, conditioner, data, trainer_settings(cfg, label, descriptions), out_dir,
+                   progress=cfg.progress, on_validate=on_validate)
     if result["ema"] is not None:
         result["ema"].copy_to()  # the final weights are the EMA weights (checkpoints keep the raw ones)
     recent = result["losses"][-50:]
