@@ -205,8 +205,8 @@ def design_from_config(c) -> Design:
         # n - k df where about patients - 1 apply: intervals too narrow (t(13) 2.16 where t(3) 3.18 would hold)
         raise UserError("trial.analysis.cov=hac is for unit=day (autocorrelated daily rows); with unit=block use "
                         "cov=nonrobust (block means are near independent when the noise's autocorrelation dies "
-                        "out within a block: at AR 0.9 and 10-day blocks it does not, use unit=day with cov=hac) or "
-                        "cov=cluster (by patient)")
+                        "out over the skipped days: at stronger autocorrelation lengthen trial.analysis.skip_days "
+                        "and the blocks) or cov=cluster (by patient)")
     schedule = schedule_from_config(c.get("schedule") or {}, a.get("skip_days", 0))
     if effects == "by_patient":
         _check_repeats(schedule)

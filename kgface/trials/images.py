@@ -64,10 +64,14 @@ def baseline_faces(n: int, size: int, seed: int, input_spec=None, manifest: Path
     from ..diffusion.editing import input_files, prepare_image
 
     if input_spec not in (None, ""):
-        files = input_files(input_spec)
+        files, seen = [], set()
+        for path, ident in input_files(input_spec):  # a manifest may list a person twice: one face per patient
+            if ident not in seen:
+                seen.add(ident)
+                files.append((path, ident))
         if len(files) < n:
-            raise UserError(f"input={input_spec} gives {len(files)} photo(s) for trial.patients={n}: one photo per "
-                            f"patient; add photos or set trial.patients={len(files)}")
+            raise UserError(f"input={input_spec} gives {len(files)} identities' photo(s) for trial.patients={n}: one "
+                            f"person per patient; add photos or set trial.patients={len(files)}")
         return [Baseline(ident, prepare_image(path, size), str(path)) for path, ident in files[:n]]
     out = []
     if manifest is not None:

@@ -180,6 +180,19 @@ def test_design_checks_stay_quiet_for_sound_designs_and_name_the_others():
     assert len(notes) == 1 and notes[0].startswith("P01, P02, P03, P04, P05, P06: their blocks alone cannot "
                                                    "separate the study-day trend"), notes
     assert checks(**{"analysis.unit": "day"})[1] == []  # two cycles: nothing to say
+    # daily rows with autocorrelated noise: intervals the coverage table shows too narrow, said (block means: quiet)
+    notes = checks(**{"analysis.unit": "day", "analysis.cov": "hac", "severity.noise.ar": 0.5})[1]
+    assert len(notes) == 1 and notes[0].startswith("trial.severity.noise.ar=0.5 correlates neighbouring days"), notes
+    assert checks(**{"severity.noise.ar": 0.5})[1] == []
+
+
+def test_a_cluster_sandwich_over_one_patient_is_refused_not_read_with_other_df():
+    """The config refuses cov=cluster with one patient; a Design built in code past it got t with n - k df."""
+    d = design_from_config(trial_cfg(patients=1))
+    one = dataclasses.replace(d, analysis=dataclasses.replace(d.analysis, cov="cluster"))
+    table, _ = simulate(one, 0)
+    with pytest.raises(NotIdentifiable, match="at least 2 patients"):
+        estimate_effects(table, "true_severity", one)
 
 
 def test_calibration_and_measurement_model_on_a_known_instrument():

@@ -301,7 +301,13 @@ def test_bad_inputs_against_a_run(trial_run, tmp_path, capsys):
                                          "trial.scale=lesions")
     one = tmp_path / "one.png"
     Image.open(sorted((trial_run / "samples" / "images").glob("*.png"))[0]).save(one)
-    assert "one photo per patient" in fails(capsys, trial_run, tmp_path / "c", f"input={one}")
+    assert "one person per patient" in fails(capsys, trial_run, tmp_path / "c", f"input={one}")
+    twice = tmp_path / "twice.csv"  # two photos of one person are one patient, not two independent ones
+    other = tmp_path / "other.png"
+    Image.open(one).save(other)
+    twice.write_text(f"path,disease,stage,split,identity\n{one},healthy,0,test,p1\n{other},healthy,0,test,p1\n")
+    assert "gives 1 identities' photo(s) for trial.patients=2" in fails(capsys, trial_run, tmp_path / "c2",
+                                                                         f"input={twice}")
     assert "does not exist" in fails(capsys, tmp_path / "missing", tmp_path / "d")
     assert "evaluator_dir=" in fails(capsys, trial_run, tmp_path / "e", f"evaluator_dir={tmp_path / 'none'}")
     assert "is a model=tiny run" in fails(capsys, trial_run, tmp_path / "f", "dtype=bf16")  # no frozen base to halve
