@@ -49,7 +49,7 @@ MISSING = "???"  # OmegaConf's mandatory value, which to_container(resolve=True)
 # files of a transformers folder that shape its answers (config, tokenizer and chat template, weights)
 HF_MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                   "special_tokens_map.json", "chat_template.json", "chat_template.jinja", "tokenizer.model",
-                  "vocab.json", "merges.txt")
+                  "vocab.json", "merges.txt", "added_tokens.json")
 HF_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
@@ -258,7 +258,7 @@ class OpenAIBackend:
             try:
                 data = self._post(body, key)
                 choice = data["choices"][0]
-                content = str(choice["message"]["content"] or "")
+                content = _message_text(choice["message"]["content"])
             except urllib.error.HTTPError as exc:
                 text = _body(exc, key)
                 if exc.code == 400 and self.answered:
@@ -309,6 +309,16 @@ class OpenAIBackend:
         self.failed = f"{problem} (gave up after {self.max_retries + 1} tries)"
         log.warning("%s; the remaining diseases of this run use the template without asking again", self.failed)
         raise LLMError(self.failed)
+
+
+def _message_text(content) -> str:
+    """A chat message's content as text: a string, or a list of content parts (`{"type": "text", "text": ...}`) as
+    some servers send; anything else is a TypeError (the caller names the missing field), never its Python repr."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in content):
+        return "".join(p.get("text", "") for p in content)
+    raise TypeError(type(content).__name__)
 
 
 def _hf_fingerprint(path: Path) -> dict:
@@ -467,7 +477,7 @@ def _opens_whole_object(text: str) -> bool:
     start = text.find("{")
     try:
         return start >= 0 and bool(json.JSONDecoder().raw_decode(text, start))
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 

@@ -54,7 +54,10 @@ def _cached_answer(entry, profile: FacialProfile) -> StageDescriptions | None:
     except (OSError, KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         log.warning("%s: the cached LLM answer %s no longer passes (%s); asking again",
                     profile.disease_id, entry.key, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-        remove_path(entry.path)  # a new valid answer replaces it (an entry that exists is never overwritten)
+        try:
+            remove_path(entry.path)  # a new valid answer replaces it (an entry that exists is never overwritten)
+        except OSError as err:  # a shared cache this user cannot write: still a miss, the new answer goes uncached
+            log.warning("%s: cannot remove the stale cached answer %s (%s)", profile.disease_id, entry.path, err)
         return None
 
 

@@ -138,7 +138,7 @@ def extract_json(text: str) -> str:
         for brace in re.finditer(r"\{", candidate):
             try:
                 obj, end = decoder.raw_decode(candidate, brace.start())
-            except ValueError:
+            except (ValueError, RecursionError):  # a degenerate reply nested past the decoder's depth is no answer
                 continue
             if isinstance(obj, dict) and isinstance(obj.get("stages"), list):
                 found.setdefault(json.dumps(obj, sort_keys=True), candidate[brace.start():end])
@@ -207,7 +207,7 @@ def parse_answer(text: str, profile: FacialProfile) -> LLMAnswer:
         json.loads(payload, object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as exc:
         raise ValueError(str(exc)) from None
-    except ValueError:
+    except (ValueError, RecursionError):
         pass  # not JSON: pydantic says where, in the words the tests and the retry prompt expect
     try:
         answer = LLMAnswer.model_validate_json(payload, context={"allowed_ids": allowed})

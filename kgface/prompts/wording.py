@@ -101,8 +101,9 @@ FINAL_STAGE_FREQUENT = 3
 def frequent_phenotypes(profile: FacialProfile, limit: int = FINAL_STAGE_FREQUENT) -> list[Phenotype]:
     """The signs most patients show (frequency >= 0.5, or not given: the KG lists it, so it counts as frequent),
     most frequent first, at most `limit`: what any description of the disease at full severity must show. Ranked by
-    the whole percent the LLM request shows (then the lower id, as its rules say): 84.4% and 83.6% are a tie there."""
-    frequent = [p for p in profile.phenotypes if _frequency(p) >= 0.5]
+    the whole percent the LLM request shows (then the lower id, as its rules say): 84.4% and 83.6% are a tie there;
+    the threshold is read on that percent too (0.496 shows as 50%, so it counts)."""
+    frequent = [p for p in profile.phenotypes if round(100 * _frequency(p)) >= 50]
     return sorted(frequent, key=lambda p: (-round(100 * _frequency(p)), p.hpo_id))[:limit]
 
 
@@ -123,7 +124,16 @@ def stage_phenotypes(profile: FacialProfile, stage: int, limit: int | None = Non
         # at least the most frequent phenotype the stage may show (a later min_stage is not drawn there either)
         chosen = [p for p in ranked if appear_stage(p) <= stage] or [p for p in ranked
                                                                       if int(p.min_stage or 0) <= stage][:1]
-    return chosen[:STAGE_LIMITS[stage] if limit is None else limit]
+    shown = chosen[:STAGE_LIMITS[stage] if limit is None else limit]
+    if stage == N_STAGES - 1 and limit is None:
+        # the answer rule's frequent signs (ranked by whole percent, then id) always: ranked by raw frequency the cap
+        # could cut one whose shown percent ties with those kept
+        frequent = frequent_phenotypes(profile)
+        must = [p for p in frequent if p not in shown]
+        if must:  # they replace the last of the others
+            dropped = [p for p in reversed(shown) if p not in frequent][:len(must)]
+            shown = [p for p in shown if p not in dropped] + must
+    return shown
 
 
 def _join(items: list[str]) -> str:

@@ -127,6 +127,32 @@ def test_a_cached_answer_is_checked_again_by_todays_rules(server, llm, down, tmp
     assert len(server.requests) == 3
 
 
+def test_a_stale_answer_a_shared_cache_will_not_let_us_remove_is_a_miss(server, llm, down, tmp_path, caplog,
+                                                                         monkeypatch):
+    from kgface.prompts import descriptions
+
+    describe_profiles([down], llm, Cache(tmp_path / "cache"))
+    (stored,) = (tmp_path / "cache" / "llm").rglob("answer.json")
+    stored.write_text("{")
+
+    def refuse(path):  # what rmtree raises in a folder this user may read but not write (root ignores chmod)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(descriptions, "remove_path", refuse)
+    with caplog.at_level(logging.WARNING):
+        d = describe_profiles([down], llm, Cache(tmp_path / "cache"))[down.disease_id]
+    assert d.source == "llm" and len(server.requests) == 2 and "cannot remove the stale cached answer" in caplog.text
+
+
+def test_content_parts_are_read_as_their_text(server, good, llm, down):
+    # some servers answer with a list of content parts: their text is the answer (its repr was sent back as JSON)
+    server.script = [{"content": [{"type": "text", "text": good()}]}]
+    assert describe_profiles([down], llm, None)[down.disease_id].source == "llm"
+    server.script = [{"content": {"text": good()}}]
+    assert describe_profiles([down], llm, None)[down.disease_id].fallback_reason.startswith(
+        f"backend error: {server.base_url}/chat/completions answered without choices[0].message.content (TypeError)")
+
+
 def test_malformed_json_is_retried_with_the_error(server, good, llm, down, tmp_path):
     server.script = ['{"stages": [ oops', good()]
     d = describe_profiles([down], llm, Cache(tmp_path))[down.disease_id]

@@ -177,6 +177,38 @@ def test_the_frequent_phenotypes_are_ranked_as_the_request_shows_them(down):
         parse_answer(json.dumps(answer(s3={"phenotypes": ["HP:0000463", "HP:0000582", "HP:0005280"]})), down)
 
 
+def test_the_frequent_threshold_is_read_on_the_percent_the_request_shows(down):
+    # 0.496 shows as "50%", and the rules ask for "50% or more": a model that cites it follows them (it was refused)
+    from kgface.prompts.builder import build_messages
+    from kgface.prompts.wording import frequent_phenotypes
+
+    for p, f in zip(down.phenotypes, (0.9, 0.8, 0.496, 0.494)):
+        p.frequency = f
+    assert build_messages(down)[-1]["content"].count('"49%"') == 1
+    assert [p.hpo_id for p in frequent_phenotypes(down)] == ["HP:0000582", "HP:0005280", "HP:0000286"]
+    assert parse_answer(json.dumps(answer(s3={"phenotypes": ["HP:0000582", "HP:0005280", "HP:0000286"]})), down)
+
+
+def test_the_template_names_the_ruled_frequent_signs_where_raw_ranking_would_cut_one():
+    # eight signs all shown as "85%": the rule wants the three lowest ids, raw frequency ranks the lowest id last
+    from kgface.kg.profiles import FacialProfile, Phenotype
+
+    signs = [Phenotype(f"HP:000000{i}", f"sign {i}", "skin", f"sign {i}", 0.8500 + 0.0001 * i) for i in range(1, 9)]
+    # raw: HP:0000001 is the least frequent of the eight, cut by the stage's cap of 7
+    profile = FacialProfile(disease_id="ORPHA:1", name="a disease", kg="hpo", phenotypes=signs)
+    d = template_descriptions(profile)
+    assert "HP:0000001" in d.stages[3].phenotypes and len(d.stages[3].phenotypes) == 7
+    assert stage_rule_errors(profile, [(s.stage, s.phenotypes) for s in d.stages]) == []
+
+
+def test_a_reply_nested_past_the_decoders_depth_is_a_schema_error_not_a_traceback(down):
+    with pytest.raises(ValueError):
+        parse_answer('{"stages": ' + "[" * 100_000, down)
+    from kgface.prompts.backends import _opens_whole_object
+
+    assert not _opens_whole_object('{"stages": ' + "[" * 100_000)
+
+
 def test_two_different_answers_in_one_reply_are_refused(down):
     first, second = json.dumps(answer()), json.dumps(answer(description="Another face, stage unknown, eyes up."))
     with pytest.raises(ValueError, match=r'the reply holds 2 different JSON objects with a "stages" list'):
