@@ -64,7 +64,8 @@ def _to_rgb(img: Image.Image, source_format: str | None = None) -> Image.Image:
     """8-bit RGB. source_format: the file's format (Pillow's img.format, lost by a transposed copy): a PNG opened
     as 32-bit grey (I: how some Pillow versions open a 16-bit grey PNG) holds 16-bit data whatever its maximum."""
     mode = img.mode
-    if mode == "RGB":
+    keyed = "transparency" in img.info  # a PNG's colour key (tRNS): its pixels are transparent, as an alpha's are
+    if mode == "RGB" and not keyed:
         return img
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
@@ -81,7 +82,7 @@ def _to_rgb(img: Image.Image, source_format: str | None = None) -> Image.Image:
             arr = arr / 257.0
         grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
         return grey.convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "RGB", "L", "1") and keyed)
     if has_alpha:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -46,6 +46,15 @@ def test_transparent_pixels_become_white(tmp_path):
     assert tuple(out[7, 7]) == (255, 255, 255)
 
 
+@pytest.mark.parametrize("mode, key", [("RGB", (0, 0, 0)), ("L", 0)])
+def test_colour_keyed_png_pixels_become_white_too(tmp_path, mode, key):
+    arr = np.full((4, 4, 3), 120, np.uint8)
+    arr[:2] = 0  # the key colour: transparent by the file's tRNS chunk
+    Image.fromarray(arr).convert(mode).save(tmp_path / "k.png", transparency=key)
+    out = np.asarray(load_rgb(tmp_path / "k.png"))
+    assert (out[:2] == 255).all() and (out[2:] == 120).all()
+
+
 def test_16_bit_grey_png_is_scaled_not_clipped(tmp_path):
     arr = np.tile(np.array([0, 257 * 100, 65535], np.uint16), (4, 1))
     Image.fromarray(arr).save(tmp_path / "d.png")

@@ -79,7 +79,9 @@ def test_acne04_labels_are_exact(tmp_path):
         name = Path(row["path"]).name
         assert row["path"] == f"JPEGImages/{name}"
         assert (row["stage"], row["lesion_count"]) == expected[name]
-        assert row["severity"] == pytest.approx(severity_from_count(expected[name][1]))
+        grade, count = expected[name]  # a count in another grade's bin would contradict the stage: the grade's
+        assert row["severity"] == pytest.approx(severity_from_count(count) if row["grade_matches_count"] else grade)
+        assert grade - 0.5 <= row["severity"] < grade + 0.5
         assert row["disease"] == ACNE_ID == "MONDO:0011438"
         assert row["identity"] == name[:-4] and row["source"] == "acne04" and row["phenotypes"] == {}
     assert df.loc[df["path"].str.endswith("levle0_1.jpg"), "stage"].item() == 0   # grade 0 is mild acne, not healthy
@@ -228,6 +230,15 @@ def test_rebuild_that_fails_leaves_the_old_build_whole(tmp_path):
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     read_manifest(out / "manifest.csv")
+
+
+def test_a_build_called_from_python_keeps_a_users_own_images_folder(tmp_path):
+    root, out = make_acne04(tmp_path / "acne04"), tmp_path / "proj"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "mine.png").write_bytes(b"not ours")  # no dataset.json beside it: no build wrote it
+    with pytest.raises(UserError, match=r"holds images that no earlier run of the data set wrote"):
+        build_real_dataset(_data_cfg("acne04", root=str(root), size=SIZE), out)
+    assert (out / "images" / "mine.png").read_bytes() == b"not ours"
 
 
 def test_rebuild_replaces_hard_linked_images_instead_of_writing_through(tmp_path):
@@ -599,6 +610,15 @@ def test_folder_manifest(tmp_path):
         folder_manifest(root, "healthy", stage=1)
     with pytest.raises(UserError, match="stage must be an integer 0..3"):
         folder_manifest(root, "ORPHA:870", stage=4)
+    for stage in (True, False):  # data.stage=true is YAML's boolean: neither stage 1 nor a healthy stage 0
+        with pytest.raises(UserError, match="stage must be an integer 0..3, got " + str(stage)):
+            folder_manifest(root, "ORPHA:870", stage=stage)
+    with pytest.raises(UserError, match="healthy images are stage 0"):
+        folder_manifest(root, "healthy", stage=False)
+    # data.disease=[ORPHA:870] or 870 would have become the labels "['ORPHA:870']" and "870"
+    for disease in (["ORPHA:870"], 870):
+        with pytest.raises(UserError, match=r"disease must be one id as text \(e.g. data.disease=ORPHA:870"):
+            folder_manifest(root, disease)
     with pytest.raises(ManifestError, match="no usable images"):
         folder_manifest(_empty(tmp_path / "empty"), "ORPHA:870")
     with pytest.raises(UserError, match="image folder not found"):
@@ -669,6 +689,8 @@ def test_user_manifest_is_validated_and_rebuilt(tmp_path):
     assert len(df) == 3 and skipped[0]["where"].endswith("manifest.csv:5")
     with pytest.raises(ManifestError, match="not one of the known labels"):
         user_manifest(src / "manifest.csv", known_diseases=["healthy"])
+    # one id as data.known_diseases is a list of one (it was a set of its characters, refusing every row)
+    assert len(user_manifest(src / "manifest.csv", known_diseases="ORPHA:870", on_error="skip")) == 3
     result = build_real_dataset(_data_cfg("manifest", path=str(src / "manifest.csv"), on_error="skip"),
                                 tmp_path / "out", size=SIZE)
     out, _ = read_manifest(result.manifest)

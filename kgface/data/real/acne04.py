@@ -88,9 +88,12 @@ def acne04_manifest(root: str | Path, fold: int = 0, val_fraction: float = 0.1, 
             seen[rel] = where
             matches = grade_from_count(count) == grade
             mismatched += not matches
+            # the grade is the label: where the count's bin disagrees, its severity would sit in another stage's
+            # range (stage g owns [g - 0.5, g + 0.5)), so the row gets its grade's severity instead
             rows.append({"path": f"{Path(images).as_posix()}/{rel}", "abspath": str(path),
                          "identity": Path(rel).stem, "disease": ACNE_ID, "stage": grade,
-                         "severity": severity_from_count(count), "lesion_count": count, "split": split,
+                         "severity": severity_from_count(count) if matches else float(grade),
+                         "lesion_count": count, "split": split,
                          "source": "acne04", "phenotypes": {}, "stage_known": True,
                          "grade_matches_count": matches, "_where": where})
     # identity is the file stem: x.jpg in trainval and x.png in test would be one face in two splits
@@ -100,5 +103,6 @@ def acne04_manifest(root: str | Path, fold: int = 0, val_fraction: float = 0.1, 
     df.loc[trainval, "split"] = df.loc[trainval, "identity"].map(splits)
     if mismatched:
         log.warning("ACNE04 fold %d: %d of %d labelled grades differ from the Hayashi grade of the lesion count; "
-                    "kept as labelled, flagged grade_matches_count=False", fold, mismatched, len(df))
+                    "kept as labelled with the grade's severity, flagged grade_matches_count=False", fold,
+                    mismatched, len(df))
     return df

@@ -125,6 +125,11 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
     out_dir = Path(out_dir)
     if opts.get("name") == "manifest" and Path(str(opts.get("path"))).resolve() == (out_dir / "manifest.csv").resolve():
         raise UserError(f"data.path {opts['path']} is the manifest this build would overwrite; choose another out_dir")
+    # called from Python, not through kgface.dataset: a user's own images/ or manifest.csv in OUT is still not ours
+    from ...run_files import check_replaced_entries
+
+    check_replaced_entries(out_dir, "the data set", tuple(f for f in SET_FILES if f != "cache_entries.json"),
+                           ("dataset.json",))
     skipped: list[dict] = []
     bad = BadInput(on_error, skipped)
     face_detector = get_detector(detector_name)

@@ -176,6 +176,8 @@ def hashed_subset(keys: list[str], limit: int, seed: int = 0) -> set[str]:
 
 
 def check_stage(stage, what: str) -> int:
+    if isinstance(stage, bool):  # `data.stage=true` is YAML's boolean, not stage 1
+        raise UserError(f"{what}: stage must be an integer 0..{N_STAGES - 1}, got {stage!r}")
     try:
         value = int(stage)
     except (TypeError, ValueError):

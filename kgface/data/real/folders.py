@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ...config import disease_list
 from ...errors import UserError
 from ..manifest import read_manifest
 from .common import (UNREAD_PHOTO_EXTS, UNKNOWN_STAGE, BadInput, assign_splits, check_stage, frame, list_images,
@@ -32,13 +33,16 @@ def _norm(name: str) -> str:
 
 
 def _labels(disease: str, stage, what: str) -> dict:
-    disease = str(disease).strip()
+    if not isinstance(disease, str):  # data.disease=[ORPHA:870] or 870 would become the label "['ORPHA:870']" / "870"
+        raise UserError(f"{what}: disease must be one id as text (e.g. data.disease=ORPHA:870 or healthy), got "
+                        f"{disease!r}")
+    disease = disease.strip()
     if not disease:
         raise UserError(f"{what}: empty disease id (use a KG id or 'healthy')")
     if disease.lower() == "healthy" and disease != "healthy":  # refused before any image is read, not after
         raise UserError(f"{what}: '{disease}': write healthy faces as 'healthy' (lower case)")
     if disease == "healthy":
-        if stage not in (None, 0):
+        if stage is not None and (isinstance(stage, bool) or stage != 0):
             raise UserError(f"{what}: healthy images are stage 0, got stage {stage}")
         return {"disease": disease, "stage": 0, "severity": 0.0, "stage_known": True}
     if stage is None:
@@ -151,7 +155,8 @@ def user_manifest(path: str | Path, known_diseases: set[str] | None = None, on_e
     """An existing manifest (paths relative to its folder), validated row by row by `read_manifest`."""
     bad = BadInput(on_error, skipped)
     path = Path(path)
-    known = set(known_diseases) if known_diseases is not None else None
+    # data.known_diseases=ORPHA:870 (one id) is a list of one, not a set of its characters
+    known = set(disease_list(known_diseases, "data.known_diseases")) if known_diseases is not None else None
     df, report = read_manifest(path, known_diseases=known, on_error=on_error, check_files=True)
     for line, reason in report.skipped:
         bad.skipped.append({"where": f"{path}:{line}", "path": "", "reason": reason})
