@@ -84,6 +84,12 @@ def main(argv=None):
                         "after": truth == after.to_numpy()}).groupby("disease").mean()
     print("per disease (real -> after the VAE):",
           ", ".join(f"{d} {r.real:.2f}->{r.after:.2f}" for d, r in per.sort_values("after").iterrows()))
+    # what a round trip turns each class into: the misreads a generator inherits from its VAE
+    wrong = after.to_numpy() != truth
+    for disease in per.sort_values("after").index:
+        read = pd.Series(after.to_numpy()[wrong & (truth == disease)]).value_counts()
+        if len(read):
+            print(f"  {disease} after the VAE read as: " + ", ".join(f"{k} {v}" for k, v in read.head(3).items()))
 
 
 if __name__ == "__main__":

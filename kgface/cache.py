@@ -63,7 +63,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    # reading the umask means setting it (process-wide): set the strictest, so a file another thread creates in
+    # that instant is private rather than world-writable, and put it straight back
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
 
@@ -196,8 +198,15 @@ class CacheEntry:
             if self.exists():  # another process finished first; keep theirs
                 shutil.rmtree(tmp, ignore_errors=True)
                 return
-            if self.path.exists():  # a stale folder without metadata: not a valid entry
-                shutil.rmtree(self.path, ignore_errors=True)
+            if self.path.exists() and not self.exists():  # a stale folder without metadata: not a valid entry
+                # moved aside in one step, then removed: a reader never meets it half-deleted (and another
+                # process's entry renamed in meanwhile is at worst replaced by this one's, the same artefact)
+                stale = self.path.with_name(f".{self.key}.{os.getpid()}.stale.tmp")
+                try:
+                    os.replace(self.path, stale)
+                except OSError:
+                    pass
+                shutil.rmtree(stale, ignore_errors=True)
             try:
                 os.replace(tmp, self.path)
             except OSError:  # another process renamed its entry in between: keep theirs (the same key, the same

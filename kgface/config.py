@@ -72,6 +72,8 @@ def as_number(value, key: str, hint: str = "") -> float:
     """A numeric override as a finite float, or a one-line error naming `key` and, with `hint`, what to give (nan
     and inf pass no range check)."""
     what = f"; {hint}" if hint else ""
+    if isinstance(value, bool):  # `trainer.lr=true` is YAML's boolean, whose float is 1.0
+        raise UserError(f"{key}={value}: not a number{what}")
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):  # float() of a huge integer overflows

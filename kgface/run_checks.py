@@ -17,12 +17,12 @@ log = logging.getLogger(__name__)
 
 def atlas_share_of(cfg: DictConfig) -> float:
     """trainer.atlas_share as a number (null = 0)."""
-    return float(cfg.trainer.get("atlas_share", 0.0) or 0.0)
+    return as_number(cfg.trainer.get("atlas_share", 0.0) or 0.0, "trainer.atlas_share", "a share in [0, 1)")
 
 
 def mark_weight_of(cfg: DictConfig) -> float:
     """trainer.mark_weight as a number (null = 0)."""
-    return float(cfg.trainer.get("mark_weight", 0.0) or 0.0)
+    return as_number(cfg.trainer.get("mark_weight", 0.0) or 0.0, "trainer.mark_weight", "a weight >= 0")
 
 
 def _whole_at_least(value, key: str, low: int, what: str = "") -> int:

@@ -147,7 +147,7 @@ def conditioning_controls(cfg, gen, drawable, evaluator, heldout: set[str], mode
         return {}
     import numpy as np
 
-    from .diffusion.adapter import set_adapter_scale
+    from .diffusion.adapter import get_adapter_scale, set_adapter_scale
     from .diffusion.generator import Request
 
     sick = [p for p in drawable if not p.healthy]
@@ -164,11 +164,12 @@ def conditioning_controls(cfg, gen, drawable, evaluator, heldout: set[str], mode
     swapped = [Request(sick[(i + 1) % len(sick)], 3.0, seed + j * len(order) + place[i]) for i, j in idx]
     base = evaluator.score(gen.sample(reqs))["pred_disease"].to_numpy()
     swap = evaluator.score(gen.sample(swapped))["pred_disease"].to_numpy()
+    before = get_adapter_scale(gen.backbone.unet)  # the generator's own (a reused one's need not be the config's)
     set_adapter_scale(gen.backbone.unet, 0.0)
     try:
         off = evaluator.score(gen.sample(reqs))["pred_disease"].to_numpy()
     finally:
-        set_adapter_scale(gen.backbone.unet, float(cfg.model.get("adapter_scale", 1.0)))
+        set_adapter_scale(gen.backbone.unet, before)
     target = np.array([r.profile.disease_id for r in reqs])
     return {"n": len(reqs), "seeds_per_disease": k,
             "token_swap_changed": float((swap != base).mean()), "token_swap_chance": chance_changed(base, swap),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .cache import Cache
 from .kg import (HEALTHY, FacialProfile, KnowledgeGraph, NoVisiblePhenotypeError, ProfileBuilder, UnknownDiseaseError,
@@ -67,7 +67,25 @@ def panel_queries(cfg: DictConfig, kg: KnowledgeGraph | None = None) -> list[dic
         if kg is None:
             return []
         return [{"id": d, "name": kg.disease_name(d)} for d in kg.diseases["id"]]
-    return [dict(OmegaConf.to_container(p)) if not isinstance(p, str) else {"id": p, "name": p} for p in panel]
+    from .errors import UserError
+
+    if isinstance(panel, str):  # kg.panel=ORPHA:870: a panel of one, not one of its characters each
+        panel = [panel]
+    if not isinstance(panel, (ListConfig, list, tuple)):
+        raise UserError(f"kg.panel={panel}: give a list of disease ids, e.g. kg.panel='[ORPHA:870,ORPHA:904]'")
+    out = []
+    for i, p in enumerate(panel):
+        item = OmegaConf.to_container(p) if isinstance(p, DictConfig) else p
+        if isinstance(item, str) and item.strip():
+            out.append({"id": item, "name": item})
+        elif isinstance(item, dict) and isinstance(item.get("id"), str) and item["id"].strip():
+            out.append(dict(item))
+        else:  # an int, a name without an id, an empty string: a traceback or a disease never asked for
+            raise UserError(f"kg.panel[{i}]={p}: give a disease id as text (e.g. ORPHA:870) or {{id: ..., name: ...}}")
+    if not out:
+        raise UserError("kg.panel=[] names no disease; list disease ids, or set kg.panel=null for every disease of "
+                        "the graph")
+    return out
 
 
 def resolve_entry(builder: ProfileBuilder, entry: dict) -> FacialProfile:
@@ -128,6 +146,9 @@ def learned_table(cfg: DictConfig) -> tuple[str, dict, float, str, dict] | None:
     if source not in PROFILE_SOURCES:
         raise UserError(f"profile.source={source}: use one of {', '.join(PROFILE_SOURCES)}")
     if source == "kg":
+        if p.get("learned"):  # set and silently unread: the run would condition on the KG's frequencies
+            raise UserError(f"profile.learned={p.get('learned')} is read only with profile.source=learned|blend "
+                            "(profile.source=kg here); set profile.source=learned or blend, or profile.learned=null")
         return None
     blend = as_number(p.get("blend", 0.5), "profile.blend", "the learned frequencies' weight in [0, 1]")
     if not 0.0 <= blend <= 1.0:  # 50 meant as 50% pushed every blended frequency to 0 or 1

@@ -56,6 +56,38 @@ def test_an_entry_another_process_renamed_in_first_is_kept(tmp_path, monkeypatch
     assert [p.name for p in (tmp_path / "thing").iterdir()] == [entry.key]  # our temporary folder is gone
 
 
+def test_a_rivals_entry_that_lands_after_the_check_is_not_deleted(tmp_path, monkeypatch):
+    # the rival's rename lands just after this run asked exists() (False): its complete entry was rmtree'd as stale
+    from kgface.cache import CacheEntry
+
+    cache = Cache(tmp_path)
+    entry = cache.entry("thing", {"v": 1})
+    real_exists, asked = CacheEntry.exists, []
+
+    def late_rival(self):
+        asked.append(1)
+        if len(asked) == 1:
+            self.path.mkdir(parents=True)
+            (self.path / "data.txt").write_text("theirs")
+            (self.path / "entry.json").write_text("{}")
+            return False
+        return real_exists(self)
+
+    monkeypatch.setattr(CacheEntry, "exists", late_rival)
+    with entry.build() as tmp:
+        (tmp / "data.txt").write_text("ours")
+    assert (entry.path / "data.txt").read_text() == "theirs"
+    # a stale folder without metadata (a crashed older build) is replaced whole, and nothing is left beside it
+    monkeypatch.setattr(CacheEntry, "exists", real_exists)
+    other = cache.entry("thing", {"v": 2})
+    other.path.mkdir()
+    (other.path / "half.bin").write_bytes(b"x")
+    with other.build() as tmp:
+        (tmp / "data.txt").write_text("new")
+    assert sorted(p.name for p in other.path.iterdir()) == ["data.txt", "entry.json"]
+    assert sorted(p.name for p in (tmp_path / "thing").iterdir()) == sorted([entry.key, other.key])
+
+
 def test_run_records_entries_used(tmp_path):
     cache = Cache(tmp_path / "c")
     for kind, spec in (("a", {"i": 1}), ("a", {"i": 1}), ("b", {"i": 2})):

@@ -1,5 +1,6 @@
 """`python -m kgface.profiles`: through Hydra from Python (main(overrides)) and as a real subprocess."""
 import json
+import re
 import subprocess
 import sys
 
@@ -34,6 +35,21 @@ def test_one_disease_id_without_a_list(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["diseases=[]", f"hydra.run.dir={tmp_path / 'none'}"])
     assert info.value.code == 2 and "diseases=[]: give disease ids or names" in capsys.readouterr().err
+
+
+def test_malformed_panels_are_one_line_errors(tmp_path, capsys):
+    from kgface.runtime import panel_queries
+
+    one = panel_queries(compose("profiles", ["kg.panel=ORPHA:870"]))  # a panel of one, not of its characters
+    assert one == [{"id": "ORPHA:870", "name": "ORPHA:870"}]
+    for panel, words in (("[163950]", r"kg.panel\[0\]=163950: give a disease id as text"),
+                         ("[{name: Down syndrome}]", r"kg.panel\[0\]=\{'name': 'Down syndrome'\}: give a disease id"),
+                         ("[]", r"kg.panel=\[\] names no disease")):
+        with pytest.raises(SystemExit) as info:  # a traceback, or (kg.panel=[]) an empty profiles.json and exit 0
+            main([f"kg.panel={panel}", f"hydra.run.dir={tmp_path / 'x'}"])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and re.search(words, err), err
+        assert not (tmp_path / "x" / "profiles.json").exists()
 
 
 def test_disease_lists_and_their_hints():

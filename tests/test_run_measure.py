@@ -40,6 +40,12 @@ def test_controls_draw_with_swapped_tokens_and_with_the_adapter_off(micro_genera
         assert moved["n"] == 3 * int(cfg.samples.control_seeds)  # every sick profile x control seeds
         assert moved["token_swap_changed"] == 1.0 and moved["scale0_changed"] == 1.0
         assert get_adapter_scale(gen.backbone.unet) == scale  # put back after the scale-0 draws
+        from kgface.diffusion.adapter import set_adapter_scale
+
+        set_adapter_scale(gen.backbone.unet, 0.7)  # a generator whose scale is not the config's keeps its own
+        conditioning_controls(cfg, gen, profiles, PixelDigest(), set(), gen.conditioner.mode)
+        assert get_adapter_scale(gen.backbone.unet) == pytest.approx(0.7)
+        set_adapter_scale(gen.backbone.unet, scale)
         again = conditioning_controls(cfg, gen, profiles, PixelDigest(), set(), gen.conditioner.mode)
         assert again == moved  # seeded: the same draws, so 'changed' is the control's doing, not fresh noise
 

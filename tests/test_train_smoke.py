@@ -540,6 +540,9 @@ def test_atlas_share_observed_sets_and_marks_need_the_phantom_and_sane_values(tm
             (["data.name=folder", "trainer.observed_phenotypes=true"], "trainer.observed_phenotypes"), \
             (["data.name=folder", "trainer.mark_weight=10"], "stage-0 twin"), \
             (["trainer.mark_weight=-2"], "trainer.mark_weight=-2.0: use a weight >= 0"), \
+            (["trainer.mark_weight=ten"], "trainer.mark_weight=ten: not a number"), \
+            (["trainer.atlas_share=10%"], "trainer.atlas_share=10%: not a number"), \
+            (["trainer.lr=true"], "trainer.lr=True: not a number"), \
             (["model.vae_train.adv_weight=-1"], "model.vae_train.adv_weight=-1"):
         with pytest.raises(SystemExit) as info:
             main(MICRO + bad + [f"hydra.run.dir={tmp_path / 'x'}"])

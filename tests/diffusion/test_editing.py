@@ -116,3 +116,5 @@ def test_override_values():
     assert as_number("2.5", "stage") == 2.5
     with pytest.raises(UserError, match="strength=half: not a number"):
         as_number("half", "strength")
+    with pytest.raises(UserError, match="strength=True: not a number"):  # YAML's true: float(True) was 1.0
+        as_number(True, "strength")

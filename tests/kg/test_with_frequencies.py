@@ -61,7 +61,9 @@ def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path
                              # the run's evaluation folder rather than its learned_profiles.json: no traceback
                              (["profile.source=learned", f"profile.learned={tmp_path}"],
                               r"cannot read it \(IsADirectoryError\); give the learned_profiles.json file itself"),
-                             (["profile.source=sometimes"], "profile.source=sometimes")):
+                             (["profile.source=sometimes"], "profile.source=sometimes"),
+                             # a learned file under the default source=kg was silently unread
+                             ([f"profile.learned={path}"], r"is read only with profile.source=learned\|blend")):
         with pytest.raises(UserError, match=words):
             profile_source(compose("train", overrides), [_profile()])
     for blend in ("50", "-0.1", "half"):  # 50 meant as 50% pushed every blended frequency to 0 or 1
