@@ -21,7 +21,7 @@ from .evaluation.evaluator import refuse_unknown_labels
 from .evaluation.inputs import set_name
 from .evaluation.sets import check_generated
 from .evaluation.validity import real_test_rows
-from .evaluation.learned_profiles import earlier_learned_note, learn_and_write
+from .evaluation.learned_profiles import earlier_learned_note, learn_and_write, val_rates_table
 from .run_files import check_output_dir, heldout_of, is_baselines_generator, load_profiles_json, run_file
 from .runtime import check_run_kg, load_profiles, make_cache
 
@@ -157,7 +157,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # rows carry phenotype labels: unlabelled photos are exactly where a learned profile is a finding
     extra = []
     if real is not None and cfg.get("learned_profiles", True) and "real" in scored and evaluator.phenotypes:
-        learned_notes, extra = learn_and_write(evaluator, scored["real"].table, profiles, out_dir, str(cfg.real))
+        learned_notes, extra = learn_and_write(evaluator, scored["real"].table, profiles, out_dir, str(cfg.real),
+                                               val_rates_table(evaluator, cfg.real))
         notes += learned_notes
     else:  # learned_profiles=false, no real=, no phenotype heads: an earlier report's files are not this one's
         notes += earlier_learned_note(out_dir)

@@ -104,10 +104,10 @@ def draw_and_measure(cfg, gen, profiles, drawable, manifest: Path, heldout: set[
     extra = []
     # once per run (the instrument's section: the first generator's evaluation); profile.learned= can name the file
     if measure_real and evaluator.phenotypes and "real" in scored and cfg.get("learned_profiles", True):
-        from .evaluation.learned_profiles import learn_and_write
+        from .evaluation.learned_profiles import learn_and_write, val_rates_table
 
         learned_notes, extra = learn_and_write(evaluator, scored["real"].table, profiles, out_dir / "evaluation",
-                                               str(manifest))
+                                               str(manifest), val_rates_table(evaluator, manifest))
         notes += learned_notes
     write_report(out_dir / "evaluation", metrics, scored, evaluator, profiles, notes=notes,
                  title=f"kgface evaluation ({label})", extra_figures=extra)

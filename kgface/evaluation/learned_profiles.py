@@ -6,7 +6,10 @@ counts once, so a person photographed twice at stage 3 counts twice), r_0 = its 
 positives) and tpr = the head's hit rate on labelled images that show h at full stage, the estimate is
 f = clip((r_d - r_0) / (tpr - r_0), 0, 1) (the Rogan-Gladen correction).
 tpr and r_0 are measured on the scored table itself (its labelled stage-3 images, its healthy images), or taken for
-every head from `rates` when given (e.g. measured on the labelled panel the evaluator was checked on); a head with no
+every head from `rates` when given (e.g. measured on the labelled panel the evaluator was checked on). The jobs take
+tpr from the real set's val split (`val_rates_table`: other faces than those learned from) where it holds labelled
+stage-3 faces: measured on the learned images themselves, a phenotype one disease alone shows is learned back as its
+label frequency exactly (TP / n_pos over TP / n_d), whatever the head's hit rate. A head with no
 labelled image showing its phenotype gets tpr 1 (photos; kgface.evaluate's report counts them), with no healthy
 images r_0 is 0, and where tpr - r_0 <= 0.05 (the head rarely fires on the phenotype, or as often on healthy faces)
 the estimate is the uncorrected r_d and the entry says `"corrected": false` (the report counts those heads too).
@@ -124,7 +127,9 @@ def perturbation_check(evaluator: Evaluator, table: pd.DataFrame, perturbed: lis
     learned = learn_profiles(evaluator, table, perturbed, rates=rates)
     truth = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes} for p in perturbed}
     kg = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes if x.frequency is not None} for p in original}
-    return {"vs_perturbed": compare(learned, truth), "vs_kg": compare(learned, kg),
+    # both MAEs over the same pairs: a KG phenotype without a frequency has a perturbed one but no KG one
+    paired = {d: {h: f for h, f in fs.items() if h in kg.get(d, {})} for d, fs in truth.items()}
+    return {"vs_perturbed": compare(learned, paired), "vs_kg": compare(learned, kg),
             "detection": specificity(learned, truth), "learned": learned}
 
 
@@ -188,7 +193,7 @@ def disagreements(learned: dict, threshold: float = DISAGREEMENT, show: int = 5)
 
 
 def write_learned(learned: dict, out_dir: str | Path, phenotype_heads: str | None = None,
-                  learned_from: str | None = None) -> Path:
+                  learned_from: str | None = None, tpr_from: str | None = None) -> Path:
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / LEARNED_FILE, {"schema": "kgface.learned_profiles/1",
                                                "method": __doc__.split("\n\n")[1].strip(),
@@ -197,6 +202,7 @@ def write_learned(learned: dict, out_dir: str | Path, phenotype_heads: str | Non
                                                else "the real set's test split",
                                                # 'all': heads that also saw diseased faces (can echo the KG)
                                                "phenotype_heads": phenotype_heads,
+                                               "tpr_from": tpr_from,  # None: no labelled face (tpr taken as 1)
                                                "diseases": learned})
     plot_learned(learned, (out_dir / LEARNED_FILE).with_suffix(".png"))
     return out_dir / LEARNED_FILE
@@ -210,24 +216,44 @@ def earlier_learned_note(out_dir: str | Path) -> list[str]:
     return [f"{' and '.join(earlier)} in this folder come from an earlier report, not from this one"] if earlier else []
 
 
+def val_rates_table(evaluator: Evaluator, manifest) -> pd.DataFrame | None:
+    """The real set's val faces that can give head hit rates (graded stage 3 with phenotype labels), scored; None
+    when there are none (photos carry no phenotype labels)."""
+    from ..data.manifest import read_manifest
+
+    df = read_manifest(manifest)[0]
+    rows = df[(df["split"] == "val").to_numpy() & (df["stage"] == 3).to_numpy() & stage_known(df)
+              & np.array([bool(p) for p in df["phenotypes"]], dtype=bool)]
+    return evaluator.score(rows) if len(rows) else None
+
+
 def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir: str | Path,
-                    learned_from: str | None = None) -> tuple[list[str], list[tuple[str, Path]]]:
-    """Profiles learned from a scored real test table, written to out_dir (learned_profiles.json + .png) with the
-    head rates measured on the same table (hit rates from labelled stage-3 faces, false positives from healthy ones).
+                    learned_from: str | None = None, rates_table: pd.DataFrame | None = None
+                    ) -> tuple[list[str], list[tuple[str, Path]]]:
+    """Profiles learned from a scored real test table, written to out_dir (learned_profiles.json + .png). Head hit
+    rates (tpr) from `rates_table` (scored labelled faces not learned from: `val_rates_table`) when given, else from
+    the same table's labelled stage-3 faces; false positives from the table's healthy faces.
     Returns the report's notes on how far the estimates can be trusted, and write_report's extra_figures: the plot as
     [(caption, path)], or [] when nothing was learned (no diseased stage-3 image of a profiled disease)."""
-    rates = detector_rates(evaluator, table)
+    own_tpr, fpr = detector_rates(evaluator, table)
+    tpr = detector_rates(evaluator, rates_table)[0] if rates_table is not None else own_tpr
+    rates = (tpr, fpr)
     learned = learn_profiles(evaluator, table, profiles, rates=rates)
     if not learned:
         return ["no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
                 "(or ungraded)"] + earlier_learned_note(out_dir), []
-    written = write_learned(learned, out_dir, str(evaluator.cfg.get("phenotype_heads", "all")), learned_from)
-    notes = ["learned_profiles.json: phenotype frequencies learned from the real test images"]
+    tpr_from = (f"the val split's {len(rates_table)} labelled stage-3 faces" if rates_table is not None else
+                "the same test faces' labels (a phenotype one disease alone shows is then learned back as its label "
+                "frequency)" if own_tpr else None)
+    written = write_learned(learned, out_dir, str(evaluator.cfg.get("phenotype_heads", "all")), learned_from,
+                            tpr_from)
+    notes = ["learned_profiles.json: phenotype frequencies learned from the real test images"
+             + (f"; head hit rates (tpr) from {tpr_from}" if tpr_from else "")]
     used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}
     untested = used - set(rates[0])
     if untested:  # no labelled stage-3 face shows the phenotype: learn_profiles takes the head's tpr as 1
         which = f"all {len(used)}" if untested == used else f"{len(untested)} of {len(used)}"
-        notes.append(f"{which} learned phenotypes have no labelled stage-3 test face showing them: their "
+        notes.append(f"{which} learned phenotypes have no labelled stage-3 face showing them: their "
                      "heads' hit rate (tpr) is taken as 1, so their learned frequencies are detection rates "
                      "corrected for healthy faces' false positives only (none where the set has no healthy "
                      "faces; lower bounds where a head misses)")

@@ -18,6 +18,29 @@ from kgface.errors import UserError
 from tests.evaluation.conftest import TINY_EVALUATOR, generated_manifest
 
 
+def test_transformations_of_one_face_count_as_one_face(tiny_evaluator, tiny_data, tiny_profiles, tmp_path):
+    # a train run edits each test face towards several diseases: four edits of one face are not four faces
+    from kgface.evaluation.intervals import accuracy_interval, wilson_interval
+
+    gen = generated_manifest(tiny_data, tmp_path, n=6)
+    df = pd.read_csv(gen, dtype=str, keep_default_na=False)
+    edit = df[df["mode"] == "transform"].iloc[0].to_dict()
+    targets = [d for d in sorted(set(df["disease"])) if d != "healthy"][:3]
+    for k, target in enumerate(targets):
+        shutil.copy(gen.parent / edit["path"], gen.parent / f"t{k + 1:03d}.png")
+        df.loc[len(df)] = {**edit, "path": f"t{k + 1:03d}.png", "requested_disease": target}
+    write_manifest(df.to_dict("records"), gen)
+    m = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles)
+    n = m["transform"]["n"]
+    assert n == 1 + len(targets) >= 3
+    hits = round(m["transform"]["target_top1"] * n)
+    assert m["transform"]["target_top1_ci95"] == pytest.approx(
+        accuracy_interval([1] * hits + [0] * (n - hits), [1] * n, groups=[edit["source_image"]] * n), abs=1e-4)
+    low, high = m["transform"]["target_top1_ci95"]
+    wide = wilson_interval(hits, n)
+    assert high - low > wide[1] - wide[0]  # one face: wider than four independent ones
+
+
 def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles, tmp_path, tiny_cfg):
     gen = generated_manifest(tiny_data, tmp_path)
     m, scored = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, return_scored=True)
@@ -66,7 +89,7 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     over_images = wilson_interval(round(m["tstr_top1"] * m["tstr_n_real"]), m["tstr_n_real"])
     low, high = m["tstr_top1_ci95"]
     assert low <= over_images[0] + 1e-4 and high >= over_images[1] - 1e-4 and low <= m["tstr_top1"] <= high
-    assert m["transform"]["target_top1_ci95"] == pytest.approx(
+    assert m["transform"]["target_top1_ci95"] == pytest.approx(  # one transformation of one face: Wilson of 1
         wilson_interval(round(m["transform"]["target_top1"] * m["transform"]["n"]), m["transform"]["n"]), abs=1e-4)
     assert m["generation"]["top1_all"] == pytest.approx(m["evaluator"]["real_top1_all"], abs=1e-4)
     assert m["generation"]["stage_spearman"] == pytest.approx(m["evaluator"]["real_stage_spearman_disease"],

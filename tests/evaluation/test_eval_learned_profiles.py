@@ -92,6 +92,54 @@ def test_rogan_gladen_correction_on_constructed_rates():
     assert flat["learned_frequency"] == 0.5 and flat["corrected"] is False
 
 
+def test_hit_rates_from_other_faces_do_not_echo_the_labels(tmp_path):
+    # a phenotype one disease alone shows, a head that catches half of it: with hit rates measured on the same
+    # faces the estimate is the label frequency (0.6) whatever the head; with those of other labelled faces (a
+    # val split where this head caught every case) it is what the head reads (0.3), as an estimator should say
+    import pandas as pd
+
+    from kgface.evaluation.learned_profiles import learn_and_write
+    from kgface.kg.profiles import FacialProfile, Phenotype
+
+    class Ev:
+        phenotypes = ["HP:1"]
+        cfg = {"phenotype_heads": "atlas"}
+
+    prof = FacialProfile("D", "d", "hpo", phenotypes=[Phenotype("HP:1", "one", "face", "", frequency=0.6)])
+    test = pd.DataFrame({"disease": ["D"] * 10 + ["healthy"] * 4, "stage": [3] * 10 + [0] * 4,
+                         "phenotypes": [{"HP:1": 1.0}] * 6 + [{}] * 8,
+                         "detected": [["HP:1"]] * 3 + [[]] * 11})
+    val = pd.DataFrame({"disease": ["D"] * 4, "stage": [3] * 4, "phenotypes": [{"HP:1": 1.0}] * 4,
+                        "detected": [["HP:1"]] * 4})
+
+    def learned(out, **kw):
+        learn_and_write(Ev(), test, [prof], tmp_path / out, **kw)
+        return json.loads((tmp_path / out / "learned_profiles.json").read_text())
+
+    echo = learned("same")
+    assert echo["diseases"]["D"]["phenotypes"][0]["learned_frequency"] == 0.6 and "same test faces" in echo["tpr_from"]
+    read = learned("val", rates_table=val)
+    assert read["diseases"]["D"]["phenotypes"][0]["learned_frequency"] == 0.3
+    assert read["tpr_from"] == "the val split's 4 labelled stage-3 faces"
+
+
+def test_the_perturbation_check_compares_both_maes_over_the_same_pairs():
+    import pandas as pd
+
+    from kgface.kg.profiles import FacialProfile, Phenotype
+
+    class Ev:
+        phenotypes = ["HP:1", "HP:2"]
+
+    kg = FacialProfile("D", "d", "hpo", phenotypes=[Phenotype("HP:1", "one", "face", "", frequency=0.9),
+                                                     Phenotype("HP:2", "two", "face", "", frequency=None)])
+    perturbed = perturb_profiles([kg], seed=0)
+    assert all(p.frequency is not None for p in perturbed[0].phenotypes)  # the unknown one gets 0.1 or 0.9 too
+    table = pd.DataFrame({"disease": ["D"] * 4, "stage": [3] * 4, "detected": [["HP:1"], [], ["HP:2"], []]})
+    check = perturbation_check(Ev(), table, perturbed, [kg], ({}, {}))
+    assert check["vs_perturbed"]["n"] == check["vs_kg"]["n"] == 1  # HP:2 has no KG frequency to compare with
+
+
 def test_specificity_separates_a_phenotype_reader_from_an_abnormality_reader():
     from kgface.evaluation.learned_profiles import specificity
 
