@@ -232,10 +232,12 @@ def _write_model_files(backbone: Backbone, folder: Path) -> None:
 
                 shutil.rmtree(folder / ".adapter")
         backbone.vae.save_pretrained(folder / "vae", safe_serialization=True)
-        backbone.scheduler.save_pretrained(folder / "scheduler")
     else:  # pretrained: only the LoRA weights are new
         from safetensors.torch import save_file
 
         state = lora_state_dict(backbone.unet)
         if state:
             save_file(state, str(folder / "unet_lora.safetensors"))
+    # the noise schedule it trained with, for every kind: a base folder whose scheduler_config.json changed since
+    # (another prediction type, zero-terminal SNR) must not change how the run's model is sampled
+    backbone.scheduler.save_pretrained(folder / "scheduler")

@@ -154,6 +154,11 @@ def check_pretrained_folder(path: str | Path, kind: str = "sd15") -> Path:
         raise UserError(f"model.pretrained is not set; set model.pretrained to a local diffusers folder "
                         f"(e.g. {'stable-diffusion-v1-5' if kind == 'sd15' else 'stable-diffusion-xl-base-1.0'})")
     root = Path(path).expanduser()
+    if root.is_file():  # a single-file checkpoint (v1-5-pruned.safetensors): "does not exist" would be wrong
+        raise UserError(f"model.pretrained={path} is a single-file checkpoint; kgface loads a diffusers folder "
+                        "(unet/, vae/, text_encoder/, ...): convert it once with diffusers' "
+                        "StableDiffusionPipeline.from_single_file(...).save_pretrained(FOLDER) and set "
+                        "model.pretrained=FOLDER")
     if not root.is_dir():
         example = "stable-diffusion-v1-5" if kind == "sd15" else "stable-diffusion-xl-base-1.0"
         raise UserError(f"model.pretrained={path} does not exist; set model.pretrained to a local diffusers folder "

@@ -158,7 +158,7 @@ def _load_run(run_dir: Path, cache, adapter_scale, dtype):
     heldout = heldout_of(run_dir)
 
     if cfg.model.name == "tiny":
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from diffusers import AutoencoderKL, UNet2DConditionModel
 
         backbone = build_backbone(model_cfg, num_tokens=num_tokens, with_adapter=False)
         try:
@@ -166,8 +166,6 @@ def _load_run(run_dir: Path, cache, adapter_scale, dtype):
             local = {"use_safetensors": True, "local_files_only": True}
             backbone.unet = UNet2DConditionModel.from_pretrained(run_dir / "model" / "unet", **local)
             backbone.vae = AutoencoderKL.from_pretrained(run_dir / "model" / "vae", **local)
-            if (run_dir / "model" / "scheduler").is_dir():
-                backbone.scheduler = DDPMScheduler.from_pretrained(run_dir / "model" / "scheduler")
         except (OSError, ValueError, EnvironmentError) as exc:
             raise RunError(f"run={run_dir}: model/ cannot be loaded ({str(exc).splitlines()[0]})") from None
     else:
@@ -197,6 +195,13 @@ def _load_run(run_dir: Path, cache, adapter_scale, dtype):
             if missing:
                 raise RunError(f"{lora}: {len(missing)} of the UNet's LoRA weights are not in the file (first: "
                                f"{missing[0]}); was it saved with other LoRA targets or another kgface version?")
+    if (run_dir / "model" / "scheduler").is_dir():  # the schedule it trained with (pretrained runs since 2026-12-07)
+        from diffusers import DDPMScheduler
+
+        try:
+            backbone.scheduler = DDPMScheduler.from_pretrained(run_dir / "model" / "scheduler")
+        except (OSError, ValueError, EnvironmentError) as exc:
+            raise RunError(f"run={run_dir}: model/scheduler cannot be loaded ({str(exc).splitlines()[0]})") from None
     backbone.unet.eval().requires_grad_(False)
     backbone.vae.eval().requires_grad_(False)
     backbone.trainable = []

@@ -205,7 +205,11 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
     disc = d_opt = None
     if adversarial_active(t):  # built after the VAE, so the VAE's initial weights do not depend on the option
         check_discriminator_size(tuple(images.shape[-2:]), adv_weight)
-        disc = PatchDiscriminator(int(t["disc_channels"])).train()
+        # its own seed: drawn after build_tiny_stack's UNet, its weights (so the VAE) followed the unet_* keys,
+        # which the VAE's cache key leaves out
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(t["seed"]) + 1)
+            disc = PatchDiscriminator(int(t["disc_channels"])).train()
         d_opt = torch.optim.Adam(disc.parameters(), lr=float(t["lr"]), betas=(0.5, 0.9))
     gen = torch.Generator().manual_seed(int(t["seed"]))
     start = 0

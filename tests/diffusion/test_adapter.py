@@ -399,6 +399,10 @@ def test_kind_and_objective_are_checked_from_the_configs(tmp_path, sd15_folder, 
 
     with pytest.raises(UserError, match=r"unet/ is an SDXL UNet \(addition_embed_type='text_time'\); use model=sdxl"):
         check_pretrained_folder(sdxl_folder, "sd15")
+    single = tmp_path / "v1-5-pruned.safetensors"  # the common mistake: it exists, but is not a folder
+    single.write_bytes(b"weights")
+    with pytest.raises(UserError, match=r"is a single-file checkpoint; kgface loads a diffusers folder"):
+        check_pretrained_folder(single, "sd15")
     v_pred = tmp_path / "v-pred"
     shutil.copytree(sd15_folder, v_pred)
     path = v_pred / "scheduler" / "scheduler_config.json"

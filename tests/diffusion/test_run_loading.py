@@ -76,6 +76,28 @@ def test_a_run_whose_base_folder_moved_says_where_to_point_it(pretrained_run, tm
         load_run(moved)
 
 
+def test_a_run_samples_with_the_schedule_it_trained_with_whatever_its_base_says_now(pretrained_run, tmp_path):
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from kgface.diffusion.run_loading import load_run
+
+    _, folder, out = pretrained_run
+    trained = json.loads((out / "model" / "scheduler" / "scheduler_config.json").read_text())
+    base = tmp_path / "base"  # the base folder edited since: another prediction type
+    shutil.copytree(folder, base)
+    config = json.loads((base / "scheduler" / "scheduler_config.json").read_text())
+    other = "v_prediction" if trained["prediction_type"] == "epsilon" else "epsilon"
+    (base / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "prediction_type": other}))
+    moved = tmp_path / "run"
+    shutil.copytree(out, moved)
+    cfg = OmegaConf.load(moved / "config.yaml")
+    cfg.model.pretrained = str(base)
+    OmegaConf.save(cfg, moved / "config.yaml")
+    assert load_run(moved)[0].scheduler.config.prediction_type == trained["prediction_type"]
+
+
 def test_generate_draws_an_fp32_run_over_a_bf16_base_to_bf16_precision(pretrained_run, tmp_path, capsys):
     """dtype=bf16 at generation time: half the UNet's memory for a run trained in fp32; the same faces to within
     bf16 rounding, not other faces."""

@@ -90,6 +90,11 @@ def test_the_adversarial_loss_acts_from_adv_start_only(monkeypatch):
     assert torch.isfinite(roundtrip(active, images).float()).all()
     (disc, initial), = built
     assert any(not torch.equal(p, q) for p, q in zip(disc.parameters(), initial))  # it learned (its own steps)
+    # the cache key holds the VAE's keys alone: another UNet (built first, from the same seed) trains the same VAE
+    wider = train_vae(images, {**SMALL, "unet_block_out_channels": [16, 32]},
+                      {**base, "adv_weight": 0.5, "adv_start": 2, "disc_channels": 8}, progress=False)
+    for (name, a), b in zip(active.state_dict().items(), wider.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_the_discriminator_is_stepped_on_real_and_detached_fakes(monkeypatch):
