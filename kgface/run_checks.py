@@ -150,7 +150,9 @@ def preflight(cfg: DictConfig) -> None:
     if CONTROL in modes:  # the control swaps phenotypes between diseases: with one, it would be kg itself
         listed = disease_list(cfg.data.get("diseases"), "data.diseases")  # one id is a list of one, not its letters
         if listed is None and cfg.kg.get("panel") is not None:
-            listed = [p if isinstance(p, str) else p.get("id") for p in cfg.kg.panel]
+            from .runtime import panel_queries
+
+            listed = [p["id"] for p in panel_queries(cfg)]  # kg.panel=ORPHA:870 is a panel of one
         if listed is not None and sum(str(d).strip().lower() != "healthy" for d in listed) < 2:
             raise UserError(f"baselines={CONTROL} needs at least 2 diseases to swap phenotypes between (the panel "
                             f"lists {len(listed)}); drop {CONTROL} from baselines")

@@ -305,8 +305,8 @@ def test_the_training_setup_names_the_text_model_by_its_files_not_its_path(tmp_p
 
 
 def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp_path, monkeypatch, hpo_kg, catalog):
-    """Settings that do not change what is learned (gradient checkpointing; profile.learned/blend under
-    profile.source=kg; the encoder of a text run) do not block a resume; a folder named relatively from its parent
+    """Settings that do not change what is learned (gradient checkpointing; profile.blend under
+    profile.source=kg, where profile.learned is refused; the encoder of a text run) do not block a resume; a folder named relatively from its parent
     is the folder named absolutely; a text run still records the prompt encoder's files (model.text_model)."""
     from omegaconf import OmegaConf
 
@@ -314,7 +314,7 @@ def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp
     from kgface.train import training_setup
 
     base = training_setup(compose("train", MICRO), "kg")
-    for override in ("model.gradient_checkpointing=true", "profile.blend=0.9", "profile.learned=nowhere.json",
+    for override in ("model.gradient_checkpointing=true", "profile.blend=0.9",
                      "model.sample.steps=3", "model.schedule.timestep_spacing=trailing"):
         assert training_setup(compose("train", MICRO + [override]), "kg") == base, override
     assert training_setup(compose("train", MICRO + ["model.adapter_scale=0.5"]), "kg")["model"] != base["model"]
@@ -548,6 +548,16 @@ def test_atlas_share_observed_sets_and_marks_need_the_phantom_and_sane_values(tm
             main(MICRO + bad + [f"hydra.run.dir={tmp_path / 'x'}"])
         assert info.value.code == 2 and word in capsys.readouterr().err
         assert not (tmp_path / "x" / "profiles.json").exists()
+
+
+def test_the_shuffled_control_needs_two_diseases_however_the_panel_is_written():
+    from kgface.config import compose
+    from kgface.errors import UserError
+    from kgface.run_checks import preflight
+
+    for panel in ("kg.panel=ORPHA:870", "kg.panel=[ORPHA:870,healthy]"):  # one id: a panel of one, not its letters
+        with pytest.raises(UserError, match=r"baselines=kg_shuffled needs at least 2 diseases .* lists (1|2)\)"):
+            preflight(compose("train", ["baselines=[kg,kg_shuffled]", "data.diseases=null", panel]))
 
 
 def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):

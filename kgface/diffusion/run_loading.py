@@ -4,7 +4,8 @@
 
 - `config.yaml` (the resolved training config): model kind, conditioning, K tokens, adapter scale;
 - model=tiny: `model/unet`, `model/vae`, `model/scheduler` (diffusers folders);
-  model=sd15|sdxl: the base folder named by `model.pretrained` + `model/unet_lora.safetensors`;
+  model=sd15|sdxl: the base folder named by `model.pretrained` + `model/unet_lora.safetensors` (+ `model/scheduler`,
+  the schedule it trained with, in runs since 2026-12-07);
 - `adapter.safetensors` + `adapter.json` (conditioning kg / kg_text / class) through `load_kg_adapter`;
 - `encoder/` (conditioning kg / kg_text) through `KGEncoder.from_pretrained`; `class_tokens.safetensors`
   (conditioning class);

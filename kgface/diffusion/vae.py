@@ -303,6 +303,7 @@ def cached_vae(manifest: Path, model_cfg: dict | None, train_cfg: dict | None, c
     numbers = check_vae_train(train_spec)
     if adversarial_active(numbers):  # as numbers: 2000 and 2000.0 train the same VAE
         train_spec.update({k: numbers[k] for k in ("adv_weight", "adv_start", "disc_channels")})
+        train_spec["disc_seed"] = "own"  # since 2026-12-07 (its weights had followed the UNet's): not the old ones
     else:  # options that cannot change the VAE must not retrain it
         train_spec.update({k: VAE_DEFAULTS[k] for k in ("adv_weight", "adv_start", "disc_channels")})
     for key in OPTIONAL:

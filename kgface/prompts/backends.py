@@ -131,7 +131,7 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None,
                  timeout_s: float = 60.0, max_retries: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 max_retry_after_s: float = 300.0, min_interval_s: float = 0.0, temperature: float = 0.2,
+                 max_retry_after_s: float = 300.0, min_interval_s: float = 0.0, temperature: float = 0.0,
                  max_tokens: int = 1024, json_mode: bool = True, seed: int | None = None):
         base_url = _required("base_url", base_url, "the server's OpenAI-compatible URL, e.g. http://127.0.0.1:8000/v1")
         self.model = _required("model", model, "the server's model name, e.g. Qwen/Qwen2.5-7B-Instruct")

@@ -64,11 +64,18 @@ def baseline_faces(n: int, size: int, seed: int, input_spec=None, manifest: Path
     from ..diffusion.editing import input_files, prepare_image
 
     if input_spec not in (None, ""):
+        listed = input_files(input_spec)
+        given = [""] * len(listed)  # the identities a manifest names (a blank one, or a file's stem, is no person)
+        if str(input_spec).lower().endswith(".csv"):
+            from ..data.manifest import read_manifest
+
+            given = [str(i).strip() for i in read_manifest(Path(str(input_spec)).expanduser())[0]["identity"]]
         files, seen = [], set()
-        for path, ident in input_files(input_spec):  # a manifest may list a person twice: one face per patient
-            if ident not in seen:
-                seen.add(ident)
-                files.append((path, ident))
+        for (path, ident), person in zip(listed, given):  # a manifest may list a person twice: one face per patient
+            if person and person in seen:
+                continue
+            seen.add(person)
+            files.append((path, ident))
         if len(files) < n:
             raise UserError(f"input={input_spec} gives {len(files)} identities' photo(s) for trial.patients={n}: one "
                             f"person per patient; add photos or set trial.patients={len(files)}")

@@ -650,6 +650,7 @@ def test_build_folder_from_its_config(tmp_path):
     (out / "phenotype_atlas.csv").write_text("path,disease,stage,split\nimages/atlas/a0.png,phenotype_atlas,0,train\n")
     _face(4).save(out / "contact_sheet.png")  # the phantom build's sheet and cache record describe its faces
     (out / "cache_entries.json").write_text("[]")
+    (out / "dataset.json").write_text("{}")  # what a phantom build writes beside them: an earlier set, not photos
     result = build_real_dataset(_data_cfg("folder", root=str(root), disease="healthy"), out, size=SIZE)
     assert not (out / "phenotype_atlas.csv").exists() and not (out / "cache_entries.json").exists()
     assert {p.relative_to(out).as_posix() for p in out.rglob("*.png")} == set(read_manifest(result.manifest)[0]["path"])

@@ -174,16 +174,22 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert json.loads((out / "learned_profiles.json").read_text())["phenotype_heads"] == "all"
     # the figures read the headline numbers' rows: stages 2-3 and healthy faces, no transformations
     assert "Real test images, stages 2-3, healthy and ungraded photos (the rows of real_top1): disease confusion" in md
-    # the heads whose phenotype no labelled stage-3 test face shows (rare phenotypes in a few test faces) have their
-    # hit rate taken as 1, and the report counts them
-    from kgface.evaluation.learned_profiles import detector_rates
+    # hit rates come from the val split's labelled stage-3 faces (not the learned test faces, whose labels they
+    # would echo); heads whose phenotype no such face shows have their hit rate taken as 1, and the report counts them
+    from kgface.evaluation.learned_profiles import detector_rates, val_rates_table
 
-    learned = json.loads((out / "learned_profiles.json").read_text())["diseases"]
+    saved = json.loads((out / "learned_profiles.json").read_text())
+    learned = saved["diseases"]
+    val = val_rates_table(tiny_evaluator, tiny_data / "manifest.csv")
+    assert saved["tpr_from"] == f"the val split's {len(val)} labelled stage-3 faces"
     used = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"]}
-    untested = used - set(detector_rates(tiny_evaluator, rt)[0])
+    tpr = detector_rates(tiny_evaluator, val)[0]
+    untested = used - set(tpr)
     assert used and all(e["tpr"] == 1 for v in learned.values() for e in v["phenotypes"] if e["hpo_id"] in untested)
+    assert all(e["tpr"] == round(tpr[e["hpo_id"]], 4) for v in learned.values() for e in v["phenotypes"]
+               if e["hpo_id"] not in untested)
     assert 0 < len(untested) < len(used)
-    assert f"{len(untested)} of {len(used)} learned phenotypes have no labelled stage-3 test face" in md
+    assert f"{len(untested)} of {len(used)} learned phenotypes have no labelled stage-3 face" in md
     # heads whose hit rate is within 0.05 of their healthy rate are left uncorrected, and counted too
     entries = [e for v in learned.values() for e in v["phenotypes"]]
     flat = {e["hpo_id"] for e in entries if not e["corrected"]}
@@ -600,7 +606,7 @@ def test_evaluate_with_run_judges_against_the_runs_profiles_and_takes_a_baseline
     assert (tmp_path / "out" / "learned_profiles.json").is_file()
     learned = json.loads((tmp_path / "out" / "learned_profiles.json").read_text())["diseases"]
     used = {e["hpo_id"] for v in learned.values() for e in v["phenotypes"]}
-    assert f"all {len(used)} learned phenotypes have no labelled stage-3 test face showing them: their heads' hit " \
+    assert f"all {len(used)} learned phenotypes have no labelled stage-3 face showing them: their heads' hit " \
            "rate (tpr) is taken as 1" in (tmp_path / "out" / "report.md").read_text()
     assert all(e["tpr"] == 1 for v in learned.values() for e in v["phenotypes"])
     # a folder that is not one of OUT's baselines does not borrow OUT's evaluator

@@ -286,6 +286,22 @@ def test_a_trial_never_replaces_files_it_did_not_write(tmp_path, capsys):
     assert (out / "images" / "mine.png").is_file()
 
 
+def test_baseline_photos_are_one_per_named_person(tmp_path):
+    from kgface.errors import UserError
+    from kgface.trials.images import baseline_faces
+
+    for i, sub in enumerate(("x", "y")):  # two unnamed people whose photos share a file name
+        (tmp_path / sub).mkdir()
+        Image.new("RGB", (20, 20), (40 * i, 90, 120)).save(tmp_path / sub / "a.png")
+    listing = tmp_path / "faces.csv"
+    listing.write_text("path,disease,stage,split,identity\nx/a.png,healthy,0,test,\ny/a.png,healthy,0,test,\n")
+    faces = baseline_faces(2, 16, 0, input_spec=str(listing))
+    assert len(faces) == 2 and not torch.equal(faces[0].image, faces[1].image)
+    listing.write_text("path,disease,stage,split,identity\nx/a.png,healthy,0,test,p1\ny/a.png,healthy,0,test,p1\n")
+    with pytest.raises(UserError, match="gives 1 identities' photo"):  # one named person twice is one patient
+        baseline_faces(2, 16, 0, input_spec=str(listing))
+
+
 def test_a_trial_never_writes_into_a_train_run(tmp_path, capsys):
     run = tmp_path / "run"  # a whole run (data.json + profiles.json): RUN/trial would sit among its files
     run.mkdir()

@@ -156,7 +156,8 @@ def user_manifest(path: str | Path, known_diseases: set[str] | None = None, on_e
     bad = BadInput(on_error, skipped)
     path = Path(path)
     # data.known_diseases=ORPHA:870 (one id) is a list of one, not a set of its characters
-    known = set(disease_list(known_diseases, "data.known_diseases")) if known_diseases is not None else None
+    known = (None if known_diseases is None else set(known_diseases) if isinstance(known_diseases, (set, frozenset))
+             else set(disease_list(known_diseases, "data.known_diseases")))
     df, report = read_manifest(path, known_diseases=known, on_error=on_error, check_files=True)
     for line, reason in report.skipped:
         bad.skipped.append({"where": f"{path}:{line}", "path": "", "reason": reason})
