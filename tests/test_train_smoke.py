@@ -306,8 +306,8 @@ def test_the_training_setup_names_the_text_model_by_its_files_not_its_path(tmp_p
 
 def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp_path, monkeypatch, hpo_kg, catalog):
     """Settings that do not change what is learned (gradient checkpointing; profile.blend under
-    profile.source=kg, where profile.learned is refused; the encoder of a text run) do not block a resume; a folder named relatively from its parent
-    is the folder named absolutely; a text run still records the prompt encoder's files (model.text_model)."""
+    profile.source=kg, where profile.learned is refused; the encoder of a text run) do not block a resume; a folder
+    named relatively from its parent is the folder named absolutely; a text run still records the prompt encoder's files (model.text_model)."""
     from omegaconf import OmegaConf
 
     from kgface.config import compose
