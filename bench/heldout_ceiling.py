@@ -29,7 +29,7 @@ def main(argv=None):
     from kgface.data.manifest import read_manifest
     from kgface.diffusion.vae import roundtrip
     from kgface.evaluation import load_evaluator
-    from kgface.evaluation.inputs import HEALTHY, load_images
+    from kgface.evaluation.inputs import HEALTHY, load_images, min_stage_of
     from kgface.evaluation.validity import oracle_top1
     from kgface.run_files import run_data
 
@@ -44,12 +44,17 @@ def main(argv=None):
     shown = {h for ph in train[~train["disease"].isin(heldout)]["phenotypes"] for h, v in ph.items() if v > 0}
     held = test[test["disease"].isin(heldout)].copy()
     unseen = sorted({h for ph in held["phenotypes"] for h, v in ph.items() if v > 0 and h not in shown})
-    print(f"held-out {heldout}; phenotypes of their faces no seen training face shows: {unseen}")
-    print(f"oracle top-1, held-out test faces (stages 2-3), all phenotypes: {oracle_top1(train, held):.3f}")
-    held["phenotypes"] = [{h: v for h, v in ph.items() if h in shown} for ph in held["phenotypes"]]
-    print(f"... only the phenotypes seen faces show: {oracle_top1(train, held):.3f}")
-
     evaluator = load_evaluator(args.evaluator or run)  # the run's evaluator/, or a baselines run's ../evaluator
+    # as evaluator.oracle_top1: it learns from the stages the evaluator's probe learns from (probe.min_stage)
+    low = min_stage_of(evaluator.cfg.get("probe"))
+    print(f"held-out {heldout}; phenotypes of their faces no seen training face shows: {unseen}")
+    print("oracle top-1, held-out test faces (stages 2-3), all phenotypes: "
+          f"{oracle_top1(train, held, min_stage=low):.3f}")
+    held["phenotypes"] = [{h: v for h, v in ph.items() if h in shown} for ph in held["phenotypes"]]
+    print(f"... only the phenotypes seen faces show: {oracle_top1(train, held, min_stage=low):.3f}")
+
+    if not (run / "model" / "vae").is_dir():  # an sd15/sdxl run keeps no VAE of its own
+        raise SystemExit(f"{run}: no model/vae (a model=tiny run's); the per-disease VAE ceiling needs one")
     # safetensors only, from this folder only (as load_run reads it)
     vae = AutoencoderKL.from_pretrained(run / "model" / "vae", use_safetensors=True, local_files_only=True).eval()
     rows = test[(test["stage"] >= 2) & (test["disease"] != HEALTHY)].reset_index(drop=True)

@@ -68,6 +68,7 @@ def main(argv=None):
     from kgface.evaluation import load_evaluator
     from kgface.evaluation.intervals import compare_proportions, paired_comparison, wilson_interval
     from kgface.evaluation.metrics import spearman
+    from kgface.prompts.wording import stage_of
 
     first = Path(args.runs[0])  # a baselines generator (OUT/<mode>) keeps its evaluator in OUT/evaluator
     evaluator = load_evaluator(args.evaluator or (first if (first / "evaluator").is_dir() else first.parent))
@@ -107,7 +108,7 @@ def main(argv=None):
                 preds += list(scored["pred_disease"])
                 severity += list(scored["severity_pred"])
             # top-1 on the headline stages (2-3: stage 0 looks healthy by construction); Spearman on every stage
-            head = [round(r.severity) >= 2 for r in reqs]  # rounded, as evaluate_sets reads a requested stage
+            head = [stage_of(r.severity) >= 2 for r in reqs]  # binned, as evaluate_sets reads a requested stage
             preds_h = [pr for pr, k in zip(preds, head) if k]
             reqs_h = [r for r, k in zip(reqs, head) if k]
             hit = np.array([pr == r.profile.disease_id for pr, r in zip(preds_h, reqs_h)], dtype=bool)

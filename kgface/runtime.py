@@ -207,6 +207,17 @@ def profile_source(cfg: DictConfig, profiles: list) -> list:
         "profile.learned=%s was learned from %s: if this run's data has the same test faces, its generator is "
         "conditioned on a statistic of the faces it will be evaluated against; learn the profiles on another set "
         "for a clean comparison", path, data.get("learned_from", "a real set's test split"))
+    from .config import heldout_diseases
+
+    held = sorted(heldout_diseases(cfg) & set(table))
+    if held:  # learned from faces the held-out target is read on: they would leak into the very test of composing
+        logging.getLogger(__name__).warning(
+            "profile.learned=%s: the held-out diseases' learned frequencies (%s) are left out; they keep the KG's "
+            "(the held-out target asks what the generator composes from the KG alone)", path, ", ".join(held))
+        table = {d: v for d, v in table.items() if d not in held}
+        if not table:
+            raise UserError(f"profile.learned={path} holds only held-out diseases ({', '.join(held)}), whose "
+                            "frequencies stay the KG's; use profile.source=kg, or learn profiles of the seen diseases")
     known = {q.disease_id for q in profiles}
     if not set(table) & known:
         raise UserError(f"profile.learned={path}: none of its diseases ({', '.join(sorted(table)[:5])}) is in the "

@@ -445,9 +445,13 @@ class HFBackend:
             kwargs["temperature"] = self.temperature
         pad = self._tokenizer.pad_token_id
         kwargs["pad_token_id"] = pad if pad is not None else self._tokenizer.eos_token_id
-        torch.manual_seed(self.seed)
+        # seeded per request on a fork of torch's generators: the caller's stream after describing must not depend
+        # on whether the answers came from the cache
+        where = torch.device(self.device)
+        devices = [] if where.type != "cuda" else [torch.cuda.current_device() if where.index is None else where.index]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
                 out = self._lm.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
         except (RuntimeError, IndexError, ValueError) as exc:  # out of memory, a prompt past the model's positions
             first = (str(exc).splitlines() or [type(exc).__name__])[0]

@@ -322,6 +322,21 @@ def test_heldout_ceiling_reads_a_run_and_refuses_a_folder_without_one(evaluated_
     assert "evaluator top-1 per disease, after the VAE" in out and "ORPHA:648 read as" in out
     with pytest.raises(SystemExit, match="no data.json here or in its parent"):
         script("heldout_ceiling").main([str(tmp_path)])
+    # its oracle learns from the stages the evaluator's probe does, as evaluator.oracle_top1 does
+    from kgface.data.manifest import read_manifest
+    from kgface.evaluation import load_evaluator
+    from kgface.evaluation.inputs import min_stage_of
+    from kgface.evaluation.validity import oracle_top1
+
+    low = min_stage_of(load_evaluator(evaluated_run).cfg.get("probe"))
+    df = read_manifest(json.loads((evaluated_run / "data.json").read_text())["manifest"])[0]
+    held = df[(df["split"] == "test") & (df["disease"] == "ORPHA:648")]
+    expected = oracle_top1(df[df["split"] == "train"], held, min_stage=low)
+    assert f"all phenotypes: {expected:.3f}" in out
+    pretrained = tmp_path / "sd"  # a run without a VAE of its own (sd15/sdxl): one line, not a traceback
+    shutil.copytree(evaluated_run, pretrained, ignore=shutil.ignore_patterns("vae", "checkpoints", "samples"))
+    with pytest.raises(SystemExit, match="no model/vae"):
+        script("heldout_ceiling").main([str(pretrained)])
 
 
 def test_phenotype_rendering_reads_a_runs_atlas_and_refuses_a_run_without_one(evaluated_run, tmp_path, capsys):

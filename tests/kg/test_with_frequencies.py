@@ -42,6 +42,12 @@ def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path
             "D:1": {"name": "d", "phenotypes": [{"hpo_id": "HP:0000003", "learned_frequency": 0.9}]}}}))
 
     learned("atlas")  # heads fitted on a phenotype atlas, on another set: no warning
+    # a held-out disease keeps the KG's frequencies (its learned ones come from the faces its target is read on)
+    with pytest.raises(UserError, match=r"holds only held-out diseases \(D:1\), whose frequencies stay the KG's"):
+        profile_source(compose("train", ["profile.source=learned", f"profile.learned={path}", "data.heldout=[D:1]"]),
+                       [_profile()])
+    assert "the held-out diseases' learned frequencies (D:1) are left out" in caplog.text
+    caplog.clear()
     cfg = compose("train", ["profile.source=learned", f"profile.learned={path}"])
     assert profile_source(cfg, [_profile()])[0].phenotypes[0].hpo_id == "HP:0000003"  # 0.9: now the most frequent
     assert profile_source(cfg, [_profile()])[0].phenotypes[0].frequency == 0.9

@@ -109,6 +109,14 @@ def test_sampling_is_seeded(tmp_path):
     c = HFBackend(str(model), max_new_tokens=8, temperature=1.0, seed=4).generate_ids(messages)
     assert a == b and len(a) == 8
     assert a != c  # the seed is read
+    import torch
+
+    # ... on a fork: the caller's random stream goes on as if nothing had been described
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    HFBackend(str(model), max_new_tokens=8, temperature=1.0, seed=3).generate_ids(messages)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_bad_model_path_stops_the_run_in_one_line(tmp_path, down):
