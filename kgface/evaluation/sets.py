@@ -265,17 +265,24 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             g["stage_spearman_ci95"] = CI.spearman_interval(req_sev[dis], t["severity_pred"][dis],
                                                             groups=None if draw is None else draw[dis])
             g["stage_mae"] = M.stage_mae(req_s[dis], t["stage_pred"][dis])
+            if (dis & hd).any():  # seen diseases alone (the pooled key mixes in held-out requests)
+                g["stage_spearman_seen"] = M.spearman(req_sev[dis & ~hd], t["severity_pred"][dis & ~hd])
             # on diseased requests of stages 2-3 that expect a phenotype the evaluator can detect: a request that
             # expects nothing (healthy, stage 0, an empty frequency draw, phenotypes without a head) would read
             # F1 = 1 on a blank face; such rows are counted, not scored
             pm = dis & shown
             if pm.any():
-                expected = _expected_sets(t[pm], list(req_d[pm]), list(req_s[pm]), profiles, evaluator.phenotypes)
-                detected, expected, unscored = _expecting_rows(list(t["detected"][pm]), expected)
+                every = _expected_sets(t[pm], list(req_d[pm]), list(req_s[pm]), profiles, evaluator.phenotypes)
+                detected, expected, unscored = _expecting_rows(list(t["detected"][pm]), every)
                 g["profile_match_f1"] = M.profile_match_f1(detected, expected)  # NaN (null) when no row is scored
                 g["profile_match_n"] = len(expected)
                 g["profile_match_unscored_n"] = unscored
                 g["phenotype_match"] = M.per_phenotype_match(detected, expected)
+                if hd[pm].any():  # seen diseases alone: conditionings that draw no held-out request compare there
+                    seen = ~hd[pm]
+                    kept, wanted, _ = _expecting_rows([d for d, s in zip(t["detected"][pm], seen) if s],
+                                                      [e for e, s in zip(every, seen) if s])
+                    g["profile_match_f1_seen"] = M.profile_match_f1(kept, wanted)
             # per disease: its stage-3 requests, or its stages 2-3 when it has none (chosen for the whole set,
             # a disease asked only at stage 2 beside others at 3 dropped out of the mean)
             at3 = sel & (req_s == 3).to_numpy()
@@ -291,6 +298,9 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                     g["frequency_mae_read_at_stages_2_3"] = read_at_2_3  # the others at stage 3
                 # images behind each disease's frequencies: with 2, each can only be 0, 0.5 or 1
                 g["frequency_mae_n"] = {d: int((req_d[full] == d).sum()) for d in g["frequency_mae_per_disease"]}
+                per_seen = [v for d, v in g["frequency_mae_per_disease"].items() if d not in heldout]
+                if len(per_seen) < len(g["frequency_mae_per_disease"]) and per_seen:
+                    g["frequency_mae_seen"] = float(np.mean(per_seen))
             # on diseased requests of stages 2-3: stage 0 is healthy-looking by construction and stage 1 may show
             # nothing, so a mean over every stage read a generator's stage mix, not whether its disease shows
             ill = dis & shown

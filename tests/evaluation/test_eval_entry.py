@@ -92,6 +92,17 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert m["transform"]["target_top1_ci95"] == pytest.approx(  # one transformation of one face: Wilson of 1
         wilson_interval(round(m["transform"]["target_top1"] * m["transform"]["n"]), m["transform"]["n"]), abs=1e-4)
     assert m["generation"]["top1_all"] == pytest.approx(m["evaluator"]["real_top1_all"], abs=1e-4)
+    # the pooled keys mix held-out requests in; their _seen twins read the seen diseases alone
+    from kgface.evaluation.metrics import spearman
+
+    seen_sick = ((rt["disease"] != "healthy") & (rt["disease"] != "ORPHA:963")).to_numpy()
+    assert g["stage_spearman_seen"] == pytest.approx(
+        spearman(rt["stage"][seen_sick].astype(float), rt["severity_pred"][seen_sick]), abs=1e-4)
+    assert g["stage_spearman_seen"] != pytest.approx(g["stage_spearman"], abs=1e-6)
+    per = g["frequency_mae_per_disease"]
+    assert "ORPHA:963" in per and g["frequency_mae_seen"] == pytest.approx(
+        np.mean([v for d, v in per.items() if d != "ORPHA:963"]), abs=1e-4)
+    assert 0.0 <= g["profile_match_f1_seen"] <= 1.0
     assert m["generation"]["stage_spearman"] == pytest.approx(m["evaluator"]["real_stage_spearman_disease"],
                                                               abs=1e-4)
     ev = m["evaluator"]
