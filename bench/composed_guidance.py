@@ -53,6 +53,8 @@ def main(argv=None):
         raise SystemExit(f"{run}: composed guidance needs a kg run trained with trainer.observed_phenotypes=true")
     if float(cfg.model.sample.get("eta", 0.0)):  # the summed branch below is plain DDIM: no fresh noise per step
         raise SystemExit(f"{run}: model.sample.eta={cfg.model.sample.eta}; composed guidance compares eta=0 samplers")
+    if backbone.kind == "sdxl":  # its UNet also reads pooled text and time ids, which this sampler does not pass
+        raise SystemExit(f"{run}: composed guidance draws tiny and sd15 runs, not sdxl")
     gen = Generator(backbone, cond, guidance=float(cfg.model.sample.guidance), steps=int(cfg.model.sample.steps))
     held = heldout_of(run)
     chosen = [p for p in profiles if p.disease_id in held]
@@ -88,8 +90,8 @@ def main(argv=None):
             out = unet_eps(b.unet, torch.cat([x] * (n_parts + 1)), t,  # autocast over a half-precision base
                            torch.cat([null_states] + [states] * n_parts),
                            kg_added_cond_kwargs(torch.cat([null_tokens] + tokens), None)).chunk(n_parts + 1)
-            delta = sum(mask[j][:, None, None, None] * (out[j + 1] - out[0]) for j in range(n_parts))
-            return out[0] + w[:, None, None, None] * delta
+            delta = sum(mask[j].to(x)[:, None, None, None] * (out[j + 1] - out[0]) for j in range(n_parts))
+            return out[0] + w.to(x)[:, None, None, None] * delta  # on the latents' device (a GPU run's too)
 
         return gen.decode(ddim_sample(model_fn, gen.noise(batch).to(gen.device), gen.ladder(),
                                       b.scheduler.alphas_cumprod, prediction=gen.prediction))
