@@ -216,21 +216,23 @@ def save_model_folder(backbone: Backbone, folder: Path) -> None:
 
 
 def _write_model_files(backbone: Backbone, folder: Path) -> None:
-    from .adapter import detach_kg_adapter, has_kg_adapter, load_kg_adapter, save_kg_adapter
+    from .adapter import detach_kg_adapter, has_kg_adapter
 
     if backbone.kind == "tiny":
-        had = has_kg_adapter(backbone.unet)
-        if had:  # the UNet is saved without the adapter's processors, then the adapter goes back on
-            save_kg_adapter(backbone.unet, folder / ".adapter")
-            detach_kg_adapter(backbone.unet)
+        unet = backbone.unet
+        had = has_kg_adapter(unet)
+        if had:  # the UNet is saved without the adapter's processors, then the very same modules go back on (new
+            # tensors would leave an optimizer or EMA that holds the old ones training nothing)
+            procs, proj = dict(unet.attn_processors), unet.encoder_hid_proj
+            hid_type = unet.config.encoder_hid_dim_type
+            detach_kg_adapter(unet)
         try:
-            backbone.unet.save_pretrained(folder / "unet", safe_serialization=True)
+            unet.save_pretrained(folder / "unet", safe_serialization=True)
         finally:  # a failed save leaves the model in memory as it was
             if had:
-                load_kg_adapter(backbone.unet, folder / ".adapter")
-                import shutil
-
-                shutil.rmtree(folder / ".adapter")
+                unet.set_attn_processor(procs)
+                unet.encoder_hid_proj = proj
+                unet.config.encoder_hid_dim_type = hid_type
         backbone.vae.save_pretrained(folder / "vae", safe_serialization=True)
     else:  # pretrained: only the LoRA weights are new
         from safetensors.torch import save_file
