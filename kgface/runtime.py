@@ -177,6 +177,12 @@ def learned_table(cfg: DictConfig) -> tuple[str, dict, float, str, dict] | None:
             if not 0.0 <= f <= 1.0:
                 raise UserError(f"profile.learned={path}: {d} {h} has learned_frequency {f:g}; frequencies lie in "
                                 "[0, 1] (a share of faces, not a percentage)")
+    from .config import heldout_diseases
+
+    held = heldout_diseases(cfg)
+    if table and set(table) <= held:  # profile_source keeps the KG's for held-out diseases: nothing would be used
+        raise UserError(f"profile.learned={path} holds only held-out diseases ({', '.join(sorted(table))}), whose "
+                        "frequencies stay the KG's; use profile.source=kg, or learn profiles of the seen diseases")
     return source, table, blend, str(path), data
 
 
@@ -215,9 +221,6 @@ def profile_source(cfg: DictConfig, profiles: list) -> list:
             "profile.learned=%s: the held-out diseases' learned frequencies (%s) are left out; they keep the KG's "
             "(the held-out target asks what the generator composes from the KG alone)", path, ", ".join(held))
         table = {d: v for d, v in table.items() if d not in held}
-        if not table:
-            raise UserError(f"profile.learned={path} holds only held-out diseases ({', '.join(held)}), whose "
-                            "frequencies stay the KG's; use profile.source=kg, or learn profiles of the seen diseases")
     known = {q.disease_id for q in profiles}
     if not set(table) & known:
         raise UserError(f"profile.learned={path}: none of its diseases ({', '.join(sorted(table)[:5])}) is in the "

@@ -447,8 +447,8 @@ class HFBackend:
         kwargs["pad_token_id"] = pad if pad is not None else self._tokenizer.eos_token_id
         # seeded per request on a fork of torch's generators: the caller's stream after describing must not depend
         # on whether the answers came from the cache
-        where = torch.device(self.device)
-        devices = [] if where.type != "cuda" else [torch.cuda.current_device() if where.index is None else where.index]
+        # manual_seed reseeds every CUDA device's generator, not only the LLM's: fork them all
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed)

@@ -46,7 +46,22 @@ def test_profile_source_reads_learned_profiles_json_and_names_bad_input(tmp_path
     with pytest.raises(UserError, match=r"holds only held-out diseases \(D:1\), whose frequencies stay the KG's"):
         profile_source(compose("train", ["profile.source=learned", f"profile.learned={path}", "data.heldout=[D:1]"]),
                        [_profile()])
+    from kgface.run_checks import preflight
+
+    with pytest.raises(UserError, match=r"holds only held-out diseases"):  # in preflight, before the run folder
+        preflight(compose("train", ["profile.source=learned", f"profile.learned={path}", "data.heldout=[D:1]"]))
+    # the main path: a held-out disease beside a seen one keeps the KG's frequencies, the seen one takes the file's
+    two = json.loads(path.read_text())
+    two["diseases"]["D:2"] = {"name": "e", "phenotypes": [{"hpo_id": "HP:0000003", "learned_frequency": 0.9}]}
+    path.write_text(json.dumps(two))
+    other = FacialProfile("D:2", "disease 2", "hpo", [Phenotype(hpo_id="HP:0000003", name="c", region="eyes",
+                                                                visual="c", frequency=0.3)])
+    got = profile_source(compose("train", ["profile.source=learned", f"profile.learned={path}",
+                                           "data.heldout=[D:1]"]), [_profile(), other])
+    assert {x.hpo_id: x.frequency for x in got[0].phenotypes}["HP:0000003"] == 0.3  # held out: the KG's
+    assert got[1].phenotypes[0].frequency == 0.9  # seen: the learned one
     assert "the held-out diseases' learned frequencies (D:1) are left out" in caplog.text
+    learned("atlas")
     caplog.clear()
     cfg = compose("train", ["profile.source=learned", f"profile.learned={path}"])
     assert profile_source(cfg, [_profile()])[0].phenotypes[0].hpo_id == "HP:0000003"  # 0.9: now the most frequent
