@@ -89,11 +89,23 @@ class Generator:
         return self.conditioner.phenotype_draws
 
     def requested_phenotypes(self, reqs: list[Request]) -> list[list[str]] | None:
-        """The HPO ids each request asks for when the generator draws phenotype sets (None when it does not): the
-        samples manifest's `requested_phenotypes`, which the evaluator's profile match compares with."""
-        if not self.draws_phenotypes:
+        """The HPO ids each request asks for when the generator draws phenotype sets, or when its prompts read the
+        run's stage descriptions (an LLM's cite their own phenotypes, not the template's); None otherwise: the samples
+        manifest's `requested_phenotypes`, which the evaluator's profile match compares with."""
+        if self.draws_phenotypes:
+            return [[p.hpo_id for p in prof.phenotypes] for prof in self.request_profiles(reqs)]
+        described = self.conditioner.descriptions if self.conditioner.uses_text else None
+        if not described:
             return None
-        return [[p.hpo_id for p in prof.phenotypes] for prof in self.request_profiles(reqs)]
+        from ..prompts.wording import stage_of, stage_phenotypes
+
+        out = []
+        for r in reqs:
+            stage, d = stage_of(r.severity), described.get(r.profile.disease_id)
+            cited = None if d is None else next((s.phenotypes for s in d.stages if s.stage == stage), None)
+            out.append([] if r.profile.healthy else list(cited) if cited is not None
+                       else [p.hpo_id for p in stage_phenotypes(r.profile, stage)])  # no description: the template's
+        return out
 
     def request_profiles(self, reqs: list[Request]) -> list:
         """The profiles the condition is built from: as requested, or (a generator trained on observed phenotype

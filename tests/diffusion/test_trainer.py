@@ -578,8 +578,14 @@ def test_text_prompts_read_the_language_layers_descriptions(profiles):
     assert got[2] == training_prompt(profiles[1], 2, conditioning="text", every_phenotype=True)  # the full set
     gen = Generator(backbone, Conditioner("text", profiles, backbone, num_tokens=4, descriptions=llm))
     assert gen._prompts([Request(profiles[0], 2.0, 0)]) == [got[0]]
+    # what the evaluator's profile match expects is what the sentence cites (an LLM's own set, not the template's)
+    llm["ORPHA:870"].stages[2].phenotypes = [llm["ORPHA:870"].stages[2].phenotypes[0]]
+    asked = gen.requested_phenotypes([Request(profiles[0], 2.0, 0), Request(profiles[0], 3.0, 0)])
+    assert asked == [llm["ORPHA:870"].stages[2].phenotypes, list(none["ORPHA:870"].stages[3].phenotypes)]
+    assert len(none["ORPHA:870"].stages[2].phenotypes) > 1  # the template's set differs from the cited one
     gen = Generator(backbone, Conditioner("text", profiles, backbone, num_tokens=4, descriptions={}))
     assert gen._prompts([Request(profiles[0], 2.0, 0)]) == [plain[0]]
+    assert gen.requested_phenotypes([Request(profiles[0], 2.0, 0)]) is None  # no descriptions: the template's
 
 
 def test_a_prompt_longer_than_the_text_context_is_said_once(caplog):
