@@ -241,6 +241,9 @@ def test_learned_frequencies_condition_the_generator_a_run_trains(evaluated_run,
     changed = 0
     for d, table in learned.items():
         for h, f in table.items():
+            if d == "ORPHA:648":  # held out: the KG's (its learned ones come from the faces its target reads)
+                assert used[d][h] == kg[d][h]
+                continue
             assert used[d][h] == pytest.approx(f)
             changed += kg[d][h] is None or abs(kg[d][h] - f) > 1e-6
     assert changed  # the learned file differs from the KG somewhere (e.g. a phenotype the micro heads never detect)
