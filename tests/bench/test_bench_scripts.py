@@ -362,3 +362,15 @@ def test_vae_heldout_reads_the_runs_vae_and_one_that_saw_every_disease(evaluated
     assert faces[1] == run_vae["train_images"]  # the second is the run's own entry
     script("vae_heldout").main([str(evaluated_run), "--current-only"])  # both cached now: reads the run's alone
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("VAE ")] == lines[1:]
+
+
+def test_trial_coverage_prints_every_setting_with_three_coverages(capsys):
+    bench = script("trial_coverage")
+    bench.main(["--trials", "4", "--seed", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    for name, _ in bench.POOLED:  # the settings docs/trials.md's coverage tables quote, each with A / B / A - B
+        (line,) = [x for x in lines if x.startswith(f"{name:36s} ")]
+        coverage = [float(v) for v in line[37:].split()[:5:2]]
+        assert len(coverage) == 3 and all(0.0 <= c <= 1.0 for c in coverage), line
+    per_patient = [x for x in lines if x.startswith("per patient, ")]
+    assert len(per_patient) == len(bench.PER_PATIENT) and all("(n = 8 intervals each)" in x for x in per_patient)
