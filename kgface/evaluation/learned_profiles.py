@@ -235,8 +235,9 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
     the same table's labelled stage-3 faces; false positives from the table's healthy faces.
     Returns the report's notes on how far the estimates can be trusted, and write_report's extra_figures: the plot as
     [(caption, path)], or [] when nothing was learned (no diseased stage-3 image of a profiled disease)."""
-    own_tpr, fpr = detector_rates(evaluator, table)
-    tpr = detector_rates(evaluator, rates_table)[0] if rates_table is not None else own_tpr
+    tpr, fpr = detector_rates(evaluator, table)
+    if rates_table is not None:  # the hit rates of faces not learned from replace the table's own
+        tpr = detector_rates(evaluator, rates_table)[0]
     rates = (tpr, fpr)
     learned = learn_profiles(evaluator, table, profiles, rates=rates)
     if not learned:
@@ -244,7 +245,7 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
                 "(or ungraded)"] + earlier_learned_note(out_dir), []
     tpr_from = (f"the val split's {len(rates_table)} labelled stage-3 faces" if rates_table is not None else
                 "the same test faces' labels (a phenotype one disease alone shows is then learned back as its label "
-                "frequency)" if own_tpr else None)
+                "frequency)" if tpr else None)
     written = write_learned(learned, out_dir, str(evaluator.cfg.get("phenotype_heads", "all")), learned_from,
                             tpr_from)
     notes = ["learned_profiles.json: phenotype frequencies learned from the real test images"
