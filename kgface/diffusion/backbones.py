@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import UserError
 from .adapter import attach_kg_adapter
-from .models import add_unet_lora, build_tiny_stack, load_pretrained_stack, lora_state_dict
+from .models import add_unet_lora, build_tiny_stack, load_pretrained_stack, lora_metadata, lora_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +238,8 @@ def _write_model_files(backbone: Backbone, folder: Path) -> None:
         from safetensors.torch import save_file
 
         state = lora_state_dict(backbone.unet)
-        if state:
-            save_file(state, str(folder / "unet_lora.safetensors"))
+        if state:  # the file names its own scale: a reader outside kgface needs rank and alpha to apply it
+            save_file(state, str(folder / "unet_lora.safetensors"), metadata=lora_metadata(backbone.unet))
     # the noise schedule it trained with, for every kind: a base folder whose scheduler_config.json changed since
     # (another prediction type, zero-terminal SNR) must not change how the run's model is sampled
     backbone.scheduler.save_pretrained(folder / "scheduler")

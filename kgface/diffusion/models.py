@@ -319,7 +319,16 @@ def trainable_parameters(unet: nn.Module) -> dict[str, nn.Parameter]:
 def lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
     """The UNet's LoRA weights as peft names them in the UNet (what a run's model/unet_lora.safetensors holds).
     diffusers' `pipe.load_lora_weights` reads UNet keys prefixed `unet.`: prefix them to load the file there, at
-    the run's model.lora_alpha / model.lora_rank scale (the file does not record it)."""
+    the scale lora_alpha / lora_rank that the file's metadata records (`lora_metadata`)."""
     from peft.utils import get_peft_model_state_dict
 
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def lora_metadata(unet: nn.Module) -> dict[str, str]:
+    """The LoRA file's safetensors metadata (strings only): rank, alpha and target modules of the UNet's adapter."""
+    import json
+
+    cfg = unet.peft_config["default"]
+    return {"format": "kgface-unet-lora", "lora_rank": str(int(cfg.r)), "lora_alpha": repr(float(cfg.lora_alpha)),
+            "target_modules": json.dumps(sorted(cfg.target_modules))}

@@ -108,6 +108,22 @@ def check_precision_device(backbone, device) -> None:
 _RUN_FOLDER_KEYS = ("model.pretrained", "model.text_model", "encoder.text_model")
 
 
+def _check_lora_scale(lora: Path, model_cfg, run_dir: Path) -> None:
+    """The rank and alpha the file records (files since 2026-12-07) against the run's config.yaml: an edited
+    model.lora_alpha would load the same weights at another scale, silently."""
+    from safetensors import safe_open
+
+    with safe_open(str(lora), framework="pt") as f:
+        meta = f.metadata() or {}
+    alpha = model_cfg.get("lora_alpha")
+    want = {"lora_rank": float(model_cfg["lora_rank"]),
+            "lora_alpha": float(model_cfg["lora_rank"] if alpha is None else alpha)}
+    for key, value in want.items():
+        if key in meta and float(meta[key]) != value:
+            raise RunError(f"{lora} was trained at {key}={meta[key]} but {run_dir / 'config.yaml'} sets "
+                           f"model.{key}={value:g}; set it back to {meta[key]}")
+
+
 def load_run(run_dir: str | Path, cache=None, adapter_scale: float | None = None, dtype: str | None = None):
     """(backbone, conditioner, profiles, cfg) of a trained run; `profiles` includes held-out diseases. dtype: the
     frozen base's precision for a pretrained run (fp32 | bf16 | fp16; None: the run's model.dtype); what trained
@@ -179,6 +195,7 @@ def _load_run(run_dir: Path, cache, adapter_scale, dtype):
             from peft.utils import set_peft_model_state_dict
             from safetensors.torch import load_file
 
+            _check_lora_scale(lora, model_cfg, run_dir)
             try:
                 result = set_peft_model_state_dict(backbone.unet, load_file(str(lora)))
             except RuntimeError as exc:  # strict=False still refuses other shapes: another base or LoRA rank

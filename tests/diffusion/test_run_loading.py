@@ -165,6 +165,31 @@ def test_a_lora_file_missing_weights_is_an_error_not_an_untrained_layer(pretrain
         load_run(copy)
 
 
+def test_the_lora_file_records_its_scale_and_an_edited_alpha_is_refused(pretrained_run, tmp_path):
+    import shutil
+
+    from omegaconf import OmegaConf
+    from safetensors import safe_open
+
+    from kgface.diffusion.run_loading import RunError, load_run
+
+    _, _, out = pretrained_run
+    cfg = OmegaConf.load(out / "config.yaml")
+    with safe_open(str(out / "model" / "unet_lora.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    rank = int(cfg.model.lora_rank)
+    alpha = float(rank if cfg.model.get("lora_alpha") is None else cfg.model.lora_alpha)
+    assert meta["lora_rank"] == str(rank) and float(meta["lora_alpha"]) == alpha
+    assert set(json.loads(meta["target_modules"])) == {"to_k", "to_q", "to_v", "to_out.0"}
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    cfg.model.lora_alpha = alpha * 2  # the same weights at twice the scale, had it loaded
+    OmegaConf.save(cfg, copy / "config.yaml")
+    with pytest.raises(RunError, match=r"unet_lora\.safetensors was trained at lora_alpha=.* but .*config\.yaml sets "
+                                       r"model\.lora_alpha="):
+        load_run(copy)
+
+
 def test_generate_samples_transforms_and_stacks_an_identity(pretrained_run, tmp_path):
     from diffusers import UNet2DConditionModel
 
