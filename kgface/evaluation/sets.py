@@ -256,6 +256,10 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             g["top3"] = M.topk_accuracy(probs[head], lab[head], 3)  # NaN without such rows
             g["macro_f1"] = M.macro_f1(list(req_d[shown]), list(t["pred_disease"][shown]))
             g["macro_f1_all"] = M.macro_f1(list(req_d[sel]), list(t["pred_disease"][sel]))
+            if (shown & hd).any():  # seen diseases alone, as the other *_seen keys (macro F1 averages per class:
+                keep = shown & ~hd  # a held-out class at the floor pulls the pooled key down by its 1/n share)
+                g["macro_f1_seen"] = M.macro_f1(list(req_d[keep]), list(t["pred_disease"][keep]))
+                g["top3_seen"] = M.topk_accuracy(probs[keep[sel]], lab[keep[sel]], 3)
             g["per_stage_top1"] = M.per_stage_accuracy(  # healthy requests apart, as the real side reads them
                 list(req_d[sel]), list(t["pred_disease"][sel]),
                 ["healthy" if d == HEALTHY else s for d, s in zip(req_d[sel], req_s[sel])])

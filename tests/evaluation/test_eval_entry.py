@@ -103,6 +103,15 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert "ORPHA:963" in per and g["frequency_mae_seen"] == pytest.approx(
         np.mean([v for d, v in per.items() if d != "ORPHA:963"]), abs=1e-4)
     assert 0.0 <= g["profile_match_f1_seen"] <= 1.0
+    from kgface.evaluation.metrics import macro_f1, topk_accuracy
+
+    kept = head & ~held
+    assert g["macro_f1_seen"] == pytest.approx(
+        macro_f1(list(rt["disease"][kept]), list(rt["pred_disease"][kept])), abs=1e-4)
+    classes = list(tiny_evaluator.classes)
+    probs = rt.loc[kept, [f"p_{c}" for c in classes]].to_numpy()
+    assert g["top3_seen"] == pytest.approx(
+        topk_accuracy(probs, np.array([classes.index(d) for d in rt["disease"][kept]]), 3), abs=1e-4)
     assert m["generation"]["stage_spearman"] == pytest.approx(m["evaluator"]["real_stage_spearman_disease"],
                                                               abs=1e-4)
     ev = m["evaluator"]
