@@ -123,6 +123,18 @@ def preflight(cfg: DictConfig) -> None:
         from .encoders import KGEncoder
 
         KGEncoder.check_settings(container(cfg.encoder))
+        from .data.phantom.identity import AGE_GROUPS
+
+        ages = _whole_at_least(cfg.encoder.get("age_groups", 0), "encoder.age_groups", 0, f"0 or {len(AGE_GROUPS)}")
+        if ages not in (0, len(AGE_GROUPS)):  # the data's age index runs over every group: a shorter table failed
+            raise UserError(f"encoder.age_groups={ages}: the faces carry {len(AGE_GROUPS)} age groups "  # at step 1
+                            f"({', '.join(AGE_GROUPS)}); set encoder.age_groups={len(AGE_GROUPS)} or 0 (no age input)")
+        batch = cfg.trainer.get("batch_size")
+        if (cfg.encoder.get("center_tokens") and cfg.encoder.get("tokens", "pooled") == "pooled"
+                and str(batch).isdigit() and int(batch) < 2):  # one profile gives no batch statistics to learn
+            raise UserError(f"encoder.center_tokens=true with trainer.batch_size={batch}: the running statistics "
+                            "never move at one profile a step, so nothing is centred; set encoder.center_tokens=false "
+                            "or trainer.batch_size >= 2")
     if "text" in modes:  # text prompts train the UNet alone (no tokens, no adapter): its rate and LoRA are all
         pretrained = cfg.model.name != "tiny"
         drop = "drop text from baselines" if cfg.get("baselines") else "use another conditioning"

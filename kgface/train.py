@@ -46,6 +46,10 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
                        unknown_frequency=float(cfg.data.get("unknown_frequency", 0.5)))
     if builder is not None:
         builder.warm(profiles)
+        width, reads = builder.features.dim, int(encoder.config["in_dim"])
+        if width and width != reads:  # e.g. an mpnet folder (768-d): a shape error at the first step, naming nothing, before
+            raise UserError(f"encoder.text_model={cfg.encoder.get('text_model')} gives {width}-d text vectors but "
+                            f"the KG encoder reads {reads}-d ones: add +encoder.in_dim={width}")
     return cond
 
 

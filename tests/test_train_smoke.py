@@ -186,6 +186,16 @@ def test_bad_overrides_are_clear_errors(tmp_path, capsys):
         main(["experiment=benchmark", "data.atlas.faces=0", f"hydra.run.dir={tmp_path / 'c'}", "progress=false"])
     assert info.value.code == 2 and "data.atlas.faces" in capsys.readouterr().err
     assert not (tmp_path / "c" / "profiles.json").exists()
+    for override, named in (("encoder.age_groups=3", "encoder.age_groups=3: the faces carry 4 age groups"),
+                            ("trainer.batch_size=1", "encoder.center_tokens=true with trainer.batch_size=1")):
+        with pytest.raises(SystemExit) as info:  # a shape error at step 1; centering that never centred
+            main(MICRO + [override, f"hydra.run.dir={tmp_path / 'f'}"])
+        assert info.value.code == 2 and named in capsys.readouterr().err
+        assert not (tmp_path / "f" / "profiles.json").exists()
+    with pytest.raises(SystemExit) as info:  # a text model of another width: a shape error at step 1, naming nothing
+        main(MICRO + ["+encoder.in_dim=256", f"hydra.run.dir={tmp_path / 'g'}"])
+    assert info.value.code == 2 and "gives 384-d text vectors but the KG encoder reads 256-d ones: add " \
+        "+encoder.in_dim=384" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:  # a 1.5 was drawn at 1.5 and labelled stage 1 in the samples
         main(MICRO + ["samples.stages=[0,1.5]", f"hydra.run.dir={tmp_path / 'd'}"])
     assert info.value.code == 2 and "samples.stages=[0, 1.5]" in capsys.readouterr().err

@@ -102,6 +102,9 @@ class KGEncoder(nn.Module):
         if tokens == "phenotypes" and num_tokens < 2:
             raise UserError(f"encoder.tokens=phenotypes needs model.num_tokens >= 2 (a stage token and phenotype "
                             f"slots), not {num_tokens}")
+        if num_bases is not None and conv != "rgcn":  # read by RGCNConv alone: elsewhere it was dropped in silence
+            raise UserError(f"encoder.num_bases={num_bases} applies to encoder.conv=rgcn only (basis decomposition); "
+                            f"leave it null with conv={conv}")
         center_tokens = bool(center_tokens) and tokens == "pooled"  # phenotype slots have no fixed meaning
         if hidden % heads:
             raise UserError(f"encoder.hidden ({hidden}) must be divisible by encoder.heads ({heads})")

@@ -226,6 +226,12 @@ def test_config_files_build(conv, batch):
     assert enc(batch, torch.ones(4)).shape == (4, 8, 16)
     with pytest.raises(UserError, match="^encoder.hiden is not a setting of the KG encoder"):
         KGEncoder.from_config({**OmegaConf.to_container(cfg), "hiden": 512}, out_dim=16)  # a typo: not the default
+    bases = {**OmegaConf.to_container(cfg), "num_bases": 2}
+    if conv == "rgcn":
+        assert KGEncoder.from_config(bases, out_dim=16).convs[0].num_bases == 2
+    else:  # read by RGCNConv alone: dropped in silence elsewhere
+        with pytest.raises(UserError, match=rf"^encoder.num_bases=2 applies to encoder.conv=rgcn only .*conv={conv}"):
+            KGEncoder.from_config(bases, out_dim=16)
 
 
 def test_overfits_three_profiles(graph_builder, profiles):
