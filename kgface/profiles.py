@@ -39,11 +39,12 @@ def run(cfg: DictConfig, out_dir: Path) -> list[FacialProfile]:
     diseases = disease_list(cfg.get("diseases"))
     profiles = load_profiles(cfg, diseases, cache, knowledge=knowledge)
     out_dir.mkdir(parents=True, exist_ok=True)
+    graph = profiles_to_graph(profiles, kg.terms)  # built before either file: a failure leaves no new JSON beside
+    with atomic_path(out_dir / "profiles.ttl") as tmp:  # an old Turtle file; the JSON, written last, marks the pair
+        graph.serialize(destination=str(tmp), format="turtle")
     write_json_atomic(out_dir / "profiles.json", {
         "schema": "kgface.profiles/1", "kg": cfg.kg.source, "kg_stats": kg.stats,
         "profiles": [p.to_dict() for p in profiles]})
-    with atomic_path(out_dir / "profiles.ttl") as tmp:
-        profiles_to_graph(profiles, kg.terms).serialize(destination=str(tmp), format="turtle")
     cache.record(out_dir)
     print(format_table(profiles))
     print(f"wrote {out_dir / 'profiles.json'} and {out_dir / 'profiles.ttl'}")

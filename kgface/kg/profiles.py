@@ -195,7 +195,8 @@ class ProfileBuilder:
             frequency, raw, counted = _frequency_of(chosen, [] if chosen is not present else
                                                     [r for r in rows if r.negated])
             base = chosen[0]
-            onset = str(base.onset or present[0].onset or "")  # a curated row's own onset, else the first row's
+            # a curated row's own onset, else the first row's that gives one (a blank first row hid a later one)
+            onset = str(base.onset or next((r.onset for r in (*chosen, *present) if r.onset), "") or "")
             path = self.path(hpo_id, entry.region)
             term = kg.terms.get(hpo_id)
             positives[hpo_id] = Phenotype(

@@ -284,7 +284,10 @@ def load_rdf_graph(path: str | Path, hpo=None) -> KnowledgeGraph:
     `hpo` is a KnowledgeGraph or a callable returning one)."""
     g = read_graph(path)
     rows, diseases = [], {}
-    for a in g.subjects(RDF.type, KGF.PhenotypeAnnotation):
+    # an annotation without `a kgf:PhenotypeAnnotation` is still one (graph_to_profiles reads it): it was dropped
+    annotations = dict.fromkeys(g.subjects(RDF.type, KGF.PhenotypeAnnotation))
+    annotations.update(dict.fromkeys(g.subjects(KGF.disease, None)))
+    for a in annotations:
         d, hpo_ref = _one(g, a, KGF.disease), _one(g, a, KGF.phenotype)
         if d is None or hpo_ref is None:
             raise KGFormatError(f"{path}: annotation {a} lacks kgf:disease or kgf:phenotype; add both")

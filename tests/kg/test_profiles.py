@@ -146,6 +146,11 @@ def test_repeated_annotations_pool_counts_curated_rows_win_and_absences_are_not_
     assert sorted(hearing.frequency_raw.split(";")) == ["10/11", "11/11", "9/9"]
     micro = {x.hpo_id: x for x in build_profile(hpo_kg, "OMIM:611182", catalog).phenotypes}["HP:0000347"]
     assert micro.frequency == pytest.approx(0.5) and micro.frequency_raw.count("1/1") == 2
+    # OMIM:163950's webbed neck: its first row gives no onset, a later one congenital (HP:0003577): that one, not ""
+    rows = hpo_kg.edges[(hpo_kg.edges["disease_id"] == "OMIM:163950") & (hpo_kg.edges["hpo_id"] == "HP:0000465")]
+    assert rows["onset"].iloc[0] == "" and "HP:0003577" in set(rows["onset"])
+    neck = {x.hpo_id: x for x in build_profile(hpo_kg, "OMIM:163950", catalog).phenotypes}["HP:0000465"]
+    assert neck.onset == "HP:0003577"
 
     def row(hpo_id, frequency, raw, provenance, min_stage=0, negated=False, reference="PMID:2;PMID:1"):
         return {"disease_id": "D:1", "hpo_id": hpo_id, "negated": negated, "frequency": frequency,
