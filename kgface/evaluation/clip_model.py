@@ -319,7 +319,7 @@ def encode_texts(model, tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def _augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a translation of up to `shift` px (reflect-padded); x is float NCHW."""
+    """Random horizontal flip and a translation of up to `shift` px (edge-replicated padding); x is float NCHW."""
     n = x.shape[0]
     flip = torch.rand(n, generator=gen) < 0.5
     x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)

@@ -158,10 +158,12 @@ class Evaluator:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, pretrained_sha256: str | None = None,
-             model_config: str | None = None) -> "Evaluator":
+             model_config: str | None = None, paths: dict | None = None) -> "Evaluator":
         """`pretrained_sha256`, `model_config`: the weights file's digest and the name register_config_file gave
-        evaluator.model when the caller has just computed them (fit_evaluator's cache key): no file is read twice."""
-        from safetensors.torch import load_file
+        evaluator.model when the caller has just computed them (fit_evaluator's cache key): no file is read twice.
+        `paths`: evaluator.pretrained / evaluator.model as the caller names them now, in place of the saved ones
+        (a cache entry is keyed by the files' bytes, so the same weights copied elsewhere hit the entry of the old
+        path: the model is built from the files named now, which the digests then check)."""
 
         folder = Path(folder)
         meta_path = folder / "evaluator.json"
@@ -175,6 +177,8 @@ class Evaluator:
         if meta.get("format") != FORMAT:
             raise EvaluatorInputError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT}")
         cfg = meta["config"]
+        if cfg["name"] != "tiny_clip":
+            cfg.update({k: v for k, v in (paths or {}).items() if k in ("pretrained", "model") and v})
         fitted_on = meta.get("info", {}).get("pretrained_sha256")
         if cfg["name"] != "tiny_clip" and fitted_on and (
                 pretrained_sha256 or weights_sha256(Path(str(cfg["pretrained"])).expanduser())) != fitted_on:
@@ -198,9 +202,9 @@ class Evaluator:
                                       f"model={cfg.get('model')} {_norm_record(model.kgface_norm) or 'CLIP mean/std'}"
                                       "; fit the evaluator again")
         if cfg["name"] == "tiny_clip":
-            model.load_state_dict(load_file(str(folder / "clip.safetensors")))
+            model.load_state_dict(_read_weights(folder / "clip.safetensors"))
         model.eval()
-        st = load_file(str(folder / "probes.safetensors"))
+        st = _read_weights(folder / "probes.safetensors")
         # heads and names from one fit: files mixed from two folders would score every image under the wrong names
         sizes = {"probe.bias": len(meta["classes"]), "zs_text": len(meta["classes"]),
                  "heads.bias": len(meta["phenotypes"])}
@@ -216,6 +220,18 @@ class Evaluator:
                    scale=Standardizer.from_state(st, "scale"), probe=LinearProbe.from_state(st, "probe"),
                    coral=CoralHead.from_state(st, "coral"), heads=PhenotypeHeads.from_state(st, "heads"),
                    zs_text=st["zs_text"], info=meta.get("info", {}), trained_on=trained_on)
+
+
+def _read_weights(path: Path) -> dict:
+    """A saved evaluator's safetensors file, or one line naming it (a folder copied without it, a truncated copy)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise EvaluatorInputError(f"{path}: cannot be read ({str(exc).splitlines()[0][:120]}); the evaluator folder "
+                                  "is damaged: copy it whole, or fit the evaluator again") from None
 
 
 def _norm_record(norm) -> list | None:

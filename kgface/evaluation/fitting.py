@@ -52,8 +52,8 @@ def _profile_map(profiles, diseases: Sequence[str]) -> dict[str, FacialProfile]:
 
 def _phenotype_map(profiles) -> dict:
     """HPO id -> the profiles' Phenotype (its visual wording names the phenotype in atlas captions)."""
-    out = {}
-    for prof in (profiles.values() if isinstance(profiles, dict) else profiles):
+    out = {}  # the first profile by id names a term (the cache key reads the profiles by id, not the caller's order)
+    for prof in sorted(profiles.values() if isinstance(profiles, dict) else profiles, key=lambda p: p.disease_id):
         for ph in prof.phenotypes:
             out.setdefault(ph.hpo_id, ph)
     return out
@@ -126,6 +126,14 @@ def train_evaluator(cfg, df: pd.DataFrame, profiles, progress: bool = True,
                                   "the evaluator needs at least 2: add train rows of healthy faces or another disease")
     p = c.get("probe") or {}
     sigmas = blur_sigmas(p)  # a bad setting fails here, before the CLIP trains
+    from ..config import as_number  # ... as do these two (read after it, the first as a bare ValueError)
+
+    if as_number(p.get("l2", 1e-2), "evaluator.probe.l2", "the heads' L2, e.g. 1e-2") < 0:
+        raise EvaluatorInputError(f"evaluator.probe.l2={p.get('l2')}: an L2 weight >= 0, e.g. 1e-2")
+    threshold = as_number(c.get("phenotype_threshold", 0.5), "evaluator.phenotype_threshold", "in (0, 1], e.g. 0.5")
+    if not 0.0 < threshold <= 1.0:  # `true` was read as 1.0 (nothing detected), 0 as every phenotype everywhere
+        raise EvaluatorInputError(f"evaluator.phenotype_threshold={threshold:g}: a head probability in (0, 1], "
+                                  "e.g. 0.5")
     if c["name"] == "tiny_clip" and clip is None:
         train_blur(c.get("train"), int(c["image_size"]))
     if not stage_known(train).any():  # data alone decides it: refused before the CLIP trains, not after
@@ -324,7 +332,9 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
                 "manifest (one data config: seed, identities, split fractions) or drop those rows")
     if cache is None:
         return train_evaluator(c, df, profiles, progress=progress, atlas=atlas)
-    plist = list(profiles.values()) if isinstance(profiles, dict) else list(profiles)
+    # by id: kgface.train passes the panel's order, kgface.evaluate (no run=) the ids sorted; the same data and
+    # profiles refitted the CLIP and heads (an hour on the benchmark) when the key hashed the caller's order
+    plist = sorted(profiles.values() if isinstance(profiles, dict) else profiles, key=lambda p: p.disease_id)
     used = sorted(set(df["disease"]))
     if atlas is not None:  # atlas captions may name a phenotype through any profile of the panel
         used = sorted({p.disease_id for p in plist})
@@ -375,7 +385,8 @@ def fit_evaluator(cfg_evaluator, manifest_path: str | os.PathLike, profiles, cac
     if entry.exists():
         log.info("evaluator from the cache: %s", entry.path)
         ev = Evaluator.load(entry.path, pretrained_sha256=spec.get("pretrained_sha256"),
-                            model_config=spec.get("model_config"))
+                            model_config=spec.get("model_config"),
+                            paths={k: c.get(k) for k in ("pretrained", "model")})
         if ev.trained_on is None:  # an entry cached before the list was kept: the key says it is this data
             ev.trained_on = learned_digests(df, atlas)
         if c["name"] == "tiny_clip":  # a CLIP state a killed rival run left after another run finished this CLIP

@@ -75,7 +75,9 @@ class LinearProbe:
         return _t(x) @ self.weight.t() + self.bias
 
     def proba(self, x) -> np.ndarray:
-        return torch.softmax(self.logits(x) / self.temperature, -1).numpy()
+        # float64, as the phenotype heads: in float32 p_healthy rounds to 1.0 once a logit gap passes ~17 (a low
+        # temperature gets there), and presence_auroc, read off 1 - p_healthy, then ties confident readings
+        return torch.softmax(self.logits(x).double() / self.temperature, -1).numpy()
 
     def calibrate(self, x, y) -> float:
         """Temperature scaling (Guo et al. 2017): the T minimising validation NLL; accuracy is unchanged."""

@@ -279,6 +279,12 @@ def test_a_bad_probe_blur_fails_before_the_clip_trains(tiny_cfg, tiny_data, tiny
         with pytest.raises(EvaluatorInputError, match=says):
             fitting_module.train_evaluator({**cfg, "probe": {**cfg["probe"], "blur": bad}}, df, tiny_profiles,
                                            progress=False)
+    for key, bad, says in (("probe", {**cfg["probe"], "l2": "1e-2x"}, "evaluator.probe.l2=1e-2x: not a number"),
+                           ("probe", {**cfg["probe"], "l2": -1}, r"evaluator.probe.l2=-1: an L2 weight >= 0"),
+                           ("phenotype_threshold", True, "evaluator.phenotype_threshold=True: not a number"),
+                           ("phenotype_threshold", 0, r"evaluator.phenotype_threshold=0: a head probability in")):
+        with pytest.raises((UserError, EvaluatorInputError), match=says):  # read after the CLIP trained, or never
+            fitting_module.train_evaluator({**cfg, key: bad}, df, tiny_profiles, progress=False)
     # evaluator.train.blur_share / blur_sigma (the CLIP's own augmentation) too
     for bad, says in (({"blur_share": 2}, "must be a share"), ({"blur_share": 0.5, "blur_sigma": 9}, "too wide")):
         with pytest.raises(UserError, match=says):
@@ -526,6 +532,16 @@ def test_saving_over_an_evaluator_is_all_or_nothing(tiny_evaluator, tiny_data, t
         tiny_evaluator.save(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["ev"]  # no temporary folder left
+    # a copy that lost a file, or holds half of one: one line naming it (safetensors' own error named neither)
+    for name in ("clip.safetensors", "probes.safetensors"):
+        broken = tmp_path / f"broken-{name}"
+        __import__("shutil").copytree(folder, broken)
+        (broken / name).write_bytes(before[name][:len(before[name]) // 2])
+        with pytest.raises(EvaluatorInputError, match=rf"broken-{name}/{name}: cannot be read .*damaged"):
+            Evaluator.load(broken)
+    (broken / "probes.safetensors").unlink()
+    with pytest.raises(EvaluatorInputError, match=r"probes\.safetensors: cannot be read"):
+        Evaluator.load(broken)
 
 
 def test_a_cache_entry_from_before_the_list_gets_it_from_the_data_its_key_names(tiny_cfg, tiny_data, tiny_profiles,
@@ -541,6 +557,10 @@ def test_a_cache_entry_from_before_the_list_gets_it_from_the_data_its_key_names(
     assert Evaluator.load(entry).trained_on is None
     again = fit_evaluator(tiny_cfg.evaluator, tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
     assert again.trained_on == ev.trained_on == learned_digests(read_manifest(tiny_data / "manifest.csv")[0])
+    # the profiles in another order (kgface.evaluate without run= sorts them by id): the same entry, no refit
+    plist = list(tiny_profiles.values()) if isinstance(tiny_profiles, dict) else list(tiny_profiles)
+    reordered = fit_evaluator(tiny_cfg.evaluator, tiny_data / "manifest.csv", plist[::-1], cache, progress=False)
+    assert "cache_entry" not in reordered.info and reordered.classes == ev.classes
     again.save(tmp_path / "run" / "evaluator")  # what a train run keeps: checkable later
     assert Evaluator.load(tmp_path / "run" / "evaluator").trained_on == ev.trained_on
 
@@ -590,6 +610,15 @@ def test_the_openclip_path_keys_and_checks_its_weights_file(tiny_cfg, tiny_data,
         fit_evaluator(compose("evaluate", ["evaluator=openclip", f"evaluator.model={name}",
                                            f"evaluator.pretrained={tmp_path}"]).evaluator,
                       tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    # the same bytes moved elsewhere hit the entry (keyed by bytes) and build from the file named now: the entry's
+    # saved path, gone, was opened ("file not found", a path nobody passed) or, holding other weights, read in silence
+    moved = tmp_path / "elsewhere.safetensors"
+    weights.rename(moved)
+    hit = fit_evaluator(compose("evaluate", ["evaluator=openclip", f"evaluator.model={name}",
+                                             f"evaluator.pretrained={moved}"]).evaluator,
+                        tiny_data / "manifest.csv", tiny_profiles, cache, progress=False)
+    assert "cache_entry" not in hit.info and hit.cfg["pretrained"] == str(moved)
+    assert Evaluator.load(hit.save(tmp_path / "ev2")).cfg["pretrained"] == str(moved)  # what a run folder keeps
 
 
 def test_zero_shot_heads_score_every_profile_phenotype_without_labels(tiny_cfg, tiny_data, tiny_profiles,

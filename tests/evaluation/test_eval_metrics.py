@@ -179,6 +179,10 @@ def test_probes_on_separable_features():
     state = {**probe.state("p"), **coral.state("c")}
     again = LinearProbe.from_state(state, "p")
     assert np.allclose(again.proba(scale(x)), probe.proba(scale(x)))
+    # a logit gap of 25 at T = 1: float32 rounded the top class to exactly 1 (1 - p tied every confident reading)
+    sharp = LinearProbe(torch.zeros(2, 1), torch.tensor([25.0, 0.0]))
+    p = sharp.proba(np.zeros((1, 1)))
+    assert p.dtype == np.float64 and 0 < 1 - p[0, 0] < 1e-10
 
 
 def test_kid_is_the_same_in_every_process_and_leaves_the_global_generator_alone():
