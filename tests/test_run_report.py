@@ -44,3 +44,25 @@ def test_run_report_brackets_and_comparison(tmp_path):
     del metrics["generation"]["seen_disease_top1_ci95"]
     write_run_report(tmp_path, metrics, ["kg"])  # an older run's metrics: no intervals, no line about them
     assert "In brackets" not in (tmp_path / "report.md").read_text()
+
+
+def test_the_pooled_rows_have_their_seen_twins_beside_them(tmp_path):
+    """Baselines: class draws no held-out disease, so the pooled rows compare kg and class on other disease mixes;
+    the _seen rows read the seen diseases alone, under each pooled row."""
+    kg = {"stage_spearman": 0.6, "stage_spearman_seen": 0.7, "profile_match_f1": 0.2, "profile_match_f1_seen": 0.25,
+          "frequency_mae": 0.3, "frequency_mae_seen": 0.28}
+    cls = {"stage_spearman": 0.65, "profile_match_f1": 0.22, "frequency_mae": 0.31}
+    metrics = {"baselines": {"kg": {"generation": kg}, "class": {"generation": cls}}, "timings": {"total_s": 1.0}}
+    write_run_report(tmp_path, metrics, ["kg", "class"])
+    rows = [r for r in (tmp_path / "report.md").read_text().splitlines() if r.startswith("| `generation.")]
+    keys = [r.split("`")[1] for r in rows]
+    assert keys == ["generation.stage_spearman", "generation.stage_spearman_seen", "generation.profile_match_f1",
+                    "generation.profile_match_f1_seen", "generation.frequency_mae", "generation.frequency_mae_seen"]
+    assert rows[1].startswith("| `generation.stage_spearman_seen` | 0.700 | 0.650 |")  # class: its pooled key
+    assert rows[5].startswith("| `generation.frequency_mae_seen` | 0.280 | 0.310 |")  # (no held-out request)
+    cls["heldout_n"] = 4  # a conditioning that did draw held-out requests but has no _seen key: no number
+    write_run_report(tmp_path, metrics, ["kg", "class"])
+    assert "| `generation.stage_spearman_seen` | 0.700 | - |" in (tmp_path / "report.md").read_text()
+    write_run_report(tmp_path, {"generation": cls, "timings": {"total_s": 1.0}}, ["kg"])  # no held-out: no twin row
+    assert "_seen" not in (tmp_path / "report.md").read_text()
+    assert "held-out ones among them" in rows[0]
