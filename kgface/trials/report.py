@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..evaluation.report import md_text
 from .schedule import WASHOUT
 
 TREATMENT_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
@@ -137,11 +138,26 @@ def plot_effects(estimates: pd.DataFrame, path: Path, off_scale: tuple[str, ...]
         y -= 0.5
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(ticks, labels)
-    ax.set_xlabel("effect (difference from the reference; green bar = simulated truth)")
+    ax.set_xlabel("effect (vs the reference; contrasts A - B as named; green bar = simulated truth)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def calibration_line(calset: pd.DataFrame, cal) -> tuple[np.ndarray, str]:
+    """Where to draw the applied line and its legend: the line is fitted on the diseased images alone (true > 0),
+    so it is drawn over their range, not through the healthy points it never saw; a refused calibration's line
+    (through every image) over all of them."""
+    from .measurement import diseased_rows
+
+    fitted = diseased_rows(calset)["true"]
+    within = len(fitted) > 0 and cal.n == len(fitted)
+    if not within:
+        fitted = calset["true"]
+    xs = np.linspace(float(fitted.min()), float(fitted.max()), 20) if len(fitted) else np.linspace(0, 3, 20)
+    return xs, (f"raw = {cal.intercept:.2f} + {cal.slope:.2f} true (R^2 {cal.r2:.2f}; fitted on the {cal.n} "
+                + ("diseased images, true > 0)" if within else "images)"))
 
 
 def plot_calibration(calset: pd.DataFrame, cal, path: Path) -> Path:
@@ -149,9 +165,8 @@ def plot_calibration(calset: pd.DataFrame, cal, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(4.5, 4))
     for disease, g in calset.groupby("disease"):
         ax.plot(g["true"], g["raw"], "o", ms=4, alpha=0.7, label=disease)
-    xs = np.linspace(0, 3, 20)
-    ax.plot(xs, cal.intercept + cal.slope * xs, "k-", lw=1,
-            label=f"raw = {cal.intercept:.2f} + {cal.slope:.2f} true (R^2 {cal.r2:.2f})")
+    xs, label = calibration_line(calset, cal)
+    ax.plot(xs, cal.intercept + cal.slope * xs, "k-", lw=1, label=label)
     ax.plot(xs, xs, ":", color="grey", lw=1, label="identity")
     ax.set_xlabel("true severity (calibration image)")
     ax.set_ylabel("evaluator severity (raw)")
@@ -182,7 +197,8 @@ def _fmt(v, digits: int = 3) -> str:
         return "-"
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
-    return f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) else str(v)
+    # text from the data (a treatment name, a patient id) made safe in a table cell, as the evaluation report does
+    return f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) else md_text(v)
 
 
 def _table(df: pd.DataFrame, columns: list[str]) -> str:
@@ -216,7 +232,7 @@ def effects_table(estimates: pd.DataFrame, alpha: float, off_scale: tuple[str, .
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for effect in dict.fromkeys(estimates["effect"]):
         rows = estimates[estimates["effect"] == effect]
-        cells = [effect, _fmt(rows["truth"].iloc[0])]
+        cells = [md_text(effect), _fmt(rows["truth"].iloc[0])]
         for o in outcomes:
             r = rows[rows["outcome"] == o].iloc[0]
             cells += [f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]",
@@ -260,7 +276,7 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
     order = d["schedule"]["order"]
     order = "[" + ", ".join(map(str, order)) + "]" if isinstance(order, (list, tuple)) else order
     fitted = "block means weighted by their days" if a["unit"] == "block" else "daily rows"
-    lines = [f"# N-of-1 trial: {summary['disease']['name']} ({summary['disease']['id']})", "",
+    lines = [f"# N-of-1 trial: {md_text(summary['disease']['name'])} ({md_text(summary['disease']['id'])})", "",
              f"Run `{summary['run']}`; {d['patients']} patients x {summary['days_per_patient']} days = "
              f"{summary['images']} images; seed {summary['seed']}; scale `{d['scale']}`.", "",
              "## Design", "",
@@ -274,7 +290,7 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
              "- Treatments: " + "; ".join(f"{k}: effect {t['effect']} (sd {t['sd']}), tau {t['tau']} d, "
                                           f"tau_off {t['tau_off']} d" for k, t in d['severity']['treatments'].items()),
              f"- Images: SDEdit of each patient's baseline face, strength {summary['images_settings']['strength']}, "
-             f"one noise per patient, mask {summary['images_settings']['mask']}, "
+             f"one noise per patient, mask {md_text(summary['images_settings']['mask'])}, "
              f"{summary['images_settings']['steps']} steps, guidance {summary['images_settings']['guidance']}.",
              f"- Analysis (kgface/trials/analysis.py): least squares ({fitted}), unit "
              f"`{a['unit']}`, patient intercepts, "
@@ -288,7 +304,7 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
                                                for r in summary["runin_bias"])
                                      if summary.get("runin_bias") else "not computed") + ".", ""]
     for note in summary.get("design_warnings") or []:
-        lines += [f"**Design warning**: {note}.", ""]
+        lines += [f"**Design warning**: {md_text(note)}.", ""]
     lines += ["## Effects", "",
              "Steady-state differences from the reference; the truth is the mean of the simulated patients' own "
              "effects. `true_severity`: the simulated daily severities (a sanity check of the analysis); "
@@ -318,10 +334,11 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
               _table(per_patient, ["patient_id", "effect", "unit", "cov", "df", "truth", "true_estimate", "true_low",
                                    "true_high", "measured_estimate", "measured_low", "measured_high"]), "",
               "## Measurement", "",
-              f"- Evaluator: {m['evaluator']}.",
-              f"- Calibration ({m['calibration_mode']}): {m['calibration_set']}: "
+              f"- Evaluator: {md_text(m['evaluator'])}.",
+              f"- Calibration ({m['calibration_mode']}): {md_text(m['calibration_set'])}: "
               + (", ".join(f"{k} {v}" for k, v in m["calibration"].items()) if m.get("calibration") else "none")
-              + (f" (fitted, not applied: {m['problem']})" if m.get("calibration") and m.get("problem") else "") + ".",
+              + (f" (fitted, not applied: {md_text(m['problem'])})" if m.get("calibration") and m.get("problem")
+                 else "") + ".",
               f"- On this trial's images: correlation of measured and true severity {_fmt(m['trial_correlation'])}, "
               f"mean absolute error {_fmt(m['trial_mae'])} "
               + ("(raw readings against the true scale: not an error of the instrument alone)." if caveat
@@ -334,7 +351,7 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
     else:
         s = summary["study"]
         lines += [f"{s['trials']} trials of this design simulated without images (seed {s['seed']}); "
-                  + ("the measured severities come from the measurement model fitted on the calibration set (raw = "
+                  + ("the measured severities come from the measurement model fitted on the calibration set's diseased images (raw = "
                      "a + b true + patient offset + resampled residual, the calibration refitted per trial: "
                      "kgface/trials/measurement.py). It checks the analysis under the instrument's measured noise; "
                      "it does not contain the generator's own errors, which the trial above shows."

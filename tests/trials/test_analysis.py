@@ -183,6 +183,11 @@ def test_design_checks_stay_quiet_for_sound_designs_and_name_the_others():
     # daily rows with autocorrelated noise: intervals the coverage table shows too narrow, said (block means: quiet)
     notes = checks(**{"analysis.unit": "day", "analysis.cov": "hac", "severity.noise.ar": 0.5})[1]
     assert len(notes) == 1 and notes[0].startswith("trial.severity.noise.ar=0.5 correlates neighbouring days"), notes
+    assert "0.84-0.88 of 95% with Newey-West" in notes[0] and "0.76" not in notes[0]  # the numbers of its own cov
+    notes = checks(**{"analysis.unit": "day", "analysis.cov": "cluster", "severity.noise.ar": 0.5})[1]
+    assert len(notes) == 1 and "cov=cluster) need not hold" in notes[0] and "not measured" in notes[0], notes
+    notes = checks(**{"analysis.unit": "day", "severity.noise.ar": -0.3})[1]  # negative AR: said too (was silent)
+    assert len(notes) == 1 and "noise.ar=-0.3" in notes[0] and "0.76-0.79" in notes[0], notes
     assert checks(**{"severity.noise.ar": 0.5})[1] == []
 
 

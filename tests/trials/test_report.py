@@ -110,3 +110,33 @@ def test_only_a_randomised_order_makes_the_contrasts_randomised():
         assert "are the randomised ones" not in note and shown in note and "not balanced by randomisation" in note
     single = randomisation_note({"order": "randomised", "treatments": ["A"]})
     assert single.startswith("The reference block comes first and is not randomised") and "A - B" not in single
+
+
+def test_the_calibration_line_is_drawn_over_the_images_it_was_fitted_on():
+    """The applied line is fitted on the diseased images (true > 0): drawn and labelled so, not extended through
+    the healthy points at 0; a refused calibration's line (every image) over every image."""
+    import numpy as np
+
+    from kgface.trials.measurement import Calibration
+    from kgface.trials.report import calibration_line
+
+    calset = pd.DataFrame({"disease": ["healthy"] * 3 + ["D"] * 4, "true": [0, 0, 0, 0.5, 1.0, 2.0, 3.0],
+                           "raw": [0.1, 0.0, 0.2, 0.6, 1.1, 1.9, 3.2], "identity": list("abcdefg")})
+    xs, label = calibration_line(calset, Calibration(0.0, 1.0, 0.1, 0.9, 4))
+    assert xs[0] == pytest.approx(0.5) and xs[-1] == pytest.approx(3.0)
+    assert label.endswith("fitted on the 4 diseased images, true > 0)")
+    xs, label = calibration_line(calset, Calibration(0.0, 1.0, 0.1, 0.9, 7))
+    assert xs[0] == 0 and label.endswith("fitted on the 7 images)") and np.all(np.diff(xs) > 0)
+
+
+def test_text_from_the_data_cannot_break_the_report_tables():
+    """A treatment or patient name with `|` ended its cell; `<...>` passed through as HTML (the evaluation report
+    escaped the same kinds of text)."""
+    from kgface.trials.report import _table, effects_table
+
+    est = pd.DataFrame({"effect": ["A|B <x>"], "outcome": ["true_severity"], "truth": [0.5], "estimate": [0.4],
+                        "low": [0.1], "high": [0.7], "bias": [-0.1]})
+    row = effects_table(est, 0.05).splitlines()[2]
+    assert row.startswith("| A\\|B &lt;x&gt; | 0.500 |") and row.count(" | ") == 3
+    table = _table(pd.DataFrame({"patient_id": ["P|1"], "df": [3]}), ["patient_id", "df"])
+    assert table.splitlines()[2] == "| P\\|1 | 3 |"

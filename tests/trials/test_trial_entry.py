@@ -117,7 +117,9 @@ def test_report_gives_both_estimates_with_intervals_and_bias(trial_out):
     assert summary["design_warnings"] == notes and checks["runin_bias"].abs().max() > 0.1
     # the 1-day run-in, and one cycle: each patient's own intervals come from daily rows
     assert len(notes) == 2 and "trial.analysis.skip_days=1 leaves" in notes[0] and "too few blocks" in notes[1]
-    assert all(f"**Design warning**: {n}." in report for n in notes) and "- Run-in bias (" in report
+    from kgface.evaluation.report import md_text  # (a note's ">= 2" is written &gt;= in Markdown, as shown)
+
+    assert all(f"**Design warning**: {md_text(n)}." in report for n in notes) and "- Run-in bias (" in report
 
 
 def test_same_seed_same_table_and_image_bytes(trial_run, trial_out, tmp_path):
