@@ -112,21 +112,22 @@ SET_FILES = ("manifest.csv", "images", "sources", "strips", "grid.png", "generat
 def write_outputs(out_dir: Path, cfg: DictConfig, items: list[Item], images: torch.Tensor, summary: dict) -> Path:
     """Write into a staging folder, then move it in: OUT never holds a half-written set."""
     from .data.manifest import write_manifest
-    from .diffusion.requests import file_safe
+    from .diffusion.requests import NAME_LIMIT, file_safe
 
     with staging_folder(out_dir, ".generate-") as staging:
         (staging / "images").mkdir()
         rows, sources = [], {}
         for i, (it, img) in enumerate(zip(items, images)):
-            tag = file_safe(it.row["disease"])  # an RDF disease's id may be a whole IRI, slashes and all
-            src = f"_{it.source_name}" if it.source_name else ""
+            tag = file_safe(it.row["disease"], NAME_LIMIT)  # an RDF disease's id may be a whole IRI, slashes and all
+            # the photo's own name too: a backslash (a zip made on Windows) made a path read_manifest refuses
+            src = f"_{file_safe(it.source_name, NAME_LIMIT)}" if it.source_name else ""
             rel = f"images/{i:04d}_{tag}_s{it.row['severity']:g}_seed{it.row['seed']}{src}.png"
             to_pil(img).save(staging / rel)
             row = dict(it.row, path=rel, **it.extra)
             if it.source is not None:
                 key = it.extra.get("input", it.source_name)
                 if key not in sources:
-                    sources[key] = f"sources/{len(sources):04d}_{it.source_name}.png"
+                    sources[key] = f"sources/{len(sources):04d}_{file_safe(it.source_name, NAME_LIMIT)}.png"
                     (staging / "sources").mkdir(exist_ok=True)
                     to_pil(it.source).save(staging / sources[key])
                 row["source_image"] = sources[key]
@@ -379,14 +380,19 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         s = as_number(cfg.source_stage, "source_stage")
         if not 0.0 <= s <= 3.0:
             raise UserError(f"source_stage={cfg.source_stage}: the input's stage must lie in [0, 3]")
-        source = profiles.get(cfg.source_disease)
+        source = profiles.get(cfg.source_disease, "source_disease")
         if source.healthy and s != 0:  # healthy at severity 2 is a condition no run trained on
             raise UserError(f"source_stage={cfg.source_stage} with source_disease={cfg.source_disease}: a healthy "
                             "input has stage 0; set source_disease to the disease it shows, or source_stage=0")
-        if cfg.mode == "transform" and source.healthy and profiles.get(cfg.target).healthy:
+        if cfg.mode == "transform" and source.healthy and profiles.get(cfg.target, "target").healthy:
             # however healthy was spelled: inverted and redrawn as healthy, the input keeps its disease
             raise UserError(f"inversion=true with source_disease={cfg.source_disease} and target={cfg.target}: set "
                             "source_disease (and source_stage) to the disease and stage the input shows")
+        if cfg.mode == "transform" and not source.healthy and s == 0 and profiles.get(cfg.target, "target").healthy:
+            # stage 0 shows no sign (the data draws none there): inverted under it, the input's disease stays too
+            raise UserError(f"inversion=true with source_disease={cfg.source_disease} at source_stage=0 and target="
+                            f"{cfg.target}: stage 0 shows no sign, so the inversion keeps the disease; set "
+                            "source_stage to the stage the input shows (1-3)")
         inversion = (source, s)
     if conditioner.mode == "class":
         asked = {it.row["disease"]: it.row["name"] for it in items}

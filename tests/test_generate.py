@@ -2,6 +2,7 @@
 score, the text / class baselines, a stacked identity adapter and DDIM inversion."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +144,22 @@ def test_spacing_overrides_the_runs_ladder_for_this_call_only(micro_run, tmp_pat
     assert saved.get("timestep_spacing", "leading") == "leading"  # the run's folder is not rewritten
 
 
+def test_photo_names_are_made_file_safe_in_output_names(micro_run, tmp_path):
+    """A backslash (a zip made on Windows) went into images/ and sources/ names, which read_manifest refuses; a
+    long name passed the file system's 255 bytes after the sampling."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    src = sorted((micro_run / "samples" / "images").glob("*.png"))[0]
+    for name in ("face\\1.png", "x" * 230 + ".png"):
+        Image.open(src).save(inputs / name)
+    generate(micro_run, tmp_path / "o", "mode=transform", f"input={inputs}", "target=healthy", "seeds=[3]")
+    df, _ = read_manifest(tmp_path / "o" / "manifest.csv")  # refused a backslash in a path
+    assert len(df) == 2
+    for rel in [*df["path"], *df["source_image"]]:
+        assert "\\" not in rel and len(Path(rel).name) < 120 and (tmp_path / "o" / rel).is_file()
+    assert sorted(Path(p).name for p in df["input"]) == sorted(["face\\1.png", "x" * 230 + ".png"])  # as given
+
+
 def test_transform_with_keep_mask_leaves_unmasked_pixels(micro_run, tmp_path, capsys):
     from kgface.diffusion.editing import edit_mask
 
@@ -229,7 +246,10 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     bad.write_text("not an image")
     assert "not an image file" in fails(capsys, micro_run, tmp_path / "a", "mode=transform", f"input={bad}")
     err = fails(capsys, micro_run, tmp_path / "b", "diseases=[Down syndrom]")
-    assert "unknown disease" in err and "closest" in err
+    assert "diseases=Down syndrom: unknown disease" in err and "closest" in err  # which setting named it
+    src = sorted((micro_run / "samples" / "images").glob("*.png"))[0]
+    err = fails(capsys, micro_run, tmp_path / "c", "mode=transform", f"input={src}", "target=Down syndrom")
+    assert "target=Down syndrom: unknown disease" in err
     empty = tmp_path / "empty_run"
     empty.mkdir()
     (empty / "config.yaml").write_text((micro_run / "config.yaml").read_text())
@@ -241,8 +261,16 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     assert "stages [4]: a stage (or severity) must lie in [0, 3]" in fails(capsys, micro_run, tmp_path / "d",
                                                                           "stages=[4]")
     assert "mask= / keep= need an input image" in fails(capsys, micro_run, tmp_path / "e", "keep=[eyes]")
+    # the same faces twice: listed twice, counted twice by an evaluation (a progression's strip ran 0-3-0-3)
+    for k, (arg, says) in enumerate([("seeds=[0,0]", "seeds=[0, 0] names a seed twice"),
+                                     ("stages=[1,1.0]", "stages=[1, 1] names a stage twice"),
+                                     ("diseases=[ORPHA:870,Down syndrome]", "name ORPHA:870 twice")]):
+        assert says in fails(capsys, micro_run, tmp_path / f"twice{k}", arg)
     # healthy however spelled, inverted and redrawn as healthy: the input kept its disease, labelled healthy
     face = sorted((micro_run / "samples" / "images").glob("*.png"))[0]
+    assert "source_stage=0 and target=healthy: stage 0 shows no sign" in fails(  # ... and a disease at stage 0
+        capsys, micro_run, tmp_path / "st0", "mode=transform", f"input={face}", "target=healthy", "inversion=true",
+        "source_disease=ORPHA:870")
     assert "inversion=true with source_disease=Healthy and target=healthy: set source_disease" in fails(
         capsys, micro_run, tmp_path / "inv", "mode=transform", f"input={face}", "target=healthy", "inversion=true",
         "source_disease=Healthy")

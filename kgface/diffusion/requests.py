@@ -71,13 +71,21 @@ class Profiles:
             self._builder = ProfileBuilder(*load_knowledge(self.cfg, self.cache, progress=False))
         return self._builder
 
-    def get(self, query: str):
+    def get(self, query: str, key: str | None = None):
+        """`key`: the setting that named it (target, source_disease, ...), put before an unknown disease's message."""
+        from ..kg import UnknownDiseaseError
+
         q = str(query).strip()
         if q in self.by_id:
             return self.by_id[q]
         if q.lower() == "healthy" and "healthy" in self.by_id:
             return self.by_id["healthy"]
-        profile = self.builder.build(q)  # UnknownDiseaseError names the closest diseases
+        try:
+            profile = self.builder.build(q)  # UnknownDiseaseError names the closest diseases
+        except UnknownDiseaseError as exc:
+            if key is None:
+                raise
+            raise UnknownDiseaseError(f"{key}={q}: {exc}") from None
         return self.by_id.get(profile.disease_id, profile)
 
 
@@ -88,6 +96,8 @@ def _stages(values) -> list[float]:
     if bad or not out:
         shown = "[" + ", ".join(str(int(s)) if s.is_integer() else repr(s) for s in bad) + "]"  # stages=[4]: "[4]"
         raise UserError(f"stages {shown}: a stage (or severity) must lie in [0, 3]")
+    if len(set(out)) < len(out):  # the same faces drawn and listed twice: counted twice by an evaluation
+        raise UserError(f"stages={[int(s) if s.is_integer() else s for s in out]} names a stage twice; list each once")
     return out
 
 
@@ -110,11 +120,16 @@ def _severities(cfg: DictConfig, profile) -> list[float]:
     return [severity_from_count(int(round(n))) for n in counts]
 
 
-def file_safe(text: str) -> str:
-    """An identity usable as a file name (strips and grid rows are named by it)."""
+NAME_LIMIT = 80  # characters of a photo's or identity's name in an output file name
+
+
+def file_safe(text: str, limit: int | None = None) -> str:
+    """An identity usable as a file name (strips and grid rows are named by it); `limit` caps its length where the
+    name has a unique prefix of its own (an index): a long photo name passed the file system's 255 bytes."""
     import re
 
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "input"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "input"
+    return safe if limit is None else safe[:limit].rstrip("._") or "input"
 
 
 def _row(profile, severity: float, seed: int, mode: str, identity: str, phenotypes=None) -> dict:
@@ -144,11 +159,16 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
 
     mode = cfg.mode
     seeds = [int(s) for s in as_list(cfg.seeds, "seeds")] or [0]
-    names = [str(d) for d in as_list(cfg.diseases, "diseases") + as_list(cfg.disease, "disease")]
+    if len(set(seeds)) < len(seeds):  # one seed is one face: twice, the same images listed twice (a strip 0-3-0-3)
+        raise UserError(f"seeds={seeds} names a seed twice; list each once")
+    listed = [("diseases", str(d)) for d in as_list(cfg.diseases, "diseases")]
+    named = listed + [("disease", str(d)) for d in as_list(cfg.disease, "disease")]
+    names = [d for _, d in named]
     items: list[Item] = []
     intensities: dict[str, dict] = {}
     if mode in ("sample", "compose"):
-        targets = [profiles.get(d) for d in names] if names else ([] if mode == "compose" else list(run_profiles))
+        targets = [profiles.get(d, k) for k, d in named] if names else ([] if mode == "compose" else
+                                                                      list(run_profiles))
         if mode == "compose" and cfg.phenotypes is not None:
             from ..encoders import phenotype_profile
             from ..encoders.graph import profile_intensities
@@ -159,6 +179,11 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
             custom.name = "custom: " + ", ".join(f"{k}={v:g}" for k, v in resolved.items())
             intensities["custom"] = resolved
             targets.append(custom)
+        ids = [t.disease_id for t in targets]
+        twice = sorted({d for d in ids if ids.count(d) > 1})
+        if twice:  # an id and a name of one disease (ORPHA:870, 'Down syndrome'): its faces drawn twice
+            raise UserError(f"diseases / disease name {twice[0]} twice (an id and a name of one disease?); list "
+                            "each once")
         if not targets:
             raise UserError("mode=compose needs disease=KG_ID (or diseases=[...]) and/or "
                             "'phenotypes=[\"HP:0000316=0.8\"]'")
@@ -169,7 +194,7 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
                     items.append(Item(Request(p, s, seed, age), _row(p, s, seed, mode, f"seed-{seed}",
                                                                      intensities.get(p.disease_id)), p.disease_id))
     elif mode == "transform":
-        target = profiles.get(cfg.target)
+        target = profiles.get(cfg.target, "target")
         s = as_number(cfg.stage, "stage")
         if not 0.0 <= s <= 3.0:
             raise UserError(f"stage={cfg.stage}: the target stage must lie in [0, 3]")
@@ -186,17 +211,17 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
     elif mode == "progression":
         if len(names) != 1:
             raise UserError(f"mode=progression needs one disease=ID (got {names or 'none'})")
-        p = profiles.get(names[0])
+        p = profiles.get(names[0], named[0][0])
         if p.healthy:
             raise UserError("mode=progression needs a disease, not healthy")
         ramp = ([3.0 * i / (int(cfg.frames) - 1) for i in range(int(cfg.frames))] if cfg.frames and int(cfg.frames) > 1
                 else _severities(cfg, p))
         sources = [(path, ident, prepare_image(path, size)) for path, ident in input_files(cfg.input)] \
             if cfg.input else [(None, None, None)]
-        repeated = len({file_safe(str(ident)) for _, ident, _ in sources}) < len(sources)  # as the files are named
+        repeated = len({file_safe(str(ident), NAME_LIMIT) for _, ident, _ in sources}) < len(sources)  # as named
         for k, (path, ident, img) in enumerate(sources):
             # one strip per input image: inputs sharing an identity (a person at several stages) keep their own strip
-            name = file_safe(f"{k:03d}_{ident}" if repeated else ident) if path else ""
+            name = file_safe(f"{k:03d}_{ident}" if repeated else ident, NAME_LIMIT) if path else ""
             for seed in seeds:
                 group = f"{name}_seed{seed}" if path else f"seed{seed}"
                 for s in ramp:  # the same seed = the same noise for every frame: only the condition changes
