@@ -47,7 +47,8 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
     if builder is not None:
         builder.warm(profiles)
         width, reads = builder.features.dim, int(encoder.config["in_dim"])
-        if width and width != reads:  # e.g. an mpnet folder (768-d): a shape error at the first step, naming nothing, before
+        # e.g. an mpnet folder (768-d): a shape error at the first step, naming nothing, before
+        if width and width != reads:
             raise UserError(f"encoder.text_model={cfg.encoder.get('text_model')} gives {width}-d text vectors but "
                             f"the KG encoder reads {reads}-d ones: add +encoder.in_dim={width}")
     return cond

@@ -351,7 +351,8 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
     else:
         s = summary["study"]
         lines += [f"{s['trials']} trials of this design simulated without images (seed {s['seed']}); "
-                  + ("the measured severities come from the measurement model fitted on the calibration set's diseased images (raw = "
+                  + ("the measured severities come from the measurement model fitted on the calibration set's "
+                     "diseased images (raw = "
                      "a + b true + patient offset + resampled residual, the calibration refitted per trial: "
                      "kgface/trials/measurement.py). It checks the analysis under the instrument's measured noise; "
                      "it does not contain the generator's own errors, which the trial above shows."

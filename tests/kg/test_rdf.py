@@ -251,8 +251,8 @@ def test_phenotypes_are_hpo_terms_over_http_or_https_and_others_are_named(tmp_pa
 def test_an_untyped_annotation_is_read_by_the_loader_as_graph_to_profiles_reads_it(tmp_path):
     """Without `a kgf:PhenotypeAnnotation` the loader dropped the row while graph_to_profiles kept it."""
     path = _ttl(tmp_path, "kgf:frequency 0.5")
-    path.write_text(path.read_text().replace("<https://w3id.org/kgface/annotation/ORPHA:1/a> a kgf:PhenotypeAnnotation ;",
-                                             "<https://w3id.org/kgface/annotation/ORPHA:1/a>"))
+    node = "<https://w3id.org/kgface/annotation/ORPHA:1/a>"
+    path.write_text(path.read_text().replace(f"{node} a kgf:PhenotypeAnnotation ;", node))
     assert "PhenotypeAnnotation" not in path.read_text()
     assert load_kg("rdf", path=path).edges["hpo_id"].tolist() == ["HP:0000272"]
     (profile,) = [p for p in graph_to_profiles(read_graph(path)) if p.disease_id == "ORPHA:1"]
