@@ -388,8 +388,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             # however healthy was spelled: inverted and redrawn as healthy, the input keeps its disease
             raise UserError(f"inversion=true with source_disease={cfg.source_disease} and target={cfg.target}: set "
                             "source_disease (and source_stage) to the disease and stage the input shows")
-        if cfg.mode == "transform" and not source.healthy and s == 0 and profiles.get(cfg.target, "target").healthy:
-            # stage 0 shows no sign (the data draws none there): inverted under it, the input's disease stays too
+        from .prompts.wording import stage_levels
+
+        if (cfg.mode == "transform" and not source.healthy and s == 0 and not stage_levels(source.disease_id)[0].signs
+                and profiles.get(cfg.target, "target").healthy):
+            # stage 0 shows no sign here (acne's grade 0 does: a few lesions): inverted under it, the disease stays
             raise UserError(f"inversion=true with source_disease={cfg.source_disease} at source_stage=0 and target="
                             f"{cfg.target}: stage 0 shows no sign, so the inversion keeps the disease; set "
                             "source_stage to the stage the input shows (1-3)")

@@ -271,6 +271,12 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     assert "source_stage=0 and target=healthy: stage 0 shows no sign" in fails(  # ... and a disease at stage 0
         capsys, micro_run, tmp_path / "st0", "mode=transform", f"input={face}", "target=healthy", "inversion=true",
         "source_disease=ORPHA:870")
+    # ... but acne's grade 0 shows lesions: clearing a mild-acne photo by inversion stays allowed
+    generate(micro_run, tmp_path / "acne0", "mode=transform", f"input={face}", "target=healthy", "inversion=true",
+             "source_disease=MONDO:0011438", "seeds=[0]")
+    assert (tmp_path / "acne0" / "manifest.csv").is_file()
+    for k, (arg, says) in enumerate([("lesions=[3,3]", "lesions=[3, 3] names one severity twice")]):
+        assert says in fails(capsys, micro_run, tmp_path / f"les{k}", "diseases=[MONDO:0011438]", arg)
     assert "inversion=true with source_disease=Healthy and target=healthy: set source_disease" in fails(
         capsys, micro_run, tmp_path / "inv", "mode=transform", f"input={face}", "target=healthy", "inversion=true",
         "source_disease=Healthy")

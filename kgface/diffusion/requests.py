@@ -117,7 +117,10 @@ def _severities(cfg: DictConfig, profile) -> list[float]:
     bad = [n for n in counts if not 0 <= n <= LESION_CAP or n != int(n)]
     if bad or not counts:  # 2.5 was drawn as 2 and 3.5 as 4 (half to even), each recorded as a whole count
         raise UserError(f"lesions={bad or '[]'}: lesion counts are whole numbers in [0, {LESION_CAP}]")
-    return [severity_from_count(int(round(n))) for n in counts]
+    out = [severity_from_count(int(round(n))) for n in counts]
+    if len(set(out)) < len(out):  # lesions=[3,3]: the same faces twice, as stages=[1,1] (refused there)
+        raise UserError(f"lesions={[int(n) for n in counts]} names one severity twice; list each count once")
+    return out
 
 
 NAME_LIMIT = 80  # characters of a photo's or identity's name in an output file name

@@ -303,7 +303,9 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 # images behind each disease's frequencies: with 2, each can only be 0, 0.5 or 1
                 g["frequency_mae_n"] = {d: int((req_d[full] == d).sum()) for d in g["frequency_mae_per_disease"]}
                 per_seen = [v for d, v in g["frequency_mae_per_disease"].items() if d not in heldout]
-                if len(per_seen) < len(g["frequency_mae_per_disease"]) and per_seen:
+                if per_seen and (len(per_seen) < len(g["frequency_mae_per_disease"]) or (sel & hd).any()):
+                    # (held-out requests whose diseases have no frequency here: the pooled key reads the seen ones
+                    # alone, and the twin says so rather than leaving the run report's _seen row blank)
                     g["frequency_mae_seen"] = float(np.mean(per_seen))
             # on diseased requests of stages 2-3: stage 0 is healthy-looking by construction and stage 1 may show
             # nothing, so a mean over every stage read a generator's stage mix, not whether its disease shows

@@ -255,8 +255,8 @@ def recovery(estimates: pd.DataFrame, off_scale: tuple[str, ...] = ()) -> str:
     an outcome in `off_scale` (raw readings, not on the truth's scale) only the latter."""
     lines = []
     for outcome, g in estimates.groupby("outcome", sort=False):
-        parts = [(f"{r.effect}: " if outcome in off_scale else
-                  f"{r.effect}: truth {'inside' if r.covered else 'outside'} the interval, ")
+        parts = [(f"{md_text(r.effect)}: " if outcome in off_scale else
+                  f"{md_text(r.effect)}: truth {'inside' if r.covered else 'outside'} the interval, ")
                  + f"{'distinguished from' if r.low > 0 or r.high < 0 else 'not distinguished from'} no effect"
                  for r in g.itertuples()]
         lines.append(f"- From `{outcome}`: " + "; ".join(parts) + ".")
@@ -300,7 +300,8 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
              f"{'a linear study-day term, ' if a['trend'] else ''}SE `{a['cov']}`, the first {a['skip_days']} "
              f"days of every block left out; {100 * (1 - a['alpha']):g}% intervals.",
              "- Run-in bias (the onset and carry-over left after the skipped days, noise-free, in the effects' "
-             "standard errors): " + (", ".join(f"{r['effect']} {r['runin_bias']:+.3f} ({_fmt(r['runin_bias_se'], 2)} se)"
+             "standard errors): " + (", ".join(f"{md_text(r['effect'])} {r['runin_bias']:+.3f} "
+                                               f"({_fmt(r['runin_bias_se'], 2)} se)"
                                                for r in summary["runin_bias"])
                                      if summary.get("runin_bias") else "not computed") + ".", ""]
     for note in summary.get("design_warnings") or []:
@@ -314,7 +315,7 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
              effects_table(estimates, a["alpha"], ("measured_severity",) if caveat else ()), "",
              recovery(estimates, ("measured_severity",) if caveat else ()), ""]
     if caveat:
-        lines += [f"**The measured estimates are not on the true scale**: {caveat}, so their bias and whether "
+        lines += [f"**The measured estimates are not on the true scale**: {md_text(caveat)}, so their bias and whether "
                   "their intervals hold the truth are not meaningful.", ""]
     lines += [f"![effects]({figures['effects']})", "", "## Daily series", "",
               "Lines: true severity (solid) and the model's noise-free course (dashed); dots: severity measured "

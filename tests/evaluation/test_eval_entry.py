@@ -108,6 +108,7 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     kept = head & ~held
     assert g["macro_f1_seen"] == pytest.approx(
         macro_f1(list(rt["disease"][kept]), list(rt["pred_disease"][kept])), abs=1e-4)
+    assert g["macro_f1_seen"] != pytest.approx(g["macro_f1"], abs=1e-6)  # (a copy of the pooled key would fail)
     classes = list(tiny_evaluator.classes)
     probs = rt.loc[kept, [f"p_{c}" for c in classes]].to_numpy()
     assert g["top3_seen"] == pytest.approx(
