@@ -374,3 +374,21 @@ def test_trial_coverage_prints_every_setting_with_three_coverages(capsys):
         assert len(coverage) == 3 and all(0.0 <= c <= 1.0 for c in coverage), line
     per_patient = [x for x in lines if x.startswith("per patient, ")]
     assert len(per_patient) == len(bench.PER_PATIENT) and all("(n = 8 intervals each)" in x for x in per_patient)
+
+
+def test_token_stats_reestimates_the_centring_under_the_saved_weights(evaluated_run, tmp_path, capsys):
+    """A copy of the run whose encoder reads statistics averaged under its saved weights; the run itself untouched;
+    the same seed gives the same statistics."""
+    from safetensors.torch import load_file
+
+    key = "token_center.running_mean"
+    before = load_file(str(evaluated_run / "encoder" / "model.safetensors"))
+    script("token_stats").main([str(evaluated_run), str(tmp_path / "a"), "--batches", "20"])
+    assert "the saved means moved" in capsys.readouterr().out
+    script("token_stats").main([str(evaluated_run), str(tmp_path / "b"), "--batches", "20"])
+    a, b = (load_file(str(tmp_path / n / "encoder" / "model.safetensors")) for n in ("a", "b"))
+    assert load_file(str(evaluated_run / "encoder" / "model.safetensors"))[key].equal(before[key])
+    assert a[key].equal(b[key]) and not a[key].equal(before[key])
+    assert all(a[k].equal(before[k]) for k in before if "token_center.running" not in k and "num_batches" not in k)
+    with pytest.raises(SystemExit, match="exists"):
+        script("token_stats").main([str(evaluated_run), str(tmp_path / "a")])
