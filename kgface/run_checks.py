@@ -56,7 +56,8 @@ def _check_trainer_numbers(cfg: DictConfig) -> None:
     _whole_at_least(t.get("steps"), "trainer.steps", 1, "optimiser steps, e.g. 1200")
     for name, what in (("warmup_steps", "0: none"), ("checkpoint_every", "0: no checkpoints"),
                        ("keep_checkpoints", "0 keeps all"), ("val_every", "0: no validation grids")):
-        if t.get(name) is not None:
+        # null is read as off by checkpoint_every / val_every; the loop casts the other two (a TypeError, late)
+        if t.get(name) is not None or (name in ("warmup_steps", "keep_checkpoints") and name in t):
             _whole_at_least(t.get(name), f"trainer.{name}", 0, what)
     _whole_at_least(cfg.get("num_threads", 0) or 0, "num_threads", 0, "0 = torch's default")
     if t.get("num_threads") is not None:
@@ -71,6 +72,10 @@ def _check_trainer_numbers(cfg: DictConfig) -> None:
             raise UserError(f"trainer.{name}={t.get(name)}: a learning rate >= 0, e.g. 3e-4 (0 freezes that group)")
     if not any(rates.values()):
         raise UserError("trainer.lr, encoder_lr and adapter_lr are all 0: nothing would train; give one a rate > 0")
+    if "weight_decay" in t and t.get("weight_decay") is None:  # cast by the optimiser: a TypeError after the data
+        raise UserError("trainer.weight_decay=null: a number >= 0 (0 switches it off)")
+    if "adapter_scale" in cfg.model:  # null: a TypeError late; nan: a "loss became nan" that blamed trainer.lr
+        as_number(cfg.model.adapter_scale, "model.adapter_scale", "the KG adapter's scale, e.g. 1.0")
     for name in ("weight_decay", "max_grad_norm", "min_snr_gamma"):
         if t.get(name) is not None and as_number(t.get(name), f"trainer.{name}", "a number >= 0") < 0:
             raise UserError(f"trainer.{name}={t.get(name)}: a number >= 0 (0 switches it off)")
@@ -291,7 +296,7 @@ def preflight(cfg: DictConfig) -> None:
             raise UserError("trainer.mixed_precision=fp16 needs a CUDA GPU (accelerate runs no fp16 autocast on the "
                             "CPU); use bf16 or no")
     for name in ("grad_accum", "batch_size", "log_every"):
-        if cfg.trainer.get(name) is not None:
+        if name in cfg.trainer:  # null too: the loop casts each (a TypeError after the data, VAE and evaluator)
             _whole_at_least(cfg.trainer.get(name), f"trainer.{name}", 1)
     key = "model.tiny.image_size" if cfg.model.name == "tiny" else "model.resolution"
     resolution = (cfg.model.get("tiny") or {}).get("image_size") if cfg.model.name == "tiny" \

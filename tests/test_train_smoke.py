@@ -609,6 +609,13 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
     for bad, words in (("trainer.mixed_precision=fp8", "trainer.mixed_precision=fp8 is unknown"),
                        ("trainer.log_every=0", "trainer.log_every=0: a whole number >= 1"),
                        ("trainer.grad_accum=0", "trainer.grad_accum=0: a whole number >= 1"),
+                       # null where the loop casts the key: a TypeError naming nothing, after data, VAE, evaluator
+                       ("trainer.warmup_steps=null", "trainer.warmup_steps=None: a whole number >= 0"),
+                       ("trainer.keep_checkpoints=null", "trainer.keep_checkpoints=None: a whole number >= 0"),
+                       ("trainer.batch_size=null", "trainer.batch_size=None: a whole number >= 1"),
+                       ("trainer.weight_decay=null", "trainer.weight_decay=null: a number >= 0"),
+                       ("model.adapter_scale=null", "model.adapter_scale=None: not a number"),
+                       ("model.adapter_scale=nan", "model.adapter_scale=nan: not a finite number"),
                        # the samples are drawn after training: these failed after it, with a traceback
                        ("model.sample.steps=0", "model.sample.steps=0: a whole number >= 1"),
                        ("model.sample.guidance=lots", "model.sample.guidance=lots: not a number"),
