@@ -273,10 +273,11 @@ def test_a_step_the_loss_scaler_skipped_moves_neither_the_schedule_nor_the_ema(p
     assert len(asked) == 3 and out["ema"].steps == 1 and opt["scheduler"]["last_epoch"] == 1
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_resume_gives_the_same_weights(profiles, tmp_path, dropout):
-    """dropout: the encoder's draws come from torch's global generator, which a fresh process seeds otherwise."""
-    cfg = {**FAST, "steps": 6, "checkpoint_every": 3, "keep_checkpoints": 5}
+@pytest.mark.parametrize("dropout, grad_accum", [(0.0, 1), (0.3, 1), (0.0, 2)])
+def test_resume_gives_the_same_weights(profiles, tmp_path, dropout, grad_accum):
+    """dropout: the encoder's draws come from torch's global generator, which a fresh process seeds otherwise;
+    grad_accum 2 (every GPU recipe accumulates): two micro-batches a step, one optimiser / schedule / EMA step."""
+    cfg = {**FAST, "steps": 6, "checkpoint_every": 3, "keep_checkpoints": 5, "grad_accum": grad_accum}
     b1, c1 = make(profiles, dropout=dropout)
     straight = train(b1, c1, fixed_data(), cfg, tmp_path / "straight", progress=False)
     b2, c2 = make(profiles, dropout=dropout)
@@ -290,6 +291,8 @@ def test_resume_gives_the_same_weights(profiles, tmp_path, dropout):
     assert len(list(c3.buffers())) > 0 and not c3.training  # trained, then left in eval mode for sampling
     for a, b in zip(state(b1, c1), state(b3, c3)):
         assert torch.equal(a, b)
+    opt = torch.load(tmp_path / "straight" / "checkpoints" / "step-0000006" / "optimizer.pt", weights_only=True)
+    assert opt["scheduler"]["last_epoch"] == 6 and straight["ema"].steps == 6  # once per step, not per micro-batch
     ema_a = json.loads((tmp_path / "straight/checkpoints/step-0000006/state.json").read_text())
     ema_b = json.loads((tmp_path / "resumed/checkpoints/step-0000006/state.json").read_text())
     assert ema_a == ema_b
