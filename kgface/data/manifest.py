@@ -168,6 +168,13 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
             raise ValueError(f"stage_known '{known}' is not true or false (empty: true)")
         if disease == "healthy" and text == "false":
             raise ValueError("disease 'healthy' has stage_known false; healthy is stage 0, known")
+    graded = "stage_known" not in row or _blank(row["stage_known"]) or str(row["stage_known"]).strip().lower() != "false"
+    if graded and not (sev in ("", None) or pd.isna(sev)):
+        from ..prompts.wording import stage_of  # (imported here: the data layer's import stays free of kg / prompts)
+
+        if stage_of(out["severity"]) != stage:  # trained twice: the prompt reads the stage, the KG tokens the severity
+            raise ValueError(f"severity {sev} lies in stage {stage_of(out['severity'])}'s bin [s - 0.5, s + 0.5) but "
+                             f"stage is {stage}; correct one, or leave severity empty (it is then the stage)")
     held = row.get("heldout", "")
     if not _blank(held) and str(held).strip().lower() not in ("", "true", "false"):  # 1 / yes read as seen
         raise ValueError(f"heldout '{held}' is not true or false (empty: false)")

@@ -81,6 +81,9 @@ BAD_ROWS = [
     ({"stage": -1}, "outside 0..3"),
     ({"stage": 1.5}, "outside 0..3"),
     ({"severity": 3.5}, "severity 3.5 is outside"),
+    # the prompt reads the stage, the KG tokens the severity: a row whose two disagree trained two stages at once
+    ({"stage": 1, "severity": 2.8}, r"severity 2.8 lies in stage 3's bin \[s - 0.5, s \+ 0.5\) but stage is 1"),
+    ({"stage": 0, "severity": 1.5}, "severity 1.5 lies in stage 2's bin"),
     ({"lesion_count": -2}, "not a non-negative integer"),
     ({"lesion_count": 2.5}, "not a non-negative integer"),
     ({"split": "dev"}, "split 'dev' is not one of train, val, test"),
@@ -147,7 +150,7 @@ def test_unknown_disease_only_with_known_labels(root):
 
 
 def test_duplicate_path_names_the_first_line(root):
-    write_manifest([_row(), _row(path="images/b.png"), _row(stage=2)], root / "m.csv")
+    write_manifest([_row(), _row(path="images/b.png"), _row(stage=2, severity="")], root / "m.csv")
     with pytest.raises(ManifestError, match=r"m\.csv:4: duplicate path 'images/a\.png' \(first on line 2\)"):
         read_manifest(root / "m.csv")
 
@@ -219,7 +222,7 @@ def test_one_identity_in_two_splits_is_an_error_naming_both_lines(root):
 
 def test_unknown_identities_and_one_split_per_identity_pass(root):
     rows = [_row(identity=""), _row(path="images/b.png", identity="", split="test"),
-            _row(path="images/c.png", identity="p1", stage=3)]
+            _row(path="images/c.png", identity="p1", stage=3, severity="")]
     write_manifest(rows, root / "m.csv")
     df, report = read_manifest(root / "m.csv")
     assert len(df) == 3 and not report.skipped
