@@ -453,3 +453,21 @@ def test_isolated_effects_and_the_atlas_draw_hair_terms_on_hair_only(profiles, t
         assert not any(conflict(a, b) for a in keys for b in keys)
         if ident.hair_style == "none":
             assert not HAIR_ONLY & set(keys)
+
+
+def test_materialise_gives_out_copies_an_edit_in_place_cannot_reach_the_cache(tmp_path):
+    """Hard links shared the cache entry's files: an image overwritten in place in OUT (`cp` over it) changed the
+    entry, and every later run of that config trained on it under the old labels."""
+    from kgface.data.build import materialise
+
+    src = tmp_path / "entry"
+    (src / "images" / "d").mkdir(parents=True)
+    (src / "images" / "d" / "x.png").write_bytes(b"cached bytes")
+    (src / "manifest.csv").write_text("path\nimages/d/x.png\n")
+    (src / "dataset.json").write_text("{}")
+    out = tmp_path / "out"
+    materialise(src, out)
+    with open(out / "images" / "d" / "x.png", "r+b") as f:  # in place, as cp over an existing file writes
+        f.write(b"edited")
+    assert (src / "images" / "d" / "x.png").read_bytes() == b"cached bytes"
+    assert (out / "manifest.csv").read_text() == (src / "manifest.csv").read_text()
