@@ -264,7 +264,7 @@ def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = Non
         raise ManifestError(f"{path}: lacks columns {missing}; a manifest needs {', '.join(REQUIRED)} (docs/data.md)")
     if df.empty:
         raise ManifestError(f"{path}: the manifest has no rows")
-    report, rows, seen, splits = ReadReport(rows=len(df)), [], {}, {}
+    report, rows, seen, splits, held_out = ReadReport(rows=len(df)), [], {}, {}, {}
     lines = _row_lines(path, len(df))
     for line, row in zip(lines, df.to_dict("records")):
         try:
@@ -279,6 +279,17 @@ def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = Non
                 raise ValueError(f"identity '{ident}' is in {split} here and in {first_split} on line {first_line}; "
                                  "one person in two splits leaks faces from training into evaluation, so put all "
                                  "its rows in one split")
+            # a disease is held out as a whole (evaluation reads any true row as the disease's): a mixed column, or a
+            # held-out healthy class, reshuffled the seen-disease metrics in silence
+            text = "" if _blank(row.get("heldout", "")) else str(row.get("heldout", "")).strip().lower()
+            held = text == "true"
+            if held and checked["disease"] == "healthy":
+                raise ValueError("disease 'healthy' has heldout true; healthy faces are never held out")
+            if held_out.get(checked["disease"], (held,))[0] != held:
+                first, first_line = held_out[checked["disease"]]
+                raise ValueError(f"disease '{checked['disease']}' has heldout {str(held).lower()} here and "
+                                 f"{str(first).lower()} on line {first_line}; a disease is held out as a whole")
+            held_out.setdefault(checked["disease"], (held, line))
             seen[real] = line
             splits.setdefault(ident, (split, line))
             rows.append(checked)

@@ -84,6 +84,8 @@ BAD_ROWS = [
     # the prompt reads the stage, the KG tokens the severity: a row whose two disagree trained two stages at once
     ({"stage": 1, "severity": 2.8}, r"severity 2.8 lies in stage 3's bin \[s - 0.5, s \+ 0.5\) but stage is 1"),
     ({"stage": 0, "severity": 1.5}, "severity 1.5 lies in stage 2's bin"),
+    ({"disease": "healthy", "stage": 0, "severity": "", "heldout": "true", "phenotypes": "{}"},
+     "disease 'healthy' has heldout true; healthy faces are never held out"),
     ({"lesion_count": -2}, "not a non-negative integer"),
     ({"lesion_count": 2.5}, "not a non-negative integer"),
     ({"split": "dev"}, "split 'dev' is not one of train, val, test"),
@@ -147,6 +149,14 @@ def test_unknown_disease_only_with_known_labels(root):
     assert len(read_manifest(root / "m.csv")[0]) == 1
     with pytest.raises(ManifestError, match=r"m\.csv:2: disease 'ORPHA:99999' is not one of the known labels"):
         read_manifest(root / "m.csv", known_diseases={"ORPHA:870", "healthy"})
+
+
+def test_a_disease_is_held_out_as_a_whole(root):
+    """Evaluation reads a disease as held out when any of its rows says so: a mixed column was read in silence."""
+    write_manifest([_row(heldout="true"), _row(path="images/b.png", identity="p2", heldout="false")], root / "m.csv")
+    with pytest.raises(ManifestError, match=r"m\.csv:3: disease 'ORPHA:870' has heldout false here and true on line "
+                                            r"2; a disease is held out as a whole"):
+        read_manifest(root / "m.csv")
 
 
 def test_duplicate_path_names_the_first_line(root):
