@@ -172,13 +172,18 @@ def read_supplement(path: str | Path, terms: dict[str, Term] | None = None) -> t
         raise KGFormatError(f"{path}: lacks columns {missing}; expected {', '.join(SUPPLEMENT_COLUMNS)}")
     alias = term_aliases(terms) if terms is not None else {}
     onsets = onset_terms(terms) if terms is not None else None
-    hpo_ids, onset_ids, stages = [], [], []
+    hpo_ids, onset_ids, stages, first = [], [], [], {}
     for i, r in enumerate(df.itertuples(index=False), start=2):  # row 1 is the header
         if not r.disease_id.strip():
             raise KGFormatError(f"{path}:{i}: disease_id is empty; give the disease's id (e.g. MONDO:0011438)")
         if not r.reference.strip():
             raise KGFormatError(f"{path}:{i}: every supplement edge needs a reference (its provenance)")
         hpo_ids.append(_supplement_term(path, i, "hpo_id", r.hpo_id, terms, alias))
+        pair = (r.disease_id.strip(), hpo_ids[-1])
+        if pair in first:  # kg=hpo kept the first row's min_stage and onset, kg=primekg the higher frequency's
+            raise KGFormatError(f"{path}:{i}: {pair[0]} {pair[1]} is already on line {first[pair]}; one curated row "
+                                "per disease and phenotype (merge the two)")
+        first[pair] = i
         onset_ids.append(_supplement_term(path, i, "onset", r.onset, terms, alias, onsets) if r.onset else "")
         stages.append(_supplement_stage(path, i, r.min_stage))
     diseases = (df.drop_duplicates("disease_id")[["disease_id", "disease_name"]]

@@ -226,6 +226,10 @@ def test_supplement_alt_ids_resolve_to_the_live_term(tmp_path, catalog):
     kg = load_kg("hpo", hpoa_path=hpoa, kg_data_dir=tmp_path)
     p = ProfileBuilder(kg, catalog).build("MONDO:0011438")
     assert [x.hpo_id for x in p.phenotypes] == ["HP:0000272"] and p.hidden_phenotypes == 0
+    # the same pair twice (here once through its alt id): kg=hpo kept the first row's stage, kg=primekg the other
+    sup = _supplement(tmp_path / "twice.csv", "HP:0000272,HP:0040281,,1", "HP:0000312,HP:0040282,,2")
+    with pytest.raises(KGFormatError, match=r"twice\.csv:3: MONDO:0011438 HP:0000272 is already on line 2; one "):
+        read_supplement(sup, terms)
 
 
 @pytest.mark.parametrize("row, message", [
