@@ -168,7 +168,8 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
             raise ValueError(f"stage_known '{known}' is not true or false (empty: true)")
         if disease == "healthy" and text == "false":
             raise ValueError("disease 'healthy' has stage_known false; healthy is stage 0, known")
-    graded = "stage_known" not in row or _blank(row["stage_known"]) or str(row["stage_known"]).strip().lower() != "false"
+    known_text = "" if "stage_known" not in row or _blank(row["stage_known"]) else str(row["stage_known"]).strip()
+    graded = known_text.lower() != "false"
     if graded and not (sev in ("", None) or pd.isna(sev)):
         from ..prompts.wording import stage_of  # (imported here: the data layer's import stays free of kg / prompts)
 
