@@ -4,15 +4,18 @@
 
 The EMA averages the encoder's parameters only: the running mean / variance its token centring (encoder.center_tokens)
 reads at inference were tracked under the raw weights of the last ~10 training batches (momentum 0.1). This copies
-RUN to OUT (without checkpoints/, samples/, evaluation/) and replaces OUT/encoder's statistics by their average over
-`--batches` draws of trainer.batch_size training rows (uniform, as the trainer draws them) under the saved weights,
-and prints how far they moved (in standard deviations). Compare the two with `bench/heldout_draws.py RUN OUT`.
+RUN to OUT (without checkpoints/, samples/, evaluation/, metrics.json, report.md: OUT is no evaluated run) and
+replaces OUT/encoder's statistics by their average over `--batches` draws of trainer.batch_size training rows
+(uniform, as the trainer draws them; an ungraded row at the unknown stage) under the saved weights, and prints how
+far they moved (in standard deviations). Runs whose rows this does not rebuild are refused: phenotype-atlas or
+observed-set conditioning, an age input. Compare the two with `bench/heldout_draws.py RUN OUT`.
 Figures in docs/encoder.md ("Token centring and the EMA") came from this script.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -35,28 +38,30 @@ def main(argv=None):
         raise SystemExit("OUT must be another folder than RUN (RUN's encoder is kept as it is)")
     if out.exists():
         raise SystemExit(f"{out} exists; name a new folder")
-    shutil.copytree(run, out, ignore=shutil.ignore_patterns("checkpoints", "samples", "evaluation"))
-    _, cond, _, cfg = load_run(out)
+    _, cond, _, cfg = load_run(run)  # everything checked before OUT is written
     encoder = cond.encoder
     bn = getattr(encoder, "token_center", None) if encoder is not None else None
     if bn is None:
-        shutil.rmtree(out)
         raise SystemExit(f"{run}: its encoder centres no tokens (encoder.center_tokens=false, tokens=phenotypes, "
                          "or no KG conditioning): nothing to re-estimate")
-    if len(cond._graphs) != len(cond.profiles):
-        shutil.rmtree(out)
-        raise SystemExit(f"{run}: trained on observed phenotype sets or atlas faces, whose rows this script does not "
-                         "rebuild")
+    t = cfg.trainer
+    if t.get("observed_phenotypes") or float(t.get("atlas_share") or 0) > 0 or getattr(encoder, "age_groups", 0):
+        raise SystemExit(f"{run}: trained on observed phenotype sets, atlas faces or with ages, whose inputs this "
+                         "script does not rebuild")
     manifest = Path(json.loads((run / "data.json").read_text())["manifest"])
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     index = {p.disease_id: i for i, p in enumerate(cond.profiles)}
     df = df[(df["split"] == "train") & df["disease"].isin(index)]
+    if df.empty:
+        raise SystemExit(f"{manifest}: no train rows of the run's diseases")
     rows = torch.tensor([index[d] for d in df["disease"]])
-    severity = torch.tensor(pd.to_numeric(df["severity"], errors="coerce").fillna(
-        df["stage"].astype(float)).to_numpy(), dtype=torch.float32)
+    ungraded = df.get("stage_known", pd.Series([""] * len(df), index=df.index)).str.lower().eq("false")
+    severity = torch.tensor(pd.to_numeric(df["severity"], errors="coerce").fillna(df["stage"].astype(float))
+                            .mask(ungraded).to_numpy(), dtype=torch.float32)  # NaN: the unknown stage, as trained
     before = bn.running_mean.clone(), bn.running_var.clone()
     momentum, batch = bn.momentum, int(cfg.trainer.batch_size)
     g = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # encoder dropout draws from the global generators
     bn.reset_running_stats()
     encoder.train()
     with torch.no_grad():
@@ -71,7 +76,12 @@ def main(argv=None):
     print(f"{run}: {len(rows)} training rows, {args.batches} batches of {batch}; the saved means moved "
           f"{z.abs().mean():.4f} sd on average (max {z.abs().max():.4f}); saved / re-estimated variance: median "
           f"{ratio.median():.3f} (range {ratio.min():.3f}-{ratio.max():.3f})")
-    encoder.save_pretrained(out / "encoder")
+    staging = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(run, staging, ignore=shutil.ignore_patterns("checkpoints", "samples", "evaluation", "metrics.json",
+                                                                 "report.md"))
+    encoder.save_pretrained(staging / "encoder")
+    os.replace(staging, out)  # whole or not at all: a half-made OUT read as "no change"
     print(f"wrote {out} (compare: python bench/heldout_draws.py {run} {out})")
 
 

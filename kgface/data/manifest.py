@@ -175,7 +175,8 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
 
         if stage_of(out["severity"]) != stage:  # trained twice: the prompt reads the stage, the KG tokens the severity
             raise ValueError(f"severity {sev} lies in stage {stage_of(out['severity'])}'s bin [s - 0.5, s + 0.5) but "
-                             f"stage is {stage}; correct one, or leave severity empty (it is then the stage)")
+                             f"stage is {stage}; correct one, or leave severity empty (it is then the stage); a set written by an older "
+                             "kgface: rebuild it (kgface.dataset) or draw it again (kgface.generate)")
     held = row.get("heldout", "")
     if not _blank(held) and str(held).strip().lower() not in ("", "true", "false"):  # 1 / yes read as seen
         raise ValueError(f"heldout '{held}' is not true or false (empty: false)")

@@ -392,3 +392,15 @@ def test_token_stats_reestimates_the_centring_under_the_saved_weights(evaluated_
     assert all(a[k].equal(before[k]) for k in before if "token_center.running" not in k and "num_batches" not in k)
     with pytest.raises(SystemExit, match="exists"):
         script("token_stats").main([str(evaluated_run), str(tmp_path / "a")])
+    assert not (tmp_path / "a" / "metrics.json").exists()  # no evaluated run: its numbers were the old statistics'
+    # a run fed atlas faces: rows this script does not rebuild, refused before OUT is written
+    from omegaconf import OmegaConf
+
+    atlas = tmp_path / "atlas_run"
+    shutil.copytree(evaluated_run, atlas, ignore=shutil.ignore_patterns("checkpoints", "samples", "evaluation"))
+    cfg = OmegaConf.load(atlas / "config.yaml")
+    cfg.trainer.atlas_share = 0.3
+    OmegaConf.save(cfg, atlas / "config.yaml")
+    with pytest.raises(SystemExit, match="atlas faces"):
+        script("token_stats").main([str(atlas), str(tmp_path / "c")])
+    assert not (tmp_path / "c").exists() and not (tmp_path / ".c.tmp").exists()
