@@ -233,11 +233,13 @@ def atlas_training_rows(manifest: Path, profiles, data_cfg) -> tuple[list[dict],
         if missing:
             raise UserError(f"{path}, row {k + 2}: phenotypes {missing} are in no panel profile; rebuild the "
                             "dataset (python -m kgface.dataset) for this panel")
-        severity = min(3.0, 3.0 * sum(shown.values()) / len(shown) / mean_u)
+        # at least stage 1's bin: an atlas face shows its phenotypes, and its prompt's stage (1 at the least) and its
+        # tokens' severity must name one stage (data.atlas.intensity below ~0.15 gave severity < 0.5, stage 0's)
+        severity = min(3.0, max(0.5, 3.0 * sum(shown.values()) / len(shown) / mean_u))
         atlas_profiles.append(FacialProfile(
             disease_id=f"atlas-{k:05d}", name=ATLAS_NAME, kg=profiles[0].kg, query="phenotype atlas",
             phenotypes=[dataclasses.replace(terms[h], frequency=1.0, frequency_raw="", min_stage=0,
                                             provenance="phenotype atlas") for h in sorted(shown)]))
-        rows.append({"path": r.path, "stage": max(1, stage_of(severity)), "severity": severity,
+        rows.append({"path": r.path, "stage": stage_of(severity), "severity": severity,
                      "age_group": getattr(r, "age_group", "")})
     return rows, atlas_profiles

@@ -28,6 +28,7 @@ def test_atlas_faces_become_profiles_of_exactly_their_phenotypes(micro_run, tmp_
 
     from kgface.diffusion.training_data import ATLAS_NAME, atlas_training_rows
     from kgface.kg.profiles import FacialProfile
+    from kgface.prompts.wording import stage_of
 
     out = micro_run
     manifest = Path(json.loads((out / "data.json").read_text())["manifest"])
@@ -42,9 +43,16 @@ def test_atlas_faces_become_profiles_of_exactly_their_phenotypes(micro_run, tmp_
         assert {p.hpo_id for p in prof.phenotypes} == set(shown) <= panel  # the held-out diseases' terms included
         assert all(p.frequency == 1.0 for p in prof.phenotypes) and prof.name == ATLAS_NAME
         assert row["path"] == truth["path"]
-        assert abs(row["severity"] - min(3.0, 3 * sum(shown.values()) / len(shown) / 0.85)) < 1e-9
-        assert row["stage"] == min(3, max(1, round(row["severity"])))
+        assert abs(row["severity"] - min(3.0, max(0.5, 3 * sum(shown.values()) / len(shown) / 0.85))) < 1e-9
+        assert row["stage"] == stage_of(row["severity"]) >= 1  # the prompt's stage is the tokens' severity's
     assert len({p.disease_id for p in atlas}) == 8
+    # faint atlas faces (data.atlas.intensity below ~0.15): severity floored at stage 1's bin, not 0.1 under stage 1
+    faint = tmp_path / "faint"
+    faint.mkdir()
+    low = table.assign(phenotypes=[json.dumps({h: 0.05 for h in json.loads(p)}) for p in table["phenotypes"]])
+    low.to_csv(faint / "phenotype_atlas.csv", index=False)
+    rows, _ = atlas_training_rows(faint / "manifest.csv", profiles, data_cfg)
+    assert {(r["stage"], r["severity"]) for r in rows} == {(1, 0.5)}
     # the LatentSet: disease rows, then atlas rows indexed after the training profiles, drawn at the given share
     from types import SimpleNamespace
 
