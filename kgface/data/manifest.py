@@ -156,11 +156,13 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
         raise ValueError(f"disease 'healthy' has stage {stage}; healthy is stage 0")
     out["stage"] = stage
     sev = row.get("severity", "")
-    out["severity"] = float(stage) if sev in ("", None) or pd.isna(sev) else _number(sev, "severity")
+    sev_given = not (sev in ("", None) or pd.isna(sev))
+    out["severity"] = _number(sev, "severity") if sev_given else float(stage)
     if not 0.0 <= out["severity"] <= N_STAGES - 1:
         raise ValueError(f"severity {sev} is outside 0..{N_STAGES - 1}")
     if disease == "healthy" and out["severity"] != 0:  # the generator is asked for healthy faces at severity 0 only
         raise ValueError(f"disease 'healthy' has severity {sev}; healthy is severity 0 (or empty)")
+    text = ""  # stage_known in lower case ("": true)
     if "stage_known" in row:  # anything but "false" would count as a grade: "0" or "no" must not
         known = row["stage_known"]
         text = "" if _blank(known) else str(known).strip().lower()
@@ -168,18 +170,15 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
             raise ValueError(f"stage_known '{known}' is not true or false (empty: true)")
         if disease == "healthy" and text == "false":
             raise ValueError("disease 'healthy' has stage_known false; healthy is stage 0, known")
-    known_text = "" if "stage_known" not in row or _blank(row["stage_known"]) else str(row["stage_known"]).strip()
-    graded = known_text.lower() != "false"
-    if graded and not (sev in ("", None) or pd.isna(sev)):
+    if sev_given and text != "false":
         from ..prompts.wording import stage_of  # (imported here: the data layer's import stays free of kg / prompts)
 
         if stage_of(out["severity"]) != stage:  # trained twice: the prompt reads the stage, the KG tokens the severity
             raise ValueError(f"severity {sev} lies in stage {stage_of(out['severity'])}'s bin [s - 0.5, s + 0.5) but "
-                             f"stage is {stage}; correct one, or leave severity empty (it is then the stage); a set written by an older "
-                             "kgface: rebuild it (kgface.dataset) or draw it again (kgface.generate)")
-    held = row.get("heldout", "")
-    if not _blank(held) and str(held).strip().lower() not in ("", "true", "false"):  # 1 / yes read as seen
-        raise ValueError(f"heldout '{held}' is not true or false (empty: false)")
+                             f"stage is {stage}; correct one, or leave severity empty (it is then the stage); a set "
+                             "written by an older kgface: rebuild it (kgface.dataset) or draw it again "
+                             "(kgface.generate)")
+    _heldout_flag(row.get("heldout", ""))
     lc = row.get("lesion_count", "")
     if lc == "" or _blank(lc):
         out["lesion_count"] = -1
@@ -206,6 +205,14 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     if age not in ("", *AGE_GROUPS):  # consumers map an unknown group to 'unknown' silently
         raise ValueError(f"age_group '{age}' is not one of {', '.join(AGE_GROUPS)} (or empty)")
     return out
+
+
+def _heldout_flag(value) -> bool:
+    """A `heldout` cell: true, false or empty (false); anything else (1 / yes, which read as seen) is refused."""
+    text = "" if _blank(value) else str(value).strip().lower()
+    if text not in ("", "true", "false"):
+        raise ValueError(f"heldout '{value}' is not true or false (empty: false)")
+    return text == "true"
 
 
 def _blank(value) -> bool:
@@ -283,8 +290,7 @@ def read_manifest(path: str | os.PathLike, known_diseases: set[str] | None = Non
                                  "its rows in one split")
             # a disease is held out as a whole (evaluation reads any true row as the disease's): a mixed column, or a
             # held-out healthy class, reshuffled the seen-disease metrics in silence
-            text = "" if _blank(row.get("heldout", "")) else str(row.get("heldout", "")).strip().lower()
-            held = text == "true"
+            held = _heldout_flag(row.get("heldout", ""))
             if held and checked["disease"] == "healthy":
                 raise ValueError("disease 'healthy' has heldout true; healthy faces are never held out")
             if held_out.get(checked["disease"], (held,))[0] != held:
