@@ -384,14 +384,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if source.healthy and s != 0:  # healthy at severity 2 is a condition no run trained on
             raise UserError(f"source_stage={cfg.source_stage} with source_disease={cfg.source_disease}: a healthy "
                             "input has stage 0; set source_disease to the disease it shows, or source_stage=0")
-        if cfg.mode == "transform" and source.healthy and profiles.get(cfg.target, "target").healthy:
-            # however healthy was spelled: inverted and redrawn as healthy, the input keeps its disease
+        to_healthy = cfg.mode == "transform" and profiles.get(cfg.target, "target").healthy  # however spelled
+        if to_healthy and source.healthy:
+            # inverted and redrawn as healthy, the input keeps its disease
             raise UserError(f"inversion=true with source_disease={cfg.source_disease} and target={cfg.target}: set "
                             "source_disease (and source_stage) to the disease and stage the input shows")
         from .prompts.wording import stage_levels
 
-        if (cfg.mode == "transform" and not source.healthy and s == 0 and not stage_levels(source.disease_id)[0].signs
-                and profiles.get(cfg.target, "target").healthy):
+        if to_healthy and s == 0 and not stage_levels(source.disease_id)[0].signs:
             # stage 0 shows no sign here (acne's grade 0 does: a few lesions): inverted under it, the disease stays
             raise UserError(f"inversion=true with source_disease={cfg.source_disease} at source_stage=0 and target="
                             f"{cfg.target}: stage 0 shows no sign, so the inversion keeps the disease; set "
