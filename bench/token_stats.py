@@ -28,10 +28,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    import pandas as pd
     import torch
 
     from kgface.diffusion.run_loading import load_run
+    from kgface.diffusion.training_data import row_severities, train_rows
 
     run, out = Path(args.run), Path(args.out)
     if out.resolve() == run.resolve():
@@ -48,16 +48,12 @@ def main(argv=None):
     if t.get("observed_phenotypes") or float(t.get("atlas_share") or 0) > 0 or getattr(encoder, "age_groups", 0):
         raise SystemExit(f"{run}: trained on observed phenotype sets, atlas faces or with ages, whose inputs this "
                          "script does not rebuild")
-    manifest = Path(json.loads((run / "data.json").read_text())["manifest"])
-    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    data = json.loads((run / "data.json").read_text())
+    # the rows the trainer drew from, conditioned as it conditioned them (an ungraded row at the unknown stage)
+    df = train_rows(Path(data["manifest"]), cond.profiles, set(data.get("heldout") or []))
     index = {p.disease_id: i for i, p in enumerate(cond.profiles)}
-    df = df[(df["split"] == "train") & df["disease"].isin(index)]
-    if df.empty:
-        raise SystemExit(f"{manifest}: no train rows of the run's diseases")
     rows = torch.tensor([index[d] for d in df["disease"]])
-    ungraded = df.get("stage_known", pd.Series([""] * len(df), index=df.index)).str.lower().eq("false")
-    severity = torch.tensor(pd.to_numeric(df["severity"], errors="coerce").fillna(df["stage"].astype(float))
-                            .mask(ungraded).to_numpy(), dtype=torch.float32)  # NaN: the unknown stage, as trained
+    severity = row_severities(df)
     before = bn.running_mean.clone(), bn.running_var.clone()
     momentum, batch = bn.momentum, int(cfg.trainer.batch_size)
     g = torch.Generator().manual_seed(args.seed)

@@ -42,6 +42,16 @@ def train_rows(manifest: Path, profiles, heldout: set[str]):
     return df
 
 
+def row_severities(df) -> torch.Tensor:
+    """The severity each train row is conditioned on: an empty one reads as the stage (docs/data.md; kgface.data.real
+    writes it empty for its photos), an ungraded row (stage_known=False) NaN, the unknown stage."""
+    import pandas as pd
+
+    unknown = torch.from_numpy(~stage_known(df))
+    return torch.tensor(pd.to_numeric(df["severity"], errors="coerce").fillna(df["stage"].astype(float)).to_numpy(),
+                        dtype=torch.float32).masked_fill(unknown, float("nan"))
+
+
 def observed_training_sets(manifest: Path, profiles, heldout: set[str]) -> tuple[list[int], list]:
     """trainer.observed_phenotypes: (per train row, the index of its observed-set profile; those profiles)."""
     from .phenotype_sets import observed_profiles
@@ -83,9 +93,7 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
              "index": cls,
              # stage -1 / severity NaN: unknown (Conditioner.prompts and the stage embeddings read them so)
              "stage": torch.tensor(df["stage"].astype(int).to_numpy()).masked_fill(unknown, -1),
-             # an empty severity reads as the stage (docs/data.md); kgface.data.real writes it empty for its photos
-             "severity": torch.tensor(pd.to_numeric(df["severity"], errors="coerce").fillna(
-                 df["stage"].astype(float)).to_numpy(), dtype=torch.float32).masked_fill(unknown, float("nan")),
+             "severity": row_severities(df),
              "age": torch.tensor([AGE_INDEX.get(a, -1) for a in df.get("age_group", [""] * len(df))])}
     if maps is not None:
         if maps.shape[-2:] != parts["latents"].shape[-2:]:
