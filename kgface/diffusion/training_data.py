@@ -68,8 +68,6 @@ def latent_set(manifest: Path, profiles, backbone, heldout: set[str], atlas=None
     `profiles` in the conditioner's list. atlas: (rows, profiles) from `atlas_training_rows`, whose profiles come
     after those; its faces make up `atlas_share` of the draws (each part uniform within itself). marks: add each
     face's mark map (`mark_maps`; atlas faces get none) for trainer.mark_weight."""
-    import pandas as pd
-
     df = train_rows(manifest, profiles, heldout)
     unknown = torch.from_numpy(~stage_known(df))
     if unknown.any():  # not their placeholder stage, which would teach that stage every stage's look
