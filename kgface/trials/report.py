@@ -375,8 +375,10 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
                       "line.", ""]
     lines += ["## Files", "", "- `trial.csv`, `trial.parquet`: one row per patient-day (columns in docs/trials.md).",
               "- `patients.csv`: each patient's baseline face, drawn parameters and image seed.",
-              "- `effects.csv`, `patient_effects.csv`, `study.csv`: the tables above; `trial.json`: everything as "
-              "data.", "- `images/<patient>/`: the daily images; `baselines/`: the baseline faces.", ""]
+              f"- `effects.csv`, `patient_effects.csv`{'' if study is None or study.empty else ', `study.csv`'}: "
+              "the tables above; `trial.json`: everything as data.",
+              "- `images/<patient>/`: the daily images; `baselines/`: the baseline faces"
+              + ("; `gifs/`: one animation per patient." if figures["gifs"] else "."), ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 

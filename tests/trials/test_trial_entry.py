@@ -96,7 +96,8 @@ def test_report_gives_both_estimates_with_intervals_and_bias(trial_out):
     assert 0 < summary["study"]["summary"][0]["skipped"] < 20
     report = (trial_out / "report.md").read_text()
     for text in ["## Effects", "measured_severity: estimate [95% CI]", "![series](series.png)", "## Coverage study",
-                 "gifs/P01.gif", "| A - B |", "True severities only: only 4 images",
+                 "gifs/P01.gif", "`gifs/`: one animation per patient.",
+                 "- `effects.csv`, `patient_effects.csv`, `study.csv`: the tables above", "| A - B |", "True severities only: only 4 images",
                  "**The measured estimates are not on the true scale**",
                  "contrasts between treatments (A - B) are the randomised ones",
                  "Each simulated trial's truth is the mean effect of the patients it drew (a sample mean)."]:
@@ -151,7 +152,7 @@ def test_photo_input_other_seed_and_a_run_without_evaluator(trial_run, trial_out
     for k, src in enumerate(sorted((trial_run / "samples" / "images").glob("*.png"))[:2]):
         Image.open(src).save(photos / f"face{k}.png")
     trial(bare, tmp_path / "c", "seed=1", f"input={photos}", "trial.schedule.cycles=2",
-          "trial.analysis.effects=by_patient")
+          "trial.analysis.effects=by_patient", "trial.analysis.study_trials=0", "gifs=false")
     other = pd.read_csv(tmp_path / "c" / "trial.csv")
     table = pd.read_csv(trial_out / "trial.csv")
     baseline = [t.loc[t["treatment"] == "Baseline", "true_severity"].to_numpy() for t in (other, table)]
@@ -164,7 +165,11 @@ def test_photo_input_other_seed_and_a_run_without_evaluator(trial_run, trial_out
     assert "fitted on the run's dataset" in measurement["evaluator"]
     assert sorted((session_cache_dir / "evaluator").iterdir()) == evaluators  # the training run's, not a new one
     assert json.loads((tmp_path / "c" / "trial.json").read_text())["design"]["analysis"]["effects"] == "by_patient"
-    assert "treatment-by-patient terms" in (tmp_path / "c" / "report.md").read_text()
+    report = (tmp_path / "c" / "report.md").read_text()
+    assert "treatment-by-patient terms" in report
+    # the file list names what this trial wrote: no study.csv, no gifs/
+    assert "- `effects.csv`, `patient_effects.csv`: the tables above" in report and "gifs/" not in report
+    assert not (tmp_path / "c" / "study.csv").exists() and not (tmp_path / "c" / "gifs").exists()
     effects = pd.read_csv(tmp_path / "c" / "effects.csv")
     # 2 patients x 5 block means, 2 x (2 treatments + intercept) + the trend's 1 parameters: 3 df
     common = (trial_out / "report.md").read_text()
