@@ -1,6 +1,9 @@
 """kgface/run_report.py on constructed metrics: intervals in brackets only where metrics.json has them, the
 baselines' comparison table, and numbers without intervals (evaluate=false, older runs) printed as before."""
-from kgface.run_report import comparison_lines, fmt, wall_time_line, with_interval, write_run_report
+import numpy as np
+
+from kgface.run_report import comparison_lines, fmt, loss_curve, plot_loss, wall_time_line, with_interval, \
+    write_run_report
 
 
 def test_with_interval_prints_brackets_only_for_a_real_interval():
@@ -66,3 +69,14 @@ def test_the_pooled_rows_have_their_seen_twins_beside_them(tmp_path):
     write_run_report(tmp_path, {"generation": cls, "timings": {"total_s": 1.0}}, ["kg"])  # no held-out: no twin row
     assert "_seen" not in (tmp_path / "report.md").read_text()
     assert "held-out ones among them" in rows[0]
+
+
+def test_loss_curve_draws_each_mean_at_the_last_step_of_its_window(tmp_path):
+    steps, means, k = loss_curve([float(i) for i in range(1, 201)])  # the loss at step s is s
+    assert k == 4 and steps[0] == 4 and steps[-1] == 200 and len(steps) == len(means) == 197
+    np.testing.assert_allclose(means, steps - 1.5)  # mean of steps s-3..s
+    steps, means, k = loss_curve([0.5, 0.25])
+    assert k == 1 and steps.tolist() == [1, 2] and means.tolist() == [0.5, 0.25]
+    assert len(loss_curve([])[0]) == 0
+    plot_loss([0.5, 0.25, 0.1], tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 0
