@@ -9,8 +9,10 @@ A user error (bad file, unknown id, missing weights) prints one line `kgface.<st
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -109,6 +111,34 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(out)
 
 
+@contextlib.contextmanager
+def claim_output(out_dir: Path):
+    """Hold OUT for this job: two jobs writing one folder at once (started in the same second, both get Hydra's
+    default outputs/<stage>/<time>; or the same hydra.run.dir) would interleave their files. An advisory lock on the
+    folder itself: nothing is written into OUT, and the kernel drops it when the process ends, so a killed job
+    leaves no stale lock. Where locks are not available (no fcntl, a file system without them) the job runs as
+    before."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out_dir}: another kgface job is writing into this folder now (jobs started in the "
+                            "same second share Hydra's default output folder); wait for it, or give this one "
+                            "hydra.run.dir=OTHER") from None
+        except OSError:  # e.g. ENOLCK on some network file systems: no lock, as before
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
 def entry(config_name: str) -> Callable:
     """Decorator turning `run(cfg, out_dir)` into a Hydra main that also accepts an override list."""
 
@@ -116,7 +146,9 @@ def entry(config_name: str) -> Callable:
         @functools.wraps(run)
         def task(cfg: DictConfig):
             try:
-                return run(cfg, output_dir(cfg))
+                out_dir = output_dir(cfg)
+                with claim_output(out_dir):
+                    return run(cfg, out_dir)
             except USER_ERRORS as exc:
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 print(f"kgface.{config_name}: error: {message}", file=sys.stderr)

@@ -136,3 +136,29 @@ def test_kg_paths_expand_the_home_folder_in_every_job(tmp_path, monkeypatch):
         cfg = compose(job, ["kg.kg_data_dir='~/kgd'"])
         kg, catalog = load_knowledge(cfg, make_cache(cfg), progress=False)
         assert kg.stats["supplement_edges"] == len(lines) - 2 and len(catalog.entries) > 0, job
+
+
+def test_two_jobs_never_write_one_folder_at_once(tmp_path, capsys):
+    """Jobs started in the same second share Hydra's default outputs/<stage>/<time>: the second is refused while the
+    first holds the folder, and a holder that died leaves no lock behind (the kernel drops it)."""
+    from kgface.config import claim_output
+
+    out = tmp_path / "out"
+    with claim_output(out):  # another job, here in this process (a second open of the folder is another holder)
+        with pytest.raises(SystemExit) as info:
+            main(["diseases=ORPHA:870", f"hydra.run.dir={out}"])
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == 2 and "another kgface job is writing into this folder now" in err
+        assert len(err.splitlines()) == 1 and not (out / "profiles.json").exists()
+    holder = "import sys, time; from pathlib import Path; from kgface.config import claim_output\n" \
+             "with claim_output(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)\n"
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit):
+            main(["diseases=ORPHA:870", f"hydra.run.dir={out}"])
+    finally:
+        proc.kill()
+        proc.wait()
+    main(["diseases=ORPHA:870", f"hydra.run.dir={out}"])  # killed: no stale lock
+    assert (out / "profiles.json").is_file()
