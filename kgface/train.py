@@ -207,14 +207,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 # it: only groups both records hold are compared, so older checkpoints stay checked on the rest
 SETUP_VERSION = 3
 REGIME_KEYS = ("observed_phenotypes", "atlas_share", "mark_weight")  # trainer.* that change what is learned
+# trainer.* that change each step's objective (guidance dropout, the unknown-age share, the loss weighting): their own
+# group, so checkpoints written before it was recorded still resume (a group added since is not compared)
+OBJECTIVE_KEYS = ("cfg_drop_tokens", "cfg_drop_text", "cfg_drop_both", "age_drop", "min_snr_gamma")
 
 
 def training_setup(cfg: DictConfig, mode: str) -> dict:
     """What a generator trains on, a hash per config group, recorded in every checkpoint and compared on resume:
     conditioning, seed, data, knowledge graph, encoder (KG conditionings only), profile source, the model (but
     for its sampling settings, rate, gradient checkpointing and base folder path, none of which changes what is
-    learned, and which may change between a kill and a resume) and the trainer's REGIME_KEYS (what each step is fed;
-    steps, rates and the rest may change; class tokens read only mark_weight). Files
+    learned, and which may change between a kill and a resume), the trainer's REGIME_KEYS (what each step is fed;
+    class tokens read only mark_weight) and OBJECTIVE_KEYS (what each step minimises); steps, rates and the rest may
+    change. Files
     count by what they hold, not by the path they were named by: text models by their files, a learned profile table
     by its bytes, a data folder by its absolute path."""
     import os
@@ -254,6 +258,7 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
     trainer = container(cfg.trainer) or {}
     read = REGIME_KEYS if mode != "class" else ("mark_weight",)  # class tokens train without the atlas or sets
     setup["trainer"] = stable_hash({k: trainer.get(k) for k in read})
+    setup["objective"] = stable_hash({k: trainer.get(k) for k in OBJECTIVE_KEYS})
     return setup
 
 

@@ -271,11 +271,13 @@ def test_a_checkpoint_resumes_only_the_training_it_was_part_of(evaluated_run, tm
     shutil.copytree(evaluated_run, run)
     state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text())
     assert set(state["setup"]) == {"version", "conditioning", "seed", "data", "kg", "encoder", "profile", "model",
-                                   "trainer"}
+                                   "trainer", "objective"}
     for override, words in (("seed=1", "(seed differ"), ("conditioning=text", "(conditioning differ"),
                             ("data.heldout=[]", "(data.* differ"),
                             ("trainer.mark_weight=1.0",
-                             "(trainer.observed_phenotypes / atlas_share / mark_weight differ")):
+                             "(trainer.observed_phenotypes / atlas_share / mark_weight differ"),
+                            ("trainer.cfg_drop_both=0.2", "(trainer.cfg_drop_tokens / cfg_drop_text / cfg_drop_both / "
+                                                          "age_drop / min_snr_gamma differ")):
         with pytest.raises(SystemExit) as info:
             main(list(MICRO) + ["trainer.resume=latest", "trainer.steps=6", override, f"hydra.run.dir={run}"])
         err = capsys.readouterr().err
@@ -341,6 +343,11 @@ def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp
     for override in ("trainer.observed_phenotypes=true", "trainer.mark_weight=2.0"):
         assert training_setup(compose("train", MICRO + [override]), "kg")["trainer"] != base["trainer"], override
     assert training_setup(compose("train", MICRO + ["trainer.steps=9", "trainer.lr=1e-5"]), "kg") == base
+    # what each step minimises counts in its own group (checkpoints written before it resume: not compared)
+    for override in ("trainer.cfg_drop_tokens=0.2", "trainer.cfg_drop_text=0.1", "trainer.cfg_drop_both=0.1",
+                     "trainer.age_drop=0.3", "trainer.min_snr_gamma=0"):
+        other = training_setup(compose("train", MICRO + [override]), "kg")
+        assert other["objective"] != base["objective"] and {**other, "objective": 0} == {**base, "objective": 0}
     assert training_setup(compose("train", MICRO + ["trainer.observed_phenotypes=true"]), "class") == \
         training_setup(compose("train", MICRO), "class")
     # text prompts' sentences count by what they say (recorded once the run has them), not by the LLM's settings

@@ -143,8 +143,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def _check_same_setup(folder: Path, saved: dict | None, current: dict | None) -> None:
     """A checkpoint continues only the training it was part of: the same conditioning, seed, data, knowledge graph,
-    encoder, model, profile source, what the trainer feeds and the sentences of text prompts (the rest of trainer.*
-    may change: steps, rates). Only groups both records hold are compared (a group added since is not). A checkpoint
+    encoder, model, profile source, what the trainer feeds, what each step minimises and the sentences of text prompts
+    (the rest of trainer.* may change: steps, rates). Only groups both records hold are compared (a group added since is not). A checkpoint
     without the record (before 2026-12-07, or trained outside kgface.train) resumes unchecked."""
     if not saved or not current:
         return
@@ -156,6 +156,7 @@ def _check_same_setup(folder: Path, saved: dict | None, current: dict | None) ->
     changed = [k for k in current if k in saved and saved[k] != current[k] and k != "version"]
     if changed:
         names = {"trainer": "trainer.observed_phenotypes / atlas_share / mark_weight",
+                 "objective": "trainer.cfg_drop_tokens / cfg_drop_text / cfg_drop_both / age_drop / min_snr_gamma",
                  "descriptions": "descriptions.json's sentences (llm.*)"}
         keys = ", ".join(names.get(k, k if k in ("conditioning", "seed") else f"{k}.*") for k in changed)
         raise TrainingError(f"{folder} was trained under other settings ({keys} differ from this run's); resuming "

@@ -673,6 +673,10 @@ def test_a_training_record_from_another_version_resumes_unchecked(tmp_path, capl
     with caplog.at_level(logging.WARNING, logger="kgface.diffusion.trainer"):
         _check_same_setup(tmp_path, {"seed": 0, "model": "a"}, {"version": 2, "seed": 0, "model": "b"})
     assert "training record is from another kgface version; resuming without comparing" in caplog.text
+    # a group recorded since the checkpoint was written (the objective's, 2026-12-07) is not compared; one both hold is
+    _check_same_setup(tmp_path, {"version": 2, "seed": 0}, {"version": 2, "seed": 0, "objective": "x"})
+    with pytest.raises(TrainingError, match=r"\(trainer.cfg_drop_tokens / cfg_drop_text / cfg_drop_both / age_drop"):
+        _check_same_setup(tmp_path, {"version": 2, "objective": "y"}, {"version": 2, "objective": "x"})
 
 
 def test_a_run_with_nothing_to_train_is_refused_before_the_loop(profiles, tmp_path):
