@@ -138,12 +138,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     else:  # real photos: preprocessed into the run directory (their labels must use the panel's KG ids)
         from .data.real import build_real_dataset
 
-        built = build_real_dataset(cfg.data, out_dir / "data")
-        manifest = built.manifest
-        present = set(built.summary["diseases"]) - {"healthy"}
-        if heldout and (not heldout <= present or heldout == present):
-            raise UserError(f"data.heldout={sorted(heldout)}: name diseases of the data ({', '.join(sorted(present))}),"
-                            " not healthy, and leave at least one for the generator to train on")
+        # its heldout column is data.heldout's (a source manifest holding out others is refused)
+        manifest = build_real_dataset(cfg.data, out_dir / "data").manifest
     # prompts_read_descriptions: this run's text prompts were trained on descriptions.json (runs before 2026-12-01
     # wrote the file but trained on the template's sentences; generation must then use the template too)
     write_json_atomic(out_dir / "data.json", {"manifest": str(Path(manifest).resolve()), "heldout": sorted(heldout),

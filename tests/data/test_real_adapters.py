@@ -701,6 +701,41 @@ def test_user_manifest_is_validated_and_rebuilt(tmp_path):
         build_real_dataset(_data_cfg("manifest", path=str(result.manifest)), tmp_path / "out")
 
 
+def test_the_built_heldout_column_is_data_heldouts(tmp_path):
+    """A phantom manifest imported with data=manifest kept its heldout column: training read data.heldout ([]) and
+    trained on those diseases, evaluation read the column and counted them held out. kgface.dataset ignored
+    data.heldout for real data. Now the column is written from data.heldout, and a source column that disagrees is
+    refused."""
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i, disease in enumerate(["ORPHA:870", "ORPHA:870", "ORPHA:648", "ORPHA:648", "healthy"]):
+        _face(i, 30, 40).save(tmp_path / "img" / f"{i}.png")
+        rows.append({"path": f"img/{i}.png", "disease": disease, "stage": 0 if disease == "healthy" else 2,
+                     "split": "train", "identity": f"id{i}", "heldout": str(disease == "ORPHA:648").lower()})
+    write_manifest(rows, tmp_path / "phantom.csv")
+    with pytest.raises(UserError, match=r"phantom.csv: its heldout column holds out \['ORPHA:648'\], data.heldout="
+                                        r"\[\]: the generator would train on .* set data.heldout=\[ORPHA:648\]"):
+        build_real_dataset(_data_cfg("manifest", path=str(tmp_path / "phantom.csv")), tmp_path / "a", size=SIZE)
+    assert not (tmp_path / "a" / "manifest.csv").exists()
+    built = build_real_dataset(_data_cfg("manifest", path=str(tmp_path / "phantom.csv"), heldout=["ORPHA:648"]),
+                               tmp_path / "b", size=SIZE)
+    out = pd.read_csv(built.manifest, dtype=str)
+    assert out.groupby("disease")["heldout"].first().to_dict() == {"ORPHA:648": "true", "ORPHA:870": "false",
+                                                                   "healthy": "false"}
+    # a source without the column: data.heldout writes it (kgface.dataset data=... data.heldout=[...])
+    write_manifest([{k: v for k, v in r.items() if k != "heldout"} for r in rows], tmp_path / "plain.csv")
+    built = build_real_dataset(_data_cfg("manifest", path=str(tmp_path / "plain.csv"), heldout=["ORPHA:870"]),
+                               tmp_path / "c", size=SIZE)
+    assert set(read_manifest(built.manifest)[0].query("heldout == 'true'")["disease"]) == {"ORPHA:870"}
+    built = build_real_dataset(_data_cfg("manifest", path=str(tmp_path / "plain.csv")), tmp_path / "d", size=SIZE)
+    assert "heldout" not in pd.read_csv(built.manifest).columns  # nothing held out: the set as before
+    for heldout, what in ((["ORPHA:999"], "name diseases of the data"),
+                          (["ORPHA:870", "ORPHA:648"], "leave at least one")):
+        with pytest.raises(UserError, match=what):
+            build_real_dataset(_data_cfg("manifest", path=str(tmp_path / "plain.csv"), heldout=heldout),
+                               tmp_path / "e", size=SIZE)
+
+
 def test_user_manifest_rows_without_identity_are_named_in_a_warning(tmp_path, caplog):
     # the leakage check cannot keep a person's photos in one split when it does not know the person
     (tmp_path / "img").mkdir()

@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ...cache import move_in, staging_folder, write_json_atomic
+from ...config import disease_list
 from ...errors import UserError
 from ..images import ImageError, face_box, get_detector, load_rgb
 from ..manifest import ATLAS_FILE, ManifestError, read_manifest, safe_relpath, stage_known, write_manifest
@@ -102,6 +103,26 @@ def _output_name(rel: str, used: set[str]) -> str:
     return name
 
 
+def _mark_heldout(df: pd.DataFrame, heldout: set[str], opts: dict) -> pd.DataFrame:
+    """The built manifest's `heldout` column says what data.heldout says (evaluation reads the column, training reads
+    data.heldout): a source manifest that holds out other diseases (a phantom manifest imported with data=manifest)
+    is refused, as is a data.heldout naming no disease of the data or every one of them."""
+    present = set(df["disease"]) - {"healthy"}
+    if heldout and (not heldout <= present or heldout == present):
+        raise UserError(f"data.heldout={sorted(heldout)}: name diseases of the data ({', '.join(sorted(present))}), "
+                        "not healthy, and leave at least one for the generator to train on")
+    if "heldout" in df.columns:
+        marked = set(df.loc[df["heldout"].astype(str).str.strip().str.lower() == "true", "disease"])
+        if marked != heldout:
+            source = opts.get("path") or "the source manifest"
+            raise UserError(f"{source}: its heldout column holds out {sorted(marked)}, data.heldout={sorted(heldout)}"
+                            f": the generator would train on what evaluation counts as held out; set data.heldout="
+                            f"[{','.join(sorted(marked))}] (or clear the column)")
+    if heldout or "heldout" in df.columns:
+        df = df.assign(heldout=["true" if d in heldout else "false" for d in df["disease"]])
+    return df
+
+
 def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = None,
                        on_error: str | None = None, detector: str | None = None) -> BuildResult:
     """Build OUT/{images/, manifest.csv, skipped.csv, dataset.json} from a data config node (see the module docs).
@@ -133,7 +154,9 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
     skipped: list[dict] = []
     bad = BadInput(on_error, skipped)
     face_detector = get_detector(detector_name)
+    heldout = set(disease_list(opts.get("heldout"), "data.heldout", allow_empty=True) or [])
     df = manifest_from_config(opts, on_error=on_error, skipped=skipped)
+    df = _mark_heldout(df, heldout, opts)
     n_listed = len(df) + len(skipped)
     df = check_duplicate_images(df, bad)  # byte-identical files under two names: one photo, one label, one split
     df = check_identity_splits(df, bad)  # every adapter; those with given splits check their own already
