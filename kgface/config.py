@@ -113,11 +113,11 @@ def output_dir(cfg: DictConfig) -> Path:
 
 @contextlib.contextmanager
 def claim_output(out_dir: Path):
-    """Hold OUT for this job: two jobs writing one folder at once (started in the same second, both get Hydra's
-    default outputs/<stage>/<time>; or the same hydra.run.dir) would interleave their files. An advisory lock on the
-    folder itself: nothing is written into OUT, and the kernel drops it when the process ends, so a killed job
-    leaves no stale lock. Where locks are not available (no fcntl, a file system without them) the job runs as
-    before."""
+    """Hold OUT for this job: two jobs writing one folder at once (one hydra.run.dir given twice; the default
+    outputs/<stage>/<time> is unique to the microsecond) would interleave their files. An advisory lock on the
+    folder itself: the lock writes nothing into OUT, and the kernel drops it when the process ends, so a killed job
+    leaves no stale lock. Hydra has written the refused job's OUT/.hydra/ before this runs. Where locks are not
+    available (no fcntl, a file system without them) the job runs as before."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -129,9 +129,8 @@ def claim_output(out_dir: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{out_dir}: another kgface job is writing into this folder now (jobs started in the "
-                            "same second share Hydra's default output folder); wait for it, or give this one "
-                            "hydra.run.dir=OTHER") from None
+            raise UserError(f"{out_dir}: another kgface job is writing into this folder now; wait for it, or give "
+                            "this one hydra.run.dir=OTHER") from None
         except OSError:  # e.g. ENOLCK on some network file systems: no lock, as before
             pass
         yield

@@ -139,8 +139,9 @@ def test_kg_paths_expand_the_home_folder_in_every_job(tmp_path, monkeypatch):
 
 
 def test_two_jobs_never_write_one_folder_at_once(tmp_path, capsys):
-    """Jobs started in the same second share Hydra's default outputs/<stage>/<time>: the second is refused while the
-    first holds the folder, and a holder that died leaves no lock behind (the kernel drops it)."""
+    """One hydra.run.dir given to two jobs: the second is refused while the first holds the folder, and a holder that
+    died leaves no lock behind (the kernel drops it). The default folders differ to the microsecond (jobs started in
+    one second shared one)."""
     from kgface.config import claim_output
 
     out = tmp_path / "out"
@@ -162,3 +163,17 @@ def test_two_jobs_never_write_one_folder_at_once(tmp_path, capsys):
         proc.wait()
     main(["diseases=ORPHA:870", f"hydra.run.dir={out}"])  # killed: no stale lock
     assert (out / "profiles.json").is_file()
+
+
+def test_default_output_folders_are_unique_to_the_microsecond():
+    from kgface.config import compose
+
+    for name in ("train", "generate", "evaluate", "trial", "dataset", "describe", "profiles"):
+        cfg = compose(name)
+        assert cfg  # composed
+    import yaml
+
+    from kgface.resources import conf_dir
+
+    for path in sorted(conf_dir().glob("*.yaml")):
+        assert yaml.safe_load(path.read_text())["hydra"]["run"]["dir"].endswith("%H-%M-%S-%f}"), path
