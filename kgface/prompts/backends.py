@@ -120,6 +120,11 @@ def _body(exc: urllib.error.HTTPError, secret: str | None) -> str:
         text = exc.read(4 * BODY_CHARS).decode("utf-8", "replace")
     except (AttributeError, OSError, http.client.HTTPException, ValueError):
         return ""
+    return _snippet(text, secret)
+
+
+def _snippet(text: str, secret: str | None) -> str:
+    """The first BODY_CHARS characters of a server's text, on one line, without the API key."""
     text = " ".join(text.split())
     if secret:
         text = text.replace(secret, "***")
@@ -135,9 +140,16 @@ class OpenAIBackend:
                  max_tokens: int = 1024, json_mode: bool = True, seed: int | None = None):
         base_url = _required("base_url", base_url, "the server's OpenAI-compatible URL, e.g. http://127.0.0.1:8000/v1")
         self.model = _required("model", model, "the server's model name, e.g. Qwen/Qwen2.5-7B-Instruct")
-        parts = urllib.parse.urlsplit(base_url)
+        try:  # a port that is no number (":8000v1", ":PORT") or a bad IPv6 host raise ValueError here, not later
+            parts = urllib.parse.urlsplit(base_url)
+            parts.port, parts.hostname
+        except ValueError as exc:
+            raise UserError(f"llm.base_url={base_url} is not a valid URL ({exc}); e.g. http://127.0.0.1:8000/v1"
+                            ) from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise UserError(f"llm.base_url={base_url} is not an http(s) URL; e.g. http://127.0.0.1:8000/v1")
+        if re.search(r"[\x00-\x20\x7f]", base_url):  # http.client refuses them at every request (InvalidURL)
+            raise UserError(f"llm.base_url={base_url!r} holds a space or control character; give the URL without it")
         if parts.username is not None or parts.password is not None:
             # the URL is logged, put in errors and cache metadata: credentials belong in llm.api_key_env
             raise UserError("llm.base_url holds credentials (user:password@); give the URL without them and the "
@@ -212,10 +224,10 @@ class OpenAIBackend:
                 time.sleep(delay)
             self._last_request = time.monotonic()
 
-    def _post(self, body: bytes, key: str | None) -> dict:
+    def _post(self, body: bytes, key: str | None) -> str:
         request = urllib.request.Request(self.url, data=body, headers=self._headers(key), method="POST")
         with self._opener.open(request, timeout=self.timeout_s) as response:
-            return json.loads(response.read().decode("utf-8"))
+            return response.read().decode("utf-8")
 
     def _config_error(self, exc: urllib.error.HTTPError, body: str, key: str | None) -> UserError:
         """A one-line error for a request the server refuses: which setting to check, and what the server said."""
@@ -255,8 +267,10 @@ class OpenAIBackend:
             self._wait_turn()
             wait = None
             key = self._key()
+            raw = ""
             try:
-                data = self._post(body, key)
+                raw = self._post(body, key)
+                data = json.loads(raw)
                 choice = data["choices"][0]
                 content = _message_text(choice["message"]["content"])
             except urllib.error.HTTPError as exc:
@@ -285,6 +299,8 @@ class OpenAIBackend:
                                "(a slow model needs a larger llm.timeout_s)")
                 else:
                     problem = f"cannot reach {self.url}: {exc.reason}"
+            except http.client.InvalidURL as exc:  # a settings error: retrying and falling back would hide it
+                raise UserError(f"llm.base_url={self.base_url}: {exc}") from None
             except (ConnectionError, http.client.HTTPException) as exc:
                 # raised while reading the response (urllib wraps only errors of sending): a dropped connection
                 # (RemoteDisconnected, ConnectionResetError), a cut body (IncompleteRead), a garbled status line
@@ -292,8 +308,10 @@ class OpenAIBackend:
             except OSError as exc:  # any other transport failure (ssl.SSLError mid-read): retried, not a traceback
                 problem = f"connection to {self.url} failed ({exc.__class__.__name__})"
             except (KeyError, IndexError, TypeError, ValueError) as exc:  # the type only: never a header's value
+                said = _snippet(raw, key)  # what it sent instead (a proxy's page, an error object)
                 raise LLMError(f"{self.url} answered without choices[0].message.content ({type(exc).__name__}); "
-                               "is it an OpenAI-compatible chat-completions server?") from None
+                               "is it an OpenAI-compatible chat-completions server?"
+                               + (f" It answered: {said}" if said else "")) from None
             else:
                 if isinstance(choice, dict) and choice.get("finish_reason") == "length":
                     raise AnswerCutOff(f"the answer was cut off at llm.max_tokens={self.max_tokens} tokens "
@@ -313,11 +331,12 @@ class OpenAIBackend:
 
 def _message_text(content) -> str:
     """A chat message's content as text: a string, or a list of content parts (`{"type": "text", "text": ...}`) as
-    some servers send; anything else is a TypeError (the caller names the missing field), never its Python repr."""
+    some servers send, of which the text parts count (not "reasoning" ones); anything else is a TypeError (the caller names the missing field), never its Python repr."""
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in content):
-        return "".join(p.get("text", "") for p in content)
+        # only the answer's parts: a reasoning part's drafts glued on read as a second JSON object, or as the answer
+        return "".join(p.get("text", "") for p in content if p.get("type", "text") in ("text", "output_text"))
     raise TypeError(type(content).__name__)
 
 

@@ -22,7 +22,10 @@ from .wording import N_STAGES, negative_prompt, stage_phenotypes, template_descr
 log = logging.getLogger(__name__)
 
 ANSWER_FILE = "answer.json"
-MAX_ECHO_CHARS = 2000  # a rejected reply is fed back truncated: garbage from a small model can be long
+# a rejected reply is fed back truncated, as garbage from a small model can be long; but never cut inside an answer
+# the schema could hold (4 stages x 400 + 300 characters, ids, keys, indentation: ~4,500), which the model would
+# then be told is wrong at a place it cannot see (a stage too long: 2,000 cut before stage 3)
+MAX_ECHO_CHARS = 6000
 
 
 def template_descriptions(profile: FacialProfile, **record) -> StageDescriptions:

@@ -148,9 +148,19 @@ def test_content_parts_are_read_as_their_text(server, good, llm, down):
     # some servers answer with a list of content parts: their text is the answer (its repr was sent back as JSON)
     server.script = [{"content": [{"type": "text", "text": good()}]}]
     assert describe_profiles([down], llm, None)[down.disease_id].source == "llm"
+    # a reasoning part's drafts are not glued onto the answer (they read as a second JSON object)
+    server.script = [{"content": [{"type": "reasoning", "text": good(ids=["HP:9999999"])},
+                                  {"type": "output_text", "text": good()}]}]
+    d = describe_profiles([down], llm, None)[down.disease_id]
+    assert d.source == "llm" and d.attempts == 1, d.fallback_reason
     server.script = [{"content": {"text": good()}}]
-    assert describe_profiles([down], llm, None)[down.disease_id].fallback_reason.startswith(
+    reason = describe_profiles([down], llm, None)[down.disease_id].fallback_reason
+    assert reason.startswith(
         f"backend error: {server.base_url}/chat/completions answered without choices[0].message.content (TypeError)")
+    assert '"content": {"text":' in reason  # what it answered instead, on one line
+    server.script = [(200, {"Content-Type": "text/html"}, "<html>\n<b>proxy login</b></html>")]
+    reason = describe_profiles([down], llm, None)[down.disease_id].fallback_reason
+    assert "(JSONDecodeError)" in reason and reason.endswith("It answered: <html> <b>proxy login</b></html>")
 
 
 def test_malformed_json_is_retried_with_the_error(server, good, llm, down, tmp_path):
@@ -439,6 +449,11 @@ def test_cut_off_answer_says_to_raise_max_tokens(server, good, llm, down):
     ({"base_url": "???"}, r"^llm.base_url is not set"),
     ({"base_url": ""}, r"^llm.base_url is not set"),
     ({"base_url": "127.0.0.1:8000/v1"}, r"^llm.base_url=127.0.0.1:8000/v1 is not an http\(s\) URL"),
+    # a settings error, not a network failure retried and fallen back from (InvalidURL at every request)
+    ({"base_url": "http://127.0.0.1:8000v1"}, r"^llm.base_url=http://127.0.0.1:8000v1 is not a valid URL \(Port"),
+    ({"base_url": "http://127.0.0.1:PORT/v1"}, r"^llm.base_url=http://127.0.0.1:PORT/v1 is not a valid URL"),
+    ({"base_url": "http://[::1:8000/v1"}, r"^llm.base_url=http://\[::1:8000/v1 is not a valid URL"),
+    ({"base_url": "http://127.0.0.1:8000/my v1"}, r"^llm.base_url='http://127.0.0.1:8000/my v1' holds a space"),
     ({"name": "gpt"}, r"^llm.name='gpt' is unknown"),
     ({"modle": "x"}, r"^llm.modle is not a setting of llm=openai"),
     ({"timeout_s": "soon"}, r"^llm.timeout_s='soon' is not a number"),
