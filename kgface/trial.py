@@ -116,7 +116,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     conditioner.to(device)
     check_precision_device(backbone, device)
     check_run_kg(cfg, run_cfg)
-    profile = Profiles(cfg, run_profiles, cache).get(design.disease)
+    profile = Profiles(cfg, run_profiles, cache).get(design.disease, key="trial.disease")
     if profile.healthy:
         raise UserError("trial.disease=healthy: a trial needs a disease whose severity it follows")
     if conditioner.mode == "class" and profile.disease_id not in {p.disease_id for p in conditioner.profiles}:

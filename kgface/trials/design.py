@@ -169,6 +169,11 @@ def check_keys(c) -> None:
 def design_from_config(c) -> Design:
     """The validated design of a `trial` config node (a DictConfig or dict)."""
     check_keys(c)
+    disease = c.get("disease")
+    if disease in (None, "", "???") or not isinstance(disease, (str, int)) or isinstance(disease, bool):
+        # a study file without it became the string "None", refused only after the run's model had loaded
+        raise UserError(f"trial.disease={disease!r}: name the disease the trial follows (an id or name, e.g. "
+                        "trial.disease=ORPHA:123 or 'trial.disease=Acne vulgaris')")
     scale = str(c.get("scale", "severity"))
     if scale not in SCALES:
         raise UserError(f"trial.scale={scale} is unknown; use {' | '.join(SCALES)}")
@@ -221,7 +226,7 @@ def design_from_config(c) -> Design:
         raise UserError("trial.analysis.cov=cluster needs at least 2 patients (clusters); use nonrobust (or hac with "
                         "unit=day)")
     model = model_from_config(c.get("severity") or {}, schedule.treatments, *scale_bounds(scale))
-    return Design(disease=str(c.get("disease")), scale=scale, patients=patients, start_date=start,
+    return Design(disease=str(disease).strip(), scale=scale, patients=patients, start_date=start,
                   schedule=schedule, model=model, analysis=analysis)
 
 

@@ -105,6 +105,13 @@ def calibrate(calset, disease: str) -> tuple[Calibration | None, str | None]:
         return None, (f"only {shown} images of {which} of known severity outside the evaluator's training split, "
                       f"from {faces} faces (calibration needs >= {MIN_CALIBRATION_IMAGES} images of >= "
                       f"{MIN_CALIBRATION_FACES} faces)")
+    inside = diseased_rows(calset)
+    shown, faces = len(inside), int(inside["identity"].nunique())
+    if shown < MIN_CALIBRATION_IMAGES or faces < MIN_CALIBRATION_FACES:
+        # the line applied is fitted on these alone: stage-0 images of the disease counted above, not here
+        return None, (f"only {shown} images of {which} above severity 0 (the applied line is fitted on these) "
+                      f"outside the evaluator's training split, from {faces} faces (calibration needs >= "
+                      f"{MIN_CALIBRATION_IMAGES} images of >= {MIN_CALIBRATION_FACES} faces)")
     try:
         line = fit_calibration(calset["true"], calset["raw"], calset["identity"])
     except UserError as exc:  # e.g. every image of one severity: auto falls back to the raw readings
@@ -112,7 +119,6 @@ def calibrate(calset, disease: str) -> tuple[Calibration | None, str | None]:
     problem = calibration_problem(line)
     if problem:
         return line, problem
-    inside = diseased_rows(calset)
     try:
         within = fit_calibration(inside["true"], inside["raw"], inside["identity"])
     except UserError:

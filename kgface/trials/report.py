@@ -263,6 +263,13 @@ def recovery(estimates: pd.DataFrame, off_scale: tuple[str, ...] = ()) -> str:
     return "\n".join(lines)
 
 
+def _effects_vary(design: dict) -> bool:
+    """Whether patients' effects differ (some treatment's sd > 0): only then does a trial's sample-mean truth differ
+    from the population mean a clustered interval aims at."""
+    treatments = (design.get("severity") or {}).get("treatments", {})
+    return any(float((t or {}).get("sd") or 0) > 0 for t in treatments.values())
+
+
 def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient: pd.DataFrame,
                  study: pd.DataFrame | None, figures: dict[str, str]) -> Path:
     """report.md: the set-up, the effects from true and measured severities, per-patient results, the instrument's
@@ -359,8 +366,9 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
                      "it does not contain the generator's own errors, which the trial above shows."
                      if not summary.get("study_note") else summary["study_note"]), "",
                   "Each simulated trial's truth is the mean effect of the patients it drew (a sample mean)"
-                  + ("; `cov: cluster` aims at the population's mean effect, so against this truth its coverage "
-                     "reads above nominal" if a["cov"] == "cluster" else "") + ".", "",
+                  + ("; `cov: cluster` aims at the population's mean effect, so where patients' effects vary (a "
+                     "treatment's sd > 0) its coverage against this truth can read above nominal"
+                     if a["cov"] == "cluster" and _effects_vary(d) else "") + ".", "",
                   _table(study, ["outcome", "effect", "trials", "truth", "estimate", "bias", "bias_mc_se", "rmse",
                                  "coverage", "coverage_mc_se", "ci_width"]), ""]
         skipped = int(study["skipped"].iloc[0]) if "skipped" in study else 0

@@ -225,8 +225,9 @@ def test_calibration_needs_a_line_that_rises_inside_the_disease():
 
     rng = np.random.default_rng(0)
 
-    def calset(raw_of, faces=10, per_face=3, severities=(1.0, 2.0, 3.0)):
+    def calset(raw_of, faces=10, per_face=3, severities=(1.0, 2.0, 3.0), stage0=0):
         rows = [{"true": 0.0, "raw": rng.normal(0, 0.1), "identity": f"h{i}", "disease": "healthy"} for i in range(10)]
+        rows += [{"true": 0.0, "raw": rng.normal(0, 0.1), "identity": f"z{i}", "disease": "D"} for i in range(stage0)]
         for f in range(faces):
             for k in range(per_face):
                 s = severities[k % len(severities)]
@@ -253,6 +254,11 @@ def test_calibration_needs_a_line_that_rises_inside_the_disease():
     _, problem = calibrate(calset(lambda s: 0.5 * s, faces=2, per_face=6), "D")  # 12 images, 2 faces
     assert problem.startswith("only 12 images of D of known severity outside the evaluator's training split, from 2 "
                               "faces (calibration needs >= 8 images of >= 3 faces)")
+    # images of the disease at severity 0 count for no line: the applied one is fitted above 0 (4 images, 2 faces
+    # passed the rule with 6 stage-0 images beside them)
+    line, problem = calibrate(calset(lambda s: 0.5 * s, faces=2, per_face=2, stage0=6), "D")
+    assert line is None and problem.startswith("only 4 images of D above severity 0 (the applied line is fitted on "
+                                               "these) outside the evaluator's training split, from 2 faces")
 
 
 def test_the_calibration_slope_error_counts_faces_not_images():

@@ -140,3 +140,15 @@ def test_text_from_the_data_cannot_break_the_report_tables():
     assert row.startswith("| A\\|B &lt;x&gt; | 0.500 |") and row.count(" | ") == 3
     table = _table(pd.DataFrame({"patient_id": ["P|1"], "df": [3]}), ["patient_id", "df"])
     assert table.splitlines()[2] == "| P\\|1 | 3 |"
+
+
+def test_the_cluster_caveat_needs_effects_that_vary_between_patients():
+    """With every treatment's sd 0 the sample-mean truth is the population mean: nothing lifts cluster coverage."""
+    from kgface.config import compose
+    from kgface.trials.design import design_from_config
+    from kgface.trials.report import _effects_vary, design_dict
+
+    trial = compose("trial", ["run=x"]).trial
+    assert not _effects_vary(design_dict(design_from_config(trial)))  # acne_ab: sd 0
+    varied = compose("trial", ["run=x", "trial.severity.treatments.A.sd=0.3"]).trial
+    assert _effects_vary(design_dict(design_from_config(varied)))

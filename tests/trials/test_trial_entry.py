@@ -246,6 +246,7 @@ def fails(capsys, run, out, *overrides) -> str:
     (["guidance=abc"], "guidance=abc: not a number; give one (e.g. 3), or null for the run's"),
     (["guidance=inf"], "guidance=inf: not a finite number"),
     (["strength=nan"], "strength=nan: not a finite number; give one in (0, 1]"),
+    (["trial.disease=null"], "trial.disease=None: name the disease the trial follows"),  # was the string "None"
 ])
 def test_bad_designs_fail_before_anything_loads(tmp_path, capsys, overrides, message):
     err = fails(capsys, tmp_path / "no-run", tmp_path / "o", *overrides)
@@ -320,6 +321,8 @@ def test_a_trial_never_writes_into_a_train_run(tmp_path, capsys):
 
 def test_bad_inputs_against_a_run(trial_run, tmp_path, capsys):
     assert "healthy" in fails(capsys, trial_run, tmp_path / "a", "trial.disease=healthy")
+    assert "trial.disease=Acnee: unknown disease 'Acnee'" in fails(capsys, trial_run, tmp_path / "a2",
+                                                                   "trial.disease=Acnee")
     assert "lesion-count scale" in fails(capsys, trial_run, tmp_path / "b", "trial.disease=ORPHA:870",
                                          "trial.scale=lesions")
     one = tmp_path / "one.png"
