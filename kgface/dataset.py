@@ -2,7 +2,8 @@
 
 Writes OUT/manifest.csv plus OUT/images/, OUT/dataset.json (renderable share per disease, unrenderable terms,
 held-out coverage) and OUT/contact_sheet.png (one row per disease, stages left to right). The phantom set is built
-once per config in the cache (the default train job reuses the same entry) and linked into OUT.
+once per config in the cache (the default train job reuses the same entry) and copied into OUT (hard links let an
+image edited in OUT change the cache entry).
 """
 from __future__ import annotations
 

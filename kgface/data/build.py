@@ -14,7 +14,8 @@ from ..errors import UserError
 from ..kg import FacialProfile
 from ..resources import kg_data_dir
 from .manifest import ATLAS_FILE, write_manifest
-from .phantom.dataset import PhantomConfig, atlas_settings, build_atlas, build_phantom, contact_sheet, isolated_effects
+from .phantom.dataset import (OTHER_KEYS, PhantomConfig, atlas_settings, build_atlas, build_phantom, contact_sheet,
+                              isolated_effects)
 from .phantom.effects import load_phantom_effects
 
 # bump when drawing changes, so cached phantom datasets rebuild. 2: acne lesions only on individuals who show an acne
@@ -59,6 +60,10 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
     if "healthy" in heldout or (heldout and sick <= set(heldout)):  # as real data refuses it (kgface.train)
         raise UserError(f"data.heldout={sorted(heldout)}: name diseases of the panel ({', '.join(sorted(sick))}), not "
                         "healthy, and leave at least one for the generator to train on")
+    unknown_keys = sorted(set(data) - set(PhantomConfig.__dataclass_fields__) - set(OTHER_KEYS))
+    if unknown_keys:  # +data.per_clas=10 built the default per_class in silence (and keyed another cache entry)
+        raise UserError(f"data={data.get('name')}: unknown settings {['data.' + k for k in unknown_keys]}; those of "
+                        f"data=phantom are {sorted([*PhantomConfig.__dataclass_fields__, *OTHER_KEYS])}")
     pcfg = PhantomConfig.from_dict(data)  # validates: a setting it cannot honour fails even when a cached entry exists
     faces, per_face, intensity = atlas_settings(data.get("atlas"))
     effects_path = kg_data_dir() / "phantom_effects.csv"

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from kgface.data.manifest import read_manifest
-from kgface.data.phantom.acne import grade_from_count
-from kgface.data.phantom.dataset import (ATLAS, PhantomConfig, atlas_settings, build_atlas, build_phantom, draw_labels,
-                                         heldout_coverage, identity_split, individual, isolated_effects,
-                                         render_labels)
+from kgface.data.phantom.acne import count_from_severity, grade_from_count
+from kgface.data.phantom.dataset import (ACNE_TERMS, ATLAS, OTHER_KEYS, PhantomConfig, atlas_settings, build_atlas,
+                                         build_phantom, draw_labels, heldout_coverage, identity_split, individual,
+                                         isolated_effects, render_labels)
 from kgface.data.phantom.effects import load_phantom_effects
 from kgface.errors import UserError
 from kgface.kg import ProfileBuilder, healthy_profile
@@ -77,10 +77,21 @@ def test_acne_grades_and_nested_lesions(hpo_kg, catalog, table):
                 assert lab["lesion_count"] == 0 and lab["phenotypes"] == {}  # no lesions, as the labels say
                 continue
             assert lab["lesion_count"] >= 1 and grade_from_count(lab["lesion_count"]) == stage
-    # rosacea's papules are not counted on the acne scale, and rosacea stage 0 shows nothing
+    # rosacea stage 0 shows nothing; from stage 2 its papules / pustules are lesions counted on the acne scale
+    # (renderer 2) exactly where a face is labelled with one, and uncounted (-1) where none shows
     rosacea = ProfileBuilder(hpo_kg, catalog).build("MONDO:0006604")
     lab = draw_labels(rosacea, 1, 0, cfg, table)
     assert lab["lesion_count"] == -1 and lab["phenotypes"] == {}
+    counted = 0
+    for i in range(40):
+        for stage in (2, 3):
+            lab = draw_labels(rosacea, i, stage, cfg, table)
+            if any(h in ACNE_TERMS for h in lab["phenotypes"]):
+                assert lab["lesion_count"] == count_from_severity(lab["severity"]) >= 1
+                counted += 1
+            else:
+                assert lab["lesion_count"] == -1
+    assert 0 < counted < 80  # both cases drawn
 
 
 def test_lesions_are_drawn_only_on_individuals_whose_labels_show_acne(profiles, table):
@@ -207,6 +218,8 @@ IMPOSSIBLE = [
     ({"severity_jitter": "x"}, r"data.severity_jitter must be a number in \[0, 1\], got 'x'"),
     ({"size": 8}, r"data.size must be an integer >= 16, got 8"),  # the renderer's limits, before any drawing
     ({"supersample": 0}, r"data.supersample must be an integer >= 1, got 0"),
+    ({"seed": -1}, r"data.seed must be an integer >= 0, got -1"),  # a numpy traceback naming no key
+    ({"seed": None}, r"data.seed must be an integer >= 0, got None"),
 ]
 
 
@@ -251,6 +264,12 @@ def test_a_bad_atlas_setting_stops_the_dataset_cli_before_rendering(tmp_path, ca
     err = capsys.readouterr().err
     assert info.value.code == 2 and "data.atlas.per_face must be" in err and "Traceback" not in err
     assert not (tmp_path / "manifest.csv").exists()
+    # a data.* key data=phantom does not read (a typo, a real adapter's key) built the default in silence
+    with pytest.raises(SystemExit) as info:
+        main(["data.diseases=[ORPHA:870]", "data.heldout=[]", "+data.per_clas=10", "+data.val_fraction=0.2",
+              f"hydra.run.dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "data=phantom: unknown settings ['data.per_clas', 'data.val_fraction']" in err
 
 
 def test_default_and_benchmark_configs_are_valid():
@@ -263,6 +282,7 @@ def test_default_and_benchmark_configs_are_valid():
         assert PhantomConfig.from_dict(data).per_class == per_class
         assert atlas_settings(data.get("atlas"))[0] == atlas_faces
         assert PhantomConfig.from_dict(data).unknown_frequency == 0.5  # the documented default, in the data config
+        assert not set(data) - set(PhantomConfig.__dataclass_fields__) - set(OTHER_KEYS)  # every key is read
 
 
 def test_effect_footprints_measure_how_much_of_the_face_a_phenotype_changes():

@@ -48,6 +48,7 @@ ONSET_AGE = {
     "HP:0003584": 3,  # late onset
 }
 SPLITS = ("train", "val", "test")
+OTHER_KEYS = ("name", "atlas", "heldout", "diseases")  # data.* keys of data=phantom read outside PhantomConfig
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class PhantomConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "PhantomConfig":
-        """From a plain dict (e.g. the `data` config group); unknown keys are left to the caller."""
+        """From a plain dict (e.g. the `data` config group); unknown keys are left to the caller (OTHER_KEYS)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
                       if k in cls.__dataclass_fields__})
 
@@ -95,6 +96,7 @@ def _wanted(n: int, fractions) -> list[int]:
 def _validate(cfg: "PhantomConfig") -> None:
     """Settings the builder cannot honour are one-line errors naming the data.* key, before anything is drawn
     (they used to surface as numpy tracebacks, or split_fractions that do not sum to 1 were silently rebalanced)."""
+    _whole(cfg.seed, "seed", 0)  # numpy seeds are >= 0: -1 was a numpy traceback naming no key
     per_class = _whole(cfg.per_class, "per_class", 1)
     healthy = _whole(cfg.healthy_per_class, "healthy_per_class", 0)
     _whole(cfg.size, "size", 16)  # the renderer's own limits, refused here rather than as a traceback mid-build
