@@ -111,6 +111,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         raise UserError(f"report.grid_cases={grid_cases!r}: a whole number of images per grid, at least 1")
     if cfg.get("run"):
         check_evaluator_unset(cfg)  # before OUT's earlier report is touched
+    else:  # a typo'd evaluator.* key would only key another cache entry: a refit that reads the defaults
+        from .evaluation.clip_model import check_evaluator_keys, plain_config
+
+        check_evaluator_keys(plain_config(cfg.evaluator))
     cache = make_cache(cfg)
     check_output_dir(out_dir, "the evaluation", ("trial.csv",))  # an earlier evaluation in OUT is replaced
     real = read_manifest(cfg.real, source="real")[0] if cfg.get("real") else None

@@ -189,8 +189,10 @@ def preflight(cfg: DictConfig) -> None:
         atlas = cfg.data.get("atlas")
         atlas_faces = atlas_settings(OmegaConf.to_container(atlas, resolve=True) if OmegaConf.is_config(atlas)
                                      else atlas)[0]
+    from .evaluation.clip_model import check_evaluator_keys
     from .evaluation.fitting import PHENOTYPE_HEADS
 
+    check_evaluator_keys(container(cfg.evaluator))  # a typo keyed another cache entry: a refit reading the defaults
     heads = str(cfg.evaluator.get("phenotype_heads", "all"))
     if heads not in PHENOTYPE_HEADS:
         raise UserError(f"evaluator.phenotype_heads={heads}: use all, atlas or zero_shot")

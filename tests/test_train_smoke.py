@@ -685,6 +685,16 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
     with pytest.raises(UserError, match=r"^evaluator.phenotype_heads=both: use all, atlas or zero_shot$"):
         preflight(compose("train", MICRO + ["evaluator.phenotype_heads=both"]))
     preflight(compose("train", MICRO + ["evaluate=true", "evaluator.phenotype_heads=zero_shot", "data.atlas=null"]))
+    # an evaluator.* key no code reads keyed another cache entry: a refit of the CLIP that read the defaults
+    with pytest.raises(UserError, match=r"^evaluator.train.class_wieght is not a setting of evaluator=tiny_clip; "
+                                        r"known: train.steps, "):
+        preflight(compose("train", MICRO + ["+evaluator.train.class_wieght=0.5"]))
+    with pytest.raises(UserError, match=r"^evaluator.treshold is not a setting of evaluator=tiny_clip; known: name"):
+        preflight(compose("train", MICRO + ["+evaluator.treshold=0.4"]))
+    with pytest.raises(UserError, match=r"^evaluator.train is not a setting of evaluator=openclip"):
+        preflight(compose("train", MICRO + ["evaluator=openclip", "+evaluator.train.steps=5"]))
+    preflight(compose("train", MICRO + ["+evaluator.train.class_weight=0.5"]))  # documented, not in the file
+    preflight(compose("train", ["experiment=benchmark"]))  # every shipped config holds known keys only
     with pytest.raises(UserError, match=r"zero_terminal_snr=true needs model.schedule.prediction_type=v_prediction"):
         preflight(compose("train", MICRO + ["model.schedule.zero_terminal_snr=true"]))
     with pytest.raises(UserError, match=r"^model.schedule.spacing is unknown"):

@@ -52,6 +52,37 @@ def plain_config(cfg) -> dict:
     return c
 
 
+# every setting an evaluator config is read for, per evaluator.name (conf/evaluator/*.yaml; `train.class_weight` is
+# documented, not in the file): a key outside them is a typo whose only effect was a new cache key (a refit)
+EVALUATOR_KEYS = {
+    "tiny_clip": {"name": None, "image_size": None, "embed_dim": None, "seed": None, "phenotype_threshold": None,
+                  "phenotype_heads": None, "probe": ("l2", "min_stage", "blur"),
+                  "vision": ("width", "layers", "patch_size", "head_width", "tower"),
+                  "text": ("width", "heads", "layers", "context_length"),
+                  "train": ("steps", "batch_size", "lr", "weight_decay", "warmup", "supervised_weight",
+                            "disease_weight", "class_weight", "shift", "blur_share", "blur_sigma")},
+    "openclip": {"name": None, "model": None, "pretrained": None, "seed": None, "phenotype_threshold": None,
+                 "phenotype_heads": None, "probe": ("l2", "min_stage", "blur")},
+}
+
+
+def check_evaluator_keys(c: dict) -> None:
+    """Refuse an evaluator setting no code reads (`+evaluator.train.class_wieght=0.5`), naming it and the known ones;
+    an unknown evaluator.name is left to the builder's own error."""
+    known = EVALUATOR_KEYS.get(str(c.get("name")))
+    if known is None:
+        return
+    for key, value in c.items():
+        if key not in known:
+            raise EvaluatorConfigError(f"evaluator.{key} is not a setting of evaluator={c['name']}; known: "
+                                       f"{', '.join(known)}")
+        if known[key] is not None and isinstance(value, dict):
+            extra = sorted(set(value) - set(known[key]))
+            if extra:
+                raise EvaluatorConfigError(f"evaluator.{key}.{extra[0]} is not a setting of evaluator={c['name']}; "
+                                           f"known: {', '.join(f'{key}.{k}' for k in known[key])}")
+
+
 def tiny_model_config(cfg) -> dict:
     """The open_clip model config of `evaluator=tiny_clip`."""
     c = plain_config(cfg)
