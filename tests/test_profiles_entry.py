@@ -118,6 +118,21 @@ def test_primekg_without_path_is_a_clear_cli_error(tmp_path):
         "kgface.profiles: error: kg=primekg needs a file: set kg.path=/path/to/kg.csv"
 
 
+def test_kg_files_a_source_does_not_read_are_refused(tmp_path, capsys):
+    """kg.features under kg=rdf / hpo, kg.path under kg=hpo: never read, yet keyed the cache and the resume record."""
+    ttl = tmp_path / "g.ttl"
+    ttl.write_text("")
+    for overrides, message in ((["kg=rdf", f"kg.path={ttl}", f"kg.features={ttl}"],
+                                f"kg.features={ttl} is read by kg=primekg only"),
+                               ([f"kg.features={ttl}"], "is read by kg=primekg only (its disease_features.csv); with "
+                                                        "kg=hpo set kg.features=null"),
+                               ([f"kg.path={ttl}"], f"kg.path={ttl} is not read by kg=hpo; for a graph file use kg=rdf")):
+        with pytest.raises(SystemExit) as info:
+            main(overrides + ["diseases=[ORPHA:870]", f"hydra.run.dir={tmp_path / 'out'}"])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and message in err, err
+
+
 def test_kg_paths_expand_the_home_folder_in_every_job(tmp_path, monkeypatch):
     # kgface.train's preflight expanded ~ in kg.* paths; profiles, describe, dataset and evaluate (all through
     # runtime.load_knowledge) read them as given
