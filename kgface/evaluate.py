@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import entry
+from .config import as_number, entry
 from .data.manifest import ManifestError, read_manifest
 from .errors import UserError
 from .evaluation import evaluate_sets, fit_evaluator, load_evaluator, write_report
@@ -101,6 +101,13 @@ def audit_manifest(cfg: DictConfig, run_dir: Path | None):
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
+    threads = as_number(cfg.get("num_threads") or 0, "num_threads")  # as kgface.train / generate / trial
+    if threads != int(threads) or threads < 0:
+        raise UserError(f"num_threads={cfg.num_threads}: a whole number >= 0 (0 = torch's default)")
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(int(threads))
     if not cfg.get("real") and not cfg.get("generated"):
         raise UserError("nothing to evaluate: give real=MANIFEST and/or generated=MANIFEST")
     if not cfg.get("real") and not cfg.get("run"):

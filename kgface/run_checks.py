@@ -60,8 +60,11 @@ def _check_trainer_numbers(cfg: DictConfig) -> None:
         if t.get(name) is not None or (name in ("warmup_steps", "keep_checkpoints") and name in t):
             _whole_at_least(t.get(name), f"trainer.{name}", 0, what)
     _whole_at_least(cfg.get("num_threads", 0) or 0, "num_threads", 0, "0 = torch's default")
-    if t.get("num_threads") is not None:
-        _whole_at_least(t.get("num_threads"), "trainer.num_threads", 0, "0 = torch's default")
+    if t.get("num_threads") not in (None, 0):  # old runs' config.yaml hold 0
+        # the loop set it process-wide from its first step: data, VAE and evaluator ran at num_threads, training and
+        # everything after it at this, so num_threads=1 no longer repeated a run bit for bit
+        raise UserError(f"trainer.num_threads={t.get('num_threads')!r}: set num_threads= instead (torch's threads "
+                        "for the whole job)")
     _whole_at_least(cfg.get("seed"), "seed", 0)
     rates = {}
     for name in ("lr", "encoder_lr", "adapter_lr"):

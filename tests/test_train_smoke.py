@@ -645,7 +645,7 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
                        ("trainer.checkpoint_every=-1", "trainer.checkpoint_every=-1: a whole number >= 0"),
                        ("trainer.lr=abc", "trainer.lr=abc: not a number"),
                        ("trainer.encoder_lr=-1", "trainer.encoder_lr=-1: a learning rate >= 0"),
-                       ("trainer.num_threads=two", "trainer.num_threads='two': a whole number >= 0"),
+                       ("+trainer.num_threads=2", "trainer.num_threads=2: set num_threads= instead"),
                        ("trainer.ema_decay=1", "trainer.ema_decay=1: a decay in [0, 1)"),
                        ("num_threads=two", "num_threads='two': a whole number >= 0"),
                        ("seed=x", "seed='x': a whole number >= 0"),

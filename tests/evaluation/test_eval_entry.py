@@ -337,6 +337,9 @@ def test_bad_inputs_are_clear_errors(tiny_evaluator, tiny_data, tiny_cfg, tiny_p
     assert len(err) == 1 and "bad_manifest.csv:2: image 'images/missing.png' does not exist" in err[0]
     assert "give real= another manifest" in err[0]  # the override this entry takes, not the data config's key
     assert (tmp_path / "o" / "metrics.json").is_file()  # a refused call leaves the earlier report as it was
+    with pytest.raises(SystemExit) as exc:  # the whole job's threads, as the other entries take them
+        main([f"real={tiny_data / 'manifest.csv'}", "num_threads=-1", f"hydra.run.dir={tmp_path / 'o'}"])
+    assert exc.value.code == 2 and "num_threads=-1: a whole number >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # a typo'd evaluator key: refused, not a refit reading the defaults
         main([f"real={tiny_data / 'manifest.csv'}", "+evaluator.probe.l3=0.1", f"hydra.run.dir={tmp_path / 'o'}"])
     assert exc.value.code == 2 and "evaluator.probe.l3 is not a setting of evaluator=tiny_clip; known: probe.l2, " \
