@@ -395,6 +395,22 @@ def test_disease_faces_unmapped_and_missing_folders(tmp_path):
     _face(2).save(root / "outputs" / "mine.png")  # a photo of its own: a folder to name, as before
     with pytest.raises(ManifestError, match="folder 'outputs' is not a class in the config"):
         class_folder_manifest(root, CLASSES)
+    # hydra.run.dir=built (a class-root subfolder that is an output itself): left out, not "not a class"
+    shutil.move(str(built), str(root / "built"))
+    shutil.rmtree(root / "outputs")
+    assert len(class_folder_manifest(root, CLASSES)) == 10
+
+
+def test_a_class_whose_every_photo_went_to_val_or_test_is_named(tmp_path, caplog):
+    root = make_disease_faces(tmp_path / "faces", per_class=2)
+    with caplog.at_level("WARNING"):
+        df = class_folder_manifest(root, CLASSES, val_fraction=0.4, test_fraction=0.5)
+    assert "train" not in set(df["split"])
+    assert "its 2 identities all went to val / test (val_fraction 0.4, test_fraction 0.5)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        class_folder_manifest(root, CLASSES)
+    assert "went to val / test" not in caplog.text
 
 
 def test_build_disease_faces_converts_every_mode(tmp_path):
@@ -509,6 +525,17 @@ def test_celeba_filters_and_limit(tmp_path):
         celeba_manifest(root, filters=["Eyeglasses"])  # a traceback from dict()
     with pytest.raises(UserError, match="limit must be a positive"):
         celeba_manifest(root, limit=0)
+    with pytest.raises(UserError, match=r"val_fraction must be in \[0, 1\), got 5"):  # with the partition file too
+        celeba_manifest(root, val_fraction=5)
+
+
+def test_celeba_a_limit_short_of_skipped_images_says_so(tmp_path, caplog):
+    root = make_celeba(tmp_path / "celeba")
+    chosen = celeba_manifest(root, limit=4, seed=3)
+    (root / chosen["path"].iloc[0]).unlink()
+    with caplog.at_level("WARNING"):
+        df = celeba_manifest(root, limit=4, seed=3, on_error="skip", skipped=[])
+    assert len(df) == 3 and "CelebA: 3 images kept of the limit=4 chosen" in caplog.text
 
 
 def test_celeba_without_partition_splits_by_identity(tmp_path, caplog):

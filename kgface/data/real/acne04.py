@@ -8,8 +8,9 @@ Layout (either the VOC or the flat "Classification" release):
 
 Each label line is `filename grade lesion_count` (whitespace-separated). Labels: disease = acne vulgaris
 (MONDO:0011438), stage = grade (grade 0 is MILD acne, not healthy), severity = severity_from_count(lesion_count)
-(kgface.data.phantom.acne, the one monotone count <-> severity map), lesion_count as given. Where the count's Hayashi
-grade differs from the labelled grade the row keeps both and is flagged `grade_matches_count=False` (logged, counted).
+(kgface.data.phantom.acne, the one monotone count <-> severity map) where the count's Hayashi grade is the labelled
+grade, else the grade itself (a severity inside the stage's bin; since 2026-12-07), lesion_count as given. Such a
+row keeps both and is flagged `grade_matches_count=False` (logged, counted).
 Split: NNEW_test_k -> test; NNEW_trainval_k -> train, with round(val_fraction n) images moved to val by hashed image
 id. ACNE04 has no person ids: identity = the file stem, so "by identity" splits are per image.
 """

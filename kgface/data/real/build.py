@@ -2,7 +2,8 @@
 
     OUT/images/...png     every usable image, face-cropped to size x size RGB (mirrors the source's relative paths)
     OUT/manifest.csv      the manifest (docs/data.md), validated as it will be read, then renamed in last
-    OUT/skipped.csv       where, path, reason of every skipped row or file (on_error=skip; header only otherwise)
+    OUT/skipped.csv       where, path, reason of every skipped row or file (on_error=skip), and the dropped copies of
+                          one photo saved twice under one label (either mode); header only when none
     OUT/dataset.json      the config, counts by split / disease / stage, conversions and detector misses
 
 Options of the config node other than name, size, on_error, detector and margin are the adapter's keyword arguments.

@@ -23,8 +23,8 @@ import pandas as pd
 
 from ...errors import UserError
 from ..manifest import safe_relpath
-from .common import (BadInput, assign_splits, check_identity_splits, frame, hashed_subset, listed_image,
-                     read_label_text)
+from .common import (BadInput, assign_splits, check_fractions, check_identity_splits, frame, hashed_subset,
+                     listed_image, read_label_text)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def celeba_manifest(root: str | Path, filters: dict | None = None, limit: int | 
                     on_error: str = "raise", skipped: list[dict] | None = None) -> pd.DataFrame:
     """Manifest rows of CelebA as healthy faces; see the module docstring."""
     bad = BadInput(on_error, skipped)
+    check_fractions(val_fraction, test_fraction)  # read only without list_eval_partition.txt; checked either way
     root = Path(root)
     attr_file = _find(root, "list_attr_celeba.txt", ("Anno",))
     if attr_file is None:
@@ -163,5 +164,8 @@ def celeba_manifest(root: str | Path, filters: dict | None = None, limit: int | 
         df["split"] = df["identity"].map(splits)
     else:  # the official partition is by identity; a person in two of its splits would leak
         df = check_identity_splits(df, bad)
+    if limit is not None and len(df) < len(records):  # skipped rows of the chosen subset are not refilled
+        log.warning("CelebA: %d images kept of the limit=%s chosen: the rest were skipped (skipped.csv)", len(df),
+                    limit)
     log.info("CelebA: %d of %d listed images kept (filters %s, limit %s)", len(df), listed, wanted or "none", limit)
     return df

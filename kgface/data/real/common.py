@@ -102,8 +102,12 @@ def _output_mark(dirnames: list[str], filenames: list[str]) -> str | None:
 
 
 def only_outputs(folder: Path) -> bool:
-    """A folder whose every image lies in kgface outputs beneath it (e.g. Hydra's outputs/ after a build run from
-    the photo folder itself)."""
+    """A folder that is a kgface output itself (a build into `ROOT/built`, a train run under the class root), or whose
+    every image lies in kgface outputs beneath it (e.g. Hydra's outputs/ after a build run from the photo folder
+    itself)."""
+    top = next(os.walk(folder, followlinks=True), None)
+    if top is not None and _output_mark(top[1], top[2]):  # list_images reads a folder it is given whatever it holds
+        return True
     marked, seen = False, set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)

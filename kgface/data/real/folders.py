@@ -71,9 +71,13 @@ def _image_rows(root: Path, folder: Path, labels: dict, source: str, class_name:
 
 
 def _split_per_class(df: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> pd.DataFrame:
-    for _, group in df.groupby("class_name", sort=True):
+    for name, group in df.groupby("class_name", sort=True):
         splits = assign_splits(group["identity"], val_fraction, test_fraction, seed)
         df.loc[group.index, "split"] = group["identity"].map(splits)
+        if "train" not in splits.values():  # rounding gave a small class's every identity to val / test
+            log.warning("class '%s': its %d identities all went to val / test (val_fraction %s, test_fraction %s): "
+                        "nothing of it is trained on; add photos or lower the fractions", name,
+                        len(splits), val_fraction, test_fraction)
     return df
 
 
