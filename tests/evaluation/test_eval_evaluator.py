@@ -55,6 +55,15 @@ def test_cached_by_data_and_config_and_round_trip(tiny_evaluator, tiny_cfg, tiny
     finally:
         other.unlink()
     assert "cache_entry" in changed.info and changed.info["cache_entry"] != str(entry)
+    # which diseases the generator holds out (the heldout column) is not what the evaluator learns: the same entry
+    first = sorted(set(df["disease"]) - {"healthy"})[0]
+    other = tiny_data / "manifest_heldout.csv"
+    df.assign(heldout=["true" if d == first else "false" for d in df["disease"]]).to_csv(other, index=False)
+    try:
+        same = fit_evaluator(tiny_cfg.evaluator, other, tiny_profiles, cache, progress=False)
+    finally:
+        other.unlink()
+    assert "cache_entry" not in same.info and cache.used[-1]["path"] == entry
 
 
 def test_new_pixels_under_an_unchanged_manifest_are_a_new_entry(tiny_cfg, tiny_data, tiny_profiles, session_cache_dir,
