@@ -4,7 +4,8 @@ The model (statsmodels least squares; block means weighted by their analysed day
 block minus its first `skip_days` (the run-in: the previous treatment's carry-over and the new one's onset); washout
 days are left out. With `unit: block` (default)
 each analysed block is summarised by its mean outcome and mean study day (the classic summary-measures analysis of
-N-of-1 series: a block mean averages over day-to-day noise whatever its autocorrelation); with `unit: day` the daily
+N-of-1 series: a block mean averages over day-to-day noise, and neighbouring means are near independent once the
+noise's autocorrelation has died out over the skipped days between them: warned otherwise); with `unit: day` the daily
 rows enter as they are. Either way
 
     y = sum_k beta_k [treatment = k] + alpha_patient + gamma * day + e
@@ -258,6 +259,9 @@ def steady_course(table: pd.DataFrame, patients: dict) -> np.ndarray:
     return np.round(np.asarray(values, dtype=float), 4)
 
 
+BLOCK_AR_CORRELATION = 0.1  # noise correlation across the gap between two blocks' analysed days, at most
+
+
 def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[pd.DataFrame, list[str]]:
     """(one row per effect, warnings) of a simulated trial, before any image is drawn.
 
@@ -327,6 +331,14 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
         notes.append(f"trial.severity.noise.ar={s.noise_ar:g} correlates neighbouring days, and the intervals on daily "
                      f"rows (trial.analysis.unit=day, cov={a.cov}) need not hold their nominal level ({measured}); "
                      "use trial.analysis.unit=block")
+    gap = a.skip_days + design.schedule.washout_days + 1  # days between neighbouring blocks' analysed windows
+    if a.unit == "block" and abs(s.noise_ar) ** gap > BLOCK_AR_CORRELATION:
+        # block means are independent only once the noise has forgotten the last block: here neighbouring windows
+        # still share ar^gap of it, and the intervals (independent block means) were not measured under this
+        notes.append(f"trial.severity.noise.ar={s.noise_ar:g} still correlates neighbouring blocks' analysed days "
+                     f"{gap} days apart ({abs(s.noise_ar) ** gap:.2f} > {BLOCK_AR_CORRELATION}): the block means are "
+                     "not independent, and the intervals need not hold their nominal level; raise "
+                     "trial.analysis.skip_days or trial.schedule.washout_days")
     kept = table.loc[table["analysed"] & (table["treatment"] != WASHOUT), "true_severity"]
     at_bounds = float(((kept <= s.low) | (kept >= s.high)).mean()) if len(kept) else 0.0
     if at_bounds > CLIPPED_SHARE:

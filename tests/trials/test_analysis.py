@@ -188,7 +188,11 @@ def test_design_checks_stay_quiet_for_sound_designs_and_name_the_others():
     assert len(notes) == 1 and "cov=cluster) need not hold" in notes[0] and "not measured" in notes[0], notes
     notes = checks(**{"analysis.unit": "day", "severity.noise.ar": -0.3})[1]  # negative AR: said too (was silent)
     assert len(notes) == 1 and "noise.ar=-0.3" in notes[0] and "0.76-0.79" in notes[0], notes
-    assert checks(**{"severity.noise.ar": 0.5})[1] == []
+    assert checks(**{"severity.noise.ar": 0.5})[1] == []  # block means 6 days apart: 0.5^6 = 0.016 of it left
+    # ... but AR 0.9 keeps 0.9^6 = 0.53 of the noise across the skipped days: neighbouring block means correlate
+    notes = checks(**{"severity.noise.ar": 0.9})[1]
+    assert len(notes) == 1 and notes[0].startswith("trial.severity.noise.ar=0.9 still correlates neighbouring "
+                                                   "blocks' analysed days 6 days apart (0.53 > 0.1)"), notes
 
 
 def test_a_cluster_sandwich_over_one_patient_is_refused_not_read_with_other_df():
