@@ -312,3 +312,14 @@ def preflight(cfg: DictConfig) -> None:
         raise UserError(f"data.size={size} but {key}={resolution}: the model trains on data.size images and samples "
                         f"at {key}; set both to the same side (e.g. data.size={resolution})")
 
+    # last, so the checks above keep their own messages: a kg file the source does not read, a phantom key it does
+    # not, or a phantom value it cannot honour failed after the run folder was reset
+    from .kg import check_kg_files
+
+    path = OmegaConf.select(cfg, "kg.path", throw_on_missing=False)
+    check_kg_files(str(cfg.kg.source), None if path in (None, "", "???") else path,
+                   OmegaConf.select(cfg, "kg.features", throw_on_missing=False))
+    if cfg.data.name == "phantom":
+        from .data.build import phantom_config
+
+        phantom_config(container(cfg.data))

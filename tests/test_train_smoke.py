@@ -345,9 +345,16 @@ def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp
     assert training_setup(compose("train", MICRO + ["trainer.steps=9", "trainer.lr=1e-5"]), "kg") == base
     # what each step minimises counts in its own group (checkpoints written before it resume: not compared)
     for override in ("trainer.cfg_drop_tokens=0.2", "trainer.cfg_drop_text=0.1", "trainer.cfg_drop_both=0.1",
-                     "trainer.age_drop=0.3", "trainer.min_snr_gamma=0"):
+                     "trainer.min_snr_gamma=0"):
         other = training_setup(compose("train", MICRO + [override]), "kg")
         assert other["objective"] != base["objective"] and {**other, "objective": 0} == {**base, "objective": 0}
+    # age_drop only where the loop draws it: a KG encoder with age groups
+    aged = MICRO + ["encoder.age_groups=4"]
+    assert training_setup(compose("train", MICRO + ["trainer.age_drop=0.3"]), "kg") == base
+    assert training_setup(compose("train", aged + ["trainer.age_drop=0.3"]), "kg")["objective"] != \
+        training_setup(compose("train", aged), "kg")["objective"]
+    assert training_setup(compose("train", aged + ["trainer.age_drop=0.3"]), "text")["objective"] == \
+        training_setup(compose("train", aged), "text")["objective"]
     assert training_setup(compose("train", MICRO + ["trainer.observed_phenotypes=true"]), "class") == \
         training_setup(compose("train", MICRO), "class")
     # text prompts' sentences count by what they say (recorded once the run has them), not by the LLM's settings

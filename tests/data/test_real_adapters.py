@@ -761,6 +761,14 @@ def test_the_built_heldout_column_is_data_heldouts(tmp_path):
         with pytest.raises(UserError, match=what):
             build_real_dataset(_data_cfg("manifest", path=str(tmp_path / "plain.csv"), heldout=heldout),
                                tmp_path / "e", size=SIZE)
+    # ... also on what was built: with ORPHA:870's photos unreadable (skipped), nothing is left to train on
+    for i in (0, 1):
+        (tmp_path / "img" / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"data.heldout=\['ORPHA:648'\]: name diseases of the data after the skipped "
+                                        r"images \(ORPHA:648\)"):
+        build_real_dataset(_data_cfg("manifest", path=str(tmp_path / "plain.csv"), heldout=["ORPHA:648"],
+                                     on_error="skip"), tmp_path / "f", size=SIZE)
+    assert not (tmp_path / "f" / "manifest.csv").exists()
 
 
 def test_user_manifest_rows_without_identity_are_named_in_a_warning(tmp_path, caplog):

@@ -104,14 +104,18 @@ def _output_name(rel: str, used: set[str]) -> str:
     return name
 
 
+def _check_heldout(heldout: set[str], present: set[str], when: str = "") -> None:
+    if heldout and (not heldout <= present or heldout == present):
+        raise UserError(f"data.heldout={sorted(heldout)}: name diseases of the data{when} "
+                        f"({', '.join(sorted(present))}), not healthy, and leave at least one for the generator to "
+                        "train on")
+
+
 def _mark_heldout(df: pd.DataFrame, heldout: set[str], opts: dict) -> pd.DataFrame:
     """The built manifest's `heldout` column says what data.heldout says (evaluation reads the column, training reads
     data.heldout): a source manifest that holds out other diseases (a phantom manifest imported with data=manifest)
     is refused, as is a data.heldout naming no disease of the data or every one of them."""
-    present = set(df["disease"]) - {"healthy"}
-    if heldout and (not heldout <= present or heldout == present):
-        raise UserError(f"data.heldout={sorted(heldout)}: name diseases of the data ({', '.join(sorted(present))}), "
-                        "not healthy, and leave at least one for the generator to train on")
+    _check_heldout(heldout, set(df["disease"]) - {"healthy"})
     if "heldout" in df.columns:
         marked = set(df.loc[df["heldout"].astype(str).str.strip().str.lower() == "true", "disease"])
         if marked != heldout:
@@ -227,6 +231,9 @@ def _build_into(staging: Path, out_dir: Path, opts: dict, df: pd.DataFrame, bad:
     except ManifestError as exc:  # named as the file it would become, not the staged one
         raise ManifestError(f"the built manifest does not validate: {str(exc).replace(str(tmp), str(manifest))}"
                             ) from None
+    # data.heldout once more on what was built: skipped photos can leave a held-out disease, or every other one, empty
+    _check_heldout(set(disease_list(opts.get("heldout"), "data.heldout", allow_empty=True) or []),
+                   set(final["disease"]) - {"healthy"}, " after the skipped images")
     summary = {
         "config": opts, "size": size, "detector": detector_name, "listed": n_listed, "rows": len(final),
         "skipped": len(skipped), "converted_to_rgb": converted, "faces_not_found": int(no_face),

@@ -119,7 +119,7 @@ def class_folder_manifest(root: str | Path, classes: dict, stages: dict | None =
     for folder in folders:
         key = by_norm.get(_norm(folder.name))
         if key is None and only_outputs(folder):  # Hydra's outputs/ under a class root built from: no class
-            log.warning("%s: left out, it holds kgface outputs and no photos of its own", folder)
+            log.warning("%s: left out, a kgface output (or holding only kgface outputs), not photos", folder)
             continue
         if key is None:
             bad(str(folder), folder.name, f"folder '{folder.name}' is not a class in the config "
