@@ -331,7 +331,8 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
         notes.append(f"trial.severity.noise.ar={s.noise_ar:g} correlates neighbouring days, and the intervals on daily "
                      f"rows (trial.analysis.unit=day, cov={a.cov}) need not hold their nominal level ({measured}); "
                      "use trial.analysis.unit=block")
-    gap = a.skip_days + design.schedule.washout_days + 1  # days between neighbouring blocks' analysed windows
+    # days between neighbouring blocks' analysed windows: no washout follows the baseline, so it is the nearest pair
+    gap = a.skip_days + 1 + (0 if design.schedule.baseline_days > 0 else design.schedule.washout_days)
     if a.unit == "block" and abs(s.noise_ar) ** gap > BLOCK_AR_CORRELATION:
         # block means are independent only once the noise has forgotten the last block: here neighbouring windows
         # still share ar^gap of it, and the intervals (independent block means) were not measured under this

@@ -136,7 +136,7 @@ def test_design_sections_that_are_not_mappings_are_refused_in_one_line():
 
     for key in ("analysis", "schedule", "severity"):
         with pytest.raises(UserError, match=rf"^trial.{key} must be a mapping of its settings"):
-            design_from_config({"patients": 2, key: ["x"]})
+            design_from_config({"disease": "MONDO:0011438", "patients": 2, key: ["x"]})
 
 
 def test_lesion_readings_beyond_the_curve_are_extrapolated_not_clipped():
