@@ -1,8 +1,9 @@
 """Profiles learned from samples: each visible phenotype's empirical frequency in a disease, from real images of the
 disease (positives) against healthy ones (negatives), read off by the evaluator's per-phenotype heads.
 
-For a disease d and phenotype h, with r_d = detection rate of h among d's images at full stage (stage 3; every image
-counts once, so a person photographed twice at stage 3 counts twice), r_0 = its rate among healthy images (false
+For a disease d and phenotype h, with r_d = detection rate of h among d's images at full stage (stage 3) or ungraded
+(stage_known false, whatever their placeholder stage: a photo set's own mix of severities; every image counts once,
+so a person photographed twice counts twice), r_0 = its rate among healthy images (false
 positives) and tpr = the head's hit rate on labelled images that show h at full stage, the estimate is
 f = clip((r_d - r_0) / (tpr - r_0), 0, 1) (the Rogan-Gladen correction).
 tpr and r_0 are measured on the scored table itself (its labelled stage-3 images, its healthy images), or taken for
@@ -125,6 +126,10 @@ def perturbation_check(evaluator: Evaluator, table: pd.DataFrame, perturbed: lis
     measured on the original panel (`rates`, so no label of the perturbed images is used); compare them with the
     perturbed truth and with the original KG frequencies (recovery means: closer to the former)."""
     learned = learn_profiles(evaluator, table, perturbed, rates=rates)
+    kg_of = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes} for p in original}
+    for d, entry in learned.items():  # learn_profiles wrote the perturbed truth there; the field names the KG's
+        for e in entry["phenotypes"]:
+            e["perturbed_frequency"], e["kg_frequency"] = e["kg_frequency"], kg_of.get(d, {}).get(e["hpo_id"])
     truth = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes} for p in perturbed}
     kg = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes if x.frequency is not None} for p in original}
     # both MAEs over the same pairs: a KG phenotype without a frequency has a perturbed one but no KG one

@@ -182,7 +182,8 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         if frame is not None and not len(frame):  # a manifest file without rows is read_manifest's error already
             raise EvaluatorInputError(f"the {set_name(frame, what)} is empty: give it rows (images) to score")
         if frame is not None and "heldout" in frame:
-            heldout |= set(frame.loc[frame["heldout"].astype(str).str.lower() == "true", "disease"])
+            # as read_manifest reads the cell (" TRUE" is true there): a stricter reading counted it seen here
+            heldout |= set(frame.loc[frame["heldout"].astype(str).str.strip().str.lower() == "true", "disease"])
     if gen is not None:  # before any image, real or generated, is read and encoded
         check_generated(evaluator.classes, gen, profiles)
     test = None
@@ -436,8 +437,8 @@ def _manifest_name(source) -> str:
 
 def _transform_metrics(evaluator, t, s_gen: ScoredSet, transform, req_d, root: str | None, face_identity) -> dict:
     # one source face edited towards several diseases (or with several seeds) is not so many independent faces
-    source = t["source_image"][transform].astype(str) if "source_image" in t else None
-    groups = source if source is not None and (source.str.strip() != "").all() else None
+    # a row without its source is a face of its own (group_index reads a blank so), not all rows independent
+    groups = t["source_image"][transform].astype(str).str.strip() if "source_image" in t else None
     out = {"n": int(transform.sum()),
            "target_top1": M.accuracy(req_d[transform], t["pred_disease"][transform]),
            "target_top1_ci95": CI.accuracy_interval(req_d[transform], t["pred_disease"][transform], groups)}

@@ -102,7 +102,20 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     per = g["frequency_mae_per_disease"]
     assert "ORPHA:963" in per and g["frequency_mae_seen"] == pytest.approx(
         np.mean([v for d, v in per.items() if d != "ORPHA:963"]), abs=1e-4)
-    assert 0.0 <= g["profile_match_f1_seen"] <= 1.0
+    # ... profile match too: the pooled key of a generated set without the held-out requests
+    gen_df = pd.read_csv(gen, dtype=str, keep_default_na=False)
+    seen_only = gen.parent / "seen_only.csv"
+    gen_df[gen_df["requested_disease"] != "ORPHA:963"].to_csv(seen_only, index=False)
+    # (the real set's heldout cells written " TRUE": read_manifest reads them true, and so must the split)
+    padded = read_manifest(tiny_data / "manifest.csv")[0]
+    assert (padded["heldout"].astype(str).str.lower() == "true").any()
+    padded["heldout"] = padded["heldout"].astype(str).str.replace("true", " TRUE", case=False)
+    both = evaluate_sets(tiny_evaluator, padded, seen_only, tiny_profiles)
+    alone = both["generation"]
+    assert both["evaluator"]["real_top1_heldout"] == pytest.approx(m["evaluator"]["real_top1_heldout"], abs=1e-6)
+    assert "profile_match_f1_seen" not in alone  # no held-out request there: the pooled key is the seen one
+    assert g["profile_match_f1_seen"] == pytest.approx(alone["profile_match_f1"], abs=1e-4)
+    assert g["profile_match_f1_seen"] != pytest.approx(g["profile_match_f1"], abs=1e-6)
     from kgface.evaluation.metrics import macro_f1, topk_accuracy
 
     kept = head & ~held

@@ -50,6 +50,13 @@ def test_perturbed_panel_is_learned_back(tiny_evaluator, tiny_data, tiny_profile
                   for d in table["disease"]]
     blind = perturbation_check(ev, table.assign(detected=everything), perturbed, diseases, perfect)
     assert blind["detection"]["rate_where_drawn"] == blind["detection"]["rate_where_absent"] == 1.0
+    # its entries name the KG's frequency as kg_frequency and the perturbed truth beside it (the field held the latter)
+    kg_of = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes} for p in diseases}
+    truth_of = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes} for p in perturbed}
+    entries = [(d, e) for d, entry in check["learned"].items() for e in entry["phenotypes"]]
+    assert entries and all(e["kg_frequency"] == kg_of[d][e["hpo_id"]] and
+                           e["perturbed_frequency"] == truth_of[d][e["hpo_id"]] for d, e in entries)
+    assert any(e["kg_frequency"] != e["perturbed_frequency"] for _, e in entries)
     write_learned(check["learned"], tmp_path)
     assert (tmp_path / "learned_profiles.png").is_file()
     saved = json.loads((tmp_path / "learned_profiles.json").read_text())
