@@ -40,7 +40,7 @@ def test_embeddings_shape_norm_and_meaning(text_model):
     assert emb[0] @ emb[1] > emb[0] @ emb[2]  # related wording sits closer
 
 
-def test_cache_hit_skips_the_model_and_a_changed_text_misses(counted, tmp_path):
+def test_cache_hit_skips_the_model_and_a_changed_text_misses(counted, tmp_path, monkeypatch):
     model, seen = counted
     cache = Cache(tmp_path)
     texts = ["Epicanthus: a fold of skin over the inner eye corner", "Flat face"]
@@ -48,7 +48,14 @@ def test_cache_hit_skips_the_model_and_a_changed_text_misses(counted, tmp_path):
     assert len(seen) == 1
     second = embed_texts(texts, model, cache)
     assert len(seen) == 1 and torch.equal(first, second)
-    by_path = embed_texts(texts, default_text_model_path(), cache)  # a path is never loaded on a hit
+    import kgface.encoders.text as text_module
+
+    def no_load(*args, **kwargs):  # the process-wide model cache would hand back the loaded one unseen
+        raise AssertionError("a text model was loaded on a cache hit")
+
+    with monkeypatch.context() as m:
+        m.setattr(text_module, "load_text_model", no_load)
+        by_path = embed_texts(texts, default_text_model_path(), cache)  # a path is never loaded on a hit
     assert len(seen) == 1 and torch.equal(first, by_path)
     changed = embed_texts([texts[0], "Round face"], model, cache)
     assert len(seen) == 2

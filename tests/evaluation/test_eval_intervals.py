@@ -206,8 +206,11 @@ def test_an_accuracy_interval_by_face_counts_faces_not_images():
     lopsided = np.r_[np.ones(20, bool), np.arange(20) < 10]
     assert 1600 / 420 < effective_count(lopsided, sizes) < 21
     assert effective_count([True, False, True], ["s0"] * 3) == 1
-    assert accuracy_interval(["a"] * 3, ["a", "b", "a"], groups=["s0"] * 3) == pytest.approx(
-        [0.0, 1.0], abs=0.25)  # one row's worth: nearly the whole range
+    from kgface.evaluation.intervals import _wilson
+
+    one_face = accuracy_interval(["a"] * 3, ["a", "b", "a"], groups=["s0"] * 3)
+    assert one_face == pytest.approx(_wilson(2 / 3, 1))  # one row's worth: nearly the whole range
+    assert one_face[0] < 0.15 < wilson_interval(2, 3)[0]  # three independent rows' interval starts at 0.21
     with pytest.raises(ValueError, match="3 group labels for 40 rows"):
         accuracy_interval(y, alike, groups=[0, 1, 2])
 
