@@ -56,6 +56,8 @@ def main(argv=None):
     if backbone.kind == "sdxl":  # its UNet also reads pooled text and time ids, which this sampler does not pass
         raise SystemExit(f"{run}: composed guidance draws tiny and sd15 runs, not sdxl")
     gen = Generator(backbone, cond, guidance=float(cfg.model.sample.guidance), steps=int(cfg.model.sample.steps))
+    if min(args.stages) < 2:  # top-1 is read on stages 2-3, as heldout_draws.py counts it (stage 0 looks healthy)
+        raise SystemExit(f"--stages {args.stages}: held-out top-1 is read on stages 2-3; give stages >= 2")
     held = heldout_of(run)
     chosen = [p for p in profiles if p.disease_id in held]
     reqs = [Request(p, s, args.seed_offset + k) for p in chosen for s in args.stages for k in range(args.seeds)]

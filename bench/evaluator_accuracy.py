@@ -50,6 +50,12 @@ def main(argv=None):
     from kgface.runtime import make_cache
 
     cfg = compose("train", ["progress=false", *args.overrides])
+    if cfg.data.name != "phantom":  # the faces come from phantom_dataset: another data= was read as phantom keys
+        raise SystemExit(f"data={cfg.data.name}: this script reads phantom data only (data=phantom, data.*)")
+    from kgface.config import container
+    from kgface.evaluation.clip_model import check_evaluator_keys
+
+    check_evaluator_keys(container(cfg.evaluator))  # a typo'd key would refit a CLIP that reads the defaults
     if int(cfg.get("num_threads") or 0) > 0:  # num_threads=1: the one-thread timings docs/evaluation.md quotes
         import torch
 
@@ -164,7 +170,7 @@ def footprint_report(cfg, iso: dict[str, float], names: dict[str, str], png: Pat
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.stem + ".tmp.png")
+    tmp = png.with_name(png.stem + ".tmp" + png.suffix)  # savefig picks the format from the suffix
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(png)

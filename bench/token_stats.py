@@ -48,6 +48,8 @@ def main(argv=None):
     if t.get("observed_phenotypes") or float(t.get("atlas_share") or 0) > 0 or getattr(encoder, "age_groups", 0):
         raise SystemExit(f"{run}: trained on observed phenotype sets, atlas faces or with ages, whose inputs this "
                          "script does not rebuild")
+    if not (run / "data.json").is_file():  # a baselines generator folder: its data.json, evaluator, profiles are OUT's
+        raise SystemExit(f"{run}: no data.json (a baselines generator folder?); give a train run folder")
     data = json.loads((run / "data.json").read_text())
     # the rows the trainer drew from, conditioned as it conditioned them (an ungraded row at the unknown stage)
     df = train_rows(Path(data["manifest"]), cond.profiles, set(data.get("heldout") or []))

@@ -41,6 +41,12 @@ def main(argv=None):
     from kgface.runtime import make_cache
 
     cfg = compose("train", ["progress=false", *args.overrides])
+    if cfg.data.name != "phantom":  # the faces come from phantom_dataset: another data= was read as phantom keys
+        raise SystemExit(f"data={cfg.data.name}: this script reads phantom data only (data=phantom, data.*)")
+    from kgface.config import container
+    from kgface.evaluation.clip_model import check_evaluator_keys
+
+    check_evaluator_keys(container(cfg.evaluator))  # a typo'd key would refit a CLIP that reads the defaults
     if int(cfg.get("num_threads") or 0) > 0:   # as train.py: one thread per job when two share the cores
         import torch
 
