@@ -255,7 +255,8 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
     read = REGIME_KEYS if mode != "class" else ("mark_weight",)  # class tokens train without the atlas or sets
     setup["trainer"] = stable_hash({k: trainer.get(k) for k in read})
     # age_drop draws only for a KG encoder with age groups; elsewhere it changes nothing and is left out
-    ages = mode in KG_MODES and int(encoder_cfg.get("age_groups") or 0) > 0  # as the loop's conditioner.uses_kg
+    # as the loop's conditioner.uses_kg: the kg_shuffled control trains as kg on shuffled profiles, ages included
+    ages = (mode in KG_MODES or mode == CONTROL) and int(encoder_cfg.get("age_groups") or 0) > 0
     setup["objective"] = stable_hash({k: trainer.get(k) for k in OBJECTIVE_KEYS if k != "age_drop" or ages})
     return setup
 

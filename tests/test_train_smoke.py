@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kgface.config import compose
+from kgface.kg import KGError
 
 MICRO = ["model.tiny.image_size=32", "model.tiny.vae_block_out_channels=[16,32]",
          "model.tiny.unet_block_out_channels=[32,64]", "model.tiny.unet_heads=[2,2]",
@@ -355,6 +356,8 @@ def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp
         training_setup(compose("train", aged), "kg")["objective"]
     assert training_setup(compose("train", aged + ["trainer.age_drop=0.3"]), "text")["objective"] == \
         training_setup(compose("train", aged), "text")["objective"]
+    assert training_setup(compose("train", aged + ["trainer.age_drop=0.3"]), "kg_shuffled")["objective"] != \
+        training_setup(compose("train", aged), "kg_shuffled")["objective"]  # the control trains as kg, with ages
     assert training_setup(compose("train", MICRO + ["trainer.observed_phenotypes=true"]), "class") == \
         training_setup(compose("train", MICRO), "class")
     # text prompts' sentences count by what they say (recorded once the run has them), not by the LLM's settings
@@ -701,6 +704,13 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
     with pytest.raises(UserError, match=r"^evaluator.train is not a setting of evaluator=openclip"):
         preflight(compose("train", MICRO + ["evaluator=openclip", "+evaluator.train.steps=5"]))
     preflight(compose("train", MICRO + ["+evaluator.train.class_weight=0.5"]))  # documented, not in the file
+    # refused here, before a rerun resets the run folder (they came from the data and KG builders, after it)
+    for override, words in (("+data.per_clas=10", "data=phantom: unknown settings ['data.per_clas']"),
+                            ("data.seed=-1", "data.seed must be an integer >= 0, got -1"),
+                            ("kg.path=/x.ttl", "kg.path=/x.ttl is not read by kg=hpo"),
+                            ("kg.features=/f.csv", "kg.features=/f.csv is read by kg=primekg only")):
+        with pytest.raises((UserError, KGError), match="^" + re.escape(words)):
+            preflight(compose("train", MICRO + [override]))
     preflight(compose("train", ["experiment=benchmark"]))  # every shipped config holds known keys only
     with pytest.raises(UserError, match=r"zero_terminal_snr=true needs model.schedule.prediction_type=v_prediction"):
         preflight(compose("train", MICRO + ["model.schedule.zero_terminal_snr=true"]))

@@ -331,15 +331,16 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
         notes.append(f"trial.severity.noise.ar={s.noise_ar:g} correlates neighbouring days, and the intervals on daily "
                      f"rows (trial.analysis.unit=day, cov={a.cov}) need not hold their nominal level ({measured}); "
                      "use trial.analysis.unit=block")
-    # days between neighbouring blocks' analysed windows: no washout follows the baseline, so it is the nearest pair
-    gap = a.skip_days + 1 + (0 if design.schedule.baseline_days > 0 else design.schedule.washout_days)
+    # days between neighbouring blocks' analysed windows: no washout follows the baseline (every design has one,
+    # longer than skip_days), so the baseline and the first block are the nearest pair whatever the washout
+    gap = a.skip_days + 1
     if a.unit == "block" and abs(s.noise_ar) ** gap > BLOCK_AR_CORRELATION:
         # block means are independent only once the noise has forgotten the last block: here neighbouring windows
         # still share ar^gap of it, and the intervals (independent block means) were not measured under this
         notes.append(f"trial.severity.noise.ar={s.noise_ar:g} still correlates neighbouring blocks' analysed days "
                      f"{gap} days apart ({abs(s.noise_ar) ** gap:.2f} > {BLOCK_AR_CORRELATION}): the block means are "
                      "not independent, and the intervals need not hold their nominal level; raise "
-                     "trial.analysis.skip_days or trial.schedule.washout_days")
+                     "trial.analysis.skip_days")
     kept = table.loc[table["analysed"] & (table["treatment"] != WASHOUT), "true_severity"]
     at_bounds = float(((kept <= s.low) | (kept >= s.high)).mean()) if len(kept) else 0.0
     if at_bounds > CLIPPED_SHARE:

@@ -195,7 +195,8 @@ def test_design_checks_stay_quiet_for_sound_designs_and_name_the_others():
                                                    "blocks' analysed days 6 days apart (0.53 > 0.1)"), notes
     # a washout lengthens the gap between treatment blocks, not the one after the baseline (none follows it)
     notes = checks(**{"severity.noise.ar": 0.7, "schedule.washout_days": 3})[1]
-    assert len(notes) == 1 and "6 days apart (0.12 > 0.1)" in notes[0], notes
+    assert len(notes) == 1 and "6 days apart (0.12 > 0.1)" in notes[0] and notes[0].endswith("raise "
+                                                                                           "trial.analysis.skip_days")
 
 
 def test_a_cluster_sandwich_over_one_patient_is_refused_not_read_with_other_df():
