@@ -26,6 +26,13 @@ def check_run_kg(cfg: DictConfig, run_cfg: DictConfig) -> None:
     if run_cfg.kg.source != cfg.kg.source:
         raise UserError(f"kg={cfg.kg.source} but run={cfg.run} was trained with kg={run_cfg.kg.source}; "
                         f"set kg={run_cfg.kg.source}")
+    from omegaconf import OmegaConf
+
+    from .kg import check_kg_files  # a file this source does not read: refused here too (the KG loads lazily)
+
+    path = OmegaConf.select(cfg, "kg.path", throw_on_missing=False)
+    check_kg_files(str(cfg.kg.source), None if path in (None, "", "???") else path,
+                   OmegaConf.select(cfg, "kg.features", throw_on_missing=False))
 
     def where(c, key):
         value = c.kg.get(key)

@@ -288,6 +288,9 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
                                     ("spacing=middle", "spacing"), ("num_threads=abc", "num_threads"),
                                     ("stages=[abc]", "stages"), ("adapter_scale=x", "adapter_scale")]):
         assert fails(capsys, micro_run, tmp_path / f"n{k}", arg).startswith(f"kgface.generate: error: {key}=")
+    # a kg file the run's source does not read: refused, though the KG loads only for a disease the run lacks
+    assert fails(capsys, micro_run, tmp_path / "kgf", "kg.features=/x.csv").startswith(
+        "kgface.generate: error: kg.features=/x.csv is read by kg=primekg only")
     for k, (arg, key) in enumerate([("spacing=middle", "spacing"), ("guidance=x", "guidance"), ("steps=1.5", "steps"),
                                     ("eta=-1", "eta")]):
         # checked before the run loads: the run without a model would fail on that instead
