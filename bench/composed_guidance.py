@@ -35,6 +35,10 @@ def main(argv=None):
     ap.add_argument("--weight", choices=["each", "split"], default="each")
     ap.add_argument("--seed-offset", type=int, default=20000)
     args = ap.parse_args(argv)
+    from kgface.prompts.wording import stage_of
+
+    if min(stage_of(s) for s in args.stages) < 2:  # top-1 on stages 2-3, as heldout_draws.py counts it
+        raise SystemExit(f"--stages {args.stages}: held-out top-1 is read on stages 2-3; give severities of stage >= 2")
 
     import numpy as np
     import torch
@@ -56,8 +60,6 @@ def main(argv=None):
     if backbone.kind == "sdxl":  # its UNet also reads pooled text and time ids, which this sampler does not pass
         raise SystemExit(f"{run}: composed guidance draws tiny and sd15 runs, not sdxl")
     gen = Generator(backbone, cond, guidance=float(cfg.model.sample.guidance), steps=int(cfg.model.sample.steps))
-    if min(args.stages) < 2:  # top-1 is read on stages 2-3, as heldout_draws.py counts it (stage 0 looks healthy)
-        raise SystemExit(f"--stages {args.stages}: held-out top-1 is read on stages 2-3; give stages >= 2")
     held = heldout_of(run)
     chosen = [p for p in profiles if p.disease_id in held]
     reqs = [Request(p, s, args.seed_offset + k) for p in chosen for s in args.stages for k in range(args.seeds)]

@@ -170,8 +170,8 @@ def footprint_report(cfg, iso: dict[str, float], names: dict[str, str], png: Pat
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.stem + ".tmp" + png.suffix)  # savefig picks the format from the suffix
-    fig.savefig(tmp)
+    tmp = png.with_name(png.stem + ".tmp" + png.suffix)
+    fig.savefig(tmp, format=png.suffix[1:] or "png")  # the name's format (no suffix: png), not the temp name's
     plt.close(fig)
     tmp.replace(png)
     print(f"wrote {png}")

@@ -39,6 +39,20 @@ def test_transformations_of_one_face_count_as_one_face(tiny_evaluator, tiny_data
     low, high = m["transform"]["target_top1_ci95"]
     wide = wilson_interval(hits, n)
     assert high - low > wide[1] - wide[0]  # one face: wider than four independent ones
+    # an edit whose source is not named is a face of its own: the others still count as one face (one blank row
+    # made every row an independent image)
+    shutil.copy(gen.parent / edit["path"], gen.parent / "t009.png")
+    df.loc[len(df)] = {**edit, "path": "t009.png", "source_image": "", "requested_disease": targets[0]}
+    write_manifest(df.to_dict("records"), gen)
+    m, scored = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, tiny_profiles, return_scored=True)
+    t = scored["generated"].table
+    edits = (t["mode"] == "transform").to_numpy()
+    right = (t["pred_disease"] == t["requested_disease"]).to_numpy()[edits].astype(int)
+    faces = t["source_image"].astype(str).to_numpy()[edits]
+    assert sorted(set(faces)) == ["", edit["source_image"]] and len(faces) == n + 1
+    assert m["transform"]["target_top1_ci95"] == pytest.approx(
+        accuracy_interval(right, [1] * len(right), groups=faces), abs=1e-4)
+    assert m["transform"]["target_top1_ci95"] != pytest.approx(wilson_interval(right.sum(), len(right)), abs=1e-3)
 
 
 def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles, tmp_path, tiny_cfg):
