@@ -187,9 +187,11 @@ def identity_pairs(features: np.ndarray, identities: Sequence[str], max_pairs: i
     """(feature cosine, same identity?) of every same-identity pair and a random sample of `max_pairs`
     different-identity ones (`seed`); empty arrays when either kind is missing."""
     f = unit_rows(np.asarray(features, float))
-    ids = np.asarray([str(i) for i in identities])
-    iu, ju = np.triu_indices(len(ids), 1)
-    same = ids[iu] == ids[ju]
+    # identities as integer codes: the pair arrays of a 20k-face photo test split hold 2e8 pairs, whose strings
+    # (ids[iu], ids[ju]) took ~20 GB; the codes, a tenth of it (the same pairs, the same sample)
+    codes = np.unique(np.asarray([str(i) for i in identities]), return_inverse=True)[1].reshape(-1).astype(np.int32)
+    iu, ju = np.triu_indices(len(codes), 1)
+    same = codes[iu] == codes[ju]
     if same.sum() == 0 or (~same).sum() == 0:
         return np.zeros(0), np.zeros(0, bool)
     rng = np.random.default_rng(seed)
@@ -237,11 +239,25 @@ def nearest_cosine(query: np.ndarray, reference: np.ndarray, exclude_self: bool 
     r = np.asarray(reference, float)
     q = unit_rows(q)
     r = unit_rows(r)
+    if len(q) * len(r) > NEAREST_BLOCK:  # 20k test x 160k train faces: a 25 GB matrix at once; in row blocks
+        rows = max(1, NEAREST_BLOCK // max(1, len(r)))
+        best, idx = np.empty(len(q)), np.empty(len(q), int)
+        for s in range(0, len(q), rows):
+            sim = q[s:s + rows] @ r.T
+            if exclude_self:
+                k = np.arange(s, min(s + rows, len(q), len(r)))  # as fill_diagonal: the square part
+                sim[k - s, k] = -np.inf
+            idx[s:s + rows] = sim.argmax(1)
+            best[s:s + rows] = sim[np.arange(len(sim)), idx[s:s + rows]]
+        return best, idx
     sim = q @ r.T
     if exclude_self:
         np.fill_diagonal(sim, -np.inf)
     idx = sim.argmax(1)
     return sim[np.arange(len(q)), idx], idx
+
+
+NEAREST_BLOCK = 1 << 26  # similarities held at once (512 MB of float64); smaller sets take the one-matrix path
 
 
 # a held-out real image this close to a training image (feature cosine) is a copy of it, not a fresh image

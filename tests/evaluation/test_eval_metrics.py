@@ -320,3 +320,27 @@ def test_temperature_on_separable_validation_rows_stays_finite_and_in_range():
     assert T_MIN <= t < 0.5 < T_MAX
     p = probe.proba(x)
     assert np.isfinite(p).all() and np.allclose(p.sum(1), 1.0) and (p.argmax(1) == y).all()
+
+
+def test_large_sets_take_the_same_pairs_and_neighbours_in_less_memory(monkeypatch):
+    """identity_pairs compares identity codes, not strings (a 20k-face split's 2e8 pairs took ~20 GB), and
+    nearest_cosine works in row blocks past NEAREST_BLOCK similarities: the same answers as before."""
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(60, 8))
+    ids = [f"person{i % 17}" for i in range(60)]
+    cos, same = M.identity_pairs(feats, ids, max_pairs=200, seed=3)
+    # the former computation, on the strings
+    f = M.unit_rows(feats)
+    names = np.asarray(ids)
+    iu, ju = np.triu_indices(60, 1)
+    was_same = names[iu] == names[ju]
+    diff = np.random.default_rng(3).choice(np.flatnonzero(~was_same), 200, replace=False)
+    pick = np.concatenate([np.flatnonzero(was_same), diff])
+    assert np.array_equal(same, was_same[pick]) and np.allclose(cos, np.sum(f[iu[pick]] * f[ju[pick]], 1))
+    ref = rng.normal(size=(45, 8))
+    whole = M.nearest_cosine(feats, ref), M.nearest_cosine(feats, feats, exclude_self=True)
+    monkeypatch.setattr(M, "NEAREST_BLOCK", 7 * 45)  # blocks of 7 rows
+    blocked = M.nearest_cosine(feats, ref), M.nearest_cosine(feats, feats, exclude_self=True)
+    for (a_best, a_idx), (b_best, b_idx) in zip(whole, blocked):
+        assert np.array_equal(a_idx, b_idx) and np.allclose(a_best, b_best, atol=1e-12)
+    assert (blocked[1][1] != np.arange(60)).all()  # itself excluded in every block
