@@ -151,8 +151,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         evaluator = fit_evaluator(cfg.evaluator, cfg.real, profiles, cache, progress=bool(cfg.get("progress", True)))
     # photo manifests carry no heldout column: the run's data.json says which were held out
     heldout, atlas = (heldout_of(run_dir), trained_atlas(run_dir)) if run_dir is not None else (None, None)
+    # with run=, held out means what its generator never trained on (data.json), not another set's column
     metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True, face_identity=face_identity,
-                                    heldout=heldout, audit_extra=atlas, audit_train=trained)
+                                    heldout=heldout, audit_extra=atlas, audit_train=trained,
+                                    heldout_columns=run_dir is None)
     # fitted and scored (a call refused on its inputs, the fit's own checks included, leaves an earlier report
     # whole): from the first file written into OUT until this one's metrics.json (last), no finished report is there
     (out_dir / "metrics.json").unlink(missing_ok=True)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ from .inputs import (HEALTHY, EvaluatorInputError, as_frame, check_real, labelle
 from .face_identity import pair_distances
 from .validity import (HEADLINE_STAGES, check_test_labels, generated_headline_rows, headline_rows, identities,
                        instrument_validity, real_test_rows, transform_rows)
+
+log = logging.getLogger(__name__)
+
 
 def _filled(table: pd.DataFrame, column: str, fallback: str) -> pd.Series:
     """`column` where a row fills it, else that row's `fallback`, row by row (one empty cell must not re-label the
@@ -151,7 +155,7 @@ def kg_frequencies(profiles: dict[str, FacialProfile], vocab, diseases) -> dict[
 
 def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profiles=None, roundtrip=None,
                   return_scored: bool = False, heldout: set[str] | None = None, audit_extra=None,
-                  face_identity=None, identity_pairs: bool = True, audit_train=None):
+                  face_identity=None, identity_pairs: bool = True, audit_train=None, heldout_columns: bool = True):
     """metrics.json's content for a real set and/or a generated set (only what the inputs allow).
 
     real_df / generated_df: manifest paths or DataFrames. Generated rows are judged against their request
@@ -167,6 +171,9 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
     real_df's train and test splits.
     face_identity: a second identity instrument (`load_face_identity`, dlib) for real pairs and transformations;
     identity_pairs=False: for transformations only (the train job's later conditionings drop the real set's numbers).
+    heldout_columns=False: `heldout` alone names the held-out diseases (kgface.evaluate run=RUN: what RUN's generator
+    never trained on, its data.json; another set's column is about another generator); a column that disagrees is
+    named in a warning.
     """
     if real_df is None and generated_df is None:
         raise EvaluatorInputError("nothing to evaluate: give real= and/or generated=")
@@ -183,7 +190,13 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             raise EvaluatorInputError(f"the {set_name(frame, what)} is empty: give it rows (images) to score")
         if frame is not None and "heldout" in frame:
             # as read_manifest reads the cell (" TRUE" is true there): a stricter reading counted it seen here
-            heldout |= set(frame.loc[frame["heldout"].astype(str).str.strip().str.lower() == "true", "disease"])
+            marked = set(frame.loc[frame["heldout"].astype(str).str.strip().str.lower() == "true", "disease"])
+            if heldout_columns:
+                heldout |= marked
+            elif marked - heldout:
+                log.warning("the %s's heldout column marks %s, which the run's generator trained on (its data.json "
+                            "holds out %s): read as seen", set_name(frame, what), sorted(marked - heldout),
+                            sorted(heldout) or "none")
     if gen is not None:  # before any image, real or generated, is read and encoded
         check_generated(evaluator.classes, gen, profiles)
     test = None

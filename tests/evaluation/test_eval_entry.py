@@ -765,3 +765,24 @@ def test_without_run_a_generated_request_the_evaluator_will_not_know_is_refused_
             entry.main([f"real={path}", f"hydra.run.dir={tmp_path / name}"])
         err = capsys.readouterr().err
         assert exc.value.code == 2 and words in err and f"{name}_manifest.csv" in err, err
+
+
+def test_evaluate_with_run_holds_out_what_the_runs_generator_never_saw(tiny_evaluator, tiny_data, tiny_profiles,
+                                                                       tmp_path, caplog):
+    """real= another set whose heldout column marks a disease this run's generator trained on: read as seen (the
+    union counted it held out and left it out of the _seen keys and the memorisation search), and said."""
+    from kgface.config import compose
+    from kgface.evaluate import run as evaluate_run
+
+    run_dir = tmp_path / "run"
+    tiny_evaluator.save(run_dir / "evaluator")
+    (run_dir / "data.json").write_text(json.dumps({"manifest": str(tiny_data / "manifest.csv"), "heldout": []}))
+    real = read_manifest(tiny_data / "manifest.csv")[0]
+    assert set(real.loc[real["heldout"].astype(str).str.lower() == "true", "disease"]) == {"ORPHA:963"}
+    cfg = compose("evaluate", [f"run={run_dir}", f"real={tiny_data / 'manifest.csv'}",
+                               f"generated={generated_manifest(tiny_data, tmp_path)}", "progress=false",
+                               "face_identity=none"])
+    with caplog.at_level(logging.WARNING, logger="kgface.evaluation.sets"):
+        m = evaluate_run(cfg, tmp_path / "out")
+    assert m["tstr_n_real_seen"] == m["tstr_n_real"] and m["generation"].get("heldout_top1") is None
+    assert "heldout column marks ['ORPHA:963'], which the run's generator trained on" in caplog.text
