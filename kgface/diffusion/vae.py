@@ -274,12 +274,20 @@ def train_vae(images: torch.Tensor, model_cfg: dict | None = None, train_cfg: di
 
 
 @torch.no_grad()
-def roundtrip(vae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """uint8 images -> encode (posterior mean) -> decode -> uint8: what the generator can at best reproduce."""
+def roundtrip(vae, images: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """uint8 images (on the CPU) -> encode (posterior mean) -> decode -> uint8 on the CPU: what the generator can at
+    best reproduce. Run where the VAE lives, in its dtype (the trainer left it on the GPU: CPU images were a device
+    error after training), in batches of at most 64 images and ENCODE_PIXELS pixels (64 SD faces at 512 px would need
+    ~9 GB for one layer)."""
+    from .training_data import ENCODE_PIXELS
+
+    weights = next(vae.parameters())
+    if batch is None:
+        batch = min(64, max(1, ENCODE_PIXELS // int(images.shape[-2] * images.shape[-1])))
     out = []
     for i in range(0, len(images), batch):
-        z = vae.encode(to_model(images[i:i + batch])).latent_dist.mean
-        out.append(to_uint8(vae.decode(z).sample))
+        z = vae.encode(to_model(images[i:i + batch]).to(weights.device, weights.dtype)).latent_dist.mean
+        out.append(to_uint8(vae.decode(z).sample.float().cpu()))
     return torch.cat(out)
 
 

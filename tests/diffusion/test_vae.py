@@ -26,6 +26,12 @@ def test_training_improves_round_trips_and_reports_checkpoints():
     with torch.no_grad():  # latents scaled to unit variance: the reciprocal of the latent means' std
         z = vae.encode(to_model(images)).latent_dist.mean
     assert vae.config.scaling_factor == pytest.approx(1 / float(z.std()), rel=1e-4)
+    # run where the VAE lives, in its dtype: a half-precision VAE took fp32 images (the GPU case: CPU images met a
+    # VAE the trainer left on the GPU); the result comes back as CPU uint8, close to the fp32 round trip
+    full = roundtrip(vae, images)
+    assert (roundtrip(vae, images, batch=5).float() - full.float()).abs().max() <= 1  # batches: the same answer
+    half = roundtrip(vae.to(torch.bfloat16), images)
+    assert half.dtype == torch.uint8 and half.device.type == "cpu" and (half.float() - full.float()).abs().mean() < 8
 
 
 def test_logvar_init_starts_a_near_deterministic_posterior():
