@@ -322,6 +322,8 @@ def lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
     the scale lora_alpha / lora_rank that the file's metadata records (`lora_metadata`)."""
     from peft.utils import get_peft_model_state_dict
 
+    if "default" not in getattr(unet, "peft_config", {}):  # model.lora_rank=0: the KG adapter alone trained
+        return {}
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
 
 

@@ -108,13 +108,22 @@ def check_precision_device(backbone, device) -> None:
 _RUN_FOLDER_KEYS = ("model.pretrained", "model.text_model", "encoder.text_model")
 
 
+def _unreadable(path: Path, exc: Exception) -> "RunError":
+    """A weights file a copy cut short or a disk damaged: one line naming it (safetensors' own error names no file)."""
+    return RunError(f"{path}: unreadable ({type(exc).__name__}: {str(exc).strip()[:120]}); copy the run folder again "
+                    "or retrain")
+
+
 def _check_lora_scale(lora: Path, model_cfg, run_dir: Path) -> None:
     """The rank and alpha the file records (files since 2026-12-07) against the run's config.yaml: an edited
     model.lora_alpha would load the same weights at another scale, silently."""
     from safetensors import safe_open
 
-    with safe_open(str(lora), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(lora), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - SafetensorError (a cut copy) is no RuntimeError or OSError
+        raise _unreadable(lora, exc) from None
     alpha = model_cfg.get("lora_alpha")
     want = {"lora_rank": float(model_cfg["lora_rank"]),
             "lora_alpha": float(model_cfg["lora_rank"] if alpha is None else alpha)}
@@ -248,7 +257,12 @@ def _load_run(run_dir: Path, cache, adapter_scale, dtype):
         from safetensors.torch import load_file
 
         conditioner = Conditioner("class", train_profiles, backbone, num_tokens=num_tokens)
-        state = load_file(str(run_dir / "class_tokens.safetensors"))
+        try:
+            state = load_file(str(run_dir / "class_tokens.safetensors"))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - SafetensorError: the file cut short
+            raise _unreadable(run_dir / "class_tokens.safetensors", exc) from None
         try:
             conditioner.class_tokens.load_state_dict(state)
         except RuntimeError as exc:

@@ -349,6 +349,21 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         load_pretrained_stack(tmp_path, "sd3")
 
 
+def test_a_run_that_trained_the_adapter_alone_saves_its_model_folder(tmp_path, sd15_folder):
+    """model.lora_rank=0 (the KG adapter alone): saving model/ asked peft for a LoRA the UNet never had, an
+    AttributeError after the whole training; the folder holds no LoRA file and loading needs none."""
+    from kgface.diffusion.backbones import build_backbone, save_model_folder
+    from kgface.diffusion.models import lora_state_dict
+
+    backbone = build_backbone({"name": "sd15", "pretrained": str(sd15_folder), "lora_rank": 0}, with_adapter=True)
+    assert lora_state_dict(backbone.unet) == {}
+    save_model_folder(backbone, tmp_path / "model")
+    assert not (tmp_path / "model" / "unet_lora.safetensors").exists()
+    assert (tmp_path / "model" / "scheduler" / "scheduler_config.json").is_file()
+    with_lora = build_backbone({"name": "sd15", "pretrained": str(sd15_folder), "lora_rank": 2}, with_adapter=True)
+    assert lora_state_dict(with_lora.unet)  # a LoRA run still saves its weights
+
+
 def test_variant_only_folder_loads(tmp_path, sd15_folder, sd15_unet):
     variant = tmp_path / "fp16-named"
     shutil.copytree(sd15_folder, variant)

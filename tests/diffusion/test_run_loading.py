@@ -188,6 +188,12 @@ def test_the_lora_file_records_its_scale_and_an_edited_alpha_is_refused(pretrain
     with pytest.raises(RunError, match=r"unet_lora\.safetensors was trained at lora_alpha=.* but .*config\.yaml sets "
                                        r"model\.lora_alpha="):
         load_run(copy)
+    # a copy cut short: one line naming the file (safetensors' own error named none)
+    shutil.copy(out / "config.yaml", copy / "config.yaml")
+    lora = copy / "model" / "unet_lora.safetensors"
+    lora.write_bytes(lora.read_bytes()[:-100])
+    with pytest.raises(RunError, match=r"unet_lora\.safetensors: unreadable \(SafetensorError: .*copy the run folder"):
+        load_run(copy)
 
 
 def test_generate_samples_transforms_and_stacks_an_identity(pretrained_run, tmp_path):
