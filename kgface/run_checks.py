@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -91,6 +92,19 @@ def _check_trainer_numbers(cfg: DictConfig) -> None:
         doubled = sorted({str(m) for m in baselines if list(baselines).count(m) > 1})
         if doubled:  # the second trained into the first's folder and overwrote its metrics
             raise UserError(f"baselines lists {doubled[0]} twice; name each conditioning once")
+
+
+def _folder_resolution(folder: Path) -> int | None:
+    """A diffusers folder's native side in pixels (unet sample_size x 2^(VAE blocks - 1)); None when unreadable
+    (the folder check, earlier, names what is missing)."""
+    import json
+
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -306,11 +320,17 @@ def preflight(cfg: DictConfig) -> None:
     key = "model.tiny.image_size" if cfg.model.name == "tiny" else "model.resolution"
     resolution = (cfg.model.get("tiny") or {}).get("image_size") if cfg.model.name == "tiny" \
         else cfg.model.get("resolution")
+    pretrained = OmegaConf.select(cfg, "model.pretrained", throw_on_missing=False)
+    if not resolution and cfg.model.name != "tiny" and pretrained not in (None, "", "???"):
+        # null: the folder's own side (its UNet's sample size x the VAE's factor), as build_backbone reads it; the
+        # check was skipped and a 512-px set trained SDXL's 1024-px time ids, then sampled at 1024
+        resolution = _folder_resolution(Path(str(pretrained)))
+        key = "model.resolution (null: model.pretrained's own side)"
     size = cfg.data.get("size")
     if resolution and size and int(resolution) != int(size):
         # training would see data.size latents while sampling draws the model's (SDXL's time ids too)
-        raise UserError(f"data.size={size} but {key}={resolution}: the model trains on data.size images and samples "
-                        f"at {key}; set both to the same side (e.g. data.size={resolution})")
+        raise UserError(f"data.size={size} but {key} is {resolution}: the model trains on data.size images and "
+                        f"samples at {resolution}; set both to the same side (e.g. data.size={resolution})")
 
     # last, so the checks above keep their own messages: a kg file the source does not read, a phantom key it does
     # not, or a phantom value it cannot honour failed after the run folder was reset

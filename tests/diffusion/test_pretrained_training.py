@@ -68,8 +68,10 @@ def test_a_half_precision_base_trains_fp32_lora_and_adapter_weights_and_reloads_
                  "scaling on the CPU); use model.dtype=bf16 trainer.mixed_precision=bf16",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's refusal")),
     ("model.dtype=fp8", "model.dtype=fp8 is unknown; use fp32, bf16 or fp16"),
-    ("data.size=64", "data.size=64 but model.resolution=32: the model trains on data.size images and samples at "
-                     "model.resolution"),
+    ("data.size=64", "data.size=64 but model.resolution is 32: the model trains on data.size images and samples at "
+                     "32"),
+    # null: the folder's own side, which build_backbone reads (the check was skipped)
+    ("model.resolution=null data.size=64", "data.size=64 but model.resolution (null: model.pretrained's own side) is "),
     # LoRA settings: a null rank or alpha failed in int() / float() with a traceback
     ("model.lora_rank=null", "model.lora_rank=None: a whole number >= 0"),
     ("model.lora_alpha=0", "model.lora_alpha=0: a number > 0 (null: the rank)"),
