@@ -332,6 +332,10 @@ def preflight(cfg: DictConfig) -> None:
         raise UserError(f"data.size={size} but {key} is {resolution}: the model trains on data.size images and "
                         f"samples at {resolution}; set both to the same side (e.g. data.size={resolution})")
 
+    if cfg.model.name == "tiny":  # shapes diffusers cannot build failed in GroupNorm / len() after the data was built
+        from .diffusion.models import tiny_config
+
+        tiny_config(container(cfg.model.get("tiny")))
     # last, so the checks above keep their own messages: a kg file the source does not read, a phantom key it does
     # not, or a phantom value it cannot honour failed after the run folder was reset
     from .kg import check_kg_files

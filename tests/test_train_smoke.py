@@ -683,7 +683,7 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
     with pytest.raises(UserError, match=r"needs images of at least 12 px .*model.vae_train.adv_weight=0"):
         preflight(compose("train", MICRO + ["model.vae_train.adv_weight=0.5", "data.size=8",
                                             "model.tiny.image_size=8"]))
-    with pytest.raises(UserError, match=r"data.size=64 but model.tiny.image_size=32"):
+    with pytest.raises(UserError, match=r"data.size=64 but model.tiny.image_size is 32"):
         preflight(compose("train", MICRO + ["data.size=64"]))
     with pytest.raises(UserError, match=r"data.atlas must be a mapping"):
         preflight(compose("train", MICRO + ["data.atlas=5"]))
@@ -705,7 +705,10 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
         preflight(compose("train", MICRO + ["evaluator=openclip", "+evaluator.train.steps=5"]))
     preflight(compose("train", MICRO + ["+evaluator.train.class_weight=0.5"]))  # documented, not in the file
     # refused here, before a rerun resets the run folder (they came from the data and KG builders, after it)
-    for override, words in (("+data.per_clas=10", "data=phantom: unknown settings ['data.per_clas']"),
+    for override, words in (("model.tiny.unet_heads=4", "model.tiny.unet_heads=4: a list, one entry per block"),
+                            ("model.tiny.vae_block_out_channels=[8,16]",
+                             "model.tiny.vae_block_out_channels=[8, 16]: each a whole number divisible by "
+                             "model.tiny.norm_num_groups=16"),("+data.per_clas=10", "data=phantom: unknown settings ['data.per_clas']"),
                             ("data.seed=-1", "data.seed must be an integer >= 0, got -1"),
                             ("kg.path=/x.ttl", "kg.path=/x.ttl is not read by kg=hpo"),
                             ("kg.features=/f.csv", "kg.features=/f.csv is read by kg=primekg only")):

@@ -48,6 +48,17 @@ def tiny_config(cfg: Mapping | None = None) -> dict[str, Any]:
         if k not in TINY_DEFAULTS:
             raise UserError(f"model.tiny has no key {k!r}; known keys: {', '.join(sorted(TINY_DEFAULTS))}")
         out[k] = v if isinstance(v, (str, int, float, bool)) else list(v)
+    lists = [k for k, v in TINY_DEFAULTS.items() if isinstance(v, list)]
+    for k in lists:  # a scalar where diffusers wants one entry per block: len() of it was a bare TypeError
+        if not isinstance(out[k], list) or not out[k]:
+            raise UserError(f"model.tiny.{k}={out[k]!r}: a list, one entry per block (default {TINY_DEFAULTS[k]})")
+    groups = out["norm_num_groups"]
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise UserError(f"model.tiny.norm_num_groups={groups!r}: a whole number >= 1")
+    for k in ("vae_block_out_channels", "unet_block_out_channels"):  # GroupNorm's own error named no key
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 or c % groups for c in out[k]):
+            raise UserError(f"model.tiny.{k}={out[k]}: each a whole number divisible by model.tiny.norm_num_groups="
+                            f"{groups} (GroupNorm), e.g. lower norm_num_groups")
     n = len(out["unet_block_out_channels"])
     for k in ("unet_heads", "unet_attention_levels"):
         if len(out[k]) != n:
