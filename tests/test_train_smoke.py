@@ -708,7 +708,8 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
     for override, words in (("model.tiny.unet_heads=4", "model.tiny.unet_heads=4: a list, one entry per block"),
                             ("model.tiny.vae_block_out_channels=[8,16]",
                              "model.tiny.vae_block_out_channels=[8, 16]: each a whole number divisible by "
-                             "model.tiny.norm_num_groups=16"),("+data.per_clas=10", "data=phantom: unknown settings ['data.per_clas']"),
+                             "model.tiny.norm_num_groups=16"),
+                            ("+data.per_clas=10", "data=phantom: unknown settings ['data.per_clas']"),
                             ("data.seed=-1", "data.seed must be an integer >= 0, got -1"),
                             ("kg.path=/x.ttl", "kg.path=/x.ttl is not read by kg=hpo"),
                             ("kg.features=/f.csv", "kg.features=/f.csv is read by kg=primekg only")):
