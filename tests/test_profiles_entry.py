@@ -126,7 +126,8 @@ def test_kg_files_a_source_does_not_read_are_refused(tmp_path, capsys):
                                 f"kg.features={ttl} is read by kg=primekg only"),
                                ([f"kg.features={ttl}"], "is read by kg=primekg only (its disease_features.csv); with "
                                                         "kg=hpo set kg.features=null"),
-                               ([f"kg.path={ttl}"], f"kg.path={ttl} is not read by kg=hpo; for a graph file use kg=rdf")):
+                               ([f"kg.path={ttl}"],
+                                f"kg.path={ttl} is not read by kg=hpo; for a graph file use kg=rdf")):
         with pytest.raises(SystemExit) as info:
             main(overrides + ["diseases=[ORPHA:870]", f"hydra.run.dir={tmp_path / 'out'}"])
         err = capsys.readouterr().err

@@ -144,8 +144,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 def _check_same_setup(folder: Path, saved: dict | None, current: dict | None) -> None:
     """A checkpoint continues only the training it was part of: the same conditioning, seed, data, knowledge graph,
     encoder, model, profile source, what the trainer feeds, what each step minimises and the sentences of text prompts
-    (the rest of trainer.* may change: steps, rates). Only groups both records hold are compared (a group added since is not). A checkpoint
-    without the record (before 2026-12-07, or trained outside kgface.train) resumes unchecked."""
+    (the rest of trainer.* may change: steps, rates). Only groups both records hold are compared (a group added since
+    is not). A checkpoint without the record (before 2026-12-07, or trained outside kgface.train) resumes unchecked."""
     if not saved or not current:
         return
     if saved.get("version") != current.get("version"):  # hashed another way: a difference would not be the user's

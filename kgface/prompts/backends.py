@@ -331,7 +331,8 @@ class OpenAIBackend:
 
 def _message_text(content) -> str:
     """A chat message's content as text: a string, or a list of content parts (`{"type": "text", "text": ...}`) as
-    some servers send, of which the text parts count (not "reasoning" ones); anything else is a TypeError (the caller names the missing field), never its Python repr."""
+    some servers send, of which the text parts count (not "reasoning" ones); anything else is a TypeError (the caller
+    names the missing field), never its Python repr."""
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in content):

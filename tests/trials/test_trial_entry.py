@@ -97,7 +97,8 @@ def test_report_gives_both_estimates_with_intervals_and_bias(trial_out):
     report = (trial_out / "report.md").read_text()
     for text in ["## Effects", "measured_severity: estimate [95% CI]", "![series](series.png)", "## Coverage study",
                  "gifs/P01.gif", "`gifs/`: one animation per patient.",
-                 "- `effects.csv`, `patient_effects.csv`, `study.csv`: the tables above", "| A - B |", "True severities only: only 4 images",
+                 "- `effects.csv`, `patient_effects.csv`, `study.csv`: the tables above", "| A - B |",
+                 "True severities only: only 4 images",
                  "**The measured estimates are not on the true scale**",
                  "contrasts between treatments (A - B) are the randomised ones",
                  "Each simulated trial's truth is the mean effect of the patients it drew (a sample mean)."]:
