@@ -22,7 +22,7 @@ from .evaluation.inputs import set_name
 from .evaluation.sets import check_generated
 from .evaluation.validity import real_test_rows
 from .evaluation.learned_profiles import earlier_learned_note, learn_and_write, val_rates_table
-from .run_files import check_output_dir, heldout_of, is_baselines_generator, load_profiles_json, run_file
+from .run_files import check_output_dir, heldout_of, is_baselines_generator, load_profiles_json, run_data, run_file
 from .runtime import check_run_kg, load_profiles, make_cache
 
 
@@ -154,7 +154,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     # with run=, held out means what its generator never trained on (data.json), not another set's column
     metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True, face_identity=face_identity,
                                     heldout=heldout, audit_extra=atlas, audit_train=trained,
-                                    heldout_columns=run_dir is None)
+                                    heldout_columns=run_dir is None or "heldout" not in run_data(run_dir))
     # fitted and scored (a call refused on its inputs, the fit's own checks included, leaves an earlier report
     # whole): from the first file written into OUT until this one's metrics.json (last), no finished report is there
     (out_dir / "metrics.json").unlink(missing_ok=True)

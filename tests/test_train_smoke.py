@@ -706,6 +706,7 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
     preflight(compose("train", MICRO + ["+evaluator.train.class_weight=0.5"]))  # documented, not in the file
     # refused here, before a rerun resets the run folder (they came from the data and KG builders, after it)
     for override, words in (("model.tiny.unet_heads=4", "model.tiny.unet_heads=4: a list, one entry per block"),
+                            ("model.tiny.norm_num_groups=null", "model.tiny.norm_num_groups=null: give a value"),
                             ("model.tiny.vae_block_out_channels=[8,16]",
                              "model.tiny.vae_block_out_channels=[8, 16]: each a whole number divisible by "
                              "model.tiny.norm_num_groups=16"),

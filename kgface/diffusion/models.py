@@ -47,6 +47,8 @@ def tiny_config(cfg: Mapping | None = None) -> dict[str, Any]:
     for k, v in dict(cfg or {}).items():
         if k not in TINY_DEFAULTS:
             raise UserError(f"model.tiny has no key {k!r}; known keys: {', '.join(sorted(TINY_DEFAULTS))}")
+        if v is None:  # list(None) was a bare TypeError
+            raise UserError(f"model.tiny.{k}=null: give a value (default {TINY_DEFAULTS[k]})")
         out[k] = v if isinstance(v, (str, int, float, bool)) else list(v)
     lists = [k for k, v in TINY_DEFAULTS.items() if isinstance(v, list)]
     for k in lists:  # a scalar where diffusers wants one entry per block: len() of it was a bare TypeError

@@ -786,3 +786,7 @@ def test_evaluate_with_run_holds_out_what_the_runs_generator_never_saw(tiny_eval
         m = evaluate_run(cfg, tmp_path / "out")
     assert m["tstr_n_real_seen"] == m["tstr_n_real"] and m["generation"].get("heldout_top1") is None
     assert "heldout column marks ['ORPHA:963'], which the run's generator trained on" in caplog.text
+    # a folder whose data.json says nothing of held-out diseases (hand-built): the columns, as without run=
+    (run_dir / "data.json").write_text(json.dumps({"manifest": str(tiny_data / "manifest.csv")}))
+    m = evaluate_run(cfg, tmp_path / "out2")
+    assert m["tstr_n_real_seen"] < m["tstr_n_real"] and m["generation"].get("heldout_top1") is not None
