@@ -89,3 +89,23 @@ def test_the_tiny_models_prompt_encoder_is_named_by_its_own_key_and_must_match_t
             "cross_attention_dim": 32}
     with pytest.raises(UserError, match=r"model.text_model gives 384-d token states, the tiny UNet attends to 32-d"):
         build_backbone({"name": "tiny", "tiny": tiny})
+
+
+def test_sdxl_extra_inputs_are_the_resolution_and_the_second_encoders_pooled_states(sdxl_folder):
+    """SDXL's UNet reads time_ids (original size, crop top-left, target size) and text_embeds beside the states: the
+    run's resolution, no crop, and text_encoder_2's pooled projection; a swapped order or the other encoder's
+    output passed every test (the fixture's random UNet takes any)."""
+    from kgface.diffusion.backbones import build_backbone
+
+    b = build_backbone({"name": "sdxl", "pretrained": str(sdxl_folder), "lora_rank": 0, "resolution": 48},
+                       with_adapter=False)
+    states, added = b.text_states(["a face", "another face"])
+    assert added["time_ids"].tolist() == [[48, 48, 0, 0, 48, 48]] * 2
+    tok2 = b.tokenizer_2(["a face", "another face"], padding="max_length", truncation=True,
+                         max_length=b.tokenizer_2.model_max_length, return_tensors="pt")
+    with torch.no_grad():
+        out2 = b.text_encoder_2(tok2.input_ids, output_hidden_states=True)
+    assert torch.allclose(added["text_embeds"], out2.text_embeds, atol=1e-6)
+    width1 = b.text_encoder.config.hidden_size
+    assert states.shape[-1] == width1 + b.text_encoder_2.config.hidden_size
+    assert torch.allclose(states[..., width1:], out2.hidden_states[-2], atol=1e-6)  # the penultimate layer
