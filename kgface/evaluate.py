@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import as_number, entry
+from .config import entry
 from .data.manifest import ManifestError, read_manifest
 from .errors import UserError
 from .evaluation import evaluate_sets, fit_evaluator, load_evaluator, write_report
@@ -22,8 +22,8 @@ from .evaluation.inputs import set_name
 from .evaluation.sets import check_generated
 from .evaluation.validity import real_test_rows
 from .evaluation.learned_profiles import earlier_learned_note, learn_and_write, val_rates_table
-from .run_files import check_output_dir, heldout_of, is_baselines_generator, load_profiles_json, run_data, run_file
-from .runtime import check_run_kg, load_profiles, make_cache
+from .run_files import check_output_dir, is_baselines_generator, load_profiles_json, run_data, run_file
+from .runtime import apply_num_threads, check_run_kg, load_profiles, make_cache
 
 
 def judged_profiles(cfg: DictConfig, run_dir: Path | None, diseases: list[str], cache) -> list:
@@ -101,13 +101,7 @@ def audit_manifest(cfg: DictConfig, run_dir: Path | None):
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
-    threads = as_number(cfg.get("num_threads") or 0, "num_threads")  # as kgface.train / generate / trial
-    if threads != int(threads) or threads < 0:
-        raise UserError(f"num_threads={cfg.num_threads}: a whole number >= 0 (0 = torch's default)")
-    if threads > 0:
-        import torch
-
-        torch.set_num_threads(int(threads))
+    apply_num_threads(cfg)  # as kgface.generate
     if not cfg.get("real") and not cfg.get("generated"):
         raise UserError("nothing to evaluate: give real=MANIFEST and/or generated=MANIFEST")
     if not cfg.get("real") and not cfg.get("run"):
@@ -149,12 +143,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                 check_generated(classes, gen, profiles)
     if run_dir is None:
         evaluator = fit_evaluator(cfg.evaluator, cfg.real, profiles, cache, progress=bool(cfg.get("progress", True)))
-    # photo manifests carry no heldout column: the run's data.json says which were held out
-    heldout, atlas = (heldout_of(run_dir), trained_atlas(run_dir)) if run_dir is not None else (None, None)
-    # with run=, held out means what its generator never trained on (data.json), not another set's column
+    # photo manifests carry no heldout column: the run's data.json says which were held out, and with run= held out
+    # means what its generator never trained on, not another set's column (a data.json naming none: the columns)
+    data = run_data(run_dir) if run_dir is not None else {}
+    heldout, atlas = (set(data.get("heldout") or []), trained_atlas(run_dir)) if run_dir is not None else (None, None)
     metrics, scored = evaluate_sets(evaluator, real, gen, profiles, return_scored=True, face_identity=face_identity,
                                     heldout=heldout, audit_extra=atlas, audit_train=trained,
-                                    heldout_columns=run_dir is None or "heldout" not in run_data(run_dir))
+                                    heldout_columns="heldout" not in data)
     # fitted and scored (a call refused on its inputs, the fit's own checks included, leaves an earlier report
     # whole): from the first file written into OUT until this one's metrics.json (last), no finished report is there
     (out_dir / "metrics.json").unlink(missing_ok=True)

@@ -295,14 +295,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.requests import MODES, Profiles, generate, parse_phenotypes, plan
     from .diffusion.run_loading import check_precision_device, heldout_of, load_run
     from .run_files import find_evaluator
-    from .runtime import check_run_kg, make_cache, torch_device
+    from .runtime import apply_num_threads, check_run_kg, make_cache, torch_device
 
     t0 = time.perf_counter()
-    threads = as_number(cfg.get("num_threads") or 0, "num_threads")
-    if threads != int(threads) or threads < 0:
-        raise UserError(f"num_threads={cfg.num_threads}: a whole number >= 0 (0 = torch's default)")
-    if threads > 0:
-        torch.set_num_threads(int(threads))
+    apply_num_threads(cfg)
     if cfg.mode not in MODES:
         raise UserError(f"mode={cfg.mode} is unknown; use one of {', '.join(MODES)}")
     if cfg.mode == "compose" and cfg.phenotypes is not None:

@@ -338,11 +338,9 @@ def preflight(cfg: DictConfig) -> None:
         tiny_config(container(cfg.model.get("tiny")))
     # last, so the checks above keep their own messages: a kg file the source does not read, a phantom key it does
     # not, or a phantom value it cannot honour failed after the run folder was reset
-    from .kg import check_kg_files
+    from .runtime import check_kg_settings
 
-    path = OmegaConf.select(cfg, "kg.path", throw_on_missing=False)
-    check_kg_files(str(cfg.kg.source), None if path in (None, "", "???") else path,
-                   OmegaConf.select(cfg, "kg.features", throw_on_missing=False))
+    check_kg_settings(cfg)
     if cfg.data.name == "phantom":
         from .data.build import phantom_config
 

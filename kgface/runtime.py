@@ -15,6 +15,30 @@ from .resources import kg_data_dir
 KG_FILE_KEYS = ("path", "features", "obo_path", "hpoa_path", "kg_data_dir")
 
 
+def check_kg_settings(cfg: DictConfig) -> None:
+    """`kg.path` / `kg.features` that the job's `kg` source does not read, refused (kgface.kg.check_kg_files) from a
+    job's config, without loading the graph (`???`: not given)."""
+    from .kg import check_kg_files
+
+    path = OmegaConf.select(cfg, "kg.path", throw_on_missing=False)
+    check_kg_files(str(cfg.kg.source), None if path in (None, "", "???") else path,
+                   OmegaConf.select(cfg, "kg.features", throw_on_missing=False))
+
+
+def apply_num_threads(cfg: DictConfig) -> None:
+    """The job's `num_threads` (0: torch's default) as torch's intra-op threads, or a one-line error naming it."""
+    from .config import as_number
+    from .errors import UserError
+
+    threads = as_number(cfg.get("num_threads") or 0, "num_threads")
+    if threads != int(threads) or threads < 0:
+        raise UserError(f"num_threads={cfg.num_threads}: a whole number >= 0 (0 = torch's default)")
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 def check_run_kg(cfg: DictConfig, run_cfg: DictConfig) -> None:
     """kgface.generate / trial resolve diseases the run did not train on from their own `kg`: another source is an
     error; other files are a warning (an unseen disease is then built from another graph than the seen ones)."""
@@ -26,13 +50,7 @@ def check_run_kg(cfg: DictConfig, run_cfg: DictConfig) -> None:
     if run_cfg.kg.source != cfg.kg.source:
         raise UserError(f"kg={cfg.kg.source} but run={cfg.run} was trained with kg={run_cfg.kg.source}; "
                         f"set kg={run_cfg.kg.source}")
-    from omegaconf import OmegaConf
-
-    from .kg import check_kg_files  # a file this source does not read: refused here too (the KG loads lazily)
-
-    path = OmegaConf.select(cfg, "kg.path", throw_on_missing=False)
-    check_kg_files(str(cfg.kg.source), None if path in (None, "", "???") else path,
-                   OmegaConf.select(cfg, "kg.features", throw_on_missing=False))
+    check_kg_settings(cfg)  # a file this source does not read: refused here too (the KG loads lazily)
 
     def where(c, key):
         value = c.kg.get(key)

@@ -254,8 +254,8 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
     trainer = container(cfg.trainer) or {}
     read = REGIME_KEYS if mode != "class" else ("mark_weight",)  # class tokens train without the atlas or sets
     setup["trainer"] = stable_hash({k: trainer.get(k) for k in read})
-    # age_drop draws only for a KG encoder with age groups; elsewhere it changes nothing and is left out
-    # as the loop's conditioner.uses_kg: the kg_shuffled control trains as kg on shuffled profiles, ages included
+    # age_drop is drawn only where the loop trains a KG encoder with age groups (the kg_shuffled control trains as kg,
+    # ages included); elsewhere it changes nothing and is left out
     ages = (mode in KG_MODES or mode == CONTROL) and int(encoder_cfg.get("age_groups") or 0) > 0
     setup["objective"] = stable_hash({k: trainer.get(k) for k in OBJECTIVE_KEYS if k != "age_drop" or ages})
     return setup

@@ -207,6 +207,14 @@ def _check_row(row: dict, root: Path, known_diseases: set[str] | None, check_fil
     return out
 
 
+def marked_heldout(df: pd.DataFrame) -> set[str]:
+    """The diseases a manifest frame's `heldout` column marks (cells read as `_heldout_flag` reads them: any case,
+    spaces around); none without the column."""
+    if "heldout" not in df:
+        return set()
+    return set(df.loc[df["heldout"].astype(str).str.strip().str.lower() == "true", "disease"])
+
+
 def _heldout_flag(value) -> bool:
     """A `heldout` cell: true, false or empty (false); anything else (1 / yes, which read as seen) is refused."""
     text = "" if _blank(value) else str(value).strip().lower()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.manifest import N_STAGES, stage_known
+from ..data.manifest import N_STAGES, marked_heldout, stage_known
 from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from ..prompts.wording import stage_of
@@ -189,8 +189,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
         if frame is not None and not len(frame):  # a manifest file without rows is read_manifest's error already
             raise EvaluatorInputError(f"the {set_name(frame, what)} is empty: give it rows (images) to score")
         if frame is not None and "heldout" in frame:
-            # as read_manifest reads the cell (" TRUE" is true there): a stricter reading counted it seen here
-            marked = set(frame.loc[frame["heldout"].astype(str).str.strip().str.lower() == "true", "disease"])
+            marked = marked_heldout(frame)  # as read_manifest reads the cell (" TRUE" was seen here, held out there)
             if heldout_columns:
                 heldout |= marked
             elif marked - heldout:

@@ -98,20 +98,17 @@ def calibrate(calset, disease: str) -> tuple[Calibration | None, str | None]:
     steeper wherever the evaluator tells healthy from diseased more sharply than one stage from the next, and
     (raw - a) / b with its slope shrank every effect towards 0 (one that reads every stage alike: to about 0). The
     line over all images must rise too (the first gate)."""
-    sick = (calset["disease"] != "healthy").to_numpy()
-    shown, faces = int(sick.sum()), int(calset["identity"][sick].nunique())
     which = disease if set(calset["disease"]) <= {disease, "healthy"} else "any disease"
-    if shown < MIN_CALIBRATION_IMAGES or faces < MIN_CALIBRATION_FACES:
-        return None, (f"only {shown} images of {which} of known severity outside the evaluator's training split, "
-                      f"from {faces} faces (calibration needs >= {MIN_CALIBRATION_IMAGES} images of >= "
-                      f"{MIN_CALIBRATION_FACES} faces)")
     inside = diseased_rows(calset)
-    shown, faces = len(inside), int(inside["identity"].nunique())
-    if shown < MIN_CALIBRATION_IMAGES or faces < MIN_CALIBRATION_FACES:
-        # the line applied is fitted on these alone: stage-0 images of the disease counted above, not here
-        return None, (f"only {shown} images of {which} above severity 0 (the applied line is fitted on these) "
-                      f"outside the evaluator's training split, from {faces} faces (calibration needs >= "
-                      f"{MIN_CALIBRATION_IMAGES} images of >= {MIN_CALIBRATION_FACES} faces)")
+    # every image of the disease, then those above severity 0 the applied line is fitted on alone (stage-0 images
+    # counted for the first, not the second)
+    for rows, what in ((calset[(calset["disease"] != "healthy").to_numpy()], "of known severity"),
+                       (inside, "above severity 0 (the applied line is fitted on these)")):
+        shown, faces = len(rows), int(rows["identity"].nunique())
+        if shown < MIN_CALIBRATION_IMAGES or faces < MIN_CALIBRATION_FACES:
+            return None, (f"only {shown} images of {which} {what} outside the evaluator's training split, from "
+                          f"{faces} faces (calibration needs >= {MIN_CALIBRATION_IMAGES} images of >= "
+                          f"{MIN_CALIBRATION_FACES} faces)")
     try:
         line = fit_calibration(calset["true"], calset["raw"], calset["identity"])
     except UserError as exc:  # e.g. every image of one severity: auto falls back to the raw readings

@@ -28,7 +28,8 @@ from ...cache import move_in, staging_folder, write_json_atomic
 from ...config import disease_list
 from ...errors import UserError
 from ..images import ImageError, face_box, get_detector, load_rgb
-from ..manifest import ATLAS_FILE, ManifestError, read_manifest, safe_relpath, stage_known, write_manifest
+from ..manifest import (ATLAS_FILE, ManifestError, marked_heldout, read_manifest, safe_relpath, stage_known,
+                        write_manifest)
 from .acne04 import acne04_manifest
 from .celeba import celeba_manifest
 from .common import SKIP_COLUMNS, BadInput, check_duplicate_images, check_identity_splits
@@ -117,7 +118,7 @@ def _mark_heldout(df: pd.DataFrame, heldout: set[str], opts: dict) -> pd.DataFra
     is refused, as is a data.heldout naming no disease of the data or every one of them."""
     _check_heldout(heldout, set(df["disease"]) - {"healthy"})
     if "heldout" in df.columns:
-        marked = set(df.loc[df["heldout"].astype(str).str.strip().str.lower() == "true", "disease"])
+        marked = marked_heldout(df)
         if marked != heldout:
             source = opts.get("path") or "the source manifest"
             raise UserError(f"{source}: its heldout column holds out {sorted(marked)}, data.heldout={sorted(heldout)}"
@@ -174,7 +175,7 @@ def build_real_dataset(cfg_data: Any, out_dir: str | Path, size: int | None = No
     # Ctrl-C) leaves the data set already in OUT as it was
     with staging_folder(out_dir, ".dataset-") as staging:
         return _build_into(staging, out_dir, opts, df, bad, skipped, n_listed, size, on_error, detector_name,
-                           face_detector, margin)
+                           face_detector, margin, heldout)
 
 
 # a rebuild into a used OUT replaces these: an old image the new manifest does not list, or a phantom build's atlas
@@ -184,8 +185,8 @@ SET_FILES = ("manifest.csv", "dataset.json", "skipped.csv", ATLAS_FILE, "images"
 
 
 def _build_into(staging: Path, out_dir: Path, opts: dict, df: pd.DataFrame, bad: BadInput, skipped: list[dict],
-                n_listed: int, size: int, on_error: str, detector_name: str, face_detector, margin: float
-                ) -> BuildResult:
+                n_listed: int, size: int, on_error: str, detector_name: str, face_detector, margin: float,
+                heldout: set[str]) -> BuildResult:
     rows, used, modes, no_face, upscaled = [], set(), Counter(), 0, []
     for row in tqdm(df.to_dict("records"), desc=f"data={opts.get('name')}", unit="img", disable=None):
         try:
@@ -232,8 +233,7 @@ def _build_into(staging: Path, out_dir: Path, opts: dict, df: pd.DataFrame, bad:
         raise ManifestError(f"the built manifest does not validate: {str(exc).replace(str(tmp), str(manifest))}"
                             ) from None
     # data.heldout once more on what was built: skipped photos can leave a held-out disease, or every other one, empty
-    _check_heldout(set(disease_list(opts.get("heldout"), "data.heldout", allow_empty=True) or []),
-                   set(final["disease"]) - {"healthy"}, " after the skipped images")
+    _check_heldout(heldout, set(final["disease"]) - {"healthy"}, " after the skipped images")
     summary = {
         "config": opts, "size": size, "detector": detector_name, "listed": n_listed, "rows": len(final),
         "skipped": len(skipped), "converted_to_rgb": converted, "faces_not_found": int(no_face),

@@ -105,10 +105,7 @@ def only_outputs(folder: Path) -> bool:
     """A folder that is a kgface output itself (a build into `ROOT/built`, a train run under the class root), or whose
     every image lies in kgface outputs beneath it (e.g. Hydra's outputs/ after a build run from the photo folder
     itself)."""
-    top = next(os.walk(folder, followlinks=True), None)
-    if top is not None and _output_mark(top[1], top[2]):  # list_images reads a folder it is given whatever it holds
-        return True
-    marked, seen = False, set()
+    seen = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:  # a link back up the tree: read once (as list_images does), never looped
@@ -116,9 +113,9 @@ def only_outputs(folder: Path) -> bool:
             continue
         seen.add(real)
         if _output_mark(dirnames, filenames):
-            marked = True
-            break
-    return marked and not list_images(folder)[0]
+            # the folder itself: an output whatever it holds (list_images reads a folder it is given, marks or not)
+            return real == os.path.realpath(folder) or not list_images(folder)[0]
+    return False
 
 
 def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
