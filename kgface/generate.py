@@ -293,7 +293,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
     from .diffusion.requests import MODES, Profiles, generate, parse_phenotypes, plan
-    from .diffusion.run_loading import check_precision_device, heldout_of, load_run
+    from .diffusion.run_loading import check_precision_device, heldout_of, load_run, run_config
     from .run_files import find_evaluator
     from .runtime import apply_num_threads, check_run_kg, make_cache, torch_device
 
@@ -345,13 +345,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     cache = make_cache(cfg)
     device = torch_device(cfg.get("device"))
     run_dir = Path(str(cfg.run)).expanduser()
+    check_run_kg(cfg, run_config(run_dir))  # before the model loads (an SD run takes minutes)
     backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale,
                                                            dtype=cfg.get("dtype"))
     backbone.unet.to(device)  # the text encoder stays on the CPU: its states are cached per prompt and moved
     backbone.vae.to(device)
     conditioner.to(device)
     check_precision_device(backbone, device)
-    check_run_kg(cfg, run_cfg)
     age = -1
     if cfg.age is not None:
         from .diffusion.training_data import AGE_INDEX

@@ -53,7 +53,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
     from .diffusion.requests import Profiles
-    from .diffusion.run_loading import check_precision_device, load_profiles_json, load_run
+    from .diffusion.run_loading import check_precision_device, load_profiles_json, load_run, run_config
     from .run_files import check_output_dir, check_replaced_entries, run_data
     from .prompts.wording import STAGE_SCALES
     from .runtime import check_run_kg, make_cache, torch_device
@@ -107,6 +107,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     for note in design_warnings:  # the trial still runs: a user may want exactly this design; the report says it too
         log.warning("%s", note)
     run_dir = Path(str(cfg.run)).expanduser()
+    check_run_kg(cfg, run_config(run_dir))  # before the model loads (an SD run takes minutes)
     cache = make_cache(cfg)
     device = torch_device(cfg.get("device"))
     backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale,
@@ -115,7 +116,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     backbone.vae.to(device)
     conditioner.to(device)
     check_precision_device(backbone, device)
-    check_run_kg(cfg, run_cfg)
     profile = Profiles(cfg, run_profiles, cache).get(design.disease, key="trial.disease")
     if profile.healthy:
         raise UserError("trial.disease=healthy: a trial needs a disease whose severity it follows")

@@ -254,6 +254,9 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     empty.mkdir()
     (empty / "config.yaml").write_text((micro_run / "config.yaml").read_text())
     assert "has no model/ or adapter.safetensors" in fails(capsys, empty, tmp_path / "c")
+    # the run's kg= is compared before its model loads (an SD run loads for minutes): refused for that, not the model
+    assert f"kg=primekg but run={empty} was trained with kg=hpo" in fails(
+        capsys, empty, tmp_path / "ck", "kg=primekg", f"kg.path={tmp_path / 'kg.csv'}")
     damaged = tmp_path / "damaged_run"  # a truncated data.json: one line naming it (it was a JSON traceback)
     shutil.copytree(micro_run, damaged, ignore=shutil.ignore_patterns("samples", "evaluation", "checkpoints", ".*"))
     (damaged / "data.json").write_text('{"manifest": ')

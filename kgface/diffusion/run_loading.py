@@ -29,6 +29,12 @@ from ..kg import FacialProfile
 from ..run_files import heldout_of, load_profiles_json, run_data, run_file  # noqa: F401  (generate, trial import two)
 
 
+def run_config(run_dir: str | Path) -> DictConfig:
+    """The config a run (or a baselines generator's subfolder) was trained with, read without loading any model:
+    generate and trial check their own settings against it before an SD run's minutes of loading."""
+    return _locate(Path(run_dir))[0]
+
+
 def _locate(run_dir: Path) -> tuple[DictConfig, str]:
     """The run's config and the conditioning of the generator stored in run_dir."""
     if not run_dir.is_dir():

@@ -344,6 +344,11 @@ def test_bad_inputs_against_a_run(trial_run, tmp_path, capsys):
     data = json.loads((bare / "data.json").read_text())
     (bare / "data.json").write_text(json.dumps({k: v for k, v in data.items() if k != "manifest"}))
     assert "give evaluator_dir=PATH" in fails(capsys, bare, tmp_path / "h")
+    empty = tmp_path / "empty"  # the run's kg= is compared before its model loads (an SD run loads for minutes)
+    empty.mkdir()
+    (empty / "config.yaml").write_text((trial_run / "config.yaml").read_text())
+    assert f"kg=primekg but run={empty} was trained with kg=hpo" in fails(
+        capsys, empty, tmp_path / "i", "kg=primekg", f"kg.path={tmp_path / 'kg.csv'}")
 
 
 def test_a_trial_without_run_is_a_one_line_error(tmp_path, capsys):
