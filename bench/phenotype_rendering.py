@@ -11,7 +11,8 @@ trip (what any generator on this VAE could reach), and the generated ones. Per p
 showing it: AUROC of the head's score for "requested / shown" vs not. Printed: medians and shares >= 0.9 over all
 heads and over the heads that read the VAE's faces at >= 0.8 (the fair comparison for a generator), those of
 them that are the held-out diseases' phenotypes, and the worst-drawn of them. --out writes phenotype_rendering.json and a strip per
-run (rows: real, VAE round trip, generated; same sets). The evaluator: EVAL_DIR, else the first run's own. Also
+run (rows: real, VAE round trip, generated; same sets; named by the run's folder, numbered where two share a
+name). The evaluator: EVAL_DIR, else the first run's own. Also
 printed: Spearman of each head's generated and VAE AUROC with its phenotype's pixel footprint (mean |difference| of
 the phenotype drawn alone at full intensity on 12 identities against the bare faces): is what the generator draws
 simply what covers the most pixels? --paired HPO...: for each phenotype, the first 40 atlas sets that hold it are
@@ -98,7 +99,10 @@ def main(argv=None):
     torch.set_num_threads(2)
     evaluator = load_evaluator(args.evaluator or args.runs[0])
     results = {}
-    for run in map(Path, args.runs):
+    runs = [Path(r) for r in args.runs]
+    names = [r.name for r in runs]  # the strips' file names: two runs both called `run` would share one
+    labels = names if len(set(names)) == len(names) else [f"{k}_{n}" for k, n in enumerate(names)]
+    for run, label in zip(runs, labels):
         backbone, cond, profiles, cfg = load_run(run)
         data = run_data(run)  # a baselines generator folder (OUT/kg) reads its parent's
         if not data:
@@ -123,7 +127,7 @@ def main(argv=None):
         per = {h: {k: by_set[k][h] for k in by_set} for h in by_set["real"]}
         held = {p.hpo_id for pr in profiles if pr.disease_id in heldout_of(run) for p in pr.phenotypes}
         fair = [h for h in per if per[h]["vae"] >= 0.8]
-        names = {p.hpo_id: p.name for pr in profiles for p in pr.phenotypes}
+        term_names = {p.hpo_id: p.name for pr in profiles for p in pr.phenotypes}
         res = {"conditioning": cond.mode, "n": len(pick), "all": summary(per, list(per)),
                "vae_read_ge_0.8": summary(per, fair), "heldout_phenotypes": summary(per, [h for h in fair if h in held]),
                "per_phenotype": per}
@@ -143,17 +147,19 @@ def main(argv=None):
               f"generated {res['footprint_spearman']['generated']:.2f}")
         print("worst drawn (of the heads the VAE lets through):")
         for h in sorted(fair, key=lambda h: per[h]["generated"])[:8]:
-            print(f"  {h} {names.get(h, '')[:34]:34s} real {per[h]['real']:.2f}  vae {per[h]['vae']:.2f}  "
+            print(f"  {h} {term_names.get(h, '')[:34]:34s} real {per[h]['real']:.2f}  vae {per[h]['vae']:.2f}  "
                   f"generated {per[h]['generated']:.2f}")
         for hpo in args.paired:
             res.setdefault("paired", {})[hpo] = r = paired(gen, evaluator, rows, atlas_profiles, hpo)
-            print(f"paired {hpo} {names.get(hpo, '')[:30]}: head {r['with']:.2f} with, {r['without']:.2f} without; "
+            print(f"paired {hpo} {term_names.get(hpo, '')[:30]}: head {r['with']:.2f} with, "
+                  f"{r['without']:.2f} without; "
                   f"with higher in {r['with_higher']} of {r['n']}")
         if args.out:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             strip = torch.cat([real[:12], vae[:12], fake[:12]]).float() / 255
-            with atomic_path(out / f"phenotype_rendering_{run.name}.png") as tmp:
+            res["strip"] = f"phenotype_rendering_{label}.png"
+            with atomic_path(out / res["strip"]) as tmp:
                 torchvision.utils.save_image(strip, tmp, format="png", nrow=12, padding=1)
     if args.out:
         write_text_atomic(Path(args.out, "phenotype_rendering.json"), json.dumps(results, indent=1))

@@ -340,8 +340,13 @@ def test_heldout_ceiling_reads_a_run_and_refuses_a_folder_without_one(evaluated_
 
 
 def test_phenotype_rendering_reads_a_runs_atlas_and_refuses_a_run_without_one(evaluated_run, tmp_path, capsys):
-    script("phenotype_rendering").main([str(evaluated_run), "-n", "8"])
+    twin = tmp_path / "other" / evaluated_run.name  # two runs of one folder name: a strip each, none overwritten
+    shutil.copytree(evaluated_run, twin, ignore=shutil.ignore_patterns("samples", "evaluation", "checkpoints"))
+    script("phenotype_rendering").main([str(evaluated_run), str(twin), "-n", "8", "--out", str(tmp_path / "o")])
     assert f"== {evaluated_run} (kg; 8 atlas sets)" in capsys.readouterr().out
+    written = json.loads((tmp_path / "o" / "phenotype_rendering.json").read_text())
+    strips = [written[str(r)]["strip"] for r in (evaluated_run, twin)]
+    assert len(set(strips)) == 2 and all((tmp_path / "o" / s).is_file() for s in strips)
     copy = tmp_path / "copy"  # the same run over a dataset folder without phenotype_atlas.csv
     shutil.copytree(evaluated_run, copy, ignore=shutil.ignore_patterns("samples", "evaluation", "checkpoints"))
     data = json.loads((copy / "data.json").read_text())
