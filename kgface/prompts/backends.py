@@ -9,8 +9,9 @@
 Transport problems (timeouts, dropped connections, HTTP 429/5xx) are retried here with exponential backoff,
 honouring Retry-After; what is left raises `LLMError`, and the backend remembers it: later calls in the same run
 fail at once with the same message instead of repeating the retry cycle for every disease. Settings the server
-rejects (HTTP 400/401/403/404/405, a redirect) raise `UserError`: every disease would fail the same way. Bad
-*content* is the caller's business (schema retries).
+rejects (HTTP 400/401/403/404/405, a redirect), and a first answer that is no chat completion at all (a proxy's
+login page), raise `UserError`: every disease would fail the same way. Bad *content* is the caller's business
+(schema retries).
 """
 from __future__ import annotations
 
@@ -267,7 +268,7 @@ class OpenAIBackend:
             self._wait_turn()
             wait = None
             key = self._key()
-            raw = ""
+            raw, data = "", None
             try:
                 raw = self._post(body, key)
                 data = json.loads(raw)
@@ -309,9 +310,14 @@ class OpenAIBackend:
                 problem = f"connection to {self.url} failed ({exc.__class__.__name__})"
             except (KeyError, IndexError, TypeError, ValueError) as exc:  # the type only: never a header's value
                 said = _snippet(raw, key)  # what it sent instead (a proxy's page, an error object)
-                raise LLMError(f"{self.url} answered without choices[0].message.content ({type(exc).__name__}); "
-                               "is it an OpenAI-compatible chat-completions server?"
-                               + (f" It answered: {said}" if said else "")) from None
+                text = (f"{self.url} answered without choices[0].message.content ({type(exc).__name__}); "
+                        "is it an OpenAI-compatible chat-completions server?"
+                        + (f" It answered: {said}" if said else ""))
+                if not self.answered and not _completion_shaped(data):
+                    # the first answer to these settings is no chat completion at all (a proxy's page, another
+                    # service): every disease would get the same, each falling back to the template with exit 0
+                    raise UserError(f"{text} (check llm.base_url={self.base_url})") from None
+                raise LLMError(text) from None
             else:
                 if isinstance(choice, dict) and choice.get("finish_reason") == "length":
                     raise AnswerCutOff(f"the answer was cut off at llm.max_tokens={self.max_tokens} tokens "
@@ -327,6 +333,13 @@ class OpenAIBackend:
         self.failed = f"{problem} (gave up after {self.max_retries + 1} tries)"
         log.warning("%s; the remaining diseases of this run use the template without asking again", self.failed)
         raise LLMError(self.failed)
+
+
+def _completion_shaped(data) -> bool:
+    """A chat completion whose message lacks usable content (null after a refusal, an unknown shape) is that
+    request's problem; anything else answering a chat-completions request is the server's."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    return isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict) and "message" in choices[0]
 
 
 def _message_text(content) -> str:

@@ -1,7 +1,9 @@
 """The openai backend against a real HTTP server on 127.0.0.1: answers, bad answers, HTTP errors, a hanging
 server, rate limiting, the API key, and the answer cache."""
+import dataclasses
 import json
 import logging
+import re
 import time
 
 import pytest
@@ -158,9 +160,23 @@ def test_content_parts_are_read_as_their_text(server, good, llm, down):
     assert reason.startswith(
         f"backend error: {server.base_url}/chat/completions answered without choices[0].message.content (TypeError)")
     assert '"content": {"text":' in reason  # what it answered instead, on one line
-    server.script = [(200, {"Content-Type": "text/html"}, "<html>\n<b>proxy login</b></html>")]
-    reason = describe_profiles([down], llm, None)[down.disease_id].fallback_reason
-    assert "(JSONDecodeError)" in reason and reason.endswith("It answered: <html> <b>proxy login</b></html>")
+    # no chat completion at all as the first answer (a proxy's page): the run stops naming llm.base_url (each
+    # disease fell back to the template with exit 0) ...
+    page = (200, {"Content-Type": "text/html"}, "<html>\n<b>proxy login</b></html>")
+    server.script = [page]
+    with pytest.raises(UserError, match=r"\(JSONDecodeError\).*It answered: <html> <b>proxy login</b></html> "
+                                        rf"\(check llm.base_url={re.escape(server.base_url)}\)"):
+        describe_profiles([down], llm, None)
+    error = json.dumps({"error": {"message": "model not loaded"}})
+    server.script = [(200, {"Content-Type": "application/json"}, error)]
+    with pytest.raises(UserError, match="model not loaded"):
+        describe_profiles([down], llm, None)
+    # ... after one good answer to these settings it is that request's problem: the disease falls back
+    other = dataclasses.replace(down, disease_id="OMIM:190685")
+    server.script = [good(), page]
+    got = sorted(describe_profiles([down, other], llm, None).values(), key=lambda d: d.source)
+    assert [d.source for d in got] == ["llm", "template"]
+    assert got[1].fallback_reason.endswith("It answered: <html> <b>proxy login</b></html>")
 
 
 def test_malformed_json_is_retried_with_the_error(server, good, llm, down, tmp_path):
