@@ -86,7 +86,7 @@ def main(argv=None):
         sev = torch.tensor([r.severity for r in batch])
         age = torch.tensor([r.age for r in batch]) if getattr(cond.encoder, "age_groups", 0) else None  # as the
         tokens = [cond.tokens(None, sev, age, graphs=cond.graph_builder.batch(ps)) for ps in parts]  # generator's
-        states, _ = b.text_states(gen._prompts(batch))
+        states, _ = b.text_states(gen.prompts(batch))
         null_states, _ = b.text_states([""] * len(batch))
         null_tokens = cond.null(len(batch))
 

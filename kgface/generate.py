@@ -292,7 +292,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.adapter import adapter_scale_or_none
     from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
-    from .diffusion.requests import MODES, Profiles, generate, parse_phenotypes, plan
+    from .diffusion.requests import MODES, Profiles, check_distinct, generate, parse_phenotypes, plan
     from .diffusion.run_loading import check_precision_device, heldout_of, load_run, run_config
     from .run_files import find_evaluator
     from .runtime import apply_num_threads, check_run_kg, make_cache, torch_device
@@ -426,6 +426,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     steps = int(steps)
     eta = eta if eta is not None else float(run_cfg.model.sample.get("eta", 0.0))
     gen = Generator(backbone, conditioner, guidance=guidance, steps=steps, spacing=spacing, eta=eta)
+    check_distinct(gen, items, inversion, str(cfg.run))
     drawn = gen.requested_phenotypes([it.request for it in items])
     for it, ids in zip(items, drawn or []):  # a run trained on observed phenotype sets draws one per image
         it.row["requested_phenotypes"] = json.dumps(ids)

@@ -432,6 +432,11 @@ def test_text_and_class_baselines_generate(baselines_run, tmp_path, capsys):
     generate(baselines_run / "text", tmp_path / "t", "diseases=[ORPHA:648,ORPHA:870]", "stages=[3]")
     df, _ = read_manifest(tmp_path / "t" / "manifest.csv")
     assert df["heldout"].tolist() == ["True", "False"]
+    # a text prompt names the stage, not the severity: two severities of one stage would be one image, two labels
+    err = fails(capsys, baselines_run / "text", tmp_path / "tp", "mode=progression", "disease=ORPHA:870", "frames=8")
+    assert "severities 0 and 0.428571 of ORPHA:870 give one image under two labels" in err
+    generate(baselines_run / "text", tmp_path / "tp4", "mode=progression", "disease=ORPHA:870", "frames=4")
+    generate(baselines_run / "kg_text", tmp_path / "kp", "mode=progression", "disease=ORPHA:870", "frames=8")
     generate(baselines_run / "class", tmp_path / "c", "diseases=[ORPHA:870,healthy]", "stages=[2]")
     assert len(read_manifest(tmp_path / "c" / "manifest.csv")[0]) == 2
     # diseases=null is every disease the run can draw: for a class run, the trained ones (not its held-out Noonan)
@@ -532,6 +537,19 @@ def test_ddim_inversion_reconstructs_the_input_latent(micro_run, tmp_path, capsy
     generate(micro_run, tmp_path / "o", "mode=transform", f"input={src}", "target=ORPHA:870", "inversion=true")
     summary = json.loads((tmp_path / "o" / "generation.json").read_text())
     assert summary["inversion"] == {"source_disease": "healthy", "source_stage": 0.0}
+    generate(micro_run, tmp_path / "o1", "mode=transform", f"input={src}", "target=ORPHA:870", "inversion=true",
+             "seeds=[1]")
+    generate(micro_run, tmp_path / "p", "mode=transform", f"input={src}", "target=ORPHA:870")
+    first = [read_manifest(tmp_path / k / "manifest.csv")[0]["path"][0] for k in ("o", "o1", "p")]
+    inverted, reseeded, sdedit = (pixels(tmp_path / k / f) for k, f in zip(("o", "o1", "p"), first))
+    assert np.array_equal(inverted, reseeded)  # the seed's noise is not used: the start is the inversion ...
+    assert not np.array_equal(inverted, sdedit)  # ... which SDEdit's noised start is not
+    # so several seeds at eta 0 would list one image under several seeds: refused (eta > 0's step noise is seeded)
+    assert "every seed gives the same image" in fails(capsys, micro_run, tmp_path / "s2", "mode=transform",
+                                                      f"input={src}", "target=ORPHA:870", "inversion=true",
+                                                      "seeds=[0,1]")
+    generate(micro_run, tmp_path / "e2", "mode=transform", f"input={src}", "target=ORPHA:870", "inversion=true",
+             "seeds=[0,1]", "eta=0.5")
     # healthy at severity 2 is a condition no run trained on: refused, not recorded as given
     err = fails(capsys, micro_run, tmp_path / "h2", "mode=transform", f"input={src}", "target=ORPHA:870",
                 "inversion=true", "source_stage=2")

@@ -135,7 +135,8 @@ class Generator:
                         "num_tokens=%d): the lowest-weight ones are left out", lost, c.encoder.num_tokens)
         return c.tokens(None, sev, age, graphs=graphs)
 
-    def _prompts(self, reqs: list[Request]) -> list[str]:
+    def prompts(self, reqs: list[Request]) -> list[str]:
+        """Each request's text prompt (a text run's whole condition: it names the stage, not the severity)."""
         from ..prompts import training_prompt
         from ..prompts.wording import stage_of
 
@@ -191,7 +192,7 @@ class Generator:
     def condition(self, reqs: list[Request]) -> tuple:
         """The sampler's `cond` tuple: text states, KG tokens and their null (CFG) counterparts, SDXL's added kwargs."""
         b, dev = self.backbone, self.device
-        prompts = self._prompts(reqs)
+        prompts = self.prompts(reqs)
         states, added = b.text_states(prompts)
         null_states, null_added = (states, added) if self.null_text == "prompt" else b.text_states([""] * len(reqs))
         tokens = self._tokens(reqs)

@@ -236,6 +236,29 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
     return items, intensities
 
 
+def check_distinct(gen, items: list[Item], inversion: tuple | None, run: str) -> None:
+    """Rows that would hold one image under two labels are refused, as `plan` refuses stages=[1,1.0]: an
+    evaluation would count the face twice, under labels the image does not tell apart."""
+    if inversion is not None and not gen.draws_phenotypes and gen.eta == 0:
+        seeds = sorted({it.request.seed for it in items})
+        if len(seeds) > 1:  # the start latent is the input's inversion, and eta 0 adds no seeded noise after it
+            raise UserError(f"seeds={seeds} with inversion=true: the start is each input's DDIM inversion, not a "
+                            "seed's noise, so every seed gives the same image; give one seed (or eta > 0, whose "
+                            "step noise follows the seed)")
+    if gen.conditioner.mode != "text":
+        return
+    first = {}
+    for it, prompt in zip(items, gen.prompts([it.request for it in items])):
+        key = (prompt, it.request.seed, it.request.age, it.group, it.extra.get("input"))
+        other = first.setdefault(key, it)
+        if other.request.severity != it.request.severity:
+            raise UserError(
+                f"run={run} is conditioning=text, whose prompt names the stage, not the severity: severities "
+                f"{other.request.severity:g} and {it.request.severity:g} of {it.row['disease']} give one image under "
+                "two labels; ask whole stages (stages=[0,1,2,3]; mode=progression: frames=4 or fewer), or use a "
+                "conditioning=kg, kg_text or class run for continuous severities")
+
+
 # ----------------------------------------------------------------------------------------------------- sampling
 @dataclass
 class Identity:
