@@ -122,6 +122,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if conditioner.mode == "class" and profile.disease_id not in {p.disease_id for p in conditioner.profiles}:
         raise UserError(f"run={cfg.run} uses conditioning=class, which cannot draw {profile.disease_id} "
                         f"({profile.name}), a disease it never saw; use a conditioning=kg, text or kg_text run")
+    if conditioner.mode == "text":  # the trial still runs (a baseline worth measuring); the report says it too
+        design_warnings.append(f"run={cfg.run} is conditioning=text: its prompt names the stage, not the severity, so "
+                               "a patient's image changes only where the daily severity crosses a stage boundary; "
+                               "the image outcome moves in steps (a kg or kg_text run draws the severity itself)")
+        log.warning("%s", design_warnings[-1])
     acne = profile.disease_id in STAGE_SCALES  # the acne lesion-count scale
     if design.scale == "lesions" and not acne:
         raise UserError(f"trial.scale=lesions is the acne lesion-count scale; {profile.disease_id} ({profile.name}) "

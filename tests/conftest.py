@@ -57,3 +57,19 @@ def evaluated_run(tmp_path_factory, session_cache_dir):
         mp.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
         main(list(MICRO) + list(MICRO_EVALUATOR) + [f"hydra.run.dir={out}"])
     return out
+
+
+@pytest.fixture(scope="session")
+def baselines_run(tmp_path_factory, session_cache_dir):
+    """A micro baselines run with an evaluator (~20 s): OUT/text, OUT/class, OUT/kg_text, OUT/kg_shuffled and
+    OUT/evaluator."""
+    from kgface.train import main
+    from tests.test_train_smoke import MICRO, MICRO_EVALUATOR
+
+    out = tmp_path_factory.mktemp("gen-baselines") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KGFACE_CACHE_DIR", str(session_cache_dir))
+        main(list(MICRO) + MICRO_EVALUATOR + ["experiment=baselines", "baselines=[text,class,kg_text,kg_shuffled]",
+                                              "trainer.steps=2",
+                                              "trainer.checkpoint_every=0", f"hydra.run.dir={out}"])
+    return out

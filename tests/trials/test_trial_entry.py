@@ -351,6 +351,15 @@ def test_bad_inputs_against_a_run(trial_run, tmp_path, capsys):
         capsys, empty, tmp_path / "i", "kg=primekg", f"kg.path={tmp_path / 'kg.csv'}")
 
 
+def test_a_text_run_trial_says_its_images_move_in_stage_steps(baselines_run, tmp_path):
+    """A text run's prompt names the stage, not the severity: the trial runs (a baseline worth measuring) and says
+    that its image outcome moves in steps, in trial.json and the report."""
+    trial(baselines_run / "text", tmp_path / "t", "trial.analysis.study_trials=0")
+    warned = json.loads((tmp_path / "t" / "trial.json").read_text())["design_warnings"]
+    assert any("is conditioning=text" in w and "moves in steps" in w for w in warned)
+    assert "the image outcome moves in steps" in (tmp_path / "t" / "report.md").read_text()
+
+
 def test_a_trial_without_run_is_a_one_line_error(tmp_path, capsys):
     from kgface.trial import main
 
