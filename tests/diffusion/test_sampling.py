@@ -112,6 +112,41 @@ def test_ddim_with_an_exact_model_lands_on_the_clean_latent_and_inversion_is_its
     assert torch.allclose(flat, start / ALPHAS[steps[0]].sqrt(), atol=1e-4)
 
 
+def test_inversion_under_a_noise_prediction_that_ignores_x_is_exact():
+    """A model whose noise estimate is one fixed e keeps DDIM's clean estimate on the path x_t = sqrt(a) L +
+    sqrt(1 - a) e: inverting L must land on exactly that x_t (the oracle above lands on x0 from any start, so it
+    cannot tell a broken inversion), and sampling from it must return L."""
+    g = torch.Generator().manual_seed(1)
+    latent, e = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    steps = ddim_timesteps(1000, 20, strength=0.6)
+    fixed = lambda x, t, c: e  # noqa: E731
+    up = ddim_invert(fixed, latent, steps, ALPHAS)
+    assert torch.allclose(up, noise_to(latent, e, steps[0], ALPHAS), atol=1e-5)
+    assert torch.allclose(ddim_sample(fixed, up, steps, ALPHAS), latent, atol=1e-4)
+    assert not torch.allclose(ddim_sample(fixed, torch.zeros_like(up), steps, ALPHAS), latent, atol=1e-1)
+
+
+def test_eta_steps_match_diffusers_ddim_with_the_same_step_noise():
+    """The eta > 0 step against diffusers' DDIMScheduler.step (variance_noise given): an inexact, nonlinear model,
+    so every term of the update counts."""
+    from diffusers import DDIMScheduler
+
+    stock = DDIMScheduler(set_alpha_to_one=True, clip_sample=False, timestep_spacing="leading")
+    stock.set_timesteps(20)
+    steps = ddim_timesteps(1000, 20)
+    assert torch.equal(steps, stock.timesteps)
+    g = torch.Generator().manual_seed(2)
+    start = torch.randn(2, 4, 3, 3, generator=g)
+    zs = [torch.randn(start.shape, generator=g) for _ in steps]
+    model = lambda x, t, c: 0.3 * x + 0.1 * torch.sin(3 * x)  # noqa: E731
+    ours = ddim_sample(model, start, steps, stock.alphas_cumprod, eta=0.5, step_noise=lambda i: zs[i])
+    x = start
+    for i, t in enumerate(stock.timesteps):
+        x = stock.step(model(x, t, None), t, x, eta=0.5, variance_noise=zs[i]).prev_sample
+    assert torch.allclose(ours, x, atol=1e-4), float((ours - x).abs().max())
+    assert not torch.allclose(ours, ddim_sample(model, start, steps, stock.alphas_cumprod), atol=1e-2)
+
+
 def v_oracle(x0, alphas):
     """The exact velocity for a known clean latent: v = sqrt(a) eps - sqrt(1 - a) x0, eps read off x_t."""
     def fn(x, t, cond):
