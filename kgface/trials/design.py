@@ -87,17 +87,23 @@ def from_condition(values, scale: str) -> np.ndarray:
 
 
 def whole(value, key: str, minimum: int, what: str = "") -> int:
-    """`value` as an int >= minimum, else a one-line UserError naming `key` (2.9 is refused, not truncated)."""
+    """`value` as an int >= minimum, else a one-line UserError naming `key` (2.9 is refused, not truncated; an int,
+    or a string of one, is read exactly: a float holds 53 bits, and seed=2^53 + 1 became 2^53)."""
     try:
-        f = float(value)
-        ok = not isinstance(value, bool) and f == int(f)
-    except (TypeError, ValueError, OverflowError):
-        ok = False
+        n = int(value) if isinstance(value, int) else int(str(value).strip())
+        ok = not isinstance(value, bool)
+    except ValueError:
+        try:
+            f = float(value)
+            ok = not isinstance(value, bool) and f == int(f)
+            n = int(f) if ok else None
+        except (TypeError, ValueError, OverflowError):
+            ok = False
     if not ok:
         raise UserError(f"{key}={value!r} is not a whole number; give one >= {minimum}")
-    if f < minimum:
-        raise UserError(f"{key}={int(f)}: {what or f'must be at least {minimum}'}")
-    return int(f)
+    if n < minimum:
+        raise UserError(f"{key}={n}: {what or f'must be at least {minimum}'}")
+    return n
 
 
 def _fraction(value, key: str) -> float:

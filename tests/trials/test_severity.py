@@ -148,3 +148,17 @@ def test_lesion_readings_beyond_the_curve_are_extrapolated_not_clipped():
     assert np.allclose(from_condition(to_condition(inside, "lesions"), "lesions"), inside)
     assert np.allclose(from_condition([-0.1, 3.1], "lesions"), [-1.1, 80 + 0.1 * (80 - 50.5) / 0.5])
     assert np.allclose(from_condition([-0.5, 3.5], "severity"), [-0.5, 3.5])  # as the severity scale always was
+
+
+def test_whole_numbers_are_read_exactly_past_a_floats_53_bits():
+    from kgface.errors import UserError
+    from kgface.trials.design import whole
+
+    big = 2 ** 53 + 1  # a float rounds it to 2^53: the trial recorded, and drew, a seed it was not given
+    assert whole(big, "seed", 0) == big and whole(str(big), "seed", 0) == big
+    assert whole(3.0, "seed", 0) == 3 and whole("3.0", "seed", 0) == 3
+    for bad in (2.9, "2.9", True, None, "nan", "inf", "abc"):
+        with pytest.raises(UserError, match="is not a whole number"):
+            whole(bad, "seed", 0)
+    with pytest.raises(UserError, match="seed=-1: must be at least 0"):
+        whole(-1, "seed", 0)
