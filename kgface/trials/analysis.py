@@ -271,7 +271,9 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
     standard error on this draw's true severities, and `runin_bias_se` the ratio. `model_gap`: the steady-state
     course's estimate minus the truth (the patients' mean effect): per-patient drifts that one slope cannot
     follow, or (effects=common) effects that differ between patients weighed unequally by the trend term; part of
-    the sampling error the intervals face, not a run-in matter, so not warned about.
+    the sampling error the intervals face, not a run-in matter, so not warned about, except without the trend term
+    (trial.analysis.trend=false) where patients drift (trial.severity.trend): the reference block always comes
+    first, so a drift shared by the patients is a bias of every draw, not sampling error.
 
     Warnings: a run-in bias above RUNIN_BIAS_SHARE of the largest effect or RUNIN_BIAS_SE standard errors (never
     below RUNIN_BIAS_FLOOR of the scale); patients whose own fit falls back to daily rows (unit: block, too few
@@ -299,6 +301,16 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
                                        for r in big.itertuples())
             + f"); the slowest time constant is {slowest:g} days: set skip_days (and block_days) to about "
             f"{4 * slowest:g}+ days, or read the estimates as the analysed days' mean, not the steady state")
+    drift = out[(out["model_gap"].abs() > floor)
+                & ((out["model_gap"].abs() > RUNIN_BIAS_SHARE * largest)
+                   | (out["model_gap"].abs() > RUNIN_BIAS_SE * out["se"]))]
+    if not a.trend and (s.trend_mean != 0 or s.trend_sd != 0) and len(drift):
+        notes.append(
+            "trial.analysis.trend=false while the patients drift (trial.severity.trend mean "
+            f"{s.trend_mean:g}, sd {s.trend_sd:g} per day): the reference block always comes first, so the drift "
+            "lands in the effects (noise-free: " + ", ".join(f"{r.effect} {r.model_gap:+.3f} of {r.truth:+.3f}"
+                                                            for r in drift.itertuples())
+            + "), a bias of every draw that the intervals do not cover; set trial.analysis.trend=true")
     if a.unit == "block":
         fallback = [pid for pid, r in table.groupby("patient_id", sort=True)
                     if _patient_unit(r, "true_severity", design) == "day"]

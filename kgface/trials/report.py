@@ -207,11 +207,12 @@ def _table(df: pd.DataFrame, columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def randomisation_note(schedule: dict) -> str:
+def randomisation_note(schedule: dict, trend: bool = True) -> str:
     """What the design randomises: the reference block always comes first (a before/after comparison); only
     order=randomised with two or more treatments makes the contrasts between treatments randomised ones."""
     note = ("The reference block comes first and is not randomised: effects against it are before/after "
-            "comparisons that rest on the trend term")
+            + ("comparisons that rest on the trend term" if trend else
+               "comparisons that assume no drift over the study (trial.analysis.trend=false: no trend term)"))
     if schedule["order"] == "randomised" and len(schedule["treatments"]) > 1:
         return note + "; contrasts between treatments (A - B) are the randomised ones."
     if len(schedule["treatments"]) > 1:
@@ -318,7 +319,7 @@ def write_report(path: Path, summary: dict, estimates: pd.DataFrame, per_patient
              "effects. `true_severity`: the simulated daily severities (a sanity check of the analysis); "
              "`measured_severity`: the evaluator's reading of each day's image"
              + (", uncalibrated." if caveat else ", calibrated to the true scale.")
-             + " " + randomisation_note(d["schedule"]), "",
+             + " " + randomisation_note(d["schedule"], bool(a.get("trend", True))), "",
              effects_table(estimates, a["alpha"], ("measured_severity",) if caveat else ()), "",
              recovery(estimates, ("measured_severity",) if caveat else ()), ""]
     if caveat:

@@ -193,6 +193,12 @@ def test_design_checks_stay_quiet_for_sound_designs_and_name_the_others():
     notes = checks(**{"severity.noise.ar": 0.9})[1]
     assert len(notes) == 1 and notes[0].startswith("trial.severity.noise.ar=0.9 still correlates neighbouring "
                                                    "blocks' analysed days 6 days apart (0.53 > 0.1)"), notes
+    # a common drift without the trend term: the reference block comes first, so the drift is a bias of every draw
+    notes = checks(**{"severity.trend.mean": 0.01, "analysis.trend": False})[1]
+    assert len(notes) == 1 and notes[0].startswith("trial.analysis.trend=false while the patients drift "
+                                                   "(trial.severity.trend mean 0.01, sd 0 per day)"), notes
+    assert checks(**{"severity.trend.mean": 0.01})[1] == []  # the trend term takes it
+    assert checks(**{"analysis.trend": False})[1] == []  # no drift: nothing to say
     # a washout lengthens the gap between treatment blocks, not the one after the baseline (none follows it)
     notes = checks(**{"severity.noise.ar": 0.7, "schedule.washout_days": 3})[1]
     assert len(notes) == 1 and "6 days apart (0.12 > 0.1)" in notes[0] and notes[0].endswith("raise "

@@ -108,6 +108,9 @@ def test_only_a_randomised_order_makes_the_contrasts_randomised():
     for order, shown in (("alternating", "order=alternating"), (["A", "B", "B", "A"], "order=[A, B, B, A]")):
         note = randomisation_note({"order": order, "treatments": ["A", "B"]})
         assert "are the randomised ones" not in note and shown in note and "not balanced by randomisation" in note
+    assert "rest on the trend term" in randomisation_note({"order": "randomised", "treatments": ["A"]}, trend=True)
+    untrended = randomisation_note({"order": "randomised", "treatments": ["A"]}, trend=False)
+    assert "assume no drift over the study" in untrended and "trend term;" not in untrended
     single = randomisation_note({"order": "randomised", "treatments": ["A"]})
     assert single.startswith("The reference block comes first and is not randomised") and "A - B" not in single
 
