@@ -107,9 +107,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     for note in design_warnings:  # the trial still runs: a user may want exactly this design; the report says it too
         log.warning("%s", note)
     run_dir = Path(str(cfg.run)).expanduser()
-    check_run_kg(cfg, run_config(run_dir))  # before the model loads (an SD run takes minutes)
     cache = make_cache(cfg)
     device = torch_device(cfg.get("device"))
+    check_run_kg(cfg, run_config(run_dir))  # before the model loads (an SD run takes minutes)
     backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale,
                                                            dtype=cfg.get("dtype"))
     backbone.unet.to(device)  # as kgface.generate: the text encoder stays on the CPU (states cached per prompt)

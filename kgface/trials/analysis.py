@@ -317,13 +317,20 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
         if fallback:
             how = ("with Newey-West standard errors (cov=hac)" if a.cov == "hac" else
                    "and assume independent days (too narrow if days are autocorrelated)")
-            # with the trend term, one patient's single order leaves the trend told from the treatments only by
+            blocks = analysed_rows(table[table["patient_id"] == fallback[0]], "true_severity", "block")
+            x = _design_matrix(blocks, design, True)
+            full_rank = np.linalg.matrix_rank(x.to_numpy(dtype=float)) >= x.shape[1]
+            # with the trend term, blocks that cannot separate it leave the trend told from the treatments only by
             # the drift inside each block (onset, carry-over): the weakness the pooled fit refuses on daily rows
             trend = (" and tell the study-day trend from the treatments only by the drift inside each block (onset "
-                     "and carry-over included), so they can be biased" if a.trend else "")
-            notes.append(f"{', '.join(fallback)} have too few blocks for the model on block means: their own "
-                         f"intervals use daily rows {how}{trend}; set trial.schedule.cycles >= 2 for per-patient "
-                         "intervals from block means")
+                     "and carry-over included), so they can be biased" if a.trend and not full_rank else "")
+            # block means a patient needs: more than the model's parameters (residual degrees of freedom)
+            reference = int((blocks["treatment"] == design.reference).sum())
+            per_cycle = max(1, (len(blocks) - reference) // max(1, design.schedule.cycles))
+            cycles = max(design.schedule.cycles + 1, (x.shape[1] - reference) // per_cycle + 1)
+            notes.append(f"{', '.join(fallback)} have too few blocks for the model on block means ({len(blocks)} "
+                         f"for {x.shape[1]} parameters): their own intervals use daily rows {how}{trend}; set "
+                         f"trial.schedule.cycles >= {cycles} for per-patient intervals from block means")
     if a.unit == "day" and a.trend:
         # each patient's own fit on daily rows is full rank with one order, the trend then told from the treatments
         # only by the drift inside blocks: what the pooled fit refuses, said for the patients' fits

@@ -174,6 +174,15 @@ def test_design_checks_stay_quiet_for_sound_designs_and_name_the_others():
     assert len(notes) == 1 and notes[0].startswith("P01, P02, P03, P04, P05, P06 have too few blocks"), notes
     # with the trend term (the default) a patient's one order leaves the trend to the drift inside blocks: said
     assert "only by the drift inside each block" in notes[0]
+    assert "(3 for 4 parameters)" in notes[0] and notes[0].endswith("set trial.schedule.cycles >= 2 for per-patient "
+                                                                       "intervals from block means")
+    # one treatment: two cycles give 3 block means for 3 parameters, which do separate the trend: 3 cycles needed
+    only_a = {"A": {"effect": -0.8, "sd": 0.0, "tau": 1.5, "tau_off": 1.5}}
+    single = {"schedule.treatments": ["A"], "patients": 2, "severity.treatments": only_a}
+    (note,) = [n for n in checks(**single, **{"schedule.cycles": 2})[1] if n.startswith("P01, P02 have too few")]
+    assert "(3 for 3 parameters)" in note and "drift inside each block" not in note
+    assert note.endswith("set trial.schedule.cycles >= 3 for per-patient intervals from block means"), note
+    assert not any("too few blocks" in n for n in checks(**single, **{"schedule.cycles": 3})[1])
     # ... and with unit=day too, where each patient's daily rows are full rank (randomised orders that differ keep
     # the pooled fit identifiable)
     notes = checks(**{"schedule.cycles": 1, "patients": 6, "schedule.order": "randomised", "analysis.unit": "day"})[1]
