@@ -171,8 +171,10 @@ def fit_measurement_model(true, raw, identity) -> MeasurementModel:
     within = resid - means[index]
     dof = len(resid) - len(labels)
     within_var = float((within ** 2).sum() / dof) if dof > 0 else float(np.var(resid))
-    if dof <= 0:  # one image per identity: no split into between / within
-        return MeasurementModel(cal, true, identity, resid - resid.mean(), 0.0)
+    if dof <= 0:  # one image per identity: no split into between / within; rescaled for the line's two
+        # parameters (their residuals' variance is SSR / n; SSR / (n - 2) is the noise's: 25% more at 8 images)
+        n = len(resid)
+        return MeasurementModel(cal, true, identity, (resid - resid.mean()) * np.sqrt(n / max(n - 2, 1)), 0.0)
     between_var = float(np.var(means, ddof=1)) - within_var * float(np.mean(1.0 / counts)) if len(labels) > 1 else 0.0
     # resampled residuals keep the within-identity variance (rescaled for the degrees of freedom lost to the means)
     scale = np.sqrt(len(resid) / dof)

@@ -656,3 +656,16 @@ def test_hac_on_block_means_is_refused():
     with pytest.raises(UserError, match=r"^trial.analysis.cov=hac is for unit=day"):
         design_from_config(trial_cfg(**{"analysis.cov": "hac"}))
     assert design_from_config(trial_cfg(**{"analysis.cov": "hac", "analysis.unit": "day"})).analysis.cov == "hac"
+
+
+def test_one_image_per_face_resamples_residuals_with_the_noise_variance():
+    """With one image per face the resampled residuals carry SSR / (n - 2), the line's unbiased noise variance
+    (SSR / n understated it by 25% at the 8-image minimum)."""
+    rng = np.random.default_rng(4)
+    truths = np.repeat(np.arange(4.0), 2)
+    raw = 0.4 + 0.9 * truths + rng.normal(0, 0.3, len(truths))
+    model = fit_measurement_model(truths, raw, np.arange(len(truths)).astype(str))
+    slope, intercept = np.polyfit(truths, raw, 1)
+    ssr = float(((raw - intercept - slope * truths) ** 2).sum())
+    assert np.mean(model.within ** 2) == pytest.approx(ssr / (len(truths) - 2), rel=1e-6)
+    assert model.between_sd == 0.0
