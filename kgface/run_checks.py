@@ -210,6 +210,10 @@ def preflight(cfg: DictConfig) -> None:
     from .evaluation.fitting import PHENOTYPE_HEADS
 
     check_evaluator_keys(container(cfg.evaluator))  # a typo keyed another cache entry: a refit reading the defaults
+    if cfg.get("evaluate", True):
+        from .evaluation.inputs import min_stage_of
+
+        min_stage_of(container(cfg.evaluator).get("probe"))  # read after the data and VAE otherwise
     heads = str(cfg.evaluator.get("phenotype_heads", "all"))
     if heads not in PHENOTYPE_HEADS:
         raise UserError(f"evaluator.phenotype_heads={heads}: use all, atlas or zero_shot")

@@ -609,6 +609,12 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
     # a text model path that does not exist: before the data and the VAE, naming its own key
     with pytest.raises(UserError, match=r"^model.text_model: .*/no/such/minilm does not exist; set model.text_model"):
         preflight(compose("train", MICRO + ["model.text_model=/no/such/minilm"]))
+    # the probe's min_stage: 2.5 was truncated to 2 and true read as 1, after the data and the VAE
+    for bad, says in (("2.5", "2.5: a whole stage from 0 to 3"), ("true", "True: not a number"),
+                      ("abc", "abc: not a number")):
+        with pytest.raises(UserError, match=rf"^evaluator.probe.min_stage={says}"):
+            preflight(compose("train", MICRO + ["evaluate=true", f"evaluator.probe.min_stage={bad}"]))
+    preflight(compose("train", MICRO + ["evaluate=true", "evaluator.probe.min_stage=3"]))
     # the LLM settings are checked before the run folder is written (describe did, train did not)
     with pytest.raises(UserError, match=r"^llm.model is not set"):
         preflight(compose("train", MICRO + ["llm=openai"]))

@@ -212,8 +212,18 @@ def image_caption(profile: FacialProfile, stage: int | None, phenotypes: dict, l
 
 
 def min_stage_of(probe_cfg: dict | None) -> int:
-    """`probe.min_stage` of an evaluator config's `probe` section (0 when unset)."""
-    return int((probe_cfg or {}).get("min_stage") or 0)
+    """`probe.min_stage` of an evaluator config's `probe` section (0 when unset): a whole stage 0-3 (2.5 was
+    truncated to 2 and `true` read as 1, a different probe, in silence)."""
+    from ..config import as_number
+
+    value = (probe_cfg or {}).get("min_stage")
+    if value is None:
+        return 0
+    n = as_number(value, "evaluator.probe.min_stage", "a whole stage from 0 to 3")
+    if n != int(n) or not 0 <= n <= 3:
+        raise EvaluatorInputError(f"evaluator.probe.min_stage={value}: a whole stage from 0 to 3 (the probe learns "
+                                  "from healthy faces and those at this stage or later)")
+    return int(n)
 
 
 def probe_rows(df: pd.DataFrame, probe_cfg: dict | None) -> pd.Series:
