@@ -145,6 +145,16 @@ def preflight(cfg: DictConfig) -> None:
         from .encoders import KGEncoder
 
         KGEncoder.check_settings(container(cfg.encoder))
+        import torch
+
+        from .encoders.graph import check_graph_settings
+
+        enc = container(cfg.encoder)
+        with torch.random.fork_rng(devices=[]):  # its values (tokens, conv, heads, ...) checked by building it once,
+            # minutes before the real one; the global seed stream is left as it was
+            tokens = _whole_at_least(cfg.model.get("num_tokens", 8), "model.num_tokens", 1, "KG tokens, e.g. 8")
+            KGEncoder.from_config({**enc, "num_tokens": tokens}, out_dim=8)
+        check_graph_settings(enc.get("disease_text", "generic"), enc.get("unknown_frequency", 0.5))
         from .data.phantom.identity import AGE_GROUPS
 
         ages = _whole_at_least(cfg.encoder.get("age_groups", 0), "encoder.age_groups", 0, f"0 or {len(AGE_GROUPS)}")

@@ -609,6 +609,21 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
     # a text model path that does not exist: before the data and the VAE, naming its own key
     with pytest.raises(UserError, match=r"^model.text_model: .*/no/such/minilm does not exist; set model.text_model"):
         preflight(compose("train", MICRO + ["model.text_model=/no/such/minilm"]))
+    # the encoder's values, by building it once (they failed after the data, the VAE and the evaluator)
+    for override, says in (("encoder.tokens=phenotype", "encoder.tokens must be one of"),
+                           ("encoder.conv=gat", "encoder.conv must be one of"),
+                           ("encoder.heads=3", r"encoder.hidden \(32\) must be divisible by encoder.heads \(3\)"),
+                           ("encoder.disease_text=names", "encoder.disease_text must be one of"),
+                           ("encoder.unknown_frequency=50", "encoder.unknown_frequency=50: a share in"),
+                           ("encoder.unknown_frequency=nan", "encoder.unknown_frequency=nan: not a finite number"),
+                           ("model.num_tokens=0", "model.num_tokens=0: a whole number >= 1")):
+        with pytest.raises(UserError, match=rf"^{says}"):
+            preflight(compose("train", MICRO + [override]))
+    import torch
+
+    before = torch.random.get_rng_state()
+    preflight(compose("train", MICRO))
+    assert torch.equal(torch.random.get_rng_state(), before)  # the seed stream a run draws from is untouched
     # the probe's min_stage: 2.5 was truncated to 2 and true read as 1, after the data and the VAE
     for bad, says in (("2.5", "2.5: a whole stage from 0 to 3"), ("true", "True: not a number"),
                       ("abc", "abc: not a number")):

@@ -85,6 +85,19 @@ class TextFeatureStore:
         return self.table[torch.tensor([self.rows[t] for t in texts], dtype=torch.long)]
 
 
+def check_graph_settings(disease_text, unknown_frequency) -> None:
+    """encoder.disease_text and encoder.unknown_frequency (the weight of a phenotype without a KG frequency, which
+    KG frequencies share: a share in [0, 1], not a percentage; nan made every token NaN)."""
+    from ..config import as_number
+
+    if disease_text not in DISEASE_TEXTS:
+        raise UserError(f"encoder.disease_text must be one of {', '.join(DISEASE_TEXTS)}, not '{disease_text}'")
+    share = as_number(unknown_frequency, "encoder.unknown_frequency", "a share in [0, 1], e.g. 0.5")
+    if not 0.0 <= share <= 1.0:
+        raise UserError(f"encoder.unknown_frequency={unknown_frequency}: a share in [0, 1] (like the KG's "
+                        "frequencies), e.g. 0.5")
+
+
 class ProfileGraphBuilder:
     """Builds encoder graphs from profiles: `graph(profile, intensities)` -> Data, `batch(profiles, ...)` -> Batch.
 
@@ -97,8 +110,7 @@ class ProfileGraphBuilder:
     def __init__(self, features: TextFeatureStore | None = None, *, text_model: str | os.PathLike | None = None,
                  cache: Cache | None = None, disease_text: str = "generic", unknown_frequency: float = 0.5,
                  definition_chars: int = 160):
-        if disease_text not in DISEASE_TEXTS:
-            raise UserError(f"encoder.disease_text must be one of {', '.join(DISEASE_TEXTS)}, not '{disease_text}'")
+        check_graph_settings(disease_text, unknown_frequency)
         self.features = features or TextFeatureStore(text_model, cache)
         self.disease_text = disease_text
         self.unknown_frequency = float(unknown_frequency)
@@ -243,7 +255,12 @@ def parse_phenotype_spec(items: Iterable[str] | Mapping[str, float]) -> dict[str
             raise UserError(f"phenotype '{item}': the intensity after '=' must be a number in [0, 1]") from None
         if not 0.0 <= intensity <= 1.0:
             raise UserError(f"phenotype '{item}': intensity {intensity} is outside [0, 1]")
-        out[hpo_id.strip().upper()] = intensity  # hp:0000316 is HP:0000316 (it failed as "not a term")
+        key = hpo_id.strip().upper()  # hp:0000316 is HP:0000316 (it failed as "not a term")
+        if key in out and out[key] != intensity:  # the last one was kept in silence (phenotype_profile refuses an
+            # alt id and its live id given so)
+            raise UserError(f"phenotype {key} given twice with different intensities ({out[key]:g} and "
+                            f"{intensity:g}); give it once")
+        out[key] = intensity
     return out
 
 

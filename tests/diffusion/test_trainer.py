@@ -473,13 +473,18 @@ def test_bad_resume_path(profiles, tmp_path):
 
 def test_generator_is_deterministic_and_draws_unseen_profiles(profiles, hpo_kg, catalog):
     backbone, cond = make(profiles)
+    cond.eval()  # as every loaded or trained run samples: token centring reads its running statistics
     gen = Generator(backbone, cond, guidance=2.0, steps=3)
     unseen = ProfileBuilder(hpo_kg, catalog).build("ORPHA:648")  # never in the conditioner's profiles
     reqs = [Request(profiles[0], 2.0, seed=5), Request(unseen, 3.0, seed=6)]
     a, b = gen.sample(reqs), gen.sample(reqs)
     assert a.shape == (2, 3, 32, 32) and a.dtype == torch.uint8 and torch.equal(a, b)
     alone = gen.sample(reqs[:1])
-    assert torch.equal(alone[0], a[0])  # a request's image does not depend on its batch mates
+    assert torch.equal(alone[0], a[0])  # a request's image does not depend on its batch mates ...
+    # ... nor its tokens (the adapter's zero-initialised value projection hides them from an untrained UNet)
+    with torch.no_grad():
+        both, one = gen._tokens(reqs), gen._tokens(reqs[:1])
+    assert torch.allclose(both[:1], one, atol=1e-6) and not torch.allclose(both[0], both[1])
 
 
 def test_phenotype_tokens_that_find_no_slot_are_reported(profiles, caplog):
