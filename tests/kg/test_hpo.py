@@ -70,6 +70,22 @@ def test_bad_frequency_names_file_and_line(tmp_path):
     path = _write_hpoa(tmp_path / "phenotype.hpoa", [_row(), _row("7/3")])
     with pytest.raises(KGFormatError, match=r"phenotype\.hpoa:4: bad frequency: fraction '7/3' is above 1"):
         read_hpoa(path)
+    # a blank line above it: still the line the row is on (pandas skipped it, and every later number shifted)
+    path.write_text(path.read_text().replace("\nORPHA:1", "\n\nORPHA:1"))
+    with pytest.raises(KGFormatError, match=r"phenotype\.hpoa:6: bad frequency: fraction '7/3' is above 1"):
+        read_hpoa(path)
+    bad_id = _write_hpoa(tmp_path / "ids.hpoa", [_row(), _row(hpo="0000582")])
+    bad_id.write_text(bad_id.read_text().replace("\nORPHA:1", "\n\nORPHA:1"))
+    with pytest.raises(KGFormatError, match=r"ids\.hpoa:6: hpo_id '0000582' is not of the form"):
+        read_hpoa(bad_id)
+
+
+def test_a_windows_saved_hpoa_reads_as_the_original(tmp_path):
+    unix = _write_hpoa(tmp_path / "unix.hpoa", [_row(), _row("3/4", "HP:0000316")])
+    windows = tmp_path / "windows.hpoa"
+    windows.write_bytes(b"\xef\xbb\xbf" + unix.read_bytes().replace(b"\n", b"\r\n"))  # BOM + CRLF
+    a, b = read_hpoa(unix)[1], read_hpoa(windows)[1]  # the header's last column read 'biocuration\r': refused
+    pd.testing.assert_frame_equal(a, b)
 
 
 @pytest.mark.parametrize("make, message", [
@@ -229,6 +245,9 @@ def test_supplement_alt_ids_resolve_to_the_live_term(tmp_path, catalog):
     # the same pair twice (here once through its alt id): kg=hpo kept the first row's stage, kg=primekg the other
     sup = _supplement(tmp_path / "twice.csv", "HP:0000272,HP:0040281,,1", "HP:0000312,HP:0040282,,2")
     with pytest.raises(KGFormatError, match=r"twice\.csv:3: MONDO:0011438 HP:0000272 is already on line 2; one "):
+        read_supplement(sup, terms)
+    sup.write_text(sup.read_text().replace("\nMONDO", "\n\nMONDO"))  # blank lines: the numbers are the file's
+    with pytest.raises(KGFormatError, match=r"twice\.csv:5: MONDO:0011438 HP:0000272 is already on line 3; one "):
         read_supplement(sup, terms)
 
 
