@@ -284,6 +284,7 @@ def load_rdf_graph(path: str | Path, hpo=None) -> KnowledgeGraph:
     `hpo` is a KnowledgeGraph or a callable returning one)."""
     g = read_graph(path)
     rows, diseases = [], {}
+    nodes = dict.fromkeys(g.subjects(RDF.type, KGF.Disease))  # ... and a disease an annotation names, typed or not
     # an annotation without `a kgf:PhenotypeAnnotation` is still one (graph_to_profiles reads it): it was dropped
     annotations = dict.fromkeys(g.subjects(RDF.type, KGF.PhenotypeAnnotation))
     annotations.update(dict.fromkeys(g.subjects(KGF.disease, None)))
@@ -292,6 +293,7 @@ def load_rdf_graph(path: str | Path, hpo=None) -> KnowledgeGraph:
         if d is None or hpo_ref is None:
             raise KGFormatError(f"{path}: annotation {a} lacks kgf:disease or kgf:phenotype; add both")
         where = f"{path}: annotation {a}"
+        nodes[d] = None
         did = str(_one(g, d, KGF.curie, curie(d)))
         diseases[did] = str(_one(g, d, RDFS.label, did))
         freq, onset = _frequency(g, a, where), _one(g, a, KGF.onset)
@@ -320,7 +322,8 @@ def load_rdf_graph(path: str | Path, hpo=None) -> KnowledgeGraph:
         if c.startswith("HP:") and c not in terms and c not in alias:
             terms[c] = Term(id=c, name=str(label),
                             parents=[alias.get(curie(o), curie(o)) for o in g.objects(s, RDFS.subClassOf)])
-    onsets = [(did, alias.get(curie(o), curie(o))) for d in g.subjects(RDF.type, KGF.Disease)
+    # its onsets too: a disease without `a kgf:Disease` kept its annotations but lost its onsets, in silence
+    onsets = [(did, alias.get(curie(o), curie(o))) for d in nodes
               for did in [str(_one(g, d, KGF.curie, curie(d)))] for o in g.objects(d, KGF.onset)]
     if hpo is not None and ONSET in hpo.terms:  # with an ontology to tell: only onsets, not Progressive etc.
         keep = onset_terms(terms)

@@ -257,3 +257,13 @@ def test_an_untyped_annotation_is_read_by_the_loader_as_graph_to_profiles_reads_
     assert load_kg("rdf", path=path).edges["hpo_id"].tolist() == ["HP:0000272"]
     (profile,) = [p for p in graph_to_profiles(read_graph(path)) if p.disease_id == "ORPHA:1"]
     assert [p.hpo_id for p in profile.phenotypes] == ["HP:0000312"]  # as written (the loader resolves alt ids)
+
+
+def test_an_untyped_disease_keeps_its_onsets(tmp_path, catalog):
+    """A disease node without `a kgf:Disease` kept its annotations but lost its onsets, in silence."""
+    path = _ttl(tmp_path, "kgf:frequency 0.5")
+    path.write_text(path.read_text().replace("<http://www.orpha.net/ORDO/Orphanet_1> a kgf:Disease ;",
+                                             "<http://www.orpha.net/ORDO/Orphanet_1>"))
+    assert "kgf:Disease" not in path.read_text()
+    p = ProfileBuilder(load_kg("rdf", path=path), catalog).build("ORPHA:1")
+    assert [x.hpo_id for x in p.phenotypes] == ["HP:0000272"] and [o["hpo_id"] for o in p.onsets] == ["HP:0003593"]
