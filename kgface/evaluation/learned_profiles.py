@@ -53,6 +53,16 @@ def detector_rates(evaluator: Evaluator, table: pd.DataFrame) -> tuple[dict[str,
     return tpr, fpr
 
 
+MIN_TPR_FACES = 5  # labelled faces behind a head's hit rate below which the report names it (1 face: 0 or 1)
+
+
+def hit_rate_faces(evaluator: Evaluator, table: pd.DataFrame) -> dict[str, int]:
+    """Per phenotype head, the labelled stage-3 faces showing it that detector_rates measures its tpr on."""
+    full = table[(table["stage"] == 3).to_numpy() & stage_known(table)]
+    y = presence_matrix(list(full["phenotypes"]), evaluator.phenotypes)
+    return {h: int(y[:, k].sum()) for k, h in enumerate(evaluator.phenotypes) if y[:, k].sum() > 0}
+
+
 def learn_profiles(evaluator: Evaluator, table: pd.DataFrame, profiles,
                    rates: tuple[dict[str, float], dict[str, float]] | None = None, stage: int = 3) -> dict:
     """{disease: {name, n_images, phenotypes: [{hpo_id, name, kg_frequency, learned_frequency, detection_rate,
@@ -248,6 +258,10 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
     if not learned:
         return ["no learned_profiles.json: no diseased real test image of a profiled disease at stage 3 "
                 "(or ungraded)"] + earlier_learned_note(out_dir), []
+    faces = hit_rate_faces(evaluator, rates_table if rates_table is not None else table)
+    for entry in learned.values():  # how many faces each tpr rests on: one face gives 0 or 1
+        for e in entry["phenotypes"]:
+            e["tpr_faces"] = faces.get(e["hpo_id"], 0)
     tpr_from = (f"the val split's {len(rates_table)} labelled stage-3 faces" if rates_table is not None else
                 "the same test faces' labels (a phenotype one disease alone shows is then learned back as its label "
                 "frequency)" if tpr else None)
@@ -263,6 +277,11 @@ def learn_and_write(evaluator: Evaluator, table: pd.DataFrame, profiles, out_dir
                      "heads' hit rate (tpr) is taken as 1, so their learned frequencies are detection rates "
                      "corrected for healthy faces' false positives only (none where the set has no healthy "
                      "faces; lower bounds where a head misses)")
+    few = sorted({(faces[h], h) for h in used & set(rates[0]) if faces.get(h, 0) < MIN_TPR_FACES})
+    if few:
+        notes.append(f"{len(few)} of {len(used)} learned phenotypes' head hit rates rest on fewer than "
+                     f"{MIN_TPR_FACES} labelled faces (e.g. " + ", ".join(f"{h}: {n}" for n, h in few[:3])
+                     + "; `tpr_faces` in the file): their corrections are coarse (one face gives a hit rate of 0 or 1)")
     flat = {e["hpo_id"] for entry in learned.values() for e in entry["phenotypes"] if not e["corrected"]}
     if flat:  # hit rate within MIN_TPR_GAP of the healthy rate: dividing by it would blow the estimate up
         notes.append(f"{len(flat)} of {len(used)} learned phenotypes' heads hit faces showing the phenotype "

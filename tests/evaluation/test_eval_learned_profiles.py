@@ -119,15 +119,23 @@ def test_hit_rates_from_other_faces_do_not_echo_the_labels(tmp_path):
     val = pd.DataFrame({"disease": ["D"] * 4, "stage": [3] * 4, "phenotypes": [{"HP:1": 1.0}] * 4,
                         "detected": [["HP:1"]] * 4})
 
+    notes = {}
+
     def learned(out, **kw):
-        learn_and_write(Ev(), test, [prof], tmp_path / out, **kw)
+        notes[out] = learn_and_write(Ev(), test, [prof], tmp_path / out, **kw)[0]
         return json.loads((tmp_path / out / "learned_profiles.json").read_text())
 
     echo = learned("same")
     assert echo["diseases"]["D"]["phenotypes"][0]["learned_frequency"] == 0.6 and "same test faces" in echo["tpr_from"]
+    assert echo["diseases"]["D"]["phenotypes"][0]["tpr_faces"] == 6  # the test faces showing it
+    assert not any("fewer than 5 labelled faces" in n for n in notes["same"])
     read = learned("val", rates_table=val)
     assert read["diseases"]["D"]["phenotypes"][0]["learned_frequency"] == 0.3
     assert read["tpr_from"] == "the val split's 4 labelled stage-3 faces"
+    # four val faces behind the hit rate: said, and kept in the file
+    assert read["diseases"]["D"]["phenotypes"][0]["tpr_faces"] == 4
+    assert any(n.startswith("1 of 1 learned phenotypes' head hit rates rest on fewer than 5 labelled faces (e.g. "
+                            "HP:1: 4;") for n in notes["val"]), notes["val"]
 
 
 def test_the_perturbation_check_compares_both_maes_over_the_same_pairs():
