@@ -292,7 +292,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from .diffusion.adapter import adapter_scale_or_none
     from .diffusion.editing import edit_mask
     from .diffusion.generator import Generator
-    from .diffusion.requests import MODES, Profiles, check_distinct, generate, parse_phenotypes, plan
+    from .diffusion.phenotype_sets import observed_phenotypes_of
+    from .diffusion.requests import (MODES, Profiles, check_distinct, check_inversion_seeds, generate,
+                                     parse_phenotypes, plan)
     from .diffusion.run_loading import check_precision_device, heldout_of, load_run, run_config
     from .run_files import find_evaluator
     from .runtime import apply_num_threads, check_run_kg, make_cache, torch_device
@@ -345,7 +347,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     cache = make_cache(cfg)
     device = torch_device(cfg.get("device"))
     run_dir = Path(str(cfg.run)).expanduser()
-    check_run_kg(cfg, run_config(run_dir))  # before the model loads (an SD run takes minutes)
+    trained_with = run_config(run_dir)
+    check_run_kg(cfg, trained_with)  # before the model loads (an SD run takes minutes), as is this:
+    if cfg.inversion and not observed_phenotypes_of(trained_with):  # (a run that draws sets: checked below)
+        check_inversion_seeds(seeds, eta if eta is not None else float(trained_with.model.sample.get("eta", 0.0)))
     backbone, conditioner, run_profiles, run_cfg = load_run(run_dir, cache=cache, adapter_scale=cfg.adapter_scale,
                                                            dtype=cfg.get("dtype"))
     backbone.unet.to(device)  # the text encoder stays on the CPU: its states are cached per prompt and moved

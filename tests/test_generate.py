@@ -241,6 +241,8 @@ def test_bad_inputs_are_one_line_errors(micro_run, tmp_path, capsys):
     # the run's kg= is compared before its model loads (an SD run loads for minutes): refused for that, not the model
     assert f"kg=primekg but run={empty} was trained with kg=hpo" in fails(
         capsys, empty, tmp_path / "ck", "kg=primekg", f"kg.path={tmp_path / 'kg.csv'}")
+    assert "every seed gives the same image" in fails(capsys, empty, tmp_path / "ci", "mode=transform", f"input={src}",
+                                                      "target=ORPHA:870", "inversion=true", "seeds=[0,1]")
     damaged = tmp_path / "damaged_run"  # a truncated data.json: one line naming it (it was a JSON traceback)
     shutil.copytree(micro_run, damaged, ignore=shutil.ignore_patterns("samples", "evaluation", "checkpoints", ".*"))
     (damaged / "data.json").write_text('{"manifest": ')

@@ -236,15 +236,21 @@ def plan(cfg: DictConfig, profiles: Profiles, run_profiles, size: int, age: int)
     return items, intensities
 
 
+def check_inversion_seeds(seeds, eta: float) -> None:
+    """inversion=true at eta 0 on a run that draws no phenotype sets: the start latent is the input's inversion, and
+    nothing after it follows the seed, so several seeds would list one image under several seeds."""
+    seeds = sorted(set(seeds))
+    if len(seeds) > 1 and eta == 0:
+        raise UserError(f"seeds={seeds} with inversion=true: the start is each input's DDIM inversion, not a "
+                        "seed's noise, so every seed gives the same image; give one seed (or eta > 0, whose "
+                        "step noise follows the seed)")
+
+
 def check_distinct(gen, items: list[Item], inversion: tuple | None, run: str) -> None:
     """Rows that would hold one image under two labels are refused, as `plan` refuses stages=[1,1.0]: an
     evaluation would count the face twice, under labels the image does not tell apart."""
-    if inversion is not None and not gen.draws_phenotypes and gen.eta == 0:
-        seeds = sorted({it.request.seed for it in items})
-        if len(seeds) > 1:  # the start latent is the input's inversion, and eta 0 adds no seeded noise after it
-            raise UserError(f"seeds={seeds} with inversion=true: the start is each input's DDIM inversion, not a "
-                            "seed's noise, so every seed gives the same image; give one seed (or eta > 0, whose "
-                            "step noise follows the seed)")
+    if inversion is not None and not gen.draws_phenotypes:
+        check_inversion_seeds({it.request.seed for it in items}, gen.eta)
     if gen.conditioner.mode != "text":
         return
     first = {}

@@ -16,7 +16,7 @@ from .profiles import (DISEASE_TEXT_KEYS, FacialProfile, NegativePhenotype, Phen
                        disease_definition, healthy_profile)
 from .visible import VisibleCatalog
 
-PARSER_VERSION = 8  # bump when parsing changes (profiles._frequency_of and rdf.curie count), so cached graphs rebuild
+PARSER_VERSION = 9  # bump when parsing changes (profiles._frequency_of and rdf.curie count), so cached graphs rebuild
 HASH_LIMIT = 64 << 20  # files up to this size are known by their bytes (as kgface.cache.file_fingerprint's)
 SOURCES = ("hpo", "primekg", "rdf")
 

@@ -172,13 +172,16 @@ def read_supplement(path: str | Path, terms: dict[str, Term] | None = None) -> t
     not would be counted as a hidden phenotype and vanish silently), onsets must lie under Onset."""
     path = Path(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, comment=None, skip_blank_lines=False)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        with path.open(encoding="utf-8") as handle:  # blank lines above the header (pandas would take one for it)
+            leading = next((i for i, line in enumerate(handle) if line.strip()), 0)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, comment=None, skip_blank_lines=False,
+                         skiprows=leading)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:  # UnicodeDecodeError is a ValueError
         raise KGFormatError(f"{path}: cannot read the curated supplement ({str(exc).splitlines()[0]})") from None
     missing = [c for c in SUPPLEMENT_COLUMNS if c not in df.columns]
     if missing:
         raise KGFormatError(f"{path}: lacks columns {missing}; expected {', '.join(SUPPLEMENT_COLUMNS)}")
-    df, lines = _without_blank_lines(df, 2)  # row 1 is the header
+    df, lines = _without_blank_lines(df, leading + 2)  # the line after the header
     alias = term_aliases(terms) if terms is not None else {}
     onsets = onset_terms(terms) if terms is not None else None
     hpo_ids, onset_ids, stages, first = [], [], [], {}

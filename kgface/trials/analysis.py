@@ -305,12 +305,14 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
                 & ((out["model_gap"].abs() > RUNIN_BIAS_SHARE * largest)
                    | (out["model_gap"].abs() > RUNIN_BIAS_SE * out["se"]))]
     if not a.trend and (s.trend_mean != 0 or s.trend_sd != 0) and len(drift):
+        what = ("a bias of every draw that the intervals do not cover" if s.trend_mean != 0 else
+                "spread (the patients' drifts, mean 0) that the intervals do not cover")
         notes.append(
             "trial.analysis.trend=false while the patients drift (trial.severity.trend mean "
             f"{s.trend_mean:g}, sd {s.trend_sd:g} per day): the reference block always comes first, so the drift "
             "lands in the effects (noise-free: " + ", ".join(f"{r.effect} {r.model_gap:+.3f} of {r.truth:+.3f}"
                                                             for r in drift.itertuples())
-            + "), a bias of every draw that the intervals do not cover; set trial.analysis.trend=true")
+            + f"), {what}; set trial.analysis.trend=true")
     if a.unit == "block":
         fallback = [pid for pid, r in table.groupby("patient_id", sort=True)
                     if _patient_unit(r, "true_severity", design) == "day"]

@@ -524,7 +524,7 @@ def test_kg_text_reads_the_text_prompt_and_the_kg_tokens(profiles, hpo_kg, catal
     unseen = ProfileBuilder(hpo_kg, catalog).build("ORPHA:648")
     gen = Generator(backbone, cond, steps=2)
     reqs = [Request(unseen, 3.0, seed=1)]
-    assert unseen.name in gen._prompts(reqs)[0]
+    assert unseen.name in gen.prompts(reqs)[0]
     assert gen._tokens(reqs).shape == (1, 4, backbone.cross_attention_dim)
     # what the sampler reads: the naming prompt (not the empty one) and the tokens, each with its null
     states, tokens, null_states, null_tokens, _, _ = gen.condition(reqs)
@@ -585,14 +585,14 @@ def test_text_prompts_read_the_language_layers_descriptions(profiles):
     assert got[1] == plain[1]  # another stage: the (unchanged) description of stage 3
     assert got[2] == training_prompt(profiles[1], 2, conditioning="text", every_phenotype=True)  # the full set
     gen = Generator(backbone, Conditioner("text", profiles, backbone, num_tokens=4, descriptions=llm))
-    assert gen._prompts([Request(profiles[0], 2.0, 0)]) == [got[0]]
+    assert gen.prompts([Request(profiles[0], 2.0, 0)]) == [got[0]]
     # what the evaluator's profile match expects is what the sentence cites (an LLM's own set, not the template's)
     llm["ORPHA:870"].stages[2].phenotypes = [llm["ORPHA:870"].stages[2].phenotypes[0]]
     asked = gen.requested_phenotypes([Request(profiles[0], 2.0, 0), Request(profiles[0], 3.0, 0)])
     assert asked == [llm["ORPHA:870"].stages[2].phenotypes, list(none["ORPHA:870"].stages[3].phenotypes)]
     assert len(none["ORPHA:870"].stages[2].phenotypes) > 1  # the template's set differs from the cited one
     gen = Generator(backbone, Conditioner("text", profiles, backbone, num_tokens=4, descriptions={}))
-    assert gen._prompts([Request(profiles[0], 2.0, 0)]) == [plain[0]]
+    assert gen.prompts([Request(profiles[0], 2.0, 0)]) == [plain[0]]
     assert gen.requested_phenotypes([Request(profiles[0], 2.0, 0)]) is None  # no descriptions: the template's
 
 

@@ -82,10 +82,11 @@ def test_bad_frequency_names_file_and_line(tmp_path):
 
 def test_a_windows_saved_hpoa_reads_as_the_original(tmp_path):
     unix = _write_hpoa(tmp_path / "unix.hpoa", [_row(), _row("3/4", "HP:0000316")])
-    windows = tmp_path / "windows.hpoa"
-    windows.write_bytes(b"\xef\xbb\xbf" + unix.read_bytes().replace(b"\n", b"\r\n"))  # BOM + CRLF
-    a, b = read_hpoa(unix)[1], read_hpoa(windows)[1]  # the header's last column read 'biocuration\r': refused
-    pd.testing.assert_frame_equal(a, b)
+    crlf, bom = tmp_path / "crlf.hpoa", tmp_path / "bom.hpoa"
+    crlf.write_bytes(unix.read_bytes().replace(b"\n", b"\r\n"))
+    bom.write_bytes(b"\xef\xbb\xbf" + crlf.read_bytes())  # the BOM hid the first '#' line: read as the header
+    for other in (crlf, bom):
+        pd.testing.assert_frame_equal(read_hpoa(unix)[1], read_hpoa(other)[1])
 
 
 @pytest.mark.parametrize("make, message", [
@@ -246,8 +247,8 @@ def test_supplement_alt_ids_resolve_to_the_live_term(tmp_path, catalog):
     sup = _supplement(tmp_path / "twice.csv", "HP:0000272,HP:0040281,,1", "HP:0000312,HP:0040282,,2")
     with pytest.raises(KGFormatError, match=r"twice\.csv:3: MONDO:0011438 HP:0000272 is already on line 2; one "):
         read_supplement(sup, terms)
-    sup.write_text(sup.read_text().replace("\nMONDO", "\n\nMONDO"))  # blank lines: the numbers are the file's
-    with pytest.raises(KGFormatError, match=r"twice\.csv:5: MONDO:0011438 HP:0000272 is already on line 3; one "):
+    sup.write_text("\n" + sup.read_text().replace("\nMONDO", "\n\nMONDO"))  # blank lines: the file's numbers
+    with pytest.raises(KGFormatError, match=r"twice\.csv:6: MONDO:0011438 HP:0000272 is already on line 4; one "):
         read_supplement(sup, terms)
 
 
