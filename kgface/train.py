@@ -258,7 +258,44 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
     # ages included); elsewhere it changes nothing and is left out
     ages = (mode in KG_MODES or mode == CONTROL) and int(encoder_cfg.get("age_groups") or 0) > 0
     setup["objective"] = stable_hash({k: trainer.get(k) for k in OBJECTIVE_KEYS if k != "age_drop" or ages})
+    # weights files past cache.HASH_LIMIT count by their size alone above: samples of their bytes tell another
+    # model of the same size (a base fine-tuned and saved over its folder) apart; a group of its own, so that
+    # checkpoints recorded before it resume as they did
+    weights = {}
+    if model_cfg.get("name", "tiny") == "tiny":
+        weights["text_model"] = _sampled_weights(_text_model_path(model_cfg.get("text_model")))
+    elif model_cfg.get("pretrained") not in (None, "", "???"):
+        weights["pretrained"] = _sampled_weights(model_cfg["pretrained"])
+    if mode in KG_MODES or mode == CONTROL:
+        weights["encoder_text_model"] = _sampled_weights(_text_model_path(encoder_cfg.get("text_model")))
+    setup["weights"] = stable_hash(weights)
     return setup
+
+
+def _sampled_weights(path) -> dict | None:
+    """Each file past cache.HASH_LIMIT under `path` by a SHA-256 of 1 MiB at its start, middle and end (weights
+    change throughout when a model is fine-tuned; the whole of a 10 GB UNet is not read)."""
+    import hashlib
+
+    from . import cache
+
+    if path is None:
+        return None
+    p = Path(str(path)).expanduser()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and not any(
+        part.startswith(".") for part in f.relative_to(p).parts)) if p.is_dir() else []
+    out = {}
+    for f in files:
+        size = f.stat().st_size
+        if size <= cache.HASH_LIMIT:
+            continue
+        digest = hashlib.sha256()
+        with open(f, "rb") as handle:
+            for offset in (0, size // 2, max(0, size - (1 << 20))):
+                handle.seek(offset)
+                digest.update(handle.read(1 << 20))
+        out[f.name if f == p else f.relative_to(p).as_posix()] = digest.hexdigest()
+    return out
 
 
 def descriptions_digest(descriptions) -> str:
@@ -290,10 +327,15 @@ def _files_of(path) -> dict | None:
 def _text_model_files(value) -> dict | None:
     """A text model by its files (name, size; small files by their bytes too), not its path or times: the same
     model copied or reinstalled elsewhere resumes, another model saved under the same folder does not."""
+    path = _text_model_path(value)
+    return None if path is None else _files_of(path)
+
+
+def _text_model_path(value) -> Path | None:
     from .encoders.text import TextModelError, resolve_text_model_path
 
     try:
-        return _files_of(resolve_text_model_path(value))
+        return resolve_text_model_path(value)
     except TextModelError:
         return None  # refused where it is loaded
 

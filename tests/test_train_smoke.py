@@ -318,6 +318,16 @@ def test_the_training_setup_names_the_text_model_by_its_files_not_its_path(tmp_p
     other = training_setup(compose("train", MICRO + [f"encoder.text_model={copy}"]), "kg")
     assert other["encoder"] != same["encoder"] and {k: v for k, v in other.items() if k != "encoder"} == \
         {k: v for k, v in same.items() if k != "encoder"}
+    small.write_text(small.read_text()[:-1])  # back to the same model; now its 90 MB weights change in the middle,
+    big = max(copy.rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)  # known by their size alone
+    with open(big, "r+b") as f:
+        f.seek(big.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 1]))
+    changed = training_setup(compose("train", MICRO + [f"encoder.text_model={copy}"]), "kg")
+    assert changed["encoder"] == same["encoder"] and changed["weights"] != same["weights"]  # the files' sizes agree
+    assert {k: v for k, v in changed.items() if k != "weights"} == {k: v for k, v in same.items() if k != "weights"}
 
 
 def test_the_training_setup_holds_what_changes_the_learning_and_nothing_else(tmp_path, monkeypatch, hpo_kg, catalog):
