@@ -66,7 +66,10 @@ def _check_trainer_numbers(cfg: DictConfig) -> None:
         # everything after it at this, so num_threads=1 no longer repeated a run bit for bit
         raise UserError(f"trainer.num_threads={t.get('num_threads')!r}: set num_threads= instead (torch's threads "
                         "for the whole job)")
-    _whole_at_least(cfg.get("seed"), "seed", 0)
+    if _whole_at_least(cfg.get("seed"), "seed", 0) >= 2 ** 44:
+        # the loop's step seeds (seed * 1,000,003 + step) must fit torch's 64 bits: an overflow at step 0 otherwise
+        raise UserError(f"seed={cfg.seed}: at most 2^44 - 1 (17,592,186,044,415): the training loop derives each "
+                        "step's seed from it within torch's 64 bits")
     rates = {}
     for name in ("lr", "encoder_lr", "adapter_lr"):
         if name == "adapter_lr" and t.get(name) is None:
@@ -79,7 +82,12 @@ def _check_trainer_numbers(cfg: DictConfig) -> None:
     if "weight_decay" in t and t.get("weight_decay") is None:  # cast by the optimiser: a TypeError after the data
         raise UserError("trainer.weight_decay=null: a number >= 0 (0 switches it off)")
     if "adapter_scale" in cfg.model:  # null: a TypeError late; nan: a "loss became nan" that blamed trainer.lr
-        as_number(cfg.model.adapter_scale, "model.adapter_scale", "the KG adapter's scale, e.g. 1.0")
+        scale = as_number(cfg.model.adapter_scale, "model.adapter_scale", "the KG adapter's scale, e.g. 1.0")
+        modes = list(cfg.baselines) if cfg.get("baselines") else [cfg.conditioning]
+        if scale == 0 and any(str(m) != "text" for m in modes):  # diffusers skips a branch at scale 0: no gradient
+            raise UserError("model.adapter_scale=0 trains nothing of the token branch (the adapter, the KG encoder or "
+                            "the class tokens get no gradient) and ships a generator whose tokens change nothing; "
+                            "set it > 0 (scale 0 is for generation: kgface.generate adapter_scale=0)")
     for name in ("weight_decay", "max_grad_norm", "min_snr_gamma"):
         if t.get(name) is not None and as_number(t.get(name), f"trainer.{name}", "a number >= 0") < 0:
             raise UserError(f"trainer.{name}={t.get(name)}: a number >= 0 (0 switches it off)")
@@ -145,6 +153,13 @@ def preflight(cfg: DictConfig) -> None:
         from .encoders import KGEncoder
 
         KGEncoder.check_settings(container(cfg.encoder))
+        from .encoders.text import resolve_text_model_path, text_model_widths
+
+        folder = resolve_text_model_path(cfg.encoder.get("text_model"))
+        width, reads = text_model_widths(folder)[1], cfg.encoder.get("in_dim", 384)
+        if width is not None and width != reads:  # found once the texts were embedded, after the data and VAE
+            raise UserError(f"encoder.text_model={folder} gives {width}-d text vectors but "
+                            f"the KG encoder reads {reads}-d ones: add +encoder.in_dim={width}")
         import torch
 
         from .encoders.graph import check_graph_settings
@@ -348,8 +363,14 @@ def preflight(cfg: DictConfig) -> None:
 
     if cfg.model.name == "tiny":  # shapes diffusers cannot build failed in GroupNorm / len() after the data was built
         from .diffusion.models import tiny_config
+        from .encoders.text import resolve_text_model_path, text_model_widths
 
-        tiny_config(container(cfg.model.get("tiny")))
+        tiny = tiny_config(container(cfg.model.get("tiny")))
+        width = text_model_widths(resolve_text_model_path(cfg.model.get("text_model"), "model.text_model"))[0]
+        if width is not None and width != tiny["cross_attention_dim"]:  # found when the UNet was built, after the VAE
+            raise UserError(f"model.text_model gives {width}-d token states, the tiny UNet attends to "
+                            f"{tiny['cross_attention_dim']}-d ones: set +model.tiny.cross_attention_dim={width}, "
+                            "or use a text model of that width")
     # last, so the checks above keep their own messages: a kg file the source does not read, a phantom key it does
     # not, or a phantom value it cannot honour failed after the run folder was reset
     from .runtime import check_kg_settings

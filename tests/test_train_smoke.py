@@ -629,6 +629,20 @@ def test_preflight_reads_the_atlas_settings(monkeypatch, caplog, tmp_path):
                            ("model.num_tokens=0", "model.num_tokens=0: a whole number >= 1")):
         with pytest.raises(UserError, match=rf"^{says}"):
             preflight(compose("train", MICRO + [override]))
+    # ... and these, found at step 0 or after the VAE: an overflowing step seed, a branch trained at scale 0 (no
+    # gradient: tokens that change nothing), a UNet that attends to nothing, text models of another width
+    for override, says in (("seed=20261207153000", r"seed=20261207153000: at most 2\^44 - 1"),
+                           ("model.adapter_scale=0", "model.adapter_scale=0 trains nothing of the token branch"),
+                           ("model.tiny.unet_attention_levels=[false,false]",
+                            r"model.tiny.unet_attention_levels=\[False, False\]: at least one level"),
+                           ("+model.tiny.cross_attention_dim=512",
+                            r"model.text_model gives 384-d token states, the tiny UNet attends to 512-d ones"),
+                           ("+encoder.in_dim=768", "encoder.text_model=.* gives 384-d text vectors but the KG "
+                                                   "encoder reads 768-d ones: add \\+encoder.in_dim=384")):
+        with pytest.raises(UserError, match=rf"^{says}"):
+            preflight(compose("train", MICRO + [override]))
+    preflight(compose("train", MICRO + ["conditioning=text", "model.adapter_scale=0"]))  # no token branch to train
+    preflight(compose("train", MICRO + ["seed=17592186044415"]))
     import torch
 
     before = torch.random.get_rng_state()

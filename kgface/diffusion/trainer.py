@@ -203,6 +203,9 @@ def resume_checkpoint(run_dir: Path, t) -> Path | None:
         # an earlier run's checkpoints beside a fresh one: the retention below would delete this run's newest, and
         # a later resume=latest would continue the old run under this config
         old = sorted(p.name for p in ckpt_dir.glob("step-*"))
+        if t.get("resume") == "latest":  # only folders without state.json (killed mid-write, copied in part)
+            raise TrainingError(f"{ckpt_dir} holds {', '.join(old)} but none has its state.json (a checkpoint "
+                                "killed mid-write or copied in part): nothing to resume; delete them to start afresh")
         raise TrainingError(f"{ckpt_dir} holds checkpoints of an earlier run ({old[-1]}); trainer.resume=latest "
                             "continues it, or move the folder away (or use another hydra.run.dir) to start afresh")
     return folder

@@ -52,6 +52,23 @@ def resolve_text_model_path(path: str | os.PathLike | None = None, key: str = "e
 _LOADED: dict[tuple[str, str], object] = {}
 
 
+def text_model_widths(folder: Path) -> tuple[int | None, int | None]:
+    """(token width, sentence width) a sentence-transformers folder gives, read from its config.json without loading
+    it: the transformer's hidden_size, and the same for the sentence vectors unless a Dense module after pooling
+    changes it (then None: not known until embedded). None where the file does not say."""
+    try:
+        hidden = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("hidden_size")
+    except (OSError, ValueError, AttributeError):
+        return None, None
+    hidden = hidden if isinstance(hidden, int) and not isinstance(hidden, bool) else None
+    try:
+        modules = json.loads((Path(folder) / "modules.json").read_text(encoding="utf-8"))
+        dense = any("Dense" in str(m.get("type", "")) for m in modules)
+    except (OSError, ValueError, AttributeError, TypeError):
+        dense = False
+    return hidden, None if dense else hidden
+
+
 def load_text_model(path: str | os.PathLike | None = None, device: str = "cpu", key: str = "encoder.text_model"):
     """A SentenceTransformer from a local folder (None = the bundled MiniLM), never from the hub; loaded once per
     process and folder. Its folder is kept as `.kgface_path` (embed_texts keys the cache on it)."""

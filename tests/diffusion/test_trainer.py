@@ -462,6 +462,12 @@ def test_resuming_an_earlier_checkpoint_beside_later_ones_is_refused(profiles, t
     # resume=latest past this run's steps: the loop would be empty and the old weights saved under this config
     with pytest.raises(TrainingError, match=r"step-0000004 is past trainer.steps=2"):
         train(*make(profiles), fixed_data(), {**FAST, "steps": 2, "resume": "latest"}, tmp_path, progress=False)
+    # resume=latest over step folders none of which has its state.json: the advice was to pass resume=latest
+    damaged = tmp_path / "damaged"
+    (damaged / "checkpoints" / "step-0000002").mkdir(parents=True)
+    with pytest.raises(TrainingError, match=r"holds step-0000002 but none has its state.json .*delete them"):
+        train(*make(profiles), fixed_data(), {**FAST, "steps": 2, "checkpoint_every": 1, "resume": "latest"},
+              damaged, progress=False)
 
 
 def test_bad_resume_path(profiles, tmp_path):
