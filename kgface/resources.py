@@ -16,6 +16,8 @@ def asset_root() -> Path:
     """Folder holding conf/, kg_data/ and prompts/ (env KGFACE_ASSETS overrides, for tests and packagers)."""
     override = os.environ.get("KGFACE_ASSETS")
     if override:  # named on purpose: a folder without all three would otherwise fall back to the bundled assets
+        # absolute, ~ expanded: Hydra reads a relative config path against the package, not the working directory
+        override = str(Path(override).expanduser().resolve())
         missing = [name for name in ASSET_DIRS if not (Path(override) / name).is_dir()]
         if missing:
             folders = ", ".join(f"{d}/" for d in ASSET_DIRS)

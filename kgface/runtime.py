@@ -156,6 +156,12 @@ def load_profiles(cfg: DictConfig, diseases: list[str] | None = None, cache: Cac
         logging.getLogger(__name__).warning(
             "kg.panel=null: %d of the graph's %d diseases have no visible phenotype and are left out (e.g. %s)",
             len(invisible), len(entries), ", ".join(invisible[:3]))
+        if not any(not p.healthy for p in out):  # profiles.json / descriptions.json were written empty, exit 0
+            from .errors import UserError
+
+            raise UserError(f"kg.panel=null: none of the graph's {len(invisible)} diseases has a visible phenotype "
+                            f"(e.g. {', '.join(invisible[:3])}); check kg.path, or annotate visible (facial) HPO "
+                            "terms")
     return out
 
 

@@ -216,7 +216,7 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
     class tokens read only mark_weight) and OBJECTIVE_KEYS (what each step minimises); steps, rates and the rest may
     change. Files
     count by what they hold, not by the path they were named by: text models by their files, a learned profile table
-    by its bytes, a data folder by its absolute path."""
+    by its bytes and file name (not its folder), a data folder by its absolute path."""
     import os
 
     from .cache import file_fingerprint, stable_hash

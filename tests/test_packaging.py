@@ -57,3 +57,10 @@ def test_a_kgface_assets_folder_without_the_assets_is_a_one_line_error(tmp_path,
     for name in ("kg_data", "prompts"):
         (tmp_path / name).mkdir()
     assert asset_root() == tmp_path
+    # relative or ~: made absolute (Hydra read a relative config path against the package, not the working dir)
+    monkeypatch.chdir(tmp_path.parent)
+    monkeypatch.setenv("KGFACE_ASSETS", tmp_path.name)
+    assert asset_root() == tmp_path.resolve() and asset_root().is_absolute()
+    monkeypatch.setenv("HOME", str(tmp_path.parent))
+    monkeypatch.setenv("KGFACE_ASSETS", f"~/{tmp_path.name}")
+    assert asset_root() == tmp_path.resolve()

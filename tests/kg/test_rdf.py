@@ -231,6 +231,13 @@ def test_a_whole_graph_panel_leaves_out_diseases_with_nothing_visible(profiles, 
     assert "1 of the graph's 2 diseases have no visible phenotype and are left out (e.g. ORPHA:1)" in caplog.text
     with pytest.raises(NoVisiblePhenotypeError):
         load_profiles(cfg, diseases=["ORPHA:1"], knowledge=(kg, catalog))
+    # a graph none of whose diseases shows anything: one line (profiles.json was written empty, exit 0)
+    from kgface.errors import UserError
+
+    alone = load_kg("rdf", path=_ttl(tmp_path, "kgf:negated true"))
+    with pytest.raises(UserError, match=r"kg.panel=null: none of the graph's 1 diseases has a visible phenotype "
+                                        r"\(e.g. ORPHA:1\)"):
+        load_profiles(cfg, knowledge=(alone, catalog))
 
 
 def test_phenotypes_are_hpo_terms_over_http_or_https_and_others_are_named(tmp_path):
