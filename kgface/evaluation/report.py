@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +218,9 @@ def write_scores(table: pd.DataFrame, headline: np.ndarray, path: Path) -> Path:
     for c in ("top3", "detected"):
         if c in t.columns:
             t[c] = [";".join(map(str, v)) for v in t[c]]
+    for c in t.columns:  # the manifest's dict cells (phenotypes) as the manifest writes them, JSON, not Python's repr
+        if t[c].map(lambda v: isinstance(v, dict)).any():
+            t[c] = [json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in t[c]]
     with atomic_path(path) as tmp:
         t.to_csv(tmp, index=False, float_format="%.6g")
     return path
@@ -227,7 +231,7 @@ def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and k not in ("phenotype_auroc", "vae_ceiling_phenotype_auroc",
-                                             "phenotype_auroc_isolated", "frequency_mae_per_disease",
+                                             "phenotype_auroc_isolated",
                                              "phenotype_match", "real_phenotype_match"):  # per phenotype: plotted
             out += _flat(v, key + ".")
         elif isinstance(v, list) and k.endswith("_ci95"):  # a 95% interval beside its number

@@ -355,8 +355,10 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 # one probe read on every headline row; its intervals count faces, as the evaluator's own do
                 pred = M.tstr_predictions(s_gen.features[learn], list(req_d[learn]), s_real.features)
                 truth, faces = rt["disease"].astype(str).to_numpy(), identities(rt)
-                for key, rows in (("tstr_top1", keep), ("tstr_top1_seen", seen_rows)):
-                    if rows.any():
+                # a _seen pair only where some headline row is held out (else the same numbers, as the other _seen)
+                some_heldout = bool((keep & rt["disease"].isin(heldout).to_numpy()).any())
+                for key, rows in (("tstr_top1", keep), ("tstr_top1_seen", seen_rows if some_heldout else None)):
+                    if rows is not None and rows.any():
                         metrics[key] = M.accuracy(list(truth[rows]), list(pred[rows]))
                         metrics[key.replace("top1", "n_real")] = int(rows.sum())
                         metrics[f"{key}_ci95"] = CI.accuracy_interval(truth[rows], pred[rows],

@@ -189,6 +189,10 @@ def test_evaluate_sets_and_entry_report(tiny_evaluator, tiny_data, tiny_profiles
     assert m2["tstr_n_real"] == m["tstr_n_real"] and m2["tstr_n_real_seen"] == m["tstr_n_real_seen"]
     assert m2["tstr_top1"] * m2["tstr_n_real"] == pytest.approx(m2["tstr_top1_seen"] * m2["tstr_n_real_seen"],
                                                                 abs=1e-3)
+    # nothing held out: no _seen pair (it repeated the pooled numbers, and the run report printed the row)
+    m3 = evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", tmp_path / "gen" / "no_heldout.csv", tiny_profiles,
+                       heldout=set(), heldout_columns=False)
+    assert "tstr_top1" in m3 and "tstr_top1_seen" not in m3 and "tstr_n_real_seen" not in m3
 
     from kgface.evaluate import main
 
@@ -784,7 +788,7 @@ def test_evaluate_with_run_holds_out_what_the_runs_generator_never_saw(tiny_eval
                                "face_identity=none"])
     with caplog.at_level(logging.WARNING, logger="kgface.evaluation.sets"):
         m = evaluate_run(cfg, tmp_path / "out")
-    assert m["tstr_n_real_seen"] == m["tstr_n_real"] and m["generation"].get("heldout_top1") is None
+    assert "tstr_n_real_seen" not in m and m["generation"].get("heldout_top1") is None  # nothing held out: one
     assert "heldout column marks ['ORPHA:963'], which the run's generator trained on" in caplog.text
     # a folder whose data.json says nothing of held-out diseases (hand-built): the columns, as without run=
     (run_dir / "data.json").write_text(json.dumps({"manifest": str(tiny_data / "manifest.csv")}))

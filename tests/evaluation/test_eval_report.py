@@ -59,6 +59,14 @@ def test_per_image_scores_give_back_the_reports_numbers(tiny_evaluator, tiny_dat
     head = real[real["headline"]]
     assert (head["pred_disease"] == head["disease"]).mean() == pytest.approx(m["evaluator"]["real_top1"], abs=1e-4)
     assert {f"p_{c}" for c in tiny_evaluator.classes} <= set(real.columns)
+    # the manifest's phenotypes cell as the manifest writes it (JSON: Python's repr did not parse back)
+    assert [json.loads(c) for c in real["phenotypes"]] == [dict(sorted(d.items())) for d in
+                                                           scored["real"].table["phenotypes"]]
+    assert any(json.loads(c) for c in real["phenotypes"])  # some face shows phenotypes: the check has content
+    md = (tmp_path / "out" / "report.md").read_text()  # each disease's frequency MAE in the table (no figure had it)
+    for d, v in m["generation"]["frequency_mae_per_disease"].items():
+        assert f"| `generation.frequency_mae_per_disease.{d}` | {v:.3f}" in md or \
+            f"| `generation.frequency_mae_per_disease.{d}` | {v}" in md, d
     g = pd.read_csv(paths["scores_generated"], keep_default_na=False)
     assert len(g) == len(scored["generated"].table) > 2 and list(g["path"][:2]) == ["g000.png", "g001.png"]  # paths as the manifest wrote them
     assert list(g["group"]).count("transform") == 1
