@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from ..data.manifest import N_STAGES, marked_heldout, stage_known
+from ..errors import UserError
 from ..kg import FacialProfile
 from ..prompts import stage_phenotypes
 from ..prompts.wording import stage_of
@@ -428,7 +429,11 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
             else:
                 s_train = evaluator.score_set(train)
                 scored["real_train"] = s_train
-                audit = M.memorisation_audit(s_gen.features, s_train.features, holdout)
+                try:
+                    audit = M.memorisation_audit(s_gen.features, s_train.features, holdout)
+                except UserError as exc:  # name the manifest the threshold's faces came from (not always real=)
+                    raise UserError(f"{exc} (the threshold's faces: {holdout_from}; the training images: "
+                                    f"{metrics['memorisation_reference'].split(';')[0]})") from None
                 metrics["memorisation_rate"] = audit["memorisation_rate"]
                 metrics["memorisation_threshold"] = audit["threshold"]
                 metrics["memorisation_quantile"] = audit["quantile"]

@@ -2,6 +2,7 @@
 readings' split by the generated manifest), and parts with known answers on constructed tables; the instrument's
 validity itself is tests/evaluation/test_eval_validity.py."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from kgface.data.manifest import read_manifest, write_manifest
+from kgface.errors import UserError
 from kgface.evaluation import EvaluatorInputError, evaluate_sets, instrument_validity
 from kgface.evaluation.sets import real_profile_match
 from kgface.kg.profiles import FacialProfile, Phenotype
@@ -119,6 +121,14 @@ def test_memorisation_audit_counts_copies_of_extra_training_images(tiny_evaluato
     n_train = int(val["identity"].isin(learned).sum())
     assert 0 < n_train < n and mixed["memorisation_train_n"] == n_train
     assert mixed["memorisation_holdout_n"] + mixed["memorisation_holdout_duplicates"] == n - n_train
+    # that manifest's test rows all copies of its train rows: the error names it, not the real set it was not
+    for k in range(n):
+        shutil.copy(tmp_path / f"v{k:02d}.png", tmp_path / f"c{k:02d}.png")
+    copies = write_manifest([{**r, "split": "train"} for r in val.to_dict("records")]
+                            + [{**r, "split": "test", "path": f"c{k:02d}.png", "identity": f"copy-{k}"}
+                               for k, r in enumerate(val.to_dict("records"))], tmp_path / "copies.csv")
+    with pytest.raises(UserError, match=rf"the threshold's faces: the test split of {re.escape(str(copies))}"):
+        evaluate_sets(tiny_evaluator, tiny_data / "manifest.csv", gen, None, audit_train=copies)
     # its val rows, where it has no test rows
     as_val = write_manifest([{**r, "split": "train" if r["identity"] in learned else "val"}
                              for r in val.to_dict("records")], tmp_path / "trained_val.csv")
