@@ -366,6 +366,10 @@ def preflight(cfg: DictConfig) -> None:
         from .encoders.text import resolve_text_model_path, text_model_widths
 
         tiny = tiny_config(container(cfg.model.get("tiny")))
+        if not any(tiny["unet_attention_levels"]):  # a UNet without cross-attention never reads its condition (here,
+            # not in tiny_config: a run trained so, an unconditioned ablation, still loads)
+            raise UserError(f"model.tiny.unet_attention_levels={tiny['unet_attention_levels']}: at least one level "
+                            "needs attention (true), or nothing conditions the UNet")
         width = text_model_widths(resolve_text_model_path(cfg.model.get("text_model"), "model.text_model"))[0]
         if width is not None and width != tiny["cross_attention_dim"]:  # found when the UNet was built, after the VAE
             raise UserError(f"model.text_model gives {width}-d token states, the tiny UNet attends to "

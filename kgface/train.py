@@ -260,15 +260,14 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
     setup["objective"] = stable_hash({k: trainer.get(k) for k in OBJECTIVE_KEYS if k != "age_drop" or ages})
     # weights files past cache.HASH_LIMIT count by their size alone above: samples of their bytes tell another
     # model of the same size (a base fine-tuned and saved over its folder) apart; a group of its own, so that
-    # checkpoints recorded before it resume as they did
-    weights = {}
+    # checkpoints recorded before it resume as they did (the encoder's text model: a group only KG runs hold, as
+    # "encoder", so a change of conditioning is not also reported as other weights)
     if model_cfg.get("name", "tiny") == "tiny":
-        weights["text_model"] = _sampled_weights(_text_model_path(model_cfg.get("text_model")))
+        setup["weights"] = stable_hash(_sampled_weights(_text_model_path(model_cfg.get("text_model"))))
     elif model_cfg.get("pretrained") not in (None, "", "???"):
-        weights["pretrained"] = _sampled_weights(model_cfg["pretrained"])
+        setup["weights"] = stable_hash(_sampled_weights(model_cfg["pretrained"]))
     if mode in KG_MODES or mode == CONTROL:
-        weights["encoder_text_model"] = _sampled_weights(_text_model_path(encoder_cfg.get("text_model")))
-    setup["weights"] = stable_hash(weights)
+        setup["encoder_weights"] = stable_hash(_sampled_weights(_text_model_path(encoder_cfg.get("text_model"))))
     return setup
 
 
@@ -290,11 +289,14 @@ def _sampled_weights(path) -> dict | None:
         if size <= cache.HASH_LIMIT:
             continue
         digest = hashlib.sha256()
-        with open(f, "rb") as handle:
-            for offset in (0, size // 2, max(0, size - (1 << 20))):
-                handle.seek(offset)
-                digest.update(handle.read(1 << 20))
-        out[f.name if f == p else f.relative_to(p).as_posix()] = digest.hexdigest()
+        try:
+            with open(f, "rb") as handle:
+                for offset in (0, size // 2, max(0, size - (1 << 20))):
+                    handle.seek(offset)
+                    digest.update(handle.read(1 << 20))
+        except OSError:  # a file this user cannot read (a shared cache's blob the loader may never open): by size
+            digest = None
+        out[f.name if f == p else f.relative_to(p).as_posix()] = digest.hexdigest() if digest else None
     return out
 
 

@@ -65,9 +65,6 @@ def tiny_config(cfg: Mapping | None = None) -> dict[str, Any]:
     for k in ("unet_heads", "unet_attention_levels"):
         if len(out[k]) != n:
             raise UserError(f"model.tiny.{k} needs {n} entries (one per unet_block_out_channels), got {out[k]}")
-    if not any(out["unet_attention_levels"]):  # a UNet without cross-attention never reads its condition
-        raise UserError(f"model.tiny.unet_attention_levels={out['unet_attention_levels']}: at least one level needs "
-                        "attention (true), or nothing conditions the UNet")
     factor = 2 ** (len(out["vae_block_out_channels"]) - 1)
     if out["image_size"] % factor:
         raise UserError(f"model.tiny.image_size={out['image_size']} is not a multiple of the VAE's factor {factor}")

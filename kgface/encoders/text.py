@@ -61,12 +61,17 @@ def text_model_widths(folder: Path) -> tuple[int | None, int | None]:
     except (OSError, ValueError, AttributeError):
         return None, None
     hidden = hidden if isinstance(hidden, int) and not isinstance(hidden, bool) else None
-    try:
+    plain = ("models.Transformer", "models.Pooling", "models.Normalize")
+    try:  # a Dense module, or pooling modes concatenated (mean and max: twice the width), change the sentence width
         modules = json.loads((Path(folder) / "modules.json").read_text(encoding="utf-8"))
-        dense = any("Dense" in str(m.get("type", "")) for m in modules)
+        known = all(str(m.get("type", "")).endswith(plain) for m in modules)
+        for m in modules:
+            if str(m.get("type", "")).endswith("models.Pooling"):
+                pooling = json.loads((Path(folder) / m.get("path", "") / "config.json").read_text(encoding="utf-8"))
+                known = known and sum(bool(v) for k, v in pooling.items() if k.startswith("pooling_mode_")) == 1
     except (OSError, ValueError, AttributeError, TypeError):
-        dense = False
-    return hidden, None if dense else hidden
+        known = False
+    return hidden, hidden if known else None
 
 
 def load_text_model(path: str | os.PathLike | None = None, device: str = "cpu", key: str = "encoder.text_model"):

@@ -282,8 +282,8 @@ def memorisation_audit(generated: np.ndarray, train: np.ndarray, real_holdout: n
     real_nn, _ = nearest_cosine(real_holdout, train)
     fresh = real_nn < 1.0 - DUPLICATE_GAP
     if not fresh.any():
-        raise UserError("memorisation audit: every held-out real test image is a copy of a training image (feature "
-                        "cosine >= 1 - 1e-6): the real manifest's test split repeats its train split; fix the split")
+        raise UserError("memorisation audit: every face that sets the threshold is a copy of a training image "
+                        "(feature cosine >= 1 - 1e-6): that split repeats the training images; fix the split")
     threshold = float(np.quantile(real_nn[fresh], quantile))
     gen_nn, idx = nearest_cosine(generated, train)
     return {"memorisation_rate": float(np.mean(gen_nn > threshold)), "threshold": threshold,

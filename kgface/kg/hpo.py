@@ -172,7 +172,7 @@ def read_supplement(path: str | Path, terms: dict[str, Term] | None = None) -> t
     not would be counted as a hidden phenotype and vanish silently), onsets must lie under Onset."""
     path = Path(path)
     try:
-        with path.open(encoding="utf-8") as handle:  # blank lines above the header (pandas would take one for it)
+        with path.open(encoding="utf-8-sig") as handle:  # blank lines above the header (pandas would take one for it)
             leading = next((i for i, line in enumerate(handle) if line.strip()), 0)
         df = pd.read_csv(path, dtype=str, keep_default_na=False, comment=None, skip_blank_lines=False,
                          skiprows=leading)

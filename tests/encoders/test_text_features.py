@@ -99,3 +99,26 @@ def test_missing_text_model_path_names_the_config_key(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TextModelError, match=r"encoder\.text_model.*not a sentence-transformers"):
         load_text_model(tmp_path / "empty")
+
+
+def test_text_model_widths_read_from_the_folder_without_loading_it(tmp_path):
+    """(token width, sentence width) for kgface.train's preflight: the sentence width only where the modules are
+    the plain Transformer -> one pooling mode -> Normalize (a Dense module or concatenated pooling modes change it)."""
+    import json
+    import shutil
+
+    from kgface.encoders.text import default_text_model_path, text_model_widths
+
+    assert text_model_widths(default_text_model_path()) == (384, 384)  # the bundled MiniLM
+    folder = tmp_path / "st"
+    shutil.copytree(default_text_model_path(), folder, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    pooling = folder / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({**json.loads(pooling.read_text()), "pooling_mode_max_tokens": True}))
+    assert text_model_widths(folder) == (384, None)  # mean and max concatenated: 768-d sentences
+    shutil.copy(default_text_model_path() / "1_Pooling" / "config.json", pooling)
+    modules = json.loads((folder / "modules.json").read_text())
+    (folder / "modules.json").write_text(json.dumps(
+        modules + [{"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}]))
+    assert text_model_widths(folder) == (384, None)
+    (folder / "config.json").unlink()
+    assert text_model_widths(folder) == (None, None)

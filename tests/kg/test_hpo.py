@@ -247,7 +247,7 @@ def test_supplement_alt_ids_resolve_to_the_live_term(tmp_path, catalog):
     sup = _supplement(tmp_path / "twice.csv", "HP:0000272,HP:0040281,,1", "HP:0000312,HP:0040282,,2")
     with pytest.raises(KGFormatError, match=r"twice\.csv:3: MONDO:0011438 HP:0000272 is already on line 2; one "):
         read_supplement(sup, terms)
-    sup.write_text("\n" + sup.read_text().replace("\nMONDO", "\n\nMONDO"))  # blank lines: the file's numbers
+    sup.write_text("\ufeff\n" + sup.read_text().replace("\nMONDO", "\n\nMONDO"))  # a BOM, blank lines: its lines
     with pytest.raises(KGFormatError, match=r"twice\.csv:6: MONDO:0011438 HP:0000272 is already on line 4; one "):
         read_supplement(sup, terms)
 
