@@ -10,6 +10,7 @@ A user error (bad file, unknown id, missing weights) prints one line `kgface.<st
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import math
 import os
@@ -29,6 +30,7 @@ from .kg.errors import KGError
 from .resources import conf_dir
 
 USER_ERRORS = (UserError, KGError, FileNotFoundError)
+USER_OS_ERRORS = (errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # the user's to fix: one line
 
 
 def as_list(value, key: str) -> list:
@@ -151,6 +153,12 @@ def entry(config_name: str) -> Callable:
             except USER_ERRORS as exc:
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 print(f"kgface.{config_name}: error: {message}", file=sys.stderr)
+                sys.exit(2)
+            except OSError as exc:  # a folder this user may not write (a shared cache), a full or read-only disk
+                if exc.errno not in USER_OS_ERRORS:
+                    raise
+                print(f"kgface.{config_name}: error: {exc}; check that folder's permissions and free space, or set "
+                      "paths.cache_dir / hydra.run.dir elsewhere", file=sys.stderr)
                 sys.exit(2)
 
         def main(overrides: list[str] | None = None):

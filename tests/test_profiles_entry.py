@@ -74,6 +74,25 @@ def test_unknown_disease_exits_2_with_one_line_and_writes_nothing(tmp_path, caps
     assert not (out / "profiles.json").exists() and not (out / "profiles.ttl").exists()
 
 
+def test_a_folder_this_user_cannot_write_is_one_line(tmp_path, capsys, monkeypatch):
+    """A PermissionError (a shared cache, another user's OUT) or a full disk: one line naming the path, exit 2, not
+    a traceback (root ignores chmod here, so the error is raised where the cache would raise it)."""
+    import errno
+
+    import kgface.profiles
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", "/shared/cache/kg-hpo/.tmp-1")
+
+    monkeypatch.setattr(kgface.profiles, "load_profiles", refuse)
+    with pytest.raises(SystemExit) as info:
+        main([f"hydra.run.dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1
+    assert err[0].startswith("kgface.profiles: error: [Errno 13] Permission denied: '/shared/cache/kg-hpo/.tmp-1'; "
+                             "check that folder's permissions")
+
+
 @pytest.mark.parametrize("entry", ["profiles", "describe"])
 def test_a_train_runs_profiles_and_descriptions_are_not_replaced(tmp_path, capsys, entry):
     """kgface.profiles / describe into a train run's folder would change what its generation and evaluation read."""
