@@ -157,7 +157,9 @@ def entry(config_name: str) -> Callable:
             except OSError as exc:  # a folder this user may not write (a shared cache), a full or read-only disk
                 if exc.errno not in USER_OS_ERRORS:
                     raise
-                print(f"kgface.{config_name}: error: {exc}; check that folder's permissions and free space, or set "
+                # a failing write() names no file
+                where = "" if exc.filename else " (writing under paths.cache_dir or hydra.run.dir)"
+                print(f"kgface.{config_name}: error: {exc}{where}; check permissions and free space there, or set "
                       "paths.cache_dir / hydra.run.dir elsewhere", file=sys.stderr)
                 sys.exit(2)
 

@@ -263,9 +263,9 @@ def training_setup(cfg: DictConfig, mode: str) -> dict:
     # checkpoints recorded before it resume as they did (the encoder's text model: a group only KG runs hold, as
     # "encoder", so a change of conditioning is not also reported as other weights)
     if model_cfg.get("name", "tiny") == "tiny":
-        setup["weights"] = stable_hash(_sampled_weights(_text_model_path(model_cfg.get("text_model"))))
+        setup["model_weights"] = stable_hash(_sampled_weights(_text_model_path(model_cfg.get("text_model"))))
     elif model_cfg.get("pretrained") not in (None, "", "???"):
-        setup["weights"] = stable_hash(_sampled_weights(model_cfg["pretrained"]))
+        setup["model_weights"] = stable_hash(_sampled_weights(model_cfg["pretrained"]))
     if mode in KG_MODES or mode == CONTROL:
         setup["encoder_weights"] = stable_hash(_sampled_weights(_text_model_path(encoder_cfg.get("text_model"))))
     return setup

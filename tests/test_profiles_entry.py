@@ -90,7 +90,25 @@ def test_a_folder_this_user_cannot_write_is_one_line(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and len(err) == 1
     assert err[0].startswith("kgface.profiles: error: [Errno 13] Permission denied: '/shared/cache/kg-hpo/.tmp-1'; "
-                             "check that folder's permissions")
+                             "check permissions and free space there")
+
+    def full(*args, **kwargs):  # a write() names no file
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(kgface.profiles, "load_profiles", full)
+    with pytest.raises(SystemExit) as info:
+        main([f"hydra.run.dir={tmp_path / 'out2'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and err[0].startswith(
+        "kgface.profiles: error: [Errno 28] No space left on device (writing under paths.cache_dir or hydra.run.dir)")
+
+    def broken(*args, **kwargs):  # not the user's to fix: Hydra's traceback, exit 1, as before
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(kgface.profiles, "load_profiles", broken)
+    with pytest.raises(SystemExit) as info:
+        main([f"hydra.run.dir={tmp_path / 'out3'}"])
+    assert info.value.code == 1
 
 
 @pytest.mark.parametrize("entry", ["profiles", "describe"])

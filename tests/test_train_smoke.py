@@ -272,7 +272,7 @@ def test_a_checkpoint_resumes_only_the_training_it_was_part_of(evaluated_run, tm
     shutil.copytree(evaluated_run, run)
     state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text())
     assert set(state["setup"]) == {"version", "conditioning", "seed", "data", "kg", "encoder", "profile", "model",
-                                   "trainer", "objective", "weights", "encoder_weights"}
+                                   "trainer", "objective", "model_weights", "encoder_weights"}
     for override, words in (("seed=1", "(seed differ"), ("conditioning=text", "(conditioning differ"),
                             ("data.heldout=[]", "(data.* differ"),
                             ("trainer.mark_weight=1.0",

@@ -158,7 +158,7 @@ def _check_same_setup(folder: Path, saved: dict | None, current: dict | None) ->
         names = {"trainer": "trainer.observed_phenotypes / atlas_share / mark_weight",
                  "objective": "trainer.cfg_drop_tokens / cfg_drop_text / cfg_drop_both / age_drop / min_snr_gamma",
                  "descriptions": "descriptions.json's sentences (llm.*)",
-                 "weights": "the weights of model.pretrained / model.text_model (another file of the same size)",
+                 "model_weights": "the weights of model.pretrained / model.text_model (another file of the same size)",
                  "encoder_weights": "the weights of encoder.text_model (another file of the same size)"}
         keys = ", ".join(names.get(k, k if k in ("conditioning", "seed") else f"{k}.*") for k in changed)
         raise TrainingError(f"{folder} was trained under other settings ({keys} differ from this run's); resuming "

@@ -54,21 +54,28 @@ _LOADED: dict[tuple[str, str], object] = {}
 
 def text_model_widths(folder: Path) -> tuple[int | None, int | None]:
     """(token width, sentence width) a sentence-transformers folder gives, read from its config.json without loading
-    it: the transformer's hidden_size, and the same for the sentence vectors unless a Dense module after pooling
-    changes it (then None: not known until embedded). None where the file does not say."""
+    it: the transformer's hidden_size, and the same for the sentence vectors where the modules are Transformer, one
+    pooling mode and Normalize (a Dense module or concatenated pooling modes change it: None, not known until
+    embedded). None where the files do not say. Module types are read by their class name (sentence-transformers 6
+    writes `...modules.pooling.Pooling`, earlier versions `...models.Pooling`)."""
     try:
         hidden = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("hidden_size")
     except (OSError, ValueError, AttributeError):
         return None, None
     hidden = hidden if isinstance(hidden, int) and not isinstance(hidden, bool) else None
-    plain = ("models.Transformer", "models.Pooling", "models.Normalize")
+    def kind(module) -> str:
+        return str(module.get("type", "")).rsplit(".", 1)[-1]
+
     try:  # a Dense module, or pooling modes concatenated (mean and max: twice the width), change the sentence width
         modules = json.loads((Path(folder) / "modules.json").read_text(encoding="utf-8"))
-        known = all(str(m.get("type", "")).endswith(plain) for m in modules)
+        known = all(kind(m) in ("Transformer", "Pooling", "Normalize") for m in modules)
         for m in modules:
-            if str(m.get("type", "")).endswith("models.Pooling"):
+            if kind(m) == "Pooling":
                 pooling = json.loads((Path(folder) / m.get("path", "") / "config.json").read_text(encoding="utf-8"))
-                known = known and sum(bool(v) for k, v in pooling.items() if k.startswith("pooling_mode_")) == 1
+                mode = pooling.get("pooling_mode")  # sentence-transformers 6: one name or a list of names
+                modes = ([mode] if isinstance(mode, str) else list(mode) if isinstance(mode, list) else
+                         [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True])
+                known = known and len(modes) == 1
     except (OSError, ValueError, AttributeError, TypeError):
         known = False
     return hidden, hidden if known else None

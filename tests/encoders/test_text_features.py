@@ -120,5 +120,14 @@ def test_text_model_widths_read_from_the_folder_without_loading_it(tmp_path):
     (folder / "modules.json").write_text(json.dumps(
         modules + [{"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}]))
     assert text_model_widths(folder) == (384, None)
+    # sentence-transformers 6 writes the module's class path and one `pooling_mode` name
+    (folder / "modules.json").write_text(json.dumps([
+        {**modules[0], "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {**modules[1], "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
+        {**modules[2], "type": "sentence_transformers.sentence_transformer.modules.normalize.Normalize"}]))
+    pooling.write_text(json.dumps({"embedding_dimension": 384, "pooling_mode": "mean"}))
+    assert text_model_widths(folder) == (384, 384)
+    pooling.write_text(json.dumps({"embedding_dimension": 384, "pooling_mode": ["mean", "max"]}))
+    assert text_model_widths(folder) == (384, None)
     (folder / "config.json").unlink()
     assert text_model_widths(folder) == (None, None)
