@@ -152,19 +152,16 @@ def preflight(cfg: DictConfig) -> None:
     if cfg.get("encoder") is not None and any(m in (*KG_MODES, CONTROL) for m in modes):
         from .encoders import KGEncoder
 
-        KGEncoder.check_settings(container(cfg.encoder))
-        from .encoders.text import resolve_text_model_path, text_model_widths
+        enc = container(cfg.encoder)
+        KGEncoder.check_settings(enc)
+        from .encoders.text import check_sentence_width, resolve_text_model_path, text_model_widths
 
-        folder = resolve_text_model_path(cfg.encoder.get("text_model"))
-        width, reads = text_model_widths(folder)[1], cfg.encoder.get("in_dim", 384)
-        if width is not None and width != reads:  # found once the texts were embedded, after the data and VAE
-            raise UserError(f"encoder.text_model={folder} gives {width}-d text vectors but "
-                            f"the KG encoder reads {reads}-d ones: add +encoder.in_dim={width}")
+        folder = resolve_text_model_path(enc.get("text_model"))  # found once the texts were embedded, after the VAE
+        check_sentence_width(folder, text_model_widths(folder)[1], enc.get("in_dim", 384))
         import torch
 
         from .encoders.graph import check_graph_settings
 
-        enc = container(cfg.encoder)
         with torch.random.fork_rng(devices=[]):  # its values (tokens, conv, heads, ...) checked by building it once,
             # minutes before the real one; the global seed stream is left as it was
             tokens = _whole_at_least(cfg.model.get("num_tokens", 8), "model.num_tokens", 1, "KG tokens, e.g. 8")
@@ -363,18 +360,15 @@ def preflight(cfg: DictConfig) -> None:
 
     if cfg.model.name == "tiny":  # shapes diffusers cannot build failed in GroupNorm / len() after the data was built
         from .diffusion.models import tiny_config
-        from .encoders.text import resolve_text_model_path, text_model_widths
+        from .encoders.text import check_token_width, resolve_text_model_path, text_model_widths
 
         tiny = tiny_config(container(cfg.model.get("tiny")))
         if not any(tiny["unet_attention_levels"]):  # a UNet without cross-attention never reads its condition (here,
             # not in tiny_config: a run trained so, an unconditioned ablation, still loads)
             raise UserError(f"model.tiny.unet_attention_levels={tiny['unet_attention_levels']}: at least one level "
                             "needs attention (true), or nothing conditions the UNet")
-        width = text_model_widths(resolve_text_model_path(cfg.model.get("text_model"), "model.text_model"))[0]
-        if width is not None and width != tiny["cross_attention_dim"]:  # found when the UNet was built, after the VAE
-            raise UserError(f"model.text_model gives {width}-d token states, the tiny UNet attends to "
-                            f"{tiny['cross_attention_dim']}-d ones: set +model.tiny.cross_attention_dim={width}, "
-                            "or use a text model of that width")
+        folder = resolve_text_model_path(cfg.model.get("text_model"), "model.text_model")
+        check_token_width(text_model_widths(folder)[0], tiny["cross_attention_dim"])  # else when the UNet is built
     # last, so the checks above keep their own messages: a kg file the source does not read, a phantom key it does
     # not, or a phantom value it cannot honour failed after the run folder was reset
     from .runtime import check_kg_settings

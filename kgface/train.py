@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cache import atomic_path, remove_path, write_json_atomic, write_text_atomic
 from .config import container, entry, heldout_diseases
-from .errors import UserError
 from .run_checks import atlas_share_of, mark_weight_of, preflight
 from .run_files import check_train_output_dir
 from .run_measure import draw_and_measure, validation_grids
@@ -46,11 +45,10 @@ def build_conditioning(cfg: DictConfig, backbone, profiles, cache, mode: str | N
                        unknown_frequency=float(cfg.data.get("unknown_frequency", 0.5)))
     if builder is not None:
         builder.warm(profiles)
-        width, reads = builder.features.dim, int(encoder.config["in_dim"])
-        # e.g. an mpnet folder (768-d): a shape error at the first step, naming nothing, before
-        if width and width != reads:
-            raise UserError(f"encoder.text_model={cfg.encoder.get('text_model')} gives {width}-d text vectors but "
-                            f"the KG encoder reads {reads}-d ones: add +encoder.in_dim={width}")
+        from .encoders.text import check_sentence_width
+
+        # e.g. an mpnet folder (768-d), where preflight could not tell from its files
+        check_sentence_width(cfg.encoder.get("text_model"), builder.features.dim, int(encoder.config["in_dim"]))
     return cond
 
 
@@ -280,11 +278,8 @@ def _sampled_weights(path) -> dict | None:
 
     if path is None:
         return None
-    p = Path(str(path)).expanduser()
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and not any(
-        part.startswith(".") for part in f.relative_to(p).parts)) if p.is_dir() else []
     out = {}
-    for f in files:
+    for name, f in (_listed_files(path) or {}).items():
         size = f.stat().st_size
         if size <= cache.HASH_LIMIT:
             continue
@@ -296,7 +291,7 @@ def _sampled_weights(path) -> dict | None:
                     digest.update(handle.read(1 << 20))
         except OSError:  # a file this user cannot read (a shared cache's blob the loader may never open): by size
             digest = None
-        out[f.name if f == p else f.relative_to(p).as_posix()] = digest.hexdigest() if digest else None
+        out[name] = digest.hexdigest() if digest else None
     return out
 
 
@@ -315,15 +310,23 @@ def _files_of(path) -> dict | None:
     the name a link resolves to: a Hugging Face snapshot's files are links to blobs named by hash)."""
     from .cache import file_fingerprint
 
+    files = _listed_files(path)
+    if files is None:
+        return None  # refused where it is read
+    return {name: {k: v for k, v in file_fingerprint(f).items() if k not in ("path", "mtime_ns", "name")}
+            for name, f in files.items()}
+
+
+def _listed_files(path) -> dict[str, Path] | None:
+    """{name: file} of a file (its name) or a folder (paths relative to it, hidden ones left out, sorted); None
+    where there is neither."""
     p = Path(str(path)).expanduser()
     if p.is_file():
-        files = {p.name: file_fingerprint(p)}
-    elif p.is_dir():
-        files = {f.relative_to(p).as_posix(): file_fingerprint(f) for f in sorted(p.rglob("*"))
-                 if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)}
-    else:
-        return None  # refused where it is read
-    return {name: {k: v for k, v in fp.items() if k not in ("path", "mtime_ns", "name")} for name, fp in files.items()}
+        return {p.name: p}
+    if p.is_dir():
+        return {f.relative_to(p).as_posix(): f for f in sorted(p.rglob("*"))
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)}
+    return None
 
 
 def _text_model_files(value) -> dict | None:

@@ -138,16 +138,12 @@ def build_backbone(model_cfg: dict, vae=None, num_tokens: int = 8, with_adapter:
     """The backbone a `model` config names. `vae`: the cached, trained tiny VAE (model=tiny)."""
     name = model_cfg.get("name", "tiny")
     if name == "tiny":
-        from ..encoders.text import load_text_model
+        from ..encoders.text import check_token_width, load_text_model
 
         fresh_vae, unet = build_tiny_stack(model_cfg.get("tiny") or {})
         st = load_text_model(model_cfg.get("text_model"), key="model.text_model")
         text_encoder = st[0].auto_model.eval().requires_grad_(False)
-        width = getattr(text_encoder.config, "hidden_size", None)
-        if width is not None and width != unet.config.cross_attention_dim:  # a shape traceback at the first step
-            raise UserError(f"model.text_model gives {width}-d token states, the tiny UNet attends to "
-                            f"{unet.config.cross_attention_dim}-d ones: set +model.tiny.cross_attention_dim={width}, "
-                            "or use a text model of that width")
+        check_token_width(getattr(text_encoder.config, "hidden_size", None), unet.config.cross_attention_dim)
         backbone = Backbone("tiny", vae if vae is not None else fresh_vae, unet, _ddpm(model_cfg.get("schedule")),
                             text_encoder, st.tokenizer, image_size=int(unet.config.sample_size) *
                             2 ** (len((vae or fresh_vae).config.block_out_channels) - 1))

@@ -63,6 +63,7 @@ def text_model_widths(folder: Path) -> tuple[int | None, int | None]:
     except (OSError, ValueError, AttributeError):
         return None, None
     hidden = hidden if isinstance(hidden, int) and not isinstance(hidden, bool) else None
+
     def kind(module) -> str:
         return str(module.get("type", "")).rsplit(".", 1)[-1]
 
@@ -79,6 +80,22 @@ def text_model_widths(folder: Path) -> tuple[int | None, int | None]:
     except (OSError, ValueError, AttributeError, TypeError):
         known = False
     return hidden, hidden if known else None
+
+
+def check_sentence_width(model, width: int | None, reads: int) -> None:
+    """The KG encoder reads `reads`-d text vectors: `model` (encoder.text_model) giving `width`-d ones (None: not
+    known) would be a shape error at the first step, naming nothing (kgface.train's preflight and its encoder)."""
+    if width and width != reads:
+        raise UserError(f"encoder.text_model={model} gives {width}-d text vectors but the KG encoder reads {reads}-d "
+                        f"ones: add +encoder.in_dim={width}")
+
+
+def check_token_width(width: int | None, attends: int) -> None:
+    """The tiny UNet attends to `attends`-d token states: model.text_model giving `width`-d ones (None: not known)
+    would be a shape error at the first step (kgface.train's preflight and build_backbone)."""
+    if width and width != attends:
+        raise UserError(f"model.text_model gives {width}-d token states, the tiny UNet attends to {attends}-d ones: "
+                        f"set +model.tiny.cross_attention_dim={width}, or use a text model of that width")
 
 
 def load_text_model(path: str | os.PathLike | None = None, device: str = "cpu", key: str = "encoder.text_model"):

@@ -3,8 +3,8 @@
 `fit_evaluator(cfg, manifest_path, profiles, cache)` trains (or loads from the cache) an evaluator on the `train`
 split of a real manifest (phantom or user photos, every disease including the generator's held-out ones; never
 generated images) and calibrates it on `val`. The disease probe learns from healthy faces, stages >=
-`probe.min_stage` (stage 0 looks healthy by construction) and photos without a grade (inputs.probe_rows). The tiny CLIP is also cached on its own
-(`evaluator-clip`), so a head setting refits the heads without retraining it.
+`probe.min_stage` (stage 0 looks healthy by construction) and photos without a grade (inputs.probe_rows). The tiny
+CLIP is also cached on its own (`evaluator-clip`), so a head setting refits the heads without retraining it.
 
 A dataset folder may also hold `phenotype_atlas.csv` (same columns; written by `data=phantom` with `data.atlas.faces`
 > 0): faces labelled with phenotypes only, no disease. When present, the tiny CLIP and the phenotype heads also train

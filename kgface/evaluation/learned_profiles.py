@@ -40,9 +40,8 @@ DISAGREEMENT = 0.3  # |learned - KG| above this is listed in the report as a fin
 
 def detector_rates(evaluator: Evaluator, table: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
     """(tpr, fpr) per phenotype head on a scored, labelled table (stage-3 rows with the phenotype / healthy rows)."""
-    full = table[(table["stage"] == 3).to_numpy() & stage_known(table)]  # a placeholder stage 3 is no grade
+    full, y = _graded_full_stage(evaluator, table)
     healthy = table[table["disease"] == HEALTHY]
-    y = presence_matrix(list(full["phenotypes"]), evaluator.phenotypes)
     tpr, fpr = {}, {}
     for k, h in enumerate(evaluator.phenotypes):
         hit = np.array([h in d for d in full["detected"]])
@@ -56,10 +55,16 @@ def detector_rates(evaluator: Evaluator, table: pd.DataFrame) -> tuple[dict[str,
 MIN_TPR_FACES = 5  # labelled faces behind a head's hit rate below which the report names it (1 face: 0 or 1)
 
 
+def _graded_full_stage(evaluator: Evaluator, table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The graded stage-3 rows a head's hit rate is measured on (a placeholder stage 3 is no grade), and their 0/1
+    phenotype matrix in the evaluator's head order."""
+    full = table[(table["stage"] == 3).to_numpy() & stage_known(table)]
+    return full, presence_matrix(list(full["phenotypes"]), evaluator.phenotypes)
+
+
 def hit_rate_faces(evaluator: Evaluator, table: pd.DataFrame) -> dict[str, int]:
     """Per phenotype head, the labelled stage-3 faces showing it that detector_rates measures its tpr on."""
-    full = table[(table["stage"] == 3).to_numpy() & stage_known(table)]
-    y = presence_matrix(list(full["phenotypes"]), evaluator.phenotypes)
+    y = _graded_full_stage(evaluator, table)[1]
     return {h: int(y[:, k].sum()) for k, h in enumerate(evaluator.phenotypes) if y[:, k].sum() > 0}
 
 
@@ -141,7 +146,7 @@ def perturbation_check(evaluator: Evaluator, table: pd.DataFrame, perturbed: lis
         for e in entry["phenotypes"]:
             e["perturbed_frequency"], e["kg_frequency"] = e["kg_frequency"], kg_of.get(d, {}).get(e["hpo_id"])
     truth = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes} for p in perturbed}
-    kg = {p.disease_id: {x.hpo_id: x.frequency for x in p.phenotypes if x.frequency is not None} for p in original}
+    kg = {d: {h: f for h, f in fs.items() if f is not None} for d, fs in kg_of.items()}
     # both MAEs over the same pairs: a KG phenotype without a frequency has a perturbed one but no KG one
     paired = {d: {h: f for h, f in fs.items() if h in kg.get(d, {})} for d, fs in truth.items()}
     return {"vs_perturbed": compare(learned, paired), "vs_kg": compare(learned, kg),

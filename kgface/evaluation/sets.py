@@ -415,11 +415,11 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                 else:  # said, not hidden: faces of other data set a lower threshold and may inflate the rate
                     holdout_from += (f" ({_manifest_name(audit_train)} has no test or val split; faces of other "
                                      "data may sit farther from its training images and inflate the rate)")
-            metrics["memorisation_reference"] = ("the real set's train split" if audit_train is None else
-                                                 f"the train split of {_manifest_name(audit_train)}") + \
+            searched = ("the real set's train split" if audit_train is None else
+                        f"the train split of {_manifest_name(audit_train)}") + \
                 (" without the held-out diseases" if heldout else "") + \
-                ("" if audit_extra is None else f" + {_manifest_name(audit_extra)}") + \
-                f"; threshold from {holdout_from}"
+                ("" if audit_extra is None else f" + {_manifest_name(audit_extra)}")
+            metrics["memorisation_reference"] = f"{searched}; threshold from {holdout_from}"
             if audit_extra is not None:  # a copy of any image the generator saw counts as memorised
                 train = pd.concat([train, as_frame(audit_extra)], ignore_index=True)
             train = train.reset_index(drop=True)
@@ -433,7 +433,7 @@ def evaluate_sets(evaluator: Evaluator, real_df=None, generated_df=None, profile
                     audit = M.memorisation_audit(s_gen.features, s_train.features, holdout)
                 except UserError as exc:  # name the manifest the threshold's faces came from (not always real=)
                     raise UserError(f"{exc} (the threshold's faces: {holdout_from}; the training images: "
-                                    f"{metrics['memorisation_reference'].split(';')[0]})") from None
+                                    f"{searched})") from None
                 metrics["memorisation_rate"] = audit["memorisation_rate"]
                 metrics["memorisation_threshold"] = audit["threshold"]
                 metrics["memorisation_quantile"] = audit["quantile"]

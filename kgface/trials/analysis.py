@@ -114,10 +114,15 @@ class NotIdentifiable(UserError):
     residual degrees of freedom to build intervals from."""
 
 
+def _full_rank(x: pd.DataFrame) -> bool:
+    """Whether a design matrix separates all its columns (its rank is its width)."""
+    return np.linalg.matrix_rank(x.to_numpy(dtype=float)) >= x.shape[1]
+
+
 def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "") -> None:
     # statsmodels would return one of infinitely many solutions with ~0 standard errors: a silently wrong answer
     s, a = design.schedule, design.analysis
-    if np.linalg.matrix_rank(x.to_numpy(dtype=float)) >= x.shape[1]:
+    if _full_rank(x):
         if len(x) > x.shape[1]:
             return
         # full rank, but nothing left to estimate the noise from: the intervals would be NaN
@@ -134,7 +139,7 @@ def _check_rank(x: pd.DataFrame, design: Design, per_patient: bool, who: str = "
         raise NotIdentifiable(f"the design cannot separate the treatments (trial.schedule.order={order}); give "
                               "every treatment and the reference analysed days")
     common = x.drop(columns=[c for c in x.columns if ":patient[" in c])
-    if _by_patient(design, per_patient) and np.linalg.matrix_rank(common.to_numpy(dtype=float)) >= common.shape[1]:
+    if _by_patient(design, per_patient) and _full_rank(common):
         # the common-effects fit would be identifiable: what is missing is a repeated treatment within a patient
         # (refused in the config by design._check_repeats; reached only by a Design built in code)
         raise NotIdentifiable(
@@ -161,7 +166,7 @@ def check_identifiable(table: pd.DataFrame, design: Design) -> None:
         # daily rows are full rank whenever blocks last several days, but then the trend is told from the treatments
         # only by the drift inside each block (noise, onset, carry-over): the blocks themselves must separate them
         blocks = _design_matrix(analysed_rows(table, "true_severity", "block"), design, False)
-        if np.linalg.matrix_rank(blocks.to_numpy(dtype=float)) < blocks.shape[1]:
+        if not _full_rank(blocks):
             _check_rank(blocks, design, False)
     for pid, rows in table.groupby("patient_id", sort=True):
         _check_rank(_design_matrix(analysed_rows(rows, "true_severity", "day"), design, True), design, True, pid)
@@ -175,8 +180,7 @@ def _patient_unit(table: pd.DataFrame, outcome: str, design: Design) -> str:
     if design.analysis.unit == "day":
         return "day"
     x = _design_matrix(analysed_rows(table, outcome, "block"), design, True)
-    full_rank = np.linalg.matrix_rank(x.to_numpy(dtype=float)) >= x.shape[1]
-    return "block" if full_rank and len(x) > x.shape[1] else "day"
+    return "block" if _full_rank(x) and len(x) > x.shape[1] else "day"
 
 
 def estimate_effects(table: pd.DataFrame, outcome: str, design: Design, truth: dict[str, float] | None = None,
@@ -290,9 +294,12 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
     s, a, notes = design.model, design.analysis, []
     largest = float(out["truth"].abs().max()) if len(out) else 0.0
     floor = RUNIN_BIAS_FLOOR * (s.high - s.low)
-    big = out[(out["runin_bias"].abs() > floor)
-              & ((out["runin_bias"].abs() > RUNIN_BIAS_SHARE * largest)
-                 | (out["runin_bias"].abs() > RUNIN_BIAS_SE * out["se"]))]
+
+    def beyond(column):  # rows whose |value| passes the floor and a share of the largest effect or of its se
+        v = out[column].abs()
+        return out[(v > floor) & ((v > RUNIN_BIAS_SHARE * largest) | (v > RUNIN_BIAS_SE * out["se"]))]
+
+    big = beyond("runin_bias")
     if len(big):
         slowest = max(max(t.tau, t.tau_off) for t in s.treatments.values())
         notes.append(
@@ -301,9 +308,7 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
                                        for r in big.itertuples())
             + f"); the slowest time constant is {slowest:g} days: set skip_days (and block_days) to about "
             f"{4 * slowest:g}+ days, or read the estimates as the analysed days' mean, not the steady state")
-    drift = out[(out["model_gap"].abs() > floor)
-                & ((out["model_gap"].abs() > RUNIN_BIAS_SHARE * largest)
-                   | (out["model_gap"].abs() > RUNIN_BIAS_SE * out["se"]))]
+    drift = beyond("model_gap")
     if not a.trend and (s.trend_mean != 0 or s.trend_sd != 0) and len(drift):
         what = ("a bias of every draw that the intervals do not cover" if s.trend_mean != 0 else
                 "spread (the patients' drifts, mean 0) that the intervals do not cover")
@@ -321,11 +326,10 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
                    "and assume independent days (too narrow if days are autocorrelated)")
             blocks = analysed_rows(table[table["patient_id"] == fallback[0]], "true_severity", "block")
             x = _design_matrix(blocks, design, True)
-            full_rank = np.linalg.matrix_rank(x.to_numpy(dtype=float)) >= x.shape[1]
             # with the trend term, blocks that cannot separate it leave the trend told from the treatments only by
             # the drift inside each block (onset, carry-over): the weakness the pooled fit refuses on daily rows
             trend = (" and tell the study-day trend from the treatments only by the drift inside each block (onset "
-                     "and carry-over included), so they can be biased" if a.trend and not full_rank else "")
+                     "and carry-over included), so they can be biased" if a.trend and not _full_rank(x) else "")
             # block means a patient needs: more than the model's parameters (residual degrees of freedom)
             reference = int((blocks["treatment"] == design.reference).sum())
             per_cycle = max(1, (len(blocks) - reference) // max(1, design.schedule.cycles))
@@ -337,8 +341,7 @@ def design_checks(table: pd.DataFrame, design: Design, patients: dict) -> tuple[
         # each patient's own fit on daily rows is full rank with one order, the trend then told from the treatments
         # only by the drift inside blocks: what the pooled fit refuses, said for the patients' fits
         weak = [pid for pid, r in table.groupby("patient_id", sort=True)
-                if np.linalg.matrix_rank((m := _design_matrix(analysed_rows(r, "true_severity", "block"), design,
-                                                              True)).to_numpy(dtype=float)) < m.shape[1]]
+                if not _full_rank(_design_matrix(analysed_rows(r, "true_severity", "block"), design, True))]
         if weak:
             notes.append(f"{', '.join(weak)}: their blocks alone cannot separate the study-day trend from the "
                          "treatments, so their own fits on daily rows tell them apart only by the drift inside each "
